@@ -1,0 +1,3 @@
+"""agents package (built in later issues)."""
+
+__all__: list[str] = []

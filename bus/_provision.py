@@ -1,0 +1,116 @@
+"""Provisioning: a tenant's append-only stream and its KV buckets, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+
+from bus._errors import ConfigError, TransportError
+from bus._seal import DEFAULT_SKEW_NS
+from bus._subjects import all_subjects, keyring_bucket, memory_bucket, stream_name
+
+ADMIN_KEY_METADATA = "trustbus.admin_key"
+# Twice the skew window: within it the server drops a resent id; beyond it the
+# envelope's ts fails the skew check. Together they stop every resend.
+DUPLICATE_WINDOW_S = 2 * DEFAULT_SKEW_NS / 1e9
+MAX_MSG_SIZE = 1024 * 1024
+KV_HISTORY = 64
+
+
+@dataclass
+class ProvisionReport:
+    """What provisioning did: names created, names that already matched, names updated."""
+
+    created: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+
+
+def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1) -> StreamConfig:
+    """The stream ``TB_<tenant>``: every tenant subject, file storage, append-only."""
+    return StreamConfig(
+        name=stream_name(tenant),
+        subjects=[all_subjects(tenant)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_msg_size=MAX_MSG_SIZE,
+        deny_delete=True,
+        deny_purge=True,
+        allow_rollup_hdrs=False,
+        metadata={ADMIN_KEY_METADATA: admin_key_id},
+    )
+
+
+_COMPARED = ("subjects", "storage", "duplicate_window", "max_msg_size", "deny_delete", "deny_purge", "allow_rollup_hdrs")
+
+
+async def provision(
+    js: JetStreamContext, tenant: str, *, admin_key_id: str, replicas: int = 1
+) -> ProvisionReport:
+    """Create the tenant's stream and KV buckets; running it again changes nothing.
+
+    The admin key id is pinned in the stream's metadata as the keyring's trust
+    anchor. Provisioning refuses to re-pin it to another key.
+    """
+    report = ProvisionReport()
+    wanted = tenant_stream_config(tenant, admin_key_id=admin_key_id, replicas=replicas)
+    try:
+        try:
+            info = await js.stream_info(wanted.name or "")
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(wanted)
+            report.created.append(wanted.name or "")
+        else:
+            current = info.config
+            pinned = (current.metadata or {}).get(ADMIN_KEY_METADATA)
+            if pinned != admin_key_id:
+                raise ConfigError(
+                    f"stream {wanted.name} is pinned to admin key {pinned}, not {admin_key_id}: "
+                    "use the tenant's existing admin seed"
+                )
+            drift = [name for name in _COMPARED if getattr(current, name) != getattr(wanted, name)]
+            if drift:
+                await js.update_stream(wanted)
+                report.updated.append(f"{wanted.name} ({', '.join(drift)})")
+            else:
+                report.unchanged.append(wanted.name or "")
+        for bucket in (keyring_bucket(tenant), memory_bucket(tenant)):
+            try:
+                await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=bucket,
+                        history=KV_HISTORY,
+                        storage=StorageType.FILE,
+                        replicas=replicas,
+                        direct=True,
+                    )
+                )
+                report.created.append(bucket)
+            else:
+                report.unchanged.append(bucket)
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"provisioning tenant {tenant!r} failed: {exc}") from exc
+    return report
+
+
+async def pinned_admin_key(js: JetStreamContext, tenant: str) -> str:
+    """The admin key id pinned in the tenant's stream; ConfigError if the tenant is not provisioned."""
+    name = stream_name(tenant)
+    try:
+        info = await js.stream_info(name)
+    except nats.js.errors.NotFoundError as exc:
+        raise ConfigError(f"tenant {tenant!r} is not provisioned: run `trustbus init --tenant {tenant}`") from exc
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"cannot read stream {name}: {exc}") from exc
+    pinned = (info.config.metadata or {}).get(ADMIN_KEY_METADATA)
+    if not pinned:
+        raise ConfigError(f"stream {name} has no pinned admin key: it was not made by `trustbus init`")
+    return pinned

