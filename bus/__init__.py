@@ -1,6 +1,16 @@
 """The wire and the transport: envelopes, identities, keyring, seal/open, subjects, NATS."""
 
 from bus import _subjects as subjects
+from bus._admin import (
+    KeyDirectory,
+    connect_nats,
+    default_keys_dir,
+    init_tenant,
+    list_keys,
+    new_key,
+    revoke_key,
+    rotate_key,
+)
 from bus._envelope import (
     SCHEMA_VERSION,
     ContentType,
@@ -51,10 +61,10 @@ from bus._seal import (
     seal,
 )
 from bus._server import EmbeddedServer, find_server_binary
+from bus._tail import TailItem, tail
 from bus._transport import Bus, ConsumerSettings, Delivery, TransientError
 
 __all__ = [
-    "SCHEMA_VERSION",
     "BadCountersignature",
     "BadSignature",
     "Bus",
@@ -66,6 +76,7 @@ __all__ = [
     "EmbeddedServer",
     "Envelope",
     "Identity",
+    "KeyDirectory",
     "KeyGrant",
     "KeyNotYetValid",
     "Keyring",
@@ -84,6 +95,7 @@ __all__ = [
     "Replayed",
     "RevokedKey",
     "Role",
+    "SCHEMA_VERSION",
     "Sealed",
     "SeenIds",
     "SenderMismatch",
@@ -91,6 +103,7 @@ __all__ = [
     "ServerError",
     "SignedGrant",
     "Skew",
+    "TailItem",
     "TooLarge",
     "TransientError",
     "TransportError",
@@ -98,20 +111,28 @@ __all__ = [
     "UnsupportedVersion",
     "UntrustedKey",
     "VerificationError",
+    "connect_nats",
     "countersign",
     "decode_envelope",
     "decode_quarantine_record",
+    "default_keys_dir",
     "encode_envelope",
     "encode_key_id",
     "find_server_binary",
+    "init_tenant",
+    "list_keys",
     "new_envelope",
     "new_id",
+    "new_key",
     "open_envelope",
     "pinned_admin_key",
     "provision",
+    "revoke_key",
+    "rotate_key",
     "seal",
     "sign_grant",
     "subjects",
+    "tail",
     "tenant_stream_config",
     "verify_key",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import msgspec
@@ -20,9 +21,7 @@ LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:./-]{0,127}$"
 
 SCHEMA_VERSION = 1
 
-Kind = Literal[
-    "event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint"
-]
+Kind = Literal["event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint"]
 ContentType = Literal["application/json", "application/msgpack", "text/plain"]
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
@@ -82,13 +81,13 @@ def new_envelope(
     tenant: str,
     kind: Kind,
     sender: str,
-    to: tuple[str, ...] | list[str],
+    to: Iterable[str],
     payload: bytes = b"",
     content_type: ContentType = "application/json",
     correlation_id: str | None = None,
     causation_id: str | None = None,
     hop: int = 0,
-    taint: frozenset[str] | set[str] | tuple[str, ...] = (),
+    taint: Iterable[str] = (),
     idempotency_key: str | None = None,
     now_ns: int | None = None,
 ) -> Envelope:

@@ -76,7 +76,8 @@ class Identity:
     @property
     def nkey_seed(self) -> str:
         """The nkey user seed (``SU...``): a secret, for the seed file and NATS auth only."""
-        return nkeys.encode_seed(bytes(self._signing_key), nkeys.PREFIX_BYTE_USER).decode()
+        seed: bytes = nkeys.encode_seed(bytes(self._signing_key), nkeys.PREFIX_BYTE_USER)
+        return seed.decode()
 
     def sign(self, data: bytes) -> bytes:
         """The 64-byte Ed25519 signature of ``data``."""

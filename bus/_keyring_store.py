@@ -57,7 +57,7 @@ class KeyringStore:
         try:
             watcher = await self._kv.watchall(include_history=True)
             while True:
-                entry = await watcher.updates(timeout=10.0)
+                entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
                 if entry is None:
                     break
                 self._apply(entry)
@@ -67,7 +67,7 @@ class KeyringStore:
             self._watcher = watcher
             self._follower = asyncio.create_task(self._follow(watcher), name="keyring-follow")
         else:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:
@@ -106,9 +106,7 @@ class KeyringStore:
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot write keyring entry: {exc}") from exc
 
-    async def grant(
-        self, admin: Identity, *, key_id: str, owner: str, role: Role, valid_from: int
-    ) -> KeyGrant:
+    async def grant(self, admin: Identity, *, key_id: str, owner: str, role: Role, valid_from: int) -> KeyGrant:
         """Register ``key_id`` as ``owner``'s, signed by ``admin``."""
         grant = KeyGrant(tenant=self.keyring.tenant, key_id=key_id, owner=owner, role=role, valid_from=valid_from)
         await self.put(sign_grant(grant, admin))
@@ -134,7 +132,7 @@ class KeyringStore:
         """Stop following the bucket."""
         if self._watcher is not None:
             try:
-                await self._watcher.stop()
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
             except (nats.errors.Error, nats.js.errors.Error):
                 pass
         if self._follower is not None:

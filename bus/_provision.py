@@ -47,12 +47,18 @@ def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1) -
     )
 
 
-_COMPARED = ("subjects", "storage", "duplicate_window", "max_msg_size", "deny_delete", "deny_purge", "allow_rollup_hdrs")
+_COMPARED = (
+    "subjects",
+    "storage",
+    "duplicate_window",
+    "max_msg_size",
+    "deny_delete",
+    "deny_purge",
+    "allow_rollup_hdrs",
+)
 
 
-async def provision(
-    js: JetStreamContext, tenant: str, *, admin_key_id: str, replicas: int = 1
-) -> ProvisionReport:
+async def provision(js: JetStreamContext, tenant: str, *, admin_key_id: str, replicas: int = 1) -> ProvisionReport:
     """Create the tenant's stream and KV buckets; running it again changes nothing.
 
     The admin key id is pinned in the stream's metadata as the keyring's trust

@@ -265,9 +265,7 @@ def _check_countersignature(
         raise BadCountersignature(f"countersigning key not trusted: {exc.detail}") from exc
     if grant.role != "coordinator" or (grant.revoked_at is not None and grant.revoked_at <= received_ns):
         raise BadCountersignature(f"key {coordinator_key} may not countersign")
-    message = countersignature_message(
-        body, recipient=recipient, decision_id=decision_id, effective_taint=taint
-    )
+    message = countersignature_message(body, recipient=recipient, decision_id=decision_id, effective_taint=taint)
     try:
         verify_key(coordinator_key).verify(message, sig)
     except (BadSignatureError, ValueError) as exc:
@@ -275,9 +273,7 @@ def _check_countersignature(
     return Mediation(coordinator_key=coordinator_key, decision_id=decision_id, effective_taint=taint)
 
 
-def _decode_signature(
-    value: str, *, missing: type[VerificationError], bad: type[VerificationError]
-) -> bytes:
+def _decode_signature(value: str, *, missing: type[VerificationError], bad: type[VerificationError]) -> bytes:
     if not value:
         raise missing("empty or missing signature header")
     try:

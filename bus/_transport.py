@@ -194,7 +194,7 @@ class Bus:
         try:
             try:
                 return await asyncio.wait_for(future, self._publish_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("publish ack timed out; retrying with the same Nats-Msg-Id", extra={"subject": subject})
             for attempt in range(3):
                 try:
@@ -203,7 +203,7 @@ class Bus:
                     if attempt == 2:
                         raise
             raise AssertionError("unreachable")
-        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"publish to {subject} failed: {exc!r}") from exc
         finally:
             self._slots.release()
@@ -312,7 +312,12 @@ class Bus:
         )
         log.info(
             "quarantined",
-            extra={"reason": reason, "subject": msg.subject, "stream_seq": seq, "claimed_sender": record.claimed_sender},
+            extra={
+                "reason": reason,
+                "subject": msg.subject,
+                "stream_seq": seq,
+                "claimed_sender": record.claimed_sender,
+            },
         )
         envelope = new_envelope(
             tenant=self.tenant,
@@ -373,9 +378,7 @@ class Delivery:
     async def nak(self, *, delay_s: float | None = None) -> None:
         """Deliver again later (with backoff); on the last attempt, quarantine instead."""
         if self.attempt >= self._settings.max_deliver:
-            await self._bus.quarantine_msg(
-                self._msg, reason="max_deliver", detail=f"failed {self.attempt} deliveries"
-            )
+            await self._bus.quarantine_msg(self._msg, reason="max_deliver", detail=f"failed {self.attempt} deliveries")
             return
         if delay_s is None:
             backoff = self._settings.backoff_s

@@ -1,0 +1,157 @@
+"""Tenant administration: seed files on disk, tenant initialisation, key issue, rotation, revocation."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from bus._errors import ConfigError, TransportError, VerificationError
+from bus._identity import Identity
+from bus._keyring import KeyGrant, Role
+from bus._keyring_store import KeyringStore
+from bus._provision import ProvisionReport, provision
+from bus._subjects import check_name
+
+KEYS_ENV = "TRUSTBUS_KEYS"
+ADMIN_OWNER = "admin"
+
+
+def default_keys_dir() -> Path:
+    """``$TRUSTBUS_KEYS``, else ``~/.trustbus/keys``."""
+    return Path(os.environ.get(KEYS_ENV) or Path.home() / ".trustbus" / "keys")
+
+
+@dataclass(frozen=True)
+class KeyDirectory:
+    """Where seed files live: ``<root>/<tenant>/<owner>.seed``, mode 0600, dirs 0700."""
+
+    root: Path
+
+    def path(self, tenant: str, owner: str) -> Path:
+        """The seed file of ``owner`` in ``tenant``."""
+        return self.root / check_name(tenant, what="tenant") / f"{check_name(owner, what='owner')}.seed"
+
+    def load(self, tenant: str, owner: str) -> Identity:
+        """Read ``owner``'s seed; a clear error names the command that makes one."""
+        path = self.path(tenant, owner)
+        if not path.exists():
+            raise ConfigError(
+                f"no key for {owner!r} in tenant {tenant!r} at {path}: "
+                f"run `trustbus keys new --tenant {tenant} --owner {owner}`"
+            )
+        return Identity.load(path)
+
+    def create(self, tenant: str, owner: str) -> Identity:
+        """Generate and save a new seed for ``owner``; refuses to overwrite."""
+        identity = Identity.generate()
+        identity.save(self.path(tenant, owner))
+        return identity
+
+    def replace(self, tenant: str, owner: str, identity: Identity) -> None:
+        """Atomically replace ``owner``'s seed file with ``identity``'s."""
+        path = self.path(tenant, owner)
+        staged = path.with_suffix(".seed.new")
+        staged.unlink(missing_ok=True)
+        identity.save(staged)
+        os.replace(staged, path)
+
+
+async def connect_nats(servers: Sequence[str]) -> NATS:
+    """A plain NATS connection for administrative and read-only commands."""
+    try:
+        return await nats.connect(servers=list(servers), connect_timeout=5, max_reconnect_attempts=2)
+    except (nats.errors.Error, OSError) as exc:
+        raise TransportError(
+            f"cannot connect to {', '.join(servers)}: {exc} (is `trustbus up` running? set --server or NATS_URL)"
+        ) from exc
+
+
+async def init_tenant(
+    servers: Sequence[str], tenant: str, *, keys: KeyDirectory, replicas: int = 1
+) -> tuple[ProvisionReport, KeyGrant]:
+    """Provision the tenant's stream and buckets and register its admin key; idempotent.
+
+    The admin seed is created on first use and pinned in the stream as the
+    keyring's trust anchor.
+    """
+    admin_path = keys.path(tenant, ADMIN_OWNER)
+    admin = Identity.load(admin_path) if admin_path.exists() else keys.create(tenant, ADMIN_OWNER)
+    nc = await connect_nats(servers)
+    try:
+        js = nc.jetstream()
+        report = await provision(js, tenant, admin_key_id=admin.key_id, replicas=replicas)
+        async with await KeyringStore.open(js, tenant, follow=False) as store:
+            try:
+                grant = store.keyring.resolve(admin.key_id)
+            except VerificationError:
+                grant = await store.grant(
+                    admin, key_id=admin.key_id, owner=ADMIN_OWNER, role="admin", valid_from=time.time_ns()
+                )
+        return report, grant
+    finally:
+        await nc.close()
+
+
+async def new_key(servers: Sequence[str], tenant: str, owner: str, *, role: Role, keys: KeyDirectory) -> KeyGrant:
+    """Create ``owner``'s seed file and register its key, signed by the tenant admin."""
+    admin = keys.load(tenant, ADMIN_OWNER)
+    if keys.path(tenant, owner).exists():
+        raise ConfigError(f"{owner!r} already has a key in tenant {tenant!r}: use `trustbus keys rotate`")
+    nc = await connect_nats(servers)
+    try:
+        async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
+            identity = keys.create(tenant, owner)
+            return await store.grant(admin, key_id=identity.key_id, owner=owner, role=role, valid_from=time.time_ns())
+    finally:
+        await nc.close()
+
+
+async def rotate_key(
+    servers: Sequence[str], tenant: str, owner: str, *, keys: KeyDirectory
+) -> tuple[KeyGrant, KeyGrant]:
+    """Issue ``owner`` a new key and revoke the old one from now; returns (old, new).
+
+    Envelopes the old key signed before now stay valid in replay.
+    """
+    admin = keys.load(tenant, ADMIN_OWNER)
+    old_identity = keys.load(tenant, owner)
+    nc = await connect_nats(servers)
+    try:
+        async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
+            old = store.keyring.resolve(old_identity.key_id)
+            fresh = Identity.generate()
+            now = time.time_ns()
+            new = await store.grant(admin, key_id=fresh.key_id, owner=owner, role=old.role, valid_from=now)
+            keys.replace(tenant, owner, fresh)
+            old = await store.revoke(admin, old.key_id, at=now)
+            return old, new
+    finally:
+        await nc.close()
+
+
+async def revoke_key(servers: Sequence[str], tenant: str, key_id: str, *, keys: KeyDirectory) -> KeyGrant:
+    """Revoke ``key_id`` from now."""
+    admin = keys.load(tenant, ADMIN_OWNER)
+    nc = await connect_nats(servers)
+    try:
+        async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
+            return await store.revoke(admin, key_id, at=time.time_ns())
+    finally:
+        await nc.close()
+
+
+async def list_keys(servers: Sequence[str], tenant: str) -> list[KeyGrant]:
+    """Every trusted grant in the tenant's keyring."""
+    nc = await connect_nats(servers)
+    try:
+        async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
+            return store.keyring.grants()
+    finally:
+        await nc.close()

@@ -1,0 +1,102 @@
+"""Reading the tenant stream in order, verifying each envelope, without consuming it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bus._errors import TransportError, VerificationError
+from bus._keyring_store import KeyringStore
+from bus._seal import HEADER_KEY, Limits, Opened, SeenIds, open_envelope
+from bus._subjects import all_subjects, stream_name
+
+
+@dataclass(frozen=True, slots=True)
+class TailItem:
+    """One stored message: verified (``opened``) or not (``error``)."""
+
+    stream_seq: int
+    subject: str
+    stored_ns: int
+    opened: Opened | None
+    error: VerificationError | None
+
+
+async def tail(
+    js: JetStreamContext,
+    keyring: KeyringStore,
+    tenant: str,
+    *,
+    subject: str | None = None,
+    from_seq: int | None = None,
+    new_only: bool = False,
+    limits: Limits = Limits(),
+    idle_timeout_s: float | None = None,
+) -> AsyncIterator[TailItem]:
+    """Yield every message of the tenant stream (optionally filtered), verified, in stream order.
+
+    An ordered ephemeral consumer reads the stream; nothing is acked or changed.
+
+    Args:
+        js: a JetStream context.
+        keyring: the tenant's keyring (followed, so keys added later verify).
+        tenant: the tenant.
+        subject: a filter within the tenant (default: everything, ``tb.<tenant>.>``).
+        from_seq: start at this stream sequence.
+        new_only: start with the next message stored.
+        limits: size and skew limits.
+        idle_timeout_s: stop when nothing arrives for this long (None: follow forever).
+    """
+    if from_seq is not None:
+        policy, start = DeliverPolicy.BY_START_SEQUENCE, from_seq
+    else:
+        policy, start = (DeliverPolicy.NEW if new_only else DeliverPolicy.ALL), None
+    try:
+        sub = await js.subscribe(
+            subject or all_subjects(tenant),
+            stream=stream_name(tenant),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=policy, opt_start_seq=start),
+            pending_msgs_limit=4096,
+        )
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"cannot read stream {stream_name(tenant)}: {exc}") from exc
+    seen = SeenIds(window_ns=limits.skew_ns)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=idle_timeout_s or 3600.0)
+            except nats.errors.TimeoutError:
+                if idle_timeout_s is not None:
+                    return
+                continue
+            yield await _verify(msg, keyring, limits, seen)
+    finally:
+        try:
+            await sub.unsubscribe()
+        except (nats.errors.Error, nats.js.errors.Error):
+            pass
+
+
+async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds) -> TailItem:
+    seq = msg.metadata.sequence.stream
+    stored_ns = int(msg.metadata.timestamp.timestamp() * 1_000_000_000)
+    headers = msg.headers or {}
+    key_id = headers.get(HEADER_KEY, "")
+    if key_id and not keyring.keyring.knows(key_id):
+        await keyring.refresh_key(key_id)
+    seen.prune(stored_ns)
+    try:
+        opened = open_envelope(
+            msg.data, headers, keyring=keyring.keyring, received_ns=stored_ns, limits=limits, seen=seen, stream_seq=seq
+        )
+    except VerificationError as exc:
+        return TailItem(stream_seq=seq, subject=msg.subject, stored_ns=stored_ns, opened=None, error=exc)
+    seen.add(opened.envelope, seq)
+    return TailItem(stream_seq=seq, subject=msg.subject, stored_ns=stored_ns, opened=opened, error=None)

@@ -1,0 +1,315 @@
+"""The ``trustbus`` command: parse, call one library function, print.
+
+Library imports happen inside the commands so ``trustbus --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="trustbus: a signed, mediated, event-sourced message bus for multi-agent systems.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Manage a tenant's keys: new, list, rotate, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+ServerOpt = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        envvar="NATS_URL",
+        help="NATS URL, or several separated by commas (a cluster). Reads NATS_URL.",
+    ),
+]
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant name.")]
+KeysOpt = Annotated[
+    Path | None,
+    typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed file directory (default ~/.trustbus/keys)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+DEFAULT_SERVER = "nats://127.0.0.1:4222"
+
+
+def _servers(server: str) -> list[str]:
+    return [url.strip() for url in server.split(",") if url.strip()]
+
+
+def _keys(keys: Path | None) -> Any:
+    from bus import KeyDirectory, default_keys_dir
+
+    return KeyDirectory(keys or default_keys_dir())
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; a bus error becomes a one-line message and exit code 1."""
+    from bus import BusError
+
+    try:
+        return asyncio.run(coro)
+    except BusError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.callback()
+def main_options(
+    log_level: Annotated[str, typer.Option(envvar="TRUSTBUS_LOG", help="Log level (JSON logs on stderr).")] = "warning",
+) -> None:
+    """Trustbus command line."""
+    from trustbus._logging import configure
+
+    configure(log_level)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="Client port; 0 picks a free one.")] = 4222,
+    data: Annotated[
+        Path | None, typer.Option(help="JetStream store dir (default: a temp dir, removed on exit).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="nats-server config file, e.g. nats.conf.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run an embedded nats-server with JetStream on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    from bus import BusError, EmbeddedServer
+
+    server = EmbeddedServer(port=port, data_dir=data, config=config)
+    try:
+        url = server.start()
+    except BusError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    stopping = {"signal": 0}
+
+    def _stop(signum: int, _frame: object) -> None:
+        stopping["signal"] = signum
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if json_out:
+        print(json.dumps({"url": url, "pid": server.pid, "data": str(server.data_dir)}), flush=True)
+    else:
+        out.print(f"nats-server with JetStream at [bold]{url}[/bold] (store {server.data_dir})")
+        out.print(f"export NATS_URL={url}    # then: trustbus init --tenant demo; Ctrl-C stops")
+    code = server.wait()
+    server.stop()
+    if not stopping["signal"] and code != 0:
+        err.print(f"[red]nats-server exited with code {code}[/red]")
+        for line in server.log_tail()[-10:]:
+            err.print(line, markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def init(
+    tenant: TenantOpt,
+    server: ServerOpt = DEFAULT_SERVER,
+    keys: KeysOpt = None,
+    replicas: Annotated[int, typer.Option(help="Stream and KV replicas (3 on a cluster).")] = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Provision a tenant: append-only stream TB_<tenant>, KV buckets, admin key. Safe to run twice."""
+    from bus import init_tenant
+
+    report, admin = _run(init_tenant(_servers(server), tenant, keys=_keys(keys), replicas=replicas))
+    if json_out:
+        print(json.dumps({"tenant": tenant, "admin_key": admin.key_id, **vars(report)}))
+        return
+    for name in report.created:
+        out.print(f"created   {name}")
+    for name in report.updated:
+        out.print(f"updated   {name}")
+    for name in report.unchanged:
+        out.print(f"unchanged {name}")
+    out.print(f"admin key {admin.key_id}")
+
+
+@keys_app.command("new")
+def keys_new(
+    tenant: TenantOpt,
+    owner: Annotated[str, typer.Option(help="Who the key belongs to (an agent id, 'coordinator', ...).")],
+    role: Annotated[str, typer.Option(help="agent, coordinator, ledger or operator.")] = "agent",
+    server: ServerOpt = DEFAULT_SERVER,
+    keys: KeysOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a seed file (mode 0600) for OWNER and register its key, signed by the tenant admin."""
+    from bus import ConfigError, new_key
+    from trustbus._render import grant_dict
+
+    if role not in ("agent", "coordinator", "ledger", "operator"):
+        err.print(f"[red]error:[/red] {ConfigError(f'unknown role {role!r}')}")
+        raise typer.Exit(2)
+    grant = _run(new_key(_servers(server), tenant, owner, role=role, keys=_keys(keys)))  # type: ignore[arg-type]
+    if json_out:
+        print(json.dumps(grant_dict(grant)))
+    else:
+        out.print(f"{grant.owner} ({grant.role}) key {grant.key_id}, seed {_keys(keys).path(tenant, owner)}")
+
+
+@keys_app.command("list")
+def keys_list(tenant: TenantOpt, server: ServerOpt = DEFAULT_SERVER, json_out: JsonOpt = False) -> None:
+    """List the tenant's keyring."""
+    from rich.table import Table
+
+    from bus import list_keys
+    from trustbus._render import grant_dict
+
+    grants = _run(list_keys(_servers(server), tenant))
+    if json_out:
+        for grant in grants:
+            print(json.dumps(grant_dict(grant)))
+        return
+    table = Table("owner", "role", "key id", "valid from (ns)", "revoked at (ns)")
+    for grant in grants:
+        table.add_row(grant.owner, grant.role, grant.key_id, str(grant.valid_from), str(grant.revoked_at or ""))
+    out.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    tenant: TenantOpt,
+    owner: Annotated[str, typer.Option(help="Whose key to rotate.")],
+    server: ServerOpt = DEFAULT_SERVER,
+    keys: KeysOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Give OWNER a new key and revoke the old one from now (older envelopes stay valid)."""
+    from bus import rotate_key
+    from trustbus._render import grant_dict
+
+    old, new = _run(rotate_key(_servers(server), tenant, owner, keys=_keys(keys)))
+    if json_out:
+        print(json.dumps({"old": grant_dict(old), "new": grant_dict(new)}))
+    else:
+        out.print(f"{owner}: new key {new.key_id}; {old.key_id} revoked at {old.revoked_at}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    tenant: TenantOpt,
+    key_id: Annotated[str, typer.Argument(help="The key id (U...) to revoke.")],
+    server: ServerOpt = DEFAULT_SERVER,
+    keys: KeysOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke KEY_ID from now: envelopes it signs from now on are rejected as revoked_key."""
+    from bus import revoke_key
+    from trustbus._render import grant_dict
+
+    grant = _run(revoke_key(_servers(server), tenant, key_id, keys=_keys(keys)))
+    if json_out:
+        print(json.dumps(grant_dict(grant)))
+    else:
+        out.print(f"{grant.key_id} ({grant.owner}) revoked at {grant.revoked_at}")
+
+
+@app.command()
+def send(
+    tenant: TenantOpt,
+    sender: Annotated[str, typer.Option("--as", help="Sign as this owner (its seed must be in --keys).")],
+    to: Annotated[list[str], typer.Option("--to", help="Recipient agent id or topic:<name>; repeatable.")],
+    payload: Annotated[str, typer.Option(help="Payload text; '-' reads standard input.")] = "{}",
+    kind: Annotated[str, typer.Option(help="Envelope kind.")] = "event",
+    content_type: Annotated[str, typer.Option(help="Payload content type.")] = "application/json",
+    taint: Annotated[list[str] | None, typer.Option(help="Taint label; repeatable.")] = None,
+    correlation_id: Annotated[str | None, typer.Option(help="Conversation id (default: a new one).")] = None,
+    causation_id: Annotated[str | None, typer.Option(help="Id of the envelope that caused this one.")] = None,
+    hop: Annotated[int, typer.Option(help="Causation depth.")] = 0,
+    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Publish here instead of the sender's outbox.")] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    keys: KeysOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign and publish one envelope as a given identity (to its outbox by default)."""
+    from trustbus._commands import send_one
+
+    body = sys.stdin.read() if payload == "-" else payload
+    result = _run(
+        send_one(
+            _servers(server),
+            tenant=tenant,
+            sender=sender,
+            keys=_keys(keys),
+            to=to,
+            kind=kind,
+            payload=body.encode(),
+            content_type=content_type,
+            taint=taint or [],
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            hop=hop,
+            idempotency_key=idempotency_key,
+            subject=subject,
+        )
+    )
+    if json_out:
+        print(json.dumps(result))
+    else:
+        dup = " (duplicate: already stored)" if result["duplicate"] else ""
+        out.print(f"sent {result['id']} to {result['subject']} at stream seq {result['seq']}{dup}")
+
+
+@app.command()
+def tail(
+    tenant: TenantOpt,
+    subject: Annotated[str | None, typer.Option(help="Subject filter within the tenant (default: all).")] = None,
+    from_seq: Annotated[int | None, typer.Option(help="Start at this stream sequence.")] = None,
+    new: Annotated[bool, typer.Option("--new", help="Only messages stored from now on.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Stop when nothing arrives for this many seconds (default: follow).")
+    ] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print the tenant's stream as it is verified: every envelope, or why it was rejected."""
+    from trustbus._commands import tail_stream
+    from trustbus._render import tail_dict, tail_line
+
+    def show(item: Any) -> None:
+        if json_out:
+            print(json.dumps(tail_dict(item, tenant)), flush=True)
+        else:
+            out.print(tail_line(item))
+
+    try:
+        _run(
+            tail_stream(
+                _servers(server),
+                tenant=tenant,
+                subject=subject,
+                from_seq=from_seq,
+                new_only=new,
+                limit=limit,
+                idle_timeout_s=idle_timeout,
+                on_item=show,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    """Entry point of the ``trustbus`` console script."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
