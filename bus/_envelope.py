@@ -127,13 +127,14 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 def decode_envelope(body: bytes) -> Envelope:
     """Decode wire bytes; raises ``Malformed`` or ``UnsupportedVersion``."""
+    # msgspec raises DecodeError for bad structure and UnicodeDecodeError (a ValueError) for bad UTF-8.
     try:
         version = _probe_decoder.decode(body).v
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:
         raise Malformed(str(exc)) from exc
     if version != SCHEMA_VERSION:
         raise UnsupportedVersion(f"schema version {version}, this code reads {SCHEMA_VERSION}")
     try:
         return _decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:
         raise Malformed(str(exc)) from exc

@@ -66,7 +66,7 @@ def decode_signed_grant(value: bytes) -> SignedGrant:
     """Parse a KV value; raises KeyringError if it is not a signed grant."""
     try:
         return _signed_decoder.decode(value)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:
         raise KeyringError(f"keyring entry is not a signed grant: {exc}") from exc
 
 
@@ -74,7 +74,7 @@ def decode_grant(signed: SignedGrant) -> KeyGrant:
     """The grant inside a signed grant, without checking the signature."""
     try:
         return _grant_decoder.decode(signed.grant)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:
         raise KeyringError(f"keyring entry holds no valid grant: {exc}") from exc
 
 

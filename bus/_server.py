@@ -26,8 +26,11 @@ _READY = "Server is ready"
 def find_server_binary() -> Path:
     """Locate nats-server: ``$TRUSTBUS_NATS_SERVER``, this environment's scripts dir, then ``PATH``."""
     override = os.environ.get(BINARY_ENV)
-    candidates = [Path(override)] if override else []
-    candidates += [
+    if override:
+        if Path(override).is_file() and os.access(override, os.X_OK):
+            return Path(override)
+        raise ServerBinaryNotFound(f"{BINARY_ENV}={override} is not an executable file: fix or unset it")
+    candidates = [
         Path(sysconfig.get_path("scripts")) / "nats-server",
         Path(sys.executable).parent / "nats-server",
     ]
@@ -150,6 +153,9 @@ class EmbeddedServer:
                 process.wait()
         if self._reader is not None:
             self._reader.join(timeout)
+            self._reader = None
+        if process is not None and process.stderr is not None:
+            process.stderr.close()
         if self._own_data_dir and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None

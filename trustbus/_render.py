@@ -42,7 +42,7 @@ def tail_dict(item: TailItem, tenant: str) -> dict[str, Any]:
     if item.subject == subjects.quarantine(tenant):
         try:
             envelope["payload"] = msgspec.to_builtins(decode_quarantine_record(item.opened.envelope.payload))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, ValueError):
             pass  # shown as decoded above
     out.update(verified=True, key_id=item.opened.grant.key_id, envelope=envelope)
     return out

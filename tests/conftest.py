@@ -1,0 +1,74 @@
+"""Shared fixtures: one real nats-server per test session, a fresh tenant per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from bus import Bus, EmbeddedServer, Identity, KeyringStore, Limits, Role, provision
+
+_tenant_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[EmbeddedServer]:
+    """A nats-server with JetStream on a free port and a temp store dir, for the whole session."""
+    with EmbeddedServer(port=0) as server:
+        yield server
+
+
+@dataclass
+class Tenant:
+    """A provisioned tenant on the session server, with helpers to add keys and connect."""
+
+    name: str
+    url: str
+    nc: NATS
+    js: JetStreamContext
+    admin: Identity
+    keyring: KeyringStore
+    identities: dict[str, Identity] = field(default_factory=dict)
+    buses: list[Bus] = field(default_factory=list)
+
+    async def add(self, owner: str, *, role: Role = "agent", valid_from: int | None = None) -> Identity:
+        """Issue ``owner`` a key, registered in the keyring."""
+        identity = Identity.generate()
+        start = time.time_ns() - 3600 * 10**9 if valid_from is None else valid_from
+        await self.keyring.grant(self.admin, key_id=identity.key_id, owner=owner, role=role, valid_from=start)
+        self.identities[owner] = identity
+        return identity
+
+    async def bus(self, owner: str, *, limits: Limits = Limits()) -> Bus:
+        """A Bus connected as ``owner`` (issued a key first if it has none)."""
+        identity = self.identities.get(owner) or await self.add(owner)
+        bus = await Bus.connect(self.url, tenant=self.name, name=owner, identity=identity, limits=limits)
+        self.buses.append(bus)
+        return bus
+
+
+@pytest.fixture
+async def tenant(nats_server: EmbeddedServer) -> AsyncIterator[Tenant]:
+    """A freshly provisioned tenant with a unique name; its connections close after the test."""
+    name = f"t{os.getpid()}x{next(_tenant_numbers)}"
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    admin = Identity.generate()
+    await provision(js, name, admin_key_id=admin.key_id)
+    keyring = await KeyringStore.open(js, name)
+    await keyring.grant(admin, key_id=admin.key_id, owner="admin", role="admin", valid_from=time.time_ns())
+    kit = Tenant(name=name, url=nats_server.url, nc=nc, js=js, admin=admin, keyring=keyring)
+    try:
+        yield kit
+    finally:
+        for bus in kit.buses:
+            await bus.aclose()
+        await keyring.aclose()
+        await nc.close()
