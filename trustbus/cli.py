@@ -25,8 +25,8 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Manage a tenant's keys: new, list, rotate, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 ServerOpt = Annotated[
@@ -99,8 +99,10 @@ def up(
     stopping = {"signal": 0}
 
     def _stop(signum: int, _frame: object) -> None:
+        # Only forward the signal here; the main thread's wait() returns and cleans up.
         stopping["signal"] = signum
-        server.stop()
+        if server.pid is not None:
+            os.kill(server.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

@@ -49,7 +49,7 @@ async def _reader(tenant: Tenant, subject: str) -> Bus:
     return reader
 
 
-async def _collect(reader: Bus, until_id: str, *, handle: object = None, timeout: float = 15.0) -> list[Delivery]:
+async def _collect(reader: Bus, until_id: str, *, handle: object = None, limit_s: float = 15.0) -> list[Delivery]:
     """Consume until the envelope ``until_id`` is handled without error; return every delivery seen."""
     seen: list[Delivery] = []
 
@@ -64,7 +64,7 @@ async def _collect(reader: Bus, until_id: str, *, handle: object = None, timeout
             if handled and delivery.envelope.id == until_id:
                 return
 
-    await asyncio.wait_for(run(), timeout)
+    await asyncio.wait_for(run(), limit_s)
     return seen
 
 
@@ -74,7 +74,11 @@ async def _last_quarantine(tenant: Tenant) -> tuple[dict[str, object], str]:
         raw.data, raw.headers, keyring=tenant.keyring.keyring, received_ns=time.time_ns()
     )  # the quarantine record is itself a signed envelope
     record = decode_quarantine_record(opened.envelope.payload)
-    return {"reason": record.reason, "stream_seq": record.stream_seq, "sender": record.claimed_sender}, opened.envelope.sender
+    return {
+        "reason": record.reason,
+        "stream_seq": record.stream_seq,
+        "sender": record.claimed_sender,
+    }, opened.envelope.sender
 
 
 async def test_round_trip_delivers_the_exact_envelope(tenant: Tenant) -> None:

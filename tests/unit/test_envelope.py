@@ -22,7 +22,7 @@ def test_ids_are_uuid7_and_sort_by_time() -> None:
 
 
 def test_new_envelope_starts_a_correlation_and_sorts_taint() -> None:
-    env = new_envelope(tenant="acme", kind="event", sender="alice", to=["bob"], taint={"web", "email", "web"})
+    env = new_envelope(tenant="acme", kind="event", sender="alice", to=["bob"], taint=["web", "email", "web"])
     assert env.correlation_id == env.id
     assert env.taint == ("email", "web")
     assert env.v == 1

@@ -1,0 +1,128 @@
+"""The trustbus command, run as real processes: up, init, keys, send, tail."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TRUSTBUS = [sys.executable, "-m", "trustbus"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`trustbus up --port 0` as a child process; yields its URL."""
+    data = tmp_path_factory.mktemp("js")
+    proc = subprocess.Popen(
+        [*TRUSTBUS, "up", "--port", "0", "--data", str(data), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else "no output"
+    yield json.loads(line)["url"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    proc.stdout.close()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*TRUSTBUS, *args], env=env, capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def env(server: str, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "NATS_URL": server, "TRUSTBUS_KEYS": str(tmp_path / "keys")}
+
+
+def test_init_send_tail_round_trip(env: dict[str, str]) -> None:
+    first = json.loads(run("init", "--tenant", "clione", "--json", env=env).stdout)
+    second = json.loads(run("init", "--tenant", "clione", "--json", env=env).stdout)
+    assert first["created"] == ["TB_clione", "tb_keys_clione", "tb_mem_clione"]
+    assert second["created"] == [] and second["updated"] == []
+    assert second["admin_key"] == first["admin_key"]
+
+    run("keys", "new", "--tenant", "clione", "--owner", "alice", env=env)
+    sent = json.loads(
+        run(
+            "send", "-t", "clione", "--as", "alice", "--to", "bob", "--payload", '{"refund": 12}', "--json", env=env
+        ).stdout
+    )
+    lines = run("tail", "-t", "clione", "--json", "--idle-timeout", "1", env=env).stdout.splitlines()
+    [item] = [json.loads(line) for line in lines]
+    assert item["verified"] is True
+    assert item["seq"] == sent["seq"]
+    assert item["envelope"]["id"] == sent["id"]
+    assert item["envelope"]["payload"] == {"refund": 12}
+    assert item["envelope"]["sender"] == "alice"
+
+
+def test_rotation_keeps_old_envelopes_valid_and_new_ones_signed_by_the_new_key(env: dict[str, str]) -> None:
+    run("init", "--tenant", "rota", env=env)
+    run("keys", "new", "--tenant", "rota", "--owner", "alice", env=env)
+    before = json.loads(run("send", "-t", "rota", "--as", "alice", "--to", "bob", "--json", env=env).stdout)
+    rotated = json.loads(run("keys", "rotate", "-t", "rota", "--owner", "alice", "--json", env=env).stdout)
+    after = json.loads(run("send", "-t", "rota", "--as", "alice", "--to", "bob", "--json", env=env).stdout)
+
+    items = [
+        json.loads(x)
+        for x in run("tail", "-t", "rota", "--json", "--idle-timeout", "1", env=env).stdout.split("\n")
+        if x
+    ]
+    by_id = {i["envelope"]["id"]: i for i in items}
+    assert by_id[before["id"]]["verified"] and by_id[before["id"]]["key_id"] == rotated["old"]["key_id"]
+    assert by_id[after["id"]]["verified"] and by_id[after["id"]]["key_id"] == rotated["new"]["key_id"]
+    listed = [json.loads(x) for x in run("keys", "list", "-t", "rota", "--json", env=env).stdout.splitlines()]
+    assert {k["key_id"]: k["revoked_at"] is not None for k in listed if k["owner"] == "alice"} == {
+        rotated["old"]["key_id"]: True,
+        rotated["new"]["key_id"]: False,
+    }
+
+
+def test_envelope_signed_with_a_revoked_key_is_shown_rejected(env: dict[str, str], tmp_path: Path) -> None:
+    run("init", "--tenant", "revo", env=env)
+    grant = json.loads(run("keys", "new", "--tenant", "revo", "--owner", "alice", "--json", env=env).stdout)
+    run("keys", "revoke", "--tenant", "revo", grant["key_id"], env=env)
+    run("send", "-t", "revo", "--as", "alice", "--to", "bob", env=env)
+    [item] = [
+        json.loads(x) for x in run("tail", "-t", "revo", "--json", "--idle-timeout", "1", env=env).stdout.splitlines()
+    ]
+    assert item["verified"] is False and item["reason"] == "revoked_key"
+
+
+def test_clear_errors_for_missing_key_and_unprovisioned_tenant(env: dict[str, str]) -> None:
+    missing = run("send", "-t", "nowhere", "--as", "ghost", "--to", "bob", env=env, check=False)
+    assert missing.returncode == 1 and "trustbus keys new" in missing.stderr
+    run("init", "--tenant", "keyed", env=env)
+    shutil.copy(Path(env["TRUSTBUS_KEYS"]) / "keyed" / "admin.seed", Path(env["TRUSTBUS_KEYS"]) / "keyed" / "x.seed")
+    unprovisioned = run("keys", "list", "-t", "never", env=env, check=False)
+    assert unprovisioned.returncode == 1 and "trustbus init --tenant never" in unprovisioned.stderr
+
+
+def test_up_on_a_taken_port_names_the_fix(env: dict[str, str]) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = run("up", "--port", str(holder.getsockname()[1]), env=env, check=False)
+    assert taken.returncode == 1 and "--port 0" in taken.stderr
+
+
+def test_help_lists_every_command() -> None:
+    result = subprocess.run([*TRUSTBUS, "--help"], capture_output=True, text=True, timeout=30)
+    for command in ("up", "init", "keys", "send", "tail"):
+        assert command in result.stdout

@@ -1,0 +1,134 @@
+"""The embedded server, provisioning, persistence across a restart, and nkey authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+
+from bus import (
+    Bus,
+    ConfigError,
+    EmbeddedServer,
+    Identity,
+    KeyringStore,
+    PortInUse,
+    ServerBinaryNotFound,
+    find_server_binary,
+    new_envelope,
+    provision,
+    subjects,
+    tail,
+)
+from tests.conftest import Tenant
+
+
+def test_taken_port_gives_an_error_that_names_the_fix() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortInUse, match="--port 0"):
+            EmbeddedServer(port=port).start()
+
+
+def test_missing_binary_gives_an_error_that_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TRUSTBUS_NATS_SERVER", str(tmp_path / "no-such-binary"))
+    with pytest.raises(ServerBinaryNotFound, match="TRUSTBUS_NATS_SERVER"):
+        find_server_binary()
+
+
+def test_binary_from_the_wheel_is_found() -> None:
+    assert find_server_binary().name == "nats-server"
+
+
+async def test_provisioning_twice_changes_nothing(tenant: Tenant) -> None:
+    before = await tenant.js.stream_info(f"TB_{tenant.name}")
+    report = await provision(tenant.js, tenant.name, admin_key_id=tenant.admin.key_id)
+    after = await tenant.js.stream_info(f"TB_{tenant.name}")
+    assert report.created == [] and report.updated == []
+    assert sorted(report.unchanged) == sorted([f"TB_{tenant.name}", f"tb_keys_{tenant.name}", f"tb_mem_{tenant.name}"])
+    assert before.config == after.config
+
+
+async def test_stream_is_append_only(tenant: Tenant) -> None:
+    alice = await tenant.bus("alice")
+    sealed = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"]))
+    ack = await alice.publish(subjects.outbox(tenant.name, "alice"), sealed)
+    config = (await tenant.js.stream_info(f"TB_{tenant.name}")).config
+    assert config.deny_delete and config.deny_purge and not config.allow_rollup_hdrs
+    assert config.duplicate_window >= 120
+    with pytest.raises(nats.js.errors.APIError):
+        await tenant.js.delete_msg(f"TB_{tenant.name}", ack.seq)
+    with pytest.raises(nats.js.errors.APIError):
+        await tenant.js.purge_stream(f"TB_{tenant.name}")
+    assert (await tenant.js.get_msg(f"TB_{tenant.name}", ack.seq)).data == sealed.body
+
+
+async def test_reprovisioning_with_another_admin_key_is_refused(tenant: Tenant) -> None:
+    with pytest.raises(ConfigError, match="pinned"):
+        await provision(tenant.js, tenant.name, admin_key_id=Identity.generate().key_id)
+
+
+async def test_envelopes_survive_a_server_restart(tmp_path: Path) -> None:
+    admin, alice = Identity.generate(), Identity.generate()
+    with EmbeddedServer(port=0, data_dir=tmp_path / "js") as server:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await provision(js, "durable", admin_key_id=admin.key_id)
+        async with await KeyringStore.open(js, "durable") as store:
+            await store.grant(
+                admin, key_id=alice.key_id, owner="alice", role="agent", valid_from=time.time_ns() - 10**9
+            )
+        async with await Bus.connect(server.url, tenant="durable", name="alice", identity=alice) as bus:
+            sent = []
+            for i in range(20):
+                env = new_envelope(tenant="durable", kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
+                await bus.publish_pipelined(subjects.outbox("durable", "alice"), bus.seal(env))
+                sent.append(env.id)
+            await bus.flush()
+        await nc.close()
+
+    with EmbeddedServer(port=0, data_dir=tmp_path / "js") as server:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        async with await KeyringStore.open(js, "durable") as store:
+            items = [item async for item in tail(js, store, "durable", idle_timeout_s=1.0)]
+        await nc.close()
+    assert [item.error for item in items] == [None] * 20
+    assert [item.opened.envelope.id for item in items if item.opened] == sent
+
+
+_REFUSED_CONNECT = """
+import asyncio, sys, nats
+async def main():
+    try:
+        await nats.connect(sys.argv[1], nkeys_seed_str=sys.argv[2], allow_reconnect=False, connect_timeout=2)
+    except Exception as exc:
+        print("refused:", exc)
+asyncio.run(main())
+"""
+
+
+async def test_one_seed_authenticates_to_nats_and_signs(tmp_path: Path) -> None:
+    alice = Identity.generate()
+    config = tmp_path / "nkey.conf"
+    config.write_text(f'authorization {{\n  users = [\n    {{ nkey: "{alice.key_id}" }}\n  ]\n}}\n')
+    with EmbeddedServer(port=0, config=config) as server:
+        nc = await nats.connect(server.url, nkeys_seed_str=alice.nkey_seed)
+        assert nc.is_connected
+        await nc.close()
+        # A refused connect runs in its own process: nats-py leaks the refused socket.
+        stranger = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _REFUSED_CONNECT, server.url, Identity.generate().nkey_seed,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, _ = await asyncio.wait_for(stranger.communicate(), 30)
+        assert "refused: nats: 'Authorization Violation'" in stdout.decode()

@@ -1,0 +1,5 @@
+"""``python -m trustbus``."""
+
+from trustbus.cli import main
+
+main()
