@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.errors
@@ -24,6 +25,7 @@ class TailItem:
     stream_seq: int
     subject: str
     stored_ns: int
+    pending: int
     opened: Opened | None
     error: VerificationError | None
 
@@ -35,6 +37,7 @@ async def tail(
     *,
     subject: str | None = None,
     from_seq: int | None = None,
+    since_ns: int | None = None,
     new_only: bool = False,
     limits: Limits = Limits(),
     idle_timeout_s: float | None = None,
@@ -49,20 +52,23 @@ async def tail(
         tenant: the tenant.
         subject: a filter within the tenant (default: everything, ``tb.<tenant>.>``).
         from_seq: start at this stream sequence.
+        since_ns: start at the first message stored at or after this time (unix ns).
         new_only: start with the next message stored.
         limits: size and skew limits.
         idle_timeout_s: stop when nothing arrives for this long (None: follow forever).
     """
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.ALL)
     if from_seq is not None:
-        policy, start = DeliverPolicy.BY_START_SEQUENCE, from_seq
-    else:
-        policy, start = (DeliverPolicy.NEW if new_only else DeliverPolicy.ALL), None
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq)
+    elif since_ns is not None:
+        start = datetime.fromtimestamp(since_ns / 1e9, tz=UTC)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
     try:
         sub = await js.subscribe(
             subject or all_subjects(tenant),
             stream=stream_name(tenant),
             ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=policy, opt_start_seq=start),
+            config=config,
             pending_msgs_limit=4096,
         )
     except (nats.errors.Error, nats.js.errors.Error) as exc:
@@ -86,6 +92,7 @@ async def tail(
 
 async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds) -> TailItem:
     seq = msg.metadata.sequence.stream
+    pending = msg.metadata.num_pending
     stored_ns = int(msg.metadata.timestamp.timestamp() * 1_000_000_000)
     headers = msg.headers or {}
     key_id = headers.get(HEADER_KEY, "")
@@ -97,6 +104,10 @@ async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds
             msg.data, headers, keyring=keyring.keyring, received_ns=stored_ns, limits=limits, seen=seen, stream_seq=seq
         )
     except VerificationError as exc:
-        return TailItem(stream_seq=seq, subject=msg.subject, stored_ns=stored_ns, opened=None, error=exc)
+        return TailItem(
+            stream_seq=seq, subject=msg.subject, stored_ns=stored_ns, pending=pending, opened=None, error=exc
+        )
     seen.add(opened.envelope, seq)
-    return TailItem(stream_seq=seq, subject=msg.subject, stored_ns=stored_ns, opened=opened, error=None)
+    return TailItem(
+        stream_seq=seq, subject=msg.subject, stored_ns=stored_ns, pending=pending, opened=opened, error=None
+    )

@@ -29,6 +29,7 @@ from bus._keyring_store import KeyringStore
 from bus._quarantine import encode_quarantine_record, quarantine_record
 from bus._seal import HEADER_KEY, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from bus._subjects import check_name, quarantine, stream_name
+from bus._tail import tail
 
 log = logging.getLogger("trustbus.bus")
 
@@ -258,7 +259,7 @@ class Bus:
             sub = await self.js.pull_subscribe_bind(durable, stream=self.stream)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot bind consumer {durable}: {exc}") from exc
-        seen = SeenIds(window_ns=self.limits.skew_ns)
+        seen = await self._recently_accepted(durable)
         try:
             while stop is None or not stop.is_set():
                 try:
@@ -276,6 +277,41 @@ class Bus:
         finally:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await sub.unsubscribe()
+
+    async def _recently_accepted(self, durable: str) -> SeenIds:
+        """Ids this consumer already settled within the replay window, read back from the stream.
+
+        A restarted consumer would otherwise forget them, and a replay of one
+        (same bytes, fresh ``Nats-Msg-Id``) inside the skew window would pass.
+        Only envelopes that verify are remembered, so a forged envelope cannot
+        claim a legitimate id in advance. Best effort: a user without the right
+        to create an ordered consumer starts with an empty set (logged).
+        """
+        seen = SeenIds(window_ns=self.limits.skew_ns)
+        try:
+            info = await self.js.consumer_info(self.stream, durable)
+            floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+            if floor == 0:
+                return seen
+            since = time.time_ns() - 2 * self.limits.skew_ns
+            async for item in tail(
+                self.js,
+                self.keyring,
+                self.tenant,
+                subject=info.config.filter_subject,
+                since_ns=since,
+                limits=self.limits,
+                idle_timeout_s=self._publish_timeout_s,
+            ):
+                if item.stream_seq > floor:
+                    break
+                if item.opened is not None:
+                    seen.add(item.opened.envelope, item.stream_seq)
+                if item.pending == 0:
+                    break
+        except (BusError, nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("could not read back recently accepted ids", extra={"consumer": durable, "error": str(exc)})
+        return seen
 
     async def _verify(
         self, msg: Msg, seen: SeenIds, settings: ConsumerSettings, recipient: str | None

@@ -46,10 +46,11 @@ class Tenant:
         self.identities[owner] = identity
         return identity
 
-    async def bus(self, owner: str, *, limits: Limits = Limits()) -> Bus:
-        """A Bus connected as ``owner`` (issued a key first if it has none)."""
-        identity = self.identities.get(owner) or await self.add(owner)
-        bus = await Bus.connect(self.url, tenant=self.name, name=owner, identity=identity, limits=limits)
+    async def bus(self, owner: str, *, identity_of: str | None = None, limits: Limits = Limits()) -> Bus:
+        """A new Bus connection as ``identity_of`` (default ``owner``), issued a key first if it has none."""
+        name = identity_of or owner
+        identity = self.identities.get(name) or await self.add(name)
+        bus = await Bus.connect(self.url, tenant=self.name, name=name, identity=identity, limits=limits)
         self.buses.append(bus)
         return bus
 

@@ -126,3 +126,27 @@ def test_help_lists_every_command() -> None:
     result = subprocess.run([*TRUSTBUS, "--help"], capture_output=True, text=True, timeout=30)
     for command in ("up", "init", "keys", "send", "tail"):
         assert command in result.stdout
+
+
+def test_development_config_needs_credentials_and_accepts_the_admin(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [*TRUSTBUS, "up", "--port", "0", "--config", str(root / "nats.conf"), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["url"]
+        base = {**os.environ, "TRUSTBUS_KEYS": str(tmp_path / "keys")}
+        anonymous = run("init", "--tenant", "dev", env={**base, "NATS_URL": url}, check=False)
+        assert anonymous.returncode == 1 and "cannot connect" in anonymous.stderr
+        admin_url = url.replace("nats://", "nats://admin:dev-admin@")
+        created = json.loads(run("init", "--tenant", "dev", "--json", env={**base, "NATS_URL": admin_url}).stdout)
+        assert created["created"] == ["TB_dev", "tb_keys_dev", "tb_mem_dev"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        if proc.stdout:
+            proc.stdout.close()

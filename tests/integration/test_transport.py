@@ -227,3 +227,24 @@ async def test_key_registered_after_the_consumer_started_verifies(tenant: Tenant
     await tenant.js.publish(subject, sent.body, headers=sent.headers)
     [delivery] = await _collect(reader, sealed.id)
     assert delivery.opened.grant.owner == "dave"
+
+
+async def test_replay_after_the_consumer_restarts_is_still_quarantined(tenant: Tenant) -> None:
+    cast = await _cast(tenant)
+    subject = subjects.outbox(tenant.name, "alice")
+    reader = await _reader(tenant, subject)
+    original = valid(cast)
+    await tenant.js.publish(subject, original.body, headers=original.headers)
+    await _collect(reader, original.envelope.id)  # consumed and acked; that consume() is closed
+
+    # A new consume() starts with no memory: it must read back what its consumer already accepted.
+    restarted = await tenant.bus("reader-restarted", identity_of="reader")
+    replay = await tenant.js.publish(subject, original.body, headers={**original.headers, "Nats-Msg-Id": "again"})
+    twin = valid(cast)
+    await tenant.js.publish(subject, twin.body, headers=twin.headers)
+
+    delivered = await _collect(restarted, twin.envelope.id)
+
+    assert [d.envelope.id for d in delivered] == [twin.envelope.id]
+    record, _ = await _last_quarantine(tenant)
+    assert record == {"reason": "replayed", "stream_seq": replay.seq, "sender": "alice"}
