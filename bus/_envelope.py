@@ -129,12 +129,16 @@ def decode_envelope(body: bytes) -> Envelope:
     """Decode wire bytes; raises ``Malformed`` or ``UnsupportedVersion``."""
     # msgspec raises DecodeError for bad structure and UnicodeDecodeError (a ValueError) for bad UTF-8.
     try:
-        version = _probe_decoder.decode(body).v
+        envelope = _decoder.decode(body)
     except (msgspec.DecodeError, ValueError) as exc:
+        # Tell a newer schema from garbage: only the version field is read here.
+        try:
+            version = _probe_decoder.decode(body).v
+        except (msgspec.DecodeError, ValueError):
+            raise Malformed(str(exc)) from exc
+        if version != SCHEMA_VERSION:
+            raise UnsupportedVersion(f"schema version {version}, this code reads {SCHEMA_VERSION}") from exc
         raise Malformed(str(exc)) from exc
-    if version != SCHEMA_VERSION:
-        raise UnsupportedVersion(f"schema version {version}, this code reads {SCHEMA_VERSION}")
-    try:
-        return _decoder.decode(body)
-    except (msgspec.DecodeError, ValueError) as exc:
-        raise Malformed(str(exc)) from exc
+    if envelope.v != SCHEMA_VERSION:
+        raise UnsupportedVersion(f"schema version {envelope.v}, this code reads {SCHEMA_VERSION}")
+    return envelope

@@ -133,10 +133,18 @@ class SeenIds:
         self._ids.move_to_end(envelope.id)
 
     def prune(self, now_ns: int) -> None:
-        """Forget ids whose ``ts`` is older than the window before ``now_ns``."""
+        """Forget the oldest-added ids while their ``ts`` is older than the window before ``now_ns``.
+
+        Ids are kept in the order they were accepted, which follows ``ts`` up to
+        the skew; pruning stops at the first fresh one, so a call costs only what
+        it removes. An out-of-order stale id stays a little longer: that only
+        makes the check stricter.
+        """
         horizon = now_ns - 2 * self._window_ns
-        stale = [i for i, (ts, _) in self._ids.items() if ts < horizon]
-        for envelope_id in stale:
+        while self._ids:
+            envelope_id, (ts, _) = next(iter(self._ids.items()))
+            if ts >= horizon:
+                return
             del self._ids[envelope_id]
 
     def __len__(self) -> int:

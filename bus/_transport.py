@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,12 +21,13 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 
 from bus._envelope import Envelope, new_envelope
 from bus._errors import BusError, TransportError, VerificationError
 from bus._identity import Identity
 from bus._keyring_store import KeyringStore
+from bus._publisher import Publisher
 from bus._quarantine import encode_quarantine_record, quarantine_record
 from bus._seal import HEADER_KEY, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from bus._subjects import check_name, quarantine, stream_name
@@ -59,8 +61,8 @@ class ConsumerSettings:
     backoff_s: tuple[float, ...] = (0.2, 1.0, 5.0)
 
 
-def _stored_ns(msg: Msg) -> int:
-    return int(msg.metadata.timestamp.timestamp() * 1_000_000_000)
+def _stored_ns(meta: Msg.Metadata) -> int:
+    return int(meta.timestamp.timestamp() * 1_000_000_000)
 
 
 class Bus:
@@ -92,8 +94,7 @@ class Bus:
         self.limits = limits
         self.stream = stream_name(tenant)
         self._publish_timeout_s = publish_timeout_s
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._in_flight: set[asyncio.Task[PubAck]] = set()
+        self._publisher = Publisher(js, max_in_flight=max_in_flight, timeout_s=publish_timeout_s)
 
     @classmethod
     async def connect(
@@ -165,54 +166,27 @@ class Bus:
 
     async def publish(self, subject: str, sealed: Sealed, *, headers: Mapping[str, str] | None = None) -> PubAck:
         """Publish and wait for the stream's ack; a resend of a stored id comes back ``duplicate``."""
-        task = await self.publish_pipelined(subject, sealed, headers=headers)
-        return await task
+        ack = await self._publisher.start(
+            subject, sealed.body, {**sealed.headers, **(headers or {})}, report_failure_on_flush=False
+        )
+        return await ack
 
     async def publish_pipelined(
         self, subject: str, sealed: Sealed, *, headers: Mapping[str, str] | None = None
-    ) -> asyncio.Task[PubAck]:
-        """Start a publish and return a task for its ack, once a slot is free.
+    ) -> asyncio.Future[PubAck]:
+        """Start a publish once a slot is free and return a future for its ack.
 
-        At most ``max_in_flight`` publishes await their ack at once; each ack
-        wait is bounded by the publish timeout and retried with the same
-        ``Nats-Msg-Id`` (a timeout does not mean the message was not stored).
+        At most ``max_in_flight`` publishes await their ack at once; each is
+        bounded by the publish timeout and re-sent with the same
+        ``Nats-Msg-Id`` if it times out (a timeout does not mean the message
+        was not stored). Call :meth:`flush` to wait for all of them: it raises
+        if any failed, so a pipelined publish is never lost silently.
         """
-        await self._slots.acquire()
-        all_headers = {**sealed.headers, **(headers or {})}
-        try:
-            future = await self.js.publish_async(subject, sealed.body, headers=dict(all_headers))
-        except BaseException:
-            self._slots.release()
-            raise
-        task = asyncio.create_task(self._await_ack(future, subject, sealed.body, all_headers))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return task
-
-    async def _await_ack(
-        self, future: asyncio.Future[PubAck], subject: str, body: bytes, headers: dict[str, str]
-    ) -> PubAck:
-        try:
-            try:
-                return await asyncio.wait_for(future, self._publish_timeout_s)
-            except TimeoutError:
-                log.warning("publish ack timed out; retrying with the same Nats-Msg-Id", extra={"subject": subject})
-            for attempt in range(3):
-                try:
-                    return await self.js.publish(subject, body, headers=dict(headers), timeout=self._publish_timeout_s)
-                except nats.errors.TimeoutError:
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"publish to {subject} failed: {exc!r}") from exc
-        finally:
-            self._slots.release()
+        return await self._publisher.start(subject, sealed.body, {**sealed.headers, **(headers or {})})
 
     async def flush(self, *, timeout_s: float = 30.0) -> None:
-        """Wait for every pipelined publish to be acked (or to fail)."""
-        if self._in_flight:
-            await asyncio.wait_for(asyncio.gather(*self._in_flight, return_exceptions=True), timeout_s)
+        """Wait for every pipelined publish to be acked; raise TransportError if any failed."""
+        await self._publisher.flush(timeout_s=timeout_s)
 
     # -- consuming ----------------------------------------------------------
 
@@ -257,9 +231,13 @@ class Bus:
         """
         try:
             sub = await self.js.pull_subscribe_bind(durable, stream=self.stream)
+            info = await self.js.consumer_info(self.stream, durable)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot bind consumer {durable}: {exc}") from exc
-        seen = await self._recently_accepted(durable)
+        if info.config.max_deliver and info.config.max_deliver > 0:
+            # The server stops redelivering at its own max_deliver: quarantine on that attempt.
+            settings = dataclasses.replace(settings, max_deliver=info.config.max_deliver)
+        seen = await self._recently_accepted(info)
         try:
             while stop is None or not stop.is_set():
                 try:
@@ -278,7 +256,7 @@ class Bus:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await sub.unsubscribe()
 
-    async def _recently_accepted(self, durable: str) -> SeenIds:
+    async def _recently_accepted(self, info: ConsumerInfo) -> SeenIds:
         """Ids this consumer already settled within the replay window, read back from the stream.
 
         A restarted consumer would otherwise forget them, and a replay of one
@@ -288,12 +266,11 @@ class Bus:
         to create an ordered consumer starts with an empty set (logged).
         """
         seen = SeenIds(window_ns=self.limits.skew_ns)
+        floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+        if floor == 0:
+            return seen
+        since = time.time_ns() - 2 * self.limits.skew_ns
         try:
-            info = await self.js.consumer_info(self.stream, durable)
-            floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
-            if floor == 0:
-                return seen
-            since = time.time_ns() - 2 * self.limits.skew_ns
             async for item in tail(
                 self.js,
                 self.keyring,
@@ -310,13 +287,14 @@ class Bus:
                 if item.pending == 0:
                     break
         except (BusError, nats.errors.Error, nats.js.errors.Error) as exc:
-            log.warning("could not read back recently accepted ids", extra={"consumer": durable, "error": str(exc)})
+            log.warning("could not read back recently accepted ids", extra={"consumer": info.name, "error": str(exc)})
         return seen
 
     async def _verify(
         self, msg: Msg, seen: SeenIds, settings: ConsumerSettings, recipient: str | None
     ) -> Delivery | None:
-        seq = msg.metadata.sequence.stream
+        meta = msg.metadata
+        seq = meta.sequence.stream
         headers = msg.headers or {}
         key_id = headers.get(HEADER_KEY, "")
         if key_id and not self.keyring.keyring.knows(key_id):
@@ -326,7 +304,7 @@ class Bus:
                 msg.data,
                 headers,
                 keyring=self.keyring.keyring,
-                received_ns=_stored_ns(msg),
+                received_ns=_stored_ns(meta),
                 limits=self.limits,
                 seen=seen,
                 stream_seq=seq,
@@ -338,7 +316,7 @@ class Bus:
         if seen.sequence_of(opened.envelope.id) == seq:
             await msg.ack()  # redelivered after an ack that was lost: already handled
             return None
-        return Delivery(self, msg, opened, seen, settings)
+        return Delivery(self, msg, meta, opened, seen, settings)
 
     async def quarantine_msg(self, msg: Msg, *, reason: str, detail: str) -> None:
         """Publish a quarantine record for ``msg`` and terminate it; on failure nak it for later."""
@@ -376,8 +354,11 @@ class Bus:
 
     async def aclose(self) -> None:
         """Wait briefly for in-flight publishes, stop the keyring follower, drain and close."""
-        with contextlib.suppress(asyncio.TimeoutError):
+        try:
             await self.flush(timeout_s=self._publish_timeout_s)
+        except (TimeoutError, TransportError):
+            log.exception("publishes still failing or outstanding at close")
+        await self._publisher.aclose()
         await self.keyring.aclose()
         with contextlib.suppress(nats.errors.Error):
             await self.nc.drain()
@@ -393,7 +374,15 @@ class Bus:
 class Delivery:
     """One verified message from a consumer, to be settled exactly once."""
 
-    def __init__(self, bus: Bus, msg: Msg, opened: Opened, seen: SeenIds, settings: ConsumerSettings) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        msg: Msg,
+        meta: Msg.Metadata,
+        opened: Opened,
+        seen: SeenIds,
+        settings: ConsumerSettings,
+    ) -> None:
         """Made by :meth:`Bus.consume`."""
         self._bus = bus
         self._msg = msg
@@ -401,9 +390,9 @@ class Delivery:
         self._settings = settings
         self.opened = opened
         self.envelope = opened.envelope
-        self.stream_seq: int = msg.metadata.sequence.stream
-        self.attempt: int = msg.metadata.num_delivered
-        self.headers: dict[str, str] = dict(msg.headers or {})
+        self.stream_seq: int = meta.sequence.stream
+        self.attempt: int = meta.num_delivered
+        self.headers: Mapping[str, str] = msg.headers or {}
         self.body: bytes = msg.data
 
     async def ack(self) -> None:

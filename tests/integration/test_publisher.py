@@ -1,0 +1,72 @@
+"""Pipelined publishing: a lost ack is re-sent under the same id, and a failure is never silent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from bus import EmbeddedServer, TransportError
+from bus._publisher import Publisher
+
+
+async def test_failed_pipelined_publish_is_reported_by_flush(nats_server: EmbeddedServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    publisher = Publisher(nc.jetstream(), max_in_flight=8, timeout_s=1.0)
+    try:
+        ack = await publisher.start("no.stream.here", b"x", {"Nats-Msg-Id": "m1"})
+        with pytest.raises(TransportError, match="1 publish"):
+            await publisher.flush(timeout_s=5)
+        assert isinstance(ack.exception(), TransportError)
+        await publisher.flush(timeout_s=5)  # reported once, then cleared
+    finally:
+        await publisher.aclose()
+        await nc.close()
+
+
+async def test_lost_ack_is_resent_with_the_same_msg_id(nats_server: EmbeddedServer) -> None:
+    """A responder standing in for a stream that stores the first attempt but whose ack is lost."""
+    nc = await nats.connect(nats_server.url)
+    attempts: list[str] = []
+
+    async def flaky_stream(msg: Msg) -> None:
+        attempts.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+        if len(attempts) > 1:  # the first ack is "lost"; the re-send is answered as a duplicate
+            await msg.respond(json.dumps({"stream": "S", "seq": 1, "duplicate": True}).encode())
+
+    await nc.subscribe("flaky.subject", cb=flaky_stream)
+    publisher = Publisher(nc.jetstream(), max_in_flight=8, timeout_s=0.3)
+    try:
+        ack = await publisher.start("flaky.subject", b"x", {"Nats-Msg-Id": "same-id"})
+        result = await asyncio.wait_for(ack, 10)
+        await publisher.flush(timeout_s=5)
+        assert attempts == ["same-id", "same-id"]
+        assert result.seq == 1 and result.duplicate
+    finally:
+        await publisher.aclose()
+        await nc.close()
+
+
+async def test_ack_that_never_comes_fails_after_bounded_resends(nats_server: EmbeddedServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    seen: list[bytes] = []
+
+    async def black_hole(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    await nc.subscribe("black.hole", cb=black_hole)
+    publisher = Publisher(nc.jetstream(), max_in_flight=1, timeout_s=0.2)
+    try:
+        ack = await publisher.start("black.hole", b"x", {"Nats-Msg-Id": "m"})
+        with pytest.raises(TransportError, match="re-sends"):
+            await asyncio.wait_for(ack, 10)
+        # the slot was freed: another publish can start
+        nxt = await asyncio.wait_for(publisher.start("black.hole", b"y", {"Nats-Msg-Id": "n"}), 2)
+        nxt.cancel()
+        assert len(seen) >= 4  # the first send and three re-sends
+    finally:
+        await publisher.aclose()
+        await nc.close()
