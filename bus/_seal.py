@@ -91,8 +91,7 @@ class Sealed:
     headers: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class Mediation:
+class Mediation(msgspec.Struct, frozen=True):
     """What the coordinator's countersignature said about a delivery."""
 
     coordinator_key: str
@@ -100,8 +99,7 @@ class Mediation:
     effective_taint: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(msgspec.Struct, frozen=True):
     """A verified envelope, the grant of the key that signed it, and its mediation if required."""
 
     envelope: Envelope
@@ -285,7 +283,7 @@ def _decode_signature(value: str, *, missing: type[VerificationError], bad: type
     if not value:
         raise missing("empty or missing signature header")
     try:
-        sig = base64.b64decode(value, validate=True)
+        sig = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise bad("signature header is not base64") from exc
     if len(sig) != 64:
