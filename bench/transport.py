@@ -422,7 +422,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="messages per measured phase (default 20000)")
     parser.add_argument("--payload", type=int, default=256, help="payload bytes per message (default 256)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of both paths; medians reported (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of both paths; medians reported (default 5)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()
     if args.n < 100 or args.payload < 0 or args.rounds < 1:
