@@ -1,0 +1,219 @@
+"""The coordinator's decision: a pure function of (policy, envelope, state).
+
+``decide`` reads the state and returns a :class:`Decision` (or a
+:class:`Deferral` when the sender is over a ``delay`` rate limit);
+``CoordinatorState.apply`` folds a recorded decision into the state. The
+state is therefore exactly the fold of the decision log over the policy, which
+is how a coordinator rebuilds it at start and how a past incident can be
+re-decided under another policy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from agents._policy import Policy
+from bus import Envelope
+
+Verdict = Literal["accept", "reject", "hold"]
+
+
+class Dropped(msgspec.Struct, frozen=True, array_like=True):
+    """A recipient the envelope will not reach, and why."""
+
+    recipient: str
+    reason: str
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the coordinator decided about one envelope. The payload of a ``decision`` envelope."""
+
+    v: int = 1
+    envelope_id: str
+    source_seq: int
+    sender: str
+    kind: str
+    correlation_id: str
+    causation_id: str | None
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    deliver_to: tuple[str, ...]
+    dropped: tuple[Dropped, ...]
+    hop: int
+    declared_taint: tuple[str, ...]
+    effective_taint: tuple[str, ...]
+    decided_ns: int
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """Not decided yet: the sender is over its rate and the policy says to slow it down."""
+
+    retry_after_s: float
+    reason: str = "rate_limit"
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Decision)
+
+
+def encode_decision(decision: Decision) -> bytes:
+    """The msgpack payload of a decision envelope."""
+    return _encoder.encode(decision)
+
+
+def decode_decision(payload: bytes) -> Decision:
+    """Parse a decision envelope's payload."""
+    return _decoder.decode(payload)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at_ns: int
+
+
+@dataclass
+class CoordinatorState:
+    """Everything decisions depend on, derived only from the decision log.
+
+    Attributes:
+        decided: envelope id -> the decision about it.
+        spent: accepted envelopes per correlation.
+        hops: effective hop of each accepted envelope (to derive a reply's hop
+            from its cause instead of trusting the sender).
+        seen_taint: (correlation, agent) -> taint of everything delivered to it.
+        last_seq: stream sequence of the last decision applied.
+    """
+
+    decided: dict[str, Decision] = field(default_factory=dict)
+    spent: Counter[str] = field(default_factory=Counter)
+    hops: dict[str, int] = field(default_factory=dict)
+    seen_taint: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+    last_seq: int = 0
+
+    def tokens(self, policy: Policy, sender: str, at_ns: int) -> float | None:
+        """Rate tokens ``sender`` has at ``at_ns`` (None: no rate limit applies)."""
+        rate = policy.rate_for(sender)
+        if rate is None:
+            return None
+        bucket = self.buckets.get(sender)
+        if bucket is None:
+            return float(rate.burst)
+        elapsed_s = max(0, at_ns - bucket.at_ns) / 1e9
+        return min(float(rate.burst), bucket.tokens + elapsed_s * rate.per_second)
+
+    def apply(self, decision: Decision, policy: Policy, *, seq: int) -> None:
+        """Fold one recorded decision (at stream sequence ``seq``) into the state."""
+        self.decided[decision.envelope_id] = decision
+        self.last_seq = max(self.last_seq, seq)
+        if "rate_limit" not in decision.reasons:
+            tokens = self.tokens(policy, decision.sender, decision.decided_ns)
+            if tokens is not None:
+                self.buckets[decision.sender] = _Bucket(tokens - 1, decision.decided_ns)
+        if decision.verdict != "accept":
+            return
+        self.spent[decision.correlation_id] += 1
+        self.hops[decision.envelope_id] = decision.hop
+        taint = frozenset(decision.effective_taint)
+        for recipient in decision.deliver_to:
+            key = (decision.correlation_id, recipient)
+            self.seen_taint[key] = self.seen_taint.get(key, frozenset()) | taint
+
+
+def instruction_verb(envelope: Envelope) -> str | None:
+    """The ``verb`` of a JSON instruction payload, if it has a non-empty string one."""
+    if envelope.content_type != "application/json":
+        return None
+    try:
+        body = json.loads(envelope.payload)
+    except ValueError:
+        return None
+    verb = body.get("verb") if isinstance(body, dict) else None
+    return verb if isinstance(verb, str) and verb else None
+
+
+def decide(
+    policy: Policy, envelope: Envelope, state: CoordinatorState, *, received_ns: int, source_seq: int
+) -> Decision | Deferral:
+    """Decide one envelope. Pure: reads ``state``, never changes it.
+
+    Args:
+        policy: the policy in force.
+        envelope: the verified envelope from an outbox.
+        state: the fold of every earlier decision.
+        received_ns: when the server stored the envelope (the decision's clock).
+        source_seq: the envelope's stream sequence.
+    """
+    hop = max(envelope.hop, state.hops.get(envelope.causation_id or "", -1) + 1)
+    inherited = state.seen_taint.get((envelope.correlation_id, envelope.sender), frozenset())
+    effective = tuple(sorted(set(envelope.taint) | inherited))
+    recipients = list(dict.fromkeys(envelope.to))
+
+    def decision(verdict: Verdict, reasons: list[str], deliver: list[str], dropped: list[Dropped]) -> Decision:
+        return Decision(
+            envelope_id=envelope.id,
+            source_seq=source_seq,
+            sender=envelope.sender,
+            kind=envelope.kind,
+            correlation_id=envelope.correlation_id,
+            causation_id=envelope.causation_id,
+            verdict=verdict,
+            reasons=tuple(dict.fromkeys(reasons)),
+            deliver_to=tuple(deliver),
+            dropped=tuple(dropped),
+            hop=hop,
+            declared_taint=envelope.taint,
+            effective_taint=effective,
+            decided_ns=received_ns,
+        )
+
+    def refuse_all(reason: str) -> Decision:
+        return decision("reject", [reason], [], [Dropped(r, reason) for r in recipients])
+
+    if hop > policy.limits.hop_limit:
+        return refuse_all("hop_limit")
+    if state.spent[envelope.correlation_id] >= policy.limits.budget_per_correlation:
+        return refuse_all("budget")
+    tokens = state.tokens(policy, envelope.sender, received_ns)
+    if tokens is not None and tokens < 1:
+        rate = policy.rate_for(envelope.sender)
+        assert rate is not None
+        if rate.over_limit == "delay":
+            return Deferral(retry_after_s=(1 - tokens) / rate.per_second)
+        return refuse_all("rate_limit")
+
+    if envelope.kind == "checkpoint":
+        # An agent may always checkpoint to itself; the coordinator stores it, nobody receives it.
+        if recipients == [envelope.sender]:
+            return decision("accept", ["checkpoint"], [], [])
+        return refuse_all("not_allowed")
+
+    verb = instruction_verb(envelope) if envelope.kind == "instruction" else None
+    allowed: list[str] = []
+    dropped: list[Dropped] = []
+    for recipient in recipients:
+        rule = policy.rule_for(envelope.sender, recipient, envelope.kind)
+        if rule is None:
+            dropped.append(Dropped(recipient, "not_allowed"))
+        elif envelope.kind == "instruction" and verb is None:
+            dropped.append(Dropped(recipient, "no_verb"))
+        elif envelope.kind == "instruction" and verb is not None and not rule.allows_verb(verb):
+            dropped.append(Dropped(recipient, "verb_not_allowed"))
+        else:
+            allowed.append(recipient)
+    reasons = [d.reason for d in dropped]
+    limit = policy.limits.fanout_per_envelope
+    if len(allowed) > limit:
+        dropped.extend(Dropped(r, "fanout") for r in allowed[limit:])
+        allowed = allowed[:limit]
+        reasons.append("fanout")
+    if not allowed:
+        return decision("reject", reasons or ["no_recipients"], [], dropped)
+    return decision("accept", reasons, allowed, dropped)

@@ -1,0 +1,133 @@
+"""The coordinator's policy: who may send what to whom, and the limits on it.
+
+Written by people in YAML or TOML and validated with pydantic, so a mistake
+is reported with the field's path and the problem, and the coordinator refuses
+to start. See ``examples/policy.yaml`` for a commented example.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agents._errors import PolicyError
+
+_NAME = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
+_RECIPIENT = re.compile(r"^(\*|topic:\*|(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
+
+Kind = Literal["event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RateLimit(_Model):
+    """A token bucket per sender: ``per_second`` refill, ``burst`` capacity."""
+
+    per_second: Annotated[float, Field(gt=0)]
+    burst: Annotated[int, Field(ge=1)]
+    over_limit: Literal["reject", "delay"] = "reject"
+
+
+class Limits(_Model):
+    """Limits that apply to every envelope."""
+
+    hop_limit: Annotated[int, Field(ge=0)] = 8
+    fanout_per_envelope: Annotated[int, Field(ge=1, le=1000)] = 16
+    budget_per_correlation: Annotated[int, Field(ge=1)] = 1000
+    rate: RateLimit | None = None
+
+
+class Rule(_Model):
+    """``from`` may send envelopes of ``kinds`` to ``to``; instructions only with one of ``verbs``.
+
+    ``*`` matches any agent (in ``to``: any agent, and ``topic:*`` any topic).
+    """
+
+    sender: Annotated[str, Field(alias="from")]
+    to: Annotated[list[str], Field(min_length=1)]
+    kinds: Annotated[list[Kind], Field(min_length=1)]
+    verbs: list[str] = []
+
+    @field_validator("sender")
+    @classmethod
+    def _sender_is_a_name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an agent id or '*'")
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _recipients_are_names(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _RECIPIENT.fullmatch(item):
+                raise ValueError(f"{item!r} is not an agent id, 'topic:<name>', '*' or 'topic:*'")
+        return value
+
+    def matches(self, sender: str, recipient: str, kind: str) -> bool:
+        """Whether this rule lets ``sender`` send ``kind`` to ``recipient``."""
+        if kind not in self.kinds or self.sender not in ("*", sender):
+            return False
+        wildcard = "topic:*" if recipient.startswith("topic:") else "*"
+        return recipient in self.to or wildcard in self.to
+
+    def allows_verb(self, verb: str) -> bool:
+        """Whether an instruction with ``verb`` passes this rule."""
+        return "*" in self.verbs or verb in self.verbs
+
+
+class Policy(_Model):
+    """The whole policy. Anything no rule allows is refused (default deny)."""
+
+    version: Literal[1] = 1
+    limits: Limits = Limits()
+    rate_overrides: dict[str, RateLimit] = {}
+    rules: list[Rule] = []
+
+    def rate_for(self, sender: str) -> RateLimit | None:
+        """The rate limit that applies to ``sender``, if any."""
+        return self.rate_overrides.get(sender, self.limits.rate)
+
+    def rule_for(self, sender: str, recipient: str, kind: str) -> Rule | None:
+        """The first rule that lets ``sender`` send ``kind`` to ``recipient``."""
+        return next((rule for rule in self.rules if rule.matches(sender, recipient, kind)), None)
+
+
+def parse_policy(data: Any, *, source: str = "<policy>") -> Policy:
+    """Validate already-parsed data; a PolicyError lists every problem as ``source: field.path: message``."""
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{source}: {'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise PolicyError("invalid policy:\n  " + "\n  ".join(problems)) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) policy file."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy {file}: {exc.strerror}") from exc
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise PolicyError(f"policy {file}: unknown format {suffix!r}; use .yaml, .yml or .toml")
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy {file} is not valid YAML: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy {file} is not valid TOML: {exc}") from None
+    return parse_policy(data if data is not None else {}, source=str(file))
