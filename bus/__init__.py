@@ -48,6 +48,7 @@ from bus._errors import (
 from bus._identity import Identity, encode_key_id, verify_key
 from bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from bus._keyring_store import KeyringStore
+from bus._nats_config import render_bootstrap_config, render_tenant_config
 from bus._provision import ProvisionReport, pinned_admin_key, provision, tenant_stream_config
 from bus._quarantine import QuarantineRecord, decode_quarantine_record
 from bus._seal import (
@@ -127,6 +128,8 @@ __all__ = [
     "open_envelope",
     "pinned_admin_key",
     "provision",
+    "render_bootstrap_config",
+    "render_tenant_config",
     "revoke_key",
     "rotate_key",
     "seal",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -14,13 +15,14 @@ from nats.aio.client import Client as NATS
 
 from bus._errors import ConfigError, TransportError, VerificationError
 from bus._identity import Identity
-from bus._keyring import KeyGrant, Role
+from bus._keyring import ADMIN_OWNER, KeyGrant, Role
 from bus._keyring_store import KeyringStore
 from bus._provision import ProvisionReport, provision
 from bus._subjects import check_name
 
 KEYS_ENV = "TRUSTBUS_KEYS"
-ADMIN_OWNER = "admin"
+
+log = logging.getLogger("trustbus.admin")
 
 
 def default_keys_dir() -> Path:
@@ -54,6 +56,11 @@ class KeyDirectory:
         identity.save(self.path(tenant, owner))
         return identity
 
+    def admin(self, tenant: str) -> Identity:
+        """The tenant admin's seed, generated and saved on first use (the key `trustbus init` pins)."""
+        path = self.path(tenant, ADMIN_OWNER)
+        return Identity.load(path) if path.exists() else self.create(tenant, ADMIN_OWNER)
+
     def replace(self, tenant: str, owner: str, identity: Identity) -> None:
         """Atomically replace ``owner``'s seed file with ``identity``'s."""
         path = self.path(tenant, owner)
@@ -63,27 +70,48 @@ class KeyDirectory:
         os.replace(staged, path)
 
 
-async def connect_nats(servers: Sequence[str]) -> NATS:
-    """A plain NATS connection for administrative and read-only commands."""
+async def connect_nats(servers: Sequence[str], *, nkey_seed: str | None = None) -> NATS:
+    """A plain NATS connection for administrative and read-only commands.
+
+    Args:
+        servers: the server URLs.
+        nkey_seed: authenticate as this nkey user (``SU...``); anonymous (or
+            credentials in the URL) without it. Never logged.
+    """
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+        log.warning("nats error: %s", exc)
+
     try:
-        return await nats.connect(servers=list(servers), connect_timeout=5, max_reconnect_attempts=2)
+        return await nats.connect(
+            servers=list(servers),
+            connect_timeout=5,
+            max_reconnect_attempts=2,
+            nkeys_seed_str=nkey_seed,
+            error_cb=on_error,
+        )
     except (nats.errors.Error, OSError) as exc:
-        raise TransportError(
-            f"cannot connect to {', '.join(servers)}: {exc} (is `trustbus up` running? set --server or NATS_URL)"
-        ) from exc
+        refused = [e for e in errors if "authorization violation" in str(e).lower()]
+        if refused:
+            cause, hint = refused[-1], "the server refused these credentials: use --nkey with a seed its config lists"
+        else:
+            cause, hint = (errors[-1] if errors else exc), "is `trustbus up` running? set --server or NATS_URL"
+        raise TransportError(f"cannot connect to {', '.join(servers)}: {cause} ({hint})") from exc
 
 
 async def init_tenant(
-    servers: Sequence[str], tenant: str, *, keys: KeyDirectory, replicas: int = 1
+    servers: Sequence[str], tenant: str, *, keys: KeyDirectory, replicas: int = 1, nkey_seed: str | None = None
 ) -> tuple[ProvisionReport, KeyGrant]:
     """Provision the tenant's stream and buckets and register its admin key; idempotent.
 
     The admin seed is created on first use and pinned in the stream as the
-    keyring's trust anchor.
+    keyring's trust anchor. ``nkey_seed`` authenticates the connection (see
+    :func:`connect_nats`).
     """
-    admin_path = keys.path(tenant, ADMIN_OWNER)
-    admin = Identity.load(admin_path) if admin_path.exists() else keys.create(tenant, ADMIN_OWNER)
-    nc = await connect_nats(servers)
+    admin = keys.admin(tenant)
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         js = nc.jetstream()
         report = await provision(js, tenant, admin_key_id=admin.key_id, replicas=replicas)
@@ -99,12 +127,17 @@ async def init_tenant(
         await nc.close()
 
 
-async def new_key(servers: Sequence[str], tenant: str, owner: str, *, role: Role, keys: KeyDirectory) -> KeyGrant:
-    """Create ``owner``'s seed file and register its key, signed by the tenant admin."""
+async def new_key(
+    servers: Sequence[str], tenant: str, owner: str, *, role: Role, keys: KeyDirectory, nkey_seed: str | None = None
+) -> KeyGrant:
+    """Create ``owner``'s seed file and register its key, signed by the tenant admin.
+
+    ``nkey_seed`` authenticates the connection (see :func:`connect_nats`).
+    """
     admin = keys.load(tenant, ADMIN_OWNER)
     if keys.path(tenant, owner).exists():
         raise ConfigError(f"{owner!r} already has a key in tenant {tenant!r}: use `trustbus keys rotate`")
-    nc = await connect_nats(servers)
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
             identity = keys.create(tenant, owner)
@@ -114,15 +147,16 @@ async def new_key(servers: Sequence[str], tenant: str, owner: str, *, role: Role
 
 
 async def rotate_key(
-    servers: Sequence[str], tenant: str, owner: str, *, keys: KeyDirectory
+    servers: Sequence[str], tenant: str, owner: str, *, keys: KeyDirectory, nkey_seed: str | None = None
 ) -> tuple[KeyGrant, KeyGrant]:
     """Issue ``owner`` a new key and revoke the old one from now; returns (old, new).
 
-    Envelopes the old key signed before now stay valid in replay.
+    Envelopes the old key signed before now stay valid in replay. ``nkey_seed``
+    authenticates the connection (see :func:`connect_nats`).
     """
     admin = keys.load(tenant, ADMIN_OWNER)
     old_identity = keys.load(tenant, owner)
-    nc = await connect_nats(servers)
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
             old = store.keyring.resolve(old_identity.key_id)
@@ -136,10 +170,12 @@ async def rotate_key(
         await nc.close()
 
 
-async def revoke_key(servers: Sequence[str], tenant: str, key_id: str, *, keys: KeyDirectory) -> KeyGrant:
-    """Revoke ``key_id`` from now."""
+async def revoke_key(
+    servers: Sequence[str], tenant: str, key_id: str, *, keys: KeyDirectory, nkey_seed: str | None = None
+) -> KeyGrant:
+    """Revoke ``key_id`` from now; ``nkey_seed`` authenticates the connection (see :func:`connect_nats`)."""
     admin = keys.load(tenant, ADMIN_OWNER)
-    nc = await connect_nats(servers)
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
             return await store.revoke(admin, key_id, at=time.time_ns())
@@ -147,9 +183,9 @@ async def revoke_key(servers: Sequence[str], tenant: str, key_id: str, *, keys: 
         await nc.close()
 
 
-async def list_keys(servers: Sequence[str], tenant: str) -> list[KeyGrant]:
-    """Every trusted grant in the tenant's keyring."""
-    nc = await connect_nats(servers)
+async def list_keys(servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None) -> list[KeyGrant]:
+    """Every trusted grant in the tenant's keyring; ``nkey_seed`` authenticates (see :func:`connect_nats`)."""
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
             return store.keyring.grants()

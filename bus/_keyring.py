@@ -22,6 +22,7 @@ from bus._identity import Identity, verify_key
 from bus._subjects import check_name
 
 KEYRING_DOMAIN = b"trustbus/v1/keyring\x00"
+ADMIN_OWNER = "admin"
 
 Role = Literal["admin", "agent", "coordinator", "ledger", "operator"]
 

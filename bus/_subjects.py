@@ -58,9 +58,33 @@ def inbox(tenant: str, agent: str) -> str:
     return f"tb.{check_name(tenant, what='tenant')}.in.{check_name(agent, what='agent')}"
 
 
+def all_inboxes(tenant: str) -> str:
+    """Every agent's inbox, ``tb.<tenant>.in.*``."""
+    return f"tb.{check_name(tenant, what='tenant')}.in.*"
+
+
+def inbox_consumer(agent: str) -> str:
+    """The durable pull consumer on ``agent``'s inbox, ``in-<agent>``: made by the coordinator, read by the agent."""
+    return f"in-{check_name(agent, what='agent')}"
+
+
+def reply_prefix(owner: str) -> str:
+    """``owner``'s own reply-subject prefix, ``_INBOX_<owner>`` (nats-py ``connect(inbox_prefix=...)``).
+
+    Every user but the admin may subscribe only under its own prefix, so no
+    client can read another's replies (JetStream acks, fetched messages).
+    """
+    return f"_INBOX_{check_name(owner, what='owner')}"
+
+
 def topic(tenant: str, name: str) -> str:
     """A topic: ``tb.<tenant>.topic.<name>``."""
     return f"tb.{check_name(tenant, what='tenant')}.topic.{check_name(name, what='topic')}"
+
+
+def all_topics(tenant: str) -> str:
+    """Every topic, ``tb.<tenant>.topic.*``."""
+    return f"tb.{check_name(tenant, what='tenant')}.topic.*"
 
 
 def decision(tenant: str) -> str:

@@ -41,8 +41,12 @@ async def send_one(
     hop: int,
     idempotency_key: str | None,
     subject: str | None,
+    nkey_seed: str | None = None,
 ) -> dict[str, Any]:
-    """Sign one envelope as ``sender`` and publish it; returns id, subject, stream seq, duplicate."""
+    """Sign one envelope as ``sender`` and publish it; returns id, subject, stream seq, duplicate.
+
+    ``nkey_seed`` authenticates the connection (the publisher, e.g. the admin, need not be ``sender``).
+    """
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
     if content_type not in CONTENT_TYPES:
@@ -65,7 +69,7 @@ async def send_one(
     )
     sealed = seal(envelope, identity)
     target = subject or subjects.outbox(tenant, sender)
-    nc = await connect_nats(servers)
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         ack = await nc.jetstream().publish(target, sealed.body, headers=sealed.headers, timeout=5)
     except nats.errors.Error as exc:
@@ -85,9 +89,13 @@ async def tail_stream(
     limit: int | None,
     idle_timeout_s: float | None,
     on_item: Callable[[TailItem], None],
+    nkey_seed: str | None = None,
 ) -> int:
-    """Feed verified stream messages to ``on_item``; returns how many were shown."""
-    nc = await connect_nats(servers)
+    """Feed verified stream messages to ``on_item``; returns how many were shown.
+
+    ``nkey_seed`` authenticates the connection.
+    """
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         js = nc.jetstream()
         shown = 0

@@ -17,6 +17,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from trustbus._config_cli import config_app
+
 app = typer.Typer(
     help="trustbus: a signed, mediated, event-sourced message bus for multi-agent systems.",
     no_args_is_help=True,
@@ -24,6 +26,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage a tenant's keys: new, list, rotate, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(config_app, name="config")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -45,6 +48,14 @@ KeysOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
+
+# The seed of the global --nkey option, for this invocation's NATS connections. A secret: never printed or logged.
+_nkey_seed: str | None = None
+
+
+def _nkey() -> str | None:
+    """The --nkey seed to authenticate with, if one was given."""
+    return _nkey_seed
 
 
 def _servers(server: str) -> list[str]:
@@ -71,11 +82,25 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @app.callback()
 def main_options(
     log_level: Annotated[str, typer.Option(envvar="TRUSTBUS_LOG", help="Log level (JSON logs on stderr).")] = "warning",
+    nkey: Annotated[
+        Path | None,
+        typer.Option("--nkey", envvar="TRUSTBUS_NKEY", help="authenticate to NATS with this seed file (nkey user)"),
+    ] = None,
 ) -> None:
     """Trustbus command line."""
+    global _nkey_seed
     from trustbus._logging import configure
 
     configure(log_level)
+    _nkey_seed = None
+    if nkey is not None:
+        from bus import BusError, Identity
+
+        try:
+            _nkey_seed = Identity.load(nkey).nkey_seed
+        except BusError as exc:
+            err.print(f"[red]error:[/red] --nkey: {exc}")
+            raise typer.Exit(1) from None
 
 
 @app.command()
@@ -131,7 +156,7 @@ def init(
     """Provision a tenant: append-only stream TB_<tenant>, KV buckets, admin key. Safe to run twice."""
     from bus import init_tenant
 
-    report, admin = _run(init_tenant(_servers(server), tenant, keys=_keys(keys), replicas=replicas))
+    report, admin = _run(init_tenant(_servers(server), tenant, keys=_keys(keys), replicas=replicas, nkey_seed=_nkey()))
     if json_out:
         print(json.dumps({"tenant": tenant, "admin_key": admin.key_id, **vars(report)}))
         return
@@ -160,7 +185,7 @@ def keys_new(
     if role not in ("agent", "coordinator", "ledger", "operator"):
         err.print(f"[red]error:[/red] {ConfigError(f'unknown role {role!r}')}")
         raise typer.Exit(2)
-    grant = _run(new_key(_servers(server), tenant, owner, role=role, keys=_keys(keys)))  # type: ignore[arg-type]
+    grant = _run(new_key(_servers(server), tenant, owner, role=role, keys=_keys(keys), nkey_seed=_nkey()))  # type: ignore[arg-type]
     if json_out:
         print(json.dumps(grant_dict(grant)))
     else:
@@ -175,7 +200,7 @@ def keys_list(tenant: TenantOpt, server: ServerOpt = DEFAULT_SERVER, json_out: J
     from bus import list_keys
     from trustbus._render import grant_dict
 
-    grants = _run(list_keys(_servers(server), tenant))
+    grants = _run(list_keys(_servers(server), tenant, nkey_seed=_nkey()))
     if json_out:
         for grant in grants:
             print(json.dumps(grant_dict(grant)))
@@ -198,7 +223,7 @@ def keys_rotate(
     from bus import rotate_key
     from trustbus._render import grant_dict
 
-    old, new = _run(rotate_key(_servers(server), tenant, owner, keys=_keys(keys)))
+    old, new = _run(rotate_key(_servers(server), tenant, owner, keys=_keys(keys), nkey_seed=_nkey()))
     if json_out:
         print(json.dumps({"old": grant_dict(old), "new": grant_dict(new)}))
     else:
@@ -217,7 +242,7 @@ def keys_revoke(
     from bus import revoke_key
     from trustbus._render import grant_dict
 
-    grant = _run(revoke_key(_servers(server), tenant, key_id, keys=_keys(keys)))
+    grant = _run(revoke_key(_servers(server), tenant, key_id, keys=_keys(keys), nkey_seed=_nkey()))
     if json_out:
         print(json.dumps(grant_dict(grant)))
     else:
@@ -262,6 +287,7 @@ def send(
             hop=hop,
             idempotency_key=idempotency_key,
             subject=subject,
+            nkey_seed=_nkey(),
         )
     )
     if json_out:
@@ -305,6 +331,7 @@ def tail(
                 limit=limit,
                 idle_timeout_s=idle_timeout,
                 on_item=show,
+                nkey_seed=_nkey(),
             )
         )
     except KeyboardInterrupt:

@@ -19,7 +19,8 @@ def test_bus_exports() -> None:
             "TransportError", "UnknownKey", "UnsupportedVersion", "UntrustedKey", "VerificationError",
             "connect_nats", "countersign", "decode_envelope", "decode_quarantine_record", "default_keys_dir",
             "encode_envelope", "encode_key_id", "find_server_binary", "init_tenant", "list_keys", "new_envelope",
-            "new_id", "new_key", "open_envelope", "pinned_admin_key", "provision", "revoke_key", "rotate_key", "seal",
+            "new_id", "new_key", "open_envelope", "pinned_admin_key", "provision", "render_bootstrap_config",
+            "render_tenant_config", "revoke_key", "rotate_key", "seal",
             "sign_grant", "subjects", "tail", "tenant_stream_config", "verify_key",
         ]
     )  # fmt: skip

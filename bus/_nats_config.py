@@ -1,0 +1,364 @@
+"""A tenant's NATS account, rendered from its keyring: the server, not the client, enforces mediation.
+
+Pure: grants in, nats-server config text out; the same input gives the same
+bytes. Every live key becomes an nkey user of the account named after the
+tenant (the key id is the nkey public key, so one seed both signs envelopes
+and authenticates), with permissions fixed by its role:
+
+- ``admin``: everything; the only user who may delete, purge or update a stream.
+- ``coordinator``: delivers to inboxes and topics, records decisions and
+  approvals, writes agent memory, creates and reads any consumer on the
+  tenant stream.
+- ``ledger``: reads the stream through its own consumer, publishes checkpoints.
+- ``operator``: publishes approvals, reads the stream through its own consumer.
+- ``agent``: publishes to its own outbox and effect subject (and quarantine)
+  only; reads its own inbox consumer and its own memory keys.
+
+Every user may read the keyring the way :class:`bus.KeyringStore` does, and
+every user but the admin is denied the destructive JetStream API calls and
+may subscribe only under its own reply prefix (:func:`bus.subjects.reply_prefix`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bus._errors import ConfigError
+from bus._identity import verify_key
+from bus._keyring import ADMIN_OWNER, KeyGrant, Role
+from bus._subjects import (
+    all_inboxes,
+    all_topics,
+    approval,
+    check_name,
+    checkpoint,
+    decision,
+    effect,
+    inbox_consumer,
+    keyring_bucket,
+    memory_bucket,
+    outbox,
+    quarantine,
+    reply_prefix,
+    stream_name,
+)
+
+SYSTEM_ACCOUNT = "SYS"
+_ROLE_ORDER: tuple[Role, ...] = ("admin", "coordinator", "ledger", "operator", "agent")
+_INDENT = "  "
+
+_HEADER = """\
+# NATS account for trustbus tenant "{tenant}", rendered by `trustbus config render`.
+#
+# One nkey user per live key in the tenant's keyring (revoked keys have none),
+# its permissions fixed by its role. Do not edit: after `trustbus keys new`,
+# `keys rotate` or `keys revoke`, render again and reload the server
+# (`nats-server --signal reload=<pid>`, or SIGHUP). Check: nats-server -c FILE -t
+#
+# Permissions are allow lists and a deny always wins. Every user but the admin
+# is denied the destructive JetStream API (delete, purge, update a stream,
+# delete a message) and subscribes only under its own reply prefix
+# _INBOX_<owner>: its client connects with inbox_prefix=b"_INBOX_<owner>".
+#
+# Keyring watch: every user may send "$JS.API.CONSUMER.CREATE.KV_{keys}", the
+# unnamed consumer create that the keyring watcher's ordered consumer uses.
+# On the tenant stream this form would let a user re-point any consumer (the
+# server takes the name from the request body and creates OR updates it), so
+# only the coordinator has it there. On the keyring bucket it is tolerable:
+# the only consumers are other clients' watchers, with random server-made
+# names that no non-admin user can list, and the bucket holds only public,
+# admin-signed grants. Residual risk: a push consumer's deliver subject is not
+# checked against its creator's permissions, so such a user can make the
+# server send keyring entries to a subject that has a plain subscriber (the
+# JetStream API is not reachable this way). trustbus components read tenant
+# subjects only through consumers, never by plain subscription.
+"""
+
+_BOOTSTRAP_NOTE = """\
+#
+# BOOTSTRAP: the account's only user is the tenant admin. Start the server
+# with this file, provision the tenant inside its account and issue keys as
+# the admin, then render the full config and reload:
+#   trustbus --nkey <keys>/{tenant}/admin.seed init --tenant {tenant}
+#   trustbus --nkey <keys>/{tenant}/admin.seed keys new --tenant {tenant} --owner <agent>
+#   trustbus --nkey <keys>/{tenant}/admin.seed config render --tenant {tenant} --out FILE
+#   nats-server --signal reload=<pid>
+"""
+
+_SERVER = """\
+
+# One envelope is at most 1 MiB (the tenant stream's max_msg_size matches).
+max_payload: 1MB
+
+# JetStream on; the store dir is given on the command line (-sd) or added here.
+jetstream {}
+
+# The system account: server events and monitoring ($SYS.>), no JetStream.
+system_account: SYS
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """One permission subject and why the user needs it."""
+
+    subject: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class _User:
+    """One nkey user: who it is and what it may publish and subscribe to."""
+
+    grant: KeyGrant
+    summary: str
+    publish: tuple[_Rule, ...]
+    deny: tuple[_Rule, ...]
+    subscribe: tuple[_Rule, ...]
+
+
+_DENY_DESTRUCTIVE = (
+    _Rule("$JS.API.STREAM.DELETE.>", "delete a stream"),
+    _Rule("$JS.API.STREAM.PURGE.>", "purge a stream"),
+    _Rule("$JS.API.STREAM.UPDATE.>", "reconfigure a stream"),
+    _Rule("$JS.API.STREAM.MSG.DELETE.>", "delete a message (the KV streams have no deny_delete)"),
+)
+
+
+def render_tenant_config(
+    tenant: str,
+    grants: Sequence[KeyGrant],
+    *,
+    standalone: bool = True,
+    system_user_nkey: str | None = None,
+) -> str:
+    """The nats-server config of ``tenant``'s account: one nkey user per live key.
+
+    Args:
+        tenant: the tenant; its account has the same name.
+        grants: the tenant's trusted keyring grants (:func:`bus.list_keys`).
+            A grant with a ``revoked_at``, even a future one, gets no user.
+        standalone: also emit what a server needs around the account (JetStream,
+            ``max_payload``, the system account ``SYS``); otherwise only the
+            ``accounts { ... }`` block, to merge into an existing config.
+        system_user_nkey: the public nkey (``U...``) of a user of the system
+            account; without it ``SYS`` has no users.
+
+    Returns:
+        The config text; ``nats-server -c FILE -t`` accepts it.
+
+    Raises:
+        ConfigError: a grant of another tenant, an invalid key id, a key listed
+            twice, a reader owner named like an agent's consumer (``in-...``),
+            or a tenant named like the system account.
+    """
+    return _render(tenant, grants, standalone=standalone, system_user_nkey=system_user_nkey, bootstrap=False)
+
+
+def render_bootstrap_config(
+    tenant: str, admin_key_id: str, *, standalone: bool = True, system_user_nkey: str | None = None
+) -> str:
+    """The config of ``tenant``'s account whose only user is its admin, to provision the tenant in it.
+
+    A tenant's stream and buckets live in its account's JetStream, so the
+    tenant must be provisioned by a user of that account from the start: start
+    the server with this, run ``trustbus init`` and ``keys new`` as the admin,
+    then render the full config (:func:`render_tenant_config`) and reload.
+
+    Args:
+        tenant: the tenant; its account has the same name.
+        admin_key_id: the key id of the tenant's admin seed (the one ``init`` pins).
+        standalone: as for :func:`render_tenant_config`.
+        system_user_nkey: as for :func:`render_tenant_config`.
+    """
+    admin = KeyGrant(tenant=tenant, key_id=admin_key_id, owner=ADMIN_OWNER, role="admin", valid_from=0)
+    return _render(tenant, [admin], standalone=standalone, system_user_nkey=system_user_nkey, bootstrap=True)
+
+
+def _render(
+    tenant: str,
+    grants: Sequence[KeyGrant],
+    *,
+    standalone: bool,
+    system_user_nkey: str | None,
+    bootstrap: bool,
+) -> str:
+    check_name(tenant, what="tenant")
+    if standalone and tenant == SYSTEM_ACCOUNT:
+        raise ConfigError(f"tenant {tenant!r} has the system account's name: render with accounts only")
+    if system_user_nkey is not None:
+        verify_key(system_user_nkey)
+    users = [_user(tenant, grant) for grant in _live(tenant, grants)]
+    lines = _HEADER.format(tenant=tenant, keys=keyring_bucket(tenant)).splitlines()
+    if bootstrap:
+        lines += _BOOTSTRAP_NOTE.format(tenant=tenant).splitlines()
+    if standalone:
+        lines += _SERVER.splitlines()
+    lines += ["", "accounts {"]
+    if standalone:
+        lines += [f"{_INDENT}{SYSTEM_ACCOUNT} {{"]
+        if system_user_nkey is None:
+            lines += [f"{_INDENT * 2}# no users: render with a system user nkey to monitor the server"]
+        else:
+            lines += [f"{_INDENT * 2}users = [", f"{_INDENT * 3}{{ nkey: {system_user_nkey} }}", f"{_INDENT * 2}]"]
+        lines += [f"{_INDENT}}}", ""]
+    lines += [
+        f"{_INDENT}# Tenant {tenant}: its own subject space and JetStream (stream {stream_name(tenant)},",
+        f"{_INDENT}# KV buckets {keyring_bucket(tenant)} and {memory_bucket(tenant)}).",
+        f'{_INDENT}"{tenant}" {{',
+        f"{_INDENT * 2}jetstream: enabled",
+        f"{_INDENT * 2}users = [",
+    ]
+    for user in users:
+        lines += _user_lines(user, depth=3)
+    lines += [f"{_INDENT * 2}]", f"{_INDENT}}}", "}", ""]
+    return "\n".join(lines)
+
+
+def _live(tenant: str, grants: Iterable[KeyGrant]) -> list[KeyGrant]:
+    """The unrevoked grants, checked, in a fixed order (role, owner, key id)."""
+    seen: set[str] = set()
+    live: list[KeyGrant] = []
+    for grant in grants:
+        if grant.tenant != tenant:
+            raise ConfigError(f"key {grant.key_id} belongs to tenant {grant.tenant!r}, not {tenant!r}")
+        if grant.key_id in seen:
+            raise ConfigError(f"key {grant.key_id} is listed twice")
+        seen.add(grant.key_id)
+        verify_key(grant.key_id)
+        check_name(grant.owner, what="owner")
+        if grant.revoked_at is None:
+            live.append(grant)
+    return sorted(live, key=lambda g: (_ROLE_ORDER.index(g.role), g.owner, g.key_id))
+
+
+def _user(tenant: str, grant: KeyGrant) -> _User:
+    owner = grant.owner
+    if grant.role == "admin":
+        return _User(
+            grant=grant,
+            summary=f"{owner} (admin): everything, including deleting, purging and updating streams",
+            publish=(_Rule(">", "every subject, the whole JetStream API included"),),
+            deny=(),
+            subscribe=(_Rule(">", "every subject"),),
+        )
+    if grant.role == "coordinator":
+        summary = f"{owner} (coordinator): the mediator; trusted with every consumer, may not touch a stream"
+        publish = _coordinator(tenant)
+    elif grant.role == "agent":
+        summary = f"{owner} (agent): its own outbox and effect subject; its inbox consumer and memory keys"
+        publish = _agent(tenant, owner)
+    elif grant.role == "ledger":
+        summary = f"{owner} (ledger): reads the stream through its consumer {owner!r}, publishes checkpoints"
+        publish = (
+            _Rule(checkpoint(tenant), "signed ledger checkpoints"),
+            _Rule(quarantine(tenant), "quarantine records for what fails verification"),
+            *_reader(tenant, owner),
+        )
+    else:
+        summary = f"{owner} (operator): publishes approvals, reads the stream through its consumer {owner!r}"
+        publish = (_Rule(approval(tenant), "signed approvals"), *_reader(tenant, owner))
+    return _User(
+        grant=grant,
+        summary=summary,
+        publish=(*publish, *_keyring_reads(tenant)),
+        deny=_DENY_DESTRUCTIVE,
+        subscribe=(_Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"),),
+    )
+
+
+def _agent(tenant: str, agent: str) -> tuple[_Rule, ...]:
+    stream = stream_name(tenant)
+    consumer = inbox_consumer(agent)
+    memory = memory_bucket(tenant)
+    return (
+        _Rule(outbox(tenant, agent), "its own outbox: the only way to reach anyone, through the coordinator"),
+        _Rule(effect(tenant, agent), "its runtime's effect records"),
+        _Rule(quarantine(tenant), "quarantine records for what fails verification"),
+        _Rule(
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", "fetch from its inbox consumer, made by the coordinator"
+        ),
+        _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "that consumer's max_deliver and ack floor"),
+        _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack, nak, term or extend its deliveries"),
+        _Rule(
+            f"$JS.API.DIRECT.GET.KV_{memory}.$KV.{memory}.{agent}.>",
+            f"read its own memory keys, {agent}.<key> (a direct get names the key in its subject)",
+        ),
+    )
+
+
+def _coordinator(tenant: str) -> tuple[_Rule, ...]:
+    stream = stream_name(tenant)
+    memory = f"KV_{memory_bucket(tenant)}"
+    return (
+        _Rule(all_inboxes(tenant), "deliver mediated envelopes to the agents' inboxes"),
+        _Rule(all_topics(tenant), "deliver to topics"),
+        _Rule(decision(tenant), "record its decisions"),
+        _Rule(approval(tenant), "approval requests and outcomes"),
+        _Rule(quarantine(tenant), "quarantine records for what fails verification"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "read single messages of the stream"),
+        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}", "ordered consumers to re-read the stream (create or update any)"),
+        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.>", "named consumers"),
+        _Rule(f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*", "durable consumers, the agents' in-<agent> among them"),
+        _Rule(f"$JS.API.CONSUMER.INFO.{stream}.*", "consumer state"),
+        _Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", "fetch from its pull consumers"),
+        _Rule(f"$JS.ACK.{stream}.>", "ack what it handled"),
+        _Rule(f"$JS.FC.{stream}.>", "flow-control replies of its ordered consumers"),
+        _Rule(f"$KV.{memory_bucket(tenant)}.>", "write agent memory (after an accepted memory_write)"),
+        _Rule(f"$JS.API.STREAM.INFO.{memory}", "open the memory bucket"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.{memory}", "read memory"),
+        _Rule(f"$JS.API.DIRECT.GET.{memory}.>", "read memory (direct get)"),
+        _Rule(f"$JS.API.CONSUMER.CREATE.{memory}", "watch memory and read its history"),
+        _Rule(f"$JS.API.CONSUMER.INFO.{memory}.*", "the memory watcher's pending count"),
+        _Rule(f"$JS.FC.{memory}.>", "flow-control replies of the memory watcher"),
+    )
+
+
+def _reader(tenant: str, consumer: str) -> tuple[_Rule, ...]:
+    """A ledger's or operator's rights on the stream: single messages, and its own consumer named after it."""
+    if consumer.startswith("in-"):
+        raise ConfigError(f"owner {consumer!r} could take over an agent's inbox consumer: give it another name")
+    stream = stream_name(tenant)
+    return (
+        _Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "read single messages of the stream"),
+        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}", "create its own consumer, by name only"),
+        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>", "... with a filter subject"),
+        _Rule(f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}", "... or as a durable"),
+        _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "its consumer's state"),
+        _Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", "fetch from it"),
+        _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack what it read"),
+    )
+
+
+def _keyring_reads(tenant: str) -> tuple[_Rule, ...]:
+    """What :class:`bus.KeyringStore` (and so ``Bus.connect``) needs to load and follow the keyring, read-only."""
+    keys = f"KV_{keyring_bucket(tenant)}"
+    return (
+        _Rule(f"$JS.API.STREAM.INFO.{stream_name(tenant)}", "the admin key pinned in the stream: the trust anchor"),
+        _Rule(f"$JS.API.STREAM.INFO.{keys}", "open the keyring bucket"),
+        _Rule(f"$JS.API.CONSUMER.CREATE.{keys}", "the keyring watcher's ordered consumer (see Keyring watch)"),
+        _Rule(f"$JS.API.CONSUMER.INFO.{keys}.*", "the watcher's pending count: when the initial load is done"),
+        _Rule(f"$JS.FC.{keys}.>", "flow-control replies of the watcher"),
+    )
+
+
+def _user_lines(user: _User, *, depth: int) -> list[str]:
+    pad = _INDENT * depth
+    lines = [f"{pad}# {user.summary}", f"{pad}{{", f"{pad}{_INDENT}nkey: {user.grant.key_id}"]
+    lines += [f"{pad}{_INDENT}permissions: {{", f"{pad}{_INDENT * 2}publish: {{"]
+    lines += _list_lines("allow", user.publish, depth=depth + 3)
+    if user.deny:
+        lines += _list_lines("deny", user.deny, depth=depth + 3)
+    lines += [f"{pad}{_INDENT * 2}}}", f"{pad}{_INDENT * 2}subscribe: {{"]
+    lines += _list_lines("allow", user.subscribe, depth=depth + 3)
+    lines += [f"{pad}{_INDENT * 2}}}", f"{pad}{_INDENT}}}", f"{pad}}}"]
+    return lines
+
+
+def _list_lines(key: str, rules: Sequence[_Rule], *, depth: int) -> list[str]:
+    pad = _INDENT * depth
+    width = max(len(rule.subject) for rule in rules) + 2
+    quoted = [f'"{rule.subject}"' for rule in rules]
+    items = [f"{pad}{_INDENT}{subject:<{width}}  # {rule.why}" for subject, rule in zip(quoted, rules, strict=True)]
+    return [f"{pad}{key}: [", *items, f"{pad}]"]

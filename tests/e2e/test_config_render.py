@@ -1,0 +1,134 @@
+"""`trustbus config render`, run as real processes: bootstrap, provision as the admin, render, reload.
+
+The operator's workflow from docs/OPERATIONS.md ("Per-tenant accounts"), with
+the server started by `trustbus up --config` and reloaded with
+`nats-server --signal reload=<pid>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bus import Identity, KeyDirectory, find_server_binary
+
+TRUSTBUS = [sys.executable, "-m", "trustbus"]
+T = "cfg"
+
+
+def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*TRUSTBUS, *args], env=env, capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+async def nkey_connect_reply(url: str, identity: Identity) -> bytes:
+    """Connect by the raw protocol with ``identity``'s nkey; the server's reply to PING."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        info = json.loads((await asyncio.wait_for(reader.readline(), 1))[len(b"INFO ") :])
+        sig = base64.b64encode(identity.sign(info["nonce"].encode())).decode()
+        connect = {"verbose": False, "pedantic": False, "protocol": 1, "nkey": identity.key_id, "sig": sig}
+        writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 1)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def wait_until_accepted(url: str, identity: Identity) -> None:
+    """Retry a raw connect (bounded) until the server, reloaded, accepts ``identity``."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if asyncio.run(nkey_connect_reply(url, identity)) == b"PONG\r\n":
+            return
+    raise AssertionError(f"{identity.key_id} not accepted within 5s")
+
+
+def test_bootstrap_provision_render_reload(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    config = tmp_path / "nats.conf"
+    env = {**os.environ, "TRUSTBUS_KEYS": str(keys)}
+    env.pop("TRUSTBUS_NKEY", None)
+    outputs: list[str] = []
+
+    def step(*args: str) -> str:
+        result = run(*args, env=env)
+        outputs.append(result.stdout + result.stderr)
+        return result.stdout
+
+    step("config", "render", "--tenant", T, "--bootstrap", "--out", str(config))
+    admin_seed = keys / T / "admin.seed"
+    admin = Identity.load(admin_seed)
+    assert admin.key_id in config.read_text() and "BOOTSTRAP" in config.read_text()
+
+    up = subprocess.Popen(
+        [*TRUSTBUS, "up", "--port", "0", "--data", str(tmp_path / "js"), "--config", str(config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        started = json.loads(up.stdout.readline())
+        env["NATS_URL"] = started["url"]
+
+        # Provision inside the tenant's account, as the admin whose seed bootstrap made.
+        as_admin = ("--nkey", str(admin_seed))
+        initialised = json.loads(step(*as_admin, "init", "--tenant", T, "--json"))
+        assert initialised["admin_key"] == admin.key_id
+        step(*as_admin, "keys", "new", "--tenant", T, "--owner", "alice")
+        step(*as_admin, "keys", "new", "--tenant", T, "--owner", "coordinator", "--role", "coordinator")
+
+        printed = step(*as_admin, "config", "render", "--tenant", T)
+        step(*as_admin, "config", "render", "--tenant", T, "--out", str(config))
+        assert config.read_text() == printed and "BOOTSTRAP" not in printed
+        checked = subprocess.run(
+            [str(find_server_binary()), "-c", str(config), "-t"], capture_output=True, text=True, timeout=30
+        )
+        assert checked.returncode == 0, checked.stderr
+
+        reload = subprocess.run(
+            [str(find_server_binary()), "--signal", f"reload={started['pid']}"], capture_output=True, timeout=30
+        )
+        assert reload.returncode == 0, reload.stderr
+        alice = KeyDirectory(keys).load(T, "alice")
+        wait_until_accepted(started["url"], alice)
+
+        # The admin still does everything; the CLI authenticates with --nkey (or TRUSTBUS_NKEY).
+        sent = json.loads(step(*as_admin, "send", "-t", T, "--as", "alice", "--to", "bob", "--json"))
+        env["TRUSTBUS_NKEY"] = str(admin_seed)
+        [item] = [json.loads(line) for line in step("tail", "-t", T, "--json", "--idle-timeout", "0.5").splitlines()]
+        assert item["verified"] and item["envelope"]["id"] == sent["id"]
+        owners = {json.loads(line)["owner"] for line in step("keys", "list", "-t", T, "--json").splitlines()}
+        assert owners == {"admin", "alice", "coordinator"}
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=20)
+        for stream in (up.stdout, up.stderr):
+            if stream is not None:
+                stream.close()
+
+    seeds = [admin.nkey_seed, alice.nkey_seed]
+    assert not [out for out in outputs for seed in seeds if seed in out], "a seed was printed"
+
+
+def test_nkey_option_refuses_a_seed_file_others_can_read(tmp_path: Path) -> None:
+    seed = tmp_path / "loose.seed"
+    seed.write_text(Identity.generate().nkey_seed + "\n")
+    seed.chmod(0o644)
+    result = run("--nkey", str(seed), "keys", "list", "-t", T, env=dict(os.environ), check=False)
+    assert result.returncode == 1 and "readable by others" in result.stderr
+    assert seed.read_text().strip() not in result.stdout + result.stderr

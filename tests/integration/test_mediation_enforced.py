@@ -1,0 +1,465 @@
+"""Mediation enforced by the server: a rendered tenant config, on a real server, refuses every bypass.
+
+One server per module, started on the bootstrap config (only the tenant admin),
+provisioned as the admin, then reloaded (SIGHUP) with the config rendered from
+the keyring: agents alice, bob and carol, and a coordinator. Refusals reach a
+client only through its ``error_cb`` (nats-py lowercases the server's message);
+a denied request gets no reply. Connection attempts that the server is expected
+to refuse use the raw protocol or a subprocess: nats-py leaks the socket of a
+refused connection, which filterwarnings=error turns into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from bus import (
+    EmbeddedServer,
+    Identity,
+    KeyDirectory,
+    KeyringStore,
+    find_server_binary,
+    init_tenant,
+    list_keys,
+    new_envelope,
+    new_key,
+    open_envelope,
+    render_bootstrap_config,
+    render_tenant_config,
+    revoke_key,
+    seal,
+    subjects,
+    tail,
+)
+
+T = "med"
+STREAM = subjects.stream_name(T)
+MEMORY = f"KV_{subjects.memory_bucket(T)}"
+AGENTS = ("alice", "bob", "carol")
+TIMEOUT = 1  # seconds; an int because nats-py types flush(timeout=) as int
+
+
+@dataclass
+class Deployment:
+    """The module's server, its config file, the tenant's seed directory and the admin's seed."""
+
+    server: EmbeddedServer
+    config: Path
+    keys: KeyDirectory
+    admin: Identity
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def identity(self, owner: str) -> Identity:
+        return self.keys.load(T, owner)
+
+    async def render_and_reload(
+        self, *, until_accepted: Identity | None = None, until_refused: Identity | None = None
+    ) -> None:
+        """Render the config from the keyring, SIGHUP the server, wait until it applies (by a raw connect)."""
+        grants = await list_keys([self.url], T, nkey_seed=self.admin.nkey_seed)
+        self.config.write_text(render_tenant_config(T, grants))
+        assert self.server.pid is not None
+        os.kill(self.server.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if until_accepted is not None and await raw_connect(self.server, until_accepted) == b"PONG\r\n":
+                return
+            if until_refused is not None and (await raw_connect(self.server, until_refused)).startswith(b"-ERR"):
+                return
+        pytest.fail("the server did not apply the reloaded config within 5s")
+
+
+async def raw_connect(server: EmbeddedServer, identity: Identity | None) -> bytes:
+    """Connect by the raw protocol (nkey signature over the server's nonce, or anonymous); the reply to PING."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        info = json.loads((await asyncio.wait_for(reader.readline(), TIMEOUT))[len(b"INFO ") :])
+        options: dict[str, object] = {"verbose": False, "pedantic": False, "protocol": 1}
+        if identity is not None:
+            options["nkey"] = identity.key_id
+            options["sig"] = base64.b64encode(identity.sign(info["nonce"].encode())).decode()
+        writer.write(b"CONNECT " + json.dumps(options).encode() + b"\r\nPING\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), TIMEOUT)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Bootstrap config -> server -> init and keys as the admin -> full config -> reload."""
+    root = tmp_path_factory.mktemp("mediation")
+    keys = KeyDirectory(root / "keys")
+    admin = keys.admin(T)
+    config = root / "nats.conf"
+    config.write_text(render_bootstrap_config(T, admin.key_id))
+    with EmbeddedServer(port=0, data_dir=root / "js", config=config) as server:
+        deployment = Deployment(server=server, config=config, keys=keys, admin=admin)
+
+        async def provision() -> None:
+            await init_tenant([server.url], T, keys=keys, nkey_seed=admin.nkey_seed)
+            for agent in AGENTS:
+                await new_key([server.url], T, agent, role="agent", keys=keys, nkey_seed=admin.nkey_seed)
+            await new_key([server.url], T, "coordinator", role="coordinator", keys=keys, nkey_seed=admin.nkey_seed)
+            await deployment.render_and_reload(until_accepted=keys.load(T, "alice"))
+
+        asyncio.run(provision())
+        yield deployment
+
+
+@dataclass
+class Conn:
+    """A raw nats-py connection as one user, with the errors its ``error_cb`` received."""
+
+    owner: str
+    identity: Identity
+    nc: Client
+    js: JetStreamContext
+    errors: asyncio.Queue[Exception]
+    closed: asyncio.Event
+
+    async def next_error(self) -> str:
+        """The next asynchronous error, lowercased; fails the test if none comes in time."""
+        try:
+            return str(await asyncio.wait_for(self.errors.get(), TIMEOUT)).lower()
+        except TimeoutError:
+            pytest.fail(f"{self.owner}: no asynchronous error within {TIMEOUT}s")
+
+    async def refused(self, subject: str) -> None:
+        """Assert the next error is a publish permissions violation on ``subject``."""
+        error = await self.next_error()
+        assert error == f'nats: permissions violation for publish to "{subject.lower()}"', error
+
+
+Connect = Callable[[str], Awaitable[Conn]]
+
+
+@pytest.fixture
+async def connect(deployment: Deployment) -> AsyncIterator[Connect]:
+    """Connect as a key owner with its nkey and, but for the admin, its own reply prefix."""
+    opened: list[Client] = []
+
+    async def _connect(owner: str) -> Conn:
+        errors: asyncio.Queue[Exception] = asyncio.Queue()
+        closed = asyncio.Event()
+
+        async def on_error(exc: Exception) -> None:
+            errors.put_nowait(exc)
+
+        async def on_closed() -> None:
+            closed.set()
+
+        options: dict[str, object] = {}
+        if owner != "admin":
+            options["inbox_prefix"] = subjects.reply_prefix(owner).encode()
+        identity = deployment.identity(owner)
+        nc = await nats.connect(
+            deployment.url,
+            nkeys_seed_str=identity.nkey_seed,
+            error_cb=on_error,
+            closed_cb=on_closed,
+            connect_timeout=2,
+            allow_reconnect=False,
+            **options,  # type: ignore[arg-type]
+        )
+        opened.append(nc)
+        return Conn(owner, identity, nc, nc.jetstream(timeout=TIMEOUT), errors, closed)
+
+    yield _connect
+    for nc in opened:
+        await nc.close()
+
+
+async def last_body(js: JetStreamContext, stream: str, subject: str) -> bytes | None:
+    """The newest message on ``subject`` in ``stream``, or None."""
+    try:
+        return (await js.get_last_msg(stream, subject)).data
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+async def message_count(js: JetStreamContext) -> int:
+    return (await js.stream_info(STREAM)).state.messages
+
+
+def signed(conn: Conn, to: str) -> tuple[bytes, dict[str, str]]:
+    """A fresh envelope signed by ``conn``'s owner, addressed to ``to``: its body and headers."""
+    envelope = new_envelope(tenant=T, kind="event", sender=conn.owner, to=[to], payload=uuid.uuid4().hex.encode())
+    sealed = seal(envelope, conn.identity)
+    return sealed.body, dict(sealed.headers)
+
+
+# -- the config itself -----------------------------------------------------
+
+
+def test_rendered_configs_pass_the_server_check(deployment: Deployment, tmp_path: Path) -> None:
+    """nats-server -t accepts the running config, the bootstrap config and the accounts-only block included."""
+    binary = str(find_server_binary())
+    bootstrap = tmp_path / "bootstrap.conf"
+    bootstrap.write_text(render_bootstrap_config(T, deployment.admin.key_id))
+    fragment = tmp_path / "accounts.conf"
+    grants = asyncio.run(list_keys([deployment.url], T, nkey_seed=deployment.admin.nkey_seed))
+    fragment.write_text(render_tenant_config(T, grants, standalone=False))
+    including = tmp_path / "including.conf"
+    including.write_text("jetstream {}\ninclude ./accounts.conf\n")
+    for config in (deployment.config, bootstrap, including):
+        result = subprocess.run([binary, "-c", str(config), "-t"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_anonymous_and_unknown_keys_are_refused(deployment: Deployment) -> None:
+    """Only keys in the rendered config may connect: no anonymous users, no unknown nkeys."""
+    refused = b"-ERR 'Authorization Violation'\r\n"
+    assert await raw_connect(deployment.server, None) == refused
+    assert await raw_connect(deployment.server, Identity.generate()) == refused
+    assert await raw_connect(deployment.server, deployment.identity("bob")) == b"PONG\r\n"
+
+
+# -- legitimate traffic ----------------------------------------------------
+# nats-py directly, with the same library calls bus.Bus makes (Bus.connect = nats.connect with the nkey and
+# reply prefix + KeyringStore.open; publish = a JetStream publish with ack; ensure_consumer = a durable create).
+
+
+async def test_agent_loads_the_keyring_and_publishes_to_own_outbox(connect: Connect) -> None:
+    """Alice loads the keyring as Bus.connect does; her signed envelope to her outbox is acked and stored."""
+    alice, admin = await connect("alice"), await connect("admin")
+    async with await KeyringStore.open(alice.js, T) as keyring:
+        assert keyring.keyring.resolve(alice.identity.key_id).owner == "alice"
+    body, headers = signed(alice, "bob")
+    ack = await alice.js.publish(subjects.outbox(T, "alice"), body, headers=headers)
+    assert ack.stream == STREAM and not ack.duplicate
+    assert await last_body(admin.js, STREAM, subjects.outbox(T, "alice")) == body
+    assert alice.errors.empty()
+
+
+async def test_coordinator_delivers_to_an_inbox_the_agent_fetches_and_acks(connect: Connect) -> None:
+    """The coordinator reads outboxes, makes in-alice and delivers; alice binds, fetches, verifies and acks."""
+    alice, coordinator = await connect("alice"), await connect("coordinator")
+    sent, headers = signed(alice, "bob")
+    await alice.js.publish(subjects.outbox(T, "alice"), sent, headers=headers)
+    async with await KeyringStore.open(coordinator.js, T) as keyring:
+        read = [
+            item
+            async for item in tail(coordinator.js, keyring, T, subject=subjects.outbox(T, "alice"), idle_timeout_s=0.2)
+        ]
+    assert read[-1].opened is not None and read[-1].opened.envelope.sender == "alice"
+
+    consumer = subjects.inbox_consumer("alice")
+    await coordinator.js.add_consumer(
+        STREAM,
+        ConsumerConfig(durable_name=consumer, filter_subject=subjects.inbox(T, "alice"), ack_policy=AckPolicy.EXPLICIT),
+    )
+    delivered, headers = signed(coordinator, "alice")
+    await coordinator.js.publish(subjects.inbox(T, "alice"), delivered, headers=headers)
+
+    async with await KeyringStore.open(alice.js, T) as keyring:
+        sub = await alice.js.pull_subscribe_bind(consumer, stream=STREAM)
+        info = await alice.js.consumer_info(STREAM, consumer)
+        assert info.config.filter_subject == subjects.inbox(T, "alice")
+        [msg] = await sub.fetch(1, timeout=2)
+        opened = open_envelope(msg.data, msg.headers or {}, keyring=keyring.keyring, received_ns=time.time_ns())
+        assert opened.envelope.sender == "coordinator" and msg.data == delivered
+        await msg.ack_sync(timeout=2)
+        await sub.unsubscribe()
+    after = await coordinator.js.consumer_info(STREAM, consumer)
+    assert after.num_ack_pending == 0 and after.delivered.stream_seq == msg.metadata.sequence.stream
+    assert alice.errors.empty() and coordinator.errors.empty()
+
+
+async def test_agent_reads_its_own_memory_key(connect: Connect) -> None:
+    """The coordinator writes alice's memory; alice reads her own key by direct get (twin of the bob attack)."""
+    coordinator = await connect("coordinator")
+    key = f"$KV.{subjects.memory_bucket(T)}.alice.note"
+    await coordinator.js.publish(key, b"alice's note")
+    alice = await connect("alice")
+    assert (await alice.js.get_last_msg(MEMORY, key, direct=True)).data == b"alice's note"
+    assert alice.errors.empty() and coordinator.errors.empty()
+
+
+# -- attacks, each refused by the server -----------------------------------
+
+
+async def test_agent_cannot_publish_to_another_agents_inbox_outbox_or_decisions(connect: Connect) -> None:
+    """Alice's signed envelopes to bob's inbox and outbox and to decisions are refused and not stored."""
+    alice, admin = await connect("alice"), await connect("admin")
+    before = await message_count(admin.js)
+    forged = {
+        subject: signed(alice, "bob")
+        for subject in (subjects.inbox(T, "bob"), subjects.outbox(T, "bob"), subjects.decision(T))
+    }
+    for subject, (body, headers) in forged.items():
+        await alice.nc.publish(subject, body, headers=headers)
+    await alice.nc.flush(timeout=TIMEOUT)
+    for subject in forged:
+        await alice.refused(subject)
+
+    # A legitimate publish after the forged ones is stored; nothing else was.
+    body, headers = signed(alice, "bob")
+    await alice.js.publish(subjects.outbox(T, "alice"), body, headers=headers)
+    assert await message_count(admin.js) == before + 1
+    for subject, (body, _) in forged.items():
+        assert await last_body(admin.js, STREAM, subject) != body
+
+
+async def test_coordinator_cannot_forge_an_agents_outbox_or_touch_the_stream(connect: Connect) -> None:
+    """Even the mediator cannot publish as an agent, nor delete or purge the stream."""
+    coordinator, admin = await connect("coordinator"), await connect("admin")
+    before = await message_count(admin.js)
+    body, headers = signed(coordinator, "bob")
+    await coordinator.nc.publish(subjects.outbox(T, "alice"), body, headers=headers)
+    await coordinator.nc.publish(f"$JS.API.STREAM.DELETE.{STREAM}", b"")
+    await coordinator.nc.publish(f"$JS.API.STREAM.PURGE.{STREAM}", b"")
+    await coordinator.nc.flush(timeout=TIMEOUT)
+    for subject in (subjects.outbox(T, "alice"), f"$JS.API.STREAM.DELETE.{STREAM}", f"$JS.API.STREAM.PURGE.{STREAM}"):
+        await coordinator.refused(subject)
+    assert await message_count(admin.js) == before
+
+
+@pytest.mark.parametrize("subject", [f"tb.{T}.>", subjects.inbox(T, "bob"), "_INBOX.>", "_INBOX_bob.>", ">"])
+async def test_agent_cannot_subscribe_beyond_its_reply_prefix(connect: Connect, subject: str) -> None:
+    """Alice cannot listen to the tenant's subjects, bob's inbox, or anyone else's replies."""
+    alice = await connect("alice")
+    await alice.nc.subscribe(subject)
+    await alice.nc.flush(timeout=TIMEOUT)
+    error = await alice.next_error()
+    assert error == f'nats: permissions violation for subscription to "{subject.lower()}"', error
+
+
+async def test_agent_cannot_create_or_hijack_a_consumer_on_the_tenant_stream(connect: Connect) -> None:
+    """Alice can neither create a consumer on TB_<tenant> (any form) nor re-point bob's, nor fetch from it."""
+    alice, coordinator = await connect("alice"), await connect("coordinator")
+    await coordinator.js.add_consumer(
+        STREAM,
+        ConsumerConfig(
+            durable_name=subjects.inbox_consumer("bob"),
+            filter_subject=subjects.inbox(T, "bob"),
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    spy = {"name": "spy", "durable_name": "spy", "filter_subject": f"tb.{T}.>", "ack_policy": "explicit"}
+    widened = {**spy, "name": "in-bob", "durable_name": "in-bob"}
+    attempts = {
+        f"$JS.API.CONSUMER.CREATE.{STREAM}": widened,  # the unnamed form: would update in-bob
+        f"$JS.API.CONSUMER.CREATE.{STREAM}.spy": spy,
+        f"$JS.API.CONSUMER.CREATE.{STREAM}.spy.tb.{T}.>": spy,
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.spy": spy,
+        f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.in-bob": {"batch": 1},
+    }
+    for subject, config in attempts.items():
+        body = {"stream_name": STREAM, "config": config} if "MSG.NEXT" not in subject else config
+        await alice.nc.publish(subject, json.dumps(body).encode(), reply=alice.nc.new_inbox())
+    await alice.nc.flush(timeout=TIMEOUT)
+    for subject in attempts:
+        await alice.refused(subject)
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await coordinator.js.consumer_info(STREAM, "spy")
+    info = await coordinator.js.consumer_info(STREAM, "in-bob")
+    assert info.config.filter_subject == subjects.inbox(T, "bob") and info.delivered.stream_seq == 0
+
+    # Through nats-py the refusal is only a timeout.
+    with pytest.raises(nats.errors.TimeoutError):
+        await alice.js.add_consumer(STREAM, ConsumerConfig(durable_name="spy2", filter_subject=f"tb.{T}.>"))
+    await alice.refused(f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.spy2")
+
+
+async def test_agent_cannot_delete_purge_or_update_the_stream(connect: Connect) -> None:
+    """The destructive JetStream API is denied to an agent; the stream and its messages stay."""
+    alice, admin = await connect("alice"), await connect("admin")
+    before = await admin.js.stream_info(STREAM)
+    outcomes = await asyncio.gather(
+        alice.js.delete_stream(STREAM), alice.js.purge_stream(STREAM), return_exceptions=True
+    )
+    assert all(isinstance(o, nats.errors.TimeoutError) for o in outcomes), outcomes
+    refused = {await alice.next_error(), await alice.next_error()}
+    assert refused == {
+        f'nats: permissions violation for publish to "$js.api.stream.delete.{STREAM.lower()}"',
+        f'nats: permissions violation for publish to "$js.api.stream.purge.{STREAM.lower()}"',
+    }
+    for subject in (f"$JS.API.STREAM.UPDATE.{STREAM}", f"$JS.API.STREAM.MSG.DELETE.{MEMORY}"):
+        await alice.nc.publish(subject, b"{}")
+        await alice.nc.flush(timeout=TIMEOUT)
+        await alice.refused(subject)
+    after = await admin.js.stream_info(STREAM)
+    assert after.config == before.config and after.state.messages == before.state.messages
+
+
+async def test_agent_cannot_read_another_agents_memory(connect: Connect) -> None:
+    """Bob's memory key is out of alice's reach, by direct get and by the body-addressed message get."""
+    coordinator, alice = await connect("coordinator"), await connect("alice")
+    bobs = f"$KV.{subjects.memory_bucket(T)}.bob.secret"
+    await coordinator.js.publish(bobs, b"bob's secret")
+    outcomes = await asyncio.gather(
+        alice.js.get_last_msg(MEMORY, bobs, direct=True), alice.js.get_last_msg(MEMORY, bobs), return_exceptions=True
+    )
+    assert all(isinstance(o, nats.errors.TimeoutError) for o in outcomes), outcomes
+    refused = {await alice.next_error(), await alice.next_error()}
+    assert refused == {
+        f'nats: permissions violation for publish to "$js.api.direct.get.{MEMORY}.{bobs}"'.lower(),
+        f'nats: permissions violation for publish to "$js.api.stream.msg.get.{MEMORY}"'.lower(),
+    }
+    # Writing memory directly is refused too: only the coordinator writes it.
+    await alice.nc.publish(f"$KV.{subjects.memory_bucket(T)}.alice.note", b"self-granted")
+    await alice.nc.flush(timeout=TIMEOUT)
+    await alice.refused(f"$KV.{subjects.memory_bucket(T)}.alice.note")
+
+
+async def test_revoked_agent_key_is_disconnected_and_cannot_connect(deployment: Deployment, connect: Connect) -> None:
+    """Revoke carol's key, re-render, reload: her live connection is closed and a new one refused."""
+    carol = await connect("carol")
+    await revoke_key(
+        [deployment.url], T, carol.identity.key_id, keys=deployment.keys, nkey_seed=deployment.admin.nkey_seed
+    )
+    await deployment.render_and_reload(until_refused=carol.identity)
+    await asyncio.wait_for(carol.closed.wait(), 5)
+    assert carol.identity.key_id not in deployment.config.read_text()
+
+    # A real client, in a subprocess (a refused nats-py connect leaks its socket).
+    script = (
+        "import asyncio, sys, nats\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await nats.connect(sys.argv[1], nkeys_seed_str=sys.stdin.read(), allow_reconnect=False,\n"
+        "                           max_reconnect_attempts=0, connect_timeout=2)\n"
+        "    except Exception as exc:\n"
+        "        print(exc)\n"
+        "        sys.exit(3)\n"
+        "asyncio.run(main())\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        deployment.url,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(carol.identity.nkey_seed.encode()), 30)
+    assert process.returncode == 3 and b"Authorization Violation" in out, out + err
+    # The others are unaffected.
+    assert await raw_connect(deployment.server, deployment.identity("alice")) == b"PONG\r\n"

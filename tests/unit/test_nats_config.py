@@ -1,0 +1,161 @@
+"""The pure renderer of a tenant's NATS account: exact permissions, determinism, revocation, refusals.
+
+The server-side checks (nats-server -t, and every permission on a real server)
+are in tests/integration/test_mediation_enforced.py.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from bus import ConfigError, Identity, KeyGrant, Role, render_bootstrap_config, render_tenant_config
+
+T = "acme"
+DENY_DESTRUCTIVE = [
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+]
+KEYRING_READS = [
+    "$JS.API.STREAM.INFO.TB_acme",
+    "$JS.API.STREAM.INFO.KV_tb_keys_acme",
+    "$JS.API.CONSUMER.CREATE.KV_tb_keys_acme",
+    "$JS.API.CONSUMER.INFO.KV_tb_keys_acme.*",
+    "$JS.FC.KV_tb_keys_acme.>",
+]
+
+
+def grant(owner: str, role: Role, *, revoked_at: int | None = None, tenant: str = T) -> KeyGrant:
+    return KeyGrant(
+        tenant=tenant, key_id=Identity.generate().key_id, owner=owner, role=role, valid_from=1, revoked_at=revoked_at
+    )
+
+
+@pytest.fixture(scope="module")
+def grants() -> list[KeyGrant]:
+    return [
+        grant("admin", "admin"),
+        grant("coordinator", "coordinator"),
+        grant("ledger", "ledger"),
+        grant("ops", "operator"),
+        grant("alice", "agent"),
+        grant("bob", "agent"),
+        grant("alice", "agent", revoked_at=5),  # alice's key before a rotation
+    ]
+
+
+def permissions(config: str, key_id: str) -> dict[str, list[str]]:
+    """The publish allow, publish deny and subscribe allow lists of the user with nkey ``key_id``."""
+    block = config.split(f"nkey: {key_id}\n", 1)[1].split("nkey: ", 1)[0]
+    lists = re.findall(r"(allow|deny): \[\n(.*?)\n\s*\]", block, re.S)
+    subjects = [re.findall(r'^\s*"([^"]+)"', body, re.M) for _, body in lists]
+    names = ["publish", "deny", "subscribe"] if len(lists) == 3 else ["publish", "subscribe"]
+    assert [kind for kind, _ in lists] == (["allow", "deny", "allow"] if len(lists) == 3 else ["allow", "allow"])
+    return dict(zip(names, subjects, strict=True))
+
+
+def test_agent_gets_exactly_its_own_subjects(grants: list[KeyGrant]) -> None:
+    alice = grants[4]
+    assert permissions(render_tenant_config(T, grants), alice.key_id) == {
+        "publish": [
+            "tb.acme.out.alice",
+            "tb.acme.effect.alice",
+            "tb.acme.quarantine",
+            "$JS.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
+            "$JS.API.CONSUMER.INFO.TB_acme.in-alice",
+            "$JS.ACK.TB_acme.in-alice.>",
+            "$JS.API.DIRECT.GET.KV_tb_mem_acme.$KV.tb_mem_acme.alice.>",
+            *KEYRING_READS,
+        ],
+        "deny": DENY_DESTRUCTIVE,
+        "subscribe": ["_INBOX_alice.>"],
+    }
+
+
+def test_coordinator_mediates_but_cannot_touch_a_stream_or_an_outbox(grants: list[KeyGrant]) -> None:
+    perms = permissions(render_tenant_config(T, grants), grants[1].key_id)
+    assert perms["deny"] == DENY_DESTRUCTIVE
+    assert perms["subscribe"] == ["_INBOX_coordinator.>"]
+    assert {"tb.acme.in.*", "tb.acme.topic.*", "tb.acme.decision", "$KV.tb_mem_acme.>"} <= set(perms["publish"])
+    assert not [s for s in perms["publish"] if s.startswith(("tb.acme.out.", "tb.acme.effect.", "$JS.API.STREAM.D"))]
+
+
+@pytest.mark.parametrize(("index", "owner", "own"), [(2, "ledger", "tb.acme.ledger.checkpoint"), (3, "ops", None)])
+def test_readers_get_only_their_own_named_consumer(
+    grants: list[KeyGrant], index: int, owner: str, own: str | None
+) -> None:
+    perms = permissions(render_tenant_config(T, grants), grants[index].key_id)
+    consumers = [s for s in perms["publish"] if ".CONSUMER." in s and "KV_" not in s]
+    assert consumers == [
+        f"$JS.API.CONSUMER.CREATE.TB_acme.{owner}",
+        f"$JS.API.CONSUMER.CREATE.TB_acme.{owner}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.TB_acme.{owner}",
+        f"$JS.API.CONSUMER.INFO.TB_acme.{owner}",
+        f"$JS.API.CONSUMER.MSG.NEXT.TB_acme.{owner}",
+    ]
+    assert perms["subscribe"] == [f"_INBOX_{owner}.>"] and perms["deny"] == DENY_DESTRUCTIVE
+    assert (own is None) or own in perms["publish"]
+
+
+def test_admin_may_do_everything(grants: list[KeyGrant]) -> None:
+    assert permissions(render_tenant_config(T, grants), grants[0].key_id) == {"publish": [">"], "subscribe": [">"]}
+
+
+def test_same_grants_in_any_order_give_the_same_bytes(grants: list[KeyGrant]) -> None:
+    shuffled = list(grants)
+    random.Random(7).shuffle(shuffled)
+    assert render_tenant_config(T, grants) == render_tenant_config(T, shuffled)
+    assert render_tenant_config(T, grants, standalone=False) == render_tenant_config(T, shuffled, standalone=False)
+
+
+def test_revoked_keys_get_no_user(grants: list[KeyGrant]) -> None:
+    config = render_tenant_config(T, grants)
+    assert grants[6].key_id not in config
+    assert config.count("nkey: ") == 6  # the live keys, and no system user
+    future = grant("bob", "agent", revoked_at=2**62)  # revocation scheduled: no user already
+    assert future.key_id not in render_tenant_config(T, [*grants, future])
+
+
+def test_standalone_wraps_the_account_and_accounts_only_does_not(grants: list[KeyGrant]) -> None:
+    system_user = Identity.generate().key_id
+    full = render_tenant_config(T, grants, system_user_nkey=system_user)
+    for line in ("max_payload: 1MB", "jetstream {}", "system_account: SYS", f"{{ nkey: {system_user} }}"):
+        assert f"\n{line}" in full or f" {line}" in full, line
+    fragment = render_tenant_config(T, grants, standalone=False)
+    body = [line for line in fragment.splitlines() if line and not line.startswith("#")]
+    assert body[0] == "accounts {" and body[-1] == "}"
+    assert "system_account" not in fragment and "SYS {" not in fragment and "max_payload" not in fragment
+    assert '  "acme" {' in fragment and "    jetstream: enabled" in fragment
+
+
+def test_bootstrap_config_has_only_the_admin() -> None:
+    admin = Identity.generate().key_id
+    config = render_bootstrap_config(T, admin)
+    assert config.count("nkey: ") == 1 and permissions(config, admin) == {"publish": [">"], "subscribe": [">"]}
+    assert "BOOTSTRAP" in config and "trustbus --nkey <keys>/acme/admin.seed init --tenant acme" in config
+
+
+@pytest.mark.parametrize(
+    ("grants", "tenant", "problem"),
+    [
+        ([grant("alice", "agent", tenant="other")], T, "belongs to tenant 'other'"),
+        ([grant("in-alice", "ledger")], T, "could take over an agent's inbox consumer"),
+        ([grant("in-bob", "operator")], T, "could take over an agent's inbox consumer"),
+        ([grant("admin", "admin", tenant="SYS")], "SYS", "system account"),
+        ([KeyGrant(tenant=T, key_id="Unot-a-key", owner="x", role="agent", valid_from=1)], T, "key id"),
+        ([KeyGrant(tenant=T, key_id=Identity.generate().key_id, owner="a.b", role="agent", valid_from=1)], T, "owner"),
+        ([grant("x", "agent", tenant="a.b")], "a.b", "invalid tenant"),
+    ],
+)
+def test_refuses_what_would_widen_or_break_the_account(grants: list[KeyGrant], tenant: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        render_tenant_config(tenant, grants)
+
+
+def test_refuses_a_key_listed_twice(grants: list[KeyGrant]) -> None:
+    with pytest.raises(ConfigError, match="listed twice"):
+        render_tenant_config(T, [*grants, grants[4]])
