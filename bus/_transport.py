@@ -105,6 +105,7 @@ class Bus:
         name: str,
         identity: Identity,
         nkey_auth: bool = False,
+        inbox_prefix: str | None = None,
         limits: Limits = Limits(),
         max_in_flight: int = 1024,
         publish_timeout_s: float = 5.0,
@@ -118,6 +119,7 @@ class Bus:
             name: who this component is (the ``sender`` of what it signs).
             identity: its signing key.
             nkey_auth: authenticate to NATS with the identity's nkey.
+            inbox_prefix: reply-subject prefix (a least-privilege user may subscribe only to its own).
             limits: receive limits (size, skew).
             max_in_flight: pipelined publishes awaiting their ack at once.
             publish_timeout_s: per-publish ack timeout (a timed-out publish is retried, same id).
@@ -136,6 +138,8 @@ class Bus:
         }
         if nkey_auth:
             options["nkeys_seed_str"] = identity.nkey_seed
+        if inbox_prefix:
+            options["inbox_prefix"] = inbox_prefix.encode()
         try:
             nc = await nats.connect(**options)  # type: ignore[arg-type]
         except (nats.errors.Error, OSError) as exc:
@@ -183,6 +187,10 @@ class Bus:
         if any failed, so a pipelined publish is never lost silently.
         """
         return await self._publisher.start(subject, sealed.body, {**sealed.headers, **(headers or {})})
+
+    async def forward(self, subject: str, body: bytes, headers: Mapping[str, str]) -> asyncio.Future[PubAck]:
+        """Publish bytes someone else signed, unchanged, with the given headers; returns the ack future."""
+        return await self._publisher.start(subject, body, dict(headers), report_failure_on_flush=False)
 
     async def flush(self, *, timeout_s: float = 30.0) -> None:
         """Wait for every pipelined publish to be acked; raise TransportError if any failed."""
@@ -237,7 +245,9 @@ class Bus:
         if info.config.max_deliver and info.config.max_deliver > 0:
             # The server stops redelivering at its own max_deliver: quarantine on that attempt.
             settings = dataclasses.replace(settings, max_deliver=info.config.max_deliver)
-        seen = await self._recently_accepted(info)
+        # Mediated deliveries come only from the coordinator (server permissions), which
+        # forwards each (envelope, recipient) once; an inbox reader need not read back.
+        seen = SeenIds(window_ns=self.limits.skew_ns) if recipient else await self._recently_accepted(info)
         try:
             while stop is None or not stop.is_set():
                 try:
@@ -390,18 +400,23 @@ class Delivery:
         self._settings = settings
         self.opened = opened
         self.envelope = opened.envelope
+        self.subject: str = msg.subject
         self.stream_seq: int = meta.sequence.stream
+        self.stored_ns: int = _stored_ns(meta)
         self.attempt: int = meta.num_delivered
+        self.settled = False
         self.headers: Mapping[str, str] = msg.headers or {}
         self.body: bytes = msg.data
 
     async def ack(self) -> None:
         """The handler finished: never deliver this again."""
+        self.settled = True
         await self._msg.ack()
         self._seen.add(self.envelope, self.stream_seq)
 
     async def nak(self, *, delay_s: float | None = None) -> None:
         """Deliver again later (with backoff); on the last attempt, quarantine instead."""
+        self.settled = True
         if self.attempt >= self._settings.max_deliver:
             await self._bus.quarantine_msg(self._msg, reason="max_deliver", detail=f"failed {self.attempt} deliveries")
             return
@@ -410,27 +425,38 @@ class Delivery:
             delay_s = backoff[min(self.attempt - 1, len(backoff) - 1)]
         await self._msg.nak(delay=delay_s)
 
+    async def defer(self, delay_s: float) -> None:
+        """Deliver again after ``delay_s`` without counting it as a failure (e.g. a rate limit)."""
+        self.settled = True
+        await self._msg.nak(delay=delay_s)
+
     async def reject(self, reason: str, detail: str) -> None:
         """Poison: quarantine with ``reason`` and never deliver again."""
+        self.settled = True
         await self._bus.quarantine_msg(self._msg, reason=reason, detail=detail)
 
     @contextlib.asynccontextmanager
     async def process(self) -> AsyncIterator[Delivery]:
-        """Ack when the block succeeds; nak on :class:`TransientError`; quarantine on any other error.
+        """Ack when the block succeeds (unless it settled the delivery itself).
 
-        The handler's exception is logged and recorded, not re-raised, so one
-        poison message never stops the consumer.
+        A :class:`TransientError` or a :class:`~bus.TransportError` (NATS
+        unavailable) naks it for a later retry; any other exception quarantines
+        it as ``handler_error``. The exception is logged and recorded, not
+        re-raised, so one poison message never stops the consumer.
         """
         try:
             yield self
-        except TransientError as exc:
+        except (TransientError, TransportError) as exc:
             log.warning("transient handler error, will retry", extra={"stream_seq": self.stream_seq, "error": str(exc)})
-            await self.nak()
+            if not self.settled:
+                await self.nak()
         except Exception as exc:
             log.exception("handler failed; quarantining", extra={"stream_seq": self.stream_seq})
-            await self.reject("handler_error", f"{type(exc).__name__}: {exc}")
+            if not self.settled:
+                await self.reject("handler_error", f"{type(exc).__name__}: {exc}")
         else:
-            await self.ack()
+            if not self.settled:
+                await self.ack()
 
 
 async def _log_error(exc: Exception) -> None:

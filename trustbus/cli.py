@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from trustbus._config_cli import config_app
+from trustbus._process_cli import agent_app, coordinator_app
 
 app = typer.Typer(
     help="trustbus: a signed, mediated, event-sourced message bus for multi-agent systems.",
@@ -26,6 +27,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage a tenant's keys: new, list, rotate, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(agent_app, name="agent")
+app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(config_app, name="config")
 
 out = Console(soft_wrap=True)
@@ -70,11 +73,12 @@ def _keys(keys: Path | None) -> Any:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; a bus error becomes a one-line message and exit code 1."""
+    from agents import AgentError
     from bus import BusError
 
     try:
         return asyncio.run(coro)
-    except BusError as exc:
+    except (BusError, AgentError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 

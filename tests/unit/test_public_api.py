@@ -33,6 +33,18 @@ def test_every_reason_code_is_distinct() -> None:
     assert len(codes) == len(set(codes))
 
 
-def test_later_packages_export_nothing_yet() -> None:
-    assert agents.__all__ == []
+def test_agents_exports() -> None:
+    assert sorted(agents.__all__) == sorted(
+        [
+            "Agent", "AgentError", "Context", "Coordinator", "CoordinatorState", "Decision", "Deferral", "Dropped",
+            "Handlers", "Limits", "Policy", "PolicyError", "RateLimit", "Rule", "RuntimeSetupError", "connect_agent",
+            "decide", "decode_decision", "encode_decision", "load_policy", "parse_policy",
+            "read_checkpoint", "run_agent",
+        ]
+    )  # fmt: skip
+    for name in agents.__all__:
+        assert hasattr(agents, name), name
+
+
+def test_ledger_exports_nothing_yet() -> None:
     assert ledger.__all__ == []

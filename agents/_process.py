@@ -1,0 +1,98 @@
+"""Running an agent or a coordinator as its own process: signals, identity, ready line."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agents._coordinator import Coordinator
+from agents._errors import RuntimeSetupError
+from agents._policy import load_policy
+from agents._runtime import Agent, connect_agent, run_agent
+from bus import Bus, KeyDirectory, subjects
+
+
+def load_agent(target: str) -> Agent:
+    """Import ``module:attr``: an :class:`Agent` instance, or a class to instantiate with no arguments."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise RuntimeSetupError(f"agent {target!r}: expected module:attribute, e.g. examples.pingpong:agent")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeSetupError(f"cannot load agent {target!r}: {exc}") from exc
+    agent = found() if isinstance(found, type) else found
+    if not isinstance(agent, Agent):
+        raise RuntimeSetupError(f"{target!r} is not an agents.Agent (subclass it or use agents.Handlers)")
+    return agent
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def serve_agent(
+    target: str,
+    *,
+    servers: Sequence[str],
+    tenant: str,
+    agent_id: str,
+    keys: KeyDirectory,
+    nkey_auth: bool,
+    ready: Callable[[], None],
+) -> None:
+    """Run one agent until SIGTERM/SIGINT, then finish the current batch, drain and close."""
+    agent = load_agent(target)
+    identity = keys.load(tenant, agent_id)
+    stop = _stop_on_signals()
+    bus = await connect_agent(list(servers), tenant=tenant, agent_id=agent_id, identity=identity, nkey_auth=nkey_auth)
+    try:
+        await run_agent(agent, bus, stop=stop, ready=ready)
+    finally:
+        await bus.aclose()
+
+
+async def serve_coordinator(
+    policy_file: Path,
+    *,
+    servers: Sequence[str],
+    tenant: str,
+    name: str,
+    keys: KeyDirectory,
+    nkey_auth: bool,
+    ready: Callable[[], None],
+) -> None:
+    """Run a coordinator until SIGTERM/SIGINT. A bad policy stops it before it connects."""
+    policy = load_policy(policy_file)
+    identity = keys.load(tenant, name)
+    stop = _stop_on_signals()
+    bus = await Bus.connect(
+        list(servers),
+        tenant=tenant,
+        name=name,
+        identity=identity,
+        nkey_auth=nkey_auth,
+        inbox_prefix=subjects.reply_prefix(name) if nkey_auth else None,
+    )
+    try:
+        grant = bus.keyring.keyring.resolve(identity.key_id)
+        if grant.role != "coordinator":
+            raise RuntimeSetupError(
+                f"key of {name!r} has role {grant.role!r}: create it with `trustbus keys new --role coordinator`"
+            )
+        coordinator = Coordinator(bus, policy)
+        await coordinator.start()
+        ready()
+        await coordinator.run(stop)
+    finally:
+        await bus.aclose()

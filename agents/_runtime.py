@@ -1,0 +1,238 @@
+"""Writing agents and running one as a process.
+
+An agent is either a subclass of :class:`Agent` or a :class:`Handlers` table of
+decorated functions. :func:`run_agent` connects with the agent's identity,
+reads its inbox through the durable consumer the coordinator created
+(``in-<id>``), accepts only envelopes the coordinator countersigned for it,
+calls the handler with a :class:`Context`, and acks when the handler returns.
+It keeps no state of its own: after a crash, a new process of the same id
+resumes from the durable consumer and from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from agents._coordinator import INBOX_SETTINGS
+from agents._decision import instruction_verb
+from agents._errors import RuntimeSetupError
+from bus import (
+    Bus,
+    ContentType,
+    Delivery,
+    Envelope,
+    Identity,
+    Kind,
+    Limits,
+    VerificationError,
+    new_envelope,
+    open_envelope,
+    subjects,
+)
+
+log = logging.getLogger("trustbus.agent")
+
+Payload = bytes | str | dict[str, Any] | list[Any]
+
+
+def _encode(payload: Payload) -> tuple[bytes, ContentType]:
+    if isinstance(payload, bytes):
+        return payload, "application/json"
+    if isinstance(payload, str):
+        return payload.encode(), "text/plain"
+    return json.dumps(payload).encode(), "application/json"
+
+
+class Context:
+    """What a handler may do about the envelope it was given.
+
+    Everything it sends continues the same correlation, names the envelope as
+    its cause, and carries the taint the coordinator attested for it.
+    """
+
+    def __init__(self, bus: Bus, agent_id: str, delivery: Delivery) -> None:
+        """Made by the runtime for each delivery."""
+        self._bus = bus
+        self.agent_id = agent_id
+        self.envelope: Envelope = delivery.envelope
+        mediation = delivery.opened.mediation
+        self.taint: tuple[str, ...] = mediation.effective_taint if mediation else self.envelope.taint
+        self.decision_id: str | None = mediation.decision_id if mediation else None
+        self.attempt = delivery.attempt
+
+    def json(self) -> Any:
+        """The payload parsed as JSON."""
+        return json.loads(self.envelope.payload)
+
+    async def send(
+        self,
+        to: Iterable[str],
+        payload: Payload,
+        *,
+        kind: Kind = "event",
+        content_type: ContentType | None = None,
+        taint: Iterable[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Envelope:
+        """Send a new envelope caused by this one, through the coordinator."""
+        body, default_type = _encode(payload)
+        envelope = new_envelope(
+            tenant=self._bus.tenant,
+            kind=kind,
+            sender=self.agent_id,
+            to=tuple(to),
+            payload=body,
+            content_type=content_type or default_type,
+            correlation_id=self.envelope.correlation_id,
+            causation_id=self.envelope.id,
+            hop=self.envelope.hop + 1,
+            taint=set(self.taint) | set(taint),
+            idempotency_key=idempotency_key,
+        )
+        await self._bus.publish(subjects.outbox(self._bus.tenant, self.agent_id), self._bus.seal(envelope))
+        return envelope
+
+    async def instruct(self, to: Iterable[str], verb: str, **arguments: Any) -> Envelope:
+        """Send an ``instruction`` whose JSON payload is ``{"verb": verb, **arguments}``."""
+        return await self.send(to, {"verb": verb, **arguments}, kind="instruction")
+
+    async def reply(self, payload: Payload, *, kind: Kind = "reply") -> Envelope:
+        """Answer the sender of this envelope."""
+        return await self.send((self.envelope.sender,), payload, kind=kind)
+
+    async def checkpoint(self, state: dict[str, Any]) -> Envelope:
+        """Record ``state`` (JSON) as this agent's checkpoint; a restarted process starts from it."""
+        return await self.send((self.agent_id,), state, kind="checkpoint")
+
+
+class Agent:
+    """Subclass and override :meth:`handle` (and :meth:`on_start` to use a checkpoint)."""
+
+    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
+        """Called once before the first delivery with the last checkpoint, if any."""
+
+    async def handle(self, ctx: Context) -> None:
+        """Handle one delivery; return to ack, raise ``bus.TransientError`` to retry later."""
+        raise NotImplementedError(f"{type(self).__name__} must override handle()")
+
+
+Handler = Callable[[Context], Awaitable[None]]
+
+
+class Handlers(Agent):
+    """An agent made of decorated functions.
+
+    Example::
+
+        app = Handlers()
+
+        @app.on("instruction", verb="refund")
+        async def refund(ctx: Context) -> None: ...
+    """
+
+    def __init__(self) -> None:
+        """An empty table; envelopes no handler matches are acked and logged."""
+        self._routes: list[tuple[str | None, str | None, Handler]] = []
+        self._start: Callable[[dict[str, Any] | None], Awaitable[None]] | None = None
+
+    def on(self, kind: Kind | None = None, *, verb: str | None = None) -> Callable[[Handler], Handler]:
+        """Route envelopes of ``kind`` (and, for instructions, ``verb``) to the decorated function."""
+
+        def register(handler: Handler) -> Handler:
+            self._routes.append((kind, verb, handler))
+            return handler
+
+        return register
+
+    def on_startup(
+        self, handler: Callable[[dict[str, Any] | None], Awaitable[None]]
+    ) -> Callable[[dict[str, Any] | None], Awaitable[None]]:
+        """Register the function called with the last checkpoint at start."""
+        self._start = handler
+        return handler
+
+    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
+        """Call the registered startup function, if any."""
+        if self._start is not None:
+            await self._start(checkpoint)
+
+    async def handle(self, ctx: Context) -> None:
+        """Dispatch to the first matching handler."""
+        verb = instruction_verb(ctx.envelope) if ctx.envelope.kind == "instruction" else None
+        for kind, wanted_verb, handler in self._routes:
+            if kind not in (None, ctx.envelope.kind):
+                continue
+            if wanted_verb is not None and wanted_verb != verb:
+                continue
+            await handler(ctx)
+            return
+        log.info("no handler; acked", extra={"kind": ctx.envelope.kind, "envelope_id": ctx.envelope.id})
+
+
+async def read_checkpoint(bus: Bus, agent_id: str) -> dict[str, Any] | None:
+    """The agent's last checkpoint, verified as signed by the agent itself; None if there is none."""
+    bucket = subjects.memory_bucket(bus.tenant)
+    try:
+        raw = await bus.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{agent_id}.checkpoint", direct=True)
+    except nats.js.errors.NotFoundError:
+        return None
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise RuntimeSetupError(f"cannot read the checkpoint of {agent_id}: {exc}") from exc
+    record = msgspec.msgpack.decode(raw.data or b"")
+    stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
+    try:
+        opened = open_envelope(
+            record["body"], record["headers"], keyring=bus.keyring.keyring, received_ns=stored_ns, limits=Limits()
+        )
+    except VerificationError as exc:
+        log.error("checkpoint does not verify; starting without it", extra={"reason": exc.reason})
+        return None
+    if opened.envelope.sender != agent_id or opened.envelope.kind != "checkpoint":
+        log.error("checkpoint is not this agent's; starting without it")
+        return None
+    state: dict[str, Any] = json.loads(opened.envelope.payload)
+    return state
+
+
+async def run_agent(agent: Agent, bus: Bus, *, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
+    """Serve ``agent`` on ``bus`` (connected as the agent) until ``stop`` is set; ``ready`` is called once serving."""
+    agent_id = bus.name
+    try:
+        await bus.js.consumer_info(bus.stream, subjects.inbox_consumer(agent_id))
+    except nats.js.errors.NotFoundError:
+        # No coordinator has created it yet; a development server lets us.
+        await bus.ensure_consumer(
+            subjects.inbox_consumer(agent_id), subjects.inbox(bus.tenant, agent_id), settings=INBOX_SETTINGS
+        )
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise RuntimeSetupError(f"cannot reach inbox consumer {subjects.inbox_consumer(agent_id)}: {exc}") from exc
+    await agent.on_start(await read_checkpoint(bus, agent_id))
+    log.info("agent ready", extra={"agent": agent_id, "tenant": bus.tenant})
+    ready()
+    async for delivery in bus.consume(
+        subjects.inbox_consumer(agent_id), settings=INBOX_SETTINGS, recipient=agent_id, stop=stop
+    ):
+        async with delivery.process():
+            await agent.handle(Context(bus, agent_id, delivery))
+
+
+def connect_agent(
+    servers: str | list[str], *, tenant: str, agent_id: str, identity: Identity, nkey_auth: bool
+) -> Awaitable[Bus]:
+    """Connect as an agent: its own nkey (if the server wants one) and its own reply-subject prefix."""
+    return Bus.connect(
+        servers,
+        tenant=tenant,
+        name=agent_id,
+        identity=identity,
+        nkey_auth=nkey_auth,
+        inbox_prefix=subjects.reply_prefix(agent_id) if nkey_auth else None,
+    )
