@@ -55,8 +55,10 @@ _WRONG_LAST_SEQUENCE = 10071
 # Re-forwards younger than this rely on the duplicate window; older ones check the inbox first.
 _DEDUP_SAFE_NS = int(DUPLICATE_WINDOW_S * 1e9 * 0.75)
 
-OUTBOX_SETTINGS = ConsumerSettings(max_ack_pending=1024, max_deliver=10, ack_wait_s=30.0, batch=128)
-INBOX_SETTINGS = ConsumerSettings()
+OUTBOX_SETTINGS = ConsumerSettings(max_ack_pending=1024, max_deliver=10, ack_wait_s=10.0, batch=128)
+# A short ack_wait brings a crashed agent's message back within seconds; a live
+# handler keeps it with in-progress beats (see bus.Delivery.process).
+INBOX_SETTINGS = ConsumerSettings(ack_wait_s=4.0, fetch_timeout_s=1.0)
 
 
 class _Conflict(Exception):
@@ -162,13 +164,11 @@ class Coordinator:
             await delivery.reject("wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
             return
         while envelope.id not in self.state.decided:
-            result = decide(
-                self.policy,
-                envelope,
-                self.state,
-                received_ns=delivery.stored_ns,
-                source_seq=delivery.stream_seq,
-            )
+            # The decision clock is when the server stored the envelope, so a backlog is
+            # rate-limited as it was sent; a redelivery (after a rate-limit delay or a
+            # crash) is decided now, or a delayed sender would never earn a token.
+            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
+            result = decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
             if isinstance(result, Deferral):
                 await delivery.defer(result.retry_after_s)
                 return

@@ -78,7 +78,7 @@ async def tail(
         while True:
             try:
                 msg = await sub.next_msg(timeout=idle_timeout_s or 3600.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError is a subclass
                 if idle_timeout_s is not None:
                     return
                 continue

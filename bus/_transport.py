@@ -47,7 +47,9 @@ class ConsumerSettings:
     Attributes:
         max_ack_pending: messages delivered but not yet acked (backpressure).
         max_deliver: deliveries before a message is quarantined as poison.
-        ack_wait_s: seconds before an unacked message is redelivered; longer than ``fetch_timeout_s``.
+        ack_wait_s: seconds before an unacked message is redelivered (so a crashed reader's
+            message comes back quickly); a handler still running reports progress every
+            third of it, so long handlers are not redelivered. Longer than ``fetch_timeout_s``.
         batch: messages per fetch.
         fetch_timeout_s: how long one fetch waits for messages.
         backoff_s: nak delays by delivery attempt (the last repeats).
@@ -55,7 +57,7 @@ class ConsumerSettings:
 
     max_ack_pending: int = 256
     max_deliver: int = 5
-    ack_wait_s: float = 30.0
+    ack_wait_s: float = 10.0
     batch: int = 64
     fetch_timeout_s: float = 1.0
     backoff_s: tuple[float, ...] = (0.2, 1.0, 5.0)
@@ -245,6 +247,8 @@ class Bus:
         if info.config.max_deliver and info.config.max_deliver > 0:
             # The server stops redelivering at its own max_deliver: quarantine on that attempt.
             settings = dataclasses.replace(settings, max_deliver=info.config.max_deliver)
+        if info.config.ack_wait:
+            settings = dataclasses.replace(settings, ack_wait_s=info.config.ack_wait)
         # Mediated deliveries come only from the coordinator (server permissions), which
         # forwards each (envelope, recipient) once; an inbox reader need not read back.
         seen = SeenIds(window_ns=self.limits.skew_ns) if recipient else await self._recently_accepted(info)
@@ -252,7 +256,7 @@ class Bus:
             while stop is None or not stop.is_set():
                 try:
                     msgs = await sub.fetch(settings.batch, timeout=settings.fetch_timeout_s)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own subclass or plain asyncio.TimeoutError
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
@@ -439,11 +443,14 @@ class Delivery:
     async def process(self) -> AsyncIterator[Delivery]:
         """Ack when the block succeeds (unless it settled the delivery itself).
 
-        A :class:`TransientError` or a :class:`~bus.TransportError` (NATS
-        unavailable) naks it for a later retry; any other exception quarantines
-        it as ``handler_error``. The exception is logged and recorded, not
-        re-raised, so one poison message never stops the consumer.
+        While the block runs, the server is told every third of ``ack_wait``
+        that the message is in progress. A :class:`TransientError` or a
+        :class:`~bus.TransportError` (NATS unavailable) naks it for a later
+        retry; any other exception quarantines it as ``handler_error``. The
+        exception is logged and recorded, not re-raised, so one poison message
+        never stops the consumer.
         """
+        heartbeat = _Heartbeat(self._msg, self._settings.ack_wait_s / 3)
         try:
             yield self
         except (TransientError, TransportError) as exc:
@@ -457,6 +464,35 @@ class Delivery:
         else:
             if not self.settled:
                 await self.ack()
+        finally:
+            heartbeat.stop()
+
+
+class _Heartbeat:
+    """Tells the server a message is still being worked on, every ``interval`` seconds, until stopped.
+
+    A timer, not a task per message: most handlers finish before the first beat.
+    """
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(interval, self._beat)
+        self._beats: set[asyncio.Task[None]] = set()
+
+    def _beat(self) -> None:
+        task = self._loop.create_task(self._in_progress())
+        self._beats.add(task)
+        task.add_done_callback(self._beats.discard)
+        self._handle = self._loop.call_later(self._interval, self._beat)
+
+    async def _in_progress(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._msg.in_progress()
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 async def _log_error(exc: Exception) -> None:
