@@ -73,7 +73,8 @@ async def tail(
         )
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise TransportError(f"cannot read stream {stream_name(tenant)}: {exc}") from exc
-    seen = SeenIds(window_ns=limits.skew_ns)
+    # One envelope is forwarded to several inboxes: a replay is the same id twice on one subject.
+    seen: dict[str, SeenIds] = {}
     try:
         while True:
             try:
@@ -82,7 +83,8 @@ async def tail(
                 if idle_timeout_s is not None:
                     return
                 continue
-            yield await _verify(msg, keyring, limits, seen)
+            per_subject = seen.setdefault(msg.subject, SeenIds(window_ns=limits.skew_ns))
+            yield await _verify(msg, keyring, limits, per_subject, recipient=_recipient(tenant, msg.subject))
     finally:
         try:
             await sub.unsubscribe()
@@ -90,7 +92,17 @@ async def tail(
             pass
 
 
-async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds) -> TailItem:
+def _recipient(tenant: str, subject: str) -> str | None:
+    """Who a mediated delivery on ``subject`` is for (its countersignature must say so), if anyone."""
+    prefix, _, name = subject.rpartition(".")
+    if prefix == f"tb.{tenant}.in":
+        return name
+    if prefix == f"tb.{tenant}.topic":
+        return f"topic:{name}"
+    return None
+
+
+async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds, *, recipient: str | None) -> TailItem:
     seq = msg.metadata.sequence.stream
     pending = msg.metadata.num_pending
     stored_ns = int(msg.metadata.timestamp.timestamp() * 1_000_000_000)
@@ -101,7 +113,14 @@ async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds
     seen.prune(stored_ns)
     try:
         opened = open_envelope(
-            msg.data, headers, keyring=keyring.keyring, received_ns=stored_ns, limits=limits, seen=seen, stream_seq=seq
+            msg.data,
+            headers,
+            keyring=keyring.keyring,
+            received_ns=stored_ns,
+            limits=limits,
+            seen=seen,
+            stream_seq=seq,
+            recipient=recipient,
         )
     except VerificationError as exc:
         return TailItem(

@@ -63,7 +63,7 @@ def test_init_send_tail_round_trip(env: dict[str, str]) -> None:
             "send", "-t", "clione", "--as", "alice", "--to", "bob", "--payload", '{"refund": 12}', "--json", env=env
         ).stdout
     )
-    lines = run("tail", "-t", "clione", "--json", "--idle-timeout", "1", env=env).stdout.splitlines()
+    lines = run("tail", "-t", "clione", "--json", "--idle-timeout", "3", env=env).stdout.splitlines()
     [item] = [json.loads(line) for line in lines]
     assert item["verified"] is True
     assert item["seq"] == sent["seq"]
@@ -81,7 +81,7 @@ def test_rotation_keeps_old_envelopes_valid_and_new_ones_signed_by_the_new_key(e
 
     items = [
         json.loads(x)
-        for x in run("tail", "-t", "rota", "--json", "--idle-timeout", "1", env=env).stdout.split("\n")
+        for x in run("tail", "-t", "rota", "--json", "--idle-timeout", "3", env=env).stdout.split("\n")
         if x
     ]
     by_id = {i["envelope"]["id"]: i for i in items}
@@ -100,7 +100,7 @@ def test_envelope_signed_with_a_revoked_key_is_shown_rejected(env: dict[str, str
     run("keys", "revoke", "--tenant", "revo", grant["key_id"], env=env)
     run("send", "-t", "revo", "--as", "alice", "--to", "bob", env=env)
     [item] = [
-        json.loads(x) for x in run("tail", "-t", "revo", "--json", "--idle-timeout", "1", env=env).stdout.splitlines()
+        json.loads(x) for x in run("tail", "-t", "revo", "--json", "--idle-timeout", "3", env=env).stdout.splitlines()
     ]
     assert item["verified"] is False and item["reason"] == "revoked_key"
 

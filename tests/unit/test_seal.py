@@ -89,12 +89,12 @@ def test_replay_of_accepted_id_from_another_position_is_rejected(world: tuple[Ca
     cast, keyring, _ = world
     sealed = valid(cast)
     seen = SeenIds()
-    opened = open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=NOW, seen=seen, stream_seq=7)
+    opened = open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=7)
     seen.add(opened.envelope, 7)
     with pytest.raises(Replayed):
-        open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=NOW, seen=seen, stream_seq=9)
+        open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=9)
     # the twin: a redelivery of the same stream position is not a replay
-    again = open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=NOW, seen=seen, stream_seq=7)
+    again = open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=7)
     assert again.envelope.id == sealed.envelope.id
 
 
@@ -118,7 +118,7 @@ def test_countersigned_delivery_is_accepted_for_its_recipient(world: tuple[Cast,
             sealed.body, recipient="bob", decision_id="d1", effective_taint=("web",), coordinator=coordinator
         ),
     }
-    opened = open_envelope(sealed.body, headers, keyring=keyring, received_ns=NOW, recipient="bob")
+    opened = open_envelope(sealed.body, headers, keyring=keyring, received_ns=sealed.envelope.ts, recipient="bob")
     assert opened.mediation is not None
     assert opened.mediation.decision_id == "d1"
     assert opened.mediation.effective_taint == ("web",)
@@ -130,7 +130,7 @@ def test_unmediated_envelope_is_refused_by_a_recipient_that_requires_mediation(
     cast, keyring, _ = world
     sealed = valid(cast)
     with pytest.raises(NotMediated):
-        open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=NOW, recipient="bob")
+        open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, recipient="bob")
 
 
 @pytest.mark.parametrize(
@@ -149,17 +149,17 @@ def test_forged_or_redirected_countersignature_is_rejected(tamper: str, world: t
     if tamper == "dropped_taint":
         headers["Tb-Taint"] = ""
     with pytest.raises(BadCountersignature):
-        open_envelope(sealed.body, headers, keyring=keyring, received_ns=NOW, recipient="bob")
+        open_envelope(sealed.body, headers, keyring=keyring, received_ns=sealed.envelope.ts, recipient="bob")
 
 
 def test_size_limit_is_configurable(world: tuple[Cast, Keyring, Identity]) -> None:
     cast, keyring, _ = world
     sealed = valid(cast)
     limits = Limits(max_bytes=len(sealed.body))
-    assert open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=NOW, limits=limits)
+    assert open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, limits=limits)
     with pytest.raises(VerificationError, match="too_large"):
         open_envelope(
-            sealed.body, sealed.headers, keyring=keyring, received_ns=NOW, limits=Limits(max_bytes=len(sealed.body) - 1)
+            sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, limits=Limits(max_bytes=len(sealed.body) - 1)
         )
 
 
