@@ -110,7 +110,7 @@ def test_bootstrap_provision_render_reload(tmp_path: Path) -> None:
         # The admin still does everything; the CLI authenticates with --nkey (or TRUSTBUS_NKEY).
         sent = json.loads(step(*as_admin, "send", "-t", T, "--as", "alice", "--to", "bob", "--json"))
         env["TRUSTBUS_NKEY"] = str(admin_seed)
-        [item] = [json.loads(line) for line in step("tail", "-t", T, "--json", "--idle-timeout", "0.5").splitlines()]
+        [item] = [json.loads(line) for line in step("tail", "-t", T, "--json", "--idle-timeout", "3").splitlines()]
         assert item["verified"] and item["envelope"]["id"] == sent["id"]
         owners = {json.loads(line)["owner"] for line in step("keys", "list", "-t", T, "--json").splitlines()}
         assert owners == {"admin", "alice", "coordinator"}
