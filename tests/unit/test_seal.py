@@ -89,12 +89,18 @@ def test_replay_of_accepted_id_from_another_position_is_rejected(world: tuple[Ca
     cast, keyring, _ = world
     sealed = valid(cast)
     seen = SeenIds()
-    opened = open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=7)
+    opened = open_envelope(
+        sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=7
+    )
     seen.add(opened.envelope, 7)
     with pytest.raises(Replayed):
-        open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=9)
+        open_envelope(
+            sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=9
+        )
     # the twin: a redelivery of the same stream position is not a replay
-    again = open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=7)
+    again = open_envelope(
+        sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, seen=seen, stream_seq=7
+    )
     assert again.envelope.id == sealed.envelope.id
 
 
@@ -159,7 +165,11 @@ def test_size_limit_is_configurable(world: tuple[Cast, Keyring, Identity]) -> No
     assert open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, limits=limits)
     with pytest.raises(VerificationError, match="too_large"):
         open_envelope(
-            sealed.body, sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts, limits=Limits(max_bytes=len(sealed.body) - 1)
+            sealed.body,
+            sealed.headers,
+            keyring=keyring,
+            received_ns=sealed.envelope.ts,
+            limits=Limits(max_bytes=len(sealed.body) - 1),
         )
 
 
