@@ -352,3 +352,30 @@ async def test_agent_killed_mid_handler_handles_the_message_again_after_restart(
     read = await fleet.inbox(lambda read: {("done", stuck, 2), ("done", after, 1)} <= set(reports(read)))
     done = [(i, a) for event, i, a in reports(read) if event == "done"]
     assert sorted(done) == sorted([(stuck, 2), (after, 1)])  # handled again after the crash, nothing lost or repeated
+
+
+async def test_coordinator_refuses_to_start_on_a_bad_policy(fleet: Fleet) -> None:
+    await fleet.key("coordinator", role="coordinator")
+    bad = fleet.tmp / "bad.yaml"
+    bad.write_text("limits:\n  fanout_per_envelope: 0\nrules:\n  - {from: a, to: [b], kinds: [shout]}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trustbus", "coordinator", "run", "-t", fleet.tenant, "--policy", str(bad),
+        cwd=ROOT, env=fleet.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1 and out == b""
+    message = err.decode()
+    assert "limits.fanout_per_envelope: Input should be greater than or equal to 1" in message
+    assert "rules.0.kinds.0" in message
+
+
+async def test_agent_key_cannot_run_the_coordinator(fleet: Fleet) -> None:
+    await fleet.key("impostor")
+    policy = fleet.tmp / "p.yaml"
+    policy.write_text("rules: []\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trustbus", "coordinator", "run", "-t", fleet.tenant, "--policy", str(policy),
+        "--name", "impostor", cwd=ROOT, env=fleet.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1 and "role 'agent'" in err.decode()
