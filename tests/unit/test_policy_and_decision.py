@@ -177,3 +177,9 @@ def test_toml_and_yaml_give_the_same_policy(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("limits: {hop_limit: 2}\nrules:\n  - {from: a, to: [b], kinds: [event]}\n")
     assert load_policy(tmp_path / "p.toml") == load_policy(tmp_path / "p.yaml")
     assert json.loads(load_policy(tmp_path / "p.toml").model_dump_json())["limits"]["hop_limit"] == 2
+
+
+def test_the_shipped_example_policy_loads() -> None:
+    policy = load_policy(Path(__file__).resolve().parents[2] / "examples" / "policy.yaml")
+    assert policy.rule_for("triage", "billing", "instruction") is not None
+    assert policy.rate_for("researcher") is not None and policy.rate_for("researcher").over_limit == "delay"  # type: ignore[union-attr]
