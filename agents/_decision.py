@@ -21,6 +21,7 @@ from agents._policy import Policy
 from bus import Envelope
 
 Verdict = Literal["accept", "reject", "hold"]
+EFFECT_RECORDED = "effect_recorded"
 
 
 class Dropped(msgspec.Struct, frozen=True, array_like=True):
@@ -48,6 +49,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     declared_taint: tuple[str, ...]
     effective_taint: tuple[str, ...]
     decided_ns: int
+    approval_id: str | None = None
+    approver: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,9 +114,14 @@ class CoordinatorState:
 
     def apply(self, decision: Decision, policy: Policy, *, seq: int) -> None:
         """Fold one recorded decision (at stream sequence ``seq``) into the state."""
+        first = decision.envelope_id not in self.decided
         self.decided[decision.envelope_id] = decision
         self.last_seq = max(self.last_seq, seq)
-        if "rate_limit" not in decision.reasons:
+        if EFFECT_RECORDED in decision.reasons:  # a tool result the sender has now seen
+            key = (decision.correlation_id, decision.sender)
+            self.seen_taint[key] = self.seen_taint.get(key, frozenset()) | frozenset(decision.effective_taint)
+            return
+        if first and "rate_limit" not in decision.reasons:
             tokens = self.tokens(policy, decision.sender, decision.decided_ns)
             if tokens is not None:
                 self.buckets[decision.sender] = _Bucket(tokens - 1, decision.decided_ns)
@@ -125,6 +133,10 @@ class CoordinatorState:
         for recipient in decision.deliver_to:
             key = (decision.correlation_id, recipient)
             self.seen_taint[key] = self.seen_taint.get(key, frozenset()) | taint
+
+    def held(self) -> list[Decision]:
+        """Decisions still waiting for an operator, oldest first."""
+        return sorted((d for d in self.decided.values() if d.verdict == "hold"), key=lambda d: d.decided_ns)
 
 
 def instruction_verb(envelope: Envelope) -> str | None:
@@ -216,4 +228,46 @@ def decide(
         reasons.append("fanout")
     if not allowed:
         return decision("reject", reasons or ["no_recipients"], [], dropped)
+    if envelope.kind == "instruction" and effective:
+        high_risk = verb in policy.taint.high_risk_tools
+        action = policy.taint.on_tainted_high_risk if high_risk else policy.taint.on_tainted_instruction
+        reason = "tainted_high_risk" if high_risk else "tainted_instruction"
+        if action == "hold":
+            return decision("hold", [*reasons, reason], allowed, dropped)
+        if action == "reject":
+            return decision("reject", [*reasons, reason], [], [*dropped, *(Dropped(r, reason) for r in allowed)])
     return decision("accept", reasons, allowed, dropped)
+
+
+def decide_approval(held: Decision, approval: Envelope, *, approve: bool, received_ns: int) -> Decision:
+    """The decision that releases (``approve``) or drops a held envelope, on an operator's approval."""
+    return msgspec.structs.replace(
+        held,
+        verdict="accept" if approve else "reject",
+        reasons=(*held.reasons, "approved" if approve else "denied"),
+        deliver_to=held.deliver_to if approve else (),
+        dropped=held.dropped if approve else (*held.dropped, *(Dropped(r, "denied") for r in held.deliver_to)),
+        decided_ns=received_ns,
+        approval_id=approval.id,
+        approver=approval.sender,
+    )
+
+
+def record_effect(envelope: Envelope, taint: tuple[str, ...], *, received_ns: int, source_seq: int) -> Decision:
+    """The decision that records a completed tool call, so its result's taint follows its agent."""
+    return Decision(
+        envelope_id=envelope.id,
+        source_seq=source_seq,
+        sender=envelope.sender,
+        kind=envelope.kind,
+        correlation_id=envelope.correlation_id,
+        causation_id=envelope.causation_id,
+        verdict="accept",
+        reasons=(EFFECT_RECORDED,),
+        deliver_to=(),
+        dropped=(),
+        hop=envelope.hop,
+        declared_taint=envelope.taint,
+        effective_taint=tuple(sorted(set(envelope.taint) | set(taint))),
+        decided_ns=received_ns,
+    )

@@ -44,6 +44,17 @@ class Limits(_Model):
     rate: RateLimit | None = None
 
 
+class TaintRules(_Model):
+    """What happens to an instruction whose effective taint is not empty.
+
+    An instruction's verb names the tool it asks the recipient to call.
+    """
+
+    high_risk_tools: list[str] = []
+    on_tainted_high_risk: Literal["hold", "reject"] = "hold"
+    on_tainted_instruction: Literal["accept", "hold", "reject"] = "accept"
+
+
 class Rule(_Model):
     """``from`` may send envelopes of ``kinds`` to ``to``; instructions only with one of ``verbs``.
 
@@ -88,6 +99,7 @@ class Policy(_Model):
     version: Literal[1] = 1
     limits: Limits = Limits()
     rate_overrides: dict[str, RateLimit] = {}
+    taint: TaintRules = TaintRules()
     rules: list[Rule] = []
 
     def rate_for(self, sender: str) -> RateLimit | None:

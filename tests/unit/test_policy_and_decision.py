@@ -183,3 +183,82 @@ def test_the_shipped_example_policy_loads() -> None:
     policy = load_policy(Path(__file__).resolve().parents[2] / "examples" / "policy.yaml")
     assert policy.rule_for("triage", "billing", "instruction") is not None
     assert policy.rate_for("researcher") is not None and policy.rate_for("researcher").over_limit == "delay"  # type: ignore[union-attr]
+
+
+TAINT_POLICY = parse_policy(
+    {
+        "taint": {"high_risk_tools": ["issue_refund"], "on_tainted_high_risk": "hold"},
+        "rules": [
+            {"from": "researcher", "to": ["billing"], "kinds": ["instruction"], "verbs": ["issue_refund", "lookup"]},
+            {"from": "*", "to": ["*"], "kinds": ["event", "reply"]},
+        ],
+    }
+)
+
+
+def _tainted_researcher(state: CoordinatorState) -> str:
+    """The researcher is shown a web page in a new correlation; returns that correlation."""
+    page = run(TAINT_POLICY, state, env(sender="fetcher", to=("researcher",), taint=["web"]))
+    return page.correlation_id
+
+
+def test_tainted_instruction_to_a_high_risk_tool_is_held_even_when_taint_is_not_declared() -> None:
+    state = CoordinatorState()
+    corr = _tainted_researcher(state)
+    held = run(TAINT_POLICY, state, env(sender="researcher", kind="instruction", correlation_id=corr,
+                                          payload=b'{"verb":"issue_refund","amount":500}'))  # fmt: skip
+    assert held.verdict == "hold" and held.reasons == ("tainted_high_risk",)
+    assert held.declared_taint == () and held.effective_taint == ("web",)
+    assert held.deliver_to == ("billing",)
+    assert state.held() == [held]
+    assert state.spent[corr] == 1  # the held instruction is not spent until released
+
+
+def test_untainted_high_risk_instruction_and_tainted_low_risk_instruction_pass_without_a_person() -> None:
+    state = CoordinatorState()
+    clean = run(TAINT_POLICY, state, env(sender="researcher", kind="instruction", payload=b'{"verb":"issue_refund"}'))
+    corr = _tainted_researcher(state)
+    lookup = run(TAINT_POLICY, state, env(sender="researcher", kind="instruction", correlation_id=corr,
+                                            payload=b'{"verb":"lookup"}'))  # fmt: skip
+    assert clean.verdict == "accept" and lookup.verdict == "accept" and lookup.effective_taint == ("web",)
+
+
+def test_approval_releases_a_held_instruction_and_denial_drops_it() -> None:
+    from agents._decision import decide_approval
+
+    state = CoordinatorState()
+    corr = _tainted_researcher(state)
+    held = run(TAINT_POLICY, state, env(sender="researcher", kind="instruction", correlation_id=corr,
+                                          payload=b'{"verb":"issue_refund"}'))  # fmt: skip
+    approval = env(sender="ops", kind="approval", to=())
+    released = decide_approval(held, approval, approve=True, received_ns=T0 + 1)
+    state.apply(released, TAINT_POLICY, seq=state.last_seq + 1)
+    assert released.verdict == "accept" and released.deliver_to == ("billing",) and released.approver == "ops"
+    assert state.held() == [] and state.spent[corr] == 2
+    denied = decide_approval(held, approval, approve=False, received_ns=T0 + 1)
+    assert (
+        denied.verdict == "reject"
+        and denied.deliver_to == ()
+        and ("billing", "denied") in [(d.recipient, d.reason) for d in denied.dropped]
+    )
+
+
+def test_policy_can_reject_tainted_instructions_outright() -> None:
+    policy = parse_policy({**TAINT_POLICY.model_dump(by_alias=True), "taint": {"high_risk_tools": ["issue_refund"],
+                           "on_tainted_high_risk": "reject"}})  # fmt: skip
+    state = CoordinatorState()
+    corr = _tainted_researcher(state)
+    d = run(policy, state, env(sender="researcher", kind="instruction", correlation_id=corr,
+                               payload=b'{"verb":"issue_refund"}'))  # fmt: skip
+    assert d.verdict == "reject" and d.reasons == ("tainted_high_risk",) and d.deliver_to == ()
+
+
+def test_a_recorded_tool_result_taints_what_its_agent_sends_next() -> None:
+    from agents._decision import record_effect
+
+    state = CoordinatorState()
+    effect = env(sender="researcher", kind="effect", to=())
+    state.apply(record_effect(effect, ("web",), received_ns=T0, source_seq=1), TAINT_POLICY, seq=1)
+    held = run(TAINT_POLICY, state, env(sender="researcher", kind="instruction", correlation_id=effect.correlation_id,
+                                          payload=b'{"verb":"issue_refund"}'))  # fmt: skip
+    assert held.verdict == "hold" and held.effective_taint == ("web",)
