@@ -24,13 +24,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from agents._decision import CoordinatorState, Decision, Deferral, decide, decode_decision, encode_decision
+from agents._decision import (
+    Decision,
+    Deferral,
+    decide,
+    decide_approval,
+    encode_decision,
+    record_effect,
+)
+from agents._decision_log import DecisionLog
+from agents._effects import decode_effect
 from agents._policy import Policy
 from bus import (
     Bus,
@@ -38,10 +49,8 @@ from bus import (
     Delivery,
     Envelope,
     TransportError,
-    VerificationError,
     countersign,
     new_envelope,
-    open_envelope,
     subjects,
 )
 from bus._provision import DUPLICATE_WINDOW_S
@@ -72,14 +81,17 @@ class Coordinator:
         """Use a Bus connected with a key whose keyring role is ``coordinator``."""
         self.bus = bus
         self.policy = policy
-        self.state = CoordinatorState()
-        self._decision_ids: dict[str, str] = {}
+        self.log = DecisionLog(bus.js, bus.keyring.keyring, bus.tenant, policy)
+        self.state = self.log.state
+        self._decision_ids = self.log.decision_ids
         self._inboxes: set[str] = set()
         self._kv_stream = f"KV_{subjects.memory_bucket(bus.tenant)}"
 
     async def start(self) -> None:
         """Create the outbox consumer, rebuild the state from the decision log, create inbox consumers."""
-        await self.bus.ensure_consumer(CONSUMER, f"tb.{self.bus.tenant}.out.*", settings=OUTBOX_SETTINGS)
+        tenant = self.bus.tenant
+        watched = [f"tb.{tenant}.out.*", f"tb.{tenant}.effect.*.*", subjects.approval(tenant)]
+        await self.bus.ensure_consumer(CONSUMER, watched, settings=OUTBOX_SETTINGS)
         await self._catch_up()
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
@@ -96,31 +108,7 @@ class Coordinator:
 
     async def _catch_up(self) -> None:
         """Apply every decision appended after the last one this process applied."""
-        subject = subjects.decision(self.bus.tenant)
-        seq = self.state.last_seq + 1
-        while True:
-            try:
-                raw = await self.bus.js.get_msg(self.bus.stream, seq, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                raise TransportError(f"cannot read decisions: {exc}") from exc
-            assert raw.seq is not None and raw.time is not None
-            self._apply_recorded(raw.data or b"", raw.headers or {}, raw.seq, int(raw.time.timestamp() * 1e9))
-            seq = raw.seq + 1
-
-    def _apply_recorded(self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int) -> None:
-        try:
-            opened = open_envelope(body, headers, keyring=self.bus.keyring.keyring, received_ns=stored_ns)
-            if opened.grant.role != "coordinator":
-                raise VerificationError(f"decision signed by a {opened.grant.role} key")
-            decision = decode_decision(opened.envelope.payload)
-        except (VerificationError, msgspec.DecodeError, ValueError) as exc:
-            log.error("unusable decision record skipped", extra={"stream_seq": seq, "error": str(exc)})
-            self.state.last_seq = max(self.state.last_seq, seq)
-            return
-        self.state.apply(decision, self.policy, seq=seq)
-        self._decision_ids[decision.envelope_id] = opened.envelope.id
+        await self.log.catch_up()
 
     async def _append(self, envelope: Envelope, decision: Decision) -> str:
         """Append ``decision`` right after the last decision we know; raise _Conflict if someone beat us."""
@@ -153,68 +141,150 @@ class Coordinator:
         if ack.duplicate:
             raise _Conflict  # our own earlier attempt landed: read it back like anyone else's
         self.state.apply(decision, self.policy, seq=ack.seq)
-        self._decision_ids[envelope.id] = record.id
+        self._decision_ids[decision.envelope_id] = record.id
         return record.id
 
     # -- mediation ----------------------------------------------------------
 
     async def _mediate(self, delivery: Delivery) -> None:
-        envelope = delivery.envelope
-        if delivery.subject != subjects.outbox(self.bus.tenant, envelope.sender):
-            await delivery.reject("wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
-            return
-        while envelope.id not in self.state.decided:
-            # The decision clock is when the server stored the envelope, so a backlog is
-            # rate-limited as it was sent; a redelivery (after a rate-limit delay or a
-            # crash) is decided now, or a delayed sender would never earn a token.
-            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
-            result = decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
-            if isinstance(result, Deferral):
-                await delivery.defer(result.retry_after_s)
-                return
+        tenant = self.bus.tenant
+        if delivery.subject == subjects.approval(tenant):
+            await self._approval(delivery)
+        elif delivery.subject.startswith(f"tb.{tenant}.effect."):
+            await self._effect(delivery)
+        else:
+            await self._outbox(delivery)
+
+    async def _record(
+        self, cause: Envelope, make: Callable[[], Decision | Deferral | None]
+    ) -> Decision | Deferral | None:
+        """Append what ``make()`` decides, re-deciding on a fresh state until no one else got there first."""
+        while True:
+            result = make()
+            if result is None or isinstance(result, Deferral):
+                return result
             try:
-                await self._append(envelope, result)
+                await self._append(cause, result)
             except _Conflict:
                 await self._catch_up()
                 continue
             log.info(
                 "decided",
                 extra={
-                    "envelope_id": envelope.id,
-                    "sender": envelope.sender,
+                    "envelope_id": result.envelope_id,
+                    "sender": result.sender,
                     "verdict": result.verdict,
                     "reasons": list(result.reasons),
                 },
             )
-        decision = self.state.decided[envelope.id]
-        await self._deliver(delivery, decision, self._decision_ids[envelope.id])
+            return result
 
-    async def _deliver(self, delivery: Delivery, decision: Decision, decision_id: str) -> None:
-        if decision.kind == "checkpoint" and decision.verdict == "accept":
-            await self._store_checkpoint(delivery, decision_id)
+    async def _outbox(self, delivery: Delivery) -> None:
+        envelope = delivery.envelope
+        if delivery.subject != subjects.outbox(self.bus.tenant, envelope.sender):
+            await delivery.reject("wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
+            return
+
+        def make() -> Decision | Deferral | None:
+            if envelope.id in self.state.decided:
+                return None  # decided before a crash or by another coordinator: forward again
+            # The decision clock is when the server stored the envelope, so a backlog is
+            # rate-limited as it was sent; a redelivery (after a rate-limit delay or a
+            # crash) is decided now, or a delayed sender would never earn a token.
+            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
+            return decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
+
+        result = await self._record(envelope, make)
+        if isinstance(result, Deferral):
+            await delivery.defer(result.retry_after_s)
+            return
+        decision = self.state.decided[envelope.id]
+        await self._deliver(delivery.body, delivery.headers, delivery.stream_seq, decision)
+
+    async def _effect(self, delivery: Delivery) -> None:
+        """Record a completed tool call so its result's taint follows its agent in that correlation."""
+        envelope = delivery.envelope
+        owner = delivery.subject.split(".")[3]
+        if owner != envelope.sender or envelope.kind != "effect":
+            await delivery.reject("wrong_outbox", f"{envelope.sender}'s {envelope.kind} arrived on {delivery.subject}")
+            return
+        try:
+            record = decode_effect(envelope.payload)
+        except (msgspec.DecodeError, ValueError) as exc:
+            await delivery.reject("bad_effect", str(exc))
+            return
+        if record.phase != "completed":
+            return
+
+        def make() -> Decision | None:
+            if envelope.id in self.state.decided:
+                return None
+            return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
+
+        await self._record(envelope, make)
+
+    async def _approval(self, delivery: Delivery) -> None:
+        """Release or drop a held envelope on an operator's signed approval."""
+        approval = delivery.envelope
+        if delivery.opened.grant.role != "operator":
+            await delivery.reject("not_operator", f"approval signed by a {delivery.opened.grant.role} key")
+            return
+        try:
+            request = Approval.decode(approval.payload)
+        except ValueError as exc:
+            await delivery.reject("bad_approval", str(exc))
+            return
+
+        def make() -> Decision | None:
+            held = self.state.decided.get(request.envelope_id)
+            if held is None or held.verdict != "hold":
+                return None
+            approve = request.verdict == "approve"
+            return decide_approval(held, approval, approve=approve, received_ns=delivery.stored_ns)
+
+        await self._record(approval, make)
+        decision = self.state.decided.get(request.envelope_id)
+        if decision is None or decision.approval_id != approval.id:
+            state = "unknown" if decision is None else f"{decision.verdict} ({', '.join(decision.reasons)})"
+            await delivery.reject("not_held", f"envelope {request.envelope_id} is not held: {state}")
+            return
+        if decision.verdict == "accept":
+            try:
+                raw = await self.bus.js.get_msg(self.bus.stream, decision.source_seq)
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                raise TransportError(f"cannot read held envelope at {decision.source_seq}: {exc}") from exc
+            await self._deliver(raw.data or b"", raw.headers or {}, decision.source_seq, decision)
+
+    async def _deliver(self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision) -> None:
+        """Forward an accepted envelope to every recipient (idempotently); store an accepted checkpoint."""
+        if decision.verdict != "accept":
+            return
+        decision_id = self._decision_ids[decision.envelope_id]
+        if decision.kind == "checkpoint":
+            await self._store_checkpoint(decision.sender, body, headers, decision_id)
             return
         recheck = time.time_ns() - decision.decided_ns > _DEDUP_SAFE_NS
         acks = []
         for recipient in decision.deliver_to:
             subject = self._subject_for(recipient)
             msg_id = f"{decision.envelope_id}:{recipient}"
-            if recheck and await self._already_forwarded(subject, msg_id, after_seq=delivery.stream_seq):
+            if recheck and await self._already_forwarded(subject, msg_id, after_seq=source_seq):
                 continue
             if not recipient.startswith(subjects.TOPIC_PREFIX):
                 await self._ensure_inbox(recipient)
-            headers = {
-                HEADER_SIG: delivery.headers.get(HEADER_SIG, ""),
-                HEADER_KEY: delivery.headers.get(HEADER_KEY, ""),
+            forwarded = {
+                HEADER_SIG: headers.get(HEADER_SIG, ""),
+                HEADER_KEY: headers.get(HEADER_KEY, ""),
                 HEADER_MSG_ID: msg_id,
                 **countersign(
-                    delivery.body,
+                    body,
                     recipient=recipient,
                     decision_id=decision_id,
                     effective_taint=decision.effective_taint,
                     coordinator=self.bus.identity,
                 ),
             }
-            acks.append(await self.bus.forward(subject, delivery.body, headers))
+            acks.append(await self.bus.forward(subject, body, forwarded))
         for ack in acks:
             await ack
 
@@ -253,12 +323,32 @@ class Coordinator:
             raise TransportError(f"cannot create inbox consumer for {agent}: {exc}") from exc
         self._inboxes.add(agent)
 
-    async def _store_checkpoint(self, delivery: Delivery, decision_id: str) -> None:
+    async def _store_checkpoint(self, agent: str, body: bytes, headers: Mapping[str, str], decision_id: str) -> None:
         record = msgspec.msgpack.encode(
-            {"body": delivery.body, "headers": {k: delivery.headers.get(k, "") for k in (HEADER_SIG, HEADER_KEY)}}
+            {"body": body, "headers": {k: headers.get(k, "") for k in (HEADER_SIG, HEADER_KEY)}}
         )
-        key = f"$KV.{subjects.memory_bucket(self.bus.tenant)}.{delivery.envelope.sender}.checkpoint"
+        key = f"$KV.{subjects.memory_bucket(self.bus.tenant)}.{agent}.checkpoint"
         try:
             await self.bus.js.publish(key, record, headers={"Tb-Decision": decision_id}, timeout=5.0)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot store checkpoint: {exc}") from exc
+
+
+class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An operator's answer about a held envelope: the JSON payload of an ``approval`` envelope."""
+
+    envelope_id: str
+    verdict: Literal["approve", "deny"]
+    note: str = ""
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Approval:
+        """Parse and validate; raises ValueError naming the problem."""
+        try:
+            return msgspec.json.decode(payload, type=cls)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"not an approval: {exc}") from exc
+
+    def encode(self) -> bytes:
+        """The JSON payload."""
+        return msgspec.json.encode(self)

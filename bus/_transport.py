@@ -201,13 +201,15 @@ class Bus:
     # -- consuming ----------------------------------------------------------
 
     async def ensure_consumer(
-        self, durable: str, subject: str, *, settings: ConsumerSettings = ConsumerSettings()
+        self, durable: str, subject: str | Sequence[str], *, settings: ConsumerSettings = ConsumerSettings()
     ) -> None:
-        """Create the durable pull consumer ``durable`` on ``subject`` if it does not exist."""
+        """Create the durable pull consumer ``durable`` on ``subject`` (or several) if it does not exist."""
         check_name(durable, what="consumer")
+        several = not isinstance(subject, str)
         config = ConsumerConfig(
             durable_name=durable,
-            filter_subject=subject,
+            filter_subject=None if several else subject,  # type: ignore[arg-type]
+            filter_subjects=list(subject) if several else None,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             max_ack_pending=settings.max_ack_pending,

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from trustbus._approvals_cli import approvals_app, approve, deny
 from trustbus._config_cli import config_app
 from trustbus._process_cli import agent_app, coordinator_app
 
@@ -29,6 +30,9 @@ keys_app = typer.Typer(help="Manage a tenant's keys: new, list, rotate, revoke."
 app.add_typer(keys_app, name="keys")
 app.add_typer(agent_app, name="agent")
 app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(approvals_app, name="approvals")
+app.command()(approve)
+app.command()(deny)
 app.add_typer(config_app, name="config")
 
 out = Console(soft_wrap=True)

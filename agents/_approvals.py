@@ -1,0 +1,106 @@
+"""Operators' side of holds: list what waits, approve or deny it with a signed approval."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import nats.errors
+import nats.js.errors
+
+from agents._coordinator import Approval
+from agents._decision import Decision
+from agents._decision_log import DecisionLog
+from agents._errors import AgentError
+from agents._policy import Policy
+from bus import KeyDirectory, KeyringStore, TransportError, connect_nats, new_envelope, seal, subjects, tail
+
+
+class ApprovalError(AgentError):
+    """The envelope is not held (unknown, already released or dropped), or the answer was not recorded."""
+
+
+async def list_held(servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None) -> list[Decision]:
+    """Every envelope currently held for an operator, oldest first."""
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
+    try:
+        js = nc.jetstream()
+        async with await KeyringStore.open(js, tenant, follow=False) as keyring:
+            log = DecisionLog(js, keyring.keyring, tenant, Policy())
+            await log.catch_up()
+            return log.state.held()
+    finally:
+        await nc.close()
+
+
+def _describe(decision: Decision) -> str:
+    if decision.verdict == "hold":
+        return "held"
+    by = f" by {decision.approver} (approval {decision.approval_id})" if decision.approver else ""
+    return f"already {'released' if decision.verdict == 'accept' else 'dropped'}{by}: {', '.join(decision.reasons)}"
+
+
+async def answer(
+    servers: Sequence[str],
+    tenant: str,
+    envelope_id: str,
+    *,
+    operator: str,
+    keys: KeyDirectory,
+    approve: bool,
+    note: str = "",
+    wait_s: float = 10.0,
+    nkey_seed: str | None = None,
+) -> Decision:
+    """Approve or deny a held envelope as ``operator`` and wait for the coordinator to record it.
+
+    Raises ApprovalError if the envelope is not held, or if no coordinator
+    recorded the answer within ``wait_s`` (the approval stays in the stream and
+    is applied when a coordinator runs).
+    """
+    identity = keys.load(tenant, operator)
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
+    try:
+        js = nc.jetstream()
+        async with await KeyringStore.open(js, tenant) as keyring:
+            log = DecisionLog(js, keyring.keyring, tenant, Policy())
+            await log.catch_up()
+            current = log.state.decided.get(envelope_id)
+            if current is None:
+                raise ApprovalError(f"no decision about envelope {envelope_id} in tenant {tenant!r}")
+            if current.verdict != "hold":
+                raise ApprovalError(f"envelope {envelope_id} is not held: {_describe(current)}")
+            verdict: Literal["approve", "deny"] = "approve" if approve else "deny"
+            request = new_envelope(
+                tenant=tenant,
+                kind="approval",
+                sender=operator,
+                to=(),
+                correlation_id=current.correlation_id,
+                causation_id=envelope_id,
+                payload=Approval(envelope_id=envelope_id, verdict=verdict, note=note).encode(),
+            )
+            sealed = seal(request, identity)
+            try:
+                await js.publish(subjects.approval(tenant), sealed.body, headers=sealed.headers, timeout=5.0)
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                raise TransportError(f"cannot publish the approval: {exc}") from exc
+            async for _ in tail(
+                js,
+                keyring,
+                tenant,
+                subject=subjects.decision(tenant),
+                from_seq=log.state.last_seq + 1,
+                idle_timeout_s=wait_s,
+            ):
+                await log.catch_up()
+                now = log.state.decided[envelope_id]
+                if now.verdict != "hold":
+                    if now.approval_id != request.id:
+                        raise ApprovalError(f"envelope {envelope_id} was answered by someone else: {_describe(now)}")
+                    return now
+            raise ApprovalError(
+                f"approval {request.id} is in the stream but no coordinator recorded it within {wait_s:.0f}s"
+            )
+    finally:
+        await nc.close()

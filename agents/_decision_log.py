@@ -1,0 +1,62 @@
+"""The decision log (``tb.<T>.decision``) read back into a :class:`CoordinatorState`."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from agents._decision import CoordinatorState, decode_decision
+from agents._policy import Policy
+from bus import Keyring, TransportError, VerificationError, open_envelope, subjects
+
+log = logging.getLogger("trustbus.coordinator")
+
+
+class DecisionLog:
+    """Follows the decision log; ``state`` is the fold of every decision read so far.
+
+    Only decisions signed by a key with the ``coordinator`` role are applied;
+    anything else on the subject is logged and skipped.
+    """
+
+    def __init__(self, js: JetStreamContext, keyring: Keyring, tenant: str, policy: Policy) -> None:
+        """Nothing is read until :meth:`catch_up`."""
+        self._js = js
+        self._keyring = keyring
+        self._policy = policy
+        self._stream = f"TB_{tenant}"
+        self._subject = subjects.decision(tenant)
+        self.state = CoordinatorState()
+        self.decision_ids: dict[str, str] = {}
+
+    async def catch_up(self) -> None:
+        """Apply every decision appended after the last one applied."""
+        seq = self.state.last_seq + 1
+        while True:
+            try:
+                raw = await self._js.get_msg(self._stream, seq, subject=self._subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                raise TransportError(f"cannot read decisions: {exc}") from exc
+            assert raw.seq is not None and raw.time is not None
+            self.apply_recorded(raw.data or b"", raw.headers or {}, raw.seq, int(raw.time.timestamp() * 1e9))
+            seq = raw.seq + 1
+
+    def apply_recorded(self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int) -> None:
+        """Verify one stored decision envelope and fold it in."""
+        try:
+            opened = open_envelope(body, headers, keyring=self._keyring, received_ns=stored_ns)
+            if opened.grant.role != "coordinator":
+                raise VerificationError(f"decision signed by a {opened.grant.role} key")
+            decision = decode_decision(opened.envelope.payload)
+        except (VerificationError, msgspec.DecodeError, ValueError) as exc:
+            log.error("unusable decision record skipped", extra={"stream_seq": seq, "error": str(exc)})
+            self.state.last_seq = max(self.state.last_seq, seq)
+            return
+        self.state.apply(decision, self._policy, seq=seq)
+        self.decision_ids[decision.envelope_id] = opened.envelope.id
