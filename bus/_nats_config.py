@@ -11,8 +11,9 @@ and authenticates), with permissions fixed by its role:
   tenant stream.
 - ``ledger``: reads the stream through its own consumer, publishes checkpoints.
 - ``operator``: publishes approvals, reads the stream through its own consumer.
-- ``agent``: publishes to its own outbox and effect subject (and quarantine)
-  only; reads its own inbox consumer and its own memory keys.
+- ``agent``: publishes to its own outbox and effect subjects (and quarantine)
+  only; reads its own inbox consumer, its own memory keys and its own effect
+  records.
 
 Every user may read the keyring the way :class:`bus.KeyringStore` does, and
 every user but the admin is denied the destructive JetStream API calls and
@@ -247,7 +248,7 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
         summary = f"{owner} (coordinator): the mediator; trusted with every consumer, may not touch a stream"
         publish = _coordinator(tenant)
     elif grant.role == "agent":
-        summary = f"{owner} (agent): its own outbox and effect subject; its inbox consumer and memory keys"
+        summary = f"{owner} (agent): its own outbox and effect records; its inbox consumer and memory keys"
         publish = _agent(tenant, owner)
     elif grant.role == "ledger":
         summary = f"{owner} (ledger): reads the stream through its consumer {owner!r}, publishes checkpoints"
@@ -274,7 +275,7 @@ def _agent(tenant: str, agent: str) -> tuple[_Rule, ...]:
     memory = memory_bucket(tenant)
     return (
         _Rule(outbox(tenant, agent), "its own outbox: the only way to reach anyone, through the coordinator"),
-        _Rule(effect(tenant, agent), "its runtime's effect records"),
+        _Rule(f"{effect(tenant, agent)}.>", "its runtime's effect records, one subject per idempotency key"),
         _Rule(quarantine(tenant), "quarantine records for what fails verification"),
         _Rule(
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", "fetch from its inbox consumer, made by the coordinator"
@@ -284,6 +285,10 @@ def _agent(tenant: str, agent: str) -> tuple[_Rule, ...]:
         _Rule(
             f"$JS.API.DIRECT.GET.KV_{memory}.$KV.{memory}.{agent}.>",
             f"read its own memory keys, {agent}.<key> (a direct get names the key in its subject)",
+        ),
+        _Rule(
+            f"$JS.API.DIRECT.GET.{stream}.{effect(tenant, agent)}.>",
+            "read back its own effect records (has this call completed?), by direct get",
         ),
     )
 

@@ -31,7 +31,7 @@ class ProvisionReport:
 
 
 def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1) -> StreamConfig:
-    """The stream ``TB_<tenant>``: every tenant subject, file storage, append-only."""
+    """The stream ``TB_<tenant>``: every tenant subject, file storage, append-only, direct gets allowed."""
     return StreamConfig(
         name=stream_name(tenant),
         subjects=[all_subjects(tenant)],
@@ -43,6 +43,9 @@ def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1) -
         deny_delete=True,
         deny_purge=True,
         allow_rollup_hdrs=False,
+        # Direct gets name the subject in the API subject, so a user can be allowed to
+        # read back only its own records (an agent: its effect records, by idempotency key).
+        allow_direct=True,
         metadata={ADMIN_KEY_METADATA: admin_key_id},
     )
 
@@ -55,6 +58,7 @@ _COMPARED = (
     "deny_delete",
     "deny_purge",
     "allow_rollup_hdrs",
+    "allow_direct",
 )
 
 

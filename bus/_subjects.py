@@ -15,6 +15,7 @@ from bus._errors import ConfigError
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 RECIPIENT_PATTERN = r"^(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
+_EFFECT_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 TOPIC_PREFIX = "topic:"
 
@@ -93,8 +94,25 @@ def decision(tenant: str) -> str:
 
 
 def effect(tenant: str, agent: str) -> str:
-    """An agent runtime's effect records: ``tb.<tenant>.effect.<agent>``."""
+    """The prefix of an agent runtime's effect records: ``tb.<tenant>.effect.<agent>`` (one call per subject below)."""
     return f"tb.{check_name(tenant, what='tenant')}.effect.{check_name(agent, what='agent')}"
+
+
+def check_effect_key(key: str) -> str:
+    """Return ``key`` if it can end an effect subject (1-64 of ``[A-Za-z0-9_-]``), else raise ConfigError."""
+    if not _EFFECT_KEY.fullmatch(key):
+        raise ConfigError(f"invalid effect idempotency key {key!r}: use 1-64 letters, digits, '_' or '-'")
+    return key
+
+
+def effect_record(tenant: str, agent: str, key: str) -> str:
+    """The records of one effect (one call, every phase): ``tb.<tenant>.effect.<agent>.<key>``."""
+    return f"{effect(tenant, agent)}.{check_effect_key(key)}"
+
+
+def all_effects(tenant: str) -> str:
+    """Every agent's effect records, ``tb.<tenant>.effect.*.*``."""
+    return f"tb.{check_name(tenant, what='tenant')}.effect.*.*"
 
 
 def approval(tenant: str) -> str:

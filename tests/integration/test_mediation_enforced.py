@@ -428,6 +428,48 @@ async def test_agent_cannot_read_another_agents_memory(connect: Connect) -> None
     await alice.refused(f"$KV.{subjects.memory_bucket(T)}.alice.note")
 
 
+def effect_record(conn: Conn, key: str) -> tuple[str, bytes, dict[str, str]]:
+    """A signed ``effect`` envelope of ``conn``'s owner for call ``key``: its subject, body and headers."""
+    envelope = new_envelope(
+        tenant=T, kind="effect", sender=conn.owner, to=[], payload=uuid.uuid4().hex.encode(), idempotency_key=key
+    )
+    sealed = seal(envelope, conn.identity)
+    return subjects.effect_record(T, conn.owner, key), sealed.body, dict(sealed.headers)
+
+
+async def test_agent_records_and_reads_back_its_own_effect(connect: Connect) -> None:
+    """Alice stores an effect record (JetStream ack) and reads it back by direct get (twin of the bob attack)."""
+    alice = await connect("alice")
+    subject, body, headers = effect_record(alice, uuid.uuid4().hex)
+    ack = await alice.js.publish(subject, body, headers=headers)
+    assert ack.stream == STREAM and not ack.duplicate
+    assert (await alice.js.get_last_msg(STREAM, subject, direct=True)).data == body
+    assert alice.errors.empty()
+
+
+async def test_agent_cannot_read_or_write_another_agents_effect_records(connect: Connect) -> None:
+    """Bob's effect records are out of alice's reach: no direct get, no message get, no forged record."""
+    alice, bob, admin = await connect("alice"), await connect("bob"), await connect("admin")
+    bobs, body, headers = effect_record(bob, uuid.uuid4().hex)
+    await bob.js.publish(bobs, body, headers=headers)
+    outcomes = await asyncio.gather(
+        alice.js.get_last_msg(STREAM, bobs, direct=True), alice.js.get_last_msg(STREAM, bobs), return_exceptions=True
+    )
+    assert all(isinstance(o, nats.errors.TimeoutError) for o in outcomes), outcomes
+    refused = {await alice.next_error(), await alice.next_error()}
+    assert refused == {
+        f'nats: permissions violation for publish to "$js.api.direct.get.{STREAM}.{bobs}"'.lower(),
+        f'nats: permissions violation for publish to "$js.api.stream.msg.get.{STREAM}"'.lower(),
+    }
+    # A "completed" record alice forges for bob's call (which would stop bob's runtime from running it) is refused.
+    _, forged, forged_headers = effect_record(alice, bobs.rsplit(".", 1)[1])
+    await alice.nc.publish(bobs, forged, headers=forged_headers)
+    await alice.nc.flush(timeout=TIMEOUT)
+    await alice.refused(bobs)
+    assert await last_body(admin.js, STREAM, bobs) == body
+    assert bob.errors.empty()
+
+
 async def test_revoked_agent_key_is_disconnected_and_cannot_connect(deployment: Deployment, connect: Connect) -> None:
     """Revoke carol's key, re-render, reload: her live connection is closed and a new one refused."""
     carol = await connect("carol")

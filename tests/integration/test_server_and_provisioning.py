@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import sys
 import time
@@ -26,6 +27,7 @@ from bus import (
     provision,
     subjects,
     tail,
+    tenant_stream_config,
 )
 from tests.conftest import Tenant
 
@@ -56,6 +58,23 @@ async def test_provisioning_twice_changes_nothing(tenant: Tenant) -> None:
     assert report.created == [] and report.updated == []
     assert sorted(report.unchanged) == sorted([f"TB_{tenant.name}", f"tb_keys_{tenant.name}", f"tb_mem_{tenant.name}"])
     assert before.config == after.config
+
+
+async def test_reprovisioning_a_stream_made_without_direct_gets_turns_them_on(nats_server: EmbeddedServer) -> None:
+    """A tenant provisioned before effect records existed gets allow_direct on the next `init`, nothing else."""
+    admin = Identity.generate()
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        older = dataclasses.replace(tenant_stream_config("olddirect", admin_key_id=admin.key_id), allow_direct=False)
+        await js.add_stream(older)
+        report = await provision(js, "olddirect", admin_key_id=admin.key_id)
+        assert report.updated == ["TB_olddirect (allow_direct)"]
+        assert (await js.stream_info("TB_olddirect")).config.allow_direct
+        again = await provision(js, "olddirect", admin_key_id=admin.key_id)
+        assert again.updated == [] and "TB_olddirect" in again.unchanged
+    finally:
+        await nc.close()
 
 
 async def test_stream_is_append_only(tenant: Tenant) -> None:

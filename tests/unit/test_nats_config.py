@@ -63,12 +63,13 @@ def test_agent_gets_exactly_its_own_subjects(grants: list[KeyGrant]) -> None:
     assert permissions(render_tenant_config(T, grants), alice.key_id) == {
         "publish": [
             "tb.acme.out.alice",
-            "tb.acme.effect.alice",
+            "tb.acme.effect.alice.>",
             "tb.acme.quarantine",
             "$JS.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
             "$JS.API.CONSUMER.INFO.TB_acme.in-alice",
             "$JS.ACK.TB_acme.in-alice.>",
             "$JS.API.DIRECT.GET.KV_tb_mem_acme.$KV.tb_mem_acme.alice.>",
+            "$JS.API.DIRECT.GET.TB_acme.tb.acme.effect.alice.>",
             *KEYRING_READS,
         ],
         "deny": DENY_DESTRUCTIVE,
