@@ -2,9 +2,11 @@
 
 from agents._coordinator import Coordinator
 from agents._decision import CoordinatorState, Decision, Deferral, Dropped, decide, decode_decision, encode_decision
-from agents._errors import AgentError, PolicyError, RuntimeSetupError
+from agents._effects import EffectRecord, decode_effect, encode_effect, idempotency_key
+from agents._errors import AgentError, EffectError, PolicyError, RuntimeSetupError, ToolRegistryError, UnknownTool
 from agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
 from agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
+from agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
 
 __all__ = [
     "Agent",
@@ -15,6 +17,8 @@ __all__ = [
     "Decision",
     "Deferral",
     "Dropped",
+    "EffectError",
+    "EffectRecord",
     "Handlers",
     "Limits",
     "Policy",
@@ -22,12 +26,23 @@ __all__ = [
     "RateLimit",
     "Rule",
     "RuntimeSetupError",
+    "Tool",
+    "ToolImplementation",
+    "ToolRegistry",
+    "ToolRegistryError",
+    "Toolbox",
+    "UnknownTool",
     "connect_agent",
     "decide",
     "decode_decision",
+    "decode_effect",
     "encode_decision",
+    "encode_effect",
+    "idempotency_key",
     "load_policy",
+    "load_tools",
     "parse_policy",
+    "parse_tools",
     "read_checkpoint",
     "run_agent",
 ]

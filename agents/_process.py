@@ -13,6 +13,7 @@ from agents._coordinator import Coordinator
 from agents._errors import RuntimeSetupError
 from agents._policy import load_policy
 from agents._runtime import Agent, connect_agent, run_agent
+from agents._tools import Toolbox, load_tools
 from bus import Bus, KeyDirectory, subjects
 
 
@@ -33,6 +34,17 @@ def load_agent(target: str) -> Agent:
     return agent
 
 
+def bind_tools(agent: Agent, tools_file: Path | None) -> Toolbox | None:
+    """The agent's implementations bound to the registry in ``tools_file``; None if it has neither."""
+    if tools_file is None:
+        if agent.tools:
+            raise RuntimeSetupError(
+                f"the agent implements tools ({', '.join(sorted(agent.tools))}): give their registry with --tools FILE"
+            )
+        return None
+    return Toolbox(load_tools(tools_file), agent.tools)
+
+
 def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,14 +62,19 @@ async def serve_agent(
     keys: KeyDirectory,
     nkey_auth: bool,
     ready: Callable[[], None],
+    tools_file: Path | None = None,
 ) -> None:
-    """Run one agent until SIGTERM/SIGINT, then finish the current batch, drain and close."""
+    """Run one agent until SIGTERM/SIGINT, then finish the current batch, drain and close.
+
+    A bad tool registry, or an implementation of a tool it does not list, stops it before it connects.
+    """
     agent = load_agent(target)
+    tools = bind_tools(agent, tools_file)
     identity = keys.load(tenant, agent_id)
     stop = _stop_on_signals()
     bus = await connect_agent(list(servers), tenant=tenant, agent_id=agent_id, identity=identity, nkey_auth=nkey_auth)
     try:
-        await run_agent(agent, bus, stop=stop, ready=ready)
+        await run_agent(agent, bus, stop=stop, ready=ready, tools=tools)
     finally:
         await bus.aclose()
 

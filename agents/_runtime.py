@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -23,7 +24,9 @@ import nats.js.errors
 
 from agents._coordinator import INBOX_SETTINGS
 from agents._decision import instruction_verb
+from agents._effector import Effector, check_direct_gets
 from agents._errors import RuntimeSetupError
+from agents._tools import Toolbox, ToolImplementation
 from bus import (
     Bus,
     ContentType,
@@ -58,9 +61,10 @@ class Context:
     its cause, and carries the taint the coordinator attested for it.
     """
 
-    def __init__(self, bus: Bus, agent_id: str, delivery: Delivery) -> None:
+    def __init__(self, bus: Bus, agent_id: str, delivery: Delivery, *, tools: Toolbox | None = None) -> None:
         """Made by the runtime for each delivery."""
         self._bus = bus
+        self._effector = Effector(bus, agent_id, delivery.envelope, tools)
         self.agent_id = agent_id
         self.envelope: Envelope = delivery.envelope
         mediation = delivery.opened.mediation
@@ -104,9 +108,37 @@ class Context:
         """Send an ``instruction`` whose JSON payload is ``{"verb": verb, **arguments}``."""
         return await self.send(to, {"verb": verb, **arguments}, kind="instruction")
 
-    async def reply(self, payload: Payload, *, kind: Kind = "reply") -> Envelope:
-        """Answer the sender of this envelope."""
+    async def reply(self, payload: Payload, *, kind: Kind = "reply", cites: Iterable[str] = ()) -> Envelope:
+        """Answer the sender of this envelope.
+
+        ``cites`` names effects (idempotency keys, e.g. :attr:`effect_keys`) the
+        reply reports: they go in the JSON object payload under ``"cites"``, so a
+        claim such as "refund submitted" can be checked against a completed effect.
+        """
+        cited = [subjects.check_effect_key(key) for key in cites]
+        if cited:
+            if not isinstance(payload, dict):
+                raise TypeError("a reply that cites effects needs a dict payload (a JSON object)")
+            payload = {**payload, "cites": cited}
         return await self.send((self.envelope.sender,), payload, kind=kind)
+
+    async def effect(self, tool: str, args: dict[str, Any]) -> Any:
+        """Call ``tool`` (bound through the agent's :class:`~agents.Toolbox`) as a recorded effect; its JSON result.
+
+        The call's idempotency key is derived from this envelope, the tool, the
+        arguments and the call's position among this handler's effect calls, so a
+        redelivery makes the same calls under the same keys: a completed one
+        returns its recorded result without running the tool again. After it
+        completes, :attr:`taint` includes the tool's ``result_taint``. Make the
+        calls in the same order on every attempt.
+        """
+        result, self.taint = await self._effector.call(tool, args, taint=self.taint)
+        return result
+
+    @property
+    def effect_keys(self) -> list[str]:
+        """Idempotency keys of the effects completed so far in this handler invocation, in call order."""
+        return list(self._effector.keys)
 
     async def checkpoint(self, state: dict[str, Any]) -> Envelope:
         """Record ``state`` (JSON) as this agent's checkpoint; a restarted process starts from it."""
@@ -114,7 +146,15 @@ class Context:
 
 
 class Agent:
-    """Subclass and override :meth:`handle` (and :meth:`on_start` to use a checkpoint)."""
+    """Subclass and override :meth:`handle` (and :meth:`on_start` to use a checkpoint).
+
+    ``tools`` maps tool names (entries of the registry given to ``agent run
+    --tools``) to the implementations this agent binds, each
+    ``async def tool(args, *, idempotency_key) -> JSON``; set it in the class or
+    in ``__init__``.
+    """
+
+    tools: Mapping[str, ToolImplementation] = MappingProxyType({})
 
     async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
         """Called once before the first delivery with the last checkpoint, if any."""
@@ -142,6 +182,8 @@ class Handlers(Agent):
         """An empty table; envelopes no handler matches are acked and logged."""
         self._routes: list[tuple[str | None, str | None, Handler]] = []
         self._start: Callable[[dict[str, Any] | None], Awaitable[None]] | None = None
+        self._tools: dict[str, ToolImplementation] = {}
+        self.tools = MappingProxyType(self._tools)
 
     def on(self, kind: Kind | None = None, *, verb: str | None = None) -> Callable[[Handler], Handler]:
         """Route envelopes of ``kind`` (and, for instructions, ``verb``) to the decorated function."""
@@ -151,6 +193,15 @@ class Handlers(Agent):
             return handler
 
         return register
+
+    def tool(self, name: str) -> Callable[[ToolImplementation], ToolImplementation]:
+        """Bind the decorated ``async def f(args, *, idempotency_key)`` as the implementation of tool ``name``."""
+
+        def bind(implementation: ToolImplementation) -> ToolImplementation:
+            self._tools[name] = implementation
+            return implementation
+
+        return bind
 
     def on_startup(
         self, handler: Callable[[dict[str, Any] | None], Awaitable[None]]
@@ -202,9 +253,21 @@ async def read_checkpoint(bus: Bus, agent_id: str) -> dict[str, Any] | None:
     return state
 
 
-async def run_agent(agent: Agent, bus: Bus, *, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
-    """Serve ``agent`` on ``bus`` (connected as the agent) until ``stop`` is set; ``ready`` is called once serving."""
+async def run_agent(
+    agent: Agent,
+    bus: Bus,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[], None] = lambda: None,
+    tools: Toolbox | None = None,
+) -> None:
+    """Serve ``agent`` on ``bus`` (connected as the agent) until ``stop`` is set; ``ready`` is called once serving.
+
+    ``tools`` binds the agent's tool implementations to a registry, for ``Context.effect``.
+    """
     agent_id = bus.name
+    if tools is not None:
+        await check_direct_gets(bus)
     try:
         await bus.js.consumer_info(bus.stream, subjects.inbox_consumer(agent_id))
     except nats.js.errors.NotFoundError:
@@ -221,7 +284,7 @@ async def run_agent(agent: Agent, bus: Bus, *, stop: asyncio.Event, ready: Calla
         subjects.inbox_consumer(agent_id), settings=INBOX_SETTINGS, recipient=agent_id, stop=stop
     ):
         async with delivery.process():
-            await agent.handle(Context(bus, agent_id, delivery))
+            await agent.handle(Context(bus, agent_id, delivery, tools=tools))
 
 
 def connect_agent(

@@ -28,6 +28,9 @@ def agent_run(
     server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
     keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
     nkey_auth: NkeyAuthOpt = False,
+    tools: Annotated[
+        Path | None, typer.Option("--tools", help="Tool registry (.yaml, .yml or .toml) for the agent's tools.")
+    ] = None,
 ) -> None:
     """Serve one agent until SIGTERM/SIGINT; prints a JSON ready line when serving."""
     from agents._process import serve_agent
@@ -42,6 +45,7 @@ def agent_run(
             keys=_keys(keys),
             nkey_auth=nkey_auth,
             ready=lambda: _ready("agent", id=agent_id, tenant=tenant),
+            tools_file=tools,
         )
     )
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from trustbus._approvals_cli import approvals_app, approve, deny
 from trustbus._config_cli import config_app
 from trustbus._process_cli import agent_app, coordinator_app
+from trustbus._tools_cli import tools
 
 app = typer.Typer(
     help="trustbus: a signed, mediated, event-sourced message bus for multi-agent systems.",
@@ -34,6 +35,7 @@ app.add_typer(approvals_app, name="approvals")
 app.command()(approve)
 app.command()(deny)
 app.add_typer(config_app, name="config")
+app.command()(tools)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

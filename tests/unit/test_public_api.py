@@ -40,6 +40,8 @@ def test_agents_exports() -> None:
             "Handlers", "Limits", "Policy", "PolicyError", "RateLimit", "Rule", "RuntimeSetupError", "connect_agent",
             "decide", "decode_decision", "encode_decision", "load_policy", "parse_policy",
             "read_checkpoint", "run_agent",
+            "EffectError", "EffectRecord", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
+            "UnknownTool", "decode_effect", "encode_effect", "idempotency_key", "load_tools", "parse_tools",
         ]
     )  # fmt: skip
     for name in agents.__all__:

@@ -1,0 +1,159 @@
+"""Calling tools from a handler as recorded effects (``Context.effect``).
+
+Each call gets an idempotency key derived from the delivery that caused it
+(:func:`agents._effects.idempotency_key`), so a redelivery of the same
+envelope makes the same calls under the same keys. The records of one call
+live on their own subject, ``tb.<T>.effect.<agent>.<key>``; the latest one is a
+single direct get away, and decides what happens:
+
+- ``completed``: the recorded result is returned; the tool is not called again.
+- ``failed`` or nothing: the call is made (a retry after a failure is a new attempt).
+- only ``requested``: an earlier attempt died mid-call; the tool is called again
+  with the same key, so a tool whose system drops repeated keys acts once.
+
+Every attempt records ``requested`` (with a JetStream ack) before the tool
+runs, then ``completed`` with the result or ``failed`` with the error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from agents._effects import EffectRecord, decode_effect, encode_effect, idempotency_key
+from agents._errors import EffectError, RuntimeSetupError, UnknownTool
+from agents._tools import Toolbox
+from bus import Bus, Envelope, TransportError, VerificationError, new_envelope, open_envelope, subjects
+
+log = logging.getLogger("trustbus.agent")
+
+
+class Effector:
+    """The tool calls of one handler invocation: numbered in call order, recorded, never repeated once completed."""
+
+    def __init__(self, bus: Bus, agent_id: str, cause: Envelope, toolbox: Toolbox | None) -> None:
+        """Made by the runtime for each delivery; ``cause`` is the delivered envelope."""
+        self._bus = bus
+        self._agent_id = agent_id
+        self._cause = cause
+        self._toolbox = toolbox
+        self._calls = 0
+        self.keys: list[str] = []
+
+    async def call(self, tool: str, args: dict[str, Any], *, taint: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
+        """Perform (or recall) one call; returns its JSON result and the taint the handler carries from now on.
+
+        Raises:
+            UnknownTool: no registry entry or no implementation for ``tool``.
+            TypeError: ``args`` or the result is not JSON.
+            EffectError: the stored record does not verify or is another call's.
+            TransportError: a record could not be read or stored (the delivery is retried).
+            Exception: whatever the tool raised, after recording ``failed``.
+        """
+        if self._toolbox is None:
+            raise UnknownTool(f"tool {tool!r}: this agent was started without a tool registry")
+        spec, implementation = self._toolbox.bound(tool)
+        arguments = json.dumps(args, sort_keys=True, separators=(",", ":")).encode()
+        key = idempotency_key(self._cause.id, tool, args, self._calls)
+        self._calls += 1
+        subject = subjects.effect_record(self._bus.tenant, self._agent_id, key)
+        last = await self._last_record(subject, key, tool)
+        if last is not None and last.phase == "completed":
+            log.info("effect already completed; recorded result returned", extra={"tool": tool, "key": key})
+            self.keys.append(key)
+            return json.loads(last.result or b"null"), _union(taint, last.taint, spec.result_taint)
+        if last is not None and last.phase == "requested":
+            log.warning("effect requested but never finished; calling again with its key", extra={"key": key})
+        requested = EffectRecord(
+            phase="requested",
+            tool=tool,
+            idempotency_key=key,
+            args=arguments,
+            effect_class=spec.effect_class,
+            compensating_tool=spec.compensating_tool,
+        )
+        await self._record(subject, requested, taint)
+        try:
+            result = json.dumps(await implementation(json.loads(arguments), idempotency_key=key)).encode()
+        except Exception as exc:
+            await self._record_failure(subject, requested, taint, exc)
+            raise
+        gained = _union(taint, spec.result_taint)
+        completed = msgspec.structs.replace(requested, phase="completed", result=result, taint=spec.result_taint)
+        await self._record(subject, completed, gained)
+        self.keys.append(key)
+        return json.loads(result), gained
+
+    async def _last_record(self, subject: str, key: str, tool: str) -> EffectRecord | None:
+        """The latest record of this call, verified as this agent's own; None if there is none."""
+        try:
+            raw = await self._bus.js.get_last_msg(self._bus.stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise TransportError(f"cannot read the record of effect {key}: {exc}") from exc
+        stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
+        try:
+            opened = open_envelope(
+                raw.data or b"",
+                raw.headers or {},
+                keyring=self._bus.keyring.keyring,
+                received_ns=stored_ns,
+                limits=self._bus.limits,
+            )
+            record = decode_effect(opened.envelope.payload)
+        except (VerificationError, msgspec.DecodeError, ValueError) as exc:
+            raise EffectError(f"the record of effect {key} cannot be trusted: {exc}") from exc
+        envelope = opened.envelope
+        mine = envelope.sender == self._agent_id and envelope.kind == "effect" and envelope.idempotency_key == key
+        if not mine or record.idempotency_key != key or record.tool != tool:
+            raise EffectError(f"the record on {subject} is not {self._agent_id}'s record of this {tool} call")
+        return record
+
+    async def _record(self, subject: str, record: EffectRecord, taint: tuple[str, ...]) -> None:
+        envelope = new_envelope(
+            tenant=self._bus.tenant,
+            kind="effect",
+            sender=self._agent_id,
+            to=(),
+            content_type="application/msgpack",
+            payload=encode_effect(record),
+            correlation_id=self._cause.correlation_id,
+            causation_id=self._cause.id,
+            hop=self._cause.hop + 1,
+            taint=taint,
+            idempotency_key=record.idempotency_key,
+        )
+        await self._bus.publish(subject, self._bus.seal(envelope))
+
+    async def _record_failure(
+        self, subject: str, requested: EffectRecord, taint: tuple[str, ...], exc: Exception
+    ) -> None:
+        """Record ``failed``; if that cannot be stored, the ``requested`` record stands (the call is retried)."""
+        failed = msgspec.structs.replace(requested, phase="failed", error=f"{type(exc).__name__}: {exc}")
+        try:
+            await self._record(subject, failed, taint)
+        except TransportError:
+            log.exception("could not record a failed effect", extra={"key": requested.idempotency_key})
+
+
+async def check_direct_gets(bus: Bus) -> None:
+    """RuntimeSetupError unless the tenant stream allows the direct gets effect look-ups use."""
+    try:
+        info = await bus.js.stream_info(bus.stream)
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise RuntimeSetupError(f"cannot read stream {bus.stream}: {exc}") from exc
+    if not info.config.allow_direct:
+        raise RuntimeSetupError(
+            f"stream {bus.stream} does not allow direct gets, which effects need: "
+            f"run `trustbus init --tenant {bus.tenant}` again (as the admin) to turn them on"
+        )
+
+
+def _union(*taints: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(set().union(*taints)))

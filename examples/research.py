@@ -1,0 +1,46 @@
+"""A research agent: fetches a page and asks a model about it, both as recorded effects.
+
+trustbus agent run examples.research:Researcher --id researcher --tenant demo --tools examples/tools.yaml
+
+The page carries the taint ``web`` and the model's answer ``llm`` (their
+``result_taint`` in examples/tools.yaml): the reply is sent with both, so the
+coordinator treats anything it asks of other agents as untrusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from agents import Agent, Context, ToolImplementation
+
+
+async def fetch_page(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+    """GET a URL (a read: the key is not needed, a repeat changes nothing)."""
+
+    def get() -> str:
+        with urllib.request.urlopen(args["url"], timeout=10) as response:
+            return str(response.read(65536).decode(errors="replace"))
+
+    return {"url": args["url"], "text": await asyncio.to_thread(get)}
+
+
+async def llm_complete(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+    """Call your model here; this stand-in answers with the first line of the prompt."""
+    return {"answer": args["prompt"].strip().splitlines()[0][:200] if args["prompt"].strip() else ""}
+
+
+class Researcher(Agent):
+    """Answers ``{"verb": "research", "url": ..., "question": ...}`` from the page at the URL."""
+
+    tools: Mapping[str, ToolImplementation] = {"fetch_page": fetch_page, "llm_complete": llm_complete}
+
+    async def handle(self, ctx: Context) -> None:
+        """Fetch, ask, reply (tainted ``web`` and ``llm``)."""
+        request = ctx.json()
+        page = await ctx.effect("fetch_page", {"url": request["url"]})
+        prompt = f"{request['question']}\n\n{page['text']}"
+        answer = await ctx.effect("llm_complete", {"prompt": prompt})
+        await ctx.reply({"answer": answer["answer"]}, cites=ctx.effect_keys)
