@@ -8,171 +8,15 @@ decision log and the inboxes back from the stream.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import os
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import nats
-import pytest
-import yaml
-from nats.aio.client import Client as NATS
-
-from agents import Decision, decode_decision
-from bus import (
-    Bus,
-    EmbeddedServer,
-    Envelope,
-    KeyDirectory,
-    KeyringStore,
-    decode_envelope,
-    init_tenant,
-    new_envelope,
-    new_key,
-    subjects,
-    tail,
-)
-
-ROOT = Path(__file__).resolve().parents[2]
-_numbers = itertools.count(1)
-
-
-@dataclass
-class Fleet:
-    """One tenant on the session server, its keys, and the processes started for it."""
-
-    url: str
-    tenant: str
-    keys: KeyDirectory
-    tmp: Path
-    nc: NATS
-    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
-    buses: list[Bus] = field(default_factory=list)
-    deciders: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "NATS_URL": self.url, "TRUSTBUS_KEYS": str(self.keys.root)}
-
-    async def key(self, owner: str, role: str = "agent") -> None:
-        await new_key([self.url], self.tenant, owner, role=role, keys=self.keys)  # type: ignore[arg-type]
-
-    async def spawn(self, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-        """Start `trustbus <args>` and wait for its ready line."""
-        errors = (self.tmp / f"proc{len(self.procs)}.err").open("wb")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trustbus", *args,
-            cwd=ROOT, env=env or self.env, stdout=asyncio.subprocess.PIPE, stderr=errors,
-        )  # fmt: skip
-        errors.close()
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line, (self.tmp / f"proc{len(self.procs) - 1}.err").read_text()
-        assert json.loads(line)["ready"]
-        return proc
-
-    async def coordinator(self, policy: dict[str, object], *, name: str = "coordinator") -> asyncio.subprocess.Process:
-        if not self.keys.path(self.tenant, name).exists():
-            await self.key(name, role="coordinator")
-        file = self.tmp / f"policy-{name}.yaml"
-        file.write_text(yaml.safe_dump(policy))
-        return await self.spawn("coordinator", "run", "-t", self.tenant, "--policy", str(file), "--name", name)
-
-    async def agent(self, target: str, agent_id: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-        if not self.keys.path(self.tenant, agent_id).exists():
-            await self.key(agent_id)
-        return await self.spawn("agent", "run", target, "--id", agent_id, "-t", self.tenant, env=env)
-
-    async def bus(self, owner: str) -> Bus:
-        if not self.keys.path(self.tenant, owner).exists():
-            await self.key(owner)
-        bus = await Bus.connect(self.url, tenant=self.tenant, name=owner, identity=self.keys.load(self.tenant, owner))
-        self.buses.append(bus)
-        return bus
-
-    async def send(self, bus: Bus, to: list[str], payload: object = None, **fields: object) -> str:
-        envelope = new_envelope(
-            tenant=self.tenant, kind=fields.pop("kind", "event"), sender=bus.name, to=to,  # type: ignore[arg-type]
-            payload=json.dumps(payload).encode(), **fields,  # type: ignore[arg-type]
-        )  # fmt: skip
-        await bus.publish(subjects.outbox(self.tenant, bus.name), bus.seal(envelope))
-        return envelope.id
-
-    async def decisions(self, until: Callable[[list[Decision]], bool], *, limit_s: float = 30) -> list[Decision]:
-        """Read the decision log until ``until(decisions)`` holds."""
-        js = self.nc.jetstream()
-        seen: list[Decision] = []
-
-        async def follow() -> None:
-            async with await KeyringStore.open(js, self.tenant) as keyring:
-                async for item in tail(js, keyring, self.tenant, subject=subjects.decision(self.tenant)):
-                    assert item.opened is not None, item.error
-                    seen.append(decode_decision(item.opened.envelope.payload))
-                    self.deciders[item.opened.envelope.sender] += 1
-                    if until(seen):
-                        return
-
-        await asyncio.wait_for(follow(), limit_s)
-        return seen
-
-    async def inbox_counts(self) -> Counter[str]:
-        """Messages stored in each inbox right now."""
-        info = await self.nc.jetstream().stream_info(f"TB_{self.tenant}", subjects_filter=f"tb.{self.tenant}.in.*")
-        return Counter({s.rsplit(".", 1)[1]: n for s, n in (info.state.subjects or {}).items()})
-
-    async def inbox(
-        self, until: Callable[[list[tuple[str, Envelope]]], bool], *, limit_s: float = 30
-    ) -> list[tuple[str, Envelope]]:
-        """Read every inbox in stream order, as (recipient, envelope), until ``until(read)`` holds."""
-        read: list[tuple[str, Envelope]] = []
-        sub = await self.nc.jetstream().subscribe(
-            f"tb.{self.tenant}.in.*", stream=f"TB_{self.tenant}", ordered_consumer=True
-        )
-
-        async def follow() -> None:
-            while not until(read):
-                msg = await sub.next_msg(timeout=limit_s)
-                read.append((msg.subject.rsplit(".", 1)[1], decode_envelope(msg.data)))
-
-        try:
-            await asyncio.wait_for(follow(), limit_s)
-        finally:
-            await sub.unsubscribe()
-        return read
-
-    async def close(self) -> None:
-        for proc in self.procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        for bus in self.buses:
-            await bus.aclose()
-        await self.nc.close()
-
-
-@pytest.fixture
-async def fleet(nats_server: EmbeddedServer, tmp_path: Path) -> AsyncIterator[Fleet]:
-    tenant = f"m{os.getpid()}x{next(_numbers)}"
-    keys = KeyDirectory(tmp_path / "keys")
-    await init_tenant([nats_server.url], tenant, keys=keys)
-    fleet = Fleet(url=nats_server.url, tenant=tenant, keys=keys, tmp=tmp_path, nc=await nats.connect(nats_server.url))
-    try:
-        yield fleet
-    finally:
-        await fleet.close()
-
+from agents import Decision
+from bus import Envelope, new_envelope, subjects
+from tests.e2e.fleet import ROOT, Fleet
 
 OPEN = {"from": "*", "to": ["*", "topic:*"], "kinds": ["event", "reply", "checkpoint"]}
 
@@ -277,14 +121,7 @@ async def test_envelope_replayed_into_another_outbox_is_quarantined(fleet: Fleet
     honest = await fleet.send(bob, ["carol"], "from bob")
     [decision] = await fleet.decisions(lambda ds: len(ds) == 1)
     assert decision.envelope_id == honest
-    js = fleet.nc.jetstream()
-    raw = await js.get_last_msg(f"TB_{fleet.tenant}", subjects.quarantine(fleet.tenant))
-    async with await KeyringStore.open(js, fleet.tenant) as keyring:
-        from bus import decode_quarantine_record, open_envelope
-
-        record = decode_quarantine_record(
-            open_envelope(raw.data, raw.headers, keyring=keyring.keyring, received_ns=time.time_ns()).envelope.payload
-        )
+    record = await fleet.quarantined(lambda r: r.claimed_id == sealed.envelope.id)
     assert record.reason == "wrong_outbox" and record.claimed_sender == "alice"
 
 

@@ -1,0 +1,5 @@
+"""Fixtures for process tests."""
+
+from tests.e2e.fleet import fleet
+
+__all__ = ["fleet"]
