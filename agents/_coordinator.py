@@ -42,6 +42,7 @@ from agents._decision import (
 )
 from agents._decision_log import DecisionLog
 from agents._effects import decode_effect
+from agents._memory import MemoryValue, decode_value, encode_value, kv_subject, parse_write
 from agents._policy import Policy
 from bus import (
     Bus,
@@ -50,6 +51,7 @@ from bus import (
     Envelope,
     TransportError,
     countersign,
+    decode_envelope,
     new_envelope,
     subjects,
 )
@@ -185,6 +187,8 @@ class Coordinator:
             await delivery.reject("wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
             return
 
+        revision = await self._memory_revision(envelope) if envelope.kind == "memory_write" else 0
+
         def make() -> Decision | Deferral | None:
             if envelope.id in self.state.decided:
                 return None  # decided before a crash or by another coordinator: forward again
@@ -192,14 +196,70 @@ class Coordinator:
             # rate-limited as it was sent; a redelivery (after a rate-limit delay or a
             # crash) is decided now, or a delayed sender would never earn a token.
             clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
-            return decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
+            return decide(
+                self.policy,
+                envelope,
+                self.state,
+                received_ns=clock,
+                source_seq=delivery.stream_seq,
+                memory_revision=revision,
+            )
 
         result = await self._record(envelope, make)
         if isinstance(result, Deferral):
             await delivery.defer(result.retry_after_s)
             return
         decision = self.state.decided[envelope.id]
+        if "tainted_memory_write" in decision.reasons and decision.verdict == "reject":
+            await delivery.reject(
+                "tainted_memory_write", f"memory write with taint {','.join(decision.effective_taint)}"
+            )
+            return
         await self._deliver(delivery.body, delivery.headers, delivery.stream_seq, decision)
+
+    async def _memory_revision(self, envelope: Envelope) -> int:
+        """The current revision of the key a memory write names (0 if absent or unparsable)."""
+        write = parse_write(envelope.payload)
+        if write is None:
+            return 0
+        bucket = subjects.memory_bucket(self.bus.tenant)
+        try:
+            raw = await self.bus.js.get_last_msg(f"KV_{bucket}", kv_subject(bucket, envelope.sender, write.key))
+        except nats.js.errors.NotFoundError:
+            return 0
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise TransportError(f"cannot read memory: {exc}") from exc
+        return raw.seq or 0
+
+    async def _write_memory(self, body: bytes, decision: Decision, decision_id: str) -> None:
+        """Apply an accepted write with compare-and-set on the revision the writer expected; idempotent."""
+        write = parse_write(decode_envelope(body).payload)
+        assert write is not None  # decide() accepted it
+        bucket = subjects.memory_bucket(self.bus.tenant)
+        subject = kv_subject(bucket, decision.sender, write.key)
+        try:
+            current = await self.bus.js.get_last_msg(f"KV_{bucket}", subject)
+            if decode_value(current.data or b"").envelope_id == decision.envelope_id:
+                return  # applied before a crash
+        except (nats.js.errors.NotFoundError, msgspec.DecodeError):
+            pass  # nothing there yet, or not a value this code wrote: the compare-and-set decides
+        value = MemoryValue(
+            value=bytes(write.value),
+            envelope_id=decision.envelope_id,
+            writer=decision.sender,
+            effective_taint=decision.effective_taint,
+            decision_id=decision_id,
+        )
+        headers = {EXPECTED_LAST_SUBJECT_SEQ: str(write.expected_revision)}
+        try:
+            await self.bus.js.publish(subject, encode_value(value), headers=headers, timeout=5.0)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                raise TransportError(f"cannot write memory: {exc}") from exc
+            # Another write to this key landed between the decision and now (two coordinators).
+            log.error("memory write lost a compare-and-set race", extra={"envelope_id": decision.envelope_id})
+        except nats.errors.Error as exc:
+            raise TransportError(f"cannot write memory: {exc}") from exc
 
     async def _effect(self, delivery: Delivery) -> None:
         """Record a completed tool call so its result's taint follows its agent in that correlation."""
@@ -260,6 +320,9 @@ class Coordinator:
         if decision.verdict != "accept":
             return
         decision_id = self._decision_ids[decision.envelope_id]
+        if decision.kind == "memory_write":
+            await self._write_memory(body, decision, decision_id)
+            return
         if decision.kind == "checkpoint":
             await self._store_checkpoint(decision.sender, body, headers, decision_id)
             return

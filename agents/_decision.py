@@ -17,6 +17,7 @@ from typing import Literal
 
 import msgspec
 
+from agents._memory import parse_write
 from agents._policy import Policy
 from bus import Envelope
 
@@ -152,7 +153,13 @@ def instruction_verb(envelope: Envelope) -> str | None:
 
 
 def decide(
-    policy: Policy, envelope: Envelope, state: CoordinatorState, *, received_ns: int, source_seq: int
+    policy: Policy,
+    envelope: Envelope,
+    state: CoordinatorState,
+    *,
+    received_ns: int,
+    source_seq: int,
+    memory_revision: int = 0,
 ) -> Decision | Deferral:
     """Decide one envelope. Pure: reads ``state``, never changes it.
 
@@ -162,6 +169,7 @@ def decide(
         state: the fold of every earlier decision.
         received_ns: when the server stored the envelope (the decision's clock).
         source_seq: the envelope's stream sequence.
+        memory_revision: for a ``memory_write``, the key's current revision (0: absent).
     """
     hop = max(envelope.hop, state.hops.get(envelope.causation_id or "", -1) + 1)
     inherited = state.seen_taint.get((envelope.correlation_id, envelope.sender), frozenset())
@@ -206,6 +214,23 @@ def decide(
         if recipients == [envelope.sender]:
             return decision("accept", ["checkpoint"], [], [])
         return refuse_all("not_allowed")
+
+    if envelope.kind == "memory_write":
+        # An agent writes only its own namespace, by addressing the write to itself.
+        if recipients != [envelope.sender]:
+            return refuse_all("foreign_namespace")
+        write = parse_write(envelope.payload)
+        if write is None:
+            return refuse_all("bad_memory_write")
+        if write.expected_revision != memory_revision:
+            return refuse_all("stale_revision")
+        if effective:
+            on_tainted = policy.taint.on_tainted_memory_write
+            if on_tainted == "hold":
+                return decision("hold", ["tainted_memory_write"], [], [])
+            if on_tainted == "quarantine":
+                return refuse_all("tainted_memory_write")
+        return decision("accept", ["memory_write"], [], [])
 
     verb = instruction_verb(envelope) if envelope.kind == "instruction" else None
     allowed: list[str] = []

@@ -53,6 +53,7 @@ class TaintRules(_Model):
     high_risk_tools: list[str] = []
     on_tainted_high_risk: Literal["hold", "reject"] = "hold"
     on_tainted_instruction: Literal["accept", "hold", "reject"] = "accept"
+    on_tainted_memory_write: Literal["quarantine", "hold", "accept"] = "quarantine"
 
 
 class Rule(_Model):

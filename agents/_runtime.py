@@ -26,6 +26,7 @@ from agents._coordinator import INBOX_SETTINGS
 from agents._decision import instruction_verb
 from agents._effector import Effector, check_direct_gets
 from agents._errors import RuntimeSetupError
+from agents._memory import Memory
 from agents._tools import Toolbox, ToolImplementation
 from bus import (
     Bus,
@@ -71,6 +72,7 @@ class Context:
         self.taint: tuple[str, ...] = mediation.effective_taint if mediation else self.envelope.taint
         self.decision_id: str | None = mediation.decision_id if mediation else None
         self.attempt = delivery.attempt
+        self.memory = Memory(bus.js, bus.tenant, agent_id, self.send)
 
     def json(self) -> Any:
         """The payload parsed as JSON."""

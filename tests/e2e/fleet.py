@@ -133,6 +133,24 @@ class Fleet:
 
         return await asyncio.wait_for(follow(), limit_s)
 
+    async def memory_written(self, agent: str, key: str, envelope_id: str, *, limit_s: float = 30) -> None:
+        """Wait until the coordinator has stored the value written by ``envelope_id``."""
+        from agents._memory import decode_value, kv_subject
+
+        bucket = subjects.memory_bucket(self.tenant)
+        sub = await self.nc.jetstream().subscribe(
+            kv_subject(bucket, agent, key), stream=f"KV_{bucket}", ordered_consumer=True
+        )
+
+        async def follow() -> None:
+            while decode_value((await sub.next_msg(timeout=limit_s)).data).envelope_id != envelope_id:
+                pass
+
+        try:
+            await asyncio.wait_for(follow(), limit_s)
+        finally:
+            await sub.unsubscribe()
+
     async def inbox_counts(self) -> Counter[str]:
         """Messages stored in each inbox right now."""
         info = await self.nc.jetstream().stream_info(f"TB_{self.tenant}", subjects_filter=f"tb.{self.tenant}.in.*")

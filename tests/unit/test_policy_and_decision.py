@@ -262,3 +262,25 @@ def test_a_recorded_tool_result_taints_what_its_agent_sends_next() -> None:
     held = run(TAINT_POLICY, state, env(sender="researcher", kind="instruction", correlation_id=effect.correlation_id,
                                           payload=b'{"verb":"issue_refund"}'))  # fmt: skip
     assert held.verdict == "hold" and held.effective_taint == ("web",)
+
+
+def _write(key: str = "k", expected: int = 0, to: tuple[str, ...] = ("scribe",), **kw: object) -> Envelope:
+    payload = json.dumps({"key": key, "value": 1, "expected_revision": expected}).encode()
+    return env(sender="scribe", to=to, kind="memory_write", payload=payload, **kw)
+
+
+def test_memory_write_rules() -> None:
+    state = CoordinatorState()
+    assert run(TAINT_POLICY, state, _write()).verdict == "accept"
+    stale = decide(TAINT_POLICY, _write(expected=0), state, received_ns=T0, source_seq=9, memory_revision=4)
+    assert isinstance(stale, Decision) and stale.reasons == ("stale_revision",)
+    assert run(TAINT_POLICY, state, _write(to=("bob",))).reasons == ("foreign_namespace",)
+    assert run(TAINT_POLICY, state, _write(key="a.b")).reasons == ("bad_memory_write",)
+    assert run(TAINT_POLICY, state, _write(key="checkpoint")).reasons == ("bad_memory_write",)
+    corr = _tainted_researcher(state)
+    state.apply(run(TAINT_POLICY, state, env(sender="fetcher", to=("scribe",), taint=["web"], correlation_id=corr)),
+                TAINT_POLICY, seq=99)  # fmt: skip
+    tainted = run(TAINT_POLICY, state, _write(correlation_id=corr))
+    assert tainted.verdict == "reject" and tainted.reasons == ("tainted_memory_write",)
+    hold_policy = parse_policy({**TAINT_POLICY.model_dump(by_alias=True), "taint": {"on_tainted_memory_write": "hold"}})
+    assert run(hold_policy, state, _write(correlation_id=corr)).verdict == "hold"

@@ -1,0 +1,122 @@
+"""Agent memory: one namespace per agent in the tenant's KV bucket, written only by the coordinator.
+
+An agent proposes a write with a ``memory_write`` envelope addressed to itself
+whose JSON payload is :class:`MemoryWrite`; the coordinator audits it (taint,
+namespace, revision) and applies it with compare-and-set. Every stored value
+is a :class:`MemoryValue`: the value, and the envelope, writer and effective
+taint it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from bus import Envelope, subjects
+
+Sender = Callable[..., Awaitable[Envelope]]
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RESERVED_KEYS = frozenset({"checkpoint"})
+
+
+class MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A proposed write. ``expected_revision`` 0 means "the key must not exist yet"."""
+
+    key: str
+    value: msgspec.Raw
+    expected_revision: int
+
+
+class MemoryValue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the bucket stores under ``<agent>.<key>``."""
+
+    v: int = 1
+    value: bytes
+    envelope_id: str
+    writer: str
+    effective_taint: tuple[str, ...]
+    decision_id: str
+
+
+_value_encoder = msgspec.msgpack.Encoder()
+_value_decoder = msgspec.msgpack.Decoder(MemoryValue)
+_write_decoder = msgspec.json.Decoder(MemoryWrite)
+
+
+def parse_write(payload: bytes) -> MemoryWrite | None:
+    """The write a ``memory_write`` payload proposes, or None if it is not a valid one."""
+    try:
+        write = _write_decoder.decode(payload)
+    except (msgspec.DecodeError, ValueError):
+        return None
+    if not KEY_PATTERN.fullmatch(write.key) or write.key in RESERVED_KEYS or write.expected_revision < 0:
+        return None
+    return write
+
+
+def encode_value(value: MemoryValue) -> bytes:
+    """The bytes stored in the bucket."""
+    return _value_encoder.encode(value)
+
+
+def decode_value(data: bytes) -> MemoryValue:
+    """Parse a stored value."""
+    return _value_decoder.decode(data)
+
+
+def kv_subject(bucket: str, agent: str, key: str) -> str:
+    """The KV subject of ``agent``'s ``key``."""
+    return f"$KV.{bucket}.{agent}.{key}"
+
+
+class MemoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A value read back from an agent's namespace."""
+
+    key: str
+    value: object
+    revision: int
+    effective_taint: tuple[str, ...]
+    envelope_id: str
+
+
+class Memory:
+    """An agent's view of its own namespace: read directly, write through the coordinator."""
+
+    def __init__(self, js: JetStreamContext, tenant: str, agent_id: str, send: Sender) -> None:
+        """``send`` proposes a ``memory_write`` envelope (the handler context's send)."""
+        self._js = js
+        self._bucket = subjects.memory_bucket(tenant)
+        self._agent = agent_id
+        self._send = send
+
+    async def get(self, key: str) -> MemoryEntry | None:
+        """The current value of ``key`` and its revision (the revision to expect when writing it)."""
+        try:
+            raw = await self._js.get_last_msg(
+                f"KV_{self._bucket}", kv_subject(self._bucket, self._agent, key), direct=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        stored = decode_value(raw.data or b"")
+        return MemoryEntry(
+            key=key,
+            value=json.loads(stored.value),
+            revision=raw.seq or 0,
+            effective_taint=stored.effective_taint,
+            envelope_id=stored.envelope_id,
+        )
+
+    async def write(self, key: str, value: object, *, expected_revision: int) -> Envelope:
+        """Propose ``key = value`` if the key is still at ``expected_revision`` (0: not yet written).
+
+        The coordinator applies it, or refuses it as ``stale_revision``,
+        ``tainted_memory_write`` (quarantined or held, per the policy) or
+        ``foreign_namespace``; the decision log says which.
+        """
+        payload = {"key": key, "value": value, "expected_revision": expected_revision}
+        return await self._send((self._agent,), payload, kind="memory_write")
