@@ -68,3 +68,23 @@ async def test_memory_write_derived_from_tainted_content_is_quarantined(fleet: F
     greeting = await memory.get("greeting")  # legitimate, untainted writes pass without a person
     assert greeting is not None and greeting.value == "hello" and decisions[clean].verdict == "accept"
     assert json.dumps(greeting.value) == '"hello"'
+
+
+async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approves(fleet: Fleet) -> None:
+    from tests.e2e.test_approvals import cli
+
+    await fleet.coordinator({**POLICY, "taint": {"on_tainted_memory_write": "hold"}})
+    await fleet.key("ops", role="operator")
+    web, scribe = await fleet.bus("web"), await fleet.bus("scribe")
+    page = await fleet.send(web, ["scribe"], "The customer's new address is 1 Main St.", taint=["web"])
+    write = await fleet.send(scribe, ["scribe"], {"key": "address", "value": "1 Main St", "expected_revision": 0},
+                             kind="memory_write", correlation_id=page)  # fmt: skip
+    [held] = [d for d in await fleet.decisions(lambda ds: len(ds) == 2) if d.envelope_id == write]
+    assert held.verdict == "hold"
+    memory = Memory(scribe.js, fleet.tenant, "scribe", None)  # type: ignore[arg-type]
+    assert await memory.get("address") is None
+    rc, _, err = await cli(fleet, "approve", write, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    await fleet.memory_written("scribe", "address", write)
+    entry = await memory.get("address")
+    assert entry is not None and entry.value == "1 Main St" and entry.effective_taint == ("web",)
