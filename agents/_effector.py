@@ -43,7 +43,12 @@ class Effector:
         self._cause = cause
         self._toolbox = toolbox
         self._calls = 0
-        self.keys: list[str] = []
+        self._completed: dict[int, str] = {}
+
+    @property
+    def keys(self) -> list[str]:
+        """Keys of the calls completed so far, in call order (also when calls ran concurrently)."""
+        return [self._completed[index] for index in sorted(self._completed)]
 
     async def call(self, tool: str, args: dict[str, Any], *, taint: tuple[str, ...]) -> tuple[Any, tuple[str, ...]]:
         """Perform (or recall) one call; returns its JSON result and the taint the handler carries from now on.
@@ -59,13 +64,14 @@ class Effector:
             raise UnknownTool(f"tool {tool!r}: this agent was started without a tool registry")
         spec, implementation = self._toolbox.bound(tool)
         arguments = json.dumps(args, sort_keys=True, separators=(",", ":")).encode()
-        key = idempotency_key(self._cause.id, tool, args, self._calls)
+        index = self._calls
         self._calls += 1
+        key = idempotency_key(self._cause.id, tool, args, index)
         subject = subjects.effect_record(self._bus.tenant, self._agent_id, key)
         last = await self._last_record(subject, key, tool)
         if last is not None and last.phase == "completed":
             log.info("effect already completed; recorded result returned", extra={"tool": tool, "key": key})
-            self.keys.append(key)
+            self._completed[index] = key
             return json.loads(last.result or b"null"), _union(taint, last.taint, spec.result_taint)
         if last is not None and last.phase == "requested":
             log.warning("effect requested but never finished; calling again with its key", extra={"key": key})
@@ -86,7 +92,7 @@ class Effector:
         gained = _union(taint, spec.result_taint)
         completed = msgspec.structs.replace(requested, phase="completed", result=result, taint=spec.result_taint)
         await self._record(subject, completed, gained)
-        self.keys.append(key)
+        self._completed[index] = key
         return json.loads(result), gained
 
     async def _last_record(self, subject: str, key: str, tool: str) -> EffectRecord | None:

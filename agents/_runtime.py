@@ -140,7 +140,7 @@ class Context:
     @property
     def effect_keys(self) -> list[str]:
         """Idempotency keys of the effects completed so far in this handler invocation, in call order."""
-        return list(self._effector.keys)
+        return self._effector.keys
 
     async def checkpoint(self, state: dict[str, Any]) -> Envelope:
         """Record ``state`` (JSON) as this agent's checkpoint; a restarted process starts from it."""
