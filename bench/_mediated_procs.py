@@ -1,0 +1,255 @@
+"""The processes of bench/mediated.py: senders (agent A), the raw relay, and the sinks (agent B).
+
+Every role is its own process, started from the repository root by the bench:
+
+- ``python -m trustbus agent run bench._mediated_procs:Sink --id b ...``: trustbus agent B (:class:`Sink`);
+- ``python -m bench._mediated_procs tb-send ...``: trustbus agent A, a ``bus.Bus`` publishing sealed
+  envelopes to its outbox;
+- ``python -m bench._mediated_procs raw-send|raw-relay|raw-sink ...``: the same topology in plain
+  nats-py JetStream, unsigned, with the relay standing in for the coordinator.
+
+Each payload is JSON of a fixed size carrying the phase name, the message index, the phase's message
+count and the sender's ``time.time_ns()`` taken just before the message is built (and, for trustbus,
+signed). A sink records ``time.time_ns()`` on receipt for the first delivery of each index and, once it
+has seen every index of a phase, writes ``<$BENCH_MEDIATED_OUT>/<phase>.json``. Long-running roles print
+one JSON ready line on stdout when serving, JSON progress lines while receiving, and exit on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import Header
+
+import bus
+from agents import Agent, Context
+from agents._coordinator import INBOX_SETTINGS, OUTBOX_SETTINGS
+
+OUT_ENV = "BENCH_MEDIATED_OUT"
+PROGRESS_EVERY = 250
+MSG_ID = Header.MSG_ID.value
+FLUSH_TIMEOUT_S = 60.0
+
+RAW_STREAM = "RAW"
+RAW_SUBJECTS = "raw.>"
+RAW_OUT = "raw.out.a"
+RAW_IN = "raw.in.b"
+RAW_RELAY_DURABLE = "relay"
+RAW_SINK_DURABLE = "sink-b"
+RAW_MAX_PENDING = 1024  # publishes awaiting their ack at once: Bus.connect's default max_in_flight
+
+
+def make_payload(phase: str, index: int, count: int, sent_ns: int, size: int) -> bytes:
+    """A JSON object of exactly ``size`` bytes (or the smallest possible, if larger) with the timing fields."""
+    head = f'{{"p":"{phase}","i":{index},"n":{count},"t":{sent_ns},"x":"'
+    return (head + "x" * max(0, size - len(head) - 2) + '"}').encode()
+
+
+def emit(**fields: Any) -> None:
+    """One JSON line on stdout, for the bench's reader thread."""
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+class Recorder:
+    """Receive times per phase; writes a phase's file once every index has arrived."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self._out_dir = out_dir
+        self._phases: dict[str, dict[str, Any]] = {}
+
+    def record(self, payload: bytes, received_ns: int) -> None:
+        fields = json.loads(payload)
+        name = fields["p"]
+        phase = self._phases.get(name)
+        if phase is None:
+            phase = self._phases[name] = {"n": fields["n"], "seen": {}, "duplicates": 0, "written": False}
+        seen: dict[int, tuple[int, int]] = phase["seen"]
+        if fields["i"] in seen:
+            phase["duplicates"] += 1
+            return
+        seen[fields["i"]] = (fields["t"], received_ns)
+        if len(seen) % PROGRESS_EVERY == 0 or len(seen) == phase["n"]:
+            emit(progress=name, received=len(seen))
+        if len(seen) == phase["n"] and not phase["written"]:
+            phase["written"] = True
+            self._write(name, phase)
+
+    def _write(self, name: str, phase: dict[str, Any]) -> None:
+        indices = sorted(phase["seen"])
+        result = {
+            "phase": name,
+            "n": phase["n"],
+            "duplicates": phase["duplicates"],
+            "index": indices,
+            "sent_ns": [phase["seen"][i][0] for i in indices],
+            "received_ns": [phase["seen"][i][1] for i in indices],
+        }
+        target = self._out_dir / f"{name}.json"
+        staged = target.with_suffix(".tmp")
+        staged.write_text(json.dumps(result))
+        os.replace(staged, target)
+
+
+class Sink(Agent):
+    """Trustbus agent B: records each envelope's latency (see :class:`Recorder`)."""
+
+    def __init__(self) -> None:
+        self.recorder = Recorder(Path(os.environ[OUT_ENV]))
+
+    async def handle(self, ctx: Context) -> None:
+        self.recorder.record(ctx.envelope.payload, time.time_ns())
+
+
+# -- agent A: trustbus and raw senders ---------------------------------------------
+
+
+class Pacer:
+    """Absolute send deadlines ``start + i / rate`` (no drift); rate 0 means as fast as possible."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.start = time.perf_counter()
+        self.max_lag_s = 0.0
+
+    async def wait(self, index: int) -> None:
+        if not self.rate:
+            return
+        deadline = self.start + index / self.rate
+        delay = deadline - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.max_lag_s = max(self.max_lag_s, time.perf_counter() - deadline)
+
+
+def summary(args: argparse.Namespace, pacer: Pacer, first_ns: int, last_ns: int, cpu_s: float) -> None:
+    """The sender's report: its CPU seconds count from its first send to its last ack (not its start-up)."""
+    emit(sent=args.n, first_ns=first_ns, last_ns=last_ns, max_lag_ms=round(pacer.max_lag_s * 1e3, 3), cpu_s=cpu_s)
+
+
+async def tb_send(args: argparse.Namespace) -> None:
+    keys = bus.KeyDirectory(Path(args.keys))
+    identity = keys.load(args.tenant, "a")
+    subject = bus.subjects.outbox(args.tenant, "a")
+    async with await bus.Bus.connect(args.url, tenant=args.tenant, name="a", identity=identity) as bus_a:
+        pacer = Pacer(args.rate)
+        cpu_start = time.process_time()
+        first_ns = 0
+        for i in range(args.n):
+            await pacer.wait(i)
+            now = time.time_ns()
+            first_ns = first_ns or now
+            envelope = bus.new_envelope(
+                tenant=args.tenant,
+                kind="event",
+                sender="a",
+                to=("b",),
+                payload=make_payload(args.phase, i, args.n, now, args.payload),
+                content_type="application/json",
+            )
+            await bus_a.publish_pipelined(subject, bus_a.seal(envelope))
+        last_ns = time.time_ns()
+        await bus_a.flush(timeout_s=FLUSH_TIMEOUT_S)
+        cpu_s = time.process_time() - cpu_start
+    summary(args, pacer, first_ns, last_ns, cpu_s)
+
+
+async def raw_send(args: argparse.Namespace) -> None:
+    nc = await nats.connect(args.url, name="bench-raw-a", connect_timeout=5)
+    try:
+        js = nc.jetstream(publish_async_max_pending=RAW_MAX_PENDING)
+        pacer = Pacer(args.rate)
+        cpu_start = time.process_time()
+        first_ns = 0
+        futures = []
+        for i in range(args.n):
+            await pacer.wait(i)
+            now = time.time_ns()
+            first_ns = first_ns or now
+            data = make_payload(args.phase, i, args.n, now, args.payload)
+            futures.append(
+                await js.publish_async(RAW_OUT, data, wait_stall=FLUSH_TIMEOUT_S, headers={MSG_ID: f"{args.phase}-{i}"})
+            )
+        last_ns = time.time_ns()
+        acks = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), FLUSH_TIMEOUT_S)
+        failures = [a for a in acks if isinstance(a, BaseException)]
+        if failures:
+            raise RuntimeError(f"{len(failures)} raw publishes failed, first: {failures[0]!r}")
+        cpu_s = time.process_time() - cpu_start
+    finally:
+        await nc.close()
+    summary(args, pacer, first_ns, last_ns, cpu_s)
+
+
+# -- the raw coordinator stand-in and agent B ----------------------------------------
+
+
+def stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def raw_serve(args: argparse.Namespace) -> None:
+    """The relay (fetch like the coordinator, republish with an ack, then ack) or the sink (fetch, record, ack)."""
+    relay = args.role == "raw-relay"
+    settings = OUTBOX_SETTINGS if relay else INBOX_SETTINGS
+    durable = RAW_RELAY_DURABLE if relay else RAW_SINK_DURABLE
+    recorder = None if relay else Recorder(Path(os.environ[OUT_ENV]))
+    stop = stop_on_signals()
+    nc = await nats.connect(args.url, name=f"bench-{args.role}", connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe_bind(durable, stream=RAW_STREAM)
+        emit(ready=args.role)
+        while not stop.is_set():
+            try:
+                msgs: list[Msg] = await sub.fetch(settings.batch, timeout=settings.fetch_timeout_s)
+            except TimeoutError:  # nats-py's own subclass or asyncio's
+                continue
+            for msg in msgs:
+                if recorder is not None:
+                    recorder.record(msg.data, time.time_ns())
+                else:
+                    msg_id = f"{(msg.headers or {}).get(MSG_ID, '')}:b"
+                    await js.publish(RAW_IN, msg.data, headers={MSG_ID: msg_id}, timeout=5.0)
+                await msg.ack()
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await nc.drain()
+        await nc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("role", choices=["tb-send", "raw-send", "raw-relay", "raw-sink"])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--tenant", default="")
+    parser.add_argument("--keys", default="")
+    parser.add_argument("--phase", default="")
+    parser.add_argument("--n", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=0.0, help="msgs/s; 0 sends as fast as possible")
+    parser.add_argument("--payload", type=int, default=256)
+    args = parser.parse_args()
+    runner = {"tb-send": tb_send, "raw-send": raw_send, "raw-relay": raw_serve, "raw-sink": raw_serve}[args.role]
+    asyncio.run(runner(args))
+
+
+if __name__ == "__main__":
+    main()

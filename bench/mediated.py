@@ -1,0 +1,683 @@
+"""Mediated benchmark: agent A -> coordinator -> agent B, three processes, against the same topology in raw nats-py.
+
+Run from anywhere: ``python bench/mediated.py [--n N] [--rate R] [--seconds S] [--rounds K] [--json]``.
+
+One ``bus.EmbeddedServer(port=0)`` (temporary store) serves two topologies of three separate processes
+each, all on this machine (see ``bench/_mediated_procs.py`` for the processes themselves):
+
+1. **mediated** (trustbus): a tenant provisioned with ``bus.init_tenant`` and keys made with
+   ``bus.new_key`` in a temporary ``bus.KeyDirectory`` (``a`` and ``b`` role agent, ``coordinator``
+   role coordinator); a policy allowing ``a -> b`` ``event`` with hop, budget and fan-out limits far
+   above the load and no rate limit. ``python -m trustbus coordinator run`` mediates; agent B is
+   ``python -m trustbus agent run bench._mediated_procs:Sink --id b``; agent A is a process using
+   ``bus.Bus`` directly: it builds an envelope per message, seals it and ``publish_pipelined`` it to its
+   outbox. Every hop is signed and verified, and each envelope gets a decision appended to the log and
+   a countersigned forward.
+2. **raw**: plain nats-py JetStream, unsigned, on a stream of its own (``RAW`` on ``raw.>``, file storage,
+   the tenant stream's duplicate window). A publishes to ``raw.out.a`` with ``publish_async`` (at most
+   1,024 acks outstanding, a ``Nats-Msg-Id`` each); a relay process standing in for the coordinator
+   pull-consumes them with the coordinator's consumer settings and, one message at a time like the
+   coordinator, republishes each to ``raw.in.b`` awaiting its JetStream ack, then acks it; B pull-consumes
+   ``raw.in.b`` with the agent runtime's inbox settings and acks each. The payload is the same.
+
+The payload of each message is JSON of ``--payload`` bytes carrying A's ``time.time_ns()`` taken just
+before the message is built (and, mediated, signed); B records ``time.time_ns()`` on receipt (in the
+agent's handler: after verification), so latency is end to end across all three processes. Two
+measurements per topology, in ``--rounds`` rounds that alternate which topology goes first, after an
+unmeasured warm-up of 500 messages per topology:
+
+- **throughput**: A sends ``--n`` messages as fast as it can (pipelined, bounded);
+  msgs/s = N / (A's first send -> B's last receive). ``ratio`` = mediated / raw, the median of the
+  per-round ratios (so load from elsewhere on the machine hits both sides of each ratio alike).
+- **latency at a fixed offered load**: A sends ``--rate`` msgs/s for ``--seconds``, paced on absolute
+  deadlines (``start + i / rate``, no drift); p50/p99 of the per-message latency, leaving out the first
+  ``--warmup`` seconds of sends. Each figure is the median over the rounds; A's worst lag behind its
+  schedule is reported so a sender that could not keep the pace shows.
+
+In each throughput phase the CPU time (user + system, from ``/proc``) of the server, the relay or
+coordinator and B is read before and after, and A reports its own from first send to last ack: CPU µs per
+message per process. On a machine whose cores are all busy, throughput is about cores / (total CPU per
+message), so these figures say where to cut. The 1-minute load average before and after the run is
+reported too: other work on the machine moves every figure.
+
+Targets on a 2-core machine: ``ratio`` >= 0.5, mediated p99 <= 10 ms at 500 msgs/s. With ``--json`` the
+last line of stdout is one JSON object with every figure and the human table goes to stderr with the
+progress display. ``--profile DIR`` runs the coordinator, the sinks and the relay under cProfile (or
+pyinstrument, ``--profiler``) and leaves their profiles in DIR; ``--keep-records DIR`` keeps every
+phase's per-message send and receive times; ``--coordinator-module M`` runs ``python -m M coordinator run``
+instead of ``trustbus`` (a wrapper that patches the coordinator, to measure a candidate change without
+editing it). Every process is stopped (SIGTERM, then SIGKILL after a timeout) on success, failure,
+Ctrl-C and SIGTERM (and is sent SIGTERM by Linux if the bench itself is killed); on failure their stderr
+tails are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import bus
+from agents._coordinator import INBOX_SETTINGS, OUTBOX_SETTINGS
+
+REPO = Path(__file__).resolve().parent.parent
+PROCS = "bench._mediated_procs"
+OUT_ENV = "BENCH_MEDIATED_OUT"  # where the sinks write (bench/_mediated_procs.py reads the same name)
+TENANT = "bench"
+TOPOLOGIES = ("raw", "mediated")
+WARMUP_N = 500
+RATIO_TARGET = 0.5
+P99_TARGET_MS = 10.0
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+SENDER_SLACK_S = 60.0  # beyond the paced duration, for a sender to connect, send and flush
+DELIVERY_SLACK_S = 30.0  # after the sender exits, for the sink to see the last message (plus N / 200 s)
+TAIL_LINES = 25
+DUPLICATE_WINDOW_S = bus.tenant_stream_config(TENANT, admin_key_id="").duplicate_window
+
+POLICY = """\
+version: 1
+limits:
+  hop_limit: 8
+  fanout_per_envelope: 16
+  budget_per_correlation: 100000000
+rules:
+  - from: a
+    to: [b]
+    kinds: [event]
+"""
+
+
+class BenchError(Exception):
+    """A process failed, or something did not happen in time."""
+
+
+# -- child processes ----------------------------------------------------------------
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the child if the bench dies without cleaning up."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
+
+
+_PREEXEC = _parent_death_signal()
+
+
+class Child:
+    """One process: stdout read as JSON lines by a thread, stderr to a log file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        on_progress: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._on_progress = on_progress
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.last_line: dict[str, Any] | None = None
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,  # Ctrl-C reaches the bench only; it stops the children in order
+                preexec_fn=_PREEXEC,
+            )
+        self._reader = threading.Thread(target=self._read, name=f"stdout-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                fields = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(fields, dict):
+                continue
+            if "progress" in fields:
+                self._on_progress(fields)
+            else:
+                self._lines.put(fields)
+        self._lines.put(None)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout_s: float) -> None:
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            raise BenchError(f"{self.name} printed no ready line within {timeout_s:.0f}s") from None
+        if line is None or "ready" not in line:
+            raise BenchError(f"{self.name} exited (code {self.proc.poll()}) before it was ready")
+
+    def wait_exit(self, timeout_s: float, *, watch: list[Child]) -> None:
+        """Wait for a successful exit; fail early if one of ``watch`` dies meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                code = self.proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                check_alive(watch)
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{self.name} did not finish within {timeout_s:.0f}s") from None
+        self._reader.join(STOP_TIMEOUT_S)
+        while not self._lines.empty():
+            line = self._lines.get_nowait()
+            if line is not None:
+                self.last_line = line
+        if code != 0:
+            raise BenchError(f"{self.name} exited with code {code}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; always reaps."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(STOP_TIMEOUT_S)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def tail(self, lines: int = TAIL_LINES) -> list[str]:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
+
+
+def check_alive(children: list[Child]) -> None:
+    for child in children:
+        if not child.alive:
+            raise BenchError(f"{child.name} exited unexpectedly (code {child.proc.returncode})")
+
+
+class Children:
+    """Every process the bench started, stopped in reverse order by :meth:`stop_all`."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str], on_progress: Callable[[dict[str, Any]], None]) -> None:
+        self._log_dir = log_dir
+        self._env = env
+        self._on_progress = on_progress
+        self.all: list[Child] = []
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        child = Child(name, argv, env=self._env, log_path=self._log_dir / f"{name}.log", on_progress=self._on_progress)
+        self.all.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in reversed(self.all):
+            child.stop()
+
+    def print_tails(self, console: Console) -> None:
+        for child in self.all:
+            lines = child.tail()
+            if not lines:
+                continue
+            console.print(f"[bold]--- {escape(child.name)} (exit code {child.proc.poll()}) stderr tail ---[/bold]")
+            for line in lines:
+                console.print(line, markup=False, highlight=False)
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+async def provision(url: str, keys: bus.KeyDirectory) -> None:
+    """The tenant, the three keys, and the raw stream with consumers configured like the coordinator's."""
+    await bus.init_tenant([url], TENANT, keys=keys)
+    for owner, role in (("a", "agent"), ("b", "agent"), ("coordinator", "coordinator")):
+        await bus.new_key([url], TENANT, owner, role=role, keys=keys)  # type: ignore[arg-type]
+    nc = await nats.connect(url, name="bench-admin", connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(
+            StreamConfig(name="RAW", subjects=["raw.>"], storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S)
+        )
+        for durable, subject, settings in (
+            ("relay", "raw.out.a", OUTBOX_SETTINGS),
+            ("sink-b", "raw.in.b", INBOX_SETTINGS),
+        ):
+            await js.add_consumer(
+                "RAW",
+                ConsumerConfig(
+                    durable_name=durable,
+                    filter_subject=subject,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    max_ack_pending=settings.max_ack_pending,
+                    max_deliver=settings.max_deliver,
+                    ack_wait=settings.ack_wait_s,
+                ),
+            )
+    finally:
+        await nc.close()
+
+
+# -- measurement --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    msgs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_msg: dict[str, float]  # per process: server, a, hub (coordinator or relay), b
+    sys_us_per_msg: dict[str, float]  # the part of it spent in the kernel (not known for a)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a live process so far (Linux /proc; zeros elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0, 0.0
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    sender_max_lag_ms: float
+
+
+def percentiles_ms(latencies_ns: list[int]) -> tuple[float, float]:
+    cuts = statistics.quantiles(latencies_ns, n=100, method="inclusive")
+    return cuts[49] / 1e6, cuts[98] / 1e6
+
+
+class Bench:
+    """The server's URL, the processes, the progress display, and the phases."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, progress: Progress) -> None:
+        self.args = args
+        self.work = work
+        self.out_dir = work / "out"
+        self.keys_dir = work / "keys"
+        self.policy = work / "policy.yaml"
+        self.progress = progress
+        self.url = ""
+        self.server_pid: int | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._phases = 0
+        env = {**os.environ, OUT_ENV: str(self.out_dir), "TRUSTBUS_LOG": "warning", "PYTHONUNBUFFERED": "1"}
+        (work / "logs").mkdir()
+        self.out_dir.mkdir()
+        self.children = Children(work / "logs", env, self._progress_line)
+        self.servers: dict[str, list[Child]] = {}
+
+    def _progress_line(self, fields: dict[str, Any]) -> None:
+        task = self._tasks.get(str(fields["progress"]))
+        if task is not None:
+            self.progress.update(task, completed=int(fields.get("received", 0)))
+
+    def argv(self, module: str, args: list[str], profile_name: str | None = None) -> list[str]:
+        profile_dir: Path | None = self.args.profile
+        if profile_dir is None or profile_name is None:
+            return [sys.executable, "-m", module, *args]
+        if self.args.profiler == "pyinstrument":
+            out = profile_dir / f"{profile_name}.pyisession"
+            return [sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(out), "-m", module, *args]
+        return [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{profile_name}.prof"), "-m", module, *args]
+
+    def start_servers(self) -> None:
+        """Provision, then start (and wait for) the coordinator, both sinks and the relay."""
+        keys = bus.KeyDirectory(self.keys_dir)
+        asyncio.run(provision(self.url, keys))
+        self.policy.write_text(POLICY)
+        common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", TENANT]
+        coordinator = self.children.start(
+            "coordinator",
+            self.argv(
+                self.args.coordinator_module,
+                ["coordinator", "run", "--policy", str(self.policy), *common],
+                "coordinator",
+            ),
+        )
+        sink = self.children.start(
+            "mediated-b",
+            self.argv("trustbus", ["agent", "run", f"{PROCS}:Sink", "--id", "b", *common], "mediated-b"),
+        )
+        relay = self.children.start("raw-relay", self.argv(PROCS, ["raw-relay", "--url", self.url], "raw-relay"))
+        raw_sink = self.children.start("raw-b", self.argv(PROCS, ["raw-sink", "--url", self.url], "raw-b"))
+        self.servers = {"mediated": [coordinator, sink], "raw": [relay, raw_sink]}
+        for child in (coordinator, sink, relay, raw_sink):
+            child.wait_ready(READY_TIMEOUT_S)
+
+    def phase(self, topology: str, label: str, n: int, rate: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run one sender to completion and wait for the sink's file: (sink record, sender summary)."""
+        self._phases += 1
+        name = f"{topology}-{self._phases}"  # the phase's file name and the sender's log name
+        self._tasks[name] = self.progress.add_task(f"{topology} {label}", total=n)
+        common = ["--url", self.url, "--phase", name, "--n", str(n), "--rate", str(rate)]
+        common += ["--payload", str(self.args.payload)]
+        if topology == "mediated":
+            args = ["tb-send", *common, "--tenant", TENANT, "--keys", str(self.keys_dir)]
+        else:
+            args = ["raw-send", *common]
+        sender = self.children.start(f"{name}-a", self.argv(PROCS, args))
+        watch = self.servers[topology]
+        sender.wait_exit((n / rate if rate else 0.0) + SENDER_SLACK_S, watch=watch)
+        result = self.out_dir / f"{name}.json"
+        deadline = time.monotonic() + DELIVERY_SLACK_S + n / 200
+        while not result.exists():
+            check_alive(watch)
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name}: the sink did not see all {n} messages in time")
+            time.sleep(0.05)
+        record: dict[str, Any] = json.loads(result.read_text())
+        self.progress.update(self._tasks[name], completed=n)
+        if self.args.keep_records is not None:
+            (self.args.keep_records / f"{name}-{'paced' if rate else 'tput'}.json").write_text(json.dumps(record))
+        return record, sender.last_line or {}
+
+    def throughput(self, topology: str, label: str, n: int) -> Throughput:
+        hub, sink = self.servers[topology]
+        pids = {"server": self.server_pid, "hub": hub.proc.pid, "b": sink.proc.pid}
+        before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        record, sender = self.phase(topology, label, n, 0.0)
+        after = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        cpu = {role: sum(after[role]) - sum(before[role]) for role in pids}
+        cpu["a"] = float(sender.get("cpu_s", 0.0))
+        kernel = {role: after[role][1] - before[role][1] for role in pids}
+        span_ns = max(record["received_ns"]) - min(record["sent_ns"])
+        p50, p99 = percentiles_ms([r - s for s, r in zip(record["sent_ns"], record["received_ns"], strict=True)])
+        return Throughput(
+            msgs_per_s=n / (span_ns / 1e9),
+            p50_ms=p50,
+            p99_ms=p99,
+            cpu_us_per_msg={role: seconds * 1e6 / n for role, seconds in cpu.items()},
+            sys_us_per_msg={role: seconds * 1e6 / n for role, seconds in kernel.items()},
+        )
+
+    def latency(self, topology: str, label: str) -> Latency:
+        rate, seconds = self.args.rate, self.args.seconds
+        record, sender = self.phase(topology, label, round(rate * seconds), rate)
+        first_measured = round(rate * self.args.warmup)
+        latencies = [
+            r - s
+            for i, s, r in zip(record["index"], record["sent_ns"], record["received_ns"], strict=True)
+            if i >= first_measured
+        ]
+        p50, p99 = percentiles_ms(latencies)
+        return Latency(
+            p50_ms=p50,
+            p99_ms=p99,
+            max_ms=max(latencies) / 1e6,
+            sender_max_lag_ms=float(sender.get("max_lag_ms", 0.0)),
+        )
+
+
+def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
+    progress = Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        refresh_per_second=4,
+    )
+    for directory in (args.profile, args.keep_records):
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+    throughputs: dict[str, list[Throughput]] = {t: [] for t in TOPOLOGIES}
+    latencies: dict[str, list[Latency]] = {t: [] for t in TOPOLOGIES}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-mediated-") as tmp, progress:
+        bench = Bench(args, Path(tmp), progress)
+        server = bus.EmbeddedServer(port=0)
+        try:
+            try:
+                bench.url = server.start()
+                bench.server_pid = server.pid
+                bench.start_servers()
+                for topology in TOPOLOGIES:
+                    bench.throughput(topology, "warm-up", WARMUP_N)
+                for round_no in range(args.rounds):
+                    order = TOPOLOGIES if round_no % 2 == 0 else tuple(reversed(TOPOLOGIES))
+                    tag = f"{round_no + 1}/{args.rounds}"
+                    for topology in order:
+                        throughputs[topology].append(bench.throughput(topology, f"tput {tag}", args.n))
+                    for topology in order:
+                        latencies[topology].append(bench.latency(topology, f"{args.rate:g}/s {tag}"))
+            finally:
+                bench.children.stop_all()
+        except BaseException:
+            progress.stop()
+            bench.children.print_tails(stderr)
+            stderr.print("[bold]--- nats-server log tail ---[/bold]")
+            for line in server.log_tail()[-TAIL_LINES:]:
+                stderr.print(line, markup=False, highlight=False)
+            raise
+        finally:
+            server.stop()
+    result = summarise(args, throughputs, latencies)
+    result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return result
+
+
+def summarise(
+    args: argparse.Namespace, throughputs: dict[str, list[Throughput]], latencies: dict[str, list[Latency]]
+) -> dict[str, Any]:
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    raw_t, med_t = throughputs["raw"], throughputs["mediated"]
+    raw_l, med_l = latencies["raw"], latencies["mediated"]
+    round_ratios = [m.msgs_per_s / r.msgs_per_s for r, m in zip(raw_t, med_t, strict=True)]
+    ratio = med(round_ratios)
+    p99 = med([x.p99_ms for x in med_l])
+    return {
+        "n": args.n,
+        "rounds": args.rounds,
+        "payload_bytes": args.payload,
+        "offered_rate": args.rate,
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "raw_msgs_per_s": round(med([x.msgs_per_s for x in raw_t]), 1),
+        "mediated_msgs_per_s": round(med([x.msgs_per_s for x in med_t]), 1),
+        "ratio": round(ratio, 4),
+        "round_ratios": [round(r, 4) for r in round_ratios],
+        "round_raw_msgs_per_s": [round(x.msgs_per_s, 1) for x in raw_t],
+        "round_mediated_msgs_per_s": [round(x.msgs_per_s, 1) for x in med_t],
+        "p50_ms": round(med([x.p50_ms for x in med_l]), 3),
+        "p99_ms": round(p99, 3),
+        "max_ms": round(med([x.max_ms for x in med_l]), 3),
+        "raw_p50_ms": round(med([x.p50_ms for x in raw_l]), 3),
+        "raw_p99_ms": round(med([x.p99_ms for x in raw_l]), 3),
+        "raw_max_ms": round(med([x.max_ms for x in raw_l]), 3),
+        "round_p99_ms": [round(x.p99_ms, 3) for x in med_l],
+        "round_raw_p99_ms": [round(x.p99_ms, 3) for x in raw_l],
+        "sender_max_lag_ms": round(max(x.sender_max_lag_ms for x in med_l), 3),
+        "raw_sender_max_lag_ms": round(max(x.sender_max_lag_ms for x in raw_l), 3),
+        "full_load_p50_ms": round(med([x.p50_ms for x in med_t]), 3),
+        "full_load_p99_ms": round(med([x.p99_ms for x in med_t]), 3),
+        "raw_full_load_p50_ms": round(med([x.p50_ms for x in raw_t]), 3),
+        "raw_full_load_p99_ms": round(med([x.p99_ms for x in raw_t]), 3),
+        "cpu_us_per_msg": {
+            topology: {
+                role: round(med([x.cpu_us_per_msg[role] for x in throughputs[topology]]), 1)
+                for role in ("server", "a", "hub", "b")
+            }
+            for topology in TOPOLOGIES
+        },
+        "sys_us_per_msg": {
+            topology: {
+                role: round(med([x.sys_us_per_msg[role] for x in throughputs[topology]]), 1)
+                for role in ("server", "hub", "b")
+            }
+            for topology in TOPOLOGIES
+        },
+        "ratio_pass": ratio >= RATIO_TARGET,
+        "p99_pass": p99 <= P99_TARGET_MS,
+    }
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def verdict(passed: object) -> str:
+    return "[green]PASS[/green]" if passed else "[red]MISS[/red]"
+
+
+def report_table(r: dict[str, Any]) -> Table:
+    rate = f"{r['offered_rate']:g}/s"
+    table = Table(
+        title=(
+            f"A -> coordinator -> B, separate processes: n={r['n']:,} x {r['rounds']} rounds, "
+            f"payload={r['payload_bytes']} B, {rate} for {r['seconds']:g} s"
+        ),
+        caption=(
+            f"medians over rounds; per-round ratios {r['round_ratios']}, "
+            f"per-round mediated p99 {r['round_p99_ms']} ms, raw p99 {r['round_raw_p99_ms']} ms; "
+            f"load average before/after {r['load_avg_1m']}"
+        ),
+    )
+    for column in ("metric", "raw", "mediated", "ratio", "target"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    table.add_row(
+        "msgs/s (A first send -> B last receive)",
+        f"{r['raw_msgs_per_s']:,.0f}",
+        f"{r['mediated_msgs_per_s']:,.0f}",
+        f"{r['ratio']:.3f}",
+        f">= {RATIO_TARGET} {verdict(r['ratio_pass'])}",
+    )
+    table.add_row(f"latency p50 at {rate} (ms)", f"{r['raw_p50_ms']:.2f}", f"{r['p50_ms']:.2f}", "", "")
+    table.add_row(
+        f"latency p99 at {rate} (ms)",
+        f"{r['raw_p99_ms']:.2f}",
+        f"{r['p99_ms']:.2f}",
+        "",
+        f"<= {P99_TARGET_MS:g} {verdict(r['p99_pass'])}",
+    )
+    table.add_row(f"latency max at {rate} (ms)", f"{r['raw_max_ms']:.2f}", f"{r['max_ms']:.2f}", "", "")
+    table.add_row(
+        "sender's worst lag behind schedule (ms)",
+        f"{r['raw_sender_max_lag_ms']:.2f}",
+        f"{r['sender_max_lag_ms']:.2f}",
+        "",
+        "",
+    )
+    table.add_row(
+        "latency p50 / p99 at full load (ms)",
+        f"{r['raw_full_load_p50_ms']:.1f} / {r['raw_full_load_p99_ms']:.1f}",
+        f"{r['full_load_p50_ms']:.1f} / {r['full_load_p99_ms']:.1f}",
+        "",
+        "",
+    )
+    cpu, kernel = r["cpu_us_per_msg"], r["sys_us_per_msg"]
+
+    def cpu_cell(topology: str, role: str) -> str:
+        if role not in kernel[topology]:
+            return f"{cpu[topology][role]:,.0f}"
+        return f"{cpu[topology][role]:,.0f} ({kernel[topology][role]:,.0f})"
+
+    for role, what in (("a", "A"), ("hub", "relay | coordinator"), ("b", "B"), ("server", "nats-server")):
+        table.add_row(f"CPU µs/msg at full load (sys): {what}", cpu_cell("raw", role), cpu_cell("mediated", role))
+    raw_total, mediated_total = (sum(cpu[t].values()) for t in ("raw", "mediated"))
+    table.add_row("CPU µs/msg at full load: all", f"{raw_total:,.0f}", f"{mediated_total:,.0f}", "", "")
+    return table
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5_000, help="messages per throughput phase (default 5000)")
+    parser.add_argument("--rate", type=float, default=500.0, help="offered msgs/s in the latency phase (default 500)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="duration of the latency phase (default 6)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds of paced sends left out (default 0.5)")
+    parser.add_argument("--payload", type=int, default=256, help="payload bytes per message (default 256)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of both topologies; medians (default 3)")
+    parser.add_argument("--profile", type=Path, help="profile the coordinator, sinks and relay into this dir")
+    parser.add_argument("--profiler", choices=["cprofile", "pyinstrument"], default="cprofile")
+    parser.add_argument(
+        "--coordinator-module",
+        default="trustbus",
+        help="module run with `python -m MODULE coordinator run ...` (default trustbus): to measure a candidate change",
+    )
+    parser.add_argument("--keep-records", type=Path, help="copy each phase's per-message record into this dir")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
+    args = parser.parse_args()
+    if args.n < 100 or args.rounds < 1 or args.rate <= 0 or args.seconds <= args.warmup or args.warmup < 0:
+        parser.error("need --n >= 100, --rounds >= 1, --rate > 0 and --seconds > --warmup >= 0")
+    if args.rate * (args.seconds - args.warmup) < 100:
+        parser.error("--rate x (--seconds - --warmup) must leave at least 100 measured messages")
+    if args.payload < 128:
+        parser.error("--payload must be at least 128 bytes (the timing fields)")
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job starts with it ignored
+        signal.signal(signum, _interrupt)
+    stderr = Console(stderr=True)
+    try:
+        result = measure(args, stderr)
+    except BenchError as exc:
+        stderr.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        stderr.print("[red]interrupted[/red]: every process was stopped")
+        sys.exit(130)
+    if args.json:
+        stderr.print(report_table(result))
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        Console().print(report_table(result))
+
+
+if __name__ == "__main__":
+    main()
