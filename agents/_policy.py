@@ -8,13 +8,13 @@ to start. See ``examples/policy.yaml`` for a commented example.
 from __future__ import annotations
 
 import re
-import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agents._documents import load_document, validation_problems
 from agents._errors import PolicyError
 
 _NAME = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
@@ -103,6 +103,11 @@ class Policy(_Model):
     taint: TaintRules = TaintRules()
     rules: list[Rule] = []
 
+    def with_high_risk_tools(self, names: Iterable[str]) -> Policy:
+        """This policy with ``names`` added to the high-risk tools (e.g. those the tool registry marks)."""
+        merged = sorted(set(self.taint.high_risk_tools) | set(names))
+        return self.model_copy(update={"taint": self.taint.model_copy(update={"high_risk_tools": merged})})
+
     def rate_for(self, sender: str) -> RateLimit | None:
         """The rate limit that applies to ``sender``, if any."""
         return self.rate_overrides.get(sender, self.limits.rate)
@@ -117,30 +122,10 @@ def parse_policy(data: Any, *, source: str = "<policy>") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{source}: {'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
-            for error in exc.errors()
-        ]
+        problems = validation_problems(exc, source=source)
         raise PolicyError("invalid policy:\n  " + "\n  ".join(problems)) from None
 
 
 def load_policy(path: str | Path) -> Policy:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) policy file."""
-    file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy {file}: {exc.strerror}") from exc
-    suffix = file.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise PolicyError(f"policy {file}: unknown format {suffix!r}; use .yaml, .yml or .toml")
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"policy {file} is not valid YAML: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"policy {file} is not valid TOML: {exc}") from None
-    return parse_policy(data if data is not None else {}, source=str(file))
+    return parse_policy(load_document(path, what="policy", error=PolicyError), source=str(path))

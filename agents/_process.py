@@ -88,9 +88,15 @@ async def serve_coordinator(
     keys: KeyDirectory,
     nkey_auth: bool,
     ready: Callable[[], None],
+    tools_file: Path | None = None,
 ) -> None:
-    """Run a coordinator until SIGTERM/SIGINT. A bad policy stops it before it connects."""
+    """Run a coordinator until SIGTERM/SIGINT. A bad policy or tool registry stops it before it connects.
+
+    Tools the registry marks ``high_risk`` are high-risk tools of the policy too.
+    """
     policy = load_policy(policy_file)
+    if tools_file is not None:
+        policy = policy.with_high_risk_tools(tool.name for tool in load_tools(tools_file) if tool.high_risk)
     identity = keys.load(tenant, name)
     stop = _stop_on_signals()
     bus = await Bus.connect(

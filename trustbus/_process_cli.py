@@ -58,6 +58,9 @@ def coordinator_run(
     server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
     keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
     nkey_auth: NkeyAuthOpt = False,
+    tools: Annotated[
+        Path | None, typer.Option("--tools", help="Tool registry: its high_risk tools are high risk in the policy too.")
+    ] = None,
 ) -> None:
     """Mediate every outbox of the tenant until SIGTERM/SIGINT; prints a JSON ready line when serving."""
     from agents._process import serve_coordinator
@@ -72,5 +75,6 @@ def coordinator_run(
             keys=_keys(keys),
             nkey_auth=nkey_auth,
             ready=lambda: _ready("coordinator", name=name, tenant=tenant),
+            tools_file=tools,
         )
     )

@@ -74,12 +74,14 @@ class Fleet:
         assert json.loads(line)["ready"]
         return proc
 
-    async def coordinator(self, policy: dict[str, object], *, name: str = "coordinator") -> asyncio.subprocess.Process:
+    async def coordinator(
+        self, policy: dict[str, object], *, name: str = "coordinator", extra: tuple[str, ...] = ()
+    ) -> asyncio.subprocess.Process:
         if not self.keys.path(self.tenant, name).exists():
             await self.key(name, role="coordinator")
         file = self.tmp / f"policy-{name}.yaml"
         file.write_text(yaml.safe_dump(policy))
-        return await self.spawn("coordinator", "run", "-t", self.tenant, "--policy", str(file), "--name", name)
+        return await self.spawn("coordinator", "run", "-t", self.tenant, "--policy", str(file), "--name", name, *extra)
 
     async def agent(self, target: str, agent_id: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
         if not self.keys.path(self.tenant, agent_id).exists():

@@ -116,3 +116,50 @@ async def test_a_hold_survives_a_coordinator_restart(fleet: Fleet) -> None:
     assert rc == 0, err
     delivered = await fleet.inbox(lambda read: any(r == "billing" for r, _ in read))
     assert [e.id for r, e in delivered if r == "billing"] == [injected]
+
+
+async def test_instruction_from_an_agent_that_read_a_web_page_through_a_tool_is_held(fleet: Fleet) -> None:
+    tools = fleet.tmp / "tools.yaml"
+    tools.write_text(
+        "tools:\n"
+        "  - {name: fetch_page, system: web, owner: research, effect_class: read, result_taint: [web]}\n"
+        "  - {name: issue_refund, system: billing-db, owner: finance, effect_class: reversible,\n"
+        "     compensating_tool: charge_back, high_risk: true}\n"
+        "  - {name: charge_back, system: billing-db, owner: finance, effect_class: reversible,\n"
+        "     compensating_tool: issue_refund}\n"
+    )
+    policy = {
+        "rules": [
+            {"from": "boss", "to": ["gullible"], "kinds": ["instruction"], "verbs": ["research"]},
+            {"from": "gullible", "to": ["billing"], "kinds": ["instruction"], "verbs": ["issue_refund"]},
+            {"from": "*", "to": ["*"], "kinds": ["event", "reply"]},
+        ]
+    }
+    # issue_refund is high risk because the registry says so (the policy names no high-risk tool).
+    await fleet.coordinator(policy, extra=("--tools", str(tools)))
+    await fleet.key("ops", role="operator")
+    if not fleet.keys.path(fleet.tenant, "gullible").exists():
+        await fleet.key("gullible")
+    await fleet.spawn("agent", "run", "tests.e2e.fleet_agents:Gullible", "--id", "gullible", "-t", fleet.tenant,
+                      "--tools", str(tools))  # fmt: skip
+    boss = await fleet.bus("boss")
+    await fleet.send(boss, ["gullible"], {"verb": "research", "url": "https://evil.example/refunds"},
+                     kind="instruction")  # fmt: skip
+
+    def the_refund(ds: list[object]) -> bool:
+        return any(getattr(d, "kind", "") == "instruction" and getattr(d, "sender", "") == "gullible" for d in ds)
+
+    decisions = await fleet.decisions(the_refund)
+    [effect] = [d for d in decisions if "effect_recorded" in d.reasons]
+    [refund] = [d for d in decisions if d.sender == "gullible" and d.kind == "instruction"]
+    assert effect.effective_taint == ("web",)
+    assert refund.verdict == "hold" and refund.reasons == ("tainted_high_risk",)
+    assert refund.declared_taint == () and refund.effective_taint == ("web",)
+    assert (await fleet.inbox_counts())["billing"] == 0
+
+    rc, _, err = await cli(fleet, "approve", refund.envelope_id, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    delivered = await fleet.inbox(lambda read: any(r == "billing" for r, _ in read))
+    assert [e.id for r, e in delivered if r == "billing"] == [refund.envelope_id]
+    rc, _, _ = await cli(fleet, "approve", refund.envelope_id, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 1 and (await fleet.inbox_counts())["billing"] == 1  # delivered once
