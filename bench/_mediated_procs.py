@@ -1,12 +1,15 @@
-"""The processes of bench/mediated.py: senders (agent A), the raw relay, and the sinks (agent B).
+"""The processes of bench/mediated.py: senders (agent A), the raw relay and sink, and the sinks' recorder.
 
 Every role is its own process, started from the repository root by the bench:
 
-- ``python -m trustbus agent run bench._mediated_procs:Sink --id b ...``: trustbus agent B (:class:`Sink`);
+- ``python -m trustbus agent run bench._mediated_sink:Sink --id b ...``: trustbus agent B;
 - ``python -m bench._mediated_procs tb-send ...``: trustbus agent A, a ``bus.Bus`` publishing sealed
   envelopes to its outbox;
 - ``python -m bench._mediated_procs raw-send|raw-relay|raw-sink ...``: the same topology in plain
-  nats-py JetStream, unsigned, with the relay standing in for the coordinator.
+  nats-py JetStream, unsigned, with the relay standing in for the coordinator (its fetch batch and
+  timeout are given by the bench: the coordinator's and the agent runtime's).
+
+Nothing here imports ``agents``: A and the raw processes depend only on ``bus`` and nats-py.
 
 Each payload is JSON of a fixed size carrying the phase name, the message index, the phase's message
 count and the sender's ``time.time_ns()`` taken just before the message is built (and, for trustbus,
@@ -34,8 +37,6 @@ from nats.aio.msg import Msg
 from nats.js.api import Header
 
 import bus
-from agents import Agent, Context
-from agents._coordinator import INBOX_SETTINGS, OUTBOX_SETTINGS
 
 OUT_ENV = "BENCH_MEDIATED_OUT"
 PROGRESS_EVERY = 250
@@ -101,16 +102,6 @@ class Recorder:
         staged = target.with_suffix(".tmp")
         staged.write_text(json.dumps(result))
         os.replace(staged, target)
-
-
-class Sink(Agent):
-    """Trustbus agent B: records each envelope's latency (see :class:`Recorder`)."""
-
-    def __init__(self) -> None:
-        self.recorder = Recorder(Path(os.environ[OUT_ENV]))
-
-    async def handle(self, ctx: Context) -> None:
-        self.recorder.record(ctx.envelope.payload, time.time_ns())
 
 
 # -- agent A: trustbus and raw senders ---------------------------------------------
@@ -207,7 +198,6 @@ def stop_on_signals() -> asyncio.Event:
 async def raw_serve(args: argparse.Namespace) -> None:
     """The relay (fetch like the coordinator, republish with an ack, then ack) or the sink (fetch, record, ack)."""
     relay = args.role == "raw-relay"
-    settings = OUTBOX_SETTINGS if relay else INBOX_SETTINGS
     durable = RAW_RELAY_DURABLE if relay else RAW_SINK_DURABLE
     recorder = None if relay else Recorder(Path(os.environ[OUT_ENV]))
     stop = stop_on_signals()
@@ -218,7 +208,7 @@ async def raw_serve(args: argparse.Namespace) -> None:
         emit(ready=args.role)
         while not stop.is_set():
             try:
-                msgs: list[Msg] = await sub.fetch(settings.batch, timeout=settings.fetch_timeout_s)
+                msgs: list[Msg] = await sub.fetch(args.batch, timeout=args.fetch_timeout)
             except TimeoutError:  # nats-py's own subclass or asyncio's
                 continue
             for msg in msgs:
@@ -246,6 +236,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.0, help="msgs/s; 0 sends as fast as possible")
     parser.add_argument("--payload", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64, help="messages per fetch (relay and sink)")
+    parser.add_argument("--fetch-timeout", type=float, default=1.0, help="seconds one fetch waits")
     args = parser.parse_args()
     runner = {"tb-send": tb_send, "raw-send": raw_send, "raw-relay": raw_serve, "raw-sink": raw_serve}[args.role]
     asyncio.run(runner(args))

@@ -3,13 +3,13 @@
 Run from anywhere: ``python bench/mediated.py [--n N] [--rate R] [--seconds S] [--rounds K] [--json]``.
 
 One ``bus.EmbeddedServer(port=0)`` (temporary store) serves two topologies of three separate processes
-each, all on this machine (see ``bench/_mediated_procs.py`` for the processes themselves):
+each, all on this machine (see ``bench/_mediated_procs.py`` and ``bench/_mediated_sink.py``):
 
 1. **mediated** (trustbus): a tenant provisioned with ``bus.init_tenant`` and keys made with
    ``bus.new_key`` in a temporary ``bus.KeyDirectory`` (``a`` and ``b`` role agent, ``coordinator``
    role coordinator); a policy allowing ``a -> b`` ``event`` with hop, budget and fan-out limits far
    above the load and no rate limit. ``python -m trustbus coordinator run`` mediates; agent B is
-   ``python -m trustbus agent run bench._mediated_procs:Sink --id b``; agent A is a process using
+   ``python -m trustbus agent run bench._mediated_sink:Sink --id b``; agent A is a process using
    ``bus.Bus`` directly: it builds an envelope per message, seals it and ``publish_pipelined`` it to its
    outbox. Every hop is signed and verified, and each envelope gets a decision appended to the log and
    a countersigned forward.
@@ -84,6 +84,7 @@ from agents._coordinator import INBOX_SETTINGS, OUTBOX_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 PROCS = "bench._mediated_procs"
+SINK = "bench._mediated_sink:Sink"
 OUT_ENV = "BENCH_MEDIATED_OUT"  # where the sinks write (bench/_mediated_procs.py reads the same name)
 TENANT = "bench"
 TOPOLOGIES = ("raw", "mediated")
@@ -340,6 +341,10 @@ def percentiles_ms(latencies_ns: list[int]) -> tuple[float, float]:
     return cuts[49] / 1e6, cuts[98] / 1e6
 
 
+def fetch_args(settings: bus.ConsumerSettings) -> list[str]:
+    return ["--batch", str(settings.batch), "--fetch-timeout", str(settings.fetch_timeout_s)]
+
+
 class Bench:
     """The server's URL, the processes, the progress display, and the phases."""
 
@@ -390,10 +395,14 @@ class Bench:
         )
         sink = self.children.start(
             "mediated-b",
-            self.argv("trustbus", ["agent", "run", f"{PROCS}:Sink", "--id", "b", *common], "mediated-b"),
+            self.argv("trustbus", ["agent", "run", SINK, "--id", "b", *common], "mediated-b"),
         )
-        relay = self.children.start("raw-relay", self.argv(PROCS, ["raw-relay", "--url", self.url], "raw-relay"))
-        raw_sink = self.children.start("raw-b", self.argv(PROCS, ["raw-sink", "--url", self.url], "raw-b"))
+        relay = self.children.start(
+            "raw-relay", self.argv(PROCS, ["raw-relay", "--url", self.url, *fetch_args(OUTBOX_SETTINGS)], "raw-relay")
+        )
+        raw_sink = self.children.start(
+            "raw-b", self.argv(PROCS, ["raw-sink", "--url", self.url, *fetch_args(INBOX_SETTINGS)], "raw-b")
+        )
         self.servers = {"mediated": [coordinator, sink], "raw": [relay, raw_sink]}
         for child in (coordinator, sink, relay, raw_sink):
             child.wait_ready(READY_TIMEOUT_S)
