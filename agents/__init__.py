@@ -1,8 +1,8 @@
 """What runs as a process: the agent API and runtime, the coordinator and its policy."""
 
 from agents._coordinator import Coordinator
-from agents._decision import CoordinatorState, Decision, Deferral, Dropped, decide, decode_decision, encode_decision
-from agents._effects import EffectRecord, decode_effect, encode_effect, idempotency_key
+from agents._decision import CoordinatorState, Deferral, decide
+from agents._effects import idempotency_key
 from agents._errors import AgentError, EffectError, PolicyError, RuntimeSetupError, ToolRegistryError, UnknownTool
 from agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
 from agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
@@ -14,11 +14,8 @@ __all__ = [
     "Context",
     "Coordinator",
     "CoordinatorState",
-    "Decision",
     "Deferral",
-    "Dropped",
     "EffectError",
-    "EffectRecord",
     "Handlers",
     "Limits",
     "Policy",
@@ -34,10 +31,6 @@ __all__ = [
     "UnknownTool",
     "connect_agent",
     "decide",
-    "decode_decision",
-    "decode_effect",
-    "encode_decision",
-    "encode_effect",
     "idempotency_key",
     "load_policy",
     "load_tools",

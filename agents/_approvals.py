@@ -8,12 +8,11 @@ from typing import Literal
 import nats.errors
 import nats.js.errors
 
-from agents._coordinator import Approval
-from agents._decision import Decision
 from agents._decision_log import DecisionLog
 from agents._errors import AgentError
 from agents._policy import Policy
 from bus import KeyDirectory, KeyringStore, TransportError, connect_nats, new_envelope, seal, subjects, tail
+from bus._records import Approval, Decision
 
 
 class ApprovalError(AgentError):

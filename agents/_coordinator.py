@@ -25,24 +25,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from agents._decision import (
-    Decision,
-    Deferral,
-    decide,
-    decide_approval,
-    encode_decision,
-    record_effect,
-)
+from agents._decision import Deferral, decide, decide_approval, record_effect
 from agents._decision_log import DecisionLog
-from agents._effects import decode_effect
-from agents._memory import MemoryValue, decode_value, encode_value, kv_subject, parse_write
+from agents._memory import kv_subject, parse_write
 from agents._policy import Policy
 from bus import (
     Bus,
@@ -56,6 +47,9 @@ from bus import (
     subjects,
 )
 from bus._provision import DUPLICATE_WINDOW_S
+from bus._records import Approval, Decision, MemoryValue, decode_effect, encode_decision
+from bus._records import decode_memory_value as decode_value
+from bus._records import encode_memory_value as encode_value
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
 
 log = logging.getLogger("trustbus.coordinator")
@@ -395,23 +389,3 @@ class Coordinator:
             await self.bus.js.publish(key, record, headers={"Tb-Decision": decision_id}, timeout=5.0)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot store checkpoint: {exc}") from exc
-
-
-class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An operator's answer about a held envelope: the JSON payload of an ``approval`` envelope."""
-
-    envelope_id: str
-    verdict: Literal["approve", "deny"]
-    note: str = ""
-
-    @classmethod
-    def decode(cls, payload: bytes) -> Approval:
-        """Parse and validate; raises ValueError naming the problem."""
-        try:
-            return msgspec.json.decode(payload, type=cls)
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"not an approval: {exc}") from exc
-
-    def encode(self) -> bytes:
-        """The JSON payload."""
-        return msgspec.json.encode(self)

@@ -13,45 +13,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
 
 import msgspec
 
 from agents._memory import parse_write
 from agents._policy import Policy
 from bus import Envelope
+from bus._records import Decision, Dropped, Verdict
 
-Verdict = Literal["accept", "reject", "hold"]
 EFFECT_RECORDED = "effect_recorded"
-
-
-class Dropped(msgspec.Struct, frozen=True, array_like=True):
-    """A recipient the envelope will not reach, and why."""
-
-    recipient: str
-    reason: str
-
-
-class Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What the coordinator decided about one envelope. The payload of a ``decision`` envelope."""
-
-    v: int = 1
-    envelope_id: str
-    source_seq: int
-    sender: str
-    kind: str
-    correlation_id: str
-    causation_id: str | None
-    verdict: Verdict
-    reasons: tuple[str, ...]
-    deliver_to: tuple[str, ...]
-    dropped: tuple[Dropped, ...]
-    hop: int
-    declared_taint: tuple[str, ...]
-    effective_taint: tuple[str, ...]
-    decided_ns: int
-    approval_id: str | None = None
-    approver: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,20 +30,6 @@ class Deferral:
 
     retry_after_s: float
     reason: str = "rate_limit"
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Decision)
-
-
-def encode_decision(decision: Decision) -> bytes:
-    """The msgpack payload of a decision envelope."""
-    return _encoder.encode(decision)
-
-
-def decode_decision(payload: bytes) -> Decision:
-    """Parse a decision envelope's payload."""
-    return _decoder.decode(payload)
 
 
 @dataclass

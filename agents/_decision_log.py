@@ -9,9 +9,10 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from agents._decision import CoordinatorState, decode_decision
+from agents._decision import CoordinatorState
 from agents._policy import Policy
 from bus import Keyring, TransportError, VerificationError, open_envelope, subjects
+from bus._records import decode_decision
 
 log = logging.getLogger("trustbus.coordinator")
 

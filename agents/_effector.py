@@ -25,10 +25,11 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from agents._effects import EffectRecord, decode_effect, encode_effect, idempotency_key
+from agents._effects import idempotency_key
 from agents._errors import EffectError, RuntimeSetupError, UnknownTool
 from agents._tools import Toolbox
 from bus import Bus, Envelope, TransportError, VerificationError, new_envelope, open_envelope, subjects
+from bus._records import EffectRecord, decode_effect, encode_effect
 
 log = logging.getLogger("trustbus.agent")
 

@@ -11,53 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
-
-import msgspec
-
-EffectClass = Literal["read", "reversible", "irreversible"]
-Phase = Literal["requested", "completed", "failed"]
-
-
-class EffectRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One phase of one tool call. The msgpack payload of an ``effect`` envelope.
-
-    Attributes:
-        phase: requested, completed or failed.
-        tool: the tool's name in the registry.
-        idempotency_key: derived from the causing envelope and the call (see :func:`idempotency_key`).
-        args: the call's arguments, JSON.
-        result: the tool's result, JSON (completed only).
-        error: what went wrong (failed only).
-        effect_class: from the registry: read, reversible or irreversible.
-        compensating_tool: for a reversible effect, the tool that undoes it.
-        taint: labels the result carries (e.g. ``web`` for a page fetch).
-    """
-
-    v: int = 1
-    phase: Phase
-    tool: str
-    idempotency_key: str
-    args: bytes
-    result: bytes | None = None
-    error: str | None = None
-    effect_class: EffectClass
-    compensating_tool: str | None = None
-    taint: tuple[str, ...] = ()
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(EffectRecord)
-
-
-def encode_effect(record: EffectRecord) -> bytes:
-    """The msgpack payload of an effect envelope."""
-    return _encoder.encode(record)
-
-
-def decode_effect(payload: bytes) -> EffectRecord:
-    """Parse an effect envelope's payload."""
-    return _decoder.decode(payload)
+from typing import Any
 
 
 def idempotency_key(causing_envelope_id: str, tool: str, args: dict[str, Any], call_index: int) -> str:

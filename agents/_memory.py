@@ -18,6 +18,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from bus import Envelope, subjects
+from bus._records import decode_memory_value as decode_value
 
 Sender = Callable[..., Awaitable[Envelope]]
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -32,19 +33,6 @@ class MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     expected_revision: int
 
 
-class MemoryValue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What the bucket stores under ``<agent>.<key>``."""
-
-    v: int = 1
-    value: bytes
-    envelope_id: str
-    writer: str
-    effective_taint: tuple[str, ...]
-    decision_id: str
-
-
-_value_encoder = msgspec.msgpack.Encoder()
-_value_decoder = msgspec.msgpack.Decoder(MemoryValue)
 _write_decoder = msgspec.json.Decoder(MemoryWrite)
 
 
@@ -57,16 +45,6 @@ def parse_write(payload: bytes) -> MemoryWrite | None:
     if not KEY_PATTERN.fullmatch(write.key) or write.key in RESERVED_KEYS or write.expected_revision < 0:
         return None
     return write
-
-
-def encode_value(value: MemoryValue) -> bytes:
-    """The bytes stored in the bucket."""
-    return _value_encoder.encode(value)
-
-
-def decode_value(data: bytes) -> MemoryValue:
-    """Parse a stored value."""
-    return _value_decoder.decode(data)
 
 
 def kv_subject(bucket: str, agent: str, key: str) -> str:

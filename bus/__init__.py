@@ -51,6 +51,21 @@ from bus._keyring_store import KeyringStore
 from bus._nats_config import render_bootstrap_config, render_tenant_config
 from bus._provision import ProvisionReport, pinned_admin_key, provision, tenant_stream_config
 from bus._quarantine import QuarantineRecord, decode_quarantine_record
+from bus._records import (
+    Approval,
+    Decision,
+    Dropped,
+    EffectClass,
+    EffectRecord,
+    MemoryValue,
+    Verdict,
+    decode_decision,
+    decode_effect,
+    decode_memory_value,
+    encode_decision,
+    encode_effect,
+    encode_memory_value,
+)
 from bus._seal import (
     Limits,
     Mediation,
@@ -66,6 +81,7 @@ from bus._tail import TailItem, tail
 from bus._transport import Bus, ConsumerSettings, Delivery, TransientError
 
 __all__ = [
+    "Approval",
     "BadCountersignature",
     "BadSignature",
     "Bus",
@@ -73,7 +89,11 @@ __all__ = [
     "ConfigError",
     "ConsumerSettings",
     "ContentType",
+    "Decision",
     "Delivery",
+    "Dropped",
+    "EffectClass",
+    "EffectRecord",
     "EmbeddedServer",
     "Envelope",
     "Identity",
@@ -87,6 +107,7 @@ __all__ = [
     "Limits",
     "Malformed",
     "Mediation",
+    "MemoryValue",
     "MissingSignature",
     "NotMediated",
     "Opened",
@@ -111,14 +132,21 @@ __all__ = [
     "UnknownKey",
     "UnsupportedVersion",
     "UntrustedKey",
+    "Verdict",
     "VerificationError",
     "connect_nats",
     "countersign",
+    "decode_decision",
+    "decode_effect",
     "decode_envelope",
+    "decode_memory_value",
     "decode_quarantine_record",
     "default_keys_dir",
+    "encode_decision",
+    "encode_effect",
     "encode_envelope",
     "encode_key_id",
+    "encode_memory_value",
     "find_server_binary",
     "init_tenant",
     "list_keys",

@@ -18,14 +18,15 @@ import pytest
 import yaml
 from nats.aio.client import Client as NATS
 
-from agents import Decision, decode_decision
 from bus import (
     Bus,
+    Decision,
     EmbeddedServer,
     Envelope,
     KeyDirectory,
     KeyringStore,
     QuarantineRecord,
+    decode_decision,
     decode_envelope,
     decode_quarantine_record,
     init_tenant,

@@ -17,8 +17,7 @@ import time
 
 import yaml
 
-from agents import Decision, EffectRecord, decode_effect
-from bus import Envelope, KeyringStore, subjects, tail
+from bus import Decision, EffectRecord, Envelope, KeyringStore, decode_effect, subjects, tail
 from tests.e2e.fleet import Fleet
 from tests.e2e.fleet_agents import SYSTEM_DB
 

@@ -14,8 +14,7 @@ import sys
 import time
 from collections import Counter
 
-from agents import Decision
-from bus import Envelope, new_envelope, subjects
+from bus import Decision, Envelope, new_envelope, subjects
 from tests.e2e.fleet import ROOT, Fleet
 
 OPEN = {"from": "*", "to": ["*", "topic:*"], "kinds": ["event", "reply", "checkpoint"]}

@@ -11,20 +11,17 @@ import pytest
 
 from agents import (
     Agent,
-    EffectRecord,
     RuntimeSetupError,
     Toolbox,
     ToolImplementation,
     ToolRegistryError,
     UnknownTool,
-    decode_effect,
-    encode_effect,
     idempotency_key,
     load_tools,
     parse_tools,
 )
 from agents._process import bind_tools
-from bus import ConfigError, subjects
+from bus import ConfigError, EffectRecord, decode_effect, encode_effect, subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 

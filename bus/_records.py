@@ -1,0 +1,146 @@
+"""The records the coordinator and agent runtimes write and the ledger reads.
+
+Wire types, like the envelope: msgspec Structs whose field names are a
+contract. They live in ``bus`` so that ``agents`` (which writes them) and
+``ledger`` (which projects them) share one definition without importing each
+other.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Verdict = Literal["accept", "reject", "hold"]
+
+
+class Dropped(msgspec.Struct, frozen=True, array_like=True):
+    """A recipient the envelope will not reach, and why."""
+
+    recipient: str
+    reason: str
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the coordinator decided about one envelope. The payload of a ``decision`` envelope."""
+
+    v: int = 1
+    envelope_id: str
+    source_seq: int
+    sender: str
+    kind: str
+    correlation_id: str
+    causation_id: str | None
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    deliver_to: tuple[str, ...]
+    dropped: tuple[Dropped, ...]
+    hop: int
+    declared_taint: tuple[str, ...]
+    effective_taint: tuple[str, ...]
+    decided_ns: int
+    approval_id: str | None = None
+    approver: str | None = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decision_decoder = msgspec.msgpack.Decoder(Decision)
+
+
+def encode_decision(decision: Decision) -> bytes:
+    """The msgpack payload of a decision envelope."""
+    return _encoder.encode(decision)
+
+
+def decode_decision(payload: bytes) -> Decision:
+    """Parse a decision envelope's payload."""
+    return _decision_decoder.decode(payload)
+
+
+EffectClass = Literal["read", "reversible", "irreversible"]
+Phase = Literal["requested", "completed", "failed"]
+
+
+class EffectRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One phase of one tool call. The msgpack payload of an ``effect`` envelope.
+
+    Attributes:
+        phase: requested, completed or failed.
+        tool: the tool's name in the registry.
+        idempotency_key: derived from the causing envelope and the call (see :func:`idempotency_key`).
+        args: the call's arguments, JSON.
+        result: the tool's result, JSON (completed only).
+        error: what went wrong (failed only).
+        effect_class: from the registry: read, reversible or irreversible.
+        compensating_tool: for a reversible effect, the tool that undoes it.
+        taint: labels the result carries (e.g. ``web`` for a page fetch).
+    """
+
+    v: int = 1
+    phase: Phase
+    tool: str
+    idempotency_key: str
+    args: bytes
+    result: bytes | None = None
+    error: str | None = None
+    effect_class: EffectClass
+    compensating_tool: str | None = None
+    taint: tuple[str, ...] = ()
+
+
+_effect_decoder = msgspec.msgpack.Decoder(EffectRecord)
+
+
+def encode_effect(record: EffectRecord) -> bytes:
+    """The msgpack payload of an effect envelope."""
+    return _encoder.encode(record)
+
+
+def decode_effect(payload: bytes) -> EffectRecord:
+    """Parse an effect envelope's payload."""
+    return _effect_decoder.decode(payload)
+
+
+class MemoryValue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the bucket stores under ``<agent>.<key>``."""
+
+    v: int = 1
+    value: bytes
+    envelope_id: str
+    writer: str
+    effective_taint: tuple[str, ...]
+    decision_id: str
+
+
+_memory_decoder = msgspec.msgpack.Decoder(MemoryValue)
+
+
+def encode_memory_value(value: MemoryValue) -> bytes:
+    """The bytes stored in the bucket."""
+    return _encoder.encode(value)
+
+
+def decode_memory_value(data: bytes) -> MemoryValue:
+    """Parse a stored value."""
+    return _memory_decoder.decode(data)
+
+
+class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An operator's answer about a held envelope: the JSON payload of an ``approval`` envelope."""
+
+    envelope_id: str
+    verdict: Literal["approve", "deny"]
+    note: str = ""
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Approval:
+        """Parse and validate; raises ValueError naming the problem."""
+        try:
+            return msgspec.json.decode(payload, type=cls)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"not an approval: {exc}") from exc
+
+    def encode(self) -> bytes:
+        """The JSON payload."""
+        return msgspec.json.encode(self)
