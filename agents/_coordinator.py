@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agents._decision import Deferral, decide, decide_approval, record_effect
 from agents._decision_log import DecisionLog
@@ -365,19 +364,8 @@ class Coordinator:
     async def _ensure_inbox(self, agent: str) -> None:
         if agent in self._inboxes:
             return
-        config = ConsumerConfig(
-            durable_name=subjects.inbox_consumer(agent),
-            filter_subject=subjects.inbox(self.bus.tenant, agent),
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            max_ack_pending=INBOX_SETTINGS.max_ack_pending,
-            max_deliver=INBOX_SETTINGS.max_deliver,
-            ack_wait=INBOX_SETTINGS.ack_wait_s,
-        )
-        try:
-            await self.bus.js.add_consumer(self.bus.stream, config=config)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot create inbox consumer for {agent}: {exc}") from exc
+        inbox = subjects.inbox(self.bus.tenant, agent)
+        await self.bus.ensure_consumer(subjects.inbox_consumer(agent), inbox, settings=INBOX_SETTINGS)
         self._inboxes.add(agent)
 
     async def _store_checkpoint(self, agent: str, body: bytes, headers: Mapping[str, str], decision_id: str) -> None:
