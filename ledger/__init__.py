@@ -1,3 +1,29 @@
-"""ledger package (built in later issues)."""
+"""What happened: the hash chain over the tenant stream, verification, audit bundles."""
 
-__all__: list[str] = []
+from ledger._audit import export, verify_bundle, verify_stream
+from ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
+from ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
+from ledger._errors import BundleError, LedgerError
+from ledger._stored import StoredMessage
+from ledger._verify import Break, VerifyReport, verify_messages
+
+__all__ = [
+    "CHAIN_DOMAIN",
+    "GENESIS",
+    "Break",
+    "Bundle",
+    "BundleEntry",
+    "BundleError",
+    "LedgerError",
+    "StoredMessage",
+    "VerifyReport",
+    "chain_hash",
+    "chained_headers",
+    "export",
+    "export_bundle",
+    "read_bundle",
+    "read_stream",
+    "verify_bundle",
+    "verify_messages",
+    "verify_stream",
+]

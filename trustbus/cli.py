@@ -19,6 +19,7 @@ from rich.console import Console
 
 from trustbus._approvals_cli import approvals_app, approve, deny
 from trustbus._config_cli import config_app
+from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._tools_cli import tools
 
@@ -32,6 +33,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(agent_app, name="agent")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(ledger_app, name="ledger")
 app.command()(approve)
 app.command()(deny)
 app.add_typer(config_app, name="config")
@@ -81,10 +83,11 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; a bus error becomes a one-line message and exit code 1."""
     from agents import AgentError
     from bus import BusError
+    from ledger import LedgerError
 
     try:
         return asyncio.run(coro)
-    except (BusError, AgentError) as exc:
+    except (BusError, AgentError, LedgerError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 

@@ -171,3 +171,20 @@ def test_server_does_not_outlive_a_killed_up(tmp_path: Path) -> None:
         time.sleep(0.05)
     os.kill(server_pid, signal.SIGKILL)
     raise AssertionError("nats-server kept running after trustbus up was SIGKILLed")
+
+
+def test_ledger_export_and_offline_verify(env: dict[str, str], tmp_path: Path) -> None:
+    run("init", "--tenant", "audit", env=env)
+    run("keys", "new", "--tenant", "audit", "--owner", "alice", env=env)
+    for i in range(3):
+        run("send", "-t", "audit", "--as", "alice", "--to", "bob", "--payload", f'{{"n": {i}}}', env=env)
+    live = json.loads(run("ledger", "verify", "-t", "audit", "--json", env=env).stdout)
+    assert live["ok"] and live["verified"] == 3
+    bundle = tmp_path / "bundle"
+    manifest = json.loads(run("ledger", "export", "-t", "audit", "--out", str(bundle), "--json", env=env).stdout)
+    offline = {k: v for k, v in env.items() if k != "NATS_URL"}
+    checked = json.loads(run("ledger", "verify", "--bundle", str(bundle), "--json", env=offline).stdout)
+    assert checked["ok"] and checked["head"] == manifest["head"] == live["head"]
+    (bundle / "messages.msgpack").write_bytes((bundle / "messages.msgpack").read_bytes()[:-1] + b"\x00")
+    broken = run("ledger", "verify", "--bundle", str(bundle), env=offline, check=False)
+    assert broken.returncode == 1 and ("BROKEN at sequence 3" in broken.stdout or "damaged" in broken.stderr)

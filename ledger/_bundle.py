@@ -1,0 +1,179 @@
+"""Reading the tenant stream, and the self-contained audit bundle.
+
+A bundle is a directory::
+
+    manifest.json      {"format": 1, "tenant", "stream", "admin_key", "first_seq", "last_seq",
+                        "count", "head" (hex chain hash of last_seq), "exported_at" (unix ns)}
+    messages.msgpack   msgpack array of [seq, subject, stored_ns, headers, body, chain]
+                       per stored message, in stream order (chain: the 32-byte hash of that message)
+    keyring.msgpack    msgpack array of [key id, signed grant bytes] for every keyring
+                       revision (a grant's signature is checked against the admin key)
+
+Everything a verifier needs without a server. Its trust anchor is the admin
+key: pin it (``verify --admin-key``) rather than trusting the manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from bus import ConfigError, Keyring, KeyringError, TransportError, pinned_admin_key, subjects
+from bus._keyring import decode_signed_grant
+from ledger._chain import GENESIS, chain_hash
+from ledger._errors import BundleError
+from ledger._stored import StoredMessage
+
+FORMAT = 1
+
+
+class BundleEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A stored message and its chain hash, as a bundle keeps it."""
+
+    seq: int
+    subject: str
+    stored_ns: int
+    headers: dict[str, str]
+    body: bytes
+    chain: bytes
+
+    def message(self) -> StoredMessage:
+        """The stored message without its chain hash."""
+        return StoredMessage(self.seq, self.subject, self.stored_ns, self.headers, self.body)
+
+
+@dataclass
+class Bundle:
+    """A bundle read back: its manifest, entries and keyring revisions."""
+
+    manifest: dict[str, object]
+    entries: list[BundleEntry]
+    keyring_revisions: list[tuple[str, bytes]]
+
+    def keyring(self, *, admin_key: str | None = None) -> Keyring:
+        """The keyring rebuilt from the bundle, anchored on ``admin_key`` (default: the manifest's)."""
+        anchor = admin_key or str(self.manifest["admin_key"])
+        keyring = Keyring(tenant=str(self.manifest["tenant"]), admin_key_id=anchor)
+        for key_id, value in self.keyring_revisions:
+            try:
+                keyring.add(key_id, decode_signed_grant(value))
+            except KeyringError as exc:
+                raise BundleError(f"keyring revision for {key_id} is unreadable: {exc}") from exc
+        return keyring
+
+
+async def read_stream(js: JetStreamContext, tenant: str, *, from_seq: int = 1) -> list[StoredMessage]:
+    """Every message of ``TB_<tenant>`` from ``from_seq`` to the current end, in order."""
+    stream = subjects.stream_name(tenant)
+    try:
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError as exc:
+        raise ConfigError(f"tenant {tenant!r} is not provisioned") from exc
+    last = info.state.last_seq
+    if last < from_seq:
+        return []
+    sub = await js.subscribe(
+        subjects.all_subjects(tenant),
+        stream=stream,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq),
+        pending_msgs_limit=65536,
+    )
+    messages: list[StoredMessage] = []
+    try:
+        while not messages or messages[-1].seq < last:
+            try:
+                msg = await sub.next_msg(timeout=10)
+            except TimeoutError as exc:
+                raise TransportError(
+                    f"reading {stream} stalled after sequence {messages[-1].seq if messages else 0}"
+                ) from exc
+            meta = msg.metadata
+            messages.append(
+                StoredMessage(
+                    meta.sequence.stream,
+                    msg.subject,
+                    int(meta.timestamp.timestamp() * 1e9),
+                    dict(msg.headers or {}),
+                    msg.data,
+                )
+            )
+    finally:
+        await sub.unsubscribe()
+    return messages
+
+
+async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tuple[str, bytes]]:
+    """Every revision of every keyring entry, oldest first."""
+    try:
+        kv = await js.key_value(subjects.keyring_bucket(tenant))
+        watcher = await kv.watchall(include_history=True)
+        revisions: list[tuple[str, bytes]] = []
+        while (entry := await watcher.updates(timeout=10.0)) is not None:  # type: ignore[no-untyped-call]
+            if entry.value and entry.operation is None:
+                revisions.append((entry.key, entry.value))
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"cannot read the keyring: {exc}") from exc
+    return revisions
+
+
+async def export_bundle(js: JetStreamContext, tenant: str, out: Path) -> dict[str, object]:
+    """Write the tenant's whole stream, chain and keyring to ``out``; returns the manifest."""
+    messages = await read_stream(js, tenant)
+    revisions = await read_keyring_revisions(js, tenant)
+    head = GENESIS
+    entries = []
+    for m in messages:
+        head = chain_hash(head, m.seq, m.subject, m.headers, m.body)
+        entries.append(BundleEntry(m.seq, m.subject, m.stored_ns, m.headers, m.body, head))
+    manifest: dict[str, object] = {
+        "format": FORMAT,
+        "tenant": tenant,
+        "stream": subjects.stream_name(tenant),
+        "admin_key": await pinned_admin_key(js, tenant),
+        "first_seq": messages[0].seq if messages else 0,
+        "last_seq": messages[-1].seq if messages else 0,
+        "count": len(messages),
+        "head": head.hex(),
+        "exported_at": time.time_ns(),
+    }
+    await asyncio.to_thread(_write_bundle, out, manifest, entries, revisions)
+    return manifest
+
+
+def _write_bundle(
+    out: Path, manifest: dict[str, object], entries: list[BundleEntry], revisions: list[tuple[str, bytes]]
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "messages.msgpack").write_bytes(msgspec.msgpack.encode(entries))
+    (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode([[k, v] for k, v in revisions]))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+_entries = msgspec.msgpack.Decoder(list[BundleEntry])
+_revisions = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+
+
+def read_bundle(directory: Path) -> Bundle:
+    """Load a bundle; BundleError names the file that is missing or unreadable."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        entries = _entries.decode((directory / "messages.msgpack").read_bytes())
+        revisions = _revisions.decode((directory / "keyring.msgpack").read_bytes())
+    except FileNotFoundError as exc:
+        raise BundleError(f"{directory} is not a bundle: {exc.filename} is missing") from exc
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise BundleError(f"bundle {directory} is damaged: {exc}") from exc
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"bundle format {manifest.get('format')!r} is not {FORMAT}")
+    return Bundle(manifest=manifest, entries=entries, keyring_revisions=list(revisions))
