@@ -144,3 +144,33 @@ class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def encode(self) -> bytes:
         """The JSON payload."""
         return msgspec.json.encode(self)
+
+
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ledger service's signed statement of the chain: the payload of a ``checkpoint`` envelope.
+
+    Attributes:
+        stream: the stream it covers.
+        through_seq: the last sequence covered.
+        head: the chain hash of ``through_seq`` (32 bytes).
+        count: messages covered (1..through_seq).
+    """
+
+    v: int = 1
+    stream: str
+    through_seq: int
+    head: bytes
+    count: int
+
+
+_checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    """The msgpack payload of a checkpoint envelope."""
+    return _encoder.encode(checkpoint)
+
+
+def decode_checkpoint(payload: bytes) -> Checkpoint:
+    """Parse a checkpoint envelope's payload."""
+    return _checkpoint_decoder.decode(payload)

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from bus import Keyring, SeenIds, VerificationError, decode_quarantine_record, open_envelope, subjects
+from bus import (
+    Keyring,
+    SeenIds,
+    VerificationError,
+    decode_checkpoint,
+    decode_quarantine_record,
+    open_envelope,
+    subjects,
+)
 from ledger._chain import GENESIS, chain_hash
 from ledger._stored import StoredMessage
 
@@ -38,6 +46,7 @@ class VerifyReport:
     count: int = 0
     verified: int = 0
     recorded_rejections: int = 0
+    checkpoints: int = 0
     head: bytes = GENESIS
     breaks: list[Break] = field(default_factory=list)
 
@@ -102,6 +111,8 @@ def verify_messages(
     excused = quarantined_sequences(messages, keyring, tenant)
     seen: dict[str, SeenIds] = {}
     expected_seq = first_seq
+    heads: dict[int, bytes] = {}  # chain hash by sequence, for checking checkpoints
+    checkpoint_subject = subjects.checkpoint(tenant)
 
     def broke(seq: int, reason: str, detail: str) -> None:
         if len(report.breaks) < MAX_BREAKS:
@@ -115,6 +126,7 @@ def verify_messages(
                 broke(expected_seq, "missing", f"sequence {expected_seq} is missing (next found: {message.seq})")
         expected_seq = max(expected_seq, message.seq) + 1
         report.head = chain_hash(report.head, message.seq, message.subject, message.headers, message.body)
+        heads[message.seq] = report.head
         if expected_chain is not None:
             recorded = expected_chain.get(message.seq)
             if recorded != report.head:
@@ -140,4 +152,26 @@ def verify_messages(
             continue
         per_subject.add(opened.envelope, message.seq)
         report.verified += 1
+        if message.subject == checkpoint_subject:
+            problem = _check_checkpoint(opened.envelope.payload, opened.grant.role, heads)
+            if problem is not None:
+                broke(message.seq, "checkpoint", problem)
+            else:
+                report.checkpoints += 1
     return report
+
+
+def _check_checkpoint(payload: bytes, role: str, heads: Mapping[int, bytes]) -> str | None:
+    """Why a checkpoint does not hold, or None if it does (or covers messages before this run)."""
+    if role != "ledger":
+        return f"checkpoint signed by a {role} key"
+    try:
+        checkpoint = decode_checkpoint(payload)
+    except (msgspec.DecodeError, ValueError) as exc:
+        return f"unreadable checkpoint: {exc}"
+    head = heads.get(checkpoint.through_seq)
+    if head is None:
+        return None  # covers a sequence before this run (verify --from)
+    if head != checkpoint.head:
+        return f"checkpoint through {checkpoint.through_seq} states another chain head"
+    return None

@@ -10,21 +10,22 @@ import ledger
 def test_bus_exports() -> None:
     assert sorted(bus.__all__) == sorted(
         [
-            "SCHEMA_VERSION", "Approval", "Decision", "Dropped", "EffectClass", "EffectRecord",
-            "MemoryValue", "Verdict", "decode_decision", "decode_effect", "decode_memory_value",
-            "encode_decision", "encode_effect", "encode_memory_value", "BadCountersignature",
-            "BadSignature", "Bus", "BusError", "ConfigError", "ConsumerSettings", "ContentType", "Delivery",
-            "EmbeddedServer", "Envelope", "Identity", "KeyDirectory", "KeyGrant", "KeyNotYetValid",
-            "Keyring", "KeyringError", "KeyringStore", "Kind", "Limits", "Malformed", "Mediation",
-            "MissingSignature", "NotMediated", "Opened", "PortInUse", "ProvisionReport", "QuarantineRecord",
-            "Replayed", "RevokedKey", "Role", "Sealed", "SeenIds", "SenderMismatch", "ServerBinaryNotFound",
-            "ServerError", "SignedGrant", "Skew", "TailItem", "TooLarge", "TransientError",
-            "TransportError", "UnknownKey", "UnsupportedVersion", "UntrustedKey", "VerificationError",
-            "connect_nats", "countersign", "decode_envelope", "decode_quarantine_record",
-            "default_keys_dir", "encode_envelope", "encode_key_id", "find_server_binary", "init_tenant",
-            "list_keys", "new_envelope", "new_id", "new_key", "open_envelope", "pinned_admin_key",
-            "provision", "render_bootstrap_config", "render_tenant_config", "revoke_key", "rotate_key",
-            "seal", "sign_grant", "subjects", "tail", "tenant_stream_config", "verify_key",
+            "SCHEMA_VERSION", "Approval", "Checkpoint", "decode_checkpoint", "encode_checkpoint",
+            "Decision", "Dropped", "EffectClass", "EffectRecord", "MemoryValue", "Verdict",
+            "decode_decision", "decode_effect", "decode_memory_value", "encode_decision", "encode_effect",
+            "encode_memory_value", "BadCountersignature", "BadSignature", "Bus", "BusError", "ConfigError",
+            "ConsumerSettings", "ContentType", "Delivery", "EmbeddedServer", "Envelope", "Identity",
+            "KeyDirectory", "KeyGrant", "KeyNotYetValid", "Keyring", "KeyringError", "KeyringStore", "Kind",
+            "Limits", "Malformed", "Mediation", "MissingSignature", "NotMediated", "Opened", "PortInUse",
+            "ProvisionReport", "QuarantineRecord", "Replayed", "RevokedKey", "Role", "Sealed", "SeenIds",
+            "SenderMismatch", "ServerBinaryNotFound", "ServerError", "SignedGrant", "Skew", "TailItem",
+            "TooLarge", "TransientError", "TransportError", "UnknownKey", "UnsupportedVersion",
+            "UntrustedKey", "VerificationError", "connect_nats", "countersign", "decode_envelope",
+            "decode_quarantine_record", "default_keys_dir", "encode_envelope", "encode_key_id",
+            "find_server_binary", "init_tenant", "list_keys", "new_envelope", "new_id", "new_key",
+            "open_envelope", "pinned_admin_key", "provision", "render_bootstrap_config",
+            "render_tenant_config", "revoke_key", "rotate_key", "seal", "sign_grant", "subjects", "tail",
+            "tenant_stream_config", "verify_key",
         ]
     )  # fmt: skip
     for name in bus.__all__:
