@@ -128,3 +128,13 @@ def quarantine(tenant: str) -> str:
 def checkpoint(tenant: str) -> str:
     """Ledger checkpoints: ``tb.<tenant>.ledger.checkpoint``."""
     return f"tb.{check_name(tenant, what='tenant')}.ledger.checkpoint"
+
+
+def mediated_recipient(tenant: str, subject: str) -> str | None:
+    """Who a delivery on ``subject`` is for (an inbox's agent, or ``topic:<name>``); None elsewhere."""
+    prefix, _, name = subject.rpartition(".")
+    if prefix == f"tb.{tenant}.in":
+        return name
+    if prefix == f"tb.{tenant}.topic":
+        return f"{TOPIC_PREFIX}{name}"
+    return None

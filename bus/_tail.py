@@ -15,7 +15,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bus._errors import TransportError, VerificationError
 from bus._keyring_store import KeyringStore
 from bus._seal import HEADER_KEY, Limits, Opened, SeenIds, open_envelope
-from bus._subjects import all_subjects, stream_name
+from bus._subjects import all_subjects, mediated_recipient, stream_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,22 +84,12 @@ async def tail(
                     return
                 continue
             per_subject = seen.setdefault(msg.subject, SeenIds(window_ns=limits.skew_ns))
-            yield await _verify(msg, keyring, limits, per_subject, recipient=_recipient(tenant, msg.subject))
+            yield await _verify(msg, keyring, limits, per_subject, recipient=mediated_recipient(tenant, msg.subject))
     finally:
         try:
             await sub.unsubscribe()
         except (nats.errors.Error, nats.js.errors.Error):
             pass
-
-
-def _recipient(tenant: str, subject: str) -> str | None:
-    """Who a mediated delivery on ``subject`` is for (its countersignature must say so), if anyone."""
-    prefix, _, name = subject.rpartition(".")
-    if prefix == f"tb.{tenant}.in":
-        return name
-    if prefix == f"tb.{tenant}.topic":
-        return f"topic:{name}"
-    return None
 
 
 async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds, *, recipient: str | None) -> TailItem:

@@ -61,15 +61,6 @@ class VerifyReport:
         return min(self.breaks, key=lambda b: b.seq) if self.breaks else None
 
 
-def _recipient(tenant: str, subject: str) -> str | None:
-    prefix, _, name = subject.rpartition(".")
-    if prefix == f"tb.{tenant}.in":
-        return name
-    if prefix == f"tb.{tenant}.topic":
-        return f"topic:{name}"
-    return None
-
-
 def quarantined_sequences(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str) -> set[int]:
     """Sequences named by verified quarantine records among ``messages``."""
     subject = subjects.quarantine(tenant)
@@ -142,7 +133,7 @@ def verify_messages(
                 received_ns=message.stored_ns,
                 seen=per_subject,
                 stream_seq=message.seq,
-                recipient=_recipient(tenant, message.subject),
+                recipient=subjects.mediated_recipient(tenant, message.subject),
             )
         except VerificationError as exc:
             if message.seq in excused:

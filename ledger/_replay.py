@@ -1,0 +1,160 @@
+"""An incident: every stored message of one correlation, as a timeline and a causal tree.
+
+Pure: built from stored messages (a live stream or a bundle) and the keyring.
+What belongs to a correlation: the envelopes sent in it (outboxes), their
+deliveries (inboxes, topics), the decisions about them, the effects recorded
+in it, and the quarantine records of envelopes that claimed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from bus import (
+    Decision,
+    EffectRecord,
+    Envelope,
+    Keyring,
+    VerificationError,
+    decode_decision,
+    decode_effect,
+    decode_envelope,
+    decode_quarantine_record,
+    open_envelope,
+    subjects,
+)
+from ledger._stored import StoredMessage
+
+
+@dataclass
+class Step:
+    """One envelope sent in the incident, what was decided about it, what it caused."""
+
+    seq: int
+    stored_ns: int
+    envelope: Envelope
+    decisions: list[Decision] = field(default_factory=list)
+    deliveries: list[str] = field(default_factory=list)
+    effects: list[EffectRecord] = field(default_factory=list)
+    quarantined: str | None = None
+    children: list[Step] = field(default_factory=list)
+
+
+@dataclass
+class Incident:
+    """The steps of one correlation in stream order, and the roots of its causal tree."""
+
+    correlation_id: str
+    steps: list[Step]
+    roots: list[Step]
+
+
+def _kind_of_subject(tenant: str, subject: str) -> str:
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 2 and parts[0] == "tb" and parts[1] == tenant else ""
+
+
+def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str, correlation_id: str) -> Incident:
+    """Collect and link everything of ``correlation_id`` among ``messages`` (verified; failures noted)."""
+    steps: dict[str, Step] = {}
+    order: list[Step] = []
+    pending: list[tuple[str, Any]] = []  # records about envelopes, attached once all steps are known
+    for message in messages:
+        where = _kind_of_subject(tenant, message.subject)
+        try:
+            envelope = decode_envelope(message.body)
+        except VerificationError:
+            continue
+        if where == "quarantine":
+            _quarantine_note(message, keyring, correlation_id, pending)
+            continue
+        if envelope.correlation_id != correlation_id:
+            continue
+        try:
+            opened = open_envelope(
+                message.body,
+                message.headers,
+                keyring=keyring,
+                received_ns=message.stored_ns,
+                recipient=subjects.mediated_recipient(tenant, message.subject),
+            )
+        except VerificationError as exc:
+            if where == "out":
+                step = Step(message.seq, message.stored_ns, envelope, quarantined=f"unverified: {exc.reason}")
+                steps.setdefault(envelope.id, step)
+                order.append(step)
+            continue
+        envelope = opened.envelope
+        if where == "out":
+            step = Step(message.seq, message.stored_ns, envelope)
+            steps.setdefault(envelope.id, step)
+            order.append(step)
+        elif where in ("in", "topic"):
+            pending.append(("delivery", (envelope.id, message.subject.rsplit(".", 1)[1])))
+        elif where == "decision" and opened.grant.role == "coordinator":
+            pending.append(("decision", decode_decision(envelope.payload)))
+        elif where == "effect":
+            effect = decode_effect(envelope.payload)
+            pending.append(("effect", (envelope.causation_id, effect)))
+    for kind, item in pending:
+        if kind == "decision" and item.envelope_id in steps:
+            steps[item.envelope_id].decisions.append(item)
+        elif kind == "delivery" and item[0] in steps:
+            steps[item[0]].deliveries.append(item[1])
+        elif kind == "effect" and item[0] in steps:
+            steps[item[0]].effects.append(item[1])
+        elif kind == "quarantine" and item[0] in steps:
+            steps[item[0]].quarantined = item[1]
+    roots: list[Step] = []
+    for step in order:
+        parent = steps.get(step.envelope.causation_id or "")
+        (parent.children if parent is not None and parent is not step else roots).append(step)
+    return Incident(correlation_id=correlation_id, steps=order, roots=roots)
+
+
+def _quarantine_note(
+    message: StoredMessage, keyring: Keyring, correlation_id: str, pending: list[tuple[str, Any]]
+) -> None:
+    try:
+        opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+        record = decode_quarantine_record(opened.envelope.payload)
+        claimed = decode_envelope(record.body) if not record.truncated else None
+    except (VerificationError, msgspec.DecodeError, ValueError):
+        return
+    if claimed is not None and claimed.correlation_id == correlation_id and record.claimed_id:
+        pending.append(("quarantine", (record.claimed_id, f"{record.reason} by {opened.envelope.sender}")))
+
+
+def step_dict(step: Step) -> dict[str, Any]:
+    """A step and its descendants as JSON-ready data (payloads summarised, not repeated)."""
+    env = step.envelope
+    return {
+        "seq": step.seq,
+        "id": env.id,
+        "kind": env.kind,
+        "sender": env.sender,
+        "to": list(env.to),
+        "hop": env.hop,
+        "declared_taint": list(env.taint),
+        "payload_size": len(env.payload),
+        "decisions": [
+            {
+                "verdict": d.verdict,
+                "reasons": list(d.reasons),
+                "deliver_to": list(d.deliver_to),
+                "effective_taint": list(d.effective_taint),
+                "approver": d.approver,
+            }
+            for d in step.decisions
+        ],
+        "delivered_to": sorted(step.deliveries),
+        "effects": [
+            {"tool": e.tool, "phase": e.phase, "key": e.idempotency_key, "taint": list(e.taint)} for e in step.effects
+        ],
+        "quarantined": step.quarantined,
+        "children": [step_dict(child) for child in step.children],
+    }
