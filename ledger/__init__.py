@@ -1,15 +1,22 @@
 """What happened: the hash chain over the tenant stream, verification, audit bundles."""
 
-from ledger._audit import export, verify_bundle, verify_stream
+from ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
 from ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
 from ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
 from ledger._errors import BundleError, LedgerError
+from ledger._replay import Incident, Step, build_incident, step_dict
 from ledger._stored import StoredMessage
 from ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [
     "CHAIN_DOMAIN",
     "GENESIS",
+    "Incident",
+    "Step",
+    "build_incident",
+    "load_bundle_messages",
+    "load_messages",
+    "step_dict",
     "Break",
     "Bundle",
     "BundleEntry",

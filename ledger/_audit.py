@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bus import KeyringStore, connect_nats
+from bus import Keyring, KeyringStore, connect_nats
 from ledger._bundle import export_bundle, read_bundle, read_stream
 from ledger._chain import GENESIS, chain_hash
+from ledger._stored import StoredMessage
 from ledger._verify import Break, VerifyReport, verify_messages
 
 
@@ -63,3 +64,23 @@ def verify_bundle(directory: Path, *, admin_key: str | None = None) -> VerifyRep
     if admin_key is not None and admin_key != bundle.manifest["admin_key"]:
         report.breaks.append(Break(first, "admin_key", "the bundle names another admin key than the pinned one"))
     return report
+
+
+async def load_messages(
+    servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None
+) -> tuple[list[StoredMessage], Keyring]:
+    """The tenant's whole stream and keyring, from a live server."""
+    nc = await connect_nats(servers, nkey_seed=nkey_seed)
+    try:
+        js = nc.jetstream()
+        messages = await read_stream(js, tenant)
+        async with await KeyringStore.open(js, tenant, follow=False) as store:
+            return messages, store.keyring
+    finally:
+        await nc.close()
+
+
+def load_bundle_messages(directory: Path, *, admin_key: str | None = None) -> tuple[list[StoredMessage], Keyring, str]:
+    """A bundle's messages, keyring and tenant."""
+    bundle = read_bundle(directory)
+    return [e.message() for e in bundle.entries], bundle.keyring(admin_key=admin_key), str(bundle.manifest["tenant"])

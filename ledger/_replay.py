@@ -46,11 +46,12 @@ class Step:
 
 @dataclass
 class Incident:
-    """The steps of one correlation in stream order, and the roots of its causal tree."""
+    """The steps of one correlation in stream order, the roots of its causal tree, its tool calls."""
 
     correlation_id: str
     steps: list[Step]
     roots: list[Step]
+    effects: list[tuple[int, int, Envelope, EffectRecord]] = field(default_factory=list)
 
 
 def _kind_of_subject(tenant: str, subject: str) -> str:
@@ -63,6 +64,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
     steps: dict[str, Step] = {}
     order: list[Step] = []
     pending: list[tuple[str, Any]] = []  # records about envelopes, attached once all steps are known
+    effects: list[tuple[int, int, Envelope, EffectRecord]] = []
     for message in messages:
         where = _kind_of_subject(tenant, message.subject)
         try:
@@ -100,6 +102,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
         elif where == "effect":
             effect = decode_effect(envelope.payload)
             pending.append(("effect", (envelope.causation_id, effect)))
+            effects.append((message.seq, message.stored_ns, envelope, effect))
     for kind, item in pending:
         if kind == "decision" and item.envelope_id in steps:
             steps[item.envelope_id].decisions.append(item)
@@ -113,7 +116,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
     for step in order:
         parent = steps.get(step.envelope.causation_id or "")
         (parent.children if parent is not None and parent is not step else roots).append(step)
-    return Incident(correlation_id=correlation_id, steps=order, roots=roots)
+    return Incident(correlation_id=correlation_id, steps=order, roots=roots, effects=effects)
 
 
 def _quarantine_note(

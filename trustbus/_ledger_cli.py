@@ -85,3 +85,104 @@ def export(
         out.print(
             f"bundle {out_dir}: sequences {manifest['first_seq']}-{manifest['last_seq']}, head {manifest['head']}"
         )
+
+
+def _redecided(incident: Any, policy_file: Path) -> list[dict[str, Any]]:
+    from agents import Deferral, load_policy
+    from agents._redecide import redecide
+
+    sent = [(s.seq, s.stored_ns, s.envelope, s.decisions[0] if s.decisions else None) for s in incident.steps]
+    results = redecide(load_policy(policy_file), sent, incident.effects)
+    rows = []
+    for r in results:
+        now = r.now
+        rows.append(
+            {
+                "id": r.envelope.id,
+                "sender": r.envelope.sender,
+                "kind": r.envelope.kind,
+                "recorded": None
+                if r.recorded is None
+                else {"verdict": r.recorded.verdict, "reasons": list(r.recorded.reasons)},
+                "now": {"verdict": "defer", "reasons": ["rate_limit"]}
+                if isinstance(now, Deferral)
+                else {"verdict": now.verdict, "reasons": list(now.reasons)},
+                "changed": r.changed,
+            }
+        )
+    return rows
+
+
+def _tree_label(step: Any) -> str:
+    from rich.markup import escape
+
+    env = step.envelope
+    taint = f" taint={','.join(env.taint)}" if env.taint else ""
+    label = f"#{step.seq} [bold]{env.kind}[/bold] {env.sender} -> {','.join(env.to) or '-'} hop={env.hop}{taint}"
+    for d in step.decisions:
+        color = {"accept": "green", "reject": "red", "hold": "yellow"}[d.verdict]
+        extra = f" by {d.approver}" if d.approver else ""
+        effective = f" effective taint={','.join(d.effective_taint)}" if d.effective_taint else ""
+        label += f"\n  [{color}]{d.verdict}[/{color}] {','.join(d.reasons) or 'ok'}{extra}{effective}"
+    if step.deliveries:
+        label += f"\n  delivered to {','.join(sorted(step.deliveries))}"
+    for e in step.effects:
+        label += f"\n  effect {e.tool} {e.phase}" + (f" taint={','.join(e.taint)}" if e.taint else "")
+    if step.quarantined:
+        label += f"\n  [red]quarantined[/red] {escape(step.quarantined)}"
+    return label
+
+
+@ledger_app.command("replay")
+def replay(
+    correlation: Annotated[str, typer.Option(help="The correlation (conversation) to replay.")],
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Replay from this audit bundle (no server needed).")] = None,
+    policy: Annotated[Path | None, typer.Option(help="Re-decide every envelope under this policy.")] = None,
+    admin_key: Annotated[str | None, typer.Option(help="Pin the tenant admin key (bundles).")] = None,
+    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The incident as a causal tree: who said what to whom, each decision and why, taint, effects."""
+    from rich.table import Table
+    from rich.tree import Tree
+
+    from ledger import build_incident, load_bundle_messages, load_messages, step_dict
+    from trustbus.cli import _nkey, _run, _servers, err, out
+
+    if bundle is not None:
+        messages, keyring, tenant_name = load_bundle_messages(bundle, admin_key=admin_key)
+    elif tenant is not None:
+        messages, keyring = _run(load_messages(_servers(server), tenant, nkey_seed=_nkey()))
+        tenant_name = tenant
+    else:
+        err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
+        raise typer.Exit(2)
+    incident = build_incident(messages, keyring, tenant_name, correlation)
+    if not incident.steps:
+        err.print(f"[red]error:[/red] nothing recorded for correlation {correlation}")
+        raise typer.Exit(1)
+    redecided = _redecided(incident, policy) if policy is not None else None
+    if json_out:
+        print(json.dumps({"correlation": correlation, "tree": [step_dict(r) for r in incident.roots],
+                          "redecided": redecided}))  # fmt: skip
+        return
+    tree = Tree(f"correlation {correlation}")
+
+    def grow(branch: Any, step: Any) -> None:
+        node = branch.add(_tree_label(step))
+        for child in step.children:
+            grow(node, child)
+
+    for root in incident.roots:
+        grow(tree, root)
+    out.print(tree)
+    if redecided is not None:
+        table = Table("envelope", "sender", "kind", "recorded", f"under {policy}", "changed")
+        for row in redecided:
+            recorded = row["recorded"] or {"verdict": "-", "reasons": []}
+            table.add_row(row["id"], row["sender"], row["kind"],
+                          f"{recorded['verdict']} {','.join(recorded['reasons'])}",
+                          f"{row['now']['verdict']} {','.join(row['now']['reasons'])}",
+                          "[bold red]yes[/bold red]" if row["changed"] else "")  # fmt: skip
+        out.print(table)
