@@ -5,13 +5,19 @@ from ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read
 from ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
 from ledger._errors import BundleError, LedgerError
 from ledger._replay import Incident, Step, build_incident, step_dict
+from ledger._rollback import Compensation, RollbackPlan, compensated_keys, plan_rollback, verified_effects
 from ledger._stored import StoredMessage
 from ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [
     "CHAIN_DOMAIN",
     "GENESIS",
+    "Compensation",
     "Incident",
+    "RollbackPlan",
+    "compensated_keys",
+    "plan_rollback",
+    "verified_effects",
     "Step",
     "build_incident",
     "load_bundle_messages",

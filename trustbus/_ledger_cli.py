@@ -186,3 +186,66 @@ def replay(
                           f"{row['now']['verdict']} {','.join(row['now']['reasons'])}",
                           "[bold red]yes[/bold red]" if row["changed"] else "")  # fmt: skip
         out.print(table)
+
+
+def _compensation_dict(c: Any) -> dict[str, Any]:
+    return {"seq": c.seq, "agent": c.agent, "tool": c.tool, "effect_class": c.effect_class,
+            "compensating_tool": c.compensating_tool, "idempotency_key": c.idempotency_key,
+            "arguments": c.arguments()}  # fmt: skip
+
+
+@ledger_app.command("rollback")
+def rollback(
+    correlation: Annotated[str, typer.Option(help="The correlation (incident) to roll back.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only (the only mode so far).")] = False,
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Plan from this audit bundle.")] = None,
+    from_seq: Annotated[int, typer.Option(help="Only effects at or after this sequence.")] = 0,
+    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The compensation plan: reversible effects latest first, irreversible ones listed for a person."""
+    from rich.table import Table
+
+    from ledger import (
+        build_incident,
+        compensated_keys,
+        load_bundle_messages,
+        load_messages,
+        plan_rollback,
+        verified_effects,
+    )
+    from trustbus.cli import _nkey, _run, _servers, err, out
+
+    if not dry_run:
+        err.print("[red]error:[/red] executing a rollback is not built yet: run with --dry-run to see the plan")
+        raise typer.Exit(2)
+    if bundle is not None:
+        messages, keyring, tenant_name = load_bundle_messages(bundle)
+    elif tenant is not None:
+        messages, keyring = _run(load_messages(_servers(server), tenant, nkey_seed=_nkey()))
+        tenant_name = tenant
+    else:
+        err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
+        raise typer.Exit(2)
+    incident = build_incident(messages, keyring, tenant_name, correlation)
+    done = compensated_keys(verified_effects(messages, keyring, tenant_name))
+    plan = plan_rollback(incident, compensated=done, from_seq=from_seq)
+    if json_out:
+        print(json.dumps({
+            "correlation": correlation,
+            "compensate": [_compensation_dict(c) for c in plan.compensate],
+            "for_a_person": [_compensation_dict(c) for c in plan.for_a_person],
+            "already_compensated": [_compensation_dict(c) for c in plan.already_compensated],
+        }))  # fmt: skip
+        return
+    table = Table("order", "seq", "agent", "effect", "undo with", "key")
+    for order, c in enumerate(plan.compensate, start=1):
+        table.add_row(str(order), str(c.seq), c.agent, c.tool, c.compensating_tool or "", c.idempotency_key)
+    out.print(table)
+    for c in plan.for_a_person:
+        out.print(
+            f"[yellow]for a person[/yellow]: #{c.seq} {c.agent} {c.tool} ({c.effect_class}) key {c.idempotency_key}"
+        )
+    if plan.already_compensated:
+        out.print(f"{len(plan.already_compensated)} effect(s) already compensated")

@@ -73,3 +73,23 @@ async def test_replay_from_a_bundle_is_the_same_tree_every_time(fleet: Fleet, tm
         shutil.copytree(bundle, target)
         (FIXTURE / "correlation.txt").write_text(page + "\n")
         (FIXTURE / "tree.json").write_text(json.dumps(trees[0], indent=2) + "\n")
+
+
+async def test_rollback_plan_lists_the_irreversible_sale_for_a_person(fleet: Fleet) -> None:
+    from tests.e2e.test_effects import POLICY, replies, start_shop
+
+    await fleet.coordinator(POLICY)
+    await start_shop(fleet)
+    boss = await fleet.bus("boss")
+    order = await fleet.send(boss, ["shop"], {"verb": "sell", "item": "lamp"}, kind="instruction")
+    await fleet.send(boss, ["shop"], {"verb": "browse", "url": "https://example.org"}, kind="instruction",
+                     correlation_id=order)  # fmt: skip
+    await replies(fleet, count=2)
+    rc, out, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", order, "--dry-run",
+                             "--json")  # fmt: skip
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert plan["compensate"] == [] and plan["already_compensated"] == []
+    assert [(c["tool"], c["effect_class"]) for c in plan["for_a_person"]] == [("record_sale", "irreversible")]
+    rc, _, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", order)
+    assert rc == 2 and "--dry-run" in err

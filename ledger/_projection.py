@@ -1,0 +1,413 @@
+"""Stored message -> rows of the projection tables: pure, no I/O.
+
+:func:`project_message` turns one stored message, the outcome of verifying it
+and its chain hash into rows. Every message yields exactly one ``envelopes``
+row, verified or not (nothing is dropped); a verified message that carries a
+record (a decision, an effect, a memory write, a quarantine record, a
+checkpoint) also yields a row of that record's table. A verified envelope
+whose record cannot be read, or that is signed by a key whose role may not
+write it, yields no record row and says why in ``envelopes.record_error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+
+import msgspec
+
+from bus import (
+    Envelope,
+    KeyGrant,
+    Opened,
+    VerificationError,
+    decode_checkpoint,
+    decode_decision,
+    decode_effect,
+    decode_envelope,
+    decode_quarantine_record,
+    subjects,
+)
+from bus._seal import HEADER_DECISION, HEADER_KEY
+from ledger._stored import StoredMessage
+
+
+class EnvelopeRow(msgspec.Struct, kw_only=True, gc=False):
+    """A row of ``envelopes``: one per stored message (see docs/LEDGER_PROJECTION.md)."""
+
+    seq: int
+    subject: str
+    channel: str
+    recipient: str | None
+    stored_ns: int
+    id: str | None
+    tenant: str | None
+    kind: str | None
+    sender: str | None
+    recipients: tuple[str, ...] | None
+    ts: int | None
+    correlation_id: str | None
+    causation_id: str | None
+    hop: int | None
+    taint: tuple[str, ...] | None
+    idempotency_key: str | None
+    content_type: str | None
+    payload_size: int | None
+    body_size: int
+    verified: bool
+    reject_reason: str | None
+    reject_detail: str | None
+    key_id: str | None
+    role: str | None
+    decision_id: str | None
+    record_error: str | None
+    chain: str
+
+
+class DroppedRow(msgspec.Struct, kw_only=True, gc=False):
+    """One entry of ``decisions.dropped``."""
+
+    recipient: str
+    reason: str
+
+
+class DecisionRow(msgspec.Struct, kw_only=True, gc=False):
+    """A row of ``decisions``: one per verified decision envelope."""
+
+    decision_id: str
+    seq: int
+    coordinator: str
+    envelope_id: str
+    source_seq: int
+    sender: str
+    kind: str
+    correlation_id: str
+    causation_id: str | None
+    verdict: str
+    reasons: tuple[str, ...]
+    deliver_to: tuple[str, ...]
+    dropped: tuple[DroppedRow, ...]
+    hop: int
+    declared_taint: tuple[str, ...]
+    effective_taint: tuple[str, ...]
+    decided_ns: int
+    approval_id: str | None
+    approver: str | None
+
+
+class EffectRow(msgspec.Struct, kw_only=True, gc=False):
+    """A row of ``effects``: one per verified effect record (one phase of one tool call)."""
+
+    seq: int
+    envelope_id: str
+    agent: str
+    idempotency_key: str
+    phase: str
+    tool: str
+    effect_class: str
+    compensating_tool: str | None
+    taint: tuple[str, ...]
+    correlation_id: str
+    causation_id: str | None
+    error: str | None
+    ts: int
+
+
+class MemoryProposalRow(msgspec.Struct, kw_only=True, gc=False):
+    """A row of ``memory_proposals``: one per verified ``memory_write`` envelope from an outbox."""
+
+    seq: int
+    envelope_id: str
+    agent: str
+    key: str
+    expected_revision: int
+    correlation_id: str
+    taint: tuple[str, ...]
+
+
+class QuarantineRow(msgspec.Struct, kw_only=True, gc=False):
+    """A row of ``quarantine``: one per verified quarantine record."""
+
+    seq: int
+    rejected_by: str
+    reason: str
+    detail: str
+    subject: str
+    stream_seq: int | None
+    claimed_sender: str | None
+    claimed_id: str | None
+    key_id: str | None
+    body_size: int
+    body_sha256: str
+    truncated: bool
+
+
+class CheckpointRow(msgspec.Struct, kw_only=True, gc=False):
+    """A row of ``checkpoints``: one per verified checkpoint envelope signed by a ledger key."""
+
+    seq: int
+    stream: str
+    through_seq: int
+    head: str
+    count: int
+    signer: str
+    key_id: str
+
+
+class KeyRow(msgspec.Struct, kw_only=True, gc=False):
+    """A row of ``keys``: one per trusted keyring grant."""
+
+    key_id: str
+    owner: str
+    role: str
+    valid_from: int
+    revoked_at: int | None
+
+    @classmethod
+    def of(cls, grant: KeyGrant) -> KeyRow:
+        """The row of one grant."""
+        return cls(
+            key_id=grant.key_id,
+            owner=grant.owner,
+            role=grant.role,
+            valid_from=grant.valid_from,
+            revoked_at=grant.revoked_at,
+        )
+
+
+@dataclass
+class Rows:
+    """Rows of the stream tables, in stream order."""
+
+    envelopes: list[EnvelopeRow] = field(default_factory=list)
+    decisions: list[DecisionRow] = field(default_factory=list)
+    effects: list[EffectRow] = field(default_factory=list)
+    memory_proposals: list[MemoryProposalRow] = field(default_factory=list)
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+
+    def tables(self) -> Iterator[tuple[str, list[msgspec.Struct]]]:
+        """Each table's name and rows."""
+        for f in fields(self):
+            yield f.name, getattr(self, f.name)
+
+    def extend(self, other: Rows) -> None:
+        """Append ``other``'s rows after these."""
+        for name, rows in other.tables():
+            getattr(self, name).extend(rows)
+
+    def clear(self) -> None:
+        """Forget every row."""
+        for _, rows in self.tables():
+            rows.clear()
+
+    def __len__(self) -> int:
+        return sum(len(rows) for _, rows in self.tables())
+
+
+_CHANNELS = {
+    "out": "outbox",
+    "in": "inbox",
+    "topic": "topic",
+    "decision": "decision",
+    "effect": "effect",
+    "approval": "approval",
+    "quarantine": "quarantine",
+}
+
+
+def channel_of(tenant: str, subject: str) -> str:
+    """What a subject of the tenant is for: ``outbox``, ``inbox``, ``topic``, ``decision``, ``effect``,
+    ``approval``, ``quarantine``, ``checkpoint``, or ``other``."""  # noqa: D205, D209
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[0] != "tb" or parts[1] != tenant:
+        return "other"
+    if subject == subjects.checkpoint(tenant):
+        return "checkpoint"
+    return _CHANNELS.get(parts[2], "other")
+
+
+class _MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    key: str
+    value: msgspec.Raw
+    expected_revision: int
+
+
+_memory_write = msgspec.json.Decoder(_MemoryWrite)
+
+
+class RecordError(Exception):
+    """A verified envelope's record cannot be projected (the message says why)."""
+
+
+def project_message(
+    message: StoredMessage, outcome: Opened | VerificationError, *, tenant: str, chain: bytes
+) -> Rows:
+    """The rows of one stored message.
+
+    Args:
+        message: the message as stored.
+        outcome: the verified envelope, or why verification failed.
+        tenant: the tenant whose stream this is.
+        chain: the chain hash of the message (see :func:`ledger.chain_hash`).
+    """
+    rows = Rows()
+    channel = channel_of(tenant, message.subject)
+    opened = outcome if isinstance(outcome, Opened) else None
+    envelope = opened.envelope if opened is not None else _claimed(message.body)
+    record_error = None
+    if opened is not None:
+        try:
+            _project_record(rows, message.seq, channel, message.subject, opened)
+        except RecordError as exc:
+            record_error = str(exc)
+        except (msgspec.DecodeError, ValueError) as exc:
+            record_error = f"unreadable record: {exc}"
+    failure = outcome if isinstance(outcome, VerificationError) else None
+    rows.envelopes.append(
+        EnvelopeRow(
+            seq=message.seq,
+            subject=message.subject,
+            channel=channel,
+            recipient=subjects.mediated_recipient(tenant, message.subject),
+            stored_ns=message.stored_ns,
+            id=envelope.id if envelope else None,
+            tenant=envelope.tenant if envelope else None,
+            kind=envelope.kind if envelope else None,
+            sender=envelope.sender if envelope else None,
+            recipients=envelope.to if envelope else None,
+            ts=envelope.ts if envelope else None,
+            correlation_id=envelope.correlation_id if envelope else None,
+            causation_id=envelope.causation_id if envelope else None,
+            hop=envelope.hop if envelope else None,
+            taint=envelope.taint if envelope else None,
+            idempotency_key=envelope.idempotency_key if envelope else None,
+            content_type=envelope.content_type if envelope else None,
+            payload_size=len(envelope.payload) if envelope else None,
+            body_size=len(message.body),
+            verified=opened is not None,
+            reject_reason=failure.reason if failure else None,
+            reject_detail=failure.detail if failure else None,
+            key_id=message.headers.get(HEADER_KEY) or None,
+            role=opened.grant.role if opened else None,
+            decision_id=message.headers.get(HEADER_DECISION) or None,
+            record_error=record_error,
+            chain=chain.hex(),
+        )
+    )
+    return rows
+
+
+def _claimed(body: bytes) -> Envelope | None:
+    """What an unverified body claims to be, if it decodes at all."""
+    try:
+        return decode_envelope(body)
+    except VerificationError:
+        return None
+
+
+def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Opened) -> None:
+    env = opened.envelope
+    role = opened.grant.role
+    if channel == "decision":
+        _require(env.kind == "decision", f"a {env.kind} envelope on the decision subject")
+        _require(role == "coordinator", f"decision signed by a {role} key")
+        d = decode_decision(env.payload)
+        rows.decisions.append(
+            DecisionRow(
+                decision_id=env.id,
+                seq=seq,
+                coordinator=env.sender,
+                envelope_id=d.envelope_id,
+                source_seq=d.source_seq,
+                sender=d.sender,
+                kind=d.kind,
+                correlation_id=d.correlation_id,
+                causation_id=d.causation_id,
+                verdict=d.verdict,
+                reasons=d.reasons,
+                deliver_to=d.deliver_to,
+                dropped=tuple(DroppedRow(recipient=x.recipient, reason=x.reason) for x in d.dropped),
+                hop=d.hop,
+                declared_taint=d.declared_taint,
+                effective_taint=d.effective_taint,
+                decided_ns=d.decided_ns,
+                approval_id=d.approval_id,
+                approver=d.approver,
+            )
+        )
+    elif channel == "effect":
+        _require(env.kind == "effect", f"a {env.kind} envelope on an effect subject")
+        parts = subject.split(".")
+        agent = parts[3] if len(parts) == 5 else ""
+        _require(agent == env.sender, f"effect record of {env.sender!r} on {agent!r}'s subject")
+        e = decode_effect(env.payload)
+        rows.effects.append(
+            EffectRow(
+                seq=seq,
+                envelope_id=env.id,
+                agent=agent,
+                idempotency_key=e.idempotency_key,
+                phase=e.phase,
+                tool=e.tool,
+                effect_class=e.effect_class,
+                compensating_tool=e.compensating_tool,
+                taint=e.taint,
+                correlation_id=env.correlation_id,
+                causation_id=env.causation_id,
+                error=e.error,
+                ts=env.ts,
+            )
+        )
+    elif channel == "outbox" and env.kind == "memory_write":
+        w = _memory_write.decode(env.payload)
+        rows.memory_proposals.append(
+            MemoryProposalRow(
+                seq=seq,
+                envelope_id=env.id,
+                agent=env.sender,
+                key=w.key,
+                expected_revision=w.expected_revision,
+                correlation_id=env.correlation_id,
+                taint=env.taint,
+            )
+        )
+    elif channel == "quarantine":
+        q = decode_quarantine_record(env.payload)
+        rows.quarantine.append(
+            QuarantineRow(
+                seq=seq,
+                rejected_by=env.sender,
+                reason=q.reason,
+                detail=q.detail,
+                subject=q.subject,
+                stream_seq=q.stream_seq,
+                claimed_sender=q.claimed_sender,
+                claimed_id=q.claimed_id,
+                key_id=q.key_id,
+                body_size=q.body_size,
+                body_sha256=q.body_sha256,
+                truncated=q.truncated,
+            )
+        )
+    elif channel == "checkpoint":
+        _require(env.kind == "checkpoint", f"a {env.kind} envelope on the checkpoint subject")
+        _require(role == "ledger", f"checkpoint signed by a {role} key")
+        c = decode_checkpoint(env.payload)
+        rows.checkpoints.append(
+            CheckpointRow(
+                seq=seq,
+                stream=c.stream,
+                through_seq=c.through_seq,
+                head=c.head.hex(),
+                count=c.count,
+                signer=env.sender,
+                key_id=opened.grant.key_id,
+            )
+        )
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise RecordError(problem)
+

@@ -1,0 +1,117 @@
+"""The compensation plan for an incident: what to undo, in reverse order, and what a person must handle.
+
+Pure: built from an :class:`~ledger.Incident` and the idempotency keys already
+compensated anywhere in the ledger. Every effect record carries its effect
+class and compensating tool, so the plan never needs the tool registry.
+
+A compensation is itself an effect whose JSON arguments name the effect it
+undoes: ``{"compensates": <idempotency key>, ...}``. An effect with a completed
+compensation is left out, so planning (and executing) twice undoes nothing
+twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from bus import EffectRecord, Envelope, Keyring, VerificationError, decode_effect, open_envelope, subjects
+from ledger._replay import Incident
+from ledger._stored import StoredMessage
+
+COMPENSATES = "compensates"
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """One completed effect and how to undo it (``compensating_tool``), or why a person must."""
+
+    seq: int
+    agent: str
+    tool: str
+    effect_class: str
+    compensating_tool: str | None
+    idempotency_key: str
+    args: Any
+    result: Any
+
+    def arguments(self) -> dict[str, Any]:
+        """The compensating call's arguments: the original call, its result, and what it compensates."""
+        return {COMPENSATES: self.idempotency_key, "original": self.args, "result": self.result}
+
+
+@dataclass
+class RollbackPlan:
+    """Reversible effects to compensate (latest first), irreversible ones for a person, what is already undone."""
+
+    correlation_id: str
+    compensate: list[Compensation] = field(default_factory=list)
+    for_a_person: list[Compensation] = field(default_factory=list)
+    already_compensated: list[Compensation] = field(default_factory=list)
+
+
+def verified_effects(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str) -> list[EffectRecord]:
+    """Every effect record in ``messages`` whose envelope verifies."""
+    prefix = f"{subjects.effect(tenant, 'x')[: -len('x')]}"
+    records = []
+    for message in messages:
+        if not message.subject.startswith(prefix):
+            continue
+        try:
+            opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+            records.append(decode_effect(opened.envelope.payload))
+        except (VerificationError, msgspec.DecodeError, ValueError):
+            continue
+    return records
+
+
+def compensated_keys(effects: Iterable[EffectRecord]) -> set[str]:
+    """Idempotency keys that completed compensations name."""
+    keys: set[str] = set()
+    for record in effects:
+        if record.phase != "completed":
+            continue
+        try:
+            args = json.loads(record.args)
+        except ValueError:
+            continue
+        if isinstance(args, dict) and isinstance(args.get(COMPENSATES), str):
+            keys.add(args[COMPENSATES])
+    return keys
+
+
+def plan_rollback(incident: Incident, *, compensated: set[str], from_seq: int = 0) -> RollbackPlan:
+    """Plan the rollback of every completed effect of ``incident`` at or after ``from_seq``."""
+    plan = RollbackPlan(correlation_id=incident.correlation_id)
+    completed: dict[str, tuple[int, Envelope, EffectRecord]] = {}
+    for seq, _, envelope, record in incident.effects:
+        if record.phase == "completed" and seq >= from_seq:
+            completed.setdefault(record.idempotency_key, (seq, envelope, record))
+    for seq, envelope, record in sorted(completed.values(), key=lambda item: item[0], reverse=True):
+        if record.effect_class == "read" or _is_compensation(record):
+            continue
+        item = Compensation(
+            seq=seq,
+            agent=envelope.sender,
+            tool=record.tool,
+            effect_class=record.effect_class,
+            compensating_tool=record.compensating_tool,
+            idempotency_key=record.idempotency_key,
+            args=json.loads(record.args),
+            result=json.loads(record.result) if record.result else None,
+        )
+        if record.idempotency_key in compensated:
+            plan.already_compensated.append(item)
+        elif record.effect_class == "reversible" and record.compensating_tool:
+            plan.compensate.append(item)
+        else:
+            plan.for_a_person.append(item)
+    return plan
+
+
+def _is_compensation(record: EffectRecord) -> bool:
+    return bool(compensated_keys([record]))
