@@ -80,7 +80,6 @@ class Coordinator:
         self.state = self.log.state
         self._decision_ids = self.log.decision_ids
         self._inboxes: set[str] = set()
-        self._kv_stream = f"KV_{subjects.memory_bucket(bus.tenant)}"
 
     async def start(self) -> None:
         """Create the outbox consumer, rebuild the state from the decision log, create inbox consumers."""
