@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -30,6 +31,10 @@ class Deferral:
 
     retry_after_s: float
     reason: str = "rate_limit"
+
+
+_ABSENT = object()
+Undo = list[tuple[Any, Any, Any]]
 
 
 @dataclass
@@ -69,27 +74,53 @@ class CoordinatorState:
         elapsed_s = max(0, at_ns - bucket.at_ns) / 1e9
         return min(float(rate.burst), bucket.tokens + elapsed_s * rate.per_second)
 
-    def apply(self, decision: Decision, policy: Policy, *, seq: int) -> None:
-        """Fold one recorded decision (at stream sequence ``seq``) into the state."""
+    def apply(self, decision: Decision, policy: Policy, *, seq: int, undo: Undo | None = None) -> None:
+        """Fold one recorded decision (at stream sequence ``seq``) into the state.
+
+        With ``undo``, every value it replaces is noted there first, so
+        :meth:`rollback` can take provisional decisions back out.
+        """
         first = decision.envelope_id not in self.decided
-        self.decided[decision.envelope_id] = decision
+        self._set(self.decided, decision.envelope_id, decision, undo)
+        if undo is not None:
+            undo.append((self, "last_seq", self.last_seq))
         self.last_seq = max(self.last_seq, seq)
         if EFFECT_RECORDED in decision.reasons:  # a tool result the sender has now seen
             key = (decision.correlation_id, decision.sender)
-            self.seen_taint[key] = self.seen_taint.get(key, frozenset()) | frozenset(decision.effective_taint)
+            self._set(
+                self.seen_taint, key, self.seen_taint.get(key, frozenset()) | frozenset(decision.effective_taint), undo
+            )
             return
         if first and "rate_limit" not in decision.reasons:
             tokens = self.tokens(policy, decision.sender, decision.decided_ns)
             if tokens is not None:
-                self.buckets[decision.sender] = _Bucket(tokens - 1, decision.decided_ns)
+                self._set(self.buckets, decision.sender, _Bucket(tokens - 1, decision.decided_ns), undo)
         if decision.verdict != "accept":
             return
-        self.spent[decision.correlation_id] += 1
-        self.hops[decision.envelope_id] = decision.hop
+        self._set(self.spent, decision.correlation_id, self.spent[decision.correlation_id] + 1, undo)
+        self._set(self.hops, decision.envelope_id, decision.hop, undo)
         taint = frozenset(decision.effective_taint)
         for recipient in decision.deliver_to:
             key = (decision.correlation_id, recipient)
-            self.seen_taint[key] = self.seen_taint.get(key, frozenset()) | taint
+            self._set(self.seen_taint, key, self.seen_taint.get(key, frozenset()) | taint, undo)
+
+    @staticmethod
+    def _set(table: dict[Any, Any], key: Any, value: Any, undo: Undo | None) -> None:
+        if undo is not None:
+            undo.append((table, key, table.get(key, _ABSENT)))
+        table[key] = value
+
+    @staticmethod
+    def rollback(undo: Undo) -> None:
+        """Restore every value ``undo`` noted, newest first."""
+        for target, key, old in reversed(undo):
+            if isinstance(target, CoordinatorState):
+                target.last_seq = old
+            elif old is _ABSENT:
+                target.pop(key, None)
+            else:
+                target[key] = old
+        undo.clear()
 
     def held(self) -> list[Decision]:
         """Decisions still waiting for an operator, oldest first."""

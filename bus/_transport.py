@@ -229,7 +229,7 @@ class Bus:
         recipient: str | None = None,
         stop: asyncio.Event | None = None,
     ) -> AsyncIterator[Delivery]:
-        """Yield verified deliveries from the durable pull consumer ``durable``.
+        """Yield verified deliveries from the durable pull consumer ``durable``, one at a time.
 
         Messages that fail verification are quarantined and terminated here and
         never yielded. Each yielded :class:`Delivery` must be settled (``ack``,
@@ -240,6 +240,23 @@ class Bus:
             settings: fetch batch and timeouts.
             recipient: if set, accept only envelopes the coordinator countersigned for it.
             stop: set it to stop after the current batch.
+        """
+        async for batch in self.consume_batches(durable, settings=settings, recipient=recipient, stop=stop):
+            for delivery in batch:
+                yield delivery
+
+    async def consume_batches(
+        self,
+        durable: str,
+        *,
+        settings: ConsumerSettings = ConsumerSettings(),
+        recipient: str | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> AsyncIterator[list[Delivery]]:
+        """Like :meth:`consume`, but yield each fetch's verified deliveries together, in stream order.
+
+        An envelope id that appears twice in one fetch is quarantined as
+        ``replayed`` the second time, as it would be one delivery at a time.
         """
         try:
             sub = await self.js.pull_subscribe_bind(durable, stream=self.stream)
@@ -262,12 +279,20 @@ class Bus:
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
-                now = time.time_ns()
-                seen.prune(now)
+                seen.prune(time.time_ns())
+                batch: list[Delivery] = []
+                in_batch: set[str] = set()
                 for msg in msgs:
                     delivery = await self._verify(msg, seen, settings, recipient)
-                    if delivery is not None:
-                        yield delivery
+                    if delivery is None:
+                        continue
+                    if delivery.envelope.id in in_batch:
+                        await self.quarantine_msg(msg, reason="replayed", detail="the same id twice in one fetch")
+                        continue
+                    in_batch.add(delivery.envelope.id)
+                    batch.append(delivery)
+                if batch:
+                    yield batch
         finally:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await sub.unsubscribe()

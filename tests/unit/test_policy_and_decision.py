@@ -284,3 +284,22 @@ def test_memory_write_rules() -> None:
     assert tainted.verdict == "reject" and tainted.reasons == ("tainted_memory_write",)
     hold_policy = parse_policy({**TAINT_POLICY.model_dump(by_alias=True), "taint": {"on_tainted_memory_write": "hold"}})
     assert run(hold_policy, state, _write(correlation_id=corr)).verdict == "hold"
+
+
+def test_provisional_decisions_can_be_rolled_back_exactly() -> None:
+    import copy
+
+    state = CoordinatorState()
+    corr = _tainted_researcher(state)
+    run(POLICY, state, env(correlation_id=corr))
+    before = copy.deepcopy(state)
+    undo: list[tuple[object, object, object]] = []
+    for e in [env(correlation_id=corr), env(sender="fetcher", to=("billing",), taint=["web"]), env(to=("research",))]:
+        d = decide(TAINT_POLICY, e, state, received_ns=T0, source_seq=99)
+        assert isinstance(d, Decision)
+        state.apply(d, TAINT_POLICY, seq=state.last_seq, undo=undo)  # type: ignore[arg-type]
+    assert state.decided != before.decided
+    CoordinatorState.rollback(undo)  # type: ignore[arg-type]
+    assert (state.decided, state.spent, state.hops, state.seen_taint, state.buckets, state.last_seq) == (
+        before.decided, before.spent, before.hops, before.seen_taint, before.buckets, before.last_seq
+    )  # fmt: skip
