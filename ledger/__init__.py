@@ -3,7 +3,8 @@
 from ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
 from ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
 from ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
-from ledger._errors import BundleError, LedgerError
+from ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
+from ledger._query import connect, query
 from ledger._replay import Incident, Step, build_incident, step_dict
 from ledger._rollback import Compensation, RollbackPlan, compensated_keys, plan_rollback, verified_effects
 from ledger._stored import StoredMessage
@@ -28,6 +29,11 @@ __all__ = [
     "BundleEntry",
     "BundleError",
     "LedgerError",
+    "ProjectionError",
+    "QueryError",
+    "ServiceError",
+    "connect",
+    "query",
     "StoredMessage",
     "VerifyReport",
     "chain_hash",

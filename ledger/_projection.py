@@ -240,9 +240,7 @@ class RecordError(Exception):
     """A verified envelope's record cannot be projected (the message says why)."""
 
 
-def project_message(
-    message: StoredMessage, outcome: Opened | VerificationError, *, tenant: str, chain: bytes
-) -> Rows:
+def project_message(message: StoredMessage, outcome: Opened | VerificationError, *, tenant: str, chain: bytes) -> Rows:
     """The rows of one stored message.
 
     Args:
@@ -311,7 +309,7 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
     role = opened.grant.role
     if channel == "decision":
         _require(env.kind == "decision", f"a {env.kind} envelope on the decision subject")
-        _require(role == "coordinator", f"decision signed by a {role} key")
+        _require(role == "coordinator", f"decision signed by a key of role {role!r}")
         d = decode_decision(env.payload)
         rows.decisions.append(
             DecisionRow(
@@ -392,7 +390,7 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
         )
     elif channel == "checkpoint":
         _require(env.kind == "checkpoint", f"a {env.kind} envelope on the checkpoint subject")
-        _require(role == "ledger", f"checkpoint signed by a {role} key")
+        _require(role == "ledger", f"checkpoint signed by a key of role {role!r}")
         c = decode_checkpoint(env.payload)
         rows.checkpoints.append(
             CheckpointRow(
@@ -410,4 +408,3 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
 def _require(condition: bool, problem: str) -> None:
     if not condition:
         raise RecordError(problem)
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from bus import Keyring, Limits, Opened, SeenIds, VerificationError, open_envelope, subjects
+from bus import Envelope, Keyring, Limits, Opened, SeenIds, VerificationError, open_envelope, subjects
 from ledger._chain import GENESIS, chain_hash
 from ledger._projection import Rows, project_message
 from ledger._stored import StoredMessage
@@ -42,10 +42,10 @@ class Projector:
         limits: verification limits (size, skew).
     """
 
-    def __init__(self, tenant: str, keyring: Keyring, *, position: Position = Position(), limits: Limits = Limits()):
+    def __init__(self, tenant: str, keyring: Keyring, *, position: Position | None = None, limits: Limits = Limits()):
         self.tenant = tenant
         self.keyring = keyring
-        self.position = position
+        self.position = position or Position()
         self.limits = limits
         self._seen: dict[str, SeenIds] = {}
 
@@ -60,9 +60,9 @@ class Projector:
         )
         return rows
 
-    def remember(self, message: StoredMessage) -> None:
-        """Take note of an already projected message's id (after a restart), without projecting it."""
-        self._open(message)
+    def remember(self, subject: str, seq: int, envelope: Envelope) -> None:
+        """Take note of an envelope accepted at ``seq`` before a restart, for the replay check."""
+        self._seen.setdefault(subject, SeenIds(window_ns=self.limits.skew_ns)).add(envelope, seq)
 
     def _open(self, message: StoredMessage) -> Opened | VerificationError:
         seen = self._seen.setdefault(message.subject, SeenIds(window_ns=self.limits.skew_ns))

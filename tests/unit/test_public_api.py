@@ -60,6 +60,7 @@ def test_ledger_exports() -> None:
             "step_dict", "Break", "Bundle", "BundleEntry", "BundleError", "LedgerError",
             "StoredMessage", "VerifyReport", "chain_hash", "chained_headers", "export", "export_bundle",
             "read_bundle", "read_stream", "verify_bundle", "verify_messages", "verify_stream",
+            "ProjectionError", "QueryError", "ServiceError", "connect", "query",
         ]
     )  # fmt: skip
     for name in ledger.__all__:
