@@ -8,7 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from trustbus._projection_cli import ledger_run
+
 ledger_app = typer.Typer(help="Verify the tenant's ledger and export audit bundles.", no_args_is_help=True)
+ledger_app.command("run")(ledger_run)
 
 
 def _report_dict(report: Any) -> dict[str, Any]:

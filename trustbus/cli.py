@@ -21,6 +21,7 @@ from trustbus._approvals_cli import approvals_app, approve, deny
 from trustbus._config_cli import config_app
 from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
+from trustbus._projection_cli import query
 from trustbus._tools_cli import tools
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ app.command()(approve)
 app.command()(deny)
 app.add_typer(config_app, name="config")
 app.command()(tools)
+app.command()(query)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

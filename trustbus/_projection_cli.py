@@ -1,0 +1,112 @@
+"""``trustbus ledger run`` (the ledger service) and ``trustbus query`` (SQL over its projection)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data", "--db", envvar="TRUSTBUS_LEDGER_DATA", help="Projection directory (written by `ledger run`)."
+    ),
+]
+DEFAULT_DATA = Path("ledger-data")
+
+
+def ledger_run(
+    tenant: Annotated[str, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant name.")],
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="New messages between checkpoints.")] = 1000,
+    checkpoint_seconds: Annotated[
+        float, typer.Option(min=0.01, help="Seconds after which anything new calls for a checkpoint.")
+    ] = 10.0,
+    data: DataOpt = DEFAULT_DATA,
+    name: Annotated[str, typer.Option(help="Key owner to sign checkpoints as (role ledger).")] = "ledger",
+    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
+    keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
+    nkey_auth: Annotated[bool, typer.Option("--nkey-auth", help="Authenticate to NATS with the seed's nkey.")] = False,
+) -> None:
+    """Project the tenant's stream into DATA and publish signed checkpoints, until SIGTERM/SIGINT.
+
+    Prints a JSON ready line when it is reading the stream; resumes after the
+    last committed sequence when restarted.
+    """
+    from ledger._service import ServiceSettings, serve_ledger
+    from trustbus.cli import _keys, _run, _servers
+
+    def ready() -> None:
+        print(json.dumps({"ready": "ledger", "name": name, "tenant": tenant, "data": str(data)}), flush=True)
+
+    settings = ServiceSettings(checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
+    _run(
+        serve_ledger(
+            servers=_servers(server),
+            tenant=tenant,
+            name=name,
+            keys=_keys(keys),
+            data_dir=data,
+            settings=settings,
+            nkey_auth=nkey_auth,
+            ready=ready,
+        )
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON would have it (lists and structs as such, anything else exotic as text)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    """A cell for a table or CSV: lists and structs as JSON, NULL as empty."""
+    if value is None:
+        return ""
+    plain = _plain(value)
+    return plain if isinstance(plain, str) else json.dumps(plain)
+
+
+def query(
+    sql: Annotated[str, typer.Argument(help="The SQL (DuckDB dialect); see docs/LEDGER_PROJECTION.md for tables.")],
+    data: DataOpt = DEFAULT_DATA,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per row.")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
+) -> None:
+    """Run SQL over the ledger projection; works while `trustbus ledger run` is writing it."""
+    import duckdb
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ledger import LedgerError
+    from ledger import query as run_query
+    from trustbus.cli import err, out
+
+    try:
+        relation = run_query(sql, data)
+        columns = relation.columns
+        rows = relation.fetchall()
+    except (LedgerError, duckdb.Error) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    if json_out:
+        for row in rows:
+            print(json.dumps({c: _plain(v) for c, v in zip(columns, row, strict=True)}))
+    elif csv_out:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows([_cell(v) for v in row] for row in rows)
+    else:
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        out.print(table)
