@@ -22,6 +22,7 @@ Exactly once, with any number of coordinator processes:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,8 +30,9 @@ from collections.abc import Callable, Mapping
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.js.api import PubAck
 
-from agents._decision import Deferral, decide, decide_approval, record_effect
+from agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
 from agents._decision_log import DecisionLog
 from agents._memory import kv_subject, parse_write
 from agents._policy import Policy
@@ -39,10 +41,13 @@ from bus import (
     ConsumerSettings,
     Delivery,
     Envelope,
+    Sealed,
+    TransientError,
     TransportError,
     countersign,
     decode_envelope,
     new_envelope,
+    new_id,
     subjects,
 )
 from bus._provision import DUPLICATE_WINDOW_S
@@ -56,6 +61,9 @@ log = logging.getLogger("trustbus.coordinator")
 CONSUMER = "coordinator"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE = 10071
+_BATCH_DUPLICATE = 10201
+# Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
+ATOMIC_MIN = 8
 # Re-forwards younger than this rely on the duplicate window; older ones check the inbox first.
 _DEDUP_SAFE_NS = int(DUPLICATE_WINDOW_S * 1e9 * 0.75)
 
@@ -67,6 +75,18 @@ INBOX_SETTINGS = ConsumerSettings(ack_wait_s=4.0, fetch_timeout_s=1.0)
 
 class _Conflict(Exception):
     """Another coordinator appended a decision first."""
+
+
+def _raise_for_batch_error(data: bytes) -> None:
+    """Raise for an error reply to an atomic batch message (an empty reply acknowledges a non-final one)."""
+    if not data:
+        return
+    error = json.loads(data).get("error")
+    if error is None:
+        return
+    if error.get("err_code") in (_WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE):
+        raise _Conflict
+    raise TransportError(f"cannot append decisions: {error.get('description', error)}")
 
 
 class Coordinator:
@@ -93,10 +113,92 @@ class Coordinator:
         log.info("coordinator ready", extra={"decisions": self.state.last_seq, "tenant": self.bus.tenant})
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Mediate until ``stop`` is set."""
-        async for delivery in self.bus.consume(CONSUMER, settings=OUTBOX_SETTINGS, stop=stop):
-            async with delivery.process():
-                await self._mediate(delivery)
+        """Mediate until ``stop`` is set, a fetched batch at a time."""
+        async for batch in self.bus.consume_batches(CONSUMER, settings=OUTBOX_SETTINGS, stop=stop):
+            group: list[Delivery] = []
+            for delivery in batch:
+                if self._batchable(delivery):
+                    group.append(delivery)
+                    continue
+                await self._mediate_group(group)
+                group = []
+                async with delivery.process():
+                    await self._mediate(delivery)
+            await self._mediate_group(group)
+
+    def _batchable(self, delivery: Delivery) -> bool:
+        """Plain envelopes from their sender's outbox: decided together, forwarded together."""
+        envelope = delivery.envelope
+        return delivery.subject == subjects.outbox(self.bus.tenant, envelope.sender) and envelope.kind not in (
+            "memory_write",
+            "checkpoint",
+        )
+
+    async def _mediate_group(self, group: list[Delivery]) -> None:
+        """Decide ``group`` in order, record the decisions, forward, then ack; nak what is left on failure."""
+        if not group:
+            return
+        try:
+            await self._decide_group(group)
+            started = [
+                (d, await self._start_forwards(d.body, d.headers, d.stream_seq, self.state.decided[d.envelope.id]))
+                for d in group
+                if not d.settled
+            ]
+            for delivery, acks in started:
+                for ack in acks:
+                    await ack
+                await delivery.ack()
+        except (TransportError, TransientError) as exc:
+            log.warning("batch not mediated, will retry", extra={"size": len(group), "error": str(exc)})
+            for delivery in group:
+                if not delivery.settled:
+                    await delivery.nak()
+        except Exception as exc:
+            log.exception("batch failed; quarantining it", extra={"size": len(group)})
+            for delivery in group:
+                if not delivery.settled:
+                    await delivery.reject("handler_error", f"{type(exc).__name__}: {exc}")
+
+    async def _decide_group(self, group: list[Delivery]) -> None:
+        """Decide every undecided envelope of ``group`` against the state and record them, retrying on conflict."""
+        while True:
+            expected = self.state.last_seq
+            undo: Undo = []
+            fresh: list[tuple[Envelope, Decision]] = []
+            for delivery in group:
+                envelope = delivery.envelope
+                if delivery.settled or envelope.id in self.state.decided:
+                    continue
+                clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
+                result = decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
+                if isinstance(result, Deferral):
+                    await delivery.defer(result.retry_after_s)
+                    continue
+                self.state.apply(result, self.policy, seq=expected, undo=undo)
+                fresh.append((envelope, result))
+            if not fresh:
+                return
+            try:
+                await self._append_many(fresh, expected=expected)
+            except _Conflict:
+                CoordinatorState.rollback(undo)
+                await self._catch_up()
+                continue
+            except BaseException:
+                CoordinatorState.rollback(undo)
+                raise
+            for _, decision in fresh:
+                log.info(
+                    "decided",
+                    extra={
+                        "envelope_id": decision.envelope_id,
+                        "sender": decision.sender,
+                        "verdict": decision.verdict,
+                        "reasons": list(decision.reasons),
+                    },
+                )
+            return
 
     # -- the decision log ---------------------------------------------------
 
@@ -104,26 +206,37 @@ class Coordinator:
         """Apply every decision appended after the last one this process applied."""
         await self.log.catch_up()
 
-    async def _append(self, envelope: Envelope, decision: Decision) -> str:
-        """Append ``decision`` right after the last decision we know; raise _Conflict if someone beat us."""
+    def _record_of(self, cause: Envelope, decision: Decision) -> tuple[Envelope, Sealed]:
+        """The signed decision envelope for ``decision``, caused by ``cause``."""
         record = new_envelope(
             tenant=self.bus.tenant,
             kind="decision",
             sender=self.bus.name,
             to=(),
-            correlation_id=envelope.correlation_id,
-            causation_id=envelope.id,
+            correlation_id=cause.correlation_id,
+            causation_id=cause.id,
             hop=decision.hop,
             taint=decision.effective_taint,
             content_type="application/msgpack",
             payload=encode_decision(decision),
         )
-        sealed = self.bus.seal(record)
+        return record, self.bus.seal(record)
+
+    async def _append(self, envelope: Envelope, decision: Decision) -> str:
+        """Append ``decision`` right after the last decision we know; raise _Conflict if someone beat us."""
+        record, sealed = self._record_of(envelope, decision)
+        seq = await self._publish_decision(sealed, expected=self.state.last_seq)
+        self.state.apply(decision, self.policy, seq=seq)
+        self._decision_ids[decision.envelope_id] = record.id
+        return record.id
+
+    async def _publish_decision(self, sealed: Sealed, *, expected: int) -> int:
+        """Store one decision record if the last decision is still at ``expected``; its sequence."""
         try:
             ack = await self.bus.js.publish(
                 subjects.decision(self.bus.tenant),
                 sealed.body,
-                headers={**sealed.headers, EXPECTED_LAST_SUBJECT_SEQ: str(self.state.last_seq)},
+                headers={**sealed.headers, EXPECTED_LAST_SUBJECT_SEQ: str(expected)},
                 timeout=5.0,
             )
         except nats.js.errors.APIError as exc:
@@ -133,10 +246,48 @@ class Coordinator:
         except nats.errors.Error as exc:
             raise TransportError(f"cannot append decision: {exc}") from exc
         if ack.duplicate:
-            raise _Conflict  # our own earlier attempt landed: read it back like anyone else's
-        self.state.apply(decision, self.policy, seq=ack.seq)
-        self._decision_ids[decision.envelope_id] = record.id
-        return record.id
+            raise _Conflict  # an earlier attempt landed: read it back like anyone else's
+        return ack.seq
+
+    async def _append_many(self, items: list[tuple[Envelope, Decision]], *, expected: int) -> None:
+        """Store several decisions after ``expected``: one by one if few, else as one atomic batch.
+
+        The caller has applied them to the state provisionally; this sets their
+        decision ids and the state's last sequence, or raises _Conflict.
+        """
+        records = [self._record_of(envelope, decision) for envelope, decision in items]
+        if len(records) < ATOMIC_MIN:
+            last = expected
+            for (_, decision), (record, sealed) in zip(items, records, strict=True):
+                last = await self._publish_decision(sealed, expected=last)
+                self._decision_ids[decision.envelope_id] = record.id
+        else:
+            last = await self._publish_atomically([sealed for _, sealed in records], expected=expected)
+            for (_, decision), (record, _) in zip(items, records, strict=True):
+                self._decision_ids[decision.envelope_id] = record.id
+        self.state.last_seq = last
+
+    async def _publish_atomically(self, batch: list[Sealed], *, expected: int) -> int:
+        """One JetStream atomic batch: all stored or none; the first carries the expectation."""
+        subject = subjects.decision(self.bus.tenant)
+        batch_id = new_id()
+        reply = None
+        try:
+            for index, sealed in enumerate(batch, start=1):
+                headers = {**sealed.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(index)}
+                if index == 1:
+                    headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
+                if index == len(batch):
+                    headers["Nats-Batch-Commit"] = "1"
+                if index in (1, len(batch)):
+                    reply = await self.bus.nc.request(subject, sealed.body, headers=headers, timeout=5.0)
+                    _raise_for_batch_error(reply.data)
+                else:
+                    await self.bus.nc.publish(subject, sealed.body, headers=headers)
+        except nats.errors.Error as exc:
+            raise TransportError(f"cannot append decisions: {exc}") from exc
+        assert reply is not None
+        return int(json.loads(reply.data)["seq"])
 
     # -- mediation ----------------------------------------------------------
 
@@ -318,6 +469,16 @@ class Coordinator:
         if decision.kind == "checkpoint":
             await self._store_checkpoint(decision.sender, body, headers, decision_id)
             return
+        for ack in await self._start_forwards(body, headers, source_seq, decision):
+            await ack
+
+    async def _start_forwards(
+        self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision
+    ) -> list[asyncio.Future[PubAck]]:
+        """Publish the countersigned forwards of an accepted envelope; returns their ack futures."""
+        if decision.verdict != "accept":
+            return []
+        decision_id = self._decision_ids[decision.envelope_id]
         recheck = time.time_ns() - decision.decided_ns > _DEDUP_SAFE_NS
         acks = []
         for recipient in decision.deliver_to:
@@ -340,8 +501,7 @@ class Coordinator:
                 ),
             }
             acks.append(await self.bus.forward(subject, body, forwarded))
-        for ack in acks:
-            await ack
+        return acks
 
     def _subject_for(self, recipient: str) -> str:
         if recipient.startswith(subjects.TOPIC_PREFIX):

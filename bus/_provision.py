@@ -46,6 +46,7 @@ def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1) -
         # Direct gets name the subject in the API subject, so a user can be allowed to
         # read back only its own records (an agent: its effect records, by idempotency key).
         allow_direct=True,
+        allow_atomic=True,  # the coordinator appends a batch of decisions at once
         metadata={ADMIN_KEY_METADATA: admin_key_id},
     )
 
@@ -59,6 +60,7 @@ _COMPARED = (
     "deny_purge",
     "allow_rollup_hdrs",
     "allow_direct",
+    "allow_atomic",
 )
 
 
