@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import msgspec
 
-from bus import Envelope, Keyring, Limits, Opened, SeenIds, VerificationError, open_envelope, subjects
+from bus import (
+    Envelope,
+    Keyring,
+    Limits,
+    Opened,
+    Replayed,
+    SeenIds,
+    VerificationError,
+    decode_envelope,
+    open_envelope,
+    subjects,
+)
 from ledger._chain import GENESIS, chain_hash
 from ledger._projection import Rows, project_message
 from ledger._stored import StoredMessage
+
+# open_envelope checks these after the replay check: an envelope failing them may still be a replay.
+_CHECKED_AFTER_REPLAY = frozenset({"not_mediated", "bad_countersignature"})
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,12 +63,19 @@ class Projector:
         self.limits = limits
         self._seen: dict[str, SeenIds] = {}
 
-    def apply(self, message: StoredMessage) -> Rows:
-        """Verify, chain and project ``message``; a message at or before the position yields nothing."""
+    def apply(self, message: StoredMessage, *, checked: Opened | VerificationError | None = None) -> Rows:
+        """Verify, chain and project ``message``; a message at or before the position yields nothing.
+
+        Args:
+            message: the next stored message.
+            checked: its outcome of every check but the replay check, if already made
+                (:func:`ledger._parallel.open_all`); the replay check is made here.
+        """
         if message.seq <= self.position.last_seq:
             return Rows()
         head = chain_hash(self.position.head, message.seq, message.subject, message.headers, message.body)
-        rows = project_message(message, self._open(message), tenant=self.tenant, chain=head)
+        outcome = self._open(message) if checked is None else self._check_replay(message, checked)
+        rows = project_message(message, outcome, tenant=self.tenant, chain=head)
         self.position = Position(
             last_seq=message.seq, head=head, count=self.position.count + 1, last_stored_ns=message.stored_ns
         )
@@ -64,9 +85,26 @@ class Projector:
         """Take note of an envelope accepted at ``seq`` before a restart, for the replay check."""
         self._seen.setdefault(subject, SeenIds(window_ns=self.limits.skew_ns)).add(envelope, seq)
 
-    def _open(self, message: StoredMessage) -> Opened | VerificationError:
+    def _seen_for(self, message: StoredMessage) -> SeenIds:
         seen = self._seen.setdefault(message.subject, SeenIds(window_ns=self.limits.skew_ns))
         seen.prune(message.stored_ns)
+        return seen
+
+    def _check_replay(self, message: StoredMessage, checked: Opened | VerificationError) -> Opened | VerificationError:
+        """The replay check on an outcome of the other checks, giving what :func:`bus.open_envelope` would have."""
+        seen = self._seen_for(message)
+        if isinstance(checked, VerificationError) and checked.reason not in _CHECKED_AFTER_REPLAY:
+            return checked
+        envelope = checked.envelope if isinstance(checked, Opened) else decode_envelope(message.body)
+        earlier = seen.sequence_of(envelope.id)
+        if earlier is not None and earlier != message.seq:
+            return Replayed(f"id {envelope.id} already accepted at stream sequence {earlier}")
+        if isinstance(checked, Opened):
+            seen.add(envelope, message.seq)
+        return checked
+
+    def _open(self, message: StoredMessage) -> Opened | VerificationError:
+        seen = self._seen_for(message)
         try:
             opened = open_envelope(
                 message.body,

@@ -24,16 +24,19 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from bus import Bus, KeyDirectory, TransportError, subjects
-from bus._seal import HEADER_KEY
+from bus import Bus, KeyDirectory, Opened, TransportError, VerificationError, subjects
+from bus._seal import HEADER_CKEY, HEADER_KEY
 from ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from ledger._errors import ServiceError
+from ledger._parallel import open_all
 from ledger._projection import KeyRow, Rows
 from ledger._projector import Projector
 from ledger._segments import SegmentStore
 from ledger._stored import StoredMessage
 
 log = logging.getLogger("trustbus.ledger")
+
+PARALLEL_FROM = 256  # messages in a batch from which signatures are checked on every core
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +90,7 @@ class LedgerService:
         ready()
         try:
             while not stop.is_set():
-                batch = await self._next_batch(sub, stop)
-                for msg in batch:
-                    await self._apply(_stored(msg))
+                await self._apply([_stored(msg) for msg in await self._next_batch(sub, stop)])
                 now = time.monotonic()
                 if self._pending_since is not None and (
                     len(self._pending.envelopes) >= self.settings.flush_messages
@@ -154,21 +155,31 @@ class LedgerService:
             return []
         except nats.errors.ConnectionClosedError as exc:
             raise TransportError("connection closed while reading the stream") from exc
-        while len(batch) < self.settings.batch and sub.pending_msgs > 0:
-            batch.append(await sub.next_msg(timeout=1.0))
+        # Take what is queued, and on a backlog (the server says more is pending) wait for a full batch.
+        while len(batch) < self.settings.batch and (sub.pending_msgs > 0 or batch[-1].metadata.num_pending > 0):
+            try:
+                batch.append(await sub.next_msg(timeout=1.0))
+            except TimeoutError:
+                break
         return batch
 
-    async def _apply(self, message: StoredMessage) -> None:
-        key_id = message.headers.get(HEADER_KEY, "")
-        if key_id and not self.bus.keyring.keyring.knows(key_id):
-            await self.bus.keyring.refresh_key(key_id)
-        rows = self.projector.apply(message)
-        if not rows.envelopes:
-            return
-        self.schedule.observe(rows.envelopes[0].channel)
-        self._pending.extend(rows)
-        if self._pending_since is None:
-            self._pending_since = time.monotonic()
+    async def _apply(self, batch: list[StoredMessage]) -> None:
+        keyring = self.bus.keyring
+        for key_id in {m.headers.get(h, "") for m in batch for h in (HEADER_KEY, HEADER_CKEY)}:
+            if key_id and not keyring.keyring.knows(key_id):
+                await keyring.refresh_key(key_id)
+        checked: Sequence[Opened | VerificationError | None] = [None] * len(batch)
+        if len(batch) >= PARALLEL_FROM:  # a backlog: check signatures on every core
+            checked = await asyncio.to_thread(open_all, batch, keyring.keyring, self.bus.tenant, limits=self.bus.limits)
+            log.debug("signatures checked on every core", extra={"messages": len(batch)})
+        for message, outcome in zip(batch, checked, strict=True):
+            rows = self.projector.apply(message, checked=outcome)
+            if not rows.envelopes:
+                continue
+            self.schedule.observe(rows.envelopes[0].channel)
+            self._pending.extend(rows)
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
 
     async def _commit(self) -> None:
         rows, self._pending = self._pending, Rows()

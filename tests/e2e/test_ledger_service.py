@@ -120,14 +120,14 @@ async def test_projection_survives_sigkill_with_no_duplicate_no_gap_and_a_contin
             return False
 
     await until(committed_some, what="a first commit")
-    more = asyncio.create_task(traffic(fleet, alice, 40, start=15))
+    more = asyncio.create_task(traffic(fleet, alice, 80, start=15))
     await asyncio.sleep(0.2)
     ledger.kill()  # SIGKILL, mid-way: traffic is still flowing
     assert await ledger.wait() == -signal.SIGKILL
     killed_at = read_catalogue(data).last_seq
     await more
     await start_ledger(fleet, data, "--checkpoint-every", "20", "--checkpoint-seconds", "0.3")
-    await traffic(fleet, alice, 5, start=55)
+    await traffic(fleet, alice, 5, start=95)
     last = await settled(fleet, data)
     assert last > killed_at
 
@@ -157,8 +157,8 @@ async def test_projection_survives_sigkill_with_no_duplicate_no_gap_and_a_contin
     sent, accepted, rejected, quarantined = one(
         "SELECT sent, accepted, rejected, quarantined FROM activity_per_agent WHERE agent = 'alice'", data
     )
-    assert (sent, accepted, rejected, quarantined) == (61, 61, 0, 1)  # 60 events, 1 memory write; the forgery
-    assert one("SELECT received FROM activity_per_agent WHERE agent = 'bob'", data) == (60,)
+    assert (sent, accepted, rejected, quarantined) == (101, 101, 0, 1)  # 100 events, 1 memory write; the forgery
+    assert one("SELECT received FROM activity_per_agent WHERE agent = 'bob'", data) == (100,)
     reasons = dict(
         ((source, reason), n) for source, reason, n, *_ in query("SELECT * FROM rejections_by_reason", data).fetchall()
     )

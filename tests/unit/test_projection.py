@@ -297,3 +297,33 @@ def test_checkpoint_schedule_counts_new_messages_but_not_checkpoints() -> None:
     assert schedule.due(100.0)  # three new
     schedule.published(111.0)
     assert schedule.since == 0 and not schedule.due(500.0)
+
+
+def test_checks_made_on_every_core_project_exactly_as_checks_made_in_line(world: World) -> None:
+    from ledger._parallel import CHUNK, open_all
+
+    messages = []
+    for i in range(CHUNK + 50):
+        messages.append(world.sealed("alice", "tb.acme.out.alice", payload=b'{"order": %d}' % (40 + i % 3)))
+    replayed = messages[5]
+    messages.append(world.stored(replayed.subject, replayed.body, {**replayed.headers, "Nats-Msg-Id": "x"}))
+    body = bytearray(messages[7].body)
+    body[body.rindex(b"4")] ^= 0x01
+    messages.append(world.stored("tb.acme.out.alice", bytes(body), messages[7].headers))
+    s = seal(new_envelope(tenant=T, kind="event", sender="alice", to=("bob",)), world.ids["alice"])
+    coordinator = world.ids["coordinator"]
+    csig = countersign(s.body, recipient="bob", decision_id="d", effective_taint=(), coordinator=coordinator)
+    delivered = world.stored("tb.acme.in.bob", s.body, {**s.headers, **csig})
+    unmediated = world.stored("tb.acme.in.bob", s.body, dict(s.headers))
+    messages += [delivered, unmediated, world.stored("tb.acme.in.carol", s.body, dict(s.headers))]
+
+    in_line, parallel = Projector(T, world.keyring), Projector(T, world.keyring)
+    expected, got = Rows(), Rows()
+    for m in messages:
+        expected.extend(in_line.apply(m))
+    for m, outcome in zip(messages, open_all(messages, world.keyring, T, workers=2), strict=True):
+        got.extend(parallel.apply(m, checked=outcome))
+    assert got == expected and parallel.position == in_line.position
+    reasons = [r.reject_reason for r in got.envelopes if not r.verified]
+    # The unmediated copy in bob's inbox is a replay first (open_envelope's order); in carol's it is not mediated.
+    assert reasons == ["replayed", "bad_signature", "replayed", "not_mediated"]

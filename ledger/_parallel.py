@@ -1,0 +1,110 @@
+"""Signature checks on every core, and a whole run of messages projected into a directory.
+
+PyNaCl (cffi) releases the GIL while libsodium verifies a signature, and
+that is nearly all the cost of :func:`bus.open_envelope`, so a thread pool
+verifies on every core without copying messages to other processes. What is
+sequential — the chain, the replay check — stays in the
+:class:`~ledger._projector.Projector`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bus import Keyring, Limits, Opened, VerificationError, open_envelope, subjects
+from ledger._projection import KeyRow, Rows
+from ledger._projector import Position, Projector
+from ledger._segments import SegmentStore
+from ledger._stored import StoredMessage
+
+CHUNK = 1024
+
+
+def _open_chunk(
+    messages: Sequence[StoredMessage], keyring: Keyring, tenant: str, limits: Limits
+) -> list[Opened | VerificationError]:
+    outcomes: list[Opened | VerificationError] = []
+    for m in messages:
+        try:
+            outcomes.append(
+                open_envelope(
+                    m.body,
+                    m.headers,
+                    keyring=keyring,
+                    received_ns=m.stored_ns,
+                    limits=limits,
+                    stream_seq=m.seq,
+                    recipient=subjects.mediated_recipient(tenant, m.subject),
+                )
+            )
+        except VerificationError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def open_all(
+    messages: Sequence[StoredMessage],
+    keyring: Keyring,
+    tenant: str,
+    *,
+    limits: Limits = Limits(),
+    workers: int | None = None,
+) -> list[Opened | VerificationError]:
+    """Every check of :func:`bus.open_envelope` but the replay check, for every message, on ``workers`` threads.
+
+    Args:
+        messages: stored messages.
+        keyring: the tenant's keyring (only read).
+        tenant: the tenant.
+        limits: size and skew limits.
+        workers: threads (default: one per core).
+
+    Returns:
+        Per message, in order: the opened envelope, or why it failed. Feed them to
+        :meth:`~ledger._projector.Projector.apply`, which adds the replay check.
+    """
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(messages) <= CHUNK:
+        return _open_chunk(messages, keyring, tenant, limits)
+    chunks = [messages[i : i + CHUNK] for i in range(0, len(messages), CHUNK)]
+    with ThreadPoolExecutor(workers, thread_name_prefix="ledger-verify") as pool:
+        parts = pool.map(lambda chunk: _open_chunk(chunk, keyring, tenant, limits), chunks)
+        return [outcome for part in parts for outcome in part]
+
+
+def project_messages(
+    messages: Sequence[StoredMessage],
+    keyring: Keyring,
+    tenant: str,
+    data_dir: Path,
+    *,
+    outcomes: Sequence[Opened | VerificationError] | None = None,
+    limits: Limits = Limits(),
+) -> Position:
+    """Project a run of messages into a new projection directory in one commit (e.g. for an export).
+
+    Args:
+        messages: the stream from sequence 1, in order.
+        keyring: the tenant's keyring.
+        tenant: the tenant.
+        data_dir: an empty or new directory.
+        outcomes: the messages' signature checks, if already made (see :func:`open_all`).
+        limits: size and skew limits.
+
+    Returns:
+        The position after the last message.
+    """
+    checked = open_all(messages, keyring, tenant, limits=limits) if outcomes is None else outcomes
+    projector = Projector(tenant, keyring, limits=limits)
+    rows = Rows()
+    for message, outcome in zip(messages, checked, strict=True):
+        rows.extend(projector.apply(message, checked=outcome))
+    store = SegmentStore.open(data_dir, tenant)
+    try:
+        store.commit(rows, projector.position, since_checkpoint=0, keys=[KeyRow.of(g) for g in keyring.grants()])
+    finally:
+        store.close()
+    return projector.position
