@@ -16,8 +16,9 @@ each, all on this machine (see ``bench/_mediated_procs.py`` and ``bench/_mediate
 2. **raw**: plain nats-py JetStream, unsigned, on a stream of its own (``RAW`` on ``raw.>``, file storage,
    the tenant stream's duplicate window). A publishes to ``raw.out.a`` with ``publish_async`` (at most
    1,024 acks outstanding, a ``Nats-Msg-Id`` each); a relay process standing in for the coordinator
-   pull-consumes them with the coordinator's consumer settings and, one message at a time like the
-   coordinator, republishes each to ``raw.in.b`` awaiting its JetStream ack, then acks it; B pull-consumes
+   pull-consumes them with the coordinator's consumer settings and, one message at a time (the simple
+   relay: the coordinator itself now works a fetched batch at a time), republishes each to ``raw.in.b``
+   awaiting its JetStream ack, then acks it; B pull-consumes
    ``raw.in.b`` with the agent runtime's inbox settings and acks each. The payload is the same.
 
 The payload of each message is JSON of ``--payload`` bytes carrying A's ``time.time_ns()`` taken just
