@@ -101,7 +101,7 @@ def project_messages(
     projector = Projector(tenant, keyring, limits=limits)
     rows = Rows()
     for message, outcome in zip(messages, checked, strict=True):
-        rows.extend(projector.apply(message, checked=outcome))
+        projector.apply(message, checked=outcome, into=rows)
     store = SegmentStore.open(data_dir, tenant)
     try:
         store.commit(rows, projector.position, since_checkpoint=0, keys=[KeyRow.of(g) for g in keyring.grants()])

@@ -218,12 +218,12 @@ _CHANNELS = {
 
 def channel_of(tenant: str, subject: str) -> str:
     """What a subject of the tenant is for: ``outbox``, ``inbox``, ``topic``, ``decision``, ``effect``,
-    ``approval``, ``quarantine``, ``checkpoint``, or ``other``."""  # noqa: D205, D209
+    ``approval``, ``quarantine``, ``checkpoint`` (``tb.<tenant>.ledger.checkpoint``), or ``other``."""  # noqa: D205, D209
     parts = subject.split(".")
     if len(parts) < 3 or parts[0] != "tb" or parts[1] != tenant:
         return "other"
-    if subject == subjects.checkpoint(tenant):
-        return "checkpoint"
+    if parts[2] == "ledger":
+        return "checkpoint" if len(parts) == 4 and parts[3] == "checkpoint" else "other"
     return _CHANNELS.get(parts[2], "other")
 
 
@@ -240,7 +240,14 @@ class RecordError(Exception):
     """A verified envelope's record cannot be projected (the message says why)."""
 
 
-def project_message(message: StoredMessage, outcome: Opened | VerificationError, *, tenant: str, chain: bytes) -> Rows:
+def project_message(
+    message: StoredMessage,
+    outcome: Opened | VerificationError,
+    *,
+    tenant: str,
+    chain: bytes,
+    into: Rows | None = None,
+) -> Rows:
     """The rows of one stored message.
 
     Args:
@@ -248,8 +255,9 @@ def project_message(message: StoredMessage, outcome: Opened | VerificationError,
         outcome: the verified envelope, or why verification failed.
         tenant: the tenant whose stream this is.
         chain: the chain hash of the message (see :func:`ledger.chain_hash`).
+        into: append the rows to these (and return them) rather than to new ones.
     """
-    rows = Rows()
+    rows = Rows() if into is None else into
     channel = channel_of(tenant, message.subject)
     opened = outcome if isinstance(outcome, Opened) else None
     envelope = opened.envelope if opened is not None else _claimed(message.body)

@@ -63,19 +63,22 @@ class Projector:
         self.limits = limits
         self._seen: dict[str, SeenIds] = {}
 
-    def apply(self, message: StoredMessage, *, checked: Opened | VerificationError | None = None) -> Rows:
+    def apply(
+        self, message: StoredMessage, *, checked: Opened | VerificationError | None = None, into: Rows | None = None
+    ) -> Rows:
         """Verify, chain and project ``message``; a message at or before the position yields nothing.
 
         Args:
             message: the next stored message.
             checked: its outcome of every check but the replay check, if already made
                 (:func:`ledger._parallel.open_all`); the replay check is made here.
+            into: append the rows to these (and return them) rather than to new ones.
         """
         if message.seq <= self.position.last_seq:
-            return Rows()
+            return Rows() if into is None else into
         head = chain_hash(self.position.head, message.seq, message.subject, message.headers, message.body)
         outcome = self._open(message) if checked is None else self._check_replay(message, checked)
-        rows = project_message(message, outcome, tenant=self.tenant, chain=head)
+        rows = project_message(message, outcome, tenant=self.tenant, chain=head, into=into)
         self.position = Position(
             last_seq=message.seq, head=head, count=self.position.count + 1, last_stored_ns=message.stored_ns
         )
@@ -86,7 +89,9 @@ class Projector:
         self._seen.setdefault(subject, SeenIds(window_ns=self.limits.skew_ns)).add(envelope, seq)
 
     def _seen_for(self, message: StoredMessage) -> SeenIds:
-        seen = self._seen.setdefault(message.subject, SeenIds(window_ns=self.limits.skew_ns))
+        seen = self._seen.get(message.subject)
+        if seen is None:
+            seen = self._seen[message.subject] = SeenIds(window_ns=self.limits.skew_ns)
         seen.prune(message.stored_ns)
         return seen
 

@@ -173,11 +173,11 @@ class LedgerService:
             checked = await asyncio.to_thread(open_all, batch, keyring.keyring, self.bus.tenant, limits=self.bus.limits)
             log.debug("signatures checked on every core", extra={"messages": len(batch)})
         for message, outcome in zip(batch, checked, strict=True):
-            rows = self.projector.apply(message, checked=outcome)
-            if not rows.envelopes:
-                continue
-            self.schedule.observe(rows.envelopes[0].channel)
-            self._pending.extend(rows)
+            before = self.projector.position.last_seq
+            self.projector.apply(message, checked=outcome, into=self._pending)
+            if self.projector.position.last_seq == before:
+                continue  # projected before
+            self.schedule.observe(self._pending.envelopes[-1].channel)
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
 
