@@ -27,11 +27,11 @@ _encoder = msgspec.msgpack.Encoder()
 
 def chained_headers(headers: Mapping[str, str] | None) -> list[list[str]]:
     """The headers the chain covers, as sorted ``[name, value]`` pairs."""
-    return sorted([name, value] for name, value in (headers or {}).items() if _chained(name))
-
-
-def _chained(name: str) -> bool:
-    return name.startswith("Tb-") or name == "Nats-Msg-Id"
+    if not headers:
+        return []
+    pairs = [[name, value] for name, value in headers.items() if name[:3] == "Tb-" or name == "Nats-Msg-Id"]
+    pairs.sort()
+    return pairs
 
 
 def chain_hash(previous: bytes, seq: int, subject: str, headers: Mapping[str, str] | None, body: bytes) -> bytes:

@@ -83,8 +83,12 @@ def project_messages(
     *,
     outcomes: Sequence[Opened | VerificationError] | None = None,
     limits: Limits = Limits(),
+    slice_size: int = 20_000,
 ) -> Position:
-    """Project a run of messages into a new projection directory in one commit (e.g. for an export).
+    """Project a run of messages into a new projection directory (e.g. for an export).
+
+    The messages are projected a slice at a time; each slice is committed (one
+    segment per table) on a writer thread while the next is projected.
 
     Args:
         messages: the stream from sequence 1, in order.
@@ -93,18 +97,27 @@ def project_messages(
         data_dir: an empty or new directory.
         outcomes: the messages' signature checks, if already made (see :func:`open_all`).
         limits: size and skew limits.
+        slice_size: messages per commit.
 
     Returns:
         The position after the last message.
     """
     checked = open_all(messages, keyring, tenant, limits=limits) if outcomes is None else outcomes
     projector = Projector(tenant, keyring, limits=limits)
-    rows = Rows()
-    for message, outcome in zip(messages, checked, strict=True):
-        projector.apply(message, checked=outcome, into=rows)
+    keys = [KeyRow.of(g) for g in keyring.grants()]
     store = SegmentStore.open(data_dir, tenant)
     try:
-        store.commit(rows, projector.position, since_checkpoint=0, keys=[KeyRow.of(g) for g in keyring.grants()])
+        with ThreadPoolExecutor(1, thread_name_prefix="ledger-write") as writer:
+            commits = []
+            for start in range(0, len(messages), slice_size):
+                rows = Rows()
+                for message, outcome in zip(
+                    messages[start : start + slice_size], checked[start : start + slice_size], strict=True
+                ):
+                    projector.apply(message, checked=outcome, into=rows)
+                commits.append(writer.submit(store.commit, rows, projector.position, since_checkpoint=0, keys=keys))
+            for commit in commits:
+                commit.result()
     finally:
         store.close()
     return projector.position

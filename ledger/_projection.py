@@ -269,38 +269,74 @@ def project_message(
             record_error = str(exc)
         except (msgspec.DecodeError, ValueError) as exc:
             record_error = f"unreadable record: {exc}"
-    failure = outcome if isinstance(outcome, VerificationError) else None
-    rows.envelopes.append(
-        EnvelopeRow(
+    headers = message.headers
+    if opened is not None:
+        reject_reason = reject_detail = None
+        role: str | None = opened.grant.role
+    else:
+        assert isinstance(outcome, VerificationError)
+        reject_reason, reject_detail, role = outcome.reason, outcome.detail, None
+    if envelope is not None:
+        row = EnvelopeRow(
             seq=message.seq,
             subject=message.subject,
             channel=channel,
             recipient=subjects.mediated_recipient(tenant, message.subject),
             stored_ns=message.stored_ns,
-            id=envelope.id if envelope else None,
-            tenant=envelope.tenant if envelope else None,
-            kind=envelope.kind if envelope else None,
-            sender=envelope.sender if envelope else None,
-            recipients=envelope.to if envelope else None,
-            ts=envelope.ts if envelope else None,
-            correlation_id=envelope.correlation_id if envelope else None,
-            causation_id=envelope.causation_id if envelope else None,
-            hop=envelope.hop if envelope else None,
-            taint=envelope.taint if envelope else None,
-            idempotency_key=envelope.idempotency_key if envelope else None,
-            content_type=envelope.content_type if envelope else None,
-            payload_size=len(envelope.payload) if envelope else None,
+            id=envelope.id,
+            tenant=envelope.tenant,
+            kind=envelope.kind,
+            sender=envelope.sender,
+            recipients=envelope.to,
+            ts=envelope.ts,
+            correlation_id=envelope.correlation_id,
+            causation_id=envelope.causation_id,
+            hop=envelope.hop,
+            taint=envelope.taint,
+            idempotency_key=envelope.idempotency_key,
+            content_type=envelope.content_type,
+            payload_size=len(envelope.payload),
             body_size=len(message.body),
             verified=opened is not None,
-            reject_reason=failure.reason if failure else None,
-            reject_detail=failure.detail if failure else None,
-            key_id=message.headers.get(HEADER_KEY) or None,
-            role=opened.grant.role if opened else None,
-            decision_id=message.headers.get(HEADER_DECISION) or None,
+            reject_reason=reject_reason,
+            reject_detail=reject_detail,
+            key_id=headers.get(HEADER_KEY) or None,
+            role=role,
+            decision_id=headers.get(HEADER_DECISION) or None,
             record_error=record_error,
             chain=chain.hex(),
         )
-    )
+    else:  # not even an envelope: only what the stream says
+        row = EnvelopeRow(
+            seq=message.seq,
+            subject=message.subject,
+            channel=channel,
+            recipient=subjects.mediated_recipient(tenant, message.subject),
+            stored_ns=message.stored_ns,
+            id=None,
+            tenant=None,
+            kind=None,
+            sender=None,
+            recipients=None,
+            ts=None,
+            correlation_id=None,
+            causation_id=None,
+            hop=None,
+            taint=None,
+            idempotency_key=None,
+            content_type=None,
+            payload_size=None,
+            body_size=len(message.body),
+            verified=False,
+            reject_reason=reject_reason,
+            reject_detail=reject_detail,
+            key_id=headers.get(HEADER_KEY) or None,
+            role=None,
+            decision_id=headers.get(HEADER_DECISION) or None,
+            record_error=None,
+            chain=chain.hex(),
+        )
+    rows.envelopes.append(row)
     return rows
 
 
