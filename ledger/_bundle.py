@@ -8,6 +8,8 @@ A bundle is a directory::
                        per stored message, in stream order (chain: the 32-byte hash of that message)
     keyring.msgpack    msgpack array of [key id, signed grant bytes] for every keyring
                        revision (a grant's signature is checked against the admin key)
+    projection/        the DuckDB projection of the same messages: Parquet segments and
+                       state.json (docs/LEDGER_PROJECTION.md); ``trustbus query --data DIR/projection``
 
 Everything a verifier needs without a server. Its trust anchor is the admin
 key: pin it (``verify --admin-key``) rather than trusting the manifest.
@@ -31,9 +33,11 @@ from bus import ConfigError, Keyring, KeyringError, TransportError, pinned_admin
 from bus._keyring import decode_signed_grant
 from ledger._chain import GENESIS, chain_hash
 from ledger._errors import BundleError
+from ledger._parallel import project_messages
 from ledger._stored import StoredMessage
 
 FORMAT = 1
+PROJECTION = "projection"
 
 
 class BundleEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -148,6 +152,8 @@ async def export_bundle(js: JetStreamContext, tenant: str, out: Path) -> dict[st
         "exported_at": time.time_ns(),
     }
     await asyncio.to_thread(_write_bundle, out, manifest, entries, revisions)
+    bundle = Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions)
+    await asyncio.to_thread(project_messages, messages, bundle.keyring(), tenant, out / PROJECTION)
     return manifest
 
 

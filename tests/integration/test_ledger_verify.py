@@ -146,3 +146,11 @@ async def test_verification_is_the_same_pure_function_on_stream_and_bundle(tenan
     messages = await read_stream(tenant.js, tenant.name)
     live = verify_messages(messages, read_bundle(bundle).keyring(), tenant.name)
     assert live.ok and live.head.hex() == read_bundle(bundle).manifest["head"]
+
+
+async def test_bundle_carries_a_queryable_projection(bundle: Path) -> None:
+    from ledger import query
+
+    [(count,)] = query("SELECT count(*) FROM envelopes", bundle / "projection").fetchall()
+    [(rejected,)] = query("SELECT count(*) FROM envelopes WHERE NOT verified", bundle / "projection").fetchall()
+    assert count == read_bundle(bundle).manifest["count"] and rejected == 1
