@@ -23,6 +23,7 @@ def _report_dict(report: Any) -> dict[str, Any]:
         "count": report.count,
         "verified": report.verified,
         "recorded_rejections": report.recorded_rejections,
+        "checkpoints": report.checkpoints,
         "head": report.head.hex(),
         "first_break": None if first is None else {"seq": first.seq, "reason": first.reason, "detail": first.detail},
         "breaks": [{"seq": b.seq, "reason": b.reason, "detail": b.detail} for b in report.breaks],
@@ -60,7 +61,8 @@ def verify(
     elif report.ok:
         out.print(
             f"[green]verified[/green] sequences {report.first_seq}-{report.last_seq}: {report.verified} envelopes, "
-            f"{report.recorded_rejections} recorded rejections, chain head {report.head.hex()}"
+            f"{report.recorded_rejections} recorded rejections, {report.checkpoints} checkpoints, "
+            f"chain head {report.head.hex()}"
         )
     else:
         first = report.first_break
