@@ -67,7 +67,9 @@ class Effector:
         arguments = json.dumps(args, sort_keys=True, separators=(",", ":")).encode()
         index = self._calls
         self._calls += 1
-        key = idempotency_key(self._cause.id, tool, args, index)
+        # An instruction that carries an idempotency key makes the same effect keys however
+        # often it is sent (a rollback run twice); otherwise the envelope id does.
+        key = idempotency_key(self._cause.idempotency_key or self._cause.id, tool, args, index)
         subject = subjects.effect_record(self._bus.tenant, self._agent_id, key)
         last = await self._last_record(subject, key, tool)
         if last is not None and last.phase == "completed":

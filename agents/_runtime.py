@@ -286,7 +286,41 @@ async def run_agent(
         subjects.inbox_consumer(agent_id), settings=INBOX_SETTINGS, recipient=agent_id, stop=stop
     ):
         async with delivery.process():
-            await agent.handle(Context(bus, agent_id, delivery, tools=tools))
+            ctx = Context(bus, agent_id, delivery, tools=tools)
+            if compensation_request(ctx.envelope) is not None:
+                await compensate(ctx)
+            else:
+                await agent.handle(ctx)
+
+
+COMPENSATES = "compensates"
+
+
+def compensation_request(envelope: Envelope) -> dict[str, Any] | None:
+    """The payload of a rollback's compensation instruction: ``{"verb": tool, "compensates": key, ...}``."""
+    if envelope.kind != "instruction" or envelope.content_type != "application/json":
+        return None
+    try:
+        body = json.loads(envelope.payload)
+    except ValueError:
+        return None
+    if isinstance(body, dict) and isinstance(body.get(COMPENSATES), str) and isinstance(body.get("verb"), str):
+        return body
+    return None
+
+
+async def compensate(ctx: Context) -> None:
+    """Run the compensating tool a rollback asks for, as a recorded effect, and report it.
+
+    The runtime does this for every agent: the tool is the instruction's verb, bound
+    like any other tool, and its arguments (which name the compensated effect) are
+    the instruction's payload, so the effect record says what it undid.
+    """
+    request = compensation_request(ctx.envelope)
+    assert request is not None
+    arguments = {k: v for k, v in request.items() if k != "verb"}
+    result = await ctx.effect(request["verb"], arguments)
+    await ctx.reply({COMPENSATES: request[COMPENSATES], "result": result}, cites=ctx.effect_keys)
 
 
 def connect_agent(

@@ -6,7 +6,14 @@ from ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
 from ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
 from ledger._query import connect, query
 from ledger._replay import Incident, Step, build_incident, step_dict
-from ledger._rollback import Compensation, RollbackPlan, compensated_keys, plan_rollback, verified_effects
+from ledger._rollback import (
+    Compensation,
+    RollbackPlan,
+    compensated_keys,
+    execute_rollback,
+    plan_rollback,
+    verified_effects,
+)
 from ledger._stored import StoredMessage
 from ledger._verify import Break, VerifyReport, verify_messages
 
@@ -17,6 +24,7 @@ __all__ = [
     "Incident",
     "RollbackPlan",
     "compensated_keys",
+    "execute_rollback",
     "plan_rollback",
     "verified_effects",
     "Step",

@@ -19,7 +19,21 @@ from typing import Any
 
 import msgspec
 
-from bus import EffectRecord, Envelope, Keyring, VerificationError, decode_effect, open_envelope, subjects
+from bus import (
+    Bus,
+    EffectRecord,
+    Envelope,
+    Identity,
+    Keyring,
+    VerificationError,
+    decode_effect,
+    new_envelope,
+    new_id,
+    open_envelope,
+    subjects,
+    tail,
+)
+from ledger._errors import LedgerError
 from ledger._replay import Incident
 from ledger._stored import StoredMessage
 
@@ -115,3 +129,76 @@ def plan_rollback(incident: Incident, *, compensated: set[str], from_seq: int = 
 
 def _is_compensation(record: EffectRecord) -> bool:
     return bool(compensated_keys([record]))
+
+
+async def execute_rollback(
+    servers: Sequence[str],
+    tenant: str,
+    plan: RollbackPlan,
+    *,
+    operator: Identity,
+    operator_name: str,
+    wait_s: float = 30.0,
+    nkey_auth: bool = False,
+) -> list[str]:
+    """Send each compensation, latest first, and wait until its compensating effect has completed.
+
+    Each is an ``instruction`` from the operator to the agent that made the
+    effect, through the coordinator like any other (the policy must let the
+    operator give that agent the compensating tool's verb), carrying
+    ``idempotency_key = compensate:<key>`` so that sending it again can never
+    run the compensation twice. Returns the compensated keys, in order.
+    """
+    done: list[str] = []
+    async with await Bus.connect(
+        list(servers), tenant=tenant, name=operator_name, identity=operator, nkey_auth=nkey_auth
+    ) as bus:
+        correlation = new_id()
+        for item in plan.compensate:
+            start = (await bus.js.stream_info(bus.stream)).state.last_seq + 1
+            payload = {"verb": item.compensating_tool, **item.arguments()}
+            instruction = new_envelope(
+                tenant=tenant,
+                kind="instruction",
+                sender=operator_name,
+                to=(item.agent,),
+                payload=json.dumps(payload).encode(),
+                correlation_id=correlation,
+                idempotency_key=f"compensate:{item.idempotency_key}",
+            )
+            await bus.publish(subjects.outbox(tenant, operator_name), bus.seal(instruction))
+            await _completed(bus, tenant, item, from_seq=start, wait_s=wait_s)
+            done.append(item.idempotency_key)
+    return done
+
+
+async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
+    records = tail(
+        bus.js,
+        bus.keyring,
+        tenant,
+        subject=f"{subjects.effect(tenant, item.agent)}.>",
+        from_seq=from_seq,
+        idle_timeout_s=wait_s,
+    )
+    async for record in records:
+        if record.opened is None:
+            continue
+        effect = decode_effect(record.opened.envelope.payload)
+        if item.idempotency_key in compensated_keys([effect]):
+            return
+        if effect.phase == "failed" and _names(effect, item.idempotency_key):
+            raise LedgerError(f"compensating {item.tool} ({item.idempotency_key}) failed: {effect.error}")
+    raise LedgerError(
+        f"no completed {item.compensating_tool} for {item.idempotency_key} within {wait_s:.0f}s: "
+        f"is the coordinator running, and does the policy let the operator instruct {item.agent} "
+        f"with verb {item.compensating_tool!r}?"
+    )
+
+
+def _names(effect: EffectRecord, key: str) -> bool:
+    try:
+        args = json.loads(effect.args)
+    except ValueError:
+        return False
+    return isinstance(args, dict) and args.get(COMPENSATES) == key

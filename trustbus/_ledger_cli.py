@@ -202,14 +202,22 @@ def _compensation_dict(c: Any) -> dict[str, Any]:
 @ledger_app.command("rollback")
 def rollback(
     correlation: Annotated[str, typer.Option(help="The correlation (incident) to roll back.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only (the only mode so far).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")] = False,
+    operator: Annotated[
+        str | None, typer.Option("--as", help="Operator key owner who sends the compensations (not with --dry-run).")
+    ] = None,
+    keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
     tenant: Annotated[str | None, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Plan from this audit bundle.")] = None,
     from_seq: Annotated[int, typer.Option(help="Only effects at or after this sequence.")] = 0,
     server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """The compensation plan: reversible effects latest first, irreversible ones listed for a person."""
+    """Compensate an incident's reversible effects, latest first; list irreversible ones for a person.
+
+    With --dry-run only the plan is printed. Otherwise each compensation is sent
+    as an instruction from the operator through the coordinator, and awaited.
+    """
     from rich.table import Table
 
     from ledger import (
@@ -222,8 +230,8 @@ def rollback(
     )
     from trustbus.cli import _nkey, _run, _servers, err, out
 
-    if not dry_run:
-        err.print("[red]error:[/red] executing a rollback is not built yet: run with --dry-run to see the plan")
+    if not dry_run and (operator is None or tenant is None):
+        err.print("[red]error:[/red] executing a rollback needs --tenant and --as OPERATOR (or use --dry-run)")
         raise typer.Exit(2)
     if bundle is not None:
         messages, keyring, tenant_name = load_bundle_messages(bundle)
@@ -236,12 +244,21 @@ def rollback(
     incident = build_incident(messages, keyring, tenant_name, correlation)
     done = compensated_keys(verified_effects(messages, keyring, tenant_name))
     plan = plan_rollback(incident, compensated=done, from_seq=from_seq)
+    compensated: list[str] = []
+    if not dry_run:
+        from ledger import execute_rollback
+        from trustbus.cli import _keys
+
+        assert operator is not None and tenant is not None
+        identity = _keys(keys).load(tenant, operator)
+        compensated = _run(execute_rollback(_servers(server), tenant, plan, operator=identity, operator_name=operator))
     if json_out:
         print(json.dumps({
             "correlation": correlation,
             "compensate": [_compensation_dict(c) for c in plan.compensate],
             "for_a_person": [_compensation_dict(c) for c in plan.for_a_person],
             "already_compensated": [_compensation_dict(c) for c in plan.already_compensated],
+            "compensated_now": compensated,
         }))  # fmt: skip
         return
     table = Table("order", "seq", "agent", "effect", "undo with", "key")
@@ -254,3 +271,5 @@ def rollback(
         )
     if plan.already_compensated:
         out.print(f"{len(plan.already_compensated)} effect(s) already compensated")
+    if compensated:
+        out.print(f"[green]compensated[/green] {len(compensated)} effect(s), latest first")

@@ -101,3 +101,56 @@ class Gullible(Agent):
         )
         bus = ctx._bus  # a compromised agent is not bound by its runtime's conventions
         await bus.publish(subjects.outbox(bus.tenant, ctx.agent_id), bus.seal(laundered))
+
+
+def bank_system() -> sqlite3.Connection:
+    """The bank's books: one row per money movement, once per idempotency key, in the order they happened."""
+    db = sqlite3.connect(os.environ[SYSTEM_DB], timeout=10, isolation_level=None)
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS movements (idempotency_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,"
+        " order_no INTEGER, compensates TEXT)"
+    )
+    return db
+
+
+async def _movement(kind: str, args: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+    order = args.get("order", (args.get("original") or {}).get("order"))
+    with contextlib.closing(bank_system()) as db:
+        db.execute(
+            "INSERT OR IGNORE INTO movements VALUES (?, ?, ?, ?)",
+            (idempotency_key, kind, order, args.get("compensates")),
+        )
+        [row] = db.execute("SELECT rowid FROM movements WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+    return {"movement": row, "order": order}
+
+
+async def issue_refund(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+    """Pay an order back."""
+    return await _movement("refund", args, idempotency_key)
+
+
+async def charge_back(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+    """Take a refund back (the compensation of issue_refund)."""
+    return await _movement("charge_back", args, idempotency_key)
+
+
+async def send_email(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
+    """Send an email: once sent, it cannot be unsent."""
+    return await _movement("email", args, idempotency_key)
+
+
+class Bank(Agent):
+    """Refunds orders (reversible) and emails customers (irreversible) on instructions."""
+
+    tools: Mapping[str, ToolImplementation] = {
+        "issue_refund": issue_refund,
+        "charge_back": charge_back,
+        "send_email": send_email,
+    }
+
+    async def handle(self, ctx: Context) -> None:
+        """``{"verb": "refund", "order": n}`` or ``{"verb": "email", "to": ...}``."""
+        request = ctx.json()
+        tool = {"refund": "issue_refund", "email": "send_email"}[request["verb"]]
+        result = await ctx.effect(tool, {k: v for k, v in request.items() if k != "verb"})
+        await ctx.reply(result, cites=ctx.effect_keys)

@@ -93,3 +93,63 @@ async def test_rollback_plan_lists_the_irreversible_sale_for_a_person(fleet: Fle
     assert [(c["tool"], c["effect_class"]) for c in plan["for_a_person"]] == [("record_sale", "irreversible")]
     rc, _, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", order)
     assert rc == 2 and "--dry-run" in err
+
+
+BANK_TOOLS = """tools:
+  - {name: issue_refund, system: books, owner: finance, effect_class: reversible, compensating_tool: charge_back}
+  - {name: charge_back, system: books, owner: finance, effect_class: reversible, compensating_tool: issue_refund}
+  - {name: send_email, system: mail, owner: support, effect_class: irreversible}
+"""
+BANK_POLICY = {
+    "rules": [
+        {"from": "boss", "to": ["bank"], "kinds": ["instruction"], "verbs": ["refund", "email"]},
+        {"from": "ops", "to": ["bank"], "kinds": ["instruction"], "verbs": ["charge_back", "issue_refund"]},
+        {"from": "*", "to": ["*"], "kinds": ["event", "reply"]},
+    ]
+}
+
+
+def books(fleet: Fleet) -> list[tuple[str, int, str | None]]:
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(fleet.tmp / "bank.db")) as db:
+        return list(db.execute("SELECT kind, order_no, compensates FROM movements ORDER BY rowid"))
+
+
+async def test_rollback_compensates_three_refunds_in_reverse_order_once_and_lists_the_email(fleet: Fleet) -> None:
+    from tests.e2e.fleet_agents import SYSTEM_DB
+
+    await fleet.coordinator(BANK_POLICY)
+    await fleet.key("ops", role="operator")
+    await fleet.key("bank")
+    tools = fleet.tmp / "bank-tools.yaml"
+    tools.write_text(BANK_TOOLS)
+    env = {**fleet.env, SYSTEM_DB: str(fleet.tmp / "bank.db")}
+    await fleet.spawn("agent", "run", "tests.e2e.fleet_agents:Bank", "--id", "bank", "-t", fleet.tenant,
+                      "--tools", str(tools), env=env)  # fmt: skip
+    boss = await fleet.bus("boss")
+    incident = await fleet.send(boss, ["bank"], {"verb": "refund", "order": 1}, kind="instruction")
+    await fleet.send(boss, ["bank"], {"verb": "email", "to": "customer"}, kind="instruction", correlation_id=incident)
+    for order in (2, 3):
+        await fleet.send(
+            boss, ["bank"], {"verb": "refund", "order": order}, kind="instruction", correlation_id=incident
+        )
+    await fleet.inbox(lambda read: sum(r == "boss" for r, _ in read) >= 4, limit_s=60)
+    assert [(k, o) for k, o, _ in books(fleet)] == [("refund", 1), ("email", None), ("refund", 2), ("refund", 3)]
+
+    rc, out, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", incident,
+                             "--as", "ops", "--json")  # fmt: skip
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert [c["tool"] for c in plan["for_a_person"]] == ["send_email"]
+    assert len(plan["compensated_now"]) == 3
+    moves = books(fleet)
+    assert [(k, o) for k, o, _ in moves[4:]] == [("charge_back", 3), ("charge_back", 2), ("charge_back", 1)]
+
+    rc, out, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", incident,
+                             "--as", "ops", "--json")  # fmt: skip
+    assert rc == 0, err
+    again = json.loads(out)
+    assert again["compensate"] == [] and again["compensated_now"] == [] and len(again["already_compensated"]) == 3
+    assert books(fleet) == moves  # nothing compensated twice

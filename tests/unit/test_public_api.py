@@ -55,12 +55,12 @@ def test_agents_exports() -> None:
 def test_ledger_exports() -> None:
     assert sorted(ledger.__all__) == sorted(
         [
-            "CHAIN_DOMAIN", "GENESIS", "Compensation", "RollbackPlan", "compensated_keys", "plan_rollback",
-            "verified_effects", "Incident", "Step", "build_incident", "load_bundle_messages", "load_messages",
-            "step_dict", "Break", "Bundle", "BundleEntry", "BundleError", "LedgerError",
-            "StoredMessage", "VerifyReport", "chain_hash", "chained_headers", "export", "export_bundle",
-            "read_bundle", "read_stream", "verify_bundle", "verify_messages", "verify_stream",
-            "ProjectionError", "QueryError", "ServiceError", "connect", "query",
+            "CHAIN_DOMAIN", "GENESIS", "Compensation", "RollbackPlan", "compensated_keys",
+            "execute_rollback", "plan_rollback", "verified_effects", "Incident", "Step", "build_incident",
+            "load_bundle_messages", "load_messages", "step_dict", "Break", "Bundle", "BundleEntry",
+            "BundleError", "LedgerError", "StoredMessage", "VerifyReport", "chain_hash", "chained_headers",
+            "export", "export_bundle", "read_bundle", "read_stream", "verify_bundle", "verify_messages",
+            "verify_stream", "ProjectionError", "QueryError", "ServiceError", "connect", "query",
         ]
     )  # fmt: skip
     for name in ledger.__all__:
