@@ -118,6 +118,20 @@ def _redecided(incident: Any, policy_file: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str | None) -> tuple[Any, Any, str]:
+    """(messages, keyring, tenant) from a bundle or the live stream; exit 2 if neither is given."""
+    from ledger import load_bundle_messages, load_messages
+    from trustbus.cli import _nkey, _run, _servers, err
+
+    if bundle is not None:
+        return load_bundle_messages(bundle, admin_key=admin_key)
+    if tenant is None:
+        err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
+        raise typer.Exit(2)
+    messages, keyring = _run(load_messages(_servers(server), tenant, nkey_seed=_nkey()))
+    return messages, keyring, tenant
+
+
 def _tree_label(step: Any) -> str:
     from rich.markup import escape
 
@@ -152,17 +166,10 @@ def replay(
     from rich.table import Table
     from rich.tree import Tree
 
-    from ledger import build_incident, load_bundle_messages, load_messages, step_dict
-    from trustbus.cli import _nkey, _run, _servers, err, out
+    from ledger import build_incident, step_dict
+    from trustbus.cli import err, out
 
-    if bundle is not None:
-        messages, keyring, tenant_name = load_bundle_messages(bundle, admin_key=admin_key)
-    elif tenant is not None:
-        messages, keyring = _run(load_messages(_servers(server), tenant, nkey_seed=_nkey()))
-        tenant_name = tenant
-    else:
-        err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
-        raise typer.Exit(2)
+    messages, keyring, tenant_name = _source(tenant, bundle, server, admin_key)
     incident = build_incident(messages, keyring, tenant_name, correlation)
     if not incident.steps:
         err.print(f"[red]error:[/red] nothing recorded for correlation {correlation}")
@@ -223,24 +230,15 @@ def rollback(
     from ledger import (
         build_incident,
         compensated_keys,
-        load_bundle_messages,
-        load_messages,
         plan_rollback,
         verified_effects,
     )
-    from trustbus.cli import _nkey, _run, _servers, err, out
+    from trustbus.cli import _run, _servers, err, out
 
     if not dry_run and (operator is None or tenant is None):
         err.print("[red]error:[/red] executing a rollback needs --tenant and --as OPERATOR (or use --dry-run)")
         raise typer.Exit(2)
-    if bundle is not None:
-        messages, keyring, tenant_name = load_bundle_messages(bundle)
-    elif tenant is not None:
-        messages, keyring = _run(load_messages(_servers(server), tenant, nkey_seed=_nkey()))
-        tenant_name = tenant
-    else:
-        err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
-        raise typer.Exit(2)
+    messages, keyring, tenant_name = _source(tenant, bundle, server, None)
     incident = build_incident(messages, keyring, tenant_name, correlation)
     done = compensated_keys(verified_effects(messages, keyring, tenant_name))
     plan = plan_rollback(incident, compensated=done, from_seq=from_seq)
