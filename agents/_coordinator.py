@@ -346,6 +346,7 @@ class Coordinator:
                 received_ns=clock,
                 source_seq=delivery.stream_seq,
                 memory_revision=revision,
+                sender_role=delivery.opened.grant.role,
             )
 
         result = await self._record(envelope, make)
@@ -363,11 +364,11 @@ class Coordinator:
     async def _memory_revision(self, envelope: Envelope) -> int:
         """The current revision of the key a memory write names (0 if absent or unparsable)."""
         write = parse_write(envelope.payload)
-        if write is None:
+        if write is None or len(envelope.to) != 1 or envelope.to[0].startswith(subjects.TOPIC_PREFIX):
             return 0
         bucket = subjects.memory_bucket(self.bus.tenant)
         try:
-            raw = await self.bus.js.get_last_msg(f"KV_{bucket}", kv_subject(bucket, envelope.sender, write.key))
+            raw = await self.bus.js.get_last_msg(f"KV_{bucket}", kv_subject(bucket, envelope.to[0], write.key))
         except nats.js.errors.NotFoundError:
             return 0
         except (nats.errors.Error, nats.js.errors.Error) as exc:
@@ -376,10 +377,11 @@ class Coordinator:
 
     async def _write_memory(self, body: bytes, decision: Decision, decision_id: str) -> None:
         """Apply an accepted write with compare-and-set on the revision the writer expected; idempotent."""
-        write = parse_write(decode_envelope(body).payload)
+        envelope = decode_envelope(body)
+        write = parse_write(envelope.payload)
         assert write is not None  # decide() accepted it
         bucket = subjects.memory_bucket(self.bus.tenant)
-        subject = kv_subject(bucket, decision.sender, write.key)
+        subject = kv_subject(bucket, envelope.to[0], write.key)  # the sender's own, or an operator's revert
         try:
             current = await self.bus.js.get_last_msg(f"KV_{bucket}", subject)
             if decode_value(current.data or b"").envelope_id == decision.envelope_id:

@@ -147,6 +147,7 @@ def decide(
     received_ns: int,
     source_seq: int,
     memory_revision: int = 0,
+    sender_role: str = "agent",
 ) -> Decision | Deferral:
     """Decide one envelope. Pure: reads ``state``, never changes it.
 
@@ -157,6 +158,8 @@ def decide(
         received_ns: when the server stored the envelope (the decision's clock).
         source_seq: the envelope's stream sequence.
         memory_revision: for a ``memory_write``, the key's current revision (0: absent).
+        sender_role: the keyring role of the signing key (an ``operator`` may revert
+            another agent's memory during a rollback; no one else may write it).
     """
     hop = max(envelope.hop, state.hops.get(envelope.causation_id or "", -1) + 1)
     inherited = state.seen_taint.get((envelope.correlation_id, envelope.sender), frozenset())
@@ -203,10 +206,12 @@ def decide(
         return refuse_all("not_allowed")
 
     if envelope.kind == "memory_write":
-        # An agent writes only its own namespace, by addressing the write to itself.
-        if recipients != [envelope.sender]:
-            return refuse_all("foreign_namespace")
+        # An agent writes only its own namespace, by addressing the write to itself;
+        # an operator may write one agent's namespace, only to revert it in a rollback.
         write = parse_write(envelope.payload)
+        reverting = sender_role == "operator" and len(recipients) == 1 and write is not None and bool(write.reverts)
+        if recipients != [envelope.sender] and not reverting:
+            return refuse_all("foreign_namespace")
         if write is None:
             return refuse_all("bad_memory_write")
         if write.expected_revision != memory_revision:

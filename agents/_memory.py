@@ -26,11 +26,15 @@ RESERVED_KEYS = frozenset({"checkpoint"})
 
 
 class MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A proposed write. ``expected_revision`` 0 means "the key must not exist yet"."""
+    """A proposed write. ``expected_revision`` 0 means "the key must not exist yet".
+
+    ``reverts`` lists the envelopes whose writes a rollback undoes (operators only).
+    """
 
     key: str
     value: msgspec.Raw
     expected_revision: int
+    reverts: list[str] = []
 
 
 _write_decoder = msgspec.json.Decoder(MemoryWrite)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import nats.js.errors
 
 from bus import (
     Bus,
@@ -25,8 +26,11 @@ from bus import (
     Envelope,
     Identity,
     Keyring,
+    MemoryValue,
     VerificationError,
+    decode_decision,
     decode_effect,
+    decode_memory_value,
     new_envelope,
     new_id,
     open_envelope,
@@ -58,6 +62,15 @@ class Compensation:
         return {COMPENSATES: self.idempotency_key, "original": self.args, "result": self.result}
 
 
+@dataclass(frozen=True)
+class MemoryRevert:
+    """A memory key the incident wrote, to put back as it was before (as a new revision)."""
+
+    agent: str
+    key: str
+    written_by: tuple[str, ...]
+
+
 @dataclass
 class RollbackPlan:
     """Reversible effects to compensate (latest first), irreversible ones for a person, what is already undone."""
@@ -66,6 +79,7 @@ class RollbackPlan:
     compensate: list[Compensation] = field(default_factory=list)
     for_a_person: list[Compensation] = field(default_factory=list)
     already_compensated: list[Compensation] = field(default_factory=list)
+    memory: list[MemoryRevert] = field(default_factory=list)
 
 
 def verified_effects(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str) -> list[EffectRecord]:
@@ -124,7 +138,24 @@ def plan_rollback(incident: Incident, *, compensated: set[str], from_seq: int = 
             plan.compensate.append(item)
         else:
             plan.for_a_person.append(item)
+    plan.memory = memory_written(incident, from_seq=from_seq)
     return plan
+
+
+def memory_written(incident: Incident, *, from_seq: int = 0) -> list[MemoryRevert]:
+    """The memory keys the incident's accepted writes changed, with the envelopes that wrote them."""
+    writers: dict[tuple[str, str], list[str]] = {}
+    for step in incident.steps:
+        envelope = step.envelope
+        accepted = any(d.verdict == "accept" for d in step.decisions)
+        if envelope.kind != "memory_write" or not accepted or step.seq < from_seq or len(envelope.to) != 1:
+            continue
+        try:
+            key = json.loads(envelope.payload)["key"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        writers.setdefault((envelope.to[0], str(key)), []).append(envelope.id)
+    return [MemoryRevert(agent, key, tuple(ids)) for (agent, key), ids in writers.items()]
 
 
 def _is_compensation(record: EffectRecord) -> bool:
@@ -169,7 +200,59 @@ async def execute_rollback(
             await bus.publish(subjects.outbox(tenant, operator_name), bus.seal(instruction))
             await _completed(bus, tenant, item, from_seq=start, wait_s=wait_s)
             done.append(item.idempotency_key)
+        for revert in plan.memory:
+            if await _revert_memory(bus, tenant, revert, operator_name, correlation, wait_s=wait_s):
+                done.append(f"memory:{revert.agent}.{revert.key}")
     return done
+
+
+async def _revert_memory(
+    bus: Bus, tenant: str, revert: MemoryRevert, operator_name: str, correlation: str, *, wait_s: float
+) -> bool:
+    """Write the key's value from before the incident, if the incident's write is still the current one."""
+    bucket = subjects.memory_bucket(tenant)
+    subject = f"$KV.{bucket}.{revert.agent}.{revert.key}"
+    history: list[tuple[int, MemoryValue]] = []
+    seq = 1
+    while True:
+        try:
+            raw = await bus.js.get_msg(f"KV_{bucket}", seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            break
+        assert raw.seq is not None
+        history.append((raw.seq, decode_memory_value(raw.data or b"")))
+        seq = raw.seq + 1
+    if not history or history[-1][1].envelope_id not in revert.written_by:
+        return False  # reverted already, or changed since: a person decides
+    first = next(i for i, (_, value) in enumerate(history) if value.envelope_id in revert.written_by)
+    earlier = json.loads(history[first - 1][1].value) if first > 0 else None
+    payload = {
+        "key": revert.key,
+        "value": earlier,
+        "expected_revision": history[-1][0],
+        "reverts": list(revert.written_by),
+    }
+    start = (await bus.js.stream_info(bus.stream)).state.last_seq + 1
+    write = new_envelope(
+        tenant=tenant,
+        kind="memory_write",
+        sender=operator_name,
+        to=(revert.agent,),
+        payload=json.dumps(payload).encode(),
+        correlation_id=correlation,
+    )
+    await bus.publish(subjects.outbox(tenant, operator_name), bus.seal(write))
+    async for item in tail(bus.js, bus.keyring, tenant, subject=subjects.decision(tenant), from_seq=start,
+                           idle_timeout_s=wait_s):  # fmt: skip
+        if item.opened is None:
+            continue
+        decision = decode_decision(item.opened.envelope.payload)
+        if decision.envelope_id == write.id:
+            if decision.verdict != "accept":
+                raise LedgerError(f"reverting {revert.agent}.{revert.key} was refused: {', '.join(decision.reasons)}")
+            await _stored(bus, bucket, subject, write.id, wait_s=wait_s)
+            return True
+    raise LedgerError(f"no decision about reverting {revert.agent}.{revert.key} within {wait_s:.0f}s")
 
 
 async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
@@ -202,3 +285,18 @@ def _names(effect: EffectRecord, key: str) -> bool:
     except ValueError:
         return False
     return isinstance(args, dict) and args.get(COMPENSATES) == key
+
+
+async def _stored(bus: Bus, bucket: str, subject: str, envelope_id: str, *, wait_s: float) -> None:
+    """Wait until the coordinator has stored the value ``envelope_id`` wrote (it writes after deciding)."""
+    sub = await bus.js.subscribe(subject, stream=f"KV_{bucket}", ordered_consumer=True)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=wait_s)
+            except TimeoutError as exc:
+                raise LedgerError(f"the reverted value of {subject} was not stored within {wait_s:.0f}s") from exc
+            if decode_memory_value(msg.data).envelope_id == envelope_id:
+                return
+    finally:
+        await sub.unsubscribe()

@@ -256,6 +256,7 @@ def rollback(
             "compensate": [_compensation_dict(c) for c in plan.compensate],
             "for_a_person": [_compensation_dict(c) for c in plan.for_a_person],
             "already_compensated": [_compensation_dict(c) for c in plan.already_compensated],
+            "memory": [{"agent": m.agent, "key": m.key, "written_by": list(m.written_by)} for m in plan.memory],
             "compensated_now": compensated,
         }))  # fmt: skip
         return
@@ -269,5 +270,9 @@ def rollback(
         )
     if plan.already_compensated:
         out.print(f"{len(plan.already_compensated)} effect(s) already compensated")
+    for m in plan.memory:
+        out.print(
+            f"memory {m.agent}.{m.key}: written {len(m.written_by)} time(s) in the incident; reverted if still so"
+        )
     if compensated:
         out.print(f"[green]compensated[/green] {len(compensated)} effect(s), latest first")

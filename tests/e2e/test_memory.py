@@ -88,3 +88,35 @@ async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approv
     await fleet.memory_written("scribe", "address", write)
     entry = await memory.get("address")
     assert entry is not None and entry.value == "1 Main St" and entry.effective_taint == ("web",)
+
+
+async def test_rollback_reverts_the_memory_an_incident_wrote_as_a_new_revision_once(fleet: Fleet) -> None:
+    from tests.e2e.test_approvals import cli
+
+    await fleet.coordinator(POLICY)
+    await fleet.key("ops", role="operator")
+    scribe = await fleet.bus("scribe")
+    before = await fleet.send(scribe, ["scribe"], {"key": "tier", "value": "silver", "expected_revision": 0},
+                              kind="memory_write")  # fmt: skip
+    await fleet.memory_written("scribe", "tier", before)
+    memory = Memory(scribe.js, fleet.tenant, "scribe", None)  # type: ignore[arg-type]
+    entry = await memory.get("tier")
+    assert entry is not None
+    write = {"key": "tier", "value": "platinum", "expected_revision": entry.revision}
+    incident = await fleet.send(scribe, ["scribe"], write, kind="memory_write")
+    await fleet.memory_written("scribe", "tier", incident)
+
+    rc, out, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", incident,
+                             "--as", "ops", "--json")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["compensated_now"] == ["memory:scribe.tier"]
+    reverted = await memory.get("tier")
+    assert reverted is not None and reverted.value == "silver" and reverted.revision > entry.revision
+    assert reverted.envelope_id not in (before, incident)  # a new revision, written by the rollback
+
+    rc, out, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", incident,
+                             "--as", "ops", "--json")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["compensated_now"] == []
+    again = await memory.get("tier")
+    assert again is not None and again.revision == reverted.revision  # nothing reverted twice

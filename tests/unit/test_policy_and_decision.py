@@ -303,3 +303,15 @@ def test_provisional_decisions_can_be_rolled_back_exactly() -> None:
     assert (state.decided, state.spent, state.hops, state.seen_taint, state.buckets, state.last_seq) == (
         before.decided, before.spent, before.hops, before.seen_taint, before.buckets, before.last_seq
     )  # fmt: skip
+
+
+def test_only_an_operator_reverting_a_rollback_may_write_another_agents_memory() -> None:
+    state = CoordinatorState()
+    revert = json.dumps({"key": "k", "value": 1, "expected_revision": 0, "reverts": ["e1"]}).encode()
+    plain = json.dumps({"key": "k", "value": 1, "expected_revision": 0}).encode()
+    by_ops = env(sender="ops", to=("scribe",), kind="memory_write", payload=revert)
+    assert run(TAINT_POLICY, state, by_ops).verdict == "reject"  # an agent key (the default role) may not
+    assert decide(TAINT_POLICY, by_ops, state, received_ns=T0, source_seq=1, sender_role="operator").verdict == "accept"  # type: ignore[union-attr]
+    no_reverts = env(sender="ops", to=("scribe",), kind="memory_write", payload=plain)
+    refused = decide(TAINT_POLICY, no_reverts, state, received_ns=T0, source_seq=2, sender_role="operator")
+    assert refused.reasons == ("foreign_namespace",)  # type: ignore[union-attr]
