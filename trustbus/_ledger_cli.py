@@ -132,6 +132,40 @@ def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str
     return messages, keyring, tenant
 
 
+def _reexecuted(incident: Any, targets: list[str]) -> list[dict[str, Any]]:
+    """Re-run each ``ID=module:attr`` agent on the deliveries the incident recorded for it."""
+    import asyncio
+
+    from agents._process import load_agent
+    from agents._reexecute import reexecute
+
+    effects = {record.idempotency_key: record for _, _, _, record in incident.effects}
+    rows: list[dict[str, Any]] = []
+    for target in targets:
+        agent_id, _, where = target.partition("=")
+        deliveries = [
+            (s.envelope, next((d.effective_taint for d in s.decisions if d.verdict == "accept"), s.envelope.taint))
+            for s in incident.steps
+            if agent_id in s.deliveries
+        ]
+        sends: dict[str, list[Any]] = {}
+        for s in incident.steps:
+            if s.envelope.sender == agent_id and s.envelope.causation_id:
+                sends.setdefault(s.envelope.causation_id, []).append(s.envelope)
+        replayed = asyncio.run(
+            reexecute(load_agent(where), agent_id, deliveries, recorded_sends=sends, effects=effects)
+        )
+        for r in replayed:
+            rows.append({
+                "agent": agent_id,
+                "delivery": r.delivery.id,
+                "divergences": [
+                    {"what": d.what, "recorded": d.recorded, "replayed": d.replayed} for d in r.divergences
+                ],
+            })  # fmt: skip
+    return rows
+
+
 def _tree_label(step: Any) -> str:
     from rich.markup import escape
 
@@ -158,6 +192,14 @@ def replay(
     tenant: Annotated[str | None, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Replay from this audit bundle (no server needed).")] = None,
     policy: Annotated[Path | None, typer.Option(help="Re-decide every envelope under this policy.")] = None,
+    execute: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--execute",
+            help="ID=module:attr: re-run that agent's handler on what was delivered to it, effects answered "
+            "from their records (nothing is sent, no tool runs); repeatable. Exit 1 on a divergence.",
+        ),
+    ] = None,
     admin_key: Annotated[str | None, typer.Option(help="Pin the tenant admin key (bundles).")] = None,
     server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -175,9 +217,13 @@ def replay(
         err.print(f"[red]error:[/red] nothing recorded for correlation {correlation}")
         raise typer.Exit(1)
     redecided = _redecided(incident, policy) if policy is not None else None
+    executed = _reexecuted(incident, execute) if execute else None
+    diverged = bool(executed) and any(item["divergences"] for item in executed or [])
     if json_out:
         print(json.dumps({"correlation": correlation, "tree": [step_dict(r) for r in incident.roots],
-                          "redecided": redecided}))  # fmt: skip
+                          "redecided": redecided, "executed": executed}))  # fmt: skip
+        if diverged:
+            raise typer.Exit(1)
         return
     tree = Tree(f"correlation {correlation}")
 
@@ -198,6 +244,14 @@ def replay(
                           f"{row['now']['verdict']} {','.join(row['now']['reasons'])}",
                           "[bold red]yes[/bold red]" if row["changed"] else "")  # fmt: skip
         out.print(table)
+    for item in executed or []:
+        if not item["divergences"]:
+            out.print(f"[green]same[/green] {item['agent']} on {item['delivery']}")
+        for d in item["divergences"]:
+            out.print(f"[red]diverged[/red] {item['agent']} on {item['delivery']}: {d['what']}: "
+                      f"recorded {d['recorded']!r}, replayed {d['replayed']!r}")  # fmt: skip
+    if diverged:
+        raise typer.Exit(1)
 
 
 def _compensation_dict(c: Any) -> dict[str, Any]:

@@ -154,3 +154,14 @@ class Bank(Agent):
         tool = {"refund": "issue_refund", "email": "send_email"}[request["verb"]]
         result = await ctx.effect(tool, {k: v for k, v in request.items() if k != "verb"})
         await ctx.reply(result, cites=ctx.effect_keys)
+
+
+class BankChanged(Bank):
+    """A new version of the bank that words its replies differently (for replay divergence tests)."""
+
+    async def handle(self, ctx: Context) -> None:
+        """Same effects, another reply."""
+        request = ctx.json()
+        tool = {"refund": "issue_refund", "email": "send_email"}[request["verb"]]
+        result = await ctx.effect(tool, {k: v for k, v in request.items() if k != "verb"})
+        await ctx.reply({**result, "note": "v2"}, cites=ctx.effect_keys)

@@ -117,7 +117,8 @@ def books(fleet: Fleet) -> list[tuple[str, int, str | None]]:
         return list(db.execute("SELECT kind, order_no, compensates FROM movements ORDER BY rowid"))
 
 
-async def test_rollback_compensates_three_refunds_in_reverse_order_once_and_lists_the_email(fleet: Fleet) -> None:
+async def bank_incident(fleet: Fleet) -> str:
+    """Three refunds and an email in one correlation, by a bank agent process acting on a SQLite file."""
     from tests.e2e.fleet_agents import SYSTEM_DB
 
     await fleet.coordinator(BANK_POLICY)
@@ -137,6 +138,11 @@ async def test_rollback_compensates_three_refunds_in_reverse_order_once_and_list
         )
     await fleet.inbox(lambda read: sum(r == "boss" for r, _ in read) >= 4, limit_s=60)
     assert [(k, o) for k, o, _ in books(fleet)] == [("refund", 1), ("email", None), ("refund", 2), ("refund", 3)]
+    return incident
+
+
+async def test_rollback_compensates_three_refunds_in_reverse_order_once_and_lists_the_email(fleet: Fleet) -> None:
+    incident = await bank_incident(fleet)
 
     rc, out, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", incident,
                              "--as", "ops", "--json")  # fmt: skip
@@ -153,3 +159,20 @@ async def test_rollback_compensates_three_refunds_in_reverse_order_once_and_list
     again = json.loads(out)
     assert again["compensate"] == [] and again["compensated_now"] == [] and len(again["already_compensated"]) == 3
     assert books(fleet) == moves  # nothing compensated twice
+
+
+async def test_re_executing_the_agent_on_recorded_inputs_touches_nothing_and_reports_divergence(fleet: Fleet) -> None:
+    incident = await bank_incident(fleet)
+    moves = books(fleet)
+    rc, out, err = await cli(fleet, "ledger", "replay", "-t", fleet.tenant, "--correlation", incident, "--json",
+                             "--execute", "bank=tests.e2e.fleet_agents:Bank")  # fmt: skip
+    assert rc == 0, err
+    executed = json.loads(out)["executed"]
+    assert len(executed) == 4 and all(item["divergences"] == [] for item in executed)
+
+    rc, out, _ = await cli(fleet, "ledger", "replay", "-t", fleet.tenant, "--correlation", incident, "--json",
+                           "--execute", "bank=tests.e2e.fleet_agents:BankChanged")  # fmt: skip
+    assert rc == 1
+    diverged = [d for item in json.loads(out)["executed"] for d in item["divergences"]]
+    assert len(diverged) == 4 and {d["what"] for d in diverged} == {"sent"}
+    assert books(fleet) == moves  # no tool ran: every effect was answered from its record

@@ -1,0 +1,165 @@
+"""Re-executing an agent's handler on the inputs the ledger recorded, with no side effects.
+
+Each recorded delivery is handed to the handler again through a
+:class:`ReplayContext`: what it sends is collected instead of published, and
+every effect it calls is answered from the recorded result of the same call
+(same idempotency key, so the same cause, tool, arguments and position), so no
+tool, no model, no system is touched. The outputs are then compared with what
+the agent recorded the first time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents._effects import idempotency_key
+from agents._runtime import Agent, Context, Payload, _encode, compensate, compensation_request
+from bus import ContentType, EffectRecord, Envelope, Kind, new_envelope
+
+
+class NotRecorded(Exception):
+    """The handler called an effect the ledger has no completed record of: a divergence."""
+
+
+@dataclass
+class Divergence:
+    """Where the re-executed handler did something else than the recorded one."""
+
+    delivery_id: str
+    what: str
+    recorded: Any
+    replayed: Any
+
+
+class _ReplayMemory:
+    """Memory reads are not recorded in the ledger: a replay sees an empty namespace."""
+
+    def __init__(self, context: ReplayContext) -> None:
+        self._context = context
+
+    async def get(self, key: str) -> None:
+        return None
+
+    async def write(self, key: str, value: object, *, expected_revision: int) -> Envelope:
+        payload = {"key": key, "value": value, "expected_revision": expected_revision}
+        return await self._context.send((self._context.agent_id,), payload, kind="memory_write")
+
+
+class ReplayContext(Context):
+    """A handler context that publishes nothing and runs no tool."""
+
+    def __init__(
+        self, agent_id: str, envelope: Envelope, taint: tuple[str, ...], effects: dict[str, EffectRecord]
+    ) -> None:
+        """``effects``: the recorded completed effects by idempotency key."""
+        self.agent_id = agent_id
+        self.envelope = envelope
+        self.taint = taint
+        self.decision_id = None
+        self.attempt = 1
+        self.memory = _ReplayMemory(self)  # type: ignore[assignment]
+        self.sent: list[Envelope] = []
+        self.called: list[tuple[str, Any]] = []
+        self._effects = effects
+        self._keys: list[str] = []
+
+    async def send(
+        self,
+        to: Iterable[str],
+        payload: Payload,
+        *,
+        kind: Kind = "event",
+        content_type: ContentType | None = None,
+        taint: Iterable[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Envelope:
+        """Build the envelope the handler would send, and keep it."""
+        body, default_type = _encode(payload)
+        envelope = new_envelope(
+            tenant=self.envelope.tenant,
+            kind=kind,
+            sender=self.agent_id,
+            to=tuple(to),
+            payload=body,
+            content_type=content_type or default_type,
+            correlation_id=self.envelope.correlation_id,
+            causation_id=self.envelope.id,
+            hop=self.envelope.hop + 1,
+            taint=set(self.taint) | set(taint),
+            idempotency_key=idempotency_key,
+        )
+        self.sent.append(envelope)
+        return envelope
+
+    async def effect(self, tool: str, args: dict[str, Any]) -> Any:
+        """The recorded result of this call; NotRecorded if there is none."""
+        key = idempotency_key(self.envelope.idempotency_key or self.envelope.id, tool, args, len(self.called))
+        self.called.append((tool, args))
+        record = self._effects.get(key)
+        if record is None or record.phase != "completed" or record.tool != tool:
+            raise NotRecorded(f"{tool}({json.dumps(args, sort_keys=True)}) has no completed record")
+        self._keys.append(key)
+        self.taint = tuple(sorted(set(self.taint) | set(record.taint)))
+        return json.loads(record.result or b"null")
+
+    @property
+    def effect_keys(self) -> list[str]:
+        """Keys of the effects answered so far."""
+        return list(self._keys)
+
+
+@dataclass
+class Replayed:
+    """One re-executed delivery and how it compares."""
+
+    delivery: Envelope
+    divergences: list[Divergence] = field(default_factory=list)
+
+
+def _output(envelope: Envelope) -> dict[str, Any]:
+    try:
+        payload: Any = json.loads(envelope.payload)
+    except ValueError:
+        payload = envelope.payload.hex()
+    return {"kind": envelope.kind, "to": list(envelope.to), "payload": payload, "taint": list(envelope.taint)}
+
+
+async def reexecute(
+    agent: Agent,
+    agent_id: str,
+    deliveries: Sequence[tuple[Envelope, tuple[str, ...]]],
+    *,
+    recorded_sends: dict[str, list[Envelope]],
+    effects: dict[str, EffectRecord],
+) -> list[Replayed]:
+    """Hand each recorded delivery (with the taint it was delivered with) to ``agent`` again and compare.
+
+    Args:
+        agent: the agent, as ``trustbus agent run`` would load it.
+        agent_id: its id.
+        deliveries: what was delivered to it, in order, with each delivery's effective taint.
+        recorded_sends: by delivered envelope id, what the agent sent because of it, in order.
+        effects: every recorded effect record of the incident, by idempotency key (the latest phase).
+    """
+    results = []
+    for envelope, taint in deliveries:
+        ctx = ReplayContext(agent_id, envelope, taint, effects)
+        result = Replayed(delivery=envelope)
+        try:
+            if compensation_request(envelope) is not None:
+                await compensate(ctx)
+            else:
+                await agent.handle(ctx)
+        except NotRecorded as exc:
+            result.divergences.append(Divergence(envelope.id, "effect", None, str(exc)))
+        except Exception as exc:  # the handler's own failure is a finding, not a crash of the replay
+            result.divergences.append(Divergence(envelope.id, "raised", None, f"{type(exc).__name__}: {exc}"))
+        recorded = [_output(e) for e in recorded_sends.get(envelope.id, [])]
+        replayed = [_output(e) for e in ctx.sent]
+        if recorded != replayed:
+            result.divergences.append(Divergence(envelope.id, "sent", recorded, replayed))
+        results.append(result)
+    return results
