@@ -9,7 +9,8 @@ and authenticates), with permissions fixed by its role:
 - ``coordinator``: delivers to inboxes and topics, records decisions and
   approvals, writes agent memory, creates and reads any consumer on the
   tenant stream.
-- ``ledger``: reads the stream through its own consumer, publishes checkpoints.
+- ``ledger``: reads the stream through its own consumer (which it may also
+  delete, to make it anew from its projection's position), publishes checkpoints.
 - ``operator``: publishes approvals, reads the stream through its own consumer.
 - ``agent``: publishes to its own outbox and effect subjects (and quarantine)
   only; reads its own inbox consumer, its own memory keys and its own effect
@@ -255,11 +256,11 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
         publish = (
             _Rule(checkpoint(tenant), "signed ledger checkpoints"),
             _Rule(quarantine(tenant), "quarantine records for what fails verification"),
-            *_reader(tenant, owner),
+            *_reader(tenant, owner, may_delete=True),
         )
     else:
         summary = f"{owner} (operator): publishes approvals, reads the stream through its consumer {owner!r}"
-        publish = (_Rule(approval(tenant), "signed approvals"), *_reader(tenant, owner))
+        publish = (_Rule(approval(tenant), "signed approvals"), *_reader(tenant, owner, may_delete=False))
     return _User(
         grant=grant,
         summary=summary,
@@ -320,16 +321,24 @@ def _coordinator(tenant: str) -> tuple[_Rule, ...]:
     )
 
 
-def _reader(tenant: str, consumer: str) -> tuple[_Rule, ...]:
-    """A ledger's or operator's rights on the stream: single messages, and its own consumer named after it."""
+def _reader(tenant: str, consumer: str, *, may_delete: bool) -> tuple[_Rule, ...]:
+    """A ledger's or operator's rights on the stream: single messages, and its own consumer named after it.
+
+    ``may_delete``: it may also delete that consumer (the ledger service makes it
+    anew from its projection's position when the two disagree: docs/LEDGER_PROJECTION.md).
+    """
     if consumer.startswith("in-"):
         raise ConfigError(f"owner {consumer!r} could take over an agent's inbox consumer: give it another name")
     stream = stream_name(tenant)
+    delete = _Rule(
+        f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}", "delete its own consumer, to make it anew from a sequence"
+    )
     return (
         _Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "read single messages of the stream"),
         _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}", "create its own consumer, by name only"),
         _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>", "... with a filter subject"),
         _Rule(f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}", "... or as a durable"),
+        *((delete,) if may_delete else ()),
         _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "its consumer's state"),
         _Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", "fetch from it"),
         _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack what it read"),

@@ -1,10 +1,14 @@
 """The ledger service: tails the tenant stream, keeps the projection and publishes checkpoints.
 
 The adapter around :class:`~ledger._projector.Projector` (pure) and
-:class:`~ledger._segments.SegmentStore` (the files). It reads the stream with
-an ordered consumer (ephemeral, made and owned by this connection, so no other
-user can bind to it or move it) from the last committed sequence + 1. Rows
-are committed in batches; a checkpoint states the committed position only.
+:class:`~ledger._segments.SegmentStore` (the files). It reads the stream
+through its own durable pull consumer, named after its key owner (the one
+consumer a rendered server config lets the ``ledger`` role create, read, ack
+and delete), and acks what it read only once the commit holding it is on
+disk. On start, and whenever a delivery is missing, the consumer is kept only
+if it would hand out exactly the sequence after the projection's position;
+otherwise it is deleted and made again from there. Rows are committed in
+batches; a checkpoint states the committed position only.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from pathlib import Path
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from bus import Bus, KeyDirectory, Opened, TransportError, VerificationError, subjects
 from bus._seal import HEADER_CKEY, HEADER_KEY
@@ -37,6 +41,7 @@ from ledger._stored import StoredMessage
 log = logging.getLogger("trustbus.ledger")
 
 PARALLEL_FROM = 256  # messages in a batch from which signatures are checked on every core
+READ_RETRY_S = 0.5  # pause after a failed read of the consumer, before making it anew
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,9 @@ class ServiceSettings:
         flush_messages: messages projected before their rows are committed.
         flush_seconds: longest a projected row waits to be committed.
         batch: messages taken from the consumer at once.
+        ack_wait_s: the consumer's ack wait. Messages are acked after the
+            commit that holds them (within ``flush_seconds`` or so), so this only
+            bounds how soon a lost ack is made good by a redelivery (skipped).
     """
 
     checkpoint_every: int = 1000
@@ -56,6 +64,12 @@ class ServiceSettings:
     flush_messages: int = 10_000
     flush_seconds: float = 1.0
     batch: int = 1024
+    ack_wait_s: float = 600.0
+
+    @property
+    def max_ack_pending(self) -> int:
+        """Room for every message read but not yet committed (a commit is due at ``flush_messages``), twice."""
+        return 2 * (self.flush_messages + self.batch)
 
 
 def _stored(msg: Msg) -> StoredMessage:
@@ -82,15 +96,22 @@ class LedgerService:
         )
         self._pending = Rows()
         self._pending_since: float | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._last_delivery = 0  # the consumer's delivery sequence of the last message read
+        self._unacked: Msg | None = None  # the newest message read and not acked
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Project until ``stop`` is set, then commit what was projected and return."""
         self._remember_recent()
-        sub = await self._subscribe()
+        await self._open_consumer(reuse=True)
         ready()
         try:
             while not stop.is_set():
-                await self._apply([_stored(msg) for msg in await self._next_batch(sub, stop)])
+                batch, intact = await self._next_batch(stop)
+                await self._apply([_stored(msg) for msg in batch])
+                self._received(batch)
+                if not intact:
+                    await self._open_consumer(reuse=False)
                 now = time.monotonic()
                 if self._pending_since is not None and (
                     len(self._pending.envelopes) >= self.settings.flush_messages
@@ -98,13 +119,15 @@ class LedgerService:
                     or self.schedule.due(now)
                 ):
                     await self._commit()
+                if self._pending_since is None:
+                    await self._ack()
                 if self._pending_since is None and self.schedule.due(now):
                     await self._checkpoint(now)
+            if self._pending_since is not None:
+                await self._commit()
+                await self._ack()
         finally:
-            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-                await sub.unsubscribe()
-        if self._pending_since is not None:
-            await self._commit()
+            await self._unsubscribe()
 
     def _remember_recent(self) -> None:
         """After a restart, the ids accepted within the replay window before the position, from the projection."""
@@ -115,18 +138,92 @@ class LedgerService:
         for subject, seq, envelope in self.store.recently_accepted(since):
             self.projector.remember(subject, seq, envelope)
 
-    async def _subscribe(self) -> Subscription:
-        start = self.projector.position.last_seq + 1
-        try:
-            return await self.bus.js.subscribe(
-                subjects.all_subjects(self.bus.tenant),
-                stream=self.bus.stream,
-                ordered_consumer=True,
-                config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
-                pending_msgs_limit=4 * self.settings.batch,
+    # -- the consumer ---------------------------------------------------------
+
+    def _consumer_config(self, start: int) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.bus.name,
+            durable_name=self.bus.name,
+            filter_subject=subjects.all_subjects(self.bus.tenant),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=self.settings.ack_wait_s,
+            max_ack_pending=self.settings.max_ack_pending,
+            max_deliver=-1,
+        )
+
+    def _stale(self, info: ConsumerInfo, after: int) -> str | None:
+        """Why the consumer ``info`` cannot be read on from sequence ``after`` + 1 as it is (None: it can)."""
+        config, wanted = info.config, self._consumer_config(after + 1)
+        for field in ("filter_subject", "ack_policy", "ack_wait", "max_ack_pending", "deliver_subject"):
+            if getattr(config, field) != getattr(wanted, field):
+                return f"its {field} is {getattr(config, field)!r}, not {getattr(wanted, field)!r}"
+        if config.filter_subjects:
+            return f"it filters on {config.filter_subjects}"
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        if delivered != after or floor != after or info.num_ack_pending:
+            return (
+                f"it delivered through {delivered} with {info.num_ack_pending or 0} unacked "
+                f"(ack floor {floor}), the projection is at {after}"
             )
+        return None
+
+    async def _open_consumer(self, *, reuse: bool) -> None:
+        """Bind to the consumer, first (re)making it if it would not hand out exactly position + 1 next.
+
+        ``reuse``: keep an existing consumer whose state matches the position
+        (a clean restart); otherwise (a delivery went missing) always make it anew.
+        """
+        await self._unsubscribe()
+        after = self.projector.position.last_seq
+        js, stream, name = self.bus.js, self.bus.stream, self.bus.name
+        try:
+            try:
+                info: ConsumerInfo | None = await js.consumer_info(stream, name)
+            except nats.js.errors.NotFoundError:
+                info = None
+            why = "a delivery went missing" if not reuse else None if info is None else self._stale(info, after)
+            if info is not None and why is not None:
+                log.warning("consumer reset", extra={"consumer": name, "reason": why, "from_seq": after + 1})
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_consumer(stream, name)
+                info = None
+            if info is None:
+                info = await js.add_consumer(stream, self._consumer_config(after + 1))
+                log.info("consumer created", extra={"consumer": name, "from_seq": after + 1})
+            self._sub = await js.pull_subscribe_bind(name, stream=stream, pending_msgs_limit=4 * self.settings.batch)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read stream {self.bus.stream}: {exc}") from exc
+            raise TransportError(
+                f"cannot open consumer {name} on stream {stream}: {exc} (under a rendered server config the "
+                f"ledger role may create, read and delete only the consumer named after it: render again and reload)"
+            ) from exc
+        self._last_delivery = info.delivered.consumer_seq if info.delivered else 0
+        self._unacked = None
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                await sub.unsubscribe()
+
+    def _received(self, batch: list[Msg]) -> None:
+        """Take note of the newest message read, to ack once everything through it is committed."""
+        for msg in batch:
+            if self._unacked is None or msg.metadata.sequence.stream > self._unacked.metadata.sequence.stream:
+                self._unacked = msg
+
+    async def _ack(self) -> None:
+        """Ack (policy all: everything through it) the newest message read; call only when all of it is committed."""
+        msg, self._unacked = self._unacked, None
+        if msg is None:
+            return
+        try:
+            await msg.ack()
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            # Harmless: the next ack covers it, and a restart makes the consumer anew.
+            log.warning("ack failed", extra={"stream_seq": msg.metadata.sequence.stream, "error": str(exc)})
 
     def _wait_s(self) -> float:
         """How long to wait for a message before a commit or a checkpoint is due (at most a second)."""
@@ -139,29 +236,58 @@ class LedgerService:
             waits.append(checkpoint)
         return max(0.001, min(waits))
 
-    async def _next_batch(self, sub: Subscription, stop: asyncio.Event) -> list[Msg]:
-        """The messages queued now, waiting (until due, or stopped) for the first."""
-        first = asyncio.ensure_future(sub.next_msg(timeout=self._wait_s()))
+    async def _next_batch(self, stop: asyncio.Event) -> tuple[list[Msg], bool]:
+        """The messages the consumer has for us now, waiting (until due, or stopped) for the first.
+
+        Returns them in delivery order, cut before any delivery that is not the
+        one after the last (a lost delivery: the rest would leave a gap), and
+        whether none was cut and the consumer is still there.
+        """
+        sub = self._sub
+        assert sub is not None
+        first = asyncio.ensure_future(sub.fetch(1, timeout=self._wait_s()))
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait({first, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         if not first.done():
             first.cancel()
             await asyncio.gather(first, return_exceptions=True)
-            return []
+            return [], True
         try:
-            batch = [first.result()]
+            batch = first.result()
         except TimeoutError:  # nats.errors.TimeoutError is a subclass
-            return []
+            return [], True
         except nats.errors.ConnectionClosedError as exc:
             raise TransportError("connection closed while reading the stream") from exc
-        # Take what is queued, and on a backlog (the server says more is pending) wait for a full batch.
+        except (nats.errors.Error, nats.js.errors.Error) as exc:  # no responders: the consumer was deleted
+            log.warning("consumer read failed", extra={"consumer": self.bus.name, "error": str(exc)})
+            with contextlib.suppress(TimeoutError):  # not in a tight loop if it keeps failing
+                await asyncio.wait_for(stop.wait(), READ_RETRY_S)
+            return [], False
+        # Take what is queued, and on a backlog (the server says more is pending) a full batch.
         while len(batch) < self.settings.batch and (sub.pending_msgs > 0 or batch[-1].metadata.num_pending > 0):
             try:
-                batch.append(await sub.next_msg(timeout=1.0))
+                batch += await sub.fetch(self.settings.batch - len(batch), timeout=1.0)
             except TimeoutError:
                 break
-        return batch
+            except nats.errors.ConnectionClosedError as exc:
+                raise TransportError("connection closed while reading the stream") from exc
+            except (nats.errors.Error, nats.js.errors.Error):
+                break  # the next read finds out
+        for i, msg in enumerate(batch):
+            delivery = msg.metadata.sequence.consumer
+            if delivery != self._last_delivery + 1:
+                log.warning(
+                    "delivery out of order",
+                    extra={
+                        "expected": self._last_delivery + 1,
+                        "delivery": delivery,
+                        "stream_seq": msg.metadata.sequence.stream,
+                    },
+                )
+                return batch[:i], False
+            self._last_delivery = delivery
+        return batch, True
 
     async def _apply(self, batch: list[StoredMessage]) -> None:
         keyring = self.bus.keyring

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from nats.js.api import AckPolicy
 
 from bus import (
     Bus,
@@ -244,3 +247,86 @@ async def test_ledger_verify_checks_the_services_checkpoints_and_catches_a_forge
         "seq": forged_seq, "reason": "checkpoint", "detail": f"checkpoint through {through} states another chain head",
     }  # fmt: skip
     assert one(f"SELECT holds, signer FROM checkpoint_checks WHERE seq = {forged_seq}", data) == (False, "ledger2")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+def stderr_of(fleet: Fleet, proc: asyncio.subprocess.Process) -> str:
+    return (fleet.tmp / f"proc{fleet.procs.index(proc)}.err").read_text()
+
+
+async def assert_exact(fleet: Fleet, data: Path, last: int) -> None:
+    """Every stream message 1..last projected exactly once, the chain recomputed from the stream."""
+    assert one("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM envelopes", data) == (
+        last, last, 1, last,
+    )  # fmt: skip
+    head = GENESIS
+    for m in await read_stream(fleet.nc.jetstream(), fleet.tenant):
+        head = chain_hash(head, m.seq, m.subject, m.headers, m.body)
+    assert read_catalogue(data).head == head.hex() and read_catalogue(data).last_seq == last
+
+
+async def test_the_consumer_is_kept_when_it_agrees_with_the_projection_and_made_anew_when_not(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A clean restart reuses `ledger`; a projection restored from a backup, a delivery taken by another
+    client, and the consumer deleted under the running service each make it anew from the right sequence."""
+    data, backup = tmp_path / "projection", tmp_path / "backup"
+    js = fleet.nc.jetstream()
+    stream = f"TB_{fleet.tenant}"
+    alice = await fleet.bus("alice")  # no coordinator: alice's outbox is traffic enough
+    options = ("--checkpoint-every", "10", "--checkpoint-seconds", "0.2")
+
+    ledger = await start_ledger(fleet, data, *options)
+    await traffic(fleet, alice, 10)
+    first = await settled(fleet, data)
+    await stop(ledger)
+    info = await js.consumer_info(stream, "ledger")
+    assert info.delivered.stream_seq == info.ack_floor.stream_seq == first and info.num_ack_pending == 0
+    assert info.config.ack_policy == AckPolicy.ALL and info.config.filter_subject == f"tb.{fleet.tenant}.>"
+    shutil.copytree(data, backup)
+
+    # A clean restart: the consumer is in step with the projection and is kept.
+    ledger = await start_ledger(fleet, data, *options)
+    await traffic(fleet, alice, 10, start=10)
+    await settled(fleet, data)
+    await stop(ledger)
+    assert (await js.consumer_info(stream, "ledger")).created == info.created
+    assert "consumer reset" not in stderr_of(fleet, ledger)
+
+    # The projection restored from the backup: the consumer is ahead of it, and made anew from the backup's position.
+    shutil.rmtree(data)
+    shutil.copytree(backup, data)
+    ledger = await start_ledger(fleet, data, *options)
+    remade = await js.consumer_info(stream, "ledger")
+    assert remade.created != info.created and remade.config.opt_start_seq == first + 1
+    await traffic(fleet, alice, 3, start=20)
+    await assert_exact(fleet, data, await settled(fleet, data))
+
+    # Another client takes a delivery: the service sees the hole in the delivery sequence and starts over after
+    # what it has, so the taken message is read again.
+    thief = await js.pull_subscribe_bind("ledger", stream=stream)
+    taking = asyncio.create_task(thief.fetch(1, timeout=10))
+    await asyncio.sleep(0.2)
+    await traffic(fleet, alice, 4, start=23)
+    [taken] = await taking
+    await thief.unsubscribe()
+    await assert_exact(fleet, data, await settled(fleet, data))
+    assert one(f"SELECT count(*) FROM envelopes WHERE seq = {taken.metadata.sequence.stream}", data) == (1,)
+    assert "delivery out of order" in stderr_of(fleet, ledger)
+
+    # The consumer deleted under the running service: it is made again from after the projection's position.
+    await js.delete_consumer(stream, "ledger")
+    await traffic(fleet, alice, 3, start=27)
+    last = await settled(fleet, data)
+    await assert_exact(fleet, data, last)
+    await stop(ledger)
+    assert stderr_of(fleet, ledger).count("consumer reset") >= 2  # the restore and the taken delivery
+
+    checkpoints, holding = one("SELECT count(*), count(*) FILTER (WHERE holds) FROM checkpoint_checks", data)
+    assert checkpoints >= 4 and holding == checkpoints
+    report = await verify_stream([fleet.url], fleet.tenant)
+    assert report.ok, report.breaks

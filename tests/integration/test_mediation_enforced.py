@@ -2,7 +2,7 @@
 
 One server per module, started on the bootstrap config (only the tenant admin),
 provisioned as the admin, then reloaded (SIGHUP) with the config rendered from
-the keyring: agents alice, bob and carol, and a coordinator. Refusals reach a
+the keyring: agents alice, bob and carol, a coordinator and a ledger. Refusals reach a
 client only through its ``error_cb`` (nats-py lowercases the server's message);
 a denied request gets no reply. Connection attempts that the server is expected
 to refuse use the raw protocol or a subprocess: nats-py leaks the socket of a
@@ -31,7 +31,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import (
     EmbeddedServer,
@@ -126,6 +126,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             for agent in AGENTS:
                 await new_key([server.url], T, agent, role="agent", keys=keys, nkey_seed=admin.nkey_seed)
             await new_key([server.url], T, "coordinator", role="coordinator", keys=keys, nkey_seed=admin.nkey_seed)
+            await new_key([server.url], T, "ledger", role="ledger", keys=keys, nkey_seed=admin.nkey_seed)
             await deployment.render_and_reload(until_accepted=keys.load(T, "alice"))
 
         asyncio.run(provision())
@@ -299,6 +300,49 @@ async def test_agent_reads_its_own_memory_key(connect: Connect) -> None:
     alice = await connect("alice")
     assert (await alice.js.get_last_msg(MEMORY, key, direct=True)).data == b"alice's note"
     assert alice.errors.empty() and coordinator.errors.empty()
+
+
+async def test_ledger_reads_through_its_own_consumer_and_may_delete_only_that(connect: Connect) -> None:
+    """The ledger service's calls: make `ledger` from a sequence, fetch, ack all, delete it, make it anew.
+
+    Deleting any other consumer (an agent's inbox consumer, the coordinator's) is refused.
+    """
+    ledger, coordinator, admin = await connect("ledger"), await connect("coordinator"), await connect("admin")
+    await coordinator.js.add_consumer(
+        STREAM,
+        ConsumerConfig(durable_name="in-bob", filter_subject=subjects.inbox(T, "bob"), ack_policy=AckPolicy.EXPLICIT),
+    )
+    body, headers = signed(coordinator, "bob")
+    for _ in range(3):
+        await coordinator.js.publish(subjects.inbox(T, "bob"), body, headers=headers)
+    last = (await admin.js.stream_info(STREAM)).state.last_seq
+
+    def config(start: int) -> ConsumerConfig:
+        return ConsumerConfig(
+            name="ledger", durable_name="ledger", filter_subject=f"tb.{T}.>", ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, ack_wait=600, max_ack_pending=1000,
+        )  # fmt: skip
+
+    await ledger.js.add_consumer(STREAM, config(last - 2))  # $JS.API.CONSUMER.CREATE.TB_med.ledger.tb.med.>
+    sub = await ledger.js.pull_subscribe_bind("ledger", stream=STREAM)
+    msgs = await sub.fetch(3, timeout=2)
+    assert [m.metadata.sequence.stream for m in msgs] == [last - 2, last - 1, last]
+    await msgs[-1].ack_sync(timeout=2)
+    info = await ledger.js.consumer_info(STREAM, "ledger")
+    assert info.ack_floor is not None and info.ack_floor.stream_seq == last and info.num_ack_pending == 0
+    assert await ledger.js.delete_consumer(STREAM, "ledger")  # $JS.API.CONSUMER.DELETE.TB_med.ledger
+    await ledger.js.add_consumer(STREAM, config(last))
+    [again] = await sub.fetch(1, timeout=2)
+    assert again.metadata.sequence.stream == last and again.metadata.sequence.consumer == 1
+    await sub.unsubscribe()
+    assert await ledger.js.delete_consumer(STREAM, "ledger")
+    assert ledger.errors.empty()
+
+    for other in ("in-bob", "coordinator"):
+        await ledger.nc.publish(f"$JS.API.CONSUMER.DELETE.{STREAM}.{other}", b"", reply=ledger.nc.new_inbox())
+        await ledger.nc.flush(timeout=TIMEOUT)
+        await ledger.refused(f"$JS.API.CONSUMER.DELETE.{STREAM}.{other}")
+    assert (await coordinator.js.consumer_info(STREAM, "in-bob")).config.filter_subject == subjects.inbox(T, "bob")
 
 
 # -- attacks, each refused by the server -----------------------------------

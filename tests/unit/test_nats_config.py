@@ -90,14 +90,19 @@ def test_readers_get_only_their_own_named_consumer(
     grants: list[KeyGrant], index: int, owner: str, own: str | None
 ) -> None:
     perms = permissions(render_tenant_config(T, grants), grants[index].key_id)
-    consumers = [s for s in perms["publish"] if ".CONSUMER." in s and "KV_" not in s]
+    consumers = [s for s in perms["publish"] if (".CONSUMER." in s or "$JS.ACK." in s) and "KV_" not in s]
+    # Only the ledger may delete its consumer (to make it anew from its projection's position).
+    delete = [f"$JS.API.CONSUMER.DELETE.TB_acme.{owner}"] if owner == "ledger" else []
     assert consumers == [
         f"$JS.API.CONSUMER.CREATE.TB_acme.{owner}",
         f"$JS.API.CONSUMER.CREATE.TB_acme.{owner}.>",
         f"$JS.API.CONSUMER.DURABLE.CREATE.TB_acme.{owner}",
+        *delete,
         f"$JS.API.CONSUMER.INFO.TB_acme.{owner}",
         f"$JS.API.CONSUMER.MSG.NEXT.TB_acme.{owner}",
+        f"$JS.ACK.TB_acme.{owner}.>",
     ]
+    assert not [s for s in perms["publish"] if s.startswith("$JS.API.CONSUMER.CREATE.TB_acme") and s.count(".") < 5]
     assert perms["subscribe"] == [f"_INBOX_{owner}.>"] and perms["deny"] == DENY_DESTRUCTIVE
     assert (own is None) or own in perms["publish"]
 
