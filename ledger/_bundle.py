@@ -18,6 +18,7 @@ key: pin it (``verify --admin-key``) rather than trusting the manifest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import ConfigError, Keyring, KeyringError, TransportError, pinned_admin_key, subjects
 from bus._keyring import decode_signed_grant
@@ -76,7 +77,13 @@ class Bundle:
 
 
 async def read_stream(js: JetStreamContext, tenant: str, *, from_seq: int = 1) -> list[StoredMessage]:
-    """Every message of ``TB_<tenant>`` from ``from_seq`` to the current end, in order."""
+    """Every message of ``TB_<tenant>`` from ``from_seq`` to the current end, in order.
+
+    Reads through an ephemeral pull consumer: a pull never outruns the reader,
+    whereas a push subscription drops messages client-side once its pending
+    limit is reached (silently, in nats-py), which would make gaps look like
+    tampering.
+    """
     stream = subjects.stream_name(tenant)
     try:
         info = await js.stream_info(stream)
@@ -85,34 +92,41 @@ async def read_stream(js: JetStreamContext, tenant: str, *, from_seq: int = 1) -
     last = info.state.last_seq
     if last < from_seq:
         return []
-    sub = await js.subscribe(
-        subjects.all_subjects(tenant),
-        stream=stream,
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq),
-        pending_msgs_limit=65536,
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=from_seq,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
     )
+    try:
+        sub = await js.pull_subscribe(subjects.all_subjects(tenant), stream=stream, config=config)
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"cannot read {stream}: {exc}") from exc
     messages: list[StoredMessage] = []
     try:
         while not messages or messages[-1].seq < last:
             try:
-                msg = await sub.next_msg(timeout=10)
+                batch = await sub.fetch(1000, timeout=10)
             except TimeoutError as exc:
-                raise TransportError(
-                    f"reading {stream} stalled after sequence {messages[-1].seq if messages else 0}"
-                ) from exc
-            meta = msg.metadata
-            messages.append(
-                StoredMessage(
-                    meta.sequence.stream,
-                    msg.subject,
-                    int(meta.timestamp.timestamp() * 1e9),
-                    dict(msg.headers or {}),
-                    msg.data,
+                at = messages[-1].seq if messages else from_seq - 1
+                raise TransportError(f"reading {stream} stalled after sequence {at}") from exc
+            for msg in batch:
+                meta = msg.metadata
+                expected = messages[-1].seq + 1 if messages else from_seq
+                if meta.sequence.stream != expected:
+                    raise TransportError(f"reading {stream}: got sequence {meta.sequence.stream}, expected {expected}")
+                messages.append(
+                    StoredMessage(
+                        meta.sequence.stream,
+                        msg.subject,
+                        int(meta.timestamp.timestamp() * 1e9),
+                        dict(msg.headers or {}),
+                        msg.data,
+                    )
                 )
-            )
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+            await sub.unsubscribe()
     return messages
 
 
