@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -11,8 +13,10 @@ import nats.js.errors
 from agents._decision_log import DecisionLog
 from agents._errors import AgentError
 from agents._policy import Policy
-from bus import KeyDirectory, KeyringStore, TransportError, connect_nats, new_envelope, seal, subjects, tail
+from bus import KeyDirectory, KeyringStore, TransportError, connect_nats, new_envelope, seal, subjects
 from bus._records import Approval, Decision
+
+POLL_S = 0.1
 
 
 class ApprovalError(AgentError):
@@ -84,20 +88,18 @@ async def answer(
                 await js.publish(subjects.approval(tenant), sealed.body, headers=sealed.headers, timeout=5.0)
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 raise TransportError(f"cannot publish the approval: {exc}") from exc
-            async for _ in tail(
-                js,
-                keyring,
-                tenant,
-                subject=subjects.decision(tenant),
-                from_seq=log.state.last_seq + 1,
-                idle_timeout_s=wait_s,
-            ):
+            # Wait by re-reading the decision log with message gets: an operator may read the
+            # stream but not create consumers or subscribe to tenant subjects, so no event
+            # reaches it; the poll is bounded by wait_s.
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
                 await log.catch_up()
                 now = log.state.decided[envelope_id]
                 if now.verdict != "hold":
                     if now.approval_id != request.id:
                         raise ApprovalError(f"envelope {envelope_id} was answered by someone else: {_describe(now)}")
                     return now
+                await asyncio.sleep(POLL_S)
             raise ApprovalError(
                 f"approval {request.id} is in the stream but no coordinator recorded it within {wait_s:.0f}s"
             )
