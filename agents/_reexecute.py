@@ -11,13 +11,13 @@ the agent recorded the first time.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agents._effects import idempotency_key
-from agents._runtime import Agent, Context, Payload, _encode, compensate, compensation_request
-from bus import ContentType, EffectRecord, Envelope, Kind, new_envelope
+from agents._runtime import Agent, Context, compensate, compensation_request
+from bus import EffectRecord, Envelope
 
 
 class NotRecorded(Exception):
@@ -66,33 +66,9 @@ class ReplayContext(Context):
         self._effects = effects
         self._keys: list[str] = []
 
-    async def send(
-        self,
-        to: Iterable[str],
-        payload: Payload,
-        *,
-        kind: Kind = "event",
-        content_type: ContentType | None = None,
-        taint: Iterable[str] = (),
-        idempotency_key: str | None = None,
-    ) -> Envelope:
-        """Build the envelope the handler would send, and keep it."""
-        body, default_type = _encode(payload)
-        envelope = new_envelope(
-            tenant=self.envelope.tenant,
-            kind=kind,
-            sender=self.agent_id,
-            to=tuple(to),
-            payload=body,
-            content_type=content_type or default_type,
-            correlation_id=self.envelope.correlation_id,
-            causation_id=self.envelope.id,
-            hop=self.envelope.hop + 1,
-            taint=set(self.taint) | set(taint),
-            idempotency_key=idempotency_key,
-        )
+    async def _emit(self, envelope: Envelope) -> None:
+        """Keep what the handler sends instead of publishing it."""
         self.sent.append(envelope)
-        return envelope
 
     async def effect(self, tool: str, args: dict[str, Any]) -> Any:
         """The recorded result of this call; NotRecorded if there is none."""

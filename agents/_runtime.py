@@ -91,7 +91,7 @@ class Context:
         """Send a new envelope caused by this one, through the coordinator."""
         body, default_type = _encode(payload)
         envelope = new_envelope(
-            tenant=self._bus.tenant,
+            tenant=self.envelope.tenant,
             kind=kind,
             sender=self.agent_id,
             to=tuple(to),
@@ -103,8 +103,12 @@ class Context:
             taint=set(self.taint) | set(taint),
             idempotency_key=idempotency_key,
         )
-        await self._bus.publish(subjects.outbox(self._bus.tenant, self.agent_id), self._bus.seal(envelope))
+        await self._emit(envelope)
         return envelope
+
+    async def _emit(self, envelope: Envelope) -> None:
+        """Sign and publish to this agent's outbox."""
+        await self._bus.publish(subjects.outbox(self._bus.tenant, self.agent_id), self._bus.seal(envelope))
 
     async def instruct(self, to: Iterable[str], verb: str, **arguments: Any) -> Envelope:
         """Send an ``instruction`` whose JSON payload is ``{"verb": verb, **arguments}``."""
