@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +13,7 @@ from agents._policy import load_policy
 from agents._runtime import Agent, connect_agent, run_agent
 from agents._tools import Toolbox, load_tools
 from bus import Bus, KeyDirectory, subjects
+from bus._signals import stop_on_signals
 
 
 def load_agent(target: str) -> Agent:
@@ -45,14 +44,6 @@ def bind_tools(agent: Agent, tools_file: Path | None) -> Toolbox | None:
     return Toolbox(load_tools(tools_file), agent.tools)
 
 
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
-
-
 async def serve_agent(
     target: str,
     *,
@@ -71,7 +62,7 @@ async def serve_agent(
     agent = load_agent(target)
     tools = bind_tools(agent, tools_file)
     identity = keys.load(tenant, agent_id)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     bus = await connect_agent(list(servers), tenant=tenant, agent_id=agent_id, identity=identity, nkey_auth=nkey_auth)
     try:
         await run_agent(agent, bus, stop=stop, ready=ready, tools=tools)
@@ -98,7 +89,7 @@ async def serve_coordinator(
     if tools_file is not None:
         policy = policy.with_high_risk_tools(tool.name for tool in load_tools(tools_file) if tool.high_risk)
     identity = keys.load(tenant, name)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     bus = await Bus.connect(
         list(servers),
         tenant=tenant,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from bus import Bus, KeyDirectory, Opened, TransportError, VerificationError, subjects
 from bus._seal import HEADER_CKEY, HEADER_KEY
+from bus._signals import stop_on_signals
 from ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from ledger._errors import ServiceError
 from ledger._parallel import open_all
@@ -324,14 +324,6 @@ class LedgerService:
         log.info("checkpoint", extra={"through_seq": position.last_seq, "head": position.head.hex()})
 
 
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
-
-
 async def serve_ledger(
     *,
     servers: Sequence[str],
@@ -360,7 +352,7 @@ async def serve_ledger(
         ProjectionError: ``data_dir`` holds another tenant's projection or is damaged.
     """
     identity = keys.load(tenant, name)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     store = await asyncio.to_thread(SegmentStore.open, data_dir, tenant)
     bus = await Bus.connect(
         list(servers),
