@@ -18,6 +18,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from bus import Envelope, subjects
+from bus._records import MemoryWrite, decode_memory_write
 from bus._records import decode_memory_value as decode_value
 
 Sender = Callable[..., Awaitable[Envelope]]
@@ -25,25 +26,10 @@ KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESERVED_KEYS = frozenset({"checkpoint"})
 
 
-class MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A proposed write. ``expected_revision`` 0 means "the key must not exist yet".
-
-    ``reverts`` lists the envelopes whose writes a rollback undoes (operators only).
-    """
-
-    key: str
-    value: msgspec.Raw
-    expected_revision: int
-    reverts: list[str] = []
-
-
-_write_decoder = msgspec.json.Decoder(MemoryWrite)
-
-
 def parse_write(payload: bytes) -> MemoryWrite | None:
     """The write a ``memory_write`` payload proposes, or None if it is not a valid one."""
     try:
-        write = _write_decoder.decode(payload)
+        write = decode_memory_write(payload)
     except (msgspec.DecodeError, ValueError):
         return None
     if not KEY_PATTERN.fullmatch(write.key) or write.key in RESERVED_KEYS or write.expected_revision < 0:

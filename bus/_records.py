@@ -126,6 +126,26 @@ def decode_memory_value(data: bytes) -> MemoryValue:
     return _memory_decoder.decode(data)
 
 
+class MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A proposed write. ``expected_revision`` 0 means "the key must not exist yet".
+
+    ``reverts`` lists the envelopes whose writes a rollback undoes (operators only).
+    """
+
+    key: str
+    value: msgspec.Raw
+    expected_revision: int
+    reverts: list[str] = []
+
+
+_memory_write_decoder = msgspec.json.Decoder(MemoryWrite)
+
+
+def decode_memory_write(payload: bytes) -> MemoryWrite:
+    """Parse the JSON payload of a ``memory_write`` envelope (raises on anything else)."""
+    return _memory_write_decoder.decode(payload)
+
+
 class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An operator's answer about a held envelope: the JSON payload of an ``approval`` envelope."""
 

@@ -28,6 +28,7 @@ from bus import (
     decode_quarantine_record,
     subjects,
 )
+from bus._records import decode_memory_write
 from bus._seal import HEADER_DECISION, HEADER_KEY
 from ledger._stored import StoredMessage
 
@@ -227,15 +228,6 @@ def channel_of(tenant: str, subject: str) -> str:
     return _CHANNELS.get(parts[2], "other")
 
 
-class _MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    key: str
-    value: msgspec.Raw
-    expected_revision: int
-
-
-_memory_write = msgspec.json.Decoder(_MemoryWrite)
-
-
 class RecordError(Exception):
     """A verified envelope's record cannot be projected (the message says why)."""
 
@@ -402,12 +394,12 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
             )
         )
     elif channel == "outbox" and env.kind == "memory_write":
-        w = _memory_write.decode(env.payload)
+        w = decode_memory_write(env.payload)
         rows.memory_proposals.append(
             MemoryProposalRow(
                 seq=seq,
                 envelope_id=env.id,
-                agent=env.sender,
+                agent=env.to[0] if len(env.to) == 1 else env.sender,  # the namespace (an operator's revert names it)
                 key=w.key,
                 expected_revision=w.expected_revision,
                 correlation_id=env.correlation_id,

@@ -211,6 +211,13 @@ def test_a_memory_write_is_a_memory_proposals_row(world: World) -> None:
     assert (m.agent, m.key, m.expected_revision, m.seq) == ("alice", "tier", 3, 1)
 
 
+def test_a_rollback_revert_is_projected_under_the_namespace_it_writes(world: World) -> None:
+    payload = json.dumps({"key": "tier", "value": "silver", "expected_revision": 5, "reverts": ["e1"]}).encode()
+    message = world.sealed("bob", "tb.acme.out.bob", kind="memory_write", to=("alice",), payload=payload)
+    (m,) = project(world, message).memory_proposals
+    assert (m.agent, m.key, m.expected_revision) == ("alice", "tier", 5)
+
+
 def test_a_quarantine_record_is_a_quarantine_row(world: World) -> None:
     record = quarantine_record(
         b"\xc1bad", {"Tb-Key": "Ux"}, reason="malformed", detail="nope", subject="tb.acme.out.bob", stream_seq=4
