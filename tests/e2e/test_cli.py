@@ -185,6 +185,7 @@ def test_ledger_export_and_offline_verify(env: dict[str, str], tmp_path: Path) -
     offline = {k: v for k, v in env.items() if k != "NATS_URL"}
     checked = json.loads(run("ledger", "verify", "--bundle", str(bundle), "--json", env=offline).stdout)
     assert checked["ok"] and checked["head"] == manifest["head"] == live["head"]
-    (bundle / "messages.msgpack").write_bytes((bundle / "messages.msgpack").read_bytes()[:-1] + b"\x00")
+    data = (bundle / "messages.msgpack").read_bytes()
+    (bundle / "messages.msgpack").write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # flip a bit, never a no-op
     broken = run("ledger", "verify", "--bundle", str(bundle), env=offline, check=False)
     assert broken.returncode == 1 and ("BROKEN at sequence 3" in broken.stdout or "damaged" in broken.stderr)
