@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from trustbus._incident_view import incident_tree, redecided_rows, redecided_table
 from trustbus._projection_cli import ledger_run
 
 ledger_app = typer.Typer(help="Verify the tenant's ledger and export audit bundles.", no_args_is_help=True)
@@ -92,32 +93,6 @@ def export(
         )
 
 
-def _redecided(incident: Any, policy_file: Path) -> list[dict[str, Any]]:
-    from agents import Deferral, load_policy
-    from agents._redecide import redecide
-
-    sent = [(s.seq, s.stored_ns, s.envelope, s.decisions[0] if s.decisions else None) for s in incident.steps]
-    results = redecide(load_policy(policy_file), sent, incident.effects)
-    rows = []
-    for r in results:
-        now = r.now
-        rows.append(
-            {
-                "id": r.envelope.id,
-                "sender": r.envelope.sender,
-                "kind": r.envelope.kind,
-                "recorded": None
-                if r.recorded is None
-                else {"verdict": r.recorded.verdict, "reasons": list(r.recorded.reasons)},
-                "now": {"verdict": "defer", "reasons": ["rate_limit"]}
-                if isinstance(now, Deferral)
-                else {"verdict": now.verdict, "reasons": list(now.reasons)},
-                "changed": r.changed,
-            }
-        )
-    return rows
-
-
 def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str | None) -> tuple[Any, Any, str]:
     """(messages, keyring, tenant) from a bundle or the live stream; exit 2 if neither is given."""
     from ledger import load_bundle_messages, load_messages
@@ -166,26 +141,6 @@ def _reexecuted(incident: Any, targets: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _tree_label(step: Any) -> str:
-    from rich.markup import escape
-
-    env = step.envelope
-    taint = f" taint={','.join(env.taint)}" if env.taint else ""
-    label = f"#{step.seq} [bold]{env.kind}[/bold] {env.sender} -> {','.join(env.to) or '-'} hop={env.hop}{taint}"
-    for d in step.decisions:
-        color = {"accept": "green", "reject": "red", "hold": "yellow"}[d.verdict]
-        extra = f" by {d.approver}" if d.approver else ""
-        effective = f" effective taint={','.join(d.effective_taint)}" if d.effective_taint else ""
-        label += f"\n  [{color}]{d.verdict}[/{color}] {','.join(d.reasons) or 'ok'}{extra}{effective}"
-    if step.deliveries:
-        label += f"\n  delivered to {','.join(sorted(step.deliveries))}"
-    for e in step.effects:
-        label += f"\n  effect {e.tool} {e.phase}" + (f" taint={','.join(e.taint)}" if e.taint else "")
-    if step.quarantined:
-        label += f"\n  [red]quarantined[/red] {escape(step.quarantined)}"
-    return label
-
-
 @ledger_app.command("replay")
 def replay(
     correlation: Annotated[str, typer.Option(help="The correlation (conversation) to replay.")],
@@ -205,9 +160,6 @@ def replay(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The incident as a causal tree: who said what to whom, each decision and why, taint, effects."""
-    from rich.table import Table
-    from rich.tree import Tree
-
     from ledger import build_incident, step_dict
     from trustbus.cli import err, out
 
@@ -216,7 +168,7 @@ def replay(
     if not incident.steps:
         err.print(f"[red]error:[/red] nothing recorded for correlation {correlation}")
         raise typer.Exit(1)
-    redecided = _redecided(incident, policy) if policy is not None else None
+    redecided = redecided_rows(incident, policy) if policy is not None else None
     executed = _reexecuted(incident, execute) if execute else None
     diverged = bool(executed) and any(item["divergences"] for item in executed or [])
     if json_out:
@@ -225,25 +177,9 @@ def replay(
         if diverged:
             raise typer.Exit(1)
         return
-    tree = Tree(f"correlation {correlation}")
-
-    def grow(branch: Any, step: Any) -> None:
-        node = branch.add(_tree_label(step))
-        for child in step.children:
-            grow(node, child)
-
-    for root in incident.roots:
-        grow(tree, root)
-    out.print(tree)
+    out.print(incident_tree(incident, f"correlation {correlation}"))
     if redecided is not None:
-        table = Table("envelope", "sender", "kind", "recorded", f"under {policy}", "changed")
-        for row in redecided:
-            recorded = row["recorded"] or {"verdict": "-", "reasons": []}
-            table.add_row(row["id"], row["sender"], row["kind"],
-                          f"{recorded['verdict']} {','.join(recorded['reasons'])}",
-                          f"{row['now']['verdict']} {','.join(row['now']['reasons'])}",
-                          "[bold red]yes[/bold red]" if row["changed"] else "")  # fmt: skip
-        out.print(table)
+        out.print(redecided_table(redecided, f"under {policy}"))
     for item in executed or []:
         if not item["divergences"]:
             out.print(f"[green]same[/green] {item['agent']} on {item['delivery']}")

@@ -1,0 +1,1 @@
+"""``trustbus demo``: a support desk's incident, run as real processes on an embedded server."""
