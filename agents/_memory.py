@@ -86,5 +86,7 @@ class Memory:
         ``tainted_memory_write`` (quarantined or held, per the policy) or
         ``foreign_namespace``; the decision log says which.
         """
+        if not KEY_PATTERN.fullmatch(key) or key in RESERVED_KEYS:
+            raise ValueError(f"memory key {key!r}: use 1-64 of A-Z a-z 0-9 _ - (and not {sorted(RESERVED_KEYS)})")
         payload = {"key": key, "value": value, "expected_revision": expected_revision}
         return await self._send((self._agent,), payload, kind="memory_write")

@@ -259,8 +259,13 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
             *_reader(tenant, owner, may_delete=True),
         )
     else:
-        summary = f"{owner} (operator): publishes approvals, reads the stream through its consumer {owner!r}"
-        publish = (_Rule(approval(tenant), "signed approvals"), *_reader(tenant, owner, may_delete=False))
+        summary = f"{owner} (operator): approvals, rollbacks through the coordinator, reads the stream and memory"
+        publish = (
+            _Rule(approval(tenant), "signed approvals"),
+            _Rule(outbox(tenant, owner), "its own outbox: a rollback's compensations and memory reverts, mediated"),
+            _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
+            *_reader(tenant, owner, may_delete=False),
+        )
     return _User(
         grant=grant,
         summary=summary,

@@ -12,8 +12,10 @@ twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +37,12 @@ from bus import (
     new_id,
     open_envelope,
     subjects,
-    tail,
 )
 from ledger._errors import LedgerError
 from ledger._replay import Incident
 from ledger._stored import StoredMessage
 
+POLL_S = 0.05  # how often a rollback re-reads the stream while it waits for the coordinator and agents
 COMPENSATES = "compensates"
 
 
@@ -182,7 +184,12 @@ async def execute_rollback(
     """
     done: list[str] = []
     async with await Bus.connect(
-        list(servers), tenant=tenant, name=operator_name, identity=operator, nkey_auth=nkey_auth
+        list(servers),
+        tenant=tenant,
+        name=operator_name,
+        identity=operator,
+        nkey_auth=nkey_auth,
+        inbox_prefix=subjects.reply_prefix(operator_name) if nkey_auth else None,
     ) as bus:
         correlation = new_id()
         for item in plan.compensate:
@@ -242,11 +249,8 @@ async def _revert_memory(
         correlation_id=correlation,
     )
     await bus.publish(subjects.outbox(tenant, operator_name), bus.seal(write))
-    async for item in tail(bus.js, bus.keyring, tenant, subject=subjects.decision(tenant), from_seq=start,
-                           idle_timeout_s=wait_s):  # fmt: skip
-        if item.opened is None:
-            continue
-        decision = decode_decision(item.opened.envelope.payload)
+    async for envelope in _verified(bus, subjects.decision(tenant), start, wait_s):
+        decision = decode_decision(envelope.payload)
         if decision.envelope_id == write.id:
             if decision.verdict != "accept":
                 raise LedgerError(f"reverting {revert.agent}.{revert.key} was refused: {', '.join(decision.reasons)}")
@@ -255,19 +259,37 @@ async def _revert_memory(
     raise LedgerError(f"no decision about reverting {revert.agent}.{revert.key} within {wait_s:.0f}s")
 
 
-async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
-    records = tail(
-        bus.js,
-        bus.keyring,
-        tenant,
-        subject=f"{subjects.effect(tenant, item.agent)}.>",
-        from_seq=from_seq,
-        idle_timeout_s=wait_s,
-    )
-    async for record in records:
-        if record.opened is None:
+async def _verified(bus: Bus, subject: str, from_seq: int, wait_s: float) -> AsyncIterator[Envelope]:
+    """Verified envelopes stored on ``subject`` from ``from_seq`` on, as they arrive, for ``wait_s`` at most.
+
+    Read by message gets, the one way every role (an operator's included) may
+    read the stream; no consumer is made.
+    """
+    deadline = time.monotonic() + wait_s
+    seq = from_seq
+    while time.monotonic() < deadline:
+        try:
+            raw = await bus.js.get_msg(bus.stream, seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            await asyncio.sleep(POLL_S)
             continue
-        effect = decode_effect(record.opened.envelope.payload)
+        assert raw.seq is not None and raw.time is not None
+        seq = raw.seq + 1
+        try:
+            opened = open_envelope(
+                raw.data or b"",
+                raw.headers or {},
+                keyring=bus.keyring.keyring,
+                received_ns=int(raw.time.timestamp() * 1e9),
+            )
+        except VerificationError:
+            continue
+        yield opened.envelope
+
+
+async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
+    async for envelope in _verified(bus, f"{subjects.effect(tenant, item.agent)}.>", from_seq, wait_s):
+        effect = decode_effect(envelope.payload)
         if item.idempotency_key in compensated_keys([effect]):
             return
         if effect.phase == "failed" and _names(effect, item.idempotency_key):
@@ -289,14 +311,13 @@ def _names(effect: EffectRecord, key: str) -> bool:
 
 async def _stored(bus: Bus, bucket: str, subject: str, envelope_id: str, *, wait_s: float) -> None:
     """Wait until the coordinator has stored the value ``envelope_id`` wrote (it writes after deciding)."""
-    sub = await bus.js.subscribe(subject, stream=f"KV_{bucket}", ordered_consumer=True)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=wait_s)
-            except TimeoutError as exc:
-                raise LedgerError(f"the reverted value of {subject} was not stored within {wait_s:.0f}s") from exc
-            if decode_memory_value(msg.data).envelope_id == envelope_id:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            raw = await bus.js.get_last_msg(f"KV_{bucket}", subject)
+            if decode_memory_value(raw.data or b"").envelope_id == envelope_id:
                 return
-    finally:
-        await sub.unsubscribe()
+        except nats.js.errors.NotFoundError:
+            pass
+        await asyncio.sleep(POLL_S)
+    raise LedgerError(f"the reverted value of {subject} was not stored within {wait_s:.0f}s")

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from trustbus._approvals_cli import approvals_app, approve, deny
 from trustbus._config_cli import config_app
+from trustbus._demo_cli import demo
 from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._projection_cli import query
@@ -40,6 +41,7 @@ app.command()(deny)
 app.add_typer(config_app, name="config")
 app.command()(tools)
 app.command()(query)
+app.command()(demo)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -120,14 +122,22 @@ def main_options(
 
 @app.command()
 def up(
-    port: Annotated[int, typer.Option(help="Client port; 0 picks a free one.")] = 4222,
+    port: Annotated[
+        int, typer.Option(help="Client port (with --cluster: the first node's, the others count up); 0: free ports.")
+    ] = 4222,
     data: Annotated[
         Path | None, typer.Option(help="JetStream store dir (default: a temp dir, removed on exit).")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="nats-server config file, e.g. nats.conf.")] = None,
+    cluster: Annotated[
+        int, typer.Option("--cluster", help="Run a JetStream cluster of this many nodes (3 for R3 streams).")
+    ] = 0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run an embedded nats-server with JetStream on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    """Run an embedded nats-server (or a cluster) with JetStream on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    if cluster:
+        _up_cluster(cluster, port=port, data=data, config=config, json_out=json_out)
+        return
     from bus import BusError, EmbeddedServer
 
     server = EmbeddedServer(port=port, data_dir=data, config=config)
@@ -160,12 +170,60 @@ def up(
         raise typer.Exit(1)
 
 
+def _up_cluster(size: int, *, port: int, data: Path | None, config: Path | None, json_out: bool) -> None:
+    """``up --cluster N``: run the nodes until a signal; report a node that dies; stop when quorum is lost."""
+    from bus import BusError, EmbeddedCluster
+
+    try:
+        nodes = EmbeddedCluster(size, port=port, data_dir=data, config=config)
+        urls = nodes.start()
+    except BusError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    stopping = {"signal": 0}
+
+    def _stop(signum: int, _frame: object) -> None:
+        # Only forward the signal here; the main loop sees the nodes exit and cleans up.
+        stopping["signal"] = signum
+        nodes.terminate()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    joined = ",".join(urls)
+    if json_out:
+        print(json.dumps({"urls": urls, "pids": nodes.pids, "data": str(nodes.data_dir)}), flush=True)
+    else:
+        out.print(f"JetStream cluster {nodes.name} of {size} nodes at [bold]{joined}[/bold] (store {nodes.data_dir})")
+        out.print(f"export NATS_URL={joined}    # then: trustbus init --tenant demo (R3); Ctrl-C stops")
+    quorum = size // 2 + 1
+    failed = False
+    while not stopping["signal"]:
+        node = nodes.next_exit()
+        if node is None or stopping["signal"]:
+            break
+        failed = True
+        alive = sum(1 for n in nodes.nodes if n.running)
+        err.print(f"[red]node {node.server_name} ({node.url}) exited with code {node.exit_code}[/red]")
+        for line in node.log_tail()[-10:]:
+            err.print(line, markup=False)
+        if alive < quorum:
+            err.print(f"[red]{alive} of {size} nodes left, below the quorum of {quorum}: stopping the cluster[/red]")
+            break
+        err.print(f"{alive} of {size} nodes still run (quorum {quorum}): the cluster keeps serving")
+    nodes.stop()
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def init(
     tenant: TenantOpt,
     server: ServerOpt = DEFAULT_SERVER,
     keys: KeysOpt = None,
-    replicas: Annotated[int, typer.Option(help="Stream and KV replicas (3 on a cluster).")] = 1,
+    replicas: Annotated[
+        int | None,
+        typer.Option(help="Stream and KV replicas (default: the cluster's size, at most 3; 1 on a lone server)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Provision a tenant: append-only stream TB_<tenant>, KV buckets, admin key. Safe to run twice."""
@@ -181,6 +239,7 @@ def init(
         out.print(f"updated   {name}")
     for name in report.unchanged:
         out.print(f"unchanged {name}")
+    out.print(f"replicas  {report.replicas}")
     out.print(f"admin key {admin.key_id}")
 
 

@@ -89,9 +89,9 @@ class Notes(Agent):
     """Keeps the team's shared notes about each customer in its memory namespace."""
 
     async def handle(self, ctx: Context) -> None:
-        """``{"remember": {"customer": ..., "note": ...}}``: append the note to ``customer.<name>``."""
+        """``{"remember": {"customer": ..., "note": ...}}``: append the note to ``customer-<name>``."""
         remember = ctx.json()["remember"]
-        key = f"customer.{remember['customer']}"
+        key = f"customer-{remember['customer']}"
         entry = await ctx.memory.get(key)
         current: dict[str, Any] = entry.value if entry and isinstance(entry.value, dict) else {}
         notes = [*current.get("notes", []), remember["note"]]

@@ -18,7 +18,7 @@ _REMEMBER = re.compile(r"^remember that (\w+) (.+?)[.!]?$", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Refund:
-    """An instruction to refund: *Refund order N for A dollars to C.*"""
+    """An instruction to refund, read from "Refund order N for A dollars to C"."""
 
     order: int
     amount: int
@@ -27,7 +27,7 @@ class Refund:
 
 @dataclass(frozen=True)
 class Remember:
-    """An instruction to remember: *Remember that C <note>.*"""
+    """An instruction to remember, read from "Remember that C <note>"."""
 
     customer: str
     note: str
