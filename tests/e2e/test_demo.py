@@ -1,0 +1,136 @@
+"""`trustbus demo` end to end, its JSON summary checked against the ledger itself (the audit bundle), not the script."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from bus import Decision, EffectRecord, decode_decision, decode_effect, open_envelope, subjects
+from ledger import load_bundle_messages, verify_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(240)
+
+
+def _demo(workdir: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "trustbus", "demo", "--json", "--dir", str(workdir), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    return json.loads(lines[-1]), result.stderr
+
+
+def _ledger(bundle: Path) -> tuple[list[Decision], list[tuple[str, EffectRecord]]]:
+    """Every verified decision and effect record in the audit bundle."""
+    messages, keyring, tenant = load_bundle_messages(bundle)
+    decisions, effects = [], []
+    effect_prefix = subjects.effect(tenant, "x")[:-1]
+    for message in messages:
+        opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+        if message.subject == subjects.decision(tenant):
+            decisions.append(decode_decision(opened.envelope.payload))
+        elif message.subject.startswith(effect_prefix):
+            effects.append((message.subject.split(".")[3], decode_effect(opened.envelope.payload)))
+    return decisions, effects
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited but not reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_demo_summary_matches_the_ledger(tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    summary, log = _demo(workdir)
+
+    # The counts it printed are the ledger's: recount every decision in the audit bundle.
+    bundle = Path(summary["bundle"])
+    decisions, effects = _ledger(bundle)
+    recounted: Counter[tuple[str, str]] = Counter()
+    for d in decisions:
+        for reason in d.reasons or ("none",):
+            recounted[(d.verdict, reason)] += 1
+    reported = Counter({(v, r): n for v, reasons in summary["decisions"].items() for r, n in reasons.items()})
+    assert reported == recounted
+    assert summary["ledger_verified"] is True and verify_bundle(bundle).ok
+    with contextlib.closing(duckdb.connect(summary["duckdb"], read_only=True)) as db:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone() == (len(decisions),)
+
+    # What the run claims happened is in the ledger. The injected refund: held as tainted, denied by the operator.
+    held = [d for d in decisions if d.verdict == "hold" and d.sender == "researcher"]
+    assert len(held) == 1 and held[0].reasons == ("tainted_high_risk",) and "email" in held[0].effective_taint
+    [denied] = [d for d in decisions if d.envelope_id == held[0].envelope_id and d.verdict == "reject"]
+    assert denied.approver == "ops" and "denied" in denied.reasons
+    assert not any(d.envelope_id == held[0].envelope_id and d.verdict == "accept" for d in decisions)
+    # The poisoned memory write was refused; the legitimate ones went through.
+    writes = [d for d in decisions if d.kind == "memory_write" and d.sender == "notes"]
+    assert [d.reasons for d in writes if d.verdict == "reject"] == [("tainted_memory_write",)]
+    assert sum(d.verdict == "accept" for d in writes) == 2
+    # The retry storm was cut by the hop limit.
+    assert any(d.verdict == "reject" and "hop_limit" in d.reasons for d in decisions)
+
+    # Billing was killed mid-refund: the refund completed once, and the billing database holds one.
+    refunds = {r.idempotency_key: r for a, r in effects if r.tool == "issue_refund" and r.phase == "completed"}
+    crash = [r for r in refunds.values() if json.loads(r.args)["order"] == 1004]
+    assert len(crash) == 1
+    assert sum(r.tool == "issue_refund" and r.phase == "requested" and r.idempotency_key == crash[0].idempotency_key
+               for _, r in effects) >= 2  # fmt: skip
+    with contextlib.closing(sqlite3.connect(workdir / "billing.sqlite")) as db:
+        assert db.execute("SELECT count(*) FROM movements WHERE kind = 'refund' AND order_no = 1004").fetchone() == (1,)
+        balances = dict(db.execute("SELECT customer, balance FROM accounts").fetchall())
+    # The rollback compensated alice's refund (charge_back completed, naming it) and left the email to a person.
+    [alice] = [r for r in refunds.values() if json.loads(r.args)["order"] == 1001]
+    backs = [r for _, r in effects if r.tool == "charge_back" and r.phase == "completed"]
+    assert [json.loads(r.args)["compensates"] for r in backs] == [alice.idempotency_key]
+    assert balances == {"alice": 0, "bob": 25, "mallory": 0}
+    assert summary["rollback"] == {"compensated": 2, "for_a_person": 1}
+    assert summary["crash"] == {"refunds": 1, "balance": 25}
+    assert "SIGKILL billing" in log and "denied" in log
+
+    started = [p["pid"] for p in summary["started"]]
+    assert len(started) == 8  # server, coordinator, ledger, four agents, billing again
+    assert not [pid for pid in started if _alive(pid)]  # every process it started has stopped
+
+
+def test_demo_keep_leaves_everything_running_and_says_how_to_stop(tmp_path: Path) -> None:
+    workdir = tmp_path / "kept"
+    summary, log = _demo(workdir, "--keep")
+    try:
+        pids = summary["pids"]
+        assert set(pids) == {"server", "coordinator", "ledger", "triage", "researcher", "billing", "notes"}
+        assert all(_alive(pid) for pid in pids.values())
+        assert f"kill {' '.join(str(p) for p in pids.values())}" in log
+    finally:
+        for pid in summary["pids"].values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in summary["pids"].values()) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling a condition: the processes are not our children, so nothing to wait on
+    assert not any(_alive(pid) for pid in summary["pids"].values())
+
+
+def test_demo_refuses_a_used_directory(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "trustbus", "demo", "--dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "not empty" in result.stderr
