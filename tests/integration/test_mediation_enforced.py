@@ -127,6 +127,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 await new_key([server.url], T, agent, role="agent", keys=keys, nkey_seed=admin.nkey_seed)
             await new_key([server.url], T, "coordinator", role="coordinator", keys=keys, nkey_seed=admin.nkey_seed)
             await new_key([server.url], T, "ledger", role="ledger", keys=keys, nkey_seed=admin.nkey_seed)
+            await new_key([server.url], T, "ops", role="operator", keys=keys, nkey_seed=admin.nkey_seed)
             await deployment.render_and_reload(until_accepted=keys.load(T, "alice"))
 
         asyncio.run(provision())
@@ -382,6 +383,31 @@ async def test_coordinator_cannot_forge_an_agents_outbox_or_touch_the_stream(con
     for subject in (subjects.outbox(T, "alice"), f"$JS.API.STREAM.DELETE.{STREAM}", f"$JS.API.STREAM.PURGE.{STREAM}"):
         await coordinator.refused(subject)
     assert await message_count(admin.js) == before
+
+
+async def test_operator_sends_only_through_its_own_outbox_and_reads_memory_without_writing_it(
+    connect: Connect,
+) -> None:
+    """An operator's rollback goes through the coordinator: its own outbox, never an agent's, an inbox or memory."""
+    ops, admin = await connect("ops"), await connect("admin")
+    memory_subject = f"$KV.{subjects.memory_bucket(T)}.alice.notes"
+    await admin.js.publish(memory_subject, b"before")
+    before = await message_count(admin.js)
+    forged = {subject: signed(ops, "alice") for subject in (subjects.outbox(T, "alice"), subjects.inbox(T, "alice"))}
+    for subject, (body, headers) in forged.items():
+        await ops.nc.publish(subject, body, headers=headers)
+    await ops.nc.publish(memory_subject, b"poisoned")
+    await ops.nc.flush(timeout=TIMEOUT)
+    for subject in (*forged, memory_subject):
+        await ops.refused(subject)
+    assert await message_count(admin.js) == before
+    assert await last_body(admin.js, MEMORY, memory_subject) == b"before"
+
+    # What a rollback needs: its own outbox (mediated like any sender) and reading memory.
+    body, headers = signed(ops, "alice")
+    await ops.js.publish(subjects.outbox(T, "ops"), body, headers=headers)
+    assert await last_body(admin.js, STREAM, subjects.outbox(T, "ops")) == body
+    assert await last_body(ops.js, MEMORY, memory_subject) == b"before"
 
 
 @pytest.mark.parametrize("subject", [f"tb.{T}.>", subjects.inbox(T, "bob"), "_INBOX.>", "_INBOX_bob.>", ">"])
