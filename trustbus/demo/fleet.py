@@ -1,0 +1,214 @@
+"""The demo's moving parts: an embedded server under the tenant's rendered config, and each component a process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from bus import KeyDirectory, init_tenant, list_keys, new_key, render_bootstrap_config, render_tenant_config
+from bus._server import _die_with_parent
+from trustbus.demo.systems import DIR_ENV, FILES
+
+TENANT = "support"
+# agent id -> (class in trustbus.demo.agents, whether it binds tools)
+AGENTS: dict[str, tuple[str, bool]] = {
+    "triage": ("Triage", False),
+    "researcher": ("Researcher", True),
+    "billing": ("Billing", True),
+    "notes": ("Notes", False),
+}
+# key owner -> role; "desk" is where customer tickets come from (the demo sends them)
+KEYS: dict[str, str] = {
+    **dict.fromkeys(AGENTS, "agent"),
+    "desk": "agent",
+    "coordinator": "coordinator",
+    "ledger": "ledger",
+    "ops": "operator",
+}
+READY_S = 30.0
+STOP_S = 15.0
+
+
+async def _ignore(_: Exception) -> None:
+    """Refusals while the server reloads are expected; the loop retries."""
+
+
+class DemoError(Exception):
+    """A step of the demo did not happen; the message says which and where the logs are."""
+
+
+@dataclass
+class Process:
+    """One component the demo started."""
+
+    name: str
+    args: tuple[str, ...]
+    popen: subprocess.Popen[bytes]
+    out: Path
+    log: Path
+
+
+@dataclass
+class Fleet:
+    """The server and processes of one demo run, all under ``workdir``."""
+
+    workdir: Path
+    detach: bool
+    url: str = ""
+    server_pid: int = 0
+    processes: dict[str, Process] = field(default_factory=dict)
+    started: list[tuple[str, int]] = field(default_factory=list)  # (name, pid) of every process ever started
+
+    @property
+    def keys(self) -> KeyDirectory:
+        """The run's seed directory."""
+        return KeyDirectory(self.workdir / "keys")
+
+    @property
+    def logs(self) -> Path:
+        """Where each process's output and log go."""
+        return self.workdir / "logs"
+
+    @property
+    def ledger_data(self) -> Path:
+        """The ledger service's DuckDB projection."""
+        return self.workdir / "ledger"
+
+    @property
+    def admin_seed(self) -> str:
+        """The tenant admin's nkey seed (never printed)."""
+        return self.keys.admin(TENANT).nkey_seed
+
+    def env(self) -> dict[str, str]:
+        """The environment every component runs with."""
+        env = {**os.environ, "NATS_URL": self.url, "TRUSTBUS_KEYS": str(self.keys.root), DIR_ENV: str(self.workdir)}
+        env.pop("TRUSTBUS_NKEY", None)
+        return env
+
+    def spawn(self, name: str, *args: str) -> Process:
+        """Start ``trustbus <args>`` as its own process (in its own session: Ctrl-C reaches the demo only)."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out, log = self.logs / f"{name}.out", self.logs / f"{name}.log"
+        with out.open("wb") as stdout, log.open("ab") as stderr:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "trustbus", *args],
+                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=self.env(), cwd=self.workdir,
+                start_new_session=True, preexec_fn=None if self.detach else _die_with_parent,
+            )  # fmt: skip
+        process = Process(name=name, args=args, popen=popen, out=out, log=log)
+        self.processes[name] = process
+        self.started.append((name, popen.pid))
+        return process
+
+    async def ready(self, process: Process) -> dict[str, Any]:
+        """Wait for the process's JSON ready line; DemoError if it exits or takes too long."""
+        deadline = time.monotonic() + READY_S
+        while time.monotonic() < deadline:
+            line = process.out.read_text().partition("\n")[0]
+            if line:
+                parsed: dict[str, Any] = json.loads(line)
+                return parsed
+            if process.popen.poll() is not None:
+                raise DemoError(f"{process.name} exited with code {process.popen.returncode}: see {process.log}")
+            await asyncio.sleep(0.05)
+        raise DemoError(f"{process.name} was not ready within {READY_S:.0f}s: see {process.log}")
+
+    async def start_server(self) -> None:
+        """Render the bootstrap config (the tenant admin its only user) and start the embedded server with it."""
+        config = self.workdir / "nats.conf"
+        config.write_text(render_bootstrap_config(TENANT, self.keys.admin(TENANT).key_id))
+        server = self.spawn(
+            "server", "up", "--port", "0", "--data", str(self.workdir / "jetstream"), "--config", str(config), "--json"
+        )
+        started = await self.ready(server)
+        self.url, self.server_pid = started["url"], int(started["pid"])
+
+    async def provision(self) -> None:
+        """Provision the tenant inside its account, issue every key, render the full config and reload."""
+        servers, admin = [self.url], self.admin_seed
+        await init_tenant(servers, TENANT, keys=self.keys, nkey_seed=admin)
+        for owner, role in KEYS.items():
+            await new_key(servers, TENANT, owner, role=role, keys=self.keys, nkey_seed=admin)  # type: ignore[arg-type]
+        config = self.workdir / "nats.conf"
+        staged = config.with_name("nats.conf.new")
+        staged.write_text(render_tenant_config(TENANT, await list_keys(servers, TENANT, nkey_seed=admin)))
+        os.replace(staged, config)
+        os.kill(self.server_pid, signal.SIGHUP)  # nats-server reloads its config
+        await self._accepted(self.keys.load(TENANT, "desk").nkey_seed)
+
+    async def _accepted(self, seed: str) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                nc = await nats.connect(
+                    self.url, nkeys_seed_str=seed, allow_reconnect=False, connect_timeout=2, error_cb=_ignore
+                )
+            except (nats.errors.Error, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise DemoError(f"the server did not take the rendered config: {exc}") from exc
+                await asyncio.sleep(0.05)
+            else:
+                await nc.close()
+                return
+
+    async def start_components(self) -> None:
+        """The coordinator, the ledger service and every agent, each its own process with its own nkey."""
+        tools = str(FILES / "tools.yaml")
+        common = ("--tenant", TENANT, "--nkey-auth")
+        # The coordinator makes every agent's inbox consumer, so it is ready before any agent starts.
+        coordinator = self.spawn(
+            "coordinator", "coordinator", "run", *common, "--policy", str(FILES / "policy.yaml"), "--tools", tools
+        )
+        await self.ready(coordinator)
+        started = [
+            self.spawn(
+                "ledger", "ledger", "run", *common, "--data", str(self.ledger_data), "--checkpoint-seconds", "1"
+            ),
+        ]
+        for agent, (cls, has_tools) in AGENTS.items():
+            extra = ("--tools", tools) if has_tools else ()
+            started.append(
+                self.spawn(agent, "agent", "run", f"trustbus.demo.agents:{cls}", "--id", agent, *common, *extra)
+            )
+        await asyncio.gather(*(self.ready(p) for p in started))
+
+    def kill(self, name: str) -> int:
+        """SIGKILL a component, as a crash would; its pid."""
+        process = self.processes[name]
+        process.popen.kill()
+        process.popen.wait()
+        return process.popen.pid
+
+    async def restart(self, name: str) -> int:
+        """Start a component again with the same arguments; its new pid, once it is ready."""
+        process = self.spawn(name, *self.processes[name].args)
+        await self.ready(process)
+        return process.popen.pid
+
+    def pids(self) -> dict[str, int]:
+        """Every running component's pid."""
+        return {name: p.popen.pid for name, p in self.processes.items() if p.popen.poll() is None}
+
+    def stop(self) -> None:
+        """SIGTERM every component, then the server, and wait; SIGKILL what does not stop."""
+        components = [p for n, p in self.processes.items() if n != "server"]
+        for group in (components, [p for n, p in self.processes.items() if n == "server"]):
+            for process in group:
+                if process.popen.poll() is None:
+                    process.popen.terminate()
+            for process in group:
+                try:
+                    process.popen.wait(timeout=STOP_S)
+                except subprocess.TimeoutExpired:
+                    process.popen.kill()
+                    process.popen.wait()

@@ -1,0 +1,124 @@
+"""Following the tenant stream while the demo runs: what was decided, done and refused, as it happens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from nats.js import JetStreamContext
+
+from bus import (
+    Decision,
+    EffectRecord,
+    Envelope,
+    KeyringStore,
+    QuarantineRecord,
+    decode_decision,
+    decode_effect,
+    decode_quarantine_record,
+    subjects,
+    tail,
+)
+
+T = TypeVar("T")
+_COLOURS = {"accept": "green", "reject": "red", "hold": "yellow"}
+
+
+@dataclass
+class Seen:
+    """Everything read from the stream so far."""
+
+    sent: dict[str, Envelope] = field(default_factory=dict)  # outbox envelopes by id
+    decisions: list[Decision] = field(default_factory=list)
+    effects: list[tuple[str, EffectRecord]] = field(default_factory=list)  # (agent, record)
+    quarantined: list[QuarantineRecord] = field(default_factory=list)
+
+    def decided(self, correlation: str, **match: object) -> list[Decision]:
+        """Decisions in ``correlation`` whose fields equal ``match`` (``reason=`` matches one of the reasons)."""
+        reason = match.pop("reason", None)
+        return [
+            d
+            for d in self.decisions
+            if d.correlation_id == correlation
+            and (reason is None or reason in d.reasons)
+            and all(getattr(d, k) == v for k, v in match.items())
+        ]
+
+
+def describe(envelope: Envelope | None, decision: Decision) -> str:
+    """``sender -> recipients kind [verb]`` of a decided envelope."""
+    what = decision.kind
+    to = ""
+    if envelope is not None:
+        to = f" -> {','.join(envelope.to)}" if envelope.to else ""
+        if envelope.kind in ("instruction", "memory_write"):
+            try:
+                body = json.loads(envelope.payload)
+                what += f" {body.get('verb') or body.get('key') or ''}".rstrip()
+            except ValueError:
+                pass
+    return f"{decision.sender}{to} {what}"
+
+
+class Watch:
+    """Reads the tenant stream in order, keeps :class:`Seen`, and wakes whoever waits on it."""
+
+    def __init__(self, js: JetStreamContext, keyring: KeyringStore, tenant: str, show: Callable[[str], None]) -> None:
+        """``show`` gets one rich-markup line per decision and completed effect."""
+        self.seen = Seen()
+        self._js, self._keyring, self._tenant, self._show = js, keyring, tenant, show
+        self._changed = asyncio.Condition()
+
+    async def run(self) -> None:
+        """Follow the stream until cancelled."""
+        t = self._tenant
+        async for item in tail(self._js, self._keyring, t):
+            if item.opened is None:
+                continue
+            envelope = item.opened.envelope
+            if item.subject.startswith(subjects.outbox(t, "x")[:-1]):
+                self.seen.sent[envelope.id] = envelope
+            elif item.subject == subjects.decision(t):
+                self._decision(decode_decision(envelope.payload))
+            elif item.subject.startswith(subjects.effect(t, "x")[:-1]):
+                self._effect(item.subject.split(".")[3], decode_effect(envelope.payload))
+            elif item.subject == subjects.quarantine(t):
+                self.seen.quarantined.append(decode_quarantine_record(envelope.payload))
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _decision(self, decision: Decision) -> None:
+        self.seen.decisions.append(decision)
+        if decision.kind in ("checkpoint", "effect"):
+            return
+        colour = _COLOURS[decision.verdict]
+        why = ", ".join(decision.reasons) or "ok"
+        taint = f"  taint: {','.join(decision.effective_taint)}" if decision.effective_taint else ""
+        by = f" by {decision.approver}" if decision.approver else ""
+        what = describe(self.seen.sent.get(decision.envelope_id), decision)
+        self._show(f"  [{colour}]{decision.verdict:<6}[/{colour}] {what}  [dim]({why}{by}){taint}[/dim]")
+
+    def _effect(self, agent: str, record: EffectRecord) -> None:
+        self.seen.effects.append((agent, record))
+        if record.phase != "requested":
+            colour = "cyan" if record.phase == "completed" else "red"
+            self._show(
+                f"  [{colour}]effect[/{colour}] {agent} {record.tool} {record.phase} [dim]({record.effect_class})[/dim]"
+            )
+
+    async def until(self, found: Callable[[Seen], T | None], what: str, timeout_s: float = 30.0) -> T:
+        """Wait until ``found(seen)`` returns something; TimeoutError naming ``what`` otherwise."""
+
+        async def wait() -> T:
+            async with self._changed:
+                while (result := found(self.seen)) is None:
+                    await self._changed.wait()
+                return result
+
+        try:
+            return await asyncio.wait_for(wait(), timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"{what}: not seen within {timeout_s:.0f}s") from None
