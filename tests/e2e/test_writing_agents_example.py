@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from typing import Any
 
@@ -18,7 +19,7 @@ import msgspec
 
 from agents._memory import Memory
 from bus import Decision, Envelope, decode_envelope, subjects
-from tests.e2e.fleet import Fleet
+from tests.e2e.fleet import ROOT, Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
 
@@ -146,3 +147,11 @@ async def test_support_desk_refunds_remembers_replies_with_cited_effects_and_res
     await fleet.memory_written("support", KEY, revert.envelope_id)
     entry = await Memory(fleet.nc.jetstream(), fleet.tenant, "support", None).get(KEY)  # type: ignore[arg-type]
     assert entry is not None and entry.value == [refund_id] and entry.envelope_id == revert.envelope_id
+
+
+def test_the_guide_shows_the_example_as_shipped() -> None:
+    guide = (ROOT / "docs" / "WRITING_AGENTS.md").read_text()
+    shown = re.search(r"```python\n(.*?)```", guide, re.S)
+    assert shown is not None
+    source = (ROOT / "examples" / "support_desk.py").read_text()
+    assert shown.group(1).strip() == source[source.index("from dataclasses") :].strip()
