@@ -11,6 +11,7 @@ from bus._admin import (
     revoke_key,
     rotate_key,
 )
+from bus._cluster import EmbeddedCluster
 from bus._envelope import (
     SCHEMA_VERSION,
     ContentType,
@@ -79,7 +80,7 @@ from bus._seal import (
     open_envelope,
     seal,
 )
-from bus._server import EmbeddedServer, find_server_binary
+from bus._server import ClusterMembership, EmbeddedServer, find_server_binary
 from bus._tail import TailItem, tail
 from bus._transport import Bus, ConsumerSettings, Delivery, TransientError
 
@@ -90,6 +91,7 @@ __all__ = [
     "Bus",
     "BusError",
     "Checkpoint",
+    "ClusterMembership",
     "ConfigError",
     "ConsumerSettings",
     "ContentType",
@@ -98,6 +100,7 @@ __all__ = [
     "Dropped",
     "EffectClass",
     "EffectRecord",
+    "EmbeddedCluster",
     "EmbeddedServer",
     "Envelope",
     "Identity",

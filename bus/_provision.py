@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -23,11 +24,12 @@ KV_HISTORY = 64
 
 @dataclass
 class ProvisionReport:
-    """What provisioning did: names created, names that already matched, names updated."""
+    """What provisioning did: names created, names that already matched, names updated; the replicas used."""
 
     created: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    replicas: int = 1
 
 
 def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1) -> StreamConfig:
@@ -61,6 +63,7 @@ _COMPARED = (
     "allow_rollup_hdrs",
     "allow_direct",
     "allow_atomic",
+    "num_replicas",
 )
 
 
@@ -68,9 +71,13 @@ async def provision(js: JetStreamContext, tenant: str, *, admin_key_id: str, rep
     """Create the tenant's stream and KV buckets; running it again changes nothing.
 
     The admin key id is pinned in the stream's metadata as the keyring's trust
-    anchor. Provisioning refuses to re-pin it to another key.
+    anchor. Provisioning refuses to re-pin it to another key. A stream or bucket
+    with another number of replicas is changed to ``replicas`` (the server moves
+    the data), so provisioning an R1 tenant again on a cluster makes it R3.
     """
-    report = ProvisionReport()
+    if replicas < 1:
+        raise ConfigError(f"replicas must be at least 1, not {replicas}")
+    report = ProvisionReport(replicas=replicas)
     wanted = tenant_stream_config(tenant, admin_key_id=admin_key_id, replicas=replicas)
     try:
         try:
@@ -94,8 +101,8 @@ async def provision(js: JetStreamContext, tenant: str, *, admin_key_id: str, rep
                 report.unchanged.append(wanted.name or "")
         for bucket in (keyring_bucket(tenant), memory_bucket(tenant)):
             try:
-                await js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
+                backing = (await js.stream_info(f"KV_{bucket}")).config
+            except nats.js.errors.NotFoundError:
                 await js.create_key_value(
                     KeyValueConfig(
                         bucket=bucket,
@@ -106,6 +113,10 @@ async def provision(js: JetStreamContext, tenant: str, *, admin_key_id: str, rep
                     )
                 )
                 report.created.append(bucket)
+                continue
+            if backing.num_replicas != replicas:
+                await js.update_stream(dataclasses.replace(backing, num_replicas=replicas))
+                report.updated.append(f"{bucket} (num_replicas)")
             else:
                 report.unchanged.append(bucket)
     except (nats.errors.Error, nats.js.errors.Error) as exc:

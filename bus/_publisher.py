@@ -7,6 +7,12 @@ cancelled (freeing nats-py's slot) and the message is re-sent with the same
 ``Nats-Msg-Id``, which the stream's duplicate window turns into a no-op if the
 first attempt did land. A timer and two callbacks per message cost a fraction
 of a Task and ``wait_for`` each.
+
+On a cluster, a stream whose leader died has no leader for a few seconds (a
+Raft election): a publish is then answered "no responders" or 503 at once. That
+is retried too, with the same ``Nats-Msg-Id``, after a growing pause, for up to
+``unavailable_s`` seconds; a subject no stream captures fails the same way,
+only later.
 """
 
 from __future__ import annotations
@@ -24,15 +30,36 @@ from bus._errors import TransportError
 log = logging.getLogger("trustbus.bus")
 
 _RETRIES = 3
+UNAVAILABLE_S = 20.0
+_PAUSES_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether a publish failed because no stream leader answered (an election, or no stream at all)."""
+    if isinstance(exc, nats.js.errors.APIError):
+        return exc.code == 503  # ServiceUnavailableError: "JetStream cluster not available" and the like
+    return isinstance(
+        exc,
+        (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError, nats.errors.OutboundBufferLimitError),
+    )
 
 
 class Publisher:
-    """Publishes with at most ``max_in_flight`` acks outstanding; each attempt bounded by ``timeout_s``."""
+    """Publishes with at most ``max_in_flight`` acks outstanding; each attempt bounded by ``timeout_s``.
 
-    def __init__(self, js: JetStreamContext, *, max_in_flight: int, timeout_s: float) -> None:
+    A timed-out attempt is re-sent at once, up to 3 times; an attempt refused as
+    unavailable (:func:`unavailable`) is re-sent after a pause, for up to
+    ``unavailable_s`` seconds. Every re-send carries the same headers, so the same
+    ``Nats-Msg-Id``.
+    """
+
+    def __init__(
+        self, js: JetStreamContext, *, max_in_flight: int, timeout_s: float, unavailable_s: float = UNAVAILABLE_S
+    ) -> None:
         """Wrap a JetStream context whose own ``publish_async_max_pending`` is at least ``max_in_flight``."""
         self._js = js
         self._timeout_s = timeout_s
+        self._unavailable_s = unavailable_s
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Future[PubAck]] = set()
         self._retries: set[asyncio.Task[None]] = set()
@@ -60,13 +87,15 @@ class Publisher:
             raise TransportError(f"publish to {subject} failed: {exc!r}") from exc
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self._timeout_s, self._timed_out, ack, subject, body, headers, result)
-        ack.add_done_callback(lambda done: self._acked(done, timer, subject, result))
+        ack.add_done_callback(lambda done: self._acked(done, timer, subject, body, headers, result))
 
     def _acked(
         self,
         ack: asyncio.Future[PubAck],
         timer: asyncio.TimerHandle,
         subject: str,
+        body: bytes,
+        headers: dict[str, str],
         result: asyncio.Future[PubAck],
     ) -> None:
         timer.cancel()
@@ -75,6 +104,8 @@ class Publisher:
         error = ack.exception()
         if error is None:
             result.set_result(ack.result())
+        elif unavailable(error):
+            self._start_retry(subject, body, headers, result, error)
         else:
             failure = TransportError(f"publish to {subject} failed: {error!r}")
             failure.__cause__ = error
@@ -92,26 +123,47 @@ class Publisher:
             return
         ack.cancel()
         log.warning("publish ack timed out; re-sending with the same Nats-Msg-Id", extra={"subject": subject})
-        retry = asyncio.get_running_loop().create_task(self._retry(subject, body, headers, result))
+        self._start_retry(subject, body, headers, result, nats.errors.TimeoutError())
+
+    def _start_retry(
+        self, subject: str, body: bytes, headers: dict[str, str], result: asyncio.Future[PubAck], error: BaseException
+    ) -> None:
+        retry = asyncio.get_running_loop().create_task(self._retry(subject, body, headers, result, error))
         self._retries.add(retry)
         retry.add_done_callback(self._retries.discard)
 
-    async def _retry(self, subject: str, body: bytes, headers: dict[str, str], result: asyncio.Future[PubAck]) -> None:
-        last: BaseException | None = None
-        for _ in range(_RETRIES):
+    async def _retry(
+        self, subject: str, body: bytes, headers: dict[str, str], result: asyncio.Future[PubAck], first: BaseException
+    ) -> None:
+        """Re-send until acked: at once after a timeout (3 times), after a pause while unavailable (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._unavailable_s
+        last, resends, timeouts, pauses = first, 0, 0, 0
+        while True:
+            if isinstance(last, nats.errors.TimeoutError):
+                if timeouts >= _RETRIES:
+                    break
+                timeouts += 1
+            elif unavailable(last):
+                if loop.time() >= deadline:
+                    break
+                if pauses == 0:
+                    log.warning("stream unavailable (leader election?); re-sending", extra={"subject": subject})
+                await asyncio.sleep(_PAUSES_S[min(pauses, len(_PAUSES_S) - 1)])  # pacing, not a wait for an event
+                pauses += 1
+            else:
+                break
+            resends += 1
             try:
                 ack = await self._js.publish(subject, body, headers=dict(headers), timeout=self._timeout_s)
-            except nats.errors.TimeoutError as exc:
-                last = exc
-                continue
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 last = exc
-                break
+                continue
             if not result.done():
                 result.set_result(ack)
             return
         if not result.done():
-            failure = TransportError(f"publish to {subject} failed after {_RETRIES} re-sends: {last!r}")
+            failure = TransportError(f"publish to {subject} failed after {resends} re-sends: {last!r}")
             failure.__cause__ = last
             result.set_exception(failure)
 

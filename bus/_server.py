@@ -14,6 +14,8 @@ import sysconfig
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -22,6 +24,8 @@ from bus._errors import PortInUse, ServerBinaryNotFound, ServerError
 BINARY_ENV = "TRUSTBUS_NATS_SERVER"
 _LISTENING = re.compile(r"Listening for client connections on [^\s]+:(\d+)")
 _READY = "Server is ready"
+# Logged by a cluster node once it knows the JetStream meta leader (itself, or another node).
+_META_LEADER = re.compile(r"Self is new JetStream cluster metadata leader|JetStream cluster new metadata leader: (\S+)")
 
 
 def find_server_binary() -> Path:
@@ -70,16 +74,39 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class ClusterMembership:
+    """How one server joins a cluster: the cluster's name, its own route port, every node's route URL.
+
+    Attributes:
+        name: the cluster name (the same on every node).
+        port: this node's cluster (route) port.
+        routes: the route URLs of every node, this one included.
+    """
+
+    name: str
+    port: int
+    routes: tuple[str, ...]
+
+
 class EmbeddedServer:
     """A nats-server child process with JetStream on loopback.
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. A server
+    that was stopped or killed can be started again: it keeps its port and store.
+
+    The child is sent SIGTERM when the *thread* that started it exits (Linux
+    ``PR_SET_PDEATHSIG``), so start it from a thread that lives as long as it
+    should (the main thread, or the event loop's), not from a worker pool.
 
     Args:
         port: client port; 0 picks a free one (read back from the server's log).
         data_dir: JetStream store dir; a temporary one, removed on stop, if None.
         config: a nats-server config file; ``port`` and ``data_dir`` still override it.
         host: listen address.
+        server_name: the server's name (nats-server picks one if None; a cluster node needs one).
+        cluster: join a cluster (see :class:`EmbeddedCluster`).
+        on_exit: called from a background thread with this server when its process has exited.
     """
 
     def __init__(
@@ -89,17 +116,25 @@ class EmbeddedServer:
         data_dir: str | os.PathLike[str] | None = None,
         config: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
+        server_name: str | None = None,
+        cluster: ClusterMembership | None = None,
+        on_exit: Callable[[EmbeddedServer], None] | None = None,
     ) -> None:
         """Configure; nothing runs until :meth:`start`."""
         self.host = host
         self.port = port
         self.config = Path(config) if config else None
+        self.server_name = server_name
+        self.cluster = cluster
+        self._on_exit = on_exit
         self._own_data_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: deque[str] = deque(maxlen=200)
         self._ready = threading.Event()
+        self._meta_leader = threading.Event()
         self._reader: threading.Thread | None = None
+        self.exit_code: int | None = None
 
     @property
     def url(self) -> str:
@@ -111,12 +146,23 @@ class EmbeddedServer:
         """The server's process id while it runs."""
         return self._process.pid if self._process else None
 
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
     def log_tail(self) -> list[str]:
         """The last lines the server logged."""
         return list(self._log)
 
+    def wait_for_meta_leader(self, timeout: float) -> bool:
+        """Wait until this (cluster) node knows the JetStream meta leader; False at the timeout."""
+        return self._meta_leader.wait(timeout)
+
     def start(self, *, timeout: float = 15.0) -> str:
         """Start the server and wait until it accepts clients; returns the URL."""
+        if self.running:
+            raise ServerError(f"nats-server {self.server_name or self.url} is already running")
         binary = find_server_binary()
         if self.config is not None and not self.config.is_file():
             raise ServerError(f"config file {self.config} does not exist")
@@ -128,18 +174,19 @@ class EmbeddedServer:
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="trustbus-js-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(binary)]
-        if self.config is not None:
-            args += ["-c", str(self.config)]
-        args += ["-js", "-a", self.host, "-p", str(self.port or -1), "-sd", str(self.data_dir)]
+        self._ready.clear()
+        self._meta_leader.clear()
+        self.exit_code = None
         self._process = subprocess.Popen(
-            args,
+            self._arguments(binary),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_log, args=(self._process,), name="nats-server-log", daemon=True
+        )
         self._reader.start()
         if not self._ready.wait(timeout) or self._process.poll() is not None:
             tail = "\n".join(self.log_tail()[-15:])
@@ -147,9 +194,24 @@ class EmbeddedServer:
             raise ServerError(f"nats-server did not become ready within {timeout}s:\n{tail}")
         return self.url
 
-    def _read_log(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
-        for raw in self._process.stderr:
+    def _arguments(self, binary: Path) -> list[str]:
+        args = [str(binary)]
+        if self.config is not None:
+            args += ["-c", str(self.config)]
+        args += ["-js", "-a", self.host, "-p", str(self.port or -1), "-sd", str(self.data_dir)]
+        if self.server_name:
+            args += ["--server_name", self.server_name]
+        if self.cluster is not None:
+            args += [
+                "--cluster_name", self.cluster.name,
+                "--cluster", f"nats://{self.host}:{self.cluster.port}",
+                "--routes", ",".join(self.cluster.routes),
+            ]  # fmt: skip
+        return args
+
+    def _read_log(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
             line = raw.decode(errors="replace").rstrip()
             self._log.append(line)
             listening = _LISTENING.search(line)
@@ -157,13 +219,34 @@ class EmbeddedServer:
                 self.port = int(listening.group(1))
             if _READY in line:
                 self._ready.set()
+            if _META_LEADER.search(line):
+                self._meta_leader.set()
         self._ready.set()  # EOF: the process died; start() notices via poll()
+        self.exit_code = process.wait()
+        if self._on_exit is not None:
+            self._on_exit(self)
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the server process if it runs (does not wait)."""
+        if self.running:
+            assert self._process is not None
+            self._process.send_signal(signum)
+
+    def kill(self, *, timeout: float = 10.0) -> None:
+        """SIGKILL the server (a crash) and reap it; the store is kept, :meth:`start` brings it back."""
+        self._halt(signal.SIGKILL, timeout)
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """SIGTERM the server, wait for it (SIGKILL after ``timeout``), remove a temporary store."""
+        self._halt(signal.SIGTERM, timeout)
+        if self._own_data_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+    def _halt(self, signum: int, timeout: float) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -174,9 +257,6 @@ class EmbeddedServer:
             self._reader = None
         if process is not None and process.stderr is not None:
             process.stderr.close()
-        if self._own_data_dir and self.data_dir is not None:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-            self.data_dir = None
 
     def wait(self) -> int:
         """Block until the server exits; returns its exit code."""

@@ -23,11 +23,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 
+from bus._connection import connect_options, split_servers
 from bus._envelope import Envelope, new_envelope
 from bus._errors import BusError, TransportError, VerificationError
 from bus._identity import Identity
 from bus._keyring_store import KeyringStore
-from bus._publisher import Publisher
+from bus._publisher import Publisher, unavailable
 from bus._quarantine import encode_quarantine_record, quarantine_record
 from bus._seal import HEADER_KEY, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from bus._subjects import check_name, quarantine, stream_name
@@ -63,6 +64,18 @@ class ConsumerSettings:
     backoff_s: tuple[float, ...] = (0.2, 1.0, 5.0)
 
 
+_OUTAGE_PAUSES_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+async def _pause(seconds: float, stop: asyncio.Event | None) -> None:
+    """Wait ``seconds`` before trying again, or less if ``stop`` is set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 def _stored_ns(meta: Msg.Metadata) -> int:
     return int(meta.timestamp.timestamp() * 1_000_000_000)
 
@@ -85,6 +98,7 @@ class Bus:
         limits: Limits,
         max_in_flight: int,
         publish_timeout_s: float,
+        watch: _ConnectionWatch | None = None,
     ) -> None:
         """Wrap an open connection; use :meth:`connect`."""
         self.nc = nc
@@ -97,6 +111,7 @@ class Bus:
         self.stream = stream_name(tenant)
         self._publish_timeout_s = publish_timeout_s
         self._publisher = Publisher(js, max_in_flight=max_in_flight, timeout_s=publish_timeout_s)
+        self._watch = watch or _ConnectionWatch()
 
     @classmethod
     async def connect(
@@ -116,7 +131,9 @@ class Bus:
         """Connect, load the tenant's keyring and follow it.
 
         Args:
-            servers: one URL or several (a cluster).
+            servers: one URL or several (a cluster's, as a list or comma-separated); the
+                connection moves to another of them when its server goes away, and never
+                stops reconnecting.
             tenant: the tenant to work in.
             name: who this component is (the ``sender`` of what it signs).
             identity: its signing key.
@@ -129,14 +146,15 @@ class Bus:
         """
         check_name(tenant, what="tenant")
         check_name(name, what="agent")
-        urls = [servers] if isinstance(servers, str) else list(servers)
+        urls = split_servers(servers)
+        watch = _ConnectionWatch()
         options: dict[str, object] = {
-            "servers": urls,
+            **connect_options(urls, long_running=True),
             "name": f"trustbus:{tenant}:{name}",
             "connect_timeout": connect_timeout_s,
-            "max_reconnect_attempts": -1,
-            "allow_reconnect": True,
             "error_cb": _log_error,
+            "disconnected_cb": watch.disconnected,
+            "reconnected_cb": watch.reconnected,
         }
         if nkey_auth:
             options["nkeys_seed_str"] = identity.nkey_seed
@@ -162,6 +180,7 @@ class Bus:
             limits=limits,
             max_in_flight=max_in_flight,
             publish_timeout_s=publish_timeout_s,
+            watch=watch,
         )
 
     # -- publishing ---------------------------------------------------------
@@ -271,6 +290,7 @@ class Bus:
         # Mediated deliveries come only from the coordinator (server permissions), which
         # forwards each (envelope, recipient) once; an inbox reader need not read back.
         seen = SeenIds(window_ns=self.limits.skew_ns) if recipient else await self._recently_accepted(info)
+        outage = 0
         try:
             while stop is None or not stop.is_set():
                 try:
@@ -279,6 +299,16 @@ class Bus:
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    if not unavailable(exc):
+                        raise TransportError(f"cannot fetch from consumer {durable}: {exc}") from exc
+                    # The consumer has no leader for now (a cluster node went away): ask again shortly.
+                    if outage == 0:
+                        log.warning("consumer unavailable; fetching again", extra={"consumer": durable})
+                    await _pause(_OUTAGE_PAUSES_S[min(outage, len(_OUTAGE_PAUSES_S) - 1)], stop)
+                    outage += 1
+                    continue
+                outage = 0
                 seen.prune(time.time_ns())
                 batch: list[Delivery] = []
                 in_batch: set[str] = set()
@@ -401,6 +431,7 @@ class Bus:
             log.exception("publishes still failing or outstanding at close")
         await self._publisher.aclose()
         await self.keyring.aclose()
+        self._watch.closing = True
         with contextlib.suppress(nats.errors.Error):
             await self.nc.drain()
         await self.nc.close()
@@ -524,3 +555,17 @@ class _Heartbeat:
 
 async def _log_error(exc: Exception) -> None:
     log.warning("nats error: %s", exc)
+
+
+class _ConnectionWatch:
+    """Logs losing and regaining the server (not the disconnect of a deliberate close)."""
+
+    def __init__(self) -> None:
+        self.closing = False
+
+    async def disconnected(self) -> None:
+        if not self.closing:
+            log.warning("disconnected from NATS; reconnecting to any of the given servers")
+
+    async def reconnected(self) -> None:
+        log.warning("reconnected to NATS")

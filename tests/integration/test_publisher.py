@@ -15,7 +15,8 @@ from bus._publisher import Publisher
 
 async def test_failed_pipelined_publish_is_reported_by_flush(nats_server: EmbeddedServer) -> None:
     nc = await nats.connect(nats_server.url)
-    publisher = Publisher(nc.jetstream(), max_in_flight=8, timeout_s=1.0)
+    # no stream answers: "no responders", re-sent like a leaderless stream until unavailable_s runs out
+    publisher = Publisher(nc.jetstream(), max_in_flight=8, timeout_s=1.0, unavailable_s=0.3)
     try:
         ack = await publisher.start("no.stream.here", b"x", {"Nats-Msg-Id": "m1"})
         with pytest.raises(TransportError, match="1 publish"):
@@ -45,6 +46,50 @@ async def test_lost_ack_is_resent_with_the_same_msg_id(nats_server: EmbeddedServ
         await publisher.flush(timeout_s=5)
         assert attempts == ["same-id", "same-id"]
         assert result.seq == 1 and result.duplicate
+    finally:
+        await publisher.aclose()
+        await nc.close()
+
+
+async def test_stream_without_a_leader_is_retried_with_the_same_msg_id(nats_server: EmbeddedServer) -> None:
+    """A stream in a leader election answers 503 at once; the publish is re-sent until a leader answers."""
+    nc = await nats.connect(nats_server.url)
+    attempts: list[str] = []
+    unavailable = {"error": {"code": 503, "err_code": 10008, "description": "JetStream system temporarily unavailable"}}
+
+    async def electing_stream(msg: Msg) -> None:
+        attempts.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+        answer = unavailable if len(attempts) < 3 else {"stream": "S", "seq": 7}
+        await msg.respond(json.dumps(answer).encode())
+
+    await nc.subscribe("electing.subject", cb=electing_stream)
+    publisher = Publisher(nc.jetstream(), max_in_flight=8, timeout_s=1.0)
+    try:
+        ack = await publisher.start("electing.subject", b"x", {"Nats-Msg-Id": "same-id"})
+        result = await asyncio.wait_for(ack, 10)
+        await publisher.flush(timeout_s=5)
+        assert attempts == ["same-id"] * 3
+        assert result.seq == 7
+    finally:
+        await publisher.aclose()
+        await nc.close()
+
+
+async def test_unavailable_stream_fails_after_the_retry_window(nats_server: EmbeddedServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    attempts: list[str] = []
+
+    async def down(msg: Msg) -> None:
+        attempts.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+        await msg.respond(json.dumps({"error": {"code": 503, "description": "no leader"}}).encode())
+
+    await nc.subscribe("down.subject", cb=down)
+    publisher = Publisher(nc.jetstream(), max_in_flight=8, timeout_s=1.0, unavailable_s=0.5)
+    try:
+        ack = await publisher.start("down.subject", b"x", {"Nats-Msg-Id": "m"})
+        with pytest.raises(TransportError, match="re-sends"):
+            await asyncio.wait_for(ack, 10)
+        assert 3 <= len(attempts) <= 12 and set(attempts) == {"m"}  # paced, not a busy loop
     finally:
         await publisher.aclose()
         await nc.close()

@@ -1,0 +1,38 @@
+"""How every NATS client of the bus connects: all the servers it was given, reconnecting across them.
+
+Given a cluster's URLs, a client whose server dies reconnects to another one
+within milliseconds (nats-py tries the next server at once and waits
+``RECONNECT_TIME_WAIT_S`` only before retrying a server it just failed on).
+Long-running processes (agents, the coordinator, the ledger service) never
+give up reconnecting; short commands give up after ``SHORT_RECONNECT_ATTEMPTS``
+tries per server, so an unreachable server is reported within seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+RECONNECT_TIME_WAIT_S = 0.5
+SHORT_RECONNECT_ATTEMPTS = 10
+# A server that stops answering (a network partition, not a crash) is noticed within
+# PING_INTERVAL_S * MAX_OUTSTANDING_PINGS seconds; a crashed one at once (the socket closes).
+PING_INTERVAL_S = 10
+MAX_OUTSTANDING_PINGS = 3
+
+
+def split_servers(servers: str | Sequence[str]) -> list[str]:
+    """One URL, a comma-separated list (``NATS_URL`` style) or a sequence of them, as a list of URLs."""
+    items = [servers] if isinstance(servers, str) else list(servers)
+    return [url.strip() for item in items for url in item.split(",") if url.strip()]
+
+
+def connect_options(servers: str | Sequence[str], *, long_running: bool) -> dict[str, object]:
+    """Keyword arguments for ``nats.connect``: every server, reconnecting (forever if ``long_running``)."""
+    return {
+        "servers": split_servers(servers),
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1 if long_running else SHORT_RECONNECT_ATTEMPTS,
+        "reconnect_time_wait": RECONNECT_TIME_WAIT_S,
+        "ping_interval": PING_INTERVAL_S,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+    }
