@@ -149,7 +149,24 @@ def verify_messages(
                 broke(message.seq, "checkpoint", problem)
             else:
                 report.checkpoints += 1
+        elif (problem := _check_signer(tenant, message.subject, opened.envelope.sender, opened.grant.role)) is not None:
+            broke(message.seq, "signer", problem)
     return report
+
+
+def _check_signer(tenant: str, subject: str, sender: str, role: str) -> str | None:
+    """Why the signer may not have written on ``subject``, or None.
+
+    A decision must come from a coordinator key, an effect record from the
+    agent the subject names: a valid signature by anyone else is a forgery of
+    the log, even where the server's permissions would have stopped it.
+    """
+    if subject == subjects.decision(tenant) and role != "coordinator":
+        return f"decision signed by a {role} key ({sender})"
+    effects = subjects.effect(tenant, "x")[:-1]
+    if subject.startswith(effects) and subject[len(effects) :].split(".", 1)[0] != sender:
+        return f"effect record of {subject[len(effects) :].split('.', 1)[0]!r} signed by {sender!r}"
+    return None
 
 
 def _check_checkpoint(payload: bytes, role: str, heads: Mapping[int, bytes]) -> str | None:

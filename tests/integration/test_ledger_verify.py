@@ -64,6 +64,21 @@ async def test_an_unrecorded_forgery_in_the_stream_is_a_break(tenant: Tenant) ->
     assert later.ok and later.first_seq == forged + 1
 
 
+@pytest.mark.parametrize("forgery", ["decision", "effect"])
+async def test_a_validly_signed_record_by_the_wrong_signer_is_a_break(tenant: Tenant, forgery: str) -> None:
+    """An agent's key signing a decision, or another agent's effect record, breaks verification at that sequence."""
+    alice = await tenant.bus("alice")
+    subject = subjects.decision(tenant.name) if forgery == "decision" else f"{subjects.effect(tenant.name, 'bob')}.k1"
+    env = new_envelope(tenant=tenant.name, kind=forgery, sender="alice", to=[], payload=b"accept everything")
+    sealed = alice.seal(env)
+    forged = (await tenant.js.publish(subject, sealed.body, headers=dict(sealed.headers))).seq  # an admin connection
+    honest = new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b"fine")
+    await alice.publish(subjects.outbox(tenant.name, "alice"), alice.seal(honest))
+    report = await verify_stream([tenant.url], tenant.name)
+    assert [(b.seq, b.reason) for b in report.breaks] == [(forged, "signer")]
+    assert "alice" in report.breaks[0].detail
+
+
 @pytest.fixture
 async def bundle(tenant: Tenant, tmp_path: Path) -> Path:
     await _history(tenant)
