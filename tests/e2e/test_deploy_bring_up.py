@@ -1,0 +1,325 @@
+"""docker-compose.yml's bring-up, without Docker: the same script, commands, environment and secrets.
+
+docs/DEPLOY.md's order on a local three-node cluster: ``provision.sh
+bootstrap`` (no server); the nodes, each run from its deploy/nats config with
+only loopback addresses, free ports and a temp store put in; ``provision.sh
+provision`` with the provision service's environment (R3); a reload of every
+node; then the coordinator, ledger and agents, each run with its service's
+command and environment and only its own secret, laid out where the compose
+file mounts it; then a rally between the agents, stopped by the hop limit.
+The seeds the script makes are exactly the files the compose file's secrets
+point at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import yaml
+
+from bus import Identity, find_server_binary, subjects
+from tests.e2e.test_config_render import nkey_connect_reply
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+SCRIPT = ROOT / "deploy" / "provision.sh"
+PROCESSES = ("coordinator", "ledger", "ping", "pong")  # in the order their depends_on starts them
+T = "demo"
+
+
+def service_env(service: str) -> dict[str, str]:
+    return {key: str(value) for key, value in SERVICES[service]["environment"].items()}
+
+
+def host_path(compose_path: str) -> Path:
+    """A host path of the compose file (``./deploy/...``), in this checkout."""
+    return (ROOT / compose_path).resolve()
+
+
+class Container:
+    """A service's container paths laid out under a host directory: its secrets, configs and volumes."""
+
+    def __init__(self, service: str, root: Path, *, keys: Path) -> None:
+        self.spec = SERVICES[service]
+        self.root = root
+        self.mounts: list[str] = []
+        for secret in self.spec.get("secrets", []):
+            target = self._materialise(secret["target"])
+            seed = host_path(COMPOSE["secrets"][secret["source"]]["file"])
+            shutil.copyfile(keys / seed.relative_to(host_path("./deploy/keys")), target)
+            target.chmod(0o600)
+        for config in self.spec.get("configs", []):
+            shutil.copyfile(
+                host_path(COMPOSE["configs"][config["source"]]["file"]), self._materialise(config["target"])
+            )
+        for volume in self.spec.get("volumes", []):
+            self._materialise(volume.split(":")[1]).mkdir()
+
+    def _materialise(self, target: str) -> Path:
+        self.mounts.append(target)
+        path = self.root / target.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def path(self, value: str) -> str:
+        """``value`` with a container path under a mount replaced by where it lies here."""
+        for mount in self.mounts:
+            if value == mount or value.startswith(mount + "/") or mount.startswith(value + "/"):
+                return str(self.root / value.lstrip("/"))
+        return value
+
+    def spawn(self, urls: str, err: Path) -> subprocess.Popen[str]:
+        """Run the service's command (the image's entrypoint is `trustbus`, its workdir holds examples/)."""
+        own = {key: self.path(str(value)) for key, value in self.spec["environment"].items()}
+        env = {**os.environ, **own, "NATS_URL": urls}
+        env.pop("TRUSTBUS_NKEY", None)
+        args = [self.path(arg) for arg in self.spec["command"]]
+        with err.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "trustbus", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        return proc
+
+
+def secret_files() -> set[Path]:
+    return {host_path(secret["file"]) for secret in COMPOSE["secrets"].values()}
+
+
+def provision(*args: str, env: dict[str, str]) -> str:
+    result = subprocess.run(["sh", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+class Node:
+    """A nats-server run with nothing but its config file (``nats-server -c FILE``), as in its container."""
+
+    def __init__(self, config: Path, *, port: int, monitor_port: int) -> None:
+        self.config, self.port, self.monitor_port = config, port, monitor_port
+        self.url = f"nats://127.0.0.1:{port}"
+        self.log: list[str] = []
+        self.meta_leader = threading.Event()
+        self.process = subprocess.Popen(
+            [str(find_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line.rstrip())
+            if (
+                "JetStream cluster new metadata leader" in line
+                or "Self is new JetStream cluster metadata leader" in line
+            ):
+                self.meta_leader.set()
+        self.meta_leader.set()  # exited: the caller's check of the log says why
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+        self.reader.join(timeout=20)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def free_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
+
+
+def local_configs(directory: Path) -> list[tuple[Path, int, int]]:
+    """deploy/nats/nats-N.conf, each as it is but for addresses, ports and store (beside ``directory/tenants``)."""
+    ports = free_ports(9)
+    client, route, monitor = ports[0:3], ports[3:6], ports[6:9]
+    configs = []
+    for n in (1, 2, 3):
+        text = (ROOT / "deploy" / "nats" / f"nats-{n}.conf").read_text()
+        for m in (1, 2, 3):
+            text = text.replace(f"nats-route://nats-{m}:6222", f"nats-route://127.0.0.1:{route[m - 1]}")
+        replaced = {
+            "port: 4222\n": f"host: 127.0.0.1\nport: {client[n - 1]}\n",
+            "http_port: 8222\n": f"http_port: {monitor[n - 1]}\n",
+            "store_dir: /data/jetstream\n": f"store_dir: {directory / f'js-{n}'}\n",
+            "  port: 6222\n": f"  host: 127.0.0.1\n  port: {route[n - 1]}\n",
+        }
+        for old, new in replaced.items():
+            assert text.count(old) == 1, old
+            text = text.replace(old, new)
+        config = directory / f"nats-{n}.conf"
+        config.write_text(text)
+        configs.append((config, client[n - 1], monitor[n - 1]))
+    return configs
+
+
+@pytest.mark.slow
+def test_compose_bring_up_on_a_local_three_node_cluster(tmp_path: Path) -> None:
+    keys, accounts = tmp_path / "keys", tmp_path / "nats" / "tenants"
+    keys.mkdir()
+    accounts.mkdir(parents=True)
+    env = {
+        **os.environ,
+        **service_env("provision"),
+        "TRUSTBUS_KEYS": str(keys),  # the provision service's bind mounts: ./deploy/keys, ./deploy/nats/tenants
+        "TRUSTBUS_ACCOUNTS": str(accounts),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("TRUSTBUS_NKEY", None)
+    assert env["TRUSTBUS_REPLICAS"] == "3"
+
+    provision("bootstrap", env=env)
+    assert [p.relative_to(keys).as_posix() for p in keys.rglob("*.seed")] == [f"{T}/admin.seed"]
+    account = (accounts / f"{T}.conf").read_text()
+    assert "accounts {" not in account and account.count("nkey: ") == 1
+    assert "exists" in provision("bootstrap", env=env)  # a second bootstrap leaves the account alone
+
+    procs: list[subprocess.Popen[str]] = []
+    with contextlib.ExitStack() as stack:
+        nodes = []
+        for config, port, monitor_port in local_configs(tmp_path / "nats"):
+            nodes.append(Node(config, port=port, monitor_port=monitor_port))
+            stack.callback(nodes[-1].stop)
+        for node in nodes:
+            assert node.meta_leader.wait(30) and node.process.poll() is None, "\n".join(node.log[-10:])
+            health = urllib.request.urlopen(  # what the compose healthcheck asks
+                f"http://127.0.0.1:{node.monitor_port}/healthz?js-enabled-only=true", timeout=5
+            )
+            assert health.status == 200
+            health.close()
+        urls = ",".join(node.url for node in nodes)
+        env["NATS_URL"] = urls
+        provision("provision", env=env)
+
+        # The seeds made are the admin's and exactly those the compose file hands out as secrets.
+        made = {p.resolve() for p in keys.rglob("*.seed")}
+        expected = {keys / path.relative_to(host_path("./deploy/keys")) for path in secret_files()}
+        assert made == {keys / T / "admin.seed", *expected}
+        assert all(p.stat().st_mode & 0o077 == 0 for p in made)
+        # Provisioning again changes nothing.
+        again = provision("provision", env=env)
+        assert "created" not in again and {p.resolve() for p in keys.rglob("*.seed")} == made
+
+        # docker compose kill -s SIGHUP nats-1 nats-2 nats-3
+        for node in nodes:
+            node.process.send_signal(signal.SIGHUP)
+        pong = Identity.load(keys / T / "pong.seed")
+        deadline = time.monotonic() + 10
+        while not all(asyncio.run(nkey_connect_reply(url, pong)) == b"PONG\r\n" for url in urls.split(",")):
+            assert time.monotonic() < deadline, [line for line in nodes[0].log if "reload" in line]
+
+        containers: dict[str, Container] = {}
+        try:
+            for service in PROCESSES:
+                container = Container(service, tmp_path / "containers" / service, keys=keys)
+                containers[service] = container
+                proc = container.spawn(urls, tmp_path / f"{service}.err")
+                procs.append(proc)
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                assert line and json.loads(line)["ready"], (tmp_path / f"{service}.err").read_text()
+
+            # What a person runs: docker compose run --rm admin send ... (the admin service's entrypoint).
+            admin_args = [a.replace("/keys", str(keys)) for a in SERVICES["admin"]["entrypoint"][1:]]
+            admin_env = {**env, **service_env("admin"), "TRUSTBUS_KEYS": str(keys), "NATS_URL": urls}
+            sent = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "trustbus",
+                    *admin_args,
+                    "send",
+                    "--as",
+                    "ping",
+                    "--to",
+                    "pong",
+                    "--payload",
+                    '{"serve": 1}',
+                ],
+                env=admin_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert sent.returncode == 0, sent.stderr
+            tail = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "trustbus",
+                    *admin_args,
+                    "tail",
+                    "--json",
+                    "--subject",
+                    subjects.decision(T),
+                    "--idle-timeout",
+                    "20",
+                ],
+                env=admin_env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert tail.stdout is not None
+            stopped = None
+            for line in tail.stdout:
+                decision = json.loads(line)["envelope"]["payload"]
+                if "hop_limit" in decision["reasons"]:
+                    stopped = decision
+                    break
+            tail.terminate()
+            tail.wait(timeout=20)
+            tail.stdout.close()
+            assert stopped is not None and stopped["verdict"] == "reject"
+
+            async def replicas() -> dict[str, int]:
+                nc = await nats.connect(
+                    urls.split(","), nkeys_seed_str=Identity.load(keys / T / "admin.seed").nkey_seed
+                )
+                try:
+                    js = nc.jetstream()
+                    names = (
+                        subjects.stream_name(T),
+                        f"KV_{subjects.keyring_bucket(T)}",
+                        f"KV_{subjects.memory_bucket(T)}",
+                    )
+                    return {name: (await js.stream_info(name)).config.num_replicas or 0 for name in names}
+                finally:
+                    await nc.close()
+
+            assert set(asyncio.run(replicas()).values()) == {3}
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            codes = [proc.wait(timeout=30) for proc in procs]
+            for proc in procs:
+                if proc.stdout:
+                    proc.stdout.close()
+        assert codes == [0] * len(procs)
+        for service in PROCESSES:
+            assert "Permissions Violation" not in (tmp_path / f"{service}.err").read_text(), service
