@@ -15,7 +15,8 @@ Each payload is JSON of a fixed size carrying the phase name, the message index,
 count and the sender's ``time.time_ns()`` taken just before the message is built (and, for trustbus,
 signed). A sink records ``time.time_ns()`` on receipt for the first delivery of each index and, once it
 has seen every index of a phase, writes ``<$BENCH_MEDIATED_OUT>/<phase>.json``. Long-running roles print
-one JSON ready line on stdout when serving, JSON progress lines while receiving, and exit on SIGTERM.
+one JSON ready line on stdout when serving, JSON progress lines while receiving (and one for each second
+delivery of an index, with the phase's count of them, even after its file is written), and exit on SIGTERM.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Recorder:
         seen: dict[int, tuple[int, int]] = phase["seen"]
         if fields["i"] in seen:
             phase["duplicates"] += 1
+            emit(progress=name, received=len(seen), duplicates=phase["duplicates"])
             return
         seen[fields["i"]] = (fields["t"], received_ns)
         if len(seen) % PROGRESS_EVERY == 0 or len(seen) == phase["n"]:

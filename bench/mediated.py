@@ -274,11 +274,15 @@ class Children:
 # -- setup ------------------------------------------------------------------------------
 
 
-async def provision(url: str, keys: bus.KeyDirectory) -> None:
-    """The tenant, the three keys, and the raw stream with consumers configured like the coordinator's."""
-    await bus.init_tenant([url], TENANT, keys=keys)
-    for owner, role in (("a", "agent"), ("b", "agent"), ("coordinator", "coordinator")):
-        await bus.new_key([url], TENANT, owner, role=role, keys=keys)  # type: ignore[arg-type]
+async def provision_tenant(url: str, tenant: str, keys: bus.KeyDirectory, holders: list[tuple[str, str]]) -> None:
+    """The tenant, and a key for each (owner, role) of ``holders``."""
+    await bus.init_tenant([url], tenant, keys=keys)
+    for owner, role in holders:
+        await bus.new_key([url], tenant, owner, role=role, keys=keys)  # type: ignore[arg-type]
+
+
+async def provision_raw(url: str) -> None:
+    """The raw stream, with consumers configured like the coordinator's outbox and the agent runtime's inbox."""
     nc = await nats.connect(url, name="bench-admin", connect_timeout=5)
     try:
         js = nc.jetstream()
@@ -305,6 +309,12 @@ async def provision(url: str, keys: bus.KeyDirectory) -> None:
         await nc.close()
 
 
+async def provision(url: str, keys: bus.KeyDirectory) -> None:
+    """The tenant, the three keys, and the raw stream with consumers configured like the coordinator's."""
+    await provision_tenant(url, TENANT, keys, [("a", "agent"), ("b", "agent"), ("coordinator", "coordinator")])
+    await provision_raw(url)
+
+
 # -- measurement --------------------------------------------------------------------------
 
 
@@ -315,6 +325,7 @@ class Throughput:
     p99_ms: float
     cpu_us_per_msg: dict[str, float]  # per process: server, a, hub (coordinator or relay), b
     sys_us_per_msg: dict[str, float]  # the part of it spent in the kernel (not known for a)
+    duplicates: int = 0  # second deliveries the sink saw before it had every message
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -364,7 +375,7 @@ class Bench:
         (work / "logs").mkdir()
         self.out_dir.mkdir()
         self.children = Children(work / "logs", env, self._progress_line)
-        self.servers: dict[str, list[Child]] = {}
+        self.servers: dict[str, list[Child]] = {}  # per topology: its long-running processes, hub first
 
     def _progress_line(self, fields: dict[str, Any]) -> None:
         task = self._tasks.get(str(fields["progress"]))
@@ -398,29 +409,47 @@ class Bench:
             "mediated-b",
             self.argv("trustbus", ["agent", "run", SINK, "--id", "b", *common], "mediated-b"),
         )
+        self.servers["mediated"] = [coordinator, sink]
+        for child in (coordinator, sink, *self.start_raw()):
+            child.wait_ready(READY_TIMEOUT_S)
+
+    def start_raw(self) -> list[Child]:
+        """Start the raw relay and sink, ``servers["raw"]`` (the caller waits for them to be ready)."""
         relay = self.children.start(
             "raw-relay", self.argv(PROCS, ["raw-relay", "--url", self.url, *fetch_args(OUTBOX_SETTINGS)], "raw-relay")
         )
         raw_sink = self.children.start(
             "raw-b", self.argv(PROCS, ["raw-sink", "--url", self.url, *fetch_args(INBOX_SETTINGS)], "raw-b")
         )
-        self.servers = {"mediated": [coordinator, sink], "raw": [relay, raw_sink]}
-        for child in (coordinator, sink, relay, raw_sink):
-            child.wait_ready(READY_TIMEOUT_S)
+        self.servers["raw"] = [relay, raw_sink]
+        return self.servers["raw"]
 
-    def phase(self, topology: str, label: str, n: int, rate: float) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Run one sender to completion and wait for the sink's file: (sink record, sender summary)."""
+    def phase(
+        self,
+        topology: str,
+        label: str,
+        n: int,
+        rate: float,
+        *,
+        tenant: str = TENANT,
+        watch: list[Child] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run one sender to completion and wait for the sink's file: (sink record, sender summary).
+
+        Any topology but ``raw`` is trustbus, A sending in ``tenant``; ``watch`` (by default the topology's
+        ``servers``) are the processes whose exit fails the phase.
+        """
         self._phases += 1
         name = f"{topology}-{self._phases}"  # the phase's file name and the sender's log name
         self._tasks[name] = self.progress.add_task(f"{topology} {label}", total=n)
         common = ["--url", self.url, "--phase", name, "--n", str(n), "--rate", str(rate)]
         common += ["--payload", str(self.args.payload)]
-        if topology == "mediated":
-            args = ["tb-send", *common, "--tenant", TENANT, "--keys", str(self.keys_dir)]
-        else:
+        if topology == "raw":
             args = ["raw-send", *common]
+        else:
+            args = ["tb-send", *common, "--tenant", tenant, "--keys", str(self.keys_dir)]
         sender = self.children.start(f"{name}-a", self.argv(PROCS, args))
-        watch = self.servers[topology]
+        watch = self.servers[topology] if watch is None else watch
         sender.wait_exit((n / rate if rate else 0.0) + SENDER_SLACK_S, watch=watch)
         result = self.out_dir / f"{name}.json"
         deadline = time.monotonic() + DELIVERY_SLACK_S + n / 200
@@ -435,11 +464,16 @@ class Bench:
             (self.args.keep_records / f"{name}-{'paced' if rate else 'tput'}.json").write_text(json.dumps(record))
         return record, sender.last_line or {}
 
-    def throughput(self, topology: str, label: str, n: int) -> Throughput:
-        hub, sink = self.servers[topology]
-        pids = {"server": self.server_pid, "hub": hub.proc.pid, "b": sink.proc.pid}
+    def throughput(
+        self, topology: str, label: str, n: int, *, tenant: str = TENANT, processes: dict[str, Child] | None = None
+    ) -> Throughput:
+        """A phase at full speed; ``processes`` (by default the topology's hub and b) have their CPU counted by role."""
+        if processes is None:
+            hub, sink = self.servers[topology]
+            processes = {"hub": hub, "b": sink}
+        pids = {"server": self.server_pid, **{role: child.proc.pid for role, child in processes.items()}}
         before = {role: cpu_seconds(pid) for role, pid in pids.items()}
-        record, sender = self.phase(topology, label, n, 0.0)
+        record, sender = self.phase(topology, label, n, 0.0, tenant=tenant, watch=list(processes.values()))
         after = {role: cpu_seconds(pid) for role, pid in pids.items()}
         cpu = {role: sum(after[role]) - sum(before[role]) for role in pids}
         cpu["a"] = float(sender.get("cpu_s", 0.0))
@@ -452,6 +486,7 @@ class Bench:
             p99_ms=p99,
             cpu_us_per_msg={role: seconds * 1e6 / n for role, seconds in cpu.items()},
             sys_us_per_msg={role: seconds * 1e6 / n for role, seconds in kernel.items()},
+            duplicates=int(record.get("duplicates", 0)),
         )
 
     def latency(self, topology: str, label: str) -> Latency:

@@ -1,0 +1,615 @@
+"""Scale-out benchmark: agent A -> K coordinator processes sharing one tenant -> agent B, for K = 1, 2, 4.
+
+Run from anywhere: ``python bench/scale.py [--n N] [--rounds R] [--coordinators 1,2,4] [--json]``.
+
+Built on bench/mediated.py, whose processes, provisioning, CPU accounting and raw baseline it imports.
+One ``bus.EmbeddedServer(port=0)`` (temporary store) serves every configuration; every process runs on
+this machine, so all of them share its cores.
+
+- **K coordinators** (each K of ``--coordinators``, each round): a fresh tenant ``scale<i>`` provisioned
+  with ``bus.init_tenant``, keys ``a`` and ``b`` (role agent) and ``coordinator-1`` .. ``coordinator-K``
+  (role coordinator), bench/mediated.py's policy (``a -> b`` ``event``, hop, budget and fan-out limits far
+  above the load, no rate limit). K processes ``python -m bench._scale_coordinator coordinator run
+  --name coordinator-<j>``: trustbus's own CLI and coordinator, with its conflicts counted (see that
+  module; ``--plain`` runs ``python -m trustbus`` and leaves the conflicts out). They share the tenant's
+  one durable outbox consumer and append to its one decision subject, each append conditional on the
+  last decision it knows (``Nats-Expected-Last-Subject-Sequence``). B is ``python -m trustbus agent run
+  bench._mediated_sink:Sink --id b``; A is bench/mediated.py's ``tb-send``: it seals an envelope per
+  message and ``publish_pipelined`` them to its outbox as fast as it can. Once every process is ready,
+  an unmeasured warm-up of 500 envelopes, then ``--n`` measured ones. Afterwards the processes are
+  stopped and the tenant's stream and buckets deleted.
+- **raw**: bench/mediated.py's raw nats-py topology, unsigned (A ``publish_async`` -> a relay that
+  republishes one message at a time, awaiting each ack -> B), its processes started once with a warm-up
+  of 500 messages, measured in every round.
+
+msgs/s = N / (A's first send -> B's last receive, B's clock taken in its handler after verification).
+In each of ``--rounds`` rounds every configuration (raw, then each K) runs once, in an order rotated by
+one place per round; each figure is the median over the rounds, and ``speedup_K`` = ``msgs_per_s_K`` /
+``msgs_per_s_1``. Per configuration, also:
+
+- **CPU µs per message per process**: the server, A (its own count, first send to last ack), each
+  coordinator and B (or the relay and B), from ``/proc`` before and after the phase. With every process
+  on the same cores, ``cpu_bound_msgs_per_s`` = cores x 1e6 / (their sum) is the rate at which they
+  would keep every core busy: a measured rate close to it means the cores are the bound, and a sum
+  growing with K means the added coordinators cost more work per message, not less.
+- **decisions per coordinator**: read back from the decision log after the phase, each decision record's
+  sender (the key owner that signed it), for the phase's envelopes only.
+- **conflicts per coordinator**: appends refused because another coordinator had appended first, each
+  followed by a catch-up that reads the decisions it missed (counted, with the time it took) and by the
+  decisions of that append being made again (``discarded``); also the outbox consumer's redeliveries.
+- **exactly once**, checked for every phase (a failure stops the bench, it is not a figure): B's handler
+  saw every index once and none twice (not even after the last), the decision log holds exactly one
+  accepting decision per envelope of the phase, and B's inbox holds exactly one forward per envelope.
+
+The machine's core count and its 1-minute load average before and after are reported: other work on
+the machine moves every figure. With ``--json`` the last line of stdout is one JSON object with every
+figure (``msgs_per_s_<K>``, ``speedup_<K>``, ``raw_msgs_per_s``, ``cores``, ``load_avg_1m``, and under
+``configurations`` each one's details, per round too) and the human table goes to stderr with the
+progress display. ``--profile DIR`` runs the
+coordinators, sinks and relay under cProfile (or pyinstrument, ``--profiler``). Every process is stopped
+(SIGTERM, then SIGKILL after a timeout) on success, failure, Ctrl-C and SIGTERM (and is sent SIGTERM by
+Linux if the bench itself is killed); on failure their stderr tails are printed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, sys.path[0] is bench/ (where ledger.py would shadow the ledger package): use the root.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import bus
+from agents._coordinator import CONSUMER as OUTBOX_CONSUMER
+from bench._scale_coordinator import COUNTS
+from bench.mediated import (
+    POLICY,
+    READY_TIMEOUT_S,
+    SINK,
+    TAIL_LINES,
+    TENANT,
+    WARMUP_N,
+    Bench,
+    BenchError,
+    Child,
+    Throughput,
+    _interrupt,
+    provision_raw,
+    provision_tenant,
+)
+
+COORDINATOR_MODULE = "bench._scale_coordinator"
+SETTLE_TIMEOUT_S = 30.0  # after B's last receive, for its inbox consumer to have nothing pending
+DECISION_FETCH = 512
+COUNTED = ("conflicts", "caught_up", "catch_up_s", "discarded")
+
+
+def cores() -> int:
+    """The cores this process may run on (its children inherit them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# -- reading a tenant back -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """What the stream says about one measured phase of a tenant."""
+
+    decisions: dict[str, int]  # per coordinator (the decision record's sender)
+    decided: int  # distinct envelope ids among those decisions
+    accepted: int  # decisions whose verdict is accept
+    inbox: int  # forwards stored on B's inbox subject, warm-up included
+    inbox_redelivered: int  # B's consumer: messages delivered more than once
+    outbox_redelivered: int  # the coordinators' outbox consumer: the same
+
+
+async def last_seq(url: str, tenant: str) -> int:
+    nc = await nats.connect(url, name="bench-audit", connect_timeout=5)
+    try:
+        info = await nc.jetstream().stream_info(bus.subjects.stream_name(tenant))
+        return info.state.last_seq
+    finally:
+        await nc.close()
+
+
+async def read_decisions(js: JetStreamContext, tenant: str, after_seq: int) -> list[tuple[str, bus.Decision]]:
+    """(signer, decision) of every record on the decision subject after ``after_seq``, in order."""
+    subject = bus.subjects.decision(tenant)
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after_seq + 1,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+    )
+    sub = await js.pull_subscribe(subject, stream=bus.subjects.stream_name(tenant), config=config)
+    found: list[tuple[str, bus.Decision]] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(DECISION_FETCH, timeout=5.0)
+            except TimeoutError:
+                return found  # nothing after after_seq
+            for msg in msgs:
+                record = bus.decode_envelope(msg.data)
+                found.append((record.sender, bus.decode_decision(record.payload)))
+            if msgs[-1].metadata.num_pending == 0:
+                return found
+    finally:
+        await sub.unsubscribe()
+
+
+async def audit_tenant(url: str, tenant: str, *, after_seq: int) -> Audit:
+    """Wait for B's inbox consumer to settle, then read the decisions after ``after_seq`` and the counts."""
+    stream = bus.subjects.stream_name(tenant)
+    nc = await nats.connect(url, name="bench-audit", connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            inbox = await js.consumer_info(stream, bus.subjects.inbox_consumer("b"), timeout=5.0)
+            if not inbox.num_pending and not inbox.num_ack_pending:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"{tenant}: B's inbox consumer still has messages pending after {SETTLE_TIMEOUT_S}s")
+            await asyncio.sleep(0.05)  # the server has no event for "nothing pending": ask again
+        outbox = await js.consumer_info(stream, OUTBOX_CONSUMER, timeout=5.0)
+        inbox_subject = bus.subjects.inbox(tenant, "b")
+        state = (await js.stream_info(stream, subjects_filter=inbox_subject)).state
+        decisions = await read_decisions(js, tenant, after_seq)
+    finally:
+        await nc.close()
+    by_signer: dict[str, int] = {}
+    for signer, _ in decisions:
+        by_signer[signer] = by_signer.get(signer, 0) + 1
+    return Audit(
+        decisions=by_signer,
+        decided=len({decision.envelope_id for _, decision in decisions}),
+        accepted=sum(decision.verdict == "accept" for _, decision in decisions),
+        inbox=(state.subjects or {}).get(inbox_subject, 0),
+        inbox_redelivered=inbox.num_redelivered or 0,
+        outbox_redelivered=outbox.num_redelivered or 0,
+    )
+
+
+async def delete_tenant(url: str, tenant: str) -> None:
+    """Delete the tenant's stream and buckets (they are not needed once its phase is read back)."""
+    nc = await nats.connect(url, name="bench-admin", connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        await js.delete_stream(bus.subjects.stream_name(tenant))
+        for bucket in (bus.subjects.keyring_bucket(tenant), bus.subjects.memory_bucket(tenant)):
+            await js.delete_key_value(bucket)
+    finally:
+        await nc.close()
+
+
+# -- measurement ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scaled:
+    """One measured configuration of K coordinators."""
+
+    throughput: Throughput
+    audit: Audit
+    counts: dict[str, dict[str, float]] | None  # per coordinator, this phase: COUNTED; None if not counted
+
+
+class ScaleBench(Bench):
+    """bench/mediated.py's processes and phases, with a fresh tenant and K coordinators per configuration."""
+
+    def __init__(self, args: argparse.Namespace, work: Path, progress: Progress) -> None:
+        super().__init__(args, work, progress)
+        self.keys = bus.KeyDirectory(self.keys_dir)
+        self.policy.write_text(POLICY)
+        self._tenants = 0
+        self._counts: dict[tuple[str, str], dict[str, Any]] = {}  # (tenant, coordinator) -> its latest totals
+        self._received: dict[str, int] = {}  # phase -> B's latest count
+        self._duplicates: dict[str, int] = {}  # phase -> second deliveries B saw
+
+    def _progress_line(self, fields: dict[str, Any]) -> None:
+        """Called on the children's reader threads: counts lines, and B's progress (with its duplicates)."""
+        if fields.get("progress") == COUNTS:
+            self._counts[(str(fields.get("tenant")), str(fields.get("name")))] = fields
+            return
+        phase = str(fields["progress"])
+        self._received[phase] = int(fields.get("received", 0))
+        if "duplicates" in fields:
+            self._duplicates[phase] = max(self._duplicates.get(phase, 0), int(fields["duplicates"]))
+        super()._progress_line(fields)
+
+    def start_raw_topology(self) -> None:
+        asyncio.run(provision_raw(self.url))
+        for child in self.start_raw():
+            child.wait_ready(READY_TIMEOUT_S)
+        self.warm_up("raw")
+
+    def warm_up(self, topology: str, *, tenant: str = TENANT, processes: dict[str, Child] | None = None) -> None:
+        """An unmeasured phase; its bar goes once it is done."""
+        self.throughput(topology, "warm-up", WARMUP_N, tenant=tenant, processes=processes)
+        self.progress.remove_task(self._tasks.pop(self.last_phase(topology)))
+
+    def last_phase(self, topology: str) -> str:
+        return f"{topology}-{self._phases}"  # as Bench.phase names it
+
+    def raw(self, tag: str) -> Throughput:
+        throughput = self.throughput("raw", f"tput {tag}", self.args.n)
+        problems = self.duplicates(throughput)
+        if problems:
+            raise BenchError(f"raw: not exactly once: {problems}")
+        return throughput
+
+    def duplicates(self, throughput: Throughput) -> str:
+        """What B saw twice so far, in any phase ('' if nothing)."""
+        seen = {phase: count for phase, count in self._duplicates.items() if count}
+        if not (throughput.duplicates or seen):
+            return ""
+        return f"B saw second deliveries: {seen or throughput.duplicates}"
+
+    def counts(self, tenant: str, names: list[str]) -> dict[str, dict[str, Any]] | None:
+        found = {name: self._counts.get((tenant, name)) for name in names}
+        if any(fields is None for fields in found.values()):
+            return None
+        return {name: dict(fields) for name, fields in found.items() if fields is not None}
+
+    def coordinators(self, k: int, tag: str) -> Scaled:
+        """Provision a tenant, start K coordinators and B, warm up, measure, read back, stop, delete."""
+        self._tenants += 1
+        tenant, topology, n = f"scale{self._tenants}", f"k{k}", self.args.n
+        names = [f"coordinator-{j}" for j in range(1, k + 1)]
+        holders = [("a", "agent"), ("b", "agent"), *((name, "coordinator") for name in names)]
+        asyncio.run(provision_tenant(self.url, tenant, self.keys, holders))
+        common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", tenant]
+        module = "trustbus" if self.args.plain else COORDINATOR_MODULE
+        starting = self.progress.add_task(f"{topology} start {tag}", total=k + 1)
+        processes: dict[str, Child] = {}
+        for name in names:
+            argv = ["coordinator", "run", "--policy", str(self.policy), "--name", name, *common]
+            processes[name] = self.children.start(f"{tenant}-{name}", self.argv(module, argv, f"{tenant}-{name}"))
+        processes["b"] = self.children.start(
+            f"{tenant}-b", self.argv("trustbus", ["agent", "run", SINK, "--id", "b", *common], f"{tenant}-b")
+        )
+        try:
+            for child in processes.values():
+                child.wait_ready(READY_TIMEOUT_S)
+                self.progress.advance(starting)
+            self.progress.remove_task(starting)
+            self.warm_up(topology, tenant=tenant, processes=processes)
+            mark = asyncio.run(last_seq(self.url, tenant))
+            before = self.counts(tenant, names)
+            try:
+                throughput = self.throughput(topology, f"tput {tag}", n, tenant=tenant, processes=processes)
+            except BenchError as exc:
+                received = self._received.get(self.last_phase(topology), 0)
+                raise BenchError(f"{exc} (B's last count: {received:,} of {n:,})") from exc
+            audit = asyncio.run(audit_tenant(self.url, tenant, after_seq=mark))
+        finally:
+            for child in reversed(processes.values()):
+                child.stop()
+        after = self.counts(tenant, names)
+        asyncio.run(delete_tenant(self.url, tenant))
+        self.check(topology, tenant, n, throughput, audit)
+        counts = None
+        if before is not None and after is not None:
+            counts = {name: {key: after[name][key] - before[name][key] for key in COUNTED} for name in names}
+        return Scaled(throughput=throughput, audit=audit, counts=counts)
+
+    def check(self, topology: str, tenant: str, n: int, throughput: Throughput, audit: Audit) -> None:
+        """Exactly once, or BenchError."""
+        problems = []
+        if duplicated := self.duplicates(throughput):
+            problems.append(duplicated)
+        decisions = sum(audit.decisions.values())
+        if decisions != n or audit.decided != n or audit.accepted != n:
+            problems.append(
+                f"the decision log holds {decisions:,} decisions of {audit.decided:,} envelopes, "
+                f"{audit.accepted:,} accepting, for {n:,} envelopes"
+            )
+        if audit.inbox != WARMUP_N + n:
+            problems.append(f"B's inbox holds {audit.inbox:,} forwards for {WARMUP_N + n:,} envelopes")
+        if problems:
+            raise BenchError(f"{topology} ({tenant}): not exactly once: {'; '.join(problems)}")
+
+
+def rotated(configurations: list[str], round_no: int) -> list[str]:
+    shift = round_no % len(configurations)
+    return configurations[shift:] + configurations[:shift]
+
+
+def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
+    progress = Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        refresh_per_second=4,
+    )
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    configurations = ["raw", *(str(k) for k in args.coordinators)]
+    raw: list[Throughput] = []
+    scaled: dict[int, list[Scaled]] = {k: [] for k in args.coordinators}
+    orders: list[list[str]] = []
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, progress:
+        bench = ScaleBench(args, Path(tmp), progress)
+        server = bus.EmbeddedServer(port=0)
+        try:
+            try:
+                bench.url = server.start()
+                bench.server_pid = server.pid
+                bench.start_raw_topology()
+                for round_no in range(args.rounds):
+                    tag = f"{round_no + 1}/{args.rounds}"
+                    orders.append(rotated(configurations, round_no))
+                    for configuration in orders[-1]:
+                        if configuration == "raw":
+                            raw.append(bench.raw(tag))
+                        else:
+                            scaled[int(configuration)].append(bench.coordinators(int(configuration), tag))
+            finally:
+                bench.children.stop_all()
+        except BaseException:
+            progress.stop()
+            bench.children.print_tails(stderr)
+            stderr.print("[bold]--- nats-server log tail ---[/bold]")
+            for line in server.log_tail()[-TAIL_LINES:]:
+                stderr.print(line, markup=False, highlight=False)
+            raise
+        finally:
+            server.stop()
+    result = summarise(args, raw, scaled, orders)
+    result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return result
+
+
+# -- summary --------------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def cpu_summary(runs: list[Throughput], roles: list[str], machine_cores: int) -> dict[str, Any]:
+    totals = [sum(run.cpu_us_per_msg[role] for role in roles) for run in runs]
+    return {
+        "cpu_us_per_msg": {role: round(med([run.cpu_us_per_msg[role] for run in runs]), 1) for role in roles},
+        "cpu_us_per_msg_total": round(med(totals), 1),
+        "cpu_bound_msgs_per_s": round(med([machine_cores * 1e6 / total for total in totals]), 1),
+    }
+
+
+def per_coordinator(rounds: Sequence[Mapping[str, float]], names: list[str], digits: int = 1) -> dict[str, float]:
+    return {name: round(med([values[name] for values in rounds]), digits) for name in names}
+
+
+def summarise(
+    args: argparse.Namespace, raw: list[Throughput], scaled: dict[int, list[Scaled]], orders: list[list[str]]
+) -> dict[str, Any]:
+    machine_cores = cores()
+    raw_rates = [run.msgs_per_s for run in raw]
+    raw_rate = med(raw_rates)
+    result: dict[str, Any] = {
+        "n": args.n,
+        "rounds": args.rounds,
+        "payload_bytes": args.payload,
+        "coordinators": args.coordinators,
+        "cores": machine_cores,
+        "cpu_count": os.cpu_count(),
+        "conflicts_counted": not args.plain,
+        "orders": orders,
+        "raw_msgs_per_s": round(raw_rate, 1),
+    }
+    details: dict[str, Any] = {
+        "raw": {
+            "msgs_per_s": round(raw_rate, 1),
+            "round_msgs_per_s": [round(rate, 1) for rate in raw_rates],
+            "full_load_p50_ms": round(med([run.p50_ms for run in raw]), 3),
+            "full_load_p99_ms": round(med([run.p99_ms for run in raw]), 3),
+            **cpu_summary(raw, ["server", "a", "hub", "b"], machine_cores),
+        }
+    }
+    details["raw"]["cpu_us_per_msg"]["relay"] = details["raw"]["cpu_us_per_msg"].pop("hub")
+    one = scaled.get(1)
+    for k, runs in scaled.items():
+        names = [f"coordinator-{j}" for j in range(1, k + 1)]
+        rates = [run.throughput.msgs_per_s for run in runs]
+        rate = med(rates)
+        decisions = [{name: run.audit.decisions.get(name, 0) for name in names} for run in runs]
+        detail: dict[str, Any] = {
+            "coordinators": k,
+            "msgs_per_s": round(rate, 1),
+            "round_msgs_per_s": [round(r, 1) for r in rates],
+            "of_raw": round(rate / raw_rate, 4),
+            "full_load_p50_ms": round(med([run.throughput.p50_ms for run in runs]), 3),
+            "full_load_p99_ms": round(med([run.throughput.p99_ms for run in runs]), 3),
+            **cpu_summary([run.throughput for run in runs], ["server", "a", *names, "b"], machine_cores),
+            "cpu_us_per_msg_coordinators": round(
+                med([sum(run.throughput.cpu_us_per_msg[name] for name in names) for run in runs]), 1
+            ),
+            "decisions": per_coordinator(decisions, names),
+            "round_decisions": decisions,
+            "outbox_redelivered": med([run.audit.outbox_redelivered for run in runs]),
+            "inbox_redelivered": med([run.audit.inbox_redelivered for run in runs]),
+            "exactly_once_checked": len(runs) * args.n,
+        }
+        if one is not None:
+            detail["round_speedup"] = [
+                round(run.throughput.msgs_per_s / base.throughput.msgs_per_s, 4)
+                for run, base in zip(runs, one, strict=True)
+            ]
+        counted = [run.counts for run in runs if run.counts is not None]
+        if len(counted) == len(runs):
+            for key in COUNTED:
+                detail[key] = per_coordinator([{n: c[n][key] for n in names} for c in counted], names, 4)
+            detail["round_conflicts"] = [{n: c[n]["conflicts"] for n in names} for c in counted]
+            detail["conflicts_total"] = med([sum(c[n]["conflicts"] for n in names) for c in counted])
+        details[str(k)] = detail
+        result[f"msgs_per_s_{k}"] = round(rate, 1)
+    if one is not None:
+        base = med([run.throughput.msgs_per_s for run in one])
+        for k, runs in scaled.items():
+            if k != 1:
+                result[f"speedup_{k}"] = round(med([run.throughput.msgs_per_s for run in runs]) / base, 4)
+    result["configurations"] = details
+    return result
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def report_table(r: dict[str, Any]) -> Table:
+    ks = [str(k) for k in r["coordinators"]]
+    details = r["configurations"]
+    table = Table(
+        title=(
+            f"A -> K coordinators sharing one tenant -> B, separate processes on {r['cores']} cores: "
+            f"n={r['n']:,} x {r['rounds']} rounds, payload={r['payload_bytes']} B"
+        ),
+        caption=(
+            f"medians over rounds; per-round msgs/s raw {details['raw']['round_msgs_per_s']}, "
+            + ", ".join(f"K={k} {details[k]['round_msgs_per_s']}" for k in ks)
+            + f"; load average before/after {r['load_avg_1m']}"
+        ),
+    )
+    table.add_column("metric", justify="left")
+    table.add_column("raw", justify="right")
+    for k in ks:
+        table.add_column(f"K={k}", justify="right")
+
+    def names(k: str) -> list[str]:
+        return [f"coordinator-{j}" for j in range(1, int(k) + 1)]
+
+    def each(k: str, key: str, scale: float = 1.0) -> str:
+        values = details[k].get(key)
+        if values is None:
+            return "-"
+        return " / ".join(f"{values[name] * scale:,.0f}" for name in names(k))
+
+    def row(metric: str, raw: str, cell: Any) -> None:
+        table.add_row(metric, raw, *(cell(k) for k in ks))
+
+    raw = details["raw"]
+    row(
+        "msgs/s (A first send -> B last receive)",
+        f"{raw['msgs_per_s']:,.0f}",
+        lambda k: f"{details[k]['msgs_per_s']:,.0f}",
+    )
+    row("speed-up over K=1", "", lambda k: f"{r.get(f'speedup_{k}', 1.0):.2f}" if "1" in ks else "-")
+    row("of raw", "1.00", lambda k: f"{details[k]['of_raw']:.2f}")
+    row(
+        "msgs/s at which every core is busy",
+        f"{raw['cpu_bound_msgs_per_s']:,.0f}",
+        lambda k: f"{details[k]['cpu_bound_msgs_per_s']:,.0f}",
+    )
+    row(
+        "latency p50 / p99 at full load (ms)",
+        f"{raw['full_load_p50_ms']:.0f} / {raw['full_load_p99_ms']:.0f}",
+        lambda k: f"{details[k]['full_load_p50_ms']:.0f} / {details[k]['full_load_p99_ms']:.0f}",
+    )
+    cpu = raw["cpu_us_per_msg"]
+    row("CPU µs/msg: nats-server", f"{cpu['server']:,.0f}", lambda k: f"{details[k]['cpu_us_per_msg']['server']:,.0f}")
+    row("CPU µs/msg: A", f"{cpu['a']:,.0f}", lambda k: f"{details[k]['cpu_us_per_msg']['a']:,.0f}")
+    row(
+        "CPU µs/msg: relay | each coordinator",
+        f"{cpu['relay']:,.0f}",
+        lambda k: " / ".join(f"{details[k]['cpu_us_per_msg'][name]:,.0f}" for name in names(k)),
+    )
+    row("CPU µs/msg: coordinators together", "", lambda k: f"{details[k]['cpu_us_per_msg_coordinators']:,.0f}")
+    row("CPU µs/msg: B", f"{cpu['b']:,.0f}", lambda k: f"{details[k]['cpu_us_per_msg']['b']:,.0f}")
+    total = "cpu_us_per_msg_total"
+    row("CPU µs/msg: all", f"{raw[total]:,.0f}", lambda k: f"{details[k][total]:,.0f}")
+    row("decisions made, each coordinator", "", lambda k: each(k, "decisions"))
+    row("append conflicts, each coordinator", "", lambda k: each(k, "conflicts"))
+    row("decisions read back after conflicts", "", lambda k: each(k, "caught_up"))
+    row("ms spent catching up after conflicts", "", lambda k: each(k, "catch_up_s", 1e3))
+    row("decisions discarded and made again", "", lambda k: each(k, "discarded"))
+    row("outbox redeliveries", "", lambda k: f"{details[k]['outbox_redelivered']:,.0f}")
+    row(
+        "exactly once at B (envelopes checked)",
+        "",
+        lambda k: f"[green]yes[/green] ({details[k]['exactly_once_checked']:,})",
+    )
+    return table
+
+
+def parse_coordinators(text: str) -> list[int]:
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}") from None
+    if not counts or counts[0] < 1 or 1 not in counts:
+        raise argparse.ArgumentTypeError("coordinator counts are >= 1 and include 1 (the speed-ups' base)")
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5_000, help="envelopes per measured phase (default 5000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration; medians (default 3)")
+    parser.add_argument(
+        "--coordinators",
+        type=parse_coordinators,
+        default=[1, 2, 4],
+        help="coordinator counts to measure, comma-separated, 1 included (default 1,2,4)",
+    )
+    parser.add_argument("--payload", type=int, default=256, help="payload bytes per message (default 256)")
+    parser.add_argument(
+        "--plain", action="store_true", help="run `python -m trustbus coordinator run` itself: conflicts not counted"
+    )
+    parser.add_argument("--profile", type=Path, help="profile the coordinators, sinks and relay into this dir")
+    parser.add_argument("--profiler", choices=["cprofile", "pyinstrument"], default="cprofile")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
+    parser.set_defaults(keep_records=None)  # read by bench/mediated.py's Bench
+    args = parser.parse_args()
+    if args.n < 100 or args.rounds < 1:
+        parser.error("need --n >= 100 and --rounds >= 1")
+    if args.payload < 128:
+        parser.error("--payload must be at least 128 bytes (the timing fields)")
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job starts with it ignored
+        signal.signal(signum, _interrupt)
+    stderr = Console(stderr=True)
+    try:
+        result = measure(args, stderr)
+    except BenchError as exc:
+        stderr.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        stderr.print("[red]interrupted[/red]: every process was stopped")
+        sys.exit(130)
+    if args.json:
+        stderr.print(report_table(result))
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        Console().print(report_table(result))
+
+
+if __name__ == "__main__":
+    main()
