@@ -223,6 +223,7 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (nats / "tenants").mkdir()
     env = {
         **os.environ,
+        "TRUSTBUS_TENANT": "demo",
         "TRUSTBUS_KEYS": str(nats.parent / "keys"),
         "TRUSTBUS_ACCOUNTS": str(nats / "tenants"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
