@@ -13,6 +13,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from bus._connection import connect_options
 from bus._errors import ConfigError, TransportError, VerificationError
 from bus._identity import Identity
 from bus._keyring import ADMIN_OWNER, KeyGrant, Role
@@ -70,13 +71,21 @@ class KeyDirectory:
         os.replace(staged, path)
 
 
-async def connect_nats(servers: Sequence[str], *, nkey_seed: str | None = None) -> NATS:
+async def connect_nats(
+    servers: Sequence[str], *, nkey_seed: str | None = None, inbox_prefix: str | None = None
+) -> NATS:
     """A plain NATS connection for administrative and read-only commands.
 
+    It reconnects to any of ``servers`` (a cluster's) if its server goes away,
+    and gives up after a bounded number of attempts (see :mod:`bus._connection`).
+
     Args:
-        servers: the server URLs.
+        servers: the server URLs (an item may hold several, separated by commas).
         nkey_seed: authenticate as this nkey user (``SU...``); anonymous (or
             credentials in the URL) without it. Never logged.
+        inbox_prefix: reply-subject prefix; under a rendered config every user
+            but the admin receives replies only under its own
+            (:func:`bus.subjects.reply_prefix`).
     """
     errors: list[Exception] = []
 
@@ -84,12 +93,13 @@ async def connect_nats(servers: Sequence[str], *, nkey_seed: str | None = None) 
         errors.append(exc)
         log.warning("nats error: %s", exc)
 
+    options = connect_options(servers, long_running=False)
     try:
         return await nats.connect(
-            servers=list(servers),
+            **options,  # type: ignore[arg-type]
             connect_timeout=5,
-            max_reconnect_attempts=2,
             nkeys_seed_str=nkey_seed,
+            inbox_prefix=(inbox_prefix or "_INBOX").encode(),
             error_cb=on_error,
         )
     except (nats.errors.Error, OSError) as exc:
@@ -101,20 +111,48 @@ async def connect_nats(servers: Sequence[str], *, nkey_seed: str | None = None) 
         raise TransportError(f"cannot connect to {', '.join(servers)}: {cause} ({hint})") from exc
 
 
+MAX_REPLICAS = 3
+
+
+def cluster_size(nc: NATS) -> int:
+    """How many servers the connected server's cluster has (1 for a lone server).
+
+    Read from the ``connect_urls`` of the server's INFO: every node's client
+    URL, its own included. A cluster configured with ``no_advertise`` sends
+    none and counts as 1 here: give the replicas explicitly there.
+    """
+    info: dict[str, object] = getattr(nc, "_server_info", {}) or {}
+    urls = info.get("connect_urls") or []
+    return max(1, len(set(urls))) if isinstance(urls, list) else 1
+
+
+def default_replicas(nc: NATS) -> int:
+    """Replicas for a tenant's stream and buckets: the cluster size, at most 3 (R3 tolerates one lost node)."""
+    return min(MAX_REPLICAS, cluster_size(nc))
+
+
 async def init_tenant(
-    servers: Sequence[str], tenant: str, *, keys: KeyDirectory, replicas: int = 1, nkey_seed: str | None = None
+    servers: Sequence[str],
+    tenant: str,
+    *,
+    keys: KeyDirectory,
+    replicas: int | None = None,
+    nkey_seed: str | None = None,
 ) -> tuple[ProvisionReport, KeyGrant]:
     """Provision the tenant's stream and buckets and register its admin key; idempotent.
 
     The admin seed is created on first use and pinned in the stream as the
-    keyring's trust anchor. ``nkey_seed`` authenticates the connection (see
+    keyring's trust anchor. Without ``replicas``, the stream and buckets get
+    one replica per server of the cluster, at most 3 (:func:`default_replicas`);
+    the report says how many. ``nkey_seed`` authenticates the connection (see
     :func:`connect_nats`).
     """
     admin = keys.admin(tenant)
     nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         js = nc.jetstream()
-        report = await provision(js, tenant, admin_key_id=admin.key_id, replicas=replicas)
+        wanted = replicas if replicas is not None else default_replicas(nc)
+        report = await provision(js, tenant, admin_key_id=admin.key_id, replicas=wanted)
         async with await KeyringStore.open(js, tenant, follow=False) as store:
             try:
                 grant = store.keyring.resolve(admin.key_id)

@@ -17,6 +17,7 @@ from bus._errors import ConfigError, PortInUse, ServerError
 from bus._server import ClusterMembership, EmbeddedServer, _port_is_free
 
 CLUSTER_NAME = "trustbus"
+_POLL_S = 0.05
 
 
 def _free_ports(host: str, count: int) -> list[int]:
@@ -34,9 +35,11 @@ class EmbeddedCluster:
     """A JetStream cluster of ``size`` nats-server processes on one host.
 
     Each node has its own server name (``n1``, ``n2``, …), client port, cluster
-    port and store dir (``<data_dir>/<name>``), and every node lists every
-    node's route. :meth:`start` returns once the cluster has a JetStream meta
-    leader that every node knows, so streams can be created right away.
+    port, monitoring port and store dir (``<data_dir>/<name>``), and every node
+    lists every node's route. :meth:`start` returns once the cluster has formed:
+    the JetStream meta leader counts every node as a current peer (read from its
+    ``/jsz``), so an R3 stream can be placed right away (a meta leader alone is
+    not enough: it may not have added the last peer yet).
     A node can be killed and started again (:meth:`kill`, :meth:`restart`): it
     comes back on the same ports with the same store and catches up.
 
@@ -98,10 +101,11 @@ class EmbeddedCluster:
             raise ServerError(f"cluster {self.name} is already started")
         if self._first_port:
             ports = self._client_ports()
-            cluster_ports = _free_ports(self.host, self.size)
-        else:
             chosen = _free_ports(self.host, 2 * self.size)
-            ports, cluster_ports = chosen[: self.size], chosen[self.size :]
+        else:
+            chosen = _free_ports(self.host, 3 * self.size)
+            ports, chosen = chosen[: self.size], chosen[self.size :]
+        cluster_ports, monitor_ports = chosen[: self.size], chosen[self.size :]
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="trustbus-cluster-"))
         routes = tuple(f"nats://{self.host}:{p}" for p in cluster_ports)
@@ -113,14 +117,17 @@ class EmbeddedCluster:
                 host=self.host,
                 server_name=f"n{index + 1}",
                 cluster=ClusterMembership(name=self.name, port=cluster_port, routes=routes),
+                monitor_port=monitor_port,
                 on_exit=self._exits.put,
             )
-            for index, (client_port, cluster_port) in enumerate(zip(ports, cluster_ports, strict=True))
+            for index, (client_port, cluster_port, monitor_port) in enumerate(
+                zip(ports, cluster_ports, monitor_ports, strict=True)
+            )
         ]
         try:
             for node in self.nodes:
                 node.start(timeout=timeout)
-            self._wait_for_meta_leader(self.nodes, timeout)
+            self._wait_until_formed(timeout)
         except BaseException:
             self.stop()
             raise
@@ -136,14 +143,29 @@ class EmbeddedCluster:
             )
         return ports
 
-    def _wait_for_meta_leader(self, nodes: list[EmbeddedServer], timeout: float) -> None:
+    def formed(self) -> bool:
+        """Whether every node names the same meta leader, which counts every node as a current peer."""
+        metas = {node.server_name: node.jetstream_meta() for node in self.nodes}
+        leaders = {meta.get("leader") if meta else None for meta in metas.values()}
+        if len(leaders) != 1:
+            return False
+        leader = leaders.pop()
+        view = metas.get(leader) if isinstance(leader, str) else None
+        if view is None:
+            return False
+        peers = view.get("replicas") or []
+        assert isinstance(peers, list)
+        current = {peer.get("name") for peer in peers if peer.get("current") and not peer.get("offline")}
+        return view.get("cluster_size") == self.size and current | {leader} == set(metas)
+
+    def _wait_until_formed(self, timeout: float) -> None:
+        """Poll the nodes' ``/jsz`` until :meth:`formed` (the server announces no such event)."""
         deadline = time.monotonic() + timeout
-        for node in nodes:
-            if not node.wait_for_meta_leader(max(0.0, deadline - time.monotonic())):
-                tail = "\n".join(node.log_tail()[-15:])
-                raise ServerError(
-                    f"cluster node {node.server_name} found no JetStream meta leader within {timeout}s:\n{tail}"
-                )
+        while not self.formed():
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"{n.server_name}: {n.jetstream_meta()}" for n in self.nodes)
+                raise ServerError(f"cluster {self.name} did not form within {timeout}s; meta groups seen:\n{tails}")
+            time.sleep(_POLL_S)
 
     def kill(self, which: int | str) -> EmbeddedServer:
         """SIGKILL one node (a crash); its store is kept. Returns the node."""
@@ -152,10 +174,13 @@ class EmbeddedCluster:
         return node
 
     def restart(self, which: int | str, *, timeout: float = 30.0) -> EmbeddedServer:
-        """Start a stopped or killed node again on its ports and store; returns once it knows the meta leader."""
+        """Start a stopped or killed node again on its ports and store; returns once the cluster has formed again.
+
+        Its streams' replicas may still be catching up then (see ``stream_info().cluster``).
+        """
         node = self.node(which)
         node.start(timeout=timeout)
-        self._wait_for_meta_leader([node], timeout)
+        self._wait_until_formed(timeout)
         return node
 
     def next_exit(self, timeout: float | None = None) -> EmbeddedServer | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +27,6 @@ from bus._errors import PortInUse, ServerBinaryNotFound, ServerError
 BINARY_ENV = "TRUSTBUS_NATS_SERVER"
 _LISTENING = re.compile(r"Listening for client connections on [^\s]+:(\d+)")
 _READY = "Server is ready"
-# Logged by a cluster node once it knows the JetStream meta leader (itself, or another node).
-_META_LEADER = re.compile(r"Self is new JetStream cluster metadata leader|JetStream cluster new metadata leader: (\S+)")
 
 
 def find_server_binary() -> Path:
@@ -106,6 +107,7 @@ class EmbeddedServer:
         host: listen address.
         server_name: the server's name (nats-server picks one if None; a cluster node needs one).
         cluster: join a cluster (see :class:`EmbeddedCluster`).
+        monitor_port: serve nats-server's HTTP monitoring endpoints (``/jsz``, ...) on this port.
         on_exit: called from a background thread with this server when its process has exited.
     """
 
@@ -118,6 +120,7 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         server_name: str | None = None,
         cluster: ClusterMembership | None = None,
+        monitor_port: int | None = None,
         on_exit: Callable[[EmbeddedServer], None] | None = None,
     ) -> None:
         """Configure; nothing runs until :meth:`start`."""
@@ -126,13 +129,13 @@ class EmbeddedServer:
         self.config = Path(config) if config else None
         self.server_name = server_name
         self.cluster = cluster
+        self.monitor_port = monitor_port
         self._on_exit = on_exit
         self._own_data_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else None
         self._process: subprocess.Popen[bytes] | None = None
         self._log: deque[str] = deque(maxlen=200)
         self._ready = threading.Event()
-        self._meta_leader = threading.Event()
         self._reader: threading.Thread | None = None
         self.exit_code: int | None = None
 
@@ -155,9 +158,19 @@ class EmbeddedServer:
         """The last lines the server logged."""
         return list(self._log)
 
-    def wait_for_meta_leader(self, timeout: float) -> bool:
-        """Wait until this (cluster) node knows the JetStream meta leader; False at the timeout."""
-        return self._meta_leader.wait(timeout)
+    def jetstream_meta(self) -> dict[str, object] | None:
+        """The JetStream meta group as this server sees it (``/jsz``'s ``meta_cluster``), if it can say.
+
+        Needs ``monitor_port``. None while the server does not answer or is not clustered.
+        """
+        if self.monitor_port is None or not self.running:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.monitor_port}/jsz", timeout=2) as response:
+                meta = json.load(response).get("meta_cluster")
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
 
     def start(self, *, timeout: float = 15.0) -> str:
         """Start the server and wait until it accepts clients; returns the URL."""
@@ -175,7 +188,6 @@ class EmbeddedServer:
             self.data_dir = Path(tempfile.mkdtemp(prefix="trustbus-js-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._ready.clear()
-        self._meta_leader.clear()
         self.exit_code = None
         self._process = subprocess.Popen(
             self._arguments(binary),
@@ -207,6 +219,8 @@ class EmbeddedServer:
                 "--cluster", f"nats://{self.host}:{self.cluster.port}",
                 "--routes", ",".join(self.cluster.routes),
             ]  # fmt: skip
+        if self.monitor_port is not None:
+            args += ["-m", str(self.monitor_port)]
         return args
 
     def _read_log(self, process: subprocess.Popen[bytes]) -> None:
@@ -219,8 +233,6 @@ class EmbeddedServer:
                 self.port = int(listening.group(1))
             if _READY in line:
                 self._ready.set()
-            if _META_LEADER.search(line):
-                self._meta_leader.set()
         self._ready.set()  # EOF: the process died; start() notices via poll()
         self.exit_code = process.wait()
         if self._on_exit is not None:

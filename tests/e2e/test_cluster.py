@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -25,7 +25,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import PubAck, StreamInfo
 
-from bus import EmbeddedCluster, KeyDirectory, init_tenant, new_envelope, subjects
+from bus import Bus, EmbeddedCluster, KeyDirectory, init_tenant, new_envelope, subjects
 from ledger import verify_stream
 from tests.e2e.fleet import ROOT, Fleet
 
@@ -87,13 +87,13 @@ async def test_up_cluster_forms_a_cluster_that_provisions_at_once_and_stops_on_s
             assert len(set(nc._server_info["connect_urls"])) == 3  # every node routed to every other
         finally:
             await nc.close()
-        # No wait: `up` printed its URLs only once the cluster had a JetStream meta leader.
+        # No wait: `up` printed its URLs only once the meta leader counted every node as a current peer.
         report, _ = await init_tenant(urls, "upcluster", keys=KeyDirectory(tmp_path / "keys"))
         assert report.replicas == 3 and report.created == ["TB_upcluster", "tb_keys_upcluster", "tb_mem_upcluster"]
         up.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.wait(), 30) == 0
         assert not any(_alive(pid) for pid in pids)
-        assert not Path(str(started["data"])).exists()  # the temporary store is removed
+        assert not await asyncio.to_thread(Path(str(started["data"])).exists)  # the temporary store is removed
     finally:
         await _reap(up)
 
@@ -174,8 +174,17 @@ async def test_stream_leader_killed_under_load_delivers_every_acked_envelope_exa
     try:
         await fleet.coordinator({"rules": [OPEN]})
         await fleet.agent("tests.e2e.cluster_agents:Echo", "bob")
-        alice = await fleet.bus("alice")
         js = fleet.nc.jetstream()
+        # The sender starts on the node that leads the stream, the one to be killed (it learns the
+        # other nodes from the server), so its in-flight publishes lose their connection too.
+        first = await js.stream_info(stream)
+        assert first.cluster is not None and first.cluster.leader is not None
+        await fleet.key("alice")
+        alice = await Bus.connect(
+            cluster.node(first.cluster.leader).url,
+            tenant=tenant, name="alice", identity=keys.load(tenant, "alice"),
+        )  # fmt: skip
+        fleet.buses.append(alice)
 
         acked: list[str] = []
         failed: dict[str, BaseException] = {}
@@ -222,6 +231,8 @@ async def test_stream_leader_killed_under_load_delivers_every_acked_envelope_exa
         await asyncio.wait_for(elected.wait(), 30)
         election_s = time.monotonic() - killed
         assert new_leader[0] != leader
+        if leader == first.cluster.leader:
+            assert alice.nc.stats["reconnects"] >= 1  # the sender moved to a surviving node
 
         await asyncio.wait_for(sending, 120)
         assert not failed, f"{len(failed)} publishes failed; first: {next(iter(failed.values()))!r}"

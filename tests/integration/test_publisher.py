@@ -6,11 +6,13 @@ import asyncio
 import json
 
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 
 from bus import EmbeddedServer, TransportError
-from bus._publisher import Publisher
+from bus._publisher import Publisher, unavailable
 
 
 async def test_failed_pipelined_publish_is_reported_by_flush(nats_server: EmbeddedServer) -> None:
@@ -49,6 +51,14 @@ async def test_lost_ack_is_resent_with_the_same_msg_id(nats_server: EmbeddedServ
     finally:
         await publisher.aclose()
         await nc.close()
+
+
+def test_what_counts_as_a_stream_without_a_leader() -> None:
+    assert unavailable(nats.js.errors.ServiceUnavailableError())  # a 503 status on a fetch carries no code
+    assert unavailable(nats.js.errors.APIError(code=503, err_code=10008))
+    assert unavailable(nats.js.errors.NoStreamResponseError()) and unavailable(nats.errors.NoRespondersError())
+    assert not unavailable(nats.js.errors.APIError(code=400, err_code=10071))  # wrong last sequence: final
+    assert not unavailable(nats.errors.TimeoutError())  # retried, but counted, not paced
 
 
 async def test_stream_without_a_leader_is_retried_with_the_same_msg_id(nats_server: EmbeddedServer) -> None:
