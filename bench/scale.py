@@ -69,7 +69,7 @@ import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -398,6 +398,7 @@ def med(values: list[float]) -> float:
 
 
 def cpu_summary(runs: list[Throughput], roles: list[str], machine_cores: int) -> dict[str, Any]:
+    """Medians of each role's CPU µs per message, of their sum, and of the rate that would keep every core busy."""
     totals = [sum(run.cpu_us_per_msg[role] for role in roles) for run in runs]
     return {
         "cpu_us_per_msg": {role: round(med([run.cpu_us_per_msg[role] for run in runs]), 1) for role in roles},
@@ -406,8 +407,64 @@ def cpu_summary(runs: list[Throughput], roles: list[str], machine_cores: int) ->
     }
 
 
-def per_coordinator(rounds: Sequence[Mapping[str, float]], names: list[str], digits: int = 1) -> dict[str, float]:
-    return {name: round(med([values[name] for values in rounds]), digits) for name in names}
+def by_rank(rounds: Sequence[Mapping[str, float]], ranks: list[list[str]], digits: int = 1) -> list[float]:
+    """Per rank (busiest coordinator first), the median over rounds of its value in ``rounds``."""
+    return [
+        round(med([values[rank[i]] for values, rank in zip(rounds, ranks, strict=True)]), digits)
+        for i in range(len(ranks[0]))
+    ]
+
+
+def coordinators_summary(k: int, runs: list[Scaled], one: list[Scaled] | None, n: int, cores: int) -> dict[str, Any]:
+    """One K's figures. Which coordinator wins is chance, so per coordinator they are ranked in each round by
+    the decisions it made (busiest first) and the medians are taken per rank."""
+    names = [f"coordinator-{j}" for j in range(1, k + 1)]
+    rates = [run.throughput.msgs_per_s for run in runs]
+    decisions = [{name: run.audit.decisions.get(name, 0) for name in names} for run in runs]
+    ranks = [sorted(names, key=lambda name: (-made[name], name)) for made in decisions]
+    cpu = cpu_summary([run.throughput for run in runs], ["server", "a", *names, "b"], cores)
+    each_cpu = [{name: run.throughput.cpu_us_per_msg[name] for name in names} for run in runs]
+    counted = [run.counts for run in runs if run.counts is not None]
+    detail: dict[str, Any] = {
+        "coordinators": k,
+        "msgs_per_s": round(med(rates), 1),
+        "full_load_p50_ms": round(med([run.throughput.p50_ms for run in runs]), 3),
+        "full_load_p99_ms": round(med([run.throughput.p99_ms for run in runs]), 3),
+        "cpu_us_per_msg": {role: cpu["cpu_us_per_msg"][role] for role in ("server", "a", "b")},
+        "cpu_us_per_msg_coordinators": round(med([sum(values.values()) for values in each_cpu]), 1),
+        "cpu_us_per_msg_total": cpu["cpu_us_per_msg_total"],
+        "cpu_bound_msgs_per_s": cpu["cpu_bound_msgs_per_s"],
+        "ranked": {
+            "decisions": by_rank(decisions, ranks),
+            "cpu_us_per_msg": by_rank(each_cpu, ranks),
+        },
+        "outbox_redelivered": med([run.audit.outbox_redelivered for run in runs]),
+        "inbox_redelivered": med([run.audit.inbox_redelivered for run in runs]),
+        "exactly_once_checked": len(runs) * n,
+        "round_msgs_per_s": [round(rate, 1) for rate in rates],
+        "rounds": [
+            {
+                "msgs_per_s": round(run.throughput.msgs_per_s, 1),
+                "cpu_us_per_msg": {role: round(us, 1) for role, us in run.throughput.cpu_us_per_msg.items()},
+                "decisions": made,
+                "outbox_redelivered": run.audit.outbox_redelivered,
+                "inbox_redelivered": run.audit.inbox_redelivered,
+                **({} if run.counts is None else {key: {c: run.counts[c][key] for c in names} for key in COUNTED}),
+            }
+            for run, made in zip(runs, decisions, strict=True)
+        ],
+    }
+    if one is not None:
+        detail["round_speedup"] = [
+            round(run.throughput.msgs_per_s / base.throughput.msgs_per_s, 4)
+            for run, base in zip(runs, one, strict=True)
+        ]
+    if len(counted) == len(runs):
+        for key in COUNTED:
+            per_round = [{name: counts[name][key] for name in names} for counts in counted]
+            detail["ranked"][key] = by_rank(per_round, ranks, 4 if key == "catch_up_s" else 1)
+            detail[f"{key}_total"] = round(med([sum(values.values()) for values in per_round]), 4)
+    return detail
 
 
 def summarise(
@@ -427,52 +484,23 @@ def summarise(
         "orders": orders,
         "raw_msgs_per_s": round(raw_rate, 1),
     }
+    cpu = cpu_summary(raw, ["server", "a", "hub", "b"], machine_cores)
+    cpu["cpu_us_per_msg"]["relay"] = cpu["cpu_us_per_msg"].pop("hub")
     details: dict[str, Any] = {
         "raw": {
             "msgs_per_s": round(raw_rate, 1),
-            "round_msgs_per_s": [round(rate, 1) for rate in raw_rates],
             "full_load_p50_ms": round(med([run.p50_ms for run in raw]), 3),
             "full_load_p99_ms": round(med([run.p99_ms for run in raw]), 3),
-            **cpu_summary(raw, ["server", "a", "hub", "b"], machine_cores),
+            **cpu,
+            "round_msgs_per_s": [round(rate, 1) for rate in raw_rates],
         }
     }
-    details["raw"]["cpu_us_per_msg"]["relay"] = details["raw"]["cpu_us_per_msg"].pop("hub")
     one = scaled.get(1)
     for k, runs in scaled.items():
-        names = [f"coordinator-{j}" for j in range(1, k + 1)]
-        rates = [run.throughput.msgs_per_s for run in runs]
-        rate = med(rates)
-        decisions = [{name: run.audit.decisions.get(name, 0) for name in names} for run in runs]
-        detail: dict[str, Any] = {
-            "coordinators": k,
-            "msgs_per_s": round(rate, 1),
-            "round_msgs_per_s": [round(r, 1) for r in rates],
-            "of_raw": round(rate / raw_rate, 4),
-            "full_load_p50_ms": round(med([run.throughput.p50_ms for run in runs]), 3),
-            "full_load_p99_ms": round(med([run.throughput.p99_ms for run in runs]), 3),
-            **cpu_summary([run.throughput for run in runs], ["server", "a", *names, "b"], machine_cores),
-            "cpu_us_per_msg_coordinators": round(
-                med([sum(run.throughput.cpu_us_per_msg[name] for name in names) for run in runs]), 1
-            ),
-            "decisions": per_coordinator(decisions, names),
-            "round_decisions": decisions,
-            "outbox_redelivered": med([run.audit.outbox_redelivered for run in runs]),
-            "inbox_redelivered": med([run.audit.inbox_redelivered for run in runs]),
-            "exactly_once_checked": len(runs) * args.n,
-        }
-        if one is not None:
-            detail["round_speedup"] = [
-                round(run.throughput.msgs_per_s / base.throughput.msgs_per_s, 4)
-                for run, base in zip(runs, one, strict=True)
-            ]
-        counted = [run.counts for run in runs if run.counts is not None]
-        if len(counted) == len(runs):
-            for key in COUNTED:
-                detail[key] = per_coordinator([{n: c[n][key] for n in names} for c in counted], names, 4)
-            detail["round_conflicts"] = [{n: c[n]["conflicts"] for n in names} for c in counted]
-            detail["conflicts_total"] = med([sum(c[n]["conflicts"] for n in names) for c in counted])
+        detail = coordinators_summary(k, runs, one, args.n, machine_cores)
+        detail["of_raw"] = round(detail["msgs_per_s"] / raw_rate, 4)
         details[str(k)] = detail
-        result[f"msgs_per_s_{k}"] = round(rate, 1)
+        result[f"msgs_per_s_{k}"] = detail["msgs_per_s"]
     if one is not None:
         base = med([run.throughput.msgs_per_s for run in one])
         for k, runs in scaled.items():
@@ -494,8 +522,9 @@ def report_table(r: dict[str, Any]) -> Table:
             f"n={r['n']:,} x {r['rounds']} rounds, payload={r['payload_bytes']} B"
         ),
         caption=(
-            f"medians over rounds; per-round msgs/s raw {details['raw']['round_msgs_per_s']}, "
-            + ", ".join(f"K={k} {details[k]['round_msgs_per_s']}" for k in ks)
+            "medians over rounds; 'each coordinator': ranked in each round by decisions made, busiest first, "
+            "medians per rank; per-round msgs/s "
+            + ", ".join(f"{key if key == 'raw' else 'K=' + key} {details[key]['round_msgs_per_s']}" for key in details)
             + f"; load average before/after {r['load_avg_1m']}"
         ),
     )
@@ -504,59 +533,53 @@ def report_table(r: dict[str, Any]) -> Table:
     for k in ks:
         table.add_column(f"K={k}", justify="right")
 
-    def names(k: str) -> list[str]:
-        return [f"coordinator-{j}" for j in range(1, int(k) + 1)]
+    def row(metric: str, raw: str, cell: Callable[[dict[str, Any]], str]) -> None:
+        table.add_row(metric, raw, *(cell(details[k]) for k in ks))
 
-    def each(k: str, key: str, scale: float = 1.0) -> str:
-        values = details[k].get(key)
-        if values is None:
-            return "-"
-        return " / ".join(f"{values[name] * scale:,.0f}" for name in names(k))
+    def each(key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], str]:
+        def cell(detail: dict[str, Any]) -> str:
+            values = detail["ranked"].get(key)
+            if values is None:
+                return "-"
+            return " / ".join(f"{value * scale:,.0f}" for value in values)
 
-    def row(metric: str, raw: str, cell: Any) -> None:
-        table.add_row(metric, raw, *(cell(k) for k in ks))
+        return cell
+
+    def total(key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], str]:
+        def cell(detail: dict[str, Any]) -> str:
+            return "-" if key not in detail else f"{detail[key] * scale:,.0f}"
+
+        return cell
 
     raw = details["raw"]
-    row(
-        "msgs/s (A first send -> B last receive)",
-        f"{raw['msgs_per_s']:,.0f}",
-        lambda k: f"{details[k]['msgs_per_s']:,.0f}",
-    )
-    row("speed-up over K=1", "", lambda k: f"{r.get(f'speedup_{k}', 1.0):.2f}" if "1" in ks else "-")
-    row("of raw", "1.00", lambda k: f"{details[k]['of_raw']:.2f}")
+    row("msgs/s (A first send -> B last receive)", f"{raw['msgs_per_s']:,.0f}", lambda d: f"{d['msgs_per_s']:,.0f}")
+    row("speed-up over K=1", "", lambda d: f"{r.get('speedup_' + str(d['coordinators']), 1.0):.2f}")
+    row("of raw", "1.00", lambda d: f"{d['of_raw']:.2f}")
     row(
         "msgs/s at which every core is busy",
         f"{raw['cpu_bound_msgs_per_s']:,.0f}",
-        lambda k: f"{details[k]['cpu_bound_msgs_per_s']:,.0f}",
+        lambda d: f"{d['cpu_bound_msgs_per_s']:,.0f}",
     )
     row(
         "latency p50 / p99 at full load (ms)",
-        f"{raw['full_load_p50_ms']:.0f} / {raw['full_load_p99_ms']:.0f}",
-        lambda k: f"{details[k]['full_load_p50_ms']:.0f} / {details[k]['full_load_p99_ms']:.0f}",
+        f"{raw['full_load_p50_ms']:,.0f} / {raw['full_load_p99_ms']:,.0f}",
+        lambda d: f"{d['full_load_p50_ms']:,.0f} / {d['full_load_p99_ms']:,.0f}",
     )
     cpu = raw["cpu_us_per_msg"]
-    row("CPU µs/msg: nats-server", f"{cpu['server']:,.0f}", lambda k: f"{details[k]['cpu_us_per_msg']['server']:,.0f}")
-    row("CPU µs/msg: A", f"{cpu['a']:,.0f}", lambda k: f"{details[k]['cpu_us_per_msg']['a']:,.0f}")
-    row(
-        "CPU µs/msg: relay | each coordinator",
-        f"{cpu['relay']:,.0f}",
-        lambda k: " / ".join(f"{details[k]['cpu_us_per_msg'][name]:,.0f}" for name in names(k)),
-    )
-    row("CPU µs/msg: coordinators together", "", lambda k: f"{details[k]['cpu_us_per_msg_coordinators']:,.0f}")
-    row("CPU µs/msg: B", f"{cpu['b']:,.0f}", lambda k: f"{details[k]['cpu_us_per_msg']['b']:,.0f}")
-    total = "cpu_us_per_msg_total"
-    row("CPU µs/msg: all", f"{raw[total]:,.0f}", lambda k: f"{details[k][total]:,.0f}")
-    row("decisions made, each coordinator", "", lambda k: each(k, "decisions"))
-    row("append conflicts, each coordinator", "", lambda k: each(k, "conflicts"))
-    row("decisions read back after conflicts", "", lambda k: each(k, "caught_up"))
-    row("ms spent catching up after conflicts", "", lambda k: each(k, "catch_up_s", 1e3))
-    row("decisions discarded and made again", "", lambda k: each(k, "discarded"))
-    row("outbox redeliveries", "", lambda k: f"{details[k]['outbox_redelivered']:,.0f}")
-    row(
-        "exactly once at B (envelopes checked)",
-        "",
-        lambda k: f"[green]yes[/green] ({details[k]['exactly_once_checked']:,})",
-    )
+    row("CPU µs/msg: nats-server", f"{cpu['server']:,.0f}", lambda d: f"{d['cpu_us_per_msg']['server']:,.0f}")
+    row("CPU µs/msg: A", f"{cpu['a']:,.0f}", lambda d: f"{d['cpu_us_per_msg']['a']:,.0f}")
+    row("CPU µs/msg: relay | each coordinator", f"{cpu['relay']:,.0f}", each("cpu_us_per_msg"))
+    row("CPU µs/msg: coordinators together", "", total("cpu_us_per_msg_coordinators"))
+    row("CPU µs/msg: B", f"{cpu['b']:,.0f}", lambda d: f"{d['cpu_us_per_msg']['b']:,.0f}")
+    row("CPU µs/msg: all", f"{raw['cpu_us_per_msg_total']:,.0f}", total("cpu_us_per_msg_total"))
+    row("decisions made, each coordinator", "", each("decisions"))
+    row("append conflicts, each coordinator", "", each("conflicts"))
+    row("append conflicts, all coordinators", "", total("conflicts_total"))
+    row("decisions read back after conflicts, each", "", each("caught_up"))
+    row("ms spent catching up after conflicts, each", "", each("catch_up_s", 1e3))
+    row("decisions discarded and made again, all", "", total("discarded_total"))
+    row("outbox redeliveries", "", total("outbox_redelivered"))
+    row("exactly once (envelopes checked)", "", lambda d: f"[green]yes[/green] ({d['exactly_once_checked']:,})")
     return table
 
 
