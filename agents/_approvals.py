@@ -62,7 +62,8 @@ async def answer(
     is applied when a coordinator runs).
     """
     identity = keys.load(tenant, operator)
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
+    prefix = subjects.reply_prefix(operator) if nkey_seed else None  # a rendered config's operator user
+    nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
         js = nc.jetstream()
         async with await KeyringStore.open(js, tenant) as keyring:
