@@ -23,9 +23,16 @@ class ApprovalError(AgentError):
     """The envelope is not held (unknown, already released or dropped), or the answer was not recorded."""
 
 
-async def list_held(servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None) -> list[Decision]:
-    """Every envelope currently held for an operator, oldest first."""
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
+async def list_held(
+    servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None, reader: str | None = None
+) -> list[Decision]:
+    """Every envelope currently held for an operator, oldest first.
+
+    ``reader``: the key owner ``nkey_seed`` belongs to, whose reply prefix a
+    rendered config allows (an operator); None for the admin or a dev server.
+    """
+    prefix = subjects.reply_prefix(reader) if reader else None
+    nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
         js = nc.jetstream()
         async with await KeyringStore.open(js, tenant, follow=False) as keyring:

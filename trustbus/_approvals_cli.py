@@ -23,14 +23,22 @@ def _decision_dict(decision: Any) -> dict[str, Any]:
 
 
 @approvals_app.command("list")
-def approvals_list(tenant: TenantOpt, server: ServerOpt = "nats://127.0.0.1:4222", json_out: JsonOpt = False) -> None:
+def approvals_list(
+    tenant: TenantOpt,
+    server: ServerOpt = "nats://127.0.0.1:4222",
+    reader: Annotated[
+        str | None,
+        typer.Option("--as", help="Key owner whose seed is in --nkey (a rendered config's operator); default admin."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
     """List held envelopes: who sent what to whom, with which taint, and why it waits."""
     from rich.table import Table
 
     from agents._approvals import list_held
     from trustbus.cli import _nkey, _run, _servers, out
 
-    held = _run(list_held(_servers(server), tenant, nkey_seed=_nkey()))
+    held = _run(list_held(_servers(server), tenant, nkey_seed=_nkey(), reader=reader))
     if json_out:
         for decision in held:
             print(json.dumps(_decision_dict(decision)))

@@ -208,6 +208,14 @@ def rollback(
     bundle: Annotated[Path | None, typer.Option(help="Plan from this audit bundle.")] = None,
     from_seq: Annotated[int, typer.Option(help="Only effects at or after this sequence.")] = 0,
     server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
+    nkey_auth: Annotated[
+        bool,
+        typer.Option(
+            "--nkey-auth",
+            help="Send the compensations connected as the operator's own nkey (a rendered config); the stream is "
+            "read with the global --nkey.",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Compensate an incident's reversible effects, latest first; list irreversible ones for a person.
@@ -239,7 +247,11 @@ def rollback(
 
         assert operator is not None and tenant is not None
         identity = _keys(keys).load(tenant, operator)
-        compensated = _run(execute_rollback(_servers(server), tenant, plan, operator=identity, operator_name=operator))
+        compensated = _run(
+            execute_rollback(
+                _servers(server), tenant, plan, operator=identity, operator_name=operator, nkey_auth=nkey_auth
+            )
+        )
     if json_out:
         print(json.dumps({
             "correlation": correlation,

@@ -103,6 +103,7 @@ def test_demo_summary_matches_the_ledger(tmp_path: Path) -> None:
     assert balances == {"alice": 0, "bob": 25, "mallory": 0}
     assert summary["rollback"] == {"compensated": 2, "for_a_person": 1}
     assert summary["crash"] == {"refunds": 1, "balance": 25}
+    assert summary["held_seen_by_operator"] == 1  # listed by the operator connected with its own key
     assert "SIGKILL billing" in log and "denied" in log
 
     started = [p["pid"] for p in summary["started"]]

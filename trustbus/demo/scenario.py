@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from rich.console import Console
 
 from agents import connect_agent
-from agents._approvals import answer
+from agents._approvals import answer, list_held
 from bus import Bus, KeyringStore, connect_nats, new_envelope, subjects
 from ledger import (
     build_incident,
@@ -131,11 +131,15 @@ class Demo:
             f"[yellow]held[/yellow] for a person: researcher -> billing issue_refund (taint: "
             f"{','.join(held[0].effective_taint)}); [red]quarantined[/red]: notes' write 'mallory is a VIP'"
         )
+        ops_seed = self.fleet.keys.load(TENANT, "ops").nkey_seed
+        waiting = await list_held(self.servers, TENANT, nkey_seed=ops_seed, reader="ops")
+        self.console.print(f"operator [bold]ops[/bold] lists {len(waiting)} held envelope(s) and denies this one")
         denied = await answer(
             self.servers, TENANT, held[0].envelope_id, operator="ops", keys=self.fleet.keys, approve=False,
-            note="instruction injected by a customer email", nkey_seed=self.fleet.keys.load(TENANT, "ops").nkey_seed,
+            note="instruction injected by a customer email", nkey_seed=ops_seed,
         )  # fmt: skip
-        self.console.print(f"operator [bold]ops[/bold] denied it: {denied.verdict} ({', '.join(denied.reasons)})")
+        self.facts["held_seen_by_operator"] = len(waiting)
+        self.console.print(f"denied: {denied.verdict} ({', '.join(denied.reasons)})")
         self.console.print(f"[green]✓[/green] billing never saw it: refunds for order 1002 = {self._refunds(1002)}")
 
     async def retry_storm(self, watch: Watch, desk: Bus) -> None:
