@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from bus import Bus, KeyDirectory, Opened, TransportError, VerificationError, subjects
+from bus._publisher import unavailable
 from bus._seal import HEADER_CKEY, HEADER_KEY
 from bus._signals import stop_on_signals
 from ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
@@ -42,6 +43,7 @@ log = logging.getLogger("trustbus.ledger")
 
 PARALLEL_FROM = 256  # messages in a batch from which signatures are checked on every core
 READ_RETRY_S = 0.5  # pause after a failed read of the consumer, before making it anew
+OPEN_RETRY_S = 20.0  # how long opening the consumer is retried while the cluster elects a leader (2-9 s seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +177,27 @@ class LedgerService:
 
         ``reuse``: keep an existing consumer whose state matches the position
         (a clean restart); otherwise (a delivery went missing) always make it anew.
+        While the stream or consumer has no leader (a cluster node went away), the
+        JetStream API answers 503 or not at all: that is retried for up to
+        ``OPEN_RETRY_S`` seconds.
         """
+        deadline = time.monotonic() + OPEN_RETRY_S
+        while True:
+            try:
+                await self._try_open_consumer(reuse=reuse)
+                return
+            except TransportError as exc:
+                cause = exc.__cause__
+                transient = cause is not None and (unavailable(cause) or isinstance(cause, nats.errors.TimeoutError))
+                if not transient or time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "consumer not reachable (a leader election? or permissions); trying again",
+                    extra={"consumer": self.bus.name, "error": str(exc)},
+                )
+                await asyncio.sleep(READ_RETRY_S)  # pacing between attempts: no event announces a new leader
+
+    async def _try_open_consumer(self, *, reuse: bool) -> None:
         await self._unsubscribe()
         after = self.projector.position.last_seq
         js, stream, name = self.bus.js, self.bus.stream, self.bus.name

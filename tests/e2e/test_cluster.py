@@ -26,7 +26,8 @@ from nats.aio.msg import Msg
 from nats.js.api import PubAck, StreamInfo
 
 from bus import Bus, EmbeddedCluster, KeyDirectory, init_tenant, new_envelope, subjects
-from ledger import verify_stream
+from ledger import ProjectionError, verify_stream
+from ledger._segments import read_catalogue
 from tests.e2e.fleet import ROOT, Fleet
 
 TRUSTBUS = [sys.executable, "-m", "trustbus"]
@@ -48,6 +49,15 @@ async def _until(condition: Callable[[], Awaitable[bool]], *, limit_s: float, ev
             raise AssertionError(f"condition not met within {limit_s}s")
         await asyncio.sleep(every_s)
     return time.monotonic() - started
+
+
+async def _caught_up(js: nats.js.JetStreamContext, stream: str) -> bool:
+    """Every replica of ``stream`` is online, current and has no lag."""
+    info: StreamInfo = await js.stream_info(stream)
+    if info.cluster is None or info.cluster.leader is None:
+        return False
+    peers = info.cluster.replicas or []
+    return len(peers) == 2 and all(p.current and not p.offline and not p.lag for p in peers)
 
 
 async def _up() -> tuple[asyncio.subprocess.Process, dict[str, object]]:
@@ -148,17 +158,50 @@ async def test_init_on_the_cluster_makes_r3_stream_and_buckets(cluster: Embedded
         await nc.close()
 
 
-TOTAL = 5000
+async def test_ledger_service_survives_losing_its_consumers_leader(cluster: EmbeddedCluster, tmp_path: Path) -> None:
+    tenant, urls = "ledgerfail", cluster.urls
+    stream, keys = f"TB_{tenant}", KeyDirectory(tmp_path / "keys")
+    await init_tenant(urls, tenant, keys=keys)
+    fleet = Fleet(url=",".join(urls), tenant=tenant, keys=keys, tmp=tmp_path, nc=await nats.connect(urls))
+    try:
+        await fleet.key("ledger", role="ledger")
+        data = tmp_path / "projection"
+        ledger = await fleet.spawn("ledger", "run", "-t", tenant, "--data", str(data))
+        alice = await fleet.bus("alice")
+        js = fleet.nc.jetstream()
+
+        async def send(n: int) -> None:
+            for i in range(n):
+                env = new_envelope(tenant=tenant, kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
+                await alice.publish_pipelined(subjects.outbox(tenant, "alice"), alice.seal(env))
+            await alice.flush(timeout_s=60)
+
+        async def projected() -> bool:
+            try:
+                catalogue = await asyncio.to_thread(read_catalogue, data)
+            except ProjectionError:
+                return False
+            return bool(catalogue.last_seq == (await js.stream_info(stream)).state.last_seq)
+
+        await send(200)
+        await _until(projected, limit_s=30)
+        consumer = await js.consumer_info(stream, "ledger")
+        assert consumer.cluster is not None and consumer.cluster.leader is not None
+        lost = consumer.cluster.leader
+        cluster.kill(lost)
+        await send(200)  # re-sent through the election
+        await _until(projected, limit_s=60)
+        assert ledger.returncode is None  # it waited for a new leader instead of giving up
+        cluster.restart(lost)
+        await _until(lambda: _caught_up(js, stream), limit_s=60)
+        ledger.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(ledger.wait(), 30) == 0
+    finally:
+        await fleet.close()
+
+
+TOTAL = 5000  # envelopes alice sends bob in the failover test (bob answers each)
 WINDOW = 100  # envelopes the sender has in flight at once, like an agent that awaits its sends in batches
-
-
-async def _caught_up(js: nats.js.JetStreamContext, stream: str) -> bool:
-    """Every replica of ``stream`` is online, current and has no lag."""
-    info: StreamInfo = await js.stream_info(stream)
-    if info.cluster is None or info.cluster.leader is None:
-        return False
-    peers = info.cluster.replicas or []
-    return len(peers) == 2 and all(p.current and not p.offline and not p.lag for p in peers)
 
 
 async def test_stream_leader_killed_under_load_delivers_every_acked_envelope_exactly_once(
