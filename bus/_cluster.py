@@ -65,7 +65,9 @@ class EmbeddedCluster:
     ) -> None:
         """Configure; nothing runs until :meth:`start`."""
         if size < 2:
-            raise ConfigError(f"a cluster needs at least 2 nodes, not {size}: use EmbeddedServer for one")
+            raise ConfigError(
+                f"a cluster needs at least 2 nodes, not {size} (for one server: EmbeddedServer, `up` alone)"
+            )
         self.size = size
         self.host = host
         self.name = name
