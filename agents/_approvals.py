@@ -14,7 +14,9 @@ from agents._decision_log import DecisionLog
 from agents._errors import AgentError
 from agents._policy import Policy
 from bus import KeyDirectory, KeyringStore, TransportError, connect_nats, new_envelope, seal, subjects
+from bus._provision import tenant_partitions
 from bus._records import Approval, Decision
+from bus._subjects import partition_of
 
 POLL_S = 0.1
 
@@ -36,7 +38,7 @@ async def list_held(
     try:
         js = nc.jetstream()
         async with await KeyringStore.open(js, tenant, follow=False) as keyring:
-            log = DecisionLog(js, keyring.keyring, tenant, Policy())
+            log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
             await log.catch_up()
             return log.state.held()
     finally:
@@ -74,7 +76,7 @@ async def answer(
     try:
         js = nc.jetstream()
         async with await KeyringStore.open(js, tenant) as keyring:
-            log = DecisionLog(js, keyring.keyring, tenant, Policy())
+            log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
             await log.catch_up()
             current = log.state.decided.get(envelope_id)
             if current is None:
@@ -93,7 +95,8 @@ async def answer(
             )
             sealed = seal(request, identity)
             try:
-                await js.publish(subjects.approval(tenant), sealed.body, headers=sealed.headers, timeout=5.0)
+                partition = partition_of(current.correlation_id, await tenant_partitions(js, tenant))
+                await js.publish(subjects.approval(tenant, partition), sealed.body, headers=sealed.headers, timeout=5.0)
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 raise TransportError(f"cannot publish the approval: {exc}") from exc
             # Wait by re-reading the decision log with message gets: an operator may read the

@@ -1,16 +1,21 @@
 """The coordinator: the reference monitor every envelope between agents passes through.
 
-For each envelope in an outbox it verifies it (``bus.Bus.consume``), checks it
-came from its sender's own outbox, decides with :func:`agents._decision.decide`,
-appends the decision to ``tb.<T>.decision`` and forwards the sender's bytes to
-each recipient's inbox with a countersignature.
+A :class:`Coordinator` mediates one partition of a tenant (every correlation
+whose hash falls in it; see :func:`bus.subjects.partition_of`). For each
+envelope in an outbox of its partition it verifies it (``bus.Bus.consume``),
+checks it came from its sender's own outbox for its correlation's partition,
+decides with :func:`agents._decision.decide`, appends the decision to the
+partition's log ``tb.<T>.decision.<p>`` and forwards the sender's bytes to each
+recipient's inbox with a countersignature. Which process runs which partition
+is :mod:`agents._partitions`' job.
 
-Exactly once, with any number of coordinator processes:
+Exactly once, with any number of coordinator processes on a partition:
 
-- Decisions are appended with ``Nats-Expected-Last-Subject-Sequence``: the
-  decision subject is a single, totally ordered log. A coordinator whose state
-  is behind gets a conflict, reads the decisions it missed, and decides again;
-  so two coordinators never decide one envelope twice or spend one budget twice.
+- Decisions are appended with ``Nats-Expected-Last-Subject-Sequence``: a
+  partition's decision subject is a single, totally ordered log. A coordinator
+  whose state is behind gets a conflict, reads the decisions it missed, and
+  decides again; so two coordinators never decide one envelope twice or spend
+  one budget twice.
 - The state is the fold of that log (rebuilt at start, kept current on conflict).
 - A forward carries ``Nats-Msg-Id = <envelope id>:<recipient>``; the outbox
   message is acked only after every forward is stored. A crash in between means a
@@ -58,7 +63,7 @@ from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
 
 log = logging.getLogger("trustbus.coordinator")
 
-CONSUMER = "coordinator"
+CONSUMER_PREFIX = "coordinator-"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE = 10071
 _BATCH_DUPLICATE = 10201
@@ -89,32 +94,51 @@ def _raise_for_batch_error(data: bytes) -> None:
     raise TransportError(f"cannot append decisions: {error.get('description', error)}")
 
 
-class Coordinator:
-    """Mediates one tenant. Create, ``await start()``, then ``await run(stop)``."""
+def consumer_name(partition: int) -> str:
+    """The durable consumer of one partition's outboxes, effect records and approvals."""
+    return f"{CONSUMER_PREFIX}{partition:d}"
 
-    def __init__(self, bus: Bus, policy: Policy) -> None:
-        """Use a Bus connected with a key whose keyring role is ``coordinator``."""
+
+class Coordinator:
+    """Mediates one partition of a tenant. Create, ``await start()``, then ``await run(stop)``."""
+
+    def __init__(self, bus: Bus, policy: Policy, partition: int = 0, *, inboxes: set[str] | None = None) -> None:
+        """Use a Bus connected with a key whose keyring role is ``coordinator``.
+
+        ``inboxes``: agents whose inbox consumer exists, shared by the partitions of one process.
+        """
+        if not 0 <= partition < bus.partitions:
+            raise ValueError(f"partition {partition} is not one of the tenant's {bus.partitions}")
         self.bus = bus
         self.policy = policy
-        self.log = DecisionLog(bus.js, bus.keyring.keyring, bus.tenant, policy)
+        self.partition = partition
+        self.log = DecisionLog(bus.js, bus.keyring.keyring, bus.tenant, policy, partition=partition)
         self.state = self.log.state
         self._decision_ids = self.log.decision_ids
-        self._inboxes: set[str] = set()
+        self._inboxes = inboxes if inboxes is not None else set()
 
     async def start(self) -> None:
-        """Create the outbox consumer, rebuild the state from the decision log, create inbox consumers."""
-        tenant = self.bus.tenant
-        watched = [f"tb.{tenant}.out.*", f"tb.{tenant}.effect.*.*", subjects.approval(tenant)]
-        await self.bus.ensure_consumer(CONSUMER, watched, settings=OUTBOX_SETTINGS)
+        """Create the partition's consumer, rebuild its state from its decision log, create inbox consumers."""
+        tenant, partition = self.bus.tenant, self.partition
+        watched = [
+            subjects.partition_outboxes(tenant, partition),
+            subjects.partition_effects(tenant, partition),
+            subjects.approval(tenant, partition),
+        ]
+        await self.bus.ensure_consumer(consumer_name(partition), watched, settings=OUTBOX_SETTINGS)
         await self._catch_up()
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
                 await self._ensure_inbox(grant.owner)
-        log.info("coordinator ready", extra={"decisions": self.state.last_seq, "tenant": self.bus.tenant})
+        log.info(
+            "partition ready",
+            extra={"partition": partition, "decisions": self.state.last_seq, "tenant": self.bus.tenant},
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Mediate until ``stop`` is set, a fetched batch at a time."""
-        async for batch in self.bus.consume_batches(CONSUMER, settings=OUTBOX_SETTINGS, stop=stop):
+        batches = self.bus.consume_batches(consumer_name(self.partition), settings=OUTBOX_SETTINGS, stop=stop)
+        async for batch in batches:
             group: list[Delivery] = []
             for delivery in batch:
                 if self._batchable(delivery):
@@ -129,7 +153,7 @@ class Coordinator:
     def _batchable(self, delivery: Delivery) -> bool:
         """Plain envelopes from their sender's outbox: decided together, forwarded together."""
         envelope = delivery.envelope
-        return delivery.subject == subjects.outbox(self.bus.tenant, envelope.sender) and envelope.kind not in (
+        return delivery.subject == self._outbox_of(envelope) and envelope.kind not in (
             "memory_write",
             "checkpoint",
         )
@@ -202,6 +226,10 @@ class Coordinator:
 
     # -- the decision log ---------------------------------------------------
 
+    def _outbox_of(self, envelope: Envelope) -> str:
+        """The one subject ``envelope`` may arrive on: its sender's outbox for its correlation's partition."""
+        return subjects.outbox(self.bus.tenant, envelope.sender, self.bus.partition(envelope.correlation_id))
+
     async def _catch_up(self) -> None:
         """Apply every decision appended after the last one this process applied."""
         await self.log.catch_up()
@@ -234,7 +262,7 @@ class Coordinator:
         """Store one decision record if the last decision is still at ``expected``; its sequence."""
         try:
             ack = await self.bus.js.publish(
-                subjects.decision(self.bus.tenant),
+                subjects.decision(self.bus.tenant, self.partition),
                 sealed.body,
                 headers={**sealed.headers, EXPECTED_LAST_SUBJECT_SEQ: str(expected)},
                 timeout=5.0,
@@ -269,7 +297,7 @@ class Coordinator:
 
     async def _publish_atomically(self, batch: list[Sealed], *, expected: int) -> int:
         """One JetStream atomic batch: all stored or none; the first carries the expectation."""
-        subject = subjects.decision(self.bus.tenant)
+        subject = subjects.decision(self.bus.tenant, self.partition)
         batch_id = new_id()
         reply = None
         try:
@@ -293,7 +321,7 @@ class Coordinator:
 
     async def _mediate(self, delivery: Delivery) -> None:
         tenant = self.bus.tenant
-        if delivery.subject == subjects.approval(tenant):
+        if delivery.subject == subjects.approval(tenant, self.partition):
             await self._approval(delivery)
         elif delivery.subject.startswith(f"tb.{tenant}.effect."):
             await self._effect(delivery)
@@ -326,7 +354,9 @@ class Coordinator:
 
     async def _outbox(self, delivery: Delivery) -> None:
         envelope = delivery.envelope
-        if delivery.subject != subjects.outbox(self.bus.tenant, envelope.sender):
+        if delivery.subject != self._outbox_of(envelope):
+            # Another agent's outbox, or the wrong partition for its correlation (whose
+            # state, budget included, another coordinator holds).
             await delivery.reject("wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
             return
 
@@ -410,7 +440,8 @@ class Coordinator:
         """Record a completed tool call so its result's taint follows its agent in that correlation."""
         envelope = delivery.envelope
         owner = delivery.subject.split(".")[3]
-        if owner != envelope.sender or envelope.kind != "effect":
+        misplaced = self.bus.partition(envelope.correlation_id) != self.partition
+        if owner != envelope.sender or envelope.kind != "effect" or misplaced:
             await delivery.reject("wrong_outbox", f"{envelope.sender}'s {envelope.kind} arrived on {delivery.subject}")
             return
         try:
@@ -433,6 +464,11 @@ class Coordinator:
         approval = delivery.envelope
         if delivery.opened.grant.role != "operator":
             await delivery.reject("not_operator", f"approval signed by a {delivery.opened.grant.role} key")
+            return
+        if self.bus.partition(approval.correlation_id) != self.partition:
+            await delivery.reject(
+                "wrong_outbox", f"approval of correlation {approval.correlation_id} on {delivery.subject}"
+            )
             return
         try:
             request = Approval.decode(approval.payload)

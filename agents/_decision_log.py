@@ -1,4 +1,4 @@
-"""The decision log (``tb.<T>.decision``) read back into a :class:`CoordinatorState`."""
+"""The decision log (``tb.<T>.decision.<partition>``) read back into a :class:`CoordinatorState`."""
 
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ class DecisionLog:
     anything else on the subject is logged and skipped.
     """
 
-    def __init__(self, js: JetStreamContext, keyring: Keyring, tenant: str, policy: Policy) -> None:
-        """Nothing is read until :meth:`catch_up`."""
+    def __init__(
+        self, js: JetStreamContext, keyring: Keyring, tenant: str, policy: Policy, *, partition: int | None
+    ) -> None:
+        """Nothing is read until :meth:`catch_up`. ``partition``: one partition's log, or None for all of them."""
         self._js = js
         self._keyring = keyring
         self._policy = policy
         self._stream = f"TB_{tenant}"
-        self._subject = subjects.decision(tenant)
+        self._subject = subjects.all_decisions(tenant) if partition is None else subjects.decision(tenant, partition)
         self.state = CoordinatorState()
         self.decision_ids: dict[str, str] = {}
 

@@ -70,7 +70,8 @@ class Effector:
         # An instruction that carries an idempotency key makes the same effect keys however
         # often it is sent (a rollback run twice); otherwise the envelope id does.
         key = idempotency_key(self._cause.idempotency_key or self._cause.id, tool, args, index)
-        subject = subjects.effect_record(self._bus.tenant, self._agent_id, key)
+        partition = self._bus.partition(self._cause.correlation_id)
+        subject = subjects.effect_record(self._bus.tenant, self._agent_id, partition, key)
         last = await self._last_record(subject, key, tool)
         if last is not None and last.phase == "completed":
             log.info("effect already completed; recorded result returned", extra={"tool": tool, "key": key})

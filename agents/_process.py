@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agents._coordinator import Coordinator
 from agents._errors import RuntimeSetupError
+from agents._partitions import Partitions
 from agents._policy import load_policy
 from agents._runtime import Agent, connect_agent, run_agent
 from agents._tools import Toolbox, load_tools
@@ -104,9 +104,6 @@ async def serve_coordinator(
             raise RuntimeSetupError(
                 f"key of {name!r} has role {grant.role!r}: create it with `trustbus keys new --role coordinator`"
             )
-        coordinator = Coordinator(bus, policy)
-        await coordinator.start()
-        ready()
-        await coordinator.run(stop)
+        await Partitions(bus, policy).run(stop, ready)
     finally:
         await bus.aclose()

@@ -108,7 +108,7 @@ class Context:
 
     async def _emit(self, envelope: Envelope) -> None:
         """Sign and publish to this agent's outbox."""
-        await self._bus.publish(subjects.outbox(self._bus.tenant, self.agent_id), self._bus.seal(envelope))
+        await self._bus.send(envelope)
 
     async def instruct(self, to: Iterable[str], verb: str, **arguments: Any) -> Envelope:
         """Send an ``instruction`` whose JSON payload is ``{"verb": verb, **arguments}``."""

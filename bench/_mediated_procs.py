@@ -135,7 +135,6 @@ def summary(args: argparse.Namespace, pacer: Pacer, first_ns: int, last_ns: int,
 async def tb_send(args: argparse.Namespace) -> None:
     keys = bus.KeyDirectory(Path(args.keys))
     identity = keys.load(args.tenant, "a")
-    subject = bus.subjects.outbox(args.tenant, "a")
     async with await bus.Bus.connect(args.url, tenant=args.tenant, name="a", identity=identity) as bus_a:
         pacer = Pacer(args.rate)
         cpu_start = time.process_time()
@@ -152,7 +151,7 @@ async def tb_send(args: argparse.Namespace) -> None:
                 payload=make_payload(args.phase, i, args.n, now, args.payload),
                 content_type="application/json",
             )
-            await bus_a.publish_pipelined(subject, bus_a.seal(envelope))
+            await bus_a.publish_pipelined(bus_a.outbox(envelope), bus_a.seal(envelope))
         last_ns = time.time_ns()
         await bus_a.flush(timeout_s=FLUSH_TIMEOUT_S)
         cpu_s = time.process_time() - cpu_start

@@ -130,7 +130,7 @@ class Generator:
         sender, a, b = AGENTS[n % 10], AGENTS[(n + 1) % 10], AGENTS[(n + 3) % 10]
         payload = json.dumps({"n": n, "text": "x" * 180}).encode()
         body, headers, env_id = self.signed(
-            sender, subjects.outbox(T, sender), kind="event", to=(a, b), payload=payload,
+            sender, subjects.outbox(T, sender, 0), kind="event", to=(a, b), payload=payload,
             correlation_id=correlation, causation_id=cause, hop=0 if cause is None else 1,
         )  # fmt: skip
         correlation = correlation or env_id
@@ -140,7 +140,7 @@ class Generator:
             dropped=(), hop=0, declared_taint=(), effective_taint=(), decided_ns=self.now,
         )  # fmt: skip
         _, _, decision_id = self.signed(
-            "coordinator", subjects.decision(T), kind="decision", to=(), payload=encode_decision(decision),
+            "coordinator", subjects.decision(T, 0), kind="decision", to=(), payload=encode_decision(decision),
             content_type="application/msgpack", correlation_id=correlation,
         )  # fmt: skip
         for recipient in (a, b):
@@ -159,16 +159,16 @@ class Generator:
                     compensating_tool="undo", result=b"{}" if phase == "completed" else None,
                 )  # fmt: skip
                 self.signed(
-                    a, subjects.effect_record(T, a, f"k{n}"), kind="effect", to=(), payload=encode_effect(record),
+                    a, subjects.effect_record(T, a, 0, f"k{n}"), kind="effect", to=(), payload=encode_effect(record),
                     content_type="application/msgpack", correlation_id=correlation, causation_id=env_id,
                 )  # fmt: skip
         if n % 200 == 0:
             forged = bytearray(body)
             forged[forged.rindex(b"x")] ^= 0x01
-            self.store(subjects.outbox(T, sender), bytes(forged), headers)
+            self.store(subjects.outbox(T, sender, 0), bytes(forged), headers)
             record = quarantine_record(
                 bytes(forged), headers, reason="bad_signature", detail="signature does not match the bytes received",
-                subject=subjects.outbox(T, sender), stream_seq=len(self.messages),
+                subject=subjects.outbox(T, sender, 0), stream_seq=len(self.messages),
             )  # fmt: skip
             self.signed(
                 "coordinator", subjects.quarantine(T), kind="event", to=("topic:quarantine",),

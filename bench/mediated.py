@@ -274,9 +274,11 @@ class Children:
 # -- setup ------------------------------------------------------------------------------
 
 
-async def provision_tenant(url: str, tenant: str, keys: bus.KeyDirectory, holders: list[tuple[str, str]]) -> None:
-    """The tenant, and a key for each (owner, role) of ``holders``."""
-    await bus.init_tenant([url], tenant, keys=keys)
+async def provision_tenant(
+    url: str, tenant: str, keys: bus.KeyDirectory, holders: list[tuple[str, str]], *, partitions: int = 1
+) -> None:
+    """The tenant (with ``partitions`` partitions), and a key for each (owner, role) of ``holders``."""
+    await bus.init_tenant([url], tenant, keys=keys, partitions=partitions)
     for owner, role in holders:
         await bus.new_key([url], tenant, owner, role=role, keys=keys)  # type: ignore[arg-type]
 

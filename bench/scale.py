@@ -11,9 +11,12 @@ this machine, so all of them share its cores.
   (role coordinator), bench/mediated.py's policy (``a -> b`` ``event``, hop, budget and fan-out limits far
   above the load, no rate limit). K processes ``python -m bench._scale_coordinator coordinator run
   --name coordinator-<j>``: trustbus's own CLI and coordinator, with its conflicts counted (see that
-  module; ``--plain`` runs ``python -m trustbus`` and leaves the conflicts out). They share the tenant's
-  one durable outbox consumer and append to its one decision subject, each append conditional on the
-  last decision it knows (``Nats-Expected-Last-Subject-Sequence``). B is ``python -m trustbus agent run
+  module; ``--plain`` runs ``python -m trustbus`` and leaves the conflicts out). The tenant has as many
+  partitions as the largest K measured; the coordinators lease them (agents/_partitions.py), and the
+  measurement starts once each holds its share. Each partition has its own outbox consumer and decision
+  subject, each append conditional on the last decision of that partition it knows
+  (``Nats-Expected-Last-Subject-Sequence``). A's envelopes each start a correlation, so they spread
+  over every partition. B is ``python -m trustbus agent run
   bench._mediated_sink:Sink --id b``; A is bench/mediated.py's ``tb-send``: it seals an envelope per
   message and ``publish_pipelined`` them to its outbox as fast as it can. Once every process is ready,
   an unmeasured warm-up of 500 envelopes, then ``--n`` measured ones. Afterwards the processes are
@@ -63,6 +66,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -75,6 +79,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
@@ -83,7 +88,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import bus
-from agents._coordinator import CONSUMER as OUTBOX_CONSUMER
+from agents._coordinator import consumer_name
 from bench._scale_coordinator import COUNTS
 from bench.mediated import (
     POLICY,
@@ -138,9 +143,34 @@ async def last_seq(url: str, tenant: str) -> int:
         await nc.close()
 
 
+async def spread_leases(url: str, tenant: str, names: list[str], partitions: int) -> None:
+    """Wait until the K coordinators hold the tenant's partitions evenly (they rebalance once a second)."""
+    bucket = bus.subjects.coordinator_bucket(tenant)
+    share = -(-partitions // len(names))
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            held: dict[str, int] = {}
+            for p in range(partitions):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    raw = await js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.partition-{p}")
+                    if raw.data:
+                        name = json.loads(raw.data)["name"]
+                        held[name] = held.get(name, 0) + 1
+            if set(held) == set(names) and max(held.values()) <= share:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"partitions not spread over {names} within {READY_TIMEOUT_S:.0f}s: {held}")
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
 async def read_decisions(js: JetStreamContext, tenant: str, after_seq: int) -> list[tuple[str, bus.Decision]]:
     """(signer, decision) of every record on the decision subject after ``after_seq``, in order."""
-    subject = bus.subjects.decision(tenant)
+    subject = bus.subjects.all_decisions(tenant)
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=after_seq + 1,
@@ -178,7 +208,10 @@ async def audit_tenant(url: str, tenant: str, *, after_seq: int) -> Audit:
             if time.monotonic() > deadline:
                 raise BenchError(f"{tenant}: B's inbox consumer still has messages pending after {SETTLE_TIMEOUT_S}s")
             await asyncio.sleep(0.05)  # the server has no event for "nothing pending": ask again
-        outbox = await js.consumer_info(stream, OUTBOX_CONSUMER, timeout=5.0)
+        outboxes = [
+            await js.consumer_info(stream, consumer_name(p), timeout=5.0)
+            for p in range(await bus.tenant_partitions(js, tenant))
+        ]
         inbox_subject = bus.subjects.inbox(tenant, "b")
         state = (await js.stream_info(stream, subjects_filter=inbox_subject)).state
         decisions = await read_decisions(js, tenant, after_seq)
@@ -193,7 +226,7 @@ async def audit_tenant(url: str, tenant: str, *, after_seq: int) -> Audit:
         accepted=sum(decision.verdict == "accept" for _, decision in decisions),
         inbox=(state.subjects or {}).get(inbox_subject, 0),
         inbox_redelivered=inbox.num_redelivered or 0,
-        outbox_redelivered=outbox.num_redelivered or 0,
+        outbox_redelivered=sum(outbox.num_redelivered or 0 for outbox in outboxes),
     )
 
 
@@ -227,6 +260,8 @@ class ScaleBench(Bench):
     def __init__(self, args: argparse.Namespace, work: Path, progress: Progress) -> None:
         super().__init__(args, work, progress)
         self.keys = bus.KeyDirectory(self.keys_dir)
+        # As many partitions as the most coordinators measured: each can hold one or more.
+        self.partitions = max(args.coordinators)
         self.policy.write_text(POLICY)
         self._tenants = 0
         self._counts: dict[tuple[str, str], dict[str, Any]] = {}  # (tenant, coordinator) -> its latest totals
@@ -284,7 +319,7 @@ class ScaleBench(Bench):
         tenant, topology, n = f"scale{self._tenants}", f"k{k}", self.args.n
         names = [f"coordinator-{j}" for j in range(1, k + 1)]
         holders = [("a", "agent"), ("b", "agent"), *((name, "coordinator") for name in names)]
-        asyncio.run(provision_tenant(self.url, tenant, self.keys, holders))
+        asyncio.run(provision_tenant(self.url, tenant, self.keys, holders, partitions=self.partitions))
         common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", tenant]
         module = "trustbus" if self.args.plain else COORDINATOR_MODULE
         starting = self.progress.add_task(f"{topology} start {tag}", total=k + 1)
@@ -300,6 +335,7 @@ class ScaleBench(Bench):
                 child.wait_ready(READY_TIMEOUT_S)
                 self.progress.advance(starting)
             self.progress.remove_task(starting)
+            asyncio.run(spread_leases(self.url, tenant, names, self.partitions))
             self.warm_up(topology, tenant=tenant, processes=processes)
             mark = asyncio.run(last_seq(self.url, tenant))
             before = self.counts(tenant, names)

@@ -264,7 +264,7 @@ async def run_trustbus(url: str, tag: str, payload: bytes, clock: Clock) -> None
     tenant, durable = f"bench-{tag}", f"bench-{tag}"
     alice, reader = bus.Identity.generate(), bus.Identity.generate()
     await provision_tenant(url, tenant, {"alice": alice, "reader": reader})
-    subject = bus.subjects.outbox(tenant, "alice")
+    subject = bus.subjects.outbox(tenant, "alice", 0)
     async with (
         await bus.Bus.connect(url, tenant=tenant, name="alice", identity=alice, max_in_flight=MAX_PENDING) as bus_a,
         await bus.Bus.connect(url, tenant=tenant, name="reader", identity=reader) as bus_b,

@@ -50,7 +50,7 @@ from bus._identity import Identity, encode_key_id, verify_key
 from bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from bus._keyring_store import KeyringStore
 from bus._nats_config import render_bootstrap_config, render_tenant_config
-from bus._provision import ProvisionReport, pinned_admin_key, provision, tenant_stream_config
+from bus._provision import ProvisionReport, pinned_admin_key, provision, tenant_partitions, tenant_stream_config
 from bus._quarantine import QuarantineRecord, decode_quarantine_record
 from bus._records import (
     Approval,
@@ -164,6 +164,7 @@ __all__ = [
     "new_key",
     "open_envelope",
     "pinned_admin_key",
+    "tenant_partitions",
     "provision",
     "render_bootstrap_config",
     "render_tenant_config",

@@ -137,6 +137,7 @@ async def init_tenant(
     *,
     keys: KeyDirectory,
     replicas: int | None = None,
+    partitions: int | None = None,
     nkey_seed: str | None = None,
 ) -> tuple[ProvisionReport, KeyGrant]:
     """Provision the tenant's stream and buckets and register its admin key; idempotent.
@@ -144,7 +145,9 @@ async def init_tenant(
     The admin seed is created on first use and pinned in the stream as the
     keyring's trust anchor. Without ``replicas``, the stream and buckets get
     one replica per server of the cluster, at most 3 (:func:`default_replicas`);
-    the report says how many. ``nkey_seed`` authenticates the connection (see
+    the report says how many. ``partitions`` (default 1, fixed once the tenant
+    exists) is how many coordinator processes can share the tenant's work.
+    ``nkey_seed`` authenticates the connection (see
     :func:`connect_nats`).
     """
     admin = keys.admin(tenant)
@@ -152,7 +155,7 @@ async def init_tenant(
     try:
         js = nc.jetstream()
         wanted = replicas if replicas is not None else default_replicas(nc)
-        report = await provision(js, tenant, admin_key_id=admin.key_id, replicas=wanted)
+        report = await provision(js, tenant, admin_key_id=admin.key_id, replicas=wanted, partitions=partitions)
         async with await KeyringStore.open(js, tenant, follow=False) as store:
             try:
                 grant = store.keyring.resolve(admin.key_id)

@@ -30,17 +30,18 @@ from bus._errors import ConfigError
 from bus._identity import verify_key
 from bus._keyring import ADMIN_OWNER, KeyGrant, Role
 from bus._subjects import (
+    all_approvals,
+    all_decisions,
     all_inboxes,
     all_topics,
-    approval,
     check_name,
     checkpoint,
-    decision,
+    coordinator_bucket,
     effect,
     inbox_consumer,
     keyring_bucket,
     memory_bucket,
-    outbox,
+    own_outboxes,
     quarantine,
     reply_prefix,
     stream_name,
@@ -261,8 +262,8 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
     else:
         summary = f"{owner} (operator): approvals, rollbacks through the coordinator, reads the stream and memory"
         publish = (
-            _Rule(approval(tenant), "signed approvals"),
-            _Rule(outbox(tenant, owner), "its own outbox: a rollback's compensations and memory reverts, mediated"),
+            _Rule(all_approvals(tenant), "signed approvals (one subject per partition)"),
+            _Rule(own_outboxes(tenant, owner), "its own outbox: a rollback's compensations and memory reverts"),
             _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
             *_reader(tenant, owner, may_delete=False),
         )
@@ -280,7 +281,7 @@ def _agent(tenant: str, agent: str) -> tuple[_Rule, ...]:
     consumer = inbox_consumer(agent)
     memory = memory_bucket(tenant)
     return (
-        _Rule(outbox(tenant, agent), "its own outbox: the only way to reach anyone, through the coordinator"),
+        _Rule(own_outboxes(tenant, agent), "its own outbox (per partition): the only way to reach anyone"),
         _Rule(f"{effect(tenant, agent)}.>", "its runtime's effect records, one subject per idempotency key"),
         _Rule(quarantine(tenant), "quarantine records for what fails verification"),
         _Rule(
@@ -305,8 +306,8 @@ def _coordinator(tenant: str) -> tuple[_Rule, ...]:
     return (
         _Rule(all_inboxes(tenant), "deliver mediated envelopes to the agents' inboxes"),
         _Rule(all_topics(tenant), "deliver to topics"),
-        _Rule(decision(tenant), "record its decisions"),
-        _Rule(approval(tenant), "approval requests and outcomes"),
+        _Rule(all_decisions(tenant), "record its decisions (one log per partition)"),
+        _Rule(all_approvals(tenant), "approval requests and outcomes"),
         _Rule(quarantine(tenant), "quarantine records for what fails verification"),
         _Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "read single messages of the stream"),
         _Rule(f"$JS.API.CONSUMER.CREATE.{stream}", "ordered consumers to re-read the stream (create or update any)"),
@@ -323,6 +324,9 @@ def _coordinator(tenant: str) -> tuple[_Rule, ...]:
         _Rule(f"$JS.API.CONSUMER.CREATE.{memory}", "watch memory and read its history"),
         _Rule(f"$JS.API.CONSUMER.INFO.{memory}.*", "the memory watcher's pending count"),
         _Rule(f"$JS.FC.{memory}.>", "flow-control replies of the memory watcher"),
+        _Rule(f"$KV.{coordinator_bucket(tenant)}.>", "lease partitions (compare-and-set on their keys)"),
+        _Rule(f"$JS.API.STREAM.INFO.KV_{coordinator_bucket(tenant)}", "open the lease bucket"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.KV_{coordinator_bucket(tenant)}", "read the leases"),
     )
 
 

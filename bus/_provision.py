@@ -12,9 +12,17 @@ from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConf
 
 from bus._errors import ConfigError, TransportError
 from bus._seal import DEFAULT_SKEW_NS
-from bus._subjects import all_subjects, keyring_bucket, memory_bucket, stream_name
+from bus._subjects import (
+    all_subjects,
+    check_partitions,
+    coordinator_bucket,
+    keyring_bucket,
+    memory_bucket,
+    stream_name,
+)
 
 ADMIN_KEY_METADATA = "trustbus.admin_key"
+PARTITIONS_METADATA = "trustbus.partitions"
 # Twice the skew window: within it the server drops a resent id; beyond it the
 # envelope's ts fails the skew check. Together they stop every resend.
 DUPLICATE_WINDOW_S = 2 * DEFAULT_SKEW_NS / 1e9
@@ -24,15 +32,16 @@ KV_HISTORY = 64
 
 @dataclass
 class ProvisionReport:
-    """What provisioning did: names created, names that already matched, names updated; the replicas used."""
+    """What provisioning did: names created, names that already matched, names updated; replicas and partitions."""
 
     created: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     replicas: int = 1
+    partitions: int = 1
 
 
-def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1) -> StreamConfig:
+def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1, partitions: int = 1) -> StreamConfig:
     """The stream ``TB_<tenant>``: every tenant subject, file storage, append-only, direct gets allowed."""
     return StreamConfig(
         name=stream_name(tenant),
@@ -49,7 +58,7 @@ def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1) -
         # read back only its own records (an agent: its effect records, by idempotency key).
         allow_direct=True,
         allow_atomic=True,  # the coordinator appends a batch of decisions at once
-        metadata={ADMIN_KEY_METADATA: admin_key_id},
+        metadata={ADMIN_KEY_METADATA: admin_key_id, PARTITIONS_METADATA: str(check_partitions(partitions))},
     )
 
 
@@ -67,39 +76,55 @@ _COMPARED = (
 )
 
 
-async def provision(js: JetStreamContext, tenant: str, *, admin_key_id: str, replicas: int = 1) -> ProvisionReport:
+async def provision(
+    js: JetStreamContext, tenant: str, *, admin_key_id: str, replicas: int = 1, partitions: int | None = None
+) -> ProvisionReport:
     """Create the tenant's stream and KV buckets; running it again changes nothing.
 
     The admin key id is pinned in the stream's metadata as the keyring's trust
-    anchor. Provisioning refuses to re-pin it to another key. A stream or bucket
+    anchor. Provisioning refuses to re-pin it to another key. So is the number
+    of partitions (default 1; None keeps the existing tenant's), which can never
+    change: it decides which coordinator holds each correlation's state. A stream or bucket
     with another number of replicas is changed to ``replicas`` (the server moves
     the data), so provisioning an R1 tenant again on a cluster makes it R3.
     """
     if replicas < 1:
         raise ConfigError(f"replicas must be at least 1, not {replicas}")
     report = ProvisionReport(replicas=replicas)
-    wanted = tenant_stream_config(tenant, admin_key_id=admin_key_id, replicas=replicas)
+    name = stream_name(tenant)
     try:
         try:
-            info = await js.stream_info(wanted.name or "")
+            info = await js.stream_info(name)
         except nats.js.errors.NotFoundError:
+            wanted = tenant_stream_config(
+                tenant, admin_key_id=admin_key_id, replicas=replicas, partitions=partitions or 1
+            )
             await js.add_stream(wanted)
-            report.created.append(wanted.name or "")
+            report.created.append(name)
+            report.partitions = partitions or 1
         else:
             current = info.config
             pinned = (current.metadata or {}).get(ADMIN_KEY_METADATA)
             if pinned != admin_key_id:
                 raise ConfigError(
-                    f"stream {wanted.name} is pinned to admin key {pinned}, not {admin_key_id}: "
+                    f"stream {name} is pinned to admin key {pinned}, not {admin_key_id}: "
                     "use the tenant's existing admin seed"
                 )
+            existing = _partitions(current.metadata)
+            if partitions is not None and partitions != existing:
+                raise ConfigError(
+                    f"tenant {tenant!r} has {existing} partition(s); the count cannot change (it places "
+                    "every correlation's state): provision a new tenant for another count"
+                )
+            report.partitions = existing
+            wanted = tenant_stream_config(tenant, admin_key_id=admin_key_id, replicas=replicas, partitions=existing)
             drift = [name for name in _COMPARED if getattr(current, name) != getattr(wanted, name)]
             if drift:
                 await js.update_stream(wanted)
                 report.updated.append(f"{wanted.name} ({', '.join(drift)})")
             else:
                 report.unchanged.append(wanted.name or "")
-        for bucket in (keyring_bucket(tenant), memory_bucket(tenant)):
+        for bucket in (keyring_bucket(tenant), memory_bucket(tenant), coordinator_bucket(tenant)):
             try:
                 backing = (await js.stream_info(f"KV_{bucket}")).config
             except nats.js.errors.NotFoundError:
@@ -124,8 +149,8 @@ async def provision(js: JetStreamContext, tenant: str, *, admin_key_id: str, rep
     return report
 
 
-async def pinned_admin_key(js: JetStreamContext, tenant: str) -> str:
-    """The admin key id pinned in the tenant's stream; ConfigError if the tenant is not provisioned."""
+async def _metadata(js: JetStreamContext, tenant: str) -> dict[str, str]:
+    """The tenant stream's metadata; ConfigError if the tenant is not provisioned."""
     name = stream_name(tenant)
     try:
         info = await js.stream_info(name)
@@ -133,7 +158,25 @@ async def pinned_admin_key(js: JetStreamContext, tenant: str) -> str:
         raise ConfigError(f"tenant {tenant!r} is not provisioned: run `trustbus init --tenant {tenant}`") from exc
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise TransportError(f"cannot read stream {name}: {exc}") from exc
-    pinned = (info.config.metadata or {}).get(ADMIN_KEY_METADATA)
+    return info.config.metadata or {}
+
+
+async def pinned_admin_key(js: JetStreamContext, tenant: str) -> str:
+    """The admin key id pinned in the tenant's stream; ConfigError if the tenant is not provisioned."""
+    pinned = (await _metadata(js, tenant)).get(ADMIN_KEY_METADATA)
     if not pinned:
-        raise ConfigError(f"stream {name} has no pinned admin key: it was not made by `trustbus init`")
+        raise ConfigError(f"stream {stream_name(tenant)} has no pinned admin key: it was not made by `trustbus init`")
     return pinned
+
+
+async def tenant_partitions(js: JetStreamContext, tenant: str) -> int:
+    """The tenant's partition count, from its stream's metadata (1 for a stream provisioned without one)."""
+    return _partitions(await _metadata(js, tenant))
+
+
+def _partitions(metadata: dict[str, str] | None) -> int:
+    raw = (metadata or {}).get(PARTITIONS_METADATA, "1")
+    try:
+        return check_partitions(int(raw))
+    except ValueError:
+        raise ConfigError(f"the stream's {PARTITIONS_METADATA} is {raw!r}, not a partition count") from None

@@ -8,6 +8,7 @@ name would silently widen a subject).
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from bus._errors import ConfigError
@@ -18,6 +19,7 @@ _NAME = re.compile(NAME_PATTERN)
 _EFFECT_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 TOPIC_PREFIX = "topic:"
+MAX_PARTITIONS = 1024
 
 
 def check_name(name: str, *, what: str = "name") -> str:
@@ -49,9 +51,37 @@ def all_subjects(tenant: str) -> str:
     return f"tb.{check_name(tenant, what='tenant')}.>"
 
 
-def outbox(tenant: str, agent: str) -> str:
-    """Where ``agent`` publishes: ``tb.<tenant>.out.<agent>``."""
-    return f"tb.{check_name(tenant, what='tenant')}.out.{check_name(agent, what='agent')}"
+def partition_of(correlation_id: str, partitions: int) -> int:
+    """The partition of a correlation: its SHA-256, modulo the tenant's partition count.
+
+    Everything about one correlation (its envelopes, effect records, approvals
+    and decisions) lives in one partition, so the coordinator that owns the
+    partition holds the correlation's whole state.
+    """
+    check_partitions(partitions)
+    return int.from_bytes(hashlib.sha256(correlation_id.encode()).digest()[:8], "big") % partitions
+
+
+def check_partitions(partitions: int) -> int:
+    """Return ``partitions`` if it is a valid partition count (1 to MAX_PARTITIONS), else raise ConfigError."""
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ConfigError(f"invalid partition count {partitions}: use 1 to {MAX_PARTITIONS}")
+    return partitions
+
+
+def outbox(tenant: str, agent: str, partition: int) -> str:
+    """Where ``agent`` publishes an envelope of ``partition``: ``tb.<tenant>.out.<agent>.<partition>``."""
+    return f"{own_outboxes(tenant, agent)[:-2]}.{partition:d}"
+
+
+def own_outboxes(tenant: str, agent: str) -> str:
+    """All of ``agent``'s outbox subjects, ``tb.<tenant>.out.<agent>.*``."""
+    return f"tb.{check_name(tenant, what='tenant')}.out.{check_name(agent, what='agent')}.*"
+
+
+def partition_outboxes(tenant: str, partition: int) -> str:
+    """Every agent's outbox in one partition, ``tb.<tenant>.out.*.<partition>``."""
+    return f"tb.{check_name(tenant, what='tenant')}.out.*.{partition:d}"
 
 
 def inbox(tenant: str, agent: str) -> str:
@@ -88,9 +118,20 @@ def all_topics(tenant: str) -> str:
     return f"tb.{check_name(tenant, what='tenant')}.topic.*"
 
 
-def decision(tenant: str) -> str:
-    """Coordinator decisions: ``tb.<tenant>.decision``."""
-    return f"tb.{check_name(tenant, what='tenant')}.decision"
+def decision(tenant: str, partition: int) -> str:
+    """One partition's decision log: ``tb.<tenant>.decision.<partition>``."""
+    return f"{all_decisions(tenant)[:-2]}.{partition:d}"
+
+
+def all_decisions(tenant: str) -> str:
+    """Every partition's decisions, ``tb.<tenant>.decision.*``."""
+    return f"tb.{check_name(tenant, what='tenant')}.decision.*"
+
+
+def is_decision(tenant: str, subject: str) -> bool:
+    """Whether ``subject`` is a decision log subject of the tenant."""
+    prefix, _, partition = subject.rpartition(".")
+    return prefix == all_decisions(tenant)[:-2] and partition.isdigit()
 
 
 def effect(tenant: str, agent: str) -> str:
@@ -105,24 +146,37 @@ def check_effect_key(key: str) -> str:
     return key
 
 
-def effect_record(tenant: str, agent: str, key: str) -> str:
-    """The records of one effect (one call, every phase): ``tb.<tenant>.effect.<agent>.<key>``."""
-    return f"{effect(tenant, agent)}.{check_effect_key(key)}"
+def effect_record(tenant: str, agent: str, partition: int, key: str) -> str:
+    """The records of one effect (one call, every phase): ``tb.<tenant>.effect.<agent>.<partition>.<key>``.
+
+    ``partition`` is that of the correlation of the envelope that caused the call.
+    """
+    return f"{effect(tenant, agent)}.{partition:d}.{check_effect_key(key)}"
 
 
-def all_effects(tenant: str) -> str:
-    """Every agent's effect records, ``tb.<tenant>.effect.*.*``."""
-    return f"tb.{check_name(tenant, what='tenant')}.effect.*.*"
+def partition_effects(tenant: str, partition: int) -> str:
+    """Every agent's effect records in one partition, ``tb.<tenant>.effect.*.<partition>.*``."""
+    return f"tb.{check_name(tenant, what='tenant')}.effect.*.{partition:d}.*"
 
 
-def approval(tenant: str) -> str:
-    """Approvals: ``tb.<tenant>.approval``."""
-    return f"tb.{check_name(tenant, what='tenant')}.approval"
+def approval(tenant: str, partition: int) -> str:
+    """Approvals of envelopes held in ``partition``: ``tb.<tenant>.approval.<partition>``."""
+    return f"{all_approvals(tenant)[:-2]}.{partition:d}"
+
+
+def all_approvals(tenant: str) -> str:
+    """Every partition's approvals, ``tb.<tenant>.approval.*``."""
+    return f"tb.{check_name(tenant, what='tenant')}.approval.*"
 
 
 def quarantine(tenant: str) -> str:
     """Rejected envelopes: ``tb.<tenant>.quarantine``."""
     return f"tb.{check_name(tenant, what='tenant')}.quarantine"
+
+
+def coordinator_bucket(tenant: str) -> str:
+    """The KV bucket where coordinators lease partitions, ``tb_coord_<tenant>``."""
+    return f"tb_coord_{check_name(tenant, what='tenant')}"
 
 
 def checkpoint(tenant: str) -> str:

@@ -28,10 +28,11 @@ from bus._envelope import Envelope, new_envelope
 from bus._errors import BusError, TransportError, VerificationError
 from bus._identity import Identity
 from bus._keyring_store import KeyringStore
+from bus._provision import tenant_partitions
 from bus._publisher import Publisher, unavailable
 from bus._quarantine import encode_quarantine_record, quarantine_record
 from bus._seal import HEADER_KEY, Limits, Opened, Sealed, SeenIds, open_envelope, seal
-from bus._subjects import check_name, quarantine, stream_name
+from bus._subjects import check_name, outbox, partition_of, quarantine, stream_name
 from bus._tail import tail
 
 log = logging.getLogger("trustbus.bus")
@@ -99,6 +100,7 @@ class Bus:
         max_in_flight: int,
         publish_timeout_s: float,
         watch: _ConnectionWatch | None = None,
+        partitions: int = 1,
     ) -> None:
         """Wrap an open connection; use :meth:`connect`."""
         self.nc = nc
@@ -109,6 +111,7 @@ class Bus:
         self.identity = identity
         self.limits = limits
         self.stream = stream_name(tenant)
+        self.partitions = partitions
         self._publish_timeout_s = publish_timeout_s
         self._publisher = Publisher(js, max_in_flight=max_in_flight, timeout_s=publish_timeout_s)
         self._watch = watch or _ConnectionWatch()
@@ -167,6 +170,7 @@ class Bus:
         js = nc.jetstream(publish_async_max_pending=max_in_flight + 16)
         try:
             keyring = await KeyringStore.open(js, tenant)
+            partitions = await tenant_partitions(js, tenant)
         except BaseException:
             await nc.close()
             raise
@@ -181,9 +185,22 @@ class Bus:
             max_in_flight=max_in_flight,
             publish_timeout_s=publish_timeout_s,
             watch=watch,
+            partitions=partitions,
         )
 
     # -- publishing ---------------------------------------------------------
+
+    def partition(self, correlation_id: str) -> int:
+        """The tenant partition ``correlation_id`` belongs to."""
+        return partition_of(correlation_id, self.partitions)
+
+    def outbox(self, envelope: Envelope) -> str:
+        """This component's outbox subject for ``envelope``: the partition of its correlation."""
+        return outbox(self.tenant, self.name, self.partition(envelope.correlation_id))
+
+    async def send(self, envelope: Envelope) -> PubAck:
+        """Sign ``envelope`` as this component and publish it to its outbox, for the coordinator to mediate."""
+        return await self.publish(self.outbox(envelope), self.seal(envelope))
 
     def seal(self, envelope: Envelope) -> Sealed:
         """Sign ``envelope`` with this component's identity."""

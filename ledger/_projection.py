@@ -373,7 +373,7 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
     elif channel == "effect":
         _require(env.kind == "effect", f"a {env.kind} envelope on an effect subject")
         parts = subject.split(".")
-        agent = parts[3] if len(parts) == 5 else ""
+        agent = parts[3] if len(parts) in (5, 6) else ""  # tb.T.effect.<agent>[.<partition>].<key>
         _require(agent == env.sender, f"effect record of {env.sender!r} on {agent!r}'s subject")
         e = decode_effect(env.payload)
         rows.effects.append(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,6 @@ from bus import (
     decode_effect,
     decode_memory_value,
     new_envelope,
-    new_id,
     open_envelope,
     subjects,
 )
@@ -191,7 +191,7 @@ async def execute_rollback(
         nkey_auth=nkey_auth,
         inbox_prefix=subjects.reply_prefix(operator_name) if nkey_auth else None,
     ) as bus:
-        correlation = new_id()
+        correlation = rollback_correlation(plan.correlation_id)
         for item in plan.compensate:
             start = (await bus.js.stream_info(bus.stream)).state.last_seq + 1
             payload = {"verb": item.compensating_tool, **item.arguments()}
@@ -204,13 +204,22 @@ async def execute_rollback(
                 correlation_id=correlation,
                 idempotency_key=f"compensate:{item.idempotency_key}",
             )
-            await bus.publish(subjects.outbox(tenant, operator_name), bus.seal(instruction))
+            await bus.send(instruction)
             await _completed(bus, tenant, item, from_seq=start, wait_s=wait_s)
             done.append(item.idempotency_key)
         for revert in plan.memory:
             if await _revert_memory(bus, tenant, revert, operator_name, correlation, wait_s=wait_s):
                 done.append(f"memory:{revert.agent}.{revert.key}")
     return done
+
+
+def rollback_correlation(incident: str) -> str:
+    """The correlation a rollback of ``incident`` runs in: the same every time, so a rollback run again (or
+    twice at once) lands in the same partition, where each compensation's effect key is already recorded."""  # noqa: D205, D209
+    return str(uuid.uuid5(_ROLLBACKS, incident))
+
+
+_ROLLBACKS = uuid.UUID("6f1d7c2e-5b1a-4c3e-9a57-2f4e8d0b6a11")
 
 
 async def _revert_memory(
@@ -248,8 +257,9 @@ async def _revert_memory(
         payload=json.dumps(payload).encode(),
         correlation_id=correlation,
     )
-    await bus.publish(subjects.outbox(tenant, operator_name), bus.seal(write))
-    async for envelope in _verified(bus, subjects.decision(tenant), start, wait_s):
+    await bus.send(write)
+    decisions = subjects.decision(tenant, bus.partition(correlation))
+    async for envelope in _verified(bus, decisions, start, wait_s):
         decision = decode_decision(envelope.payload)
         if decision.envelope_id == write.id:
             if decision.verdict != "accept":

@@ -161,7 +161,7 @@ def _check_signer(tenant: str, subject: str, sender: str, role: str) -> str | No
     agent the subject names: a valid signature by anyone else is a forgery of
     the log, even where the server's permissions would have stopped it.
     """
-    if subject == subjects.decision(tenant) and role != "coordinator":
+    if subjects.is_decision(tenant, subject) and role != "coordinator":
         return f"decision signed by a {role} key ({sender})"
     effects = subjects.effect(tenant, "x")[:-1]
     if subject.startswith(effects) and subject[len(effects) :].split(".", 1)[0] != sender:

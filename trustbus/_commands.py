@@ -18,6 +18,7 @@ from bus import (
     seal,
     subjects,
     tail,
+    tenant_partitions,
 )
 from bus._envelope import ContentType, Kind
 
@@ -68,10 +69,12 @@ async def send_one(
         idempotency_key=idempotency_key,
     )
     sealed = seal(envelope, identity)
-    target = subject or subjects.outbox(tenant, sender)
     nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
-        ack = await nc.jetstream().publish(target, sealed.body, headers=sealed.headers, timeout=5)
+        js = nc.jetstream()
+        partitions = 1 if subject else await tenant_partitions(js, tenant)
+        target = subject or subjects.outbox(tenant, sender, subjects.partition_of(envelope.correlation_id, partitions))
+        ack = await js.publish(target, sealed.body, headers=sealed.headers, timeout=5)
     except nats.errors.Error as exc:
         raise TransportError(f"publish to {target} failed: {exc}") from exc
     finally:

@@ -224,12 +224,24 @@ def init(
         int | None,
         typer.Option(help="Stream and KV replicas (default: the cluster's size, at most 3; 1 on a lone server)."),
     ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Partitions of the tenant's correlations: how many coordinator processes can share its work "
+            "(default 1; fixed when the tenant is created).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Provision a tenant: append-only stream TB_<tenant>, KV buckets, admin key. Safe to run twice."""
     from bus import init_tenant
 
-    report, admin = _run(init_tenant(_servers(server), tenant, keys=_keys(keys), replicas=replicas, nkey_seed=_nkey()))
+    report, admin = _run(
+        init_tenant(
+            _servers(server), tenant, keys=_keys(keys), replicas=replicas, partitions=partitions, nkey_seed=_nkey()
+        )
+    )
     if json_out:
         print(json.dumps({"tenant": tenant, "admin_key": admin.key_id, **vars(report)}))
         return
@@ -240,6 +252,7 @@ def init(
     for name in report.unchanged:
         out.print(f"unchanged {name}")
     out.print(f"replicas  {report.replicas}")
+    out.print(f"partitions {report.partitions}")
     out.print(f"admin key {admin.key_id}")
 
 

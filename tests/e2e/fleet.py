@@ -101,7 +101,7 @@ class Fleet:
             tenant=self.tenant, kind=fields.pop("kind", "event"), sender=bus.name, to=to,  # type: ignore[arg-type]
             payload=json.dumps(payload).encode(), **fields,  # type: ignore[arg-type]
         )  # fmt: skip
-        await bus.publish(subjects.outbox(self.tenant, bus.name), bus.seal(envelope))
+        await bus.send(envelope)
         return envelope.id
 
     async def decisions(self, until: Callable[[list[Decision]], bool], *, limit_s: float = 30) -> list[Decision]:
@@ -111,7 +111,7 @@ class Fleet:
 
         async def follow() -> None:
             async with await KeyringStore.open(js, self.tenant) as keyring:
-                async for item in tail(js, keyring, self.tenant, subject=subjects.decision(self.tenant)):
+                async for item in tail(js, keyring, self.tenant, subject=subjects.all_decisions(self.tenant)):
                     assert item.opened is not None, item.error
                     seen.append(decode_decision(item.opened.envelope.payload))
                     self.deciders[item.opened.envelope.sender] += 1

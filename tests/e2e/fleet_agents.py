@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agents import Agent, Context, ToolImplementation
-from bus import TransientError, new_envelope, subjects
+from bus import TransientError, new_envelope
 
 SYSTEM_DB = "TB_TEST_SYSTEM_DB"
 
@@ -100,7 +100,7 @@ class Gullible(Agent):
             taint=(),  # the runtime would have declared "web"; this agent does not
         )
         bus = ctx._bus  # a compromised agent is not bound by its runtime's conventions
-        await bus.publish(subjects.outbox(bus.tenant, ctx.agent_id), bus.seal(laundered))
+        await bus.send(laundered)
 
 
 def bank_system() -> sqlite3.Connection:

@@ -94,7 +94,7 @@ async def test_approval_signed_by_an_agent_key_is_refused_and_the_envelope_stays
     forged = new_envelope(tenant=fleet.tenant, kind="approval", sender="researcher", to=(),  # type: ignore[attr-defined]
                           payload=json.dumps({"envelope_id": injected, "verdict": "approve"}).encode())  # fmt: skip
     sealed = researcher.seal(forged)  # type: ignore[attr-defined]
-    await fleet.nc.jetstream().publish(subjects.approval(fleet.tenant), sealed.body, headers=sealed.headers)
+    await fleet.nc.jetstream().publish(subjects.approval(fleet.tenant, 0), sealed.body, headers=sealed.headers)
     record = await fleet.quarantined(lambda r: r.claimed_id == forged.id)
     assert record.reason == "not_operator"
     _, out, _ = await cli(fleet, "approvals", "list", "-t", fleet.tenant, "--json")

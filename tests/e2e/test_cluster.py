@@ -99,7 +99,8 @@ async def test_up_cluster_forms_a_cluster_that_provisions_at_once_and_stops_on_s
             await nc.close()
         # No wait: `up` printed its URLs only once the meta leader counted every node as a current peer.
         report, _ = await init_tenant(urls, "upcluster", keys=KeyDirectory(tmp_path / "keys"))
-        assert report.replicas == 3 and report.created == ["TB_upcluster", "tb_keys_upcluster", "tb_mem_upcluster"]
+        assert report.replicas == 3
+        assert report.created == ["TB_upcluster", "tb_keys_upcluster", "tb_mem_upcluster", "tb_coord_upcluster"]
         up.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.wait(), 30) == 0
         assert not any(_alive(pid) for pid in pids)
@@ -147,7 +148,7 @@ async def test_init_on_the_cluster_makes_r3_stream_and_buckets(cluster: Embedded
     nc = await nats.connect(cluster.urls)
     try:
         js = nc.jetstream()
-        for name in ("TB_rthree", "KV_tb_keys_rthree", "KV_tb_mem_rthree"):
+        for name in ("TB_rthree", "KV_tb_keys_rthree", "KV_tb_mem_rthree", "KV_tb_coord_rthree"):
             info = await js.stream_info(name)
             assert info.config.num_replicas == 3, name
             assert info.cluster is not None and info.cluster.leader in ("n1", "n2", "n3")
@@ -173,7 +174,7 @@ async def test_ledger_service_survives_losing_its_consumers_leader(cluster: Embe
         async def send(n: int) -> None:
             for i in range(n):
                 env = new_envelope(tenant=tenant, kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
-                await alice.publish_pipelined(subjects.outbox(tenant, "alice"), alice.seal(env))
+                await alice.publish_pipelined(subjects.outbox(tenant, "alice", 0), alice.seal(env))
             await alice.flush(timeout_s=60)
 
         async def projected() -> bool:
@@ -234,7 +235,7 @@ async def test_stream_leader_killed_under_load_delivers_every_acked_envelope_exa
         quarter = asyncio.Event()
 
         async def send_all() -> None:
-            outbox = subjects.outbox(tenant, "alice")
+            outbox = subjects.outbox(tenant, "alice", 0)
             for start in range(0, TOTAL, WINDOW):
                 window: dict[str, asyncio.Future[PubAck]] = {}
                 for i in range(start, start + WINDOW):

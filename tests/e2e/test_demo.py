@@ -41,7 +41,7 @@ def _ledger(bundle: Path) -> tuple[list[Decision], list[tuple[str, EffectRecord]
     effect_prefix = subjects.effect(tenant, "x")[:-1]
     for message in messages:
         opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
-        if message.subject == subjects.decision(tenant):
+        if subjects.is_decision(tenant, message.subject):
             decisions.append(decode_decision(opened.envelope.payload))
         elif message.subject.startswith(effect_prefix):
             effects.append((message.subject.split(".")[3], decode_effect(opened.envelope.payload)))

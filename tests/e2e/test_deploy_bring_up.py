@@ -277,7 +277,7 @@ def test_compose_bring_up_on_a_local_three_node_cluster(tmp_path: Path) -> None:
                     "tail",
                     "--json",
                     "--subject",
-                    subjects.decision(T),
+                    subjects.decision(T, 0),
                     "--idle-timeout",
                     "20",
                 ],

@@ -71,7 +71,7 @@ async def effect_records(fleet: Fleet, agent: str, key: str = "*") -> list[tuple
     js = fleet.nc.jetstream()
     found: list[tuple[Envelope, EffectRecord]] = []
     async with await KeyringStore.open(js, fleet.tenant) as keyring:
-        subject = f"{subjects.effect(fleet.tenant, agent)}.{key}"
+        subject = f"{subjects.effect(fleet.tenant, agent)}.*.{key}"
         async for item in tail(js, keyring, fleet.tenant, subject=subject, idle_timeout_s=1.0):
             assert item.opened is not None, item.error
             found.append((item.opened.envelope, decode_effect(item.opened.envelope.payload)))

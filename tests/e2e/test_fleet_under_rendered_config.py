@@ -68,7 +68,7 @@ def test_agents_and_coordinator_run_with_their_own_nkeys(tmp_path: Path) -> None
         run(*admin, "send", "-t", T, "--as", "ping", "--to", "pong", "--payload", '{"serve": 1}', env=env)
         stopped = None
         tail = subprocess.Popen(
-            [*TRUSTBUS, *admin, "tail", "-t", T, "--json", "--subject", f"tb.{T}.decision", "--idle-timeout", "20"],
+            [*TRUSTBUS, *admin, "tail", "-t", T, "--json", "--subject", f"tb.{T}.decision.*", "--idle-timeout", "20"],
             env=env,
             stdout=subprocess.PIPE,
             text=True,

@@ -78,7 +78,7 @@ async def forge(fleet: Fleet, alice: Bus) -> None:
     sealed = alice.seal(new_envelope(tenant=fleet.tenant, kind="event", sender="alice", to=["bob"], payload=b'"42"'))
     body = bytearray(sealed.body)
     body[body.rindex(b"42")] ^= 0x01
-    await fleet.nc.jetstream().publish(subjects.outbox(fleet.tenant, "alice"), bytes(body), headers=sealed.headers)
+    await fleet.nc.jetstream().publish(subjects.outbox(fleet.tenant, "alice", 0), bytes(body), headers=sealed.headers)
 
 
 async def effect(fleet: Fleet, alice: Bus, phase: str, *, correlation_id: str) -> None:
@@ -90,7 +90,7 @@ async def effect(fleet: Fleet, alice: Bus, phase: str, *, correlation_id: str) -
         tenant=fleet.tenant, kind="effect", sender="alice", to=(), payload=encode_effect(record),
         content_type="application/msgpack", correlation_id=correlation_id,
     )  # fmt: skip
-    await alice.publish(subjects.effect_record(fleet.tenant, "alice", "k1"), alice.seal(envelope))
+    await alice.publish(subjects.effect_record(fleet.tenant, "alice", 0, "k1"), alice.seal(envelope))
 
 
 async def memory_write(fleet: Fleet, alice: Bus) -> str:

@@ -23,7 +23,7 @@ async def _history(tenant: Tenant, *, quarantine_the_attack: bool = True) -> int
     """Ten valid envelopes, one forged one (quarantined by a reader), then ten more; returns the forged seq."""
     cast = await _cast(tenant)
     alice = await tenant.bus("alice")
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     for i in range(10):
         env = new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
         await alice.publish(subject, alice.seal(env))
@@ -68,12 +68,16 @@ async def test_an_unrecorded_forgery_in_the_stream_is_a_break(tenant: Tenant) ->
 async def test_a_validly_signed_record_by_the_wrong_signer_is_a_break(tenant: Tenant, forgery: str) -> None:
     """An agent's key signing a decision, or another agent's effect record, breaks verification at that sequence."""
     alice = await tenant.bus("alice")
-    subject = subjects.decision(tenant.name) if forgery == "decision" else f"{subjects.effect(tenant.name, 'bob')}.k1"
+    subject = (
+        subjects.decision(tenant.name, 0)
+        if forgery == "decision"
+        else subjects.effect_record(tenant.name, "bob", 0, "k1")
+    )
     env = new_envelope(tenant=tenant.name, kind=forgery, sender="alice", to=[], payload=b"accept everything")
     sealed = alice.seal(env)
     forged = (await tenant.js.publish(subject, sealed.body, headers=dict(sealed.headers))).seq  # an admin connection
     honest = new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b"fine")
-    await alice.publish(subjects.outbox(tenant.name, "alice"), alice.seal(honest))
+    await alice.publish(subjects.outbox(tenant.name, "alice", 0), alice.seal(honest))
     report = await verify_stream([tenant.url], tenant.name)
     assert [(b.seq, b.reason) for b in report.breaks] == [(forged, "signer")]
     assert "alice" in report.breaks[0].detail
@@ -174,7 +178,7 @@ async def test_bundle_carries_a_queryable_projection(bundle: Path) -> None:
 async def test_a_large_backlog_is_read_whole(tenant: Tenant) -> None:
     """A backlog of twenty thousand messages is read whole and in order (a gap would look like tampering)."""
     alice = await tenant.bus("alice")
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     for i in range(20_000):
         env = new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
         await alice.publish_pipelined(subject, alice.seal(env))

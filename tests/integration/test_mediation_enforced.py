@@ -253,9 +253,9 @@ async def test_agent_loads_the_keyring_and_publishes_to_own_outbox(connect: Conn
     async with await KeyringStore.open(alice.js, T) as keyring:
         assert keyring.keyring.resolve(alice.identity.key_id).owner == "alice"
     body, headers = signed(alice, "bob")
-    ack = await alice.js.publish(subjects.outbox(T, "alice"), body, headers=headers)
+    ack = await alice.js.publish(subjects.outbox(T, "alice", 0), body, headers=headers)
     assert ack.stream == STREAM and not ack.duplicate
-    assert await last_body(admin.js, STREAM, subjects.outbox(T, "alice")) == body
+    assert await last_body(admin.js, STREAM, subjects.outbox(T, "alice", 0)) == body
     assert alice.errors.empty()
 
 
@@ -263,11 +263,13 @@ async def test_coordinator_delivers_to_an_inbox_the_agent_fetches_and_acks(conne
     """The coordinator reads outboxes, makes in-alice and delivers; alice binds, fetches, verifies and acks."""
     alice, coordinator = await connect("alice"), await connect("coordinator")
     sent, headers = signed(alice, "bob")
-    await alice.js.publish(subjects.outbox(T, "alice"), sent, headers=headers)
+    await alice.js.publish(subjects.outbox(T, "alice", 0), sent, headers=headers)
     async with await KeyringStore.open(coordinator.js, T) as keyring:
         read = [
             item
-            async for item in tail(coordinator.js, keyring, T, subject=subjects.outbox(T, "alice"), idle_timeout_s=0.2)
+            async for item in tail(
+                coordinator.js, keyring, T, subject=subjects.outbox(T, "alice", 0), idle_timeout_s=0.2
+            )
         ]
     assert read[-1].opened is not None and read[-1].opened.envelope.sender == "alice"
 
@@ -355,7 +357,7 @@ async def test_agent_cannot_publish_to_another_agents_inbox_outbox_or_decisions(
     before = await message_count(admin.js)
     forged = {
         subject: signed(alice, "bob")
-        for subject in (subjects.inbox(T, "bob"), subjects.outbox(T, "bob"), subjects.decision(T))
+        for subject in (subjects.inbox(T, "bob"), subjects.outbox(T, "bob", 0), subjects.decision(T, 0))
     }
     for subject, (body, headers) in forged.items():
         await alice.nc.publish(subject, body, headers=headers)
@@ -365,7 +367,7 @@ async def test_agent_cannot_publish_to_another_agents_inbox_outbox_or_decisions(
 
     # A legitimate publish after the forged ones is stored; nothing else was.
     body, headers = signed(alice, "bob")
-    await alice.js.publish(subjects.outbox(T, "alice"), body, headers=headers)
+    await alice.js.publish(subjects.outbox(T, "alice", 0), body, headers=headers)
     assert await message_count(admin.js) == before + 1
     for subject, (body, _) in forged.items():
         assert await last_body(admin.js, STREAM, subject) != body
@@ -376,11 +378,15 @@ async def test_coordinator_cannot_forge_an_agents_outbox_or_touch_the_stream(con
     coordinator, admin = await connect("coordinator"), await connect("admin")
     before = await message_count(admin.js)
     body, headers = signed(coordinator, "bob")
-    await coordinator.nc.publish(subjects.outbox(T, "alice"), body, headers=headers)
+    await coordinator.nc.publish(subjects.outbox(T, "alice", 0), body, headers=headers)
     await coordinator.nc.publish(f"$JS.API.STREAM.DELETE.{STREAM}", b"")
     await coordinator.nc.publish(f"$JS.API.STREAM.PURGE.{STREAM}", b"")
     await coordinator.nc.flush(timeout=TIMEOUT)
-    for subject in (subjects.outbox(T, "alice"), f"$JS.API.STREAM.DELETE.{STREAM}", f"$JS.API.STREAM.PURGE.{STREAM}"):
+    for subject in (
+        subjects.outbox(T, "alice", 0),
+        f"$JS.API.STREAM.DELETE.{STREAM}",
+        f"$JS.API.STREAM.PURGE.{STREAM}",
+    ):
         await coordinator.refused(subject)
     assert await message_count(admin.js) == before
 
@@ -393,7 +399,7 @@ async def test_operator_sends_only_through_its_own_outbox_and_reads_memory_witho
     memory_subject = f"$KV.{subjects.memory_bucket(T)}.alice.notes"
     await admin.js.publish(memory_subject, b"before")
     before = await message_count(admin.js)
-    forged = {subject: signed(ops, "alice") for subject in (subjects.outbox(T, "alice"), subjects.inbox(T, "alice"))}
+    forged = {subject: signed(ops, "alice") for subject in (subjects.outbox(T, "alice", 0), subjects.inbox(T, "alice"))}
     for subject, (body, headers) in forged.items():
         await ops.nc.publish(subject, body, headers=headers)
     await ops.nc.publish(memory_subject, b"poisoned")
@@ -405,8 +411,8 @@ async def test_operator_sends_only_through_its_own_outbox_and_reads_memory_witho
 
     # What a rollback needs: its own outbox (mediated like any sender) and reading memory.
     body, headers = signed(ops, "alice")
-    await ops.js.publish(subjects.outbox(T, "ops"), body, headers=headers)
-    assert await last_body(admin.js, STREAM, subjects.outbox(T, "ops")) == body
+    await ops.js.publish(subjects.outbox(T, "ops", 0), body, headers=headers)
+    assert await last_body(admin.js, STREAM, subjects.outbox(T, "ops", 0)) == body
     assert await last_body(ops.js, MEMORY, memory_subject) == b"before"
 
 
@@ -504,7 +510,7 @@ def effect_record(conn: Conn, key: str) -> tuple[str, bytes, dict[str, str]]:
         tenant=T, kind="effect", sender=conn.owner, to=[], payload=uuid.uuid4().hex.encode(), idempotency_key=key
     )
     sealed = seal(envelope, conn.identity)
-    return subjects.effect_record(T, conn.owner, key), sealed.body, dict(sealed.headers)
+    return subjects.effect_record(T, conn.owner, 0, key), sealed.body, dict(sealed.headers)
 
 
 async def test_agent_records_and_reads_back_its_own_effect(connect: Connect) -> None:

@@ -147,7 +147,7 @@ async def test_admin_connects_and_creates_stream(connect: Connect) -> None:
     admin = await connect("admin")
     info = await admin.js.add_stream(tenant_stream())
     assert info.config.deny_delete and info.config.deny_purge
-    ack = await admin.js.publish("tb.dev.out.alice", unique("admin"))
+    ack = await admin.js.publish("tb.dev.out.alice.0", unique("admin"))
     assert ack.stream == STREAM and ack.seq >= 1
     assert admin.errors.empty()
 
@@ -157,9 +157,9 @@ async def test_agent_can_publish_to_own_outbox(admin: Conn, connect: Connect) ->
     alice = await connect("alice")
     before = await message_count(admin.js)
     payload = unique("alice-out")
-    await alice.nc.publish("tb.dev.out.alice", payload)
+    await alice.nc.publish("tb.dev.out.alice.0", payload)
     await alice.nc.flush(timeout=TIMEOUT)
-    await wait_until_stored(admin.js, "tb.dev.out.alice", payload)
+    await wait_until_stored(admin.js, "tb.dev.out.alice.0", payload)
     assert await message_count(admin.js) == before + 1
     assert alice.errors.empty()
 
@@ -168,7 +168,7 @@ async def test_agent_cannot_publish_to_another_agents_inbox(admin: Conn, connect
     """Alice's publishes to bob's inbox and outbox and to decisions are refused and not stored."""
     alice = await connect("alice")
     before = await message_count(admin.js)
-    forged = {subject: unique("forged") for subject in ("tb.dev.in.bob", "tb.dev.out.bob", "tb.dev.decision")}
+    forged = {subject: unique("forged") for subject in ("tb.dev.in.bob", "tb.dev.out.bob.0", "tb.dev.decision.0")}
     for subject, payload in forged.items():
         await alice.nc.publish(subject, payload)
     await alice.nc.flush(timeout=TIMEOUT)
@@ -178,9 +178,9 @@ async def test_agent_cannot_publish_to_another_agents_inbox(admin: Conn, connect
 
     # A legitimate publish sent after the forged ones is stored; nothing else was.
     marker = unique("alice-marker")
-    await alice.nc.publish("tb.dev.out.alice", marker)
+    await alice.nc.publish("tb.dev.out.alice.0", marker)
     await alice.nc.flush(timeout=TIMEOUT)
-    await wait_until_stored(admin.js, "tb.dev.out.alice", marker)
+    await wait_until_stored(admin.js, "tb.dev.out.alice.0", marker)
     assert await message_count(admin.js) == before + 1
     for subject, payload in forged.items():
         assert await last_payload(admin.js, subject) != payload
@@ -257,10 +257,10 @@ async def test_reader_can_create_its_own_named_consumer(admin: Conn, connect: Co
     """The operator creates and reads from its own consumer, named `operator` (twin of the refusal above)."""
     operator = await connect("operator")
     marker = unique("approval")
-    await operator.js.publish("tb.dev.approval", marker)
+    await operator.js.publish("tb.dev.approval.0", marker)
     await operator.js.add_consumer(
         STREAM,
-        ConsumerConfig(name="operator", filter_subject="tb.dev.approval", ack_policy=AckPolicy.NONE),
+        ConsumerConfig(name="operator", filter_subject="tb.dev.approval.0", ack_policy=AckPolicy.NONE),
     )
     sub = await operator.js.pull_subscribe_bind("operator", stream=STREAM)
     messages = await sub.fetch(1, timeout=TIMEOUT)

@@ -56,7 +56,9 @@ async def test_provisioning_twice_changes_nothing(tenant: Tenant) -> None:
     report = await provision(tenant.js, tenant.name, admin_key_id=tenant.admin.key_id)
     after = await tenant.js.stream_info(f"TB_{tenant.name}")
     assert report.created == [] and report.updated == []
-    assert sorted(report.unchanged) == sorted([f"TB_{tenant.name}", f"tb_keys_{tenant.name}", f"tb_mem_{tenant.name}"])
+    assert sorted(report.unchanged) == sorted(
+        [f"TB_{tenant.name}", f"tb_keys_{tenant.name}", f"tb_mem_{tenant.name}", f"tb_coord_{tenant.name}"]
+    )
     assert before.config == after.config
 
 
@@ -80,7 +82,7 @@ async def test_reprovisioning_a_stream_made_without_direct_gets_turns_them_on(na
 async def test_stream_is_append_only(tenant: Tenant) -> None:
     alice = await tenant.bus("alice")
     sealed = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"]))
-    ack = await alice.publish(subjects.outbox(tenant.name, "alice"), sealed)
+    ack = await alice.publish(subjects.outbox(tenant.name, "alice", 0), sealed)
     config = (await tenant.js.stream_info(f"TB_{tenant.name}")).config
     assert config.deny_delete and config.deny_purge and not config.allow_rollup_hdrs
     assert config.duplicate_window >= 120
@@ -110,7 +112,7 @@ async def test_envelopes_survive_a_server_restart(tmp_path: Path) -> None:
             sent = []
             for i in range(20):
                 env = new_envelope(tenant="durable", kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
-                await bus.publish_pipelined(subjects.outbox("durable", "alice"), bus.seal(env))
+                await bus.publish_pipelined(subjects.outbox("durable", "alice", 0), bus.seal(env))
                 sent.append(env.id)
             await bus.flush()
         await nc.close()

@@ -261,7 +261,7 @@ async def state_of(admin: Conn) -> TenantState:
 
 def b_subjects() -> list[str]:
     """B's subjects an A user might aim at: an agent's outbox and inbox, the decisions."""
-    return [subjects.outbox(B, "alice"), subjects.inbox(B, "alice"), subjects.decision(B)]
+    return [subjects.outbox(B, "alice", 0), subjects.inbox(B, "alice"), subjects.decision(B, 0)]
 
 
 # -- the merged config -----------------------------------------------------
@@ -287,7 +287,7 @@ async def test_each_tenants_jetstream_holds_only_its_own_stream_and_buckets(conn
     for tenant in TENANTS:
         admin = await connect(tenant, "admin")
         names = {info.config.name for info in await admin.js.streams_info()}
-        assert names == {stream(tenant), keyring_stream(tenant), memory_stream(tenant)}
+        assert names == {stream(tenant), keyring_stream(tenant), memory_stream(tenant), f"KV_tb_coord_{tenant}"}
 
 
 # -- legitimate twins: inside its own tenant, each operation succeeds ---------
@@ -302,7 +302,7 @@ async def test_twin_agent_publishes_and_coordinator_delivers_in_own_tenant(conne
         await connect(tenant, "admin"),
     )
     body, headers = alice.signed("bob")
-    ack = await alice.js.publish(subjects.outbox(tenant, "alice"), body, headers=headers)
+    ack = await alice.js.publish(subjects.outbox(tenant, "alice", 0), body, headers=headers)
     assert ack.stream == stream(tenant)
     assert (await admin.js.get_msg(stream(tenant), ack.seq)).data == body
 
@@ -315,7 +315,7 @@ async def test_twin_agent_publishes_and_coordinator_delivers_in_own_tenant(conne
     )
     delivered, headers = coordinator.signed("alice")
     await coordinator.js.publish(subjects.inbox(tenant, "alice"), delivered, headers=headers)
-    await coordinator.js.publish(subjects.decision(tenant), b"{}")
+    await coordinator.js.publish(subjects.decision(tenant, 0), b"{}")
     sub = await alice.js.pull_subscribe_bind(consumer, stream=stream(tenant))
     msgs = await sub.fetch(1, timeout=2)
     assert msgs[-1].data == delivered
@@ -394,9 +394,9 @@ async def test_admin_of_A_publishing_to_Bs_subjects_reaches_nothing(connect: Con
 
     # Then B's own traffic: the first thing B's subscriber sees is that, not anything A sent.
     body, headers = b_alice.signed("bob")
-    await b_alice.js.publish(subjects.outbox(B, "alice"), body, headers=headers)
+    await b_alice.js.publish(subjects.outbox(B, "alice", 0), body, headers=headers)
     first = await asyncio.wait_for(seen.get(), TIMEOUT)
-    assert (first.subject, first.data) == (subjects.outbox(B, "alice"), body)
+    assert (first.subject, first.data) == (subjects.outbox(B, "alice", 0), body)
     after = await state_of(b_admin)
     assert after.consumers == before.consumers
     assert after.streams[stream(B)][0] == before.streams[stream(B)][0] + 1  # only b_alice's envelope
@@ -413,7 +413,9 @@ async def test_admin_of_A_publishing_to_Bs_subjects_reaches_nothing(connect: Con
 
 
 @pytest.mark.parametrize("owner", ["alice", "coordinator"])
-@pytest.mark.parametrize("subject", [">", "tb.>", f"tb.{B}.>", subjects.outbox(B, "alice"), subjects.inbox(B, "alice")])
+@pytest.mark.parametrize(
+    "subject", [">", "tb.>", f"tb.{B}.>", subjects.outbox(B, "alice", 0), subjects.inbox(B, "alice")]
+)
 async def test_user_of_A_subscribing_to_Bs_subjects_is_refused(connect: Connect, owner: str, subject: str) -> None:
     """A's agent and coordinator cannot even subscribe to B's subjects, nor to wildcards that would cover them."""
     attacker = await connect(A, owner)
@@ -462,13 +464,13 @@ async def test_wildcard_subscription_in_A_sees_none_of_Bs_traffic(connect: Conne
     await b_admin.nc.subscribe(f"tb.{B}.>", cb=on_b)
     await b_admin.nc.flush(timeout=TIMEOUT)
     sent = [b_alice.signed("bob"), b_coordinator.signed("alice"), b_coordinator.signed("alice")]
-    await b_alice.js.publish(subjects.outbox(B, "alice"), sent[0][0], headers=sent[0][1])
+    await b_alice.js.publish(subjects.outbox(B, "alice", 0), sent[0][0], headers=sent[0][1])
     await b_coordinator.js.publish(subjects.inbox(B, "alice"), sent[1][0], headers=sent[1][1])
-    await b_coordinator.js.publish(subjects.decision(B), sent[2][0], headers=sent[2][1])
+    await b_coordinator.js.publish(subjects.decision(B, 0), sent[2][0], headers=sent[2][1])
     await asyncio.wait_for(b_done.wait(), TIMEOUT)
     assert b_traffic == [body for body, _ in sent]
 
-    await a_alice.js.publish(subjects.outbox(A, "alice"), marker, headers=marker_headers)
+    await a_alice.js.publish(subjects.outbox(A, "alice", 0), marker, headers=marker_headers)
     for event in marker_seen.values():
         await asyncio.wait_for(event.wait(), TIMEOUT)
     for wildcard, msgs in in_a.items():
@@ -488,7 +490,7 @@ async def test_user_of_A_reading_Bs_stream_is_refused(connect: Connect, owner: s
     await attacker.publish_refused(
         f"$JS.API.STREAM.INFO.{stream(B)}",
         f"$JS.API.STREAM.MSG.GET.{stream(B)}",
-        f"$JS.API.DIRECT.GET.{stream(B)}.{subjects.outbox(B, 'alice')}",
+        f"$JS.API.DIRECT.GET.{stream(B)}.{subjects.outbox(B, 'alice', 0)}",
         f"$JS.API.CONSUMER.CREATE.{stream(B)}",
         f"$JS.API.CONSUMER.CREATE.{stream(B)}.spy",
         f"$JS.API.CONSUMER.DURABLE.CREATE.{stream(B)}.spy",

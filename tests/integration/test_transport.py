@@ -83,9 +83,9 @@ async def _last_quarantine(tenant: Tenant) -> tuple[dict[str, object], str]:
 
 async def test_round_trip_delivers_the_exact_envelope(tenant: Tenant) -> None:
     alice = await tenant.bus("alice")
-    reader = await _reader(tenant, subjects.outbox(tenant.name, "alice"))
+    reader = await _reader(tenant, subjects.outbox(tenant.name, "alice", 0))
     sealed = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b"{}"))
-    ack = await alice.publish(subjects.outbox(tenant.name, "alice"), sealed)
+    ack = await alice.publish(subjects.outbox(tenant.name, "alice", 0), sealed)
     [delivery] = await _collect(reader, sealed.envelope.id)
     assert delivery.envelope == sealed.envelope
     assert delivery.body == sealed.body
@@ -95,8 +95,8 @@ async def test_round_trip_delivers_the_exact_envelope(tenant: Tenant) -> None:
 async def test_resend_of_the_same_id_is_dropped_as_duplicate(tenant: Tenant) -> None:
     alice = await tenant.bus("alice")
     sealed = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"]))
-    first = await alice.publish(subjects.outbox(tenant.name, "alice"), sealed)
-    again = await alice.publish(subjects.outbox(tenant.name, "alice"), sealed)
+    first = await alice.publish(subjects.outbox(tenant.name, "alice", 0), sealed)
+    again = await alice.publish(subjects.outbox(tenant.name, "alice", 0), sealed)
     assert not first.duplicate
     assert again.duplicate and again.seq == first.seq
     info = await tenant.js.stream_info(f"TB_{tenant.name}")
@@ -105,7 +105,7 @@ async def test_resend_of_the_same_id_is_dropped_as_duplicate(tenant: Tenant) -> 
 
 async def test_pipelined_publishes_all_land_in_order(tenant: Tenant) -> None:
     alice = await tenant.bus("alice")
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     tasks = []
     for i in range(500):
         env = new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
@@ -118,7 +118,7 @@ async def test_pipelined_publishes_all_land_in_order(tenant: Tenant) -> None:
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 async def test_attack_is_quarantined_with_its_reason_and_valid_twin_flows(tenant: Tenant, attack: str) -> None:
     cast = await _cast(tenant)
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     reader = await _reader(tenant, subject)
     forge, reason = ATTACKS[attack]
     body, headers = forge(cast)
@@ -137,7 +137,7 @@ async def test_attack_is_quarantined_with_its_reason_and_valid_twin_flows(tenant
 
 async def test_replayed_envelope_is_quarantined_as_replayed(tenant: Tenant) -> None:
     cast = await _cast(tenant)
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     reader = await _reader(tenant, subject)
     original = valid(cast)
     await tenant.js.publish(subject, original.body, headers=original.headers)
@@ -157,7 +157,7 @@ async def test_replayed_envelope_is_quarantined_as_replayed(tenant: Tenant) -> N
 
 async def test_handler_crash_quarantines_the_message_and_the_next_one_flows(tenant: Tenant) -> None:
     alice = await tenant.bus("alice")
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     reader = await _reader(tenant, subject)
     poison = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b'"boom"'))
     after = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b'"ok"'))
@@ -177,7 +177,7 @@ async def test_handler_crash_quarantines_the_message_and_the_next_one_flows(tena
 
 async def test_transient_failure_is_retried_then_succeeds(tenant: Tenant) -> None:
     alice = await tenant.bus("alice")
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     reader = await _reader(tenant, subject)
     sealed = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"]))
     await alice.publish(subject, sealed)
@@ -192,7 +192,7 @@ async def test_transient_failure_is_retried_then_succeeds(tenant: Tenant) -> Non
 
 async def test_message_failing_every_delivery_is_quarantined_after_max_deliver(tenant: Tenant) -> None:
     alice = await tenant.bus("alice")
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     reader = await _reader(tenant, subject)
     stuck = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b'"x"'))
     after = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b'"y"'))
@@ -217,7 +217,7 @@ async def test_message_failing_every_delivery_is_quarantined_after_max_deliver(t
 
 
 async def test_key_registered_after_the_consumer_started_verifies(tenant: Tenant) -> None:
-    subject = subjects.outbox(tenant.name, "dave")
+    subject = subjects.outbox(tenant.name, "dave", 0)
     reader = await _reader(tenant, subject)
     dave = await tenant.add("dave")
     sealed = new_envelope(tenant=tenant.name, kind="event", sender="dave", to=["bob"])
@@ -231,7 +231,7 @@ async def test_key_registered_after_the_consumer_started_verifies(tenant: Tenant
 
 async def test_replay_after_the_consumer_restarts_is_still_quarantined(tenant: Tenant) -> None:
     cast = await _cast(tenant)
-    subject = subjects.outbox(tenant.name, "alice")
+    subject = subjects.outbox(tenant.name, "alice", 0)
     reader = await _reader(tenant, subject)
     original = valid(cast)
     await tenant.js.publish(subject, original.body, headers=original.headers)

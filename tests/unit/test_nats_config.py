@@ -62,7 +62,7 @@ def test_agent_gets_exactly_its_own_subjects(grants: list[KeyGrant]) -> None:
     alice = grants[4]
     assert permissions(render_tenant_config(T, grants), alice.key_id) == {
         "publish": [
-            "tb.acme.out.alice",
+            "tb.acme.out.alice.*",
             "tb.acme.effect.alice.>",
             "tb.acme.quarantine",
             "$JS.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
@@ -81,7 +81,9 @@ def test_coordinator_mediates_but_cannot_touch_a_stream_or_an_outbox(grants: lis
     perms = permissions(render_tenant_config(T, grants), grants[1].key_id)
     assert perms["deny"] == DENY_DESTRUCTIVE
     assert perms["subscribe"] == ["_INBOX_coordinator.>"]
-    assert {"tb.acme.in.*", "tb.acme.topic.*", "tb.acme.decision", "$KV.tb_mem_acme.>"} <= set(perms["publish"])
+    assert {"tb.acme.in.*", "tb.acme.topic.*", "tb.acme.decision.*", "$KV.tb_mem_acme.>", "$KV.tb_coord_acme.>"} <= set(
+        perms["publish"]
+    )
     assert not [s for s in perms["publish"] if s.startswith(("tb.acme.out.", "tb.acme.effect.", "$JS.API.STREAM.D"))]
 
 

@@ -185,7 +185,7 @@ def test_an_effect_record_is_an_effects_row(world: World) -> None:
         effect_class="reversible", compensating_tool="charge", taint=("web",),
     )  # fmt: skip
     message = world.sealed(
-        "alice", subjects.effect_record(T, "alice", "k1"), kind="effect", to=(), payload=encode_effect(record),
+        "alice", subjects.effect_record(T, "alice", 0, "k1"), kind="effect", to=(), payload=encode_effect(record),
         correlation_id="c9", causation_id="e0",
     )  # fmt: skip
     (e,) = project(world, message).effects
@@ -198,7 +198,7 @@ def test_an_effect_record_is_an_effects_row(world: World) -> None:
 def test_an_effect_record_on_another_agents_subject_is_no_effect(world: World) -> None:
     record = EffectRecord(phase="requested", tool="t", idempotency_key="k1", args=b"{}", effect_class="read")
     message = world.sealed(
-        "alice", subjects.effect_record(T, "bob", "k1"), kind="effect", to=(), payload=encode_effect(record)
+        "alice", subjects.effect_record(T, "bob", 0, "k1"), kind="effect", to=(), payload=encode_effect(record)
     )
     rows = project(world, message)
     assert rows.effects == [] and "bob" in (only(rows).record_error or "")

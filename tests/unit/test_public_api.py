@@ -26,7 +26,7 @@ def test_bus_exports() -> None:
             "find_server_binary", "init_tenant", "list_keys", "new_envelope", "new_id", "new_key",
             "open_envelope", "pinned_admin_key", "provision", "render_bootstrap_config",
             "render_tenant_config", "revoke_key", "rotate_key", "seal", "sign_grant", "subjects", "tail",
-            "tenant_stream_config", "verify_key",
+            "tenant_partitions", "tenant_stream_config", "verify_key",
         ]
     )  # fmt: skip
     for name in bus.__all__:

@@ -162,13 +162,13 @@ def test_idempotency_keys_are_stable_and_distinct() -> None:
         idempotency_key("env-1", "issue_refund", {"order": 7, "amount": 12}, 1),  # the handler's second call
     }
     assert len(others) == 4 and key not in others
-    assert subjects.effect_record("acme", "billing", key) == f"tb.acme.effect.billing.{key}"
+    assert subjects.effect_record("acme", "billing", 0, key) == f"tb.acme.effect.billing.0.{key}"
 
 
 @pytest.mark.parametrize("key", ["", "a.b", "*", ">", "k" * 65, "white space"])
 def test_effect_subject_refuses_keys_that_would_widen_it(key: str) -> None:
     with pytest.raises(ConfigError, match="invalid effect idempotency key"):
-        subjects.effect_record("acme", "billing", key)
+        subjects.effect_record("acme", "billing", 0, key)
 
 
 def test_effect_record_round_trips() -> None:

@@ -82,7 +82,8 @@ class Fleet:
     @property
     def ledger_data(self) -> Path:
         """The ledger service's DuckDB projection."""
-        return self.workdir / "ledger"
+        # Not "ledger": a process started with `python -m` in the working directory would import it as the package.
+        return self.workdir / "projection"
 
     @property
     def admin_seed(self) -> str:

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from agents import connect_agent
 from agents._approvals import answer, list_held
-from bus import Bus, KeyringStore, connect_nats, new_envelope, subjects
+from bus import Bus, KeyringStore, connect_nats, new_envelope
 from ledger import (
     build_incident,
     compensated_keys,
@@ -97,7 +97,7 @@ class Demo:
         envelope = new_envelope(
             tenant=TENANT, kind="event", sender="desk", to=("triage",), payload=json.dumps(ticket).encode()
         )
-        await desk.publish(subjects.outbox(TENANT, "desk"), desk.seal(envelope))
+        await desk.send(envelope)
         self.tickets[scene] = envelope.correlation_id
         self.console.print(f"desk -> triage: [bold]{ticket['summary']}[/bold] [dim](correlation {envelope.id})[/dim]")
         return envelope.correlation_id

@@ -79,9 +79,9 @@ class Watch:
             if item.opened is None:
                 continue
             envelope = item.opened.envelope
-            if item.subject.startswith(subjects.outbox(t, "x")[:-1]):
+            if item.subject.startswith(f"tb.{t}.out."):
                 self.seen.sent[envelope.id] = envelope
-            elif item.subject == subjects.decision(t):
+            elif subjects.is_decision(t, item.subject):
                 self._decision(decode_decision(envelope.payload))
             elif item.subject.startswith(subjects.effect(t, "x")[:-1]):
                 self._effect(item.subject.split(".")[3], decode_effect(envelope.payload))

@@ -1,0 +1,224 @@
+"""Which coordinator process mediates which partition: leases in the tenant's coordinator bucket.
+
+A tenant's correlations are spread over a fixed number of partitions
+(:func:`bus.subjects.partition_of`); each partition has its own outbox
+subjects, effect records, approvals, durable consumer and decision log, so the
+coordinator that holds it holds every budget, hop and taint of its correlations.
+
+Holding a partition is a lease: the key ``partition-<p>`` of the KV bucket
+``tb_coord_<T>`` names the holder, and the holder rewrites it every
+``RENEW_S`` with compare-and-set on its revision. A lease not renewed for
+``LEASE_S`` (by the server's clock of its last write) is free. Every process
+also rewrites ``member-<name>`` each round; the live ones share the partitions,
+each taking free or expired leases up to ``ceil(partitions / live)`` and
+handing back what it holds beyond that. A process that stops hands its leases
+back at once; one that dies loses them after ``LEASE_S``. A restarted process
+(same name, new instance) takes its predecessor's leases at once.
+
+Leases only say who *should* work a partition. What happens is decided by the
+partition's decision log, appended with compare-and-set: two holders at once
+(a lease lost but not yet noticed) cost a conflict and a catch-up, never a
+double decision or a budget spent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+
+from agents._coordinator import Coordinator
+from agents._policy import Policy
+from bus import Bus, TransportError, subjects
+
+log = logging.getLogger("trustbus.coordinator")
+
+RENEW_S = 1.0
+LEASE_S = 6.0
+_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
+_OPERATION = "KV-Operation"
+_WRONG_LAST_SEQUENCE = 10071
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease key as last written: its revision (0: never written), holder and age."""
+
+    revision: int
+    name: str | None  # None: free (never written, or handed back)
+    instance: str | None
+    age_s: float
+
+    @property
+    def free(self) -> bool:
+        """Nobody holds it, or its holder stopped renewing it."""
+        return self.name is None or self.age_s > LEASE_S
+
+
+class Partitions:
+    """Runs a :class:`Coordinator` for each partition this process holds, and keeps the leases."""
+
+    def __init__(self, bus: Bus, policy: Policy) -> None:
+        """``bus``: connected with a coordinator key; its ``name`` is this process's name in the leases."""
+        self.bus = bus
+        self.policy = policy
+        self.instance = uuid.uuid4().hex
+        self._bucket = subjects.coordinator_bucket(bus.tenant)
+        self._held: dict[int, tuple[Coordinator, asyncio.Event, asyncio.Task[None]]] = {}
+        self._revisions: dict[int, int] = {}
+        self._inboxes: set[str] = set()
+
+    @property
+    def held(self) -> list[int]:
+        """The partitions this process mediates now."""
+        return sorted(self._held)
+
+    async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
+        """Keep the leases and mediate until ``stop`` is set; then stop every partition and hand the leases back."""
+        try:
+            await self.rebalance()
+            ready()
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RENEW_S)
+                if stop.is_set():
+                    break
+                try:
+                    await self.rebalance()
+                except TransportError as exc:  # the server is away (a cluster electing): try next round
+                    log.warning("cannot keep the leases this round", extra={"error": str(exc)})
+        finally:
+            for partition in self.held:
+                await self._release(partition)
+            with contextlib.suppress(TransportError):
+                await self._write(f"member-{self.bus.name}", None, expected=None)
+
+    async def rebalance(self) -> None:
+        """One round: announce this process, renew its leases, take or hand back partitions to its share."""
+        for partition, (_, _, task) in list(self._held.items()):
+            if task.done():  # its mediation loop ended (an error it could not handle): let another try
+                log.error("partition stopped; handing it back", extra={"partition": partition})
+                await self._release(partition)
+        await self._write(f"member-{self.bus.name}", self._holder(), expected=None)
+        share = math.ceil(self.bus.partitions / await self._live_members())
+        leases = {p: await self._read(f"partition-{p}") for p in range(self.bus.partitions)}
+        for partition in self.held:
+            if not await self._renew(partition, leases[partition]):
+                log.warning("lease lost; partition stopped", extra={"partition": partition})
+                await self._stop(partition)
+        for partition in sorted(self._held, reverse=True)[: max(0, len(self._held) - share)]:
+            log.info("handing a partition back", extra={"partition": partition, "share": share})
+            await self._release(partition)
+        for partition in sorted(leases, key=self._preference):
+            if len(self._held) >= share:
+                break
+            lease = leases[partition]
+            if partition in self._held or not (lease.free or self._predecessor(lease)):
+                continue
+            revision = await self._write(f"partition-{partition}", self._holder(), expected=lease.revision)
+            if revision is None:
+                continue  # another process took it first
+            self._revisions[partition] = revision
+            try:
+                await self._start(partition)
+            except (TransportError, nats.errors.Error) as exc:
+                log.warning(
+                    "cannot start a partition; handing it back", extra={"partition": partition, "error": str(exc)}
+                )
+                del self._revisions[partition]
+                await self._write(f"partition-{partition}", None, expected=revision)
+
+    def _holder(self) -> dict[str, str]:
+        return {"name": self.bus.name, "instance": self.instance}
+
+    def _predecessor(self, lease: Lease) -> bool:
+        """A lease of this process's name from another instance: a previous run of it, now dead."""
+        return lease.name == self.bus.name and lease.instance != self.instance
+
+    def _preference(self, partition: int) -> bytes:
+        """Rendezvous order: processes starting together try different partitions first."""
+        return hashlib.sha256(f"{self.bus.name}:{partition}".encode()).digest()
+
+    async def _renew(self, partition: int, lease: Lease) -> bool:
+        if lease.instance != self.instance or lease.revision != self._revisions.get(partition):
+            return False
+        revision = await self._write(f"partition-{partition}", self._holder(), expected=lease.revision)
+        if revision is None:
+            return False
+        self._revisions[partition] = revision
+        return True
+
+    async def _start(self, partition: int) -> None:
+        coordinator = Coordinator(self.bus, self.policy, partition, inboxes=self._inboxes)
+        await coordinator.start()
+        stop = asyncio.Event()
+        self._held[partition] = (coordinator, stop, asyncio.create_task(coordinator.run(stop)))
+        log.info("partition taken", extra={"partition": partition, "instance": self.instance})
+
+    async def _stop(self, partition: int) -> None:
+        """Finish the batch in hand and stop mediating ``partition``."""
+        _, stop, task = self._held.pop(partition)
+        stop.set()
+        try:
+            await task
+        except Exception:
+            log.exception("partition ended with an error", extra={"partition": partition})
+
+    async def _release(self, partition: int) -> None:
+        """Stop ``partition`` and hand its lease back (if still ours) so another process takes it at once."""
+        await self._stop(partition)
+        revision = self._revisions.pop(partition, None)
+        if revision is not None:
+            with contextlib.suppress(TransportError):
+                await self._write(f"partition-{partition}", None, expected=revision)
+
+    async def _live_members(self) -> int:
+        """Coordinator key owners whose member key was written within LEASE_S (this process included)."""
+        owners = {g.owner for g in self.bus.keyring.keyring.grants() if g.role == "coordinator"}
+        owners.add(self.bus.name)
+        live = 0
+        for owner in owners:
+            member = await self._read(f"member-{owner}")
+            live += member.name is not None and member.age_s <= LEASE_S
+        return max(live, 1)
+
+    async def _read(self, key: str) -> Lease:
+        try:
+            raw = await self.bus.js.get_last_msg(f"KV_{self._bucket}", f"$KV.{self._bucket}.{key}")
+        except nats.js.errors.NotFoundError:
+            return Lease(revision=0, name=None, instance=None, age_s=math.inf)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise TransportError(f"cannot read {key} of {self._bucket}: {exc}") from exc
+        assert raw.seq is not None and raw.time is not None
+        age = time.time() - raw.time.timestamp()
+        if (raw.headers or {}).get(_OPERATION) in ("DEL", "PURGE") or not raw.data:
+            return Lease(revision=raw.seq, name=None, instance=None, age_s=age)
+        value = json.loads(raw.data)
+        return Lease(revision=raw.seq, name=value.get("name", "?"), instance=value.get("instance"), age_s=age)
+
+    async def _write(self, key: str, value: dict[str, str] | None, *, expected: int | None) -> int | None:
+        """Write (or, with None, delete) ``key`` if its revision is still ``expected``; its new revision, or
+        None if someone else wrote it first. ``expected=None`` writes unconditionally."""  # noqa: D205, D209
+        headers = {} if expected is None else {_EXPECTED: str(expected)}
+        if value is None:
+            headers[_OPERATION] = "DEL"
+        body = b"" if value is None else json.dumps(value).encode()
+        try:
+            ack = await self.bus.js.publish(f"$KV.{self._bucket}.{key}", body, headers=headers, timeout=5.0)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                return None
+            raise TransportError(f"cannot write {key} of {self._bucket}: {exc}") from exc
+        except nats.errors.Error as exc:
+            raise TransportError(f"cannot write {key} of {self._bucket}: {exc}") from exc
+        return ack.seq
