@@ -18,7 +18,7 @@ from bus._errors import ConfigError, TransportError, VerificationError
 from bus._identity import Identity
 from bus._keyring import ADMIN_OWNER, KeyGrant, Role
 from bus._keyring_store import KeyringStore
-from bus._provision import ProvisionReport, provision
+from bus._provision import ProvisionReport, pinned_admin_key, provision
 from bus._subjects import check_name
 
 KEYS_ENV = "TRUSTBUS_KEYS"
@@ -187,6 +187,12 @@ async def new_key(
         await nc.close()
 
 
+_ANCHOR = (
+    "the tenant admin key is the keyring's trust anchor, pinned in the tenant's stream: it cannot be rotated or "
+    "revoked with `keys` (see docs/OPERATIONS.md, Keys)"
+)
+
+
 async def rotate_key(
     servers: Sequence[str], tenant: str, owner: str, *, keys: KeyDirectory, nkey_seed: str | None = None
 ) -> tuple[KeyGrant, KeyGrant]:
@@ -195,6 +201,8 @@ async def rotate_key(
     Envelopes the old key signed before now stay valid in replay. ``nkey_seed``
     authenticates the connection (see :func:`connect_nats`).
     """
+    if owner == ADMIN_OWNER:
+        raise ConfigError(_ANCHOR)
     admin = keys.load(tenant, ADMIN_OWNER)
     old_identity = keys.load(tenant, owner)
     nc = await connect_nats(servers, nkey_seed=nkey_seed)
@@ -218,7 +226,10 @@ async def revoke_key(
     admin = keys.load(tenant, ADMIN_OWNER)
     nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
-        async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
+        js = nc.jetstream()
+        if key_id == await pinned_admin_key(js, tenant):
+            raise ConfigError(_ANCHOR)
+        async with await KeyringStore.open(js, tenant, follow=False) as store:
             return await store.revoke(admin, key_id, at=time.time_ns())
     finally:
         await nc.close()

@@ -19,12 +19,18 @@ from bus import (
     ConfigError,
     EmbeddedServer,
     Identity,
+    KeyDirectory,
     KeyringStore,
     PortInUse,
     ServerBinaryNotFound,
     find_server_binary,
+    init_tenant,
+    list_keys,
     new_envelope,
+    new_key,
     provision,
+    revoke_key,
+    rotate_key,
     subjects,
     tail,
     tenant_stream_config,
@@ -153,3 +159,21 @@ async def test_one_seed_authenticates_to_nats_and_signs(tmp_path: Path) -> None:
         )  # fmt: skip
         stdout, _ = await asyncio.wait_for(stranger.communicate(), 30)
         assert "refused: nats: 'Authorization Violation'" in stdout.decode()
+
+
+async def test_the_admin_key_cannot_be_rotated_or_revoked(nats_server: EmbeddedServer, tmp_path: Path) -> None:
+    """The trust anchor is pinned in the stream: replacing or revoking it would lock the tenant out of its keyring."""
+    keys = KeyDirectory(tmp_path / "keys")
+    _, admin = await init_tenant([nats_server.url], "anchored", keys=keys)
+    seed = keys.path("anchored", "admin").read_bytes()
+    with pytest.raises(ConfigError, match="trust anchor"):
+        await rotate_key([nats_server.url], "anchored", "admin", keys=keys)
+    with pytest.raises(ConfigError, match="trust anchor"):
+        await revoke_key([nats_server.url], "anchored", admin.key_id, keys=keys)
+    assert keys.path("anchored", "admin").read_bytes() == seed
+    # The twin: any other key rotates, and the tenant still issues keys afterwards.
+    await new_key([nats_server.url], "anchored", "alice", role="agent", keys=keys)
+    old, new = await rotate_key([nats_server.url], "anchored", "alice", keys=keys)
+    assert old.revoked_at is not None and new.key_id != old.key_id
+    await new_key([nats_server.url], "anchored", "bob", role="agent", keys=keys)
+    assert {g.owner for g in await list_keys([nats_server.url], "anchored")} >= {"admin", "alice", "bob"}
