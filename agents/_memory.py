@@ -55,15 +55,28 @@ class MemoryEntry(msgspec.Struct, frozen=True, kw_only=True):
 class Memory:
     """An agent's view of its own namespace: read directly, write through the coordinator."""
 
-    def __init__(self, js: JetStreamContext, tenant: str, agent_id: str, send: Sender) -> None:
-        """``send`` proposes a ``memory_write`` envelope (the handler context's send)."""
+    def __init__(
+        self,
+        js: JetStreamContext,
+        tenant: str,
+        agent_id: str,
+        send: Sender,
+        on_read: Callable[[tuple[str, ...]], None] = lambda taint: None,
+    ) -> None:
+        """``send`` proposes a ``memory_write`` envelope (the handler context's send); ``on_read`` is given the
+        taint of every value read (the context adds it to what the handler sends from then on)."""  # noqa: D205, D209
         self._js = js
         self._bucket = subjects.memory_bucket(tenant)
         self._agent = agent_id
         self._send = send
+        self._on_read = on_read
 
     async def get(self, key: str) -> MemoryEntry | None:
-        """The current value of ``key`` and its revision (the revision to expect when writing it)."""
+        """The current value of ``key`` and its revision (the revision to expect when writing it).
+
+        The value's effective taint is passed to ``on_read``: reading what
+        tainted content wrote taints the reader.
+        """
         try:
             raw = await self._js.get_last_msg(
                 f"KV_{self._bucket}", kv_subject(self._bucket, self._agent, key), direct=True
@@ -71,6 +84,7 @@ class Memory:
         except nats.js.errors.NotFoundError:
             return None
         stored = decode_value(raw.data or b"")
+        self._on_read(stored.effective_taint)  # what was steered into memory steers whoever reads it
         return MemoryEntry(
             key=key,
             value=json.loads(stored.value),

@@ -72,7 +72,10 @@ class Context:
         self.taint: tuple[str, ...] = mediation.effective_taint if mediation else self.envelope.taint
         self.decision_id: str | None = mediation.decision_id if mediation else None
         self.attempt = delivery.attempt
-        self.memory = Memory(bus.js, bus.tenant, agent_id, self.send)
+        self.memory = Memory(bus.js, bus.tenant, agent_id, self.send, on_read=self._read_taint)
+
+    def _read_taint(self, taint: tuple[str, ...]) -> None:
+        self.taint = tuple(sorted(set(self.taint) | set(taint)))
 
     def json(self) -> Any:
         """The payload parsed as JSON."""

@@ -165,3 +165,16 @@ class BankChanged(Bank):
         tool = {"refund": "issue_refund", "email": "send_email"}[request["verb"]]
         result = await ctx.effect(tool, {k: v for k, v in request.items() if k != "verb"})
         await ctx.reply({**result, "note": "v2"}, cites=ctx.effect_keys)
+
+
+class Recall(Agent):
+    """Remembers values, and later pays whatever it remembers: ``{"verb": "remember"|"recall", "key": ...}``."""
+
+    async def handle(self, ctx: Context) -> None:
+        """Write the value to memory, or read it and ask the bank to refund to it."""
+        request = ctx.json()
+        entry = await ctx.memory.get(request["key"])
+        if request["verb"] == "remember":
+            await ctx.memory.write(request["key"], request["value"], expected_revision=entry.revision if entry else 0)
+        elif entry is not None:
+            await ctx.instruct(["bank"], "issue_refund", order=entry.value)

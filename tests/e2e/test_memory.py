@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from agents._memory import Memory
+from bus import Decision
 from tests.e2e.fleet import Fleet
 
 POLICY = {"taint": {"on_tainted_memory_write": "quarantine"}, "rules": [{"from": "*", "to": ["*"], "kinds": ["event"]}]}
@@ -120,3 +121,38 @@ async def test_rollback_reverts_the_memory_an_incident_wrote_as_a_new_revision_o
     assert json.loads(out)["compensated_now"] == []
     again = await memory.get("tier")
     assert again is not None and again.revision == reverted.revision  # nothing reverted twice
+
+
+async def test_a_value_steered_into_memory_taints_whoever_reads_it_later(fleet: Fleet) -> None:
+    """Content accepted into memory under a lenient policy still carries its taint when it is read back."""
+    policy = {
+        "taint": {"high_risk_tools": ["issue_refund"], "on_tainted_memory_write": "accept"},
+        "rules": [
+            {"from": "*", "to": ["*"], "kinds": ["instruction"], "verbs": ["remember", "recall", "issue_refund"]}
+        ],
+    }
+    await fleet.coordinator(policy)
+    await fleet.agent("tests.e2e.fleet_agents:Recall", "recall")
+    web, boss = await fleet.bus("web"), await fleet.bus("boss")
+    await fleet.send(web, ["recall"], {"verb": "remember", "key": "payee", "value": 666}, kind="instruction",
+                     taint=["web"])  # fmt: skip
+    await fleet.send(boss, ["recall"], {"verb": "remember", "key": "own", "value": 7}, kind="instruction")
+    writes = [
+        d for d in await fleet.decisions(lambda ds: sum(d.kind == "memory_write" for d in ds) == 2)
+        if d.kind == "memory_write"
+    ]  # fmt: skip
+    assert [d.verdict for d in writes] == ["accept", "accept"]
+    for write in writes:
+        key = "payee" if write.effective_taint else "own"
+        await fleet.memory_written("recall", key, write.envelope_id)
+
+    # Each recall comes from the boss in a fresh, untainted correlation.
+    await fleet.send(boss, ["recall"], {"verb": "recall", "key": "payee"}, kind="instruction")
+    await fleet.send(boss, ["recall"], {"verb": "recall", "key": "own"}, kind="instruction")
+
+    def refunds(ds: list[Decision]) -> list[Decision]:
+        return [d for d in ds if d.sender == "recall" and d.kind == "instruction"]
+
+    by_taint = {d.effective_taint: d for d in refunds(await fleet.decisions(lambda ds: len(refunds(ds)) == 2))}
+    assert by_taint[("web",)].verdict == "hold" and by_taint[("web",)].reasons == ("tainted_high_risk",)
+    assert by_taint[()].verdict == "accept"  # the untainted twin needs no person
