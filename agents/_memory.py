@@ -14,10 +14,11 @@ import re
 from collections.abc import Awaitable, Callable
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from bus import Envelope, subjects
+from bus import Envelope, TransientError, subjects
 from bus._records import MemoryWrite, decode_memory_write
 from bus._records import decode_memory_value as decode_value
 
@@ -83,6 +84,8 @@ class Memory:
             )
         except nats.js.errors.NotFoundError:
             return None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:  # the server is away: retry the delivery later
+            raise TransientError(f"cannot read memory key {key!r}: {exc}") from exc
         stored = decode_value(raw.data or b"")
         self._on_read(stored.effective_taint)  # what was steered into memory steers whoever reads it
         return MemoryEntry(

@@ -1,0 +1,25 @@
+"""A memory read that fails in transport is a transient error (the delivery is retried), not a handler bug."""
+
+from __future__ import annotations
+
+import nats.errors
+import pytest
+
+from agents._memory import Memory
+from bus import TransientError
+
+
+class _Unreachable:
+    """Stands in for a JetStream context whose server is away (the only behaviour under test)."""
+
+    async def get_last_msg(self, *args: object, **kwargs: object) -> None:
+        raise nats.errors.TimeoutError
+
+
+async def test_a_read_the_server_did_not_answer_is_retried_not_quarantined() -> None:
+    async def send(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a read sends nothing")
+
+    memory = Memory(_Unreachable(), "acme", "alice", send)  # type: ignore[arg-type]
+    with pytest.raises(TransientError, match="cannot read memory key 'notes'"):
+        await memory.get("notes")
