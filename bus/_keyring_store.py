@@ -47,22 +47,34 @@ class KeyringStore:
         admin_key_id = await pinned_admin_key(js, tenant)
         try:
             kv = await js.key_value(keyring_bucket(tenant))
+            stored = (await js.stream_info(f"KV_{keyring_bucket(tenant)}")).state.messages
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot open keyring bucket: {exc}") from exc
         store = cls(kv, Keyring(tenant=tenant, admin_key_id=admin_key_id))
-        await store._load(follow=follow)
+        await store._load(follow=follow, stored=stored)
         return store
 
-    async def _load(self, *, follow: bool) -> None:
+    async def _load(self, *, follow: bool, stored: int) -> None:
+        """Read every stored revision: at least ``stored`` entries, however early the watcher says it is done.
+
+        The watcher's "initial values done" marker comes from the consumer's
+        pending count, which can read 0 while the entries are still in flight
+        (seen under load: a keyring loaded empty, and every signature then
+        failed as ``unknown_key``); so the count of stored messages decides.
+        """
+        read = 0
         try:
             watcher = await self._kv.watchall(include_history=True)
             while True:
                 entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
                 if entry is None:
-                    break
+                    if read >= stored:
+                        break
+                    continue
+                read += 1
                 self._apply(entry)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read keyring: {exc}") from exc
+            raise TransportError(f"cannot read keyring ({read} of {stored} entries): {exc}") from exc
         if follow:
             self._watcher = watcher
             self._follower = asyncio.create_task(self._follow(watcher), name="keyring-follow")
