@@ -28,6 +28,34 @@ from bus._subjects import keyring_bucket
 log = logging.getLogger("trustbus.keyring")
 
 
+async def history_watcher(kv: KeyValue) -> KeyValue.KeyWatcher:
+    """A watcher of every revision of every key of ``kv``."""
+    try:
+        return await kv.watchall(include_history=True)
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"cannot read keyring: {exc}") from exc
+
+
+async def stored_entries(watcher: KeyValue.KeyWatcher, stored: int) -> list[KeyValue.Entry]:
+    """The entries a history watcher delivers first: at least ``stored``, however early it says it is done.
+
+    nats-py's "initial values done" marker comes from the consumer's pending
+    count, which can read 0 while the entries are still in flight (seen under
+    load: a keyring loaded empty, and every signature then failed as
+    ``unknown_key``); so the count of messages the bucket stores decides.
+    """
+    entries: list[KeyValue.Entry] = []
+    try:
+        while True:
+            entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
+            if entry is not None:
+                entries.append(entry)
+            elif len(entries) >= stored:
+                return entries
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"cannot read keyring ({len(entries)} of {stored} entries): {exc}") from exc
+
+
 class KeyringStore:
     """A :class:`Keyring` loaded from KV (with history, so revocations stay sticky) and kept current.
 
@@ -55,26 +83,9 @@ class KeyringStore:
         return store
 
     async def _load(self, *, follow: bool, stored: int) -> None:
-        """Read every stored revision: at least ``stored`` entries, however early the watcher says it is done.
-
-        The watcher's "initial values done" marker comes from the consumer's
-        pending count, which can read 0 while the entries are still in flight
-        (seen under load: a keyring loaded empty, and every signature then
-        failed as ``unknown_key``); so the count of stored messages decides.
-        """
-        read = 0
-        try:
-            watcher = await self._kv.watchall(include_history=True)
-            while True:
-                entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
-                if entry is None:
-                    if read >= stored:
-                        break
-                    continue
-                read += 1
-                self._apply(entry)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read keyring ({read} of {stored} entries): {exc}") from exc
+        watcher = await history_watcher(self._kv)
+        for entry in await stored_entries(watcher, stored):
+            self._apply(entry)
         if follow:
             self._watcher = watcher
             self._follower = asyncio.create_task(self._follow(watcher), name="keyring-follow")

@@ -32,6 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import ConfigError, Keyring, KeyringError, TransportError, pinned_admin_key, subjects
 from bus._keyring import decode_signed_grant
+from bus._keyring_store import history_watcher, stored_entries
 from ledger._chain import GENESIS, chain_hash
 from ledger._errors import BundleError
 from ledger._parallel import project_messages
@@ -132,17 +133,19 @@ async def read_stream(js: JetStreamContext, tenant: str, *, from_seq: int = 1) -
 
 async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tuple[str, bytes]]:
     """Every revision of every keyring entry, oldest first."""
+    bucket = subjects.keyring_bucket(tenant)
     try:
-        kv = await js.key_value(subjects.keyring_bucket(tenant))
-        watcher = await kv.watchall(include_history=True)
-        revisions: list[tuple[str, bytes]] = []
-        while (entry := await watcher.updates(timeout=10.0)) is not None:  # type: ignore[no-untyped-call]
-            if entry.value and entry.operation is None:
-                revisions.append((entry.key, entry.value))
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        kv = await js.key_value(bucket)
+        stored = (await js.stream_info(f"KV_{bucket}")).state.messages
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise TransportError(f"cannot read the keyring: {exc}") from exc
-    return revisions
+    watcher = await history_watcher(kv)
+    try:
+        entries = await stored_entries(watcher, stored)
+    finally:
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return [(e.key, e.value) for e in entries if e.value and e.operation is None]
 
 
 async def export_bundle(js: JetStreamContext, tenant: str, out: Path) -> dict[str, object]:
