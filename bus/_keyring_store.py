@@ -45,13 +45,15 @@ async def stored_entries(watcher: KeyValue.KeyWatcher, stored: int) -> list[KeyV
     ``unknown_key``); so the count of messages the bucket stores decides.
     """
     entries: list[KeyValue.Entry] = []
+    marked = False  # the watcher said it was done (perhaps before the entries: then the count decides)
     try:
-        while True:
+        while not (marked and len(entries) >= stored):
             entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
-            if entry is not None:
+            if entry is None:
+                marked = True
+            else:
                 entries.append(entry)
-            elif len(entries) >= stored:
-                return entries
+        return entries
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise TransportError(f"cannot read keyring ({len(entries)} of {stored} entries): {exc}") from exc
 

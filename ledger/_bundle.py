@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bus import ConfigError, Keyring, KeyringError, TransportError, pinned_admin_key, subjects
 from bus._keyring import decode_signed_grant
 from bus._keyring_store import history_watcher, stored_entries
+from bus._publisher import UNAVAILABLE_S, unavailable
 from ledger._chain import GENESIS, chain_hash
 from ledger._errors import BundleError
 from ledger._parallel import project_messages
 from ledger._stored import StoredMessage
+
+log = logging.getLogger("trustbus.ledger")
 
 FORMAT = 1
 PROJECTION = "projection"
@@ -77,43 +81,67 @@ class Bundle:
         return keyring
 
 
+_PAUSES_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts while a stream or consumer elects a leader
+
+
 async def read_stream(js: JetStreamContext, tenant: str, *, from_seq: int = 1) -> list[StoredMessage]:
     """Every message of ``TB_<tenant>`` from ``from_seq`` to the current end, in order.
 
     Reads through an ephemeral pull consumer: a pull never outruns the reader,
     whereas a push subscription drops messages client-side once its pending
     limit is reached (silently, in nats-py), which would make gaps look like
-    tampering.
+    tampering. On a cluster electing a leader (a 503, no responders, a
+    timeout) it reads on from where it stopped with a new consumer, for up to
+    UNAVAILABLE_S seconds.
     """
     stream = subjects.stream_name(tenant)
+    messages: list[StoredMessage] = []
+    last: int | None = None
+    deadline: float | None = None
+    pauses = iter(_PAUSES_S)
+    while last is None or (messages[-1].seq if messages else from_seq - 1) < last:
+        try:
+            if last is None:
+                last = await _last_seq(js, tenant)
+                if last < from_seq:
+                    return []
+            await _read_into(js, tenant, messages, start=messages[-1].seq + 1 if messages else from_seq, last=last)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            if not (unavailable(exc) or isinstance(exc, TimeoutError | nats.errors.TimeoutError)):
+                raise TransportError(f"cannot read {stream}: {exc}") from exc
+            deadline = deadline or time.monotonic() + UNAVAILABLE_S
+            if time.monotonic() > deadline:
+                at = messages[-1].seq if messages else from_seq - 1
+                raise TransportError(f"reading {stream} stalled after sequence {at}: {exc}") from exc
+            log.warning("stream unavailable while reading it (leader election?); reading on", extra={"stream": stream})
+            await asyncio.sleep(next(pauses, _PAUSES_S[-1]))
+    return messages
+
+
+async def _last_seq(js: JetStreamContext, tenant: str) -> int:
     try:
-        info = await js.stream_info(stream)
+        return (await js.stream_info(subjects.stream_name(tenant))).state.last_seq
     except nats.js.errors.NotFoundError as exc:
         raise ConfigError(f"tenant {tenant!r} is not provisioned") from exc
-    last = info.state.last_seq
-    if last < from_seq:
-        return []
+
+
+async def _read_into(
+    js: JetStreamContext, tenant: str, messages: list[StoredMessage], *, start: int, last: int
+) -> None:
+    """Append sequences ``start``..``last`` to ``messages`` through one ephemeral consumer; raises on any error."""
+    stream = subjects.stream_name(tenant)
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=from_seq,
+        opt_start_seq=start,
         ack_policy=AckPolicy.NONE,
         inactive_threshold=30.0,
     )
+    sub = await js.pull_subscribe(subjects.all_subjects(tenant), stream=stream, config=config)
     try:
-        sub = await js.pull_subscribe(subjects.all_subjects(tenant), stream=stream, config=config)
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise TransportError(f"cannot read {stream}: {exc}") from exc
-    messages: list[StoredMessage] = []
-    try:
-        while not messages or messages[-1].seq < last:
-            try:
-                batch = await sub.fetch(1000, timeout=10)
-            except TimeoutError as exc:
-                at = messages[-1].seq if messages else from_seq - 1
-                raise TransportError(f"reading {stream} stalled after sequence {at}") from exc
-            for msg in batch:
+        while (messages[-1].seq if messages else start - 1) < last:
+            for msg in await sub.fetch(1000, timeout=10):
                 meta = msg.metadata
-                expected = messages[-1].seq + 1 if messages else from_seq
+                expected = messages[-1].seq + 1 if messages else start
                 if meta.sequence.stream != expected:
                     raise TransportError(f"reading {stream}: got sequence {meta.sequence.stream}, expected {expected}")
                 messages.append(
@@ -128,7 +156,6 @@ async def read_stream(js: JetStreamContext, tenant: str, *, from_seq: int = 1) -
     finally:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
             await sub.unsubscribe()
-    return messages
 
 
 async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tuple[str, bytes]]:
