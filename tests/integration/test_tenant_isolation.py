@@ -20,7 +20,6 @@ own tenant succeeds.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -56,6 +55,7 @@ from bus import (
     seal,
     subjects,
 )
+from tests.integration.test_mediation_enforced import raw_connect
 
 A, B = "A", "B"
 TENANTS = (A, B)
@@ -117,22 +117,6 @@ class Deployment:
 
     def identity(self, tenant: str, owner: str) -> Identity:
         return self.keys.load(tenant, owner)
-
-
-async def raw_connect(server: EmbeddedServer, identity: Identity) -> bytes:
-    """Connect by the raw protocol with ``identity``'s nkey; the server's reply to PING."""
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    try:
-        info = json.loads((await asyncio.wait_for(reader.readline(), TIMEOUT))[len(b"INFO ") :])
-        sig = base64.b64encode(identity.sign(info["nonce"].encode())).decode()
-        options = {"verbose": False, "pedantic": False, "protocol": 1, "nkey": identity.key_id, "sig": sig}
-        writer.write(b"CONNECT " + json.dumps(options).encode() + b"\r\nPING\r\n")
-        await writer.drain()
-        return await asyncio.wait_for(reader.readline(), TIMEOUT)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 @pytest.fixture(scope="module")
