@@ -12,7 +12,8 @@ Holding a partition is a lease: the key ``partition-<p>`` of the KV bucket
 also rewrites ``member-<name>`` each round; the live ones share the partitions,
 each taking free or expired leases up to ``ceil(partitions / live)`` and
 handing back what it holds beyond that. A process that stops hands its leases
-back at once; one that dies loses them after ``LEASE_S``. A restarted process
+back at once (or, the server being unreachable, leaves them to expire); one
+that dies loses them after ``LEASE_S``. A restarted process
 (same name, new instance) takes its predecessor's leases at once.
 
 Leases only say who *should* work a partition. What happens is decided by the
@@ -45,6 +46,7 @@ log = logging.getLogger("trustbus.coordinator")
 
 RENEW_S = 1.0
 LEASE_S = 6.0
+HAND_BACK_TIMEOUT_S = 1.0  # per write at stop; a lease not handed back expires after LEASE_S anyway
 _EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 _OPERATION = "KV-Operation"
 _WRONG_LAST_SEQUENCE = 10071
@@ -98,10 +100,7 @@ class Partitions:
                 except TransportError as exc:  # the server is away (a cluster electing): try next round
                     log.warning("cannot keep the leases this round", extra={"error": str(exc)})
         finally:
-            for partition in self.held:
-                await self._release(partition)
-            with contextlib.suppress(TransportError):
-                await self._write(f"member-{self.bus.name}", None, expected=None)
+            await self._hand_back_all()
 
     async def rebalance(self) -> None:
         """One round: announce this process, renew its leases, take or hand back partitions to its share."""
@@ -182,6 +181,23 @@ class Partitions:
             with contextlib.suppress(TransportError):
                 await self._write(f"partition-{partition}", None, expected=revision)
 
+    async def _hand_back_all(self) -> None:
+        """Stop every partition, then hand the leases back and leave, briefly: with the server unreachable a
+        stopping process must not wait on it, and what it holds frees itself after ``LEASE_S``."""  # noqa: D205, D209
+        for partition in self.held:
+            await self._stop(partition)
+        revisions, self._revisions = self._revisions, {}
+        if not self.bus.nc.is_connected:
+            log.warning("server unreachable at stop; the leases expire in %.0f s", LEASE_S)
+            return
+        writes: list[tuple[str, int | None]] = [(f"partition-{p}", rev) for p, rev in revisions.items()]
+        writes.append((f"member-{self.bus.name}", None))
+        for key, expected in writes:
+            try:
+                await self._write(key, None, expected=expected, timeout_s=HAND_BACK_TIMEOUT_S)
+            except TransportError as exc:
+                log.warning("cannot hand back at stop; it expires", extra={"key": key, "error": str(exc)})
+
     async def _live_members(self) -> int:
         """Coordinator key owners whose member key was written within LEASE_S (this process included)."""
         owners = {g.owner for g in self.bus.keyring.keyring.grants() if g.role == "coordinator"}
@@ -206,7 +222,9 @@ class Partitions:
         value = json.loads(raw.data)
         return Lease(revision=raw.seq, name=value.get("name", "?"), instance=value.get("instance"), age_s=age)
 
-    async def _write(self, key: str, value: dict[str, str] | None, *, expected: int | None) -> int | None:
+    async def _write(
+        self, key: str, value: dict[str, str] | None, *, expected: int | None, timeout_s: float = 5.0
+    ) -> int | None:
         """Write (or, with None, delete) ``key`` if its revision is still ``expected``; its new revision, or
         None if someone else wrote it first. ``expected=None`` writes unconditionally."""  # noqa: D205, D209
         headers = {} if expected is None else {_EXPECTED: str(expected)}
@@ -214,7 +232,7 @@ class Partitions:
             headers[_OPERATION] = "DEL"
         body = b"" if value is None else json.dumps(value).encode()
         try:
-            ack = await self.bus.js.publish(f"$KV.{self._bucket}.{key}", body, headers=headers, timeout=5.0)
+            ack = await self.bus.js.publish(f"$KV.{self._bucket}.{key}", body, headers=headers, timeout=timeout_s)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _WRONG_LAST_SEQUENCE:
                 return None

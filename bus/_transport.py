@@ -449,9 +449,11 @@ class Bus:
         await self._publisher.aclose()
         await self.keyring.aclose()
         self._watch.closing = True
-        with contextlib.suppress(nats.errors.Error):
-            await self.nc.drain()
-        await self.nc.close()
+        if self.nc.is_connected:
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.drain()
+        with contextlib.suppress(OSError):  # the socket already lost: nothing is left to flush
+            await self.nc.close()
 
     async def __aenter__(self) -> Bus:
         return self

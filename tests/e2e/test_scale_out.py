@@ -168,3 +168,26 @@ async def test_the_partition_count_is_fixed_when_the_tenant_is_made(fleet: Fleet
         await provision(js, fleet.tenant, admin_key_id=admin.key_id, partitions=8)
     report = await provision(js, fleet.tenant, admin_key_id=admin.key_id)  # again, keeping it
     assert report.partitions == PARTITIONS and report.updated == []
+
+
+async def test_processes_stopped_while_the_server_is_gone_exit_without_waiting_on_it(tmp_path: Path) -> None:
+    """With the server down, a stopping coordinator leaves its leases to expire instead of retrying the hand-back."""
+    keys = KeyDirectory(tmp_path / "keys")
+    with EmbeddedServer(port=0, data_dir=tmp_path / "js") as server:
+        tenant = "gone"
+        await init_tenant([server.url], tenant, keys=keys, partitions=PARTITIONS)
+        fleet = Fleet(url=server.url, tenant=tenant, keys=keys, tmp=tmp_path, nc=await nats.connect(server.url))
+        coordinator = await fleet.coordinator({"rules": [OPEN]}, name="coord-a")
+        await until_held(fleet, Counter({"coord-a": PARTITIONS}))
+        agent = await fleet.agent("examples.pingpong:Player", "ping")
+        await fleet.nc.close()
+        server.stop()
+    for proc in (coordinator, agent):
+        proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    codes = await asyncio.wait_for(asyncio.gather(coordinator.wait(), agent.wait()), 30)
+    stopped_in = time.monotonic() - started
+    assert codes == [0, 0]
+    assert stopped_in < 4, f"stopping took {stopped_in:.1f} s"  # a 5 s hand-back write per lease took 10-25 s
+    errors = await asyncio.to_thread(lambda: "".join(p.read_text() for p in sorted(tmp_path.glob("proc*.err"))))
+    assert "Traceback" not in errors and "server unreachable at stop" in errors
