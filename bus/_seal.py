@@ -9,7 +9,9 @@ checks a received body in a fixed order, each failure its own
 2. decodes, schema version known, schema valid;
 3. signature and key id headers present;
 4. key id known for the tenant, its grant signed by the admin, bound to ``sender``;
-5. key valid at ``ts`` (not before ``valid_from``, not at or after ``revoked_at``);
+5. key valid at ``ts`` (not before ``valid_from``, not at or after ``revoked_at``),
+   and not revoked when the server stored the message (``ts`` is the sender's
+   word; the store time cannot be backdated);
 6. signature valid (strict Ed25519: libsodium rejects non-canonical ``s`` and
    small-order points);
 7. ``ts`` within the skew window of the time the server stored the message;
@@ -233,6 +235,9 @@ def open_envelope(
         raise KeyNotYetValid(f"key {key_id} valid from {grant.valid_from}, envelope ts {envelope.ts}")
     if grant.revoked_at is not None and envelope.ts >= grant.revoked_at:
         raise RevokedKey(f"key {key_id} revoked at {grant.revoked_at}, envelope ts {envelope.ts}")
+    # The sender writes its own ts; the server's store time of the first copy cannot be backdated.
+    if recipient is None and grant.revoked_at is not None and received_ns >= grant.revoked_at:
+        raise RevokedKey(f"key {key_id} revoked at {grant.revoked_at}, message stored at {received_ns}")
 
     try:
         verify_key(key_id).verify(SIGNATURE_DOMAIN + body, sig)

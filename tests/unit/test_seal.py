@@ -14,6 +14,7 @@ from bus import (
     Keyring,
     Limits,
     NotMediated,
+    RevokedKey,
     SeenIds,
     VerificationError,
     countersign,
@@ -83,6 +84,16 @@ def test_envelope_signed_before_revocation_still_verifies(world: tuple[Cast, Key
     sealed = valid(cast, sender="carol", identity=cast.revoked, now_ns=early)
     opened = open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=early + 10**6)
     assert opened.envelope.sender == "carol"
+
+
+def test_envelope_backdated_to_before_revocation_is_rejected_by_its_store_time(
+    world: tuple[Cast, Keyring, Identity],
+) -> None:
+    cast, keyring, _ = world
+    backdated = NOW - 5 * 10**9  # carol's key was revoked at NOW - 1s; a stolen seed signs "before" it
+    sealed = valid(cast, sender="carol", identity=cast.revoked, now_ns=backdated)
+    with pytest.raises(RevokedKey, match="stored at"):  # within the skew window, so only the store time shows it
+        open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=NOW)
 
 
 def test_replay_of_accepted_id_from_another_position_is_rejected(world: tuple[Cast, Keyring, Identity]) -> None:
