@@ -30,6 +30,7 @@ from bus._errors import ConfigError
 from bus._identity import verify_key
 from bus._keyring import ADMIN_OWNER, KeyGrant, Role
 from bus._subjects import (
+    GIVEN_UP_CONSUMER,
     all_approvals,
     all_decisions,
     all_inboxes,
@@ -38,6 +39,7 @@ from bus._subjects import (
     checkpoint,
     coordinator_bucket,
     effect,
+    given_up_stream,
     inbox_consumer,
     keyring_bucket,
     memory_bucket,
@@ -256,8 +258,9 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
         summary = f"{owner} (ledger): reads the stream through its consumer {owner!r}, publishes checkpoints"
         publish = (
             _Rule(checkpoint(tenant), "signed ledger checkpoints"),
-            _Rule(quarantine(tenant), "quarantine records for what fails verification"),
+            _Rule(quarantine(tenant), "quarantine records for what fails verification or is given up"),
             *_reader(tenant, owner, may_delete=True),
+            *_own_consumer(given_up_stream(tenant), GIVEN_UP_CONSUMER),
         )
     else:
         summary = f"{owner} (operator): approvals, rollbacks through the coordinator, reads the stream and memory"
@@ -344,10 +347,17 @@ def _reader(tenant: str, consumer: str, *, may_delete: bool) -> tuple[_Rule, ...
     )
     return (
         _Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "read single messages of the stream"),
-        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}", "create its own consumer, by name only"),
+        *((delete,) if may_delete else ()),
+        *_own_consumer(stream, consumer),
+    )
+
+
+def _own_consumer(stream: str, consumer: str) -> tuple[_Rule, ...]:
+    """Create, read and ack the consumer of ``stream`` named ``consumer``."""
+    return (
+        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}", f"create its own consumer of {stream}, by name only"),
         _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>", "... with a filter subject"),
         _Rule(f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}", "... or as a durable"),
-        *((delete,) if may_delete else ()),
         _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "its consumer's state"),
         _Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", "fetch from it"),
         _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack what it read"),

@@ -16,6 +16,8 @@ from bus._subjects import (
     all_subjects,
     check_partitions,
     coordinator_bucket,
+    given_up_advisories,
+    given_up_stream,
     keyring_bucket,
     memory_bucket,
     stream_name,
@@ -59,6 +61,18 @@ def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1, p
         allow_direct=True,
         allow_atomic=True,  # the coordinator appends a batch of decisions at once
         metadata={ADMIN_KEY_METADATA: admin_key_id, PARTITIONS_METADATA: str(check_partitions(partitions))},
+    )
+
+
+def given_up_stream_config(tenant: str, *, replicas: int = 1) -> StreamConfig:
+    """The stream ``TBADV_<tenant>``: the server's advisories of messages it gave up redelivering, kept until the
+    ledger service has recorded each in the tenant stream (work queue: it removes what is acked)."""  # noqa: D205, D209
+    return StreamConfig(
+        name=given_up_stream(tenant),
+        subjects=[given_up_advisories(tenant)],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
     )
 
 
@@ -124,6 +138,7 @@ async def provision(
                 report.updated.append(f"{wanted.name} ({', '.join(drift)})")
             else:
                 report.unchanged.append(wanted.name or "")
+        await _provision_given_up_stream(js, given_up_stream_config(tenant, replicas=replicas), report)
         for bucket in (keyring_bucket(tenant), memory_bucket(tenant), coordinator_bucket(tenant)):
             try:
                 backing = (await js.stream_info(f"KV_{bucket}")).config
@@ -147,6 +162,21 @@ async def provision(
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise TransportError(f"provisioning tenant {tenant!r} failed: {exc}") from exc
     return report
+
+
+async def _provision_given_up_stream(js: JetStreamContext, wanted: StreamConfig, report: ProvisionReport) -> None:
+    name = wanted.name or ""
+    try:
+        current = (await js.stream_info(name)).config
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(wanted)
+        report.created.append(name)
+        return
+    if current.num_replicas != wanted.num_replicas:
+        await js.update_stream(dataclasses.replace(current, num_replicas=wanted.num_replicas))
+        report.updated.append(f"{name} (num_replicas)")
+    else:
+        report.unchanged.append(name)
 
 
 async def _metadata(js: JetStreamContext, tenant: str) -> dict[str, str]:

@@ -36,6 +36,22 @@ def stream_name(tenant: str) -> str:
     return f"TB_{check_name(tenant, what='tenant')}"
 
 
+def given_up_stream(tenant: str) -> str:
+    """The stream ``TBADV_<tenant>`` holding the server's advisories of messages it stopped redelivering.
+
+    Its name cannot be another tenant's stream (those all start ``TB_``).
+    """
+    return f"TBADV_{check_name(tenant, what='tenant')}"
+
+
+GIVEN_UP_CONSUMER = "recorder"  # the one consumer of the given-up stream, shared by every ledger service
+
+
+def given_up_advisories(tenant: str) -> str:
+    """The server's MAX_DELIVERIES advisories for every consumer of the tenant's stream."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name(tenant)}.*"
+
+
 def keyring_bucket(tenant: str) -> str:
     """The KV bucket holding the tenant's keyring."""
     return f"tb_keys_{check_name(tenant, what='tenant')}"

@@ -31,7 +31,7 @@ from bus._keyring_store import KeyringStore
 from bus._provision import tenant_partitions
 from bus._publisher import Publisher, unavailable
 from bus._quarantine import encode_quarantine_record, quarantine_record
-from bus._seal import HEADER_KEY, Limits, Opened, Sealed, SeenIds, open_envelope, seal
+from bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from bus._subjects import check_name, outbox, partition_of, quarantine, stream_name
 from bus._tail import tail
 
@@ -409,15 +409,41 @@ class Bus:
     async def quarantine_msg(self, msg: Msg, *, reason: str, detail: str) -> None:
         """Publish a quarantine record for ``msg`` and terminate it; on failure nak it for later."""
         seq = msg.metadata.sequence.stream if msg.reply else None
-        record = quarantine_record(
-            msg.data, msg.headers, reason=reason, detail=detail, subject=msg.subject, stream_seq=seq
-        )
+        try:
+            await self.record_quarantine(
+                msg.data, msg.headers, subject=msg.subject, stream_seq=seq, reason=reason, detail=detail
+            )
+        except TransportError:
+            log.exception("quarantine publish failed; message left for redelivery")
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=1.0)
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await msg.term()
+
+    async def record_quarantine(
+        self,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        *,
+        subject: str,
+        stream_seq: int | None,
+        reason: str,
+        detail: str,
+        msg_id: str | None = None,
+    ) -> None:
+        """Publish a signed quarantine record for a refused or abandoned message; TransportError if not stored.
+
+        ``msg_id`` replaces the envelope id as the stream's duplicate id: derive it from what is
+        recorded, and recording the same thing again (after a crash) is a no-op.
+        """
+        record = quarantine_record(body, headers, reason=reason, detail=detail, subject=subject, stream_seq=stream_seq)
         log.info(
             "quarantined",
             extra={
                 "reason": reason,
-                "subject": msg.subject,
-                "stream_seq": seq,
+                "subject": subject,
+                "stream_seq": stream_seq,
                 "claimed_sender": record.claimed_sender,
             },
         )
@@ -428,17 +454,11 @@ class Bus:
             to=("topic:quarantine",),
             content_type="application/msgpack",
             payload=encode_quarantine_record(record),
-            idempotency_key=f"quarantine:{self.stream}:{seq}" if seq is not None else None,
+            idempotency_key=f"quarantine:{self.stream}:{stream_seq}" if stream_seq is not None else None,
         )
-        try:
-            await self.publish(quarantine(self.tenant), self.seal(envelope))
-        except TransportError:
-            log.exception("quarantine publish failed; message left for redelivery")
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=1.0)
-            return
-        with contextlib.suppress(nats.errors.Error):
-            await msg.term()
+        await self.publish(
+            quarantine(self.tenant), self.seal(envelope), headers={HEADER_MSG_ID: msg_id} if msg_id else None
+        )
 
     async def aclose(self) -> None:
         """Wait briefly for in-flight publishes, stop the keyring follower, drain and close."""

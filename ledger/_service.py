@@ -1,5 +1,7 @@
 """The ledger service: tails the tenant stream, keeps the projection and publishes checkpoints.
 
+It also records what the server gave up delivering (:mod:`ledger._given_up`).
+
 The adapter around :class:`~ledger._projector.Projector` (pure) and
 :class:`~ledger._segments.SegmentStore` (the files). It reads the stream
 through its own durable pull consumer, named after its key owner (the one
@@ -33,6 +35,7 @@ from bus._seal import HEADER_CKEY, HEADER_KEY
 from bus._signals import stop_on_signals
 from ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from ledger._errors import ServiceError
+from ledger._given_up import GivenUpRecorder
 from ledger._parallel import open_all
 from ledger._projection import KeyRow, Rows
 from ledger._projector import Projector
@@ -388,7 +391,9 @@ async def serve_ledger(
         role = bus.keyring.keyring.resolve(identity.key_id).role
         if role != "ledger":
             raise ServiceError(f"key of {name!r} has role {role!r}: create it with `trustbus keys new --role ledger`")
-        await LedgerService(bus, store, settings).run(stop, ready)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(LedgerService(bus, store, settings).run(stop, ready))
+            tasks.create_task(GivenUpRecorder(bus).run(stop))
     finally:
         await bus.aclose()
         store.close()

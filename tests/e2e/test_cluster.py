@@ -100,7 +100,13 @@ async def test_up_cluster_forms_a_cluster_that_provisions_at_once_and_stops_on_s
         # No wait: `up` printed its URLs only once the meta leader counted every node as a current peer.
         report, _ = await init_tenant(urls, "upcluster", keys=KeyDirectory(tmp_path / "keys"))
         assert report.replicas == 3
-        assert report.created == ["TB_upcluster", "tb_keys_upcluster", "tb_mem_upcluster", "tb_coord_upcluster"]
+        assert report.created == [
+            "TB_upcluster",
+            "TBADV_upcluster",
+            "tb_keys_upcluster",
+            "tb_mem_upcluster",
+            "tb_coord_upcluster",
+        ]
         up.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.wait(), 30) == 0
         assert not any(_alive(pid) for pid in pids)

@@ -155,6 +155,7 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
         assert "consumer reset" in (tmp_path / "ledger3.err").read_text()
         for err in ("coordinator.err", "ledger1.err", "ledger2.err", "ledger3.err"):
             assert "Permissions Violation" not in (tmp_path / err).read_text(), err
+            assert "cannot read the given-up advisories" not in (tmp_path / err).read_text(), err
     finally:
         for proc in procs:
             if proc.poll() is None:

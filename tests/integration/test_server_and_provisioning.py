@@ -63,7 +63,13 @@ async def test_provisioning_twice_changes_nothing(tenant: Tenant) -> None:
     after = await tenant.js.stream_info(f"TB_{tenant.name}")
     assert report.created == [] and report.updated == []
     assert sorted(report.unchanged) == sorted(
-        [f"TB_{tenant.name}", f"tb_keys_{tenant.name}", f"tb_mem_{tenant.name}", f"tb_coord_{tenant.name}"]
+        [
+            f"TB_{tenant.name}",
+            f"TBADV_{tenant.name}",
+            f"tb_keys_{tenant.name}",
+            f"tb_mem_{tenant.name}",
+            f"tb_coord_{tenant.name}",
+        ]
     )
     assert before.config == after.config
 
