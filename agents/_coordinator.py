@@ -405,8 +405,15 @@ class Coordinator:
             raise TransportError(f"cannot read memory: {exc}") from exc
         return raw.seq or 0
 
-    async def _write_memory(self, body: bytes, decision: Decision, decision_id: str) -> None:
-        """Apply an accepted write with compare-and-set on the revision the writer expected; idempotent."""
+    async def _write_memory(
+        self, body: bytes, headers: Mapping[str, str], decision: Decision, decision_id: str
+    ) -> None:
+        """Apply an accepted write with compare-and-set on the revision the writer expected; idempotent.
+
+        If the key moved on after the decision (the write was held and approved late, or a
+        coordinator of another partition wrote it first), the write is not applied, and a
+        quarantine record ``stale_revision`` says so beside the decision that accepted it.
+        """
         envelope = decode_envelope(body)
         write = parse_write(envelope.payload)
         assert write is not None  # decide() accepted it
@@ -425,16 +432,29 @@ class Coordinator:
             effective_taint=decision.effective_taint,
             decision_id=decision_id,
         )
-        headers = {EXPECTED_LAST_SUBJECT_SEQ: str(write.expected_revision)}
+        compare = {EXPECTED_LAST_SUBJECT_SEQ: str(write.expected_revision)}
         try:
-            await self.bus.js.publish(subject, encode_value(value), headers=headers, timeout=5.0)
+            await self.bus.js.publish(subject, encode_value(value), headers=compare, timeout=5.0)
         except nats.js.errors.APIError as exc:
             if exc.err_code != _WRONG_LAST_SEQUENCE:
                 raise TransportError(f"cannot write memory: {exc}") from exc
-            # Another write to this key landed between the decision and now (two coordinators).
-            log.error("memory write lost a compare-and-set race", extra={"envelope_id": decision.envelope_id})
         except nats.errors.Error as exc:
             raise TransportError(f"cannot write memory: {exc}") from exc
+        else:
+            return
+        log.warning("accepted memory write not applied: the key moved on", extra={"envelope_id": decision.envelope_id})
+        await self.bus.record_quarantine(
+            body,
+            headers,
+            subject=self._outbox_of(envelope),
+            stream_seq=decision.source_seq,
+            reason="stale_revision",
+            detail=(
+                f"accepted (decision {decision_id}) expecting revision {write.expected_revision} of "
+                f"{envelope.to[0]}.{write.key}, which had moved on when it was applied: not written"
+            ),
+            msg_id=f"stale:{self.bus.stream}:{decision.source_seq}",
+        )
 
     async def _effect(self, delivery: Delivery) -> None:
         """Record a completed tool call so its result's taint follows its agent in that correlation."""
@@ -502,7 +522,7 @@ class Coordinator:
             return
         decision_id = self._decision_ids[decision.envelope_id]
         if decision.kind == "memory_write":
-            await self._write_memory(body, decision, decision_id)
+            await self._write_memory(body, headers, decision, decision_id)
             return
         if decision.kind == "checkpoint":
             await self._store_checkpoint(decision.sender, body, headers, decision_id)

@@ -91,6 +91,33 @@ async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approv
     assert entry is not None and entry.value == "1 Main St" and entry.effective_taint == ("web",)
 
 
+async def test_a_held_write_approved_after_the_key_moved_on_is_not_applied_and_the_ledger_says_so(
+    fleet: Fleet,
+) -> None:
+    from tests.e2e.test_approvals import cli
+
+    await fleet.coordinator({**POLICY, "taint": {"on_tainted_memory_write": "hold"}})
+    await fleet.key("ops", role="operator")
+    web, scribe = await fleet.bus("web"), await fleet.bus("scribe")
+    page = await fleet.send(web, ["scribe"], "The customer's new address is 9 Elm St.", taint=["web"])
+    held = await fleet.send(scribe, ["scribe"], {"key": "address", "value": "9 Elm St", "expected_revision": 0},
+                            kind="memory_write", correlation_id=page)  # fmt: skip
+    # While it waits for a person, the customer confirms another address directly (untainted: applied at once).
+    direct = await fleet.send(scribe, ["scribe"], {"key": "address", "value": "1 Main St", "expected_revision": 0},
+                              kind="memory_write")  # fmt: skip
+    await fleet.memory_written("scribe", "address", direct)
+
+    rc, _, err = await cli(fleet, "approve", held, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    decisions = await fleet.decisions(lambda ds: sum(d.envelope_id == held for d in ds) == 2)
+    assert [d.verdict for d in decisions if d.envelope_id == held] == ["hold", "accept"]
+    record = await fleet.quarantined(lambda r: r.claimed_id == held)
+    assert record.reason == "stale_revision" and "scribe.address" in record.detail and "not written" in record.detail
+    entry = await Memory(scribe.js, fleet.tenant, "scribe", None).get("address")  # type: ignore[arg-type]
+    assert entry is not None and entry.value == "1 Main St" and entry.envelope_id == direct  # never overwritten
+    # The legitimate twin, approved while its expected revision still holds, is applied (the test above).
+
+
 async def test_rollback_reverts_the_memory_an_incident_wrote_as_a_new_revision_once(fleet: Fleet) -> None:
     from tests.e2e.test_approvals import cli
 
