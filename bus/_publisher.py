@@ -13,6 +13,10 @@ Raft election): a publish is then answered "no responders" or 503 at once. That
 is retried too, with the same ``Nats-Msg-Id``, after a growing pause, for up to
 ``unavailable_s`` seconds; a subject no stream captures fails the same way,
 only later.
+
+A publish the server refuses for permissions is never answered: the server
+reports it as an asynchronous error naming the subject, and the connection's
+error callback calls :meth:`Publisher.refuse`, which fails it at once.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ class Publisher:
         self._timeout_s = timeout_s
         self._unavailable_s = unavailable_s
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._in_flight: set[asyncio.Future[PubAck]] = set()
+        self._in_flight: dict[asyncio.Future[PubAck], str] = {}  # each publish's result, and its subject
         self._retries: set[asyncio.Task[None]] = set()
         self._failures: list[BaseException] = []
 
@@ -73,7 +77,7 @@ class Publisher:
         """Send once a slot is free; return a future for the ack (or a TransportError)."""
         await self._slots.acquire()
         result: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        self._in_flight.add(result)
+        self._in_flight[result] = subject
         result.add_done_callback(lambda done: self._settled(done, report_failure_on_flush))
         try:
             await self._send(subject, body, headers, result)
@@ -124,6 +128,8 @@ class Publisher:
         if ack.done():
             return
         ack.cancel()
+        if result.done():
+            return  # refused by the server meanwhile
         log.warning("publish ack timed out; re-sending with the same Nats-Msg-Id", extra={"subject": subject})
         self._start_retry(subject, body, headers, result, nats.errors.TimeoutError())
 
@@ -141,7 +147,7 @@ class Publisher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._unavailable_s
         last, resends, timeouts, pauses = first, 0, 0, 0
-        while True:
+        while not result.done():  # done: refused by the server meanwhile
             if isinstance(last, nats.errors.TimeoutError):
                 if timeouts >= _RETRIES:
                     break
@@ -171,9 +177,15 @@ class Publisher:
 
     def _settled(self, result: asyncio.Future[PubAck], report: bool) -> None:
         self._slots.release()
-        self._in_flight.discard(result)
+        self._in_flight.pop(result, None)
         if report and not result.cancelled() and result.exception() is not None:
             self._failures.append(result.exception())  # type: ignore[arg-type]
+
+    def refuse(self, subject: str, why: str) -> None:
+        """Fail every outstanding publish to ``subject`` now: the server refused it (it never answers those)."""
+        for result, target in list(self._in_flight.items()):
+            if target == subject and not result.done():
+                result.set_exception(TransportError(f"publish to {subject} refused by the server: {why}"))
 
     async def flush(self, *, timeout_s: float) -> None:
         """Wait for every outstanding publish; raise TransportError if any since the last flush failed."""

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -115,6 +116,7 @@ class Bus:
         self._publish_timeout_s = publish_timeout_s
         self._publisher = Publisher(js, max_in_flight=max_in_flight, timeout_s=publish_timeout_s)
         self._watch = watch or _ConnectionWatch()
+        self._watch.refused = self._publisher.refuse
 
     @classmethod
     async def connect(
@@ -155,7 +157,7 @@ class Bus:
             **connect_options(urls, long_running=True),
             "name": f"trustbus:{tenant}:{name}",
             "connect_timeout": connect_timeout_s,
-            "error_cb": _log_error,
+            "error_cb": watch.error,
             "disconnected_cb": watch.disconnected,
             "reconnected_cb": watch.reconnected,
         }
@@ -592,15 +594,26 @@ class _Heartbeat:
         self._handle.cancel()
 
 
-async def _log_error(exc: Exception) -> None:
-    log.warning("nats error: %s", exc)
+_PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 
 
 class _ConnectionWatch:
-    """Logs losing and regaining the server (not the disconnect of a deliberate close)."""
+    """Logs losing and regaining the server (not the disconnect of a deliberate close) and its errors.
+
+    A publish the server refuses (a permissions violation) is only reported here, as an
+    asynchronous error: ``refused`` fails the publishes to that subject at once, instead of
+    letting them time out and be re-sent.
+    """
 
     def __init__(self) -> None:
         self.closing = False
+        self.refused: Callable[[str, str], None] | None = None
+
+    async def error(self, exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+        match = _PUBLISH_REFUSED.search(str(exc))
+        if match and self.refused is not None:
+            self.refused(match.group(1), str(exc))
 
     async def disconnected(self) -> None:
         if not self.closing:

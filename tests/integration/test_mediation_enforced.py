@@ -34,10 +34,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import (
+    Bus,
     EmbeddedServer,
     Identity,
     KeyDirectory,
     KeyringStore,
+    TransportError,
     find_server_binary,
     init_tenant,
     list_keys,
@@ -371,6 +373,25 @@ async def test_agent_cannot_publish_to_another_agents_inbox_outbox_or_decisions(
     assert await message_count(admin.js) == before + 1
     for subject, (body, _) in forged.items():
         assert await last_body(admin.js, STREAM, subject) != body
+
+
+async def test_a_bus_publish_the_server_refuses_fails_at_once_with_the_reason(deployment: Deployment) -> None:
+    """Bus.publish gets no answer to a refused publish; it fails on the server's error, not after its re-sends."""
+    alice = deployment.identity("alice")
+    bus = await Bus.connect(
+        deployment.url, tenant=T, name="alice", identity=alice, nkey_auth=True,
+        inbox_prefix=subjects.reply_prefix("alice"), publish_timeout_s=10.0,
+    )  # fmt: skip
+    try:
+        envelope = new_envelope(tenant=T, kind="event", sender="alice", to=["bob"], payload=b"1")
+        with pytest.raises(TransportError, match=r"(?i)refused by the server: .*permissions violation") as refused:
+            await bus.publish(subjects.outbox(T, "bob", 0), bus.seal(envelope))
+        assert subjects.outbox(T, "bob", 0) in str(refused.value)
+        # The twin: her own outbox is acked, on the same connection.
+        ack = await bus.publish(subjects.outbox(T, "alice", 0), bus.seal(envelope))
+        assert ack.stream == STREAM
+    finally:
+        await bus.aclose()
 
 
 async def test_coordinator_cannot_forge_an_agents_outbox_or_touch_the_stream(connect: Connect) -> None:
