@@ -110,6 +110,7 @@ async def reexecute(
     *,
     recorded_sends: dict[str, list[Envelope]],
     effects: dict[str, EffectRecord],
+    checkpoint: dict[str, Any] | None = None,
 ) -> list[Replayed]:
     """Hand each recorded delivery (with the taint it was delivered with) to ``agent`` again and compare.
 
@@ -119,7 +120,10 @@ async def reexecute(
         deliveries: what was delivered to it, in order, with each delivery's effective taint.
         recorded_sends: by delivered envelope id, what the agent sent because of it, in order.
         effects: every recorded effect record of the incident, by idempotency key (the latest phase).
+        checkpoint: the state its ``on_start`` is given first: its last checkpoint before the
+            first delivery (:func:`ledger.checkpoint_before`), as a process started then would get.
     """
+    await agent.on_start(checkpoint)
     results = []
     for envelope, taint in deliveries:
         ctx = ReplayContext(agent_id, envelope, taint, effects)

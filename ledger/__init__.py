@@ -5,7 +5,7 @@ from ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read
 from ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
 from ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
 from ledger._query import connect, query
-from ledger._replay import Incident, Step, build_incident, step_dict
+from ledger._replay import Incident, Step, build_incident, checkpoint_before, step_dict
 from ledger._rollback import (
     Compensation,
     RollbackPlan,
@@ -29,6 +29,7 @@ __all__ = [
     "verified_effects",
     "Step",
     "build_incident",
+    "checkpoint_before",
     "load_bundle_messages",
     "load_messages",
     "step_dict",

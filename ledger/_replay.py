@@ -8,6 +8,7 @@ in it, and the quarantine records of envelopes that claimed it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,43 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
         parent = steps.get(step.envelope.causation_id or "")
         (parent.children if parent is not None and parent is not step else roots).append(step)
     return Incident(correlation_id=correlation_id, steps=order, roots=roots, effects=effects)
+
+
+def checkpoint_before(
+    messages: Sequence[StoredMessage], keyring: Keyring, tenant: str, agent_id: str, before_seq: int
+) -> dict[str, Any] | None:
+    """The state in ``agent_id``'s last checkpoint a coordinator accepted before stream sequence ``before_seq``.
+
+    What a process of the agent started then would have been handed (None: it had
+    none). Only the candidates, checkpoints from its outbox and decisions about
+    checkpoints, are verified.
+    """
+    sent: dict[str, bytes] = {}  # the agent's checkpoint envelopes by id: their payloads
+    accepted: bytes | None = None
+    for message in messages:
+        if message.seq >= before_seq:
+            break
+        where = _kind_of_subject(tenant, message.subject)
+        if where not in ("out", "decision"):
+            continue
+        try:
+            claimed = decode_envelope(message.body)
+            if where == "out" and (claimed.kind != "checkpoint" or claimed.sender != agent_id):
+                continue
+            decision = decode_decision(claimed.payload) if where == "decision" else None
+            if decision is not None and (decision.envelope_id not in sent or decision.verdict != "accept"):
+                continue
+            opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+        except (VerificationError, msgspec.DecodeError):
+            continue
+        if decision is None:
+            sent[opened.envelope.id] = opened.envelope.payload
+        elif opened.grant.role == "coordinator":
+            accepted = sent[decision.envelope_id]
+    if accepted is None:
+        return None
+    state: dict[str, Any] = json.loads(accepted)
+    return state
 
 
 def _quarantine_note(

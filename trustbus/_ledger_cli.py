@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from trustbus._incident_view import incident_tree, redecided_rows, redecided_table
 from trustbus._projection_cli import ledger_run
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from bus import Keyring
+    from ledger import Incident
+    from ledger._stored import StoredMessage
 
 ledger_app = typer.Typer(help="Verify the tenant's ledger and export audit bundles.", no_args_is_help=True)
 ledger_app.command("run")(ledger_run)
@@ -107,12 +114,15 @@ def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str
     return messages, keyring, tenant
 
 
-def _reexecuted(incident: Any, targets: list[str]) -> list[dict[str, Any]]:
-    """Re-run each ``ID=module:attr`` agent on the deliveries the incident recorded for it."""
+def _reexecuted(
+    incident: Incident, targets: list[str], messages: Sequence[StoredMessage], keyring: Keyring, tenant: str
+) -> list[dict[str, Any]]:
+    """Re-run each ``ID=module:attr`` agent on the deliveries the incident recorded for it, from its checkpoint."""
     import asyncio
 
     from agents._process import load_agent
     from agents._reexecute import reexecute
+    from ledger import checkpoint_before
 
     effects = {record.idempotency_key: record for _, _, _, record in incident.effects}
     rows: list[dict[str, Any]] = []
@@ -127,8 +137,12 @@ def _reexecuted(incident: Any, targets: list[str]) -> list[dict[str, Any]]:
         for s in incident.steps:
             if s.envelope.sender == agent_id and s.envelope.causation_id:
                 sends.setdefault(s.envelope.causation_id, []).append(s.envelope)
+        first = min((s.seq for s in incident.steps if agent_id in s.deliveries), default=0)
+        checkpoint = checkpoint_before(messages, keyring, tenant, agent_id, first) if first else None
         replayed = asyncio.run(
-            reexecute(load_agent(where), agent_id, deliveries, recorded_sends=sends, effects=effects)
+            reexecute(
+                load_agent(where), agent_id, deliveries, recorded_sends=sends, effects=effects, checkpoint=checkpoint
+            )
         )
         for r in replayed:
             rows.append({
@@ -169,7 +183,7 @@ def replay(
         err.print(f"[red]error:[/red] nothing recorded for correlation {correlation}")
         raise typer.Exit(1)
     redecided = redecided_rows(incident, policy) if policy is not None else None
-    executed = _reexecuted(incident, execute) if execute else None
+    executed = _reexecuted(incident, execute, messages, keyring, tenant_name) if execute else None
     diverged = bool(executed) and any(item["divergences"] for item in executed or [])
     if json_out:
         print(json.dumps({"correlation": correlation, "tree": [step_dict(r) for r in incident.roots],

@@ -178,3 +178,20 @@ class Recall(Agent):
             await ctx.memory.write(request["key"], request["value"], expected_revision=entry.revision if entry else 0)
         elif entry is not None:
             await ctx.instruct(["bank"], "issue_refund", order=entry.value)
+
+
+class Counter(Agent):
+    """Numbers what it is sent, counting on from its checkpoint across restarts: replies ``{"number": n}``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
+        """Count on from the last checkpoint."""
+        self.count = int((checkpoint or {}).get("count", 0))
+
+    async def handle(self, ctx: Context) -> None:
+        """Reply with the next number and checkpoint it."""
+        self.count += 1
+        await ctx.reply({"number": self.count})
+        await ctx.checkpoint({"count": self.count})

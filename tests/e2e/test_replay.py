@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 from tests.e2e.fleet import ROOT, Fleet
@@ -176,3 +177,27 @@ async def test_re_executing_the_agent_on_recorded_inputs_touches_nothing_and_rep
     diverged = [d for item in json.loads(out)["executed"] for d in item["divergences"]]
     assert len(diverged) == 4 and {d["what"] for d in diverged} == {"sent"}
     assert books(fleet) == moves  # no tool ran: every effect was answered from its record
+
+
+async def test_re_execution_starts_the_agent_from_the_checkpoint_it_had_then(fleet: Fleet) -> None:
+    """A counter numbers three requests across a restart; re-running the last one numbers it 3 again, not 1."""
+    await fleet.coordinator({"rules": [{"from": "*", "to": ["*"], "kinds": ["event", "reply"]}]})
+    counter = await fleet.agent("tests.e2e.fleet_agents:Counter", "counter")
+    asker = await fleet.bus("asker")
+    asked = []
+    for n in (1, 2, 3):
+        if n == 3:  # a new process: it counts on from its checkpoint
+            counter.send_signal(signal.SIGTERM)
+            assert await counter.wait() == 0
+            counter = await fleet.agent("tests.e2e.fleet_agents:Counter", "counter")
+        asked.append(await fleet.send(asker, ["counter"], n))
+        read = await fleet.inbox(lambda r, n=n: sum(who == "asker" for who, _ in r) >= n)
+        [reply] = [e for who, e in read if who == "asker" and e.causation_id == asked[-1]]
+        assert json.loads(reply.payload) == {"number": n}
+
+    for n, correlation in ((1, asked[0]), (3, asked[2])):
+        rc, out, err = await cli(fleet, "ledger", "replay", "-t", fleet.tenant, "--correlation", correlation,
+                                 "--json", "--execute", "counter=tests.e2e.fleet_agents:Counter")  # fmt: skip
+        assert rc == 0, err
+        [executed] = json.loads(out)["executed"]
+        assert executed["divergences"] == [], n
