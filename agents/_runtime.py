@@ -36,6 +36,7 @@ from bus import (
     Identity,
     Kind,
     Limits,
+    TransientError,
     VerificationError,
     new_envelope,
     open_envelope,
@@ -161,9 +162,15 @@ class Agent:
     --tools``) to the implementations this agent binds, each
     ``async def tool(args, *, idempotency_key) -> JSON``; set it in the class or
     in ``__init__``.
+
+    ``handler_timeout_s`` bounds one delivery's handling: a handler still running
+    then (a hung model or tool call) is cancelled and the delivery retried like a
+    ``TransientError``, so one stuck call never stalls the agent's inbox. None: no
+    bound.
     """
 
     tools: Mapping[str, ToolImplementation] = MappingProxyType({})
+    handler_timeout_s: float | None = 600.0
 
     async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
         """Called once before the first delivery with the last checkpoint, if any."""
@@ -293,11 +300,22 @@ async def run_agent(
         subjects.inbox_consumer(agent_id), settings=INBOX_SETTINGS, recipient=agent_id, stop=stop
     ):
         async with delivery.process():
-            ctx = Context(bus, agent_id, delivery, tools=tools)
+            await _handle_in_time(agent, Context(bus, agent_id, delivery, tools=tools))
+
+
+async def _handle_in_time(agent: Agent, ctx: Context) -> None:
+    """Run the handler (or a rollback's compensation), cancelled after ``agent.handler_timeout_s``."""
+    deadline = asyncio.timeout(agent.handler_timeout_s)
+    try:
+        async with deadline:
             if compensation_request(ctx.envelope) is not None:
                 await compensate(ctx)
             else:
                 await agent.handle(ctx)
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise  # the handler's own timeout, not ours: it decides what that means
+        raise TransientError(f"handler still running after {agent.handler_timeout_s} s: cancelled") from exc
 
 
 COMPENSATES = "compensates"

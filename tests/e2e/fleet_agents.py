@@ -27,6 +27,12 @@ class Recorder(Agent):
         await ctx.reply({"event": "done", "id": ctx.envelope.id, "attempt": ctx.attempt})
 
 
+class ImpatientRecorder(Recorder):
+    """A recorder whose deliveries may take a second at most (its hung first attempt is cancelled)."""
+
+    handler_timeout_s = 1.0
+
+
 def system() -> sqlite3.Connection:
     """The "system" the shop's tools act on: a SQLite file (path in $TB_TEST_SYSTEM_DB), autocommit."""
     db = sqlite3.connect(os.environ[SYSTEM_DB], timeout=10, isolation_level=None)

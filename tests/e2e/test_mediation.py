@@ -169,6 +169,24 @@ async def test_agent_killed_mid_handler_handles_the_message_again_after_restart(
     assert sorted(done) == sorted([(stuck, 2), (after, 1)])  # handled again after the crash, nothing lost or repeated
 
 
+async def test_a_hung_handler_is_cancelled_and_retried_and_the_inbox_flows_on(fleet: Fleet) -> None:
+    """No kill needed: the runtime cancels a delivery that outlives the agent's handler_timeout_s and retries it."""
+    await fleet.coordinator({"rules": [OPEN]})
+    await fleet.agent("tests.e2e.fleet_agents:ImpatientRecorder", "worker")
+    boss = await fleet.bus("boss")
+    stuck = await fleet.send(boss, ["worker"], "hang")
+    after = await fleet.send(boss, ["worker"], "next")
+
+    def events(read: list[tuple[str, Envelope]]) -> list[tuple[str, str, int]]:
+        return [
+            (r["event"], r["id"], r["attempt"]) for who, e in read if who == "boss" and (r := json.loads(e.payload))
+        ]
+
+    read = await fleet.inbox(lambda read: {("done", stuck, 2), ("done", after, 1)} <= set(events(read)))
+    assert ("done", stuck, 1) not in events(read)  # the hung attempt never finished: it was cancelled
+    assert sorted(i for event, i, _ in events(read) if event == "done") == sorted([stuck, after])
+
+
 async def test_coordinator_refuses_to_start_on_a_bad_policy(fleet: Fleet) -> None:
     await fleet.key("coordinator", role="coordinator")
     bad = fleet.tmp / "bad.yaml"
