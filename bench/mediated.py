@@ -708,6 +708,15 @@ def main() -> None:
         parser.error("--rate x (--seconds - --warmup) must leave at least 100 measured messages")
     if args.payload < 128:
         parser.error("--payload must be at least 128 bytes (the timing fields)")
+    run_bench(measure, report_table, args)
+
+
+def run_bench(
+    measure: Callable[[argparse.Namespace, Console], dict[str, Any]],
+    report_table: Callable[[dict[str, Any]], Table],
+    args: argparse.Namespace,
+) -> None:
+    """Measure, stopping every process it started on SIGTERM, SIGINT or an error; then print the figures."""
     for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job starts with it ignored
         signal.signal(signum, _interrupt)
     stderr = Console(stderr=True)

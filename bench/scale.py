@@ -69,7 +69,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
 import tempfile
 import time
@@ -83,7 +82,6 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -101,9 +99,9 @@ from bench.mediated import (
     BenchError,
     Child,
     Throughput,
-    _interrupt,
     provision_raw,
     provision_tenant,
+    run_bench,
 )
 
 COORDINATOR_MODULE = "bench._scale_coordinator"
@@ -652,22 +650,7 @@ def main() -> None:
         parser.error("need --n >= 100 and --rounds >= 1")
     if args.payload < 128:
         parser.error("--payload must be at least 128 bytes (the timing fields)")
-    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job starts with it ignored
-        signal.signal(signum, _interrupt)
-    stderr = Console(stderr=True)
-    try:
-        result = measure(args, stderr)
-    except BenchError as exc:
-        stderr.print(f"[red]error:[/red] {escape(str(exc))}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        stderr.print("[red]interrupted[/red]: every process was stopped")
-        sys.exit(130)
-    if args.json:
-        stderr.print(report_table(result))
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        Console().print(report_table(result))
+    run_bench(measure, report_table, args)
 
 
 if __name__ == "__main__":

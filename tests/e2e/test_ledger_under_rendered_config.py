@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import time
@@ -20,11 +19,11 @@ from pathlib import Path
 import nats
 import nats.js.errors
 
-from bus import KeyDirectory, find_server_binary
+from bus import KeyDirectory
 from ledger import ProjectionError, query
 from ledger._segments import read_catalogue
-from tests.e2e.test_config_render import TRUSTBUS, run, wait_until_accepted
-from tests.e2e.test_fleet_under_rendered_config import _serve
+from tests.e2e.test_config_render import run
+from tests.e2e.test_fleet_under_rendered_config import rendered
 
 T = "lgr"
 STREAM = f"TB_{T}"
@@ -75,39 +74,16 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    config = tmp_path / "nats.conf"
-    env = {**os.environ, "TRUSTBUS_KEYS": str(keys)}
-    env.pop("TRUSTBUS_NKEY", None)
-    run("config", "render", "--tenant", T, "--bootstrap", "--out", str(config), env=env)
-    up = subprocess.Popen(
-        [*TRUSTBUS, "up", "--port", "0", "--data", str(tmp_path / "js"), "--config", str(config), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        assert up.stdout is not None
-        started = json.loads(up.stdout.readline())
-        url = env["NATS_URL"] = started["url"]
-        admin = ("--nkey", str(keys / T / "admin.seed"))
-        admin_seed = KeyDirectory(keys).load(T, "admin").nkey_seed
-        run(*admin, "init", "--tenant", T, env=env)
-        for owner in ("ping", "pong"):
-            run(*admin, "keys", "new", "--tenant", T, "--owner", owner, env=env)
-        for owner in ("coordinator", "ledger"):
-            run(*admin, "keys", "new", "--tenant", T, "--owner", owner, "--role", owner, env=env)
-        run(*admin, "config", "render", "--tenant", T, "--out", str(config), env=env)
-        assert f'"$JS.API.CONSUMER.DELETE.{STREAM}.ledger"' in config.read_text()
-        reload = subprocess.run([str(find_server_binary()), "--signal", f"reload={started['pid']}"], timeout=30)
-        assert reload.returncode == 0
-        wait_until_accepted(url, KeyDirectory(keys).load(T, "ledger"))
+    roles = {"ledger": "ledger", "coordinator": "coordinator", "ping": "agent", "pong": "agent"}
+    with rendered(tmp_path, T, roles) as deployment:
+        url, env, admin = deployment.url, deployment.env, deployment.admin
+        admin_seed = KeyDirectory(tmp_path / "keys").load(T, "admin").nkey_seed
+        assert f'"$JS.API.CONSUMER.DELETE.{STREAM}.ledger"' in (tmp_path / "nats.conf").read_text()
 
         policy = tmp_path / "policy.yaml"
         policy.write_text('rules:\n  - {from: "*", to: ["*"], kinds: [event]}\n')
         coordinator = ["coordinator", "run", "-t", T, "--policy", str(policy), "--nkey-auth"]
-        procs.append(_serve(coordinator, env, tmp_path / "coordinator.err"))
+        deployment.serve(coordinator, tmp_path / "coordinator.err")
         data = tmp_path / "projection"
         ledger_run = ["ledger", "run", "-t", T, "--nkey-auth", "--checkpoint-every", "5", "--checkpoint-seconds", "0.2"]
 
@@ -117,8 +93,7 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
                 run(*admin, "send", "-t", T, "--as", "ping", "--to", "pong", "--payload", payload, env=env)
 
         # First run: it makes its consumer, projects everything and publishes checkpoints.
-        ledger = _serve([*ledger_run, "--data", str(data)], env, tmp_path / "ledger1.err")
-        procs.append(ledger)
+        ledger = deployment.serve([*ledger_run, "--data", str(data)], tmp_path / "ledger1.err")
         send(4)
         last = _settled(url, admin_seed, data, inbox=4)
         verified = json.loads(run(*admin, "ledger", "verify", "-t", T, "--json", env=env).stdout)
@@ -130,8 +105,7 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
         assert created is not None
 
         # A clean restart keeps the consumer.
-        ledger = _serve([*ledger_run, "--data", str(data)], env, tmp_path / "ledger2.err")
-        procs.append(ledger)
+        ledger = deployment.serve([*ledger_run, "--data", str(data)], tmp_path / "ledger2.err")
         send(2)
         _settled(url, admin_seed, data, inbox=6)
         _stop(ledger)
@@ -139,8 +113,7 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
 
         # An empty projection is behind the consumer: the service deletes it and reads the stream again from 1.
         fresh = tmp_path / "fresh"
-        ledger = _serve([*ledger_run, "--data", str(fresh)], env, tmp_path / "ledger3.err")
-        procs.append(ledger)
+        ledger = deployment.serve([*ledger_run, "--data", str(fresh)], tmp_path / "ledger3.err")
         send(1)
         last = _settled(url, admin_seed, fresh, inbox=7)
         remade = asyncio.run(_stream_and_consumer(url, admin_seed))[1]
@@ -156,15 +129,3 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
         for err in ("coordinator.err", "ledger1.err", "ledger2.err", "ledger3.err"):
             assert "Permissions Violation" not in (tmp_path / err).read_text(), err
             assert "cannot read the given-up advisories" not in (tmp_path / err).read_text(), err
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            assert proc.wait(timeout=20) == 0
-            if proc.stdout:
-                proc.stdout.close()
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=20)
-        if up.stdout:
-            up.stdout.close()
