@@ -58,6 +58,7 @@ def test_ledger_exports() -> None:
         [
             "CHAIN_DOMAIN", "GENESIS", "Compensation", "RollbackPlan", "compensated_keys",
             "execute_rollback", "plan_rollback", "verified_effects", "Incident", "Step", "build_incident",
+            "checkpoint_before",
             "load_bundle_messages", "load_messages", "step_dict", "Break", "Bundle", "BundleEntry",
             "BundleError", "LedgerError", "StoredMessage", "VerifyReport", "chain_hash", "chained_headers",
             "export", "export_bundle", "read_bundle", "read_stream", "verify_bundle", "verify_messages",
