@@ -120,16 +120,26 @@ class SeenIds:
     def __init__(self, *, window_ns: int = DEFAULT_SKEW_NS) -> None:
         """Remember ids for ``window_ns`` of sender time."""
         self._window_ns = window_ns
-        self._ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._ids: OrderedDict[str, tuple[int, int, bool]] = OrderedDict()  # id -> (ts, stream_seq, settled)
 
     def sequence_of(self, envelope_id: str) -> int | None:
         """The stream sequence ``envelope_id`` was accepted at, if remembered."""
         entry = self._ids.get(envelope_id)
         return None if entry is None else entry[1]
 
-    def add(self, envelope: Envelope, stream_seq: int) -> None:
-        """Remember ``envelope`` as accepted at ``stream_seq``."""
-        self._ids[envelope.id] = (envelope.ts, stream_seq)
+    def settled_at(self, envelope_id: str) -> int | None:
+        """The stream sequence ``envelope_id`` was accepted and settled at, if known to be settled."""
+        entry = self._ids.get(envelope_id)
+        return entry[1] if entry is not None and entry[2] else None
+
+    def add(self, envelope: Envelope, stream_seq: int, *, settled: bool = True) -> None:
+        """Remember ``envelope`` as accepted at ``stream_seq``.
+
+        ``settled=False``: handed out but perhaps not settled (a restarted reader's
+        view above its ack floor). A copy at another sequence is still a replay, but
+        a redelivery at that sequence is handled, not taken as already done.
+        """
+        self._ids[envelope.id] = (envelope.ts, stream_seq, settled)
         self._ids.move_to_end(envelope.id)
 
     def prune(self, now_ns: int) -> None:
@@ -142,7 +152,7 @@ class SeenIds:
         """
         horizon = now_ns - 2 * self._window_ns
         while self._ids:
-            envelope_id, (ts, _) = next(iter(self._ids.items()))
+            envelope_id, (ts, _, _) = next(iter(self._ids.items()))
             if ts >= horizon:
                 return
             del self._ids[envelope_id]

@@ -347,17 +347,23 @@ class Bus:
                 await sub.unsubscribe()
 
     async def _recently_accepted(self, info: ConsumerInfo) -> SeenIds:
-        """Ids this consumer already settled within the replay window, read back from the stream.
+        """Ids this consumer was already handed within the replay window, read back from the stream.
 
         A restarted consumer would otherwise forget them, and a replay of one
         (same bytes, fresh ``Nats-Msg-Id``) inside the skew window would pass.
+        It reads up to the last message delivered, not the ack floor: messages
+        acked out of order sit above the floor and are never delivered again.
+        Those above the floor are remembered as not known to be settled: one
+        still pending comes back at its own sequence and is handled, not a replay.
+        Each id keeps its first position, so a replayed copy cannot take it over.
         Only envelopes that verify are remembered, so a forged envelope cannot
         claim a legitimate id in advance. Best effort: a user without the right
         to create an ordered consumer starts with an empty set (logged).
         """
         seen = SeenIds(window_ns=self.limits.skew_ns)
         floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
-        if floor == 0:
+        last = info.delivered.stream_seq if info.delivered and info.delivered.stream_seq else 0
+        if last == 0:
             return seen
         since = time.time_ns() - 2 * self.limits.skew_ns
         try:
@@ -370,10 +376,10 @@ class Bus:
                 limits=self.limits,
                 idle_timeout_s=self._publish_timeout_s,
             ):
-                if item.stream_seq > floor:
+                if item.stream_seq > last:
                     break
-                if item.opened is not None:
-                    seen.add(item.opened.envelope, item.stream_seq)
+                if item.opened is not None and seen.sequence_of(item.opened.envelope.id) is None:
+                    seen.add(item.opened.envelope, item.stream_seq, settled=item.stream_seq <= floor)
                 if item.pending == 0:
                     break
         except (BusError, nats.errors.Error, nats.js.errors.Error) as exc:
@@ -403,7 +409,7 @@ class Bus:
         except VerificationError as exc:
             await self.quarantine_msg(msg, reason=exc.reason, detail=exc.detail)
             return None
-        if seen.sequence_of(opened.envelope.id) == seq:
+        if seen.settled_at(opened.envelope.id) == seq:
             await msg.ack()  # redelivered after an ack that was lost: already handled
             return None
         return Delivery(self, msg, meta, opened, seen, settings)

@@ -229,6 +229,36 @@ async def test_key_registered_after_the_consumer_started_verifies(tenant: Tenant
     assert delivery.opened.grant.owner == "dave"
 
 
+async def test_replay_of_a_message_acked_out_of_order_is_quarantined_after_a_restart(tenant: Tenant) -> None:
+    """An envelope acked above the ack floor (an earlier one still pending) is remembered after a restart too."""
+    cast = await _cast(tenant)
+    subject = subjects.outbox(tenant.name, "alice", 0)
+    reader = await _reader(tenant, subject)
+    pending, acked = valid(cast), valid(cast)
+    for sealed in (pending, acked):
+        await tenant.js.publish(subject, sealed.body, headers=sealed.headers)
+
+    async def first_pass() -> None:
+        async for delivery in reader.consume("reader", settings=FAST):
+            if delivery.envelope.id == pending.envelope.id:
+                await delivery.defer(2.0)  # back later: the ack floor stays below it
+            else:
+                await delivery.ack()
+                return
+
+    await asyncio.wait_for(first_pass(), 15)
+    info = await tenant.js.consumer_info(f"TB_{tenant.name}", "reader")
+    assert info.ack_floor.stream_seq < info.delivered.stream_seq  # acked out of order
+
+    restarted = await tenant.bus("reader-restarted", identity_of="reader")
+    replay = await tenant.js.publish(subject, acked.body, headers={**acked.headers, "Nats-Msg-Id": "again"})
+    delivered = await _collect(restarted, pending.envelope.id)  # the pending one comes back and passes
+
+    assert [d.envelope.id for d in delivered] == [pending.envelope.id]
+    record, _ = await _last_quarantine(tenant)
+    assert record == {"reason": "replayed", "stream_seq": replay.seq, "sender": "alice"}
+
+
 async def test_replay_after_the_consumer_restarts_is_still_quarantined(tenant: Tenant) -> None:
     cast = await _cast(tenant)
     subject = subjects.outbox(tenant.name, "alice", 0)
