@@ -8,12 +8,15 @@ import json
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 import yaml
 from nats.aio.client import Client as NATS
@@ -164,9 +167,17 @@ class Fleet:
     ) -> list[tuple[str, Envelope]]:
         """Read every inbox in stream order, as (recipient, envelope), until ``until(read)`` holds."""
         read: list[tuple[str, Envelope]] = []
-        sub = await self.nc.jetstream().subscribe(
-            f"tb.{self.tenant}.in.*", stream=f"TB_{self.tenant}", ordered_consumer=True
-        )
+        deadline = time.monotonic() + limit_s
+        while True:
+            try:
+                sub = await self.nc.jetstream().subscribe(
+                    f"tb.{self.tenant}.in.*", stream=f"TB_{self.tenant}", ordered_consumer=True
+                )
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+                # A cluster electing leaders (tests/e2e/test_cluster.py) answers no consumer create for seconds.
+                assert time.monotonic() < deadline, "the JetStream API did not answer a consumer create"
+                await asyncio.sleep(0.2)  # pacing between attempts: no event announces the API is back
 
         async def follow() -> None:
             while not until(read):
