@@ -182,9 +182,13 @@ class Publisher:
             self._failures.append(result.exception())  # type: ignore[arg-type]
 
     def refuse(self, subject: str, why: str) -> None:
-        """Fail every outstanding publish to ``subject`` now: the server refused it (it never answers those)."""
+        """Fail every outstanding publish to ``subject`` now: the server refused it (it never answers those).
+
+        The client reports the subject lowercased, so it is matched without case: a publish to a
+        subject differing only in case, in flight at that moment, fails too (and can be sent again).
+        """
         for result, target in list(self._in_flight.items()):
-            if target == subject and not result.done():
+            if target.lower() == subject.lower() and not result.done():
                 result.set_exception(TransportError(f"publish to {subject} refused by the server: {why}"))
 
     async def flush(self, *, timeout_s: float) -> None:

@@ -116,7 +116,13 @@ class Bus:
         self._publish_timeout_s = publish_timeout_s
         self._publisher = Publisher(js, max_in_flight=max_in_flight, timeout_s=publish_timeout_s)
         self._watch = watch or _ConnectionWatch()
-        self._watch.refused = self._publisher.refuse
+        self.refusals: dict[str, str] = {}  # subject (lowercased by the client) -> reason, per publish refused
+        self._watch.refused = self._refused
+
+    def _refused(self, subject: str, why: str) -> None:
+        """The server refused a publish to ``subject`` (permissions): fail those in flight, remember it."""
+        self.refusals[subject] = why
+        self._publisher.refuse(subject, why)
 
     @classmethod
     async def connect(

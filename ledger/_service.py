@@ -46,7 +46,7 @@ log = logging.getLogger("trustbus.ledger")
 
 PARALLEL_FROM = 256  # messages in a batch from which signatures are checked on every core
 READ_RETRY_S = 0.5  # pause after a failed read of the consumer, before making it anew
-OPEN_RETRY_S = 20.0  # how long opening the consumer is retried while the cluster elects a leader (2-9 s seen)
+OPEN_PAUSES_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to open the consumer while a cluster elects (the last repeats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ class LedgerService:
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Project until ``stop`` is set, then commit what was projected and return."""
         self._remember_recent()
-        await self._open_consumer(reuse=True)
+        await self._open_consumer(reuse=True, stop=stop)
         ready()
         try:
             while not stop.is_set():
@@ -116,7 +116,7 @@ class LedgerService:
                 await self._apply([_stored(msg) for msg in batch])
                 self._received(batch)
                 if not intact:
-                    await self._open_consumer(reuse=False)
+                    await self._open_consumer(reuse=False, stop=stop)
                 now = time.monotonic()
                 if self._pending_since is not None and (
                     len(self._pending.envelopes) >= self.settings.flush_messages
@@ -175,30 +175,39 @@ class LedgerService:
             )
         return None
 
-    async def _open_consumer(self, *, reuse: bool) -> None:
+    async def _open_consumer(self, *, reuse: bool, stop: asyncio.Event) -> None:
         """Bind to the consumer, first (re)making it if it would not hand out exactly position + 1 next.
 
         ``reuse``: keep an existing consumer whose state matches the position
         (a clean restart); otherwise (a delivery went missing) always make it anew.
         While the stream or consumer has no leader (a cluster node went away), the
-        JetStream API answers 503 or not at all: that is retried for up to
-        ``OPEN_RETRY_S`` seconds.
+        JetStream API answers 503 or not at all: that is retried for as long as it
+        lasts, or until ``stop`` is set (then it returns with no consumer). A
+        request the server refused for permissions (it answers those not at all
+        either, but says so on the connection) stops the service at once.
         """
-        deadline = time.monotonic() + OPEN_RETRY_S
+        pauses = iter(OPEN_PAUSES_S)
         while True:
+            self.bus.refusals.clear()
             try:
                 await self._try_open_consumer(reuse=reuse)
                 return
             except TransportError as exc:
                 cause = exc.__cause__
                 transient = cause is not None and (unavailable(cause) or isinstance(cause, nats.errors.TimeoutError))
-                if not transient or time.monotonic() > deadline:
+                refused = [f"{s}: {why}" for s, why in self.bus.refusals.items() if s.lower().startswith("$js.api.")]
+                if refused:
+                    raise TransportError(f"{exc}; the server refused {refused[0]}") from exc
+                if not transient:
                     raise
                 log.warning(
-                    "consumer not reachable (a leader election? or permissions); trying again",
+                    "consumer not reachable (a leader election?); trying again",
                     extra={"consumer": self.bus.name, "error": str(exc)},
                 )
-                await asyncio.sleep(READ_RETRY_S)  # pacing between attempts: no event announces a new leader
+                with contextlib.suppress(TimeoutError):  # pacing: no event announces a new leader
+                    await asyncio.wait_for(stop.wait(), next(pauses, OPEN_PAUSES_S[-1]))
+                if stop.is_set():
+                    return
 
     async def _try_open_consumer(self, *, reuse: bool) -> None:
         await self._unsubscribe()

@@ -28,7 +28,13 @@ class Rendered:
     url: str
     env: dict[str, str]
     admin: tuple[str, ...]  # CLI arguments: authenticate as the tenant admin
+    server_pid: int
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def reload(self) -> None:
+        """Have the server read its config file again."""
+        reload = subprocess.run([str(find_server_binary()), "--signal", f"reload={self.server_pid}"], timeout=30)
+        assert reload.returncode == 0
 
     def serve(self, args: list[str], err: Path) -> subprocess.Popen[str]:
         """Start `trustbus <args>` (stopped at the end) and wait for its ready line."""
@@ -62,13 +68,13 @@ def rendered(tmp_path: Path, tenant: str, roles: dict[str, str]) -> Iterator[Ren
         assert up.stdout is not None
         started = json.loads(up.stdout.readline())
         env["NATS_URL"] = started["url"]
-        deployment = Rendered(url=started["url"], env=env, admin=("--nkey", str(keys / tenant / "admin.seed")))
+        admin = ("--nkey", str(keys / tenant / "admin.seed"))
+        deployment = Rendered(url=started["url"], env=env, admin=admin, server_pid=started["pid"])
         run(*deployment.admin, "init", "--tenant", tenant, env=env)
         for owner, role in roles.items():
             run(*deployment.admin, "keys", "new", "--tenant", tenant, "--owner", owner, "--role", role, env=env)
         run(*deployment.admin, "config", "render", "--tenant", tenant, "--out", str(config), env=env)
-        reload = subprocess.run([str(find_server_binary()), "--signal", f"reload={started['pid']}"], timeout=30)
-        assert reload.returncode == 0
+        deployment.reload()
         wait_until_accepted(started["url"], KeyDirectory(keys).load(tenant, next(iter(roles))))
         try:
             yield deployment

@@ -22,7 +22,7 @@ import nats.js.errors
 from bus import KeyDirectory
 from ledger import ProjectionError, query
 from ledger._segments import read_catalogue
-from tests.e2e.test_config_render import run
+from tests.e2e.test_config_render import TRUSTBUS, run
 from tests.e2e.test_fleet_under_rendered_config import rendered
 
 T = "lgr"
@@ -129,3 +129,17 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
         for err in ("coordinator.err", "ledger1.err", "ledger2.err", "ledger3.err"):
             assert "Permissions Violation" not in (tmp_path / err).read_text(), err
             assert "cannot read the given-up advisories" not in (tmp_path / err).read_text(), err
+
+
+def test_a_ledger_refused_its_consumer_by_the_server_stops_at_once_and_says_why(tmp_path: Path) -> None:
+    """A config that does not let the ledger make its consumer (rendered before a grant) is reported, not waited on."""
+    with rendered(tmp_path, T, {"ledger": "ledger"}) as deployment:
+        config = tmp_path / "nats.conf"
+        lines = config.read_text().splitlines(keepends=True)
+        config.write_text("".join(line for line in lines if f"CREATE.{STREAM}.ledger" not in line))
+        deployment.reload()
+        ledger_run = [*TRUSTBUS, "ledger", "run", "-t", T, "--nkey-auth", "--data", str(tmp_path / "projection")]
+        refused = subprocess.run(ledger_run, env=deployment.env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert f"the server refused $JS.API.CONSUMER.CREATE.{STREAM}.ledger".lower() in refused.stderr.lower()
+        assert "permissions violation" in refused.stderr.lower()
