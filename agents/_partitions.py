@@ -41,6 +41,7 @@ import nats.js.errors
 from agents._coordinator import Coordinator
 from agents._policy import Policy
 from bus import Bus, TransportError, subjects
+from bus._signals import unless_stopped
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -96,7 +97,7 @@ class Partitions:
                 if stop.is_set():
                     break
                 try:
-                    await self.rebalance()
+                    await unless_stopped(self.rebalance(), stop)  # a lease write may wait on a lost server
                 except TransportError as exc:  # the server is away (a cluster electing): try next round
                     log.warning("cannot keep the leases this round", extra={"error": str(exc)})
         finally:
@@ -164,12 +165,18 @@ class Partitions:
         self._held[partition] = (coordinator, stop, asyncio.create_task(coordinator.run(stop)))
         log.info("partition taken", extra={"partition": partition, "instance": self.instance})
 
-    async def _stop(self, partition: int) -> None:
-        """Finish the batch in hand and stop mediating ``partition``."""
+    async def _stop(self, partition: int, *, finish: bool = True) -> None:
+        """Finish the batch in hand (or, with ``finish=False``, drop it: it is not acked, so it comes back) and stop
+        mediating ``partition``."""  # noqa: D205, D209
         _, stop, task = self._held.pop(partition)
         stop.set()
+        if not finish:
+            task.cancel()
         try:
             await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # this process is being cancelled, not just the partition
         except Exception:
             log.exception("partition ended with an error", extra={"partition": partition})
 
@@ -184,10 +191,11 @@ class Partitions:
     async def _hand_back_all(self) -> None:
         """Stop every partition, then hand the leases back and leave, briefly: with the server unreachable a
         stopping process must not wait on it, and what it holds frees itself after ``LEASE_S``."""  # noqa: D205, D209
+        connected = self.bus.nc.is_connected
         for partition in self.held:
-            await self._stop(partition)
+            await self._stop(partition, finish=connected)
         revisions, self._revisions = self._revisions, {}
-        if not self.bus.nc.is_connected:
+        if not connected:
             log.warning("server unreachable at stop; the leases expire in %.0f s", LEASE_S)
             return
         writes: list[tuple[str, int | None]] = [(f"partition-{p}", rev) for p, rev in revisions.items()]

@@ -32,7 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from bus import Bus, KeyDirectory, Opened, TransportError, VerificationError, subjects
 from bus._publisher import unavailable
 from bus._seal import HEADER_CKEY, HEADER_KEY
-from bus._signals import stop_on_signals
+from bus._signals import stop_on_signals, unless_stopped
 from ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from ledger._errors import ServiceError
 from ledger._given_up import GivenUpRecorder
@@ -117,6 +117,8 @@ class LedgerService:
                 self._received(batch)
                 if not intact:
                     await self._open_consumer(reuse=False, stop=stop)
+                    if stop.is_set():
+                        break  # no consumer: commit what was read, and leave
                 now = time.monotonic()
                 if self._pending_since is not None and (
                     len(self._pending.envelopes) >= self.settings.flush_messages
@@ -190,7 +192,7 @@ class LedgerService:
         while True:
             self.bus.refusals.clear()
             try:
-                await self._try_open_consumer(reuse=reuse)
+                await unless_stopped(self._try_open_consumer(reuse=reuse), stop)  # its requests may wait seconds
                 return
             except TransportError as exc:
                 cause = exc.__cause__
