@@ -65,7 +65,7 @@ log = logging.getLogger("trustbus.coordinator")
 
 CONSUMER_PREFIX = "coordinator-"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-_WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when a compare-and-set expected another sequence
 _BATCH_DUPLICATE = 10201
 # Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
 ATOMIC_MIN = 8
@@ -89,7 +89,7 @@ def _raise_for_batch_error(data: bytes) -> None:
     error = json.loads(data).get("error")
     if error is None:
         return
-    if error.get("err_code") in (_WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE):
+    if error.get("err_code") in (WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE):
         raise _Conflict
     raise TransportError(f"cannot append decisions: {error.get('description', error)}")
 
@@ -268,7 +268,7 @@ class Coordinator:
                 timeout=5.0,
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise _Conflict from exc
             raise TransportError(f"cannot append decision: {exc}") from exc
         except nats.errors.Error as exc:
@@ -436,7 +436,7 @@ class Coordinator:
         try:
             await self.bus.js.publish(subject, encode_value(value), headers=compare, timeout=5.0)
         except nats.js.errors.APIError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise TransportError(f"cannot write memory: {exc}") from exc
         except nats.errors.Error as exc:
             raise TransportError(f"cannot write memory: {exc}") from exc

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import nats.errors
 import nats.js.errors
 
-from agents._coordinator import Coordinator
+from agents._coordinator import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, Coordinator
 from agents._policy import Policy
 from bus import Bus, TransportError, subjects
 from bus._signals import unless_stopped
@@ -48,9 +48,7 @@ log = logging.getLogger("trustbus.coordinator")
 RENEW_S = 1.0
 LEASE_S = 6.0
 HAND_BACK_TIMEOUT_S = 1.0  # per write at stop; a lease not handed back expires after LEASE_S anyway
-_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 _OPERATION = "KV-Operation"
-_WRONG_LAST_SEQUENCE = 10071
 
 
 @dataclass(frozen=True)
@@ -235,14 +233,14 @@ class Partitions:
     ) -> int | None:
         """Write (or, with None, delete) ``key`` if its revision is still ``expected``; its new revision, or
         None if someone else wrote it first. ``expected=None`` writes unconditionally."""  # noqa: D205, D209
-        headers = {} if expected is None else {_EXPECTED: str(expected)}
+        headers = {} if expected is None else {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
         if value is None:
             headers[_OPERATION] = "DEL"
         body = b"" if value is None else json.dumps(value).encode()
         try:
             ack = await self.bus.js.publish(f"$KV.{self._bucket}.{key}", body, headers=headers, timeout=timeout_s)
         except nats.js.errors.APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
                 return None
             raise TransportError(f"cannot write {key} of {self._bucket}: {exc}") from exc
         except nats.errors.Error as exc:
