@@ -94,6 +94,9 @@ def verify(
         except LedgerError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
+    elif expect:
+        err.print("[red]error:[/red] --expect checks a bundle: give --bundle DIR")
+        raise typer.Exit(2)
     elif tenant is not None:
         report = _run(verify_stream(_servers(server), tenant, from_seq=from_seq, nkey_seed=_nkey()))
     else:
