@@ -13,8 +13,8 @@ import re
 
 from bus._errors import ConfigError
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-RECIPIENT_PATTERN = r"^(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"  # \Z: "$" would match before a final newline
+RECIPIENT_PATTERN = r"^(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"
 _NAME = re.compile(NAME_PATTERN)
 _EFFECT_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -236,7 +236,10 @@ class Demo:
         _snapshot(con, snapshot)
         report = await verify_stream(self.servers, TENANT, nkey_seed=self.fleet.admin_seed)
         bundle = self.fleet.workdir / "bundle"
-        await export(self.servers, TENANT, bundle, nkey_seed=self.fleet.admin_seed)
+        ledger_key = self.fleet.keys.load(TENANT, "ledger")
+        await export(
+            self.servers, TENANT, bundle, signer=ledger_key, signer_name="ledger", nkey_seed=self.fleet.admin_seed
+        )
         for verdict, reasons in decisions.items():
             counts = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
             self.console.print(f"  {verdict:<7} {counts}")
