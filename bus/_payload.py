@@ -1,0 +1,223 @@
+"""Bounded decoding of JSON and msgpack: depth and size are checked before msgspec parses.
+
+Every payload or record an agent controls is parsed through here. msgspec (like
+the standard library's ``json``) descends nested arrays and maps recursively,
+so a one-kilobyte body nested a thousand deep raises ``RecursionError`` from
+the middle of whatever was parsing it. This module measures the nesting first
+with a linear scan that never recurses — for JSON, of the brackets outside
+strings; for msgpack, of the type headers — and refuses a body over a bound
+with :class:`MalformedPayload` (reason ``malformed``, the detail naming the
+bound), before handing it to msgspec.
+
+Depth counts open containers: ``1`` and ``"a"`` are depth 0, ``[]`` and
+``{}`` depth 1, ``[[1]]`` depth 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import msgspec
+
+from bus._errors import Malformed
+
+T = TypeVar("T")
+
+DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_BYTES = 1024 * 1024
+
+
+class MalformedPayload(Malformed, ValueError):
+    """A JSON or msgpack body that is too deep, too large, or does not parse as its type.
+
+    Its reason code is ``malformed``; ``detail`` says which bound it broke or
+    what did not parse. It is also a ``ValueError``, like msgspec's own
+    ``DecodeError``, so code that handled a failed decode before handles this.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How deep and how large a body may be.
+
+    Attributes:
+        max_depth: most containers open at once.
+        max_bytes: largest body.
+    """
+
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+DEFAULT_BOUNDS = Bounds()
+
+# A JSON string with its escapes. The closing quote is optional so that a match, once started,
+# never fails: an unterminated string cannot make the search quadratic.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+# Openers step the depth by +1, closers by -1 (0xff read as a signed byte); other bytes are dropped.
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# Bytes that can start a msgpack array or map: fixmap, fixarray, array 16/32, map 16/32.
+_CONTAINER_BYTES = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
+
+
+def _json_too_deep(data: bytes, limit: int) -> bool:
+    """Whether a JSON text nests more than ``limit`` containers; brackets in strings do not count.
+
+    Strings are cut out and every other byte but brackets dropped (in C, by
+    ``re`` and ``bytes.translate``); the deepest running sum of the brackets
+    left is the depth. Linear in the length of ``data``, never recursive. For
+    text that is not JSON the answer is only an estimate: the parser refuses
+    such text anyway.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # fewer containers than the limit: no need to look closer
+    brackets = _JSON_STRING.sub(b"", data).translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    return max(itertools.accumulate(memoryview(brackets).cast("b")), default=0) > limit
+
+
+def _msgpack_too_deep(data: bytes, limit: int) -> bool:
+    """Whether a msgpack object nests more than ``limit`` arrays and maps.
+
+    Walks the type headers with an explicit stack, skipping the bodies of
+    strings, binaries and extensions: linear in the number of objects, never
+    recursive, and stops at the first container past the limit. A truncated
+    body ends the walk (the parser refuses it anyway).
+    """
+    if len(data) - len(data.translate(None, _CONTAINER_BYTES)) <= limit:
+        return False  # fewer bytes that could open a container than the limit
+    size = len(data)
+    pending = [1]  # objects still to read in each open container (the first entry: the top level)
+    pos = 0
+    while pending and pos < size:
+        if pending[-1] == 0:
+            pending.pop()
+            continue
+        pending[-1] -= 1
+        head = data[pos]
+        pos += 1
+        if head <= 0x7F or head >= 0xE0 or head in (0xC0, 0xC2, 0xC3):  # fixint, nil, bool
+            continue
+        if head <= 0x8F:  # fixmap
+            children = 2 * (head & 0x0F)
+        elif head <= 0x9F:  # fixarray
+            children = head & 0x0F
+        elif head <= 0xBF:  # fixstr
+            pos += head & 0x1F
+            continue
+        elif head in _SKIP_FIXED:
+            pos += _SKIP_FIXED[head]
+            continue
+        elif head in _SKIP_SIZED:
+            width = _SKIP_SIZED[head]
+            pos += width + int.from_bytes(data[pos : pos + width], "big")
+            continue
+        elif head in _EXT_SIZED:
+            width = _EXT_SIZED[head]
+            pos += width + 1 + int.from_bytes(data[pos : pos + width], "big")
+            continue
+        elif head in _CONTAINER_SIZED:
+            width, per_entry = _CONTAINER_SIZED[head]
+            children = per_entry * int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        else:  # 0xc1 is never used: the parser refuses it
+            return False
+        if len(pending) > limit:  # this container opens at depth len(pending)
+            return True
+        pending.append(children)
+    return False
+
+
+# Type byte -> bytes that follow it (fixed-size numbers and fixext).
+_SKIP_FIXED = {
+    0xCA: 4, 0xCB: 8,  # float 32/64
+    0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,  # uint 8..64
+    0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8,  # int 8..64
+    0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17,  # fixext 1..16 (type byte + data)
+}  # fmt: skip
+# Type byte -> width of the length that follows (str and bin 8/16/32).
+_SKIP_SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
+# Type byte -> width of the length (ext 8/16/32; a type byte follows the length).
+_EXT_SIZED = {0xC7: 1, 0xC8: 2, 0xC9: 4}
+# Type byte -> (width of the count, objects per entry) for array 16/32 and map 16/32.
+_CONTAINER_SIZED = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+def check_json(data: bytes | str, bounds: Bounds = DEFAULT_BOUNDS) -> bytes:
+    """Raise :class:`MalformedPayload` if ``data`` is over ``bounds``; return it as bytes."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    _check_size(raw, bounds)
+    if _json_too_deep(raw, bounds.max_depth):
+        raise MalformedPayload(f"JSON nested deeper than {bounds.max_depth} levels")
+    return raw
+
+
+def check_msgpack(data: bytes, bounds: Bounds = DEFAULT_BOUNDS) -> None:
+    """Raise :class:`MalformedPayload` if ``data`` is over ``bounds``."""
+    _check_size(data, bounds)
+    if _msgpack_too_deep(data, bounds.max_depth):
+        raise MalformedPayload(f"msgpack nested deeper than {bounds.max_depth} levels")
+
+
+def _check_size(data: bytes, bounds: Bounds) -> None:
+    if len(data) > bounds.max_bytes:
+        raise MalformedPayload(f"{len(data)} bytes, limit {bounds.max_bytes}")
+
+
+@overload
+def decode_json(data: bytes | str, *, bounds: Bounds = ...) -> Any: ...
+@overload
+def decode_json(data: bytes | str, *, type: type[T], bounds: Bounds = ...) -> T: ...
+def decode_json(data: bytes | str, *, type: Any = Any, bounds: Bounds = DEFAULT_BOUNDS) -> Any:
+    """Parse JSON within ``bounds`` (as ``type``, default any JSON value).
+
+    Raises:
+        MalformedPayload: too deep, too large, not JSON, or not a ``type``.
+    """
+    raw = check_json(data, bounds)
+    try:
+        return _json_decoder(type).decode(raw)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        raise MalformedPayload(f"not {_name(type)} JSON: {exc}") from exc
+
+
+@overload
+def decode_msgpack(data: bytes, *, bounds: Bounds = ...) -> Any: ...
+@overload
+def decode_msgpack(data: bytes, *, type: type[T], bounds: Bounds = ...) -> T: ...
+def decode_msgpack(data: bytes, *, type: Any = Any, bounds: Bounds = DEFAULT_BOUNDS) -> Any:
+    """Parse msgpack within ``bounds`` (as ``type``, default any msgpack value).
+
+    Raises:
+        MalformedPayload: too deep, too large, not msgpack, or not a ``type``.
+    """
+    check_msgpack(data, bounds)
+    try:
+        return _msgpack_decoder(type).decode(data)
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
+        raise MalformedPayload(f"not {_name(type)} msgpack: {exc}") from exc
+
+
+def _name(type: Any) -> str:
+    return "valid" if type is Any else f"a valid {getattr(type, '__name__', type)}"
+
+
+_json_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+_msgpack_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _json_decoder(type: Any) -> msgspec.json.Decoder[Any]:
+    decoder = _json_decoders.get(type)
+    if decoder is None:
+        decoder = _json_decoders[type] = msgspec.json.Decoder(type)
+    return decoder
+
+
+def _msgpack_decoder(type: Any) -> msgspec.msgpack.Decoder[Any]:
+    decoder = _msgpack_decoders.get(type)
+    if decoder is None:
+        decoder = _msgpack_decoders[type] = msgspec.msgpack.Decoder(type)
+    return decoder
