@@ -60,6 +60,7 @@ from bus._records import Approval, Decision, MemoryValue, decode_effect, encode_
 from bus._records import decode_memory_value as decode_value
 from bus._records import encode_memory_value as encode_value
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
+from bus._transport import rejection
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -195,7 +196,14 @@ class Coordinator:
                 if delivery.settled or envelope.id in self.state.decided:
                     continue
                 clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
-                result = decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
+                try:
+                    result = decide(
+                        self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq
+                    )
+                except Exception as exc:  # this envelope's fault, never its batch's
+                    log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
+                    await delivery.reject(*rejection(exc))
+                    continue
                 if isinstance(result, Deferral):
                     await delivery.defer(result.retry_after_s)
                     continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -221,3 +222,22 @@ def _msgpack_decoder(type: Any) -> msgspec.msgpack.Decoder[Any]:
     if decoder is None:
         decoder = _msgpack_decoders[type] = msgspec.msgpack.Decoder(type)
     return decoder
+
+
+# An envelope's size is the receiver's limit (bus.Limits); only the depth of its payload is bounded here.
+PAYLOAD_BOUNDS = Bounds(max_bytes=sys.maxsize)
+
+
+def check_payload(content_type: str, payload: bytes, bounds: Bounds = PAYLOAD_BOUNDS) -> None:
+    """Raise :class:`MalformedPayload` if a JSON or msgpack payload nests deeper than ``bounds`` allow.
+
+    Part of opening an envelope: every reader refuses the same bodies, before
+    any of them parses one. It does not check that the payload parses.
+    """
+    try:
+        if content_type == "application/json":
+            check_json(payload, bounds)
+        elif content_type == "application/msgpack":
+            check_msgpack(payload, bounds)
+    except MalformedPayload as exc:
+        raise MalformedPayload(f"{content_type} payload: {exc.detail}") from None

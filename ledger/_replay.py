@@ -8,7 +8,6 @@ in it, and the quarantine records of envelopes that claimed it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from bus import (
     decode_decision,
     decode_effect,
     decode_envelope,
+    decode_json,
     decode_quarantine_record,
     open_envelope,
     subjects,
@@ -153,7 +153,7 @@ def checkpoint_before(
             accepted = sent[decision.envelope_id]
     if accepted is None:
         return None
-    state: dict[str, Any] = json.loads(accepted)
+    state: dict[str, Any] = decode_json(accepted, type=dict[str, Any])
     return state
 
 

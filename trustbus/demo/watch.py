@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -18,6 +17,7 @@ from bus import (
     QuarantineRecord,
     decode_decision,
     decode_effect,
+    decode_json,
     decode_quarantine_record,
     subjects,
     tail,
@@ -56,7 +56,7 @@ def describe(envelope: Envelope | None, decision: Decision) -> str:
         to = f" -> {','.join(envelope.to)}" if envelope.to else ""
         if envelope.kind in ("instruction", "memory_write"):
             try:
-                body = json.loads(envelope.payload)
+                body = decode_json(envelope.payload)
                 what += f" {body.get('verb') or body.get('key') or ''}".rstrip()
             except ValueError:
                 pass
