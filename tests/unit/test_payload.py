@@ -107,7 +107,7 @@ def test_an_unterminated_string_of_escaped_quotes_is_scanned_in_linear_time() ->
     started = time.perf_counter()
     with pytest.raises(MalformedPayload):
         decode_json(body)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 5.0  # a quadratic scan takes minutes
 
 
 def test_wide_payloads_at_the_envelope_size_limit_are_scanned_quickly() -> None:
@@ -115,7 +115,7 @@ def test_wide_payloads_at_the_envelope_size_limit_are_scanned_quickly() -> None:
     started = time.perf_counter()
     decode_json(wide)
     decode_msgpack(msgspec.msgpack.encode(msgspec.json.decode(wide)))
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 5.0  # about 0.05 s on an idle core
 
 
 def test_bad_syntax_and_wrong_type_are_malformed_and_value_errors() -> None:
