@@ -12,7 +12,7 @@ opening an envelope) refuses a repeated signed header as ``malformed``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from nats.aio.client import Client as _NatsClient
@@ -60,8 +60,8 @@ class _Headers:
     def __init__(self, raw: bytes) -> None:
         self._parsed = parse_header_lines(raw)
 
-    def items(self) -> Iterator[tuple[str, str]]:
-        return iter(self._parsed.items())
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._parsed.items())
 
 
 class _HeaderParser:

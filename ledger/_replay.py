@@ -101,7 +101,10 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
         elif where == "decision" and opened.grant.role == "coordinator":
             pending.append(("decision", decode_decision(envelope.payload)))
         elif where == "effect":
-            effect = decode_effect(envelope.payload)
+            try:
+                effect = decode_effect(envelope.payload)
+            except ValueError:  # not an effect record, or over the decoding bounds: no effect to show
+                continue
             pending.append(("effect", (envelope.causation_id, effect)))
             effects.append((message.seq, message.stored_ns, envelope, effect))
     for kind, item in pending:

@@ -306,7 +306,10 @@ async def _verified(bus: Bus, subject: str, from_seq: int, wait_s: float) -> Asy
 
 async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
     async for envelope in _verified(bus, f"{subjects.effect(tenant, item.agent)}.>", from_seq, wait_s):
-        effect = decode_effect(envelope.payload)
+        try:
+            effect = decode_effect(envelope.payload)
+        except ValueError:  # not an effect record (MalformedPayload is a ValueError too)
+            continue
         if item.idempotency_key in compensated_keys([effect]):
             return
         if effect.phase == "failed" and _names(effect, item.idempotency_key):

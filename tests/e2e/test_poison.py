@@ -54,6 +54,16 @@ async def publish_poisons(fleet: Fleet, alice: Bus, *, correlation_id: str | Non
     return count
 
 
+async def publish_poison_effect(fleet: Fleet, alice: Bus, *, correlation_id: str) -> str:
+    """A signed effect record whose payload nests 100,000 deep, labelled text/plain so opening it does not look."""
+    envelope = new_envelope(
+        tenant=fleet.tenant, kind="effect", sender="alice", to=(), payload=b"\x91" * DEPTHS[-1] + b"\x90",
+        content_type="text/plain", correlation_id=correlation_id,
+    )  # fmt: skip
+    await alice.publish(subjects.effect_record(fleet.tenant, "alice", 0, "k1"), alice.seal(envelope))
+    return envelope.id
+
+
 async def malformed_records(fleet: Fleet, n: int) -> list[QuarantineRecord]:
     """The first ``n`` quarantine records with reason ``malformed``, waiting for them."""
     found: list[QuarantineRecord] = []
@@ -119,6 +129,7 @@ async def test_ledger_service_verify_replay_and_tail_carry_on_past_poison_messag
     ledger = await start_ledger(fleet, data, "--checkpoint-every", "20", "--checkpoint-seconds", "0.3")
     first = await fleet.send(alice, ["bob"], {"verb": "lookup", "i": 0}, kind="instruction")
     poisons = await publish_poisons(fleet, alice, correlation_id=first)
+    effect = await publish_poison_effect(fleet, alice, correlation_id=first)
     after = await fleet.send(alice, ["bob"], {"verb": "lookup", "i": 1}, kind="instruction", correlation_id=first)
     await fleet.inbox(lambda read: {e.id for _, e in read} >= {first, after}, limit_s=60)
     await malformed_records(fleet, poisons)
@@ -129,6 +140,8 @@ async def test_ledger_service_verify_replay_and_tail_carry_on_past_poison_messag
     assert one("SELECT count(*) FROM envelopes WHERE reject_reason = 'malformed'", data) == (poisons,)
     assert one("SELECT count(*) FROM quarantine WHERE reason = 'malformed'", data) == (poisons,)
     assert one(f"SELECT count(*) FROM envelopes WHERE id IN ('{first}', '{after}') AND verified", data)[0] >= 2
+    (record_error,) = one(f"SELECT record_error FROM envelopes WHERE id = '{effect}'", data)
+    assert "msgpack nested deeper than 64 levels" in str(record_error)
 
     code, out, err = await cli(fleet, "ledger", "verify", "-t", fleet.tenant, "--json")
     report = json.loads(out)
@@ -141,6 +154,9 @@ async def test_ledger_service_verify_replay_and_tail_carry_on_past_poison_messag
     assert "Traceback" not in err
     tree = json.dumps(json.loads(out)["tree"])
     assert first in tree and after in tree
+
+    code, out, err = await cli(fleet, "ledger", "rollback", "-t", fleet.tenant, "--correlation", first, "--dry-run")
+    assert code == 0, err
 
     code, out, err = await cli(fleet, "tail", "-t", fleet.tenant, "--json", "--idle-timeout", "3")
     assert code == 0, err

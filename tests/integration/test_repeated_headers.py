@@ -101,6 +101,8 @@ async def test_an_envelope_with_its_signature_header_sent_twice_is_quarantined_a
     await publish_raw(tenant.url, outbox, list(twin.headers.items()), twin.body)  # each header once: flows
 
     assert await consume_until(reader, "reader", twin.envelope.id) == [twin.envelope.id]
+    stored = await reader.js.get_msg(f"TB_{tenant.name}", 1)  # a message get (email.parser in nats-py) keeps it too
+    assert (stored.headers or {})["Tb-Sig"].count("\r\n") == 1
     assert (
         await quarantined(tenant, 2) == [("malformed", "repeated Tb-Sig header: a signed header must appear once")] * 2
     )

@@ -79,14 +79,17 @@ class Watch:
             if item.opened is None:
                 continue
             envelope = item.opened.envelope
-            if item.subject.startswith(f"tb.{t}.out."):
-                self.seen.sent[envelope.id] = envelope
-            elif subjects.is_decision(t, item.subject):
-                self._decision(decode_decision(envelope.payload))
-            elif item.subject.startswith(subjects.effect(t, "x")[:-1]):
-                self._effect(item.subject.split(".")[3], decode_effect(envelope.payload))
-            elif item.subject == subjects.quarantine(t):
-                self.seen.quarantined.append(decode_quarantine_record(envelope.payload))
+            try:
+                if item.subject.startswith(f"tb.{t}.out."):
+                    self.seen.sent[envelope.id] = envelope
+                elif subjects.is_decision(t, item.subject):
+                    self._decision(decode_decision(envelope.payload))
+                elif item.subject.startswith(subjects.effect(t, "x")[:-1]):
+                    self._effect(item.subject.split(".")[3], decode_effect(envelope.payload))
+                elif item.subject == subjects.quarantine(t):
+                    self.seen.quarantined.append(decode_quarantine_record(envelope.payload))
+            except ValueError:  # a signed message that is not the record its subject is for: nothing to show
+                continue
             async with self._changed:
                 self._changed.notify_all()
 
