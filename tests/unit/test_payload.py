@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,6 +29,7 @@ from bus import (
     new_envelope,
 )
 from bus._records import decode_memory_write
+from ledger import BundleError
 
 DEPTHS = [1_000, 100_000]
 
@@ -208,3 +211,26 @@ def test_valid_records_and_envelopes_still_decode() -> None:
     write = decode_memory_write(b'{"key": "k", "expected_revision": 0, "value": {"a": [[1]]}}')
     assert bytes(write.value) == b'{"a": [[1]]}'
     assert Approval.decode(Approval(envelope_id="x", verdict="deny").encode()).verdict == "deny"
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_a_bundle_file_nested_deep_is_damaged_not_a_crash(tmp_path: Path, depth: int) -> None:
+    from ledger._bundle import FORMAT, read_bundle
+
+    (tmp_path / "keyring.msgpack").write_bytes(msgspec.msgpack.encode([]))
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT}))
+    (tmp_path / "messages.msgpack").write_bytes(deep_msgpack(depth))
+    with pytest.raises(BundleError, match="is damaged"):
+        read_bundle(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(deep_json(depth))
+    with pytest.raises(BundleError, match="is damaged"):
+        read_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_a_keyring_value_nested_deep_is_a_keyring_error(depth: int) -> None:
+    from bus import KeyringError
+    from bus._keyring import decode_signed_grant
+
+    with pytest.raises(KeyringError, match="nested deeper than 64"):
+        decode_signed_grant(deep_msgpack(depth))
