@@ -431,7 +431,7 @@ class Coordinator:
             current = await self.bus.js.get_last_msg(f"KV_{bucket}", subject)
             if decode_value(current.data or b"").envelope_id == decision.envelope_id:
                 return  # applied before a crash
-        except (nats.js.errors.NotFoundError, msgspec.DecodeError):
+        except (nats.js.errors.NotFoundError, ValueError):  # ValueError: msgspec.DecodeError, MalformedPayload
             pass  # nothing there yet, or not a value this code wrote: the compare-and-set decides
         value = MemoryValue(
             value=bytes(write.value),
