@@ -69,15 +69,55 @@ def _json_too_deep(data: bytes, limit: int) -> bool:
     """Whether a JSON text nests more than ``limit`` containers; brackets in strings do not count.
 
     Strings are cut out and every other byte but brackets dropped (in C, by
-    ``re`` and ``bytes.translate``); the deepest running sum of the brackets
-    left is the depth. Linear in the length of ``data``, never recursive. For
-    text that is not JSON the answer is only an estimate: the parser refuses
-    such text anyway.
+    ``re`` and ``bytes.translate``); the running sum of the brackets left is
+    the depth, summed a chunk at a time so a deep body is refused early.
+    Linear in the length of ``data``, never recursive. For text that is not
+    JSON the answer is only an estimate: the parser refuses such text anyway.
     """
     if data.count(b"[") + data.count(b"{") <= limit:
         return False  # fewer containers than the limit: no need to look closer
-    brackets = _JSON_STRING.sub(b"", data).translate(_BRACKET_STEPS, _NOT_BRACKETS)
-    return max(itertools.accumulate(memoryview(brackets).cast("b")), default=0) > limit
+    steps = memoryview(_JSON_STRING.sub(b"", data).translate(_BRACKET_STEPS, _NOT_BRACKETS)).cast("b")
+    depth = 0
+    for start in range(0, len(steps), _CHUNK):
+        running = list(itertools.accumulate(steps[start : start + _CHUNK], initial=depth))
+        if max(running) > limit:
+            return True
+        depth = running[-1]
+    return False
+
+
+_CHUNK = 4096
+
+# What each msgpack type byte is followed by, for the walk: (what, a, b).
+_SCALAR, _SKIP, _SIZED, _FIXED_CONTAINER, _SIZED_CONTAINER, _INVALID = range(6)
+
+
+def _type_table() -> list[tuple[int, int, int]]:
+    table = [(_INVALID, 0, 0)] * 256
+    for head in range(256):
+        if head <= 0x7F or head >= 0xE0 or head in (0xC0, 0xC2, 0xC3):  # fixint, nil, bool
+            table[head] = (_SCALAR, 0, 0)
+        elif head <= 0x8F:  # fixmap: two objects per entry
+            table[head] = (_FIXED_CONTAINER, 2 * (head & 0x0F), 0)
+        elif head <= 0x9F:  # fixarray
+            table[head] = (_FIXED_CONTAINER, head & 0x0F, 0)
+        elif head <= 0xBF:  # fixstr
+            table[head] = (_SKIP, head & 0x1F, 0)
+    fixed = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+    fixed |= {0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}  # fixext 1..16: a type byte and the data
+    for head, size in fixed.items():
+        table[head] = (_SKIP, size, 0)
+    # bin, str (8/16/32): width of the length; ext (8/16/32): the same, then a type byte.
+    for head, width, extra in ((0xC4, 1, 0), (0xC5, 2, 0), (0xC6, 4, 0), (0xD9, 1, 0), (0xDA, 2, 0), (0xDB, 4, 0),
+                               (0xC7, 1, 1), (0xC8, 2, 1), (0xC9, 4, 1)):  # fmt: skip
+        table[head] = (_SIZED, width, extra)
+    # array 16/32, map 16/32: width of the count, objects per entry.
+    for head, width, per_entry in ((0xDC, 2, 1), (0xDD, 4, 1), (0xDE, 2, 2), (0xDF, 4, 2)):
+        table[head] = (_SIZED_CONTAINER, width, per_entry)
+    return table  # 0xc1 stays _INVALID: never used
+
+
+_TYPES = _type_table()
 
 
 def _msgpack_too_deep(data: bytes, limit: int) -> bool:
@@ -86,65 +126,40 @@ def _msgpack_too_deep(data: bytes, limit: int) -> bool:
     Walks the type headers with an explicit stack, skipping the bodies of
     strings, binaries and extensions: linear in the number of objects, never
     recursive, and stops at the first container past the limit. A truncated
-    body ends the walk (the parser refuses it anyway).
+    or invalid body ends the walk (the parser refuses it anyway).
     """
     if len(data) - len(data.translate(None, _CONTAINER_BYTES)) <= limit:
         return False  # fewer bytes that could open a container than the limit
     size = len(data)
     pending = [1]  # objects still to read in each open container (the first entry: the top level)
     pos = 0
-    while pending and pos < size:
-        if pending[-1] == 0:
+    while pos < size:
+        while pending[-1] == 0:
             pending.pop()
-            continue
+            if not pending:
+                return False
         pending[-1] -= 1
-        head = data[pos]
+        what, a, b = _TYPES[data[pos]]
         pos += 1
-        if head <= 0x7F or head >= 0xE0 or head in (0xC0, 0xC2, 0xC3):  # fixint, nil, bool
+        if what == _SCALAR:
             continue
-        if head <= 0x8F:  # fixmap
-            children = 2 * (head & 0x0F)
-        elif head <= 0x9F:  # fixarray
-            children = head & 0x0F
-        elif head <= 0xBF:  # fixstr
-            pos += head & 0x1F
+        if what == _SKIP:
+            pos += a
             continue
-        elif head in _SKIP_FIXED:
-            pos += _SKIP_FIXED[head]
+        if what == _SIZED:
+            pos += a + b + int.from_bytes(data[pos : pos + a], "big")
             continue
-        elif head in _SKIP_SIZED:
-            width = _SKIP_SIZED[head]
-            pos += width + int.from_bytes(data[pos : pos + width], "big")
-            continue
-        elif head in _EXT_SIZED:
-            width = _EXT_SIZED[head]
-            pos += width + 1 + int.from_bytes(data[pos : pos + width], "big")
-            continue
-        elif head in _CONTAINER_SIZED:
-            width, per_entry = _CONTAINER_SIZED[head]
-            children = per_entry * int.from_bytes(data[pos : pos + width], "big")
-            pos += width
-        else:  # 0xc1 is never used: the parser refuses it
+        if what == _FIXED_CONTAINER:
+            children = a
+        elif what == _SIZED_CONTAINER:
+            children = b * int.from_bytes(data[pos : pos + a], "big")
+            pos += a
+        else:
             return False
         if len(pending) > limit:  # this container opens at depth len(pending)
             return True
         pending.append(children)
     return False
-
-
-# Type byte -> bytes that follow it (fixed-size numbers and fixext).
-_SKIP_FIXED = {
-    0xCA: 4, 0xCB: 8,  # float 32/64
-    0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,  # uint 8..64
-    0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8,  # int 8..64
-    0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17,  # fixext 1..16 (type byte + data)
-}  # fmt: skip
-# Type byte -> width of the length that follows (str and bin 8/16/32).
-_SKIP_SIZED = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
-# Type byte -> width of the length (ext 8/16/32; a type byte follows the length).
-_EXT_SIZED = {0xC7: 1, 0xC8: 2, 0xC9: 4}
-# Type byte -> (width of the count, objects per entry) for array 16/32 and map 16/32.
-_CONTAINER_SIZED = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
 
 
 def check_json(data: bytes | str, bounds: Bounds = DEFAULT_BOUNDS) -> bytes:
