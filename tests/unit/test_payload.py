@@ -234,3 +234,12 @@ def test_a_keyring_value_nested_deep_is_a_keyring_error(depth: int) -> None:
 
     with pytest.raises(KeyringError, match="nested deeper than 64"):
         decode_signed_grant(deep_msgpack(depth))
+
+
+def test_a_handler_that_cannot_parse_its_payload_quarantines_it_as_malformed_not_handler_error() -> None:
+    from bus._transport import rejection
+
+    with pytest.raises(MalformedPayload) as caught:
+        decode_json(b"{not json")
+    assert rejection(caught.value) == ("malformed", caught.value.detail)
+    assert rejection(RuntimeError("boom")) == ("handler_error", "RuntimeError: boom")
