@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bus import Bus, QuarantineRecord, new_envelope, subjects
+from bus import Bus, Envelope, QuarantineRecord, countersign, new_envelope, subjects
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_ledger_service import one, settled, start_ledger, stream_last_seq
@@ -166,3 +166,34 @@ async def test_ledger_service_verify_replay_and_tail_carry_on_past_poison_messag
     assert len(refused) == poisons
     # Raw JSON in an outbox is not msgpack at all; every other poison is refused for its depth.
     assert sum("nested deeper than" in line["detail"] for line in refused) == poisons - len(DEPTHS)
+
+
+async def test_an_agent_runtime_refuses_a_deeply_nested_delivery_alone_even_countersigned(fleet: Fleet) -> None:
+    """The coordinator refuses these, so they are put straight into the inbox, countersigned with its key."""
+    await fleet.coordinator(POLICY)
+    await fleet.agent("tests.e2e.fleet_agents:Recorder", "worker")
+    boss = await fleet.bus("boss")
+    coordinator = fleet.keys.load(fleet.tenant, "coordinator")
+    first = await fleet.send(boss, ["worker"], "first")
+    for content_type, payload in poison_payloads():
+        envelope = new_envelope(
+            tenant=fleet.tenant, kind="event", sender="boss", to=["worker"], payload=payload,
+            content_type=content_type,  # type: ignore[arg-type]
+        )  # fmt: skip
+        sealed = boss.seal(envelope)
+        csig = countersign(
+            sealed.body, recipient="worker", decision_id="d", effective_taint=(), coordinator=coordinator
+        )
+        await fleet.nc.jetstream().publish(
+            subjects.inbox(fleet.tenant, "worker"), sealed.body, headers={**sealed.headers, **csig}
+        )
+    after = await fleet.send(boss, ["worker"], "after")
+
+    def done(read: list[tuple[str, Envelope]]) -> set[str]:
+        return {r["id"] for to, e in read if to == "boss" and (r := json.loads(e.payload))["event"] == "done"}
+
+    assert await fleet.inbox(lambda read: done(read) >= {first, after}, limit_s=60)
+    records = await malformed_records(fleet, len(poison_payloads()))
+    assert all("nested deeper than 64 levels" in record.detail for record in records)
+    assert {record.subject for record in records} == {subjects.inbox(fleet.tenant, "worker")}
+    assert all(proc.returncode is None for proc in fleet.procs)
