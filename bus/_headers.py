@@ -4,19 +4,16 @@ A NATS header block may carry one name on several lines. nats-py folds them
 into a dict where the last line wins (and its message-get path, through
 ``email.parser``, folds them its own way), so two readers could see different
 ``Tb-Sig`` or ``Tb-Decision`` values in one stored message, and neither would
-know there was a choice. Every client of the bus is a :class:`Client`: its
-header parser joins the values of a repeated name with a CRLF, which no
-single header line can contain, and :func:`check_signed_headers` (part of
-opening an envelope) refuses a repeated signed header as ``malformed``.
+know there was a choice. Every client of the bus (:mod:`bus._client`) parses
+header blocks with :func:`parse_header_lines`, which joins the values of a
+repeated name with a CRLF, which no single header line can contain, and
+:func:`check_signed_headers` (part of opening an envelope) refuses a
+repeated signed header as ``malformed``. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-from nats.aio.client import Client as _NatsClient
-from nats.js import JetStreamContext
 
 from bus._errors import Malformed
 
@@ -52,41 +49,3 @@ def check_signed_headers(headers: Mapping[str, str]) -> None:
     for name in SIGNED_HEADERS:
         if REPEATED in headers.get(name, ""):
             raise Malformed(f"repeated {name} header: a signed header must appear once")
-
-
-class _Headers:
-    """What ``email.parser`` would return for a header block, as far as nats-py's message get reads it."""
-
-    def __init__(self, raw: bytes) -> None:
-        self._parsed = parse_header_lines(raw)
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._parsed.items())
-
-
-class _HeaderParser:
-    """Stands in for nats-py's ``email.parser.BytesParser`` on the message-get path."""
-
-    def parsebytes(self, raw: bytes, headersonly: bool = False) -> _Headers:
-        return _Headers(raw)
-
-
-class Client(_NatsClient):
-    """A nats-py client whose every header parser keeps repeated names visible (see the module doc)."""
-
-    @staticmethod
-    def _parse_header_lines(raw: bytes) -> dict[str, str]:
-        return parse_header_lines(raw)
-
-    def jetstream(self, **opts: Any) -> JetStreamContext:
-        """A JetStream context whose message gets parse headers the same way."""
-        js = super().jetstream(**opts)
-        js._hdr_parser = _HeaderParser()  # type: ignore[assignment]
-        return js
-
-
-async def connect(**options: Any) -> Client:
-    """``nats.connect`` with a :class:`Client`."""
-    client = Client()
-    await client.connect(**options)
-    return client

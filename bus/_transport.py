@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 
-from bus import _headers as strict_headers
+from bus import _client
 from bus._connection import connect_options, split_servers
 from bus._envelope import Envelope, new_envelope
 from bus._errors import BusError, TransportError, VerificationError
@@ -173,7 +173,7 @@ class Bus:
         if inbox_prefix:
             options["inbox_prefix"] = inbox_prefix.encode()
         try:
-            nc = await strict_headers.connect(**options)
+            nc = await _client.connect(**options)
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"cannot connect to {', '.join(urls)}: {exc}") from exc
         js = nc.jetstream(publish_async_max_pending=max_in_flight + 16)
