@@ -243,3 +243,17 @@ def test_a_handler_that_cannot_parse_its_payload_quarantines_it_as_malformed_not
         decode_json(b"{not json")
     assert rejection(caught.value) == ("malformed", caught.value.detail)
     assert rejection(RuntimeError("boom")) == ("handler_error", "RuntimeError: boom")
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_the_cli_renders_a_deeply_nested_payload_as_base64_saying_why(depth: int) -> None:
+    from trustbus._render import payload_value
+
+    for content_type, payload in (("application/json", deep_json(depth)), ("application/msgpack", deep_msgpack(depth))):
+        envelope = new_envelope(
+            tenant="acme", kind="event", sender="a", to=["b"], payload=payload, content_type=content_type
+        )
+        shown = payload_value(envelope)
+        assert "nested deeper than 64 levels" in shown["malformed"] and shown["base64"]
+    shallow = new_envelope(tenant="acme", kind="event", sender="a", to=["b"], payload=b'{"a": [[1]]}')
+    assert payload_value(shallow) == {"a": [[1]]}
