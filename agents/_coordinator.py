@@ -60,6 +60,7 @@ from bus._records import Approval, Decision, MemoryValue, decode_effect, encode_
 from bus._records import decode_memory_value as decode_value
 from bus._records import encode_memory_value as encode_value
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
+from bus._transport import rejection
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -195,7 +196,14 @@ class Coordinator:
                 if delivery.settled or envelope.id in self.state.decided:
                     continue
                 clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
-                result = decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
+                try:
+                    result = decide(
+                        self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq
+                    )
+                except Exception as exc:  # this envelope's fault, never its batch's
+                    log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
+                    await delivery.reject(*rejection(exc))
+                    continue
                 if isinstance(result, Deferral):
                     await delivery.defer(result.retry_after_s)
                     continue
@@ -423,7 +431,7 @@ class Coordinator:
             current = await self.bus.js.get_last_msg(f"KV_{bucket}", subject)
             if decode_value(current.data or b"").envelope_id == decision.envelope_id:
                 return  # applied before a crash
-        except (nats.js.errors.NotFoundError, msgspec.DecodeError):
+        except (nats.js.errors.NotFoundError, ValueError):  # ValueError: msgspec.DecodeError, MalformedPayload
             pass  # nothing there yet, or not a value this code wrote: the compare-and-set decides
         value = MemoryValue(
             value=bytes(write.value),

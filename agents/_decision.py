@@ -10,7 +10,6 @@ re-decided under another policy.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ import msgspec
 from agents._memory import parse_write
 from agents._policy import Policy
 from bus import Envelope
+from bus._payload import MalformedPayload, decode_json
 from bus._records import Decision, Dropped, Verdict
 
 EFFECT_RECORDED = "effect_recorded"
@@ -132,8 +132,8 @@ def instruction_verb(envelope: Envelope) -> str | None:
     if envelope.content_type != "application/json":
         return None
     try:
-        body = json.loads(envelope.payload)
-    except ValueError:
+        body = decode_json(envelope.payload)
+    except MalformedPayload:
         return None
     verb = body.get("verb") if isinstance(body, dict) else None
     return verb if isinstance(verb, str) and verb else None

@@ -28,7 +28,16 @@ import nats.js.errors
 from agents._effects import idempotency_key
 from agents._errors import EffectError, RuntimeSetupError, UnknownTool
 from agents._tools import Toolbox
-from bus import Bus, Envelope, TransportError, VerificationError, new_envelope, open_envelope, subjects
+from bus import (
+    Bus,
+    Envelope,
+    TransportError,
+    VerificationError,
+    decode_json,
+    new_envelope,
+    open_envelope,
+    subjects,
+)
 from bus._records import EffectRecord, decode_effect, encode_effect
 
 log = logging.getLogger("trustbus.agent")
@@ -76,7 +85,7 @@ class Effector:
         if last is not None and last.phase == "completed":
             log.info("effect already completed; recorded result returned", extra={"tool": tool, "key": key})
             self._completed[index] = key
-            return json.loads(last.result or b"null"), _union(taint, last.taint, spec.result_taint)
+            return decode_json(last.result or b"null"), _union(taint, last.taint, spec.result_taint)
         if last is not None and last.phase == "requested":
             log.warning("effect requested but never finished; calling again with its key", extra={"key": key})
         requested = EffectRecord(

@@ -9,7 +9,6 @@ taint it came from.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable
 
@@ -18,7 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from bus import Envelope, TransientError, subjects
+from bus import Envelope, TransientError, decode_json, subjects
 from bus._records import MemoryWrite, decode_memory_write
 from bus._records import decode_memory_value as decode_value
 
@@ -90,7 +89,7 @@ class Memory:
         self._on_read(stored.effective_taint)  # what was steered into memory steers whoever reads it
         return MemoryEntry(
             key=key,
-            value=json.loads(stored.value),
+            value=decode_json(stored.value),
             revision=raw.seq or 0,
             effective_taint=stored.effective_taint,
             envelope_id=stored.envelope_id,

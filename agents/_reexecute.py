@@ -17,7 +17,7 @@ from typing import Any
 
 from agents._effects import idempotency_key
 from agents._runtime import Agent, Context, compensate, compensation_request
-from bus import EffectRecord, Envelope
+from bus import EffectRecord, Envelope, decode_json
 
 
 class NotRecorded(Exception):
@@ -79,7 +79,7 @@ class ReplayContext(Context):
             raise NotRecorded(f"{tool}({json.dumps(args, sort_keys=True)}) has no completed record")
         self._keys.append(key)
         self.taint = tuple(sorted(set(self.taint) | set(record.taint)))
-        return json.loads(record.result or b"null")
+        return decode_json(record.result or b"null")
 
     @property
     def effect_keys(self) -> list[str]:
@@ -97,7 +97,7 @@ class Replayed:
 
 def _output(envelope: Envelope) -> dict[str, Any]:
     try:
-        payload: Any = json.loads(envelope.payload)
+        payload: Any = decode_json(envelope.payload)
     except ValueError:
         payload = envelope.payload.hex()
     return {"kind": envelope.kind, "to": list(envelope.to), "payload": payload, "taint": list(envelope.taint)}

@@ -36,8 +36,11 @@ from bus import (
     Identity,
     Kind,
     Limits,
+    MalformedPayload,
     TransientError,
     VerificationError,
+    decode_json,
+    decode_msgpack,
     new_envelope,
     open_envelope,
     subjects,
@@ -79,8 +82,8 @@ class Context:
         self.taint = tuple(sorted(set(self.taint) | set(taint)))
 
     def json(self) -> Any:
-        """The payload parsed as JSON."""
-        return json.loads(self.envelope.payload)
+        """The payload parsed as JSON, within the decoding bounds (raises ``bus.MalformedPayload``)."""
+        return decode_json(self.envelope.payload)
 
     async def send(
         self,
@@ -244,6 +247,13 @@ class Handlers(Agent):
         log.info("no handler; acked", extra={"kind": ctx.envelope.kind, "envelope_id": ctx.envelope.id})
 
 
+class _StoredCheckpoint(msgspec.Struct, frozen=True):
+    """What the coordinator stores under ``<agent>.checkpoint``: the agent's signed envelope."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
 async def read_checkpoint(bus: Bus, agent_id: str) -> dict[str, Any] | None:
     """The agent's last checkpoint, verified as signed by the agent itself; None if there is none."""
     bucket = subjects.memory_bucket(bus.tenant)
@@ -253,11 +263,11 @@ async def read_checkpoint(bus: Bus, agent_id: str) -> dict[str, Any] | None:
         return None
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise RuntimeSetupError(f"cannot read the checkpoint of {agent_id}: {exc}") from exc
-    record = msgspec.msgpack.decode(raw.data or b"")
     stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
     try:
+        record = decode_msgpack(raw.data or b"", type=_StoredCheckpoint)
         opened = open_envelope(
-            record["body"], record["headers"], keyring=bus.keyring.keyring, received_ns=stored_ns, limits=Limits()
+            record.body, record.headers, keyring=bus.keyring.keyring, received_ns=stored_ns, limits=Limits()
         )
     except VerificationError as exc:
         log.error("checkpoint does not verify; starting without it", extra={"reason": exc.reason})
@@ -265,7 +275,11 @@ async def read_checkpoint(bus: Bus, agent_id: str) -> dict[str, Any] | None:
     if opened.envelope.sender != agent_id or opened.envelope.kind != "checkpoint":
         log.error("checkpoint is not this agent's; starting without it")
         return None
-    state: dict[str, Any] = json.loads(opened.envelope.payload)
+    try:
+        state: dict[str, Any] = decode_json(opened.envelope.payload, type=dict[str, Any])
+    except MalformedPayload as exc:
+        log.error("checkpoint is not a JSON object; starting without it", extra={"reason": exc.detail})
+        return None
     return state
 
 
@@ -326,8 +340,8 @@ def compensation_request(envelope: Envelope) -> dict[str, Any] | None:
     if envelope.kind != "instruction" or envelope.content_type != "application/json":
         return None
     try:
-        body = json.loads(envelope.payload)
-    except ValueError:
+        body = decode_json(envelope.payload)
+    except MalformedPayload:
         return None
     if isinstance(body, dict) and isinstance(body.get(COMPENSATES), str) and isinstance(body.get("verb"), str):
         return body

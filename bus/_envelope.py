@@ -8,6 +8,7 @@ exact bytes, so decoding never re-encodes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable
 from typing import Annotated, Literal
@@ -15,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from bus._errors import ConfigError, Malformed, UnsupportedVersion
+from bus._payload import Bounds, check_msgpack
 from bus._subjects import NAME_PATTERN, RECIPIENT_PATTERN
 
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:./-]{0,127}\Z"
@@ -64,6 +66,8 @@ class _VersionProbe(msgspec.Struct):
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 _probe_decoder = msgspec.msgpack.Decoder(_VersionProbe)
+# A valid envelope nests two deep (the map, its lists); its size is the receiver's limit (bus.Limits).
+_BOUNDS = Bounds(max_depth=4, max_bytes=sys.maxsize)
 
 
 def new_id(now_ns: int | None = None) -> str:
@@ -131,6 +135,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 def decode_envelope(body: bytes) -> Envelope:
     """Decode wire bytes; raises ``Malformed`` or ``UnsupportedVersion``."""
+    check_msgpack(body, _BOUNDS)  # before msgspec, which would recurse into a deeply nested field
     # msgspec raises DecodeError for bad structure and UnicodeDecodeError (a ValueError) for bad UTF-8.
     try:
         envelope = _decoder.decode(body)

@@ -12,6 +12,7 @@ The tree::
     └── VerificationError           an envelope was rejected; ``reason`` is stable
         ├── TooLarge                 too_large
         ├── Malformed                malformed
+        │   └── MalformedPayload     malformed (a JSON/msgpack body over a bound; see bus._payload)
         ├── UnsupportedVersion       unsupported_version
         ├── MissingSignature         missing_signature
         ├── UnknownKey               unknown_key

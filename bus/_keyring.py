@@ -19,6 +19,7 @@ from nacl.exceptions import BadSignatureError
 
 from bus._errors import ConfigError, KeyringError, UnknownKey, UntrustedKey
 from bus._identity import Identity, verify_key
+from bus._payload import check_msgpack
 from bus._subjects import check_name
 
 KEYRING_DOMAIN = b"trustbus/v1/keyring\x00"
@@ -66,6 +67,7 @@ def encode_signed_grant(signed: SignedGrant) -> bytes:
 def decode_signed_grant(value: bytes) -> SignedGrant:
     """Parse a KV value; raises KeyringError if it is not a signed grant."""
     try:
+        check_msgpack(value)  # bounded: a value nested deep is refused, not a RecursionError
         return _signed_decoder.decode(value)
     except (msgspec.DecodeError, ValueError) as exc:
         raise KeyringError(f"keyring entry is not a signed grant: {exc}") from exc
@@ -74,6 +76,7 @@ def decode_signed_grant(value: bytes) -> SignedGrant:
 def decode_grant(signed: SignedGrant) -> KeyGrant:
     """The grant inside a signed grant, without checking the signature."""
     try:
+        check_msgpack(signed.grant)
         return _grant_decoder.decode(signed.grant)
     except (msgspec.DecodeError, ValueError) as exc:
         raise KeyringError(f"keyring entry holds no valid grant: {exc}") from exc

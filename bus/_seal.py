@@ -6,7 +6,9 @@ checks a received body in a fixed order, each failure its own
 :class:`~bus.VerificationError` with a stable reason code:
 
 1. size within limit (before decoding, so an oversized body costs nothing);
-2. decodes, schema version known, schema valid;
+2. decodes, schema version known, schema valid, a JSON or msgpack payload
+   nested no deeper than :data:`bus._payload.PAYLOAD_BOUNDS` allow, no signed
+   header repeated (:mod:`bus._headers`);
 3. signature and key id headers present;
 4. key id known for the tenant, its grant signed by the admin, bound to ``sender``;
 5. key valid at ``ts`` (not before ``valid_from``, not at or after ``revoked_at``),
@@ -49,8 +51,10 @@ from bus._errors import (
     UnknownKey,
     VerificationError,
 )
+from bus._headers import check_signed_headers
 from bus._identity import Identity, verify_key
 from bus._keyring import KeyGrant, Keyring
+from bus._payload import check_payload
 
 SIGNATURE_DOMAIN = b"trustbus/v1\x00"
 COUNTERSIGNATURE_DOMAIN = b"trustbus/v1/csig\x00"
@@ -230,7 +234,9 @@ def open_envelope(
     if len(body) > limits.max_bytes:
         raise TooLarge(f"{len(body)} bytes, limit {limits.max_bytes}")
     envelope = decode_envelope(body)
+    check_payload(envelope.content_type, envelope.payload)
     headers = headers or {}
+    check_signed_headers(headers)
     sig = _decode_signature(headers.get(HEADER_SIG, ""), missing=MissingSignature, bad=BadSignature)
     key_id = headers.get(HEADER_KEY, "")
     if not key_id:

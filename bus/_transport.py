@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 
+from bus import _client
 from bus._connection import connect_options, split_servers
 from bus._envelope import Envelope, new_envelope
 from bus._errors import BusError, TransportError, VerificationError
@@ -172,7 +173,7 @@ class Bus:
         if inbox_prefix:
             options["inbox_prefix"] = inbox_prefix.encode()
         try:
-            nc = await nats.connect(**options)  # type: ignore[arg-type]
+            nc = await _client.connect(**options)
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"cannot connect to {', '.join(urls)}: {exc}") from exc
         js = nc.jetstream(publish_async_max_pending=max_in_flight + 16)
@@ -496,6 +497,13 @@ class Bus:
         await self.aclose()
 
 
+def rejection(exc: Exception) -> tuple[str, str]:
+    """The reason code and detail to quarantine a message with when handling it raised ``exc``."""
+    if isinstance(exc, VerificationError):
+        return exc.reason, exc.detail
+    return "handler_error", f"{type(exc).__name__}: {exc}"
+
+
 class Delivery:
     """One verified message from a consumer, to be settled exactly once."""
 
@@ -557,7 +565,9 @@ class Delivery:
         While the block runs, the server is told every third of ``ack_wait``
         that the message is in progress. A :class:`TransientError` or a
         :class:`~bus.TransportError` (NATS unavailable) naks it for a later
-        retry; any other exception quarantines it as ``handler_error``. The
+        retry; a :class:`~bus.VerificationError` (say, a payload the handler
+        could not parse) quarantines it with its own reason; any other
+        exception quarantines it as ``handler_error``. The
         exception is logged and recorded, not re-raised, so one poison message
         never stops the consumer.
         """
@@ -571,7 +581,7 @@ class Delivery:
         except Exception as exc:
             log.exception("handler failed; quarantining", extra={"stream_seq": self.stream_seq})
             if not self.settled:
-                await self.reject("handler_error", f"{type(exc).__name__}: {exc}")
+                await self.reject(*rejection(exc))
         else:
             if not self.settled:
                 await self.ack()

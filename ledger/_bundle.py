@@ -309,7 +309,7 @@ def read_bundle(directory: Path) -> Bundle:
         revisions = _revisions.decode((directory / "keyring.msgpack").read_bytes())
     except FileNotFoundError as exc:
         raise BundleError(f"{directory} is not a bundle: {exc.filename} is missing") from exc
-    except (ValueError, msgspec.DecodeError) as exc:
+    except (ValueError, msgspec.DecodeError, RecursionError) as exc:  # RecursionError: a file nested too deep
         raise BundleError(f"bundle {directory} is damaged: {exc}") from exc
     if manifest.get("format") != FORMAT:
         raise BundleError(f"bundle format {manifest.get('format')!r} is not {FORMAT}")

@@ -8,7 +8,6 @@ in it, and the quarantine records of envelopes that claimed it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from bus import (
     decode_decision,
     decode_effect,
     decode_envelope,
+    decode_json,
     decode_quarantine_record,
     open_envelope,
     subjects,
@@ -101,7 +101,10 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
         elif where == "decision" and opened.grant.role == "coordinator":
             pending.append(("decision", decode_decision(envelope.payload)))
         elif where == "effect":
-            effect = decode_effect(envelope.payload)
+            try:
+                effect = decode_effect(envelope.payload)
+            except ValueError:  # not an effect record, or over the decoding bounds: no effect to show
+                continue
             pending.append(("effect", (envelope.causation_id, effect)))
             effects.append((message.seq, message.stored_ns, envelope, effect))
     for kind, item in pending:
@@ -153,7 +156,7 @@ def checkpoint_before(
             accepted = sent[decision.envelope_id]
     if accepted is None:
         return None
-    state: dict[str, Any] = json.loads(accepted)
+    state: dict[str, Any] = decode_json(accepted, type=dict[str, Any])
     return state
 
 

@@ -29,10 +29,12 @@ from bus import (
     Envelope,
     Identity,
     Keyring,
+    MalformedPayload,
     MemoryValue,
     VerificationError,
     decode_decision,
     decode_effect,
+    decode_json,
     decode_memory_value,
     new_envelope,
     open_envelope,
@@ -106,8 +108,8 @@ def compensated_keys(effects: Iterable[EffectRecord]) -> set[str]:
         if record.phase != "completed":
             continue
         try:
-            args = json.loads(record.args)
-        except ValueError:
+            args = decode_json(record.args)
+        except MalformedPayload:
             continue
         if isinstance(args, dict) and isinstance(args.get(COMPENSATES), str):
             keys.add(args[COMPENSATES])
@@ -124,6 +126,11 @@ def plan_rollback(incident: Incident, *, compensated: set[str], from_seq: int = 
     for seq, envelope, record in sorted(completed.values(), key=lambda item: item[0], reverse=True):
         if record.effect_class == "read" or _is_compensation(record):
             continue
+        readable = True
+        try:
+            args, result = decode_json(record.args), decode_json(record.result) if record.result else None
+        except MalformedPayload as exc:  # nothing to compensate with: a person looks at it
+            args, result, readable = {"malformed": exc.detail}, None, False
         item = Compensation(
             seq=seq,
             agent=envelope.sender,
@@ -131,12 +138,12 @@ def plan_rollback(incident: Incident, *, compensated: set[str], from_seq: int = 
             effect_class=record.effect_class,
             compensating_tool=record.compensating_tool,
             idempotency_key=record.idempotency_key,
-            args=json.loads(record.args),
-            result=json.loads(record.result) if record.result else None,
+            args=args,
+            result=result,
         )
         if record.idempotency_key in compensated:
             plan.already_compensated.append(item)
-        elif record.effect_class == "reversible" and record.compensating_tool:
+        elif record.effect_class == "reversible" and record.compensating_tool and readable:
             plan.compensate.append(item)
         else:
             plan.for_a_person.append(item)
@@ -153,8 +160,8 @@ def memory_written(incident: Incident, *, from_seq: int = 0) -> list[MemoryRever
         if envelope.kind != "memory_write" or not accepted or step.seq < from_seq or len(envelope.to) != 1:
             continue
         try:
-            key = json.loads(envelope.payload)["key"]
-        except (ValueError, KeyError, TypeError):
+            key = decode_json(envelope.payload)["key"]
+        except (ValueError, KeyError, TypeError):  # MalformedPayload is a ValueError
             continue
         writers.setdefault((envelope.to[0], str(key)), []).append(envelope.id)
     return [MemoryRevert(agent, key, tuple(ids)) for (agent, key), ids in writers.items()]
@@ -241,7 +248,7 @@ async def _revert_memory(
     if not history or history[-1][1].envelope_id not in revert.written_by:
         return False  # reverted already, or changed since: a person decides
     first = next(i for i, (_, value) in enumerate(history) if value.envelope_id in revert.written_by)
-    earlier = json.loads(history[first - 1][1].value) if first > 0 else None
+    earlier = decode_json(history[first - 1][1].value) if first > 0 else None
     payload = {
         "key": revert.key,
         "value": earlier,
@@ -299,7 +306,10 @@ async def _verified(bus: Bus, subject: str, from_seq: int, wait_s: float) -> Asy
 
 async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
     async for envelope in _verified(bus, f"{subjects.effect(tenant, item.agent)}.>", from_seq, wait_s):
-        effect = decode_effect(envelope.payload)
+        try:
+            effect = decode_effect(envelope.payload)
+        except ValueError:  # not an effect record (MalformedPayload is a ValueError too)
+            continue
         if item.idempotency_key in compensated_keys([effect]):
             return
         if effect.phase == "failed" and _names(effect, item.idempotency_key):
@@ -313,8 +323,8 @@ async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int
 
 def _names(effect: EffectRecord, key: str) -> bool:
     try:
-        args = json.loads(effect.args)
-    except ValueError:
+        args = decode_json(effect.args)
+    except MalformedPayload:
         return False
     return isinstance(args, dict) and args.get(COMPENSATES) == key
 
