@@ -238,7 +238,7 @@ def open_envelope(
 
     if envelope.tenant != keyring.tenant:
         raise UnknownKey(f"envelope is for tenant {envelope.tenant!r}, not {keyring.tenant!r}")
-    grant = keyring.resolve(key_id)
+    grant = keyring.resolve(key_id, at=received_ns)  # as it stood when the server stored the message
     if grant.owner != envelope.sender:
         raise SenderMismatch(f"key {key_id} belongs to {grant.owner!r}, envelope claims {envelope.sender!r}")
     if envelope.ts < grant.valid_from:
@@ -284,7 +284,7 @@ def _check_countersignature(
     taint_header = headers.get(HEADER_TAINT, "")
     taint = tuple(t for t in taint_header.split(",") if t)
     try:
-        grant = keyring.resolve(coordinator_key)
+        grant = keyring.resolve(coordinator_key, at=received_ns)
     except VerificationError as exc:
         raise BadCountersignature(f"countersigning key not trusted: {exc.detail}") from exc
     if grant.role != "coordinator" or (grant.revoked_at is not None and grant.revoked_at <= received_ns):

@@ -6,8 +6,9 @@ A bundle is a directory::
                         "count", "head" (hex chain hash of last_seq), "exported_at" (unix ns)}
     messages.msgpack   msgpack array of [seq, subject, stored_ns, headers, body, chain]
                        per stored message, in stream order (chain: the 32-byte hash of that message)
-    keyring.msgpack    msgpack array of [key id, signed grant bytes] for every keyring
-                       revision (a grant's signature is checked against the admin key)
+    keyring.msgpack    msgpack array of [key id, signed grant bytes, stored_ns] for every keyring
+                       revision (a grant's signature is checked against the admin key; stored_ns,
+                       when the server stored it, says from when it stood; older bundles omit it)
     projection/        the DuckDB projection of the same messages: Parquet segments and
                        state.json (docs/LEDGER_PROJECTION.md); ``trustbus query --data DIR/projection``
 
@@ -33,7 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import ConfigError, Keyring, KeyringError, TransportError, pinned_admin_key, subjects
 from bus._keyring import decode_signed_grant
-from bus._keyring_store import history_watcher, stored_entries
+from bus._keyring_store import entry_stored_ns, history_watcher, stored_entries
 from bus._publisher import UNAVAILABLE_S, unavailable
 from ledger._chain import GENESIS, chain_hash
 from ledger._errors import BundleError
@@ -61,23 +62,31 @@ class BundleEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
         return StoredMessage(self.seq, self.subject, self.stored_ns, self.headers, self.body)
 
 
+class KeyringRevision(msgspec.Struct, frozen=True, array_like=True):
+    """One revision of a keyring entry: its key, the signed grant, and when the server stored it (0: unknown)."""
+
+    key_id: str
+    value: bytes
+    stored_ns: int = 0
+
+
 @dataclass
 class Bundle:
     """A bundle read back: its manifest, entries and keyring revisions."""
 
     manifest: dict[str, object]
     entries: list[BundleEntry]
-    keyring_revisions: list[tuple[str, bytes]]
+    keyring_revisions: list[KeyringRevision]
 
     def keyring(self, *, admin_key: str | None = None) -> Keyring:
         """The keyring rebuilt from the bundle, anchored on ``admin_key`` (default: the manifest's)."""
         anchor = admin_key or str(self.manifest["admin_key"])
         keyring = Keyring(tenant=str(self.manifest["tenant"]), admin_key_id=anchor)
-        for key_id, value in self.keyring_revisions:
+        for revision in self.keyring_revisions:
             try:
-                keyring.add(key_id, decode_signed_grant(value))
+                keyring.add(revision.key_id, decode_signed_grant(revision.value), stored_ns=revision.stored_ns)
             except KeyringError as exc:
-                raise BundleError(f"keyring revision for {key_id} is unreadable: {exc}") from exc
+                raise BundleError(f"keyring revision for {revision.key_id} is unreadable: {exc}") from exc
         return keyring
 
 
@@ -158,8 +167,8 @@ async def _read_into(
             await sub.unsubscribe()
 
 
-async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tuple[str, bytes]]:
-    """Every revision of every keyring entry, oldest first."""
+async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[KeyringRevision]:
+    """Every revision of every keyring entry, oldest first, with its store time."""
     bucket = subjects.keyring_bucket(tenant)
     try:
         kv = await js.key_value(bucket)
@@ -172,7 +181,7 @@ async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tupl
     finally:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
             await watcher.stop()  # type: ignore[no-untyped-call]
-    return [(e.key, e.value) for e in entries if e.value and e.operation is None]
+    return [KeyringRevision(e.key, e.value, entry_stored_ns(e)) for e in entries if e.value and e.operation is None]
 
 
 async def export_bundle(js: JetStreamContext, tenant: str, out: Path) -> dict[str, object]:
@@ -202,16 +211,16 @@ async def export_bundle(js: JetStreamContext, tenant: str, out: Path) -> dict[st
 
 
 def _write_bundle(
-    out: Path, manifest: dict[str, object], entries: list[BundleEntry], revisions: list[tuple[str, bytes]]
+    out: Path, manifest: dict[str, object], entries: list[BundleEntry], revisions: list[KeyringRevision]
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "messages.msgpack").write_bytes(msgspec.msgpack.encode(entries))
-    (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode([[k, v] for k, v in revisions]))
+    (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode(revisions))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 _entries = msgspec.msgpack.Decoder(list[BundleEntry])
-_revisions = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+_revisions = msgspec.msgpack.Decoder(list[KeyringRevision])
 
 
 def read_bundle(directory: Path) -> Bundle:
