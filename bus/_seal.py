@@ -213,6 +213,7 @@ def open_envelope(
     seen: SeenIds | None = None,
     stream_seq: int | None = None,
     recipient: str | None = None,
+    at_store: bool = False,
 ) -> Opened:
     """Verify a received body in the documented order; raise the first failure.
 
@@ -226,6 +227,9 @@ def open_envelope(
         stream_seq: this message's stream sequence.
         recipient: if set, require a valid countersignature for this recipient (and
             leave the skew check to the coordinator, which made it on the outbox copy).
+        at_store: a component's record (:func:`bus.subjects.judged_at_store`): the key must
+            be valid when the server stored it, and ``ts``, the signer's clock, is not
+            held to the skew window.
     """
     if len(body) > limits.max_bytes:
         raise TooLarge(f"{len(body)} bytes, limit {limits.max_bytes}")
@@ -241,9 +245,11 @@ def open_envelope(
     grant = keyring.resolve(key_id, at=received_ns)  # as it stood when the server stored the message
     if grant.owner != envelope.sender:
         raise SenderMismatch(f"key {key_id} belongs to {grant.owner!r}, envelope claims {envelope.sender!r}")
-    if envelope.ts < grant.valid_from:
+    if at_store:
+        _check_valid_when_stored(grant, received_ns)
+    elif envelope.ts < grant.valid_from:
         raise KeyNotYetValid(f"key {key_id} valid from {grant.valid_from}, envelope ts {envelope.ts}")
-    if grant.revoked_at is not None and envelope.ts >= grant.revoked_at:
+    elif grant.revoked_at is not None and envelope.ts >= grant.revoked_at:
         raise RevokedKey(f"key {key_id} revoked at {grant.revoked_at}, envelope ts {envelope.ts}")
     # The sender writes its own ts; the server's store time of the first copy cannot be backdated.
     if recipient is None and grant.revoked_at is not None and received_ns >= grant.revoked_at:
@@ -256,7 +262,7 @@ def open_envelope(
 
     # A mediated delivery is stored again when the coordinator forwards it, possibly
     # much later; the coordinator checked the skew against the outbox copy.
-    if recipient is None and abs(envelope.ts - received_ns) > limits.skew_ns:
+    if recipient is None and not at_store and abs(envelope.ts - received_ns) > limits.skew_ns:
         skew_s = (envelope.ts - received_ns) / 1e9
         raise Skew(f"sender clock off by {skew_s:+.3f}s, limit {limits.skew_ns / 1e9:.3f}s")
 
@@ -271,6 +277,14 @@ def open_envelope(
         else _check_countersignature(body, headers, keyring, recipient, received_ns=received_ns)
     )
     return Opened(envelope=envelope, grant=grant, mediation=mediation)
+
+
+def _check_valid_when_stored(grant: KeyGrant, stored_ns: int) -> None:
+    """A record is judged by its store time, which its signer cannot choose."""
+    if stored_ns < grant.valid_from:
+        raise KeyNotYetValid(f"key {grant.key_id} valid from {grant.valid_from}, record stored at {stored_ns}")
+    if grant.revoked_at is not None and stored_ns >= grant.revoked_at:
+        raise RevokedKey(f"key {grant.key_id} revoked at {grant.revoked_at}, record stored at {stored_ns}")
 
 
 def _check_countersignature(

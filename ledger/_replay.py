@@ -84,6 +84,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
                 keyring=keyring,
                 received_ns=message.stored_ns,
                 recipient=subjects.mediated_recipient(tenant, message.subject),
+                at_store=subjects.judged_at_store(tenant, message.subject),
             )
         except VerificationError as exc:
             if where == "out":
@@ -144,7 +145,13 @@ def checkpoint_before(
             decision = decode_decision(claimed.payload) if where == "decision" else None
             if decision is not None and (decision.envelope_id not in sent or decision.verdict != "accept"):
                 continue
-            opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+            opened = open_envelope(
+                message.body,
+                message.headers,
+                keyring=keyring,
+                received_ns=message.stored_ns,
+                at_store=subjects.judged_at_store(tenant, message.subject),
+            )
         except (VerificationError, msgspec.DecodeError):
             continue
         if decision is None:
@@ -161,7 +168,9 @@ def _quarantine_note(
     message: StoredMessage, keyring: Keyring, correlation_id: str, pending: list[tuple[str, Any]]
 ) -> None:
     try:
-        opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+        opened = open_envelope(
+            message.body, message.headers, keyring=keyring, received_ns=message.stored_ns, at_store=True
+        )
         record = decode_quarantine_record(opened.envelope.payload)
         claimed = decode_envelope(record.body) if not record.truncated else None
     except (VerificationError, msgspec.DecodeError, ValueError):

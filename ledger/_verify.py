@@ -69,7 +69,9 @@ def quarantined_sequences(messages: Sequence[StoredMessage], keyring: Keyring, t
         if message.subject != subject:
             continue
         try:
-            opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+            opened = open_envelope(
+                message.body, message.headers, keyring=keyring, received_ns=message.stored_ns, at_store=True
+            )
             record = decode_quarantine_record(opened.envelope.payload)
         except (VerificationError, msgspec.DecodeError, ValueError):
             continue
@@ -134,6 +136,7 @@ def verify_messages(
                 seen=per_subject,
                 stream_seq=message.seq,
                 recipient=subjects.mediated_recipient(tenant, message.subject),
+                at_store=subjects.judged_at_store(tenant, message.subject),
             )
         except VerificationError as exc:
             if message.seq in excused:
