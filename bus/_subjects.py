@@ -218,3 +218,11 @@ def judged_at_store(tenant: str, subject: str) -> bool:
     window), so a component whose clock was stepped never loses what it recorded.
     """
     return is_decision(tenant, subject) or subject in (quarantine(tenant), checkpoint(tenant))
+
+
+def effect_owner(tenant: str, subject: str) -> str | None:
+    """The agent whose effect records ``subject`` holds (``tb.<tenant>.effect.<agent>.<p>.<key>``); None elsewhere."""
+    parts = subject.split(".")
+    if len(parts) == 6 and parts[:3] == ["tb", tenant, "effect"]:
+        return parts[3]
+    return None

@@ -85,15 +85,16 @@ class RollbackPlan:
 
 
 def verified_effects(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str) -> list[EffectRecord]:
-    """Every effect record in ``messages`` whose envelope verifies."""
-    prefix = f"{subjects.effect(tenant, 'x')[: -len('x')]}"
+    """Every effect record in ``messages`` whose envelope verifies, signed by the agent whose subject it is on."""
     records = []
     for message in messages:
-        if not message.subject.startswith(prefix):
+        owner = subjects.effect_owner(tenant, message.subject)
+        if owner is None:
             continue
         try:
             opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
-            records.append(decode_effect(opened.envelope.payload))
+            if opened.envelope.sender == owner and opened.envelope.kind == "effect":
+                records.append(decode_effect(opened.envelope.payload))
         except (VerificationError, msgspec.DecodeError, ValueError):
             continue
     return records
@@ -299,7 +300,12 @@ async def _verified(bus: Bus, subject: str, from_seq: int, wait_s: float) -> Asy
 
 async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
     async for envelope in _verified(bus, f"{subjects.effect(tenant, item.agent)}.>", from_seq, wait_s):
-        effect = decode_effect(envelope.payload)
+        if envelope.sender != item.agent or envelope.kind != "effect":
+            continue  # not the agent's record: refused by the coordinator, nothing to wait on
+        try:
+            effect = decode_effect(envelope.payload)
+        except (msgspec.DecodeError, ValueError):
+            continue
         if item.idempotency_key in compensated_keys([effect]):
             return
         if effect.phase == "failed" and _names(effect, item.idempotency_key):

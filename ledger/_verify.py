@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from bus import (
+    Envelope,
     Keyring,
     SeenIds,
     VerificationError,
@@ -152,23 +153,31 @@ def verify_messages(
                 broke(message.seq, "checkpoint", problem)
             else:
                 report.checkpoints += 1
-        elif (problem := _check_signer(tenant, message.subject, opened.envelope.sender, opened.grant.role)) is not None:
-            broke(message.seq, "signer", problem)
+        elif (problem := _check_signer(tenant, message.subject, opened.envelope, opened.grant.role)) is not None:
+            if message.seq in excused:  # refused by its reader and recorded: history, not a forged entry
+                report.verified -= 1
+                report.recorded_rejections += 1
+            else:
+                broke(message.seq, "signer", problem)
     return report
 
 
-def _check_signer(tenant: str, subject: str, sender: str, role: str) -> str | None:
+def _check_signer(tenant: str, subject: str, envelope: Envelope, role: str) -> str | None:
     """Why the signer may not have written on ``subject``, or None.
 
     A decision must come from a coordinator key, an effect record from the
     agent the subject names: a valid signature by anyone else is a forgery of
-    the log, even where the server's permissions would have stopped it.
+    the log, even where the server's permissions would have stopped it. An
+    agent's own envelope of another kind on its effect subject is no effect record.
     """
+    sender = envelope.sender
     if subjects.is_decision(tenant, subject) and role != "coordinator":
         return f"decision signed by a {role} key ({sender})"
     effects = subjects.effect(tenant, "x")[:-1]
     if subject.startswith(effects) and subject[len(effects) :].split(".", 1)[0] != sender:
         return f"effect record of {subject[len(effects) :].split('.', 1)[0]!r} signed by {sender!r}"
+    if subject.startswith(effects) and envelope.kind != "effect":
+        return f"{sender}'s {envelope.kind} on its effect subject"
     return None
 
 
