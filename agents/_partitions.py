@@ -59,6 +59,7 @@ class Lease:
     name: str | None  # None: free (never written, or handed back)
     instance: str | None
     age_s: float
+    foreign: bool = False  # the last value is no holder's (an empty message the server stored there, say)
 
     @property
     def free(self) -> bool:
@@ -148,7 +149,9 @@ class Partitions:
         return hashlib.sha256(f"{self.bus.name}:{partition}".encode()).digest()
 
     async def _renew(self, partition: int, lease: Lease) -> bool:
-        if lease.instance != self.instance or lease.revision != self._revisions.get(partition):
+        # A foreign value written over our lease changes nobody's hold: write ours over it.
+        ours = lease.foreign and partition in self._revisions
+        if not ours and (lease.instance != self.instance or lease.revision != self._revisions.get(partition)):
             return False
         revision = await self._write(f"partition-{partition}", self._holder(), expected=lease.revision)
         if revision is None:
@@ -223,10 +226,16 @@ class Partitions:
             raise TransportError(f"cannot read {key} of {self._bucket}: {exc}") from exc
         assert raw.seq is not None and raw.time is not None
         age = time.time() - raw.time.timestamp()
-        if (raw.headers or {}).get(_OPERATION) in ("DEL", "PURGE") or not raw.data:
+        if (raw.headers or {}).get(_OPERATION) in ("DEL", "PURGE"):
             return Lease(revision=raw.seq, name=None, instance=None, age_s=age)
-        value = json.loads(raw.data)
-        return Lease(revision=raw.seq, name=value.get("name", "?"), instance=value.get("instance"), age_s=age)
+        holder = _holder_of(raw.data or b"")
+        if holder is None:
+            # Held by no one we know of, from when it was stored: free once that is LEASE_S old.
+            detail = f"{key} holds no coordinator's lease"
+            await self.bus.record_foreign_value(f"$KV.{self._bucket}.{key}", raw.seq, raw.data or b"", raw.headers,
+                                                detail=detail)  # fmt: skip
+            return Lease(revision=raw.seq, name="?", instance=None, age_s=age, foreign=True)
+        return Lease(revision=raw.seq, name=holder[0], instance=holder[1], age_s=age)
 
     async def _write(
         self, key: str, value: dict[str, str] | None, *, expected: int | None, timeout_s: float = 5.0
@@ -246,3 +255,15 @@ class Partitions:
         except nats.errors.Error as exc:
             raise TransportError(f"cannot write {key} of {self._bucket}: {exc}") from exc
         return ack.seq
+
+
+def _holder_of(value: bytes) -> tuple[str, str] | None:
+    """(name, instance) of a lease or member value a coordinator wrote; None for anything else."""
+    try:
+        holder = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(holder, dict):
+        return None
+    name, instance = holder.get("name"), holder.get("instance")
+    return (name, instance) if isinstance(name, str) and isinstance(instance, str) else None

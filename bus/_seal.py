@@ -5,6 +5,7 @@ prefix; the signature and key id travel in NATS headers. ``open_envelope``
 checks a received body in a fixed order, each failure its own
 :class:`~bus.VerificationError` with a stable reason code:
 
+0. not empty (``foreign``: no one signed an empty message);
 1. size within limit (before decoding, so an oversized body costs nothing);
 2. decodes, schema version known, schema valid;
 3. signature and key id headers present;
@@ -38,6 +39,7 @@ from bus._envelope import Envelope, decode_envelope, encode_envelope
 from bus._errors import (
     BadCountersignature,
     BadSignature,
+    Foreign,
     KeyNotYetValid,
     MissingSignature,
     NotMediated,
@@ -231,6 +233,8 @@ def open_envelope(
             be valid when the server stored it, and ``ts``, the signer's clock, is not
             held to the skew window.
     """
+    if not body:
+        raise Foreign("an empty message: no envelope, no signature (a server status answer stored here?)")
     if len(body) > limits.max_bytes:
         raise TooLarge(f"{len(body)} bytes, limit {limits.max_bytes}")
     envelope = decode_envelope(body)

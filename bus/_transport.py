@@ -119,6 +119,7 @@ class Bus:
         self._publisher = Publisher(js, max_in_flight=max_in_flight, timeout_s=publish_timeout_s)
         self._watch = watch or _ConnectionWatch()
         self.refusals: dict[str, str] = {}  # subject (lowercased by the client) -> reason, per publish refused
+        self._foreign_recorded: set[tuple[str, int]] = set()  # KV values this process recorded as foreign
         self._watch.refused = self._refused
 
     def _refused(self, subject: str, why: str) -> None:
@@ -480,6 +481,31 @@ class Bus:
         await self.publish(
             quarantine(self.tenant), self.seal(envelope), headers={HEADER_MSG_ID: msg_id} if msg_id else None
         )
+
+    async def record_foreign_value(
+        self, subject: str, revision: int, body: bytes, headers: Mapping[str, str] | None, *, detail: str
+    ) -> None:
+        """Record once that the KV value at ``subject`` (``revision``) is not what that key holds (``foreign``).
+
+        Once per value: this process remembers it, and the stream's duplicate window drops
+        another reader's copy. Best effort: a failure is logged, the reader carries on.
+        """
+        if (subject, revision) in self._foreign_recorded:
+            return
+        try:
+            await self.record_quarantine(
+                body,
+                headers,
+                subject=subject,
+                stream_seq=None,  # a KV revision, not a position in the tenant stream
+                reason="foreign",
+                detail=f"revision {revision}: {detail}",
+                msg_id=f"foreign:{subject}:{revision}",
+            )
+        except TransportError as exc:
+            log.warning("foreign value not recorded", extra={"subject": subject, "error": str(exc)})
+            return
+        self._foreign_recorded.add((subject, revision))
 
     async def aclose(self) -> None:
         """Wait briefly for in-flight publishes, stop the keyring follower, drain and close."""

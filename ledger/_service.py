@@ -1,6 +1,9 @@
 """The ledger service: tails the tenant stream, keeps the projection and publishes checkpoints.
 
-It also records what the server gave up delivering (:mod:`ledger._given_up`).
+It also records what the server gave up delivering (:mod:`ledger._given_up`),
+and, once, every message on a subject of components' records (decisions,
+checkpoints, quarantine records) that does not verify: no other reader refuses
+those, and a refused and recorded message is history, not a break.
 
 The adapter around :class:`~ledger._projector.Projector` (pure) and
 :class:`~ledger._segments.SegmentStore` (the files). It reads the stream
@@ -339,9 +342,29 @@ class LedgerService:
             self.projector.apply(message, checked=outcome, into=self._pending)
             if self.projector.position.last_seq == before:
                 continue  # projected before
-            self.schedule.observe(self._pending.envelopes[-1].channel)
+            row = self._pending.envelopes[-1]
+            self.schedule.observe(row.channel)
+            if not row.verified and subjects.judged_at_store(self.bus.tenant, message.subject):
+                await self._record_refused(message, row.reject_reason or "invalid", row.reject_detail or "")
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
+
+    async def _record_refused(self, message: StoredMessage, reason: str, detail: str) -> None:
+        """A quarantine record for a record that does not verify (a ``foreign`` empty message, a forgery), once."""
+        if message.headers.get(HEADER_KEY) == self.bus.identity.key_id:
+            return  # its own record: recording that would only make another like it
+        try:
+            await self.bus.record_quarantine(
+                message.body,
+                message.headers,
+                subject=message.subject,
+                stream_seq=message.seq,
+                reason=reason,
+                detail=detail,
+                msg_id=f"refused:{self.bus.stream}:{message.seq}",
+            )
+        except TransportError as exc:
+            log.error("refused record not recorded", extra={"stream_seq": message.seq, "error": str(exc)})
 
     async def _commit(self) -> None:
         rows, self._pending = self._pending, Rows()
