@@ -16,7 +16,15 @@ import json
 import signal
 from pathlib import Path
 
-from bus import KeyringStore, QuarantineRecord, decode_envelope, decode_quarantine_record, subjects, tail
+from bus import (
+    KeyringStore,
+    QuarantineRecord,
+    decode_envelope,
+    decode_memory_value,
+    decode_quarantine_record,
+    subjects,
+    tail,
+)
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_ledger_service import settled, start_ledger
@@ -56,6 +64,20 @@ async def _replies(fleet: Fleet, to: str, count: int, *, limit_s: float = 60) ->
     return replies
 
 
+async def _memory_value(fleet: Fleet, agent: str, key: str, *, limit_s: float = 60) -> object:
+    """The first value the coordinator stores at ``agent``'s ``key`` (anything else there is skipped)."""
+    bucket = subjects.memory_bucket(fleet.tenant)
+    js = fleet.nc.jetstream()
+    sub = await js.subscribe(f"$KV.{bucket}.{agent}.{key}", stream=f"KV_{bucket}", ordered_consumer=True)
+    try:
+        while True:
+            data = (await sub.next_msg(timeout=limit_s)).data
+            if data:
+                return json.loads(decode_memory_value(data).value)
+    finally:
+        await sub.unsubscribe()
+
+
 async def _fleet_at_work(fleet: Fleet, data: Path) -> tuple[asyncio.subprocess.Process, object]:
     await start_ledger(fleet, data, "--checkpoint-every", "5", "--checkpoint-seconds", "0.5")
     await fleet.coordinator(POLICY)
@@ -88,6 +110,7 @@ async def test_empty_messages_on_every_subject_and_key_are_recorded_once_as_fore
         }.items()
     }
     keys = {
+        "memory key": f"$KV.{memory}.recall.notes",
         "checkpoint key": f"$KV.{memory}.counter.checkpoint",
         "lease key": f"$KV.{coord}.partition-0",
         "keyring key": f"$KV.{subjects.keyring_bucket(t)}.{fleet.keys.load(t, 'counter').key_id}",
@@ -103,7 +126,12 @@ async def test_empty_messages_on_every_subject_and_key_are_recorded_once_as_fore
     assert (await _replies(fleet, "alice", 2))[-1] == {"number": 1}  # counted again from nothing, not crashed
 
     expected_seqs = set(planted.values())
-    expected_keys = {keys["checkpoint key"], keys["lease key"]}
+    # The agent reads a foreign memory value as nothing at its revision, and writes over it.
+    await fleet.agent("tests.e2e.fleet_agents:Recall", "recall")
+    await fleet.send(alice, ["recall"], {"verb": "remember", "key": "notes", "value": "gold"})  # type: ignore[arg-type]
+    assert await _memory_value(fleet, "recall", "notes") == "gold"
+
+    expected_keys = {keys["memory key"], keys["checkpoint key"], keys["lease key"]}
 
     def all_in(records: list[QuarantineRecord]) -> bool:
         foreign = [r for r in records if r.reason == "foreign"]
