@@ -13,6 +13,7 @@ twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -229,15 +230,17 @@ async def _revert_memory(
     """Write the key's value from before the incident, if the incident's write is still the current one."""
     bucket = subjects.memory_bucket(tenant)
     subject = f"$KV.{bucket}.{revert.agent}.{revert.key}"
-    history: list[tuple[int, MemoryValue]] = []
-    seq = 1
+    history: list[tuple[int, MemoryValue]] = []  # the values the coordinator wrote (foreign ones are skipped)
+    seq = last = 1
     while True:
         try:
             raw = await bus.js.get_msg(f"KV_{bucket}", seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             break
         assert raw.seq is not None
-        history.append((raw.seq, decode_memory_value(raw.data or b"")))
+        last = raw.seq
+        with contextlib.suppress(msgspec.DecodeError, ValueError):
+            history.append((raw.seq, decode_memory_value(raw.data or b"")))
         seq = raw.seq + 1
     if not history or history[-1][1].envelope_id not in revert.written_by:
         return False  # reverted already, or changed since: a person decides
@@ -246,7 +249,7 @@ async def _revert_memory(
     payload = {
         "key": revert.key,
         "value": earlier,
-        "expected_revision": history[-1][0],
+        "expected_revision": last,
         "reverts": list(revert.written_by),
     }
     start = (await bus.js.stream_info(bus.stream)).state.last_seq + 1
@@ -333,7 +336,7 @@ async def _stored(bus: Bus, bucket: str, subject: str, envelope_id: str, *, wait
             raw = await bus.js.get_last_msg(f"KV_{bucket}", subject)
             if decode_memory_value(raw.data or b"").envelope_id == envelope_id:
                 return
-        except nats.js.errors.NotFoundError:
-            pass
+        except (nats.js.errors.NotFoundError, msgspec.DecodeError, ValueError):
+            pass  # not there yet, or a foreign value the revert is to replace
         await asyncio.sleep(POLL_S)
     raise LedgerError(f"the reverted value of {subject} was not stored within {wait_s:.0f}s")

@@ -153,6 +153,10 @@ async def test_empty_messages_on_every_subject_and_key_are_recorded_once_as_fore
     report = json.loads(out.splitlines()[-1])
     assert rc == 0 and report["ok"], report
     assert report["recorded_rejections"] == len(planted), report
+    rc, out, err = await cli(fleet, "tail", "-t", t, "--idle-timeout", "2", "--json")
+    shown = [json.loads(line) for line in out.splitlines()]
+    assert rc == 0, err
+    assert sorted(i["seq"] for i in shown if i.get("reason") == "foreign") == sorted(expected_seqs)
 
 
 async def test_without_foreign_messages_nothing_is_recorded_as_foreign(fleet: Fleet, tmp_path: Path) -> None:
