@@ -8,7 +8,9 @@ coordinator that holds it holds every budget, hop and taint of its correlations.
 Holding a partition is a lease: the key ``partition-<p>`` of the KV bucket
 ``tb_coord_<T>`` names the holder, and the holder rewrites it every
 ``RENEW_S`` with compare-and-set on its revision. A lease not renewed for
-``LEASE_S`` (by the server's clock of its last write) is free. Every process
+``LEASE_S`` (by the server's clock of its last write, against the server's
+clock of this process's own member write of the round: no host clock is
+read, so a stepped clock neither frees live leases nor keeps dead ones) is free. Every process
 also rewrites ``member-<name>`` each round; the live ones share the partitions,
 each taking free or expired leases up to ``ceil(partitions / live)`` and
 handing back what it holds beyond that. A process that stops hands its leases
@@ -30,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class Partitions:
         self._bucket = subjects.coordinator_bucket(bus.tenant)
         self._held: dict[int, tuple[Coordinator, asyncio.Event, asyncio.Task[None]]] = {}
         self._revisions: dict[int, int] = {}
+        self._server_now = 0.0  # the server's clock (unix s) at this round's member write
         self._inboxes: set[str] = set()
 
     @property
@@ -109,6 +111,7 @@ class Partitions:
                 log.error("partition stopped; handing it back", extra={"partition": partition})
                 await self._release(partition)
         await self._write(f"member-{self.bus.name}", self._holder(), expected=None)
+        self._server_now = await self._stored_at(f"member-{self.bus.name}")
         share = math.ceil(self.bus.partitions / await self._live_members())
         leases = {p: await self._read(f"partition-{p}") for p in range(self.bus.partitions)}
         for partition in self.held:
@@ -217,6 +220,15 @@ class Partitions:
             live += member.name is not None and member.age_s <= LEASE_S
         return max(live, 1)
 
+    async def _stored_at(self, key: str) -> float:
+        """When the server stored ``key``'s last value (unix s): its clock, read through what it wrote."""
+        try:
+            raw = await self.bus.js.get_last_msg(f"KV_{self._bucket}", f"$KV.{self._bucket}.{key}")
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise TransportError(f"cannot read {key} of {self._bucket}: {exc}") from exc
+        assert raw.time is not None
+        return raw.time.timestamp()
+
     async def _read(self, key: str) -> Lease:
         try:
             raw = await self.bus.js.get_last_msg(f"KV_{self._bucket}", f"$KV.{self._bucket}.{key}")
@@ -225,7 +237,7 @@ class Partitions:
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot read {key} of {self._bucket}: {exc}") from exc
         assert raw.seq is not None and raw.time is not None
-        age = time.time() - raw.time.timestamp()
+        age = self._server_now - raw.time.timestamp()
         if (raw.headers or {}).get(_OPERATION) in ("DEL", "PURGE"):
             return Lease(revision=raw.seq, name=None, instance=None, age_s=age)
         holder = _holder_of(raw.data or b"")
