@@ -1,9 +1,9 @@
 """The ledger service: tails the tenant stream, keeps the projection and publishes checkpoints.
 
 It also records what the server gave up delivering (:mod:`ledger._given_up`),
-and, once, every message on a subject of components' records (decisions,
-checkpoints, quarantine records) that does not verify: no other reader refuses
-those, and a refused and recorded message is history, not a break.
+and, once, every message that does not verify on a subject no component
+refuses messages on: components' records (decisions, checkpoints, quarantine
+records) and topics. A refused and recorded message is history, not a break.
 
 The adapter around :class:`~ledger._projector.Projector` (pure) and
 :class:`~ledger._segments.SegmentStore` (the files). It reads the stream
@@ -344,7 +344,7 @@ class LedgerService:
                 continue  # projected before
             row = self._pending.envelopes[-1]
             self.schedule.observe(row.channel)
-            if not row.verified and subjects.judged_at_store(self.bus.tenant, message.subject):
+            if not row.verified and _no_other_refuser(self.bus.tenant, message.subject):
                 await self._record_refused(message, row.reject_reason or "invalid", row.reject_detail or "")
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
@@ -381,6 +381,16 @@ class LedgerService:
         await self.bus.publish(subjects.checkpoint(self.bus.tenant), self.bus.seal(envelope))
         self.schedule.published(now)
         log.info("checkpoint", extra={"through_seq": position.last_seq, "head": position.head.hex()})
+
+
+def _no_other_refuser(tenant: str, subject: str) -> bool:
+    """Whether the ledger service is the reader that records what fails on ``subject``.
+
+    The coordinator refuses on outboxes, effect records and approvals, an agent's
+    runtime on its inbox; nobody consumes records and topics in order but the ledger.
+    """
+    topic = (subjects.mediated_recipient(tenant, subject) or "").startswith(subjects.TOPIC_PREFIX)
+    return topic or subjects.judged_at_store(tenant, subject)
 
 
 async def serve_ledger(

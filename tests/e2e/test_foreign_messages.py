@@ -103,6 +103,7 @@ async def test_empty_messages_on_every_subject_and_key_are_recorded_once_as_fore
             "decision": subjects.decision(t, 0),
             "approval": subjects.approval(t, 0),
             "inbox": subjects.inbox(t, "counter"),
+            "topic": subjects.topic(t, "news"),
             "outbox": subjects.outbox(t, "counter", 0),
             "effect": subjects.effect_record(t, "counter", 0, "k1"),
             "checkpoint": subjects.checkpoint(t),
