@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 
 import msgspec
@@ -195,7 +194,7 @@ class Coordinator:
                 envelope = delivery.envelope
                 if delivery.settled or envelope.id in self.state.decided:
                     continue
-                clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
+                clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
                 try:
                     result = decide(
                         self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq
@@ -255,6 +254,7 @@ class Coordinator:
             taint=decision.effective_taint,
             content_type="application/msgpack",
             payload=encode_decision(decision),
+            now_ns=self.bus.clock(),
         )
         return record, self.bus.seal(record)
 
@@ -376,7 +376,7 @@ class Coordinator:
             # The decision clock is when the server stored the envelope, so a backlog is
             # rate-limited as it was sent; a redelivery (after a rate-limit delay or a
             # crash) is decided now, or a delayed sender would never earn a token.
-            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
+            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
             return decide(
                 self.policy,
                 envelope,
@@ -545,7 +545,7 @@ class Coordinator:
         if decision.verdict != "accept":
             return []
         decision_id = self._decision_ids[decision.envelope_id]
-        recheck = time.time_ns() - decision.decided_ns > _DEDUP_SAFE_NS
+        recheck = self.bus.clock() - decision.decided_ns > _DEDUP_SAFE_NS
         acks = []
         for recipient in decision.deliver_to:
             subject = self._subject_for(recipient)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -80,10 +81,12 @@ async def serve_coordinator(
     nkey_auth: bool,
     ready: Callable[[], None],
     tools_file: Path | None = None,
+    clock: Callable[[], int] = time.time_ns,
 ) -> None:
     """Run a coordinator until SIGTERM/SIGINT. A bad policy or tool registry stops it before it connects.
 
-    Tools the registry marks ``high_risk`` are high-risk tools of the policy too.
+    Tools the registry marks ``high_risk`` are high-risk tools of the policy too. ``clock``
+    (unix ns) dates what it signs.
     """
     policy = load_policy(policy_file)
     if tools_file is not None:
@@ -97,6 +100,7 @@ async def serve_coordinator(
         identity=identity,
         nkey_auth=nkey_auth,
         inbox_prefix=subjects.reply_prefix(name) if nkey_auth else None,
+        clock=clock,
     )
     try:
         grant = bus.keyring.keyring.resolve(identity.key_id)

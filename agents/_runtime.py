@@ -18,15 +18,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import msgspec
 import nats.errors
 import nats.js.errors
 
+from agents._checkpoint_value import open_checkpoint
 from agents._coordinator import INBOX_SETTINGS
 from agents._decision import instruction_verb
 from agents._effector import Effector, check_direct_gets
 from agents._errors import RuntimeSetupError
-from agents._memory import Memory
+from agents._memory import ForeignRecorder, Memory
 from agents._tools import Toolbox, ToolImplementation
 from bus import (
     Bus,
@@ -42,7 +42,6 @@ from bus import (
     decode_json,
     decode_msgpack,
     new_envelope,
-    open_envelope,
     subjects,
 )
 
@@ -76,7 +75,9 @@ class Context:
         self.taint: tuple[str, ...] = mediation.effective_taint if mediation else self.envelope.taint
         self.decision_id: str | None = mediation.decision_id if mediation else None
         self.attempt = delivery.attempt
-        self.memory = Memory(bus.js, bus.tenant, agent_id, self.send, on_read=self._read_taint)
+        self.memory = Memory(
+            bus.js, bus.tenant, agent_id, self.send, on_read=self._read_taint, on_foreign=_foreign(bus)
+        )
 
     def _read_taint(self, taint: tuple[str, ...]) -> None:
         self.taint = tuple(sorted(set(self.taint) | set(taint)))
@@ -247,40 +248,34 @@ class Handlers(Agent):
         log.info("no handler; acked", extra={"kind": ctx.envelope.kind, "envelope_id": ctx.envelope.id})
 
 
-class _StoredCheckpoint(msgspec.Struct, frozen=True):
-    """What the coordinator stores under ``<agent>.checkpoint``: the agent's signed envelope."""
+def _foreign(bus: Bus) -> ForeignRecorder:
+    async def record(subject: str, revision: int, body: bytes, headers: Mapping[str, str] | None, detail: str) -> None:
+        await bus.record_foreign_value(subject, revision, body, headers, detail=detail)
 
-    body: bytes
-    headers: dict[str, str]
+    return record
 
 
 async def read_checkpoint(bus: Bus, agent_id: str) -> dict[str, Any] | None:
-    """The agent's last checkpoint, verified as signed by the agent itself; None if there is none."""
+    """The agent's last checkpoint, verified as signed by the agent itself; None if there is none.
+
+    A foreign value there (not the agent's signed checkpoint) is recorded once as ``foreign``
+    and the agent starts without it.
+    """
     bucket = subjects.memory_bucket(bus.tenant)
+    subject = f"$KV.{bucket}.{agent_id}.checkpoint"
     try:
-        raw = await bus.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{agent_id}.checkpoint", direct=True)
+        raw = await bus.js.get_last_msg(f"KV_{bucket}", subject, direct=True)
     except nats.js.errors.NotFoundError:
         return None
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise RuntimeSetupError(f"cannot read the checkpoint of {agent_id}: {exc}") from exc
     stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
     try:
-        record = decode_msgpack(raw.data or b"", type=_StoredCheckpoint)
-        opened = open_envelope(
-            record.body, record.headers, keyring=bus.keyring.keyring, received_ns=stored_ns, limits=Limits()
-        )
-    except VerificationError as exc:
-        log.error("checkpoint does not verify; starting without it", extra={"reason": exc.reason})
+        return open_checkpoint(raw.data or b"", keyring=bus.keyring.keyring, agent_id=agent_id, stored_ns=stored_ns)
+    except ValueError as exc:
+        log.error("checkpoint is foreign; starting without it", extra={"error": str(exc)})
+        await bus.record_foreign_value(subject, raw.seq or 0, raw.data or b"", raw.headers, detail=str(exc))
         return None
-    if opened.envelope.sender != agent_id or opened.envelope.kind != "checkpoint":
-        log.error("checkpoint is not this agent's; starting without it")
-        return None
-    try:
-        state: dict[str, Any] = decode_json(opened.envelope.payload, type=dict[str, Any])
-    except MalformedPayload as exc:
-        log.error("checkpoint is not a JSON object; starting without it", extra={"reason": exc.detail})
-        return None
-    return state
 
 
 async def run_agent(

@@ -208,3 +208,21 @@ def mediated_recipient(tenant: str, subject: str) -> str | None:
     if prefix == f"tb.{tenant}.topic":
         return f"{TOPIC_PREFIX}{name}"
     return None
+
+
+def judged_at_store(tenant: str, subject: str) -> bool:
+    """Whether ``subject`` carries a component's records (decisions, quarantine records, ledger checkpoints).
+
+    These say what a component saw, not what an agent asks for: they are judged by the
+    time the server stored them (their key valid then, their ``ts`` not held to the skew
+    window), so a component whose clock was stepped never loses what it recorded.
+    """
+    return is_decision(tenant, subject) or subject in (quarantine(tenant), checkpoint(tenant))
+
+
+def effect_owner(tenant: str, subject: str) -> str | None:
+    """The agent whose effect records ``subject`` holds (``tb.<tenant>.effect.<agent>.<p>.<key>``); None elsewhere."""
+    parts = subject.split(".")
+    if len(parts) == 6 and parts[:3] == ["tb", tenant, "effect"]:
+        return parts[3]
+    return None

@@ -34,7 +34,7 @@ from bus._provision import tenant_partitions
 from bus._publisher import Publisher, unavailable
 from bus._quarantine import encode_quarantine_record, quarantine_record
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
-from bus._subjects import check_name, outbox, partition_of, quarantine, stream_name
+from bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
 from bus._tail import tail
 
 log = logging.getLogger("trustbus.bus")
@@ -103,6 +103,7 @@ class Bus:
         publish_timeout_s: float,
         watch: _ConnectionWatch | None = None,
         partitions: int = 1,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         """Wrap an open connection; use :meth:`connect`."""
         self.nc = nc
@@ -114,10 +115,12 @@ class Bus:
         self.limits = limits
         self.stream = stream_name(tenant)
         self.partitions = partitions
+        self.clock = clock  # the ``ts`` of what this component signs (unix ns)
         self._publish_timeout_s = publish_timeout_s
         self._publisher = Publisher(js, max_in_flight=max_in_flight, timeout_s=publish_timeout_s)
         self._watch = watch or _ConnectionWatch()
         self.refusals: dict[str, str] = {}  # subject (lowercased by the client) -> reason, per publish refused
+        self._foreign_recorded: set[tuple[str, int]] = set()  # KV values this process recorded as foreign
         self._watch.refused = self._refused
 
     def _refused(self, subject: str, why: str) -> None:
@@ -139,6 +142,7 @@ class Bus:
         max_in_flight: int = 1024,
         publish_timeout_s: float = 5.0,
         connect_timeout_s: float = 5.0,
+        clock: Callable[[], int] = time.time_ns,
     ) -> Bus:
         """Connect, load the tenant's keyring and follow it.
 
@@ -155,6 +159,7 @@ class Bus:
             max_in_flight: pipelined publishes awaiting their ack at once.
             publish_timeout_s: per-publish ack timeout (a timed-out publish is retried, same id).
             connect_timeout_s: connection timeout.
+            clock: this component's clock, unix ns (the ``ts`` of what it signs).
         """
         check_name(tenant, what="tenant")
         check_name(name, what="agent")
@@ -195,6 +200,7 @@ class Bus:
             publish_timeout_s=publish_timeout_s,
             watch=watch,
             partitions=partitions,
+            clock=clock,
         )
 
     # -- publishing ---------------------------------------------------------
@@ -412,6 +418,7 @@ class Bus:
                 seen=seen,
                 stream_seq=seq,
                 recipient=recipient,
+                at_store=judged_at_store(self.tenant, msg.subject),
             )
         except VerificationError as exc:
             await self.quarantine_msg(msg, reason=exc.reason, detail=exc.detail)
@@ -470,10 +477,36 @@ class Bus:
             content_type="application/msgpack",
             payload=encode_quarantine_record(record),
             idempotency_key=f"quarantine:{self.stream}:{stream_seq}" if stream_seq is not None else None,
+            now_ns=self.clock(),
         )
         await self.publish(
             quarantine(self.tenant), self.seal(envelope), headers={HEADER_MSG_ID: msg_id} if msg_id else None
         )
+
+    async def record_foreign_value(
+        self, subject: str, revision: int, body: bytes, headers: Mapping[str, str] | None, *, detail: str
+    ) -> None:
+        """Record once that the KV value at ``subject`` (``revision``) is not what that key holds (``foreign``).
+
+        Once per value: this process remembers it, and the stream's duplicate window drops
+        another reader's copy. Best effort: a failure is logged, the reader carries on.
+        """
+        if (subject, revision) in self._foreign_recorded:
+            return
+        try:
+            await self.record_quarantine(
+                body,
+                headers,
+                subject=subject,
+                stream_seq=None,  # a KV revision, not a position in the tenant stream
+                reason="foreign",
+                detail=f"revision {revision}: {detail}",
+                msg_id=f"foreign:{subject}:{revision}",
+            )
+        except TransportError as exc:
+            log.warning("foreign value not recorded", extra={"subject": subject, "error": str(exc)})
+            return
+        self._foreign_recorded.add((subject, revision))
 
     async def aclose(self) -> None:
         """Wait briefly for in-flight publishes, stop the keyring follower, drain and close."""

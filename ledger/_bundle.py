@@ -6,8 +6,9 @@ A bundle is a directory::
                         "count", "head" (hex chain hash of last_seq), "exported_at" (unix ns)}
     messages.msgpack   msgpack array of [seq, subject, stored_ns, headers, body, chain]
                        per stored message, in stream order (chain: the 32-byte hash of that message)
-    keyring.msgpack    msgpack array of [key id, signed grant bytes] for every keyring
-                       revision (a grant's signature is checked against the admin key)
+    keyring.msgpack    msgpack array of [key id, signed grant bytes, stored_ns] for every keyring
+                       revision (a grant's signature is checked against the admin key; stored_ns,
+                       when the server stored it, says from when it stood; 0 or absent: unknown)
     end.checkpoint     the export checkpoint: a ledger key's signed head at last_seq
     start.checkpoint   only when first_seq > 1: a ledger key's signed head at first_seq - 1
     projection/        the DuckDB projection of the same messages: Parquet segments and
@@ -46,7 +47,7 @@ from bus import (
     subjects,
 )
 from bus._keyring import decode_signed_grant
-from bus._keyring_store import history_watcher, stored_entries
+from bus._keyring_store import entry_stored_ns, history_watcher, stored_entries
 from bus._publisher import UNAVAILABLE_S, unavailable
 from ledger._anchors import CheckpointFile, read_checkpoint_file, sign_checkpoint, write_checkpoint_file
 from ledger._chain import GENESIS, chain_hash
@@ -78,13 +79,21 @@ class BundleEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
         return StoredMessage(self.seq, self.subject, self.stored_ns, self.headers, self.body)
 
 
+class KeyringRevision(msgspec.Struct, frozen=True, array_like=True):
+    """One revision of a keyring entry: its key, the signed grant, and when the server stored it (0: unknown)."""
+
+    key_id: str
+    value: bytes
+    stored_ns: int = 0
+
+
 @dataclass
 class Bundle:
     """A bundle read back: its manifest, entries, keyring revisions and the checkpoints that anchor it."""
 
     manifest: dict[str, object]
     entries: list[BundleEntry]
-    keyring_revisions: list[tuple[str, bytes]]
+    keyring_revisions: list[KeyringRevision]
     end: CheckpointFile | None = None
     start: CheckpointFile | None = None
 
@@ -94,13 +103,13 @@ class Bundle:
         return _keyring_of(str(self.manifest["tenant"]), anchor, self.keyring_revisions)
 
 
-def _keyring_of(tenant: str, admin_key: str, revisions: list[tuple[str, bytes]]) -> Keyring:
+def _keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -> Keyring:
     keyring = Keyring(tenant=tenant, admin_key_id=admin_key)
-    for key_id, value in revisions:
+    for revision in revisions:
         try:
-            keyring.add(key_id, decode_signed_grant(value))
+            keyring.add(revision.key_id, decode_signed_grant(revision.value), stored_ns=revision.stored_ns)
         except KeyringError as exc:
-            raise BundleError(f"keyring revision for {key_id} is unreadable: {exc}") from exc
+            raise BundleError(f"keyring revision for {revision.key_id} is unreadable: {exc}") from exc
     return keyring
 
 
@@ -181,8 +190,8 @@ async def _read_into(
             await sub.unsubscribe()
 
 
-async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tuple[str, bytes]]:
-    """Every revision of every keyring entry, oldest first."""
+async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[KeyringRevision]:
+    """Every revision of every keyring entry, oldest first, with its store time."""
     bucket = subjects.keyring_bucket(tenant)
     try:
         kv = await js.key_value(bucket)
@@ -195,7 +204,7 @@ async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tupl
     finally:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
             await watcher.stop()  # type: ignore[no-untyped-call]
-    return [(e.key, e.value) for e in entries if e.value and e.operation is None]
+    return [KeyringRevision(e.key, e.value, entry_stored_ns(e)) for e in entries if e.value and e.operation is None]
 
 
 def partial_start(messages: list[StoredMessage], tenant: str, from_seq: int) -> int:
@@ -289,16 +298,17 @@ async def export_bundle(
 def _write_bundle(out: Path, bundle: Bundle) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "messages.msgpack").write_bytes(msgspec.msgpack.encode(bundle.entries))
-    (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode([[k, v] for k, v in bundle.keyring_revisions]))
+    (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode(bundle.keyring_revisions))
     if bundle.end is not None:
         write_checkpoint_file(out / END_CHECKPOINT, bundle.end)
     if bundle.start is not None:
         write_checkpoint_file(out / START_CHECKPOINT, bundle.start)
-    (out / "manifest.json").write_text(json.dumps(bundle.manifest, indent=2) + "\n")
+    (out / "manifest.json").write_text(json.dumps(bundle.manifest, indent=2) + "
+")
 
 
 _entries = msgspec.msgpack.Decoder(list[BundleEntry])
-_revisions = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+_revisions = msgspec.msgpack.Decoder(list[KeyringRevision])
 
 
 def read_bundle(directory: Path) -> Bundle:

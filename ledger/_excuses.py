@@ -38,7 +38,9 @@ def quarantine_excuses(messages: Sequence[StoredMessage], keyring: Keyring, tena
         if message.subject != subject:
             continue
         try:
-            opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+            opened = open_envelope(
+                message.body, message.headers, keyring=keyring, received_ns=message.stored_ns, at_store=True
+            )
             record = decode_quarantine_record(opened.envelope.payload)
         except (VerificationError, msgspec.DecodeError, ValueError):
             continue

@@ -38,6 +38,7 @@ def _open_chunk(
                     limits=limits,
                     stream_seq=m.seq,
                     recipient=subjects.mediated_recipient(tenant, m.subject),
+                    at_store=subjects.judged_at_store(tenant, m.subject),
                 )
             )
         except VerificationError as exc:

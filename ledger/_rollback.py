@@ -13,6 +13,7 @@ twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -87,15 +88,16 @@ class RollbackPlan:
 
 
 def verified_effects(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str) -> list[EffectRecord]:
-    """Every effect record in ``messages`` whose envelope verifies."""
-    prefix = f"{subjects.effect(tenant, 'x')[: -len('x')]}"
+    """Every effect record in ``messages`` whose envelope verifies, signed by the agent whose subject it is on."""
     records = []
     for message in messages:
-        if not message.subject.startswith(prefix):
+        owner = subjects.effect_owner(tenant, message.subject)
+        if owner is None:
             continue
         try:
             opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
-            records.append(decode_effect(opened.envelope.payload))
+            if opened.envelope.sender == owner and opened.envelope.kind == "effect":
+                records.append(decode_effect(opened.envelope.payload))
         except (VerificationError, msgspec.DecodeError, ValueError):
             continue
     return records
@@ -235,15 +237,17 @@ async def _revert_memory(
     """Write the key's value from before the incident, if the incident's write is still the current one."""
     bucket = subjects.memory_bucket(tenant)
     subject = f"$KV.{bucket}.{revert.agent}.{revert.key}"
-    history: list[tuple[int, MemoryValue]] = []
-    seq = 1
+    history: list[tuple[int, MemoryValue]] = []  # the values the coordinator wrote (foreign ones are skipped)
+    seq = last = 1
     while True:
         try:
             raw = await bus.js.get_msg(f"KV_{bucket}", seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             break
         assert raw.seq is not None
-        history.append((raw.seq, decode_memory_value(raw.data or b"")))
+        last = raw.seq
+        with contextlib.suppress(msgspec.DecodeError, ValueError):
+            history.append((raw.seq, decode_memory_value(raw.data or b"")))
         seq = raw.seq + 1
     if not history or history[-1][1].envelope_id not in revert.written_by:
         return False  # reverted already, or changed since: a person decides
@@ -252,7 +256,7 @@ async def _revert_memory(
     payload = {
         "key": revert.key,
         "value": earlier,
-        "expected_revision": history[-1][0],
+        "expected_revision": last,
         "reverts": list(revert.written_by),
     }
     start = (await bus.js.stream_info(bus.stream)).state.last_seq + 1
@@ -306,9 +310,11 @@ async def _verified(bus: Bus, subject: str, from_seq: int, wait_s: float) -> Asy
 
 async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
     async for envelope in _verified(bus, f"{subjects.effect(tenant, item.agent)}.>", from_seq, wait_s):
+        if envelope.sender != item.agent or envelope.kind != "effect":
+            continue  # not the agent's record: refused by the coordinator, nothing to wait on
         try:
             effect = decode_effect(envelope.payload)
-        except ValueError:  # not an effect record (MalformedPayload is a ValueError too)
+        except (msgspec.DecodeError, ValueError):
             continue
         if item.idempotency_key in compensated_keys([effect]):
             return
@@ -337,7 +343,7 @@ async def _stored(bus: Bus, bucket: str, subject: str, envelope_id: str, *, wait
             raw = await bus.js.get_last_msg(f"KV_{bucket}", subject)
             if decode_memory_value(raw.data or b"").envelope_id == envelope_id:
                 return
-        except nats.js.errors.NotFoundError:
-            pass
+        except (nats.js.errors.NotFoundError, msgspec.DecodeError, ValueError):
+            pass  # not there yet, or a foreign value the revert is to replace
         await asyncio.sleep(POLL_S)
     raise LedgerError(f"the reverted value of {subject} was not stored within {wait_s:.0f}s")

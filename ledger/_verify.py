@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from bus import (
+    Envelope,
     Keyring,
     SeenIds,
     VerificationError,
@@ -112,6 +113,7 @@ def verify_messages(
     heads[first_seq - 1] = previous
     watched = set(watch)
     checkpoint_subject = subjects.checkpoint(tenant)
+    effect_prefix = subjects.effect(tenant, "x")[:-1]
 
     def broke(seq: int, reason: str, detail: str) -> None:
         if len(report.breaks) < MAX_BREAKS:
@@ -144,6 +146,7 @@ def verify_messages(
                 seen=per_subject,
                 stream_seq=message.seq,
                 recipient=subjects.mediated_recipient(tenant, message.subject),
+                at_store=subjects.judged_at_store(tenant, message.subject),
             )
         except VerificationError as exc:
             if is_excused(message, excuses):
@@ -153,8 +156,9 @@ def verify_messages(
             continue
         per_subject.add(opened.envelope, message.seq)
         report.verified += 1
+        misfit: tuple[str, str] | None = None
         if (problem := kind_problem(tenant, message.subject, opened.envelope.kind)) is not None:
-            broke(message.seq, "wrong_kind", problem)
+            misfit = ("wrong_kind", problem)
         elif message.subject == checkpoint_subject:
             problem, through = _check_checkpoint(tenant, opened.envelope.payload, opened.grant.role, heads, message.seq)
             if problem is not None:
@@ -162,23 +166,35 @@ def verify_messages(
             else:
                 report.checkpoints += 1
                 report.signed_through = max(report.signed_through, through)
-        elif (problem := _check_signer(tenant, message.subject, opened.envelope.sender, opened.grant.role)) is not None:
-            broke(message.seq, "signer", problem)
+        elif (problem := _check_signer(tenant, message.subject, opened.envelope, opened.grant.role)) is not None:
+            misfit = ("signer", problem)
+        if misfit is not None:
+            # On an agent's effect subject the agent may publish anything; what its reader
+            # refused and recorded there is history, not a forged entry of the log.
+            if message.subject.startswith(effect_prefix) and is_excused(message, excuses):
+                report.verified -= 1
+                report.recorded_rejections += 1
+            else:
+                broke(message.seq, *misfit)
     return report
 
 
-def _check_signer(tenant: str, subject: str, sender: str, role: str) -> str | None:
+def _check_signer(tenant: str, subject: str, envelope: Envelope, role: str) -> str | None:
     """Why the signer may not have written on ``subject``, or None.
 
     A decision must come from a coordinator key, an effect record from the
     agent the subject names: a valid signature by anyone else is a forgery of
-    the log, even where the server's permissions would have stopped it.
+    the log, even where the server's permissions would have stopped it. An
+    agent's own envelope of another kind on its effect subject is no effect record.
     """
+    sender = envelope.sender
     if subjects.is_decision(tenant, subject) and role != "coordinator":
         return f"decision signed by a {role} key ({sender})"
     effects = subjects.effect(tenant, "x")[:-1]
     if subject.startswith(effects) and subject[len(effects) :].split(".", 1)[0] != sender:
         return f"effect record of {subject[len(effects) :].split('.', 1)[0]!r} signed by {sender!r}"
+    if subject.startswith(effects) and envelope.kind != "effect":
+        return f"{sender}'s {envelope.kind} on its effect subject"
     return None
 
 

@@ -261,6 +261,12 @@ def replay(
         raise typer.Exit(1)
 
 
+def _rejected_dict(step: Any) -> dict[str, Any]:
+    """A message of the incident that was not what its subject carries (not planned, shown)."""
+    return {"seq": step.seq, "id": step.envelope.id, "sender": step.envelope.sender, "kind": step.envelope.kind,
+            "why": step.quarantined}  # fmt: skip
+
+
 def _compensation_dict(c: Any) -> dict[str, Any]:
     return {"seq": c.seq, "agent": c.agent, "tool": c.tool, "effect_class": c.effect_class,
             "compensating_tool": c.compensating_tool, "idempotency_key": c.idempotency_key,
@@ -330,6 +336,7 @@ def rollback(
             "for_a_person": [_compensation_dict(c) for c in plan.for_a_person],
             "already_compensated": [_compensation_dict(c) for c in plan.already_compensated],
             "memory": [{"agent": m.agent, "key": m.key, "written_by": list(m.written_by)} for m in plan.memory],
+            "rejected": [_rejected_dict(s) for s in incident.rejected],
             "compensated_now": compensated,
         }))  # fmt: skip
         return
@@ -343,6 +350,8 @@ def rollback(
         )
     if plan.already_compensated:
         out.print(f"{len(plan.already_compensated)} effect(s) already compensated")
+    for s in incident.rejected:
+        out.print(f"[red]rejected[/red]: #{s.seq} {s.envelope.sender}'s {s.envelope.kind}: {s.quarantined}")
     for m in plan.memory:
         out.print(
             f"memory {m.agent}.{m.key}: written {len(m.written_by)} time(s) in the incident; reverted if still so"
