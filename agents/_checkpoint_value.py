@@ -22,7 +22,6 @@ class _Stored(msgspec.Struct, frozen=True):
     headers: dict[str, str]
 
 
-
 def open_checkpoint(value: bytes, *, keyring: Keyring, agent_id: str, stored_ns: int) -> dict[str, Any]:
     """The state in a stored checkpoint of ``agent_id``; ValueError saying why it is foreign otherwise."""
     if not value:

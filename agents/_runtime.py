@@ -35,12 +35,9 @@ from bus import (
     Envelope,
     Identity,
     Kind,
-    Limits,
     MalformedPayload,
     TransientError,
-    VerificationError,
     decode_json,
-    decode_msgpack,
     new_envelope,
     subjects,
 )

@@ -303,8 +303,7 @@ def _write_bundle(out: Path, bundle: Bundle) -> None:
         write_checkpoint_file(out / END_CHECKPOINT, bundle.end)
     if bundle.start is not None:
         write_checkpoint_file(out / START_CHECKPOINT, bundle.start)
-    (out / "manifest.json").write_text(json.dumps(bundle.manifest, indent=2) + "
-")
+    (out / "manifest.json").write_text(json.dumps(bundle.manifest, indent=2) + "\n")
 
 
 _entries = msgspec.msgpack.Decoder(list[BundleEntry])
