@@ -195,3 +195,22 @@ async def test_held_refund_survives_restarts_of_billing_and_the_coordinator(flee
     assert [r.phase for _, r in records] == ["requested", "completed"]  # the restarted process asked nothing new
     decisions = await fleet.decisions(lambda ds: any(d.reasons[-1:] == ("approved",) for d in ds))
     assert sum("effect_requested" in d.reasons and d.verdict == "hold" for d in decisions) == 1
+
+
+async def test_demo_billing_refunds_only_on_an_issue_refund_instruction(fleet: Fleet) -> None:
+    from trustbus.demo.systems import DIR_ENV, FILES, billing_db
+
+    open_policy = {"rules": [*POLICY["rules"], {"from": "desk", "to": ["billing"], "kinds": ["event"]}]}
+    await fleet.coordinator(open_policy)
+    await fleet.key("billing")
+    env = {**fleet.env, DIR_ENV: str(fleet.tmp)}
+    await fleet.spawn("agent", "run", "trustbus.demo.agents:Billing", "--id", "billing", "-t", fleet.tenant,
+                      "--tools", str(FILES / "tools.yaml"), env=env)  # fmt: skip
+    desk = await fleet.bus("desk")
+    await fleet.send(desk, ["billing"], MALLORY)  # an event that looks like a refund request: not one
+    alice = {"verb": "issue_refund", "customer": "alice", "order": 1, "amount": 5}
+    await fleet.send(desk, ["billing"], alice, kind="instruction")
+    [answer] = await answers_to(fleet, "desk")  # handled in order: the event before it was ignored
+    assert answer["refunded"] == 1
+    with contextlib.closing(billing_db(fleet.tmp)) as db:
+        assert db.execute("SELECT customer, order_no FROM movements WHERE kind = 'refund'").fetchall() == [("alice", 1)]
