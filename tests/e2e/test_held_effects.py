@@ -154,6 +154,16 @@ async def test_tainted_refund_is_held_until_an_operator_approves_it_then_runs_on
     rc, _, err = await cli(fleet, "approve", held.envelope_id, "-t", fleet.tenant, "--as", "ops")
     assert rc == 1 and "is not held: already released by ops" in err
     assert refunds(fleet) == 1
+    # The ledger tells it: the chain verifies, and the incident replays with the call under its cause.
+    rc, out, err = await cli(fleet, "ledger", "verify", "-t", fleet.tenant, "--json")
+    assert rc == 0 and json.loads(out.splitlines()[-1])["ok"] is True, out + err
+    rc, out, err = await cli(fleet, "ledger", "replay", "-t", fleet.tenant, "--correlation", request, "--json")
+    assert rc == 0, err
+    [root] = json.loads(out)["tree"]
+    assert [(e["tool"], e["phase"]) for e in root["effects"]] == [
+        ("issue_refund", "requested"),
+        ("issue_refund", "completed"),
+    ]
 
 
 async def test_denied_refund_fails_the_call_with_effect_denied_and_never_runs(fleet: Fleet) -> None:
