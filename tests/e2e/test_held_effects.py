@@ -138,7 +138,9 @@ async def test_tainted_refund_is_held_until_an_operator_approves_it_then_runs_on
     assert (held.causation_id, held.effective_taint) == (request, ("web",))
     rc, out, err = await cli(fleet, "approvals", "list", "-t", fleet.tenant, "--json")
     assert rc == 0, err
-    assert [json.loads(line)["envelope_id"] for line in out.splitlines()] == [held.envelope_id]
+    [listed] = [json.loads(line) for line in out.splitlines()]
+    assert listed["envelope_id"] == held.envelope_id and listed["kind"] == "effect"
+    assert listed["request"] == 'issue_refund {"amount":500,"order":777}'  # what the operator is asked to allow
     assert refunds(fleet) == 0  # the tool has not run
 
     rc, out, err = await cli(fleet, "approve", held.envelope_id, "-t", fleet.tenant, "--as", "ops", "--json")

@@ -91,7 +91,9 @@ def test_held_refund_under_a_rendered_config_from_the_agents_own_seeds(tmp_path:
 
         ops = ("--nkey", str(keys.path(T, "ops")))
         listed = run(*ops, "approvals", "list", "-t", T, "--as", "ops", "--json", env=env)
-        assert [json.loads(line)["envelope_id"] for line in listed.stdout.splitlines()] == [held["envelope_id"]]
+        [waiting] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert waiting["envelope_id"] == held["envelope_id"]
+        assert waiting["request"] == 'issue_refund {"amount":500,"order":777}'
         assert refunds(tmp_path) == 0
         run(*ops, "approve", held["envelope_id"], "-t", T, "--as", "ops", env=env)
         answer = follow(env, admin, f"tb.{T}.in.desk", lambda envelope: envelope["sender"] == "billing")
