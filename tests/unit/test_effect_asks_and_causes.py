@@ -5,11 +5,24 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 
 from agents._decision import CoordinatorState, Decision, decide, decide_approval, record_effect
-from agents._effect_asks import decide_ask, is_ask
+from agents._effect_asks import UntrustedAnswer, check_answer, decide_ask, is_ask
 from agents._policy import Policy, parse_policy
-from bus import EffectRecord, Envelope, new_envelope
+from bus import (
+    EffectRecord,
+    Envelope,
+    Identity,
+    KeyGrant,
+    Keyring,
+    Opened,
+    new_envelope,
+    open_envelope,
+    seal,
+    sign_grant,
+)
+from bus._records import encode_decision
 
 T0 = 1_800_000_000_000_000_000
 
@@ -198,3 +211,47 @@ def test_held_ask_survives_a_rebuild_of_the_state_from_the_log() -> None:
     for seq, decision in enumerate(live.decided.values(), start=1):
         rebuilt.apply(decision, POLICY, seq=seq)
     assert rebuilt.held() == [held] and rebuilt.spent == live.spent
+
+
+# -- the answer a runtime accepts -------------------------------------------------------------------
+
+
+def _signed_answer(
+    signer: str, to: str, about: str, *, decision_sender: str = "billing", role: str = "coordinator"
+) -> tuple[Opened, str]:
+    """A decision about ask ``about`` signed by ``signer`` (of ``role``) for ``to``, opened against a keyring."""
+    admin, key = Identity.generate(), Identity.generate()
+    keyring = Keyring(tenant="acme", admin_key_id=admin.key_id)
+    grant = KeyGrant(tenant="acme", key_id=key.key_id, owner=signer, valid_from=0, role=role)  # type: ignore[arg-type]
+    keyring.add(key.key_id, sign_grant(grant, admin))
+    state = CoordinatorState()
+    handed = tainted_delivery_to_billing(state)
+    decision = msgspec.structs.replace(ask(state, ask_from(decision_sender, handed, ("web",))), envelope_id=about)
+    answer = new_envelope(tenant="acme", kind="decision", sender=signer, to=(to,), causation_id=about,
+                          content_type="application/msgpack", payload=encode_decision(decision))  # fmt: skip
+    sealed = seal(answer, key)
+    return open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=answer.ts), decision.verdict
+
+
+def test_the_coordinators_answer_to_this_ask_is_accepted() -> None:
+    opened, verdict = _signed_answer("coordinator", "billing", "ask-1")
+    assert check_answer(opened, agent="billing", ask_id="ask-1").verdict == verdict == "hold"
+
+
+@pytest.mark.parametrize(
+    ("forgery", "fields"),
+    [
+        ("signed by an agent key", {"signer": "billing", "role": "agent"}),
+        ("addressed to another agent", {"to": "notes"}),
+        ("about another request", {"about": "ask-2"}),
+        ("about another agent's request", {"decision_sender": "notes"}),
+    ],
+)
+def test_an_answer_that_is_not_the_coordinators_answer_to_this_ask_is_not_trusted(
+    forgery: str, fields: dict[str, str]
+) -> None:
+    args = {"signer": "coordinator", "to": "billing", "about": "ask-1", **fields}
+    signer, to, about = args.pop("signer"), args.pop("to"), args.pop("about")
+    opened, _ = _signed_answer(signer, to, about, **args)
+    with pytest.raises(UntrustedAnswer):
+        check_answer(opened, agent="billing", ask_id="ask-1")
