@@ -122,3 +122,20 @@ def check_answer(opened: Opened, *, agent: str, ask_id: str) -> Decision:
     if decision.envelope_id != ask_id or decision.sender != agent or not is_ask_decision(decision):
         raise UntrustedAnswer(f"a decision about {decision.sender}'s {decision.kind} {decision.envelope_id}")
     return decision
+
+
+_DENIED = "EffectDenied: "
+
+
+def denial_message(*, reason: str, approver: str | None, tool: str, key: str) -> str:
+    """What a refused call's ``failed`` record says after ``EffectDenied: ``; :func:`parse_denial` reads it back."""
+    by = f" by {approver}" if approver else ""
+    return f"{reason}{by}: {tool} call {key} refused; the tool was not called"
+
+
+def parse_denial(error: str | None) -> tuple[str, str | None] | None:
+    """(reason, approver) of a ``failed`` record's error if the coordinator refused the call, else None."""
+    if error is None or not error.startswith(_DENIED):
+        return None
+    reason, _, approver = error[len(_DENIED) :].split(":", 1)[0].partition(" by ")
+    return reason, approver or None

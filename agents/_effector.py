@@ -33,7 +33,7 @@ import nats.errors
 import nats.js.errors
 
 from agents._effect_answers import await_answer
-from agents._effect_asks import is_ask
+from agents._effect_asks import denial_message, is_ask
 from agents._effects import idempotency_key
 from agents._errors import EffectDenied, EffectError, RuntimeSetupError, UnknownTool
 from agents._tools import Toolbox
@@ -107,9 +107,8 @@ class Effector:
             answer = await await_answer(self._bus, self._agent_id, ask, tool=tool)
             if answer.verdict != "accept":
                 reason = answer.reasons[-1]
-                by = f" by {answer.approver}" if answer.approver else ""
                 denied = EffectDenied(
-                    f"{tool} call {key} refused{by} ({reason}); the tool was not called",
+                    denial_message(reason=reason, approver=answer.approver, tool=tool, key=key),
                     reason=reason,
                     tool=tool,
                     idempotency_key=key,

@@ -255,3 +255,22 @@ def test_an_answer_that_is_not_the_coordinators_answer_to_this_ask_is_not_truste
     opened, _ = _signed_answer(signer, to, about, **args)
     with pytest.raises(UntrustedAnswer):
         check_answer(opened, agent="billing", ask_id="ask-1")
+
+
+async def test_reexecuting_a_handler_whose_call_was_denied_refuses_it_again() -> None:
+    from agents._effect_asks import denial_message
+    from agents._effects import idempotency_key
+    from agents._reexecute import reexecute
+    from tests.e2e.fleet_agents import NaiveBilling
+
+    args = {"order": 7, "amount": 5}
+    request = env("desk", ("billing",), payload=json.dumps(args).encode(), taint=["web"])
+    key = idempotency_key(request.id, "issue_refund", args, 0)
+    error = "EffectDenied: " + denial_message(reason="denied", approver="ops", tool="issue_refund", key=key)
+    failed = msgspec.structs.replace(requested(), phase="failed", idempotency_key=key, error=error)
+    told = {"refused": "denied", "approver": "ops", "attempt": 1}
+    answered = new_envelope(tenant="acme", kind="reply", sender="billing", to=("desk",), taint=["web"],
+                            payload=json.dumps(told).encode())  # fmt: skip
+    [replayed] = await reexecute(NaiveBilling(), "billing", [(request, ("web",))],
+                                 recorded_sends={request.id: [answered]}, effects={key: failed})  # fmt: skip
+    assert replayed.divergences == []  # refused again, handled the same way, no tool run
