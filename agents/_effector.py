@@ -102,8 +102,8 @@ class Effector:
         )
         if mediated:
             # Mediated: the requested record asks the coordinator; the tool waits for its answer.
-            asked = found is not None and last is not None and is_ask(found[0], last)
-            ask = found[0] if asked and found is not None else await self._record(subject, requested, taint)
+            # A request already made for this call (by a process that died waiting) is waited on, not repeated.
+            ask = found[0] if found is not None and is_ask(*found) else await self._record(subject, requested, taint)
             answer = await await_answer(self._bus, self._agent_id, ask, tool=tool)
             if answer.verdict != "accept":
                 reason = answer.reasons[-1]
