@@ -24,8 +24,11 @@ again on redelivery and waits for the same answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import msgspec
@@ -46,9 +49,22 @@ log = logging.getLogger("trustbus.agent")
 class Effector:
     """The tool calls of one handler invocation: numbered in call order, recorded, never repeated once completed."""
 
-    def __init__(self, bus: Bus, agent_id: str, cause: Envelope, toolbox: Toolbox | None) -> None:
-        """Made by the runtime for each delivery; ``cause`` is the delivered envelope."""
+    def __init__(
+        self,
+        bus: Bus,
+        agent_id: str,
+        cause: Envelope,
+        toolbox: Toolbox | None,
+        *,
+        held: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        """Made by the runtime for each delivery; ``cause`` is the delivered envelope.
+
+        ``held()`` is entered while a call waits for an operator (the runtime suspends the
+        handler's timeout meanwhile: waiting for a person is not a hung handler).
+        """
         self._bus = bus
+        self._held = held
         self._agent_id = agent_id
         self._cause = cause
         self._toolbox = toolbox
@@ -104,7 +120,8 @@ class Effector:
             # Mediated: the requested record asks the coordinator; the tool waits for its answer.
             # A request already made for this call (by a process that died waiting) is waited on, not repeated.
             ask = found[0] if found is not None and is_ask(*found) else await self._record(subject, requested, taint)
-            answer = await await_answer(self._bus, self._agent_id, ask, tool=tool)
+            with self._held():
+                answer = await await_answer(self._bus, self._agent_id, ask, tool=tool)
             if answer.verdict != "accept":
                 reason = answer.reasons[-1]
                 denied = EffectDenied(

@@ -223,3 +223,9 @@ class NaiveBilling(Agent):
             await ctx.reply({"refused": refused.reason, "approver": refused.approver, "attempt": ctx.attempt})
             return
         await ctx.reply({"refunded": receipt["order"], "attempt": ctx.attempt}, cites=ctx.effect_keys)
+
+
+class ImpatientNaiveBilling(NaiveBilling):
+    """Naive billing whose deliveries may take 0.3 s at most, except while a call waits for an operator."""
+
+    handler_timeout_s = 0.3

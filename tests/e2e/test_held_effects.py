@@ -12,6 +12,7 @@ import contextlib
 import json
 import signal
 import sqlite3
+import time
 
 import yaml
 
@@ -41,21 +42,21 @@ POLICY = {
 MALLORY = {"customer": "mallory", "order": 777, "amount": 500}
 
 
-async def start_billing(fleet: Fleet) -> asyncio.subprocess.Process:
+async def start_billing(fleet: Fleet, target: str = "NaiveBilling") -> asyncio.subprocess.Process:
     if not fleet.keys.path(fleet.tenant, "billing").exists():
         await fleet.key("billing")
     tools = fleet.tmp / "tools.yaml"
     tools.write_text(yaml.safe_dump(TOOLS))
     env = {**fleet.env, SYSTEM_DB: str(fleet.tmp / "books.db")}
-    return await fleet.spawn("agent", "run", "tests.e2e.fleet_agents:NaiveBilling", "--id", "billing",
+    return await fleet.spawn("agent", "run", f"tests.e2e.fleet_agents:{target}", "--id", "billing",
                              "-t", fleet.tenant, "--tools", str(tools), env=env)  # fmt: skip
 
 
-async def start(fleet: Fleet) -> asyncio.subprocess.Process:
+async def start(fleet: Fleet, target: str = "NaiveBilling") -> asyncio.subprocess.Process:
     """Coordinator, operator key, billing; returns billing's process."""
     await fleet.coordinator(POLICY)
     await fleet.key("ops", role="operator")
-    return await start_billing(fleet)
+    return await start_billing(fleet, target)
 
 
 def refunds(fleet: Fleet) -> int:
@@ -227,3 +228,16 @@ async def test_demo_billing_refunds_only_on_an_issue_refund_instruction(fleet: F
     assert answer["refunded"] == 1
     with contextlib.closing(billing_db(fleet.tmp)) as db:
         assert db.execute("SELECT customer, order_no FROM movements WHERE kind = 'refund'").fetchall() == [("alice", 1)]
+
+
+async def test_waiting_for_an_operator_does_not_count_against_the_handlers_timeout(fleet: Fleet) -> None:
+    await start(fleet, "ImpatientNaiveBilling")  # handler_timeout_s = 0.3
+    desk = await fleet.bus("desk")
+    await fleet.send(desk, ["billing"], MALLORY, taint=["web"])
+    held = await held_call(fleet)
+    seen = time.monotonic()
+    rc, _, err = await cli(fleet, "approve", held.envelope_id, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    assert time.monotonic() - seen > 0.3  # the call waited longer than the handler may run
+    [answer] = await answers_to(fleet, "desk")
+    assert answer["refunded"] == 777 and answer["attempt"] == 1 and refunds(fleet) == 1  # not cancelled, not retried
