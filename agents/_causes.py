@@ -12,7 +12,9 @@ caused an envelope instead of trusting it:
   dropped.
 
 No state is added for this: the decisions the coordinator already keeps say who
-sent each envelope and to whom it was delivered.
+sent each envelope and to whom it was delivered. Whatever bounds that state
+later must forget whole correlations, not single envelopes, or an answer to a
+forgotten envelope would be refused as ``unknown_cause``.
 """
 
 from __future__ import annotations
