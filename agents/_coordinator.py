@@ -38,10 +38,13 @@ from nats.js.api import PubAck
 
 from agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
 from agents._decision_log import DecisionLog
+from agents._effect_answers import store_answer
+from agents._effect_asks import decide_ask, is_ask, is_ask_decision
 from agents._memory import kv_subject, parse_write
 from agents._policy import Policy
 from bus import (
     Bus,
+    ConfigError,
     ConsumerSettings,
     Delivery,
     Envelope,
@@ -55,7 +58,7 @@ from bus import (
     subjects,
 )
 from bus._provision import DUPLICATE_WINDOW_S
-from bus._records import Approval, Decision, MemoryValue, decode_effect, encode_decision
+from bus._records import Approval, Decision, EffectRecord, MemoryValue, decode_effect, encode_decision
 from bus._records import decode_memory_value as decode_value
 from bus._records import encode_memory_value as encode_value
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
@@ -477,6 +480,9 @@ class Coordinator:
         except (msgspec.DecodeError, ValueError) as exc:
             await delivery.reject("bad_effect", str(exc))
             return
+        if is_ask(envelope, record):
+            await self._ask(delivery, record)
+            return
         if record.phase != "completed":
             return
 
@@ -486,6 +492,24 @@ class Coordinator:
             return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
 
         await self._record(envelope, make)
+
+    async def _ask(self, delivery: Delivery, record: EffectRecord) -> None:
+        """Decide a high-risk tool call made under taint before it runs, and leave the agent the answer."""
+        envelope = delivery.envelope
+        try:
+            subjects.check_effect_key(envelope.id)
+        except ConfigError:
+            await delivery.reject("bad_effect", f"effect request id {envelope.id!r} cannot name its answer's key")
+            return
+
+        def make() -> Decision | None:
+            if envelope.id in self.state.decided:
+                return None
+            clock, seq = delivery.stored_ns, delivery.stream_seq
+            return decide_ask(self.policy, envelope, record, self.state, received_ns=clock, source_seq=seq)
+
+        await self._record(envelope, make)
+        await store_answer(self.bus, self.state.decided[envelope.id])
 
     async def _approval(self, delivery: Delivery) -> None:
         """Release or drop a held envelope on an operator's signed approval."""
@@ -516,6 +540,9 @@ class Coordinator:
         if decision is None or decision.approval_id != approval.id:
             state = "unknown" if decision is None else f"{decision.verdict} ({', '.join(decision.reasons)})"
             await delivery.reject("not_held", f"envelope {request.envelope_id} is not held: {state}")
+            return
+        if is_ask_decision(decision):
+            await store_answer(self.bus, decision)  # a held tool call: its agent is waiting for this
             return
         if decision.verdict == "accept":
             try:

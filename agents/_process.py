@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +16,8 @@ from agents._runtime import Agent, connect_agent, run_agent
 from agents._tools import Toolbox, load_tools
 from bus import Bus, KeyDirectory, subjects
 from bus._signals import stop_on_signals
+
+log = logging.getLogger("trustbus.coordinator")
 
 
 def load_agent(target: str) -> Agent:
@@ -90,7 +93,13 @@ async def serve_coordinator(
     """
     policy = load_policy(policy_file)
     if tools_file is not None:
-        policy = policy.with_high_risk_tools(tool.name for tool in load_tools(tools_file) if tool.high_risk)
+        registry = list(load_tools(tools_file))
+        unasked = sorted(t.name for t in registry if not t.high_risk and t.name in policy.taint.high_risk_tools)
+        if unasked:  # runtimes ask before high-risk calls by their registry, which does not know the policy
+            log.warning(
+                "high risk in the policy but not in the registry: agents call them unasked", extra={"tools": unasked}
+            )
+        policy = policy.with_high_risk_tools(tool.name for tool in registry if tool.high_risk)
     identity = keys.load(tenant, name)
     stop = stop_on_signals()
     bus = await Bus.connect(

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents._effect_asks import denial_message, parse_denial
 from agents._effects import idempotency_key
+from agents._errors import EffectDenied
 from agents._runtime import Agent, Context, compensate, compensation_request
 from bus import EffectRecord, Envelope, decode_json
 
@@ -75,6 +77,11 @@ class ReplayContext(Context):
         key = idempotency_key(self.envelope.idempotency_key or self.envelope.id, tool, args, len(self.called))
         self.called.append((tool, args))
         record = self._effects.get(key)
+        denial = parse_denial(record.error) if record is not None and record.tool == tool else None
+        if denial is not None:  # the coordinator refused it then: refuse it again
+            reason, approver = denial
+            message = denial_message(reason=reason, approver=approver, tool=tool, key=key)
+            raise EffectDenied(message, reason=reason, tool=tool, idempotency_key=key, approver=approver)
         if record is None or record.phase != "completed" or record.tool != tool:
             raise NotRecorded(f"{tool}({json.dumps(args, sort_keys=True)}) has no completed record")
         self._keys.append(key)

@@ -12,9 +12,10 @@ resumes from the durable consumer and from its last checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -65,7 +66,8 @@ class Context:
     def __init__(self, bus: Bus, agent_id: str, delivery: Delivery, *, tools: Toolbox | None = None) -> None:
         """Made by the runtime for each delivery."""
         self._bus = bus
-        self._effector = Effector(bus, agent_id, delivery.envelope, tools)
+        self._deadline: asyncio.Timeout | None = None  # the handler's timeout, set by the runtime
+        self._effector = Effector(bus, agent_id, delivery.envelope, tools, held=self._waiting_for_a_person)
         self.agent_id = agent_id
         self.envelope: Envelope = delivery.envelope
         mediation = delivery.opened.mediation
@@ -75,6 +77,21 @@ class Context:
         self.memory = Memory(
             bus.js, bus.tenant, agent_id, self.send, on_read=self._read_taint, on_foreign=_foreign(bus)
         )
+
+    @contextlib.contextmanager
+    def _waiting_for_a_person(self) -> Iterator[None]:
+        """Suspend the handler's timeout while a held tool call waits for an operator; resume it after."""
+        deadline, loop = self._deadline, asyncio.get_running_loop()
+        when = deadline.when() if deadline is not None else None
+        if deadline is None or when is None:
+            yield
+            return
+        remaining = max(0.0, when - loop.time())
+        deadline.reschedule(None)
+        try:
+            yield
+        finally:
+            deadline.reschedule(loop.time() + remaining)
 
     def _read_taint(self, taint: tuple[str, ...]) -> None:
         self.taint = tuple(sorted(set(self.taint) | set(taint)))
@@ -312,6 +329,7 @@ async def run_agent(
 async def _handle_in_time(agent: Agent, ctx: Context) -> None:
     """Run the handler (or a rollback's compensation), cancelled after ``agent.handler_timeout_s``."""
     deadline = asyncio.timeout(agent.handler_timeout_s)
+    ctx._deadline = deadline  # a tool call held for an operator suspends it (Context._waiting_for_a_person)
     try:
         async with deadline:
             if compensation_request(ctx.envelope) is not None:

@@ -78,6 +78,8 @@ class EffectRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         effect_class: from the registry: read, reversible or irreversible.
         compensating_tool: for a reversible effect, the tool that undoes it.
         taint: labels the result carries (e.g. ``web`` for a page fetch).
+        high_risk: from the registry. A ``requested`` record of a high-risk tool whose envelope
+            carries taint asks the coordinator first: the runtime waits for its answer.
     """
 
     v: int = 1
@@ -90,6 +92,7 @@ class EffectRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     effect_class: EffectClass
     compensating_tool: str | None = None
     taint: tuple[str, ...] = ()
+    high_risk: bool = False
 
 
 _effect_decoder = msgspec.msgpack.Decoder(EffectRecord)

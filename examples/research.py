@@ -52,8 +52,12 @@ class Researcher(Agent):
     tools: Mapping[str, ToolImplementation] = {"fetch_page": fetch_page, "llm_complete": llm_complete}
 
     async def handle(self, ctx: Context) -> None:
-        """Fetch, ask, reply (tainted ``web`` and ``llm``)."""
+        """Fetch, ask, reply (tainted ``web`` and ``llm``); a ``research`` instruction only, nothing else."""
+        if ctx.envelope.kind != "instruction":
+            return
         request = ctx.json()
+        if not isinstance(request, dict) or request.get("verb") != "research":
+            return
         page = await ctx.effect("fetch_page", {"url": request["url"]})
         prompt = f"{request['question']}\n\n{page['text']}"
         answer = await ctx.effect("llm_complete", {"prompt": prompt})

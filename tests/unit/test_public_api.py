@@ -46,7 +46,7 @@ def test_agents_exports() -> None:
             "Handlers", "Limits", "Policy", "PolicyError", "RateLimit", "Rule", "RuntimeSetupError", "connect_agent",
             "decide", "load_policy", "parse_policy",
             "read_checkpoint", "run_agent",
-            "EffectError", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
+            "EffectDenied", "EffectError", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
             "UnknownTool", "idempotency_key", "load_tools", "parse_tools",
         ]
     )  # fmt: skip
