@@ -13,7 +13,6 @@ second (as ``trustbus approve`` waits on the decision log).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 
 import msgspec
@@ -21,7 +20,7 @@ import nats.errors
 import nats.js.errors
 
 from agents._effect_asks import UntrustedAnswer, answer_key, check_answer
-from bus import Bus, Envelope, TransportError, VerificationError, new_envelope, open_envelope, subjects
+from bus import Bus, Envelope, TransportError, VerificationError, decode_msgpack, new_envelope, open_envelope, subjects
 from bus._records import Decision, encode_decision
 from bus._seal import HEADER_KEY, HEADER_SIG
 
@@ -29,7 +28,6 @@ log = logging.getLogger("trustbus.agent")
 
 FIRST_PAUSE_S = 0.02
 LONGEST_PAUSE_S = 1.0
-_NO_SKEW_CHECK = 2**62
 
 
 class _Stored(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,9 +35,6 @@ class _Stored(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     body: bytes
     headers: dict[str, str]
-
-
-_stored_decoder = msgspec.msgpack.Decoder(_Stored)
 
 
 def _subject(bus: Bus, agent: str, ask_id: str) -> str:
@@ -110,16 +105,17 @@ async def _read(bus: Bus, subject: str, agent: str, ask_id: str, reported: set[s
         raise TransportError(f"cannot read the answer to effect request {ask_id}: {exc}") from exc
     stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
     try:
-        stored = _stored_decoder.decode(raw.data or b"")
+        stored = decode_msgpack(raw.data or b"", type=_Stored)
         key_id = stored.headers.get(HEADER_KEY, "")
         if key_id and not bus.keyring.keyring.knows(key_id):
             await bus.keyring.refresh_key(key_id)
-        # An answer's age does not matter (it names the request it answers), so no skew check: a
-        # coordinator whose clock was stepped must still be able to release a held call.
-        opened = open_envelope(stored.body, stored.headers, keyring=bus.keyring.keyring, received_ns=stored_ns,
-                               limits=dataclasses.replace(bus.limits, skew_ns=_NO_SKEW_CHECK))  # fmt: skip
+        # A component's record, judged at its store time (no skew check): a coordinator whose
+        # clock was stepped must still be able to release a held call.
+        opened = open_envelope(
+            stored.body, stored.headers, keyring=bus.keyring.keyring, received_ns=stored_ns, at_store=True
+        )
         return check_answer(opened, agent=agent, ask_id=ask_id)
-    except (msgspec.DecodeError, VerificationError, UntrustedAnswer) as exc:
+    except (msgspec.DecodeError, VerificationError, UntrustedAnswer) as exc:  # MalformedPayload is a VerificationError
         if str(raw.seq) not in reported:
             reported.add(str(raw.seq))
             log.error("not the coordinator's answer; ignored", extra={"subject": subject, "error": str(exc)})
