@@ -38,6 +38,12 @@ async def demoted(tenant: Tenant) -> tuple[list[int], int]:
     return before, after
 
 
+async def _export(tenant: Tenant, out: Path) -> None:
+    """Export the tenant's bundle, its export checkpoint signed by a ledger key."""
+    await tenant.add("ledger", role="ledger")
+    await export_bundle(tenant.js, tenant.name, out, signer=tenant.identities["ledger"], signer_name="ledger")
+
+
 def _judged(report: VerifyReport, before: list[int], after: int) -> None:
     assert [(b.seq, b.reason) for b in report.breaks] == [(after, "signer")], report.breaks
     assert "agent key" in report.breaks[0].detail
@@ -54,7 +60,7 @@ async def test_demoting_the_coordinators_key_leaves_its_past_decisions_valid_on_
 async def test_demoting_the_coordinators_key_leaves_its_past_decisions_valid_in_an_exported_bundle(
     tenant: Tenant, demoted: tuple[list[int], int], tmp_path: Path
 ) -> None:
-    await export_bundle(tenant.js, tenant.name, tmp_path / "bundle")
+    await _export(tenant, tmp_path / "bundle")
     _judged(verify_bundle(tmp_path / "bundle", admin_key=tenant.admin.key_id), *demoted)
 
 
@@ -66,6 +72,6 @@ async def test_decisions_of_a_coordinator_key_never_demoted_all_verify(tenant: T
         await _decide(tenant, coordinator, b"decided %d" % i)
     live = await verify_stream([tenant.url], tenant.name)
     assert live.ok and live.verified == live.count == 4, live.breaks
-    await export_bundle(tenant.js, tenant.name, tmp_path / "bundle")
+    await _export(tenant, tmp_path / "bundle")
     offline = verify_bundle(tmp_path / "bundle", admin_key=tenant.admin.key_id)
     assert offline.ok and offline.verified == 4, offline.breaks
