@@ -50,11 +50,13 @@ from bus._subjects import (
 )
 
 SYSTEM_ACCOUNT = "SYS"
+AGENT_API_PREFIX = "$TB.API"  # the tenant's JetStream API, as an agent's account imports it
+_JS_API = "$JS.API"
 _ROLE_ORDER: tuple[Role, ...] = ("admin", "coordinator", "ledger", "operator", "agent")
 _INDENT = "  "
 
 _HEADER = """\
-# NATS account for trustbus tenant "{tenant}", rendered by `trustbus config render`.
+# NATS accounts for trustbus tenant "{tenant}", rendered by `trustbus config render`.
 #
 # One nkey user per live key in the tenant's keyring (revoked keys have none),
 # its permissions fixed by its role. Do not edit: after `trustbus keys new`,
@@ -64,20 +66,28 @@ _HEADER = """\
 # Permissions are allow lists and a deny always wins. Every user but the admin
 # is denied the destructive JetStream API (delete, purge, update a stream,
 # delete a message) and subscribes only under its own reply prefix
-# _INBOX_<owner>: its client connects with inbox_prefix=b"_INBOX_<owner>".
+# _INBOX_<owner> (its client connects with inbox_prefix=b"_INBOX_<owner>") and
+# to keyring writes ($KV.{keys}.>, a notice to read the keyring again).
 #
-# Keyring watch: every user may send "$JS.API.CONSUMER.CREATE.KV_{keys}", the
-# unnamed consumer create that the keyring watcher's ordered consumer uses.
-# On the tenant stream this form would let a user re-point any consumer (the
-# server takes the name from the request body and creates OR updates it), so
-# only the coordinator has it there. On the keyring bucket it is tolerable:
-# the only consumers are other clients' watchers, with random server-made
-# names that no non-admin user can list, and the bucket holds only public,
-# admin-signed grants. Residual risk: a push consumer's deliver subject is not
-# checked against its creator's permissions, so such a user can make the
-# server send keyring entries to a subject that has a plain subscriber (the
-# JetStream API is not reachable this way). trustbus components read tenant
-# subjects only through consumers, never by plain subscription.
+# Reply subjects: the server does not check the reply subject of a request
+# against the requester's permissions (nats-server has no such option;
+# allow_responses is the responder's side), and it publishes its answer there.
+# A JetStream API request made in the tenant's account with a tenant subject as
+# its reply would have the answer stored by {stream} or a bucket. So the stream
+# and buckets stay in the tenant's account, and each agent is the one user of
+# an account of its own, "{tenant}:<agent>", with no JetStream: the tenant
+# account exports each service an agent may use (its outbox and effect
+# subjects with their pub acks, quarantine, fetch, info and acks of its inbox
+# consumer, direct gets of its own memory keys and effect records, reads of the
+# keyring) to that agent's account alone, which imports them under the same
+# names. Every answer to an agent crosses back into the agent's account, where
+# nothing captures a tenant subject. The admin, coordinator, ledger and
+# operator users stay in the tenant account (docs/THREAT_MODEL.md says what
+# they can still make the server store).
+#
+# Keyring: read message by message (STREAM.MSG.GET on KV_{keys}), never
+# through a consumer: a push consumer's deliver subject is not checked against
+# its creator's permissions and would be published in the tenant's account.
 """
 
 _BOOTSTRAP_NOTE = """\
@@ -194,8 +204,10 @@ def _render(
         raise ConfigError(f"tenant {tenant!r} has the system account's name: render with accounts only")
     if system_user_nkey is not None:
         verify_key(system_user_nkey)
-    users = [_user(tenant, grant) for grant in _live(tenant, grants)]
-    lines = _HEADER.format(tenant=tenant, keys=keyring_bucket(tenant)).splitlines()
+    live = _live(tenant, grants)
+    users = [_user(tenant, grant) for grant in live if grant.role != "agent"]
+    agents = [grant for grant in live if grant.role == "agent"]
+    lines = _HEADER.format(tenant=tenant, keys=keyring_bucket(tenant), stream=stream_name(tenant)).splitlines()
     if bootstrap:
         lines += _BOOTSTRAP_NOTE.format(tenant=tenant).splitlines()
     if standalone:
@@ -210,15 +222,25 @@ def _render(
         lines += [f"{_INDENT}}}", ""]
     lines += [
         f"{_INDENT}# Tenant {tenant}: its own subject space and JetStream (stream {stream_name(tenant)},",
-        f"{_INDENT}# KV buckets {keyring_bucket(tenant)} and {memory_bucket(tenant)}).",
+        f"{_INDENT}# KV buckets {keyring_bucket(tenant)}, {memory_bucket(tenant)} and {coordinator_bucket(tenant)}).",
         f'{_INDENT}"{tenant}" {{',
         f"{_INDENT * 2}jetstream: enabled",
         f"{_INDENT * 2}users = [",
     ]
     for user in users:
         lines += _user_lines(user, depth=3)
-    lines += [f"{_INDENT * 2}]", f"{_INDENT}}}", "}", ""]
+    lines += [f"{_INDENT * 2}]"]
+    lines += _export_lines(tenant, depth=2)
+    lines += [f"{_INDENT}}}"]
+    for grant in agents:
+        lines += _agent_account_lines(tenant, grant, depth=1)
+    lines += ["}", ""]
     return "\n".join(lines)
+
+
+def agent_account(tenant: str, agent: str) -> str:
+    """The account of ``tenant``'s agent ``agent``: ``<tenant>:<agent>`` (no tenant or agent name has a ``:``)."""
+    return f"{check_name(tenant, what='tenant')}:{check_name(agent, what='agent')}"
 
 
 def _live(tenant: str, grants: Iterable[KeyGrant]) -> list[KeyGrant]:
@@ -248,12 +270,27 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
             deny=(),
             subscribe=(_Rule(">", "every subject"),),
         )
+    if grant.role == "agent":
+        return _User(
+            grant=grant,
+            summary=f"{owner} (agent): its own outbox and effect records; its inbox consumer and memory keys",
+            publish=(
+                *(_Rule(agent_api_subject(rule.subject), rule.why) for rule, _ in _agent_services(tenant, owner)),
+                _Rule(
+                    f"{_JS_API}.STREAM.INFO.{stream_name(tenant)}",
+                    "answered by the server in its own account, 'JetStream not enabled': how a client finds "
+                    f"the tenant's API under {AGENT_API_PREFIX}",
+                ),
+            ),
+            deny=_DENY_DESTRUCTIVE,
+            subscribe=(
+                _Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"),
+                _keyring_notices(tenant),
+            ),
+        )
     if grant.role == "coordinator":
         summary = f"{owner} (coordinator): the mediator; trusted with every consumer, may not touch a stream"
         publish = _coordinator(tenant)
-    elif grant.role == "agent":
-        summary = f"{owner} (agent): its own outbox and effect records; its inbox consumer and memory keys"
-        publish = _agent(tenant, owner)
     elif grant.role == "ledger":
         summary = f"{owner} (ledger): reads the stream through its consumer {owner!r}, publishes checkpoints"
         publish = (
@@ -275,32 +312,127 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
         summary=summary,
         publish=(*publish, *_keyring_reads(tenant)),
         deny=_DENY_DESTRUCTIVE,
-        subscribe=(_Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"),),
+        subscribe=(_Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"), _keyring_notices(tenant)),
     )
 
 
-def _agent(tenant: str, agent: str) -> tuple[_Rule, ...]:
+def _agent_services(tenant: str, agent: str) -> tuple[tuple[_Rule, str | None], ...]:
+    """What an agent may send, each a service its account imports from the tenant's, with its response type.
+
+    The imports keep the tenant's subject names, so a client's ``$JS.API`` prefix
+    works unchanged; ``stream``: the answer is several messages (fetched ones).
+    """
     stream = stream_name(tenant)
     consumer = inbox_consumer(agent)
     memory = memory_bucket(tenant)
     return (
-        _Rule(own_outboxes(tenant, agent), "its own outbox (per partition): the only way to reach anyone"),
-        _Rule(f"{effect(tenant, agent)}.>", "its runtime's effect records, one subject per idempotency key"),
-        _Rule(quarantine(tenant), "quarantine records for what fails verification"),
-        _Rule(
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", "fetch from its inbox consumer, made by the coordinator"
+        (_Rule(own_outboxes(tenant, agent), "its own outbox (per partition): the only way to reach anyone"), None),
+        (_Rule(f"{effect(tenant, agent)}.>", "its runtime's effect records, one subject per idempotency key"), None),
+        (_Rule(quarantine(tenant), "quarantine records for what fails verification"), None),
+        (
+            _Rule(
+                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+                "fetch from its inbox consumer, made by the coordinator",
+            ),
+            "stream",
         ),
-        _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "that consumer's max_deliver and ack floor"),
-        _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack, nak, term or extend its deliveries"),
-        _Rule(
-            f"$JS.API.DIRECT.GET.KV_{memory}.$KV.{memory}.{agent}.>",
-            f"read its own memory keys, {agent}.<key> (a direct get names the key in its subject)",
+        (_Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "that consumer's max_deliver and ack floor"), None),
+        (_Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack, nak, term or extend its deliveries"), None),
+        (
+            _Rule(
+                f"$JS.API.DIRECT.GET.KV_{memory}.$KV.{memory}.{agent}.>",
+                f"read its own memory keys, {agent}.<key> (a direct get names the key in its subject)",
+            ),
+            None,
         ),
-        _Rule(
-            f"$JS.API.DIRECT.GET.{stream}.{effect(tenant, agent)}.>",
-            "read back its own effect records (has this call completed?), by direct get",
+        (
+            _Rule(
+                f"$JS.API.DIRECT.GET.{stream}.{effect(tenant, agent)}.>",
+                "read back its own effect records (has this call completed?), by direct get",
+            ),
+            None,
         ),
+        *((rule, None) for rule in _keyring_reads(tenant)),
     )
+
+
+def _agent_exports(tenant: str) -> tuple[tuple[_Rule, str | None], ...]:
+    """What the tenant's account offers agents' accounts: every agent service, by wildcard, and the same always.
+
+    The same for every set of agents, so adding an agent never changes the
+    tenant's exports: nats-server checks a new account's imports against the
+    exports as they were before a reload, so an export added in the same reload
+    as its importer is not wired until the next one. Which agent gets which
+    part is said by its account's imports (:func:`_agent_services`), each one
+    subject of its own inside these.
+    """
+    stream = stream_name(tenant)
+    memory = memory_bucket(tenant)
+    return (
+        (_Rule(f"tb.{tenant}.out.*.*", "agents' outboxes"), None),
+        (_Rule(f"tb.{tenant}.effect.*.>", "agents' effect records"), None),
+        (_Rule(quarantine(tenant), "quarantine records"), None),
+        (_Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", "fetch from an inbox consumer"), "stream"),
+        (_Rule(f"$JS.API.CONSUMER.INFO.{stream}.*", "an inbox consumer's state"), None),
+        (_Rule(f"$JS.ACK.{stream}.>", "acks of inbox deliveries"), None),
+        (_Rule(f"$JS.API.DIRECT.GET.KV_{memory}.>", "memory keys, by direct get"), None),
+        (_Rule(f"$JS.API.DIRECT.GET.{stream}.>", "effect records, by direct get"), None),
+        *((rule, None) for rule in _keyring_reads(tenant)),
+    )
+
+
+def _export_lines(tenant: str, *, depth: int) -> list[str]:
+    """The tenant account's exports to its agents' accounts (the same in the bootstrap config)."""
+    pad = _INDENT * depth
+    lines = [
+        f"{pad}# Offered to the agents' accounts {tenant}:<agent>, each of which imports only its own part",
+        f"{pad}# (header: Reply subjects). No other account imports them.",
+        f"{pad}exports = [",
+    ]
+    for rule, response in _agent_exports(tenant):
+        kind = f", response_type: {response}" if response else ""
+        lines += [f'{pad}{_INDENT}{{ service: "{rule.subject}"{kind} }}  # {rule.why}']
+    notices = _keyring_notices(tenant)
+    lines += [f'{pad}{_INDENT}{{ stream: "{notices.subject}" }}  # {notices.why}', f"{pad}]"]
+    return lines
+
+
+def _agent_account_lines(tenant: str, grant: KeyGrant, *, depth: int) -> list[str]:
+    """The account of one agent: its one user, and what it imports from the tenant's account."""
+    pad = _INDENT * depth
+    account = agent_account(tenant, grant.owner)
+    lines = [
+        "",
+        f"{pad}# Agent {grant.owner} of tenant {tenant}: no JetStream of its own; it reaches the tenant's",
+        f"{pad}# stream and buckets only through what it imports.",
+        f'{pad}"{account}" {{',
+        f"{pad}{_INDENT}users = [",
+        *_user_lines(_user(tenant, grant), depth=depth + 2),
+        f"{pad}{_INDENT}]",
+        f"{pad}{_INDENT}imports = [",
+    ]
+    for rule, _ in _agent_services(tenant, grant.owner):
+        local = agent_api_subject(rule.subject)
+        to = f', to: "{local}"' if local != rule.subject else ""
+        lines += [f'{pad}{_INDENT * 2}{{ service: {{ account: "{tenant}", subject: "{rule.subject}" }}{to} }}']
+    notices = _keyring_notices(tenant).subject
+    lines += [f'{pad}{_INDENT * 2}{{ stream: {{ account: "{tenant}", subject: "{notices}" }} }}']
+    lines += [f"{pad}{_INDENT}]", f"{pad}}}"]
+    return lines
+
+
+def agent_api_subject(subject: str) -> str:
+    """Where an agent's account imports a tenant subject: the JetStream API under :data:`AGENT_API_PREFIX`.
+
+    An account without JetStream answers ``$JS.API.>`` itself ("JetStream not
+    enabled for account"), ahead of any import under that name.
+    """
+    api = f"{_JS_API}."
+    return f"{AGENT_API_PREFIX}.{subject[len(api) :]}" if subject.startswith(api) else subject
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return "[" + ", ".join(f'"{name}"' for name in names) + "]"
 
 
 def _coordinator(tenant: str) -> tuple[_Rule, ...]:
@@ -365,15 +497,16 @@ def _own_consumer(stream: str, consumer: str) -> tuple[_Rule, ...]:
 
 
 def _keyring_reads(tenant: str) -> tuple[_Rule, ...]:
-    """What :class:`bus.KeyringStore` (and so ``Bus.connect``) needs to load and follow the keyring, read-only."""
-    keys = f"KV_{keyring_bucket(tenant)}"
+    """What :class:`bus.KeyringStore` (and so ``Bus.connect``) needs to load the keyring, read-only, no consumer."""
     return (
         _Rule(f"$JS.API.STREAM.INFO.{stream_name(tenant)}", "the admin key pinned in the stream: the trust anchor"),
-        _Rule(f"$JS.API.STREAM.INFO.{keys}", "open the keyring bucket"),
-        _Rule(f"$JS.API.CONSUMER.CREATE.{keys}", "the keyring watcher's ordered consumer (see Keyring watch)"),
-        _Rule(f"$JS.API.CONSUMER.INFO.{keys}.*", "the watcher's pending count: when the initial load is done"),
-        _Rule(f"$JS.FC.{keys}.>", "flow-control replies of the watcher"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.KV_{keyring_bucket(tenant)}", "read the keyring, message by message"),
     )
+
+
+def _keyring_notices(tenant: str) -> _Rule:
+    """Where keyring writes are heard: a notice to read the keyring again (revocations take effect at once)."""
+    return _Rule(f"$KV.{keyring_bucket(tenant)}.>", "keyring writes: a notice to read the keyring again")
 
 
 def _user_lines(user: _User, *, depth: int) -> list[str]:

@@ -33,7 +33,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import ConfigError, Keyring, KeyringError, TransportError, pinned_admin_key, subjects
 from bus._keyring import decode_signed_grant
-from bus._keyring_store import history_watcher, stored_entries
+from bus._keyring_store import read_revisions
 from bus._publisher import UNAVAILABLE_S, unavailable
 from ledger._chain import GENESIS, chain_hash
 from ledger._errors import BundleError
@@ -160,19 +160,7 @@ async def _read_into(
 
 async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tuple[str, bytes]]:
     """Every revision of every keyring entry, oldest first."""
-    bucket = subjects.keyring_bucket(tenant)
-    try:
-        kv = await js.key_value(bucket)
-        stored = (await js.stream_info(f"KV_{bucket}")).state.messages
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise TransportError(f"cannot read the keyring: {exc}") from exc
-    watcher = await history_watcher(kv)
-    try:
-        entries = await stored_entries(watcher, stored)
-    finally:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-            await watcher.stop()  # type: ignore[no-untyped-call]
-    return [(e.key, e.value) for e in entries if e.value and e.operation is None]
+    return [(r.key, r.value) for r in await read_revisions(js, tenant) if r.value]
 
 
 async def export_bundle(js: JetStreamContext, tenant: str, out: Path) -> dict[str, object]:
