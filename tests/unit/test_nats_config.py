@@ -20,13 +20,8 @@ DENY_DESTRUCTIVE = [
     "$JS.API.STREAM.UPDATE.>",
     "$JS.API.STREAM.MSG.DELETE.>",
 ]
-KEYRING_READS = [
-    "$JS.API.STREAM.INFO.TB_acme",
-    "$JS.API.STREAM.INFO.KV_tb_keys_acme",
-    "$JS.API.CONSUMER.CREATE.KV_tb_keys_acme",
-    "$JS.API.CONSUMER.INFO.KV_tb_keys_acme.*",
-    "$JS.FC.KV_tb_keys_acme.>",
-]
+KEYRING_READS = ["$JS.API.STREAM.INFO.TB_acme", "$JS.API.STREAM.MSG.GET.KV_tb_keys_acme"]
+KEYRING_NOTICES = "$KV.tb_keys_acme.>"
 
 
 def grant(owner: str, role: Role, *, revoked_at: int | None = None, tenant: str = T) -> KeyGrant:
@@ -59,28 +54,75 @@ def permissions(config: str, key_id: str) -> dict[str, list[str]]:
 
 
 def test_agent_gets_exactly_its_own_subjects(grants: list[KeyGrant]) -> None:
+    """In its own account an agent publishes to its imports only (the JetStream API under $TB.API)."""
     alice = grants[4]
     assert permissions(render_tenant_config(T, grants), alice.key_id) == {
         "publish": [
             "tb.acme.out.alice.*",
             "tb.acme.effect.alice.>",
             "tb.acme.quarantine",
-            "$JS.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
-            "$JS.API.CONSUMER.INFO.TB_acme.in-alice",
+            "$TB.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
+            "$TB.API.CONSUMER.INFO.TB_acme.in-alice",
             "$JS.ACK.TB_acme.in-alice.>",
-            "$JS.API.DIRECT.GET.KV_tb_mem_acme.$KV.tb_mem_acme.alice.>",
-            "$JS.API.DIRECT.GET.TB_acme.tb.acme.effect.alice.>",
-            *KEYRING_READS,
+            "$TB.API.DIRECT.GET.KV_tb_mem_acme.$KV.tb_mem_acme.alice.>",
+            "$TB.API.DIRECT.GET.TB_acme.tb.acme.effect.alice.>",
+            "$TB.API.STREAM.INFO.TB_acme",
+            "$TB.API.STREAM.MSG.GET.KV_tb_keys_acme",
+            "$JS.API.STREAM.INFO.TB_acme",
         ],
         "deny": DENY_DESTRUCTIVE,
-        "subscribe": ["_INBOX_alice.>"],
+        "subscribe": ["_INBOX_alice.>", KEYRING_NOTICES],
     }
+
+
+def account_block(config: str, name: str) -> str:
+    """The text of account ``name`` (up to the next account at the same depth)."""
+    return config.split(f'\n  "{name}" {{\n', 1)[1].split("\n  }\n", 1)[0]
+
+
+def test_each_agent_is_the_one_user_of_its_own_account_importing_only_its_services(grants: list[KeyGrant]) -> None:
+    """Agents are not users of the tenant account; each account imports its own part of the tenant's exports."""
+    config = render_tenant_config(T, grants)
+    tenant = account_block(config, T)
+    assert grants[4].key_id not in tenant and grants[5].key_id not in tenant
+    assert grants[1].key_id in tenant and grants[2].key_id in tenant
+    alice = account_block(config, "acme:alice")
+    assert alice.count("nkey: ") == 1 and grants[4].key_id in alice and "jetstream" not in alice
+    imports = re.findall(
+        r'\{ (service|stream): \{ account: "acme", subject: "([^"]+)" \}(?:, to: "([^"]+)")? \}', alice
+    )
+    assert ("service", "tb.acme.out.alice.*", "") in imports
+    assert (
+        "service",
+        "$JS.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
+        "$TB.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
+    ) in imports
+    assert ("stream", KEYRING_NOTICES, "") in imports
+    assert not [subject for _, subject, _ in imports if "bob" in subject]
+    exported = re.findall(r'\{ (?:service|stream): "([^"]+)"', tenant)
+    # Every import is inside an export; the exports do not depend on which agents exist.
+    for _, subject, _ in imports:
+        assert any(_inside(subject, export) for export in exported), subject
+    assert exported == re.findall(
+        r'\{ (?:service|stream): "([^"]+)"', account_block(render_bootstrap_config(T, grants[0].key_id), T)
+    )
+
+
+def _inside(subject: str, pattern: str) -> bool:
+    """Whether every subject matching ``subject`` matches ``pattern`` (NATS wildcards)."""
+    s, p = subject.split("."), pattern.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]) or (token == "*" and s[i] == ">"):
+            return False
+    return len(s) == len(p)
 
 
 def test_coordinator_mediates_but_cannot_touch_a_stream_or_an_outbox(grants: list[KeyGrant]) -> None:
     perms = permissions(render_tenant_config(T, grants), grants[1].key_id)
     assert perms["deny"] == DENY_DESTRUCTIVE
-    assert perms["subscribe"] == ["_INBOX_coordinator.>"]
+    assert perms["subscribe"] == ["_INBOX_coordinator.>", KEYRING_NOTICES]
     assert {"tb.acme.in.*", "tb.acme.topic.*", "tb.acme.decision.*", "$KV.tb_mem_acme.>", "$KV.tb_coord_acme.>"} <= set(
         perms["publish"]
     )
@@ -107,7 +149,7 @@ def test_readers_get_only_their_own_named_consumer(
     given_up = [r.format(stream="TBADV_acme", name="recorder") for r in own_consumer] if owner == "ledger" else []
     assert consumers == [*delete, *(r.format(stream="TB_acme", name=owner) for r in own_consumer), *given_up]
     assert not [s for s in perms["publish"] if s.startswith("$JS.API.CONSUMER.CREATE.TB_acme") and s.count(".") < 5]
-    assert perms["subscribe"] == [f"_INBOX_{owner}.>"] and perms["deny"] == DENY_DESTRUCTIVE
+    assert perms["subscribe"] == [f"_INBOX_{owner}.>", KEYRING_NOTICES] and perms["deny"] == DENY_DESTRUCTIVE
     assert (own is None) or own in perms["publish"]
 
 
