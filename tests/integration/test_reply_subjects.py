@@ -242,3 +242,25 @@ async def test_an_agent_bus_works_through_its_account_and_follows_the_keyring(
                 await asyncio.sleep(0.01)
     finally:
         await bus.aclose()
+
+
+@pytest.mark.parametrize("owner", ["alice", "ledger", "ops", "coordinator"])
+async def test_a_push_consumer_on_the_keyring_pointed_at_the_decision_log_is_refused(
+    connect: Connect, owner: str
+) -> None:
+    """Nobody but the admin may create a consumer on the keyring bucket: its deliver subject is not checked.
+
+    The keyring is read by message get and followed by subscription (bus.KeyringStore), so no reader needs one.
+    """
+    user, admin = await connect(owner), await connect("admin")
+    api = API if owner == "alice" else "$JS.API"
+    before = await last_sequences(admin)
+    config = {"deliver_subject": subjects.decision(T, 0), "deliver_policy": "all", "ack_policy": "none"}
+    subject = f"{api}.CONSUMER.CREATE.{KEYS}"
+    await user.nc.publish(
+        subject, json.dumps({"stream_name": KEYS, "config": config}).encode(), reply=user.nc.new_inbox()
+    )
+    await user.nc.flush(timeout=TIMEOUT)
+    await user.refused(subject)
+    assert [c.name for c in await admin.js.consumers_info(KEYS)] == []
+    assert await last_sequences(admin) == before
