@@ -13,7 +13,7 @@ import nats.js.errors
 from agents._decision_log import DecisionLog
 from agents._errors import AgentError
 from agents._policy import Policy
-from bus import KeyDirectory, KeyringStore, TransportError, connect_nats, new_envelope, seal, subjects
+from bus import KeyDirectory, KeyringStore, TransportError, connect_nats, new_envelope, seal, subjects, tenant_jetstream
 from bus._provision import tenant_partitions
 from bus._records import Approval, Decision
 from bus._subjects import partition_of
@@ -36,7 +36,7 @@ async def list_held(
     prefix = subjects.reply_prefix(reader) if reader else None
     nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
-        js = nc.jetstream()
+        js = await tenant_jetstream(nc, tenant)  # an operator's own account imports the tenant's API
         async with await KeyringStore.open(js, tenant, follow=False) as keyring:
             log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
             await log.catch_up()
@@ -74,7 +74,7 @@ async def answer(
     prefix = subjects.reply_prefix(operator) if nkey_seed else None  # a rendered config's operator user
     nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
-        js = nc.jetstream()
+        js = await tenant_jetstream(nc, tenant)  # an operator's own account imports the tenant's API
         async with await KeyringStore.open(js, tenant) as keyring:
             log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
             await log.catch_up()

@@ -50,7 +50,7 @@ from bus._errors import (
 from bus._identity import Identity, encode_key_id, verify_key
 from bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from bus._keyring_store import KeyringStore
-from bus._nats_config import AGENT_API_PREFIX, agent_account, render_bootstrap_config, render_tenant_config
+from bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
 from bus._provision import ProvisionReport, pinned_admin_key, provision, tenant_partitions, tenant_stream_config
 from bus._quarantine import QuarantineRecord, decode_quarantine_record
 from bus._records import (
@@ -181,5 +181,5 @@ __all__ = [
     "tenant_stream_config",
     "verify_key",
     "AGENT_API_PREFIX",
-    "agent_account",
+    "own_account",
 ]

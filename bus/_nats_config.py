@@ -11,10 +11,13 @@ and authenticates), with permissions fixed by its role:
   tenant stream.
 - ``ledger``: reads the stream through its own consumer (which it may also
   delete, to make it anew from its projection's position), publishes checkpoints.
-- ``operator``: publishes approvals, reads the stream through its own consumer.
+- ``operator``: publishes approvals and to its own outbox; reads single
+  messages of the stream and memory. An account of its own (below).
 - ``agent``: publishes to its own outbox and effect subjects (and quarantine)
   only; reads its own inbox consumer, its own memory keys and its own effect
-  records.
+  records. An account of its own, ``<tenant>:<agent>``, which imports exactly
+  these services from the tenant's account: the server's answers to it (and to
+  an operator) are delivered there, whatever reply subject it names.
 
 Every user may read the keyring the way :class:`bus.KeyringStore` does, and
 every user but the admin is denied the destructive JetStream API calls and
@@ -53,6 +56,7 @@ SYSTEM_ACCOUNT = "SYS"
 AGENT_API_PREFIX = "$TB.API"  # the tenant's JetStream API, as an agent's account imports it
 _JS_API = "$JS.API"
 _ROLE_ORDER: tuple[Role, ...] = ("admin", "coordinator", "ledger", "operator", "agent")
+_OWN_ACCOUNT_ROLES: tuple[Role, ...] = ("operator", "agent")  # each owner its own account, importing its services
 _INDENT = "  "
 
 _HEADER = """\
@@ -74,16 +78,20 @@ _HEADER = """\
 # allow_responses is the responder's side), and it publishes its answer there.
 # A JetStream API request made in the tenant's account with a tenant subject as
 # its reply would have the answer stored by {stream} or a bucket. So the stream
-# and buckets stay in the tenant's account, and each agent is the one user of
-# an account of its own, "{tenant}:<agent>", with no JetStream: the tenant
-# account exports each service an agent may use (its outbox and effect
-# subjects with their pub acks, quarantine, fetch, info and acks of its inbox
-# consumer, direct gets of its own memory keys and effect records, reads of the
-# keyring) to that agent's account alone, which imports them under the same
-# names. Every answer to an agent crosses back into the agent's account, where
-# nothing captures a tenant subject. The admin, coordinator, ledger and
-# operator users stay in the tenant account (docs/THREAT_MODEL.md says what
-# they can still make the server store).
+# and buckets stay in the tenant's account, and each agent and each operator
+# is the one user of an account of its own, "{tenant}:<owner>", with no
+# JetStream: the tenant account exports, by wildcard and the same whatever the
+# keys, the services agents and operators use (outbox and effect subjects
+# with their pub acks, quarantine, approvals, fetch, info and acks of inbox
+# consumers, direct gets of memory keys and effect records, message gets of
+# the stream and memory, reads of the keyring), and each such account imports
+# only its own part, the JetStream API under $TB.API. Every answer to them
+# crosses back into their own account, where nothing captures a tenant
+# subject. A render that adds such an account is applied by TWO reloads: the
+# server wires the imports of an account a reload introduces only at the
+# next one (bus.reload_until_wired). The admin, coordinator and ledger stay
+# users of the tenant account (docs/THREAT_MODEL.md: what they can still
+# make the server store).
 #
 # Keyring: read message by message (STREAM.MSG.GET on KV_{keys}), never
 # through a consumer: a push consumer's deliver subject is not checked against
@@ -205,8 +213,14 @@ def _render(
     if system_user_nkey is not None:
         verify_key(system_user_nkey)
     live = _live(tenant, grants)
-    users = [_user(tenant, grant) for grant in live if grant.role != "agent"]
-    agents = [grant for grant in live if grant.role == "agent"]
+    users = [_user(tenant, grant) for grant in live if grant.role not in _OWN_ACCOUNT_ROLES]
+    members: dict[str, list[KeyGrant]] = {}
+    for grant in live:
+        if grant.role in _OWN_ACCOUNT_ROLES:
+            owned = members.setdefault(grant.owner, [])
+            if owned and owned[0].role != grant.role:
+                raise ConfigError(f"owner {grant.owner!r} has live keys of two roles: {owned[0].role}, {grant.role}")
+            owned.append(grant)
     lines = _HEADER.format(tenant=tenant, keys=keyring_bucket(tenant), stream=stream_name(tenant)).splitlines()
     if bootstrap:
         lines += _BOOTSTRAP_NOTE.format(tenant=tenant).splitlines()
@@ -232,15 +246,15 @@ def _render(
     lines += [f"{_INDENT * 2}]"]
     lines += _export_lines(tenant, depth=2)
     lines += [f"{_INDENT}}}"]
-    for grant in agents:
-        lines += _agent_account_lines(tenant, grant, depth=1)
+    for owner, owned in sorted(members.items()):
+        lines += _own_account_lines(tenant, owner, owned, depth=1)
     lines += ["}", ""]
     return "\n".join(lines)
 
 
-def agent_account(tenant: str, agent: str) -> str:
-    """The account of ``tenant``'s agent ``agent``: ``<tenant>:<agent>`` (no tenant or agent name has a ``:``)."""
-    return f"{check_name(tenant, what='tenant')}:{check_name(agent, what='agent')}"
+def own_account(tenant: str, owner: str) -> str:
+    """The account of ``tenant``'s agent or operator ``owner``: ``<tenant>:<owner>`` (no name has a ``:``)."""
+    return f"{check_name(tenant, what='tenant')}:{check_name(owner, what='owner')}"
 
 
 def _live(tenant: str, grants: Iterable[KeyGrant]) -> list[KeyGrant]:
@@ -270,12 +284,17 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
             deny=(),
             subscribe=(_Rule(">", "every subject"),),
         )
-    if grant.role == "agent":
+    if grant.role in _OWN_ACCOUNT_ROLES:
+        summary = (
+            f"{owner} (agent): its own outbox and effect records; its inbox consumer and memory keys"
+            if grant.role == "agent"
+            else f"{owner} (operator): approvals, rollbacks through the coordinator, reads the stream and memory"
+        )
         return _User(
             grant=grant,
-            summary=f"{owner} (agent): its own outbox and effect records; its inbox consumer and memory keys",
+            summary=summary,
             publish=(
-                *(_Rule(agent_api_subject(rule.subject), rule.why) for rule, _ in _agent_services(tenant, owner)),
+                *(_Rule(agent_api_subject(rule.subject), rule.why) for rule, _ in _services(tenant, grant)),
                 _Rule(
                     f"{_JS_API}.STREAM.INFO.{stream_name(tenant)}",
                     "answered by the server in its own account, 'JetStream not enabled': how a client finds "
@@ -291,7 +310,7 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
     if grant.role == "coordinator":
         summary = f"{owner} (coordinator): the mediator; trusted with every consumer, may not touch a stream"
         publish = _coordinator(tenant)
-    elif grant.role == "ledger":
+    else:
         summary = f"{owner} (ledger): reads the stream through its consumer {owner!r}, publishes checkpoints"
         publish = (
             _Rule(checkpoint(tenant), "signed ledger checkpoints"),
@@ -299,20 +318,34 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
             *_reader(tenant, owner, may_delete=True),
             *_own_consumer(given_up_stream(tenant), GIVEN_UP_CONSUMER),
         )
-    else:
-        summary = f"{owner} (operator): approvals, rollbacks through the coordinator, reads the stream and memory"
-        publish = (
-            _Rule(all_approvals(tenant), "signed approvals (one subject per partition)"),
-            _Rule(own_outboxes(tenant, owner), "its own outbox: a rollback's compensations and memory reverts"),
-            _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
-            *_reader(tenant, owner, may_delete=False),
-        )
     return _User(
         grant=grant,
         summary=summary,
         publish=(*publish, *_keyring_reads(tenant)),
         deny=_DENY_DESTRUCTIVE,
         subscribe=(_Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"), _keyring_notices(tenant)),
+    )
+
+
+def _services(tenant: str, grant: KeyGrant) -> tuple[tuple[_Rule, str | None], ...]:
+    """What an agent or operator imports from the tenant's account."""
+    return _agent_services(tenant, grant.owner) if grant.role == "agent" else _operator_services(tenant, grant.owner)
+
+
+def _operator_services(tenant: str, operator: str) -> tuple[tuple[_Rule, str | None], ...]:
+    """What an operator may send: approvals, its own outbox, and reads of the stream, memory and keyring.
+
+    No consumer: it reads the decision log and the stream message by message.
+    """
+    return (
+        (_Rule(all_approvals(tenant), "signed approvals (one subject per partition)"), None),
+        (_Rule(own_outboxes(tenant, operator), "its own outbox: a rollback's compensations and memory reverts"), None),
+        (_Rule(f"$JS.API.STREAM.MSG.GET.{stream_name(tenant)}", "read single messages: the decision log"), None),
+        (
+            _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
+            None,
+        ),
+        *((rule, None) for rule in _keyring_reads(tenant)),
     )
 
 
@@ -369,7 +402,7 @@ def _agent_exports(tenant: str) -> tuple[tuple[_Rule, str | None], ...]:
     stream = stream_name(tenant)
     memory = memory_bucket(tenant)
     return (
-        (_Rule(f"tb.{tenant}.out.*.*", "agents' outboxes"), None),
+        (_Rule(f"tb.{tenant}.out.*.*", "agents' and operators' outboxes"), None),
         (_Rule(f"tb.{tenant}.effect.*.>", "agents' effect records"), None),
         (_Rule(quarantine(tenant), "quarantine records"), None),
         (_Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", "fetch from an inbox consumer"), "stream"),
@@ -377,6 +410,9 @@ def _agent_exports(tenant: str) -> tuple[tuple[_Rule, str | None], ...]:
         (_Rule(f"$JS.ACK.{stream}.>", "acks of inbox deliveries"), None),
         (_Rule(f"$JS.API.DIRECT.GET.KV_{memory}.>", "memory keys, by direct get"), None),
         (_Rule(f"$JS.API.DIRECT.GET.{stream}.>", "effect records, by direct get"), None),
+        (_Rule(all_approvals(tenant), "operators' approvals"), None),
+        (_Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "operators' reads of single messages"), None),
+        (_Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory}", "operators' reads of memory"), None),
         *((rule, None) for rule in _keyring_reads(tenant)),
     )
 
@@ -385,7 +421,7 @@ def _export_lines(tenant: str, *, depth: int) -> list[str]:
     """The tenant account's exports to its agents' accounts (the same in the bootstrap config)."""
     pad = _INDENT * depth
     lines = [
-        f"{pad}# Offered to the agents' accounts {tenant}:<agent>, each of which imports only its own part",
+        f"{pad}# Offered to the agents' and operators' accounts {tenant}:<owner>, each importing only its own part",
         f"{pad}# (header: Reply subjects). No other account imports them.",
         f"{pad}exports = [",
     ]
@@ -397,21 +433,21 @@ def _export_lines(tenant: str, *, depth: int) -> list[str]:
     return lines
 
 
-def _agent_account_lines(tenant: str, grant: KeyGrant, *, depth: int) -> list[str]:
-    """The account of one agent: its one user, and what it imports from the tenant's account."""
+def _own_account_lines(tenant: str, owner: str, grants: Sequence[KeyGrant], *, depth: int) -> list[str]:
+    """The account of one agent or operator: its users (its live keys), and what it imports from the tenant's."""
     pad = _INDENT * depth
-    account = agent_account(tenant, grant.owner)
+    role = grants[0].role
     lines = [
         "",
-        f"{pad}# Agent {grant.owner} of tenant {tenant}: no JetStream of its own; it reaches the tenant's",
+        f"{pad}# {role.capitalize()} {owner} of tenant {tenant}: no JetStream of its own; it reaches the tenant's",
         f"{pad}# stream and buckets only through what it imports.",
-        f'{pad}"{account}" {{',
+        f'{pad}"{own_account(tenant, owner)}" {{',
         f"{pad}{_INDENT}users = [",
-        *_user_lines(_user(tenant, grant), depth=depth + 2),
-        f"{pad}{_INDENT}]",
-        f"{pad}{_INDENT}imports = [",
     ]
-    for rule, _ in _agent_services(tenant, grant.owner):
+    for grant in grants:
+        lines += _user_lines(_user(tenant, grant), depth=depth + 2)
+    lines += [f"{pad}{_INDENT}]", f"{pad}{_INDENT}imports = ["]
+    for rule, _ in _services(tenant, grants[0]):
         local = agent_api_subject(rule.subject)
         to = f', to: "{local}"' if local != rule.subject else ""
         lines += [f'{pad}{_INDENT * 2}{{ service: {{ account: "{tenant}", subject: "{rule.subject}" }}{to} }}']

@@ -199,8 +199,9 @@ async def connect(deployment: Deployment) -> AsyncIterator[Connect]:
             **options,  # type: ignore[arg-type]
         )
         opened.append(nc)
-        # An agent reaches the tenant's JetStream API through its account's imports (bus.tenant_jetstream).
-        prefix = AGENT_API_PREFIX if owner in AGENTS else "$JS.API"
+        # An agent or operator reaches the tenant's JetStream API through its account's imports
+        # (bus.tenant_jetstream).
+        prefix = AGENT_API_PREFIX if owner in (*AGENTS, "ops") else "$JS.API"
         return Conn(owner, identity, nc, nc.jetstream(timeout=TIMEOUT, prefix=prefix), errors, closed)
 
     yield _connect

@@ -135,28 +135,35 @@ async def deliveries(coordinator: Conn, alice: Conn, count: int) -> list[str]:
     return [msg.reply for msg in fetched]
 
 
-@pytest.mark.parametrize("kind", list(REQUESTS))
-async def test_reply_subject_pointed_at_a_tenant_subject_stores_nothing(
-    deployment: Deployment, connect: Connect, kind: str
-) -> None:
-    """Alice's request, with each tenant subject class as its reply address, adds nothing to any stream or bucket.
+OPERATOR_REQUESTS: dict[str, Request] = {
+    "decision log read": Request(
+        lambda _: f"{API}.STREAM.MSG.GET.{STREAM}",
+        json.dumps({"seq": 1, "next_by_subj": subjects.all_decisions(T)}).encode(),
+    ),
+    "memory read": Request(lambda _: f"{API}.STREAM.MSG.GET.{MEMORY}", json.dumps({"seq": 1}).encode()),
+    "stream info": Request(lambda _: f"{API}.STREAM.INFO.{STREAM}", b""),
+    "keyring read": REQUESTS["keyring read"],
+    "publish an approval": _publish(subjects.approval(T, 0)),
+    "publish to its outbox": _publish(subjects.outbox(T, "ops", 0)),
+}
+
+
+async def stores_nothing(deployment: Deployment, user: Conn, admin: Conn, request: Request, acks: list[str]) -> None:
+    """``user`` sends ``request`` with every reply address but its own publish subjects: nothing new is stored.
 
     A legitimate publish adds its own message (on its own subject) and nothing else.
     """
-    alice, coordinator, admin = await connect("alice"), await connect("coordinator"), await connect("admin")
-    await inbox_consumer(coordinator)
-    acks = await deliveries(coordinator, alice, 4) if kind in ("ack", "nak", "in progress", "term") else []
-    request = REQUESTS[kind]
     subject = request.subject(acks)
-    targets = reply_addresses(deployment)
+    own = {subjects.approval(T, 0)} if user.owner == "ops" else set()
+    targets = [target for target in reply_addresses(deployment).values() if target not in own]
     before = await last_sequences(admin)
-    for target in targets.values():
-        body, headers = signed(alice, "bob") if request.stores else (request.body, None)
-        await alice.nc.publish(subject, body, reply=target, headers=headers)
-    # The same request answered to alice's own inbox: the answers above were sent before this one.
-    if kind != "JetStream API of its own account":
-        body, headers = signed(alice, "bob") if request.stores else (request.body, None)
-        await alice.nc.request(subject, body, timeout=TIMEOUT * 2, headers=headers)
+    for target in targets:
+        body, headers = signed(user, "bob") if request.stores else (request.body, None)
+        await user.nc.publish(subject, body, reply=target, headers=headers)
+    # The same request answered to the user's own inbox: the answers above were sent before this one.
+    if not subject.startswith("$JS.API."):
+        body, headers = signed(user, "bob") if request.stores else (request.body, None)
+        await user.nc.request(subject, body, timeout=TIMEOUT * 2, headers=headers)
     after = await last_sequences(admin)
     grown = {name: after[name] - before[name] for name in STORES}
     assert grown == {**{name: 0 for name in STORES}, STREAM: request.stores * (len(targets) + 1)}, grown
@@ -164,7 +171,27 @@ async def test_reply_subject_pointed_at_a_tenant_subject_stores_nothing(
         # What was stored is the publish itself, on its own subject.
         for seq in range(before[STREAM] + 1, after[STREAM] + 1):
             assert (await admin.js.get_msg(STREAM, seq)).subject == subject
-    assert alice.errors.empty()
+    assert user.errors.empty()
+
+
+@pytest.mark.parametrize("kind", list(REQUESTS))
+async def test_reply_subject_pointed_at_a_tenant_subject_stores_nothing(
+    deployment: Deployment, connect: Connect, kind: str
+) -> None:
+    """Alice's request, with each tenant subject class as its reply address, adds nothing to any stream or bucket."""
+    alice, coordinator, admin = await connect("alice"), await connect("coordinator"), await connect("admin")
+    await inbox_consumer(coordinator)
+    acks = await deliveries(coordinator, alice, 4) if kind in ("ack", "nak", "in progress", "term") else []
+    await stores_nothing(deployment, alice, admin, REQUESTS[kind], acks)
+
+
+@pytest.mark.parametrize("kind", list(OPERATOR_REQUESTS))
+async def test_an_operators_reply_subject_pointed_at_a_tenant_subject_stores_nothing(
+    deployment: Deployment, connect: Connect, kind: str
+) -> None:
+    """An operator is an account of its own too: its requests' answers are never stored on a tenant subject."""
+    ops, admin = await connect("ops"), await connect("admin")
+    await stores_nothing(deployment, ops, admin, OPERATOR_REQUESTS[kind], [])
 
 
 async def test_an_answer_pointed_at_a_subject_the_agent_may_publish_to_lands_there_only(connect: Connect) -> None:
@@ -193,7 +220,7 @@ async def test_the_check_sees_an_answer_stored_when_the_requester_is_in_the_tena
     """The measure above is not blind: the ledger user, still in the tenant's account, gets its answer stored.
 
     This is the residual risk docs/THREAT_MODEL.md names for the users of the tenant account
-    (coordinator, ledger, operator): they cannot be moved out of it while they create consumers.
+    (coordinator, ledger): they cannot be moved out of it while they create consumers.
     """
     ledger, admin = await connect("ledger"), await connect("admin")
     before = await last_sequences(admin)

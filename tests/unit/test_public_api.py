@@ -27,7 +27,7 @@ def test_bus_exports() -> None:
             "open_envelope", "pinned_admin_key", "provision", "render_bootstrap_config",
             "render_tenant_config", "revoke_key", "rotate_key", "seal", "sign_grant", "subjects", "tail",
             "tenant_partitions", "tenant_stream_config", "verify_key",
-            "AGENT_API_PREFIX", "agent_account", "reload_until_wired", "tenant_jetstream",
+            "AGENT_API_PREFIX", "own_account", "reload_until_wired", "tenant_jetstream",
         ]
     )  # fmt: skip
     for name in bus.__all__:
