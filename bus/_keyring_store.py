@@ -99,6 +99,7 @@ class KeyringStore:
         self._notice = asyncio.Event()
         self._subscription: Subscription | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._closing = False
 
     @classmethod
     async def open(cls, js: JetStreamContext, tenant: str, *, follow: bool = True) -> KeyringStore:
@@ -133,9 +134,12 @@ class KeyringStore:
                 self._applied = revision.seq
 
     async def _follow(self) -> None:
-        while True:
+        while not self._closing:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that
+            # arrives as the notice is set, and this loop would then never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._notice.wait(), FOLLOW_INTERVAL_S)
+                async with asyncio.timeout(FOLLOW_INTERVAL_S):
+                    await self._notice.wait()
             self._notice.clear()
             try:
                 await self.catch_up()
@@ -192,6 +196,7 @@ class KeyringStore:
 
     async def aclose(self) -> None:
         """Stop following the bucket."""
+        self._closing = True
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await self._subscription.unsubscribe()
