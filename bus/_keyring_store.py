@@ -42,6 +42,7 @@ from bus._subjects import keyring_bucket
 log = logging.getLogger("trustbus.keyring")
 
 FOLLOW_INTERVAL_S = 5.0  # a read this often even without a notice (one missed while reconnecting)
+_MAX_WINDOW = 64  # message gets in flight at once while loading
 _OPERATION = "KV-Operation"  # set on a delete or purge marker
 
 
@@ -57,23 +58,33 @@ class KeyringRevision:
 async def read_revisions(js: JetStreamContext, tenant: str, *, after: int = 0) -> list[KeyringRevision]:
     """Every message of the tenant's keyring bucket stored after sequence ``after``, oldest first.
 
-    One ``$JS.API.STREAM.MSG.GET.KV_<bucket>`` request per message (next by
-    subject from a sequence), until the server has no more: no consumer, so
-    nothing the server sends can be pointed at another subject.
+    ``$JS.API.STREAM.MSG.GET.KV_<bucket>`` requests (the first message at or
+    after a sequence), until the server has no more: no consumer, so nothing
+    the server sends can be pointed at another subject. Requests go out in
+    windows of consecutive sequences at once, one first (a catch-up usually
+    finds nothing), then twice as many each round up to ``_MAX_WINDOW``.
     """
     bucket = keyring_bucket(tenant)
     stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+
+    async def first_from(seq: int) -> RawStreamMsg | None:
+        try:
+            return await js.get_msg(stream, seq=seq, subject=f"{prefix}>", next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+
     revisions: list[KeyringRevision] = []
-    seq = after + 1
+    seq, window = after + 1, 1
     try:
         while True:
-            try:
-                msg = await js.get_msg(stream, seq=seq, subject=f"{prefix}>", next=True)
-            except nats.js.errors.NotFoundError:
+            # Each answer is the first message at or after its sequence, so together they hold every
+            # message from ``seq`` to the highest found; a miss means none is stored from there on.
+            found = await asyncio.gather(*(first_from(s) for s in range(seq, seq + window)))
+            by_seq = {revision.seq: revision for revision in (_revision(m, prefix) for m in found if m is not None)}
+            revisions += [by_seq[s] for s in sorted(by_seq)]
+            if not by_seq or None in found:
                 return revisions
-            revision = _revision(msg, prefix)
-            revisions.append(revision)
-            seq = revision.seq + 1
+            seq, window = max(by_seq) + 1, min(2 * window, _MAX_WINDOW)
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise TransportError(f"cannot read keyring (after sequence {seq - 1}): {exc}") from exc
 
