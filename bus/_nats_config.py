@@ -294,7 +294,7 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
             grant=grant,
             summary=summary,
             publish=(
-                *(_Rule(agent_api_subject(rule.subject), rule.why) for rule, _ in _services(tenant, grant)),
+                *(_Rule(agent_api_subject(rule.subject), rule.why) for rule in _services(tenant, grant)),
                 _Rule(
                     f"{_JS_API}.STREAM.INFO.{stream_name(tenant)}",
                     "answered by the server in its own account, 'JetStream not enabled': how a client finds "
@@ -327,65 +327,53 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
     )
 
 
-def _services(tenant: str, grant: KeyGrant) -> tuple[tuple[_Rule, str | None], ...]:
+def _services(tenant: str, grant: KeyGrant) -> tuple[_Rule, ...]:
     """What an agent or operator imports from the tenant's account."""
     return _agent_services(tenant, grant.owner) if grant.role == "agent" else _operator_services(tenant, grant.owner)
 
 
-def _operator_services(tenant: str, operator: str) -> tuple[tuple[_Rule, str | None], ...]:
+def _operator_services(tenant: str, operator: str) -> tuple[_Rule, ...]:
     """What an operator may send: approvals, its own outbox, and reads of the stream, memory and keyring.
 
     No consumer: it reads the decision log and the stream message by message.
     """
     return (
-        (_Rule(all_approvals(tenant), "signed approvals (one subject per partition)"), None),
-        (_Rule(own_outboxes(tenant, operator), "its own outbox: a rollback's compensations and memory reverts"), None),
-        (_Rule(f"$JS.API.STREAM.MSG.GET.{stream_name(tenant)}", "read single messages: the decision log"), None),
-        (
-            _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
-            None,
-        ),
-        *((rule, None) for rule in _keyring_reads(tenant)),
+        _Rule(all_approvals(tenant), "signed approvals (one subject per partition)"),
+        _Rule(own_outboxes(tenant, operator), "its own outbox: a rollback's compensations and memory reverts"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.{stream_name(tenant)}", "read single messages: the decision log"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
+        *_keyring_reads(tenant),
     )
 
 
-def _agent_services(tenant: str, agent: str) -> tuple[tuple[_Rule, str | None], ...]:
-    """What an agent may send, each a service its account imports from the tenant's, with its response type.
+def _agent_services(tenant: str, agent: str) -> tuple[_Rule, ...]:
+    """What an agent may send, each a service its account imports from the tenant's.
 
-    The imports keep the tenant's subject names, so a client's ``$JS.API`` prefix
-    works unchanged; ``stream``: the answer is several messages (fetched ones).
+    Named as in the tenant's account; its account imports the JetStream API
+    ones under :data:`AGENT_API_PREFIX` (:func:`agent_api_subject`).
     """
     stream = stream_name(tenant)
     consumer = inbox_consumer(agent)
     memory = memory_bucket(tenant)
     return (
-        (_Rule(own_outboxes(tenant, agent), "its own outbox (per partition): the only way to reach anyone"), None),
-        (_Rule(f"{effect(tenant, agent)}.>", "its runtime's effect records, one subject per idempotency key"), None),
-        (_Rule(quarantine(tenant), "quarantine records for what fails verification"), None),
-        (
-            _Rule(
-                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-                "fetch from its inbox consumer, made by the coordinator",
-            ),
-            "stream",
+        _Rule(own_outboxes(tenant, agent), "its own outbox (per partition): the only way to reach anyone"),
+        _Rule(f"{effect(tenant, agent)}.>", "its runtime's effect records, one subject per idempotency key"),
+        _Rule(quarantine(tenant), "quarantine records for what fails verification"),
+        _Rule(
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            "fetch from its inbox consumer, made by the coordinator",
         ),
-        (_Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "that consumer's max_deliver and ack floor"), None),
-        (_Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack, nak, term or extend its deliveries"), None),
-        (
-            _Rule(
-                f"$JS.API.DIRECT.GET.KV_{memory}.$KV.{memory}.{agent}.>",
-                f"read its own memory keys, {agent}.<key> (a direct get names the key in its subject)",
-            ),
-            None,
+        _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "that consumer's max_deliver and ack floor"),
+        _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack, nak, term or extend its deliveries"),
+        _Rule(
+            f"$JS.API.DIRECT.GET.KV_{memory}.$KV.{memory}.{agent}.>",
+            f"read its own memory keys, {agent}.<key> (a direct get names the key in its subject)",
         ),
-        (
-            _Rule(
-                f"$JS.API.DIRECT.GET.{stream}.{effect(tenant, agent)}.>",
-                "read back its own effect records (has this call completed?), by direct get",
-            ),
-            None,
+        _Rule(
+            f"$JS.API.DIRECT.GET.{stream}.{effect(tenant, agent)}.>",
+            "read back its own effect records (has this call completed?), by direct get",
         ),
-        *((rule, None) for rule in _keyring_reads(tenant)),
+        *_keyring_reads(tenant),
     )
 
 
@@ -447,7 +435,7 @@ def _own_account_lines(tenant: str, owner: str, grants: Sequence[KeyGrant], *, d
     for grant in grants:
         lines += _user_lines(_user(tenant, grant), depth=depth + 2)
     lines += [f"{pad}{_INDENT}]", f"{pad}{_INDENT}imports = ["]
-    for rule, _ in _services(tenant, grants[0]):
+    for rule in _services(tenant, grants[0]):
         local = agent_api_subject(rule.subject)
         to = f', to: "{local}"' if local != rule.subject else ""
         lines += [f'{pad}{_INDENT * 2}{{ service: {{ account: "{tenant}", subject: "{rule.subject}" }}{to} }}']
@@ -465,10 +453,6 @@ def agent_api_subject(subject: str) -> str:
     """
     api = f"{_JS_API}."
     return f"{AGENT_API_PREFIX}.{subject[len(api) :]}" if subject.startswith(api) else subject
-
-
-def _quoted(names: Sequence[str]) -> str:
-    return "[" + ", ".join(f'"{name}"' for name in names) + "]"
 
 
 def _coordinator(tenant: str) -> tuple[_Rule, ...]:
