@@ -80,18 +80,17 @@ _HEADER = """\
 # its reply would have the answer stored by {stream} or a bucket. So the stream
 # and buckets stay in the tenant's account, and each agent and each operator
 # is the one user of an account of its own, "{tenant}:<owner>", with no
-# JetStream: the tenant account exports, by wildcard and the same whatever the
-# keys, the services agents and operators use (outbox and effect subjects
-# with their pub acks, quarantine, approvals, fetch, info and acks of inbox
-# consumers, direct gets of memory keys and effect records, message gets of
-# the stream and memory, reads of the keyring), and each such account imports
-# only its own part, the JetStream API under $TB.API. Every answer to them
-# crosses back into their own account, where nothing captures a tenant
-# subject. A render that adds such an account is applied by TWO reloads: the
-# server wires the imports of an account a reload introduces only at the
-# next one (bus.reload_until_wired). The admin, coordinator and ledger stay
-# users of the tenant account (docs/THREAT_MODEL.md: what they can still
-# make the server store).
+# JetStream. The tenant account exports each service they use (outbox and
+# effect subjects with their pub acks, quarantine, approvals, fetch, info and
+# acks of an inbox consumer, direct gets of memory keys and effect records,
+# message gets of the stream and memory, reads of the keyring) to the
+# accounts that use it only, and each imports its own, the JetStream API
+# under $TB.API. Every answer to them crosses back into their own account,
+# where nothing captures a tenant subject. A render that adds such an
+# account is applied by TWO reloads: the server wires the imports of an
+# account a reload introduces only at the next one (bus.reload_until_wired).
+# The admin, coordinator and ledger stay users of the tenant account
+# (docs/THREAT_MODEL.md: what they can still make the server store).
 #
 # Keyring: read message by message (STREAM.MSG.GET on KV_{keys}), never
 # through a consumer: a push consumer's deliver subject is not checked against
@@ -244,7 +243,7 @@ def _render(
     for user in users:
         lines += _user_lines(user, depth=3)
     lines += [f"{_INDENT * 2}]"]
-    lines += _export_lines(tenant, depth=2)
+    lines += _export_lines(tenant, dict(sorted(members.items())), depth=2)
     lines += [f"{_INDENT}}}"]
     for owner, owned in sorted(members.items()):
         lines += _own_account_lines(tenant, owner, owned, depth=1)
@@ -377,48 +376,36 @@ def _agent_services(tenant: str, agent: str) -> tuple[_Rule, ...]:
     )
 
 
-def _agent_exports(tenant: str) -> tuple[tuple[_Rule, str | None], ...]:
-    """What the tenant's account offers agents' accounts: every agent service, by wildcard, and the same always.
+def _export_lines(tenant: str, members: dict[str, list[KeyGrant]], *, depth: int) -> list[str]:
+    """The tenant account's exports: each service of an agent or operator, to the accounts that import it only.
 
-    The same for every set of agents, so adding an agent never changes the
-    tenant's exports: nats-server checks a new account's imports against the
-    exports as they were before a reload, so an export added in the same reload
-    as its importer is not wired until the next one. Which agent gets which
-    part is said by its account's imports (:func:`_agent_services`), each one
-    subject of its own inside these.
+    A subject only one owner uses (its outbox, its inbox consumer, its memory
+    keys) goes to that owner's account alone; a shared one (quarantine, the
+    keyring reads) to every account that imports it.
     """
-    stream = stream_name(tenant)
-    memory = memory_bucket(tenant)
-    return (
-        (_Rule(f"tb.{tenant}.out.*.*", "agents' and operators' outboxes"), None),
-        (_Rule(f"tb.{tenant}.effect.*.>", "agents' effect records"), None),
-        (_Rule(quarantine(tenant), "quarantine records"), None),
-        (_Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", "fetch from an inbox consumer"), "stream"),
-        (_Rule(f"$JS.API.CONSUMER.INFO.{stream}.*", "an inbox consumer's state"), None),
-        (_Rule(f"$JS.ACK.{stream}.>", "acks of inbox deliveries"), None),
-        (_Rule(f"$JS.API.DIRECT.GET.KV_{memory}.>", "memory keys, by direct get"), None),
-        (_Rule(f"$JS.API.DIRECT.GET.{stream}.>", "effect records, by direct get"), None),
-        (_Rule(all_approvals(tenant), "operators' approvals"), None),
-        (_Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "operators' reads of single messages"), None),
-        (_Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory}", "operators' reads of memory"), None),
-        *((rule, None) for rule in _keyring_reads(tenant)),
-    )
-
-
-def _export_lines(tenant: str, *, depth: int) -> list[str]:
-    """The tenant account's exports to its agents' accounts (the same in the bootstrap config)."""
+    if not members:
+        return []
+    services: dict[str, list[str]] = {}
+    for owner, grants in members.items():
+        for rule in _services(tenant, grants[0]):
+            services.setdefault(rule.subject, []).append(own_account(tenant, owner))
     pad = _INDENT * depth
     lines = [
-        f"{pad}# Offered to the agents' and operators' accounts {tenant}:<owner>, each importing only its own part",
-        f"{pad}# (header: Reply subjects). No other account imports them.",
+        f"{pad}# What the accounts {tenant}:<owner> of agents and operators import, each service to the",
+        f"{pad}# accounts that use it only (header: Reply subjects).",
         f"{pad}exports = [",
     ]
-    for rule, response in _agent_exports(tenant):
-        kind = f", response_type: {response}" if response else ""
-        lines += [f'{pad}{_INDENT}{{ service: "{rule.subject}"{kind} }}  # {rule.why}']
+    for subject, accounts in services.items():
+        kind = ", response_type: stream" if ".CONSUMER.MSG.NEXT." in subject else ""  # fetched messages
+        lines += [f'{pad}{_INDENT}{{ service: "{subject}"{kind}, accounts: {_quoted(accounts)} }}']
     notices = _keyring_notices(tenant)
-    lines += [f'{pad}{_INDENT}{{ stream: "{notices.subject}" }}  # {notices.why}', f"{pad}]"]
+    everyone = _quoted([own_account(tenant, owner) for owner in members])
+    lines += [f'{pad}{_INDENT}{{ stream: "{notices.subject}", accounts: {everyone} }}  # {notices.why}', f"{pad}]"]
     return lines
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return "[" + ", ".join(f'"{name}"' for name in names) + "]"
 
 
 def _own_account_lines(tenant: str, owner: str, grants: Sequence[KeyGrant], *, depth: int) -> list[str]:

@@ -99,24 +99,14 @@ def test_each_agent_is_the_one_user_of_its_own_account_importing_only_its_servic
     ) in imports
     assert ("stream", KEYRING_NOTICES, "") in imports
     assert not [subject for _, subject, _ in imports if "bob" in subject]
-    exported = re.findall(r'\{ (?:service|stream): "([^"]+)"', tenant)
-    # Every import is inside an export; the exports do not depend on which agents exist.
+    exported = dict(re.findall(r'\{ (?:service|stream): "([^"]+)"[^}]*accounts: \[([^\]]*)\] \}', tenant))
+    # Every import is exported under its own name, to alice's account; hers alone unless others use it too.
+    shared = {"tb.acme.quarantine", "$JS.API.STREAM.INFO.TB_acme", "$JS.API.STREAM.MSG.GET.KV_tb_keys_acme"}
     for _, subject, _ in imports:
-        assert any(_inside(subject, export) for export in exported), subject
-    assert exported == re.findall(
-        r'\{ (?:service|stream): "([^"]+)"', account_block(render_bootstrap_config(T, grants[0].key_id), T)
-    )
-
-
-def _inside(subject: str, pattern: str) -> bool:
-    """Whether every subject matching ``subject`` matches ``pattern`` (NATS wildcards)."""
-    s, p = subject.split("."), pattern.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]) or (token == "*" and s[i] == ">"):
-            return False
-    return len(s) == len(p)
+        accounts = exported[subject]
+        assert '"acme:alice"' in accounts, subject
+        assert subject in shared or subject == KEYRING_NOTICES or accounts == '"acme:alice"', (subject, accounts)
+    assert "exports" not in account_block(render_bootstrap_config(T, grants[0].key_id), T)
 
 
 def test_coordinator_mediates_but_cannot_touch_a_stream_or_an_outbox(grants: list[KeyGrant]) -> None:
