@@ -36,7 +36,7 @@ async def reload_until_wired(
         pid: the nats-server process.
         url: its client URL (``nats://host:port``).
         tenant: the tenant whose stream the agent's imports reach.
-        agent: the seed of an agent of ``tenant`` in the new config.
+        agent: the seed of an agent (or operator) of ``tenant`` in the new config.
         agent_name: that agent's name (its reply prefix).
         timeout_s: give up (ServerError) after this long.
 
