@@ -24,6 +24,7 @@ from bus import (
     new_envelope,
     seal,
     subjects,
+    tenant_jetstream,
 )
 from bus._provision import tenant_partitions
 from bus._records import Approval, Decision, decode_effect
@@ -54,7 +55,7 @@ async def list_held_requests(
     prefix = subjects.reply_prefix(reader) if reader else None
     nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
-        js = nc.jetstream()
+        js = await tenant_jetstream(nc, tenant)  # an operator's own account imports the tenant's API
         async with await KeyringStore.open(js, tenant, follow=False) as keyring:
             log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
             await log.catch_up()
@@ -119,7 +120,7 @@ async def answer(
     prefix = subjects.reply_prefix(operator) if nkey_seed else None  # a rendered config's operator user
     nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
-        js = nc.jetstream()
+        js = await tenant_jetstream(nc, tenant)  # an operator's own account imports the tenant's API
         async with await KeyringStore.open(js, tenant) as keyring:
             log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
             await log.catch_up()

@@ -11,6 +11,7 @@ from bus._admin import (
     revoke_key,
     rotate_key,
 )
+from bus._api import tenant_jetstream
 from bus._cluster import EmbeddedCluster
 from bus._envelope import (
     SCHEMA_VERSION,
@@ -49,7 +50,7 @@ from bus._errors import (
 from bus._identity import Identity, encode_key_id, verify_key
 from bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from bus._keyring_store import KeyringStore
-from bus._nats_config import render_bootstrap_config, render_tenant_config
+from bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
 from bus._payload import (
     Bounds,
     MalformedPayload,
@@ -76,6 +77,7 @@ from bus._records import (
     encode_effect,
     encode_memory_value,
 )
+from bus._reload import reload_until_wired
 from bus._seal import (
     Limits,
     Mediation,
@@ -175,9 +177,11 @@ __all__ = [
     "open_envelope",
     "pinned_admin_key",
     "tenant_partitions",
+    "tenant_jetstream",
     "provision",
     "render_bootstrap_config",
     "render_tenant_config",
+    "reload_until_wired",
     "revoke_key",
     "rotate_key",
     "seal",
@@ -186,4 +190,6 @@ __all__ = [
     "tail",
     "tenant_stream_config",
     "verify_key",
+    "AGENT_API_PREFIX",
+    "own_account",
 ]

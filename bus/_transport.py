@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 
 from bus import _client
+from bus._api import tenant_jetstream
 from bus._connection import connect_options, split_servers
 from bus._envelope import Envelope, new_envelope
 from bus._errors import BusError, TransportError, VerificationError
@@ -181,8 +182,8 @@ class Bus:
             nc = await _client.connect(**options)
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"cannot connect to {', '.join(urls)}: {exc}") from exc
-        js = nc.jetstream(publish_async_max_pending=max_in_flight + 16)
         try:
+            js = await tenant_jetstream(nc, tenant, publish_async_max_pending=max_in_flight + 16)
             keyring = await KeyringStore.open(js, tenant)
             partitions = await tenant_partitions(js, tenant)
         except BaseException:

@@ -47,7 +47,7 @@ from bus import (
     subjects,
 )
 from bus._keyring import decode_signed_grant
-from bus._keyring_store import entry_stored_ns, history_watcher, stored_entries
+from bus._keyring_store import read_revisions
 from bus._publisher import UNAVAILABLE_S, unavailable
 from ledger._anchors import CheckpointFile, read_checkpoint_file, sign_checkpoint, write_checkpoint_file
 from ledger._chain import GENESIS, chain_hash
@@ -192,19 +192,7 @@ async def _read_into(
 
 async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[KeyringRevision]:
     """Every revision of every keyring entry, oldest first, with its store time."""
-    bucket = subjects.keyring_bucket(tenant)
-    try:
-        kv = await js.key_value(bucket)
-        stored = (await js.stream_info(f"KV_{bucket}")).state.messages
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise TransportError(f"cannot read the keyring: {exc}") from exc
-    watcher = await history_watcher(kv)
-    try:
-        entries = await stored_entries(watcher, stored)
-    finally:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-            await watcher.stop()  # type: ignore[no-untyped-call]
-    return [KeyringRevision(e.key, e.value, entry_stored_ns(e)) for e in entries if e.value and e.operation is None]
+    return [KeyringRevision(r.key, r.value, r.stored_ns) for r in await read_revisions(js, tenant) if r.value]
 
 
 def partial_start(messages: list[StoredMessage], tenant: str, from_seq: int) -> int:

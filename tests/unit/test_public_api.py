@@ -28,6 +28,7 @@ def test_bus_exports() -> None:
             "render_tenant_config", "revoke_key", "rotate_key", "seal", "sign_grant", "subjects", "tail",
             "tenant_partitions", "tenant_stream_config", "verify_key",
             "Bounds", "MalformedPayload", "decode_json", "decode_msgpack",
+            "AGENT_API_PREFIX", "own_account", "reload_until_wired", "tenant_jetstream",
         ]
     )  # fmt: skip
     for name in bus.__all__:
