@@ -17,7 +17,9 @@ import msgspec
 from bus import Keyring, Limits, MalformedPayload, VerificationError, decode_json, decode_msgpack, open_envelope
 
 
-class _Stored(msgspec.Struct, frozen=True):
+class SignedValue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A KV value the coordinator stores for an agent (its checkpoint, an answer to a held call): signed bytes."""
+
     body: bytes
     headers: dict[str, str]
 
@@ -27,7 +29,7 @@ def open_checkpoint(value: bytes, *, keyring: Keyring, agent_id: str, stored_ns:
     if not value:
         raise ValueError("an empty value: no checkpoint anyone signed")
     try:
-        stored = decode_msgpack(value, type=_Stored)
+        stored = decode_msgpack(value, type=SignedValue)
         opened = open_envelope(stored.body, stored.headers, keyring=keyring, received_ns=stored_ns, limits=Limits())
     except (msgspec.DecodeError, MalformedPayload, VerificationError) as exc:
         raise ValueError(f"not a signed checkpoint: {exc}") from exc

@@ -36,6 +36,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import PubAck
 
+from agents._checkpoint_value import SignedValue
 from agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
 from agents._decision_log import DecisionLog
 from agents._effect_answers import store_answer
@@ -622,7 +623,7 @@ class Coordinator:
 
     async def _store_checkpoint(self, agent: str, body: bytes, headers: Mapping[str, str], decision_id: str) -> None:
         record = msgspec.msgpack.encode(
-            {"body": body, "headers": {k: headers.get(k, "") for k in (HEADER_SIG, HEADER_KEY)}}
+            SignedValue(body=body, headers={k: headers.get(k, "") for k in (HEADER_SIG, HEADER_KEY)})
         )
         key = f"$KV.{subjects.memory_bucket(self.bus.tenant)}.{agent}.checkpoint"
         try:

@@ -65,6 +65,11 @@ class CoordinatorState:
     buckets: dict[str, _Bucket] = field(default_factory=dict)
     last_seq: int = 0
 
+    def effective_taint(self, envelope: Envelope) -> tuple[str, ...]:
+        """The declared taint and that of everything delivered to the sender in its correlation, sorted."""
+        inherited = self.seen_taint.get((envelope.correlation_id, envelope.sender), frozenset())
+        return tuple(sorted(set(envelope.taint) | inherited))
+
     def tokens(self, policy: Policy, sender: str, at_ns: int) -> float | None:
         """Rate tokens ``sender`` has at ``at_ns`` (None: no rate limit applies)."""
         rate = policy.rate_for(sender)
@@ -166,8 +171,7 @@ def decide(
             another agent's memory during a rollback; no one else may write it).
     """
     hop = max(envelope.hop, state.hops.get(envelope.causation_id or "", -1) + 1)
-    inherited = state.seen_taint.get((envelope.correlation_id, envelope.sender), frozenset())
-    effective = tuple(sorted(set(envelope.taint) | inherited))
+    effective = state.effective_taint(envelope)
     recipients = list(dict.fromkeys(envelope.to))
 
     def decision(verdict: Verdict, reasons: list[str], deliver: list[str], dropped: list[Dropped]) -> Decision:

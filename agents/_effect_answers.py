@@ -19,6 +19,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
+from agents._checkpoint_value import SignedValue
 from agents._effect_asks import UntrustedAnswer, answer_key, check_answer
 from bus import Bus, Envelope, TransportError, VerificationError, decode_msgpack, new_envelope, open_envelope, subjects
 from bus._records import Decision, encode_decision
@@ -28,13 +29,6 @@ log = logging.getLogger("trustbus.agent")
 
 FIRST_PAUSE_S = 0.02
 LONGEST_PAUSE_S = 1.0
-
-
-class _Stored(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What the bucket holds under ``<agent>.effect.<ask id>``: the signed answer, as for a checkpoint."""
-
-    body: bytes
-    headers: dict[str, str]
 
 
 def _subject(bus: Bus, agent: str, ask_id: str) -> str:
@@ -61,7 +55,7 @@ async def store_answer(bus: Bus, decision: Decision) -> None:
         payload=encode_decision(decision),
     )
     sealed = bus.seal(answer)
-    stored = _Stored(body=sealed.body, headers={k: sealed.headers[k] for k in (HEADER_SIG, HEADER_KEY)})
+    stored = SignedValue(body=sealed.body, headers={k: sealed.headers[k] for k in (HEADER_SIG, HEADER_KEY)})
     try:
         await bus.js.publish(
             _subject(bus, decision.sender, decision.envelope_id), msgspec.msgpack.encode(stored), timeout=5.0
@@ -105,7 +99,7 @@ async def _read(bus: Bus, subject: str, agent: str, ask_id: str, reported: set[s
         raise TransportError(f"cannot read the answer to effect request {ask_id}: {exc}") from exc
     stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
     try:
-        stored = decode_msgpack(raw.data or b"", type=_Stored)
+        stored = decode_msgpack(raw.data or b"", type=SignedValue)
         key_id = stored.headers.get(HEADER_KEY, "")
         if key_id and not bus.keyring.keyring.knows(key_id):
             await bus.keyring.refresh_key(key_id)

@@ -61,8 +61,7 @@ def decide_ask(
 
     Every such decision carries ``effect_requested`` first among its reasons.
     """
-    inherited = state.seen_taint.get((envelope.correlation_id, envelope.sender), frozenset())
-    effective = tuple(sorted(set(envelope.taint) | inherited))
+    effective = state.effective_taint(envelope)
     cause = state.decided.get(envelope.causation_id or "")
     verdict: Verdict
     if cause is None or cause.correlation_id != envelope.correlation_id:
