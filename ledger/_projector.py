@@ -22,6 +22,7 @@ from bus import (
     subjects,
 )
 from ledger._chain import GENESIS, chain_hash
+from ledger._merkle import TreeBuilder, message_leaf_hash
 from ledger._projection import Rows, project_message
 from ledger._stored import StoredMessage
 
@@ -38,12 +39,23 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
         count: messages projected.
         last_stored_ns: when ``last_seq`` was stored (unix ns); a restart reads the
             replay window before it back, so the replay check resumes exactly.
+        frontier: the Merkle tree of sequences 1..``last_seq`` as :class:`~ledger._merkle.TreeBuilder`
+            keeps it, or None where unknown (a projection made before tree heads were).
     """
 
     last_seq: int = 0
     head: bytes = GENESIS
     count: int = 0
     last_stored_ns: int = 0
+    frontier: tuple[bytes, ...] | None = None
+
+    def tree(self) -> TreeBuilder | None:
+        """The Merkle tree through ``last_seq``, if known."""
+        if self.last_seq == 0:
+            return TreeBuilder()
+        if self.frontier is None or len(self.frontier) != self.last_seq.bit_count():
+            return None
+        return TreeBuilder(self.last_seq, self.frontier)
 
 
 class Projector:
@@ -62,6 +74,7 @@ class Projector:
         self.position = position or Position()
         self.limits = limits
         self._seen: dict[str, SeenIds] = {}
+        self._tree = self.position.tree()
 
     def apply(
         self, message: StoredMessage, *, checked: Opened | VerificationError | None = None, into: Rows | None = None
@@ -79,8 +92,17 @@ class Projector:
         head = chain_hash(self.position.head, message.seq, message.subject, message.headers, message.body)
         outcome = self._open(message) if checked is None else self._check_replay(message, checked)
         rows = project_message(message, outcome, tenant=self.tenant, chain=head, into=into)
+        tree = self._tree
+        if tree is not None and message.seq == tree.size + 1:
+            tree.append(message_leaf_hash(message.seq, message.subject, message.headers, message.body))
+        else:
+            self._tree = tree = None  # a gap: the tree covers sequences 1..n with none missing
         self.position = Position(
-            last_seq=message.seq, head=head, count=self.position.count + 1, last_stored_ns=message.stored_ns
+            last_seq=message.seq,
+            head=head,
+            count=self.position.count + 1,
+            last_stored_ns=message.stored_ns,
+            frontier=None if tree is None else tree.frontier,
         )
         return rows
 
