@@ -9,25 +9,12 @@ from __future__ import annotations
 
 import msgspec
 
-from bus import (
-    Envelope,
-    Keyring,
-    Limits,
-    Opened,
-    Replayed,
-    SeenIds,
-    VerificationError,
-    decode_envelope,
-    open_envelope,
-    subjects,
-)
+from bus import Envelope, Keyring, Limits, Opened, VerificationError, open_envelope, subjects
 from ledger._chain import GENESIS, chain_hash
 from ledger._merkle import TreeBuilder, message_leaf_hash
 from ledger._projection import Rows, project_message
+from ledger._replay_window import ReplayWindow
 from ledger._stored import StoredMessage
-
-# open_envelope checks these after the replay check: an envelope failing them may still be a replay.
-_CHECKED_AFTER_REPLAY = frozenset({"not_mediated", "bad_countersignature"})
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,7 +60,7 @@ class Projector:
         self.keyring = keyring
         self.position = position or Position()
         self.limits = limits
-        self._seen: dict[str, SeenIds] = {}
+        self._replay = ReplayWindow(limits.skew_ns)
         self._tree = self.position.tree()
 
     def apply(
@@ -90,7 +77,7 @@ class Projector:
         if message.seq <= self.position.last_seq:
             return Rows() if into is None else into
         head = chain_hash(self.position.head, message.seq, message.subject, message.headers, message.body)
-        outcome = self._open(message) if checked is None else self._check_replay(message, checked)
+        outcome = self._open(message) if checked is None else self._replay.check(message, checked)
         rows = project_message(message, outcome, tenant=self.tenant, chain=head, into=into)
         tree = self._tree
         if tree is not None and message.seq == tree.size + 1:
@@ -108,30 +95,10 @@ class Projector:
 
     def remember(self, subject: str, seq: int, envelope: Envelope) -> None:
         """Take note of an envelope accepted at ``seq`` before a restart, for the replay check."""
-        self._seen.setdefault(subject, SeenIds(window_ns=self.limits.skew_ns)).add(envelope, seq)
-
-    def _seen_for(self, message: StoredMessage) -> SeenIds:
-        seen = self._seen.get(message.subject)
-        if seen is None:
-            seen = self._seen[message.subject] = SeenIds(window_ns=self.limits.skew_ns)
-        seen.prune(message.stored_ns)
-        return seen
-
-    def _check_replay(self, message: StoredMessage, checked: Opened | VerificationError) -> Opened | VerificationError:
-        """The replay check on an outcome of the other checks, giving what :func:`bus.open_envelope` would have."""
-        seen = self._seen_for(message)
-        if isinstance(checked, VerificationError) and checked.reason not in _CHECKED_AFTER_REPLAY:
-            return checked
-        envelope = checked.envelope if isinstance(checked, Opened) else decode_envelope(message.body)
-        earlier = seen.sequence_of(envelope.id)
-        if earlier is not None and earlier != message.seq:
-            return Replayed(f"id {envelope.id} already accepted at stream sequence {earlier}")
-        if isinstance(checked, Opened):
-            seen.add(envelope, message.seq)
-        return checked
+        self._replay.remember(subject, seq, envelope)
 
     def _open(self, message: StoredMessage) -> Opened | VerificationError:
-        seen = self._seen_for(message)
+        seen = self._replay.seen_for(message)
         try:
             opened = open_envelope(
                 message.body,
