@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bus import Keyring, KeyringStore, connect_nats
 from ledger._bundle import export_bundle, read_bundle, read_stream
+from ledger._proofs import tree_head_breaks
 from ledger._stored import StoredMessage
 from ledger._streaming import verify_live
 from ledger._verify import Break, VerifyReport, verify_messages
@@ -40,13 +41,15 @@ def verify_bundle(directory: Path, *, admin_key: str | None = None) -> VerifyRep
     keyring = bundle.keyring(admin_key=admin_key)
     tenant = str(bundle.manifest["tenant"])
     first = int(str(bundle.manifest["first_seq"])) or 1
+    messages = [entry.message() for entry in bundle.entries]
     report = verify_messages(
-        [entry.message() for entry in bundle.entries],
+        messages,
         keyring,
         tenant,
         first_seq=first,
         expected_chain={entry.seq: entry.chain for entry in bundle.entries},
     )
+    report.breaks.extend(tree_head_breaks(messages, keyring, tenant))
     last = int(str(bundle.manifest["last_seq"]))
     if report.head.hex() != bundle.manifest["head"] or report.last_seq != last:
         report.breaks.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,10 @@ from bus import (
     sign_grant,
     subjects,
 )
+from bus._keyring import encode_signed_grant
 from bus._quarantine import encode_quarantine_record, quarantine_record
-from ledger import verify_messages
+from ledger import BundleEntry, verify_bundle, verify_messages
+from ledger._bundle import _write_bundle
 from ledger._chain import GENESIS, chain_hash
 from ledger._checkpointing import checkpoint_envelope
 from ledger._merkle import TreeBuilder, message_leaf_hash
@@ -38,6 +41,7 @@ class Log:
 
     step_ns: int = MS
     ids: dict[str, Identity] = field(default_factory=dict)
+    revisions: list[tuple[str, bytes]] = field(default_factory=list)
     messages: list[StoredMessage] = field(default_factory=list)
     tree: TreeBuilder = field(default_factory=TreeBuilder)
     head: bytes = GENESIS
@@ -49,7 +53,9 @@ class Log:
         for owner, role in [("alice", "agent"), ("coordinator", "coordinator"), ("ledger", "ledger")]:
             identity = Identity.generate()
             grant = KeyGrant(tenant=T, key_id=identity.key_id, owner=owner, role=role, valid_from=0)  # type: ignore[arg-type]
-            self.keyring.add(identity.key_id, sign_grant(grant, admin))
+            signed = sign_grant(grant, admin)
+            self.keyring.add(identity.key_id, signed)
+            self.revisions.append((identity.key_id, encode_signed_grant(signed)))
             self.ids[owner] = identity
 
     def store(self, subject: str, body: bytes, headers: dict[str, str]) -> StoredMessage:
@@ -201,3 +207,28 @@ def test_the_verdict_does_not_depend_on_how_the_stream_is_cut(chunk: int) -> Non
     log = history()
     report = streamed(log, chunk=chunk).finish()
     assert report.ok and report.checkpoints == 4
+
+
+def _bundle(log: Log, directory: Path) -> Path:
+    head, entries = GENESIS, []
+    for m in log.messages:
+        head = chain_hash(head, m.seq, m.subject, m.headers, m.body)
+        entries.append(BundleEntry(m.seq, m.subject, m.stored_ns, m.headers, m.body, head))
+    manifest: dict[str, object] = {
+        "format": 1, "tenant": T, "stream": f"TB_{T}", "admin_key": log.keyring.admin_key_id, "first_seq": 1,
+        "last_seq": len(entries), "count": len(entries), "head": head.hex(), "exported_at": log.now,
+    }  # fmt: skip
+    _write_bundle(directory, manifest, entries, log.revisions)
+    return directory
+
+
+def test_a_bundle_whose_checkpoint_states_another_tree_root_does_not_verify(tmp_path: Path) -> None:
+    honest = Log()
+    honest.sealed("alice")
+    honest.checkpoint()
+    assert verify_bundle(_bundle(honest, tmp_path / "honest")).ok
+    log = Log()
+    log.sealed("alice")
+    log.checkpoint(root=bytes(32))
+    report = verify_bundle(_bundle(log, tmp_path / "lying"))
+    assert [(b.seq, b.reason) for b in report.breaks] == [(2, "checkpoint")]
