@@ -314,9 +314,8 @@ def prove(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Write a Merkle proof that `ledger check-proof` verifies alone: one envelope's inclusion, or consistency."""
-    from ledger import LedgerError
+    from ledger import LedgerError, prove_from_bundle, prove_from_stream
     from ledger._proofs import encode_proof
-    from ledger._proving import prove_from_bundle, prove_from_stream
     from trustbus.cli import _nkey, _run, _servers, err, out
 
     if (seq is None) == (consistency is None) or (tenant is None) == (bundle is None):
@@ -351,7 +350,8 @@ def check_proof_file(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check a proof file with no server and no bundle; exit 1 if anything in it does not check."""
-    from ledger._proofs import ProofError, check_proof, checked_dict
+    from ledger import ProofError, check_proof
+    from ledger._proofs import checked_dict
     from trustbus.cli import err, out
 
     try:
