@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from bus import Keyring, KeyringError, connect_nats, pinned_admin_key
+from bus import Keyring, KeyringError, connect_nats, pinned_admin_key, subjects
 from bus._keyring import decode_signed_grant
-from ledger._bundle import read_bundle, read_keyring_revisions, read_stream
+from ledger._bundle import _last_seq, read_bundle, read_keyring_revisions
 from ledger._errors import BundleError
 from ledger._proofs import ProofError, ProofFile, prove_consistency, prove_inclusion
+from ledger._reading import stream_batches
 from ledger._stored import StoredMessage
 
 
@@ -34,11 +36,7 @@ def _prove(
 ) -> ProofFile:
     if messages and messages[0].seq != 1:
         raise ProofError("log_mismatch", f"the log starts at sequence {messages[0].seq}: a proof needs it from 1")
-    if consistency is not None:
-        return prove_consistency(lambda: messages, keyring, revisions, tenant, *consistency)
-    if seq is None:
-        raise ProofError("no_message", "give a sequence or two tree sizes")
-    return prove_inclusion(lambda: messages, keyring, revisions, tenant, seq)
+    return _prove_passes(lambda: messages, keyring, revisions, tenant, seq=seq, consistency=consistency)
 
 
 def prove_from_bundle(
@@ -70,14 +68,59 @@ async def prove_from_stream(
     consistency: tuple[int, int] | None = None,
     nkey_seed: str | None = None,
 ) -> ProofFile:
-    """The same from the tenant's live stream and keyring, anchored on the admin key pinned in the stream."""
+    """The same from the tenant's live stream and keyring, anchored on the admin key pinned in the stream.
+
+    The stream is read twice, never held: its checkpoint subject first, then
+    every message up to the chosen tree's size, a batch at a time, into the
+    proof (on a worker thread, which pulls the batches from this event loop).
+    """
     nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         js = nc.jetstream()
         admin_key = await pinned_admin_key(js, tenant)
         revisions = await read_keyring_revisions(js, tenant)
-        messages = await read_stream(js, tenant)
+        keyring = _keyring(tenant, admin_key, revisions)
+        last = await _last_seq(js, tenant)
+        checkpoints: list[StoredMessage] = []
+        async for batch in stream_batches(js, tenant, last=last, only=(subjects.checkpoint(tenant),)):
+            checkpoints.extend(batch)
+        everything = stream_batches(js, tenant, last=last)
+        loop = asyncio.get_running_loop()
+
+        async def following() -> list[StoredMessage]:
+            return await anext(everything)
+
+        def pulled() -> Iterator[StoredMessage]:
+            while True:
+                try:
+                    batch = asyncio.run_coroutine_threadsafe(following(), loop).result()
+                except StopAsyncIteration:
+                    return
+                yield from batch
+
+        passes = iter((lambda: checkpoints, pulled))
+        try:
+            return await asyncio.to_thread(
+                _prove_passes, lambda: next(passes)(), keyring, revisions, tenant, seq=seq, consistency=consistency
+            )
+        finally:
+            await everything.aclose()
     finally:
         await nc.close()
-    keyring = _keyring(tenant, admin_key, revisions)
-    return _prove(messages, keyring, revisions, tenant, seq=seq, consistency=consistency)
+
+
+def _prove_passes(
+    messages: Callable[[], Iterable[StoredMessage]],
+    keyring: Keyring,
+    revisions: Sequence[tuple[str, bytes]],
+    tenant: str,
+    *,
+    seq: int | None,
+    consistency: tuple[int, int] | None,
+) -> ProofFile:
+    """A proof over ``messages``: its first call gives the checkpoints, its second the stream from sequence 1."""
+    if consistency is not None:
+        return prove_consistency(messages, keyring, revisions, tenant, *consistency)
+    if seq is None:
+        raise ProofError("no_message", "give a sequence or two tree sizes")
+    return prove_inclusion(messages, keyring, revisions, tenant, seq)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import nats.errors
 import nats.js.errors
@@ -45,7 +45,7 @@ async def stream_batches(
     last: int,
     from_seq: int = 1,
     only: Sequence[str] = (),
-) -> AsyncIterator[list[StoredMessage]]:
+) -> AsyncGenerator[list[StoredMessage], None]:
     """The messages of ``TB_<tenant>`` from ``from_seq`` through ``last``, in order, a fetched batch at a time.
 
     Args:
@@ -81,7 +81,7 @@ async def stream_batches(
 
 async def _read(
     js: JetStreamContext, tenant: str, *, start: int, last: int, only: Sequence[str]
-) -> AsyncIterator[list[StoredMessage]]:
+) -> AsyncGenerator[list[StoredMessage], None]:
     """Batches from ``start`` through ``last`` through one ephemeral consumer; raises on any error."""
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
