@@ -1,6 +1,6 @@
-"""Ledger benchmark: verification on every core, projection into Parquet, a query, an incident replay.
+"""Ledger benchmark: verification on every core, Parquet projection, a query, a replay, proofs, bounded verify.
 
-Run: ``python bench/ledger.py [--n 100000] [--json] [--keep DIR]``.
+Run: ``python bench/ledger.py [--n 100000] [--verify-n 1000000] [--rate 3000] [--json] [--keep DIR]``.
 
 No server: the ledger is generated in memory, exactly as a tenant stream would
 hold it. Conversations of four stored messages — an event from one of ten
@@ -40,8 +40,23 @@ Measured (wall clock, this process):
    fanout_per_correlation ORDER BY fanout DESC, sent DESC LIMIT 10``, median of 7.
 5. **replay**: ``ledger.build_incident`` of one correlation over the whole ledger.
 
+6. **proofs**: ``ledger._proofs.prove_inclusion`` of the middle message under
+   the last checkpoint (two passes over the ledger: checkpoints, then leaves),
+   ``prove_consistency`` from the first checkpoint's tree to the last one's,
+   and ``check_proof`` of each file (median of 21); the files' sizes.
+7. **stream verify** (``--verify-n``, default 1,000,000 messages; 0 skips):
+   a ledger of that many messages, stored ``--rate`` a second (default 3,000,
+   so the replay window holds what two minutes of such traffic would), is
+   written to a file a chunk at a time and verified in a process of its own
+   exactly as ``trustbus ledger verify --tenant`` verifies the stream
+   (``ledger._streaming``: a pass over the anchors, then
+   ``StreamVerifier`` fed 8,192 messages at a time), reporting its time and
+   peak RSS (``ru_maxrss``; ``stream_verify_baseline_rss_mb`` is the process
+   before verifying, imports included). The file stands in for the server: a
+   live read also holds one fetched batch of 1,000 messages.
+
 Targets: export >= 50,000 messages/s, verify_ratio >= 0.9, query < 200 ms,
-replay < 1 s. With ``--json`` the last line of stdout is one JSON object with
+replay < 1 s, stream verify peak RSS <= 300 MB. With ``--json`` the last line of stdout is one JSON object with
 every figure; the human table goes to stderr.
 """
 
