@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bus import (
@@ -13,6 +14,8 @@ from bus import (
     KeyGrant,
     Keyring,
     Limits,
+    decode_checkpoint,
+    encode_checkpoint,
     encode_effect,
     new_envelope,
     seal,
@@ -95,10 +98,6 @@ class Log:
         position = Position(last_seq=seq, head=self.head, count=seq, frontier=self.tree.frontier)
         envelope = checkpoint_envelope(T, "ledger", position, now_ns=self.now + self.step_ns)
         if root is not None:  # a checkpoint that lies about the tree
-            import msgspec
-
-            from bus import decode_checkpoint, encode_checkpoint
-
             lie = msgspec.structs.replace(decode_checkpoint(envelope.payload), tree_root=root)
             envelope = msgspec.structs.replace(envelope, payload=encode_checkpoint(lie))
         s = seal(envelope, self.ids["ledger"])
@@ -232,3 +231,24 @@ def test_a_bundle_whose_checkpoint_states_another_tree_root_does_not_verify(tmp_
     log.checkpoint(root=bytes(32))
     report = verify_bundle(_bundle(log, tmp_path / "lying"))
     assert [(b.seq, b.reason) for b in report.breaks] == [(2, "checkpoint")]
+
+
+def test_a_checkpoint_written_before_tree_heads_still_verifies() -> None:
+    """The payload of an older service: no tree_size, no tree_root. It holds by its chain head alone."""
+    log = Log()
+    log.sealed("alice")
+    old = {"v": 1, "stream": f"TB_{T}", "through_seq": 1, "head": log.head, "count": 1}
+    envelope = checkpoint_envelope(T, "ledger", Position(last_seq=1, head=log.head, count=1), now_ns=log.now + MS)
+    envelope = msgspec.structs.replace(envelope, payload=msgspec.msgpack.encode(old))
+    s = seal(envelope, log.ids["ledger"])
+    log.store(subjects.checkpoint(T), s.body, dict(s.headers))
+    assert decode_checkpoint(envelope.payload).tree_root is None
+    assert streamed(log).finish().checkpoints == 1
+    assert verify_messages(log.messages, log.keyring, T).checkpoints == 1
+
+
+def test_a_position_that_lost_its_frontier_states_no_tree_head() -> None:
+    """A projection made before tree heads has no frontier: its checkpoints state the chain head only."""
+    envelope = checkpoint_envelope(T, "ledger", Position(last_seq=9, head=bytes(32), count=9))
+    checkpoint = decode_checkpoint(envelope.payload)
+    assert (checkpoint.through_seq, checkpoint.tree_size, checkpoint.tree_root) == (9, None, None)
