@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from bus import Bus, new_envelope, pinned_admin_key, subjects
 from ledger import read_stream
 from ledger._merkle import message_leaf_hash, root_of
@@ -14,6 +16,8 @@ from ledger._proofs import tree_checkpoints
 from ledger._segments import read_catalogue
 from tests.e2e.fleet import ROOT, Fleet
 from tests.e2e.test_ledger_service import settled, start_ledger
+
+pytestmark = pytest.mark.timeout(300)  # ten CLI processes and two ledger services, on shared cores
 
 
 async def cli(fleet: Fleet, *args: str) -> tuple[int, str]:
