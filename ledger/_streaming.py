@@ -157,10 +157,10 @@ class StreamVerifier:
             self._tree.append(message_leaf_hash(m.seq, m.subject, m.headers, m.body))
         if m.seq in self.anchors.checkpointed:
             self._heads[m.seq] = (self._chain, self._tree.root() if self._tree is not None else b"")
+        self.report.head = self._chain
         if m.seq >= self.check_from:
             self.report.count += 1
             self.report.last_seq = m.seq
-            self.report.head = self._chain
 
     def _judged(self, m: StoredMessage, checked: Opened | VerificationError) -> None:
         outcome = self._replay.check(m, checked)
