@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 
 import msgspec
@@ -39,10 +38,13 @@ from nats.js.api import PubAck
 
 from agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
 from agents._decision_log import DecisionLog
+from agents._effect_answers import store_answer
+from agents._effect_asks import decide_ask, is_ask, is_ask_decision
 from agents._memory import kv_subject, parse_write
 from agents._policy import Policy
 from bus import (
     Bus,
+    ConfigError,
     ConsumerSettings,
     Delivery,
     Envelope,
@@ -56,10 +58,11 @@ from bus import (
     subjects,
 )
 from bus._provision import DUPLICATE_WINDOW_S
-from bus._records import Approval, Decision, MemoryValue, decode_effect, encode_decision
+from bus._records import Approval, Decision, EffectRecord, MemoryValue, decode_effect, encode_decision
 from bus._records import decode_memory_value as decode_value
 from bus._records import encode_memory_value as encode_value
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
+from bus._transport import rejection
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -194,8 +197,15 @@ class Coordinator:
                 envelope = delivery.envelope
                 if delivery.settled or envelope.id in self.state.decided:
                     continue
-                clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
-                result = decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
+                clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
+                try:
+                    result = decide(
+                        self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq
+                    )
+                except Exception as exc:  # this envelope's fault, never its batch's
+                    log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
+                    await delivery.reject(*rejection(exc))
+                    continue
                 if isinstance(result, Deferral):
                     await delivery.defer(result.retry_after_s)
                     continue
@@ -247,6 +257,7 @@ class Coordinator:
             taint=decision.effective_taint,
             content_type="application/msgpack",
             payload=encode_decision(decision),
+            now_ns=self.bus.clock(),
         )
         return record, self.bus.seal(record)
 
@@ -368,7 +379,7 @@ class Coordinator:
             # The decision clock is when the server stored the envelope, so a backlog is
             # rate-limited as it was sent; a redelivery (after a rate-limit delay or a
             # crash) is decided now, or a delayed sender would never earn a token.
-            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
+            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
             return decide(
                 self.policy,
                 envelope,
@@ -423,7 +434,7 @@ class Coordinator:
             current = await self.bus.js.get_last_msg(f"KV_{bucket}", subject)
             if decode_value(current.data or b"").envelope_id == decision.envelope_id:
                 return  # applied before a crash
-        except (nats.js.errors.NotFoundError, msgspec.DecodeError):
+        except (nats.js.errors.NotFoundError, ValueError):  # ValueError: msgspec.DecodeError, MalformedPayload
             pass  # nothing there yet, or not a value this code wrote: the compare-and-set decides
         value = MemoryValue(
             value=bytes(write.value),
@@ -469,6 +480,9 @@ class Coordinator:
         except (msgspec.DecodeError, ValueError) as exc:
             await delivery.reject("bad_effect", str(exc))
             return
+        if is_ask(envelope, record):
+            await self._ask(delivery, record)
+            return
         if record.phase != "completed":
             return
 
@@ -478,6 +492,24 @@ class Coordinator:
             return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
 
         await self._record(envelope, make)
+
+    async def _ask(self, delivery: Delivery, record: EffectRecord) -> None:
+        """Decide a high-risk tool call made under taint before it runs, and leave the agent the answer."""
+        envelope = delivery.envelope
+        try:
+            subjects.check_effect_key(envelope.id)
+        except ConfigError:
+            await delivery.reject("bad_effect", f"effect request id {envelope.id!r} cannot name its answer's key")
+            return
+
+        def make() -> Decision | None:
+            if envelope.id in self.state.decided:
+                return None
+            clock, seq = delivery.stored_ns, delivery.stream_seq
+            return decide_ask(self.policy, envelope, record, self.state, received_ns=clock, source_seq=seq)
+
+        await self._record(envelope, make)
+        await store_answer(self.bus, self.state.decided[envelope.id])
 
     async def _approval(self, delivery: Delivery) -> None:
         """Release or drop a held envelope on an operator's signed approval."""
@@ -509,6 +541,9 @@ class Coordinator:
             state = "unknown" if decision is None else f"{decision.verdict} ({', '.join(decision.reasons)})"
             await delivery.reject("not_held", f"envelope {request.envelope_id} is not held: {state}")
             return
+        if is_ask_decision(decision):
+            await store_answer(self.bus, decision)  # a held tool call: its agent is waiting for this
+            return
         if decision.verdict == "accept":
             try:
                 raw = await self.bus.js.get_msg(self.bus.stream, decision.source_seq)
@@ -537,7 +572,7 @@ class Coordinator:
         if decision.verdict != "accept":
             return []
         decision_id = self._decision_ids[decision.envelope_id]
-        recheck = time.time_ns() - decision.decided_ns > _DEDUP_SAFE_NS
+        recheck = self.bus.clock() - decision.decided_ns > _DEDUP_SAFE_NS
         acks = []
         for recipient in decision.deliver_to:
             subject = self._subject_for(recipient)

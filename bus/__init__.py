@@ -11,6 +11,7 @@ from bus._admin import (
     revoke_key,
     rotate_key,
 )
+from bus._api import tenant_jetstream
 from bus._cluster import EmbeddedCluster
 from bus._envelope import (
     SCHEMA_VERSION,
@@ -49,7 +50,13 @@ from bus._errors import (
 from bus._identity import Identity, encode_key_id, verify_key
 from bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from bus._keyring_store import KeyringStore
-from bus._nats_config import render_bootstrap_config, render_tenant_config
+from bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
+from bus._payload import (
+    Bounds,
+    MalformedPayload,
+    decode_json,
+    decode_msgpack,
+)
 from bus._provision import ProvisionReport, pinned_admin_key, provision, tenant_partitions, tenant_stream_config
 from bus._quarantine import QuarantineRecord, decode_quarantine_record
 from bus._records import (
@@ -70,6 +77,7 @@ from bus._records import (
     encode_effect,
     encode_memory_value,
 )
+from bus._reload import reload_until_wired
 from bus._seal import (
     Limits,
     Mediation,
@@ -88,6 +96,7 @@ __all__ = [
     "Approval",
     "BadCountersignature",
     "BadSignature",
+    "Bounds",
     "Bus",
     "BusError",
     "Checkpoint",
@@ -113,6 +122,7 @@ __all__ = [
     "Kind",
     "Limits",
     "Malformed",
+    "MalformedPayload",
     "Mediation",
     "MemoryValue",
     "MissingSignature",
@@ -147,6 +157,8 @@ __all__ = [
     "decode_decision",
     "decode_effect",
     "decode_envelope",
+    "decode_json",
+    "decode_msgpack",
     "decode_memory_value",
     "decode_quarantine_record",
     "default_keys_dir",
@@ -165,9 +177,11 @@ __all__ = [
     "open_envelope",
     "pinned_admin_key",
     "tenant_partitions",
+    "tenant_jetstream",
     "provision",
     "render_bootstrap_config",
     "render_tenant_config",
+    "reload_until_wired",
     "revoke_key",
     "rotate_key",
     "seal",
@@ -176,4 +190,6 @@ __all__ = [
     "tail",
     "tenant_stream_config",
     "verify_key",
+    "AGENT_API_PREFIX",
+    "own_account",
 ]

@@ -1,14 +1,29 @@
-"""The keyring kept in the tenant's KV bucket, followed live."""
+"""The keyring kept in the tenant's KV bucket, read by sequence and followed live, with no consumer.
+
+The bucket is read message by message (``$JS.API.STREAM.MSG.GET`` with
+``next_by_subj``), never through a consumer: a push consumer's deliver subject
+is not checked against its creator's permissions and lives in the stream's
+account, so a user allowed to create one could make the server store keyring
+entries on any tenant subject; and an agent, in an account of its own
+(:mod:`bus._nats_config`), could not receive push deliveries anyway. Writes to
+the bucket (``$KV.<bucket>.<key>``) are followed by a plain subscription, which
+only says "read again": what is applied is always read back from the stream.
+A missed notice (a reconnect) is caught up by a read every few seconds.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
+from nats.js.api import RawStreamMsg
 
 from bus._errors import KeyringError, TransportError
 from bus._identity import Identity
@@ -27,35 +42,65 @@ from bus._subjects import keyring_bucket
 
 log = logging.getLogger("trustbus.keyring")
 
-
-async def history_watcher(kv: KeyValue) -> KeyValue.KeyWatcher:
-    """A watcher of every revision of every key of ``kv``."""
-    try:
-        return await kv.watchall(include_history=True)
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise TransportError(f"cannot read keyring: {exc}") from exc
+FOLLOW_INTERVAL_S = 5.0  # a read this often even without a notice (one missed while reconnecting)
+_MAX_WINDOW = 64  # message gets in flight at once while loading
+_OPERATION = "KV-Operation"  # set on a delete or purge marker
 
 
-async def stored_entries(watcher: KeyValue.KeyWatcher, stored: int) -> list[KeyValue.Entry]:
-    """The entries a history watcher delivers first: at least ``stored``, however early it says it is done.
+@dataclass(frozen=True, slots=True)
+class KeyringRevision:
+    """One message of the keyring bucket: a revision of one key (``value`` None for a delete or purge).
 
-    nats-py's "initial values done" marker comes from the consumer's pending
-    count, which can read 0 while the entries are still in flight (seen under
-    load: a keyring loaded empty, and every signature then failed as
-    ``unknown_key``); so the count of messages the bucket stores decides.
+    ``stored_ns`` is when the server stored it (unix ns; 0 if unknown): from then on the revision stands.
     """
-    entries: list[KeyValue.Entry] = []
-    marked = False  # the watcher said it was done (perhaps before the entries: then the count decides)
+
+    seq: int
+    key: str
+    value: bytes | None
+    stored_ns: int = 0
+
+
+async def read_revisions(js: JetStreamContext, tenant: str, *, after: int = 0) -> list[KeyringRevision]:
+    """Every message of the tenant's keyring bucket stored after sequence ``after``, oldest first.
+
+    ``$JS.API.STREAM.MSG.GET.KV_<bucket>`` requests (the first message at or
+    after a sequence), until the server has no more: no consumer, so nothing
+    the server sends can be pointed at another subject. Requests go out in
+    windows of consecutive sequences at once, one first (a catch-up usually
+    finds nothing), then twice as many each round up to ``_MAX_WINDOW``.
+    """
+    bucket = keyring_bucket(tenant)
+    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+
+    async def first_from(seq: int) -> RawStreamMsg | None:
+        try:
+            return await js.get_msg(stream, seq=seq, subject=f"{prefix}>", next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    revisions: list[KeyringRevision] = []
+    seq, window = after + 1, 1
     try:
-        while not (marked and len(entries) >= stored):
-            entry = await watcher.updates(timeout=10.0)  # type: ignore[no-untyped-call]
-            if entry is None:
-                marked = True
-            else:
-                entries.append(entry)
-        return entries
+        while True:
+            # Each answer is the first message at or after its sequence, so together they hold every
+            # message from ``seq`` to the highest found; a miss means none is stored from there on.
+            found = await asyncio.gather(*(first_from(s) for s in range(seq, seq + window)))
+            by_seq = {revision.seq: revision for revision in (_revision(m, prefix) for m in found if m is not None)}
+            revisions += [by_seq[s] for s in sorted(by_seq)]
+            if not by_seq or None in found:
+                return revisions
+            seq, window = max(by_seq) + 1, min(2 * window, _MAX_WINDOW)
     except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise TransportError(f"cannot read keyring ({len(entries)} of {stored} entries): {exc}") from exc
+        raise TransportError(f"cannot read keyring (after sequence {seq - 1}): {exc}") from exc
+
+
+def _revision(msg: RawStreamMsg, prefix: str) -> KeyringRevision:
+    deleted = (msg.headers or {}).get(_OPERATION) is not None
+    subject = msg.subject or ""
+    stored_ns = int(msg.time.timestamp() * 1_000_000_000) if msg.time else 0
+    return KeyringRevision(
+        seq=msg.seq or 0, key=subject[len(prefix) :], value=None if deleted else msg.data or b"", stored_ns=stored_ns
+    )
 
 
 class KeyringStore:
@@ -64,70 +109,85 @@ class KeyringStore:
     Use ``async with await KeyringStore.open(js, tenant)`` or call :meth:`aclose`.
     """
 
-    def __init__(self, kv: KeyValue, keyring: Keyring) -> None:
-        """Wrap an opened bucket; use :meth:`open`."""
-        self._kv = kv
+    def __init__(self, js: JetStreamContext, keyring: Keyring) -> None:
+        """Wrap a loaded keyring; use :meth:`open`."""
+        self._js = js
         self.keyring = keyring
+        self._applied = 0  # the last bucket sequence read
+        self._lock = asyncio.Lock()
+        self._notice = asyncio.Event()
+        self._subscription: Subscription | None = None
         self._follower: asyncio.Task[None] | None = None
-        self._watcher: KeyValue.KeyWatcher | None = None
+        self._closing = False
 
     @classmethod
     async def open(cls, js: JetStreamContext, tenant: str, *, follow: bool = True) -> KeyringStore:
         """Load every revision of every key; with ``follow``, apply later writes as they land."""
         admin_key_id = await pinned_admin_key(js, tenant)
+        store = cls(js, Keyring(tenant=tenant, admin_key_id=admin_key_id))
+        if follow:  # listen before the first read, so no write falls between the two
+            store._subscription = await store._listen(tenant)
         try:
-            kv = await js.key_value(keyring_bucket(tenant))
-            stored = (await js.stream_info(f"KV_{keyring_bucket(tenant)}")).state.messages
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot open keyring bucket: {exc}") from exc
-        store = cls(kv, Keyring(tenant=tenant, admin_key_id=admin_key_id))
-        await store._load(follow=follow, stored=stored)
+            await store.catch_up()
+        except BaseException:
+            await store.aclose()
+            raise
+        if follow:
+            store._follower = asyncio.create_task(store._follow(), name="keyring-follow")
         return store
 
-    async def _load(self, *, follow: bool, stored: int) -> None:
-        watcher = await history_watcher(self._kv)
-        for entry in await stored_entries(watcher, stored):
-            self._apply(entry)
-        if follow:
-            self._watcher = watcher
-            self._follower = asyncio.create_task(self._follow(watcher), name="keyring-follow")
-        else:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    async def _listen(self, tenant: str) -> Subscription:
+        async def notice(_: object) -> None:
+            self._notice.set()
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is not None:
-                self._apply(entry)
+        try:
+            return await self._js._nc.subscribe(f"$KV.{keyring_bucket(tenant)}.>", cb=notice)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise TransportError(f"cannot follow the keyring: {exc}") from exc
 
-    def _apply(self, entry: KeyValue.Entry) -> None:
-        if entry.value is None or entry.operation is not None:
+    async def catch_up(self) -> None:
+        """Read and apply every keyring message stored since the last one read."""
+        async with self._lock:
+            for revision in await read_revisions(self._js, self.keyring.tenant, after=self._applied):
+                self._apply(revision)
+                self._applied = revision.seq
+
+    async def _follow(self) -> None:
+        while not self._closing:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that
+            # arrives as the notice is set, and this loop would then never end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FOLLOW_INTERVAL_S):
+                    await self._notice.wait()
+            self._notice.clear()
+            try:
+                await self.catch_up()
+            except TransportError as exc:
+                log.warning("keyring not read; trying again: %s", exc)
+
+    def _apply(self, revision: KeyringRevision) -> None:
+        if revision.value is None:
             return  # deletes and purges do not remove a key from the keyring
         try:
-            signed = decode_signed_grant(entry.value)
+            signed = decode_signed_grant(revision.value)
         except KeyringError as exc:
-            log.warning("keyring entry %s rev %s ignored: %s", entry.key, entry.revision, exc)
+            log.warning("keyring entry %s seq %s ignored: %s", revision.key, revision.seq, exc)
             return
-        if self.keyring.add(entry.key, signed) is None:
-            log.warning("keyring entry %s rev %s is not signed by the tenant admin", entry.key, entry.revision)
+        if self.keyring.add(revision.key, signed, stored_ns=revision.stored_ns) is None:
+            log.warning("keyring entry %s seq %s is not signed by the tenant admin", revision.key, revision.seq)
 
     async def refresh_key(self, key_id: str) -> None:
-        """Read one key's history now (for a key registered after the keyring was loaded)."""
-        try:
-            entries = await self._kv.history(key_id)
-        except nats.js.errors.NoKeysError:
-            return
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read keyring entry {key_id}: {exc}") from exc
-        for entry in entries:
-            self._apply(entry)
+        """Read what was written since the last read now (for a key registered after the keyring was loaded)."""
+        await self.catch_up()
 
     async def put(self, signed: SignedGrant) -> int:
         """Write a signed grant under its key id; returns the KV revision."""
-        grant = self.keyring.add(_key_of(signed), signed)
+        grant = self.keyring.add(_key_of(signed), signed, stored_ns=time.time_ns())
         if grant is None:
             raise KeyringError("refusing to store a grant the tenant admin did not sign")
+        subject = f"$KV.{keyring_bucket(self.keyring.tenant)}.{grant.key_id}"
         try:
-            return await self._kv.put(grant.key_id, encode_signed_grant(signed))
+            return (await self._js.publish(subject, encode_signed_grant(signed))).seq
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot write keyring entry: {exc}") from exc
 
@@ -155,11 +215,10 @@ class KeyringStore:
 
     async def aclose(self) -> None:
         """Stop following the bucket."""
-        if self._watcher is not None:
-            try:
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
-            except (nats.errors.Error, nats.js.errors.Error):
-                pass
+        self._closing = True
+        if self._subscription is not None:
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                await self._subscription.unsubscribe()
         if self._follower is not None:
             self._follower.cancel()
             await asyncio.gather(self._follower, return_exceptions=True)

@@ -11,10 +11,13 @@ and authenticates), with permissions fixed by its role:
   tenant stream.
 - ``ledger``: reads the stream through its own consumer (which it may also
   delete, to make it anew from its projection's position), publishes checkpoints.
-- ``operator``: publishes approvals, reads the stream through its own consumer.
+- ``operator``: publishes approvals and to its own outbox; reads single
+  messages of the stream and memory. An account of its own (below).
 - ``agent``: publishes to its own outbox and effect subjects (and quarantine)
   only; reads its own inbox consumer, its own memory keys and its own effect
-  records.
+  records. An account of its own, ``<tenant>:<agent>``, which imports exactly
+  these services from the tenant's account: the server's answers to it (and to
+  an operator) are delivered there, whatever reply subject it names.
 
 Every user may read the keyring the way :class:`bus.KeyringStore` does, and
 every user but the admin is denied the destructive JetStream API calls and
@@ -50,11 +53,14 @@ from bus._subjects import (
 )
 
 SYSTEM_ACCOUNT = "SYS"
+AGENT_API_PREFIX = "$TB.API"  # the tenant's JetStream API, as an agent's account imports it
+_JS_API = "$JS.API"
 _ROLE_ORDER: tuple[Role, ...] = ("admin", "coordinator", "ledger", "operator", "agent")
+_OWN_ACCOUNT_ROLES: tuple[Role, ...] = ("operator", "agent")  # each owner its own account, importing its services
 _INDENT = "  "
 
 _HEADER = """\
-# NATS account for trustbus tenant "{tenant}", rendered by `trustbus config render`.
+# NATS accounts for trustbus tenant "{tenant}", rendered by `trustbus config render`.
 #
 # One nkey user per live key in the tenant's keyring (revoked keys have none),
 # its permissions fixed by its role. Do not edit: after `trustbus keys new`,
@@ -64,20 +70,31 @@ _HEADER = """\
 # Permissions are allow lists and a deny always wins. Every user but the admin
 # is denied the destructive JetStream API (delete, purge, update a stream,
 # delete a message) and subscribes only under its own reply prefix
-# _INBOX_<owner>: its client connects with inbox_prefix=b"_INBOX_<owner>".
+# _INBOX_<owner> (its client connects with inbox_prefix=b"_INBOX_<owner>") and
+# to keyring writes ($KV.{keys}.>, a notice to read the keyring again).
 #
-# Keyring watch: every user may send "$JS.API.CONSUMER.CREATE.KV_{keys}", the
-# unnamed consumer create that the keyring watcher's ordered consumer uses.
-# On the tenant stream this form would let a user re-point any consumer (the
-# server takes the name from the request body and creates OR updates it), so
-# only the coordinator has it there. On the keyring bucket it is tolerable:
-# the only consumers are other clients' watchers, with random server-made
-# names that no non-admin user can list, and the bucket holds only public,
-# admin-signed grants. Residual risk: a push consumer's deliver subject is not
-# checked against its creator's permissions, so such a user can make the
-# server send keyring entries to a subject that has a plain subscriber (the
-# JetStream API is not reachable this way). trustbus components read tenant
-# subjects only through consumers, never by plain subscription.
+# Reply subjects: the server does not check the reply subject of a request
+# against the requester's permissions (nats-server has no such option;
+# allow_responses is the responder's side), and it publishes its answer there.
+# A JetStream API request made in the tenant's account with a tenant subject as
+# its reply would have the answer stored by {stream} or a bucket. So the stream
+# and buckets stay in the tenant's account, and each agent and each operator
+# is the one user of an account of its own, "{tenant}:<owner>", with no
+# JetStream. The tenant account exports each service they use (outbox and
+# effect subjects with their pub acks, quarantine, approvals, fetch, info and
+# acks of an inbox consumer, direct gets of memory keys and effect records,
+# message gets of the stream and memory, reads of the keyring) to the
+# accounts that use it only, and each imports its own, the JetStream API
+# under $TB.API. Every answer to them crosses back into their own account,
+# where nothing captures a tenant subject. A render that adds such an
+# account is applied by TWO reloads: the server wires the imports of an
+# account a reload introduces only at the next one (bus.reload_until_wired).
+# The admin, coordinator and ledger stay users of the tenant account
+# (docs/THREAT_MODEL.md: what they can still make the server store).
+#
+# Keyring: read message by message (STREAM.MSG.GET on KV_{keys}), never
+# through a consumer: a push consumer's deliver subject is not checked against
+# its creator's permissions and would be published in the tenant's account.
 """
 
 _BOOTSTRAP_NOTE = """\
@@ -194,8 +211,16 @@ def _render(
         raise ConfigError(f"tenant {tenant!r} has the system account's name: render with accounts only")
     if system_user_nkey is not None:
         verify_key(system_user_nkey)
-    users = [_user(tenant, grant) for grant in _live(tenant, grants)]
-    lines = _HEADER.format(tenant=tenant, keys=keyring_bucket(tenant)).splitlines()
+    live = _live(tenant, grants)
+    users = [_user(tenant, grant) for grant in live if grant.role not in _OWN_ACCOUNT_ROLES]
+    members: dict[str, list[KeyGrant]] = {}
+    for grant in live:
+        if grant.role in _OWN_ACCOUNT_ROLES:
+            owned = members.setdefault(grant.owner, [])
+            if owned and owned[0].role != grant.role:
+                raise ConfigError(f"owner {grant.owner!r} has live keys of two roles: {owned[0].role}, {grant.role}")
+            owned.append(grant)
+    lines = _HEADER.format(tenant=tenant, keys=keyring_bucket(tenant), stream=stream_name(tenant)).splitlines()
     if bootstrap:
         lines += _BOOTSTRAP_NOTE.format(tenant=tenant).splitlines()
     if standalone:
@@ -210,15 +235,25 @@ def _render(
         lines += [f"{_INDENT}}}", ""]
     lines += [
         f"{_INDENT}# Tenant {tenant}: its own subject space and JetStream (stream {stream_name(tenant)},",
-        f"{_INDENT}# KV buckets {keyring_bucket(tenant)} and {memory_bucket(tenant)}).",
+        f"{_INDENT}# KV buckets {keyring_bucket(tenant)}, {memory_bucket(tenant)} and {coordinator_bucket(tenant)}).",
         f'{_INDENT}"{tenant}" {{',
         f"{_INDENT * 2}jetstream: enabled",
         f"{_INDENT * 2}users = [",
     ]
     for user in users:
         lines += _user_lines(user, depth=3)
-    lines += [f"{_INDENT * 2}]", f"{_INDENT}}}", "}", ""]
+    lines += [f"{_INDENT * 2}]"]
+    lines += _export_lines(tenant, dict(sorted(members.items())), depth=2)
+    lines += [f"{_INDENT}}}"]
+    for owner, owned in sorted(members.items()):
+        lines += _own_account_lines(tenant, owner, owned, depth=1)
+    lines += ["}", ""]
     return "\n".join(lines)
+
+
+def own_account(tenant: str, owner: str) -> str:
+    """The account of ``tenant``'s agent or operator ``owner``: ``<tenant>:<owner>`` (no name has a ``:``)."""
+    return f"{check_name(tenant, what='tenant')}:{check_name(owner, what='owner')}"
 
 
 def _live(tenant: str, grants: Iterable[KeyGrant]) -> list[KeyGrant]:
@@ -248,13 +283,33 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
             deny=(),
             subscribe=(_Rule(">", "every subject"),),
         )
+    if grant.role in _OWN_ACCOUNT_ROLES:
+        summary = (
+            f"{owner} (agent): its own outbox and effect records; its inbox consumer and memory keys"
+            if grant.role == "agent"
+            else f"{owner} (operator): approvals, rollbacks through the coordinator, reads the stream and memory"
+        )
+        return _User(
+            grant=grant,
+            summary=summary,
+            publish=(
+                *(_Rule(agent_api_subject(rule.subject), rule.why) for rule in _services(tenant, grant)),
+                _Rule(
+                    f"{_JS_API}.STREAM.INFO.{stream_name(tenant)}",
+                    "answered by the server in its own account, 'JetStream not enabled': how a client finds "
+                    f"the tenant's API under {AGENT_API_PREFIX}",
+                ),
+            ),
+            deny=_DENY_DESTRUCTIVE,
+            subscribe=(
+                _Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"),
+                _keyring_notices(tenant),
+            ),
+        )
     if grant.role == "coordinator":
         summary = f"{owner} (coordinator): the mediator; trusted with every consumer, may not touch a stream"
         publish = _coordinator(tenant)
-    elif grant.role == "agent":
-        summary = f"{owner} (agent): its own outbox and effect records; its inbox consumer and memory keys"
-        publish = _agent(tenant, owner)
-    elif grant.role == "ledger":
+    else:
         summary = f"{owner} (ledger): reads the stream through its consumer {owner!r}, publishes checkpoints"
         publish = (
             _Rule(checkpoint(tenant), "signed ledger checkpoints"),
@@ -262,24 +317,40 @@ def _user(tenant: str, grant: KeyGrant) -> _User:
             *_reader(tenant, owner, may_delete=True),
             *_own_consumer(given_up_stream(tenant), GIVEN_UP_CONSUMER),
         )
-    else:
-        summary = f"{owner} (operator): approvals, rollbacks through the coordinator, reads the stream and memory"
-        publish = (
-            _Rule(all_approvals(tenant), "signed approvals (one subject per partition)"),
-            _Rule(own_outboxes(tenant, owner), "its own outbox: a rollback's compensations and memory reverts"),
-            _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
-            *_reader(tenant, owner, may_delete=False),
-        )
     return _User(
         grant=grant,
         summary=summary,
         publish=(*publish, *_keyring_reads(tenant)),
         deny=_DENY_DESTRUCTIVE,
-        subscribe=(_Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"),),
+        subscribe=(_Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"), _keyring_notices(tenant)),
     )
 
 
-def _agent(tenant: str, agent: str) -> tuple[_Rule, ...]:
+def _services(tenant: str, grant: KeyGrant) -> tuple[_Rule, ...]:
+    """What an agent or operator imports from the tenant's account."""
+    return _agent_services(tenant, grant.owner) if grant.role == "agent" else _operator_services(tenant, grant.owner)
+
+
+def _operator_services(tenant: str, operator: str) -> tuple[_Rule, ...]:
+    """What an operator may send: approvals, its own outbox, and reads of the stream, memory and keyring.
+
+    No consumer: it reads the decision log and the stream message by message.
+    """
+    return (
+        _Rule(all_approvals(tenant), "signed approvals (one subject per partition)"),
+        _Rule(own_outboxes(tenant, operator), "its own outbox: a rollback's compensations and memory reverts"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.{stream_name(tenant)}", "read single messages: the decision log"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
+        *_keyring_reads(tenant),
+    )
+
+
+def _agent_services(tenant: str, agent: str) -> tuple[_Rule, ...]:
+    """What an agent may send, each a service its account imports from the tenant's.
+
+    Named as in the tenant's account; its account imports the JetStream API
+    ones under :data:`AGENT_API_PREFIX` (:func:`agent_api_subject`).
+    """
     stream = stream_name(tenant)
     consumer = inbox_consumer(agent)
     memory = memory_bucket(tenant)
@@ -288,7 +359,8 @@ def _agent(tenant: str, agent: str) -> tuple[_Rule, ...]:
         _Rule(f"{effect(tenant, agent)}.>", "its runtime's effect records, one subject per idempotency key"),
         _Rule(quarantine(tenant), "quarantine records for what fails verification"),
         _Rule(
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", "fetch from its inbox consumer, made by the coordinator"
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+            "fetch from its inbox consumer, made by the coordinator",
         ),
         _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "that consumer's max_deliver and ack floor"),
         _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack, nak, term or extend its deliveries"),
@@ -300,7 +372,74 @@ def _agent(tenant: str, agent: str) -> tuple[_Rule, ...]:
             f"$JS.API.DIRECT.GET.{stream}.{effect(tenant, agent)}.>",
             "read back its own effect records (has this call completed?), by direct get",
         ),
+        *_keyring_reads(tenant),
     )
+
+
+def _export_lines(tenant: str, members: dict[str, list[KeyGrant]], *, depth: int) -> list[str]:
+    """The tenant account's exports: each service of an agent or operator, to the accounts that import it only.
+
+    A subject only one owner uses (its outbox, its inbox consumer, its memory
+    keys) goes to that owner's account alone; a shared one (quarantine, the
+    keyring reads) to every account that imports it.
+    """
+    if not members:
+        return []
+    services: dict[str, list[str]] = {}
+    for owner, grants in members.items():
+        for rule in _services(tenant, grants[0]):
+            services.setdefault(rule.subject, []).append(own_account(tenant, owner))
+    pad = _INDENT * depth
+    lines = [
+        f"{pad}# What the accounts {tenant}:<owner> of agents and operators import, each service to the",
+        f"{pad}# accounts that use it only (header: Reply subjects).",
+        f"{pad}exports = [",
+    ]
+    for subject, accounts in services.items():
+        kind = ", response_type: stream" if ".CONSUMER.MSG.NEXT." in subject else ""  # fetched messages
+        lines += [f'{pad}{_INDENT}{{ service: "{subject}"{kind}, accounts: {_quoted(accounts)} }}']
+    notices = _keyring_notices(tenant)
+    everyone = _quoted([own_account(tenant, owner) for owner in members])
+    lines += [f'{pad}{_INDENT}{{ stream: "{notices.subject}", accounts: {everyone} }}  # {notices.why}', f"{pad}]"]
+    return lines
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return "[" + ", ".join(f'"{name}"' for name in names) + "]"
+
+
+def _own_account_lines(tenant: str, owner: str, grants: Sequence[KeyGrant], *, depth: int) -> list[str]:
+    """The account of one agent or operator: its users (its live keys), and what it imports from the tenant's."""
+    pad = _INDENT * depth
+    role = grants[0].role
+    lines = [
+        "",
+        f"{pad}# {role.capitalize()} {owner} of tenant {tenant}: no JetStream of its own; it reaches the tenant's",
+        f"{pad}# stream and buckets only through what it imports.",
+        f'{pad}"{own_account(tenant, owner)}" {{',
+        f"{pad}{_INDENT}users = [",
+    ]
+    for grant in grants:
+        lines += _user_lines(_user(tenant, grant), depth=depth + 2)
+    lines += [f"{pad}{_INDENT}]", f"{pad}{_INDENT}imports = ["]
+    for rule in _services(tenant, grants[0]):
+        local = agent_api_subject(rule.subject)
+        to = f', to: "{local}"' if local != rule.subject else ""
+        lines += [f'{pad}{_INDENT * 2}{{ service: {{ account: "{tenant}", subject: "{rule.subject}" }}{to} }}']
+    notices = _keyring_notices(tenant).subject
+    lines += [f'{pad}{_INDENT * 2}{{ stream: {{ account: "{tenant}", subject: "{notices}" }} }}']
+    lines += [f"{pad}{_INDENT}]", f"{pad}}}"]
+    return lines
+
+
+def agent_api_subject(subject: str) -> str:
+    """Where an agent's account imports a tenant subject: the JetStream API under :data:`AGENT_API_PREFIX`.
+
+    An account without JetStream answers ``$JS.API.>`` itself ("JetStream not
+    enabled for account"), ahead of any import under that name.
+    """
+    api = f"{_JS_API}."
+    return f"{AGENT_API_PREFIX}.{subject[len(api) :]}" if subject.startswith(api) else subject
 
 
 def _coordinator(tenant: str) -> tuple[_Rule, ...]:
@@ -365,15 +504,16 @@ def _own_consumer(stream: str, consumer: str) -> tuple[_Rule, ...]:
 
 
 def _keyring_reads(tenant: str) -> tuple[_Rule, ...]:
-    """What :class:`bus.KeyringStore` (and so ``Bus.connect``) needs to load and follow the keyring, read-only."""
-    keys = f"KV_{keyring_bucket(tenant)}"
+    """What :class:`bus.KeyringStore` (and so ``Bus.connect``) needs to load the keyring, read-only, no consumer."""
     return (
         _Rule(f"$JS.API.STREAM.INFO.{stream_name(tenant)}", "the admin key pinned in the stream: the trust anchor"),
-        _Rule(f"$JS.API.STREAM.INFO.{keys}", "open the keyring bucket"),
-        _Rule(f"$JS.API.CONSUMER.CREATE.{keys}", "the keyring watcher's ordered consumer (see Keyring watch)"),
-        _Rule(f"$JS.API.CONSUMER.INFO.{keys}.*", "the watcher's pending count: when the initial load is done"),
-        _Rule(f"$JS.FC.{keys}.>", "flow-control replies of the watcher"),
+        _Rule(f"$JS.API.STREAM.MSG.GET.KV_{keyring_bucket(tenant)}", "read the keyring, message by message"),
     )
+
+
+def _keyring_notices(tenant: str) -> _Rule:
+    """Where keyring writes are heard: a notice to read the keyring again (revocations take effect at once)."""
+    return _Rule(f"$KV.{keyring_bucket(tenant)}.>", "keyring writes: a notice to read the keyring again")
 
 
 def _user_lines(user: _User, *, depth: int) -> list[str]:

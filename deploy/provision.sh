@@ -9,6 +9,7 @@
 #   provision.sh render      the account again from the keyring (after keys new/rotate/revoke)
 #
 # After provision and render, reload every node: docker compose kill -s SIGHUP nats-1 nats-2 nats-3
+# and, when agents were added (each is an account of its own), once more after the first is applied.
 #
 # Environment:
 #   TRUSTBUS_TENANT    the tenant (demo)
@@ -75,11 +76,11 @@ provision)
         fi
     done
     render
-    echo "reload every node now: docker compose kill -s SIGHUP nats-1 nats-2 nats-3"
+    echo "reload every node now, twice if agents were added: docker compose kill -s SIGHUP nats-1 nats-2 nats-3"
     ;;
 render)
     render
-    echo "reload every node now: docker compose kill -s SIGHUP nats-1 nats-2 nats-3"
+    echo "reload every node now, twice if agents were added: docker compose kill -s SIGHUP nats-1 nats-2 nats-3"
     ;;
 *)
     echo "usage: provision.sh bootstrap|provision|render" >&2

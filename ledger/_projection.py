@@ -29,7 +29,7 @@ from bus import (
     subjects,
 )
 from bus._records import decode_memory_write
-from bus._seal import HEADER_DECISION, HEADER_KEY
+from bus._seal import HEADER_KEY
 from ledger._stored import StoredMessage
 
 
@@ -292,9 +292,9 @@ def project_message(
             verified=opened is not None,
             reject_reason=reject_reason,
             reject_detail=reject_detail,
-            key_id=headers.get(HEADER_KEY) or None,
+            key_id=opened.grant.key_id if opened is not None else headers.get(HEADER_KEY) or None,
             role=role,
-            decision_id=headers.get(HEADER_DECISION) or None,
+            decision_id=_verified_decision(opened),
             record_error=record_error,
             chain=chain.hex(),
         )
@@ -324,12 +324,19 @@ def project_message(
             reject_detail=reject_detail,
             key_id=headers.get(HEADER_KEY) or None,
             role=None,
-            decision_id=headers.get(HEADER_DECISION) or None,
+            decision_id=None,
             record_error=None,
             chain=chain.hex(),
         )
     rows.envelopes.append(row)
     return rows
+
+
+def _verified_decision(opened: Opened | None) -> str | None:
+    """The decision a verified countersignature names; never an unsigned ``Tb-Decision`` header."""
+    if opened is None or opened.mediation is None:
+        return None
+    return opened.mediation.decision_id or None
 
 
 def _claimed(body: bytes) -> Envelope | None:

@@ -40,7 +40,6 @@ from ledger._errors import LedgerError
 from ledger._merkle import (
     MerkleError,
     ProofCollector,
-    TreeBuilder,
     consistency_ranges,
     inclusion_ranges,
     message_leaf_hash,
@@ -48,7 +47,6 @@ from ledger._merkle import (
     verify_inclusion,
 )
 from ledger._stored import StoredMessage
-from ledger._verify import Break
 
 INCLUSION = "trustbus/inclusion-proof/v1"
 CONSISTENCY = "trustbus/consistency-proof/v1"
@@ -195,36 +193,6 @@ def tree_checkpoints(messages: Iterable[StoredMessage], keyring: Keyring, tenant
         if opened.grant.role == "ledger" and checkpoint.tree_root is not None and checkpoint.tree_size is not None:
             found.append(TreeCheckpoint(m, checkpoint, m.headers[HEADER_KEY]))
     return found
-
-
-def tree_head_breaks(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str) -> list[Break]:
-    """A ``checkpoint`` break for each verified checkpoint whose Merkle tree head is not the log's.
-
-    The tree is computed from ``messages`` (which must start at sequence 1; a
-    run that starts later has no leaves before it, so its tree heads are not checked).
-    """
-    heads = tree_checkpoints(messages, keyring, tenant)
-    if not heads or not messages or messages[0].seq != 1:
-        return []
-    wanted = {c.checkpoint.tree_size for c in heads}
-    roots: dict[int, bytes] = {}
-    tree = TreeBuilder()
-    for m in messages:
-        if m.seq != tree.size + 1:
-            break  # a gap is a break of its own; the tree stops there
-        tree.append(message_leaf_hash(m.seq, m.subject, m.headers, m.body))
-        if tree.size in wanted:
-            roots[tree.size] = tree.root()
-    return [
-        Break(
-            c.message.seq,
-            "checkpoint",
-            f"checkpoint through {c.checkpoint.through_seq} states another Merkle tree head",
-        )
-        for c in heads
-        if c.checkpoint.tree_size != c.checkpoint.through_seq
-        or roots.get(c.checkpoint.tree_size or 0) != c.checkpoint.tree_root
-    ]
 
 
 def _signed(message: StoredMessage) -> SignedCheckpoint:

@@ -6,23 +6,16 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from bus import Keyring, KeyringError, connect_nats, pinned_admin_key, subjects
-from bus._keyring import decode_signed_grant
-from ledger._bundle import _last_seq, read_bundle, read_keyring_revisions
-from ledger._errors import BundleError
+from bus import Keyring, connect_nats, pinned_admin_key, subjects
+from ledger._bundle import KeyringRevision, _keyring_of, _last_seq, read_bundle, read_keyring_revisions
 from ledger._proofs import ProofError, ProofFile, prove_consistency, prove_inclusion
 from ledger._reading import stream_batches
 from ledger._stored import StoredMessage
 
 
-def _keyring(tenant: str, admin_key: str, revisions: Sequence[tuple[str, bytes]]) -> Keyring:
-    keyring = Keyring(tenant=tenant, admin_key_id=admin_key)
-    for key_id, value in revisions:
-        try:
-            keyring.add(key_id, decode_signed_grant(value))
-        except KeyringError as exc:
-            raise BundleError(f"keyring revision for {key_id} is unreadable: {exc}") from exc
-    return keyring
+def _pairs(revisions: Sequence[KeyringRevision]) -> list[tuple[str, bytes]]:
+    """The revisions as a proof file carries them: ``(entry key, signed grant bytes)``."""
+    return [(r.key_id, r.value) for r in revisions]
 
 
 def _prove(
@@ -54,8 +47,8 @@ def prove_from_bundle(
     """
     bundle = read_bundle(directory)
     tenant = str(bundle.manifest["tenant"])
-    revisions = bundle.keyring_revisions
-    keyring = _keyring(tenant, admin_key or str(bundle.manifest["admin_key"]), revisions)
+    revisions = _pairs(bundle.keyring_revisions)
+    keyring = bundle.keyring(admin_key=admin_key)
     messages = [e.message() for e in bundle.entries]
     return _prove(messages, keyring, revisions, tenant, seq=seq, consistency=consistency)
 
@@ -78,8 +71,8 @@ async def prove_from_stream(
     try:
         js = nc.jetstream()
         admin_key = await pinned_admin_key(js, tenant)
-        revisions = await read_keyring_revisions(js, tenant)
-        keyring = _keyring(tenant, admin_key, revisions)
+        stored = await read_keyring_revisions(js, tenant)
+        keyring, revisions = _keyring_of(tenant, admin_key, stored), _pairs(stored)
         last = await _last_seq(js, tenant)
         checkpoints: list[StoredMessage] = []
         async for batch in stream_batches(js, tenant, last=last, only=(subjects.checkpoint(tenant),)):

@@ -6,6 +6,7 @@ library — is what confines each to its own outbox and inbox.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus import KeyDirectory, find_server_binary
+from bus import KeyDirectory, find_server_binary, reload_until_wired
 from tests.e2e.test_config_render import TRUSTBUS, run, wait_until_accepted
 
 T = "fleet"
@@ -74,8 +75,15 @@ def rendered(tmp_path: Path, tenant: str, roles: dict[str, str]) -> Iterator[Ren
         for owner, role in roles.items():
             run(*deployment.admin, "keys", "new", "--tenant", tenant, "--owner", owner, "--role", role, env=env)
         run(*deployment.admin, "config", "render", "--tenant", tenant, "--out", str(config), env=env)
-        deployment.reload()
-        wait_until_accepted(started["url"], KeyDirectory(keys).load(tenant, next(iter(roles))))
+        agents = [owner for owner, role in roles.items() if role == "agent"]
+        if agents:  # each agent is an account of its own, wired by a second reload
+            seed = KeyDirectory(keys).load(tenant, agents[0])
+            asyncio.run(
+                reload_until_wired(started["pid"], started["url"], tenant=tenant, agent=seed, agent_name=agents[0])
+            )
+        else:
+            deployment.reload()
+            wait_until_accepted(started["url"], KeyDirectory(keys).load(tenant, next(iter(roles))))
         try:
             yield deployment
         finally:

@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus import (
+    AGENT_API_PREFIX,
     Bus,
     EmbeddedServer,
     Identity,
@@ -46,6 +47,7 @@ from bus import (
     new_envelope,
     new_key,
     open_envelope,
+    reload_until_wired,
     render_bootstrap_config,
     render_tenant_config,
     revoke_key,
@@ -58,6 +60,7 @@ T = "med"
 STREAM = subjects.stream_name(T)
 MEMORY = f"KV_{subjects.memory_bucket(T)}"
 AGENTS = ("alice", "bob", "carol")
+API = AGENT_API_PREFIX.lower()  # where an agent's client calls the tenant's JetStream API (its account imports it)
 TIMEOUT = 1  # seconds; an int because nats-py types flush(timeout=) as int
 
 
@@ -84,6 +87,10 @@ class Deployment:
         grants = await list_keys([self.url], T, nkey_seed=self.admin.nkey_seed)
         self.config.write_text(render_tenant_config(T, grants))
         assert self.server.pid is not None
+        if until_accepted is not None:  # an agent: two reloads, until its account's imports answer
+            owner = next(g.owner for g in grants if g.key_id == until_accepted.key_id)
+            await reload_until_wired(self.server.pid, self.url, tenant=T, agent=until_accepted, agent_name=owner)
+            return
         os.kill(self.server.pid, signal.SIGHUP)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -192,7 +199,10 @@ async def connect(deployment: Deployment) -> AsyncIterator[Connect]:
             **options,  # type: ignore[arg-type]
         )
         opened.append(nc)
-        return Conn(owner, identity, nc, nc.jetstream(timeout=TIMEOUT), errors, closed)
+        # An agent or operator reaches the tenant's JetStream API through its account's imports
+        # (bus.tenant_jetstream).
+        prefix = AGENT_API_PREFIX if owner in (*AGENTS, "ops") else "$JS.API"
+        return Conn(owner, identity, nc, nc.jetstream(timeout=TIMEOUT, prefix=prefix), errors, closed)
 
     yield _connect
     for nc in opened:
@@ -481,7 +491,7 @@ async def test_agent_cannot_create_or_hijack_a_consumer_on_the_tenant_stream(con
     # Through nats-py the refusal is only a timeout.
     with pytest.raises(nats.errors.TimeoutError):
         await alice.js.add_consumer(STREAM, ConsumerConfig(durable_name="spy2", filter_subject=f"tb.{T}.>"))
-    await alice.refused(f"$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.spy2")
+    await alice.refused(f"{AGENT_API_PREFIX}.CONSUMER.DURABLE.CREATE.{STREAM}.spy2")
 
 
 async def test_agent_cannot_delete_purge_or_update_the_stream(connect: Connect) -> None:
@@ -494,8 +504,8 @@ async def test_agent_cannot_delete_purge_or_update_the_stream(connect: Connect) 
     assert all(isinstance(o, nats.errors.TimeoutError) for o in outcomes), outcomes
     refused = {await alice.next_error(), await alice.next_error()}
     assert refused == {
-        f'nats: permissions violation for publish to "$js.api.stream.delete.{STREAM.lower()}"',
-        f'nats: permissions violation for publish to "$js.api.stream.purge.{STREAM.lower()}"',
+        f'nats: permissions violation for publish to "{API}.stream.delete.{STREAM.lower()}"',
+        f'nats: permissions violation for publish to "{API}.stream.purge.{STREAM.lower()}"',
     }
     for subject in (f"$JS.API.STREAM.UPDATE.{STREAM}", f"$JS.API.STREAM.MSG.DELETE.{MEMORY}"):
         await alice.nc.publish(subject, b"{}")
@@ -516,8 +526,8 @@ async def test_agent_cannot_read_another_agents_memory(connect: Connect) -> None
     assert all(isinstance(o, nats.errors.TimeoutError) for o in outcomes), outcomes
     refused = {await alice.next_error(), await alice.next_error()}
     assert refused == {
-        f'nats: permissions violation for publish to "$js.api.direct.get.{MEMORY}.{bobs}"'.lower(),
-        f'nats: permissions violation for publish to "$js.api.stream.msg.get.{MEMORY}"'.lower(),
+        f'nats: permissions violation for publish to "{API}.direct.get.{MEMORY}.{bobs}"'.lower(),
+        f'nats: permissions violation for publish to "{API}.stream.msg.get.{MEMORY}"'.lower(),
     }
     # Writing memory directly is refused too: only the coordinator writes it.
     await alice.nc.publish(f"$KV.{subjects.memory_bucket(T)}.alice.note", b"self-granted")
@@ -555,8 +565,8 @@ async def test_agent_cannot_read_or_write_another_agents_effect_records(connect:
     assert all(isinstance(o, nats.errors.TimeoutError) for o in outcomes), outcomes
     refused = {await alice.next_error(), await alice.next_error()}
     assert refused == {
-        f'nats: permissions violation for publish to "$js.api.direct.get.{STREAM}.{bobs}"'.lower(),
-        f'nats: permissions violation for publish to "$js.api.stream.msg.get.{STREAM}"'.lower(),
+        f'nats: permissions violation for publish to "{API}.direct.get.{STREAM}.{bobs}"'.lower(),
+        f'nats: permissions violation for publish to "{API}.stream.msg.get.{STREAM}"'.lower(),
     }
     # A "completed" record alice forges for bob's call (which would stop bob's runtime from running it) is refused.
     _, forged, forged_headers = effect_record(alice, bobs.rsplit(".", 1)[1])

@@ -20,13 +20,8 @@ DENY_DESTRUCTIVE = [
     "$JS.API.STREAM.UPDATE.>",
     "$JS.API.STREAM.MSG.DELETE.>",
 ]
-KEYRING_READS = [
-    "$JS.API.STREAM.INFO.TB_acme",
-    "$JS.API.STREAM.INFO.KV_tb_keys_acme",
-    "$JS.API.CONSUMER.CREATE.KV_tb_keys_acme",
-    "$JS.API.CONSUMER.INFO.KV_tb_keys_acme.*",
-    "$JS.FC.KV_tb_keys_acme.>",
-]
+KEYRING_READS = ["$JS.API.STREAM.INFO.TB_acme", "$JS.API.STREAM.MSG.GET.KV_tb_keys_acme"]
+KEYRING_NOTICES = "$KV.tb_keys_acme.>"
 
 
 def grant(owner: str, role: Role, *, revoked_at: int | None = None, tenant: str = T) -> KeyGrant:
@@ -59,42 +54,75 @@ def permissions(config: str, key_id: str) -> dict[str, list[str]]:
 
 
 def test_agent_gets_exactly_its_own_subjects(grants: list[KeyGrant]) -> None:
+    """In its own account an agent publishes to its imports only (the JetStream API under $TB.API)."""
     alice = grants[4]
     assert permissions(render_tenant_config(T, grants), alice.key_id) == {
         "publish": [
             "tb.acme.out.alice.*",
             "tb.acme.effect.alice.>",
             "tb.acme.quarantine",
-            "$JS.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
-            "$JS.API.CONSUMER.INFO.TB_acme.in-alice",
+            "$TB.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
+            "$TB.API.CONSUMER.INFO.TB_acme.in-alice",
             "$JS.ACK.TB_acme.in-alice.>",
-            "$JS.API.DIRECT.GET.KV_tb_mem_acme.$KV.tb_mem_acme.alice.>",
-            "$JS.API.DIRECT.GET.TB_acme.tb.acme.effect.alice.>",
-            *KEYRING_READS,
+            "$TB.API.DIRECT.GET.KV_tb_mem_acme.$KV.tb_mem_acme.alice.>",
+            "$TB.API.DIRECT.GET.TB_acme.tb.acme.effect.alice.>",
+            "$TB.API.STREAM.INFO.TB_acme",
+            "$TB.API.STREAM.MSG.GET.KV_tb_keys_acme",
+            "$JS.API.STREAM.INFO.TB_acme",
         ],
         "deny": DENY_DESTRUCTIVE,
-        "subscribe": ["_INBOX_alice.>"],
+        "subscribe": ["_INBOX_alice.>", KEYRING_NOTICES],
     }
+
+
+def account_block(config: str, name: str) -> str:
+    """The text of account ``name`` (up to the next account at the same depth)."""
+    return config.split(f'\n  "{name}" {{\n', 1)[1].split("\n  }\n", 1)[0]
+
+
+def test_each_agent_is_the_one_user_of_its_own_account_importing_only_its_services(grants: list[KeyGrant]) -> None:
+    """Agents are not users of the tenant account; each account imports its own part of the tenant's exports."""
+    config = render_tenant_config(T, grants)
+    tenant = account_block(config, T)
+    assert grants[4].key_id not in tenant and grants[5].key_id not in tenant
+    assert grants[1].key_id in tenant and grants[2].key_id in tenant and grants[3].key_id not in tenant
+    alice = account_block(config, "acme:alice")
+    assert alice.count("nkey: ") == 1 and grants[4].key_id in alice and "jetstream" not in alice
+    imports = re.findall(
+        r'\{ (service|stream): \{ account: "acme", subject: "([^"]+)" \}(?:, to: "([^"]+)")? \}', alice
+    )
+    assert ("service", "tb.acme.out.alice.*", "") in imports
+    assert (
+        "service",
+        "$JS.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
+        "$TB.API.CONSUMER.MSG.NEXT.TB_acme.in-alice",
+    ) in imports
+    assert ("stream", KEYRING_NOTICES, "") in imports
+    assert not [subject for _, subject, _ in imports if "bob" in subject]
+    exported = dict(re.findall(r'\{ (?:service|stream): "([^"]+)"[^}]*accounts: \[([^\]]*)\] \}', tenant))
+    # Every import is exported under its own name, to alice's account; hers alone unless others use it too.
+    shared = {"tb.acme.quarantine", "$JS.API.STREAM.INFO.TB_acme", "$JS.API.STREAM.MSG.GET.KV_tb_keys_acme"}
+    for _, subject, _ in imports:
+        accounts = exported[subject]
+        assert '"acme:alice"' in accounts, subject
+        assert subject in shared or subject == KEYRING_NOTICES or accounts == '"acme:alice"', (subject, accounts)
+    assert "exports" not in account_block(render_bootstrap_config(T, grants[0].key_id), T)
 
 
 def test_coordinator_mediates_but_cannot_touch_a_stream_or_an_outbox(grants: list[KeyGrant]) -> None:
     perms = permissions(render_tenant_config(T, grants), grants[1].key_id)
     assert perms["deny"] == DENY_DESTRUCTIVE
-    assert perms["subscribe"] == ["_INBOX_coordinator.>"]
+    assert perms["subscribe"] == ["_INBOX_coordinator.>", KEYRING_NOTICES]
     assert {"tb.acme.in.*", "tb.acme.topic.*", "tb.acme.decision.*", "$KV.tb_mem_acme.>", "$KV.tb_coord_acme.>"} <= set(
         perms["publish"]
     )
     assert not [s for s in perms["publish"] if s.startswith(("tb.acme.out.", "tb.acme.effect.", "$JS.API.STREAM.D"))]
 
 
-@pytest.mark.parametrize(("index", "owner", "own"), [(2, "ledger", "tb.acme.ledger.checkpoint"), (3, "ops", None)])
-def test_readers_get_only_their_own_named_consumer(
-    grants: list[KeyGrant], index: int, owner: str, own: str | None
-) -> None:
-    perms = permissions(render_tenant_config(T, grants), grants[index].key_id)
+def test_the_ledger_gets_only_its_own_named_consumer(grants: list[KeyGrant]) -> None:
+    perms = permissions(render_tenant_config(T, grants), grants[2].key_id)
     consumers = [s for s in perms["publish"] if (".CONSUMER." in s or "$JS.ACK." in s) and "KV_" not in s]
     # Only the ledger may delete its consumer (to make it anew from its projection's position).
-    delete = [f"$JS.API.CONSUMER.DELETE.TB_acme.{owner}"] if owner == "ledger" else []
     own_consumer = [
         "$JS.API.CONSUMER.CREATE.{stream}.{name}",
         "$JS.API.CONSUMER.CREATE.{stream}.{name}.>",
@@ -103,12 +131,33 @@ def test_readers_get_only_their_own_named_consumer(
         "$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
         "$JS.ACK.{stream}.{name}.>",
     ]
-    # The ledger also reads the advisories of messages the server gave up, through the one shared consumer.
-    given_up = [r.format(stream="TBADV_acme", name="recorder") for r in own_consumer] if owner == "ledger" else []
-    assert consumers == [*delete, *(r.format(stream="TB_acme", name=owner) for r in own_consumer), *given_up]
+    # It also reads the advisories of messages the server gave up, through the one shared consumer.
+    given_up = [r.format(stream="TBADV_acme", name="recorder") for r in own_consumer]
+    delete = ["$JS.API.CONSUMER.DELETE.TB_acme.ledger"]
+    assert consumers == [*delete, *(r.format(stream="TB_acme", name="ledger") for r in own_consumer), *given_up]
     assert not [s for s in perms["publish"] if s.startswith("$JS.API.CONSUMER.CREATE.TB_acme") and s.count(".") < 5]
-    assert perms["subscribe"] == [f"_INBOX_{owner}.>"] and perms["deny"] == DENY_DESTRUCTIVE
-    assert (own is None) or own in perms["publish"]
+    assert perms["subscribe"] == ["_INBOX_ledger.>", KEYRING_NOTICES] and perms["deny"] == DENY_DESTRUCTIVE
+    assert "tb.acme.ledger.checkpoint" in perms["publish"]
+
+
+def test_an_operator_is_its_own_account_and_creates_no_consumer(grants: list[KeyGrant]) -> None:
+    """An operator reads message by message; in its own account it publishes to its imports only."""
+    config = render_tenant_config(T, grants)
+    assert permissions(config, grants[3].key_id) == {
+        "publish": [
+            "tb.acme.approval.*",
+            "tb.acme.out.ops.*",
+            "$TB.API.STREAM.MSG.GET.TB_acme",
+            "$TB.API.STREAM.MSG.GET.KV_tb_mem_acme",
+            "$TB.API.STREAM.INFO.TB_acme",
+            "$TB.API.STREAM.MSG.GET.KV_tb_keys_acme",
+            "$JS.API.STREAM.INFO.TB_acme",
+        ],
+        "deny": DENY_DESTRUCTIVE,
+        "subscribe": ["_INBOX_ops.>", KEYRING_NOTICES],
+    }
+    assert grants[3].key_id in account_block(config, "acme:ops")
+    assert grants[3].key_id not in account_block(config, T)
 
 
 def test_admin_may_do_everything(grants: list[KeyGrant]) -> None:
@@ -154,7 +203,7 @@ def test_bootstrap_config_has_only_the_admin() -> None:
     [
         ([grant("alice", "agent", tenant="other")], T, "belongs to tenant 'other'"),
         ([grant("in-alice", "ledger")], T, "could take over an agent's inbox consumer"),
-        ([grant("in-bob", "operator")], T, "could take over an agent's inbox consumer"),
+        ([grant("x", "agent"), grant("x", "operator")], T, "live keys of two roles"),
         ([grant("admin", "admin", tenant="SYS")], "SYS", "system account"),
         ([KeyGrant(tenant=T, key_id="Unot-a-key", owner="x", role="agent", valid_from=1)], T, "key id"),
         ([KeyGrant(tenant=T, key_id=Identity.generate().key_id, owner="a.b", role="agent", valid_from=1)], T, "owner"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,9 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
-
-from bus import KeyDirectory, init_tenant, list_keys, new_key, render_bootstrap_config, render_tenant_config
+from bus import (
+    KeyDirectory,
+    init_tenant,
+    list_keys,
+    new_key,
+    reload_until_wired,
+    render_bootstrap_config,
+    render_tenant_config,
+)
 from bus._server import _die_with_parent
 from trustbus.demo.systems import DIR_ENV, FILES
 
@@ -37,10 +42,6 @@ KEYS: dict[str, str] = {
 }
 READY_S = 30.0
 STOP_S = 15.0
-
-
-async def _ignore(_: Exception) -> None:
-    """Refusals while the server reloads are expected; the loop retries."""
 
 
 class DemoError(Exception):
@@ -144,23 +145,11 @@ class Fleet:
         staged = config.with_name("nats.conf.new")
         staged.write_text(render_tenant_config(TENANT, await list_keys(servers, TENANT, nkey_seed=admin)))
         os.replace(staged, config)
-        os.kill(self.server_pid, signal.SIGHUP)  # nats-server reloads its config
-        await self._accepted(self.keys.load(TENANT, "desk").nkey_seed)
-
-    async def _accepted(self, seed: str) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                nc = await nats.connect(
-                    self.url, nkeys_seed_str=seed, allow_reconnect=False, connect_timeout=2, error_cb=_ignore
-                )
-            except (nats.errors.Error, OSError) as exc:
-                if time.monotonic() > deadline:
-                    raise DemoError(f"the server did not take the rendered config: {exc}") from exc
-                await asyncio.sleep(0.05)
-            else:
-                await nc.close()
-                return
+        # nats-server reloads its config; each agent is an account of its own, whose imports a second reload wires.
+        agent = next(owner for owner, role in KEYS.items() if role == "agent")
+        await reload_until_wired(
+            self.server_pid, self.url, tenant=TENANT, agent=self.keys.load(TENANT, agent), agent_name=agent
+        )
 
     async def start_components(self) -> None:
         """The coordinator, the ledger service and every agent, each its own process with its own nkey."""
