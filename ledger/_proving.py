@@ -18,20 +18,6 @@ def _pairs(revisions: Sequence[KeyringRevision]) -> list[tuple[str, bytes]]:
     return [(r.key_id, r.value) for r in revisions]
 
 
-def _prove(
-    messages: Sequence[StoredMessage],
-    keyring: Keyring,
-    revisions: Sequence[tuple[str, bytes]],
-    tenant: str,
-    *,
-    seq: int | None,
-    consistency: tuple[int, int] | None,
-) -> ProofFile:
-    if messages and messages[0].seq != 1:
-        raise ProofError("log_mismatch", f"the log starts at sequence {messages[0].seq}: a proof needs it from 1")
-    return _prove_passes(lambda: messages, keyring, revisions, tenant, seq=seq, consistency=consistency)
-
-
 def prove_from_bundle(
     directory: Path,
     *,
@@ -50,7 +36,9 @@ def prove_from_bundle(
     revisions = _pairs(bundle.keyring_revisions)
     keyring = bundle.keyring(admin_key=admin_key)
     messages = [e.message() for e in bundle.entries]
-    return _prove(messages, keyring, revisions, tenant, seq=seq, consistency=consistency)
+    if messages and messages[0].seq != 1:
+        raise ProofError("log_mismatch", f"the log starts at sequence {messages[0].seq}: a proof needs it from 1")
+    return _prove_passes(lambda: messages, keyring, revisions, tenant, seq=seq, consistency=consistency)
 
 
 async def prove_from_stream(

@@ -255,3 +255,20 @@ def test_a_position_that_lost_its_frontier_states_no_tree_head() -> None:
     envelope = checkpoint_envelope(T, "ledger", Position(last_seq=9, head=bytes(32), count=9))
     checkpoint = decode_checkpoint(envelope.payload)
     assert (checkpoint.through_seq, checkpoint.tree_size, checkpoint.tree_root) == (9, None, None)
+
+
+def test_an_event_stored_on_the_decision_log_is_wrong_kind_live_and_in_a_bundle_alike() -> None:
+    """The live stream and verify_messages judge with one judge: main's rules hold for both."""
+    honest = history()
+    assert streamed(honest).finish().ok and verify_messages(honest.messages, honest.keyring, T).ok
+    log = history()
+    log.sealed("coordinator", subjects.decision(T, 0), to=())
+    live = streamed(log).finish()
+    whole = verify_messages(log.messages, log.keyring, T)
+    assert [(b.seq, b.reason) for b in live.breaks] == [(len(log.messages), "wrong_kind")]
+    assert live.breaks == whole.breaks
+    assert (live.verified, live.checkpoints, live.signed_through) == (
+        whole.verified,
+        whole.checkpoints,
+        whole.signed_through,
+    )
