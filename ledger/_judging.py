@@ -20,7 +20,6 @@ import msgspec
 from bus import (
     Envelope,
     Keyring,
-    Limits,
     Opened,
     VerificationError,
     decode_checkpoint,
@@ -87,7 +86,7 @@ class Judge:
         expected_chain: recorded chain hashes by sequence (a bundle's), to compare.
         earlier_heads: chain hashes of sequences before ``first_seq``, for checkpoints stating them.
         watch: sequences whose chain hash to keep in ``report.watched``.
-        window_ns: the skew window (default: :class:`bus.Limits`'); the replay check remembers ids twice as long.
+        window_ns: the skew window: the replay check remembers ids for twice as long (None: for the whole run).
     """
 
     def __init__(
@@ -103,7 +102,7 @@ class Judge:
         expected_chain: Mapping[int, bytes] | None = None,
         earlier_heads: Mapping[int, bytes] | None = None,
         watch: Iterable[int] = (),
-        window_ns: int | None = None,
+        window_ns: int | None,
     ) -> None:
         self.keyring = keyring
         self.tenant = tenant
@@ -120,7 +119,7 @@ class Judge:
         # chain head and tree head (None: unknown) at the sequences checkpoints state
         self._heads: dict[int, tuple[bytes, bytes | None]] = {s: (h, None) for s, h in (earlier_heads or {}).items()}
         self._heads[first_seq - 1] = (previous, self._tree.root() if self._tree is not None else None)
-        self._replay = ReplayWindow(Limits().skew_ns if window_ns is None else window_ns)
+        self._replay = ReplayWindow(window_ns)
         self._checkpoint_subject = subjects.checkpoint(tenant)
         self._effect_prefix = subjects.effect(tenant, "x")[:-1]
 

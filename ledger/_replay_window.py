@@ -24,27 +24,30 @@ class ReplayWindow:
     """Ids accepted recently, per subject, with the sequence each was accepted at.
 
     Args:
-        window_ns: the skew window (ids are kept for twice as long, by sender time).
+        window_ns: the skew window (ids are kept for twice as long, by sender time); None: ids are
+            kept for the whole run (a run held in memory anyway, such as a bundle).
     """
 
-    def __init__(self, window_ns: int) -> None:
+    def __init__(self, window_ns: int | None) -> None:
         self._window_ns = window_ns
         self._seen: dict[str, SeenIds] = {}
         self._until_sweep = SWEEP_EVERY
 
     def remember(self, subject: str, seq: int, envelope: Envelope) -> None:
         """Take note of an envelope accepted at ``seq`` on ``subject``."""
-        self._seen.setdefault(subject, SeenIds(window_ns=self._window_ns)).add(envelope, seq)
+        self._seen.setdefault(subject, self._new()).add(envelope, seq)
 
     def seen_for(self, message: StoredMessage) -> SeenIds:
         """The ids to check ``message`` against (pruned to its store time); accepted ones must be remembered."""
-        self._until_sweep -= 1
-        if self._until_sweep <= 0:
-            self._sweep(message.stored_ns)
+        if self._window_ns is not None:
+            self._until_sweep -= 1
+            if self._until_sweep <= 0:
+                self._sweep(message.stored_ns)
         seen = self._seen.get(message.subject)
         if seen is None:
-            seen = self._seen[message.subject] = SeenIds(window_ns=self._window_ns)
-        seen.prune(message.stored_ns)
+            seen = self._seen[message.subject] = self._new()
+        if self._window_ns is not None:
+            seen.prune(message.stored_ns)
         return seen
 
     def check(self, message: StoredMessage, checked: Opened | VerificationError) -> Opened | VerificationError:
@@ -59,6 +62,9 @@ class ReplayWindow:
         if isinstance(checked, Opened):
             seen.add(envelope, message.seq)
         return checked
+
+    def _new(self) -> SeenIds:
+        return SeenIds() if self._window_ns is None else SeenIds(window_ns=self._window_ns)
 
     def _sweep(self, now_ns: int) -> None:
         self._until_sweep = SWEEP_EVERY

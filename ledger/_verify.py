@@ -58,6 +58,7 @@ def verify_messages(
         expected_chain=expected_chain,
         earlier_heads=earlier_heads,
         watch=watch,
+        window_ns=None,  # the run is in memory already: its ids are remembered for all of it
     )
     judge.feed(messages, open_all(messages, keyring, tenant))
     return judge.report
