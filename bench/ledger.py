@@ -1,6 +1,6 @@
-"""Ledger benchmark: verification on every core, projection into Parquet, a query, an incident replay.
+"""Ledger benchmark: verification on every core, Parquet projection, a query, a replay, proofs, bounded verify.
 
-Run: ``python bench/ledger.py [--n 100000] [--json] [--keep DIR]``.
+Run: ``python bench/ledger.py [--n 100000] [--verify-n 1000000] [--rate 3000] [--json] [--keep DIR]``.
 
 No server: the ledger is generated in memory, exactly as a tenant stream would
 hold it. Conversations of four stored messages — an event from one of ten
@@ -40,8 +40,23 @@ Measured (wall clock, this process):
    fanout_per_correlation ORDER BY fanout DESC, sent DESC LIMIT 10``, median of 7.
 5. **replay**: ``ledger.build_incident`` of one correlation over the whole ledger.
 
+6. **proofs**: ``ledger._proofs.prove_inclusion`` of the middle message under
+   the last checkpoint (two passes over the ledger: checkpoints, then leaves),
+   ``prove_consistency`` from the first checkpoint's tree to the last one's,
+   and ``check_proof`` of each file (median of 21); the files' sizes.
+7. **stream verify** (``--verify-n``, default 1,000,000 messages; 0 skips):
+   a ledger of that many messages, stored ``--rate`` a second (default 3,000,
+   so the replay window holds what two minutes of such traffic would), is
+   written to a file a chunk at a time and verified in a process of its own
+   exactly as ``trustbus ledger verify --tenant`` verifies the stream
+   (``ledger._streaming``: a pass over the anchors, then
+   ``StreamVerifier`` fed 8,192 messages at a time), reporting its time and
+   peak RSS (``ru_maxrss``; ``stream_verify_baseline_rss_mb`` is the process
+   before verifying, imports included). The file stands in for the server: a
+   live read also holds one fetched batch of 1,000 messages.
+
 Targets: export >= 50,000 messages/s, verify_ratio >= 0.9, query < 200 ms,
-replay < 1 s. With ``--json`` the last line of stdout is one JSON object with
+replay < 1 s, stream verify peak RSS <= 300 MB. With ``--json`` the last line of stdout is one JSON object with
 every figure; the human table goes to stderr.
 """
 
@@ -58,13 +73,16 @@ import argparse
 import base64
 import json
 import os
+import resource
 import statistics
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
@@ -83,43 +101,69 @@ from bus import (
     subjects,
 )
 from bus._identity import verify_key
-from bus._keyring import KeyGrant
+from bus._keyring import KeyGrant, decode_signed_grant, encode_signed_grant
 from bus._quarantine import encode_quarantine_record, quarantine_record
 from bus._seal import SIGNATURE_DOMAIN, countersignature_message
 from ledger import GENESIS, StoredMessage, build_incident, chain_hash, connect
 from ledger._checkpointing import checkpoint_envelope
+from ledger._merkle import TreeBuilder, message_leaf_hash
 from ledger._parallel import open_all, project_messages
 from ledger._projector import Position
+from ledger._proofs import check_proof, encode_proof, prove_consistency, prove_inclusion, tree_checkpoints
+from ledger._streaming import Anchors, StreamVerifier, collect_anchors
 
 T = "bench"
 AGENTS = [f"agent{i}" for i in range(10)]
+SINK_CHUNK = 8192  # messages per chunk of a ledger written to a file
 
 
 class Generator:
-    """Builds the ledger message by message, keeping the chain for checkpoints."""
+    """Builds the ledger message by message, keeping the chain and the Merkle tree for checkpoints.
 
-    def __init__(self) -> None:
+    Messages are kept in :attr:`messages`, or handed to ``sink`` a chunk at a time
+    when one is given (a ledger too large to hold). Stored times are ``spacing_ns`` apart.
+    """
+
+    def __init__(self, *, spacing_ns: int = 1000, sink: Callable[[list[StoredMessage]], None] | None = None) -> None:
         self.admin = Identity.generate()
         self.keyring = Keyring(tenant=T, admin_key_id=self.admin.key_id)
         self.ids: dict[str, Identity] = {}
+        self.revisions: list[tuple[str, bytes]] = []
         for owner, role in [*((a, "agent") for a in AGENTS), ("coordinator", "coordinator"), ("ledger", "ledger")]:
             identity = Identity.generate()
             grant = KeyGrant(tenant=T, key_id=identity.key_id, owner=owner, role=role, valid_from=0)  # type: ignore[arg-type]
-            self.keyring.add(identity.key_id, sign_grant(grant, self.admin))
+            signed = sign_grant(grant, self.admin)
+            self.keyring.add(identity.key_id, signed)
+            self.revisions.append((identity.key_id, encode_signed_grant(signed)))
             self.ids[owner] = identity
         self.messages: list[StoredMessage] = []
+        self.seq = 0
         self.head = GENESIS
+        self.tree = TreeBuilder()
+        self.spacing_ns = spacing_ns
+        self.sink = sink
         self.now = time.time_ns()
+        self.conversations = 0
 
     def store(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
-        seq = len(self.messages) + 1
-        self.now += 1000
+        self.seq += 1
+        seq = self.seq
+        self.now += self.spacing_ns
         self.messages.append(StoredMessage(seq, subject, self.now, headers, body))
+        if self.sink is not None and len(self.messages) >= SINK_CHUNK:
+            self.flush()
         self.head = chain_hash(self.head, seq, subject, headers, body)
+        self.tree.append(message_leaf_hash(seq, subject, headers, body))
         if seq % 1000 == 0:
-            position = Position(last_seq=seq, head=self.head, count=seq)
+            position = Position(last_seq=seq, head=self.head, count=seq, frontier=self.tree.frontier)
             s = seal(checkpoint_envelope(T, "ledger", position, now_ns=self.now), self.ids["ledger"])
             self.store(subjects.checkpoint(T), s.body, dict(s.headers))
+
+    def flush(self) -> None:
+        """Hand the messages held to the sink."""
+        if self.sink is not None and self.messages:
+            self.sink(self.messages)
+            self.messages = []
 
     def signed(self, owner: str, subject: str, **fields: Any) -> tuple[bytes, dict[str, str], str]:
         s = seal(new_envelope(tenant=T, sender=owner, now_ns=self.now, **fields), self.ids[owner])
@@ -135,7 +179,7 @@ class Generator:
         )  # fmt: skip
         correlation = correlation or env_id
         decision = Decision(
-            envelope_id=env_id, source_seq=len(self.messages), sender=sender, kind="event",
+            envelope_id=env_id, source_seq=self.seq, sender=sender, kind="event",
             correlation_id=correlation, causation_id=cause, verdict="accept", reasons=(), deliver_to=(a, b),
             dropped=(), hop=0, declared_taint=(), effective_taint=(), decided_ns=self.now,
         )  # fmt: skip
@@ -168,7 +212,7 @@ class Generator:
             self.store(subjects.outbox(T, sender, 0), bytes(forged), headers)
             record = quarantine_record(
                 bytes(forged), headers, reason="bad_signature", detail="signature does not match the bytes received",
-                subject=subjects.outbox(T, sender, 0), stream_seq=len(self.messages),
+                subject=subjects.outbox(T, sender, 0), stream_seq=self.seq,
             )  # fmt: skip
             self.signed(
                 "coordinator", subjects.quarantine(T), kind="event", to=("topic:quarantine",),
@@ -177,14 +221,19 @@ class Generator:
         return correlation, env_id
 
 
-def generate(n: int) -> Generator:
-    gen = Generator()
+def generate(n: int, *, spacing_ns: int = 1000, sink: Callable[[list[StoredMessage]], None] | None = None) -> Generator:
+    """A ledger of ``n`` messages (with a sink: handed over a chunk at a time, possibly a few more than ``n``)."""
+    gen = Generator(spacing_ns=spacing_ns, sink=sink)
     i = 0
     correlation: str | None = None
     cause: str | None = None
-    while len(gen.messages) < n:
+    while gen.seq < n:
         correlation, cause = gen.conversation(i, correlation if i % 10 else None, cause if i % 10 else None)
         i += 1
+    gen.conversations = i
+    if sink is not None:
+        gen.flush()
+        return gen
     del gen.messages[n:]
     gen.head = GENESIS
     for m in gen.messages:
@@ -299,6 +348,114 @@ def measure(n: int, keep: Path | None, stderr: Console) -> dict[str, Any]:
         "replay_s": round(replay_s, 3),
         "replay_steps": len(incident.steps),
         "parquet_bytes": sum(f.stat().st_size for f in data.rglob("*.parquet")),
+        **measure_proofs(gen),
+    }
+
+
+def measure_proofs(gen: Generator) -> dict[str, Any]:
+    """Making and checking an inclusion proof (the middle message) and a consistency proof (first to last tree)."""
+    messages = gen.messages
+    heads = tree_checkpoints(messages, gen.keyring, T)
+    old, new = heads[0].checkpoint.tree_size or 0, heads[-1].checkpoint.tree_size or 0
+    seq = new // 2
+    started = time.perf_counter()
+    inclusion = encode_proof(prove_inclusion(lambda: messages, gen.keyring, gen.revisions, T, seq))
+    prove_inclusion_s = time.perf_counter() - started
+    started = time.perf_counter()
+    consistency = encode_proof(prove_consistency(lambda: messages, gen.keyring, gen.revisions, T, old, new))
+    prove_consistency_s = time.perf_counter() - started
+    check_inclusion = [best_of(1, lambda: check_proof(inclusion)) for _ in range(21)]
+    check_consistency = [best_of(1, lambda: check_proof(consistency)) for _ in range(21)]
+    return {
+        "proof_tree_size": new,
+        "prove_inclusion_s": round(prove_inclusion_s, 3),
+        "check_inclusion_ms": round(statistics.median(check_inclusion) * 1000, 2),
+        "inclusion_proof_bytes": len(inclusion),
+        "prove_consistency_s": round(prove_consistency_s, 3),
+        "check_consistency_ms": round(statistics.median(check_consistency) * 1000, 2),
+        "consistency_proof_bytes": len(consistency),
+    }
+
+
+_chunk_encoder = msgspec.msgpack.Encoder()
+_chunk_decoder = msgspec.msgpack.Decoder(list[StoredMessage])
+
+
+def _read_chunks(path: Path, n: int) -> Iterator[list[StoredMessage]]:
+    """The ledger file's messages through sequence ``n``, a chunk at a time."""
+    with path.open("rb") as f:
+        while header := f.read(4):
+            chunk = _chunk_decoder.decode(f.read(int.from_bytes(header, "big")))
+            if chunk[-1].seq > n:
+                chunk = [m for m in chunk if m.seq <= n]
+            if chunk:
+                yield chunk
+            if chunk and chunk[-1].seq >= n:
+                return
+
+
+def verify_file(path: Path, n: int) -> dict[str, Any]:
+    """In a process of its own: stream-verify the ledger file (as `ledger verify --tenant` reads the stream)."""
+    admin, revisions = msgspec.msgpack.decode(
+        path.with_suffix(".keyring").read_bytes(), type=tuple[str, list[tuple[str, bytes]]]
+    )
+    keyring = Keyring(tenant=T, admin_key_id=admin)
+    for key_id, value in revisions:
+        keyring.add(key_id, decode_signed_grant(value))
+    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    anchors = Anchors()
+    for chunk in _read_chunks(path, n):
+        collect_anchors(chunk, keyring, T, into=anchors)
+    verifier = StreamVerifier(keyring, T, anchors)
+    remembered = 0
+    for chunk in _read_chunks(path, n):
+        verifier.feed(chunk)
+        remembered = max(remembered, verifier.remembered)
+    report = verifier.finish()
+    seconds = time.perf_counter() - started
+    return {
+        "ok": report.ok,
+        "count": report.count,
+        "verified": report.verified,
+        "recorded_rejections": report.recorded_rejections,
+        "checkpoints": report.checkpoints,
+        "seconds": seconds,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "baseline_rss_kb": baseline_kb,
+        "max_ids_remembered": remembered,
+    }
+
+
+def measure_stream_verify(n: int, rate: int, work: Path, stderr: Console) -> dict[str, Any]:
+    """Generate ``n`` messages stored ``rate`` a second into a file, then stream-verify it in a child process."""
+    path = work / "ledger.chunks"
+    started = time.perf_counter()
+    with path.open("wb") as f:
+
+        def sink(chunk: list[StoredMessage]) -> None:
+            data = _chunk_encoder.encode(chunk)
+            f.write(len(data).to_bytes(4, "big") + data)
+
+        gen = generate(n, spacing_ns=1_000_000_000 // rate, sink=sink)
+    path.with_suffix(".keyring").write_bytes(msgspec.msgpack.encode([gen.admin.key_id, gen.revisions]))
+    stderr.print(f"generated {n:,} messages into {path} in {time.perf_counter() - started:.1f}s; verifying")
+    child = subprocess.run(
+        [sys.executable, __file__, "--verify-file", str(path), "--n", str(n)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result = json.loads(child.stdout.splitlines()[-1])
+    assert result["ok"] and result["count"] == n, result
+    path.unlink()
+    return {
+        "stream_verify_messages": n,
+        "stream_verify_envelopes": gen.conversations,
+        "stream_verify_rate_per_s": rate,
+        "stream_verify_s": round(result["seconds"], 1),
+        "stream_verify_per_s": round(n / result["seconds"]),
+        "stream_verify_peak_rss_mb": round(result["peak_rss_kb"] / 1024, 1),
+        "stream_verify_baseline_rss_mb": round(result["baseline_rss_kb"] / 1024, 1),
+        "stream_verify_max_ids": result["max_ids_remembered"],
     }
 
 
@@ -313,11 +470,28 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="messages in the generated ledger")
     parser.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     parser.add_argument("--keep", type=Path, help="write the projection here (default: a temp dir)")
+    parser.add_argument(
+        "--verify-n", type=int, default=1_000_000, help="messages in the ledger stream-verified for memory (0: skip)"
+    )
+    parser.add_argument("--rate", type=int, default=3000, help="messages per second of store time in that ledger")
+    parser.add_argument("--verify-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.verify_file is not None:
+        sys.stdout.write(json.dumps(verify_file(args.verify_file, args.n)) + "\n")
+        return
     stderr = Console(stderr=True)
     result = measure(args.n, args.keep, stderr)
+    if args.verify_n:
+        with tempfile.TemporaryDirectory(prefix="trustbus-ledger-bench-") as work:
+            result |= measure_stream_verify(args.verify_n, args.rate, Path(work), stderr)
     table = Table("figure", "value", "target")
-    targets = {"export_per_s": ">= 50,000", "verify_ratio": ">= 0.9", "query_ms": "< 200", "replay_s": "< 1"}
+    targets = {
+        "export_per_s": ">= 50,000",
+        "verify_ratio": ">= 0.9",
+        "query_ms": "< 200",
+        "replay_s": "< 1",
+        "stream_verify_peak_rss_mb": "<= 300",
+    }
     for key, value in result.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value), targets.get(key, ""))
     (stderr if args.json else Console()).print(table)

@@ -176,6 +176,9 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         through_seq: the last sequence covered.
         head: the chain hash of ``through_seq`` (32 bytes).
         count: messages covered (1..through_seq).
+        tree_size: leaves of the Merkle tree it states (``through_seq``), or None in a
+            checkpoint written before tree heads were (it holds by its chain head alone).
+        tree_root: the Merkle tree head of sequences 1..``tree_size`` (32 bytes), or None.
     """
 
     v: int = 1
@@ -183,6 +186,8 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     through_seq: int
     head: bytes
     count: int
+    tree_size: int | None = None
+    tree_root: bytes | None = None
 
 
 _checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)

@@ -1,9 +1,11 @@
-"""What happened: the hash chain over the tenant stream, verification, audit bundles."""
+"""What happened: the hash chain and Merkle tree over the tenant stream, verification, proofs, audit bundles."""
 
 from ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
 from ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
 from ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
 from ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
+from ledger._proofs import CheckedProof, ProofError, check_proof
+from ledger._proving import prove_from_bundle, prove_from_stream
 from ledger._query import connect, query
 from ledger._replay import Incident, Step, build_incident, checkpoint_before, step_dict
 from ledger._rollback import (
@@ -54,4 +56,9 @@ __all__ = [
     "verify_bundle",
     "verify_messages",
     "verify_stream",
+    "CheckedProof",
+    "ProofError",
+    "check_proof",
+    "prove_from_bundle",
+    "prove_from_stream",
 ]

@@ -8,32 +8,21 @@ from pathlib import Path
 from bus import Identity, Keyring, KeyringStore, connect_nats
 from ledger._anchors import open_checkpoint_file, parse_expectation, stated_head
 from ledger._bundle import Bundle, export_bundle, read_bundle, read_stream
-from ledger._chain import GENESIS, chain_hash
+from ledger._chain import GENESIS
 from ledger._errors import BundleError
 from ledger._stored import StoredMessage
+from ledger._streaming import verify_live
 from ledger._verify import Break, VerifyReport, verify_messages
 
 
 async def verify_stream(
     servers: Sequence[str], tenant: str, *, from_seq: int = 1, nkey_seed: str | None = None
 ) -> VerifyReport:
-    """Verify the tenant's stream from ``from_seq`` (the chain is computed from the start)."""
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
-    try:
-        js = nc.jetstream()
-        messages = await read_stream(js, tenant)
-        async with await KeyringStore.open(js, tenant, follow=False) as store:
-            keyring = store.keyring
-    finally:
-        await nc.close()
-    before = [m for m in messages if m.seq < from_seq]
-    previous = GENESIS
-    earlier: dict[int, bytes] = {}
-    for m in before:  # the chain up to from_seq, without re-checking those signatures
-        previous = earlier[m.seq] = chain_hash(previous, m.seq, m.subject, m.headers, m.body)
-    return verify_messages(
-        messages[len(before) :], keyring, tenant, first_seq=from_seq, previous=previous, earlier_heads=earlier
-    )
+    """Verify the tenant's stream from ``from_seq`` (the chain is computed from the start), streaming.
+
+    Memory follows the traffic of one skew window, not the stream's length (:mod:`ledger._streaming`).
+    """
+    return await verify_live(servers, tenant, from_seq=from_seq, nkey_seed=nkey_seed)
 
 
 async def export(
@@ -71,13 +60,14 @@ def verify_bundle(directory: Path, *, admin_key: str | None = None, expect: Sequ
     keyring = bundle.keyring(admin_key=admin_key)
     tenant = str(bundle.manifest["tenant"])
     first = int(str(bundle.manifest["first_seq"])) or 1
+    messages = [entry.message() for entry in bundle.entries]
     last = int(str(bundle.manifest["last_seq"]))
     expectations = [parse_expectation(text, keyring, tenant) for text in expect]
     start_problem, previous = _start(bundle, keyring, tenant, first)
     end_stated = stated_head(bundle.end) if bundle.end is not None else None
     watch = {e.seq for e in expectations} | ({end_stated[0]} if end_stated else set())
     report = verify_messages(
-        [entry.message() for entry in bundle.entries],
+        messages,
         keyring,
         tenant,
         first_seq=first,

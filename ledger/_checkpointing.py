@@ -47,9 +47,21 @@ class CheckpointSchedule:
 
 
 def checkpoint_envelope(tenant: str, sender: str, position: Position, *, now_ns: int | None = None) -> Envelope:
-    """The ``checkpoint`` envelope stating ``position``: through its last sequence, its head and count."""
+    """The ``checkpoint`` envelope stating ``position``: through its last sequence, its head and count.
+
+    It states the Merkle tree head of sequences 1..``last_seq`` too, when the
+    position knows the tree (a projection made before tree heads were does not).
+    """
     stream = subjects.stream_name(tenant)
-    checkpoint = Checkpoint(stream=stream, through_seq=position.last_seq, head=position.head, count=position.count)
+    tree = position.tree()
+    checkpoint = Checkpoint(
+        stream=stream,
+        through_seq=position.last_seq,
+        head=position.head,
+        count=position.count,
+        tree_size=None if tree is None else tree.size,
+        tree_root=None if tree is None else tree.root(),
+    )
     return new_envelope(
         tenant=tenant,
         kind="checkpoint",

@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import msgspec
 
-from bus import (
-    Envelope,
-    Keyring,
-    Limits,
-    Opened,
-    Replayed,
-    SeenIds,
-    VerificationError,
-    decode_envelope,
-    open_envelope,
-    subjects,
-)
+from bus import Envelope, Keyring, Limits, Opened, VerificationError, open_envelope, subjects
 from ledger._chain import GENESIS, chain_hash
+from ledger._merkle import TreeBuilder, message_leaf_hash
 from ledger._projection import Rows, project_message
+from ledger._replay_window import ReplayWindow
 from ledger._stored import StoredMessage
-
-# open_envelope checks these after the replay check: an envelope failing them may still be a replay.
-_CHECKED_AFTER_REPLAY = frozenset({"not_mediated", "bad_countersignature"})
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,12 +26,23 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
         count: messages projected.
         last_stored_ns: when ``last_seq`` was stored (unix ns); a restart reads the
             replay window before it back, so the replay check resumes exactly.
+        frontier: the Merkle tree of sequences 1..``last_seq`` as :class:`~ledger._merkle.TreeBuilder`
+            keeps it, or None where unknown (a projection made before tree heads were).
     """
 
     last_seq: int = 0
     head: bytes = GENESIS
     count: int = 0
     last_stored_ns: int = 0
+    frontier: tuple[bytes, ...] | None = None
+
+    def tree(self) -> TreeBuilder | None:
+        """The Merkle tree through ``last_seq``, if known."""
+        if self.last_seq == 0:
+            return TreeBuilder()
+        if self.frontier is None or len(self.frontier) != self.last_seq.bit_count():
+            return None
+        return TreeBuilder(self.last_seq, self.frontier)
 
 
 class Projector:
@@ -61,7 +60,8 @@ class Projector:
         self.keyring = keyring
         self.position = position or Position()
         self.limits = limits
-        self._seen: dict[str, SeenIds] = {}
+        self._replay = ReplayWindow(limits.skew_ns)
+        self._tree = self.position.tree()
 
     def apply(
         self, message: StoredMessage, *, checked: Opened | VerificationError | None = None, into: Rows | None = None
@@ -77,39 +77,28 @@ class Projector:
         if message.seq <= self.position.last_seq:
             return Rows() if into is None else into
         head = chain_hash(self.position.head, message.seq, message.subject, message.headers, message.body)
-        outcome = self._open(message) if checked is None else self._check_replay(message, checked)
+        outcome = self._open(message) if checked is None else self._replay.check(message, checked)
         rows = project_message(message, outcome, tenant=self.tenant, chain=head, into=into)
+        tree = self._tree
+        if tree is not None and message.seq == tree.size + 1:
+            tree.append(message_leaf_hash(message.seq, message.subject, message.headers, message.body))
+        else:
+            self._tree = tree = None  # a gap: the tree covers sequences 1..n with none missing
         self.position = Position(
-            last_seq=message.seq, head=head, count=self.position.count + 1, last_stored_ns=message.stored_ns
+            last_seq=message.seq,
+            head=head,
+            count=self.position.count + 1,
+            last_stored_ns=message.stored_ns,
+            frontier=None if tree is None else tree.frontier,
         )
         return rows
 
     def remember(self, subject: str, seq: int, envelope: Envelope) -> None:
         """Take note of an envelope accepted at ``seq`` before a restart, for the replay check."""
-        self._seen.setdefault(subject, SeenIds(window_ns=self.limits.skew_ns)).add(envelope, seq)
-
-    def _seen_for(self, message: StoredMessage) -> SeenIds:
-        seen = self._seen.get(message.subject)
-        if seen is None:
-            seen = self._seen[message.subject] = SeenIds(window_ns=self.limits.skew_ns)
-        seen.prune(message.stored_ns)
-        return seen
-
-    def _check_replay(self, message: StoredMessage, checked: Opened | VerificationError) -> Opened | VerificationError:
-        """The replay check on an outcome of the other checks, giving what :func:`bus.open_envelope` would have."""
-        seen = self._seen_for(message)
-        if isinstance(checked, VerificationError) and checked.reason not in _CHECKED_AFTER_REPLAY:
-            return checked
-        envelope = checked.envelope if isinstance(checked, Opened) else decode_envelope(message.body)
-        earlier = seen.sequence_of(envelope.id)
-        if earlier is not None and earlier != message.seq:
-            return Replayed(f"id {envelope.id} already accepted at stream sequence {earlier}")
-        if isinstance(checked, Opened):
-            seen.add(envelope, message.seq)
-        return checked
+        self._replay.remember(subject, seq, envelope)
 
     def _open(self, message: StoredMessage) -> Opened | VerificationError:
-        seen = self._seen_for(message)
+        seen = self._replay.seen_for(message)
         try:
             opened = open_envelope(
                 message.body,

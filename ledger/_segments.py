@@ -79,6 +79,7 @@ class Catalogue(msgspec.Struct, kw_only=True):
     count: int = 0
     last_stored_ns: int = 0
     since_checkpoint: int = 0
+    frontier: list[str] | None = None
     segments: dict[str, list[Segment]] = msgspec.field(default_factory=dict)
     retired: list[Retired] = msgspec.field(default_factory=list)
 
@@ -90,6 +91,7 @@ class Catalogue(msgspec.Struct, kw_only=True):
             head=bytes.fromhex(self.head),
             count=self.count,
             last_stored_ns=self.last_stored_ns,
+            frontier=None if self.frontier is None else tuple(bytes.fromhex(h) for h in self.frontier),
         )
 
 
@@ -195,6 +197,7 @@ class SegmentStore:
         c = self.catalogue
         c.last_seq, c.head, c.count = position.last_seq, position.head.hex(), position.count
         c.last_stored_ns, c.since_checkpoint = position.last_stored_ns, since_checkpoint
+        c.frontier = None if position.frontier is None else [h.hex() for h in position.frontier]
         self._write_catalogue()
         self._delete_expired(now)
 

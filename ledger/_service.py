@@ -102,6 +102,12 @@ class LedgerService:
             since=store.catalogue.since_checkpoint,
             last_at=time.monotonic(),
         )
+        if self.projector.position.tree() is None:
+            log.warning(
+                "this projection has no Merkle frontier (made before tree heads were): checkpoints will state the "
+                "chain head only; rebuild it (`ledger run --data NEW_DIR`) for tree heads",
+                extra={"through_seq": store.position.last_seq},
+            )
         self._pending = Rows()
         self._pending_since: float | None = None
         self._sub: JetStreamContext.PullSubscription | None = None

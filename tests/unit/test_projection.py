@@ -27,6 +27,7 @@ from bus._keyring import KeyGrant
 from bus._quarantine import encode_quarantine_record, quarantine_record
 from ledger import GENESIS, StoredMessage, chain_hash
 from ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
+from ledger._merkle import message_leaf_hash, root_of
 from ledger._projection import (
     CheckpointRow,
     DecisionRow,
@@ -268,14 +269,22 @@ def test_projector_chains_counts_and_never_projects_a_sequence_twice(world: Worl
     projector = Projector(T, world.keyring)
     messages = [world.sealed("alice", "tb.acme.out.alice") for _ in range(3)]
     head = GENESIS
+    leaves = []
     for m in messages:
         assert len(projector.apply(m).envelopes) == 1
         head = chain_hash(head, m.seq, m.subject, m.headers, m.body)
-    assert projector.position == Position(last_seq=3, head=head, count=3, last_stored_ns=messages[-1].stored_ns)
+        leaves.append(message_leaf_hash(m.seq, m.subject, m.headers, m.body))
+    frontier = projector.position.frontier
+    assert projector.position == Position(
+        last_seq=3, head=head, count=3, last_stored_ns=messages[-1].stored_ns, frontier=frontier
+    )
     assert len(projector.apply(messages[1])) == 0 and projector.position.last_seq == 3
     resumed = Projector(T, world.keyring, position=projector.position)
     nxt = world.sealed("alice", "tb.acme.out.alice")
     assert resumed.apply(nxt).envelopes[0].chain == chain_hash(head, 4, nxt.subject, nxt.headers, nxt.body).hex()
+    leaves.append(message_leaf_hash(4, nxt.subject, nxt.headers, nxt.body))
+    tree = resumed.position.tree()
+    assert tree is not None and tree.root() == root_of(leaves)  # the tree resumes from the frontier
 
 
 def test_a_replay_under_a_fresh_message_id_is_caught_across_a_restart(world: World) -> None:

@@ -65,6 +65,7 @@ def test_ledger_exports() -> None:
             "BundleError", "LedgerError", "StoredMessage", "VerifyReport", "chain_hash", "chained_headers",
             "export", "export_bundle", "read_bundle", "read_stream", "verify_bundle", "verify_messages",
             "verify_stream", "ProjectionError", "QueryError", "ServiceError", "connect", "query",
+            "CheckedProof", "ProofError", "check_proof", "prove_from_bundle", "prove_from_stream",
         ]
     )  # fmt: skip
     for name in ledger.__all__:
