@@ -39,8 +39,10 @@ from nats.js.api import PubAck
 
 from agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
 from agents._decision_log import DecisionLog
+from agents._intake import Intake
 from agents._memory import kv_subject, parse_write
 from agents._policy import Policy
+from agents._suspension import Suspensions
 from bus import (
     Bus,
     ConsumerSettings,
@@ -116,16 +118,18 @@ class Coordinator:
         self.state = self.log.state
         self._decision_ids = self.log.decision_ids
         self._inboxes = inboxes if inboxes is not None else set()
+        self.suspensions = Suspensions(
+            self.state, policy, partition=partition, partitions=bus.partitions, tenant=bus.tenant
+        )
+        self._intake = Intake(bus, partition, approvals=consumer_name(partition), suspensions=self.suspensions)
 
     async def start(self) -> None:
-        """Create the partition's consumer, rebuild its state from its decision log, create inbox consumers."""
+        """Create the partition's consumers (one per sender: agents._intake), rebuild its state from its decision
+        log, create inbox consumers."""  # noqa: D205, D209
         tenant, partition = self.bus.tenant, self.partition
-        watched = [
-            subjects.partition_outboxes(tenant, partition),
-            subjects.partition_effects(tenant, partition),
-            subjects.approval(tenant, partition),
-        ]
+        watched = subjects.approval(tenant, partition)
         await self.bus.ensure_consumer(consumer_name(partition), watched, settings=OUTBOX_SETTINGS)
+        await self._intake.ensure_consumers()
         await self._catch_up()
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
@@ -136,9 +140,9 @@ class Coordinator:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Mediate until ``stop`` is set, a fetched batch at a time."""
-        batches = self.bus.consume_batches(consumer_name(self.partition), settings=OUTBOX_SETTINGS, stop=stop)
-        async for batch in batches:
+        """Mediate until ``stop`` is set, a fetched batch at a time, senders in turn (agents._intake)."""
+        async for batch in self._intake.batches(stop):
+            await self._suspend_due()
             group: list[Delivery] = []
             for delivery in batch:
                 if self._batchable(delivery):
@@ -149,6 +153,24 @@ class Coordinator:
                 async with delivery.process():
                     await self._mediate(delivery)
             await self._mediate_group(group)
+
+    async def _suspend_due(self) -> None:
+        """Record a suspension for each sender the intake found over its rejection threshold (agents._suspension)."""
+        for sender, seq in self.suspensions.due():
+            made = self.suspensions.decision(sender, source_seq=seq, now_ns=time.time_ns())
+            if made is None:
+                continue
+            cause, _ = made
+
+            def make(sender: str = sender, seq: int = seq) -> Decision | None:
+                again = self.suspensions.decision(sender, source_seq=seq, now_ns=time.time_ns())
+                return None if again is None else again[1]
+
+            try:
+                await self._record(cause, make)
+            except (TransportError, TransientError) as exc:
+                log.warning("suspension not recorded; will retry", extra={"sender": sender, "error": str(exc)})
+                self.suspensions.postpone(sender, seq)
 
     def _batchable(self, delivery: Delivery) -> bool:
         """Plain envelopes from their sender's outbox: decided together, forwarded together."""

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -32,6 +32,7 @@ from bus._keyring_store import KeyringStore
 from bus._provision import tenant_partitions
 from bus._publisher import Publisher, unavailable
 from bus._quarantine import encode_quarantine_record, quarantine_record
+from bus._rejections import RejectionLog
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from bus._subjects import check_name, outbox, partition_of, quarantine, stream_name
 from bus._tail import tail
@@ -296,11 +297,22 @@ class Bus:
         settings: ConsumerSettings = ConsumerSettings(),
         recipient: str | None = None,
         stop: asyncio.Event | None = None,
-    ) -> AsyncIterator[list[Delivery]]:
+        rejections: RejectionLog | None = None,
+        screen: Callable[[Msg], tuple[str, str] | None] | None = None,
+    ) -> AsyncGenerator[list[Delivery], None]:
         """Like :meth:`consume`, but yield each fetch's verified deliveries together, in stream order.
 
         An envelope id that appears twice in one fetch is quarantined as
         ``replayed`` the second time, as it would be one delivery at a time.
+
+        Args:
+            durable: as for :meth:`consume`.
+            settings: as for :meth:`consume`.
+            recipient: as for :meth:`consume`.
+            stop: as for :meth:`consume`.
+            rejections: record what fails verification there, in aggregate (see
+                :class:`~bus.RejectionLog`), instead of one quarantine record each.
+            screen: asked first about each message; a ``(reason, detail)`` refuses it unverified.
         """
         try:
             sub = await self.js.pull_subscribe_bind(durable, stream=self.stream)
@@ -321,6 +333,8 @@ class Bus:
                 try:
                     msgs = await sub.fetch(settings.batch, timeout=settings.fetch_timeout_s)
                 except TimeoutError:  # nats-py raises its own subclass or plain asyncio.TimeoutError
+                    if rejections is not None:
+                        await rejections.flush()  # gone quiet: record what waits
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
@@ -338,7 +352,11 @@ class Bus:
                 batch: list[Delivery] = []
                 in_batch: set[str] = set()
                 for msg in msgs:
-                    delivery = await self._verify(msg, seen, settings, recipient)
+                    refused = screen(msg) if screen is not None else None
+                    if refused is not None and rejections is not None:
+                        rejections.add(msg, reason=refused[0], detail=refused[1])
+                        continue
+                    delivery = await self._verify(msg, seen, settings, recipient, rejections)
                     if delivery is None:
                         continue
                     if delivery.envelope.id in in_batch:
@@ -346,9 +364,14 @@ class Bus:
                         continue
                     in_batch.add(delivery.envelope.id)
                     batch.append(delivery)
+                if rejections is not None:
+                    await rejections.flush(due_only=True)
                 if batch:
                     yield batch
         finally:
+            if rejections is not None and self.nc.is_connected:
+                with contextlib.suppress(TransportError, TimeoutError):
+                    await asyncio.wait_for(rejections.flush(), self._publish_timeout_s)
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await sub.unsubscribe()
 
@@ -393,7 +416,12 @@ class Bus:
         return seen
 
     async def _verify(
-        self, msg: Msg, seen: SeenIds, settings: ConsumerSettings, recipient: str | None
+        self,
+        msg: Msg,
+        seen: SeenIds,
+        settings: ConsumerSettings,
+        recipient: str | None,
+        rejections: RejectionLog | None = None,
     ) -> Delivery | None:
         meta = msg.metadata
         seq = meta.sequence.stream
@@ -413,7 +441,10 @@ class Bus:
                 recipient=recipient,
             )
         except VerificationError as exc:
-            await self.quarantine_msg(msg, reason=exc.reason, detail=exc.detail)
+            if rejections is not None:
+                rejections.add(msg, reason=exc.reason, detail=exc.detail)
+            else:
+                await self.quarantine_msg(msg, reason=exc.reason, detail=exc.detail)
             return None
         if seen.settled_at(opened.envelope.id) == seq:
             await msg.ack()  # redelivered after an ack that was lost: already handled
