@@ -29,6 +29,7 @@ from bus import (
     subjects,
 )
 from bus._records import decode_memory_write
+from bus._rejections import RejectionSummary, decode_rejection_summary
 from bus._seal import HEADER_DECISION, HEADER_KEY
 from ledger._stored import StoredMessage
 
@@ -407,7 +408,11 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
             )
         )
     elif channel == "quarantine":
-        q = decode_quarantine_record(env.payload)
+        try:
+            q = decode_quarantine_record(env.payload)
+        except msgspec.DecodeError:
+            rows.quarantine.extend(summary_rows(seq, env.sender, decode_rejection_summary(env.payload)))
+            return
         rows.quarantine.append(
             QuarantineRow(
                 seq=seq,
@@ -439,6 +444,28 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
                 key_id=opened.grant.key_id,
             )
         )
+
+
+def summary_rows(seq: int, rejected_by: str, summary: RejectionSummary) -> list[QuarantineRow]:
+    """One ``quarantine`` row per message a rejection summary lists (its sample's carries the detail)."""
+    sample = summary.sample
+    return [
+        QuarantineRow(
+            seq=seq,
+            rejected_by=rejected_by,
+            reason=reason,
+            detail=sample.detail if stream_seq == sample.seq else "",
+            subject=subject,
+            stream_seq=stream_seq,
+            claimed_sender=summary.owner,
+            claimed_id=sample.claimed_id if stream_seq == sample.seq else None,
+            key_id=sample.key_id if stream_seq == sample.seq else None,
+            body_size=size,
+            body_sha256=digest.hex(),
+            truncated=True,
+        )
+        for stream_seq, subject, reason, size, digest in summary.rejected()
+    ]
 
 
 def _require(condition: bool, problem: str) -> None:

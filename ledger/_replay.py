@@ -28,6 +28,7 @@ from bus import (
     open_envelope,
     subjects,
 )
+from ledger._rejections import read_summary
 from ledger._stored import StoredMessage
 
 
@@ -74,6 +75,9 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
             continue
         if where == "quarantine":
             _quarantine_note(message, keyring, correlation_id, pending)
+            if (summary := read_summary(message, keyring, tenant)) is not None:  # refused in aggregate: by sequence
+                by = summary[0]
+                pending.extend(("refused", (seq, f"{why} by {by}")) for seq, _, why, _, _ in summary[1].rejected())
             continue
         if envelope.correlation_id != correlation_id:
             continue
@@ -104,6 +108,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
             effect = decode_effect(envelope.payload)
             pending.append(("effect", (envelope.causation_id, effect)))
             effects.append((message.seq, message.stored_ns, envelope, effect))
+    by_seq = {step.seq: step for step in order}
     for kind, item in pending:
         if kind == "decision" and item.envelope_id in steps:
             steps[item.envelope_id].decisions.append(item)
@@ -113,6 +118,8 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
             steps[item[0]].effects.append(item[1])
         elif kind == "quarantine" and item[0] in steps:
             steps[item[0]].quarantined = item[1]
+        elif kind == "refused" and item[0] in by_seq:
+            by_seq[item[0]].quarantined = item[1]
     roots: list[Step] = []
     for step in order:
         parent = steps.get(step.envelope.causation_id or "")

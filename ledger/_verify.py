@@ -2,8 +2,9 @@
 
 Pure: the caller supplies the messages (from the stream or a bundle) and the
 keyring. A message that fails signature verification is a break unless a
-verified quarantine record names its sequence: an attack that was refused and
-recorded is history, not tampering.
+verified quarantine record names its sequence, or a verified rejection summary
+lists it (:mod:`ledger._rejections`): an attack that was refused and recorded
+is history, not tampering.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bus import (
     subjects,
 )
 from ledger._chain import GENESIS, chain_hash
+from ledger._rejections import excused_by_summary, summarised_rejections
 from ledger._stored import StoredMessage
 
 MAX_BREAKS = 100
@@ -100,6 +102,7 @@ def verify_messages(
     report = VerifyReport(first_seq=first_seq, head=previous)
     present = {m.seq for m in messages}
     excused = quarantined_sequences(messages, keyring, tenant)
+    summarised = summarised_rejections(messages, keyring, tenant)
     seen: dict[str, SeenIds] = {}
     expected_seq = first_seq
     heads: dict[int, bytes] = {}  # chain hash by sequence, for checking checkpoints
@@ -136,7 +139,7 @@ def verify_messages(
                 recipient=subjects.mediated_recipient(tenant, message.subject),
             )
         except VerificationError as exc:
-            if message.seq in excused:
+            if message.seq in excused or excused_by_summary(summarised, message):
                 report.recorded_rejections += 1
             else:
                 broke(message.seq, exc.reason, exc.detail)

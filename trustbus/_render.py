@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 from rich.markup import escape
 
-from bus import Envelope, KeyGrant, TailItem, decode_quarantine_record, subjects
+from bus import Envelope, KeyGrant, TailItem, subjects
+from bus._rejections import decode_quarantine_payload
 
 
 def payload_value(envelope: Envelope) -> Any:
@@ -41,7 +42,7 @@ def tail_dict(item: TailItem, tenant: str) -> dict[str, Any]:
     envelope = envelope_dict(item.opened.envelope)
     if item.subject == subjects.quarantine(tenant):
         try:
-            envelope["payload"] = msgspec.to_builtins(decode_quarantine_record(item.opened.envelope.payload))
+            envelope["payload"] = msgspec.to_builtins(decode_quarantine_payload(item.opened.envelope.payload))
         except (msgspec.DecodeError, ValueError):
             pass  # shown as decoded above
     out.update(verified=True, key_id=item.opened.grant.key_id, envelope=envelope)

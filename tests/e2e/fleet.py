@@ -31,13 +31,13 @@ from bus import (
     QuarantineRecord,
     decode_decision,
     decode_envelope,
-    decode_quarantine_record,
     init_tenant,
     new_envelope,
     new_key,
     subjects,
     tail,
 )
+from bus._rejections import decode_quarantine_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 _numbers = itertools.count(1)
@@ -132,8 +132,8 @@ class Fleet:
             async with await KeyringStore.open(js, self.tenant) as keyring:
                 async for item in tail(js, keyring, self.tenant, subject=subjects.quarantine(self.tenant)):
                     assert item.opened is not None, item.error
-                    record = decode_quarantine_record(item.opened.envelope.payload)
-                    if match(record):
+                    record = decode_quarantine_payload(item.opened.envelope.payload)
+                    if isinstance(record, QuarantineRecord) and match(record):
                         return record
             raise AssertionError("unreachable: tail follows forever")
 

@@ -18,10 +18,10 @@ from bus import (
     QuarantineRecord,
     decode_decision,
     decode_effect,
-    decode_quarantine_record,
     subjects,
     tail,
 )
+from bus._rejections import decode_quarantine_payload
 
 T = TypeVar("T")
 _COLOURS = {"accept": "green", "reject": "red", "hold": "yellow"}
@@ -86,7 +86,9 @@ class Watch:
             elif item.subject.startswith(subjects.effect(t, "x")[:-1]):
                 self._effect(item.subject.split(".")[3], decode_effect(envelope.payload))
             elif item.subject == subjects.quarantine(t):
-                self.seen.quarantined.append(decode_quarantine_record(envelope.payload))
+                record = decode_quarantine_payload(envelope.payload)
+                if isinstance(record, QuarantineRecord):  # a summary of many (bus/_rejections.py) is not listed
+                    self.seen.quarantined.append(record)
             async with self._changed:
                 self._changed.notify_all()
 
