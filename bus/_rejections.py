@@ -200,7 +200,7 @@ class RejectionLog:
         items, rest = pending.items[: self._max_items], pending.items[self._max_items :]
         covered = {item[0] for item in items}
         msgs = [m for m in pending.msgs if m.metadata.sequence.stream in covered]
-        summary = _summarise(owner, items, msgs[0])
+        summary = summarise(owner, items, sample_body=msgs[0].data, sample_headers=msgs[0].headers or {})
         envelope = new_envelope(
             tenant=self._tenant,
             kind="event",
@@ -209,8 +209,7 @@ class RejectionLog:
             content_type="application/msgpack",
             payload=encode_rejection_summary(summary),
         )
-        digest = hashlib.sha256(b"".join(i[0].to_bytes(8, "big") for i in items)).hexdigest()[:32]
-        msg_id = f"rejections:{self._stream}:{digest}"
+        msg_id = summary_msg_id(self._stream, [i[0] for i in items])
         try:
             await self._publish(quarantine(self._tenant), self._seal(envelope), headers={HEADER_MSG_ID: msg_id})
         except TransportError:
@@ -228,7 +227,20 @@ class RejectionLog:
         self.recorded(owner, summary.counts, max(covered))
 
 
-def _summarise(owner: str, items: list[tuple[int, str, str, str, bytes, int]], first: Msg) -> RejectionSummary:
+def summary_msg_id(stream: str, seqs: list[int]) -> str:
+    """The duplicate id of a summary listing ``seqs``: recording the same messages again is a no-op."""
+    digest = hashlib.sha256(b"".join(seq.to_bytes(8, "big") for seq in seqs)).hexdigest()[:32]
+    return f"rejections:{stream}:{digest}"
+
+
+def summarise(
+    owner: str,
+    items: list[tuple[int, str, str, str, bytes, int]],
+    *,
+    sample_body: bytes,
+    sample_headers: Mapping[str, str],
+) -> RejectionSummary:
+    """A summary of ``items`` (seq, subject, reason, detail, body SHA-256, body size), the first one's body given."""
     subject_index: dict[str, int] = {}
     reason_index: dict[str, int] = {}
     counts: dict[str, int] = {}
@@ -240,7 +252,7 @@ def _summarise(owner: str, items: list[tuple[int, str, str, str, bytes, int]], f
         rows.append(RejectedItem(seq, s, r, size, digest))
     seq, _, reason, detail, _, _ = items[0]
     try:
-        claimed = decode_envelope(first.data) if len(first.data) <= 4 * 64 * 1024 else None
+        claimed = decode_envelope(sample_body) if len(sample_body) <= 4 * 64 * 1024 else None
     except VerificationError:
         claimed = None
     return RejectionSummary(
@@ -255,7 +267,7 @@ def _summarise(owner: str, items: list[tuple[int, str, str, str, bytes, int]], f
             detail=detail[:500],
             claimed_sender=claimed.sender if claimed else None,
             claimed_id=claimed.id if claimed else None,
-            key_id=(first.headers or {}).get(HEADER_KEY, "")[:128] or None,
-            body=first.data[:SAMPLE_BYTES],
+            key_id=sample_headers.get(HEADER_KEY, "")[:128] or None,
+            body=sample_body[:SAMPLE_BYTES],
         ),
     )

@@ -1,6 +1,7 @@
 """The ledger service: tails the tenant stream, keeps the projection and publishes checkpoints.
 
-It also records what the server gave up delivering (:mod:`ledger._given_up`).
+It also records what the server gave up delivering (:mod:`ledger._given_up`), and
+outbox messages on a partition the tenant does not have (:mod:`ledger._strays`).
 
 The adapter around :class:`~ledger._projector.Projector` (pure) and
 :class:`~ledger._segments.SegmentStore` (the files). It reads the stream
@@ -41,6 +42,7 @@ from ledger._projection import KeyRow, Rows
 from ledger._projector import Projector
 from ledger._segments import SegmentStore
 from ledger._stored import StoredMessage
+from ledger._strays import StrayRecorder
 
 log = logging.getLogger("trustbus.ledger")
 
@@ -104,6 +106,7 @@ class LedgerService:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._last_delivery = 0  # the consumer's delivery sequence of the last message read
         self._unacked: Msg | None = None  # the newest message read and not acked
+        self._strays = StrayRecorder(bus)  # outbox messages no coordinator reads (ledger._strays)
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Project until ``stop`` is set, then commit what was projected and return."""
@@ -340,8 +343,10 @@ class LedgerService:
             if self.projector.position.last_seq == before:
                 continue  # projected before
             self.schedule.observe(self._pending.envelopes[-1].channel)
+            self._strays.observe(message)
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
+        await self._strays.flush()
 
     async def _commit(self) -> None:
         rows, self._pending = self._pending, Rows()

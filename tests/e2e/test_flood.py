@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from agents._approvals import answer
 from bus import Decision, KeyringStore, decode_decision, decode_envelope, encode_envelope, new_envelope, subjects, tail
@@ -144,3 +145,25 @@ async def test_a_sender_under_its_rejection_threshold_is_not_suspended(fleet: Fl
     sent = await fleet.send(mallory, ["carol"], "a typo, not an attack")
     decisions = await fleet.decisions(lambda ds: any(d.envelope_id == sent for d in ds))
     assert [(d.kind, d.verdict) for d in decisions] == [("event", "accept")]
+
+
+async def test_an_envelope_on_an_outbox_partition_the_tenant_does_not_have_is_a_recorded_rejection(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    await fleet.coordinator({"rules": [OPEN]})
+    await fleet.key("ledger", role="ledger")
+    await fleet.spawn("ledger", "run", "-t", fleet.tenant, "--data", str(tmp_path / "projection"))
+    alice = await fleet.bus("alice")
+    stray = alice.seal(new_envelope(tenant=fleet.tenant, kind="event", sender="alice", to=["carol"]))
+    ack = await alice.publish(f"tb.{fleet.tenant}.out.alice.99", stray)  # the tenant has one partition
+    mediated = await fleet.send(alice, ["carol"], "on partition 0")
+    found = await summaries(fleet, lambda found: ack.seq in listed(found))
+    assert listed(found)[ack.seq] == "unknown_partition"
+    [(_, summary)] = [(at, s) for at, s in found if ack.seq in listed([(at, s)])]
+    assert summary.owner == "alice" and summary.sample.claimed_id == stray.envelope.id
+    # Its twin on a partition the tenant has is mediated as usual, and not recorded as a stray.
+    _, decision = await decision_seq(fleet, mediated)
+    assert decision.verdict == "accept"
+    messages = await read_stream(fleet.nc.jetstream(), fleet.tenant)
+    mediated_seq = next(m.seq for m in messages if m.subject.endswith(".out.alice.0"))
+    assert mediated_seq not in listed(await summaries(fleet, lambda found: True))
