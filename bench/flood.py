@@ -62,6 +62,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bus
+from agents._intake import sender_consumer
 from bench.mediated import (
     READY_TIMEOUT_S,
     SENDER_SLACK_S,
@@ -164,15 +165,23 @@ async def stream_state(url: str) -> tuple[int, int]:
         await nc.close()
 
 
-async def wait_recorded(url: str, from_seq: int, flooded: int) -> tuple[dict[str, Any], float]:
-    """Read the stream from ``from_seq`` until every stored forged envelope is listed by a summary."""
+async def wait_recorded(url: str, from_seq: int) -> tuple[dict[str, Any], float]:
+    """Wait until the coordinator has settled every forged envelope, then read the stream from ``from_seq`` until
+    each is listed by a summary: the counts, and when the coordinator was done."""
     outbox = bus.subjects.outbox(TENANT, "f", 0)
     quarantine = bus.subjects.quarantine(TENANT)
     deadline = time.monotonic() + RECORD_TIMEOUT_S
     nc = await nats.connect(url, connect_timeout=5)
     try:
+        js = nc.jetstream()
+        while time.monotonic() < deadline:  # until the coordinator's consumer of F has nothing left (cheap to ask)
+            info = await js.consumer_info(bus.subjects.stream_name(TENANT), sender_consumer(0, "f"))
+            if not info.num_pending and not info.num_ack_pending:
+                break
+            await asyncio.sleep(0.2)  # pacing between asks; no event says "all recorded"
+        done_at = time.monotonic()
         while True:
-            messages = await read_stream(nc.jetstream(), TENANT, from_seq=from_seq)
+            messages = await read_stream(js, TENANT, from_seq=from_seq)
             forged = [m for m in messages if m.subject == outbox]
             listed: dict[int, str] = {}
             record_bytes = 0
@@ -196,8 +205,8 @@ async def wait_recorded(url: str, from_seq: int, flooded: int) -> tuple[dict[str
                     "by_reason": reasons,
                     "record_bytes": record_bytes,
                     "forged_bytes": sum(stored_size(m.subject, m.headers, m.body) for m in forged),
-                }, time.monotonic()
-            await asyncio.sleep(0.5)  # pacing between re-reads of the stream; no event says "all recorded"
+                }, done_at
+            await asyncio.sleep(0.5)  # a summary stored after the consumer's last ack: read again
     finally:
         await nc.close()
 
@@ -237,7 +246,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                 flooded = bench.finish(name, sender, n)
                 flooder.wait_exit(RECORD_TIMEOUT_S, watch=bench.servers)
                 stderr.print("waiting for every forged envelope to be recorded")
-                counts, recorded_at = asyncio.run(wait_recorded(url, mid_seq + 1, args.flood))
+                counts, recorded_at = asyncio.run(wait_recorded(url, mid_seq + 1))
                 _, end_bytes = asyncio.run(stream_state(url))
             finally:
                 bench.children.stop_all()
