@@ -61,6 +61,7 @@ from bus._provision import DUPLICATE_WINDOW_S
 from bus._records import Approval, Decision, MemoryValue, decode_effect, encode_decision
 from bus._records import decode_memory_value as decode_value
 from bus._records import encode_memory_value as encode_value
+from bus._rejections import subject_owner
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
 
 log = logging.getLogger("trustbus.coordinator")
@@ -171,6 +172,13 @@ class Coordinator:
             except (TransportError, TransientError) as exc:
                 log.warning("suspension not recorded; will retry", extra={"sender": sender, "error": str(exc)})
                 self.suspensions.postpone(sender, seq)
+
+    async def _refuse(self, delivery: Delivery, reason: str, detail: str) -> None:
+        """Quarantine ``delivery`` and count it against its subject's owner, towards a suspension."""
+        await delivery.reject(reason, detail)
+        owner = subject_owner(delivery.subject)
+        if "." not in owner:
+            self.suspensions.refused(owner, {reason: 1}, last_seq=delivery.stream_seq, at_ns=time.time_ns())
 
     def _batchable(self, delivery: Delivery) -> bool:
         """Plain envelopes from their sender's outbox: decided together, forwarded together."""
@@ -379,7 +387,7 @@ class Coordinator:
         if delivery.subject != self._outbox_of(envelope):
             # Another agent's outbox, or the wrong partition for its correlation (whose
             # state, budget included, another coordinator holds).
-            await delivery.reject("wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
+            await self._refuse(delivery, "wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
             return
 
         revision = await self._memory_revision(envelope) if envelope.kind == "memory_write" else 0
@@ -484,7 +492,9 @@ class Coordinator:
         owner = delivery.subject.split(".")[3]
         misplaced = self.bus.partition(envelope.correlation_id) != self.partition
         if owner != envelope.sender or envelope.kind != "effect" or misplaced:
-            await delivery.reject("wrong_outbox", f"{envelope.sender}'s {envelope.kind} arrived on {delivery.subject}")
+            await self._refuse(
+                delivery, "wrong_outbox", f"{envelope.sender}'s {envelope.kind} arrived on {delivery.subject}"
+            )
             return
         try:
             record = decode_effect(envelope.payload)

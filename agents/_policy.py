@@ -36,8 +36,9 @@ class RateLimit(_Model):
 
 
 class Suspension(_Model):
-    """A sender with ``rejections`` messages refused (failing verification) within ``window_s`` seconds, in one
-    partition, is suspended there until an operator lifts it (see agents/_suspension.py)."""  # noqa: D205, D209
+    """A sender with ``rejections`` messages refused before a decision (failing verification, or on the wrong
+    outbox) within ``window_s`` seconds in one partition is suspended there until an operator lifts it (see
+    agents/_suspension.py)."""  # noqa: D205, D209
 
     rejections: Annotated[int, Field(ge=1)] = 1000
     window_s: Annotated[float, Field(gt=0)] = 60.0

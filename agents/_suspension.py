@@ -1,8 +1,8 @@
 """Suspending a sender whose traffic keeps being refused, by a decision an operator can lift.
 
 Pure: no NATS. A partition's coordinator counts the messages it refused from
-each sender (verification failures, recorded in aggregate by
-:class:`bus._rejections.RejectionLog`); a sender with ``policy.limits.suspension.rejections``
+each sender before deciding them (verification failures, recorded in aggregate
+by :class:`bus._rejections.RejectionLog`, and ``wrong_outbox``); a sender with ``policy.limits.suspension.rejections``
 of them within ``window_s`` is suspended in that partition by a decision on
 the partition's log: a :class:`~bus.Decision` of kind ``suspension`` and
 verdict ``hold`` about the synthetic envelope id :func:`suspension_id`. The

@@ -398,12 +398,13 @@ class Bus:
         if last == 0:
             return seen
         since = time.time_ns() - 2 * self.limits.skew_ns
-        try:
+
+        async def read_back(subject: str | None) -> None:
             async for item in tail(
                 self.js,
                 self.keyring,
                 self.tenant,
-                subject=info.config.filter_subject,
+                subject=subject,
                 since_ns=since,
                 limits=self.limits,
                 idle_timeout_s=self._publish_timeout_s,
@@ -414,6 +415,13 @@ class Bus:
                     seen.add(item.opened.envelope, item.stream_seq, settled=item.stream_seq <= floor)
                 if item.pending == 0:
                     break
+
+        # Each filter subject read apart, at once: only this consumer's traffic, not the whole stream.
+        filters: list[str | None] = list(info.config.filter_subjects or []) or [info.config.filter_subject]
+        try:
+            for failed in await asyncio.gather(*(read_back(subject) for subject in filters), return_exceptions=True):
+                if isinstance(failed, BaseException):
+                    raise failed
         except (BusError, nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("could not read back recently accepted ids", extra={"consumer": info.name, "error": str(exc)})
         return seen

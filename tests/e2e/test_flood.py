@@ -167,3 +167,15 @@ async def test_an_envelope_on_an_outbox_partition_the_tenant_does_not_have_is_a_
     messages = await read_stream(fleet.nc.jetstream(), fleet.tenant)
     mediated_seq = next(m.seq for m in messages if m.subject.endswith(".out.alice.0"))
     assert mediated_seq not in listed(await summaries(fleet, lambda found: True))
+
+
+async def test_a_sender_replaying_others_envelopes_from_its_outbox_is_suspended_too(fleet: Fleet) -> None:
+    await fleet.coordinator({"rules": [OPEN], "limits": {"suspension": {"rejections": 20, "window_s": 60}}})
+    alice, bob = await fleet.bus("alice"), await fleet.bus("bob")
+    for i in range(25):  # alice's valid envelopes, re-published from bob's outbox: wrong_outbox each
+        sealed = alice.seal(
+            new_envelope(tenant=fleet.tenant, kind="event", sender="alice", to=["carol"], payload=b"%d" % i)
+        )
+        await bob.publish(subjects.outbox(fleet.tenant, "bob", 0), sealed)
+    decisions = await fleet.decisions(lambda ds: any(d.kind == "suspension" for d in ds))
+    assert [(d.sender, d.verdict) for d in decisions if d.kind == "suspension"] == [("bob", "hold")]
