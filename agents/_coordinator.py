@@ -1,7 +1,8 @@
 """The coordinator: the reference monitor every envelope between agents passes through.
 
 A :class:`Coordinator` mediates one partition of a tenant (every correlation
-whose hash falls in it; see :func:`bus.subjects.partition_of`). For each
+whose hash falls in it; see :func:`bus.subjects.partition_of`), reading each
+sender's traffic in turn (:mod:`agents._intake`). For each
 envelope in an outbox of its partition it verifies it (``bus.Bus.consume``),
 checks it came from its sender's own outbox for its correlation's partition,
 decides with :func:`agents._decision.decide`, appends the decision to the
