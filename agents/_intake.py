@@ -15,7 +15,7 @@ batches per turn (``SENDER_SETTINGS.batch`` messages), whatever its backlog.
 What fails verification is recorded in aggregate, one
 :class:`~bus._rejections.RejectionSummary` per sender per window, and counted
 towards the sender's suspension (:mod:`agents._suspension`); a suspended
-sender's messages are refused unverified. Owners granted a key later get
+sender's outbox messages are refused unverified. Owners granted a key later get
 their consumers at once (the keyring is followed, and checked every 50 ms).
 """
 
@@ -83,6 +83,7 @@ class Intake:
         self._ready = asyncio.Event()
         self._turn = 0
         self._grants = 0  # grants seen by the last ensure_consumers
+        self._outboxes = f"tb.{bus.tenant}.out."
 
     async def ensure_consumers(self) -> None:
         """Create the consumer of every key owner that has none yet (idempotent)."""
@@ -165,8 +166,10 @@ class Intake:
                     await asyncio.wait_for(stop.wait(), REFRESH_S)
 
     def _screen(self, msg: Msg) -> tuple[str, str] | None:
+        """Refuse a suspended sender's outbox messages unverified. Its effect records are still verified and
+        recorded: the taint of what its tools returned must follow it once the suspension is lifted."""  # noqa: D205, D209
         owner = subject_owner(msg.subject)
-        if owner != msg.subject and self.suspensions.suspended(owner):
+        if msg.subject.startswith(self._outboxes) and self.suspensions.suspended(owner):
             return SUSPENDED, f"{owner} is suspended in partition {self.partition}"
         return None
 

@@ -10,8 +10,9 @@ coordinator's state is the fold of that log, so a suspension survives
 restarts and every coordinator of the partition sees it.
 
 While the latest suspension of a sender is held (or was denied), everything
-on its subjects in the partition is refused unverified, as ``suspended``, in
-aggregate. An operator lifts it like any hold, with a signed approval
+on its outbox in the partition is refused unverified, as ``suspended``, in
+aggregate (its effect records are still verified and recorded, so the taint of
+its tools' results still follows it). An operator lifts it like any hold, with a signed approval
 (``trustbus approve <suspension id> --as <operator>``): the decision becomes
 ``accept`` and the sender's traffic is verified and mediated again. A denial
 keeps it suspended for good (revoke the key, or grant a new one, to go on).
