@@ -3,7 +3,15 @@
 from agents._coordinator import Coordinator
 from agents._decision import CoordinatorState, Deferral, decide
 from agents._effects import idempotency_key
-from agents._errors import AgentError, EffectError, PolicyError, RuntimeSetupError, ToolRegistryError, UnknownTool
+from agents._errors import (
+    AgentError,
+    EffectDenied,
+    EffectError,
+    PolicyError,
+    RuntimeSetupError,
+    ToolRegistryError,
+    UnknownTool,
+)
 from agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
 from agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
 from agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
@@ -15,6 +23,7 @@ __all__ = [
     "Coordinator",
     "CoordinatorState",
     "Deferral",
+    "EffectDenied",
     "EffectError",
     "Handlers",
     "Limits",

@@ -7,15 +7,26 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
+import msgspec
 import nats.errors
 import nats.js.errors
 
 from agents._decision_log import DecisionLog
 from agents._errors import AgentError
 from agents._policy import Policy
-from bus import KeyDirectory, KeyringStore, TransportError, connect_nats, new_envelope, seal, subjects
+from bus import (
+    KeyDirectory,
+    KeyringStore,
+    TransportError,
+    VerificationError,
+    connect_nats,
+    decode_envelope,
+    new_envelope,
+    seal,
+    subjects,
+)
 from bus._provision import tenant_partitions
-from bus._records import Approval, Decision
+from bus._records import Approval, Decision, decode_effect
 from bus._subjects import partition_of
 
 POLL_S = 0.1
@@ -33,6 +44,13 @@ async def list_held(
     ``reader``: the key owner ``nkey_seed`` belongs to, whose reply prefix a
     rendered config allows (an operator); None for the admin or a dev server.
     """
+    return [decision for decision, _ in await list_held_requests(servers, tenant, nkey_seed=nkey_seed, reader=reader)]
+
+
+async def list_held_requests(
+    servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None, reader: str | None = None
+) -> list[tuple[Decision, str]]:
+    """Like :func:`list_held`, each with what the held message asks (:func:`what_is_held`), read from the stream."""
     prefix = subjects.reply_prefix(reader) if reader else None
     nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
@@ -40,9 +58,36 @@ async def list_held(
         async with await KeyringStore.open(js, tenant, follow=False) as keyring:
             log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
             await log.catch_up()
-            return log.state.held()
+            held = []
+            for decision in log.state.held():
+                try:
+                    raw = await js.get_msg(subjects.stream_name(tenant), decision.source_seq)
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    raise TransportError(f"cannot read held message {decision.source_seq}: {exc}") from exc
+                held.append((decision, what_is_held(raw.data or b"")))
+            return held
     finally:
         await nc.close()
+
+
+SHOWN_CHARS = 200
+
+
+def what_is_held(body: bytes) -> str:
+    """One line saying what a held message asks: a tool call's tool and arguments, else its payload (cut short).
+
+    The decision log says who and why; this says what, so an operator never approves blind.
+    """
+    try:
+        envelope = decode_envelope(body)
+        text = envelope.payload.decode(errors="replace")
+        if envelope.kind == "effect":
+            record = decode_effect(envelope.payload)
+            text = f"{record.tool} {record.args.decode(errors='replace')}"
+    except (VerificationError, msgspec.DecodeError) as exc:
+        return f"(unreadable: {exc})"
+    text = " ".join(text.split())
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}..."
 
 
 def _describe(decision: Decision) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 
 import msgspec
@@ -40,12 +39,15 @@ from nats.js.api import PubAck
 
 from agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
 from agents._decision_log import DecisionLog
+from agents._effect_answers import store_answer
+from agents._effect_asks import decide_ask, is_ask, is_ask_decision
 from agents._intake import Intake
 from agents._memory import kv_subject, parse_write
 from agents._policy import Policy
 from agents._suspension import Suspensions
 from bus import (
     Bus,
+    ConfigError,
     ConsumerSettings,
     Delivery,
     Envelope,
@@ -59,11 +61,12 @@ from bus import (
     subjects,
 )
 from bus._provision import DUPLICATE_WINDOW_S
-from bus._records import Approval, Decision, MemoryValue, decode_effect, encode_decision
+from bus._records import Approval, Decision, EffectRecord, MemoryValue, decode_effect, encode_decision
 from bus._records import decode_memory_value as decode_value
 from bus._records import encode_memory_value as encode_value
 from bus._rejections import subject_owner
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
+from bus._transport import rejection
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -159,13 +162,13 @@ class Coordinator:
     async def _suspend_due(self) -> None:
         """Record a suspension for each sender the intake found over its rejection threshold (agents._suspension)."""
         for sender, seq in self.suspensions.due():
-            made = self.suspensions.decision(sender, source_seq=seq, now_ns=time.time_ns())
+            made = self.suspensions.decision(sender, source_seq=seq, now_ns=self.bus.clock())
             if made is None:
                 continue
             cause, _ = made
 
             def make(sender: str = sender, seq: int = seq) -> Decision | None:
-                again = self.suspensions.decision(sender, source_seq=seq, now_ns=time.time_ns())
+                again = self.suspensions.decision(sender, source_seq=seq, now_ns=self.bus.clock())
                 return None if again is None else again[1]
 
             try:
@@ -179,7 +182,7 @@ class Coordinator:
         await delivery.reject(reason, detail)
         owner = subject_owner(delivery.subject)
         if "." not in owner:
-            self.suspensions.refused(owner, {reason: 1}, last_seq=delivery.stream_seq, at_ns=time.time_ns())
+            self.suspensions.refused(owner, {reason: 1}, last_seq=delivery.stream_seq, at_ns=self.bus.clock())
 
     def _batchable(self, delivery: Delivery) -> bool:
         """Plain envelopes from their sender's outbox: decided together, forwarded together."""
@@ -225,8 +228,15 @@ class Coordinator:
                 envelope = delivery.envelope
                 if delivery.settled or envelope.id in self.state.decided:
                     continue
-                clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
-                result = decide(self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq)
+                clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
+                try:
+                    result = decide(
+                        self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq
+                    )
+                except Exception as exc:  # this envelope's fault, never its batch's
+                    log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
+                    await delivery.reject(*rejection(exc))
+                    continue
                 if isinstance(result, Deferral):
                     await delivery.defer(result.retry_after_s)
                     continue
@@ -278,6 +288,7 @@ class Coordinator:
             taint=decision.effective_taint,
             content_type="application/msgpack",
             payload=encode_decision(decision),
+            now_ns=self.bus.clock(),
         )
         return record, self.bus.seal(record)
 
@@ -399,7 +410,7 @@ class Coordinator:
             # The decision clock is when the server stored the envelope, so a backlog is
             # rate-limited as it was sent; a redelivery (after a rate-limit delay or a
             # crash) is decided now, or a delayed sender would never earn a token.
-            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, time.time_ns())
+            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
             return decide(
                 self.policy,
                 envelope,
@@ -454,7 +465,7 @@ class Coordinator:
             current = await self.bus.js.get_last_msg(f"KV_{bucket}", subject)
             if decode_value(current.data or b"").envelope_id == decision.envelope_id:
                 return  # applied before a crash
-        except (nats.js.errors.NotFoundError, msgspec.DecodeError):
+        except (nats.js.errors.NotFoundError, ValueError):  # ValueError: msgspec.DecodeError, MalformedPayload
             pass  # nothing there yet, or not a value this code wrote: the compare-and-set decides
         value = MemoryValue(
             value=bytes(write.value),
@@ -502,6 +513,9 @@ class Coordinator:
         except (msgspec.DecodeError, ValueError) as exc:
             await delivery.reject("bad_effect", str(exc))
             return
+        if is_ask(envelope, record):
+            await self._ask(delivery, record)
+            return
         if record.phase != "completed":
             return
 
@@ -511,6 +525,24 @@ class Coordinator:
             return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
 
         await self._record(envelope, make)
+
+    async def _ask(self, delivery: Delivery, record: EffectRecord) -> None:
+        """Decide a high-risk tool call made under taint before it runs, and leave the agent the answer."""
+        envelope = delivery.envelope
+        try:
+            subjects.check_effect_key(envelope.id)
+        except ConfigError:
+            await delivery.reject("bad_effect", f"effect request id {envelope.id!r} cannot name its answer's key")
+            return
+
+        def make() -> Decision | None:
+            if envelope.id in self.state.decided:
+                return None
+            clock, seq = delivery.stored_ns, delivery.stream_seq
+            return decide_ask(self.policy, envelope, record, self.state, received_ns=clock, source_seq=seq)
+
+        await self._record(envelope, make)
+        await store_answer(self.bus, self.state.decided[envelope.id])
 
     async def _approval(self, delivery: Delivery) -> None:
         """Release or drop a held envelope on an operator's signed approval."""
@@ -542,6 +574,9 @@ class Coordinator:
             state = "unknown" if decision is None else f"{decision.verdict} ({', '.join(decision.reasons)})"
             await delivery.reject("not_held", f"envelope {request.envelope_id} is not held: {state}")
             return
+        if is_ask_decision(decision):
+            await store_answer(self.bus, decision)  # a held tool call: its agent is waiting for this
+            return
         if decision.verdict == "accept":
             try:
                 raw = await self.bus.js.get_msg(self.bus.stream, decision.source_seq)
@@ -570,7 +605,7 @@ class Coordinator:
         if decision.verdict != "accept":
             return []
         decision_id = self._decision_ids[decision.envelope_id]
-        recheck = time.time_ns() - decision.decided_ns > _DEDUP_SAFE_NS
+        recheck = self.bus.clock() - decision.decided_ns > _DEDUP_SAFE_NS
         acks = []
         for recipient in decision.deliver_to:
             subject = self._subject_for(recipient)

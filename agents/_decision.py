@@ -10,19 +10,21 @@ re-decided under another policy.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from agents._causes import UNSOLICITED_REPLY, cause_problem, reply_may_reach
 from agents._memory import parse_write
 from agents._policy import Policy
 from bus import Envelope
+from bus._payload import MalformedPayload, decode_json
 from bus._records import Decision, Dropped, Verdict
 
 EFFECT_RECORDED = "effect_recorded"
+EFFECT_REQUESTED = "effect_requested"  # a high-risk tool call asked about before it runs (agents._effect_asks)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class CoordinatorState:
                 self.seen_taint, key, self.seen_taint.get(key, frozenset()) | frozenset(decision.effective_taint), undo
             )
             return
+        if EFFECT_REQUESTED in decision.reasons:  # nothing delivered, nothing spent
+            return
         if first and "rate_limit" not in decision.reasons:
             tokens = self.tokens(policy, decision.sender, decision.decided_ns)
             if tokens is not None:
@@ -132,8 +136,8 @@ def instruction_verb(envelope: Envelope) -> str | None:
     if envelope.content_type != "application/json":
         return None
     try:
-        body = json.loads(envelope.payload)
-    except ValueError:
+        body = decode_json(envelope.payload)
+    except MalformedPayload:
         return None
     verb = body.get("verb") if isinstance(body, dict) else None
     return verb if isinstance(verb, str) and verb else None
@@ -198,6 +202,9 @@ def decide(
         if rate.over_limit == "delay":
             return Deferral(retry_after_s=(1 - tokens) / rate.per_second)
         return refuse_all("rate_limit")
+    problem = cause_problem(envelope, state.decided)
+    if problem is not None:
+        return refuse_all(problem)
 
     if envelope.kind == "checkpoint":
         # An agent may always checkpoint to itself; the coordinator stores it, nobody receives it.
@@ -231,6 +238,8 @@ def decide(
         rule = policy.rule_for(envelope.sender, recipient, envelope.kind)
         if rule is None:
             dropped.append(Dropped(recipient, "not_allowed"))
+        elif envelope.kind == "reply" and not reply_may_reach(envelope, recipient, state.decided):
+            dropped.append(Dropped(recipient, UNSOLICITED_REPLY))
         elif envelope.kind == "instruction" and verb is None:
             dropped.append(Dropped(recipient, "no_verb"))
         elif envelope.kind == "instruction" and verb is not None and not rule.allows_verb(verb):

@@ -20,8 +20,12 @@ log = logging.getLogger("trustbus.coordinator")
 class DecisionLog:
     """Follows the decision log; ``state`` is the fold of every decision read so far.
 
-    Only decisions signed by a key with the ``coordinator`` role are applied;
-    anything else on the subject is logged and skipped.
+    Only decisions signed by a key with the ``coordinator`` role (as it stood
+    when the record was stored) are applied; anything else on the subject is
+    logged and skipped. A decision is judged by its store time, not by the
+    ``ts`` its coordinator's clock gave it, so a coordinator whose clock was
+    stepped never loses what it decided; a second copy of one record (the same
+    record id at another sequence) is skipped as a replay.
     """
 
     def __init__(
@@ -35,6 +39,7 @@ class DecisionLog:
         self._subject = subjects.all_decisions(tenant) if partition is None else subjects.decision(tenant, partition)
         self.state = CoordinatorState()
         self.decision_ids: dict[str, str] = {}
+        self._records: set[str] = set()  # ids of the decision records applied
 
     async def catch_up(self) -> None:
         """Apply every decision appended after the last one applied."""
@@ -53,9 +58,11 @@ class DecisionLog:
     def apply_recorded(self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int) -> None:
         """Verify one stored decision envelope and fold it in."""
         try:
-            opened = open_envelope(body, headers, keyring=self._keyring, received_ns=stored_ns)
+            opened = open_envelope(body, headers, keyring=self._keyring, received_ns=stored_ns, at_store=True)
             if opened.grant.role != "coordinator":
                 raise VerificationError(f"decision signed by a {opened.grant.role} key")
+            if opened.envelope.id in self._records:
+                raise VerificationError(f"decision record {opened.envelope.id} stored again")
             decision = decode_decision(opened.envelope.payload)
         except (VerificationError, msgspec.DecodeError, ValueError) as exc:
             log.error("unusable decision record skipped", extra={"stream_seq": seq, "error": str(exc)})
@@ -63,3 +70,4 @@ class DecisionLog:
             return
         self.state.apply(decision, self._policy, seq=seq)
         self.decision_ids[decision.envelope_id] = opened.envelope.id
+        self._records.add(opened.envelope.id)

@@ -13,22 +13,43 @@ single direct get away, and decides what happens:
 
 Every attempt records ``requested`` (with a JetStream ack) before the tool
 runs, then ``completed`` with the result or ``failed`` with the error.
+
+A call to a high-risk tool while the handler carries taint is mediated
+(:mod:`agents._effect_asks`): its ``requested`` record asks the coordinator,
+and the tool runs only once the coordinator accepts (an operator approved a
+hold); a refusal raises :class:`~agents.EffectDenied`. That record stands for
+the attempt's ``requested``: a process that dies while it is held finds it
+again on redelivery and waits for the same answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import msgspec
 import nats.errors
 import nats.js.errors
 
+from agents._effect_answers import await_answer
+from agents._effect_asks import denial_message, is_ask
 from agents._effects import idempotency_key
-from agents._errors import EffectError, RuntimeSetupError, UnknownTool
+from agents._errors import EffectDenied, EffectError, RuntimeSetupError, UnknownTool
 from agents._tools import Toolbox
-from bus import Bus, Envelope, TransportError, VerificationError, new_envelope, open_envelope, subjects
+from bus import (
+    Bus,
+    Envelope,
+    TransportError,
+    VerificationError,
+    decode_json,
+    new_envelope,
+    open_envelope,
+    subjects,
+)
 from bus._records import EffectRecord, decode_effect, encode_effect
 
 log = logging.getLogger("trustbus.agent")
@@ -37,9 +58,22 @@ log = logging.getLogger("trustbus.agent")
 class Effector:
     """The tool calls of one handler invocation: numbered in call order, recorded, never repeated once completed."""
 
-    def __init__(self, bus: Bus, agent_id: str, cause: Envelope, toolbox: Toolbox | None) -> None:
-        """Made by the runtime for each delivery; ``cause`` is the delivered envelope."""
+    def __init__(
+        self,
+        bus: Bus,
+        agent_id: str,
+        cause: Envelope,
+        toolbox: Toolbox | None,
+        *,
+        held: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        """Made by the runtime for each delivery; ``cause`` is the delivered envelope.
+
+        ``held()`` is entered while a call waits for an operator (the runtime suspends the
+        handler's timeout meanwhile: waiting for a person is not a hung handler).
+        """
         self._bus = bus
+        self._held = held
         self._agent_id = agent_id
         self._cause = cause
         self._toolbox = toolbox
@@ -58,6 +92,7 @@ class Effector:
             UnknownTool: no registry entry or no implementation for ``tool``.
             TypeError: ``args`` or the result is not JSON.
             EffectError: the stored record does not verify or is another call's.
+            EffectDenied: a mediated call (high-risk tool, tainted handler) was refused by the coordinator.
             TransportError: a record could not be read or stored (the delivery is retried).
             Exception: whatever the tool raised, after recording ``failed``.
         """
@@ -72,12 +107,14 @@ class Effector:
         key = idempotency_key(self._cause.idempotency_key or self._cause.id, tool, args, index)
         partition = self._bus.partition(self._cause.correlation_id)
         subject = subjects.effect_record(self._bus.tenant, self._agent_id, partition, key)
-        last = await self._last_record(subject, key, tool)
+        found = await self._last_record(subject, key, tool)
+        last = found[1] if found is not None else None
         if last is not None and last.phase == "completed":
             log.info("effect already completed; recorded result returned", extra={"tool": tool, "key": key})
             self._completed[index] = key
-            return json.loads(last.result or b"null"), _union(taint, last.taint, spec.result_taint)
-        if last is not None and last.phase == "requested":
+            return decode_json(last.result or b"null"), _union(taint, last.taint, spec.result_taint)
+        mediated = spec.high_risk and bool(taint)
+        if last is not None and last.phase == "requested" and not mediated:
             log.warning("effect requested but never finished; calling again with its key", extra={"key": key})
         requested = EffectRecord(
             phase="requested",
@@ -86,8 +123,27 @@ class Effector:
             args=arguments,
             effect_class=spec.effect_class,
             compensating_tool=spec.compensating_tool,
+            high_risk=spec.high_risk,
         )
-        await self._record(subject, requested, taint)
+        if mediated:
+            # Mediated: the requested record asks the coordinator; the tool waits for its answer.
+            # A request already made for this call (by a process that died waiting) is waited on, not repeated.
+            ask = found[0] if found is not None and is_ask(*found) else await self._record(subject, requested, taint)
+            with self._held():
+                answer = await await_answer(self._bus, self._agent_id, ask, tool=tool)
+            if answer.verdict != "accept":
+                reason = answer.reasons[-1]
+                denied = EffectDenied(
+                    denial_message(reason=reason, approver=answer.approver, tool=tool, key=key),
+                    reason=reason,
+                    tool=tool,
+                    idempotency_key=key,
+                    approver=answer.approver,
+                )
+                await self._record_failure(subject, requested, taint, denied)
+                raise denied
+        else:
+            await self._record(subject, requested, taint)
         try:
             result = json.dumps(await implementation(json.loads(arguments), idempotency_key=key)).encode()
         except Exception as exc:
@@ -99,8 +155,8 @@ class Effector:
         self._completed[index] = key
         return json.loads(result), gained
 
-    async def _last_record(self, subject: str, key: str, tool: str) -> EffectRecord | None:
-        """The latest record of this call, verified as this agent's own; None if there is none."""
+    async def _last_record(self, subject: str, key: str, tool: str) -> tuple[Envelope, EffectRecord] | None:
+        """The latest record of this call (envelope and record), verified as this agent's own; None if none."""
         try:
             raw = await self._bus.js.get_last_msg(self._bus.stream, subject, direct=True)
         except nats.js.errors.NotFoundError:
@@ -123,9 +179,9 @@ class Effector:
         mine = envelope.sender == self._agent_id and envelope.kind == "effect" and envelope.idempotency_key == key
         if not mine or record.idempotency_key != key or record.tool != tool:
             raise EffectError(f"the record on {subject} is not {self._agent_id}'s record of this {tool} call")
-        return record
+        return envelope, record
 
-    async def _record(self, subject: str, record: EffectRecord, taint: tuple[str, ...]) -> None:
+    async def _record(self, subject: str, record: EffectRecord, taint: tuple[str, ...]) -> Envelope:
         envelope = new_envelope(
             tenant=self._bus.tenant,
             kind="effect",
@@ -140,6 +196,7 @@ class Effector:
             idempotency_key=record.idempotency_key,
         )
         await self._bus.publish(subject, self._bus.seal(envelope))
+        return envelope
 
     async def _record_failure(
         self, subject: str, requested: EffectRecord, taint: tuple[str, ...], exc: Exception

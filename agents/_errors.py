@@ -7,7 +7,8 @@ The tree::
     ├── RuntimeSetupError    an agent or coordinator cannot start (no consumer, no key, ...)
     ├── ToolRegistryError    a tool registry file is missing, unparsable or invalid
     ├── UnknownTool          a tool not in the registry, or with no implementation bound
-    └── EffectError          an effect's stored record cannot be trusted
+    ├── EffectError          an effect's stored record cannot be trusted
+    └── EffectDenied         the coordinator refused a held tool call (an operator's denial, or the policy)
 """
 
 from __future__ import annotations
@@ -35,3 +36,23 @@ class UnknownTool(AgentError):
 
 class EffectError(AgentError):
     """The stored record of an effect does not verify or belongs to another call: nothing is run."""
+
+
+class EffectDenied(AgentError):
+    """A high-risk tool call made under taint was refused by the coordinator: the tool did not run.
+
+    Attributes:
+        reason: the stable reason code of the refusal: ``denied`` (an operator said no),
+            ``tainted_high_risk`` (the policy rejects such calls outright) or ``unknown_cause``.
+        tool: the tool that was not called.
+        idempotency_key: the call's key.
+        approver: the operator who denied it, if one did.
+    """
+
+    def __init__(self, message: str, *, reason: str, tool: str, idempotency_key: str, approver: str | None) -> None:
+        """``message`` says what was refused and why."""
+        super().__init__(message)
+        self.reason = reason
+        self.tool = tool
+        self.idempotency_key = idempotency_key
+        self.approver = approver

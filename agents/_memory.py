@@ -9,20 +9,21 @@ taint it came from.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from bus import Envelope, TransientError, subjects
+from bus import Envelope, TransientError, decode_json, subjects
 from bus._records import MemoryWrite, decode_memory_write
 from bus._records import decode_memory_value as decode_value
 
 Sender = Callable[..., Awaitable[Envelope]]
+# Records a value that is not what the key holds: (subject, revision, body, headers, detail).
+ForeignRecorder = Callable[[str, int, bytes, "Mapping[str, str] | None", str], Awaitable[None]]
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESERVED_KEYS = frozenset({"checkpoint"})
 
@@ -63,20 +64,26 @@ class Memory:
         agent_id: str,
         send: Sender,
         on_read: Callable[[tuple[str, ...]], None] = lambda taint: None,
+        on_foreign: ForeignRecorder | None = None,
     ) -> None:
         """``send`` proposes a ``memory_write`` envelope (the handler context's send); ``on_read`` is given the
-        taint of every value read (the context adds it to what the handler sends from then on)."""  # noqa: D205, D209
+        taint of every value read (the context adds it to what the handler sends from then on); ``on_foreign``
+        records a value that is not one the coordinator wrote."""  # noqa: D205, D209
         self._js = js
         self._bucket = subjects.memory_bucket(tenant)
         self._agent = agent_id
         self._send = send
         self._on_read = on_read
+        self._on_foreign = on_foreign
 
     async def get(self, key: str) -> MemoryEntry | None:
         """The current value of ``key`` and its revision (the revision to expect when writing it).
 
         The value's effective taint is passed to ``on_read``: reading what
-        tainted content wrote taints the reader.
+        tainted content wrote taints the reader. A foreign value (not a value
+        the coordinator wrote: an empty message the server stored there, bytes
+        that do not parse) is recorded once and reads as ``None`` at its
+        revision, so the agent carries on and can write over it.
         """
         try:
             raw = await self._js.get_last_msg(
@@ -86,11 +93,20 @@ class Memory:
             return None
         except (nats.errors.Error, nats.js.errors.Error) as exc:  # the server is away: retry the delivery later
             raise TransientError(f"cannot read memory key {key!r}: {exc}") from exc
-        stored = decode_value(raw.data or b"")
+        subject = kv_subject(self._bucket, self._agent, key)
+        try:
+            stored = decode_value(raw.data or b"")
+            value = decode_json(stored.value)
+        except (msgspec.DecodeError, ValueError) as exc:
+            if self._on_foreign is not None:
+                await self._on_foreign(
+                    subject, raw.seq or 0, raw.data or b"", raw.headers, f"not a memory value: {exc}"
+                )
+            return MemoryEntry(key=key, value=None, revision=raw.seq or 0, effective_taint=(), envelope_id="")
         self._on_read(stored.effective_taint)  # what was steered into memory steers whoever reads it
         return MemoryEntry(
             key=key,
-            value=json.loads(stored.value),
+            value=value,
             revision=raw.seq or 0,
             effective_taint=stored.effective_taint,
             envelope_id=stored.envelope_id,

@@ -8,7 +8,9 @@ coordinator that holds it holds every budget, hop and taint of its correlations.
 Holding a partition is a lease: the key ``partition-<p>`` of the KV bucket
 ``tb_coord_<T>`` names the holder, and the holder rewrites it every
 ``RENEW_S`` with compare-and-set on its revision. A lease not renewed for
-``LEASE_S`` (by the server's clock of its last write) is free. Every process
+``LEASE_S`` (by the server's clock of its last write, against the server's
+clock of this process's own member write of the round: no host clock is
+read, so a stepped clock neither frees live leases nor keeps dead ones) is free. Every process
 also rewrites ``member-<name>`` each round; the live ones share the partitions,
 each taking free or expired leases up to ``ceil(partitions / live)`` and
 handing back what it holds beyond that. A process that stops hands its leases
@@ -30,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Lease:
     name: str | None  # None: free (never written, or handed back)
     instance: str | None
     age_s: float
+    foreign: bool = False  # the last value is no holder's (an empty message the server stored there, say)
 
     @property
     def free(self) -> bool:
@@ -77,6 +79,7 @@ class Partitions:
         self._bucket = subjects.coordinator_bucket(bus.tenant)
         self._held: dict[int, tuple[Coordinator, asyncio.Event, asyncio.Task[None]]] = {}
         self._revisions: dict[int, int] = {}
+        self._server_now = 0.0  # the server's clock (unix s) at this round's member write
         self._inboxes: set[str] = set()
 
     @property
@@ -108,6 +111,7 @@ class Partitions:
                 log.error("partition stopped; handing it back", extra={"partition": partition})
                 await self._release(partition)
         await self._write(f"member-{self.bus.name}", self._holder(), expected=None)
+        self._server_now = await self._stored_at(f"member-{self.bus.name}")
         share = math.ceil(self.bus.partitions / await self._live_members())
         leases = {p: await self._read(f"partition-{p}") for p in range(self.bus.partitions)}
         for partition in self.held:
@@ -148,7 +152,9 @@ class Partitions:
         return hashlib.sha256(f"{self.bus.name}:{partition}".encode()).digest()
 
     async def _renew(self, partition: int, lease: Lease) -> bool:
-        if lease.instance != self.instance or lease.revision != self._revisions.get(partition):
+        # A foreign value written over our lease changes nobody's hold: write ours over it.
+        ours = lease.foreign and partition in self._revisions
+        if not ours and (lease.instance != self.instance or lease.revision != self._revisions.get(partition)):
             return False
         revision = await self._write(f"partition-{partition}", self._holder(), expected=lease.revision)
         if revision is None:
@@ -214,6 +220,15 @@ class Partitions:
             live += member.name is not None and member.age_s <= LEASE_S
         return max(live, 1)
 
+    async def _stored_at(self, key: str) -> float:
+        """When the server stored ``key``'s last value (unix s): its clock, read through what it wrote."""
+        try:
+            raw = await self.bus.js.get_last_msg(f"KV_{self._bucket}", f"$KV.{self._bucket}.{key}")
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise TransportError(f"cannot read {key} of {self._bucket}: {exc}") from exc
+        assert raw.time is not None
+        return raw.time.timestamp()
+
     async def _read(self, key: str) -> Lease:
         try:
             raw = await self.bus.js.get_last_msg(f"KV_{self._bucket}", f"$KV.{self._bucket}.{key}")
@@ -222,11 +237,17 @@ class Partitions:
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot read {key} of {self._bucket}: {exc}") from exc
         assert raw.seq is not None and raw.time is not None
-        age = time.time() - raw.time.timestamp()
-        if (raw.headers or {}).get(_OPERATION) in ("DEL", "PURGE") or not raw.data:
+        age = self._server_now - raw.time.timestamp()
+        if (raw.headers or {}).get(_OPERATION) in ("DEL", "PURGE"):
             return Lease(revision=raw.seq, name=None, instance=None, age_s=age)
-        value = json.loads(raw.data)
-        return Lease(revision=raw.seq, name=value.get("name", "?"), instance=value.get("instance"), age_s=age)
+        holder = _holder_of(raw.data or b"")
+        if holder is None:
+            # Held by no one we know of, from when it was stored: free once that is LEASE_S old.
+            detail = f"{key} holds no coordinator's lease"
+            await self.bus.record_foreign_value(f"$KV.{self._bucket}.{key}", raw.seq, raw.data or b"", raw.headers,
+                                                detail=detail)  # fmt: skip
+            return Lease(revision=raw.seq, name="?", instance=None, age_s=age, foreign=True)
+        return Lease(revision=raw.seq, name=holder[0], instance=holder[1], age_s=age)
 
     async def _write(
         self, key: str, value: dict[str, str] | None, *, expected: int | None, timeout_s: float = 5.0
@@ -246,3 +267,15 @@ class Partitions:
         except nats.errors.Error as exc:
             raise TransportError(f"cannot write {key} of {self._bucket}: {exc}") from exc
         return ack.seq
+
+
+def _holder_of(value: bytes) -> tuple[str, str] | None:
+    """(name, instance) of a lease or member value a coordinator wrote; None for anything else."""
+    try:
+        holder = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(holder, dict):
+        return None
+    name, instance = holder.get("name"), holder.get("instance")
+    return (name, instance) if isinstance(name, str) and isinstance(instance, str) else None

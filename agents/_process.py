@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from agents._runtime import Agent, connect_agent, run_agent
 from agents._tools import Toolbox, load_tools
 from bus import Bus, KeyDirectory, subjects
 from bus._signals import stop_on_signals
+
+log = logging.getLogger("trustbus.coordinator")
 
 
 def load_agent(target: str) -> Agent:
@@ -80,14 +84,22 @@ async def serve_coordinator(
     nkey_auth: bool,
     ready: Callable[[], None],
     tools_file: Path | None = None,
+    clock: Callable[[], int] = time.time_ns,
 ) -> None:
     """Run a coordinator until SIGTERM/SIGINT. A bad policy or tool registry stops it before it connects.
 
-    Tools the registry marks ``high_risk`` are high-risk tools of the policy too.
+    Tools the registry marks ``high_risk`` are high-risk tools of the policy too. ``clock``
+    (unix ns) dates what it signs.
     """
     policy = load_policy(policy_file)
     if tools_file is not None:
-        policy = policy.with_high_risk_tools(tool.name for tool in load_tools(tools_file) if tool.high_risk)
+        registry = list(load_tools(tools_file))
+        unasked = sorted(t.name for t in registry if not t.high_risk and t.name in policy.taint.high_risk_tools)
+        if unasked:  # runtimes ask before high-risk calls by their registry, which does not know the policy
+            log.warning(
+                "high risk in the policy but not in the registry: agents call them unasked", extra={"tools": unasked}
+            )
+        policy = policy.with_high_risk_tools(tool.name for tool in registry if tool.high_risk)
     identity = keys.load(tenant, name)
     stop = stop_on_signals()
     bus = await Bus.connect(
@@ -97,6 +109,7 @@ async def serve_coordinator(
         identity=identity,
         nkey_auth=nkey_auth,
         inbox_prefix=subjects.reply_prefix(name) if nkey_auth else None,
+        clock=clock,
     )
     try:
         grant = bus.keyring.keyring.resolve(identity.key_id)

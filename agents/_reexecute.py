@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents._effect_asks import denial_message, parse_denial
 from agents._effects import idempotency_key
+from agents._errors import EffectDenied
 from agents._runtime import Agent, Context, compensate, compensation_request
-from bus import EffectRecord, Envelope
+from bus import EffectRecord, Envelope, decode_json
 
 
 class NotRecorded(Exception):
@@ -75,11 +77,16 @@ class ReplayContext(Context):
         key = idempotency_key(self.envelope.idempotency_key or self.envelope.id, tool, args, len(self.called))
         self.called.append((tool, args))
         record = self._effects.get(key)
+        denial = parse_denial(record.error) if record is not None and record.tool == tool else None
+        if denial is not None:  # the coordinator refused it then: refuse it again
+            reason, approver = denial
+            message = denial_message(reason=reason, approver=approver, tool=tool, key=key)
+            raise EffectDenied(message, reason=reason, tool=tool, idempotency_key=key, approver=approver)
         if record is None or record.phase != "completed" or record.tool != tool:
             raise NotRecorded(f"{tool}({json.dumps(args, sort_keys=True)}) has no completed record")
         self._keys.append(key)
         self.taint = tuple(sorted(set(self.taint) | set(record.taint)))
-        return json.loads(record.result or b"null")
+        return decode_json(record.result or b"null")
 
     @property
     def effect_keys(self) -> list[str]:
@@ -97,7 +104,7 @@ class Replayed:
 
 def _output(envelope: Envelope) -> dict[str, Any]:
     try:
-        payload: Any = json.loads(envelope.payload)
+        payload: Any = decode_json(envelope.payload)
     except ValueError:
         payload = envelope.payload.hex()
     return {"kind": envelope.kind, "to": list(envelope.to), "payload": payload, "taint": list(envelope.taint)}

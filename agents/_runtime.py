@@ -12,21 +12,22 @@ resumes from the durable consumer and from its last checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import msgspec
 import nats.errors
 import nats.js.errors
 
+from agents._checkpoint_value import open_checkpoint
 from agents._coordinator import INBOX_SETTINGS
 from agents._decision import instruction_verb
 from agents._effector import Effector, check_direct_gets
 from agents._errors import RuntimeSetupError
-from agents._memory import Memory
+from agents._memory import ForeignRecorder, Memory
 from agents._tools import Toolbox, ToolImplementation
 from bus import (
     Bus,
@@ -35,11 +36,10 @@ from bus import (
     Envelope,
     Identity,
     Kind,
-    Limits,
+    MalformedPayload,
     TransientError,
-    VerificationError,
+    decode_json,
     new_envelope,
-    open_envelope,
     subjects,
 )
 
@@ -66,21 +66,39 @@ class Context:
     def __init__(self, bus: Bus, agent_id: str, delivery: Delivery, *, tools: Toolbox | None = None) -> None:
         """Made by the runtime for each delivery."""
         self._bus = bus
-        self._effector = Effector(bus, agent_id, delivery.envelope, tools)
+        self._deadline: asyncio.Timeout | None = None  # the handler's timeout, set by the runtime
+        self._effector = Effector(bus, agent_id, delivery.envelope, tools, held=self._waiting_for_a_person)
         self.agent_id = agent_id
         self.envelope: Envelope = delivery.envelope
         mediation = delivery.opened.mediation
         self.taint: tuple[str, ...] = mediation.effective_taint if mediation else self.envelope.taint
         self.decision_id: str | None = mediation.decision_id if mediation else None
         self.attempt = delivery.attempt
-        self.memory = Memory(bus.js, bus.tenant, agent_id, self.send, on_read=self._read_taint)
+        self.memory = Memory(
+            bus.js, bus.tenant, agent_id, self.send, on_read=self._read_taint, on_foreign=_foreign(bus)
+        )
+
+    @contextlib.contextmanager
+    def _waiting_for_a_person(self) -> Iterator[None]:
+        """Suspend the handler's timeout while a held tool call waits for an operator; resume it after."""
+        deadline, loop = self._deadline, asyncio.get_running_loop()
+        when = deadline.when() if deadline is not None else None
+        if deadline is None or when is None:
+            yield
+            return
+        remaining = max(0.0, when - loop.time())
+        deadline.reschedule(None)
+        try:
+            yield
+        finally:
+            deadline.reschedule(loop.time() + remaining)
 
     def _read_taint(self, taint: tuple[str, ...]) -> None:
         self.taint = tuple(sorted(set(self.taint) | set(taint)))
 
     def json(self) -> Any:
-        """The payload parsed as JSON."""
-        return json.loads(self.envelope.payload)
+        """The payload parsed as JSON, within the decoding bounds (raises ``bus.MalformedPayload``)."""
+        return decode_json(self.envelope.payload)
 
     async def send(
         self,
@@ -244,29 +262,34 @@ class Handlers(Agent):
         log.info("no handler; acked", extra={"kind": ctx.envelope.kind, "envelope_id": ctx.envelope.id})
 
 
+def _foreign(bus: Bus) -> ForeignRecorder:
+    async def record(subject: str, revision: int, body: bytes, headers: Mapping[str, str] | None, detail: str) -> None:
+        await bus.record_foreign_value(subject, revision, body, headers, detail=detail)
+
+    return record
+
+
 async def read_checkpoint(bus: Bus, agent_id: str) -> dict[str, Any] | None:
-    """The agent's last checkpoint, verified as signed by the agent itself; None if there is none."""
+    """The agent's last checkpoint, verified as signed by the agent itself; None if there is none.
+
+    A foreign value there (not the agent's signed checkpoint) is recorded once as ``foreign``
+    and the agent starts without it.
+    """
     bucket = subjects.memory_bucket(bus.tenant)
+    subject = f"$KV.{bucket}.{agent_id}.checkpoint"
     try:
-        raw = await bus.js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.{agent_id}.checkpoint", direct=True)
+        raw = await bus.js.get_last_msg(f"KV_{bucket}", subject, direct=True)
     except nats.js.errors.NotFoundError:
         return None
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise RuntimeSetupError(f"cannot read the checkpoint of {agent_id}: {exc}") from exc
-    record = msgspec.msgpack.decode(raw.data or b"")
     stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
     try:
-        opened = open_envelope(
-            record["body"], record["headers"], keyring=bus.keyring.keyring, received_ns=stored_ns, limits=Limits()
-        )
-    except VerificationError as exc:
-        log.error("checkpoint does not verify; starting without it", extra={"reason": exc.reason})
+        return open_checkpoint(raw.data or b"", keyring=bus.keyring.keyring, agent_id=agent_id, stored_ns=stored_ns)
+    except ValueError as exc:
+        log.error("checkpoint is foreign; starting without it", extra={"error": str(exc)})
+        await bus.record_foreign_value(subject, raw.seq or 0, raw.data or b"", raw.headers, detail=str(exc))
         return None
-    if opened.envelope.sender != agent_id or opened.envelope.kind != "checkpoint":
-        log.error("checkpoint is not this agent's; starting without it")
-        return None
-    state: dict[str, Any] = json.loads(opened.envelope.payload)
-    return state
 
 
 async def run_agent(
@@ -306,6 +329,7 @@ async def run_agent(
 async def _handle_in_time(agent: Agent, ctx: Context) -> None:
     """Run the handler (or a rollback's compensation), cancelled after ``agent.handler_timeout_s``."""
     deadline = asyncio.timeout(agent.handler_timeout_s)
+    ctx._deadline = deadline  # a tool call held for an operator suspends it (Context._waiting_for_a_person)
     try:
         async with deadline:
             if compensation_request(ctx.envelope) is not None:
@@ -326,8 +350,8 @@ def compensation_request(envelope: Envelope) -> dict[str, Any] | None:
     if envelope.kind != "instruction" or envelope.content_type != "application/json":
         return None
     try:
-        body = json.loads(envelope.payload)
-    except ValueError:
+        body = decode_json(envelope.payload)
+    except MalformedPayload:
         return None
     if isinstance(body, dict) and isinstance(body.get(COMPENSATES), str) and isinstance(body.get("verb"), str):
         return body

@@ -50,6 +50,12 @@ from bus._identity import Identity, encode_key_id, verify_key
 from bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from bus._keyring_store import KeyringStore
 from bus._nats_config import render_bootstrap_config, render_tenant_config
+from bus._payload import (
+    Bounds,
+    MalformedPayload,
+    decode_json,
+    decode_msgpack,
+)
 from bus._provision import ProvisionReport, pinned_admin_key, provision, tenant_partitions, tenant_stream_config
 from bus._quarantine import QuarantineRecord, decode_quarantine_record
 from bus._records import (
@@ -88,6 +94,7 @@ __all__ = [
     "Approval",
     "BadCountersignature",
     "BadSignature",
+    "Bounds",
     "Bus",
     "BusError",
     "Checkpoint",
@@ -113,6 +120,7 @@ __all__ = [
     "Kind",
     "Limits",
     "Malformed",
+    "MalformedPayload",
     "Mediation",
     "MemoryValue",
     "MissingSignature",
@@ -147,6 +155,8 @@ __all__ = [
     "decode_decision",
     "decode_effect",
     "decode_envelope",
+    "decode_json",
+    "decode_msgpack",
     "decode_memory_value",
     "decode_quarantine_record",
     "default_keys_dir",

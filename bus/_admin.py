@@ -13,6 +13,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from bus import _client
 from bus._connection import connect_options
 from bus._errors import ConfigError, TransportError, VerificationError
 from bus._identity import Identity
@@ -95,8 +96,8 @@ async def connect_nats(
 
     options = connect_options(servers, long_running=False)
     try:
-        return await nats.connect(
-            **options,  # type: ignore[arg-type]
+        return await _client.connect(
+            **options,
             connect_timeout=5,
             nkeys_seed_str=nkey_seed,
             inbox_prefix=(inbox_prefix or "_INBOX").encode(),

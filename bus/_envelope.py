@@ -8,6 +8,7 @@ exact bytes, so decoding never re-encodes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable
 from typing import Annotated, Literal
@@ -15,9 +16,11 @@ from typing import Annotated, Literal
 import msgspec
 
 from bus._errors import ConfigError, Malformed, UnsupportedVersion
+from bus._payload import Bounds, check_msgpack
 from bus._subjects import NAME_PATTERN, RECIPIENT_PATTERN
 
-LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:./-]{0,127}$"
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:./-]{0,127}\Z"
+INT64_MAX = 2**63 - 1
 
 SCHEMA_VERSION = 1
 
@@ -28,13 +31,16 @@ Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Recipient = Annotated[str, msgspec.Meta(pattern=RECIPIENT_PATTERN)]
 Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Int64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+
+FIELDS = 14  # every key is required on the wire: a body is a map of exactly these 14 entries
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A signed, provenance-tagged message. Field names are part of the wire contract.
 
     Build one with :func:`new_envelope`, which fills ``id`` and ``ts`` and
-    normalises ``taint``.
+    normalises ``taint``. Every field is required on the wire (docs/WIRE.md).
     """
 
     v: int
@@ -43,14 +49,14 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kind: Kind
     sender: Name
     to: tuple[Recipient, ...]
-    ts: int
+    ts: Int64
     correlation_id: Id
-    causation_id: Id | None = None
-    hop: Annotated[int, msgspec.Meta(ge=0)] = 0
-    taint: tuple[Label, ...] = ()
-    idempotency_key: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    content_type: ContentType = "application/json"
-    payload: bytes = b""
+    causation_id: Id | None
+    hop: Int64
+    taint: tuple[Label, ...]
+    idempotency_key: Annotated[str, msgspec.Meta(max_length=256)] | None
+    content_type: ContentType
+    payload: bytes
 
 
 class _VersionProbe(msgspec.Struct):
@@ -60,6 +66,8 @@ class _VersionProbe(msgspec.Struct):
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 _probe_decoder = msgspec.msgpack.Decoder(_VersionProbe)
+# A valid envelope nests two deep (the map, its lists); its size is the receiver's limit (bus.Limits).
+_BOUNDS = Bounds(max_depth=4, max_bytes=sys.maxsize)
 
 
 def new_id(now_ns: int | None = None) -> str:
@@ -91,7 +99,7 @@ def new_envelope(
     idempotency_key: str | None = None,
     now_ns: int | None = None,
 ) -> Envelope:
-    """Build an envelope with a fresh time-ordered id and ``ts``; taint is sorted and deduplicated.
+    """Build an envelope with a fresh time-ordered id and ``ts``; taint is sorted and deduplicated, ``to`` deduplicated.
 
     A new origin (no ``correlation_id``) starts its own correlation, named by its id.
     """
@@ -103,7 +111,7 @@ def new_envelope(
         tenant=tenant,
         kind=kind,
         sender=sender,
-        to=tuple(to),
+        to=tuple(dict.fromkeys(to)),
         ts=ts,
         correlation_id=correlation_id or env_id,
         causation_id=causation_id,
@@ -127,6 +135,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 def decode_envelope(body: bytes) -> Envelope:
     """Decode wire bytes; raises ``Malformed`` or ``UnsupportedVersion``."""
+    check_msgpack(body, _BOUNDS)  # before msgspec, which would recurse into a deeply nested field
     # msgspec raises DecodeError for bad structure and UnicodeDecodeError (a ValueError) for bad UTF-8.
     try:
         envelope = _decoder.decode(body)
@@ -141,4 +150,30 @@ def decode_envelope(body: bytes) -> Envelope:
         raise Malformed(str(exc)) from exc
     if envelope.v != SCHEMA_VERSION:
         raise UnsupportedVersion(f"schema version {envelope.v}, this code reads {SCHEMA_VERSION}")
+    problem = _schema_problem(body, envelope)
+    if problem is not None:
+        raise Malformed(problem)
     return envelope
+
+
+def _map_size(body: bytes) -> int | None:
+    """The entry count of the msgpack map ``body`` starts with (None: not a map header)."""
+    first = body[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F
+    if first == 0xDE:
+        return int.from_bytes(body[1:3], "big")
+    if first == 0xDF:
+        return int.from_bytes(body[1:5], "big")
+    return None
+
+
+def _schema_problem(body: bytes, envelope: Envelope) -> str | None:
+    """What the typed decode cannot see: a repeated key, unsorted or repeated taint, a repeated recipient."""
+    if _map_size(body) != FIELDS:
+        return f"an envelope is a map of exactly {FIELDS} entries (a key is repeated)"
+    if list(envelope.taint) != sorted(set(envelope.taint)):
+        return "taint labels must be sorted (by code point) with no duplicates"
+    if len(set(envelope.to)) != len(envelope.to):
+        return "a recipient is named twice in `to`"
+    return None

@@ -10,8 +10,10 @@ The tree::
     ├── TransportError              a NATS call failed (timeout, no stream, ...)
     ├── KeyringError                the keyring could not be read or written
     └── VerificationError           an envelope was rejected; ``reason`` is stable
+        ├── Foreign                  foreign
         ├── TooLarge                 too_large
         ├── Malformed                malformed
+        │   └── MalformedPayload     malformed (a JSON/msgpack body over a bound; see bus._payload)
         ├── UnsupportedVersion       unsupported_version
         ├── MissingSignature         missing_signature
         ├── UnknownKey               unknown_key
@@ -72,6 +74,13 @@ class VerificationError(BusError):
     def __init__(self, detail: str = "") -> None:
         super().__init__(f"{self.reason}: {detail}" if detail else self.reason)
         self.detail = detail
+
+
+class Foreign(VerificationError):
+    """Not content anyone signed: an empty message, such as the status answer the server stores when a
+    request's reply subject points at a stream subject or KV key."""  # noqa: D205, D209
+
+    reason = "foreign"
 
 
 class TooLarge(VerificationError):

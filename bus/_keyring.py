@@ -7,6 +7,11 @@ Revocation is sticky: once any admin-signed revision of a key carries a
 ``revoked_at``, a later revision without it (a replayed older grant written by
 someone with KV write access) does not un-revoke it. The earliest
 ``revoked_at`` seen wins.
+
+Every trusted revision is kept with the time the server stored it, so a
+message is judged by the grant that stood when it was stored
+(``resolve(key_id, at=stored_ns)``): demoting a key today does not turn what
+it signed in its old role into a forgery.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from nacl.exceptions import BadSignatureError
 
 from bus._errors import ConfigError, KeyringError, UnknownKey, UntrustedKey
 from bus._identity import Identity, verify_key
+from bus._payload import check_msgpack
 from bus._subjects import check_name
 
 KEYRING_DOMAIN = b"trustbus/v1/keyring\x00"
@@ -66,6 +72,7 @@ def encode_signed_grant(signed: SignedGrant) -> bytes:
 def decode_signed_grant(value: bytes) -> SignedGrant:
     """Parse a KV value; raises KeyringError if it is not a signed grant."""
     try:
+        check_msgpack(value)  # bounded: a value nested deep is refused, not a RecursionError
         return _signed_decoder.decode(value)
     except (msgspec.DecodeError, ValueError) as exc:
         raise KeyringError(f"keyring entry is not a signed grant: {exc}") from exc
@@ -74,6 +81,7 @@ def decode_signed_grant(value: bytes) -> SignedGrant:
 def decode_grant(signed: SignedGrant) -> KeyGrant:
     """The grant inside a signed grant, without checking the signature."""
     try:
+        check_msgpack(signed.grant)
         return _grant_decoder.decode(signed.grant)
     except (msgspec.DecodeError, ValueError) as exc:
         raise KeyringError(f"keyring entry holds no valid grant: {exc}") from exc
@@ -92,6 +100,7 @@ class Keyring:
     admin_key_id: str
     _trusted: dict[str, KeyGrant] = field(default_factory=dict)
     _untrusted: dict[str, str] = field(default_factory=dict)
+    _history: dict[str, list[tuple[int, KeyGrant]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_name(self.tenant, what="tenant")
@@ -100,14 +109,20 @@ class Keyring:
         except ConfigError as exc:
             raise KeyringError(f"admin key id {self.admin_key_id!r} is not valid: {exc}") from exc
 
-    def add(self, entry_key: str, signed: SignedGrant) -> KeyGrant | None:
-        """Take one KV revision. Returns the grant if trusted; records why not otherwise."""
+    def add(self, entry_key: str, signed: SignedGrant, *, stored_ns: int = 0) -> KeyGrant | None:
+        """Take one KV revision, stored by the server at ``stored_ns`` (0: unknown, as of the start).
+
+        Returns the grant if trusted; records why not otherwise.
+        """
         problem = self._check(entry_key, signed)
         if problem is not None:
             if entry_key not in self._trusted:
                 self._untrusted[entry_key] = problem
             return None
         grant = decode_grant(signed)
+        revisions = self._history.setdefault(grant.key_id, [])
+        revisions.append((stored_ns, grant))
+        revisions.sort(key=lambda revision: revision[0])  # stable: revisions stored at one time keep their order
         known = self._trusted.get(grant.key_id)
         if known is not None and known.revoked_at is not None:
             if grant.revoked_at is None or grant.revoked_at > known.revoked_at:
@@ -133,15 +148,32 @@ class Keyring:
             return f"grant for {grant.key_id} stored under {entry_key}"
         return None
 
-    def resolve(self, key_id: str) -> KeyGrant:
-        """The trusted grant for ``key_id``; raises UnknownKey or UntrustedKey."""
+    def resolve(self, key_id: str, *, at: int | None = None) -> KeyGrant:
+        """The trusted grant for ``key_id``; raises UnknownKey or UntrustedKey.
+
+        With ``at`` (a store time, unix ns): the revision that stood then (the
+        last one stored at or before ``at``; the first if none was), so owner,
+        role and ``valid_from`` are judged as they were. Revocation stays sticky:
+        the earliest ``revoked_at`` of any revision applies whatever ``at`` is.
+        """
         grant = self._trusted.get(key_id)
         if grant is not None:
-            return grant
+            return grant if at is None else self._as_of(key_id, at, grant.revoked_at)
         problem = self._untrusted.get(key_id)
         if problem is not None:
             raise UntrustedKey(f"key {key_id}: {problem}")
         raise UnknownKey(f"key {key_id} is not in tenant {self.tenant!r}'s keyring")
+
+    def _as_of(self, key_id: str, at: int, revoked_at: int | None) -> KeyGrant:
+        revisions = self._history[key_id]
+        standing = revisions[0][1]
+        for stored_ns, grant in revisions:
+            if stored_ns > at:
+                break
+            standing = grant
+        if standing.revoked_at == revoked_at:
+            return standing
+        return msgspec.structs.replace(standing, revoked_at=revoked_at)
 
     def knows(self, key_id: str) -> bool:
         """Whether any entry, trusted or not, exists for ``key_id``."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import datetime
 
 import nats.errors
 import nats.js.errors
@@ -58,6 +60,14 @@ async def stored_entries(watcher: KeyValue.KeyWatcher, stored: int) -> list[KeyV
         raise TransportError(f"cannot read keyring ({len(entries)} of {stored} entries): {exc}") from exc
 
 
+def entry_stored_ns(entry: KeyValue.Entry) -> int:
+    """When the server stored a KV revision (unix ns; 0 if the client did not say)."""
+    created: object = entry.created  # nats-py types it int, but hands the message's datetime
+    if isinstance(created, datetime):
+        return int(created.timestamp() * 1_000_000_000)
+    return created if isinstance(created, int) else 0
+
+
 class KeyringStore:
     """A :class:`Keyring` loaded from KV (with history, so revocations stay sticky) and kept current.
 
@@ -107,7 +117,7 @@ class KeyringStore:
         except KeyringError as exc:
             log.warning("keyring entry %s rev %s ignored: %s", entry.key, entry.revision, exc)
             return
-        if self.keyring.add(entry.key, signed) is None:
+        if self.keyring.add(entry.key, signed, stored_ns=entry_stored_ns(entry)) is None:
             log.warning("keyring entry %s rev %s is not signed by the tenant admin", entry.key, entry.revision)
 
     async def refresh_key(self, key_id: str) -> None:
@@ -122,8 +132,12 @@ class KeyringStore:
             self._apply(entry)
 
     async def put(self, signed: SignedGrant) -> int:
-        """Write a signed grant under its key id; returns the KV revision."""
-        grant = self.keyring.add(_key_of(signed), signed)
+        """Write a signed grant under its key id; returns the KV revision.
+
+        It stands in this store's keyring from now (this clock); a follower
+        reading it back takes the server's store time.
+        """
+        grant = self.keyring.add(_key_of(signed), signed, stored_ns=time.time_ns())
         if grant is None:
             raise KeyringError("refusing to store a grant the tenant admin did not sign")
         try:

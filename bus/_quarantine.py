@@ -9,6 +9,7 @@ import msgspec
 
 from bus._envelope import Envelope, decode_envelope
 from bus._errors import VerificationError
+from bus._payload import check_msgpack
 from bus._seal import HEADER_KEY
 
 # Quarantine records are envelopes themselves, so their payload must stay well
@@ -78,4 +79,5 @@ def encode_quarantine_record(record: QuarantineRecord) -> bytes:
 
 def decode_quarantine_record(payload: bytes) -> QuarantineRecord:
     """Parse a quarantine event's payload."""
+    check_msgpack(payload)
     return _decoder.decode(payload)

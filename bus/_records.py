@@ -12,6 +12,8 @@ from typing import Literal
 
 import msgspec
 
+from bus._payload import check_msgpack, decode_json
+
 Verdict = Literal["accept", "reject", "hold"]
 
 
@@ -55,6 +57,7 @@ def encode_decision(decision: Decision) -> bytes:
 
 def decode_decision(payload: bytes) -> Decision:
     """Parse a decision envelope's payload."""
+    check_msgpack(payload)
     return _decision_decoder.decode(payload)
 
 
@@ -75,6 +78,8 @@ class EffectRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         effect_class: from the registry: read, reversible or irreversible.
         compensating_tool: for a reversible effect, the tool that undoes it.
         taint: labels the result carries (e.g. ``web`` for a page fetch).
+        high_risk: from the registry. A ``requested`` record of a high-risk tool whose envelope
+            carries taint asks the coordinator first: the runtime waits for its answer.
     """
 
     v: int = 1
@@ -87,6 +92,7 @@ class EffectRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     effect_class: EffectClass
     compensating_tool: str | None = None
     taint: tuple[str, ...] = ()
+    high_risk: bool = False
 
 
 _effect_decoder = msgspec.msgpack.Decoder(EffectRecord)
@@ -99,6 +105,7 @@ def encode_effect(record: EffectRecord) -> bytes:
 
 def decode_effect(payload: bytes) -> EffectRecord:
     """Parse an effect envelope's payload."""
+    check_msgpack(payload)
     return _effect_decoder.decode(payload)
 
 
@@ -123,6 +130,7 @@ def encode_memory_value(value: MemoryValue) -> bytes:
 
 def decode_memory_value(data: bytes) -> MemoryValue:
     """Parse a stored value."""
+    check_msgpack(data)
     return _memory_decoder.decode(data)
 
 
@@ -138,12 +146,9 @@ class MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reverts: list[str] = []
 
 
-_memory_write_decoder = msgspec.json.Decoder(MemoryWrite)
-
-
 def decode_memory_write(payload: bytes) -> MemoryWrite:
     """Parse the JSON payload of a ``memory_write`` envelope (raises on anything else)."""
-    return _memory_write_decoder.decode(payload)
+    return decode_json(payload, type=MemoryWrite)
 
 
 class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -156,10 +161,7 @@ class Approval(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @classmethod
     def decode(cls, payload: bytes) -> Approval:
         """Parse and validate; raises ValueError naming the problem."""
-        try:
-            return msgspec.json.decode(payload, type=cls)
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"not an approval: {exc}") from exc
+        return decode_json(payload, type=cls)
 
     def encode(self) -> bytes:
         """The JSON payload."""
@@ -193,4 +195,5 @@ def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
 
 def decode_checkpoint(payload: bytes) -> Checkpoint:
     """Parse a checkpoint envelope's payload."""
+    check_msgpack(payload)
     return _checkpoint_decoder.decode(payload)

@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 
 from bus._envelope import decode_envelope, new_envelope
 from bus._errors import TransportError, VerificationError
+from bus._payload import check_msgpack
 from bus._quarantine import QuarantineRecord, decode_quarantine_record
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, Sealed
 from bus._subjects import quarantine
@@ -101,7 +102,8 @@ def encode_rejection_summary(summary: RejectionSummary) -> bytes:
 
 
 def decode_rejection_summary(payload: bytes) -> RejectionSummary:
-    """Parse a summary (raises msgspec.DecodeError for anything else, a QuarantineRecord included)."""
+    """Parse a summary (raises a ValueError for anything else, a QuarantineRecord included; bounded)."""
+    check_msgpack(payload)
     return _summary_decoder.decode(payload)
 
 
@@ -109,7 +111,7 @@ def decode_quarantine_payload(payload: bytes) -> QuarantineRecord | RejectionSum
     """Parse the payload of any quarantine event: one record, or a summary of many."""
     try:
         return decode_quarantine_record(payload)
-    except msgspec.DecodeError:
+    except msgspec.DecodeError:  # not a single record (a payload over the bounds is refused as such)
         return decode_rejection_summary(payload)
 
 

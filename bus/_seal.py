@@ -5,8 +5,11 @@ prefix; the signature and key id travel in NATS headers. ``open_envelope``
 checks a received body in a fixed order, each failure its own
 :class:`~bus.VerificationError` with a stable reason code:
 
+0. not empty (``foreign``: no one signed an empty message);
 1. size within limit (before decoding, so an oversized body costs nothing);
-2. decodes, schema version known, schema valid;
+2. decodes, schema version known, schema valid, a JSON or msgpack payload
+   nested no deeper than :data:`bus._payload.PAYLOAD_BOUNDS` allow, no signed
+   header repeated (:mod:`bus._headers`);
 3. signature and key id headers present;
 4. key id known for the tenant, its grant signed by the admin, bound to ``sender``;
 5. key valid at ``ts`` (not before ``valid_from``, not at or after ``revoked_at``),
@@ -38,6 +41,7 @@ from bus._envelope import Envelope, decode_envelope, encode_envelope
 from bus._errors import (
     BadCountersignature,
     BadSignature,
+    Foreign,
     KeyNotYetValid,
     MissingSignature,
     NotMediated,
@@ -49,8 +53,10 @@ from bus._errors import (
     UnknownKey,
     VerificationError,
 )
+from bus._headers import check_signed_headers
 from bus._identity import Identity, verify_key
 from bus._keyring import KeyGrant, Keyring
+from bus._payload import check_payload
 
 SIGNATURE_DOMAIN = b"trustbus/v1\x00"
 COUNTERSIGNATURE_DOMAIN = b"trustbus/v1/csig\x00"
@@ -213,6 +219,7 @@ def open_envelope(
     seen: SeenIds | None = None,
     stream_seq: int | None = None,
     recipient: str | None = None,
+    at_store: bool = False,
 ) -> Opened:
     """Verify a received body in the documented order; raise the first failure.
 
@@ -226,11 +233,18 @@ def open_envelope(
         stream_seq: this message's stream sequence.
         recipient: if set, require a valid countersignature for this recipient (and
             leave the skew check to the coordinator, which made it on the outbox copy).
+        at_store: a component's record (:func:`bus.subjects.judged_at_store`): the key must
+            be valid when the server stored it, and ``ts``, the signer's clock, is not
+            held to the skew window.
     """
+    if not body:
+        raise Foreign("an empty message: no envelope, no signature (a server status answer stored here?)")
     if len(body) > limits.max_bytes:
         raise TooLarge(f"{len(body)} bytes, limit {limits.max_bytes}")
     envelope = decode_envelope(body)
+    check_payload(envelope.content_type, envelope.payload)
     headers = headers or {}
+    check_signed_headers(headers)
     sig = _decode_signature(headers.get(HEADER_SIG, ""), missing=MissingSignature, bad=BadSignature)
     key_id = headers.get(HEADER_KEY, "")
     if not key_id:
@@ -238,12 +252,14 @@ def open_envelope(
 
     if envelope.tenant != keyring.tenant:
         raise UnknownKey(f"envelope is for tenant {envelope.tenant!r}, not {keyring.tenant!r}")
-    grant = keyring.resolve(key_id)
+    grant = keyring.resolve(key_id, at=received_ns)  # as it stood when the server stored the message
     if grant.owner != envelope.sender:
         raise SenderMismatch(f"key {key_id} belongs to {grant.owner!r}, envelope claims {envelope.sender!r}")
-    if envelope.ts < grant.valid_from:
+    if at_store:
+        _check_valid_when_stored(grant, received_ns)
+    elif envelope.ts < grant.valid_from:
         raise KeyNotYetValid(f"key {key_id} valid from {grant.valid_from}, envelope ts {envelope.ts}")
-    if grant.revoked_at is not None and envelope.ts >= grant.revoked_at:
+    elif grant.revoked_at is not None and envelope.ts >= grant.revoked_at:
         raise RevokedKey(f"key {key_id} revoked at {grant.revoked_at}, envelope ts {envelope.ts}")
     # The sender writes its own ts; the server's store time of the first copy cannot be backdated.
     if recipient is None and grant.revoked_at is not None and received_ns >= grant.revoked_at:
@@ -256,7 +272,7 @@ def open_envelope(
 
     # A mediated delivery is stored again when the coordinator forwards it, possibly
     # much later; the coordinator checked the skew against the outbox copy.
-    if recipient is None and abs(envelope.ts - received_ns) > limits.skew_ns:
+    if recipient is None and not at_store and abs(envelope.ts - received_ns) > limits.skew_ns:
         skew_s = (envelope.ts - received_ns) / 1e9
         raise Skew(f"sender clock off by {skew_s:+.3f}s, limit {limits.skew_ns / 1e9:.3f}s")
 
@@ -273,6 +289,14 @@ def open_envelope(
     return Opened(envelope=envelope, grant=grant, mediation=mediation)
 
 
+def _check_valid_when_stored(grant: KeyGrant, stored_ns: int) -> None:
+    """A record is judged by its store time, which its signer cannot choose."""
+    if stored_ns < grant.valid_from:
+        raise KeyNotYetValid(f"key {grant.key_id} valid from {grant.valid_from}, record stored at {stored_ns}")
+    if grant.revoked_at is not None and stored_ns >= grant.revoked_at:
+        raise RevokedKey(f"key {grant.key_id} revoked at {grant.revoked_at}, record stored at {stored_ns}")
+
+
 def _check_countersignature(
     body: bytes, headers: Mapping[str, str], keyring: Keyring, recipient: str, *, received_ns: int
 ) -> Mediation:
@@ -284,7 +308,7 @@ def _check_countersignature(
     taint_header = headers.get(HEADER_TAINT, "")
     taint = tuple(t for t in taint_header.split(",") if t)
     try:
-        grant = keyring.resolve(coordinator_key)
+        grant = keyring.resolve(coordinator_key, at=received_ns)
     except VerificationError as exc:
         raise BadCountersignature(f"countersigning key not trusted: {exc.detail}") from exc
     if grant.role != "coordinator" or (grant.revoked_at is not None and grant.revoked_at <= received_ns):

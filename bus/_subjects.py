@@ -13,8 +13,8 @@ import re
 
 from bus._errors import ConfigError
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-RECIPIENT_PATTERN = r"^(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"  # \Z: "$" would match before a final newline
+RECIPIENT_PATTERN = r"^(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"
 _NAME = re.compile(NAME_PATTERN)
 _EFFECT_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -207,4 +207,22 @@ def mediated_recipient(tenant: str, subject: str) -> str | None:
         return name
     if prefix == f"tb.{tenant}.topic":
         return f"{TOPIC_PREFIX}{name}"
+    return None
+
+
+def judged_at_store(tenant: str, subject: str) -> bool:
+    """Whether ``subject`` carries a component's records (decisions, quarantine records, ledger checkpoints).
+
+    These say what a component saw, not what an agent asks for: they are judged by the
+    time the server stored them (their key valid then, their ``ts`` not held to the skew
+    window), so a component whose clock was stepped never loses what it recorded.
+    """
+    return is_decision(tenant, subject) or subject in (quarantine(tenant), checkpoint(tenant))
+
+
+def effect_owner(tenant: str, subject: str) -> str | None:
+    """The agent whose effect records ``subject`` holds (``tb.<tenant>.effect.<agent>.<p>.<key>``); None elsewhere."""
+    parts = subject.split(".")
+    if len(parts) == 6 and parts[:3] == ["tb", tenant, "effect"]:
+        return parts[3]
     return None

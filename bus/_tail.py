@@ -15,7 +15,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from bus._errors import TransportError, VerificationError
 from bus._keyring_store import KeyringStore
 from bus._seal import HEADER_KEY, Limits, Opened, SeenIds, open_envelope
-from bus._subjects import all_subjects, mediated_recipient, stream_name
+from bus._subjects import all_subjects, judged_at_store, mediated_recipient, stream_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,14 @@ async def tail(
                     return
                 continue
             per_subject = seen.setdefault(msg.subject, SeenIds(window_ns=limits.skew_ns))
-            yield await _verify(msg, keyring, limits, per_subject, recipient=mediated_recipient(tenant, msg.subject))
+            yield await _verify(
+                msg,
+                keyring,
+                limits,
+                per_subject,
+                recipient=mediated_recipient(tenant, msg.subject),
+                at_store=judged_at_store(tenant, msg.subject),
+            )
     finally:
         try:
             await sub.unsubscribe()
@@ -92,7 +99,9 @@ async def tail(
             pass
 
 
-async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds, *, recipient: str | None) -> TailItem:
+async def _verify(
+    msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds, *, recipient: str | None, at_store: bool
+) -> TailItem:
     seq = msg.metadata.sequence.stream
     pending = msg.metadata.num_pending
     stored_ns = int(msg.metadata.timestamp.timestamp() * 1_000_000_000)
@@ -111,6 +120,7 @@ async def _verify(msg: Msg, keyring: KeyringStore, limits: Limits, seen: SeenIds
             seen=seen,
             stream_seq=seq,
             recipient=recipient,
+            at_store=at_store,
         )
     except VerificationError as exc:
         return TailItem(

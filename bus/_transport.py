@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 
+from bus import _client
 from bus._connection import connect_options, split_servers
 from bus._envelope import Envelope, new_envelope
 from bus._errors import BusError, TransportError, VerificationError
@@ -34,7 +35,7 @@ from bus._publisher import Publisher, unavailable
 from bus._quarantine import encode_quarantine_record, quarantine_record
 from bus._rejections import RejectionLog
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
-from bus._subjects import check_name, outbox, partition_of, quarantine, stream_name
+from bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
 from bus._tail import tail
 
 log = logging.getLogger("trustbus.bus")
@@ -104,6 +105,7 @@ class Bus:
         publish_timeout_s: float,
         watch: _ConnectionWatch | None = None,
         partitions: int = 1,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         """Wrap an open connection; use :meth:`connect`."""
         self.nc = nc
@@ -115,10 +117,12 @@ class Bus:
         self.limits = limits
         self.stream = stream_name(tenant)
         self.partitions = partitions
+        self.clock = clock  # the ``ts`` of what this component signs (unix ns)
         self._publish_timeout_s = publish_timeout_s
         self._publisher = Publisher(js, max_in_flight=max_in_flight, timeout_s=publish_timeout_s)
         self._watch = watch or _ConnectionWatch()
         self.refusals: dict[str, str] = {}  # subject (lowercased by the client) -> reason, per publish refused
+        self._foreign_recorded: set[tuple[str, int]] = set()  # KV values this process recorded as foreign
         self._watch.refused = self._refused
 
     def _refused(self, subject: str, why: str) -> None:
@@ -140,6 +144,7 @@ class Bus:
         max_in_flight: int = 1024,
         publish_timeout_s: float = 5.0,
         connect_timeout_s: float = 5.0,
+        clock: Callable[[], int] = time.time_ns,
     ) -> Bus:
         """Connect, load the tenant's keyring and follow it.
 
@@ -156,6 +161,7 @@ class Bus:
             max_in_flight: pipelined publishes awaiting their ack at once.
             publish_timeout_s: per-publish ack timeout (a timed-out publish is retried, same id).
             connect_timeout_s: connection timeout.
+            clock: this component's clock, unix ns (the ``ts`` of what it signs).
         """
         check_name(tenant, what="tenant")
         check_name(name, what="agent")
@@ -174,7 +180,7 @@ class Bus:
         if inbox_prefix:
             options["inbox_prefix"] = inbox_prefix.encode()
         try:
-            nc = await nats.connect(**options)  # type: ignore[arg-type]
+            nc = await _client.connect(**options)
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"cannot connect to {', '.join(urls)}: {exc}") from exc
         js = nc.jetstream(publish_async_max_pending=max_in_flight + 16)
@@ -196,6 +202,7 @@ class Bus:
             publish_timeout_s=publish_timeout_s,
             watch=watch,
             partitions=partitions,
+            clock=clock,
         )
 
     # -- publishing ---------------------------------------------------------
@@ -450,6 +457,7 @@ class Bus:
                 seen=seen,
                 stream_seq=seq,
                 recipient=recipient,
+                at_store=judged_at_store(self.tenant, msg.subject),
             )
         except VerificationError as exc:
             if rejections is not None:
@@ -511,10 +519,36 @@ class Bus:
             content_type="application/msgpack",
             payload=encode_quarantine_record(record),
             idempotency_key=f"quarantine:{self.stream}:{stream_seq}" if stream_seq is not None else None,
+            now_ns=self.clock(),
         )
         await self.publish(
             quarantine(self.tenant), self.seal(envelope), headers={HEADER_MSG_ID: msg_id} if msg_id else None
         )
+
+    async def record_foreign_value(
+        self, subject: str, revision: int, body: bytes, headers: Mapping[str, str] | None, *, detail: str
+    ) -> None:
+        """Record once that the KV value at ``subject`` (``revision``) is not what that key holds (``foreign``).
+
+        Once per value: this process remembers it, and the stream's duplicate window drops
+        another reader's copy. Best effort: a failure is logged, the reader carries on.
+        """
+        if (subject, revision) in self._foreign_recorded:
+            return
+        try:
+            await self.record_quarantine(
+                body,
+                headers,
+                subject=subject,
+                stream_seq=None,  # a KV revision, not a position in the tenant stream
+                reason="foreign",
+                detail=f"revision {revision}: {detail}",
+                msg_id=f"foreign:{subject}:{revision}",
+            )
+        except TransportError as exc:
+            log.warning("foreign value not recorded", extra={"subject": subject, "error": str(exc)})
+            return
+        self._foreign_recorded.add((subject, revision))
 
     async def aclose(self) -> None:
         """Wait briefly for in-flight publishes, stop the keyring follower, drain and close."""
@@ -536,6 +570,13 @@ class Bus:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def rejection(exc: Exception) -> tuple[str, str]:
+    """The reason code and detail to quarantine a message with when handling it raised ``exc``."""
+    if isinstance(exc, VerificationError):
+        return exc.reason, exc.detail
+    return "handler_error", f"{type(exc).__name__}: {exc}"
 
 
 class Delivery:
@@ -599,7 +640,9 @@ class Delivery:
         While the block runs, the server is told every third of ``ack_wait``
         that the message is in progress. A :class:`TransientError` or a
         :class:`~bus.TransportError` (NATS unavailable) naks it for a later
-        retry; any other exception quarantines it as ``handler_error``. The
+        retry; a :class:`~bus.VerificationError` (say, a payload the handler
+        could not parse) quarantines it with its own reason; any other
+        exception quarantines it as ``handler_error``. The
         exception is logged and recorded, not re-raised, so one poison message
         never stops the consumer.
         """
@@ -613,7 +656,7 @@ class Delivery:
         except Exception as exc:
             log.exception("handler failed; quarantining", extra={"stream_seq": self.stream_seq})
             if not self.settled:
-                await self.reject("handler_error", f"{type(exc).__name__}: {exc}")
+                await self.reject(*rejection(exc))
         else:
             if not self.settled:
                 await self.ack()

@@ -10,6 +10,7 @@ coordinator treats anything it asks of other agents as untrusted.
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -17,14 +18,27 @@ from typing import Any
 from agents import Agent, Context, ToolImplementation
 
 
+def web_url(url: object) -> str:
+    """``url`` if it is an http(s) URL with a host; ValueError otherwise.
+
+    The URL comes from a message: ``urlopen`` would also read ``file:///etc/passwd``
+    or any other local file, so only the web is allowed.
+    """
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    return str(url)
+
+
 async def fetch_page(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
-    """GET a URL (a read: the key is not needed, a repeat changes nothing)."""
+    """GET an http(s) URL (a read: the key is not needed, a repeat changes nothing)."""
+    url = web_url(args.get("url"))
 
     def get() -> str:
-        with urllib.request.urlopen(args["url"], timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=10) as response:
             return str(response.read(65536).decode(errors="replace"))
 
-    return {"url": args["url"], "text": await asyncio.to_thread(get)}
+    return {"url": url, "text": await asyncio.to_thread(get)}
 
 
 async def llm_complete(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
@@ -38,8 +52,12 @@ class Researcher(Agent):
     tools: Mapping[str, ToolImplementation] = {"fetch_page": fetch_page, "llm_complete": llm_complete}
 
     async def handle(self, ctx: Context) -> None:
-        """Fetch, ask, reply (tainted ``web`` and ``llm``)."""
+        """Fetch, ask, reply (tainted ``web`` and ``llm``); a ``research`` instruction only, nothing else."""
+        if ctx.envelope.kind != "instruction":
+            return
         request = ctx.json()
+        if not isinstance(request, dict) or request.get("verb") != "research":
+            return
         page = await ctx.effect("fetch_page", {"url": request["url"]})
         prompt = f"{request['question']}\n\n{page['text']}"
         answer = await ctx.effect("llm_complete", {"prompt": prompt})

@@ -2,12 +2,15 @@
 
 A bundle is a directory::
 
-    manifest.json      {"format": 1, "tenant", "stream", "admin_key", "first_seq", "last_seq",
+    manifest.json      {"format": 2, "tenant", "stream", "admin_key", "first_seq", "last_seq",
                         "count", "head" (hex chain hash of last_seq), "exported_at" (unix ns)}
     messages.msgpack   msgpack array of [seq, subject, stored_ns, headers, body, chain]
                        per stored message, in stream order (chain: the 32-byte hash of that message)
-    keyring.msgpack    msgpack array of [key id, signed grant bytes] for every keyring
-                       revision (a grant's signature is checked against the admin key)
+    keyring.msgpack    msgpack array of [key id, signed grant bytes, stored_ns] for every keyring
+                       revision (a grant's signature is checked against the admin key; stored_ns,
+                       when the server stored it, says from when it stood; 0 or absent: unknown)
+    end.checkpoint     the export checkpoint: a ledger key's signed head at last_seq
+    start.checkpoint   only when first_seq > 1: a ledger key's signed head at first_seq - 1
     projection/        the DuckDB projection of the same messages: Parquet segments and
                        state.json (docs/LEDGER_PROJECTION.md); ``trustbus query --data DIR/projection``
 
@@ -31,19 +34,34 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from bus import ConfigError, Keyring, KeyringError, TransportError, pinned_admin_key, subjects
+from bus import (
+    ConfigError,
+    Identity,
+    Keyring,
+    KeyringError,
+    TransportError,
+    VerificationError,
+    decode_checkpoint,
+    decode_envelope,
+    pinned_admin_key,
+    subjects,
+)
 from bus._keyring import decode_signed_grant
-from bus._keyring_store import history_watcher, stored_entries
+from bus._keyring_store import entry_stored_ns, history_watcher, stored_entries
 from bus._publisher import UNAVAILABLE_S, unavailable
+from ledger._anchors import CheckpointFile, read_checkpoint_file, sign_checkpoint, write_checkpoint_file
 from ledger._chain import GENESIS, chain_hash
 from ledger._errors import BundleError
 from ledger._parallel import project_messages
+from ledger._projector import Position
 from ledger._stored import StoredMessage
 
 log = logging.getLogger("trustbus.ledger")
 
-FORMAT = 1
+FORMAT = 2
 PROJECTION = "projection"
+END_CHECKPOINT = "end.checkpoint"
+START_CHECKPOINT = "start.checkpoint"
 
 
 class BundleEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -61,24 +79,38 @@ class BundleEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
         return StoredMessage(self.seq, self.subject, self.stored_ns, self.headers, self.body)
 
 
+class KeyringRevision(msgspec.Struct, frozen=True, array_like=True):
+    """One revision of a keyring entry: its key, the signed grant, and when the server stored it (0: unknown)."""
+
+    key_id: str
+    value: bytes
+    stored_ns: int = 0
+
+
 @dataclass
 class Bundle:
-    """A bundle read back: its manifest, entries and keyring revisions."""
+    """A bundle read back: its manifest, entries, keyring revisions and the checkpoints that anchor it."""
 
     manifest: dict[str, object]
     entries: list[BundleEntry]
-    keyring_revisions: list[tuple[str, bytes]]
+    keyring_revisions: list[KeyringRevision]
+    end: CheckpointFile | None = None
+    start: CheckpointFile | None = None
 
     def keyring(self, *, admin_key: str | None = None) -> Keyring:
         """The keyring rebuilt from the bundle, anchored on ``admin_key`` (default: the manifest's)."""
         anchor = admin_key or str(self.manifest["admin_key"])
-        keyring = Keyring(tenant=str(self.manifest["tenant"]), admin_key_id=anchor)
-        for key_id, value in self.keyring_revisions:
-            try:
-                keyring.add(key_id, decode_signed_grant(value))
-            except KeyringError as exc:
-                raise BundleError(f"keyring revision for {key_id} is unreadable: {exc}") from exc
-        return keyring
+        return _keyring_of(str(self.manifest["tenant"]), anchor, self.keyring_revisions)
+
+
+def _keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -> Keyring:
+    keyring = Keyring(tenant=tenant, admin_key_id=admin_key)
+    for revision in revisions:
+        try:
+            keyring.add(revision.key_id, decode_signed_grant(revision.value), stored_ns=revision.stored_ns)
+        except KeyringError as exc:
+            raise BundleError(f"keyring revision for {revision.key_id} is unreadable: {exc}") from exc
+    return keyring
 
 
 _PAUSES_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts while a stream or consumer elects a leader
@@ -158,8 +190,8 @@ async def _read_into(
             await sub.unsubscribe()
 
 
-async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tuple[str, bytes]]:
-    """Every revision of every keyring entry, oldest first."""
+async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[KeyringRevision]:
+    """Every revision of every keyring entry, oldest first, with its store time."""
     bucket = subjects.keyring_bucket(tenant)
     try:
         kv = await js.key_value(bucket)
@@ -172,46 +204,110 @@ async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[tupl
     finally:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
             await watcher.stop()  # type: ignore[no-untyped-call]
-    return [(e.key, e.value) for e in entries if e.value and e.operation is None]
+    return [KeyringRevision(e.key, e.value, entry_stored_ns(e)) for e in entries if e.value and e.operation is None]
 
 
-async def export_bundle(js: JetStreamContext, tenant: str, out: Path) -> dict[str, object]:
-    """Write the tenant's whole stream, chain and keyring to ``out``; returns the manifest."""
+def partial_start(messages: list[StoredMessage], tenant: str, from_seq: int) -> int:
+    """The first sequence of a bundle asked to start at ``from_seq``: early enough for every checkpoint in it.
+
+    A checkpoint stored at or after the start may state a sequence before it
+    (the ledger service checkpoints what it has committed); the bundle then
+    starts right after the earliest such sequence, so each of its checkpoints
+    can be checked against the chain it carries.
+    """
+    start = max(1, from_seq)
+    checkpoint_subject = subjects.checkpoint(tenant)
+    stated = []
+    for m in messages:
+        if m.subject == checkpoint_subject:
+            try:
+                stated.append((m.seq, decode_checkpoint(decode_envelope(m.body).payload).through_seq))
+            except (VerificationError, msgspec.DecodeError, ValueError):
+                continue
+    moved = True
+    while moved:
+        moved = False
+        for seq, through in stated:
+            if seq >= start and 0 <= through < start - 1:
+                start, moved = through + 1, True
+    return start
+
+
+async def export_bundle(
+    js: JetStreamContext,
+    tenant: str,
+    out: Path,
+    *,
+    signer: Identity,
+    signer_name: str,
+    from_seq: int = 1,
+) -> dict[str, object]:
+    """Write the tenant's stream from ``from_seq`` (see :func:`partial_start`), chain, keyring and checkpoints.
+
+    The bundle ends with an export checkpoint (and a partial one starts with a
+    start checkpoint) signed by ``signer``, which must be a ``ledger`` key of
+    the tenant: the ledger's word for the heads it computed from the stream.
+
+    Raises:
+        BundleError: ``signer`` is not a ``ledger`` key of ``signer_name`` in the keyring.
+    """
     messages = await read_stream(js, tenant)
     revisions = await read_keyring_revisions(js, tenant)
-    head = GENESIS
+    admin_key = await pinned_admin_key(js, tenant)
+    keyring = _keyring_of(tenant, admin_key, revisions)
+    try:
+        grant = keyring.resolve(signer.key_id)
+    except VerificationError:
+        grant = None
+    if grant is None or grant.role != "ledger" or grant.owner != signer_name or grant.revoked_at is not None:
+        raise BundleError(
+            f"the export is signed by a ledger key: {signer_name!r}'s key is not one "
+            "(create it with `trustbus keys new --role ledger`)"
+        )
+    first = partial_start(messages, tenant, from_seq) if messages else 1
+    head = previous = GENESIS
     entries = []
     for m in messages:
         head = chain_hash(head, m.seq, m.subject, m.headers, m.body)
-        entries.append(BundleEntry(m.seq, m.subject, m.stored_ns, m.headers, m.body, head))
+        if m.seq == first - 1:
+            previous = head
+        if m.seq >= first:
+            entries.append(BundleEntry(m.seq, m.subject, m.stored_ns, m.headers, m.body, head))
+    last = entries[-1].seq if entries else first - 1
+    end = sign_checkpoint(tenant, signer, signer_name, through_seq=last, head=head)
+    start = sign_checkpoint(tenant, signer, signer_name, through_seq=first - 1, head=previous) if first > 1 else None
     manifest: dict[str, object] = {
         "format": FORMAT,
         "tenant": tenant,
         "stream": subjects.stream_name(tenant),
-        "admin_key": await pinned_admin_key(js, tenant),
-        "first_seq": messages[0].seq if messages else 0,
-        "last_seq": messages[-1].seq if messages else 0,
-        "count": len(messages),
+        "admin_key": admin_key,
+        "first_seq": first,
+        "last_seq": last,
+        "count": len(entries),
         "head": head.hex(),
         "exported_at": time.time_ns(),
     }
-    await asyncio.to_thread(_write_bundle, out, manifest, entries, revisions)
-    bundle = Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions)
-    await asyncio.to_thread(project_messages, messages, bundle.keyring(), tenant, out / PROJECTION)
+    bundle = Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions, end=end, start=start)
+    await asyncio.to_thread(_write_bundle, out, bundle)
+    position = Position(last_seq=first - 1, head=previous, count=first - 1)
+    included = messages[len(messages) - len(entries) :]
+    await asyncio.to_thread(project_messages, included, keyring, tenant, out / PROJECTION, after=position)
     return manifest
 
 
-def _write_bundle(
-    out: Path, manifest: dict[str, object], entries: list[BundleEntry], revisions: list[tuple[str, bytes]]
-) -> None:
+def _write_bundle(out: Path, bundle: Bundle) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "messages.msgpack").write_bytes(msgspec.msgpack.encode(entries))
-    (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode([[k, v] for k, v in revisions]))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / "messages.msgpack").write_bytes(msgspec.msgpack.encode(bundle.entries))
+    (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode(bundle.keyring_revisions))
+    if bundle.end is not None:
+        write_checkpoint_file(out / END_CHECKPOINT, bundle.end)
+    if bundle.start is not None:
+        write_checkpoint_file(out / START_CHECKPOINT, bundle.start)
+    (out / "manifest.json").write_text(json.dumps(bundle.manifest, indent=2) + "\n")
 
 
 _entries = msgspec.msgpack.Decoder(list[BundleEntry])
-_revisions = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+_revisions = msgspec.msgpack.Decoder(list[KeyringRevision])
 
 
 def read_bundle(directory: Path) -> Bundle:
@@ -222,8 +318,14 @@ def read_bundle(directory: Path) -> Bundle:
         revisions = _revisions.decode((directory / "keyring.msgpack").read_bytes())
     except FileNotFoundError as exc:
         raise BundleError(f"{directory} is not a bundle: {exc.filename} is missing") from exc
-    except (ValueError, msgspec.DecodeError) as exc:
+    except (ValueError, msgspec.DecodeError, RecursionError) as exc:  # RecursionError: a file nested too deep
         raise BundleError(f"bundle {directory} is damaged: {exc}") from exc
     if manifest.get("format") != FORMAT:
         raise BundleError(f"bundle format {manifest.get('format')!r} is not {FORMAT}")
-    return Bundle(manifest=manifest, entries=entries, keyring_revisions=list(revisions))
+    return Bundle(
+        manifest=manifest,
+        entries=entries,
+        keyring_revisions=list(revisions),
+        end=read_checkpoint_file(directory / END_CHECKPOINT),
+        start=read_checkpoint_file(directory / START_CHECKPOINT),
+    )

@@ -38,6 +38,7 @@ def _open_chunk(
                     limits=limits,
                     stream_seq=m.seq,
                     recipient=subjects.mediated_recipient(tenant, m.subject),
+                    at_store=subjects.judged_at_store(tenant, m.subject),
                 )
             )
         except VerificationError as exc:
@@ -84,6 +85,7 @@ def project_messages(
     outcomes: Sequence[Opened | VerificationError] | None = None,
     limits: Limits = Limits(),
     slice_size: int = 20_000,
+    after: Position | None = None,
 ) -> Position:
     """Project a run of messages into a new projection directory (e.g. for an export).
 
@@ -91,19 +93,20 @@ def project_messages(
     segment per table) on a writer thread while the next is projected.
 
     Args:
-        messages: the stream from sequence 1, in order.
+        messages: the stream from sequence 1 (or from after ``after``), in order.
         keyring: the tenant's keyring.
         tenant: the tenant.
         data_dir: an empty or new directory.
         outcomes: the messages' signature checks, if already made (see :func:`open_all`).
         limits: size and skew limits.
         slice_size: messages per commit.
+        after: the position before the first message (a partial bundle's); default: the stream's start.
 
     Returns:
         The position after the last message.
     """
     checked = open_all(messages, keyring, tenant, limits=limits) if outcomes is None else outcomes
-    projector = Projector(tenant, keyring, limits=limits)
+    projector = Projector(tenant, keyring, position=after, limits=limits)
     keys = [KeyRow.of(g) for g in keyring.grants()]
     store = SegmentStore.open(data_dir, tenant)
     try:

@@ -30,7 +30,8 @@ from bus import (
 )
 from bus._records import decode_memory_write
 from bus._rejections import RejectionSummary, decode_rejection_summary
-from bus._seal import HEADER_DECISION, HEADER_KEY
+from bus._seal import HEADER_KEY
+from ledger._rejections import SUMMARY_ROLES
 from ledger._stored import StoredMessage
 
 
@@ -293,9 +294,9 @@ def project_message(
             verified=opened is not None,
             reject_reason=reject_reason,
             reject_detail=reject_detail,
-            key_id=headers.get(HEADER_KEY) or None,
+            key_id=opened.grant.key_id if opened is not None else headers.get(HEADER_KEY) or None,
             role=role,
-            decision_id=headers.get(HEADER_DECISION) or None,
+            decision_id=_verified_decision(opened),
             record_error=record_error,
             chain=chain.hex(),
         )
@@ -325,12 +326,19 @@ def project_message(
             reject_detail=reject_detail,
             key_id=headers.get(HEADER_KEY) or None,
             role=None,
-            decision_id=headers.get(HEADER_DECISION) or None,
+            decision_id=None,
             record_error=None,
             chain=chain.hex(),
         )
     rows.envelopes.append(row)
     return rows
+
+
+def _verified_decision(opened: Opened | None) -> str | None:
+    """The decision a verified countersignature names; never an unsigned ``Tb-Decision`` header."""
+    if opened is None or opened.mediation is None:
+        return None
+    return opened.mediation.decision_id or None
 
 
 def _claimed(body: bytes) -> Envelope | None:
@@ -410,8 +418,10 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
     elif channel == "quarantine":
         try:
             q = decode_quarantine_record(env.payload)
-        except msgspec.DecodeError:
-            rows.quarantine.extend(summary_rows(seq, env.sender, decode_rejection_summary(env.payload)))
+        except (msgspec.DecodeError, ValueError):  # or a summary of many refusals (ledger._rejections)
+            summary = decode_rejection_summary(env.payload)
+            _require(role in SUMMARY_ROLES, f"rejection summary signed by a key of role {role!r}")
+            rows.quarantine.extend(summary_rows(seq, env.sender, summary))
             return
         rows.quarantine.append(
             QuarantineRow(

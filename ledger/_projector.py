@@ -120,6 +120,7 @@ class Projector:
                 seen=seen,
                 stream_seq=message.seq,
                 recipient=subjects.mediated_recipient(self.tenant, message.subject),
+                at_store=subjects.judged_at_store(self.tenant, message.subject),
             )
         except VerificationError as exc:
             return exc

@@ -4,11 +4,15 @@ Pure: built from stored messages (a live stream or a bundle) and the keyring.
 What belongs to a correlation: the envelopes sent in it (outboxes), their
 deliveries (inboxes, topics), the decisions about them, the effects recorded
 in it, and the quarantine records of envelopes that claimed it.
+
+A message on an effect subject that is not that agent's effect record (another
+signer's envelope re-published there, another kind, an unreadable record) is
+not an effect: it is shown in the tree as a rejected step, and the rest of the
+incident is built as usual.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +28,7 @@ from bus import (
     decode_decision,
     decode_effect,
     decode_envelope,
+    decode_json,
     decode_quarantine_record,
     open_envelope,
     subjects,
@@ -54,6 +59,7 @@ class Incident:
     steps: list[Step]
     roots: list[Step]
     effects: list[tuple[int, int, Envelope, EffectRecord]] = field(default_factory=list)
+    rejected: list[Step] = field(default_factory=list)  # in the tree, not among ``steps``: nothing was sent
 
 
 def _kind_of_subject(tenant: str, subject: str) -> str:
@@ -67,6 +73,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
     order: list[Step] = []
     pending: list[tuple[str, Any]] = []  # records about envelopes, attached once all steps are known
     effects: list[tuple[int, int, Envelope, EffectRecord]] = []
+    rejected: list[Step] = []
     for message in messages:
         where = _kind_of_subject(tenant, message.subject)
         try:
@@ -77,7 +84,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
             _quarantine_note(message, keyring, correlation_id, pending)
             if (summary := read_summary(message, keyring, tenant)) is not None:  # refused in aggregate: by sequence
                 by = summary[0]
-                pending.extend(("refused", (seq, f"{why} by {by}")) for seq, _, why, _, _ in summary[1].rejected())
+                pending.extend(("quarantine", (None, seq, f"{why} by {by}")) for seq, _, why, _, _ in summary[1].rejected())
             continue
         if envelope.correlation_id != correlation_id:
             continue
@@ -88,6 +95,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
                 keyring=keyring,
                 received_ns=message.stored_ns,
                 recipient=subjects.mediated_recipient(tenant, message.subject),
+                at_store=subjects.judged_at_store(tenant, message.subject),
             )
         except VerificationError as exc:
             if where == "out":
@@ -103,28 +111,45 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
         elif where in ("in", "topic"):
             pending.append(("delivery", (envelope.id, message.subject.rsplit(".", 1)[1])))
         elif where == "decision" and opened.grant.role == "coordinator":
-            pending.append(("decision", decode_decision(envelope.payload)))
+            try:
+                pending.append(("decision", decode_decision(envelope.payload)))
+            except (msgspec.DecodeError, ValueError):
+                continue
         elif where == "effect":
-            effect = decode_effect(envelope.payload)
+            effect, why = _effect_of(tenant, message.subject, envelope)
+            if effect is None:
+                rejected.append(Step(message.seq, message.stored_ns, envelope, quarantined=f"rejected: {why}"))
+                continue
             pending.append(("effect", (envelope.causation_id, effect)))
             effects.append((message.seq, message.stored_ns, envelope, effect))
-    by_seq = {step.seq: step for step in order}
+    by_seq = {step.seq: step for step in (*order, *rejected)}
     for kind, item in pending:
-        if kind == "decision" and item.envelope_id in steps:
+        if kind == "quarantine" and item[1] in by_seq:  # the record names the very message it refused
+            by_seq[item[1]].quarantined = item[2]
+        elif kind == "decision" and item.envelope_id in steps:
             steps[item.envelope_id].decisions.append(item)
         elif kind == "delivery" and item[0] in steps:
             steps[item[0]].deliveries.append(item[1])
         elif kind == "effect" and item[0] in steps:
             steps[item[0]].effects.append(item[1])
         elif kind == "quarantine" and item[0] in steps:
-            steps[item[0]].quarantined = item[1]
-        elif kind == "refused" and item[0] in by_seq:
-            by_seq[item[0]].quarantined = item[1]
+            steps[item[0]].quarantined = item[2]
     roots: list[Step] = []
-    for step in order:
+    for step in sorted((*order, *rejected), key=lambda s: s.seq):
         parent = steps.get(step.envelope.causation_id or "")
         (parent.children if parent is not None and parent is not step else roots).append(step)
-    return Incident(correlation_id=correlation_id, steps=order, roots=roots, effects=effects)
+    return Incident(correlation_id=correlation_id, steps=order, roots=roots, effects=effects, rejected=rejected)
+
+
+def _effect_of(tenant: str, subject: str, envelope: Envelope) -> tuple[EffectRecord | None, str]:
+    """The effect record ``envelope`` carries on ``subject``, or None and why it is not one."""
+    owner = subjects.effect_owner(tenant, subject)
+    if envelope.sender != owner or envelope.kind != "effect":
+        return None, f"{envelope.sender}'s {envelope.kind} on {owner}'s effect subject"
+    try:
+        return decode_effect(envelope.payload), ""
+    except (msgspec.DecodeError, ValueError) as exc:
+        return None, f"unreadable effect record: {exc}"
 
 
 def checkpoint_before(
@@ -151,7 +176,13 @@ def checkpoint_before(
             decision = decode_decision(claimed.payload) if where == "decision" else None
             if decision is not None and (decision.envelope_id not in sent or decision.verdict != "accept"):
                 continue
-            opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+            opened = open_envelope(
+                message.body,
+                message.headers,
+                keyring=keyring,
+                received_ns=message.stored_ns,
+                at_store=subjects.judged_at_store(tenant, message.subject),
+            )
         except (VerificationError, msgspec.DecodeError):
             continue
         if decision is None:
@@ -160,7 +191,7 @@ def checkpoint_before(
             accepted = sent[decision.envelope_id]
     if accepted is None:
         return None
-    state: dict[str, Any] = json.loads(accepted)
+    state: dict[str, Any] = decode_json(accepted, type=dict[str, Any])
     return state
 
 
@@ -168,13 +199,16 @@ def _quarantine_note(
     message: StoredMessage, keyring: Keyring, correlation_id: str, pending: list[tuple[str, Any]]
 ) -> None:
     try:
-        opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
+        opened = open_envelope(
+            message.body, message.headers, keyring=keyring, received_ns=message.stored_ns, at_store=True
+        )
         record = decode_quarantine_record(opened.envelope.payload)
         claimed = decode_envelope(record.body) if not record.truncated else None
     except (VerificationError, msgspec.DecodeError, ValueError):
         return
     if claimed is not None and claimed.correlation_id == correlation_id and record.claimed_id:
-        pending.append(("quarantine", (record.claimed_id, f"{record.reason} by {opened.envelope.sender}")))
+        note = f"{record.reason} by {opened.envelope.sender}"
+        pending.append(("quarantine", (record.claimed_id, record.stream_seq, note)))
 
 
 def step_dict(step: Step) -> dict[str, Any]:

@@ -13,6 +13,7 @@ twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -29,10 +30,12 @@ from bus import (
     Envelope,
     Identity,
     Keyring,
+    MalformedPayload,
     MemoryValue,
     VerificationError,
     decode_decision,
     decode_effect,
+    decode_json,
     decode_memory_value,
     new_envelope,
     open_envelope,
@@ -85,15 +88,16 @@ class RollbackPlan:
 
 
 def verified_effects(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str) -> list[EffectRecord]:
-    """Every effect record in ``messages`` whose envelope verifies."""
-    prefix = f"{subjects.effect(tenant, 'x')[: -len('x')]}"
+    """Every effect record in ``messages`` whose envelope verifies, signed by the agent whose subject it is on."""
     records = []
     for message in messages:
-        if not message.subject.startswith(prefix):
+        owner = subjects.effect_owner(tenant, message.subject)
+        if owner is None:
             continue
         try:
             opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
-            records.append(decode_effect(opened.envelope.payload))
+            if opened.envelope.sender == owner and opened.envelope.kind == "effect":
+                records.append(decode_effect(opened.envelope.payload))
         except (VerificationError, msgspec.DecodeError, ValueError):
             continue
     return records
@@ -106,8 +110,8 @@ def compensated_keys(effects: Iterable[EffectRecord]) -> set[str]:
         if record.phase != "completed":
             continue
         try:
-            args = json.loads(record.args)
-        except ValueError:
+            args = decode_json(record.args)
+        except MalformedPayload:
             continue
         if isinstance(args, dict) and isinstance(args.get(COMPENSATES), str):
             keys.add(args[COMPENSATES])
@@ -124,6 +128,11 @@ def plan_rollback(incident: Incident, *, compensated: set[str], from_seq: int = 
     for seq, envelope, record in sorted(completed.values(), key=lambda item: item[0], reverse=True):
         if record.effect_class == "read" or _is_compensation(record):
             continue
+        readable = True
+        try:
+            args, result = decode_json(record.args), decode_json(record.result) if record.result else None
+        except MalformedPayload as exc:  # nothing to compensate with: a person looks at it
+            args, result, readable = {"malformed": exc.detail}, None, False
         item = Compensation(
             seq=seq,
             agent=envelope.sender,
@@ -131,12 +140,12 @@ def plan_rollback(incident: Incident, *, compensated: set[str], from_seq: int = 
             effect_class=record.effect_class,
             compensating_tool=record.compensating_tool,
             idempotency_key=record.idempotency_key,
-            args=json.loads(record.args),
-            result=json.loads(record.result) if record.result else None,
+            args=args,
+            result=result,
         )
         if record.idempotency_key in compensated:
             plan.already_compensated.append(item)
-        elif record.effect_class == "reversible" and record.compensating_tool:
+        elif record.effect_class == "reversible" and record.compensating_tool and readable:
             plan.compensate.append(item)
         else:
             plan.for_a_person.append(item)
@@ -153,8 +162,8 @@ def memory_written(incident: Incident, *, from_seq: int = 0) -> list[MemoryRever
         if envelope.kind != "memory_write" or not accepted or step.seq < from_seq or len(envelope.to) != 1:
             continue
         try:
-            key = json.loads(envelope.payload)["key"]
-        except (ValueError, KeyError, TypeError):
+            key = decode_json(envelope.payload)["key"]
+        except (ValueError, KeyError, TypeError):  # MalformedPayload is a ValueError
             continue
         writers.setdefault((envelope.to[0], str(key)), []).append(envelope.id)
     return [MemoryRevert(agent, key, tuple(ids)) for (agent, key), ids in writers.items()]
@@ -228,24 +237,26 @@ async def _revert_memory(
     """Write the key's value from before the incident, if the incident's write is still the current one."""
     bucket = subjects.memory_bucket(tenant)
     subject = f"$KV.{bucket}.{revert.agent}.{revert.key}"
-    history: list[tuple[int, MemoryValue]] = []
-    seq = 1
+    history: list[tuple[int, MemoryValue]] = []  # the values the coordinator wrote (foreign ones are skipped)
+    seq = last = 1
     while True:
         try:
             raw = await bus.js.get_msg(f"KV_{bucket}", seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:
             break
         assert raw.seq is not None
-        history.append((raw.seq, decode_memory_value(raw.data or b"")))
+        last = raw.seq
+        with contextlib.suppress(msgspec.DecodeError, ValueError):
+            history.append((raw.seq, decode_memory_value(raw.data or b"")))
         seq = raw.seq + 1
     if not history or history[-1][1].envelope_id not in revert.written_by:
         return False  # reverted already, or changed since: a person decides
     first = next(i for i, (_, value) in enumerate(history) if value.envelope_id in revert.written_by)
-    earlier = json.loads(history[first - 1][1].value) if first > 0 else None
+    earlier = decode_json(history[first - 1][1].value) if first > 0 else None
     payload = {
         "key": revert.key,
         "value": earlier,
-        "expected_revision": history[-1][0],
+        "expected_revision": last,
         "reverts": list(revert.written_by),
     }
     start = (await bus.js.stream_info(bus.stream)).state.last_seq + 1
@@ -299,7 +310,12 @@ async def _verified(bus: Bus, subject: str, from_seq: int, wait_s: float) -> Asy
 
 async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
     async for envelope in _verified(bus, f"{subjects.effect(tenant, item.agent)}.>", from_seq, wait_s):
-        effect = decode_effect(envelope.payload)
+        if envelope.sender != item.agent or envelope.kind != "effect":
+            continue  # not the agent's record: refused by the coordinator, nothing to wait on
+        try:
+            effect = decode_effect(envelope.payload)
+        except (msgspec.DecodeError, ValueError):
+            continue
         if item.idempotency_key in compensated_keys([effect]):
             return
         if effect.phase == "failed" and _names(effect, item.idempotency_key):
@@ -313,8 +329,8 @@ async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int
 
 def _names(effect: EffectRecord, key: str) -> bool:
     try:
-        args = json.loads(effect.args)
-    except ValueError:
+        args = decode_json(effect.args)
+    except MalformedPayload:
         return False
     return isinstance(args, dict) and args.get(COMPENSATES) == key
 
@@ -327,7 +343,7 @@ async def _stored(bus: Bus, bucket: str, subject: str, envelope_id: str, *, wait
             raw = await bus.js.get_last_msg(f"KV_{bucket}", subject)
             if decode_memory_value(raw.data or b"").envelope_id == envelope_id:
                 return
-        except nats.js.errors.NotFoundError:
-            pass
+        except (nats.js.errors.NotFoundError, msgspec.DecodeError, ValueError):
+            pass  # not there yet, or a foreign value the revert is to replace
         await asyncio.sleep(POLL_S)
     raise LedgerError(f"the reverted value of {subject} was not stored within {wait_s:.0f}s")

@@ -278,7 +278,20 @@ class SegmentStore:
                 subject,
                 seq,
                 Envelope(
-                    v=1, id=id_, tenant=tenant, kind=kind, sender=sender, to=tuple(to), ts=ts, correlation_id=corr
+                    v=1,
+                    id=id_,
+                    tenant=tenant,
+                    kind=kind,
+                    sender=sender,
+                    to=tuple(to),
+                    ts=ts,
+                    correlation_id=corr,
+                    causation_id=None,
+                    hop=0,
+                    taint=(),
+                    idempotency_key=None,
+                    content_type="application/json",
+                    payload=b"",
                 ),
             )
             for subject, seq, id_, tenant, kind, sender, to, ts, corr in found

@@ -1,7 +1,11 @@
 """The ledger service: tails the tenant stream, keeps the projection and publishes checkpoints.
 
-It also records what the server gave up delivering (:mod:`ledger._given_up`), and
-outbox messages on a partition the tenant does not have (:mod:`ledger._strays`).
+It also records what the server gave up delivering (:mod:`ledger._given_up`),
+and, once, every message that does not verify on a subject no component
+refuses messages on: components' records (decisions, checkpoints, quarantine
+records) and topics. A refused and recorded message is history, not a break.
+Outbox messages on a partition the tenant does not have, which no coordinator
+reads, are recorded as rejections too (:mod:`ledger._strays`).
 
 The adapter around :class:`~ledger._projector.Projector` (pure) and
 :class:`~ledger._segments.SegmentStore` (the files). It reads the stream
@@ -342,11 +346,31 @@ class LedgerService:
             self.projector.apply(message, checked=outcome, into=self._pending)
             if self.projector.position.last_seq == before:
                 continue  # projected before
-            self.schedule.observe(self._pending.envelopes[-1].channel)
+            row = self._pending.envelopes[-1]
+            self.schedule.observe(row.channel)
             self._strays.observe(message)
+            if not row.verified and _no_other_refuser(self.bus.tenant, message.subject):
+                await self._record_refused(message, row.reject_reason or "invalid", row.reject_detail or "")
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
         await self._strays.flush()
+
+    async def _record_refused(self, message: StoredMessage, reason: str, detail: str) -> None:
+        """A quarantine record for a record that does not verify (a ``foreign`` empty message, a forgery), once."""
+        if message.headers.get(HEADER_KEY) == self.bus.identity.key_id:
+            return  # its own record: recording that would only make another like it
+        try:
+            await self.bus.record_quarantine(
+                message.body,
+                message.headers,
+                subject=message.subject,
+                stream_seq=message.seq,
+                reason=reason,
+                detail=detail,
+                msg_id=f"refused:{self.bus.stream}:{message.seq}",
+            )
+        except TransportError as exc:
+            log.error("refused record not recorded", extra={"stream_seq": message.seq, "error": str(exc)})
 
     async def _commit(self) -> None:
         rows, self._pending = self._pending, Rows()
@@ -363,6 +387,16 @@ class LedgerService:
         await self.bus.publish(subjects.checkpoint(self.bus.tenant), self.bus.seal(envelope))
         self.schedule.published(now)
         log.info("checkpoint", extra={"through_seq": position.last_seq, "head": position.head.hex()})
+
+
+def _no_other_refuser(tenant: str, subject: str) -> bool:
+    """Whether the ledger service is the reader that records what fails on ``subject``.
+
+    The coordinator refuses on outboxes, effect records and approvals, an agent's
+    runtime on its inbox; nobody consumes records and topics in order but the ledger.
+    """
+    topic = (subjects.mediated_recipient(tenant, subject) or "").startswith(subjects.TOPIC_PREFIX)
+    return topic or subjects.judged_at_store(tenant, subject)
 
 
 async def serve_ledger(

@@ -32,21 +32,21 @@ def approvals_list(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List held envelopes: who sent what to whom, with which taint, and why it waits."""
+    """List held envelopes and tool calls: who sent what to whom, with which taint, why it waits, what it asks."""
     from rich.table import Table
 
-    from agents._approvals import list_held
+    from agents._approvals import list_held_requests
     from trustbus.cli import _nkey, _run, _servers, out
 
-    held = _run(list_held(_servers(server), tenant, nkey_seed=_nkey(), reader=reader))
+    held = _run(list_held_requests(_servers(server), tenant, nkey_seed=_nkey(), reader=reader))
     if json_out:
-        for decision in held:
-            print(json.dumps(_decision_dict(decision)))
+        for decision, request in held:
+            print(json.dumps({**_decision_dict(decision), "request": request}))
         return
-    table = Table("envelope", "sender", "to", "kind", "effective taint", "reasons")
-    for d in held:
+    table = Table("envelope", "sender", "to", "kind", "effective taint", "reasons", "request")
+    for d, request in held:
         table.add_row(d.envelope_id, d.sender, ",".join(d.deliver_to), d.kind, ",".join(d.effective_taint),
-                      ",".join(d.reasons))  # fmt: skip
+                      ",".join(d.reasons), request)  # fmt: skip
     out.print(table)
 
 

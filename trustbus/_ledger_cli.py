@@ -35,7 +35,30 @@ def _report_dict(report: Any) -> dict[str, Any]:
         "head": report.head.hex(),
         "first_break": None if first is None else {"seq": first.seq, "reason": first.reason, "detail": first.detail},
         "breaks": [{"seq": b.seq, "reason": b.reason, "detail": b.detail} for b in report.breaks],
+        "signed_through": report.signed_through,
+        "covered": list(report.covered) if report.covered else None,
+        "uncovered": list(report.uncovered) if report.uncovered else None,
+        "anchors": report.anchors,
+        "admin_key_pinned": report.admin_key_pinned,
     }
+
+
+def _coverage_lines(report: Any) -> list[str]:
+    """What a signature vouches for, what it does not, and what the signatures rest on, in words."""
+    covered, uncovered = report.covered, report.uncovered
+    lines = [
+        f"covered by a signature: sequences {covered[0]}-{covered[1]}" if covered else "covered by a signature: none",
+        f"[yellow]not covered[/yellow]: sequences {uncovered[0]}-{uncovered[1]} (could be cut off or replaced "
+        "unnoticed)"
+        if uncovered
+        else "not covered: none",
+    ]
+    lines += [f"  {'holds' if a['holds'] else 'FAILS'}: {a['source']} at sequence {a['seq']}" for a in report.anchors]
+    if report.admin_key_pinned is False:
+        lines.append("[yellow]trust anchor: the admin key named by the bundle itself[/yellow] (pin it: --admin-key)")
+    elif report.admin_key_pinned:
+        lines.append("trust anchor: the pinned admin key")
+    return lines
 
 
 @ledger_app.command("verify")
@@ -44,10 +67,22 @@ def verify(
     bundle: Annotated[Path | None, typer.Option(help="Verify this audit bundle instead (no server needed).")] = None,
     from_seq: Annotated[int, typer.Option("--from", help="First sequence to check (live stream).")] = 1,
     admin_key: Annotated[str | None, typer.Option(help="Pin the tenant admin key (trust anchor).")] = None,
+    expect: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--expect",
+            help="Bundles: an outside anchor, SEQ:HEAD (hex) or a checkpoint file kept elsewhere; the bundle must "
+            "reach SEQ and its chain there must be HEAD. Repeatable.",
+        ),
+    ] = None,
     server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Check every signature (key valid at the time), the sequence and the hash chain; exit 1 on a break."""
+    """Check every signature (key valid at the time), the sequence, the chain and every checkpoint; exit 1 on a break.
+
+    A bundle must be covered by signed checkpoints to its last sequence (its export checkpoint);
+    the output says which range a signature covers and which it does not.
+    """
     from ledger import verify_bundle, verify_stream
     from trustbus.cli import _nkey, _run, _servers, err, out
 
@@ -55,10 +90,13 @@ def verify(
         from ledger import LedgerError
 
         try:
-            report = verify_bundle(bundle, admin_key=admin_key)
+            report = verify_bundle(bundle, admin_key=admin_key, expect=expect or ())
         except LedgerError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
+    elif expect:
+        err.print("[red]error:[/red] --expect checks a bundle: give --bundle DIR")
+        raise typer.Exit(2)
     elif tenant is not None:
         report = _run(verify_stream(_servers(server), tenant, from_seq=from_seq, nkey_seed=_nkey()))
     else:
@@ -66,16 +104,19 @@ def verify(
         raise typer.Exit(2)
     if json_out:
         print(json.dumps(_report_dict(report)))
-    elif report.ok:
-        out.print(
-            f"[green]verified[/green] sequences {report.first_seq}-{report.last_seq}: {report.verified} envelopes, "
-            f"{report.recorded_rejections} recorded rejections, {report.checkpoints} checkpoints, "
-            f"chain head {report.head.hex()}"
-        )
     else:
-        first = report.first_break
-        assert first is not None
-        out.print(f"[red]BROKEN[/red] at sequence {first.seq}: {first.reason}: {first.detail}")
+        if report.ok:
+            out.print(
+                f"[green]verified[/green] sequences {report.first_seq}-{report.last_seq}: {report.verified} envelopes, "
+                f"{report.recorded_rejections} recorded rejections, {report.checkpoints} checkpoints, "
+                f"chain head {report.head.hex()}"
+            )
+        else:
+            first = report.first_break
+            assert first is not None
+            out.print(f"[red]BROKEN[/red] at sequence {first.seq}: {first.reason}: {first.detail}")
+        for line in _coverage_lines(report):
+            out.print(line)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -84,14 +125,30 @@ def verify(
 def export(
     tenant: Annotated[str, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the bundle to.")],
+    signer: Annotated[
+        str, typer.Option("--as", help="Owner of the ledger-role key that signs the export checkpoint.")
+    ] = "ledger",
+    from_seq: Annotated[
+        int, typer.Option("--from", help="First sequence (moved earlier if a checkpoint in the bundle needs it).")
+    ] = 1,
+    keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
     server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Write a self-contained audit bundle: every stored message, its chain hash, the keyring."""
-    from ledger import export as export_tenant
-    from trustbus.cli import _nkey, _run, _servers, out
+    """Write a self-contained audit bundle: every stored message, its chain hash, the keyring, signed checkpoints.
 
-    manifest = _run(export_tenant(_servers(server), tenant, out_dir, nkey_seed=_nkey()))
+    The bundle ends with an export checkpoint (and a partial one starts with a start
+    checkpoint) signed with the ledger key of --as, read from --keys.
+    """
+    from ledger import export as export_tenant
+    from trustbus.cli import _keys, _nkey, _run, _servers, out
+
+    identity = _keys(keys).load(tenant, signer)
+    manifest = _run(
+        export_tenant(
+            _servers(server), tenant, out_dir, signer=identity, signer_name=signer, from_seq=from_seq, nkey_seed=_nkey()
+        )
+    )
     if json_out:
         print(json.dumps(manifest))
     else:
@@ -204,6 +261,12 @@ def replay(
         raise typer.Exit(1)
 
 
+def _rejected_dict(step: Any) -> dict[str, Any]:
+    """A message of the incident that was not what its subject carries (not planned, shown)."""
+    return {"seq": step.seq, "id": step.envelope.id, "sender": step.envelope.sender, "kind": step.envelope.kind,
+            "why": step.quarantined}  # fmt: skip
+
+
 def _compensation_dict(c: Any) -> dict[str, Any]:
     return {"seq": c.seq, "agent": c.agent, "tool": c.tool, "effect_class": c.effect_class,
             "compensating_tool": c.compensating_tool, "idempotency_key": c.idempotency_key,
@@ -273,6 +336,7 @@ def rollback(
             "for_a_person": [_compensation_dict(c) for c in plan.for_a_person],
             "already_compensated": [_compensation_dict(c) for c in plan.already_compensated],
             "memory": [{"agent": m.agent, "key": m.key, "written_by": list(m.written_by)} for m in plan.memory],
+            "rejected": [_rejected_dict(s) for s in incident.rejected],
             "compensated_now": compensated,
         }))  # fmt: skip
         return
@@ -286,6 +350,8 @@ def rollback(
         )
     if plan.already_compensated:
         out.print(f"{len(plan.already_compensated)} effect(s) already compensated")
+    for s in incident.rejected:
+        out.print(f"[red]rejected[/red]: #{s.seq} {s.envelope.sender}'s {s.envelope.kind}: {s.quarantined}")
     for m in plan.memory:
         out.print(
             f"memory {m.agent}.{m.key}: written {len(m.written_by)} time(s) in the incident; reverted if still so"

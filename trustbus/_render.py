@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import msgspec
 from rich.markup import escape
 
-from bus import Envelope, KeyGrant, TailItem, subjects
+from bus import (
+    Envelope,
+    KeyGrant,
+    MalformedPayload,
+    TailItem,
+    decode_json,
+    decode_msgpack,
+    subjects,
+)
 from bus._rejections import decode_quarantine_payload
 
 
 def payload_value(envelope: Envelope) -> Any:
-    """The payload as JSON-ready data: parsed JSON, text, decoded msgpack, or ``{"base64": ...}``."""
+    """The payload as JSON-ready data: parsed JSON, text, decoded msgpack, or ``{"base64": ...}``.
+
+    JSON and msgpack are parsed within the decoding bounds; a payload over them
+    (or not parsing) is shown as base64 with ``"malformed"`` saying why.
+    """
     try:
         if envelope.content_type == "application/json":
-            return json.loads(envelope.payload or b"null")
+            return decode_json(envelope.payload or b"null")
         if envelope.content_type == "text/plain":
             return envelope.payload.decode()
-        return msgspec.to_builtins(msgspec.msgpack.decode(envelope.payload))
-    except (ValueError, msgspec.DecodeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return msgspec.to_builtins(decode_msgpack(envelope.payload))
+    except MalformedPayload as exc:
+        return {"base64": base64.b64encode(envelope.payload).decode(), "malformed": exc.detail}
+    except ValueError:  # not UTF-8 text
         return {"base64": base64.b64encode(envelope.payload).decode()}
 
 

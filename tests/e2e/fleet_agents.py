@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from agents import Agent, Context, ToolImplementation
+from agents import Agent, Context, EffectDenied, ToolImplementation
 from bus import TransientError, new_envelope
 
 SYSTEM_DB = "TB_TEST_SYSTEM_DB"
@@ -201,3 +201,31 @@ class Counter(Agent):
         self.count += 1
         await ctx.reply({"number": self.count})
         await ctx.checkpoint({"count": self.count})
+
+
+class NaiveBilling(Agent):
+    """Refunds whatever asks for it, whatever kind of envelope it comes in: agent code with no defence of its own.
+
+    ``{"order": n, "amount": a}`` in any envelope makes it call ``issue_refund`` (high risk in the tests'
+    registry); it replies to the sender with the refund, or with the reason the coordinator refused it.
+    """
+
+    tools: Mapping[str, ToolImplementation] = {"issue_refund": issue_refund}
+
+    async def handle(self, ctx: Context) -> None:
+        """Refund, then tell the sender what happened."""
+        request = ctx.json()
+        if not isinstance(request, dict) or "order" not in request:
+            return
+        try:
+            receipt = await ctx.effect("issue_refund", {"order": request["order"], "amount": request.get("amount")})
+        except EffectDenied as refused:
+            await ctx.reply({"refused": refused.reason, "approver": refused.approver, "attempt": ctx.attempt})
+            return
+        await ctx.reply({"refunded": receipt["order"], "attempt": ctx.attempt}, cites=ctx.effect_keys)
+
+
+class ImpatientNaiveBilling(NaiveBilling):
+    """Naive billing whose deliveries may take 0.3 s at most, except while a call waits for an operator."""
+
+    handler_timeout_s = 0.3

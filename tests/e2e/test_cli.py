@@ -177,6 +177,7 @@ def test_server_does_not_outlive_a_killed_up(tmp_path: Path) -> None:
 def test_ledger_export_and_offline_verify(env: dict[str, str], tmp_path: Path) -> None:
     run("init", "--tenant", "audit", env=env)
     run("keys", "new", "--tenant", "audit", "--owner", "alice", env=env)
+    run("keys", "new", "--tenant", "audit", "--owner", "ledger", "--role", "ledger", env=env)
     for i in range(3):
         run("send", "-t", "audit", "--as", "alice", "--to", "bob", "--payload", f'{{"n": {i}}}', env=env)
     live = json.loads(run("ledger", "verify", "-t", "audit", "--json", env=env).stdout)
@@ -186,6 +187,13 @@ def test_ledger_export_and_offline_verify(env: dict[str, str], tmp_path: Path) -
     offline = {k: v for k, v in env.items() if k != "NATS_URL"}
     checked = json.loads(run("ledger", "verify", "--bundle", str(bundle), "--json", env=offline).stdout)
     assert checked["ok"] and checked["head"] == manifest["head"] == live["head"]
+    assert checked["covered"] == [1, 3] and checked["uncovered"] is None and checked["admin_key_pinned"] is False
+    expect = f"2:{live['head']}"  # the head of 3, claimed at 2: an outside anchor that does not match
+    wrong = json.loads(run("ledger", "verify", "--bundle", str(bundle), "--expect", expect, "--json", env=offline,
+                           check=False).stdout)  # fmt: skip
+    assert wrong["first_break"]["seq"] == 2 and wrong["first_break"]["reason"] == "anchor"
+    human = run("ledger", "verify", "--bundle", str(bundle), env=offline).stdout
+    assert "covered by a signature: sequences 1-3" in human and "not covered: none" in human
     data = (bundle / "messages.msgpack").read_bytes()
     (bundle / "messages.msgpack").write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # flip a bit, never a no-op
     broken = run("ledger", "verify", "--bundle", str(bundle), env=offline, check=False)

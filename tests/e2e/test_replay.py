@@ -60,6 +60,7 @@ async def test_replay_from_a_bundle_is_the_same_tree_every_time(fleet: Fleet, tm
     rc, live, err = await cli(fleet, "ledger", "replay", "-t", fleet.tenant, "--correlation", page, "--json")
     assert rc == 0, err
     bundle = tmp_path / "bundle"
+    await fleet.key("ledger", "ledger")
     rc, _, err = await cli(fleet, "ledger", "export", "-t", fleet.tenant, "--out", str(bundle))
     assert rc == 0, err
     trees = []

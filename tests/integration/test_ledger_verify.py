@@ -83,11 +83,35 @@ async def test_a_validly_signed_record_by_the_wrong_signer_is_a_break(tenant: Te
     assert "alice" in report.breaks[0].detail
 
 
+@pytest.mark.parametrize("subject_of", ["decision", "effect", "checkpoint"])
+async def test_a_validly_signed_envelope_of_the_wrong_kind_on_a_record_subject_is_a_break(
+    tenant: Tenant, subject_of: str
+) -> None:
+    """The right signer writing the wrong kind: an event on the decision log, the effect log or the checkpoints."""
+    role = {"decision": "coordinator", "effect": "agent", "checkpoint": "ledger"}[subject_of]
+    await tenant.add("writer", role=role)  # type: ignore[arg-type]
+    writer = await tenant.bus("writer")
+    subject = {
+        "decision": subjects.decision(tenant.name, 0),
+        "effect": subjects.effect_record(tenant.name, "writer", 0, "k1"),
+        "checkpoint": subjects.checkpoint(tenant.name),
+    }[subject_of]
+    env = new_envelope(tenant=tenant.name, kind="event", sender="writer", to=[], payload=b"not a record")
+    sealed = writer.seal(env)
+    forged = (await tenant.js.publish(subject, sealed.body, headers=dict(sealed.headers))).seq
+    right = new_envelope(tenant=tenant.name, kind=subject_of, sender="writer", to=[], payload=b"{}")  # type: ignore[arg-type]
+    if subject_of != "checkpoint":  # the twin: the right kind from the same signer stands
+        await tenant.js.publish(subject, writer.seal(right).body, headers=dict(writer.seal(right).headers))
+    report = await verify_stream([tenant.url], tenant.name)
+    assert [(b.seq, b.reason) for b in report.breaks] == [(forged, "wrong_kind")]
+
+
 @pytest.fixture
 async def bundle(tenant: Tenant, tmp_path: Path) -> Path:
     await _history(tenant)
     out = tmp_path / "bundle"
-    manifest = await export_bundle(tenant.js, tenant.name, out)
+    signer = await tenant.add("ledger", role="ledger")
+    manifest = await export_bundle(tenant.js, tenant.name, out, signer=signer, signer_name="ledger")
     assert manifest["count"] == manifest["last_seq"]
     return out
 

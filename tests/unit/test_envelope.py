@@ -65,3 +65,113 @@ def test_arbitrary_bytes_never_escape_as_anything_but_a_verification_error(data:
         decode_envelope(data)
     except (Malformed, UnsupportedVersion):
         pass
+
+
+# The schema is exactly docs/WIRE.md's: every key, names without a final newline, taint sorted and unique.
+
+_ENC = msgspec.msgpack.Encoder()
+KEYS = [
+    "v", "id", "tenant", "kind", "sender", "to", "ts", "correlation_id", "causation_id",
+    "hop", "taint", "idempotency_key", "content_type", "payload",
+]  # fmt: skip
+
+
+def _fields(**changes: object) -> dict[str, object]:
+    env = new_envelope(tenant="acme", kind="event", sender="alice", to=["bob"], taint=["email", "web"])
+    return {**msgspec.msgpack.decode(encode_envelope(env)), **changes}
+
+
+def test_the_canonical_envelope_decodes_and_so_does_a_map16_header() -> None:
+    fields = _fields()
+    assert decode_envelope(_ENC.encode(fields)).taint == ("email", "web")
+    entries = b"".join(_ENC.encode(k) + _ENC.encode(v) for k, v in fields.items())
+    assert decode_envelope(b"\xde\x00\x0e" + entries).sender == "alice"
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_an_envelope_missing_any_key_is_malformed(key: str) -> None:
+    fields = _fields()
+    del fields[key]
+    with pytest.raises(Malformed):
+        decode_envelope(_ENC.encode(fields))
+
+
+def test_a_repeated_key_is_malformed() -> None:
+    """A second `kind` would otherwise win silently: one decoder would read event, another decision."""
+    items = [*_fields().items(), ("kind", "decision")]
+    body = b"\x8f" + b"".join(_ENC.encode(k) + _ENC.encode(v) for k, v in items)
+    with pytest.raises(Malformed, match="exactly 14"):
+        decode_envelope(body)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"to": ["notes\n"]},
+        {"to": ["topic:news\n"]},
+        {"sender": "alice\n"},
+        {"tenant": "acme\n"},
+        {"taint": ["web\n"]},
+    ],
+)
+def test_a_name_with_a_final_newline_is_malformed(change: dict[str, object]) -> None:
+    """`$` matches before a final newline; the patterns end in `\\Z`."""
+    with pytest.raises(Malformed):
+        decode_envelope(_ENC.encode(_fields(**change)))
+
+
+def test_new_envelope_refuses_a_recipient_with_a_final_newline() -> None:
+    with pytest.raises(ConfigError):
+        new_envelope(tenant="acme", kind="event", sender="alice", to=["notes\n"])
+
+
+@pytest.mark.parametrize("taint", [["web", "email"], ["web", "web"], ["email", "email", "web"]])
+def test_unsorted_or_repeated_taint_is_malformed(taint: list[str]) -> None:
+    with pytest.raises(Malformed, match="taint"):
+        decode_envelope(_ENC.encode(_fields(taint=taint)))
+
+
+def test_a_repeated_recipient_is_malformed_and_new_envelope_drops_repeats() -> None:
+    with pytest.raises(Malformed, match="recipient"):
+        decode_envelope(_ENC.encode(_fields(to=["bob", "bob"])))
+    assert new_envelope(tenant="acme", kind="event", sender="a", to=["bob", "carol", "bob"]).to == ("bob", "carol")
+
+
+@pytest.mark.parametrize("change", [{"ts": -1}, {"ts": 2**63}, {"hop": -1}, {"hop": 2**63}])
+def test_ts_and_hop_outside_int64_are_malformed(change: dict[str, object]) -> None:
+    with pytest.raises(Malformed):
+        decode_envelope(_ENC.encode(_fields(**change)))
+
+
+@given(st.sets(st.sampled_from(KEYS)))
+def test_only_the_complete_key_set_decodes(dropped: set[str]) -> None:
+    fields = {k: v for k, v in _fields().items() if k not in dropped}
+    try:
+        decode_envelope(_ENC.encode(fields))
+    except (Malformed, UnsupportedVersion):
+        assert dropped
+    else:
+        assert not dropped
+
+
+_LABELS = st.from_regex(r"[a-z][a-z0-9:]{0,6}", fullmatch=True)
+
+
+@given(st.lists(_LABELS, max_size=6))
+def test_taint_decodes_exactly_when_sorted_and_unique(taint: list[str]) -> None:
+    body = _ENC.encode(_fields(taint=taint))
+    if taint == sorted(set(taint)):
+        assert list(decode_envelope(body).taint) == taint
+    else:
+        with pytest.raises(Malformed):
+            decode_envelope(body)
+
+
+@given(st.text(min_size=1, max_size=70))
+def test_a_recipient_decodes_exactly_when_it_fully_matches_the_name_pattern(name: str) -> None:
+    body = _ENC.encode(_fields(to=[name]))
+    if re.fullmatch(r"(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+        assert decode_envelope(body).to == (name,)
+    else:
+        with pytest.raises(Malformed):
+            decode_envelope(body)

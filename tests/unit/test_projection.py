@@ -334,3 +334,29 @@ def test_checks_made_on_every_core_project_exactly_as_checks_made_in_line(world:
     reasons = [r.reject_reason for r in got.envelopes if not r.verified]
     # The unmediated copy in bob's inbox is a replay first (open_envelope's order); in carol's it is not mediated.
     assert reasons == ["replayed", "bad_signature", "replayed", "not_mediated"]
+
+
+def test_an_unsigned_decision_header_on_an_outbox_envelope_is_not_projected(world: World) -> None:
+    """An agent adds ``Tb-Decision`` naming another envelope's decision: no row joins its envelope to it."""
+    s = seal(new_envelope(tenant=T, kind="event", sender="alice", to=("bob",)), world.ids["alice"])
+    outbox = only(project(world, world.stored("tb.acme.out.alice", s.body, {**s.headers, "Tb-Decision": "d-other"})))
+    assert outbox.verified and outbox.decision_id is None
+    forged = only(project(world, world.stored("tb.acme.out.alice", b"\x00garbage", {"Tb-Decision": "d-other"})))
+    assert not forged.verified and forged.decision_id is None
+    # On a delivery, a decision header the countersignature does not cover is refused, and not projected either.
+    csig = countersign(
+        s.body, recipient="bob", decision_id="d1", effective_taint=(), coordinator=world.ids["coordinator"]
+    )
+    swapped = {**s.headers, **csig, "Tb-Decision": "d-other"}
+    delivery = only(project(world, world.stored("tb.acme.in.bob", s.body, swapped)))
+    assert not delivery.verified and delivery.reject_reason == "bad_countersignature"
+    assert delivery.decision_id is None
+
+
+def test_a_verified_delivery_keeps_the_decision_its_countersignature_names(world: World) -> None:
+    s = seal(new_envelope(tenant=T, kind="event", sender="alice", to=("bob",)), world.ids["alice"])
+    csig = countersign(
+        s.body, recipient="bob", decision_id="d1", effective_taint=(), coordinator=world.ids["coordinator"]
+    )
+    row = only(project(world, world.stored("tb.acme.in.bob", s.body, {**s.headers, **csig})))
+    assert row.verified and row.decision_id == "d1" and row.key_id == world.ids["alice"].key_id

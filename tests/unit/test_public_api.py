@@ -27,6 +27,7 @@ def test_bus_exports() -> None:
             "open_envelope", "pinned_admin_key", "provision", "render_bootstrap_config",
             "render_tenant_config", "revoke_key", "rotate_key", "seal", "sign_grant", "subjects", "tail",
             "tenant_partitions", "tenant_stream_config", "verify_key",
+            "Bounds", "MalformedPayload", "decode_json", "decode_msgpack",
         ]
     )  # fmt: skip
     for name in bus.__all__:
@@ -45,7 +46,7 @@ def test_agents_exports() -> None:
             "Handlers", "Limits", "Policy", "PolicyError", "RateLimit", "Rule", "RuntimeSetupError", "connect_agent",
             "decide", "load_policy", "parse_policy",
             "read_checkpoint", "run_agent",
-            "EffectError", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
+            "EffectDenied", "EffectError", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
             "UnknownTool", "idempotency_key", "load_tools", "parse_tools",
         ]
     )  # fmt: skip

@@ -10,16 +10,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from agents import Agent, Context, ToolImplementation
+from agents._decision import instruction_verb
 from trustbus.demo import model, systems
+
+
+def is_instruction(ctx: Context, verb: str) -> bool:
+    """Whether the delivery is an ``instruction`` with ``verb``: the only thing a worker agent acts on."""
+    return ctx.envelope.kind == "instruction" and instruction_verb(ctx.envelope) == verb
 
 
 class Triage(Agent):
     """Turns tickets from the desk into work: refunds for billing, questions for the researcher."""
 
     async def handle(self, ctx: Context) -> None:
-        """A ticket (event from the desk), or an answer from billing or the researcher."""
+        """A ticket (event from the desk), or a reply from billing or the researcher; nothing else."""
+        kind, sender = ctx.envelope.kind, ctx.envelope.sender
+        if not ((kind == "event" and sender == "desk") or (kind == "reply" and sender in ("billing", "researcher"))):
+            return
         body = ctx.json()
-        if ctx.envelope.kind == "event" and ctx.envelope.sender == "desk":
+        if kind == "event":
             await self._ticket(ctx, body)
         elif ctx.envelope.sender == "billing" and "refunded" in body:
             note = f"refunded order {body['refunded']} ({body['amount']} dollars)"
@@ -46,7 +55,9 @@ class Researcher(Agent):
     tools: Mapping[str, ToolImplementation] = {"read_email": systems.read_email, "fetch_page": systems.fetch_page}
 
     async def handle(self, ctx: Context) -> None:
-        """Research, act on the reading, answer triage."""
+        """A ``research`` instruction: research, act on the reading, answer triage. Nothing else."""
+        if not is_instruction(ctx, "research"):
+            return
         request = {k: v for k, v in ctx.json().items() if k != "verb"}
         if "message" in request:
             source = await ctx.effect("read_email", {"message": request["message"]})
@@ -74,7 +85,13 @@ class Billing(Agent):
     }
 
     async def handle(self, ctx: Context) -> None:
-        """``issue_refund`` instructions (the runtime itself performs a rollback's ``charge_back``)."""
+        """``issue_refund`` instructions, nothing else (the runtime itself performs a rollback's ``charge_back``).
+
+        A reply or an event that looks like a refund request is not one: only an instruction passes the
+        coordinator's rules for who may ask billing for what.
+        """
+        if not is_instruction(ctx, "issue_refund"):
+            return
         request = ctx.json()
         customer, order, amount = request["customer"], int(request["order"]), int(request["amount"])
         await ctx.effect("issue_refund", {"customer": customer, "order": order, "amount": amount})
@@ -89,7 +106,9 @@ class Notes(Agent):
     """Keeps the team's shared notes about each customer in its memory namespace."""
 
     async def handle(self, ctx: Context) -> None:
-        """``{"remember": {"customer": ..., "note": ...}}``: append the note to ``customer-<name>``."""
+        """An event ``{"remember": {"customer": ..., "note": ...}}``: append the note to ``customer-<name>``."""
+        if ctx.envelope.kind != "event":
+            return
         remember = ctx.json()["remember"]
         key = f"customer-{remember['customer']}"
         entry = await ctx.memory.get(key)

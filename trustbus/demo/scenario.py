@@ -140,6 +140,18 @@ class Demo:
         )  # fmt: skip
         self.facts["held_seen_by_operator"] = len(waiting)
         self.console.print(f"denied: {denied.verdict} ({', '.join(denied.reasons)})")
+        # The same refund asked for in a reply, to slip past a hold on instructions: a reply must answer
+        # an envelope delivered to its sender, and go back to that envelope's sender only.
+        sneaky = new_envelope(
+            tenant=TENANT, kind="reply", sender="desk", to=("billing",), correlation_id=corr,
+            payload=json.dumps({"customer": "mallory", "order": 1002, "amount": 900}).encode(),
+        )  # fmt: skip
+        await desk.send(sneaky)
+        await watch.until(
+            lambda s: s.decided(corr, kind="reply", sender="desk", reason="unsolicited_reply") or None,
+            "the same refund sent to billing as a reply refused",
+        )
+        self.console.print("[red]refused[/red]: the same refund sent to billing as a reply (unsolicited_reply)")
         self.console.print(f"[green]✓[/green] billing never saw it: refunds for order 1002 = {self._refunds(1002)}")
 
     async def retry_storm(self, watch: Watch, desk: Bus) -> None:
@@ -236,7 +248,10 @@ class Demo:
         _snapshot(con, snapshot)
         report = await verify_stream(self.servers, TENANT, nkey_seed=self.fleet.admin_seed)
         bundle = self.fleet.workdir / "bundle"
-        await export(self.servers, TENANT, bundle, nkey_seed=self.fleet.admin_seed)
+        ledger_key = self.fleet.keys.load(TENANT, "ledger")
+        await export(
+            self.servers, TENANT, bundle, signer=ledger_key, signer_name="ledger", nkey_seed=self.fleet.admin_seed
+        )
         for verdict, reasons in decisions.items():
             counts = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
             self.console.print(f"  {verdict:<7} {counts}")

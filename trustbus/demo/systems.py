@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,24 @@ FILES = Path(__file__).with_name("files")
 DIR_ENV = "TRUSTBUS_DEMO_DIR"
 STALL_FILE = "gateway-stalls-on-order"
 CUSTOMERS = {"alice": 0, "bob": 0, "mallory": 0}
+# A page or message name: a plain word. No separators, no dots, so no `../`, no absolute path.
+FIXTURE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def fixture(folder: str, name: object, suffix: str) -> Path:
+    """The shipped file ``files/<folder>/<name><suffix>``.
+
+    A ticket chooses ``name``: anything but a plain word, a path that resolves
+    outside the folder (a symlink), or a file that is not there raises
+    ValueError, recorded as the tool call's failure.
+    """
+    if not isinstance(name, str) or not FIXTURE_NAME.fullmatch(name):
+        raise ValueError(f"not a {folder} name: {name!r}")
+    root = (FILES / folder).resolve()
+    path = (root / f"{name}{suffix}").resolve()
+    if path.parent != root or not path.is_file():
+        raise ValueError(f"no {folder} entry named {name!r}")
+    return path
 
 
 def workdir() -> Path:
@@ -58,7 +77,7 @@ def _move(kind: str, customer: str, order: int, amount: int, key: str, compensat
 
 async def read_email(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
     """Read a message from the support mailbox: whoever wrote it chose every word."""
-    raw = (FILES / "mailbox" / f"{args['message']}.eml").read_text()
+    raw = fixture("mailbox", args.get("message"), ".eml").read_text()
     headers, _, body = raw.partition("\n\n")
     subject = next((h.split(":", 1)[1].strip() for h in headers.splitlines() if h.startswith("Subject:")), "")
     return {"subject": subject, "text": body}
@@ -66,7 +85,7 @@ async def read_email(args: dict[str, Any], *, idempotency_key: str) -> dict[str,
 
 async def fetch_page(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
     """Fetch a page (served from the shipped fixtures: nothing leaves this machine)."""
-    return {"page": args["page"], "text": (FILES / "web" / f"{args['page']}.html").read_text()}
+    return {"page": args["page"], "text": fixture("web", args.get("page"), ".html").read_text()}
 
 
 async def issue_refund(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:

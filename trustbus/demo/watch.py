@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -18,10 +17,11 @@ from bus import (
     QuarantineRecord,
     decode_decision,
     decode_effect,
+    decode_json,
+    decode_quarantine_record,
     subjects,
     tail,
 )
-from bus._rejections import decode_quarantine_payload
 
 T = TypeVar("T")
 _COLOURS = {"accept": "green", "reject": "red", "hold": "yellow"}
@@ -56,7 +56,7 @@ def describe(envelope: Envelope | None, decision: Decision) -> str:
         to = f" -> {','.join(envelope.to)}" if envelope.to else ""
         if envelope.kind in ("instruction", "memory_write"):
             try:
-                body = json.loads(envelope.payload)
+                body = decode_json(envelope.payload)
                 what += f" {body.get('verb') or body.get('key') or ''}".rstrip()
             except ValueError:
                 pass
@@ -79,16 +79,17 @@ class Watch:
             if item.opened is None:
                 continue
             envelope = item.opened.envelope
-            if item.subject.startswith(f"tb.{t}.out."):
-                self.seen.sent[envelope.id] = envelope
-            elif subjects.is_decision(t, item.subject):
-                self._decision(decode_decision(envelope.payload))
-            elif item.subject.startswith(subjects.effect(t, "x")[:-1]):
-                self._effect(item.subject.split(".")[3], decode_effect(envelope.payload))
-            elif item.subject == subjects.quarantine(t):
-                record = decode_quarantine_payload(envelope.payload)
-                if isinstance(record, QuarantineRecord):  # a summary of many (bus/_rejections.py) is not listed
-                    self.seen.quarantined.append(record)
+            try:
+                if item.subject.startswith(f"tb.{t}.out."):
+                    self.seen.sent[envelope.id] = envelope
+                elif subjects.is_decision(t, item.subject):
+                    self._decision(decode_decision(envelope.payload))
+                elif item.subject.startswith(subjects.effect(t, "x")[:-1]):
+                    self._effect(item.subject.split(".")[3], decode_effect(envelope.payload))
+                elif item.subject == subjects.quarantine(t):
+                    self.seen.quarantined.append(decode_quarantine_record(envelope.payload))
+            except ValueError:  # a signed message that is not the record its subject is for: nothing to show
+                continue
             async with self._changed:
                 self._changed.notify_all()
 

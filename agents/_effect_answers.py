@@ -1,0 +1,126 @@
+"""The coordinator's answer to an ask, stored where only the asking agent reads it (I/O; see agents._effect_asks).
+
+The answer is a ``decision`` envelope signed by the coordinator, addressed to
+the agent, naming the ask as its cause, whose payload is the decision recorded
+in the log. It is stored in the tenant's memory bucket under
+``<agent>.effect.<ask id>``: a rendered server config already lets the agent
+direct-get its own namespace there and nothing else, and lets only the
+coordinator write it. The runtime cannot subscribe to tenant subjects or
+create consumers, so it waits by reading that key again, backing off to once a
+second (as ``trustbus approve`` waits on the decision log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from agents._effect_asks import UntrustedAnswer, answer_key, check_answer
+from bus import Bus, Envelope, TransportError, VerificationError, new_envelope, open_envelope, subjects
+from bus._records import Decision, encode_decision
+from bus._seal import HEADER_KEY, HEADER_SIG
+
+log = logging.getLogger("trustbus.agent")
+
+FIRST_PAUSE_S = 0.02
+LONGEST_PAUSE_S = 1.0
+_NO_SKEW_CHECK = 2**62
+
+
+class _Stored(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the bucket holds under ``<agent>.effect.<ask id>``: the signed answer, as for a checkpoint."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+_stored_decoder = msgspec.msgpack.Decoder(_Stored)
+
+
+def _subject(bus: Bus, agent: str, ask_id: str) -> str:
+    bucket = subjects.memory_bucket(bus.tenant)
+    return f"$KV.{bucket}.{answer_key(agent, subjects.check_effect_key(ask_id))}"
+
+
+async def store_answer(bus: Bus, decision: Decision) -> None:
+    """Store the coordinator's signed answer to the ask ``decision`` is about (idempotent: the latest wins).
+
+    Raises:
+        TransportError: the bucket did not store it (the caller retries the delivery).
+    """
+    answer = new_envelope(
+        tenant=bus.tenant,
+        kind="decision",
+        sender=bus.name,
+        to=(decision.sender,),
+        correlation_id=decision.correlation_id,
+        causation_id=decision.envelope_id,
+        hop=decision.hop,
+        taint=decision.effective_taint,
+        content_type="application/msgpack",
+        payload=encode_decision(decision),
+    )
+    sealed = bus.seal(answer)
+    stored = _Stored(body=sealed.body, headers={k: sealed.headers[k] for k in (HEADER_SIG, HEADER_KEY)})
+    try:
+        await bus.js.publish(
+            _subject(bus, decision.sender, decision.envelope_id), msgspec.msgpack.encode(stored), timeout=5.0
+        )
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"cannot store the answer to effect request {decision.envelope_id}: {exc}") from exc
+
+
+async def await_answer(bus: Bus, agent: str, ask: Envelope, *, tool: str) -> Decision:
+    """Wait until the coordinator has answered ``ask`` with anything but ``hold``; that decision.
+
+    Anything under the key that is not the coordinator's answer to this ask is
+    logged once and ignored. Bounded by the handler's timeout, not here.
+
+    Raises:
+        TransportError: the bucket could not be read.
+    """
+    subject = _subject(bus, agent, ask.id)
+    pause = FIRST_PAUSE_S
+    reported: set[str] = set()
+    while True:
+        decision = await _read(bus, subject, agent, ask.id, reported)
+        if decision is not None and decision.verdict != "hold":
+            return decision
+        if decision is not None and "held" not in reported:
+            reported.add("held")
+            log.warning(
+                "effect held for an operator; waiting",
+                extra={"tool": tool, "effect_request": ask.id, "key": ask.idempotency_key},
+            )
+        await asyncio.sleep(pause)  # no event reaches an agent for this key: read it again (module docstring)
+        pause = min(pause * 2, LONGEST_PAUSE_S)
+
+
+async def _read(bus: Bus, subject: str, agent: str, ask_id: str, reported: set[str]) -> Decision | None:
+    try:
+        raw = await bus.js.get_last_msg(f"KV_{subjects.memory_bucket(bus.tenant)}", subject, direct=True)
+    except nats.js.errors.NotFoundError:
+        return None
+    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        raise TransportError(f"cannot read the answer to effect request {ask_id}: {exc}") from exc
+    stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
+    try:
+        stored = _stored_decoder.decode(raw.data or b"")
+        key_id = stored.headers.get(HEADER_KEY, "")
+        if key_id and not bus.keyring.keyring.knows(key_id):
+            await bus.keyring.refresh_key(key_id)
+        # An answer's age does not matter (it names the request it answers), so no skew check: a
+        # coordinator whose clock was stepped must still be able to release a held call.
+        opened = open_envelope(stored.body, stored.headers, keyring=bus.keyring.keyring, received_ns=stored_ns,
+                               limits=dataclasses.replace(bus.limits, skew_ns=_NO_SKEW_CHECK))  # fmt: skip
+        return check_answer(opened, agent=agent, ask_id=ask_id)
+    except (msgspec.DecodeError, VerificationError, UntrustedAnswer) as exc:
+        if str(raw.seq) not in reported:
+            reported.add(str(raw.seq))
+            log.error("not the coordinator's answer; ignored", extra={"subject": subject, "error": str(exc)})
+        return None

@@ -1,0 +1,141 @@
+"""High-risk tool calls made under taint are decided by the coordinator before they run. Pure: no I/O.
+
+The protocol (docs/EFFECTS.md, "Held effects"):
+
+1. The runtime records every call's ``requested`` record on its effect subject,
+   ``tb.<T>.effect.<agent>.<p>.<key>``, with the registry's ``high_risk`` flag.
+   A ``requested`` record of a high-risk tool whose envelope carries taint (the
+   taint the coordinator attested for the delivery being handled, plus what the
+   handler's tool results and memory reads added) is an **ask**: the runtime
+   does not call the tool until the coordinator answers. Nothing else waits, so
+   an untainted call or a low-risk tool costs no round trip.
+2. The coordinator of the partition decides the ask (:func:`decide_ask`) against
+   its own state: the taint it delivered to that agent in that correlation and
+   the result taint of its recorded tool calls, not only what the ask declares.
+   The decision (``hold``, ``reject`` or ``accept``) is appended to the
+   partition's log like any other, so a hold survives restarts and is listed by
+   ``trustbus approvals list``; an operator's approval or denial is a second
+   decision, as for a held envelope.
+3. After each decision about an ask the coordinator stores its signed answer
+   under the agent's own memory namespace, ``<agent>.effect.<ask id>`` (a key no
+   memory write can name: memory keys have no dot), which the agent may read and
+   nobody but the coordinator may write. The runtime reads it there
+   (:func:`check_answer`), waits while it says ``hold``, runs the tool on
+   ``accept`` and fails the call with :class:`agents.EffectDenied` otherwise.
+"""
+
+from __future__ import annotations
+
+from agents._causes import UNKNOWN_CAUSE
+from agents._decision import EFFECT_REQUESTED, CoordinatorState
+from agents._policy import Policy
+from bus import Envelope, Opened
+from bus._records import Decision, EffectRecord, Verdict, decode_decision
+
+ANSWER_TOKEN = "effect"
+CAUSE_APPROVED = "cause_approved"
+TAINTED_HIGH_RISK = "tainted_high_risk"
+
+
+def is_ask(envelope: Envelope, record: EffectRecord) -> bool:
+    """Whether an effect record asks the coordinator first: ``requested``, high risk, with taint."""
+    return record.phase == "requested" and record.high_risk and bool(envelope.taint)
+
+
+def decide_ask(
+    policy: Policy,
+    envelope: Envelope,
+    record: EffectRecord,
+    state: CoordinatorState,
+    *,
+    received_ns: int,
+    source_seq: int,
+) -> Decision:
+    """Decide an ask (see :func:`is_ask`). Pure: reads ``state``, never changes it.
+
+    - its cause names no envelope decided in this correlation: ``reject``, ``unknown_cause``;
+    - its cause was released by an operator's approval: ``accept``, ``cause_approved`` (the
+      person already decided on what the agent is acting on);
+    - otherwise ``taint.on_tainted_high_risk``: ``hold`` (the default) or ``reject``,
+      ``tainted_high_risk``.
+
+    Every such decision carries ``effect_requested`` first among its reasons.
+    """
+    inherited = state.seen_taint.get((envelope.correlation_id, envelope.sender), frozenset())
+    effective = tuple(sorted(set(envelope.taint) | inherited))
+    cause = state.decided.get(envelope.causation_id or "")
+    verdict: Verdict
+    if cause is None or cause.correlation_id != envelope.correlation_id:
+        verdict, reason = "reject", UNKNOWN_CAUSE
+    elif cause.verdict == "accept" and cause.approval_id is not None:
+        verdict, reason = "accept", CAUSE_APPROVED
+    else:
+        verdict, reason = ("reject" if policy.taint.on_tainted_high_risk == "reject" else "hold"), TAINTED_HIGH_RISK
+    return Decision(
+        envelope_id=envelope.id,
+        source_seq=source_seq,
+        sender=envelope.sender,
+        kind=envelope.kind,
+        correlation_id=envelope.correlation_id,
+        causation_id=envelope.causation_id,
+        verdict=verdict,
+        reasons=(EFFECT_REQUESTED, reason),
+        deliver_to=(),
+        dropped=(),
+        hop=envelope.hop,
+        declared_taint=envelope.taint,
+        effective_taint=effective,
+        decided_ns=received_ns,
+    )
+
+
+def is_ask_decision(decision: Decision) -> bool:
+    """Whether ``decision`` is about an ask (the first one, or an operator's answer to its hold)."""
+    return EFFECT_REQUESTED in decision.reasons
+
+
+def answer_key(agent: str, ask_id: str) -> str:
+    """The memory key (``<agent>.effect.<ask id>``) under which the answer to an ask is stored."""
+    return f"{agent}.{ANSWER_TOKEN}.{ask_id}"
+
+
+class UntrustedAnswer(ValueError):
+    """A stored answer that is not the coordinator's answer to this agent's ask."""
+
+
+def check_answer(opened: Opened, *, agent: str, ask_id: str) -> Decision:
+    """The decision a verified answer states, if it is the coordinator's answer to ``agent``'s ask ``ask_id``.
+
+    Raises:
+        UntrustedAnswer: not signed by a coordinator key, not addressed to ``agent``,
+            or about another envelope.
+    """
+    envelope = opened.envelope
+    if opened.grant.role != "coordinator" or envelope.kind != "decision":
+        raise UntrustedAnswer(f"a {envelope.kind} signed by a {opened.grant.role} key ({envelope.sender})")
+    if envelope.to != (agent,) or envelope.causation_id != ask_id:
+        raise UntrustedAnswer(f"an answer to {envelope.to} about {envelope.causation_id}: not {agent}'s {ask_id}")
+    try:
+        decision = decode_decision(envelope.payload)
+    except ValueError as exc:  # msgspec.DecodeError is a ValueError
+        raise UntrustedAnswer(f"unreadable decision: {exc}") from exc
+    if decision.envelope_id != ask_id or decision.sender != agent or not is_ask_decision(decision):
+        raise UntrustedAnswer(f"a decision about {decision.sender}'s {decision.kind} {decision.envelope_id}")
+    return decision
+
+
+_DENIED = "EffectDenied: "
+
+
+def denial_message(*, reason: str, approver: str | None, tool: str, key: str) -> str:
+    """What a refused call's ``failed`` record says after ``EffectDenied: ``; :func:`parse_denial` reads it back."""
+    by = f" by {approver}" if approver else ""
+    return f"{reason}{by}: {tool} call {key} refused; the tool was not called"
+
+
+def parse_denial(error: str | None) -> tuple[str, str | None] | None:
+    """(reason, approver) of a ``failed`` record's error if the coordinator refused the call, else None."""
+    if error is None or not error.startswith(_DENIED):
+        return None
+    reason, _, approver = error[len(_DENIED) :].split(":", 1)[0].partition(" by ")
+    return reason, approver or None
