@@ -149,6 +149,7 @@ class Intake:
             seal=self.bus.seal,
             publish=self.bus.publish,
             recorded=self._recorded,
+            clock=self.bus.clock,
         )
         while not stop.is_set():
             try:
@@ -176,5 +177,5 @@ class Intake:
     def _recorded(self, owner: str, counts: Mapping[str, int], last_seq: int) -> None:
         if "." in owner:  # a subject, not an agent's (an approval): nobody to suspend
             return
-        self.suspensions.refused(owner, counts, last_seq=last_seq, at_ns=time.time_ns())
+        self.suspensions.refused(owner, counts, last_seq=last_seq, at_ns=self.bus.clock())
         self._ready.set()  # wake the coordinator: it may have a suspension to record

@@ -143,6 +143,7 @@ class RejectionLog:
         recorded: called with (owner, counts by reason, last sequence) after each summary is stored.
         max_items: refused messages per summary.
         window_s: longest a refused message waits for its summary while more keep coming.
+        clock: the signer's clock (the summaries' ``ts``), unix ns.
     """
 
     def __init__(
@@ -156,6 +157,7 @@ class RejectionLog:
         recorded: Callable[[str, Mapping[str, int], int], None] = lambda owner, counts, last_seq: None,
         max_items: int = MAX_ITEMS,
         window_s: float = WINDOW_S,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         """Collect nothing yet; see :meth:`add` and :meth:`flush`."""
         self._tenant = tenant
@@ -167,6 +169,7 @@ class RejectionLog:
         self._max_items = max_items
         self._window_s = window_s
         self._pending: dict[str, _Pending] = {}
+        self._clock = clock
 
     def add(self, msg: Msg, *, reason: str, detail: str) -> None:
         """Refuse ``msg`` (a message from a consumer, not yet settled): recorded at the next flush, then terminated."""
@@ -210,6 +213,7 @@ class RejectionLog:
             to=("topic:quarantine",),
             content_type="application/msgpack",
             payload=encode_rejection_summary(summary),
+            now_ns=self._clock(),
         )
         msg_id = summary_msg_id(self._stream, [i[0] for i in items])
         try:

@@ -89,6 +89,7 @@ class StrayRecorder:
             to=("topic:quarantine",),
             content_type="application/msgpack",
             payload=encode_rejection_summary(summary),
+            now_ns=self._bus.clock(),
         )
         msg_id = summary_msg_id(self._bus.stream, [m.seq for m in messages])
         await self._bus.publish(

@@ -21,8 +21,8 @@ from bus._rejections import (
     encode_rejection_summary,
 )
 from ledger import StoredMessage, verify_messages
+from ledger._excuses import quarantine_excuses
 from ledger._projection import Rows, project_message
-from ledger._rejections import summarised_rejections
 
 T = "acme"
 
@@ -117,7 +117,7 @@ def test_a_summary_cannot_excuse_a_message_it_did_not_see(world: World) -> None:
 def test_a_summary_signed_by_an_agent_excuses_nothing(world: World) -> None:
     forged = world.forged("mallory")
     world.summary("mallory", [(forged, None, None)])
-    assert summarised_rejections(world.messages, world.keyring, T) == {}
+    assert quarantine_excuses(world.messages, world.keyring, T) == {}
     assert [b.seq for b in verify_messages(world.messages, world.keyring, T).breaks] == [forged.seq]
 
 
