@@ -37,7 +37,8 @@ from bus import (
     subjects,
     tail,
 )
-from bus._rejections import decode_quarantine_payload
+from bus._quarantine import quarantine_record
+from bus._rejections import RejectionSummary, decode_quarantine_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 _numbers = itertools.count(1)
@@ -132,10 +133,24 @@ class Fleet:
             async with await KeyringStore.open(js, self.tenant) as keyring:
                 async for item in tail(js, keyring, self.tenant, subject=subjects.quarantine(self.tenant)):
                     assert item.opened is not None, item.error
-                    record = decode_quarantine_payload(item.opened.envelope.payload)
-                    if isinstance(record, QuarantineRecord) and match(record):
-                        return record
+                    payload = decode_quarantine_payload(item.opened.envelope.payload)
+                    for record in [payload] if isinstance(payload, QuarantineRecord) else await listed(payload):
+                        if match(record):
+                            return record
             raise AssertionError("unreachable: tail follows forever")
+
+        async def listed(summary: RejectionSummary) -> list[QuarantineRecord]:
+            """Each message a summary of many refusals lists, described as a record of its own (read back)."""
+            found = []
+            for seq, subject, reason, _, _ in summary.rejected():
+                raw = await js.get_msg(f"TB_{self.tenant}", seq)
+                detail = summary.sample.detail if seq == summary.sample.seq else ""
+                found.append(
+                    quarantine_record(
+                        raw.data or b"", raw.headers, reason=reason, detail=detail, subject=subject, stream_seq=seq
+                    )
+                )
+            return found
 
         return await asyncio.wait_for(follow(), limit_s)
 
