@@ -9,7 +9,7 @@ publish there (its outbox ``tb.<T>.out.<owner>.<p>`` and its effect records
 ``coordinator-<p>`` keeps the operators' approvals. A reader task per consumer
 fetches and verifies, and holds at most one verified batch for the
 coordinator; the coordinator takes one batch from each reader that has one,
-in turn. A flooding sender therefore costs the others at most one of its
+in turn (within a turn, in stream order). A flooding sender therefore costs the others at most one of its
 batches per turn (``SENDER_SETTINGS.batch`` messages), whatever its backlog.
 
 What fails verification is recorded in aggregate, one
@@ -81,7 +81,6 @@ class Intake:
         self.suspensions = suspensions
         self._readers: dict[str, _Reader] = {}
         self._ready = asyncio.Event()
-        self._turn = 0
         self._grants = 0  # grants seen by the last ensure_consumers
         self._outboxes = f"tb.{bus.tenant}.out."
 
@@ -133,10 +132,13 @@ class Intake:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _round(self, readers: list[_Reader]) -> list[list[Delivery]]:
-        """One batch from each reader that has one, starting after the last round's first."""
-        self._turn = (self._turn + 1) % len(readers)
-        order = readers[self._turn :] + readers[: self._turn]
-        return [r.queue.get_nowait() for r in order if not r.queue.empty()]
+        """One batch from each reader that has one, in stream order of their first messages.
+
+        Within a round the stream's order between senders holds (what was stored first is decided
+        first, as with one consumer); across rounds no sender gets more than one batch per turn.
+        """
+        batches = [r.queue.get_nowait() for r in readers if not r.queue.empty()]
+        return sorted(batches, key=lambda batch: batch[0].stream_seq if batch else 0)
 
     def _start(self, reader: _Reader, settings: ConsumerSettings, stop: asyncio.Event) -> None:
         reader.task = asyncio.create_task(self._read(reader, settings, stop), name=f"intake:{reader.name}")
