@@ -42,10 +42,12 @@ log = logging.getLogger("trustbus.bus")
 MAX_ITEMS = 512
 WINDOW_S = 0.25
 SAMPLE_BYTES = 512
+MAX_DETAILS = 64  # distinct details kept per summary (a flood's are mostly one), each cut to DETAIL_CHARS
+DETAIL_CHARS = 200
 
 
 class RejectedItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """One refused message: its stream sequence, subject and reason (indexes into the summary's tables),
+    """One refused message: its stream sequence, subject, reason and detail (indexes into the summary's tables),
     body size and body SHA-256 (32 raw bytes)."""  # noqa: D205, D209
 
     seq: int
@@ -53,6 +55,7 @@ class RejectedItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
     reason: int
     size: int
     sha256: bytes
+    detail: int = 0
 
 
 class RejectionSample(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -86,10 +89,15 @@ class RejectionSummary(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     counts: dict[str, int]
     items: tuple[RejectedItem, ...]
     sample: RejectionSample
+    details: tuple[str, ...] = ("",)
 
     def rejected(self) -> list[tuple[int, str, str, int, bytes]]:
         """Every refused message as (seq, subject, reason, body size, body SHA-256)."""
         return [(i.seq, self.subjects[i.subject], self.reasons[i.reason], i.size, i.sha256) for i in self.items]
+
+    def detail_of(self, item: RejectedItem) -> str:
+        """Why ``item`` was refused, in words (empty past the summary's first MAX_DETAILS distinct details)."""
+        return self.details[item.detail] if 0 <= item.detail < len(self.details) else ""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -249,13 +257,20 @@ def summarise(
     """A summary of ``items`` (seq, subject, reason, detail, body SHA-256, body size), the first one's body given."""
     subject_index: dict[str, int] = {}
     reason_index: dict[str, int] = {}
+    detail_index: dict[str, int] = {"": 0}
     counts: dict[str, int] = {}
     rows = []
-    for seq, subject, reason, _, digest, size in items:
+    for seq, subject, reason, detail, digest, size in items:
         s = subject_index.setdefault(subject, len(subject_index))
         r = reason_index.setdefault(reason, len(reason_index))
+        cut = detail[:DETAIL_CHARS]
+        d = (
+            detail_index.get(cut, 0)
+            if len(detail_index) > MAX_DETAILS
+            else detail_index.setdefault(cut, len(detail_index))
+        )
         counts[reason] = counts.get(reason, 0) + 1
-        rows.append(RejectedItem(seq, s, r, size, digest))
+        rows.append(RejectedItem(seq, s, r, size, digest, d))
     seq, _, reason, detail, _, _ = items[0]
     try:
         claimed = decode_envelope(sample_body) if len(sample_body) <= 4 * 64 * 1024 else None
@@ -267,6 +282,7 @@ def summarise(
         reasons=tuple(reason_index),
         counts=counts,
         items=tuple(rows),
+        details=tuple(detail_index),
         sample=RejectionSample(
             seq=seq,
             reason=reason,

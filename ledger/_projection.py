@@ -459,12 +459,13 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
 def summary_rows(seq: int, rejected_by: str, summary: RejectionSummary) -> list[QuarantineRow]:
     """One ``quarantine`` row per message a rejection summary lists (its sample's carries the detail)."""
     sample = summary.sample
+    details = [summary.detail_of(item) for item in summary.items]
     return [
         QuarantineRow(
             seq=seq,
             rejected_by=rejected_by,
             reason=reason,
-            detail=sample.detail if stream_seq == sample.seq else "",
+            detail=detail,
             subject=subject,
             stream_seq=stream_seq,
             claimed_sender=summary.owner,
@@ -474,7 +475,7 @@ def summary_rows(seq: int, rejected_by: str, summary: RejectionSummary) -> list[
             body_sha256=digest.hex(),
             truncated=True,
         )
-        for stream_seq, subject, reason, size, digest in summary.rejected()
+        for (stream_seq, subject, reason, size, digest), detail in zip(summary.rejected(), details, strict=True)
     ]
 
 
