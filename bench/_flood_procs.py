@@ -4,7 +4,8 @@ Connects as agent ``f`` (its own key, so the server would let it publish to its 
 ``--n`` envelopes to ``tb.<T>.out.f.0`` whose signatures do not hold (each a fresh envelope, signed
 headers copied from another one: ``bad_signature``), as fast as one process can: core NATS publishes,
 built beforehand, no ``Nats-Msg-Id`` (so none is dropped as a duplicate). Prints one JSON line:
-``{"flooded": N, "seconds": S, "bytes": B}`` (B: the bodies' total size).
+``{"flooded": N, "seconds": S, "start_ns": T0, "end_ns": T1, "bytes": B}`` (B: the bodies' total size; T0, T1:
+the wall clock when the first publish started and the last was flushed).
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ async def flood(args: argparse.Namespace) -> None:
     ]
     nc = await nats.connect(args.url, name="bench-flooder", connect_timeout=5)
     try:
-        start = time.perf_counter()
+        start, start_ns = time.perf_counter(), time.time_ns()
         for body in bodies:
             await nc.publish(outbox, body, headers=headers)
         await nc.flush(timeout=60)
-        seconds = time.perf_counter() - start
+        seconds, end_ns = time.perf_counter() - start, time.time_ns()
     finally:
         await nc.close()
-    sys.stdout.write(json.dumps({"flooded": args.n, "seconds": seconds, "bytes": sum(map(len, bodies))}) + "\n")
+    summary = {"flooded": args.n, "seconds": seconds, "start_ns": start_ns, "end_ns": end_ns}
+    sys.stdout.write(json.dumps({**summary, "bytes": sum(map(len, bodies))}) + "\n")
 
 
 def main() -> None:

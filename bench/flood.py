@@ -36,8 +36,10 @@ counted as subject + header block + body (the store adds a few dozen bytes of it
   that of the unflooded phase (A's same traffic), per rejected envelope: everything, store overhead and the
   forged envelope included.
 
-Also reported: the flood's publish rate and how many were stored, refused by reason, how long the
-coordinator took to record them all, and the 1-minute load average before and after (other work on
+Also reported: ``valid_p99_ms_after_flood_published``, A's p99 over the envelopes it sent after F's last
+publish was flushed (the coordinator still working through F's backlog, the server no longer taking it in),
+and how many A sent while F was publishing; the flood's publish rate and how many were stored, refused by
+reason, how long the coordinator took to record them all, and the 1-minute load average before and after (other work on
 the machine moves every figure). ``--json``: the last line of stdout is one JSON object with every
 figure; the table goes to stderr. Every process is stopped on success, failure, Ctrl-C and SIGTERM.
 """
@@ -136,8 +138,8 @@ class FloodBench:
         args += ["--payload", str(self.args.payload), "--tenant", TENANT, "--keys", str(self.keys_dir)]
         return name, self.children.start(f"{name}-a", [sys.executable, "-m", "bench._mediated_procs", "tb-send", *args])
 
-    def finish(self, name: str, sender: Any, n: int) -> list[float]:
-        """Wait for A to finish and B to have every message; A's latencies (ms) past the warm-up."""
+    def finish(self, name: str, sender: Any, n: int) -> list[tuple[int, float]]:
+        """Wait for A to finish and B to have every message; A's (send time ns, latency ms) past the warm-up."""
         sender.wait_exit(n / self.args.rate + SENDER_SLACK_S, watch=self.servers)
         result = self.out_dir / f"{name}.json"
         deadline = time.monotonic() + RECORD_TIMEOUT_S
@@ -149,7 +151,7 @@ class FloodBench:
         record = json.loads(result.read_text())
         first = round(self.args.rate * self.args.warmup)
         return [
-            (r - s) / 1e6
+            (s, (r - s) / 1e6)
             for i, s, r in zip(record["index"], record["sent_ns"], record["received_ns"], strict=True)
             if i >= first
         ]
@@ -259,12 +261,18 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
             server.stop()
     flood_line = flooder.last_line or {}
     rejected = max(counts["rejected"], 1)
+    published_ns = int(flood_line.get("end_ns", 0))
+    flooded_ms = [ms for _, ms in flooded]
+    quiet_ms = [ms for _, ms in quiet]
+    after_ms = [ms for sent, ms in flooded if sent > published_ns]  # the backlog being worked, the firehose over
     result = {
-        "valid_p99_ms": round(p99(flooded), 3),
-        "valid_p99_ms_unflooded": round(p99(quiet), 3),
-        "valid_p50_ms": round(statistics.median(flooded), 3),
-        "valid_p50_ms_unflooded": round(statistics.median(quiet), 3),
-        "valid_max_ms": round(max(flooded), 3),
+        "valid_p99_ms": round(p99(flooded_ms), 3),
+        "valid_p99_ms_unflooded": round(p99(quiet_ms), 3),
+        "valid_p50_ms": round(statistics.median(flooded_ms), 3),
+        "valid_p50_ms_unflooded": round(statistics.median(quiet_ms), 3),
+        "valid_max_ms": round(max(flooded_ms), 3),
+        "valid_p99_ms_after_flood_published": round(p99(after_ms), 3) if len(after_ms) >= 100 else None,
+        "valid_sent_while_flood_published": len(flooded_ms) - len(after_ms),
         "bytes_per_rejected": round(counts["record_bytes"] / rejected, 1),
         "bytes_per_forged_envelope": round(counts["forged_bytes"] / max(counts["stored"], 1), 1),
         "stream_bytes_per_rejected": round(((end_bytes - mid_bytes) - (mid_bytes - first_bytes)) / rejected, 1),
