@@ -1,7 +1,8 @@
 """The coordinator: the reference monitor every envelope between agents passes through.
 
 A :class:`Coordinator` mediates one partition of a tenant (every correlation
-whose hash falls in it; see :func:`bus.subjects.partition_of`). For each
+whose hash falls in it; see :func:`bus.subjects.partition_of`), reading each
+sender's traffic in turn (:mod:`agents._intake`). For each
 envelope in an outbox of its partition it verifies it (``bus.Bus.consume``),
 checks it came from its sender's own outbox for its correlation's partition,
 decides with :func:`agents._decision.decide`, appends the decision to the
@@ -41,8 +42,10 @@ from agents._decision import CoordinatorState, Deferral, Undo, decide, decide_ap
 from agents._decision_log import DecisionLog
 from agents._effect_answers import store_answer
 from agents._effect_asks import decide_ask, is_ask, is_ask_decision
+from agents._intake import Intake
 from agents._memory import kv_subject, parse_write
 from agents._policy import Policy
+from agents._suspension import Suspensions
 from bus import (
     Bus,
     ConfigError,
@@ -62,6 +65,7 @@ from bus._provision import DUPLICATE_WINDOW_S
 from bus._records import Approval, Decision, EffectRecord, MemoryValue, decode_effect, encode_decision
 from bus._records import decode_memory_value as decode_value
 from bus._records import encode_memory_value as encode_value
+from bus._rejections import subject_owner
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
 from bus._transport import rejection
 
@@ -120,16 +124,18 @@ class Coordinator:
         self.state = self.log.state
         self._decision_ids = self.log.decision_ids
         self._inboxes = inboxes if inboxes is not None else set()
+        self.suspensions = Suspensions(
+            self.state, policy, partition=partition, partitions=bus.partitions, tenant=bus.tenant
+        )
+        self._intake = Intake(bus, partition, approvals=consumer_name(partition), suspensions=self.suspensions)
 
     async def start(self) -> None:
-        """Create the partition's consumer, rebuild its state from its decision log, create inbox consumers."""
+        """Create the partition's consumers (one per sender: agents._intake), rebuild its state from its decision
+        log, create inbox consumers."""  # noqa: D205, D209
         tenant, partition = self.bus.tenant, self.partition
-        watched = [
-            subjects.partition_outboxes(tenant, partition),
-            subjects.partition_effects(tenant, partition),
-            subjects.approval(tenant, partition),
-        ]
+        watched = subjects.approval(tenant, partition)
         await self.bus.ensure_consumer(consumer_name(partition), watched, settings=OUTBOX_SETTINGS)
+        await self._intake.ensure_consumers()
         await self._catch_up()
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
@@ -140,9 +146,9 @@ class Coordinator:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Mediate until ``stop`` is set, a fetched batch at a time."""
-        batches = self.bus.consume_batches(consumer_name(self.partition), settings=OUTBOX_SETTINGS, stop=stop)
-        async for batch in batches:
+        """Mediate until ``stop`` is set, a fetched batch at a time, senders in turn (agents._intake)."""
+        async for batch in self._intake.batches(stop):
+            await self._suspend_due()
             group: list[Delivery] = []
             for delivery in batch:
                 if self._batchable(delivery):
@@ -153,6 +159,31 @@ class Coordinator:
                 async with delivery.process():
                     await self._mediate(delivery)
             await self._mediate_group(group)
+
+    async def _suspend_due(self) -> None:
+        """Record a suspension for each sender the intake found over its rejection threshold (agents._suspension)."""
+        for sender, seq in self.suspensions.due():
+            made = self.suspensions.decision(sender, source_seq=seq, now_ns=self.bus.clock())
+            if made is None:
+                continue
+            cause, _ = made
+
+            def make(sender: str = sender, seq: int = seq) -> Decision | None:
+                again = self.suspensions.decision(sender, source_seq=seq, now_ns=self.bus.clock())
+                return None if again is None else again[1]
+
+            try:
+                await self._record(cause, make)
+            except (TransportError, TransientError) as exc:
+                log.warning("suspension not recorded; will retry", extra={"sender": sender, "error": str(exc)})
+                self.suspensions.postpone(sender, seq)
+
+    async def _refuse(self, delivery: Delivery, reason: str, detail: str) -> None:
+        """Quarantine ``delivery`` and count it against its subject's owner, towards a suspension."""
+        await delivery.reject(reason, detail)
+        owner = subject_owner(delivery.subject)
+        if "." not in owner:
+            self.suspensions.refused(owner, {reason: 1}, last_seq=delivery.stream_seq, at_ns=self.bus.clock())
 
     def _batchable(self, delivery: Delivery) -> bool:
         """Plain envelopes from their sender's outbox: decided together, forwarded together."""
@@ -369,7 +400,7 @@ class Coordinator:
         if delivery.subject != self._outbox_of(envelope):
             # Another agent's outbox, or the wrong partition for its correlation (whose
             # state, budget included, another coordinator holds).
-            await delivery.reject("wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
+            await self._refuse(delivery, "wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
             return
 
         revision = await self._memory_revision(envelope) if envelope.kind == "memory_write" else 0
@@ -474,7 +505,9 @@ class Coordinator:
         owner = delivery.subject.split(".")[3]
         misplaced = self.bus.partition(envelope.correlation_id) != self.partition
         if owner != envelope.sender or envelope.kind != "effect" or misplaced:
-            await delivery.reject("wrong_outbox", f"{envelope.sender}'s {envelope.kind} arrived on {delivery.subject}")
+            await self._refuse(
+                delivery, "wrong_outbox", f"{envelope.sender}'s {envelope.kind} arrived on {delivery.subject}"
+            )
             return
         try:
             record = decode_effect(envelope.payload)

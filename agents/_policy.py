@@ -35,13 +35,23 @@ class RateLimit(_Model):
     over_limit: Literal["reject", "delay"] = "reject"
 
 
+class Suspension(_Model):
+    """A sender with ``rejections`` messages refused before a decision (failing verification, or on the wrong
+    outbox) within ``window_s`` seconds in one partition is suspended there until an operator lifts it (see
+    agents/_suspension.py)."""  # noqa: D205, D209
+
+    rejections: Annotated[int, Field(ge=1)] = 1000
+    window_s: Annotated[float, Field(gt=0)] = 60.0
+
+
 class Limits(_Model):
-    """Limits that apply to every envelope."""
+    """Limits that apply to every envelope. ``suspension: null`` turns suspension off."""
 
     hop_limit: Annotated[int, Field(ge=0)] = 8
     fanout_per_envelope: Annotated[int, Field(ge=1, le=1000)] = 16
     budget_per_correlation: Annotated[int, Field(ge=1)] = 1000
     rate: RateLimit | None = None
+    suspension: Suspension | None = Suspension()
 
 
 class TaintRules(_Model):

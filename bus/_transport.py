@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -34,6 +34,7 @@ from bus._keyring_store import KeyringStore
 from bus._provision import tenant_partitions
 from bus._publisher import Publisher, unavailable
 from bus._quarantine import encode_quarantine_record, quarantine_record
+from bus._rejections import RejectionLog
 from bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
 from bus._tail import tail
@@ -69,6 +70,7 @@ class ConsumerSettings:
 
 
 _OUTAGE_PAUSES_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+_YIELD_EVERY = 16  # messages verified between turns given to other tasks, when consuming beside others
 
 
 async def _pause(seconds: float, stop: asyncio.Event | None) -> None:
@@ -304,11 +306,22 @@ class Bus:
         settings: ConsumerSettings = ConsumerSettings(),
         recipient: str | None = None,
         stop: asyncio.Event | None = None,
-    ) -> AsyncIterator[list[Delivery]]:
+        rejections: RejectionLog | None = None,
+        screen: Callable[[Msg], tuple[str, str] | None] | None = None,
+    ) -> AsyncGenerator[list[Delivery], None]:
         """Like :meth:`consume`, but yield each fetch's verified deliveries together, in stream order.
 
         An envelope id that appears twice in one fetch is quarantined as
         ``replayed`` the second time, as it would be one delivery at a time.
+
+        Args:
+            durable: as for :meth:`consume`.
+            settings: as for :meth:`consume`.
+            recipient: as for :meth:`consume`.
+            stop: as for :meth:`consume`.
+            rejections: record what fails verification there, in aggregate (see
+                :class:`~bus.RejectionLog`), instead of one quarantine record each.
+            screen: asked first about each message; a ``(reason, detail)`` refuses it unverified.
         """
         try:
             sub = await self.js.pull_subscribe_bind(durable, stream=self.stream)
@@ -329,6 +342,8 @@ class Bus:
                 try:
                     msgs = await sub.fetch(settings.batch, timeout=settings.fetch_timeout_s)
                 except TimeoutError:  # nats-py raises its own subclass or plain asyncio.TimeoutError
+                    if rejections is not None:
+                        await rejections.flush()  # gone quiet: record what waits
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     return
@@ -345,8 +360,14 @@ class Bus:
                 seen.prune(time.time_ns())
                 batch: list[Delivery] = []
                 in_batch: set[str] = set()
-                for msg in msgs:
-                    delivery = await self._verify(msg, seen, settings, recipient)
+                for index, msg in enumerate(msgs, start=1):
+                    if rejections is not None and index % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # let other readers' work run between checks of a flood
+                    refused = screen(msg) if screen is not None else None
+                    if refused is not None and rejections is not None:
+                        rejections.add(msg, reason=refused[0], detail=refused[1])
+                        continue
+                    delivery = await self._verify(msg, seen, settings, recipient, rejections)
                     if delivery is None:
                         continue
                     if delivery.envelope.id in in_batch:
@@ -354,9 +375,14 @@ class Bus:
                         continue
                     in_batch.add(delivery.envelope.id)
                     batch.append(delivery)
+                if rejections is not None:
+                    await rejections.flush(due_only=True)
                 if batch:
                     yield batch
         finally:
+            if rejections is not None and self.nc.is_connected:
+                with contextlib.suppress(TransportError, TimeoutError):
+                    await asyncio.wait_for(rejections.flush(), self._publish_timeout_s)
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await sub.unsubscribe()
 
@@ -380,12 +406,13 @@ class Bus:
         if last == 0:
             return seen
         since = time.time_ns() - 2 * self.limits.skew_ns
-        try:
+
+        async def read_back(subject: str | None) -> None:
             async for item in tail(
                 self.js,
                 self.keyring,
                 self.tenant,
-                subject=info.config.filter_subject,
+                subject=subject,
                 since_ns=since,
                 limits=self.limits,
                 idle_timeout_s=self._publish_timeout_s,
@@ -396,12 +423,24 @@ class Bus:
                     seen.add(item.opened.envelope, item.stream_seq, settled=item.stream_seq <= floor)
                 if item.pending == 0:
                     break
+
+        # Each filter subject read apart, at once: only this consumer's traffic, not the whole stream.
+        filters: list[str | None] = list(info.config.filter_subjects or []) or [info.config.filter_subject]
+        try:
+            for failed in await asyncio.gather(*(read_back(subject) for subject in filters), return_exceptions=True):
+                if isinstance(failed, BaseException):
+                    raise failed
         except (BusError, nats.errors.Error, nats.js.errors.Error) as exc:
             log.warning("could not read back recently accepted ids", extra={"consumer": info.name, "error": str(exc)})
         return seen
 
     async def _verify(
-        self, msg: Msg, seen: SeenIds, settings: ConsumerSettings, recipient: str | None
+        self,
+        msg: Msg,
+        seen: SeenIds,
+        settings: ConsumerSettings,
+        recipient: str | None,
+        rejections: RejectionLog | None = None,
     ) -> Delivery | None:
         meta = msg.metadata
         seq = meta.sequence.stream
@@ -422,7 +461,10 @@ class Bus:
                 at_store=judged_at_store(self.tenant, msg.subject),
             )
         except VerificationError as exc:
-            await self.quarantine_msg(msg, reason=exc.reason, detail=exc.detail)
+            if rejections is not None:
+                rejections.add(msg, reason=exc.reason, detail=exc.detail)
+            else:
+                await self.quarantine_msg(msg, reason=exc.reason, detail=exc.detail)
             return None
         if seen.settled_at(opened.envelope.id) == seq:
             await msg.ack()  # redelivered after an ack that was lost: already handled

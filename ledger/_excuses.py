@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import msgspec
 
 from bus import Keyring, VerificationError, decode_quarantine_record, open_envelope, subjects
+from ledger._rejections import listed_messages
 from ledger._stored import StoredMessage
 
 
@@ -41,8 +42,13 @@ def quarantine_excuses(messages: Sequence[StoredMessage], keyring: Keyring, tena
             opened = open_envelope(
                 message.body, message.headers, keyring=keyring, received_ns=message.stored_ns, at_store=True
             )
+        except VerificationError:
+            continue
+        try:
             record = decode_quarantine_record(opened.envelope.payload)
-        except (VerificationError, msgspec.DecodeError, ValueError):
+        except (msgspec.DecodeError, ValueError):  # or a summary of many refusals (ledger._rejections)
+            for seq, refused_on, digest in listed_messages(opened, message.seq):
+                found.setdefault(seq, []).append(Excuse(seq, refused_on, digest, message.seq))
             continue
         if record.stream_seq is not None and record.stream_seq < message.seq:
             excuse = Excuse(record.stream_seq, record.subject, record.body_sha256.lower(), message.seq)

@@ -29,7 +29,9 @@ from bus import (
     subjects,
 )
 from bus._records import decode_memory_write
+from bus._rejections import RejectionSummary, decode_rejection_summary
 from bus._seal import HEADER_KEY
+from ledger._rejections import SUMMARY_ROLES
 from ledger._stored import StoredMessage
 
 
@@ -414,7 +416,13 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
             )
         )
     elif channel == "quarantine":
-        q = decode_quarantine_record(env.payload)
+        try:
+            q = decode_quarantine_record(env.payload)
+        except (msgspec.DecodeError, ValueError):  # or a summary of many refusals (ledger._rejections)
+            summary = decode_rejection_summary(env.payload)
+            _require(role in SUMMARY_ROLES, f"rejection summary signed by a key of role {role!r}")
+            rows.quarantine.extend(summary_rows(seq, env.sender, summary))
+            return
         rows.quarantine.append(
             QuarantineRow(
                 seq=seq,
@@ -446,6 +454,29 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
                 key_id=opened.grant.key_id,
             )
         )
+
+
+def summary_rows(seq: int, rejected_by: str, summary: RejectionSummary) -> list[QuarantineRow]:
+    """One ``quarantine`` row per message a rejection summary lists (its sample's carries the detail)."""
+    sample = summary.sample
+    details = [summary.detail_of(item) for item in summary.items]
+    return [
+        QuarantineRow(
+            seq=seq,
+            rejected_by=rejected_by,
+            reason=reason,
+            detail=detail,
+            subject=subject,
+            stream_seq=stream_seq,
+            claimed_sender=summary.owner,
+            claimed_id=sample.claimed_id if stream_seq == sample.seq else None,
+            key_id=sample.key_id if stream_seq == sample.seq else None,
+            body_size=size,
+            body_sha256=digest.hex(),
+            truncated=True,
+        )
+        for (stream_seq, subject, reason, size, digest), detail in zip(summary.rejected(), details, strict=True)
+    ]
 
 
 def _require(condition: bool, problem: str) -> None:

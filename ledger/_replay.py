@@ -33,6 +33,7 @@ from bus import (
     open_envelope,
     subjects,
 )
+from ledger._rejections import read_summary
 from ledger._stored import StoredMessage
 
 
@@ -81,6 +82,11 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
             continue
         if where == "quarantine":
             _quarantine_note(message, keyring, correlation_id, pending)
+            if (summary := read_summary(message, keyring, tenant)) is not None:  # refused in aggregate: by sequence
+                by = summary[0]
+                pending.extend(
+                    ("quarantine", (None, seq, f"{why} by {by}")) for seq, _, why, _, _ in summary[1].rejected()
+                )
             continue
         if envelope.correlation_id != correlation_id:
             continue

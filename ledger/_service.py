@@ -4,6 +4,8 @@ It also records what the server gave up delivering (:mod:`ledger._given_up`),
 and, once, every message that does not verify on a subject no component
 refuses messages on: components' records (decisions, checkpoints, quarantine
 records) and topics. A refused and recorded message is history, not a break.
+Outbox messages on a partition the tenant does not have, which no coordinator
+reads, are recorded as rejections too (:mod:`ledger._strays`).
 
 The adapter around :class:`~ledger._projector.Projector` (pure) and
 :class:`~ledger._segments.SegmentStore` (the files). It reads the stream
@@ -44,6 +46,7 @@ from ledger._projection import KeyRow, Rows
 from ledger._projector import Projector
 from ledger._segments import SegmentStore
 from ledger._stored import StoredMessage
+from ledger._strays import StrayRecorder
 
 log = logging.getLogger("trustbus.ledger")
 
@@ -113,6 +116,7 @@ class LedgerService:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._last_delivery = 0  # the consumer's delivery sequence of the last message read
         self._unacked: Msg | None = None  # the newest message read and not acked
+        self._strays = StrayRecorder(bus)  # outbox messages no coordinator reads (ledger._strays)
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Project until ``stop`` is set, then commit what was projected and return."""
@@ -350,10 +354,12 @@ class LedgerService:
                 continue  # projected before
             row = self._pending.envelopes[-1]
             self.schedule.observe(row.channel)
+            self._strays.observe(message)
             if not row.verified and _no_other_refuser(self.bus.tenant, message.subject):
                 await self._record_refused(message, row.reject_reason or "invalid", row.reject_detail or "")
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
+        await self._strays.flush()
 
     async def _record_refused(self, message: StoredMessage, reason: str, detail: str) -> None:
         """A quarantine record for a record that does not verify (a ``foreign`` empty message, a forgery), once."""

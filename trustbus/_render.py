@@ -15,9 +15,9 @@ from bus import (
     TailItem,
     decode_json,
     decode_msgpack,
-    decode_quarantine_record,
     subjects,
 )
+from bus._rejections import decode_quarantine_payload
 
 
 def payload_value(envelope: Envelope) -> Any:
@@ -55,7 +55,7 @@ def tail_dict(item: TailItem, tenant: str) -> dict[str, Any]:
     envelope = envelope_dict(item.opened.envelope)
     if item.subject == subjects.quarantine(tenant):
         try:
-            envelope["payload"] = msgspec.to_builtins(decode_quarantine_record(item.opened.envelope.payload))
+            envelope["payload"] = msgspec.to_builtins(decode_quarantine_payload(item.opened.envelope.payload))
         except (msgspec.DecodeError, ValueError):
             pass  # shown as decoded above
     out.update(verified=True, key_id=item.opened.grant.key_id, envelope=envelope)

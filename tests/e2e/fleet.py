@@ -20,6 +20,7 @@ import nats.js.errors
 import pytest
 import yaml
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from bus import (
     Bus,
@@ -31,15 +32,36 @@ from bus import (
     QuarantineRecord,
     decode_decision,
     decode_envelope,
-    decode_quarantine_record,
     init_tenant,
     new_envelope,
     new_key,
     subjects,
     tail,
 )
+from bus._quarantine import quarantine_record
+from bus._rejections import RejectionSummary, decode_quarantine_payload
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def as_records(
+    js: JetStreamContext, tenant: str, payload: QuarantineRecord | RejectionSummary
+) -> list[QuarantineRecord]:
+    """A quarantine record as is; each message a summary of many refusals lists as a record of its own (read back)."""
+    if isinstance(payload, QuarantineRecord):
+        return [payload]
+    found = []
+    for (seq, subject, reason, _, _), item in zip(payload.rejected(), payload.items, strict=True):
+        raw = await js.get_msg(f"TB_{tenant}", seq)
+        detail = payload.detail_of(item)
+        found.append(
+            quarantine_record(
+                raw.data or b"", raw.headers, reason=reason, detail=detail, subject=subject, stream_seq=seq
+            )
+        )
+    return found
+
+
 _numbers = itertools.count(1)
 
 
@@ -132,9 +154,10 @@ class Fleet:
             async with await KeyringStore.open(js, self.tenant) as keyring:
                 async for item in tail(js, keyring, self.tenant, subject=subjects.quarantine(self.tenant)):
                     assert item.opened is not None, item.error
-                    record = decode_quarantine_record(item.opened.envelope.payload)
-                    if match(record):
-                        return record
+                    payload = decode_quarantine_payload(item.opened.envelope.payload)
+                    for record in await as_records(js, self.tenant, payload):
+                        if match(record):
+                            return record
             raise AssertionError("unreachable: tail follows forever")
 
         return await asyncio.wait_for(follow(), limit_s)

@@ -21,11 +21,11 @@ from bus import (
     QuarantineRecord,
     decode_envelope,
     decode_memory_value,
-    decode_quarantine_record,
     subjects,
     tail,
 )
-from tests.e2e.fleet import Fleet
+from bus._rejections import decode_quarantine_payload
+from tests.e2e.fleet import Fleet, as_records
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_ledger_service import settled, start_ledger
 
@@ -41,7 +41,8 @@ async def _records(fleet: Fleet, done: object, *, limit_s: float = 60) -> list[Q
         async with await KeyringStore.open(js, fleet.tenant) as keyring:
             async for item in tail(js, keyring, fleet.tenant, subject=subjects.quarantine(fleet.tenant)):
                 if item.opened is not None:
-                    found.append(decode_quarantine_record(item.opened.envelope.payload))
+                    payload = decode_quarantine_payload(item.opened.envelope.payload)
+                    found.extend(await as_records(js, fleet.tenant, payload))  # a summary: each it lists
                     if done(found):  # type: ignore[operator]
                         return
 
