@@ -4,11 +4,13 @@ The protocol (docs/EFFECTS.md, "Held effects"):
 
 1. The runtime records every call's ``requested`` record on its effect subject,
    ``tb.<T>.effect.<agent>.<p>.<key>``, with the registry's ``high_risk`` flag.
-   A ``requested`` record of a high-risk tool whose envelope carries taint (the
-   taint the coordinator attested for the delivery being handled, plus what the
-   handler's tool results and memory reads added) is an **ask**: the runtime
-   does not call the tool until the coordinator answers. Nothing else waits, so
-   an untainted call or a low-risk tool costs no round trip.
+   A ``requested`` record of a tool that changes something (not ``read``) whose
+   envelope carries taint (the taint the coordinator attested for the delivery
+   being handled, plus what the handler's tool results and memory reads added)
+   is an **ask**: the runtime does not call the tool until the coordinator
+   answers. The coordinator holds it if the tool is high risk by the agent's
+   registry or by the policy's list, and accepts it at once otherwise. Nothing
+   else waits, so an untainted call or a read-only tool costs no round trip.
 2. The coordinator of the partition decides the ask (:func:`decide_ask`) against
    its own state: the taint it delivered to that agent in that correlation and
    the result taint of its recorded tool calls, not only what the ask declares.
@@ -34,12 +36,25 @@ from bus._records import Decision, EffectRecord, Verdict, decode_decision
 
 ANSWER_TOKEN = "effect"
 CAUSE_APPROVED = "cause_approved"
+NOT_HIGH_RISK = "not_high_risk"
 TAINTED_HIGH_RISK = "tainted_high_risk"
 
 
+def asks_first(*, high_risk: bool, effect_class: str, taint: tuple[str, ...] | frozenset[str]) -> bool:
+    """Whether a call asks the coordinator before it runs: under taint, and not a read-only tool.
+
+    Every tool that changes something asks, not only those the agent's registry
+    flags ``high_risk``: the policy's ``high_risk_tools`` list, which only the
+    coordinator knows, must hold a call whatever the agent's registry says.
+    """
+    return bool(taint) and (high_risk or effect_class != "read")
+
+
 def is_ask(envelope: Envelope, record: EffectRecord) -> bool:
-    """Whether an effect record asks the coordinator first: ``requested``, high risk, with taint."""
-    return record.phase == "requested" and record.high_risk and bool(envelope.taint)
+    """Whether an effect record asks the coordinator first (:func:`asks_first`): a ``requested`` one."""
+    return record.phase == "requested" and asks_first(
+        high_risk=record.high_risk, effect_class=record.effect_class, taint=envelope.taint
+    )
 
 
 def decide_ask(
@@ -54,6 +69,8 @@ def decide_ask(
     """Decide an ask (see :func:`is_ask`). Pure: reads ``state``, never changes it.
 
     - its cause names no envelope decided in this correlation: ``reject``, ``unknown_cause``;
+    - the tool is high risk neither by the agent's registry nor by the policy's
+      ``high_risk_tools``: ``accept``, ``not_high_risk``;
     - its cause was released by an operator's approval: ``accept``, ``cause_approved`` (the
       person already decided on what the agent is acting on);
     - otherwise ``taint.on_tainted_high_risk``: ``hold`` (the default) or ``reject``,
@@ -66,6 +83,8 @@ def decide_ask(
     verdict: Verdict
     if cause is None or cause.correlation_id != envelope.correlation_id:
         verdict, reason = "reject", UNKNOWN_CAUSE
+    elif not record.high_risk and record.tool not in policy.taint.high_risk_tools:
+        verdict, reason = "accept", NOT_HIGH_RISK
     elif cause.verdict == "accept" and cause.approval_id is not None:
         verdict, reason = "accept", CAUSE_APPROVED
     else:

@@ -36,7 +36,7 @@ import nats.errors
 import nats.js.errors
 
 from agents._effect_answers import await_answer
-from agents._effect_asks import denial_message, is_ask
+from agents._effect_asks import asks_first, denial_message, is_ask
 from agents._effects import idempotency_key
 from agents._errors import EffectDenied, EffectError, RuntimeSetupError, UnknownTool
 from agents._tools import Toolbox
@@ -113,7 +113,7 @@ class Effector:
             log.info("effect already completed; recorded result returned", extra={"tool": tool, "key": key})
             self._completed[index] = key
             return decode_json(last.result or b"null"), _union(taint, last.taint, spec.result_taint)
-        mediated = spec.high_risk and bool(taint)
+        mediated = asks_first(high_risk=spec.high_risk, effect_class=spec.effect_class, taint=taint)
         if last is not None and last.phase == "requested" and not mediated:
             log.warning("effect requested but never finished; calling again with its key", extra={"key": key})
         requested = EffectRecord(

@@ -42,11 +42,13 @@ POLICY = {
 MALLORY = {"customer": "mallory", "order": 777, "amount": 500}
 
 
-async def start_billing(fleet: Fleet, target: str = "NaiveBilling") -> asyncio.subprocess.Process:
+async def start_billing(
+    fleet: Fleet, target: str = "NaiveBilling", *, registry: dict[str, object] = TOOLS
+) -> asyncio.subprocess.Process:
     if not fleet.keys.path(fleet.tenant, "billing").exists():
         await fleet.key("billing")
     tools = fleet.tmp / "tools.yaml"
-    tools.write_text(yaml.safe_dump(TOOLS))
+    tools.write_text(yaml.safe_dump(registry))
     env = {**fleet.env, SYSTEM_DB: str(fleet.tmp / "books.db")}
     return await fleet.spawn("agent", "run", f"tests.e2e.fleet_agents:{target}", "--id", "billing",
                              "-t", fleet.tenant, "--tools", str(tools), env=env)  # fmt: skip
@@ -168,6 +170,34 @@ async def test_tainted_refund_is_held_until_an_operator_approves_it_then_runs_on
         ("issue_refund", "requested"),
         ("issue_refund", "completed"),
     ]
+
+
+UNFLAGGED = {"tools": [{**tool, "high_risk": False} for tool in TOOLS["tools"]]}  # type: ignore[attr-defined]
+
+
+async def test_a_refund_the_policy_lists_as_high_risk_is_held_though_billings_registry_does_not_flag_it(
+    fleet: Fleet,
+) -> None:
+    await fleet.coordinator({**POLICY, "taint": {"high_risk_tools": ["issue_refund"]}})
+    await start_billing(fleet, registry=UNFLAGGED)
+    desk = await fleet.bus("desk")
+    request = await fleet.send(desk, ["billing"], MALLORY, taint=["web"])
+    held = await held_call(fleet)
+    assert (held.causation_id, held.reasons) == (request, ("effect_requested", "tainted_high_risk"))
+    assert refunds(fleet) == 0
+
+
+async def test_a_tainted_call_to_a_tool_high_risk_nowhere_is_accepted_at_once_and_runs(fleet: Fleet) -> None:
+    """The twin: with neither the registry nor the policy calling it high risk, the ask is accepted."""
+    await fleet.coordinator(POLICY)
+    await start_billing(fleet, registry=UNFLAGGED)
+    desk = await fleet.bus("desk")
+    await fleet.send(desk, ["billing"], MALLORY, taint=["web"])
+    [answer] = await answers_to(fleet, "desk")
+    assert answer["refunded"] == 777 and refunds(fleet) == 1
+    decisions = await fleet.decisions(lambda ds: any(d.kind == "effect" for d in ds))
+    [asked] = [d for d in decisions if d.kind == "effect"]
+    assert (asked.verdict, asked.reasons) == ("accept", ("effect_requested", "not_high_risk"))
 
 
 async def test_denied_refund_fails_the_call_with_effect_denied_and_never_runs(fleet: Fleet) -> None:

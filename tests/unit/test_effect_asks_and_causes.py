@@ -116,9 +116,9 @@ def test_a_reply_to_a_released_hold_reaches_its_sender() -> None:
 # -- asks: a high-risk tool call made under taint --------------------------------------------------
 
 
-def requested(tool: str = "issue_refund", *, high_risk: bool = True) -> EffectRecord:
+def requested(tool: str = "issue_refund", *, high_risk: bool = True, effect_class: str = "reversible") -> EffectRecord:
     return EffectRecord(phase="requested", tool=tool, idempotency_key="k1", args=b"{}",
-                        effect_class="reversible", compensating_tool="charge_back", high_risk=high_risk)  # fmt: skip
+                        effect_class=effect_class, compensating_tool="charge_back", high_risk=high_risk)  # fmt: skip
 
 
 def ask_from(agent: str, cause: Decision, taint: tuple[str, ...] = ()) -> Envelope:
@@ -141,13 +141,27 @@ def tainted_delivery_to_billing(state: CoordinatorState) -> Decision:
     return handed
 
 
-def test_only_a_tainted_requested_record_of_a_high_risk_tool_is_an_ask() -> None:
+def test_only_a_tainted_requested_record_of_a_tool_that_changes_something_is_an_ask() -> None:
     cause = run(CoordinatorState(), env("desk", ("triage",)))
     tainted, clean = ask_from("billing", cause, ("web",)), ask_from("billing", cause)
     assert is_ask(tainted, requested())
     assert not is_ask(clean, requested())  # untainted: no round trip
-    assert not is_ask(tainted, requested("lookup", high_risk=False))  # low risk: no round trip
+    assert is_ask(tainted, requested("notify", high_risk=False))  # changes something: the policy may list it
+    assert not is_ask(tainted, requested("lookup", high_risk=False, effect_class="read"))  # read-only: no round trip
     assert not is_ask(tainted, msgspec.structs.replace(requested(), phase="completed"))
+
+
+def test_a_tool_the_policy_lists_as_high_risk_is_held_though_the_agents_registry_does_not_flag_it() -> None:
+    listed = POLICY.with_high_risk_tools(["notify"])
+    state = CoordinatorState()
+    handed = tainted_delivery_to_billing(state)
+    envelope = ask_from("billing", handed, ("web",))
+    unflagged = requested("notify", high_risk=False)
+    held = decide_ask(listed, envelope, unflagged, state, received_ns=T0, source_seq=state.last_seq + 1)
+    assert held.verdict == "hold" and held.reasons == ("effect_requested", "tainted_high_risk")
+    # The twin: a tool high risk by neither the registry nor the policy is accepted at once.
+    passed = decide_ask(POLICY, envelope, unflagged, state, received_ns=T0, source_seq=state.last_seq + 1)
+    assert passed.verdict == "accept" and passed.reasons == ("effect_requested", "not_high_risk")
 
 
 def test_tainted_high_risk_call_is_held_whatever_kind_caused_it_then_approved_or_denied() -> None:
