@@ -80,7 +80,7 @@ def test_demo_summary_matches_the_ledger(tmp_path: Path) -> None:
     [denied] = [d for d in decisions if d.envelope_id == held[0].envelope_id and d.verdict == "reject"]
     assert denied.approver == "ops" and "denied" in denied.reasons
     assert not any(d.envelope_id == held[0].envelope_id and d.verdict == "accept" for d in decisions)
-    # The same refund sent to billing as a reply (issue 11's bypass) was refused, and billing acted on nothing.
+    # The same refund sent to billing as a reply (the kind-change bypass) was refused, and billing acted on nothing.
     [sneaky] = [d for d in decisions if d.kind == "reply" and d.sender == "desk"]
     assert sneaky.verdict == "reject" and sneaky.reasons == ("unsolicited_reply",) and sneaky.deliver_to == ()
     # The poisoned memory write was refused; the legitimate ones went through.

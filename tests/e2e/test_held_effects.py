@@ -90,7 +90,7 @@ async def held_call(fleet: Fleet) -> Decision:
 async def test_refund_sent_as_a_reply_is_refused_as_unsolicited_and_billing_never_acts(fleet: Fleet) -> None:
     await start(fleet)
     await fleet.key("desk")
-    for taint in ((), ("--taint", "web")):  # the attack of issue 11, with and without declared taint
+    for taint in ((), ("--taint", "web")):  # the kind-change attack, with and without declared taint
         rc, _, err = await cli(fleet, "send", "-t", fleet.tenant, "--as", "desk", "--to", "billing",
                                  "--kind", "reply", "--payload", json.dumps(MALLORY), *taint)  # fmt: skip
         assert rc == 0, err

@@ -1,4 +1,4 @@
-"""Deeply nested bodies (issue 11, attack 3) through every reader, as real processes.
+"""Deeply nested bodies through every reader, as real processes.
 
 An agent signs, with its own key, envelopes whose JSON or msgpack payload nests
 1,000 or 100,000 deep (the 1,000-deep JSON is about 2 KB), and also publishes

@@ -1,4 +1,4 @@
-"""A signed header sent twice in one message is malformed for every reader (issue 11, attack 7).
+"""A signed header sent twice in one message is malformed for every reader.
 
 nats-py folds a repeated header name into one value (the last line wins), so a
 message with two ``Tb-Sig`` or two ``Tb-Decision`` lines would read differently
