@@ -37,3 +37,22 @@ async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return None
+
+
+async def run_then_settle(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``, then cancel every task it left behind, again each 0.1 s until all have ended.
+
+    ``asyncio.run`` cancels leftover tasks once and then waits for them. On
+    Python 3.11 ``asyncio.wait_for`` can swallow a cancel that arrives as its
+    inner call ends, which a client reconnecting to a server that is gone does
+    every half second: such a task takes one cancel, carries on, and the
+    process never exits. The next cancel finds it asleep between attempts.
+    """
+    try:
+        return await work
+    finally:
+        current = asyncio.current_task()
+        while leftovers := [t for t in asyncio.all_tasks() if t is not current and not t.done()]:
+            for task in leftovers:
+                task.cancel()
+            await asyncio.wait(leftovers, timeout=0.1)

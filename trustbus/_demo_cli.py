@@ -39,6 +39,7 @@ def demo(
 
     from agents import AgentError
     from bus import BusError
+    from bus._signals import run_then_settle
     from ledger import LedgerError
     from trustbus.demo.fleet import DemoError, Fleet
     from trustbus.demo.scenario import Demo
@@ -62,7 +63,7 @@ def demo(
         return await Demo(fleet, console).run()
 
     try:
-        summary = asyncio.run(run())
+        summary = asyncio.run(run_then_settle(run()))
     except (DemoError, TimeoutError, BusError, AgentError, LedgerError) as exc:
         console.print(f"[red]error:[/red] {exc} (logs in {fleet.logs})")
         fleet.stop()

@@ -87,10 +87,11 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; a bus error becomes a one-line message and exit code 1."""
     from agents import AgentError
     from bus import BusError
+    from bus._signals import run_then_settle
     from ledger import LedgerError
 
     try:
-        return asyncio.run(coro)
+        return asyncio.run(run_then_settle(coro))
     except (BusError, AgentError, LedgerError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bus._signals import unless_stopped
+from bus._signals import run_then_settle, unless_stopped
 
 
 async def test_work_that_finishes_returns_its_result() -> None:
@@ -40,3 +40,46 @@ async def test_an_error_of_the_work_is_raised() -> None:
         assert str(exc) == "no"
     else:
         raise AssertionError("the work's error was swallowed")
+
+
+def _left_behind(swallowed: int, ended: asyncio.Event) -> asyncio.Task[None]:
+    """A task that takes ``swallowed`` cancels and carries on, as a reconnect loop whose wait_for lost one."""
+
+    async def reconnecting() -> None:
+        takes = swallowed
+        try:
+            while True:
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    if takes == 0:
+                        raise
+                    takes -= 1
+        finally:
+            ended.set()
+
+    return asyncio.ensure_future(reconnecting())
+
+
+def test_a_task_that_swallows_a_cancel_does_not_keep_the_process_from_exiting() -> None:
+    ended = asyncio.Event()
+
+    async def main() -> str:
+        _left_behind(3, ended)
+        await asyncio.sleep(0.01)  # it is running
+        return "done"
+
+    assert asyncio.run(run_then_settle(main())) == "done"  # bare asyncio.run(main()) would wait forever
+    assert ended.is_set()
+
+
+def test_a_task_left_behind_that_takes_its_cancel_ends_at_the_first() -> None:
+    ended = asyncio.Event()
+
+    async def main() -> str:
+        _left_behind(0, ended)
+        await asyncio.sleep(0.01)
+        return "done"
+
+    assert asyncio.run(run_then_settle(main())) == "done"
+    assert ended.is_set()
