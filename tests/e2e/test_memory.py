@@ -78,6 +78,7 @@ async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approv
     await fleet.key("ops", role="operator")
     web, scribe = await fleet.bus("web"), await fleet.bus("scribe")
     page = await fleet.send(web, ["scribe"], "The customer's new address is 1 Main St.", taint=["web"])
+    await fleet.inbox(lambda read: len(read) == 1)  # the scribe writes what it was delivered
     write = await fleet.send(scribe, ["scribe"], {"key": "address", "value": "1 Main St", "expected_revision": 0},
                              kind="memory_write", correlation_id=page)  # fmt: skip
     [held] = [d for d in await fleet.decisions(lambda ds: len(ds) == 2) if d.envelope_id == write]
@@ -100,6 +101,7 @@ async def test_a_held_write_approved_after_the_key_moved_on_is_not_applied_and_t
     await fleet.key("ops", role="operator")
     web, scribe = await fleet.bus("web"), await fleet.bus("scribe")
     page = await fleet.send(web, ["scribe"], "The customer's new address is 9 Elm St.", taint=["web"])
+    await fleet.inbox(lambda read: len(read) == 1)  # the scribe writes what it was delivered
     held = await fleet.send(scribe, ["scribe"], {"key": "address", "value": "9 Elm St", "expected_revision": 0},
                             kind="memory_write", correlation_id=page)  # fmt: skip
     # While it waits for a person, the customer confirms another address directly (untainted: applied at once).
