@@ -330,4 +330,7 @@ def _decode_signature(value: str, *, missing: type[VerificationError], bad: type
         raise bad("signature header is not base64") from exc
     if len(sig) != 64:
         raise bad(f"signature is {len(sig)} bytes, Ed25519 signatures are 64")
+    if base64.b64encode(sig).decode() != value:
+        # One signature, one spelling: the header is chained and hashed into the Merkle leaf as text.
+        raise bad("signature header is not canonical base64")
     return sig

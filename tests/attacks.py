@@ -104,6 +104,17 @@ def malleated_signature(cast: Cast) -> tuple[bytes, dict[str, str]]:
     return sealed.body, {**sealed.headers, "Tb-Sig": base64.b64encode(forged).decode()}
 
 
+def respelled_signature(cast: Cast) -> tuple[bytes, dict[str, str]]:
+    """The same 64 signature bytes, spelled with an unused bit of the last base64 digit set."""
+    sealed = valid(cast)
+    text = sealed.headers["Tb-Sig"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = len(text) - 3  # 88 characters end "X==": X carries 2 bits of the signature and 4 unused ones
+    respelled = text[:last] + alphabet[alphabet.index(text[last]) ^ 1] + text[last + 1 :]
+    assert base64.b64decode(respelled) == base64.b64decode(text)
+    return sealed.body, {**sealed.headers, "Tb-Sig": respelled}
+
+
 def revoked_key(cast: Cast) -> tuple[bytes, dict[str, str]]:
     sealed = valid(cast, sender="carol", identity=cast.revoked)
     return sealed.body, dict(sealed.headers)
@@ -149,6 +160,7 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
     "unknown_key": (unknown_key, "unknown_key"),
     "signed_by_bob_as_alice": (signed_by_bob_as_alice, "sender_mismatch"),
     "malleated_signature_s_plus_l": (malleated_signature, "bad_signature"),
+    "respelled_signature": (respelled_signature, "bad_signature"),
     "revoked_key": (revoked_key, "revoked_key"),
     "untrusted_keyring_entry": (untrusted_keyring_entry, "untrusted_key"),
     "outside_skew_window": (outside_skew_window, "skew"),
