@@ -1,9 +1,9 @@
 """What runs as a process: the agent API and runtime, the coordinator and its policy."""
 
-from agents._coordinator import Coordinator
-from agents._decision import CoordinatorState, Deferral, decide
-from agents._effects import idempotency_key
-from agents._errors import (
+from trustbus.agents._coordinator import Coordinator
+from trustbus.agents._decision import CoordinatorState, Deferral, decide
+from trustbus.agents._effects import idempotency_key
+from trustbus.agents._errors import (
     AgentError,
     EffectDenied,
     EffectError,
@@ -12,9 +12,9 @@ from agents._errors import (
     ToolRegistryError,
     UnknownTool,
 )
-from agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
-from agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
-from agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
+from trustbus.agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
+from trustbus.agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
+from trustbus.agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
 
 __all__ = [
     "Agent",

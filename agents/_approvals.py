@@ -11,10 +11,10 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from agents._decision_log import DecisionLog
-from agents._errors import AgentError
-from agents._policy import Policy
-from bus import (
+from trustbus.agents._decision_log import DecisionLog
+from trustbus.agents._errors import AgentError
+from trustbus.agents._policy import Policy
+from trustbus.bus import (
     KeyDirectory,
     KeyringStore,
     TransportError,
@@ -26,9 +26,9 @@ from bus import (
     subjects,
     tenant_jetstream,
 )
-from bus._provision import tenant_partitions
-from bus._records import Approval, Decision, decode_effect
-from bus._subjects import partition_of
+from trustbus.bus._provision import tenant_partitions
+from trustbus.bus._records import Approval, Decision, decode_effect
+from trustbus.bus._subjects import partition_of
 
 POLL_S = 0.1
 

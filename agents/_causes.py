@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bus import Envelope
-from bus._records import Decision
+from trustbus.bus import Envelope
+from trustbus.bus._records import Decision
 
 UNKNOWN_CAUSE = "unknown_cause"
 UNSOLICITED_REPLY = "unsolicited_reply"

@@ -14,7 +14,15 @@ from typing import Any
 
 import msgspec
 
-from bus import Keyring, Limits, MalformedPayload, VerificationError, decode_json, decode_msgpack, open_envelope
+from trustbus.bus import (
+    Keyring,
+    Limits,
+    MalformedPayload,
+    VerificationError,
+    decode_json,
+    decode_msgpack,
+    open_envelope,
+)
 
 
 class SignedValue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -37,16 +37,16 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import PubAck
 
-from agents._checkpoint_value import SignedValue
-from agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
-from agents._decision_log import DecisionLog
-from agents._effect_answers import store_answer
-from agents._effect_asks import decide_ask, is_ask, is_ask_decision
-from agents._intake import Intake
-from agents._memory import kv_subject, parse_write
-from agents._policy import Policy
-from agents._suspension import Suspensions
-from bus import (
+from trustbus.agents._checkpoint_value import SignedValue
+from trustbus.agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
+from trustbus.agents._decision_log import DecisionLog
+from trustbus.agents._effect_answers import store_answer
+from trustbus.agents._effect_asks import decide_ask, is_ask, is_ask_decision
+from trustbus.agents._intake import Intake
+from trustbus.agents._memory import kv_subject, parse_write
+from trustbus.agents._policy import Policy
+from trustbus.agents._suspension import Suspensions
+from trustbus.bus import (
     Bus,
     ConfigError,
     ConsumerSettings,
@@ -61,13 +61,13 @@ from bus import (
     new_id,
     subjects,
 )
-from bus._provision import DUPLICATE_WINDOW_S
-from bus._records import Approval, Decision, EffectRecord, MemoryValue, decode_effect, encode_decision
-from bus._records import decode_memory_value as decode_value
-from bus._records import encode_memory_value as encode_value
-from bus._rejections import subject_owner
-from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
-from bus._transport import rejection
+from trustbus.bus._provision import DUPLICATE_WINDOW_S
+from trustbus.bus._records import Approval, Decision, EffectRecord, MemoryValue, decode_effect, encode_decision
+from trustbus.bus._records import decode_memory_value as decode_value
+from trustbus.bus._records import encode_memory_value as encode_value
+from trustbus.bus._rejections import subject_owner
+from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
+from trustbus.bus._transport import rejection
 
 log = logging.getLogger("trustbus.coordinator")
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import msgspec
 
-from agents._causes import UNSOLICITED_REPLY, cause_problem, reply_may_reach
-from agents._memory import parse_write
-from agents._policy import Policy
-from bus import Envelope
-from bus._payload import MalformedPayload, decode_json
-from bus._records import Decision, Dropped, Verdict
+from trustbus.agents._causes import UNSOLICITED_REPLY, cause_problem, reply_may_reach
+from trustbus.agents._memory import parse_write
+from trustbus.agents._policy import Policy
+from trustbus.bus import Envelope
+from trustbus.bus._payload import MalformedPayload, decode_json
+from trustbus.bus._records import Decision, Dropped, Verdict
 
 EFFECT_RECORDED = "effect_recorded"
 EFFECT_REQUESTED = "effect_requested"  # a high-risk tool call asked about before it runs (agents._effect_asks)

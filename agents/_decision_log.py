@@ -9,10 +9,10 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from agents._decision import CoordinatorState
-from agents._policy import Policy
-from bus import Keyring, TransportError, VerificationError, open_envelope, subjects
-from bus._records import decode_decision
+from trustbus.agents._decision import CoordinatorState
+from trustbus.agents._policy import Policy
+from trustbus.bus import Keyring, TransportError, VerificationError, open_envelope, subjects
+from trustbus.bus._records import decode_decision
 
 log = logging.getLogger("trustbus.coordinator")
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from agents._errors import AgentError
+from trustbus.agents._errors import AgentError
 
 
 def load_document(path: str | Path, *, what: str, error: type[AgentError]) -> Any:

@@ -19,11 +19,20 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from agents._checkpoint_value import SignedValue
-from agents._effect_asks import UntrustedAnswer, answer_key, check_answer
-from bus import Bus, Envelope, TransportError, VerificationError, decode_msgpack, new_envelope, open_envelope, subjects
-from bus._records import Decision, encode_decision
-from bus._seal import HEADER_KEY, HEADER_SIG
+from trustbus.agents._checkpoint_value import SignedValue
+from trustbus.agents._effect_asks import UntrustedAnswer, answer_key, check_answer
+from trustbus.bus import (
+    Bus,
+    Envelope,
+    TransportError,
+    VerificationError,
+    decode_msgpack,
+    new_envelope,
+    open_envelope,
+    subjects,
+)
+from trustbus.bus._records import Decision, encode_decision
+from trustbus.bus._seal import HEADER_KEY, HEADER_SIG
 
 log = logging.getLogger("trustbus.agent")
 

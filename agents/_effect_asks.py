@@ -28,11 +28,11 @@ The protocol (docs/EFFECTS.md, "Held effects"):
 
 from __future__ import annotations
 
-from agents._causes import UNKNOWN_CAUSE
-from agents._decision import EFFECT_REQUESTED, CoordinatorState
-from agents._policy import Policy
-from bus import Envelope, Opened
-from bus._records import Decision, EffectRecord, Verdict, decode_decision
+from trustbus.agents._causes import UNKNOWN_CAUSE
+from trustbus.agents._decision import EFFECT_REQUESTED, CoordinatorState
+from trustbus.agents._policy import Policy
+from trustbus.bus import Envelope, Opened
+from trustbus.bus._records import Decision, EffectRecord, Verdict, decode_decision
 
 ANSWER_TOKEN = "effect"
 CAUSE_APPROVED = "cause_approved"

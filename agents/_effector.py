@@ -35,12 +35,12 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from agents._effect_answers import await_answer
-from agents._effect_asks import asks_first, denial_message, is_ask
-from agents._effects import idempotency_key
-from agents._errors import EffectDenied, EffectError, RuntimeSetupError, UnknownTool
-from agents._tools import Toolbox
-from bus import (
+from trustbus.agents._effect_answers import await_answer
+from trustbus.agents._effect_asks import asks_first, denial_message, is_ask
+from trustbus.agents._effects import idempotency_key
+from trustbus.agents._errors import EffectDenied, EffectError, RuntimeSetupError, UnknownTool
+from trustbus.agents._tools import Toolbox
+from trustbus.bus import (
     Bus,
     Envelope,
     TransportError,
@@ -50,7 +50,7 @@ from bus import (
     open_envelope,
     subjects,
 )
-from bus._records import EffectRecord, decode_effect, encode_effect
+from trustbus.bus._records import EffectRecord, decode_effect, encode_effect
 
 log = logging.getLogger("trustbus.agent")
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
-from agents._suspension import SUSPENDED, Suspensions
-from bus import Bus, ConsumerSettings, Delivery, TransportError, subjects
-from bus._rejections import RejectionLog, subject_owner
+from trustbus.agents._suspension import SUSPENDED, Suspensions
+from trustbus.bus import Bus, ConsumerSettings, Delivery, TransportError, subjects
+from trustbus.bus._rejections import RejectionLog, subject_owner
 
 log = logging.getLogger("trustbus.coordinator")
 

@@ -17,9 +17,9 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from bus import Envelope, TransientError, decode_json, subjects
-from bus._records import MemoryWrite, decode_memory_write
-from bus._records import decode_memory_value as decode_value
+from trustbus.bus import Envelope, TransientError, decode_json, subjects
+from trustbus.bus._records import MemoryWrite, decode_memory_write
+from trustbus.bus._records import decode_memory_value as decode_value
 
 Sender = Callable[..., Awaitable[Envelope]]
 # Records a value that is not what the key holds: (subject, revision, body, headers, detail).

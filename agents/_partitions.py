@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import nats.errors
 import nats.js.errors
 
-from agents._coordinator import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, Coordinator
-from agents._policy import Policy
-from bus import Bus, TransportError, subjects
-from bus._signals import unless_stopped
+from trustbus.agents._coordinator import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, Coordinator
+from trustbus.agents._policy import Policy
+from trustbus.bus import Bus, TransportError, subjects
+from trustbus.bus._signals import unless_stopped
 
 log = logging.getLogger("trustbus.coordinator")
 

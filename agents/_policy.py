@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agents._documents import load_document, validation_problems
-from agents._errors import PolicyError
+from trustbus.agents._documents import load_document, validation_problems
+from trustbus.agents._errors import PolicyError
 
 _NAME = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")
 _RECIPIENT = re.compile(r"^(\*|topic:\*|(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63})$")

@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agents._errors import RuntimeSetupError
-from agents._partitions import Partitions
-from agents._policy import load_policy
-from agents._runtime import Agent, connect_agent, run_agent
-from agents._tools import Toolbox, load_tools
-from bus import Bus, KeyDirectory, subjects
-from bus._signals import stop_on_signals
+from trustbus.agents._errors import RuntimeSetupError
+from trustbus.agents._partitions import Partitions
+from trustbus.agents._policy import load_policy
+from trustbus.agents._runtime import Agent, connect_agent, run_agent
+from trustbus.agents._tools import Toolbox, load_tools
+from trustbus.bus import Bus, KeyDirectory, subjects
+from trustbus.bus._signals import stop_on_signals
 
 log = logging.getLogger("trustbus.coordinator")
 

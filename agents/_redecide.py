@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents._decision import CoordinatorState, Deferral, decide, record_effect
-from agents._memory import parse_write
-from agents._policy import Policy
-from bus import Decision, EffectRecord, Envelope
+from trustbus.agents._decision import CoordinatorState, Deferral, decide, record_effect
+from trustbus.agents._memory import parse_write
+from trustbus.agents._policy import Policy
+from trustbus.bus import Decision, EffectRecord, Envelope
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents._effect_asks import denial_message, parse_denial
-from agents._effects import idempotency_key
-from agents._errors import EffectDenied
-from agents._runtime import Agent, Context, compensate, compensation_request
-from bus import EffectRecord, Envelope, decode_json
+from trustbus.agents._effect_asks import denial_message, parse_denial
+from trustbus.agents._effects import idempotency_key
+from trustbus.agents._errors import EffectDenied
+from trustbus.agents._runtime import Agent, Context, compensate, compensation_request
+from trustbus.bus import EffectRecord, Envelope, decode_json
 
 
 class NotRecorded(Exception):

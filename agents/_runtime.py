@@ -22,14 +22,14 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 
-from agents._checkpoint_value import open_checkpoint
-from agents._coordinator import INBOX_SETTINGS
-from agents._decision import instruction_verb
-from agents._effector import Effector, check_direct_gets
-from agents._errors import RuntimeSetupError
-from agents._memory import ForeignRecorder, Memory
-from agents._tools import Toolbox, ToolImplementation
-from bus import (
+from trustbus.agents._checkpoint_value import open_checkpoint
+from trustbus.agents._coordinator import INBOX_SETTINGS
+from trustbus.agents._decision import instruction_verb
+from trustbus.agents._effector import Effector, check_direct_gets
+from trustbus.agents._errors import RuntimeSetupError
+from trustbus.agents._memory import ForeignRecorder, Memory
+from trustbus.agents._tools import Toolbox, ToolImplementation
+from trustbus.bus import (
     Bus,
     ContentType,
     Delivery,

@@ -29,10 +29,10 @@ from collections.abc import Mapping
 
 import msgspec
 
-from agents._decision import CoordinatorState
-from agents._policy import Policy
-from bus import Envelope, new_envelope, subjects
-from bus._records import Decision
+from trustbus.agents._decision import CoordinatorState
+from trustbus.agents._policy import Policy
+from trustbus.bus import Envelope, new_envelope, subjects
+from trustbus.bus._records import Decision
 
 SUSPENSION_KIND = "suspension"
 SUSPENDED = "suspended"  # the reason code of what a suspended sender sends

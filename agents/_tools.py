@@ -21,10 +21,10 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from agents._documents import load_document, problem, validation_problems
-from agents._errors import ToolRegistryError, UnknownTool
-from bus._envelope import LABEL_PATTERN
-from bus._subjects import NAME_PATTERN
+from trustbus.agents._documents import load_document, problem, validation_problems
+from trustbus.agents._errors import ToolRegistryError, UnknownTool
+from trustbus.bus._envelope import LABEL_PATTERN
+from trustbus.bus._subjects import NAME_PATTERN
 
 EffectClass = Literal["read", "reversible", "irreversible"]
 

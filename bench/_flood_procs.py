@@ -19,8 +19,8 @@ from pathlib import Path
 
 import nats
 
-import bus
-from bus._seal import HEADER_MSG_ID
+from trustbus import bus
+from trustbus.bus._seal import HEADER_MSG_ID
 
 FLOODER = "f"
 

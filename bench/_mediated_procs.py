@@ -37,7 +37,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import Header
 
-import bus
+from trustbus import bus
 
 OUT_ENV = "BENCH_MEDIATED_OUT"
 PROGRESS_EVERY = 250

@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from agents import Agent, Context
 from bench._mediated_procs import OUT_ENV, Recorder
+from trustbus.agents import Agent, Context
 
 
 class Sink(Agent):

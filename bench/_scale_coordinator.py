@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agents._coordinator import Coordinator
+from trustbus.agents._coordinator import Coordinator
 
 COUNTS = "coordinator"  # the "progress" value of a counts line
 

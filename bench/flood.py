@@ -63,8 +63,6 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bus
-from agents._intake import sender_consumer
 from bench.mediated import (
     READY_TIMEOUT_S,
     SENDER_SLACK_S,
@@ -75,8 +73,10 @@ from bench.mediated import (
     provision_tenant,
     run_bench,
 )
-from bus._rejections import RejectionSummary, decode_rejection_summary
-from ledger._bundle import read_stream
+from trustbus import bus
+from trustbus.agents._intake import sender_consumer
+from trustbus.bus._rejections import RejectionSummary, decode_rejection_summary
+from trustbus.ledger._bundle import read_stream
 
 TENANT = "flood"
 SINK = "bench._mediated_sink:Sink"

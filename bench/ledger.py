@@ -86,7 +86,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from bus import (
+from trustbus.bus import (
     Decision,
     EffectRecord,
     Identity,
@@ -100,17 +100,17 @@ from bus import (
     sign_grant,
     subjects,
 )
-from bus._identity import verify_key
-from bus._keyring import KeyGrant, decode_signed_grant, encode_signed_grant
-from bus._quarantine import encode_quarantine_record, quarantine_record
-from bus._seal import SIGNATURE_DOMAIN, countersignature_message
-from ledger import GENESIS, StoredMessage, build_incident, chain_hash, connect
-from ledger._checkpointing import checkpoint_envelope
-from ledger._merkle import TreeBuilder, message_leaf_hash
-from ledger._parallel import open_all, project_messages
-from ledger._projector import Position
-from ledger._proofs import check_proof, encode_proof, prove_consistency, prove_inclusion, tree_checkpoints
-from ledger._streaming import Anchors, StreamVerifier, collect_anchors
+from trustbus.bus._identity import verify_key
+from trustbus.bus._keyring import KeyGrant, decode_signed_grant, encode_signed_grant
+from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
+from trustbus.bus._seal import SIGNATURE_DOMAIN, countersignature_message
+from trustbus.ledger import GENESIS, StoredMessage, build_incident, chain_hash, connect
+from trustbus.ledger._checkpointing import checkpoint_envelope
+from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
+from trustbus.ledger._parallel import open_all, project_messages
+from trustbus.ledger._projector import Position
+from trustbus.ledger._proofs import check_proof, encode_proof, prove_consistency, prove_inclusion, tree_checkpoints
+from trustbus.ledger._streaming import Anchors, StreamVerifier, collect_anchors
 
 T = "bench"
 AGENTS = [f"agent{i}" for i in range(10)]
@@ -460,7 +460,7 @@ def measure_stream_verify(n: int, rate: int, work: Path, stderr: Console) -> dic
 
 
 def _correlation_of(message: StoredMessage) -> str:
-    from bus import decode_envelope
+    from trustbus.bus import decode_envelope
 
     return decode_envelope(message.body).correlation_id
 

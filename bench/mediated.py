@@ -80,8 +80,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import bus
-from agents._coordinator import INBOX_SETTINGS, OUTBOX_SETTINGS
+from trustbus import bus
+from trustbus.agents._coordinator import INBOX_SETTINGS, OUTBOX_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 PROCS = "bench._mediated_procs"

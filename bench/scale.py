@@ -85,8 +85,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import bus
-from agents._coordinator import consumer_name
 from bench._scale_coordinator import COUNTS
 from bench.mediated import (
     POLICY,
@@ -103,6 +101,8 @@ from bench.mediated import (
     provision_tenant,
     run_bench,
 )
+from trustbus import bus
+from trustbus.agents._coordinator import consumer_name
 
 COORDINATOR_MODULE = "bench._scale_coordinator"
 SETTLE_TIMEOUT_S = 30.0  # after B's last receive, for its inbox consumer to have nothing pending

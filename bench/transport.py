@@ -63,7 +63,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import bus
+from trustbus import bus
 
 WARMUP_N = 500
 MAX_PENDING = 1024  # publishes awaiting their ack at once: Bus.connect's default max_in_flight

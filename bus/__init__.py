@@ -1,7 +1,7 @@
 """The wire and the transport: envelopes, identities, keyring, seal/open, subjects, NATS."""
 
-from bus import _subjects as subjects
-from bus._admin import (
+from trustbus.bus import _subjects as subjects
+from trustbus.bus._admin import (
     KeyDirectory,
     connect_nats,
     default_keys_dir,
@@ -11,9 +11,9 @@ from bus._admin import (
     revoke_key,
     rotate_key,
 )
-from bus._api import tenant_jetstream
-from bus._cluster import EmbeddedCluster
-from bus._envelope import (
+from trustbus.bus._api import tenant_jetstream
+from trustbus.bus._cluster import EmbeddedCluster
+from trustbus.bus._envelope import (
     SCHEMA_VERSION,
     ContentType,
     Envelope,
@@ -23,7 +23,7 @@ from bus._envelope import (
     new_envelope,
     new_id,
 )
-from bus._errors import (
+from trustbus.bus._errors import (
     BadCountersignature,
     BadSignature,
     BusError,
@@ -47,19 +47,25 @@ from bus._errors import (
     UntrustedKey,
     VerificationError,
 )
-from bus._identity import Identity, encode_key_id, verify_key
-from bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
-from bus._keyring_store import KeyringStore
-from bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
-from bus._payload import (
+from trustbus.bus._identity import Identity, encode_key_id, verify_key
+from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
+from trustbus.bus._keyring_store import KeyringStore
+from trustbus.bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
+from trustbus.bus._payload import (
     Bounds,
     MalformedPayload,
     decode_json,
     decode_msgpack,
 )
-from bus._provision import ProvisionReport, pinned_admin_key, provision, tenant_partitions, tenant_stream_config
-from bus._quarantine import QuarantineRecord, decode_quarantine_record
-from bus._records import (
+from trustbus.bus._provision import (
+    ProvisionReport,
+    pinned_admin_key,
+    provision,
+    tenant_partitions,
+    tenant_stream_config,
+)
+from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
+from trustbus.bus._records import (
     Approval,
     Checkpoint,
     Decision,
@@ -77,8 +83,8 @@ from bus._records import (
     encode_effect,
     encode_memory_value,
 )
-from bus._reload import reload_until_wired
-from bus._seal import (
+from trustbus.bus._reload import reload_until_wired
+from trustbus.bus._seal import (
     Limits,
     Mediation,
     Opened,
@@ -88,9 +94,9 @@ from bus._seal import (
     open_envelope,
     seal,
 )
-from bus._server import ClusterMembership, EmbeddedServer, find_server_binary
-from bus._tail import TailItem, tail
-from bus._transport import Bus, ConsumerSettings, Delivery, TransientError
+from trustbus.bus._server import ClusterMembership, EmbeddedServer, find_server_binary
+from trustbus.bus._tail import TailItem, tail
+from trustbus.bus._transport import Bus, ConsumerSettings, Delivery, TransientError
 
 __all__ = [
     "Approval",

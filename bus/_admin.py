@@ -13,14 +13,14 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from bus import _client
-from bus._connection import connect_options
-from bus._errors import ConfigError, TransportError, VerificationError
-from bus._identity import Identity
-from bus._keyring import ADMIN_OWNER, KeyGrant, Role
-from bus._keyring_store import KeyringStore
-from bus._provision import ProvisionReport, pinned_admin_key, provision
-from bus._subjects import check_name
+from trustbus.bus import _client
+from trustbus.bus._connection import connect_options
+from trustbus.bus._errors import ConfigError, TransportError, VerificationError
+from trustbus.bus._identity import Identity
+from trustbus.bus._keyring import ADMIN_OWNER, KeyGrant, Role
+from trustbus.bus._keyring_store import KeyringStore
+from trustbus.bus._provision import ProvisionReport, pinned_admin_key, provision
+from trustbus.bus._subjects import check_name
 
 KEYS_ENV = "TRUSTBUS_KEYS"
 

@@ -7,7 +7,7 @@ from typing import Any
 from nats.aio.client import Client as _NatsClient
 from nats.js import JetStreamContext
 
-from bus._headers import parse_header_lines
+from trustbus.bus._headers import parse_header_lines
 
 
 class _Headers:

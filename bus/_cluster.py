@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from bus._errors import ConfigError, PortInUse, ServerError
-from bus._server import ClusterMembership, EmbeddedServer, _port_is_free
+from trustbus.bus._errors import ConfigError, PortInUse, ServerError
+from trustbus.bus._server import ClusterMembership, EmbeddedServer, _port_is_free
 
 CLUSTER_NAME = "trustbus"
 _POLL_S = 0.05

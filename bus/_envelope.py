@@ -15,9 +15,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from bus._errors import ConfigError, Malformed, UnsupportedVersion
-from bus._payload import Bounds, check_msgpack
-from bus._subjects import NAME_PATTERN, RECIPIENT_PATTERN
+from trustbus.bus._errors import ConfigError, Malformed, UnsupportedVersion
+from trustbus.bus._payload import Bounds, check_msgpack
+from trustbus.bus._subjects import NAME_PATTERN, RECIPIENT_PATTERN
 
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:./-]{0,127}\Z"
 INT64_MAX = 2**63 - 1

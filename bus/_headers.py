@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bus._errors import Malformed
+from trustbus.bus._errors import Malformed
 
 REPEATED = "\r\n"  # joins the values of a repeated header name: never inside one header line
 SIGNED_HEADERS = ("Tb-Sig", "Tb-Key", "Tb-Csig", "Tb-Ckey", "Tb-Decision", "Tb-Taint")

@@ -18,7 +18,7 @@ from pathlib import Path
 import nkeys
 from nacl.signing import SigningKey, VerifyKey
 
-from bus._errors import ConfigError
+from trustbus.bus._errors import ConfigError
 
 _PUBLIC_KEY_LENGTH = 56  # base32 of 1 prefix byte + 32 key bytes + 2 crc bytes
 

@@ -22,10 +22,10 @@ from typing import Literal
 import msgspec
 from nacl.exceptions import BadSignatureError
 
-from bus._errors import ConfigError, KeyringError, UnknownKey, UntrustedKey
-from bus._identity import Identity, verify_key
-from bus._payload import check_msgpack
-from bus._subjects import check_name
+from trustbus.bus._errors import ConfigError, KeyringError, UnknownKey, UntrustedKey
+from trustbus.bus._identity import Identity, verify_key
+from trustbus.bus._payload import check_msgpack
+from trustbus.bus._subjects import check_name
 
 KEYRING_DOMAIN = b"trustbus/v1/keyring\x00"
 ADMIN_OWNER = "admin"

@@ -25,9 +25,9 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
-from bus._errors import KeyringError, TransportError
-from bus._identity import Identity
-from bus._keyring import (
+from trustbus.bus._errors import KeyringError, TransportError
+from trustbus.bus._identity import Identity
+from trustbus.bus._keyring import (
     KeyGrant,
     Keyring,
     Role,
@@ -37,8 +37,8 @@ from bus._keyring import (
     encode_signed_grant,
     sign_grant,
 )
-from bus._provision import pinned_admin_key
-from bus._subjects import keyring_bucket
+from trustbus.bus._provision import pinned_admin_key
+from trustbus.bus._subjects import keyring_bucket
 
 log = logging.getLogger("trustbus.keyring")
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bus._errors import ConfigError
-from bus._identity import verify_key
-from bus._keyring import ADMIN_OWNER, KeyGrant, Role
-from bus._subjects import (
+from trustbus.bus._errors import ConfigError
+from trustbus.bus._identity import verify_key
+from trustbus.bus._keyring import ADMIN_OWNER, KeyGrant, Role
+from trustbus.bus._subjects import (
     GIVEN_UP_CONSUMER,
     all_approvals,
     all_decisions,

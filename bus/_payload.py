@@ -23,7 +23,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
-from bus._errors import Malformed
+from trustbus.bus._errors import Malformed
 
 T = TypeVar("T")
 

@@ -10,9 +10,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
-from bus._errors import ConfigError, TransportError
-from bus._seal import DEFAULT_SKEW_NS
-from bus._subjects import (
+from trustbus.bus._errors import ConfigError, TransportError
+from trustbus.bus._seal import DEFAULT_SKEW_NS
+from trustbus.bus._subjects import (
     all_subjects,
     check_partitions,
     coordinator_bucket,

@@ -29,7 +29,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from bus._errors import TransportError
+from trustbus.bus._errors import TransportError
 
 log = logging.getLogger("trustbus.bus")
 

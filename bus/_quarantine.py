@@ -7,10 +7,10 @@ from collections.abc import Mapping
 
 import msgspec
 
-from bus._envelope import Envelope, decode_envelope
-from bus._errors import VerificationError
-from bus._payload import check_msgpack
-from bus._seal import HEADER_KEY
+from trustbus.bus._envelope import Envelope, decode_envelope
+from trustbus.bus._errors import VerificationError
+from trustbus.bus._payload import check_msgpack
+from trustbus.bus._seal import HEADER_KEY
 
 # Quarantine records are envelopes themselves, so their payload must stay well
 # under the receivers' size limit: the rejected body is kept up to this many

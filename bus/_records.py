@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from bus._payload import check_msgpack, decode_json
+from trustbus.bus._payload import check_msgpack, decode_json
 
 Verdict = Literal["accept", "reject", "hold"]
 

@@ -30,12 +30,12 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
-from bus._envelope import decode_envelope, new_envelope
-from bus._errors import TransportError, VerificationError
-from bus._payload import check_msgpack
-from bus._quarantine import QuarantineRecord, decode_quarantine_record
-from bus._seal import HEADER_KEY, HEADER_MSG_ID, Sealed
-from bus._subjects import quarantine
+from trustbus.bus._envelope import decode_envelope, new_envelope
+from trustbus.bus._errors import TransportError, VerificationError
+from trustbus.bus._payload import check_msgpack
+from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
+from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Sealed
+from trustbus.bus._subjects import quarantine
 
 log = logging.getLogger("trustbus.bus")
 

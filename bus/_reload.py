@@ -19,10 +19,10 @@ import signal
 import time
 from urllib.parse import urlsplit
 
-from bus._errors import ServerError
-from bus._identity import Identity
-from bus._nats_config import AGENT_API_PREFIX
-from bus._subjects import reply_prefix, stream_name
+from trustbus.bus._errors import ServerError
+from trustbus.bus._identity import Identity
+from trustbus.bus._nats_config import AGENT_API_PREFIX
+from trustbus.bus._subjects import reply_prefix, stream_name
 
 _PROBE_TIMEOUT_S = 1.0
 

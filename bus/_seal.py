@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import msgspec
 from nacl.exceptions import BadSignatureError
 
-from bus._envelope import Envelope, decode_envelope, encode_envelope
-from bus._errors import (
+from trustbus.bus._envelope import Envelope, decode_envelope, encode_envelope
+from trustbus.bus._errors import (
     BadCountersignature,
     BadSignature,
     Foreign,
@@ -53,10 +53,10 @@ from bus._errors import (
     UnknownKey,
     VerificationError,
 )
-from bus._headers import check_signed_headers
-from bus._identity import Identity, verify_key
-from bus._keyring import KeyGrant, Keyring
-from bus._payload import check_payload
+from trustbus.bus._headers import check_signed_headers
+from trustbus.bus._identity import Identity, verify_key
+from trustbus.bus._keyring import KeyGrant, Keyring
+from trustbus.bus._payload import check_payload
 
 SIGNATURE_DOMAIN = b"trustbus/v1\x00"
 COUNTERSIGNATURE_DOMAIN = b"trustbus/v1/csig\x00"

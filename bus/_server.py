@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from bus._errors import PortInUse, ServerBinaryNotFound, ServerError
+from trustbus.bus._errors import PortInUse, ServerBinaryNotFound, ServerError
 
 BINARY_ENV = "TRUSTBUS_NATS_SERVER"
 _LISTENING = re.compile(r"Listening for client connections on [^\s]+:(\d+)")

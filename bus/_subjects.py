@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from bus._errors import ConfigError
+from trustbus.bus._errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"  # \Z: "$" would match before a final newline
 RECIPIENT_PATTERN = r"^(topic:)?[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"

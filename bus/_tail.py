@@ -12,10 +12,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from bus._errors import TransportError, VerificationError
-from bus._keyring_store import KeyringStore
-from bus._seal import HEADER_KEY, Limits, Opened, SeenIds, open_envelope
-from bus._subjects import all_subjects, judged_at_store, mediated_recipient, stream_name
+from trustbus.bus._errors import TransportError, VerificationError
+from trustbus.bus._keyring_store import KeyringStore
+from trustbus.bus._seal import HEADER_KEY, Limits, Opened, SeenIds, open_envelope
+from trustbus.bus._subjects import all_subjects, judged_at_store, mediated_recipient, stream_name
 
 
 @dataclass(frozen=True, slots=True)

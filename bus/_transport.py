@@ -24,20 +24,20 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 
-from bus import _client
-from bus._api import tenant_jetstream
-from bus._connection import connect_options, split_servers
-from bus._envelope import Envelope, new_envelope
-from bus._errors import BusError, TransportError, VerificationError
-from bus._identity import Identity
-from bus._keyring_store import KeyringStore
-from bus._provision import tenant_partitions
-from bus._publisher import Publisher, unavailable
-from bus._quarantine import encode_quarantine_record, quarantine_record
-from bus._rejections import RejectionLog
-from bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
-from bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
-from bus._tail import tail
+from trustbus.bus import _client
+from trustbus.bus._api import tenant_jetstream
+from trustbus.bus._connection import connect_options, split_servers
+from trustbus.bus._envelope import Envelope, new_envelope
+from trustbus.bus._errors import BusError, TransportError, VerificationError
+from trustbus.bus._identity import Identity
+from trustbus.bus._keyring_store import KeyringStore
+from trustbus.bus._provision import tenant_partitions
+from trustbus.bus._publisher import Publisher, unavailable
+from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
+from trustbus.bus._rejections import RejectionLog
+from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
+from trustbus.bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
+from trustbus.bus._tail import tail
 
 log = logging.getLogger("trustbus.bus")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import Context, Handlers
+from trustbus.agents import Context, Handlers
 
 app = Handlers()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import Agent, Context
+from trustbus.agents import Agent, Context
 
 
 class Player(Agent):

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from agents import Agent, Context, ToolImplementation
+from trustbus.agents import Agent, Context, ToolImplementation
 
 
 def web_url(url: object) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Context, Handlers
+from trustbus.agents import Context, Handlers
 
 app = Handlers()
 

@@ -1,14 +1,14 @@
 """What happened: the hash chain and Merkle tree over the tenant stream, verification, proofs, audit bundles."""
 
-from ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
-from ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
-from ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
-from ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
-from ledger._proofs import CheckedProof, ProofError, check_proof
-from ledger._proving import prove_from_bundle, prove_from_stream
-from ledger._query import connect, query
-from ledger._replay import Incident, Step, build_incident, checkpoint_before, step_dict
-from ledger._rollback import (
+from trustbus.ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
+from trustbus.ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
+from trustbus.ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
+from trustbus.ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
+from trustbus.ledger._proofs import CheckedProof, ProofError, check_proof
+from trustbus.ledger._proving import prove_from_bundle, prove_from_stream
+from trustbus.ledger._query import connect, query
+from trustbus.ledger._replay import Incident, Step, build_incident, checkpoint_before, step_dict
+from trustbus.ledger._rollback import (
     Compensation,
     RollbackPlan,
     compensated_keys,
@@ -16,8 +16,8 @@ from ledger._rollback import (
     plan_rollback,
     verified_effects,
 )
-from ledger._stored import StoredMessage
-from ledger._verify import Break, VerifyReport, verify_messages
+from trustbus.ledger._stored import StoredMessage
+from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [
     "CHAIN_DOMAIN",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from bus import (
+from trustbus.bus import (
     Checkpoint,
     Identity,
     Keyring,
@@ -29,9 +29,9 @@ from bus import (
     seal,
     subjects,
 )
-from ledger._checkpointing import checkpoint_envelope
-from ledger._errors import BundleError
-from ledger._projector import Position
+from trustbus.ledger._checkpointing import checkpoint_envelope
+from trustbus.ledger._errors import BundleError
+from trustbus.ledger._projector import Position
 
 
 class CheckpointFile(msgspec.Struct, frozen=True, array_like=True):

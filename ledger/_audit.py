@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bus import Identity, Keyring, KeyringStore, connect_nats
-from ledger._anchors import open_checkpoint_file, parse_expectation, stated_head
-from ledger._bundle import Bundle, export_bundle, read_bundle, read_stream
-from ledger._chain import GENESIS
-from ledger._errors import BundleError
-from ledger._stored import StoredMessage
-from ledger._streaming import verify_live
-from ledger._verify import Break, VerifyReport, verify_messages
+from trustbus.bus import Identity, Keyring, KeyringStore, connect_nats
+from trustbus.ledger._anchors import open_checkpoint_file, parse_expectation, stated_head
+from trustbus.ledger._bundle import Bundle, export_bundle, read_bundle, read_stream
+from trustbus.ledger._chain import GENESIS
+from trustbus.ledger._errors import BundleError
+from trustbus.ledger._stored import StoredMessage
+from trustbus.ledger._streaming import verify_live
+from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 
 
 async def verify_stream(

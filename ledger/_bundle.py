@@ -34,7 +34,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from bus import (
+from trustbus.bus import (
     ConfigError,
     Identity,
     Keyring,
@@ -46,15 +46,15 @@ from bus import (
     pinned_admin_key,
     subjects,
 )
-from bus._keyring import decode_signed_grant
-from bus._keyring_store import read_revisions
-from bus._publisher import UNAVAILABLE_S, unavailable
-from ledger._anchors import CheckpointFile, read_checkpoint_file, sign_checkpoint, write_checkpoint_file
-from ledger._chain import GENESIS, chain_hash
-from ledger._errors import BundleError
-from ledger._parallel import project_messages
-from ledger._projector import Position
-from ledger._stored import StoredMessage
+from trustbus.bus._keyring import decode_signed_grant
+from trustbus.bus._keyring_store import read_revisions
+from trustbus.bus._publisher import UNAVAILABLE_S, unavailable
+from trustbus.ledger._anchors import CheckpointFile, read_checkpoint_file, sign_checkpoint, write_checkpoint_file
+from trustbus.ledger._chain import GENESIS, chain_hash
+from trustbus.ledger._errors import BundleError
+from trustbus.ledger._parallel import project_messages
+from trustbus.ledger._projector import Position
+from trustbus.ledger._stored import StoredMessage
 
 log = logging.getLogger("trustbus.ledger")
 

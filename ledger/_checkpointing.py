@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bus import Checkpoint, Envelope, encode_checkpoint, new_envelope, subjects
-from ledger._projector import Position
+from trustbus.bus import Checkpoint, Envelope, encode_checkpoint, new_envelope, subjects
+from trustbus.ledger._projector import Position
 
 
 @dataclass

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from bus import Keyring, VerificationError, decode_quarantine_record, open_envelope, subjects
-from ledger._rejections import listed_messages
-from ledger._stored import StoredMessage
+from trustbus.bus import Keyring, VerificationError, decode_quarantine_record, open_envelope, subjects
+from trustbus.ledger._rejections import listed_messages
+from trustbus.ledger._stored import StoredMessage
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from bus import Bus, TransportError, subjects
+from trustbus.bus import Bus, TransportError, subjects
 
 log = logging.getLogger("trustbus.ledger")
 

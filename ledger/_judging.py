@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from bus import (
+from trustbus.bus import (
     Envelope,
     Keyring,
     Opened,
@@ -26,13 +26,13 @@ from bus import (
     decode_envelope,
     subjects,
 )
-from ledger._chain import GENESIS, chain_hash
-from ledger._excuses import Excuse, is_excused, quarantine_excuses
-from ledger._merkle import TreeBuilder, message_leaf_hash
-from ledger._replay_window import ReplayWindow
-from ledger._report import MAX_BREAKS, Break, VerifyReport
-from ledger._stored import StoredMessage
-from ledger._subject_rules import kind_problem
+from trustbus.ledger._chain import GENESIS, chain_hash
+from trustbus.ledger._excuses import Excuse, is_excused, quarantine_excuses
+from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
+from trustbus.ledger._replay_window import ReplayWindow
+from trustbus.ledger._report import MAX_BREAKS, Break, VerifyReport
+from trustbus.ledger._stored import StoredMessage
+from trustbus.ledger._subject_rules import kind_problem
 
 
 @dataclass

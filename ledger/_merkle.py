@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
-from ledger._chain import chained_headers
+from trustbus.ledger._chain import chained_headers
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"

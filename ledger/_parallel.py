@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bus import Keyring, Limits, Opened, VerificationError, open_envelope, subjects
-from ledger._projection import KeyRow, Rows
-from ledger._projector import Position, Projector
-from ledger._segments import SegmentStore
-from ledger._stored import StoredMessage
+from trustbus.bus import Keyring, Limits, Opened, VerificationError, open_envelope, subjects
+from trustbus.ledger._projection import KeyRow, Rows
+from trustbus.ledger._projector import Position, Projector
+from trustbus.ledger._segments import SegmentStore
+from trustbus.ledger._stored import StoredMessage
 
 CHUNK = 1024
 

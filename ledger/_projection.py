@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 
 import msgspec
 
-from bus import (
+from trustbus.bus import (
     Envelope,
     KeyGrant,
     Opened,
@@ -28,11 +28,11 @@ from bus import (
     decode_quarantine_record,
     subjects,
 )
-from bus._records import decode_memory_write
-from bus._rejections import RejectionSummary, decode_rejection_summary
-from bus._seal import HEADER_KEY
-from ledger._rejections import SUMMARY_ROLES
-from ledger._stored import StoredMessage
+from trustbus.bus._records import decode_memory_write
+from trustbus.bus._rejections import RejectionSummary, decode_rejection_summary
+from trustbus.bus._seal import HEADER_KEY
+from trustbus.ledger._rejections import SUMMARY_ROLES
+from trustbus.ledger._stored import StoredMessage
 
 
 class EnvelopeRow(msgspec.Struct, kw_only=True, gc=False):

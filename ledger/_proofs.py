@@ -22,7 +22,7 @@ from typing import Annotated
 
 import msgspec
 
-from bus import (
+from trustbus.bus import (
     BusError,
     Checkpoint,
     Keyring,
@@ -33,11 +33,11 @@ from bus import (
     open_envelope,
     subjects,
 )
-from bus._keyring import decode_signed_grant
-from bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
-from ledger._chain import chained_headers
-from ledger._errors import LedgerError
-from ledger._merkle import (
+from trustbus.bus._keyring import decode_signed_grant
+from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
+from trustbus.ledger._chain import chained_headers
+from trustbus.ledger._errors import LedgerError
+from trustbus.ledger._merkle import (
     MerkleError,
     ProofCollector,
     consistency_ranges,
@@ -46,7 +46,7 @@ from ledger._merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from ledger._stored import StoredMessage
+from trustbus.ledger._stored import StoredMessage
 
 INCLUSION = "trustbus/inclusion-proof/v1"
 CONSISTENCY = "trustbus/consistency-proof/v1"

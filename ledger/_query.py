@@ -6,9 +6,9 @@ from pathlib import Path
 
 import duckdb
 
-from ledger._errors import QueryError
-from ledger._schema import TABLES, VIEWS, create_table_sql
-from ledger._segments import read_catalogue
+from trustbus.ledger._errors import QueryError
+from trustbus.ledger._schema import TABLES, VIEWS, create_table_sql
+from trustbus.ledger._segments import read_catalogue
 
 
 def connect(data_dir: Path) -> duckdb.DuckDBPyConnection:

@@ -20,9 +20,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from bus import TransportError, subjects
-from bus._publisher import UNAVAILABLE_S, unavailable
-from ledger._stored import StoredMessage
+from trustbus.bus import TransportError, subjects
+from trustbus.bus._publisher import UNAVAILABLE_S, unavailable
+from trustbus.ledger._stored import StoredMessage
 
 log = logging.getLogger("trustbus.ledger")
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import msgspec
 
-from bus import Keyring, Opened, VerificationError, open_envelope, subjects
-from bus._rejections import RejectionSummary, decode_rejection_summary
-from ledger._stored import StoredMessage
+from trustbus.bus import Keyring, Opened, VerificationError, open_envelope, subjects
+from trustbus.bus._rejections import RejectionSummary, decode_rejection_summary
+from trustbus.ledger._stored import StoredMessage
 
 SUMMARY_ROLES = frozenset({"coordinator", "ledger"})
 

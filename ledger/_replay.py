@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from bus import (
+from trustbus.bus import (
     Decision,
     EffectRecord,
     Envelope,
@@ -33,8 +33,8 @@ from bus import (
     open_envelope,
     subjects,
 )
-from ledger._rejections import read_summary
-from ledger._stored import StoredMessage
+from trustbus.ledger._rejections import read_summary
+from trustbus.ledger._stored import StoredMessage
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ledger._chain import GENESIS
+from trustbus.ledger._chain import GENESIS
 
 MAX_BREAKS = 100
 

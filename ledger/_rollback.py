@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 import nats.js.errors
 
-from bus import (
+from trustbus.bus import (
     Bus,
     EffectRecord,
     Envelope,
@@ -41,9 +41,9 @@ from bus import (
     open_envelope,
     subjects,
 )
-from ledger._errors import LedgerError
-from ledger._replay import Incident
-from ledger._stored import StoredMessage
+from trustbus.ledger._errors import LedgerError
+from trustbus.ledger._replay import Incident
+from trustbus.ledger._stored import StoredMessage
 
 POLL_S = 0.05  # how often a rollback re-reads the stream while it waits for the coordinator and agents
 COMPENSATES = "compensates"

@@ -36,11 +36,11 @@ from pathlib import Path
 import duckdb
 import msgspec
 
-from bus import Envelope, subjects
-from ledger._errors import ProjectionError
-from ledger._projection import KeyRow, Rows
-from ledger._projector import Position
-from ledger._schema import columns_spec
+from trustbus.bus import Envelope, subjects
+from trustbus.ledger._errors import ProjectionError
+from trustbus.ledger._projection import KeyRow, Rows
+from trustbus.ledger._projector import Position
+from trustbus.ledger._schema import columns_spec
 
 FORMAT = 1
 STATE = "state.json"

@@ -17,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from bus import Bus, TransportError, new_envelope, subjects
-from bus._rejections import encode_rejection_summary, subject_owner, summarise, summary_msg_id
-from bus._seal import HEADER_MSG_ID
-from ledger._stored import StoredMessage
+from trustbus.bus import Bus, TransportError, new_envelope, subjects
+from trustbus.bus._rejections import encode_rejection_summary, subject_owner, summarise, summary_msg_id
+from trustbus.bus._seal import HEADER_MSG_ID
+from trustbus.ledger._stored import StoredMessage
 
 log = logging.getLogger("trustbus.ledger")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bus import subjects
+from trustbus.bus import subjects
 
 
 def kind_problem(tenant: str, subject: str, kind: str) -> str | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from bus import Identity, Sealed, new_envelope, seal
+from trustbus.bus import Identity, Sealed, new_envelope, seal
 
 ED25519_L = 2**252 + 27742317777372353535851937790883648493
 

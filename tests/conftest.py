@@ -13,7 +13,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from bus import Bus, EmbeddedServer, Identity, KeyringStore, Limits, Role, provision
+from trustbus.bus import Bus, EmbeddedServer, Identity, KeyringStore, Limits, Role, provision
 
 _tenant_numbers = itertools.count(1)
 

@@ -35,7 +35,7 @@ def approvals_list(
     """List held envelopes and tool calls: who sent what to whom, with which taint, why it waits, what it asks."""
     from rich.table import Table
 
-    from agents._approvals import list_held_requests
+    from trustbus.agents._approvals import list_held_requests
     from trustbus.cli import _nkey, _run, _servers, out
 
     held = _run(list_held_requests(_servers(server), tenant, nkey_seed=_nkey(), reader=reader))
@@ -54,7 +54,7 @@ def _answer(
     envelope_id: str, tenant: str, operator: str, note: str, server: str, keys: Path | None, json_out: bool, *,
     approve: bool,
 ) -> None:  # fmt: skip
-    from agents._approvals import answer
+    from trustbus.agents._approvals import answer
     from trustbus.cli import _keys, _nkey, _run, _servers, out
 
     decision = _run(

@@ -7,7 +7,7 @@ from typing import Any
 
 import nats.errors
 
-from bus import (
+from trustbus.bus import (
     ConfigError,
     KeyDirectory,
     KeyringStore,
@@ -20,7 +20,7 @@ from bus import (
     tail,
     tenant_partitions,
 )
-from bus._envelope import ContentType, Kind
+from trustbus.bus._envelope import ContentType, Kind
 
 KINDS = ("event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint")
 CONTENT_TYPES = ("application/json", "application/msgpack", "text/plain")

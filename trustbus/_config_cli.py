@@ -40,7 +40,7 @@ def render(
     e.g. the tenant admin's seed). After `keys new`, `rotate` or `revoke`,
     render again and reload the server: nats-server --signal reload=<pid>.
     """
-    from bus import BusError, list_keys, render_bootstrap_config, render_tenant_config
+    from trustbus.bus import BusError, list_keys, render_bootstrap_config, render_tenant_config
     from trustbus.cli import _keys, _nkey, _run, _servers, err, out
 
     try:

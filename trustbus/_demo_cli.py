@@ -37,12 +37,12 @@ def demo(
     """
     from rich.console import Console
 
-    from agents import AgentError
-    from bus import BusError
-    from bus._signals import run_then_settle
-    from ledger import LedgerError
+    from trustbus.agents import AgentError
+    from trustbus.bus import BusError
+    from trustbus.bus._signals import run_then_settle
     from trustbus.demo.fleet import DemoError, Fleet
     from trustbus.demo.scenario import Demo
+    from trustbus.ledger import LedgerError
 
     workdir = directory or Path(tempfile.mkdtemp(prefix="trustbus-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

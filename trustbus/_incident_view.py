@@ -9,13 +9,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from ledger import Incident, Step
+from trustbus.ledger import Incident, Step
 
 
 def redecided_rows(incident: Incident, policy_file: Path) -> list[dict[str, Any]]:
     """Every envelope of ``incident`` decided again under the policy in ``policy_file``, beside what was recorded."""
-    from agents import Deferral, load_policy
-    from agents._redecide import redecide
+    from trustbus.agents import Deferral, load_policy
+    from trustbus.agents._redecide import redecide
 
     sent = [(s.seq, s.stored_ns, s.envelope, s.decisions[0] if s.decisions else None) for s in incident.steps]
     results = redecide(load_policy(policy_file), sent, incident.effects)

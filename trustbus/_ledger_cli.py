@@ -14,9 +14,9 @@ from trustbus._projection_cli import ledger_run
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from bus import Keyring
-    from ledger import Incident
-    from ledger._stored import StoredMessage
+    from trustbus.bus import Keyring
+    from trustbus.ledger import Incident
+    from trustbus.ledger._stored import StoredMessage
 
 ledger_app = typer.Typer(help="Verify the tenant's ledger and export audit bundles.", no_args_is_help=True)
 ledger_app.command("run")(ledger_run)
@@ -83,11 +83,11 @@ def verify(
     A bundle must be covered by signed checkpoints to its last sequence (its export checkpoint);
     the output says which range a signature covers and which it does not.
     """
-    from ledger import verify_bundle, verify_stream
     from trustbus.cli import _nkey, _run, _servers, err, out
+    from trustbus.ledger import verify_bundle, verify_stream
 
     if bundle is not None:
-        from ledger import LedgerError
+        from trustbus.ledger import LedgerError
 
         try:
             report = verify_bundle(bundle, admin_key=admin_key, expect=expect or ())
@@ -140,8 +140,8 @@ def export(
     The bundle ends with an export checkpoint (and a partial one starts with a start
     checkpoint) signed with the ledger key of --as, read from --keys.
     """
-    from ledger import export as export_tenant
     from trustbus.cli import _keys, _nkey, _run, _servers, out
+    from trustbus.ledger import export as export_tenant
 
     identity = _keys(keys).load(tenant, signer)
     manifest = _run(
@@ -159,8 +159,8 @@ def export(
 
 def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str | None) -> tuple[Any, Any, str]:
     """(messages, keyring, tenant) from a bundle or the live stream; exit 2 if neither is given."""
-    from ledger import load_bundle_messages, load_messages
     from trustbus.cli import _nkey, _run, _servers, err
+    from trustbus.ledger import load_bundle_messages, load_messages
 
     if bundle is not None:
         return load_bundle_messages(bundle, admin_key=admin_key)
@@ -177,9 +177,9 @@ def _reexecuted(
     """Re-run each ``ID=module:attr`` agent on the deliveries the incident recorded for it, from its checkpoint."""
     import asyncio
 
-    from agents._process import load_agent
-    from agents._reexecute import reexecute
-    from ledger import checkpoint_before
+    from trustbus.agents._process import load_agent
+    from trustbus.agents._reexecute import reexecute
+    from trustbus.ledger import checkpoint_before
 
     effects = {record.idempotency_key: record for _, _, _, record in incident.effects}
     rows: list[dict[str, Any]] = []
@@ -231,8 +231,8 @@ def replay(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The incident as a causal tree: who said what to whom, each decision and why, taint, effects."""
-    from ledger import build_incident, step_dict
     from trustbus.cli import err, out
+    from trustbus.ledger import build_incident, step_dict
 
     messages, keyring, tenant_name = _source(tenant, bundle, server, admin_key)
     incident = build_incident(messages, keyring, tenant_name, correlation)
@@ -302,13 +302,13 @@ def rollback(
     """
     from rich.table import Table
 
-    from ledger import (
+    from trustbus.cli import _run, _servers, err, out
+    from trustbus.ledger import (
         build_incident,
         compensated_keys,
         plan_rollback,
         verified_effects,
     )
-    from trustbus.cli import _run, _servers, err, out
 
     if not dry_run and (operator is None or tenant is None):
         err.print("[red]error:[/red] executing a rollback needs --tenant and --as OPERATOR (or use --dry-run)")
@@ -319,8 +319,8 @@ def rollback(
     plan = plan_rollback(incident, compensated=done, from_seq=from_seq)
     compensated: list[str] = []
     if not dry_run:
-        from ledger import execute_rollback
         from trustbus.cli import _keys
+        from trustbus.ledger import execute_rollback
 
         assert operator is not None and tenant is not None
         identity = _keys(keys).load(tenant, operator)
@@ -380,9 +380,9 @@ def prove(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Write a Merkle proof that `ledger check-proof` verifies alone: one envelope's inclusion, or consistency."""
-    from ledger import LedgerError, prove_from_bundle, prove_from_stream
-    from ledger._proofs import encode_proof
     from trustbus.cli import _nkey, _run, _servers, err, out
+    from trustbus.ledger import LedgerError, prove_from_bundle, prove_from_stream
+    from trustbus.ledger._proofs import encode_proof
 
     if (seq is None) == (consistency is None) or (tenant is None) == (bundle is None):
         err.print("[red]error:[/red] give --seq N or --consistency OLD NEW, and --tenant T or --bundle DIR")
@@ -416,9 +416,9 @@ def check_proof_file(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Check a proof file with no server and no bundle; exit 1 if anything in it does not check."""
-    from ledger import ProofError, check_proof
-    from ledger._proofs import checked_dict
     from trustbus.cli import err, out
+    from trustbus.ledger import ProofError, check_proof
+    from trustbus.ledger._proofs import checked_dict
 
     try:
         checked = check_proof(proof_file.read_bytes(), admin_key=admin_key)

@@ -33,7 +33,7 @@ def agent_run(
     ] = None,
 ) -> None:
     """Serve one agent until SIGTERM/SIGINT; prints a JSON ready line when serving."""
-    from agents._process import serve_agent
+    from trustbus.agents._process import serve_agent
     from trustbus.cli import _keys, _run, _servers
 
     _run(
@@ -63,7 +63,7 @@ def coordinator_run(
     ] = None,
 ) -> None:
     """Mediate every outbox of the tenant until SIGTERM/SIGINT; prints a JSON ready line when serving."""
-    from agents._process import serve_coordinator
+    from trustbus.agents._process import serve_coordinator
     from trustbus.cli import _keys, _run, _servers
 
     _run(

@@ -36,8 +36,8 @@ def ledger_run(
     Prints a JSON ready line when it is reading the stream; resumes after the
     last committed sequence when restarted.
     """
-    from ledger._service import ServiceSettings, serve_ledger
     from trustbus.cli import _keys, _run, _servers
+    from trustbus.ledger._service import ServiceSettings, serve_ledger
 
     def ready() -> None:
         print(json.dumps({"ready": "ledger", "name": name, "tenant": tenant, "data": str(data)}), flush=True)
@@ -87,9 +87,9 @@ def query(
     from rich.markup import escape
     from rich.table import Table
 
-    from ledger import LedgerError
-    from ledger import query as run_query
     from trustbus.cli import err, out
+    from trustbus.ledger import LedgerError
+    from trustbus.ledger import query as run_query
 
     try:
         relation = run_query(sql, data)

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from rich.markup import escape
 
-from bus import (
+from trustbus.bus import (
     Envelope,
     KeyGrant,
     MalformedPayload,
@@ -17,7 +17,7 @@ from bus import (
     decode_msgpack,
     subjects,
 )
-from bus._rejections import decode_quarantine_payload
+from trustbus.bus._rejections import decode_quarantine_payload
 
 
 def payload_value(envelope: Envelope) -> Any:

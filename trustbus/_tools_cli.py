@@ -18,7 +18,7 @@ def tools(
     from rich.markup import escape
     from rich.table import Table
 
-    from agents import AgentError, load_tools
+    from trustbus.agents import AgentError, load_tools
 
     try:
         registry = load_tools(file)

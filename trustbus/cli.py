@@ -78,17 +78,17 @@ def _servers(server: str) -> list[str]:
 
 
 def _keys(keys: Path | None) -> Any:
-    from bus import KeyDirectory, default_keys_dir
+    from trustbus.bus import KeyDirectory, default_keys_dir
 
     return KeyDirectory(keys or default_keys_dir())
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; a bus error becomes a one-line message and exit code 1."""
-    from agents import AgentError
-    from bus import BusError
-    from bus._signals import run_then_settle
-    from ledger import LedgerError
+    from trustbus.agents import AgentError
+    from trustbus.bus import BusError
+    from trustbus.bus._signals import run_then_settle
+    from trustbus.ledger import LedgerError
 
     try:
         return asyncio.run(run_then_settle(coro))
@@ -112,7 +112,7 @@ def main_options(
     configure(log_level)
     _nkey_seed = None
     if nkey is not None:
-        from bus import BusError, Identity
+        from trustbus.bus import BusError, Identity
 
         try:
             _nkey_seed = Identity.load(nkey).nkey_seed
@@ -139,7 +139,7 @@ def up(
     if cluster:
         _up_cluster(cluster, port=port, data=data, config=config, json_out=json_out)
         return
-    from bus import BusError, EmbeddedServer
+    from trustbus.bus import BusError, EmbeddedServer
 
     server = EmbeddedServer(port=port, data_dir=data, config=config)
     try:
@@ -173,7 +173,7 @@ def up(
 
 def _up_cluster(size: int, *, port: int, data: Path | None, config: Path | None, json_out: bool) -> None:
     """``up --cluster N``: run the nodes until a signal; report a node that dies; stop when quorum is lost."""
-    from bus import BusError, EmbeddedCluster
+    from trustbus.bus import BusError, EmbeddedCluster
 
     try:
         nodes = EmbeddedCluster(size, port=port, data_dir=data, config=config)
@@ -236,7 +236,7 @@ def init(
     json_out: JsonOpt = False,
 ) -> None:
     """Provision a tenant: append-only stream TB_<tenant>, KV buckets, admin key. Safe to run twice."""
-    from bus import init_tenant
+    from trustbus.bus import init_tenant
 
     report, admin = _run(
         init_tenant(
@@ -267,8 +267,8 @@ def keys_new(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a seed file (mode 0600) for OWNER and register its key, signed by the tenant admin."""
-    from bus import ConfigError, new_key
     from trustbus._render import grant_dict
+    from trustbus.bus import ConfigError, new_key
 
     if role not in ("agent", "coordinator", "ledger", "operator"):
         err.print(f"[red]error:[/red] {ConfigError(f'unknown role {role!r}')}")
@@ -285,8 +285,8 @@ def keys_list(tenant: TenantOpt, server: ServerOpt = DEFAULT_SERVER, json_out: J
     """List the tenant's keyring."""
     from rich.table import Table
 
-    from bus import list_keys
     from trustbus._render import grant_dict
+    from trustbus.bus import list_keys
 
     grants = _run(list_keys(_servers(server), tenant, nkey_seed=_nkey()))
     if json_out:
@@ -308,8 +308,8 @@ def keys_rotate(
     json_out: JsonOpt = False,
 ) -> None:
     """Give OWNER a new key and revoke the old one from now (older envelopes stay valid)."""
-    from bus import rotate_key
     from trustbus._render import grant_dict
+    from trustbus.bus import rotate_key
 
     old, new = _run(rotate_key(_servers(server), tenant, owner, keys=_keys(keys), nkey_seed=_nkey()))
     if json_out:
@@ -327,8 +327,8 @@ def keys_revoke(
     json_out: JsonOpt = False,
 ) -> None:
     """Revoke KEY_ID from now: envelopes it signs from now on are rejected as revoked_key."""
-    from bus import revoke_key
     from trustbus._render import grant_dict
+    from trustbus.bus import revoke_key
 
     grant = _run(revoke_key(_servers(server), tenant, key_id, keys=_keys(keys), nkey_seed=_nkey()))
     if json_out:

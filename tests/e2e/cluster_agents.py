@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents import Agent, Context
+from trustbus.agents import Agent, Context
 
 
 class Echo(Agent):

@@ -22,7 +22,7 @@ import yaml
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from bus import (
+from trustbus.bus import (
     Bus,
     Decision,
     EmbeddedServer,
@@ -38,8 +38,8 @@ from bus import (
     subjects,
     tail,
 )
-from bus._quarantine import quarantine_record
-from bus._rejections import RejectionSummary, decode_quarantine_payload
+from trustbus.bus._quarantine import quarantine_record
+from trustbus.bus._rejections import RejectionSummary, decode_quarantine_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -164,7 +164,7 @@ class Fleet:
 
     async def memory_written(self, agent: str, key: str, envelope_id: str, *, limit_s: float = 30) -> None:
         """Wait until the coordinator has stored the value written by ``envelope_id``."""
-        from agents._memory import decode_value, kv_subject
+        from trustbus.agents._memory import decode_value, kv_subject
 
         bucket = subjects.memory_bucket(self.tenant)
         sub = await self.nc.jetstream().subscribe(

@@ -10,8 +10,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from agents import Agent, Context, EffectDenied, ToolImplementation
-from bus import TransientError, new_envelope
+from trustbus.agents import Agent, Context, EffectDenied, ToolImplementation
+from trustbus.bus import TransientError, new_envelope
 
 SYSTEM_DB = "TB_TEST_SYSTEM_DB"
 

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from agents._process import serve_coordinator
-from bus import KeyDirectory
+from trustbus.agents._process import serve_coordinator
+from trustbus.bus import KeyDirectory
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ import json
 import signal
 import sys
 
-from bus import new_envelope, subjects
 from tests.e2e.fleet import ROOT, Fleet
+from trustbus.bus import new_envelope, subjects
 
 POLICY = {
     "taint": {"high_risk_tools": ["issue_refund"], "on_tainted_high_risk": "hold"},

@@ -16,9 +16,9 @@ import sys
 import pytest
 import yaml
 
-from bus import Bus, new_envelope, subjects
 from tests.e2e.fleet import ROOT, Fleet
 from tests.e2e.test_approvals import POLICY, cli, researcher_reads_a_web_page
+from trustbus.bus import Bus, new_envelope, subjects
 
 
 async def _coordinator(fleet: Fleet, offset_s: float) -> asyncio.subprocess.Process:

@@ -25,10 +25,10 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import PubAck, StreamInfo
 
-from bus import Bus, EmbeddedCluster, KeyDirectory, init_tenant, new_envelope, subjects
-from ledger import ProjectionError, verify_stream
-from ledger._segments import read_catalogue
 from tests.e2e.fleet import ROOT, Fleet
+from trustbus.bus import Bus, EmbeddedCluster, KeyDirectory, init_tenant, new_envelope, subjects
+from trustbus.ledger import ProjectionError, verify_stream
+from trustbus.ledger._segments import read_catalogue
 
 TRUSTBUS = [sys.executable, "-m", "trustbus"]
 OPEN = {"from": "*", "to": ["*", "topic:*"], "kinds": ["event", "reply"]}

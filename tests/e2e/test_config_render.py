@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bus import Identity, KeyDirectory, find_server_binary
+from trustbus.bus import Identity, KeyDirectory, find_server_binary
 
 TRUSTBUS = [sys.executable, "-m", "trustbus"]
 T = "cfg"

@@ -17,8 +17,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from bus import Decision, EffectRecord, decode_decision, decode_effect, open_envelope, subjects
-from ledger import load_bundle_messages, verify_bundle
+from trustbus.bus import Decision, EffectRecord, decode_decision, decode_effect, open_envelope, subjects
+from trustbus.ledger import load_bundle_messages, verify_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)

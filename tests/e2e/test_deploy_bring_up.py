@@ -31,7 +31,7 @@ import nats
 import pytest
 import yaml
 
-from bus import Identity, find_server_binary, reload_until_wired, subjects
+from trustbus.bus import Identity, find_server_binary, reload_until_wired, subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -17,9 +17,9 @@ import time
 
 import yaml
 
-from bus import Decision, EffectRecord, Envelope, KeyringStore, decode_effect, subjects, tail
 from tests.e2e.fleet import Fleet
 from tests.e2e.fleet_agents import SYSTEM_DB
+from trustbus.bus import Decision, EffectRecord, Envelope, KeyringStore, decode_effect, subjects, tail
 
 TOOLS = {
     "tools": [

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus import KeyDirectory, find_server_binary, reload_until_wired
 from tests.e2e.test_config_render import TRUSTBUS, run, wait_until_accepted
+from trustbus.bus import KeyDirectory, find_server_binary, reload_until_wired
 
 T = "fleet"
 

@@ -8,13 +8,22 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from agents._approvals import answer
-from bus import Decision, KeyringStore, decode_decision, decode_envelope, encode_envelope, new_envelope, subjects, tail
-from bus._rejections import RejectionSummary, decode_quarantine_payload
-from bus._seal import HEADER_MSG_ID
-from ledger import verify_messages
-from ledger._bundle import read_stream
 from tests.e2e.fleet import Fleet
+from trustbus.agents._approvals import answer
+from trustbus.bus import (
+    Decision,
+    KeyringStore,
+    decode_decision,
+    decode_envelope,
+    encode_envelope,
+    new_envelope,
+    subjects,
+    tail,
+)
+from trustbus.bus._rejections import RejectionSummary, decode_quarantine_payload
+from trustbus.bus._seal import HEADER_MSG_ID
+from trustbus.ledger import verify_messages
+from trustbus.ledger._bundle import read_stream
 
 OPEN = {"from": "*", "to": ["*", "topic:*"], "kinds": ["event"]}
 

@@ -16,7 +16,10 @@ import json
 import signal
 from pathlib import Path
 
-from bus import (
+from tests.e2e.fleet import Fleet, as_records
+from tests.e2e.test_approvals import cli
+from tests.e2e.test_ledger_service import settled, start_ledger
+from trustbus.bus import (
     KeyringStore,
     QuarantineRecord,
     decode_envelope,
@@ -24,10 +27,7 @@ from bus import (
     subjects,
     tail,
 )
-from bus._rejections import decode_quarantine_payload
-from tests.e2e.fleet import Fleet, as_records
-from tests.e2e.test_approvals import cli
-from tests.e2e.test_ledger_service import settled, start_ledger
+from trustbus.bus._rejections import decode_quarantine_payload
 
 POLICY = {"rules": [{"from": "*", "to": ["*"], "kinds": ["event", "reply"]}]}
 

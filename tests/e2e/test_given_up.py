@@ -19,9 +19,9 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from bus import Envelope, KeyringStore, QuarantineRecord, decode_quarantine_record, subjects, tail
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_ledger_service import POLICY, one, settled, start_ledger
+from trustbus.bus import Envelope, KeyringStore, QuarantineRecord, decode_quarantine_record, subjects, tail
 
 DELIVERIES = 3
 

@@ -16,12 +16,12 @@ import time
 
 import yaml
 
-from agents._effect_asks import parse_denial
-from bus import Decision
 from tests.e2e.fleet import Fleet
 from tests.e2e.fleet_agents import SYSTEM_DB
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
+from trustbus.agents._effect_asks import parse_denial
+from trustbus.bus import Decision
 
 TOOLS = {
     "tools": [

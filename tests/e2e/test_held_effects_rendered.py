@@ -18,12 +18,12 @@ from typing import Any
 
 import yaml
 
-from agents import connect_agent
-from bus import KeyDirectory, new_envelope
 from tests.e2e.fleet_agents import SYSTEM_DB
 from tests.e2e.test_config_render import TRUSTBUS, run
 from tests.e2e.test_fleet_under_rendered_config import rendered
 from tests.e2e.test_held_effects import MALLORY, TOOLS
+from trustbus.agents import connect_agent
+from trustbus.bus import KeyDirectory, new_envelope
 
 T = "held"
 POLICY = {

@@ -19,18 +19,18 @@ from pathlib import Path
 
 from nats.js.api import AckPolicy
 
-from bus import (
+from tests.e2e.fleet import ROOT, Fleet
+from trustbus.bus import (
     Bus,
     EffectRecord,
     encode_effect,
     new_envelope,
     subjects,
 )
-from ledger import GENESIS, ProjectionError, chain_hash, query, read_stream, verify_stream
-from ledger._checkpointing import checkpoint_envelope
-from ledger._projector import Position
-from ledger._segments import read_catalogue
-from tests.e2e.fleet import ROOT, Fleet
+from trustbus.ledger import GENESIS, ProjectionError, chain_hash, query, read_stream, verify_stream
+from trustbus.ledger._checkpointing import checkpoint_envelope
+from trustbus.ledger._projector import Position
+from trustbus.ledger._segments import read_catalogue
 
 POLICY = {"rules": [{"from": "*", "to": ["*", "topic:*"], "kinds": ["event", "reply"]}]}
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import nats
 import nats.js.errors
 
-from bus import KeyDirectory
-from ledger import ProjectionError, query
-from ledger._segments import read_catalogue
 from tests.e2e.test_config_render import TRUSTBUS, run
 from tests.e2e.test_fleet_under_rendered_config import rendered
+from trustbus.bus import KeyDirectory
+from trustbus.ledger import ProjectionError, query
+from trustbus.ledger._segments import read_catalogue
 
 T = "lgr"
 STREAM = f"TB_{T}"

@@ -14,8 +14,8 @@ import sys
 import time
 from collections import Counter
 
-from bus import Decision, Envelope, new_envelope, subjects
 from tests.e2e.fleet import ROOT, Fleet
+from trustbus.bus import Decision, Envelope, new_envelope, subjects
 
 OPEN = {"from": "*", "to": ["*", "topic:*"], "kinds": ["event", "reply", "checkpoint"]}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from agents._memory import Memory
-from bus import Decision
 from tests.e2e.fleet import Fleet
+from trustbus.agents._memory import Memory
+from trustbus.bus import Decision
 
 POLICY = {"taint": {"on_tainted_memory_write": "quarantine"}, "rules": [{"from": "*", "to": ["*"], "kinds": ["event"]}]}
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bus import Bus, Envelope, QuarantineRecord, countersign, new_envelope, subjects
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_ledger_service import one, settled, start_ledger, stream_last_seq
+from trustbus.bus import Bus, Envelope, QuarantineRecord, countersign, new_envelope, subjects
 
 POLICY = {
     "rules": [

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bus import Identity, Keyring, new_envelope, seal, sign_grant
-from bus._keyring import KeyGrant
-from ledger import StoredMessage
-from ledger._projection import KeyRow, Rows
-from ledger._projector import Projector
-from ledger._segments import SegmentStore
 from tests.e2e.fleet import ROOT
+from trustbus.bus import Identity, Keyring, new_envelope, seal, sign_grant
+from trustbus.bus._keyring import KeyGrant
+from trustbus.ledger import StoredMessage
+from trustbus.ledger._projection import KeyRow, Rows
+from trustbus.ledger._projector import Projector
+from trustbus.ledger._segments import SegmentStore
 
 T = "acme"
 

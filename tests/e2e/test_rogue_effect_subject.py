@@ -14,9 +14,9 @@ import json
 
 import nats.js.errors
 
-from bus import Bus, EffectRecord, encode_effect, new_envelope, subjects
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_approvals import cli
+from trustbus.bus import Bus, EffectRecord, encode_effect, new_envelope, subjects
 
 POLICY = {"rules": [{"from": "*", "to": ["*"], "kinds": ["event", "reply"]}]}
 

@@ -20,7 +20,8 @@ import nats
 import nats.js.errors
 import pytest
 
-from bus import (
+from tests.e2e.fleet import Fleet
+from trustbus.bus import (
     ConfigError,
     EmbeddedServer,
     KeyDirectory,
@@ -30,7 +31,6 @@ from bus import (
     subjects,
     tenant_partitions,
 )
-from tests.e2e.fleet import Fleet
 
 PARTITIONS = 4
 OPEN = {"from": "*", "to": ["*"], "kinds": ["event", "reply"]}

@@ -17,11 +17,11 @@ from typing import Any
 
 import msgspec
 
-from agents._memory import Memory
-from bus import Decision, Envelope, decode_envelope, subjects
 from tests.e2e.fleet import ROOT, Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
+from trustbus.agents._memory import Memory
+from trustbus.bus import Decision, Envelope, decode_envelope, subjects
 
 POLICY = {
     "rules": [

@@ -16,8 +16,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bus import decode_checkpoint, decode_envelope, new_envelope, subjects
-from ledger import (
+from tests.conftest import Tenant
+from tests.integration.test_ledger_verify import _history
+from trustbus.bus import decode_checkpoint, decode_envelope, new_envelope, subjects
+from trustbus.ledger import (
     GENESIS,
     BundleEntry,
     chain_hash,
@@ -28,12 +30,10 @@ from ledger import (
     verify_messages,
     verify_stream,
 )
-from ledger._checkpointing import checkpoint_envelope
-from ledger._projector import Position
-from ledger._segments import SegmentStore
-from ledger._service import LedgerService, ServiceSettings
-from tests.conftest import Tenant
-from tests.integration.test_ledger_verify import _history
+from trustbus.ledger._checkpointing import checkpoint_envelope
+from trustbus.ledger._projector import Position
+from trustbus.ledger._segments import SegmentStore
+from trustbus.ledger._service import LedgerService, ServiceSettings
 
 
 async def _checkpointed(tenant: Tenant, data: Path) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, KeyGrant, new_envelope, sign_grant, subjects
-from ledger import VerifyReport, export_bundle, verify_bundle, verify_stream
 from tests.conftest import Tenant
+from trustbus.bus import Bus, KeyGrant, new_envelope, sign_grant, subjects
+from trustbus.ledger import VerifyReport, export_bundle, verify_bundle, verify_stream
 
 
 async def _decide(tenant: Tenant, coordinator: Bus, note: bytes) -> int:

@@ -9,12 +9,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bus import ConsumerSettings, new_envelope, subjects
-from ledger import BundleEntry, export_bundle, read_bundle, verify_bundle, verify_messages, verify_stream
-from ledger._bundle import read_stream
 from tests.attacks import flipped_payload_byte
 from tests.conftest import Tenant
 from tests.integration.test_transport import _cast
+from trustbus.bus import ConsumerSettings, new_envelope, subjects
+from trustbus.ledger import BundleEntry, export_bundle, read_bundle, verify_bundle, verify_messages, verify_stream
+from trustbus.ledger._bundle import read_stream
 
 FAST = ConsumerSettings(fetch_timeout_s=0.5)
 
@@ -160,7 +160,7 @@ async def test_swapped_envelopes_name_the_first_position(bundle: Path) -> None:
 
 async def test_re_chained_forgery_is_caught_by_its_signature(bundle: Path) -> None:
     """An attacker who edits an envelope and recomputes every chain hash still cannot re-sign it."""
-    from ledger import GENESIS, chain_hash
+    from trustbus.ledger import GENESIS, chain_hash
 
     def forge_and_rechain(entries: list[BundleEntry]) -> None:
         body = bytearray(entries[8].body)
@@ -179,7 +179,7 @@ async def test_re_chained_forgery_is_caught_by_its_signature(bundle: Path) -> No
 
 async def test_pinned_admin_key_must_match_the_bundle(bundle: Path, tenant: Tenant) -> None:
     assert verify_bundle(bundle, admin_key=tenant.admin.key_id).ok
-    from bus import Identity
+    from trustbus.bus import Identity
 
     report = verify_bundle(bundle, admin_key=Identity.generate().key_id)
     assert not report.ok  # every key's grant is now untrusted
@@ -192,7 +192,7 @@ async def test_verification_is_the_same_pure_function_on_stream_and_bundle(tenan
 
 
 async def test_bundle_carries_a_queryable_projection(bundle: Path) -> None:
-    from ledger import query
+    from trustbus.ledger import query
 
     [(count,)] = query("SELECT count(*) FROM envelopes", bundle / "projection").fetchall()
     [(rejected,)] = query("SELECT count(*) FROM envelopes WHERE NOT verified", bundle / "projection").fetchall()

@@ -33,7 +33,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from bus import (
+from trustbus.bus import (
     AGENT_API_PREFIX,
     Bus,
     EmbeddedServer,

@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from bus import EmbeddedServer, find_server_binary
+from trustbus.bus import EmbeddedServer, find_server_binary
 
 REPO = Path(__file__).resolve().parents[2]
 NATS_CONF = REPO / "nats.conf"

@@ -11,8 +11,8 @@ import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 
-from bus import EmbeddedServer, TransportError
-from bus._publisher import Publisher, unavailable
+from trustbus.bus import EmbeddedServer, TransportError
+from trustbus.bus._publisher import Publisher, unavailable
 
 
 async def test_failed_pipelined_publish_is_reported_by_flush(nats_server: EmbeddedServer) -> None:

@@ -14,7 +14,8 @@ import json
 import time
 from urllib.parse import urlsplit
 
-from bus import (
+from tests.conftest import Tenant
+from trustbus.bus import (
     Bus,
     ConsumerSettings,
     Identity,
@@ -25,9 +26,8 @@ from bus import (
     subjects,
     tail,
 )
-from bus._headers import parse_header_lines
-from bus._seal import SIGNATURE_DOMAIN
-from tests.conftest import Tenant
+from trustbus.bus._headers import parse_header_lines
+from trustbus.bus._seal import SIGNATURE_DOMAIN
 
 FAST = ConsumerSettings(fetch_timeout_s=0.5, backoff_s=(0.05,), max_deliver=3)
 

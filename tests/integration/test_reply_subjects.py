@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from bus import AGENT_API_PREFIX, Bus, new_envelope, new_key, subjects
 from tests.integration.test_mediation_enforced import (
     MEMORY,
     STREAM,
@@ -35,6 +34,7 @@ from tests.integration.test_mediation_enforced import (
     deployment,
     signed,
 )
+from trustbus.bus import AGENT_API_PREFIX, Bus, new_envelope, new_key, subjects
 
 __all__ = ["connect", "deployment"]  # fixtures, shared with test_mediation_enforced
 

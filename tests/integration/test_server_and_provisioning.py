@@ -14,7 +14,8 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from bus import (
+from tests.conftest import Tenant
+from trustbus.bus import (
     Bus,
     ConfigError,
     EmbeddedServer,
@@ -35,7 +36,6 @@ from bus import (
     tail,
     tenant_stream_config,
 )
-from tests.conftest import Tenant
 
 
 def test_taken_port_gives_an_error_that_names_the_fix() -> None:

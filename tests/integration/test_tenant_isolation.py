@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from bus import (
+from trustbus.bus import (
     AGENT_API_PREFIX,
     EmbeddedServer,
     Identity,

@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from bus import (
+from tests.attacks import ATTACKS, Cast, valid
+from tests.conftest import Tenant
+from trustbus.bus import (
     Bus,
     ConsumerSettings,
     Delivery,
@@ -20,9 +22,7 @@ from bus import (
     sign_grant,
     subjects,
 )
-from bus._keyring import encode_signed_grant
-from tests.attacks import ATTACKS, Cast, valid
-from tests.conftest import Tenant
+from trustbus.bus._keyring import encode_signed_grant
 
 FAST = ConsumerSettings(fetch_timeout_s=0.5, backoff_s=(0.05,), max_deliver=3)
 
@@ -221,7 +221,7 @@ async def test_key_registered_after_the_consumer_started_verifies(tenant: Tenant
     reader = await _reader(tenant, subject)
     dave = await tenant.add("dave")
     sealed = new_envelope(tenant=tenant.name, kind="event", sender="dave", to=["bob"])
-    from bus import seal
+    from trustbus.bus import seal
 
     sent = seal(sealed, dave)
     await tenant.js.publish(subject, sent.body, headers=sent.headers)

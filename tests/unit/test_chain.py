@@ -8,7 +8,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
+from trustbus.ledger import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
 
 HEADERS = {"Tb-Sig": "c2ln", "Tb-Key": "UABC", "Nats-Msg-Id": "id-1", "Nats-Expected-Stream": "TB_x"}
 

@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 import yaml
 
-from bus import find_server_binary
+from trustbus.bus import find_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -7,10 +7,10 @@ import json
 import msgspec
 import pytest
 
-from agents._decision import CoordinatorState, Decision, decide, decide_approval, record_effect
-from agents._effect_asks import UntrustedAnswer, check_answer, decide_ask, is_ask
-from agents._policy import Policy, parse_policy
-from bus import (
+from trustbus.agents._decision import CoordinatorState, Decision, decide, decide_approval, record_effect
+from trustbus.agents._effect_asks import UntrustedAnswer, check_answer, decide_ask, is_ask
+from trustbus.agents._policy import Policy, parse_policy
+from trustbus.bus import (
     EffectRecord,
     Envelope,
     Identity,
@@ -22,7 +22,7 @@ from bus import (
     seal,
     sign_grant,
 )
-from bus._records import encode_decision
+from trustbus.bus._records import encode_decision
 
 T0 = 1_800_000_000_000_000_000
 
@@ -272,10 +272,10 @@ def test_an_answer_that_is_not_the_coordinators_answer_to_this_ask_is_not_truste
 
 
 async def test_reexecuting_a_handler_whose_call_was_denied_refuses_it_again() -> None:
-    from agents._effect_asks import denial_message
-    from agents._effects import idempotency_key
-    from agents._reexecute import reexecute
     from tests.e2e.fleet_agents import NaiveBilling
+    from trustbus.agents._effect_asks import denial_message
+    from trustbus.agents._effects import idempotency_key
+    from trustbus.agents._reexecute import reexecute
 
     args = {"order": 7, "amount": 5}
     request = env("desk", ("billing",), payload=json.dumps(args).encode(), taint=["web"])

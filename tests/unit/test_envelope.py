@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus import ConfigError, Malformed, UnsupportedVersion, decode_envelope, encode_envelope, new_envelope, new_id
+from trustbus.bus import (
+    ConfigError,
+    Malformed,
+    UnsupportedVersion,
+    decode_envelope,
+    encode_envelope,
+    new_envelope,
+    new_id,
+)
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 

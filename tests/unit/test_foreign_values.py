@@ -7,9 +7,9 @@ import json
 import msgspec
 import pytest
 
-from agents._checkpoint_value import open_checkpoint
-from agents._partitions import _holder_of
-from bus import Identity, KeyGrant, Keyring, VerificationError, new_envelope, open_envelope, seal, sign_grant
+from trustbus.agents._checkpoint_value import open_checkpoint
+from trustbus.agents._partitions import _holder_of
+from trustbus.bus import Identity, KeyGrant, Keyring, VerificationError, new_envelope, open_envelope, seal, sign_grant
 
 T = "acme"
 NOW = 1_800_000_000 * 10**9

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ledger._given_up import GivenUp
+from trustbus.ledger._given_up import GivenUp
 
 ADVISORY = {
     "type": "io.nats.jetstream.advisory.v1.max_deliver",

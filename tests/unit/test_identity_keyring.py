@@ -9,7 +9,7 @@ from pathlib import Path
 import nkeys
 import pytest
 
-from bus import ConfigError, Identity, KeyGrant, Keyring, UnknownKey, UntrustedKey, sign_grant, verify_key
+from trustbus.bus import ConfigError, Identity, KeyGrant, Keyring, UnknownKey, UntrustedKey, sign_grant, verify_key
 
 
 def test_seed_file_is_written_0600_and_loads_back(tmp_path: Path) -> None:

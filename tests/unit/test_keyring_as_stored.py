@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bus import Identity, KeyGrant, Keyring, sign_grant
+from trustbus.bus import Identity, KeyGrant, Keyring, sign_grant
 
 T = "acme"
 

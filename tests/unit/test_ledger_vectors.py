@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 from nacl.signing import SigningKey, VerifyKey
 
-from bus import (
+from trustbus.bus import (
     Envelope,
     Identity,
     KeyGrant,
@@ -31,13 +31,13 @@ from bus import (
     sign_grant,
     subjects,
 )
-from bus._keyring import encode_signed_grant
-from bus._quarantine import encode_quarantine_record, quarantine_record
-from bus._records import Checkpoint
-from ledger import GENESIS, BundleEntry, chain_hash, chained_headers, verify_bundle
-from ledger._anchors import CheckpointFile, write_checkpoint_file
-from ledger._checkpointing import checkpoint_envelope
-from ledger._projector import Position
+from trustbus.bus._keyring import encode_signed_grant
+from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
+from trustbus.bus._records import Checkpoint
+from trustbus.ledger import GENESIS, BundleEntry, chain_hash, chained_headers, verify_bundle
+from trustbus.ledger._anchors import CheckpointFile, write_checkpoint_file
+from trustbus.ledger._checkpointing import checkpoint_envelope
+from trustbus.ledger._projector import Position
 
 VECTORS = Path(__file__).resolve().parents[1] / "fixtures" / "ledger_vectors"
 TENANT = "vec"

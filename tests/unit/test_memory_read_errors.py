@@ -5,8 +5,8 @@ from __future__ import annotations
 import nats.errors
 import pytest
 
-from agents._memory import Memory
-from bus import TransientError
+from trustbus.agents._memory import Memory
+from trustbus.bus import TransientError
 
 
 class _Unreachable:

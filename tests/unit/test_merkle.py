@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger._merkle import (
+from trustbus.ledger._merkle import (
     EMPTY_ROOT,
     MerkleError,
     TreeBuilder,

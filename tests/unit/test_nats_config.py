@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from bus import ConfigError, Identity, KeyGrant, Role, render_bootstrap_config, render_tenant_config
+from trustbus.bus import ConfigError, Identity, KeyGrant, Role, render_bootstrap_config, render_tenant_config
 
 T = "acme"
 DENY_DESTRUCTIVE = [

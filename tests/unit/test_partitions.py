@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from bus import ConfigError, new_id, subjects
+from trustbus.bus import ConfigError, new_id, subjects
 
 
 def test_a_correlation_always_lands_in_the_same_partition_in_range() -> None:

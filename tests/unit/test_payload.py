@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus import (
+from trustbus.bus import (
     Approval,
     Bounds,
     Malformed,
@@ -28,8 +28,8 @@ from bus import (
     encode_envelope,
     new_envelope,
 )
-from bus._records import decode_memory_write
-from ledger import BundleError
+from trustbus.bus._records import decode_memory_write
+from trustbus.ledger import BundleError
 
 DEPTHS = [1_000, 100_000]
 
@@ -215,7 +215,7 @@ def test_valid_records_and_envelopes_still_decode() -> None:
 
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_a_bundle_file_nested_deep_is_damaged_not_a_crash(tmp_path: Path, depth: int) -> None:
-    from ledger._bundle import FORMAT, read_bundle
+    from trustbus.ledger._bundle import FORMAT, read_bundle
 
     (tmp_path / "keyring.msgpack").write_bytes(msgspec.msgpack.encode([]))
     (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT}))
@@ -229,15 +229,15 @@ def test_a_bundle_file_nested_deep_is_damaged_not_a_crash(tmp_path: Path, depth:
 
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_a_keyring_value_nested_deep_is_a_keyring_error(depth: int) -> None:
-    from bus import KeyringError
-    from bus._keyring import decode_signed_grant
+    from trustbus.bus import KeyringError
+    from trustbus.bus._keyring import decode_signed_grant
 
     with pytest.raises(KeyringError, match="nested deeper than 64"):
         decode_signed_grant(deep_msgpack(depth))
 
 
 def test_a_handler_that_cannot_parse_its_payload_quarantines_it_as_malformed_not_handler_error() -> None:
-    from bus._transport import rejection
+    from trustbus.bus._transport import rejection
 
     with pytest.raises(MalformedPayload) as caught:
         decode_json(b"{not json")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agents._decision import CoordinatorState, Decision, Deferral, decide
-from agents._errors import PolicyError
-from agents._policy import Policy, load_policy, parse_policy
-from bus import Envelope, new_envelope
+from trustbus.agents._decision import CoordinatorState, Decision, Deferral, decide
+from trustbus.agents._errors import PolicyError
+from trustbus.agents._policy import Policy, load_policy, parse_policy
+from trustbus.bus import Envelope, new_envelope
 
 T0 = 1_800_000_000_000_000_000
 
@@ -224,7 +224,7 @@ def test_untainted_high_risk_instruction_and_tainted_low_risk_instruction_pass_w
 
 
 def test_approval_releases_a_held_instruction_and_denial_drops_it() -> None:
-    from agents._decision import decide_approval
+    from trustbus.agents._decision import decide_approval
 
     state = CoordinatorState()
     corr = _tainted_researcher(state)
@@ -254,7 +254,7 @@ def test_policy_can_reject_tainted_instructions_outright() -> None:
 
 
 def test_a_recorded_tool_result_taints_what_its_agent_sends_next() -> None:
-    from agents._decision import record_effect
+    from trustbus.agents._decision import record_effect
 
     state = CoordinatorState()
     effect = env(sender="researcher", kind="effect", to=())

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
-from bus import (
+from trustbus.bus import (
     Decision,
     Dropped,
     EffectRecord,
@@ -23,12 +23,12 @@ from bus import (
     sign_grant,
     subjects,
 )
-from bus._keyring import KeyGrant
-from bus._quarantine import encode_quarantine_record, quarantine_record
-from ledger import GENESIS, StoredMessage, chain_hash
-from ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
-from ledger._merkle import message_leaf_hash, root_of
-from ledger._projection import (
+from trustbus.bus._keyring import KeyGrant
+from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
+from trustbus.ledger import GENESIS, StoredMessage, chain_hash
+from trustbus.ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
+from trustbus.ledger._merkle import message_leaf_hash, root_of
+from trustbus.ledger._projection import (
     CheckpointRow,
     DecisionRow,
     EffectRow,
@@ -40,8 +40,8 @@ from ledger._projection import (
     channel_of,
     project_message,
 )
-from ledger._projector import Position, Projector
-from ledger._schema import TABLES
+from trustbus.ledger._projector import Position, Projector
+from trustbus.ledger._schema import TABLES
 
 T = "acme"
 CHAIN = bytes(range(32))
@@ -316,7 +316,7 @@ def test_checkpoint_schedule_counts_new_messages_but_not_checkpoints() -> None:
 
 
 def test_checks_made_on_every_core_project_exactly_as_checks_made_in_line(world: World) -> None:
-    from ledger._parallel import CHUNK, open_all
+    from trustbus.ledger._parallel import CHUNK, open_all
 
     messages = []
     for i in range(CHUNK + 50):

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bus import Identity, Keyring
-from ledger import connect
-from ledger._projection import Rows
-from ledger._projector import Projector
-from ledger._schema import TABLES, VIEWS
-from ledger._segments import SegmentStore
+from trustbus.bus import Identity, Keyring
+from trustbus.ledger import connect
+from trustbus.ledger._projection import Rows
+from trustbus.ledger._projector import Projector
+from trustbus.ledger._schema import TABLES, VIEWS
+from trustbus.ledger._segments import SegmentStore
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "LEDGER_PROJECTION.md").read_text()
 

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bus import Identity, KeyGrant, Keyring, new_envelope, seal, sign_grant, subjects
-from bus._keyring import encode_signed_grant
-from ledger._chain import GENESIS, chain_hash
-from ledger._checkpointing import checkpoint_envelope
-from ledger._merkle import TreeBuilder, inclusion_proof, message_leaf_hash, root_of
-from ledger._projector import Position
-from ledger._proofs import ProofError, check_proof, encode_proof, prove_consistency, prove_inclusion
-from ledger._stored import StoredMessage
+from trustbus.bus import Identity, KeyGrant, Keyring, new_envelope, seal, sign_grant, subjects
+from trustbus.bus._keyring import encode_signed_grant
+from trustbus.ledger._chain import GENESIS, chain_hash
+from trustbus.ledger._checkpointing import checkpoint_envelope
+from trustbus.ledger._merkle import TreeBuilder, inclusion_proof, message_leaf_hash, root_of
+from trustbus.ledger._projector import Position
+from trustbus.ledger._proofs import ProofError, check_proof, encode_proof, prove_consistency, prove_inclusion
+from trustbus.ledger._stored import StoredMessage
 
 T = "acme"
 

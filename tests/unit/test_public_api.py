@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import agents
-import bus
-import ledger
+from trustbus import agents, bus, ledger
 
 
 def test_bus_exports() -> None:

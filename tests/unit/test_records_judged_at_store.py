@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bus import Identity, KeyGrant, Keyring, Skew, new_envelope, open_envelope, seal, sign_grant, subjects
-from bus._errors import KeyNotYetValid, RevokedKey
+from trustbus.bus import Identity, KeyGrant, Keyring, Skew, new_envelope, open_envelope, seal, sign_grant, subjects
+from trustbus.bus._errors import KeyNotYetValid, RevokedKey
 
 T = "acme"
 S = 10**9

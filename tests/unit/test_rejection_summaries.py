@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
-from bus import Identity, Keyring, new_envelope, open_envelope, seal, sign_grant, subjects
-from bus._keyring import KeyGrant
-from bus._quarantine import encode_quarantine_record, quarantine_record
-from bus._rejections import (
+from trustbus.bus import Identity, Keyring, new_envelope, open_envelope, seal, sign_grant, subjects
+from trustbus.bus._keyring import KeyGrant
+from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
+from trustbus.bus._rejections import (
     RejectedItem,
     RejectionSample,
     RejectionSummary,
     decode_quarantine_payload,
     encode_rejection_summary,
 )
-from ledger import StoredMessage, verify_messages
-from ledger._excuses import quarantine_excuses
-from ledger._projection import Rows, project_message
+from trustbus.ledger import StoredMessage, verify_messages
+from trustbus.ledger._excuses import quarantine_excuses
+from trustbus.ledger._projection import Rows, project_message
 
 T = "acme"
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agents import load_policy
-from agents._redecide import redecide
-from ledger import build_incident, load_bundle_messages, step_dict, verify_bundle
+from trustbus.agents import load_policy
+from trustbus.agents._redecide import redecide
+from trustbus.ledger import build_incident, load_bundle_messages, step_dict, verify_bundle
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "incident"
 

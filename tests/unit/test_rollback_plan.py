@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from bus import EffectRecord, new_envelope
-from ledger import Incident
-from ledger._rollback import compensated_keys, plan_rollback
+from trustbus.bus import EffectRecord, new_envelope
+from trustbus.ledger import Incident
+from trustbus.ledger._rollback import compensated_keys, plan_rollback
 
 
 def effect(seq: int, tool: str, effect_class: str, key: str, *, compensating: str | None = None, args: object = None):  # type: ignore[no-untyped-def]

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus import (
+from tests.attacks import ATTACKS, Cast, valid
+from trustbus.bus import (
     Identity,
     KeyGrant,
     Keyring,
@@ -23,8 +24,7 @@ from bus import (
     seal,
     sign_grant,
 )
-from bus._errors import BadCountersignature, Replayed
-from tests.attacks import ATTACKS, Cast, valid
+from trustbus.bus._errors import BadCountersignature, Replayed
 
 NOW = time.time_ns()
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bus import Identity, Keyring, new_envelope, seal, sign_grant
-from bus._keyring import KeyGrant
-from ledger import ProjectionError, QueryError, StoredMessage, connect, query
-from ledger._projection import KeyRow, Rows
-from ledger._projector import Projector
-from ledger._schema import TABLES, VIEWS
-from ledger._segments import FANIN, RETIRE_GRACE_NS, STATE, SegmentStore, read_catalogue
+from trustbus.bus import Identity, Keyring, new_envelope, seal, sign_grant
+from trustbus.bus._keyring import KeyGrant
+from trustbus.ledger import ProjectionError, QueryError, StoredMessage, connect, query
+from trustbus.ledger._projection import KeyRow, Rows
+from trustbus.ledger._projector import Projector
+from trustbus.ledger._schema import TABLES, VIEWS
+from trustbus.ledger._segments import FANIN, RETIRE_GRACE_NS, STATE, SegmentStore, read_catalogue
 
 T = "acme"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bus._signals import run_then_settle, unless_stopped
+from trustbus.bus._signals import run_then_settle, unless_stopped
 
 
 async def test_work_that_finishes_returns_its_result() -> None:

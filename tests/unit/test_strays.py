@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ledger._strays import stray_partition
+from trustbus.ledger._strays import stray_partition
 
 
 @pytest.mark.parametrize(

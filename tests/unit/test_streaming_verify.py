@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bus import (
+from trustbus.bus import (
     EffectRecord,
     Identity,
     KeyGrant,
@@ -22,17 +22,17 @@ from bus import (
     sign_grant,
     subjects,
 )
-from bus._keyring import encode_signed_grant
-from bus._quarantine import encode_quarantine_record, quarantine_record
-from ledger import BundleEntry, verify_bundle, verify_messages
-from ledger._anchors import sign_checkpoint
-from ledger._bundle import Bundle, KeyringRevision, _write_bundle
-from ledger._chain import GENESIS, chain_hash
-from ledger._checkpointing import checkpoint_envelope
-from ledger._merkle import TreeBuilder, message_leaf_hash
-from ledger._projector import Position
-from ledger._stored import StoredMessage
-from ledger._streaming import StreamVerifier, collect_anchors
+from trustbus.bus._keyring import encode_signed_grant
+from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
+from trustbus.ledger import BundleEntry, verify_bundle, verify_messages
+from trustbus.ledger._anchors import sign_checkpoint
+from trustbus.ledger._bundle import Bundle, KeyringRevision, _write_bundle
+from trustbus.ledger._chain import GENESIS, chain_hash
+from trustbus.ledger._checkpointing import checkpoint_envelope
+from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
+from trustbus.ledger._projector import Position
+from trustbus.ledger._stored import StoredMessage
+from trustbus.ledger._streaming import StreamVerifier, collect_anchors
 
 T = "acme"
 MS = 1_000_000

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from agents import CoordinatorState, parse_policy
-from agents._suspension import SUSPENSION_KIND, Suspensions, suspension_id
-from bus import subjects
+from trustbus.agents import CoordinatorState, parse_policy
+from trustbus.agents._suspension import SUSPENSION_KIND, Suspensions, suspension_id
+from trustbus.bus import subjects
 
 S = 1_000_000_000
 

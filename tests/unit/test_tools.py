@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agents import (
+from trustbus.agents import (
     Agent,
     RuntimeSetupError,
     Toolbox,
@@ -20,8 +20,8 @@ from agents import (
     load_tools,
     parse_tools,
 )
-from agents._process import bind_tools
-from bus import ConfigError, EffectRecord, decode_effect, encode_effect, subjects
+from trustbus.agents._process import bind_tools
+from trustbus.bus import ConfigError, EffectRecord, decode_effect, encode_effect, subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus import (
+from trustbus.bus import (
     KeyDirectory,
     init_tenant,
     list_keys,
@@ -21,7 +21,7 @@ from bus import (
     render_bootstrap_config,
     render_tenant_config,
 )
-from bus._server import _die_with_parent
+from trustbus.bus._server import _die_with_parent
 from trustbus.demo.systems import DIR_ENV, FILES
 
 TENANT = "support"

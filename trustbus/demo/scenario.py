@@ -14,10 +14,14 @@ import duckdb
 from nats.aio.client import Client as NATS
 from rich.console import Console
 
-from agents import connect_agent
-from agents._approvals import answer, list_held
-from bus import Bus, KeyringStore, connect_nats, new_envelope
-from ledger import (
+from trustbus._incident_view import incident_tree, redecided_rows
+from trustbus.agents import connect_agent
+from trustbus.agents._approvals import answer, list_held
+from trustbus.bus import Bus, KeyringStore, connect_nats, new_envelope
+from trustbus.demo.fleet import TENANT, Fleet
+from trustbus.demo.systems import FILES, STALL_FILE, billing_db
+from trustbus.demo.watch import Watch
+from trustbus.ledger import (
     build_incident,
     compensated_keys,
     execute_rollback,
@@ -27,12 +31,8 @@ from ledger import (
     verified_effects,
     verify_stream,
 )
-from ledger import connect as connect_projection
-from ledger._segments import read_catalogue
-from trustbus._incident_view import incident_tree, redecided_rows
-from trustbus.demo.fleet import TENANT, Fleet
-from trustbus.demo.systems import FILES, STALL_FILE, billing_db
-from trustbus.demo.watch import Watch
+from trustbus.ledger import connect as connect_projection
+from trustbus.ledger._segments import read_catalogue
 
 CRASH_ORDER = 1004
 STEP_S = 30.0

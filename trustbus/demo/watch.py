@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from nats.js import JetStreamContext
 
-from bus import (
+from trustbus.bus import (
     Decision,
     EffectRecord,
     Envelope,
