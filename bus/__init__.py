@@ -12,6 +12,7 @@ from trustbus.bus._admin import (
     rotate_key,
 )
 from trustbus.bus._api import tenant_jetstream
+from trustbus.bus._bucket import Bucket, Entry
 from trustbus.bus._cluster import EmbeddedCluster
 from trustbus.bus._envelope import (
     SCHEMA_VERSION,
@@ -28,20 +29,25 @@ from trustbus.bus._errors import (
     BadSignature,
     BusError,
     ConfigError,
+    Conflict,
     KeyNotYetValid,
     KeyringError,
     Malformed,
     MissingSignature,
+    NotFound,
     NotMediated,
     PortInUse,
+    Refused,
     Replayed,
     RevokedKey,
     SenderMismatch,
     ServerBinaryNotFound,
     ServerError,
     Skew,
+    Timeout,
     TooLarge,
     TransportError,
+    Unavailable,
     UnknownKey,
     UnsupportedVersion,
     UntrustedKey,
@@ -50,6 +56,7 @@ from trustbus.bus._errors import (
 from trustbus.bus._identity import Identity, encode_key_id, verify_key
 from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from trustbus.bus._keyring_store import KeyringStore
+from trustbus.bus._log import Appended, SubjectLog
 from trustbus.bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
 from trustbus.bus._payload import (
     Bounds,
@@ -95,19 +102,24 @@ from trustbus.bus._seal import (
     seal,
 )
 from trustbus.bus._server import ClusterMembership, EmbeddedServer, find_server_binary
+from trustbus.bus._stored import StoredMessage
 from trustbus.bus._tail import TailItem, tail
 from trustbus.bus._transport import Bus, ConsumerSettings, Delivery, TransientError
 
 __all__ = [
+    "AGENT_API_PREFIX",
+    "Appended",
     "Approval",
     "BadCountersignature",
     "BadSignature",
     "Bounds",
+    "Bucket",
     "Bus",
     "BusError",
     "Checkpoint",
     "ClusterMembership",
     "ConfigError",
+    "Conflict",
     "ConsumerSettings",
     "ContentType",
     "Decision",
@@ -117,6 +129,7 @@ __all__ = [
     "EffectRecord",
     "EmbeddedCluster",
     "EmbeddedServer",
+    "Entry",
     "Envelope",
     "Identity",
     "KeyDirectory",
@@ -132,11 +145,13 @@ __all__ = [
     "Mediation",
     "MemoryValue",
     "MissingSignature",
+    "NotFound",
     "NotMediated",
     "Opened",
     "PortInUse",
     "ProvisionReport",
     "QuarantineRecord",
+    "Refused",
     "Replayed",
     "RevokedKey",
     "Role",
@@ -148,10 +163,14 @@ __all__ = [
     "ServerError",
     "SignedGrant",
     "Skew",
+    "StoredMessage",
+    "SubjectLog",
     "TailItem",
+    "Timeout",
     "TooLarge",
     "TransientError",
     "TransportError",
+    "Unavailable",
     "UnknownKey",
     "UnsupportedVersion",
     "UntrustedKey",
@@ -164,8 +183,8 @@ __all__ = [
     "decode_effect",
     "decode_envelope",
     "decode_json",
-    "decode_msgpack",
     "decode_memory_value",
+    "decode_msgpack",
     "decode_quarantine_record",
     "default_keys_dir",
     "encode_checkpoint",
@@ -181,21 +200,20 @@ __all__ = [
     "new_id",
     "new_key",
     "open_envelope",
+    "own_account",
     "pinned_admin_key",
-    "tenant_partitions",
-    "tenant_jetstream",
     "provision",
+    "reload_until_wired",
     "render_bootstrap_config",
     "render_tenant_config",
-    "reload_until_wired",
     "revoke_key",
     "rotate_key",
     "seal",
     "sign_grant",
     "subjects",
     "tail",
+    "tenant_jetstream",
+    "tenant_partitions",
     "tenant_stream_config",
     "verify_key",
-    "AGENT_API_PREFIX",
-    "own_account",
 ]

@@ -7,7 +7,12 @@ The tree::
     ├── ServerError                 the embedded nats-server could not run
     │   ├── ServerBinaryNotFound
     │   └── PortInUse
-    ├── TransportError              a NATS call failed (timeout, no stream, ...)
+    ├── TransportError              a NATS call failed; see bus._translate for the mapping
+    │   ├── Unavailable              no server or no stream leader answered (retry later)
+    │   ├── Timeout                  no answer in time (it may still have happened)
+    │   ├── Refused                  the server said no; ``reason`` is its words
+    │   ├── NotFound                 no such message, key, stream or consumer
+    │   └── Conflict                 a compare-and-set expected another revision
     ├── KeyringError                the keyring could not be read or written
     └── VerificationError           an envelope was rejected; ``reason`` is stable
         ├── Foreign                  foreign
@@ -56,6 +61,34 @@ class PortInUse(ServerError):
 
 class TransportError(BusError):
     """A call to NATS failed; the original nats-py error is the ``__cause__``."""
+
+
+class Unavailable(TransportError):
+    """No server, or no stream leader, answered: retrying later may succeed."""
+
+
+class Timeout(TransportError):
+    """No answer came in time; the request may still have taken effect."""
+
+
+class Refused(TransportError):
+    """The server refused the request (permissions, limits, bad request).
+
+    Attributes:
+        reason: the server's own words.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotFound(TransportError):
+    """No such message, key, stream or consumer."""
+
+
+class Conflict(TransportError):
+    """A compare-and-set found another revision than the one expected: someone wrote first."""
 
 
 class KeyringError(BusError):

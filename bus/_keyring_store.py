@@ -38,6 +38,7 @@ from trustbus.bus._keyring import (
     sign_grant,
 )
 from trustbus.bus._provision import pinned_admin_key
+from trustbus.bus._stored import unix_ns
 from trustbus.bus._subjects import keyring_bucket
 
 log = logging.getLogger("trustbus.keyring")
@@ -97,7 +98,7 @@ async def read_revisions(js: JetStreamContext, tenant: str, *, after: int = 0) -
 def _revision(msg: RawStreamMsg, prefix: str) -> KeyringRevision:
     deleted = (msg.headers or {}).get(_OPERATION) is not None
     subject = msg.subject or ""
-    stored_ns = int(msg.time.timestamp() * 1_000_000_000) if msg.time else 0
+    stored_ns = unix_ns(msg.time)
     return KeyringRevision(
         seq=msg.seq or 0, key=subject[len(prefix) :], value=None if deleted else msg.data or b"", stored_ns=stored_ns
     )

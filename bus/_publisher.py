@@ -30,24 +30,13 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from trustbus.bus._errors import TransportError
+from trustbus.bus._translate import unavailable
 
 log = logging.getLogger("trustbus.bus")
 
 _RETRIES = 3
 UNAVAILABLE_S = 20.0
 _PAUSES_S = (0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def unavailable(exc: BaseException) -> bool:
-    """Whether a publish failed because no stream leader answered (an election, or no stream at all)."""
-    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
-        return True  # a 503 status (it has no code then) or error: "JetStream cluster not available" and the like
-    if isinstance(exc, nats.js.errors.APIError):
-        return exc.code == 503
-    return isinstance(
-        exc,
-        (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError, nats.errors.OutboundBufferLimitError),
-    )
 
 
 class Publisher:

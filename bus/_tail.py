@@ -15,6 +15,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from trustbus.bus._errors import TransportError, VerificationError
 from trustbus.bus._keyring_store import KeyringStore
 from trustbus.bus._seal import HEADER_KEY, Limits, Opened, SeenIds, open_envelope
+from trustbus.bus._stored import unix_ns
 from trustbus.bus._subjects import all_subjects, judged_at_store, mediated_recipient, stream_name
 
 
@@ -104,7 +105,7 @@ async def _verify(
 ) -> TailItem:
     seq = msg.metadata.sequence.stream
     pending = msg.metadata.num_pending
-    stored_ns = int(msg.metadata.timestamp.timestamp() * 1_000_000_000)
+    stored_ns = unix_ns(msg.metadata.timestamp)
     headers = msg.headers or {}
     key_id = headers.get(HEADER_KEY, "")
     if key_id and not keyring.keyring.knows(key_id):

@@ -1,5 +1,6 @@
 """What happened: the hash chain and Merkle tree over the tenant stream, verification, proofs, audit bundles."""
 
+from trustbus.bus import StoredMessage
 from trustbus.ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
 from trustbus.ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
 from trustbus.ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
@@ -16,7 +17,6 @@ from trustbus.ledger._rollback import (
     plan_rollback,
     verified_effects,
 )
-from trustbus.ledger._stored import StoredMessage
 from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from trustbus.bus import Identity, Keyring, KeyringStore, connect_nats
+from trustbus.bus import Identity, Keyring, KeyringStore, StoredMessage, connect_nats
 from trustbus.ledger._anchors import open_checkpoint_file, parse_expectation, stated_head
 from trustbus.ledger._bundle import Bundle, export_bundle, read_bundle, read_stream
 from trustbus.ledger._chain import GENESIS
 from trustbus.ledger._errors import BundleError
-from trustbus.ledger._stored import StoredMessage
 from trustbus.ledger._streaming import verify_live
 from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 

@@ -39,6 +39,7 @@ from trustbus.bus import (
     Identity,
     Keyring,
     KeyringError,
+    StoredMessage,
     TransportError,
     VerificationError,
     decode_checkpoint,
@@ -48,13 +49,13 @@ from trustbus.bus import (
 )
 from trustbus.bus._keyring import decode_signed_grant
 from trustbus.bus._keyring_store import read_revisions
-from trustbus.bus._publisher import UNAVAILABLE_S, unavailable
+from trustbus.bus._publisher import UNAVAILABLE_S
+from trustbus.bus._translate import unavailable
 from trustbus.ledger._anchors import CheckpointFile, read_checkpoint_file, sign_checkpoint, write_checkpoint_file
 from trustbus.ledger._chain import GENESIS, chain_hash
 from trustbus.ledger._errors import BundleError
 from trustbus.ledger._parallel import project_messages
 from trustbus.ledger._projector import Position
-from trustbus.ledger._stored import StoredMessage
 
 log = logging.getLogger("trustbus.ledger")
 

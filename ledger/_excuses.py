@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from trustbus.bus import Keyring, VerificationError, decode_quarantine_record, open_envelope, subjects
+from trustbus.bus import Keyring, StoredMessage, VerificationError, decode_quarantine_record, open_envelope, subjects
 from trustbus.ledger._rejections import listed_messages
-from trustbus.ledger._stored import StoredMessage
 
 
 @dataclass(frozen=True, slots=True)

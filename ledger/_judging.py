@@ -21,6 +21,7 @@ from trustbus.bus import (
     Envelope,
     Keyring,
     Opened,
+    StoredMessage,
     VerificationError,
     decode_checkpoint,
     decode_envelope,
@@ -31,7 +32,6 @@ from trustbus.ledger._excuses import Excuse, is_excused, quarantine_excuses
 from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
 from trustbus.ledger._replay_window import ReplayWindow
 from trustbus.ledger._report import MAX_BREAKS, Break, VerifyReport
-from trustbus.ledger._stored import StoredMessage
 from trustbus.ledger._subject_rules import kind_problem
 
 

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trustbus.bus import Keyring, Limits, Opened, VerificationError, open_envelope, subjects
+from trustbus.bus import Keyring, Limits, Opened, StoredMessage, VerificationError, open_envelope, subjects
 from trustbus.ledger._projection import KeyRow, Rows
 from trustbus.ledger._projector import Position, Projector
 from trustbus.ledger._segments import SegmentStore
-from trustbus.ledger._stored import StoredMessage
 
 CHUNK = 1024
 

@@ -20,6 +20,7 @@ from trustbus.bus import (
     Envelope,
     KeyGrant,
     Opened,
+    StoredMessage,
     VerificationError,
     decode_checkpoint,
     decode_decision,
@@ -32,7 +33,6 @@ from trustbus.bus._records import decode_memory_write
 from trustbus.bus._rejections import RejectionSummary, decode_rejection_summary
 from trustbus.bus._seal import HEADER_KEY
 from trustbus.ledger._rejections import SUMMARY_ROLES
-from trustbus.ledger._stored import StoredMessage
 
 
 class EnvelopeRow(msgspec.Struct, kw_only=True, gc=False):

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import msgspec
 
-from trustbus.bus import Envelope, Keyring, Limits, Opened, VerificationError, open_envelope, subjects
+from trustbus.bus import Envelope, Keyring, Limits, Opened, StoredMessage, VerificationError, open_envelope, subjects
 from trustbus.ledger._chain import GENESIS, chain_hash
 from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
 from trustbus.ledger._projection import Rows, project_message
 from trustbus.ledger._replay_window import ReplayWindow
-from trustbus.ledger._stored import StoredMessage
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):

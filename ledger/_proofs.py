@@ -27,6 +27,7 @@ from trustbus.bus import (
     Checkpoint,
     Keyring,
     KeyringError,
+    StoredMessage,
     VerificationError,
     decode_checkpoint,
     decode_envelope,
@@ -46,7 +47,6 @@ from trustbus.ledger._merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from trustbus.ledger._stored import StoredMessage
 
 INCLUSION = "trustbus/inclusion-proof/v1"
 CONSISTENCY = "trustbus/consistency-proof/v1"

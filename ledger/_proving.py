@@ -6,11 +6,10 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from trustbus.bus import Keyring, connect_nats, pinned_admin_key, subjects
+from trustbus.bus import Keyring, StoredMessage, connect_nats, pinned_admin_key, subjects
 from trustbus.ledger._bundle import KeyringRevision, _keyring_of, _last_seq, read_bundle, read_keyring_revisions
 from trustbus.ledger._proofs import ProofError, ProofFile, prove_consistency, prove_inclusion
 from trustbus.ledger._reading import stream_batches
-from trustbus.ledger._stored import StoredMessage
 
 
 def _pairs(revisions: Sequence[KeyringRevision]) -> list[tuple[str, bytes]]:

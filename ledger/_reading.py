@@ -20,9 +20,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from trustbus.bus import TransportError, subjects
-from trustbus.bus._publisher import UNAVAILABLE_S, unavailable
-from trustbus.ledger._stored import StoredMessage
+from trustbus.bus import StoredMessage, TransportError, subjects
+from trustbus.bus._publisher import UNAVAILABLE_S
+from trustbus.bus._translate import unavailable
 
 log = logging.getLogger("trustbus.ledger")
 

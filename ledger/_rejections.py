@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import msgspec
 
-from trustbus.bus import Keyring, Opened, VerificationError, open_envelope, subjects
+from trustbus.bus import Keyring, Opened, StoredMessage, VerificationError, open_envelope, subjects
 from trustbus.bus._rejections import RejectionSummary, decode_rejection_summary
-from trustbus.ledger._stored import StoredMessage
 
 SUMMARY_ROLES = frozenset({"coordinator", "ledger"})
 

@@ -24,6 +24,7 @@ from trustbus.bus import (
     EffectRecord,
     Envelope,
     Keyring,
+    StoredMessage,
     VerificationError,
     decode_decision,
     decode_effect,
@@ -34,7 +35,6 @@ from trustbus.bus import (
     subjects,
 )
 from trustbus.ledger._rejections import read_summary
-from trustbus.ledger._stored import StoredMessage
 
 
 @dataclass

@@ -12,8 +12,7 @@ the last window, never the length of the stream.
 
 from __future__ import annotations
 
-from trustbus.bus import Envelope, Opened, Replayed, SeenIds, VerificationError, decode_envelope
-from trustbus.ledger._stored import StoredMessage
+from trustbus.bus import Envelope, Opened, Replayed, SeenIds, StoredMessage, VerificationError, decode_envelope
 
 # open_envelope checks these after the replay check: an envelope failing them may still be a replay.
 _CHECKED_AFTER_REPLAY = frozenset({"not_mediated", "bad_countersignature"})

@@ -32,6 +32,7 @@ from trustbus.bus import (
     Keyring,
     MalformedPayload,
     MemoryValue,
+    StoredMessage,
     VerificationError,
     decode_decision,
     decode_effect,
@@ -43,7 +44,6 @@ from trustbus.bus import (
 )
 from trustbus.ledger._errors import LedgerError
 from trustbus.ledger._replay import Incident
-from trustbus.ledger._stored import StoredMessage
 
 POLL_S = 0.05  # how often a rollback re-reads the stream while it waits for the coordinator and agents
 COMPENSATES = "compensates"

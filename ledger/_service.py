@@ -34,10 +34,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
-from trustbus.bus import Bus, KeyDirectory, Opened, TransportError, VerificationError, subjects
-from trustbus.bus._publisher import unavailable
+from trustbus.bus import Bus, KeyDirectory, Opened, StoredMessage, TransportError, VerificationError, subjects
 from trustbus.bus._seal import HEADER_CKEY, HEADER_KEY
 from trustbus.bus._signals import stop_on_signals, unless_stopped
+from trustbus.bus._translate import unavailable
 from trustbus.ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from trustbus.ledger._errors import ServiceError
 from trustbus.ledger._given_up import GivenUpRecorder
@@ -45,7 +45,6 @@ from trustbus.ledger._parallel import open_all
 from trustbus.ledger._projection import KeyRow, Rows
 from trustbus.ledger._projector import Projector
 from trustbus.ledger._segments import SegmentStore
-from trustbus.ledger._stored import StoredMessage
 from trustbus.ledger._strays import StrayRecorder
 
 log = logging.getLogger("trustbus.ledger")

@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from trustbus.bus import Bus, TransportError, new_envelope, subjects
+from trustbus.bus import Bus, StoredMessage, TransportError, new_envelope, subjects
 from trustbus.bus._rejections import encode_rejection_summary, subject_owner, summarise, summary_msg_id
 from trustbus.bus._seal import HEADER_MSG_ID
-from trustbus.ledger._stored import StoredMessage
 
 log = logging.getLogger("trustbus.ledger")
 

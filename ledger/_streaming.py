@@ -19,13 +19,12 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from trustbus.bus import Keyring, KeyringStore, Limits, Opened, VerificationError, connect_nats, subjects
+from trustbus.bus import Keyring, KeyringStore, Limits, Opened, StoredMessage, VerificationError, connect_nats, subjects
 from trustbus.ledger._bundle import _last_seq
 from trustbus.ledger._judging import Anchors, Judge, collect_anchors
 from trustbus.ledger._parallel import CHUNK, _open_chunk
 from trustbus.ledger._reading import stream_batches
 from trustbus.ledger._report import VerifyReport
-from trustbus.ledger._stored import StoredMessage
 
 __all__ = ["Anchors", "StreamVerifier", "collect_anchors", "verify_live"]
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from trustbus.bus import Keyring
+from trustbus.bus import Keyring, StoredMessage
 from trustbus.ledger._chain import GENESIS
 from trustbus.ledger._judging import Judge, collect_anchors
 from trustbus.ledger._parallel import open_all
 from trustbus.ledger._report import MAX_BREAKS, Break, VerifyReport
-from trustbus.ledger._stored import StoredMessage
 
 __all__ = ["MAX_BREAKS", "Break", "VerifyReport", "verify_messages"]
 

@@ -14,9 +14,8 @@ from trustbus._projection_cli import ledger_run
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from trustbus.bus import Keyring
+    from trustbus.bus import Keyring, StoredMessage
     from trustbus.ledger import Incident
-    from trustbus.ledger._stored import StoredMessage
 
 ledger_app = typer.Typer(help="Verify the tenant's ledger and export audit bundles.", no_args_is_help=True)
 ledger_app.command("run")(ledger_run)

@@ -12,7 +12,8 @@ import pytest
 from nats.aio.msg import Msg
 
 from trustbus.bus import EmbeddedServer, TransportError
-from trustbus.bus._publisher import Publisher, unavailable
+from trustbus.bus._publisher import Publisher
+from trustbus.bus._translate import unavailable
 
 
 async def test_failed_pipelined_publish_is_reported_by_flush(nats_server: EmbeddedServer) -> None:

@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from trustbus.bus import Identity, KeyGrant, Keyring, new_envelope, seal, sign_grant, subjects
+from trustbus.bus import Identity, KeyGrant, Keyring, StoredMessage, new_envelope, seal, sign_grant, subjects
 from trustbus.bus._keyring import encode_signed_grant
 from trustbus.ledger._chain import GENESIS, chain_hash
 from trustbus.ledger._checkpointing import checkpoint_envelope
 from trustbus.ledger._merkle import TreeBuilder, inclusion_proof, message_leaf_hash, root_of
 from trustbus.ledger._projector import Position
 from trustbus.ledger._proofs import ProofError, check_proof, encode_proof, prove_consistency, prove_inclusion
-from trustbus.ledger._stored import StoredMessage
 
 T = "acme"
 

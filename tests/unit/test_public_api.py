@@ -27,6 +27,8 @@ def test_bus_exports() -> None:
             "tenant_partitions", "tenant_stream_config", "verify_key",
             "Bounds", "MalformedPayload", "decode_json", "decode_msgpack",
             "AGENT_API_PREFIX", "own_account", "reload_until_wired", "tenant_jetstream",
+            "StoredMessage", "Bucket", "Entry", "SubjectLog", "Appended",
+            "Conflict", "NotFound", "Refused", "Timeout", "Unavailable",
         ]
     )  # fmt: skip
     for name in bus.__all__:

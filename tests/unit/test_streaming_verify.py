@@ -14,6 +14,7 @@ from trustbus.bus import (
     KeyGrant,
     Keyring,
     Limits,
+    StoredMessage,
     decode_checkpoint,
     encode_checkpoint,
     encode_effect,
@@ -31,7 +32,6 @@ from trustbus.ledger._chain import GENESIS, chain_hash
 from trustbus.ledger._checkpointing import checkpoint_envelope
 from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
 from trustbus.ledger._projector import Position
-from trustbus.ledger._stored import StoredMessage
 from trustbus.ledger._streaming import StreamVerifier, collect_anchors
 
 T = "acme"

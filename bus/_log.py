@@ -1,0 +1,132 @@
+"""A subject log: an append-only sequence of records on one stream subject, appended with compare-and-set.
+
+Several writers (coordinators of one partition) may race to append. Each says
+which sequence it last read (``after``); the server stores the record only if
+no other record reached the subject since (``Nats-Expected-Last-Subject-
+Sequence``), else the writer gets :class:`~bus.Conflict`, reads what it missed
+and decides again. A batch of records is stored atomically (all or none, with
+one expectation) through JetStream's atomic batch publish.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+
+from trustbus.bus._bucket import EXPECTED_LAST_SUBJECT_SEQ
+from trustbus.bus._errors import Conflict, NotFound, Refused
+from trustbus.bus._stored import StoredMessage, unix_ns
+from trustbus.bus._translate import NATS_ERRORS, WRONG_LAST_SEQUENCE, translated
+
+_BATCH_DUPLICATE = 10201  # the batch's id was seen before: an earlier attempt landed
+
+
+class Appended(msgspec.Struct, frozen=True):
+    """Where a record was stored: its sequence, and whether the server had it already (same ``Nats-Msg-Id``)."""
+
+    seq: int
+    duplicate: bool = False
+
+
+class SubjectLog:
+    """The records on ``subject`` (a wildcard reads several logs at once; append needs a single subject)."""
+
+    def __init__(self, js: JetStreamContext, nc: Client, stream: str, subject: str) -> None:
+        """A log of ``stream`` filtered to ``subject``."""
+        self._js = js
+        self._nc = nc
+        self.stream = stream
+        self.subject = subject
+
+    async def append(self, body: bytes, headers: dict[str, str], *, after: int | None) -> Appended:
+        """Store one record if the log's last record is still at sequence ``after`` (None: unconditionally).
+
+        Raises:
+            Conflict: another record was appended after ``after``.
+        """
+        if after is not None:
+            headers = {**headers, EXPECTED_LAST_SUBJECT_SEQ: str(after)}
+        try:
+            ack = await self._js.publish(self.subject, body, headers=headers, timeout=5.0)
+        except NATS_ERRORS as exc:
+            raise translated(exc, f"append to {self.subject}") from exc
+        return Appended(ack.seq, bool(ack.duplicate))
+
+    async def append_batch(self, records: Sequence[tuple[bytes, dict[str, str]]], *, after: int, batch_id: str) -> int:
+        """Store ``records`` atomically after sequence ``after``; the sequence of the last.
+
+        ``batch_id`` must be new for each batch: a retry with the same id after
+        the first attempt landed raises :class:`Conflict`, like a lost race.
+        """
+        reply = b""
+        try:
+            for index, (body, record_headers) in enumerate(records, start=1):
+                headers = {**record_headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(index)}
+                if index == 1:
+                    headers[EXPECTED_LAST_SUBJECT_SEQ] = str(after)
+                if index == len(records):
+                    headers["Nats-Batch-Commit"] = "1"
+                if index in (1, len(records)):
+                    reply = (await self._nc.request(self.subject, body, headers=headers, timeout=5.0)).data
+                    _raise_for_batch_error(reply, self.subject)
+                else:
+                    await self._nc.publish(self.subject, body, headers=headers)
+        except NATS_ERRORS as exc:
+            raise translated(exc, f"append a batch to {self.subject}") from exc
+        return int(json.loads(reply)["seq"])
+
+    async def get(self, seq: int) -> StoredMessage:
+        """The record stored at ``seq`` (any subject of the stream). Raises NotFound."""
+        try:
+            raw = await self._js.get_msg(self.stream, seq)
+        except NATS_ERRORS as exc:
+            raise translated(exc, f"read {self.stream} at {seq}") from exc
+        return stored(raw)
+
+    async def last(self) -> StoredMessage | None:
+        """The last record on the log, or None if it is empty."""
+        try:
+            raw = await self._js.get_last_msg(self.stream, self.subject)
+        except NATS_ERRORS as exc:
+            error = translated(exc, f"read the last of {self.subject}")
+            if isinstance(error, NotFound):
+                return None
+            raise error from exc
+        return stored(raw)
+
+    async def read(self, *, after: int = 0) -> AsyncIterator[StoredMessage]:
+        """Every record stored after sequence ``after``, oldest first, up to the last one stored now."""
+        seq = after + 1
+        while True:
+            try:
+                raw = await self._js.get_msg(self.stream, seq, subject=self.subject, next=True)
+            except NATS_ERRORS as exc:
+                error = translated(exc, f"read {self.subject} from {seq}")
+                if isinstance(error, NotFound):
+                    return
+                raise error from exc
+            message = stored(raw)
+            yield message
+            seq = message.seq + 1
+
+
+def stored(raw: RawStreamMsg) -> StoredMessage:
+    """A message got by sequence or subject, as stored."""
+    return StoredMessage(raw.seq or 0, raw.subject or "", unix_ns(raw.time), dict(raw.headers or {}), raw.data or b"")
+
+
+def _raise_for_batch_error(data: bytes, subject: str) -> None:
+    """Raise for an error reply to an atomic batch message (an empty reply acknowledges a non-final one)."""
+    if not data:
+        return
+    error = json.loads(data).get("error")
+    if error is None:
+        return
+    if error.get("err_code") in (WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE):
+        raise Conflict(f"append a batch to {subject}: {error.get('description', error)}")
+    raise Refused(f"append a batch to {subject}: {error.get('description', error)}")
