@@ -12,7 +12,6 @@ from trustbus.bus._admin import (
     rotate_key,
 )
 from trustbus.bus._api import tenant_jetstream
-from trustbus.bus._bucket import Bucket, Entry
 from trustbus.bus._cluster import EmbeddedCluster
 from trustbus.bus._envelope import (
     SCHEMA_VERSION,
@@ -56,7 +55,6 @@ from trustbus.bus._errors import (
 from trustbus.bus._identity import Identity, encode_key_id, verify_key
 from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from trustbus.bus._keyring_store import KeyringStore
-from trustbus.bus._log import Appended, SubjectLog
 from trustbus.bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
 from trustbus.bus._payload import (
     Bounds,
@@ -103,6 +101,7 @@ from trustbus.bus._seal import (
 )
 from trustbus.bus._server import ClusterMembership, EmbeddedServer, find_server_binary
 from trustbus.bus._stored import StoredMessage
+from trustbus.bus._stores import Appended, Bucket, Entry, SubjectLog
 from trustbus.bus._tail import TailItem, tail
 from trustbus.bus._transport import Bus, ConsumerSettings, Delivery, TransientError
 

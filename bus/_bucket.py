@@ -13,40 +13,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
 from trustbus.bus._errors import Conflict, NotFound
 from trustbus.bus._stored import unix_ns
+from trustbus.bus._stores import Entry
 from trustbus.bus._translate import NATS_ERRORS, translated
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 OPERATION = "KV-Operation"  # "DEL" or "PURGE" on a tombstone
 
 
-class Entry(msgspec.Struct, frozen=True):
-    """One revision of one key.
-
-    Attributes:
-        key: the key.
-        revision: the stream sequence that stored this revision.
-        value: its bytes (empty for a tombstone).
-        stored_ns: when the server stored it (unix ns): the server's clock.
-        deleted: a tombstone (the key was deleted or purged).
-        headers: the headers stored with it.
-    """
-
-    key: str
-    revision: int
-    value: bytes
-    stored_ns: int
-    deleted: bool = False
-    headers: dict[str, str] = {}
-
-
-class Bucket:
-    """One KV bucket of a tenant, through one JetStream context."""
+class NatsBucket:
+    """A :class:`~bus.Bucket` on NATS: one KV bucket of a tenant, through one JetStream context."""
 
     def __init__(self, js: JetStreamContext, name: str, *, direct: bool = False) -> None:
         """``direct``: read with direct gets (``$JS.API.DIRECT.GET``), as components allowed only those must."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 
-import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
@@ -21,20 +20,17 @@ from nats.js.api import RawStreamMsg
 from trustbus.bus._bucket import EXPECTED_LAST_SUBJECT_SEQ
 from trustbus.bus._errors import Conflict, NotFound, Refused
 from trustbus.bus._stored import StoredMessage, unix_ns
+from trustbus.bus._stores import Appended
 from trustbus.bus._translate import NATS_ERRORS, WRONG_LAST_SEQUENCE, translated
 
 _BATCH_DUPLICATE = 10201  # the batch's id was seen before: an earlier attempt landed
 
 
-class Appended(msgspec.Struct, frozen=True):
-    """Where a record was stored: its sequence, and whether the server had it already (same ``Nats-Msg-Id``)."""
+class NatsSubjectLog:
+    """A :class:`~bus.SubjectLog` on NATS: the records on ``subject``.
 
-    seq: int
-    duplicate: bool = False
-
-
-class SubjectLog:
-    """The records on ``subject`` (a wildcard reads several logs at once; append needs a single subject)."""
+    A wildcard ``subject`` reads several logs at once; appending needs a single subject.
+    """
 
     def __init__(self, js: JetStreamContext, nc: Client, stream: str, subject: str) -> None:
         """A log of ``stream`` filtered to ``subject``."""

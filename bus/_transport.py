@@ -26,19 +26,20 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, 
 
 from trustbus.bus import _client
 from trustbus.bus._api import tenant_jetstream
-from trustbus.bus._bucket import Bucket
+from trustbus.bus._bucket import NatsBucket
 from trustbus.bus._connection import connect_options, split_servers
 from trustbus.bus._envelope import Envelope, new_envelope
 from trustbus.bus._errors import BusError, TransportError, VerificationError
 from trustbus.bus._identity import Identity
 from trustbus.bus._keyring_store import KeyringStore
-from trustbus.bus._log import SubjectLog
+from trustbus.bus._log import NatsSubjectLog
 from trustbus.bus._provision import tenant_partitions
 from trustbus.bus._publisher import Publisher
 from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
 from trustbus.bus._rejections import RejectionLog
 from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from trustbus.bus._stored import unix_ns
+from trustbus.bus._stores import Bucket, SubjectLog
 from trustbus.bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
 from trustbus.bus._tail import tail
 from trustbus.bus._translate import unavailable
@@ -214,11 +215,11 @@ class Bus:
 
     def bucket(self, name: str, *, direct: bool = False) -> Bucket:
         """The tenant's KV bucket ``name`` (``direct``: read with direct gets, as agents must)."""
-        return Bucket(self.js, name, direct=direct)
+        return NatsBucket(self.js, name, direct=direct)
 
     def log(self, subject: str) -> SubjectLog:
         """The records of the tenant stream on ``subject``."""
-        return SubjectLog(self.js, self.nc, self.stream, subject)
+        return NatsSubjectLog(self.js, self.nc, self.stream, subject)
 
     # -- publishing ---------------------------------------------------------
 
