@@ -2,8 +2,9 @@
 
 Run from anywhere: ``python bench/mediated.py [--n N] [--rate R] [--seconds S] [--rounds K] [--json]``.
 
-One ``bus.EmbeddedServer(port=0)`` (temporary store) serves two topologies of three separate processes
-each, all on this machine (see ``bench/_mediated_procs.py`` and ``bench/_mediated_sink.py``):
+One ``bus.EmbeddedServer(port=0)`` (temporary store; ``--sync always`` makes it fsync every write
+before acking it, as a kept store does: run both to see what durability costs) serves two topologies of
+three separate processes each, all on this machine (see ``bench/_mediated_procs.py`` and ``bench/_mediated_sink.py``):
 
 1. **mediated** (trustbus): a tenant provisioned with ``bus.init_tenant`` and keys made with
    ``bus.new_key`` in a temporary ``bus.KeyDirectory`` (``a`` and ``b`` role agent, ``coordinator``
@@ -526,7 +527,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-mediated-") as tmp, progress:
         bench = Bench(args, Path(tmp), progress)
-        server = bus.EmbeddedServer(port=0)
+        server = bus.EmbeddedServer(port=0, sync_always=args.sync == "always")
         try:
             try:
                 bench.url = server.start()
@@ -554,6 +555,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
             server.stop()
     result = summarise(args, throughputs, latencies)
     result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    result["sync_always"] = args.sync == "always"
     return result
 
 
@@ -700,6 +702,13 @@ def main() -> None:
         help="module run with `python -m MODULE coordinator run ...` (default trustbus): to measure a candidate change",
     )
     parser.add_argument("--keep-records", type=Path, help="copy each phase's per-message record into this dir")
+    parser.add_argument(
+        "--sync",
+        choices=["default", "always"],
+        default="default",
+        help="'always': the server fsyncs every write before acking it, as a kept store does (default: the "
+        "temporary store's 2-minute interval)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()
     if args.n < 100 or args.rounds < 1 or args.rate <= 0 or args.seconds <= args.warmup or args.warmup < 0:

@@ -121,6 +121,7 @@ class EmbeddedCluster:
                 cluster=ClusterMembership(name=self.name, port=cluster_port, routes=routes),
                 monitor_port=monitor_port,
                 on_exit=self._exits.put,
+                sync_always=None if self.config is not None else not self._own_data_dir,
             )
             for index, (client_port, cluster_port, monitor_port) in enumerate(
                 zip(ports, cluster_ports, monitor_ports, strict=True)

@@ -114,7 +114,11 @@ _SERVER = """\
 max_payload: 1MB
 
 # JetStream on; the store dir is given on the command line (-sd) or added here.
-jetstream {}
+# Every write is fsynced before it is acked: an acked envelope survives a power
+# loss (the default syncs every 2 minutes). See docs/OPERATIONS.md, "Durability".
+jetstream {
+  sync_interval: always
+}
 
 # The system account: server events and monitoring ($SYS.>), no JetStream.
 system_account: SYS

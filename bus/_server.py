@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from trustbus.bus._errors import PortInUse, ServerBinaryNotFound, ServerError
+from trustbus.bus._errors import ConfigError, PortInUse, ServerBinaryNotFound, ServerError
 
 BINARY_ENV = "TRUSTBUS_NATS_SERVER"
 _LISTENING = re.compile(r"Listening for client connections on [^\s]+:(\d+)")
@@ -90,6 +90,18 @@ class ClusterMembership:
     routes: tuple[str, ...]
 
 
+_SYNC_ALWAYS = """\
+# Written by trustbus: fsync every JetStream write before acknowledging it.
+jetstream { sync_interval: always }
+"""
+
+
+_SYNC_ALWAYS = """\
+# Written by trustbus: fsync every JetStream write before acknowledging it.
+jetstream { sync_interval: always }
+"""
+
+
 class EmbeddedServer:
     """A nats-server child process with JetStream on loopback.
 
@@ -109,6 +121,10 @@ class EmbeddedServer:
         cluster: join a cluster (see :class:`EmbeddedCluster`).
         monitor_port: serve nats-server's HTTP monitoring endpoints (``/jsz``, ...) on this port.
         on_exit: called from a background thread with this server when its process has exited.
+        sync_always: fsync every JetStream write before acknowledging it (``sync_interval: always``),
+            so an acked message survives a power loss. None (the default): yes when the store is
+            kept (``data_dir`` given), no for a temporary store, which nothing outlives anyway.
+            With a ``config`` file, that file decides (trustbus's configs say ``always``).
     """
 
     def __init__(
@@ -122,8 +138,14 @@ class EmbeddedServer:
         cluster: ClusterMembership | None = None,
         monitor_port: int | None = None,
         on_exit: Callable[[EmbeddedServer], None] | None = None,
+        sync_always: bool | None = None,
     ) -> None:
         """Configure; nothing runs until :meth:`start`."""
+        if config is not None and sync_always:
+            raise ConfigError(
+                f"{config} decides how often it syncs: set `sync_interval: always` in its jetstream block"
+            )
+        self.sync_always = data_dir is not None and config is None if sync_always is None else sync_always
         self.host = host
         self.port = port
         self.config = Path(config) if config else None
@@ -210,6 +232,11 @@ class EmbeddedServer:
         args = [str(binary)]
         if self.config is not None:
             args += ["-c", str(self.config)]
+        elif self.sync_always:
+            assert self.data_dir is not None
+            synced = self.data_dir / "sync-always.conf"
+            synced.write_text(_SYNC_ALWAYS)
+            args += ["-c", str(synced)]
         args += ["-js", "-a", self.host, "-p", str(self.port or -1), "-sd", str(self.data_dir)]
         if self.server_name:
             args += ["--server_name", self.server_name]
