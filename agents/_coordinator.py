@@ -28,27 +28,24 @@ Exactly once, with any number of coordinator processes on a partition:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js.api import PubAck
 
-from trustbus.agents._checkpoint_value import SignedValue
 from trustbus.agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._effect_answers import store_answer
 from trustbus.agents._effect_asks import decide_ask, is_ask, is_ask_decision
 from trustbus.agents._intake import Intake
-from trustbus.agents._memory import kv_subject, parse_write
+from trustbus.agents._memory import checkpoint_key, memory_bucket, memory_key, parse_write
 from trustbus.agents._policy import Policy
+from trustbus.agents._signed_value import SignedValue
 from trustbus.agents._suspension import Suspensions
 from trustbus.bus import (
     Bus,
     ConfigError,
+    Conflict,
     ConsumerSettings,
     Delivery,
     Envelope,
@@ -72,9 +69,6 @@ from trustbus.bus._transport import rejection
 log = logging.getLogger("trustbus.coordinator")
 
 CONSUMER_PREFIX = "coordinator-"
-EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when a compare-and-set expected another sequence
-_BATCH_DUPLICATE = 10201
 # Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
 ATOMIC_MIN = 8
 # Re-forwards younger than this rely on the duplicate window; older ones check the inbox first.
@@ -84,22 +78,6 @@ OUTBOX_SETTINGS = ConsumerSettings(max_ack_pending=1024, max_deliver=10, ack_wai
 # A short ack_wait brings a crashed agent's message back within seconds; a live
 # handler keeps it with in-progress beats (see bus.Delivery.process).
 INBOX_SETTINGS = ConsumerSettings(ack_wait_s=4.0, fetch_timeout_s=1.0)
-
-
-class _Conflict(Exception):
-    """Another coordinator appended a decision first."""
-
-
-def _raise_for_batch_error(data: bytes) -> None:
-    """Raise for an error reply to an atomic batch message (an empty reply acknowledges a non-final one)."""
-    if not data:
-        return
-    error = json.loads(data).get("error")
-    if error is None:
-        return
-    if error.get("err_code") in (WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE):
-        raise _Conflict
-    raise TransportError(f"cannot append decisions: {error.get('description', error)}")
 
 
 def consumer_name(partition: int) -> str:
@@ -120,7 +98,8 @@ class Coordinator:
         self.bus = bus
         self.policy = policy
         self.partition = partition
-        self.log = DecisionLog(bus.js, bus.keyring.keyring, bus.tenant, policy, partition=partition)
+        self.log = DecisionLog(bus.log(subjects.decision(bus.tenant, partition)), bus.keyring.keyring, policy)
+        self._memory = memory_bucket(bus, direct=False)
         self.state = self.log.state
         self._decision_ids = self.log.decision_ids
         self._inboxes = inboxes if inboxes is not None else set()
@@ -247,7 +226,7 @@ class Coordinator:
                 return
             try:
                 await self._append_many(fresh, expected=expected)
-            except _Conflict:
+            except Conflict:
                 CoordinatorState.rollback(undo)
                 await self._catch_up()
                 continue
@@ -294,7 +273,7 @@ class Coordinator:
         return record, self.bus.seal(record)
 
     async def _append(self, envelope: Envelope, decision: Decision) -> str:
-        """Append ``decision`` right after the last decision we know; raise _Conflict if someone beat us."""
+        """Append ``decision`` right after the last decision we know; raise Conflict if someone beat us."""
         record, sealed = self._record_of(envelope, decision)
         seq = await self._publish_decision(sealed, expected=self.state.last_seq)
         self.state.apply(decision, self.policy, seq=seq)
@@ -303,28 +282,16 @@ class Coordinator:
 
     async def _publish_decision(self, sealed: Sealed, *, expected: int) -> int:
         """Store one decision record if the last decision is still at ``expected``; its sequence."""
-        try:
-            ack = await self.bus.js.publish(
-                subjects.decision(self.bus.tenant, self.partition),
-                sealed.body,
-                headers={**sealed.headers, EXPECTED_LAST_SUBJECT_SEQ: str(expected)},
-                timeout=5.0,
-            )
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise _Conflict from exc
-            raise TransportError(f"cannot append decision: {exc}") from exc
-        except nats.errors.Error as exc:
-            raise TransportError(f"cannot append decision: {exc}") from exc
-        if ack.duplicate:
-            raise _Conflict  # an earlier attempt landed: read it back like anyone else's
-        return ack.seq
+        appended = await self.log.log.append(sealed.body, dict(sealed.headers), after=expected)
+        if appended.duplicate:  # an earlier attempt landed: read it back like anyone else's
+            raise Conflict(f"decision {sealed.headers.get(HEADER_MSG_ID)} was stored before")
+        return appended.seq
 
     async def _append_many(self, items: list[tuple[Envelope, Decision]], *, expected: int) -> None:
         """Store several decisions after ``expected``: one by one if few, else as one atomic batch.
 
         The caller has applied them to the state provisionally; this sets their
-        decision ids and the state's last sequence, or raises _Conflict.
+        decision ids and the state's last sequence, or raises Conflict.
         """
         records = [self._record_of(envelope, decision) for envelope, decision in items]
         if len(records) < ATOMIC_MIN:
@@ -333,32 +300,11 @@ class Coordinator:
                 last = await self._publish_decision(sealed, expected=last)
                 self._decision_ids[decision.envelope_id] = record.id
         else:
-            last = await self._publish_atomically([sealed for _, sealed in records], expected=expected)
+            batch = [(sealed.body, dict(sealed.headers)) for _, sealed in records]
+            last = await self.log.log.append_batch(batch, after=expected, batch_id=new_id())
             for (_, decision), (record, _) in zip(items, records, strict=True):
                 self._decision_ids[decision.envelope_id] = record.id
         self.state.last_seq = last
-
-    async def _publish_atomically(self, batch: list[Sealed], *, expected: int) -> int:
-        """One JetStream atomic batch: all stored or none; the first carries the expectation."""
-        subject = subjects.decision(self.bus.tenant, self.partition)
-        batch_id = new_id()
-        reply = None
-        try:
-            for index, sealed in enumerate(batch, start=1):
-                headers = {**sealed.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(index)}
-                if index == 1:
-                    headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
-                if index == len(batch):
-                    headers["Nats-Batch-Commit"] = "1"
-                if index in (1, len(batch)):
-                    reply = await self.bus.nc.request(subject, sealed.body, headers=headers, timeout=5.0)
-                    _raise_for_batch_error(reply.data)
-                else:
-                    await self.bus.nc.publish(subject, sealed.body, headers=headers)
-        except nats.errors.Error as exc:
-            raise TransportError(f"cannot append decisions: {exc}") from exc
-        assert reply is not None
-        return int(json.loads(reply.data)["seq"])
 
     # -- mediation ----------------------------------------------------------
 
@@ -381,7 +327,7 @@ class Coordinator:
                 return result
             try:
                 await self._append(cause, result)
-            except _Conflict:
+            except Conflict:
                 await self._catch_up()
                 continue
             log.info(
@@ -439,14 +385,8 @@ class Coordinator:
         write = parse_write(envelope.payload)
         if write is None or len(envelope.to) != 1 or envelope.to[0].startswith(subjects.TOPIC_PREFIX):
             return 0
-        bucket = subjects.memory_bucket(self.bus.tenant)
-        try:
-            raw = await self.bus.js.get_last_msg(f"KV_{bucket}", kv_subject(bucket, envelope.to[0], write.key))
-        except nats.js.errors.NotFoundError:
-            return 0
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read memory: {exc}") from exc
-        return raw.seq or 0
+        entry = await self._memory.get(memory_key(envelope.to[0], write.key))
+        return entry.revision if entry is not None else 0
 
     async def _write_memory(
         self, body: bytes, headers: Mapping[str, str], decision: Decision, decision_id: str
@@ -460,14 +400,13 @@ class Coordinator:
         envelope = decode_envelope(body)
         write = parse_write(envelope.payload)
         assert write is not None  # decide() accepted it
-        bucket = subjects.memory_bucket(self.bus.tenant)
-        subject = kv_subject(bucket, envelope.to[0], write.key)  # the sender's own, or an operator's revert
+        key = memory_key(envelope.to[0], write.key)  # the sender's own, or an operator's revert
+        current = await self._memory.get(key)
         try:
-            current = await self.bus.js.get_last_msg(f"KV_{bucket}", subject)
-            if decode_value(current.data or b"").envelope_id == decision.envelope_id:
+            if current is not None and decode_value(current.value).envelope_id == decision.envelope_id:
                 return  # applied before a crash
-        except (nats.js.errors.NotFoundError, ValueError):  # ValueError: msgspec.DecodeError, MalformedPayload
-            pass  # nothing there yet, or not a value this code wrote: the compare-and-set decides
+        except ValueError:  # msgspec.DecodeError, MalformedPayload
+            pass  # not a value this code wrote: the compare-and-set decides
         value = MemoryValue(
             value=bytes(write.value),
             envelope_id=decision.envelope_id,
@@ -475,14 +414,10 @@ class Coordinator:
             effective_taint=decision.effective_taint,
             decision_id=decision_id,
         )
-        compare = {EXPECTED_LAST_SUBJECT_SEQ: str(write.expected_revision)}
         try:
-            await self.bus.js.publish(subject, encode_value(value), headers=compare, timeout=5.0)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
-                raise TransportError(f"cannot write memory: {exc}") from exc
-        except nats.errors.Error as exc:
-            raise TransportError(f"cannot write memory: {exc}") from exc
+            await self._memory.put(key, encode_value(value), revision=write.expected_revision)
+        except Conflict:
+            pass
         else:
             return
         log.warning("accepted memory write not applied: the key moved on", extra={"envelope_id": decision.envelope_id})
@@ -579,11 +514,8 @@ class Coordinator:
             await store_answer(self.bus, decision)  # a held tool call: its agent is waiting for this
             return
         if decision.verdict == "accept":
-            try:
-                raw = await self.bus.js.get_msg(self.bus.stream, decision.source_seq)
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                raise TransportError(f"cannot read held envelope at {decision.source_seq}: {exc}") from exc
-            await self._deliver(raw.data or b"", raw.headers or {}, decision.source_seq, decision)
+            held = await self.log.log.get(decision.source_seq)
+            await self._deliver(held.body, held.headers, decision.source_seq, decision)
 
     async def _deliver(self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision) -> None:
         """Forward an accepted envelope to every recipient (idempotently); store an accepted checkpoint."""
@@ -601,13 +533,13 @@ class Coordinator:
 
     async def _start_forwards(
         self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision
-    ) -> list[asyncio.Future[PubAck]]:
+    ) -> list[Awaitable[object]]:
         """Publish the countersigned forwards of an accepted envelope; returns their ack futures."""
         if decision.verdict != "accept":
             return []
         decision_id = self._decision_ids[decision.envelope_id]
         recheck = self.bus.clock() - decision.decided_ns > _DEDUP_SAFE_NS
-        acks = []
+        acks: list[Awaitable[object]] = []
         for recipient in decision.deliver_to:
             subject = self._subject_for(recipient)
             msg_id = f"{decision.envelope_id}:{recipient}"
@@ -636,16 +568,10 @@ class Coordinator:
         return subjects.inbox(self.bus.tenant, recipient)
 
     async def _already_forwarded(self, subject: str, msg_id: str, *, after_seq: int) -> bool:
-        seq = after_seq + 1
-        while True:
-            try:
-                raw = await self.bus.js.get_msg(self.bus.stream, seq, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return False
-            if (raw.headers or {}).get(HEADER_MSG_ID) == msg_id:
+        async for message in self.bus.log(subject).read(after=after_seq):
+            if message.headers.get(HEADER_MSG_ID) == msg_id:
                 return True
-            assert raw.seq is not None
-            seq = raw.seq + 1
+        return False
 
     async def _ensure_inbox(self, agent: str) -> None:
         if agent in self._inboxes:
@@ -655,11 +581,5 @@ class Coordinator:
         self._inboxes.add(agent)
 
     async def _store_checkpoint(self, agent: str, body: bytes, headers: Mapping[str, str], decision_id: str) -> None:
-        record = msgspec.msgpack.encode(
-            SignedValue(body=body, headers={k: headers.get(k, "") for k in (HEADER_SIG, HEADER_KEY)})
-        )
-        key = f"$KV.{subjects.memory_bucket(self.bus.tenant)}.{agent}.checkpoint"
-        try:
-            await self.bus.js.publish(key, record, headers={"Tb-Decision": decision_id}, timeout=5.0)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot store checkpoint: {exc}") from exc
+        value = SignedValue.of(body, headers).encode()
+        await self._memory.put(checkpoint_key(agent), value, headers={"Tb-Decision": decision_id})

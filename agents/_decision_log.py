@@ -5,13 +5,10 @@ from __future__ import annotations
 import logging
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
 
 from trustbus.agents._decision import CoordinatorState
 from trustbus.agents._policy import Policy
-from trustbus.bus import Keyring, TransportError, VerificationError, open_envelope, subjects
+from trustbus.bus import Keyring, SubjectLog, VerificationError, open_envelope
 from trustbus.bus._records import decode_decision
 
 log = logging.getLogger("trustbus.coordinator")
@@ -28,32 +25,20 @@ class DecisionLog:
     record id at another sequence) is skipped as a replay.
     """
 
-    def __init__(
-        self, js: JetStreamContext, keyring: Keyring, tenant: str, policy: Policy, *, partition: int | None
-    ) -> None:
-        """Nothing is read until :meth:`catch_up`. ``partition``: one partition's log, or None for all of them."""
-        self._js = js
+    def __init__(self, log: SubjectLog, keyring: Keyring, policy: Policy) -> None:
+        """Nothing is read until :meth:`catch_up`. ``log``: one partition's decisions
+        (:func:`bus.subjects.decision`), or all of them (:func:`bus.subjects.all_decisions`)."""  # noqa: D205, D209
+        self.log = log
         self._keyring = keyring
         self._policy = policy
-        self._stream = f"TB_{tenant}"
-        self._subject = subjects.all_decisions(tenant) if partition is None else subjects.decision(tenant, partition)
         self.state = CoordinatorState()
         self.decision_ids: dict[str, str] = {}
         self._records: set[str] = set()  # ids of the decision records applied
 
     async def catch_up(self) -> None:
         """Apply every decision appended after the last one applied."""
-        seq = self.state.last_seq + 1
-        while True:
-            try:
-                raw = await self._js.get_msg(self._stream, seq, subject=self._subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                raise TransportError(f"cannot read decisions: {exc}") from exc
-            assert raw.seq is not None and raw.time is not None
-            self.apply_recorded(raw.data or b"", raw.headers or {}, raw.seq, int(raw.time.timestamp() * 1e9))
-            seq = raw.seq + 1
+        async for record in self.log.read(after=self.state.last_seq):
+            self.apply_recorded(record.body, record.headers, record.seq, record.stored_ns)
 
     def apply_recorded(self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int) -> None:
         """Verify one stored decision envelope and fold it in."""
