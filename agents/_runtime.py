@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from trustbus.agents._coordinator import INBOX_SETTINGS
 from trustbus.agents._decision import instruction_verb
 from trustbus.agents._effector import Effector, check_direct_gets
 from trustbus.agents._errors import RuntimeSetupError
+from trustbus.agents._forwarding import INBOX_SETTINGS
 from trustbus.agents._memory import ForeignRecorder, Memory, checkpoint_key, memory_bucket
 from trustbus.agents._signed_value import open_checkpoint
 from trustbus.agents._tools import Toolbox, ToolImplementation
