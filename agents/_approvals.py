@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
-import nats.errors
-import nats.js.errors
 
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._errors import AgentError
@@ -17,7 +15,7 @@ from trustbus.agents._policy import Policy
 from trustbus.bus import (
     KeyDirectory,
     KeyringStore,
-    TransportError,
+    NatsSubjectLog,
     VerificationError,
     connect_nats,
     decode_envelope,
@@ -25,10 +23,9 @@ from trustbus.bus import (
     seal,
     subjects,
     tenant_jetstream,
+    tenant_partitions,
 )
-from trustbus.bus._provision import tenant_partitions
 from trustbus.bus._records import Approval, Decision, decode_effect
-from trustbus.bus._subjects import partition_of
 
 POLL_S = 0.1
 
@@ -56,17 +53,13 @@ async def list_held_requests(
     nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
         js = await tenant_jetstream(nc, tenant)  # an operator's own account imports the tenant's API
+        stream = subjects.stream_name(tenant)
         async with await KeyringStore.open(js, tenant, follow=False) as keyring:
-            log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
+            log = DecisionLog(NatsSubjectLog(js, nc, stream, subjects.all_decisions(tenant)), keyring.keyring, Policy())
             await log.catch_up()
-            held = []
-            for decision in log.state.held():
-                try:
-                    raw = await js.get_msg(subjects.stream_name(tenant), decision.source_seq)
-                except (nats.errors.Error, nats.js.errors.Error) as exc:
-                    raise TransportError(f"cannot read held message {decision.source_seq}: {exc}") from exc
-                held.append((decision, what_is_held(raw.data or b"")))
-            return held
+            return [
+                (decision, what_is_held((await log.log.get(decision.source_seq)).body)) for decision in log.state.held()
+            ]
     finally:
         await nc.close()
 
@@ -121,8 +114,9 @@ async def answer(
     nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
     try:
         js = await tenant_jetstream(nc, tenant)  # an operator's own account imports the tenant's API
+        stream = subjects.stream_name(tenant)
         async with await KeyringStore.open(js, tenant) as keyring:
-            log = DecisionLog(js, keyring.keyring, tenant, Policy(), partition=None)
+            log = DecisionLog(NatsSubjectLog(js, nc, stream, subjects.all_decisions(tenant)), keyring.keyring, Policy())
             await log.catch_up()
             current = log.state.decided.get(envelope_id)
             if current is None:
@@ -140,11 +134,9 @@ async def answer(
                 payload=Approval(envelope_id=envelope_id, verdict=verdict, note=note).encode(),
             )
             sealed = seal(request, identity)
-            try:
-                partition = partition_of(current.correlation_id, await tenant_partitions(js, tenant))
-                await js.publish(subjects.approval(tenant, partition), sealed.body, headers=sealed.headers, timeout=5.0)
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                raise TransportError(f"cannot publish the approval: {exc}") from exc
+            partition = subjects.partition_of(current.correlation_id, await tenant_partitions(js, tenant))
+            approvals = NatsSubjectLog(js, nc, stream, subjects.approval(tenant, partition))
+            await approvals.append(sealed.body, sealed.headers, after=None)
             # Wait by re-reading the decision log with message gets: an operator may read the
             # stream but not create consumers or subscribe to tenant subjects, so no event
             # reaches it; the poll is bounded by wait_s.

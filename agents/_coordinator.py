@@ -6,100 +6,58 @@ sender's traffic in turn (:mod:`agents._intake`). For each
 envelope in an outbox of its partition it verifies it (``bus.Bus.consume``),
 checks it came from its sender's own outbox for its correlation's partition,
 decides with :func:`agents._decision.decide`, appends the decision to the
-partition's log ``tb.<T>.decision.<p>`` and forwards the sender's bytes to each
-recipient's inbox with a countersignature. Which process runs which partition
-is :mod:`agents._partitions`' job.
+partition's log ``tb.<T>.decision.<p>`` (:mod:`agents._decision_log`) and
+forwards the sender's bytes to each recipient's inbox with a countersignature
+(:mod:`agents._forwarding`); an accepted memory write or checkpoint is stored
+instead (:mod:`agents._memory_writes`). Which process runs which partition is
+:mod:`agents._partitions`' job.
 
 Exactly once, with any number of coordinator processes on a partition:
 
-- Decisions are appended with ``Nats-Expected-Last-Subject-Sequence``: a
-  partition's decision subject is a single, totally ordered log. A coordinator
-  whose state is behind gets a conflict, reads the decisions it missed, and
-  decides again; so two coordinators never decide one envelope twice or spend
-  one budget twice.
+- Decisions are appended with compare-and-set on the log's last sequence: two
+  coordinators never decide one envelope twice or spend one budget twice.
 - The state is the fold of that log (rebuilt at start, kept current on conflict).
-- A forward carries ``Nats-Msg-Id = <envelope id>:<recipient>``; the outbox
-  message is acked only after every forward is stored. A crash in between means a
-  redelivery, which finds the decision already made and forwards again; the
-  stream's duplicate window drops the copies. Past that window, the inbox is
-  read from the decision onward and only missing forwards are sent.
+- The outbox message is acked only after every forward is stored. A crash in
+  between means a redelivery, which finds the decision already made and
+  forwards again; the forwards' ``Nats-Msg-Id`` makes that idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js.api import PubAck
 
-from trustbus.agents._checkpoint_value import SignedValue
 from trustbus.agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
-from trustbus.agents._decision_log import DecisionLog
+from trustbus.agents._decision_log import DecisionLog, decision_record
 from trustbus.agents._effect_answers import store_answer
 from trustbus.agents._effect_asks import decide_ask, is_ask, is_ask_decision
+from trustbus.agents._forwarding import Forwarder
 from trustbus.agents._intake import Intake
-from trustbus.agents._memory import kv_subject, parse_write
+from trustbus.agents._memory_writes import MemoryWrites
 from trustbus.agents._policy import Policy
 from trustbus.agents._suspension import Suspensions
 from trustbus.bus import (
     Bus,
     ConfigError,
+    Conflict,
     ConsumerSettings,
     Delivery,
     Envelope,
-    Sealed,
     TransientError,
     TransportError,
-    countersign,
-    decode_envelope,
-    new_envelope,
-    new_id,
     subjects,
 )
-from trustbus.bus._provision import DUPLICATE_WINDOW_S
-from trustbus.bus._records import Approval, Decision, EffectRecord, MemoryValue, decode_effect, encode_decision
-from trustbus.bus._records import decode_memory_value as decode_value
-from trustbus.bus._records import encode_memory_value as encode_value
+from trustbus.bus._records import Approval, Decision, EffectRecord, decode_effect
 from trustbus.bus._rejections import subject_owner
-from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
 from trustbus.bus._transport import rejection
 
 log = logging.getLogger("trustbus.coordinator")
 
 CONSUMER_PREFIX = "coordinator-"
-EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when a compare-and-set expected another sequence
-_BATCH_DUPLICATE = 10201
-# Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
-ATOMIC_MIN = 8
-# Re-forwards younger than this rely on the duplicate window; older ones check the inbox first.
-_DEDUP_SAFE_NS = int(DUPLICATE_WINDOW_S * 1e9 * 0.75)
-
 OUTBOX_SETTINGS = ConsumerSettings(max_ack_pending=1024, max_deliver=10, ack_wait_s=10.0, batch=128)
-# A short ack_wait brings a crashed agent's message back within seconds; a live
-# handler keeps it with in-progress beats (see bus.Delivery.process).
-INBOX_SETTINGS = ConsumerSettings(ack_wait_s=4.0, fetch_timeout_s=1.0)
-
-
-class _Conflict(Exception):
-    """Another coordinator appended a decision first."""
-
-
-def _raise_for_batch_error(data: bytes) -> None:
-    """Raise for an error reply to an atomic batch message (an empty reply acknowledges a non-final one)."""
-    if not data:
-        return
-    error = json.loads(data).get("error")
-    if error is None:
-        return
-    if error.get("err_code") in (WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE):
-        raise _Conflict
-    raise TransportError(f"cannot append decisions: {error.get('description', error)}")
 
 
 def consumer_name(partition: int) -> str:
@@ -120,10 +78,11 @@ class Coordinator:
         self.bus = bus
         self.policy = policy
         self.partition = partition
-        self.log = DecisionLog(bus.js, bus.keyring.keyring, bus.tenant, policy, partition=partition)
+        self.log = DecisionLog(bus.log(subjects.decision(bus.tenant, partition)), bus.keyring.keyring, policy)
         self.state = self.log.state
         self._decision_ids = self.log.decision_ids
-        self._inboxes = inboxes if inboxes is not None else set()
+        self._forwarder = Forwarder(bus, inboxes)
+        self._memory = MemoryWrites(bus)
         self.suspensions = Suspensions(
             self.state, policy, partition=partition, partitions=bus.partitions, tenant=bus.tenant
         )
@@ -139,7 +98,7 @@ class Coordinator:
         await self._catch_up()
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
-                await self._ensure_inbox(grant.owner)
+                await self._forwarder.ensure_inbox(grant.owner)
         log.info(
             "partition ready",
             extra={"partition": partition, "decisions": self.state.last_seq, "tenant": self.bus.tenant},
@@ -193,6 +152,24 @@ class Coordinator:
             "checkpoint",
         )
 
+    def _decide(self, delivery: Delivery, *, memory_revision: int = 0) -> Decision | Deferral:
+        """Decide ``delivery``'s envelope against the state (pure: the state is not changed).
+
+        The decision clock is when the server stored the envelope, so a backlog is
+        rate-limited as it was sent; a redelivery (after a rate-limit delay or a
+        crash) is decided now, or a delayed sender would never earn a token.
+        """
+        clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
+        return decide(
+            self.policy,
+            delivery.envelope,
+            self.state,
+            received_ns=clock,
+            source_seq=delivery.stream_seq,
+            memory_revision=memory_revision,
+            sender_role=delivery.opened.grant.role,
+        )
+
     async def _mediate_group(self, group: list[Delivery]) -> None:
         """Decide ``group`` in order, record the decisions, forward, then ack; nak what is left on failure."""
         if not group:
@@ -200,9 +177,7 @@ class Coordinator:
         try:
             await self._decide_group(group)
             started = [
-                (d, await self._start_forwards(d.body, d.headers, d.stream_seq, self.state.decided[d.envelope.id]))
-                for d in group
-                if not d.settled
+                (d, await self._start_forwards(d, self.state.decided[d.envelope.id])) for d in group if not d.settled
             ]
             for delivery, acks in started:
                 for ack in acks:
@@ -229,11 +204,8 @@ class Coordinator:
                 envelope = delivery.envelope
                 if delivery.settled or envelope.id in self.state.decided:
                     continue
-                clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
                 try:
-                    result = decide(
-                        self.policy, envelope, self.state, received_ns=clock, source_seq=delivery.stream_seq
-                    )
+                    result = self._decide(delivery)
                 except Exception as exc:  # this envelope's fault, never its batch's
                     log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
                     await delivery.reject(*rejection(exc))
@@ -247,26 +219,14 @@ class Coordinator:
                 return
             try:
                 await self._append_many(fresh, expected=expected)
-            except _Conflict:
+            except Conflict:
                 CoordinatorState.rollback(undo)
                 await self._catch_up()
                 continue
             except BaseException:
                 CoordinatorState.rollback(undo)
                 raise
-            for _, decision in fresh:
-                log.info(
-                    "decided",
-                    extra={
-                        "envelope_id": decision.envelope_id,
-                        "sender": decision.sender,
-                        "verdict": decision.verdict,
-                        "reasons": list(decision.reasons),
-                    },
-                )
             return
-
-    # -- the decision log ---------------------------------------------------
 
     def _outbox_of(self, envelope: Envelope) -> str:
         """The one subject ``envelope`` may arrive on: its sender's outbox for its correlation's partition."""
@@ -276,89 +236,10 @@ class Coordinator:
         """Apply every decision appended after the last one this process applied."""
         await self.log.catch_up()
 
-    def _record_of(self, cause: Envelope, decision: Decision) -> tuple[Envelope, Sealed]:
-        """The signed decision envelope for ``decision``, caused by ``cause``."""
-        record = new_envelope(
-            tenant=self.bus.tenant,
-            kind="decision",
-            sender=self.bus.name,
-            to=(),
-            correlation_id=cause.correlation_id,
-            causation_id=cause.id,
-            hop=decision.hop,
-            taint=decision.effective_taint,
-            content_type="application/msgpack",
-            payload=encode_decision(decision),
-            now_ns=self.bus.clock(),
-        )
-        return record, self.bus.seal(record)
-
-    async def _append(self, envelope: Envelope, decision: Decision) -> str:
-        """Append ``decision`` right after the last decision we know; raise _Conflict if someone beat us."""
-        record, sealed = self._record_of(envelope, decision)
-        seq = await self._publish_decision(sealed, expected=self.state.last_seq)
-        self.state.apply(decision, self.policy, seq=seq)
-        self._decision_ids[decision.envelope_id] = record.id
-        return record.id
-
-    async def _publish_decision(self, sealed: Sealed, *, expected: int) -> int:
-        """Store one decision record if the last decision is still at ``expected``; its sequence."""
-        try:
-            ack = await self.bus.js.publish(
-                subjects.decision(self.bus.tenant, self.partition),
-                sealed.body,
-                headers={**sealed.headers, EXPECTED_LAST_SUBJECT_SEQ: str(expected)},
-                timeout=5.0,
-            )
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise _Conflict from exc
-            raise TransportError(f"cannot append decision: {exc}") from exc
-        except nats.errors.Error as exc:
-            raise TransportError(f"cannot append decision: {exc}") from exc
-        if ack.duplicate:
-            raise _Conflict  # an earlier attempt landed: read it back like anyone else's
-        return ack.seq
-
     async def _append_many(self, items: list[tuple[Envelope, Decision]], *, expected: int) -> None:
-        """Store several decisions after ``expected``: one by one if few, else as one atomic batch.
-
-        The caller has applied them to the state provisionally; this sets their
-        decision ids and the state's last sequence, or raises _Conflict.
-        """
-        records = [self._record_of(envelope, decision) for envelope, decision in items]
-        if len(records) < ATOMIC_MIN:
-            last = expected
-            for (_, decision), (record, sealed) in zip(items, records, strict=True):
-                last = await self._publish_decision(sealed, expected=last)
-                self._decision_ids[decision.envelope_id] = record.id
-        else:
-            last = await self._publish_atomically([sealed for _, sealed in records], expected=expected)
-            for (_, decision), (record, _) in zip(items, records, strict=True):
-                self._decision_ids[decision.envelope_id] = record.id
-        self.state.last_seq = last
-
-    async def _publish_atomically(self, batch: list[Sealed], *, expected: int) -> int:
-        """One JetStream atomic batch: all stored or none; the first carries the expectation."""
-        subject = subjects.decision(self.bus.tenant, self.partition)
-        batch_id = new_id()
-        reply = None
-        try:
-            for index, sealed in enumerate(batch, start=1):
-                headers = {**sealed.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(index)}
-                if index == 1:
-                    headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
-                if index == len(batch):
-                    headers["Nats-Batch-Commit"] = "1"
-                if index in (1, len(batch)):
-                    reply = await self.bus.nc.request(subject, sealed.body, headers=headers, timeout=5.0)
-                    _raise_for_batch_error(reply.data)
-                else:
-                    await self.bus.nc.publish(subject, sealed.body, headers=headers)
-        except nats.errors.Error as exc:
-            raise TransportError(f"cannot append decisions: {exc}") from exc
-        assert reply is not None
-        return int(json.loads(reply.data)["seq"])
+        """Store decisions applied to the state provisionally after ``expected``; Conflict if someone beat us."""
+        records = [decision_record(self.bus, cause, decision) for cause, decision in items]
+        await self.log.append_applied(records, after=expected)
 
     # -- mediation ----------------------------------------------------------
 
@@ -380,19 +261,10 @@ class Coordinator:
             if result is None or isinstance(result, Deferral):
                 return result
             try:
-                await self._append(cause, result)
-            except _Conflict:
+                await self.log.append(decision_record(self.bus, cause, result))
+            except Conflict:
                 await self._catch_up()
                 continue
-            log.info(
-                "decided",
-                extra={
-                    "envelope_id": result.envelope_id,
-                    "sender": result.sender,
-                    "verdict": result.verdict,
-                    "reasons": list(result.reasons),
-                },
-            )
             return result
 
     async def _outbox(self, delivery: Delivery) -> None:
@@ -403,24 +275,12 @@ class Coordinator:
             await self._refuse(delivery, "wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
             return
 
-        revision = await self._memory_revision(envelope) if envelope.kind == "memory_write" else 0
+        revision = await self._memory.revision(envelope) if envelope.kind == "memory_write" else 0
 
         def make() -> Decision | Deferral | None:
             if envelope.id in self.state.decided:
                 return None  # decided before a crash or by another coordinator: forward again
-            # The decision clock is when the server stored the envelope, so a backlog is
-            # rate-limited as it was sent; a redelivery (after a rate-limit delay or a
-            # crash) is decided now, or a delayed sender would never earn a token.
-            clock = delivery.stored_ns if delivery.attempt == 1 else max(delivery.stored_ns, self.bus.clock())
-            return decide(
-                self.policy,
-                envelope,
-                self.state,
-                received_ns=clock,
-                source_seq=delivery.stream_seq,
-                memory_revision=revision,
-                sender_role=delivery.opened.grant.role,
-            )
+            return self._decide(delivery, memory_revision=revision)
 
         result = await self._record(envelope, make)
         if isinstance(result, Deferral):
@@ -433,71 +293,6 @@ class Coordinator:
             )
             return
         await self._deliver(delivery.body, delivery.headers, delivery.stream_seq, decision)
-
-    async def _memory_revision(self, envelope: Envelope) -> int:
-        """The current revision of the key a memory write names (0 if absent or unparsable)."""
-        write = parse_write(envelope.payload)
-        if write is None or len(envelope.to) != 1 or envelope.to[0].startswith(subjects.TOPIC_PREFIX):
-            return 0
-        bucket = subjects.memory_bucket(self.bus.tenant)
-        try:
-            raw = await self.bus.js.get_last_msg(f"KV_{bucket}", kv_subject(bucket, envelope.to[0], write.key))
-        except nats.js.errors.NotFoundError:
-            return 0
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read memory: {exc}") from exc
-        return raw.seq or 0
-
-    async def _write_memory(
-        self, body: bytes, headers: Mapping[str, str], decision: Decision, decision_id: str
-    ) -> None:
-        """Apply an accepted write with compare-and-set on the revision the writer expected; idempotent.
-
-        If the key moved on after the decision (the write was held and approved late, or a
-        coordinator of another partition wrote it first), the write is not applied, and a
-        quarantine record ``stale_revision`` says so beside the decision that accepted it.
-        """
-        envelope = decode_envelope(body)
-        write = parse_write(envelope.payload)
-        assert write is not None  # decide() accepted it
-        bucket = subjects.memory_bucket(self.bus.tenant)
-        subject = kv_subject(bucket, envelope.to[0], write.key)  # the sender's own, or an operator's revert
-        try:
-            current = await self.bus.js.get_last_msg(f"KV_{bucket}", subject)
-            if decode_value(current.data or b"").envelope_id == decision.envelope_id:
-                return  # applied before a crash
-        except (nats.js.errors.NotFoundError, ValueError):  # ValueError: msgspec.DecodeError, MalformedPayload
-            pass  # nothing there yet, or not a value this code wrote: the compare-and-set decides
-        value = MemoryValue(
-            value=bytes(write.value),
-            envelope_id=decision.envelope_id,
-            writer=decision.sender,
-            effective_taint=decision.effective_taint,
-            decision_id=decision_id,
-        )
-        compare = {EXPECTED_LAST_SUBJECT_SEQ: str(write.expected_revision)}
-        try:
-            await self.bus.js.publish(subject, encode_value(value), headers=compare, timeout=5.0)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
-                raise TransportError(f"cannot write memory: {exc}") from exc
-        except nats.errors.Error as exc:
-            raise TransportError(f"cannot write memory: {exc}") from exc
-        else:
-            return
-        log.warning("accepted memory write not applied: the key moved on", extra={"envelope_id": decision.envelope_id})
-        await self.bus.record_quarantine(
-            body,
-            headers,
-            subject=self._outbox_of(envelope),
-            stream_seq=decision.source_seq,
-            reason="stale_revision",
-            detail=(
-                f"accepted (decision {decision_id}) expecting revision {write.expected_revision} of "
-                f"{envelope.to[0]}.{write.key}, which had moved on when it was applied: not written"
-            ),
-            msg_id=f"stale:{self.bus.stream}:{decision.source_seq}",
-        )
 
     async def _effect(self, delivery: Delivery) -> None:
         """Record a completed tool call so its result's taint follows its agent in that correlation."""
@@ -579,87 +374,24 @@ class Coordinator:
             await store_answer(self.bus, decision)  # a held tool call: its agent is waiting for this
             return
         if decision.verdict == "accept":
-            try:
-                raw = await self.bus.js.get_msg(self.bus.stream, decision.source_seq)
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                raise TransportError(f"cannot read held envelope at {decision.source_seq}: {exc}") from exc
-            await self._deliver(raw.data or b"", raw.headers or {}, decision.source_seq, decision)
+            held = await self.log.log.get(decision.source_seq)
+            await self._deliver(held.body, held.headers, decision.source_seq, decision)
 
     async def _deliver(self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision) -> None:
-        """Forward an accepted envelope to every recipient (idempotently); store an accepted checkpoint."""
+        """Forward an accepted envelope to every recipient (idempotently); store an accepted write or checkpoint."""
         if decision.verdict != "accept":
             return
         decision_id = self._decision_ids[decision.envelope_id]
         if decision.kind == "memory_write":
-            await self._write_memory(body, headers, decision, decision_id)
+            await self._memory.apply(body, headers, decision, decision_id)
             return
         if decision.kind == "checkpoint":
-            await self._store_checkpoint(decision.sender, body, headers, decision_id)
+            await self._memory.store_checkpoint(decision.sender, body, headers, decision_id)
             return
-        for ack in await self._start_forwards(body, headers, source_seq, decision):
+        for ack in await self._forwarder.start(body, headers, source_seq, decision, decision_id):
             await ack
 
-    async def _start_forwards(
-        self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision
-    ) -> list[asyncio.Future[PubAck]]:
-        """Publish the countersigned forwards of an accepted envelope; returns their ack futures."""
-        if decision.verdict != "accept":
-            return []
+    async def _start_forwards(self, delivery: Delivery, decision: Decision) -> list[Awaitable[object]]:
+        """Publish the forwards of a delivery if ``decision`` accepted it; their acks to await."""
         decision_id = self._decision_ids[decision.envelope_id]
-        recheck = self.bus.clock() - decision.decided_ns > _DEDUP_SAFE_NS
-        acks = []
-        for recipient in decision.deliver_to:
-            subject = self._subject_for(recipient)
-            msg_id = f"{decision.envelope_id}:{recipient}"
-            if recheck and await self._already_forwarded(subject, msg_id, after_seq=source_seq):
-                continue
-            if not recipient.startswith(subjects.TOPIC_PREFIX):
-                await self._ensure_inbox(recipient)
-            forwarded = {
-                HEADER_SIG: headers.get(HEADER_SIG, ""),
-                HEADER_KEY: headers.get(HEADER_KEY, ""),
-                HEADER_MSG_ID: msg_id,
-                **countersign(
-                    body,
-                    recipient=recipient,
-                    decision_id=decision_id,
-                    effective_taint=decision.effective_taint,
-                    coordinator=self.bus.identity,
-                ),
-            }
-            acks.append(await self.bus.forward(subject, body, forwarded))
-        return acks
-
-    def _subject_for(self, recipient: str) -> str:
-        if recipient.startswith(subjects.TOPIC_PREFIX):
-            return subjects.topic(self.bus.tenant, recipient.removeprefix(subjects.TOPIC_PREFIX))
-        return subjects.inbox(self.bus.tenant, recipient)
-
-    async def _already_forwarded(self, subject: str, msg_id: str, *, after_seq: int) -> bool:
-        seq = after_seq + 1
-        while True:
-            try:
-                raw = await self.bus.js.get_msg(self.bus.stream, seq, subject=subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return False
-            if (raw.headers or {}).get(HEADER_MSG_ID) == msg_id:
-                return True
-            assert raw.seq is not None
-            seq = raw.seq + 1
-
-    async def _ensure_inbox(self, agent: str) -> None:
-        if agent in self._inboxes:
-            return
-        inbox = subjects.inbox(self.bus.tenant, agent)
-        await self.bus.ensure_consumer(subjects.inbox_consumer(agent), inbox, settings=INBOX_SETTINGS)
-        self._inboxes.add(agent)
-
-    async def _store_checkpoint(self, agent: str, body: bytes, headers: Mapping[str, str], decision_id: str) -> None:
-        record = msgspec.msgpack.encode(
-            SignedValue(body=body, headers={k: headers.get(k, "") for k in (HEADER_SIG, HEADER_KEY)})
-        )
-        key = f"$KV.{subjects.memory_bucket(self.bus.tenant)}.{agent}.checkpoint"
-        try:
-            await self.bus.js.publish(key, record, headers={"Tb-Decision": decision_id}, timeout=5.0)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot store checkpoint: {exc}") from exc
+        return await self._forwarder.start(delivery.body, delivery.headers, delivery.stream_seq, decision, decision_id)

@@ -1,24 +1,67 @@
-"""The decision log (``tb.<T>.decision.<partition>``) read back into a :class:`CoordinatorState`."""
+"""The decision log (``tb.<T>.decision.<partition>``): read back into a :class:`CoordinatorState`, appended to.
+
+Decisions are appended with compare-and-set on the log's last sequence
+(:meth:`bus.SubjectLog.append`): a partition's decision subject is a single,
+totally ordered log. A coordinator whose state is behind gets
+:class:`~bus.Conflict`, reads the decisions it missed (:meth:`DecisionLog.catch_up`)
+and decides again; so two coordinators never decide one envelope twice or spend
+one budget twice.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
 
 from trustbus.agents._decision import CoordinatorState
 from trustbus.agents._policy import Policy
-from trustbus.bus import Keyring, TransportError, VerificationError, open_envelope, subjects
-from trustbus.bus._records import decode_decision
+from trustbus.bus import (
+    Bus,
+    Conflict,
+    Decision,
+    Envelope,
+    Keyring,
+    Sealed,
+    SubjectLog,
+    VerificationError,
+    new_envelope,
+    new_id,
+    open_envelope,
+)
+from trustbus.bus._records import decode_decision, encode_decision
+from trustbus.bus._seal import HEADER_MSG_ID
 
 log = logging.getLogger("trustbus.coordinator")
 
+# Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
+ATOMIC_MIN = 8
+
+Record = tuple[Decision, Envelope, Sealed]
+"""A decision, the signed decision envelope that records it, and that envelope sealed."""
+
+
+def decision_record(bus: Bus, cause: Envelope, decision: Decision) -> Record:
+    """``decision`` about ``cause``, recorded in a decision envelope signed as the coordinator of ``bus``."""
+    record = new_envelope(
+        tenant=bus.tenant,
+        kind="decision",
+        sender=bus.name,
+        to=(),
+        correlation_id=cause.correlation_id,
+        causation_id=cause.id,
+        hop=decision.hop,
+        taint=decision.effective_taint,
+        content_type="application/msgpack",
+        payload=encode_decision(decision),
+        now_ns=bus.clock(),
+    )
+    return decision, record, bus.seal(record)
+
 
 class DecisionLog:
-    """Follows the decision log; ``state`` is the fold of every decision read so far.
+    """Follows the decision log; ``state`` is the fold of every decision read or appended so far.
 
     Only decisions signed by a key with the ``coordinator`` role (as it stood
     when the record was stored) are applied; anything else on the subject is
@@ -28,32 +71,20 @@ class DecisionLog:
     record id at another sequence) is skipped as a replay.
     """
 
-    def __init__(
-        self, js: JetStreamContext, keyring: Keyring, tenant: str, policy: Policy, *, partition: int | None
-    ) -> None:
-        """Nothing is read until :meth:`catch_up`. ``partition``: one partition's log, or None for all of them."""
-        self._js = js
+    def __init__(self, log: SubjectLog, keyring: Keyring, policy: Policy) -> None:
+        """Nothing is read until :meth:`catch_up`. ``log``: one partition's decisions
+        (:func:`bus.subjects.decision`), or all of them (:func:`bus.subjects.all_decisions`)."""  # noqa: D205, D209
+        self.log = log
         self._keyring = keyring
         self._policy = policy
-        self._stream = f"TB_{tenant}"
-        self._subject = subjects.all_decisions(tenant) if partition is None else subjects.decision(tenant, partition)
         self.state = CoordinatorState()
-        self.decision_ids: dict[str, str] = {}
+        self.decision_ids: dict[str, str] = {}  # envelope id -> id of the record of its last decision
         self._records: set[str] = set()  # ids of the decision records applied
 
     async def catch_up(self) -> None:
         """Apply every decision appended after the last one applied."""
-        seq = self.state.last_seq + 1
-        while True:
-            try:
-                raw = await self._js.get_msg(self._stream, seq, subject=self._subject, next=True)
-            except nats.js.errors.NotFoundError:
-                return
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                raise TransportError(f"cannot read decisions: {exc}") from exc
-            assert raw.seq is not None and raw.time is not None
-            self.apply_recorded(raw.data or b"", raw.headers or {}, raw.seq, int(raw.time.timestamp() * 1e9))
-            seq = raw.seq + 1
+        async for record in self.log.read(after=self.state.last_seq):
+            self.apply_recorded(record.body, record.headers, record.seq, record.stored_ns)
 
     def apply_recorded(self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int) -> None:
         """Verify one stored decision envelope and fold it in."""
@@ -71,3 +102,55 @@ class DecisionLog:
         self.state.apply(decision, self._policy, seq=seq)
         self.decision_ids[decision.envelope_id] = opened.envelope.id
         self._records.add(opened.envelope.id)
+
+    async def append(self, record: Record) -> None:
+        """Append a decision right after the last one applied, and apply it.
+
+        Raises:
+            Conflict: another record was appended first (:meth:`catch_up`, decide again).
+        """
+        decision, envelope, sealed = record
+        seq = await self._store(sealed, after=self.state.last_seq)
+        self.state.apply(decision, self._policy, seq=seq)
+        self.decision_ids[decision.envelope_id] = envelope.id
+        _decided(decision)
+
+    async def append_applied(self, records: Sequence[Record], *, after: int) -> None:
+        """Store decisions the caller applied to the state provisionally (at ``after``), in order.
+
+        Few are stored one by one, more as one atomic batch (all or none). This
+        sets their record ids and the state's last sequence, or raises
+        :class:`~bus.Conflict` (the caller then undoes what it applied).
+        """
+        if len(records) < ATOMIC_MIN:
+            last = after
+            for decision, envelope, sealed in records:
+                last = await self._store(sealed, after=last)
+                self.decision_ids[decision.envelope_id] = envelope.id
+        else:
+            batch = [(sealed.body, dict(sealed.headers)) for _, _, sealed in records]
+            last = await self.log.append_batch(batch, after=after, batch_id=new_id())
+            for decision, envelope, _ in records:
+                self.decision_ids[decision.envelope_id] = envelope.id
+        self.state.last_seq = last
+        for decision, _, _ in records:
+            _decided(decision)
+
+    async def _store(self, sealed: Sealed, *, after: int) -> int:
+        """Store one decision record if the last decision is still at ``after``; its sequence."""
+        appended = await self.log.append(sealed.body, dict(sealed.headers), after=after)
+        if appended.duplicate:  # an earlier attempt landed: read it back like anyone else's
+            raise Conflict(f"decision record {sealed.headers.get(HEADER_MSG_ID)} was stored before")
+        return appended.seq
+
+
+def _decided(decision: Decision) -> None:
+    log.info(
+        "decided",
+        extra={
+            "envelope_id": decision.envelope_id,
+            "sender": decision.sender,
+            "verdict": decision.verdict,
+            "reasons": list(decision.reasons),
+        },
+    )

@@ -16,23 +16,12 @@ import asyncio
 import logging
 
 import msgspec
-import nats.errors
-import nats.js.errors
 
-from trustbus.agents._checkpoint_value import SignedValue
 from trustbus.agents._effect_asks import UntrustedAnswer, answer_key, check_answer
-from trustbus.bus import (
-    Bus,
-    Envelope,
-    TransportError,
-    VerificationError,
-    decode_msgpack,
-    new_envelope,
-    open_envelope,
-    subjects,
-)
+from trustbus.agents._memory import memory_bucket
+from trustbus.agents._signed_value import SignedValue, decode_signed
+from trustbus.bus import Bus, Envelope, VerificationError, new_envelope, subjects
 from trustbus.bus._records import Decision, encode_decision
-from trustbus.bus._seal import HEADER_KEY, HEADER_SIG
 
 log = logging.getLogger("trustbus.agent")
 
@@ -40,9 +29,8 @@ FIRST_PAUSE_S = 0.02
 LONGEST_PAUSE_S = 1.0
 
 
-def _subject(bus: Bus, agent: str, ask_id: str) -> str:
-    bucket = subjects.memory_bucket(bus.tenant)
-    return f"$KV.{bucket}.{answer_key(agent, subjects.check_effect_key(ask_id))}"
+def _key(agent: str, ask_id: str) -> str:
+    return answer_key(agent, subjects.check_effect_key(ask_id))
 
 
 async def store_answer(bus: Bus, decision: Decision) -> None:
@@ -64,13 +52,8 @@ async def store_answer(bus: Bus, decision: Decision) -> None:
         payload=encode_decision(decision),
     )
     sealed = bus.seal(answer)
-    stored = SignedValue(body=sealed.body, headers={k: sealed.headers[k] for k in (HEADER_SIG, HEADER_KEY)})
-    try:
-        await bus.js.publish(
-            _subject(bus, decision.sender, decision.envelope_id), msgspec.msgpack.encode(stored), timeout=5.0
-        )
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise TransportError(f"cannot store the answer to effect request {decision.envelope_id}: {exc}") from exc
+    value = SignedValue.of(sealed.body, sealed.headers).encode()
+    await memory_bucket(bus, direct=False).put(_key(decision.sender, decision.envelope_id), value)
 
 
 async def await_answer(bus: Bus, agent: str, ask: Envelope, *, tool: str) -> Decision:
@@ -82,11 +65,11 @@ async def await_answer(bus: Bus, agent: str, ask: Envelope, *, tool: str) -> Dec
     Raises:
         TransportError: the bucket could not be read.
     """
-    subject = _subject(bus, agent, ask.id)
+    key = _key(agent, ask.id)
     pause = FIRST_PAUSE_S
     reported: set[str] = set()
     while True:
-        decision = await _read(bus, subject, agent, ask.id, reported)
+        decision = await _read(bus, key, agent, ask.id, reported)
         if decision is not None and decision.verdict != "hold":
             return decision
         if decision is not None and "held" not in reported:
@@ -99,27 +82,23 @@ async def await_answer(bus: Bus, agent: str, ask: Envelope, *, tool: str) -> Dec
         pause = min(pause * 2, LONGEST_PAUSE_S)
 
 
-async def _read(bus: Bus, subject: str, agent: str, ask_id: str, reported: set[str]) -> Decision | None:
-    try:
-        raw = await bus.js.get_last_msg(f"KV_{subjects.memory_bucket(bus.tenant)}", subject, direct=True)
-    except nats.js.errors.NotFoundError:
+async def _read(bus: Bus, key: str, agent: str, ask_id: str, reported: set[str]) -> Decision | None:
+    bucket = memory_bucket(bus, direct=True)
+    entry = await bucket.get(key)
+    if entry is None:
         return None
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise TransportError(f"cannot read the answer to effect request {ask_id}: {exc}") from exc
-    stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
     try:
-        stored = decode_msgpack(raw.data or b"", type=SignedValue)
-        key_id = stored.headers.get(HEADER_KEY, "")
-        if key_id and not bus.keyring.keyring.knows(key_id):
-            await bus.keyring.refresh_key(key_id)
+        stored = decode_signed(entry.value)
+        if stored.key_id and not bus.keyring.keyring.knows(stored.key_id):
+            await bus.keyring.refresh_key(stored.key_id)
         # A component's record, judged at its store time (no skew check): a coordinator whose
         # clock was stepped must still be able to release a held call.
-        opened = open_envelope(
-            stored.body, stored.headers, keyring=bus.keyring.keyring, received_ns=stored_ns, at_store=True
-        )
+        opened = stored.open(keyring=bus.keyring.keyring, stored_ns=entry.stored_ns, at_store=True)
         return check_answer(opened, agent=agent, ask_id=ask_id)
     except (msgspec.DecodeError, VerificationError, UntrustedAnswer) as exc:  # MalformedPayload is a VerificationError
-        if str(raw.seq) not in reported:
-            reported.add(str(raw.seq))
-            log.error("not the coordinator's answer; ignored", extra={"subject": subject, "error": str(exc)})
+        if str(entry.revision) not in reported:
+            reported.add(str(entry.revision))
+            log.error(
+                "not the coordinator's answer; ignored", extra={"subject": bucket.subject(key), "error": str(exc)}
+            )
         return None

@@ -32,8 +32,6 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 
 from trustbus.agents._effect_answers import await_answer
 from trustbus.agents._effect_asks import asks_first, denial_message, is_ask
@@ -157,19 +155,15 @@ class Effector:
 
     async def _last_record(self, subject: str, key: str, tool: str) -> tuple[Envelope, EffectRecord] | None:
         """The latest record of this call (envelope and record), verified as this agent's own; None if none."""
-        try:
-            raw = await self._bus.js.get_last_msg(self._bus.stream, subject, direct=True)
-        except nats.js.errors.NotFoundError:
+        found = await self._bus.log(subject, direct=True).last()
+        if found is None:
             return None
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read the record of effect {key}: {exc}") from exc
-        stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
         try:
             opened = open_envelope(
-                raw.data or b"",
-                raw.headers or {},
+                found.body,
+                found.headers,
                 keyring=self._bus.keyring.keyring,
-                received_ns=stored_ns,
+                received_ns=found.stored_ns,
                 limits=self._bus.limits,
             )
             record = decode_effect(opened.envelope.payload)
@@ -212,10 +206,10 @@ class Effector:
 async def check_direct_gets(bus: Bus) -> None:
     """RuntimeSetupError unless the tenant stream allows the direct gets effect look-ups use."""
     try:
-        info = await bus.js.stream_info(bus.stream)
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        allowed = await bus.allows_direct_gets()
+    except TransportError as exc:
         raise RuntimeSetupError(f"cannot read stream {bus.stream}: {exc}") from exc
-    if not info.config.allow_direct:
+    if not allowed:
         raise RuntimeSetupError(
             f"stream {bus.stream} does not allow direct gets, which effects need: "
             f"run `trustbus init --tenant {bus.tenant}` again (as the admin) to turn them on"

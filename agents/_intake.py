@@ -29,8 +29,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from nats.aio.msg import Msg
-
 from trustbus.agents._suspension import SUSPENDED, Suspensions
 from trustbus.bus import Bus, ConsumerSettings, Delivery, TransportError, subjects
 from trustbus.bus._rejections import RejectionLog, subject_owner
@@ -168,11 +166,11 @@ class Intake:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), REFRESH_S)
 
-    def _screen(self, msg: Msg) -> tuple[str, str] | None:
+    def _screen(self, subject: str) -> tuple[str, str] | None:
         """Refuse a suspended sender's outbox messages unverified. Its effect records are still verified and
         recorded: the taint of what its tools returned must follow it once the suspension is lifted."""  # noqa: D205, D209
-        owner = subject_owner(msg.subject)
-        if msg.subject.startswith(self._outboxes) and self.suspensions.suspended(owner):
+        owner = subject_owner(subject)
+        if subject.startswith(self._outboxes) and self.suspensions.suspended(owner):
             return SUSPENDED, f"{owner} is suspended in partition {self.partition}"
         return None
 

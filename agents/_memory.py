@@ -13,11 +13,8 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
 
-from trustbus.bus import Envelope, TransientError, decode_json, subjects
+from trustbus.bus import Bucket, Bus, Envelope, TransientError, TransportError, decode_json, subjects
 from trustbus.bus._records import MemoryWrite, decode_memory_write
 from trustbus.bus._records import decode_memory_value as decode_value
 
@@ -39,9 +36,19 @@ def parse_write(payload: bytes) -> MemoryWrite | None:
     return write
 
 
-def kv_subject(bucket: str, agent: str, key: str) -> str:
-    """The KV subject of ``agent``'s ``key``."""
-    return f"$KV.{bucket}.{agent}.{key}"
+def memory_key(agent: str, key: str) -> str:
+    """The key of the memory bucket that holds ``agent``'s ``key``."""
+    return f"{agent}.{key}"
+
+
+def checkpoint_key(agent: str) -> str:
+    """The key of the memory bucket that holds ``agent``'s checkpoint (a key no memory write may name)."""
+    return memory_key(agent, "checkpoint")
+
+
+def memory_bucket(bus: Bus, *, direct: bool) -> Bucket:
+    """The tenant's memory bucket; ``direct`` for an agent, whose permissions allow only direct gets of its keys."""
+    return bus.bucket(subjects.memory_bucket(bus.tenant), direct=direct)
 
 
 class MemoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,18 +66,17 @@ class Memory:
 
     def __init__(
         self,
-        js: JetStreamContext,
-        tenant: str,
+        bucket: Bucket,
         agent_id: str,
         send: Sender,
         on_read: Callable[[tuple[str, ...]], None] = lambda taint: None,
         on_foreign: ForeignRecorder | None = None,
     ) -> None:
-        """``send`` proposes a ``memory_write`` envelope (the handler context's send); ``on_read`` is given the
-        taint of every value read (the context adds it to what the handler sends from then on); ``on_foreign``
-        records a value that is not one the coordinator wrote."""  # noqa: D205, D209
-        self._js = js
-        self._bucket = subjects.memory_bucket(tenant)
+        """``bucket``: the tenant's memory bucket, read with direct gets (:func:`memory_bucket`). ``send`` proposes
+        a ``memory_write`` envelope (the handler context's send); ``on_read`` is given the taint of every value read
+        (the context adds it to what the handler sends from then on); ``on_foreign`` records a value that is not one
+        the coordinator wrote."""  # noqa: D205, D209
+        self._bucket = bucket
         self._agent = agent_id
         self._send = send
         self._on_read = on_read
@@ -85,29 +91,27 @@ class Memory:
         that do not parse) is recorded once and reads as ``None`` at its
         revision, so the agent carries on and can write over it.
         """
+        name = memory_key(self._agent, key)
         try:
-            raw = await self._js.get_last_msg(
-                f"KV_{self._bucket}", kv_subject(self._bucket, self._agent, key), direct=True
-            )
-        except nats.js.errors.NotFoundError:
-            return None
-        except (nats.errors.Error, nats.js.errors.Error) as exc:  # the server is away: retry the delivery later
+            entry = await self._bucket.get(name)
+        except TransportError as exc:  # the server is away: retry the delivery later
             raise TransientError(f"cannot read memory key {key!r}: {exc}") from exc
-        subject = kv_subject(self._bucket, self._agent, key)
+        if entry is None:
+            return None
         try:
-            stored = decode_value(raw.data or b"")
+            stored = decode_value(entry.value)
             value = decode_json(stored.value)
         except (msgspec.DecodeError, ValueError) as exc:
             if self._on_foreign is not None:
                 await self._on_foreign(
-                    subject, raw.seq or 0, raw.data or b"", raw.headers, f"not a memory value: {exc}"
+                    self._bucket.subject(name), entry.revision, entry.value, entry.headers, f"not a memory value: {exc}"
                 )
-            return MemoryEntry(key=key, value=None, revision=raw.seq or 0, effective_taint=(), envelope_id="")
+            return MemoryEntry(key=key, value=None, revision=entry.revision, effective_taint=(), envelope_id="")
         self._on_read(stored.effective_taint)  # what was steered into memory steers whoever reads it
         return MemoryEntry(
             key=key,
             value=value,
-            revision=raw.seq or 0,
+            revision=entry.revision,
             effective_taint=stored.effective_taint,
             envelope_id=stored.envelope_id,
         )

@@ -36,12 +36,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import nats.errors
-import nats.js.errors
-
-from trustbus.agents._coordinator import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE, Coordinator
+from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._policy import Policy
-from trustbus.bus import Bus, TransportError, subjects
+from trustbus.bus import Bus, Conflict, NotFound, Timeout, TransportError, subjects
 from trustbus.bus._signals import unless_stopped
 
 log = logging.getLogger("trustbus.coordinator")
@@ -49,7 +46,7 @@ log = logging.getLogger("trustbus.coordinator")
 RENEW_S = 1.0
 LEASE_S = 6.0
 HAND_BACK_TIMEOUT_S = 1.0  # per write at stop; a lease not handed back expires after LEASE_S anyway
-_OPERATION = "KV-Operation"
+WRITE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -76,10 +73,10 @@ class Partitions:
         self.bus = bus
         self.policy = policy
         self.instance = uuid.uuid4().hex
-        self._bucket = subjects.coordinator_bucket(bus.tenant)
+        self._bucket = bus.bucket(subjects.coordinator_bucket(bus.tenant))
         self._held: dict[int, tuple[Coordinator, asyncio.Event, asyncio.Task[None]]] = {}
         self._revisions: dict[int, int] = {}
-        self._server_now = 0.0  # the server's clock (unix s) at this round's member write
+        self._server_now_ns = 0  # the server's clock at this round's member write
         self._inboxes: set[str] = set()
 
     @property
@@ -111,7 +108,7 @@ class Partitions:
                 log.error("partition stopped; handing it back", extra={"partition": partition})
                 await self._release(partition)
         await self._write(f"member-{self.bus.name}", self._holder(), expected=None)
-        self._server_now = await self._stored_at(f"member-{self.bus.name}")
+        self._server_now_ns = await self._stored_at(f"member-{self.bus.name}")
         share = math.ceil(self.bus.partitions / await self._live_members())
         leases = {p: await self._read(f"partition-{p}") for p in range(self.bus.partitions)}
         for partition in self.held:
@@ -133,7 +130,7 @@ class Partitions:
             self._revisions[partition] = revision
             try:
                 await self._start(partition)
-            except (TransportError, nats.errors.Error) as exc:
+            except TransportError as exc:
                 log.warning(
                     "cannot start a partition; handing it back", extra={"partition": partition, "error": str(exc)}
                 )
@@ -195,7 +192,7 @@ class Partitions:
     async def _hand_back_all(self) -> None:
         """Stop every partition, then hand the leases back and leave, briefly: with the server unreachable a
         stopping process must not wait on it, and what it holds frees itself after ``LEASE_S``."""  # noqa: D205, D209
-        connected = self.bus.nc.is_connected
+        connected = self.bus.connected
         for partition in self.held:
             await self._stop(partition, finish=connected)
         revisions, self._revisions = self._revisions, {}
@@ -220,53 +217,44 @@ class Partitions:
             live += member.name is not None and member.age_s <= LEASE_S
         return max(live, 1)
 
-    async def _stored_at(self, key: str) -> float:
-        """When the server stored ``key``'s last value (unix s): its clock, read through what it wrote."""
-        try:
-            raw = await self.bus.js.get_last_msg(f"KV_{self._bucket}", f"$KV.{self._bucket}.{key}")
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read {key} of {self._bucket}: {exc}") from exc
-        assert raw.time is not None
-        return raw.time.timestamp()
+    async def _stored_at(self, key: str) -> int:
+        """When the server stored ``key``'s last value (unix ns): its clock, read through what it wrote."""
+        entry = await self._bucket.get(key)
+        if entry is None:
+            raise NotFound(f"{key} of {self._bucket.name} is gone")
+        return entry.stored_ns
 
     async def _read(self, key: str) -> Lease:
-        try:
-            raw = await self.bus.js.get_last_msg(f"KV_{self._bucket}", f"$KV.{self._bucket}.{key}")
-        except nats.js.errors.NotFoundError:
+        entry = await self._bucket.get(key)
+        if entry is None:
             return Lease(revision=0, name=None, instance=None, age_s=math.inf)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read {key} of {self._bucket}: {exc}") from exc
-        assert raw.seq is not None and raw.time is not None
-        age = self._server_now - raw.time.timestamp()
-        if (raw.headers or {}).get(_OPERATION) in ("DEL", "PURGE"):
-            return Lease(revision=raw.seq, name=None, instance=None, age_s=age)
-        holder = _holder_of(raw.data or b"")
+        age = (self._server_now_ns - entry.stored_ns) / 1e9
+        if entry.deleted:
+            return Lease(revision=entry.revision, name=None, instance=None, age_s=age)
+        holder = _holder_of(entry.value)
         if holder is None:
             # Held by no one we know of, from when it was stored: free once that is LEASE_S old.
             detail = f"{key} holds no coordinator's lease"
-            await self.bus.record_foreign_value(f"$KV.{self._bucket}.{key}", raw.seq, raw.data or b"", raw.headers,
-                                                detail=detail)  # fmt: skip
-            return Lease(revision=raw.seq, name="?", instance=None, age_s=age, foreign=True)
-        return Lease(revision=raw.seq, name=holder[0], instance=holder[1], age_s=age)
+            await self.bus.record_foreign_value(
+                self._bucket.subject(key), entry.revision, entry.value, entry.headers, detail=detail
+            )
+            return Lease(revision=entry.revision, name="?", instance=None, age_s=age, foreign=True)
+        return Lease(revision=entry.revision, name=holder[0], instance=holder[1], age_s=age)
 
     async def _write(
-        self, key: str, value: dict[str, str] | None, *, expected: int | None, timeout_s: float = 5.0
+        self, key: str, value: dict[str, str] | None, *, expected: int | None, timeout_s: float = WRITE_TIMEOUT_S
     ) -> int | None:
         """Write (or, with None, delete) ``key`` if its revision is still ``expected``; its new revision, or
         None if someone else wrote it first. ``expected=None`` writes unconditionally."""  # noqa: D205, D209
-        headers = {} if expected is None else {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
-        if value is None:
-            headers[_OPERATION] = "DEL"
-        body = b"" if value is None else json.dumps(value).encode()
         try:
-            ack = await self.bus.js.publish(f"$KV.{self._bucket}.{key}", body, headers=headers, timeout=timeout_s)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                return None
-            raise TransportError(f"cannot write {key} of {self._bucket}: {exc}") from exc
-        except nats.errors.Error as exc:
-            raise TransportError(f"cannot write {key} of {self._bucket}: {exc}") from exc
-        return ack.seq
+            async with asyncio.timeout(timeout_s):
+                if value is None:
+                    return await self._bucket.delete(key, revision=expected)
+                return await self._bucket.put(key, json.dumps(value).encode(), revision=expected)
+        except Conflict:
+            return None
+        except TimeoutError as exc:
+            raise Timeout(f"write {key} of {self._bucket.name}: no answer in {timeout_s} s") from exc
 
 
 def _holder_of(value: bytes) -> tuple[str, str] | None:

@@ -19,15 +19,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import nats.errors
-import nats.js.errors
-
-from trustbus.agents._checkpoint_value import open_checkpoint
-from trustbus.agents._coordinator import INBOX_SETTINGS
 from trustbus.agents._decision import instruction_verb
 from trustbus.agents._effector import Effector, check_direct_gets
 from trustbus.agents._errors import RuntimeSetupError
-from trustbus.agents._memory import ForeignRecorder, Memory
+from trustbus.agents._forwarding import INBOX_SETTINGS
+from trustbus.agents._memory import ForeignRecorder, Memory, checkpoint_key, memory_bucket
+from trustbus.agents._signed_value import open_checkpoint
 from trustbus.agents._tools import Toolbox, ToolImplementation
 from trustbus.bus import (
     Bus,
@@ -38,6 +35,7 @@ from trustbus.bus import (
     Kind,
     MalformedPayload,
     TransientError,
+    TransportError,
     decode_json,
     new_envelope,
     subjects,
@@ -75,7 +73,7 @@ class Context:
         self.decision_id: str | None = mediation.decision_id if mediation else None
         self.attempt = delivery.attempt
         self.memory = Memory(
-            bus.js, bus.tenant, agent_id, self.send, on_read=self._read_taint, on_foreign=_foreign(bus)
+            memory_bucket(bus, direct=True), agent_id, self.send, on_read=self._read_taint, on_foreign=_foreign(bus)
         )
 
     @contextlib.contextmanager
@@ -275,20 +273,19 @@ async def read_checkpoint(bus: Bus, agent_id: str) -> dict[str, Any] | None:
     A foreign value there (not the agent's signed checkpoint) is recorded once as ``foreign``
     and the agent starts without it.
     """
-    bucket = subjects.memory_bucket(bus.tenant)
-    subject = f"$KV.{bucket}.{agent_id}.checkpoint"
+    bucket = memory_bucket(bus, direct=True)
+    key = checkpoint_key(agent_id)
     try:
-        raw = await bus.js.get_last_msg(f"KV_{bucket}", subject, direct=True)
-    except nats.js.errors.NotFoundError:
-        return None
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        entry = await bucket.get(key)
+    except TransportError as exc:
         raise RuntimeSetupError(f"cannot read the checkpoint of {agent_id}: {exc}") from exc
-    stored_ns = int(raw.time.timestamp() * 1e9) if raw.time else 0
+    if entry is None:
+        return None
     try:
-        return open_checkpoint(raw.data or b"", keyring=bus.keyring.keyring, agent_id=agent_id, stored_ns=stored_ns)
+        return open_checkpoint(entry.value, keyring=bus.keyring.keyring, agent_id=agent_id, stored_ns=entry.stored_ns)
     except ValueError as exc:
         log.error("checkpoint is foreign; starting without it", extra={"error": str(exc)})
-        await bus.record_foreign_value(subject, raw.seq or 0, raw.data or b"", raw.headers, detail=str(exc))
+        await bus.record_foreign_value(bucket.subject(key), entry.revision, entry.value, entry.headers, detail=str(exc))
         return None
 
 
@@ -307,21 +304,18 @@ async def run_agent(
     agent_id = bus.name
     if tools is not None:
         await check_direct_gets(bus)
+    inbox = subjects.inbox_consumer(agent_id)
     try:
-        await bus.js.consumer_info(bus.stream, subjects.inbox_consumer(agent_id))
-    except nats.js.errors.NotFoundError:
+        exists = await bus.consumer_exists(inbox)
+    except TransportError as exc:
+        raise RuntimeSetupError(f"cannot reach inbox consumer {inbox}: {exc}") from exc
+    if not exists:
         # No coordinator has created it yet; a development server lets us.
-        await bus.ensure_consumer(
-            subjects.inbox_consumer(agent_id), subjects.inbox(bus.tenant, agent_id), settings=INBOX_SETTINGS
-        )
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise RuntimeSetupError(f"cannot reach inbox consumer {subjects.inbox_consumer(agent_id)}: {exc}") from exc
+        await bus.ensure_consumer(inbox, subjects.inbox(bus.tenant, agent_id), settings=INBOX_SETTINGS)
     await agent.on_start(await read_checkpoint(bus, agent_id))
     log.info("agent ready", extra={"agent": agent_id, "tenant": bus.tenant})
     ready()
-    async for delivery in bus.consume(
-        subjects.inbox_consumer(agent_id), settings=INBOX_SETTINGS, recipient=agent_id, stop=stop
-    ):
+    async for delivery in bus.consume(inbox, settings=INBOX_SETTINGS, recipient=agent_id, stop=stop):
         async with delivery.process():
             await _handle_in_time(agent, Context(bus, agent_id, delivery, tools=tools))
 

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from trustbus.agents._coordinator import Coordinator
+from trustbus.bus import Conflict
 
 COUNTS = "coordinator"  # the "progress" value of a counts line
 
@@ -101,7 +102,7 @@ def _wrap_append_many(append_many: Method) -> Method:
         try:
             await append_many(self, items, **kwargs)
         except Exception as exc:
-            if type(exc).__name__ == "_Conflict":
+            if isinstance(exc, Conflict):
                 COUNTED.discarded += len(items)
             raise
 

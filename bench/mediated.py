@@ -82,7 +82,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from trustbus import bus
-from trustbus.agents._coordinator import INBOX_SETTINGS, OUTBOX_SETTINGS
+from trustbus.agents._coordinator import OUTBOX_SETTINGS
+from trustbus.agents._forwarding import INBOX_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 PROCS = "bench._mediated_procs"

@@ -55,6 +55,7 @@ from trustbus.bus._errors import (
 from trustbus.bus._identity import Identity, encode_key_id, verify_key
 from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
 from trustbus.bus._keyring_store import KeyringStore
+from trustbus.bus._log import NatsSubjectLog
 from trustbus.bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
 from trustbus.bus._payload import (
     Bounds,
@@ -144,6 +145,7 @@ __all__ = [
     "Mediation",
     "MemoryValue",
     "MissingSignature",
+    "NatsSubjectLog",
     "NotFound",
     "NotMediated",
     "Opened",

@@ -32,12 +32,13 @@ class NatsSubjectLog:
     A wildcard ``subject`` reads several logs at once; appending needs a single subject.
     """
 
-    def __init__(self, js: JetStreamContext, nc: Client, stream: str, subject: str) -> None:
-        """A log of ``stream`` filtered to ``subject``."""
+    def __init__(self, js: JetStreamContext, nc: Client, stream: str, subject: str, *, direct: bool = False) -> None:
+        """A log of ``stream`` filtered to ``subject`` (``direct``: read with direct gets, as agents must)."""
         self._js = js
         self._nc = nc
         self.stream = stream
         self.subject = subject
+        self._direct = direct
 
     async def append(self, body: bytes, headers: dict[str, str], *, after: int | None) -> Appended:
         """Store one record if the log's last record is still at sequence ``after`` (None: unconditionally).
@@ -79,7 +80,7 @@ class NatsSubjectLog:
     async def get(self, seq: int) -> StoredMessage:
         """The record stored at ``seq`` (any subject of the stream). Raises NotFound."""
         try:
-            raw = await self._js.get_msg(self.stream, seq)
+            raw = await self._js.get_msg(self.stream, seq, direct=self._direct)
         except NATS_ERRORS as exc:
             raise translated(exc, f"read {self.stream} at {seq}") from exc
         return stored(raw)
@@ -87,7 +88,7 @@ class NatsSubjectLog:
     async def last(self) -> StoredMessage | None:
         """The last record on the log, or None if it is empty."""
         try:
-            raw = await self._js.get_last_msg(self.stream, self.subject)
+            raw = await self._js.get_last_msg(self.stream, self.subject, direct=self._direct)
         except NATS_ERRORS as exc:
             error = translated(exc, f"read the last of {self.subject}")
             if isinstance(error, NotFound):
@@ -100,7 +101,7 @@ class NatsSubjectLog:
         seq = after + 1
         while True:
             try:
-                raw = await self._js.get_msg(self.stream, seq, subject=self.subject, next=True)
+                raw = await self._js.get_msg(self.stream, seq, subject=self.subject, next=True, direct=self._direct)
             except NATS_ERRORS as exc:
                 error = translated(exc, f"read {self.subject} from {seq}")
                 if isinstance(error, NotFound):

@@ -29,7 +29,7 @@ from trustbus.bus._api import tenant_jetstream
 from trustbus.bus._bucket import NatsBucket
 from trustbus.bus._connection import connect_options, split_servers
 from trustbus.bus._envelope import Envelope, new_envelope
-from trustbus.bus._errors import BusError, TransportError, VerificationError
+from trustbus.bus._errors import BusError, NotFound, TransportError, VerificationError
 from trustbus.bus._identity import Identity
 from trustbus.bus._keyring_store import KeyringStore
 from trustbus.bus._log import NatsSubjectLog
@@ -42,7 +42,7 @@ from trustbus.bus._stored import unix_ns
 from trustbus.bus._stores import Bucket, SubjectLog
 from trustbus.bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
 from trustbus.bus._tail import tail
-from trustbus.bus._translate import unavailable
+from trustbus.bus._translate import NATS_ERRORS, translated, unavailable
 
 log = logging.getLogger("trustbus.bus")
 
@@ -217,9 +217,33 @@ class Bus:
         """The tenant's KV bucket ``name`` (``direct``: read with direct gets, as agents must)."""
         return NatsBucket(self.js, name, direct=direct)
 
-    def log(self, subject: str) -> SubjectLog:
-        """The records of the tenant stream on ``subject``."""
-        return NatsSubjectLog(self.js, self.nc, self.stream, subject)
+    def log(self, subject: str, *, direct: bool = False) -> SubjectLog:
+        """The records of the tenant stream on ``subject`` (``direct``: read with direct gets, as agents must)."""
+        return NatsSubjectLog(self.js, self.nc, self.stream, subject, direct=direct)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to a server is up now (not lost, reconnecting or closed)."""
+        return bool(self.nc.is_connected)
+
+    async def consumer_exists(self, durable: str) -> bool:
+        """Whether the tenant stream has the durable consumer ``durable``; TransportError if that cannot be told."""
+        try:
+            await self.js.consumer_info(self.stream, durable)
+        except NATS_ERRORS as exc:
+            error = translated(exc, f"read consumer {durable}")
+            if isinstance(error, NotFound):
+                return False
+            raise error from exc
+        return True
+
+    async def allows_direct_gets(self) -> bool:
+        """Whether the tenant stream answers direct gets (``allow_direct``); TransportError if it cannot be read."""
+        try:
+            info = await self.js.stream_info(self.stream)
+        except NATS_ERRORS as exc:
+            raise translated(exc, f"read stream {self.stream}") from exc
+        return bool(info.config.allow_direct)
 
     # -- publishing ---------------------------------------------------------
 
@@ -322,7 +346,7 @@ class Bus:
         recipient: str | None = None,
         stop: asyncio.Event | None = None,
         rejections: RejectionLog | None = None,
-        screen: Callable[[Msg], tuple[str, str] | None] | None = None,
+        screen: Callable[[str], tuple[str, str] | None] | None = None,
     ) -> AsyncGenerator[list[Delivery], None]:
         """Like :meth:`consume`, but yield each fetch's verified deliveries together, in stream order.
 
@@ -336,7 +360,7 @@ class Bus:
             stop: as for :meth:`consume`.
             rejections: record what fails verification there, in aggregate (see
                 :class:`~bus.RejectionLog`), instead of one quarantine record each.
-            screen: asked first about each message; a ``(reason, detail)`` refuses it unverified.
+            screen: asked first about each message's subject; a ``(reason, detail)`` refuses it unverified.
         """
         try:
             sub = await self.js.pull_subscribe_bind(durable, stream=self.stream)
@@ -378,7 +402,7 @@ class Bus:
                 for index, msg in enumerate(msgs, start=1):
                     if rejections is not None and index % _YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # let other readers' work run between checks of a flood
-                    refused = screen(msg) if screen is not None else None
+                    refused = screen(msg.subject) if screen is not None else None
                     if refused is not None and rejections is not None:
                         rejections.add(msg, reason=refused[0], detail=refused[1])
                         continue

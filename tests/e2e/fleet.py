@@ -164,11 +164,11 @@ class Fleet:
 
     async def memory_written(self, agent: str, key: str, envelope_id: str, *, limit_s: float = 30) -> None:
         """Wait until the coordinator has stored the value written by ``envelope_id``."""
-        from trustbus.agents._memory import decode_value, kv_subject
+        from trustbus.agents._memory import decode_value, memory_key
 
         bucket = subjects.memory_bucket(self.tenant)
         sub = await self.nc.jetstream().subscribe(
-            kv_subject(bucket, agent, key), stream=f"KV_{bucket}", ordered_consumer=True
+            f"$KV.{bucket}.{memory_key(agent, key)}", stream=f"KV_{bucket}", ordered_consumer=True
         )
 
         async def follow() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.e2e.fleet import Fleet
-from trustbus.agents._memory import Memory
+from trustbus.agents._memory import Memory, memory_bucket
 from trustbus.bus import Decision
 
 POLICY = {"taint": {"on_tainted_memory_write": "quarantine"}, "rules": [{"from": "*", "to": ["*"], "kinds": ["event"]}]}
@@ -21,7 +21,7 @@ async def test_memory_writes_are_audited_and_compare_and_set(fleet: Fleet) -> No
     async def send(to: tuple[str, ...], payload: object, *, kind: str) -> object:
         return await propose(to, payload)
 
-    memory = Memory(scribe.js, fleet.tenant, "scribe", send)  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", send)  # type: ignore[arg-type]
     assert await memory.get("customer") is None
 
     first = await propose(("scribe",), {"key": "customer", "value": {"tier": "gold"}, "expected_revision": 0})
@@ -44,7 +44,7 @@ async def test_memory_writes_are_audited_and_compare_and_set(fleet: Fleet) -> No
     await fleet.memory_written("scribe", "customer", fresh)
     now = await memory.get("customer")
     assert now is not None and now.value == {"tier": "platinum"} and now.envelope_id == fresh
-    bob = Memory(scribe.js, fleet.tenant, "bob", send)  # type: ignore[arg-type]
+    bob = Memory(memory_bucket(scribe, direct=True), "bob", send)  # type: ignore[arg-type]
     assert await bob.get("customer") is None
 
 
@@ -64,7 +64,7 @@ async def test_memory_write_derived_from_tainted_content_is_quarantined(fleet: F
     record = await fleet.quarantined(lambda r: r.claimed_id == poisoned)
     await fleet.memory_written("scribe", "greeting", clean)
     assert record.reason == "tainted_memory_write"
-    memory = Memory(scribe.js, fleet.tenant, "scribe", None)  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None)  # type: ignore[arg-type]
     assert await memory.get("refund_account") is None  # memory unchanged
     greeting = await memory.get("greeting")  # legitimate, untainted writes pass without a person
     assert greeting is not None and greeting.value == "hello" and decisions[clean].verdict == "accept"
@@ -83,7 +83,7 @@ async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approv
                              kind="memory_write", correlation_id=page)  # fmt: skip
     [held] = [d for d in await fleet.decisions(lambda ds: len(ds) == 2) if d.envelope_id == write]
     assert held.verdict == "hold"
-    memory = Memory(scribe.js, fleet.tenant, "scribe", None)  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None)  # type: ignore[arg-type]
     assert await memory.get("address") is None
     rc, _, err = await cli(fleet, "approve", write, "-t", fleet.tenant, "--as", "ops")
     assert rc == 0, err
@@ -115,7 +115,7 @@ async def test_a_held_write_approved_after_the_key_moved_on_is_not_applied_and_t
     assert [d.verdict for d in decisions if d.envelope_id == held] == ["hold", "accept"]
     record = await fleet.quarantined(lambda r: r.claimed_id == held)
     assert record.reason == "stale_revision" and "scribe.address" in record.detail and "not written" in record.detail
-    entry = await Memory(scribe.js, fleet.tenant, "scribe", None).get("address")  # type: ignore[arg-type]
+    entry = await Memory(memory_bucket(scribe, direct=True), "scribe", None).get("address")  # type: ignore[arg-type]
     assert entry is not None and entry.value == "1 Main St" and entry.envelope_id == direct  # never overwritten
     # The legitimate twin, approved while its expected revision still holds, is applied (the test above).
 
@@ -129,7 +129,7 @@ async def test_rollback_reverts_the_memory_an_incident_wrote_as_a_new_revision_o
     before = await fleet.send(scribe, ["scribe"], {"key": "tier", "value": "silver", "expected_revision": 0},
                               kind="memory_write")  # fmt: skip
     await fleet.memory_written("scribe", "tier", before)
-    memory = Memory(scribe.js, fleet.tenant, "scribe", None)  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None)  # type: ignore[arg-type]
     entry = await memory.get("tier")
     assert entry is not None
     write = {"key": "tier", "value": "platinum", "expected_revision": entry.revision}

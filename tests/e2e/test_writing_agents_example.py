@@ -21,7 +21,8 @@ from tests.e2e.fleet import ROOT, Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
 from trustbus.agents._memory import Memory
-from trustbus.bus import Decision, Envelope, decode_envelope, subjects
+from trustbus.bus import Bucket, Decision, Envelope, decode_envelope, subjects
+from trustbus.bus._bucket import NatsBucket
 
 POLICY = {
     "rules": [
@@ -32,6 +33,11 @@ POLICY = {
 }
 AGENT = ("agent", "run", "examples.support_desk:app", "--id", "support", "--tools", "examples/tools.yaml")
 KEY = "refunds-c-42"
+
+
+def _memory(fleet: Fleet) -> Bucket:
+    """The tenant's memory bucket, read with the direct gets an agent is allowed."""
+    return NatsBucket(fleet.nc.jetstream(), subjects.memory_bucket(fleet.tenant), direct=True)
 
 
 async def start_desk(fleet: Fleet) -> asyncio.subprocess.Process:
@@ -60,7 +66,7 @@ async def memory_after(fleet: Fleet, instruction: str) -> object:
     [write] = [d for d in await fleet.decisions(proposed) if d.kind == "memory_write" and d.causation_id == instruction]
     assert write.verdict == "accept" and write.reasons == ("memory_write",)
     await fleet.memory_written("support", KEY, write.envelope_id)
-    entry = await Memory(fleet.nc.jetstream(), fleet.tenant, "support", None).get(KEY)  # type: ignore[arg-type]
+    entry = await Memory(_memory(fleet), "support", None).get(KEY)  # type: ignore[arg-type]
     assert entry is not None and entry.envelope_id == write.envelope_id
     return entry.value
 
@@ -145,7 +151,7 @@ async def test_support_desk_refunds_remembers_replies_with_cited_effects_and_res
 
     [revert] = [d for d in await fleet.decisions(reverted) if d.kind == "memory_write" and d.sender == "ops"]
     await fleet.memory_written("support", KEY, revert.envelope_id)
-    entry = await Memory(fleet.nc.jetstream(), fleet.tenant, "support", None).get(KEY)  # type: ignore[arg-type]
+    entry = await Memory(_memory(fleet), "support", None).get(KEY)  # type: ignore[arg-type]
     assert entry is not None and entry.value == [refund_id] and entry.envelope_id == revert.envelope_id
 
 

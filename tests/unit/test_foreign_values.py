@@ -7,8 +7,8 @@ import json
 import msgspec
 import pytest
 
-from trustbus.agents._checkpoint_value import open_checkpoint
 from trustbus.agents._partitions import _holder_of
+from trustbus.agents._signed_value import open_checkpoint
 from trustbus.bus import Identity, KeyGrant, Keyring, VerificationError, new_envelope, open_envelope, seal, sign_grant
 
 T = "acme"

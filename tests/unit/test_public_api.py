@@ -27,7 +27,7 @@ def test_bus_exports() -> None:
             "tenant_partitions", "tenant_stream_config", "verify_key",
             "Bounds", "MalformedPayload", "decode_json", "decode_msgpack",
             "AGENT_API_PREFIX", "own_account", "reload_until_wired", "tenant_jetstream",
-            "StoredMessage", "Bucket", "Entry", "SubjectLog", "Appended",
+            "StoredMessage", "Bucket", "Entry", "SubjectLog", "Appended", "NatsSubjectLog",
             "Conflict", "NotFound", "Refused", "Timeout", "Unavailable",
         ]
     )  # fmt: skip

@@ -1,0 +1,89 @@
+"""Forwarding an accepted envelope: the sender's bytes, countersigned for each recipient, into its inbox or topic.
+
+A forward carries ``Nats-Msg-Id = <envelope id>:<recipient>``, so forwarding
+again (a redelivery after a crash between the decision and the ack) is dropped
+by the stream's duplicate window. Past that window, the recipient's subject is
+read from the decision's source onward and only missing forwards are sent.
+Each recipient agent's inbox consumer is created on its first forward, if the
+coordinator has not created it yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+
+from trustbus.bus import Bus, ConsumerSettings, Decision, countersign, subjects
+from trustbus.bus._provision import DUPLICATE_WINDOW_S
+from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
+
+# Re-forwards younger than this rely on the duplicate window; older ones check the inbox first.
+_DEDUP_SAFE_NS = int(DUPLICATE_WINDOW_S * 1e9 * 0.75)
+
+# A short ack_wait brings a crashed agent's message back within seconds; a live
+# handler keeps it with in-progress beats (see bus.Delivery.process).
+INBOX_SETTINGS = ConsumerSettings(ack_wait_s=4.0, fetch_timeout_s=1.0)
+
+
+class Forwarder:
+    """The forwards of one coordinator process.
+
+    Args:
+        bus: the coordinator's connection (its identity countersigns).
+        inboxes: agents whose inbox consumer exists, shared by the partitions of one process.
+    """
+
+    def __init__(self, bus: Bus, inboxes: set[str] | None = None) -> None:
+        """Nothing is created until a forward needs it (or :meth:`ensure_inbox`)."""
+        self._bus = bus
+        self._inboxes = inboxes if inboxes is not None else set()
+
+    async def ensure_inbox(self, agent: str) -> None:
+        """Create ``agent``'s inbox consumer unless this process already did."""
+        if agent in self._inboxes:
+            return
+        inbox = subjects.inbox(self._bus.tenant, agent)
+        await self._bus.ensure_consumer(subjects.inbox_consumer(agent), inbox, settings=INBOX_SETTINGS)
+        self._inboxes.add(agent)
+
+    async def start(
+        self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision, decision_id: str
+    ) -> list[Awaitable[object]]:
+        """Publish the countersigned forwards of an envelope accepted by ``decision`` (recorded as ``decision_id``);
+        returns their acks to await."""  # noqa: D205, D209
+        if decision.verdict != "accept":
+            return []
+        bus = self._bus
+        recheck = bus.clock() - decision.decided_ns > _DEDUP_SAFE_NS
+        acks: list[Awaitable[object]] = []
+        for recipient in decision.deliver_to:
+            subject = self._subject_for(recipient)
+            msg_id = f"{decision.envelope_id}:{recipient}"
+            if recheck and await self._already_forwarded(subject, msg_id, after_seq=source_seq):
+                continue
+            if not recipient.startswith(subjects.TOPIC_PREFIX):
+                await self.ensure_inbox(recipient)
+            forwarded = {
+                HEADER_SIG: headers.get(HEADER_SIG, ""),
+                HEADER_KEY: headers.get(HEADER_KEY, ""),
+                HEADER_MSG_ID: msg_id,
+                **countersign(
+                    body,
+                    recipient=recipient,
+                    decision_id=decision_id,
+                    effective_taint=decision.effective_taint,
+                    coordinator=bus.identity,
+                ),
+            }
+            acks.append(await bus.forward(subject, body, forwarded))
+        return acks
+
+    def _subject_for(self, recipient: str) -> str:
+        if recipient.startswith(subjects.TOPIC_PREFIX):
+            return subjects.topic(self._bus.tenant, recipient.removeprefix(subjects.TOPIC_PREFIX))
+        return subjects.inbox(self._bus.tenant, recipient)
+
+    async def _already_forwarded(self, subject: str, msg_id: str, *, after_seq: int) -> bool:
+        async for message in self._bus.log(subject).read(after=after_seq):
+            if message.headers.get(HEADER_MSG_ID) == msg_id:
+                return True
+        return False

@@ -1,0 +1,87 @@
+"""The coordinator's writes to agent memory: accepted memory writes and accepted checkpoints.
+
+Both go to the tenant's memory bucket, which only the coordinator may write
+(read here with message gets; agents read their own keys with direct gets,
+:mod:`agents._memory`). A write is applied with compare-and-set on the
+revision its writer expected, so a write decided against a revision that has
+since moved on is never applied over the newer value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from trustbus.agents._memory import checkpoint_key, memory_bucket, memory_key, parse_write
+from trustbus.agents._signed_value import SignedValue
+from trustbus.bus import Bus, Conflict, Decision, Envelope, MemoryValue, decode_envelope, subjects
+from trustbus.bus._records import decode_memory_value as decode_value
+from trustbus.bus._records import encode_memory_value as encode_value
+
+log = logging.getLogger("trustbus.coordinator")
+
+
+class MemoryWrites:
+    """What the coordinator of ``bus`` reads and writes in the memory bucket."""
+
+    def __init__(self, bus: Bus) -> None:
+        """``bus``: the coordinator's connection."""
+        self._bus = bus
+        self._bucket = memory_bucket(bus, direct=False)
+
+    async def revision(self, envelope: Envelope) -> int:
+        """The current revision of the key a ``memory_write`` names (0 if absent or unparsable)."""
+        write = parse_write(envelope.payload)
+        if write is None or len(envelope.to) != 1 or envelope.to[0].startswith(subjects.TOPIC_PREFIX):
+            return 0
+        entry = await self._bucket.get(memory_key(envelope.to[0], write.key))
+        return entry.revision if entry is not None else 0
+
+    async def apply(self, body: bytes, headers: Mapping[str, str], decision: Decision, decision_id: str) -> None:
+        """Apply an accepted write with compare-and-set on the revision the writer expected; idempotent.
+
+        If the key moved on after the decision (the write was held and approved late, or a
+        coordinator of another partition wrote it first), the write is not applied, and a
+        quarantine record ``stale_revision`` says so beside the decision that accepted it.
+        """
+        envelope = decode_envelope(body)
+        write = parse_write(envelope.payload)
+        assert write is not None  # decide() accepted it
+        key = memory_key(envelope.to[0], write.key)  # the sender's own, or an operator's revert
+        current = await self._bucket.get(key)
+        try:
+            if current is not None and decode_value(current.value).envelope_id == decision.envelope_id:
+                return  # applied before a crash
+        except ValueError:  # msgspec.DecodeError, MalformedPayload
+            pass  # not a value this code wrote: the compare-and-set decides
+        value = MemoryValue(
+            value=bytes(write.value),
+            envelope_id=decision.envelope_id,
+            writer=decision.sender,
+            effective_taint=decision.effective_taint,
+            decision_id=decision_id,
+        )
+        try:
+            await self._bucket.put(key, encode_value(value), revision=write.expected_revision)
+            return
+        except Conflict:
+            pass
+        log.warning("accepted memory write not applied: the key moved on", extra={"envelope_id": decision.envelope_id})
+        bus = self._bus
+        await bus.record_quarantine(
+            body,
+            headers,
+            subject=subjects.outbox(bus.tenant, envelope.sender, bus.partition(envelope.correlation_id)),
+            stream_seq=decision.source_seq,
+            reason="stale_revision",
+            detail=(
+                f"accepted (decision {decision_id}) expecting revision {write.expected_revision} of "
+                f"{envelope.to[0]}.{write.key}, which had moved on when it was applied: not written"
+            ),
+            msg_id=f"stale:{bus.stream}:{decision.source_seq}",
+        )
+
+    async def store_checkpoint(self, agent: str, body: bytes, headers: Mapping[str, str], decision_id: str) -> None:
+        """Store ``agent``'s accepted checkpoint envelope, signed as it sent it, where its next process reads it."""
+        value = SignedValue.of(body, headers).encode()
+        await self._bucket.put(checkpoint_key(agent), value, headers={"Tb-Decision": decision_id})
