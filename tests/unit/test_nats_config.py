@@ -182,12 +182,19 @@ def test_revoked_keys_get_no_user(grants: list[KeyGrant]) -> None:
 def test_standalone_wraps_the_account_and_accounts_only_does_not(grants: list[KeyGrant]) -> None:
     system_user = Identity.generate().key_id
     full = render_tenant_config(T, grants, system_user_nkey=system_user)
-    for line in ("max_payload: 1MB", "jetstream {}", "system_account: SYS", f"{{ nkey: {system_user} }}"):
+    for line in (
+        "max_payload: 1MB",
+        "jetstream {",
+        "sync_interval: always",
+        "system_account: SYS",
+        f"{{ nkey: {system_user} }}",
+    ):
         assert f"\n{line}" in full or f" {line}" in full, line
     fragment = render_tenant_config(T, grants, standalone=False)
     body = [line for line in fragment.splitlines() if line and not line.startswith("#")]
     assert body[0] == "accounts {" and body[-1] == "}"
     assert "system_account" not in fragment and "SYS {" not in fragment and "max_payload" not in fragment
+    assert "sync_interval" not in fragment
     assert '  "acme" {' in fragment and "    jetstream: enabled" in fragment
 
 
