@@ -129,18 +129,19 @@ async def test_history_is_every_revision_oldest_first_after_a_revision_and_by_wi
     ay = await bucket.put("a.y", b"2")
     b = await bucket.put("b", b"3")
     axz = await bucket.put("a.x.z", b"4")
+    a = await bucket.put("a", b"5")
     ax2 = await bucket.delete("a.x")
     everything = [(e.key, e.revision, e.deleted) async for e in bucket.history()]
     assert everything == [("a.x", ax1, False), ("a.y", ay, False), ("b", b, False), ("a.x.z", axz, False),
-                          ("a.x", ax2, True)]  # fmt: skip
+                          ("a", a, False), ("a.x", ax2, True)]  # fmt: skip
     assert [e.revision async for e in bucket.history("a.x")] == [ax1, ax2]
     assert [e.value async for e in bucket.history("a.x")] == [b"1", b""]
     assert [e.revision async for e in bucket.history("a.x", after=ax1)] == [ax2]
     assert [e.revision async for e in bucket.history("a.x", after=ax2)] == []
-    assert [e.revision async for e in bucket.history(after=ay)] == [b, axz, ax2]
+    assert [e.revision async for e in bucket.history(after=ay)] == [b, axz, a, ax2]
     assert [e.key async for e in bucket.history("a.*")] == ["a.x", "a.y", "a.x"]  # one token
     assert [e.key async for e in bucket.history("a.>")] == ["a.x", "a.y", "a.x.z", "a.x"]  # the rest
-    assert [e.key async for e in bucket.history("*")] == ["b"]
+    assert [e.key async for e in bucket.history("*")] == ["b", "a"]
     last_of_a = await bucket.get("a.*")  # the last revision of any key matching
     assert last_of_a is not None and (last_of_a.key, last_of_a.revision) == ("a.x", ax2)
 
