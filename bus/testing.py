@@ -13,6 +13,9 @@ tests (``tests/integration/test_store_contract.py``) hold both to that:
   deduplication, as the server does: a resend whose expectation no longer
   holds is a :class:`~bus.Conflict`, one whose expectation holds is answered
   with the first copy's sequence and ``duplicate=True``.
+- A bucket on a stream of its own keeps the last 64 revisions of each key,
+  as :func:`~bus.provision` makes every bucket: older ones are gone from
+  its history and from its stream.
 - Message ids are remembered for the life of the stream (the server forgets
   them after its duplicate window).
 - A batch is stored whole or not at all. The server does not remember batch
@@ -42,6 +45,7 @@ __all__ = ["MemoryBucket", "MemoryStream", "MemorySubjectLog"]
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _MSG_ID = "Nats-Msg-Id"
 _OPERATION = "KV-Operation"
+_KV_HISTORY = 64  # revisions kept per key in a provisioned bucket (bus._provision.KV_HISTORY)
 
 
 @dataclass(frozen=True)
@@ -53,18 +57,23 @@ class _Failure:
 class MemoryStream:
     """One in-memory stream: every message of its buckets and logs, under one sequence."""
 
-    def __init__(self, name: str = "TB_memory", *, clock: Callable[[], int] = time.time_ns) -> None:
-        """``clock``: the store time of each message, in unix ns (the server's clock)."""
+    def __init__(
+        self, name: str = "TB_memory", *, clock: Callable[[], int] = time.time_ns, max_per_subject: int | None = None
+    ) -> None:
+        """``clock``: the store time of each message, in unix ns (the server's clock). ``max_per_subject``: keep
+        only the last so many messages of each subject (None: all)."""  # noqa: D205, D209
         self.name = name
         self._clock = clock
-        self._messages: list[StoredMessage] = []
+        self._max_per_subject = max_per_subject
+        self._messages: dict[int, StoredMessage] = {}  # by sequence, oldest first
+        self._seq = 0
         self._ids: dict[str, int] = {}  # Nats-Msg-Id -> the sequence that first stored it
         self._failures: list[_Failure] = []
 
     @property
     def messages(self) -> list[StoredMessage]:
         """Every message stored, oldest first."""
-        return list(self._messages)
+        return list(self._messages.values())
 
     def bucket(self, name: str) -> MemoryBucket:
         """The bucket ``name`` on this stream."""
@@ -100,37 +109,46 @@ class MemoryStream:
         return 0 if last is None else last.seq
 
     def _last(self, subject: str) -> StoredMessage | None:
-        return next((m for m in reversed(self._messages) if _matches(subject, m.subject)), None)
+        return next((m for m in reversed(self._messages.values()) if _matches(subject, m.subject)), None)
 
     def _next(self, seq: int, subject: str) -> StoredMessage | None:
         """The first message at ``seq`` or after on a subject matching ``subject``."""
-        return next((m for m in self._messages[max(seq, 1) - 1 :] if _matches(subject, m.subject)), None)
+        return next((m for m in self._messages.values() if m.seq >= seq and _matches(subject, m.subject)), None)
 
     def _at(self, seq: int) -> StoredMessage:
         if seq < 1:
             raise Refused(f"read {self.name} at {seq}: bad request")
-        if seq > len(self._messages):
+        if seq not in self._messages:
             raise NotFound(f"read {self.name} at {seq}: no message found")
-        return self._messages[seq - 1]
+        return self._messages[seq]
 
     def _store(self, records: Sequence[tuple[str, bytes, dict[str, str]]]) -> list[StoredMessage]:
         stored = []
         for subject, body, headers in records:
-            message = StoredMessage(len(self._messages) + 1, subject, self._clock(), dict(headers), body)
-            self._messages.append(message)
+            self._seq += 1
+            message = StoredMessage(self._seq, subject, self._clock(), dict(headers), body)
+            self._messages[message.seq] = message
+            self._keep_last(subject)
             if (msg_id := headers.get(_MSG_ID)) is not None:
                 self._ids.setdefault(msg_id, message.seq)
             stored.append(message)
         return stored
+
+    def _keep_last(self, subject: str) -> None:
+        if self._max_per_subject is None:
+            return
+        on_subject = [seq for seq, m in self._messages.items() if m.subject == subject]
+        for seq in on_subject[: -self._max_per_subject]:
+            del self._messages[seq]
 
 
 class MemoryBucket:
     """A :class:`~bus.Bucket` in memory: key ``k`` is the subject ``$KV.<name>.k`` of its stream."""
 
     def __init__(self, name: str, *, memory: MemoryStream | None = None) -> None:
-        """The bucket ``name``, on ``memory`` (default: a stream of its own, ``KV_<name>``, as on NATS)."""
+        """The bucket ``name``, on ``memory`` (default: a stream of its own, ``KV_<name>``, as provisioned on NATS)."""
         self.name = name
-        self.memory = memory or MemoryStream(f"KV_{name}")
+        self.memory = memory or MemoryStream(f"KV_{name}", max_per_subject=_KV_HISTORY)
         self.stream = self.memory.name
         self._prefix = f"$KV.{name}."
 

@@ -153,6 +153,14 @@ async def test_history_read_by_pages_matches_get(bucket: Bucket) -> None:
     assert entries[-1] == await bucket.get("k")
 
 
+async def test_a_bucket_keeps_the_last_64_revisions_of_each_key(bucket: Bucket) -> None:
+    revisions = [await bucket.put("k", str(i).encode()) for i in range(66)]
+    other = await bucket.put("j", b"kept")
+    assert [e.revision async for e in bucket.history("k")] == revisions[2:]
+    assert [e.revision async for e in bucket.history()] == [*revisions[2:], other]
+    assert [e.revision async for e in bucket.history("k", after=revisions[0])] == revisions[2:]
+
+
 # -- SubjectLog -----------------------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from trustbus.bus import Appended, Conflict, Timeout, Unavailable, testing
+from trustbus.bus import Appended, Conflict, NotFound, Timeout, Unavailable, testing
+from trustbus.bus._provision import KV_HISTORY
 from trustbus.bus.testing import MemoryBucket, MemoryStream, MemorySubjectLog
 
 
@@ -49,6 +50,19 @@ async def test_a_bucket_and_logs_on_one_stream_share_its_sequence() -> None:
     # Alone, each is a stream of its own, as a bucket is on NATS.
     assert MemoryBucket("b").stream == "KV_b"
     assert MemorySubjectLog("tb.t.x").memory is not MemorySubjectLog("tb.t.x").memory
+
+
+async def test_a_stream_may_keep_only_the_last_messages_of_each_subject() -> None:
+    assert testing._KV_HISTORY == KV_HISTORY  # a bucket of its own keeps what a provisioned one does
+    memory = MemoryStream("TB_t", max_per_subject=2)
+    log, other = memory.log("tb.t.x"), memory.log("tb.t.y")
+    for body in (b"1", b"2", b"3"):
+        await log.append(body, {}, after=None)
+    await other.append(b"y", {}, after=None)
+    assert [m.body async for m in log.read()] == [b"2", b"3"]
+    with pytest.raises(NotFound):
+        await log.get(1)
+    assert [m.seq for m in memory.messages] == [2, 3, 4]
 
 
 async def test_an_injected_failure_fails_the_next_call_once() -> None:
