@@ -86,6 +86,8 @@ async def test_put_stores_the_next_revision_with_its_store_time_and_headers(buck
     latest = await bucket.get("k")
     assert latest is not None and (latest.revision, latest.value, latest.headers) == (second, b"two", {})
     assert bucket.subject("k") == f"$KV.{bucket.name}.k"
+    resent = {MSG_ID: "put-1"}  # the bucket is a stream: a repeated message id is stored once
+    assert await bucket.put("m", b"v", headers=resent) == await bucket.put("m", b"v2", headers=resent)
 
 
 async def test_put_with_a_revision_is_a_compare_and_set(bucket: Bucket) -> None:
