@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from trustbus.agents._coordinator import Coordinator
+from trustbus.agents._lease_plan import LEASE_S, Lease, plan_leases, still_held
 from trustbus.agents._policy import Policy
 from trustbus.bus import Bus, Conflict, NotFound, Timeout, TransportError, subjects
 from trustbus.bus._signals import unless_stopped
@@ -44,25 +43,8 @@ from trustbus.bus._signals import unless_stopped
 log = logging.getLogger("trustbus.coordinator")
 
 RENEW_S = 1.0
-LEASE_S = 6.0
 HAND_BACK_TIMEOUT_S = 1.0  # per write at stop; a lease not handed back expires after LEASE_S anyway
 WRITE_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A lease key as last written: its revision (0: never written), holder and age."""
-
-    revision: int
-    name: str | None  # None: free (never written, or handed back)
-    instance: str | None
-    age_s: float
-    foreign: bool = False  # the last value is no holder's (an empty message the server stored there, say)
-
-    @property
-    def free(self) -> bool:
-        """Nobody holds it, or its holder stopped renewing it."""
-        return self.name is None or self.age_s > LEASE_S
 
 
 class Partitions:
@@ -109,22 +91,20 @@ class Partitions:
                 await self._release(partition)
         await self._write(f"member-{self.bus.name}", self._holder(), expected=None)
         self._server_now_ns = await self._stored_at(f"member-{self.bus.name}")
-        share = math.ceil(self.bus.partitions / await self._live_members())
+        members = await self._members()
         leases = {p: await self._read(f"partition-{p}") for p in range(self.bus.partitions)}
         for partition in self.held:
             if not await self._renew(partition, leases[partition]):
                 log.warning("lease lost; partition stopped", extra={"partition": partition})
                 await self._stop(partition)
-        for partition in sorted(self._held, reverse=True)[: max(0, len(self._held) - share)]:
-            log.info("handing a partition back", extra={"partition": partition, "share": share})
+        plan = plan_leases(leases, members=members, held=self.held, name=self.bus.name, instance=self.instance)
+        for partition in plan.hand_back:
+            log.info("handing a partition back", extra={"partition": partition, "share": plan.share})
             await self._release(partition)
-        for partition in sorted(leases, key=self._preference):
-            if len(self._held) >= share:
+        for partition in plan.take:
+            if len(self._held) >= plan.share:
                 break
-            lease = leases[partition]
-            if partition in self._held or not (lease.free or self._predecessor(lease)):
-                continue
-            revision = await self._write(f"partition-{partition}", self._holder(), expected=lease.revision)
+            revision = await self._write(f"partition-{partition}", self._holder(), expected=leases[partition].revision)
             if revision is None:
                 continue  # another process took it first
             self._revisions[partition] = revision
@@ -140,18 +120,8 @@ class Partitions:
     def _holder(self) -> dict[str, str]:
         return {"name": self.bus.name, "instance": self.instance}
 
-    def _predecessor(self, lease: Lease) -> bool:
-        """A lease of this process's name from another instance: a previous run of it, now dead."""
-        return lease.name == self.bus.name and lease.instance != self.instance
-
-    def _preference(self, partition: int) -> bytes:
-        """Rendezvous order: processes starting together try different partitions first."""
-        return hashlib.sha256(f"{self.bus.name}:{partition}".encode()).digest()
-
     async def _renew(self, partition: int, lease: Lease) -> bool:
-        # A foreign value written over our lease changes nobody's hold: write ours over it.
-        ours = lease.foreign and partition in self._revisions
-        if not ours and (lease.instance != self.instance or lease.revision != self._revisions.get(partition)):
+        if not still_held(lease, instance=self.instance, revision=self._revisions.get(partition)):
             return False
         revision = await self._write(f"partition-{partition}", self._holder(), expected=lease.revision)
         if revision is None:
@@ -207,15 +177,11 @@ class Partitions:
             except TransportError as exc:
                 log.warning("cannot hand back at stop; it expires", extra={"key": key, "error": str(exc)})
 
-    async def _live_members(self) -> int:
-        """Coordinator key owners whose member key was written within LEASE_S (this process included)."""
+    async def _members(self) -> list[Lease]:
+        """The member key of every coordinator key owner (this process included)."""
         owners = {g.owner for g in self.bus.keyring.keyring.grants() if g.role == "coordinator"}
         owners.add(self.bus.name)
-        live = 0
-        for owner in owners:
-            member = await self._read(f"member-{owner}")
-            live += member.name is not None and member.age_s <= LEASE_S
-        return max(live, 1)
+        return [await self._read(f"member-{owner}") for owner in owners]
 
     async def _stored_at(self, key: str) -> int:
         """When the server stored ``key``'s last value (unix ns): its clock, read through what it wrote."""

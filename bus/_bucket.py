@@ -23,6 +23,8 @@ from trustbus.bus._translate import NATS_ERRORS, translated
 
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 OPERATION = "KV-Operation"  # "DEL" or "PURGE" on a tombstone
+# What a direct get's reply adds to the stored headers (nats-py hands them on as the message's): not stored.
+_DIRECT_GET_HEADERS = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp"})
 
 
 class NatsBucket:
@@ -95,6 +97,8 @@ class NatsBucket:
 
     def _entry(self, raw: RawStreamMsg) -> Entry:
         headers = dict(raw.headers or {})
+        if self._direct:
+            headers = {name: value for name, value in headers.items() if name not in _DIRECT_GET_HEADERS}
         subject = raw.subject or ""
         return Entry(
             key=subject.removeprefix(self._prefix),

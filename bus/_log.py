@@ -23,7 +23,7 @@ from trustbus.bus._stored import StoredMessage, unix_ns
 from trustbus.bus._stores import Appended
 from trustbus.bus._translate import NATS_ERRORS, WRONG_LAST_SEQUENCE, translated
 
-_BATCH_DUPLICATE = 10201  # the batch's id was seen before: an earlier attempt landed
+_BATCH_DUPLICATE = 10201  # a message id of the batch was stored before (or is in it twice)
 
 
 class NatsSubjectLog:
@@ -57,8 +57,9 @@ class NatsSubjectLog:
     async def append_batch(self, records: Sequence[tuple[bytes, dict[str, str]]], *, after: int, batch_id: str) -> int:
         """Store ``records`` atomically after sequence ``after``; the sequence of the last.
 
-        ``batch_id`` must be new for each batch: a retry with the same id after
-        the first attempt landed raises :class:`Conflict`, like a lost race.
+        ``batch_id`` must be new for each batch. A retry of a batch that landed
+        raises :class:`Conflict`, like a lost race: its ``after`` no longer holds
+        (the server keeps no record of batch ids once a batch is committed).
         """
         reply = b""
         try:
