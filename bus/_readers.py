@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from trustbus.bus._admin import connect_nats
-from trustbus.bus._errors import ConfigError, NotFound, Timeout, TransportError, Unavailable
+from trustbus.bus._errors import ConfigError, NotFound, TransportError
 from trustbus.bus._keyring import Keyring
 from trustbus.bus._keyring_store import KeyringRevision, KeyringStore, read_revisions
 from trustbus.bus._provision import pinned_admin_key
@@ -86,7 +86,7 @@ class TenantReader:
                 if isinstance(error, NotFound):
                     raise ConfigError(f"tenant {self.tenant!r} is not provisioned") from exc
                 deadline = deadline or time.monotonic() + UNAVAILABLE_S
-                if not isinstance(error, Unavailable | Timeout) or time.monotonic() > deadline:
+                if not _electing(exc) or time.monotonic() > deadline:
                     raise error from exc
                 await asyncio.sleep(next(pauses, _PAUSES_S[-1]))
 
@@ -114,7 +114,7 @@ class TenantReader:
                     yield batch
                 return
             except NATS_ERRORS as exc:
-                if not (unavailable(exc) or isinstance(exc, TimeoutError | nats.errors.TimeoutError)):
+                if not _electing(exc):
                     raise TransportError(f"cannot read {self.stream}: {exc}") from exc
                 deadline = deadline or time.monotonic() + UNAVAILABLE_S
                 if time.monotonic() > deadline:
@@ -167,3 +167,8 @@ class TenantReader:
         """The tenant's keyring as it stands now (read once, not followed)."""
         async with await KeyringStore.open(self._js, self.tenant, follow=False) as store:
             return store.keyring
+
+
+def _electing(exc: BaseException) -> bool:
+    """Whether a failed read may succeed if tried again shortly: no leader answered, or none in time."""
+    return unavailable(exc) or isinstance(exc, TimeoutError | nats.errors.TimeoutError)

@@ -9,10 +9,10 @@ reads, are recorded as rejections too (:mod:`ledger._strays`).
 
 The adapter around :class:`~ledger._projector.Projector` (pure) and
 :class:`~ledger._segments.SegmentStore` (the files). It reads the stream
-through its own durable pull consumer, named after its key owner (the one
-consumer a rendered server config lets the ``ledger`` role create, read, ack
-and delete), and acks what it read only once the commit holding it is on
-disk. On start, and whenever a delivery is missing, the consumer is kept only
+through its own durable pull consumer (:class:`~bus.DurableReader`), named
+after its key owner (the one consumer a rendered server config lets the
+``ledger`` role create, read, ack and delete), and acks what it read only once
+the commit holding it is on disk. On start, and whenever a delivery is missing, the consumer is kept only
 if it would hand out exactly the sequence after the projection's position;
 otherwise it is deleted and made again from there. Rows are committed in
 batches; a checkpoint states the committed position only.
