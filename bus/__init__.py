@@ -13,6 +13,7 @@ from trustbus.bus._admin import (
 )
 from trustbus.bus._api import tenant_jetstream
 from trustbus.bus._cluster import EmbeddedCluster
+from trustbus.bus._durable_reader import DurableReader, DurableSettings
 from trustbus.bus._envelope import (
     SCHEMA_VERSION,
     ContentType,
@@ -53,8 +54,8 @@ from trustbus.bus._errors import (
     VerificationError,
 )
 from trustbus.bus._identity import Identity, encode_key_id, verify_key
-from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, sign_grant
-from trustbus.bus._keyring_store import KeyringStore
+from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
+from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
 from trustbus.bus._log import NatsSubjectLog
 from trustbus.bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
 from trustbus.bus._payload import (
@@ -71,6 +72,7 @@ from trustbus.bus._provision import (
     tenant_stream_config,
 )
 from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
+from trustbus.bus._readers import TenantReader
 from trustbus.bus._records import (
     Approval,
     Checkpoint,
@@ -84,13 +86,26 @@ from trustbus.bus._records import (
     decode_decision,
     decode_effect,
     decode_memory_value,
+    decode_memory_write,
     encode_checkpoint,
     encode_decision,
     encode_effect,
     encode_memory_value,
 )
+from trustbus.bus._rejections import (
+    RejectionSummary,
+    decode_rejection_summary,
+    encode_rejection_summary,
+    subject_owner,
+    summarise,
+    summary_msg_id,
+)
 from trustbus.bus._reload import reload_until_wired
 from trustbus.bus._seal import (
+    HEADER_CKEY,
+    HEADER_KEY,
+    HEADER_MSG_ID,
+    HEADER_SIG,
     Limits,
     Mediation,
     Opened,
@@ -101,10 +116,12 @@ from trustbus.bus._seal import (
     seal,
 )
 from trustbus.bus._server import ClusterMembership, EmbeddedServer, find_server_binary
+from trustbus.bus._signals import stop_on_signals
 from trustbus.bus._stored import StoredMessage
 from trustbus.bus._stores import Appended, Bucket, Entry, SubjectLog
 from trustbus.bus._tail import TailItem, tail
 from trustbus.bus._transport import Bus, ConsumerSettings, Delivery, TransientError
+from trustbus.bus._work_queue import WorkItem, WorkQueue, WorkQueueSettings
 
 __all__ = [
     "AGENT_API_PREFIX",
@@ -125,18 +142,25 @@ __all__ = [
     "Decision",
     "Delivery",
     "Dropped",
+    "DurableReader",
+    "DurableSettings",
     "EffectClass",
     "EffectRecord",
     "EmbeddedCluster",
     "EmbeddedServer",
     "Entry",
     "Envelope",
+    "HEADER_CKEY",
+    "HEADER_KEY",
+    "HEADER_MSG_ID",
+    "HEADER_SIG",
     "Identity",
     "KeyDirectory",
     "KeyGrant",
     "KeyNotYetValid",
     "Keyring",
     "KeyringError",
+    "KeyringRevision",
     "KeyringStore",
     "Kind",
     "Limits",
@@ -153,6 +177,7 @@ __all__ = [
     "ProvisionReport",
     "QuarantineRecord",
     "Refused",
+    "RejectionSummary",
     "Replayed",
     "RevokedKey",
     "Role",
@@ -167,6 +192,7 @@ __all__ = [
     "StoredMessage",
     "SubjectLog",
     "TailItem",
+    "TenantReader",
     "Timeout",
     "TooLarge",
     "TransientError",
@@ -177,6 +203,9 @@ __all__ = [
     "UntrustedKey",
     "Verdict",
     "VerificationError",
+    "WorkItem",
+    "WorkQueue",
+    "WorkQueueSettings",
     "connect_nats",
     "countersign",
     "decode_checkpoint",
@@ -185,8 +214,11 @@ __all__ = [
     "decode_envelope",
     "decode_json",
     "decode_memory_value",
+    "decode_memory_write",
     "decode_msgpack",
     "decode_quarantine_record",
+    "decode_rejection_summary",
+    "decode_signed_grant",
     "default_keys_dir",
     "encode_checkpoint",
     "encode_decision",
@@ -194,6 +226,7 @@ __all__ = [
     "encode_envelope",
     "encode_key_id",
     "encode_memory_value",
+    "encode_rejection_summary",
     "find_server_binary",
     "init_tenant",
     "list_keys",
@@ -211,7 +244,11 @@ __all__ = [
     "rotate_key",
     "seal",
     "sign_grant",
+    "stop_on_signals",
+    "subject_owner",
     "subjects",
+    "summarise",
+    "summary_msg_id",
     "tail",
     "tenant_jetstream",
     "tenant_partitions",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import msgspec
+from nats.aio.msg import Msg
 
 
 class StoredMessage(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -28,3 +29,9 @@ class StoredMessage(msgspec.Struct, frozen=True, array_like=True, gc=False):
 def unix_ns(stored: datetime | None) -> int:
     """A store time as nats-py parsed it, in unix ns (0 when the server gave none)."""
     return int(stored.timestamp() * 1_000_000_000) if stored is not None else 0
+
+
+def stored_message(msg: Msg) -> StoredMessage:
+    """A stream message a consumer delivered, as stored."""
+    meta = msg.metadata
+    return StoredMessage(meta.sequence.stream, msg.subject, unix_ns(meta.timestamp), dict(msg.headers or {}), msg.data)

@@ -28,6 +28,7 @@ from trustbus.bus import _client
 from trustbus.bus._api import tenant_jetstream
 from trustbus.bus._bucket import NatsBucket
 from trustbus.bus._connection import connect_options, split_servers
+from trustbus.bus._durable_reader import DurableReader, DurableSettings
 from trustbus.bus._envelope import Envelope, new_envelope
 from trustbus.bus._errors import BusError, NotFound, TransportError, VerificationError
 from trustbus.bus._identity import Identity
@@ -36,6 +37,7 @@ from trustbus.bus._log import NatsSubjectLog
 from trustbus.bus._provision import tenant_partitions
 from trustbus.bus._publisher import Publisher
 from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
+from trustbus.bus._readers import TenantReader
 from trustbus.bus._rejections import RejectionLog
 from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from trustbus.bus._stored import unix_ns
@@ -43,6 +45,7 @@ from trustbus.bus._stores import Bucket, SubjectLog
 from trustbus.bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
 from trustbus.bus._tail import tail
 from trustbus.bus._translate import NATS_ERRORS, translated, unavailable
+from trustbus.bus._work_queue import WorkQueue, WorkQueueSettings
 
 log = logging.getLogger("trustbus.bus")
 
@@ -244,6 +247,22 @@ class Bus:
         except NATS_ERRORS as exc:
             raise translated(exc, f"read stream {self.stream}") from exc
         return bool(info.config.allow_direct)
+
+    async def last_seq(self) -> int:
+        """The tenant stream's last sequence now (see :meth:`bus.TenantReader.last_seq`)."""
+        return await self.reader().last_seq()
+
+    def reader(self) -> TenantReader:
+        """Read the tenant's whole stream and its keyring over this connection."""
+        return TenantReader(self.js, self.tenant)
+
+    def durable_reader(self, settings: DurableSettings) -> DurableReader:
+        """The tenant stream through the durable consumer named after this component (see :class:`DurableReader`)."""
+        return DurableReader(self.js, self.tenant, self.name, settings, refusals=self.refusals)
+
+    def work_queue(self, stream: str, consumer: str, settings: WorkQueueSettings) -> WorkQueue:
+        """The durable consumer ``consumer`` of the work-queue stream ``stream`` (see :class:`WorkQueue`)."""
+        return WorkQueue(self.js, stream, consumer, settings)
 
     # -- publishing ---------------------------------------------------------
 

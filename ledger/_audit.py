@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from trustbus.bus import Identity, Keyring, KeyringStore, StoredMessage, connect_nats
+from trustbus.bus import Identity, Keyring, StoredMessage, TenantReader
 from trustbus.ledger._anchors import open_checkpoint_file, parse_expectation, stated_head
 from trustbus.ledger._bundle import Bundle, export_bundle, read_bundle, read_stream
 from trustbus.ledger._chain import GENESIS
@@ -35,13 +35,8 @@ async def export(
     nkey_seed: str | None = None,
 ) -> dict[str, object]:
     """Write an audit bundle of the tenant's stream to ``out``, anchored by ``signer`` (a ``ledger`` key)."""
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
-    try:
-        return await export_bundle(
-            nc.jetstream(), tenant, out, signer=signer, signer_name=signer_name, from_seq=from_seq
-        )
-    finally:
-        await nc.close()
+    async with await TenantReader.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
+        return await export_bundle(reader, out, signer=signer, signer_name=signer_name, from_seq=from_seq)
 
 
 def verify_bundle(directory: Path, *, admin_key: str | None = None, expect: Sequence[str] = ()) -> VerifyReport:
@@ -152,14 +147,8 @@ async def load_messages(
     servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None
 ) -> tuple[list[StoredMessage], Keyring]:
     """The tenant's whole stream and keyring, from a live server."""
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
-    try:
-        js = nc.jetstream()
-        messages = await read_stream(js, tenant)
-        async with await KeyringStore.open(js, tenant, follow=False) as store:
-            return messages, store.keyring
-    finally:
-        await nc.close()
+    async with await TenantReader.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
+        return await read_stream(reader), await reader.keyring()
 
 
 def load_bundle_messages(directory: Path, *, admin_key: str | None = None) -> tuple[list[StoredMessage], Keyring, str]:

@@ -21,43 +21,31 @@ key: pin it (``verify --admin-key``) rather than trusting the manifest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from trustbus.bus import (
-    ConfigError,
     Identity,
     Keyring,
     KeyringError,
     StoredMessage,
+    TenantReader,
     TransportError,
     VerificationError,
     decode_checkpoint,
     decode_envelope,
-    pinned_admin_key,
+    decode_signed_grant,
     subjects,
 )
-from trustbus.bus._keyring import decode_signed_grant
-from trustbus.bus._keyring_store import read_revisions
-from trustbus.bus._publisher import UNAVAILABLE_S
-from trustbus.bus._translate import unavailable
 from trustbus.ledger._anchors import CheckpointFile, read_checkpoint_file, sign_checkpoint, write_checkpoint_file
 from trustbus.ledger._chain import GENESIS, chain_hash
 from trustbus.ledger._errors import BundleError
 from trustbus.ledger._parallel import project_messages
 from trustbus.ledger._projector import Position
-
-log = logging.getLogger("trustbus.ledger")
 
 FORMAT = 2
 PROJECTION = "projection"
@@ -114,86 +102,27 @@ def _keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -
     return keyring
 
 
-_PAUSES_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts while a stream or consumer elects a leader
+async def read_stream(reader: TenantReader, *, from_seq: int = 1) -> list[StoredMessage]:
+    """Every message of the tenant's stream from ``from_seq`` to its last sequence when the read began, in order.
 
-
-async def read_stream(js: JetStreamContext, tenant: str, *, from_seq: int = 1) -> list[StoredMessage]:
-    """Every message of ``TB_<tenant>`` from ``from_seq`` to the current end, in order.
-
-    Reads through an ephemeral pull consumer: a pull never outruns the reader,
-    whereas a push subscription drops messages client-side once its pending
-    limit is reached (silently, in nats-py), which would make gaps look like
-    tampering. On a cluster electing a leader (a 503, no responders, a
-    timeout) it reads on from where it stopped with a new consumer, for up to
-    UNAVAILABLE_S seconds.
+    Raises:
+        ConfigError: the tenant is not provisioned.
+        TransportError: the stream cannot be read, or a sequence is missing from it.
     """
-    stream = subjects.stream_name(tenant)
+    last = await reader.last_seq()
     messages: list[StoredMessage] = []
-    last: int | None = None
-    deadline: float | None = None
-    pauses = iter(_PAUSES_S)
-    while last is None or (messages[-1].seq if messages else from_seq - 1) < last:
-        try:
-            if last is None:
-                last = await _last_seq(js, tenant)
-                if last < from_seq:
-                    return []
-            await _read_into(js, tenant, messages, start=messages[-1].seq + 1 if messages else from_seq, last=last)
-        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-            if not (unavailable(exc) or isinstance(exc, TimeoutError | nats.errors.TimeoutError)):
-                raise TransportError(f"cannot read {stream}: {exc}") from exc
-            deadline = deadline or time.monotonic() + UNAVAILABLE_S
-            if time.monotonic() > deadline:
-                at = messages[-1].seq if messages else from_seq - 1
-                raise TransportError(f"reading {stream} stalled after sequence {at}: {exc}") from exc
-            log.warning("stream unavailable while reading it (leader election?); reading on", extra={"stream": stream})
-            await asyncio.sleep(next(pauses, _PAUSES_S[-1]))
+    async for batch in reader.batches(last=last, from_seq=from_seq):
+        for message in batch:
+            expected = messages[-1].seq + 1 if messages else from_seq
+            if message.seq != expected:
+                raise TransportError(f"reading {reader.stream}: got sequence {message.seq}, expected {expected}")
+            messages.append(message)
     return messages
 
 
-async def _last_seq(js: JetStreamContext, tenant: str) -> int:
-    try:
-        return (await js.stream_info(subjects.stream_name(tenant))).state.last_seq
-    except nats.js.errors.NotFoundError as exc:
-        raise ConfigError(f"tenant {tenant!r} is not provisioned") from exc
-
-
-async def _read_into(
-    js: JetStreamContext, tenant: str, messages: list[StoredMessage], *, start: int, last: int
-) -> None:
-    """Append sequences ``start``..``last`` to ``messages`` through one ephemeral consumer; raises on any error."""
-    stream = subjects.stream_name(tenant)
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=start,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=30.0,
-    )
-    sub = await js.pull_subscribe(subjects.all_subjects(tenant), stream=stream, config=config)
-    try:
-        while (messages[-1].seq if messages else start - 1) < last:
-            for msg in await sub.fetch(1000, timeout=10):
-                meta = msg.metadata
-                expected = messages[-1].seq + 1 if messages else start
-                if meta.sequence.stream != expected:
-                    raise TransportError(f"reading {stream}: got sequence {meta.sequence.stream}, expected {expected}")
-                messages.append(
-                    StoredMessage(
-                        meta.sequence.stream,
-                        msg.subject,
-                        int(meta.timestamp.timestamp() * 1e9),
-                        dict(msg.headers or {}),
-                        msg.data,
-                    )
-                )
-    finally:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-            await sub.unsubscribe()
-
-
-async def read_keyring_revisions(js: JetStreamContext, tenant: str) -> list[KeyringRevision]:
+async def read_keyring_revisions(reader: TenantReader) -> list[KeyringRevision]:
     """Every revision of every keyring entry, oldest first, with its store time."""
-    return [KeyringRevision(r.key, r.value, r.stored_ns) for r in await read_revisions(js, tenant) if r.value]
+    return [KeyringRevision(r.key, r.value, r.stored_ns) for r in await reader.keyring_revisions() if r.value]
 
 
 def partial_start(messages: list[StoredMessage], tenant: str, from_seq: int) -> int:
@@ -223,15 +152,14 @@ def partial_start(messages: list[StoredMessage], tenant: str, from_seq: int) -> 
 
 
 async def export_bundle(
-    js: JetStreamContext,
-    tenant: str,
+    reader: TenantReader,
     out: Path,
     *,
     signer: Identity,
     signer_name: str,
     from_seq: int = 1,
 ) -> dict[str, object]:
-    """Write the tenant's stream from ``from_seq`` (see :func:`partial_start`), chain, keyring and checkpoints.
+    """Write ``reader``'s tenant's stream from ``from_seq`` (see :func:`partial_start`), chain, keyring and checkpoints.
 
     The bundle ends with an export checkpoint (and a partial one starts with a
     start checkpoint) signed by ``signer``, which must be a ``ledger`` key of
@@ -240,9 +168,10 @@ async def export_bundle(
     Raises:
         BundleError: ``signer`` is not a ``ledger`` key of ``signer_name`` in the keyring.
     """
-    messages = await read_stream(js, tenant)
-    revisions = await read_keyring_revisions(js, tenant)
-    admin_key = await pinned_admin_key(js, tenant)
+    tenant = reader.tenant
+    messages = await read_stream(reader)
+    revisions = await read_keyring_revisions(reader)
+    admin_key = await reader.admin_key()
     keyring = _keyring_of(tenant, admin_key, revisions)
     try:
         grant = keyring.resolve(signer.key_id)

@@ -17,12 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-import nats.errors
-import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
-
-from trustbus.bus import Bus, TransportError, subjects
+from trustbus.bus import Bus, NotFound, TransportError, WorkItem, WorkQueueSettings, subjects
 
 log = logging.getLogger("trustbus.ledger")
 
@@ -62,61 +57,31 @@ class GivenUpRecorder:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.stream = subjects.given_up_stream(bus.tenant)
+        self.advisories = bus.work_queue(
+            self.stream,
+            subjects.GIVEN_UP_CONSUMER,
+            WorkQueueSettings(
+                ack_wait_s=ACK_WAIT_S,
+                batch=BATCH,
+                retry_s=RETRY_S,
+                hint="run `trustbus init` again to make the stream; under a rendered config, render again and reload",
+            ),
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Record advisories as they come until ``stop`` is set; a failing server or consumer is tried again."""
-        while not stop.is_set():
-            try:
-                sub = await self._open()
-            except TransportError as exc:
-                log.error("cannot read the given-up advisories; trying again", extra={"error": str(exc)})
-                await _pause(stop)
-                continue
-            try:
-                await self._read(sub, stop)
-            finally:
-                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-                    await sub.unsubscribe()
+        async with contextlib.aclosing(self.advisories.items(stop)) as advisories:
+            async for advisory in advisories:
+                await self._record(advisory)
 
-    async def _open(self) -> nats.js.JetStreamContext.PullSubscription:
-        config = ConsumerConfig(
-            name=subjects.GIVEN_UP_CONSUMER,
-            durable_name=subjects.GIVEN_UP_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
-            max_deliver=-1,  # an advisory is never given up on: it is retried until recorded
-        )
+    async def _record(self, advisory: WorkItem) -> None:
         try:
-            await self.bus.js.add_consumer(self.stream, config)
-            return await self.bus.js.pull_subscribe_bind(subjects.GIVEN_UP_CONSUMER, stream=self.stream)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(
-                f"cannot open consumer {subjects.GIVEN_UP_CONSUMER} on stream {self.stream}: {exc} (run "
-                "`trustbus init` again to make the stream; under a rendered config, render again and reload)"
-            ) from exc
-
-    async def _read(self, sub: nats.js.JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                batch = await sub.fetch(BATCH, timeout=1.0)
-            except TimeoutError:  # nats.errors.TimeoutError is a subclass
-                continue
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.warning("given-up advisories read failed", extra={"error": str(exc)})
-                await _pause(stop)
-                return
-            for msg in batch:
-                await self._record(msg)
-
-    async def _record(self, msg: Msg) -> None:
-        try:
-            given_up = GivenUp.parse(msg.data)
+            given_up = GivenUp.parse(advisory.body)
             if given_up.stream != self.bus.stream:
                 raise ValueError(f"it names stream {given_up.stream}, not {self.bus.stream}")
         except ValueError as exc:
-            log.error("malformed advisory dropped", extra={"subject": msg.subject, "error": str(exc)})
-            with contextlib.suppress(nats.errors.Error):
-                await msg.term()
+            log.error("malformed advisory dropped", extra={"subject": advisory.subject, "error": str(exc)})
+            await advisory.term()
             return
         try:
             await self._quarantine(given_up)
@@ -124,21 +89,19 @@ class GivenUpRecorder:
             log.warning(
                 "cannot record a given-up message yet", extra={"stream_seq": given_up.stream_seq, "error": str(exc)}
             )
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=RETRY_S)
+            await advisory.nak(delay_s=RETRY_S)
             return
-        with contextlib.suppress(nats.errors.Error):
-            await msg.ack()
+        await advisory.ack()
 
     async def _quarantine(self, given_up: GivenUp) -> None:
         """The record: what was given up (as stored, if still there), by which consumer, after how many deliveries."""
+        body: bytes
+        headers: dict[str, str] | None
         try:
-            stored = await self.bus.js.get_msg(self.bus.stream, given_up.stream_seq)
-            body, headers, subject = stored.data or b"", stored.headers, stored.subject or "?"
-        except nats.js.errors.NotFoundError:
+            stored = await self.bus.log(subjects.all_subjects(self.bus.tenant)).get(given_up.stream_seq)
+            body, headers, subject = stored.body, stored.headers, stored.subject or "?"
+        except NotFound:
             body, headers, subject = b"", None, "?"
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(f"cannot read stream sequence {given_up.stream_seq}: {exc}") from exc
         await self.bus.record_quarantine(
             body,
             headers,
@@ -151,8 +114,3 @@ class GivenUpRecorder:
             ),
             msg_id=f"given-up:{given_up.stream}:{given_up.consumer}:{given_up.stream_seq}",
         )
-
-
-async def _pause(stop: asyncio.Event) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), RETRY_S)

@@ -17,21 +17,22 @@ from dataclasses import dataclass, field, fields
 import msgspec
 
 from trustbus.bus import (
+    HEADER_KEY,
     Envelope,
     KeyGrant,
     Opened,
+    RejectionSummary,
     StoredMessage,
     VerificationError,
     decode_checkpoint,
     decode_decision,
     decode_effect,
     decode_envelope,
+    decode_memory_write,
     decode_quarantine_record,
+    decode_rejection_summary,
     subjects,
 )
-from trustbus.bus._records import decode_memory_write
-from trustbus.bus._rejections import RejectionSummary, decode_rejection_summary
-from trustbus.bus._seal import HEADER_KEY
 from trustbus.ledger._rejections import SUMMARY_ROLES
 
 

@@ -23,6 +23,9 @@ from typing import Annotated
 import msgspec
 
 from trustbus.bus import (
+    HEADER_KEY,
+    HEADER_MSG_ID,
+    HEADER_SIG,
     BusError,
     Checkpoint,
     Keyring,
@@ -31,11 +34,10 @@ from trustbus.bus import (
     VerificationError,
     decode_checkpoint,
     decode_envelope,
+    decode_signed_grant,
     open_envelope,
     subjects,
 )
-from trustbus.bus._keyring import decode_signed_grant
-from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
 from trustbus.ledger._chain import chained_headers
 from trustbus.ledger._errors import LedgerError
 from trustbus.ledger._merkle import (

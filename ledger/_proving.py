@@ -6,10 +6,9 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from trustbus.bus import Keyring, StoredMessage, connect_nats, pinned_admin_key, subjects
-from trustbus.ledger._bundle import KeyringRevision, _keyring_of, _last_seq, read_bundle, read_keyring_revisions
+from trustbus.bus import Keyring, StoredMessage, TenantReader, subjects
+from trustbus.ledger._bundle import KeyringRevision, _keyring_of, read_bundle, read_keyring_revisions
 from trustbus.ledger._proofs import ProofError, ProofFile, prove_consistency, prove_inclusion
-from trustbus.ledger._reading import stream_batches
 
 
 def _pairs(revisions: Sequence[KeyringRevision]) -> list[tuple[str, bytes]]:
@@ -54,17 +53,15 @@ async def prove_from_stream(
     every message up to the chosen tree's size, a batch at a time, into the
     proof (on a worker thread, which pulls the batches from this event loop).
     """
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
-    try:
-        js = nc.jetstream()
-        admin_key = await pinned_admin_key(js, tenant)
-        stored = await read_keyring_revisions(js, tenant)
+    async with await TenantReader.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
+        admin_key = await reader.admin_key()
+        stored = await read_keyring_revisions(reader)
         keyring, revisions = _keyring_of(tenant, admin_key, stored), _pairs(stored)
-        last = await _last_seq(js, tenant)
+        last = await reader.last_seq()
         checkpoints: list[StoredMessage] = []
-        async for batch in stream_batches(js, tenant, last=last, only=(subjects.checkpoint(tenant),)):
+        async for batch in reader.batches(last=last, only=(subjects.checkpoint(tenant),)):
             checkpoints.extend(batch)
-        everything = stream_batches(js, tenant, last=last)
+        everything = reader.batches(last=last)
         loop = asyncio.get_running_loop()
 
         async def following() -> list[StoredMessage]:
@@ -85,8 +82,6 @@ async def prove_from_stream(
             )
         finally:
             await everything.aclose()
-    finally:
-        await nc.close()
 
 
 def _prove_passes(

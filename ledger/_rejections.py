@@ -14,8 +14,16 @@ from __future__ import annotations
 
 import msgspec
 
-from trustbus.bus import Keyring, Opened, StoredMessage, VerificationError, open_envelope, subjects
-from trustbus.bus._rejections import RejectionSummary, decode_rejection_summary
+from trustbus.bus import (
+    Keyring,
+    Opened,
+    RejectionSummary,
+    StoredMessage,
+    VerificationError,
+    decode_rejection_summary,
+    open_envelope,
+    subjects,
+)
 
 SUMMARY_ROLES = frozenset({"coordinator", "ledger"})
 

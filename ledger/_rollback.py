@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import nats.js.errors
 
 from trustbus.bus import (
+    Bucket,
     Bus,
     EffectRecord,
     Envelope,
@@ -202,7 +202,7 @@ async def execute_rollback(
     ) as bus:
         correlation = rollback_correlation(plan.correlation_id)
         for item in plan.compensate:
-            start = (await bus.js.stream_info(bus.stream)).state.last_seq + 1
+            start = await bus.last_seq() + 1
             payload = {"verb": item.compensating_tool, **item.arguments()}
             instruction = new_envelope(
                 tenant=tenant,
@@ -235,20 +235,14 @@ async def _revert_memory(
     bus: Bus, tenant: str, revert: MemoryRevert, operator_name: str, correlation: str, *, wait_s: float
 ) -> bool:
     """Write the key's value from before the incident, if the incident's write is still the current one."""
-    bucket = subjects.memory_bucket(tenant)
-    subject = f"$KV.{bucket}.{revert.agent}.{revert.key}"
+    memory = bus.bucket(subjects.memory_bucket(tenant))
+    key = f"{revert.agent}.{revert.key}"
     history: list[tuple[int, MemoryValue]] = []  # the values the coordinator wrote (foreign ones are skipped)
-    seq = last = 1
-    while True:
-        try:
-            raw = await bus.js.get_msg(f"KV_{bucket}", seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        assert raw.seq is not None
-        last = raw.seq
+    last = 1
+    async for entry in memory.history(key):
+        last = entry.revision
         with contextlib.suppress(msgspec.DecodeError, ValueError):
-            history.append((raw.seq, decode_memory_value(raw.data or b"")))
-        seq = raw.seq + 1
+            history.append((entry.revision, decode_memory_value(entry.value)))
     if not history or history[-1][1].envelope_id not in revert.written_by:
         return False  # reverted already, or changed since: a person decides
     first = next(i for i, (_, value) in enumerate(history) if value.envelope_id in revert.written_by)
@@ -259,7 +253,7 @@ async def _revert_memory(
         "expected_revision": last,
         "reverts": list(revert.written_by),
     }
-    start = (await bus.js.stream_info(bus.stream)).state.last_seq + 1
+    start = await bus.last_seq() + 1
     write = new_envelope(
         tenant=tenant,
         kind="memory_write",
@@ -275,7 +269,7 @@ async def _revert_memory(
         if decision.envelope_id == write.id:
             if decision.verdict != "accept":
                 raise LedgerError(f"reverting {revert.agent}.{revert.key} was refused: {', '.join(decision.reasons)}")
-            await _stored(bus, bucket, subject, write.id, wait_s=wait_s)
+            await _stored(memory, key, write.id, wait_s=wait_s)
             return True
     raise LedgerError(f"no decision about reverting {revert.agent}.{revert.key} within {wait_s:.0f}s")
 
@@ -287,25 +281,21 @@ async def _verified(bus: Bus, subject: str, from_seq: int, wait_s: float) -> Asy
     read the stream; no consumer is made.
     """
     deadline = time.monotonic() + wait_s
-    seq = from_seq
+    records = bus.log(subject)
+    after = from_seq - 1
     while time.monotonic() < deadline:
-        try:
-            raw = await bus.js.get_msg(bus.stream, seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            await asyncio.sleep(POLL_S)
-            continue
-        assert raw.seq is not None and raw.time is not None
-        seq = raw.seq + 1
-        try:
-            opened = open_envelope(
-                raw.data or b"",
-                raw.headers or {},
-                keyring=bus.keyring.keyring,
-                received_ns=int(raw.time.timestamp() * 1e9),
-            )
-        except VerificationError:
-            continue
-        yield opened.envelope
+        async for message in records.read(after=after):
+            after = message.seq
+            try:
+                opened = open_envelope(
+                    message.body, message.headers, keyring=bus.keyring.keyring, received_ns=message.stored_ns
+                )
+            except VerificationError:
+                continue
+            yield opened.envelope
+            if time.monotonic() >= deadline:
+                return
+        await asyncio.sleep(POLL_S)
 
 
 async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
@@ -335,15 +325,13 @@ def _names(effect: EffectRecord, key: str) -> bool:
     return isinstance(args, dict) and args.get(COMPENSATES) == key
 
 
-async def _stored(bus: Bus, bucket: str, subject: str, envelope_id: str, *, wait_s: float) -> None:
+async def _stored(memory: Bucket, key: str, envelope_id: str, *, wait_s: float) -> None:
     """Wait until the coordinator has stored the value ``envelope_id`` wrote (it writes after deciding)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        try:
-            raw = await bus.js.get_last_msg(f"KV_{bucket}", subject)
-            if decode_memory_value(raw.data or b"").envelope_id == envelope_id:
+        entry = await memory.get(key)
+        with contextlib.suppress(msgspec.DecodeError, ValueError):  # not there yet, or a foreign value to replace
+            if entry is not None and decode_memory_value(entry.value).envelope_id == envelope_id:
                 return
-        except (nats.js.errors.NotFoundError, msgspec.DecodeError, ValueError):
-            pass  # not there yet, or a foreign value the revert is to replace
         await asyncio.sleep(POLL_S)
-    raise LedgerError(f"the reverted value of {subject} was not stored within {wait_s:.0f}s")
+    raise LedgerError(f"the reverted value of {memory.subject(key)} was not stored within {wait_s:.0f}s")

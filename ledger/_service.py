@@ -9,10 +9,10 @@ reads, are recorded as rejections too (:mod:`ledger._strays`).
 
 The adapter around :class:`~ledger._projector.Projector` (pure) and
 :class:`~ledger._segments.SegmentStore` (the files). It reads the stream
-through its own durable pull consumer, named after its key owner (the one
-consumer a rendered server config lets the ``ledger`` role create, read, ack
-and delete), and acks what it read only once the commit holding it is on
-disk. On start, and whenever a delivery is missing, the consumer is kept only
+through its own durable pull consumer (:class:`~bus.DurableReader`), named
+after its key owner (the one consumer a rendered server config lets the
+``ledger`` role create, read, ack and delete), and acks what it read only once
+the commit holding it is on disk. On start, and whenever a delivery is missing, the consumer is kept only
 if it would hand out exactly the sequence after the projection's position;
 otherwise it is deleted and made again from there. Rows are committed in
 batches; a checkpoint states the committed position only.
@@ -21,23 +21,25 @@ batches; a checkpoint states the committed position only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats.errors
-import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-
-from trustbus.bus import Bus, KeyDirectory, Opened, StoredMessage, TransportError, VerificationError, subjects
-from trustbus.bus._seal import HEADER_CKEY, HEADER_KEY
-from trustbus.bus._signals import stop_on_signals, unless_stopped
-from trustbus.bus._translate import unavailable
+from trustbus.bus import (
+    HEADER_CKEY,
+    HEADER_KEY,
+    Bus,
+    DurableSettings,
+    KeyDirectory,
+    Opened,
+    StoredMessage,
+    TransportError,
+    VerificationError,
+    stop_on_signals,
+    subjects,
+)
 from trustbus.ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from trustbus.ledger._errors import ServiceError
 from trustbus.ledger._given_up import GivenUpRecorder
@@ -50,8 +52,6 @@ from trustbus.ledger._strays import StrayRecorder
 log = logging.getLogger("trustbus.ledger")
 
 PARALLEL_FROM = 256  # messages in a batch from which signatures are checked on every core
-READ_RETRY_S = 0.5  # pause after a failed read of the consumer, before making it anew
-OPEN_PAUSES_S = (0.5, 1.0, 2.0, 5.0)  # between attempts to open the consumer while a cluster elects (the last repeats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +82,6 @@ class ServiceSettings:
         return 2 * (self.flush_messages + self.batch)
 
 
-def _stored(msg: Msg) -> StoredMessage:
-    meta = msg.metadata
-    return StoredMessage(
-        meta.sequence.stream, msg.subject, int(meta.timestamp.timestamp() * 1e9), dict(msg.headers or {}), msg.data
-    )
-
-
 class LedgerService:
     """One tenant's projection and checkpoints, over one :class:`~bus.Bus` connection (role ``ledger``)."""
 
@@ -112,23 +105,24 @@ class LedgerService:
             )
         self._pending = Rows()
         self._pending_since: float | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._last_delivery = 0  # the consumer's delivery sequence of the last message read
-        self._unacked: Msg | None = None  # the newest message read and not acked
+        self.reader = bus.durable_reader(
+            DurableSettings(
+                batch=settings.batch, ack_wait_s=settings.ack_wait_s, max_ack_pending=settings.max_ack_pending
+            )
+        )
         self._strays = StrayRecorder(bus)  # outbox messages no coordinator reads (ledger._strays)
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Project until ``stop`` is set, then commit what was projected and return."""
         self._remember_recent()
-        await self._open_consumer(reuse=True, stop=stop)
+        await self.reader.open(self.projector.position.last_seq, reuse=True, stop=stop)
         ready()
         try:
             while not stop.is_set():
-                batch, intact = await self._next_batch(stop)
-                await self._apply([_stored(msg) for msg in batch])
-                self._received(batch)
+                batch, intact = await self.reader.next_batch(stop, wait_s=self._wait_s())
+                await self._apply(batch)
                 if not intact:
-                    await self._open_consumer(reuse=False, stop=stop)
+                    await self.reader.open(self.projector.position.last_seq, reuse=False, stop=stop)
                     if stop.is_set():
                         break  # no consumer: commit what was read, and leave
                 now = time.monotonic()
@@ -139,14 +133,14 @@ class LedgerService:
                 ):
                     await self._commit()
                 if self._pending_since is None:
-                    await self._ack()
+                    await self.reader.ack()
                 if self._pending_since is None and self.schedule.due(now):
                     await self._checkpoint(now)
             if self._pending_since is not None:
                 await self._commit()
-                await self._ack()
+                await self.reader.ack()
         finally:
-            await self._unsubscribe()
+            await self.reader.aclose()
 
     def _remember_recent(self) -> None:
         """After a restart, the ids accepted within the replay window before the position, from the projection."""
@@ -156,122 +150,6 @@ class LedgerService:
         since = position.last_stored_ns - 2 * self.bus.limits.skew_ns
         for subject, seq, envelope in self.store.recently_accepted(since):
             self.projector.remember(subject, seq, envelope)
-
-    # -- the consumer ---------------------------------------------------------
-
-    def _consumer_config(self, start: int) -> ConsumerConfig:
-        return ConsumerConfig(
-            name=self.bus.name,
-            durable_name=self.bus.name,
-            filter_subject=subjects.all_subjects(self.bus.tenant),
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.ALL,
-            ack_wait=self.settings.ack_wait_s,
-            max_ack_pending=self.settings.max_ack_pending,
-            max_deliver=-1,
-        )
-
-    def _stale(self, info: ConsumerInfo, after: int) -> str | None:
-        """Why the consumer ``info`` cannot be read on from sequence ``after`` + 1 as it is (None: it can)."""
-        config, wanted = info.config, self._consumer_config(after + 1)
-        for field in ("filter_subject", "ack_policy", "ack_wait", "max_ack_pending", "deliver_subject"):
-            if getattr(config, field) != getattr(wanted, field):
-                return f"its {field} is {getattr(config, field)!r}, not {getattr(wanted, field)!r}"
-        if config.filter_subjects:
-            return f"it filters on {config.filter_subjects}"
-        delivered = info.delivered.stream_seq if info.delivered else 0
-        floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        if delivered != after or floor != after or info.num_ack_pending:
-            return (
-                f"it delivered through {delivered} with {info.num_ack_pending or 0} unacked "
-                f"(ack floor {floor}), the projection is at {after}"
-            )
-        return None
-
-    async def _open_consumer(self, *, reuse: bool, stop: asyncio.Event) -> None:
-        """Bind to the consumer, first (re)making it if it would not hand out exactly position + 1 next.
-
-        ``reuse``: keep an existing consumer whose state matches the position
-        (a clean restart); otherwise (a delivery went missing) always make it anew.
-        While the stream or consumer has no leader (a cluster node went away), the
-        JetStream API answers 503 or not at all: that is retried for as long as it
-        lasts, or until ``stop`` is set (then it returns with no consumer). A
-        request the server refused for permissions (it answers those not at all
-        either, but says so on the connection) stops the service at once.
-        """
-        pauses = iter(OPEN_PAUSES_S)
-        while True:
-            self.bus.refusals.clear()
-            try:
-                await unless_stopped(self._try_open_consumer(reuse=reuse), stop)  # its requests may wait seconds
-                return
-            except TransportError as exc:
-                cause = exc.__cause__
-                transient = cause is not None and (unavailable(cause) or isinstance(cause, nats.errors.TimeoutError))
-                refused = [f"{s}: {why}" for s, why in self.bus.refusals.items() if s.lower().startswith("$js.api.")]
-                if refused:
-                    raise TransportError(f"{exc}; the server refused {refused[0]}") from exc
-                if not transient:
-                    raise
-                log.warning(
-                    "consumer not reachable (a leader election?); trying again",
-                    extra={"consumer": self.bus.name, "error": str(exc)},
-                )
-                with contextlib.suppress(TimeoutError):  # pacing: no event announces a new leader
-                    await asyncio.wait_for(stop.wait(), next(pauses, OPEN_PAUSES_S[-1]))
-                if stop.is_set():
-                    return
-
-    async def _try_open_consumer(self, *, reuse: bool) -> None:
-        await self._unsubscribe()
-        after = self.projector.position.last_seq
-        js, stream, name = self.bus.js, self.bus.stream, self.bus.name
-        try:
-            try:
-                info: ConsumerInfo | None = await js.consumer_info(stream, name)
-            except nats.js.errors.NotFoundError:
-                info = None
-            why = "a delivery went missing" if not reuse else None if info is None else self._stale(info, after)
-            if info is not None and why is not None:
-                log.warning("consumer reset", extra={"consumer": name, "reason": why, "from_seq": after + 1})
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await js.delete_consumer(stream, name)
-                info = None
-            if info is None:
-                info = await js.add_consumer(stream, self._consumer_config(after + 1))
-                log.info("consumer created", extra={"consumer": name, "from_seq": after + 1})
-            self._sub = await js.pull_subscribe_bind(name, stream=stream, pending_msgs_limit=4 * self.settings.batch)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise TransportError(
-                f"cannot open consumer {name} on stream {stream}: {exc} (under a rendered server config the "
-                f"ledger role may create, read and delete only the consumer named after it: render again and reload)"
-            ) from exc
-        self._last_delivery = info.delivered.consumer_seq if info.delivered else 0
-        self._unacked = None
-
-    async def _unsubscribe(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-                await sub.unsubscribe()
-
-    def _received(self, batch: list[Msg]) -> None:
-        """Take note of the newest message read, to ack once everything through it is committed."""
-        for msg in batch:
-            if self._unacked is None or msg.metadata.sequence.stream > self._unacked.metadata.sequence.stream:
-                self._unacked = msg
-
-    async def _ack(self) -> None:
-        """Ack (policy all: everything through it) the newest message read; call only when all of it is committed."""
-        msg, self._unacked = self._unacked, None
-        if msg is None:
-            return
-        try:
-            await msg.ack()
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            # Harmless: the next ack covers it, and a restart makes the consumer anew.
-            log.warning("ack failed", extra={"stream_seq": msg.metadata.sequence.stream, "error": str(exc)})
 
     def _wait_s(self) -> float:
         """How long to wait for a message before a commit or a checkpoint is due (at most a second)."""
@@ -283,59 +161,6 @@ class LedgerService:
         if checkpoint is not None:
             waits.append(checkpoint)
         return max(0.001, min(waits))
-
-    async def _next_batch(self, stop: asyncio.Event) -> tuple[list[Msg], bool]:
-        """The messages the consumer has for us now, waiting (until due, or stopped) for the first.
-
-        Returns them in delivery order, cut before any delivery that is not the
-        one after the last (a lost delivery: the rest would leave a gap), and
-        whether none was cut and the consumer is still there.
-        """
-        sub = self._sub
-        assert sub is not None
-        first = asyncio.ensure_future(sub.fetch(1, timeout=self._wait_s()))
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({first, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if not first.done():
-            first.cancel()
-            await asyncio.gather(first, return_exceptions=True)
-            return [], True
-        try:
-            batch = first.result()
-        except TimeoutError:  # nats.errors.TimeoutError is a subclass
-            return [], True
-        except nats.errors.ConnectionClosedError as exc:
-            raise TransportError("connection closed while reading the stream") from exc
-        except (nats.errors.Error, nats.js.errors.Error) as exc:  # no responders: the consumer was deleted
-            log.warning("consumer read failed", extra={"consumer": self.bus.name, "error": str(exc)})
-            with contextlib.suppress(TimeoutError):  # not in a tight loop if it keeps failing
-                await asyncio.wait_for(stop.wait(), READ_RETRY_S)
-            return [], False
-        # Take what is queued, and on a backlog (the server says more is pending) a full batch.
-        while len(batch) < self.settings.batch and (sub.pending_msgs > 0 or batch[-1].metadata.num_pending > 0):
-            try:
-                batch += await sub.fetch(self.settings.batch - len(batch), timeout=1.0)
-            except TimeoutError:
-                break
-            except nats.errors.ConnectionClosedError as exc:
-                raise TransportError("connection closed while reading the stream") from exc
-            except (nats.errors.Error, nats.js.errors.Error):
-                break  # the next read finds out
-        for i, msg in enumerate(batch):
-            delivery = msg.metadata.sequence.consumer
-            if delivery != self._last_delivery + 1:
-                log.warning(
-                    "delivery out of order",
-                    extra={
-                        "expected": self._last_delivery + 1,
-                        "delivery": delivery,
-                        "stream_seq": msg.metadata.sequence.stream,
-                    },
-                )
-                return batch[:i], False
-            self._last_delivery = delivery
-        return batch, True
 
     async def _apply(self, batch: list[StoredMessage]) -> None:
         keyring = self.bus.keyring

@@ -17,9 +17,18 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from trustbus.bus import Bus, StoredMessage, TransportError, new_envelope, subjects
-from trustbus.bus._rejections import encode_rejection_summary, subject_owner, summarise, summary_msg_id
-from trustbus.bus._seal import HEADER_MSG_ID
+from trustbus.bus import (
+    HEADER_MSG_ID,
+    Bus,
+    StoredMessage,
+    TransportError,
+    encode_rejection_summary,
+    new_envelope,
+    subject_owner,
+    subjects,
+    summarise,
+    summary_msg_id,
+)
 
 log = logging.getLogger("trustbus.ledger")
 

@@ -19,11 +19,9 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from trustbus.bus import Keyring, KeyringStore, Limits, Opened, StoredMessage, VerificationError, connect_nats, subjects
-from trustbus.ledger._bundle import _last_seq
+from trustbus.bus import Keyring, Limits, Opened, StoredMessage, TenantReader, VerificationError, subjects
 from trustbus.ledger._judging import Anchors, Judge, collect_anchors
 from trustbus.ledger._parallel import CHUNK, _open_chunk
-from trustbus.ledger._reading import stream_batches
 from trustbus.ledger._report import VerifyReport
 
 __all__ = ["Anchors", "StreamVerifier", "collect_anchors", "verify_live"]
@@ -107,21 +105,18 @@ async def verify_live(
         limits: size and skew limits.
         workers: threads checking signatures (default: one per core).
     """
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
-    try:
-        js = nc.jetstream()
-        async with await KeyringStore.open(js, tenant, follow=False) as store:
-            keyring = store.keyring
-        last = await _last_seq(js, tenant)
+    async with await TenantReader.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
+        keyring = await reader.keyring()
+        last = await reader.last_seq()
         anchors = Anchors()
         only = (subjects.quarantine(tenant), subjects.checkpoint(tenant))
-        async for batch in stream_batches(js, tenant, last=last, only=only):
+        async for batch in reader.batches(last=last, only=only):
             collect_anchors(batch, keyring, tenant, into=anchors)
         verifier = StreamVerifier(keyring, tenant, anchors, check_from=from_seq, limits=limits, workers=workers)
         pending: asyncio.Future[None] | None = None
         chunk: list[StoredMessage] = []
         try:
-            async for batch in stream_batches(js, tenant, last=last):
+            async for batch in reader.batches(last=last):
                 chunk.extend(batch)
                 if len(chunk) >= FEED:
                     if pending is not None:
@@ -134,6 +129,4 @@ async def verify_live(
                 await asyncio.to_thread(verifier.feed, chunk)
         finally:
             report = verifier.finish()
-    finally:
-        await nc.close()
     return report

@@ -29,6 +29,11 @@ def test_bus_exports() -> None:
             "AGENT_API_PREFIX", "own_account", "reload_until_wired", "tenant_jetstream",
             "StoredMessage", "Bucket", "Entry", "SubjectLog", "Appended", "NatsSubjectLog",
             "Conflict", "NotFound", "Refused", "Timeout", "Unavailable",
+            "TenantReader", "KeyringRevision", "DurableReader", "DurableSettings",
+            "WorkQueue", "WorkQueueSettings", "WorkItem",
+            "HEADER_CKEY", "HEADER_KEY", "HEADER_MSG_ID", "HEADER_SIG", "stop_on_signals",
+            "decode_signed_grant", "decode_memory_write", "RejectionSummary", "decode_rejection_summary",
+            "encode_rejection_summary", "subject_owner", "summarise", "summary_msg_id",
         ]
     )  # fmt: skip
     for name in bus.__all__:
