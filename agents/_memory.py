@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
 
 from trustbus.bus import Envelope, TransientError, decode_json, subjects
 from trustbus.bus._records import MemoryWrite, decode_memory_write
 from trustbus.bus._records import decode_memory_value as decode_value
+
+if TYPE_CHECKING:  # the pure parse_write (used by decide) must not load nats-py
+    from nats.js import JetStreamContext
 
 Sender = Callable[..., Awaitable[Envelope]]
 # Records a value that is not what the key holds: (subject, revision, body, headers, detail).
@@ -85,6 +86,9 @@ class Memory:
         that do not parse) is recorded once and reads as ``None`` at its
         revision, so the agent carries on and can write over it.
         """
+        import nats.errors
+        import nats.js.errors
+
         try:
             raw = await self._js.get_last_msg(
                 f"KV_{self._bucket}", kv_subject(self._bucket, self._agent, key), direct=True

@@ -29,7 +29,7 @@ from trustbus.bus._api import tenant_jetstream
 from trustbus.bus._bucket import NatsBucket
 from trustbus.bus._connection import connect_options, split_servers
 from trustbus.bus._envelope import Envelope, new_envelope
-from trustbus.bus._errors import BusError, TransportError, VerificationError
+from trustbus.bus._errors import BusError, TransientError, TransportError, VerificationError
 from trustbus.bus._identity import Identity
 from trustbus.bus._keyring_store import KeyringStore
 from trustbus.bus._log import NatsSubjectLog
@@ -45,10 +45,6 @@ from trustbus.bus._tail import tail
 from trustbus.bus._translate import unavailable
 
 log = logging.getLogger("trustbus.bus")
-
-
-class TransientError(BusError):
-    """Raise from a handler to have the message redelivered later (nak with backoff)."""
 
 
 @dataclass(frozen=True, slots=True)
