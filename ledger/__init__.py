@@ -118,15 +118,16 @@ _ORIGINS: dict[str, str] = {
     "verify_messages": "trustbus.ledger._verify",
 }
 
+# Hidden from the type checker, which reads the imports above: seeing __getattr__, it would take any name for Any.
+if not TYPE_CHECKING:
 
-def __getattr__(name: str) -> Any:
-    """Import the public ``name`` from its module, once."""
-    if name not in _ORIGINS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_ORIGINS[name]), name)
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> Any:
+        """Import the public ``name`` from its module, once."""
+        if name not in _ORIGINS:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(_ORIGINS[name]), name)
+        globals()[name] = value
+        return value
 
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
