@@ -1,7 +1,5 @@
 """``trustbus approvals list``, ``trustbus approve``, ``trustbus deny``."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated, Any

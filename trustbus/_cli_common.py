@@ -3,6 +3,10 @@
 Every CLI module imports this one and it imports none of them. Nothing here loads
 the library at import time: ``trustbus --help`` must not pay for nats-py, DuckDB
 or PyNaCl; the library is imported where a command runs it.
+
+The modules that define commands do without ``from __future__ import annotations``:
+typer reads every command's parameters on each start, and string annotations
+would be compiled and evaluated there, several times over (tests/unit/test_structure.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """``trustbus config render``: a tenant's NATS account, generated from its keyring."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Annotated

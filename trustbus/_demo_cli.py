@@ -1,7 +1,5 @@
 """``trustbus demo``: a support desk's incident, end to end, on an embedded server."""
 
-from __future__ import annotations
-
 import json
 import sys
 import tempfile

@@ -1,7 +1,5 @@
 """``trustbus ledger``: verify, export, replay, rollback; ``run`` and the proofs are in modules of their own."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -189,7 +187,7 @@ def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str
 
 
 def _reexecuted(
-    incident: Incident, targets: list[str], messages: Sequence[StoredMessage], keyring: Keyring, tenant: str
+    incident: "Incident", targets: list[str], messages: "Sequence[StoredMessage]", keyring: "Keyring", tenant: str
 ) -> list[dict[str, Any]]:
     """Re-run each ``ID=module:attr`` agent on the deliveries the incident recorded for it, from its checkpoint."""
     import asyncio

@@ -1,7 +1,5 @@
 """``trustbus agent run`` and ``trustbus coordinator run``."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

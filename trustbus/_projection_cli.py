@@ -1,7 +1,5 @@
 """``trustbus ledger run`` (the ledger service) and ``trustbus query`` (SQL over its projection)."""
 
-from __future__ import annotations
-
 import csv
 import json
 import sys

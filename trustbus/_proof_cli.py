@@ -1,7 +1,5 @@
 """``trustbus ledger prove`` and ``trustbus ledger check-proof``: Merkle proofs that are checked alone."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

@@ -3,8 +3,6 @@
 Library imports happen inside the commands so ``trustbus --help`` stays fast.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import signal

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,6 +150,26 @@ def test_help_loads_neither_nats_nor_duckdb_nor_nacl() -> None:
     result = json.loads(_run_python(HELP_CHECK))
     assert result["loaded"] == {}
     assert result["commands"] > 20
+
+
+def test_command_annotations_are_evaluated_once_at_import() -> None:
+    """Typer reads every command's signature on each start; string annotations would be compiled there each time."""
+    import __future__
+
+    import typer.main
+
+    from trustbus.cli import app
+
+    def callbacks(command: Any) -> Iterator[Any]:
+        if command.callback is not None:
+            yield command.callback
+        for sub in getattr(command, "commands", {}).values():
+            yield from callbacks(sub)
+
+    modules = {callback.__module__ for callback in callbacks(typer.main.get_command(app))}
+    assert "trustbus._ledger_cli" in modules
+    stringified = sorted(m for m in modules if getattr(sys.modules[m], "annotations", None) is __future__.annotations)
+    assert stringified == []
 
 
 @pytest.mark.parametrize("package", LIBRARY)
