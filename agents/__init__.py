@@ -1,20 +1,30 @@
-"""What runs as a process: the agent API and runtime, the coordinator and its policy."""
+"""What runs as a process: the agent API and runtime, the coordinator and its policy.
 
-from trustbus.agents._coordinator import Coordinator
-from trustbus.agents._decision import CoordinatorState, Deferral, decide
-from trustbus.agents._effects import idempotency_key
-from trustbus.agents._errors import (
-    AgentError,
-    EffectDenied,
-    EffectError,
-    PolicyError,
-    RuntimeSetupError,
-    ToolRegistryError,
-    UnknownTool,
-)
-from trustbus.agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
-from trustbus.agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
-from trustbus.agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
+Every name is imported from its module on first use (PEP 562), so importing one
+module of the package (or ``trustbus --help``) loads only what that module needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trustbus.agents._coordinator import Coordinator
+    from trustbus.agents._decision import CoordinatorState, Deferral, decide
+    from trustbus.agents._effects import idempotency_key
+    from trustbus.agents._errors import (
+        AgentError,
+        EffectDenied,
+        EffectError,
+        PolicyError,
+        RuntimeSetupError,
+        ToolRegistryError,
+        UnknownTool,
+    )
+    from trustbus.agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
+    from trustbus.agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
+    from trustbus.agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
 
 __all__ = [
     "Agent",
@@ -48,3 +58,51 @@ __all__ = [
     "read_checkpoint",
     "run_agent",
 ]
+
+# Where each public name is defined.
+_ORIGINS: dict[str, str] = {
+    "Coordinator": "trustbus.agents._coordinator",
+    "CoordinatorState": "trustbus.agents._decision",
+    "Deferral": "trustbus.agents._decision",
+    "decide": "trustbus.agents._decision",
+    "idempotency_key": "trustbus.agents._effects",
+    "AgentError": "trustbus.agents._errors",
+    "EffectDenied": "trustbus.agents._errors",
+    "EffectError": "trustbus.agents._errors",
+    "PolicyError": "trustbus.agents._errors",
+    "RuntimeSetupError": "trustbus.agents._errors",
+    "ToolRegistryError": "trustbus.agents._errors",
+    "UnknownTool": "trustbus.agents._errors",
+    "Limits": "trustbus.agents._policy",
+    "Policy": "trustbus.agents._policy",
+    "RateLimit": "trustbus.agents._policy",
+    "Rule": "trustbus.agents._policy",
+    "load_policy": "trustbus.agents._policy",
+    "parse_policy": "trustbus.agents._policy",
+    "Agent": "trustbus.agents._runtime",
+    "Context": "trustbus.agents._runtime",
+    "Handlers": "trustbus.agents._runtime",
+    "connect_agent": "trustbus.agents._runtime",
+    "read_checkpoint": "trustbus.agents._runtime",
+    "run_agent": "trustbus.agents._runtime",
+    "Tool": "trustbus.agents._tools",
+    "Toolbox": "trustbus.agents._tools",
+    "ToolImplementation": "trustbus.agents._tools",
+    "ToolRegistry": "trustbus.agents._tools",
+    "load_tools": "trustbus.agents._tools",
+    "parse_tools": "trustbus.agents._tools",
+}
+
+# Hidden from the type checker, which reads the imports above: seeing __getattr__, it would take any name for Any.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """Import the public ``name`` from its module, once."""
+        if name not in _ORIGINS:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(_ORIGINS[name]), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

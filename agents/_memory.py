@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from trustbus.bus import Bucket, Bus, Envelope, TransientError, TransportError, decode_json, subjects
+from trustbus.bus import Envelope, TransientError, TransportError, decode_json, subjects
+
+if TYPE_CHECKING:  # the pure decide() imports this module: it must not load the transport
+    from trustbus.bus import Bucket, Bus
 from trustbus.bus._records import MemoryWrite, decode_memory_write
 from trustbus.bus._records import decode_memory_value as decode_value
 

@@ -1,127 +1,134 @@
-"""The wire and the transport: envelopes, identities, keyring, seal/open, subjects, NATS."""
+"""The wire and the transport: envelopes, identities, keyring, seal/open, subjects, NATS.
+
+Every name is imported from its module on first use (PEP 562), so importing one
+module of the package (or ``trustbus --help``) loads only what that module needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from trustbus.bus import _subjects as subjects
-from trustbus.bus._admin import (
-    KeyDirectory,
-    connect_nats,
-    default_keys_dir,
-    init_tenant,
-    list_keys,
-    new_key,
-    revoke_key,
-    rotate_key,
-)
-from trustbus.bus._api import tenant_jetstream
-from trustbus.bus._cluster import EmbeddedCluster
-from trustbus.bus._durable_reader import DurableReader, DurableSettings
-from trustbus.bus._envelope import (
-    SCHEMA_VERSION,
-    ContentType,
-    Envelope,
-    Kind,
-    decode_envelope,
-    encode_envelope,
-    new_envelope,
-    new_id,
-)
-from trustbus.bus._errors import (
-    BadCountersignature,
-    BadSignature,
-    BusError,
-    ConfigError,
-    Conflict,
-    KeyNotYetValid,
-    KeyringError,
-    Malformed,
-    MissingSignature,
-    NotFound,
-    NotMediated,
-    PortInUse,
-    Refused,
-    Replayed,
-    RevokedKey,
-    SenderMismatch,
-    ServerBinaryNotFound,
-    ServerError,
-    Skew,
-    Timeout,
-    TooLarge,
-    TransportError,
-    Unavailable,
-    UnknownKey,
-    UnsupportedVersion,
-    UntrustedKey,
-    VerificationError,
-)
-from trustbus.bus._identity import Identity, encode_key_id, verify_key
-from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
-from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
-from trustbus.bus._log import NatsSubjectLog
-from trustbus.bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
-from trustbus.bus._payload import (
-    Bounds,
-    MalformedPayload,
-    decode_json,
-    decode_msgpack,
-)
-from trustbus.bus._provision import (
-    ProvisionReport,
-    pinned_admin_key,
-    provision,
-    tenant_partitions,
-    tenant_stream_config,
-)
-from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
-from trustbus.bus._readers import TenantReader
-from trustbus.bus._records import (
-    Approval,
-    Checkpoint,
-    Decision,
-    Dropped,
-    EffectClass,
-    EffectRecord,
-    MemoryValue,
-    Verdict,
-    decode_checkpoint,
-    decode_decision,
-    decode_effect,
-    decode_memory_value,
-    decode_memory_write,
-    encode_checkpoint,
-    encode_decision,
-    encode_effect,
-    encode_memory_value,
-)
-from trustbus.bus._rejections import (
-    RejectionSummary,
-    decode_rejection_summary,
-    encode_rejection_summary,
-    subject_owner,
-    summarise,
-    summary_msg_id,
-)
-from trustbus.bus._reload import reload_until_wired
-from trustbus.bus._seal import (
-    HEADER_CKEY,
-    HEADER_KEY,
-    HEADER_MSG_ID,
-    HEADER_SIG,
-    Limits,
-    Mediation,
-    Opened,
-    Sealed,
-    SeenIds,
-    countersign,
-    open_envelope,
-    seal,
-)
-from trustbus.bus._server import ClusterMembership, EmbeddedServer, find_server_binary
-from trustbus.bus._signals import stop_on_signals
-from trustbus.bus._stored import StoredMessage
-from trustbus.bus._stores import Appended, Bucket, Entry, SubjectLog
-from trustbus.bus._tail import TailItem, tail
-from trustbus.bus._transport import Bus, ConsumerSettings, Delivery, TransientError
-from trustbus.bus._work_queue import WorkItem, WorkQueue, WorkQueueSettings
+
+if TYPE_CHECKING:
+    from trustbus.bus._admin import (
+        KeyDirectory,
+        connect_nats,
+        default_keys_dir,
+        init_tenant,
+        list_keys,
+        new_key,
+        revoke_key,
+        rotate_key,
+    )
+    from trustbus.bus._api import tenant_jetstream
+    from trustbus.bus._cluster import EmbeddedCluster
+    from trustbus.bus._durable_reader import DurableReader, DurableSettings
+    from trustbus.bus._envelope import (
+        SCHEMA_VERSION,
+        ContentType,
+        Envelope,
+        Kind,
+        decode_envelope,
+        encode_envelope,
+        new_envelope,
+        new_id,
+    )
+    from trustbus.bus._errors import (
+        BadCountersignature,
+        BadSignature,
+        BusError,
+        ConfigError,
+        Conflict,
+        KeyNotYetValid,
+        KeyringError,
+        Malformed,
+        MissingSignature,
+        NotFound,
+        NotMediated,
+        PortInUse,
+        Refused,
+        Replayed,
+        RevokedKey,
+        SenderMismatch,
+        ServerBinaryNotFound,
+        ServerError,
+        Skew,
+        Timeout,
+        TooLarge,
+        TransientError,
+        TransportError,
+        Unavailable,
+        UnknownKey,
+        UnsupportedVersion,
+        UntrustedKey,
+        VerificationError,
+    )
+    from trustbus.bus._identity import Identity, encode_key_id, verify_key
+    from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
+    from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
+    from trustbus.bus._log import NatsSubjectLog
+    from trustbus.bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
+    from trustbus.bus._payload import Bounds, MalformedPayload, decode_json, decode_msgpack
+    from trustbus.bus._provision import (
+        ProvisionReport,
+        pinned_admin_key,
+        provision,
+        tenant_partitions,
+        tenant_stream_config,
+    )
+    from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
+    from trustbus.bus._readers import TenantReader
+    from trustbus.bus._records import (
+        Approval,
+        Checkpoint,
+        Decision,
+        Dropped,
+        EffectClass,
+        EffectRecord,
+        MemoryValue,
+        Verdict,
+        decode_checkpoint,
+        decode_decision,
+        decode_effect,
+        decode_memory_value,
+        decode_memory_write,
+        encode_checkpoint,
+        encode_decision,
+        encode_effect,
+        encode_memory_value,
+    )
+    from trustbus.bus._rejections import (
+        RejectionSummary,
+        decode_rejection_summary,
+        encode_rejection_summary,
+        subject_owner,
+        summarise,
+        summary_msg_id,
+    )
+    from trustbus.bus._reload import reload_until_wired
+    from trustbus.bus._seal import (
+        HEADER_CKEY,
+        HEADER_KEY,
+        HEADER_MSG_ID,
+        HEADER_SIG,
+        Limits,
+        Mediation,
+        Opened,
+        Sealed,
+        SeenIds,
+        countersign,
+        open_envelope,
+        seal,
+    )
+    from trustbus.bus._server import ClusterMembership, EmbeddedServer, find_server_binary
+    from trustbus.bus._signals import stop_on_signals
+    from trustbus.bus._stored import StoredMessage
+    from trustbus.bus._stores import Appended, Bucket, Entry, SubjectLog
+    from trustbus.bus._tail import TailItem, tail
+    from trustbus.bus._transport import Bus, ConsumerSettings, Delivery
+    from trustbus.bus._work_queue import WorkItem, WorkQueue, WorkQueueSettings
 
 __all__ = [
     "AGENT_API_PREFIX",
@@ -255,3 +262,150 @@ __all__ = [
     "tenant_stream_config",
     "verify_key",
 ]
+
+# Where each public name is defined.
+_ORIGINS: dict[str, str] = {
+    "KeyDirectory": "trustbus.bus._admin",
+    "connect_nats": "trustbus.bus._admin",
+    "default_keys_dir": "trustbus.bus._admin",
+    "init_tenant": "trustbus.bus._admin",
+    "list_keys": "trustbus.bus._admin",
+    "new_key": "trustbus.bus._admin",
+    "revoke_key": "trustbus.bus._admin",
+    "rotate_key": "trustbus.bus._admin",
+    "tenant_jetstream": "trustbus.bus._api",
+    "EmbeddedCluster": "trustbus.bus._cluster",
+    "DurableReader": "trustbus.bus._durable_reader",
+    "DurableSettings": "trustbus.bus._durable_reader",
+    "ContentType": "trustbus.bus._envelope",
+    "Envelope": "trustbus.bus._envelope",
+    "Kind": "trustbus.bus._envelope",
+    "SCHEMA_VERSION": "trustbus.bus._envelope",
+    "decode_envelope": "trustbus.bus._envelope",
+    "encode_envelope": "trustbus.bus._envelope",
+    "new_envelope": "trustbus.bus._envelope",
+    "new_id": "trustbus.bus._envelope",
+    "BadCountersignature": "trustbus.bus._errors",
+    "BadSignature": "trustbus.bus._errors",
+    "BusError": "trustbus.bus._errors",
+    "ConfigError": "trustbus.bus._errors",
+    "Conflict": "trustbus.bus._errors",
+    "KeyNotYetValid": "trustbus.bus._errors",
+    "KeyringError": "trustbus.bus._errors",
+    "Malformed": "trustbus.bus._errors",
+    "MissingSignature": "trustbus.bus._errors",
+    "NotFound": "trustbus.bus._errors",
+    "NotMediated": "trustbus.bus._errors",
+    "PortInUse": "trustbus.bus._errors",
+    "Refused": "trustbus.bus._errors",
+    "Replayed": "trustbus.bus._errors",
+    "RevokedKey": "trustbus.bus._errors",
+    "SenderMismatch": "trustbus.bus._errors",
+    "ServerBinaryNotFound": "trustbus.bus._errors",
+    "ServerError": "trustbus.bus._errors",
+    "Skew": "trustbus.bus._errors",
+    "Timeout": "trustbus.bus._errors",
+    "TooLarge": "trustbus.bus._errors",
+    "TransientError": "trustbus.bus._errors",
+    "TransportError": "trustbus.bus._errors",
+    "Unavailable": "trustbus.bus._errors",
+    "UnknownKey": "trustbus.bus._errors",
+    "UnsupportedVersion": "trustbus.bus._errors",
+    "UntrustedKey": "trustbus.bus._errors",
+    "VerificationError": "trustbus.bus._errors",
+    "Identity": "trustbus.bus._identity",
+    "encode_key_id": "trustbus.bus._identity",
+    "verify_key": "trustbus.bus._identity",
+    "KeyGrant": "trustbus.bus._keyring",
+    "Keyring": "trustbus.bus._keyring",
+    "Role": "trustbus.bus._keyring",
+    "SignedGrant": "trustbus.bus._keyring",
+    "decode_signed_grant": "trustbus.bus._keyring",
+    "sign_grant": "trustbus.bus._keyring",
+    "KeyringRevision": "trustbus.bus._keyring_store",
+    "KeyringStore": "trustbus.bus._keyring_store",
+    "NatsSubjectLog": "trustbus.bus._log",
+    "AGENT_API_PREFIX": "trustbus.bus._nats_config",
+    "own_account": "trustbus.bus._nats_config",
+    "render_bootstrap_config": "trustbus.bus._nats_config",
+    "render_tenant_config": "trustbus.bus._nats_config",
+    "Bounds": "trustbus.bus._payload",
+    "MalformedPayload": "trustbus.bus._payload",
+    "decode_json": "trustbus.bus._payload",
+    "decode_msgpack": "trustbus.bus._payload",
+    "ProvisionReport": "trustbus.bus._provision",
+    "pinned_admin_key": "trustbus.bus._provision",
+    "provision": "trustbus.bus._provision",
+    "tenant_partitions": "trustbus.bus._provision",
+    "tenant_stream_config": "trustbus.bus._provision",
+    "QuarantineRecord": "trustbus.bus._quarantine",
+    "decode_quarantine_record": "trustbus.bus._quarantine",
+    "TenantReader": "trustbus.bus._readers",
+    "Approval": "trustbus.bus._records",
+    "Checkpoint": "trustbus.bus._records",
+    "Decision": "trustbus.bus._records",
+    "Dropped": "trustbus.bus._records",
+    "EffectClass": "trustbus.bus._records",
+    "EffectRecord": "trustbus.bus._records",
+    "MemoryValue": "trustbus.bus._records",
+    "Verdict": "trustbus.bus._records",
+    "decode_checkpoint": "trustbus.bus._records",
+    "decode_decision": "trustbus.bus._records",
+    "decode_effect": "trustbus.bus._records",
+    "decode_memory_value": "trustbus.bus._records",
+    "decode_memory_write": "trustbus.bus._records",
+    "encode_checkpoint": "trustbus.bus._records",
+    "encode_decision": "trustbus.bus._records",
+    "encode_effect": "trustbus.bus._records",
+    "encode_memory_value": "trustbus.bus._records",
+    "RejectionSummary": "trustbus.bus._rejections",
+    "decode_rejection_summary": "trustbus.bus._rejections",
+    "encode_rejection_summary": "trustbus.bus._rejections",
+    "subject_owner": "trustbus.bus._rejections",
+    "summarise": "trustbus.bus._rejections",
+    "summary_msg_id": "trustbus.bus._rejections",
+    "reload_until_wired": "trustbus.bus._reload",
+    "HEADER_CKEY": "trustbus.bus._seal",
+    "HEADER_KEY": "trustbus.bus._seal",
+    "HEADER_MSG_ID": "trustbus.bus._seal",
+    "HEADER_SIG": "trustbus.bus._seal",
+    "Limits": "trustbus.bus._seal",
+    "Mediation": "trustbus.bus._seal",
+    "Opened": "trustbus.bus._seal",
+    "Sealed": "trustbus.bus._seal",
+    "SeenIds": "trustbus.bus._seal",
+    "countersign": "trustbus.bus._seal",
+    "open_envelope": "trustbus.bus._seal",
+    "seal": "trustbus.bus._seal",
+    "ClusterMembership": "trustbus.bus._server",
+    "EmbeddedServer": "trustbus.bus._server",
+    "find_server_binary": "trustbus.bus._server",
+    "stop_on_signals": "trustbus.bus._signals",
+    "StoredMessage": "trustbus.bus._stored",
+    "Appended": "trustbus.bus._stores",
+    "Bucket": "trustbus.bus._stores",
+    "Entry": "trustbus.bus._stores",
+    "SubjectLog": "trustbus.bus._stores",
+    "TailItem": "trustbus.bus._tail",
+    "tail": "trustbus.bus._tail",
+    "Bus": "trustbus.bus._transport",
+    "ConsumerSettings": "trustbus.bus._transport",
+    "Delivery": "trustbus.bus._transport",
+    "WorkItem": "trustbus.bus._work_queue",
+    "WorkQueue": "trustbus.bus._work_queue",
+    "WorkQueueSettings": "trustbus.bus._work_queue",
+}
+
+# Hidden from the type checker, which reads the imports above: seeing __getattr__, it would take any name for Any.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """Import the public ``name`` from its module, once."""
+        if name not in _ORIGINS:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(_ORIGINS[name]), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -14,6 +14,7 @@ The tree::
     │   ├── NotFound                 no such message, key, stream or consumer
     │   └── Conflict                 a compare-and-set expected another revision
     ├── KeyringError                the keyring could not be read or written
+    ├── TransientError              raised by a handler: redeliver the message later
     └── VerificationError           an envelope was rejected; ``reason`` is stable
         ├── Foreign                  foreign
         ├── TooLarge                 too_large
@@ -57,6 +58,10 @@ class ServerBinaryNotFound(ServerError):
 
 class PortInUse(ServerError):
     """The requested port is already taken."""
+
+
+class TransientError(BusError):
+    """Raise from a handler to have the message redelivered later (nak with backoff)."""
 
 
 class TransportError(BusError):

@@ -25,10 +25,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
-import nats.errors
-from nats.aio.msg import Msg
 
 from trustbus.bus._envelope import decode_envelope, new_envelope
 from trustbus.bus._errors import TransportError, VerificationError
@@ -36,6 +35,9 @@ from trustbus.bus._payload import check_msgpack
 from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
 from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Sealed
 from trustbus.bus._subjects import quarantine
+
+if TYPE_CHECKING:  # nats-py is loaded by the adapter that hands messages in, not by the decoders here
+    from nats.aio.msg import Msg
 
 log = logging.getLogger("trustbus.bus")
 
@@ -235,6 +237,8 @@ class RejectionLog:
         pending.seqs -= covered
         pending.since = time.monotonic()
         log.info("rejections recorded", extra={"owner": owner, "count": len(items), "counts": summary.counts})
+        import nats.errors
+
         for msg in msgs:
             with contextlib.suppress(nats.errors.Error):
                 await msg.term()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import msgspec
-from nats.aio.msg import Msg
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
 
 
 class StoredMessage(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -30,7 +30,7 @@ from trustbus.bus._bucket import NatsBucket
 from trustbus.bus._connection import connect_options, split_servers
 from trustbus.bus._durable_reader import DurableReader, DurableSettings
 from trustbus.bus._envelope import Envelope, new_envelope
-from trustbus.bus._errors import BusError, NotFound, TransportError, VerificationError
+from trustbus.bus._errors import BusError, NotFound, TransientError, TransportError, VerificationError
 from trustbus.bus._identity import Identity
 from trustbus.bus._keyring_store import KeyringStore
 from trustbus.bus._log import NatsSubjectLog
@@ -48,10 +48,6 @@ from trustbus.bus._translate import NATS_ERRORS, translated, unavailable
 from trustbus.bus._work_queue import WorkQueue, WorkQueueSettings
 
 log = logging.getLogger("trustbus.bus")
-
-
-class TransientError(BusError):
-    """Raise from a handler to have the message redelivered later (nak with backoff)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,33 @@
-"""What happened: the hash chain and Merkle tree over the tenant stream, verification, proofs, audit bundles."""
+"""What happened: the hash chain and Merkle tree over the tenant stream, verification, proofs, audit bundles.
 
-from trustbus.bus import StoredMessage
-from trustbus.ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
-from trustbus.ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
-from trustbus.ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
-from trustbus.ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
-from trustbus.ledger._proofs import CheckedProof, ProofError, check_proof
-from trustbus.ledger._proving import prove_from_bundle, prove_from_stream
-from trustbus.ledger._query import connect, query
-from trustbus.ledger._replay import Incident, Step, build_incident, checkpoint_before, step_dict
-from trustbus.ledger._rollback import (
-    Compensation,
-    RollbackPlan,
-    compensated_keys,
-    execute_rollback,
-    plan_rollback,
-    verified_effects,
-)
-from trustbus.ledger._verify import Break, VerifyReport, verify_messages
+Every name is imported from its module on first use (PEP 562), so importing one
+module of the package (or ``trustbus --help``) loads only what that module needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trustbus.bus import StoredMessage
+    from trustbus.ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
+    from trustbus.ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
+    from trustbus.ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
+    from trustbus.ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
+    from trustbus.ledger._proofs import CheckedProof, ProofError, check_proof
+    from trustbus.ledger._proving import prove_from_bundle, prove_from_stream
+    from trustbus.ledger._query import connect, query
+    from trustbus.ledger._replay import Incident, Step, build_incident, checkpoint_before, step_dict
+    from trustbus.ledger._rollback import (
+        Compensation,
+        RollbackPlan,
+        compensated_keys,
+        execute_rollback,
+        plan_rollback,
+        verified_effects,
+    )
+    from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [
     "CHAIN_DOMAIN",
@@ -62,3 +72,62 @@ __all__ = [
     "prove_from_bundle",
     "prove_from_stream",
 ]
+
+# Where each public name is defined.
+_ORIGINS: dict[str, str] = {
+    "StoredMessage": "trustbus.bus",
+    "export": "trustbus.ledger._audit",
+    "load_bundle_messages": "trustbus.ledger._audit",
+    "load_messages": "trustbus.ledger._audit",
+    "verify_bundle": "trustbus.ledger._audit",
+    "verify_stream": "trustbus.ledger._audit",
+    "Bundle": "trustbus.ledger._bundle",
+    "BundleEntry": "trustbus.ledger._bundle",
+    "export_bundle": "trustbus.ledger._bundle",
+    "read_bundle": "trustbus.ledger._bundle",
+    "read_stream": "trustbus.ledger._bundle",
+    "CHAIN_DOMAIN": "trustbus.ledger._chain",
+    "GENESIS": "trustbus.ledger._chain",
+    "chain_hash": "trustbus.ledger._chain",
+    "chained_headers": "trustbus.ledger._chain",
+    "BundleError": "trustbus.ledger._errors",
+    "LedgerError": "trustbus.ledger._errors",
+    "ProjectionError": "trustbus.ledger._errors",
+    "QueryError": "trustbus.ledger._errors",
+    "ServiceError": "trustbus.ledger._errors",
+    "CheckedProof": "trustbus.ledger._proofs",
+    "ProofError": "trustbus.ledger._proofs",
+    "check_proof": "trustbus.ledger._proofs",
+    "prove_from_bundle": "trustbus.ledger._proving",
+    "prove_from_stream": "trustbus.ledger._proving",
+    "connect": "trustbus.ledger._query",
+    "query": "trustbus.ledger._query",
+    "Incident": "trustbus.ledger._replay",
+    "Step": "trustbus.ledger._replay",
+    "build_incident": "trustbus.ledger._replay",
+    "checkpoint_before": "trustbus.ledger._replay",
+    "step_dict": "trustbus.ledger._replay",
+    "Compensation": "trustbus.ledger._rollback",
+    "RollbackPlan": "trustbus.ledger._rollback",
+    "compensated_keys": "trustbus.ledger._rollback",
+    "execute_rollback": "trustbus.ledger._rollback",
+    "plan_rollback": "trustbus.ledger._rollback",
+    "verified_effects": "trustbus.ledger._rollback",
+    "Break": "trustbus.ledger._verify",
+    "VerifyReport": "trustbus.ledger._verify",
+    "verify_messages": "trustbus.ledger._verify",
+}
+
+# Hidden from the type checker, which reads the imports above: seeing __getattr__, it would take any name for Any.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """Import the public ``name`` from its module, once."""
+        if name not in _ORIGINS:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(_ORIGINS[name]), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

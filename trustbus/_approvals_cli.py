@@ -1,18 +1,25 @@
 """``trustbus approvals list``, ``trustbus approve``, ``trustbus deny``."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-approvals_app = typer.Typer(help="Envelopes held for an operator.", no_args_is_help=True)
+from trustbus._cli_common import (
+    DEFAULT_SERVER,
+    JsonOpt,
+    KeysOpt,
+    ServerOpt,
+    TenantOpt,
+    key_directory,
+    nkey_seed,
+    out,
+    run,
+    servers,
+)
 
-TenantOpt = Annotated[str, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant name.")]
-ServerOpt = Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+approvals_app = typer.Typer(help="Envelopes held for an operator.", no_args_is_help=True)
 
 
 def _decision_dict(decision: Any) -> dict[str, Any]:
@@ -25,7 +32,7 @@ def _decision_dict(decision: Any) -> dict[str, Any]:
 @approvals_app.command("list")
 def approvals_list(
     tenant: TenantOpt,
-    server: ServerOpt = "nats://127.0.0.1:4222",
+    server: ServerOpt = DEFAULT_SERVER,
     reader: Annotated[
         str | None,
         typer.Option("--as", help="Key owner whose seed is in --nkey (a rendered config's operator); default admin."),
@@ -36,9 +43,8 @@ def approvals_list(
     from rich.table import Table
 
     from trustbus.agents._approvals import list_held_requests
-    from trustbus.cli import _nkey, _run, _servers, out
 
-    held = _run(list_held_requests(_servers(server), tenant, nkey_seed=_nkey(), reader=reader))
+    held = run(list_held_requests(servers(server), tenant, nkey_seed=nkey_seed(), reader=reader))
     if json_out:
         for decision, request in held:
             print(json.dumps({**_decision_dict(decision), "request": request}))
@@ -55,18 +61,17 @@ def _answer(
     approve: bool,
 ) -> None:  # fmt: skip
     from trustbus.agents._approvals import answer
-    from trustbus.cli import _keys, _nkey, _run, _servers, out
 
-    decision = _run(
+    decision = run(
         answer(
-            _servers(server),
+            servers(server),
             tenant,
             envelope_id,
             operator=operator,
-            keys=_keys(keys),
+            keys=key_directory(keys),
             approve=approve,
             note=note,
-            nkey_seed=_nkey(),
+            nkey_seed=nkey_seed(),
         )
     )
     if json_out:
@@ -79,12 +84,11 @@ def _answer(
 EnvelopeArg = Annotated[str, typer.Argument(help="The held envelope's id (see `trustbus approvals list`).")]
 OperatorOpt = Annotated[str, typer.Option("--as", help="Operator key owner (role operator) to sign as.")]
 NoteOpt = Annotated[str, typer.Option(help="Why; recorded with the approval.")]
-KeysOpt = Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")]
 
 
 def approve(
     envelope_id: EnvelopeArg, tenant: TenantOpt, operator: OperatorOpt, note: NoteOpt = "",
-    server: ServerOpt = "nats://127.0.0.1:4222", keys: KeysOpt = None, json_out: JsonOpt = False,
+    server: ServerOpt = DEFAULT_SERVER, keys: KeysOpt = None, json_out: JsonOpt = False,
 ) -> None:  # fmt: skip
     """Release a held envelope to its recipients (signed by an operator key)."""
     _answer(envelope_id, tenant, operator, note, server, keys, json_out, approve=True)
@@ -92,7 +96,7 @@ def approve(
 
 def deny(
     envelope_id: EnvelopeArg, tenant: TenantOpt, operator: OperatorOpt, note: NoteOpt = "",
-    server: ServerOpt = "nats://127.0.0.1:4222", keys: KeysOpt = None, json_out: JsonOpt = False,
+    server: ServerOpt = DEFAULT_SERVER, keys: KeysOpt = None, json_out: JsonOpt = False,
 ) -> None:  # fmt: skip
     """Drop a held envelope: it is never delivered (signed by an operator key)."""
     _answer(envelope_id, tenant, operator, note, server, keys, json_out, approve=False)

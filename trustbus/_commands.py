@@ -1,26 +1,14 @@
-"""The async bodies of CLI commands that talk to NATS directly: one call each into :mod:`bus`."""
+"""The async bodies of ``trustbus send`` and ``trustbus tail``: one call each into :mod:`bus`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
-import nats.errors
-
-from trustbus.bus import (
-    ConfigError,
-    KeyDirectory,
-    KeyringStore,
-    TailItem,
-    TransportError,
-    connect_nats,
-    new_envelope,
-    seal,
-    subjects,
-    tail,
-    tenant_partitions,
-)
+from trustbus.bus import ConfigError, KeyDirectory, TailItem, new_envelope, seal
 from trustbus.bus._envelope import ContentType, Kind
+from trustbus.bus._tenant_stream import TenantStream
 
 KINDS = ("event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint")
 CONTENT_TYPES = ("application/json", "application/msgpack", "text/plain")
@@ -69,17 +57,10 @@ async def send_one(
         idempotency_key=idempotency_key,
     )
     sealed = seal(envelope, identity)
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
-    try:
-        js = nc.jetstream()
-        partitions = 1 if subject else await tenant_partitions(js, tenant)
-        target = subject or subjects.outbox(tenant, sender, subjects.partition_of(envelope.correlation_id, partitions))
-        ack = await js.publish(target, sealed.body, headers=sealed.headers, timeout=5)
-    except nats.errors.Error as exc:
-        raise TransportError(f"publish to {target} failed: {exc}") from exc
-    finally:
-        await nc.close()
-    return {"id": envelope.id, "subject": target, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+    async with await TenantStream.open(servers, tenant, nkey_seed=nkey_seed) as stream:
+        target = subject or await stream.outbox(sender, envelope.correlation_id)
+        stored = await stream.publish(target, sealed)
+    return {"id": envelope.id, "subject": target, "seq": stored.seq, "duplicate": stored.duplicate}
 
 
 async def tail_stream(
@@ -98,24 +79,13 @@ async def tail_stream(
 
     ``nkey_seed`` authenticates the connection.
     """
-    nc = await connect_nats(servers, nkey_seed=nkey_seed)
-    try:
-        js = nc.jetstream()
-        shown = 0
-        async with await KeyringStore.open(js, tenant) as keyring:
-            async for item in tail(
-                js,
-                keyring,
-                tenant,
-                subject=subject,
-                from_seq=from_seq,
-                new_only=new_only,
-                idle_timeout_s=idle_timeout_s,
-            ):
+    shown = 0
+    async with await TenantStream.open(servers, tenant, nkey_seed=nkey_seed) as stream:
+        items = stream.tail(subject=subject, from_seq=from_seq, new_only=new_only, idle_timeout_s=idle_timeout_s)
+        async with aclosing(items):
+            async for item in items:
                 on_item(item)
                 shown += 1
                 if limit is not None and shown >= limit:
                     break
-        return shown
-    finally:
-        await nc.close()
+    return shown

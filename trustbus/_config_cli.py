@@ -1,20 +1,31 @@
 """``trustbus config render``: a tenant's NATS account, generated from its keyring."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from trustbus._cli_common import (
+    DEFAULT_SERVER,
+    KeysOpt,
+    ServerOpt,
+    TenantOpt,
+    err,
+    key_directory,
+    nkey_seed,
+    out,
+    run,
+    servers,
+)
+
 config_app = typer.Typer(help="Generate nats-server config from a tenant's keyring.", no_args_is_help=True)
 
 
 @config_app.command("render")
 def render(
-    tenant: Annotated[str, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant name.")],
-    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
+    tenant: TenantOpt,
+    server: ServerOpt = DEFAULT_SERVER,
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the config here (atomically) instead of to standard output.")
     ] = None,
@@ -29,7 +40,7 @@ def render(
             "missing), so the tenant can be provisioned inside its account.",
         ),
     ] = False,
-    keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
+    keys: KeysOpt = None,
     system_nkey: Annotated[
         str | None, typer.Option("--system-nkey", help="Public nkey (U...) of a system-account user (monitoring).")
     ] = None,
@@ -41,16 +52,15 @@ def render(
     render again and reload the server: nats-server --signal reload=<pid>.
     """
     from trustbus.bus import BusError, list_keys, render_bootstrap_config, render_tenant_config
-    from trustbus.cli import _keys, _nkey, _run, _servers, err, out
 
     try:
         if bootstrap:
-            admin = _keys(keys).admin(tenant)
+            admin = key_directory(keys).admin(tenant)
             text = render_bootstrap_config(
                 tenant, admin.key_id, standalone=not accounts_only, system_user_nkey=system_nkey
             )
         else:
-            grants = _run(list_keys(_servers(server), tenant, nkey_seed=_nkey()))
+            grants = run(list_keys(servers(server), tenant, nkey_seed=nkey_seed()))
             text = render_tenant_config(tenant, grants, standalone=not accounts_only, system_user_nkey=system_nkey)
     except BusError as exc:
         err.print(f"[red]error:[/red] {exc}")

@@ -1,8 +1,5 @@
 """``trustbus demo``: a support desk's incident, end to end, on an embedded server."""
 
-from __future__ import annotations
-
-import asyncio
 import json
 import sys
 import tempfile
@@ -35,6 +32,8 @@ def demo(
     killed mid-refund and the refund still happens once. The summary is read
     back from the ledger. Files are left in the working directory.
     """
+    import asyncio
+
     from rich.console import Console
 
     from trustbus.agents import AgentError

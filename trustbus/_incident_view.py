@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from trustbus.ledger import Incident, Step
+if TYPE_CHECKING:
+    from trustbus.ledger import Incident, Step
 
 
 def redecided_rows(incident: Incident, policy_file: Path) -> list[dict[str, Any]]:

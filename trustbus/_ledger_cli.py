@@ -1,6 +1,4 @@
-"""``trustbus ledger``: verify, export, replay, rollback, and Merkle proofs (prove, check-proof)."""
-
-from __future__ import annotations
+"""``trustbus ledger``: verify, export, replay, rollback; ``run`` and the proofs are in modules of their own."""
 
 import json
 from pathlib import Path
@@ -8,8 +6,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from trustbus._cli_common import (
+    DEFAULT_SERVER,
+    JsonOpt,
+    KeysOpt,
+    MaybeTenantOpt,
+    ServerOpt,
+    TenantOpt,
+    err,
+    key_directory,
+    nkey_seed,
+    out,
+    run,
+    servers,
+)
 from trustbus._incident_view import incident_tree, redecided_rows, redecided_table
 from trustbus._projection_cli import ledger_run
+from trustbus._proof_cli import check_proof_file, prove
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -62,7 +75,7 @@ def _coverage_lines(report: Any) -> list[str]:
 
 @ledger_app.command("verify")
 def verify(
-    tenant: Annotated[str | None, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")] = None,
+    tenant: MaybeTenantOpt = None,
     bundle: Annotated[Path | None, typer.Option(help="Verify this audit bundle instead (no server needed).")] = None,
     from_seq: Annotated[int, typer.Option("--from", help="First sequence to check (live stream).")] = 1,
     admin_key: Annotated[str | None, typer.Option(help="Pin the tenant admin key (trust anchor).")] = None,
@@ -74,15 +87,14 @@ def verify(
             "reach SEQ and its chain there must be HEAD. Repeatable.",
         ),
     ] = None,
-    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    json_out: JsonOpt = False,
 ) -> None:
     """Check every signature (key valid at the time), the sequence, the chain and every checkpoint; exit 1 on a break.
 
     A bundle must be covered by signed checkpoints to its last sequence (its export checkpoint);
     the output says which range a signature covers and which it does not.
     """
-    from trustbus.cli import _nkey, _run, _servers, err, out
     from trustbus.ledger import verify_bundle, verify_stream
 
     if bundle is not None:
@@ -97,7 +109,7 @@ def verify(
         err.print("[red]error:[/red] --expect checks a bundle: give --bundle DIR")
         raise typer.Exit(2)
     elif tenant is not None:
-        report = _run(verify_stream(_servers(server), tenant, from_seq=from_seq, nkey_seed=_nkey()))
+        report = run(verify_stream(servers(server), tenant, from_seq=from_seq, nkey_seed=nkey_seed()))
     else:
         err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
         raise typer.Exit(2)
@@ -122,7 +134,7 @@ def verify(
 
 @ledger_app.command("export")
 def export(
-    tenant: Annotated[str, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")],
+    tenant: TenantOpt,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the bundle to.")],
     signer: Annotated[
         str, typer.Option("--as", help="Owner of the ledger-role key that signs the export checkpoint.")
@@ -130,8 +142,8 @@ def export(
     from_seq: Annotated[
         int, typer.Option("--from", help="First sequence (moved earlier if a checkpoint in the bundle needs it).")
     ] = 1,
-    keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
-    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
+    keys: KeysOpt = None,
+    server: ServerOpt = DEFAULT_SERVER,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Write a self-contained audit bundle: every stored message, its chain hash, the keyring, signed checkpoints.
@@ -139,13 +151,18 @@ def export(
     The bundle ends with an export checkpoint (and a partial one starts with a start
     checkpoint) signed with the ledger key of --as, read from --keys.
     """
-    from trustbus.cli import _keys, _nkey, _run, _servers, out
     from trustbus.ledger import export as export_tenant
 
-    identity = _keys(keys).load(tenant, signer)
-    manifest = _run(
+    identity = key_directory(keys).load(tenant, signer)
+    manifest = run(
         export_tenant(
-            _servers(server), tenant, out_dir, signer=identity, signer_name=signer, from_seq=from_seq, nkey_seed=_nkey()
+            servers(server),
+            tenant,
+            out_dir,
+            signer=identity,
+            signer_name=signer,
+            from_seq=from_seq,
+            nkey_seed=nkey_seed(),
         )
     )
     if json_out:
@@ -158,7 +175,6 @@ def export(
 
 def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str | None) -> tuple[Any, Any, str]:
     """(messages, keyring, tenant) from a bundle or the live stream; exit 2 if neither is given."""
-    from trustbus.cli import _nkey, _run, _servers, err
     from trustbus.ledger import load_bundle_messages, load_messages
 
     if bundle is not None:
@@ -166,12 +182,12 @@ def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str
     if tenant is None:
         err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
         raise typer.Exit(2)
-    messages, keyring = _run(load_messages(_servers(server), tenant, nkey_seed=_nkey()))
+    messages, keyring = run(load_messages(servers(server), tenant, nkey_seed=nkey_seed()))
     return messages, keyring, tenant
 
 
 def _reexecuted(
-    incident: Incident, targets: list[str], messages: Sequence[StoredMessage], keyring: Keyring, tenant: str
+    incident: "Incident", targets: list[str], messages: "Sequence[StoredMessage]", keyring: "Keyring", tenant: str
 ) -> list[dict[str, Any]]:
     """Re-run each ``ID=module:attr`` agent on the deliveries the incident recorded for it, from its checkpoint."""
     import asyncio
@@ -214,7 +230,7 @@ def _reexecuted(
 @ledger_app.command("replay")
 def replay(
     correlation: Annotated[str, typer.Option(help="The correlation (conversation) to replay.")],
-    tenant: Annotated[str | None, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")] = None,
+    tenant: MaybeTenantOpt = None,
     bundle: Annotated[Path | None, typer.Option(help="Replay from this audit bundle (no server needed).")] = None,
     policy: Annotated[Path | None, typer.Option(help="Re-decide every envelope under this policy.")] = None,
     execute: Annotated[
@@ -226,11 +242,10 @@ def replay(
         ),
     ] = None,
     admin_key: Annotated[str | None, typer.Option(help="Pin the tenant admin key (bundles).")] = None,
-    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    json_out: JsonOpt = False,
 ) -> None:
     """The incident as a causal tree: who said what to whom, each decision and why, taint, effects."""
-    from trustbus.cli import err, out
     from trustbus.ledger import build_incident, step_dict
 
     messages, keyring, tenant_name = _source(tenant, bundle, server, admin_key)
@@ -279,11 +294,11 @@ def rollback(
     operator: Annotated[
         str | None, typer.Option("--as", help="Operator key owner who sends the compensations (not with --dry-run).")
     ] = None,
-    keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
-    tenant: Annotated[str | None, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")] = None,
+    keys: KeysOpt = None,
+    tenant: MaybeTenantOpt = None,
     bundle: Annotated[Path | None, typer.Option(help="Plan from this audit bundle.")] = None,
     from_seq: Annotated[int, typer.Option(help="Only effects at or after this sequence.")] = 0,
-    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
+    server: ServerOpt = DEFAULT_SERVER,
     nkey_auth: Annotated[
         bool,
         typer.Option(
@@ -292,7 +307,7 @@ def rollback(
             "read with the global --nkey.",
         ),
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Compensate an incident's reversible effects, latest first; list irreversible ones for a person.
 
@@ -301,7 +316,6 @@ def rollback(
     """
     from rich.table import Table
 
-    from trustbus.cli import _run, _servers, err, out
     from trustbus.ledger import (
         build_incident,
         compensated_keys,
@@ -318,14 +332,13 @@ def rollback(
     plan = plan_rollback(incident, compensated=done, from_seq=from_seq)
     compensated: list[str] = []
     if not dry_run:
-        from trustbus.cli import _keys
         from trustbus.ledger import execute_rollback
 
         assert operator is not None and tenant is not None
-        identity = _keys(keys).load(tenant, operator)
-        compensated = _run(
+        identity = key_directory(keys).load(tenant, operator)
+        compensated = run(
             execute_rollback(
-                _servers(server), tenant, plan, operator=identity, operator_name=operator, nkey_auth=nkey_auth
+                servers(server), tenant, plan, operator=identity, operator_name=operator, nkey_auth=nkey_auth
             )
         )
     if json_out:
@@ -359,84 +372,5 @@ def rollback(
         out.print(f"[green]compensated[/green] {len(compensated)} effect(s), latest first")
 
 
-@ledger_app.command("prove")
-def prove(
-    out_file: Annotated[Path, typer.Option("--out", help="Write the proof file here.")],
-    seq: Annotated[
-        int | None, typer.Option("--seq", help="Prove that the envelope at this sequence is in the log.")
-    ] = None,
-    consistency: Annotated[
-        tuple[int, int] | None,
-        typer.Option(
-            "--consistency",
-            help="OLD NEW: prove that the log at the checkpoint of tree size OLD is a prefix of the log at NEW.",
-        ),
-    ] = None,
-    tenant: Annotated[str | None, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant.")] = None,
-    bundle: Annotated[Path | None, typer.Option(help="Prove from this audit bundle (no server needed).")] = None,
-    admin_key: Annotated[str | None, typer.Option(help="Pin the tenant admin key (bundles).")] = None,
-    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Write a Merkle proof that `ledger check-proof` verifies alone: one envelope's inclusion, or consistency."""
-    from trustbus.cli import _nkey, _run, _servers, err, out
-    from trustbus.ledger import LedgerError, prove_from_bundle, prove_from_stream
-    from trustbus.ledger._proofs import encode_proof
-
-    if (seq is None) == (consistency is None) or (tenant is None) == (bundle is None):
-        err.print("[red]error:[/red] give --seq N or --consistency OLD NEW, and --tenant T or --bundle DIR")
-        raise typer.Exit(2)
-    try:
-        if bundle is not None:
-            proof = prove_from_bundle(bundle, seq=seq, consistency=consistency, admin_key=admin_key)
-        else:
-            assert tenant is not None
-            proof = _run(
-                prove_from_stream(_servers(server), tenant, seq=seq, consistency=consistency, nkey_seed=_nkey())
-            )
-    except LedgerError as exc:
-        if json_out:
-            print(json.dumps({"ok": False, "error": str(exc), "reason": getattr(exc, "reason", "error")}))
-        else:
-            err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    out_file.write_bytes(encode_proof(proof))
-    what = f"sequence {seq}" if seq is not None else f"tree {consistency[0]} -> {consistency[1]}"  # type: ignore[index]
-    if json_out:
-        print(json.dumps({"ok": True, "out": str(out_file), "kind": "inclusion" if seq is not None else "consistency"}))
-    else:
-        out.print(f"proof of {what} written to {out_file}")
-
-
-@ledger_app.command("check-proof")
-def check_proof_file(
-    proof_file: Annotated[Path, typer.Argument(help="A proof file written by `ledger prove`.")],
-    admin_key: Annotated[str | None, typer.Option(help="Pin the tenant admin key (trust anchor).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Check a proof file with no server and no bundle; exit 1 if anything in it does not check."""
-    from trustbus.cli import err, out
-    from trustbus.ledger import ProofError, check_proof
-    from trustbus.ledger._proofs import checked_dict
-
-    try:
-        checked = check_proof(proof_file.read_bytes(), admin_key=admin_key)
-    except (ProofError, OSError) as exc:
-        reason = exc.reason if isinstance(exc, ProofError) else "unreadable"
-        if json_out:
-            print(json.dumps({"ok": False, "reason": reason, "detail": str(exc)}))
-        else:
-            err.print(f"[red]REFUSED[/red] {exc}")
-        raise typer.Exit(1) from None
-    if json_out:
-        print(json.dumps(checked_dict(checked)))
-    elif checked.kind == "inclusion":
-        out.print(
-            f"[green]proved[/green] sequence {checked.seq} ({checked.subject}) is in the tree of "
-            f"{checked.tree_size} signed by {checked.signer}, root {checked.root.hex()}"
-        )
-    else:
-        out.print(
-            f"[green]proved[/green] the tree of {checked.old_size} is a prefix of the tree of {checked.tree_size} "
-            f"signed by {checked.signer}, root {checked.root.hex()}"
-        )
+ledger_app.command("prove")(prove)
+ledger_app.command("check-proof")(check_proof_file)

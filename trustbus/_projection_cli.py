@@ -1,7 +1,5 @@
 """``trustbus ledger run`` (the ledger service) and ``trustbus query`` (SQL over its projection)."""
 
-from __future__ import annotations
-
 import csv
 import json
 import sys
@@ -9,6 +7,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from trustbus._cli_common import (
+    DEFAULT_SERVER,
+    KeysOpt,
+    NkeyAuthOpt,
+    ServerOpt,
+    TenantOpt,
+    err,
+    key_directory,
+    out,
+    run,
+    servers,
+)
 
 DataOpt = Annotated[
     Path,
@@ -20,35 +31,34 @@ DEFAULT_DATA = Path("ledger-data")
 
 
 def ledger_run(
-    tenant: Annotated[str, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant name.")],
+    tenant: TenantOpt,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="New messages between checkpoints.")] = 1000,
     checkpoint_seconds: Annotated[
         float, typer.Option(min=0.01, help="Seconds after which anything new calls for a checkpoint.")
     ] = 10.0,
     data: DataOpt = DEFAULT_DATA,
     name: Annotated[str, typer.Option(help="Key owner to sign checkpoints as (role ledger).")] = "ledger",
-    server: Annotated[str, typer.Option("--server", envvar="NATS_URL", help="NATS URL(s).")] = "nats://127.0.0.1:4222",
-    keys: Annotated[Path | None, typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed directory.")] = None,
-    nkey_auth: Annotated[bool, typer.Option("--nkey-auth", help="Authenticate to NATS with the seed's nkey.")] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    keys: KeysOpt = None,
+    nkey_auth: NkeyAuthOpt = False,
 ) -> None:
     """Project the tenant's stream into DATA and publish signed checkpoints, until SIGTERM/SIGINT.
 
     Prints a JSON ready line when it is reading the stream; resumes after the
     last committed sequence when restarted.
     """
-    from trustbus.cli import _keys, _run, _servers
     from trustbus.ledger._service import ServiceSettings, serve_ledger
 
     def ready() -> None:
         print(json.dumps({"ready": "ledger", "name": name, "tenant": tenant, "data": str(data)}), flush=True)
 
     settings = ServiceSettings(checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
-    _run(
+    run(
         serve_ledger(
-            servers=_servers(server),
+            servers=servers(server),
             tenant=tenant,
             name=name,
-            keys=_keys(keys),
+            keys=key_directory(keys),
             data_dir=data,
             settings=settings,
             nkey_auth=nkey_auth,
@@ -87,7 +97,6 @@ def query(
     from rich.markup import escape
     from rich.table import Table
 
-    from trustbus.cli import err, out
     from trustbus.ledger import LedgerError
     from trustbus.ledger import query as run_query
 

@@ -1,7 +1,5 @@
 """``trustbus tools``: the blast-radius inventory of a tool registry."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated

@@ -3,21 +3,30 @@
 Library imports happen inside the commands so ``trustbus --help`` stays fast.
 """
 
-from __future__ import annotations
-
-import asyncio
 import json
 import os
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from trustbus._approvals_cli import approvals_app, approve, deny
+from trustbus._cli_common import (
+    DEFAULT_SERVER,
+    JsonOpt,
+    KeysOpt,
+    ServerOpt,
+    TenantOpt,
+    err,
+    key_directory,
+    nkey_seed,
+    out,
+    run,
+    servers,
+    use_nkey,
+)
 from trustbus._config_cli import config_app
 from trustbus._demo_cli import demo
 from trustbus._ledger_cli import ledger_app
@@ -43,59 +52,6 @@ app.command()(tools)
 app.command()(query)
 app.command()(demo)
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-T = TypeVar("T")
-
-ServerOpt = Annotated[
-    str,
-    typer.Option(
-        "--server",
-        envvar="NATS_URL",
-        help="NATS URL, or several separated by commas (a cluster). Reads NATS_URL.",
-    ),
-]
-TenantOpt = Annotated[str, typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant name.")]
-KeysOpt = Annotated[
-    Path | None,
-    typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed file directory (default ~/.trustbus/keys)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-DEFAULT_SERVER = "nats://127.0.0.1:4222"
-
-# The seed of the global --nkey option, for this invocation's NATS connections. A secret: never printed or logged.
-_nkey_seed: str | None = None
-
-
-def _nkey() -> str | None:
-    """The --nkey seed to authenticate with, if one was given."""
-    return _nkey_seed
-
-
-def _servers(server: str) -> list[str]:
-    return [url.strip() for url in server.split(",") if url.strip()]
-
-
-def _keys(keys: Path | None) -> Any:
-    from trustbus.bus import KeyDirectory, default_keys_dir
-
-    return KeyDirectory(keys or default_keys_dir())
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine; a bus error becomes a one-line message and exit code 1."""
-    from trustbus.agents import AgentError
-    from trustbus.bus import BusError
-    from trustbus.bus._signals import run_then_settle
-    from trustbus.ledger import LedgerError
-
-    try:
-        return asyncio.run(run_then_settle(coro))
-    except (BusError, AgentError, LedgerError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-
 
 @app.callback()
 def main_options(
@@ -106,16 +62,15 @@ def main_options(
     ] = None,
 ) -> None:
     """Trustbus command line."""
-    global _nkey_seed
     from trustbus._logging import configure
 
     configure(log_level)
-    _nkey_seed = None
+    use_nkey(None)
     if nkey is not None:
         from trustbus.bus import BusError, Identity
 
         try:
-            _nkey_seed = Identity.load(nkey).nkey_seed
+            use_nkey(Identity.load(nkey).nkey_seed)
         except BusError as exc:
             err.print(f"[red]error:[/red] --nkey: {exc}")
             raise typer.Exit(1) from None
@@ -238,9 +193,14 @@ def init(
     """Provision a tenant: append-only stream TB_<tenant>, KV buckets, admin key. Safe to run twice."""
     from trustbus.bus import init_tenant
 
-    report, admin = _run(
+    report, admin = run(
         init_tenant(
-            _servers(server), tenant, keys=_keys(keys), replicas=replicas, partitions=partitions, nkey_seed=_nkey()
+            servers(server),
+            tenant,
+            keys=key_directory(keys),
+            replicas=replicas,
+            partitions=partitions,
+            nkey_seed=nkey_seed(),
         )
     )
     if json_out:
@@ -273,11 +233,11 @@ def keys_new(
     if role not in ("agent", "coordinator", "ledger", "operator"):
         err.print(f"[red]error:[/red] {ConfigError(f'unknown role {role!r}')}")
         raise typer.Exit(2)
-    grant = _run(new_key(_servers(server), tenant, owner, role=role, keys=_keys(keys), nkey_seed=_nkey()))  # type: ignore[arg-type]
+    grant = run(new_key(servers(server), tenant, owner, role=role, keys=key_directory(keys), nkey_seed=nkey_seed()))  # type: ignore[arg-type]
     if json_out:
         print(json.dumps(grant_dict(grant)))
     else:
-        out.print(f"{grant.owner} ({grant.role}) key {grant.key_id}, seed {_keys(keys).path(tenant, owner)}")
+        out.print(f"{grant.owner} ({grant.role}) key {grant.key_id}, seed {key_directory(keys).path(tenant, owner)}")
 
 
 @keys_app.command("list")
@@ -288,7 +248,7 @@ def keys_list(tenant: TenantOpt, server: ServerOpt = DEFAULT_SERVER, json_out: J
     from trustbus._render import grant_dict
     from trustbus.bus import list_keys
 
-    grants = _run(list_keys(_servers(server), tenant, nkey_seed=_nkey()))
+    grants = run(list_keys(servers(server), tenant, nkey_seed=nkey_seed()))
     if json_out:
         for grant in grants:
             print(json.dumps(grant_dict(grant)))
@@ -311,7 +271,7 @@ def keys_rotate(
     from trustbus._render import grant_dict
     from trustbus.bus import rotate_key
 
-    old, new = _run(rotate_key(_servers(server), tenant, owner, keys=_keys(keys), nkey_seed=_nkey()))
+    old, new = run(rotate_key(servers(server), tenant, owner, keys=key_directory(keys), nkey_seed=nkey_seed()))
     if json_out:
         print(json.dumps({"old": grant_dict(old), "new": grant_dict(new)}))
     else:
@@ -330,7 +290,7 @@ def keys_revoke(
     from trustbus._render import grant_dict
     from trustbus.bus import revoke_key
 
-    grant = _run(revoke_key(_servers(server), tenant, key_id, keys=_keys(keys), nkey_seed=_nkey()))
+    grant = run(revoke_key(servers(server), tenant, key_id, keys=key_directory(keys), nkey_seed=nkey_seed()))
     if json_out:
         print(json.dumps(grant_dict(grant)))
     else:
@@ -359,12 +319,12 @@ def send(
     from trustbus._commands import send_one
 
     body = sys.stdin.read() if payload == "-" else payload
-    result = _run(
+    result = run(
         send_one(
-            _servers(server),
+            servers(server),
             tenant=tenant,
             sender=sender,
-            keys=_keys(keys),
+            keys=key_directory(keys),
             to=to,
             kind=kind,
             payload=body.encode(),
@@ -375,7 +335,7 @@ def send(
             hop=hop,
             idempotency_key=idempotency_key,
             subject=subject,
-            nkey_seed=_nkey(),
+            nkey_seed=nkey_seed(),
         )
     )
     if json_out:
@@ -409,9 +369,9 @@ def tail(
             out.print(tail_line(item))
 
     try:
-        _run(
+        run(
             tail_stream(
-                _servers(server),
+                servers(server),
                 tenant=tenant,
                 subject=subject,
                 from_seq=from_seq,
@@ -419,7 +379,7 @@ def tail(
                 limit=limit,
                 idle_timeout_s=idle_timeout,
                 on_item=show,
-                nkey_seed=_nkey(),
+                nkey_seed=nkey_seed(),
             )
         )
     except KeyboardInterrupt:

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from nats.aio.client import Client as NATS
 from rich.console import Console
 
 from trustbus._incident_view import incident_tree, redecided_rows
 from trustbus.agents import connect_agent
 from trustbus.agents._approvals import answer, list_held
-from trustbus.bus import Bus, KeyringStore, connect_nats, new_envelope
+from trustbus.bus import Bus, new_envelope
+from trustbus.bus._tenant_stream import TenantStream
 from trustbus.demo.fleet import TENANT, Fleet
 from trustbus.demo.systems import FILES, STALL_FILE, billing_db
 from trustbus.demo.watch import Watch
@@ -55,7 +55,7 @@ class Demo:
 
     async def run(self) -> dict[str, Any]:
         """Every scene in order, then the summary (as a dict; see :meth:`summary`)."""
-        nc = await connect_nats(self.servers, nkey_seed=self.fleet.admin_seed)
+        stream = await TenantStream.open(self.servers, TENANT, nkey_seed=self.fleet.admin_seed)
         desk = await connect_agent(
             self.servers,
             tenant=TENANT,
@@ -64,19 +64,18 @@ class Demo:
             nkey_auth=True,
         )
         try:
-            async with await KeyringStore.open(nc.jetstream(), TENANT) as keyring:
-                watch = Watch(nc.jetstream(), keyring, TENANT, self.console.print)
-                follower = asyncio.create_task(watch.run())
-                try:
-                    await self._scenes(watch, desk)
-                finally:
-                    follower.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await follower
-            return await self.summary(nc)
+            watch = Watch(stream, self.console.print)
+            follower = asyncio.create_task(watch.run())
+            try:
+                await self._scenes(watch, desk)
+            finally:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+            return await self.summary(stream)
         finally:
             await desk.aclose()
-            await nc.close()
+            await stream.aclose()
 
     async def _scenes(self, watch: Watch, desk: Bus) -> None:
         scenes: list[tuple[str, Callable[[Watch, Bus], Awaitable[None]]]] = [
@@ -229,10 +228,10 @@ class Demo:
             f"{len(plan.for_a_person)} irreversible effect(s) listed for a person"
         )
 
-    async def summary(self, nc: NATS) -> dict[str, Any]:
+    async def summary(self, stream: TenantStream) -> dict[str, Any]:
         """Counts read back from the ledger's projection, once it holds the whole stream; verify; export."""
         self.console.rule("[bold]Summary (from the ledger)")
-        last = (await nc.jetstream().stream_info(f"TB_{TENANT}")).state.last_seq
+        last = await stream.last_seq()
         data = self.fleet.ledger_data
         await _poll(lambda: (data / "state.json").exists() and read_catalogue(data).last_seq >= last,
                     f"the ledger's projection reaching sequence {last}")  # fmt: skip

@@ -7,21 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from nats.js import JetStreamContext
-
 from trustbus.bus import (
     Decision,
     EffectRecord,
     Envelope,
-    KeyringStore,
     QuarantineRecord,
     decode_decision,
     decode_effect,
     decode_json,
     decode_quarantine_record,
     subjects,
-    tail,
 )
+from trustbus.bus._tenant_stream import TenantStream
 
 T = TypeVar("T")
 _COLOURS = {"accept": "green", "reject": "red", "hold": "yellow"}
@@ -66,16 +63,16 @@ def describe(envelope: Envelope | None, decision: Decision) -> str:
 class Watch:
     """Reads the tenant stream in order, keeps :class:`Seen`, and wakes whoever waits on it."""
 
-    def __init__(self, js: JetStreamContext, keyring: KeyringStore, tenant: str, show: Callable[[str], None]) -> None:
+    def __init__(self, stream: TenantStream, show: Callable[[str], None]) -> None:
         """``show`` gets one rich-markup line per decision and completed effect."""
         self.seen = Seen()
-        self._js, self._keyring, self._tenant, self._show = js, keyring, tenant, show
+        self._stream, self._show = stream, show
         self._changed = asyncio.Condition()
 
     async def run(self) -> None:
         """Follow the stream until cancelled."""
-        t = self._tenant
-        async for item in tail(self._js, self._keyring, t):
+        t = self._stream.tenant
+        async for item in self._stream.tail():
             if item.opened is None:
                 continue
             envelope = item.opened.envelope

@@ -1,0 +1,92 @@
+"""What every ``trustbus`` command shares: the consoles, the common options, and running a call against NATS.
+
+Every CLI module imports this one and it imports none of them. Nothing here loads
+the library at import time: ``trustbus --help`` must not pay for nats-py, DuckDB
+or PyNaCl; the library is imported where a command runs it.
+
+The modules that define commands do without ``from __future__ import annotations``:
+typer reads every command's parameters on each start, and string annotations
+would be compiled and evaluated there, several times over (tests/unit/test_structure.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from trustbus.bus import KeyDirectory
+
+T = TypeVar("T")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DEFAULT_SERVER = "nats://127.0.0.1:4222"
+
+ServerOpt = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        envvar="NATS_URL",
+        help="NATS URL, or several separated by commas (a cluster). Reads NATS_URL.",
+    ),
+]
+_TENANT = typer.Option("--tenant", "-t", envvar="TRUSTBUS_TENANT", help="Tenant name.")
+TenantOpt = Annotated[str, _TENANT]
+MaybeTenantOpt = Annotated[str | None, _TENANT]
+"""For commands that read a tenant's live stream or an audit bundle instead."""
+KeysOpt = Annotated[
+    Path | None,
+    typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed file directory (default ~/.trustbus/keys)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+NkeyAuthOpt = Annotated[
+    bool, typer.Option("--nkey-auth", help="Authenticate to NATS with the seed's nkey (rendered configs).")
+]
+
+# The seed of the global --nkey option, for this invocation's NATS connections. A secret: never printed or logged.
+_nkey_seed: str | None = None
+
+
+def use_nkey(seed: str | None) -> None:
+    """Authenticate this invocation's NATS connections with ``seed`` (the global --nkey), or anonymously."""
+    global _nkey_seed
+    _nkey_seed = seed
+
+
+def nkey_seed() -> str | None:
+    """The --nkey seed to authenticate with, if one was given."""
+    return _nkey_seed
+
+
+def servers(server: str) -> list[str]:
+    """The URLs of a --server value (several, comma-separated, for a cluster)."""
+    return [url.strip() for url in server.split(",") if url.strip()]
+
+
+def key_directory(keys: Path | None) -> KeyDirectory:
+    """The seed directory of --keys (default ~/.trustbus/keys)."""
+    from trustbus.bus import KeyDirectory, default_keys_dir
+
+    return KeyDirectory(keys or default_keys_dir())
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; a bus, agent or ledger error becomes a one-line message and exit code 1."""
+    import asyncio
+
+    from trustbus.agents import AgentError
+    from trustbus.bus import BusError
+    from trustbus.bus._signals import run_then_settle
+    from trustbus.ledger import LedgerError
+
+    try:
+        return asyncio.run(run_then_settle(coro))
+    except (BusError, AgentError, LedgerError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
