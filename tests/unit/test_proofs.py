@@ -143,6 +143,11 @@ def _header(headers: list[list[str]], name: str, change: object) -> None:
             pair[1] = change(pair[1])  # type: ignore[operator]
 
 
+def _other_last(key_id: str) -> str:
+    """``key_id`` with another last character (a fixed replacement would leave one key in 32 unchanged)."""
+    return key_id[:-1] + "AB"[key_id[-1] == "A"]
+
+
 PARTS = {
     "leaf_body": lambda p: p["message"].__setitem__("body", _flip_hex(p["message"]["body"], 40)),
     "leaf_seq": lambda p: p["message"].__setitem__("seq", p["message"]["seq"] + 1),
@@ -151,10 +156,10 @@ PARTS = {
     "tree_size": lambda p: p.__setitem__("tree_size", p["tree_size"] - 1),
     "root": lambda p: p.__setitem__("root", _flip_hex(p["root"])),
     "checkpoint_signature": lambda p: _header(p["checkpoint"]["headers"], "Tb-Sig", _flip_b64),
-    "checkpoint_key": lambda p: _header(p["checkpoint"]["headers"], "Tb-Key", lambda k: k[:-1] + "AB"[k[-1] == "A"]),
+    "checkpoint_key": lambda p: _header(p["checkpoint"]["headers"], "Tb-Key", _other_last),
     "checkpoint_body": lambda p: p["checkpoint"].__setitem__("body", _flip_hex(p["checkpoint"]["body"], 100)),
     "keyring_grant": lambda p: p["keyring"][0].__setitem__("grant", _flip_hex(p["keyring"][0]["grant"], 30)),
-    "keyring_entry_key": lambda p: p["keyring"][0].__setitem__("key_id", p["keyring"][0]["key_id"][:-1] + "A"),
+    "keyring_entry_key": lambda p: p["keyring"][0].__setitem__("key_id", _other_last(p["keyring"][0]["key_id"])),
     "keyring_dropped": lambda p: p.__setitem__("keyring", []),
     "admin_key": lambda p: p.__setitem__("admin_key", Identity.generate().key_id),
 }  # fmt: skip
