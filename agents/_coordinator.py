@@ -297,7 +297,8 @@ class Coordinator:
     async def _effect(self, delivery: Delivery) -> None:
         """Record a completed tool call so its result's taint follows its agent in that correlation."""
         envelope = delivery.envelope
-        owner = delivery.subject.split(".")[3]
+        parsed = subjects.parse(delivery.subject)
+        owner = parsed.owner if parsed is not None else None
         misplaced = self.bus.partition(envelope.correlation_id) != self.partition
         if owner != envelope.sender or envelope.kind != "effect" or misplaced:
             await self._refuse(

@@ -34,7 +34,7 @@ from trustbus.bus._errors import TransportError, VerificationError
 from trustbus.bus._payload import check_msgpack
 from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
 from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Sealed
-from trustbus.bus._subjects import quarantine
+from trustbus.bus._subjects import parse, quarantine
 
 if TYPE_CHECKING:  # nats-py is loaded by the adapter that hands messages in, not by the decoders here
     from nats.aio.msg import Msg
@@ -127,9 +127,9 @@ def decode_quarantine_payload(payload: bytes) -> QuarantineRecord | RejectionSum
 
 def subject_owner(subject: str) -> str:
     """Who a refused message is counted against: the agent an outbox or effect subject names, else the subject."""
-    parts = subject.split(".")
-    if len(parts) >= 5 and parts[0] == "tb" and parts[2] in ("out", "effect"):
-        return parts[3]
+    parsed = parse(subject)
+    if parsed is not None and parsed.channel in ("outbox", "effect") and parsed.depth >= 2 and parsed.owner:
+        return parsed.owner
     return subject
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 from trustbus.bus._errors import ConfigError
 
@@ -200,14 +201,92 @@ def checkpoint(tenant: str) -> str:
     return f"tb.{check_name(tenant, what='tenant')}.ledger.checkpoint"
 
 
+_CHANNELS = {
+    "out": "outbox",
+    "in": "inbox",
+    "topic": "topic",
+    "decision": "decision",
+    "effect": "effect",
+    "approval": "approval",
+    "quarantine": "quarantine",
+}
+# channel -> (tokens after tb.<tenant>.<channel>, whether the first names an agent or topic, where a partition is)
+_SHAPES: dict[str, tuple[tuple[int, ...], bool, int | None]] = {
+    "outbox": ((2,), True, 1),  # tb.T.out.<agent>.<p>
+    "inbox": ((1,), True, None),  # tb.T.in.<agent>
+    "topic": ((1,), True, None),  # tb.T.topic.<name>
+    "decision": ((1,), False, 0),  # tb.T.decision.<p>
+    "effect": ((3, 2), True, 1),  # tb.T.effect.<agent>.<p>.<key>; records of old versions: tb.T.effect.<agent>.<key>
+    "approval": ((1,), False, 0),  # tb.T.approval.<p>
+    "quarantine": ((0,), False, None),  # tb.T.quarantine
+    "checkpoint": ((0,), False, None),  # tb.T.ledger.checkpoint
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a stream subject is, read back from its tokens (see :func:`parse`).
+
+    Attributes:
+        tenant: the tenant it belongs to.
+        channel: ``outbox``, ``inbox``, ``topic``, ``decision``, ``effect``, ``approval``,
+            ``quarantine``, ``checkpoint`` (``tb.<T>.ledger.checkpoint``), or ``other``.
+        owner: the agent an outbox, inbox or effect subject names, or a topic's name.
+        partition: the partition an outbox, decision, effect or approval subject names, if
+            its token is one (canonical decimal); None otherwise.
+        key: an effect record's key.
+        well_formed: the subject has its channel's shape (number of tokens, a partition token).
+        depth: how many tokens follow the channel's.
+    """
+
+    tenant: str
+    channel: str
+    owner: str | None = None
+    partition: int | None = None
+    key: str | None = None
+    well_formed: bool = False
+    depth: int = 0
+
+
+def parse(subject: str) -> Subject | None:
+    """What ``subject`` is, or None if it is no trustbus subject (``tb.<tenant>.…``).
+
+    The one reader of subject tokens: everything that needs to know what a stored
+    message's subject says asks this.
+    """
+    tokens = subject.split(".")
+    if len(tokens) < 3 or tokens[0] != "tb":
+        return None
+    tenant, word, rest = tokens[1], tokens[2], tokens[3:]
+    channel = _CHANNELS.get(word, "other")
+    if word == "ledger":
+        channel, rest = ("checkpoint", []) if rest == ["checkpoint"] else ("other", rest)
+    if channel == "other":
+        return Subject(tenant, "other")
+    lengths, named, at = _SHAPES[channel]
+    owner = rest[0] if named and rest else None
+    if channel == "effect" and len(rest) == 2:
+        at = None  # an old record: no partition token
+    token = rest[at] if at is not None and at < len(rest) else None
+    partition = _partition(token) if token is not None else None
+    key = rest[-1] if channel == "effect" and len(rest) in lengths else None
+    well_formed = len(rest) in lengths and (at is None or partition is not None)
+    return Subject(tenant, channel, owner, partition, key, well_formed, len(rest))
+
+
+def _partition(token: str) -> int | None:
+    """The partition a token names: canonical decimal only (``07`` or ``+7`` would be a second name for 7)."""
+    return int(token) if token.isascii() and token.isdigit() and str(int(token)) == token else None
+
+
 def mediated_recipient(tenant: str, subject: str) -> str | None:
     """Who a delivery on ``subject`` is for (an inbox's agent, or ``topic:<name>``); None elsewhere."""
-    prefix, _, name = subject.rpartition(".")
-    if prefix == f"tb.{tenant}.in":
-        return name
-    if prefix == f"tb.{tenant}.topic":
-        return f"{TOPIC_PREFIX}{name}"
-    return None
+    parsed = parse(subject)
+    if parsed is None or parsed.tenant != tenant or not parsed.well_formed or parsed.owner is None:
+        return None
+    if parsed.channel == "inbox":
+        return parsed.owner
+    return f"{TOPIC_PREFIX}{parsed.owner}" if parsed.channel == "topic" else None
 
 
 def judged_at_store(tenant: str, subject: str) -> bool:
@@ -222,7 +301,7 @@ def judged_at_store(tenant: str, subject: str) -> bool:
 
 def effect_owner(tenant: str, subject: str) -> str | None:
     """The agent whose effect records ``subject`` holds (``tb.<tenant>.effect.<agent>.<p>.<key>``); None elsewhere."""
-    parts = subject.split(".")
-    if len(parts) == 6 and parts[:3] == ["tb", tenant, "effect"]:
-        return parts[3]
-    return None
+    parsed = parse(subject)
+    if parsed is None or parsed.tenant != tenant or parsed.channel != "effect" or parsed.depth != 3:
+        return None
+    return parsed.owner

@@ -247,9 +247,10 @@ def signer_problem(tenant: str, subject: str, envelope: Envelope, role: str) -> 
     sender = envelope.sender
     if subjects.is_decision(tenant, subject) and role != "coordinator":
         return f"decision signed by a {role} key ({sender})"
-    effects = subjects.effect(tenant, "x")[:-1]
-    if subject.startswith(effects) and subject[len(effects) :].split(".", 1)[0] != sender:
-        return f"effect record of {subject[len(effects) :].split('.', 1)[0]!r} signed by {sender!r}"
-    if subject.startswith(effects) and envelope.kind != "effect":
+    parsed = subjects.parse(subject)
+    on_effects = parsed is not None and parsed.tenant == tenant and parsed.channel == "effect" and parsed.depth >= 1
+    if on_effects and parsed is not None and parsed.owner != sender:
+        return f"effect record of {parsed.owner!r} signed by {sender!r}"
+    if on_effects and envelope.kind != "effect":
         return f"{sender}'s {envelope.kind} on its effect subject"
     return None

@@ -209,26 +209,11 @@ class Rows:
         return sum(len(rows) for _, rows in self.tables())
 
 
-_CHANNELS = {
-    "out": "outbox",
-    "in": "inbox",
-    "topic": "topic",
-    "decision": "decision",
-    "effect": "effect",
-    "approval": "approval",
-    "quarantine": "quarantine",
-}
-
-
 def channel_of(tenant: str, subject: str) -> str:
     """What a subject of the tenant is for: ``outbox``, ``inbox``, ``topic``, ``decision``, ``effect``,
     ``approval``, ``quarantine``, ``checkpoint`` (``tb.<tenant>.ledger.checkpoint``), or ``other``."""  # noqa: D205, D209
-    parts = subject.split(".")
-    if len(parts) < 3 or parts[0] != "tb" or parts[1] != tenant:
-        return "other"
-    if parts[2] == "ledger":
-        return "checkpoint" if len(parts) == 4 and parts[3] == "checkpoint" else "other"
-    return _CHANNELS.get(parts[2], "other")
+    parsed = subjects.parse(subject)
+    return parsed.channel if parsed is not None and parsed.tenant == tenant else "other"
 
 
 class RecordError(Exception):
@@ -382,8 +367,8 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
         )
     elif channel == "effect":
         _require(env.kind == "effect", f"a {env.kind} envelope on an effect subject")
-        parts = subject.split(".")
-        agent = parts[3] if len(parts) in (5, 6) else ""  # tb.T.effect.<agent>[.<partition>].<key>
+        parsed = subjects.parse(subject)
+        agent = parsed.owner or "" if parsed is not None and parsed.depth in (2, 3) else ""  # [.<partition>].<key>
         _require(agent == env.sender, f"effect record of {env.sender!r} on {agent!r}'s subject")
         e = decode_effect(env.payload)
         rows.effects.append(

@@ -62,9 +62,9 @@ class Incident:
     rejected: list[Step] = field(default_factory=list)  # in the tree, not among ``steps``: nothing was sent
 
 
-def _kind_of_subject(tenant: str, subject: str) -> str:
-    parts = subject.split(".")
-    return parts[2] if len(parts) > 2 and parts[0] == "tb" and parts[1] == tenant else ""
+def _channel(tenant: str, subject: str) -> subjects.Subject:
+    parsed = subjects.parse(subject)
+    return parsed if parsed is not None and parsed.tenant == tenant else subjects.Subject(tenant, "other")
 
 
 def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: str, correlation_id: str) -> Incident:
@@ -75,7 +75,8 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
     effects: list[tuple[int, int, Envelope, EffectRecord]] = []
     rejected: list[Step] = []
     for message in messages:
-        where = _kind_of_subject(tenant, message.subject)
+        parsed = _channel(tenant, message.subject)
+        where = parsed.channel
         try:
             envelope = decode_envelope(message.body)
         except VerificationError:
@@ -100,18 +101,18 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
                 at_store=subjects.judged_at_store(tenant, message.subject),
             )
         except VerificationError as exc:
-            if where == "out":
+            if where == "outbox":
                 step = Step(message.seq, message.stored_ns, envelope, quarantined=f"unverified: {exc.reason}")
                 steps.setdefault(envelope.id, step)
                 order.append(step)
             continue
         envelope = opened.envelope
-        if where == "out":
+        if where == "outbox":
             step = Step(message.seq, message.stored_ns, envelope)
             steps.setdefault(envelope.id, step)
             order.append(step)
-        elif where in ("in", "topic"):
-            pending.append(("delivery", (envelope.id, message.subject.rsplit(".", 1)[1])))
+        elif where in ("inbox", "topic"):
+            pending.append(("delivery", (envelope.id, parsed.owner or "")))
         elif where == "decision" and opened.grant.role == "coordinator":
             try:
                 pending.append(("decision", decode_decision(envelope.payload)))
@@ -168,12 +169,12 @@ def checkpoint_before(
     for message in messages:
         if message.seq >= before_seq:
             break
-        where = _kind_of_subject(tenant, message.subject)
-        if where not in ("out", "decision"):
+        where = _channel(tenant, message.subject).channel
+        if where not in ("outbox", "decision"):
             continue
         try:
             claimed = decode_envelope(message.body)
-            if where == "out" and (claimed.kind != "checkpoint" or claimed.sender != agent_id):
+            if where == "outbox" and (claimed.kind != "checkpoint" or claimed.sender != agent_id):
                 continue
             decision = decode_decision(claimed.payload) if where == "decision" else None
             if decision is not None and (decision.envelope_id not in sent or decision.verdict != "accept"):

@@ -38,13 +38,10 @@ MAX_ITEMS = 512
 
 def stray_partition(tenant: str, subject: str, partitions: int) -> bool:
     """Whether ``subject`` is an outbox subject of ``tenant`` outside its ``partitions`` (so never read)."""
-    parts = subject.split(".")
-    if len(parts) < 4 or parts[:3] != ["tb", tenant, "out"]:
+    parsed = subjects.parse(subject)
+    if parsed is None or parsed.tenant != tenant or parsed.channel != "outbox" or parsed.depth < 1:
         return False
-    if len(parts) != 5:
-        return True
-    token = parts[4]
-    return not (token.isdigit() and token.isascii() and str(int(token)) == token and int(token) < partitions)
+    return not parsed.well_formed or parsed.partition is None or parsed.partition >= partitions
 
 
 class StrayRecorder:

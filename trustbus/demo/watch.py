@@ -81,8 +81,8 @@ class Watch:
                     self.seen.sent[envelope.id] = envelope
                 elif subjects.is_decision(t, item.subject):
                     self._decision(decode_decision(envelope.payload))
-                elif item.subject.startswith(subjects.effect(t, "x")[:-1]):
-                    self._effect(item.subject.split(".")[3], decode_effect(envelope.payload))
+                elif (parsed := subjects.parse(item.subject)) and parsed.tenant == t and parsed.channel == "effect":
+                    self._effect(parsed.owner or "", decode_effect(envelope.payload))
                 elif item.subject == subjects.quarantine(t):
                     self.seen.quarantined.append(decode_quarantine_record(envelope.payload))
             except ValueError:  # a signed message that is not the record its subject is for: nothing to show
