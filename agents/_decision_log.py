@@ -11,14 +11,14 @@ one budget twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import msgspec
 
-from trustbus.agents._decision import CoordinatorState
+from trustbus.agents._decision import CoordinatorState, Deferral, Undo
 from trustbus.agents._policy import Policy
 from trustbus.bus import (
-    Bus,
     Conflict,
     Decision,
     Envelope,
@@ -41,9 +41,30 @@ ATOMIC_MIN = 8
 Record = tuple[Decision, Envelope, Sealed]
 """A decision, the signed decision envelope that records it, and that envelope sealed."""
 
+T = TypeVar("T")
 
-def decision_record(bus: Bus, cause: Envelope, decision: Decision) -> Record:
-    """``decision`` about ``cause``, recorded in a decision envelope signed as the coordinator of ``bus``."""
+
+class Signer(Protocol):
+    """Who signs decision records: a coordinator's tenant, name, clock and key (a :class:`~bus.Bus` is one)."""
+
+    @property
+    def tenant(self) -> str:
+        """The tenant the records belong to."""
+
+    @property
+    def name(self) -> str:
+        """The coordinator's name, the records' sender."""
+
+    @property
+    def clock(self) -> Callable[[], int]:
+        """The ``ts`` of each record (unix ns)."""
+
+    def seal(self, envelope: Envelope) -> Sealed:
+        """Sign ``envelope`` with the coordinator's key."""
+
+
+def decision_record(bus: Signer, cause: Envelope, decision: Decision) -> Record:
+    """``decision`` about ``cause``, recorded in a decision envelope signed as the coordinator ``bus``."""
     record = new_envelope(
         tenant=bus.tenant,
         kind="decision",
@@ -102,6 +123,62 @@ class DecisionLog:
         self.state.apply(decision, self._policy, seq=seq)
         self.decision_ids[decision.envelope_id] = opened.envelope.id
         self._records.add(opened.envelope.id)
+
+    async def record(
+        self, cause: Envelope, make: Callable[[], Decision | Deferral | None], *, by: Signer
+    ) -> Decision | Deferral | None:
+        """Append what ``make()`` decides about ``cause``, deciding again on a fresh state until no one else got
+        there first; what it decided last (None or a deferral: nothing appended)."""  # noqa: D205, D209
+        while True:
+            result = make()
+            if result is None or isinstance(result, Deferral):
+                return result
+            try:
+                await self.append(decision_record(by, cause, result))
+            except Conflict:
+                await self.catch_up()
+                continue
+            return result
+
+    async def record_group(
+        self,
+        items: Sequence[T],
+        decide: Callable[[T], Awaitable[tuple[Envelope, Decision] | None]],
+        *,
+        by: Signer,
+    ) -> None:
+        """Decide ``items`` in order and append their decisions together, all again on a conflict.
+
+        ``decide(item)`` sees the state with the decisions about the items before
+        it applied (provisionally), and returns the item's envelope and decision,
+        or None for nothing to append (decided already, refused, deferred). On a
+        :class:`~bus.Conflict` the provisional decisions are taken back out, the
+        log is caught up, and every item is decided again.
+        """
+        while True:
+            expected = self.state.last_seq
+            undo: Undo = []
+            fresh: list[tuple[Envelope, Decision]] = []
+            for item in items:
+                made = await decide(item)
+                if made is None:
+                    continue
+                self.state.apply(made[1], self._policy, seq=expected, undo=undo)
+                fresh.append(made)
+            if not fresh:
+                return
+            try:
+                await self.append_applied(
+                    [decision_record(by, cause, decision) for cause, decision in fresh], after=expected
+                )
+            except Conflict:
+                CoordinatorState.rollback(undo)
+                await self.catch_up()
+                continue
+            except BaseException:
+                CoordinatorState.rollback(undo)
+                raise
+            return
 
     async def append(self, record: Record) -> None:
         """Append a decision right after the last one applied, and apply it.
