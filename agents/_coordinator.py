@@ -196,9 +196,9 @@ class Coordinator:
     async def _decide_group(self, group: list[Delivery]) -> None:
         """Decide every undecided envelope of ``group`` against the state and record them, retrying on conflict."""
 
-        async def decide_one(delivery: Delivery) -> tuple[Envelope, Decision] | None:
+        async def decide_one(delivery: Delivery) -> Decision | None:
             envelope = delivery.envelope
-            if delivery.settled or envelope.id in self.state.decided:
+            if delivery.settled:
                 return None
             try:
                 result = self._decide(delivery)
@@ -209,7 +209,7 @@ class Coordinator:
             if isinstance(result, Deferral):
                 await delivery.defer(result.retry_after_s)
                 return None
-            return envelope, result
+            return result
 
         await self.log.record_group(group, decide_one, by=self.bus)
 

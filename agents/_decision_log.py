@@ -41,7 +41,16 @@ ATOMIC_MIN = 8
 Record = tuple[Decision, Envelope, Sealed]
 """A decision, the signed decision envelope that records it, and that envelope sealed."""
 
-T = TypeVar("T")
+
+class Pending(Protocol):
+    """Something to decide: it carries its envelope (a :class:`~bus.Delivery` does)."""
+
+    @property
+    def envelope(self) -> Envelope:
+        """The envelope to decide."""
+
+
+P = TypeVar("P", bound=Pending)
 
 
 class Signer(Protocol):
@@ -142,29 +151,32 @@ class DecisionLog:
 
     async def record_group(
         self,
-        items: Sequence[T],
-        decide: Callable[[T], Awaitable[tuple[Envelope, Decision] | None]],
+        items: Sequence[P],
+        decide: Callable[[P], Awaitable[Decision | None]],
         *,
         by: Signer,
     ) -> None:
-        """Decide ``items`` in order and append their decisions together, all again on a conflict.
+        """Decide the undecided ``items`` in order and append their decisions together, all again on a conflict.
 
-        ``decide(item)`` sees the state with the decisions about the items before
-        it applied (provisionally), and returns the item's envelope and decision,
-        or None for nothing to append (decided already, refused, deferred). On a
-        :class:`~bus.Conflict` the provisional decisions are taken back out, the
-        log is caught up, and every item is decided again.
+        ``decide(item)`` is called for each item whose envelope the state has no
+        decision about; it sees the state with the decisions about the items
+        before it applied (provisionally), and returns the decision, or None for
+        nothing to append (refused, deferred). On a :class:`~bus.Conflict` the
+        provisional decisions are taken back out, the log is caught up, and every
+        item still undecided is decided again.
         """
         while True:
             expected = self.state.last_seq
             undo: Undo = []
             fresh: list[tuple[Envelope, Decision]] = []
             for item in items:
-                made = await decide(item)
-                if made is None:
+                if item.envelope.id in self.state.decided:
                     continue
-                self.state.apply(made[1], self._policy, seq=expected, undo=undo)
-                fresh.append(made)
+                decision = await decide(item)
+                if decision is None:
+                    continue
+                self.state.apply(decision, self._policy, seq=expected, undo=undo)
+                fresh.append((item.envelope, decision))
             if not fresh:
                 return
             try:
