@@ -234,6 +234,7 @@ async def test_an_atomic_batch_that_loses_the_race_stores_nothing() -> None:
     winner, loser = (c2, c1) if c1.watched.conflicts else (c1, c2)
     signers = [owner for owner, _ in records(stream)]
     assert signers == [winner.name] * len(mine) + [loser.name] * len(theirs)  # nothing of the lost batch between
+    assert len({m.headers["Nats-Batch-Id"] for m in stream.messages}) == 2  # each stored as one atomic batch
     assert times_decided(stream) == Counter({item.envelope.id: 1 for item in mine + theirs})
     folded = await fold(stream)
     assert loser.log.state == folded  # it took its provisional decisions back out, read the winner's, appended
