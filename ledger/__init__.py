@@ -13,10 +13,10 @@ from trustbus.ledger._rollback import (
     Compensation,
     RollbackPlan,
     compensated_keys,
-    execute_rollback,
     plan_rollback,
     verified_effects,
 )
+from trustbus.ledger._rollback_executor import execute_rollback
 from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [
