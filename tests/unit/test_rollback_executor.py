@@ -15,15 +15,20 @@ from dataclasses import dataclass, field
 import pytest
 
 from trustbus.bus import (
+    Decision,
     EffectRecord,
     Envelope,
     Identity,
     KeyGrant,
     Keyring,
+    MemoryValue,
     SubjectLog,
     Unavailable,
     decode_effect,
+    decode_memory_value,
+    encode_decision,
     encode_effect,
+    encode_memory_value,
     new_envelope,
     open_envelope,
     seal,
@@ -32,17 +37,17 @@ from trustbus.bus import (
 )
 from trustbus.bus.testing import MemoryBucket, MemoryStream
 from trustbus.ledger import LedgerError, compensated_keys, verified_effects
-from trustbus.ledger._rollback import Compensation, RollbackPlan
+from trustbus.ledger._rollback import Compensation, MemoryRevert, RollbackPlan
 from trustbus.ledger._rollback_executor import run_rollback
 
 T0 = time.time_ns()
 TENANT = "acme"
-ADMIN, OPS, BANK = Identity.generate(), Identity.generate(), Identity.generate()
+ADMIN, OPS, BANK, COORDINATOR = Identity.generate(), Identity.generate(), Identity.generate(), Identity.generate()
 
 
 def keyring() -> Keyring:
     ring = Keyring(tenant=TENANT, admin_key_id=ADMIN.key_id)
-    for identity, owner, role in ((OPS, "ops", "operator"), (BANK, "bank", "agent")):
+    for identity, owner, role in ((OPS, "ops", "operator"), (BANK, "bank", "agent"), (COORDINATOR, "c", "coordinator")):
         grant = KeyGrant(tenant=TENANT, key_id=identity.key_id, owner=owner, role=role, valid_from=T0 - 3600 * 10**9)
         ring.add(identity.key_id, sign_grant(grant, ADMIN))
     return ring
@@ -132,6 +137,7 @@ class Operator:
     tenant: str = TENANT
     name: str = "ops"
     sent: list[Envelope] = field(default_factory=list)
+    refusing: bool = False  # the coordinator refuses memory writes
     meanwhile: Callable[[], Awaitable[None]] | None = None  # what others do while it reads the stream's end
 
     def partition(self, correlation_id: str) -> int:
@@ -142,8 +148,34 @@ class Operator:
         outbox = self.stream.log(subjects.outbox(TENANT, "ops", 0))
         appended = await outbox.append(sealed.body, dict(sealed.headers), after=None)
         self.sent.append(envelope)
-        await self.bank.instructed(envelope)
+        if envelope.kind == "memory_write":
+            await self.mediate_write(envelope)
+        else:
+            await self.bank.instructed(envelope)
         return appended
+
+    async def mediate_write(self, write: Envelope) -> None:
+        """What the coordinator does with a memory write: decide (on the key's revision), record, store."""
+        request = json.loads(write.payload)
+        key = f"{write.to[0]}.{request['key']}"
+        entry = await self.memory.get(key)
+        current = 0 if entry is None else entry.revision
+        accepted = request["expected_revision"] == current and not self.refusing
+        decision = Decision(
+            envelope_id=write.id, source_seq=0, sender=write.sender, kind=write.kind,
+            correlation_id=write.correlation_id, causation_id=None, verdict="accept" if accepted else "reject",
+            reasons=() if accepted else ("stale_revision",), deliver_to=write.to, dropped=(), hop=0,
+            declared_taint=(), effective_taint=(), decided_ns=time.time_ns(),
+        )  # fmt: skip
+        record = new_envelope(
+            tenant=TENANT, kind="decision", sender="c", to=(), correlation_id=write.correlation_id,
+            causation_id=write.id, content_type="application/msgpack", payload=encode_decision(decision),
+        )  # fmt: skip
+        sealed = seal(record, COORDINATOR)
+        decisions = self.stream.log(subjects.decision(TENANT, 0))
+        await decisions.append(sealed.body, dict(sealed.headers), after=None)
+        if accepted:
+            await self.memory.put(key, stored(request["value"], write.id, decision_id=record.id))
 
     async def last_seq(self) -> int:
         if self.meanwhile is not None:
@@ -157,6 +189,15 @@ class Operator:
     def bucket(self, name: str) -> MemoryBucket:
         assert name == self.memory.name
         return self.memory
+
+
+def stored(value: object, envelope_id: str, *, decision_id: str = "d") -> bytes:
+    """A memory value as the coordinator stores it."""
+    written = MemoryValue(
+        value=json.dumps(value).encode(), envelope_id=envelope_id, writer="ops", effective_taint=(),
+        decision_id=decision_id,
+    )  # fmt: skip
+    return encode_memory_value(written)
 
 
 async def incident() -> tuple[Operator, RollbackPlan]:
@@ -269,3 +310,48 @@ async def test_a_compensation_that_failed_is_sent_again_by_the_next_run() -> Non
 
     assert done == ["refund-3", "refund-2", "refund-1"]  # the earlier failure is not this run's
     assert operator.bank.ran == ["refund-3", "refund-2", "refund-2", "refund-1"]
+
+
+async def memory_incident(*, changed_since: bool = False) -> tuple[Operator, RollbackPlan]:
+    """The incident raised the bank's limit (write ``w1``); the plan puts the limit back."""
+    operator, _ = await incident()
+    await operator.memory.put("bank.limit", stored({"limit": 100}, "w0"))
+    await operator.memory.put("bank.limit", stored({"limit": 10**6}, "w1"))
+    if changed_since:
+        await operator.memory.put("bank.limit", stored({"limit": 500}, "w2"))
+    plan = RollbackPlan(correlation_id="incident", memory=[MemoryRevert("bank", "limit", ("w1",))])
+    return operator, plan
+
+
+async def limit(operator: Operator) -> object:
+    entry = await operator.memory.get("bank.limit")
+    assert entry is not None
+    return json.loads(decode_memory_value(entry.value).value)
+
+
+async def test_a_memory_key_the_incident_wrote_is_put_back_once() -> None:
+    operator, plan = await memory_incident()
+
+    assert await run_rollback(plan, operator, keyring=keyring(), wait_s=1) == ["memory:bank.limit"]
+    assert await limit(operator) == {"limit": 100}
+    assert await run_rollback(plan, operator, keyring=keyring(), wait_s=1) == []  # reverted already
+
+    assert len(operator.sent) == 1
+
+
+async def test_a_memory_key_changed_since_the_incident_is_left_for_a_person() -> None:
+    operator, plan = await memory_incident(changed_since=True)
+
+    assert await run_rollback(plan, operator, keyring=keyring(), wait_s=1) == []
+
+    assert await limit(operator) == {"limit": 500} and operator.sent == []
+
+
+async def test_a_memory_revert_the_coordinator_refuses_stops_the_rollback() -> None:
+    operator, plan = await memory_incident()
+    operator.refusing = True
+
+    with pytest.raises(LedgerError, match=r"reverting bank\.limit was refused: stale_revision"):
+        await run_rollback(plan, operator, keyring=keyring(), wait_s=1)
+
+    assert await limit(operator) == {"limit": 10**6}
