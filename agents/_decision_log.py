@@ -5,7 +5,10 @@ Decisions are appended with compare-and-set on the log's last sequence
 totally ordered log. A coordinator whose state is behind gets
 :class:`~bus.Conflict`, reads the decisions it missed (:meth:`DecisionLog.catch_up`)
 and decides again; so two coordinators never decide one envelope twice or spend
-one budget twice.
+one budget twice. :meth:`DecisionLog.record` (one envelope) and
+:meth:`DecisionLog.record_group` (a batch) are that loop, signed by any
+:class:`Signer`, so it runs on any :class:`~bus.SubjectLog` (the in-memory
+ones of :mod:`bus.testing` included).
 """
 
 from __future__ import annotations
