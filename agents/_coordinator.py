@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
-from trustbus.agents._decision import CoordinatorState, Deferral, Undo, decide, decide_approval, record_effect
-from trustbus.agents._decision_log import DecisionLog, decision_record
+from trustbus.agents._decision import Deferral, decide, decide_approval, record_effect
+from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._effect_answers import store_answer
 from trustbus.agents._effect_asks import decide_ask, is_ask, is_ask_decision
 from trustbus.agents._forwarding import Forwarder
@@ -42,7 +42,6 @@ from trustbus.agents._suspension import Suspensions
 from trustbus.bus import (
     Bus,
     ConfigError,
-    Conflict,
     ConsumerSettings,
     Delivery,
     Envelope,
@@ -196,37 +195,23 @@ class Coordinator:
 
     async def _decide_group(self, group: list[Delivery]) -> None:
         """Decide every undecided envelope of ``group`` against the state and record them, retrying on conflict."""
-        while True:
-            expected = self.state.last_seq
-            undo: Undo = []
-            fresh: list[tuple[Envelope, Decision]] = []
-            for delivery in group:
-                envelope = delivery.envelope
-                if delivery.settled or envelope.id in self.state.decided:
-                    continue
-                try:
-                    result = self._decide(delivery)
-                except Exception as exc:  # this envelope's fault, never its batch's
-                    log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
-                    await delivery.reject(*rejection(exc))
-                    continue
-                if isinstance(result, Deferral):
-                    await delivery.defer(result.retry_after_s)
-                    continue
-                self.state.apply(result, self.policy, seq=expected, undo=undo)
-                fresh.append((envelope, result))
-            if not fresh:
-                return
+
+        async def decide_one(delivery: Delivery) -> Decision | None:
+            envelope = delivery.envelope
+            if delivery.settled:
+                return None
             try:
-                await self._append_many(fresh, expected=expected)
-            except Conflict:
-                CoordinatorState.rollback(undo)
-                await self._catch_up()
-                continue
-            except BaseException:
-                CoordinatorState.rollback(undo)
-                raise
-            return
+                result = self._decide(delivery)
+            except Exception as exc:  # this envelope's fault, never its batch's
+                log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
+                await delivery.reject(*rejection(exc))
+                return None
+            if isinstance(result, Deferral):
+                await delivery.defer(result.retry_after_s)
+                return None
+            return result
+
+        await self.log.record_group(group, decide_one, by=self.bus)
 
     def _outbox_of(self, envelope: Envelope) -> str:
         """The one subject ``envelope`` may arrive on: its sender's outbox for its correlation's partition."""
@@ -235,11 +220,6 @@ class Coordinator:
     async def _catch_up(self) -> None:
         """Apply every decision appended after the last one this process applied."""
         await self.log.catch_up()
-
-    async def _append_many(self, items: list[tuple[Envelope, Decision]], *, expected: int) -> None:
-        """Store decisions applied to the state provisionally after ``expected``; Conflict if someone beat us."""
-        records = [decision_record(self.bus, cause, decision) for cause, decision in items]
-        await self.log.append_applied(records, after=expected)
 
     # -- mediation ----------------------------------------------------------
 
@@ -256,16 +236,7 @@ class Coordinator:
         self, cause: Envelope, make: Callable[[], Decision | Deferral | None]
     ) -> Decision | Deferral | None:
         """Append what ``make()`` decides, re-deciding on a fresh state until no one else got there first."""
-        while True:
-            result = make()
-            if result is None or isinstance(result, Deferral):
-                return result
-            try:
-                await self.log.append(decision_record(self.bus, cause, result))
-            except Conflict:
-                await self._catch_up()
-                continue
-            return result
+        return await self.log.record(cause, make, by=self.bus)
 
     async def _outbox(self, delivery: Delivery) -> None:
         envelope = delivery.envelope

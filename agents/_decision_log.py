@@ -5,20 +5,23 @@ Decisions are appended with compare-and-set on the log's last sequence
 totally ordered log. A coordinator whose state is behind gets
 :class:`~bus.Conflict`, reads the decisions it missed (:meth:`DecisionLog.catch_up`)
 and decides again; so two coordinators never decide one envelope twice or spend
-one budget twice.
+one budget twice. :meth:`DecisionLog.record` (one envelope) and
+:meth:`DecisionLog.record_group` (a batch) are that loop, signed by any
+:class:`Signer`, so it runs on any :class:`~bus.SubjectLog` (the in-memory
+ones of :mod:`bus.testing` included).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import msgspec
 
-from trustbus.agents._decision import CoordinatorState
+from trustbus.agents._decision import CoordinatorState, Deferral, Undo
 from trustbus.agents._policy import Policy
 from trustbus.bus import (
-    Bus,
     Conflict,
     Decision,
     Envelope,
@@ -42,8 +45,38 @@ Record = tuple[Decision, Envelope, Sealed]
 """A decision, the signed decision envelope that records it, and that envelope sealed."""
 
 
-def decision_record(bus: Bus, cause: Envelope, decision: Decision) -> Record:
-    """``decision`` about ``cause``, recorded in a decision envelope signed as the coordinator of ``bus``."""
+class Pending(Protocol):
+    """Something to decide: it carries its envelope (a :class:`~bus.Delivery` does)."""
+
+    @property
+    def envelope(self) -> Envelope:
+        """The envelope to decide."""
+
+
+P = TypeVar("P", bound=Pending)
+
+
+class Signer(Protocol):
+    """Who signs decision records: a coordinator's tenant, name, clock and key (a :class:`~bus.Bus` is one)."""
+
+    @property
+    def tenant(self) -> str:
+        """The tenant the records belong to."""
+
+    @property
+    def name(self) -> str:
+        """The coordinator's name, the records' sender."""
+
+    @property
+    def clock(self) -> Callable[[], int]:
+        """The ``ts`` of each record (unix ns)."""
+
+    def seal(self, envelope: Envelope) -> Sealed:
+        """Sign ``envelope`` with the coordinator's key."""
+
+
+def decision_record(bus: Signer, cause: Envelope, decision: Decision) -> Record:
+    """``decision`` about ``cause``, recorded in a decision envelope signed as the coordinator ``bus``."""
     record = new_envelope(
         tenant=bus.tenant,
         kind="decision",
@@ -102,6 +135,65 @@ class DecisionLog:
         self.state.apply(decision, self._policy, seq=seq)
         self.decision_ids[decision.envelope_id] = opened.envelope.id
         self._records.add(opened.envelope.id)
+
+    async def record(
+        self, cause: Envelope, make: Callable[[], Decision | Deferral | None], *, by: Signer
+    ) -> Decision | Deferral | None:
+        """Append what ``make()`` decides about ``cause``, deciding again on a fresh state until no one else got
+        there first; what it decided last (None or a deferral: nothing appended)."""  # noqa: D205, D209
+        while True:
+            result = make()
+            if result is None or isinstance(result, Deferral):
+                return result
+            try:
+                await self.append(decision_record(by, cause, result))
+            except Conflict:
+                await self.catch_up()
+                continue
+            return result
+
+    async def record_group(
+        self,
+        items: Sequence[P],
+        decide: Callable[[P], Awaitable[Decision | None]],
+        *,
+        by: Signer,
+    ) -> None:
+        """Decide the undecided ``items`` in order and append their decisions together, all again on a conflict.
+
+        ``decide(item)`` is called for each item whose envelope the state has no
+        decision about; it sees the state with the decisions about the items
+        before it applied (provisionally), and returns the decision, or None for
+        nothing to append (refused, deferred). On a :class:`~bus.Conflict` the
+        provisional decisions are taken back out, the log is caught up, and every
+        item still undecided is decided again.
+        """
+        while True:
+            expected = self.state.last_seq
+            undo: Undo = []
+            fresh: list[tuple[Envelope, Decision]] = []
+            for item in items:
+                if item.envelope.id in self.state.decided:
+                    continue
+                decision = await decide(item)
+                if decision is None:
+                    continue
+                self.state.apply(decision, self._policy, seq=expected, undo=undo)
+                fresh.append((item.envelope, decision))
+            if not fresh:
+                return
+            try:
+                await self.append_applied(
+                    [decision_record(by, cause, decision) for cause, decision in fresh], after=expected
+                )
+            except Conflict:
+                CoordinatorState.rollback(undo)
+                await self.catch_up()
+                continue
+            except BaseException:
+                CoordinatorState.rollback(undo)
+                raise
+            return
 
     async def append(self, record: Record) -> None:
         """Append a decision right after the last one applied, and apply it.

@@ -1,18 +1,18 @@
 """The coordinator of bench/scale.py: ``python -m bench._scale_coordinator coordinator run ...``.
 
-This is trustbus's own CLI (``trustbus.cli.main``) running the unchanged coordinator, with three of its
+This is trustbus's own CLI (``trustbus.cli.main``) running the unchanged coordinator, with three
 methods wrapped before it starts, to count what a conflicting append costs:
 
 - ``Coordinator.start``: marks the end of a partition's start-up (its first catch-up is not a conflict);
-- ``Coordinator._catch_up``: after start-up it runs once per append that found another coordinator's
+- ``DecisionLog.catch_up``: after start-up it runs once per append that found another coordinator's
   decision in the log first (a conflict); counted, with the decisions it read and the time it took;
-- ``Coordinator._append_many``: the decisions made and then discarded because their append conflicted
+- ``DecisionLog.append_applied``: the decisions made and then discarded because their append conflicted
   (they are decided again after the catch-up).
 
 Once started, after each conflict, and once at exit, the running totals go to stdout as one JSON line
 ``{"progress": "coordinator", "tenant": ..., "name": ..., "conflicts": ..., "caught_up": ...,
 "catch_up_s": ..., "discarded": ...}`` (the bench reads lines with a ``progress`` field as they come).
-The wrapping costs a counter update per call. If the coordinator no longer has one of these methods it
+The wrapping costs a counter update per call. If one of these methods is gone the coordinator
 runs unwrapped and prints no counts.
 """
 
@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from trustbus.agents._coordinator import Coordinator
+from trustbus.agents._decision_log import DecisionLog
 from trustbus.bus import Conflict
 
 COUNTS = "coordinator"  # the "progress" value of a counts line
@@ -70,7 +71,7 @@ def _wrap_start(start: Method) -> Method:
     async def wrapped(self: Coordinator) -> None:
         COUNTED.tenant, COUNTED.name = self.bus.tenant, self.bus.name
         await start(self)
-        self._bench_started = True  # type: ignore[attr-defined]  # per partition: each starts with a catch-up
+        self.log._bench_started = True  # type: ignore[attr-defined]  # per partition: each starts with a catch-up
         COUNTED.started = True
         COUNTED.emit()
 
@@ -79,7 +80,7 @@ def _wrap_start(start: Method) -> Method:
 
 def _wrap_catch_up(catch_up: Method) -> Method:
     @functools.wraps(catch_up)
-    async def wrapped(self: Coordinator) -> None:
+    async def wrapped(self: DecisionLog) -> None:
         if not getattr(self, "_bench_started", False):
             await catch_up(self)
             return
@@ -96,11 +97,11 @@ def _wrap_catch_up(catch_up: Method) -> Method:
     return wrapped
 
 
-def _wrap_append_many(append_many: Method) -> Method:
-    @functools.wraps(append_many)
-    async def wrapped(self: Coordinator, items: list[Any], **kwargs: Any) -> None:
+def _wrap_append_applied(append_applied: Method) -> Method:
+    @functools.wraps(append_applied)
+    async def wrapped(self: DecisionLog, items: list[Any], **kwargs: Any) -> None:
         try:
-            await append_many(self, items, **kwargs)
+            await append_applied(self, items, **kwargs)
         except Exception as exc:
             if isinstance(exc, Conflict):
                 COUNTED.discarded += len(items)
@@ -110,12 +111,16 @@ def _wrap_append_many(append_many: Method) -> Method:
 
 
 def instrument() -> bool:
-    """Wrap the coordinator's methods; False (and nothing wrapped) if one is missing."""
-    wrappers = {"start": _wrap_start, "_catch_up": _wrap_catch_up, "_append_many": _wrap_append_many}
-    if not all(callable(getattr(Coordinator, name, None)) for name in wrappers):
+    """Wrap the coordinator's and its decision log's methods; False (and nothing wrapped) if one is missing."""
+    wrappers: list[tuple[type, str, Callable[[Method], Method]]] = [
+        (Coordinator, "start", _wrap_start),
+        (DecisionLog, "catch_up", _wrap_catch_up),
+        (DecisionLog, "append_applied", _wrap_append_applied),
+    ]
+    if not all(callable(getattr(owner, name, None)) for owner, name, _ in wrappers):
         return False
-    for name, wrap in wrappers.items():
-        setattr(Coordinator, name, wrap(getattr(Coordinator, name)))
+    for owner, name, wrap in wrappers:
+        setattr(owner, name, wrap(getattr(owner, name)))
     atexit.register(COUNTED.emit)
     return True
 

@@ -23,10 +23,10 @@ if TYPE_CHECKING:
         Compensation,
         RollbackPlan,
         compensated_keys,
-        execute_rollback,
         plan_rollback,
         verified_effects,
     )
+    from trustbus.ledger._rollback_executor import execute_rollback
     from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [
@@ -110,7 +110,7 @@ _ORIGINS: dict[str, str] = {
     "Compensation": "trustbus.ledger._rollback",
     "RollbackPlan": "trustbus.ledger._rollback",
     "compensated_keys": "trustbus.ledger._rollback",
-    "execute_rollback": "trustbus.ledger._rollback",
+    "execute_rollback": "trustbus.ledger._rollback_executor",
     "plan_rollback": "trustbus.ledger._rollback",
     "verified_effects": "trustbus.ledger._rollback",
     "Break": "trustbus.ledger._verify",

@@ -7,45 +7,31 @@ class and compensating tool, so the plan never needs the tool registry.
 A compensation is itself an effect whose JSON arguments name the effect it
 undoes: ``{"compensates": <idempotency key>, ...}``. An effect with a completed
 compensation is left out, so planning (and executing) twice undoes nothing
-twice.
+twice. Carrying a plan out is :mod:`ledger._rollback_executor`'s job.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import time
-import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from trustbus.bus import (
-    Bucket,
-    Bus,
     EffectRecord,
     Envelope,
-    Identity,
     Keyring,
     MalformedPayload,
-    MemoryValue,
     StoredMessage,
     VerificationError,
-    decode_decision,
     decode_effect,
     decode_json,
-    decode_memory_value,
-    new_envelope,
     open_envelope,
     subjects,
 )
-from trustbus.ledger._errors import LedgerError
 from trustbus.ledger._replay import Incident
 
-POLL_S = 0.05  # how often a rollback re-reads the stream while it waits for the coordinator and agents
 COMPENSATES = "compensates"
 
 
@@ -171,167 +157,3 @@ def memory_written(incident: Incident, *, from_seq: int = 0) -> list[MemoryRever
 
 def _is_compensation(record: EffectRecord) -> bool:
     return bool(compensated_keys([record]))
-
-
-async def execute_rollback(
-    servers: Sequence[str],
-    tenant: str,
-    plan: RollbackPlan,
-    *,
-    operator: Identity,
-    operator_name: str,
-    wait_s: float = 30.0,
-    nkey_auth: bool = False,
-) -> list[str]:
-    """Send each compensation, latest first, and wait until its compensating effect has completed.
-
-    Each is an ``instruction`` from the operator to the agent that made the
-    effect, through the coordinator like any other (the policy must let the
-    operator give that agent the compensating tool's verb), carrying
-    ``idempotency_key = compensate:<key>`` so that sending it again can never
-    run the compensation twice. Returns the compensated keys, in order.
-    """
-    done: list[str] = []
-    async with await Bus.connect(
-        list(servers),
-        tenant=tenant,
-        name=operator_name,
-        identity=operator,
-        nkey_auth=nkey_auth,
-        inbox_prefix=subjects.reply_prefix(operator_name) if nkey_auth else None,
-    ) as bus:
-        correlation = rollback_correlation(plan.correlation_id)
-        for item in plan.compensate:
-            start = await bus.last_seq() + 1
-            payload = {"verb": item.compensating_tool, **item.arguments()}
-            instruction = new_envelope(
-                tenant=tenant,
-                kind="instruction",
-                sender=operator_name,
-                to=(item.agent,),
-                payload=json.dumps(payload).encode(),
-                correlation_id=correlation,
-                idempotency_key=f"compensate:{item.idempotency_key}",
-            )
-            await bus.send(instruction)
-            await _completed(bus, tenant, item, from_seq=start, wait_s=wait_s)
-            done.append(item.idempotency_key)
-        for revert in plan.memory:
-            if await _revert_memory(bus, tenant, revert, operator_name, correlation, wait_s=wait_s):
-                done.append(f"memory:{revert.agent}.{revert.key}")
-    return done
-
-
-def rollback_correlation(incident: str) -> str:
-    """The correlation a rollback of ``incident`` runs in: the same every time, so a rollback run again (or
-    twice at once) lands in the same partition, where each compensation's effect key is already recorded."""  # noqa: D205, D209
-    return str(uuid.uuid5(_ROLLBACKS, incident))
-
-
-_ROLLBACKS = uuid.UUID("6f1d7c2e-5b1a-4c3e-9a57-2f4e8d0b6a11")
-
-
-async def _revert_memory(
-    bus: Bus, tenant: str, revert: MemoryRevert, operator_name: str, correlation: str, *, wait_s: float
-) -> bool:
-    """Write the key's value from before the incident, if the incident's write is still the current one."""
-    memory = bus.bucket(subjects.memory_bucket(tenant))
-    key = f"{revert.agent}.{revert.key}"
-    history: list[tuple[int, MemoryValue]] = []  # the values the coordinator wrote (foreign ones are skipped)
-    last = 1
-    async for entry in memory.history(key):
-        last = entry.revision
-        with contextlib.suppress(msgspec.DecodeError, ValueError):
-            history.append((entry.revision, decode_memory_value(entry.value)))
-    if not history or history[-1][1].envelope_id not in revert.written_by:
-        return False  # reverted already, or changed since: a person decides
-    first = next(i for i, (_, value) in enumerate(history) if value.envelope_id in revert.written_by)
-    earlier = decode_json(history[first - 1][1].value) if first > 0 else None
-    payload = {
-        "key": revert.key,
-        "value": earlier,
-        "expected_revision": last,
-        "reverts": list(revert.written_by),
-    }
-    start = await bus.last_seq() + 1
-    write = new_envelope(
-        tenant=tenant,
-        kind="memory_write",
-        sender=operator_name,
-        to=(revert.agent,),
-        payload=json.dumps(payload).encode(),
-        correlation_id=correlation,
-    )
-    await bus.send(write)
-    decisions = subjects.decision(tenant, bus.partition(correlation))
-    async for envelope in _verified(bus, decisions, start, wait_s):
-        decision = decode_decision(envelope.payload)
-        if decision.envelope_id == write.id:
-            if decision.verdict != "accept":
-                raise LedgerError(f"reverting {revert.agent}.{revert.key} was refused: {', '.join(decision.reasons)}")
-            await _stored(memory, key, write.id, wait_s=wait_s)
-            return True
-    raise LedgerError(f"no decision about reverting {revert.agent}.{revert.key} within {wait_s:.0f}s")
-
-
-async def _verified(bus: Bus, subject: str, from_seq: int, wait_s: float) -> AsyncIterator[Envelope]:
-    """Verified envelopes stored on ``subject`` from ``from_seq`` on, as they arrive, for ``wait_s`` at most.
-
-    Read by message gets, the one way every role (an operator's included) may
-    read the stream; no consumer is made.
-    """
-    deadline = time.monotonic() + wait_s
-    records = bus.log(subject)
-    after = from_seq - 1
-    while time.monotonic() < deadline:
-        async for message in records.read(after=after):
-            after = message.seq
-            try:
-                opened = open_envelope(
-                    message.body, message.headers, keyring=bus.keyring.keyring, received_ns=message.stored_ns
-                )
-            except VerificationError:
-                continue
-            yield opened.envelope
-            if time.monotonic() >= deadline:
-                return
-        await asyncio.sleep(POLL_S)
-
-
-async def _completed(bus: Bus, tenant: str, item: Compensation, *, from_seq: int, wait_s: float) -> None:
-    async for envelope in _verified(bus, f"{subjects.effect(tenant, item.agent)}.>", from_seq, wait_s):
-        if envelope.sender != item.agent or envelope.kind != "effect":
-            continue  # not the agent's record: refused by the coordinator, nothing to wait on
-        try:
-            effect = decode_effect(envelope.payload)
-        except (msgspec.DecodeError, ValueError):
-            continue
-        if item.idempotency_key in compensated_keys([effect]):
-            return
-        if effect.phase == "failed" and _names(effect, item.idempotency_key):
-            raise LedgerError(f"compensating {item.tool} ({item.idempotency_key}) failed: {effect.error}")
-    raise LedgerError(
-        f"no completed {item.compensating_tool} for {item.idempotency_key} within {wait_s:.0f}s: "
-        f"is the coordinator running, and does the policy let the operator instruct {item.agent} "
-        f"with verb {item.compensating_tool!r}?"
-    )
-
-
-def _names(effect: EffectRecord, key: str) -> bool:
-    try:
-        args = decode_json(effect.args)
-    except MalformedPayload:
-        return False
-    return isinstance(args, dict) and args.get(COMPENSATES) == key
-
-
-async def _stored(memory: Bucket, key: str, envelope_id: str, *, wait_s: float) -> None:
-    """Wait until the coordinator has stored the value ``envelope_id`` wrote (it writes after deciding)."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        entry = await memory.get(key)
-        with contextlib.suppress(msgspec.DecodeError, ValueError):  # not there yet, or a foreign value to replace
-            if entry is not None and decode_memory_value(entry.value).envelope_id == envelope_id:
-                return
-        await asyncio.sleep(POLL_S)
-    raise LedgerError(f"the reverted value of {memory.subject(key)} was not stored within {wait_s:.0f}s")

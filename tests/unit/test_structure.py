@@ -26,6 +26,7 @@ PURE = (
     "trustbus.bus._seal",
     "trustbus.ledger._chain",
     "trustbus.ledger._projector",
+    "trustbus.ledger._rollback",
 )
 """Decision, wire and ledger logic: no I/O, so neither nats-py nor DuckDB is loaded with them."""
 
