@@ -174,9 +174,11 @@ class Coordinator:
         if not group:
             return
         try:
-            await self._decide_group(group)
+            recorded = await self._decide_group(group)
             started = [
-                (d, await self._start_forwards(d, self.state.decided[d.envelope.id])) for d in group if not d.settled
+                (d, await self._start_forwards(d, self.state.decided[d.envelope.id], d.envelope.id in recorded))
+                for d in group
+                if not d.settled
             ]
             for delivery, acks in started:
                 for ack in acks:
@@ -193,8 +195,9 @@ class Coordinator:
                 if not delivery.settled:
                     await delivery.reject("handler_error", f"{type(exc).__name__}: {exc}")
 
-    async def _decide_group(self, group: list[Delivery]) -> None:
-        """Decide every undecided envelope of ``group`` against the state and record them, retrying on conflict."""
+    async def _decide_group(self, group: list[Delivery]) -> set[str]:
+        """Decide every undecided envelope of ``group`` against the state and record them, retrying on conflict;
+        the ids of the envelopes whose decisions this call recorded."""  # noqa: D205, D209
 
         async def decide_one(delivery: Delivery) -> Decision | None:
             envelope = delivery.envelope
@@ -211,7 +214,7 @@ class Coordinator:
                 return None
             return result
 
-        await self.log.record_group(group, decide_one, by=self.bus)
+        return await self.log.record_group(group, decide_one, by=self.bus)
 
     def _outbox_of(self, envelope: Envelope) -> str:
         """The one subject ``envelope`` may arrive on: its sender's outbox for its correlation's partition."""
@@ -263,7 +266,9 @@ class Coordinator:
                 "tainted_memory_write", f"memory write with taint {','.join(decision.effective_taint)}"
             )
             return
-        await self._deliver(delivery.body, delivery.headers, delivery.stream_seq, decision)
+        await self._deliver(
+            delivery.body, delivery.headers, delivery.stream_seq, decision, recorded_now=result is not None
+        )
 
     async def _effect(self, delivery: Delivery) -> None:
         """Record a completed tool call so its result's taint follows its agent in that correlation."""
@@ -336,7 +341,7 @@ class Coordinator:
             approve = request.verdict == "approve"
             return decide_approval(held, approval, approve=approve, received_ns=delivery.stored_ns)
 
-        await self._record(approval, make)
+        released = await self._record(approval, make)
         decision = self.state.decided.get(request.envelope_id)
         if decision is None or decision.approval_id != approval.id:
             state = "unknown" if decision is None else f"{decision.verdict} ({', '.join(decision.reasons)})"
@@ -347,10 +352,17 @@ class Coordinator:
             return
         if decision.verdict == "accept":
             held = await self.log.log.get(decision.source_seq)
-            await self._deliver(held.body, held.headers, decision.source_seq, decision)
+            await self._deliver(
+                held.body, held.headers, decision.source_seq, decision, recorded_now=released is not None
+            )
 
-    async def _deliver(self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision) -> None:
-        """Forward an accepted envelope to every recipient (idempotently); store an accepted write or checkpoint."""
+    async def _deliver(
+        self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision, *, recorded_now: bool
+    ) -> None:
+        """Forward an accepted envelope to every recipient (idempotently); store an accepted write or checkpoint.
+
+        ``recorded_now``: this process recorded ``decision`` just now (nothing of it was forwarded before).
+        """
         if decision.verdict != "accept":
             return
         decision_id = self._decision_ids[decision.envelope_id]
@@ -360,10 +372,17 @@ class Coordinator:
         if decision.kind == "checkpoint":
             await self._memory.store_checkpoint(decision.sender, body, headers, decision_id)
             return
-        for ack in await self._forwarder.start(body, headers, source_seq, decision, decision_id):
+        for ack in await self._forwarder.start(
+            body, headers, source_seq, decision, decision_id, recorded_now=recorded_now
+        ):
             await ack
 
-    async def _start_forwards(self, delivery: Delivery, decision: Decision) -> list[Awaitable[object]]:
-        """Publish the forwards of a delivery if ``decision`` accepted it; their acks to await."""
+    async def _start_forwards(
+        self, delivery: Delivery, decision: Decision, recorded_now: bool
+    ) -> list[Awaitable[object]]:
+        """Publish the forwards of a delivery if ``decision`` (``recorded_now`` by this process) accepted it; their
+        acks to await."""  # noqa: D205, D209
         decision_id = self._decision_ids[decision.envelope_id]
-        return await self._forwarder.start(delivery.body, delivery.headers, delivery.stream_seq, decision, decision_id)
+        return await self._forwarder.start(
+            delivery.body, delivery.headers, delivery.stream_seq, decision, decision_id, recorded_now=recorded_now
+        )

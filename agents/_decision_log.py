@@ -158,7 +158,7 @@ class DecisionLog:
         decide: Callable[[P], Awaitable[Decision | None]],
         *,
         by: Signer,
-    ) -> None:
+    ) -> set[str]:
         """Decide the undecided ``items`` in order and append their decisions together, all again on a conflict.
 
         ``decide(item)`` is called for each item whose envelope the state has no
@@ -166,7 +166,8 @@ class DecisionLog:
         before it applied (provisionally), and returns the decision, or None for
         nothing to append (refused, deferred). On a :class:`~bus.Conflict` the
         provisional decisions are taken back out, the log is caught up, and every
-        item still undecided is decided again.
+        item still undecided is decided again. Returns the ids of the envelopes
+        whose decisions this call appended.
         """
         while True:
             expected = self.state.last_seq
@@ -181,7 +182,7 @@ class DecisionLog:
                 self.state.apply(decision, self._policy, seq=expected, undo=undo)
                 fresh.append((item.envelope, decision))
             if not fresh:
-                return
+                return set()
             try:
                 await self.append_applied(
                     [decision_record(by, cause, decision) for cause, decision in fresh], after=expected
@@ -193,7 +194,7 @@ class DecisionLog:
             except BaseException:
                 CoordinatorState.rollback(undo)
                 raise
-            return
+            return {envelope.id for envelope, _ in fresh}
 
     async def append(self, record: Record) -> None:
         """Append a decision right after the last one applied, and apply it.

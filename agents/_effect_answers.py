@@ -19,9 +19,8 @@ import msgspec
 
 from trustbus.agents._effect_asks import UntrustedAnswer, answer_key, check_answer
 from trustbus.agents._memory import memory_bucket
-from trustbus.agents._signed_value import SignedValue, decode_signed
 from trustbus.bus import Bus, Envelope, VerificationError, new_envelope, subjects
-from trustbus.bus._records import Decision, encode_decision
+from trustbus.bus._records import Decision, SignedValue, decode_signed, encode_decision
 
 log = logging.getLogger("trustbus.agent")
 

@@ -2,15 +2,23 @@
 
 A forward carries ``Nats-Msg-Id = <envelope id>:<recipient>``, so forwarding
 again (a redelivery after a crash between the decision and the ack) is dropped
-by the stream's duplicate window. Past that window, the recipient's subject is
-read from the decision's source onward and only missing forwards are sent.
+by the stream's duplicate window. A forward only ever follows the record of the
+decision that accepted its envelope, and an envelope is accepted once: the
+forwards of a decision this process has just recorded are its first, and a
+re-forward within the window of this process's first attempt is dropped by the
+window. Only a re-forward of a decision recorded elsewhere (by a process that
+died, or another coordinator), once the window may have passed, reads the
+recipient's subject from the decision's source onward and sends only missing
+forwards: a backlog decided for the first time costs no read, however old.
 Each recipient agent's inbox consumer is created on its first forward, if the
 coordinator has not created it yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 
 from trustbus.bus import Bus, ConsumerSettings, Decision, countersign, subjects
 from trustbus.bus._provision import DUPLICATE_WINDOW_S
@@ -18,6 +26,8 @@ from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
 
 # Re-forwards younger than this rely on the duplicate window; older ones check the inbox first.
 _DEDUP_SAFE_NS = int(DUPLICATE_WINDOW_S * 1e9 * 0.75)
+# First forwards this process remembers (within the window): past this many, the oldest re-forward the check.
+REMEMBERED_MAX = 65_536
 
 # A short ack_wait brings a crashed agent's message back within seconds; a live
 # handler keeps it with in-progress beats (see bus.Delivery.process).
@@ -32,10 +42,14 @@ class Forwarder:
         inboxes: agents whose inbox consumer exists, shared by the partitions of one process.
     """
 
-    def __init__(self, bus: Bus, inboxes: set[str] | None = None) -> None:
+    def __init__(
+        self, bus: Bus, inboxes: set[str] | None = None, *, monotonic_ns: Callable[[], int] = time.monotonic_ns
+    ) -> None:
         """Nothing is created until a forward needs it (or :meth:`ensure_inbox`)."""
         self._bus = bus
         self._inboxes = inboxes if inboxes is not None else set()
+        self._monotonic_ns = monotonic_ns
+        self._first: OrderedDict[str, int] = OrderedDict()  # decision record id -> when this process first forwarded
 
     async def ensure_inbox(self, agent: str) -> None:
         """Create ``agent``'s inbox consumer unless this process already did."""
@@ -46,14 +60,22 @@ class Forwarder:
         self._inboxes.add(agent)
 
     async def start(
-        self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision, decision_id: str
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        source_seq: int,
+        decision: Decision,
+        decision_id: str,
+        *,
+        recorded_now: bool = False,
     ) -> list[Awaitable[object]]:
-        """Publish the countersigned forwards of an envelope accepted by ``decision`` (recorded as ``decision_id``);
-        returns their acks to await."""  # noqa: D205, D209
+        """Publish the countersigned forwards of an envelope accepted by ``decision`` (recorded as ``decision_id``,
+        by this process just now if ``recorded_now``: nothing of it can have been forwarded yet); returns their acks
+        to await."""  # noqa: D205, D209
         if decision.verdict != "accept":
             return []
         bus = self._bus
-        recheck = bus.clock() - decision.decided_ns > _DEDUP_SAFE_NS
+        recheck = self._may_have_passed_the_window(decision, decision_id, recorded_now=recorded_now)
         acks: list[Awaitable[object]] = []
         for recipient in decision.deliver_to:
             subject = self._subject_for(recipient)
@@ -76,6 +98,20 @@ class Forwarder:
             }
             acks.append(await bus.forward(subject, body, forwarded))
         return acks
+
+    def _may_have_passed_the_window(self, decision: Decision, decision_id: str, *, recorded_now: bool) -> bool:
+        """Whether an earlier forward of this decision may be older than the duplicate window covers."""
+        now = self._monotonic_ns()
+        while self._first and now - next(iter(self._first.values())) > _DEDUP_SAFE_NS:
+            self._first.popitem(last=False)
+        if recorded_now:
+            self._first[decision_id] = now
+            if len(self._first) > REMEMBERED_MAX:
+                self._first.popitem(last=False)
+            return False
+        if decision_id in self._first:
+            return False  # this process's first attempt is within the window: the window drops a copy
+        return self._bus.clock() - decision.decided_ns > _DEDUP_SAFE_NS
 
     def _subject_for(self, recipient: str) -> str:
         if recipient.startswith(subjects.TOPIC_PREFIX):

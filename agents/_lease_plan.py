@@ -63,12 +63,13 @@ def plan_leases(
 
     Args:
         leases: every partition's lease, as read this round.
-        members: every coordinator's member key, as read this round (this process's own included).
+        members: every coordinator's member key, as read this round (this process's own included); a
+            foreign one (no coordinator's signed record naming its owner) counts as no one.
         held: the partitions this process holds after renewing its leases.
         name: this process's name in the leases.
         instance: this run of it.
     """
-    live = sum(member.name is not None and member.age_s <= LEASE_S for member in members)
+    live = sum(member.name is not None and not member.foreign and member.age_s <= LEASE_S for member in members)
     share = math.ceil(len(leases) / max(live, 1))
     hand_back = tuple(sorted(held, reverse=True)[: max(0, len(held) - share)])
     take = tuple(

@@ -3,8 +3,9 @@
 An agent proposes a write with a ``memory_write`` envelope addressed to itself
 whose JSON payload is :class:`MemoryWrite`; the coordinator audits it (taint,
 namespace, revision) and applies it with compare-and-set. Every stored value
-is a :class:`MemoryValue`: the value, and the envelope, writer and effective
-taint it came from.
+is a :class:`MemoryValue` (the value, and the envelope, writer and effective
+taint it came from) signed by the coordinator's key for that key; a value that
+is not is foreign (:mod:`agents._signed_value`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from trustbus.agents._signed_value import open_memory_value, signer
 from trustbus.bus import Envelope, TransientError, TransportError, decode_json, subjects
 
 if TYPE_CHECKING:  # the pure decide() imports this module: it must not load the transport
-    from trustbus.bus import Bucket, Bus
+    from trustbus.bus import Bucket, Bus, KeyringStore
 from trustbus.bus._records import MemoryWrite, decode_memory_write
-from trustbus.bus._records import decode_memory_value as decode_value
 
 Sender = Callable[..., Awaitable[Envelope]]
 # Records a value that is not what the key holds: (subject, revision, body, headers, detail).
@@ -73,16 +74,19 @@ class Memory:
         bucket: Bucket,
         agent_id: str,
         send: Sender,
+        *,
+        keys: KeyringStore,
         on_read: Callable[[tuple[str, ...]], None] = lambda taint: None,
         on_foreign: ForeignRecorder | None = None,
     ) -> None:
         """``bucket``: the tenant's memory bucket, read with direct gets (:func:`memory_bucket`). ``send`` proposes
-        a ``memory_write`` envelope (the handler context's send); ``on_read`` is given the taint of every value read
-        (the context adds it to what the handler sends from then on); ``on_foreign`` records a value that is not one
-        the coordinator wrote."""  # noqa: D205, D209
+        a ``memory_write`` envelope (the handler context's send); ``keys``: the tenant's keyring, which says whose
+        key signed a value; ``on_read`` is given the taint of every value read (the context adds it to what the
+        handler sends from then on); ``on_foreign`` records a value that is not one the coordinator wrote."""  # noqa: D205, D209
         self._bucket = bucket
         self._agent = agent_id
         self._send = send
+        self._keys = keys
         self._on_read = on_read
         self._on_foreign = on_foreign
 
@@ -91,9 +95,11 @@ class Memory:
 
         The value's effective taint is passed to ``on_read``: reading what
         tainted content wrote taints the reader. A foreign value (not a value
-        the coordinator wrote: an empty message the server stored there, bytes
-        that do not parse) is recorded once and reads as ``None`` at its
-        revision, so the agent carries on and can write over it.
+        a coordinator signed for this key: an empty message the server stored
+        there, bytes that do not parse, a value nobody signed, one signed by
+        another role's key or copied from another key) is recorded once and
+        reads as ``None`` at its revision, so the agent carries on and can
+        write over it.
         """
         name = memory_key(self._agent, key)
         try:
@@ -103,7 +109,11 @@ class Memory:
         if entry is None:
             return None
         try:
-            stored = decode_value(entry.value)
+            keyring = await self._keys.knowing(signer(entry.value))
+        except TransportError as exc:
+            raise TransientError(f"cannot read the keyring for memory key {key!r}: {exc}") from exc
+        try:
+            stored = open_memory_value(entry.value, keyring=keyring, key=name, stored_ns=entry.stored_ns)
             value = decode_json(stored.value)
         except (msgspec.DecodeError, ValueError) as exc:
             if self._on_foreign is not None:

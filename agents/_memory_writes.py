@@ -4,7 +4,8 @@ Both go to the tenant's memory bucket, which only the coordinator may write
 (read here with message gets; agents read their own keys with direct gets,
 :mod:`agents._memory`). A write is applied with compare-and-set on the
 revision its writer expected, so a write decided against a revision that has
-since moved on is never applied over the newer value.
+since moved on is never applied over the newer value. Each value is signed by
+this coordinator's key and names its key (:mod:`agents._signed_value`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import logging
 from collections.abc import Mapping
 
 from trustbus.agents._memory import checkpoint_key, memory_bucket, memory_key, parse_write
-from trustbus.agents._signed_value import SignedValue
+from trustbus.agents._signed_value import memory_value, open_memory_value, signer
 from trustbus.bus import Bus, Conflict, Decision, Envelope, MemoryValue, decode_envelope, subjects
-from trustbus.bus._records import decode_memory_value as decode_value
-from trustbus.bus._records import encode_memory_value as encode_value
+from trustbus.bus._records import SignedValue
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -49,12 +49,20 @@ class MemoryWrites:
         assert write is not None  # decide() accepted it
         key = memory_key(envelope.to[0], write.key)  # the sender's own, or an operator's revert
         current = await self._bucket.get(key)
-        try:
-            if current is not None and decode_value(current.value).envelope_id == decision.envelope_id:
-                return  # applied before a crash
-        except ValueError:  # msgspec.DecodeError, MalformedPayload
-            pass  # not a value this code wrote: the compare-and-set decides
+        bus = self._bus
+        if current is not None:
+            keyring = await bus.keyring.knowing(signer(current.value))
+            try:
+                stored = open_memory_value(current.value, keyring=keyring, key=key, stored_ns=current.stored_ns)
+                if stored.envelope_id == decision.envelope_id:
+                    return  # applied before a crash
+            except ValueError as exc:  # no coordinator's value for this key: recorded; the compare-and-set decides
+                subject = self._bucket.subject(key)
+                await bus.record_foreign_value(
+                    subject, current.revision, current.value, current.headers, detail=str(exc)
+                )
         value = MemoryValue(
+            key=key,
             value=bytes(write.value),
             envelope_id=decision.envelope_id,
             writer=decision.sender,
@@ -62,12 +70,12 @@ class MemoryWrites:
             decision_id=decision_id,
         )
         try:
-            await self._bucket.put(key, encode_value(value), revision=write.expected_revision)
+            signed = memory_value(bus.identity, bus.name, value, tenant=bus.tenant, now_ns=bus.clock())
+            await self._bucket.put(key, signed, revision=write.expected_revision)
             return
         except Conflict:
             pass
         log.warning("accepted memory write not applied: the key moved on", extra={"envelope_id": decision.envelope_id})
-        bus = self._bus
         await bus.record_quarantine(
             body,
             headers,

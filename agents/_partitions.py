@@ -7,7 +7,9 @@ coordinator that holds it holds every budget, hop and taint of its correlations.
 
 Holding a partition is a lease: the key ``partition-<p>`` of the KV bucket
 ``tb_coord_<T>`` names the holder, and the holder rewrites it every
-``RENEW_S`` with compare-and-set on its revision. A lease not renewed for
+``RENEW_S`` with compare-and-set on its revision. Every value there is signed
+by the writing coordinator's key for its key (:mod:`agents._signed_value`);
+anything else, a deletion included, is foreign: held by no one we know. A lease not renewed for
 ``LEASE_S`` (by the server's clock of its last write, against the server's
 clock of this process's own member write of the round: no host clock is
 read, so a stepped clock neither frees live leases nor keeps dead ones) is free. Every process
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import uuid
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._lease_plan import LEASE_S, Lease, plan_leases, still_held
 from trustbus.agents._policy import Policy
+from trustbus.agents._signed_value import holder_value, open_holder, signer
 from trustbus.bus import Bus, Conflict, NotFound, Timeout, TransportError, subjects
 from trustbus.bus._signals import unless_stopped
 
@@ -89,7 +91,7 @@ class Partitions:
             if task.done():  # its mediation loop ended (an error it could not handle): let another try
                 log.error("partition stopped; handing it back", extra={"partition": partition})
                 await self._release(partition)
-        await self._write(f"member-{self.bus.name}", self._holder(), expected=None)
+        await self._write(f"member-{self.bus.name}", self.instance, expected=None)
         self._server_now_ns = await self._stored_at(f"member-{self.bus.name}")
         members = await self._members()
         leases = {p: await self._read(f"partition-{p}") for p in range(self.bus.partitions)}
@@ -104,7 +106,7 @@ class Partitions:
         for partition in plan.take:
             if len(self._held) >= plan.share:
                 break
-            revision = await self._write(f"partition-{partition}", self._holder(), expected=leases[partition].revision)
+            revision = await self._write(f"partition-{partition}", self.instance, expected=leases[partition].revision)
             if revision is None:
                 continue  # another process took it first
             self._revisions[partition] = revision
@@ -117,13 +119,10 @@ class Partitions:
                 del self._revisions[partition]
                 await self._write(f"partition-{partition}", None, expected=revision)
 
-    def _holder(self) -> dict[str, str]:
-        return {"name": self.bus.name, "instance": self.instance}
-
     async def _renew(self, partition: int, lease: Lease) -> bool:
         if not still_held(lease, instance=self.instance, revision=self._revisions.get(partition)):
             return False
-        revision = await self._write(f"partition-{partition}", self._holder(), expected=lease.revision)
+        revision = await self._write(f"partition-{partition}", self.instance, expected=lease.revision)
         if revision is None:
             return False
         self._revisions[partition] = revision
@@ -181,7 +180,13 @@ class Partitions:
         """The member key of every coordinator key owner (this process included)."""
         owners = {g.owner for g in self.bus.keyring.keyring.grants() if g.role == "coordinator"}
         owners.add(self.bus.name)
-        return [await self._read(f"member-{owner}") for owner in owners]
+        members = []
+        for owner in owners:
+            member = await self._read(f"member-{owner}")
+            if member.name is not None and member.name != owner:  # another's record on this key: no one's
+                member = Lease(revision=member.revision, name="?", instance=None, age_s=member.age_s, foreign=True)
+            members.append(member)
+        return members
 
     async def _stored_at(self, key: str) -> int:
         """When the server stored ``key``'s last value (unix ns): its clock, read through what it wrote."""
@@ -195,41 +200,32 @@ class Partitions:
         if entry is None:
             return Lease(revision=0, name=None, instance=None, age_s=math.inf)
         age = (self._server_now_ns - entry.stored_ns) / 1e9
-        if entry.deleted:
-            return Lease(revision=entry.revision, name=None, instance=None, age_s=age)
-        holder = _holder_of(entry.value)
-        if holder is None:
+        keyring = await self.bus.keyring.knowing(signer(entry.value))
+        try:
+            holder = open_holder(entry.value, keyring=keyring, key=key, stored_ns=entry.stored_ns)
+        except ValueError as exc:
             # Held by no one we know of, from when it was stored: free once that is LEASE_S old.
-            detail = f"{key} holds no coordinator's lease"
+            detail = f"{key} holds no coordinator's lease: {exc}"
             await self.bus.record_foreign_value(
                 self._bucket.subject(key), entry.revision, entry.value, entry.headers, detail=detail
             )
             return Lease(revision=entry.revision, name="?", instance=None, age_s=age, foreign=True)
-        return Lease(revision=entry.revision, name=holder[0], instance=holder[1], age_s=age)
+        if holder.instance is None:  # handed back
+            return Lease(revision=entry.revision, name=None, instance=None, age_s=age)
+        return Lease(revision=entry.revision, name=holder.name, instance=holder.instance, age_s=age)
 
     async def _write(
-        self, key: str, value: dict[str, str] | None, *, expected: int | None, timeout_s: float = WRITE_TIMEOUT_S
+        self, key: str, instance: str | None, *, expected: int | None, timeout_s: float = WRITE_TIMEOUT_S
     ) -> int | None:
-        """Write (or, with None, delete) ``key`` if its revision is still ``expected``; its new revision, or
-        None if someone else wrote it first. ``expected=None`` writes unconditionally."""  # noqa: D205, D209
+        """Write that this process (``instance``; None: hands it back) holds ``key``, signed, if its revision is
+        still ``expected``; its new revision, or None if someone else wrote it first. ``expected=None`` writes
+        unconditionally."""  # noqa: D205, D209
+        bus = self.bus
+        value = holder_value(bus.identity, bus.name, key, instance, tenant=bus.tenant, now_ns=bus.clock())
         try:
             async with asyncio.timeout(timeout_s):
-                if value is None:
-                    return await self._bucket.delete(key, revision=expected)
-                return await self._bucket.put(key, json.dumps(value).encode(), revision=expected)
+                return await self._bucket.put(key, value, revision=expected)
         except Conflict:
             return None
         except TimeoutError as exc:
             raise Timeout(f"write {key} of {self._bucket.name}: no answer in {timeout_s} s") from exc
-
-
-def _holder_of(value: bytes) -> tuple[str, str] | None:
-    """(name, instance) of a lease or member value a coordinator wrote; None for anything else."""
-    try:
-        holder = json.loads(value)
-    except ValueError:
-        return None
-    if not isinstance(holder, dict):
-        return None
-    name, instance = holder.get("name"), holder.get("instance")
-    return (name, instance) if isinstance(name, str) and isinstance(instance, str) else None

@@ -73,7 +73,12 @@ class Context:
         self.decision_id: str | None = mediation.decision_id if mediation else None
         self.attempt = delivery.attempt
         self.memory = Memory(
-            memory_bucket(bus, direct=True), agent_id, self.send, on_read=self._read_taint, on_foreign=_foreign(bus)
+            memory_bucket(bus, direct=True),
+            agent_id,
+            self.send,
+            keys=bus.keyring,
+            on_read=self._read_taint,
+            on_foreign=_foreign(bus),
         )
 
     @contextlib.contextmanager

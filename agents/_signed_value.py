@@ -1,68 +1,65 @@
-"""Values the coordinator stores for an agent in KV, signed: its checkpoint, the answer to a held call. Pure.
+"""Values stored in KV as signed envelopes, and what each key must hold to be believed. Pure.
 
-Such a value is msgpack ``{body: bin, headers: {Tb-Sig, Tb-Key}}``: a signed
-envelope (the agent's own ``checkpoint`` the coordinator accepted, or the
-coordinator's answer), opened as of the time the server stored the value.
+Such a value is a :class:`bus._records.SignedValue`: msgpack ``{body: bin,
+headers: {Tb-Sig, Tb-Key}}``, a signed envelope opened as of the time the
+server stored the value.
 
-The checkpoint lives at ``$KV.tb_mem_<T>.<agent>.checkpoint``. Anything else
-found there (an empty message the server stored for a request's reply subject,
-another agent's envelope, bytes that do not parse) is foreign: the agent starts
-without it, and says why.
+- ``$KV.tb_mem_<T>.<agent>.checkpoint``: the agent's own ``checkpoint`` envelope, which the coordinator accepted.
+- ``$KV.tb_mem_<T>.<agent>.<key>``: a ``memory_write`` envelope signed by a ``coordinator`` key whose payload is a
+  :class:`bus.MemoryValue` naming that key.
+- ``$KV.tb_coord_<T>.partition-<p>`` and ``member-<name>``: an ``event`` envelope signed by a ``coordinator``
+  key whose JSON payload is a :class:`Holder` naming that key and the signer as holder.
+
+A coordinator's value is judged at its store time alone (a coordinator whose
+clock was stepped still writes values its peers and agents believe), by the
+role its key had then. Anything else found at such a key (an empty message the
+server stored for a request's reply subject, a well-formed value nobody
+signed, one signed by another role's key, one copied from another key, bytes
+that do not parse) is foreign: its reader records it and treats it as absent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
 from trustbus.bus import (
+    Identity,
     Keyring,
     Limits,
     MalformedPayload,
+    MemoryValue,
     Opened,
     VerificationError,
     decode_json,
-    decode_msgpack,
-    open_envelope,
+    new_envelope,
+    seal,
 )
-from trustbus.bus._seal import HEADER_KEY, HEADER_SIG
+from trustbus.bus._envelope import MAX_MSG_SIZE
+from trustbus.bus._records import SignedValue, decode_memory_payload, decode_signed, encode_memory_value
 
-_ENCODER = msgspec.msgpack.Encoder()
-
-
-class SignedValue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A KV value the coordinator stores for an agent (its checkpoint, an answer to a held call): signed bytes."""
-
-    body: bytes
-    headers: dict[str, str]
-
-    @classmethod
-    def of(cls, body: bytes, headers: Mapping[str, str]) -> SignedValue:
-        """The value that keeps ``body`` with its signature headers (and no others)."""
-        return cls(body=body, headers={k: headers.get(k, "") for k in (HEADER_SIG, HEADER_KEY)})
-
-    @property
-    def key_id(self) -> str:
-        """The id of the key that signed it (empty if none is named)."""
-        return self.headers.get(HEADER_KEY, "")
-
-    def encode(self) -> bytes:
-        """The bytes stored in KV."""
-        return _ENCODER.encode(self)
-
-    def open(self, *, keyring: Keyring, stored_ns: int, at_store: bool = False) -> Opened:
-        """The envelope, verified as of ``stored_ns`` (``at_store``: a component's record, judged at its store time
-        alone, see :func:`bus.open_envelope`); raises VerificationError."""  # noqa: D205, D209
-        return open_envelope(
-            self.body, self.headers, keyring=keyring, received_ns=stored_ns, limits=Limits(), at_store=at_store
-        )
+# A memory value wraps a value that came in an envelope of at most the receive limit: allow it its wrapping.
+_VALUE_LIMITS = Limits(max_bytes=MAX_MSG_SIZE)
 
 
-def decode_signed(value: bytes) -> SignedValue:
-    """A stored signed value; msgspec.DecodeError or MalformedPayload if it is not one."""
-    return decode_msgpack(value, type=SignedValue)
+class Holder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The JSON payload of a lease or member value: the key it was written to, and who holds it.
+
+    ``instance`` None: handed back (a lease that is free, a member that has left).
+    """
+
+    key: str
+    name: str
+    instance: str | None
+
+
+def signer(value: bytes) -> str:
+    """The key id a stored signed value names ("" if it is not one): the key to look up before opening it."""
+    try:
+        return decode_signed(value).key_id
+    except ValueError:  # msgspec.DecodeError, MalformedPayload
+        return ""
 
 
 def open_checkpoint(value: bytes, *, keyring: Keyring, agent_id: str, stored_ns: int) -> dict[str, Any]:
@@ -82,3 +79,78 @@ def open_checkpoint(value: bytes, *, keyring: Keyring, agent_id: str, stored_ns:
     if not isinstance(state, dict):
         raise ValueError("checkpoint payload is not a JSON object")
     return state
+
+
+def memory_value(coordinator: Identity, name: str, value: MemoryValue, *, tenant: str, now_ns: int) -> bytes:
+    """The bytes to store at ``value.key``: ``value`` in a ``memory_write`` envelope signed by the coordinator
+    ``name`` (key ``coordinator``), to the agent whose namespace it is, caused by the write it applies."""  # noqa: D205, D209
+    envelope = new_envelope(
+        tenant=tenant,
+        kind="memory_write",
+        sender=name,
+        to=(value.key.split(".", 1)[0],),
+        causation_id=value.envelope_id,
+        taint=value.effective_taint,
+        content_type="application/msgpack",
+        payload=encode_memory_value(value),
+        now_ns=now_ns,
+    )
+    sealed = seal(envelope, coordinator)
+    return SignedValue.of(sealed.body, sealed.headers).encode()
+
+
+def open_memory_value(value: bytes, *, keyring: Keyring, key: str, stored_ns: int) -> MemoryValue:
+    """The value a coordinator stored at memory key ``key`` (``<agent>.<name>``); ValueError saying why it is
+    foreign otherwise."""  # noqa: D205, D209
+    opened = _open_coordinators(value, keyring=keyring, stored_ns=stored_ns, kind="memory_write", limits=_VALUE_LIMITS)
+    try:
+        stored = decode_memory_payload(opened.envelope.payload)
+    except ValueError as exc:  # msgspec.DecodeError, MalformedPayload
+        raise ValueError(f"a coordinator's memory_write that holds no memory value: {exc}") from exc
+    if stored.key != key:
+        raise ValueError(f"the value of {stored.key}, not of {key}")
+    return stored
+
+
+def holder_value(
+    coordinator: Identity, name: str, key: str, instance: str | None, *, tenant: str, now_ns: int
+) -> bytes:
+    """The bytes to store at lease or member key ``key``: ``name`` (instance ``instance``; None: handed back)
+    holds it, signed by ``name``'s coordinator key."""  # noqa: D205, D209
+    holder = Holder(key=key, name=name, instance=instance)
+    envelope = new_envelope(
+        tenant=tenant, kind="event", sender=name, to=(), payload=msgspec.json.encode(holder), now_ns=now_ns
+    )
+    sealed = seal(envelope, coordinator)
+    return SignedValue.of(sealed.body, sealed.headers).encode()
+
+
+def open_holder(value: bytes, *, keyring: Keyring, key: str, stored_ns: int) -> Holder:
+    """Who a coordinator said holds lease or member key ``key``; ValueError saying why it is foreign otherwise."""
+    opened = _open_coordinators(value, keyring=keyring, stored_ns=stored_ns, kind="event")
+    try:
+        holder = decode_json(opened.envelope.payload, type=Holder)
+    except ValueError as exc:  # MalformedPayload
+        raise ValueError(f"a coordinator's event that names no holder: {exc}") from exc
+    if holder.key != key:
+        raise ValueError(f"the value of {holder.key}, not of {key}")
+    if holder.name != opened.envelope.sender:
+        raise ValueError(f"names {holder.name} as holder, signed by {opened.envelope.sender}")
+    return holder
+
+
+def _open_coordinators(
+    value: bytes, *, keyring: Keyring, stored_ns: int, kind: str, limits: Limits = Limits()
+) -> Opened:
+    """A ``kind`` envelope signed by a key whose role was ``coordinator`` when ``value`` was stored; ValueError."""
+    if not value:
+        raise ValueError("an empty value: nothing anyone signed")
+    try:
+        opened = decode_signed(value).open(keyring=keyring, stored_ns=stored_ns, at_store=True, limits=limits)
+    except (ValueError, VerificationError) as exc:  # msgspec.DecodeError, MalformedPayload
+        raise ValueError(f"not a signed value: {exc}") from exc
+    if opened.grant.role != "coordinator":
+        raise ValueError(f"signed by {opened.envelope.sender}'s {opened.grant.role} key, not a coordinator's")
+    if opened.envelope.kind != kind:
+        raise ValueError(f"a coordinator's {opened.envelope.kind}, not its {kind}")
+    return opened

@@ -103,6 +103,7 @@ from bench.mediated import (
 )
 from trustbus import bus
 from trustbus.agents._coordinator import consumer_name
+from trustbus.bus._records import decode_signed
 
 COORDINATOR_MODULE = "bench._scale_coordinator"
 SETTLE_TIMEOUT_S = 30.0  # after B's last receive, for its inbox consumer to have nothing pending
@@ -154,9 +155,10 @@ async def spread_leases(url: str, tenant: str, names: list[str], partitions: int
             for p in range(partitions):
                 with contextlib.suppress(nats.js.errors.NotFoundError):
                     raw = await js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.partition-{p}")
-                    if raw.data:
-                        name = json.loads(raw.data)["name"]
-                        held[name] = held.get(name, 0) + 1
+                    with contextlib.suppress(ValueError, bus.VerificationError):  # not a coordinator's lease
+                        holder = json.loads(bus.decode_envelope(decode_signed(raw.data or b"").body).payload)
+                        if holder["instance"] is not None:  # else handed back
+                            held[holder["name"]] = held.get(holder["name"], 0) + 1
             if set(held) == set(names) and max(held.values()) <= share:
                 return
             if time.monotonic() > deadline:

@@ -23,6 +23,7 @@ LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:./-]{0,127}\Z"
 INT64_MAX = 2**63 - 1
 
 SCHEMA_VERSION = 1
+MAX_MSG_SIZE = 1024 * 1024  # one stored message at most (the tenant stream's max_msg_size, the server's max_payload)
 
 Kind = Literal["event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint"]
 ContentType = Literal["application/json", "application/msgpack", "text/plain"]

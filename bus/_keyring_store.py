@@ -181,6 +181,12 @@ class KeyringStore:
         """Read what was written since the last read now (for a key registered after the keyring was loaded)."""
         await self.catch_up()
 
+    async def knowing(self, key_id: str) -> Keyring:
+        """The keyring, read again first if ``key_id`` (the signer of something just read) is not in it yet."""
+        if key_id and not self.keyring.knows(key_id):
+            await self.refresh_key(key_id)
+        return self.keyring
+
     async def put(self, signed: SignedGrant) -> int:
         """Write a signed grant under its key id; returns the KV revision."""
         grant = self.keyring.add(_key_of(signed), signed, stored_ns=time.time_ns())

@@ -10,6 +10,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
+from trustbus.bus._envelope import MAX_MSG_SIZE
 from trustbus.bus._errors import ConfigError, TransportError
 from trustbus.bus._seal import DEFAULT_SKEW_NS
 from trustbus.bus._subjects import (
@@ -28,7 +29,6 @@ PARTITIONS_METADATA = "trustbus.partitions"
 # Twice the skew window: within it the server drops a resent id; beyond it the
 # envelope's ts fails the skew check. Together they stop every resend.
 DUPLICATE_WINDOW_S = 2 * DEFAULT_SKEW_NS / 1e9
-MAX_MSG_SIZE = 1024 * 1024
 KV_HISTORY = 64
 
 

@@ -8,11 +8,16 @@ other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import msgspec
 
-from trustbus.bus._payload import check_msgpack, decode_json
+from trustbus.bus._envelope import decode_envelope
+from trustbus.bus._errors import VerificationError
+from trustbus.bus._keyring import Keyring
+from trustbus.bus._payload import MalformedPayload, check_msgpack, decode_json, decode_msgpack
+from trustbus.bus._seal import HEADER_KEY, HEADER_SIG, Limits, Opened, open_envelope
 
 Verdict = Literal["accept", "reject", "hold"]
 
@@ -109,10 +114,53 @@ def decode_effect(payload: bytes) -> EffectRecord:
     return _effect_decoder.decode(payload)
 
 
-class MemoryValue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What the bucket stores under ``<agent>.<key>``."""
+class SignedValue(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A KV value that is a signed envelope: msgpack ``{body: bin, headers: {Tb-Sig, Tb-Key}}``.
 
-    v: int = 1
+    An agent's checkpoint (the envelope it sent), the coordinator's answer to a
+    held call, a memory value, a partition lease: each is opened as of the time
+    the server stored it, and its reader checks signer and key (agents._signed_value).
+    """
+
+    body: bytes
+    headers: dict[str, str]
+
+    @classmethod
+    def of(cls, body: bytes, headers: Mapping[str, str]) -> SignedValue:
+        """The value that keeps ``body`` with its signature headers (and no others)."""
+        return cls(body=body, headers={k: headers.get(k, "") for k in (HEADER_SIG, HEADER_KEY)})
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key that signed it (empty if none is named)."""
+        return self.headers.get(HEADER_KEY, "")
+
+    def encode(self) -> bytes:
+        """The bytes stored in KV."""
+        return _encoder.encode(self)
+
+    def open(self, *, keyring: Keyring, stored_ns: int, at_store: bool = False, limits: Limits = Limits()) -> Opened:
+        """The envelope, verified as of ``stored_ns`` (``at_store``: a component's record, judged at its store time
+        alone, see :func:`bus.open_envelope`); raises VerificationError."""  # noqa: D205, D209
+        return open_envelope(
+            self.body, self.headers, keyring=keyring, received_ns=stored_ns, limits=limits, at_store=at_store
+        )
+
+
+def decode_signed(value: bytes) -> SignedValue:
+    """A stored signed value; msgspec.DecodeError or MalformedPayload if it is not one."""
+    return decode_msgpack(value, type=SignedValue)
+
+
+class MemoryValue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the bucket stores under ``<agent>.<key>``: the msgpack payload of a ``memory_write`` envelope the
+    coordinator signed, kept as a :class:`SignedValue` (docs/WIRE.md, "Values in KV").
+
+    ``key`` is the bucket key it was written to, under the signature: a value copied to another key says so.
+    """  # noqa: D205
+
+    v: int = 2
+    key: str
     value: bytes
     envelope_id: str
     writer: str
@@ -124,14 +172,24 @@ _memory_decoder = msgspec.msgpack.Decoder(MemoryValue)
 
 
 def encode_memory_value(value: MemoryValue) -> bytes:
-    """The bytes stored in the bucket."""
+    """The payload of the coordinator's envelope that stores ``value``."""
     return _encoder.encode(value)
 
 
+def decode_memory_payload(payload: bytes) -> MemoryValue:
+    """Parse the payload of the coordinator's envelope that stores a memory value."""
+    check_msgpack(payload)
+    return _memory_decoder.decode(payload)
+
+
 def decode_memory_value(data: bytes) -> MemoryValue:
-    """Parse a stored value."""
-    check_msgpack(data)
-    return _memory_decoder.decode(data)
+    """What a stored memory value says, **unverified** (signer and key are checked by
+    ``agents._signed_value.open_memory_value``); msgspec.DecodeError or MalformedPayload if it is not one."""  # noqa: D205, D209
+    try:
+        envelope = decode_envelope(decode_signed(data).body)
+    except VerificationError as exc:  # Malformed, UnsupportedVersion: not a ValueError, unlike the rest
+        raise MalformedPayload(f"not a signed memory value: {exc}") from exc
+    return decode_memory_payload(envelope.payload)
 
 
 class MemoryWrite(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

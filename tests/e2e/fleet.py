@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -164,7 +165,8 @@ class Fleet:
 
     async def memory_written(self, agent: str, key: str, envelope_id: str, *, limit_s: float = 30) -> None:
         """Wait until the coordinator has stored the value written by ``envelope_id``."""
-        from trustbus.agents._memory import decode_value, memory_key
+        from trustbus.agents._memory import memory_key
+        from trustbus.bus import decode_memory_value as decode_value
 
         bucket = subjects.memory_bucket(self.tenant)
         sub = await self.nc.jetstream().subscribe(
@@ -172,8 +174,11 @@ class Fleet:
         )
 
         async def follow() -> None:
-            while decode_value((await sub.next_msg(timeout=limit_s)).data).envelope_id != envelope_id:
-                pass
+            while True:
+                data = (await sub.next_msg(timeout=limit_s)).data
+                with contextlib.suppress(ValueError):  # a value no coordinator wrote: not the one awaited
+                    if decode_value(data).envelope_id == envelope_id:
+                        return
 
         try:
             await asyncio.wait_for(follow(), limit_s)

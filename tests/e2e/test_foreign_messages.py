@@ -19,6 +19,7 @@ from pathlib import Path
 from tests.e2e.fleet import Fleet, as_records
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_ledger_service import settled, start_ledger
+from trustbus.agents._signed_value import open_holder
 from trustbus.bus import (
     KeyringStore,
     QuarantineRecord,
@@ -28,6 +29,7 @@ from trustbus.bus import (
     tail,
 )
 from trustbus.bus._rejections import decode_quarantine_payload
+from trustbus.bus._stored import unix_ns
 
 POLICY = {"rules": [{"from": "*", "to": ["*"], "kinds": ["event", "reply"]}]}
 
@@ -146,7 +148,12 @@ async def test_empty_messages_on_every_subject_and_key_are_recorded_once_as_fore
 
     # The lease was written over by its holder, the keyring still verifies the agent, traffic flows.
     lease = await js.get_last_msg(f"KV_{coord}", keys["lease key"])
-    assert json.loads(lease.data or b"{}")["name"] == "coordinator"
+    assert lease.time is not None
+    async with await KeyringStore.open(js, t, follow=False) as keyring:
+        holder = open_holder(
+            lease.data or b"", keyring=keyring.keyring, key="partition-0", stored_ns=unix_ns(lease.time)
+        )
+    assert holder.name == "coordinator"
     await fleet.send(alice, ["counter"], {"n": 3})  # type: ignore[arg-type]
     assert (await _replies(fleet, "alice", 3))[-1] == {"number": 2}
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping
+
+import msgspec
 
 from tests.e2e.fleet import Fleet
 from trustbus.agents._memory import Memory, memory_bucket
-from trustbus.bus import Decision
+from trustbus.agents._signed_value import memory_value
+from trustbus.bus import Bus, Decision, MemoryValue, new_envelope, subjects
 
 POLICY = {"taint": {"on_tainted_memory_write": "quarantine"}, "rules": [{"from": "*", "to": ["*"], "kinds": ["event"]}]}
 
@@ -21,7 +26,7 @@ async def test_memory_writes_are_audited_and_compare_and_set(fleet: Fleet) -> No
     async def send(to: tuple[str, ...], payload: object, *, kind: str) -> object:
         return await propose(to, payload)
 
-    memory = Memory(memory_bucket(scribe, direct=True), "scribe", send)  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", send, keys=scribe.keyring)  # type: ignore[arg-type]
     assert await memory.get("customer") is None
 
     first = await propose(("scribe",), {"key": "customer", "value": {"tier": "gold"}, "expected_revision": 0})
@@ -44,7 +49,7 @@ async def test_memory_writes_are_audited_and_compare_and_set(fleet: Fleet) -> No
     await fleet.memory_written("scribe", "customer", fresh)
     now = await memory.get("customer")
     assert now is not None and now.value == {"tier": "platinum"} and now.envelope_id == fresh
-    bob = Memory(memory_bucket(scribe, direct=True), "bob", send)  # type: ignore[arg-type]
+    bob = Memory(memory_bucket(scribe, direct=True), "bob", send, keys=scribe.keyring)  # type: ignore[arg-type]
     assert await bob.get("customer") is None
 
 
@@ -64,7 +69,7 @@ async def test_memory_write_derived_from_tainted_content_is_quarantined(fleet: F
     record = await fleet.quarantined(lambda r: r.claimed_id == poisoned)
     await fleet.memory_written("scribe", "greeting", clean)
     assert record.reason == "tainted_memory_write"
-    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None)  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None, keys=scribe.keyring)  # type: ignore[arg-type]
     assert await memory.get("refund_account") is None  # memory unchanged
     greeting = await memory.get("greeting")  # legitimate, untainted writes pass without a person
     assert greeting is not None and greeting.value == "hello" and decisions[clean].verdict == "accept"
@@ -83,7 +88,7 @@ async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approv
                              kind="memory_write", correlation_id=page)  # fmt: skip
     [held] = [d for d in await fleet.decisions(lambda ds: len(ds) == 2) if d.envelope_id == write]
     assert held.verdict == "hold"
-    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None)  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None, keys=scribe.keyring)  # type: ignore[arg-type]
     assert await memory.get("address") is None
     rc, _, err = await cli(fleet, "approve", write, "-t", fleet.tenant, "--as", "ops")
     assert rc == 0, err
@@ -115,7 +120,8 @@ async def test_a_held_write_approved_after_the_key_moved_on_is_not_applied_and_t
     assert [d.verdict for d in decisions if d.envelope_id == held] == ["hold", "accept"]
     record = await fleet.quarantined(lambda r: r.claimed_id == held)
     assert record.reason == "stale_revision" and "scribe.address" in record.detail and "not written" in record.detail
-    entry = await Memory(memory_bucket(scribe, direct=True), "scribe", None).get("address")  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None, keys=scribe.keyring)  # type: ignore[arg-type]
+    entry = await memory.get("address")
     assert entry is not None and entry.value == "1 Main St" and entry.envelope_id == direct  # never overwritten
     # The legitimate twin, approved while its expected revision still holds, is applied (the test above).
 
@@ -129,7 +135,7 @@ async def test_rollback_reverts_the_memory_an_incident_wrote_as_a_new_revision_o
     before = await fleet.send(scribe, ["scribe"], {"key": "tier", "value": "silver", "expected_revision": 0},
                               kind="memory_write")  # fmt: skip
     await fleet.memory_written("scribe", "tier", before)
-    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None)  # type: ignore[arg-type]
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None, keys=scribe.keyring)  # type: ignore[arg-type]
     entry = await memory.get("tier")
     assert entry is not None
     write = {"key": "tier", "value": "platinum", "expected_revision": entry.revision}
@@ -185,3 +191,76 @@ async def test_a_value_steered_into_memory_taints_whoever_reads_it_later(fleet: 
     by_taint = {d.effective_taint: d for d in refunds(await fleet.decisions(lambda ds: len(refunds(ds)) == 2))}
     assert by_taint[("web",)].verdict == "hold" and by_taint[("web",)].reasons == ("tainted_high_risk",)
     assert by_taint[()].verdict == "accept"  # the untainted twin needs no person
+
+
+def _recorder(bus: Bus):  # type: ignore[no-untyped-def]
+    """Records a foreign value as an agent's runtime does."""
+
+    async def record(subject: str, revision: int, body: bytes, headers: Mapping[str, str] | None, detail: str) -> None:
+        await bus.record_foreign_value(subject, revision, body, headers, detail=detail)
+
+    return record
+
+
+async def test_memory_values_no_coordinator_signed_for_their_key_are_refused_and_recorded(fleet: Fleet) -> None:
+    """Well-formed values planted in the memory bucket by a connection that may write it (an admin's here)."""
+    await fleet.coordinator(POLICY)
+    scribe = await fleet.bus("scribe")
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None, keys=scribe.keyring,  # type: ignore[arg-type]
+                    on_foreign=_recorder(scribe))  # fmt: skip
+    # The twin: a value the coordinator wrote through the normal path is read.
+    written = await fleet.send(scribe, ["scribe"], {"key": "tier", "value": "silver", "expected_revision": 0},
+                               kind="memory_write")  # fmt: skip
+    await fleet.memory_written("scribe", "tier", written)
+    entry = await memory.get("tier")
+    assert entry is not None and entry.value == "silver" and entry.envelope_id == written
+
+    js, bucket = fleet.nc.jetstream(), subjects.memory_bucket(fleet.tenant)
+    genuine = (await js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.scribe.tier")).data
+    claims = {"value": b'"gold"', "envelope_id": written, "writer": "scribe", "effective_taint": (),
+              "decision_id": written}  # fmt: skip
+    agents_own = MemoryValue(key="scribe.agent_signed", **claims)  # type: ignore[arg-type]
+    planted = {
+        # Well-formed and unsigned, as every value was stored before values were signed.
+        "unsigned": (msgspec.msgpack.encode({"v": 1, **claims}), "not a signed value"),
+        # Signed for this very key, but by an agent's key (the scribe's own).
+        "agent_signed": (
+            memory_value(scribe.identity, "scribe", agents_own, tenant=fleet.tenant, now_ns=time.time_ns()),
+            "agent key, not a coordinator's",
+        ),
+        # The coordinator's own signed value of scribe.tier, copied to another key.
+        "copied": (genuine, "the value of scribe.tier, not of scribe.copied"),
+    }
+    for key, (data, _) in planted.items():
+        await js.publish(f"$KV.{bucket}.scribe.{key}", data)
+    for key, (_, why) in planted.items():
+        read = await memory.get(key)
+        assert read is not None and read.value is None and read.envelope_id == "", (key, read)
+        subject = f"$KV.{bucket}.scribe.{key}"
+        record = await fleet.quarantined(lambda r, s=subject: r.reason == "foreign" and r.subject == s)  # type: ignore[misc]
+        assert why in record.detail, (key, record.detail)
+    again = await memory.get("tier")
+    assert again is not None and again.value == "silver"
+
+
+async def test_a_planted_value_naming_a_pending_write_does_not_make_the_coordinator_skip_it(fleet: Fleet) -> None:
+    """The coordinator reads the current value before its compare-and-set (to skip a write it already applied):
+    a planted value claiming to be the write's is recorded as foreign, and the write is applied."""
+    await fleet.coordinator(POLICY)
+    scribe = await fleet.bus("scribe")
+    js, bucket = fleet.nc.jetstream(), subjects.memory_bucket(fleet.tenant)
+    write = new_envelope(tenant=fleet.tenant, kind="memory_write", sender="scribe", to=("scribe",), payload=b"{}")
+    claims = {"v": 1, "value": b'"planted"', "envelope_id": write.id, "writer": "scribe", "effective_taint": (),
+              "decision_id": write.id}  # fmt: skip
+    revision = (await js.publish(f"$KV.{bucket}.scribe.notes", msgspec.msgpack.encode(claims))).seq
+    payload = {"key": "notes", "value": "genuine", "expected_revision": revision}  # what the agent read: the revision
+    await scribe.send(msgspec.structs.replace(write, payload=json.dumps(payload).encode()))
+    [decision] = await fleet.decisions(lambda ds: len(ds) == 1)
+    assert decision.verdict == "accept"
+    await fleet.memory_written("scribe", "notes", write.id)
+    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None, keys=scribe.keyring)  # type: ignore[arg-type]
+    entry = await memory.get("notes")
+    assert entry is not None and entry.value == "genuine" and entry.revision > revision
+    subject = f"$KV.{bucket}.scribe.notes"
+    record = await fleet.quarantined(lambda r: r.reason == "foreign" and r.subject == subject)
+    assert record.detail.startswith(f"revision {revision}: not a signed value")

@@ -8,6 +8,7 @@ process mediates the partitions it holds a lease on (agents/_partitions.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,16 +22,19 @@ import nats.js.errors
 import pytest
 
 from tests.e2e.fleet import Fleet
+from trustbus.agents._signed_value import holder_value, open_holder
 from trustbus.bus import (
     ConfigError,
     EmbeddedServer,
     KeyDirectory,
+    KeyringStore,
     init_tenant,
     new_envelope,
     provision,
     subjects,
     tenant_partitions,
 )
+from trustbus.bus._stored import unix_ns
 
 PARTITIONS = 4
 OPEN = {"from": "*", "to": ["*"], "kinds": ["event", "reply"]}
@@ -50,17 +54,23 @@ async def fleet(nats_server: EmbeddedServer, tmp_path: Path) -> AsyncIterator[Fl
 
 
 async def holders(fleet: Fleet) -> Counter[str]:
-    """How many partitions each coordinator holds a live lease on, from the lease bucket."""
+    """How many partitions each coordinator holds a live lease on, from the lease bucket (verified, as they read it)."""
     bucket = subjects.coordinator_bucket(fleet.tenant)
+    js = fleet.nc.jetstream()
     held: Counter[str] = Counter()
-    for p in range(PARTITIONS):
-        try:
-            raw = await fleet.nc.jetstream().get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.partition-{p}")
-        except nats.js.errors.NotFoundError:
-            continue
-        assert raw.time is not None
-        if raw.data and time.time() - raw.time.timestamp() < 6:
-            held[json.loads(raw.data)["name"]] += 1
+    async with await KeyringStore.open(js, fleet.tenant, follow=False) as keys:
+        for p in range(PARTITIONS):
+            try:
+                raw = await js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.partition-{p}")
+            except nats.js.errors.NotFoundError:
+                continue
+            assert raw.time is not None
+            if time.time() - raw.time.timestamp() >= 6:
+                continue
+            with contextlib.suppress(ValueError):  # a foreign value: held by no one we know
+                holder = open_holder(raw.data or b"", keyring=keys.keyring, key=f"partition-{p}",
+                                     stored_ns=unix_ns(raw.time))  # fmt: skip
+                held.update([holder.name] if holder.instance is not None else [])
     return held
 
 
@@ -140,6 +150,37 @@ async def test_a_stopped_coordinator_hands_its_partitions_back_at_once(fleet: Fl
     leaving.send_signal(signal.SIGTERM)
     assert await leaving.wait() == 0
     await until_held(fleet, Counter({"coord-a": 4}), limit_s=4)  # well before a lease would expire
+
+
+async def test_forged_leases_and_members_move_no_partition_and_are_recorded(fleet: Fleet) -> None:
+    """Well-formed lease and member values planted in the lease bucket by a connection that may write it (an
+    admin's here): none makes the coordinator drop, hand back or share a partition; each is recorded as foreign
+    and written over. The twin is every other test here: leases as coordinators write them move partitions."""
+    await fleet.key("coord-b", role="coordinator")  # a coordinator that is not running
+    coordinator = await fleet.coordinator({"rules": [OPEN]}, name="coord-a")
+    await until_held(fleet, Counter({"coord-a": 4}))
+    js, bucket = fleet.nc.jetstream(), subjects.coordinator_bucket(fleet.tenant)
+    mallory = await fleet.bus("mallory")
+    coord_as = (await js.get_last_msg(f"KV_{bucket}", f"$KV.{bucket}.partition-1")).data
+    unsigned = json.dumps({"name": "coord-b", "instance": "b1"}).encode()  # as leases were stored before signing
+    planted = {
+        "partition-0": (unsigned, "not a signed value"),
+        "partition-2": (
+            holder_value(mallory.identity, "mallory", "partition-2", "m1", tenant=fleet.tenant, now_ns=time.time_ns()),
+            "agent key, not a coordinator's",
+        ),
+        "partition-3": (coord_as, "the value of partition-1, not of partition-3"),  # coord-a's own, copied
+        "member-coord-b": (unsigned, "not a signed value"),  # would make coord-a share with a coordinator not running
+    }
+    for key, (data, _) in planted.items():
+        await js.publish(f"$KV.{bucket}.{key}", data or b"")
+    for key, (_, why) in planted.items():
+        record = await fleet.quarantined(lambda r, k=key: r.reason == "foreign" and r.subject == f"$KV.{bucket}.{k}")  # type: ignore[misc]
+        assert why in record.detail, (key, record.detail)
+    await asyncio.sleep(3)  # three lease rounds: time for a partition to be dropped or handed back, were it to be
+    await until_held(fleet, Counter({"coord-a": 4}), limit_s=2)  # each forged lease written over by its holder
+    log = (fleet.tmp / f"proc{fleet.procs.index(coordinator)}.err").read_text()
+    assert "lease lost" not in log and "handing a partition back" not in log and "Traceback" not in log
 
 
 async def test_an_envelope_on_another_partition_than_its_correlations_is_refused(fleet: Fleet) -> None:

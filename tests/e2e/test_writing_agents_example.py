@@ -20,8 +20,8 @@ import msgspec
 from tests.e2e.fleet import ROOT, Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
-from trustbus.agents._memory import Memory
-from trustbus.bus import Bucket, Decision, Envelope, decode_envelope, subjects
+from trustbus.agents._memory import Memory, MemoryEntry
+from trustbus.bus import Decision, Envelope, KeyringStore, decode_envelope, subjects
 from trustbus.bus._bucket import NatsBucket
 
 POLICY = {
@@ -35,9 +35,12 @@ AGENT = ("agent", "run", "examples.support_desk:app", "--id", "support", "--tool
 KEY = "refunds-c-42"
 
 
-def _memory(fleet: Fleet) -> Bucket:
-    """The tenant's memory bucket, read with the direct gets an agent is allowed."""
-    return NatsBucket(fleet.nc.jetstream(), subjects.memory_bucket(fleet.tenant), direct=True)
+async def _memory(fleet: Fleet, key: str) -> MemoryEntry | None:
+    """The support desk's ``key``, read with the direct gets an agent is allowed, verified as the agent does."""
+    js = fleet.nc.jetstream()
+    bucket = NatsBucket(js, subjects.memory_bucket(fleet.tenant), direct=True)
+    async with await KeyringStore.open(js, fleet.tenant, follow=False) as keys:
+        return await Memory(bucket, "support", None, keys=keys).get(key)  # type: ignore[arg-type]
 
 
 async def start_desk(fleet: Fleet) -> asyncio.subprocess.Process:
@@ -66,7 +69,7 @@ async def memory_after(fleet: Fleet, instruction: str) -> object:
     [write] = [d for d in await fleet.decisions(proposed) if d.kind == "memory_write" and d.causation_id == instruction]
     assert write.verdict == "accept" and write.reasons == ("memory_write",)
     await fleet.memory_written("support", KEY, write.envelope_id)
-    entry = await Memory(_memory(fleet), "support", None).get(KEY)  # type: ignore[arg-type]
+    entry = await _memory(fleet, KEY)
     assert entry is not None and entry.envelope_id == write.envelope_id
     return entry.value
 
@@ -151,7 +154,7 @@ async def test_support_desk_refunds_remembers_replies_with_cited_effects_and_res
 
     [revert] = [d for d in await fleet.decisions(reverted) if d.kind == "memory_write" and d.sender == "ops"]
     await fleet.memory_written("support", KEY, revert.envelope_id)
-    entry = await Memory(_memory(fleet), "support", None).get(KEY)  # type: ignore[arg-type]
+    entry = await _memory(fleet, KEY)
     assert entry is not None and entry.value == [refund_id] and entry.envelope_id == revert.envelope_id
 
 

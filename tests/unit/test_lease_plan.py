@@ -102,12 +102,14 @@ def test_a_foreign_value_frees_a_lease_only_once_it_is_old() -> None:
     assert not still_held(young, instance="x", revision=None)
 
 
-def test_a_foreign_member_value_counts_by_its_age_as_any() -> None:
-    foreign = Lease(revision=2, name="?", instance=None, age_s=0.1, foreign=True)
+def test_a_foreign_member_value_counts_as_no_one() -> None:
+    # A planted member record would otherwise make every coordinator hand back partitions to no one.
     leases = dict.fromkeys(range(4), FREE)
-    assert plan_leases(leases, members=[member(ME, 0.0), foreign], held=[], name=ME, instance=INSTANCE).share == 2
-    stale = Lease(revision=2, name="?", instance=None, age_s=LEASE_S + 1, foreign=True)
-    assert plan_leases(leases, members=[member(ME, 0.0), stale], held=[], name=ME, instance=INSTANCE).share == 4
+    for age in (0.1, LEASE_S + 1):
+        foreign = Lease(revision=2, name="?", instance=None, age_s=age, foreign=True)
+        assert plan_leases(leases, members=[member(ME, 0.0), foreign], held=[], name=ME, instance=INSTANCE).share == 4
+    other = member("coord-b", 0.1)  # the twin: a live coordinator's own record halves the share
+    assert plan_leases(leases, members=[member(ME, 0.0), other], held=[], name=ME, instance=INSTANCE).share == 2
 
 
 _leases = st.one_of(

@@ -21,6 +21,6 @@ async def test_a_read_the_server_did_not_answer_is_retried_not_quarantined() -> 
     async def send(*args: object, **kwargs: object) -> None:
         raise AssertionError("a read sends nothing")
 
-    memory = Memory(NatsBucket(_Unreachable(), "tb_mem_acme", direct=True), "alice", send)  # type: ignore[arg-type]
+    memory = Memory(NatsBucket(_Unreachable(), "tb_mem_acme", direct=True), "alice", send, keys=None)  # type: ignore[arg-type]
     with pytest.raises(TransientError, match="cannot read memory key 'notes'"):
         await memory.get("notes")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from trustbus.agents._signed_value import memory_value
 from trustbus.bus import (
     Decision,
     EffectRecord,
@@ -28,7 +29,6 @@ from trustbus.bus import (
     decode_memory_value,
     encode_decision,
     encode_effect,
-    encode_memory_value,
     new_envelope,
     open_envelope,
     seal,
@@ -191,13 +191,16 @@ class Operator:
         return self.memory
 
 
-def stored(value: object, envelope_id: str, *, decision_id: str = "d") -> bytes:
-    """A memory value as the coordinator stores it."""
+COORDINATOR = Identity.generate()
+
+
+def stored(value: object, envelope_id: str, *, decision_id: str = "d", key: str = "bank.limit") -> bytes:
+    """A memory value as the coordinator stores it: signed, for its key."""
     written = MemoryValue(
-        value=json.dumps(value).encode(), envelope_id=envelope_id, writer="ops", effective_taint=(),
+        key=key, value=json.dumps(value).encode(), envelope_id=envelope_id, writer="ops", effective_taint=(),
         decision_id=decision_id,
     )  # fmt: skip
-    return encode_memory_value(written)
+    return memory_value(COORDINATOR, "coordinator", written, tenant=TENANT, now_ns=time.time_ns())
 
 
 async def incident() -> tuple[Operator, RollbackPlan]:
