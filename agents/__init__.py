@@ -10,8 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trustbus.agents._approvals import answer, list_held, list_held_requests
     from trustbus.agents._coordinator import Coordinator
-    from trustbus.agents._decision import CoordinatorState, Deferral, decide
+    from trustbus.agents._decision import CoordinatorState, Deferral, decide, instruction_verb
     from trustbus.agents._effects import idempotency_key
     from trustbus.agents._errors import (
         AgentError,
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
         UnknownTool,
     )
     from trustbus.agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
+    from trustbus.agents._process import load_agent, serve_agent, serve_coordinator
+    from trustbus.agents._redecide import redecide
+    from trustbus.agents._reexecute import reexecute
     from trustbus.agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
     from trustbus.agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
 
@@ -48,23 +52,36 @@ __all__ = [
     "ToolRegistryError",
     "Toolbox",
     "UnknownTool",
+    "answer",
     "connect_agent",
     "decide",
     "idempotency_key",
+    "instruction_verb",
+    "list_held",
+    "list_held_requests",
+    "load_agent",
     "load_policy",
     "load_tools",
     "parse_policy",
     "parse_tools",
     "read_checkpoint",
+    "redecide",
+    "reexecute",
     "run_agent",
+    "serve_agent",
+    "serve_coordinator",
 ]
 
 # Where each public name is defined.
 _ORIGINS: dict[str, str] = {
+    "answer": "trustbus.agents._approvals",
+    "list_held": "trustbus.agents._approvals",
+    "list_held_requests": "trustbus.agents._approvals",
     "Coordinator": "trustbus.agents._coordinator",
     "CoordinatorState": "trustbus.agents._decision",
     "Deferral": "trustbus.agents._decision",
     "decide": "trustbus.agents._decision",
+    "instruction_verb": "trustbus.agents._decision",
     "idempotency_key": "trustbus.agents._effects",
     "AgentError": "trustbus.agents._errors",
     "EffectDenied": "trustbus.agents._errors",
@@ -79,6 +96,11 @@ _ORIGINS: dict[str, str] = {
     "Rule": "trustbus.agents._policy",
     "load_policy": "trustbus.agents._policy",
     "parse_policy": "trustbus.agents._policy",
+    "load_agent": "trustbus.agents._process",
+    "serve_agent": "trustbus.agents._process",
+    "serve_coordinator": "trustbus.agents._process",
+    "redecide": "trustbus.agents._redecide",
+    "reexecute": "trustbus.agents._reexecute",
     "Agent": "trustbus.agents._runtime",
     "Context": "trustbus.agents._runtime",
     "Handlers": "trustbus.agents._runtime",
@@ -86,9 +108,9 @@ _ORIGINS: dict[str, str] = {
     "read_checkpoint": "trustbus.agents._runtime",
     "run_agent": "trustbus.agents._runtime",
     "Tool": "trustbus.agents._tools",
-    "Toolbox": "trustbus.agents._tools",
     "ToolImplementation": "trustbus.agents._tools",
     "ToolRegistry": "trustbus.agents._tools",
+    "Toolbox": "trustbus.agents._tools",
     "load_tools": "trustbus.agents._tools",
     "parse_tools": "trustbus.agents._tools",
 }

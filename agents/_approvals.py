@@ -13,11 +13,14 @@ from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._errors import AgentError
 from trustbus.agents._policy import Policy
 from trustbus.bus import (
+    Approval,
+    Decision,
     KeyDirectory,
     KeyringStore,
     NatsSubjectLog,
     VerificationError,
     connect_nats,
+    decode_effect,
     decode_envelope,
     new_envelope,
     seal,
@@ -25,7 +28,6 @@ from trustbus.bus import (
     tenant_jetstream,
     tenant_partitions,
 )
-from trustbus.bus._records import Approval, Decision, decode_effect
 
 POLL_S = 0.1
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from trustbus.bus import Envelope
-from trustbus.bus._records import Decision
+from trustbus.bus import Decision, Envelope
 
 UNKNOWN_CAUSE = "unknown_cause"
 UNSOLICITED_REPLY = "unsolicited_reply"

@@ -40,18 +40,21 @@ from trustbus.agents._memory_writes import MemoryWrites
 from trustbus.agents._policy import Policy
 from trustbus.agents._suspension import Suspensions
 from trustbus.bus import (
+    Approval,
     Bus,
     ConfigError,
     ConsumerSettings,
+    Decision,
     Delivery,
+    EffectRecord,
     Envelope,
     TransientError,
     TransportError,
+    decode_effect,
+    rejection,
+    subject_owner,
     subjects,
 )
-from trustbus.bus._records import Approval, Decision, EffectRecord, decode_effect
-from trustbus.bus._rejections import subject_owner
-from trustbus.bus._transport import rejection
 
 log = logging.getLogger("trustbus.coordinator")
 

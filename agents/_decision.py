@@ -19,9 +19,7 @@ import msgspec
 from trustbus.agents._causes import UNSOLICITED_REPLY, cause_problem, reply_may_reach
 from trustbus.agents._memory import parse_write
 from trustbus.agents._policy import Policy
-from trustbus.bus import Envelope
-from trustbus.bus._payload import MalformedPayload, decode_json
-from trustbus.bus._records import Decision, Dropped, Verdict
+from trustbus.bus import Decision, Dropped, Envelope, MalformedPayload, Verdict, decode_json
 
 EFFECT_RECORDED = "effect_recorded"
 EFFECT_REQUESTED = "effect_requested"  # a high-risk tool call asked about before it runs (agents._effect_asks)

@@ -22,6 +22,7 @@ import msgspec
 from trustbus.agents._decision import CoordinatorState, Deferral, Undo
 from trustbus.agents._policy import Policy
 from trustbus.bus import (
+    HEADER_MSG_ID,
     Conflict,
     Decision,
     Envelope,
@@ -29,12 +30,12 @@ from trustbus.bus import (
     Sealed,
     SubjectLog,
     VerificationError,
+    decode_decision,
+    encode_decision,
     new_envelope,
     new_id,
     open_envelope,
 )
-from trustbus.bus._records import decode_decision, encode_decision
-from trustbus.bus._seal import HEADER_MSG_ID
 
 log = logging.getLogger("trustbus.coordinator")
 

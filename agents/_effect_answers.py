@@ -19,8 +19,17 @@ import msgspec
 
 from trustbus.agents._effect_asks import UntrustedAnswer, answer_key, check_answer
 from trustbus.agents._memory import memory_bucket
-from trustbus.bus import Bus, Envelope, VerificationError, new_envelope, subjects
-from trustbus.bus._records import Decision, SignedValue, decode_signed, encode_decision
+from trustbus.bus import (
+    Bus,
+    Decision,
+    Envelope,
+    SignedValue,
+    VerificationError,
+    decode_signed,
+    encode_decision,
+    new_envelope,
+    subjects,
+)
 
 log = logging.getLogger("trustbus.agent")
 

@@ -31,8 +31,7 @@ from __future__ import annotations
 from trustbus.agents._causes import UNKNOWN_CAUSE
 from trustbus.agents._decision import EFFECT_REQUESTED, CoordinatorState
 from trustbus.agents._policy import Policy
-from trustbus.bus import Envelope, Opened
-from trustbus.bus._records import Decision, EffectRecord, Verdict, decode_decision
+from trustbus.bus import Decision, EffectRecord, Envelope, Opened, Verdict, decode_decision
 
 ANSWER_TOKEN = "effect"
 CAUSE_APPROVED = "cause_approved"

@@ -40,15 +40,17 @@ from trustbus.agents._errors import EffectDenied, EffectError, RuntimeSetupError
 from trustbus.agents._tools import Toolbox
 from trustbus.bus import (
     Bus,
+    EffectRecord,
     Envelope,
     TransportError,
     VerificationError,
+    decode_effect,
     decode_json,
+    encode_effect,
     new_envelope,
     open_envelope,
     subjects,
 )
-from trustbus.bus._records import EffectRecord, decode_effect, encode_effect
 
 log = logging.getLogger("trustbus.agent")
 

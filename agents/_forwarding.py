@@ -20,9 +20,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 
-from trustbus.bus import Bus, ConsumerSettings, Decision, countersign, subjects
-from trustbus.bus._provision import DUPLICATE_WINDOW_S
-from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, HEADER_SIG
+from trustbus.bus import (
+    DUPLICATE_WINDOW_S,
+    HEADER_KEY,
+    HEADER_MSG_ID,
+    HEADER_SIG,
+    Bus,
+    ConsumerSettings,
+    Decision,
+    countersign,
+    subjects,
+)
 
 # Re-forwards younger than this rely on the duplicate window; older ones check the inbox first.
 _DEDUP_SAFE_NS = int(DUPLICATE_WINDOW_S * 1e9 * 0.75)

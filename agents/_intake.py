@@ -30,8 +30,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from trustbus.agents._suspension import SUSPENDED, Suspensions
-from trustbus.bus import Bus, ConsumerSettings, Delivery, TransportError, subjects
-from trustbus.bus._rejections import RejectionLog, subject_owner
+from trustbus.bus import Bus, ConsumerSettings, Delivery, RejectionLog, TransportError, subject_owner, subjects
 
 log = logging.getLogger("trustbus.coordinator")
 

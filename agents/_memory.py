@@ -21,7 +21,7 @@ from trustbus.bus import Envelope, TransientError, TransportError, decode_json, 
 
 if TYPE_CHECKING:  # the pure decide() imports this module: it must not load the transport
     from trustbus.bus import Bucket, Bus, KeyringStore
-from trustbus.bus._records import MemoryWrite, decode_memory_write
+from trustbus.bus import MemoryWrite, decode_memory_write
 
 Sender = Callable[..., Awaitable[Envelope]]
 # Records a value that is not what the key holds: (subject, revision, body, headers, detail).

@@ -39,8 +39,7 @@ from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._lease_plan import LEASE_S, Lease, plan_leases, still_held
 from trustbus.agents._policy import Policy
 from trustbus.agents._signed_value import holder_value, open_holder, signer
-from trustbus.bus import Bus, Conflict, NotFound, Timeout, TransportError, subjects
-from trustbus.bus._signals import unless_stopped
+from trustbus.bus import Bus, Conflict, NotFound, Timeout, TransportError, subjects, unless_stopped
 
 log = logging.getLogger("trustbus.coordinator")
 

@@ -14,8 +14,7 @@ from trustbus.agents._partitions import Partitions
 from trustbus.agents._policy import load_policy
 from trustbus.agents._runtime import Agent, connect_agent, run_agent
 from trustbus.agents._tools import Toolbox, load_tools
-from trustbus.bus import Bus, KeyDirectory, subjects
-from trustbus.bus._signals import stop_on_signals
+from trustbus.bus import Bus, KeyDirectory, stop_on_signals, subjects
 
 log = logging.getLogger("trustbus.coordinator")
 

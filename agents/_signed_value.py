@@ -25,19 +25,22 @@ from typing import Any
 import msgspec
 
 from trustbus.bus import (
+    MAX_MSG_SIZE,
     Identity,
     Keyring,
     Limits,
     MalformedPayload,
     MemoryValue,
     Opened,
+    SignedValue,
     VerificationError,
     decode_json,
+    decode_memory_payload,
+    decode_signed,
+    encode_memory_value,
     new_envelope,
     seal,
 )
-from trustbus.bus._envelope import MAX_MSG_SIZE
-from trustbus.bus._records import SignedValue, decode_memory_payload, decode_signed, encode_memory_value
 
 # A memory value wraps a value that came in an envelope of at most the receive limit: allow it its wrapping.
 _VALUE_LIMITS = Limits(max_bytes=MAX_MSG_SIZE)

@@ -31,8 +31,7 @@ import msgspec
 
 from trustbus.agents._decision import CoordinatorState
 from trustbus.agents._policy import Policy
-from trustbus.bus import Envelope, new_envelope, subjects
-from trustbus.bus._records import Decision
+from trustbus.bus import Decision, Envelope, new_envelope, subjects
 
 SUSPENSION_KIND = "suspension"
 SUSPENDED = "suspended"  # the reason code of what a suspended sender sends

@@ -23,8 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from trustbus.agents._documents import load_document, problem, validation_problems
 from trustbus.agents._errors import ToolRegistryError, UnknownTool
-from trustbus.bus._envelope import LABEL_PATTERN
-from trustbus.bus._subjects import NAME_PATTERN
+from trustbus.bus import LABEL_PATTERN, NAME_PATTERN
 
 EffectClass = Literal["read", "reversible", "irreversible"]
 

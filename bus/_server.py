@@ -52,7 +52,7 @@ def find_server_binary() -> Path:
     )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: on Linux, be sent SIGTERM when the process that started us dies.
 
     Without it a SIGKILLed ``trustbus up`` (or test run) would leave the server running.
@@ -216,7 +216,7 @@ class EmbeddedServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._reader = threading.Thread(
             target=self._read_log, args=(self._process,), name="nats-server-log", daemon=True

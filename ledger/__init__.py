@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from trustbus.ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
     from trustbus.ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
     from trustbus.ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
-    from trustbus.ledger._proofs import CheckedProof, ProofError, check_proof
+    from trustbus.ledger._proofs import CheckedProof, ProofError, check_proof, checked_dict, encode_proof
     from trustbus.ledger._proving import prove_from_bundle, prove_from_stream
     from trustbus.ledger._query import connect, query
     from trustbus.ledger._replay import Incident, Step, build_incident, checkpoint_before, step_dict
@@ -27,50 +27,57 @@ if TYPE_CHECKING:
         verified_effects,
     )
     from trustbus.ledger._rollback_executor import execute_rollback
+    from trustbus.ledger._segments import read_catalogue
+    from trustbus.ledger._service import ServiceSettings, serve_ledger
     from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [
-    "CHAIN_DOMAIN",
-    "GENESIS",
-    "Compensation",
-    "Incident",
-    "RollbackPlan",
-    "compensated_keys",
-    "execute_rollback",
-    "plan_rollback",
-    "verified_effects",
-    "Step",
-    "build_incident",
-    "checkpoint_before",
-    "load_bundle_messages",
-    "load_messages",
-    "step_dict",
     "Break",
     "Bundle",
     "BundleEntry",
     "BundleError",
+    "CHAIN_DOMAIN",
+    "CheckedProof",
+    "Compensation",
+    "GENESIS",
+    "Incident",
     "LedgerError",
     "ProjectionError",
+    "ProofError",
     "QueryError",
+    "RollbackPlan",
     "ServiceError",
-    "connect",
-    "query",
+    "ServiceSettings",
+    "Step",
     "StoredMessage",
     "VerifyReport",
+    "build_incident",
     "chain_hash",
     "chained_headers",
+    "check_proof",
+    "checked_dict",
+    "checkpoint_before",
+    "compensated_keys",
+    "connect",
+    "encode_proof",
+    "execute_rollback",
     "export",
     "export_bundle",
+    "load_bundle_messages",
+    "load_messages",
+    "plan_rollback",
+    "prove_from_bundle",
+    "prove_from_stream",
+    "query",
     "read_bundle",
+    "read_catalogue",
     "read_stream",
+    "serve_ledger",
+    "step_dict",
+    "verified_effects",
     "verify_bundle",
     "verify_messages",
     "verify_stream",
-    "CheckedProof",
-    "ProofError",
-    "check_proof",
-    "prove_from_bundle",
-    "prove_from_stream",
 ]
 
 # Where each public name is defined.
@@ -98,6 +105,8 @@ _ORIGINS: dict[str, str] = {
     "CheckedProof": "trustbus.ledger._proofs",
     "ProofError": "trustbus.ledger._proofs",
     "check_proof": "trustbus.ledger._proofs",
+    "checked_dict": "trustbus.ledger._proofs",
+    "encode_proof": "trustbus.ledger._proofs",
     "prove_from_bundle": "trustbus.ledger._proving",
     "prove_from_stream": "trustbus.ledger._proving",
     "connect": "trustbus.ledger._query",
@@ -110,9 +119,12 @@ _ORIGINS: dict[str, str] = {
     "Compensation": "trustbus.ledger._rollback",
     "RollbackPlan": "trustbus.ledger._rollback",
     "compensated_keys": "trustbus.ledger._rollback",
-    "execute_rollback": "trustbus.ledger._rollback_executor",
     "plan_rollback": "trustbus.ledger._rollback",
     "verified_effects": "trustbus.ledger._rollback",
+    "execute_rollback": "trustbus.ledger._rollback_executor",
+    "read_catalogue": "trustbus.ledger._segments",
+    "ServiceSettings": "trustbus.ledger._service",
+    "serve_ledger": "trustbus.ledger._service",
     "Break": "trustbus.ledger._verify",
     "VerifyReport": "trustbus.ledger._verify",
     "verify_messages": "trustbus.ledger._verify",

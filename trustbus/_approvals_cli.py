@@ -42,7 +42,7 @@ def approvals_list(
     """List held envelopes and tool calls: who sent what to whom, with which taint, why it waits, what it asks."""
     from rich.table import Table
 
-    from trustbus.agents._approvals import list_held_requests
+    from trustbus.agents import list_held_requests
 
     held = run(list_held_requests(servers(server), tenant, nkey_seed=nkey_seed(), reader=reader))
     if json_out:
@@ -60,7 +60,7 @@ def _answer(
     envelope_id: str, tenant: str, operator: str, note: str, server: str, keys: Path | None, json_out: bool, *,
     approve: bool,
 ) -> None:  # fmt: skip
-    from trustbus.agents._approvals import answer
+    from trustbus.agents import answer
 
     decision = run(
         answer(

@@ -81,8 +81,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     import asyncio
 
     from trustbus.agents import AgentError
-    from trustbus.bus import BusError
-    from trustbus.bus._signals import run_then_settle
+    from trustbus.bus import BusError, run_then_settle
     from trustbus.ledger import LedgerError
 
     try:

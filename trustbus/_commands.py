@@ -6,9 +6,7 @@ from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from trustbus.bus import ConfigError, KeyDirectory, TailItem, new_envelope, seal
-from trustbus.bus._envelope import ContentType, Kind
-from trustbus.bus._tenant_stream import TenantStream
+from trustbus.bus import ConfigError, ContentType, KeyDirectory, Kind, TailItem, TenantStream, new_envelope, seal
 
 KINDS = ("event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint")
 CONTENT_TYPES = ("application/json", "application/msgpack", "text/plain")

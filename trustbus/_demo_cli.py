@@ -37,8 +37,7 @@ def demo(
     from rich.console import Console
 
     from trustbus.agents import AgentError
-    from trustbus.bus import BusError
-    from trustbus.bus._signals import run_then_settle
+    from trustbus.bus import BusError, run_then_settle
     from trustbus.demo.fleet import DemoError, Fleet
     from trustbus.demo.scenario import Demo
     from trustbus.ledger import LedgerError

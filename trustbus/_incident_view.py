@@ -15,8 +15,7 @@ if TYPE_CHECKING:
 
 def redecided_rows(incident: Incident, policy_file: Path) -> list[dict[str, Any]]:
     """Every envelope of ``incident`` decided again under the policy in ``policy_file``, beside what was recorded."""
-    from trustbus.agents import Deferral, load_policy
-    from trustbus.agents._redecide import redecide
+    from trustbus.agents import Deferral, load_policy, redecide
 
     sent = [(s.seq, s.stored_ns, s.envelope, s.decisions[0] if s.decisions else None) for s in incident.steps]
     results = redecide(load_policy(policy_file), sent, incident.effects)

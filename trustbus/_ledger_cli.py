@@ -192,8 +192,7 @@ def _reexecuted(
     """Re-run each ``ID=module:attr`` agent on the deliveries the incident recorded for it, from its checkpoint."""
     import asyncio
 
-    from trustbus.agents._process import load_agent
-    from trustbus.agents._reexecute import reexecute
+    from trustbus.agents import load_agent, reexecute
     from trustbus.ledger import checkpoint_before
 
     effects = {record.idempotency_key: record for _, _, _, record in incident.effects}

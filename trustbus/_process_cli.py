@@ -29,7 +29,7 @@ def agent_run(
     ] = None,
 ) -> None:
     """Serve one agent until SIGTERM/SIGINT; prints a JSON ready line when serving."""
-    from trustbus.agents._process import serve_agent
+    from trustbus.agents import serve_agent
 
     run(
         serve_agent(
@@ -58,7 +58,7 @@ def coordinator_run(
     ] = None,
 ) -> None:
     """Mediate every outbox of the tenant until SIGTERM/SIGINT; prints a JSON ready line when serving."""
-    from trustbus.agents._process import serve_coordinator
+    from trustbus.agents import serve_coordinator
 
     run(
         serve_coordinator(

@@ -47,7 +47,7 @@ def ledger_run(
     Prints a JSON ready line when it is reading the stream; resumes after the
     last committed sequence when restarted.
     """
-    from trustbus.ledger._service import ServiceSettings, serve_ledger
+    from trustbus.ledger import ServiceSettings, serve_ledger
 
     def ready() -> None:
         print(json.dumps({"ready": "ledger", "name": name, "tenant": tenant, "data": str(data)}), flush=True)

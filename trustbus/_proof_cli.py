@@ -28,8 +28,7 @@ def prove(
     json_out: JsonOpt = False,
 ) -> None:
     """Write a Merkle proof that `ledger check-proof` verifies alone: one envelope's inclusion, or consistency."""
-    from trustbus.ledger import LedgerError, prove_from_bundle, prove_from_stream
-    from trustbus.ledger._proofs import encode_proof
+    from trustbus.ledger import LedgerError, encode_proof, prove_from_bundle, prove_from_stream
 
     if (seq is None) == (consistency is None) or (tenant is None) == (bundle is None):
         err.print("[red]error:[/red] give --seq N or --consistency OLD NEW, and --tenant T or --bundle DIR")
@@ -62,8 +61,7 @@ def check_proof_file(
     json_out: JsonOpt = False,
 ) -> None:
     """Check a proof file with no server and no bundle; exit 1 if anything in it does not check."""
-    from trustbus.ledger import ProofError, check_proof
-    from trustbus.ledger._proofs import checked_dict
+    from trustbus.ledger import ProofError, check_proof, checked_dict
 
     try:
         checked = check_proof(proof_file.read_bytes(), admin_key=admin_key)

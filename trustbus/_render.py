@@ -15,9 +15,9 @@ from trustbus.bus import (
     TailItem,
     decode_json,
     decode_msgpack,
+    decode_quarantine_payload,
     subjects,
 )
-from trustbus.bus._rejections import decode_quarantine_payload
 
 
 def payload_value(envelope: Envelope) -> Any:

@@ -34,6 +34,10 @@ def test_bus_exports() -> None:
             "HEADER_CKEY", "HEADER_KEY", "HEADER_MSG_ID", "HEADER_SIG", "stop_on_signals",
             "decode_signed_grant", "decode_memory_write", "RejectionSummary", "decode_rejection_summary",
             "encode_rejection_summary", "subject_owner", "summarise", "summary_msg_id",
+            "DUPLICATE_WINDOW_S", "LABEL_PATTERN", "MAX_MSG_SIZE", "MemoryWrite",
+            "NAME_PATTERN", "RejectionLog", "SignedValue", "TenantStream",
+            "decode_memory_payload", "decode_quarantine_payload", "decode_signed", "die_with_parent",
+            "rejection", "run_then_settle", "unless_stopped",
         ]
     )  # fmt: skip
     for name in bus.__all__:
@@ -54,6 +58,9 @@ def test_agents_exports() -> None:
             "read_checkpoint", "run_agent",
             "EffectDenied", "EffectError", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
             "UnknownTool", "idempotency_key", "load_tools", "parse_tools",
+            "answer", "instruction_verb", "list_held", "list_held_requests",
+            "load_agent", "redecide", "reexecute", "serve_agent",
+            "serve_coordinator",
         ]
     )  # fmt: skip
     for name in agents.__all__:
@@ -71,6 +78,8 @@ def test_ledger_exports() -> None:
             "export", "export_bundle", "read_bundle", "read_stream", "verify_bundle", "verify_messages",
             "verify_stream", "ProjectionError", "QueryError", "ServiceError", "connect", "query",
             "CheckedProof", "ProofError", "check_proof", "prove_from_bundle", "prove_from_stream",
+            "ServiceSettings", "checked_dict", "encode_proof", "read_catalogue",
+            "serve_ledger",
         ]
     )  # fmt: skip
     for name in ledger.__all__:

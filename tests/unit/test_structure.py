@@ -198,3 +198,58 @@ def test_lazy_namespace_lists_each_public_name_once_everywhere(package: str) -> 
     assert len(exported) == len(set(exported))
     assert sorted(exported) == sorted([*typed, *eager])
     assert origins == typed
+
+
+def _layer_of(path: Path) -> str:
+    """``bus``, ``agents``, ``ledger`` or ``cli``: the part of the project a file belongs to."""
+    first = path.relative_to(ROOT).parts[0]
+    return first if first in LIBRARY else "cli"
+
+
+def _project_files() -> list[Path]:
+    return [*(path for package in LIBRARY for path in _files(ROOT / package)), *_cli_files()]
+
+
+def test_only_the_bus_speaks_nats() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in _project_files()
+        if _layer_of(path) != "bus"
+        for line, module in imported(path)
+        if module == "nats" or module.startswith("nats.")
+    ]
+    assert found == []
+
+
+def test_no_part_imports_another_parts_private_modules() -> None:
+    """agents, ledger and the command use what bus (and each other) export, never their ``_`` modules."""
+    found = []
+    for path in _project_files():
+        for line, module in imported(path):
+            parts = module.split(".")
+            if len(parts) >= 3 and parts[0] == "trustbus" and parts[1] in LIBRARY and parts[1] != _layer_of(path):
+                if parts[2].startswith("_"):
+                    found.append(f"{path.relative_to(ROOT)}:{line} imports {'.'.join(parts[:3])}")
+    assert found == []
+
+
+def test_bus_imports_neither_agents_nor_ledger() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in _files(ROOT / "bus")
+        for line, module in imported(path)
+        if module.split(".")[:2] in (["trustbus", "agents"], ["trustbus", "ledger"])
+    ]
+    assert found == []
+
+
+def test_agents_and_ledger_do_not_import_each_other() -> None:
+    """They meet in bus types and over the bus; the command wires them where a feature needs both."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for package, other in (("agents", "ledger"), ("ledger", "agents"))
+        for path in _files(ROOT / package)
+        for line, module in imported(path)
+        if module.split(".")[:2] == ["trustbus", other]
+    ]
+    assert found == []

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trustbus.agents import Agent, Context, ToolImplementation
-from trustbus.agents._decision import instruction_verb
+from trustbus.agents import Agent, Context, ToolImplementation, instruction_verb
 from trustbus.demo import model, systems
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from trustbus.bus import (
     KeyDirectory,
+    die_with_parent,
     init_tenant,
     list_keys,
     new_key,
@@ -21,7 +22,6 @@ from trustbus.bus import (
     render_bootstrap_config,
     render_tenant_config,
 )
-from trustbus.bus._server import _die_with_parent
 from trustbus.demo.systems import DIR_ENV, FILES
 
 TENANT = "support"
@@ -105,7 +105,7 @@ class Fleet:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "trustbus", *args],
                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=self.env(), cwd=self.workdir,
-                start_new_session=True, preexec_fn=None if self.detach else _die_with_parent,
+                start_new_session=True, preexec_fn=None if self.detach else die_with_parent,
             )  # fmt: skip
         process = Process(name=name, args=args, popen=popen, out=out, log=log)
         self.processes[name] = process

@@ -14,10 +14,8 @@ import duckdb
 from rich.console import Console
 
 from trustbus._incident_view import incident_tree, redecided_rows
-from trustbus.agents import connect_agent
-from trustbus.agents._approvals import answer, list_held
-from trustbus.bus import Bus, new_envelope
-from trustbus.bus._tenant_stream import TenantStream
+from trustbus.agents import answer, connect_agent, list_held
+from trustbus.bus import Bus, TenantStream, new_envelope
 from trustbus.demo.fleet import TENANT, Fleet
 from trustbus.demo.systems import FILES, STALL_FILE, billing_db
 from trustbus.demo.watch import Watch
@@ -28,11 +26,11 @@ from trustbus.ledger import (
     export,
     load_messages,
     plan_rollback,
+    read_catalogue,
     verified_effects,
     verify_stream,
 )
 from trustbus.ledger import connect as connect_projection
-from trustbus.ledger._segments import read_catalogue
 
 CRASH_ORDER = 1004
 STEP_S = 30.0

@@ -12,13 +12,13 @@ from trustbus.bus import (
     EffectRecord,
     Envelope,
     QuarantineRecord,
+    TenantStream,
     decode_decision,
     decode_effect,
     decode_json,
     decode_quarantine_record,
     subjects,
 )
-from trustbus.bus._tenant_stream import TenantStream
 
 T = TypeVar("T")
 _COLOURS = {"accept": "green", "reject": "red", "hold": "yellow"}
