@@ -108,7 +108,10 @@ async def read_in_order(
             deadline = deadline or time.monotonic() + UNAVAILABLE_S
             if time.monotonic() > deadline:
                 raise TransportError(f"reading {stream} stalled after sequence {reading.position}: {exc}") from exc
-            log.warning("stream unavailable while reading it (leader election?); reading on", extra={"stream": stream})
+            log.warning(
+                "stream or consumer unavailable while reading (a leader election, or the consumer gone); reading on",
+                extra={"stream": stream, "after_seq": reading.position, "error": str(exc)},
+            )
             await asyncio.sleep(next(pauses, PAUSES_S[-1]))
 
 
@@ -159,6 +162,7 @@ class _Reading:
                 self.position = info.delivered.stream_seq if info.delivered else 0
             delivered = 0  # the consumer's number of the last delivery taken
             pending = info.num_pending or 0  # what it had left to deliver after that
+            idle_with_pending = 0
             while not self._finished(pending):
                 began = time.monotonic()
                 try:
@@ -167,14 +171,18 @@ class _Reading:
                     msgs = []
                 if not msgs:
                     info = await sub.consumer_info()
+                    # Handed out and not here (or arriving just now, after the fetch gave up): read them again.
                     if (info.delivered.consumer_seq if info.delivered else 0) > delivered:
                         self._lost(delivered + 1)
                         return
                     pending = info.num_pending or 0
-                    if self._last is not None and pending:
+                    # Stored since the fetch gave up, perhaps; handed out again and still not: stalled.
+                    idle_with_pending = idle_with_pending + 1 if pending else 0
+                    if idle_with_pending > 1:
                         raise _Stalled(f"{pending} messages pending and none handed out")
                     self._quiet_since = self._quiet_since or began
                     continue
+                idle_with_pending = 0
                 self._quiet_since = None
                 taken: list[Msg] = []
                 for msg in msgs:
