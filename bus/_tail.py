@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from trustbus.bus._errors import TransportError, VerificationError
+from trustbus.bus._errors import VerificationError
+from trustbus.bus._in_order import Start, read_in_order
 from trustbus.bus._keyring_store import KeyringStore
 from trustbus.bus._seal import HEADER_KEY, Limits, Opened, SeenIds, open_envelope
 from trustbus.bus._stored import unix_ns
@@ -45,7 +43,9 @@ async def tail(
 ) -> AsyncIterator[TailItem]:
     """Yield every message of the tenant stream (optionally filtered), verified, in stream order.
 
-    An ordered ephemeral consumer reads the stream; nothing is acked or changed.
+    Ephemeral pull consumers read the stream a batch at a time (:func:`bus._in_order.read_in_order`):
+    a caller slower than the stream slows the reading, and no message is skipped.
+    Nothing is acked or changed.
 
     Args:
         js: a JetStream context.
@@ -57,47 +57,37 @@ async def tail(
         new_only: start with the next message stored.
         limits: size and skew limits.
         idle_timeout_s: stop when nothing arrives for this long (None: follow forever).
+
+    Raises:
+        TransportError: the stream cannot be read.
     """
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.ALL)
-    if from_seq is not None:
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=from_seq)
-    elif since_ns is not None:
-        start = datetime.fromtimestamp(since_ns / 1e9, tz=UTC)
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
-    try:
-        sub = await js.subscribe(
-            subject or all_subjects(tenant),
-            stream=stream_name(tenant),
-            ordered_consumer=True,
-            config=config,
-            pending_msgs_limit=4096,
-        )
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        raise TransportError(f"cannot read stream {stream_name(tenant)}: {exc}") from exc
+    start = Start(seq=from_seq, stored_ns=since_ns, new_only=new_only)
+    reading = read_in_order(
+        js, stream_name(tenant), [subject or all_subjects(tenant)], start=start, idle_timeout_s=idle_timeout_s
+    )
+    async with contextlib.aclosing(verified(reading, keyring, tenant, limits)) as items:
+        async for item in items:
+            yield item
+
+
+async def verified(
+    reading: AsyncGenerator[list[Msg], None], keyring: KeyringStore, tenant: str, limits: Limits
+) -> AsyncGenerator[TailItem, None]:
+    """Each message of ``reading`` (batches of the tenant stream, in order), verified; closes ``reading`` when done."""
     # One envelope is forwarded to several inboxes: a replay is the same id twice on one subject.
     seen: dict[str, SeenIds] = {}
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=idle_timeout_s or 3600.0)
-            except TimeoutError:  # nats.errors.TimeoutError is a subclass
-                if idle_timeout_s is not None:
-                    return
-                continue
-            per_subject = seen.setdefault(msg.subject, SeenIds(window_ns=limits.skew_ns))
-            yield await _verify(
-                msg,
-                keyring,
-                limits,
-                per_subject,
-                recipient=mediated_recipient(tenant, msg.subject),
-                at_store=judged_at_store(tenant, msg.subject),
-            )
-    finally:
-        try:
-            await sub.unsubscribe()
-        except (nats.errors.Error, nats.js.errors.Error):
-            pass
+    async with contextlib.aclosing(reading):
+        async for msgs in reading:
+            for msg in msgs:
+                per_subject = seen.setdefault(msg.subject, SeenIds(window_ns=limits.skew_ns))
+                yield await _verify(
+                    msg,
+                    keyring,
+                    limits,
+                    per_subject,
+                    recipient=mediated_recipient(tenant, msg.subject),
+                    at_store=judged_at_store(tenant, msg.subject),
+                )
 
 
 async def _verify(

@@ -32,6 +32,7 @@ from trustbus.bus._durable_reader import DurableReader, DurableSettings
 from trustbus.bus._envelope import Envelope, new_envelope
 from trustbus.bus._errors import BusError, NotFound, TransientError, TransportError, VerificationError
 from trustbus.bus._identity import Identity
+from trustbus.bus._in_order import Start, read_in_order
 from trustbus.bus._keyring_store import KeyringStore
 from trustbus.bus._log import NatsSubjectLog
 from trustbus.bus._provision import tenant_partitions
@@ -42,8 +43,16 @@ from trustbus.bus._rejections import RejectionLog
 from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from trustbus.bus._stored import unix_ns
 from trustbus.bus._stores import Bucket, SubjectLog
-from trustbus.bus._subjects import check_name, judged_at_store, outbox, partition_of, quarantine, stream_name
-from trustbus.bus._tail import tail
+from trustbus.bus._subjects import (
+    all_subjects,
+    check_name,
+    judged_at_store,
+    outbox,
+    partition_of,
+    quarantine,
+    stream_name,
+)
+from trustbus.bus._tail import verified
 from trustbus.bus._translate import NATS_ERRORS, translated, unavailable
 from trustbus.bus._work_queue import WorkQueue, WorkQueueSettings
 
@@ -452,7 +461,7 @@ class Bus:
         Each id keeps its first position, so a replayed copy cannot take it over.
         Only envelopes that verify are remembered, so a forged envelope cannot
         claim a legitimate id in advance. Best effort: a user without the right
-        to create an ordered consumer starts with an empty set (logged).
+        to create a consumer starts with an empty set (logged).
         """
         seen = SeenIds(window_ns=self.limits.skew_ns)
         floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
@@ -460,31 +469,15 @@ class Bus:
         if last == 0:
             return seen
         since = time.time_ns() - 2 * self.limits.skew_ns
-
-        async def read_back(subject: str | None) -> None:
-            async for item in tail(
-                self.js,
-                self.keyring,
-                self.tenant,
-                subject=subject,
-                since_ns=since,
-                limits=self.limits,
-                idle_timeout_s=self._publish_timeout_s,
-            ):
-                if item.stream_seq > last:
-                    break
-                if item.opened is not None and seen.sequence_of(item.opened.envelope.id) is None:
-                    seen.add(item.opened.envelope, item.stream_seq, settled=item.stream_seq <= floor)
-                if item.pending == 0:
-                    break
-
-        # Each filter subject read apart, at once: only this consumer's traffic, not the whole stream.
-        filters: list[str | None] = list(info.config.filter_subjects or []) or [info.config.filter_subject]
+        # Only this consumer's traffic, in stream order, from the window's start through the last delivered.
+        subjects = list(info.config.filter_subjects or []) or [info.config.filter_subject or all_subjects(self.tenant)]
+        reading = read_in_order(self.js, self.stream, subjects, start=Start(stored_ns=since), last=last)
         try:
-            for failed in await asyncio.gather(*(read_back(subject) for subject in filters), return_exceptions=True):
-                if isinstance(failed, BaseException):
-                    raise failed
-        except (BusError, nats.errors.Error, nats.js.errors.Error) as exc:
+            async with contextlib.aclosing(verified(reading, self.keyring, self.tenant, self.limits)) as items:
+                async for item in items:
+                    if item.opened is not None and seen.sequence_of(item.opened.envelope.id) is None:
+                        seen.add(item.opened.envelope, item.stream_seq, settled=item.stream_seq <= floor)
+        except BusError as exc:
             log.warning("could not read back recently accepted ids", extra={"consumer": info.name, "error": str(exc)})
         return seen
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from trustbus.bus import Bus, Identity, new_envelope
 
 TRUSTBUS = [sys.executable, "-m", "trustbus"]
 
@@ -94,6 +97,60 @@ def test_rotation_keeps_old_envelopes_valid_and_new_ones_signed_by_the_new_key(e
         rotated["old"]["key_id"]: True,
         rotated["new"]["key_id"]: False,
     }
+
+
+# Reads tail's lines slowly: a pause after the first few hundred (tail's prints block on the full pipe), another later.
+SLOW_READER = """
+import sys, time
+for n, line in enumerate(sys.stdin, start=1):
+    sys.stdout.write(line)
+    if n in (500, 6_000):
+        time.sleep(1.0)
+"""
+
+
+def test_tail_of_a_large_backlog_into_a_slow_pipe_prints_every_envelope_once(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    backlog = 10_000  # well over the 4,096 messages a push subscription held before it dropped the rest
+    run("init", "--tenant", "backlog", env=env)
+    run("keys", "new", "--tenant", "backlog", "--owner", "alice", env=env)
+    alice = Identity.load(Path(env["TRUSTBUS_KEYS"]) / "backlog" / "alice.seed")
+    sent = asyncio.run(_publish_backlog(env["NATS_URL"], "backlog", alice, backlog))
+
+    with (tmp_path / "tail.err").open("w+") as stderr:
+        tail = subprocess.Popen(
+            [*TRUSTBUS, "tail", "-t", "backlog", "--json", "--idle-timeout", "3"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        assert tail.stdout is not None
+        reader = subprocess.run(
+            [sys.executable, "-c", SLOW_READER], stdin=tail.stdout, capture_output=True, text=True, timeout=90
+        )
+        tail.stdout.close()
+        assert tail.wait(timeout=30) == 0
+        stderr.seek(0)
+        warnings = stderr.read()
+
+    items = [json.loads(line) for line in reader.stdout.splitlines()]
+    seqs = [item["seq"] for item in items]
+    assert seqs == sorted(set(seqs))
+    assert [item["envelope"]["id"] for item in items if item["verified"]] == sent
+    assert "slow consumer" not in warnings.lower()
+
+
+async def _publish_backlog(url: str, tenant: str, sender: Identity, count: int) -> list[str]:
+    """Publish ``count`` small envelopes to ``sender``'s outbox, as alice; their ids in order."""
+    async with await Bus.connect(url, tenant=tenant, name="alice", identity=sender) as bus:
+        ids = []
+        for i in range(count):
+            envelope = new_envelope(tenant=tenant, kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
+            await bus.publish_pipelined(bus.outbox(envelope), bus.seal(envelope))
+            ids.append(envelope.id)
+        await bus.flush(timeout_s=60)
+    return ids
 
 
 def test_envelope_signed_with_a_revoked_key_is_shown_rejected(env: dict[str, str], tmp_path: Path) -> None:
