@@ -122,8 +122,8 @@ class Bus:
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         """Wrap an open connection; use :meth:`connect`."""
-        self.nc = nc
-        self.js = js
+        self._nc = nc
+        self._js = js
         self.keyring = keyring
         self.tenant = tenant
         self.name = name
@@ -223,21 +223,21 @@ class Bus:
 
     def bucket(self, name: str, *, direct: bool = False) -> Bucket:
         """The tenant's KV bucket ``name`` (``direct``: read with direct gets, as agents must)."""
-        return NatsBucket(self.js, name, direct=direct)
+        return NatsBucket(self._js, name, direct=direct)
 
     def log(self, subject: str, *, direct: bool = False) -> SubjectLog:
         """The records of the tenant stream on ``subject`` (``direct``: read with direct gets, as agents must)."""
-        return NatsSubjectLog(self.js, self.nc, self.stream, subject, direct=direct)
+        return NatsSubjectLog(self._js, self._nc, self.stream, subject, direct=direct)
 
     @property
     def connected(self) -> bool:
         """Whether the connection to a server is up now (not lost, reconnecting or closed)."""
-        return bool(self.nc.is_connected)
+        return bool(self._nc.is_connected)
 
     async def consumer_exists(self, durable: str) -> bool:
         """Whether the tenant stream has the durable consumer ``durable``; TransportError if that cannot be told."""
         try:
-            await self.js.consumer_info(self.stream, durable)
+            await self._js.consumer_info(self.stream, durable)
         except NATS_ERRORS as exc:
             error = translated(exc, f"read consumer {durable}")
             if isinstance(error, NotFound):
@@ -248,7 +248,7 @@ class Bus:
     async def allows_direct_gets(self) -> bool:
         """Whether the tenant stream answers direct gets (``allow_direct``); TransportError if it cannot be read."""
         try:
-            info = await self.js.stream_info(self.stream)
+            info = await self._js.stream_info(self.stream)
         except NATS_ERRORS as exc:
             raise translated(exc, f"read stream {self.stream}") from exc
         return bool(info.config.allow_direct)
@@ -259,15 +259,15 @@ class Bus:
 
     def reader(self) -> TenantReader:
         """Read the tenant's whole stream and its keyring over this connection."""
-        return TenantReader(self.js, self.tenant)
+        return TenantReader(self._js, self.tenant)
 
     def durable_reader(self, settings: DurableSettings) -> DurableReader:
         """The tenant stream through the durable consumer named after this component (see :class:`DurableReader`)."""
-        return DurableReader(self.js, self.tenant, self.name, settings, refusals=self.refusals)
+        return DurableReader(self._js, self.tenant, self.name, settings, refusals=self.refusals)
 
     def work_queue(self, stream: str, consumer: str, settings: WorkQueueSettings) -> WorkQueue:
         """The durable consumer ``consumer`` of the work-queue stream ``stream`` (see :class:`WorkQueue`)."""
-        return WorkQueue(self.js, stream, consumer, settings)
+        return WorkQueue(self._js, stream, consumer, settings)
 
     # -- publishing ---------------------------------------------------------
 
@@ -334,7 +334,7 @@ class Bus:
             ack_wait=settings.ack_wait_s,
         )
         try:
-            await self.js.add_consumer(self.stream, config=config)
+            await self._js.add_consumer(self.stream, config=config)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot create consumer {durable}: {exc}") from exc
 
@@ -387,8 +387,8 @@ class Bus:
             screen: asked first about each message's subject; a ``(reason, detail)`` refuses it unverified.
         """
         try:
-            sub = await self.js.pull_subscribe_bind(durable, stream=self.stream)
-            info = await self.js.consumer_info(self.stream, durable)
+            sub = await self._js.pull_subscribe_bind(durable, stream=self.stream)
+            info = await self._js.consumer_info(self.stream, durable)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise TransportError(f"cannot bind consumer {durable}: {exc}") from exc
         if info.config.max_deliver and info.config.max_deliver > 0:
@@ -443,7 +443,7 @@ class Bus:
                 if batch:
                     yield batch
         finally:
-            if rejections is not None and self.nc.is_connected:
+            if rejections is not None and self._nc.is_connected:
                 with contextlib.suppress(TransportError, TimeoutError):
                     await asyncio.wait_for(rejections.flush(), self._publish_timeout_s)
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
@@ -471,7 +471,7 @@ class Bus:
         since = time.time_ns() - 2 * self.limits.skew_ns
         # Only this consumer's traffic, in stream order, from the window's start through the last delivered.
         subjects = list(info.config.filter_subjects or []) or [info.config.filter_subject or all_subjects(self.tenant)]
-        reading = read_in_order(self.js, self.stream, subjects, start=Start(stored_ns=since), last=last)
+        reading = read_in_order(self._js, self.stream, subjects, start=Start(stored_ns=since), last=last)
         try:
             async with contextlib.aclosing(verified(reading, self.keyring, self.tenant, self.limits)) as items:
                 async for item in items:
@@ -607,11 +607,11 @@ class Bus:
         await self._publisher.aclose()
         await self.keyring.aclose()
         self._watch.closing = True
-        if self.nc.is_connected:
+        if self._nc.is_connected:
             with contextlib.suppress(nats.errors.Error):
-                await self.nc.drain()
+                await self._nc.drain()
         with contextlib.suppress(OSError):  # the socket already lost: nothing is left to flush
-            await self.nc.close()
+            await self._nc.close()
 
     async def __aenter__(self) -> Bus:
         return self

@@ -252,8 +252,9 @@ async def test_an_agent_bus_works_through_its_account_and_follows_the_keyring(
         await inbox_consumer(coordinator)
         body, headers = signed(coordinator, "alice")
         await coordinator.js.publish(subjects.inbox(T, "alice"), body, headers=headers)
-        info = await bus.js.consumer_info(STREAM, CONSUMER)
-        sub = await bus.js.pull_subscribe_bind(CONSUMER, stream=STREAM)
+        own = bus._js  # alice's own JetStream context: the API under her account's import prefix
+        info = await own.consumer_info(STREAM, CONSUMER)
+        sub = await own.pull_subscribe_bind(CONSUMER, stream=STREAM)
         fetched = await sub.fetch(info.num_pending, timeout=2)  # what earlier tests left, then ours
         for msg in fetched:
             await msg.ack_sync(timeout=2)
