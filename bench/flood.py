@@ -183,7 +183,7 @@ async def wait_recorded(url: str, from_seq: int) -> tuple[dict[str, Any], float]
             await asyncio.sleep(0.2)  # pacing between asks; no event says "all recorded"
         done_at = time.monotonic()
         while True:
-            messages = await read_stream(bus.TenantReader(js, TENANT), from_seq=from_seq)
+            messages = await read_stream(bus.TenantStream(js, TENANT), from_seq=from_seq)
             forged = [m for m in messages if m.subject == outbox]
             listed: dict[int, str] = {}
             record_bytes = 0

@@ -82,7 +82,6 @@ if TYPE_CHECKING:
         tenant_stream_config,
     )
     from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
-    from trustbus.bus._readers import TenantReader
     from trustbus.bus._records import (
         Approval,
         Checkpoint,
@@ -217,7 +216,6 @@ __all__ = [
     "StoredMessage",
     "SubjectLog",
     "TailItem",
-    "TenantReader",
     "TenantStream",
     "Timeout",
     "TooLarge",
@@ -369,7 +367,7 @@ _ORIGINS: dict[str, str] = {
     "tenant_stream_config": "trustbus.bus._provision",
     "QuarantineRecord": "trustbus.bus._quarantine",
     "decode_quarantine_record": "trustbus.bus._quarantine",
-    "TenantReader": "trustbus.bus._readers",
+    "TenantStream": "trustbus.bus._tenant_stream",
     "Approval": "trustbus.bus._records",
     "Checkpoint": "trustbus.bus._records",
     "Decision": "trustbus.bus._records",
@@ -427,7 +425,6 @@ _ORIGINS: dict[str, str] = {
     "NAME_PATTERN": "trustbus.bus._subjects",
     "TailItem": "trustbus.bus._tail",
     "tail": "trustbus.bus._tail",
-    "TenantStream": "trustbus.bus._tenant_stream",
     "Bus": "trustbus.bus._transport",
     "ConsumerSettings": "trustbus.bus._transport",
     "Delivery": "trustbus.bus._transport",

@@ -1,23 +1,33 @@
-"""An operator's connection to one tenant's stream: publish envelopes someone sealed, follow the stream verified.
+"""One tenant's stream, for a client with no identity of its own: read, follow, publish what someone sealed.
 
-Unlike :class:`~bus.Bus` it has no identity of its own: it authenticates with
-whatever seed the operator gives (``trustbus --nkey``) and publishes envelopes
-sealed by any key at hand, to any subject the server lets it. The CLI's
-``send`` and ``tail`` and the demo's running commentary use it.
+It is read whole or a batch at a time, followed verified, and its keyring read.
+
+The stream is read through ephemeral pull consumers (:func:`bus._in_order.read_in_order`).
+While a cluster elects a leader, asking for the stream's state is retried for up to
+:data:`~bus._publisher.UNAVAILABLE_S` seconds, as reading it is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncGenerator, Sequence
 
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from trustbus.bus._admin import connect_nats
-from trustbus.bus._keyring_store import KeyringStore
-from trustbus.bus._provision import tenant_partitions
+from trustbus.bus._errors import ConfigError, NotFound
+from trustbus.bus._in_order import PAUSES_S, Start, electing, read_in_order
+from trustbus.bus._keyring import Keyring
+from trustbus.bus._keyring_store import KeyringRevision, KeyringStore, read_revisions
+from trustbus.bus._provision import pinned_admin_key, tenant_partitions
+from trustbus.bus._publisher import UNAVAILABLE_S
 from trustbus.bus._seal import Sealed
+from trustbus.bus._stored import StoredMessage, stored_message
 from trustbus.bus._stores import Appended
-from trustbus.bus._subjects import outbox, partition_of, stream_name
+from trustbus.bus._subjects import all_subjects, outbox, partition_of, stream_name
 from trustbus.bus._tail import TailItem, tail
 from trustbus.bus._translate import NATS_ERRORS, translated
 
@@ -25,21 +35,78 @@ PUBLISH_TIMEOUT_S = 5.0
 
 
 class TenantStream:
-    """One plain connection to a tenant's stream; an async context manager.
+    """One tenant's stream: its history and keyring to read, and envelopes sealed by any key to publish.
 
-    Open with :meth:`open`; close with :meth:`aclose`.
+    Publishing is the operator's ``send``: to whatever subjects the server allows the connection.
+
+    Make one over an open JetStream context, or with :meth:`connect` (then use it
+    as an async context manager, or call :meth:`aclose`).
     """
 
-    def __init__(self, nc: NATS, tenant: str) -> None:
-        """Wrap an open connection; use :meth:`open`."""
-        self._nc = nc
-        self._js = nc.jetstream()
+    def __init__(self, js: JetStreamContext, tenant: str, *, owns: Client | None = None) -> None:
+        """Read ``tenant`` through ``js``; ``owns``: a connection to close with the reader."""
+        self._js = js
         self.tenant = tenant
+        self.stream = stream_name(tenant)
+        self._nc = owns
 
     @classmethod
-    async def open(cls, servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None) -> TenantStream:
-        """Connect to ``servers`` (authenticated as ``nkey_seed``'s nkey user when given)."""
-        return cls(await connect_nats(servers, nkey_seed=nkey_seed), tenant)
+    async def connect(cls, servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None) -> TenantStream:
+        """A reader over a connection of its own (see :func:`bus.connect_nats`)."""
+        nc = await connect_nats(servers, nkey_seed=nkey_seed)
+        return cls(nc.jetstream(), tenant, owns=nc)
+
+    async def aclose(self) -> None:
+        """Close the connection the reader made, if it made one."""
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            await nc.close()
+
+    async def __aenter__(self) -> TenantStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence now, asked again while the stream elects a leader (as :meth:`batches`).
+
+        Raises:
+            ConfigError: the tenant is not provisioned.
+            TransportError: the stream cannot be read.
+        """
+        deadline: float | None = None
+        pauses = iter(PAUSES_S)
+        while True:
+            try:
+                return (await self._js.stream_info(self.stream)).state.last_seq
+            except NATS_ERRORS as exc:
+                error = translated(exc, f"read the state of {self.stream}")
+                if isinstance(error, NotFound):
+                    raise ConfigError(f"tenant {self.tenant!r} is not provisioned") from exc
+                deadline = deadline or time.monotonic() + UNAVAILABLE_S
+                if not electing(exc) or time.monotonic() > deadline:
+                    raise error from exc
+                await asyncio.sleep(next(pauses, PAUSES_S[-1]))
+
+    async def batches(
+        self, *, last: int, from_seq: int = 1, only: Sequence[str] = ()
+    ) -> AsyncGenerator[list[StoredMessage], None]:
+        """The messages from ``from_seq`` through ``last``, in order, a fetched batch at a time, none skipped.
+
+        Args:
+            last: the last sequence to read (the stream's last sequence when the read began, say).
+            from_seq: the first sequence.
+            only: read only messages on these subjects (default: all).
+
+        Raises:
+            TransportError: the stream cannot be read, or reading stalled for longer than a leader election.
+        """
+        subjects = list(only) or [all_subjects(self.tenant)]
+        reading = read_in_order(self._js, self.stream, subjects, start=Start(seq=from_seq), last=last)
+        async with contextlib.aclosing(reading):
+            async for msgs in reading:
+                yield [stored_message(msg) for msg in msgs]
 
     async def outbox(self, sender: str, correlation_id: str) -> str:
         """``sender``'s outbox for ``correlation_id``: the partition of that correlation in this tenant."""
@@ -53,15 +120,6 @@ class TenantStream:
         except NATS_ERRORS as exc:
             raise translated(exc, f"publish to {subject}") from exc
         return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
-
-    async def last_seq(self) -> int:
-        """The sequence of the last message stored in the tenant's stream (0 if empty)."""
-        name = stream_name(self.tenant)
-        try:
-            info = await self._js.stream_info(name)
-        except NATS_ERRORS as exc:
-            raise translated(exc, f"read stream {name}") from exc
-        return int(info.state.last_seq)
 
     async def tail(
         self,
@@ -84,12 +142,15 @@ class TenantStream:
             ):
                 yield item
 
-    async def aclose(self) -> None:
-        """Close the connection."""
-        await self._nc.close()
+    async def admin_key(self) -> str:
+        """The admin key id pinned in the tenant's stream (see :func:`bus.pinned_admin_key`)."""
+        return await pinned_admin_key(self._js, self.tenant)
 
-    async def __aenter__(self) -> TenantStream:
-        return self
+    async def keyring_revisions(self) -> list[KeyringRevision]:
+        """Every message of the keyring bucket, oldest first, with its store time (deletes have no value)."""
+        return await read_revisions(self._js, self.tenant)
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    async def keyring(self) -> Keyring:
+        """The tenant's keyring as it stands now (read once, not followed)."""
+        async with await KeyringStore.open(self._js, self.tenant, follow=False) as store:
+            return store.keyring

@@ -38,7 +38,6 @@ from trustbus.bus._log import NatsSubjectLog
 from trustbus.bus._provision import tenant_partitions
 from trustbus.bus._publisher import Publisher
 from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
-from trustbus.bus._readers import TenantReader
 from trustbus.bus._rejections import RejectionLog
 from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Limits, Opened, Sealed, SeenIds, open_envelope, seal
 from trustbus.bus._stored import unix_ns
@@ -53,6 +52,7 @@ from trustbus.bus._subjects import (
     stream_name,
 )
 from trustbus.bus._tail import verified
+from trustbus.bus._tenant_stream import TenantStream
 from trustbus.bus._translate import NATS_ERRORS, translated, unavailable
 from trustbus.bus._work_queue import WorkQueue, WorkQueueSettings
 
@@ -254,12 +254,12 @@ class Bus:
         return bool(info.config.allow_direct)
 
     async def last_seq(self) -> int:
-        """The tenant stream's last sequence now (see :meth:`bus.TenantReader.last_seq`)."""
+        """The tenant stream's last sequence now (see :meth:`bus.TenantStream.last_seq`)."""
         return await self.reader().last_seq()
 
-    def reader(self) -> TenantReader:
+    def reader(self) -> TenantStream:
         """Read the tenant's whole stream and its keyring over this connection."""
-        return TenantReader(self._js, self.tenant)
+        return TenantStream(self._js, self.tenant)
 
     def durable_reader(self, settings: DurableSettings) -> DurableReader:
         """The tenant stream through the durable consumer named after this component (see :class:`DurableReader`)."""

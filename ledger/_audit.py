@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from trustbus.bus import Identity, Keyring, StoredMessage, TenantReader
+from trustbus.bus import Identity, Keyring, StoredMessage, TenantStream
 from trustbus.ledger._anchors import open_checkpoint_file, parse_expectation, stated_head
 from trustbus.ledger._bundle import Bundle, export_bundle, read_bundle, read_stream
 from trustbus.ledger._chain import GENESIS
@@ -35,7 +35,7 @@ async def export(
     nkey_seed: str | None = None,
 ) -> dict[str, object]:
     """Write an audit bundle of the tenant's stream to ``out``, anchored by ``signer`` (a ``ledger`` key)."""
-    async with await TenantReader.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
+    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
         return await export_bundle(reader, out, signer=signer, signer_name=signer_name, from_seq=from_seq)
 
 
@@ -147,7 +147,7 @@ async def load_messages(
     servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None
 ) -> tuple[list[StoredMessage], Keyring]:
     """The tenant's whole stream and keyring, from a live server."""
-    async with await TenantReader.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
+    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
         return await read_stream(reader), await reader.keyring()
 
 

@@ -33,7 +33,7 @@ from trustbus.bus import (
     Keyring,
     KeyringError,
     StoredMessage,
-    TenantReader,
+    TenantStream,
     TransportError,
     VerificationError,
     decode_checkpoint,
@@ -102,7 +102,7 @@ def _keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -
     return keyring
 
 
-async def read_stream(reader: TenantReader, *, from_seq: int = 1) -> list[StoredMessage]:
+async def read_stream(reader: TenantStream, *, from_seq: int = 1) -> list[StoredMessage]:
     """Every message of the tenant's stream from ``from_seq`` to its last sequence when the read began, in order.
 
     Raises:
@@ -120,7 +120,7 @@ async def read_stream(reader: TenantReader, *, from_seq: int = 1) -> list[Stored
     return messages
 
 
-async def read_keyring_revisions(reader: TenantReader) -> list[KeyringRevision]:
+async def read_keyring_revisions(reader: TenantStream) -> list[KeyringRevision]:
     """Every revision of every keyring entry, oldest first, with its store time."""
     return [KeyringRevision(r.key, r.value, r.stored_ns) for r in await reader.keyring_revisions() if r.value]
 
@@ -152,7 +152,7 @@ def partial_start(messages: list[StoredMessage], tenant: str, from_seq: int) -> 
 
 
 async def export_bundle(
-    reader: TenantReader,
+    reader: TenantStream,
     out: Path,
     *,
     signer: Identity,

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from trustbus.bus import Keyring, StoredMessage, TenantReader, subjects
+from trustbus.bus import Keyring, StoredMessage, TenantStream, subjects
 from trustbus.ledger._bundle import KeyringRevision, _keyring_of, read_bundle, read_keyring_revisions
 from trustbus.ledger._proofs import ProofError, ProofFile, prove_consistency, prove_inclusion
 
@@ -53,7 +53,7 @@ async def prove_from_stream(
     every message up to the chosen tree's size, a batch at a time, into the
     proof (on a worker thread, which pulls the batches from this event loop).
     """
-    async with await TenantReader.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
+    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
         admin_key = await reader.admin_key()
         stored = await read_keyring_revisions(reader)
         keyring, revisions = _keyring_of(tenant, admin_key, stored), _pairs(stored)

@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from trustbus.bus import Keyring, Limits, Opened, StoredMessage, TenantReader, VerificationError, subjects
+from trustbus.bus import Keyring, Limits, Opened, StoredMessage, TenantStream, VerificationError, subjects
 from trustbus.ledger._judging import Anchors, Judge, collect_anchors
 from trustbus.ledger._parallel import CHUNK, _open_chunk
 from trustbus.ledger._report import VerifyReport
@@ -105,7 +105,7 @@ async def verify_live(
         limits: size and skew limits.
         workers: threads checking signatures (default: one per core).
     """
-    async with await TenantReader.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
+    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
         keyring = await reader.keyring()
         last = await reader.last_seq()
         anchors = Anchors()

@@ -55,7 +55,7 @@ async def send_one(
         idempotency_key=idempotency_key,
     )
     sealed = seal(envelope, identity)
-    async with await TenantStream.open(servers, tenant, nkey_seed=nkey_seed) as stream:
+    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as stream:
         target = subject or await stream.outbox(sender, envelope.correlation_id)
         stored = await stream.publish(target, sealed)
     return {"id": envelope.id, "subject": target, "seq": stored.seq, "duplicate": stored.duplicate}
@@ -78,7 +78,7 @@ async def tail_stream(
     ``nkey_seed`` authenticates the connection.
     """
     shown = 0
-    async with await TenantStream.open(servers, tenant, nkey_seed=nkey_seed) as stream:
+    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as stream:
         items = stream.tail(subject=subject, from_seq=from_seq, new_only=new_only, idle_timeout_s=idle_timeout_s)
         async with aclosing(items):
             async for item in items:

@@ -13,7 +13,7 @@ from trustbus.agents._approvals import answer
 from trustbus.bus import (
     Decision,
     KeyringStore,
-    TenantReader,
+    TenantStream,
     decode_decision,
     decode_envelope,
     encode_envelope,
@@ -77,7 +77,7 @@ def listed(found: list[tuple[int, RejectionSummary]], *, before: int | None = No
 async def decision_seq(fleet: Fleet, envelope_id: str) -> tuple[int, Decision]:
     """The stream sequence and content of the first decision about ``envelope_id``."""
     await fleet.decisions(lambda ds: any(d.envelope_id == envelope_id for d in ds), limit_s=60)
-    for message in await read_stream(TenantReader(fleet.nc.jetstream(), fleet.tenant)):
+    for message in await read_stream(TenantStream(fleet.nc.jetstream(), fleet.tenant)):
         if subjects.is_decision(fleet.tenant, message.subject):
             decision = decode_decision(decode_envelope(message.body).payload)
             if decision.envelope_id == envelope_id:
@@ -97,7 +97,7 @@ async def test_a_flooding_sender_does_not_delay_another_senders_valid_message(fl
     assert len(listed(found, before=seq)) < stored / 2
     # Every forged envelope is a recorded rejection, listed once, at under 100 bytes of record each.
     assert set(listed(found).values()) == {"bad_signature"}
-    messages = await read_stream(TenantReader(fleet.nc.jetstream(), fleet.tenant))
+    messages = await read_stream(TenantStream(fleet.nc.jetstream(), fleet.tenant))
     async with await KeyringStore.open(fleet.nc.jetstream(), fleet.tenant, follow=False) as keyring:
         report = verify_messages(messages, keyring.keyring, fleet.tenant)
     assert report.ok, report.first_break
@@ -175,7 +175,7 @@ async def test_an_envelope_on_an_outbox_partition_the_tenant_does_not_have_is_a_
     # Its twin on a partition the tenant has is mediated as usual, and not recorded as a stray.
     _, decision = await decision_seq(fleet, mediated)
     assert decision.verdict == "accept"
-    messages = await read_stream(TenantReader(fleet.nc.jetstream(), fleet.tenant))
+    messages = await read_stream(TenantStream(fleet.nc.jetstream(), fleet.tenant))
     mediated_seq = next(m.seq for m in messages if m.subject.endswith(".out.alice.0"))
     assert mediated_seq not in listed(await summaries(fleet, lambda found: True))
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.fleet import ROOT, Fleet
 from tests.e2e.test_ledger_service import settled, start_ledger
-from trustbus.bus import Bus, TenantReader, new_envelope, pinned_admin_key, subjects
+from trustbus.bus import Bus, TenantStream, new_envelope, pinned_admin_key, subjects
 from trustbus.ledger import read_stream
 from trustbus.ledger._merkle import message_leaf_hash, root_of
 from trustbus.ledger._proofs import tree_checkpoints
@@ -53,7 +53,7 @@ async def test_the_service_signs_tree_heads_across_a_restart_and_proofs_check_al
     await settled(fleet, data)
 
     js = fleet.nc.jetstream()
-    messages = await read_stream(TenantReader(js, fleet.tenant))
+    messages = await read_stream(TenantStream(js, fleet.tenant))
     admin = await pinned_admin_key(js, fleet.tenant)
     keyring = (await fleet.bus("reader")).keyring.keyring
     heads = tree_checkpoints(messages, keyring, fleet.tenant)

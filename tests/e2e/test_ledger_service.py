@@ -23,7 +23,7 @@ from tests.e2e.fleet import ROOT, Fleet
 from trustbus.bus import (
     Bus,
     EffectRecord,
-    TenantReader,
+    TenantStream,
     encode_effect,
     new_envelope,
     subjects,
@@ -140,7 +140,7 @@ async def test_projection_survives_sigkill_with_no_duplicate_no_gap_and_a_contin
         last, last, 1, last,
     )  # fmt: skip
     head = GENESIS
-    for m in await read_stream(TenantReader(fleet.nc.jetstream(), fleet.tenant)):
+    for m in await read_stream(TenantStream(fleet.nc.jetstream(), fleet.tenant)):
         head = chain_hash(head, m.seq, m.subject, m.headers, m.body)
     assert one(f"SELECT chain FROM envelopes WHERE seq = {last}", data) == (head.hex(),)
     assert read_catalogue(data).head == head.hex()
@@ -265,7 +265,7 @@ async def assert_exact(fleet: Fleet, data: Path, last: int) -> None:
         last, last, 1, last,
     )  # fmt: skip
     head = GENESIS
-    for m in await read_stream(TenantReader(fleet.nc.jetstream(), fleet.tenant)):
+    for m in await read_stream(TenantStream(fleet.nc.jetstream(), fleet.tenant)):
         head = chain_hash(head, m.seq, m.subject, m.headers, m.body)
     assert read_catalogue(data).head == head.hex() and read_catalogue(data).last_seq == last
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Tenant
 from tests.integration.test_ledger_verify import _history
-from trustbus.bus import TenantReader, decode_checkpoint, decode_envelope, new_envelope, subjects
+from trustbus.bus import TenantStream, decode_checkpoint, decode_envelope, new_envelope, subjects
 from trustbus.ledger import (
     GENESIS,
     BundleEntry,
@@ -80,7 +80,7 @@ async def history(tenant: Tenant, tmp_path: Path) -> Tenant:
 
 async def _export(tenant: Tenant, out: Path, *, from_seq: int = 1) -> Path:
     await export_bundle(
-        TenantReader(tenant.js, tenant.name),
+        TenantStream(tenant.js, tenant.name),
         out,
         signer=tenant.identities["ledger"],
         signer_name="ledger",
@@ -151,7 +151,7 @@ async def test_messages_deleted_and_renumbered_before_the_last_checkpoint_break_
 
 async def test_a_checkpoint_stating_a_sequence_the_run_cannot_check_is_a_break(history: Tenant) -> None:
     """A checkpoint whose sequence has no known head in the run is a break, never skipped and counted."""
-    messages = await read_stream(TenantReader(history.js, history.name))
+    messages = await read_stream(TenantStream(history.js, history.name))
     head = GENESIS
     for m in messages[:5]:
         head = chain_hash(head, m.seq, m.subject, m.headers, m.body)
@@ -159,7 +159,7 @@ async def test_a_checkpoint_stating_a_sequence_the_run_cannot_check_is_a_break(h
     old = checkpoint_envelope(history.name, "ledger", Position(last_seq=5, head=head, count=5))
     stored = (await ledger.publish(subjects.checkpoint(history.name), ledger.seal(old))).seq
     assert (await verify_stream([history.url], history.name, from_seq=10)).ok  # the twin: the head of 5 is known
-    messages = await read_stream(TenantReader(history.js, history.name))
+    messages = await read_stream(TenantStream(history.js, history.name))
     previous = GENESIS
     for m in messages[:9]:
         previous = chain_hash(previous, m.seq, m.subject, m.headers, m.body)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Tenant
-from trustbus.bus import Bus, KeyGrant, TenantReader, new_envelope, sign_grant, subjects
+from trustbus.bus import Bus, KeyGrant, TenantStream, new_envelope, sign_grant, subjects
 from trustbus.ledger import VerifyReport, export_bundle, verify_bundle, verify_stream
 
 
@@ -42,7 +42,7 @@ async def _export(tenant: Tenant, out: Path) -> None:
     """Export the tenant's bundle, its export checkpoint signed by a ledger key."""
     await tenant.add("ledger", role="ledger")
     await export_bundle(
-        TenantReader(tenant.js, tenant.name), out, signer=tenant.identities["ledger"], signer_name="ledger"
+        TenantStream(tenant.js, tenant.name), out, signer=tenant.identities["ledger"], signer_name="ledger"
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 from tests.attacks import flipped_payload_byte
 from tests.conftest import Tenant
 from tests.integration.test_transport import _cast
-from trustbus.bus import ConsumerSettings, TenantReader, new_envelope, subjects
+from trustbus.bus import ConsumerSettings, TenantStream, new_envelope, subjects
 from trustbus.ledger import BundleEntry, export_bundle, read_bundle, verify_bundle, verify_messages, verify_stream
 from trustbus.ledger._bundle import read_stream
 
@@ -111,7 +111,7 @@ async def bundle(tenant: Tenant, tmp_path: Path) -> Path:
     await _history(tenant)
     out = tmp_path / "bundle"
     signer = await tenant.add("ledger", role="ledger")
-    manifest = await export_bundle(TenantReader(tenant.js, tenant.name), out, signer=signer, signer_name="ledger")
+    manifest = await export_bundle(TenantStream(tenant.js, tenant.name), out, signer=signer, signer_name="ledger")
     assert manifest["count"] == manifest["last_seq"]
     return out
 
@@ -186,7 +186,7 @@ async def test_pinned_admin_key_must_match_the_bundle(bundle: Path, tenant: Tena
 
 
 async def test_verification_is_the_same_pure_function_on_stream_and_bundle(tenant: Tenant, bundle: Path) -> None:
-    messages = await read_stream(TenantReader(tenant.js, tenant.name))
+    messages = await read_stream(TenantStream(tenant.js, tenant.name))
     live = verify_messages(messages, read_bundle(bundle).keyring(), tenant.name)
     assert live.ok and live.head.hex() == read_bundle(bundle).manifest["head"]
 
@@ -207,5 +207,5 @@ async def test_a_large_backlog_is_read_whole(tenant: Tenant) -> None:
         env = new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"], payload=b"%d" % i)
         await alice.publish_pipelined(subject, alice.seal(env))
     await alice.flush(timeout_s=120)
-    messages = await read_stream(TenantReader(tenant.js, tenant.name))
+    messages = await read_stream(TenantStream(tenant.js, tenant.name))
     assert [m.seq for m in messages] == list(range(1, 20_001))

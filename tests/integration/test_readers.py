@@ -9,7 +9,7 @@ import pytest
 from nats.js.api import RetentionPolicy
 
 from tests.conftest import Tenant
-from trustbus.bus import ConfigError, DurableSettings, TenantReader, WorkQueueSettings, new_envelope, subjects
+from trustbus.bus import ConfigError, DurableSettings, TenantStream, WorkQueueSettings, new_envelope, subjects
 
 SETTINGS = DurableSettings(batch=8, ack_wait_s=30.0, max_ack_pending=64)
 
@@ -23,7 +23,7 @@ async def _publish(tenant: Tenant, count: int, *, subject: str | None = None) ->
     return seqs
 
 
-async def _all(reader: TenantReader, *, last: int, from_seq: int = 1, only: tuple[str, ...] = ()) -> list[int]:
+async def _all(reader: TenantStream, *, last: int, from_seq: int = 1, only: tuple[str, ...] = ()) -> list[int]:
     return [m.seq async for batch in reader.batches(last=last, from_seq=from_seq, only=only) for m in batch]
 
 
@@ -32,7 +32,7 @@ async def test_batches_run_from_a_sequence_through_the_last_asked_for_and_on_som
 ) -> None:
     seqs = await _publish(tenant, 5)
     checkpoints = await _publish(tenant, 2, subject=subjects.checkpoint(tenant.name))
-    reader = TenantReader(tenant.js, tenant.name)
+    reader = TenantStream(tenant.js, tenant.name)
     last = await reader.last_seq()
     assert last == checkpoints[-1]
     assert await _all(reader, last=last) == list(range(1, last + 1))
@@ -43,14 +43,14 @@ async def test_batches_run_from_a_sequence_through_the_last_asked_for_and_on_som
 
 
 async def test_a_reader_of_a_tenant_never_provisioned_says_so(tenant: Tenant) -> None:
-    async with await TenantReader.connect([tenant.url], f"{tenant.name}nobody") as reader:
+    async with await TenantStream.connect([tenant.url], f"{tenant.name}nobody") as reader:
         with pytest.raises(ConfigError, match="not provisioned"):
             await reader.last_seq()
 
 
 async def test_a_connected_reader_gives_the_keyring_and_the_pinned_admin_key(tenant: Tenant) -> None:
     await tenant.add("alice")
-    async with await TenantReader.connect([tenant.url], tenant.name) as reader:
+    async with await TenantStream.connect([tenant.url], tenant.name) as reader:
         assert await reader.admin_key() == tenant.admin.key_id
         keyring = await reader.keyring()
         assert keyring.resolve(tenant.identities["alice"].key_id).owner == "alice"

@@ -53,7 +53,7 @@ class Demo:
 
     async def run(self) -> dict[str, Any]:
         """Every scene in order, then the summary (as a dict; see :meth:`summary`)."""
-        stream = await TenantStream.open(self.servers, TENANT, nkey_seed=self.fleet.admin_seed)
+        stream = await TenantStream.connect(self.servers, TENANT, nkey_seed=self.fleet.admin_seed)
         desk = await connect_agent(
             self.servers,
             tenant=TENANT,
