@@ -6,8 +6,9 @@ module of the package (or ``trustbus --help``) loads only what that module needs
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trustbus.bus import lazy_names
 
 if TYPE_CHECKING:
     from trustbus.bus import StoredMessage
@@ -132,14 +133,4 @@ _ORIGINS: dict[str, str] = {
 
 # Hidden from the type checker, which reads the imports above: seeing __getattr__, it would take any name for Any.
 if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> Any:
-        """Import the public ``name`` from its module, once."""
-        if name not in _ORIGINS:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(_ORIGINS[name]), name)
-        globals()[name] = value
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), *__all__})
+    __getattr__, __dir__ = lazy_names(globals(), _ORIGINS)

@@ -37,7 +37,7 @@ def test_bus_exports() -> None:
             "DUPLICATE_WINDOW_S", "LABEL_PATTERN", "MAX_MSG_SIZE", "MemoryWrite",
             "NAME_PATTERN", "RejectionLog", "SignedValue",
             "decode_memory_payload", "decode_quarantine_payload", "decode_signed", "die_with_parent",
-            "rejection", "run_then_settle", "unless_stopped",
+            "rejection", "run_then_settle", "unless_stopped", "lazy_names",
         ]
     )  # fmt: skip
     for name in bus.__all__:
