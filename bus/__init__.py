@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     )
     from trustbus.bus._api import tenant_jetstream
     from trustbus.bus._cluster import EmbeddedCluster
+    from trustbus.bus._consumer import ConsumerSettings
+    from trustbus.bus._delivery import Delivery, rejection
     from trustbus.bus._durable_reader import DurableReader, DurableSettings
     from trustbus.bus._envelope import (
         LABEL_PATTERN,
@@ -137,7 +139,7 @@ if TYPE_CHECKING:
     from trustbus.bus._subjects import NAME_PATTERN
     from trustbus.bus._tail import TailItem, tail
     from trustbus.bus._tenant_stream import TenantStream
-    from trustbus.bus._transport import Bus, ConsumerSettings, Delivery, rejection
+    from trustbus.bus._transport import Bus
     from trustbus.bus._work_queue import WorkItem, WorkQueue, WorkQueueSettings
 
 __all__ = [
@@ -300,6 +302,9 @@ _ORIGINS: dict[str, str] = {
     "rotate_key": "trustbus.bus._admin",
     "tenant_jetstream": "trustbus.bus._api",
     "EmbeddedCluster": "trustbus.bus._cluster",
+    "ConsumerSettings": "trustbus.bus._consumer",
+    "Delivery": "trustbus.bus._delivery",
+    "rejection": "trustbus.bus._delivery",
     "DurableReader": "trustbus.bus._durable_reader",
     "DurableSettings": "trustbus.bus._durable_reader",
     "ContentType": "trustbus.bus._envelope",
@@ -427,9 +432,6 @@ _ORIGINS: dict[str, str] = {
     "TailItem": "trustbus.bus._tail",
     "tail": "trustbus.bus._tail",
     "Bus": "trustbus.bus._transport",
-    "ConsumerSettings": "trustbus.bus._transport",
-    "Delivery": "trustbus.bus._transport",
-    "rejection": "trustbus.bus._transport",
     "WorkItem": "trustbus.bus._work_queue",
     "WorkQueue": "trustbus.bus._work_queue",
     "WorkQueueSettings": "trustbus.bus._work_queue",

@@ -6,11 +6,16 @@ within milliseconds (nats-py tries the next server at once and waits
 Long-running processes (agents, the coordinator, the ledger service) never
 give up reconnecting; short commands give up after ``SHORT_RECONNECT_ATTEMPTS``
 tries per server, so an unreachable server is reported within seconds.
+:class:`ConnectionWatch` is the long-running connection's callbacks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import re
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger("trustbus.bus")
 
 RECONNECT_TIME_WAIT_S = 0.5
 SHORT_RECONNECT_ATTEMPTS = 10
@@ -36,3 +41,32 @@ def connect_options(servers: str | Sequence[str], *, long_running: bool) -> dict
         "ping_interval": PING_INTERVAL_S,
         "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
     }
+
+
+_PUBLISH_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
+class ConnectionWatch:
+    """Logs losing and regaining the server (not the disconnect of a deliberate close) and its errors.
+
+    A publish the server refuses (a permissions violation) is only reported here, as an
+    asynchronous error: ``refused`` fails the publishes to that subject at once, instead of
+    letting them time out and be re-sent.
+    """
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.refused: Callable[[str, str], None] | None = None
+
+    async def error(self, exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+        match = _PUBLISH_REFUSED.search(str(exc))
+        if match and self.refused is not None:
+            self.refused(match.group(1), str(exc))
+
+    async def disconnected(self) -> None:
+        if not self.closing:
+            log.warning("disconnected from NATS; reconnecting to any of the given servers")
+
+    async def reconnected(self) -> None:
+        log.warning("reconnected to NATS")

@@ -237,7 +237,7 @@ def test_a_keyring_value_nested_deep_is_a_keyring_error(depth: int) -> None:
 
 
 def test_a_handler_that_cannot_parse_its_payload_quarantines_it_as_malformed_not_handler_error() -> None:
-    from trustbus.bus._transport import rejection
+    from trustbus.bus import rejection
 
     with pytest.raises(MalformedPayload) as caught:
         decode_json(b"{not json")
