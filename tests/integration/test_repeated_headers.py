@@ -24,7 +24,6 @@ from trustbus.bus import (
     new_envelope,
     open_envelope,
     subjects,
-    tail,
 )
 from trustbus.bus._headers import parse_header_lines
 from trustbus.bus._seal import SIGNATURE_DOMAIN
@@ -101,7 +100,7 @@ async def test_an_envelope_with_its_signature_header_sent_twice_is_quarantined_a
     await publish_raw(tenant.url, outbox, list(twin.headers.items()), twin.body)  # each header once: flows
 
     assert await consume_until(reader, "reader", twin.envelope.id) == [twin.envelope.id]
-    stored = await reader.js.get_msg(f"TB_{tenant.name}", 1)  # a message get (email.parser in nats-py) keeps it too
+    stored = await reader.log(outbox).get(1)  # a message get (email.parser in nats-py) keeps it too
     assert (stored.headers or {})["Tb-Sig"].count("\r\n") == 1
     assert (
         await quarantined(tenant, 2) == [("malformed", "repeated Tb-Sig header: a signed header must appear once")] * 2
@@ -139,6 +138,6 @@ async def test_a_delivery_with_a_repeated_countersignature_or_decision_is_refuse
 
     # tail (and so the CLI's tail) reads the stream the same way: refused, malformed.
     items = []
-    async for item in tail(bob.js, bob.keyring, tenant.name, subject=inbox, idle_timeout_s=2):
+    async for item in bob.reader().tail(subject=inbox, idle_timeout_s=2):
         items.append(item)
     assert [item.error.reason if item.error else "ok" for item in items] == ["malformed", "malformed", "ok"]
