@@ -73,8 +73,9 @@ if TYPE_CHECKING:
     from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
     from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
     from trustbus.bus._log import NatsSubjectLog
-    from trustbus.bus._nats_config import AGENT_API_PREFIX, own_account, render_bootstrap_config, render_tenant_config
+    from trustbus.bus._nats_config import own_account, render_bootstrap_config, render_tenant_config
     from trustbus.bus._payload import Bounds, MalformedPayload, decode_json, decode_msgpack
+    from trustbus.bus._permissions import AGENT_API_PREFIX
     from trustbus.bus._provision import (
         DUPLICATE_WINDOW_S,
         ProvisionReport,
@@ -357,7 +358,6 @@ _ORIGINS: dict[str, str] = {
     "KeyringRevision": "trustbus.bus._keyring_store",
     "KeyringStore": "trustbus.bus._keyring_store",
     "NatsSubjectLog": "trustbus.bus._log",
-    "AGENT_API_PREFIX": "trustbus.bus._nats_config",
     "own_account": "trustbus.bus._nats_config",
     "render_bootstrap_config": "trustbus.bus._nats_config",
     "render_tenant_config": "trustbus.bus._nats_config",
@@ -365,6 +365,7 @@ _ORIGINS: dict[str, str] = {
     "MalformedPayload": "trustbus.bus._payload",
     "decode_json": "trustbus.bus._payload",
     "decode_msgpack": "trustbus.bus._payload",
+    "AGENT_API_PREFIX": "trustbus.bus._permissions",
     "DUPLICATE_WINDOW_S": "trustbus.bus._provision",
     "ProvisionReport": "trustbus.bus._provision",
     "pinned_admin_key": "trustbus.bus._provision",

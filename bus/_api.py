@@ -16,7 +16,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from trustbus.bus._nats_config import AGENT_API_PREFIX
+from trustbus.bus._permissions import AGENT_API_PREFIX
 from trustbus.bus._subjects import stream_name
 
 JETSTREAM_NOT_ENABLED = 10039  # the server's err_code for a JetStream API call in an account without JetStream

@@ -3,60 +3,31 @@
 Pure: grants in, nats-server config text out; the same input gives the same
 bytes. Every live key becomes an nkey user of the account named after the
 tenant (the key id is the nkey public key, so one seed both signs envelopes
-and authenticates), with permissions fixed by its role:
-
-- ``admin``: everything; the only user who may delete, purge or update a stream.
-- ``coordinator``: delivers to inboxes and topics, records decisions and
-  approvals, writes agent memory, creates and reads any consumer on the
-  tenant stream.
-- ``ledger``: reads the stream through its own consumer (which it may also
-  delete, to make it anew from its projection's position), publishes checkpoints.
-- ``operator``: publishes approvals and to its own outbox; reads single
-  messages of the stream and memory. An account of its own (below).
-- ``agent``: publishes to its own outbox and effect subjects (and quarantine)
-  only; reads its own inbox consumer, its own memory keys and its own effect
-  records. An account of its own, ``<tenant>:<agent>``, which imports exactly
-  these services from the tenant's account: the server's answers to it (and to
-  an operator) are delivered there, whatever reply subject it names.
-
-Every user may read the keyring the way :class:`bus.KeyringStore` does, and
-every user but the admin is denied the destructive JetStream API calls and
-may subscribe only under its own reply prefix (:func:`bus.subjects.reply_prefix`).
+and authenticates), with permissions fixed by its role (:mod:`bus._permissions`);
+each agent and each operator is the one user of an account of its own,
+``<tenant>:<owner>``, which imports exactly its services from the tenant's account.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from trustbus.bus._errors import ConfigError
 from trustbus.bus._identity import verify_key
 from trustbus.bus._keyring import ADMIN_OWNER, KeyGrant, Role
-from trustbus.bus._subjects import (
-    GIVEN_UP_CONSUMER,
-    all_approvals,
-    all_decisions,
-    all_inboxes,
-    all_topics,
-    check_name,
-    checkpoint,
-    coordinator_bucket,
-    effect,
-    given_up_stream,
-    inbox_consumer,
-    keyring_bucket,
-    memory_bucket,
-    own_outboxes,
-    quarantine,
-    reply_prefix,
-    stream_name,
+from trustbus.bus._permissions import (
+    OWN_ACCOUNT_ROLES,
+    Rule,
+    User,
+    agent_api_subject,
+    keyring_notices,
+    services_of,
+    user_of,
 )
+from trustbus.bus._subjects import check_name, coordinator_bucket, keyring_bucket, memory_bucket, stream_name
 
 SYSTEM_ACCOUNT = "SYS"
-AGENT_API_PREFIX = "$TB.API"  # the tenant's JetStream API, as an agent's account imports it
-_JS_API = "$JS.API"
 _ROLE_ORDER: tuple[Role, ...] = ("admin", "coordinator", "ledger", "operator", "agent")
-_OWN_ACCOUNT_ROLES: tuple[Role, ...] = ("operator", "agent")  # each owner its own account, importing its services
 _INDENT = "  "
 
 _HEADER = """\
@@ -125,33 +96,6 @@ system_account: SYS
 """
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    """One permission subject and why the user needs it."""
-
-    subject: str
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class _User:
-    """One nkey user: who it is and what it may publish and subscribe to."""
-
-    grant: KeyGrant
-    summary: str
-    publish: tuple[_Rule, ...]
-    deny: tuple[_Rule, ...]
-    subscribe: tuple[_Rule, ...]
-
-
-_DENY_DESTRUCTIVE = (
-    _Rule("$JS.API.STREAM.DELETE.>", "delete a stream"),
-    _Rule("$JS.API.STREAM.PURGE.>", "purge a stream"),
-    _Rule("$JS.API.STREAM.UPDATE.>", "reconfigure a stream"),
-    _Rule("$JS.API.STREAM.MSG.DELETE.>", "delete a message (the KV streams have no deny_delete)"),
-)
-
-
 def render_tenant_config(
     tenant: str,
     grants: Sequence[KeyGrant],
@@ -216,10 +160,10 @@ def _render(
     if system_user_nkey is not None:
         verify_key(system_user_nkey)
     live = _live(tenant, grants)
-    users = [_user(tenant, grant) for grant in live if grant.role not in _OWN_ACCOUNT_ROLES]
+    users = [user_of(tenant, grant) for grant in live if grant.role not in OWN_ACCOUNT_ROLES]
     members: dict[str, list[KeyGrant]] = {}
     for grant in live:
-        if grant.role in _OWN_ACCOUNT_ROLES:
+        if grant.role in OWN_ACCOUNT_ROLES:
             owned = members.setdefault(grant.owner, [])
             if owned and owned[0].role != grant.role:
                 raise ConfigError(f"owner {grant.owner!r} has live keys of two roles: {owned[0].role}, {grant.role}")
@@ -277,109 +221,6 @@ def _live(tenant: str, grants: Iterable[KeyGrant]) -> list[KeyGrant]:
     return sorted(live, key=lambda g: (_ROLE_ORDER.index(g.role), g.owner, g.key_id))
 
 
-def _user(tenant: str, grant: KeyGrant) -> _User:
-    owner = grant.owner
-    if grant.role == "admin":
-        return _User(
-            grant=grant,
-            summary=f"{owner} (admin): everything, including deleting, purging and updating streams",
-            publish=(_Rule(">", "every subject, the whole JetStream API included"),),
-            deny=(),
-            subscribe=(_Rule(">", "every subject"),),
-        )
-    if grant.role in _OWN_ACCOUNT_ROLES:
-        summary = (
-            f"{owner} (agent): its own outbox and effect records; its inbox consumer and memory keys"
-            if grant.role == "agent"
-            else f"{owner} (operator): approvals, rollbacks through the coordinator, reads the stream and memory"
-        )
-        return _User(
-            grant=grant,
-            summary=summary,
-            publish=(
-                *(_Rule(agent_api_subject(rule.subject), rule.why) for rule in _services(tenant, grant)),
-                _Rule(
-                    f"{_JS_API}.STREAM.INFO.{stream_name(tenant)}",
-                    "answered by the server in its own account, 'JetStream not enabled': how a client finds "
-                    f"the tenant's API under {AGENT_API_PREFIX}",
-                ),
-            ),
-            deny=_DENY_DESTRUCTIVE,
-            subscribe=(
-                _Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"),
-                _keyring_notices(tenant),
-            ),
-        )
-    if grant.role == "coordinator":
-        summary = f"{owner} (coordinator): the mediator; trusted with every consumer, may not touch a stream"
-        publish = _coordinator(tenant)
-    else:
-        summary = f"{owner} (ledger): reads the stream through its consumer {owner!r}, publishes checkpoints"
-        publish = (
-            _Rule(checkpoint(tenant), "signed ledger checkpoints"),
-            _Rule(quarantine(tenant), "quarantine records for what fails verification or is given up"),
-            *_reader(tenant, owner, may_delete=True),
-            *_own_consumer(given_up_stream(tenant), GIVEN_UP_CONSUMER),
-        )
-    return _User(
-        grant=grant,
-        summary=summary,
-        publish=(*publish, *_keyring_reads(tenant)),
-        deny=_DENY_DESTRUCTIVE,
-        subscribe=(_Rule(f"{reply_prefix(owner)}.>", "replies to its own requests only"), _keyring_notices(tenant)),
-    )
-
-
-def _services(tenant: str, grant: KeyGrant) -> tuple[_Rule, ...]:
-    """What an agent or operator imports from the tenant's account."""
-    return _agent_services(tenant, grant.owner) if grant.role == "agent" else _operator_services(tenant, grant.owner)
-
-
-def _operator_services(tenant: str, operator: str) -> tuple[_Rule, ...]:
-    """What an operator may send: approvals, its own outbox, and reads of the stream, memory and keyring.
-
-    No consumer: it reads the decision log and the stream message by message.
-    """
-    return (
-        _Rule(all_approvals(tenant), "signed approvals (one subject per partition)"),
-        _Rule(own_outboxes(tenant, operator), "its own outbox: a rollback's compensations and memory reverts"),
-        _Rule(f"$JS.API.STREAM.MSG.GET.{stream_name(tenant)}", "read single messages: the decision log"),
-        _Rule(f"$JS.API.STREAM.MSG.GET.KV_{memory_bucket(tenant)}", "read agent memory (what a rollback reverts)"),
-        *_keyring_reads(tenant),
-    )
-
-
-def _agent_services(tenant: str, agent: str) -> tuple[_Rule, ...]:
-    """What an agent may send, each a service its account imports from the tenant's.
-
-    Named as in the tenant's account; its account imports the JetStream API
-    ones under :data:`AGENT_API_PREFIX` (:func:`agent_api_subject`).
-    """
-    stream = stream_name(tenant)
-    consumer = inbox_consumer(agent)
-    memory = memory_bucket(tenant)
-    return (
-        _Rule(own_outboxes(tenant, agent), "its own outbox (per partition): the only way to reach anyone"),
-        _Rule(f"{effect(tenant, agent)}.>", "its runtime's effect records, one subject per idempotency key"),
-        _Rule(quarantine(tenant), "quarantine records for what fails verification"),
-        _Rule(
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
-            "fetch from its inbox consumer, made by the coordinator",
-        ),
-        _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "that consumer's max_deliver and ack floor"),
-        _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack, nak, term or extend its deliveries"),
-        _Rule(
-            f"$JS.API.DIRECT.GET.KV_{memory}.$KV.{memory}.{agent}.>",
-            f"read its own memory keys, {agent}.<key> (a direct get names the key in its subject)",
-        ),
-        _Rule(
-            f"$JS.API.DIRECT.GET.{stream}.{effect(tenant, agent)}.>",
-            "read back its own effect records (has this call completed?), by direct get",
-        ),
-        *_keyring_reads(tenant),
-    )
-
-
 def _export_lines(tenant: str, members: dict[str, list[KeyGrant]], *, depth: int) -> list[str]:
     """The tenant account's exports: each service of an agent or operator, to the accounts that import it only.
 
@@ -391,7 +232,7 @@ def _export_lines(tenant: str, members: dict[str, list[KeyGrant]], *, depth: int
         return []
     services: dict[str, list[str]] = {}
     for owner, grants in members.items():
-        for rule in _services(tenant, grants[0]):
+        for rule in services_of(tenant, grants[0]):
             services.setdefault(rule.subject, []).append(own_account(tenant, owner))
     pad = _INDENT * depth
     lines = [
@@ -402,7 +243,7 @@ def _export_lines(tenant: str, members: dict[str, list[KeyGrant]], *, depth: int
     for subject, accounts in services.items():
         kind = ", response_type: stream" if ".CONSUMER.MSG.NEXT." in subject else ""  # fetched messages
         lines += [f'{pad}{_INDENT}{{ service: "{subject}"{kind}, accounts: {_quoted(accounts)} }}']
-    notices = _keyring_notices(tenant)
+    notices = keyring_notices(tenant)
     everyone = _quoted([own_account(tenant, owner) for owner in members])
     lines += [f'{pad}{_INDENT}{{ stream: "{notices.subject}", accounts: {everyone} }}  # {notices.why}', f"{pad}]"]
     return lines
@@ -424,98 +265,19 @@ def _own_account_lines(tenant: str, owner: str, grants: Sequence[KeyGrant], *, d
         f"{pad}{_INDENT}users = [",
     ]
     for grant in grants:
-        lines += _user_lines(_user(tenant, grant), depth=depth + 2)
+        lines += _user_lines(user_of(tenant, grant), depth=depth + 2)
     lines += [f"{pad}{_INDENT}]", f"{pad}{_INDENT}imports = ["]
-    for rule in _services(tenant, grants[0]):
+    for rule in services_of(tenant, grants[0]):
         local = agent_api_subject(rule.subject)
         to = f', to: "{local}"' if local != rule.subject else ""
         lines += [f'{pad}{_INDENT * 2}{{ service: {{ account: "{tenant}", subject: "{rule.subject}" }}{to} }}']
-    notices = _keyring_notices(tenant).subject
+    notices = keyring_notices(tenant).subject
     lines += [f'{pad}{_INDENT * 2}{{ stream: {{ account: "{tenant}", subject: "{notices}" }} }}']
     lines += [f"{pad}{_INDENT}]", f"{pad}}}"]
     return lines
 
 
-def agent_api_subject(subject: str) -> str:
-    """Where an agent's account imports a tenant subject: the JetStream API under :data:`AGENT_API_PREFIX`.
-
-    An account without JetStream answers ``$JS.API.>`` itself ("JetStream not
-    enabled for account"), ahead of any import under that name.
-    """
-    api = f"{_JS_API}."
-    return f"{AGENT_API_PREFIX}.{subject[len(api) :]}" if subject.startswith(api) else subject
-
-
-def _coordinator(tenant: str) -> tuple[_Rule, ...]:
-    stream = stream_name(tenant)
-    memory = f"KV_{memory_bucket(tenant)}"
-    return (
-        _Rule(all_inboxes(tenant), "deliver mediated envelopes to the agents' inboxes"),
-        _Rule(all_topics(tenant), "deliver to topics"),
-        _Rule(all_decisions(tenant), "record its decisions (one log per partition)"),
-        _Rule(all_approvals(tenant), "approval requests and outcomes"),
-        _Rule(quarantine(tenant), "quarantine records for what fails verification"),
-        _Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "read single messages of the stream"),
-        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.>", "named consumers: its partitions', and its readers of the stream"),
-        _Rule(f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*", "durable consumers, the agents' in-<agent> among them"),
-        _Rule(f"$JS.API.CONSUMER.INFO.{stream}.*", "consumer state"),
-        _Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", "fetch from its pull consumers"),
-        _Rule(f"$JS.ACK.{stream}.>", "ack what it handled"),
-        _Rule(f"$KV.{memory_bucket(tenant)}.>", "write agent memory (after an accepted memory_write)"),
-        _Rule(f"$JS.API.STREAM.INFO.{memory}", "open the memory bucket"),
-        _Rule(f"$JS.API.STREAM.MSG.GET.{memory}", "read memory"),
-        _Rule(f"$JS.API.DIRECT.GET.{memory}.>", "read memory (direct get)"),
-        _Rule(f"$KV.{coordinator_bucket(tenant)}.>", "lease partitions (compare-and-set on their keys)"),
-        _Rule(f"$JS.API.STREAM.INFO.KV_{coordinator_bucket(tenant)}", "open the lease bucket"),
-        _Rule(f"$JS.API.STREAM.MSG.GET.KV_{coordinator_bucket(tenant)}", "read the leases"),
-    )
-
-
-def _reader(tenant: str, consumer: str, *, may_delete: bool) -> tuple[_Rule, ...]:
-    """A ledger's or operator's rights on the stream: single messages, and its own consumer named after it.
-
-    ``may_delete``: it may also delete that consumer (the ledger service makes it
-    anew from its projection's position when the two disagree: docs/LEDGER_PROJECTION.md).
-    """
-    if consumer.startswith("in-"):
-        raise ConfigError(f"owner {consumer!r} could take over an agent's inbox consumer: give it another name")
-    stream = stream_name(tenant)
-    delete = _Rule(
-        f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}", "delete its own consumer, to make it anew from a sequence"
-    )
-    return (
-        _Rule(f"$JS.API.STREAM.MSG.GET.{stream}", "read single messages of the stream"),
-        *((delete,) if may_delete else ()),
-        *_own_consumer(stream, consumer),
-    )
-
-
-def _own_consumer(stream: str, consumer: str) -> tuple[_Rule, ...]:
-    """Create, read and ack the consumer of ``stream`` named ``consumer``."""
-    return (
-        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}", f"create its own consumer of {stream}, by name only"),
-        _Rule(f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>", "... with a filter subject"),
-        _Rule(f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}", "... or as a durable"),
-        _Rule(f"$JS.API.CONSUMER.INFO.{stream}.{consumer}", "its consumer's state"),
-        _Rule(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", "fetch from it"),
-        _Rule(f"$JS.ACK.{stream}.{consumer}.>", "ack what it read"),
-    )
-
-
-def _keyring_reads(tenant: str) -> tuple[_Rule, ...]:
-    """What :class:`bus.KeyringStore` (and so ``Bus.connect``) needs to load the keyring, read-only, no consumer."""
-    return (
-        _Rule(f"$JS.API.STREAM.INFO.{stream_name(tenant)}", "the admin key pinned in the stream: the trust anchor"),
-        _Rule(f"$JS.API.STREAM.MSG.GET.KV_{keyring_bucket(tenant)}", "read the keyring, message by message"),
-    )
-
-
-def _keyring_notices(tenant: str) -> _Rule:
-    """Where keyring writes are heard: a notice to read the keyring again (revocations take effect at once)."""
-    return _Rule(f"$KV.{keyring_bucket(tenant)}.>", "keyring writes: a notice to read the keyring again")
-
-
-def _user_lines(user: _User, *, depth: int) -> list[str]:
+def _user_lines(user: User, *, depth: int) -> list[str]:
     pad = _INDENT * depth
     lines = [f"{pad}# {user.summary}", f"{pad}{{", f"{pad}{_INDENT}nkey: {user.grant.key_id}"]
     lines += [f"{pad}{_INDENT}permissions: {{", f"{pad}{_INDENT * 2}publish: {{"]
@@ -528,7 +290,7 @@ def _user_lines(user: _User, *, depth: int) -> list[str]:
     return lines
 
 
-def _list_lines(key: str, rules: Sequence[_Rule], *, depth: int) -> list[str]:
+def _list_lines(key: str, rules: Sequence[Rule], *, depth: int) -> list[str]:
     pad = _INDENT * depth
     width = max(len(rule.subject) for rule in rules) + 2
     quoted = [f'"{rule.subject}"' for rule in rules]

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from trustbus.bus._errors import ServerError
 from trustbus.bus._identity import Identity
-from trustbus.bus._nats_config import AGENT_API_PREFIX
+from trustbus.bus._permissions import AGENT_API_PREFIX
 from trustbus.bus._subjects import reply_prefix, stream_name
 
 _PROBE_TIMEOUT_S = 1.0
