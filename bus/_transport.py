@@ -190,6 +190,11 @@ class Bus:
         """Whether the connection to a server is up now (not lost, reconnecting or closed)."""
         return bool(self._nc.is_connected)
 
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection was re-established (to this server or another of the cluster)."""
+        return int(self._nc.stats["reconnects"])
+
     async def consumer_exists(self, durable: str) -> bool:
         """Whether the tenant stream has the durable consumer ``durable``; TransportError if that cannot be told."""
         try:
