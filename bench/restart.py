@@ -1,0 +1,146 @@
+"""Restart benchmark: how long a coordinator takes to read its decision log back, one get per record or in batches.
+
+Run: ``python bench/restart.py [--decisions N ...] [--json]``.
+
+One ``bus.EmbeddedServer(port=0)`` (temporary store dir), one provisioned
+tenant. The long log is written directly, not driven through a coordinator
+(that would take hours at 100,000): a ``Bus`` connected with a key of the
+``coordinator`` role signs ``N`` decision records exactly as the coordinator
+does (``decision_record``: accepted events from ``alice`` to ``bob``, ten per
+correlation) and appends them to partition 0's decision log in atomic batches
+of 1,000 (``SubjectLog.append_batch``, as ``DecisionLog.append_applied``
+stores a group). Then ``DecisionLog.catch_up`` reads the whole log back into a
+fresh state (in this process, verifying every record as a restarting
+coordinator does), once through ``Bus.log(subject)`` (one get per record, how
+the coordinator read it before) and once through ``Bus.log(subject,
+in_batches=True)`` (an ephemeral pull consumer, a fetch per 1,000 records, how
+it reads it now). Printed for each ``N`` (default 10,000 and 100,000): seconds
+and decisions/s of each read, and whether both folded the same state. With
+``--json`` the last line of stdout is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import nats
+
+from trustbus import bus
+from trustbus.agents import parse_policy
+from trustbus.agents._decision_log import DecisionLog, decision_record
+
+TENANT = "bench"
+PER_CORRELATION = 10
+BATCH = 1000
+POLICY = parse_policy({"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]})
+
+
+def decision_about(cause: bus.Envelope, seq: int, now_ns: int) -> bus.Decision:
+    """An accepted delivery of ``cause`` to bob."""
+    return bus.Decision(
+        envelope_id=cause.id,
+        source_seq=seq,
+        sender=cause.sender,
+        kind=cause.kind,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.causation_id,
+        verdict="accept",
+        reasons=(),
+        deliver_to=("bob",),
+        dropped=(),
+        hop=cause.hop,
+        declared_taint=(),
+        effective_taint=(),
+        decided_ns=now_ns,
+    )
+
+
+async def write_decisions(coordinator: bus.Bus, log: bus.SubjectLog, count: int) -> None:
+    """Append ``count`` decision records signed by ``coordinator`` to ``log``, ``BATCH`` at a time."""
+    last = 0
+    correlation = bus.new_id()
+    for start in range(0, count, BATCH):
+        records = []
+        for index in range(start, min(start + BATCH, count)):
+            if index % PER_CORRELATION == 0:
+                correlation = bus.new_id()
+            cause = bus.new_envelope(
+                tenant=TENANT, kind="event", sender="alice", to=["bob"], correlation_id=correlation, payload=b"x"
+            )
+            _, _, sealed = decision_record(coordinator, cause, decision_about(cause, index + 1, coordinator.clock()))
+            records.append((sealed.body, dict(sealed.headers)))
+        last = await log.append_batch(records, after=last, batch_id=bus.new_id())
+
+
+async def timed_catch_up(log: bus.SubjectLog, keyring: bus.Keyring) -> tuple[float, DecisionLog]:
+    """Seconds one :meth:`DecisionLog.catch_up` over ``log`` takes from an empty state, and what it read."""
+    decisions = DecisionLog(log, keyring, POLICY)
+    start = time.perf_counter()
+    await decisions.catch_up()
+    return time.perf_counter() - start, decisions
+
+
+async def measure(count: int) -> dict[str, Any]:
+    """Write ``count`` decisions to a fresh server and time both reads of them."""
+    with bus.EmbeddedServer(port=0) as server:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        admin, key = bus.Identity.generate(), bus.Identity.generate()
+        await bus.provision(js, TENANT, admin_key_id=admin.key_id)
+        async with await bus.KeyringStore.open(js, TENANT) as keyring:
+            valid_from = time.time_ns() - 3600 * 10**9
+            await keyring.grant(admin, key_id=admin.key_id, owner="admin", role="admin", valid_from=valid_from)
+            await keyring.grant(admin, key_id=key.key_id, owner="c1", role="coordinator", valid_from=valid_from)
+            async with await bus.Bus.connect(server.url, tenant=TENANT, name="c1", identity=key) as coordinator:
+                subject = bus.subjects.decision(TENANT, 0)
+                start = time.perf_counter()
+                await write_decisions(coordinator, coordinator.log(subject), count)
+                write_s = time.perf_counter() - start
+                ring = coordinator.keyring.keyring
+                one_by_one_s, old = await timed_catch_up(coordinator.log(subject), ring)
+                batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
+        await nc.close()
+    return {
+        "decisions": count,
+        "write_s": round(write_s, 2),
+        "one_by_one_s": round(one_by_one_s, 2),
+        "one_by_one_per_s": round(count / one_by_one_s),
+        "batched_s": round(batched_s, 2),
+        "batched_per_s": round(count / batched_s),
+        "speedup": round(one_by_one_s / batched_s, 1),
+        "same_state": old.state.last_seq == new.state.last_seq
+        and old.decision_ids == new.decision_ids
+        and len(old.state.decided) == len(new.state.decided) == count,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--decisions", type=int, nargs="+", default=[10_000, 100_000], help="decision log lengths to time"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object as the last line of stdout")
+    args = parser.parse_args()
+    out = sys.stderr if args.json else sys.stdout
+    results = []
+    for count in args.decisions:
+        result = asyncio.run(measure(count))
+        results.append(result)
+        print(
+            f"{count:>9,} decisions: one get per record {result['one_by_one_s']:7.2f} s "
+            f"({result['one_by_one_per_s']:,}/s), in batches {result['batched_s']:6.2f} s "
+            f"({result['batched_per_s']:,}/s), x{result['speedup']}, same state: {result['same_state']} "
+            f"(written in {result['write_s']} s)",
+            file=out,
+        )
+    if args.json:
+        print(json.dumps({"runs": results}))
+
+
+if __name__ == "__main__":
+    main()
