@@ -14,9 +14,13 @@ fresh state (in this process, verifying every record as a restarting
 coordinator does), once through ``Bus.log(subject)`` (one get per record, how
 the coordinator read it before) and once through ``Bus.log(subject,
 in_batches=True)`` (an ephemeral pull consumer, a fetch per 1,000 records, how
-it reads it now). Printed for each ``N`` (default 10,000 and 100,000): seconds
-and decisions/s of each read, and whether both folded the same state. With
-``--json`` the last line of stdout is one JSON object with every figure.
+it reads it now). With ``--process``, a coordinator process is then started
+over the same log (``python -m trustbus coordinator run``, every partition
+its own) and timed from its start to its JSON ready line, which it prints once
+it has caught up on its partitions' decisions. Printed for each ``N`` (default
+10,000 and 100,000): seconds and decisions/s of each read, whether both folded
+the same state, and the process's start to ready. With ``--json`` the last line
+of stdout is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
-
-import nats
 
 from trustbus import bus
 from trustbus.agents import parse_policy
@@ -37,7 +42,9 @@ from trustbus.agents._decision_log import DecisionLog, decision_record
 TENANT = "bench"
 PER_CORRELATION = 10
 BATCH = 1000
-POLICY = parse_policy({"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]})
+RULES = {"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]}
+POLICY = parse_policy(RULES)
+READY_S = 600.0
 
 
 def decision_about(cause: bus.Envelope, seq: int, now_ns: int) -> bus.Decision:
@@ -85,26 +92,22 @@ async def timed_catch_up(log: bus.SubjectLog, keyring: bus.Keyring) -> tuple[flo
     return time.perf_counter() - start, decisions
 
 
-async def measure(count: int) -> dict[str, Any]:
-    """Write ``count`` decisions to a fresh server and time both reads of them."""
-    with bus.EmbeddedServer(port=0) as server:
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        admin, key = bus.Identity.generate(), bus.Identity.generate()
-        await bus.provision(js, TENANT, admin_key_id=admin.key_id)
-        async with await bus.KeyringStore.open(js, TENANT) as keyring:
-            valid_from = time.time_ns() - 3600 * 10**9
-            await keyring.grant(admin, key_id=admin.key_id, owner="admin", role="admin", valid_from=valid_from)
-            await keyring.grant(admin, key_id=key.key_id, owner="c1", role="coordinator", valid_from=valid_from)
-            async with await bus.Bus.connect(server.url, tenant=TENANT, name="c1", identity=key) as coordinator:
-                subject = bus.subjects.decision(TENANT, 0)
-                start = time.perf_counter()
-                await write_decisions(coordinator, coordinator.log(subject), count)
-                write_s = time.perf_counter() - start
-                ring = coordinator.keyring.keyring
-                one_by_one_s, old = await timed_catch_up(coordinator.log(subject), ring)
-                batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
-        await nc.close()
+async def measure(count: int, *, process: bool) -> dict[str, Any]:
+    """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start)."""
+    with bus.EmbeddedServer(port=0) as server, tempfile.TemporaryDirectory() as tmp:
+        keys = bus.KeyDirectory(Path(tmp) / "keys")
+        await bus.init_tenant([server.url], TENANT, keys=keys)
+        await bus.new_key([server.url], TENANT, "c1", role="coordinator", keys=keys)
+        identity = keys.load(TENANT, "c1")
+        async with await bus.Bus.connect(server.url, tenant=TENANT, name="c1", identity=identity) as coordinator:
+            subject = bus.subjects.decision(TENANT, 0)
+            start = time.perf_counter()
+            await write_decisions(coordinator, coordinator.log(subject), count)
+            write_s = time.perf_counter() - start
+            ring = coordinator.keyring.keyring
+            one_by_one_s, old = await timed_catch_up(coordinator.log(subject), ring)
+            batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
+        ready_s = await coordinator_ready_s(server.url, keys, Path(tmp)) if process else None
     return {
         "decisions": count,
         "write_s": round(write_s, 2),
@@ -116,7 +119,35 @@ async def measure(count: int) -> dict[str, Any]:
         "same_state": old.state.last_seq == new.state.last_seq
         and old.decision_ids == new.decision_ids
         and len(old.state.decided) == len(new.state.decided) == count,
+        "process_ready_s": None if ready_s is None else round(ready_s, 2),
     }
+
+
+async def coordinator_ready_s(url: str, keys: bus.KeyDirectory, tmp: Path) -> float:
+    """Seconds from starting ``trustbus coordinator run`` as c1 to its ready line; then it is stopped."""
+    policy = tmp / "policy.yaml"
+    policy.write_text(json.dumps(RULES))  # JSON is YAML
+    env = {**os.environ, "NATS_URL": url, "TRUSTBUS_KEYS": str(keys.root)}
+    args = ("coordinator", "run", "-t", TENANT, "--policy", str(policy), "--name", "c1")
+    errors_file = tmp / "coordinator.err"
+    errors = errors_file.open("wb")
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trustbus", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=errors
+    )
+    errors.close()
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), READY_S)
+        ready_s = time.perf_counter() - start
+        if b'"ready"' not in line:
+            exit_code = await proc.wait()
+            raise RuntimeError(f"the coordinator exited (exit {exit_code}): {errors_file.read_text()[-2000:]}")
+        return ready_s
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
 
 
 def main() -> None:
@@ -124,18 +155,24 @@ def main() -> None:
     parser.add_argument(
         "--decisions", type=int, nargs="+", default=[10_000, 100_000], help="decision log lengths to time"
     )
+    parser.add_argument("--process", action="store_true", help="also time a coordinator process's start to ready")
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line of stdout")
     args = parser.parse_args()
     out = sys.stderr if args.json else sys.stdout
     results = []
     for count in args.decisions:
-        result = asyncio.run(measure(count))
+        result = asyncio.run(measure(count, process=args.process))
         results.append(result)
         print(
             f"{count:>9,} decisions: one get per record {result['one_by_one_s']:7.2f} s "
             f"({result['one_by_one_per_s']:,}/s), in batches {result['batched_s']:6.2f} s "
             f"({result['batched_per_s']:,}/s), x{result['speedup']}, same state: {result['same_state']} "
-            f"(written in {result['write_s']} s)",
+            f"(written in {result['write_s']} s)"
+            + (
+                ""
+                if result["process_ready_s"] is None
+                else f"; coordinator process ready in {result['process_ready_s']} s"
+            ),
             file=out,
         )
     if args.json:
