@@ -127,7 +127,7 @@ class Forwarder:
         return subjects.inbox(self._bus.tenant, recipient)
 
     async def _already_forwarded(self, subject: str, msg_id: str, *, after_seq: int) -> bool:
-        async for message in self._bus.log(subject, in_batches=True).read(after=after_seq):
+        async for message in self._bus.log(subject).read(after=after_seq):
             if message.headers.get(HEADER_MSG_ID) == msg_id:
                 return True
         return False

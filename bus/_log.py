@@ -12,7 +12,10 @@ pull consumer (:func:`~bus._in_order.read_in_order`), a fetched batch per
 request, instead of one get per record: catching up on a long decision log
 then costs a round trip per thousand records. That needs the right to create
 consumers on the stream, which only the coordinator has; agents and operators
-read record by record.
+read record by record. Each such read leaves a consumer on the server until it
+lapses (30 s idle), so it is meant for rare long reads, such as the catch-up of
+a coordinator that starts; a run of at most :data:`ONE_BY_ONE_MAX` stream
+sequences is read record by record all the same.
 """
 
 from __future__ import annotations
