@@ -80,7 +80,8 @@ class Coordinator:
         self.bus = bus
         self.policy = policy
         self.partition = partition
-        self.log = DecisionLog(bus.log(subjects.decision(bus.tenant, partition)), bus.keyring.keyring, policy)
+        decisions = bus.log(subjects.decision(bus.tenant, partition), in_batches=True)
+        self.log = DecisionLog(decisions, bus.keyring.keyring, policy)
         self.state = self.log.state
         self._decision_ids = self.log.decision_ids
         self._forwarder = Forwarder(bus, inboxes)

@@ -6,6 +6,16 @@ no other record reached the subject since (``Nats-Expected-Last-Subject-
 Sequence``), else the writer gets :class:`~bus.Conflict`, reads what it missed
 and decides again. A batch of records is stored atomically (all or none, with
 one expectation) through JetStream's atomic batch publish.
+
+A log read ``in_batches`` reads a long run of records through an ephemeral
+pull consumer (:func:`~bus._in_order.read_in_order`), a fetched batch per
+request, instead of one get per record: catching up on a long decision log
+then costs a round trip per thousand records. That needs the right to create
+consumers on the stream, which only the coordinator has; agents and operators
+read record by record. Each such read leaves a consumer on the server until it
+lapses (30 s idle), so it is meant for rare long reads, such as the catch-up of
+a coordinator that starts; a run of at most :data:`ONE_BY_ONE_MAX` stream
+sequences is read record by record all the same.
 """
 
 from __future__ import annotations
@@ -19,11 +29,14 @@ from nats.js.api import RawStreamMsg
 
 from trustbus.bus._bucket import EXPECTED_LAST_SUBJECT_SEQ
 from trustbus.bus._errors import Conflict, NotFound, Refused
-from trustbus.bus._stored import StoredMessage, unix_ns
+from trustbus.bus._in_order import Start, read_in_order
+from trustbus.bus._stored import StoredMessage, stored_message, unix_ns
 from trustbus.bus._stores import Appended
 from trustbus.bus._translate import NATS_ERRORS, WRONG_LAST_SEQUENCE, translated
 
 _BATCH_DUPLICATE = 10201  # a message id of the batch was stored before (or is in it twice)
+# Read one by one when the stream holds at most this many messages past the position: a consumer costs more.
+ONE_BY_ONE_MAX = 64
 
 
 class NatsSubjectLog:
@@ -32,13 +45,28 @@ class NatsSubjectLog:
     A wildcard ``subject`` reads several logs at once; appending needs a single subject.
     """
 
-    def __init__(self, js: JetStreamContext, nc: Client, stream: str, subject: str, *, direct: bool = False) -> None:
-        """A log of ``stream`` filtered to ``subject`` (``direct``: read with direct gets, as agents must)."""
+    def __init__(
+        self,
+        js: JetStreamContext,
+        nc: Client,
+        stream: str,
+        subject: str,
+        *,
+        direct: bool = False,
+        in_batches: bool = False,
+    ) -> None:
+        """A log of ``stream`` filtered to ``subject``.
+
+        ``direct``: read with direct gets, as agents must. ``in_batches``: read
+        long runs through ephemeral pull consumers (needs the right to create
+        consumers on ``stream``).
+        """
         self._js = js
         self._nc = nc
         self.stream = stream
         self.subject = subject
         self._direct = direct
+        self._in_batches = in_batches
 
     async def append(self, body: bytes, headers: dict[str, str], *, after: int | None) -> Appended:
         """Store one record if the log's last record is still at sequence ``after`` (None: unconditionally).
@@ -99,6 +127,27 @@ class NatsSubjectLog:
 
     async def read(self, *, after: int = 0) -> AsyncIterator[StoredMessage]:
         """Every record stored after sequence ``after``, oldest first, up to the last one stored now."""
+        position = after
+        if self._in_batches:
+            async for message in self._read_in_batches(after=after):
+                yield message
+                position = message.seq
+        # What is left (all of it, unless read in batches): up to the last record, appended while reading included.
+        async for message in self._read_one_by_one(after=position):
+            yield message
+
+    async def _read_in_batches(self, *, after: int) -> AsyncIterator[StoredMessage]:
+        """The records after ``after`` up to the last one stored now, through one consumer, if there are many."""
+        last = await self.last()
+        if last is None or last.seq - after <= ONE_BY_ONE_MAX:
+            return
+        start = Start(seq=after + 1)
+        async for msgs in read_in_order(self._js, self.stream, [self.subject], start=start, last=last.seq):
+            for msg in msgs:
+                yield stored_message(msg)
+
+    async def _read_one_by_one(self, *, after: int) -> AsyncIterator[StoredMessage]:
+        """The records after ``after``, one get each, until there is no next one."""
         seq = after + 1
         while True:
             try:

@@ -181,9 +181,10 @@ class Bus:
         """The tenant's KV bucket ``name`` (``direct``: read with direct gets, as agents must)."""
         return NatsBucket(self._js, name, direct=direct)
 
-    def log(self, subject: str, *, direct: bool = False) -> SubjectLog:
-        """The records of the tenant stream on ``subject`` (``direct``: read with direct gets, as agents must)."""
-        return NatsSubjectLog(self._js, self._nc, self.stream, subject, direct=direct)
+    def log(self, subject: str, *, direct: bool = False, in_batches: bool = False) -> SubjectLog:
+        """The records of the tenant stream on ``subject`` (``direct``: read with direct gets, as agents must;
+        ``in_batches``: read long runs through consumers, as only the coordinator may)."""  # noqa: D205, D209
+        return NatsSubjectLog(self._js, self._nc, self.stream, subject, direct=direct, in_batches=in_batches)
 
     @property
     def connected(self) -> bool:

@@ -42,20 +42,24 @@ class Logs:
     every: SubjectLog  # every partition's (a wildcard subject)
 
 
-@pytest.fixture(params=["nats", "memory"])
-def log_kind(request: pytest.FixtureRequest) -> Tenant | None:
-    return None if request.param == "memory" else request.getfixturevalue("tenant")
+@pytest.fixture(params=["nats", "nats in batches", "memory"])
+def log_kind(request: pytest.FixtureRequest) -> tuple[str, Tenant | None]:
+    return request.param, None if request.param == "memory" else request.getfixturevalue("tenant")
 
 
 @pytest.fixture
-async def logs(log_kind: Tenant | None) -> Logs:
-    if log_kind is None:
+async def logs(log_kind: tuple[str, Tenant | None]) -> Logs:
+    kind, tenant = log_kind
+    if tenant is None:
         memory = MemoryStream("TB_t")
         return Logs(memory.log("tb.t.decision.0"), memory.log("tb.t.decision.1"), memory.log("tb.t.decision.*"))
-    bus = await log_kind.bus("coordinator")
-    name = log_kind.name
+    bus = await tenant.bus("coordinator")
+    batched = kind == "nats in batches"
+    name = tenant.name
     return Logs(
-        bus.log(subjects.decision(name, 0)), bus.log(subjects.decision(name, 1)), bus.log(subjects.all_decisions(name))
+        bus.log(subjects.decision(name, 0), in_batches=batched),
+        bus.log(subjects.decision(name, 1), in_batches=batched),
+        bus.log(subjects.all_decisions(name), in_batches=batched),
     )
 
 
@@ -292,6 +296,32 @@ async def test_read_after_a_sequence_is_oldest_first_and_bounded(logs: Logs) -> 
     assert everything == [(s, b) for b in (b"0", b"1", b"2") for s in (logs.log.subject, logs.other.subject)]
     last = await logs.every.last()  # the last on any subject matching
     assert last is not None and (last.subject, last.body) == (logs.other.subject, b"2")
+
+
+async def test_a_long_read_is_every_record_once_in_order(logs: Logs) -> None:
+    seqs = []
+    for index in range(300):
+        await logs.other.append(b"o%d" % index, {}, after=None)
+        seqs.append((await logs.log.append(b"%d" % index, {"Tb-I": str(index)}, after=None)).seq)
+    read = [m async for m in logs.log.read()]
+    assert [m.seq for m in read] == seqs
+    assert [(m.body, m.headers) for m in read] == [(b"%d" % i, {"Tb-I": str(i)}) for i in range(300)]
+    assert {m.subject for m in read} == {logs.log.subject}
+    assert [m.seq async for m in logs.log.read(after=seqs[99])] == seqs[100:]
+    assert len([m async for m in logs.every.read(after=seqs[0])]) == 598
+    first = await logs.log.get(seqs[0])
+    assert abs((await anext(aiter(logs.log.read()))).stored_ns - first.stored_ns) <= SLACK_NS
+
+
+async def test_a_long_read_sees_what_is_appended_while_it_runs(logs: Logs) -> None:
+    for index in range(200):
+        await logs.log.append(b"%d" % index, {}, after=None)
+    seen = []
+    async for message in logs.log.read(after=0):
+        seen.append(message.body)
+        if len(seen) == 1:
+            await logs.log.append(b"late", {}, after=None)
+    assert seen == [b"%d" % i for i in range(200)] + [b"late"]
 
 
 async def test_read_sees_what_is_appended_while_it_runs(logs: Logs) -> None:

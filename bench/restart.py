@@ -1,0 +1,183 @@
+"""Restart benchmark: how long a coordinator takes to read its decision log back, one get per record or in batches.
+
+Run: ``python bench/restart.py [--decisions N ...] [--json]``.
+
+One ``bus.EmbeddedServer(port=0)`` (temporary store dir), one provisioned
+tenant. The long log is written directly, not driven through a coordinator
+(that would take hours at 100,000): a ``Bus`` connected with a key of the
+``coordinator`` role signs ``N`` decision records exactly as the coordinator
+does (``decision_record``: accepted events from ``alice`` to ``bob``, ten per
+correlation) and appends them to partition 0's decision log in atomic batches
+of 1,000 (``SubjectLog.append_batch``, as ``DecisionLog.append_applied``
+stores a group). Then ``DecisionLog.catch_up`` reads the whole log back into a
+fresh state (in this process, verifying every record as a restarting
+coordinator does), once through ``Bus.log(subject)`` (one get per record, how
+the coordinator read it before) and once through ``Bus.log(subject,
+in_batches=True)`` (an ephemeral pull consumer, a fetch per 1,000 records, how
+it reads it now). With ``--process``, a coordinator process is then started
+over the same log (``python -m trustbus coordinator run``, every partition
+its own) and timed from its start to its JSON ready line, which it prints once
+it has caught up on its partitions' decisions. Printed for each ``N`` (default
+10,000 and 100,000): seconds and decisions/s of each read, whether both folded
+the same state, and the process's start to ready. With ``--json`` the last line
+of stdout is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from trustbus import bus
+from trustbus.agents import parse_policy
+from trustbus.agents._decision_log import DecisionLog, decision_record
+
+TENANT = "bench"
+PER_CORRELATION = 10
+BATCH = 1000
+RULES = {"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]}
+POLICY = parse_policy(RULES)
+READY_S = 600.0
+
+
+def decision_about(cause: bus.Envelope, seq: int, now_ns: int) -> bus.Decision:
+    """An accepted delivery of ``cause`` to bob."""
+    return bus.Decision(
+        envelope_id=cause.id,
+        source_seq=seq,
+        sender=cause.sender,
+        kind=cause.kind,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.causation_id,
+        verdict="accept",
+        reasons=(),
+        deliver_to=("bob",),
+        dropped=(),
+        hop=cause.hop,
+        declared_taint=(),
+        effective_taint=(),
+        decided_ns=now_ns,
+    )
+
+
+async def write_decisions(coordinator: bus.Bus, log: bus.SubjectLog, count: int) -> None:
+    """Append ``count`` decision records signed by ``coordinator`` to ``log``, ``BATCH`` at a time."""
+    last = 0
+    correlation = bus.new_id()
+    for start in range(0, count, BATCH):
+        records = []
+        for index in range(start, min(start + BATCH, count)):
+            if index % PER_CORRELATION == 0:
+                correlation = bus.new_id()
+            cause = bus.new_envelope(
+                tenant=TENANT, kind="event", sender="alice", to=["bob"], correlation_id=correlation, payload=b"x"
+            )
+            _, _, sealed = decision_record(coordinator, cause, decision_about(cause, index + 1, coordinator.clock()))
+            records.append((sealed.body, dict(sealed.headers)))
+        last = await log.append_batch(records, after=last, batch_id=bus.new_id())
+
+
+async def timed_catch_up(log: bus.SubjectLog, keyring: bus.Keyring) -> tuple[float, DecisionLog]:
+    """Seconds one :meth:`DecisionLog.catch_up` over ``log`` takes from an empty state, and what it read."""
+    decisions = DecisionLog(log, keyring, POLICY)
+    start = time.perf_counter()
+    await decisions.catch_up()
+    return time.perf_counter() - start, decisions
+
+
+async def measure(count: int, *, process: bool) -> dict[str, Any]:
+    """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start)."""
+    with bus.EmbeddedServer(port=0) as server, tempfile.TemporaryDirectory() as tmp:
+        keys = bus.KeyDirectory(Path(tmp) / "keys")
+        await bus.init_tenant([server.url], TENANT, keys=keys)
+        await bus.new_key([server.url], TENANT, "c1", role="coordinator", keys=keys)
+        identity = keys.load(TENANT, "c1")
+        async with await bus.Bus.connect(server.url, tenant=TENANT, name="c1", identity=identity) as coordinator:
+            subject = bus.subjects.decision(TENANT, 0)
+            start = time.perf_counter()
+            await write_decisions(coordinator, coordinator.log(subject), count)
+            write_s = time.perf_counter() - start
+            ring = coordinator.keyring.keyring
+            one_by_one_s, old = await timed_catch_up(coordinator.log(subject), ring)
+            batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
+        ready_s = await coordinator_ready_s(server.url, keys, Path(tmp)) if process else None
+    return {
+        "decisions": count,
+        "write_s": round(write_s, 2),
+        "one_by_one_s": round(one_by_one_s, 2),
+        "one_by_one_per_s": round(count / one_by_one_s),
+        "batched_s": round(batched_s, 2),
+        "batched_per_s": round(count / batched_s),
+        "speedup": round(one_by_one_s / batched_s, 1),
+        "same_state": old.state.last_seq == new.state.last_seq
+        and old.decision_ids == new.decision_ids
+        and len(old.state.decided) == len(new.state.decided) == count,
+        "process_ready_s": None if ready_s is None else round(ready_s, 2),
+    }
+
+
+async def coordinator_ready_s(url: str, keys: bus.KeyDirectory, tmp: Path) -> float:
+    """Seconds from starting ``trustbus coordinator run`` as c1 to its ready line; then it is stopped."""
+    policy = tmp / "policy.yaml"
+    policy.write_text(json.dumps(RULES))  # JSON is YAML
+    env = {**os.environ, "NATS_URL": url, "TRUSTBUS_KEYS": str(keys.root)}
+    args = ("coordinator", "run", "-t", TENANT, "--policy", str(policy), "--name", "c1")
+    errors_file = tmp / "coordinator.err"
+    errors = errors_file.open("wb")
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trustbus", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=errors
+    )
+    errors.close()
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), READY_S)
+        ready_s = time.perf_counter() - start
+        if b'"ready"' not in line:
+            exit_code = await proc.wait()
+            raise RuntimeError(f"the coordinator exited (exit {exit_code}): {errors_file.read_text()[-2000:]}")
+        return ready_s
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--decisions", type=int, nargs="+", default=[10_000, 100_000], help="decision log lengths to time"
+    )
+    parser.add_argument("--process", action="store_true", help="also time a coordinator process's start to ready")
+    parser.add_argument("--json", action="store_true", help="one JSON object as the last line of stdout")
+    args = parser.parse_args()
+    out = sys.stderr if args.json else sys.stdout
+    results = []
+    for count in args.decisions:
+        result = asyncio.run(measure(count, process=args.process))
+        results.append(result)
+        print(
+            f"{count:>9,} decisions: one get per record {result['one_by_one_s']:7.2f} s "
+            f"({result['one_by_one_per_s']:,}/s), in batches {result['batched_s']:6.2f} s "
+            f"({result['batched_per_s']:,}/s), x{result['speedup']}, same state: {result['same_state']} "
+            f"(written in {result['write_s']} s)"
+            + (
+                ""
+                if result["process_ready_s"] is None
+                else f"; coordinator process ready in {result['process_ready_s']} s"
+            ),
+            file=out,
+        )
+    if args.json:
+        print(json.dumps({"runs": results}))
+
+
+if __name__ == "__main__":
+    main()
