@@ -74,10 +74,10 @@ class Process:
             line = _parsed(raw)
             if line is None:
                 continue
-            if "progress" in line and self._on_progress is not None:
-                self._on_progress(line)
-            else:
+            if "progress" not in line:
                 self._lines.put(line)
+            elif self._on_progress is not None:
+                self._on_progress(line)
         self._lines.put(None)
 
     @property
@@ -142,7 +142,7 @@ class Process:
     def kill(self) -> int:
         """SIGKILL it, as a crash would, and reap it; its pid."""
         self.send_signal(signal.SIGKILL)
-        self.popen.wait()
+        self.wait()
         return self.pid
 
     def wait(self, timeout_s: float | None = None) -> int:
@@ -249,9 +249,6 @@ class Supervisor:
     def restart(self, process: Process) -> Process:
         """Start ``process``'s command again, with the same name, environment, log and stdout file."""
         return self.start(process.name, process.argv, env=process.env, log=process.log, out=process.out)
-
-    def running(self) -> list[Process]:
-        return [p for p in self.processes if p.returncode is None]
 
     def stop(self, processes: Iterable[Process], timeout_s: float = STOP_S) -> None:
         """SIGTERM each of ``processes`` at once, then reap each, SIGKILLing one still running ``timeout_s`` later."""
