@@ -25,6 +25,7 @@ from trustbus.bus import die_with_parent
 
 STOP_S = 15.0
 TAIL_LINES = 25
+_EXITING_S = 1.0
 _POLL_S = 0.05  # a ready line written to a file announces itself by no event: it is polled for
 
 Line = dict[str, Any]
@@ -103,7 +104,9 @@ class Process:
             line = self._lines.get(timeout=wait_s) if wait_s > 0 else self._lines.get_nowait()
         except queue.Empty:
             return None
-        if line is None:
+        if line is None:  # its stdout closed: it is exiting, and its exit code is what to report
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(_EXITING_S)
             raise self.failed("exited")
         return line
 
