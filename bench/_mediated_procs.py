@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -188,20 +187,12 @@ async def raw_send(args: argparse.Namespace) -> None:
 # -- the raw coordinator stand-in and agent B ----------------------------------------
 
 
-def stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
-
-
 async def raw_serve(args: argparse.Namespace) -> None:
     """The relay (fetch like the coordinator, republish with an ack, then ack) or the sink (fetch, record, ack)."""
     relay = args.role == "raw-relay"
     durable = RAW_RELAY_DURABLE if relay else RAW_SINK_DURABLE
     recorder = None if relay else Recorder(Path(os.environ[OUT_ENV]))
-    stop = stop_on_signals()
+    stop = bus.stop_on_signals()
     nc = await nats.connect(args.url, name=f"bench-{args.role}", connect_timeout=5)
     try:
         js = nc.jetstream()

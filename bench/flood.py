@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -63,17 +62,10 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mediated import (
-    READY_TIMEOUT_S,
-    SENDER_SLACK_S,
-    TAIL_LINES,
-    BenchError,
-    Children,
-    check_alive,
-    provision_tenant,
-    run_bench,
-)
+from bench._harness import finish, percentiles, run_bench, stopped, supervisor, wait_for_record
+from bench.mediated import READY_TIMEOUT_S, SENDER_SLACK_S, provision_tenant
 from trustbus import bus
+from trustbus._supervisor import Process
 from trustbus.agents._intake import sender_consumer
 from trustbus.bus._rejections import RejectionSummary, decode_rejection_summary
 from trustbus.ledger._bundle import read_stream
@@ -109,11 +101,10 @@ class FloodBench:
         self.keys_dir = work / "keys"
         self.out_dir = work / "out"
         self.out_dir.mkdir()
-        (work / "logs").mkdir()
         env = {**os.environ, OUT_ENV: str(self.out_dir), "TRUSTBUS_LOG": "warning", "PYTHONUNBUFFERED": "1"}
-        self.children = Children(work / "logs", env, lambda fields: None)
+        self.children = supervisor(work, env, lambda fields: None)
         self.policy = work / "policy.yaml"
-        self.servers: list[Any] = []
+        self.servers: list[Process] = []
         self._phases = 0
 
     def start(self) -> None:
@@ -128,27 +119,25 @@ class FloodBench:
         )
         sink = self.children.start("b", [*py, "trustbus", "agent", "run", SINK, "--id", "b", *common])
         self.servers = [coordinator, sink]
-        for child in self.servers:
-            child.wait_ready(READY_TIMEOUT_S)
+        for process in self.servers:
+            process.wait_ready(READY_TIMEOUT_S)
 
-    def sender(self, n: int) -> tuple[str, Any]:
+    def sender(self, n: int) -> tuple[str, Process]:
         self._phases += 1
         name = f"phase-{self._phases}"
         args = ["--url", self.url, "--phase", name, "--n", str(n), "--rate", str(self.args.rate)]
         args += ["--payload", str(self.args.payload), "--tenant", TENANT, "--keys", str(self.keys_dir)]
         return name, self.children.start(f"{name}-a", [sys.executable, "-m", "bench._mediated_procs", "tb-send", *args])
 
-    def finish(self, name: str, sender: Any, n: int) -> list[tuple[int, float]]:
+    def finish(self, name: str, sender: Process, n: int) -> list[tuple[int, float]]:
         """Wait for A to finish and B to have every message; A's (send time ns, latency ms) past the warm-up."""
-        sender.wait_exit(n / self.args.rate + SENDER_SLACK_S, watch=self.servers)
-        result = self.out_dir / f"{name}.json"
-        deadline = time.monotonic() + RECORD_TIMEOUT_S
-        while not result.exists():
-            check_alive(self.servers)
-            if time.monotonic() > deadline:
-                raise BenchError(f"{name}: the sink did not see all {n} messages in time")
-            time.sleep(0.05)
-        record = json.loads(result.read_text())
+        finish(sender, n / self.args.rate + SENDER_SLACK_S, watch=self.servers)
+        record = wait_for_record(
+            self.out_dir / f"{name}.json",
+            RECORD_TIMEOUT_S,
+            watch=self.servers,
+            late=f"{name}: the sink did not see all {n} messages in time",
+        )
         first = round(self.args.rate * self.args.warmup)
         return [
             (s, (r - s) / 1e6)
@@ -214,7 +203,7 @@ async def wait_recorded(url: str, from_seq: int) -> tuple[dict[str, Any], float]
 
 
 def p99(latencies: list[float]) -> float:
-    return statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    return percentiles(latencies, 99)[0]
 
 
 def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
@@ -225,7 +214,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         url = server.start()
         bench = FloodBench(args, Path(tmp), url)
         try:
-            try:
+            with stopped(bench.children, server, stderr):
                 bench.start()
                 stderr.print("warm-up")
                 name, sender = bench.sender(round(args.rate))
@@ -246,17 +235,10 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                 flood_started = time.monotonic()
                 name, sender = bench.sender(n)
                 flooded = bench.finish(name, sender, n)
-                flooder.wait_exit(RECORD_TIMEOUT_S, watch=bench.servers)
+                finish(flooder, RECORD_TIMEOUT_S, watch=bench.servers)
                 stderr.print("waiting for every forged envelope to be recorded")
                 counts, recorded_at = asyncio.run(wait_recorded(url, mid_seq + 1))
                 _, end_bytes = asyncio.run(stream_state(url))
-            finally:
-                bench.children.stop_all()
-        except BaseException:
-            bench.children.print_tails(stderr)
-            for line in server.log_tail()[-TAIL_LINES:]:
-                stderr.print(line, markup=False, highlight=False)
-            raise
         finally:
             server.stop()
     flood_line = flooder.last_line or {}

@@ -50,42 +50,49 @@ phase's per-message send and receive times; ``--coordinator-module M`` runs ``py
 instead of ``trustbus`` (a wrapper that patches the coordinator, to measure a candidate change without
 editing it). Every process is stopped (SIGTERM, then SIGKILL after a timeout) on success, failure,
 Ctrl-C and SIGTERM (and is sent SIGTERM by Linux if the bench itself is killed); on failure their stderr
-tails are printed.
+tails are printed (bench/_harness.py, over the process supervisor the demo and the end-to-end tests use).
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, sys.path[0] is bench/ (where ledger.py would shadow the ledger package): use the root.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import json
 import os
-import queue
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from bench._harness import (
+    finish,
+    percentiles_ms,
+    progress_bars,
+    run_bench,
+    stopped,
+    supervisor,
+    verdict,
+    wait_for_record,
+)
 from trustbus import bus
+from trustbus._supervisor import Process
 from trustbus.agents._coordinator import OUTBOX_SETTINGS
 from trustbus.agents._forwarding import INBOX_SETTINGS
 
-REPO = Path(__file__).resolve().parent.parent
 PROCS = "bench._mediated_procs"
 SINK = "bench._mediated_sink:Sink"
 OUT_ENV = "BENCH_MEDIATED_OUT"  # where the sinks write (bench/_mediated_procs.py reads the same name)
@@ -95,10 +102,8 @@ WARMUP_N = 500
 RATIO_TARGET = 0.5
 P99_TARGET_MS = 10.0
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 SENDER_SLACK_S = 60.0  # beyond the paced duration, for a sender to connect, send and flush
 DELIVERY_SLACK_S = 30.0  # after the sender exits, for the sink to see the last message (plus N / 200 s)
-TAIL_LINES = 25
 DUPLICATE_WINDOW_S = bus.tenant_stream_config(TENANT, admin_key_id="").duplicate_window
 
 POLICY = """\
@@ -112,165 +117,6 @@ rules:
     to: [b]
     kinds: [event]
 """
-
-
-class BenchError(Exception):
-    """A process failed, or something did not happen in time."""
-
-
-# -- child processes ----------------------------------------------------------------
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child if the bench dies without cleaning up."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
-
-
-_PREEXEC = _parent_death_signal()
-
-
-class Child:
-    """One process: stdout read as JSON lines by a thread, stderr to a log file."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        env: dict[str, str],
-        log_path: Path,
-        on_progress: Callable[[dict[str, Any]], None],
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._on_progress = on_progress
-        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.last_line: dict[str, Any] | None = None
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,  # Ctrl-C reaches the bench only; it stops the children in order
-                preexec_fn=_PREEXEC,
-            )
-        self._reader = threading.Thread(target=self._read, name=f"stdout-{name}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                fields = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(fields, dict):
-                continue
-            if "progress" in fields:
-                self._on_progress(fields)
-            else:
-                self._lines.put(fields)
-        self._lines.put(None)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self, timeout_s: float) -> None:
-        try:
-            line = self._lines.get(timeout=timeout_s)
-        except queue.Empty:
-            raise BenchError(f"{self.name} printed no ready line within {timeout_s:.0f}s") from None
-        if line is None or "ready" not in line:
-            raise BenchError(f"{self.name} exited (code {self.proc.poll()}) before it was ready")
-
-    def wait_exit(self, timeout_s: float, *, watch: list[Child]) -> None:
-        """Wait for a successful exit; fail early if one of ``watch`` dies meanwhile."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                code = self.proc.wait(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                check_alive(watch)
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{self.name} did not finish within {timeout_s:.0f}s") from None
-        self._reader.join(STOP_TIMEOUT_S)
-        while not self._lines.empty():
-            line = self._lines.get_nowait()
-            if line is not None:
-                self.last_line = line
-        if code != 0:
-            raise BenchError(f"{self.name} exited with code {code}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_TIMEOUT_S; always reaps."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(STOP_TIMEOUT_S)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def tail(self, lines: int = TAIL_LINES) -> list[str]:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return []
-        return text.splitlines()[-lines:]
-
-
-def check_alive(children: list[Child]) -> None:
-    for child in children:
-        if not child.alive:
-            raise BenchError(f"{child.name} exited unexpectedly (code {child.proc.returncode})")
-
-
-class Children:
-    """Every process the bench started, stopped in reverse order by :meth:`stop_all`."""
-
-    def __init__(self, log_dir: Path, env: dict[str, str], on_progress: Callable[[dict[str, Any]], None]) -> None:
-        self._log_dir = log_dir
-        self._env = env
-        self._on_progress = on_progress
-        self.all: list[Child] = []
-
-    def start(self, name: str, argv: list[str]) -> Child:
-        child = Child(name, argv, env=self._env, log_path=self._log_dir / f"{name}.log", on_progress=self._on_progress)
-        self.all.append(child)
-        return child
-
-    def stop_all(self) -> None:
-        for child in reversed(self.all):
-            child.stop()
-
-    def print_tails(self, console: Console) -> None:
-        for child in self.all:
-            lines = child.tail()
-            if not lines:
-                continue
-            console.print(f"[bold]--- {escape(child.name)} (exit code {child.proc.poll()}) stderr tail ---[/bold]")
-            for line in lines:
-                console.print(line, markup=False, highlight=False)
 
 
 # -- setup ------------------------------------------------------------------------------
@@ -352,11 +198,6 @@ class Latency:
     sender_max_lag_ms: float
 
 
-def percentiles_ms(latencies_ns: list[int]) -> tuple[float, float]:
-    cuts = statistics.quantiles(latencies_ns, n=100, method="inclusive")
-    return cuts[49] / 1e6, cuts[98] / 1e6
-
-
 def fetch_args(settings: bus.ConsumerSettings) -> list[str]:
     return ["--batch", str(settings.batch), "--fetch-timeout", str(settings.fetch_timeout_s)]
 
@@ -376,10 +217,9 @@ class Bench:
         self._tasks: dict[str, TaskID] = {}
         self._phases = 0
         env = {**os.environ, OUT_ENV: str(self.out_dir), "TRUSTBUS_LOG": "warning", "PYTHONUNBUFFERED": "1"}
-        (work / "logs").mkdir()
         self.out_dir.mkdir()
-        self.children = Children(work / "logs", env, self._progress_line)
-        self.servers: dict[str, list[Child]] = {}  # per topology: its long-running processes, hub first
+        self.children = supervisor(work, env, self._progress_line)
+        self.servers: dict[str, list[Process]] = {}  # per topology: its long-running processes, hub first
 
     def _progress_line(self, fields: dict[str, Any]) -> None:
         task = self._tasks.get(str(fields["progress"]))
@@ -414,10 +254,10 @@ class Bench:
             self.argv("trustbus", ["agent", "run", SINK, "--id", "b", *common], "mediated-b"),
         )
         self.servers["mediated"] = [coordinator, sink]
-        for child in (coordinator, sink, *self.start_raw()):
-            child.wait_ready(READY_TIMEOUT_S)
+        for process in (coordinator, sink, *self.start_raw()):
+            process.wait_ready(READY_TIMEOUT_S)
 
-    def start_raw(self) -> list[Child]:
+    def start_raw(self) -> list[Process]:
         """Start the raw relay and sink, ``servers["raw"]`` (the caller waits for them to be ready)."""
         relay = self.children.start(
             "raw-relay", self.argv(PROCS, ["raw-relay", "--url", self.url, *fetch_args(OUTBOX_SETTINGS)], "raw-relay")
@@ -436,7 +276,7 @@ class Bench:
         rate: float,
         *,
         tenant: str = TENANT,
-        watch: list[Child] | None = None,
+        watch: list[Process] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Run one sender to completion and wait for the sink's file: (sink record, sender summary).
 
@@ -454,28 +294,26 @@ class Bench:
             args = ["tb-send", *common, "--tenant", tenant, "--keys", str(self.keys_dir)]
         sender = self.children.start(f"{name}-a", self.argv(PROCS, args))
         watch = self.servers[topology] if watch is None else watch
-        sender.wait_exit((n / rate if rate else 0.0) + SENDER_SLACK_S, watch=watch)
-        result = self.out_dir / f"{name}.json"
-        deadline = time.monotonic() + DELIVERY_SLACK_S + n / 200
-        while not result.exists():
-            check_alive(watch)
-            if time.monotonic() > deadline:
-                raise BenchError(f"{name}: the sink did not see all {n} messages in time")
-            time.sleep(0.05)
-        record: dict[str, Any] = json.loads(result.read_text())
+        finish(sender, (n / rate if rate else 0.0) + SENDER_SLACK_S, watch=watch)
+        record = wait_for_record(
+            self.out_dir / f"{name}.json",
+            DELIVERY_SLACK_S + n / 200,
+            watch=watch,
+            late=f"{name}: the sink did not see all {n} messages in time",
+        )
         self.progress.update(self._tasks[name], completed=n)
         if self.args.keep_records is not None:
             (self.args.keep_records / f"{name}-{'paced' if rate else 'tput'}.json").write_text(json.dumps(record))
         return record, sender.last_line or {}
 
     def throughput(
-        self, topology: str, label: str, n: int, *, tenant: str = TENANT, processes: dict[str, Child] | None = None
+        self, topology: str, label: str, n: int, *, tenant: str = TENANT, processes: dict[str, Process] | None = None
     ) -> Throughput:
         """A phase at full speed; ``processes`` (by default the topology's hub and b) have their CPU counted by role."""
         if processes is None:
             hub, sink = self.servers[topology]
             processes = {"hub": hub, "b": sink}
-        pids = {"server": self.server_pid, **{role: child.proc.pid for role, child in processes.items()}}
+        pids = {"server": self.server_pid, **{role: process.pid for role, process in processes.items()}}
         before = {role: cpu_seconds(pid) for role, pid in pids.items()}
         record, sender = self.phase(topology, label, n, 0.0, tenant=tenant, watch=list(processes.values()))
         after = {role: cpu_seconds(pid) for role, pid in pids.items()}
@@ -512,14 +350,7 @@ class Bench:
 
 
 def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
-    progress = Progress(
-        TextColumn("{task.description:<22}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        refresh_per_second=4,
-    )
+    progress = progress_bars(stderr, 22)
     for directory in (args.profile, args.keep_records):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -530,7 +361,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         bench = Bench(args, Path(tmp), progress)
         server = bus.EmbeddedServer(port=0, sync_always=args.sync == "always")
         try:
-            try:
+            with stopped(bench.children, server, stderr, progress):
                 bench.url = server.start()
                 bench.server_pid = server.pid
                 bench.start_servers()
@@ -543,15 +374,6 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                         throughputs[topology].append(bench.throughput(topology, f"tput {tag}", args.n))
                     for topology in order:
                         latencies[topology].append(bench.latency(topology, f"{args.rate:g}/s {tag}"))
-            finally:
-                bench.children.stop_all()
-        except BaseException:
-            progress.stop()
-            bench.children.print_tails(stderr)
-            stderr.print("[bold]--- nats-server log tail ---[/bold]")
-            for line in server.log_tail()[-TAIL_LINES:]:
-                stderr.print(line, markup=False, highlight=False)
-            raise
         finally:
             server.stop()
     result = summarise(args, throughputs, latencies)
@@ -620,10 +442,6 @@ def summarise(
 # -- report -------------------------------------------------------------------------------
 
 
-def verdict(passed: object) -> str:
-    return "[green]PASS[/green]" if passed else "[red]MISS[/red]"
-
-
 def report_table(r: dict[str, Any]) -> Table:
     rate = f"{r['offered_rate']:g}/s"
     table = Table(
@@ -683,10 +501,6 @@ def report_table(r: dict[str, Any]) -> Table:
     return table
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5_000, help="messages per throughput phase (default 5000)")
@@ -719,30 +533,6 @@ def main() -> None:
     if args.payload < 128:
         parser.error("--payload must be at least 128 bytes (the timing fields)")
     run_bench(measure, report_table, args)
-
-
-def run_bench(
-    measure: Callable[[argparse.Namespace, Console], dict[str, Any]],
-    report_table: Callable[[dict[str, Any]], Table],
-    args: argparse.Namespace,
-) -> None:
-    """Measure, stopping every process it started on SIGTERM, SIGINT or an error; then print the figures."""
-    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job starts with it ignored
-        signal.signal(signum, _interrupt)
-    stderr = Console(stderr=True)
-    try:
-        result = measure(args, stderr)
-    except BenchError as exc:
-        stderr.print(f"[red]error:[/red] {escape(str(exc))}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        stderr.print("[red]interrupted[/red]: every process was stopped")
-        sys.exit(130)
-    if args.json:
-        stderr.print(report_table(result))
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        Console().print(report_table(result))
 
 
 if __name__ == "__main__":

@@ -82,26 +82,24 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
+from bench._harness import STOP_TIMEOUT_S, BenchError, progress_bars, run_bench, stopped
 from bench._scale_coordinator import COUNTS
 from bench.mediated import (
     POLICY,
     READY_TIMEOUT_S,
     SINK,
-    TAIL_LINES,
     TENANT,
     WARMUP_N,
     Bench,
-    BenchError,
-    Child,
     Throughput,
     provision_raw,
     provision_tenant,
-    run_bench,
 )
 from trustbus import bus
+from trustbus._supervisor import Process
 from trustbus.agents._coordinator import consumer_name
 from trustbus.bus._records import decode_signed
 
@@ -281,11 +279,11 @@ class ScaleBench(Bench):
 
     def start_raw_topology(self) -> None:
         asyncio.run(provision_raw(self.url))
-        for child in self.start_raw():
-            child.wait_ready(READY_TIMEOUT_S)
+        for process in self.start_raw():
+            process.wait_ready(READY_TIMEOUT_S)
         self.warm_up("raw")
 
-    def warm_up(self, topology: str, *, tenant: str = TENANT, processes: dict[str, Child] | None = None) -> None:
+    def warm_up(self, topology: str, *, tenant: str = TENANT, processes: dict[str, Process] | None = None) -> None:
         """An unmeasured phase; its bar goes once it is done."""
         self.throughput(topology, "warm-up", WARMUP_N, tenant=tenant, processes=processes)
         self.progress.remove_task(self._tasks.pop(self.last_phase(topology)))
@@ -323,7 +321,7 @@ class ScaleBench(Bench):
         common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", tenant]
         module = "trustbus" if self.args.plain else COORDINATOR_MODULE
         starting = self.progress.add_task(f"{topology} start {tag}", total=k + 1)
-        processes: dict[str, Child] = {}
+        processes: dict[str, Process] = {}
         for name in names:
             argv = ["coordinator", "run", "--policy", str(self.policy), "--name", name, *common]
             processes[name] = self.children.start(f"{tenant}-{name}", self.argv(module, argv, f"{tenant}-{name}"))
@@ -331,8 +329,8 @@ class ScaleBench(Bench):
             f"{tenant}-b", self.argv("trustbus", ["agent", "run", SINK, "--id", "b", *common], f"{tenant}-b")
         )
         try:
-            for child in processes.values():
-                child.wait_ready(READY_TIMEOUT_S)
+            for process in processes.values():
+                process.wait_ready(READY_TIMEOUT_S)
                 self.progress.advance(starting)
             self.progress.remove_task(starting)
             asyncio.run(spread_leases(self.url, tenant, names, self.partitions))
@@ -346,8 +344,7 @@ class ScaleBench(Bench):
                 raise BenchError(f"{exc} (B's last count: {received:,} of {n:,})") from exc
             audit = asyncio.run(audit_tenant(self.url, tenant, after_seq=mark))
         finally:
-            for child in reversed(processes.values()):
-                child.stop()
+            self.children.stop(reversed(processes.values()), STOP_TIMEOUT_S)
         after = self.counts(tenant, names)
         asyncio.run(delete_tenant(self.url, tenant))
         self.check(topology, tenant, n, throughput, audit)
@@ -379,14 +376,7 @@ def rotated(configurations: list[str], round_no: int) -> list[str]:
 
 
 def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
-    progress = Progress(
-        TextColumn("{task.description:<22}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        refresh_per_second=4,
-    )
+    progress = progress_bars(stderr, 22)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     configurations = ["raw", *(str(k) for k in args.coordinators)]
@@ -398,7 +388,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         bench = ScaleBench(args, Path(tmp), progress)
         server = bus.EmbeddedServer(port=0)
         try:
-            try:
+            with stopped(bench.children, server, stderr, progress):
                 bench.url = server.start()
                 bench.server_pid = server.pid
                 bench.start_raw_topology()
@@ -410,15 +400,6 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                             raw.append(bench.raw(tag))
                         else:
                             scaled[int(configuration)].append(bench.coordinators(int(configuration), tag))
-            finally:
-                bench.children.stop_all()
-        except BaseException:
-            progress.stop()
-            bench.children.print_tails(stderr)
-            stderr.print("[bold]--- nats-server log tail ---[/bold]")
-            for line in server.log_tail()[-TAIL_LINES:]:
-                stderr.print(line, markup=False, highlight=False)
-            raise
         finally:
             server.stop()
     result = summarise(args, raw, scaled, orders)

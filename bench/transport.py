@@ -41,13 +41,19 @@ human table then goes to stderr along with the progress display.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, sys.path[0] is bench/ (where ledger.py would shadow the ledger package): use the root.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -60,9 +66,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header, StorageType, StreamConfig
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from bench._harness import percentiles_ms, progress_bars, run_bench, verdict
 from trustbus import bus
 
 WARMUP_N = 500
@@ -127,12 +134,8 @@ class Clock:
 
     def result(self) -> PhaseResult:
         assert self._start_ns is not None and self._end_ns is not None
-        cuts = statistics.quantiles(self._latencies_ns, n=100, method="inclusive")
-        return PhaseResult(
-            msgs_per_s=self.n / ((self._end_ns - self._start_ns) / 1e9),
-            p50_ms=cuts[49] / 1e6,
-            p99_ms=cuts[98] / 1e6,
-        )
+        p50_ms, p99_ms = percentiles_ms(self._latencies_ns)
+        return PhaseResult(msgs_per_s=self.n / ((self._end_ns - self._start_ns) / 1e9), p50_ms=p50_ms, p99_ms=p99_ms)
 
 
 def phase_timeout_s(n: int) -> float:
@@ -348,16 +351,10 @@ async def transport_phases(
     return results
 
 
-def measure(n: int, rounds: int, payload_bytes: int, stderr: Console) -> dict[str, Any]:
+def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
+    n, rounds, payload_bytes = args.n, args.rounds, args.payload
     payload = os.urandom(payload_bytes)
-    progress = Progress(
-        TextColumn("{task.description:<17}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        refresh_per_second=4,
-    )
+    progress = progress_bars(stderr, 17)
     with progress:
         with bus.EmbeddedServer(port=0) as server:
             results = asyncio.run(transport_phases(server.url, n, rounds, payload, progress))
@@ -386,10 +383,6 @@ def measure(n: int, rounds: int, payload_bytes: int, stderr: Console) -> dict[st
         "ratio_pass": ratio >= RATIO_TARGET,
         "verify_ratio_pass": verify_ratio >= VERIFY_RATIO_TARGET,
     }
-
-
-def verdict(passed: object) -> str:
-    return "[green]PASS[/green]" if passed else "[red]MISS[/red]"
 
 
 def report_table(r: dict[str, Any]) -> Table:
@@ -427,13 +420,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.n < 100 or args.payload < 0 or args.rounds < 1:
         parser.error("--n must be at least 100, --payload non-negative, --rounds at least 1")
-    stderr = Console(stderr=True)
-    result = measure(args.n, args.rounds, args.payload, stderr)
-    if args.json:
-        stderr.print(report_table(result))
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        Console().print(report_table(result))
+    run_bench(measure, report_table, args)
 
 
 if __name__ == "__main__":

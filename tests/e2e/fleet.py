@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ import yaml
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from trustbus._supervisor import Process, ProcessFailed, Supervisor
 from trustbus.bus import (
     Bus,
     Decision,
@@ -75,9 +75,17 @@ class Fleet:
     keys: KeyDirectory
     tmp: Path
     nc: NATS
-    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
     buses: list[Bus] = field(default_factory=list)
     deciders: Counter[str] = field(default_factory=Counter)
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(env=self.env, cwd=ROOT, logs=self.tmp)
+
+    @property
+    def procs(self) -> list[Process]:
+        """Every process started for the tenant, in order."""
+        return self.supervisor.processes
 
     @property
     def env(self) -> dict[str, str]:
@@ -86,31 +94,31 @@ class Fleet:
     async def key(self, owner: str, role: str = "agent") -> None:
         await new_key([self.url], self.tenant, owner, role=role, keys=self.keys)  # type: ignore[arg-type]
 
-    async def spawn(self, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    async def start(self, argv: list[str], *, env: dict[str, str] | None = None, ready_s: float = 30) -> Process:
+        """Start ``argv`` in the repository (stderr to ``proc<N>.err``) and wait for its ready line."""
+        name = f"proc{len(self.procs)}"
+        process = self.supervisor.start(name, argv, env=env or self.env, log=self.tmp / f"{name}.err")
+        try:
+            line = await process.ready(ready_s)
+        except ProcessFailed as exc:
+            raise AssertionError("\n".join([str(exc), *process.tail()])) from None
+        assert line.get("ready"), line
+        return process
+
+    async def spawn(self, *args: str, env: dict[str, str] | None = None) -> Process:
         """Start `trustbus <args>` and wait for its ready line."""
-        errors = (self.tmp / f"proc{len(self.procs)}.err").open("wb")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trustbus", *args,
-            cwd=ROOT, env=env or self.env, stdout=asyncio.subprocess.PIPE, stderr=errors,
-        )  # fmt: skip
-        errors.close()
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line, (self.tmp / f"proc{len(self.procs) - 1}.err").read_text()
-        assert json.loads(line)["ready"]
-        return proc
+        return await self.start([sys.executable, "-m", "trustbus", *args], env=env)
 
     async def coordinator(
         self, policy: dict[str, object], *, name: str = "coordinator", extra: tuple[str, ...] = ()
-    ) -> asyncio.subprocess.Process:
+    ) -> Process:
         if not self.keys.path(self.tenant, name).exists():
             await self.key(name, role="coordinator")
         file = self.tmp / f"policy-{name}.yaml"
         file.write_text(yaml.safe_dump(policy))
         return await self.spawn("coordinator", "run", "-t", self.tenant, "--policy", str(file), "--name", name, *extra)
 
-    async def agent(self, target: str, agent_id: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    async def agent(self, target: str, agent_id: str, env: dict[str, str] | None = None) -> Process:
         if not self.keys.path(self.tenant, agent_id).exists():
             await self.key(agent_id)
         return await self.spawn("agent", "run", target, "--id", agent_id, "-t", self.tenant, env=env)
@@ -219,15 +227,7 @@ class Fleet:
         return read
 
     async def close(self) -> None:
-        for proc in self.procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await asyncio.to_thread(self.supervisor.stop_all, 15)
         for bus in self.buses:
             await bus.aclose()
         await self.nc.close()

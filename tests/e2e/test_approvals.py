@@ -110,7 +110,7 @@ async def test_a_hold_survives_a_coordinator_restart(fleet: Fleet) -> None:
                                 correlation_id=correlation)  # fmt: skip
     await fleet.decisions(lambda ds: any(d.envelope_id == injected for d in ds))
     first.send_signal(signal.SIGKILL)
-    await first.wait()
+    await first.exited()
     await fleet.coordinator(POLICY)
     rc, _, err = await cli(fleet, "approve", injected, "-t", fleet.tenant, "--as", "ops")
     assert rc == 0, err

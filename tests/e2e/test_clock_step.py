@@ -8,7 +8,6 @@ server's store time. Those records are judged by their store time.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import sys
@@ -16,27 +15,21 @@ import sys
 import pytest
 import yaml
 
-from tests.e2e.fleet import ROOT, Fleet
+from tests.e2e.fleet import Fleet
 from tests.e2e.test_approvals import POLICY, cli, researcher_reads_a_web_page
+from trustbus._supervisor import Process
 from trustbus.bus import Bus, new_envelope, subjects
 
 
-async def _coordinator(fleet: Fleet, offset_s: float) -> asyncio.subprocess.Process:
+async def _coordinator(fleet: Fleet, offset_s: float) -> Process:
     """Start the coordinator with its clock ``offset_s`` off, and wait for its ready line."""
     if not fleet.keys.path(fleet.tenant, "coordinator").exists():
         await fleet.key("coordinator", role="coordinator")
     policy = fleet.tmp / "policy-shifted.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    errors = (fleet.tmp / "shifted.err").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.e2e.shifted_coordinator", str(offset_s), str(policy), fleet.tenant,
-        cwd=ROOT, env=fleet.env, stdout=asyncio.subprocess.PIPE, stderr=errors,
-    )  # fmt: skip
-    errors.close()
-    fleet.procs.append(proc)
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 60)
-    assert line and json.loads(line)["ready"] == "coordinator", (fleet.tmp / "shifted.err").read_text()
+    shifted = [sys.executable, "-m", "tests.e2e.shifted_coordinator", str(offset_s), str(policy), fleet.tenant]
+    proc = await fleet.start(shifted, ready_s=60)
+    assert proc.ready_line is not None and proc.ready_line["ready"] == "coordinator", proc.tail()
     return proc
 
 
@@ -66,7 +59,7 @@ async def _hold_survives_and_the_ledger_verifies(fleet: Fleet, offset_s: float) 
 
     # The clock is put right (a new process): it rebuilds its state from the log the shifted one wrote.
     shifted.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(shifted.wait(), 30) == 0
+    assert await shifted.exited(30) == 0
     await fleet.coordinator(POLICY)
     rc, out, err = await cli(fleet, "approvals", "list", "-t", fleet.tenant, "--json")
     assert rc == 0 and [json.loads(line)["envelope_id"] for line in out.splitlines()] == [injected], err

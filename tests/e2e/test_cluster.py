@@ -202,7 +202,7 @@ async def test_ledger_service_survives_losing_its_consumers_leader(cluster: Embe
         cluster.restart(lost)
         await _until(lambda: _caught_up(js, stream), limit_s=60)
         ledger.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(ledger.wait(), 30) == 0
+        assert await ledger.exited(30) == 0
     finally:
         await fleet.close()
 

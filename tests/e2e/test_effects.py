@@ -19,6 +19,7 @@ import yaml
 
 from tests.e2e.fleet import Fleet
 from tests.e2e.fleet_agents import SYSTEM_DB
+from trustbus._supervisor import Process
 from trustbus.bus import Decision, EffectRecord, Envelope, KeyringStore, decode_effect, subjects, tail
 
 TOOLS = {
@@ -35,7 +36,7 @@ POLICY = {
 }
 
 
-async def start_shop(fleet: Fleet) -> asyncio.subprocess.Process:
+async def start_shop(fleet: Fleet) -> Process:
     """`trustbus agent run tests.e2e.fleet_agents:Shop --tools FILE`, acting on the fleet's SQLite system."""
     if not fleet.keys.path(fleet.tenant, "shop").exists():
         await fleet.key("shop")
@@ -111,7 +112,7 @@ async def test_agent_killed_mid_effect_acts_once_after_restart(fleet: Fleet) -> 
         assert time.monotonic() < deadline, "the tool never ran"
         await asyncio.sleep(0.05)
     shop.send_signal(signal.SIGKILL)
-    await shop.wait()
+    await shop.exited()
     await start_shop(fleet)
 
     [reply] = await replies(fleet)

@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.e2e.test_config_render import TRUSTBUS, run, wait_until_accepted
+from trustbus._supervisor import Process, ProcessFailed, Supervisor
 from trustbus.bus import KeyDirectory, find_server_binary, reload_until_wired
 
 T = "fleet"
+ROOT = Path(__file__).resolve().parents[2]
+READY_S = 60.0
+STOP_S = 20.0
 
 
 @dataclass
@@ -30,21 +34,25 @@ class Rendered:
     env: dict[str, str]
     admin: tuple[str, ...]  # CLI arguments: authenticate as the tenant admin
     server_pid: int
-    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    logs: Path
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(env=self.env, cwd=ROOT, logs=self.logs)
 
     def reload(self) -> None:
         """Have the server read its config file again."""
         reload = subprocess.run([str(find_server_binary()), "--signal", f"reload={self.server_pid}"], timeout=30)
         assert reload.returncode == 0
 
-    def serve(self, args: list[str], err: Path) -> subprocess.Popen[str]:
-        """Start `trustbus <args>` (stopped at the end) and wait for its ready line."""
-        with err.open("w") as stderr:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen([*TRUSTBUS, *args], env=self.env, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line and json.loads(line)["ready"], err.read_text()
+    def serve(self, args: list[str], err: Path) -> Process:
+        """Start `trustbus <args>` (stopped at the end, stderr to ``err``) and wait for its ready line."""
+        proc = self.supervisor.start(err.stem, [*TRUSTBUS, *args], log=err)
+        try:
+            line = proc.wait_ready(READY_S)
+        except ProcessFailed as exc:
+            raise AssertionError("\n".join([str(exc), *proc.tail()])) from None
+        assert line["ready"], line
         return proc
 
 
@@ -70,7 +78,7 @@ def rendered(tmp_path: Path, tenant: str, roles: dict[str, str]) -> Iterator[Ren
         started = json.loads(up.stdout.readline())
         env["NATS_URL"] = started["url"]
         admin = ("--nkey", str(keys / tenant / "admin.seed"))
-        deployment = Rendered(url=started["url"], env=env, admin=admin, server_pid=started["pid"])
+        deployment = Rendered(url=started["url"], env=env, admin=admin, server_pid=started["pid"], logs=tmp_path)
         run(*deployment.admin, "init", "--tenant", tenant, env=env)
         for owner, role in roles.items():
             run(*deployment.admin, "keys", "new", "--tenant", tenant, "--owner", owner, "--role", role, env=env)
@@ -87,13 +95,8 @@ def rendered(tmp_path: Path, tenant: str, roles: dict[str, str]) -> Iterator[Ren
         try:
             yield deployment
         finally:
-            for proc in deployment.procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in deployment.procs:
-                assert proc.wait(timeout=20) == 0
-                if proc.stdout:
-                    proc.stdout.close()
+            deployment.supervisor.stop_all(STOP_S)
+            assert [p.returncode for p in deployment.supervisor.processes] == [0] * len(deployment.supervisor.processes)
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=20)

@@ -129,7 +129,7 @@ async def test_a_sender_over_its_rejection_threshold_is_suspended_until_an_opera
 
     # Suspended: its valid envelopes are refused unverified, in aggregate; the others flow; a restart keeps it.
     first.send_signal(signal.SIGTERM)
-    await first.wait()
+    await first.exited()
     await fleet.coordinator(policy)
     refused = await mallory.send(new_envelope(tenant=fleet.tenant, kind="event", sender="mallory", to=["carol"]))
     fine = await fleet.send(honest, ["carol"], "fine")

@@ -19,6 +19,7 @@ from pathlib import Path
 from tests.e2e.fleet import Fleet, as_records
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_ledger_service import settled, start_ledger
+from trustbus._supervisor import Process
 from trustbus.agents._signed_value import open_holder
 from trustbus.bus import (
     KeyringStore,
@@ -81,7 +82,7 @@ async def _memory_value(fleet: Fleet, agent: str, key: str, *, limit_s: float = 
         await sub.unsubscribe()
 
 
-async def _fleet_at_work(fleet: Fleet, data: Path) -> tuple[asyncio.subprocess.Process, object]:
+async def _fleet_at_work(fleet: Fleet, data: Path) -> tuple[Process, object]:
     await start_ledger(fleet, data, "--checkpoint-every", "5", "--checkpoint-seconds", "0.5")
     await fleet.coordinator(POLICY)
     counter = await fleet.agent("tests.e2e.fleet_agents:Counter", "counter")
@@ -124,7 +125,7 @@ async def test_empty_messages_on_every_subject_and_key_are_recorded_once_as_fore
 
     # The agent restarts on the foreign checkpoint (it starts without it), and still answers.
     counter.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-    await counter.wait()  # type: ignore[attr-defined]
+    await counter.exited()  # type: ignore[attr-defined]
     await fleet.agent("tests.e2e.fleet_agents:Counter", "counter")
     await fleet.send(alice, ["counter"], {"n": 2})  # type: ignore[arg-type]
     assert (await _replies(fleet, "alice", 2))[-1] == {"number": 1}  # counted again from nothing, not crashed
@@ -172,7 +173,7 @@ async def test_without_foreign_messages_nothing_is_recorded_as_foreign(fleet: Fl
     """The twin: the same fleet and traffic, nothing planted."""
     counter, alice = await _fleet_at_work(fleet, tmp_path / "projection")
     counter.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-    await counter.wait()  # type: ignore[attr-defined]
+    await counter.exited()  # type: ignore[attr-defined]
     await fleet.agent("tests.e2e.fleet_agents:Counter", "counter")
     await fleet.send(alice, ["counter"], {"n": 2})  # type: ignore[arg-type]
     assert (await _replies(fleet, "alice", 2))[-1] == {"number": 2}  # counted on from its checkpoint

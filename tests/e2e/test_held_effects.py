@@ -7,7 +7,6 @@ order, as the first demo billing did, so what stops a refund is the bus, not the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -20,6 +19,7 @@ from tests.e2e.fleet import Fleet
 from tests.e2e.fleet_agents import SYSTEM_DB
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
+from trustbus._supervisor import Process
 from trustbus.agents._effect_asks import parse_denial
 from trustbus.bus import Decision
 
@@ -42,9 +42,7 @@ POLICY = {
 MALLORY = {"customer": "mallory", "order": 777, "amount": 500}
 
 
-async def start_billing(
-    fleet: Fleet, target: str = "NaiveBilling", *, registry: dict[str, object] = TOOLS
-) -> asyncio.subprocess.Process:
+async def start_billing(fleet: Fleet, target: str = "NaiveBilling", *, registry: dict[str, object] = TOOLS) -> Process:
     if not fleet.keys.path(fleet.tenant, "billing").exists():
         await fleet.key("billing")
     tools = fleet.tmp / "tools.yaml"
@@ -54,7 +52,7 @@ async def start_billing(
                              "-t", fleet.tenant, "--tools", str(tools), env=env)  # fmt: skip
 
 
-async def start(fleet: Fleet, target: str = "NaiveBilling") -> asyncio.subprocess.Process:
+async def start(fleet: Fleet, target: str = "NaiveBilling") -> Process:
     """Coordinator, operator key, billing; returns billing's process."""
     await fleet.coordinator(POLICY)
     await fleet.key("ops", role="operator")
@@ -222,10 +220,10 @@ async def test_held_refund_survives_restarts_of_billing_and_the_coordinator(flee
     held = await held_call(fleet)
 
     billing.send_signal(signal.SIGKILL)  # dies while it waits for the answer
-    await billing.wait()
+    await billing.exited()
     [coordinator] = [p for p in fleet.procs if p is not billing and p.returncode is None]
     coordinator.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(coordinator.wait(), 30) == 0
+    assert await coordinator.exited(30) == 0
     await fleet.coordinator(POLICY)
     await start_billing(fleet)
 

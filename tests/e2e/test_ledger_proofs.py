@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -45,8 +46,8 @@ async def test_the_service_signs_tree_heads_across_a_restart_and_proofs_check_al
     ledger = await start_ledger(fleet, data, *options)
     await events(fleet, alice, 25)
     await settled(fleet, data)
-    ledger.terminate()
-    assert await ledger.wait() == 0
+    ledger.send_signal(signal.SIGTERM)
+    assert await ledger.exited() == 0
     assert read_catalogue(data).frontier  # the tree is resumed from here
     await start_ledger(fleet, data, *options)
     await events(fleet, alice, 12)

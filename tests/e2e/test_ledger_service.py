@@ -20,6 +20,7 @@ from pathlib import Path
 from nats.js.api import AckPolicy
 
 from tests.e2e.fleet import ROOT, Fleet
+from trustbus._supervisor import Process
 from trustbus.bus import (
     Bus,
     EffectRecord,
@@ -44,7 +45,7 @@ async def until(check: Callable[[], Awaitable[object]], *, limit_s: float = 30, 
     return result
 
 
-async def start_ledger(fleet: Fleet, data: Path, *extra: str) -> asyncio.subprocess.Process:
+async def start_ledger(fleet: Fleet, data: Path, *extra: str) -> Process:
     if not fleet.keys.path(fleet.tenant, "ledger").exists():
         await fleet.key("ledger", role="ledger")
     return await fleet.spawn("ledger", "run", "-t", fleet.tenant, "--data", str(data), *extra)
@@ -127,7 +128,7 @@ async def test_projection_survives_sigkill_with_no_duplicate_no_gap_and_a_contin
     more = asyncio.create_task(traffic(fleet, alice, 80, start=15))
     await asyncio.sleep(0.2)
     ledger.kill()  # SIGKILL, mid-way: traffic is still flowing
-    assert await ledger.wait() == -signal.SIGKILL
+    assert await ledger.exited() == -signal.SIGKILL
     killed_at = read_catalogue(data).last_seq
     await more
     await start_ledger(fleet, data, "--checkpoint-every", "20", "--checkpoint-seconds", "0.3")
@@ -209,7 +210,7 @@ async def test_queries_run_while_the_service_writes(fleet: Fleet, tmp_path: Path
     stdout, _ = await cli.communicate()
     assert cli.returncode == 0 and json.loads(stdout) == {"n": last}
     ledger.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(ledger.wait(), 15) == 0
+    assert await ledger.exited(15) == 0
     assert read_catalogue(data).last_seq == last
 
 
@@ -250,13 +251,9 @@ async def test_ledger_verify_checks_the_services_checkpoints_and_catches_a_forge
     assert one(f"SELECT holds, signer FROM checkpoint_checks WHERE seq = {forged_seq}", data) == (False, "ledger2")
 
 
-async def stop(proc: asyncio.subprocess.Process) -> None:
+async def stop(proc: Process) -> None:
     proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 15) == 0
-
-
-def stderr_of(fleet: Fleet, proc: asyncio.subprocess.Process) -> str:
-    return (fleet.tmp / f"proc{fleet.procs.index(proc)}.err").read_text()
+    assert await proc.exited(15) == 0
 
 
 async def assert_exact(fleet: Fleet, data: Path, last: int) -> None:
@@ -296,7 +293,7 @@ async def test_the_consumer_is_kept_when_it_agrees_with_the_projection_and_made_
     await settled(fleet, data)
     await stop(ledger)
     assert (await js.consumer_info(stream, "ledger")).created == info.created
-    assert "consumer reset" not in stderr_of(fleet, ledger)
+    assert "consumer reset" not in ledger.log.read_text()
 
     # The projection restored from the backup: the consumer is ahead of it, and made anew from the backup's position.
     shutil.rmtree(data)
@@ -317,7 +314,7 @@ async def test_the_consumer_is_kept_when_it_agrees_with_the_projection_and_made_
     await thief.unsubscribe()
     await assert_exact(fleet, data, await settled(fleet, data))
     assert one(f"SELECT count(*) FROM envelopes WHERE seq = {taken.metadata.sequence.stream}", data) == (1,)
-    assert "delivery out of order" in stderr_of(fleet, ledger)
+    assert "delivery out of order" in ledger.log.read_text()
 
     # The consumer deleted under the running service: it is made again from after the projection's position.
     await js.delete_consumer(stream, "ledger")
@@ -325,7 +322,7 @@ async def test_the_consumer_is_kept_when_it_agrees_with_the_projection_and_made_
     last = await settled(fleet, data)
     await assert_exact(fleet, data, last)
     await stop(ledger)
-    assert stderr_of(fleet, ledger).count("consumer reset") >= 2  # the restore and the taken delivery
+    assert ledger.log.read_text().count("consumer reset") >= 2  # the restore and the taken delivery
 
     checkpoints, holding = one("SELECT count(*), count(*) FILTER (WHERE holds) FROM checkpoint_checks", data)
     assert checkpoints >= 4 and holding == checkpoints

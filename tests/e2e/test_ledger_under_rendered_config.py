@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -66,13 +65,6 @@ def _settled(url: str, seed: str, data: Path, *, inbox: int, limit_s: float = 30
         time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
-    if proc.stdout:
-        proc.stdout.close()
-
-
 def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_path: Path) -> None:
     roles = {"ledger": "ledger", "coordinator": "coordinator", "ping": "agent", "pong": "agent"}
     with rendered(tmp_path, T, roles) as deployment:
@@ -100,7 +92,7 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
         assert verified["ok"] and verified["last_seq"] == last and verified["checkpoints"] >= 1, verified
         checks = query("SELECT signer, bool_and(holds), count(*) FROM checkpoint_checks GROUP BY signer", data)
         assert checks.fetchall() == [("ledger", True, verified["checkpoints"])]
-        _stop(ledger)
+        assert ledger.stop(20) == 0
         _, created = asyncio.run(_stream_and_consumer(url, admin_seed))
         assert created is not None
 
@@ -108,7 +100,7 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
         ledger = deployment.serve([*ledger_run, "--data", str(data)], tmp_path / "ledger2.err")
         send(2)
         _settled(url, admin_seed, data, inbox=6)
-        _stop(ledger)
+        assert ledger.stop(20) == 0
         assert asyncio.run(_stream_and_consumer(url, admin_seed))[1] == created
 
         # An empty projection is behind the consumer: the service deletes it and reads the stream again from 1.
@@ -123,7 +115,7 @@ def test_ledger_service_runs_with_its_own_nkey_and_its_checkpoints_verify(tmp_pa
         verified = json.loads(run(*admin, "ledger", "verify", "-t", T, "--json", env=env).stdout)
         assert verified["ok"] and verified["last_seq"] == last, verified
         assert _one("SELECT bool_and(holds) FROM checkpoint_checks", fresh) == (True,)
-        _stop(ledger)
+        assert ledger.stop(20) == 0
 
         assert "consumer reset" in (tmp_path / "ledger3.err").read_text()
         for err in ("coordinator.err", "ledger1.err", "ledger2.err", "ledger3.err"):

@@ -134,7 +134,7 @@ async def test_coordinator_killed_under_load_delivers_every_accepted_envelope_ex
     await load.flush()
     await fleet.decisions(lambda ds: len(ds) >= 200)
     first.send_signal(signal.SIGKILL)
-    await first.wait()
+    await first.exited()
     await fleet.coordinator({"rules": [OPEN]})
 
     decisions = await fleet.decisions(lambda ds: len({d.envelope_id for d in ds}) == total, limit_s=90)
@@ -162,7 +162,7 @@ async def test_agent_killed_mid_handler_handles_the_message_again_after_restart(
 
     await fleet.inbox(lambda read: ("start", stuck, 1) in reports(read))
     worker.send_signal(signal.SIGKILL)
-    await worker.wait()
+    await worker.exited()
     await fleet.agent("tests.e2e.fleet_agents:Recorder", "worker")
 
     def finished(read: list[tuple[str, Envelope]]) -> list[str]:

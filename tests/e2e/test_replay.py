@@ -190,7 +190,7 @@ async def test_re_execution_starts_the_agent_from_the_checkpoint_it_had_then(fle
     for n in (1, 2, 3):
         if n == 3:  # a new process: it counts on from its checkpoint
             counter.send_signal(signal.SIGTERM)
-            assert await counter.wait() == 0
+            assert await counter.exited() == 0
             counter = await fleet.agent("tests.e2e.fleet_agents:Counter", "counter")
         asked.append(await fleet.send(asker, ["counter"], n))
         read = await fleet.inbox(lambda r, n=n: sum(who == "asker" for who, _ in r) >= n)

@@ -130,7 +130,7 @@ async def test_a_killed_coordinators_partitions_are_taken_over_and_nothing_is_lo
     sending = asyncio.create_task(send_spread(fleet, correlations=200, each=6))
     await fleet.decisions(lambda ds: sum(d.verdict == "accept" for d in ds) >= 200, limit_s=60)
     doomed.send_signal(signal.SIGKILL)
-    await doomed.wait()
+    await doomed.exited()
     await sending
     await until_held(fleet, Counter({"coord-a": 4}))  # its leases expired and were taken over
 
@@ -148,7 +148,7 @@ async def test_a_stopped_coordinator_hands_its_partitions_back_at_once(fleet: Fl
     leaving = await fleet.coordinator({"rules": [OPEN]}, name="coord-b")
     await until_held(fleet, Counter({"coord-a": 2, "coord-b": 2}))
     leaving.send_signal(signal.SIGTERM)
-    assert await leaving.wait() == 0
+    assert await leaving.exited() == 0
     await until_held(fleet, Counter({"coord-a": 4}), limit_s=4)  # well before a lease would expire
 
 
@@ -179,7 +179,7 @@ async def test_forged_leases_and_members_move_no_partition_and_are_recorded(flee
         assert why in record.detail, (key, record.detail)
     await asyncio.sleep(3)  # three lease rounds: time for a partition to be dropped or handed back, were it to be
     await until_held(fleet, Counter({"coord-a": 4}), limit_s=2)  # each forged lease written over by its holder
-    log = (fleet.tmp / f"proc{fleet.procs.index(coordinator)}.err").read_text()
+    log = coordinator.log.read_text()
     assert "lease lost" not in log and "handing a partition back" not in log and "Traceback" not in log
 
 
@@ -230,7 +230,7 @@ async def test_processes_stopped_while_the_server_is_gone_exit_without_waiting_o
         await fleet.nc.close()
         server.stop()
     procs = (coordinator, agent, ledger)
-    errs = [tmp_path / f"proc{fleet.procs.index(p)}.err" for p in procs]
+    errs = [p.log for p in procs]
     retrying = ("cannot keep the leases this round", "disconnected from NATS", "disconnected from NATS")
 
     def all_noticed() -> bool:  # each is now retrying the lost server, the state a stop must cut short
@@ -243,7 +243,7 @@ async def test_processes_stopped_while_the_server_is_gone_exit_without_waiting_o
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
-    codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 60)
+    codes = await asyncio.wait_for(asyncio.gather(*(p.exited() for p in procs)), 60)
     stopped_in = time.monotonic() - started
     assert codes == [0, 0, 0]
     assert stopped_in < 4, f"stopping took {stopped_in:.1f} s"  # waiting on requests to the lost server took 6-30 s

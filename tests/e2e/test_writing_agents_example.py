@@ -20,6 +20,7 @@ import msgspec
 from tests.e2e.fleet import ROOT, Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
+from trustbus._supervisor import Process
 from trustbus.agents._memory import Memory, MemoryEntry
 from trustbus.bus import Decision, Envelope, KeyringStore, decode_envelope, subjects
 from trustbus.bus._bucket import NatsBucket
@@ -43,7 +44,7 @@ async def _memory(fleet: Fleet, key: str) -> MemoryEntry | None:
         return await Memory(bucket, "support", None, keys=keys).get(key)  # type: ignore[arg-type]
 
 
-async def start_desk(fleet: Fleet) -> asyncio.subprocess.Process:
+async def start_desk(fleet: Fleet) -> Process:
     return await fleet.spawn(*AGENT, "-t", fleet.tenant)
 
 
@@ -121,7 +122,7 @@ async def test_support_desk_refunds_remembers_replies_with_cited_effects_and_res
 
     # A new process of the same agent resumes from its checkpoint and its memory.
     desk.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(desk.wait(), 30) == 0
+    assert await desk.exited(30) == 0
     await start_desk(fleet)
     second = await fleet.send(triage, ["support"], {"verb": "refund", "customer": "c-42", "order": "A-2", "amount": 7},
                               kind="instruction")  # fmt: skip

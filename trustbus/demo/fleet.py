@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trustbus._supervisor import Process, ProcessFailed, Supervisor
 from trustbus.bus import (
     KeyDirectory,
-    die_with_parent,
     init_tenant,
     list_keys,
     new_key,
@@ -49,17 +46,6 @@ class DemoError(Exception):
 
 
 @dataclass
-class Process:
-    """One component the demo started."""
-
-    name: str
-    args: tuple[str, ...]
-    popen: subprocess.Popen[bytes]
-    out: Path
-    log: Path
-
-
-@dataclass
 class Fleet:
     """The server and processes of one demo run, all under ``workdir``."""
 
@@ -69,6 +55,10 @@ class Fleet:
     server_pid: int = 0
     processes: dict[str, Process] = field(default_factory=dict)
     started: list[tuple[str, int]] = field(default_factory=list)  # (name, pid) of every process ever started
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(env={}, cwd=self.workdir, logs=self.logs, with_parent=not self.detach)
 
     @property
     def keys(self) -> KeyDirectory:
@@ -99,31 +89,19 @@ class Fleet:
 
     def spawn(self, name: str, *args: str) -> Process:
         """Start ``trustbus <args>`` as its own process (in its own session: Ctrl-C reaches the demo only)."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        out, log = self.logs / f"{name}.out", self.logs / f"{name}.log"
-        with out.open("wb") as stdout, log.open("ab") as stderr:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "trustbus", *args],
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=self.env(), cwd=self.workdir,
-                start_new_session=True, preexec_fn=None if self.detach else die_with_parent,
-            )  # fmt: skip
-        process = Process(name=name, args=args, popen=popen, out=out, log=log)
+        process = self.supervisor.start(
+            name, [sys.executable, "-m", "trustbus", *args], env=self.env(), out=self.logs / f"{name}.out"
+        )
         self.processes[name] = process
-        self.started.append((name, popen.pid))
+        self.started.append((name, process.pid))
         return process
 
     async def ready(self, process: Process) -> dict[str, Any]:
         """Wait for the process's JSON ready line; DemoError if it exits or takes too long."""
-        deadline = time.monotonic() + READY_S
-        while time.monotonic() < deadline:
-            line = process.out.read_text().partition("\n")[0]
-            if line:
-                parsed: dict[str, Any] = json.loads(line)
-                return parsed
-            if process.popen.poll() is not None:
-                raise DemoError(f"{process.name} exited with code {process.popen.returncode}: see {process.log}")
-            await asyncio.sleep(0.05)
-        raise DemoError(f"{process.name} was not ready within {READY_S:.0f}s: see {process.log}")
+        try:
+            return await process.ready(READY_S)
+        except ProcessFailed as exc:
+            raise DemoError(str(exc)) from None
 
     async def start_server(self) -> None:
         """Render the bootstrap config (the tenant admin its only user) and start the embedded server with it."""
@@ -174,31 +152,21 @@ class Fleet:
 
     def kill(self, name: str) -> int:
         """SIGKILL a component, as a crash would; its pid."""
-        process = self.processes[name]
-        process.popen.kill()
-        process.popen.wait()
-        return process.popen.pid
+        return self.processes[name].kill()
 
     async def restart(self, name: str) -> int:
         """Start a component again with the same arguments; its new pid, once it is ready."""
-        process = self.spawn(name, *self.processes[name].args)
+        process = self.supervisor.restart(self.processes[name])
+        self.processes[name] = process
+        self.started.append((name, process.pid))
         await self.ready(process)
-        return process.popen.pid
+        return process.pid
 
     def pids(self) -> dict[str, int]:
         """Every running component's pid."""
-        return {name: p.popen.pid for name, p in self.processes.items() if p.popen.poll() is None}
+        return {name: p.pid for name, p in self.processes.items() if p.returncode is None}
 
     def stop(self) -> None:
         """SIGTERM every component, then the server, and wait; SIGKILL what does not stop."""
-        components = [p for n, p in self.processes.items() if n != "server"]
-        for group in (components, [p for n, p in self.processes.items() if n == "server"]):
-            for process in group:
-                if process.popen.poll() is None:
-                    process.popen.terminate()
-            for process in group:
-                try:
-                    process.popen.wait(timeout=STOP_S)
-                except subprocess.TimeoutExpired:
-                    process.popen.kill()
-                    process.popen.wait()
+        self.supervisor.stop([p for n, p in self.processes.items() if n != "server"], STOP_S)
+        self.supervisor.stop([p for n, p in self.processes.items() if n == "server"], STOP_S)
