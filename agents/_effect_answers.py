@@ -97,11 +97,10 @@ async def _read(bus: Bus, key: str, agent: str, ask_id: str, reported: set[str])
         return None
     try:
         stored = decode_signed(entry.value)
-        if stored.key_id and not bus.keyring.keyring.knows(stored.key_id):
-            await bus.keyring.refresh_key(stored.key_id)
+        keyring = await bus.keyring.knowing(stored.key_id)
         # A component's record, judged at its store time (no skew check): a coordinator whose
         # clock was stepped must still be able to release a held call.
-        opened = stored.open(keyring=bus.keyring.keyring, stored_ns=entry.stored_ns, at_store=True)
+        opened = stored.open(keyring=keyring, stored_ns=entry.stored_ns, at_store=True)
         return check_answer(opened, agent=agent, ask_id=ask_id)
     except (msgspec.DecodeError, VerificationError, UntrustedAnswer) as exc:  # MalformedPayload is a VerificationError
         if str(entry.revision) not in reported:

@@ -263,8 +263,7 @@ class Consumers:
         seq = meta.sequence.stream
         headers = msg.headers or {}
         key_id = headers.get(HEADER_KEY, "")
-        if key_id and not self._keyring.keyring.knows(key_id):
-            await self._keyring.refresh_key(key_id)
+        await self._keyring.knowing(key_id)
         try:
             opened = open_envelope(
                 msg.data,

@@ -177,14 +177,10 @@ class KeyringStore:
         if self.keyring.add(revision.key, signed, stored_ns=revision.stored_ns) is None:
             log.warning("keyring entry %s seq %s is not signed by the tenant admin", revision.key, revision.seq)
 
-    async def refresh_key(self, key_id: str) -> None:
-        """Read what was written since the last read now (for a key registered after the keyring was loaded)."""
-        await self.catch_up()
-
     async def knowing(self, key_id: str) -> Keyring:
         """The keyring, read again first if ``key_id`` (the signer of something just read) is not in it yet."""
         if key_id and not self.keyring.knows(key_id):
-            await self.refresh_key(key_id)
+            await self.catch_up()
         return self.keyring
 
     async def put(self, signed: SignedGrant) -> int:

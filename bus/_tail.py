@@ -98,8 +98,7 @@ async def _verify(
     stored_ns = unix_ns(msg.metadata.timestamp)
     headers = msg.headers or {}
     key_id = headers.get(HEADER_KEY, "")
-    if key_id and not keyring.keyring.knows(key_id):
-        await keyring.refresh_key(key_id)
+    await keyring.knowing(key_id)
     seen.prune(stored_ns)
     try:
         opened = open_envelope(

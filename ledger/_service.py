@@ -165,8 +165,7 @@ class LedgerService:
     async def _apply(self, batch: list[StoredMessage]) -> None:
         keyring = self.bus.keyring
         for key_id in {m.headers.get(h, "") for m in batch for h in (HEADER_KEY, HEADER_CKEY)}:
-            if key_id and not keyring.keyring.knows(key_id):
-                await keyring.refresh_key(key_id)
+            await keyring.knowing(key_id)
         checked: Sequence[Opened | VerificationError | None] = [None] * len(batch)
         if len(batch) >= PARALLEL_FROM:  # a backlog: check signatures on every core
             checked = await asyncio.to_thread(open_all, batch, keyring.keyring, self.bus.tenant, limits=self.bus.limits)
