@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from trustbus.agents._signed_value import open_memory_value, signer
+from trustbus.agents._signed_value import signer
 from trustbus.bus import Envelope, TransientError, TransportError, decode_json, subjects
 
 if TYPE_CHECKING:  # the pure decide() imports this module: it must not load the transport
     from trustbus.bus import Bucket, Bus, KeyringStore
-from trustbus.bus import MemoryWrite, decode_memory_write
+from trustbus.bus import MemoryWrite, decode_memory_write, open_memory_value
 
 Sender = Callable[..., Awaitable[Envelope]]
 # Records a value that is not what the key holds: (subject, revision, body, headers, detail).

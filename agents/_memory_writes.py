@@ -14,8 +14,19 @@ import logging
 from collections.abc import Mapping
 
 from trustbus.agents._memory import checkpoint_key, memory_bucket, memory_key, parse_write
-from trustbus.agents._signed_value import memory_value, open_memory_value, signer
-from trustbus.bus import Bus, Conflict, Decision, Envelope, MemoryValue, SignedValue, decode_envelope, subjects
+from trustbus.agents._signed_value import signer
+from trustbus.bus import (
+    Bus,
+    Conflict,
+    Decision,
+    Envelope,
+    MemoryValue,
+    SignedValue,
+    decode_envelope,
+    memory_value,
+    open_memory_value,
+    subjects,
+)
 
 log = logging.getLogger("trustbus.coordinator")
 

@@ -1,12 +1,11 @@
 """Values stored in KV as signed envelopes, and what each key must hold to be believed. Pure.
 
-Such a value is a :class:`bus._records.SignedValue`: msgpack ``{body: bin,
+Such a value is a :class:`bus.SignedValue`: msgpack ``{body: bin,
 headers: {Tb-Sig, Tb-Key}}``, a signed envelope opened as of the time the
-server stored the value.
+server stored the value. Memory values are opened by the bus
+(:func:`bus.open_memory_value`, which the ledger's rollback uses too); here:
 
 - ``$KV.tb_mem_<T>.<agent>.checkpoint``: the agent's own ``checkpoint`` envelope, which the coordinator accepted.
-- ``$KV.tb_mem_<T>.<agent>.<key>``: a ``memory_write`` envelope signed by a ``coordinator`` key whose payload is a
-  :class:`bus.MemoryValue` naming that key.
 - ``$KV.tb_coord_<T>.partition-<p>`` and ``member-<name>``: an ``event`` envelope signed by a ``coordinator``
   key whose JSON payload is a :class:`Holder` naming that key and the signer as holder.
 
@@ -25,25 +24,17 @@ from typing import Any
 import msgspec
 
 from trustbus.bus import (
-    MAX_MSG_SIZE,
     Identity,
     Keyring,
-    Limits,
     MalformedPayload,
-    MemoryValue,
-    Opened,
     SignedValue,
     VerificationError,
     decode_json,
-    decode_memory_payload,
     decode_signed,
-    encode_memory_value,
     new_envelope,
+    open_coordinator_value,
     seal,
 )
-
-# A memory value wraps a value that came in an envelope of at most the receive limit: allow it its wrapping.
-_VALUE_LIMITS = Limits(max_bytes=MAX_MSG_SIZE)
 
 
 class Holder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -84,37 +75,6 @@ def open_checkpoint(value: bytes, *, keyring: Keyring, agent_id: str, stored_ns:
     return state
 
 
-def memory_value(coordinator: Identity, name: str, value: MemoryValue, *, tenant: str, now_ns: int) -> bytes:
-    """The bytes to store at ``value.key``: ``value`` in a ``memory_write`` envelope signed by the coordinator
-    ``name`` (key ``coordinator``), to the agent whose namespace it is, caused by the write it applies."""  # noqa: D205, D209
-    envelope = new_envelope(
-        tenant=tenant,
-        kind="memory_write",
-        sender=name,
-        to=(value.key.split(".", 1)[0],),
-        causation_id=value.envelope_id,
-        taint=value.effective_taint,
-        content_type="application/msgpack",
-        payload=encode_memory_value(value),
-        now_ns=now_ns,
-    )
-    sealed = seal(envelope, coordinator)
-    return SignedValue.of(sealed.body, sealed.headers).encode()
-
-
-def open_memory_value(value: bytes, *, keyring: Keyring, key: str, stored_ns: int) -> MemoryValue:
-    """The value a coordinator stored at memory key ``key`` (``<agent>.<name>``); ValueError saying why it is
-    foreign otherwise."""  # noqa: D205, D209
-    opened = _open_coordinators(value, keyring=keyring, stored_ns=stored_ns, kind="memory_write", limits=_VALUE_LIMITS)
-    try:
-        stored = decode_memory_payload(opened.envelope.payload)
-    except ValueError as exc:  # msgspec.DecodeError, MalformedPayload
-        raise ValueError(f"a coordinator's memory_write that holds no memory value: {exc}") from exc
-    if stored.key != key:
-        raise ValueError(f"the value of {stored.key}, not of {key}")
-    return stored
-
-
 def holder_value(
     coordinator: Identity, name: str, key: str, instance: str | None, *, tenant: str, now_ns: int
 ) -> bytes:
@@ -130,7 +90,7 @@ def holder_value(
 
 def open_holder(value: bytes, *, keyring: Keyring, key: str, stored_ns: int) -> Holder:
     """Who a coordinator said holds lease or member key ``key``; ValueError saying why it is foreign otherwise."""
-    opened = _open_coordinators(value, keyring=keyring, stored_ns=stored_ns, kind="event")
+    opened = open_coordinator_value(value, keyring=keyring, stored_ns=stored_ns, kind="event")
     try:
         holder = decode_json(opened.envelope.payload, type=Holder)
     except ValueError as exc:  # MalformedPayload
@@ -140,20 +100,3 @@ def open_holder(value: bytes, *, keyring: Keyring, key: str, stored_ns: int) -> 
     if holder.name != opened.envelope.sender:
         raise ValueError(f"names {holder.name} as holder, signed by {opened.envelope.sender}")
     return holder
-
-
-def _open_coordinators(
-    value: bytes, *, keyring: Keyring, stored_ns: int, kind: str, limits: Limits = Limits()
-) -> Opened:
-    """A ``kind`` envelope signed by a key whose role was ``coordinator`` when ``value`` was stored; ValueError."""
-    if not value:
-        raise ValueError("an empty value: nothing anyone signed")
-    try:
-        opened = decode_signed(value).open(keyring=keyring, stored_ns=stored_ns, at_store=True, limits=limits)
-    except (ValueError, VerificationError) as exc:  # msgspec.DecodeError, MalformedPayload
-        raise ValueError(f"not a signed value: {exc}") from exc
-    if opened.grant.role != "coordinator":
-        raise ValueError(f"signed by {opened.envelope.sender}'s {opened.grant.role} key, not a coordinator's")
-    if opened.envelope.kind != kind:
-        raise ValueError(f"a coordinator's {opened.envelope.kind}, not its {kind}")
-    return opened

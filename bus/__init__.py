@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
     from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
     from trustbus.bus._log import NatsSubjectLog
+    from trustbus.bus._memory_values import memory_value, open_coordinator_value, open_memory_value
     from trustbus.bus._nats_config import own_account, render_bootstrap_config, render_tenant_config
     from trustbus.bus._payload import Bounds, MalformedPayload, decode_json, decode_msgpack
     from trustbus.bus._permissions import AGENT_API_PREFIX
@@ -242,6 +243,9 @@ __all__ = [
     "decode_json",
     "decode_memory_payload",
     "decode_memory_value",
+    "memory_value",
+    "open_coordinator_value",
+    "open_memory_value",
     "decode_memory_write",
     "decode_msgpack",
     "decode_quarantine_payload",
@@ -390,6 +394,9 @@ _ORIGINS: dict[str, str] = {
     "decode_effect": "trustbus.bus._records",
     "decode_memory_payload": "trustbus.bus._records",
     "decode_memory_value": "trustbus.bus._records",
+    "memory_value": "trustbus.bus._memory_values",
+    "open_coordinator_value": "trustbus.bus._memory_values",
+    "open_memory_value": "trustbus.bus._memory_values",
     "decode_memory_write": "trustbus.bus._records",
     "decode_signed": "trustbus.bus._records",
     "encode_checkpoint": "trustbus.bus._records",

@@ -184,7 +184,7 @@ def decode_memory_payload(payload: bytes) -> MemoryValue:
 
 def decode_memory_value(data: bytes) -> MemoryValue:
     """What a stored memory value says, **unverified** (signer and key are checked by
-    ``agents._signed_value.open_memory_value``); msgspec.DecodeError or MalformedPayload if it is not one."""  # noqa: D205, D209
+    ``bus.open_memory_value``); msgspec.DecodeError or MalformedPayload if it is not one."""  # noqa: D205, D209
     try:
         envelope = decode_envelope(decode_signed(data).body)
     except VerificationError as exc:  # Malformed, UnsupportedVersion: not a ValueError, unlike the rest

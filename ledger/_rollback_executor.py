@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -40,13 +41,15 @@ from trustbus.bus import (
     decode_decision,
     decode_effect,
     decode_json,
-    decode_memory_value,
     new_envelope,
     open_envelope,
+    open_memory_value,
     subjects,
 )
 from trustbus.ledger._errors import LedgerError
 from trustbus.ledger._rollback import COMPENSATES, Compensation, MemoryRevert, RollbackPlan, compensated_keys
+
+log = logging.getLogger("trustbus.ledger")
 
 POLL_S = 0.05  # how often a rollback re-reads the stream while it waits for the coordinator and agents
 
@@ -210,12 +213,16 @@ async def _revert_memory(
     """Write the key's value from before the incident, if the incident's write is still the current one."""
     memory = via.bucket(subjects.memory_bucket(via.tenant))
     key = f"{revert.agent}.{revert.key}"
-    history: list[tuple[int, MemoryValue]] = []  # the values the coordinator wrote (foreign ones are skipped)
+    history: list[tuple[int, MemoryValue]] = []  # the values a coordinator signed for this key
     last = 1
     async for entry in memory.history(key):
         last = entry.revision
-        with contextlib.suppress(msgspec.DecodeError, ValueError):
-            history.append((entry.revision, decode_memory_value(entry.value)))
+        try:
+            history.append(
+                (entry.revision, open_memory_value(entry.value, keyring=keyring, key=key, stored_ns=entry.stored_ns))
+            )
+        except ValueError as exc:
+            log.warning("memory value skipped as foreign", extra={"subject": memory.subject(key), "detail": str(exc)})
     if not history or history[-1][1].envelope_id not in revert.written_by:
         return False  # reverted already, or changed since: a person decides
     first = next(i for i, (_, value) in enumerate(history) if value.envelope_id in revert.written_by)
@@ -242,7 +249,7 @@ async def _revert_memory(
         if decision.envelope_id == write.id:
             if decision.verdict != "accept":
                 raise LedgerError(f"reverting {revert.agent}.{revert.key} was refused: {', '.join(decision.reasons)}")
-            await _stored(memory, key, write.id, wait_s=wait_s)
+            await _stored(memory, keyring, key, write.id, wait_s=wait_s)
             return True
     raise LedgerError(f"no decision about reverting {revert.agent}.{revert.key} within {wait_s:.0f}s")
 
@@ -271,13 +278,17 @@ async def _verified(
         await asyncio.sleep(POLL_S)
 
 
-async def _stored(memory: Bucket, key: str, envelope_id: str, *, wait_s: float) -> None:
+async def _stored(memory: Bucket, keyring: Keyring, key: str, envelope_id: str, *, wait_s: float) -> None:
     """Wait until the coordinator has stored the value ``envelope_id`` wrote (it writes after deciding)."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         entry = await memory.get(key)
-        with contextlib.suppress(msgspec.DecodeError, ValueError):  # not there yet, or a foreign value to replace
-            if entry is not None and decode_memory_value(entry.value).envelope_id == envelope_id:
+        with contextlib.suppress(ValueError):  # not there yet, or a foreign value to replace
+            if (
+                entry is not None
+                and open_memory_value(entry.value, keyring=keyring, key=key, stored_ns=entry.stored_ns).envelope_id
+                == envelope_id
+            ):
                 return
         await asyncio.sleep(POLL_S)
     raise LedgerError(f"the reverted value of {memory.subject(key)} was not stored within {wait_s:.0f}s")

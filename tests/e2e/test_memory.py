@@ -10,8 +10,7 @@ import msgspec
 
 from tests.e2e.fleet import Fleet
 from trustbus.agents._memory import Memory, memory_bucket
-from trustbus.agents._signed_value import memory_value
-from trustbus.bus import Bus, Decision, MemoryValue, new_envelope, subjects
+from trustbus.bus import Bus, Decision, MemoryValue, memory_value, new_envelope, subjects
 
 POLICY = {"taint": {"on_tainted_memory_write": "quarantine"}, "rules": [{"from": "*", "to": ["*"], "kinds": ["event"]}]}
 

@@ -7,15 +7,17 @@ import json
 import msgspec
 import pytest
 
-from trustbus.agents._signed_value import memory_value, open_checkpoint, open_memory_value
+from trustbus.agents._signed_value import open_checkpoint
 from trustbus.bus import (
     Identity,
     KeyGrant,
     Keyring,
     MemoryValue,
     VerificationError,
+    memory_value,
     new_envelope,
     open_envelope,
+    open_memory_value,
     seal,
     sign_grant,
 )

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from trustbus.agents._signed_value import memory_value
 from trustbus.bus import (
     Decision,
     EffectRecord,
@@ -29,6 +28,7 @@ from trustbus.bus import (
     decode_memory_value,
     encode_decision,
     encode_effect,
+    memory_value,
     new_envelope,
     open_envelope,
     seal,
@@ -191,16 +191,13 @@ class Operator:
         return self.memory
 
 
-COORDINATOR = Identity.generate()
-
-
 def stored(value: object, envelope_id: str, *, decision_id: str = "d", key: str = "bank.limit") -> bytes:
     """A memory value as the coordinator stores it: signed, for its key."""
     written = MemoryValue(
         key=key, value=json.dumps(value).encode(), envelope_id=envelope_id, writer="ops", effective_taint=(),
         decision_id=decision_id,
     )  # fmt: skip
-    return memory_value(COORDINATOR, "coordinator", written, tenant=TENANT, now_ns=time.time_ns())
+    return memory_value(COORDINATOR, "c", written, tenant=TENANT, now_ns=time.time_ns())
 
 
 async def incident() -> tuple[Operator, RollbackPlan]:
@@ -358,3 +355,34 @@ async def test_a_memory_revert_the_coordinator_refuses_stops_the_rollback() -> N
         await run_rollback(plan, operator, keyring=keyring(), wait_s=1)
 
     assert await limit(operator) == {"limit": 10**6}
+
+
+def forged(value: object, envelope_id: str, signer: Identity, name: str) -> bytes:
+    """A memory value as ``signer`` (not a coordinator) would write it, if it could write the bucket."""
+    written = MemoryValue(
+        key="bank.limit", value=json.dumps(value).encode(), envelope_id=envelope_id, writer="ops",
+        effective_taint=(), decision_id="d",
+    )  # fmt: skip
+    return memory_value(signer, name, written, tenant=TENANT, now_ns=time.time_ns())
+
+
+async def test_a_value_no_coordinator_signed_is_never_what_a_rollback_restores() -> None:
+    operator, _ = await incident()
+    await operator.memory.put("bank.limit", stored({"limit": 100}, "w0"))
+    await operator.memory.put("bank.limit", forged({"limit": 10**9}, "w0b", BANK, "bank"))  # an agent's own
+    await operator.memory.put("bank.limit", b"")  # what the server stores for a request's reply subject
+    await operator.memory.put("bank.limit", stored({"limit": 10**6}, "w1"))
+    plan = RollbackPlan(correlation_id="incident", memory=[MemoryRevert("bank", "limit", ("w1",))])
+
+    assert await run_rollback(plan, operator, keyring=keyring(), wait_s=1) == ["memory:bank.limit"]
+
+    assert await limit(operator) == {"limit": 100}  # the last value a coordinator signed before the incident
+
+
+async def test_a_forged_value_naming_the_incidents_write_does_not_make_a_rollback_overwrite_a_later_one() -> None:
+    operator, plan = await memory_incident(changed_since=True)  # w2 came after the incident: a person decides
+    await operator.memory.put("bank.limit", forged({"limit": 10**6}, "w1", OPS, "ops"))  # "still the incident's"
+
+    assert await run_rollback(plan, operator, keyring=keyring(), wait_s=1) == []
+
+    assert operator.sent == []
