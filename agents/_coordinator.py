@@ -25,6 +25,7 @@ Exactly once, with any number of coordinator processes on a partition:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -37,6 +38,7 @@ from trustbus.agents._effect_asks import decide_ask, is_ask, is_ask_decision
 from trustbus.agents._forwarding import Forwarder
 from trustbus.agents._intake import Intake
 from trustbus.agents._memory_writes import MemoryWrites
+from trustbus.agents._outages import patiently
 from trustbus.agents._policy import Policy
 from trustbus.agents._suspension import Suspensions
 from trustbus.bus import (
@@ -90,6 +92,7 @@ class Coordinator:
             self.state, policy, partition=partition, partitions=bus.partitions, tenant=bus.tenant
         )
         self._intake = Intake(bus, partition, approvals=consumer_name(partition), suspensions=self.suspensions)
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Create the partition's consumers (one per sender: agents._intake), rebuild its state from its decision
@@ -109,6 +112,7 @@ class Coordinator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Mediate until ``stop`` is set, a fetched batch at a time, senders in turn (agents._intake)."""
+        self._stopping = stop
         async for batch in self._intake.batches(stop):
             await self._suspend_due()
             group: list[Delivery] = []
@@ -119,7 +123,7 @@ class Coordinator:
                 await self._mediate_group(group)
                 group = []
                 async with delivery.process():
-                    await self._mediate(delivery)
+                    await patiently([delivery], functools.partial(self._mediate, delivery), stopping=self._stopping)
             await self._mediate_group(group)
 
     async def _suspend_due(self) -> None:
@@ -178,16 +182,7 @@ class Coordinator:
         if not group:
             return
         try:
-            recorded = await self._decide_group(group)
-            started = [
-                (d, await self._start_forwards(d, self.state.decided[d.envelope.id], d.envelope.id in recorded))
-                for d in group
-                if not d.settled
-            ]
-            for delivery, acks in started:
-                for ack in acks:
-                    await ack
-                await delivery.ack()
+            await patiently(group, functools.partial(self._mediate_group_once, group), stopping=self._stopping)
         except (TransportError, TransientError) as exc:
             log.warning("batch not mediated, will retry", extra={"size": len(group), "error": str(exc)})
             for delivery in group:
@@ -198,6 +193,18 @@ class Coordinator:
             for delivery in group:
                 if not delivery.settled:
                     await delivery.reject("handler_error", f"{type(exc).__name__}: {exc}")
+
+    async def _mediate_group_once(self, group: list[Delivery]) -> None:
+        recorded = await self._decide_group(group)
+        started = [
+            (d, await self._start_forwards(d, self.state.decided[d.envelope.id], d.envelope.id in recorded))
+            for d in group
+            if not d.settled
+        ]
+        for delivery, acks in started:
+            for ack in acks:
+                await ack
+            await delivery.ack()
 
     async def _decide_group(self, group: list[Delivery]) -> set[str]:
         """Decide every undecided envelope of ``group`` against the state and record them, retrying on conflict;

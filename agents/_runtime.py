@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -24,6 +25,7 @@ from trustbus.agents._effector import Effector, check_direct_gets
 from trustbus.agents._errors import RuntimeSetupError
 from trustbus.agents._forwarding import INBOX_SETTINGS
 from trustbus.agents._memory import ForeignRecorder, Memory, checkpoint_key, memory_bucket
+from trustbus.agents._outages import patiently
 from trustbus.agents._signed_value import open_checkpoint
 from trustbus.agents._tools import Toolbox, ToolImplementation
 from trustbus.bus import (
@@ -321,8 +323,14 @@ async def run_agent(
     log.info("agent ready", extra={"agent": agent_id, "tenant": bus.tenant})
     ready()
     async for delivery in bus.consume(inbox, settings=INBOX_SETTINGS, recipient=agent_id, stop=stop):
+        handle = functools.partial(_handle_afresh, agent, bus, delivery, tools)
         async with delivery.process():
-            await _handle_in_time(agent, Context(bus, agent_id, delivery, tools=tools))
+            await patiently([delivery], handle, stopping=stop)
+
+
+async def _handle_afresh(agent: Agent, bus: Bus, delivery: Delivery, tools: Toolbox | None) -> None:
+    """Handle ``delivery`` in a new context (a run again after an outage starts as a redelivery would)."""
+    await _handle_in_time(agent, Context(bus, bus.name, delivery, tools=tools))
 
 
 async def _handle_in_time(agent: Agent, ctx: Context) -> None:

@@ -80,6 +80,12 @@ class Delivery:
             delay_s = backoff[min(self.attempt - 1, len(backoff) - 1)]
         await self._msg.nak(delay=delay_s)
 
+    async def in_progress(self) -> None:
+        """Tell the server this is still being worked on (its ack wait starts again); a lost connection is ignored:
+        the server then delivers it again, as after a crash."""  # noqa: D205, D209
+        with contextlib.suppress(nats.errors.Error):
+            await self._msg.in_progress()
+
     async def defer(self, delay_s: float) -> None:
         """Deliver again after ``delay_s`` without counting it as a failure (e.g. a rate limit)."""
         self.settled = True
@@ -103,7 +109,7 @@ class Delivery:
         exception is logged and recorded, not re-raised, so one poison message
         never stops the consumer.
         """
-        heartbeat = _Heartbeat(self._msg, self._settings.ack_wait_s / 3)
+        heartbeat = _Heartbeat(self, self._settings.ack_wait_s / 3)
         try:
             yield self
         except (TransientError, TransportError) as exc:
@@ -127,22 +133,18 @@ class _Heartbeat:
     A timer, not a task per message: most handlers finish before the first beat.
     """
 
-    def __init__(self, msg: Msg, interval: float) -> None:
-        self._msg = msg
+    def __init__(self, delivery: Delivery, interval: float) -> None:
+        self._delivery = delivery
         self._interval = interval
         self._loop = asyncio.get_running_loop()
         self._handle = self._loop.call_later(interval, self._beat)
         self._beats: set[asyncio.Task[None]] = set()
 
     def _beat(self) -> None:
-        task = self._loop.create_task(self._in_progress())
+        task = self._loop.create_task(self._delivery.in_progress())
         self._beats.add(task)
         task.add_done_callback(self._beats.discard)
         self._handle = self._loop.call_later(self._interval, self._beat)
-
-    async def _in_progress(self) -> None:
-        with contextlib.suppress(nats.errors.Error):
-            await self._msg.in_progress()
 
     def stop(self) -> None:
         self._handle.cancel()

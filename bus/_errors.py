@@ -72,6 +72,14 @@ class Unavailable(TransportError):
     """No server, or no stream leader, answered: retrying later may succeed."""
 
 
+class StoreFull(Unavailable):
+    """The server's JetStream store (or the account's share of it) has no room: nothing was stored.
+
+    It passes once space is freed or the limit raised, so it is an
+    :class:`Unavailable`: whoever retries those retries this, and says why.
+    """
+
+
 class Timeout(TransportError):
     """No answer came in time; the request may still have taken effect."""
 

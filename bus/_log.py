@@ -28,11 +28,11 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
 from trustbus.bus._bucket import EXPECTED_LAST_SUBJECT_SEQ
-from trustbus.bus._errors import Conflict, NotFound, Refused
+from trustbus.bus._errors import Conflict, NotFound
 from trustbus.bus._in_order import Start, read_in_order
 from trustbus.bus._stored import StoredMessage, stored_message, unix_ns
 from trustbus.bus._stores import Appended
-from trustbus.bus._translate import NATS_ERRORS, WRONG_LAST_SEQUENCE, translated
+from trustbus.bus._translate import NATS_ERRORS, api_error, translated
 
 _BATCH_DUPLICATE = 10201  # a message id of the batch was stored before (or is in it twice)
 # Read one by one when the stream holds at most this many messages past the position: a consumer costs more.
@@ -174,6 +174,6 @@ def _raise_for_batch_error(data: bytes, subject: str) -> None:
     error = json.loads(data).get("error")
     if error is None:
         return
-    if error.get("err_code") in (WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE):
+    if error.get("err_code") == _BATCH_DUPLICATE:
         raise Conflict(f"append a batch to {subject}: {error.get('description', error)}")
-    raise Refused(f"append a batch to {subject}: {error.get('description', error)}")
+    raise api_error(error, f"append a batch to {subject}")

@@ -14,6 +14,10 @@ is retried too, with the same ``Nats-Msg-Id``, after a growing pause, for up to
 ``unavailable_s`` seconds; a subject no stream captures fails the same way,
 only later.
 
+A publish refused because the store is full is not retried: it fails at once
+with :class:`~bus.StoreFull`, which says so (space returns only when someone
+frees it; the caller decides when to try again).
+
 A publish the server refuses for permissions is never answered: the server
 reports it as an asynchronous error naming the subject, and the connection's
 error callback calls :meth:`Publisher.refuse`, which fails it at once.
@@ -30,7 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from trustbus.bus._errors import TransportError
-from trustbus.bus._translate import unavailable
+from trustbus.bus._translate import store_full, translated, unavailable
 
 log = logging.getLogger("trustbus.bus")
 
@@ -99,6 +103,8 @@ class Publisher:
         error = ack.exception()
         if error is None:
             result.set_result(ack.result())
+        elif store_full(error):  # not an election: space comes back when someone frees it, so the caller decides
+            result.set_exception(translated(error, f"publish to {subject}"))
         elif unavailable(error):
             self._start_retry(subject, body, headers, result, error)
         else:
@@ -141,7 +147,7 @@ class Publisher:
                 if timeouts >= _RETRIES:
                     break
                 timeouts += 1
-            elif unavailable(last):
+            elif unavailable(last) and not store_full(last):
                 if loop.time() >= deadline:
                     break
                 if pauses == 0:
@@ -160,7 +166,8 @@ class Publisher:
                 result.set_result(ack)
             return
         if not result.done():
-            failure = TransportError(f"publish to {subject} failed after {resends} re-sends: {last!r}")
+            doing = f"publish to {subject} (after {resends} re-sends)"
+            failure = translated(last, doing) if store_full(last) else TransportError(f"{doing} failed: {last!r}")
             failure.__cause__ = last
             result.set_exception(failure)
 

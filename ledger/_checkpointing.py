@@ -20,12 +20,14 @@ class CheckpointSchedule:
         every_s: seconds after which any new message calls for one.
         since: new messages since the last checkpoint.
         last_at: when the last checkpoint was published (monotonic seconds).
+        retry_at: after a checkpoint could not be published, none is due before this.
     """
 
     every_n: int
     every_s: float
     since: int = 0
     last_at: float = 0.0
+    retry_at: float = 0.0
 
     def observe(self, channel: str) -> None:
         """Count one projected message of ``channel`` (see :func:`ledger._projection.channel_of`)."""
@@ -34,16 +36,23 @@ class CheckpointSchedule:
 
     def due(self, now: float) -> bool:
         """Whether a checkpoint should be published now."""
+        if now < self.retry_at:
+            return False
         return self.since >= self.every_n or (self.since > 0 and now - self.last_at >= self.every_s)
 
     def seconds_until_due(self, now: float) -> float | None:
         """How long until the time rule makes a checkpoint due (None: nothing new yet)."""
-        return None if self.since == 0 else max(0.0, self.last_at + self.every_s - now)
+        return None if self.since == 0 else max(0.0, self.last_at + self.every_s - now, self.retry_at - now)
 
     def published(self, now: float) -> None:
         """A checkpoint was published at ``now``."""
         self.since = 0
         self.last_at = now
+        self.retry_at = 0.0
+
+    def failed(self, now: float, retry_s: float) -> None:
+        """A checkpoint could not be published at ``now``: try again ``retry_s`` later, not before."""
+        self.retry_at = now + retry_s
 
 
 def checkpoint_envelope(tenant: str, sender: str, position: Position, *, now_ns: int | None = None) -> Envelope:

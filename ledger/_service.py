@@ -35,7 +35,9 @@ from trustbus.bus import (
     KeyDirectory,
     Opened,
     StoredMessage,
+    Timeout,
     TransportError,
+    Unavailable,
     VerificationError,
     stop_on_signals,
     subjects,
@@ -52,6 +54,7 @@ from trustbus.ledger._strays import StrayRecorder
 log = logging.getLogger("trustbus.ledger")
 
 PARALLEL_FROM = 256  # messages in a batch from which signatures are checked on every core
+CHECKPOINT_RETRY_S = 5.0  # after a checkpoint the server could not take
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +216,15 @@ class LedgerService:
     async def _checkpoint(self, now: float) -> None:
         position = self.projector.position
         envelope = checkpoint_envelope(self.bus.tenant, self.bus.name, position)
-        await self.bus.publish(subjects.checkpoint(self.bus.tenant), self.bus.seal(envelope))
+        try:
+            await self.bus.publish(subjects.checkpoint(self.bus.tenant), self.bus.seal(envelope))
+        except (Unavailable, Timeout) as exc:  # no server, or no room in its store: the next one states more
+            log.warning(
+                "checkpoint not published; will try again",
+                extra={"through_seq": position.last_seq, "retry_s": CHECKPOINT_RETRY_S, "error": str(exc)},
+            )
+            self.schedule.failed(now, CHECKPOINT_RETRY_S)
+            return
         self.schedule.published(now)
         log.info("checkpoint", extra={"through_seq": position.last_seq, "head": position.head.hex()})
 

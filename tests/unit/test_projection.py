@@ -315,6 +315,19 @@ def test_checkpoint_schedule_counts_new_messages_but_not_checkpoints() -> None:
     assert schedule.since == 0 and not schedule.due(500.0)
 
 
+def test_a_checkpoint_that_could_not_be_published_is_due_again_after_its_pause_not_before() -> None:
+    schedule = CheckpointSchedule(every_n=2, every_s=10.0, last_at=100.0)
+    schedule.observe("outbox")
+    assert schedule.due(111.0)
+    schedule.failed(111.0, 5.0)
+    assert not schedule.due(115.9) and schedule.seconds_until_due(113.0) == 3.0
+    assert schedule.due(116.0)
+    schedule.published(116.0)
+    schedule.observe("outbox")
+    schedule.observe("outbox")
+    assert schedule.due(116.5)  # published: no pause left over
+
+
 def test_checks_made_on_every_core_project_exactly_as_checks_made_in_line(world: World) -> None:
     from trustbus.ledger._parallel import CHUNK, open_all
 
