@@ -14,7 +14,6 @@ from trustbus.bus._lazy import lazy_names
 if TYPE_CHECKING:
     from trustbus.bus._admin import (
         KeyDirectory,
-        connect_nats,
         default_keys_dir,
         init_tenant,
         list_keys,
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
         revoke_key,
         rotate_key,
     )
-    from trustbus.bus._api import tenant_jetstream
     from trustbus.bus._cluster import EmbeddedCluster
     from trustbus.bus._consumer import ConsumerSettings
     from trustbus.bus._delivery import Delivery, rejection
@@ -72,7 +70,6 @@ if TYPE_CHECKING:
     from trustbus.bus._identity import Identity, encode_key_id, verify_key
     from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
     from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
-    from trustbus.bus._log import NatsSubjectLog
     from trustbus.bus._nats_config import own_account, render_bootstrap_config, render_tenant_config
     from trustbus.bus._payload import Bounds, MalformedPayload, decode_json, decode_msgpack
     from trustbus.bus._permissions import AGENT_API_PREFIX
@@ -194,7 +191,6 @@ __all__ = [
     "MemoryWrite",
     "MissingSignature",
     "NAME_PATTERN",
-    "NatsSubjectLog",
     "NotFound",
     "NotMediated",
     "Opened",
@@ -233,7 +229,6 @@ __all__ = [
     "WorkItem",
     "WorkQueue",
     "WorkQueueSettings",
-    "connect_nats",
     "countersign",
     "decode_checkpoint",
     "decode_decision",
@@ -284,7 +279,6 @@ __all__ = [
     "summarise",
     "summary_msg_id",
     "tail",
-    "tenant_jetstream",
     "tenant_partitions",
     "tenant_stream_config",
     "unless_stopped",
@@ -294,14 +288,12 @@ __all__ = [
 # Where each public name is defined.
 _ORIGINS: dict[str, str] = {
     "KeyDirectory": "trustbus.bus._admin",
-    "connect_nats": "trustbus.bus._admin",
     "default_keys_dir": "trustbus.bus._admin",
     "init_tenant": "trustbus.bus._admin",
     "list_keys": "trustbus.bus._admin",
     "new_key": "trustbus.bus._admin",
     "revoke_key": "trustbus.bus._admin",
     "rotate_key": "trustbus.bus._admin",
-    "tenant_jetstream": "trustbus.bus._api",
     "EmbeddedCluster": "trustbus.bus._cluster",
     "ConsumerSettings": "trustbus.bus._consumer",
     "Delivery": "trustbus.bus._delivery",
@@ -357,7 +349,6 @@ _ORIGINS: dict[str, str] = {
     "sign_grant": "trustbus.bus._keyring",
     "KeyringRevision": "trustbus.bus._keyring_store",
     "KeyringStore": "trustbus.bus._keyring_store",
-    "NatsSubjectLog": "trustbus.bus._log",
     "own_account": "trustbus.bus._nats_config",
     "render_bootstrap_config": "trustbus.bus._nats_config",
     "render_tenant_config": "trustbus.bus._nats_config",
