@@ -16,17 +16,13 @@ from trustbus.bus import (
     Approval,
     Decision,
     KeyDirectory,
-    KeyringStore,
-    NatsSubjectLog,
+    TenantStream,
     VerificationError,
-    connect_nats,
     decode_effect,
     decode_envelope,
     new_envelope,
     seal,
     subjects,
-    tenant_jetstream,
-    tenant_partitions,
 )
 
 POLL_S = 0.1
@@ -52,18 +48,12 @@ async def list_held_requests(
 ) -> list[tuple[Decision, str]]:
     """Like :func:`list_held`, each with what the held message asks (:func:`what_is_held`), read from the stream."""
     prefix = subjects.reply_prefix(reader) if reader else None
-    nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
-    try:
-        js = await tenant_jetstream(nc, tenant)  # an operator's own account imports the tenant's API
-        stream = subjects.stream_name(tenant)
-        async with await KeyringStore.open(js, tenant, follow=False) as keyring:
-            log = DecisionLog(NatsSubjectLog(js, nc, stream, subjects.all_decisions(tenant)), keyring.keyring, Policy())
-            await log.catch_up()
-            return [
-                (decision, what_is_held((await log.log.get(decision.source_seq)).body)) for decision in log.state.held()
-            ]
-    finally:
-        await nc.close()
+    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed, inbox_prefix=prefix) as stream:
+        log = DecisionLog(stream.log(subjects.all_decisions(tenant)), await stream.keyring(), Policy())
+        await log.catch_up()
+        return [
+            (decision, what_is_held((await log.log.get(decision.source_seq)).body)) for decision in log.state.held()
+        ]
 
 
 SHOWN_CHARS = 200
@@ -113,46 +103,41 @@ async def answer(
     """
     identity = keys.load(tenant, operator)
     prefix = subjects.reply_prefix(operator) if nkey_seed else None  # a rendered config's operator user
-    nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=prefix)
-    try:
-        js = await tenant_jetstream(nc, tenant)  # an operator's own account imports the tenant's API
-        stream = subjects.stream_name(tenant)
-        async with await KeyringStore.open(js, tenant) as keyring:
-            log = DecisionLog(NatsSubjectLog(js, nc, stream, subjects.all_decisions(tenant)), keyring.keyring, Policy())
+    async with (
+        await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed, inbox_prefix=prefix) as stream,
+        await stream.follow_keyring() as keyring,
+    ):
+        log = DecisionLog(stream.log(subjects.all_decisions(tenant)), keyring.keyring, Policy())
+        await log.catch_up()
+        current = log.state.decided.get(envelope_id)
+        if current is None:
+            raise ApprovalError(f"no decision about envelope {envelope_id} in tenant {tenant!r}")
+        if current.verdict != "hold":
+            raise ApprovalError(f"envelope {envelope_id} is not held: {_describe(current)}")
+        verdict: Literal["approve", "deny"] = "approve" if approve else "deny"
+        request = new_envelope(
+            tenant=tenant,
+            kind="approval",
+            sender=operator,
+            to=(),
+            correlation_id=current.correlation_id,
+            causation_id=envelope_id,
+            payload=Approval(envelope_id=envelope_id, verdict=verdict, note=note).encode(),
+        )
+        sealed = seal(request, identity)
+        await stream.publish(subjects.approval(tenant, await stream.partition(current.correlation_id)), sealed)
+        # Wait by re-reading the decision log with message gets: an operator may read the
+        # stream but not create consumers or subscribe to tenant subjects, so no event
+        # reaches it; the poll is bounded by wait_s.
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
             await log.catch_up()
-            current = log.state.decided.get(envelope_id)
-            if current is None:
-                raise ApprovalError(f"no decision about envelope {envelope_id} in tenant {tenant!r}")
-            if current.verdict != "hold":
-                raise ApprovalError(f"envelope {envelope_id} is not held: {_describe(current)}")
-            verdict: Literal["approve", "deny"] = "approve" if approve else "deny"
-            request = new_envelope(
-                tenant=tenant,
-                kind="approval",
-                sender=operator,
-                to=(),
-                correlation_id=current.correlation_id,
-                causation_id=envelope_id,
-                payload=Approval(envelope_id=envelope_id, verdict=verdict, note=note).encode(),
-            )
-            sealed = seal(request, identity)
-            partition = subjects.partition_of(current.correlation_id, await tenant_partitions(js, tenant))
-            approvals = NatsSubjectLog(js, nc, stream, subjects.approval(tenant, partition))
-            await approvals.append(sealed.body, sealed.headers, after=None)
-            # Wait by re-reading the decision log with message gets: an operator may read the
-            # stream but not create consumers or subscribe to tenant subjects, so no event
-            # reaches it; the poll is bounded by wait_s.
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                await log.catch_up()
-                now = log.state.decided[envelope_id]
-                if now.verdict != "hold":
-                    if now.approval_id != request.id:
-                        raise ApprovalError(f"envelope {envelope_id} was answered by someone else: {_describe(now)}")
-                    return now
-                await asyncio.sleep(POLL_S)
-            raise ApprovalError(
-                f"approval {request.id} is in the stream but no coordinator recorded it within {wait_s:.0f}s"
-            )
-    finally:
-        await nc.close()
+            now = log.state.decided[envelope_id]
+            if now.verdict != "hold":
+                if now.approval_id != request.id:
+                    raise ApprovalError(f"envelope {envelope_id} was answered by someone else: {_describe(now)}")
+                return now
+            await asyncio.sleep(POLL_S)
+        raise ApprovalError(
+            f"approval {request.id} is in the stream but no coordinator recorded it within {wait_s:.0f}s"
+        )

@@ -88,8 +88,8 @@ class Forwarder:
         for recipient in decision.deliver_to:
             subject = self._subject_for(recipient)
             msg_id = f"{decision.envelope_id}:{recipient}"
-            if recheck and await self._already_forwarded(subject, msg_id, after_seq=source_seq):
-                continue
+            if recheck and await bus.log(subject).find(msg_id, after=source_seq) is not None:
+                continue  # already in the recipient's subject
             if not recipient.startswith(subjects.TOPIC_PREFIX):
                 await self.ensure_inbox(recipient)
             forwarded = {
@@ -125,9 +125,3 @@ class Forwarder:
         if recipient.startswith(subjects.TOPIC_PREFIX):
             return subjects.topic(self._bus.tenant, recipient.removeprefix(subjects.TOPIC_PREFIX))
         return subjects.inbox(self._bus.tenant, recipient)
-
-    async def _already_forwarded(self, subject: str, msg_id: str, *, after_seq: int) -> bool:
-        async for message in self._bus.log(subject).read(after=after_seq):
-            if message.headers.get(HEADER_MSG_ID) == msg_id:
-                return True
-        return False

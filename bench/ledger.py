@@ -40,7 +40,7 @@ Measured (wall clock, this process):
    fanout_per_correlation ORDER BY fanout DESC, sent DESC LIMIT 10``, median of 7.
 5. **replay**: ``ledger.build_incident`` of one correlation over the whole ledger.
 
-6. **proofs**: ``ledger._proofs.prove_inclusion`` of the middle message under
+6. **proofs**: ``ledger._proof_making.prove_inclusion`` of the middle message under
    the last checkpoint (two passes over the ledger: checkpoints, then leaves),
    ``prove_consistency`` from the first checkpoint's tree to the last one's,
    and ``check_proof`` of each file (median of 21); the files' sizes.
@@ -109,7 +109,9 @@ from trustbus.ledger._checkpointing import checkpoint_envelope
 from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
 from trustbus.ledger._parallel import open_all, project_messages
 from trustbus.ledger._projector import Position
-from trustbus.ledger._proofs import check_proof, encode_proof, prove_consistency, prove_inclusion, tree_checkpoints
+from trustbus.ledger._proof_checking import check_proof
+from trustbus.ledger._proof_making import prove_consistency, prove_inclusion, tree_checkpoints
+from trustbus.ledger._proofs import encode_proof
 from trustbus.ledger._streaming import Anchors, StreamVerifier, collect_anchors
 
 T = "bench"

@@ -14,7 +14,6 @@ from trustbus.bus._lazy import lazy_names
 if TYPE_CHECKING:
     from trustbus.bus._admin import (
         KeyDirectory,
-        connect_nats,
         default_keys_dir,
         init_tenant,
         list_keys,
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
         revoke_key,
         rotate_key,
     )
-    from trustbus.bus._api import tenant_jetstream
     from trustbus.bus._cluster import EmbeddedCluster
     from trustbus.bus._consumer import ConsumerSettings
     from trustbus.bus._delivery import Delivery, rejection
@@ -73,7 +71,6 @@ if TYPE_CHECKING:
     from trustbus.bus._identity import Identity, encode_key_id, verify_key
     from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
     from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
-    from trustbus.bus._log import NatsSubjectLog
     from trustbus.bus._memory_values import memory_value, open_coordinator_value, open_memory_value
     from trustbus.bus._nats_config import own_account, render_bootstrap_config, render_tenant_config
     from trustbus.bus._payload import Bounds, MalformedPayload, decode_json, decode_msgpack
@@ -196,7 +193,6 @@ __all__ = [
     "MemoryWrite",
     "MissingSignature",
     "NAME_PATTERN",
-    "NatsSubjectLog",
     "NotFound",
     "NotMediated",
     "Opened",
@@ -236,7 +232,6 @@ __all__ = [
     "WorkItem",
     "WorkQueue",
     "WorkQueueSettings",
-    "connect_nats",
     "countersign",
     "decode_checkpoint",
     "decode_decision",
@@ -290,7 +285,6 @@ __all__ = [
     "summarise",
     "summary_msg_id",
     "tail",
-    "tenant_jetstream",
     "tenant_partitions",
     "tenant_stream_config",
     "unless_stopped",
@@ -300,14 +294,12 @@ __all__ = [
 # Where each public name is defined.
 _ORIGINS: dict[str, str] = {
     "KeyDirectory": "trustbus.bus._admin",
-    "connect_nats": "trustbus.bus._admin",
     "default_keys_dir": "trustbus.bus._admin",
     "init_tenant": "trustbus.bus._admin",
     "list_keys": "trustbus.bus._admin",
     "new_key": "trustbus.bus._admin",
     "revoke_key": "trustbus.bus._admin",
     "rotate_key": "trustbus.bus._admin",
-    "tenant_jetstream": "trustbus.bus._api",
     "EmbeddedCluster": "trustbus.bus._cluster",
     "ConsumerSettings": "trustbus.bus._consumer",
     "Delivery": "trustbus.bus._delivery",
@@ -364,7 +356,6 @@ _ORIGINS: dict[str, str] = {
     "sign_grant": "trustbus.bus._keyring",
     "KeyringRevision": "trustbus.bus._keyring_store",
     "KeyringStore": "trustbus.bus._keyring_store",
-    "NatsSubjectLog": "trustbus.bus._log",
     "own_account": "trustbus.bus._nats_config",
     "render_bootstrap_config": "trustbus.bus._nats_config",
     "render_tenant_config": "trustbus.bus._nats_config",

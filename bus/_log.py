@@ -30,6 +30,7 @@ from nats.js.api import RawStreamMsg
 from trustbus.bus._bucket import EXPECTED_LAST_SUBJECT_SEQ
 from trustbus.bus._errors import Conflict, NotFound
 from trustbus.bus._in_order import Start, read_in_order
+from trustbus.bus._seal import HEADER_MSG_ID
 from trustbus.bus._stored import StoredMessage, stored_message, unix_ns
 from trustbus.bus._stores import Appended
 from trustbus.bus._translate import NATS_ERRORS, api_error, translated
@@ -135,6 +136,16 @@ class NatsSubjectLog:
         # What is left (all of it, unless read in batches): up to the last record, appended while reading included.
         async for message in self._read_one_by_one(after=position):
             yield message
+
+    async def find(self, msg_id: str, *, after: int = 0) -> StoredMessage | None:
+        """The first record stored after ``after`` whose ``Nats-Msg-Id`` is ``msg_id``, or None.
+
+        The server keeps no index of message ids (only its duplicate window), so the log is read from ``after``.
+        """
+        async for message in self.read(after=after):
+            if message.headers.get(HEADER_MSG_ID) == msg_id:
+                return message
+        return None
 
     async def _read_in_batches(self, *, after: int) -> AsyncIterator[StoredMessage]:
         """The records after ``after`` up to the last one stored now, through one consumer, if there are many."""

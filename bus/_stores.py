@@ -97,3 +97,7 @@ class SubjectLog(Protocol):
     def read(self, *, after: int = 0) -> AsyncIterator[StoredMessage]:
         """Every record stored after ``after``, oldest first, up to the last one stored now."""
         ...
+
+    async def find(self, msg_id: str, *, after: int = 0) -> StoredMessage | None:
+        """The first record stored after ``after`` whose ``Nats-Msg-Id`` is ``msg_id``, or None."""
+        ...

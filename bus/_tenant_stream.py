@@ -1,6 +1,9 @@
 """One tenant's stream, for a client with no identity of its own: read, follow, publish what someone sealed.
 
-It is read whole or a batch at a time, followed verified, and its keyring read.
+It is read whole or a batch at a time, followed verified, and its keyring read;
+one subject of it is read as a :class:`~bus.SubjectLog` (an operator's view of
+the decision log). Its connection gives up reconnecting after a bounded number
+of attempts, as a command's should (:func:`bus._admin.connect_nats`).
 
 The stream is read through ephemeral pull consumers (:func:`bus._in_order.read_in_order`).
 While a cluster elects a leader, asking for the stream's state is retried for up to
@@ -18,15 +21,17 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from trustbus.bus._admin import connect_nats
+from trustbus.bus._api import tenant_jetstream
 from trustbus.bus._errors import ConfigError, NotFound
 from trustbus.bus._in_order import PAUSES_S, Start, electing, read_in_order
 from trustbus.bus._keyring import Keyring
 from trustbus.bus._keyring_store import KeyringRevision, KeyringStore, read_revisions
+from trustbus.bus._log import NatsSubjectLog
 from trustbus.bus._provision import pinned_admin_key, tenant_partitions
 from trustbus.bus._publisher import UNAVAILABLE_S
 from trustbus.bus._seal import Sealed
 from trustbus.bus._stored import StoredMessage, stored_message
-from trustbus.bus._stores import Appended
+from trustbus.bus._stores import Appended, SubjectLog
 from trustbus.bus._subjects import all_subjects, outbox, partition_of, stream_name
 from trustbus.bus._tail import TailItem, tail
 from trustbus.bus._translate import NATS_ERRORS, translated
@@ -51,10 +56,25 @@ class TenantStream:
         self._nc = owns
 
     @classmethod
-    async def connect(cls, servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None) -> TenantStream:
-        """A reader over a connection of its own (see :func:`bus.connect_nats`)."""
-        nc = await connect_nats(servers, nkey_seed=nkey_seed)
-        return cls(nc.jetstream(), tenant, owns=nc)
+    async def connect(
+        cls, servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None, inbox_prefix: str | None = None
+    ) -> TenantStream:
+        """A reader over a connection of its own, reaching the tenant's stream from its user's account.
+
+        Args:
+            servers: the server URLs (an item may hold several, separated by commas).
+            tenant: the tenant.
+            nkey_seed: authenticate as this nkey user; anonymous without it.
+            inbox_prefix: reply-subject prefix (under a rendered config, every user but the
+                admin receives replies only under its own: :func:`bus.subjects.reply_prefix`).
+        """
+        nc = await connect_nats(servers, nkey_seed=nkey_seed, inbox_prefix=inbox_prefix)
+        try:
+            js = await tenant_jetstream(nc, tenant)
+        except BaseException:
+            await nc.close()
+            raise
+        return cls(js, tenant, owns=nc)
 
     async def aclose(self) -> None:
         """Close the connection the reader made, if it made one."""
@@ -108,10 +128,17 @@ class TenantStream:
             async for msgs in reading:
                 yield [stored_message(msg) for msg in msgs]
 
+    def log(self, subject: str) -> SubjectLog:
+        """The records of the stream on ``subject``, read record by record (a wildcard reads several logs)."""
+        return NatsSubjectLog(self._js, self._js._nc, self.stream, subject)
+
+    async def partition(self, correlation_id: str) -> int:
+        """The partition of ``correlation_id`` in this tenant."""
+        return partition_of(correlation_id, await tenant_partitions(self._js, self.tenant))
+
     async def outbox(self, sender: str, correlation_id: str) -> str:
         """``sender``'s outbox for ``correlation_id``: the partition of that correlation in this tenant."""
-        partitions = await tenant_partitions(self._js, self.tenant)
-        return outbox(self.tenant, sender, partition_of(correlation_id, partitions))
+        return outbox(self.tenant, sender, await self.partition(correlation_id))
 
     async def publish(self, subject: str, sealed: Sealed) -> Appended:
         """Publish ``sealed`` to ``subject`` and wait for the stream's ack (``duplicate`` if it had that id)."""
@@ -154,3 +181,7 @@ class TenantStream:
         """The tenant's keyring as it stands now (read once, not followed)."""
         async with await KeyringStore.open(self._js, self.tenant, follow=False) as store:
             return store.keyring
+
+    async def follow_keyring(self) -> KeyringStore:
+        """The tenant's keyring, kept current as keys are written until the store is closed."""
+        return await KeyringStore.open(self._js, self.tenant)

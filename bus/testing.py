@@ -17,7 +17,8 @@ tests (``tests/integration/test_store_contract.py``) hold both to that:
   as :func:`~bus.provision` makes every bucket: older ones are gone from
   its history and from its stream.
 - Message ids are remembered for the life of the stream (the server forgets
-  them after its duplicate window).
+  them after its duplicate window: :meth:`MemoryStream.forget_ids` is that
+  window passing).
 - A batch is stored whole or not at all. The server does not remember batch
   ids: a batch is refused for a stale ``after`` or a message id it has seen,
   not for its batch id.
@@ -82,6 +83,10 @@ class MemoryStream:
     def log(self, subject: str) -> MemorySubjectLog:
         """The records of this stream on ``subject`` (a wildcard subject reads several logs)."""
         return MemorySubjectLog(subject, memory=self)
+
+    def forget_ids(self) -> None:
+        """Forget every message id stored so far, as the server does once its duplicate window has passed."""
+        self._ids.clear()
 
     def fail_next(self, error: TransportError | None = None, *, after_storing: bool = False) -> None:
         """Make the next call on this stream (by any of its buckets and logs) raise ``error``.
@@ -281,6 +286,13 @@ class MemorySubjectLog:
                 return
             yield message
             seq = message.seq + 1
+
+    async def find(self, msg_id: str, *, after: int = 0) -> StoredMessage | None:
+        """The first record stored after ``after`` whose ``Nats-Msg-Id`` is ``msg_id``, or None."""
+        async for message in self.read(after=after):
+            if message.headers.get(_MSG_ID) == msg_id:
+                return message
+        return None
 
 
 def _matches(pattern: str, subject: str) -> bool:

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from trustbus.ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
     from trustbus.ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
     from trustbus.ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
-    from trustbus.ledger._proofs import CheckedProof, ProofError, check_proof, checked_dict, encode_proof
+    from trustbus.ledger._proof_checking import CheckedProof, check_proof, checked_dict
+    from trustbus.ledger._proofs import ProofError, encode_proof
     from trustbus.ledger._proving import prove_from_bundle, prove_from_stream
     from trustbus.ledger._query import connect, query
     from trustbus.ledger._replay import Incident, Step, build_incident, checkpoint_before, step_dict
@@ -103,10 +104,10 @@ _ORIGINS: dict[str, str] = {
     "ProjectionError": "trustbus.ledger._errors",
     "QueryError": "trustbus.ledger._errors",
     "ServiceError": "trustbus.ledger._errors",
-    "CheckedProof": "trustbus.ledger._proofs",
+    "CheckedProof": "trustbus.ledger._proof_checking",
+    "check_proof": "trustbus.ledger._proof_checking",
+    "checked_dict": "trustbus.ledger._proof_checking",
     "ProofError": "trustbus.ledger._proofs",
-    "check_proof": "trustbus.ledger._proofs",
-    "checked_dict": "trustbus.ledger._proofs",
     "encode_proof": "trustbus.ledger._proofs",
     "prove_from_bundle": "trustbus.ledger._proving",
     "prove_from_stream": "trustbus.ledger._proving",

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from trustbus.bus import Keyring, Limits, Opened, StoredMessage, VerificationError, open_envelope, subjects
-from trustbus.ledger._projection import KeyRow, Rows
 from trustbus.ledger._projector import Position, Projector
+from trustbus.ledger._rows import KeyRow, Rows
 from trustbus.ledger._segments import SegmentStore
 
 CHUNK = 1024

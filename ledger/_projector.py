@@ -12,8 +12,9 @@ import msgspec
 from trustbus.bus import Envelope, Keyring, Limits, Opened, StoredMessage, VerificationError, open_envelope, subjects
 from trustbus.ledger._chain import GENESIS, chain_hash
 from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
-from trustbus.ledger._projection import Rows, project_message
+from trustbus.ledger._projection import project_message
 from trustbus.ledger._replay_window import ReplayWindow
+from trustbus.ledger._rows import Rows
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):

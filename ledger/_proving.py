@@ -8,7 +8,8 @@ from pathlib import Path
 
 from trustbus.bus import Keyring, StoredMessage, TenantStream, subjects
 from trustbus.ledger._bundle import KeyringRevision, _keyring_of, read_bundle, read_keyring_revisions
-from trustbus.ledger._proofs import ProofError, ProofFile, prove_consistency, prove_inclusion
+from trustbus.ledger._proof_making import prove_consistency, prove_inclusion
+from trustbus.ledger._proofs import ProofError, ProofFile
 
 
 def _pairs(revisions: Sequence[KeyringRevision]) -> list[tuple[str, bytes]]:

@@ -38,8 +38,8 @@ import msgspec
 
 from trustbus.bus import Envelope, subjects
 from trustbus.ledger._errors import ProjectionError
-from trustbus.ledger._projection import KeyRow, Rows
 from trustbus.ledger._projector import Position
+from trustbus.ledger._rows import KeyRow, Rows
 from trustbus.ledger._schema import columns_spec
 
 FORMAT = 1

@@ -46,8 +46,8 @@ from trustbus.ledger._checkpointing import CheckpointSchedule, checkpoint_envelo
 from trustbus.ledger._errors import ServiceError
 from trustbus.ledger._given_up import GivenUpRecorder
 from trustbus.ledger._parallel import open_all
-from trustbus.ledger._projection import KeyRow, Rows
 from trustbus.ledger._projector import Projector
+from trustbus.ledger._rows import KeyRow, Rows
 from trustbus.ledger._segments import SegmentStore
 from trustbus.ledger._strays import StrayRecorder
 

@@ -15,7 +15,7 @@ from tests.e2e.test_ledger_service import settled, start_ledger
 from trustbus.bus import Bus, TenantStream, new_envelope, pinned_admin_key, subjects
 from trustbus.ledger import read_stream
 from trustbus.ledger._merkle import message_leaf_hash, root_of
-from trustbus.ledger._proofs import tree_checkpoints
+from trustbus.ledger._proof_making import tree_checkpoints
 from trustbus.ledger._segments import read_catalogue
 
 pytestmark = pytest.mark.timeout(300)  # ten CLI processes and two ledger services, on shared cores

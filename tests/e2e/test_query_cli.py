@@ -15,8 +15,8 @@ from tests.e2e.fleet import ROOT
 from trustbus.bus import Identity, Keyring, new_envelope, seal, sign_grant
 from trustbus.bus._keyring import KeyGrant
 from trustbus.ledger import StoredMessage
-from trustbus.ledger._projection import KeyRow, Rows
 from trustbus.ledger._projector import Projector
+from trustbus.ledger._rows import KeyRow, Rows
 from trustbus.ledger._segments import SegmentStore
 
 T = "acme"

@@ -4,14 +4,14 @@ A forward is checked against the recipient's inbox only when an earlier
 forward of the same decision may be older than the stream's duplicate window
 (agents/_forwarding.py). A backlog decided for the first time after a long
 outage is no such case, however old its envelopes: reading the inbox for each
-made draining it quadratic. The reads are counted on the coordinator's own
-subject log (a real server underneath).
+made draining it quadratic. The inbox checks (a search of the recipient's
+subject by message id) are counted on the coordinator's own subject log (a
+real server underneath).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from tests.conftest import Tenant
 from trustbus.agents._forwarding import Forwarder
@@ -23,14 +23,14 @@ OLD_NS = time.time_ns() - int(2 * DUPLICATE_WINDOW_S * 1e9)  # stored (and decid
 
 
 class _Counted:
-    """A subject log whose reads are counted."""
+    """A subject log whose searches by message id are counted."""
 
     def __init__(self, log: SubjectLog, reads: list[str]) -> None:
         self._log, self._reads = log, reads
 
-    def read(self, *, after: int = 0) -> AsyncIterator[StoredMessage]:
+    async def find(self, msg_id: str, *, after: int = 0) -> StoredMessage | None:
         self._reads.append(self._log.subject)
-        return self._log.read(after=after)
+        return await self._log.find(msg_id, after=after)
 
 
 async def _coordinator(tenant: Tenant) -> tuple[Bus, list[str]]:

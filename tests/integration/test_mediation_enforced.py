@@ -200,7 +200,7 @@ async def connect(deployment: Deployment) -> AsyncIterator[Connect]:
         )
         opened.append(nc)
         # An agent or operator reaches the tenant's JetStream API through its account's imports
-        # (bus.tenant_jetstream).
+        # (bus._api.tenant_jetstream).
         prefix = AGENT_API_PREFIX if owner in (*AGENTS, "ops") else "$JS.API"
         return Conn(owner, identity, nc, nc.jetstream(timeout=TIMEOUT, prefix=prefix), errors, closed)
 

@@ -7,7 +7,10 @@ through a Bus), ``nats direct`` (the same bucket read with direct gets) and
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +22,7 @@ from trustbus.bus.testing import MemoryBucket, MemoryStream
 EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 MSG_ID = "Nats-Msg-Id"
 SLACK_NS = 1_000_000  # the adapters' store times are rounded to microseconds; the server's clock is this host's
+SHORTEST_WINDOW_S = 0.1  # the shortest duplicate window the server accepts
 
 
 @pytest.fixture(params=["nats", "nats direct", "memory"])
@@ -40,6 +44,7 @@ class Logs:
     log: SubjectLog  # partition 0's decision log
     other: SubjectLog  # partition 1's, on the same stream
     every: SubjectLog  # every partition's (a wildcard subject)
+    window_passes: Callable[[], Awaitable[None]]  # the stream's duplicate window passes: it forgets the ids it saw
 
 
 @pytest.fixture(params=["nats", "nats in batches", "memory"])
@@ -52,14 +57,25 @@ async def logs(log_kind: tuple[str, Tenant | None]) -> Logs:
     kind, tenant = log_kind
     if tenant is None:
         memory = MemoryStream("TB_t")
-        return Logs(memory.log("tb.t.decision.0"), memory.log("tb.t.decision.1"), memory.log("tb.t.decision.*"))
+
+        async def forget() -> None:
+            memory.forget_ids()
+
+        return Logs(memory.log("tb.t.decision.0"), memory.log("tb.t.decision.1"), memory.log("tb.t.decision.*"), forget)
     bus = await tenant.bus("coordinator")
     batched = kind == "nats in batches"
     name = tenant.name
+
+    async def shorten_the_window() -> None:
+        info = await tenant.js.stream_info(subjects.stream_name(name))
+        await tenant.js.update_stream(dataclasses.replace(info.config, duplicate_window=SHORTEST_WINDOW_S))
+        await asyncio.sleep(3 * SHORTEST_WINDOW_S)  # the time itself is what is waited for
+
     return Logs(
         bus.log(subjects.decision(name, 0), in_batches=batched),
         bus.log(subjects.decision(name, 1), in_batches=batched),
         bus.log(subjects.all_decisions(name), in_batches=batched),
+        shorten_the_window,
     )
 
 
@@ -347,3 +363,39 @@ async def test_get_returns_the_message_of_any_subject_at_a_sequence(logs: Logs) 
         await logs.log.get(theirs.seq + 1)
     with pytest.raises(Refused):
         await logs.log.get(0)
+
+
+async def test_find_returns_the_record_with_a_message_id_or_none(logs: Logs) -> None:
+    await logs.other.append(b"elsewhere", {MSG_ID: "theirs"}, after=None)
+    for index in range(80):  # a long run before it: a log read in batches searches through a consumer
+        await logs.log.append(b"%d" % index, {MSG_ID: f"plain-{index}"}, after=None)
+    mine = await logs.log.append(b"mine", {MSG_ID: "mine", "Tb-X": "1"}, after=None)
+    await logs.log.append(b"after", {}, after=None)
+    found = await logs.log.find("mine")
+    assert found is not None
+    assert (found.seq, found.subject, found.body) == (mine.seq, logs.log.subject, b"mine")
+    assert found.headers == {MSG_ID: "mine", "Tb-X": "1"}
+    assert await logs.log.find("absent") is None
+    assert await logs.log.find("theirs") is None  # on another subject: not in this log
+    elsewhere = await logs.every.find("theirs")
+    assert elsewhere is not None and elsewhere.body == b"elsewhere"
+
+
+async def test_find_looks_only_after_a_sequence(logs: Logs) -> None:
+    first = await logs.log.append(b"one", {MSG_ID: "m"}, after=None)
+    await logs.log.append(b"two", {MSG_ID: "n"}, after=None)
+    found = await logs.log.find("m", after=first.seq - 1)
+    assert found is not None and found.seq == first.seq
+    assert await logs.log.find("m", after=first.seq) is None
+    assert await logs.log.find("n", after=first.seq) is not None
+
+
+async def test_find_returns_the_first_of_two_records_with_one_id(logs: Logs) -> None:
+    first = await logs.log.append(b"one", {MSG_ID: "m"}, after=None)
+    await logs.window_passes()  # then the same id is stored again (a forward repeated after the window)
+    second = await logs.log.append(b"two", {MSG_ID: "m"}, after=None)
+    assert second.seq > first.seq and not second.duplicate
+    found = await logs.log.find("m")
+    assert found is not None and (found.seq, found.body) == (first.seq, b"one")
+    later = await logs.log.find("m", after=first.seq)
+    assert later is not None and (later.seq, later.body) == (second.seq, b"two")

@@ -212,7 +212,7 @@ async def connect(deployment: Deployment) -> AsyncIterator[Connect]:
             **options,  # type: ignore[arg-type]
         )
         opened.append(nc)
-        # An agent reaches its tenant's JetStream API through its account's imports (bus.tenant_jetstream).
+        # An agent reaches its tenant's JetStream API through its account's imports (bus._api.tenant_jetstream).
         prefix = AGENT_API_PREFIX if owner in AGENTS else "$JS.API"
         return Conn(tenant, owner, identity, nc, nc.jetstream(timeout=TIMEOUT, prefix=prefix), errors)
 

@@ -115,6 +115,9 @@ class Watched:
     def read(self, *, after: int = 0) -> AsyncIterator[StoredMessage]:
         return self.inner.read(after=after)
 
+    async def find(self, msg_id: str, *, after: int = 0) -> StoredMessage | None:
+        return await self.inner.find(msg_id, after=after)
+
 
 @dataclass
 class Racer:

@@ -28,7 +28,9 @@ from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
 from trustbus.ledger import GENESIS, StoredMessage, chain_hash
 from trustbus.ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from trustbus.ledger._merkle import message_leaf_hash, root_of
-from trustbus.ledger._projection import (
+from trustbus.ledger._projection import channel_of, project_message
+from trustbus.ledger._projector import Position, Projector
+from trustbus.ledger._rows import (
     CheckpointRow,
     DecisionRow,
     EffectRow,
@@ -37,10 +39,7 @@ from trustbus.ledger._projection import (
     MemoryProposalRow,
     QuarantineRow,
     Rows,
-    channel_of,
-    project_message,
 )
-from trustbus.ledger._projector import Position, Projector
 from trustbus.ledger._schema import TABLES
 
 T = "acme"

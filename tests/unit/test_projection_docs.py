@@ -9,8 +9,8 @@ import pytest
 
 from trustbus.bus import Identity, Keyring
 from trustbus.ledger import connect
-from trustbus.ledger._projection import Rows
 from trustbus.ledger._projector import Projector
+from trustbus.ledger._rows import Rows
 from trustbus.ledger._schema import TABLES, VIEWS
 from trustbus.ledger._segments import SegmentStore
 

@@ -14,7 +14,9 @@ from trustbus.ledger._chain import GENESIS, chain_hash
 from trustbus.ledger._checkpointing import checkpoint_envelope
 from trustbus.ledger._merkle import TreeBuilder, inclusion_proof, message_leaf_hash, root_of
 from trustbus.ledger._projector import Position
-from trustbus.ledger._proofs import ProofError, check_proof, encode_proof, prove_consistency, prove_inclusion
+from trustbus.ledger._proof_checking import check_proof
+from trustbus.ledger._proof_making import prove_consistency, prove_inclusion
+from trustbus.ledger._proofs import ProofError, encode_proof
 
 T = "acme"
 

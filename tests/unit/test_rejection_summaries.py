@@ -22,7 +22,8 @@ from trustbus.bus._rejections import (
 )
 from trustbus.ledger import StoredMessage, verify_messages
 from trustbus.ledger._excuses import quarantine_excuses
-from trustbus.ledger._projection import Rows, project_message
+from trustbus.ledger._projection import project_message
+from trustbus.ledger._rows import Rows
 
 T = "acme"
 

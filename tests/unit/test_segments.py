@@ -10,8 +10,8 @@ import pytest
 from trustbus.bus import Identity, Keyring, new_envelope, seal, sign_grant
 from trustbus.bus._keyring import KeyGrant
 from trustbus.ledger import ProjectionError, QueryError, StoredMessage, connect, query
-from trustbus.ledger._projection import KeyRow, Rows
 from trustbus.ledger._projector import Projector
+from trustbus.ledger._rows import KeyRow, Rows
 from trustbus.ledger._schema import TABLES, VIEWS
 from trustbus.ledger._segments import FANIN, RETIRE_GRACE_NS, STATE, SegmentStore, read_catalogue
 

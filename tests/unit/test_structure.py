@@ -25,6 +25,9 @@ PURE = (
     "trustbus.bus._envelope",
     "trustbus.bus._seal",
     "trustbus.ledger._chain",
+    "trustbus.ledger._proof_checking",
+    "trustbus.ledger._proof_making",
+    "trustbus.ledger._projection",
     "trustbus.ledger._projector",
     "trustbus.ledger._rollback",
 )
