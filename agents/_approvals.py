@@ -101,7 +101,7 @@ async def answer(
     recorded the answer within ``wait_s`` (the approval stays in the stream and
     is applied when a coordinator runs).
     """
-    identity = keys.load(tenant, operator)
+    identity = keys.load(tenant, operator, role="operator")
     prefix = subjects.reply_prefix(operator) if nkey_seed else None  # a rendered config's operator user
     async with (
         await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed, inbox_prefix=prefix) as stream,

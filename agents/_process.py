@@ -14,7 +14,7 @@ from trustbus.agents._partitions import Partitions
 from trustbus.agents._policy import load_policy
 from trustbus.agents._runtime import Agent, connect_agent, run_agent
 from trustbus.agents._tools import Toolbox, load_tools
-from trustbus.bus import Bus, KeyDirectory, stop_on_signals, subjects
+from trustbus.bus import Bus, KeyDirectory, stop_on_signals, subjects, wrong_role
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -64,7 +64,7 @@ async def serve_agent(
     """
     agent = load_agent(target)
     tools = bind_tools(agent, tools_file)
-    identity = keys.load(tenant, agent_id)
+    identity = keys.load(tenant, agent_id, role="agent")
     stop = stop_on_signals()
     bus = await connect_agent(list(servers), tenant=tenant, agent_id=agent_id, identity=identity, nkey_auth=nkey_auth)
     try:
@@ -99,7 +99,7 @@ async def serve_coordinator(
                 "high risk in the policy but not in the registry: agents call them unasked", extra={"tools": unasked}
             )
         policy = policy.with_high_risk_tools(tool.name for tool in registry if tool.high_risk)
-    identity = keys.load(tenant, name)
+    identity = keys.load(tenant, name, role="coordinator")
     stop = stop_on_signals()
     bus = await Bus.connect(
         list(servers),
@@ -113,9 +113,7 @@ async def serve_coordinator(
     try:
         grant = bus.keyring.keyring.resolve(identity.key_id)
         if grant.role != "coordinator":
-            raise RuntimeSetupError(
-                f"key of {name!r} has role {grant.role!r}: create it with `trustbus keys new --role coordinator`"
-            )
+            raise RuntimeSetupError(wrong_role(tenant, name, grant.role, "coordinator"))
         await Partitions(bus, policy).run(stop, ready)
     finally:
         await bus.aclose()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         new_key,
         revoke_key,
         rotate_key,
+        wrong_role,
     )
     from trustbus.bus._cluster import EmbeddedCluster
     from trustbus.bus._consumer import ConsumerSettings
@@ -276,6 +277,7 @@ __all__ = [
     "render_tenant_config",
     "revoke_key",
     "rotate_key",
+    "wrong_role",
     "run_then_settle",
     "seal",
     "sign_grant",
@@ -300,6 +302,7 @@ _ORIGINS: dict[str, str] = {
     "new_key": "trustbus.bus._admin",
     "revoke_key": "trustbus.bus._admin",
     "rotate_key": "trustbus.bus._admin",
+    "wrong_role": "trustbus.bus._admin",
     "EmbeddedCluster": "trustbus.bus._cluster",
     "ConsumerSettings": "trustbus.bus._consumer",
     "Delivery": "trustbus.bus._delivery",

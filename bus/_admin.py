@@ -32,6 +32,14 @@ def default_keys_dir() -> Path:
     return Path(os.environ.get(KEYS_ENV) or Path.home() / ".trustbus" / "keys")
 
 
+def wrong_role(tenant: str, owner: str, has: str, needs: Role) -> str:
+    """What to say when ``owner``'s key has role ``has`` where ``needs`` is required, and the command that fixes it."""
+    return (
+        f"the key of {owner!r} has role {has!r}, not {needs!r}: give {owner!r} a {needs} key with "
+        f"`trustbus keys rotate --tenant {tenant} --owner {owner} --role {needs}`"
+    )
+
+
 @dataclass(frozen=True)
 class KeyDirectory:
     """Where seed files live: ``<root>/<tenant>/<owner>.seed``, mode 0600, dirs 0700."""
@@ -42,13 +50,18 @@ class KeyDirectory:
         """The seed file of ``owner`` in ``tenant``."""
         return self.root / check_name(tenant, what="tenant") / f"{check_name(owner, what='owner')}.seed"
 
-    def load(self, tenant: str, owner: str) -> Identity:
-        """Read ``owner``'s seed; a clear error names the command that makes one."""
+    def load(self, tenant: str, owner: str, *, role: Role | None = None) -> Identity:
+        """Read ``owner``'s seed; a clear error names the command that makes one (with ``role``, the role it needs)."""
         path = self.path(tenant, owner)
         if not path.exists():
+            if owner == ADMIN_OWNER:
+                raise ConfigError(
+                    f"no admin key for tenant {tenant!r} at {path}: run `trustbus init --tenant {tenant}` "
+                    "(it makes the tenant and its admin key)"
+                )
             raise ConfigError(
                 f"no key for {owner!r} in tenant {tenant!r} at {path}: "
-                f"run `trustbus keys new --tenant {tenant} --owner {owner}`"
+                f"run `trustbus keys new --tenant {tenant} --owner {owner} --role {role or 'ROLE'}`"
             )
         return Identity.load(path)
 
@@ -178,7 +191,10 @@ async def new_key(
     """
     admin = keys.load(tenant, ADMIN_OWNER)
     if keys.path(tenant, owner).exists():
-        raise ConfigError(f"{owner!r} already has a key in tenant {tenant!r}: use `trustbus keys rotate`")
+        raise ConfigError(
+            f"{owner!r} already has a key in tenant {tenant!r} ({keys.path(tenant, owner)}): to replace it, "
+            f"`trustbus keys rotate --tenant {tenant} --owner {owner}` (with `--role {role}` to give it that role)"
+        )
     nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
@@ -195,26 +211,45 @@ _ANCHOR = (
 
 
 async def rotate_key(
-    servers: Sequence[str], tenant: str, owner: str, *, keys: KeyDirectory, nkey_seed: str | None = None
-) -> tuple[KeyGrant, KeyGrant]:
-    """Issue ``owner`` a new key and revoke the old one from now; returns (old, new).
+    servers: Sequence[str],
+    tenant: str,
+    owner: str,
+    *,
+    keys: KeyDirectory,
+    role: Role | None = None,
+    nkey_seed: str | None = None,
+) -> tuple[KeyGrant | None, KeyGrant]:
+    """Issue ``owner`` a new key (with ``role``, else the old key's) and revoke the old one from now.
 
-    Envelopes the old key signed before now stay valid in replay. ``nkey_seed``
-    authenticates the connection (see :func:`connect_nats`).
+    Returns (old, new). Envelopes the old key signed before now stay valid in
+    replay. A seed whose key the keyring does not know (the server's store was
+    replaced) is replaced by a new registered key if ``role`` is given; old is
+    None then. ``nkey_seed`` authenticates the connection (see :func:`connect_nats`).
     """
     if owner == ADMIN_OWNER:
         raise ConfigError(_ANCHOR)
     admin = keys.load(tenant, ADMIN_OWNER)
-    old_identity = keys.load(tenant, owner)
+    old_identity = keys.load(tenant, owner, role=role)
     nc = await connect_nats(servers, nkey_seed=nkey_seed)
     try:
         async with await KeyringStore.open(nc.jetstream(), tenant, follow=False) as store:
-            old = store.keyring.resolve(old_identity.key_id)
+            old = store.keyring.resolve(old_identity.key_id) if store.keyring.knows(old_identity.key_id) else None
+            if old is not None:
+                new_role = role or old.role
+            elif role is not None:
+                new_role = role
+            else:
+                raise ConfigError(
+                    f"the key of {owner!r} ({old_identity.key_id}) is not in tenant {tenant!r}'s keyring (was the "
+                    f"server's store replaced?): register a new one with "
+                    f"`trustbus keys rotate --tenant {tenant} --owner {owner} --role ROLE`"
+                )
             fresh = Identity.generate()
             now = time.time_ns()
-            new = await store.grant(admin, key_id=fresh.key_id, owner=owner, role=old.role, valid_from=now)
+            new = await store.grant(admin, key_id=fresh.key_id, owner=owner, role=new_role, valid_from=now)
             keys.replace(tenant, owner, fresh)
-            old = await store.revoke(admin, old.key_id, at=now)
+            if old is not None:
+                old = await store.revoke(admin, old.key_id, at=now)
             return old, new
     finally:
         await nc.close()

@@ -40,6 +40,7 @@ from trustbus.bus import (
     decode_envelope,
     decode_signed_grant,
     subjects,
+    wrong_role,
 )
 from trustbus.ledger._anchors import CheckpointFile, read_checkpoint_file, sign_checkpoint, write_checkpoint_file
 from trustbus.ledger._chain import GENESIS, chain_hash
@@ -178,10 +179,11 @@ async def export_bundle(
     except VerificationError:
         grant = None
     if grant is None or grant.role != "ledger" or grant.owner != signer_name or grant.revoked_at is not None:
-        raise BundleError(
-            f"the export is signed by a ledger key: {signer_name!r}'s key is not one "
-            "(create it with `trustbus keys new --role ledger`)"
-        )
+        if grant is None or grant.revoked_at is not None:
+            role = "none (not in the keyring, or revoked)"
+        else:
+            role = grant.role if grant.owner == signer_name else f"{grant.role} of {grant.owner!r}"
+        raise BundleError(f"the export is signed by a ledger key: {wrong_role(tenant, signer_name, role, 'ledger')}")
     first = partial_start(messages, tenant, from_seq) if messages else 1
     head = previous = GENESIS
     entries = []

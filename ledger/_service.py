@@ -41,6 +41,7 @@ from trustbus.bus import (
     VerificationError,
     stop_on_signals,
     subjects,
+    wrong_role,
 )
 from trustbus.ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from trustbus.ledger._errors import ServiceError
@@ -266,7 +267,7 @@ async def serve_ledger(
         ServiceError: the key's role is not ``ledger``.
         ProjectionError: ``data_dir`` holds another tenant's projection or is damaged.
     """
-    identity = keys.load(tenant, name)
+    identity = keys.load(tenant, name, role="ledger")
     stop = stop_on_signals()
     store = await asyncio.to_thread(SegmentStore.open, data_dir, tenant)
     bus = await Bus.connect(
@@ -280,7 +281,7 @@ async def serve_ledger(
     try:
         role = bus.keyring.keyring.resolve(identity.key_id).role
         if role != "ledger":
-            raise ServiceError(f"key of {name!r} has role {role!r}: create it with `trustbus keys new --role ledger`")
+            raise ServiceError(wrong_role(tenant, name, role, "ledger"))
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(LedgerService(bus, store, settings).run(stop, ready))
             tasks.create_task(GivenUpRecorder(bus).run(stop))

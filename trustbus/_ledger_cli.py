@@ -153,7 +153,7 @@ def export(
     """
     from trustbus.ledger import export as export_tenant
 
-    identity = key_directory(keys).load(tenant, signer)
+    identity = key_directory(keys).load(tenant, signer, role="ledger")
     manifest = run(
         export_tenant(
             servers(server),
@@ -334,7 +334,7 @@ def rollback(
         from trustbus.ledger import execute_rollback
 
         assert operator is not None and tenant is not None
-        identity = key_directory(keys).load(tenant, operator)
+        identity = key_directory(keys).load(tenant, operator, role="operator")
         compensated = run(
             execute_rollback(
                 servers(server), tenant, plan, operator=identity, operator_name=operator, nkey_auth=nkey_auth

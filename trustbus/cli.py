@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -33,6 +33,9 @@ from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._projection_cli import query
 from trustbus._tools_cli import tools
+
+if TYPE_CHECKING:
+    from trustbus.bus import Role
 
 app = typer.Typer(
     help="trustbus: a signed, mediated, event-sourced message bus for multi-agent systems.",
@@ -112,10 +115,17 @@ def up(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    temporary = data is None
     if json_out:
-        print(json.dumps({"url": url, "pid": server.pid, "data": str(server.data_dir)}), flush=True)
+        fields = {"url": url, "pid": server.pid, "data": str(server.data_dir), "temporary": temporary}
+        print(json.dumps(fields), flush=True)
     else:
         out.print(f"nats-server with JetStream at [bold]{url}[/bold] (store {server.data_dir})")
+        if temporary:
+            out.print(
+                "[yellow]the store is temporary:[/yellow] removed when this server stops, with every tenant and "
+                "key registered in it (seed files stay and will not match); pass --data DIR to keep it"
+            )
         out.print(f"export NATS_URL={url}    # then: trustbus init --tenant demo; Ctrl-C stops")
     code = server.wait()
     server.stop()
@@ -228,16 +238,25 @@ def keys_new(
 ) -> None:
     """Create a seed file (mode 0600) for OWNER and register its key, signed by the tenant admin."""
     from trustbus._render import grant_dict
-    from trustbus.bus import ConfigError, new_key
+    from trustbus.bus import new_key
 
-    if role not in ("agent", "coordinator", "ledger", "operator"):
-        err.print(f"[red]error:[/red] {ConfigError(f'unknown role {role!r}')}")
-        raise typer.Exit(2)
-    grant = run(new_key(servers(server), tenant, owner, role=role, keys=key_directory(keys), nkey_seed=nkey_seed()))  # type: ignore[arg-type]
+    checked = _role(role)
+    grant = run(new_key(servers(server), tenant, owner, role=checked, keys=key_directory(keys), nkey_seed=nkey_seed()))
     if json_out:
         print(json.dumps(grant_dict(grant)))
     else:
         out.print(f"{grant.owner} ({grant.role}) key {grant.key_id}, seed {key_directory(keys).path(tenant, owner)}")
+
+
+KEY_ROLES = ("agent", "coordinator", "ledger", "operator")  # what `keys new` and `keys rotate` may give
+
+
+def _role(role: str) -> "Role":
+    """``role`` if it is one a key may be given; a usage error otherwise."""
+    if role not in KEY_ROLES:
+        err.print(f"[red]error:[/red] unknown role {role!r}: one of {', '.join(KEY_ROLES)}")
+        raise typer.Exit(2)
+    return cast("Role", role)
 
 
 @keys_app.command("list")
@@ -263,19 +282,31 @@ def keys_list(tenant: TenantOpt, server: ServerOpt = DEFAULT_SERVER, json_out: J
 def keys_rotate(
     tenant: TenantOpt,
     owner: Annotated[str, typer.Option(help="Whose key to rotate.")],
+    role: Annotated[
+        str | None,
+        typer.Option(help="Give the new key this role (agent, coordinator, ledger, operator); default: the old key's."),
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     keys: KeysOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Give OWNER a new key and revoke the old one from now (older envelopes stay valid)."""
+    """Give OWNER a new key and revoke the old one from now (older envelopes stay valid).
+
+    With --role the new key has that role: the way to change an owner's role.
+    """
     from trustbus._render import grant_dict
     from trustbus.bus import rotate_key
 
-    old, new = run(rotate_key(servers(server), tenant, owner, keys=key_directory(keys), nkey_seed=nkey_seed()))
+    checked = _role(role) if role is not None else None
+    old, new = run(
+        rotate_key(servers(server), tenant, owner, keys=key_directory(keys), role=checked, nkey_seed=nkey_seed())
+    )
     if json_out:
-        print(json.dumps({"old": grant_dict(old), "new": grant_dict(new)}))
+        print(json.dumps({"old": grant_dict(old) if old else None, "new": grant_dict(new)}))
+    elif old is None:
+        out.print(f"{owner} ({new.role}): new key {new.key_id}; its old key was not in the keyring")
     else:
-        out.print(f"{owner}: new key {new.key_id}; {old.key_id} revoked at {old.revoked_at}")
+        out.print(f"{owner} ({new.role}): new key {new.key_id}; {old.key_id} ({old.role}) revoked at {old.revoked_at}")
 
 
 @keys_app.command("revoke")

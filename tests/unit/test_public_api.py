@@ -38,7 +38,7 @@ def test_bus_exports() -> None:
             "NAME_PATTERN", "RejectionLog", "SignedValue",
             "decode_memory_payload", "decode_quarantine_payload", "decode_signed", "die_with_parent",
             "rejection", "run_then_settle", "unless_stopped", "lazy_names",
-            "memory_value", "open_coordinator_value", "open_memory_value", "StoreFull",
+            "memory_value", "open_coordinator_value", "open_memory_value", "StoreFull", "wrong_role",
         ]
     )  # fmt: skip
     for name in bus.__all__:

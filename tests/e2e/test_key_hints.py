@@ -1,0 +1,100 @@
+"""Every key error names the command that fixes it, and following it works: no dead end between roles and keys."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trustbus._supervisor import Supervisor
+from trustbus.bus import EmbeddedServer
+
+TRUSTBUS = [sys.executable, "-m", "trustbus"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def trustbus(*args: str, env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*TRUSTBUS, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def suggested(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The command an error message says to run (between backquotes), as arguments."""
+    text = " ".join((result.stdout + result.stderr).split())
+    command = text.split("`")[1]
+    assert command.startswith("trustbus "), text
+    return command.split()[1:]
+
+
+@pytest.fixture
+def env(nats_server: EmbeddedServer, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "NATS_URL": nats_server.url, "TRUSTBUS_KEYS": str(tmp_path / "keys")}
+
+
+async def test_ledger_run_without_a_key_then_with_an_agent_key_each_says_what_to_run_and_that_works(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    trustbus("init", "--tenant", "hints", env=env)
+    ledger_run = ["ledger", "run", "--tenant", "hints", "--data", str(tmp_path / "projection")]
+
+    missing = trustbus(*ledger_run, env=env, ok=False)
+    assert suggested(missing) == ["keys", "new", "--tenant", "hints", "--owner", "ledger", "--role", "ledger"]
+    trustbus("keys", "new", "--tenant", "hints", "--owner", "ledger", env=env)  # as the old hint said: an agent key
+    wrong = trustbus(*ledger_run, env=env, ok=False)
+    assert "has role 'agent', not 'ledger'" in wrong.stderr
+    assert suggested(wrong) == ["keys", "rotate", "--tenant", "hints", "--owner", "ledger", "--role", "ledger"]
+    trustbus(*suggested(wrong), env=env)
+
+    supervisor = Supervisor(env=env, cwd=ROOT, logs=tmp_path)
+    try:
+        ledger = supervisor.start("ledger", [*TRUSTBUS, *ledger_run], env=env, log=tmp_path / "ledger.err")
+        assert (await ledger.ready(30)).get("ready")
+    finally:
+        supervisor.stop_all(15)
+
+
+def test_keys_new_for_an_owner_with_a_key_points_to_rotate(env: dict[str, str]) -> None:
+    trustbus("init", "--tenant", "hints2", env=env)
+    trustbus("keys", "new", "--tenant", "hints2", "--owner", "coord", "--role", "coordinator", env=env)
+
+    again = trustbus(
+        "keys", "new", "--tenant", "hints2", "--owner", "coord", "--role", "coordinator", env=env, ok=False
+    )
+
+    assert suggested(again) == ["keys", "rotate", "--tenant", "hints2", "--owner", "coord"]
+    rotated = trustbus(*suggested(again), env=env)
+    assert "coord (coordinator): new key" in " ".join(rotated.stdout.split())
+
+
+def test_keys_new_in_a_tenant_never_provisioned_points_to_init(env: dict[str, str]) -> None:
+    fresh = trustbus("keys", "new", "--tenant", "neverinit", "--owner", "bob", env=env, ok=False)
+
+    assert suggested(fresh) == ["init", "--tenant", "neverinit"]
+    trustbus(*suggested(fresh), env=env)
+    trustbus("keys", "new", "--tenant", "neverinit", "--owner", "bob", env=env)
+
+
+def test_seeds_kept_across_a_replaced_store_are_registered_again_by_rotate_with_a_role(tmp_path: Path) -> None:
+    keys = str(tmp_path / "keys")
+    with EmbeddedServer(port=0) as first:
+        env = {**os.environ, "NATS_URL": first.url, "TRUSTBUS_KEYS": keys}
+        trustbus("init", "--tenant", "kept", env=env)
+        trustbus("keys", "new", "--tenant", "kept", "--owner", "bob", env=env)
+    with EmbeddedServer(port=0) as second:  # a new, empty store: the seed files are all that is left
+        env = {**os.environ, "NATS_URL": second.url, "TRUSTBUS_KEYS": keys}
+        trustbus("init", "--tenant", "kept", env=env)
+        exists = trustbus("keys", "new", "--tenant", "kept", "--owner", "bob", env=env, ok=False)
+        assert suggested(exists)[:2] == ["keys", "rotate"]
+        unknown = trustbus(*suggested(exists), env=env, ok=False)
+        assert "not in tenant 'kept''s keyring" in " ".join(unknown.stderr.split())
+        assert suggested(unknown) == ["keys", "rotate", "--tenant", "kept", "--owner", "bob", "--role", "ROLE"]
+
+        trustbus("keys", "rotate", "--tenant", "kept", "--owner", "bob", "--role", "agent", env=env)
+
+        listed = trustbus("keys", "list", "--tenant", "kept", "--json", env=env).stdout
+        assert '"owner": "bob"' in listed and '"role": "agent"' in listed
