@@ -2,10 +2,9 @@
 
 A one-shot command (``trustbus send``, ``ledger verify``, a script that must be refused) is run with
 :func:`one_shot` (:func:`one_shot_async` from a coroutine, :func:`run` for a `trustbus` command) and its
-output asserted. Servers, coordinators,
-agents, ledger services and ``tail`` followers run under the process supervisor
-(``trustbus._supervisor``, the demo's and the benches' too) of :func:`supervised`, which stops every one
-of them at the end, whatever happened.
+output asserted. Servers, coordinators, agents, ledger services and ``tail`` followers run under the
+process supervisor (``trustbus._supervisor``, the demo's and the benches' too) of :func:`supervised`,
+which stops every one of them at the end, whatever happened.
 """
 
 from __future__ import annotations
@@ -28,9 +27,7 @@ def one_shot(
     argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: str | None = None, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` in the repository to its end; its exit code and its output, as text."""
-    return subprocess.run(
-        list(argv), cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=timeout_s
-    )  # fmt: skip
+    return subprocess.run(list(argv), cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=timeout_s)
 
 
 async def one_shot_async(
