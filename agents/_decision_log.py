@@ -14,7 +14,9 @@ ones of :mod:`bus.testing` included).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -41,6 +43,8 @@ log = logging.getLogger("trustbus.coordinator")
 
 # Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
 ATOMIC_MIN = 8
+CONFLICT_LOGGED = "decision append conflicted, caught up"
+"""The message of the warning logged on each conflict; its fields are that conflict's :class:`Conflicts`."""
 
 Record = tuple[Decision, Envelope, Sealed]
 """A decision, the signed decision envelope that records it, and that envelope sealed."""
@@ -94,6 +98,16 @@ def decision_record(bus: Signer, cause: Envelope, decision: Decision) -> Record:
     return decision, record, bus.seal(record)
 
 
+@dataclass(slots=True)
+class Conflicts:
+    """What appends that found another coordinator's decision first cost: counted, nothing more."""
+
+    conflicts: int = 0
+    caught_up: int = 0  # decisions the catch-ups after them read
+    catch_up_s: float = 0.0
+    discarded: int = 0  # decisions made, then made again on the caught-up state
+
+
 class DecisionLog:
     """Follows the decision log; ``state`` is the fold of every decision read or appended so far.
 
@@ -114,6 +128,7 @@ class DecisionLog:
         self.state = CoordinatorState()
         self.decision_ids: dict[str, str] = {}  # envelope id -> id of the record of its last decision
         self._records: set[str] = set()  # ids of the decision records applied
+        self.conflicts = Conflicts()  # totals since this log was created
 
     async def catch_up(self) -> None:
         """Apply every decision appended after the last one applied."""
@@ -149,7 +164,7 @@ class DecisionLog:
             try:
                 await self.append(decision_record(by, cause, result))
             except Conflict:
-                await self.catch_up()
+                await self._catch_up_after_conflict(discarded=1)
                 continue
             return result
 
@@ -190,12 +205,24 @@ class DecisionLog:
                 )
             except Conflict:
                 CoordinatorState.rollback(undo)
-                await self.catch_up()
+                await self._catch_up_after_conflict(discarded=len(fresh))
                 continue
             except BaseException:
                 CoordinatorState.rollback(undo)
                 raise
             return {envelope.id for envelope, _ in fresh}
+
+    async def _catch_up_after_conflict(self, *, discarded: int) -> None:
+        """Catch up after an append another coordinator's got ahead of, counting it and logging its cost."""
+        decided, began = len(self.state.decided), time.perf_counter()
+        await self.catch_up()
+        cost = Conflicts(1, len(self.state.decided) - decided, time.perf_counter() - began, discarded)
+        total = self.conflicts
+        total.conflicts += 1
+        total.caught_up += cost.caught_up
+        total.catch_up_s += cost.catch_up_s
+        total.discarded += discarded
+        log.warning(CONFLICT_LOGGED, extra={"subject": self.log.subject, **asdict(cost)})
 
     async def append(self, record: Record) -> None:
         """Append a decision right after the last one applied, and apply it.

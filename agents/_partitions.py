@@ -34,6 +34,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 
 from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._lease_plan import LEASE_S, Lease, plan_leases, still_held
@@ -137,7 +138,7 @@ class Partitions:
     async def _stop(self, partition: int, *, finish: bool = True) -> None:
         """Finish the batch in hand (or, with ``finish=False``, drop it: it is not acked, so it comes back) and stop
         mediating ``partition``."""  # noqa: D205, D209
-        _, stop, task = self._held.pop(partition)
+        coordinator, stop, task = self._held.pop(partition)
         stop.set()
         if not finish:
             task.cancel()
@@ -148,6 +149,7 @@ class Partitions:
                 raise  # this process is being cancelled, not just the partition
         except Exception:
             log.exception("partition ended with an error", extra={"partition": partition})
+        log.info("partition stopped", extra={"partition": partition, **asdict(coordinator.log.conflicts)})
 
     async def _release(self, partition: int) -> None:
         """Stop ``partition`` and hand its lease back (if still ours) so another process takes it at once."""

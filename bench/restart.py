@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from trustbus import bus
+from trustbus._supervisor import ProcessFailed, Supervisor
 from trustbus.agents import parse_policy
 from trustbus.agents._decision_log import DecisionLog, decision_record
 
@@ -107,7 +108,7 @@ async def measure(count: int, *, process: bool) -> dict[str, Any]:
             ring = coordinator.keyring.keyring
             one_by_one_s, old = await timed_catch_up(coordinator.log(subject), ring)
             batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
-        ready_s = await coordinator_ready_s(server.url, keys, Path(tmp)) if process else None
+        ready_s = coordinator_ready_s(server.url, keys, Path(tmp)) if process else None
     return {
         "decisions": count,
         "write_s": round(write_s, 2),
@@ -123,31 +124,27 @@ async def measure(count: int, *, process: bool) -> dict[str, Any]:
     }
 
 
-async def coordinator_ready_s(url: str, keys: bus.KeyDirectory, tmp: Path) -> float:
+def coordinator_ready_s(url: str, keys: bus.KeyDirectory, tmp: Path) -> float:
     """Seconds from starting ``trustbus coordinator run`` as c1 to its ready line; then it is stopped."""
     policy = tmp / "policy.yaml"
     policy.write_text(json.dumps(RULES))  # JSON is YAML
     env = {**os.environ, "NATS_URL": url, "TRUSTBUS_KEYS": str(keys.root)}
-    args = ("coordinator", "run", "-t", TENANT, "--policy", str(policy), "--name", "c1")
-    errors_file = tmp / "coordinator.err"
-    errors = errors_file.open("wb")
+    processes = Supervisor(env=env, cwd=Path(__file__).resolve().parent.parent, logs=tmp)
     start = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trustbus", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=errors
-    )
-    errors.close()
+    coordinator = processes.start(
+        "coordinator", [sys.executable, "-m", "trustbus", "coordinator", "run", "-t", TENANT, "--policy", str(policy),
+                        "--name", "c1"],
+    )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), READY_S)
+        line = coordinator.wait_ready(READY_S)  # blocks on the pipe's reader: the time is the line's, not a poll's
         ready_s = time.perf_counter() - start
-        if b'"ready"' not in line:
-            exit_code = await proc.wait()
-            raise RuntimeError(f"the coordinator exited (exit {exit_code}): {errors_file.read_text()[-2000:]}")
+        if not line.get("ready"):
+            raise RuntimeError(f"the coordinator's first line is not its ready line: {line}")
         return ready_s
+    except ProcessFailed as exc:
+        raise RuntimeError("\n".join([str(exc), *coordinator.tail()])) from None
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
+        processes.stop_all()
 
 
 def main() -> None:

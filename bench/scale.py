@@ -9,9 +9,9 @@ this machine, so all of them share its cores.
 - **K coordinators** (each K of ``--coordinators``, each round): a fresh tenant ``scale<i>`` provisioned
   with ``bus.init_tenant``, keys ``a`` and ``b`` (role agent) and ``coordinator-1`` .. ``coordinator-K``
   (role coordinator), bench/mediated.py's policy (``a -> b`` ``event``, hop, budget and fan-out limits far
-  above the load, no rate limit). K processes ``python -m bench._scale_coordinator coordinator run
-  --name coordinator-<j>``: trustbus's own CLI and coordinator, with its conflicts counted (see that
-  module; ``--plain`` runs ``python -m trustbus`` and leaves the conflicts out). The tenant has as many
+  above the load, no rate limit). K processes ``python -m trustbus coordinator run --name
+  coordinator-<j>``, each logging every append conflict it meets (its JSON log lines on stderr,
+  read by the bench). The tenant has as many
   partitions as the largest K measured; the coordinators lease them (agents/_partitions.py), and the
   measurement starts once each holds its share. Each partition has its own outbox consumer and decision
   subject, each append conditional on the last decision of that partition it knows
@@ -39,7 +39,8 @@ one place per round; each figure is the median over the rounds, and ``speedup_K`
   sender (the key owner that signed it), for the phase's envelopes only.
 - **conflicts per coordinator**: appends refused because another coordinator had appended first, each
   followed by a catch-up that reads the decisions it missed (counted, with the time it took) and by the
-  decisions of that append being made again (``discarded``); also the outbox consumer's redeliveries.
+  decisions of that append being made again (``discarded``): the coordinator's own log line of each
+  conflict (agents/_decision_log.py), summed; also the outbox consumer's redeliveries.
 - **exactly once**, checked for every phase (a failure stops the bench, it is not a figure): B's handler
   saw every index once and none twice (not even after the last), the decision log holds exactly one
   accepting decision per envelope of the phase, and B's inbox holds exactly one forward per envelope.
@@ -86,7 +87,6 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench._harness import STOP_TIMEOUT_S, BenchError, progress_bars, run_bench, stopped
-from bench._scale_coordinator import COUNTS
 from bench.mediated import (
     POLICY,
     READY_TIMEOUT_S,
@@ -101,12 +101,25 @@ from bench.mediated import (
 from trustbus import bus
 from trustbus._supervisor import Process
 from trustbus.agents._coordinator import consumer_name
+from trustbus.agents._decision_log import CONFLICT_LOGGED
 from trustbus.bus._records import decode_signed
 
-COORDINATOR_MODULE = "bench._scale_coordinator"
 SETTLE_TIMEOUT_S = 30.0  # after B's last receive, for its inbox consumer to have nothing pending
 DECISION_FETCH = 512
 COUNTED = ("conflicts", "caught_up", "catch_up_s", "discarded")
+
+
+def conflict_counts(process: Process) -> dict[str, float]:
+    """A coordinator's conflicts so far (COUNTED), summed from the line it logged for each (its stderr log)."""
+    totals = dict.fromkeys(COUNTED, 0.0)
+    with contextlib.suppress(OSError), process.log.open() as lines:
+        for text in lines:
+            if CONFLICT_LOGGED not in text:
+                continue
+            fields = json.loads(text)
+            for key in COUNTED:
+                totals[key] += fields[key]
+    return totals
 
 
 def cores() -> int:
@@ -249,7 +262,7 @@ class Scaled:
 
     throughput: Throughput
     audit: Audit
-    counts: dict[str, dict[str, float]] | None  # per coordinator, this phase: COUNTED; None if not counted
+    counts: dict[str, dict[str, float]]  # per coordinator, this phase: COUNTED
 
 
 class ScaleBench(Bench):
@@ -262,15 +275,11 @@ class ScaleBench(Bench):
         self.partitions = max(args.coordinators)
         self.policy.write_text(POLICY)
         self._tenants = 0
-        self._counts: dict[tuple[str, str], dict[str, Any]] = {}  # (tenant, coordinator) -> its latest totals
         self._received: dict[str, int] = {}  # phase -> B's latest count
         self._duplicates: dict[str, int] = {}  # phase -> second deliveries B saw
 
     def _progress_line(self, fields: dict[str, Any]) -> None:
-        """Called on the children's reader threads: counts lines, and B's progress (with its duplicates)."""
-        if fields.get("progress") == COUNTS:
-            self._counts[(str(fields.get("tenant")), str(fields.get("name")))] = fields
-            return
+        """Called on the children's reader threads: B's progress (with its duplicates)."""
         phase = str(fields["progress"])
         self._received[phase] = int(fields.get("received", 0))
         if "duplicates" in fields:
@@ -305,12 +314,6 @@ class ScaleBench(Bench):
             return ""
         return f"B saw second deliveries: {seen or throughput.duplicates}"
 
-    def counts(self, tenant: str, names: list[str]) -> dict[str, dict[str, Any]] | None:
-        found = {name: self._counts.get((tenant, name)) for name in names}
-        if any(fields is None for fields in found.values()):
-            return None
-        return {name: dict(fields) for name, fields in found.items() if fields is not None}
-
     def coordinators(self, k: int, tag: str) -> Scaled:
         """Provision a tenant, start K coordinators and B, warm up, measure, read back, stop, delete."""
         self._tenants += 1
@@ -319,12 +322,11 @@ class ScaleBench(Bench):
         holders = [("a", "agent"), ("b", "agent"), *((name, "coordinator") for name in names)]
         asyncio.run(provision_tenant(self.url, tenant, self.keys, holders, partitions=self.partitions))
         common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", tenant]
-        module = "trustbus" if self.args.plain else COORDINATOR_MODULE
         starting = self.progress.add_task(f"{topology} start {tag}", total=k + 1)
         processes: dict[str, Process] = {}
         for name in names:
             argv = ["coordinator", "run", "--policy", str(self.policy), "--name", name, *common]
-            processes[name] = self.children.start(f"{tenant}-{name}", self.argv(module, argv, f"{tenant}-{name}"))
+            processes[name] = self.children.start(f"{tenant}-{name}", self.argv("trustbus", argv, f"{tenant}-{name}"))
         processes["b"] = self.children.start(
             f"{tenant}-b", self.argv("trustbus", ["agent", "run", SINK, "--id", "b", *common], f"{tenant}-b")
         )
@@ -336,7 +338,7 @@ class ScaleBench(Bench):
             asyncio.run(spread_leases(self.url, tenant, names, self.partitions))
             self.warm_up(topology, tenant=tenant, processes=processes)
             mark = asyncio.run(last_seq(self.url, tenant))
-            before = self.counts(tenant, names)
+            before = {name: conflict_counts(processes[name]) for name in names}
             try:
                 throughput = self.throughput(topology, f"tput {tag}", n, tenant=tenant, processes=processes)
             except BenchError as exc:
@@ -345,12 +347,10 @@ class ScaleBench(Bench):
             audit = asyncio.run(audit_tenant(self.url, tenant, after_seq=mark))
         finally:
             self.children.stop(reversed(processes.values()), STOP_TIMEOUT_S)
-        after = self.counts(tenant, names)
+        after = {name: conflict_counts(processes[name]) for name in names}
         asyncio.run(delete_tenant(self.url, tenant))
         self.check(topology, tenant, n, throughput, audit)
-        counts = None
-        if before is not None and after is not None:
-            counts = {name: {key: after[name][key] - before[name][key] for key in COUNTED} for name in names}
+        counts = {name: {key: after[name][key] - before[name][key] for key in COUNTED} for name in names}
         return Scaled(throughput=throughput, audit=audit, counts=counts)
 
     def check(self, topology: str, tenant: str, n: int, throughput: Throughput, audit: Audit) -> None:
@@ -441,7 +441,6 @@ def coordinators_summary(k: int, runs: list[Scaled], one: list[Scaled] | None, n
     ranks = [sorted(names, key=lambda name: (-made[name], name)) for made in decisions]
     cpu = cpu_summary([run.throughput for run in runs], ["server", "a", *names, "b"], cores)
     each_cpu = [{name: run.throughput.cpu_us_per_msg[name] for name in names} for run in runs]
-    counted = [run.counts for run in runs if run.counts is not None]
     detail: dict[str, Any] = {
         "coordinators": k,
         "msgs_per_s": round(med(rates), 1),
@@ -466,7 +465,7 @@ def coordinators_summary(k: int, runs: list[Scaled], one: list[Scaled] | None, n
                 "decisions": made,
                 "outbox_redelivered": run.audit.outbox_redelivered,
                 "inbox_redelivered": run.audit.inbox_redelivered,
-                **({} if run.counts is None else {key: {c: run.counts[c][key] for c in names} for key in COUNTED}),
+                **{key: {c: run.counts[c][key] for c in names} for key in COUNTED},
             }
             for run, made in zip(runs, decisions, strict=True)
         ],
@@ -476,11 +475,10 @@ def coordinators_summary(k: int, runs: list[Scaled], one: list[Scaled] | None, n
             round(run.throughput.msgs_per_s / base.throughput.msgs_per_s, 4)
             for run, base in zip(runs, one, strict=True)
         ]
-    if len(counted) == len(runs):
-        for key in COUNTED:
-            per_round = [{name: counts[name][key] for name in names} for counts in counted]
-            detail["ranked"][key] = by_rank(per_round, ranks, 4 if key == "catch_up_s" else 1)
-            detail[f"{key}_total"] = round(med([sum(values.values()) for values in per_round]), 4)
+    for key in COUNTED:
+        per_round = [{name: run.counts[name][key] for name in names} for run in runs]
+        detail["ranked"][key] = by_rank(per_round, ranks, 4 if key == "catch_up_s" else 1)
+        detail[f"{key}_total"] = round(med([sum(values.values()) for values in per_round]), 4)
     return detail
 
 
@@ -497,7 +495,6 @@ def summarise(
         "coordinators": args.coordinators,
         "cores": machine_cores,
         "cpu_count": os.cpu_count(),
-        "conflicts_counted": not args.plain,
         "orders": orders,
         "raw_msgs_per_s": round(raw_rate, 1),
     }
@@ -621,9 +618,6 @@ def main() -> None:
         help="coordinator counts to measure, comma-separated, 1 included (default 1,2,4)",
     )
     parser.add_argument("--payload", type=int, default=256, help="payload bytes per message (default 256)")
-    parser.add_argument(
-        "--plain", action="store_true", help="run `python -m trustbus coordinator run` itself: conflicts not counted"
-    )
     parser.add_argument("--profile", type=Path, help="profile the coordinators, sinks and relay into this dir")
     parser.add_argument("--profiler", choices=["cprofile", "pyinstrument"], default="cprofile")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")

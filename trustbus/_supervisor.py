@@ -3,8 +3,9 @@
 Each process reports on stdout in JSON lines; its first line that is a JSON object (other than a
 ``{"progress": ...}`` line) is its ready line. stdout goes to a file (what outlives the supervisor, as
 the demo's detached processes do) or to a pipe read by a thread (progress lines are handed to a
-callback as they come). stderr is appended to a log file, whose tail goes into failure reports. A stop
-is SIGTERM, then SIGKILL if the process has not exited within the timeout; every process is reaped.
+callback as they come, the others read one by one: the ready line, then a follower's lines). stderr is
+appended to a log file, whose tail goes into failure reports. A stop is SIGTERM, then SIGKILL if the
+process has not exited within the timeout; every process is reaped.
 """
 
 from __future__ import annotations
@@ -135,6 +136,18 @@ class Process:
                 raise self.failed(f"was not ready within {timeout_s:.0f}s")
             await asyncio.sleep(_POLL_S)
         return self.ready_line
+
+    def line(self, timeout_s: float) -> Line:
+        """The next JSON line on its stdout pipe (after the ready line, if that was awaited).
+
+        What a follower such as ``trustbus tail --json`` prints; ProcessFailed once its stdout closes, or if
+        none comes within ``timeout_s``.
+        """
+        if self.out is not None:
+            raise ValueError(f"{self.name} writes its stdout to {self.out}, not to a pipe")
+        if (line := self._report(timeout_s)) is None:
+            raise self.failed(f"printed no line within {timeout_s:.0f}s")
+        return line
 
     def send_signal(self, signum: int) -> None:
         """Signal the process if it still runs."""

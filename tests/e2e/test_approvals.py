@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import sys
 
-from tests.e2e.fleet import ROOT, Fleet
+from tests.e2e.fleet import Fleet
+from tests.processes import TRUSTBUS, one_shot_async
 from trustbus.bus import new_envelope, subjects
 
 POLICY = {
@@ -20,13 +19,9 @@ POLICY = {
 
 
 async def cli(fleet: Fleet, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trustbus", *args, cwd=ROOT, env=fleet.env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """`trustbus <args>` as the fleet's admin, run to its end: its exit code, stdout and stderr."""
+    result = await one_shot_async([*TRUSTBUS, *args], env=fleet.env)
+    return result.returncode, result.stdout, result.stderr
 
 
 async def researcher_reads_a_web_page(fleet: Fleet) -> tuple[str, object]:

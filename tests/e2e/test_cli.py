@@ -16,37 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import ROOT, TRUSTBUS, one_shot, ready, run, supervised
 from trustbus.bus import Bus, Identity, new_envelope
-
-TRUSTBUS = [sys.executable, "-m", "trustbus"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`trustbus up --port 0` as a child process; yields its URL."""
     data = tmp_path_factory.mktemp("js")
-    proc = subprocess.Popen(
-        [*TRUSTBUS, "up", "--port", "0", "--data", str(data), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line, proc.stderr.read() if proc.stderr else "no output"
-    yield json.loads(line)["url"]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
-    proc.stdout.close()
-    if proc.stderr:
-        proc.stderr.close()
-
-
-def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*TRUSTBUS, *args], env=env, capture_output=True, text=True, timeout=60)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    with supervised(tmp_path_factory.mktemp("logs")) as processes:
+        up = processes.start("up", [*TRUSTBUS, "up", "--port", "0", "--data", str(data), "--json"])
+        yield str(ready(up)["url"])
+        assert up.stop(20) == 0
 
 
 @pytest.fixture
@@ -182,42 +163,29 @@ def test_up_on_a_taken_port_names_the_fix(env: dict[str, str]) -> None:
 
 
 def test_help_lists_every_command() -> None:
-    result = subprocess.run([*TRUSTBUS, "--help"], capture_output=True, text=True, timeout=30)
+    result = one_shot([*TRUSTBUS, "--help"], timeout_s=30)
     for command in ("up", "init", "keys", "send", "tail"):
         assert command in result.stdout
 
 
 def test_development_config_needs_credentials_and_accepts_the_admin(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [*TRUSTBUS, "up", "--port", "0", "--config", str(root / "nats.conf"), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = json.loads(proc.stdout.readline())["url"]
+    with supervised(tmp_path / "logs") as processes:
+        up = processes.start("up", [*TRUSTBUS, "up", "--port", "0", "--config", str(ROOT / "nats.conf"), "--json"])
+        url = str(ready(up)["url"])
         base = {**os.environ, "TRUSTBUS_KEYS": str(tmp_path / "keys")}
         anonymous = run("init", "--tenant", "dev", env={**base, "NATS_URL": url}, check=False)
         assert anonymous.returncode == 1 and "cannot connect" in anonymous.stderr
         admin_url = url.replace("nats://", "nats://admin:dev-admin@")
         created = json.loads(run("init", "--tenant", "dev", "--json", env={**base, "NATS_URL": admin_url}).stdout)
         assert created["created"] == ["TB_dev", "TBADV_dev", "tb_keys_dev", "tb_mem_dev", "tb_coord_dev"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        if proc.stdout:
-            proc.stdout.close()
+        assert up.stop(20) == 0
 
 
 def test_server_does_not_outlive_a_killed_up(tmp_path: Path) -> None:
-    up = subprocess.Popen([*TRUSTBUS, "up", "--port", "0", "--json"], stdout=subprocess.PIPE, text=True)
-    assert up.stdout is not None
-    server_pid = json.loads(up.stdout.readline())["pid"]
-    up.stdout.close()
-    up.send_signal(signal.SIGKILL)
-    up.wait()
+    with supervised(tmp_path / "logs") as processes:
+        up = processes.start("up", [*TRUSTBUS, "up", "--port", "0", "--json"])
+        server_pid = int(str(ready(up)["pid"]))
+        up.kill()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

@@ -13,8 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,12 +23,13 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import PubAck, StreamInfo
 
-from tests.e2e.fleet import ROOT, Fleet
+from tests.e2e.fleet import Fleet
+from tests.processes import TRUSTBUS, run, supervised
+from trustbus._supervisor import Process, Supervisor
 from trustbus.bus import Bus, EmbeddedCluster, KeyDirectory, init_tenant, new_envelope, subjects
 from trustbus.ledger import ProjectionError, verify_stream
 from trustbus.ledger._segments import read_catalogue
 
-TRUSTBUS = [sys.executable, "-m", "trustbus"]
 OPEN = {"from": "*", "to": ["*", "topic:*"], "kinds": ["event", "reply"]}
 
 
@@ -60,22 +59,10 @@ async def _caught_up(js: nats.js.JetStreamContext, stream: str) -> bool:
     return len(peers) == 2 and all(p.current and not p.offline and not p.lag for p in peers)
 
 
-async def _up() -> tuple[asyncio.subprocess.Process, dict[str, object]]:
+async def _up(processes: Supervisor) -> tuple[Process, dict[str, object]]:
     """`trustbus up --cluster 3 --port 0 --json` as a child process, and the object it printed."""
-    up = await asyncio.create_subprocess_exec(
-        *TRUSTBUS, "up", "--cluster", "3", "--port", "0", "--json",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert up.stdout is not None
-    line = await asyncio.wait_for(up.stdout.readline(), 30)
-    assert line, "trustbus up printed nothing"
-    return up, json.loads(line)
-
-
-async def _reap(up: asyncio.subprocess.Process) -> None:
-    if up.returncode is None:
-        up.kill()
-    await up.communicate()
+    up = processes.start("up", [*TRUSTBUS, "up", "--cluster", "3", "--port", "0", "--json"])
+    return up, await up.ready(30)
 
 
 def _alive(pid: int) -> bool:
@@ -87,8 +74,8 @@ def _alive(pid: int) -> bool:
 
 
 async def test_up_cluster_forms_a_cluster_that_provisions_at_once_and_stops_on_sigterm(tmp_path: Path) -> None:
-    up, started = await _up()
-    try:
+    with supervised(tmp_path / "logs") as processes:
+        up, started = await _up(processes)
         urls, pids = started["urls"], started["pids"]
         assert isinstance(urls, list) and isinstance(pids, list)
         assert len(set(urls)) == 3 and len(set(pids)) == 3
@@ -108,40 +95,36 @@ async def test_up_cluster_forms_a_cluster_that_provisions_at_once_and_stops_on_s
             "tb_coord_upcluster",
         ]
         up.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(up.wait(), 30) == 0
+        assert await up.exited(30) == 0
         assert not any(_alive(pid) for pid in pids)
         assert not await asyncio.to_thread(Path(str(started["data"])).exists)  # the temporary store is removed
-    finally:
-        await _reap(up)
 
 
-async def test_up_cluster_reports_a_dead_node_and_serves_on_with_quorum() -> None:
-    up, started = await _up()
-    try:
+async def test_up_cluster_reports_a_dead_node_and_serves_on_with_quorum(tmp_path: Path) -> None:
+    with supervised(tmp_path / "logs") as processes:
+        up, started = await _up(processes)
         pids = started["pids"]
-        assert isinstance(pids, list) and up.stderr is not None
+        assert isinstance(pids, list)
         os.kill(pids[1], signal.SIGKILL)
-        report: list[str] = []
-        while not report or "still run" not in report[-1]:
-            line = await asyncio.wait_for(up.stderr.readline(), 30)
-            assert line, "".join(report)
-            report.append(line.decode())
+
+        async def reported() -> bool:  # up reports on stderr, which goes to its log
+            return any("still run" in line for line in up.tail()) or up.returncode is not None
+
+        await _until(reported, limit_s=30, every_s=0.05)
+        lines = up.log.read_text().splitlines()
+        ends = [n for n, line in enumerate(lines, start=1) if "still run" in line]
+        assert ends, "\n".join(lines)
+        report = lines[: ends[0]]
         assert "node n2" in report[0] and "exited with code -9" in report[0]
         assert "2 of 3 nodes still run" in report[-1] and up.returncode is None
         up.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(up.wait(), 30) == 1  # stopped on request, but a node had died
+        assert await up.exited(30) == 1  # stopped on request, but a node had died
         assert not any(_alive(pid) for pid in pids)
-    finally:
-        await _reap(up)
 
 
 def _init(cluster: EmbeddedCluster, tmp_path: Path, tenant: str, *extra: str) -> dict[str, object]:
     env = {**os.environ, "NATS_URL": ",".join(cluster.urls), "TRUSTBUS_KEYS": str(tmp_path / "keys")}
-    result = subprocess.run(
-        [*TRUSTBUS, "init", "--tenant", tenant, "--json", *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = run("init", "--tenant", tenant, "--json", *extra, env=env)
     report: dict[str, object] = json.loads(result.stdout)
     return report
 

@@ -12,23 +12,13 @@ import base64
 import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from tests.processes import TRUSTBUS, one_shot, ready, run, supervised
 from trustbus.bus import Identity, KeyDirectory, find_server_binary
 
-TRUSTBUS = [sys.executable, "-m", "trustbus"]
 T = "cfg"
-
-
-def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*TRUSTBUS, *args], env=env, capture_output=True, text=True, timeout=60)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 async def nkey_connect_reply(url: str, identity: Identity) -> bytes:
@@ -74,16 +64,12 @@ def test_bootstrap_provision_render_reload(tmp_path: Path) -> None:
     admin = Identity.load(admin_seed)
     assert admin.key_id in config.read_text() and "BOOTSTRAP" in config.read_text()
 
-    up = subprocess.Popen(
-        [*TRUSTBUS, "up", "--port", "0", "--data", str(tmp_path / "js"), "--config", str(config), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert up.stdout is not None
-        started = json.loads(up.stdout.readline())
-        env["NATS_URL"] = started["url"]
+    with supervised(tmp_path / "logs") as processes:
+        up = processes.start(
+            "up", [*TRUSTBUS, "up", "--port", "0", "--data", str(tmp_path / "js"), "--config", str(config), "--json"]
+        )
+        started = ready(up)
+        env["NATS_URL"] = str(started["url"])
 
         # Provision inside the tenant's account, as the admin whose seed bootstrap made.
         as_admin = ("--nkey", str(admin_seed))
@@ -95,17 +81,13 @@ def test_bootstrap_provision_render_reload(tmp_path: Path) -> None:
         printed = step(*as_admin, "config", "render", "--tenant", T)
         step(*as_admin, "config", "render", "--tenant", T, "--out", str(config))
         assert config.read_text() == printed and "BOOTSTRAP" not in printed
-        checked = subprocess.run(
-            [str(find_server_binary()), "-c", str(config), "-t"], capture_output=True, text=True, timeout=30
-        )
+        checked = one_shot([str(find_server_binary()), "-c", str(config), "-t"], timeout_s=30)
         assert checked.returncode == 0, checked.stderr
 
-        reload = subprocess.run(
-            [str(find_server_binary()), "--signal", f"reload={started['pid']}"], capture_output=True, timeout=30
-        )
+        reload = one_shot([str(find_server_binary()), "--signal", f"reload={started['pid']}"], timeout_s=30)
         assert reload.returncode == 0, reload.stderr
         alice = KeyDirectory(keys).load(T, "alice")
-        wait_until_accepted(started["url"], alice)
+        wait_until_accepted(str(started["url"]), alice)
 
         # The admin still does everything; the CLI authenticates with --nkey (or TRUSTBUS_NKEY).
         sent = json.loads(step(*as_admin, "send", "-t", T, "--as", "alice", "--to", "bob", "--json"))
@@ -114,12 +96,6 @@ def test_bootstrap_provision_render_reload(tmp_path: Path) -> None:
         assert item["verified"] and item["envelope"]["id"] == sent["id"]
         owners = {json.loads(line)["owner"] for line in step("keys", "list", "-t", T, "--json").splitlines()}
         assert owners == {"admin", "alice", "coordinator"}
-    finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=20)
-        for stream in (up.stdout, up.stderr):
-            if stream is not None:
-                stream.close()
 
     seeds = [admin.nkey_seed, alice.nkey_seed]
     assert not [out for out in outputs for seed in seeds if seed in out], "a seed was printed"

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,8 @@ import nats
 import pytest
 import yaml
 
+from tests.processes import TRUSTBUS, one_shot, ready, supervised
+from trustbus._supervisor import Process, ProcessFailed, Supervisor
 from trustbus.bus import Identity, find_server_binary, reload_until_wired, subjects
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,22 +81,13 @@ class Container:
                 return str(self.root / value.lstrip("/"))
         return value
 
-    def spawn(self, urls: str, err: Path) -> subprocess.Popen[str]:
+    def spawn(self, processes: Supervisor, service: str, urls: str, err: Path) -> Process:
         """Run the service's command (the image's entrypoint is `trustbus`, its workdir holds examples/)."""
         own = {key: self.path(str(value)) for key, value in self.spec["environment"].items()}
         env = {**os.environ, **own, "NATS_URL": urls}
         env.pop("TRUSTBUS_NKEY", None)
         args = [self.path(arg) for arg in self.spec["command"]]
-        with err.open("w") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "trustbus", *args],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-            )
-        return proc
+        return processes.start(service, [*TRUSTBUS, *args], env=env, log=err)
 
 
 def secret_files() -> set[Path]:
@@ -105,7 +95,7 @@ def secret_files() -> set[Path]:
 
 
 def provision(*args: str, env: dict[str, str]) -> str:
-    result = subprocess.run(["sh", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120)
+    result = one_shot(["sh", str(SCRIPT), *args], env=env, timeout_s=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -113,34 +103,20 @@ def provision(*args: str, env: dict[str, str]) -> str:
 class Node:
     """A nats-server run with nothing but its config file (``nats-server -c FILE``), as in its container."""
 
-    def __init__(self, config: Path, *, port: int, monitor_port: int) -> None:
+    def __init__(self, processes: Supervisor, config: Path, *, port: int, monitor_port: int) -> None:
         self.config, self.port, self.monitor_port = config, port, monitor_port
         self.url = f"nats://127.0.0.1:{port}"
-        self.log: list[str] = []
-        self.meta_leader = threading.Event()
-        self.process = subprocess.Popen(
-            [str(find_server_binary()), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self.process = processes.start(config.stem, [str(find_server_binary()), "-c", str(config)])
 
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line.rstrip())
-            if (
-                "JetStream cluster new metadata leader" in line
-                or "Self is new JetStream cluster metadata leader" in line
-            ):
-                self.meta_leader.set()
-        self.meta_leader.set()  # exited: the caller's check of the log says why
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
-        self.reader.join(timeout=20)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+    def wait_meta_leader(self, timeout_s: float) -> None:
+        """Until its log (stderr) names a cluster metadata leader; AssertionError if it exits or takes longer."""
+        deadline = time.monotonic() + timeout_s
+        while self.process.returncode is None and time.monotonic() < deadline:
+            log = self.process.log.read_text(errors="replace")
+            if "JetStream cluster new metadata leader" in log or "Self is new JetStream cluster metadata leader" in log:
+                return
+            time.sleep(0.1)  # the server's log announces the leader by no event: it is polled for
+        raise AssertionError("\n".join(self.process.tail(10)))
 
 
 def free_ports(count: int) -> list[int]:
@@ -198,14 +174,13 @@ def test_compose_bring_up_on_a_local_three_node_cluster(tmp_path: Path) -> None:
     assert "accounts {" not in account and account.count("nkey: ") == 1
     assert "exists" in provision("bootstrap", env=env)  # a second bootstrap leaves the account alone
 
-    procs: list[subprocess.Popen[str]] = []
-    with contextlib.ExitStack() as stack:
-        nodes = []
-        for config, port, monitor_port in local_configs(tmp_path / "nats"):
-            nodes.append(Node(config, port=port, monitor_port=monitor_port))
-            stack.callback(nodes[-1].stop)
+    with supervised(tmp_path / "logs") as processes:
+        configs = local_configs(tmp_path / "nats")
+        nodes = [
+            Node(processes, config, port=port, monitor_port=monitor_port) for config, port, monitor_port in configs
+        ]
         for node in nodes:
-            assert node.meta_leader.wait(30) and node.process.poll() is None, "\n".join(node.log[-10:])
+            node.wait_meta_leader(30)
             health = urllib.request.urlopen(  # what the compose healthcheck asks
                 f"http://127.0.0.1:{node.monitor_port}/healthz?js-enabled-only=true", timeout=5
             )
@@ -229,92 +204,48 @@ def test_compose_bring_up_on_a_local_three_node_cluster(tmp_path: Path) -> None:
         for node in nodes:
             asyncio.run(reload_until_wired(node.process.pid, node.url, tenant=T, agent=pong, agent_name="pong"))
 
-        containers: dict[str, Container] = {}
-        try:
-            for service in PROCESSES:
-                container = Container(service, tmp_path / "containers" / service, keys=keys)
-                containers[service] = container
-                proc = container.spawn(urls, tmp_path / f"{service}.err")
-                procs.append(proc)
-                assert proc.stdout is not None
-                line = proc.stdout.readline()
-                assert line and json.loads(line)["ready"], (tmp_path / f"{service}.err").read_text()
+        services = []
+        for service in PROCESSES:
+            container = Container(service, tmp_path / "containers" / service, keys=keys)
+            services.append(container.spawn(processes, service, urls, tmp_path / f"{service}.err"))
+            assert ready(services[-1])["ready"]
 
-            # What a person runs: docker compose run --rm admin send ... (the admin service's entrypoint).
-            admin_args = [a.replace("/keys", str(keys)) for a in SERVICES["admin"]["entrypoint"][1:]]
-            admin_env = {**env, **service_env("admin"), "TRUSTBUS_KEYS": str(keys), "NATS_URL": urls}
-            sent = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "trustbus",
-                    *admin_args,
-                    "send",
-                    "--as",
-                    "ping",
-                    "--to",
-                    "pong",
-                    "--payload",
-                    '{"serve": 1}',
-                ],
-                env=admin_env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert sent.returncode == 0, sent.stderr
-            tail = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "trustbus",
-                    *admin_args,
-                    "tail",
-                    "--json",
-                    "--subject",
-                    subjects.decision(T, 0),
-                    "--idle-timeout",
-                    "20",
-                ],
-                env=admin_env,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert tail.stdout is not None
-            stopped = None
-            for line in tail.stdout:
-                decision = json.loads(line)["envelope"]["payload"]
+        # What a person runs: docker compose run --rm admin send ... (the admin service's entrypoint).
+        admin_args = [a.replace("/keys", str(keys)) for a in SERVICES["admin"]["entrypoint"][1:]]
+        admin_env = {**env, **service_env("admin"), "TRUSTBUS_KEYS": str(keys), "NATS_URL": urls}
+        sent = one_shot(
+            [*TRUSTBUS, *admin_args, "send", "--as", "ping", "--to", "pong", "--payload", '{"serve": 1}'], env=admin_env
+        )
+        assert sent.returncode == 0, sent.stderr
+        tail = processes.start(
+            "tail",
+            [*TRUSTBUS, *admin_args, "tail", "--json", "--subject", subjects.decision(T, 0), "--idle-timeout", "20"],
+            env=admin_env,
+        )
+        stopped = None
+        with contextlib.suppress(ProcessFailed):  # it ended (or fell silent) without one
+            while stopped is None:
+                decision = tail.line(60)["envelope"]["payload"]
                 if "hop_limit" in decision["reasons"]:
                     stopped = decision
-                    break
-            tail.terminate()
-            tail.wait(timeout=20)
-            tail.stdout.close()
-            assert stopped is not None and stopped["verdict"] == "reject"
+        tail.stop(20)
+        assert stopped is not None and stopped["verdict"] == "reject"
 
-            async def replicas() -> dict[str, int]:
-                nc = await nats.connect(
-                    urls.split(","), nkeys_seed_str=Identity.load(keys / T / "admin.seed").nkey_seed
+        async def replicas() -> dict[str, int]:
+            nc = await nats.connect(urls.split(","), nkeys_seed_str=Identity.load(keys / T / "admin.seed").nkey_seed)
+            try:
+                js = nc.jetstream()
+                names = (
+                    subjects.stream_name(T),
+                    f"KV_{subjects.keyring_bucket(T)}",
+                    f"KV_{subjects.memory_bucket(T)}",
                 )
-                try:
-                    js = nc.jetstream()
-                    names = (
-                        subjects.stream_name(T),
-                        f"KV_{subjects.keyring_bucket(T)}",
-                        f"KV_{subjects.memory_bucket(T)}",
-                    )
-                    return {name: (await js.stream_info(name)).config.num_replicas or 0 for name in names}
-                finally:
-                    await nc.close()
+                return {name: (await js.stream_info(name)).config.num_replicas or 0 for name in names}
+            finally:
+                await nc.close()
 
-            assert set(asyncio.run(replicas()).values()) == {3}
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            codes = [proc.wait(timeout=30) for proc in procs]
-            for proc in procs:
-                if proc.stdout:
-                    proc.stdout.close()
-        assert codes == [0] * len(procs)
+        assert set(asyncio.run(replicas()).values()) == {3}
+        processes.stop(services, 30)
+        assert [service.returncode for service in services] == [0] * len(services)
         for service in PROCESSES:
             assert "Permissions Violation" not in (tmp_path / f"{service}.err").read_text(), service

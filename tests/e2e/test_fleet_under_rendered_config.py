@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import itertools
 import os
-import signal
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tests.e2e.test_config_render import TRUSTBUS, run, wait_until_accepted
+from tests.e2e.test_config_render import wait_until_accepted
+from tests.processes import TRUSTBUS, one_shot, ready, run, supervised
 from trustbus._supervisor import Process, ProcessFailed, Supervisor
 from trustbus.bus import KeyDirectory, find_server_binary, reload_until_wired
 
 T = "fleet"
-ROOT = Path(__file__).resolve().parents[2]
 READY_S = 60.0
 STOP_S = 20.0
+FOLLOW_S = 120.0  # for the next line of a tail: its own idle timeout ends it sooner
+_tails = itertools.count(1)
 
 
 @dataclass
@@ -31,29 +32,40 @@ class Rendered:
     """A server running a rendered per-key config of one tenant, and how to act on it as the admin."""
 
     url: str
+    tenant: str
     env: dict[str, str]
     admin: tuple[str, ...]  # CLI arguments: authenticate as the tenant admin
     server_pid: int
-    logs: Path
-    supervisor: Supervisor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.supervisor = Supervisor(env=self.env, cwd=ROOT, logs=self.logs)
+    supervisor: Supervisor
+    served: list[Process] = field(default_factory=list)
 
     def reload(self) -> None:
         """Have the server read its config file again."""
-        reload = subprocess.run([str(find_server_binary()), "--signal", f"reload={self.server_pid}"], timeout=30)
+        reload = one_shot([str(find_server_binary()), "--signal", f"reload={self.server_pid}"], timeout_s=30)
         assert reload.returncode == 0
 
     def serve(self, args: list[str], err: Path) -> Process:
         """Start `trustbus <args>` (stopped at the end, stderr to ``err``) and wait for its ready line."""
-        proc = self.supervisor.start(err.stem, [*TRUSTBUS, *args], log=err)
-        try:
-            line = proc.wait_ready(READY_S)
-        except ProcessFailed as exc:
-            raise AssertionError("\n".join([str(exc), *proc.tail()])) from None
+        proc = self.supervisor.start(err.stem, [*TRUSTBUS, *args], env=self.env, log=err)
+        line = ready(proc, READY_S)
         assert line["ready"], line
+        self.served.append(proc)
         return proc
+
+    def follow(self, subject: str, until: Callable[[dict[str, Any]], bool], *, idle_s: int) -> dict[str, Any]:
+        """Tail ``subject`` as the admin until ``until(envelope)`` holds for one (the tail ends after ``idle_s``
+        without a message); that envelope (as JSON)."""
+        args = [*self.admin, "tail", "-t", self.tenant, "--json", "--subject", subject, "--idle-timeout", str(idle_s)]
+        tail = self.supervisor.start(f"tail-{next(_tails)}", [*TRUSTBUS, *args], env=self.env)
+        try:
+            while True:
+                envelope: dict[str, Any] = tail.line(FOLLOW_S)["envelope"]
+                if until(envelope):
+                    return envelope
+        except ProcessFailed as exc:
+            raise AssertionError(f"nothing on {subject} matched: {exc}") from None
+        finally:
+            tail.stop(STOP_S)
 
 
 @contextlib.contextmanager
@@ -67,18 +79,17 @@ def rendered(tmp_path: Path, tenant: str, roles: dict[str, str]) -> Iterator[Ren
     env = {**os.environ, "TRUSTBUS_KEYS": str(keys)}
     env.pop("TRUSTBUS_NKEY", None)
     run("config", "render", "--tenant", tenant, "--bootstrap", "--out", str(config), env=env)
-    up = subprocess.Popen(
-        [*TRUSTBUS, "up", "--port", "0", "--data", str(tmp_path / "js"), "--config", str(config), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert up.stdout is not None
-        started = json.loads(up.stdout.readline())
-        env["NATS_URL"] = started["url"]
+    with supervised(tmp_path, env) as supervisor:
+        up = supervisor.start(
+            "up", [*TRUSTBUS, "up", "--port", "0", "--data", str(tmp_path / "js"), "--config", str(config), "--json"]
+        )
+        started = ready(up)
+        url, server_pid = str(started["url"]), int(str(started["pid"]))
+        env["NATS_URL"] = url
         admin = ("--nkey", str(keys / tenant / "admin.seed"))
-        deployment = Rendered(url=started["url"], env=env, admin=admin, server_pid=started["pid"], logs=tmp_path)
+        deployment = Rendered(
+            url=url, tenant=tenant, env=env, admin=admin, server_pid=server_pid, supervisor=supervisor
+        )  # fmt: skip
         run(*deployment.admin, "init", "--tenant", tenant, env=env)
         for owner, role in roles.items():
             run(*deployment.admin, "keys", "new", "--tenant", tenant, "--owner", owner, "--role", role, env=env)
@@ -86,22 +97,15 @@ def rendered(tmp_path: Path, tenant: str, roles: dict[str, str]) -> Iterator[Ren
         agents = [owner for owner, role in roles.items() if role == "agent"]
         if agents:  # each agent is an account of its own, wired by a second reload
             seed = KeyDirectory(keys).load(tenant, agents[0])
-            asyncio.run(
-                reload_until_wired(started["pid"], started["url"], tenant=tenant, agent=seed, agent_name=agents[0])
-            )
+            asyncio.run(reload_until_wired(server_pid, url, tenant=tenant, agent=seed, agent_name=agents[0]))
         else:
             deployment.reload()
-            wait_until_accepted(started["url"], KeyDirectory(keys).load(tenant, next(iter(roles))))
+            wait_until_accepted(url, KeyDirectory(keys).load(tenant, next(iter(roles))))
         try:
             yield deployment
         finally:
-            deployment.supervisor.stop_all(STOP_S)
-            assert [p.returncode for p in deployment.supervisor.processes] == [0] * len(deployment.supervisor.processes)
-    finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(timeout=20)
-        if up.stdout:
-            up.stdout.close()
+            supervisor.stop(reversed(deployment.served), STOP_S)
+            assert [p.returncode for p in deployment.served] == [0] * len(deployment.served)
 
 
 def test_agents_and_coordinator_run_with_their_own_nkeys(tmp_path: Path) -> None:
@@ -117,22 +121,10 @@ def test_agents_and_coordinator_run_with_their_own_nkeys(tmp_path: Path) -> None
             deployment.serve(args, tmp_path / f"{agent}.err")
 
         run(*admin, "send", "-t", T, "--as", "ping", "--to", "pong", "--payload", '{"serve": 1}', env=env)
-        stopped = None
-        tail = subprocess.Popen(
-            [*TRUSTBUS, *admin, "tail", "-t", T, "--json", "--subject", f"tb.{T}.decision.*", "--idle-timeout", "20"],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
+        stopped = deployment.follow(
+            f"tb.{T}.decision.*", lambda envelope: "hop_limit" in envelope["payload"]["reasons"], idle_s=20
         )
-        assert tail.stdout is not None
-        for line in tail.stdout:
-            decision = json.loads(line)["envelope"]["payload"]
-            if "hop_limit" in decision["reasons"]:
-                stopped = decision
-                break
-        tail.terminate()
-        tail.wait(timeout=20)
-        tail.stdout.close()
-        assert stopped is not None and stopped["verdict"] == "reject" and stopped["hop"] == 5
+        decision = stopped["payload"]
+        assert decision["verdict"] == "reject" and decision["hop"] == 5
         for err in ("c.err", "ping.err", "pong.err"):
             assert "Permissions Violation" not in (tmp_path / err).read_text()

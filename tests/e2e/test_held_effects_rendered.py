@@ -11,17 +11,15 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tests.e2e.fleet_agents import SYSTEM_DB
-from tests.e2e.test_config_render import TRUSTBUS, run
 from tests.e2e.test_fleet_under_rendered_config import rendered
 from tests.e2e.test_held_effects import MALLORY, TOOLS
+from tests.processes import run
 from trustbus.agents import connect_agent
 from trustbus.bus import KeyDirectory, new_envelope
 
@@ -31,29 +29,10 @@ POLICY = {
 }
 
 
-def follow(env: dict[str, str], admin: tuple[str, ...], subject: str, until: Callable[[dict[str, Any]], bool]) -> dict:
-    """Tail ``subject`` as the admin until ``until(envelope)`` holds for one; that envelope (as JSON)."""
-    tail = subprocess.Popen(
-        [*TRUSTBUS, *admin, "tail", "-t", T, "--json", "--subject", subject, "--idle-timeout", "60"],
-        env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert tail.stdout is not None
-    try:
-        for line in tail.stdout:
-            envelope = json.loads(line)["envelope"]
-            if until(envelope):
-                return envelope
-        raise AssertionError(f"nothing on {subject} matched")
-    finally:
-        tail.terminate()
-        tail.wait(timeout=20)
-        tail.stdout.close()
-
-
 def test_held_refund_under_a_rendered_config_from_the_agents_own_seeds(tmp_path: Path) -> None:
     roles = {"coordinator": "coordinator", "billing": "agent", "desk": "agent", "ops": "operator"}
     with rendered(tmp_path, T, roles) as deployment:
-        env, admin = deployment.env, deployment.admin
+        env = deployment.env
         keys = KeyDirectory(tmp_path / "keys")
         (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
         (tmp_path / "tools.yaml").write_text(yaml.safe_dump(TOOLS))
@@ -84,7 +63,7 @@ def test_held_refund_under_a_rendered_config_from_the_agents_own_seeds(tmp_path:
             decisions[decision["envelope_id"]] = decision
             return reply in decisions and any(d["kind"] == "effect" for d in decisions.values())
 
-        follow(env, admin, f"tb.{T}.decision.*", both_decided)
+        deployment.follow(f"tb.{T}.decision.*", both_decided, idle_s=60)
         assert decisions[reply]["verdict"] == "reject" and decisions[reply]["reasons"] == ["unsolicited_reply"]
         [held] = [d for d in decisions.values() if d["kind"] == "effect"]
         assert held["verdict"] == "hold" and held["causation_id"] == event and held["sender"] == "billing"
@@ -96,7 +75,7 @@ def test_held_refund_under_a_rendered_config_from_the_agents_own_seeds(tmp_path:
         assert waiting["request"] == 'issue_refund {"amount":500,"order":777}'
         assert refunds(tmp_path) == 0
         run(*ops, "approve", held["envelope_id"], "-t", T, "--as", "ops", env=env)
-        answer = follow(env, admin, f"tb.{T}.in.desk", lambda envelope: envelope["sender"] == "billing")
+        answer = deployment.follow(f"tb.{T}.in.desk", lambda envelope: envelope["sender"] == "billing", idle_s=60)
         assert answer["payload"]["refunded"] == 777 and refunds(tmp_path) == 1
         for err in ("c.err", "b.err"):
             assert "Permissions Violation" not in (tmp_path / err).read_text()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.fleet import ROOT, Fleet
+from tests.e2e.fleet import Fleet
 from tests.e2e.test_ledger_service import settled, start_ledger
+from tests.processes import TRUSTBUS, one_shot_async
 from trustbus.bus import Bus, TenantStream, new_envelope, pinned_admin_key, subjects
 from trustbus.ledger import read_stream
 from trustbus.ledger._merkle import message_leaf_hash, root_of
@@ -22,13 +21,9 @@ pytestmark = pytest.mark.timeout(300)  # ten CLI processes and two ledger servic
 
 
 async def cli(fleet: Fleet, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trustbus", *args, cwd=ROOT, env=fleet.env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode() + err.decode()
+    """`trustbus <args>` run to its end: its exit code, and its stdout and stderr together."""
+    result = await one_shot_async([*TRUSTBUS, *args], env=fleet.env, timeout_s=120)
+    return result.returncode, result.stdout + result.stderr
 
 
 async def events(fleet: Fleet, alice: Bus, n: int) -> None:

@@ -12,14 +12,14 @@ import asyncio
 import json
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nats.js.api import AckPolicy
 
-from tests.e2e.fleet import ROOT, Fleet
+from tests.e2e.fleet import Fleet
+from tests.processes import TRUSTBUS, one_shot_async
 from trustbus._supervisor import Process
 from trustbus.bus import (
     Bus,
@@ -203,24 +203,17 @@ async def test_queries_run_while_the_service_writes(fleet: Fleet, tmp_path: Path
     assert seen == sorted(seen) and len(set(seen)) > 3, seen  # the counts grew while we read
     assert slowest < 2.0
     # The command line reads the same projection while the service still runs.
-    cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trustbus", "query", "SELECT count(*) AS n FROM envelopes", "--data", str(data), "--json",
-        cwd=ROOT, env=fleet.env, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, _ = await cli.communicate()
-    assert cli.returncode == 0 and json.loads(stdout) == {"n": last}
+    query = ("query", "SELECT count(*) AS n FROM envelopes", "--data", str(data), "--json")
+    cli = await one_shot_async([*TRUSTBUS, *query], env=fleet.env)
+    assert cli.returncode == 0 and json.loads(cli.stdout) == {"n": last}
     ledger.send_signal(signal.SIGTERM)
     assert await ledger.exited(15) == 0
     assert read_catalogue(data).last_seq == last
 
 
 async def verify_cli(fleet: Fleet) -> tuple[int, dict[str, object]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trustbus", "ledger", "verify", "-t", fleet.tenant, "--json",
-        cwd=ROOT, env=fleet.env, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, _ = await proc.communicate()
-    return int(proc.returncode or 0), json.loads(stdout)
+    verified = await one_shot_async([*TRUSTBUS, "ledger", "verify", "-t", fleet.tenant, "--json"], env=fleet.env)
+    return verified.returncode, json.loads(verified.stdout)
 
 
 async def test_ledger_verify_checks_the_services_checkpoints_and_catches_a_forged_head(

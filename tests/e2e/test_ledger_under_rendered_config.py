@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import nats
 import nats.js.errors
 
-from tests.e2e.test_config_render import TRUSTBUS, run
 from tests.e2e.test_fleet_under_rendered_config import rendered
+from tests.processes import TRUSTBUS, one_shot, run
 from trustbus.bus import KeyDirectory
 from trustbus.ledger import ProjectionError, query
 from trustbus.ledger._segments import read_catalogue
@@ -131,7 +130,7 @@ def test_a_ledger_refused_its_consumer_by_the_server_stops_at_once_and_says_why(
         config.write_text("".join(line for line in lines if f"CREATE.{STREAM}.ledger" not in line))
         deployment.reload()
         ledger_run = [*TRUSTBUS, "ledger", "run", "-t", T, "--nkey-auth", "--data", str(tmp_path / "projection")]
-        refused = subprocess.run(ledger_run, env=deployment.env, capture_output=True, text=True, timeout=60)
+        refused = one_shot(ledger_run, env=deployment.env)
         assert refused.returncode != 0
         assert f"the server refused $JS.API.CONSUMER.CREATE.{STREAM}.ledger".lower() in refused.stderr.lower()
         assert "permissions violation" in refused.stderr.lower()

@@ -7,14 +7,13 @@ decision log and the inboxes back from the stream.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import sys
 import time
 from collections import Counter
 
-from tests.e2e.fleet import ROOT, Fleet
+from tests.e2e.fleet import Fleet
+from tests.processes import TRUSTBUS, one_shot_async
 from trustbus.bus import Decision, Envelope, new_envelope, subjects
 
 OPEN = {"from": "*", "to": ["*", "topic:*"], "kinds": ["event", "reply", "checkpoint"]}
@@ -197,13 +196,11 @@ async def test_coordinator_refuses_to_start_on_a_bad_policy(fleet: Fleet) -> Non
     await fleet.key("coordinator", role="coordinator")
     bad = fleet.tmp / "bad.yaml"
     bad.write_text("limits:\n  fanout_per_envelope: 0\nrules:\n  - {from: a, to: [b], kinds: [shout]}\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trustbus", "coordinator", "run", "-t", fleet.tenant, "--policy", str(bad),
-        cwd=ROOT, env=fleet.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1 and out == b""
-    message = err.decode()
+    refused = await one_shot_async(
+        [*TRUSTBUS, "coordinator", "run", "-t", fleet.tenant, "--policy", str(bad)], env=fleet.env, timeout_s=30
+    )
+    assert refused.returncode == 1 and refused.stdout == ""
+    message = refused.stderr
     assert "limits.fanout_per_envelope: Input should be greater than or equal to 1" in message
     assert "rules.0.kinds.0" in message
 
@@ -212,9 +209,8 @@ async def test_agent_key_cannot_run_the_coordinator(fleet: Fleet) -> None:
     await fleet.key("impostor")
     policy = fleet.tmp / "p.yaml"
     policy.write_text("rules: []\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trustbus", "coordinator", "run", "-t", fleet.tenant, "--policy", str(policy),
-        "--name", "impostor", cwd=ROOT, env=fleet.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    refused = await one_shot_async(
+        [*TRUSTBUS, "coordinator", "run", "-t", fleet.tenant, "--policy", str(policy), "--name", "impostor"],
+        env=fleet.env, timeout_s=30,
     )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1 and "role 'agent'" in err.decode()
+    assert refused.returncode == 1 and "role 'agent'" in refused.stderr

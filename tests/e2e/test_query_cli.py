@@ -6,12 +6,11 @@ import csv
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.fleet import ROOT
+from tests.processes import TRUSTBUS, one_shot
 from trustbus.bus import Identity, Keyring, new_envelope, seal, sign_grant
 from trustbus.bus._keyring import KeyGrant
 from trustbus.ledger import StoredMessage
@@ -41,9 +40,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def trustbus(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trustbus", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
-    )
+    return one_shot([*TRUSTBUS, *args])
 
 
 SQL = "SELECT seq, sender, recipients, verified, reject_reason FROM envelopes ORDER BY seq"

@@ -7,15 +7,14 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.e2e.test_cli import TRUSTBUS
+from tests.processes import ROOT, TRUSTBUS, one_shot
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "tools.yaml")
 
 
 def trustbus(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([*TRUSTBUS, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return one_shot([*TRUSTBUS, *args], env=env)
 
 
 def test_inventory_as_a_table_and_as_json() -> None:

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -33,6 +32,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from tests.processes import one_shot, one_shot_async
 from trustbus.bus import (
     AGENT_API_PREFIX,
     Bus,
@@ -242,7 +242,7 @@ def test_rendered_configs_pass_the_server_check(deployment: Deployment, tmp_path
     including = tmp_path / "including.conf"
     including.write_text("jetstream {}\ninclude ./accounts.conf\n")
     for config in (deployment.config, bootstrap, including):
-        result = subprocess.run([binary, "-c", str(config), "-t"], capture_output=True, text=True, timeout=30)
+        result = one_shot([binary, "-c", str(config), "-t"], timeout_s=30)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -599,16 +599,9 @@ async def test_revoked_agent_key_is_disconnected_and_cannot_connect(deployment: 
         "        sys.exit(3)\n"
         "asyncio.run(main())\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        script,
-        deployment.url,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    refused = await one_shot_async(
+        [sys.executable, "-c", script, deployment.url], stdin=carol.identity.nkey_seed, timeout_s=30
     )
-    out, err = await asyncio.wait_for(process.communicate(carol.identity.nkey_seed.encode()), 30)
-    assert process.returncode == 3 and b"Authorization Violation" in out, out + err
+    assert refused.returncode == 3 and "Authorization Violation" in refused.stdout, refused.stdout + refused.stderr
     # The others are unaffected.
     assert await raw_connect(deployment.server, deployment.identity("alice")) == b"PONG\r\n"

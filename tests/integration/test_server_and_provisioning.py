@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import socket
 import sys
@@ -15,6 +14,7 @@ import nats.js.errors
 import pytest
 
 from tests.conftest import Tenant
+from tests.processes import one_shot_async
 from trustbus.bus import (
     Bus,
     ConfigError,
@@ -159,12 +159,10 @@ async def test_one_seed_authenticates_to_nats_and_signs(tmp_path: Path) -> None:
         assert nc.is_connected
         await nc.close()
         # A refused connect runs in its own process: nats-py leaks the refused socket.
-        stranger = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _REFUSED_CONNECT, server.url, Identity.generate().nkey_seed,
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        stdout, _ = await asyncio.wait_for(stranger.communicate(), 30)
-        assert "refused: nats: 'Authorization Violation'" in stdout.decode()
+        stranger = await one_shot_async(
+            [sys.executable, "-c", _REFUSED_CONNECT, server.url, Identity.generate().nkey_seed], timeout_s=30
+        )
+        assert "refused: nats: 'Authorization Violation'" in stranger.stdout
 
 
 async def test_the_admin_key_cannot_be_rotated_or_revoked(nats_server: EmbeddedServer, tmp_path: Path) -> None:

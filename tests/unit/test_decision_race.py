@@ -9,16 +9,17 @@ started together interleave as two processes would.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pytest
 
 from trustbus.agents import parse_policy
 from trustbus.agents._decision import CoordinatorState, Decision, Deferral, decide
-from trustbus.agents._decision_log import ATOMIC_MIN, DecisionLog
+from trustbus.agents._decision_log import ATOMIC_MIN, CONFLICT_LOGGED, Conflicts, DecisionLog
 from trustbus.bus import (
     Appended,
     Conflict,
@@ -243,6 +244,24 @@ async def test_an_atomic_batch_that_loses_the_race_stores_nothing() -> None:
     assert loser.log.state == folded  # it took its provisional decisions back out, read the winner's, appended
     await winner.log.catch_up()
     assert winner.log.state == folded
+
+
+async def test_a_lost_race_is_counted_and_logged_with_what_it_cost(caplog: pytest.LogCaptureFixture) -> None:
+    stream = MemoryStream()
+    c1, c2 = racer(stream, "c1"), racer(stream, "c2")
+    mine, theirs = outboxed(ATOMIC_MIN + 2), outboxed(ATOMIC_MIN + 2, first_seq=100)
+
+    with caplog.at_level(logging.WARNING, logger="trustbus.coordinator"):
+        await asyncio.gather(c1.mediate(mine), c2.mediate(theirs))
+
+    winner, loser = (c2, c1) if c1.watched.conflicts else (c1, c2)
+    assert winner.log.conflicts == Conflicts()
+    counted = loser.log.conflicts
+    assert (counted.conflicts, counted.caught_up, counted.discarded) == (1, len(mine), len(theirs))
+    assert counted.catch_up_s > 0
+    [line] = [record for record in caplog.records if record.getMessage() == CONFLICT_LOGGED]
+    logged = {key: getattr(line, key) for key in ("subject", "conflicts", "caught_up", "catch_up_s", "discarded")}
+    assert logged == {"subject": SUBJECT, **asdict(counted)}  # the first conflict: its cost is the totals
 
 
 async def test_two_coordinators_deciding_one_batch_record_each_envelope_once() -> None:

@@ -19,6 +19,10 @@ print(json.dumps({"progress": "starting"}), flush=True)
 print("not json", flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 print(json.dumps({"ready": "x", "pid": os.getpid(), "flag": os.environ.get("FLAG")}), flush=True)
+if sys.argv[1:] == ["count"]:
+    for n in range(3):
+        print(json.dumps({"n": n}), flush=True)
+    sys.exit(0)
 time.sleep(60)
 """
 FAIL = "import sys; print('broken', file=sys.stderr); sys.exit(3)"
@@ -68,3 +72,12 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path: Pa
     process = _supervisor(tmp_path).start("stubborn", [sys.executable, "-c", SERVE, "stubborn"])
     process.wait_ready(30)
     assert process.stop(0.5) == -signal.SIGKILL
+
+
+def test_the_lines_after_the_ready_line_are_read_in_order_until_stdout_closes(tmp_path: Path) -> None:
+    process = _supervisor(tmp_path).start("count", [sys.executable, "-c", SERVE, "count"])
+    process.wait_ready(30)
+    assert [process.line(30) for _ in range(3)] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    with pytest.raises(ProcessFailed, match=r"count exited \(exit code 0\)"):
+        process.line(30)
+    assert process.wait(10) == 0
