@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from trustbus._supervisor import Supervisor
+from tests.processes import TRUSTBUS, ready, run, supervised
 from trustbus.bus import EmbeddedServer
-
-TRUSTBUS = [sys.executable, "-m", "trustbus"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def trustbus(*args: str, env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*TRUSTBUS, *args], env=env, capture_output=True, text=True, timeout=60)
+    result = run(*args, env=env, check=False)
     assert (result.returncode == 0) == ok, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return result
@@ -36,7 +32,7 @@ def env(nats_server: EmbeddedServer, tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "NATS_URL": nats_server.url, "TRUSTBUS_KEYS": str(tmp_path / "keys")}
 
 
-async def test_ledger_run_without_a_key_then_with_an_agent_key_each_says_what_to_run_and_that_works(
+def test_ledger_run_without_a_key_then_with_an_agent_key_each_says_what_to_run_and_that_works(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     trustbus("init", "--tenant", "hints", env=env)
@@ -50,12 +46,8 @@ async def test_ledger_run_without_a_key_then_with_an_agent_key_each_says_what_to
     assert suggested(wrong) == ["keys", "rotate", "--tenant", "hints", "--owner", "ledger", "--role", "ledger"]
     trustbus(*suggested(wrong), env=env)
 
-    supervisor = Supervisor(env=env, cwd=ROOT, logs=tmp_path)
-    try:
-        ledger = supervisor.start("ledger", [*TRUSTBUS, *ledger_run], env=env, log=tmp_path / "ledger.err")
-        assert (await ledger.ready(30)).get("ready")
-    finally:
-        supervisor.stop_all(15)
+    with supervised(tmp_path, env) as supervisor:
+        assert ready(supervisor.start("ledger", [*TRUSTBUS, *ledger_run], log=tmp_path / "ledger.err")).get("ready")
 
 
 def test_keys_new_for_an_owner_with_a_key_points_to_rotate(env: dict[str, str]) -> None:
