@@ -28,8 +28,8 @@ def load_agent(target: str) -> Agent:
         sys.path.insert(0, str(Path.cwd()))
     try:
         found = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeSetupError(f"cannot load agent {target!r}: {exc}") from exc
+    except (ImportError, AttributeError, SyntaxError) as exc:
+        raise RuntimeSetupError(f"cannot load agent {target!r}: {type(exc).__name__}: {exc}") from exc
     agent = found() if isinstance(found, type) else found
     if not isinstance(agent, Agent):
         raise RuntimeSetupError(f"{target!r} is not an agents.Agent (subclass it or use agents.Handlers)")

@@ -14,8 +14,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from trustbus.bus import _client
-from trustbus.bus._connection import connect_options
-from trustbus.bus._errors import ConfigError, TransportError, VerificationError
+from trustbus.bus._connection import connect_options, redacted, split_servers
+from trustbus.bus._errors import ConfigError, Refused, Unavailable, VerificationError
 from trustbus.bus._identity import Identity
 from trustbus.bus._keyring import ADMIN_OWNER, KeyGrant, Role
 from trustbus.bus._keyring_store import KeyringStore
@@ -85,6 +85,9 @@ class KeyDirectory:
         os.replace(staged, path)
 
 
+INITIAL_ATTEMPTS = 2  # per server, before a short command says it cannot connect
+
+
 async def connect_nats(
     servers: Sequence[str], *, nkey_seed: str | None = None, inbox_prefix: str | None = None
 ) -> NATS:
@@ -102,14 +105,29 @@ async def connect_nats(
             (:func:`bus.subjects.reply_prefix`).
     """
     errors: list[Exception] = []
+    options = connect_options(servers, long_running=False)  # a URL that is not a NATS one is refused here
+    urls = split_servers(servers)
+    shown = ", ".join(redacted(url) for url in urls)
+    connecting = True
 
     async def on_error(exc: Exception) -> None:
+        # Raised out of nats-py's connect loop, which would otherwise try each server
+        # SHORT_RECONNECT_ATTEMPTS times: refused credentials are refused again, and a
+        # command whose servers all failed twice says so (the reason is in the error, once).
         errors.append(exc)
-        log.warning("nats error: %s", exc)
+        log.debug("nats error: %s", exc)
+        if not connecting:
+            return
+        if "authorization violation" in str(exc).lower():
+            raise Refused(
+                f"cannot connect to {shown}: the server refused these credentials "
+                "(use --nkey with a seed its config lists)"
+            )
+        if len(errors) >= INITIAL_ATTEMPTS * len(urls):
+            raise Unavailable(f"cannot connect to {shown}: {exc} (is `trustbus up` running? set --server or NATS_URL)")
 
-    options = connect_options(servers, long_running=False)
     try:
-        return await _client.connect(
+        client = await _client.connect(
             **options,
             connect_timeout=5,
             nkeys_seed_str=nkey_seed,
@@ -117,12 +135,12 @@ async def connect_nats(
             error_cb=on_error,
         )
     except (nats.errors.Error, OSError) as exc:
-        refused = [e for e in errors if "authorization violation" in str(e).lower()]
-        if refused:
-            cause, hint = refused[-1], "the server refused these credentials: use --nkey with a seed its config lists"
-        else:
-            cause, hint = (errors[-1] if errors else exc), "is `trustbus up` running? set --server or NATS_URL"
-        raise TransportError(f"cannot connect to {', '.join(servers)}: {cause} ({hint})") from exc
+        cause = errors[-1] if errors else exc
+        raise Unavailable(
+            f"cannot connect to {shown}: {cause} (is `trustbus up` running? set --server or NATS_URL)"
+        ) from exc
+    connecting = False
+    return client
 
 
 MAX_REPLICAS = 3

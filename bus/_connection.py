@@ -14,6 +14,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from trustbus.bus._errors import ConfigError
 
 log = logging.getLogger("trustbus.bus")
 
@@ -25,10 +28,31 @@ PING_INTERVAL_S = 10
 MAX_OUTSTANDING_PINGS = 3
 
 
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
 def split_servers(servers: str | Sequence[str]) -> list[str]:
-    """One URL, a comma-separated list (``NATS_URL`` style) or a sequence of them, as a list of URLs."""
+    """One URL, a comma-separated list (``NATS_URL`` style) or a sequence of them, as a list of URLs.
+
+    Raises ConfigError for one that is not a NATS URL (``nats://HOST:PORT``, or tls, ws, wss).
+    """
     items = [servers] if isinstance(servers, str) else list(servers)
-    return [url.strip() for item in items for url in item.split(",") if url.strip()]
+    urls = [url.strip() for item in items for url in item.split(",") if url.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in NATS_SCHEMES or not parts.hostname:
+            raise ConfigError(f"{redacted(url)!r} is not a NATS server URL: use nats://HOST:PORT")
+    return urls
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password or token in it replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0] + ":***" if ":" in userinfo else "***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def connect_options(servers: str | Sequence[str], *, long_running: bool) -> dict[str, object]:

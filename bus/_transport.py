@@ -23,7 +23,7 @@ from nats.js.api import PubAck
 from trustbus.bus import _client
 from trustbus.bus._api import tenant_jetstream
 from trustbus.bus._bucket import NatsBucket
-from trustbus.bus._connection import ConnectionWatch, connect_options, split_servers
+from trustbus.bus._connection import ConnectionWatch, connect_options, redacted, split_servers
 from trustbus.bus._consumer import Consumers, ConsumerSettings
 from trustbus.bus._delivery import Delivery
 from trustbus.bus._durable_reader import DurableReader, DurableSettings
@@ -152,7 +152,7 @@ class Bus:
         try:
             nc = await _client.connect(**options)
         except (nats.errors.Error, OSError) as exc:
-            raise TransportError(f"cannot connect to {', '.join(urls)}: {exc}") from exc
+            raise TransportError(f"cannot connect to {', '.join(redacted(u) for u in urls)}: {exc}") from exc
         try:
             js = await tenant_jetstream(nc, tenant, publish_async_max_pending=max_in_flight + 16)
             keyring = await KeyringStore.open(js, tenant)

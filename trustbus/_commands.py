@@ -6,7 +6,17 @@ from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from trustbus.bus import ConfigError, ContentType, KeyDirectory, Kind, TailItem, TenantStream, new_envelope, seal
+from trustbus.bus import (
+    ConfigError,
+    ContentType,
+    KeyDirectory,
+    Kind,
+    TailItem,
+    TenantStream,
+    decode_json,
+    new_envelope,
+    seal,
+)
 
 KINDS = ("event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint")
 CONTENT_TYPES = ("application/json", "application/msgpack", "text/plain")
@@ -38,6 +48,12 @@ async def send_one(
         raise ConfigError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
     if content_type not in CONTENT_TYPES:
         raise ConfigError(f"unknown content type {content_type!r}: one of {', '.join(CONTENT_TYPES)}")
+    if content_type == "application/json":
+        try:
+            decode_json(payload)
+        except ValueError as exc:  # MalformedPayload, msgspec.DecodeError
+            example = """'{"order": 1}'"""
+            raise ConfigError(f"--payload is not valid JSON ({exc}): quote it for the shell, e.g. {example}") from exc
     identity = keys.load(tenant, sender)
     kind_value: Kind = kind  # type: ignore[assignment]
     content_type_value: ContentType = content_type  # type: ignore[assignment]

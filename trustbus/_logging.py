@@ -7,6 +7,7 @@ import logging
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+LEVELS = ("debug", "info", "warning", "error", "critical")  # what --log-level accepts, any case
 
 
 class JsonFormatter(logging.Formatter):

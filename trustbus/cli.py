@@ -65,8 +65,11 @@ def main_options(
     ] = None,
 ) -> None:
     """Trustbus command line."""
-    from trustbus._logging import configure
+    from trustbus._logging import LEVELS, configure
 
+    if log_level.lower() not in LEVELS:
+        err.print(f"[red]error:[/red] unknown log level {log_level!r}: one of {', '.join(LEVELS)}")
+        raise typer.Exit(2)
     configure(log_level)
     use_nkey(None)
     if nkey is not None:
@@ -418,6 +421,23 @@ def tail(
 
 
 def main() -> None:
-    """Entry point of the ``trustbus`` console script."""
+    """Entry point of the ``trustbus`` console script.
+
+    An error of the bus, the agents or the ledger (bad input, a missing file, a
+    refusal) reaches the person as its one-line message and exit code 1, from
+    any command; anything else is a defect and keeps its traceback.
+    """
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except Exception as exc:
+        from rich.markup import escape
+
+        from trustbus.agents import AgentError
+        from trustbus.bus import BusError
+        from trustbus.ledger import LedgerError
+
+        if not isinstance(exc, BusError | AgentError | LedgerError):
+            raise
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(1)
