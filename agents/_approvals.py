@@ -16,6 +16,7 @@ from trustbus.bus import (
     Approval,
     Decision,
     KeyDirectory,
+    Keyring,
     TenantStream,
     VerificationError,
     decode_effect,
@@ -23,6 +24,7 @@ from trustbus.bus import (
     new_envelope,
     seal,
     subjects,
+    wrong_role,
 )
 
 POLL_S = 0.1
@@ -30,6 +32,18 @@ POLL_S = 0.1
 
 class ApprovalError(AgentError):
     """The envelope is not held (unknown, already released or dropped), or the answer was not recorded."""
+
+
+def _check_operator(keyring: Keyring, tenant: str, operator: str, key_id: str) -> None:
+    """Refuse at once what the coordinator would refuse (``not_operator``) after the approver had waited for it."""
+    try:
+        grant = keyring.resolve(key_id)
+    except VerificationError as exc:
+        raise ApprovalError(f"the key of {operator!r} cannot approve: {exc}") from exc
+    if grant.revoked_at is not None:
+        raise ApprovalError(f"the key of {operator!r} ({key_id}) is revoked: it cannot approve")
+    if grant.role != "operator":
+        raise ApprovalError(wrong_role(tenant, operator, grant.role, "operator"))
 
 
 async def list_held(
@@ -107,6 +121,7 @@ async def answer(
         await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed, inbox_prefix=prefix) as stream,
         await stream.follow_keyring() as keyring,
     ):
+        _check_operator(keyring.keyring, tenant, operator, identity.key_id)
         log = DecisionLog(stream.log(subjects.all_decisions(tenant)), keyring.keyring, Policy())
         await log.catch_up()
         current = log.state.decided.get(envelope_id)

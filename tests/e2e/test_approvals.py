@@ -92,6 +92,9 @@ async def test_approval_signed_by_an_agent_key_is_refused_and_the_envelope_stays
     await fleet.nc.jetstream().publish(subjects.approval(fleet.tenant, 0), sealed.body, headers=sealed.headers)
     record = await fleet.quarantined(lambda r: r.claimed_id == forged.id)
     assert record.reason == "not_operator"
+    # Through the command, it is said at once, with the fix, instead of waiting for a recording that never comes.
+    rc, _, err = await cli(fleet, "approve", injected, "-t", fleet.tenant, "--as", "researcher")
+    assert rc == 1 and "has role 'agent', not 'operator'" in err and "keys rotate" in err
     _, out, _ = await cli(fleet, "approvals", "list", "-t", fleet.tenant, "--json")
     assert [json.loads(line)["envelope_id"] for line in out.splitlines()] == [injected]
     assert (await fleet.inbox_counts())["billing"] == 0
