@@ -68,6 +68,24 @@ def all_subjects(tenant: str) -> str:
     return f"tb.{check_name(tenant, what='tenant')}.>"
 
 
+def absolute(tenant: str, subject: str) -> str:
+    """A subject or filter of ``tenant`` given relative to it (``decision.*``) or whole (``tb.<tenant>.decision.*``).
+
+    Raises ConfigError for one of another tenant.
+    """
+    prefix = f"tb.{check_name(tenant, what='tenant')}."
+    if subject.startswith(prefix):
+        return subject
+    if subject.startswith("tb."):
+        raise ConfigError(f"{subject!r} is not a subject of tenant {tenant!r}: those start with {prefix!r}")
+    return prefix + subject
+
+
+def relative(tenant: str, subject: str) -> str:
+    """``subject`` without its ``tb.<tenant>.`` prefix (as people read and type it)."""
+    return subject.removeprefix(f"tb.{tenant}.")
+
+
 def partition_of(correlation_id: str, partitions: int) -> int:
     """The partition of a correlation: its SHA-256, modulo the tenant's partition count.
 

@@ -13,6 +13,7 @@ from trustbus._cli_common import (
     ServerOpt,
     TenantOpt,
     key_directory,
+    make_table,
     nkey_seed,
     out,
     run,
@@ -40,8 +41,6 @@ def approvals_list(
     json_out: JsonOpt = False,
 ) -> None:
     """List held envelopes and tool calls: who sent what to whom, with which taint, why it waits, what it asks."""
-    from rich.table import Table
-
     from trustbus.agents import list_held_requests
 
     held = run(list_held_requests(servers(server), tenant, nkey_seed=nkey_seed(), reader=reader))
@@ -49,7 +48,7 @@ def approvals_list(
         for decision, request in held:
             print(json.dumps({**_decision_dict(decision), "request": request}))
         return
-    table = Table("envelope", "sender", "to", "kind", "effective taint", "reasons", "request")
+    table = make_table("envelope", "sender", "to", "kind", "effective taint", "reasons", "request")
     for d, request in held:
         table.add_row(d.envelope_id, d.sender, ",".join(d.deliver_to), d.kind, ",".join(d.effective_taint),
                       ",".join(d.reasons), request)  # fmt: skip

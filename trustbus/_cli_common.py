@@ -11,6 +11,7 @@ would be compiled and evaluated there, several times over (tests/unit/test_struc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -19,12 +20,27 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from trustbus.bus import KeyDirectory
 
 T = TypeVar("T")
 
-out = Console(soft_wrap=True)
+# Piped, a table is as wide as its content (a script or `less -S` reads whole ids); at a terminal, as wide as it.
+PIPED_WIDTH = 10_000
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def make_table(*columns: str) -> Table:
+    """A table that never cuts a value: one too wide for its column folds onto the next line of the cell."""
+    from rich.table import Table
+
+    made = Table()
+    for column in columns:
+        made.add_column(column, overflow="fold")
+    return made
+
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 

@@ -16,6 +16,7 @@ from trustbus.bus import (
     decode_json,
     new_envelope,
     seal,
+    subjects,
 )
 
 KINDS = ("event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint")
@@ -94,6 +95,7 @@ async def tail_stream(
     ``nkey_seed`` authenticates the connection.
     """
     shown = 0
+    subject = subjects.absolute(tenant, subject) if subject else None
     async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as stream:
         items = stream.tail(subject=subject, from_seq=from_seq, new_only=new_only, idle_timeout_s=idle_timeout_s)
         async with aclosing(items):

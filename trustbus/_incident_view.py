@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
-from rich.table import Table
 from rich.tree import Tree
 
+from trustbus._cli_common import make_table
+
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from trustbus.ledger import Incident, Step
 
 
@@ -41,7 +44,7 @@ def redecided_rows(incident: Incident, policy_file: Path) -> list[dict[str, Any]
 
 def redecided_table(rows: list[dict[str, Any]], heading: str) -> Table:
     """The rows of :func:`redecided_rows` as a table; ``heading`` names the new policy's column."""
-    table = Table("envelope", "sender", "kind", "recorded", heading, "changed")
+    table = make_table("envelope", "sender", "kind", "recorded", heading, "changed")
     for row in rows:
         recorded = row["recorded"] or {"verdict": "-", "reasons": []}
         table.add_row(row["id"], row["sender"], row["kind"],

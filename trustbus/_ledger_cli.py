@@ -15,6 +15,7 @@ from trustbus._cli_common import (
     TenantOpt,
     err,
     key_directory,
+    make_table,
     nkey_seed,
     out,
     run,
@@ -313,8 +314,6 @@ def rollback(
     With --dry-run only the plan is printed. Otherwise each compensation is sent
     as an instruction from the operator through the coordinator, and awaited.
     """
-    from rich.table import Table
-
     from trustbus.ledger import (
         build_incident,
         compensated_keys,
@@ -351,7 +350,7 @@ def rollback(
             "compensated_now": compensated,
         }))  # fmt: skip
         return
-    table = Table("order", "seq", "agent", "effect", "undo with", "key")
+    table = make_table("order", "seq", "agent", "effect", "undo with", "key")
     for order, c in enumerate(plan.compensate, start=1):
         table.add_row(str(order), str(c.seq), c.agent, c.tool, c.compensating_tool or "", c.idempotency_key)
     out.print(table)

@@ -16,6 +16,7 @@ from trustbus._cli_common import (
     TenantOpt,
     err,
     key_directory,
+    make_table,
     out,
     run,
     servers,
@@ -95,7 +96,6 @@ def query(
     """Run SQL over the ledger projection; works while `trustbus ledger run` is writing it."""
     import duckdb
     from rich.markup import escape
-    from rich.table import Table
 
     from trustbus.ledger import LedgerError
     from trustbus.ledger import query as run_query
@@ -115,7 +115,7 @@ def query(
         writer.writerow(columns)
         writer.writerows([_cell(v) for v in row] for row in rows)
     else:
-        table = Table(*columns)
+        table = make_table(*columns)
         for row in rows:
             table.add_row(*(_cell(v) for v in row))
         out.print(table)

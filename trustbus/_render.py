@@ -12,7 +12,11 @@ from trustbus.bus import (
     Envelope,
     KeyGrant,
     MalformedPayload,
+    QuarantineRecord,
     TailItem,
+    decode_checkpoint,
+    decode_decision,
+    decode_effect,
     decode_json,
     decode_msgpack,
     decode_quarantine_payload,
@@ -62,21 +66,54 @@ def tail_dict(item: TailItem, tenant: str) -> dict[str, Any]:
     return out
 
 
-def tail_line(item: TailItem) -> str:
-    """One human line (rich markup) of ``trustbus tail``."""
+PREVIEW_CHARS = 120
+
+
+def tail_line(item: TailItem, tenant: str) -> str:
+    """One human line (rich markup) of ``trustbus tail``: where it was stored, who sent what, and what it says."""
+    where = subjects.relative(tenant, item.subject)
     if item.error is not None:
-        return f"[red]#{item.stream_seq} {item.subject} REJECTED {item.error.reason}[/red]: {escape(item.error.detail)}"
+        return f"[red]#{item.stream_seq} {where} REJECTED {item.error.reason}[/red]: {escape(item.error.detail)}"
     assert item.opened is not None
     env = item.opened.envelope
-    if env.content_type == "application/msgpack":
-        preview = "<msgpack>"
-    else:
-        preview = env.payload[:80].decode(errors="replace")
+    to = f" -> {','.join(env.to)}" if env.to else ""
     taint = f" taint={','.join(env.taint)}" if env.taint else ""
+    said = said_by(env, item.subject, tenant)
+    if len(said) > PREVIEW_CHARS:
+        said = said[: PREVIEW_CHARS - 1] + "…"
     return (
-        f"#{item.stream_seq} [bold]{env.kind}[/bold] {env.sender} -> {','.join(env.to)} "
-        f"hop={env.hop}{taint} id={env.id} [dim]{escape(preview)}[/dim]"
+        f"#{item.stream_seq} {where} [bold]{env.kind}[/bold] {env.sender}{to} "
+        f"hop={env.hop}{taint} id={env.id} [dim]{escape(said)}[/dim]"
     )
+
+
+def said_by(envelope: Envelope, subject: str, tenant: str) -> str:
+    """What an envelope says, in a few words: a record decoded (decision, effect, checkpoint, quarantine), else
+    its payload as text or compact JSON."""  # noqa: D205, D209
+    try:
+        if envelope.kind == "decision":
+            decision = decode_decision(envelope.payload)
+            to = f" -> {','.join(decision.deliver_to)}" if decision.deliver_to else ""
+            why = f" ({', '.join(decision.reasons)})" if decision.reasons else ""
+            return f"{decision.verdict}{why}: {decision.kind} {decision.envelope_id} of {decision.sender}{to}"
+        if envelope.kind == "effect":
+            effect = decode_effect(envelope.payload)
+            error = f": {effect.error}" if effect.error else ""
+            return f"{effect.tool} {effect.phase} (key {effect.idempotency_key}){error}"
+        if envelope.kind == "checkpoint":
+            checkpoint = decode_checkpoint(envelope.payload)
+            return f"through #{checkpoint.through_seq}, head {checkpoint.head.hex()[:16]}…"
+        if subject == subjects.quarantine(tenant):
+            record = decode_quarantine_payload(envelope.payload)
+            if isinstance(record, QuarantineRecord):
+                where = subjects.relative(tenant, record.subject)
+                return f"refused {record.reason}: #{record.stream_seq} {where}: {record.detail}"
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(record.counts.items()))
+            return f"refused from {record.owner}: {counts}"
+    except ValueError:  # msgspec.DecodeError, MalformedPayload: shown as its payload below
+        pass
+    value = payload_value(envelope)
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
 
 
 def grant_dict(grant: KeyGrant) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from trustbus._cli_common import (
     TenantOpt,
     err,
     key_directory,
+    make_table,
     nkey_seed,
     out,
     run,
@@ -265,8 +266,6 @@ def _role(role: str) -> "Role":
 @keys_app.command("list")
 def keys_list(tenant: TenantOpt, server: ServerOpt = DEFAULT_SERVER, json_out: JsonOpt = False) -> None:
     """List the tenant's keyring."""
-    from rich.table import Table
-
     from trustbus._render import grant_dict
     from trustbus.bus import list_keys
 
@@ -275,7 +274,7 @@ def keys_list(tenant: TenantOpt, server: ServerOpt = DEFAULT_SERVER, json_out: J
         for grant in grants:
             print(json.dumps(grant_dict(grant)))
         return
-    table = Table("owner", "role", "key id", "valid from (ns)", "revoked at (ns)")
+    table = make_table("owner", "role", "key id", "valid from (ns)", "revoked at (ns)")
     for grant in grants:
         table.add_row(grant.owner, grant.role, grant.key_id, str(grant.valid_from), str(grant.revoked_at or ""))
     out.print(table)
@@ -382,7 +381,10 @@ def send(
 @app.command()
 def tail(
     tenant: TenantOpt,
-    subject: Annotated[str | None, typer.Option(help="Subject filter within the tenant (default: all).")] = None,
+    subject: Annotated[
+        str | None,
+        typer.Option(help="Subject filter, relative to the tenant ('decision.*', 'in.billing') or whole; default all."),
+    ] = None,
     from_seq: Annotated[int | None, typer.Option(help="Start at this stream sequence.")] = None,
     new: Annotated[bool, typer.Option("--new", help="Only messages stored from now on.")] = False,
     limit: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
@@ -400,7 +402,7 @@ def tail(
         if json_out:
             print(json.dumps(tail_dict(item, tenant)), flush=True)
         else:
-            out.print(tail_line(item))
+            out.print(tail_line(item, tenant))
 
     try:
         run(

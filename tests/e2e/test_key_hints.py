@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -88,5 +89,11 @@ def test_seeds_kept_across_a_replaced_store_are_registered_again_by_rotate_with_
 
         trustbus("keys", "rotate", "--tenant", "kept", "--owner", "bob", "--role", "agent", env=env)
 
-        listed = trustbus("keys", "list", "--tenant", "kept", "--json", env=env).stdout
-        assert '"owner": "bob"' in listed and '"role": "agent"' in listed
+        listed = [
+            json.loads(line)
+            for line in trustbus("keys", "list", "--tenant", "kept", "--json", env=env).stdout.splitlines()
+        ]
+        [bob] = [grant for grant in listed if grant["owner"] == "bob"]
+        assert bob["role"] == "agent"
+        table = trustbus("keys", "list", "--tenant", "kept", env=env).stdout  # piped: every id whole, on one line
+        assert all(grant["key_id"] in table for grant in listed)
