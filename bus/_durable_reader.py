@@ -22,11 +22,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
-from trustbus.bus._errors import TransportError
+from trustbus.bus._errors import NotFound, Timeout, TransportError
 from trustbus.bus._signals import unless_stopped
 from trustbus.bus._stored import StoredMessage, stored_message
 from trustbus.bus._subjects import all_subjects, stream_name
-from trustbus.bus._translate import NATS_ERRORS, unavailable
+from trustbus.bus._translate import NATS_ERRORS, translated, unavailable
 
 log = logging.getLogger("trustbus.bus")
 
@@ -162,10 +162,18 @@ class DurableReader:
                 log.info("consumer created", extra={"consumer": name, "from_seq": after + 1})
             self._sub = await js.pull_subscribe_bind(name, stream=stream, pending_msgs_limit=4 * self.settings.batch)
         except NATS_ERRORS as exc:
-            raise TransportError(
-                f"cannot open consumer {name} on stream {stream}: {exc} (under a rendered server config the "
-                f"ledger role may create, read and delete only the consumer named after it: render again and reload)"
-            ) from exc
+            error = translated(exc, f"cannot open consumer {name} on stream {stream}")
+            if isinstance(error, NotFound):
+                raise NotFound(
+                    f"stream {stream} does not exist: was the server's store replaced (`trustbus up` without --data "
+                    "removes it at exit)? `trustbus init` makes it anew for its tenant"
+                ) from exc
+            if isinstance(error, Timeout):  # a rendered config's server does not answer what a user may not ask
+                raise Timeout(
+                    f"{error} (under a rendered server config the ledger role may create, read and delete only the "
+                    "consumer named after it: render again and reload)"
+                ) from exc
+            raise error from exc
         self._last_delivery = info.delivered.consumer_seq if info.delivered else 0
         self._unacked = None
 

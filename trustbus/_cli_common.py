@@ -96,12 +96,38 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; a bus, agent or ledger error becomes a one-line message and exit code 1."""
     import asyncio
 
-    from trustbus.agents import AgentError
-    from trustbus.bus import BusError, run_then_settle
-    from trustbus.ledger import LedgerError
+    from trustbus.bus import run_then_settle
 
     try:
         return asyncio.run(run_then_settle(coro))
-    except (BusError, AgentError, LedgerError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    except Exception as exc:
+        exit_if_known(exc)
+        raise
+
+
+def exit_if_known(exc: BaseException) -> None:
+    """If ``exc`` is a bus, agent or ledger error (or a task group's of only those), say each and exit 1.
+
+    Those are what a person can act on (bad input, a refusal, a missing file), so
+    each is its message alone; anything else is a defect: the caller re-raises it.
+    """
+    from rich.markup import escape
+
+    from trustbus.agents import AgentError
+    from trustbus.bus import BusError
+    from trustbus.ledger import LedgerError
+
+    kinds = (BusError, AgentError, LedgerError)
+    if isinstance(exc, kinds):
+        known: list[BaseException] = [exc]
+    elif isinstance(exc, BaseExceptionGroup) and exc.split(kinds)[1] is None:
+        known = list(_leaves(exc))
+    else:
+        return
+    for error in known:
+        err.print(f"[red]error:[/red] {escape(str(error))}")
+    raise typer.Exit(1)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [leaf for e in group.exceptions for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]

@@ -20,6 +20,7 @@ from trustbus._cli_common import (
     ServerOpt,
     TenantOpt,
     err,
+    exit_if_known,
     key_directory,
     make_table,
     nkey_seed,
@@ -57,8 +58,19 @@ app.command()(query)
 app.command()(demo)
 
 
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        out.print(f"trustbus {version('trustbus')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit.")
+    ] = False,
     log_level: Annotated[str, typer.Option(envvar="TRUSTBUS_LOG", help="Log level (JSON logs on stderr).")] = "warning",
     nkey: Annotated[
         Path | None,
@@ -433,13 +445,8 @@ def main() -> None:
     try:
         app()
     except Exception as exc:
-        from rich.markup import escape
-
-        from trustbus.agents import AgentError
-        from trustbus.bus import BusError
-        from trustbus.ledger import LedgerError
-
-        if not isinstance(exc, BusError | AgentError | LedgerError):
-            raise
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        sys.exit(1)
+        try:
+            exit_if_known(exc)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
+        raise

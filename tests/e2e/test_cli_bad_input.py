@@ -6,9 +6,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
-from tests.processes import run
+from tests.processes import TRUSTBUS, ready, run, supervised
 from trustbus.bus import EmbeddedServer
 
 SECRET = "s3cret-pass"
@@ -93,3 +94,30 @@ def test_refused_credentials_are_said_once_without_the_password(env: dict[str, s
 
     assert SECRET not in stderr and "ops:***@" in stderr
     assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_the_version() -> None:
+    result = run("--version", env=dict(os.environ))
+
+    assert result.stdout.startswith("trustbus ") and result.stdout.split()[1][0].isdigit()
+
+
+async def test_a_ledger_service_whose_stream_is_deleted_under_it_says_so_in_a_line(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    env = {**os.environ, "NATS_URL": nats_server.url, "TRUSTBUS_KEYS": str(tmp_path / "keys")}
+    run("init", "--tenant", "vanish", env=env)
+    run("keys", "new", "--tenant", "vanish", "--owner", "ledger", "--role", "ledger", env=env)
+    with supervised(tmp_path, env) as supervisor:
+        argv = [*TRUSTBUS, "ledger", "run", "-t", "vanish", "--data", str(tmp_path / "p")]
+        ledger = supervisor.start("ledger", argv, log=tmp_path / "l.err")
+        ready(ledger)
+        nc = await nats.connect(nats_server.url)
+        await nc.jetstream().delete_stream("TB_vanish")  # as after a restart without --data: the store replaced
+        await nc.close()
+
+        code = await ledger.exited(60)
+
+    log = (tmp_path / "l.err").read_text()
+    assert code == 1 and "Traceback" not in log, log
+    assert "error: stream TB_vanish does not exist" in log and "`trustbus init`" in log, log
