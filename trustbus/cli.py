@@ -142,7 +142,8 @@ def up(
                 "[yellow]the store is temporary:[/yellow] removed when this server stops, with every tenant and "
                 "key registered in it (seed files stay and will not match); pass --data DIR to keep it"
             )
-        out.print(f"export NATS_URL={url}    # then: trustbus init --tenant demo; Ctrl-C stops")
+        out.print(f"export NATS_URL={url}    # then: trustbus init --tenant demo")
+        out.print(f"stop it with Ctrl-C, or `kill {os.getpid()}`")
     code = server.wait()
     server.stop()
     if not stopping["signal"] and code != 0:
@@ -176,7 +177,8 @@ def _up_cluster(size: int, *, port: int, data: Path | None, config: Path | None,
         print(json.dumps({"urls": urls, "pids": nodes.pids, "data": str(nodes.data_dir)}), flush=True)
     else:
         out.print(f"JetStream cluster {nodes.name} of {size} nodes at [bold]{joined}[/bold] (store {nodes.data_dir})")
-        out.print(f"export NATS_URL={joined}    # then: trustbus init --tenant demo (R3); Ctrl-C stops")
+        out.print(f"export NATS_URL={joined}    # then: trustbus init --tenant demo (R3)")
+        out.print(f"stop it with Ctrl-C, or `kill {os.getpid()}`")
     quorum = size // 2 + 1
     failed = False
     while not stopping["signal"]:
