@@ -1,9 +1,10 @@
-"""The async bodies of ``trustbus send`` and ``trustbus tail``: one call each into :mod:`bus`."""
+"""The async bodies of ``trustbus send``, ``trustbus tail`` and ``trustbus quarantine list``: calls into :mod:`bus`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from trustbus.bus import (
@@ -11,10 +12,15 @@ from trustbus.bus import (
     ContentType,
     KeyDirectory,
     Kind,
+    QuarantineRecord,
+    RejectionSummary,
     TailItem,
     TenantStream,
+    VerificationError,
     decode_json,
+    decode_quarantine_payload,
     new_envelope,
+    open_envelope,
     seal,
     subjects,
 )
@@ -78,6 +84,31 @@ async def send_one(
     return {"id": envelope.id, "subject": target, "seq": stored.seq, "duplicate": stored.duplicate}
 
 
+@dataclass(frozen=True)
+class TailFilter:
+    """Which verified envelopes ``tail`` shows: of a kind, sent by or to an agent, in a correlation.
+
+    With any of them set, a message that did not verify is not shown (its fields are not to be believed).
+    """
+
+    kind: str | None = None
+    agent: str | None = None
+    correlation: str | None = None
+
+    def shows(self, item: TailItem) -> bool:
+        """Whether ``item`` passes every filter given."""
+        if self.kind is None and self.agent is None and self.correlation is None:
+            return True
+        if item.opened is None:
+            return False
+        envelope = item.opened.envelope
+        return (
+            (self.kind is None or envelope.kind == self.kind)
+            and (self.agent is None or self.agent == envelope.sender or self.agent in envelope.to)
+            and (self.correlation is None or envelope.correlation_id == self.correlation)
+        )
+
+
 async def tail_stream(
     servers: Sequence[str],
     *,
@@ -88,9 +119,10 @@ async def tail_stream(
     limit: int | None,
     idle_timeout_s: float | None,
     on_item: Callable[[TailItem], None],
+    only: TailFilter = TailFilter(),
     nkey_seed: str | None = None,
 ) -> int:
-    """Feed verified stream messages to ``on_item``; returns how many were shown.
+    """Feed verified stream messages that pass ``only`` to ``on_item``; returns how many were shown.
 
     ``nkey_seed`` authenticates the connection.
     """
@@ -100,8 +132,70 @@ async def tail_stream(
         items = stream.tail(subject=subject, from_seq=from_seq, new_only=new_only, idle_timeout_s=idle_timeout_s)
         async with aclosing(items):
             async for item in items:
+                if not only.shows(item):
+                    continue
                 on_item(item)
                 shown += 1
                 if limit is not None and shown >= limit:
                     break
     return shown
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One message the bus refused, as its quarantine record (or a summary of many) says.
+
+    Attributes:
+        record_seq: where the record is in the stream.
+        recorded_by: who recorded it (the coordinator, an agent's runtime, the ledger service).
+        seq: the refused message's stream sequence (None: it was never stored, e.g. a given-up delivery).
+        subject: where the refused message was stored.
+        reason: the reason code.
+        detail: why, in words.
+        claimed_sender: who the message said it was from (None in a summary: its subjects' owner is known).
+    """
+
+    record_seq: int
+    recorded_by: str
+    seq: int | None
+    subject: str
+    reason: str
+    detail: str
+    claimed_sender: str | None
+
+
+async def refusals(
+    servers: Sequence[str], *, tenant: str, reason: str | None = None, nkey_seed: str | None = None
+) -> list[Refusal]:
+    """Every refusal the tenant's quarantine records state, oldest first, one per refused message.
+
+    A record that does not verify (someone else's message on the quarantine subject) is itself listed,
+    as ``foreign``.
+    """
+    found: list[Refusal] = []
+    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as stream:
+        keyring = await stream.keyring()
+        async for message in stream.log(subjects.quarantine(tenant)).read():
+            try:
+                opened = open_envelope(
+                    message.body, message.headers, keyring=keyring, received_ns=message.stored_ns, at_store=True
+                )
+                record = decode_quarantine_payload(opened.envelope.payload)
+            except (VerificationError, ValueError) as exc:  # ValueError: msgspec.DecodeError, MalformedPayload
+                found.append(Refusal(message.seq, "?", message.seq, message.subject, "foreign", str(exc), None))
+                continue
+            found.extend(_refusals_in(message.seq, opened.envelope.sender, record))
+    return [r for r in found if reason is None or r.reason == reason]
+
+
+def _refusals_in(record_seq: int, by: str, record: QuarantineRecord | RejectionSummary) -> list[Refusal]:
+    if isinstance(record, QuarantineRecord):
+        return [
+            Refusal(
+                record_seq, by, record.stream_seq, record.subject, record.reason, record.detail, record.claimed_sender
+            )
+        ]
+    return [
+        Refusal(record_seq, by, seq, subject, reason, record.detail_of(item), None)
+        for (seq, subject, reason, _, _), item in zip(record.rejected(), record.items, strict=True)
+    ]

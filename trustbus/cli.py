@@ -34,6 +34,7 @@ from trustbus._demo_cli import demo
 from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._projection_cli import query
+from trustbus._quarantine_cli import quarantine_app
 from trustbus._tools_cli import tools
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(agent_app, name="agent")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(ledger_app, name="ledger")
 app.command()(approve)
 app.command()(deny)
@@ -405,11 +407,19 @@ def tail(
     idle_timeout: Annotated[
         float | None, typer.Option(help="Stop when nothing arrives for this many seconds (default: follow).")
     ] = None,
+    kind: Annotated[str | None, typer.Option(help="Only envelopes of this kind (decision, instruction, ...).")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only envelopes this agent sent or was sent.")] = None,
+    correlation: Annotated[
+        str | None, typer.Option(help="Only envelopes of this correlation (decisions about it included).")
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Print the tenant's stream as it is verified: every envelope, or why it was rejected."""
-    from trustbus._commands import tail_stream
+    """Print the tenant's stream as it is verified: every envelope, or why it was rejected.
+
+    With --kind, --agent or --correlation, only verified envelopes that match are shown.
+    """
+    from trustbus._commands import TailFilter, tail_stream
     from trustbus._render import tail_dict, tail_line
 
     def show(item: Any) -> None:
@@ -429,6 +439,7 @@ def tail(
                 limit=limit,
                 idle_timeout_s=idle_timeout,
                 on_item=show,
+                only=TailFilter(kind=kind, agent=agent, correlation=correlation),
                 nkey_seed=nkey_seed(),
             )
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from trustbus._commands import TailFilter
 from trustbus._render import tail_line
 from trustbus.bus import (
+    BadSignature,
     Checkpoint,
     ConfigError,
     Decision,
@@ -80,3 +82,18 @@ def test_a_subject_filter_may_be_given_relative_to_the_tenant() -> None:
     assert subjects.relative(T, "tb.acme.in.bob") == "in.bob"
     with pytest.raises(ConfigError, match="not a subject of tenant 'acme'"):
         subjects.absolute(T, "tb.globex.>")
+
+
+def test_tail_filters_show_only_matching_verified_envelopes() -> None:
+    refund = item(subjects.outbox(T, "desk", 0), "instruction", b'{"verb": "refund"}', sender="desk", msgpack=False)
+    other = item(subjects.outbox(T, "bob", 0), "event", b"{}", sender="bob", msgpack=False)
+    refused = TailItem(stream_seq=9, subject=subjects.outbox(T, "desk", 0), stored_ns=0, pending=0, opened=None,
+                       error=BadSignature("tampered"))  # fmt: skip
+    assert refund.opened is not None
+    correlation = refund.opened.envelope.correlation_id
+
+    assert [TailFilter().shows(i) for i in (refund, other, refused)] == [True, True, True]
+    assert [TailFilter(kind="instruction").shows(i) for i in (refund, other, refused)] == [True, False, False]
+    assert [TailFilter(agent="desk").shows(i) for i in (refund, other, refused)] == [True, False, False]
+    assert [TailFilter(correlation=correlation).shows(i) for i in (refund, other)] == [True, False]
+    assert not TailFilter(kind="instruction", agent="bob").shows(refund)
