@@ -131,3 +131,18 @@ def exit_if_known(exc: BaseException) -> None:
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return [leaf for e in group.exceptions for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
+
+
+def recorded_messages(
+    tenant: str | None, bundle: Path | None, server: str, admin_key: str | None
+) -> tuple[Any, Any, str]:
+    """(messages, keyring, tenant) from a bundle or the live stream; exit 2 if neither is given."""
+    from trustbus.ledger import load_bundle_messages, load_messages
+
+    if bundle is not None:
+        return load_bundle_messages(bundle, admin_key=admin_key)
+    if tenant is None:
+        err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
+        raise typer.Exit(2)
+    messages, keyring = run(load_messages(servers(server), tenant, nkey_seed=nkey_seed()))
+    return messages, keyring, tenant

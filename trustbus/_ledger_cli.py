@@ -18,6 +18,7 @@ from trustbus._cli_common import (
     make_table,
     nkey_seed,
     out,
+    recorded_messages,
     run,
     servers,
 )
@@ -174,19 +175,6 @@ def export(
         )
 
 
-def _source(tenant: str | None, bundle: Path | None, server: str, admin_key: str | None) -> tuple[Any, Any, str]:
-    """(messages, keyring, tenant) from a bundle or the live stream; exit 2 if neither is given."""
-    from trustbus.ledger import load_bundle_messages, load_messages
-
-    if bundle is not None:
-        return load_bundle_messages(bundle, admin_key=admin_key)
-    if tenant is None:
-        err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
-        raise typer.Exit(2)
-    messages, keyring = run(load_messages(servers(server), tenant, nkey_seed=nkey_seed()))
-    return messages, keyring, tenant
-
-
 def _reexecuted(
     incident: "Incident", targets: list[str], messages: "Sequence[StoredMessage]", keyring: "Keyring", tenant: str
 ) -> list[dict[str, Any]]:
@@ -248,7 +236,7 @@ def replay(
     """The incident as a causal tree: who said what to whom, each decision and why, taint, effects."""
     from trustbus.ledger import build_incident, step_dict
 
-    messages, keyring, tenant_name = _source(tenant, bundle, server, admin_key)
+    messages, keyring, tenant_name = recorded_messages(tenant, bundle, server, admin_key)
     incident = build_incident(messages, keyring, tenant_name, correlation)
     if not incident.steps:
         err.print(f"[red]error:[/red] nothing recorded for correlation {correlation}")
@@ -324,7 +312,7 @@ def rollback(
     if not dry_run and (operator is None or tenant is None):
         err.print("[red]error:[/red] executing a rollback needs --tenant and --as OPERATOR (or use --dry-run)")
         raise typer.Exit(2)
-    messages, keyring, tenant_name = _source(tenant, bundle, server, None)
+    messages, keyring, tenant_name = recorded_messages(tenant, bundle, server, None)
     incident = build_incident(messages, keyring, tenant_name, correlation)
     done = compensated_keys(verified_effects(messages, keyring, tenant_name))
     plan = plan_rollback(incident, compensated=done, from_seq=from_seq)

@@ -35,6 +35,7 @@ from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._projection_cli import query
 from trustbus._quarantine_cli import quarantine_app
+from trustbus._show_cli import show
 from trustbus._tools_cli import tools
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ app.command()(deny)
 app.add_typer(config_app, name="config")
 app.command()(tools)
 app.command()(query)
+app.command()(show)
 app.command()(demo)
 
 

@@ -49,3 +49,25 @@ async def test_tail_shows_only_the_kind_agent_or_correlation_asked_for(fleet: Fl
     assert {d["envelope"]["sender"] for d in by_carol} == {"carol"}  # type: ignore[index]
     assert {d["envelope"]["correlation_id"] for d in first_only} == {first}  # type: ignore[index]
     assert {d["envelope"]["kind"] for d in first_only} == {"event", "decision"}  # type: ignore[index]
+
+
+async def test_show_decodes_an_envelope_with_its_causes_and_consequences(fleet: Fleet) -> None:
+    await fleet.coordinator(POLICY)
+    alice, bob = await fleet.bus("alice"), await fleet.bus("bob")
+    question = await fleet.send(alice, ["bob"], {"q": "refund?"})
+    answer = await fleet.send(bob, ["alice"], {"a": "no"}, kind="reply", correlation_id=question, causation_id=question)
+    await fleet.decisions(lambda ds: len(ds) == 2)
+    records = await trustbus(fleet, "tail", "-t", fleet.tenant, "--kind", "decision", "--idle-timeout", "2")
+    [record_id] = [r["envelope"]["id"] for r in records if r["envelope"]["payload"]["envelope_id"] == answer]  # type: ignore[index]
+
+    shown = (await trustbus(fleet, "show", answer, "-t", fleet.tenant))[0]
+    decision_record = (await trustbus(fleet, "show", str(record_id), "-t", fleet.tenant))[0]
+    text = await one_shot_async([*TRUSTBUS, "show", question, "-t", fleet.tenant], env=fleet.env)
+
+    assert shown["envelope"]["payload"] == {"a": "no"}  # type: ignore[index]
+    assert shown["causes"] == [{"id": question, "kind": "event", "sender": "alice"}]
+    assert shown["about"]["id"] == answer and shown["about"]["decisions"][0]["verdict"] == "accept"  # type: ignore[index]
+    assert decision_record["envelope"]["kind"] == "decision" and decision_record["about"]["id"] == answer  # type: ignore[index]
+    assert text.returncode == 0 and "reply bob -> alice" in text.stdout and "caused by nothing (a root)" in text.stdout
+    missing = await one_shot_async([*TRUSTBUS, "show", "no-such-id", "-t", fleet.tenant], env=fleet.env)
+    assert missing.returncode == 1 and "no envelope no-such-id" in missing.stderr
