@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from trustbus.agents._redecide import redecide
     from trustbus.agents._reexecute import reexecute
     from trustbus.agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
+    from trustbus.agents._status import PartitionStatus, coordinator_status
     from trustbus.agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "idempotency_key",
     "instruction_verb",
     "list_held",
+    "PartitionStatus",
+    "coordinator_status",
     "list_held_requests",
     "load_agent",
     "load_policy",
@@ -77,6 +80,8 @@ __all__ = [
 _ORIGINS: dict[str, str] = {
     "answer": "trustbus.agents._approvals",
     "list_held": "trustbus.agents._approvals",
+    "PartitionStatus": "trustbus.agents._status",
+    "coordinator_status": "trustbus.agents._status",
     "list_held_requests": "trustbus.agents._approvals",
     "Coordinator": "trustbus.agents._coordinator",
     "CoordinatorState": "trustbus.agents._decision",

@@ -139,7 +139,7 @@ if TYPE_CHECKING:
     from trustbus.bus._stores import Appended, Bucket, Entry, SubjectLog
     from trustbus.bus._subjects import NAME_PATTERN
     from trustbus.bus._tail import TailItem, tail
-    from trustbus.bus._tenant_stream import TenantStream
+    from trustbus.bus._tenant_stream import ConsumerLag, TenantStream
     from trustbus.bus._transport import Bus
     from trustbus.bus._work_queue import WorkItem, WorkQueue, WorkQueueSettings
 
@@ -219,6 +219,7 @@ __all__ = [
     "SubjectLog",
     "TailItem",
     "TenantStream",
+    "ConsumerLag",
     "Timeout",
     "TooLarge",
     "TransientError",
@@ -376,6 +377,7 @@ _ORIGINS: dict[str, str] = {
     "QuarantineRecord": "trustbus.bus._quarantine",
     "decode_quarantine_record": "trustbus.bus._quarantine",
     "TenantStream": "trustbus.bus._tenant_stream",
+    "ConsumerLag": "trustbus.bus._tenant_stream",
     "Approval": "trustbus.bus._records",
     "Checkpoint": "trustbus.bus._records",
     "Decision": "trustbus.bus._records",

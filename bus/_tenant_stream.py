@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from trustbus.bus._admin import connect_nats
 from trustbus.bus._api import tenant_jetstream
+from trustbus.bus._bucket import NatsBucket
 from trustbus.bus._errors import ConfigError, NotFound
 from trustbus.bus._in_order import PAUSES_S, Start, electing, read_in_order
 from trustbus.bus._keyring import Keyring
@@ -31,12 +33,22 @@ from trustbus.bus._provision import pinned_admin_key, tenant_partitions
 from trustbus.bus._publisher import UNAVAILABLE_S
 from trustbus.bus._seal import Sealed
 from trustbus.bus._stored import StoredMessage, stored_message
-from trustbus.bus._stores import Appended, SubjectLog
+from trustbus.bus._stores import Appended, Bucket, SubjectLog
 from trustbus.bus._subjects import all_subjects, outbox, partition_of, stream_name
 from trustbus.bus._tail import TailItem, tail
 from trustbus.bus._translate import NATS_ERRORS, translated
 
 PUBLISH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ConsumerLag:
+    """A consumer's backlog: stored messages it has not been handed yet, handed and not acked, handed again."""
+
+    name: str
+    pending: int
+    ack_pending: int
+    redelivered: int
 
 
 class TenantStream:
@@ -132,9 +144,32 @@ class TenantStream:
         """The records of the stream on ``subject``, read record by record (a wildcard reads several logs)."""
         return NatsSubjectLog(self._js, self._js._nc, self.stream, subject)
 
+    def bucket(self, name: str) -> Bucket:
+        """The tenant's KV bucket ``name``, to read (what the server lets this connection read)."""
+        return NatsBucket(self._js, name)
+
+    async def consumer_lag(self, prefix: str = "") -> list[ConsumerLag]:
+        """How far behind each consumer of the stream whose name starts with ``prefix`` is, by name."""
+        try:
+            infos = await self._js.consumers_info(self.stream)
+        except NATS_ERRORS as exc:
+            raise translated(exc, f"list the consumers of {self.stream}") from exc
+        return sorted(
+            (
+                ConsumerLag(info.name, info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)
+                for info in infos
+                if info.name.startswith(prefix)
+            ),
+            key=lambda lag: lag.name,
+        )
+
+    async def partitions(self) -> int:
+        """How many partitions the tenant has."""
+        return await tenant_partitions(self._js, self.tenant)
+
     async def partition(self, correlation_id: str) -> int:
         """The partition of ``correlation_id`` in this tenant."""
-        return partition_of(correlation_id, await tenant_partitions(self._js, self.tenant))
+        return partition_of(correlation_id, await self.partitions())
 
     async def outbox(self, sender: str, correlation_id: str) -> str:
         """``sender``'s outbox for ``correlation_id``: the partition of that correlation in this tenant."""

@@ -2,11 +2,14 @@
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from trustbus._cli_common import DEFAULT_SERVER, KeysOpt, NkeyAuthOpt, ServerOpt, TenantOpt, key_directory, run, servers
+
+if TYPE_CHECKING:
+    from trustbus.agents import PartitionStatus
 
 agent_app = typer.Typer(help="Run an agent as its own process.", no_args_is_help=True)
 coordinator_app = typer.Typer(help="Run the coordinator (reference monitor) for a tenant.", no_args_is_help=True)
@@ -72,3 +75,42 @@ def coordinator_run(
             tools_file=tools,
         )
     )
+
+
+@coordinator_app.command("status")
+def coordinator_status(
+    tenant: TenantOpt,
+    server: ServerOpt = DEFAULT_SERVER,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Each partition: which coordinator holds it and how far behind it is; and the holds waiting for a person."""
+    import time
+
+    from trustbus._cli_common import make_table, nkey_seed, out
+    from trustbus.agents import coordinator_status as status_of
+    from trustbus.agents import list_held
+
+    partitions = run(status_of(servers(server), tenant, nkey_seed=nkey_seed()))
+    held = run(list_held(servers(server), tenant, nkey_seed=nkey_seed()))
+    oldest_s = (time.time_ns() - held[0].decided_ns) / 1e9 if held else None
+    if json_out:
+        rows = [{**vars(p), "held": p.held} for p in partitions]
+        print(json.dumps({"partitions": rows, "holds_waiting": len(held), "oldest_hold_s": oldest_s}))
+        return
+    table = make_table("partition", "held by", "lease age (s)", "pending", "ack pending")
+    for p in partitions:
+        age = "" if p.lease_age_s is None else f"{p.lease_age_s:.1f}"
+        table.add_row(str(p.partition), _holder(p), age, str(p.pending), str(p.ack_pending))
+    out.print(table)
+    waiting = f"{len(held)} hold(s) waiting for a person" + (f", the oldest {oldest_s:.0f} s" if held else "")
+    out.print(waiting + ("  (`trustbus approvals list`)" if held else ""))
+
+
+def _holder(partition: "PartitionStatus") -> str:
+    if partition.held:
+        return partition.holder or ""
+    if partition.holder is None:
+        return "nobody"
+    if partition.holder == "foreign":
+        return "nobody (a value no coordinator signed)"
+    return f"nobody ({partition.holder}'s lease lapsed)"

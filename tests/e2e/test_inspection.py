@@ -71,3 +71,22 @@ async def test_show_decodes_an_envelope_with_its_causes_and_consequences(fleet: 
     assert text.returncode == 0 and "reply bob -> alice" in text.stdout and "caused by nothing (a root)" in text.stdout
     missing = await one_shot_async([*TRUSTBUS, "show", "no-such-id", "-t", fleet.tenant], env=fleet.env)
     assert missing.returncode == 1 and "no envelope no-such-id" in missing.stderr
+
+
+async def test_coordinator_status_names_the_holder_of_each_partition_and_the_holds_waiting(fleet: Fleet) -> None:
+    policy = {
+        "taint": {"high_risk_tools": ["refund"]},
+        "rules": [{"from": "*", "to": ["*"], "kinds": ["instruction"], "verbs": ["refund"]}],
+    }
+    await fleet.coordinator(policy)
+    desk = await fleet.bus("desk")
+    held = await fleet.send(desk, ["billing"], {"verb": "refund", "order": 7}, kind="instruction", taint=["web"])
+    await fleet.decisions(lambda ds: any(d.envelope_id == held and d.verdict == "hold" for d in ds))
+
+    [status] = await trustbus(fleet, "coordinator", "status", "-t", fleet.tenant)
+    text = await one_shot_async([*TRUSTBUS, "coordinator", "status", "-t", fleet.tenant], env=fleet.env)
+
+    [partition] = status["partitions"]  # type: ignore[misc]
+    assert partition["held"] and str(partition["holder"]).startswith("coordinator/") and partition["pending"] == 0
+    assert status["holds_waiting"] == 1 and float(status["oldest_hold_s"]) >= 0  # type: ignore[arg-type]
+    assert text.returncode == 0 and "1 hold(s) waiting for a person" in text.stdout

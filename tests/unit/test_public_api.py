@@ -38,7 +38,7 @@ def test_bus_exports() -> None:
             "NAME_PATTERN", "RejectionLog", "SignedValue",
             "decode_memory_payload", "decode_quarantine_payload", "decode_signed", "die_with_parent",
             "rejection", "run_then_settle", "unless_stopped", "lazy_names",
-            "memory_value", "open_coordinator_value", "open_memory_value", "StoreFull", "wrong_role",
+            "memory_value", "open_coordinator_value", "open_memory_value", "StoreFull", "wrong_role", "ConsumerLag",
         ]
     )  # fmt: skip
     for name in bus.__all__:
@@ -59,7 +59,7 @@ def test_agents_exports() -> None:
             "read_checkpoint", "run_agent",
             "EffectDenied", "EffectError", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
             "UnknownTool", "idempotency_key", "load_tools", "parse_tools",
-            "answer", "instruction_verb", "list_held", "list_held_requests",
+            "answer", "instruction_verb", "list_held", "list_held_requests", "PartitionStatus", "coordinator_status",
             "load_agent", "redecide", "reexecute", "serve_agent",
             "serve_coordinator",
         ]
