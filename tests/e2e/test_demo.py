@@ -71,6 +71,9 @@ def test_demo_summary_matches_the_ledger(tmp_path: Path) -> None:
     reported = Counter({(v, r): n for v, reasons in summary["decisions"].items() for r, n in reasons.items()})
     assert reported == recounted
     assert summary["ledger_verified"] is True and verify_bundle(bundle).ok
+    # The human summary names each incident's correlation, and how to replay the injection.
+    assert all(correlation in log for correlation in summary["correlations"].values())
+    assert f"--correlation {summary['correlations']['injection']}" in log
     with contextlib.closing(duckdb.connect(summary["duckdb"], read_only=True)) as db:
         assert db.execute("SELECT count(*) FROM decisions").fetchone() == (len(decisions),)
 

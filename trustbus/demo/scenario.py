@@ -256,7 +256,13 @@ class Demo:
         self.console.print(f"ledger: {report.count} messages, chain and signatures {verdict}")
         self.console.print(f"DuckDB: {snapshot}  (live projection: {data})")
         self.console.print(f"audit bundle: {bundle}  (verify offline: trustbus ledger verify --bundle {bundle})")
+        self.console.print("correlations (the ID of `ledger replay --correlation ID`):")
+        for scene, correlation in self.tickets.items():
+            self.console.print(f"  {scene:<12} {correlation}", markup=False, highlight=False)
         self.console.print("try next:")
+        if "injection" in self.tickets:
+            replay = f"trustbus ledger replay --bundle {bundle} --correlation {self.tickets['injection']}"
+            self.console.print(f"  {replay}", markup=False, highlight=False)
         for sql in QUERIES:
             self.console.print(f'  trustbus query --data {data} "{sql}"', markup=False, highlight=False)
         return {
