@@ -31,6 +31,7 @@ from trustbus._cli_common import (
 )
 from trustbus._config_cli import config_app
 from trustbus._demo_cli import demo
+from trustbus._doctor_cli import doctor
 from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._projection_cli import query
@@ -59,6 +60,7 @@ app.add_typer(config_app, name="config")
 app.command()(tools)
 app.command()(query)
 app.command()(show)
+app.command()(doctor)
 app.command()(demo)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import TRUSTBUS, ready, run, supervised
-from trustbus.bus import EmbeddedServer
+from trustbus.bus import EmbeddedServer, Identity
 
 
 def trustbus(*args: str, env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -97,3 +97,25 @@ def test_seeds_kept_across_a_replaced_store_are_registered_again_by_rotate_with_
         assert bob["role"] == "agent"
         table = trustbus("keys", "list", "--tenant", "kept", env=env).stdout  # piped: every id whole, on one line
         assert all(grant["key_id"] in table for grant in listed)
+
+
+def test_doctor_names_what_is_wrong_and_following_its_fixes_makes_it_well(env: dict[str, str], tmp_path: Path) -> None:
+    never = trustbus("doctor", "--tenant", "sick", "--json", env=env, ok=False)
+    [unprovisioned] = [json.loads(line) for line in never.stdout.splitlines()]
+    assert unprovisioned["status"] == "fail" and unprovisioned["fix"] == "trustbus init --tenant sick"
+    trustbus(*unprovisioned["fix"].split()[1:], env=env)
+    trustbus("keys", "new", "--tenant", "sick", "--owner", "bob", env=env)
+    stray = Identity.generate()  # a seed whose key the keyring never heard of (a store replaced since)
+    stray.save(Path(env["TRUSTBUS_KEYS"]) / "sick" / "carol.seed")
+
+    found = {
+        f["check"]: f
+        for f in map(json.loads, trustbus("doctor", "-t", "sick", "--json", env=env, ok=False).stdout.splitlines())
+    }
+
+    assert found["seed admin"]["status"] == found["seed bob"]["status"] == "ok"
+    assert found["seed carol"]["status"] == "fail" and "not in tenant 'sick''s keyring" in found["seed carol"]["what"]
+    assert found["coordinators"]["status"] == "warn" and "coordinator run" in found["coordinators"]["fix"]
+    trustbus(*found["seed carol"]["fix"].replace("ROLE", "agent").split()[1:], env=env)
+    table = trustbus("doctor", "-t", "sick", env=env).stdout  # warnings only now: exit 0
+    assert "seed carol" in table and "fail" not in table
