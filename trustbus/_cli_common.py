@@ -53,9 +53,10 @@ class CommandGroup(TyperGroup):
     """A command group that answers ``<command> --help`` at once and lists each command's whole summary.
 
     Typer converts every option's value with pydantic, so processing the root's
-    ``--log-level`` and ``--nkey`` would import pydantic (a third of the start-up)
-    only to print a command's help; this group hands ``NAME ... --help`` straight
-    to the command, without processing its own options or running its callback.
+    ``--log-level`` and ``--nkey`` would import pydantic (nearly as long again as
+    the rest of the start-up) only to print a command's help; this group hands
+    ``NAME ... --help`` straight to the command, without processing its own
+    options or running its callback (tests/unit/test_cli_help.py: same text).
     """
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
