@@ -1,8 +1,10 @@
-"""What every ``trustbus`` command shares: the consoles, the common options, and running a call against NATS.
+"""What every ``trustbus`` command shares: consoles, help layout, common options, running a call against NATS.
 
 Every CLI module imports this one and it imports none of them. Nothing here loads
 the library at import time: ``trustbus --help`` must not pay for nats-py, DuckDB
-or PyNaCl; the library is imported where a command runs it.
+or PyNaCl; the library is imported where a command runs it. Nor rich: help is
+plain click text (``rich_markup_mode=None`` on the app), and the consoles make
+their rich ``Console`` on the first print.
 
 The modules that define commands do without ``from __future__ import annotations``:
 typer reads every command's parameters on each start, and string annotations
@@ -17,19 +19,74 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
+    from typer._click import Context, HelpFormatter
 
     from trustbus.bus import KeyDirectory
 
 T = TypeVar("T")
 
+
+class LazyConsole:
+    """Prints like a rich ``Console`` made with ``options``, made on the first print."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def print(self, *objects: Any, **print_options: Any) -> None:
+        """``Console.print``: rich markup, tables and trees."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        self._console.print(*objects, **print_options)
+
+
 # Piped, a table is as wide as its content (a script or `less -S` reads whole ids); at a terminal, as wide as it.
 PIPED_WIDTH = 10_000
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH)
-err = Console(stderr=True, soft_wrap=True)
+out = LazyConsole(soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err = LazyConsole(stderr=True, soft_wrap=True)
+
+
+class CommandGroup(TyperGroup):
+    """A command group that answers ``<command> --help`` at once and lists each command's whole summary.
+
+    Typer converts every option's value with pydantic, so processing the root's
+    ``--log-level`` and ``--nkey`` would import pydantic (nearly as long again as
+    the rest of the start-up) only to print a command's help; this group hands
+    ``NAME ... --help`` straight to the command, without processing its own
+    options or running its callback (tests/unit/test_cli_help.py: same text).
+    """
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        *names, last = args or [""]
+        if names and last in ctx.help_option_names and self._names_a_command(names):
+            self.commands[names[0]].make_context(names[0], args[1:], parent=ctx)  # prints the help and exits
+        return super().parse_args(ctx, args)
+
+    def _names_a_command(self, names: list[str]) -> bool:
+        command: Any = self
+        for name in names:
+            command = getattr(command, "commands", {}).get(name)
+            if command is None:
+                return False
+        return True
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        # click's list cuts each summary to fit the width; this one wraps the whole first paragraph.
+        rows = [
+            (name, " ".join((command.short_help or command.help or "").split("\n\n")[0].split()))
+            for name, command in self.commands.items()
+            if not command.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def make_table(*columns: str) -> Table:

@@ -2,7 +2,6 @@
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,6 +32,7 @@ def demo(
     back from the ledger. Files are left in the working directory.
     """
     import asyncio
+    import tempfile
 
     from rich.console import Console
 

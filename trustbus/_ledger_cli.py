@@ -22,7 +22,6 @@ from trustbus._cli_common import (
     run,
     servers,
 )
-from trustbus._incident_view import incident_tree, redecided_rows, redecided_table
 from trustbus._projection_cli import ledger_run
 from trustbus._proof_cli import check_proof_file, prove
 
@@ -234,6 +233,7 @@ def replay(
     json_out: JsonOpt = False,
 ) -> None:
     """The incident as a causal tree: who said what to whom, each decision and why, taint, effects."""
+    from trustbus._incident_view import incident_tree, redecided_rows, redecided_table
     from trustbus.ledger import build_incident, step_dict
 
     messages, keyring, tenant_name = recorded_messages(tenant, bundle, server, admin_key)

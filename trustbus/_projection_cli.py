@@ -1,6 +1,5 @@
 """``trustbus ledger run`` (the ledger service) and ``trustbus query`` (SQL over its projection)."""
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -94,6 +93,8 @@ def query(
     csv_out: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
 ) -> None:
     """Run SQL over the ledger projection; works while `trustbus ledger run` is writing it."""
+    import csv
+
     import duckdb
     from rich.markup import escape
 

@@ -15,6 +15,7 @@ import typer
 from trustbus._approvals_cli import approvals_app, approve, deny
 from trustbus._cli_common import (
     DEFAULT_SERVER,
+    CommandGroup,
     JsonOpt,
     KeysOpt,
     ServerOpt,
@@ -46,17 +47,20 @@ app = typer.Typer(
     help="trustbus: a signed, mediated, event-sourced message bus for multi-agent systems.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click help for every command: rich's costs more than the rest of ``--help`` together.
+    rich_markup_mode=None,
+    cls=CommandGroup,
 )
 keys_app = typer.Typer(help="Manage a tenant's keys: new, list, rotate, revoke.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-app.add_typer(agent_app, name="agent")
-app.add_typer(coordinator_app, name="coordinator")
-app.add_typer(approvals_app, name="approvals")
-app.add_typer(quarantine_app, name="quarantine")
-app.add_typer(ledger_app, name="ledger")
+app.add_typer(keys_app, name="keys", cls=CommandGroup)
+app.add_typer(agent_app, name="agent", cls=CommandGroup)
+app.add_typer(coordinator_app, name="coordinator", cls=CommandGroup)
+app.add_typer(approvals_app, name="approvals", cls=CommandGroup)
+app.add_typer(quarantine_app, name="quarantine", cls=CommandGroup)
+app.add_typer(ledger_app, name="ledger", cls=CommandGroup)
 app.command()(approve)
 app.command()(deny)
-app.add_typer(config_app, name="config")
+app.add_typer(config_app, name="config", cls=CommandGroup)
 app.command()(tools)
 app.command()(query)
 app.command()(show)

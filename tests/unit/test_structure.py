@@ -128,7 +128,7 @@ import json, sys
 import typer.main
 from trustbus.cli import app
 
-HEAVY = ("nats", "duckdb", "nacl")
+HEAVY = ("nats", "duckdb", "nacl", "rich", "pydantic")
 
 def paths(command, prefix):
     yield prefix
@@ -149,8 +149,11 @@ print(json.dumps({"loaded": loaded, "commands": sum(1 for _ in paths(typer.main.
 """
 
 
-def test_help_loads_neither_nats_nor_duckdb_nor_nacl() -> None:
-    """``trustbus --help`` and every ``trustbus <command> --help``; its timing is bench/startup.py's."""
+def test_help_loads_neither_the_library_nor_rich_nor_pydantic() -> None:
+    """``trustbus --help`` and every ``trustbus <command> --help`` load no nats, duckdb, nacl, rich or pydantic.
+
+    Its timing is bench/startup.py's.
+    """
     result = json.loads(_run_python(HELP_CHECK))
     assert result["loaded"] == {}
     assert result["commands"] > 20
