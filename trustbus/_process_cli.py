@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from trustbus.agents import PartitionStatus
 
 agent_app = typer.Typer(help="Run an agent as its own process.", no_args_is_help=True)
-coordinator_app = typer.Typer(help="The coordinator (reference monitor): run it, or see its partitions.", no_args_is_help=True)
+coordinator_app = typer.Typer(
+    help="The coordinator (reference monitor): run it, or see its partitions.", no_args_is_help=True
+)
 
 
 def _ready(what: str, **fields: str) -> None:
