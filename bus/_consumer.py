@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
-from trustbus.bus._delivery import Delivery
+from trustbus.bus._delivery import Delivery, Heartbeat
 from trustbus.bus._errors import BusError, TransportError, VerificationError
 from trustbus.bus._in_order import Start, read_in_order
 from trustbus.bus._keyring_store import KeyringStore
@@ -138,10 +138,19 @@ class Consumers:
         recipient: str | None = None,
         stop: asyncio.Event | None = None,
     ) -> AsyncIterator[Delivery]:
-        """Verified deliveries of ``durable``, one at a time (see :meth:`Bus.consume`)."""
+        """Verified deliveries of ``durable``, one at a time (see :meth:`Bus.consume`).
+
+        The deliveries of a fetch still waiting their turn are told to the server as
+        in progress too: behind a slow handler they would otherwise be delivered
+        again after ``ack_wait``, spending deliveries towards ``max_deliver``.
+        """
         async for batch in self.batches(durable, settings=settings, recipient=recipient, stop=stop):
-            for delivery in batch:
-                yield delivery
+            waiting = Heartbeat(batch, settings.ack_wait_s / 3)
+            try:
+                for delivery in batch:
+                    yield delivery
+            finally:
+                waiting.stop()
 
     async def batches(
         self,

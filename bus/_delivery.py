@@ -109,7 +109,7 @@ class Delivery:
         exception is logged and recorded, not re-raised, so one poison message
         never stops the consumer.
         """
-        heartbeat = _Heartbeat(self, self._settings.ack_wait_s / 3)
+        heartbeat = Heartbeat([self], self._settings.ack_wait_s / 3)
         try:
             yield self
         except (TransientError, TransportError) as exc:
@@ -127,24 +127,29 @@ class Delivery:
             heartbeat.stop()
 
 
-class _Heartbeat:
-    """Tells the server a message is still being worked on, every ``interval`` seconds, until stopped.
+class Heartbeat:
+    """Tells the server messages are still being worked on, every ``interval`` seconds, until stopped.
 
     A timer, not a task per message: most handlers finish before the first beat.
+    Deliveries settled meanwhile are left out.
     """
 
-    def __init__(self, delivery: Delivery, interval: float) -> None:
-        self._delivery = delivery
+    def __init__(self, deliveries: list[Delivery], interval: float) -> None:
+        """Start beating for ``deliveries``."""
+        self._deliveries = deliveries
         self._interval = interval
         self._loop = asyncio.get_running_loop()
         self._handle = self._loop.call_later(interval, self._beat)
         self._beats: set[asyncio.Task[None]] = set()
 
     def _beat(self) -> None:
-        task = self._loop.create_task(self._delivery.in_progress())
-        self._beats.add(task)
-        task.add_done_callback(self._beats.discard)
+        for delivery in self._deliveries:
+            if not delivery.settled:
+                task = self._loop.create_task(delivery.in_progress())
+                self._beats.add(task)
+                task.add_done_callback(self._beats.discard)
         self._handle = self._loop.call_later(self._interval, self._beat)
 
     def stop(self) -> None:
+        """Beat no more."""
         self._handle.cancel()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,34 @@ class Recorder(Agent):
         if ctx.json() == "hang" and ctx.attempt == 1:
             await asyncio.Event().wait()
         await ctx.reply({"event": "done", "id": ctx.envelope.id, "attempt": ctx.attempt})
+
+
+class GatedRecorder(Recorder):
+    """A recorder that, for a delivery saying ``{"gate": true}``, first waits until the process gets SIGUSR1."""
+
+    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
+        """Open the gate on SIGUSR1."""
+        self.gate = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.gate.set)
+
+    async def handle(self, ctx: Context) -> None:
+        """Wait at the gate if asked to, then record."""
+        payload = ctx.json()
+        if isinstance(payload, dict) and payload.get("gate"):
+            await self.gate.wait()
+        await super().handle(ctx)
+
+
+class Slow(Agent):
+    """Takes ``SLOW_S`` seconds over each delivery, longer than its inbox's ack wait, then replies ``done``."""
+
+    async def handle(self, ctx: Context) -> None:
+        """Think slowly, like a model call, then reply."""
+        await asyncio.sleep(SLOW_S)
+        await ctx.reply({"done": ctx.envelope.id})
+
+
+SLOW_S = 5.0
 
 
 class ImpatientRecorder(Recorder):

@@ -84,14 +84,13 @@ async def test_a_full_store_refuses_writes_with_its_cause_and_everything_carries
     data = tmp_path / "projection"
     coordinator = await fleet.coordinator(POLICY)
     ledger = await start_ledger(fleet, data, "--checkpoint-every", "1", "--checkpoint-seconds", "0.2")
-    bob = await fleet.agent("tests.e2e.fleet_agents:Recorder", "bob")  # replies twice to each delivery
+    bob = await fleet.agent("tests.e2e.fleet_agents:GatedRecorder", "bob")  # replies twice to each delivery
     alice = await fleet.bus("alice")
     sent = [await fleet.send(alice, ["bob"], {"i": i}) for i in range(5)]
     await until(lambda: _inboxes(fleet, bob=5, alice=10), what="the first deliveries and replies")
 
-    bob.send_signal(signal.SIGSTOP)
-    sent += [await fleet.send(alice, ["bob"], {"i": i}) for i in range(5, 10)]
-    await until(lambda: _inboxes(fleet, bob=10), what="deliveries bob has not handled yet")
+    sent += [await fleet.send(alice, ["bob"], {"i": i, "gate": True}) for i in range(5, 10)]  # bob waits at its gate
+    await until(lambda: _inboxes(fleet, bob=10), what="deliveries bob is holding")
     for process in (coordinator, ledger):
         process.send_signal(signal.SIGSTOP)
     sent += [await fleet.send(alice, ["bob"], {"i": i}) for i in range(10, 20)]  # in the outbox, not decided
@@ -99,8 +98,9 @@ async def test_a_full_store_refuses_writes_with_its_cause_and_everything_carries
     late = new_envelope(tenant=fleet.tenant, kind="event", sender="alice", to=["bob"], payload=b"20")
     with pytest.raises(StoreFull, match="no room"):
         await alice.send(late)
-    for process in (coordinator, ledger, bob):
+    for process in (coordinator, ledger):
         process.send_signal(signal.SIGCONT)
+    bob.send_signal(signal.SIGUSR1)  # bob replies to what it holds: there is no room for the replies
     for process, name in ((coordinator, "coordinator"), (ledger, "ledger service")):
         await until(logged(process, "no room"), what=f"the {name} to meet the full store")
     await until(logged(bob, "no room", times=3), what="the agent to fail to reply three times")
@@ -113,10 +113,9 @@ async def test_a_full_store_refuses_writes_with_its_cause_and_everything_carries
     assert await fleet.inbox_counts() == {"bob": 25, "alice": 50}  # each once
     assert len(set(sent)) == 25
     js = fleet.nc.jetstream()
-    # Kept through the outage, not handed back per failure: the agent took each delivery once (plus one, in its
-    # hands when it was paused), the coordinator each of alice's envelopes once (plus one hand-back, if its lease
-    # lapsed meanwhile).
-    assert (await js.consumer_info(f"TB_{fleet.tenant}", "in-bob")).delivered.consumer_seq <= 25 + 1
+    # Kept through the outage, not handed back per failure: the agent took each delivery once, the coordinator
+    # each of alice's envelopes once (plus one hand-back, if its lease lapsed meanwhile).
+    assert (await js.consumer_info(f"TB_{fleet.tenant}", "in-bob")).delivered.consumer_seq == 25
     assert (await js.consumer_info(f"TB_{fleet.tenant}", "coordinator-0-alice")).delivered.consumer_seq <= 25 + 10
     await settled(fleet, data, limit_s=60)
     assert all(process.returncode is None for process in (coordinator, ledger, bob))
