@@ -61,7 +61,7 @@ from rich.table import Table
 
 from bench._harness import BenchError, progress_bars, run_bench, stopped, supervisor, verdict
 from bench._soak_sink import TOTAL_ENV
-from bench.mediated import READY_TIMEOUT_S, provision_tenant
+from bench.mediated import POLICY, READY_TIMEOUT_S, provision_tenant
 from trustbus import bus
 from trustbus._supervisor import Process, Supervisor, check_alive
 
@@ -78,18 +78,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 SLOPE_TARGET = 5.0  # bytes per decision, coordinator, last half
 RSS_TARGET_MB = 200.0  # coordinator, at 1,000,000 decisions
 RESTART_TARGET_S = 5.0
-
-POLICY = """\
-version: 1
-limits:
-  hop_limit: 8
-  fanout_per_envelope: 16
-  budget_per_correlation: 100000000
-rules:
-  - from: a
-    to: [b]
-    kinds: [event]
-"""
 
 
 def rss_bytes(pid: int | None) -> int:
