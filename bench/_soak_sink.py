@@ -5,6 +5,10 @@ run's size (``$BENCH_SOAK_TOTAL``), allocated at start, so the agent's RSS the b
 runtime's, not the bench's bookkeeping. Every ``REPORT_S`` in which something arrived it prints one
 progress line: distinct indices received, second deliveries, and the time of the first receipt since the
 previous line (so the bench can time the first delivery after a restart to the receipt, not to its read).
+
+With ``$BENCH_SOAK_TRACE`` set to a file, it traces its allocations (``tracemalloc``) and, every
+``TRACE_S``, writes there what the process holds and the sources whose holdings grew most since the first
+report: to tell what grows per message from what a window bounds.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ import json
 import os
 import sys
 import time
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 from trustbus.agents import Agent, Context
 
 TOTAL_ENV = "BENCH_SOAK_TOTAL"
+TRACE_ENV = "BENCH_SOAK_TRACE"
 REPORT_S = 0.05
+TRACE_S = 30.0
+TRACE_TOP = 12
 
 
 class Sink(Agent):
@@ -30,10 +39,16 @@ class Sink(Agent):
         self.received = 0
         self.duplicates = 0
         self.first_ns = 0  # the first receipt not yet reported
-        self._reporter: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._trace = Path(os.environ[TRACE_ENV]) if os.environ.get(TRACE_ENV) else None
+        if self._trace is not None:
+            tracemalloc.start(8)
 
     async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
-        self._reporter = asyncio.get_running_loop().create_task(self._report())
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._report()))
+        if self._trace is not None:
+            self._tasks.append(loop.create_task(self._trace_growth(self._trace)))
 
     async def handle(self, ctx: Context) -> None:
         now = time.time_ns()
@@ -53,3 +68,17 @@ class Sink(Agent):
                 sys.stdout.write(json.dumps({**line, "first_ns": self.first_ns}) + "\n")
                 sys.stdout.flush()
                 self.first_ns = 0
+
+    async def _trace_growth(self, out: Path) -> None:
+        first: tracemalloc.Snapshot | None = None
+        while True:
+            await asyncio.sleep(TRACE_S)  # a cadence
+            snapshot = tracemalloc.take_snapshot()
+            first = first or snapshot
+            held = sum(stat.size for stat in snapshot.statistics("filename"))
+            lines = [f"received {self.received} held {held / 2**20:.1f} MB"]
+            for stat in snapshot.compare_to(first, "traceback")[:TRACE_TOP]:
+                lines.append(f"  {stat.size_diff / 2**10:+,.0f} KiB in {stat.count_diff:+,} blocks:")
+                lines.extend(f"    {line}" for line in stat.traceback.format()[-6:])
+            with out.open("a") as file:
+                file.write("\n".join(lines) + "\n")

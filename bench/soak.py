@@ -15,9 +15,9 @@ the stream into a temporary directory. Agent A is this process: a ``bus.Bus`` wi
 the mediated rate instead of piling a backlog into the stream.
 
 **Memory:** the RSS (``/proc/<pid>/statm``) of the coordinator, B, the ledger service and nats-server every
-``--sample-s`` seconds and when B has received 10 %, 50 % and 100 % of N; printed at those three marks,
-and as a slope in bytes per decision over the last half (least squares over every sample from 50 % to
-100 %, against B's count: each envelope B received is one decision).
+``--sample-s`` seconds and when B has received each tenth of N; printed at 10 %, 50 % and 100 % (every
+tenth in the JSON, to see the curve), and as a slope in bytes per decision over the last half (least
+squares over every sample from 50 % to 100 %, against B's count: each envelope B received is one decision).
 
 **Restart:** when B has received N, the coordinator is SIGKILLed with ``--window`` envelopes in flight, and A
 goes on with the last ``restart batch`` (2 x window, at most N / 10) while it is down. Once B has been quiet
@@ -68,7 +68,8 @@ from trustbus._supervisor import Process, Supervisor, check_alive
 TENANT = "soak"
 SINK = "bench._soak_sink:Sink"
 PER_CORRELATION = 10
-MARKS = (10, 50, 100)  # percent of N at which RSS is always sampled and reported
+MARKS = (10, 50, 100)  # percent of N at which RSS is reported
+DECILES = tuple(range(10, 101, 10))  # percent of N at which RSS is always sampled (and listed in the JSON)
 QUIET_S = 1.0  # B without a receipt for this long has everything already forwarded
 WATCH_S = 0.5  # how often a wait checks that the processes still run
 RESTART_TIMEOUT_S = 3600.0
@@ -266,7 +267,7 @@ class Soak:
 
     async def sample_run(self) -> None:
         """Sample RSS every ``--sample-s`` and at each mark, until B has received N (the last sample)."""
-        for mark in MARKS:
+        for mark in DECILES:
             goal = max(1, self.n * mark // 100)
             while True:
                 reached = await self.receipts.until(
@@ -333,7 +334,8 @@ class Soak:
 
     def figures(self, run_s: float, ready_s: float, restart_s: float, after_restart: int) -> dict[str, Any]:
         names = list(self.samples.series)
-        rss_mb = {name: {f"{m}%": round(self.samples.at_marks[m][name] / 2**20, 1) for m in MARKS} for name in names}
+        mb = {name: {m: round(self.samples.at_marks[m][name] / 2**20, 1) for m in DECILES} for name in names}
+        rss_mb = {name: {f"{m}%": mb[name][m] for m in MARKS} for name in names}
         slopes = {name: round(self.samples.last_half_slope(name, self.n), 2) for name in names}
         coordinator_mb = rss_mb["coordinator"]["100%"]
         lost = max(0, self.acked - self.receipts.received)
@@ -358,6 +360,7 @@ class Soak:
             "publish_failures": self.failed,
             "received": self.receipts.received,
             "rss_mb": rss_mb,
+            "rss_mb_by_decile": {name: list(mb[name].values()) for name in names},
             "rss_slope": slopes,
             "targets": {
                 "rss_slope_bytes_per_decision": SLOPE_TARGET,

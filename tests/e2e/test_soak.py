@@ -34,5 +34,6 @@ def test_short_soak_delivers_every_acked_envelope_once_across_a_coordinator_rest
         marks = figures["rss_mb"][process]
         assert all(marks[mark] > 0 for mark in ("10%", "50%", "100%")), (process, marks)
         assert isinstance(figures["rss_slope"][process], float)
+    assert all(len(tenths) == 10 and min(tenths) > 0 for tenths in figures["rss_mb_by_decile"].values())
     assert figures["coordinator_rss_mb"] == figures["rss_mb"]["coordinator"]["100%"]
     assert figures["rss_slope_bytes_per_decision"] == figures["rss_slope"]["coordinator"]
