@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -23,6 +24,11 @@ from trustbus.bus._seal import HEADER_MSG_ID, Sealed
 from trustbus.bus._subjects import quarantine
 
 log = logging.getLogger("trustbus.bus")
+
+# KV values recorded as foreign that a process remembers (the most recently met). The record's Nats-Msg-Id
+# names the value, so the stream drops a second record of it within its duplicate window anyway; this
+# only spares the publish, and a forgotten value is recorded again at most once a window.
+FOREIGN_REMEMBERED = 4096
 
 
 class Signer(Protocol):
@@ -41,10 +47,16 @@ class Signer(Protocol):
 class Quarantiner:
     """Publishes quarantine records signed by ``signer``."""
 
-    def __init__(self, signer: Signer) -> None:
-        """Record as ``signer``, remembering nothing yet."""
+    def __init__(self, signer: Signer, *, remember_foreign: int = FOREIGN_REMEMBERED) -> None:
+        """Record as ``signer``, remembering nothing yet (later, the last ``remember_foreign`` foreign values)."""
         self._signer = signer
-        self._foreign_recorded: set[tuple[str, int]] = set()  # KV values this process recorded as foreign
+        self._remember_foreign = remember_foreign
+        self._foreign_recorded: OrderedDict[tuple[str, int], None] = OrderedDict()  # oldest first
+
+    @property
+    def foreign_remembered(self) -> int:
+        """How many foreign values it remembers having recorded (at most ``remember_foreign``)."""
+        return len(self._foreign_recorded)
 
     async def quarantine_msg(self, msg: Msg, *, reason: str, detail: str) -> None:
         """Publish a quarantine record for ``msg`` and terminate it; on failure nak it for later."""
@@ -107,10 +119,12 @@ class Quarantiner:
     ) -> None:
         """Record once that the KV value at ``subject`` (``revision``) is not what that key holds (``foreign``).
 
-        Once per value: this process remembers it, and the stream's duplicate window drops
-        another reader's copy. Best effort: a failure is logged, the reader carries on.
+        Once per value: this process remembers the values it recorded last, and the stream's
+        duplicate window drops another reader's copy, or this one's of a value it forgot. Best
+        effort: a failure is logged, the reader carries on.
         """
         if (subject, revision) in self._foreign_recorded:
+            self._foreign_recorded.move_to_end((subject, revision))
             return
         try:
             await self.record_quarantine(
@@ -125,4 +139,6 @@ class Quarantiner:
         except TransportError as exc:
             log.warning("foreign value not recorded", extra={"subject": subject, "error": str(exc)})
             return
-        self._foreign_recorded.add((subject, revision))
+        self._foreign_recorded[subject, revision] = None
+        if len(self._foreign_recorded) > self._remember_foreign:
+            self._foreign_recorded.popitem(last=False)
