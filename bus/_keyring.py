@@ -101,6 +101,7 @@ class Keyring:
     _trusted: dict[str, KeyGrant] = field(default_factory=dict)
     _untrusted: dict[str, str] = field(default_factory=dict)
     _history: dict[str, list[tuple[int, KeyGrant]]] = field(default_factory=dict)
+    _owners: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         check_name(self.tenant, what="tenant")
@@ -129,7 +130,12 @@ class Keyring:
                 grant = msgspec.structs.replace(grant, revoked_at=known.revoked_at)
         self._trusted[grant.key_id] = grant
         self._untrusted.pop(grant.key_id, None)
+        self._owners.add(grant.owner)
         return grant
+
+    def has_owner(self, owner: str) -> bool:
+        """Whether ``owner`` has, or had, a trusted key in this keyring."""
+        return owner in self._owners
 
     def _check(self, entry_key: str, signed: SignedGrant) -> str | None:
         if signed.signed_by != self.admin_key_id:
