@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
+from trustbus.agents._correlation_store import CorrelationStore
 from trustbus.agents._decision import Deferral, decide, decide_approval, record_effect
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._effect_answers import store_answer
@@ -81,9 +82,18 @@ class Coordinator:
         self.policy = policy
         self.partition = partition
         decisions = bus.log(subjects.decision(bus.tenant, partition), in_batches=True)
-        self.log = DecisionLog(decisions, bus.keyring.keyring, policy)
+        store = CorrelationStore(
+            bus.bucket(subjects.state_bucket(bus.tenant)),
+            identity=bus.identity,
+            name=bus.name,
+            tenant=bus.tenant,
+            keyring=bus.keyring.keyring,
+            partition=partition,
+            capacity=policy.limits.correlations_in_memory,
+            clock=bus.clock,
+        )
+        self.log = DecisionLog(decisions, bus.keyring.keyring, policy, store=store)
         self.state = self.log.state
-        self._decision_ids = self.log.decision_ids
         self._forwarder = Forwarder(bus, inboxes)
         self._memory = MemoryWrites(bus)
         self.suspensions = Suspensions(
@@ -98,7 +108,7 @@ class Coordinator:
         watched = subjects.approval(tenant, partition)
         await self.bus.ensure_consumer(consumer_name(partition), watched, settings=OUTBOX_SETTINGS)
         await self._intake.ensure_consumers()
-        await self._catch_up()
+        await self.log.catch_up(trim=True)
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
                 await self._forwarder.ensure_inbox(grant.owner)
@@ -121,6 +131,7 @@ class Coordinator:
                 async with delivery.process():
                     await self._mediate(delivery)
             await self._mediate_group(group)
+            await self._trim()
 
     async def _suspend_due(self) -> None:
         """Record a suspension for each sender the intake found over its rejection threshold (agents._suspension)."""
@@ -180,7 +191,7 @@ class Coordinator:
         try:
             recorded = await self._decide_group(group)
             started = [
-                (d, await self._start_forwards(d, self.state.decided[d.envelope.id], d.envelope.id in recorded))
+                (d, await self._start_forwards(d, self._decision(d.envelope), d.envelope.id in recorded))
                 for d in group
                 if not d.settled
             ]
@@ -224,9 +235,18 @@ class Coordinator:
         """The one subject ``envelope`` may arrive on: its sender's outbox for its correlation's partition."""
         return subjects.outbox(self.bus.tenant, envelope.sender, self.bus.partition(envelope.correlation_id))
 
-    async def _catch_up(self) -> None:
-        """Apply every decision appended after the last one this process applied."""
-        await self.log.catch_up()
+    def _decision(self, envelope: Envelope) -> Decision:
+        """The last decision about ``envelope`` (decided, and its correlation in memory)."""
+        decision = self.state.decision(envelope.correlation_id, envelope.id)
+        assert decision is not None, envelope.id
+        return decision
+
+    async def _trim(self) -> None:
+        """Between batches: store and drop the correlations least recently used beyond the capacity."""
+        try:
+            await self.log.trim()
+        except (TransportError, TransientError) as exc:
+            log.warning("correlation state not trimmed; will retry", extra={"error": str(exc)})
 
     # -- mediation ----------------------------------------------------------
 
@@ -256,7 +276,7 @@ class Coordinator:
         revision = await self._memory.revision(envelope) if envelope.kind == "memory_write" else 0
 
         def make() -> Decision | Deferral | None:
-            if envelope.id in self.state.decided:
+            if self.state.decided_about(envelope):
                 return None  # decided before a crash or by another coordinator: forward again
             return self._decide(delivery, memory_revision=revision)
 
@@ -264,7 +284,7 @@ class Coordinator:
         if isinstance(result, Deferral):
             await delivery.defer(result.retry_after_s)
             return
-        decision = self.state.decided[envelope.id]
+        decision = self._decision(envelope)
         if "tainted_memory_write" in decision.reasons and decision.verdict == "reject":
             await delivery.reject(
                 "tainted_memory_write", f"memory write with taint {','.join(decision.effective_taint)}"
@@ -297,7 +317,7 @@ class Coordinator:
             return
 
         def make() -> Decision | None:
-            if envelope.id in self.state.decided:
+            if self.state.decided_about(envelope):
                 return None
             return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
 
@@ -313,13 +333,13 @@ class Coordinator:
             return
 
         def make() -> Decision | None:
-            if envelope.id in self.state.decided:
+            if self.state.decided_about(envelope):
                 return None
             clock, seq = delivery.stored_ns, delivery.stream_seq
             return decide_ask(self.policy, envelope, record, self.state, received_ns=clock, source_seq=seq)
 
         await self._record(envelope, make)
-        await store_answer(self.bus, self.state.decided[envelope.id])
+        await store_answer(self.bus, self._decision(envelope))
 
     async def _approval(self, delivery: Delivery) -> None:
         """Release or drop a held envelope on an operator's signed approval."""
@@ -339,14 +359,14 @@ class Coordinator:
             return
 
         def make() -> Decision | None:
-            held = self.state.decided.get(request.envelope_id)
+            held = self.state.decision(approval.correlation_id, request.envelope_id)
             if held is None or held.verdict != "hold":
                 return None
             approve = request.verdict == "approve"
             return decide_approval(held, approval, approve=approve, received_ns=delivery.stored_ns)
 
         released = await self._record(approval, make)
-        decision = self.state.decided.get(request.envelope_id)
+        decision = self.state.decision(approval.correlation_id, request.envelope_id)
         if decision is None or decision.approval_id != approval.id:
             state = "unknown" if decision is None else f"{decision.verdict} ({', '.join(decision.reasons)})"
             await delivery.reject("not_held", f"envelope {request.envelope_id} is not held: {state}")
@@ -369,7 +389,7 @@ class Coordinator:
         """
         if decision.verdict != "accept":
             return
-        decision_id = self._decision_ids[decision.envelope_id]
+        decision_id = self.log.record_id(decision)
         if decision.kind == "memory_write":
             await self._memory.apply(body, headers, decision, decision_id)
             return
@@ -386,7 +406,7 @@ class Coordinator:
     ) -> list[Awaitable[object]]:
         """Publish the forwards of a delivery if ``decision`` (``recorded_now`` by this process) accepted it; their
         acks to await."""  # noqa: D205, D209
-        decision_id = self._decision_ids[decision.envelope_id]
+        decision_id = self.log.record_id(decision)
         return await self._forwarder.start(
             delivery.body, delivery.headers, delivery.stream_seq, decision, decision_id, recorded_now=recorded_now
         )
