@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
@@ -60,6 +61,8 @@ from trustbus.bus import (
 log = logging.getLogger("trustbus.coordinator")
 
 CONSUMER_PREFIX = "coordinator-"
+SNAPSHOT_EVERY = 10_000  # decisions at most between two snapshots of a partition's state
+SNAPSHOT_S = 60.0  # seconds at most, if anything was decided
 OUTBOX_SETTINGS = ConsumerSettings(max_ack_pending=1024, max_deliver=10, ack_wait_s=10.0, batch=128)
 
 
@@ -99,6 +102,7 @@ class Coordinator:
         self.suspensions = Suspensions(
             self.state, policy, partition=partition, partitions=bus.partitions, tenant=bus.tenant
         )
+        self._snapshot_at = (0, time.monotonic())  # the log sequence and time of the last snapshot
         self._intake = Intake(bus, partition, approvals=consumer_name(partition), suspensions=self.suspensions)
 
     async def start(self) -> None:
@@ -108,7 +112,8 @@ class Coordinator:
         watched = subjects.approval(tenant, partition)
         await self.bus.ensure_consumer(consumer_name(partition), watched, settings=OUTBOX_SETTINGS)
         await self._intake.ensure_consumers()
-        await self.log.catch_up(trim=True)
+        await self.log.restore()
+        self._snapshot_at = (self.state.last_seq, time.monotonic())
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
                 await self._forwarder.ensure_inbox(grant.owner)
@@ -242,11 +247,16 @@ class Coordinator:
         return decision
 
     async def _trim(self) -> None:
-        """Between batches: store and drop the correlations least recently used beyond the capacity."""
+        """Between batches: store and drop the correlations least recently used beyond the capacity, and store a
+        snapshot every ``SNAPSHOT_EVERY`` decisions or ``SNAPSHOT_S`` seconds (if anything was decided)."""  # noqa: D205, D209
+        seq, at = self._snapshot_at
+        due = self.state.last_seq - seq >= SNAPSHOT_EVERY or time.monotonic() - at >= SNAPSHOT_S
         try:
             await self.log.trim()
+            if due and self.state.last_seq > seq and await self.log.snapshot():
+                self._snapshot_at = (self.state.last_seq, time.monotonic())
         except (TransportError, TransientError) as exc:
-            log.warning("correlation state not trimmed; will retry", extra={"error": str(exc)})
+            log.warning("correlation state not stored; will retry", extra={"error": str(exc)})
 
     # -- mediation ----------------------------------------------------------
 

@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from trustbus.agents._decision import CoordinatorState, Correlation
+from trustbus.agents._decision import CoordinatorState, Correlation, TokenBucket
 from trustbus.agents._signed_value import open_state_value, state_value
-from trustbus.bus import MAX_MSG_SIZE, Bucket, Conflict, Decision, Identity, Keyring, TransportError
+from trustbus.bus import MAX_MSG_SIZE, Bucket, Conflict, Decision, Entry, Identity, Keyring, TransportError
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -59,8 +59,20 @@ class StoredCorrelation(msgspec.Struct, frozen=True, kw_only=True, tag="correlat
     records: list[str]
 
 
+class StoredSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag="snapshot", forbid_unknown_fields=True):
+    """The payload of a partition's snapshot: what the partition keeps, complete through ``covered``."""
+
+    key: str
+    partition: int
+    covered: int
+    buckets: dict[str, tuple[float, int]]
+    holds: list[Decision]
+    suspensions: list[Decision]
+
+
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(StoredCorrelation)
+_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(StoredSnapshot)
 
 
 class ForeignState(ValueError):
@@ -75,6 +87,11 @@ class ForeignState(ValueError):
 def correlation_key(partition: int, correlation_id: str) -> str:
     """The state bucket's key for ``correlation_id`` (any string of up to 64 characters: hashed to a key)."""
     return f"c{partition:d}.{hashlib.sha256(correlation_id.encode()).hexdigest()[:40]}"
+
+
+def snapshot_key(partition: int) -> str:
+    """The state bucket's key for ``partition``'s snapshot."""
+    return f"partition-{partition:d}"
 
 
 class CorrelationStore:
@@ -114,6 +131,8 @@ class CorrelationStore:
         self._clock = clock
         self.loads = 0  # gets of a correlation not in memory
         self.writes = 0  # correlations stored
+        self.snapshot_covered = 0  # the log sequence of the last snapshot stored or restored
+        self._snapshot_revision = 0
 
     async def load(self, state: CoordinatorState, correlation_ids: Iterable[str]) -> dict[str, int]:
         """Bring each of ``correlation_ids`` into memory (most recently used last).
@@ -163,6 +182,76 @@ class CorrelationStore:
             if not all(await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))):
                 return False
         return True
+
+    async def snapshot(self, state: CoordinatorState) -> bool:
+        """Store every changed correlation, then a snapshot of the partition at ``state.last_seq``; whether it was.
+
+        Written only once every correlation it covers is stored, so a coordinator
+        that restores it reads from the log only the decisions after it.
+        """
+        if state.last_seq <= self.snapshot_covered or not await self.flush(state):
+            return False
+        key, covered = snapshot_key(self.partition), state.last_seq
+        payload = _ENCODER.encode(
+            StoredSnapshot(
+                key=key,
+                partition=self.partition,
+                covered=covered,
+                buckets={sender: (b.tokens, b.at_ns) for sender, b in state.buckets.items()},
+                holds=list(state.holds.values()),
+                suspensions=list(state.suspensions.values()),
+            )
+        )
+        value = state_value(self._identity, self._name, payload, tenant=self._tenant, now_ns=self._clock())
+        try:
+            for _ in range(3):
+                try:
+                    self._snapshot_revision = await self.bucket.put(key, value, revision=self._snapshot_revision)
+                    self.snapshot_covered = covered
+                    return True
+                except Conflict:
+                    entry = await self.bucket.get(key)
+                    self._snapshot_revision = 0 if entry is None else entry.revision
+                    theirs = None if entry is None else self._open_snapshot(entry)
+                    if theirs is not None and theirs.covered >= covered:  # another coordinator's, as new
+                        self.snapshot_covered = theirs.covered
+                        return True
+        except TransportError as exc:
+            log.warning("snapshot not stored", extra={"partition": self.partition, "error": str(exc)})
+        return False
+
+    async def restore(self, state: CoordinatorState) -> bool:
+        """Start ``state`` (empty) from the partition's snapshot; whether there was a valid one.
+
+        Without one the caller folds in the whole log. A snapshot that does not verify is logged and ignored.
+        """
+        entry = await self.bucket.get(snapshot_key(self.partition))
+        self._snapshot_revision = 0 if entry is None else entry.revision
+        snapshot = None if entry is None else self._open_snapshot(entry)
+        if snapshot is None:
+            return False
+        state.last_seq = snapshot.covered
+        state.buckets = {sender: TokenBucket(tokens, at_ns) for sender, (tokens, at_ns) in snapshot.buckets.items()}
+        state.holds = {d.envelope_id: d for d in snapshot.holds}
+        state.suspensions = {d.envelope_id: d for d in snapshot.suspensions}
+        self.snapshot_covered = snapshot.covered
+        return True
+
+    def _open_snapshot(self, entry: Entry) -> StoredSnapshot | None:
+        """The snapshot in ``entry``, or None (logged) if there is none or it is foreign."""
+        if entry.deleted:
+            return None
+        key = snapshot_key(self.partition)
+        try:
+            snapshot = _SNAPSHOT_DECODER.decode(
+                open_state_value(entry.value, keyring=self._keyring, stored_ns=entry.stored_ns)
+            )
+            if (snapshot.key, snapshot.partition) != (key, self.partition):
+                raise ValueError(f"the snapshot of {snapshot.key}, not of {key}")
+        except (ValueError, msgspec.DecodeError) as exc:
+            log.error("foreign snapshot ignored", extra={"partition": self.partition, "error": str(exc)})
+            return None
+        return snapshot
 
     async def _get(self, correlation_id: str) -> Correlation:
         """The stored state of ``correlation_id`` (empty if none); :class:`ForeignState` if it is foreign."""

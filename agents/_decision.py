@@ -38,7 +38,9 @@ SUSPENSION_KIND = "suspension"  # a decision suspending a sender (agents._suspen
 
 
 @dataclass
-class _Bucket:
+class TokenBucket:
+    """A sender's rate tokens as of ``at_ns``."""
+
     tokens: float
     at_ns: int
 
@@ -93,7 +95,7 @@ class CoordinatorState:
     """
 
     correlations: dict[str, Correlation] = field(default_factory=dict)
-    buckets: dict[str, _Bucket] = field(default_factory=dict)
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
     holds: dict[str, Decision] = field(default_factory=dict)
     suspensions: dict[str, Decision] = field(default_factory=dict)
     last_seq: int = 0
@@ -198,7 +200,7 @@ class CoordinatorState:
         if first and "rate_limit" not in decision.reasons:
             tokens = self.tokens(policy, decision.sender, decision.decided_ns)
             if tokens is not None:
-                self._set(self.buckets, decision.sender, _Bucket(tokens - 1, decision.decided_ns), undo)
+                self._set(self.buckets, decision.sender, TokenBucket(tokens - 1, decision.decided_ns), undo)
 
     def _taint(self, correlation: Correlation, agent: str, taint: tuple[str, ...], undo: Undo | None) -> None:
         seen = correlation.seen_taint.get(agent, frozenset())

@@ -128,6 +128,24 @@ class DecisionLog:
         """The id of the record of ``decision`` (whose correlation is in memory)."""
         return self.state.correlation(decision.correlation_id).record_ids[decision.envelope_id]
 
+    async def restore(self) -> None:
+        """Fold in the whole log, starting from the partition's snapshot if the store has a valid one."""
+        if self.store is not None and await self.store.restore(self.state):
+            log.info(
+                "state restored from a snapshot",
+                extra={"partition": self.store.partition, "covered": self.state.last_seq},
+            )
+        elif self.store is not None:
+            log.warning(
+                "no valid snapshot; rebuilding the state from the whole decision log",
+                extra={"partition": self.store.partition},
+            )
+        await self.catch_up(trim=True)
+
+    async def snapshot(self) -> bool:
+        """Store the changed correlations and a snapshot of the partition (if there is a store); whether it was."""
+        return self.store is not None and await self.store.snapshot(self.state)
+
     async def catch_up(self, *, trim: bool = False) -> None:
         """Apply every decision appended after the last one applied.
 

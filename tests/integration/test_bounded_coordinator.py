@@ -6,15 +6,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from tests.conftest import Tenant
 from trustbus.agents import parse_policy
 from trustbus.agents._approvals import list_held
 from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._correlation_store import correlation_key
-from trustbus.agents._decision_log import DecisionLog
-from trustbus.bus import Approval, Bus, Decision, Envelope, new_envelope, new_id, subjects
+from trustbus.agents._decision_log import DecisionLog, decision_record
+from trustbus.bus import (
+    Appended,
+    Approval,
+    Bus,
+    Decision,
+    Envelope,
+    StoredMessage,
+    SubjectLog,
+    new_envelope,
+    new_id,
+    subjects,
+)
 
 POLICY = parse_policy(
     {
@@ -149,3 +160,97 @@ async def test_a_hold_older_than_the_cache_is_listed_and_released(tenant: Tenant
         assert released.verdict == "accept" and released.approval_id == approval.id
         assert coordinator.state.held() == []
         assert await list_held([tenant.url], tenant.name) == []
+
+
+BEFORE, TAIL = 3000, 40
+
+
+async def write_decisions(bus: Bus, log: SubjectLog, count: int) -> list[str]:
+    """Append ``count`` accepted decisions signed by ``bus``'s coordinator key, each in a correlation of its own;
+    the correlations."""
+    last = await log.last()
+    after, correlations = 0 if last is None else last.seq, []
+    for start in range(0, count, 1000):
+        records = []
+        for _ in range(start, min(start + 1000, count)):
+            cause = new_envelope(tenant=bus.tenant, kind="event", sender="alice", to=["bob"])
+            accepted = Decision(
+                envelope_id=cause.id,
+                source_seq=1,
+                sender="alice",
+                kind="event",
+                correlation_id=cause.correlation_id,
+                causation_id=None,
+                verdict="accept",
+                reasons=(),
+                deliver_to=("bob",),
+                dropped=(),
+                hop=0,
+                declared_taint=(),
+                effective_taint=(),
+                decided_ns=time.time_ns(),
+            )
+            _, _, sealed = decision_record(bus, cause, accepted)
+            records.append((sealed.body, dict(sealed.headers)))
+            correlations.append(cause.correlation_id)
+        after = await log.append_batch(records, after=after, batch_id=new_id())
+    return correlations
+
+
+class Counting:
+    """A decision log that counts the records read from it."""
+
+    def __init__(self, inner: SubjectLog) -> None:
+        self.inner = inner
+        self.stream, self.subject = inner.stream, inner.subject
+        self.read_records = 0
+
+    async def append(self, body: bytes, headers: dict[str, str], *, after: int | None) -> Appended:
+        return await self.inner.append(body, headers, after=after)
+
+    async def append_batch(self, records: Sequence[tuple[bytes, dict[str, str]]], *, after: int, batch_id: str) -> int:
+        return await self.inner.append_batch(records, after=after, batch_id=batch_id)
+
+    async def get(self, seq: int) -> StoredMessage:
+        return await self.inner.get(seq)
+
+    async def last(self) -> StoredMessage | None:
+        return await self.inner.last()
+
+    async def read(self, *, after: int = 0) -> AsyncIterator[StoredMessage]:
+        async for record in self.inner.read(after=after):
+            self.read_records += 1
+            yield record
+
+
+async def started(bus: Bus) -> tuple[Coordinator, Counting]:
+    """A coordinator of partition 0 that has restored its state, and what it read of its log."""
+    coordinator = Coordinator(bus, POLICY, 0)
+    counting = Counting(coordinator.log.log)
+    coordinator.log.log = counting
+    await coordinator.start()
+    return coordinator, counting
+
+
+async def test_a_restart_reads_the_snapshot_and_only_the_decisions_after_it(tenant: Tenant) -> None:
+    await tenant.add("c1", role="coordinator")
+    bus = await tenant.bus("c1")
+    decisions = bus.log(subjects.decision(tenant.name, 0))
+    await write_decisions(bus, decisions, BEFORE)
+
+    first, counting = await started(bus)  # no snapshot yet: the whole log, and says so
+    assert counting.read_records == BEFORE and first.state.last_seq == BEFORE
+    assert first.log.store is not None and first.log.store.writes >= BEFORE - 2  # all but two stored on the way
+    assert await first.log.snapshot()
+    # Killed: nothing more is written by it. Meanwhile another coordinator decided more.
+    tail = await write_decisions(bus, decisions, TAIL)
+    last = await decisions.last()
+    assert last is not None
+
+    again, counting = await started(bus)
+    assert counting.read_records == TAIL  # the snapshot, then only the tail
+    assert again.state.last_seq == last.seq
+    assert again.log.store is not None and again.log.store.loads == TAIL  # one get per correlation of the tail
+    assert sorted(again.state.correlations) == sorted(tail[-2:])
+    await again.log.resident([tail[0]])
+    assert again.state.correlation(tail[0]).spent == 1
