@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
-from trustbus.agents._correlation_store import CorrelationStore
+from trustbus.agents._correlation_store import correlation_store
 from trustbus.agents._decision import Deferral, decide, decide_approval, record_effect
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._effect_answers import store_answer
@@ -85,16 +85,7 @@ class Coordinator:
         self.policy = policy
         self.partition = partition
         decisions = bus.log(subjects.decision(bus.tenant, partition), in_batches=True)
-        store = CorrelationStore(
-            bus.bucket(subjects.state_bucket(bus.tenant)),
-            identity=bus.identity,
-            name=bus.name,
-            tenant=bus.tenant,
-            keyring=bus.keyring.keyring,
-            partition=partition,
-            capacity=policy.limits.correlations_in_memory,
-            clock=bus.clock,
-        )
+        store = correlation_store(bus, partition, capacity=policy.limits.correlations_in_memory)
         self.log = DecisionLog(decisions, bus.keyring.keyring, policy, store=store)
         self.state = self.log.state
         self._forwarder = Forwarder(bus, inboxes)

@@ -29,19 +29,32 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import msgspec
 
 from trustbus.agents._decision import CoordinatorState, Correlation, TokenBucket
 from trustbus.agents._signed_value import open_state_value, state_value
-from trustbus.bus import MAX_MSG_SIZE, Bucket, Conflict, Decision, Entry, Identity, Keyring, TransportError
+from trustbus.bus import (
+    MAX_MSG_SIZE,
+    Bucket,
+    Bus,
+    Conflict,
+    Decision,
+    Entry,
+    Identity,
+    Keyring,
+    TransportError,
+    subjects,
+)
 
 log = logging.getLogger("trustbus.coordinator")
 
 DEFAULT_CAPACITY = 10_000
 MAX_STATE_BYTES = MAX_MSG_SIZE - 8192  # room for the signed envelope around it
 WRITES_AT_ONCE = 64
+RETRY_S = 30.0  # after a write failed (the bucket unreachable, or missing in a tenant not provisioned again)
 
 
 class StoredCorrelation(msgspec.Struct, frozen=True, kw_only=True, tag="correlation", forbid_unknown_fields=True):
@@ -89,6 +102,20 @@ def correlation_key(partition: int, correlation_id: str) -> str:
     return f"c{partition:d}.{hashlib.sha256(correlation_id.encode()).hexdigest()[:40]}"
 
 
+def correlation_store(bus: Bus, partition: int, *, capacity: int = DEFAULT_CAPACITY) -> CorrelationStore:
+    """The store of ``partition``'s correlations in ``bus``'s tenant, signed with its (coordinator) key."""
+    return CorrelationStore(
+        bus.bucket(subjects.state_bucket(bus.tenant)),
+        identity=bus.identity,
+        name=bus.name,
+        tenant=bus.tenant,
+        keyring=bus.keyring.keyring,
+        partition=partition,
+        capacity=capacity,
+        clock=bus.clock,
+    )
+
+
 def snapshot_key(partition: int) -> str:
     """The state bucket's key for ``partition``'s snapshot."""
     return f"partition-{partition:d}"
@@ -133,6 +160,7 @@ class CorrelationStore:
         self.writes = 0  # correlations stored
         self.snapshot_covered = 0  # the log sequence of the last snapshot stored or restored
         self._snapshot_revision = 0
+        self._retry_at = 0.0  # no write before this (time.monotonic) after one failed
 
     async def load(self, state: CoordinatorState, correlation_ids: Iterable[str]) -> dict[str, int]:
         """Bring each of ``correlation_ids`` into memory (most recently used last).
@@ -163,7 +191,7 @@ class CorrelationStore:
         its budget and taint); the next trim tries again.
         """
         excess = len(state.correlations) - self.capacity
-        if excess <= 0:
+        if excess <= 0 or time.monotonic() < self._retry_at:
             return
         victims = list(state.correlations.items())[:excess]
         for start in range(0, len(victims), WRITES_AT_ONCE):
@@ -189,7 +217,9 @@ class CorrelationStore:
         Written only once every correlation it covers is stored, so a coordinator
         that restores it reads from the log only the decisions after it.
         """
-        if state.last_seq <= self.snapshot_covered or not await self.flush(state):
+        if state.last_seq <= self.snapshot_covered or time.monotonic() < self._retry_at:
+            return False
+        if not await self.flush(state):
             return False
         key, covered = snapshot_key(self.partition), state.last_seq
         payload = _ENCODER.encode(
@@ -218,6 +248,7 @@ class CorrelationStore:
                         return True
         except TransportError as exc:
             log.warning("snapshot not stored", extra={"partition": self.partition, "error": str(exc)})
+            self._retry_at = time.monotonic() + RETRY_S
         return False
 
     async def restore(self, state: CoordinatorState) -> bool:
@@ -338,6 +369,7 @@ class CorrelationStore:
                 "correlation state not stored; kept in memory",
                 extra={"partition": self.partition, "correlation_id": correlation_id, "error": str(exc)},
             )
+            self._retry_at = time.monotonic() + RETRY_S
             return False
         log.warning("correlation state kept changing; kept in memory", extra={"correlation_id": correlation_id})
         return False
