@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from tests.conftest import Tenant
+from tests.integration.test_decision_catch_up import accepted
 from trustbus.agents import parse_policy
 from trustbus.agents._approvals import list_held
 from trustbus.agents._coordinator import Coordinator
@@ -174,23 +175,7 @@ async def write_decisions(bus: Bus, log: SubjectLog, count: int) -> list[str]:
         records = []
         for _ in range(start, min(start + 1000, count)):
             cause = new_envelope(tenant=bus.tenant, kind="event", sender="alice", to=["bob"])
-            accepted = Decision(
-                envelope_id=cause.id,
-                source_seq=1,
-                sender="alice",
-                kind="event",
-                correlation_id=cause.correlation_id,
-                causation_id=None,
-                verdict="accept",
-                reasons=(),
-                deliver_to=("bob",),
-                dropped=(),
-                hop=0,
-                declared_taint=(),
-                effective_taint=(),
-                decided_ns=time.time_ns(),
-            )
-            _, _, sealed = decision_record(bus, cause, accepted)
+            _, _, sealed = decision_record(bus, cause, accepted(cause))
             records.append((sealed.body, dict(sealed.headers)))
             correlations.append(cause.correlation_id)
         after = await log.append_batch(records, after=after, batch_id=new_id())

@@ -17,7 +17,8 @@ RECORDS = 3000
 POLICY = parse_policy({"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]})
 
 
-def _accepted(cause: Envelope) -> Decision:
+def accepted(cause: Envelope) -> Decision:
+    """An accepted delivery of ``cause`` to bob."""
     return Decision(
         envelope_id=cause.id,
         source_seq=1,
@@ -43,7 +44,7 @@ async def _write(coordinator: Bus, log: SubjectLog, count: int) -> list[str]:
         records = []
         for _ in range(start, min(start + 1000, count)):
             cause = new_envelope(tenant=coordinator.tenant, kind="event", sender="alice", to=["bob"])
-            _, _, sealed = decision_record(coordinator, cause, _accepted(cause))
+            _, _, sealed = decision_record(coordinator, cause, accepted(cause))
             records.append((sealed.body, dict(sealed.headers)))
             decided.append(cause.id)
         last = await log.append_batch(records, after=last, batch_id=new_id())

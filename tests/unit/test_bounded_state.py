@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_decision_race import KEYS, TENANT, CoordinatorKey, keyring
 from trustbus.agents import parse_policy
-from trustbus.agents._correlation_store import CorrelationStore
+from trustbus.agents._correlation_store import CorrelationStore, correlation_key
 from trustbus.agents._decision import CoordinatorState, Deferral, decide, decide_approval, record_effect
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.bus import Approval, Decision, Envelope, new_envelope, subjects
@@ -214,3 +214,29 @@ steps = st.lists(
 @given(steps=steps, capacity=st.integers(1, 2))
 def test_bounded_state_decides_exactly_as_the_unbounded_one(steps: list[Step], capacity: int) -> None:
     asyncio.run(play(steps, capacity))
+
+
+async def test_a_foreign_stored_correlation_is_rebuilt_from_the_log_not_believed() -> None:
+    stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
+    full, bounded = side(MemoryStream(), None, 1), side(stream, bucket, 1)
+    spent = [
+        envelope_for(("event", 0, 1, 0, 0, True), [], ["corr-a"]),
+        envelope_for(("event", 1, 0, 0, 0, False), [], ["corr-a"]),
+        envelope_for(("event", 0, 1, 0, 0, False), [], ["corr-b"]),
+    ]
+    for index, envelope in enumerate(spent):
+        assert envelope is not None
+        for s in (full, bounded):
+            await mediate(s, envelope, at=T0 + index * STEP_NS, seq=index + 1, tool_taint=False)
+        await bounded.log.trim()
+    assert "corr-a" not in bounded.log.state.correlations
+    assert bounded.log.store is not None and await bounded.log.store.flush(bounded.log.state)  # corr-b stored too
+    key, other = correlation_key(0, "corr-a"), await bucket.get(correlation_key(0, "corr-b"))
+    assert other is not None
+    for forged in (b"not a signed value", other.value):
+        await bucket.put(key, forged)  # garbage, then corr-b's genuine value copied to corr-a's key
+        bounded.log.state.correlations.pop("corr-a", None)
+        await bounded.log.resident(["corr-a"])
+        rebuilt, mine = bounded.log.state.correlation("corr-a"), full.log.state.correlation("corr-a")
+        assert (rebuilt.decided, rebuilt.spent, rebuilt.seen_taint) == (mine.decided, mine.spent, mine.seen_taint)
+        assert rebuilt.spent == 2 and rebuilt.dirty  # stored again, over the foreign value, at its next trim
