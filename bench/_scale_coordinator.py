@@ -80,14 +80,14 @@ def _wrap_start(start: Method) -> Method:
 
 def _wrap_catch_up(catch_up: Method) -> Method:
     @functools.wraps(catch_up)
-    async def wrapped(self: DecisionLog) -> None:
+    async def wrapped(self: DecisionLog, **kwargs: Any) -> None:
         if not getattr(self, "_bench_started", False):
-            await catch_up(self)
+            await catch_up(self, **kwargs)
             return
-        decided = len(self.state.decided)
+        decided = len(self.state.decided)  # in memory: also counts a stored correlation it loads back
         began = time.perf_counter()
         try:
-            await catch_up(self)
+            await catch_up(self, **kwargs)
         finally:
             COUNTED.conflicts += 1
             COUNTED.catch_up_s += time.perf_counter() - began
