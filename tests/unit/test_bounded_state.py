@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_decision_race import KEYS, TENANT, CoordinatorKey, keyring
+from tests.unit import test_decision_race as race
+from tests.unit.test_decision_race import (
+    KEYS,
+    TENANT,
+    CoordinatorKey,
+    Racer,
+    Watched,
+    fold,
+    keyring,
+    outboxed,
+    records,
+    times_decided,
+)
 from trustbus.agents import parse_policy
 from trustbus.agents._correlation_store import CorrelationStore, correlation_key
 from trustbus.agents._decision import CoordinatorState, Deferral, decide, decide_approval, record_effect
@@ -240,3 +253,41 @@ async def test_a_foreign_stored_correlation_is_rebuilt_from_the_log_not_believed
         rebuilt, mine = bounded.log.state.correlation("corr-a"), full.log.state.correlation("corr-a")
         assert (rebuilt.decided, rebuilt.spent, rebuilt.seen_taint) == (mine.decided, mine.spent, mine.seen_taint)
         assert rebuilt.spent == 2 and rebuilt.dirty  # stored again, over the foreign value, at its next trim
+
+
+async def test_two_coordinators_keeping_one_correlation_each_spend_every_budget_once() -> None:
+    """Racing on one log and one state bucket, each storing and loading back at every envelope."""
+    stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
+
+    def bounded(name: str) -> Racer:
+        watched = Watched(stream.log(race.SUBJECT))
+        store = CorrelationStore(
+            bucket, identity=KEYS[name], name=name, tenant=TENANT, keyring=keyring(), partition=0, capacity=1,
+            clock=time.time_ns,
+        )  # fmt: skip
+        return Racer(name, DecisionLog(watched, keyring(), race.POLICY, store=store), watched)
+
+    c1, c2 = bounded("c1"), bounded("c2")
+    correlations = [f"race-{i}" for i in range(4)]
+
+    async def send(racer: Racer, first_seq: int) -> None:
+        for _ in range(race.BUDGET + 1):
+            for correlation in correlations:
+                await racer.mediate(outboxed(1, correlation_id=correlation, first_seq=first_seq))
+                await racer.log.trim()
+
+    await asyncio.gather(send(c1, 1), send(c2, 1000))
+
+    assert c1.watched.conflicts + c2.watched.conflicts >= 1
+    assert all(r.log.store is not None and r.log.store.loads > 10 for r in (c1, c2))
+    assert set(times_decided(stream).values()) == {1}
+    accepted = Counter(d.correlation_id for _, d in records(stream) if d.verdict == "accept")
+    assert accepted == {correlation: race.BUDGET for correlation in correlations}
+    folded = await fold(stream)
+    for racer in (c1, c2):
+        await racer.log.catch_up()
+        for correlation in correlations:
+            await racer.log.resident([correlation])
+            mine, theirs = racer.log.state.correlation(correlation), folded.correlation(correlation)
+            assert (mine.decided, mine.spent) == (theirs.decided, race.BUDGET)
+        assert racer.log.state.buckets == folded.buckets
