@@ -168,19 +168,22 @@ class CorrelationStore:
         Returns the foreign ones (correlation id -> the revision of the value
         that failed verification): the caller rebuilds those from the log.
         """
+        wanted = list(dict.fromkeys(correlation_ids))
+        missing = [cid for cid in wanted if cid not in state.correlations]
+        loaded: dict[str, Correlation | ForeignState] = {}
+        for start in range(0, len(missing), WRITES_AT_ONCE):  # gets of a batch's correlations at once
+            chunk = missing[start : start + WRITES_AT_ONCE]
+            loaded.update(zip(chunk, await asyncio.gather(*(self._fetch(cid) for cid in chunk)), strict=True))
         foreign: dict[str, int] = {}
-        for correlation_id in dict.fromkeys(correlation_ids):
-            resident = state.correlations.pop(correlation_id, None)
-            if resident is None:
-                try:
-                    resident = await self._get(correlation_id)
-                except ForeignState as exc:
-                    log.error(
-                        "foreign correlation state; rebuilding it from the decision log",
-                        extra={"partition": self.partition, "correlation_id": correlation_id, "error": str(exc)},
-                    )
-                    foreign[correlation_id] = exc.revision
-                    continue
+        for correlation_id in wanted:
+            resident = state.correlations.pop(correlation_id, None) or loaded[correlation_id]
+            if isinstance(resident, ForeignState):
+                log.error(
+                    "foreign correlation state; rebuilding it from the decision log",
+                    extra={"partition": self.partition, "correlation_id": correlation_id, "error": str(resident)},
+                )
+                foreign[correlation_id] = resident.revision
+                continue
             state.correlations[correlation_id] = resident
         return foreign
 
@@ -283,6 +286,12 @@ class CorrelationStore:
             log.error("foreign snapshot ignored", extra={"partition": self.partition, "error": str(exc)})
             return None
         return snapshot
+
+    async def _fetch(self, correlation_id: str) -> Correlation | ForeignState:
+        try:
+            return await self._get(correlation_id)
+        except ForeignState as exc:
+            return exc
 
     async def _get(self, correlation_id: str) -> Correlation:
         """The stored state of ``correlation_id`` (empty if none); :class:`ForeignState` if it is foreign."""

@@ -42,7 +42,7 @@ log = logging.getLogger("trustbus.coordinator")
 
 # Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
 ATOMIC_MIN = 8
-TRIM_EVERY = 1000  # decisions read at start between two trims of the correlations in memory
+LOAD_AHEAD = 1000  # decisions read before their correlations are loaded together (and, at start, trimmed)
 
 Record = tuple[Decision, Envelope, Sealed]
 """A decision, the signed decision envelope that records it, and that envelope sealed."""
@@ -152,16 +152,23 @@ class DecisionLog:
         ``trim``: keep the correlations in memory within the store's capacity
         as it goes (only where nothing holds on to one: at start).
         """
-        applied = 0
+        pending: list[tuple[Decision | None, str, int]] = []  # None: an unusable record, skipped
         async for record in self.log.read(after=self.state.last_seq):
             opened = self._open(record.body, record.headers, record.seq, record.stored_ns)
-            if opened is None:
-                continue
-            await self.resident([opened[0].correlation_id])
-            self._apply(*opened, record.seq)
-            applied += 1
-            if trim and applied % TRIM_EVERY == 0:
-                await self.trim()
+            pending.append((None, "", record.seq) if opened is None else (*opened, record.seq))
+            if len(pending) >= LOAD_AHEAD:
+                await self._apply_all(pending, trim=trim)
+        await self._apply_all(pending, trim=trim)
+
+    async def _apply_all(self, pending: list[tuple[Decision | None, str, int]], *, trim: bool) -> None:
+        """Load the correlations of ``pending`` decisions together, fold the decisions in, in order; empty it."""
+        await self.resident(decision.correlation_id for decision, _, _ in pending if decision is not None)
+        for decision, record_id, seq in pending:
+            if decision is None:
+                self.state.last_seq = max(self.state.last_seq, seq)
+            else:
+                self._apply(decision, record_id, seq)
+        pending.clear()
         if trim:
             await self.trim()
 
@@ -174,7 +181,6 @@ class DecisionLog:
             decision = decode_decision(opened.envelope.payload)
         except (VerificationError, msgspec.DecodeError, ValueError) as exc:
             log.error("unusable decision record skipped", extra={"stream_seq": seq, "error": str(exc)})
-            self.state.last_seq = max(self.state.last_seq, seq)
             return None
         return decision, opened.envelope.id
 
