@@ -9,12 +9,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from tests.conftest import Tenant
-from tests.integration.test_decision_catch_up import accepted
+from tests.integration.test_decision_catch_up import write_accepted
 from trustbus.agents import parse_policy
 from trustbus.agents._approvals import list_held
 from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._correlation_store import correlation_key
-from trustbus.agents._decision_log import DecisionLog, decision_record
+from trustbus.agents._decision_log import DecisionLog
 from trustbus.bus import (
     Appended,
     Approval,
@@ -166,22 +166,6 @@ async def test_a_hold_older_than_the_cache_is_listed_and_released(tenant: Tenant
 BEFORE, TAIL = 3000, 40
 
 
-async def write_decisions(bus: Bus, log: SubjectLog, count: int) -> list[str]:
-    """Append ``count`` accepted decisions signed by ``bus``'s coordinator key, each in a correlation of its own;
-    the correlations."""
-    last = await log.last()
-    after, correlations = 0 if last is None else last.seq, []
-    for start in range(0, count, 1000):
-        records = []
-        for _ in range(start, min(start + 1000, count)):
-            cause = new_envelope(tenant=bus.tenant, kind="event", sender="alice", to=["bob"])
-            _, _, sealed = decision_record(bus, cause, accepted(cause))
-            records.append((sealed.body, dict(sealed.headers)))
-            correlations.append(cause.correlation_id)
-        after = await log.append_batch(records, after=after, batch_id=new_id())
-    return correlations
-
-
 class Counting:
     """A decision log that counts the records read from it."""
 
@@ -221,14 +205,14 @@ async def test_a_restart_reads_the_snapshot_and_only_the_decisions_after_it(tena
     await tenant.add("c1", role="coordinator")
     bus = await tenant.bus("c1")
     decisions = bus.log(subjects.decision(tenant.name, 0))
-    await write_decisions(bus, decisions, BEFORE)
+    await write_accepted(bus, decisions, BEFORE)
 
     first, counting = await started(bus)  # no snapshot yet: the whole log, and says so
     assert counting.read_records == BEFORE and first.state.last_seq == BEFORE
     assert first.log.store is not None and first.log.store.writes >= BEFORE - 2  # all but two stored on the way
     assert await first.log.snapshot()
     # Killed: nothing more is written by it. Meanwhile another coordinator decided more.
-    tail = await write_decisions(bus, decisions, TAIL)
+    tail = await write_accepted(bus, decisions, TAIL)
     last = await decisions.last()
     assert last is not None
 
