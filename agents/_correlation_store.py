@@ -53,7 +53,7 @@ log = logging.getLogger("trustbus.coordinator")
 
 DEFAULT_CAPACITY = 10_000
 MAX_STATE_BYTES = MAX_MSG_SIZE - 8192  # room for the signed envelope around it
-WRITES_AT_ONCE = 64
+REQUESTS_AT_ONCE = 64  # gets or writes of correlations in flight together
 RETRY_S = 30.0  # after a write failed (the bucket unreachable, or missing in a tenant not provisioned again)
 
 
@@ -171,8 +171,8 @@ class CorrelationStore:
         wanted = list(dict.fromkeys(correlation_ids))
         missing = [cid for cid in wanted if cid not in state.correlations]
         loaded: dict[str, Correlation | ForeignState] = {}
-        for start in range(0, len(missing), WRITES_AT_ONCE):  # gets of a batch's correlations at once
-            chunk = missing[start : start + WRITES_AT_ONCE]
+        for start in range(0, len(missing), REQUESTS_AT_ONCE):  # gets of a batch's correlations at once
+            chunk = missing[start : start + REQUESTS_AT_ONCE]
             loaded.update(zip(chunk, await asyncio.gather(*(self._fetch(cid) for cid in chunk)), strict=True))
         foreign: dict[str, int] = {}
         for correlation_id in wanted:
@@ -197,8 +197,8 @@ class CorrelationStore:
         if excess <= 0 or time.monotonic() < self._retry_at:
             return
         victims = list(state.correlations.items())[:excess]
-        for start in range(0, len(victims), WRITES_AT_ONCE):
-            chunk = victims[start : start + WRITES_AT_ONCE]
+        for start in range(0, len(victims), REQUESTS_AT_ONCE):
+            chunk = victims[start : start + REQUESTS_AT_ONCE]
             stored = await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk if c.dirty))
             if not all(stored):
                 return
@@ -208,8 +208,8 @@ class CorrelationStore:
     async def flush(self, state: CoordinatorState) -> bool:
         """Store every correlation changed since it was last stored or loaded; whether all were."""
         dirty = [(cid, c) for cid, c in state.correlations.items() if c.dirty]
-        for start in range(0, len(dirty), WRITES_AT_ONCE):
-            chunk = dirty[start : start + WRITES_AT_ONCE]
+        for start in range(0, len(dirty), REQUESTS_AT_ONCE):
+            chunk = dirty[start : start + REQUESTS_AT_ONCE]
             if not all(await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))):
                 return False
         return True
