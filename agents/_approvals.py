@@ -124,7 +124,7 @@ async def answer(
         _check_operator(keyring.keyring, tenant, operator, identity.key_id)
         log = DecisionLog(stream.log(subjects.all_decisions(tenant)), keyring.keyring, Policy())
         await log.catch_up()
-        current = log.state.decided.get(envelope_id)
+        current = log.state.find(envelope_id)
         if current is None:
             raise ApprovalError(f"no decision about envelope {envelope_id} in tenant {tenant!r}")
         if current.verdict != "hold":
@@ -147,7 +147,8 @@ async def answer(
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             await log.catch_up()
-            now = log.state.decided[envelope_id]
+            now = log.state.decision(current.correlation_id, envelope_id)
+            assert now is not None
             if now.verdict != "hold":
                 if now.approval_id != request.id:
                     raise ApprovalError(f"envelope {envelope_id} was answered by someone else: {_describe(now)}")

@@ -11,10 +11,10 @@ caused an envelope instead of trusting it:
   to an envelope the replier was never given, is refused; any other recipient is
   dropped.
 
-No state is added for this: the decisions the coordinator already keeps say who
-sent each envelope and to whom it was delivered. Whatever bounds that state
-later must forget whole correlations, not single envelopes, or an answer to a
-forgotten envelope would be refused as ``unknown_cause``.
+No state is added for this: the decisions the coordinator already keeps about
+the correlation say who sent each envelope and to whom it was delivered. The
+coordinator keeps or stores whole correlations (agents._correlation_store),
+never single envelopes, so an answer to an old envelope finds its cause.
 """
 
 from __future__ import annotations

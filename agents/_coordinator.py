@@ -27,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
+from trustbus.agents._correlation_store import correlation_store
 from trustbus.agents._decision import Deferral, decide, decide_approval, record_effect
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._effect_answers import store_answer
@@ -61,6 +63,8 @@ from trustbus.bus import (
 log = logging.getLogger("trustbus.coordinator")
 
 CONSUMER_PREFIX = "coordinator-"
+SNAPSHOT_EVERY = 10_000  # decisions at most between two snapshots of a partition's state
+SNAPSHOT_S = 60.0  # seconds at most, if anything was decided
 OUTBOX_SETTINGS = ConsumerSettings(max_ack_pending=1024, max_deliver=10, ack_wait_s=10.0, batch=128)
 
 
@@ -83,14 +87,15 @@ class Coordinator:
         self.policy = policy
         self.partition = partition
         decisions = bus.log(subjects.decision(bus.tenant, partition), in_batches=True)
-        self.log = DecisionLog(decisions, bus.keyring.keyring, policy)
+        store = correlation_store(bus, partition, capacity=policy.limits.correlations_in_memory)
+        self.log = DecisionLog(decisions, bus.keyring.keyring, policy, store=store)
         self.state = self.log.state
-        self._decision_ids = self.log.decision_ids
         self._forwarder = Forwarder(bus, inboxes)
         self._memory = MemoryWrites(bus)
         self.suspensions = Suspensions(
             self.state, policy, partition=partition, partitions=bus.partitions, tenant=bus.tenant
         )
+        self._snapshot_at = (0, time.monotonic())  # the log sequence and time of the last snapshot
         self._intake = Intake(bus, partition, approvals=consumer_name(partition), suspensions=self.suspensions)
         self._stopping = asyncio.Event()
 
@@ -101,7 +106,8 @@ class Coordinator:
         watched = subjects.approval(tenant, partition)
         await self.bus.ensure_consumer(consumer_name(partition), watched, settings=OUTBOX_SETTINGS)
         await self._intake.ensure_consumers()
-        await self._catch_up()
+        await self.log.restore()
+        self._snapshot_at = (self.state.last_seq, time.monotonic())
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
                 await self._forwarder.ensure_inbox(grant.owner)
@@ -125,6 +131,7 @@ class Coordinator:
                 async with delivery.process():
                     await patiently([delivery], functools.partial(self._mediate, delivery), stopping=self._stopping)
             await self._mediate_group(group)
+            await self._trim()
 
     async def _suspend_due(self) -> None:
         """Record a suspension for each sender the intake found over its rejection threshold (agents._suspension)."""
@@ -198,7 +205,7 @@ class Coordinator:
     async def _mediate_group_once(self, group: list[Delivery]) -> None:
         recorded = await self._decide_group(group)
         started = [
-            (d, await self._start_forwards(d, self.state.decided[d.envelope.id], d.envelope.id in recorded))
+            (d, await self._start_forwards(d, self._decision(d.envelope), d.envelope.id in recorded))
             for d in group
             if not d.settled
         ]
@@ -232,9 +239,23 @@ class Coordinator:
         """The one subject ``envelope`` may arrive on: its sender's outbox for its correlation's partition."""
         return subjects.outbox(self.bus.tenant, envelope.sender, self.bus.partition(envelope.correlation_id))
 
-    async def _catch_up(self) -> None:
-        """Apply every decision appended after the last one this process applied."""
-        await self.log.catch_up()
+    def _decision(self, envelope: Envelope) -> Decision:
+        """The last decision about ``envelope`` (decided, and its correlation in memory)."""
+        decision = self.state.decision(envelope.correlation_id, envelope.id)
+        assert decision is not None, envelope.id
+        return decision
+
+    async def _trim(self) -> None:
+        """Between batches: store and drop the correlations least recently used beyond the capacity, and store a
+        snapshot every ``SNAPSHOT_EVERY`` decisions or ``SNAPSHOT_S`` seconds (if anything was decided)."""  # noqa: D205, D209
+        seq, at = self._snapshot_at
+        due = self.state.last_seq - seq >= SNAPSHOT_EVERY or time.monotonic() - at >= SNAPSHOT_S
+        try:
+            await self.log.trim()
+            if due and self.state.last_seq > seq and await self.log.snapshot():
+                self._snapshot_at = (self.state.last_seq, time.monotonic())
+        except (TransportError, TransientError) as exc:
+            log.warning("correlation state not stored; will retry", extra={"error": str(exc)})
 
     # -- mediation ----------------------------------------------------------
 
@@ -264,7 +285,7 @@ class Coordinator:
         revision = await self._memory.revision(envelope) if envelope.kind == "memory_write" else 0
 
         def make() -> Decision | Deferral | None:
-            if envelope.id in self.state.decided:
+            if self.state.decided_about(envelope):
                 return None  # decided before a crash or by another coordinator: forward again
             return self._decide(delivery, memory_revision=revision)
 
@@ -272,7 +293,7 @@ class Coordinator:
         if isinstance(result, Deferral):
             await delivery.defer(result.retry_after_s)
             return
-        decision = self.state.decided[envelope.id]
+        decision = self._decision(envelope)
         if "tainted_memory_write" in decision.reasons and decision.verdict == "reject":
             await delivery.reject(
                 "tainted_memory_write", f"memory write with taint {','.join(decision.effective_taint)}"
@@ -305,7 +326,7 @@ class Coordinator:
             return
 
         def make() -> Decision | None:
-            if envelope.id in self.state.decided:
+            if self.state.decided_about(envelope):
                 return None
             return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
 
@@ -321,13 +342,13 @@ class Coordinator:
             return
 
         def make() -> Decision | None:
-            if envelope.id in self.state.decided:
+            if self.state.decided_about(envelope):
                 return None
             clock, seq = delivery.stored_ns, delivery.stream_seq
             return decide_ask(self.policy, envelope, record, self.state, received_ns=clock, source_seq=seq)
 
         await self._record(envelope, make)
-        await store_answer(self.bus, self.state.decided[envelope.id])
+        await store_answer(self.bus, self._decision(envelope))
 
     async def _approval(self, delivery: Delivery) -> None:
         """Release or drop a held envelope on an operator's signed approval."""
@@ -347,14 +368,14 @@ class Coordinator:
             return
 
         def make() -> Decision | None:
-            held = self.state.decided.get(request.envelope_id)
+            held = self.state.decision(approval.correlation_id, request.envelope_id)
             if held is None or held.verdict != "hold":
                 return None
             approve = request.verdict == "approve"
             return decide_approval(held, approval, approve=approve, received_ns=delivery.stored_ns)
 
         released = await self._record(approval, make)
-        decision = self.state.decided.get(request.envelope_id)
+        decision = self.state.decision(approval.correlation_id, request.envelope_id)
         if decision is None or decision.approval_id != approval.id:
             state = "unknown" if decision is None else f"{decision.verdict} ({', '.join(decision.reasons)})"
             await delivery.reject("not_held", f"envelope {request.envelope_id} is not held: {state}")
@@ -377,7 +398,7 @@ class Coordinator:
         """
         if decision.verdict != "accept":
             return
-        decision_id = self._decision_ids[decision.envelope_id]
+        decision_id = self.log.record_id(decision)
         if decision.kind == "memory_write":
             await self._memory.apply(body, headers, decision, decision_id)
             return
@@ -394,7 +415,7 @@ class Coordinator:
     ) -> list[Awaitable[object]]:
         """Publish the forwards of a delivery if ``decision`` (``recorded_now`` by this process) accepted it; their
         acks to await."""  # noqa: D205, D209
-        decision_id = self._decision_ids[decision.envelope_id]
+        decision_id = self.log.record_id(decision)
         return await self._forwarder.start(
             delivery.body, delivery.headers, delivery.stream_seq, decision, decision_id, recorded_now=recorded_now
         )

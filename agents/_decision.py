@@ -10,7 +10,6 @@ re-decided under another policy.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,37 +36,99 @@ class Deferral:
 
 _ABSENT = object()
 Undo = list[tuple[Any, Any, Any]]
+SUSPENSION_KIND = "suspension"  # a decision suspending a sender (agents._suspension)
 
 
 @dataclass
-class _Bucket:
+class TokenBucket:
+    """A sender's rate tokens as of ``at_ns``."""
+
     tokens: float
     at_ns: int
+
+
+@dataclass
+class Correlation:
+    """What decisions about one correlation depend on: the fold of that correlation's decisions.
+
+    Attributes:
+        decided: envelope id -> the last decision about it (replays, causes, replies).
+        spent: accepted envelopes.
+        hops: effective hop of each accepted envelope (to derive a reply's hop
+            from its cause instead of trusting the sender).
+        seen_taint: agent -> taint of everything delivered to it.
+        record_ids: envelope id -> id of the record of its last decision.
+        records: ids of every decision record folded in (a second copy is a replay).
+        covered: the log sequence through which a stored copy of it was complete
+            (0: never stored); :class:`agents._correlation_store.CorrelationStore`'s bookkeeping.
+        revision: that stored copy's revision in the state bucket (0: none).
+        dirty: changed since it was last stored or loaded.
+    """
+
+    decided: dict[str, Decision] = field(default_factory=dict)
+    spent: int = 0
+    hops: dict[str, int] = field(default_factory=dict)
+    seen_taint: dict[str, frozenset[str]] = field(default_factory=dict)
+    record_ids: dict[str, str] = field(default_factory=dict)
+    records: set[str] = field(default_factory=set)
+    covered: int = 0
+    revision: int = 0
+    dirty: bool = False
+
+
+_NONE = Correlation()  # what an unknown correlation reads as; never changed
 
 
 @dataclass
 class CoordinatorState:
     """Everything decisions depend on, derived only from the decision log.
 
+    Per correlation (:class:`Correlation`, in ``correlations``, which a
+    :class:`agents._correlation_store.CorrelationStore` may bound by keeping
+    only the recently used ones in memory), plus what the partition as a whole
+    needs, which is bounded by its senders and by what waits for an operator:
+
     Attributes:
-        decided: envelope id -> the decision about it.
-        spent: accepted envelopes per correlation.
-        hops: effective hop of each accepted envelope (to derive a reply's hop
-            from its cause instead of trusting the sender).
-        seen_taint: (correlation, agent) -> taint of everything delivered to it.
+        correlations: correlation id -> its state, least recently used first.
+        buckets: sender -> its rate bucket.
+        holds: envelope id -> decision of each envelope still held for an operator.
+        suspensions: envelope id -> the decision about each suspension (agents._suspension).
         last_seq: stream sequence of the last decision applied.
     """
 
-    decided: dict[str, Decision] = field(default_factory=dict)
-    spent: Counter[str] = field(default_factory=Counter)
-    hops: dict[str, int] = field(default_factory=dict)
-    seen_taint: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
-    buckets: dict[str, _Bucket] = field(default_factory=dict)
+    correlations: dict[str, Correlation] = field(default_factory=dict)
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    holds: dict[str, Decision] = field(default_factory=dict)
+    suspensions: dict[str, Decision] = field(default_factory=dict)
     last_seq: int = 0
+
+    def correlation(self, correlation_id: str) -> Correlation:
+        """The state of ``correlation_id`` (an empty one, not kept, if nothing was decided in it)."""
+        return self.correlations.get(correlation_id, _NONE)
+
+    def decision(self, correlation_id: str, envelope_id: str) -> Decision | None:
+        """The last decision about ``envelope_id`` in ``correlation_id``, if any."""
+        return self.correlation(correlation_id).decided.get(envelope_id)
+
+    def decided_about(self, envelope: Envelope) -> bool:
+        """Whether ``envelope`` was decided already (in its own correlation)."""
+        return envelope.id in self.correlation(envelope.correlation_id).decided
+
+    def find(self, envelope_id: str) -> Decision | None:
+        """The last decision about ``envelope_id`` in any correlation in memory (a scan: for operators' tools)."""
+        held = self.holds.get(envelope_id)
+        if held is not None:
+            return held
+        return next((c.decided[envelope_id] for c in self.correlations.values() if envelope_id in c.decided), None)
+
+    @property
+    def decided(self) -> dict[str, Decision]:
+        """Every decision in memory by envelope id, correlation after correlation (a copy: for tests and benches)."""
+        return {k: d for c in self.correlations.values() for k, d in c.decided.items()}
 
     def effective_taint(self, envelope: Envelope) -> tuple[str, ...]:
         """The declared taint and that of everything delivered to the sender in its correlation, sorted."""
-        inherited = self.seen_taint.get((envelope.correlation_id, envelope.sender), frozenset())
+        inherited = self.correlation(envelope.correlation_id).seen_taint.get(envelope.sender, frozenset())
         return tuple(sorted(set(envelope.taint) | inherited))
 
     def tokens(self, policy: Policy, sender: str, at_ns: int) -> float | None:
@@ -81,59 +142,101 @@ class CoordinatorState:
         elapsed_s = max(0, at_ns - bucket.at_ns) / 1e9
         return min(float(rate.burst), bucket.tokens + elapsed_s * rate.per_second)
 
-    def apply(self, decision: Decision, policy: Policy, *, seq: int, undo: Undo | None = None) -> None:
+    def apply(
+        self,
+        decision: Decision,
+        policy: Policy,
+        *,
+        seq: int,
+        undo: Undo | None = None,
+        record_id: str | None = None,
+    ) -> None:
         """Fold one recorded decision (at stream sequence ``seq``) into the state.
 
-        With ``undo``, every value it replaces is noted there first, so
-        :meth:`rollback` can take provisional decisions back out.
+        ``record_id``: the id of the decision record. With ``undo``, every value
+        it replaces is noted there first, so :meth:`rollback` can take
+        provisional decisions back out.
+
+        A correlation loaded from a stored copy that covers ``seq`` already
+        holds the decision (a peer, or this process before a restart, stored it
+        later): only what the partition keeps is folded in then, and whether it
+        was the envelope's first decision is read from the decision itself (only
+        an operator's answer decides an envelope a second time).
         """
-        first = decision.envelope_id not in self.decided
-        self._set(self.decided, decision.envelope_id, decision, undo)
-        if undo is not None:
-            undo.append((self, "last_seq", self.last_seq))
-        self.last_seq = max(self.last_seq, seq)
+        correlation = self.correlations.get(decision.correlation_id)
+        if correlation is None:
+            correlation = Correlation()
+            self._set(self.correlations, decision.correlation_id, correlation, undo)
+        if 0 < seq <= correlation.covered and undo is None:
+            self._apply_partition(decision, policy, first=decision.approval_id is None, undo=None)
+            self.last_seq = max(self.last_seq, seq)
+            return
+        first = decision.envelope_id not in correlation.decided
+        self._set(correlation.decided, decision.envelope_id, decision, undo)
+        if record_id is not None:
+            self._set(correlation.record_ids, decision.envelope_id, record_id, undo)
+            correlation.records.add(record_id)
+        self._set(correlation, "dirty", True, undo)
+        self._set(self, "last_seq", max(self.last_seq, seq), undo)
+        self._apply_partition(decision, policy, first=first, undo=undo)
         if EFFECT_RECORDED in decision.reasons:  # a tool result the sender has now seen
-            key = (decision.correlation_id, decision.sender)
-            self._set(
-                self.seen_taint, key, self.seen_taint.get(key, frozenset()) | frozenset(decision.effective_taint), undo
-            )
+            self._taint(correlation, decision.sender, decision.effective_taint, undo)
             return
-        if EFFECT_REQUESTED in decision.reasons:  # nothing delivered, nothing spent
+        if EFFECT_REQUESTED in decision.reasons or decision.verdict != "accept":
             return
+        self._set(correlation, "spent", correlation.spent + 1, undo)
+        self._set(correlation.hops, decision.envelope_id, decision.hop, undo)
+        for recipient in decision.deliver_to:
+            self._taint(correlation, recipient, decision.effective_taint, undo)
+
+    def _apply_partition(self, decision: Decision, policy: Policy, *, first: bool, undo: Undo | None) -> None:
+        """Fold in what the partition keeps about ``decision``: its sender's rate bucket, holds, suspensions."""
+        if decision.verdict == "hold":
+            self._set(self.holds, decision.envelope_id, decision, undo)
+        elif decision.envelope_id in self.holds:
+            self._set(self.holds, decision.envelope_id, _ABSENT, undo)
+        if decision.kind == SUSPENSION_KIND:
+            self._set(self.suspensions, decision.envelope_id, decision, undo)
+        if EFFECT_RECORDED in decision.reasons or EFFECT_REQUESTED in decision.reasons:
+            return  # nothing delivered, nothing spent
         if first and "rate_limit" not in decision.reasons:
             tokens = self.tokens(policy, decision.sender, decision.decided_ns)
             if tokens is not None:
-                self._set(self.buckets, decision.sender, _Bucket(tokens - 1, decision.decided_ns), undo)
-        if decision.verdict != "accept":
-            return
-        self._set(self.spent, decision.correlation_id, self.spent[decision.correlation_id] + 1, undo)
-        self._set(self.hops, decision.envelope_id, decision.hop, undo)
-        taint = frozenset(decision.effective_taint)
-        for recipient in decision.deliver_to:
-            key = (decision.correlation_id, recipient)
-            self._set(self.seen_taint, key, self.seen_taint.get(key, frozenset()) | taint, undo)
+                self._set(self.buckets, decision.sender, TokenBucket(tokens - 1, decision.decided_ns), undo)
+
+    def _taint(self, correlation: Correlation, agent: str, taint: tuple[str, ...], undo: Undo | None) -> None:
+        seen = correlation.seen_taint.get(agent, frozenset())
+        self._set(correlation.seen_taint, agent, seen | frozenset(taint), undo)
+
+    def recorded(self, decision: Decision, record_id: str) -> None:
+        """Note the id of the record of ``decision`` (applied provisionally, then stored)."""
+        correlation = self.correlations[decision.correlation_id]
+        correlation.record_ids[decision.envelope_id] = record_id
+        correlation.records.add(record_id)
 
     @staticmethod
-    def _set(table: dict[Any, Any], key: Any, value: Any, undo: Undo | None) -> None:
+    def _set(target: Any, key: Any, value: Any, undo: Undo | None) -> None:
+        """Set ``target[key]`` (a dict) or ``target.key`` (an object) to ``value`` (``_ABSENT``: remove it)."""
+        table = isinstance(target, dict)
         if undo is not None:
-            undo.append((table, key, table.get(key, _ABSENT)))
-        table[key] = value
+            undo.append((target, key, target.get(key, _ABSENT) if table else getattr(target, key)))
+        if not table:
+            setattr(target, key, value)
+        elif value is _ABSENT:
+            target.pop(key, None)
+        else:
+            target[key] = value
 
     @staticmethod
     def rollback(undo: Undo) -> None:
         """Restore every value ``undo`` noted, newest first."""
         for target, key, old in reversed(undo):
-            if isinstance(target, CoordinatorState):
-                target.last_seq = old
-            elif old is _ABSENT:
-                target.pop(key, None)
-            else:
-                target[key] = old
+            CoordinatorState._set(target, key, old, None)
         undo.clear()
 
     def held(self) -> list[Decision]:
         """Decisions still waiting for an operator, oldest first."""
-        return sorted((d for d in self.decided.values() if d.verdict == "hold"), key=lambda d: d.decided_ns)
+        return sorted(self.holds.values(), key=lambda d: d.decided_ns)
 
 
 def instruction_verb(envelope: Envelope) -> str | None:
@@ -174,7 +277,8 @@ def decide(
             not is dropped (``unknown_recipient``): every name delivered to costs the
             server an inbox consumer, so names may not be invented.
     """
-    hop = max(envelope.hop, state.hops.get(envelope.causation_id or "", -1) + 1)
+    correlation = state.correlation(envelope.correlation_id)
+    hop = max(envelope.hop, correlation.hops.get(envelope.causation_id or "", -1) + 1)
     effective = state.effective_taint(envelope)
     recipients = list(dict.fromkeys(envelope.to))
 
@@ -201,7 +305,7 @@ def decide(
 
     if hop > policy.limits.hop_limit:
         return refuse_all("hop_limit")
-    if state.spent[envelope.correlation_id] >= policy.limits.budget_per_correlation:
+    if correlation.spent >= policy.limits.budget_per_correlation:
         return refuse_all("budget")
     tokens = state.tokens(policy, envelope.sender, received_ns)
     if tokens is not None and tokens < 1:
@@ -210,7 +314,7 @@ def decide(
         if rate.over_limit == "delay":
             return Deferral(retry_after_s=(1 - tokens) / rate.per_second)
         return refuse_all("rate_limit")
-    problem = cause_problem(envelope, state.decided)
+    problem = cause_problem(envelope, correlation.decided)
     if problem is not None:
         return refuse_all(problem)
 
@@ -248,7 +352,7 @@ def decide(
             dropped.append(Dropped(recipient, "not_allowed"))
         elif not recipient.startswith(subjects.TOPIC_PREFIX) and not known(recipient):
             dropped.append(Dropped(recipient, UNKNOWN_RECIPIENT))
-        elif envelope.kind == "reply" and not reply_may_reach(envelope, recipient, state.decided):
+        elif envelope.kind == "reply" and not reply_may_reach(envelope, recipient, correlation.decided):
             dropped.append(Dropped(recipient, UNSOLICITED_REPLY))
         elif envelope.kind == "instruction" and verb is None:
             dropped.append(Dropped(recipient, "no_verb"))

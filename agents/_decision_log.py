@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
 import msgspec
 
-from trustbus.agents._decision import CoordinatorState, Deferral, Undo
+from trustbus.agents._correlation_store import CorrelationStore
+from trustbus.agents._decision import CoordinatorState, Correlation, Deferral, Undo
 from trustbus.agents._policy import Policy
 from trustbus.bus import (
     HEADER_MSG_ID,
@@ -43,6 +44,7 @@ log = logging.getLogger("trustbus.coordinator")
 
 # Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
 ATOMIC_MIN = 8
+LOAD_AHEAD = 1000  # decisions read before their correlations are loaded together (and, at start, trimmed)
 CONFLICT_LOGGED = "decision append conflicted, caught up"
 """The message of the warning logged on each conflict; its fields are that conflict's :class:`Conflicts`."""
 
@@ -119,38 +121,123 @@ class DecisionLog:
     record id at another sequence) is skipped as a replay.
     """
 
-    def __init__(self, log: SubjectLog, keyring: Keyring, policy: Policy) -> None:
+    def __init__(
+        self, log: SubjectLog, keyring: Keyring, policy: Policy, *, store: CorrelationStore | None = None
+    ) -> None:
         """Nothing is read until :meth:`catch_up`. ``log``: one partition's decisions
-        (:func:`bus.subjects.decision`), or all of them (:func:`bus.subjects.all_decisions`)."""  # noqa: D205, D209
+        (:func:`bus.subjects.decision`), or all of them (:func:`bus.subjects.all_decisions`).
+        ``store``: where correlations beyond its capacity go (None: all stay in memory)."""  # noqa: D205, D209
         self.log = log
         self._keyring = keyring
         self._policy = policy
+        self.store = store
         self.state = CoordinatorState()
-        self.decision_ids: dict[str, str] = {}  # envelope id -> id of the record of its last decision
-        self._records: set[str] = set()  # ids of the decision records applied
         self.conflicts = Conflicts()  # totals since this log was created
 
-    async def catch_up(self) -> None:
-        """Apply every decision appended after the last one applied."""
-        async for record in self.log.read(after=self.state.last_seq):
-            self.apply_recorded(record.body, record.headers, record.seq, record.stored_ns)
+    @property
+    def decision_ids(self) -> dict[str, str]:
+        """Envelope id -> id of the record of its last decision, of every correlation in memory (for tests)."""
+        return {k: r for c in self.state.correlations.values() for k, r in c.record_ids.items()}
 
-    def apply_recorded(self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int) -> None:
-        """Verify one stored decision envelope and fold it in."""
+    def record_id(self, decision: Decision) -> str:
+        """The id of the record of ``decision`` (whose correlation is in memory)."""
+        return self.state.correlation(decision.correlation_id).record_ids[decision.envelope_id]
+
+    async def restore(self) -> None:
+        """Fold in the whole log, starting from the partition's snapshot if the store has a valid one."""
+        if self.store is not None and await self.store.restore(self.state):
+            log.info(
+                "state restored from a snapshot",
+                extra={"partition": self.store.partition, "covered": self.state.last_seq},
+            )
+        elif self.store is not None:
+            log.warning(
+                "no valid snapshot; rebuilding the state from the whole decision log",
+                extra={"partition": self.store.partition},
+            )
+        await self.catch_up(trim=True)
+
+    async def snapshot(self) -> bool:
+        """Store the changed correlations and a snapshot of the partition (if there is a store); whether it was."""
+        return self.store is not None and await self.store.snapshot(self.state)
+
+    async def catch_up(self, *, trim: bool = False) -> int:
+        """Apply every decision appended after the last one applied; how many records were read.
+
+        ``trim``: keep the correlations in memory within the store's capacity
+        as it goes (only where nothing holds on to one: at start).
+        """
+        pending: list[tuple[Decision | None, str, int]] = []  # None: an unusable record, skipped
+        read = 0
+        async for record in self.log.read(after=self.state.last_seq):
+            read += 1
+            opened = self._open(record.body, record.headers, record.seq, record.stored_ns)
+            pending.append((None, "", record.seq) if opened is None else (*opened, record.seq))
+            if len(pending) >= LOAD_AHEAD:
+                await self._apply_all(pending, trim=trim)
+        await self._apply_all(pending, trim=trim)
+        return read
+
+    async def _apply_all(self, pending: list[tuple[Decision | None, str, int]], *, trim: bool) -> None:
+        """Load the correlations of ``pending`` decisions together, fold the decisions in, in order; empty it."""
+        await self.resident(decision.correlation_id for decision, _, _ in pending if decision is not None)
+        for decision, record_id, seq in pending:
+            if decision is None:
+                self.state.last_seq = max(self.state.last_seq, seq)
+            else:
+                self._apply(decision, record_id, seq)
+        pending.clear()
+        if trim:
+            await self.trim()
+
+    def _open(self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int) -> tuple[Decision, str] | None:
+        """The decision in one stored decision envelope and the record's id; None (logged) if it is unusable."""
         try:
             opened = open_envelope(body, headers, keyring=self._keyring, received_ns=stored_ns, at_store=True)
             if opened.grant.role != "coordinator":
                 raise VerificationError(f"decision signed by a {opened.grant.role} key")
-            if opened.envelope.id in self._records:
-                raise VerificationError(f"decision record {opened.envelope.id} stored again")
             decision = decode_decision(opened.envelope.payload)
         except (VerificationError, msgspec.DecodeError, ValueError) as exc:
             log.error("unusable decision record skipped", extra={"stream_seq": seq, "error": str(exc)})
+            return None
+        return decision, opened.envelope.id
+
+    def _apply(self, decision: Decision, record_id: str, seq: int) -> None:
+        """Fold in a verified decision record, unless a copy of it was folded in before (a replay)."""
+        correlation = self.state.correlation(decision.correlation_id)
+        if seq > correlation.covered and record_id in correlation.records:
+            log.error(
+                "unusable decision record skipped",
+                extra={"stream_seq": seq, "error": f"decision record {record_id} stored again"},
+            )
             self.state.last_seq = max(self.state.last_seq, seq)
             return
-        self.state.apply(decision, self._policy, seq=seq)
-        self.decision_ids[decision.envelope_id] = opened.envelope.id
-        self._records.add(opened.envelope.id)
+        self.state.apply(decision, self._policy, seq=seq, record_id=record_id)
+
+    async def resident(self, correlation_ids: Iterable[str]) -> None:
+        """Bring these correlations into memory (from the store), before deciding about them."""
+        if self.store is None:
+            return
+        for correlation_id, revision in (await self.store.load(self.state, correlation_ids)).items():
+            rebuilt = await self._rebuild(correlation_id)
+            rebuilt.revision, rebuilt.dirty = revision, True  # the foreign value is replaced at its next write
+            self.state.correlations[correlation_id] = rebuilt
+
+    async def _rebuild(self, correlation_id: str) -> Correlation:
+        """``correlation_id``'s state, folded from every decision about it in the log up to the last one applied."""
+        state = CoordinatorState()
+        async for record in self.log.read(after=0):
+            if record.seq > self.state.last_seq:
+                break
+            opened = self._open(record.body, record.headers, record.seq, record.stored_ns)
+            if opened is not None and opened[0].correlation_id == correlation_id:
+                state.apply(opened[0], self._policy, seq=record.seq, record_id=opened[1])
+        return state.correlation(correlation_id) if correlation_id in state.correlations else Correlation()
+
+    async def trim(self) -> None:
+        """Store and drop the least recently used correlations beyond the store's capacity (if there is a store)."""
+        if self.store is not None:
+            await self.store.trim(self.state)
 
     async def record(
         self, cause: Envelope, make: Callable[[], Decision | Deferral | None], *, by: Signer
@@ -158,6 +245,7 @@ class DecisionLog:
         """Append what ``make()`` decides about ``cause``, deciding again on a fresh state until no one else got
         there first; what it decided last (None or a deferral: nothing appended)."""  # noqa: D205, D209
         while True:
+            await self.resident([cause.correlation_id])
             result = make()
             if result is None or isinstance(result, Deferral):
                 return result
@@ -186,11 +274,12 @@ class DecisionLog:
         whose decisions this call appended.
         """
         while True:
+            await self.resident(item.envelope.correlation_id for item in items)
             expected = self.state.last_seq
             undo: Undo = []
             fresh: list[tuple[Envelope, Decision]] = []
             for item in items:
-                if item.envelope.id in self.state.decided:
+                if self.state.decided_about(item.envelope):
                     continue
                 decision = await decide(item)
                 if decision is None:
@@ -214,9 +303,9 @@ class DecisionLog:
 
     async def _catch_up_after_conflict(self, *, discarded: int) -> None:
         """Catch up after an append another coordinator's got ahead of, counting it and logging its cost."""
-        decided, began = len(self.state.decided), time.perf_counter()
-        await self.catch_up()
-        cost = Conflicts(1, len(self.state.decided) - decided, time.perf_counter() - began, discarded)
+        began = time.perf_counter()
+        caught_up = await self.catch_up()
+        cost = Conflicts(1, caught_up, time.perf_counter() - began, discarded)
         total = self.conflicts
         total.conflicts += 1
         total.caught_up += cost.caught_up
@@ -232,8 +321,7 @@ class DecisionLog:
         """
         decision, envelope, sealed = record
         seq = await self._store(sealed, after=self.state.last_seq)
-        self.state.apply(decision, self._policy, seq=seq)
-        self.decision_ids[decision.envelope_id] = envelope.id
+        self.state.apply(decision, self._policy, seq=seq, record_id=envelope.id)
         _decided(decision)
 
     async def append_applied(self, records: Sequence[Record], *, after: int) -> None:
@@ -245,14 +333,13 @@ class DecisionLog:
         """
         if len(records) < ATOMIC_MIN:
             last = after
-            for decision, envelope, sealed in records:
+            for _, _, sealed in records:
                 last = await self._store(sealed, after=last)
-                self.decision_ids[decision.envelope_id] = envelope.id
         else:
             batch = [(sealed.body, dict(sealed.headers)) for _, _, sealed in records]
             last = await self.log.append_batch(batch, after=after, batch_id=new_id())
-            for decision, envelope, _ in records:
-                self.decision_ids[decision.envelope_id] = envelope.id
+        for decision, envelope, _ in records:
+            self.state.recorded(decision, envelope.id)
         self.state.last_seq = last
         for decision, _, _ in records:
             _decided(decision)

@@ -78,9 +78,9 @@ def decide_ask(
     Every such decision carries ``effect_requested`` first among its reasons.
     """
     effective = state.effective_taint(envelope)
-    cause = state.decided.get(envelope.causation_id or "")
+    cause = state.decision(envelope.correlation_id, envelope.causation_id or "")
     verdict: Verdict
-    if cause is None or cause.correlation_id != envelope.correlation_id:
+    if cause is None:
         verdict, reason = "reject", UNKNOWN_CAUSE
     elif not record.high_risk and record.tool not in policy.taint.high_risk_tools:
         verdict, reason = "accept", NOT_HIGH_RISK

@@ -50,6 +50,7 @@ class Limits(_Model):
     hop_limit: Annotated[int, Field(ge=0)] = 8
     fanout_per_envelope: Annotated[int, Field(ge=1, le=1000)] = 16
     budget_per_correlation: Annotated[int, Field(ge=1)] = 1000
+    correlations_in_memory: Annotated[int, Field(ge=1)] = 10_000  # per partition; the rest are stored
     rate: RateLimit | None = None
     suspension: Suspension | None = Suspension()
 

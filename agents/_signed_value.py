@@ -8,6 +8,9 @@ server stored the value. Memory values are opened by the bus
 - ``$KV.tb_mem_<T>.<agent>.checkpoint``: the agent's own ``checkpoint`` envelope, which the coordinator accepted.
 - ``$KV.tb_coord_<T>.partition-<p>`` and ``member-<name>``: an ``event`` envelope signed by a ``coordinator``
   key whose JSON payload is a :class:`Holder` naming that key and the signer as holder.
+- ``$KV.tb_state_<T>.c<p>.<hash>`` and ``partition-<p>``: a ``state`` event signed by a ``coordinator`` key
+  whose msgpack payload names that key, its partition and the log sequence it covers
+  (:mod:`agents._correlation_store`).
 
 A coordinator's value is judged at its store time alone (a coordinator whose
 clock was stepped still writes values its peers and agents believe), by the
@@ -24,8 +27,10 @@ from typing import Any
 import msgspec
 
 from trustbus.bus import (
+    MAX_MSG_SIZE,
     Identity,
     Keyring,
+    Limits,
     MalformedPayload,
     SignedValue,
     VerificationError,
@@ -35,6 +40,9 @@ from trustbus.bus import (
     open_coordinator_value,
     seal,
 )
+
+# A state value holds a correlation's decisions: allow it what one stored message may hold.
+_VALUE_LIMITS = Limits(max_bytes=MAX_MSG_SIZE)
 
 
 class Holder(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -100,3 +108,29 @@ def open_holder(value: bytes, *, keyring: Keyring, key: str, stored_ns: int) -> 
     if holder.name != opened.envelope.sender:
         raise ValueError(f"names {holder.name} as holder, signed by {opened.envelope.sender}")
     return holder
+
+
+def state_value(coordinator: Identity, name: str, payload: bytes, *, tenant: str, now_ns: int) -> bytes:
+    """The bytes to store at a state key: ``payload`` in an ``event`` envelope signed by the coordinator ``name``."""
+    envelope = new_envelope(
+        tenant=tenant,
+        kind="event",
+        sender=name,
+        to=(),
+        content_type="application/msgpack",
+        payload=payload,
+        now_ns=now_ns,
+    )
+    sealed = seal(envelope, coordinator)
+    return SignedValue.of(sealed.body, sealed.headers).encode()
+
+
+def open_state_value(value: bytes, *, keyring: Keyring, stored_ns: int) -> bytes:
+    """The payload of a state value a coordinator signed; ValueError saying why it is foreign otherwise.
+
+    The caller checks the payload names the key, partition and correlation it was read for.
+    """
+    opened = open_coordinator_value(value, keyring=keyring, stored_ns=stored_ns, kind="event", limits=_VALUE_LIMITS)
+    if opened.envelope.content_type != "application/msgpack":
+        raise ValueError(f"a coordinator's {opened.envelope.content_type} event, not a state value")
+    return opened.envelope.payload

@@ -29,11 +29,10 @@ from collections.abc import Mapping
 
 import msgspec
 
-from trustbus.agents._decision import CoordinatorState
+from trustbus.agents._decision import SUSPENSION_KIND, CoordinatorState
 from trustbus.agents._policy import Policy
 from trustbus.bus import Decision, Envelope, new_envelope, subjects
 
-SUSPENSION_KIND = "suspension"
 SUSPENDED = "suspended"  # the reason code of what a suspended sender sends
 THRESHOLD_REASON = "rejection_threshold"
 
@@ -83,12 +82,12 @@ class Suspensions:
     def current(self, sender: str) -> Decision | None:
         """The decision about ``sender``'s latest suspension in this partition, if it was ever suspended."""
         episode = self._episodes.get(sender, 0)
-        while suspension_id(sender, self._partition, episode + 1) in self._state.decided:
+        while suspension_id(sender, self._partition, episode + 1) in self._state.suspensions:
             episode += 1
         self._episodes[sender] = episode
         if episode == 0:
             return None
-        return self._state.decided[suspension_id(sender, self._partition, episode)]
+        return self._state.suspensions[suspension_id(sender, self._partition, episode)]
 
     def suspended(self, sender: str) -> bool:
         """Whether ``sender``'s traffic in this partition is refused unverified."""

@@ -1,6 +1,6 @@
 """Restart benchmark: how long a coordinator takes to read its decision log back, one get per record or in batches.
 
-Run: ``python bench/restart.py [--decisions N ...] [--json]``.
+Run: ``python bench/restart.py [--decisions N ...] [--snapshot] [--process] [--bounded-only] [--json]``.
 
 One ``bus.EmbeddedServer(port=0)`` (temporary store dir), one provisioned
 tenant. The long log is written directly, not driven through a coordinator
@@ -19,8 +19,19 @@ over the same log (``python -m trustbus coordinator run``, every partition
 its own) and timed from its start to its JSON ready line, which it prints once
 it has caught up on its partitions' decisions. Printed for each ``N`` (default
 10,000 and 100,000): seconds and decisions/s of each read, whether both folded
-the same state, and the process's start to ready. With ``--json`` the last line
-of stdout is one JSON object with every figure.
+the same state, and the process's start to ready.
+
+With ``--snapshot``, the state is then rebuilt as a coordinator does at start
+with no snapshot (``DecisionLog.restore`` with a ``CorrelationStore`` of the
+default capacity, 10,000 correlations: the whole log, storing the correlations
+beyond the capacity in ``tb_state_<T>`` as it goes), a snapshot is stored
+(``DecisionLog.snapshot``), ``TAIL`` more decisions are written, and a fresh
+restore is timed (the snapshot, then only the tail). With ``--process`` too,
+the coordinator process then starts from that snapshot, and its RSS once ready
+(``/proc/<pid>/status``) is printed. ``--bounded-only`` skips both reads into
+a state that keeps every decision in memory (at 1,000,000 they take minutes
+and about 1 GB). With ``--json`` the last line of stdout is one JSON object
+with every figure.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from typing import Any
 from trustbus import bus
 from trustbus._supervisor import ProcessFailed, Supervisor
 from trustbus.agents import parse_policy
+from trustbus.agents._correlation_store import correlation_store
 from trustbus.agents._decision_log import DecisionLog, decision_record
 
 TENANT = "bench"
@@ -46,6 +58,7 @@ BATCH = 1000
 RULES = {"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]}
 POLICY = parse_policy(RULES)
 READY_S = 600.0
+TAIL = 1000  # decisions written after the snapshot
 
 
 def decision_about(cause: bus.Envelope, seq: int, now_ns: int) -> bus.Decision:
@@ -70,7 +83,8 @@ def decision_about(cause: bus.Envelope, seq: int, now_ns: int) -> bus.Decision:
 
 async def write_decisions(coordinator: bus.Bus, log: bus.SubjectLog, count: int) -> None:
     """Append ``count`` decision records signed by ``coordinator`` to ``log``, ``BATCH`` at a time."""
-    last = 0
+    tip = await log.last()
+    last = 0 if tip is None else tip.seq
     correlation = bus.new_id()
     for start in range(0, count, BATCH):
         records = []
@@ -93,7 +107,35 @@ async def timed_catch_up(log: bus.SubjectLog, keyring: bus.Keyring) -> tuple[flo
     return time.perf_counter() - start, decisions
 
 
-async def measure(count: int, *, process: bool) -> dict[str, Any]:
+async def timed_restore(coordinator: bus.Bus, log: bus.SubjectLog) -> tuple[float, DecisionLog]:
+    """Seconds a coordinator's :meth:`DecisionLog.restore` of partition 0 takes (its snapshot, if any, and the rest)."""
+    decisions = DecisionLog(log, coordinator.keyring.keyring, POLICY, store=correlation_store(coordinator, 0))
+    start = time.perf_counter()
+    await decisions.restore()
+    return time.perf_counter() - start, decisions
+
+
+async def with_snapshot(coordinator: bus.Bus, subject: str) -> dict[str, Any]:
+    """Rebuild with no snapshot, store one, write ``TAIL`` more decisions, and time a restore from it."""
+    rebuild_s, rebuilt = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
+    start = time.perf_counter()
+    assert await rebuilt.snapshot()
+    snapshot_s = time.perf_counter() - start
+    await write_decisions(coordinator, coordinator.log(subject), TAIL)
+    restore_s, restored = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
+    assert restored.store is not None and rebuilt.store is not None
+    return {
+        "rebuild_without_snapshot_s": round(rebuild_s, 2),
+        "correlations_stored": rebuilt.store.writes,
+        "snapshot_s": round(snapshot_s, 2),
+        "restore_from_snapshot_s": round(restore_s, 2),
+        "tail": TAIL,
+        "loads_after_snapshot": restored.store.loads,
+        "in_memory_after_restore": len(restored.state.correlations),
+    }
+
+
+async def measure(count: int, *, process: bool, snapshot: bool = False, unbounded: bool = True) -> dict[str, Any]:
     """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start)."""
     with bus.EmbeddedServer(port=0) as server, tempfile.TemporaryDirectory() as tmp:
         keys = bus.KeyDirectory(Path(tmp) / "keys")
@@ -106,26 +148,31 @@ async def measure(count: int, *, process: bool) -> dict[str, Any]:
             await write_decisions(coordinator, coordinator.log(subject), count)
             write_s = time.perf_counter() - start
             ring = coordinator.keyring.keyring
-            one_by_one_s, old = await timed_catch_up(coordinator.log(subject), ring)
-            batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
-        ready_s = coordinator_ready_s(server.url, keys, Path(tmp)) if process else None
-    return {
-        "decisions": count,
-        "write_s": round(write_s, 2),
-        "one_by_one_s": round(one_by_one_s, 2),
-        "one_by_one_per_s": round(count / one_by_one_s),
-        "batched_s": round(batched_s, 2),
-        "batched_per_s": round(count / batched_s),
-        "speedup": round(one_by_one_s / batched_s, 1),
-        "same_state": old.state.last_seq == new.state.last_seq
-        and old.decision_ids == new.decision_ids
-        and len(old.state.decided) == len(new.state.decided) == count,
-        "process_ready_s": None if ready_s is None else round(ready_s, 2),
-    }
+            result: dict[str, Any] = {"decisions": count, "write_s": round(write_s, 2)}
+            if unbounded:
+                batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
+                result |= {"batched_s": round(batched_s, 2), "batched_per_s": round(count / batched_s)}
+                one_by_one_s, old = await timed_catch_up(coordinator.log(subject), ring)
+                result |= {
+                    "one_by_one_s": round(one_by_one_s, 2),
+                    "one_by_one_per_s": round(count / one_by_one_s),
+                    "speedup": round(one_by_one_s / batched_s, 1),
+                    "same_state": old.state.last_seq == new.state.last_seq
+                    and old.decision_ids == new.decision_ids
+                    and len(old.state.decided) == len(new.state.decided) == count,
+                }
+                del old, new
+            if snapshot:
+                result |= await with_snapshot(coordinator, subject)
+        ready = await asyncio.to_thread(coordinator_ready, server.url, keys, Path(tmp)) if process else None
+    result["process_ready_s"] = None if ready is None else round(ready[0], 2)
+    result["process_rss_mb"] = None if ready is None else round(ready[1], 1)
+    return result
 
 
-def coordinator_ready_s(url: str, keys: bus.KeyDirectory, tmp: Path) -> float:
-    """Seconds from starting ``trustbus coordinator run`` as c1 to its ready line; then it is stopped."""
+def coordinator_ready(url: str, keys: bus.KeyDirectory, tmp: Path) -> tuple[float, float]:
+    """Seconds from starting ``trustbus coordinator run`` as c1 to its ready line, and its RSS then (MB); then it
+    is stopped."""
     policy = tmp / "policy.yaml"
     policy.write_text(json.dumps(RULES))  # JSON is YAML
     env = {**os.environ, "NATS_URL": url, "TRUSTBUS_KEYS": str(keys.root)}
@@ -140,11 +187,19 @@ def coordinator_ready_s(url: str, keys: bus.KeyDirectory, tmp: Path) -> float:
         ready_s = time.perf_counter() - start
         if not line.get("ready"):
             raise RuntimeError(f"the coordinator's first line is not its ready line: {line}")
-        return ready_s
+        return ready_s, rss_mb(coordinator.pid)
     except ProcessFailed as exc:
         raise RuntimeError("\n".join([str(exc), *coordinator.tail()])) from None
     finally:
         processes.stop_all()
+
+
+def rss_mb(pid: int) -> float:
+    """The resident set of process ``pid``, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def main() -> None:
@@ -153,27 +208,41 @@ def main() -> None:
         "--decisions", type=int, nargs="+", default=[10_000, 100_000], help="decision log lengths to time"
     )
     parser.add_argument("--process", action="store_true", help="also time a coordinator process's start to ready")
+    parser.add_argument("--snapshot", action="store_true", help="also time a restore from a snapshot and a tail")
+    parser.add_argument("--bounded-only", action="store_true", help="skip the reads that keep every decision")
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line of stdout")
     args = parser.parse_args()
     out = sys.stderr if args.json else sys.stdout
     results = []
     for count in args.decisions:
-        result = asyncio.run(measure(count, process=args.process))
-        results.append(result)
-        print(
-            f"{count:>9,} decisions: one get per record {result['one_by_one_s']:7.2f} s "
-            f"({result['one_by_one_per_s']:,}/s), in batches {result['batched_s']:6.2f} s "
-            f"({result['batched_per_s']:,}/s), x{result['speedup']}, same state: {result['same_state']} "
-            f"(written in {result['write_s']} s)"
-            + (
-                ""
-                if result["process_ready_s"] is None
-                else f"; coordinator process ready in {result['process_ready_s']} s"
-            ),
-            file=out,
+        result = asyncio.run(
+            measure(count, process=args.process, snapshot=args.snapshot, unbounded=not args.bounded_only)
         )
+        results.append(result)
+        print(describe(result), file=out)
     if args.json:
         print(json.dumps({"runs": results}))
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line of figures for one log length."""
+    line = f"{result['decisions']:>9,} decisions (written in {result['write_s']} s): "
+    if "one_by_one_s" in result:
+        line += (
+            f"one get per record {result['one_by_one_s']:7.2f} s ({result['one_by_one_per_s']:,}/s), "
+            f"in batches {result['batched_s']:6.2f} s ({result['batched_per_s']:,}/s), "
+            f"x{result['speedup']}, same state: {result['same_state']}"
+        )
+    if "restore_from_snapshot_s" in result:
+        line += (
+            f"; no snapshot, bounded rebuild {result['rebuild_without_snapshot_s']} s "
+            f"({result['correlations_stored']:,} correlations stored), snapshot {result['snapshot_s']} s, "
+            f"restore from it + {result['tail']:,} decisions {result['restore_from_snapshot_s']} s "
+            f"({result['loads_after_snapshot']:,} correlation loads)"
+        )
+    if result["process_ready_s"] is not None:
+        line += f"; coordinator process ready in {result['process_ready_s']} s, RSS {result['process_rss_mb']} MB"
+    return line
 
 
 if __name__ == "__main__":

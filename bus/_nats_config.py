@@ -24,7 +24,14 @@ from trustbus.bus._permissions import (
     services_of,
     user_of,
 )
-from trustbus.bus._subjects import check_name, coordinator_bucket, keyring_bucket, memory_bucket, stream_name
+from trustbus.bus._subjects import (
+    check_name,
+    coordinator_bucket,
+    keyring_bucket,
+    memory_bucket,
+    state_bucket,
+    stream_name,
+)
 
 SYSTEM_ACCOUNT = "SYS"
 _ROLE_ORDER: tuple[Role, ...] = ("admin", "coordinator", "ledger", "operator", "agent")
@@ -183,7 +190,8 @@ def _render(
         lines += [f"{_INDENT}}}", ""]
     lines += [
         f"{_INDENT}# Tenant {tenant}: its own subject space and JetStream (stream {stream_name(tenant)},",
-        f"{_INDENT}# KV buckets {keyring_bucket(tenant)}, {memory_bucket(tenant)} and {coordinator_bucket(tenant)}).",
+        f"{_INDENT}# KV buckets {keyring_bucket(tenant)}, {memory_bucket(tenant)}, {coordinator_bucket(tenant)}",
+        f"{_INDENT}# and {state_bucket(tenant)}).",
         f'{_INDENT}"{tenant}" {{',
         f"{_INDENT * 2}jetstream: enabled",
         f"{_INDENT * 2}users = [",

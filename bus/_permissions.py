@@ -45,6 +45,7 @@ from trustbus.bus._subjects import (
     own_outboxes,
     quarantine,
     reply_prefix,
+    state_bucket,
     stream_name,
 )
 
@@ -216,6 +217,9 @@ def _coordinator(tenant: str) -> tuple[Rule, ...]:
         Rule(f"$KV.{coordinator_bucket(tenant)}.>", "lease partitions (compare-and-set on their keys)"),
         Rule(f"$JS.API.STREAM.INFO.KV_{coordinator_bucket(tenant)}", "open the lease bucket"),
         Rule(f"$JS.API.STREAM.MSG.GET.KV_{coordinator_bucket(tenant)}", "read the leases"),
+        Rule(f"$KV.{state_bucket(tenant)}.>", "store correlations kept out of memory, and snapshots"),
+        Rule(f"$JS.API.STREAM.INFO.KV_{state_bucket(tenant)}", "open the state bucket"),
+        Rule(f"$JS.API.STREAM.MSG.GET.KV_{state_bucket(tenant)}", "load stored correlations"),
     )
 
 

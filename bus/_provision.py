@@ -21,6 +21,7 @@ from trustbus.bus._subjects import (
     given_up_stream,
     keyring_bucket,
     memory_bucket,
+    state_bucket,
     stream_name,
 )
 
@@ -139,7 +140,7 @@ async def provision(
             else:
                 report.unchanged.append(wanted.name or "")
         await _provision_given_up_stream(js, given_up_stream_config(tenant, replicas=replicas), report)
-        for bucket in (keyring_bucket(tenant), memory_bucket(tenant), coordinator_bucket(tenant)):
+        for bucket in (keyring_bucket(tenant), memory_bucket(tenant), coordinator_bucket(tenant), state_bucket(tenant)):
             try:
                 backing = (await js.stream_info(f"KV_{bucket}")).config
             except nats.js.errors.NotFoundError:

@@ -214,6 +214,11 @@ def coordinator_bucket(tenant: str) -> str:
     return f"tb_coord_{check_name(tenant, what='tenant')}"
 
 
+def state_bucket(tenant: str) -> str:
+    """The KV bucket where coordinators store the correlations they keep out of memory, ``tb_state_<tenant>``."""
+    return f"tb_state_{check_name(tenant, what='tenant')}"
+
+
 def checkpoint(tenant: str) -> str:
     """Ledger checkpoints: ``tb.<tenant>.ledger.checkpoint``."""
     return f"tb.{check_name(tenant, what='tenant')}.ledger.checkpoint"

@@ -38,7 +38,14 @@ def env(server: str, tmp_path: Path) -> dict[str, str]:
 def test_init_send_tail_round_trip(env: dict[str, str]) -> None:
     first = json.loads(run("init", "--tenant", "clione", "--json", env=env).stdout)
     second = json.loads(run("init", "--tenant", "clione", "--json", env=env).stdout)
-    assert first["created"] == ["TB_clione", "TBADV_clione", "tb_keys_clione", "tb_mem_clione", "tb_coord_clione"]
+    assert first["created"] == [
+        "TB_clione",
+        "TBADV_clione",
+        "tb_keys_clione",
+        "tb_mem_clione",
+        "tb_coord_clione",
+        "tb_state_clione",
+    ]
     assert first["partitions"] == 1
     assert second["created"] == [] and second["updated"] == []
     assert second["admin_key"] == first["admin_key"]
@@ -177,7 +184,9 @@ def test_development_config_needs_credentials_and_accepts_the_admin(tmp_path: Pa
         assert anonymous.returncode == 1 and "cannot connect" in anonymous.stderr
         admin_url = url.replace("nats://", "nats://admin:dev-admin@")
         created = json.loads(run("init", "--tenant", "dev", "--json", env={**base, "NATS_URL": admin_url}).stdout)
-        assert created["created"] == ["TB_dev", "TBADV_dev", "tb_keys_dev", "tb_mem_dev", "tb_coord_dev"]
+        assert created["created"] == [
+            "TB_dev", "TBADV_dev", "tb_keys_dev", "tb_mem_dev", "tb_coord_dev", "tb_state_dev",
+        ]  # fmt: skip
         assert up.stop(20) == 0
 
 

@@ -93,6 +93,7 @@ async def test_up_cluster_forms_a_cluster_that_provisions_at_once_and_stops_on_s
             "tb_keys_upcluster",
             "tb_mem_upcluster",
             "tb_coord_upcluster",
+            "tb_state_upcluster",
         ]
         up.send_signal(signal.SIGTERM)
         assert await up.exited(30) == 0
@@ -137,7 +138,7 @@ async def test_init_on_the_cluster_makes_r3_stream_and_buckets(cluster: Embedded
     nc = await nats.connect(cluster.urls)
     try:
         js = nc.jetstream()
-        for name in ("TB_rthree", "KV_tb_keys_rthree", "KV_tb_mem_rthree", "KV_tb_coord_rthree"):
+        for name in ("TB_rthree", "KV_tb_keys_rthree", "KV_tb_mem_rthree", "KV_tb_coord_rthree", "KV_tb_state_rthree"):
             info = await js.stream_info(name)
             assert info.config.num_replicas == 3, name
             assert info.cluster is not None and info.cluster.leader in ("n1", "n2", "n3")

@@ -17,7 +17,8 @@ RECORDS = 3000
 POLICY = parse_policy({"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]})
 
 
-def _accepted(cause: Envelope) -> Decision:
+def accepted(cause: Envelope) -> Decision:
+    """An accepted delivery of ``cause`` to bob."""
     return Decision(
         envelope_id=cause.id,
         source_seq=1,
@@ -36,14 +37,16 @@ def _accepted(cause: Envelope) -> Decision:
     )
 
 
-async def _write(coordinator: Bus, log: SubjectLog, count: int) -> list[str]:
-    """``count`` decision records signed by ``coordinator``, appended in atomic batches; the envelopes decided."""
-    decided, last = [], 0
+async def write_accepted(coordinator: Bus, log: SubjectLog, count: int) -> list[str]:
+    """``count`` decision records signed by ``coordinator``, appended in atomic batches after the log's last; the
+    envelopes decided (each the first of its own correlation, named by its id)."""
+    tip = await log.last()
+    decided, last = [], 0 if tip is None else tip.seq
     for start in range(0, count, 1000):
         records = []
         for _ in range(start, min(start + 1000, count)):
             cause = new_envelope(tenant=coordinator.tenant, kind="event", sender="alice", to=["bob"])
-            _, _, sealed = decision_record(coordinator, cause, _accepted(cause))
+            _, _, sealed = decision_record(coordinator, cause, accepted(cause))
             records.append((sealed.body, dict(sealed.headers)))
             decided.append(cause.id)
         last = await log.append_batch(records, after=last, batch_id=new_id())
@@ -73,7 +76,7 @@ async def test_catch_up_reads_a_long_log_in_order_with_a_request_per_batch(tenan
     await tenant.add("c1", role="coordinator")
     coordinator = await tenant.bus("c1")
     subject = subjects.decision(tenant.name, 0)
-    decided = await _write(coordinator, coordinator.log(subject), RECORDS)
+    decided = await write_accepted(coordinator, coordinator.log(subject), RECORDS)
     last = await coordinator.log(subject).last()
     assert last is not None
 

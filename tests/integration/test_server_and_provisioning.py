@@ -69,6 +69,7 @@ async def test_provisioning_twice_changes_nothing(tenant: Tenant) -> None:
             f"tb_keys_{tenant.name}",
             f"tb_mem_{tenant.name}",
             f"tb_coord_{tenant.name}",
+            f"tb_state_{tenant.name}",
         ]
     )
     assert before.config == after.config

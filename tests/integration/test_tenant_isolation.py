@@ -273,6 +273,7 @@ async def test_each_tenants_jetstream_holds_only_its_own_stream_and_buckets(conn
             keyring_stream(tenant),
             memory_stream(tenant),
             f"KV_tb_coord_{tenant}",
+            f"KV_tb_state_{tenant}",
         }
 
 

@@ -147,7 +147,7 @@ class Racer:
         """What the Coordinator does with one envelope decided alone (an effect, an approval, a memory write)."""
 
         def make() -> Decision | Deferral | None:
-            if item.envelope.id in self.log.state.decided:
+            if self.log.state.decided_about(item.envelope):
                 return None  # decided by the other coordinator
             self.decided.append(item.envelope.id)
             return decide(POLICY, item.envelope, self.log.state, received_ns=T0, source_seq=item.seq)
@@ -221,7 +221,7 @@ async def test_a_correlations_budget_is_spent_once_by_two_coordinators() -> None
     assert [d.reasons for d in decisions if d.verdict != "accept"] == [("budget",)] * BUDGET
     assert c1.watched.conflicts + c2.watched.conflicts >= 1
     folded = await fold(stream)
-    assert folded.spent[correlation] == BUDGET
+    assert folded.correlation(correlation).spent == BUDGET
     for coordinator in (c1, c2):  # the first to finish has not read the other's later records yet
         await coordinator.log.catch_up()
         assert coordinator.log.state == folded

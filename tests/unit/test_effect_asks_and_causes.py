@@ -167,18 +167,18 @@ def test_a_tool_the_policy_lists_as_high_risk_is_held_though_the_agents_registry
 def test_tainted_high_risk_call_is_held_whatever_kind_caused_it_then_approved_or_denied() -> None:
     state = CoordinatorState()
     handed = tainted_delivery_to_billing(state)
-    spent = state.spent[handed.correlation_id]
+    spent = state.correlation(handed.correlation_id).spent
     held = ask(state, ask_from("billing", handed, ("web",)))
     assert held.verdict == "hold" and held.reasons == ("effect_requested", "tainted_high_risk")
     assert held.kind == "effect" and held.deliver_to == () and state.held() == [held]
-    assert state.spent[handed.correlation_id] == spent  # an ask is no message: no budget spent
+    assert state.correlation(handed.correlation_id).spent == spent  # an ask is no message: no budget spent
     approval = env("ops", (), kind="approval")
     released = decide_approval(held, approval, approve=True, received_ns=T0 + 1)
     denied = decide_approval(held, approval, approve=False, received_ns=T0 + 1)
     assert released.verdict == "accept" and released.reasons[-1] == "approved" and released.deliver_to == ()
     assert denied.verdict == "reject" and denied.reasons[-1] == "denied"
     state.apply(released, POLICY, seq=state.last_seq + 1)
-    assert state.held() == [] and state.spent[handed.correlation_id] == spent
+    assert state.held() == [] and state.correlation(handed.correlation_id).spent == spent
 
 
 def test_ask_is_judged_on_the_taint_the_coordinator_delivered_not_only_what_it_declares() -> None:
@@ -224,7 +224,8 @@ def test_held_ask_survives_a_rebuild_of_the_state_from_the_log() -> None:
     rebuilt = CoordinatorState()
     for seq, decision in enumerate(live.decided.values(), start=1):
         rebuilt.apply(decision, POLICY, seq=seq)
-    assert rebuilt.held() == [held] and rebuilt.spent == live.spent
+    assert rebuilt.held() == [held]
+    assert {c: s.spent for c, s in rebuilt.correlations.items()} == {c: s.spent for c, s in live.correlations.items()}
 
 
 # -- the answer a runtime accepts -------------------------------------------------------------------

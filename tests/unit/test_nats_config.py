@@ -113,9 +113,8 @@ def test_coordinator_mediates_but_cannot_touch_a_stream_or_an_outbox(grants: lis
     perms = permissions(render_tenant_config(T, grants), grants[1].key_id)
     assert perms["deny"] == DENY_DESTRUCTIVE
     assert perms["subscribe"] == ["_INBOX_coordinator.>", KEYRING_NOTICES]
-    assert {"tb.acme.in.*", "tb.acme.topic.*", "tb.acme.decision.*", "$KV.tb_mem_acme.>", "$KV.tb_coord_acme.>"} <= set(
-        perms["publish"]
-    )
+    rights = {"tb.acme.in.*", "tb.acme.topic.*", "tb.acme.decision.*", "$KV.tb_mem_acme.>", "$KV.tb_coord_acme.>"}
+    assert rights | {"$KV.tb_state_acme.>"} <= set(perms["publish"])
     assert not [s for s in perms["publish"] if s.startswith(("tb.acme.out.", "tb.acme.effect.", "$JS.API.STREAM.D"))]
 
 

@@ -211,7 +211,7 @@ def test_tainted_instruction_to_a_high_risk_tool_is_held_even_when_taint_is_not_
     assert held.declared_taint == () and held.effective_taint == ("web",)
     assert held.deliver_to == ("billing",)
     assert state.held() == [held]
-    assert state.spent[corr] == 1  # the held instruction is not spent until released
+    assert state.correlation(corr).spent == 1  # the held instruction is not spent until released
 
 
 def test_untainted_high_risk_instruction_and_tainted_low_risk_instruction_pass_without_a_person() -> None:
@@ -234,7 +234,7 @@ def test_approval_releases_a_held_instruction_and_denial_drops_it() -> None:
     released = decide_approval(held, approval, approve=True, received_ns=T0 + 1)
     state.apply(released, TAINT_POLICY, seq=state.last_seq + 1)
     assert released.verdict == "accept" and released.deliver_to == ("billing",) and released.approver == "ops"
-    assert state.held() == [] and state.spent[corr] == 2
+    assert state.held() == [] and state.correlation(corr).spent == 2
     denied = decide_approval(held, approval, approve=False, received_ns=T0 + 1)
     assert (
         denied.verdict == "reject"
@@ -300,8 +300,8 @@ def test_provisional_decisions_can_be_rolled_back_exactly() -> None:
         state.apply(d, TAINT_POLICY, seq=state.last_seq, undo=undo)  # type: ignore[arg-type]
     assert state.decided != before.decided
     CoordinatorState.rollback(undo)  # type: ignore[arg-type]
-    assert (state.decided, state.spent, state.hops, state.seen_taint, state.buckets, state.last_seq) == (
-        before.decided, before.spent, before.hops, before.seen_taint, before.buckets, before.last_seq
+    assert (state.correlations, state.buckets, state.holds, state.suspensions, state.last_seq) == (
+        before.correlations, before.buckets, before.holds, before.suspensions, before.last_seq
     )  # fmt: skip
 
 

@@ -1,0 +1,293 @@
+"""A coordinator that keeps few correlations in memory decides exactly as one that keeps them all (bus.testing).
+
+Random decision sequences (many correlations, causes from any of them, replies, instructions held
+under taint, approvals and denials, tool results, checkpoints, a rate limit that defers) are decided
+by two coordinators, each on its own log: one whose state holds every correlation, and one whose
+:class:`~agents._correlation_store.CorrelationStore` keeps at most one or two in memory between
+envelopes (so almost every envelope loads its correlation back), and which is sometimes restarted
+(rebuilt from its log and the stored correlations). Every decision must be the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.unit import test_decision_race as race
+from tests.unit.test_decision_race import (
+    KEYS,
+    TENANT,
+    CoordinatorKey,
+    Racer,
+    Watched,
+    fold,
+    keyring,
+    outboxed,
+    records,
+    times_decided,
+)
+from trustbus.agents import parse_policy
+from trustbus.agents._correlation_store import CorrelationStore, correlation_key
+from trustbus.agents._decision import CoordinatorState, Deferral, decide, decide_approval, record_effect
+from trustbus.agents._decision_log import DecisionLog
+from trustbus.bus import Approval, Decision, Envelope, new_envelope, subjects
+from trustbus.bus.testing import MemoryBucket, MemoryStream
+
+T0 = time.time_ns()
+STEP_NS = 300_000_000  # between two envelopes: a third of a token of the rate below
+AGENTS = ("triage", "billing", "research")
+POLICY = parse_policy(
+    {
+        "limits": {
+            "hop_limit": 4,
+            "budget_per_correlation": 5,
+            "rate": {"per_second": 1, "burst": 3, "over_limit": "delay"},
+        },
+        "taint": {"on_tainted_instruction": "hold"},
+        "rules": [
+            {"from": "triage", "to": ["billing", "research"], "kinds": ["instruction"], "verbs": ["refund"]},
+            {"from": "*", "to": ["*"], "kinds": ["event", "reply"]},
+        ],
+    }
+)
+KINDS = ("event", "event", "reply", "instruction", "effect", "checkpoint", "approve", "deny", "restart")
+
+Step = tuple[str, int, int, int, int, bool]
+
+
+@dataclass
+class Side:
+    """One coordinator: its log, its state (and, when bounded, its store)."""
+
+    log: DecisionLog
+    key: CoordinatorKey
+
+    async def record(self, cause: Envelope, make: object) -> Decision | Deferral | None:
+        return await self.log.record(cause, make, by=self.key)  # type: ignore[arg-type]
+
+
+def side(stream: MemoryStream, bucket: MemoryBucket | None, capacity: int) -> Side:
+    ring = keyring()
+    store = None
+    if bucket is not None:
+        store = CorrelationStore(
+            bucket,
+            identity=KEYS["c2"],
+            name="c2",
+            tenant=TENANT,
+            keyring=ring,
+            partition=0,
+            capacity=capacity,
+            clock=time.time_ns,
+        )
+    log = DecisionLog(stream.log(subjects.decision(TENANT, 0)), ring, POLICY, store=store)
+    return Side(log, CoordinatorKey(TENANT, "c2" if store else "c1", KEYS["c2" if store else "c1"]))
+
+
+def envelope_for(step: Step, sent: list[Envelope], correlations: list[str]) -> Envelope | None:
+    """The envelope a step sends (None: an approval or a restart)."""
+    kind, sender, to, correlation, cause, tainted = step
+    if kind in ("approve", "deny", "restart"):
+        return None
+    cause_of = sent[cause % len(sent)] if sent and cause % 3 else None
+    if kind == "reply" and cause_of is not None:
+        correlation_id = cause_of.correlation_id if cause % 5 else correlations[correlation]
+    else:
+        correlation_id = correlations[correlation]
+    sender_name = AGENTS[sender]
+    recipients = (sender_name,) if kind == "checkpoint" else tuple(dict.fromkeys((AGENTS[to], AGENTS[(to + 1) % 3])))
+    return new_envelope(
+        tenant=TENANT,
+        kind="effect" if kind == "effect" else kind,  # type: ignore[arg-type]
+        sender=sender_name,
+        to=() if kind == "effect" else recipients[: 1 + cause % 2],
+        correlation_id=correlation_id,
+        causation_id=None if cause_of is None else cause_of.id,
+        hop=cause % 3,
+        taint=["web"] if tainted else [],
+        payload=b'{"verb":"refund"}' if kind == "instruction" else b"{}",
+        now_ns=T0,
+    )
+
+
+def approval_of(target: Decision, verdict: str) -> Envelope:
+    """An operator's approval (or denial) of the held ``target``."""
+    return new_envelope(
+        tenant=TENANT,
+        kind="approval",
+        sender="ops",
+        to=(),
+        correlation_id=target.correlation_id,
+        causation_id=target.envelope_id,
+        payload=Approval(envelope_id=target.envelope_id, verdict=verdict).encode(),  # type: ignore[arg-type]
+        now_ns=T0,
+    )
+
+
+async def answer(s: Side, approval: Envelope, target: str, *, approve: bool, at: int) -> Decision | Deferral | None:
+    """What the coordinator does with an operator's answer about the held envelope ``target``."""
+
+    def release() -> Decision | None:
+        held_now = s.log.state.decision(approval.correlation_id, target)
+        if held_now is None or held_now.verdict != "hold":
+            return None
+        return decide_approval(held_now, approval, approve=approve, received_ns=at)
+
+    return await s.record(approval, release)
+
+
+async def mediate(s: Side, envelope: Envelope, *, at: int, seq: int, tool_taint: bool) -> Decision | Deferral | None:
+    """What the coordinator does with an envelope from an outbox (or a completed tool call's record)."""
+
+    def make() -> Decision | Deferral | None:
+        if s.log.state.decided_about(envelope):
+            return None
+        if envelope.kind == "effect":
+            return record_effect(envelope, ("tool",) if tool_taint else (), received_ns=at, source_seq=seq)
+        return decide(POLICY, envelope, s.log.state, received_ns=at, source_seq=seq)
+
+    return await s.record(envelope, make)
+
+
+async def play(steps: list[Step], capacity: int) -> None:
+    correlations = [f"corr-{i}" for i in range(8)]
+    full = side(MemoryStream(), None, capacity)
+    stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
+    bounded = side(stream, bucket, capacity)
+    sent: list[Envelope] = []
+    for index, step in enumerate(steps):
+        at = T0 + index * STEP_NS
+        kind = step[0]
+        if kind == "restart":
+            bounded = side(stream, bucket, capacity)
+            await bounded.log.catch_up(trim=True)
+            continue
+        if kind in ("approve", "deny"):
+            held = full.log.state.held()
+            if not held:
+                continue
+            target = held[step[3] % len(held)]
+            approval = approval_of(target, kind)
+            results = [
+                await answer(s, approval, target.envelope_id, approve=kind == "approve", at=at) for s in (full, bounded)
+            ]
+        else:
+            envelope = envelope_for(step, sent, correlations)
+            assert envelope is not None
+            sent.append(envelope)
+            results = [await mediate(s, envelope, at=at, seq=index + 1, tool_taint=step[5]) for s in (full, bounded)]
+        assert results[0] == results[1], (index, step, results)
+        await bounded.log.trim()
+        assert len(bounded.log.state.correlations) <= capacity
+
+    await compare(full.log.state, bounded)
+    if len(full.log.state.correlations) > capacity:
+        assert bucket.memory.messages, "nothing was stored though the cache was exceeded"
+    assert all(m.subject.startswith(bucket.subject("c0.")) for m in bucket.memory.messages)
+
+
+async def compare(full: CoordinatorState, bounded: Side) -> None:
+    """Every correlation, loaded back, and what the partition keeps are the same in both."""
+    assert (full.buckets, full.holds, full.suspensions) == (
+        bounded.log.state.buckets,
+        bounded.log.state.holds,
+        bounded.log.state.suspensions,
+    )
+    for correlation_id, mine in full.correlations.items():
+        await bounded.log.resident([correlation_id])
+        theirs = bounded.log.state.correlation(correlation_id)
+        assert (mine.decided, mine.spent, mine.hops, mine.seen_taint) == (
+            theirs.decided,
+            theirs.spent,
+            theirs.hops,
+            theirs.seen_taint,
+        ), correlation_id
+
+
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(KINDS),
+        st.integers(0, 2),
+        st.integers(0, 2),
+        st.integers(0, 7),
+        st.integers(0, 1000),
+        st.booleans(),
+    ),
+    min_size=5,
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=steps, capacity=st.integers(1, 2))
+def test_bounded_state_decides_exactly_as_the_unbounded_one(steps: list[Step], capacity: int) -> None:
+    asyncio.run(play(steps, capacity))
+
+
+async def test_a_foreign_stored_correlation_is_rebuilt_from_the_log_not_believed() -> None:
+    stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
+    full, bounded = side(MemoryStream(), None, 1), side(stream, bucket, 1)
+    spent = [
+        envelope_for(("event", 0, 1, 0, 0, True), [], ["corr-a"]),
+        envelope_for(("event", 1, 0, 0, 0, False), [], ["corr-a"]),
+        envelope_for(("event", 0, 1, 0, 0, False), [], ["corr-b"]),
+    ]
+    for index, envelope in enumerate(spent):
+        assert envelope is not None
+        for s in (full, bounded):
+            await mediate(s, envelope, at=T0 + index * STEP_NS, seq=index + 1, tool_taint=False)
+        await bounded.log.trim()
+    assert "corr-a" not in bounded.log.state.correlations
+    assert bounded.log.store is not None and await bounded.log.store.flush(bounded.log.state)  # corr-b stored too
+    key, other = correlation_key(0, "corr-a"), await bucket.get(correlation_key(0, "corr-b"))
+    assert other is not None
+    for forged in (b"not a signed value", other.value):
+        await bucket.put(key, forged)  # garbage, then corr-b's genuine value copied to corr-a's key
+        bounded.log.state.correlations.pop("corr-a", None)
+        await bounded.log.resident(["corr-a"])
+        rebuilt, mine = bounded.log.state.correlation("corr-a"), full.log.state.correlation("corr-a")
+        assert (rebuilt.decided, rebuilt.spent, rebuilt.seen_taint) == (mine.decided, mine.spent, mine.seen_taint)
+        assert rebuilt.spent == 2 and rebuilt.dirty  # stored again, over the foreign value, at its next trim
+
+
+async def test_two_coordinators_keeping_one_correlation_each_spend_every_budget_once() -> None:
+    """Racing on one log and one state bucket, each storing and loading back at every envelope."""
+    stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
+
+    def bounded(name: str) -> Racer:
+        watched = Watched(stream.log(race.SUBJECT))
+        store = CorrelationStore(
+            bucket, identity=KEYS[name], name=name, tenant=TENANT, keyring=keyring(), partition=0, capacity=1,
+            clock=time.time_ns,
+        )  # fmt: skip
+        return Racer(name, DecisionLog(watched, keyring(), race.POLICY, store=store), watched)
+
+    c1, c2 = bounded("c1"), bounded("c2")
+    correlations = [f"race-{i}" for i in range(4)]
+
+    async def send(racer: Racer, first_seq: int) -> None:
+        for _ in range(race.BUDGET + 1):
+            for correlation in correlations:
+                await racer.mediate(outboxed(1, correlation_id=correlation, first_seq=first_seq))
+                await racer.log.trim()
+
+    await asyncio.gather(send(c1, 1), send(c2, 1000))
+
+    assert c1.watched.conflicts + c2.watched.conflicts >= 1
+    assert all(r.log.store is not None and r.log.store.loads > 10 for r in (c1, c2))
+    assert set(times_decided(stream).values()) == {1}
+    accepted = Counter(d.correlation_id for _, d in records(stream) if d.verdict == "accept")
+    assert accepted == {correlation: race.BUDGET for correlation in correlations}
+    folded = await fold(stream)
+    for racer in (c1, c2):
+        await racer.log.catch_up()
+        for correlation in correlations:
+            await racer.log.resident([correlation])
+            mine, theirs = racer.log.state.correlation(correlation), folded.correlation(correlation)
+            assert (mine.decided, mine.spent) == (theirs.decided, race.BUDGET)
+        assert racer.log.state.buckets == folded.buckets
