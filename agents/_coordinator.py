@@ -182,7 +182,6 @@ class Coordinator:
             source_seq=delivery.stream_seq,
             memory_revision=memory_revision,
             sender_role=delivery.opened.grant.role,
-            known=self.bus.keyring.keyring.has_owner,
         )
 
     async def _mediate_group(self, group: list[Delivery]) -> None:

@@ -10,7 +10,6 @@ re-decided under another policy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +18,9 @@ import msgspec
 from trustbus.agents._causes import UNSOLICITED_REPLY, cause_problem, reply_may_reach
 from trustbus.agents._memory import parse_write
 from trustbus.agents._policy import Policy
-from trustbus.bus import Decision, Dropped, Envelope, MalformedPayload, Verdict, decode_json, subjects
+from trustbus.bus import Decision, Dropped, Envelope, MalformedPayload, Verdict, decode_json
 
 EFFECT_RECORDED = "effect_recorded"
-UNKNOWN_RECIPIENT = "unknown_recipient"  # a name that owns no key: no inbox is made for it
 EFFECT_REQUESTED = "effect_requested"  # a high-risk tool call asked about before it runs (agents._effect_asks)
 
 
@@ -260,7 +258,6 @@ def decide(
     source_seq: int,
     memory_revision: int = 0,
     sender_role: str = "agent",
-    known: Callable[[str], bool] = lambda _: True,
 ) -> Decision | Deferral:
     """Decide one envelope. Pure: reads ``state``, never changes it.
 
@@ -273,9 +270,6 @@ def decide(
         memory_revision: for a ``memory_write``, the key's current revision (0: absent).
         sender_role: the keyring role of the signing key (an ``operator`` may revert
             another agent's memory during a rollback; no one else may write it).
-        known: whether a recipient name owns a key in the tenant's keyring; one that does
-            not is dropped (``unknown_recipient``): every name delivered to costs the
-            server an inbox consumer, so names may not be invented.
     """
     correlation = state.correlation(envelope.correlation_id)
     hop = max(envelope.hop, correlation.hops.get(envelope.causation_id or "", -1) + 1)
@@ -350,8 +344,6 @@ def decide(
         rule = policy.rule_for(envelope.sender, recipient, envelope.kind)
         if rule is None:
             dropped.append(Dropped(recipient, "not_allowed"))
-        elif not recipient.startswith(subjects.TOPIC_PREFIX) and not known(recipient):
-            dropped.append(Dropped(recipient, UNKNOWN_RECIPIENT))
         elif envelope.kind == "reply" and not reply_may_reach(envelope, recipient, correlation.decided):
             dropped.append(Dropped(recipient, UNSOLICITED_REPLY))
         elif envelope.kind == "instruction" and verb is None:

@@ -90,7 +90,10 @@ class Forwarder:
             msg_id = f"{decision.envelope_id}:{recipient}"
             if recheck and await bus.log(subject).find(msg_id, after=source_seq) is not None:
                 continue  # already in the recipient's subject
-            if not recipient.startswith(subjects.TOPIC_PREFIX):
+            if not recipient.startswith(subjects.TOPIC_PREFIX) and bus.keyring.keyring.has_owner(recipient):
+                # An inbox consumer for a name that owns no key would let a sender make the server keep
+                # one consumer per name it invents; the forward is stored all the same, and the agent's
+                # consumer is made once it has a key (here, at the next forward, or at a coordinator's start).
                 await self.ensure_inbox(recipient)
             forwarded = {
                 HEADER_SIG: headers.get(HEADER_SIG, ""),

@@ -9,10 +9,9 @@ recorded one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from trustbus.agents._decision import UNKNOWN_RECIPIENT, CoordinatorState, Deferral, decide, record_effect
+from trustbus.agents._decision import CoordinatorState, Deferral, decide, record_effect
 from trustbus.agents._memory import parse_write
 from trustbus.agents._policy import Policy
 from trustbus.bus import Decision, EffectRecord, Envelope
@@ -64,14 +63,8 @@ def redecide(
             received_ns=stored_ns,
             source_seq=seq,
             memory_revision=write.expected_revision if write else 0,  # as the writer expected: not re-judged
-            known=_known_as_recorded(recorded),  # whether a name owned a key is a fact of its time, not policy
         )
         if isinstance(now, Decision):
             state.apply(now, policy, seq=seq)
         results.append(Redecision(envelope=envelope, recorded=recorded, now=now))
     return results
-
-
-def _known_as_recorded(recorded: Decision | None) -> Callable[[str], bool]:
-    unknown = {d.recipient for d in recorded.dropped if d.reason == UNKNOWN_RECIPIENT} if recorded else set()
-    return lambda name: name not in unknown
