@@ -196,7 +196,8 @@ async def test_an_envelope_on_another_partition_than_its_correlations_is_refused
     record = await fleet.quarantined(lambda r: r.claimed_id == again.id)
     assert record.reason == "wrong_outbox"
     honest = await fleet.send(sneaky, ["x"], "a new conversation")
-    delivered = await fleet.inbox(lambda read: honest in {e.id for _, e in read})
+    # The two correlations may be on different partitions, mediated in either order: wait for both.
+    delivered = await fleet.inbox(lambda read: {spent, honest} <= {e.id for _, e in read})
     assert again.id not in {e.id for _, e in delivered}
     assert (await fleet.inbox_counts())["x"] == 2
 
