@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
+from trustbus.agents import _metrics as metrics
 from trustbus.agents._decision import CoordinatorState, Deferral, Undo
 from trustbus.agents._policy import Policy
 from trustbus.bus import (
@@ -266,6 +267,7 @@ class DecisionLog:
 
 
 def _decided(decision: Decision) -> None:
+    metrics.decided(decision)
     log.info(
         "decided",
         extra={

@@ -40,7 +40,7 @@ from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._lease_plan import LEASE_S, Lease, plan_leases, still_held
 from trustbus.agents._policy import Policy
 from trustbus.agents._signed_value import holder_value, open_holder, signer
-from trustbus.bus import Bus, Conflict, NotFound, Timeout, TransportError, subjects, unless_stopped
+from trustbus.bus import Bus, Conflict, Decision, NotFound, Timeout, TransportError, subjects, unless_stopped
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -67,6 +67,10 @@ class Partitions:
     def held(self) -> list[int]:
         """The partitions this process mediates now."""
         return sorted(self._held)
+
+    def holds(self) -> list[Decision]:
+        """The decisions still held for an operator in the partitions this process mediates."""
+        return [d for coordinator, _, _ in self._held.values() for d in coordinator.state.held()]
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Keep the leases and mediate until ``stop`` is set; then stop every partition and hand the leases back."""

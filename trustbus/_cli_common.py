@@ -12,7 +12,8 @@ would be compiled and evaluated there, several times over (tests/unit/test_struc
 from __future__ import annotations
 
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -22,7 +23,7 @@ from rich.console import Console
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from trustbus.bus import KeyDirectory
+    from trustbus.bus import KeyDirectory, MetricsServer
 
 T = TypeVar("T")
 
@@ -59,6 +60,15 @@ MaybeTenantOpt = Annotated[str | None, _TENANT]
 KeysOpt = Annotated[
     Path | None,
     typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed file directory (default ~/.trustbus/keys)."),
+]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve /metrics, /healthz and /readyz on this port (0: a free one, in the ready line); off if not given.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 NkeyAuthOpt = Annotated[
@@ -131,3 +141,30 @@ def exit_if_known(exc: BaseException) -> None:
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return [leaf for e in group.exceptions for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
+
+
+@contextmanager
+def metrics_endpoint(port: int | None) -> Iterator[MetricsServer | None]:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` while inside; nothing if ``port`` is None.
+
+    A taken port is a one-line error and exit code 1, before anything connects.
+    """
+    if port is None:
+        yield None
+        return
+    from trustbus.bus import MetricsServer
+
+    try:
+        server = MetricsServer(port).start()
+    except Exception as exc:
+        exit_if_known(exc)
+        raise
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def metrics_fields(server: MetricsServer | None) -> dict[str, object]:
+    """What a ready line says about the metrics endpoint: its port, if one is served."""
+    return {} if server is None else {"metrics_port": server.port}
