@@ -76,7 +76,7 @@ async def serve_agent(
     health = health or Health()
     health.watch(lambda: bus.connected)
     try:
-        await run_agent(agent, bus, stop=stop, ready=_serving(health, ready), tools=tools)
+        await run_agent(agent, bus, stop=stop, ready=health.announcing(ready), tools=tools)
     finally:
         health.stopping()
         await bus.aclose()
@@ -130,18 +130,8 @@ async def serve_coordinator(
         grant = bus.keyring.keyring.resolve(identity.key_id)
         if grant.role != "coordinator":
             raise RuntimeSetupError(wrong_role(tenant, name, grant.role, "coordinator"))
-        await partitions.run(stop, _serving(health, ready))
+        await partitions.run(stop, health.announcing(ready))
     finally:
         health.stopping()
         REGISTRY.unregister(gauges)
         await bus.aclose()
-
-
-def _serving(health: Health, ready: Callable[[], None]) -> Callable[[], None]:
-    """``ready``, telling ``health`` first."""
-
-    def serving() -> None:
-        health.serving()
-        ready()
-
-    return serving

@@ -52,6 +52,15 @@ class Health:
         """The process's consumers (or partitions) run: ready while connected."""
         self._state = ""
 
+    def announcing(self, ready: Callable[[], None]) -> Callable[[], None]:
+        """``ready``, marking the process serving first: the callback to give its run loop."""
+
+        def serving() -> None:
+            self.serving()
+            ready()
+
+        return serving
+
     def stopping(self) -> None:
         """The process is shutting down: not ready any more."""
         self._state = "stopping"
