@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import sys
@@ -10,15 +9,22 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prometheus_client import REGISTRY
-
 from trustbus.agents._errors import RuntimeSetupError
 from trustbus.agents._metrics import coordinator_gauges
 from trustbus.agents._partitions import Partitions
 from trustbus.agents._policy import load_policy
 from trustbus.agents._runtime import Agent, connect_agent, run_agent
 from trustbus.agents._tools import Toolbox, load_tools
-from trustbus.bus import Bus, Health, KeyDirectory, LoopCollector, stop_on_signals, subjects, wrong_role
+from trustbus.bus import (
+    Bus,
+    ConsumerLagPoller,
+    Health,
+    KeyDirectory,
+    collected,
+    stop_on_signals,
+    subjects,
+    wrong_role,
+)
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -75,8 +81,10 @@ async def serve_agent(
     bus = await connect_agent(list(servers), tenant=tenant, agent_id=agent_id, identity=identity, nkey_auth=nkey_auth)
     health = health or Health()
     health.watch(lambda: bus.connected)
+    lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"inbox": [subjects.inbox_consumer(agent_id)]})
     try:
-        await run_agent(agent, bus, stop=stop, ready=health.announcing(ready), tools=tools)
+        async with lag.running():
+            await run_agent(agent, bus, stop=stop, ready=health.announcing(ready), tools=tools)
     finally:
         health.stopping()
         await bus.aclose()
@@ -123,15 +131,14 @@ async def serve_coordinator(
     health = health or Health()
     health.watch(lambda: bus.connected)
     partitions = Partitions(bus, policy)
-    read = coordinator_gauges(lambda: len(partitions.held), partitions.holds)
-    gauges = LoopCollector(asyncio.get_running_loop(), read)
-    REGISTRY.register(gauges)
+    lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"coordinator": partitions.consumers()})
     try:
         grant = bus.keyring.keyring.resolve(identity.key_id)
         if grant.role != "coordinator":
             raise RuntimeSetupError(wrong_role(tenant, name, grant.role, "coordinator"))
-        await partitions.run(stop, health.announcing(ready))
+        with collected(coordinator_gauges(lambda: len(partitions.held), partitions.holds)):
+            async with lag.running():
+                await partitions.run(stop, health.announcing(ready))
     finally:
         health.stopping()
-        REGISTRY.unregister(gauges)
         await bus.aclose()

@@ -27,22 +27,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import REGISTRY
-
 from trustbus.bus import (
     HEADER_CKEY,
     HEADER_KEY,
     Bus,
+    ConsumerLagPoller,
     DurableSettings,
     Health,
     KeyDirectory,
-    LoopCollector,
     Opened,
     StoredMessage,
     Timeout,
     TransportError,
     Unavailable,
     VerificationError,
+    collected,
     stop_on_signals,
     subjects,
     wrong_role,
@@ -301,22 +300,19 @@ async def serve_ledger(
     )
     health = health or Health()
     health.watch(lambda: bus.connected)
-    collector: LoopCollector | None = None
     try:
         role = bus.keyring.keyring.resolve(identity.key_id).role
         if role != "ledger":
             raise ServiceError(wrong_role(tenant, name, role, "ledger"))
         service = LedgerService(bus, store, settings)
         gauges = LedgerGauges(service, bus.last_seq)
-        collector = LoopCollector(asyncio.get_running_loop(), gauges.read)
-        REGISTRY.register(collector)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(service.run(stop, health.announcing(ready)))
-            tasks.create_task(GivenUpRecorder(bus).run(stop))
-            tasks.create_task(gauges.poll(stop))
+        lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"ledger": [service.reader.name]})
+        with collected(gauges.read):
+            async with lag.running(), asyncio.TaskGroup() as tasks:
+                tasks.create_task(service.run(stop, health.announcing(ready)))
+                tasks.create_task(GivenUpRecorder(bus).run(stop))
+                tasks.create_task(gauges.poll(stop))
     finally:
         health.stopping()
-        if collector is not None:
-            REGISTRY.unregister(collector)
         await bus.aclose()
         store.close()

@@ -89,11 +89,15 @@ async def test_counters_move_by_exactly_the_traffic_sent(fleet: Fleet) -> None:
     assert value(samples, "trustbus_holds_waiting") == 0
     assert value(samples, "trustbus_hold_oldest_age_seconds") == 0
     assert 0 < value(samples, "trustbus_mediation_latency_seconds_sum") < 30
+    pending = ("trustbus_consumer_pending_messages", frozenset({("consumer", "coordinator")}))
+    await until(lambda: pending in scrape(coordinator))  # read every 5 s: the first round may precede the partitions
 
     for port in (coordinator, agent):
         assert await asyncio.to_thread(get, port, "/healthz") == (200, "ok\n")
         assert await asyncio.to_thread(get, port, "/readyz") == (200, "ready\n")
         assert (await asyncio.to_thread(get, port, "/nothing"))[0] == 404
+    pending = ("trustbus_consumer_pending_messages", frozenset({("consumer", "inbox")}))
+    await until(lambda: pending in scrape(agent))
     agent_samples = await asyncio.to_thread(scrape, agent)  # valid exposition, and no decision counted there
     assert not [name for name, _ in agent_samples if name.startswith("trustbus_decisions")]
 
@@ -154,4 +158,6 @@ async def test_ledger_reports_its_lag_and_checkpoints(fleet: Fleet, tmp_path: Pa
     samples = await asyncio.to_thread(scrape, port)
     assert value(samples, "trustbus_ledger_checkpoints_total", outcome="failed") == 0
     assert value(samples, "trustbus_ledger_checkpoint_age_seconds") < 30
+    ack_pending = ("trustbus_consumer_ack_pending_messages", frozenset({("consumer", "ledger")}))
+    await until(lambda: ack_pending in scrape(port))
     assert await asyncio.to_thread(get, port, "/readyz") == (200, "ready\n")

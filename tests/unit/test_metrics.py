@@ -11,7 +11,17 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import Metric
 
 from trustbus.agents._metrics import coordinator_gauges, decided
-from trustbus.bus import Decision, Health, LoopCollector, MetricsServer, PortInUse
+from trustbus.bus import (
+    ConsumerLag,
+    ConsumerLagPoller,
+    Decision,
+    Health,
+    LoopCollector,
+    MetricsServer,
+    PortInUse,
+    Unavailable,
+)
+from trustbus.bus._metrics import LAG_READS_PER_ROUND
 from trustbus.ledger._metrics import LedgerGauges
 
 
@@ -132,3 +142,31 @@ def test_the_endpoint_answers_each_path_and_refuses_a_taken_port() -> None:
         assert status(server.port, "/")[0] == 404
         with pytest.raises(PortInUse, match=f"metrics port {server.port} is in use"):
             MetricsServer(server.port)
+
+
+async def test_consumer_lag_is_read_a_bounded_number_at_a_time_and_summed_per_group() -> None:
+    names = [f"c{i:03d}" for i in range(LAG_READS_PER_ROUND + 20)]
+    groups: dict[str, list[str]] = {"coordinator": names, "inbox": ["unreadable"]}
+    asked: list[str] = []
+
+    async def lag(name: str) -> ConsumerLag:
+        asked.append(name)
+        if name == "unreadable":
+            raise Unavailable("no answer")
+        return ConsumerLag(2, 1, 0)
+
+    poller = ConsumerLagPoller(lag, lambda: groups)
+    await poller.round()
+    assert len(asked) == LAG_READS_PER_ROUND
+    assert values(list(poller.read()))["trustbus_consumer_pending_messages"] == 2 * LAG_READS_PER_ROUND
+    await poller.round()  # the rest, then the first ones again
+    assert set(asked) == {*names, "unreadable"} and len(asked) == 2 * LAG_READS_PER_ROUND
+    samples = {(s.name, s.labels["consumer"]): s.value for m in poller.read() for s in m.samples}
+    assert samples == {
+        ("trustbus_consumer_pending_messages", "coordinator"): 2 * len(names),
+        ("trustbus_consumer_ack_pending_messages", "coordinator"): len(names),
+        ("trustbus_consumer_redelivered_messages", "coordinator"): 0,
+    }  # no series for a group none of whose consumers could be read
+    groups["coordinator"] = names[:1]  # partitions handed back: their consumers are forgotten
+    await poller.round()
+    assert values(list(poller.read()))["trustbus_consumer_pending_messages"] == 2

@@ -13,7 +13,7 @@ def test_bus_exports() -> None:
             "decode_decision", "decode_effect", "decode_memory_value", "encode_decision", "encode_effect",
             "encode_memory_value", "BadCountersignature", "BadSignature", "Bus", "BusError", "ConfigError",
             "ConsumerSettings", "ContentType", "Delivery", "ClusterMembership", "EmbeddedCluster", "EmbeddedServer",
-            "Health", "LoopCollector", "MetricsServer",
+            "Health", "LoopCollector", "MetricsServer", "ConsumerLag", "ConsumerLagPoller", "collected",
             "Envelope", "Identity",
             "KeyDirectory", "KeyGrant", "KeyNotYetValid", "Keyring", "KeyringError", "KeyringStore", "Kind",
             "Limits", "Malformed", "Mediation", "MissingSignature", "NotMediated", "Opened", "PortInUse",
