@@ -76,15 +76,25 @@ async def test_counters_move_by_exactly_the_traffic_sent(fleet: Fleet) -> None:
     # sender's envelope re-published from stranger's outbox: quarantined, never decided
     replayed = sender.seal(new_envelope(tenant=fleet.tenant, kind="event", sender="sender", to=["sink"], payload=b"1"))
     await stranger.publish(subjects.outbox(fleet.tenant, "stranger", 0), replayed)
+    # and bytes no one signed: refused by the intake, recorded in a summary, counted all the same
+    await fleet.nc.jetstream().publish(subjects.outbox(fleet.tenant, "stranger", 0), b"not an envelope")
     await fleet.decisions(lambda ds: len(ds) == 7)
     await fleet.quarantined(lambda r: r.reason == "wrong_outbox")
 
-    await until(lambda: value(scrape(coordinator), "trustbus_mediation_latency_seconds_count") == 5)
+    await fleet.quarantined(lambda r: r.reason == "malformed")
+
+    def counted() -> bool:  # each count follows the store of what it counts, by a moment
+        samples = scrape(coordinator)
+        refused = [value(samples, "trustbus_quarantines_total", reason=r) for r in ("malformed", "wrong_outbox")]
+        return value(samples, "trustbus_mediation_latency_seconds_count") == 5 and refused == [1, 1]
+
+    await until(counted)
     samples = await asyncio.to_thread(scrape, coordinator)
     assert value(samples, "trustbus_decisions_total", verdict="accept", reason="none") == 5
     assert value(samples, "trustbus_decisions_total", verdict="reject", reason="not_allowed") == 2
     assert sum(v for (name, _), v in samples.items() if name == "trustbus_decisions_total") == 7
     assert value(samples, "trustbus_quarantines_total", reason="wrong_outbox") == 1
+    assert value(samples, "trustbus_quarantines_total", reason="malformed") == 1
     assert value(samples, "trustbus_partition_leases_held") == len(range(sender.partitions))
     assert value(samples, "trustbus_holds_waiting") == 0
     assert value(samples, "trustbus_hold_oldest_age_seconds") == 0
