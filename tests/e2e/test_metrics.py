@@ -5,45 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import nats
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.fleet import Fleet
 from tests.processes import TRUSTBUS, one_shot_async
+from tests.scrape import get, scrape, value
 from trustbus._supervisor import Process
 from trustbus.bus import EmbeddedServer, KeyDirectory, MetricsServer, init_tenant, new_envelope, subjects
 
 RULE = {"from": "sender", "to": ["sink"], "kinds": ["event"]}
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """The status and body of ``GET http://127.0.0.1:<port><path>``."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def scrape(port: int) -> Samples:
-    """Every sample of ``/metrics``, parsed as Prometheus text (a parse error fails the test)."""
-    status, text = get(port, "/metrics")
-    assert status == 200, text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def until(check: Callable[[], object], *, limit_s: float = 30) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import Metric
 
+from tests.scrape import get
 from trustbus.agents._metrics import coordinator_gauges, decided
 from trustbus.bus import (
     ConsumerLag,
@@ -126,20 +125,12 @@ def test_loop_collector_of_a_closed_loop_reports_nothing() -> None:
     assert list(LoopCollector(loop, list).collect()) == []
 
 
-def status(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_the_endpoint_answers_each_path_and_refuses_a_taken_port() -> None:
     with MetricsServer(0) as server:
-        assert status(server.port, "/healthz") == (200, "ok\n")
-        assert status(server.port, "/readyz") == (503, "starting\n")
-        assert status(server.port, "/metrics")[0] == 200
-        assert status(server.port, "/")[0] == 404
+        assert get(server.port, "/healthz") == (200, "ok\n")
+        assert get(server.port, "/readyz") == (503, "starting\n")
+        assert get(server.port, "/metrics")[0] == 200
+        assert get(server.port, "/")[0] == 404
         with pytest.raises(PortInUse, match=f"metrics port {server.port} is in use"):
             MetricsServer(server.port)
 
