@@ -65,6 +65,7 @@ MetricsPortOpt = Annotated[
     int | None,
     typer.Option(
         "--metrics-port",
+        envvar="TRUSTBUS_METRICS_PORT",
         min=0,
         max=65535,
         help="Serve /metrics, /healthz and /readyz on this port (0: a free one, in the ready line); off if not given.",
