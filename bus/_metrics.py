@@ -24,6 +24,11 @@ QUARANTINES = Counter(
     "trustbus_quarantines_total", "Messages quarantined (refused, never delivered again), by reason code.", ["reason"]
 )
 
+REDELIVERIES = Counter(
+    "trustbus_redeliveries_total",
+    "Verified messages handed out again: after a nak or a deferral, an ack wait that ran out, or a crash.",
+)
+
 # How long a scrape waits for the event loop to read state it owns.
 _LOOP_READ_TIMEOUT_S = 2.0
 # Consumer lag: how often it is read, and at most how many consumers' info is asked for in one round.

@@ -144,3 +144,16 @@ async def test_ledger_reports_its_lag_and_checkpoints(fleet: Fleet, tmp_path: Pa
     ack_pending = ("trustbus_consumer_ack_pending_messages", frozenset({("consumer", "ledger")}))
     await until(lambda: ack_pending in scrape(port))
     assert await asyncio.to_thread(get, port, "/readyz") == (200, "ready\n")
+
+
+async def test_deferred_envelopes_count_as_redeliveries(fleet: Fleet) -> None:
+    rate = {"per_second": 5, "burst": 1, "over_limit": "delay"}
+    port = metrics_port(
+        await fleet.coordinator({"limits": {"rate": rate}, "rules": [RULE]}, extra=("--metrics-port", "0"))
+    )
+    sender = await fleet.bus("sender")
+    for i in range(3):
+        await fleet.send(sender, ["sink"], i)
+    await fleet.decisions(lambda ds: len(ds) == 3)
+    await until(lambda: value(scrape(port), "trustbus_decisions_total", verdict="accept", reason="none") == 3)
+    assert value(await asyncio.to_thread(scrape, port), "trustbus_redeliveries_total") >= 2  # each over the burst
