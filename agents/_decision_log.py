@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
+from trustbus.agents import _metrics as metrics
 from trustbus.agents._correlation_store import CorrelationStore
 from trustbus.agents._decision import CoordinatorState, Correlation, Deferral, Undo
 from trustbus.agents._policy import Policy
@@ -353,6 +354,7 @@ class DecisionLog:
 
 
 def _decided(decision: Decision) -> None:
+    metrics.decided(decision)
     log.info(
         "decided",
         extra={

@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from trustbus.agents import _metrics as metrics
 from trustbus.agents._effect_answers import await_answer
 from trustbus.agents._effect_asks import asks_first, denial_message, is_ask
 from trustbus.agents._effects import idempotency_key
@@ -145,7 +146,8 @@ class Effector:
         else:
             await self._record(subject, requested, taint)
         try:
-            result = json.dumps(await implementation(json.loads(arguments), idempotency_key=key)).encode()
+            with metrics.EFFECT_SECONDS.labels(tool).time():
+                result = json.dumps(await implementation(json.loads(arguments), idempotency_key=key)).encode()
         except Exception as exc:
             await self._record_failure(subject, requested, taint, exc)
             raise
@@ -192,6 +194,7 @@ class Effector:
             idempotency_key=record.idempotency_key,
         )
         await self._bus.publish(subject, self._bus.seal(envelope))
+        metrics.EFFECTS.labels(record.tool, record.phase).inc()
         return envelope
 
     async def _record_failure(

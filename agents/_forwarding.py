@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 
+from trustbus.agents import _metrics as metrics
 from trustbus.bus import (
     DUPLICATE_WINDOW_S,
     HEADER_KEY,
@@ -108,6 +109,8 @@ class Forwarder:
                 ),
             }
             acks.append(await bus.forward(subject, body, forwarded))
+        if recorded_now and acks:
+            metrics.forwarded(decision)
         return acks
 
     def _may_have_passed_the_window(self, decision: Decision, decision_id: str, *, recorded_now: bool) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from trustbus.agents import _metrics as metrics
 from trustbus.agents._memory import checkpoint_key, memory_bucket, memory_key, parse_write
 from trustbus.agents._signed_value import signer
 from trustbus.bus import (
@@ -65,6 +66,7 @@ class MemoryWrites:
             try:
                 stored = open_memory_value(current.value, keyring=keyring, key=key, stored_ns=current.stored_ns)
                 if stored.envelope_id == decision.envelope_id:
+                    metrics.MEMORY_WRITES.labels("already_applied").inc()
                     return  # applied before a crash
             except ValueError as exc:  # no coordinator's value for this key: recorded; the compare-and-set decides
                 subject = self._bucket.subject(key)
@@ -82,9 +84,11 @@ class MemoryWrites:
         try:
             signed = memory_value(bus.identity, bus.name, value, tenant=bus.tenant, now_ns=bus.clock())
             await self._bucket.put(key, signed, revision=write.expected_revision)
+            metrics.MEMORY_WRITES.labels("applied").inc()
             return
         except Conflict:
             pass
+        metrics.MEMORY_WRITES.labels("stale_revision").inc()
         log.warning("accepted memory write not applied: the key moved on", extra={"envelope_id": decision.envelope_id})
         await bus.record_quarantine(
             body,

@@ -36,11 +36,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 
-from trustbus.agents._coordinator import Coordinator
+from trustbus.agents._coordinator import Coordinator, consumer_name
+from trustbus.agents._intake import sender_consumer
 from trustbus.agents._lease_plan import LEASE_S, Lease, plan_leases, still_held
 from trustbus.agents._policy import Policy
 from trustbus.agents._signed_value import holder_value, open_holder, signer
-from trustbus.bus import Bus, Conflict, NotFound, Timeout, TransportError, subjects, unless_stopped
+from trustbus.bus import Bus, Conflict, Decision, NotFound, Timeout, TransportError, subjects, unless_stopped
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -67,6 +68,19 @@ class Partitions:
     def held(self) -> list[int]:
         """The partitions this process mediates now."""
         return sorted(self._held)
+
+    def consumers(self) -> list[str]:
+        """The durable consumers of the partitions this process mediates: approvals', and each key owner's."""
+        owners = sorted({grant.owner for grant in self.bus.keyring.keyring.grants()})
+        return [
+            name
+            for partition in self.held
+            for name in (consumer_name(partition), *(sender_consumer(partition, owner) for owner in owners))
+        ]
+
+    def holds(self) -> list[Decision]:
+        """The decisions still held for an operator in the partitions this process mediates."""
+        return [d for coordinator, _, _ in self._held.values() for d in coordinator.state.held()]
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Keep the leases and mediate until ``stop`` is set; then stop every partition and hand the leases back."""

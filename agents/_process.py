@@ -10,11 +10,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trustbus.agents._errors import RuntimeSetupError
+from trustbus.agents._metrics import coordinator_gauges
 from trustbus.agents._partitions import Partitions
 from trustbus.agents._policy import load_policy
 from trustbus.agents._runtime import Agent, connect_agent, run_agent
 from trustbus.agents._tools import Toolbox, load_tools
-from trustbus.bus import Bus, KeyDirectory, stop_on_signals, subjects, wrong_role
+from trustbus.bus import (
+    Bus,
+    ConsumerLagPoller,
+    Health,
+    KeyDirectory,
+    collected,
+    stop_on_signals,
+    subjects,
+    wrong_role,
+)
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -57,19 +67,26 @@ async def serve_agent(
     nkey_auth: bool,
     ready: Callable[[], None],
     tools_file: Path | None = None,
+    health: Health | None = None,
 ) -> None:
     """Run one agent until SIGTERM/SIGINT, then finish the current batch, drain and close.
 
     A bad tool registry, or an implementation of a tool it does not list, stops it before it connects.
+    ``health``: what ``/readyz`` answers, told when the agent serves and stops.
     """
     agent = load_agent(target)
     tools = bind_tools(agent, tools_file)
     identity = keys.load(tenant, agent_id, role="agent")
     stop = stop_on_signals()
     bus = await connect_agent(list(servers), tenant=tenant, agent_id=agent_id, identity=identity, nkey_auth=nkey_auth)
+    health = health or Health()
+    health.watch(lambda: bus.connected)
+    lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"inbox": [subjects.inbox_consumer(agent_id)]})
     try:
-        await run_agent(agent, bus, stop=stop, ready=ready, tools=tools)
+        async with lag.running():
+            await run_agent(agent, bus, stop=stop, ready=health.announcing(ready), tools=tools)
     finally:
+        health.stopping()
         await bus.aclose()
 
 
@@ -84,11 +101,12 @@ async def serve_coordinator(
     ready: Callable[[], None],
     tools_file: Path | None = None,
     clock: Callable[[], int] = time.time_ns,
+    health: Health | None = None,
 ) -> None:
     """Run a coordinator until SIGTERM/SIGINT. A bad policy or tool registry stops it before it connects.
 
     Tools the registry marks ``high_risk`` are high-risk tools of the policy too. ``clock``
-    (unix ns) dates what it signs.
+    (unix ns) dates what it signs. ``health``: what ``/readyz`` answers, told when it serves and stops.
     """
     policy = load_policy(policy_file)
     if tools_file is not None:
@@ -110,10 +128,17 @@ async def serve_coordinator(
         inbox_prefix=subjects.reply_prefix(name) if nkey_auth else None,
         clock=clock,
     )
+    health = health or Health()
+    health.watch(lambda: bus.connected)
+    partitions = Partitions(bus, policy)
+    lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"coordinator": partitions.consumers()})
     try:
         grant = bus.keyring.keyring.resolve(identity.key_id)
         if grant.role != "coordinator":
             raise RuntimeSetupError(wrong_role(tenant, name, grant.role, "coordinator"))
-        await Partitions(bus, policy).run(stop, ready)
+        with collected(coordinator_gauges(lambda: len(partitions.held), partitions.holds)):
+            async with lag.running():
+                await partitions.run(stop, health.announcing(ready))
     finally:
+        health.stopping()
         await bus.aclose()

@@ -61,7 +61,7 @@ async def coordinator_status(
                     holder = None if named.instance is None else f"{named.name}/{named.instance}"
                 except ValueError:
                     holder = "foreign"
-            mine = [lag for lag in lags if lag.name.split("-")[1] == str(partition)]
+            mine = [lag for name, lag in lags.items() if name.split("-")[1] == str(partition)]
             found.append(
                 PartitionStatus(
                     partition, holder, age, sum(lag.pending for lag in mine), sum(lag.ack_pending for lag in mine)

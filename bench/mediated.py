@@ -48,9 +48,11 @@ progress display. ``--profile DIR`` runs the coordinator, the sinks and the rela
 pyinstrument, ``--profiler``) and leaves their profiles in DIR; ``--keep-records DIR`` keeps every
 phase's per-message send and receive times; ``--coordinator-module M`` runs ``python -m M coordinator run``
 instead of ``trustbus`` (a wrapper that patches the coordinator, to measure a candidate change without
-editing it). Every process is stopped (SIGTERM, then SIGKILL after a timeout) on success, failure,
-Ctrl-C and SIGTERM (and is sent SIGTERM by Linux if the bench itself is killed); on failure their stderr
-tails are printed (bench/_harness.py, over the process supervisor the demo and the end-to-end tests use).
+editing it). ``--metrics`` runs the coordinator and B with ``--metrics-port 0`` and scrapes both every
+second (a harsher rate than Prometheus's usual 15 s), so a run with it and one without show what the
+metrics cost (docs/OBSERVABILITY.md). Every process is stopped (SIGTERM, then SIGKILL after a timeout) on
+success, failure, Ctrl-C and SIGTERM (and is sent SIGTERM by Linux if the bench itself is killed); on failure
+their stderr tails are printed (bench/_harness.py, over the process supervisor the demo and the end-to-end tests use).
 """
 
 from __future__ import annotations
@@ -65,10 +67,14 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import tempfile
+import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,6 +204,15 @@ class Latency:
     sender_max_lag_ms: float
 
 
+def scrape_every_second(ports: list[int]) -> None:
+    """Read each port's /metrics once a second for as long as the bench runs (a daemon thread)."""
+    while True:
+        for port in ports:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+                r.read()
+        time.sleep(1.0)  # the scrape interval being measured
+
+
 def fetch_args(settings: bus.ConsumerSettings) -> list[str]:
     return ["--batch", str(settings.batch), "--fetch-timeout", str(settings.fetch_timeout_s)]
 
@@ -241,6 +256,8 @@ class Bench:
         asyncio.run(provision(self.url, keys))
         self.policy.write_text(POLICY)
         common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", TENANT]
+        if self.args.metrics:
+            common += ["--metrics-port", "0"]
         coordinator = self.children.start(
             "coordinator",
             self.argv(
@@ -256,6 +273,9 @@ class Bench:
         self.servers["mediated"] = [coordinator, sink]
         for process in (coordinator, sink, *self.start_raw()):
             process.wait_ready(READY_TIMEOUT_S)
+        if self.args.metrics:
+            ports = [int(p.ready_line["metrics_port"]) for p in (coordinator, sink) if p.ready_line is not None]
+            threading.Thread(target=scrape_every_second, args=(ports,), name="scraper", daemon=True).start()
 
     def start_raw(self) -> list[Process]:
         """Start the raw relay and sink, ``servers["raw"]`` (the caller waits for them to be ready)."""
@@ -379,6 +399,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     result = summarise(args, throughputs, latencies)
     result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["sync_always"] = args.sync == "always"
+    result["metrics"] = args.metrics
     return result
 
 
@@ -523,6 +544,9 @@ def main() -> None:
         default="default",
         help="'always': the server fsyncs every write before acking it, as a kept store does (default: the "
         "temporary store's 2-minute interval)",
+    )
+    parser.add_argument(
+        "--metrics", action="store_true", help="serve /metrics from the coordinator and B, scraped every second"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()

@@ -73,6 +73,8 @@ if TYPE_CHECKING:
     from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
     from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
     from trustbus.bus._memory_values import memory_value, open_coordinator_value, open_memory_value
+    from trustbus.bus._metrics import ConsumerLag, ConsumerLagPoller, LoopCollector, collected
+    from trustbus.bus._metrics_server import Health, MetricsServer
     from trustbus.bus._nats_config import own_account, render_bootstrap_config, render_tenant_config
     from trustbus.bus._payload import Bounds, MalformedPayload, decode_json, decode_msgpack
     from trustbus.bus._permissions import AGENT_API_PREFIX
@@ -139,7 +141,7 @@ if TYPE_CHECKING:
     from trustbus.bus._stores import Appended, Bucket, Entry, SubjectLog
     from trustbus.bus._subjects import NAME_PATTERN
     from trustbus.bus._tail import TailItem, tail
-    from trustbus.bus._tenant_stream import ConsumerLag, TenantStream
+    from trustbus.bus._tenant_stream import TenantStream
     from trustbus.bus._transport import Bus
     from trustbus.bus._work_queue import WorkItem, WorkQueue, WorkQueueSettings
 
@@ -169,6 +171,12 @@ __all__ = [
     "EffectRecord",
     "EmbeddedCluster",
     "EmbeddedServer",
+    "Health",
+    "LoopCollector",
+    "MetricsServer",
+    "ConsumerLag",
+    "ConsumerLagPoller",
+    "collected",
     "Entry",
     "Envelope",
     "HEADER_CKEY",
@@ -219,7 +227,6 @@ __all__ = [
     "SubjectLog",
     "TailItem",
     "TenantStream",
-    "ConsumerLag",
     "Timeout",
     "TooLarge",
     "TransientError",
@@ -377,7 +384,6 @@ _ORIGINS: dict[str, str] = {
     "QuarantineRecord": "trustbus.bus._quarantine",
     "decode_quarantine_record": "trustbus.bus._quarantine",
     "TenantStream": "trustbus.bus._tenant_stream",
-    "ConsumerLag": "trustbus.bus._tenant_stream",
     "Approval": "trustbus.bus._records",
     "Checkpoint": "trustbus.bus._records",
     "Decision": "trustbus.bus._records",
@@ -425,6 +431,12 @@ _ORIGINS: dict[str, str] = {
     "seal": "trustbus.bus._seal",
     "ClusterMembership": "trustbus.bus._server",
     "EmbeddedServer": "trustbus.bus._server",
+    "Health": "trustbus.bus._metrics_server",
+    "ConsumerLag": "trustbus.bus._metrics",
+    "ConsumerLagPoller": "trustbus.bus._metrics",
+    "collected": "trustbus.bus._metrics",
+    "LoopCollector": "trustbus.bus._metrics",
+    "MetricsServer": "trustbus.bus._metrics_server",
     "die_with_parent": "trustbus.bus._server",
     "find_server_binary": "trustbus.bus._server",
     "run_then_settle": "trustbus.bus._signals",

@@ -17,6 +17,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from trustbus.bus._errors import TransientError, TransportError, VerificationError
+from trustbus.bus._metrics import REDELIVERIES
 from trustbus.bus._quarantiner import Quarantiner
 from trustbus.bus._seal import Opened, SeenIds
 from trustbus.bus._stored import unix_ns
@@ -57,6 +58,8 @@ class Delivery:
         self.stream_seq: int = meta.sequence.stream
         self.stored_ns: int = unix_ns(meta.timestamp)
         self.attempt: int = meta.num_delivered
+        if self.attempt > 1:
+            REDELIVERIES.inc()
         self.settled = False
         self.headers: Mapping[str, str] = msg.headers or {}
         self.body: bytes = msg.data

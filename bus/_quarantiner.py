@@ -19,6 +19,7 @@ from nats.js.api import PubAck
 
 from trustbus.bus._envelope import Envelope, new_envelope
 from trustbus.bus._errors import TransportError
+from trustbus.bus._metrics import QUARANTINES
 from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
 from trustbus.bus._seal import HEADER_MSG_ID, Sealed
 from trustbus.bus._subjects import quarantine
@@ -113,6 +114,7 @@ class Quarantiner:
         await signer.publish(
             quarantine(signer.tenant), signer.seal(envelope), headers={HEADER_MSG_ID: msg_id} if msg_id else None
         )
+        QUARANTINES.labels(reason).inc()
 
     async def record_foreign_value(
         self, subject: str, revision: int, body: bytes, headers: Mapping[str, str] | None, *, detail: str

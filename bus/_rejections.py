@@ -31,6 +31,7 @@ import msgspec
 
 from trustbus.bus._envelope import decode_envelope, new_envelope
 from trustbus.bus._errors import TransportError, VerificationError
+from trustbus.bus._metrics import QUARANTINES
 from trustbus.bus._payload import check_msgpack
 from trustbus.bus._quarantine import QuarantineRecord, decode_quarantine_record
 from trustbus.bus._seal import HEADER_KEY, HEADER_MSG_ID, Sealed
@@ -237,6 +238,8 @@ class RejectionLog:
         pending.seqs -= covered
         pending.since = time.monotonic()
         log.info("rejections recorded", extra={"owner": owner, "count": len(items), "counts": summary.counts})
+        for reason, count in summary.counts.items():
+            QUARANTINES.labels(reason).inc(count)
         import nats.errors
 
         for msg in msgs:

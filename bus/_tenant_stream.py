@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -29,6 +28,7 @@ from trustbus.bus._in_order import PAUSES_S, Start, electing, read_in_order
 from trustbus.bus._keyring import Keyring
 from trustbus.bus._keyring_store import KeyringRevision, KeyringStore, read_revisions
 from trustbus.bus._log import NatsSubjectLog
+from trustbus.bus._metrics import ConsumerLag
 from trustbus.bus._provision import pinned_admin_key, tenant_partitions
 from trustbus.bus._publisher import UNAVAILABLE_S
 from trustbus.bus._seal import Sealed
@@ -39,16 +39,6 @@ from trustbus.bus._tail import TailItem, tail
 from trustbus.bus._translate import NATS_ERRORS, translated
 
 PUBLISH_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class ConsumerLag:
-    """A consumer's backlog: stored messages it has not been handed yet, handed and not acked, handed again."""
-
-    name: str
-    pending: int
-    ack_pending: int
-    redelivered: int
 
 
 class TenantStream:
@@ -148,20 +138,17 @@ class TenantStream:
         """The tenant's KV bucket ``name``, to read (what the server lets this connection read)."""
         return NatsBucket(self._js, name)
 
-    async def consumer_lag(self, prefix: str = "") -> list[ConsumerLag]:
+    async def consumer_lag(self, prefix: str = "") -> dict[str, ConsumerLag]:
         """How far behind each consumer of the stream whose name starts with ``prefix`` is, by name."""
         try:
             infos = await self._js.consumers_info(self.stream)
         except NATS_ERRORS as exc:
             raise translated(exc, f"list the consumers of {self.stream}") from exc
-        return sorted(
-            (
-                ConsumerLag(info.name, info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)
-                for info in infos
-                if info.name.startswith(prefix)
-            ),
-            key=lambda lag: lag.name,
-        )
+        return {
+            info.name: ConsumerLag(info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)
+            for info in sorted(infos, key=lambda info: info.name)
+            if info.name.startswith(prefix)
+        }
 
     async def partitions(self) -> int:
         """How many partitions the tenant has."""

@@ -32,6 +32,7 @@ from trustbus.bus._errors import NotFound, TransportError
 from trustbus.bus._identity import Identity
 from trustbus.bus._keyring_store import KeyringStore
 from trustbus.bus._log import NatsSubjectLog
+from trustbus.bus._metrics import ConsumerLag
 from trustbus.bus._provision import tenant_partitions
 from trustbus.bus._publisher import Publisher
 from trustbus.bus._quarantiner import Quarantiner
@@ -206,6 +207,14 @@ class Bus:
                 return False
             raise error from exc
         return True
+
+    async def consumer_lag(self, durable: str) -> ConsumerLag:
+        """What the durable consumer ``durable`` has not yet delivered or had acked; TransportError if unread."""
+        try:
+            info = await self._js.consumer_info(self.stream, durable)
+        except NATS_ERRORS as exc:
+            raise translated(exc, f"read consumer {durable}") from exc
+        return ConsumerLag(info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0)
 
     async def allows_direct_gets(self) -> bool:
         """Whether the tenant stream answers direct gets (``allow_direct``); TransportError if it cannot be read."""

@@ -1,59 +1,47 @@
-"""Health check of a trustbus process in its container: does it hold a connection to a NATS node?
+"""Health check of a trustbus process in its container: is it ready (``/readyz``)?
 
 Run by docker-compose.yml's healthcheck in the container of a coordinator,
-ledger service or agent. The container's network namespace is the process's
-own, so its TCP table (/proc/net/tcp, tcp6) lists exactly that process's
-sockets: the check passes when one of them is an established connection to
-the port of a server in NATS_URL. It says the process is alive and connected
-(nats-py reconnects within milliseconds when a node goes), not that it is
-making progress: the ledger's checkpoints and the coordinator's decisions in
-the stream say that.
+ledger service or agent, each started with ``TRUSTBUS_METRICS_PORT`` set (the
+default of ``--metrics-port``). The process answers ``/readyz`` with 200 once
+its work runs (an agent's consumer, the coordinator's lease rounds, the
+ledger's reader) and while its NATS connection is up, else 503 and why
+(docs/OBSERVABILITY.md). It does not say the process is making progress: the
+decisions and checkpoints in the stream, and the metrics, say that.
 
-Exit 0 when connected, 1 (with the reason on stderr) when not.
+Exit 0 when ready, 1 (with the reason on stderr) when not.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from urllib.parse import urlsplit
+import urllib.error
+import urllib.request
 
-ESTABLISHED = "01"
-DEFAULT_PORT = 4222
-
-
-def server_ports(urls: str) -> set[int]:
-    """The ports of the servers in a NATS_URL (comma-separated URLs)."""
-    ports = set()
-    for url in urls.split(","):
-        url = url.strip()
-        if url:
-            ports.add(urlsplit(url if "://" in url else f"nats://{url}").port or DEFAULT_PORT)
-    return ports
+TIMEOUT_S = 3.0
 
 
-def established_remote_ports(tables: list[str]) -> set[int]:
-    """Remote ports of the established connections in /proc/net/tcp-format tables."""
-    ports = set()
-    for table in tables:
-        for line in table.splitlines()[1:]:
-            fields = line.split()
-            if len(fields) > 3 and fields[3] == ESTABLISHED:
-                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
-    return ports
+def readiness(port: int) -> str | None:
+    """Why the process on ``port`` is not ready, or None if it is."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError as exc:
+        return f"not ready: {exc.read().decode().strip() or exc.code}"
+    except OSError as exc:
+        return f"no answer on port {port}: {exc}"
 
 
 def main() -> int:
-    """Check the container's TCP table against NATS_URL."""
-    wanted = server_ports(os.environ.get("NATS_URL", ""))
-    if not wanted:
-        print("NATS_URL is not set", file=sys.stderr)
+    """Ask the process's ``/readyz`` on ``TRUSTBUS_METRICS_PORT``."""
+    port = os.environ.get("TRUSTBUS_METRICS_PORT", "")
+    if not port.isdigit():
+        print("TRUSTBUS_METRICS_PORT is not set to a port", file=sys.stderr)
         return 1
-    tables = [p.read_text() for p in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")) if p.exists()]
-    if established_remote_ports(tables) & wanted:
+    reason = readiness(int(port))
+    if reason is None:
         return 0
-    print(f"no established connection to a NATS server (ports {sorted(wanted)})", file=sys.stderr)
+    print(reason, file=sys.stderr)
     return 1
 
 

@@ -31,7 +31,9 @@ from trustbus.bus import (
     HEADER_CKEY,
     HEADER_KEY,
     Bus,
+    ConsumerLagPoller,
     DurableSettings,
+    Health,
     KeyDirectory,
     Opened,
     StoredMessage,
@@ -39,6 +41,7 @@ from trustbus.bus import (
     TransportError,
     Unavailable,
     VerificationError,
+    collected,
     stop_on_signals,
     subjects,
     wrong_role,
@@ -46,6 +49,7 @@ from trustbus.bus import (
 from trustbus.ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
 from trustbus.ledger._errors import ServiceError
 from trustbus.ledger._given_up import GivenUpRecorder
+from trustbus.ledger._metrics import CHECKPOINTS, LedgerGauges
 from trustbus.ledger._parallel import open_all
 from trustbus.ledger._projector import Projector
 from trustbus.ledger._rows import KeyRow, Rows
@@ -146,6 +150,18 @@ class LedgerService:
         finally:
             await self.reader.aclose()
 
+    def projected_seq(self) -> int:
+        """The last stream sequence projected (committed within ``flush_seconds``)."""
+        return self.projector.position.last_seq
+
+    def checkpoint_age_s(self) -> float:
+        """Seconds since the last checkpoint published (or since the service started)."""
+        return max(0.0, time.monotonic() - self.schedule.last_at)
+
+    def uncheckpointed(self) -> int:
+        """Messages projected since the last checkpoint."""
+        return self.schedule.since
+
     def _remember_recent(self) -> None:
         """After a restart, the ids accepted within the replay window before the position, from the projection."""
         position = self.projector.position
@@ -225,8 +241,10 @@ class LedgerService:
                 extra={"through_seq": position.last_seq, "retry_s": CHECKPOINT_RETRY_S, "error": str(exc)},
             )
             self.schedule.failed(now, CHECKPOINT_RETRY_S)
+            CHECKPOINTS.labels("failed").inc()
             return
         self.schedule.published(now)
+        CHECKPOINTS.labels("published").inc()
         log.info("checkpoint", extra={"through_seq": position.last_seq, "head": position.head.hex()})
 
 
@@ -250,6 +268,7 @@ async def serve_ledger(
     settings: ServiceSettings = ServiceSettings(),
     nkey_auth: bool = False,
     ready: Callable[[], None] = lambda: None,
+    health: Health | None = None,
 ) -> None:
     """Run the ledger service for ``tenant`` until SIGTERM/SIGINT, then commit the current batch and return.
 
@@ -262,6 +281,7 @@ async def serve_ledger(
         settings: commit and checkpoint cadence.
         nkey_auth: authenticate to NATS with the seed's nkey.
         ready: called once it is reading the stream.
+        health: what ``/readyz`` answers, told when it reads the stream and when it stops.
 
     Raises:
         ServiceError: the key's role is not ``ledger``.
@@ -278,13 +298,21 @@ async def serve_ledger(
         nkey_auth=nkey_auth,
         inbox_prefix=subjects.reply_prefix(name) if nkey_auth else None,
     )
+    health = health or Health()
+    health.watch(lambda: bus.connected)
     try:
         role = bus.keyring.keyring.resolve(identity.key_id).role
         if role != "ledger":
             raise ServiceError(wrong_role(tenant, name, role, "ledger"))
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(LedgerService(bus, store, settings).run(stop, ready))
-            tasks.create_task(GivenUpRecorder(bus).run(stop))
+        service = LedgerService(bus, store, settings)
+        gauges = LedgerGauges(service, bus.last_seq)
+        lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"ledger": [service.reader.name]})
+        with collected(gauges.read):
+            async with lag.running(), asyncio.TaskGroup() as tasks:
+                tasks.create_task(service.run(stop, health.announcing(ready)))
+                tasks.create_task(GivenUpRecorder(bus).run(stop))
+                tasks.create_task(gauges.poll(stop))
     finally:
+        health.stopping()
         await bus.aclose()
         store.close()

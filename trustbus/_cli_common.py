@@ -14,7 +14,8 @@ would be compiled and evaluated there, several times over (tests/unit/test_struc
 from __future__ import annotations
 
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from typer._click import Context, HelpFormatter
 
-    from trustbus.bus import KeyDirectory
+    from trustbus.bus import KeyDirectory, MetricsServer
 
 T = TypeVar("T")
 
@@ -117,6 +118,16 @@ KeysOpt = Annotated[
     Path | None,
     typer.Option("--keys", envvar="TRUSTBUS_KEYS", help="Seed file directory (default ~/.trustbus/keys)."),
 ]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        envvar="TRUSTBUS_METRICS_PORT",
+        min=0,
+        max=65535,
+        help="Serve /metrics, /healthz and /readyz on this port (0: a free one, in the ready line); off if not given.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 NkeyAuthOpt = Annotated[
     bool, typer.Option("--nkey-auth", help="Authenticate to NATS with the seed's nkey (rendered configs).")
@@ -203,3 +214,30 @@ def recorded_messages(
         raise typer.Exit(2)
     messages, keyring = run(load_messages(servers(server), tenant, nkey_seed=nkey_seed()))
     return messages, keyring, tenant
+
+
+@contextmanager
+def metrics_endpoint(port: int | None) -> Iterator[MetricsServer | None]:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` while inside; nothing if ``port`` is None.
+
+    A taken port is a one-line error and exit code 1, before anything connects.
+    """
+    if port is None:
+        yield None
+        return
+    from trustbus.bus import MetricsServer
+
+    try:
+        server = MetricsServer(port).start()
+    except Exception as exc:
+        exit_if_known(exc)
+        raise
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def metrics_fields(server: MetricsServer | None) -> dict[str, object]:
+    """What a ready line says about the metrics endpoint: its port, if one is served."""
+    return {} if server is None else {"metrics_port": server.port}

@@ -6,7 +6,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from trustbus._cli_common import DEFAULT_SERVER, KeysOpt, NkeyAuthOpt, ServerOpt, TenantOpt, key_directory, run, servers
+from trustbus._cli_common import (
+    DEFAULT_SERVER,
+    KeysOpt,
+    MetricsPortOpt,
+    NkeyAuthOpt,
+    ServerOpt,
+    TenantOpt,
+    key_directory,
+    metrics_endpoint,
+    metrics_fields,
+    run,
+    servers,
+)
 
 if TYPE_CHECKING:
     from trustbus.agents import PartitionStatus
@@ -17,7 +29,7 @@ coordinator_app = typer.Typer(
 )
 
 
-def _ready(what: str, **fields: str) -> None:
+def _ready(what: str, **fields: object) -> None:
     print(json.dumps({"ready": what, **fields}), flush=True)
 
 
@@ -32,22 +44,25 @@ def agent_run(
     tools: Annotated[
         Path | None, typer.Option("--tools", help="Tool registry (.yaml, .yml or .toml) for the agent's tools.")
     ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Serve one agent until SIGTERM/SIGINT; prints a JSON ready line when serving."""
     from trustbus.agents import serve_agent
 
-    run(
-        serve_agent(
-            target,
-            servers=servers(server),
-            tenant=tenant,
-            agent_id=agent_id,
-            keys=key_directory(keys),
-            nkey_auth=nkey_auth,
-            ready=lambda: _ready("agent", id=agent_id, tenant=tenant),
-            tools_file=tools,
+    with metrics_endpoint(metrics_port) as endpoint:
+        run(
+            serve_agent(
+                target,
+                servers=servers(server),
+                tenant=tenant,
+                agent_id=agent_id,
+                keys=key_directory(keys),
+                nkey_auth=nkey_auth,
+                ready=lambda: _ready("agent", id=agent_id, tenant=tenant, **metrics_fields(endpoint)),
+                tools_file=tools,
+                health=endpoint.health if endpoint else None,
+            )
         )
-    )
 
 
 @coordinator_app.command("run")
@@ -61,22 +76,25 @@ def coordinator_run(
     tools: Annotated[
         Path | None, typer.Option("--tools", help="Tool registry: its high_risk tools are high risk in the policy too.")
     ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Mediate every outbox of the tenant until SIGTERM/SIGINT; prints a JSON ready line when serving."""
     from trustbus.agents import serve_coordinator
 
-    run(
-        serve_coordinator(
-            policy,
-            servers=servers(server),
-            tenant=tenant,
-            name=name,
-            keys=key_directory(keys),
-            nkey_auth=nkey_auth,
-            ready=lambda: _ready("coordinator", name=name, tenant=tenant),
-            tools_file=tools,
+    with metrics_endpoint(metrics_port) as endpoint:
+        run(
+            serve_coordinator(
+                policy,
+                servers=servers(server),
+                tenant=tenant,
+                name=name,
+                keys=key_directory(keys),
+                nkey_auth=nkey_auth,
+                ready=lambda: _ready("coordinator", name=name, tenant=tenant, **metrics_fields(endpoint)),
+                tools_file=tools,
+                health=endpoint.health if endpoint else None,
+            )
         )
-    )
 
 
 @coordinator_app.command("status")

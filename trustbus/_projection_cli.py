@@ -10,12 +10,15 @@ import typer
 from trustbus._cli_common import (
     DEFAULT_SERVER,
     KeysOpt,
+    MetricsPortOpt,
     NkeyAuthOpt,
     ServerOpt,
     TenantOpt,
     err,
     key_directory,
     make_table,
+    metrics_endpoint,
+    metrics_fields,
     out,
     run,
     servers,
@@ -41,6 +44,7 @@ def ledger_run(
     server: ServerOpt = DEFAULT_SERVER,
     keys: KeysOpt = None,
     nkey_auth: NkeyAuthOpt = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Project the tenant's stream into DATA and publish signed checkpoints, until SIGTERM/SIGINT.
 
@@ -49,22 +53,26 @@ def ledger_run(
     """
     from trustbus.ledger import ServiceSettings, serve_ledger
 
-    def ready() -> None:
-        print(json.dumps({"ready": "ledger", "name": name, "tenant": tenant, "data": str(data)}), flush=True)
-
     settings = ServiceSettings(checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
-    run(
-        serve_ledger(
-            servers=servers(server),
-            tenant=tenant,
-            name=name,
-            keys=key_directory(keys),
-            data_dir=data,
-            settings=settings,
-            nkey_auth=nkey_auth,
-            ready=ready,
+    with metrics_endpoint(metrics_port) as endpoint:
+
+        def ready() -> None:
+            line = {"ready": "ledger", "name": name, "tenant": tenant, "data": str(data), **metrics_fields(endpoint)}
+            print(json.dumps(line), flush=True)
+
+        run(
+            serve_ledger(
+                servers=servers(server),
+                tenant=tenant,
+                name=name,
+                keys=key_directory(keys),
+                data_dir=data,
+                settings=settings,
+                nkey_auth=nkey_auth,
+                ready=ready,
+                health=endpoint.health if endpoint else None,
+            )
         )
-    )
 
 
 def _plain(value: Any) -> Any:

@@ -85,6 +85,7 @@ class Container:
         """Run the service's command (the image's entrypoint is `trustbus`, its workdir holds examples/)."""
         own = {key: self.path(str(value)) for key, value in self.spec["environment"].items()}
         env = {**os.environ, **own, "NATS_URL": urls}
+        env["TRUSTBUS_METRICS_PORT"] = "0"  # a container has its port to itself; here they share one host
         env.pop("TRUSTBUS_NKEY", None)
         args = [self.path(arg) for arg in self.spec["command"]]
         return processes.start(service, [*TRUSTBUS, *args], env=env, log=err)
@@ -208,7 +209,12 @@ def test_compose_bring_up_on_a_local_three_node_cluster(tmp_path: Path) -> None:
         for service in PROCESSES:
             container = Container(service, tmp_path / "containers" / service, keys=keys)
             services.append(container.spawn(processes, service, urls, tmp_path / f"{service}.err"))
-            assert ready(services[-1])["ready"]
+            line = ready(services[-1])
+            assert line["ready"]
+            # what the compose healthcheck runs, against the port this process took
+            check_env = {**os.environ, "TRUSTBUS_METRICS_PORT": str(line["metrics_port"])}
+            checked = one_shot([sys.executable, str(ROOT / "deploy" / "healthcheck.py")], env=check_env)
+            assert checked.returncode == 0, checked.stderr
 
         # What a person runs: docker compose run --rm admin send ... (the admin service's entrypoint).
         admin_args = [a.replace("/keys", str(keys)) for a in SERVICES["admin"]["entrypoint"][1:]]

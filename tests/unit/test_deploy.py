@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import jsonschema
 import pytest
 import yaml
 
-from trustbus.bus import find_server_binary
+from trustbus.bus import MetricsServer, find_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -270,31 +269,25 @@ def healthcheck() -> ModuleType:
     return module
 
 
-def test_healthcheck_reads_server_ports_from_nats_url() -> None:
-    check = healthcheck()
-    assert check.server_ports("nats://nats-1:4222,nats://nats-2:4223, tls://h:7422,nats-3") == {4222, 4223, 7422}
-    table = (
-        "  sl  local_address rem_address   st tx_queue\n"
-        "   0: 0100007F:A165 0100007F:107E 01 00000000:00000000\n"  # established to 4222
-        "   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n"  # listening on 8080
-        "   2: 0100007F:A166 0100007F:107F 06 00000000:00000000\n"  # time-wait to 4223
-    )
-    assert check.established_remote_ports([table]) == {4222}
-
-
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the Linux TCP table")
-def test_healthcheck_passes_only_with_an_established_connection_to_a_server(
+def test_healthcheck_passes_only_when_the_process_is_ready(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     check = healthcheck()
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{port}")
-        assert check.main() == 1 and "no established connection" in capsys.readouterr().err
-        with socket.create_connection(("127.0.0.1", port)) as client:
-            accepted, _ = listener.accept()
-            with accepted:
-                assert client.fileno() >= 0
-                assert check.main() == 0
-    monkeypatch.delenv("NATS_URL")
-    assert check.main() == 1
+    monkeypatch.delenv("TRUSTBUS_METRICS_PORT", raising=False)
+    assert check.main() == 1 and "TRUSTBUS_METRICS_PORT is not set" in capsys.readouterr().err
+    with MetricsServer(0) as server:
+        monkeypatch.setenv("TRUSTBUS_METRICS_PORT", str(server.port))
+        assert check.main() == 1 and "not ready: starting" in capsys.readouterr().err
+        server.health.watch(lambda: True)
+        server.health.serving()
+        assert check.main() == 0
+        server.health.watch(lambda: False)
+        assert check.main() == 1 and "not ready: not connected to NATS" in capsys.readouterr().err
+    assert check.main() == 1 and f"no answer on port {server.port}" in capsys.readouterr().err
+
+
+def test_compose_runs_every_long_running_process_with_its_metrics_port() -> None:
+    env = COMPOSE["x-trustbus-env"]
+    assert env["TRUSTBUS_METRICS_PORT"].isdigit()
+    for name in ("coordinator", "ledger", "ping", "pong"):
+        assert SERVICES[name]["environment"]["TRUSTBUS_METRICS_PORT"] == env["TRUSTBUS_METRICS_PORT"]
