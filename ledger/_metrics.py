@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from trustbus.bus import TransportError
+from trustbus.bus import TransportError, unless_stopped
 
 STREAM_POLL_S = 5.0
 
@@ -43,7 +43,7 @@ class Observed(Protocol):
 class LedgerGauges:
     """The ledger's lag behind the stream and its checkpoint's age, for a bus.LoopCollector."""
 
-    def __init__(self, service: Observed, last_seq: Callable[[], Awaitable[int]]) -> None:
+    def __init__(self, service: Observed, last_seq: Callable[[], Coroutine[Any, Any, int]]) -> None:
         """``last_seq``: a coroutine function giving the stream's last sequence (``Bus.last_seq``)."""
         self._service = service
         self._last_seq = last_seq
@@ -52,8 +52,8 @@ class LedgerGauges:
     async def poll(self, stop: asyncio.Event) -> None:
         """Read the stream's last sequence every :data:`STREAM_POLL_S` until ``stop``; a failed read keeps the last."""
         while not stop.is_set():
-            with contextlib.suppress(TransportError):
-                self._stream_last = await self._last_seq()
+            with contextlib.suppress(TransportError):  # a read waits out an unreachable server: stop cuts it short
+                self._stream_last = await unless_stopped(self._last_seq(), stop) or self._stream_last
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STREAM_POLL_S)
 
