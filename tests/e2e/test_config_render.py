@@ -38,6 +38,37 @@ async def nkey_connect_reply(url: str, identity: Identity) -> bytes:
             await writer.wait_closed()
 
 
+async def publish_refused(url: str, identity: Identity, subject: str) -> bool:
+    """Whether the server refuses ``identity`` a publish to ``subject`` (an empty message, no reply asked)."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        info = json.loads((await asyncio.wait_for(reader.readline(), 1))[len(b"INFO ") :])
+        sig = base64.b64encode(identity.sign(info["nonce"].encode())).decode()
+        connect = {"verbose": False, "pedantic": False, "protocol": 1, "nkey": identity.key_id, "sig": sig}
+        writer.write(b"CONNECT " + json.dumps(connect).encode() + f"\r\nPUB {subject} 0\r\n\r\nPING\r\n".encode())
+        await writer.drain()
+        while (line := await asyncio.wait_for(reader.readline(), 1)) != b"PONG\r\n":
+            if line.startswith(b"-ERR 'Permissions Violation"):
+                return True
+            if not line:
+                raise AssertionError(f"the server closed the connection of {identity.key_id}")
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def wait_until_refused(url: str, identity: Identity, subject: str) -> None:
+    """Retry (bounded) until the server, reloaded, refuses ``identity`` a publish to ``subject``."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if asyncio.run(publish_refused(url, identity, subject)):
+            return
+    raise AssertionError(f"{identity.key_id} may still publish to {subject} 5s after the reload")
+
+
 def wait_until_accepted(url: str, identity: Identity) -> None:
     """Retry a raw connect (bounded) until the server, reloaded, accepts ``identity``."""
     deadline = time.monotonic() + 5

@@ -17,6 +17,7 @@ from pathlib import Path
 import nats
 import nats.js.errors
 
+from tests.e2e.test_config_render import wait_until_refused
 from tests.e2e.test_fleet_under_rendered_config import rendered
 from tests.processes import TRUSTBUS, one_shot, run
 from trustbus.bus import KeyDirectory
@@ -128,7 +129,9 @@ def test_a_ledger_refused_its_consumer_by_the_server_stops_at_once_and_says_why(
         config = tmp_path / "nats.conf"
         lines = config.read_text().splitlines(keepends=True)
         config.write_text("".join(line for line in lines if f"CREATE.{STREAM}.ledger" not in line))
-        deployment.reload()
+        deployment.reload()  # the server applies it after the signal is sent: wait for the grant to go
+        ledger = KeyDirectory(tmp_path / "keys").load(T, "ledger")
+        wait_until_refused(deployment.url, ledger, f"$JS.API.CONSUMER.CREATE.{STREAM}.ledger")
         ledger_run = [*TRUSTBUS, "ledger", "run", "-t", T, "--nkey-auth", "--data", str(tmp_path / "projection")]
         refused = one_shot(ledger_run, env=deployment.env)
         assert refused.returncode != 0
