@@ -159,6 +159,24 @@ async def test_incident_page_draws_the_causal_graph(console: tuple[Fleet, str], 
     assert [f"envelope:{fetched}", f"envelope:{injected}", "web"] in edges
     assert [f"envelope:{fetched}", f"effect:{fetched}:0", "web"] in edges
 
+    stricter = "rules:\n  - {from: '*', to: ['*'], kinds: [event, reply]}\n"  # no instruction is allowed any more
+    await page.fill("#redecide textarea", stricter)
+    await page.click("#redecide button")
+    await page.wait_for_selector("#redecided-table")
+    changed = await page.evaluate("window.incidentGraph.nodes('.changed').map(n => n.data('envelope_id'))")
+    # the instruction was held and is refused outright now; the forged event, refused unread, would pass now
+    assert sorted(changed) == sorted([injected, forged.envelope.id])
+    bad = await page.evaluate(
+        "async (c) => (await fetch('/api/redecide', {method: 'POST', headers: {'content-type': 'application/json'},"
+        " body: JSON.stringify({correlation: c, policy: 'rules: [oops'})})).status",
+        correlation,
+    )
+    assert bad == 400
+
+    await page.goto(base(url) + "/")  # the live page lists the hold, linked to its incident
+    held = page.locator("#decisions tr.verdict-hold", has_text="tainted_high_risk")
+    assert await held.locator(f'a[href="/incident?correlation={correlation}"]').count() >= 1
+
 
 async def test_a_hold_approved_from_the_page_is_delivered_once(
     console: tuple[Fleet, str], context: BrowserContext

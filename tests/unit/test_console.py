@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from tests.processes import ROOT, TRUSTBUS, one_shot
 from trustbus.bus import Decision, EffectRecord, KeyDirectory, new_envelope
 from trustbus.console._graph import graph_model
 from trustbus.console._source import Source, SqlRefused, verb_and_arguments
@@ -77,3 +79,17 @@ def test_the_sql_page_runs_one_select_and_nothing_else(sql: str, tmp_path: Path)
     source = Source(["nats://127.0.0.1:1"], "t", "ops", KeyDirectory(tmp_path), None, tmp_path)
     with pytest.raises(SqlRefused):
         source.sql(sql)
+
+
+def test_the_docs_show_the_commands_help_as_it_is() -> None:
+    done = one_shot([*TRUSTBUS, "console", "--help"], env={**os.environ, "COLUMNS": "100"})
+    usage = "Usage: trustbus console" + done.stdout.split(" console", 1)[1]  # as the installed command names itself
+    doc = (ROOT / "docs" / "CONSOLE.md").read_text()
+    shown = doc.split("## `trustbus console --help`\n\n```text\n", 1)[1].split("```", 1)[0]
+    assert done.returncode == 0 and shown == usage
+
+
+def test_the_console_refuses_to_start_without_the_operators_key(tmp_path: Path) -> None:
+    env = {**os.environ, "TRUSTBUS_KEYS": str(tmp_path)}
+    done = one_shot([*TRUSTBUS, "console", "-t", "t", "--as", "ops", "--port", "0"], env=env)
+    assert done.returncode == 1 and "ops" in done.stderr and "Traceback" not in done.stderr
