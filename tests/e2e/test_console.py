@@ -118,6 +118,7 @@ async def test_every_page_and_api_call_needs_the_token(console: tuple[Fleet, str
     assert response is not None and response.status == 200 and page.url == base(url) + "/"
     assert (await page.title()).startswith("Live decisions")
     assert (await context.request.get(base(url) + "/api/holds")).status == 200
+    assert (await context.request.get(base(url) + "/api/live?after=x")).status == 400
 
 
 async def test_incident_page_draws_the_causal_graph(console: tuple[Fleet, str], context: BrowserContext) -> None:

@@ -65,6 +65,13 @@ def _refused(request: Request) -> Response:
     return HTMLResponse(pages.unauthorized(), status_code=401)
 
 
+async def _failed(request: Request, exc: Exception) -> Response:
+    """A bus, agent or ledger error (the server unreachable, a refusal): its message, as the commands say it."""
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": str(exc)}, status_code=502)
+    return HTMLResponse(pages.failed(str(exc)), status_code=502)
+
+
 def make_app(source: Source, token: str) -> Starlette:
     """The console over ``source``; every request needs ``token`` (see :class:`TokenGate`)."""
 
@@ -75,7 +82,10 @@ def make_app(source: Source, token: str) -> Starlette:
         return shown("Live decisions and refused messages", pages.live(await source.live(0)))
 
     async def live_api(request: Request) -> Response:
-        return JSONResponse(await source.live(int(request.query_params.get("after", "0"))))
+        after = request.query_params.get("after", "0")
+        if not after.isdigit():
+            return JSONResponse({"error": "after: a stream sequence"}, status_code=400)
+        return JSONResponse(await source.live(int(after)))
 
     async def holds(request: Request) -> Response:
         return shown("Held, waiting for an operator", pages.holds(await source.holds()))
@@ -143,4 +153,9 @@ def make_app(source: Source, token: str) -> Starlette:
         Route("/favicon.ico", lambda request: Response(status_code=204)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=token)])
+    from trustbus.agents import AgentError
+    from trustbus.bus import BusError
+    from trustbus.ledger import LedgerError
+
+    handlers = {kind: _failed for kind in (BusError, AgentError, LedgerError)}
+    return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=token)], exception_handlers=handlers)

@@ -37,6 +37,14 @@ def unauthorized() -> str:
     )
 
 
+def failed(message: str) -> str:
+    """The page shown when the bus, the coordinator or the ledger answered with an error."""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>error · trustbus console</title></head>"
+        f"<body><h1>error</h1><p class=error>{escape(message)}</p><p><a href=/>back</a></p></body></html>"
+    )
+
+
 def _list(values: list[str]) -> str:
     return escape(",".join(values))
 
