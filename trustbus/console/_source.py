@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 RECENT = 100
 """How many decisions and refusals the live page shows."""
+LOOKBACK = 5000
+"""How many stream sequences before the last decision the live page's first look reads decisions from."""
 SQL_ROWS = 1000
 """The most rows the SQL page shows of one result."""
 
@@ -70,20 +72,28 @@ class Source:
         return decision_dict(decision, 0)
 
     async def live(self, after: int) -> dict[str, Any]:
-        """The decisions recorded after stream sequence ``after`` (the last :data:`RECENT`), and the refusals."""
+        """The decisions recorded after stream sequence ``after`` (the last :data:`RECENT`), and the refusals.
+
+        ``after`` 0 is a first look: it reads from :data:`LOOKBACK` sequences before the last decision.
+        """
         from trustbus._commands import refusals
         from trustbus.bus import TenantStream, VerificationError, decode_decision, open_envelope, subjects
 
         decisions: list[dict[str, Any]] = []
         async with await TenantStream.connect(self.servers, self.tenant, nkey_seed=self.nkey_seed) as stream:
             keyring = await stream.keyring()
-            async for message in stream.log(subjects.all_decisions(self.tenant)).read(after=after):
+            log = stream.log(subjects.all_decisions(self.tenant))
+            if after == 0 and (last := await log.last()) is not None:
+                after = max(0, last.seq - LOOKBACK)
+            async for message in log.read(after=after):
                 try:
                     opened = open_envelope(
                         message.body, message.headers, keyring=keyring, received_ns=message.stored_ns, at_store=True
                     )
                     decision = decode_decision(opened.envelope.payload)
-                except (VerificationError, ValueError):  # not a coordinator's record: the refusals list it
+                except (VerificationError, ValueError):  # not a record at all: the refusals list it
+                    continue
+                if opened.grant.role != "coordinator":  # a decision only a coordinator's key may make
                     continue
                 decisions.append(decision_dict(decision, message.seq))
         refused = await refusals(self.servers, tenant=self.tenant, nkey_seed=self.nkey_seed)
