@@ -31,7 +31,8 @@ def console(
         from trustbus.console._serve import bind, serve
         from trustbus.console._source import Source
     except ImportError as exc:
-        err.print(f"[red]error:[/red] the console needs {exc.name}: pip install 'trustbus\\[console]'")
+        needed = (exc.name or "its web server").split(".")[0]
+        err.print(f"[red]error:[/red] the console needs {needed}: pip install 'trustbus\\[console]'")
         raise typer.Exit(1) from None
     directory = key_directory(keys)
     directory.load(tenant, operator, role="operator")  # a missing or wrong key is said now, not at the first click

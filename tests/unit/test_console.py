@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_query_cli import data as query_projection  # noqa: F401  (a fixture)
 from tests.processes import ROOT, TRUSTBUS, one_shot
 from trustbus.bus import Decision, EffectRecord, KeyDirectory, new_envelope
 from trustbus.console._graph import graph_model
@@ -93,3 +95,17 @@ def test_the_console_refuses_to_start_without_the_operators_key(tmp_path: Path) 
     env = {**os.environ, "TRUSTBUS_KEYS": str(tmp_path)}
     done = one_shot([*TRUSTBUS, "console", "-t", "t", "--as", "ops", "--port", "0"], env=env)
     assert done.returncode == 1 and "ops" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_sql_page_shows_what_trustbus_query_prints(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    projection = request.getfixturevalue("query_projection")
+    source = Source(["nats://127.0.0.1:1"], "acme", "ops", KeyDirectory(tmp_path), None, projection)
+    columns, rows, cut = source.sql("SELECT seq, recipients, taint, reject_reason FROM envelopes ORDER BY seq")
+    assert columns == ["seq", "recipients", "taint", "reject_reason"] and not cut
+    assert rows[0] == ["1", '["bob", "carol"]', '["web"]', ""] and len(rows) == 4
+
+
+def test_without_the_console_extra_the_command_says_what_to_install() -> None:
+    code = "import sys; sys.modules['starlette'] = None; from trustbus.cli import main; main()"
+    done = one_shot([sys.executable, "-c", code, "console", "-t", "t", "--as", "ops"])
+    assert done.returncode == 1 and "pip install 'trustbus[console]'" in done.stderr, done.stderr
