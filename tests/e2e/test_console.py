@@ -17,7 +17,16 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from tests.e2e.fleet import Fleet
-from trustbus.bus import EffectRecord, EmbeddedServer, KeyDirectory, encode_effect, init_tenant, new_envelope, subjects
+from trustbus.bus import (
+    Decision,
+    EffectRecord,
+    EmbeddedServer,
+    KeyDirectory,
+    encode_effect,
+    init_tenant,
+    new_envelope,
+    subjects,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -29,7 +38,12 @@ CHROMIUM_FLAGS = [
 POLICY = {
     "taint": {"high_risk_tools": ["issue_refund"], "on_tainted_high_risk": "hold"},
     "rules": [
-        {"from": "researcher", "to": ["billing", "payments"], "kinds": ["instruction"], "verbs": ["issue_refund"]},
+        {
+            "from": "researcher",
+            "to": ["billing", "payments", "refunds"],
+            "kinds": ["instruction"],
+            "verbs": ["issue_refund"],
+        },
         {"from": "*", "to": ["*"], "kinds": ["event", "reply"]},
     ],
 }
@@ -207,3 +221,23 @@ async def test_a_hold_approved_from_the_page_is_delivered_once(
     await page.goto(base(url) + "/holds")
     assert await page.locator(f'tr[data-envelope="{injected}"]').count() == 0
     assert (await fleet.inbox_counts())["payments"] == 1  # approved from the page once, delivered once
+
+
+async def test_a_hold_denied_from_the_page_is_never_delivered(
+    console: tuple[Fleet, str], context: BrowserContext
+) -> None:
+    fleet, url = console
+    _, injected = await held_instruction(fleet, "refunds")
+    page = await logged_in(context, url)
+    await page.goto(base(url) + "/holds")
+    row = page.locator(f'tr[data-envelope="{injected}"]')
+    await row.locator("button.deny").click()
+    await page.wait_for_selector(f'tr[data-envelope="{injected}"][data-outcome="reject"]', timeout=30_000)
+    assert (await row.locator(".outcome").inner_text()).startswith("dropped (approval ")
+
+    def denied(d: Decision) -> bool:
+        return d.envelope_id == injected and d.verdict == "reject"
+
+    [decision] = [d for d in await fleet.decisions(lambda ds: any(map(denied, ds))) if denied(d)]
+    assert decision.reasons[-1] == "denied" and decision.approver == "ops"
+    assert (await fleet.inbox_counts())["refunds"] == 0
