@@ -133,6 +133,10 @@ async def test_every_page_and_api_call_needs_the_token(console: tuple[Fleet, str
     assert (await page.title()).startswith("Live decisions")
     assert (await context.request.get(base(url) + "/api/holds")).status == 200
     assert (await context.request.get(base(url) + "/api/live?after=x")).status == 400
+    answer = base(url) + "/api/holds/x"
+    as_form = {"content-type": "application/x-www-form-urlencoded"}  # what a form on another site could send
+    assert (await context.request.post(answer, data="approve=1", headers=as_form)).status == 415
+    assert (await context.request.post(answer, data="[1]", headers={"content-type": "application/json"})).status == 400
 
 
 async def test_incident_page_draws_the_causal_graph(console: tuple[Fleet, str], context: BrowserContext) -> None:

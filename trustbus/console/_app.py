@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -65,6 +66,18 @@ def _refused(request: Request) -> Response:
     return HTMLResponse(pages.unauthorized(), status_code=401)
 
 
+async def _asked(request: Request) -> dict[str, Any] | None:
+    """The JSON object a POST carries, or None if it carries none."""
+    try:
+        asked = await request.json()
+    except ValueError:
+        return None
+    return asked if isinstance(asked, dict) else None
+
+
+NOT_AN_OBJECT = {"error": "send a JSON object"}
+
+
 async def _failed(request: Request, exc: Exception) -> Response:
     """A bus, agent or ledger error (the server unreachable, a refusal): its message, as the commands say it."""
     if request.url.path.startswith("/api/"):
@@ -96,7 +109,9 @@ def make_app(source: Source, token: str) -> Starlette:
     async def answer_api(request: Request) -> Response:
         from trustbus.agents import AgentError
 
-        asked = await request.json()
+        asked = await _asked(request)
+        if asked is None:
+            return JSONResponse(NOT_AN_OBJECT, status_code=400)
         try:
             decision = await source.answer(
                 request.path_params["envelope_id"], approve=bool(asked.get("approve")), note=str(asked.get("note", ""))
@@ -116,7 +131,9 @@ def make_app(source: Source, token: str) -> Starlette:
         from trustbus._incident_view import redecided_rows
         from trustbus.agents import AgentError
 
-        asked = await request.json()
+        asked = await _asked(request)
+        if asked is None:
+            return JSONResponse(NOT_AN_OBJECT, status_code=400)
         found = await source.incident(str(asked.get("correlation", "")))
         with tempfile.TemporaryDirectory() as folder:
             policy = Path(folder) / "policy.yaml"
@@ -136,7 +153,7 @@ def make_app(source: Source, token: str) -> Starlette:
         if text is None:
             return shown("SQL over the ledger projection", pages.sql(pages.DEFAULT_SQL, None, None))
         try:
-            result = source.sql(text)
+            result = await run_in_threadpool(source.sql, text)  # DuckDB would hold up every other request
         except (SqlRefused, LedgerError, duckdb.Error) as exc:
             return shown("SQL over the ledger projection", pages.sql(text, None, str(exc)))
         return shown("SQL over the ledger projection", pages.sql(text, result, None))
