@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Locator, Page, async_playwright
 
 from tests.e2e.fleet import Fleet
 from trustbus.bus import (
@@ -197,21 +197,32 @@ async def test_incident_page_draws_the_causal_graph(console: tuple[Fleet, str], 
     assert await held.locator(f'a[href="/incident?correlation={correlation}"]').count() >= 1
 
 
-async def test_a_hold_approved_from_the_page_is_delivered_once(
-    console: tuple[Fleet, str], context: BrowserContext
-) -> None:
+async def answered_from_the_page(
+    console: tuple[Fleet, str], context: BrowserContext, to: str, button: str, *, note: str = ""
+) -> tuple[Page, Locator, str]:
+    """Hold an instruction to ``to``, open the holds page, press ``button`` on its row and wait for the answer.
+
+    Returns the page, the row and the held envelope's id.
+    """
     fleet, url = console
-    _, injected = await held_instruction(fleet, "payments")
+    _, injected = await held_instruction(fleet, to)
     page = await logged_in(context, url)
     await page.goto(base(url) + "/holds")
     row = page.locator(f'tr[data-envelope="{injected}"]')
     cells = await row.locator("td").all_inner_texts()
-    assert cells[1:8] == ["researcher", "payments", "instruction", "issue_refund", '{"order": 1}', "web",
-                          "tainted_high_risk"]  # fmt: skip
+    assert cells[1:8] == ["researcher", to, "instruction", "issue_refund", '{"order": 1}', "web", "tainted_high_risk"]
+    await row.locator(".note").fill(note)
+    await row.locator(f"button.{button}").click()
+    await page.wait_for_selector(f'tr[data-envelope="{injected}"][data-outcome]', timeout=30_000)
+    return page, row, injected
 
-    await row.locator(".note").fill("checked with the customer")
-    await row.locator("button.approve").click()
-    await page.wait_for_selector(f'tr[data-envelope="{injected}"][data-outcome="accept"]', timeout=30_000)
+
+async def test_a_hold_approved_from_the_page_is_delivered_once(
+    console: tuple[Fleet, str], context: BrowserContext
+) -> None:
+    fleet, url = console
+    page, row, injected = await answered_from_the_page(console, context, "payments", "approve", note="checked")
+    assert await row.get_attribute("data-outcome") == "accept", await row.locator(".outcome").inner_text()
     assert "released to payments" in await row.locator(".outcome").inner_text()
     delivered = await fleet.inbox(lambda read: any(e.id == injected for _, e in read))
     assert [r for r, e in delivered if e.id == injected] == ["payments"]
@@ -230,13 +241,9 @@ async def test_a_hold_approved_from_the_page_is_delivered_once(
 async def test_a_hold_denied_from_the_page_is_never_delivered(
     console: tuple[Fleet, str], context: BrowserContext
 ) -> None:
-    fleet, url = console
-    _, injected = await held_instruction(fleet, "refunds")
-    page = await logged_in(context, url)
-    await page.goto(base(url) + "/holds")
-    row = page.locator(f'tr[data-envelope="{injected}"]')
-    await row.locator("button.deny").click()
-    await page.wait_for_selector(f'tr[data-envelope="{injected}"][data-outcome="reject"]', timeout=30_000)
+    fleet, _ = console
+    _, row, injected = await answered_from_the_page(console, context, "refunds", "deny")
+    assert await row.get_attribute("data-outcome") == "reject", await row.locator(".outcome").inner_text()
     assert (await row.locator(".outcome").inner_text()).startswith("dropped (approval ")
 
     def denied(d: Decision) -> bool:
