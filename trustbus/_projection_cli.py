@@ -86,7 +86,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     """A cell for a table or CSV: lists and structs as JSON, NULL as empty."""
     if value is None:
         return ""
@@ -122,9 +122,9 @@ def query(
     elif csv_out:
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
-        writer.writerows([_cell(v) for v in row] for row in rows)
+        writer.writerows([cell(v) for v in row] for row in rows)
     else:
         table = make_table(*columns)
         for row in rows:
-            table.add_row(*(_cell(v) for v in row))
+            table.add_row(*(cell(v) for v in row))
         out.print(table)

@@ -30,6 +30,7 @@ from trustbus._cli_common import (
     use_nkey,
 )
 from trustbus._config_cli import config_app
+from trustbus._console_cli import console
 from trustbus._demo_cli import demo
 from trustbus._doctor_cli import doctor
 from trustbus._keys_cli import keys_app
@@ -62,6 +63,7 @@ app.command()(query)
 app.command()(show)
 app.command()(doctor)
 app.command()(demo)
+app.command()(console)
 
 
 def _show_version(wanted: bool) -> None:

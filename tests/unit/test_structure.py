@@ -128,7 +128,7 @@ import json, sys
 import typer.main
 from trustbus.cli import app
 
-HEAVY = ("nats", "duckdb", "nacl", "rich", "pydantic")
+HEAVY = ("nats", "duckdb", "nacl", "rich", "pydantic", "starlette", "uvicorn")
 
 def paths(command, prefix):
     yield prefix
@@ -151,6 +151,8 @@ print(json.dumps({"loaded": loaded, "commands": sum(1 for _ in paths(typer.main.
 
 def test_help_loads_neither_the_library_nor_rich_nor_pydantic() -> None:
     """``trustbus --help`` and every ``trustbus <command> --help`` load no nats, duckdb, nacl, rich or pydantic.
+
+    Nor the console's web server (``trustbus console --help`` included).
 
     Its timing is bench/startup.py's.
     """
@@ -214,6 +216,22 @@ def _layer_of(path: Path) -> str:
 
 def _project_files() -> list[Path]:
     return [*(path for package in LIBRARY for path in _files(ROOT / package)), *_cli_files()]
+
+
+CONSOLE_ONLY = ("starlette", "uvicorn")
+"""The ``console`` extra: only trustbus/console imports them, so the core install runs without them."""
+
+
+def test_only_the_console_imports_the_console_extra() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in _project_files()
+        if not path.is_relative_to(CLI / "console")
+        for line, module in imported(path)
+        if module.split(".")[0] in CONSOLE_ONLY
+    ]
+    assert found == []
+    assert any(m.split(".")[0] == "starlette" for p in _files(CLI / "console") for _, m in imported(p))
 
 
 def test_only_the_bus_speaks_nats() -> None:
