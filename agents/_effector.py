@@ -24,6 +24,7 @@ again on redelivery and waits for the same answer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -41,8 +42,10 @@ from trustbus.agents._errors import EffectDenied, EffectError, RuntimeSetupError
 from trustbus.agents._tools import Toolbox
 from trustbus.bus import (
     Bus,
+    Decision,
     EffectRecord,
     Envelope,
+    TransientError,
     TransportError,
     VerificationError,
     decode_effect,
@@ -51,6 +54,7 @@ from trustbus.bus import (
     new_envelope,
     open_envelope,
     subjects,
+    unless_stopped,
 )
 
 log = logging.getLogger("trustbus.agent")
@@ -67,14 +71,17 @@ class Effector:
         toolbox: Toolbox | None,
         *,
         held: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         """Made by the runtime for each delivery; ``cause`` is the delivered envelope.
 
         ``held()`` is entered while a call waits for an operator (the runtime suspends the
         handler's timeout meanwhile: waiting for a person is not a hung handler).
+        ``stopping``: once set, a call waiting for an operator gives up waiting (the process stops).
         """
         self._bus = bus
         self._held = held
+        self._stopping = stopping
         self._agent_id = agent_id
         self._cause = cause
         self._toolbox = toolbox
@@ -131,7 +138,7 @@ class Effector:
             # A request already made for this call (by a process that died waiting) is waited on, not repeated.
             ask = found[0] if found is not None and is_ask(*found) else await self._record(subject, requested, taint)
             with self._held():
-                answer = await await_answer(self._bus, self._agent_id, ask, tool=tool)
+                answer = await self._answer(ask, tool)
             if answer.verdict != "accept":
                 reason = answer.reasons[-1]
                 denied = EffectDenied(
@@ -156,6 +163,21 @@ class Effector:
         await self._record(subject, completed, gained)
         self._completed[index] = key
         return json.loads(result), gained
+
+    async def _answer(self, ask: Envelope, tool: str) -> Decision:
+        """The coordinator's answer to ``ask``, waited for until the process stops.
+
+        Raises:
+            TransientError: the process is stopping; the request stands, and the
+                redelivery after a restart waits on it again (never asks twice).
+        """
+        waiting = await_answer(self._bus, self._agent_id, ask, tool=tool)
+        if self._stopping is None:
+            return await waiting
+        answer = await unless_stopped(waiting, self._stopping)
+        if answer is None:
+            raise TransientError(f"stopping while {tool} waits for an operator; the request stands")
+        return answer
 
     async def _last_record(self, subject: str, key: str, tool: str) -> tuple[Envelope, EffectRecord] | None:
         """The latest record of this call (envelope and record), verified as this agent's own; None if none."""

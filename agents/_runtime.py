@@ -63,11 +63,21 @@ class Context:
     its cause, and carries the taint the coordinator attested for it.
     """
 
-    def __init__(self, bus: Bus, agent_id: str, delivery: Delivery, *, tools: Toolbox | None = None) -> None:
-        """Made by the runtime for each delivery."""
+    def __init__(
+        self,
+        bus: Bus,
+        agent_id: str,
+        delivery: Delivery,
+        *,
+        tools: Toolbox | None = None,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        """Made by the runtime for each delivery; ``stopping`` ends a tool call's wait for an operator."""
         self._bus = bus
         self._deadline: asyncio.Timeout | None = None  # the handler's timeout, set by the runtime
-        self._effector = Effector(bus, agent_id, delivery.envelope, tools, held=self._waiting_for_a_person)
+        self._effector = Effector(
+            bus, agent_id, delivery.envelope, tools, held=self._waiting_for_a_person, stopping=stopping
+        )
         self.agent_id = agent_id
         self.envelope: Envelope = delivery.envelope
         mediation = delivery.opened.mediation
@@ -323,14 +333,16 @@ async def run_agent(
     log.info("agent ready", extra={"agent": agent_id, "tenant": bus.tenant})
     ready()
     async for delivery in bus.consume(inbox, settings=INBOX_SETTINGS, recipient=agent_id, stop=stop):
-        handle = functools.partial(_handle_afresh, agent, bus, delivery, tools)
+        handle = functools.partial(_handle_afresh, agent, bus, delivery, tools, stop)
         async with delivery.process():
             await patiently([delivery], handle, stopping=stop)
 
 
-async def _handle_afresh(agent: Agent, bus: Bus, delivery: Delivery, tools: Toolbox | None) -> None:
+async def _handle_afresh(
+    agent: Agent, bus: Bus, delivery: Delivery, tools: Toolbox | None, stopping: asyncio.Event
+) -> None:
     """Handle ``delivery`` in a new context (a run again after an outage starts as a redelivery would)."""
-    await _handle_in_time(agent, Context(bus, bus.name, delivery, tools=tools))
+    await _handle_in_time(agent, Context(bus, bus.name, delivery, tools=tools, stopping=stopping))
 
 
 async def _handle_in_time(agent: Agent, ctx: Context) -> None:
