@@ -20,6 +20,12 @@ from trustbus.bus import NAME_PATTERN
 
 _NAME = re.compile(NAME_PATTERN)
 _STRICTNESS = ("read", "reversible", "irreversible")
+_HINTS = {
+    "read_only": (False, "readOnlyHint"),
+    "destructive": (True, "destructiveHint"),
+    "idempotent": (False, "idempotentHint"),
+}
+"""Each annotation the registry records: the protocol's default, and its name on the wire."""
 
 Status = Literal["added", "unchanged", "changed", "approved", "missing", "conflict", "skipped"]
 
@@ -60,10 +66,9 @@ class Offered:
     def differs_from(self, binding: Mapping[str, Any]) -> list[str]:
         """What changed since ``binding`` was approved: ``definition`` and the annotations, by name."""
         changed = ["definition"] if binding.get("fingerprint") != self.fingerprint else []
-        defaults = {"read_only": False, "destructive": True, "idempotent": False}
-        for hint, default in defaults.items():
+        for hint, (default, called) in _HINTS.items():
             if binding.get(hint, default) != getattr(self, hint):
-                changed.append(f"{hint}Hint")
+                changed.append(called)
         return changed
 
 
@@ -132,25 +137,24 @@ def merge(document: Mapping[str, Any], offered: list[Offered], options: ImportOp
     rows: list[Row] = []
     unowned: list[int] = []
     for tool in offered:
-        name = options.prefix + tool.name
-        if not _NAME.fullmatch(name):
-            rows.append(Row(name, tool.name, "skipped", note="not a registry name: letters, digits, '_' or '-'"))
-            continue
-        index = next((i for i, entry in enumerate(tools) if entry.get("name") == name), None)
+        index = _bound_to(tools, server, tool.name)
+        name = options.prefix + tool.name if index is None else str(tools[index]["name"])
         approved = bool(wanted & {name, tool.name})
         wanted -= {name, tool.name}
         if index is None:
-            entry = _new_entry(name, tool, server, options)
-            if "owner" not in entry:
-                unowned.append(len(tools))
-            tools.append(entry)
-            rows.append(_row(entry, tool, "added"))
+            if not _NAME.fullmatch(name):
+                rows.append(Row(name, tool.name, "skipped", note="not a registry name: letters, digits, '_' or '-'"))
+            elif any(entry.get("name") == name for entry in tools):
+                rows.append(Row(name, tool.name, "conflict", note="the registry has another tool of this name"))
+            else:
+                entry = _new_entry(name, tool, server, options)
+                if "owner" not in entry:
+                    unowned.append(len(tools))
+                tools.append(entry)
+                rows.append(_row(entry, tool, "added"))
             continue
         entry = tools[index]
-        binding = entry.get("mcp") or {}
-        if binding.get("server") != server or binding.get("tool") != tool.name:
-            rows.append(Row(name, tool.name, "conflict", note="the registry has another tool of this name"))
-            continue
+        binding = entry["mcp"]
         if "owner" not in entry:
             if options.owner is None:
                 unowned.append(index)
@@ -176,6 +180,15 @@ def merge(document: Mapping[str, Any], offered: list[Offered], options: ImportOp
     if wanted:
         raise ImportRefused(f"--approve {', '.join(sorted(wanted))}: server {server!r} offers no such tool")
     return Imported(doc, rows, unowned)
+
+
+def _bound_to(tools: list[dict[str, Any]], server: str, tool: str) -> int | None:
+    """The index of the entry the server's ``tool`` is bound to, whatever the operator named it."""
+    for index, entry in enumerate(tools):
+        binding = entry.get("mcp")
+        if isinstance(binding, dict) and binding.get("server") == server and binding.get("tool") == tool:
+            return index
+    return None
 
 
 def _merge_server(doc: dict[str, Any], given: Mapping[str, Any]) -> str:
