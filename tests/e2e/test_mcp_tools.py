@@ -126,9 +126,10 @@ async def test_a_changed_tool_is_refused_until_approved(fleet: Fleet) -> None:
     assert (failed.error or "").startswith("EffectDenied: mcp_tool_changed: add_note call")
     assert calls(store) == 0  # listed, never called
 
-    registry = fleet.tmp / "drifted.yaml"
-    rows, _ = await import_mcp(fleet.env, "--server", "notebook", "-f", str(registry), "--approve", "add_note")
-    statuses = {name: row["status"] for name, row in rows.items()}
+    # As `trustbus tools import-mcp --server notebook -f drifted.yaml --approve add_note` does:
+    options = ImportOptions(server={"name": "notebook"}, approve=["add_note"])
+    approval, _ = await import_server(fleet.tmp / "drifted.yaml", options)
+    statuses = {row.name: row.status for row in approval.rows}
     assert statuses == {"read_note": "unchanged", "add_note": "approved", "burn_notebook": "unchanged"}
 
     accepted = await note(fleet, "drifted", "kept")  # the running agent reads the approval from its registry

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from trustbus.adapters._mcp_import import ImportOptions, ImportRefused, Offered, effect_class_of, fingerprint, merge
-from trustbus.adapters.mcp import McpTools
-from trustbus.agents import load_tools, parse_tools
+from trustbus.adapters.mcp import CHANGED, McpTools
+from trustbus.agents import EffectDenied, load_tools, parse_tools
+from trustbus.agents._effect_asks import parse_denial
 
 SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
 READ = Offered("read_note", "Read a note.", SCHEMA, read_only=True)
@@ -137,3 +138,9 @@ def test_an_agent_refuses_a_changed_tool_until_its_registry_approves_it(tmp_path
     registry.write_text(yaml.safe_dump(approved))
     assert tools._refusal(add, reworded) is None  # taken while the agent runs
     assert McpTools(load_tools(registry))._refusal(add, reworded) is not None  # no source file: the loaded one counts
+
+
+def test_a_refusal_reads_back_from_its_failed_record_with_its_reason() -> None:
+    refused = EffectDenied.refusing(reason=CHANGED, tool="add_note", idempotency_key="k" * 32, why="it changed")
+    assert str(refused) == f"mcp_tool_changed: add_note call {'k' * 32} refused; the tool was not called: it changed"
+    assert parse_denial(f"EffectDenied: {refused}") == ("mcp_tool_changed", None)  # what a re-execution reads

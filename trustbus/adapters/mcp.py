@@ -114,12 +114,9 @@ class McpTools:
         client, listing = await session.listing()
         problem = self._refusal(tool, listing.get(tool.mcp.tool))
         if problem is not None:
-            message = (
-                f"{CHANGED}: {name} call {idempotency_key} refused; the tool was not called: {problem}; "
-                f"approve it with `trustbus tools import-mcp --server {tool.mcp.server} --file <registry> "
-                f"--approve {name}`"
-            )
-            raise EffectDenied(message, reason=CHANGED, tool=name, idempotency_key=idempotency_key, approver=None)
+            approve = f"trustbus tools import-mcp --server {tool.mcp.server} --file <registry> --approve {name}"
+            why = f"{problem}; approve it with `{approve}`"
+            raise EffectDenied.refusing(reason=CHANGED, tool=name, idempotency_key=idempotency_key, why=why)
         result = await session.call(client, tool.mcp.tool, args, key=idempotency_key)
         content = [block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content]
         if result.is_error:
