@@ -1,12 +1,14 @@
 """MCP tools with real processes: imported from a real MCP server, called by an agent as recorded effects.
 
 The server is tests/fixtures/mcp_server.py (built with the mcp SDK), run over
-stdio by each agent process that calls it, and once over streamable HTTP for
-an import. Its store file counts every call of a tool, so the counts below are
-the server's. (How a re-import keeps the operator's edits is tests/unit/test_mcp_import.py's.)
-One tenant, one coordinator and two agents serve the module:
-``notes`` calls the server as imported; ``drifted`` calls a server started with
-``--changed`` (its add_note reworded since it was approved).
+stdio by each agent process that calls it and by an approval, and over
+streamable HTTP for `trustbus tools import-mcp`. Its store file counts every
+call of a tool, so the counts below are the server's. One tenant, one
+coordinator and two agents (examples/notes.py) serve the module: ``notes``
+calls the server as imported; ``drifted`` calls a server started with
+``--changed`` (its add_note reworded since it was approved). How a re-import
+keeps the operator's edits is tests/unit/test_mcp_import.py's; a server lost
+between calls, tests/integration/test_mcp_session.py's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,23 +27,19 @@ import yaml
 
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_effects import effect_records
-from tests.processes import ROOT, TRUSTBUS, one_shot_async
+from tests.fixtures import mcp_server
+from tests.processes import TRUSTBUS, one_shot_async
 from trustbus.adapters.mcp import ImportOptions, import_server
 from trustbus.bus import EmbeddedServer, Envelope, KeyDirectory, init_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-SERVER = ROOT / "tests" / "fixtures" / "mcp_server.py"
 POLICY = {
     "rules": [
         {"from": "boss", "to": ["notes", "drifted"], "kinds": ["instruction"], "verbs": ["note"]},
         {"from": "*", "to": ["*"], "kinds": ["event", "reply"]},
     ]
 }
-
-
-def server_command(store: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(SERVER), "--store", str(store), *extra]
 
 
 async def import_mcp(env: dict[str, str], *args: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -59,7 +56,7 @@ def calls(store: Path) -> int:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def fleet(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    """The tenant, its coordinator, and the agents `notes` and `drifted`, each with its registry from import-mcp."""
+    """The tenant, its coordinator, and the agents `notes` and `drifted`, each with its registry."""
     tmp = tmp_path_factory.mktemp("mcp")
     keys = KeyDirectory(tmp / "keys")
     tenant = f"mcp{os.getpid()}"
@@ -74,13 +71,10 @@ async def fleet(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFa
 
 
 async def registries(tmp: Path) -> None:
-    """`notes.yaml` imported from the server; `drifted.yaml` the same, its server changed since then."""
-    notes = tmp / "notes.yaml"
-    server = {"name": "notebook", "command": server_command(tmp / "notes.json")}
-    await import_server(notes, ImportOptions(server=server, owner="ops"))
-    document = yaml.safe_load(notes.read_text())
-    document["mcp_servers"][0]["command"] = server_command(tmp / "drifted.json", "--changed")
-    (tmp / "drifted.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    """`notes.yaml` as import-mcp writes it; `drifted.yaml` the same, but its server changed since then."""
+    (tmp / "notes.yaml").write_text(yaml.safe_dump(await mcp_server.registry(tmp / "notes.json"), sort_keys=False))
+    drifted = await mcp_server.registry(tmp / "drifted.json", "--changed")
+    (tmp / "drifted.yaml").write_text(yaml.safe_dump(drifted, sort_keys=False))
 
 
 async def start_notes(fleet: Fleet, agent: str) -> None:
@@ -139,7 +133,7 @@ async def test_a_changed_tool_is_refused_until_approved(fleet: Fleet) -> None:
 
 async def test_import_over_streamable_http_maps_annotations_to_effect_classes(fleet: Fleet) -> None:
     store = fleet.tmp / "http.json"
-    http = await fleet.start(server_command(store, "--http"))
+    http = await fleet.start(mcp_server.command(store, "--http"))
     url = str(http.ready_line["url"])  # type: ignore[index]
     registry = fleet.tmp / "http.yaml"
 

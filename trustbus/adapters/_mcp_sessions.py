@@ -12,6 +12,7 @@ import contextlib
 import logging
 from typing import Any, cast
 
+import anyio
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, RequestParamsMeta, Tool
 
@@ -28,6 +29,9 @@ KEY_META = "dev.trustbus/idempotency-key"
 """The ``_meta`` key of a tool call that carries its idempotency key (a server that honours it acts once)."""
 
 _GONE = (CONNECTION_CLOSED, REQUEST_TIMEOUT)
+_LOST = (MCPError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
+"""What a session that is gone raises (an MCPError only with a code of _GONE; any other is the server's answer)."""
+CLOSE_TIMEOUT_S = 5.0
 
 
 def target(server: McpServer) -> StdioServerParameters | str:
@@ -101,7 +105,9 @@ class ServerSession:
             assert self._client is not None
             try:
                 return self._client, await list_offered(self._client)
-            except (MCPError, OSError, TimeoutError) as exc:
+            except (*_LOST, TimeoutError) as exc:
+                if isinstance(exc, MCPError) and exc.code not in _GONE:
+                    raise
                 await self._drop()
                 raise TransientError(f"MCP server {self.server.name} did not list its tools: {exc}") from exc
 
@@ -109,12 +115,9 @@ class ServerSession:
         """Call ``tool``; a lost session is dropped (reopened on the next call) and raised as TransientError."""
         try:
             return await client.session.call_tool(tool, arguments, meta=cast(RequestParamsMeta, {KEY_META: key}))
-        except MCPError as exc:
-            if exc.code not in _GONE:
+        except _LOST as exc:
+            if isinstance(exc, MCPError) and exc.code not in _GONE:
                 raise
-            await self._drop()
-            raise TransientError(f"MCP server {self.server.name} was lost during a call of {tool}: {exc}") from exc
-        except (OSError, RuntimeError) as exc:
             await self._drop()
             raise TransientError(f"MCP server {self.server.name} was lost during a call of {tool}: {exc}") from exc
 
@@ -124,6 +127,7 @@ class ServerSession:
             await self._drop()
 
     async def _open(self) -> None:
+        await self._drop()  # a session that died, or an open cut short (its handler timed out)
         ready: asyncio.Future[Client] = asyncio.get_running_loop().create_future()
         self._closing = asyncio.Event()
         self._holder = asyncio.create_task(self._hold(ready), name=f"mcp-{self.server.name}")
@@ -145,16 +149,16 @@ class ServerSession:
             else:
                 log.warning("MCP session ended: %s", _cause(exc), extra={"server": self.server.name})
         finally:
-            self._client = None
+            if self._holder is asyncio.current_task():  # not a newer session's client
+                self._client = None
 
     async def _drop(self) -> None:
         holder, self._holder, self._client = self._holder, None, None
         if holder is None:
             return
         self._closing.set()
-        try:
-            await asyncio.wait_for(holder, OPEN_TIMEOUT_S)
-        except TimeoutError:
+        done, _ = await asyncio.wait({holder}, timeout=CLOSE_TIMEOUT_S)
+        if not done:  # still connecting, or a server that does not let go
             holder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await holder
