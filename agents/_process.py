@@ -90,27 +90,6 @@ async def serve_agent(
     agent = load_agent(target)
     tools = bind_tools(agent, tools_file)
     served = tool_servers(tools.registry) if tool_servers is not None and tools is not None else nullcontext({})
-    async with served as outside:
-        if tools is not None and outside:
-            tools = Toolbox(tools.registry, {**outside, **agent.tools})
-        await _serve_bound_agent(
-            agent, tools, servers=servers, tenant=tenant, agent_id=agent_id, keys=keys, nkey_auth=nkey_auth,
-            ready=ready, health=health,
-        )  # fmt: skip
-
-
-async def _serve_bound_agent(
-    agent: Agent,
-    tools: Toolbox | None,
-    *,
-    servers: Sequence[str],
-    tenant: str,
-    agent_id: str,
-    keys: KeyDirectory,
-    nkey_auth: bool,
-    ready: Callable[[], None],
-    health: Health | None,
-) -> None:
     identity = keys.load(tenant, agent_id, role="agent")
     stop = stop_on_signals()
     bus = await connect_agent(list(servers), tenant=tenant, agent_id=agent_id, identity=identity, nkey_auth=nkey_auth)
@@ -118,7 +97,9 @@ async def _serve_bound_agent(
     health.watch(lambda: bus.connected)
     lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"inbox": [subjects.inbox_consumer(agent_id)]})
     try:
-        async with lag.running():
+        async with lag.running(), served as outside:
+            if tools is not None and outside:
+                tools = Toolbox(tools.registry, {**outside, **agent.tools})
             await run_agent(agent, bus, stop=stop, ready=health.announcing(ready), tools=tools)
     finally:
         health.stopping()
