@@ -74,7 +74,6 @@ class McpTools:
 
     def __init__(self, registry: ToolRegistry, *, source: Path | None = None) -> None:
         """Bind every tool of ``registry`` that has an ``mcp`` block; nothing is opened yet."""
-        self._registry = registry
         self._source = source
         self._sessions = {name: ServerSession(server) for name, server in registry.mcp_servers.items()}
         self.implementations: dict[str, ToolImplementation] = {
@@ -96,25 +95,26 @@ class McpTools:
 
     def _implementation(self, tool: Tool) -> ToolImplementation:
         async def call(args: dict[str, Any], /, *, idempotency_key: str) -> Any:
-            return await self.call(tool.name, args, idempotency_key=idempotency_key)
+            return await self._call(tool, args, idempotency_key=idempotency_key)
 
         return call
 
-    async def call(self, name: str, args: dict[str, Any], *, idempotency_key: str) -> Any:
-        """Call the registry's MCP tool ``name`` with ``args``; its structured result, else its content as JSON.
+    async def _call(self, tool: Tool, args: dict[str, Any], *, idempotency_key: str) -> Any:
+        """Call the MCP tool with ``args``; its structured result, else its content blocks as JSON.
 
         Raises:
             EffectDenied: the server's tool is not the approved one (reason ``mcp_tool_changed``); not called.
             McpToolError: the tool reported an error.
             TransientError: the server cannot be reached or was lost (the delivery is retried).
         """
-        tool = self._registry.get(name)
         assert tool.mcp is not None
+        name = tool.name
         session = self._sessions[tool.mcp.server]
         client, listing = await session.listing()
         problem = self._refusal(tool, listing.get(tool.mcp.tool))
         if problem is not None:
-            approve = f"trustbus tools import-mcp --server {tool.mcp.server} --file <registry> --approve {name}"
+            registry = self._source or "<registry>"
+            approve = f"trustbus tools import-mcp --server {tool.mcp.server} --file {registry} --approve {name}"
             why = f"{problem}; approve it with `{approve}`"
             raise EffectDenied.refusing(reason=CHANGED, tool=name, idempotency_key=idempotency_key, why=why)
         result = await session.call(client, tool.mcp.tool, args, key=idempotency_key)
