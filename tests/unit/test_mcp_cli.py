@@ -66,6 +66,20 @@ def test_import_refuses_what_it_cannot_do(
     assert not registry.exists()
 
 
-def test_import_writes_only_yaml(trustbus: Invoke, tmp_path: Path) -> None:
-    result = trustbus("tools", "import-mcp", "--server", "n", "--command", "x", "-f", str(tmp_path / "tools.toml"))
-    assert result.exit_code == 1 and "import-mcp writes YAML registries" in result.output
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("tools.toml", "", "import-mcp writes YAML registries"),
+        ("tools.yaml", "[1, 2]", "not a tool registry"),
+        ("tools.yaml", "tools: [fetch_page]", "tools: not a list of mappings"),
+        ("tools.yaml", "tools: [", "is not valid YAML"),
+    ],
+)
+def test_import_refuses_a_file_it_cannot_merge_into(
+    trustbus: Invoke, tmp_path: Path, name: str, text: str, said: str
+) -> None:
+    registry = tmp_path / name
+    registry.write_text(text)
+    result = trustbus("tools", "import-mcp", "--server", "n", "--command", "x", "-f", str(registry))
+    assert result.exit_code == 1 and said in result.output, result.output
+    assert registry.read_text() == text

@@ -191,6 +191,10 @@ def _read_document(file: Path) -> dict[str, Any]:
         raise ImportRefused(f"{file} is not valid YAML: {exc}") from None
     if not isinstance(document, dict):
         raise ImportRefused(f"{file}: not a tool registry (a mapping with a tools list)")
+    for field in ("mcp_servers", "tools"):
+        entries = document.get(field) or []
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise ImportRefused(f"{file}: {field}: not a list of mappings; fix it first (`trustbus tools -f {file}`)")
     return document
 
 
