@@ -5,7 +5,7 @@ stdio by each agent process that calls it and by an approval, and over
 streamable HTTP for `trustbus tools import-mcp`. Its store file counts every
 call of a tool, so the counts below are the server's. One tenant, one
 coordinator and two agents (examples/notes.py) serve the module: ``notes``
-calls the server as imported; ``drifted`` calls a server started with
+calls the server as imported (once held for an operator); ``drifted`` calls a server started with
 ``--changed`` (its add_note reworded since it was approved). How a re-import
 keeps the operator's edits is tests/unit/test_mcp_import.py's; a server lost
 between calls, tests/integration/test_mcp_session.py's.
@@ -26,6 +26,7 @@ import pytest_asyncio
 import yaml
 
 from tests.e2e.fleet import Fleet
+from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
 from tests.fixtures import mcp_server
 from tests.processes import TRUSTBUS, one_shot_async
@@ -64,7 +65,8 @@ async def fleet(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFa
     fleet = Fleet(url=nats_server.url, tenant=tenant, keys=keys, tmp=tmp, nc=await nats.connect(nats_server.url))
     try:
         await registries(tmp)
-        await asyncio.gather(fleet.coordinator(POLICY), *(start_notes(fleet, agent) for agent in ("notes", "drifted")))
+        agents = (start_notes(fleet, agent) for agent in ("notes", "drifted"))
+        await asyncio.gather(fleet.coordinator(POLICY), fleet.key("ops", role="operator"), *agents)
         yield fleet
     finally:
         await fleet.close()
@@ -83,10 +85,10 @@ async def start_notes(fleet: Fleet, agent: str) -> None:
     await fleet.spawn("agent", "run", "examples.notes:app", "--id", agent, "-t", fleet.tenant, "--tools", registry)
 
 
-async def note(fleet: Fleet, agent: str, title: str) -> str:
+async def note(fleet: Fleet, agent: str, title: str, *, taint: tuple[str, ...] = ()) -> str:
     boss = fleet.buses[0] if fleet.buses else await fleet.bus("boss")
     payload = {"verb": "note", "title": title, "text": f"text of {title}"}
-    return await fleet.send(boss, [agent], payload, kind="instruction")
+    return await fleet.send(boss, [agent], payload, kind="instruction", taint=taint)
 
 
 async def reply_to(fleet: Fleet, sent: str) -> Envelope:
@@ -107,6 +109,23 @@ async def test_an_mcp_tool_is_called_as_a_recorded_effect(fleet: Fleet) -> None:
     assert json.loads(completed.result or b"") == {"added": "first", "notes": 1}
     assert calls(fleet.tmp / "notes.json") == 1
     assert json.loads((fleet.tmp / "notes.json").read_text())["keys"] == [key]  # the key reached the server
+
+
+async def test_a_tainted_call_of_a_high_risk_mcp_tool_is_held_until_an_operator_approves_it(fleet: Fleet) -> None:
+    store = fleet.tmp / "notes.json"
+    before = calls(store)
+    sent = await note(fleet, "notes", "from the web", taint=("web",))
+
+    decisions = await fleet.decisions(lambda ds: any(d.kind == "effect" and d.verdict == "hold" for d in ds))
+    [held] = [d for d in decisions if d.kind == "effect" and d.verdict == "hold"]
+    assert held.causation_id == sent and calls(store) == before  # asked, not called
+    rc, _, err = await cli(fleet, "approve", held.envelope_id, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+
+    body = json.loads((await reply_to(fleet, sent)).payload)
+    assert body["noted"]["added"] == "from the web" and calls(store) == before + 1
+    records = await effect_records(fleet, "notes", body["cites"][0])
+    assert [r.phase for _, r in records] == ["requested", "completed"] and records[0][0].id == held.envelope_id
 
 
 async def test_a_changed_tool_is_refused_until_approved(fleet: Fleet) -> None:
