@@ -201,13 +201,14 @@ def _read_document(file: Path) -> dict[str, Any]:
 def _server_of(document: Mapping[str, Any], options: ImportOptions, file: Path) -> McpServer:
     """The server to list: as given on the command line, else as the registry lists it."""
     given = {key: value for key, value in options.server.items() if value is not None}
+    source = "command line"
     if "command" not in given and "url" not in given:
         listed = [entry for entry in document.get("mcp_servers") or [] if entry.get("name") == given["name"]]
         if not listed:
             raise ImportRefused(f"server {given['name']!r} is not in {file}: give its --command or --url")
-        given = dict(listed[0])
+        given, source = dict(listed[0]), str(file)
     try:
-        return parse_tools({"mcp_servers": [given]}, source="command line").mcp_servers[given["name"]]
+        return parse_tools({"mcp_servers": [given]}, source=source).mcp_servers[given["name"]]
     except ToolRegistryError as exc:
         raise ImportRefused(str(exc)) from None
 
