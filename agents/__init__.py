@@ -30,7 +30,16 @@ if TYPE_CHECKING:
     from trustbus.agents._reexecute import reexecute
     from trustbus.agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
     from trustbus.agents._status import PartitionStatus, coordinator_status
-    from trustbus.agents._tools import Tool, Toolbox, ToolImplementation, ToolRegistry, load_tools, parse_tools
+    from trustbus.agents._tools import (
+        McpBinding,
+        McpServer,
+        Tool,
+        Toolbox,
+        ToolImplementation,
+        ToolRegistry,
+        load_tools,
+        parse_tools,
+    )
 
 __all__ = [
     "Agent",
@@ -43,6 +52,8 @@ __all__ = [
     "EffectError",
     "Handlers",
     "Limits",
+    "McpBinding",
+    "McpServer",
     "Policy",
     "PolicyError",
     "RateLimit",
@@ -113,6 +124,8 @@ _ORIGINS: dict[str, str] = {
     "connect_agent": "trustbus.agents._runtime",
     "read_checkpoint": "trustbus.agents._runtime",
     "run_agent": "trustbus.agents._runtime",
+    "McpBinding": "trustbus.agents._tools",
+    "McpServer": "trustbus.agents._tools",
     "Tool": "trustbus.agents._tools",
     "ToolImplementation": "trustbus.agents._tools",
     "ToolRegistry": "trustbus.agents._tools",

@@ -8,7 +8,7 @@ The tree::
     ├── ToolRegistryError    a tool registry file is missing, unparsable or invalid
     ├── UnknownTool          a tool not in the registry, or with no implementation bound
     ├── EffectError          an effect's stored record cannot be trusted
-    └── EffectDenied         the coordinator refused a held tool call (an operator's denial, or the policy)
+    └── EffectDenied         a tool call was refused: by the coordinator (held, then denied) or its MCP binding
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ class EffectError(AgentError):
 
 
 class EffectDenied(AgentError):
-    """A high-risk tool call made under taint was refused by the coordinator: the tool did not run.
+    """A tool call was refused, by the coordinator (a high-risk call under taint) or by its binding: it did not run.
 
     Attributes:
         reason: the stable reason code of the refusal: ``denied`` (an operator said no),
-            ``tainted_high_risk`` (the policy rejects such calls outright) or ``unknown_cause``.
+            ``tainted_high_risk`` (the policy rejects such calls outright), ``unknown_cause``, or
+            ``mcp_tool_changed`` (the MCP server's tool is not the one approved: refused by its binding).
         tool: the tool that was not called.
         idempotency_key: the call's key.
         approver: the operator who denied it, if one did.
@@ -56,3 +57,22 @@ class EffectDenied(AgentError):
         self.tool = tool
         self.idempotency_key = idempotency_key
         self.approver = approver
+
+    @classmethod
+    def refusing(
+        cls, *, reason: str, tool: str, idempotency_key: str, approver: str | None = None, why: str = ""
+    ) -> EffectDenied:
+        """A refusal whose ``failed`` record reads back with its reason, so a re-execution refuses it again.
+
+        ``why`` follows the standard message (what the tool's binding saw, what to do about it).
+        """
+        from trustbus.agents._effect_asks import denial_message  # it imports this module (through _policy)
+
+        message = denial_message(reason=reason, approver=approver, tool=tool, key=idempotency_key)
+        return cls(
+            f"{message}: {why}" if why else message,
+            reason=reason,
+            tool=tool,
+            idempotency_key=idempotency_key,
+            approver=approver,
+        )

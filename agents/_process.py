@@ -6,7 +6,8 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 
 from trustbus.agents._errors import RuntimeSetupError
@@ -14,7 +15,7 @@ from trustbus.agents._metrics import coordinator_gauges
 from trustbus.agents._partitions import Partitions
 from trustbus.agents._policy import load_policy
 from trustbus.agents._runtime import Agent, connect_agent, run_agent
-from trustbus.agents._tools import Toolbox, load_tools
+from trustbus.agents._tools import Toolbox, ToolImplementation, ToolRegistry, load_tools
 from trustbus.bus import (
     Bus,
     ConsumerLagPoller,
@@ -27,6 +28,9 @@ from trustbus.bus import (
 )
 
 log = logging.getLogger("trustbus.coordinator")
+
+ToolServers = Callable[[ToolRegistry], AbstractAsyncContextManager[Mapping[str, ToolImplementation]]]
+"""Implementations of registry tools that run outside the agent (MCP servers), open while the agent runs."""
 
 
 def load_agent(target: str) -> Agent:
@@ -54,7 +58,14 @@ def bind_tools(agent: Agent, tools_file: Path | None) -> Toolbox | None:
                 f"the agent implements tools ({', '.join(sorted(agent.tools))}): give their registry with --tools FILE"
             )
         return None
-    return Toolbox(load_tools(tools_file), agent.tools)
+    registry = load_tools(tools_file)
+    served = sorted(name for name in agent.tools if name in registry and registry.get(name).mcp is not None)
+    if served:
+        raise RuntimeSetupError(
+            f"the agent implements tools its registry says an MCP server serves ({', '.join(served)}): "
+            "remove the implementations or the entries' mcp blocks"
+        )
+    return Toolbox(registry, agent.tools)
 
 
 async def serve_agent(
@@ -68,14 +79,17 @@ async def serve_agent(
     ready: Callable[[], None],
     tools_file: Path | None = None,
     health: Health | None = None,
+    tool_servers: ToolServers | None = None,
 ) -> None:
     """Run one agent until SIGTERM/SIGINT, then finish the current batch, drain and close.
 
     A bad tool registry, or an implementation of a tool it does not list, stops it before it connects.
-    ``health``: what ``/readyz`` answers, told when the agent serves and stops.
+    ``health``: what ``/readyz`` answers, told when the agent serves and stops. ``tool_servers``
+    binds the registry's tools that are served from outside (MCP servers), for as long as the agent runs.
     """
     agent = load_agent(target)
     tools = bind_tools(agent, tools_file)
+    served = tool_servers(tools.registry) if tool_servers is not None and tools is not None else nullcontext({})
     identity = keys.load(tenant, agent_id, role="agent")
     stop = stop_on_signals()
     bus = await connect_agent(list(servers), tenant=tenant, agent_id=agent_id, identity=identity, nkey_auth=nkey_auth)
@@ -83,7 +97,9 @@ async def serve_agent(
     health.watch(lambda: bus.connected)
     lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"inbox": [subjects.inbox_consumer(agent_id)]})
     try:
-        async with lag.running():
+        async with lag.running(), served as outside:
+            if tools is not None and outside:
+                tools = Toolbox(tools.registry, {**outside, **agent.tools})
             await run_agent(agent, bus, stop=stop, ready=health.announcing(ready), tools=tools)
     finally:
         health.stopping()

@@ -46,7 +46,11 @@ def agent_run(
     ] = None,
     metrics_port: MetricsPortOpt = None,
 ) -> None:
-    """Serve one agent until SIGTERM/SIGINT; prints a JSON ready line when serving."""
+    """Serve one agent until SIGTERM/SIGINT; prints a JSON ready line when serving.
+
+    Tools the registry says an MCP server serves are bound to that server (the mcp extra).
+    """
+    from trustbus._mcp_cli import mcp_tool_servers
     from trustbus.agents import serve_agent
 
     with metrics_endpoint(metrics_port) as endpoint:
@@ -61,6 +65,7 @@ def agent_run(
                 ready=lambda: _ready("agent", id=agent_id, tenant=tenant, **metrics_fields(endpoint)),
                 tools_file=tools,
                 health=endpoint.health if endpoint else None,
+                tool_servers=mcp_tool_servers(tools) if tools is not None else None,
             )
         )
 

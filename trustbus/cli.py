@@ -39,7 +39,7 @@ from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._projection_cli import query
 from trustbus._quarantine_cli import quarantine_app
 from trustbus._show_cli import show
-from trustbus._tools_cli import tools
+from trustbus._tools_cli import tools_app
 
 app = typer.Typer(
     help="trustbus: a signed, mediated, event-sourced message bus for multi-agent systems.",
@@ -58,7 +58,7 @@ app.add_typer(ledger_app, name="ledger", cls=CommandGroup)
 app.command()(approve)
 app.command()(deny)
 app.add_typer(config_app, name="config", cls=CommandGroup)
-app.command()(tools)
+app.add_typer(tools_app, name="tools", cls=CommandGroup)
 app.command()(query)
 app.command()(show)
 app.command()(doctor)

@@ -59,7 +59,7 @@ def test_agents_exports() -> None:
             "decide", "load_policy", "parse_policy",
             "read_checkpoint", "run_agent",
             "EffectDenied", "EffectError", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
-            "UnknownTool", "idempotency_key", "load_tools", "parse_tools",
+            "UnknownTool", "idempotency_key", "load_tools", "parse_tools", "McpBinding", "McpServer",
             "answer", "instruction_verb", "list_held", "list_held_requests", "PartitionStatus", "coordinator_status",
             "load_agent", "redecide", "reexecute", "serve_agent",
             "serve_coordinator",

@@ -277,3 +277,21 @@ def test_agents_and_ledger_do_not_import_each_other() -> None:
         if module.split(".")[:2] == ["trustbus", other]
     ]
     assert found == []
+
+
+MCP_ADAPTER = ("trustbus/adapters/mcp.py", "trustbus/adapters/_mcp_import.py", "trustbus/adapters/_mcp_sessions.py")
+
+
+def test_only_the_mcp_adapter_imports_the_mcp_sdk() -> None:
+    """bus, agents, ledger and the command never import ``mcp`` (an optional extra); the adapter alone does."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in _project_files()
+        if str(path.relative_to(ROOT)) not in MCP_ADAPTER
+        for line, module in imported(path)
+        if module.split(".")[0] in ("mcp", "mcp_types")
+    ]
+    assert found == []
+    code = "import sys, trustbus.bus, trustbus.agents, trustbus.ledger, trustbus.cli, trustbus.agents._process; "
+    code += "print(json.dumps(sorted(m for m in ('mcp', 'mcp_types', 'trustbus.adapters.mcp') if m in sys.modules)))"
+    assert json.loads(_run_python("import json; " + code)) == []

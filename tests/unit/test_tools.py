@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from trustbus.agents import (
     Agent,
@@ -123,6 +124,64 @@ def test_unreadable_files_name_the_file(tmp_path: Path, name: str, text: str, pr
     assert str(file) in str(caught.value)
     with pytest.raises(ToolRegistryError, match="cannot read tool registry"):
         load_tools(tmp_path / "missing.yaml")
+
+
+MCP_SERVER = {"name": "notebook", "command": ["notebook-server", "--quiet"]}
+FINGERPRINT = "ab" * 32
+
+
+def served(name: str, effect_class: str = "read", **mcp: Any) -> dict[str, Any]:
+    return tool(name, effect_class, mcp={"server": "notebook", "tool": name, "fingerprint": FINGERPRINT, **mcp})
+
+
+def test_mcp_servers_and_served_tools_load() -> None:
+    http = {"name": "remote", "url": "https://tools.example/mcp"}
+    registry = parse_tools({"mcp_servers": [MCP_SERVER, http], "tools": [served("read_note"), tool("local")]})
+    assert registry.mcp_servers["notebook"].command == ("notebook-server", "--quiet")
+    assert registry.mcp_servers["remote"].url == "https://tools.example/mcp"
+    binding = registry.get("read_note").mcp
+    assert binding is not None and (binding.server, binding.fingerprint, binding.destructive) == (
+        "notebook",
+        FINGERPRINT,
+        True,
+    )
+    assert registry.get("local").mcp is None
+
+
+@pytest.mark.parametrize(
+    ("servers", "tools", "where", "what"),
+    [
+        ([MCP_SERVER], [served("x", fingerprint="sha256:ab")], "tools.0.mcp.fingerprint", "64 lowercase hex"),
+        ([MCP_SERVER], [served("x", server="elsewhere")], "tools.0.mcp.server", "'elsewhere' is not in mcp_servers"),
+        ([], [served("x")], "tools.0.mcp.server", "(listed: none)"),
+        ([MCP_SERVER], [served("x", tool="")], "tools.0.mcp.tool", "at least 1 character"),
+        ([MCP_SERVER], [served("x", hint=True)], "tools.0.mcp.hint", "Extra inputs are not permitted"),
+        ([{"name": "s"}], [], "mcp_servers.0.url", "either a command (stdio) or a url"),
+        ([{**MCP_SERVER, "url": "http://h/mcp"}], [], "mcp_servers.0.url", "not both or neither"),
+        ([{"name": "s", "url": "ftp://h"}], [], "mcp_servers.0.url", "not an http:// or https:// URL"),
+        ([{"name": "s", "command": []}], [], "mcp_servers.0.command", "at least 1 item"),
+        ([{"name": "a b", "url": "http://h"}], [], "mcp_servers.0.name", "is not a server name"),
+        ([MCP_SERVER, MCP_SERVER], [], "mcp_servers.1.name", "listed twice"),
+    ],
+)
+def test_every_mcp_problem_names_its_field(
+    servers: list[dict[str, Any]], tools: list[dict[str, Any]], where: str, what: str
+) -> None:
+    assert re.search(
+        rf"tools\.yaml: {re.escape(where)}: .*{re.escape(what)}", problems({"mcp_servers": servers, "tools": tools})
+    )
+
+
+def test_agent_may_not_implement_a_tool_an_mcp_server_serves(tmp_path: Path) -> None:
+    registry = tmp_path / "tools.yaml"
+    registry.write_text(yaml.safe_dump({"mcp_servers": [MCP_SERVER], "tools": [served("fetch_page")]}))
+
+    class Fetcher(Agent):
+        tools: Mapping[str, ToolImplementation] = {"fetch_page": _noop}
+
+    with pytest.raises(RuntimeSetupError, match=r"an MCP server serves \(fetch_page\)"):
+        bind_tools(Fetcher(), registry)
+    assert bind_tools(Agent(), registry) is not None
 
 
 async def _noop(args: dict[str, Any], *, idempotency_key: str) -> None:
