@@ -14,7 +14,7 @@ from trustbus.agents._metrics import coordinator_gauges
 from trustbus.agents._partitions import Partitions
 from trustbus.agents._policy import load_policy
 from trustbus.agents._runtime import Agent, connect_agent, run_agent
-from trustbus.agents._tools import Toolbox, load_tools
+from trustbus.agents._tools import Toolbox, ToolRegistry, load_tools
 from trustbus.bus import (
     Bus,
     ConsumerLagPoller,
@@ -29,8 +29,15 @@ from trustbus.bus import (
 log = logging.getLogger("trustbus.coordinator")
 
 
-def load_agent(target: str) -> Agent:
-    """Import ``module:attr``: an :class:`Agent` instance, or a class to instantiate with no arguments."""
+Adapt = Callable[[object], Agent | None]
+"""Turns an agent of another framework into an :class:`Agent`; None if it is not one it knows."""
+
+
+def load_agent(target: str, *, adapt: Adapt | None = None) -> Agent:
+    """Import ``module:attr``: an :class:`Agent` instance, or a class to instantiate with no arguments.
+
+    ``adapt`` is asked about anything else (an agent written with another framework).
+    """
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise RuntimeSetupError(f"agent {target!r}: expected module:attribute, e.g. examples.pingpong:agent")
@@ -40,21 +47,31 @@ def load_agent(target: str) -> Agent:
         found = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, SyntaxError) as exc:
         raise RuntimeSetupError(f"cannot load agent {target!r}: {type(exc).__name__}: {exc}") from exc
-    agent = found() if isinstance(found, type) else found
+    agent = found() if isinstance(found, type) and issubclass(found, Agent) else found
+    if not isinstance(agent, Agent) and adapt is not None:
+        agent = adapt(agent)
     if not isinstance(agent, Agent):
-        raise RuntimeSetupError(f"{target!r} is not an agents.Agent (subclass it or use agents.Handlers)")
+        raise RuntimeSetupError(
+            f"{target!r} is not an agents.Agent (subclass it or use agents.Handlers) nor an agent of a known framework"
+        )
     return agent
 
 
 def bind_tools(agent: Agent, tools_file: Path | None) -> Toolbox | None:
-    """The agent's implementations bound to the registry in ``tools_file``; None if it has neither."""
+    """The agent's implementations bound to the registry in ``tools_file`` and its built-in entries.
+
+    None if the agent implements no tools and no file is given.
+    """
     if tools_file is None:
-        if agent.tools:
+        if agent.tools and not agent.builtin_tools:
             raise RuntimeSetupError(
                 f"the agent implements tools ({', '.join(sorted(agent.tools))}): give their registry with --tools FILE"
             )
-        return None
-    return Toolbox(load_tools(tools_file), agent.tools)
+        if not agent.tools:
+            return None
+    listed = load_tools(tools_file) if tools_file is not None else ToolRegistry([])
+    registry = ToolRegistry([*listed, *agent.builtin_tools], source=str(tools_file or "<built-in tools>"))
+    return Toolbox(registry, agent.tools)
 
 
 async def serve_agent(
@@ -68,13 +85,15 @@ async def serve_agent(
     ready: Callable[[], None],
     tools_file: Path | None = None,
     health: Health | None = None,
+    adapt: Adapt | None = None,
 ) -> None:
     """Run one agent until SIGTERM/SIGINT, then finish the current batch, drain and close.
 
     A bad tool registry, or an implementation of a tool it does not list, stops it before it connects.
-    ``health``: what ``/readyz`` answers, told when the agent serves and stops.
+    ``health``: what ``/readyz`` answers, told when the agent serves and stops. ``adapt``: as for
+    :func:`load_agent`.
     """
-    agent = load_agent(target)
+    agent = load_agent(target, adapt=adapt)
     tools = bind_tools(agent, tools_file)
     identity = keys.load(tenant, agent_id, role="agent")
     stop = stop_on_signals()

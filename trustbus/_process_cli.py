@@ -35,7 +35,9 @@ def _ready(what: str, **fields: object) -> None:
 
 @agent_app.command("run")
 def agent_run(
-    target: Annotated[str, typer.Argument(help="module:attr of an agents.Agent (instance or class).")],
+    target: Annotated[
+        str, typer.Argument(help="module:attr of an agents.Agent (instance or class) or a pydantic_ai.Agent.")
+    ],
     agent_id: Annotated[str, typer.Option("--id", help="The agent id; its seed is <keys>/<tenant>/<id>.seed.")],
     tenant: TenantOpt,
     server: ServerOpt = DEFAULT_SERVER,
@@ -47,6 +49,7 @@ def agent_run(
     metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Serve one agent until SIGTERM/SIGINT; prints a JSON ready line when serving."""
+    from trustbus.adapters._frameworks import framework_agent
     from trustbus.agents import serve_agent
 
     with metrics_endpoint(metrics_port) as endpoint:
@@ -61,6 +64,7 @@ def agent_run(
                 ready=lambda: _ready("agent", id=agent_id, tenant=tenant, **metrics_fields(endpoint)),
                 tools_file=tools,
                 health=endpoint.health if endpoint else None,
+                adapt=framework_agent,
             )
         )
 
