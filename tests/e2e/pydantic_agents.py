@@ -77,3 +77,11 @@ async def record_sale(item: str, hang: bool = False) -> dict[str, Any]:
 async def issue_refund(order: int, amount: int) -> dict[str, Any]:
     """Refund ``amount`` on ``order`` (high risk in the registry)."""
     return {"refund": _act("refund", f"{order}/{amount}")}
+
+
+changed = Agent(
+    FunctionModel(stand_in),
+    instructions="Make only the calls you are asked to make.",
+    tools=[record_sale, issue_refund],
+)
+"""A new version of the agent, with other instructions: its first model request is not the recorded one."""

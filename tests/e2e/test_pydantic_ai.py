@@ -188,4 +188,11 @@ async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_rep
     assert rc == 0, out + err
     [executed] = json.loads(out)["executed"]
     assert executed["agent"] == "pyd" and executed["divergences"] == []
+    # A version with other instructions asks the model something else: a divergence, still no model call.
+    args[-1] = "pyd=tests.e2e.pydantic_agents:changed"
+    result = await one_shot_async([*TRUSTBUS, *args, "--json"], env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [executed] = json.loads(result.stdout)["executed"]
+    effect, sent = executed["divergences"]  # it asked another question, so it never got to its reply
+    assert effect["what"] == "effect" and effect["replayed"].startswith(f"{MODEL_TOOL}(") and sent["what"] == "sent"
     assert shop.model_calls(prompt_of(refund)) == 2

@@ -37,7 +37,7 @@ from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import to_jsonable_python
 
-from trustbus.agents import Agent, Context, Tool, ToolImplementation
+from trustbus.agents import Agent, Context, RuntimeSetupError, Tool, ToolImplementation
 from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
 
 log = logging.getLogger("trustbus.agent")
@@ -45,7 +45,7 @@ log = logging.getLogger("trustbus.agent")
 MODEL_TOOL = "model_request"
 """The built-in registry entry every model request of the agent is recorded under."""
 
-MODEL_REQUEST = Tool(name=MODEL_TOOL, system="model", owner="agent", effect_class="read", result_taint=("llm",))
+_MODEL_REQUEST = Tool(name=MODEL_TOOL, system="model", owner="agent", effect_class="read", result_taint=("llm",))
 
 # Volatile fields of a dumped message: they differ between two runs that ask the model the same thing.
 _VOLATILE = frozenset(
@@ -156,7 +156,7 @@ class _OnTheBus(AbstractCapability[Any]):
         return await _as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
 
 
-def prompt_of(envelope: Envelope) -> str:
+def _prompt_of(envelope: Envelope) -> str:
     """The user prompt a delivery makes: a text payload as is, a JSON string as the string, other JSON as JSON text."""
     if envelope.content_type == "text/plain":
         return envelope.payload.decode(errors="replace")
@@ -174,11 +174,20 @@ def _reply_payload(output: Any) -> str | dict[str, Any] | list[Any] | bytes:
     return value if isinstance(value, dict | list) else json.dumps(value).encode()
 
 
-def function_tools(agent: PydanticAgent[Any, Any]) -> list[str]:
-    """Names of the agent's function tools (those of its function toolsets), each a registry entry to declare."""
+def _function_tools(agent: PydanticAgent[Any, Any]) -> list[str]:
+    """Names of the agent's function tools (those of its function toolsets), each a registry entry to declare.
+
+    RuntimeSetupError if one requires approval the pydantic-ai way.
+    """
     names: list[str] = []
     for toolset in agent.toolsets:
         if isinstance(toolset, FunctionToolset):
+            asks = sorted(name for name, tool in toolset.tools.items() if tool.requires_approval)
+            if asks:  # its approval flow would end the run; on the bus an approval is a hold, which waits in it
+                raise RuntimeSetupError(
+                    f"tools {', '.join(asks)} require approval in pydantic-ai: on the bus, declare them "
+                    "high_risk in the tool registry instead (a call under taint is held for an operator)"
+                )
             names.extend(toolset.tools)
     return names
 
@@ -193,9 +202,9 @@ class PydanticAIAgent(Agent):
         self.agent = agent
         self.deps = deps
         self.kinds = frozenset(kinds)
-        names = [*function_tools(agent), MODEL_TOOL]
+        names = [*_function_tools(agent), MODEL_TOOL]
         self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, _perform))
-        self.builtin_tools = (MODEL_REQUEST,)
+        self.builtin_tools = (_MODEL_REQUEST,)
 
     async def handle(self, ctx: Context) -> None:
         """Run the agent on the delivery's payload and reply with its output."""
@@ -204,7 +213,7 @@ class PydanticAIAgent(Agent):
             return
         # One call at a time, in the model's order: effect keys count calls, so the order must not vary.
         with ToolManager.parallel_execution_mode("sequential"):
-            result = await self.agent.run(prompt_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
+            result = await self.agent.run(_prompt_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
         await ctx.reply(_reply_payload(result.output))
 
 
