@@ -43,6 +43,7 @@ TOOLS = {
 POLICY = {
     "rules": [
         {"from": "boss", "to": ["pyd"], "kinds": ["instruction", "event"]},
+        {"from": "customer", "to": ["support"], "kinds": ["event"]},
         {"from": "*", "to": ["*"], "kinds": ["reply"]},
     ]
 }
@@ -72,12 +73,12 @@ class Shop:
         prompt = json.dumps({"calls": list(calls)})
         return await self.fleet.send(self.boss, ["pyd"], prompt, kind="event", taint=list(taint))
 
-    async def answer(self, correlation: str) -> Envelope:
+    async def answer(self, correlation: str, to: str = "boss") -> Envelope:
         def arrived(read: list[tuple[str, Envelope]]) -> bool:
-            return any(r == "boss" and e.correlation_id == correlation for r, e in read)
+            return any(r == to and e.correlation_id == correlation for r, e in read)
 
         read = await self.fleet.inbox(arrived, limit_s=60)
-        return next(e for r, e in read if r == "boss" and e.correlation_id == correlation)
+        return next(e for r, e in read if r == to and e.correlation_id == correlation)
 
     def model_calls(self, correlation_prompt: str) -> int:
         path = self.fleet.tmp / "model-calls"
@@ -181,18 +182,34 @@ async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_rep
     assert shop.system_calls("refund:7/50") == (1, 1) and shop.model_calls(prompt_of(refund)) == 2
 
     # Re-executed from the ledger with a model that raises if called: the same answer, no model call.
-    env = {**shop.env, NO_MODEL: "1"}
-    args = ["ledger", "replay", "-t", shop.fleet.tenant, "--correlation", request, "--execute", f"pyd={AGENT}"]
-    result = await one_shot_async([*TRUSTBUS, *args, "--json"], env=env)
-    rc, out, err = result.returncode, result.stdout, result.stderr
-    assert rc == 0, out + err
-    [executed] = json.loads(out)["executed"]
-    assert executed["agent"] == "pyd" and executed["divergences"] == []
     # A version with other instructions asks the model something else: a divergence, still no model call.
-    args[-1] = "pyd=tests.e2e.pydantic_agents:changed"
-    result = await one_shot_async([*TRUSTBUS, *args, "--json"], env=env)
+    env = {**shop.env, NO_MODEL: "1"}
+    targets = ["--execute", f"pyd={AGENT}", "--execute", "pyd=tests.e2e.pydantic_agents:changed"]
+    args = [*TRUSTBUS, "ledger", "replay", "-t", shop.fleet.tenant, "--correlation", request, *targets, "--json"]
+    result = await one_shot_async(args, env=env)
     assert result.returncode == 1, result.stdout + result.stderr
-    [executed] = json.loads(result.stdout)["executed"]
-    effect, sent = executed["divergences"]  # it asked another question, so it never got to its reply
+    same, changed = json.loads(result.stdout)["executed"]
+    assert same["agent"] == "pyd" and same["divergences"] == []
+    effect, sent = changed["divergences"]  # it asked another question, so it never got to its reply
     assert effect["what"] == "effect" and effect["replayed"].startswith(f"{MODEL_TOOL}(") and sent["what"] == "sent"
     assert shop.model_calls(prompt_of(refund)) == 2
+
+
+async def test_the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operator(shop: Shop) -> None:
+    """examples/frameworks/pydantic_ai_after.py, as docs/FRAMEWORKS.md runs it."""
+    fleet = shop.fleet
+    await fleet.key("support")
+    await fleet.spawn("agent", "run", "examples.frameworks.pydantic_ai_after:app", "--id", "support",
+                      "-t", fleet.tenant, "--tools", "examples/frameworks/tools.yaml")  # fmt: skip
+    customer = await fleet.bus("customer")
+    question = await fleet.send(customer, ["support"], "Where is order A-1?")
+    answer = await shop.answer(question, to="customer")
+    assert answer.payload.decode() == "lookup_order: {'status': 'shipped', 'amount': 25}"  # as when run alone
+
+    refund = await fleet.send(customer, ["support"], "Please refund A-2")
+    hold = await held(fleet, refund)  # untainted request, but the model chose the call: taint llm, high risk
+    assert hold.effective_taint == ("llm",)
+    rc, _, err = await cli(fleet, "deny", hold.envelope_id, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    answer = await shop.answer(refund, to="customer")
+    assert answer.payload.decode() == "refund_order: refund_order was not run: denied by ops"

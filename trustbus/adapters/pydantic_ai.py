@@ -11,7 +11,8 @@ the payload is the user prompt, the run's output is the reply. Within the run:
   response back without calling the model; a replayed run that asks something else diverges.
 - every tool call goes through ``ctx.effect`` under the tool's name, so it must be listed in the
   registry given with ``--tools``; a completed call is never made again, and a call to a high-risk
-  tool under taint waits for the coordinator (and an operator) before the tool function runs.
+  tool under taint waits for the coordinator (and an operator) before the tool function runs. A call
+  the operator denies fails for the model (pydantic-ai's ``ToolFailed``), which may tell the sender.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from pydantic_ai import Agent as PydanticAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.capabilities.abstract import ValidatedToolArgs, WrapToolExecuteHandler
+from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse, ToolCallPart
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.models.wrapper import WrapperModel
@@ -37,7 +39,7 @@ from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import to_jsonable_python
 
-from trustbus.agents import Agent, Context, RuntimeSetupError, Tool, ToolImplementation
+from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, Tool, ToolImplementation
 from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
 
 log = logging.getLogger("trustbus.agent")
@@ -56,16 +58,13 @@ _pending: ContextVar[Callable[[], Awaitable[Any]] | None] = ContextVar("trustbus
 _key: ContextVar[str | None] = ContextVar("trustbus_idempotency_key", default=None)
 
 
-def idempotency_key() -> str:
+def idempotency_key() -> str | None:
     """The idempotency key of the tool call running now: pass it to the system the tool acts on.
 
     The same on every attempt of the same call, so a system that drops a repeated key acts once even if
-    the process dies mid-call. RuntimeError outside a tool call made on the bus.
+    the process dies mid-call. None when the agent runs on its own, off the bus.
     """
-    key = _key.get()
-    if key is None:
-        raise RuntimeError("idempotency_key() is only known inside a tool call made on the bus")
-    return key
+    return _key.get()
 
 
 async def _perform(args: dict[str, Any], *, idempotency_key: str) -> Any:
@@ -153,7 +152,11 @@ class _OnTheBus(AbstractCapability[Any]):
         args: ValidatedToolArgs,
         handler: WrapToolExecuteHandler,
     ) -> Any:
-        return await _as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
+        try:
+            return await _as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
+        except EffectDenied as refused:  # the model is told, as of any tool that failed for good
+            by = f" by {refused.approver}" if refused.approver else ""
+            raise ToolFailed(f"{call.tool_name} was not run: {refused.reason}{by}") from refused
 
 
 def _prompt_of(envelope: Envelope) -> str:
