@@ -25,13 +25,12 @@ def test_the_diff_shown_is_the_diff_of_the_two_files_and_at_most_five_lines_chan
     assert len([line for line in changed if line.strip() not in "+-"]) <= 5, changed  # blank lines aside
 
 
-def test_both_run_on_their_own_with_the_stand_in_model() -> None:
+async def test_both_run_on_their_own_with_the_stand_in_model() -> None:
     before = importlib.import_module("examples.frameworks.pydantic_ai_before")
     after = importlib.import_module("examples.frameworks.pydantic_ai_after")
     for example in (before, after):
-        assert (
-            example.support.run_sync("Where is order A-1?").output
-            == "lookup_order: {'status': 'shipped', 'amount': 25}"
-        )
-        assert example.support.run_sync("Please refund A-2").output.startswith("refund_order: {'refund_id': 'rf-1'")
+        looked_up = await example.support.run("Where is order A-1?")
+        assert looked_up.output == "lookup_order: {'status': 'shipped', 'amount': 25}"
+        refunded = await example.support.run("Please refund A-2")
+        assert refunded.output.startswith("refund_order: {'refund_id': 'rf-1'")
     assert isinstance(after.app, PydanticAIAgent)

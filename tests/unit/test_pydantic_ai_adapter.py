@@ -18,7 +18,7 @@ from trustbus.agents._process import bind_tools, load_agent
 from trustbus.bus import new_envelope
 
 
-def conversation(prompt: str, instructions: str = "be brief") -> list[list[ModelMessage]]:
+async def conversation(prompt: str, instructions: str = "be brief") -> list[list[ModelMessage]]:
     """The messages of every model request one run of a small agent makes."""
     seen: list[list[ModelMessage]] = []
 
@@ -26,22 +26,22 @@ def conversation(prompt: str, instructions: str = "be brief") -> list[list[Model
         seen.append(list(messages))
         return ModelResponse(parts=[TextPart(f"echo {len(seen)}")])
 
-    PydanticAgent(FunctionModel(model), instructions=instructions).run_sync(prompt)
+    await PydanticAgent(FunctionModel(model), instructions=instructions).run(prompt)
     return seen
 
 
-def test_the_same_conversation_makes_the_same_arguments_whatever_its_timestamps_and_run_ids() -> None:
-    [first], [again] = conversation("hello"), conversation("hello")
+async def test_the_same_conversation_makes_the_same_arguments_whatever_its_timestamps_and_run_ids() -> None:
+    [first], [again] = await conversation("hello"), await conversation("hello")
     assert first != again  # timestamps and run ids differ
     assert request_arguments(first) == request_arguments(again)
     arguments = request_arguments(first)
     assert arguments["request"]["parts"] == [{"content": "hello", "part_kind": "user-prompt"}]
 
 
-def test_another_prompt_or_other_instructions_make_other_arguments() -> None:
-    [base] = conversation("hello")
-    [other_prompt] = conversation("hello!")
-    [other_instructions] = conversation("hello", instructions="be long")
+async def test_another_prompt_or_other_instructions_make_other_arguments() -> None:
+    [base] = await conversation("hello")
+    [other_prompt] = await conversation("hello!")
+    [other_instructions] = await conversation("hello", instructions="be long")
     assert len({str(request_arguments(m)) for m in (base, other_prompt, other_instructions)}) == 3
 
 
