@@ -63,9 +63,10 @@ def bind_tools(agent: Agent, tools_file: Path | None) -> Toolbox | None:
     None if the agent implements no tools and no file is given.
     """
     if tools_file is None:
-        if agent.tools and not agent.builtin_tools:
+        unlisted = sorted(set(agent.tools) - {tool.name for tool in agent.builtin_tools})
+        if unlisted:
             raise RuntimeSetupError(
-                f"the agent implements tools ({', '.join(sorted(agent.tools))}): give their registry with --tools FILE"
+                f"the agent implements tools ({', '.join(unlisted)}): give their registry with --tools FILE"
             )
         if not agent.tools:
             return None

@@ -69,6 +69,8 @@ def test_agent_run_loads_a_pydantic_ai_agent_only_through_the_adapter_lookup() -
 
 def test_its_tools_bind_to_the_registry_with_the_built_in_model_request(tmp_path: Path) -> None:
     agent = load_agent("tests.e2e.pydantic_agents:agent", adapt=framework_agent)
+    with pytest.raises(RuntimeSetupError, match=r"implements tools \(issue_refund, record_sale\): give their registry"):
+        bind_tools(agent, None)
     registry = tmp_path / "tools.yaml"
     entry = {"system": "till", "owner": "shop", "effect_class": "irreversible"}
     registry.write_text(yaml.safe_dump({"tools": [{"name": "record_sale", **entry}]}))
