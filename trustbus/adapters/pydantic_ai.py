@@ -42,6 +42,8 @@ from pydantic_core import to_jsonable_python
 from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, Tool, ToolImplementation
 from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
 
+__all__ = ["MODEL_TOOL", "PydanticAIAgent", "RecordedModel", "idempotency_key", "on_bus", "request_arguments"]
+
 log = logging.getLogger("trustbus.agent")
 
 MODEL_TOOL = "model_request"
