@@ -97,3 +97,8 @@ def test_a_tool_that_requires_approval_the_pydantic_ai_way_is_refused_with_the_w
 
     with pytest.raises(RuntimeSetupError, match="declare them high_risk in the tool registry"):
         on_bus(agent)
+
+
+def test_an_agent_with_no_model_is_refused_at_start() -> None:
+    with pytest.raises(RuntimeSetupError, match="has no model"):
+        on_bus(PydanticAgent())

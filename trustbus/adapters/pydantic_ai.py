@@ -203,7 +203,12 @@ class PydanticAIAgent(Agent):
     def __init__(
         self, agent: PydanticAgent[Any, Any], *, deps: Any = None, kinds: Iterable[Kind] = ("instruction", "event")
     ) -> None:
-        """``deps``: the run's dependencies; ``kinds``: the envelope kinds that start a run (others are acked)."""
+        """``deps``: the run's dependencies; ``kinds``: the envelope kinds that start a run (others are acked).
+
+        RuntimeSetupError if the agent has no model (a run on the bus is given none) or a tool requires approval.
+        """
+        if agent.model is None:
+            raise RuntimeSetupError("the pydantic-ai agent has no model: give it one, Agent(model, ...)")
         self.agent = agent
         self.deps = deps
         self.kinds = frozenset(kinds)
