@@ -33,8 +33,15 @@ ToolServers = Callable[[ToolRegistry], AbstractAsyncContextManager[Mapping[str, 
 """Implementations of registry tools that run outside the agent (MCP servers), open while the agent runs."""
 
 
-def load_agent(target: str) -> Agent:
-    """Import ``module:attr``: an :class:`Agent` instance, or a class to instantiate with no arguments."""
+Adapt = Callable[[object], Agent | None]
+"""Turns an agent of another framework into an :class:`Agent`; None if it is not one it knows."""
+
+
+def load_agent(target: str, *, adapt: Adapt | None = None) -> Agent:
+    """Import ``module:attr``: an :class:`Agent` instance, or a class to instantiate with no arguments.
+
+    ``adapt`` is asked about anything else (an agent written with another framework).
+    """
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise RuntimeSetupError(f"agent {target!r}: expected module:attribute, e.g. examples.pingpong:agent")
@@ -44,27 +51,41 @@ def load_agent(target: str) -> Agent:
         found = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, SyntaxError) as exc:
         raise RuntimeSetupError(f"cannot load agent {target!r}: {type(exc).__name__}: {exc}") from exc
-    agent = found() if isinstance(found, type) else found
+    agent = found() if isinstance(found, type) and issubclass(found, Agent) else found
+    if not isinstance(agent, Agent) and adapt is not None:
+        agent = adapt(agent)
     if not isinstance(agent, Agent):
-        raise RuntimeSetupError(f"{target!r} is not an agents.Agent (subclass it or use agents.Handlers)")
+        raise RuntimeSetupError(
+            f"{target!r} is not an agents.Agent (subclass it or use agents.Handlers) nor an agent of a known framework"
+        )
     return agent
 
 
 def bind_tools(agent: Agent, tools_file: Path | None) -> Toolbox | None:
-    """The agent's implementations bound to the registry in ``tools_file``; None if it has neither."""
+    """The agent's implementations bound to the registry in ``tools_file`` and its built-in entries.
+
+    None if the agent implements no tools and no file is given.
+    """
     if tools_file is None:
-        if agent.tools:
+        unlisted = sorted(set(agent.tools) - {tool.name for tool in agent.builtin_tools})
+        if unlisted:
             raise RuntimeSetupError(
-                f"the agent implements tools ({', '.join(sorted(agent.tools))}): give their registry with --tools FILE"
+                f"the agent implements tools ({', '.join(unlisted)}): give their registry with --tools FILE"
             )
-        return None
-    registry = load_tools(tools_file)
-    served = sorted(name for name in agent.tools if name in registry and registry.get(name).mcp is not None)
+        if not agent.tools:
+            return None
+    listed = load_tools(tools_file) if tools_file is not None else ToolRegistry([])
+    served = sorted(name for name in agent.tools if name in listed and listed.get(name).mcp is not None)
     if served:
         raise RuntimeSetupError(
             f"the agent implements tools its registry says an MCP server serves ({', '.join(served)}): "
             "remove the implementations or the entries' mcp blocks"
         )
+    registry = ToolRegistry(
+        [*listed, *agent.builtin_tools],
+        source=str(tools_file or "<built-in tools>"),
+        mcp_servers=listed.mcp_servers.values(),
+    )
     return Toolbox(registry, agent.tools)
 
 
@@ -80,14 +101,16 @@ async def serve_agent(
     tools_file: Path | None = None,
     health: Health | None = None,
     tool_servers: ToolServers | None = None,
+    adapt: Adapt | None = None,
 ) -> None:
     """Run one agent until SIGTERM/SIGINT, then finish the current batch, drain and close.
 
     A bad tool registry, or an implementation of a tool it does not list, stops it before it connects.
     ``health``: what ``/readyz`` answers, told when the agent serves and stops. ``tool_servers``
     binds the registry's tools that are served from outside (MCP servers), for as long as the agent runs.
+    ``adapt``: as for :func:`load_agent`.
     """
-    agent = load_agent(target)
+    agent = load_agent(target, adapt=adapt)
     tools = bind_tools(agent, tools_file)
     served = tool_servers(tools.registry) if tool_servers is not None and tools is not None else nullcontext({})
     identity = keys.load(tenant, agent_id, role="agent")

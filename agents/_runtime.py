@@ -16,7 +16,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -27,7 +27,7 @@ from trustbus.agents._forwarding import INBOX_SETTINGS
 from trustbus.agents._memory import ForeignRecorder, Memory, checkpoint_key, memory_bucket
 from trustbus.agents._outages import patiently
 from trustbus.agents._signed_value import open_checkpoint
-from trustbus.agents._tools import Toolbox, ToolImplementation
+from trustbus.agents._tools import Tool, Toolbox, ToolImplementation
 from trustbus.bus import (
     Bus,
     ContentType,
@@ -200,9 +200,13 @@ class Agent:
     then (a hung model or tool call) is cancelled and the delivery retried like a
     ``TransientError``, so one stuck call never stalls the agent's inbox. None: no
     bound.
+
+    ``builtin_tools`` are registry entries the agent brings for tools of its own making (a framework
+    adapter's model requests): ``agent run`` adds them to the registry given with ``--tools``.
     """
 
     tools: Mapping[str, ToolImplementation] = MappingProxyType({})
+    builtin_tools: Sequence[Tool] = ()
     handler_timeout_s: float | None = 600.0
 
     async def on_start(self, checkpoint: dict[str, Any] | None) -> None:

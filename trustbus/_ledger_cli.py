@@ -180,6 +180,7 @@ def _reexecuted(
     """Re-run each ``ID=module:attr`` agent on the deliveries the incident recorded for it, from its checkpoint."""
     import asyncio
 
+    from trustbus.adapters._frameworks import framework_agent
     from trustbus.agents import load_agent, reexecute
     from trustbus.ledger import checkpoint_before
 
@@ -200,7 +201,12 @@ def _reexecuted(
         checkpoint = checkpoint_before(messages, keyring, tenant, agent_id, first) if first else None
         replayed = asyncio.run(
             reexecute(
-                load_agent(where), agent_id, deliveries, recorded_sends=sends, effects=effects, checkpoint=checkpoint
+                load_agent(where, adapt=framework_agent),
+                agent_id,
+                deliveries,
+                recorded_sends=sends,
+                effects=effects,
+                checkpoint=checkpoint,
             )
         )
         for r in replayed:

@@ -35,7 +35,9 @@ def _ready(what: str, **fields: object) -> None:
 
 @agent_app.command("run")
 def agent_run(
-    target: Annotated[str, typer.Argument(help="module:attr of an agents.Agent (instance or class).")],
+    target: Annotated[
+        str, typer.Argument(help="module:attr of an agents.Agent (instance or class) or a pydantic_ai.Agent.")
+    ],
     agent_id: Annotated[str, typer.Option("--id", help="The agent id; its seed is <keys>/<tenant>/<id>.seed.")],
     tenant: TenantOpt,
     server: ServerOpt = DEFAULT_SERVER,
@@ -51,6 +53,7 @@ def agent_run(
     Tools the registry says an MCP server serves are bound to that server (the mcp extra).
     """
     from trustbus._mcp_cli import mcp_tool_servers
+    from trustbus.adapters._frameworks import framework_agent
     from trustbus.agents import serve_agent
 
     with metrics_endpoint(metrics_port) as endpoint:
@@ -66,6 +69,7 @@ def agent_run(
                 tools_file=tools,
                 health=endpoint.health if endpoint else None,
                 tool_servers=mcp_tool_servers(tools) if tools is not None else None,
+                adapt=framework_agent,
             )
         )
 

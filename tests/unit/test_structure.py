@@ -128,7 +128,7 @@ import json, sys
 import typer.main
 from trustbus.cli import app
 
-HEAVY = ("nats", "duckdb", "nacl", "rich", "pydantic", "starlette", "uvicorn")
+HEAVY = ("nats", "duckdb", "nacl", "rich", "pydantic", "starlette", "uvicorn", "pydantic_ai")
 
 def paths(command, prefix):
     yield prefix
@@ -232,6 +232,29 @@ def test_only_the_console_imports_the_console_extra() -> None:
     ]
     assert found == []
     assert any(m.split(".")[0] == "starlette" for p in _files(CLI / "console") for _, m in imported(p))
+
+
+FRAMEWORKS = ("pydantic_ai",)
+"""Optional extras: only their adapters (trustbus/adapters/<framework>.py) import them."""
+
+
+def test_only_the_adapters_import_the_frameworks() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in _project_files()
+        if not path.is_relative_to(CLI / "adapters")
+        for line, module in imported(path)
+        if module.partition(".")[0] in FRAMEWORKS
+    ]
+    assert found == []
+
+
+def test_the_core_and_the_adapter_lookup_load_no_framework() -> None:
+    """The core install runs without the extras: importing it, or the lookup ``agent run`` does, loads none."""
+    modules = ("trustbus.bus", "trustbus.agents", "trustbus.ledger", "trustbus.adapters._frameworks", "trustbus.cli")
+    code = "import importlib, json, sys; " + "; ".join(f"importlib.import_module({m!r})" for m in modules)
+    code += f"; print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))"
+    assert json.loads(_run_python(code)) == []
 
 
 def test_only_the_bus_speaks_nats() -> None:

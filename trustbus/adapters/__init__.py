@@ -1,1 +1,5 @@
-"""Adapters that put agents and tools written for other frameworks on the bus; each needs its own extra."""
+"""Agents written with other frameworks, and tools served by other protocols, on the bus.
+
+Each adapter is its own module with its own optional extra (``pip install 'trustbus[pydantic-ai]'``);
+importing this package loads none of them.
+"""

@@ -1,0 +1,18 @@
+"""Recognising an agent written with another framework, loading that framework's adapter only then."""
+
+from __future__ import annotations
+
+from trustbus.agents import Agent
+
+
+def framework_agent(found: object) -> Agent | None:
+    """``found`` as a trustbus agent if it is an agent of a framework with an adapter; None otherwise."""
+    package = type(found).__module__.partition(".")[0]
+    if package == "pydantic_ai":
+        from pydantic_ai import Agent as PydanticAgent
+
+        from trustbus.adapters.pydantic_ai import on_bus
+
+        if isinstance(found, PydanticAgent):
+            return on_bus(found)
+    return None
