@@ -24,6 +24,8 @@ goes on with the last ``restart batch`` (2 x window, at most N / 10) while it is
 for a second (it has everything the dead coordinator forwarded), the coordinator is started again;
 ``restart_s`` is from that start to B's first receipt after it (the first forward, plus B's handling).
 
+**Logs:** ``--logs DIR`` keeps each process's log (info level: the restart's steps with their times) in DIR.
+
 **Exactly once:** every envelope whose publish A saw acked must reach B once: ``lost`` = acked - distinct
 indices B received once no more arrive (within ``--settle-s`` of the last), ``duplicated`` = second
 deliveries B saw.
@@ -48,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -196,7 +199,8 @@ class Soak:
         self.keys = bus.KeyDirectory(work / "keys")
         self.task = progress.add_task("soak", total=self.total)
         self.receipts = Receipts(asyncio.get_running_loop(), lambda c: progress.update(self.task, completed=c))
-        env = {**os.environ, TOTAL_ENV: str(self.total), "TRUSTBUS_LOG": "warning", "PYTHONUNBUFFERED": "1"}
+        level = "info" if args.logs else "warning"
+        env = {**os.environ, TOTAL_ENV: str(self.total), "TRUSTBUS_LOG": level, "PYTHONUNBUFFERED": "1"}
         self.children: Supervisor = supervisor(work, env, self._line)
         self.samples = Samples()
         self.processes: dict[str, Process] = {}
@@ -392,6 +396,8 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                     return await bench.run()
             finally:
                 server.stop()
+                if args.logs:
+                    shutil.copytree(Path(tmp) / "logs", args.logs, dirs_exist_ok=True)
 
     return asyncio.run(soak())
 
@@ -443,6 +449,9 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between RSS samples (default 2)")
     parser.add_argument(
         "--settle-s", type=float, default=60.0, help="after the restart, how long without a receipt ends the run (60)"
+    )
+    parser.add_argument(
+        "--logs", type=Path, help="keep each process's log (at info level, JSON lines) in this directory"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()
