@@ -90,10 +90,11 @@ class Bundle:
     def keyring(self, *, admin_key: str | None = None) -> Keyring:
         """The keyring rebuilt from the bundle, anchored on ``admin_key`` (default: the manifest's)."""
         anchor = admin_key or str(self.manifest["admin_key"])
-        return _keyring_of(str(self.manifest["tenant"]), anchor, self.keyring_revisions)
+        return keyring_of(str(self.manifest["tenant"]), anchor, self.keyring_revisions)
 
 
-def _keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -> Keyring:
+def keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -> Keyring:
+    """The keyring of ``revisions``, anchored on ``admin_key``; BundleError if one is unreadable."""
     keyring = Keyring(tenant=tenant, admin_key_id=admin_key)
     for revision in revisions:
         try:
@@ -101,6 +102,20 @@ def _keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -
         except KeyringError as exc:
             raise BundleError(f"keyring revision for {revision.key_id} is unreadable: {exc}") from exc
     return keyring
+
+
+def check_ledger_signer(keyring: Keyring, tenant: str, signer: Identity, signer_name: str, *, what: str) -> None:
+    """BundleError unless ``signer`` is a trusted, unrevoked ``ledger`` key of ``signer_name`` in ``keyring``."""
+    try:
+        grant = keyring.resolve(signer.key_id)
+    except VerificationError:
+        grant = None
+    if grant is None or grant.role != "ledger" or grant.owner != signer_name or grant.revoked_at is not None:
+        if grant is None or grant.revoked_at is not None:
+            role = "none (not in the keyring, or revoked)"
+        else:
+            role = grant.role if grant.owner == signer_name else f"{grant.role} of {grant.owner!r}"
+        raise BundleError(f"{what} is signed by a ledger key: {wrong_role(tenant, signer_name, role, 'ledger')}")
 
 
 async def read_stream(reader: TenantStream, *, from_seq: int = 1) -> list[StoredMessage]:
@@ -173,17 +188,8 @@ async def export_bundle(
     messages = await read_stream(reader)
     revisions = await read_keyring_revisions(reader)
     admin_key = await reader.admin_key()
-    keyring = _keyring_of(tenant, admin_key, revisions)
-    try:
-        grant = keyring.resolve(signer.key_id)
-    except VerificationError:
-        grant = None
-    if grant is None or grant.role != "ledger" or grant.owner != signer_name or grant.revoked_at is not None:
-        if grant is None or grant.revoked_at is not None:
-            role = "none (not in the keyring, or revoked)"
-        else:
-            role = grant.role if grant.owner == signer_name else f"{grant.role} of {grant.owner!r}"
-        raise BundleError(f"the export is signed by a ledger key: {wrong_role(tenant, signer_name, role, 'ledger')}")
+    keyring = keyring_of(tenant, admin_key, revisions)
+    check_ledger_signer(keyring, tenant, signer, signer_name, what="the export")
     first = partial_start(messages, tenant, from_seq) if messages else 1
     head = previous = GENESIS
     entries = []
@@ -208,14 +214,15 @@ async def export_bundle(
         "exported_at": time.time_ns(),
     }
     bundle = Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions, end=end, start=start)
-    await asyncio.to_thread(_write_bundle, out, bundle)
+    await asyncio.to_thread(write_bundle, out, bundle)
     position = Position(last_seq=first - 1, head=previous, count=first - 1)
     included = messages[len(messages) - len(entries) :]
     await asyncio.to_thread(project_messages, included, keyring, tenant, out / PROJECTION, after=position)
     return manifest
 
 
-def _write_bundle(out: Path, bundle: Bundle) -> None:
+def write_bundle(out: Path, bundle: Bundle) -> None:
+    """Write ``bundle``'s files (not its projection) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "messages.msgpack").write_bytes(msgspec.msgpack.encode(bundle.entries))
     (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode(bundle.keyring_revisions))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from trustbus.bus import Keyring, Limits, Opened, StoredMessage, TenantStream, VerificationError, subjects
@@ -39,6 +39,7 @@ class StreamVerifier:
         check_from: messages are judged from this sequence on (the chain and tree always from the first).
         limits: size and skew limits.
         workers: threads checking signatures (default: one per core).
+        watch: sequences whose chain hash to keep in ``report.watched``.
     """
 
     def __init__(
@@ -50,12 +51,13 @@ class StreamVerifier:
         check_from: int = 1,
         limits: Limits = Limits(),
         workers: int | None = None,
+        watch: Collection[int] = (),
     ) -> None:
         self.keyring = keyring
         self.tenant = tenant
         self.limits = limits
         self.check_from = check_from
-        self.judge = Judge(keyring, tenant, anchors, check_from=check_from, window_ns=limits.skew_ns)
+        self.judge = Judge(keyring, tenant, anchors, check_from=check_from, window_ns=limits.skew_ns, watch=watch)
         self._workers = workers or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ledger-verify")
 
