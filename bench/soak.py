@@ -26,6 +26,9 @@ for a second (it has everything the dead coordinator forwarded), the coordinator
 
 **Logs:** ``--logs DIR`` keeps each process's log (info level: the restart's steps with their times) in DIR.
 
+**Disk:** the tenant stream's messages and bytes at the end, and its bytes per envelope B received (every
+message a mediated envelope leaves: outbox copy, decision, forward, and the ledger's checkpoints).
+
 **Exactly once:** every envelope whose publish A saw acked must reach B once: ``lost`` = acked - distinct
 indices B received once no more arrive (within ``--settle-s`` of the last), ``duplicated`` = second
 deliveries B saw.
@@ -64,6 +67,7 @@ from rich.table import Table
 
 from bench._harness import BenchError, progress_bars, run_bench, stopped, supervisor, verdict
 from bench._soak_sink import TOTAL_ENV
+from bench.flood import stream_state
 from bench.mediated import POLICY, READY_TIMEOUT_S, provision_tenant
 from trustbus import bus
 from trustbus._supervisor import Process, Supervisor, check_alive
@@ -207,6 +211,7 @@ class Soak:
         self.sent = 0
         self.acked = 0
         self.failed = 0
+        self.stream: dict[str, int] = {}
 
     def _line(self, fields: dict[str, Any]) -> None:
         if fields.get("progress") == "soak":
@@ -334,6 +339,8 @@ class Soak:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
         after_restart = rss_bytes(self.processes["coordinator"].pid)
+        messages, stored = await stream_state(self.server.url, TENANT)
+        self.stream = {"messages": messages, "bytes": stored}
         return self.figures(run_s, ready_s, restart_s, after_restart)
 
     def figures(self, run_s: float, ready_s: float, restart_s: float, after_restart: int) -> dict[str, Any]:
@@ -363,6 +370,9 @@ class Soak:
             "acked": self.acked,
             "publish_failures": self.failed,
             "received": self.receipts.received,
+            "stream_messages": self.stream["messages"],
+            "stream_bytes": self.stream["bytes"],
+            "stream_bytes_per_envelope": round(self.stream["bytes"] / max(1, self.receipts.received)),
             "rss_mb": rss_mb,
             "rss_mb_by_decile": {name: list(mb[name].values()) for name in names},
             "rss_slope": slopes,
@@ -436,6 +446,7 @@ def report_table(r: dict[str, Any]) -> Table:
     target("restart: start to first forward (s)", "restart_s", "<= {:g}")
     table.add_row("restart: start to ready line (s)", f"{r['coordinator_ready_s']:,}")
     table.add_row("coordinator RSS after restart MB", f"{r['coordinator_rss_after_restart_mb']:,.1f}")
+    table.add_row("stream bytes per mediated envelope", f"{r['stream_bytes_per_envelope']:,}")
     target("lost", "lost", "= {:g}")
     target("duplicated", "duplicated", "= {:g}")
     return table
