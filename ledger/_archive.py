@@ -19,21 +19,18 @@ import asyncio
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trustbus.bus import Identity, Refused, TenantStream, subjects
-from trustbus.ledger._anchors import sign_checkpoint
+from trustbus.bus import Identity, Refused, TenantStream
 from trustbus.ledger._bundle import (
-    FORMAT,
-    Bundle,
     BundleEntry,
     KeyringRevision,
     check_ledger_signer,
     keyring_of,
     read_keyring_revisions,
+    signed_bundle,
     write_bundle,
 )
 from trustbus.ledger._chain import GENESIS, chain_hash
@@ -166,20 +163,17 @@ def _write(
     tenant: str,
 ) -> Segment:
     first, last, head = entries[0].seq, entries[-1].seq, entries[-1].chain
-    manifest: dict[str, object] = {
-        "format": FORMAT,
-        "tenant": tenant,
-        "stream": subjects.stream_name(tenant),
-        "admin_key": admin_key,
-        "first_seq": first,
-        "last_seq": last,
-        "count": len(entries),
-        "head": head.hex(),
-        "exported_at": time.time_ns(),
-    }
-    end = sign_checkpoint(tenant, signer, signer_name, through_seq=last, head=head)
-    start = sign_checkpoint(tenant, signer, signer_name, through_seq=first - 1, head=previous) if first > 1 else None
-    bundle = Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions, end=end, start=start)
+    bundle = signed_bundle(
+        tenant,
+        admin_key,
+        entries,
+        revisions,
+        first=first,
+        head=head,
+        previous=previous,
+        signer=signer,
+        name=signer_name,
+    )
     final = directory / segment_name(first, last)
     hidden = directory / f".{final.name}.{os.getpid()}"
     shutil.rmtree(hidden, ignore_errors=True)

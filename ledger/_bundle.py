@@ -199,9 +199,41 @@ async def export_bundle(
             previous = head
         if m.seq >= first:
             entries.append(BundleEntry(m.seq, m.subject, m.stored_ns, m.headers, m.body, head))
+    bundle = signed_bundle(
+        tenant,
+        admin_key,
+        entries,
+        revisions,
+        first=first,
+        head=head,
+        previous=previous,
+        signer=signer,
+        name=signer_name,
+    )
+    await asyncio.to_thread(write_bundle, out, bundle)
+    position = Position(last_seq=first - 1, head=previous, count=first - 1)
+    included = messages[len(messages) - len(entries) :]
+    await asyncio.to_thread(project_messages, included, keyring, tenant, out / PROJECTION, after=position)
+    return bundle.manifest
+
+
+def signed_bundle(
+    tenant: str,
+    admin_key: str,
+    entries: list[BundleEntry],
+    revisions: list[KeyringRevision],
+    *,
+    first: int,
+    head: bytes,
+    previous: bytes,
+    signer: Identity,
+    name: str,
+) -> Bundle:
+    """The bundle of ``entries`` (from ``first``, chaining from ``previous``, ending at ``head``), its manifest,
+    and its end and (after sequence 1) start checkpoints signed by ``signer`` as ``name``."""  # noqa: D205, D209
     last = entries[-1].seq if entries else first - 1
-    end = sign_checkpoint(tenant, signer, signer_name, through_seq=last, head=head)
-    start = sign_checkpoint(tenant, signer, signer_name, through_seq=first - 1, head=previous) if first > 1 else None
+    end = sign_checkpoint(tenant, signer, name, through_seq=last, head=head)
+    start = sign_checkpoint(tenant, signer, name, through_seq=first - 1, head=previous) if first > 1 else None
     manifest: dict[str, object] = {
         "format": FORMAT,
         "tenant": tenant,
@@ -213,12 +245,7 @@ async def export_bundle(
         "head": head.hex(),
         "exported_at": time.time_ns(),
     }
-    bundle = Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions, end=end, start=start)
-    await asyncio.to_thread(write_bundle, out, bundle)
-    position = Position(last_seq=first - 1, head=previous, count=first - 1)
-    included = messages[len(messages) - len(entries) :]
-    await asyncio.to_thread(project_messages, included, keyring, tenant, out / PROJECTION, after=position)
-    return manifest
+    return Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions, end=end, start=start)
 
 
 def write_bundle(out: Path, bundle: Bundle) -> None:
