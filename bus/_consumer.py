@@ -254,15 +254,20 @@ class Consumers:
         last = info.delivered.stream_seq if info.delivered and info.delivered.stream_seq else 0
         if last == 0:
             return seen
-        since = Start(stored_ns=time.time_ns() - 2 * self._limits.skew_ns)
+        window_ns = time.time_ns() - 2 * self._limits.skew_ns
+        since = Start(stored_ns=window_ns)
         # Only this consumer's traffic, in stream order, from the window's start through the last delivered.
         subjects = list(info.config.filter_subjects or []) or [info.config.filter_subject or all_subjects(self._tenant)]
         if settled_subjects is None:
             reads = [(subjects, since)]
-        else:  # the window of the subjects asked for; what is not yet settled of the others
+        else:  # the window of the subjects asked for; what is not yet settled of the others, within the window
             others = [s for s in subjects if s not in settled_subjects]
             reads = [(list(settled_subjects), since)] if settled_subjects else []
-            reads += [(others, Start(seq=floor + 1))] if others and floor < last else []
+            if others and floor < last:
+                unsettled = Start(seq=floor + 1)
+                reads.append(
+                    (others, since if await self._stored_before(others, unsettled, last, window_ns) else unsettled)
+                )
         began, read = time.perf_counter(), 0
         for filters, start in reads:
             reading = read_in_order(self._js, self._stream, filters, start=start, last=last)
@@ -284,6 +289,17 @@ class Consumers:
             extra={"consumer": info.name, "messages": read, "seconds": round(time.perf_counter() - began, 3)},
         )
         return seen
+
+    async def _stored_before(self, subjects: list[str], start: Start, last: int, at_ns: int) -> bool:
+        """Whether the first message on ``subjects`` from ``start`` through ``last`` was stored before ``at_ns``."""
+        reading = read_in_order(self._js, self._stream, subjects, start=start, last=last, batch=1)
+        try:
+            async with contextlib.aclosing(reading):
+                async for msgs in reading:
+                    return bool(msgs) and unix_ns(msgs[0].metadata.timestamp) < at_ns
+        except BusError:
+            return False
+        return False
 
     async def _verify(
         self,
