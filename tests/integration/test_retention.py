@@ -14,18 +14,23 @@ import pytest
 from tests.conftest import Tenant, provisioned
 from tests.integration.test_bounded_coordinator import correlation_in_partition_0, decided, event_of, running
 from trustbus.agents import retention_needs
-from trustbus.bus import Bus, EmbeddedServer, Identity, TenantStream
+from trustbus.bus import Bus, EmbeddedServer, Identity, TenantStream, subjects
 from trustbus.ledger import (
+    GENESIS,
     ArchiveError,
     BundleEntry,
     Need,
     archive,
+    chain_hash,
     consumer_needs,
     load_across,
     purge_archived,
+    read_bundle,
     segments,
     verify_archive,
 )
+from trustbus.ledger._anchors import sign_checkpoint
+from trustbus.ledger._bundle import signed_bundle, write_bundle
 
 
 @pytest.fixture
@@ -120,3 +125,35 @@ async def test_a_stream_that_denies_purges_keeps_its_history_and_says_why(tenant
             await purge_archived(reader, tmp_path, through=3)
         assert await reader.span() == (1, 3)
         assert (await verify_archive(tmp_path, reader=reader)).ok
+
+
+async def test_a_forged_archive_breaks_at_the_live_streams_first_checkpoint(purgeable: Tenant, tmp_path: Path) -> None:
+    """An admin holding a ledger seed signs segments of another history and purges the real one: the checkpoint
+    the live stream kept states a head that history cannot compute."""
+    tenant, real, forged = purgeable, tmp_path / "real", tmp_path / "forged"
+    signer = await tenant.add("ledger", role="ledger")
+    await _sent(await tenant.bus("alice"), 12)
+    async with await TenantStream.connect([tenant.url], tenant.name) as reader:
+        await archive(reader, real, signer=signer, signer_name="ledger", through=10)
+        honest = await verify_archive(real, reader=reader)
+        stated = sign_checkpoint(tenant.name, signer, "ledger", through_seq=12, head=honest.head)
+        await tenant.js.publish(subjects.checkpoint(tenant.name), stated.body, headers=stated.headers)  # seq 13
+        await purge_archived(reader, real, through=10)
+
+        bundle = read_bundle(segments(real)[0].path)
+        entries, head = [], GENESIS
+        for e in bundle.entries:  # message 7 swapped for a checkpoint the forger can sign, the rest re-chained
+            if e.seq == 7:
+                swap = sign_checkpoint(tenant.name, signer, "ledger", through_seq=6, head=head)
+                e = BundleEntry(7, subjects.checkpoint(tenant.name), e.stored_ns, swap.headers, swap.body, b"")
+            head = chain_hash(head, e.seq, e.subject, e.headers, e.body)
+            entries.append(msgspec.structs.replace(e, chain=head))
+        copy = signed_bundle(tenant.name, str(bundle.manifest["admin_key"]), entries, bundle.keyring_revisions,
+                             first=1, head=head, previous=GENESIS, signer=signer, name="ledger")  # fmt: skip
+        write_bundle(forged / "000000000001-000000000010", copy)
+
+        assert (await verify_archive(real, reader=reader)).ok
+        alone = await verify_archive(forged)
+        assert alone.ok, alone.breaks  # a forged archive holds by itself
+        across = await verify_archive(forged, reader=reader)
+    assert [(b.seq, b.reason) for b in across.breaks] == [(13, "checkpoint")], across.breaks
