@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Tenant, provisioned
 from tests.integration.test_bounded_coordinator import correlation_in_partition_0, decided, event_of, running
 from trustbus.agents import retention_needs
-from trustbus.bus import Bus, EmbeddedServer, Identity, TenantStream, subjects
+from trustbus.bus import Bus, ConfigError, EmbeddedServer, Identity, TenantStream, provision, subjects
 from trustbus.ledger import (
     GENESIS,
     ArchiveError,
@@ -157,3 +157,10 @@ async def test_a_forged_archive_breaks_at_the_live_streams_first_checkpoint(purg
         assert alone.ok, alone.breaks  # a forged archive holds by itself
         across = await verify_archive(forged, reader=reader)
     assert [(b.seq, b.reason) for b in across.breaks] == [(13, "checkpoint")], across.breaks
+
+
+async def test_purges_are_decided_when_the_stream_is_made(tenant: Tenant, purgeable: Tenant) -> None:
+    with pytest.raises(ConfigError, match="cannot lift that"):
+        await provision(tenant.js, tenant.name, admin_key_id=tenant.admin.key_id, purgeable=True)
+    again = await provision(purgeable.js, purgeable.name, admin_key_id=purgeable.admin.key_id)
+    assert again.updated == [] and not (await purgeable.js.stream_info(f"TB_{purgeable.name}")).config.deny_purge
