@@ -44,3 +44,5 @@ async def test_archive_purge_verify_and_replay_as_the_operations_page_says(
     assert len(json.loads(replayed.stdout)["tree"]) == 8
     live_only = run("ledger", "verify", "--json", env=env, check=False)
     assert live_only.returncode == 1 and json.loads(live_only.stdout)["first_break"]["reason"] == "missing"
+    fresh = run("ledger", "run", "--data", str(tmp_path / "projection"), env=env, check=False)
+    assert fresh.returncode == 1 and "1-8 were archived and purged" in fresh.stderr, fresh.stderr
