@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from trustbus.agents._process import load_agent, serve_agent, serve_coordinator
     from trustbus.agents._redecide import redecide
     from trustbus.agents._reexecute import reexecute
+    from trustbus.agents._retention import retention_needs
     from trustbus.agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
     from trustbus.agents._status import PartitionStatus, coordinator_status
     from trustbus.agents._tools import (
@@ -82,6 +83,7 @@ __all__ = [
     "read_checkpoint",
     "redecide",
     "reexecute",
+    "retention_needs",
     "run_agent",
     "serve_agent",
     "serve_coordinator",
@@ -93,6 +95,7 @@ _ORIGINS: dict[str, str] = {
     "list_held": "trustbus.agents._approvals",
     "PartitionStatus": "trustbus.agents._status",
     "coordinator_status": "trustbus.agents._status",
+    "retention_needs": "trustbus.agents._retention",
     "list_held_requests": "trustbus.agents._approvals",
     "Coordinator": "trustbus.agents._coordinator",
     "CoordinatorState": "trustbus.agents._decision",

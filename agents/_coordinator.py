@@ -206,7 +206,7 @@ class Coordinator:
         started = [
             (d, await self._start_forwards(d, self._decision(d.envelope), d.envelope.id in recorded))
             for d in group
-            if not d.settled
+            if not d.settled and not await self._replayed(d)
         ]
         for delivery, acks in started:
             for ack in acks:
@@ -237,6 +237,18 @@ class Coordinator:
     def _outbox_of(self, envelope: Envelope) -> str:
         """The one subject ``envelope`` may arrive on: its sender's outbox for its correlation's partition."""
         return subjects.outbox(self.bus.tenant, envelope.sender, self.bus.partition(envelope.correlation_id))
+
+    async def _replayed(self, delivery: Delivery) -> bool:
+        """Refuse ``delivery`` if its (decided) envelope was decided at another stream sequence: a copy.
+
+        The reader remembers only the ids of envelopes not yet settled across a restart
+        (agents._intake); a copy of one settled before is recognised here, by its decision.
+        """
+        decided_at = self._decision(delivery.envelope).source_seq
+        if decided_at == delivery.stream_seq:
+            return False
+        await self._refuse(delivery, "replayed", f"envelope {delivery.envelope.id} was decided at {decided_at}")
+        return True
 
     def _decision(self, envelope: Envelope) -> Decision:
         """The last decision about ``envelope`` (decided, and its correlation in memory)."""
@@ -291,6 +303,8 @@ class Coordinator:
         result = await self._record(envelope, make)
         if isinstance(result, Deferral):
             await delivery.defer(result.retry_after_s)
+            return
+        if await self._replayed(delivery):
             return
         decision = self._decision(envelope)
         if "tainted_memory_write" in decision.reasons and decision.verdict == "reject":

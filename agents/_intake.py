@@ -50,7 +50,11 @@ def sender_consumer(partition: int, owner: str) -> str:
 
 def sender_subjects(tenant: str, partition: int, owner: str) -> list[str]:
     """What ``owner`` may publish in ``partition``: its outbox and its effect records."""
-    return [subjects.outbox(tenant, owner, partition), f"{subjects.effect(tenant, owner)}.{partition:d}.*"]
+    return [subjects.outbox(tenant, owner, partition), _effects(tenant, partition, owner)]
+
+
+def _effects(tenant: str, partition: int, owner: str) -> str:
+    return f"{subjects.effect(tenant, owner)}.{partition:d}.*"
 
 
 @dataclass
@@ -58,6 +62,9 @@ class _Reader:
     name: str
     queue: asyncio.Queue[list[Delivery]]
     task: asyncio.Task[None] | None = None
+    # Read back at start within the replay window (None: everything the consumer reads). An outbox envelope
+    # settled before is decided, and the coordinator refuses a copy of it at another sequence by its decision.
+    read_back_settled: list[str] | None = None
 
 
 class Intake:
@@ -93,7 +100,8 @@ class Intake:
             await self.bus.ensure_consumer(
                 name, sender_subjects(self.bus.tenant, self.partition, owner), settings=SENDER_SETTINGS
             )
-            self._readers[name] = _Reader(name, asyncio.Queue(maxsize=1))
+            effects = [_effects(self.bus.tenant, self.partition, owner)]
+            self._readers[name] = _Reader(name, asyncio.Queue(maxsize=1), read_back_settled=effects)
         self._grants = len(grants)
 
     async def batches(self, stop: asyncio.Event) -> AsyncIterator[list[Delivery]]:
@@ -153,7 +161,12 @@ class Intake:
         while not stop.is_set():
             try:
                 batches = self.bus.consume_batches(
-                    reader.name, settings=settings, stop=stop, rejections=rejections, screen=self._screen
+                    reader.name,
+                    settings=settings,
+                    stop=stop,
+                    rejections=rejections,
+                    screen=self._screen,
+                    read_back_settled=reader.read_back_settled,
                 )
                 async with contextlib.aclosing(batches):
                     async for batch in batches:

@@ -146,11 +146,11 @@ class FloodBench:
         ]
 
 
-async def stream_state(url: str) -> tuple[int, int]:
+async def stream_state(url: str, tenant: str = TENANT) -> tuple[int, int]:
     """(last sequence, bytes) of the tenant stream."""
     nc = await nats.connect(url, connect_timeout=5)
     try:
-        info = await nc.jetstream().stream_info(bus.subjects.stream_name(TENANT))
+        info = await nc.jetstream().stream_info(bus.subjects.stream_name(tenant))
         return info.state.last_seq, info.state.bytes
     finally:
         await nc.close()

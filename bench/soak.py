@@ -24,6 +24,11 @@ goes on with the last ``restart batch`` (2 x window, at most N / 10) while it is
 for a second (it has everything the dead coordinator forwarded), the coordinator is started again;
 ``restart_s`` is from that start to B's first receipt after it (the first forward, plus B's handling).
 
+**Logs:** ``--logs DIR`` keeps each process's log (info level: the restart's steps with their times) in DIR.
+
+**Disk:** the tenant stream's messages and bytes at the end, and its bytes per envelope B received (every
+message a mediated envelope leaves: outbox copy, decision, forward, and the ledger's checkpoints).
+
 **Exactly once:** every envelope whose publish A saw acked must reach B once: ``lost`` = acked - distinct
 indices B received once no more arrive (within ``--settle-s`` of the last), ``duplicated`` = second
 deliveries B saw.
@@ -48,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +67,7 @@ from rich.table import Table
 
 from bench._harness import BenchError, progress_bars, run_bench, stopped, supervisor, verdict
 from bench._soak_sink import TOTAL_ENV
+from bench.flood import stream_state
 from bench.mediated import POLICY, READY_TIMEOUT_S, provision_tenant
 from trustbus import bus
 from trustbus._supervisor import Process, Supervisor, check_alive
@@ -196,13 +203,15 @@ class Soak:
         self.keys = bus.KeyDirectory(work / "keys")
         self.task = progress.add_task("soak", total=self.total)
         self.receipts = Receipts(asyncio.get_running_loop(), lambda c: progress.update(self.task, completed=c))
-        env = {**os.environ, TOTAL_ENV: str(self.total), "TRUSTBUS_LOG": "warning", "PYTHONUNBUFFERED": "1"}
+        level = "info" if args.logs else "warning"
+        env = {**os.environ, TOTAL_ENV: str(self.total), "TRUSTBUS_LOG": level, "PYTHONUNBUFFERED": "1"}
         self.children: Supervisor = supervisor(work, env, self._line)
         self.samples = Samples()
         self.processes: dict[str, Process] = {}
         self.sent = 0
         self.acked = 0
         self.failed = 0
+        self.stream: dict[str, int] = {}
 
     def _line(self, fields: dict[str, Any]) -> None:
         if fields.get("progress") == "soak":
@@ -330,6 +339,8 @@ class Soak:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
         after_restart = rss_bytes(self.processes["coordinator"].pid)
+        messages, stored = await stream_state(self.server.url, TENANT)
+        self.stream = {"messages": messages, "bytes": stored}
         return self.figures(run_s, ready_s, restart_s, after_restart)
 
     def figures(self, run_s: float, ready_s: float, restart_s: float, after_restart: int) -> dict[str, Any]:
@@ -359,6 +370,9 @@ class Soak:
             "acked": self.acked,
             "publish_failures": self.failed,
             "received": self.receipts.received,
+            "stream_messages": self.stream["messages"],
+            "stream_bytes": self.stream["bytes"],
+            "stream_bytes_per_envelope": round(self.stream["bytes"] / max(1, self.receipts.received)),
             "rss_mb": rss_mb,
             "rss_mb_by_decile": {name: list(mb[name].values()) for name in names},
             "rss_slope": slopes,
@@ -392,6 +406,8 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                     return await bench.run()
             finally:
                 server.stop()
+                if args.logs:
+                    shutil.copytree(Path(tmp) / "logs", args.logs, dirs_exist_ok=True)
 
     return asyncio.run(soak())
 
@@ -430,6 +446,7 @@ def report_table(r: dict[str, Any]) -> Table:
     target("restart: start to first forward (s)", "restart_s", "<= {:g}")
     table.add_row("restart: start to ready line (s)", f"{r['coordinator_ready_s']:,}")
     table.add_row("coordinator RSS after restart MB", f"{r['coordinator_rss_after_restart_mb']:,.1f}")
+    table.add_row("stream bytes per mediated envelope", f"{r['stream_bytes_per_envelope']:,}")
     target("lost", "lost", "= {:g}")
     target("duplicated", "duplicated", "= {:g}")
     return table
@@ -443,6 +460,9 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between RSS samples (default 2)")
     parser.add_argument(
         "--settle-s", type=float, default=60.0, help="after the restart, how long without a receipt ends the run (60)"
+    )
+    parser.add_argument(
+        "--logs", type=Path, help="keep each process's log (at info level, JSON lines) in this directory"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()

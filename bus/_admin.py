@@ -170,6 +170,7 @@ async def init_tenant(
     keys: KeyDirectory,
     replicas: int | None = None,
     partitions: int | None = None,
+    purgeable: bool | None = None,
     nkey_seed: str | None = None,
 ) -> tuple[ProvisionReport, KeyGrant]:
     """Provision the tenant's stream and buckets and register its admin key; idempotent.
@@ -179,6 +180,7 @@ async def init_tenant(
     one replica per server of the cluster, at most 3 (:func:`default_replicas`);
     the report says how many. ``partitions`` (default 1, fixed once the tenant
     exists) is how many coordinator processes can share the tenant's work.
+    ``purgeable``: archived history may be purged (see :func:`provision`).
     ``nkey_seed`` authenticates the connection (see
     :func:`connect_nats`).
     """
@@ -187,7 +189,9 @@ async def init_tenant(
     try:
         js = nc.jetstream()
         wanted = replicas if replicas is not None else default_replicas(nc)
-        report = await provision(js, tenant, admin_key_id=admin.key_id, replicas=wanted, partitions=partitions)
+        report = await provision(
+            js, tenant, admin_key_id=admin.key_id, replicas=wanted, partitions=partitions, purgeable=purgeable
+        )
         async with await KeyringStore.open(js, tenant, follow=False) as store:
             try:
                 grant = store.keyring.resolve(admin.key_id)

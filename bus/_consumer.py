@@ -161,6 +161,7 @@ class Consumers:
         stop: asyncio.Event | None = None,
         rejections: RejectionLog | None = None,
         screen: Callable[[str], tuple[str, str] | None] | None = None,
+        read_back_settled: Sequence[str] | None = None,
     ) -> AsyncGenerator[list[Delivery], None]:
         """Verified deliveries of ``durable``, a fetch at a time (see :meth:`Bus.consume_batches`)."""
         try:
@@ -175,7 +176,10 @@ class Consumers:
             settings = dataclasses.replace(settings, ack_wait_s=info.config.ack_wait)
         # Mediated deliveries come only from the coordinator (server permissions), which
         # forwards each (envelope, recipient) once; an inbox reader need not read back.
-        seen = SeenIds(window_ns=self._limits.skew_ns) if recipient else await self._recently_accepted(info)
+        if recipient:
+            seen = SeenIds(window_ns=self._limits.skew_ns)
+        else:
+            seen = await self._recently_accepted(info, read_back_settled)
         outage = 0
         try:
             while stop is None or not stop.is_set():
@@ -228,7 +232,7 @@ class Consumers:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await sub.unsubscribe()
 
-    async def _recently_accepted(self, info: ConsumerInfo) -> SeenIds:
+    async def _recently_accepted(self, info: ConsumerInfo, settled_subjects: Sequence[str] | None) -> SeenIds:
         """Ids this consumer was already handed within the replay window, read back from the stream.
 
         A restarted consumer would otherwise forget them, and a replay of one
@@ -241,24 +245,61 @@ class Consumers:
         Only envelopes that verify are remembered, so a forged envelope cannot
         claim a legitimate id in advance. Best effort: a user without the right
         to create a consumer starts with an empty set (logged).
+
+        ``settled_subjects``: of the consumer's filter subjects, those whose messages at or below the ack
+        floor are read back too (None: all); the others are read back only above the floor.
         """
         seen = SeenIds(window_ns=self._limits.skew_ns)
         floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
         last = info.delivered.stream_seq if info.delivered and info.delivered.stream_seq else 0
         if last == 0:
             return seen
-        since = time.time_ns() - 2 * self._limits.skew_ns
+        window_ns = time.time_ns() - 2 * self._limits.skew_ns
+        since = Start(stored_ns=window_ns)
         # Only this consumer's traffic, in stream order, from the window's start through the last delivered.
         subjects = list(info.config.filter_subjects or []) or [info.config.filter_subject or all_subjects(self._tenant)]
-        reading = read_in_order(self._js, self._stream, subjects, start=Start(stored_ns=since), last=last)
-        try:
-            async with contextlib.aclosing(verified(reading, self._keyring, self._tenant, self._limits)) as items:
-                async for item in items:
-                    if item.opened is not None and seen.sequence_of(item.opened.envelope.id) is None:
-                        seen.add(item.opened.envelope, item.stream_seq, settled=item.stream_seq <= floor)
-        except BusError as exc:
-            log.warning("could not read back recently accepted ids", extra={"consumer": info.name, "error": str(exc)})
+        if settled_subjects is None:
+            reads = [(subjects, since)]
+        else:  # the window of the subjects asked for; what is not yet settled of the others, within the window
+            others = [s for s in subjects if s not in settled_subjects]
+            reads = [(list(settled_subjects), since)] if settled_subjects else []
+            if others and floor < last:
+                unsettled = Start(seq=floor + 1)
+                reads.append(
+                    (others, since if await self._stored_before(others, unsettled, last, window_ns) else unsettled)
+                )
+        began, read = time.perf_counter(), 0
+        for filters, start in reads:
+            reading = read_in_order(self._js, self._stream, filters, start=start, last=last)
+            try:
+                async with contextlib.aclosing(verified(reading, self._keyring, self._tenant, self._limits)) as items:
+                    async for item in items:
+                        read += 1
+                        if item.opened is None:
+                            continue
+                        earlier = seen.sequence_of(item.opened.envelope.id)
+                        if earlier is None or earlier > item.stream_seq:
+                            seen.add(item.opened.envelope, item.stream_seq, settled=item.stream_seq <= floor)
+            except BusError as exc:
+                log.warning(
+                    "could not read back recently accepted ids", extra={"consumer": info.name, "error": str(exc)}
+                )
+        log.info(
+            "read back recently accepted ids",
+            extra={"consumer": info.name, "messages": read, "seconds": round(time.perf_counter() - began, 3)},
+        )
         return seen
+
+    async def _stored_before(self, subjects: list[str], start: Start, last: int, at_ns: int) -> bool:
+        """Whether the first message on ``subjects`` from ``start`` through ``last`` was stored before ``at_ns``."""
+        reading = read_in_order(self._js, self._stream, subjects, start=start, last=last, batch=1)
+        try:
+            async with contextlib.aclosing(reading):
+                async for msgs in reading:
+                    return bool(msgs) and unix_ns(msgs[0].metadata.timestamp) < at_ns
+        except BusError:
+            return False
+        return False
 
     async def _verify(
         self,

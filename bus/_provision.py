@@ -44,8 +44,14 @@ class ProvisionReport:
     partitions: int = 1
 
 
-def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1, partitions: int = 1) -> StreamConfig:
-    """The stream ``TB_<tenant>``: every tenant subject, file storage, append-only, direct gets allowed."""
+def tenant_stream_config(
+    tenant: str, *, admin_key_id: str, replicas: int = 1, partitions: int = 1, purgeable: bool = False
+) -> StreamConfig:
+    """The stream ``TB_<tenant>``: every tenant subject, file storage, append-only, direct gets allowed.
+
+    ``purgeable``: the admin may purge history that is archived (docs/OPERATIONS.md, "Retention"); messages
+    are never deleted one by one. Decided when the stream is made: nats-server cannot lift ``deny_purge``.
+    """
     return StreamConfig(
         name=stream_name(tenant),
         subjects=[all_subjects(tenant)],
@@ -55,7 +61,7 @@ def tenant_stream_config(tenant: str, *, admin_key_id: str, replicas: int = 1, p
         duplicate_window=DUPLICATE_WINDOW_S,
         max_msg_size=MAX_MSG_SIZE,
         deny_delete=True,
-        deny_purge=True,
+        deny_purge=not purgeable,
         allow_rollup_hdrs=False,
         # Direct gets name the subject in the API subject, so a user can be allowed to
         # read back only its own records (an agent: its effect records, by idempotency key).
@@ -92,7 +98,13 @@ _COMPARED = (
 
 
 async def provision(
-    js: JetStreamContext, tenant: str, *, admin_key_id: str, replicas: int = 1, partitions: int | None = None
+    js: JetStreamContext,
+    tenant: str,
+    *,
+    admin_key_id: str,
+    replicas: int = 1,
+    partitions: int | None = None,
+    purgeable: bool | None = None,
 ) -> ProvisionReport:
     """Create the tenant's stream and KV buckets; running it again changes nothing.
 
@@ -102,6 +114,8 @@ async def provision(
     change: it decides which coordinator holds each correlation's state. A stream or bucket
     with another number of replicas is changed to ``replicas`` (the server moves
     the data), so provisioning an R1 tenant again on a cluster makes it R3.
+    ``purgeable`` (see :func:`tenant_stream_config`; None: as the existing stream is, else no) can be
+    switched off later, never on.
     """
     if replicas < 1:
         raise ConfigError(f"replicas must be at least 1, not {replicas}")
@@ -112,7 +126,11 @@ async def provision(
             info = await js.stream_info(name)
         except nats.js.errors.NotFoundError:
             wanted = tenant_stream_config(
-                tenant, admin_key_id=admin_key_id, replicas=replicas, partitions=partitions or 1
+                tenant,
+                admin_key_id=admin_key_id,
+                replicas=replicas,
+                partitions=partitions or 1,
+                purgeable=bool(purgeable),
             )
             await js.add_stream(wanted)
             report.created.append(name)
@@ -132,7 +150,15 @@ async def provision(
                     "every correlation's state): provision a new tenant for another count"
                 )
             report.partitions = existing
-            wanted = tenant_stream_config(tenant, admin_key_id=admin_key_id, replicas=replicas, partitions=existing)
+            if purgeable and current.deny_purge:
+                raise ConfigError(
+                    f"stream {name} denies purges and nats-server cannot lift that: archive its history "
+                    "(trustbus ledger archive) without purging, or provision a new tenant with purges allowed"
+                )
+            keep = not current.deny_purge if purgeable is None else purgeable
+            wanted = tenant_stream_config(
+                tenant, admin_key_id=admin_key_id, replicas=replicas, partitions=existing, purgeable=keep
+            )
             drift = [name for name in _COMPARED if getattr(current, name) != getattr(wanted, name)]
             if drift:
                 await js.update_stream(wanted)

@@ -97,11 +97,17 @@ class TenantStream:
             ConfigError: the tenant is not provisioned.
             TransportError: the stream cannot be read.
         """
+        return (await self.span())[1]
+
+    async def span(self) -> tuple[int, int]:
+        """The stream's first and last sequence now (the first is above 1 once older history was purged); as
+        :meth:`last_seq`."""  # noqa: D205, D209
         deadline: float | None = None
         pauses = iter(PAUSES_S)
         while True:
             try:
-                return (await self._js.stream_info(self.stream)).state.last_seq
+                state = (await self._js.stream_info(self.stream)).state
+                return state.first_seq, state.last_seq
             except NATS_ERRORS as exc:
                 error = translated(exc, f"read the state of {self.stream}")
                 if isinstance(error, NotFound):
@@ -130,6 +136,16 @@ class TenantStream:
             async for msgs in reading:
                 yield [stored_message(msg) for msg in msgs]
 
+    async def first_stored_at(self, stored_ns: int) -> int:
+        """The sequence of the first message stored at or after ``stored_ns`` (unix ns); the next one if none is."""
+        last = await self.last_seq()
+        reading = read_in_order(self._js, self.stream, [all_subjects(self.tenant)], start=Start(stored_ns=stored_ns),
+                                last=last, batch=1)  # fmt: skip
+        async with contextlib.aclosing(reading):
+            async for msgs in reading:
+                return int(msgs[0].metadata.sequence.stream) if msgs else last + 1
+        return last + 1
+
     def log(self, subject: str) -> SubjectLog:
         """The records of the stream on ``subject``, read record by record (a wildcard reads several logs)."""
         return NatsSubjectLog(self._js, self._js._nc, self.stream, subject)
@@ -149,6 +165,36 @@ class TenantStream:
             for info in sorted(infos, key=lambda info: info.name)
             if info.name.startswith(prefix)
         }
+
+    async def still_needed(self) -> dict[str, int]:
+        """Each durable consumer with messages it has not settled, by name: the first sequence it may still need.
+
+        That is the sequence after its ack floor while it has messages delivered and not acked, else after the
+        last it was delivered while messages wait for it; a consumer with neither needs nothing.
+        """
+        try:
+            infos = await self._js.consumers_info(self.stream)
+        except NATS_ERRORS as exc:
+            raise translated(exc, f"list the consumers of {self.stream}") from exc
+        needed = {}
+        for info in infos:
+            if info.num_ack_pending:
+                needed[info.name] = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+            elif info.num_pending:
+                needed[info.name] = (info.delivered.stream_seq if info.delivered else 0) + 1
+        return needed
+
+    async def purge_before(self, seq: int) -> None:
+        """Remove every message of the stream below ``seq`` (the admin's right alone).
+
+        Raises:
+            Refused: the server said no; a tenant stream provisioned without ``purgeable`` denies every purge,
+                and nats-server cannot lift that later.
+        """
+        try:
+            await self._js.purge_stream(self.stream, seq=seq)
+        except NATS_ERRORS as exc:
+            raise translated(exc, f"purge {self.stream} below sequence {seq}") from exc
 
     async def partitions(self) -> int:
         """How many partitions the tenant has."""

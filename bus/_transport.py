@@ -325,6 +325,7 @@ class Bus:
         stop: asyncio.Event | None = None,
         rejections: RejectionLog | None = None,
         screen: Callable[[str], tuple[str, str] | None] | None = None,
+        read_back_settled: Sequence[str] | None = None,
     ) -> AsyncGenerator[list[Delivery], None]:
         """Like :meth:`consume`, but yield each fetch's verified deliveries together, in stream order.
 
@@ -339,9 +340,20 @@ class Bus:
             rejections: record what fails verification there, in aggregate (see
                 :class:`~bus.RejectionLog`), instead of one quarantine record each.
             screen: asked first about each message's subject; a ``(reason, detail)`` refuses it unverified.
+            read_back_settled: at start, the filter subjects whose settled messages (at or below the
+                consumer's ack floor) are read back within the replay window; None: all of them. What was
+                delivered and not yet settled is always read back. A caller that leaves a subject out must
+                recognise a replay of an envelope settled there itself (the coordinator: by its decisions),
+                and starts without reading that subject's recent traffic again.
         """
         return self._consumers.batches(
-            durable, settings=settings, recipient=recipient, stop=stop, rejections=rejections, screen=screen
+            durable,
+            settings=settings,
+            recipient=recipient,
+            stop=stop,
+            rejections=rejections,
+            screen=screen,
+            read_back_settled=read_back_settled,
         )
 
     # -- quarantine ---------------------------------------------------------

@@ -12,10 +12,19 @@ from trustbus.bus import lazy_names
 
 if TYPE_CHECKING:
     from trustbus.bus import StoredMessage
+    from trustbus.ledger._archive import Need, Segment, archive, consumer_needs, purge_archived, segments
+    from trustbus.ledger._archive_verify import load_across, verify_archive
     from trustbus.ledger._audit import export, load_bundle_messages, load_messages, verify_bundle, verify_stream
     from trustbus.ledger._bundle import Bundle, BundleEntry, export_bundle, read_bundle, read_stream
     from trustbus.ledger._chain import CHAIN_DOMAIN, GENESIS, chain_hash, chained_headers
-    from trustbus.ledger._errors import BundleError, LedgerError, ProjectionError, QueryError, ServiceError
+    from trustbus.ledger._errors import (
+        ArchiveError,
+        BundleError,
+        LedgerError,
+        ProjectionError,
+        QueryError,
+        ServiceError,
+    )
     from trustbus.ledger._proof_checking import CheckedProof, check_proof, checked_dict
     from trustbus.ledger._proofs import ProofError, encode_proof
     from trustbus.ledger._proving import prove_from_bundle, prove_from_stream
@@ -34,6 +43,7 @@ if TYPE_CHECKING:
     from trustbus.ledger._verify import Break, VerifyReport, verify_messages
 
 __all__ = [
+    "ArchiveError",
     "Break",
     "Bundle",
     "BundleEntry",
@@ -44,15 +54,18 @@ __all__ = [
     "GENESIS",
     "Incident",
     "LedgerError",
+    "Need",
     "ProjectionError",
     "ProofError",
     "QueryError",
     "RollbackPlan",
     "ServiceError",
+    "Segment",
     "ServiceSettings",
     "Step",
     "StoredMessage",
     "VerifyReport",
+    "archive",
     "build_incident",
     "chain_hash",
     "chained_headers",
@@ -61,22 +74,27 @@ __all__ = [
     "checkpoint_before",
     "compensated_keys",
     "connect",
+    "consumer_needs",
     "encode_proof",
     "execute_rollback",
     "export",
     "export_bundle",
+    "load_across",
     "load_bundle_messages",
     "load_messages",
     "plan_rollback",
     "prove_from_bundle",
     "prove_from_stream",
+    "purge_archived",
     "query",
     "read_bundle",
     "read_catalogue",
     "read_stream",
+    "segments",
     "serve_ledger",
     "step_dict",
     "verified_effects",
+    "verify_archive",
     "verify_bundle",
     "verify_messages",
     "verify_stream",
@@ -85,6 +103,14 @@ __all__ = [
 # Where each public name is defined.
 _ORIGINS: dict[str, str] = {
     "StoredMessage": "trustbus.bus",
+    "Need": "trustbus.ledger._archive",
+    "Segment": "trustbus.ledger._archive",
+    "archive": "trustbus.ledger._archive",
+    "consumer_needs": "trustbus.ledger._archive",
+    "purge_archived": "trustbus.ledger._archive",
+    "segments": "trustbus.ledger._archive",
+    "load_across": "trustbus.ledger._archive_verify",
+    "verify_archive": "trustbus.ledger._archive_verify",
     "export": "trustbus.ledger._audit",
     "load_bundle_messages": "trustbus.ledger._audit",
     "load_messages": "trustbus.ledger._audit",
@@ -99,6 +125,7 @@ _ORIGINS: dict[str, str] = {
     "GENESIS": "trustbus.ledger._chain",
     "chain_hash": "trustbus.ledger._chain",
     "chained_headers": "trustbus.ledger._chain",
+    "ArchiveError": "trustbus.ledger._errors",
     "BundleError": "trustbus.ledger._errors",
     "LedgerError": "trustbus.ledger._errors",
     "ProjectionError": "trustbus.ledger._errors",

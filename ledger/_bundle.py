@@ -90,10 +90,11 @@ class Bundle:
     def keyring(self, *, admin_key: str | None = None) -> Keyring:
         """The keyring rebuilt from the bundle, anchored on ``admin_key`` (default: the manifest's)."""
         anchor = admin_key or str(self.manifest["admin_key"])
-        return _keyring_of(str(self.manifest["tenant"]), anchor, self.keyring_revisions)
+        return keyring_of(str(self.manifest["tenant"]), anchor, self.keyring_revisions)
 
 
-def _keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -> Keyring:
+def keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -> Keyring:
+    """The keyring of ``revisions``, anchored on ``admin_key``; BundleError if one is unreadable."""
     keyring = Keyring(tenant=tenant, admin_key_id=admin_key)
     for revision in revisions:
         try:
@@ -101,6 +102,20 @@ def _keyring_of(tenant: str, admin_key: str, revisions: list[KeyringRevision]) -
         except KeyringError as exc:
             raise BundleError(f"keyring revision for {revision.key_id} is unreadable: {exc}") from exc
     return keyring
+
+
+def check_ledger_signer(keyring: Keyring, tenant: str, signer: Identity, signer_name: str, *, what: str) -> None:
+    """BundleError unless ``signer`` is a trusted, unrevoked ``ledger`` key of ``signer_name`` in ``keyring``."""
+    try:
+        grant = keyring.resolve(signer.key_id)
+    except VerificationError:
+        grant = None
+    if grant is None or grant.role != "ledger" or grant.owner != signer_name or grant.revoked_at is not None:
+        if grant is None or grant.revoked_at is not None:
+            role = "none (not in the keyring, or revoked)"
+        else:
+            role = grant.role if grant.owner == signer_name else f"{grant.role} of {grant.owner!r}"
+        raise BundleError(f"{what} is signed by a ledger key: {wrong_role(tenant, signer_name, role, 'ledger')}")
 
 
 async def read_stream(reader: TenantStream, *, from_seq: int = 1) -> list[StoredMessage]:
@@ -173,17 +188,8 @@ async def export_bundle(
     messages = await read_stream(reader)
     revisions = await read_keyring_revisions(reader)
     admin_key = await reader.admin_key()
-    keyring = _keyring_of(tenant, admin_key, revisions)
-    try:
-        grant = keyring.resolve(signer.key_id)
-    except VerificationError:
-        grant = None
-    if grant is None or grant.role != "ledger" or grant.owner != signer_name or grant.revoked_at is not None:
-        if grant is None or grant.revoked_at is not None:
-            role = "none (not in the keyring, or revoked)"
-        else:
-            role = grant.role if grant.owner == signer_name else f"{grant.role} of {grant.owner!r}"
-        raise BundleError(f"the export is signed by a ledger key: {wrong_role(tenant, signer_name, role, 'ledger')}")
+    keyring = keyring_of(tenant, admin_key, revisions)
+    check_ledger_signer(keyring, tenant, signer, signer_name, what="the export")
     first = partial_start(messages, tenant, from_seq) if messages else 1
     head = previous = GENESIS
     entries = []
@@ -193,9 +199,41 @@ async def export_bundle(
             previous = head
         if m.seq >= first:
             entries.append(BundleEntry(m.seq, m.subject, m.stored_ns, m.headers, m.body, head))
+    bundle = signed_bundle(
+        tenant,
+        admin_key,
+        entries,
+        revisions,
+        first=first,
+        head=head,
+        previous=previous,
+        signer=signer,
+        name=signer_name,
+    )
+    await asyncio.to_thread(write_bundle, out, bundle)
+    position = Position(last_seq=first - 1, head=previous, count=first - 1)
+    included = messages[len(messages) - len(entries) :]
+    await asyncio.to_thread(project_messages, included, keyring, tenant, out / PROJECTION, after=position)
+    return bundle.manifest
+
+
+def signed_bundle(
+    tenant: str,
+    admin_key: str,
+    entries: list[BundleEntry],
+    revisions: list[KeyringRevision],
+    *,
+    first: int,
+    head: bytes,
+    previous: bytes,
+    signer: Identity,
+    name: str,
+) -> Bundle:
+    """The bundle of ``entries`` (from ``first``, chaining from ``previous``, ending at ``head``), its manifest,
+    and its end and (after sequence 1) start checkpoints signed by ``signer`` as ``name``."""  # noqa: D205, D209
     last = entries[-1].seq if entries else first - 1
-    end = sign_checkpoint(tenant, signer, signer_name, through_seq=last, head=head)
-    start = sign_checkpoint(tenant, signer, signer_name, through_seq=first - 1, head=previous) if first > 1 else None
+    end = sign_checkpoint(tenant, signer, name, through_seq=last, head=head)
+    start = sign_checkpoint(tenant, signer, name, through_seq=first - 1, head=previous) if first > 1 else None
     manifest: dict[str, object] = {
         "format": FORMAT,
         "tenant": tenant,
@@ -207,15 +245,11 @@ async def export_bundle(
         "head": head.hex(),
         "exported_at": time.time_ns(),
     }
-    bundle = Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions, end=end, start=start)
-    await asyncio.to_thread(_write_bundle, out, bundle)
-    position = Position(last_seq=first - 1, head=previous, count=first - 1)
-    included = messages[len(messages) - len(entries) :]
-    await asyncio.to_thread(project_messages, included, keyring, tenant, out / PROJECTION, after=position)
-    return manifest
+    return Bundle(manifest=manifest, entries=entries, keyring_revisions=revisions, end=end, start=start)
 
 
-def _write_bundle(out: Path, bundle: Bundle) -> None:
+def write_bundle(out: Path, bundle: Bundle) -> None:
+    """Write ``bundle``'s files (not its projection) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "messages.msgpack").write_bytes(msgspec.msgpack.encode(bundle.entries))
     (out / "keyring.msgpack").write_bytes(msgspec.msgpack.encode(bundle.keyring_revisions))

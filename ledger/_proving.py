@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from trustbus.bus import Keyring, StoredMessage, TenantStream, subjects
-from trustbus.ledger._bundle import KeyringRevision, _keyring_of, read_bundle, read_keyring_revisions
+from trustbus.ledger._bundle import KeyringRevision, keyring_of, read_bundle, read_keyring_revisions
 from trustbus.ledger._proof_making import prove_consistency, prove_inclusion
 from trustbus.ledger._proofs import ProofError, ProofFile
 
@@ -57,7 +57,7 @@ async def prove_from_stream(
     async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
         admin_key = await reader.admin_key()
         stored = await read_keyring_revisions(reader)
-        keyring, revisions = _keyring_of(tenant, admin_key, stored), _pairs(stored)
+        keyring, revisions = keyring_of(tenant, admin_key, stored), _pairs(stored)
         last = await reader.last_seq()
         checkpoints: list[StoredMessage] = []
         async for batch in reader.batches(last=last, only=(subjects.checkpoint(tenant),)):

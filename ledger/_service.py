@@ -121,7 +121,19 @@ class LedgerService:
         self._strays = StrayRecorder(bus)  # outbox messages no coordinator reads (ledger._strays)
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
-        """Project until ``stop`` is set, then commit what was projected and return."""
+        """Project until ``stop`` is set, then commit what was projected and return.
+
+        Raises:
+            ServiceError: the stream's history before the projection's next sequence was purged (archived).
+        """
+        first, _ = await self.bus.reader().span()
+        after = self.projector.position.last_seq
+        if after + 1 < first:  # the chain through the purged prefix is in its archive, not here
+            raise ServiceError(
+                f"{self.bus.stream} starts at sequence {first} (1-{first - 1} were archived and purged) and this "
+                f"projection is at {after}: it cannot chain through them. Run the service on the projection it "
+                "kept (its --data directory)"
+            )
         self._remember_recent()
         await self.reader.open(self.projector.position.last_seq, reuse=True, stop=stop)
         ready()

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from trustbus.bus import Keyring, Limits, Opened, StoredMessage, TenantStream, VerificationError, subjects
 from trustbus.ledger._judging import Anchors, Judge, collect_anchors
 from trustbus.ledger._parallel import CHUNK, _open_chunk
-from trustbus.ledger._report import VerifyReport
+from trustbus.ledger._report import Break, VerifyReport
 
 __all__ = ["Anchors", "StreamVerifier", "collect_anchors", "verify_live"]
 
@@ -39,6 +39,7 @@ class StreamVerifier:
         check_from: messages are judged from this sequence on (the chain and tree always from the first).
         limits: size and skew limits.
         workers: threads checking signatures (default: one per core).
+        watch: sequences whose chain hash to keep in ``report.watched``.
     """
 
     def __init__(
@@ -50,12 +51,13 @@ class StreamVerifier:
         check_from: int = 1,
         limits: Limits = Limits(),
         workers: int | None = None,
+        watch: Collection[int] = (),
     ) -> None:
         self.keyring = keyring
         self.tenant = tenant
         self.limits = limits
         self.check_from = check_from
-        self.judge = Judge(keyring, tenant, anchors, check_from=check_from, window_ns=limits.skew_ns)
+        self.judge = Judge(keyring, tenant, anchors, check_from=check_from, window_ns=limits.skew_ns, watch=watch)
         self._workers = workers or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ledger-verify")
 
@@ -107,7 +109,7 @@ async def verify_live(
     """
     async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as reader:
         keyring = await reader.keyring()
-        last = await reader.last_seq()
+        first, last = await reader.span()
         anchors = Anchors()
         only = (subjects.quarantine(tenant), subjects.checkpoint(tenant))
         async for batch in reader.batches(last=last, only=only):
@@ -129,4 +131,8 @@ async def verify_live(
                 await asyncio.to_thread(verifier.feed, chunk)
         finally:
             report = verifier.finish()
+    if first > 1:  # the chain starts at 1: what was purged is in an archive, verified with it
+        report.breaks = [b for b in report.breaks if (b.seq, b.reason) != (1, "missing")]
+        detail = f"the stream starts at {first}: 1-{first - 1} were purged; verify with their archive (--archive)"
+        report.breaks.insert(0, Break(1, "missing", detail))
     return report

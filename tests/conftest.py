@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -55,17 +56,17 @@ class Tenant:
         return bus
 
 
-@pytest.fixture
-async def tenant(nats_server: EmbeddedServer) -> AsyncIterator[Tenant]:
-    """A freshly provisioned tenant with a unique name; its connections close after the test."""
+@contextlib.asynccontextmanager
+async def provisioned(server: EmbeddedServer, *, purgeable: bool = False) -> AsyncIterator[Tenant]:
+    """A freshly provisioned tenant with a unique name; its connections close at the end."""
     name = f"t{os.getpid()}x{next(_tenant_numbers)}"
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(server.url)
     js = nc.jetstream()
     admin = Identity.generate()
-    await provision(js, name, admin_key_id=admin.key_id)
+    await provision(js, name, admin_key_id=admin.key_id, purgeable=purgeable)
     keyring = await KeyringStore.open(js, name)
     await keyring.grant(admin, key_id=admin.key_id, owner="admin", role="admin", valid_from=time.time_ns())
-    kit = Tenant(name=name, url=nats_server.url, nc=nc, js=js, admin=admin, keyring=keyring)
+    kit = Tenant(name=name, url=server.url, nc=nc, js=js, admin=admin, keyring=keyring)
     try:
         yield kit
     finally:
@@ -73,3 +74,10 @@ async def tenant(nats_server: EmbeddedServer) -> AsyncIterator[Tenant]:
             await bus.aclose()
         await keyring.aclose()
         await nc.close()
+
+
+@pytest.fixture
+async def tenant(nats_server: EmbeddedServer) -> AsyncIterator[Tenant]:
+    """A freshly provisioned tenant with a unique name; its connections close after the test."""
+    async with provisioned(nats_server) as kit:
+        yield kit

@@ -39,13 +39,18 @@ class LazyConsole:
         self._options = options
         self._console: Console | None = None
 
-    def print(self, *objects: Any, **print_options: Any) -> None:
-        """``Console.print``: rich markup, tables and trees."""
+    @property
+    def console(self) -> Console:
+        """The rich ``Console`` itself (for a progress display), made now if not yet."""
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(**self._options)
-        self._console.print(*objects, **print_options)
+        return self._console
+
+    def print(self, *objects: Any, **print_options: Any) -> None:
+        """``Console.print``: rich markup, tables and trees."""
+        self.console.print(*objects, **print_options)
 
 
 # Piped, a table is as wide as its content (a script or `less -S` reads whole ids); at a terminal, as wide as it.
@@ -202,18 +207,31 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def recorded_messages(
-    tenant: str | None, bundle: Path | None, server: str, admin_key: str | None
+    tenant: str | None, bundle: Path | None, server: str, admin_key: str | None, *, archive: Path | None = None
 ) -> tuple[Any, Any, str]:
-    """(messages, keyring, tenant) from a bundle or the live stream; exit 2 if neither is given."""
+    """(messages, keyring, tenant) from a bundle, an archive (and the live stream after it, with ``tenant``) or the
+    live stream; exit 2 if none is given."""  # noqa: D205, D209
     from trustbus.ledger import load_bundle_messages, load_messages
 
     if bundle is not None:
         return load_bundle_messages(bundle, admin_key=admin_key)
+    if archive is not None:
+        return run(_across(archive, tenant, server, admin_key))
     if tenant is None:
         err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
         raise typer.Exit(2)
     messages, keyring = run(load_messages(servers(server), tenant, nkey_seed=nkey_seed()))
     return messages, keyring, tenant
+
+
+async def _across(archive: Path, tenant: str | None, server: str, admin_key: str | None) -> tuple[Any, Any, str]:
+    from trustbus.bus import TenantStream
+    from trustbus.ledger import load_across
+
+    if tenant is None:
+        return await load_across(archive, admin_key=admin_key)
+    async with await TenantStream.connect(servers(server), tenant, nkey_seed=nkey_seed()) as reader:
+        return await load_across(archive, reader)
 
 
 @contextmanager

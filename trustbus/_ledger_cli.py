@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from trustbus._archive_cli import archive_history
 from trustbus._cli_common import (
     DEFAULT_SERVER,
     JsonOpt,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 ledger_app = typer.Typer(help="Verify the tenant's ledger and export audit bundles.", no_args_is_help=True)
 ledger_app.command("run")(ledger_run)
+ledger_app.command("archive")(archive_history)
 
 
 def _report_dict(report: Any) -> dict[str, Any]:
@@ -78,6 +80,10 @@ def _coverage_lines(report: Any) -> list[str]:
 def verify(
     tenant: MaybeTenantOpt = None,
     bundle: Annotated[Path | None, typer.Option(help="Verify this audit bundle instead (no server needed).")] = None,
+    archive: Annotated[
+        Path | None,
+        typer.Option(help="Verify this archive (ledger archive --dir), and with --tenant the live stream after it."),
+    ] = None,
     from_seq: Annotated[int, typer.Option("--from", help="First sequence to check (live stream).")] = 1,
     admin_key: Annotated[str | None, typer.Option(help="Pin the tenant admin key (trust anchor).")] = None,
     expect: Annotated[
@@ -109,10 +115,12 @@ def verify(
     elif expect:
         err.print("[red]error:[/red] --expect checks a bundle: give --bundle DIR")
         raise typer.Exit(2)
+    elif archive is not None:
+        report = _verify_archive(archive, tenant, admin_key, server)
     elif tenant is not None:
         report = run(verify_stream(servers(server), tenant, from_seq=from_seq, nkey_seed=nkey_seed()))
     else:
-        err.print("[red]error:[/red] give --tenant (live stream) or --bundle DIR")
+        err.print("[red]error:[/red] give --tenant (live stream), --bundle DIR or --archive DIR")
         raise typer.Exit(2)
     if json_out:
         print(json.dumps(_report_dict(report)))
@@ -131,6 +139,32 @@ def verify(
             out.print(line)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _verify_archive(directory: Path, tenant: str | None, admin_key: str | None, server: str) -> Any:
+    """Verify an archive (and the live stream after it, with ``tenant``), with a progress display."""
+    from rich.progress import Progress
+
+    from trustbus.bus import TenantStream
+    from trustbus.ledger import LedgerError, verify_archive
+
+    async def verifying(progress: Progress) -> Any:
+        task = progress.add_task("verifying", total=None)
+
+        def seen(seq: int) -> None:
+            progress.update(task, completed=seq)
+
+        if tenant is None:
+            return await verify_archive(directory, admin_key=admin_key, progress=seen)
+        async with await TenantStream.connect(servers(server), tenant, nkey_seed=nkey_seed()) as reader:
+            return await verify_archive(directory, reader=reader, progress=seen)
+
+    try:
+        with Progress(console=err.console, transient=True) as progress:
+            return run(verifying(progress))
+    except LedgerError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @ledger_app.command("export")
@@ -225,6 +259,9 @@ def replay(
     correlation: Annotated[str, typer.Option(help="The correlation (conversation) to replay.")],
     tenant: MaybeTenantOpt = None,
     bundle: Annotated[Path | None, typer.Option(help="Replay from this audit bundle (no server needed).")] = None,
+    archive: Annotated[
+        Path | None, typer.Option(help="Replay from this archive, and with --tenant the live stream after it.")
+    ] = None,
     policy: Annotated[Path | None, typer.Option(help="Re-decide every envelope under this policy.")] = None,
     execute: Annotated[
         list[str] | None,
@@ -242,7 +279,7 @@ def replay(
     from trustbus._incident_view import incident_tree, redecided_rows, redecided_table
     from trustbus.ledger import build_incident, step_dict
 
-    messages, keyring, tenant_name = recorded_messages(tenant, bundle, server, admin_key)
+    messages, keyring, tenant_name = recorded_messages(tenant, bundle, server, admin_key, archive=archive)
     incident = build_incident(messages, keyring, tenant_name, correlation)
     if not incident.steps:
         err.print(f"[red]error:[/red] nothing recorded for correlation {correlation}")

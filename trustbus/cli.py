@@ -224,6 +224,14 @@ def init(
             "(default 1; fixed when the tenant is created).",
         ),
     ] = None,
+    purgeable: Annotated[
+        bool,
+        typer.Option(
+            "--purgeable",
+            help="Let the admin purge history once it is archived (trustbus ledger archive --purge); decided when "
+            "the tenant is created (a stream that denies purges always will).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Provision a tenant: append-only stream TB_<tenant>, KV buckets, admin key. Safe to run twice."""
@@ -236,6 +244,7 @@ def init(
             keys=key_directory(keys),
             replicas=replicas,
             partitions=partitions,
+            purgeable=purgeable or None,
             nkey_seed=nkey_seed(),
         )
     )

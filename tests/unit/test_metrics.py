@@ -119,6 +119,20 @@ async def test_loop_collector_reads_on_the_loop_that_owns_the_state() -> None:
     assert got == 1 and owner == [loop]
 
 
+async def test_registering_a_loop_collector_on_its_loop_reads_nothing() -> None:
+    """The process registry describes collectors as they register: that must not wait on the loop registering."""
+    reads: list[int] = []
+
+    def read() -> list[Metric]:
+        reads.append(1)
+        return []
+
+    registry = CollectorRegistry(auto_describe=True)  # as prometheus_client's REGISTRY
+    began = asyncio.get_running_loop().time()
+    registry.register(LoopCollector(asyncio.get_running_loop(), read))
+    assert reads == [] and asyncio.get_running_loop().time() - began < 0.5
+
+
 def test_loop_collector_of_a_closed_loop_reports_nothing() -> None:
     loop = asyncio.new_event_loop()
     loop.close()

@@ -61,7 +61,7 @@ def test_agents_exports() -> None:
             "EffectDenied", "EffectError", "Tool", "ToolImplementation", "ToolRegistry", "ToolRegistryError", "Toolbox",
             "UnknownTool", "idempotency_key", "load_tools", "parse_tools", "McpBinding", "McpServer",
             "answer", "instruction_verb", "list_held", "list_held_requests", "PartitionStatus", "coordinator_status",
-            "load_agent", "redecide", "reexecute", "serve_agent",
+            "load_agent", "redecide", "reexecute", "serve_agent", "retention_needs",
             "serve_coordinator",
         ]
     )  # fmt: skip
@@ -82,6 +82,8 @@ def test_ledger_exports() -> None:
             "CheckedProof", "ProofError", "check_proof", "prove_from_bundle", "prove_from_stream",
             "ServiceSettings", "checked_dict", "encode_proof", "read_catalogue",
             "serve_ledger",
+            "ArchiveError", "Need", "Segment", "archive", "consumer_needs", "purge_archived", "segments",
+            "load_across", "verify_archive",
         ]
     )  # fmt: skip
     for name in ledger.__all__:

@@ -27,7 +27,7 @@ from trustbus.bus._keyring import encode_signed_grant
 from trustbus.bus._quarantine import encode_quarantine_record, quarantine_record
 from trustbus.ledger import BundleEntry, verify_bundle, verify_messages
 from trustbus.ledger._anchors import sign_checkpoint
-from trustbus.ledger._bundle import Bundle, KeyringRevision, _write_bundle
+from trustbus.ledger._bundle import Bundle, KeyringRevision, write_bundle
 from trustbus.ledger._chain import GENESIS, chain_hash
 from trustbus.ledger._checkpointing import checkpoint_envelope
 from trustbus.ledger._merkle import TreeBuilder, message_leaf_hash
@@ -220,7 +220,7 @@ def _bundle(log: Log, directory: Path) -> Path:
     }  # fmt: skip
     revisions = [KeyringRevision(k, v) for k, v in log.revisions]
     end = sign_checkpoint(T, log.ids["ledger"], "ledger", through_seq=len(entries), head=head, now_ns=log.now)
-    _write_bundle(directory, Bundle(manifest, entries, revisions, end=end))
+    write_bundle(directory, Bundle(manifest, entries, revisions, end=end))
     return directory
 
 
