@@ -106,6 +106,15 @@ def test_a_second_start_on_a_running_directory_is_refused(first_run: FirstRun, s
     assert f"trustbus dev down --dir {first_run.root}" in said
 
 
+def test_a_port_another_server_holds_is_said_with_its_fix(second_run: dict[str, Any], tmp_path: Path) -> None:
+    port = second_run["url"].rsplit(":", 1)[1]
+    args = ("dev", "--dir", str(tmp_path / "other"), "--port", port, "--console-port", "0")
+    result = run(*args, env=os.environ, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"port {port} on 127.0.0.1 is in use" in said and "--port 0" in said
+
+
 def test_dev_down_stops_a_detached_environment(first_run: FirstRun, second_run: dict[str, Any]) -> None:
     result = run("dev", "down", "--dir", str(first_run.root), env=os.environ)
     assert f"stopped trustbus dev in {first_run.root} (pid {second_run['pid']})" in result.stdout
