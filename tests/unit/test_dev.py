@@ -1,0 +1,67 @@
+"""`trustbus dev`'s directory: one environment per directory, told by its lock; what is removed and what is not."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trustbus._dev import DevDir, DevError, DevSettings, down, purge, run_environment
+
+
+@pytest.fixture
+def where(tmp_path: Path) -> DevDir:
+    root = tmp_path / "env"
+    root.mkdir()
+    return DevDir(root)
+
+
+@pytest.fixture
+def held(where: DevDir) -> Iterator[DevDir]:
+    """``where`` as a running environment leaves it: its lock held, its ready line written."""
+    (where.running).write_text(json.dumps({"pid": 4242, "url": "nats://127.0.0.1:4999"}))
+    with where.lock.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield where
+
+
+def test_a_directory_runs_nothing_until_its_lock_is_held(where: DevDir) -> None:
+    assert where.status() is None
+    where.lock.touch()
+    where.running.write_text("{}")  # left by an environment that was killed: the lock says it is gone
+    assert where.status() is None
+    assert down(where) is None
+
+
+def test_a_second_environment_in_a_running_directory_is_refused_before_it_starts_anything(held: DevDir) -> None:
+    settings = DevSettings(where=held, tenant="dev", port=0, console_port=0)
+    with pytest.raises(DevError) as refused:
+        run_environment(settings, lambda line: pytest.fail(f"started: {line}"))
+    assert str(refused.value) == (
+        f"trustbus dev already runs in {held.root} (pid 4242) at nats://127.0.0.1:4999: use it, "
+        f"or stop it with `trustbus dev down --dir {held.root}`"
+    )
+    assert not held.logs.exists()
+
+
+def test_purge_refuses_a_running_environment(held: DevDir) -> None:
+    with pytest.raises(DevError, match="stop it first"):
+        purge(held)
+    assert held.root.is_dir()
+
+
+def test_purge_refuses_a_directory_that_is_not_an_environments(where: DevDir) -> None:
+    (where.root / "precious.txt").write_text("mine")
+    with pytest.raises(DevError, match="not a trustbus dev directory"):
+        purge(where)
+    assert (where.root / "precious.txt").read_text() == "mine"
+
+
+def test_purge_removes_a_stopped_environment(where: DevDir) -> None:
+    where.lock.touch()
+    (where.root / "keys").mkdir()
+    purge(where)
+    assert not where.root.exists()
