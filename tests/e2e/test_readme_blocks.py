@@ -31,7 +31,9 @@ PLACEHOLDERS = {
     "KEY": r"s/^admin key ([^ ]+)$/\1/p",  # the admin key `trustbus init` printed
 }
 STOP_JOBS = 'for job in $(jobs -p | tac); do kill "$job" 2>/dev/null || true; wait "$job" 2>/dev/null || true; done'
-LIMIT_S = 240
+LIMIT_S = 200
+
+pytestmark = pytest.mark.timeout(LIMIT_S + 40)  # past the script's limit: its processes are stopped here
 
 
 def bash_blocks(section: str) -> list[str]:
@@ -75,8 +77,11 @@ def follow(section: str, workdir: Path) -> str:
     shell = subprocess.Popen(
         ["bash", "-c", script(bash_blocks(section), free_port())], cwd=workdir, env=env, start_new_session=True
     )
+    code: int | str
     try:
         code = shell.wait(LIMIT_S)
+    except subprocess.TimeoutExpired:
+        code = f"none: still running after {LIMIT_S} s"
     finally:
         try:
             os.killpg(shell.pid, signal.SIGTERM)  # whatever the script left (it stops its jobs itself)
