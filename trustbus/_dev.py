@@ -83,6 +83,13 @@ class DevDir:
         """The running environment's ready line (removed when it stops)."""
         return self.root / "running.json"
 
+    def make(self) -> None:
+        """Create the directory if it is not there; DevError if it cannot be."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DevError(f"cannot make the directory {self.root}: {exc.strerror or exc}") from None
+
     def status(self) -> dict[str, Any] | None:
         """The running environment's ready line, or None if none runs here."""
         if not self.lock.exists():
@@ -238,7 +245,7 @@ def run_environment(settings: DevSettings, on_ready: Callable[[dict[str, Any]], 
     DevError if it cannot start (another runs in the directory, a port is taken, a process failed).
     """
     where = settings.where
-    where.root.mkdir(parents=True, exist_ok=True)
+    where.make()
     with where.lock.open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -295,7 +302,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def detach(settings: DevSettings) -> dict[str, Any]:
     """Run the environment as a process of its own that outlives this one; its ready line once it is ready."""
     where = settings.where
-    where.root.mkdir(parents=True, exist_ok=True)
+    where.make()
     if (line := where.status()) is not None:
         raise already_running(where, line)
     argv = [

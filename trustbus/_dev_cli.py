@@ -129,7 +129,7 @@ def _said_ready(line: dict[str, Any], json_out: bool, *, detached: bool) -> None
     if line.get("keys_made"):
         shown.append(f"  new keys      {', '.join(line['keys_made'])} (in {line['keys']})")
     shown += [
-        "In another shell:",
+        "Then:" if detached else "Then, in another shell:",
         f"  export NATS_URL={line['url']} TRUSTBUS_KEYS={line['keys']} TRUSTBUS_LEDGER_DATA={line['projection']}",
         f"  trustbus keys new --tenant {tenant} --owner alice",
         f"""  trustbus send --tenant {tenant} --as alice --to bob --payload '{{"hello": 1}}'""",

@@ -65,3 +65,9 @@ def test_purge_removes_a_stopped_environment(where: DevDir) -> None:
     (where.root / "keys").mkdir()
     purge(where)
     assert not where.root.exists()
+
+
+def test_a_directory_that_cannot_be_made_is_said_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DevError, match=r"cannot make the directory .*a-file/env: Not a directory"):
+        DevDir(tmp_path / "a-file" / "env").make()
