@@ -136,6 +136,7 @@ def _said_ready(line: dict[str, Any], json_out: bool, *, detached: bool) -> None
         f"  trustbus tail --tenant {tenant}",
         f"  trustbus approvals list --tenant {tenant}",
         f"  trustbus doctor --tenant {tenant}",
+        '  trustbus query "SELECT * FROM rejections_by_reason"',
     ]
     stop = f"`trustbus dev down --dir {root}`"
     shown.append(f"Stop it with {stop}." if detached else f"Stop it with Ctrl-C (or {stop}).")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from trustbus._dev import DevDir, DevError, DevSettings, down, purge, run_environment
+from trustbus._dev_cli import _said_ready
 
 
 @pytest.fixture
@@ -71,3 +72,34 @@ def test_a_directory_that_cannot_be_made_is_said_without_a_traceback(tmp_path: P
     (tmp_path / "a-file").write_text("")
     with pytest.raises(DevError, match=r"cannot make the directory .*a-file/env: Not a directory"):
         DevDir(tmp_path / "a-file" / "env").make()
+
+
+READY = {
+    "ready": "dev", "dir": "/w/env", "tenant": "dev", "url": "nats://127.0.0.1:4222", "keys": "/w/env/keys",
+    "projection": "/w/env/projection", "policy": "/w/env/policy.yaml", "console": None, "operator": "ops",
+    "keys_made": [], "pid": 7, "pids": {},
+}  # fmt: skip
+
+
+def test_what_to_do_next_names_the_exports_the_commands_and_how_to_stop(capsys: pytest.CaptureFixture[str]) -> None:
+    _said_ready({**READY, "console": "http://127.0.0.1:8470/?token=t0k"}, json_out=False, detached=False)
+    said = capsys.readouterr().out
+    assert (
+        "export NATS_URL=nats://127.0.0.1:4222 TRUSTBUS_KEYS=/w/env/keys TRUSTBUS_LEDGER_DATA=/w/env/projection" in said
+    )
+    assert "http://127.0.0.1:8470/?token=t0k  (as ops)" in said
+    for command in ("send --tenant dev --as alice", "tail --tenant dev", "approvals list --tenant dev"):
+        assert f"trustbus {command}" in said
+    assert "Stop it with Ctrl-C (or `trustbus dev down --dir /w/env`)." in said
+
+
+def test_without_the_console_extra_it_says_how_to_get_it(capsys: pytest.CaptureFixture[str]) -> None:
+    _said_ready(READY, json_out=False, detached=True)
+    said = capsys.readouterr().out
+    assert "console       not started: it needs the console extra, pip install 'trustbus[console]'" in said
+    assert "Stop it with `trustbus dev down --dir /w/env`." in said
+
+
+def test_with_json_it_prints_the_ready_line(capsys: pytest.CaptureFixture[str]) -> None:
+    _said_ready(READY, json_out=True, detached=True)
+    assert json.loads(capsys.readouterr().out) == {**READY, "detached": True}
