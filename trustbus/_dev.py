@@ -35,7 +35,6 @@ DOWN_S = 60.0
 OWNERS: dict[str, Role] = {"coordinator": "coordinator", "ledger": "ledger", "ops": "operator"}
 """The keys the environment's processes sign with (the admin's is made by provisioning)."""
 OPERATOR = "ops"
-CONSOLE_EXTRA = "pip install 'trustbus[console]'"
 
 
 class DevError(Exception):
