@@ -121,6 +121,7 @@ if TYPE_CHECKING:
         summary_msg_id,
     )
     from trustbus.bus._reload import reload_until_wired
+    from trustbus.bus._trace_context import HEADER_TRACEPARENT
     from trustbus.bus._seal import (
         HEADER_CKEY,
         HEADER_KEY,
@@ -183,6 +184,7 @@ __all__ = [
     "HEADER_KEY",
     "HEADER_MSG_ID",
     "HEADER_SIG",
+    "HEADER_TRACEPARENT",
     "Identity",
     "KeyDirectory",
     "KeyGrant",
@@ -421,6 +423,7 @@ _ORIGINS: dict[str, str] = {
     "HEADER_KEY": "trustbus.bus._seal",
     "HEADER_MSG_ID": "trustbus.bus._seal",
     "HEADER_SIG": "trustbus.bus._seal",
+    "HEADER_TRACEPARENT": "trustbus.bus._trace_context",
     "Limits": "trustbus.bus._seal",
     "Mediation": "trustbus.bus._seal",
     "Opened": "trustbus.bus._seal",

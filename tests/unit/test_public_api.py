@@ -32,7 +32,7 @@ def test_bus_exports() -> None:
             "Conflict", "NotFound", "Refused", "Timeout", "Unavailable",
             "TenantStream", "KeyringRevision", "DurableReader", "DurableSettings",
             "WorkQueue", "WorkQueueSettings", "WorkItem",
-            "HEADER_CKEY", "HEADER_KEY", "HEADER_MSG_ID", "HEADER_SIG", "stop_on_signals",
+            "HEADER_CKEY", "HEADER_KEY", "HEADER_MSG_ID", "HEADER_SIG", "HEADER_TRACEPARENT", "stop_on_signals",
             "decode_signed_grant", "decode_memory_write", "RejectionSummary", "decode_rejection_summary",
             "encode_rejection_summary", "subject_owner", "summarise", "summary_msg_id",
             "DUPLICATE_WINDOW_S", "LABEL_PATTERN", "MAX_MSG_SIZE", "MemoryWrite",
