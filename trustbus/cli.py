@@ -74,6 +74,7 @@ def _show_version(wanted: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit.")
     ] = False,
@@ -99,6 +100,18 @@ def main_options(
         except BusError as exc:
             err.print(f"[red]error:[/red] --nkey: {exc}")
             raise typer.Exit(1) from None
+    if any(name.startswith("OTEL_") for name in os.environ):  # else nothing of tracing is even imported
+        _configure_tracing(f"trustbus {ctx.invoked_subcommand}")
+
+
+def _configure_tracing(service_name: str) -> None:
+    from trustbus.bus import ConfigError, configure_tracing
+
+    try:
+        configure_tracing(service_name)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

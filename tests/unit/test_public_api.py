@@ -33,6 +33,8 @@ def test_bus_exports() -> None:
             "TenantStream", "KeyringRevision", "DurableReader", "DurableSettings",
             "WorkQueue", "WorkQueueSettings", "WorkItem",
             "HEADER_CKEY", "HEADER_KEY", "HEADER_MSG_ID", "HEADER_SIG", "HEADER_TRACEPARENT", "stop_on_signals",
+            "configure_tracing", "current_trace", "record_span", "traced", "tracing_asked", "tracing_enabled",
+            "use_tracer",
             "decode_signed_grant", "decode_memory_write", "RejectionSummary", "decode_rejection_summary",
             "encode_rejection_summary", "subject_owner", "summarise", "summary_msg_id",
             "DUPLICATE_WINDOW_S", "LABEL_PATTERN", "MAX_MSG_SIZE", "MemoryWrite",
