@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -259,3 +260,19 @@ def test_agents_and_ledger_do_not_import_each_other() -> None:
         if module.split(".")[:2] == ["trustbus", other]
     ]
     assert found == []
+
+
+def test_tracing_off_loads_no_opentelemetry() -> None:
+    """Every module of the library and the command, imported without OTEL_* set, loads none of the otel extra."""
+    files = [path for package in LIBRARY for path in _files(ROOT / package)] + _cli_files()
+    modules = [
+        ".".join(("trustbus", *path.relative_to(ROOT).with_suffix("").parts[path.is_relative_to(CLI) :]))
+        for path in files
+        if path.name != "__main__.py"
+    ]
+    code = f"import importlib, json, sys; [importlib.import_module(m) for m in {modules!r}]; "
+    code += "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules if m.startswith('opentelemetry')})))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
