@@ -1,0 +1,139 @@
+"""Traces across processes: ``trustbus send``, the coordinator and a recipient agent, exporting over OTLP/HTTP
+to a receiver this test runs, make one trace; a version 1 envelope still delivers; a malformed traceparent is
+refused ``malformed``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import msgspec
+import nats
+import pytest
+import pytest_asyncio
+
+from tests.e2e.fleet import Fleet
+from tests.otlp import OtlpReceiver, ReceivedSpan
+from tests.processes import TRUSTBUS, one_shot_async
+from trustbus.bus import EmbeddedServer, KeyDirectory, encode_envelope, init_tenant, new_envelope, subjects
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+POLICY = {
+    "rules": [
+        {"from": "sender", "to": ["recipient"], "kinds": ["event"]},
+        {"from": "recipient", "to": ["sender"], "kinds": ["reply"]},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def traced_fleet(
+    nats_server: EmbeddedServer, receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Fleet]:
+    """One tenant with a coordinator and a recipient (examples.pingpong:Player) exporting their spans."""
+    tmp = tmp_path_factory.mktemp("traces")
+    tenant, keys = f"tr{os.getpid()}", KeyDirectory(tmp / "keys")
+    await init_tenant([nats_server.url], tenant, keys=keys)
+    fleet = Fleet(url=nats_server.url, tenant=tenant, keys=keys, tmp=tmp, nc=await nats.connect(nats_server.url))
+    try:
+        traced = {**fleet.env, **receiver.env()}
+        await fleet.key("sender")
+        await fleet.key("coordinator", role="coordinator")
+        policy = tmp / "policy.yaml"
+        policy.write_text(json.dumps(POLICY))  # JSON is YAML
+        await fleet.spawn("coordinator", "run", "-t", tenant, "--policy", str(policy), env=traced)
+        await fleet.agent("examples.pingpong:Player", "recipient", env=traced)
+        yield fleet
+    finally:
+        await fleet.close()
+
+
+def _in_trace(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.trace_id == trace_id]
+
+
+async def test_sender_coordinator_and_recipient_spans_form_one_trace(
+    traced_fleet: Fleet, receiver: OtlpReceiver
+) -> None:
+    fleet = traced_fleet
+    argv = [*TRUSTBUS, "send", "-t", fleet.tenant, "--as", "sender", "--to", "recipient", "--json"]
+    sent = await one_shot_async([*argv, "--payload", '{"serve": 1}'], env={**fleet.env, **receiver.env()})
+    assert sent.returncode == 0, sent.stderr
+    envelope_id = json.loads(sent.stdout)["id"]
+
+    def whole(spans: list[ReceivedSpan]) -> list[ReceivedSpan] | None:
+        [send] = [s for s in spans if s.attributes.get("messaging.message.id") == envelope_id] or [None]
+        if send is None:
+            return None
+        trace = _in_trace(spans, send.trace_id)
+        guardrails = [s for s in trace if s.name == "apply_guardrail coordinator"]
+        handled = [s for s in trace if s.name == "invoke_agent recipient"]
+        # the send's decision, the reply's and the checkpoint's; the recipient's handling
+        return trace if len(guardrails) == 3 and handled else None
+
+    trace = await receiver.wait(whole)
+    [send] = [s for s in trace if s.name == "send event"]
+    [handled] = [s for s in trace if s.name == "invoke_agent recipient"]
+    guardrails = {s.attributes["gen_ai.security.target.id"]: s for s in trace if s.name.startswith("apply_guardrail")}
+    assert send.parent == "" and send.service == "trustbus send"
+    assert handled.parent == send.span_id and handled.service == "trustbus agent"
+    assert handled.attributes["gen_ai.agent.id"] == "recipient"
+    assert handled.attributes["gen_ai.conversation.id"] == envelope_id  # an origin's correlation is its id
+    decision = guardrails.pop(envelope_id)
+    assert decision.parent == send.span_id and decision.service == "trustbus coordinator"
+    assert decision.attributes["gen_ai.operation.name"] == "apply_guardrail"
+    assert decision.attributes["gen_ai.security.decision.type"] == "allow"
+    assert decision.attributes["gen_ai.security.decision.code"] == "none"
+    assert decision.attributes["gen_ai.security.policy.id"] == "rules[0]"
+    assert decision.attributes["trustbus.verdict"] == "accept"
+    assert decision.attributes["trustbus.action"] == "forward"
+    # what the handler sent (its reply, its checkpoint) was decided as children of the handler's span
+    assert {s.parent for s in guardrails.values()} == {handled.span_id}
+    assert sorted(s.attributes["trustbus.action"] for s in guardrails.values()) == ["forward", "store"]
+
+
+async def test_a_version_1_envelope_still_delivers_and_starts_a_trace(
+    traced_fleet: Fleet, receiver: OtlpReceiver
+) -> None:
+    fleet = traced_fleet
+    envelope_id = await fleet.send(await fleet.bus("sender"), ["recipient"], {"serve": 2})  # no tracing here: v1
+    decisions = await fleet.decisions(lambda ds: any(d.envelope_id == envelope_id for d in ds))
+    [decision] = [d for d in decisions if d.envelope_id == envelope_id]
+
+    def handled(spans: list[ReceivedSpan]) -> list[ReceivedSpan] | None:
+        found = [s for s in spans if s.attributes.get("trustbus.envelope.id") == envelope_id]
+        return found or None
+
+    [span] = await receiver.wait(handled)
+    assert decision.verdict == "accept"
+    assert span.name == "invoke_agent recipient" and span.parent == ""
+
+
+async def test_a_malformed_traceparent_is_refused_malformed(traced_fleet: Fleet) -> None:
+    fleet = traced_fleet
+    good = new_envelope(
+        tenant=fleet.tenant, kind="event", sender="sender", to=["recipient"], payload=b"{}",
+        trace=("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", ""),
+    )  # fmt: skip
+    fields = msgspec.msgpack.decode(encode_envelope(good))
+    fields["trace"] = ["00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", ""]  # uppercase: not W3C
+    body = msgspec.msgpack.encode(fields)
+    identity = fleet.keys.load(fleet.tenant, "sender")
+    headers = {
+        "Nats-Msg-Id": good.id,
+        "Tb-Sig": base64.b64encode(identity.sign(b"trustbus/v1\x00" + body)).decode(),
+        "Tb-Key": identity.key_id,
+    }
+    stored = await fleet.nc.jetstream().publish(subjects.outbox(fleet.tenant, "sender", 0), body, headers=headers)
+    record = await fleet.quarantined(lambda r: r.stream_seq == stored.seq)
+    assert record.reason == "malformed"
+    assert "trace" in record.detail
