@@ -59,6 +59,7 @@ from trustbus.bus import (
     rejection,
     subject_owner,
     subjects,
+    tracing_enabled,
 )
 
 log = logging.getLogger("trustbus.coordinator")
@@ -235,9 +236,10 @@ class Coordinator:
 
         began = time.time_ns()
         recorded = await self.log.record_group(group, decide_one, by=self.bus)
-        for delivery in group:
-            if delivery.envelope.id in recorded:
-                self._traced(delivery.envelope, self._decision(delivery.envelope), began)
+        if tracing_enabled():
+            for delivery in group:
+                if delivery.envelope.id in recorded:
+                    self._traced(delivery.envelope, self._decision(delivery.envelope), began)
         return recorded
 
     def _outbox_of(self, envelope: Envelope) -> str:

@@ -27,6 +27,7 @@ from trustbus._cli_common import (
     out,
     run,
     servers,
+    traces,
     use_nkey,
 )
 from trustbus._config_cli import config_app
@@ -74,7 +75,6 @@ def _show_version(wanted: bool) -> None:
 
 @app.callback()
 def main_options(
-    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit.")
     ] = False,
@@ -100,18 +100,6 @@ def main_options(
         except BusError as exc:
             err.print(f"[red]error:[/red] --nkey: {exc}")
             raise typer.Exit(1) from None
-    if any(name.startswith("OTEL_") for name in os.environ):  # else nothing of tracing is even imported
-        _configure_tracing(f"trustbus {ctx.invoked_subcommand}")
-
-
-def _configure_tracing(service_name: str) -> None:
-    from trustbus.bus import ConfigError, configure_tracing
-
-    try:
-        configure_tracing(service_name)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -285,6 +273,7 @@ def send(
     """Sign and publish one envelope as a given identity (to its outbox by default)."""
     from trustbus._commands import send_one
 
+    traces("send")
     body = sys.stdin.read() if payload == "-" else payload
     result = run(
         send_one(

@@ -1,4 +1,4 @@
-"""Spans over an in-memory exporter: parents from the envelope, trace context into new envelopes, guardrail attributes."""
+"""Spans over an in-memory exporter: parents from envelopes, trace context into new ones, guardrail attributes."""
 
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ def test_the_handler_span_is_the_child_of_the_senders_and_what_it_sends_carries_
     assert span.parent is not None and span.parent.is_remote
     assert (span.parent.trace_id, span.parent.span_id) == (int(PARENT[3:35], 16), int(PARENT[36:52], 16))
     assert span.context is not None and span.context.trace_id == span.parent.trace_id
-    assert sent.v == 2 and sent.trace == (f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01", "congo=t61")
+    traceparent = f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
+    assert sent.v == 2 and sent.trace == (traceparent, "congo=t61")
     assert span.attributes is not None
     assert span.attributes["gen_ai.operation.name"] == "invoke_agent"
     assert span.attributes["gen_ai.agent.id"] == "notes"
