@@ -51,12 +51,13 @@ instead of ``trustbus`` (a wrapper that patches the coordinator, to measure a ca
 editing it). ``--metrics`` runs the coordinator and B with ``--metrics-port 0`` and scrapes both every
 second (a harsher rate than Prometheus's usual 15 s), so a run with it and one without show what the
 metrics cost (docs/OBSERVABILITY.md). ``--telemetry`` adds a third topology in the same run: the
-mediated path again, in a tenant of its own (``benchtel``) with its own coordinator and B, every process of it
-(A included) tracing at 100% sampling and exporting over OTLP/HTTP to a receiver the bench runs on 127.0.0.1
-(it counts what it is sent, never decodes it), the coordinator and B also serving ``/metrics`` scraped every
-second; ``telemetry_ratio`` is its throughput over the plain mediated path's (the median of the per-round
-ratios; target >= 0.9). The plain mediated path runs the same instrumented code with nothing configured, so
-its figures are what tracing costs when off. Every process is stopped (SIGTERM, then SIGKILL after a timeout) on
+mediated path again, in a tenant of its own (``benchtel``) with its own coordinator and B, every process
+of it (A included) tracing at 100% sampling (``--sample-ratio R``: a share R of the traces, decided by A)
+and exporting over OTLP/HTTP to a receiver the bench runs on 127.0.0.1 (it counts what it is sent, never
+decodes it), the coordinator and B also serving ``/metrics`` scraped every second. ``telemetry_ratio`` is
+its throughput over the plain mediated path's (the median of the per-round ratios; target >= 0.9). The
+plain path runs the same instrumented code with nothing configured: its figures are tracing off.
+Every process is stopped (SIGTERM, then SIGKILL after a timeout) on
 success, failure, Ctrl-C and SIGTERM (and is sent SIGTERM by Linux if the bench itself is killed); on failure
 their stderr tails are printed (bench/_harness.py, over the process supervisor the demo and the end-to-end tests use).
 """
@@ -245,12 +246,16 @@ class OtlpSink:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, name="otlp-sink", daemon=True).start()
 
-    def env(self) -> dict[str, str]:
-        """The OTEL_* variables that trace everything (100% sampling) and export it here."""
+    def env(self, sample_ratio: float) -> dict[str, str]:
+        """The OTEL_* variables that trace ``sample_ratio`` of the traces (decided by A, followed by the
+        others) and export them here."""
+        sampler = {"OTEL_TRACES_SAMPLER": "always_on"}
+        if sample_ratio < 1:
+            sampler = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(sample_ratio)}
         return {
             "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_TRACES_SAMPLER": "always_on",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces",
+            **sampler,
         }
 
 
@@ -305,7 +310,7 @@ class Bench:
             holders = [("a", "agent"), ("b", "agent"), ("coordinator", "coordinator")]
             asyncio.run(provision_tenant(self.url, TELEMETRY_TENANT, keys, holders))
             self.otlp = OtlpSink()
-            self.envs[TELEMETRY] = self.otlp.env()
+            self.envs[TELEMETRY] = self.otlp.env(self.args.sample_ratio)
             scraped += self.start_mediated(TELEMETRY, TELEMETRY_TENANT, metrics=True)
             processes += self.servers[TELEMETRY]
         for process in processes:
@@ -465,6 +470,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     result["metrics"] = args.metrics
     if args.telemetry:
         result.update(telemetry_figures(throughputs, latencies))
+        result["sample_ratio"] = args.sample_ratio
         assert bench.otlp is not None
         result["otlp_exports"] = {"requests": bench.otlp.requests, "bytes": bench.otlp.bytes}
     return result
@@ -663,6 +669,13 @@ def main() -> None:
         help="also run the mediated path traced (100%% sampling, OTLP to a local receiver) with metrics on; "
         "--json adds telemetry_ratio (throughput on / off)",
     )
+    parser.add_argument(
+        "--sample-ratio",
+        type=float,
+        default=1.0,
+        help="with --telemetry: the share of traces sampled (default 1: every one; below 1, A decides and the "
+        "coordinator and B follow, OTEL_TRACES_SAMPLER=parentbased_traceidratio)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()
     if args.n < 100 or args.rounds < 1 or args.rate <= 0 or args.seconds <= args.warmup or args.warmup < 0:
@@ -671,6 +684,8 @@ def main() -> None:
         parser.error("--rate x (--seconds - --warmup) must leave at least 100 measured messages")
     if args.payload < 128:
         parser.error("--payload must be at least 128 bytes (the timing fields)")
+    if not 0 < args.sample_ratio <= 1:
+        parser.error("--sample-ratio must be in (0, 1]")
     run_bench(measure, report_table, args)
 
 
