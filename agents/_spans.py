@@ -15,7 +15,7 @@ Each is the child of the span that sent the envelope it is about
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 from trustbus.agents._decision import EFFECT_RECORDED, EFFECT_REQUESTED
@@ -39,10 +39,13 @@ _POLICY_PARTS = {
     "rejection_threshold": "limits.suspension",
 }
 _TARGETS = {"memory_write": "memory_store", "effect": "tool_call", "checkpoint": "memory_store"}
+_OFF: AbstractContextManager[None] = nullcontext()  # tracing off: not even the attributes are made
 
 
 def invoke_agent(agent_id: str, envelope: Envelope, *, attempt: int) -> AbstractContextManager[Span | None]:
     """The span around one handling of ``envelope`` by ``agent_id``."""
+    if not tracing_enabled():
+        return _OFF
     return traced(
         f"invoke_agent {agent_id}",
         {
@@ -64,6 +67,8 @@ def execute_tool(
     agent_id: str, cause: Envelope, *, tool: str, key: str, effect_class: str
 ) -> AbstractContextManager[Span | None]:
     """The span around one recorded tool call (``key``: its idempotency key) made while handling ``cause``."""
+    if not tracing_enabled():
+        return _OFF
     return traced(
         f"execute_tool {tool}",
         {
