@@ -73,9 +73,10 @@ def configure_tracing(service_name: str, environ: Mapping[str, str] = os.environ
             "OTEL_* variables ask for traces, but the otel extra is not installed: pip install 'trustbus[otel]'"
         )
         return False
+    exporters = _exporters(environ)
     named = "OTEL_SERVICE_NAME" in environ or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
     provider = TracerProvider(resource=Resource.create({} if named else {SERVICE_NAME: service_name}))
-    for exporter in _exporters(environ):
+    for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _tracer = trace.get_tracer("trustbus")

@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from trustbus.agents import CoordinatorState, decide, parse_policy
 from trustbus.agents._spans import deciding_rule, guardrail, invoke_agent
 from trustbus.bus import (
+    ConfigError,
     Decision,
     Envelope,
     configure_tracing,
@@ -87,6 +88,19 @@ def test_only_the_standard_variables_turn_traces_on(environ: dict[str, str], ask
     assert tracing_asked(environ) is asked
     if not asked:
         assert configure_tracing("test", environ) is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "unknown exporter 'zipkin'"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTLP protocol 'grpc'"),
+    ],
+)
+def test_an_exporter_this_installation_cannot_make_is_a_config_error(environ: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        configure_tracing("test", environ)
+    assert not tracing_enabled()
 
 
 def test_the_handler_span_is_the_child_of_the_senders_and_what_it_sends_carries_it(
