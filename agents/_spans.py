@@ -83,6 +83,25 @@ def execute_tool(
     )
 
 
+def approval(
+    operator: str, held: Decision, verdict: str, *, envelope: Envelope | None
+) -> AbstractContextManager[Span | None]:
+    """The span of an operator's approval (or denial) of ``held``: a child of the span that sent the held
+    envelope (``envelope``, if it could be read), so the release joins the incident's trace."""  # noqa: D205, D209
+    if not tracing_enabled():
+        return _OFF
+    return traced(
+        f"approval {verdict}",
+        {
+            "gen_ai.conversation.id": held.correlation_id,
+            "gen_ai.security.target.id": held.envelope_id,
+            "trustbus.operator": operator,
+            "trustbus.approval.verdict": verdict,
+        },
+        parent=envelope,
+    )
+
+
 def guardrail(coordinator: str, policy: Policy, cause: Envelope, decision: Decision, *, start_ns: int) -> None:
     """Record the span of ``decision`` about ``cause`` (decided from ``start_ns`` until now)."""
     if not tracing_enabled():

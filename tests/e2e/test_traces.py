@@ -22,10 +22,12 @@ from trustbus.bus import EmbeddedServer, KeyDirectory, encode_envelope, init_ten
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 POLICY = {
+    "taint": {"high_risk_tools": ["refund"], "on_tainted_high_risk": "hold"},
     "rules": [
         {"from": "sender", "to": ["recipient"], "kinds": ["event"]},
         {"from": "recipient", "to": ["sender"], "kinds": ["reply"]},
-    ]
+        {"from": "sender", "to": ["recipient"], "kinds": ["instruction"], "verbs": ["refund"]},
+    ],
 }
 
 
@@ -47,6 +49,7 @@ async def traced_fleet(
     try:
         traced = {**fleet.env, **receiver.env()}
         await fleet.key("sender")
+        await fleet.key("operator", role="operator")
         await fleet.key("coordinator", role="coordinator")
         policy = tmp / "policy.yaml"
         policy.write_text(json.dumps(POLICY))  # JSON is YAML
@@ -99,6 +102,45 @@ async def test_sender_coordinator_and_recipient_spans_form_one_trace(
     # what the handler sent (its reply, its checkpoint) was decided as children of the handler's span
     assert {s.parent for s in guardrails.values()} == {handled.span_id}
     assert sorted(s.attributes["trustbus.action"] for s in guardrails.values()) == ["forward", "store"]
+
+
+async def test_a_held_envelope_its_approval_and_its_release_are_one_trace(
+    traced_fleet: Fleet, receiver: OtlpReceiver
+) -> None:
+    fleet, traced = traced_fleet, {**traced_fleet.env, **receiver.env()}
+    argv = [*TRUSTBUS, "send", "-t", fleet.tenant, "--as", "sender", "--to", "recipient", "--kind", "instruction"]
+    sent = await one_shot_async([*argv, "--taint", "web", "--payload", '{"verb": "refund"}', "--json"], env=traced)
+    assert sent.returncode == 0, sent.stderr
+    held_id = json.loads(sent.stdout)["id"]
+    await fleet.decisions(lambda ds: any(d.envelope_id == held_id and d.verdict == "hold" for d in ds))
+    approve = [*TRUSTBUS, "approve", held_id, "-t", fleet.tenant, "--as", "operator", "--json"]
+    approved = await one_shot_async(approve, env=traced)
+    assert approved.returncode == 0, approved.stderr
+
+    def whole(spans: list[ReceivedSpan]) -> list[ReceivedSpan] | None:
+        sends = [s for s in spans if s.attributes.get("messaging.message.id") == held_id]
+        trace = _in_trace(spans, sends[0].trace_id) if sends else []
+        guardrails = [s for s in trace if s.attributes.get("gen_ai.security.target.id") == held_id]
+        handled = [s for s in trace if s.name == "invoke_agent recipient"]
+        return trace if len(guardrails) == 3 and handled else None  # the hold, the approval, the release
+
+    trace = await receiver.wait(whole)
+    [send] = [s for s in trace if s.name == "send instruction"]
+    [approval] = [s for s in trace if s.name == "approval approve"]
+    [handled] = [s for s in trace if s.name == "invoke_agent recipient"]
+    decided = {
+        s.attributes["trustbus.action"]: s
+        for s in trace
+        if s.name.startswith("apply_guardrail") and s.attributes["gen_ai.security.target.id"] == held_id
+    }
+    assert set(decided) == {"hold", "forward"} and approval.service == "trustbus approve"
+    assert decided["hold"].parent == send.span_id and approval.parent == send.span_id
+    assert decided["hold"].attributes["gen_ai.security.decision.code"] == "tainted_high_risk"
+    assert decided["hold"].attributes["gen_ai.security.policy.id"] == "taint.on_tainted_high_risk"
+    assert decided["hold"].attributes["gen_ai.security.decision.type"] == "deny"
+    assert decided["forward"].parent == approval.span_id  # decided about the operator's approval
+    assert decided["forward"].attributes["gen_ai.security.decision.code"] == "approved"
+    assert handled.parent == send.span_id  # the released bytes are the sender's
 
 
 async def test_a_version_1_envelope_still_delivers_and_starts_a_trace(
