@@ -287,7 +287,7 @@ class Coordinator:
 
     def _traced(self, cause: Envelope, decision: Decision, began_ns: int) -> None:
         """The guardrail span of a decision this process recorded, a child of the span that sent ``cause``."""
-        guardrail(self.bus.name, self.policy, cause, decision, start_ns=began_ns)
+        guardrail(self.policy, cause, decision, start_ns=began_ns)
 
     async def _outbox(self, delivery: Delivery) -> None:
         envelope = delivery.envelope

@@ -41,7 +41,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 async def traced_fleet(
     nats_server: EmbeddedServer, receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Fleet]:
-    """One tenant with a coordinator and a recipient (examples.pingpong:Player) exporting their spans."""
+    """One tenant with a coordinator, a recipient (examples.pingpong:Player) and a ledger exporting their spans."""
     tmp = tmp_path_factory.mktemp("traces")
     tenant, keys = f"tr{os.getpid()}", KeyDirectory(tmp / "keys")
     await init_tenant([nats_server.url], tenant, keys=keys)
@@ -51,10 +51,13 @@ async def traced_fleet(
         await fleet.key("sender")
         await fleet.key("operator", role="operator")
         await fleet.key("coordinator", role="coordinator")
+        await fleet.key("ledger", role="ledger")
         policy = tmp / "policy.yaml"
         policy.write_text(json.dumps(POLICY))  # JSON is YAML
         await fleet.spawn("coordinator", "run", "-t", tenant, "--policy", str(policy), env=traced)
         await fleet.agent("examples.pingpong:Player", "recipient", env=traced)
+        ledger = ("ledger", "run", "-t", tenant, "--data", str(tmp / "projection"), "--checkpoint-seconds", "0.5")
+        await fleet.spawn(*ledger, env=traced)
         yield fleet
     finally:
         await fleet.close()
@@ -158,6 +161,22 @@ async def test_a_version_1_envelope_still_delivers_and_starts_a_trace(
     [span] = await receiver.wait(handled)
     assert decision.verdict == "accept"
     assert span.name == "invoke_agent recipient" and span.parent == ""
+
+
+async def test_the_ledger_commits_and_checkpoints_as_spans_and_verifies_both_versions(
+    traced_fleet: Fleet, receiver: OtlpReceiver
+) -> None:
+    def ledger(spans: list[ReceivedSpan]) -> list[ReceivedSpan] | None:
+        found = [s for s in spans if s.service == "trustbus ledger"]
+        names = {s.name for s in found}
+        return found if {"commit ledger", "checkpoint ledger"} <= names else None
+
+    spans = await receiver.wait(ledger)
+    assert all(s.attributes["trustbus.ledger.through_seq"] > 0 for s in spans)
+    argv = [*TRUSTBUS, "ledger", "verify", "-t", traced_fleet.tenant, "--json"]
+    verified = await one_shot_async(argv, env=traced_fleet.env)  # the stream holds version 1 and 2 envelopes
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["ok"]
 
 
 async def test_a_malformed_traceparent_is_refused_malformed(traced_fleet: Fleet) -> None:

@@ -158,13 +158,12 @@ def test_a_decision_is_a_guardrail_span_with_its_verdict_apart_from_the_action(
     decision = decided(cause)
     assert decision.verdict == verdict
     assert deciding_rule(POLICY, decision) == rule
-    guardrail("coordinator-1", POLICY, cause, decision, start_ns=cause.ts)
+    guardrail(POLICY, cause, decision, start_ns=cause.ts)
     span = only(spans)
     assert span.name == "apply_guardrail coordinator"
     assert span.parent is not None and span.parent.span_id == int(PARENT[36:52], 16)
     expected = {
         "gen_ai.operation.name": "apply_guardrail",
-        "gen_ai.guardian.id": "coordinator-1",
         "gen_ai.security.target.type": "message",
         "gen_ai.security.target.id": cause.id,
         "gen_ai.security.decision.type": decision_type,
