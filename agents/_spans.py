@@ -7,7 +7,8 @@
   apart from the action taken (``trustbus.action``), the policy rule that
   decided (``gen_ai.security.policy.id``) and the reason code
   (``gen_ai.security.decision.code``, the same low-cardinality value as the
-  ``reason`` label of ``trustbus_decisions_total``).
+  ``reason`` label of ``trustbus_decisions_total``);
+- ``approval {verdict}`` around an operator's approval (:mod:`agents._approvals`).
 
 Each is the child of the span that sent the envelope it is about
 (:func:`bus.traced`). docs/OBSERVABILITY.md, "Traces", lists every attribute.
