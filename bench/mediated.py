@@ -55,7 +55,9 @@ mediated path again, in a tenant of its own (``benchtel``) with its own coordina
 of it (A included) tracing at 100% sampling (``--sample-ratio R``: a share R of the traces, decided by A)
 and exporting over OTLP/HTTP to a receiver the bench runs on 127.0.0.1 (it counts what it is sent, never
 decodes it), the coordinator and B also serving ``/metrics`` scraped every second. ``telemetry_ratio`` is
-its throughput over the plain mediated path's (the median of the per-round ratios; target >= 0.9). The
+its throughput over the plain mediated path's (the median of the per-round ratios; target >= 0.9), and
+``telemetry_cpu_ratio`` the same of their CPU per message (all four processes, off over on): what the
+throughput ratio tends to when the cores are all busy, steadier than it when other work shares them. The
 plain path runs the same instrumented code with nothing configured: its figures are tracing off.
 Every process is stopped (SIGTERM, then SIGKILL after a timeout) on
 success, failure, Ctrl-C and SIGTERM (and is sent SIGTERM by Linux if the bench itself is killed); on failure
@@ -481,7 +483,11 @@ def telemetry_figures(throughputs: dict[str, list[Throughput]], latencies: dict[
     on, off = throughputs[TELEMETRY], throughputs["mediated"]
     ratios = [t.msgs_per_s / m.msgs_per_s for m, t in zip(off, on, strict=True)]
     ratio = statistics.median(ratios)
+    # CPU per message of all four processes, off over on: what the throughput ratio tends to on a machine
+    # whose cores are all busy, and steadier than it when other work shares the machine.
+    cpu_ratios = [sum(m.cpu_us_per_msg.values()) / sum(t.cpu_us_per_msg.values()) for m, t in zip(off, on, strict=True)]
     return {
+        "telemetry_cpu_ratio": round(statistics.median(cpu_ratios), 4),
         "telemetry_msgs_per_s": round(statistics.median([x.msgs_per_s for x in on]), 1),
         "telemetry_ratio": round(ratio, 4),
         "round_telemetry_ratios": [round(r, 4) for r in ratios],
@@ -618,6 +624,13 @@ def report_table(r: dict[str, Any]) -> Table:
             f"{r['telemetry_msgs_per_s']:,.0f}",
             f"{r['telemetry_ratio']:.3f}",
             f">= {TELEMETRY_TARGET} {verdict(r['telemetry_pass'])}",
+        )
+        table.add_row(
+            "CPU µs/msg, all processes: off / on (ratio)",
+            "",
+            f"{mediated_total:,.0f} / {sum(r['telemetry_cpu_us_per_msg'].values()):,.0f}",
+            f"{r['telemetry_cpu_ratio']:.3f}",
+            "",
         )
         table.add_row(
             f"traced latency p50 / p99 at {rate} (ms)",
