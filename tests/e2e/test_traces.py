@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from tests.e2e.fleet import Fleet
 from tests.otlp import OtlpReceiver, ReceivedSpan
-from tests.processes import TRUSTBUS, one_shot_async
+from tests.processes import ROOT, TRUSTBUS, one_shot_async
 from trustbus.bus import EmbeddedServer, KeyDirectory, encode_envelope, init_tenant, new_envelope, subjects
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -26,7 +26,8 @@ POLICY = {
     "rules": [
         {"from": "sender", "to": ["recipient"], "kinds": ["event"]},
         {"from": "recipient", "to": ["sender"], "kinds": ["reply"]},
-        {"from": "sender", "to": ["recipient"], "kinds": ["instruction"], "verbs": ["refund"]},
+        {"from": "sender", "to": ["recipient", "billing"], "kinds": ["instruction"], "verbs": ["refund"]},
+        {"from": "billing", "to": ["sender"], "kinds": ["reply"]},
     ],
 }
 
@@ -41,7 +42,8 @@ def receiver() -> Iterator[OtlpReceiver]:
 async def traced_fleet(
     nats_server: EmbeddedServer, receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Fleet]:
-    """One tenant with a coordinator, a recipient (examples.pingpong:Player) and a ledger exporting their spans."""
+    """One tenant with a coordinator, a recipient (examples.pingpong:Player), billing (examples.billing:app, with
+    its tools) and a ledger, all exporting their spans."""
     tmp = tmp_path_factory.mktemp("traces")
     tenant, keys = f"tr{os.getpid()}", KeyDirectory(tmp / "keys")
     await init_tenant([nats_server.url], tenant, keys=keys)
@@ -56,6 +58,11 @@ async def traced_fleet(
         policy.write_text(json.dumps(POLICY))  # JSON is YAML
         await fleet.spawn("coordinator", "run", "-t", tenant, "--policy", str(policy), env=traced)
         await fleet.agent("examples.pingpong:Player", "recipient", env=traced)
+        await fleet.key("billing")
+        tools = str(ROOT / "examples" / "tools.yaml")
+        await fleet.spawn(
+            "agent", "run", "examples.billing:app", "--id", "billing", "-t", tenant, "--tools", tools, env=traced
+        )
         ledger = ("ledger", "run", "-t", tenant, "--data", str(tmp / "projection"), "--checkpoint-seconds", "0.5")
         await fleet.spawn(*ledger, env=traced)
         yield fleet
@@ -144,6 +151,38 @@ async def test_a_held_envelope_its_approval_and_its_release_are_one_trace(
     assert decided["forward"].parent == approval.span_id  # decided about the operator's approval
     assert decided["forward"].attributes["gen_ai.security.decision.code"] == "approved"
     assert handled.parent == send.span_id  # the released bytes are the sender's
+
+
+async def test_a_tool_call_is_a_span_under_its_handler_and_its_record_decided_under_it(
+    traced_fleet: Fleet, receiver: OtlpReceiver
+) -> None:
+    fleet = traced_fleet
+    argv = [*TRUSTBUS, "send", "-t", fleet.tenant, "--as", "sender", "--to", "billing", "--kind", "instruction"]
+    sent = await one_shot_async(
+        [*argv, "--payload", '{"verb": "refund", "order": 7}', "--json"], env=receiver.env() | fleet.env
+    )
+    assert sent.returncode == 0, sent.stderr
+    envelope_id = json.loads(sent.stdout)["id"]
+
+    def whole(spans: list[ReceivedSpan]) -> list[ReceivedSpan] | None:
+        sends = [s for s in spans if s.attributes.get("messaging.message.id") == envelope_id]
+        trace = _in_trace(spans, sends[0].trace_id) if sends else []
+        recorded = [s for s in trace if s.attributes.get("trustbus.action") == "record"]
+        return trace if recorded and any(s.name == "execute_tool issue_refund" for s in trace) else None
+
+    trace = await receiver.wait(whole)
+    [send] = [s for s in trace if s.name == "send instruction"]
+    [handled] = [s for s in trace if s.name == "invoke_agent billing"]
+    [tool] = [s for s in trace if s.name == "execute_tool issue_refund"]
+    [recorded] = [s for s in trace if s.attributes.get("trustbus.action") == "record"]
+    assert handled.parent == send.span_id and tool.parent == handled.span_id
+    assert tool.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert tool.attributes["gen_ai.tool.name"] == "issue_refund"
+    assert len(tool.attributes["gen_ai.tool.call.id"]) > 0
+    assert tool.attributes["trustbus.effect.outcome"] == "ran"
+    assert recorded.parent == tool.span_id  # the completed record was sent inside the tool call's span
+    assert recorded.attributes["gen_ai.security.target.type"] == "tool_call"
+    assert recorded.attributes["gen_ai.security.decision.code"] == "effect_recorded"
 
 
 async def test_a_version_1_envelope_still_delivers_and_starts_a_trace(
