@@ -43,8 +43,3 @@ def trace_problem(traceparent: str, tracestate: str) -> str | None:
     if len(set(keys)) != len(keys):
         return "tracestate: a key appears twice"
     return None
-
-
-def trace_id_of(traceparent: str) -> str:
-    """The 32-hex trace id of a checked ``traceparent``."""
-    return traceparent[3:35]
