@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from trustbus._cli_common import traces
+
 
 def demo(
     directory: Annotated[
@@ -41,6 +43,8 @@ def demo(
     from trustbus.demo.fleet import DemoError, Fleet
     from trustbus.demo.scenario import Demo
     from trustbus.ledger import LedgerError
+
+    traces("demo")
 
     workdir = directory or Path(tempfile.mkdtemp(prefix="trustbus-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from trustbus._cli_common import (
     out,
     run,
     servers,
+    traces,
     use_nkey,
 )
 from trustbus._config_cli import config_app
@@ -285,6 +286,7 @@ def send(
     """Sign and publish one envelope as a given identity (to its outbox by default)."""
     from trustbus._commands import send_one
 
+    traces("send")
     body = sys.stdin.read() if payload == "-" else payload
     result = run(
         send_one(

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from trustbus._incident_view import incident_tree, redecided_rows
 from trustbus.agents import answer, connect_agent, list_held
-from trustbus.bus import Bus, TenantStream, new_envelope
+from trustbus.bus import Bus, TenantStream, current_trace, new_envelope, traced
 from trustbus.demo.fleet import TENANT, Fleet
 from trustbus.demo.systems import FILES, STALL_FILE, billing_db
 from trustbus.demo.watch import Watch
@@ -91,10 +91,17 @@ class Demo:
         await self.rollback()
 
     async def _ticket(self, desk: Bus, scene: str, ticket: dict[str, Any]) -> str:
-        envelope = new_envelope(
-            tenant=TENANT, kind="event", sender="desk", to=("triage",), payload=json.dumps(ticket).encode()
-        )
-        await desk.send(envelope)
+        # With OTEL_* set, the ticket's span is the root of the incident's one trace (docs/OBSERVABILITY.md).
+        with traced("send event", {"messaging.system": "nats", "messaging.operation.type": "send"}):
+            envelope = new_envelope(
+                tenant=TENANT,
+                kind="event",
+                sender="desk",
+                to=("triage",),
+                payload=json.dumps(ticket).encode(),
+                trace=current_trace(),
+            )
+            await desk.send(envelope)
         self.tickets[scene] = envelope.correlation_id
         self.console.print(f"desk -> triage: [bold]{ticket['summary']}[/bold] [dim](correlation {envelope.id})[/dim]")
         return envelope.correlation_id
