@@ -224,7 +224,11 @@ class PydanticAIAgent(Agent):
         # One call at a time, in the model's order: effect keys count calls, so the order must not vary.
         with ToolManager.parallel_execution_mode("sequential"):
             result = await self.agent.run(_prompt_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
-        await ctx.reply(_reply_payload(result.output))
+        await self.respond(ctx, result.output)
+
+    async def respond(self, ctx: Context, output: Any) -> None:
+        """What the agent does with a run's output: reply with it. A subclass may act on it otherwise."""
+        await ctx.reply(_reply_payload(output))
 
 
 def on_bus(
