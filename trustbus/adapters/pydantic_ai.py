@@ -2,7 +2,8 @@
 
 ``trustbus agent run mymodule:agent`` accepts a ``pydantic_ai.Agent`` as is (it is wrapped with
 :func:`on_bus`). Each delivery (an instruction or an event, by default) is one run of the agent:
-the payload is the user prompt, the run's output is the reply. Within the run:
+the payload is the user prompt, the run's output is the reply (a subclass may override
+:meth:`PydanticAIAgent.respond` to act on it otherwise). Within the run:
 
 - every model request is a call of the built-in tool ``model_request`` (class ``read``, result
   taint ``llm``) through ``ctx.effect``: its arguments are the new request message and a digest of
