@@ -237,13 +237,15 @@ def test_only_the_console_imports_the_console_extra() -> None:
 
 FRAMEWORKS = ("pydantic_ai",)
 """Optional extras: only their adapters (trustbus/adapters/<framework>.py) import them."""
+FRAMEWORK_DEMOS = (CLI / "demo" / "pydantic_ai_agents.py",)
+"""The demo's agents written with a framework, loaded only by ``trustbus demo --framework``."""
 
 
 def test_only_the_adapters_import_the_frameworks() -> None:
     found = [
         f"{path.relative_to(ROOT)}:{line} imports {module}"
         for path in _project_files()
-        if not path.is_relative_to(CLI / "adapters")
+        if not path.is_relative_to(CLI / "adapters") and path not in FRAMEWORK_DEMOS
         for line, module in imported(path)
         if module.partition(".")[0] in FRAMEWORKS
     ]
@@ -324,11 +326,13 @@ def test_only_the_mcp_adapter_imports_the_mcp_sdk() -> None:
 def test_tracing_off_loads_no_opentelemetry() -> None:
     """Every module of the library and the command, imported without OTEL_* set, loads none of the otel extra.
 
-    Not the framework adapters: they load their framework, which may use the OpenTelemetry API itself
-    (pydantic-ai does).
+    Not the framework adapters nor the demo's framework agents: they load their framework, which may use
+    the OpenTelemetry API itself (pydantic-ai does).
     """
     files = [path for package in LIBRARY for path in _files(ROOT / package)]
-    files += [path for path in _cli_files() if not path.is_relative_to(CLI / "adapters")]
+    files += [
+        path for path in _cli_files() if not path.is_relative_to(CLI / "adapters") and path not in FRAMEWORK_DEMOS
+    ]
     modules = [
         ".".join(("trustbus", *path.relative_to(ROOT).with_suffix("").parts[path.is_relative_to(CLI) :]))
         for path in files
