@@ -15,6 +15,10 @@ from trustbus.agents import Agent, Context, EffectDenied, ToolImplementation
 from trustbus.bus import TransientError, new_envelope
 
 SYSTEM_DB = "TB_TEST_SYSTEM_DB"
+MODEL_CALLS = "TB_TEST_MODEL_CALLS"
+"""Where a framework agent's stand-in model appends each prompt it is asked."""
+NO_MODEL = "TB_TEST_NO_MODEL"
+"""Set: a framework agent's stand-in model raises if called (a replay must not call it)."""
 
 
 class Recorder(Agent):

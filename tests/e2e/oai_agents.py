@@ -19,8 +19,7 @@ from agents import Agent, Model, ModelResponse, Usage, function_tool
 from agents.items import TResponseStreamEvent
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
-from tests.e2e.fleet_agents import act, sell
-from tests.e2e.pydantic_agents import MODEL_CALLS, NO_MODEL
+from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, sell
 from trustbus.adapters.openai_agents import idempotency_key
 
 

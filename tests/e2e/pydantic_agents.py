@@ -17,11 +17,8 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from tests.e2e.fleet_agents import act, sell
+from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, sell
 from trustbus.adapters.pydantic_ai import idempotency_key
-
-MODEL_CALLS = "TB_TEST_MODEL_CALLS"
-NO_MODEL = "TB_TEST_NO_MODEL"
 
 
 def _prompt(messages: list[ModelMessage]) -> str:
