@@ -38,7 +38,7 @@ async def test_answers_a_message_and_its_tool_call_is_an_effect(shop: Shop) -> N
     lamp = {"tool": "record_sale", "args": {"item": "lamp"}}
     request = await shop.ask(lamp)
     answer = await shop.answer(request)
-    assert answer.payload.decode() == 'done: ["{\'sale\': 1}"]' and answer.content_type == "text/plain"
+    assert answer.payload.decode() == "done: [\"{'sale': 1}\"]" and answer.content_type == "text/plain"
     assert answer.taint == ("llm",)  # what the model said taints what the agent sends
     records = [r for e, r in await effect_records(shop.fleet, "oai") if e.correlation_id == request]
     assert [(r.tool, r.phase) for r in records] == [
@@ -65,7 +65,7 @@ async def test_killed_mid_tool_call_it_repeats_no_completed_call_after_restart(s
     await shop.start_agent()
 
     answer = await shop.answer(request)
-    assert answer.payload.decode() == 'done: ["{\'sale\': 2}", "{\'sale\': 3}"]'
+    assert answer.payload.decode() == "done: [\"{'sale': 2}\", \"{'sale': 3}\"]"
     assert shop.system_calls("sale:vase") == (1, 1)  # completed before the crash: not called again
     assert shop.system_calls("sale:kettle") == (1, 2)  # cut off mid-call: called again with its key, stored once
     assert shop.model_calls(prompt_of(vase, kettle)) == 3  # the two answered before the crash came from the ledger
@@ -87,7 +87,7 @@ async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_rep
     rc, _, err = await cli(shop.fleet, "approve", hold.envelope_id, "-t", shop.fleet.tenant, "--as", "ops")
     assert rc == 0, err
     answer = await shop.answer(request)
-    assert answer.payload.decode().startswith('done: ["{\'refund\': ')
+    assert answer.payload.decode().startswith("done: [\"{'refund': ")
     assert shop.system_calls("refund:7/50") == (1, 1) and shop.model_calls(prompt_of(refund)) == 2
 
     # Re-executed from the ledger with a model that raises if called: the same answer, no model call.
@@ -102,3 +102,23 @@ async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_rep
     effect, sent = changed["divergences"]  # it asked another question, so it never got to its reply
     assert effect["what"] == "effect" and effect["replayed"].startswith(f"{MODEL_TOOL}(") and sent["what"] == "sent"
     assert shop.model_calls(prompt_of(refund)) == 2
+
+
+async def test_the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operator(shop: Shop) -> None:
+    """examples/frameworks/openai_agents_after.py, as docs/FRAMEWORKS.md runs it."""
+    fleet = shop.fleet
+    await fleet.key("support")
+    await fleet.spawn("agent", "run", "examples.frameworks.openai_agents_after:app", "--id", "support",
+                      "-t", fleet.tenant, "--tools", "examples/frameworks/tools.yaml", env=shop.env)  # fmt: skip
+    customer = await fleet.bus("customer")
+    question = await fleet.send(customer, ["support"], "Where is order A-1?")
+    answer = await shop.answer(question, to="customer")
+    assert answer.payload.decode() == "lookup_order: {'status': 'shipped', 'amount': 25}"  # as when run alone
+
+    refund = await fleet.send(customer, ["support"], "Please refund A-2")
+    hold = await held(fleet, refund)  # untainted request, but the model chose the call: taint llm, high risk
+    assert hold.effective_taint == ("llm",)
+    rc, _, err = await cli(fleet, "deny", hold.envelope_id, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    answer = await shop.answer(refund, to="customer")
+    assert answer.payload.decode() == "refund_order: refund_order was not run: denied by ops"
