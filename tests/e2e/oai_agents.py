@@ -9,6 +9,7 @@ tests/e2e/fleet_agents.py, once per idempotency key.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from collections.abc import AsyncIterator
@@ -35,7 +36,8 @@ class StandIn(Model):
         prompt = items[0]["content"]
         with Path(os.environ[MODEL_CALLS]).open("a") as calls:  # noqa: ASYNC230 (a line, in a test's stand-in)
             calls.write(json.dumps(prompt) + "\n")
-        outputs = [item["output"] for item in items if item.get("type") == "function_call_output"]
+        # The SDK gives the model a tool's result as str(result): read back, as pydantic-ai gives it.
+        outputs = [ast.literal_eval(i["output"]) for i in items if i.get("type") == "function_call_output"]
         wanted = json.loads(prompt)["calls"]
         if len(outputs) < len(wanted):
             call, n = wanted[len(outputs)], len(outputs)

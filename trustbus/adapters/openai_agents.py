@@ -139,20 +139,7 @@ class RecordedModel(Model):
         recorded = await as_effect(self._ctx, MODEL_TOOL, request_arguments(system_instructions, input), ask)
         return load_response(recorded)
 
-    def stream_response(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],
-        model_settings: ModelSettings,
-        tools: list[SDKTool],
-        output_schema: AgentOutputSchemaBase | None,
-        handoffs: list[Handoff],
-        tracing: ModelTracing,
-        *,
-        previous_response_id: str | None,
-        conversation_id: str | None,
-        prompt: ResponsePromptParam | None,
-    ) -> AsyncIterator[TResponseStreamEvent]:
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
         """Refused: a streamed response is not recorded (a run on the bus is ``Runner.run``)."""
         raise NotImplementedError("a streamed model response is not recorded on the bus: run the agent with Runner.run")
 
