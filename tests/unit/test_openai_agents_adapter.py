@@ -122,3 +122,9 @@ def test_a_streamed_response_is_refused() -> None:
     with pytest.raises(NotImplementedError, match=r"Runner\.run"):
         recorded.stream_response(None, "hi", None, [], None, [], None, previous_response_id=None,  # type: ignore[arg-type]
                                  conversation_id=None, prompt=None)  # fmt: skip
+
+
+def test_a_model_named_is_made_only_when_called_so_a_replay_needs_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    agent = on_bus(Agent(name="a", model="gpt-5"))
+    assert sorted(agent.tools) == [MODEL_TOOL]

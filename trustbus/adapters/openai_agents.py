@@ -184,11 +184,29 @@ def _function_tools(agent: SDKAgent[Any]) -> list[FunctionTool]:
     return tools
 
 
+class _Named(Model):
+    """The model the SDK's default provider gives for a name, made on first use: a replay asks none, needs no key."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self._model: Model | None = None
+
+    def _resolved(self) -> Model:
+        if self._model is None:
+            self._model = MultiProvider().get_model(self.name)
+        return self._model
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        return await self._resolved().get_response(*args, **kwargs)
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
+        stream: AsyncIterator[TResponseStreamEvent] = self._resolved().stream_response(*args, **kwargs)
+        return stream
+
+
 def _model_of(agent: SDKAgent[Any]) -> Model:
-    """The agent's model: its own, or the one the SDK's default provider gives for its name."""
-    if isinstance(agent.model, Model):
-        return agent.model
-    return MultiProvider().get_model(agent.model)
+    """The agent's model: its own, or the one the SDK's default provider gives for its name (or none)."""
+    return agent.model if isinstance(agent.model, Model) else _Named(agent.model)
 
 
 class OpenAIAgent(Agent):
