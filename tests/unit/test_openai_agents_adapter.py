@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 from agents import Agent, FunctionTool, Model, ModelResponse, Runner, Usage, WebSearchTool, function_tool
+from agents.tool_context import ToolContext
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
 from trustbus.adapters._frameworks import framework_agent
@@ -14,6 +16,7 @@ from trustbus.adapters.openai_agents import (
     MODEL_TOOL,
     OpenAIAgent,
     RecordedModel,
+    _recorded_tool,
     dump_response,
     load_response,
     on_bus,
@@ -128,3 +131,18 @@ def test_a_model_named_is_made_only_when_called_so_a_replay_needs_no_key(monkeyp
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     agent = on_bus(Agent(name="a", model="gpt-5"))
     assert sorted(agent.tools) == [MODEL_TOOL]
+
+
+async def test_arguments_that_are_not_a_json_object_are_refused_by_the_sdk_and_run_nothing() -> None:
+    ran: list[str] = []
+
+    @function_tool
+    def refund(order: str) -> str:
+        """Refund ``order``."""
+        ran.append(order)
+        return "refunded"
+
+    recorded = _recorded_tool(refund, ctx=None, turn=asyncio.Lock())  # type: ignore[arg-type]  # no call reaches ctx
+    tool_ctx = ToolContext(context=None, tool_name="refund", tool_call_id="c", tool_arguments="{not json")
+    told = await recorded.on_invoke_tool(tool_ctx, "{not json")
+    assert "error" in str(told).lower() and ran == []

@@ -149,7 +149,12 @@ def _recorded_tool(tool: FunctionTool, ctx: Context, turn: asyncio.Lock) -> Func
     invoke = tool.on_invoke_tool
 
     async def on_invoke_tool(tool_ctx: ToolContext[Any], arguments: str) -> Any:
-        args = json.loads(arguments) if arguments.strip() else {}
+        try:
+            args = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            args = None
+        if not isinstance(args, dict):  # the SDK's own invocation refuses it to the model and runs nothing
+            return await invoke(tool_ctx, arguments)
         # One call at a time, in the order the SDK starts them: effect keys count calls.
         async with turn:
             try:
