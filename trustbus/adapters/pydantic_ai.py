@@ -18,11 +18,8 @@ the payload is the user prompt, the run's output is the reply (a subclass may ov
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -38,65 +35,24 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
-from pydantic_core import to_jsonable_python
 
-from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, Tool, ToolImplementation
-from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
+from trustbus.adapters._recording import (
+    MODEL_REQUEST,
+    MODEL_TOOL,
+    as_effect,
+    digest,
+    idempotency_key,
+    perform,
+    prompt_of,
+    reply_payload,
+    stable,
+)
+from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
+from trustbus.bus import Kind
 
 __all__ = ["MODEL_TOOL", "PydanticAIAgent", "RecordedModel", "idempotency_key", "on_bus", "request_arguments"]
 
 log = logging.getLogger("trustbus.agent")
-
-MODEL_TOOL = "model_request"
-"""The built-in registry entry every model request of the agent is recorded under."""
-
-_MODEL_REQUEST = Tool(name=MODEL_TOOL, system="model", owner="agent", effect_class="read", result_taint=("llm",))
-
-# Volatile fields of a dumped message: they differ between two runs that ask the model the same thing.
-_VOLATILE = frozenset(
-    {"timestamp", "request_timestamp", "duration", "run_id", "conversation_id", "usage", "model_id", "provider_url"}
-)
-
-_pending: ContextVar[Callable[[], Awaitable[Any]] | None] = ContextVar("trustbus_pending_call", default=None)
-_key: ContextVar[str | None] = ContextVar("trustbus_idempotency_key", default=None)
-
-
-def idempotency_key() -> str | None:
-    """The idempotency key of the tool call running now: pass it to the system the tool acts on.
-
-    The same on every attempt of the same call, so a system that drops a repeated key acts once even if
-    the process dies mid-call. None when the agent runs on its own, off the bus.
-    """
-    return _key.get()
-
-
-async def _perform(args: dict[str, Any], *, idempotency_key: str) -> Any:
-    """What every tool of the adapter is bound to: make the call ``ctx.effect`` was asked for, under its key."""
-    call = _pending.get()
-    if call is None:
-        raise RuntimeError("a pydantic-ai tool was called outside a run of its agent")
-    token = _key.set(idempotency_key)
-    try:
-        return to_jsonable_python(await call())
-    finally:
-        _key.reset(token)
-
-
-async def _as_effect(ctx: Context, tool: str, args: dict[str, Any], call: Callable[[], Awaitable[Any]]) -> Any:
-    """``ctx.effect(tool, args)``, with ``call`` as what runs if the call has no completed record."""
-    token = _pending.set(call)
-    try:
-        return await ctx.effect(tool, args)
-    finally:
-        _pending.reset(token)
-
-
-def _stable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
 
 
 def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
@@ -105,9 +61,8 @@ def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
     Timestamps, run ids and usage are left out, so the same conversation makes the same arguments (and so
     the same idempotency key) on every attempt and in a replay.
     """
-    dumped = _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
-    history = json.dumps(dumped[:-1], sort_keys=True, separators=(",", ":")).encode()
-    return {"history": hashlib.sha256(history).hexdigest(), "request": dumped[-1] if dumped else None}
+    dumped = stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
+    return {"history": digest(dumped[:-1]), "request": dumped[-1] if dumped else None}
 
 
 class RecordedModel(WrapperModel):
@@ -130,7 +85,7 @@ class RecordedModel(WrapperModel):
             response = await self.wrapped.request(messages, model_settings, model_request_parameters)
             return ModelMessagesTypeAdapter.dump_python([response], mode="json")
 
-        recorded = await _as_effect(self._ctx, MODEL_TOOL, request_arguments(messages), ask)
+        recorded = await as_effect(self._ctx, MODEL_TOOL, request_arguments(messages), ask)
         [response] = ModelMessagesTypeAdapter.validate_python(recorded)
         if not isinstance(response, ModelResponse):
             raise TypeError(f"the record of a model request holds a {type(response).__name__}, not a response")
@@ -156,28 +111,10 @@ class _OnTheBus(AbstractCapability[Any]):
         handler: WrapToolExecuteHandler,
     ) -> Any:
         try:
-            return await _as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
+            return await as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
         except EffectDenied as refused:  # the model is told, as of any tool that failed for good
             by = f" by {refused.approver}" if refused.approver else ""
             raise ToolFailed(f"{call.tool_name} was not run: {refused.reason}{by}") from refused
-
-
-def _prompt_of(envelope: Envelope) -> str:
-    """The user prompt a delivery makes: a text payload as is, a JSON string as the string, other JSON as JSON text."""
-    if envelope.content_type == "text/plain":
-        return envelope.payload.decode(errors="replace")
-    try:
-        value = decode_json(envelope.payload)
-    except MalformedPayload:
-        return envelope.payload.decode(errors="replace")
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _reply_payload(output: Any) -> str | dict[str, Any] | list[Any] | bytes:
-    if isinstance(output, str):
-        return output
-    value = to_jsonable_python(output)
-    return value if isinstance(value, dict | list) else json.dumps(value).encode()
 
 
 def _function_tools(agent: PydanticAgent[Any, Any]) -> list[str]:
@@ -214,8 +151,8 @@ class PydanticAIAgent(Agent):
         self.deps = deps
         self.kinds = frozenset(kinds)
         names = [*_function_tools(agent), MODEL_TOOL]
-        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, _perform))
-        self.builtin_tools = (_MODEL_REQUEST,)
+        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, perform))
+        self.builtin_tools = (MODEL_REQUEST,)
 
     async def handle(self, ctx: Context) -> None:
         """Run the agent on the delivery's payload and reply with its output."""
@@ -224,12 +161,12 @@ class PydanticAIAgent(Agent):
             return
         # One call at a time, in the model's order: effect keys count calls, so the order must not vary.
         with ToolManager.parallel_execution_mode("sequential"):
-            result = await self.agent.run(_prompt_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
+            result = await self.agent.run(prompt_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
         await self.respond(ctx, result.output)
 
     async def respond(self, ctx: Context, output: Any) -> None:
         """What the agent does with a run's output: reply with it. A subclass may act on it otherwise."""
-        await ctx.reply(_reply_payload(output))
+        await ctx.reply(reply_payload(output))
 
 
 def on_bus(
