@@ -40,6 +40,7 @@ from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._projection_cli import query
 from trustbus._quarantine_cli import quarantine_app
+from trustbus._services_cli import services
 from trustbus._show_cli import show
 from trustbus._tools_cli import tools_app
 
@@ -64,6 +65,7 @@ app.add_typer(config_app, name="config", cls=CommandGroup)
 app.add_typer(tools_app, name="tools", cls=CommandGroup)
 app.command()(query)
 app.command()(show)
+app.command()(services)
 app.command()(doctor)
 app.command()(demo)
 app.command()(console)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_metrics import metrics_port, until
+from tests.processes import TRUSTBUS, one_shot_async
 from tests.scrape import get, scrape, value
 from trustbus.bus import discover_services
 
@@ -44,8 +45,11 @@ async def test_a_fleet_lists_itself_and_its_lines_about_an_envelope_name_it(flee
     ]
     assert {a["type"] for a in answers} == {"io.nats.micro.v1.ping_response"}
     assert all(a["version"] and a["id"] for a in answers)
+    listed = await one_shot_async([*TRUSTBUS, "services", "--json"], env=fleet.env)
+    assert listed.returncode == 0, listed.stderr
     ours = {a["id"] for a in answers}
-    stats = {a["name"]: a for a in await discover_services([fleet.url], "STATS") if a["id"] in ours}
+    stats = {a["name"]: a for a in map(json.loads, listed.stdout.splitlines()) if a["id"] in ours}
+    assert {a["type"] for a in stats.values()} == {"io.nats.micro.v1.stats_response"} and len(stats) == 3
     assert stats["trustbus-coordinator"]["trustbus"]["ready"] == "ready"
     assert stats["trustbus-coordinator"]["trustbus"]["partitions_held"] == sender.partitions
     assert stats["trustbus-ledger"]["trustbus"]["projected_seq"] >= started_after
