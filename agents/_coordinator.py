@@ -56,6 +56,7 @@ from trustbus.bus import (
     TransientError,
     TransportError,
     decode_effect,
+    log_about,
     rejection,
     subject_owner,
     subjects,
@@ -226,7 +227,8 @@ class Coordinator:
             try:
                 result = self._decide(delivery)
             except Exception as exc:  # this envelope's fault, never its batch's
-                log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
+                with log_about(envelope, agent=envelope.sender):
+                    log.exception("cannot decide; quarantining it alone")
                 await delivery.reject(*rejection(exc))
                 return None
             if isinstance(result, Deferral):

@@ -24,6 +24,7 @@ from trustbus.bus import (
     MemoryValue,
     SignedValue,
     decode_envelope,
+    log_about,
     memory_value,
     open_memory_value,
     subjects,
@@ -89,7 +90,8 @@ class MemoryWrites:
         except Conflict:
             pass
         metrics.MEMORY_WRITES.labels("stale_revision").inc()
-        log.warning("accepted memory write not applied: the key moved on", extra={"envelope_id": decision.envelope_id})
+        with log_about(envelope, agent=envelope.sender):
+            log.warning("accepted memory write not applied: the key moved on")
         await bus.record_quarantine(
             body,
             headers,

@@ -129,7 +129,8 @@ async def serve_agent(
     health.watch(lambda: bus.connected)
     lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"inbox": [subjects.inbox_consumer(agent_id)]})
     try:
-        async with lag.running(), served as outside:
+        discovery = bus.discoverable("agent", lambda: {"ready": health.unready() or "ready"})
+        async with lag.running(), discovery, served as outside:
             if tools is not None and outside:
                 tools = Toolbox(tools.registry, {**outside, **agent.tools})
             await run_agent(agent, bus, stop=stop, ready=health.announcing(ready), tools=tools)
@@ -179,13 +180,22 @@ async def serve_coordinator(
     health = health or Health()
     health.watch(lambda: bus.connected)
     partitions = Partitions(bus, policy)
+    health.require(partitions.unready)
     lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"coordinator": partitions.consumers()})
     try:
         grant = bus.keyring.keyring.resolve(identity.key_id)
         if grant.role != "coordinator":
             raise RuntimeSetupError(wrong_role(tenant, name, grant.role, "coordinator"))
         with collected(coordinator_gauges(lambda: len(partitions.held), partitions.holds)):
-            async with lag.running():
+            discovery = bus.discoverable(
+                "coordinator",
+                lambda: {
+                    "ready": health.unready() or "ready",
+                    "partitions_held": len(partitions.held),
+                    "holds_waiting": len(partitions.holds()),
+                },
+            )
+            async with lag.running(), discovery:
                 await partitions.run(stop, health.announcing(ready))
     finally:
         health.stopping()

@@ -281,3 +281,11 @@ class ImpatientNaiveBilling(NaiveBilling):
     """Naive billing whose deliveries may take 0.3 s at most, except while a call waits for an operator."""
 
     handler_timeout_s = 0.3
+
+
+class Faulty(Agent):
+    """Fails on every delivery (the runtime quarantines each one as ``handler_error``)."""
+
+    async def handle(self, ctx: Context) -> None:
+        """Fail."""
+        raise ValueError("out of order")
