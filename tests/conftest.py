@@ -13,10 +13,16 @@ from pathlib import Path
 
 import nats
 import pytest
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from trustbus.bus import Bus, EmbeddedServer, Identity, KeyringStore, Limits, Role, provision
+
+# No per-example deadline: it measures the machine's load, not the code (three test workers share
+# two cores), and a timing assertion is not what these properties test.
+settings.register_profile("trustbus", deadline=None)
+settings.load_profile("trustbus")
 
 # The repository root goes after the installed packages on sys.path (`python -m pytest` and pyproject's
 # `pythonpath` put it first; `--import-mode=append` keeps it last): first, its folder agents/
