@@ -149,20 +149,23 @@ class Memory:
         payload = {"key": key, "value": value, "expected_revision": expected_revision}
         return await self._send((self._agent,), payload, kind="memory_write")
 
-    async def outcome(self, envelope: Envelope, *, timeout_s: float = 10.0) -> MemoryOutcome:
+    async def outcome(
+        self, envelope: Envelope, *, timeout_s: float = 10.0, wait_for_operator: bool = False
+    ) -> MemoryOutcome:
         """What the coordinator did with the write ``envelope`` (as :meth:`write` returned it), once it has decided.
 
         Reads the coordinator's signed answer under ``<agent>.written.<key>`` until
         it is about ``envelope`` (:mod:`agents._memory_outcomes`), backing off to
         once a second. A write held for an operator is returned as ``held`` at
-        once (a person may take hours); ask again later for the final outcome. A
-        refused or held write is also logged as a warning naming the key and the
-        reason. Anything under the key that no coordinator signed about this
-        write is logged once and ignored.
+        once (a person may take hours), unless ``wait_for_operator``: then the
+        operator's answer is awaited too, within ``timeout_s``. A refused or held
+        write is logged as a warning naming the key and the reason. Anything under
+        the key that no coordinator signed about this write is logged once and
+        ignored.
 
         Raises:
             ValueError: ``envelope`` is not a memory write of this agent's.
-            TimeoutError: no answer within ``timeout_s`` (the coordinator is behind or away).
+            TimeoutError: no answer (or, ``wait_for_operator``, no final one) within ``timeout_s``.
             TransientError: the bucket could not be read.
         """
         write = parse_write(envelope.payload) if envelope.kind == "memory_write" else None
@@ -174,15 +177,24 @@ class Memory:
         pause = FIRST_PAUSE_S
         try:
             async with asyncio.timeout(timeout_s):
-                while (decision := await read_answer(self._bucket, self._keys, key, check, reported)) is None:
+                while True:
+                    decision = await read_answer(self._bucket, self._keys, key, check, reported)
+                    if decision is not None:
+                        outcome = outcome_of(decision, write.key)
+                        if outcome.status not in reported:  # revisions are reported there too: digits
+                            reported.add(outcome.status)
+                            self._tell(outcome)
+                        if outcome.status != "held" or not wait_for_operator:
+                            return outcome
                     await asyncio.sleep(pause)  # no event reaches an agent for this key: read it again
                     pause = min(pause * 2, LONGEST_PAUSE_S)
         except TransportError as exc:
             raise TransientError(f"cannot read the outcome of memory write {envelope.id}: {exc}") from exc
-        outcome = outcome_of(decision, write.key)
-        if not outcome.accepted:
-            log.warning(
-                "memory write held for an operator" if outcome.status == "held" else "memory write refused",
-                extra={"key": write.key, "reason": outcome.reason, "envelope_id": envelope.id},
-            )
-        return outcome
+
+    def _tell(self, outcome: MemoryOutcome) -> None:
+        if outcome.accepted:
+            return
+        log.warning(
+            "memory write held for an operator" if outcome.status == "held" else "memory write refused",
+            extra={"key": outcome.key, "reason": outcome.reason, "envelope_id": outcome.envelope_id},
+        )

@@ -51,7 +51,9 @@ class _ReplayMemory:
         payload = {"key": key, "value": value, "expected_revision": expected_revision}
         return await self._context.send((self._context.agent_id,), payload, kind="memory_write")
 
-    async def outcome(self, envelope: Envelope, *, timeout_s: float = 10.0) -> MemoryOutcome:
+    async def outcome(
+        self, envelope: Envelope, *, timeout_s: float = 10.0, wait_for_operator: bool = False
+    ) -> MemoryOutcome:
         """Nothing answers a write a replay did not publish: as when no answer came in time, at once."""
         raise TimeoutError(f"memory write {envelope.id} was not published (a replay): no coordinator decides it")
 
