@@ -238,6 +238,20 @@ class Recall(Agent):
             await ctx.instruct(["bank"], "issue_refund", order=entry.value)
 
 
+class Scribe(Agent):
+    """Writes ``{"key": ..., "value": ...}`` to memory and replies with what became of the write."""
+
+    async def handle(self, ctx: Context) -> None:
+        """Write, wait for the coordinator's answer, reply ``{"key", "status", "reason"}``."""
+        request = ctx.json()
+        entry = await ctx.memory.get(request["key"])
+        written = await ctx.memory.write(
+            request["key"], request["value"], expected_revision=entry.revision if entry else 0
+        )
+        outcome = await ctx.memory.outcome(written, timeout_s=30)
+        await ctx.reply({"key": outcome.key, "status": outcome.status, "reason": outcome.reason})
+
+
 class Counter(Agent):
     """Numbers what it is sent, counting on from its checkpoint across restarts: replies ``{"number": n}``."""
 

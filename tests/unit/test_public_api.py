@@ -65,7 +65,7 @@ def test_agents_exports() -> None:
             "UnknownTool", "idempotency_key", "load_tools", "parse_tools", "McpBinding", "McpServer",
             "answer", "instruction_verb", "list_held", "list_held_requests", "PartitionStatus", "coordinator_status",
             "load_agent", "redecide", "reexecute", "serve_agent", "retention_needs",
-            "serve_coordinator",
+            "serve_coordinator", "MemoryOutcome",
         ]
     )  # fmt: skip
     for name in agents.__all__:
