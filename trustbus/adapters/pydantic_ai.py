@@ -17,11 +17,9 @@ the payload is the user prompt, the run's output is the reply. Within the run:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -39,63 +37,20 @@ from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import to_jsonable_python
 
-from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, Tool, ToolImplementation
+from trustbus.adapters._recording import (
+    MODEL_REQUEST,
+    MODEL_TOOL,
+    as_effect,
+    digest_arguments,
+    idempotency_key,
+    perform,
+)
+from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
 from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
 
 __all__ = ["MODEL_TOOL", "PydanticAIAgent", "RecordedModel", "idempotency_key", "on_bus", "request_arguments"]
 
 log = logging.getLogger("trustbus.agent")
-
-MODEL_TOOL = "model_request"
-"""The built-in registry entry every model request of the agent is recorded under."""
-
-_MODEL_REQUEST = Tool(name=MODEL_TOOL, system="model", owner="agent", effect_class="read", result_taint=("llm",))
-
-# Volatile fields of a dumped message: they differ between two runs that ask the model the same thing.
-_VOLATILE = frozenset(
-    {"timestamp", "request_timestamp", "duration", "run_id", "conversation_id", "usage", "model_id", "provider_url"}
-)
-
-_pending: ContextVar[Callable[[], Awaitable[Any]] | None] = ContextVar("trustbus_pending_call", default=None)
-_key: ContextVar[str | None] = ContextVar("trustbus_idempotency_key", default=None)
-
-
-def idempotency_key() -> str | None:
-    """The idempotency key of the tool call running now: pass it to the system the tool acts on.
-
-    The same on every attempt of the same call, so a system that drops a repeated key acts once even if
-    the process dies mid-call. None when the agent runs on its own, off the bus.
-    """
-    return _key.get()
-
-
-async def _perform(args: dict[str, Any], *, idempotency_key: str) -> Any:
-    """What every tool of the adapter is bound to: make the call ``ctx.effect`` was asked for, under its key."""
-    call = _pending.get()
-    if call is None:
-        raise RuntimeError("a pydantic-ai tool was called outside a run of its agent")
-    token = _key.set(idempotency_key)
-    try:
-        return to_jsonable_python(await call())
-    finally:
-        _key.reset(token)
-
-
-async def _as_effect(ctx: Context, tool: str, args: dict[str, Any], call: Callable[[], Awaitable[Any]]) -> Any:
-    """``ctx.effect(tool, args)``, with ``call`` as what runs if the call has no completed record."""
-    token = _pending.set(call)
-    try:
-        return await ctx.effect(tool, args)
-    finally:
-        _pending.reset(token)
-
-
-def _stable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
 
 
 def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
@@ -104,9 +59,7 @@ def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
     Timestamps, run ids and usage are left out, so the same conversation makes the same arguments (and so
     the same idempotency key) on every attempt and in a replay.
     """
-    dumped = _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
-    history = json.dumps(dumped[:-1], sort_keys=True, separators=(",", ":")).encode()
-    return {"history": hashlib.sha256(history).hexdigest(), "request": dumped[-1] if dumped else None}
+    return digest_arguments(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
 
 
 class RecordedModel(WrapperModel):
@@ -129,7 +82,7 @@ class RecordedModel(WrapperModel):
             response = await self.wrapped.request(messages, model_settings, model_request_parameters)
             return ModelMessagesTypeAdapter.dump_python([response], mode="json")
 
-        recorded = await _as_effect(self._ctx, MODEL_TOOL, request_arguments(messages), ask)
+        recorded = await as_effect(self._ctx, MODEL_TOOL, request_arguments(messages), ask)
         [response] = ModelMessagesTypeAdapter.validate_python(recorded)
         if not isinstance(response, ModelResponse):
             raise TypeError(f"the record of a model request holds a {type(response).__name__}, not a response")
@@ -155,7 +108,7 @@ class _OnTheBus(AbstractCapability[Any]):
         handler: WrapToolExecuteHandler,
     ) -> Any:
         try:
-            return await _as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
+            return await as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
         except EffectDenied as refused:  # the model is told, as of any tool that failed for good
             by = f" by {refused.approver}" if refused.approver else ""
             raise ToolFailed(f"{call.tool_name} was not run: {refused.reason}{by}") from refused
@@ -213,8 +166,8 @@ class PydanticAIAgent(Agent):
         self.deps = deps
         self.kinds = frozenset(kinds)
         names = [*_function_tools(agent), MODEL_TOOL]
-        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, _perform))
-        self.builtin_tools = (_MODEL_REQUEST,)
+        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, perform))
+        self.builtin_tools = (MODEL_REQUEST,)
 
     async def handle(self, ctx: Context) -> None:
         """Run the agent on the delivery's payload and reply with its output."""

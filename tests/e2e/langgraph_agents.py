@@ -1,0 +1,97 @@
+"""A LangGraph graph for process tests, with a stand-in chat model that does what its prompt lists.
+
+The latest human message is JSON, ``{"calls": [{"tool": ..., "args": {...}}, ...]}``: the model asks for each
+call in turn, then answers ``done: <the tool results> (turn N)``, N the number of human messages in the
+thread (so a test sees the thread go on). Every generation appends the prompt to the file in
+$TB_TEST_MODEL_CALLS; with $TB_TEST_NO_MODEL set the model raises instead. The tools act on the SQLite
+"system" of tests/e2e/fleet_agents.py, once per idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+
+from tests.e2e.fleet_agents import system
+from trustbus.adapters.langgraph import idempotency_key
+
+MODEL_CALLS = "TB_TEST_MODEL_CALLS"
+NO_MODEL = "TB_TEST_NO_MODEL"
+
+
+class StandIn(BaseChatModel):
+    """Asks for the latest prompt's calls one by one, then reports their results."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "stand-in"
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **_: Any) -> ChatResult:
+        if os.environ.get(NO_MODEL):
+            raise AssertionError("the model was called")
+        humans = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
+        prompt = str(messages[humans[-1]].content)
+        with open(os.environ[MODEL_CALLS], "a") as calls:
+            calls.write(json.dumps(prompt) + "\n")
+        returns = [json.loads(str(m.content)) for m in messages[humans[-1] :] if isinstance(m, ToolMessage)]
+        wanted = json.loads(prompt)["calls"]
+        if len(returns) < len(wanted):
+            call = wanted[len(returns)]
+            asked = {"name": call["tool"], "args": call["args"], "id": f"call-{len(returns)}"}
+            message = AIMessage("", tool_calls=[asked])
+        else:
+            message = AIMessage(f"done: {json.dumps(returns)} (turn {len(humans)})")
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _act(kind: str, what: str) -> int:
+    """Store one row per idempotency key and count every call; the row's id."""
+    key = idempotency_key()
+    with contextlib.closing(system()) as db:
+        db.execute("INSERT INTO calls VALUES (?)", (key,))
+        db.execute("INSERT OR IGNORE INTO sales VALUES (?, ?)", (key, f"{kind}:{what}"))
+        [row] = db.execute("SELECT rowid FROM sales WHERE idempotency_key = ?", (key,)).fetchone()
+    return int(row)
+
+
+@tool
+async def record_sale(item: str, hang: bool = False) -> str:
+    """Sell ``item``; with ``hang`` the first call blocks after the sale is stored."""
+    sale = _act("sale", item)
+    with contextlib.closing(system()) as db:
+        [calls] = db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (idempotency_key(),)).fetchone()
+    if hang and calls == 1:
+        await asyncio.Event().wait()
+    return json.dumps({"sale": sale})
+
+
+@tool
+async def issue_refund(order: int, amount: int) -> str:
+    """Refund ``amount`` on ``order`` (high risk in the registry)."""
+    return json.dumps({"refund": _act("refund", f"{order}/{amount}")})
+
+
+model = StandIn()
+
+
+async def call_model(state: MessagesState) -> dict[str, Any]:
+    return {"messages": [await model.ainvoke(state["messages"])]}
+
+
+builder = StateGraph(MessagesState)
+builder.add_node("model", call_model)
+builder.add_node("tools", ToolNode([record_sale, issue_refund]))
+builder.add_edge(START, "model")
+builder.add_conditional_edges("model", tools_condition)
+builder.add_edge("tools", "model")
+graph = builder.compile()

@@ -1,0 +1,140 @@
+"""A compiled LangGraph graph as a trustbus agent: its model generations and tool node calls are recorded effects.
+
+``trustbus agent run mymodule:graph`` accepts a compiled graph (``StateGraph(...).compile()``) as is (it is
+wrapped with :func:`on_bus`). Each delivery (an instruction or an event, by default) is one run of the graph
+on the thread named by the delivery's correlation id:
+
+- the graph's **input** is ``{"messages": [HumanMessage(<the payload's text>)]}`` (a messages-state graph),
+  or what ``input(envelope)`` returns; its **reply** is the content of the last message of the final state,
+  or what ``output(values)`` returns;
+- every **chat model generation** inside the run is a call of the built-in tool ``model_request`` (class
+  ``read``, result taint ``llm``) through ``ctx.effect``, so a redelivery and ``ledger replay --execute``
+  get the recorded answer back without calling the model;
+- every **call of a tool node** (``ToolNode``) goes through ``ctx.effect`` under the tool's name: declared in
+  the registry, never made again once completed, held for an operator when the tool is high risk and the
+  context tainted (a call the operator denies comes back to the model as a failed tool call);
+- the **thread's state** after each delivery is kept in the agent's trustbus checkpoint, so a restarted
+  process goes on with the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from pydantic_core import to_jsonable_python
+
+from trustbus.adapters._langchain_calls import Run, current, record_models, record_tool_nodes
+from trustbus.adapters._langgraph_threads import BusCheckpointer
+from trustbus.adapters._recording import MODEL_REQUEST, MODEL_TOOL, idempotency_key, perform
+from trustbus.agents import Agent, Context, ToolImplementation
+from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
+
+__all__ = ["MODEL_TOOL", "LangGraphAgent", "idempotency_key", "on_bus", "text_of"]
+
+log = logging.getLogger("trustbus.agent")
+
+Graph = CompiledStateGraph[Any, Any, Any, Any]
+Reply = str | dict[str, Any] | list[Any] | bytes
+
+
+def text_of(envelope: Envelope) -> str:
+    """The text a delivery carries: a text payload as is, a JSON string as the string, other JSON as JSON text."""
+    if envelope.content_type == "text/plain":
+        return envelope.payload.decode(errors="replace")
+    try:
+        value = decode_json(envelope.payload)
+    except MalformedPayload:
+        return envelope.payload.decode(errors="replace")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def messages_input(envelope: Envelope) -> dict[str, Any]:
+    """A messages-state graph's input: the payload's text as a human message (its id the envelope's)."""
+    return {"messages": [HumanMessage(text_of(envelope), id=envelope.id)]}
+
+
+def last_message(values: dict[str, Any]) -> Reply:
+    """The reply of a messages-state graph: the last message's content (text as text, anything else as JSON)."""
+    messages = values.get("messages") or []
+    last = messages[-1] if messages else None
+    content = last.content if isinstance(last, BaseMessage) else last
+    if isinstance(content, str):
+        return content
+    dumped = to_jsonable_python(content)
+    return dumped if isinstance(dumped, dict | list) else json.dumps(dumped).encode()
+
+
+class LangGraphAgent(Agent):
+    """A compiled LangGraph graph served as a trustbus agent (made by :func:`on_bus`)."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        input: Callable[[Envelope], Any] = messages_input,
+        output: Callable[[dict[str, Any]], Reply] = last_message,
+        kinds: Iterable[Kind] = ("instruction", "event"),
+    ) -> None:
+        """``input`` maps a delivery to the graph's input, ``output`` the final state to the reply; ``kinds``:
+        the envelope kinds that start a run (others are acked).
+
+        The graph's own checkpointer, if any, is replaced by one kept in the agent's checkpoint.
+        RuntimeSetupError if a tool node has a tool call wrapper of its own.
+        """  # noqa: D205
+        record_models()
+        self.threads = BusCheckpointer()
+        self.graph: Graph = graph.copy(update={"checkpointer": self.threads})
+        self.input = input
+        self.output = output
+        self.kinds = frozenset(kinds)
+        names = [*record_tool_nodes(self.graph.nodes), MODEL_TOOL]
+        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, perform))
+        self.builtin_tools = (MODEL_REQUEST,)
+
+    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
+        """Take the threads kept in the agent's last checkpoint."""
+        self.threads.load(checkpoint)
+
+    async def handle(self, ctx: Context) -> None:
+        """Run the graph on the delivery's thread, keep the thread's state, and reply with the output."""
+        envelope = ctx.envelope
+        if envelope.kind not in self.kinds:
+            log.info("kind not served; acked", extra={"kind": envelope.kind, "envelope_id": envelope.id})
+            return
+        thread = envelope.correlation_id
+        config: RunnableConfig = {"configurable": {"thread_id": thread}}
+        if self.threads.applied(thread) != envelope.id:  # else its run completed and was kept: only the reply is due
+            await self.threads.restore(self.graph, config)
+            token = current.set(Run(ctx, asyncio.get_running_loop()))
+            try:
+                result = await self.graph.ainvoke(self.input(envelope), config)
+            finally:
+                current.reset(token)
+            interrupts = result.get("__interrupt__") if isinstance(result, dict) else None
+            state = await self.graph.aget_state(config)
+            self.threads.commit(thread, envelope.id, state.values)
+            await ctx.checkpoint(self.threads.saved())
+            if interrupts:  # on the bus an approval is a hold inside a tool call, not a pause of the graph
+                await ctx.reply({"interrupted": [to_jsonable_python(i.value) for i in interrupts]})
+                return
+        values = self.threads.values(thread) or {}
+        await ctx.reply(self.output(values))
+
+
+def on_bus(
+    graph: Graph,
+    *,
+    input: Callable[[Envelope], Any] = messages_input,
+    output: Callable[[dict[str, Any]], Reply] = last_message,
+    kinds: Iterable[Kind] = ("instruction", "event"),
+) -> LangGraphAgent:
+    """Wrap ``graph`` for ``trustbus agent run``: each delivery of one of ``kinds`` is a run on its thread."""
+    return LangGraphAgent(graph, input=input, output=output, kinds=kinds)
