@@ -191,3 +191,23 @@ async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_rep
     [same] = json.loads(result.stdout)["executed"]
     assert same["agent"] == "graph" and same["divergences"] == []
     assert shop.model_calls(prompt_of(refund)) == 2
+
+
+async def test_the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operator(shop: Shop) -> None:
+    """examples/frameworks/langgraph_after.py, as docs/FRAMEWORKS.md runs it (its model node is synchronous)."""
+    fleet = shop.fleet
+    await fleet.key("support")
+    await fleet.spawn("agent", "run", "examples.frameworks.langgraph_after:app", "--id", "support",
+                      "-t", fleet.tenant, "--tools", "examples/frameworks/tools.yaml")  # fmt: skip
+    customer = await fleet.bus("customer")
+    question = await fleet.send(customer, ["support"], "Where is order A-1?")
+    answer = await shop.answer(question, to="customer")
+    assert answer.payload.decode() == "lookup_order: {'status': 'shipped', 'amount': 25}"  # as when run alone
+
+    refund = await fleet.send(customer, ["support"], "Please refund A-2")
+    hold = await held(fleet, refund)  # untainted request, but the model chose the call: taint llm, high risk
+    assert hold.effective_taint == ("llm",)
+    rc, _, err = await cli(fleet, "deny", hold.envelope_id, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    answer = await shop.answer(refund, to="customer")
+    assert answer.payload.decode() == "refund_order: refund_order was not run: denied by ops"
