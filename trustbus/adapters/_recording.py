@@ -18,6 +18,7 @@ from typing import Any
 from pydantic_core import to_jsonable_python
 
 from trustbus.agents import Context, Tool
+from trustbus.bus import Envelope, MalformedPayload, decode_json
 
 MODEL_TOOL = "model_request"
 """The built-in registry entry every model request of a framework's agent is recorded under."""
@@ -81,3 +82,22 @@ def digest_arguments(dumped: list[Any], volatile: Collection[str] = VOLATILE) ->
     kept = stable(dumped, volatile)
     history = json.dumps(kept[:-1], sort_keys=True, separators=(",", ":")).encode()
     return {"history": hashlib.sha256(history).hexdigest(), "request": kept[-1] if kept else None}
+
+
+def text_of(envelope: Envelope) -> str:
+    """The text a delivery carries: a text payload as is, a JSON string as the string, other JSON as JSON text."""
+    if envelope.content_type == "text/plain":
+        return envelope.payload.decode(errors="replace")
+    try:
+        value = decode_json(envelope.payload)
+    except MalformedPayload:
+        return envelope.payload.decode(errors="replace")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def reply_payload(output: Any) -> str | dict[str, Any] | list[Any] | bytes:
+    """What a run's output replies: a string as ``text/plain``, anything else as JSON."""
+    if isinstance(output, str):
+        return output
+    value = to_jsonable_python(output)
+    return value if isinstance(value, dict | list) else json.dumps(value).encode()

@@ -20,7 +20,6 @@ on the thread named by the delivery's correlation id:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -33,9 +32,9 @@ from pydantic_core import to_jsonable_python
 
 from trustbus.adapters._langchain_calls import Run, current, record_models, record_tool_nodes
 from trustbus.adapters._langgraph_threads import BusCheckpointer
-from trustbus.adapters._recording import MODEL_REQUEST, MODEL_TOOL, idempotency_key, perform
+from trustbus.adapters._recording import MODEL_REQUEST, MODEL_TOOL, idempotency_key, perform, reply_payload, text_of
 from trustbus.agents import Agent, Context, ToolImplementation
-from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
+from trustbus.bus import Envelope, Kind
 
 __all__ = ["MODEL_TOOL", "LangGraphAgent", "idempotency_key", "on_bus", "text_of"]
 
@@ -43,17 +42,6 @@ log = logging.getLogger("trustbus.agent")
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 Reply = str | dict[str, Any] | list[Any] | bytes
-
-
-def text_of(envelope: Envelope) -> str:
-    """The text a delivery carries: a text payload as is, a JSON string as the string, other JSON as JSON text."""
-    if envelope.content_type == "text/plain":
-        return envelope.payload.decode(errors="replace")
-    try:
-        value = decode_json(envelope.payload)
-    except MalformedPayload:
-        return envelope.payload.decode(errors="replace")
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def messages_input(envelope: Envelope) -> dict[str, Any]:
@@ -65,11 +53,7 @@ def last_message(values: dict[str, Any]) -> Reply:
     """The reply of a messages-state graph: the last message's content (text as text, anything else as JSON)."""
     messages = values.get("messages") or []
     last = messages[-1] if messages else None
-    content = last.content if isinstance(last, BaseMessage) else last
-    if isinstance(content, str):
-        return content
-    dumped = to_jsonable_python(content)
-    return dumped if isinstance(dumped, dict | list) else json.dumps(dumped).encode()
+    return reply_payload(last.content if isinstance(last, BaseMessage) else last)
 
 
 class LangGraphAgent(Agent):

@@ -17,7 +17,6 @@ the payload is the user prompt, the run's output is the reply. Within the run:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
-from pydantic_core import to_jsonable_python
 
 from trustbus.adapters._recording import (
     MODEL_REQUEST,
@@ -44,9 +42,11 @@ from trustbus.adapters._recording import (
     digest_arguments,
     idempotency_key,
     perform,
+    reply_payload,
+    text_of,
 )
 from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
-from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
+from trustbus.bus import Kind
 
 __all__ = ["MODEL_TOOL", "PydanticAIAgent", "RecordedModel", "idempotency_key", "on_bus", "request_arguments"]
 
@@ -114,24 +114,6 @@ class _OnTheBus(AbstractCapability[Any]):
             raise ToolFailed(f"{call.tool_name} was not run: {refused.reason}{by}") from refused
 
 
-def _prompt_of(envelope: Envelope) -> str:
-    """The user prompt a delivery makes: a text payload as is, a JSON string as the string, other JSON as JSON text."""
-    if envelope.content_type == "text/plain":
-        return envelope.payload.decode(errors="replace")
-    try:
-        value = decode_json(envelope.payload)
-    except MalformedPayload:
-        return envelope.payload.decode(errors="replace")
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _reply_payload(output: Any) -> str | dict[str, Any] | list[Any] | bytes:
-    if isinstance(output, str):
-        return output
-    value = to_jsonable_python(output)
-    return value if isinstance(value, dict | list) else json.dumps(value).encode()
-
-
 def _function_tools(agent: PydanticAgent[Any, Any]) -> list[str]:
     """Names of the agent's function tools (those of its function toolsets), each a registry entry to declare.
 
@@ -176,8 +158,8 @@ class PydanticAIAgent(Agent):
             return
         # One call at a time, in the model's order: effect keys count calls, so the order must not vary.
         with ToolManager.parallel_execution_mode("sequential"):
-            result = await self.agent.run(_prompt_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
-        await ctx.reply(_reply_payload(result.output))
+            result = await self.agent.run(text_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
+        await ctx.reply(reply_payload(result.output))
 
 
 def on_bus(
