@@ -1,7 +1,8 @@
 """A support assistant written with LangGraph: a graph that looks orders up and refunds them.
 
 docs/FRAMEWORKS.md shows this file before and after it was put on the bus, and how to run each.
-Its chat model is a local stand-in; a real one (``ChatOpenAI(...).bind_tools(TOOLS)``) goes in its place.
+Its chat model is a local stand-in; a real one (``ChatOpenAI(...).bind_tools([lookup_order, refund_order])``)
+replaces it.
 """
 
 from __future__ import annotations
