@@ -15,6 +15,10 @@ from trustbus.agents import Agent, Context, EffectDenied, ToolImplementation
 from trustbus.bus import TransientError, new_envelope
 
 SYSTEM_DB = "TB_TEST_SYSTEM_DB"
+MODEL_CALLS = "TB_TEST_MODEL_CALLS"
+"""A framework agent's stand-in model appends each prompt it is asked about to this file."""
+NO_MODEL = "TB_TEST_NO_MODEL"
+"""Set: a framework agent's stand-in model raises (a replay must answer every request from the ledger)."""
 
 
 class Recorder(Agent):
@@ -68,6 +72,15 @@ def system() -> sqlite3.Connection:
     db.execute("CREATE TABLE IF NOT EXISTS sales (idempotency_key TEXT NOT NULL UNIQUE, item TEXT NOT NULL)")
     db.execute("CREATE TABLE IF NOT EXISTS calls (idempotency_key TEXT NOT NULL)")
     return db
+
+
+def act(kind: str, what: str, key: str | None) -> int:
+    """A framework agent's tool acting on the system: one row per idempotency key, every call counted; the row's id."""
+    with contextlib.closing(system()) as db:
+        db.execute("INSERT INTO calls VALUES (?)", (key,))
+        db.execute("INSERT OR IGNORE INTO sales VALUES (?, ?)", (key, f"{kind}:{what}"))
+        [row] = db.execute("SELECT rowid FROM sales WHERE idempotency_key = ?", (key,)).fetchone()
+    return int(row)
 
 
 async def record_sale(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:

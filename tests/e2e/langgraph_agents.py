@@ -22,11 +22,8 @@ from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from tests.e2e.fleet_agents import system
+from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, system
 from trustbus.adapters.langgraph import idempotency_key
-
-MODEL_CALLS = "TB_TEST_MODEL_CALLS"
-NO_MODEL = "TB_TEST_NO_MODEL"
 
 
 class StandIn(BaseChatModel):
@@ -54,20 +51,10 @@ class StandIn(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def _act(kind: str, what: str) -> int:
-    """Store one row per idempotency key and count every call; the row's id."""
-    key = idempotency_key()
-    with contextlib.closing(system()) as db:
-        db.execute("INSERT INTO calls VALUES (?)", (key,))
-        db.execute("INSERT OR IGNORE INTO sales VALUES (?, ?)", (key, f"{kind}:{what}"))
-        [row] = db.execute("SELECT rowid FROM sales WHERE idempotency_key = ?", (key,)).fetchone()
-    return int(row)
-
-
 @tool
 async def record_sale(item: str, hang: bool = False) -> str:
     """Sell ``item``; with ``hang`` the first call blocks after the sale is stored."""
-    sale = _act("sale", item)
+    sale = act("sale", item, idempotency_key())
     with contextlib.closing(system()) as db:
         [calls] = db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (idempotency_key(),)).fetchone()
     if hang and calls == 1:
@@ -78,7 +65,7 @@ async def record_sale(item: str, hang: bool = False) -> str:
 @tool
 async def issue_refund(order: int, amount: int) -> str:
     """Refund ``amount`` on ``order`` (high risk in the registry)."""
-    return json.dumps({"refund": _act("refund", f"{order}/{amount}")})
+    return json.dumps({"refund": act("refund", f"{order}/{amount}", idempotency_key())})
 
 
 model = StandIn()

@@ -7,114 +7,31 @@ stand-in chat model that counts its calls in a file. One fleet serves the whole 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import nats
 import pytest
 import pytest_asyncio
-import yaml
 
-from tests.e2e.fleet import Fleet
-from tests.e2e.fleet_agents import SYSTEM_DB
-from tests.e2e.langgraph_agents import MODEL_CALLS, NO_MODEL
+from tests.e2e.fleet_agents import NO_MODEL
+from tests.e2e.framework_shop import Shop, held, open_shop, prompt_of
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
-from tests.e2e.test_pydantic_ai import held
 from tests.processes import TRUSTBUS, one_shot_async
-from trustbus._supervisor import Process
 from trustbus.adapters.langgraph import MODEL_TOOL
-from trustbus.bus import Bus, EmbeddedServer, Envelope, KeyDirectory, init_tenant
+from trustbus.bus import EmbeddedServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 AGENT = "tests.e2e.langgraph_agents:graph"
-TOOLS = {
-    "tools": [
-        {"name": "record_sale", "system": "till", "owner": "shop", "effect_class": "irreversible"},
-        {"name": "issue_refund", "system": "books", "owner": "finance", "effect_class": "irreversible",
-         "high_risk": True},
-    ]
-}  # fmt: skip
-POLICY = {
-    "rules": [
-        {"from": "boss", "to": ["graph"], "kinds": ["instruction", "event"]},
-        {"from": "customer", "to": ["support"], "kinds": ["event"]},
-        {"from": "*", "to": ["*"], "kinds": ["reply"]},
-    ]
-}
-
-
-@dataclass
-class Shop:
-    """The module's fleet, the graph's current process, and the boss who talks to it."""
-
-    fleet: Fleet
-    boss: Bus
-    process: Process | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        tmp = self.fleet.tmp
-        return {**self.fleet.env, SYSTEM_DB: str(tmp / "system.db"), MODEL_CALLS: str(tmp / "model-calls")}
-
-    async def start_agent(self) -> None:
-        tools = self.fleet.tmp / "tools.yaml"
-        tools.write_text(yaml.safe_dump(TOOLS))
-        self.process = await self.fleet.spawn("agent", "run", AGENT, "--id", "graph", "-t", self.fleet.tenant,
-                                              "--tools", str(tools), env=self.env)  # fmt: skip
-
-    async def ask(self, *calls: dict[str, object], taint: tuple[str, ...] = (), **fields: object) -> str:
-        """Send the graph a prompt listing ``calls``; the envelope id."""
-        return await self.fleet.send(self.boss, ["graph"], prompt_of(*calls), kind="event", taint=list(taint), **fields)
-
-    async def answer(self, correlation: str, to: str = "boss", *, after: str | None = None) -> Envelope:
-        def mine(r: str, e: Envelope) -> bool:
-            return r == to and e.correlation_id == correlation and (after is None or e.causation_id == after)
-
-        read = await self.fleet.inbox(lambda read: any(mine(r, e) for r, e in read), limit_s=60)
-        return next(e for r, e in read if mine(r, e))
-
-    def model_calls(self, prompt: str) -> int:
-        path = self.fleet.tmp / "model-calls"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return sum(json.loads(line) == prompt for line in lines)
-
-    def system_calls(self, what: str) -> tuple[int, int]:
-        """(rows stored, calls made) for ``what`` (``sale:lamp``), read from the system itself."""
-        with contextlib.closing(sqlite3.connect(self.fleet.tmp / "system.db")) as db:
-            keys = [k for (k,) in db.execute("SELECT idempotency_key FROM sales WHERE item = ?", (what,))]
-            calls = sum(
-                db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (k,)).fetchone()[0] for k in keys
-            )
-        return len(keys), calls
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shop(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shop]:
-    tmp = tmp_path_factory.mktemp("lg")
-    tenant = f"lg{time.monotonic_ns() % 10**9}"
-    keys = KeyDirectory(tmp / "keys")
-    await init_tenant([nats_server.url], tenant, keys=keys)
-    fleet = Fleet(url=nats_server.url, tenant=tenant, keys=keys, tmp=tmp, nc=await nats.connect(nats_server.url))
-    try:
-        await fleet.coordinator(POLICY)
-        await fleet.key("ops", role="operator")
-        await fleet.key("graph")
-        shop = Shop(fleet, await fleet.bus("boss"))
-        await shop.start_agent()
+    async with open_shop(nats_server, tmp_path_factory.mktemp("lg"), agent="graph", target=AGENT) as shop:
         yield shop
-    finally:
-        await fleet.close()
-
-
-def prompt_of(*calls: dict[str, object]) -> str:
-    return json.dumps({"calls": list(calls)})
 
 
 LAMP = {"tool": "record_sale", "args": {"item": "lamp"}}

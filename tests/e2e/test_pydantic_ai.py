@@ -7,114 +7,31 @@ with a stand-in ``FunctionModel`` that counts its calls in a file. One fleet ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import nats
 import pytest
 import pytest_asyncio
-import yaml
 
-from tests.e2e.fleet import Fleet
-from tests.e2e.fleet_agents import SYSTEM_DB
-from tests.e2e.pydantic_agents import MODEL_CALLS, NO_MODEL
+from tests.e2e.fleet_agents import NO_MODEL
+from tests.e2e.framework_shop import Shop, held, open_shop, prompt_of
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
 from tests.processes import TRUSTBUS, one_shot_async
-from trustbus._supervisor import Process
 from trustbus.adapters.pydantic_ai import MODEL_TOOL
-from trustbus.bus import Bus, Decision, EmbeddedServer, Envelope, KeyDirectory, init_tenant
+from trustbus.bus import EmbeddedServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 AGENT = "tests.e2e.pydantic_agents:agent"
-TOOLS = {
-    "tools": [
-        {"name": "record_sale", "system": "till", "owner": "shop", "effect_class": "irreversible"},
-        {"name": "issue_refund", "system": "books", "owner": "finance", "effect_class": "irreversible",
-         "high_risk": True},
-    ]
-}  # fmt: skip
-POLICY = {
-    "rules": [
-        {"from": "boss", "to": ["pyd"], "kinds": ["instruction", "event"]},
-        {"from": "customer", "to": ["support"], "kinds": ["event"]},
-        {"from": "*", "to": ["*"], "kinds": ["reply"]},
-    ]
-}
-
-
-@dataclass
-class Shop:
-    """The module's fleet, the agent's current process, and the boss who talks to it."""
-
-    fleet: Fleet
-    boss: Bus
-    process: Process | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        tmp = self.fleet.tmp
-        return {**self.fleet.env, SYSTEM_DB: str(tmp / "system.db"), MODEL_CALLS: str(tmp / "model-calls")}
-
-    async def start_agent(self) -> None:
-        tools = self.fleet.tmp / "tools.yaml"
-        tools.write_text(yaml.safe_dump(TOOLS))
-        self.process = await self.fleet.spawn("agent", "run", AGENT, "--id", "pyd", "-t", self.fleet.tenant,
-                                              "--tools", str(tools), env=self.env)  # fmt: skip
-
-    async def ask(self, *calls: dict[str, object], taint: tuple[str, ...] = ()) -> str:
-        """Send the agent a prompt listing ``calls``; the envelope id (its correlation)."""
-        prompt = json.dumps({"calls": list(calls)})
-        return await self.fleet.send(self.boss, ["pyd"], prompt, kind="event", taint=list(taint))
-
-    async def answer(self, correlation: str, to: str = "boss") -> Envelope:
-        def arrived(read: list[tuple[str, Envelope]]) -> bool:
-            return any(r == to and e.correlation_id == correlation for r, e in read)
-
-        read = await self.fleet.inbox(arrived, limit_s=60)
-        return next(e for r, e in read if r == to and e.correlation_id == correlation)
-
-    def model_calls(self, correlation_prompt: str) -> int:
-        path = self.fleet.tmp / "model-calls"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return sum(json.loads(line) == correlation_prompt for line in lines)
-
-    def system_calls(self, what: str) -> tuple[int, int]:
-        """(rows stored, calls made) for ``what`` (``sale:lamp``), read from the system itself."""
-        with contextlib.closing(sqlite3.connect(self.fleet.tmp / "system.db")) as db:
-            keys = [k for (k,) in db.execute("SELECT idempotency_key FROM sales WHERE item = ?", (what,))]
-            calls = sum(
-                db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (k,)).fetchone()[0] for k in keys
-            )
-        return len(keys), calls
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shop(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shop]:
-    tmp = tmp_path_factory.mktemp("pyd")
-    tenant = f"pyd{time.monotonic_ns() % 10**9}"
-    keys = KeyDirectory(tmp / "keys")
-    await init_tenant([nats_server.url], tenant, keys=keys)
-    fleet = Fleet(url=nats_server.url, tenant=tenant, keys=keys, tmp=tmp, nc=await nats.connect(nats_server.url))
-    try:
-        await fleet.coordinator(POLICY)
-        await fleet.key("ops", role="operator")
-        await fleet.key("pyd")
-        shop = Shop(fleet, await fleet.bus("boss"))
-        await shop.start_agent()
+    async with open_shop(nats_server, tmp_path_factory.mktemp("pyd"), agent="pyd", target=AGENT) as shop:
         yield shop
-    finally:
-        await fleet.close()
-
-
-def prompt_of(*calls: dict[str, object]) -> str:
-    return json.dumps({"calls": list(calls)})
 
 
 async def test_answers_a_message_and_its_tool_call_is_an_effect(shop: Shop) -> None:
@@ -152,14 +69,6 @@ async def test_killed_mid_tool_call_it_repeats_no_completed_call_after_restart(s
     assert shop.system_calls("sale:vase") == (1, 1)  # completed before the crash: not called again
     assert shop.system_calls("sale:kettle") == (1, 2)  # cut off mid-call: called again with its key, stored once
     assert shop.model_calls(prompt_of(vase, kettle)) == 3  # the two answered before the crash came from the ledger
-
-
-async def held(fleet: Fleet, correlation: str) -> Decision:
-    def found(ds: list[Decision]) -> bool:
-        return any(d.kind == "effect" and d.verdict == "hold" and d.correlation_id == correlation for d in ds)
-
-    decisions = await fleet.decisions(found)
-    return next(d for d in decisions if d.kind == "effect" and d.verdict == "hold" and d.correlation_id == correlation)
 
 
 async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_replays_without_the_model(
