@@ -7,8 +7,10 @@ Its model calls are counted in a file, its tools' calls in the SQLite system of 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +22,10 @@ import yaml
 
 from tests.e2e.fleet import Fleet
 from tests.e2e.fleet_agents import MODEL_CALLS, SYSTEM_DB
+from tests.e2e.test_approvals import cli
+from tests.e2e.test_effects import effect_records
 from trustbus._supervisor import Process
+from trustbus.adapters._recording import MODEL_TOOL
 from trustbus.bus import Bus, Decision, EmbeddedServer, Envelope, KeyDirectory, init_tenant
 
 TOOLS = {
@@ -123,3 +128,90 @@ async def held(fleet: Fleet, correlation: str) -> Decision:
 
     decisions = await fleet.decisions(found)
     return next(d for d in decisions if d.kind == "effect" and d.verdict == "hold" and d.correlation_id == correlation)
+
+
+async def sell_a_lamp(shop: Shop) -> tuple[str, Envelope]:
+    """Ask for one sale: its model requests and its tool call are effects, each made once. (request, answer)."""
+    lamp = {"tool": "record_sale", "args": {"item": "lamp"}}
+    request = await shop.ask(lamp)
+    answer = await shop.answer(request)
+    assert answer.content_type == "text/plain"
+    assert answer.taint == ("llm",)  # what the model said taints what the agent sends
+    records = [r for e, r in await effect_records(shop.fleet, shop.agent) if e.correlation_id == request]
+    assert [(r.tool, r.phase) for r in records] == [
+        (MODEL_TOOL, "requested"), (MODEL_TOOL, "completed"),
+        ("record_sale", "requested"), ("record_sale", "completed"),
+        (MODEL_TOOL, "requested"), (MODEL_TOOL, "completed"),
+    ]  # fmt: skip
+    assert records[0].effect_class == "read" and records[3].effect_class == "irreversible"
+    assert json.loads(records[2].args) == {"item": "lamp"}
+    assert shop.model_calls(prompt_of(lamp)) == 2 and shop.system_calls("sale:lamp") == (1, 1)
+    return request, answer
+
+
+async def sell_through_a_crash(shop: Shop) -> Envelope:
+    """Ask for a vase and a kettle; SIGKILL the agent mid-call on the kettle and start it again; the answer.
+
+    No completed call is made again: the vase is sold once, the kettle's cut-off call is made again with its
+    key (stored once), and the two model requests answered before the crash come from the ledger.
+    """
+    vase = {"tool": "record_sale", "args": {"item": "vase"}}
+    kettle = {"tool": "record_sale", "args": {"item": "kettle", "hang": True}}
+    request = await shop.ask(vase, kettle)
+    deadline = time.monotonic() + 30
+    while shop.system_calls("sale:kettle") != (1, 1):  # the tool stored the sale and blocks: seen in the system
+        assert time.monotonic() < deadline, "the kettle was never sold"
+        await asyncio.sleep(0.05)
+    assert shop.process is not None
+    shop.process.send_signal(signal.SIGKILL)
+    await shop.process.exited()
+    await shop.start_agent()
+
+    answer = await shop.answer(request)
+    assert shop.system_calls("sale:vase") == (1, 1)
+    assert shop.system_calls("sale:kettle") == (1, 2)
+    assert shop.model_calls(prompt_of(vase, kettle)) == 3
+    return answer
+
+
+REFUND = {"tool": "issue_refund", "args": {"order": 7, "amount": 50}}
+
+
+async def refund_held_then_approved(shop: Shop) -> str:
+    """Ask, under taint ``web``, for a refund (high risk): it is held, listed, approved, then made once. Its request."""
+    request = await shop.ask(REFUND, taint=("web",))
+    hold = await held(shop.fleet, request)
+    assert hold.reasons == ("effect_requested", "tainted_high_risk") and hold.effective_taint == ("llm", "web")
+    rc, out, err = await cli(shop.fleet, "approvals", "list", "-t", shop.fleet.tenant, "--json")
+    assert rc == 0, err
+    [listed] = [json.loads(line) for line in out.splitlines() if json.loads(line)["envelope_id"] == hold.envelope_id]
+    assert listed["request"] == 'issue_refund {"amount":50,"order":7}'
+    assert shop.system_calls("refund:7/50") == (0, 0)
+
+    rc, _, err = await cli(shop.fleet, "approve", hold.envelope_id, "-t", shop.fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    answer = await shop.answer(request)
+    assert answer.payload.decode().startswith('done: [{"refund": ')
+    assert shop.system_calls("refund:7/50") == (1, 1) and shop.model_calls(prompt_of(REFUND)) == 2
+    return request
+
+
+async def run_the_docs_example(shop: Shop, target: str) -> None:
+    """The support assistant of docs/FRAMEWORKS.md (``target``) as ``support``: it answers as when run alone,
+    and its refund waits for an operator, who denies it."""
+    fleet = shop.fleet
+    await fleet.key("support")
+    await fleet.spawn("agent", "run", target, "--id", "support",
+                      "-t", fleet.tenant, "--tools", "examples/frameworks/tools.yaml")  # fmt: skip
+    customer = await fleet.bus("customer")
+    question = await fleet.send(customer, ["support"], "Where is order A-1?")
+    answer = await shop.answer(question, to="customer")
+    assert answer.payload.decode() == "lookup_order: {'status': 'shipped', 'amount': 25}"
+
+    refund = await fleet.send(customer, ["support"], "Please refund A-2")
+    hold = await held(fleet, refund)  # untainted request, but the model chose the call: taint llm, high risk
+    assert hold.effective_taint == ("llm",)
+    rc, _, err = await cli(fleet, "deny", hold.envelope_id, "-t", fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    answer = await shop.answer(refund, to="customer")
+    assert answer.payload.decode() == "refund_order: refund_order was not run: denied by ops"

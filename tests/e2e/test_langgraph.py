@@ -6,21 +6,24 @@ stand-in chat model that counts its calls in a file. One fleet serves the whole 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
-import time
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
 from tests.e2e.fleet_agents import NO_MODEL
-from tests.e2e.framework_shop import Shop, held, open_shop, prompt_of
-from tests.e2e.test_approvals import cli
-from tests.e2e.test_effects import effect_records
+from tests.e2e.framework_shop import (
+    REFUND,
+    Shop,
+    open_shop,
+    prompt_of,
+    refund_held_then_approved,
+    run_the_docs_example,
+    sell_a_lamp,
+    sell_through_a_crash,
+)
 from tests.processes import TRUSTBUS, one_shot_async
-from trustbus.adapters.langgraph import MODEL_TOOL
 from trustbus.bus import EmbeddedServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -34,45 +37,18 @@ async def shop(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFac
         yield shop
 
 
-LAMP = {"tool": "record_sale", "args": {"item": "lamp"}}
 first: dict[str, str] = {}  # the first test's thread, which a later process goes on with
 
 
 async def test_answers_a_message_and_its_tool_node_call_is_an_effect(shop: Shop) -> None:
-    request = await shop.ask(LAMP)
-    answer = await shop.answer(request)
-    assert answer.payload.decode() == 'done: [{"sale": 1}] (turn 1)' and answer.content_type == "text/plain"
-    assert answer.taint == ("llm",)  # what the model said taints what the agent sends
-    records = [r for e, r in await effect_records(shop.fleet, "graph") if e.correlation_id == request]
-    assert [(r.tool, r.phase) for r in records] == [
-        (MODEL_TOOL, "requested"), (MODEL_TOOL, "completed"),
-        ("record_sale", "requested"), ("record_sale", "completed"),
-        (MODEL_TOOL, "requested"), (MODEL_TOOL, "completed"),
-    ]  # fmt: skip
-    assert records[0].effect_class == "read" and records[3].effect_class == "irreversible"
-    assert json.loads(records[2].args) == {"item": "lamp"}
-    assert shop.model_calls(prompt_of(LAMP)) == 2 and shop.system_calls("sale:lamp") == (1, 1)
+    request, answer = await sell_a_lamp(shop)
+    assert answer.payload.decode() == 'done: [{"sale": 1}] (turn 1)'
     first.update(request=request, answer=answer.id)
 
 
 async def test_killed_mid_tool_call_it_repeats_no_completed_call_after_restart(shop: Shop) -> None:
-    vase = {"tool": "record_sale", "args": {"item": "vase"}}
-    kettle = {"tool": "record_sale", "args": {"item": "kettle", "hang": True}}
-    request = await shop.ask(vase, kettle)
-    deadline = time.monotonic() + 30
-    while shop.system_calls("sale:kettle") != (1, 1):  # the tool stored the sale and blocks: seen in the system
-        assert time.monotonic() < deadline, "the kettle was never sold"
-        await asyncio.sleep(0.05)
-    assert shop.process is not None
-    shop.process.send_signal(signal.SIGKILL)
-    await shop.process.exited()
-    await shop.start_agent()
-
-    answer = await shop.answer(request)
+    answer = await sell_through_a_crash(shop)
     assert answer.payload.decode() == 'done: [{"sale": 2}, {"sale": 3}] (turn 1)'
-    assert shop.system_calls("sale:vase") == (1, 1)  # completed before the crash: not called again
-    assert shop.system_calls("sale:kettle") == (1, 2)  # cut off mid-call: called again with its key, stored once
-    assert shop.model_calls(prompt_of(vase, kettle)) == 3  # the two answered before the crash came from the ledger
 
 
 async def test_the_restarted_process_goes_on_with_a_thread_from_its_checkpoint(shop: Shop) -> None:
@@ -87,17 +63,7 @@ async def test_the_restarted_process_goes_on_with_a_thread_from_its_checkpoint(s
 async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_replays_without_the_model(
     shop: Shop,
 ) -> None:
-    refund = {"tool": "issue_refund", "args": {"order": 7, "amount": 50}}
-    request = await shop.ask(refund, taint=("web",))
-    hold = await held(shop.fleet, request)
-    assert hold.reasons == ("effect_requested", "tainted_high_risk") and hold.effective_taint == ("llm", "web")
-    assert shop.system_calls("refund:7/50") == (0, 0)
-
-    rc, _, err = await cli(shop.fleet, "approve", hold.envelope_id, "-t", shop.fleet.tenant, "--as", "ops")
-    assert rc == 0, err
-    answer = await shop.answer(request)
-    assert answer.payload.decode().startswith('done: [{"refund": ')
-    assert shop.system_calls("refund:7/50") == (1, 1) and shop.model_calls(prompt_of(refund)) == 2
+    request = await refund_held_then_approved(shop)
 
     # Re-executed from the ledger with a model that raises if called: the same answer and checkpoint.
     env = {**shop.env, NO_MODEL: "1"}
@@ -107,24 +73,9 @@ async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_rep
     assert result.returncode == 0, result.stdout + result.stderr
     [same] = json.loads(result.stdout)["executed"]
     assert same["agent"] == "graph" and same["divergences"] == []
-    assert shop.model_calls(prompt_of(refund)) == 2
+    assert shop.model_calls(prompt_of(REFUND)) == 2
 
 
 async def test_the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operator(shop: Shop) -> None:
     """examples/frameworks/langgraph_after.py, as docs/FRAMEWORKS.md runs it (its model node is synchronous)."""
-    fleet = shop.fleet
-    await fleet.key("support")
-    await fleet.spawn("agent", "run", "examples.frameworks.langgraph_after:app", "--id", "support",
-                      "-t", fleet.tenant, "--tools", "examples/frameworks/tools.yaml")  # fmt: skip
-    customer = await fleet.bus("customer")
-    question = await fleet.send(customer, ["support"], "Where is order A-1?")
-    answer = await shop.answer(question, to="customer")
-    assert answer.payload.decode() == "lookup_order: {'status': 'shipped', 'amount': 25}"  # as when run alone
-
-    refund = await fleet.send(customer, ["support"], "Please refund A-2")
-    hold = await held(fleet, refund)  # untainted request, but the model chose the call: taint llm, high risk
-    assert hold.effective_taint == ("llm",)
-    rc, _, err = await cli(fleet, "deny", hold.envelope_id, "-t", fleet.tenant, "--as", "ops")
-    assert rc == 0, err
-    answer = await shop.answer(refund, to="customer")
-    assert answer.payload.decode() == "refund_order: refund_order was not run: denied by ops"
+    await run_the_docs_example(shop, "examples.frameworks.langgraph_after:app")
