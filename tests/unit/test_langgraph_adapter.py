@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -12,12 +13,12 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.types import interrupt
 
-from tests.e2e.langgraph_agents import graph, record_sale
+from tests.e2e.langgraph_agents import StandIn, graph, record_sale
 from trustbus.adapters._frameworks import framework_agent
-from trustbus.adapters._langchain_calls import dump_result, load_result, request_arguments
+from trustbus.adapters._langchain_calls import Run, current, dump_result, load_result, request_arguments
 from trustbus.adapters._langgraph_threads import BusCheckpointer
 from trustbus.adapters.langgraph import MODEL_TOOL, LangGraphAgent, last_message, on_bus
-from trustbus.agents import RuntimeSetupError, reexecute
+from trustbus.agents import Context, RuntimeSetupError, reexecute
 from trustbus.agents._process import load_agent
 from trustbus.bus import new_envelope
 
@@ -79,9 +80,31 @@ async def test_a_thread_kept_is_restored_and_the_least_recent_dropped_past_the_l
     builder.add_edge(START, "echo")
     compiled = builder.compile(checkpointer=restored)
     config: Any = {"configurable": {"thread_id": "t3"}}
-    await restored.restore(compiled, config)
+    await restored.restore("t3")
     result = await compiled.ainvoke({"messages": [HumanMessage("again", id="h2")]}, config)
     assert [m.content for m in result["messages"]] == ["hi", "hello", "again", "seen 3"]
+
+
+class Counted(TypedDict):
+    question: str
+    asked: int
+
+
+class Question(TypedDict):
+    question: str
+
+
+async def test_a_kept_thread_keeps_the_keys_its_graph_takes_no_input_for() -> None:
+    builder = StateGraph(Counted, input_schema=Question)
+    builder.add_node("count", lambda state: {"asked": state.get("asked", 0) + 1})
+    builder.add_edge(START, "count")
+    kept = BusCheckpointer()
+    kept.commit("t", "d", {"question": "first", "asked": 5})
+    await kept.restore("t")
+    result = await builder.compile(checkpointer=kept).ainvoke(
+        {"question": "next"}, {"configurable": {"thread_id": "t"}}
+    )
+    assert result == {"question": "next", "asked": 6}
 
 
 async def test_a_graph_that_interrupts_replies_with_the_interrupt_and_keeps_its_thread() -> None:
@@ -97,3 +120,13 @@ async def test_a_graph_that_interrupts_replies_with_the_interrupt_and_keeps_its_
     checkpoint, reply = sent
     assert checkpoint["kind"] == "checkpoint" and envelope.correlation_id in checkpoint["payload"]["langgraph"]
     assert reply["kind"] == "reply" and reply["payload"] == {"interrupted": [{"confirm": "pay"}]}
+
+
+async def test_a_synchronous_model_call_on_the_loop_of_a_run_is_refused_not_left_to_block_it() -> None:
+    on_bus(graph)  # the models are recorded from then on
+    token = current.set(Run(cast(Context, None), asyncio.get_running_loop()))
+    try:
+        with pytest.raises(RuntimeError, match="synchronous model call inside an async node"):
+            StandIn().invoke([HumanMessage("{}")])
+    finally:
+        current.reset(token)

@@ -89,12 +89,21 @@ def _generate_recorded(self: BaseChatModel, messages: list[BaseMessage], *args: 
     run = current.get()
     if run is None:
         return _generate(self, messages, *args, **kwargs)
+    if _running_loop() is run.loop:  # waiting here for the loop would block the loop for good
+        raise RuntimeError("a synchronous model call inside an async node: await model.ainvoke(...) there instead")
 
     async def ask() -> Any:
         return dump_result(await asyncio.to_thread(_generate, self, messages, *args, **kwargs))
 
     recorded = as_effect(run.ctx, MODEL_TOOL, request_arguments(messages), ask)
     return load_result(asyncio.run_coroutine_threadsafe(recorded, run.loop).result())
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def record_models() -> None:

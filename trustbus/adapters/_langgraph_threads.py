@@ -6,9 +6,8 @@ import base64
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import CheckpointMetadata, empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.constants import START
-from langgraph.graph.state import CompiledStateGraph
 
 KEY = "langgraph"
 """The agent checkpoint's field that holds the threads."""
@@ -52,13 +51,18 @@ class BusCheckpointer(InMemorySaver):
         values: dict[str, Any] = self.serde.loads_typed((kept["type"], base64.b64decode(kept["values"])))
         return values
 
-    async def restore(self, graph: CompiledStateGraph[Any, Any, Any, Any], config: RunnableConfig) -> None:
-        """Set the thread of ``config`` back to its kept state (or to nothing)."""
-        thread = str(config["configurable"]["thread_id"])
+    async def restore(self, thread: str) -> None:
+        """Set ``thread`` back to its kept state (or to nothing): one checkpoint holding the state's values."""
         await self.adelete_thread(thread)
         values = self.values(thread)
-        if values is not None:
-            await graph.aupdate_state(config, values, as_node=START)
+        if values is None:
+            return
+        checkpoint = empty_checkpoint()
+        checkpoint["channel_values"] = values
+        checkpoint["channel_versions"] = {channel: self.get_next_version(None, None) for channel in values}
+        config: RunnableConfig = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        metadata: CheckpointMetadata = {"source": "update", "step": -1, "parents": {}}
+        await self.aput(config, checkpoint, metadata, checkpoint["channel_versions"])
 
     def commit(self, thread: str, delivery: str, values: dict[str, Any]) -> None:
         """Keep ``values`` as the thread's state after ``delivery`` (and drop the least recent thread past ``keep``)."""

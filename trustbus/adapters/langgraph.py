@@ -96,7 +96,7 @@ class LangGraphAgent(Agent):
         thread = envelope.correlation_id
         config: RunnableConfig = {"configurable": {"thread_id": thread}}
         if self.threads.applied(thread) != envelope.id:  # else its run completed and was kept: only the reply is due
-            await self.threads.restore(self.graph, config)
+            await self.threads.restore(thread)
             token = current.set(Run(ctx, asyncio.get_running_loop()))
             try:
                 result = await self.graph.ainvoke(self.input(envelope), config)
