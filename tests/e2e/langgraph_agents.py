@@ -4,7 +4,8 @@ The latest human message is JSON, ``{"calls": [{"tool": ..., "args": {...}}, ...
 call in turn, then answers ``done: <the tool results> (turn N)``, N the number of human messages in the
 thread (so a test sees the thread go on). Every generation appends the prompt to the file in
 $TB_TEST_MODEL_CALLS; with $TB_TEST_NO_MODEL set the model raises instead. The tools act on the SQLite
-"system" of tests/e2e/fleet_agents.py, once per idempotency key.
+"system" of tests/e2e/fleet_agents.py, once per idempotency key; a refund over 100 asks a person first
+(``interrupt``), and the model is told ``"not confirmed"`` if the answer is no.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import asyncio
 import contextlib
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
-from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.types import Command, interrupt
 
 from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, system
 from trustbus.adapters.langgraph import idempotency_key
@@ -76,9 +78,23 @@ async def call_model(state: MessagesState) -> dict[str, Any]:
 
 
 builder = StateGraph(MessagesState)
+
+
+def confirm(state: MessagesState) -> Command[Literal["tools", "model"]]:
+    """A refund over 100 goes on only if a person confirms it (``interrupt``); otherwise the model is told."""
+    asking = state["messages"][-1]
+    assert isinstance(asking, AIMessage)
+    [call] = asking.tool_calls
+    if call["name"] != "issue_refund" or call["args"]["amount"] <= 100 or interrupt({"confirm": call["args"]}):
+        return Command(goto="tools")
+    refused = ToolMessage(json.dumps("not confirmed"), tool_call_id=call["id"] or "", id=f"{asking.id}-refused")
+    return Command(goto="model", update={"messages": [refused]})
+
+
 builder.add_node("model", call_model)
+builder.add_node("confirm", confirm)
 builder.add_node("tools", ToolNode([record_sale, issue_refund]))
 builder.add_edge(START, "model")
-builder.add_conditional_edges("model", tools_condition)
+builder.add_conditional_edges("model", tools_condition, {"tools": "confirm", END: END})
 builder.add_edge("tools", "model")
 graph = builder.compile()

@@ -16,6 +16,7 @@ from tests.e2e.fleet_agents import NO_MODEL
 from tests.e2e.framework_shop import (
     REFUND,
     Shop,
+    held,
     open_shop,
     prompt_of,
     refund_held_then_approved,
@@ -23,7 +24,9 @@ from tests.e2e.framework_shop import (
     sell_a_lamp,
     sell_through_a_crash,
 )
+from tests.e2e.test_approvals import cli
 from tests.processes import TRUSTBUS, one_shot_async
+from trustbus.adapters.langgraph import INTERRUPT_TOOL
 from trustbus.bus import EmbeddedServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -74,6 +77,23 @@ async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_rep
     [same] = json.loads(result.stdout)["executed"]
     assert same["agent"] == "graph" and same["divergences"] == []
     assert shop.model_calls(prompt_of(REFUND)) == 2
+
+
+async def test_an_interrupt_under_taint_is_held_and_a_denial_resumes_it_with_false(shop: Shop) -> None:
+    big = {"tool": "issue_refund", "args": {"order": 8, "amount": 500}}
+    request = await shop.ask(big, taint=("web",))
+    hold = await held(shop.fleet, request)
+    assert hold.reasons == ("effect_requested", "tainted_high_risk")
+    rc, out, err = await cli(shop.fleet, "approvals", "list", "-t", shop.fleet.tenant, "--json")
+    assert rc == 0, err
+    [listed] = [json.loads(line) for line in out.splitlines() if json.loads(line)["envelope_id"] == hold.envelope_id]
+    assert listed["request"] == f'{INTERRUPT_TOOL} {{"interrupts":[{{"confirm":{{"amount":500,"order":8}}}}]}}'
+
+    rc, _, err = await cli(shop.fleet, "deny", hold.envelope_id, "-t", shop.fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+    answer = await shop.answer(request)
+    assert answer.payload.decode() == 'done: ["not confirmed"] (turn 1)'
+    assert shop.system_calls("refund:8/500") == (0, 0)
 
 
 async def test_the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operator(shop: Shop) -> None:

@@ -17,7 +17,7 @@ from tests.e2e.langgraph_agents import StandIn, graph, record_sale
 from trustbus.adapters._frameworks import framework_agent
 from trustbus.adapters._langchain_calls import Run, current, dump_result, load_result, request_arguments
 from trustbus.adapters._langgraph_threads import BusCheckpointer
-from trustbus.adapters.langgraph import MODEL_TOOL, LangGraphAgent, last_message, on_bus
+from trustbus.adapters.langgraph import INTERRUPT_TOOL, MODEL_TOOL, LangGraphAgent, last_message, on_bus
 from trustbus.agents import Context, RuntimeSetupError, reexecute
 from trustbus.agents._process import load_agent
 from trustbus.bus import new_envelope
@@ -41,8 +41,8 @@ def test_a_generation_comes_back_from_its_record_as_it_was() -> None:
 def test_a_compiled_graph_is_recognised_and_its_tool_node_tools_are_bound() -> None:
     agent = load_agent("tests.e2e.langgraph_agents:graph", adapt=framework_agent)
     assert isinstance(agent, LangGraphAgent)
-    assert set(agent.tools) == {"record_sale", "issue_refund", MODEL_TOOL}
-    assert [tool.name for tool in agent.builtin_tools] == [MODEL_TOOL]
+    assert set(agent.tools) == {"record_sale", "issue_refund", MODEL_TOOL, INTERRUPT_TOOL}
+    assert [tool.name for tool in agent.builtin_tools] == [MODEL_TOOL, INTERRUPT_TOOL]
     assert graph.checkpointer is None  # the graph given is left as it was; the agent runs a copy
 
 
@@ -107,19 +107,19 @@ async def test_a_kept_thread_keeps_the_keys_its_graph_takes_no_input_for() -> No
     assert result == {"question": "next", "asked": 6}
 
 
-async def test_a_graph_that_interrupts_replies_with_the_interrupt_and_keeps_its_thread() -> None:
+async def test_an_interrupt_is_a_call_of_the_high_risk_built_in_graph_interrupt() -> None:
     def ask(state: MessagesState) -> dict[str, Any]:
         return {"messages": [AIMessage(str(interrupt({"confirm": state["messages"][-1].content})))]}
 
     builder = StateGraph(MessagesState)
     builder.add_node("ask", ask)
     builder.add_edge(START, "ask")
+    agent = on_bus(builder.compile())
+    assert {tool.name: tool.high_risk for tool in agent.builtin_tools} == {MODEL_TOOL: False, INTERRUPT_TOOL: True}
     envelope = new_envelope(tenant="t", kind="event", sender="b", to=("lg",), payload=b"pay", content_type="text/plain")
-    [replayed] = await reexecute(on_bus(builder.compile()), "lg", [(envelope, ())], recorded_sends={}, effects={})
-    [sent] = [d.replayed for d in replayed.divergences if d.what == "sent"]
-    checkpoint, reply = sent
-    assert checkpoint["kind"] == "checkpoint" and envelope.correlation_id in checkpoint["payload"]["langgraph"]
-    assert reply["kind"] == "reply" and reply["payload"] == {"interrupted": [{"confirm": "pay"}]}
+    [replayed] = await reexecute(agent, "lg", [(envelope, ())], recorded_sends={}, effects={})
+    asked = [d.replayed for d in replayed.divergences if d.what == "effect"]
+    assert asked == [f'{INTERRUPT_TOOL}({{"interrupts": [{{"confirm": "pay"}}]}}) has no completed record']
 
 
 async def test_a_synchronous_model_call_on_the_loop_of_a_run_is_refused_not_left_to_block_it() -> None:

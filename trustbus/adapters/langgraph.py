@@ -28,17 +28,31 @@ from typing import Any
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, Interrupt
 from pydantic_core import to_jsonable_python
 
 from trustbus.adapters._langchain_calls import Run, current, record_models, record_tool_nodes
 from trustbus.adapters._langgraph_threads import BusCheckpointer
-from trustbus.adapters._recording import MODEL_REQUEST, MODEL_TOOL, idempotency_key, perform, reply_payload, text_of
-from trustbus.agents import Agent, Context, ToolImplementation
+from trustbus.adapters._recording import (
+    MODEL_REQUEST,
+    MODEL_TOOL,
+    as_effect,
+    idempotency_key,
+    perform,
+    reply_payload,
+    text_of,
+)
+from trustbus.agents import Agent, Context, EffectDenied, Tool, ToolImplementation
 from trustbus.bus import Envelope, Kind
 
-__all__ = ["MODEL_TOOL", "LangGraphAgent", "idempotency_key", "on_bus", "text_of"]
+__all__ = ["INTERRUPT_TOOL", "MODEL_TOOL", "LangGraphAgent", "idempotency_key", "on_bus", "text_of"]
 
 log = logging.getLogger("trustbus.agent")
+
+INTERRUPT_TOOL = "graph_interrupt"
+"""The built-in registry entry a graph's ``interrupt()`` is recorded under: high risk, so held under taint."""
+
+_INTERRUPT = Tool(name=INTERRUPT_TOOL, system="graph", owner="agent", effect_class="read", high_risk=True)
 
 Graph = CompiledStateGraph[Any, Any, Any, Any]
 Reply = str | dict[str, Any] | list[Any] | bytes
@@ -54,6 +68,30 @@ def last_message(values: dict[str, Any]) -> Reply:
     messages = values.get("messages") or []
     last = messages[-1] if messages else None
     return reply_payload(last.content if isinstance(last, BaseMessage) else last)
+
+
+def _interrupts_of(result: Any) -> list[Interrupt]:
+    found = result.get("__interrupt__") if isinstance(result, dict) else None
+    return list(found or ())
+
+
+async def _approved() -> bool:
+    return True
+
+
+async def _answer(ctx: Context, interrupts: list[Interrupt]) -> bool:
+    """Whether the run may go on past ``interrupts``: a call of the high-risk built-in ``graph_interrupt``.
+
+    Under taint it is held for an operator: True once approved, False once denied. Untainted, nobody is
+    asked (as for any high-risk call) and it is True.
+    """
+    try:
+        await as_effect(
+            ctx, INTERRUPT_TOOL, {"interrupts": [to_jsonable_python(i.value) for i in interrupts]}, _approved
+        )
+    except EffectDenied:
+        return False
+    return True
 
 
 class LangGraphAgent(Agent):
@@ -79,9 +117,9 @@ class LangGraphAgent(Agent):
         self.input = input
         self.output = output
         self.kinds = frozenset(kinds)
-        names = [*record_tool_nodes(self.graph.nodes), MODEL_TOOL]
+        names = [*record_tool_nodes(self.graph.nodes), MODEL_TOOL, INTERRUPT_TOOL]
         self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, perform))
-        self.builtin_tools = (MODEL_REQUEST,)
+        self.builtin_tools = (MODEL_REQUEST, _INTERRUPT)
 
     async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
         """Take the threads kept in the agent's last checkpoint."""
@@ -100,15 +138,14 @@ class LangGraphAgent(Agent):
             token = current.set(Run(ctx, asyncio.get_running_loop()))
             try:
                 result = await self.graph.ainvoke(self.input(envelope), config)
+                while interrupts := _interrupts_of(result):
+                    answer = await _answer(ctx, interrupts)
+                    result = await self.graph.ainvoke(Command(resume={i.id: answer for i in interrupts}), config)
             finally:
                 current.reset(token)
-            interrupts = result.get("__interrupt__") if isinstance(result, dict) else None
             state = await self.graph.aget_state(config)
             self.threads.commit(thread, envelope.id, state.values)
             await ctx.checkpoint(self.threads.saved())
-            if interrupts:  # on the bus an approval is a hold inside a tool call, not a pause of the graph
-                await ctx.reply({"interrupted": [to_jsonable_python(i.value) for i in interrupts]})
-                return
         values = self.threads.values(thread) or {}
         await ctx.reply(self.output(values))
 
