@@ -13,6 +13,8 @@ on the thread named by the delivery's correlation id:
 - every **call of a tool node** (``ToolNode``) goes through ``ctx.effect`` under the tool's name: declared in
   the registry, never made again once completed, held for an operator when the tool is high risk and the
   context tainted (a call the operator denies comes back to the model as a failed tool call);
+- an ``interrupt()`` is a call of the built-in high-risk tool ``graph_interrupt``, held for an operator
+  under taint; the graph resumes with ``Command(resume=True)`` once approved, ``False`` once denied;
 - the **thread's state** after each delivery is kept in the agent's trustbus checkpoint, so a restarted
   process goes on with the conversation.
 """
