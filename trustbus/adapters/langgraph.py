@@ -47,7 +47,16 @@ from trustbus.adapters._recording import (
 from trustbus.agents import Agent, Context, EffectDenied, Tool, ToolImplementation
 from trustbus.bus import Envelope, Kind
 
-__all__ = ["INTERRUPT_TOOL", "MODEL_TOOL", "LangGraphAgent", "idempotency_key", "on_bus", "text_of"]
+__all__ = [
+    "INTERRUPT_TOOL",
+    "MODEL_TOOL",
+    "LangGraphAgent",
+    "idempotency_key",
+    "last_message",
+    "messages_input",
+    "on_bus",
+    "text_of",
+]
 
 log = logging.getLogger("trustbus.agent")
 
