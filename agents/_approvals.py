@@ -12,18 +12,23 @@ import msgspec
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._errors import AgentError
 from trustbus.agents._policy import Policy
+from trustbus.agents._spans import approval
 from trustbus.bus import (
     Approval,
     Decision,
+    Envelope,
     KeyDirectory,
     Keyring,
     TenantStream,
+    TransportError,
     VerificationError,
+    current_trace,
     decode_effect,
     decode_envelope,
     new_envelope,
     seal,
     subjects,
+    tracing_enabled,
     wrong_role,
 )
 
@@ -32,6 +37,14 @@ POLL_S = 0.1
 
 class ApprovalError(AgentError):
     """The envelope is not held (unknown, already released or dropped), or the answer was not recorded."""
+
+
+async def _held(log: DecisionLog, decision: Decision) -> Envelope | None:
+    """The held envelope ``decision`` is about, as stored (for its trace context only: not verified here)."""
+    try:
+        return decode_envelope((await log.log.get(decision.source_seq)).body)
+    except (TransportError, VerificationError):
+        return None
 
 
 def _check_operator(keyring: Keyring, tenant: str, operator: str, key_id: str) -> None:
@@ -130,30 +143,33 @@ async def answer(
         if current.verdict != "hold":
             raise ApprovalError(f"envelope {envelope_id} is not held: {_describe(current)}")
         verdict: Literal["approve", "deny"] = "approve" if approve else "deny"
-        request = new_envelope(
-            tenant=tenant,
-            kind="approval",
-            sender=operator,
-            to=(),
-            correlation_id=current.correlation_id,
-            causation_id=envelope_id,
-            payload=Approval(envelope_id=envelope_id, verdict=verdict, note=note).encode(),
-        )
-        sealed = seal(request, identity)
-        await stream.publish(subjects.approval(tenant, await stream.partition(current.correlation_id)), sealed)
-        # Wait by re-reading the decision log with message gets: an operator may read the
-        # stream but not create consumers or subscribe to tenant subjects, so no event
-        # reaches it; the poll is bounded by wait_s.
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            await log.catch_up()
-            now = log.state.decision(current.correlation_id, envelope_id)
-            assert now is not None
-            if now.verdict != "hold":
-                if now.approval_id != request.id:
-                    raise ApprovalError(f"envelope {envelope_id} was answered by someone else: {_describe(now)}")
-                return now
-            await asyncio.sleep(POLL_S)
-        raise ApprovalError(
-            f"approval {request.id} is in the stream but no coordinator recorded it within {wait_s:.0f}s"
-        )
+        held = await _held(log, current) if tracing_enabled() else None
+        with approval(operator, current, verdict, envelope=held):
+            request = new_envelope(
+                tenant=tenant,
+                kind="approval",
+                sender=operator,
+                to=(),
+                correlation_id=current.correlation_id,
+                causation_id=envelope_id,
+                payload=Approval(envelope_id=envelope_id, verdict=verdict, note=note).encode(),
+                trace=current_trace(),
+            )
+            sealed = seal(request, identity)
+            await stream.publish(subjects.approval(tenant, await stream.partition(current.correlation_id)), sealed)
+            # Wait by re-reading the decision log with message gets: an operator may read the
+            # stream but not create consumers or subscribe to tenant subjects, so no event
+            # reaches it; the poll is bounded by wait_s.
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                await log.catch_up()
+                now = log.state.decision(current.correlation_id, envelope_id)
+                assert now is not None
+                if now.verdict != "hold":
+                    if now.approval_id != request.id:
+                        raise ApprovalError(f"envelope {envelope_id} was answered by someone else: {_describe(now)}")
+                    return now
+                await asyncio.sleep(POLL_S)
+            raise ApprovalError(
+                f"approval {request.id} is in the stream but no coordinator recorded it within {wait_s:.0f}s"
+            )

@@ -42,6 +42,7 @@ from trustbus.agents._intake import Intake
 from trustbus.agents._memory_writes import MemoryWrites
 from trustbus.agents._outages import patiently
 from trustbus.agents._policy import Policy
+from trustbus.agents._spans import guardrail
 from trustbus.agents._suspension import Suspensions
 from trustbus.bus import (
     Approval,
@@ -58,6 +59,7 @@ from trustbus.bus import (
     rejection,
     subject_owner,
     subjects,
+    tracing_enabled,
 )
 
 log = logging.getLogger("trustbus.coordinator")
@@ -232,7 +234,13 @@ class Coordinator:
                 return None
             return result
 
-        return await self.log.record_group(group, decide_one, by=self.bus)
+        began = time.time_ns()
+        recorded = await self.log.record_group(group, decide_one, by=self.bus)
+        if tracing_enabled():
+            for delivery in group:
+                if delivery.envelope.id in recorded:
+                    self._traced(delivery.envelope, self._decision(delivery.envelope), began)
+        return recorded
 
     def _outbox_of(self, envelope: Envelope) -> str:
         """The one subject ``envelope`` may arrive on: its sender's outbox for its correlation's partition."""
@@ -283,7 +291,15 @@ class Coordinator:
         self, cause: Envelope, make: Callable[[], Decision | Deferral | None]
     ) -> Decision | Deferral | None:
         """Append what ``make()`` decides, re-deciding on a fresh state until no one else got there first."""
-        return await self.log.record(cause, make, by=self.bus)
+        began = time.time_ns()
+        result = await self.log.record(cause, make, by=self.bus)
+        if isinstance(result, Decision):
+            self._traced(cause, result, began)
+        return result
+
+    def _traced(self, cause: Envelope, decision: Decision, began_ns: int) -> None:
+        """The guardrail span of a decision this process recorded, a child of the span that sent ``cause``."""
+        guardrail(self.policy, cause, decision, start_ns=began_ns)
 
     async def _outbox(self, delivery: Delivery) -> None:
         envelope = delivery.envelope

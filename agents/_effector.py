@@ -39,7 +39,8 @@ from trustbus.agents._effect_answers import await_answer
 from trustbus.agents._effect_asks import asks_first, denial_message, is_ask
 from trustbus.agents._effects import idempotency_key
 from trustbus.agents._errors import EffectDenied, EffectError, RuntimeSetupError, UnknownTool
-from trustbus.agents._tools import Toolbox
+from trustbus.agents._spans import execute_tool
+from trustbus.agents._tools import Tool, Toolbox, ToolImplementation
 from trustbus.bus import (
     Bus,
     Decision,
@@ -48,6 +49,7 @@ from trustbus.bus import (
     TransientError,
     TransportError,
     VerificationError,
+    current_trace,
     decode_effect,
     decode_json,
     encode_effect,
@@ -113,6 +115,23 @@ class Effector:
         # An instruction that carries an idempotency key makes the same effect keys however
         # often it is sent (a rollback run twice); otherwise the envelope id does.
         key = idempotency_key(self._cause.idempotency_key or self._cause.id, tool, args, index)
+        with execute_tool(self._agent_id, self._cause, tool=tool, key=key, effect_class=spec.effect_class) as span:
+            result, outcome, gained = await self._call(tool, spec, implementation, arguments, key, index, taint)
+            if span is not None:
+                span.set_attribute("trustbus.effect.outcome", outcome)
+        return result, gained
+
+    async def _call(
+        self,
+        tool: str,
+        spec: Tool,
+        implementation: ToolImplementation,
+        arguments: bytes,
+        key: str,
+        index: int,
+        taint: tuple[str, ...],
+    ) -> tuple[Any, str, tuple[str, ...]]:
+        """:meth:`call` under its key: the result, how it was had (``recalled`` or ``ran``) and the taint after."""
         partition = self._bus.partition(self._cause.correlation_id)
         subject = subjects.effect_record(self._bus.tenant, self._agent_id, partition, key)
         found = await self._last_record(subject, key, tool)
@@ -120,7 +139,7 @@ class Effector:
         if last is not None and last.phase == "completed":
             log.info("effect already completed; recorded result returned", extra={"tool": tool, "key": key})
             self._completed[index] = key
-            return decode_json(last.result or b"null"), _union(taint, last.taint, spec.result_taint)
+            return decode_json(last.result or b"null"), "recalled", _union(taint, last.taint, spec.result_taint)
         mediated = asks_first(high_risk=spec.high_risk, effect_class=spec.effect_class, taint=taint)
         if last is not None and last.phase == "requested" and not mediated:
             log.warning("effect requested but never finished; calling again with its key", extra={"key": key})
@@ -162,7 +181,7 @@ class Effector:
         completed = msgspec.structs.replace(requested, phase="completed", result=result, taint=spec.result_taint)
         await self._record(subject, completed, gained)
         self._completed[index] = key
-        return json.loads(result), gained
+        return json.loads(result), "ran", gained
 
     async def _answer(self, ask: Envelope, tool: str) -> Decision:
         """The coordinator's answer to ``ask``, waited for until the process stops.
@@ -214,6 +233,7 @@ class Effector:
             hop=self._cause.hop + 1,
             taint=taint,
             idempotency_key=record.idempotency_key,
+            trace=current_trace(),
         )
         await self._bus.publish(subject, self._bus.seal(envelope))
         metrics.EFFECTS.labels(record.tool, record.phase).inc()

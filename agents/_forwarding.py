@@ -26,6 +26,7 @@ from trustbus.bus import (
     HEADER_KEY,
     HEADER_MSG_ID,
     HEADER_SIG,
+    HEADER_TRACEPARENT,
     Bus,
     ConsumerSettings,
     Decision,
@@ -100,6 +101,7 @@ class Forwarder:
                 HEADER_SIG: headers.get(HEADER_SIG, ""),
                 HEADER_KEY: headers.get(HEADER_KEY, ""),
                 HEADER_MSG_ID: msg_id,
+                **({HEADER_TRACEPARENT: headers[HEADER_TRACEPARENT]} if HEADER_TRACEPARENT in headers else {}),
                 **countersign(
                     body,
                     recipient=recipient,

@@ -37,6 +37,16 @@ Adapt = Callable[[object], Agent | None]
 """Turns an agent of another framework into an :class:`Agent`; None if it is not one it knows."""
 
 
+def _importable_from_cwd() -> None:
+    """Let ``module:attr`` name a module under the working directory, looked up after the installed packages.
+
+    Run from the repository root, the folder ``agents/`` (trustbus.agents) would otherwise be found first as
+    a top-level ``agents``, the OpenAI Agents SDK's name (``python -m`` puts the working directory first).
+    """
+    cwd = str(Path.cwd())
+    sys.path[:] = [entry for entry in sys.path if entry not in ("", cwd)] + [cwd]
+
+
 def load_agent(target: str, *, adapt: Adapt | None = None) -> Agent:
     """Import ``module:attr``: an :class:`Agent` instance, or a class to instantiate with no arguments.
 
@@ -45,8 +55,7 @@ def load_agent(target: str, *, adapt: Adapt | None = None) -> Agent:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise RuntimeSetupError(f"agent {target!r}: expected module:attribute, e.g. examples.pingpong:agent")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    _importable_from_cwd()
     try:
         found = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, SyntaxError) as exc:

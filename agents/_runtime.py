@@ -27,6 +27,7 @@ from trustbus.agents._forwarding import INBOX_SETTINGS
 from trustbus.agents._memory import ForeignRecorder, Memory, checkpoint_key, memory_bucket
 from trustbus.agents._outages import patiently
 from trustbus.agents._signed_value import open_checkpoint
+from trustbus.agents._spans import invoke_agent
 from trustbus.agents._tools import Tool, Toolbox, ToolImplementation
 from trustbus.bus import (
     Bus,
@@ -38,6 +39,7 @@ from trustbus.bus import (
     MalformedPayload,
     TransientError,
     TransportError,
+    current_trace,
     decode_json,
     new_envelope,
     subjects,
@@ -125,7 +127,8 @@ class Context:
         taint: Iterable[str] = (),
         idempotency_key: str | None = None,
     ) -> Envelope:
-        """Send a new envelope caused by this one, through the coordinator."""
+        """Send a new envelope caused by this one, through the coordinator (with the current span's trace
+        context, when tracing is on)."""  # noqa: D205, D209
         body, default_type = _encode(payload)
         envelope = new_envelope(
             tenant=self.envelope.tenant,
@@ -139,6 +142,7 @@ class Context:
             hop=self.envelope.hop + 1,
             taint=set(self.taint) | set(taint),
             idempotency_key=idempotency_key,
+            trace=current_trace(),
         )
         await self._emit(envelope)
         return envelope
@@ -354,11 +358,12 @@ async def _handle_in_time(agent: Agent, ctx: Context) -> None:
     deadline = asyncio.timeout(agent.handler_timeout_s)
     ctx._deadline = deadline  # a tool call held for an operator suspends it (Context._waiting_for_a_person)
     try:
-        async with deadline:
-            if compensation_request(ctx.envelope) is not None:
-                await compensate(ctx)
-            else:
-                await agent.handle(ctx)
+        with invoke_agent(ctx.agent_id, ctx.envelope, attempt=ctx.attempt):
+            async with deadline:
+                if compensation_request(ctx.envelope) is not None:
+                    await compensate(ctx)
+                else:
+                    await agent.handle(ctx)
     except TimeoutError as exc:
         if not deadline.expired():
             raise  # the handler's own timeout, not ours: it decides what that means

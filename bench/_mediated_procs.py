@@ -131,7 +131,11 @@ def summary(args: argparse.Namespace, pacer: Pacer, first_ns: int, last_ns: int,
     emit(sent=args.n, first_ns=first_ns, last_ns=last_ns, max_lag_ms=round(pacer.max_lag_s * 1e3, 3), cpu_s=cpu_s)
 
 
+SEND_ATTRIBUTES = {"messaging.system": "nats", "messaging.operation.type": "send"}
+
+
 async def tb_send(args: argparse.Namespace) -> None:
+    bus.configure_tracing("bench a")  # on only if OTEL_* asks (bench/mediated.py --telemetry)
     keys = bus.KeyDirectory(Path(args.keys))
     identity = keys.load(args.tenant, "a")
     async with await bus.Bus.connect(args.url, tenant=args.tenant, name="a", identity=identity) as bus_a:
@@ -142,15 +146,17 @@ async def tb_send(args: argparse.Namespace) -> None:
             await pacer.wait(i)
             now = time.time_ns()
             first_ns = first_ns or now
-            envelope = bus.new_envelope(
-                tenant=args.tenant,
-                kind="event",
-                sender="a",
-                to=("b",),
-                payload=make_payload(args.phase, i, args.n, now, args.payload),
-                content_type="application/json",
-            )
-            await bus_a.publish_pipelined(bus_a.outbox(envelope), bus_a.seal(envelope))
+            with bus.traced("send event", SEND_ATTRIBUTES):  # off (no OTEL_* set): a null context
+                envelope = bus.new_envelope(
+                    tenant=args.tenant,
+                    kind="event",
+                    sender="a",
+                    to=("b",),
+                    payload=make_payload(args.phase, i, args.n, now, args.payload),
+                    content_type="application/json",
+                    trace=bus.current_trace(),
+                )
+                await bus_a.publish_pipelined(bus_a.outbox(envelope), bus_a.seal(envelope))
         last_ns = time.time_ns()
         await bus_a.flush(timeout_s=FLUSH_TIMEOUT_S)
         cpu_s = time.process_time() - cpu_start

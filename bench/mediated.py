@@ -50,7 +50,16 @@ phase's per-message send and receive times; ``--coordinator-module M`` runs ``py
 instead of ``trustbus`` (a wrapper that patches the coordinator, to measure a candidate change without
 editing it). ``--metrics`` runs the coordinator and B with ``--metrics-port 0`` and scrapes both every
 second (a harsher rate than Prometheus's usual 15 s), so a run with it and one without show what the
-metrics cost (docs/OBSERVABILITY.md). Every process is stopped (SIGTERM, then SIGKILL after a timeout) on
+metrics cost (docs/OBSERVABILITY.md). ``--telemetry`` adds a third topology in the same run: the
+mediated path again, in a tenant of its own (``benchtel``) with its own coordinator and B, every process
+of it (A included) tracing at 100% sampling (``--sample-ratio R``: a share R of the traces, decided by A)
+and exporting over OTLP/HTTP to a receiver the bench runs on 127.0.0.1 (it counts what it is sent, never
+decodes it), the coordinator and B also serving ``/metrics`` scraped every second. ``telemetry_ratio`` is
+its throughput over the plain mediated path's (the median of the per-round ratios; target >= 0.9), and
+``telemetry_cpu_ratio`` the same of their CPU per message (all four processes, off over on): what the
+throughput ratio tends to when the cores are all busy, steadier than it when other work shares them. The
+plain path runs the same instrumented code with nothing configured: its figures are tracing off.
+Every process is stopped (SIGTERM, then SIGKILL after a timeout) on
 success, failure, Ctrl-C and SIGTERM (and is sent SIGTERM by Linux if the bench itself is killed); on failure
 their stderr tails are printed (bench/_harness.py, over the process supervisor the demo and the end-to-end tests use).
 """
@@ -76,6 +85,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import nats
@@ -104,6 +114,9 @@ SINK = "bench._mediated_sink:Sink"
 OUT_ENV = "BENCH_MEDIATED_OUT"  # where the sinks write (bench/_mediated_procs.py reads the same name)
 TENANT = "bench"
 TOPOLOGIES = ("raw", "mediated")
+TELEMETRY = "telemetry"  # with --telemetry: the mediated path, traced and with metrics on
+TELEMETRY_TENANT = "benchtel"
+TELEMETRY_TARGET = 0.9
 WARMUP_N = 500
 RATIO_TARGET = 0.5
 P99_TARGET_MS = 10.0
@@ -213,6 +226,41 @@ def scrape_every_second(ports: list[int]) -> None:
         time.sleep(1.0)  # the scrape interval being measured
 
 
+class OtlpSink:
+    """A local OTLP/HTTP endpoint: answers 200 to every export and counts requests and bytes (never decodes)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.bytes = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                sink.bytes += len(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, name="otlp-sink", daemon=True).start()
+
+    def env(self, sample_ratio: float) -> dict[str, str]:
+        """The OTEL_* variables that trace ``sample_ratio`` of the traces (decided by A, followed by the
+        others) and export them here."""
+        sampler = {"OTEL_TRACES_SAMPLER": "always_on"}
+        if sample_ratio < 1:
+            sampler = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(sample_ratio)}
+        return {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces",
+            **sampler,
+        }
+
+
 def fetch_args(settings: bus.ConsumerSettings) -> list[str]:
     return ["--batch", str(settings.batch), "--fetch-timeout", str(settings.fetch_timeout_s)]
 
@@ -235,6 +283,8 @@ class Bench:
         self.out_dir.mkdir()
         self.children = supervisor(work, env, self._progress_line)
         self.servers: dict[str, list[Process]] = {}  # per topology: its long-running processes, hub first
+        self.otlp: OtlpSink | None = None  # with --telemetry
+        self.envs: dict[str, dict[str, str]] = {}  # per topology: what its processes add to the environment
 
     def _progress_line(self, fields: dict[str, Any]) -> None:
         task = self._tasks.get(str(fields["progress"]))
@@ -251,31 +301,48 @@ class Bench:
         return [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{profile_name}.prof"), "-m", module, *args]
 
     def start_servers(self) -> None:
-        """Provision, then start (and wait for) the coordinator, both sinks and the relay."""
+        """Provision, then start (and wait for) the coordinator, both sinks and the relay (and, with --telemetry,
+        the traced coordinator and sink)."""
         keys = bus.KeyDirectory(self.keys_dir)
         asyncio.run(provision(self.url, keys))
         self.policy.write_text(POLICY)
-        common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", TENANT]
-        if self.args.metrics:
+        scraped = self.start_mediated("mediated", TENANT, metrics=self.args.metrics)
+        processes = [*self.servers["mediated"], *self.start_raw()]
+        if self.args.telemetry:
+            holders = [("a", "agent"), ("b", "agent"), ("coordinator", "coordinator")]
+            asyncio.run(provision_tenant(self.url, TELEMETRY_TENANT, keys, holders))
+            self.otlp = OtlpSink()
+            self.envs[TELEMETRY] = self.otlp.env(self.args.sample_ratio)
+            scraped += self.start_mediated(TELEMETRY, TELEMETRY_TENANT, metrics=True)
+            processes += self.servers[TELEMETRY]
+        for process in processes:
+            process.wait_ready(READY_TIMEOUT_S)
+        ports = [int(p.ready_line["metrics_port"]) for p in scraped if p.ready_line is not None]
+        if ports:
+            threading.Thread(target=scrape_every_second, args=(ports,), name="scraper", daemon=True).start()
+
+    def start_mediated(self, topology: str, tenant: str, *, metrics: bool) -> list[Process]:
+        """Start ``topology``'s coordinator and B in ``tenant`` (not waiting); those serving /metrics."""
+        common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", tenant]
+        if metrics:
             common += ["--metrics-port", "0"]
+        env = {**self.children.env, **self.envs.get(topology, {})}
         coordinator = self.children.start(
-            "coordinator",
+            f"{topology}-coordinator",
             self.argv(
                 self.args.coordinator_module,
                 ["coordinator", "run", "--policy", str(self.policy), *common],
-                "coordinator",
+                f"{topology}-coordinator",
             ),
+            env=env,
         )
         sink = self.children.start(
-            "mediated-b",
-            self.argv("trustbus", ["agent", "run", SINK, "--id", "b", *common], "mediated-b"),
+            f"{topology}-b",
+            self.argv("trustbus", ["agent", "run", SINK, "--id", "b", *common], f"{topology}-b"),
+            env=env,
         )
-        self.servers["mediated"] = [coordinator, sink]
-        for process in (coordinator, sink, *self.start_raw()):
-            process.wait_ready(READY_TIMEOUT_S)
-        if self.args.metrics:
-            ports = [int(p.ready_line["metrics_port"]) for p in (coordinator, sink) if p.ready_line is not None]
-            threading.Thread(target=scrape_every_second, args=(ports,), name="scraper", daemon=True).start()
+        self.servers[topology] = [coordinator, sink]
+        return [coordinator, sink] if metrics else []
 
     def start_raw(self) -> list[Process]:
         """Start the raw relay and sink, ``servers["raw"]`` (the caller waits for them to be ready)."""
@@ -311,8 +378,10 @@ class Bench:
         if topology == "raw":
             args = ["raw-send", *common]
         else:
+            tenant = TELEMETRY_TENANT if topology == TELEMETRY else tenant
             args = ["tb-send", *common, "--tenant", tenant, "--keys", str(self.keys_dir)]
-        sender = self.children.start(f"{name}-a", self.argv(PROCS, args))
+        env = {**self.children.env, **self.envs.get(topology, {})}
+        sender = self.children.start(f"{name}-a", self.argv(PROCS, args), env=env)
         watch = self.servers[topology] if watch is None else watch
         finish(sender, (n / rate if rate else 0.0) + SENDER_SLACK_S, watch=watch)
         record = wait_for_record(
@@ -374,8 +443,9 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     for directory in (args.profile, args.keep_records):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-    throughputs: dict[str, list[Throughput]] = {t: [] for t in TOPOLOGIES}
-    latencies: dict[str, list[Latency]] = {t: [] for t in TOPOLOGIES}
+    topologies = (*TOPOLOGIES, TELEMETRY) if args.telemetry else TOPOLOGIES
+    throughputs: dict[str, list[Throughput]] = {t: [] for t in topologies}
+    latencies: dict[str, list[Latency]] = {t: [] for t in topologies}
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-mediated-") as tmp, progress:
         bench = Bench(args, Path(tmp), progress)
@@ -385,10 +455,10 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                 bench.url = server.start()
                 bench.server_pid = server.pid
                 bench.start_servers()
-                for topology in TOPOLOGIES:
+                for topology in topologies:
                     bench.throughput(topology, "warm-up", WARMUP_N)
                 for round_no in range(args.rounds):
-                    order = TOPOLOGIES if round_no % 2 == 0 else tuple(reversed(TOPOLOGIES))
+                    order = topologies if round_no % 2 == 0 else tuple(reversed(topologies))
                     tag = f"{round_no + 1}/{args.rounds}"
                     for topology in order:
                         throughputs[topology].append(bench.throughput(topology, f"tput {tag}", args.n))
@@ -400,7 +470,35 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["sync_always"] = args.sync == "always"
     result["metrics"] = args.metrics
+    if args.telemetry:
+        result.update(telemetry_figures(throughputs, latencies))
+        result["sample_ratio"] = args.sample_ratio
+        assert bench.otlp is not None
+        result["otlp_exports"] = {"requests": bench.otlp.requests, "bytes": bench.otlp.bytes}
     return result
+
+
+def telemetry_figures(throughputs: dict[str, list[Throughput]], latencies: dict[str, list[Latency]]) -> dict[str, Any]:
+    """The traced mediated path against the plain one: ``telemetry_ratio`` (throughput on / off) and latencies."""
+    on, off = throughputs[TELEMETRY], throughputs["mediated"]
+    ratios = [t.msgs_per_s / m.msgs_per_s for m, t in zip(off, on, strict=True)]
+    ratio = statistics.median(ratios)
+    # CPU per message of all four processes, off over on: what the throughput ratio tends to on a machine
+    # whose cores are all busy, and steadier than it when other work shares the machine.
+    cpu_ratios = [sum(m.cpu_us_per_msg.values()) / sum(t.cpu_us_per_msg.values()) for m, t in zip(off, on, strict=True)]
+    return {
+        "telemetry_cpu_ratio": round(statistics.median(cpu_ratios), 4),
+        "telemetry_msgs_per_s": round(statistics.median([x.msgs_per_s for x in on]), 1),
+        "telemetry_ratio": round(ratio, 4),
+        "round_telemetry_ratios": [round(r, 4) for r in ratios],
+        "telemetry_p50_ms": round(statistics.median([x.p50_ms for x in latencies[TELEMETRY]]), 3),
+        "telemetry_p99_ms": round(statistics.median([x.p99_ms for x in latencies[TELEMETRY]]), 3),
+        "telemetry_cpu_us_per_msg": {
+            role: round(statistics.median([x.cpu_us_per_msg[role] for x in on]), 1)
+            for role in ("server", "a", "hub", "b")
+        },
+        "telemetry_pass": ratio >= TELEMETRY_TARGET,
+    }
 
 
 def summarise(
@@ -519,6 +617,36 @@ def report_table(r: dict[str, Any]) -> Table:
         table.add_row(f"CPU µs/msg at full load (sys): {what}", cpu_cell("raw", role), cpu_cell("mediated", role))
     raw_total, mediated_total = (sum(cpu[t].values()) for t in ("raw", "mediated"))
     table.add_row("CPU µs/msg at full load: all", f"{raw_total:,.0f}", f"{mediated_total:,.0f}", "", "")
+    if "telemetry_ratio" in r:
+        table.add_row(
+            "traced + metrics msgs/s (ratio: on / off)",
+            "",
+            f"{r['telemetry_msgs_per_s']:,.0f}",
+            f"{r['telemetry_ratio']:.3f}",
+            f">= {TELEMETRY_TARGET} {verdict(r['telemetry_pass'])}",
+        )
+        table.add_row(
+            "CPU µs/msg, all processes: off / on (ratio)",
+            "",
+            f"{mediated_total:,.0f} / {sum(r['telemetry_cpu_us_per_msg'].values()):,.0f}",
+            f"{r['telemetry_cpu_ratio']:.3f}",
+            "",
+        )
+        table.add_row(
+            f"traced latency p50 / p99 at {rate} (ms)",
+            "",
+            f"{r['telemetry_p50_ms']:.2f} / {r['telemetry_p99_ms']:.2f}",
+            "",
+            "",
+        )
+        traced_cpu = r["telemetry_cpu_us_per_msg"]
+        table.add_row(
+            "traced CPU µs/msg: A / coordinator / B / server",
+            "",
+            " / ".join(f"{traced_cpu[role]:,.0f}" for role in ("a", "hub", "b", "server")),
+            "",
+            "",
+        )
     return table
 
 
@@ -548,6 +676,19 @@ def main() -> None:
     parser.add_argument(
         "--metrics", action="store_true", help="serve /metrics from the coordinator and B, scraped every second"
     )
+    parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="also run the mediated path traced (100%% sampling, OTLP to a local receiver) with metrics on; "
+        "--json adds telemetry_ratio (throughput on / off)",
+    )
+    parser.add_argument(
+        "--sample-ratio",
+        type=float,
+        default=1.0,
+        help="with --telemetry: the share of traces sampled (default 1: every one; below 1, A decides and the "
+        "coordinator and B follow, OTEL_TRACES_SAMPLER=parentbased_traceidratio)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()
     if args.n < 100 or args.rounds < 1 or args.rate <= 0 or args.seconds <= args.warmup or args.warmup < 0:
@@ -556,6 +697,8 @@ def main() -> None:
         parser.error("--rate x (--seconds - --warmup) must leave at least 100 measured messages")
     if args.payload < 128:
         parser.error("--payload must be at least 128 bytes (the timing fields)")
+    if not 0 < args.sample_ratio <= 1:
+        parser.error("--sample-ratio must be in (0, 1]")
     run_bench(measure, report_table, args)
 
 

@@ -142,6 +142,16 @@ if TYPE_CHECKING:
     from trustbus.bus._subjects import NAME_PATTERN
     from trustbus.bus._tail import TailItem, tail
     from trustbus.bus._tenant_stream import TenantStream
+    from trustbus.bus._trace_context import HEADER_TRACEPARENT
+    from trustbus.bus._tracing import (
+        configure_tracing,
+        current_trace,
+        record_span,
+        traced,
+        tracing_asked,
+        tracing_enabled,
+        use_tracer,
+    )
     from trustbus.bus._transport import Bus
     from trustbus.bus._work_queue import WorkItem, WorkQueue, WorkQueueSettings
 
@@ -183,6 +193,7 @@ __all__ = [
     "HEADER_KEY",
     "HEADER_MSG_ID",
     "HEADER_SIG",
+    "HEADER_TRACEPARENT",
     "Identity",
     "KeyDirectory",
     "KeyGrant",
@@ -295,6 +306,13 @@ __all__ = [
     "summarise",
     "summary_msg_id",
     "tail",
+    "configure_tracing",
+    "current_trace",
+    "record_span",
+    "traced",
+    "tracing_asked",
+    "tracing_enabled",
+    "use_tracer",
     "tenant_partitions",
     "tenant_stream_config",
     "unless_stopped",
@@ -421,6 +439,14 @@ _ORIGINS: dict[str, str] = {
     "HEADER_KEY": "trustbus.bus._seal",
     "HEADER_MSG_ID": "trustbus.bus._seal",
     "HEADER_SIG": "trustbus.bus._seal",
+    "HEADER_TRACEPARENT": "trustbus.bus._trace_context",
+    "configure_tracing": "trustbus.bus._tracing",
+    "current_trace": "trustbus.bus._tracing",
+    "record_span": "trustbus.bus._tracing",
+    "traced": "trustbus.bus._tracing",
+    "tracing_asked": "trustbus.bus._tracing",
+    "tracing_enabled": "trustbus.bus._tracing",
+    "use_tracer": "trustbus.bus._tracing",
     "Limits": "trustbus.bus._seal",
     "Mediation": "trustbus.bus._seal",
     "Opened": "trustbus.bus._seal",

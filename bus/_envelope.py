@@ -18,11 +18,13 @@ import msgspec
 from trustbus.bus._errors import ConfigError, Malformed, UnsupportedVersion
 from trustbus.bus._payload import Bounds, check_msgpack
 from trustbus.bus._subjects import NAME_PATTERN, RECIPIENT_PATTERN
+from trustbus.bus._trace_context import TRACEPARENT_PATTERN, TRACESTATE_MAX, trace_problem
 
 LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:./-]{0,127}\Z"
 INT64_MAX = 2**63 - 1
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest; an envelope without trace context is written as version 1
+FIELDS = {1: 14, 2: 15}  # schema version -> its keys, every one required on the wire (docs/WIRE.md)
 MAX_MSG_SIZE = 1024 * 1024  # one stored message at most (the tenant stream's max_msg_size, the server's max_payload)
 
 Kind = Literal["event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint"]
@@ -33,15 +35,17 @@ Recipient = Annotated[str, msgspec.Meta(pattern=RECIPIENT_PATTERN)]
 Label = Annotated[str, msgspec.Meta(pattern=LABEL_PATTERN)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Int64 = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+Traceparent = Annotated[str, msgspec.Meta(pattern=TRACEPARENT_PATTERN)]
+Tracestate = Annotated[str, msgspec.Meta(max_length=TRACESTATE_MAX)]
 
-FIELDS = 14  # every key is required on the wire: a body is a map of exactly these 14 entries
 
-
-class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """A signed, provenance-tagged message. Field names are part of the wire contract.
 
     Build one with :func:`new_envelope`, which fills ``id`` and ``ts`` and
-    normalises ``taint``. Every field is required on the wire (docs/WIRE.md).
+    normalises ``taint``. Every field is required on the wire (docs/WIRE.md);
+    ``trace`` (W3C ``[traceparent, tracestate]``) is in version 2 only, so a
+    version 1 envelope (``trace`` None) encodes exactly as before it existed.
     """
 
     v: int
@@ -58,6 +62,12 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idempotency_key: Annotated[str, msgspec.Meta(max_length=256)] | None
     content_type: ContentType
     payload: bytes
+    trace: tuple[Traceparent, Tracestate] | None = None
+
+    @property
+    def traceparent(self) -> str | None:
+        """The W3C ``traceparent`` of the span that sent this envelope, if it carries one."""
+        return None if self.trace is None else self.trace[0]
 
 
 class _VersionProbe(msgspec.Struct):
@@ -69,6 +79,7 @@ _decoder = msgspec.msgpack.Decoder(Envelope)
 _probe_decoder = msgspec.msgpack.Decoder(_VersionProbe)
 # A valid envelope nests two deep (the map, its lists); its size is the receiver's limit (bus.Limits).
 _BOUNDS = Bounds(max_depth=4, max_bytes=sys.maxsize)
+_READ = " and ".join(map(str, FIELDS))
 
 
 def new_id(now_ns: int | None = None) -> str:
@@ -99,15 +110,17 @@ def new_envelope(
     taint: Iterable[str] = (),
     idempotency_key: str | None = None,
     now_ns: int | None = None,
+    trace: tuple[str, str] | None = None,
 ) -> Envelope:
     """Build an envelope with a fresh time-ordered id and ``ts``; taint is sorted and deduplicated, ``to`` deduplicated.
 
-    A new origin (no ``correlation_id``) starts its own correlation, named by its id.
+    A new origin (no ``correlation_id``) starts its own correlation, named by its id. ``trace``
+    (``(traceparent, tracestate)``, tracestate ``""`` for none) makes it a version 2 envelope.
     """
     ts = time.time_ns() if now_ns is None else now_ns
     env_id = new_id(ts)
     envelope = Envelope(
-        v=SCHEMA_VERSION,
+        v=1 if trace is None else 2,
         id=env_id,
         tenant=tenant,
         kind=kind,
@@ -121,6 +134,7 @@ def new_envelope(
         idempotency_key=idempotency_key,
         content_type=content_type,
         payload=payload,
+        trace=trace,
     )
     # Round-trip through the validating decoder so a bad name fails here, not at the receiver.
     try:
@@ -146,11 +160,11 @@ def decode_envelope(body: bytes) -> Envelope:
             version = _probe_decoder.decode(body).v
         except (msgspec.DecodeError, ValueError):
             raise Malformed(str(exc)) from exc
-        if version != SCHEMA_VERSION:
-            raise UnsupportedVersion(f"schema version {version}, this code reads {SCHEMA_VERSION}") from exc
+        if version not in FIELDS:
+            raise UnsupportedVersion(f"schema version {version}, this code reads {_READ}") from exc
         raise Malformed(str(exc)) from exc
-    if envelope.v != SCHEMA_VERSION:
-        raise UnsupportedVersion(f"schema version {envelope.v}, this code reads {SCHEMA_VERSION}")
+    if envelope.v not in FIELDS:
+        raise UnsupportedVersion(f"schema version {envelope.v}, this code reads {_READ}")
     problem = _schema_problem(body, envelope)
     if problem is not None:
         raise Malformed(problem)
@@ -170,11 +184,15 @@ def _map_size(body: bytes) -> int | None:
 
 
 def _schema_problem(body: bytes, envelope: Envelope) -> str | None:
-    """What the typed decode cannot see: a repeated key, unsorted or repeated taint, a repeated recipient."""
-    if _map_size(body) != FIELDS:
-        return f"an envelope is a map of exactly {FIELDS} entries (a key is repeated)"
+    """What the typed decode cannot see: a repeated key, a version without its keys, unsorted or repeated taint,
+    a repeated recipient, a trace context the patterns let through."""  # noqa: D205, D209
+    fields = FIELDS[envelope.v]
+    if _map_size(body) != fields:
+        return f"a version {envelope.v} envelope is a map of exactly {fields} entries (a key is missing or repeated)"
+    if (envelope.trace is None) != (envelope.v == 1):
+        return "`trace` is required in a version 2 envelope, and unknown in version 1"
     if list(envelope.taint) != sorted(set(envelope.taint)):
         return "taint labels must be sorted (by code point) with no duplicates"
     if len(set(envelope.to)) != len(envelope.to):
         return "a recipient is named twice in `to`"
-    return None
+    return None if envelope.trace is None else trace_problem(*envelope.trace)

@@ -57,6 +57,7 @@ from trustbus.bus._headers import check_signed_headers
 from trustbus.bus._identity import Identity, verify_key
 from trustbus.bus._keyring import KeyGrant, Keyring
 from trustbus.bus._payload import check_payload
+from trustbus.bus._trace_context import HEADER_TRACEPARENT
 
 SIGNATURE_DOMAIN = b"trustbus/v1\x00"
 COUNTERSIGNATURE_DOMAIN = b"trustbus/v1/csig\x00"
@@ -168,17 +169,20 @@ class SeenIds:
 
 
 def seal(envelope: Envelope, identity: Identity) -> Sealed:
-    """Encode ``envelope`` once and sign those bytes; ``Nats-Msg-Id`` is the envelope id."""
+    """Encode ``envelope`` once and sign those bytes; ``Nats-Msg-Id`` is the envelope id.
+
+    An envelope with trace context also gets a ``traceparent`` header: unsigned, for nats-server's
+    message tracing and other readers of headers; the envelope's own copy is the one trusted.
+    """
     body = encode_envelope(envelope)
-    return Sealed(
-        envelope=envelope,
-        body=body,
-        headers={
-            HEADER_MSG_ID: envelope.id,
-            HEADER_SIG: base64.b64encode(identity.sign(SIGNATURE_DOMAIN + body)).decode(),
-            HEADER_KEY: identity.key_id,
-        },
-    )
+    headers = {
+        HEADER_MSG_ID: envelope.id,
+        HEADER_SIG: base64.b64encode(identity.sign(SIGNATURE_DOMAIN + body)).decode(),
+        HEADER_KEY: identity.key_id,
+    }
+    if envelope.trace is not None:
+        headers[HEADER_TRACEPARENT] = envelope.trace[0]
+    return Sealed(envelope=envelope, body=body, headers=headers)
 
 
 def countersignature_message(

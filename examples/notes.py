@@ -1,6 +1,6 @@
 """A note-taking agent whose tools an MCP server serves: it implements none of them.
 
-trustbus tools import-mcp --server notebook --command "python my_notebook_server.py" --file notes.yaml --owner me
+trustbus tools import-mcp --server notebook --command "python examples/notebook_server.py" --file notes.yaml --owner ops
 trustbus agent run examples.notes:app --id notes --tenant demo --tools notes.yaml
 """
 

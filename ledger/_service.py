@@ -44,6 +44,7 @@ from trustbus.bus import (
     collected,
     stop_on_signals,
     subjects,
+    traced,
     wrong_role,
 )
 from trustbus.ledger._checkpointing import CheckpointSchedule, checkpoint_envelope
@@ -51,7 +52,7 @@ from trustbus.ledger._errors import ServiceError
 from trustbus.ledger._given_up import GivenUpRecorder
 from trustbus.ledger._metrics import CHECKPOINTS, LedgerGauges
 from trustbus.ledger._parallel import open_all
-from trustbus.ledger._projector import Projector
+from trustbus.ledger._projector import Position, Projector
 from trustbus.ledger._rows import KeyRow, Rows
 from trustbus.ledger._segments import SegmentStore
 from trustbus.ledger._strays import StrayRecorder
@@ -237,13 +238,26 @@ class LedgerService:
         rows, self._pending = self._pending, Rows()
         self._pending_since = None
         keys = [KeyRow.of(g) for g in self.bus.keyring.keyring.grants()]
-        await asyncio.to_thread(
-            self.store.commit, rows, self.projector.position, since_checkpoint=self.schedule.since, keys=keys
-        )
+        position = self.projector.position
+        with traced(
+            "commit ledger",
+            {
+                "trustbus.tenant": self.bus.tenant,
+                "trustbus.ledger.through_seq": position.last_seq,
+                "trustbus.ledger.rows": len(rows),
+            },
+        ):
+            await asyncio.to_thread(self.store.commit, rows, position, since_checkpoint=self.schedule.since, keys=keys)
         log.debug("committed", extra={"through_seq": self.projector.position.last_seq, "rows": len(rows)})
 
     async def _checkpoint(self, now: float) -> None:
         position = self.projector.position
+        with traced(
+            "checkpoint ledger", {"trustbus.tenant": self.bus.tenant, "trustbus.ledger.through_seq": position.last_seq}
+        ):
+            await self._publish_checkpoint(now, position)
+
+    async def _publish_checkpoint(self, now: float, position: Position) -> None:
         envelope = checkpoint_envelope(self.bus.tenant, self.bus.name, position)
         try:
             await self.bus.publish(subjects.checkpoint(self.bus.tenant), self.bus.seal(envelope))

@@ -18,6 +18,7 @@ from trustbus._cli_common import (
     out,
     run,
     servers,
+    traces,
 )
 
 approvals_app = typer.Typer(help="Envelopes held for an operator.", no_args_is_help=True)
@@ -61,6 +62,7 @@ def _answer(
 ) -> None:  # fmt: skip
     from trustbus.agents import answer
 
+    traces("approve" if approve else "deny")
     decision = run(
         answer(
             servers(server),

@@ -13,6 +13,7 @@ would be compiled and evaluated there, several times over (tests/unit/test_struc
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -232,6 +233,22 @@ async def _across(archive: Path, tenant: str | None, server: str, admin_key: str
         return await load_across(archive, admin_key=admin_key)
     async with await TenantStream.connect(servers(server), tenant, nkey_seed=nkey_seed()) as reader:
         return await load_across(archive, reader)
+
+
+def traces(command: str) -> None:
+    """Make spans in this ``trustbus <command>`` if the OTEL_* variables ask (docs/OBSERVABILITY.md, "Traces").
+
+    Nothing of tracing is even imported without them; an exporter that cannot be made is exit code 2.
+    """
+    if not any(name.startswith("OTEL_") for name in os.environ):
+        return
+    from trustbus.bus import ConfigError, configure_tracing
+
+    try:
+        configure_tracing(f"trustbus {command}")
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @contextmanager

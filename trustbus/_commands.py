@@ -17,12 +17,14 @@ from trustbus.bus import (
     TailItem,
     TenantStream,
     VerificationError,
+    current_trace,
     decode_json,
     decode_quarantine_payload,
     new_envelope,
     open_envelope,
     seal,
     subjects,
+    traced,
 )
 
 KINDS = ("event", "instruction", "reply", "memory_write", "effect", "approval", "decision", "checkpoint")
@@ -64,23 +66,34 @@ async def send_one(
     identity = keys.load(tenant, sender)
     kind_value: Kind = kind  # type: ignore[assignment]
     content_type_value: ContentType = content_type  # type: ignore[assignment]
-    envelope = new_envelope(
-        tenant=tenant,
-        kind=kind_value,
-        sender=sender,
-        to=to,
-        payload=payload,
-        content_type=content_type_value,
-        taint=taint,
-        correlation_id=correlation_id,
-        causation_id=causation_id,
-        hop=hop,
-        idempotency_key=idempotency_key,
-    )
-    sealed = seal(envelope, identity)
-    async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as stream:
-        target = subject or await stream.outbox(sender, envelope.correlation_id)
-        stored = await stream.publish(target, sealed)
+    with traced(f"send {kind}", {"messaging.system": "nats", "messaging.operation.type": "send"}) as span:
+        envelope = new_envelope(
+            tenant=tenant,
+            kind=kind_value,
+            sender=sender,
+            to=to,
+            payload=payload,
+            content_type=content_type_value,
+            taint=taint,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            hop=hop,
+            idempotency_key=idempotency_key,
+            trace=current_trace(),
+        )
+        sealed = seal(envelope, identity)
+        async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as stream:
+            target = subject or await stream.outbox(sender, envelope.correlation_id)
+            stored = await stream.publish(target, sealed)
+        if span is not None:
+            span.set_attributes(
+                {
+                    "messaging.destination.name": target,
+                    "messaging.message.id": envelope.id,
+                    "gen_ai.conversation.id": envelope.correlation_id,
+                    "trustbus.sender": sender,
+                }
+            )
     return {"id": envelope.id, "subject": target, "seq": stored.seq, "duplicate": stored.duplicate}
 
 

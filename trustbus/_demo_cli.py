@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from trustbus._cli_common import traces
+
 
 def demo(
     directory: Annotated[
@@ -20,6 +22,14 @@ def demo(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object on the last line.")
     ] = False,
+    framework: Annotated[
+        str | None,
+        typer.Option(
+            "--framework",
+            help="Run the researcher as an agent written with this framework: pydantic-ai "
+            "(needs pip install 'trustbus[pydantic-ai]').",
+        ),
+    ] = None,
 ) -> None:
     """Run a support desk's incident as real processes, then replay, re-decide and roll it back.
 
@@ -29,18 +39,29 @@ def demo(
     carries an injected instruction; the bus holds it, an operator denies it,
     a poisoned memory write is quarantined, a retry loop is cut, billing is
     killed mid-refund and the refund still happens once. The summary is read
-    back from the ledger. Files are left in the working directory.
+    back from the ledger. Files are left in the working directory. With
+    ``--framework`` the researcher is a pydantic-ai agent whose stand-in model
+    obeys the email; the bus stops it the same way.
     """
     import asyncio
+    import importlib.util
     import tempfile
 
     from rich.console import Console
 
     from trustbus.agents import AgentError
     from trustbus.bus import BusError, run_then_settle
-    from trustbus.demo.fleet import DemoError, Fleet
+    from trustbus.demo.fleet import FRAMEWORKS, DemoError, Fleet
     from trustbus.demo.scenario import Demo
     from trustbus.ledger import LedgerError
+
+    if framework is not None and framework not in FRAMEWORKS:
+        print(f"error: --framework {framework}: expected one of {', '.join(FRAMEWORKS)}", file=sys.stderr)
+        raise typer.Exit(2)
+    if framework is not None and importlib.util.find_spec(FRAMEWORKS[framework][0]) is None:
+        print(f"error: --framework {framework} needs its extra: pip install 'trustbus[{framework}]'", file=sys.stderr)
+        raise typer.Exit(2)
+    traces("demo")
 
     workdir = directory or Path(tempfile.mkdtemp(prefix="trustbus-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +70,7 @@ def demo(
         raise typer.Exit(2)
     # With --json the walkthrough goes to stderr, so stdout is only the JSON line.
     console = Console(stderr=json_out, highlight=False)
-    fleet = Fleet(workdir=workdir.resolve(), detach=keep)
+    fleet = Fleet(workdir=workdir.resolve(), detach=keep, framework=framework)
     started = time.monotonic()
 
     async def run() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from trustbus._cli_common import (
     metrics_fields,
     run,
     servers,
+    traces,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def agent_run(
     from trustbus.adapters._frameworks import framework_agent
     from trustbus.agents import serve_agent
 
+    traces("agent")
     with metrics_endpoint(metrics_port) as endpoint:
         run(
             serve_agent(
@@ -90,6 +92,7 @@ def coordinator_run(
     """Mediate every outbox of the tenant until SIGTERM/SIGINT; prints a JSON ready line when serving."""
     from trustbus.agents import serve_coordinator
 
+    traces("coordinator")
     with metrics_endpoint(metrics_port) as endpoint:
         run(
             serve_coordinator(

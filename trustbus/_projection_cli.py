@@ -22,6 +22,7 @@ from trustbus._cli_common import (
     out,
     run,
     servers,
+    traces,
 )
 
 DataOpt = Annotated[
@@ -53,6 +54,7 @@ def ledger_run(
     """
     from trustbus.ledger import ServiceSettings, serve_ledger
 
+    traces("ledger")
     settings = ServiceSettings(checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
     with metrics_endpoint(metrics_port) as endpoint:
 

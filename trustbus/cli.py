@@ -27,11 +27,13 @@ from trustbus._cli_common import (
     out,
     run,
     servers,
+    traces,
     use_nkey,
 )
 from trustbus._config_cli import config_app
 from trustbus._console_cli import console
 from trustbus._demo_cli import demo
+from trustbus._dev_cli import dev_app
 from trustbus._doctor_cli import doctor
 from trustbus._keys_cli import keys_app
 from trustbus._ledger_cli import ledger_app
@@ -55,6 +57,7 @@ app.add_typer(coordinator_app, name="coordinator", cls=CommandGroup)
 app.add_typer(approvals_app, name="approvals", cls=CommandGroup)
 app.add_typer(quarantine_app, name="quarantine", cls=CommandGroup)
 app.add_typer(ledger_app, name="ledger", cls=CommandGroup)
+app.add_typer(dev_app, name="dev", cls=CommandGroup)
 app.command()(approve)
 app.command()(deny)
 app.add_typer(config_app, name="config", cls=CommandGroup)
@@ -283,6 +286,7 @@ def send(
     """Sign and publish one envelope as a given identity (to its outbox by default)."""
     from trustbus._commands import send_one
 
+    traces("send")
     body = sys.stdin.read() if payload == "-" else payload
     result = run(
         send_one(

@@ -16,9 +16,9 @@ from trustbus.bus import TransientError, new_envelope
 
 SYSTEM_DB = "TB_TEST_SYSTEM_DB"
 MODEL_CALLS = "TB_TEST_MODEL_CALLS"
-"""A framework agent's stand-in model appends each prompt it is asked about to this file."""
+"""Where a framework agent's stand-in model appends each prompt it is asked."""
 NO_MODEL = "TB_TEST_NO_MODEL"
-"""Set: a framework agent's stand-in model raises (a replay must answer every request from the ledger)."""
+"""Set: a framework agent's stand-in model raises if called (a replay must not call it)."""
 
 
 class Recorder(Agent):
@@ -75,12 +75,22 @@ def system() -> sqlite3.Connection:
 
 
 def act(kind: str, what: str, key: str | None) -> int:
-    """A framework agent's tool acting on the system: one row per idempotency key, every call counted; the row's id."""
+    """What a framework agent's tool does to the system: one row per idempotency key, every call counted; the row id."""
     with contextlib.closing(system()) as db:
         db.execute("INSERT INTO calls VALUES (?)", (key,))
         db.execute("INSERT OR IGNORE INTO sales VALUES (?, ?)", (key, f"{kind}:{what}"))
         [row] = db.execute("SELECT rowid FROM sales WHERE idempotency_key = ?", (key,)).fetchone()
     return int(row)
+
+
+async def sell(item: str, hang: bool, key: str | None) -> dict[str, Any]:
+    """A framework agent's sale of ``item``; with ``hang`` the first call blocks after the sale is stored."""
+    sale = act("sale", item, key)
+    with contextlib.closing(system()) as db:
+        [calls] = db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (key,)).fetchone()
+    if hang and calls == 1:
+        await asyncio.Event().wait()
+    return {"sale": sale}
 
 
 async def record_sale(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:

@@ -1,30 +1,30 @@
 """A LangGraph graph for process tests, with a stand-in chat model that does what its prompt lists.
 
 The latest human message is JSON, ``{"calls": [{"tool": ..., "args": {...}}, ...]}``: the model asks for each
-call in turn, then answers ``done: <the tool results> (turn N)``, N the number of human messages in the
-thread (so a test sees the thread go on). Every generation appends the prompt to the file in
+call in turn, then answers ``done: <the tool results>``, followed by `` (turn N)`` from the thread's second
+human message on (so a test sees the thread go on). Every generation appends the prompt to the file in
 $TB_TEST_MODEL_CALLS; with $TB_TEST_NO_MODEL set the model raises instead. The tools act on the SQLite
 "system" of tests/e2e/fleet_agents.py, once per idempotency key; a refund over 100 asks a person first
-(``interrupt``), and the model is told ``"not confirmed"`` if the answer is no.
+(``interrupt``), and the model is told ``"not confirmed"`` if the answer is no. ``agent`` is the graph;
+``changed``, the same graph with a system message before the conversation.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command, interrupt
 
-from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, system
+from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, sell
 from trustbus.adapters.langgraph import idempotency_key
 
 
@@ -49,19 +49,15 @@ class StandIn(BaseChatModel):
             asked = {"name": call["tool"], "args": call["args"], "id": f"call-{len(returns)}"}
             message = AIMessage("", tool_calls=[asked])
         else:
-            message = AIMessage(f"done: {json.dumps(returns)} (turn {len(humans)})")
+            turn = f" (turn {len(humans)})" if len(humans) > 1 else ""
+            message = AIMessage(f"done: {json.dumps(returns)}{turn}")
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
 @tool
 async def record_sale(item: str, hang: bool = False) -> str:
     """Sell ``item``; with ``hang`` the first call blocks after the sale is stored."""
-    sale = act("sale", item, idempotency_key())
-    with contextlib.closing(system()) as db:
-        [calls] = db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (idempotency_key(),)).fetchone()
-    if hang and calls == 1:
-        await asyncio.Event().wait()
-    return json.dumps({"sale": sale})
+    return json.dumps(await sell(item, hang, idempotency_key()))
 
 
 @tool
@@ -71,13 +67,6 @@ async def issue_refund(order: int, amount: int) -> str:
 
 
 model = StandIn()
-
-
-async def call_model(state: MessagesState) -> dict[str, Any]:
-    return {"messages": [await model.ainvoke(state["messages"])]}
-
-
-builder = StateGraph(MessagesState)
 
 
 def confirm(state: MessagesState) -> Command[Literal["tools", "model"]]:
@@ -91,10 +80,23 @@ def confirm(state: MessagesState) -> Command[Literal["tools", "model"]]:
     return Command(goto="model", update={"messages": [refused]})
 
 
-builder.add_node("model", call_model)
-builder.add_node("confirm", confirm)
-builder.add_node("tools", ToolNode([record_sale, issue_refund]))
-builder.add_edge(START, "model")
-builder.add_conditional_edges("model", tools_condition, {"tools": "confirm", END: END})
-builder.add_edge("tools", "model")
-graph = builder.compile()
+def shop_graph(*instructions: BaseMessage) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The shop's graph, its model given ``instructions`` before the conversation."""
+
+    async def call_model(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke([*instructions, *state["messages"]])]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("model", call_model)
+    builder.add_node("confirm", confirm)
+    builder.add_node("tools", ToolNode([record_sale, issue_refund]))
+    builder.add_edge(START, "model")
+    builder.add_conditional_edges("model", tools_condition, {"tools": "confirm", END: END})
+    builder.add_edge("tools", "model")
+    return builder.compile()
+
+
+agent = shop_graph()
+
+changed = shop_graph(SystemMessage("Make only the calls you are asked to make."))
+"""A new version of the graph, with instructions: its first model request is not the recorded one."""

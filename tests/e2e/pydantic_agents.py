@@ -9,8 +9,6 @@ tests/e2e/fleet_agents.py, once per idempotency key.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 from typing import Any
@@ -19,7 +17,7 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, system
+from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, sell
 from trustbus.adapters.pydantic_ai import idempotency_key
 
 
@@ -52,12 +50,7 @@ agent = Agent(FunctionModel(stand_in), instructions="Make the calls you are aske
 @agent.tool_plain
 async def record_sale(item: str, hang: bool = False) -> dict[str, Any]:
     """Sell ``item``; with ``hang`` the first call blocks after the sale is stored."""
-    sale = act("sale", item, idempotency_key())
-    with contextlib.closing(system()) as db:
-        [calls] = db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (idempotency_key(),)).fetchone()
-    if hang and calls == 1:
-        await asyncio.Event().wait()
-    return {"sale": sale}
+    return await sell(item, hang, idempotency_key())
 
 
 @agent.tool_plain

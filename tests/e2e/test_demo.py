@@ -17,7 +17,10 @@ from typing import Any
 import duckdb
 import pytest
 
+from trustbus.adapters.pydantic_ai import MODEL_TOOL
 from trustbus.bus import Decision, EffectRecord, decode_decision, decode_effect, open_envelope, subjects
+from trustbus.demo import model
+from trustbus.demo.systems import DIR_ENV
 from trustbus.ledger import load_bundle_messages, verify_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +63,47 @@ def _alive(pid: int) -> bool:
 def test_demo_summary_matches_the_ledger(tmp_path: Path) -> None:
     workdir = tmp_path / "run"
     summary, log = _demo(workdir)
+    _check_incident(workdir, summary, log)
+    assert summary["framework"] is None
 
+
+def test_demo_with_a_pydantic_ai_researcher_is_stopped_the_same_and_replays_without_the_model(tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    summary, log = _demo(workdir, "--framework", "pydantic-ai")
+    decisions, effects = _check_incident(workdir, summary, log)
+
+    # The injection (the researcher's first delivery) came through the pydantic-ai agent: its model asked for the
+    # email, its tool read it, its model answered what the email said. Then the bus stopped it, as checked above.
+    researched = [(r.tool, r.phase) for a, r in effects if a == "researcher"]
+    assert researched[:6] == [
+        (MODEL_TOOL, "requested"), (MODEL_TOOL, "completed"),
+        ("read_email", "requested"), ("read_email", "completed"),
+        (MODEL_TOOL, "requested"), (MODEL_TOOL, "completed"),
+    ]  # fmt: skip
+    [held] = [d for d in decisions if d.verdict == "hold" and d.sender == "researcher"]
+    assert {"email", "llm"} <= set(held.effective_taint)
+    requests = sum(a == "researcher" and r.tool == MODEL_TOOL and r.phase == "completed" for a, r in effects)
+    assert summary["framework"] == {"name": "pydantic-ai", "model_requests": requests, "model_calls": requests}
+    assert "researcher: a pydantic-ai agent" in log
+    assert summary["seconds"] < 60  # the framework demo's promise (about 20 s on 2 cores)
+
+    # Re-executed from the ledger: the same sends, every model answer from its record, the model never called.
+    target = "researcher=trustbus.demo.pydantic_ai_agents:Researcher"
+    replay = subprocess.run(
+        [sys.executable, "-m", "trustbus", "ledger", "replay", "--bundle", summary["bundle"],
+         "--correlation", summary["correlations"]["injection"], "--execute", target, "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, DIR_ENV: str(workdir)},
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    [executed] = json.loads(replay.stdout)["executed"]
+    assert executed["agent"] == "researcher" and executed["divergences"] == []
+    assert model.calls(workdir) == requests  # a call in the replay would have added a line
+
+
+def _check_incident(
+    workdir: Path, summary: dict[str, Any], log: str
+) -> tuple[list[Decision], list[tuple[str, EffectRecord]]]:
+    """What every run of the demo claims, checked against its audit bundle; the bundle's decisions and effects."""
     # The counts it printed are the ledger's: recount every decision in the audit bundle.
     bundle = Path(summary["bundle"])
     decisions, effects = _ledger(bundle)
@@ -115,6 +158,7 @@ def test_demo_summary_matches_the_ledger(tmp_path: Path) -> None:
     started = [p["pid"] for p in summary["started"]]
     assert len(started) == 8  # server, coordinator, ledger, four agents, billing again
     assert not [pid for pid in started if _alive(pid)]  # every process it started has stopped
+    return decisions, effects
 
 
 def test_demo_keep_leaves_everything_running_and_says_how_to_stop(tmp_path: Path) -> None:

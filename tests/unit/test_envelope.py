@@ -60,7 +60,7 @@ def test_unknown_version_and_garbage_have_distinct_errors() -> None:
     env = new_envelope(tenant="acme", kind="event", sender="alice", to=["bob"])
     fields = msgspec.msgpack.decode(encode_envelope(env))
     with pytest.raises(UnsupportedVersion):
-        decode_envelope(msgspec.msgpack.encode({**fields, "v": 2}))
+        decode_envelope(msgspec.msgpack.encode({**fields, "v": 3}))
     with pytest.raises(Malformed):
         decode_envelope(msgspec.msgpack.encode({**fields, "extra": 1}))
     with pytest.raises(Malformed):

@@ -13,7 +13,8 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.types import interrupt
 
-from tests.e2e.langgraph_agents import StandIn, graph, record_sale
+from tests.e2e import langgraph_agents
+from tests.e2e.langgraph_agents import StandIn, record_sale
 from trustbus.adapters._frameworks import framework_agent
 from trustbus.adapters._langchain_calls import Run, current, dump_result, load_result, request_arguments
 from trustbus.adapters._langgraph_threads import BusCheckpointer
@@ -39,11 +40,11 @@ def test_a_generation_comes_back_from_its_record_as_it_was() -> None:
 
 
 def test_a_compiled_graph_is_recognised_and_its_tool_node_tools_are_bound() -> None:
-    agent = load_agent("tests.e2e.langgraph_agents:graph", adapt=framework_agent)
+    agent = load_agent("tests.e2e.langgraph_agents:agent", adapt=framework_agent)
     assert isinstance(agent, LangGraphAgent)
     assert set(agent.tools) == {"record_sale", "issue_refund", MODEL_TOOL, INTERRUPT_TOOL}
     assert [tool.name for tool in agent.builtin_tools] == [MODEL_TOOL, INTERRUPT_TOOL]
-    assert graph.checkpointer is None  # the graph given is left as it was; the agent runs a copy
+    assert langgraph_agents.agent.checkpointer is None  # the graph given is left as it was; the agent runs a copy
 
 
 def test_a_tool_node_with_a_wrapper_of_its_own_is_refused() -> None:
@@ -123,7 +124,7 @@ async def test_an_interrupt_is_a_call_of_the_high_risk_built_in_graph_interrupt(
 
 
 async def test_a_synchronous_model_call_on_the_loop_of_a_run_is_refused_not_left_to_block_it() -> None:
-    on_bus(graph)  # the models are recorded from then on
+    on_bus(langgraph_agents.agent)  # the models are recorded from then on
     token = current.set(Run(cast(Context, None), asyncio.get_running_loop()))
     try:
         with pytest.raises(RuntimeError, match="synchronous model call inside an async node"):

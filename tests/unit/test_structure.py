@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -234,15 +235,20 @@ def test_only_the_console_imports_the_console_extra() -> None:
     assert any(m.split(".")[0] == "starlette" for p in _files(CLI / "console") for _, m in imported(p))
 
 
-FRAMEWORKS = ("pydantic_ai", "langgraph", "langchain_core")
-"""Optional extras: only their adapters (trustbus/adapters/<framework>.py) import them."""
+FRAMEWORKS = ("pydantic_ai", "agents", "langgraph", "langchain_core")
+"""Optional extras: only their adapters (trustbus/adapters/<framework>.py) import them.
+
+``agents`` is the OpenAI Agents SDK's top-level package (trustbus's own is ``trustbus.agents``).
+"""
+FRAMEWORK_DEMOS = (CLI / "demo" / "pydantic_ai_agents.py",)
+"""The demo's agents written with a framework, loaded only by ``trustbus demo --framework``."""
 
 
 def test_only_the_adapters_import_the_frameworks() -> None:
     found = [
         f"{path.relative_to(ROOT)}:{line} imports {module}"
         for path in _project_files()
-        if not path.is_relative_to(CLI / "adapters")
+        if not path.is_relative_to(CLI / "adapters") and path not in FRAMEWORK_DEMOS
         for line, module in imported(path)
         if module.partition(".")[0] in FRAMEWORKS
     ]
@@ -318,3 +324,26 @@ def test_only_the_mcp_adapter_imports_the_mcp_sdk() -> None:
     code = "import sys, trustbus.bus, trustbus.agents, trustbus.ledger, trustbus.cli, trustbus.agents._process; "
     code += "print(json.dumps(sorted(m for m in ('mcp', 'mcp_types', 'trustbus.adapters.mcp') if m in sys.modules)))"
     assert json.loads(_run_python("import json; " + code)) == []
+
+
+def test_tracing_off_loads_no_opentelemetry() -> None:
+    """Every module of the library and the command, imported without OTEL_* set, loads none of the otel extra.
+
+    Not the framework adapters nor the demo's framework agents: they load their framework, which may use
+    the OpenTelemetry API itself (pydantic-ai does).
+    """
+    files = [path for package in LIBRARY for path in _files(ROOT / package)]
+    files += [
+        path for path in _cli_files() if not path.is_relative_to(CLI / "adapters") and path not in FRAMEWORK_DEMOS
+    ]
+    modules = [
+        ".".join(("trustbus", *path.relative_to(ROOT).with_suffix("").parts[path.is_relative_to(CLI) :]))
+        for path in files
+        if path.name != "__main__.py"
+    ]
+    code = f"import importlib, json, sys; [importlib.import_module(m) for m in {modules!r}]; "
+    code += "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules if m.startswith('opentelemetry')})))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

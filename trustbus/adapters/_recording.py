@@ -1,10 +1,10 @@
-"""What every framework adapter records the same way: model requests and tool calls as effects of the delivery.
+"""What every framework adapter shares: a call made as a recorded effect, its key, and the run's input and output.
 
-A framework's model request is a call of the built-in tool ``model_request`` through ``ctx.effect``,
-whose arguments are the new request message and a digest of the history before it; a tool call is a
-``ctx.effect`` call under the tool's name. Either way the call itself is handed to :func:`as_effect`
-and made by :func:`perform`, the implementation every adapter binds its tools to, only if the call
-has no completed record.
+A framework calls its model and its tools itself; the adapter hands each call to ``ctx.effect`` under the
+tool's name, with the call to make as what runs if the effect has no completed record (:func:`as_effect`).
+A model request is a call of the built-in tool ``model_request`` whose arguments are the new request and a
+digest of the history before it (:func:`digest_arguments`). Every tool is bound to :func:`perform`, which
+makes that call under the effect's idempotency key.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from trustbus.agents import Context, Tool
 from trustbus.bus import Envelope, MalformedPayload, decode_json
 
 MODEL_TOOL = "model_request"
-"""The built-in registry entry every model request of a framework's agent is recorded under."""
+"""The built-in registry entry every model request of an adapted agent is recorded under."""
 
 MODEL_REQUEST = Tool(name=MODEL_TOOL, system="model", owner="agent", effect_class="read", result_taint=("llm",))
 
@@ -47,7 +47,7 @@ async def perform(args: dict[str, Any], *, idempotency_key: str) -> Any:
     """What every tool of an adapter is bound to: make the call ``ctx.effect`` was asked for, under its key."""
     call = _pending.get()
     if call is None:
-        raise RuntimeError("a framework's tool was called outside a run of its agent")
+        raise RuntimeError("a tool of an adapted agent was called outside a run of its agent")
     token = _key.set(idempotency_key)
     try:
         return to_jsonable_python(await call())
@@ -84,8 +84,8 @@ def digest_arguments(dumped: list[Any], volatile: Collection[str] = VOLATILE) ->
     return {"history": hashlib.sha256(history).hexdigest(), "request": kept[-1] if kept else None}
 
 
-def text_of(envelope: Envelope) -> str:
-    """The text a delivery carries: a text payload as is, a JSON string as the string, other JSON as JSON text."""
+def prompt_of(envelope: Envelope) -> str:
+    """The user prompt a delivery makes: a text payload as is, a JSON string as the string, other JSON as JSON text."""
     if envelope.content_type == "text/plain":
         return envelope.payload.decode(errors="replace")
     try:
@@ -96,7 +96,7 @@ def text_of(envelope: Envelope) -> str:
 
 
 def reply_payload(output: Any) -> str | dict[str, Any] | list[Any] | bytes:
-    """What a run's output replies: a string as ``text/plain``, anything else as JSON."""
+    """The reply a run's output makes: a string as text, anything else as JSON."""
     if isinstance(output, str):
         return output
     value = to_jsonable_python(output)

@@ -41,8 +41,8 @@ from trustbus.adapters._recording import (
     as_effect,
     idempotency_key,
     perform,
+    prompt_of,
     reply_payload,
-    text_of,
 )
 from trustbus.agents import Agent, Context, EffectDenied, Tool, ToolImplementation
 from trustbus.bus import Envelope, Kind
@@ -55,7 +55,7 @@ __all__ = [
     "last_message",
     "messages_input",
     "on_bus",
-    "text_of",
+    "prompt_of",
 ]
 
 log = logging.getLogger("trustbus.agent")
@@ -71,7 +71,7 @@ Reply = str | dict[str, Any] | list[Any] | bytes
 
 def messages_input(envelope: Envelope) -> dict[str, Any]:
     """A messages-state graph's input: the payload's text as a human message (its id the envelope's)."""
-    return {"messages": [HumanMessage(text_of(envelope), id=envelope.id)]}
+    return {"messages": [HumanMessage(prompt_of(envelope), id=envelope.id)]}
 
 
 def last_message(values: dict[str, Any]) -> Reply:

@@ -2,7 +2,8 @@
 
 ``trustbus agent run mymodule:agent`` accepts a ``pydantic_ai.Agent`` as is (it is wrapped with
 :func:`on_bus`). Each delivery (an instruction or an event, by default) is one run of the agent:
-the payload is the user prompt, the run's output is the reply. Within the run:
+the payload is the user prompt, the run's output is the reply (a subclass may override
+:meth:`PydanticAIAgent.respond` to act on it otherwise). Within the run:
 
 - every model request is a call of the built-in tool ``model_request`` (class ``read``, result
   taint ``llm``) through ``ctx.effect``: its arguments are the new request message and a digest of
@@ -42,8 +43,8 @@ from trustbus.adapters._recording import (
     digest_arguments,
     idempotency_key,
     perform,
+    prompt_of,
     reply_payload,
-    text_of,
 )
 from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
 from trustbus.bus import Kind
@@ -158,8 +159,12 @@ class PydanticAIAgent(Agent):
             return
         # One call at a time, in the model's order: effect keys count calls, so the order must not vary.
         with ToolManager.parallel_execution_mode("sequential"):
-            result = await self.agent.run(text_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
-        await ctx.reply(reply_payload(result.output))
+            result = await self.agent.run(prompt_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
+        await self.respond(ctx, result.output)
+
+    async def respond(self, ctx: Context, output: Any) -> None:
+        """What the agent does with a run's output: reply with it. A subclass may act on it otherwise."""
+        await ctx.reply(reply_payload(output))
 
 
 def on_bus(

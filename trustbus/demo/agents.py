@@ -57,21 +57,26 @@ class Researcher(Agent):
         """A ``research`` instruction: research, act on the reading, answer triage. Nothing else."""
         if not is_instruction(ctx, "research"):
             return
-        request = {k: v for k, v in ctx.json().items() if k != "verb"}
-        if "message" in request:
-            source = await ctx.effect("read_email", {"message": request["message"]})
+        source = await ctx.effect(*model.source_of(research_request(ctx)))
+        await act_on(ctx, model.read(source["text"]))
+
+
+def research_request(ctx: Context) -> dict[str, Any]:
+    """What a ``research`` instruction asks about: its payload without the verb (``message`` or ``page``)."""
+    return {k: v for k, v in ctx.json().items() if k != "verb"}
+
+
+async def act_on(ctx: Context, reading: model.Reading) -> None:
+    """Do what the reading says, in the order the text said it, then answer triage with the summary."""
+    for action in reading.actions:
+        if isinstance(action, model.Refund):
+            await ctx.instruct(
+                ["billing"], "issue_refund", customer=action.customer, order=action.order, amount=action.amount
+            )
         else:
-            source = await ctx.effect("fetch_page", {"page": request["page"]})
-        reading = model.read(source["text"])
-        for action in reading.actions:
-            if isinstance(action, model.Refund):
-                await ctx.instruct(
-                    ["billing"], "issue_refund", customer=action.customer, order=action.order, amount=action.amount
-                )
-            else:
-                await ctx.send(["notes"], {"remember": {"customer": action.customer, "note": action.note}})
-        answer = {"summary": reading.summary, "conclusive": reading.conclusive, "request": request}
-        await ctx.reply(answer, cites=ctx.effect_keys)
+            await ctx.send(["notes"], {"remember": {"customer": action.customer, "note": action.note}})
+    answer = {"summary": reading.summary, "conclusive": reading.conclusive, "request": research_request(ctx)}
+    await ctx.reply(answer, cites=ctx.effect_keys)
 
 
 class Billing(Agent):

@@ -29,6 +29,10 @@ AGENTS: dict[str, tuple[str, bool]] = {
     "billing": ("Billing", True),
     "notes": ("Notes", False),
 }
+# --framework -> (the package its extra installs, the researcher written with that framework)
+FRAMEWORKS: dict[str, tuple[str, str]] = {
+    "pydantic-ai": ("pydantic_ai", "trustbus.demo.pydantic_ai_agents:Researcher"),
+}
 # key owner -> role; "desk" is where customer tickets come from (the demo sends them)
 KEYS: dict[str, str] = {
     **dict.fromkeys(AGENTS, "agent"),
@@ -51,6 +55,7 @@ class Fleet:
 
     workdir: Path
     detach: bool
+    framework: str | None = None  # a key of FRAMEWORKS: the researcher is written with it
     url: str = ""
     server_pid: int = 0
     processes: dict[str, Process] = field(default_factory=dict)
@@ -143,12 +148,16 @@ class Fleet:
                 "ledger", "ledger", "run", *common, "--data", str(self.ledger_data), "--checkpoint-seconds", "1"
             ),
         ]
-        for agent, (cls, has_tools) in AGENTS.items():
+        for agent, (_, has_tools) in AGENTS.items():
             extra = ("--tools", tools) if has_tools else ()
-            started.append(
-                self.spawn(agent, "agent", "run", f"trustbus.demo.agents:{cls}", "--id", agent, *common, *extra)
-            )
+            started.append(self.spawn(agent, "agent", "run", self.target(agent), "--id", agent, *common, *extra))
         await asyncio.gather(*(self.ready(p) for p in started))
+
+    def target(self, agent: str) -> str:
+        """The ``module:attr`` ``agent run`` loads for ``agent``: the framework's researcher with ``framework``."""
+        if agent == "researcher" and self.framework is not None:
+            return FRAMEWORKS[self.framework][1]
+        return f"trustbus.demo.agents:{AGENTS[agent][0]}"
 
     def kill(self, name: str) -> int:
         """SIGKILL a component, as a crash would; its pid."""

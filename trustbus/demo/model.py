@@ -7,9 +7,17 @@ so the injection really propagates and the bus is what stops it.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from trustbus.demo.systems import DIR_ENV
+
+CALLS_FILE = "model-calls"
+"""In the run's directory: a line per call of a framework agent's model made with this stand-in."""
 _TAG = re.compile(r"<[^>]*>")
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 _REFUND = re.compile(r"^refund order (\d+) for (\d+) dollars to (\w+)", re.IGNORECASE)
@@ -57,3 +65,24 @@ def read(text: str) -> Reading:
             actions.append(Remember(customer=remember[1].lower(), note=remember[2]))
     summary = sentences[0] if sentences else ""
     return Reading(summary=summary, conclusive="unknown" not in plain.lower(), actions=tuple(actions))
+
+
+def source_of(request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The tool call that reads what a research request is about: ``read_email`` a message, else ``fetch_page``."""
+    if "message" in request:
+        return "read_email", {"message": request["message"]}
+    return "fetch_page", {"page": request["page"]}
+
+
+def note_call(prompt: str) -> None:
+    """Count a call of the model (a line in the run's :data:`CALLS_FILE`), when there is a run directory."""
+    directory = os.environ.get(DIR_ENV)
+    if directory:
+        with open(Path(directory) / CALLS_FILE, "a") as calls:
+            calls.write(json.dumps(prompt) + "\n")
+
+
+def calls(directory: Path) -> int:
+    """How many times the model was called in the run whose directory this is."""
+    path = directory / CALLS_FILE
+    return len(path.read_text().splitlines()) if path.exists() else 0

@@ -15,8 +15,9 @@ from rich.console import Console
 
 from trustbus._incident_view import incident_tree, redecided_rows
 from trustbus.agents import answer, connect_agent, list_held
-from trustbus.bus import Bus, TenantStream, new_envelope
+from trustbus.bus import Bus, TenantStream, current_trace, new_envelope, traced
 from trustbus.demo.fleet import TENANT, Fleet
+from trustbus.demo.model import calls
 from trustbus.demo.systems import FILES, STALL_FILE, billing_db
 from trustbus.demo.watch import Watch
 from trustbus.ledger import (
@@ -91,10 +92,17 @@ class Demo:
         await self.rollback()
 
     async def _ticket(self, desk: Bus, scene: str, ticket: dict[str, Any]) -> str:
-        envelope = new_envelope(
-            tenant=TENANT, kind="event", sender="desk", to=("triage",), payload=json.dumps(ticket).encode()
-        )
-        await desk.send(envelope)
+        # With OTEL_* set, the ticket's span is the root of the incident's one trace (docs/OBSERVABILITY.md).
+        with traced("send event", {"messaging.system": "nats", "messaging.operation.type": "send"}):
+            envelope = new_envelope(
+                tenant=TENANT,
+                kind="event",
+                sender="desk",
+                to=("triage",),
+                payload=json.dumps(ticket).encode(),
+                trace=current_trace(),
+            )
+            await desk.send(envelope)
         self.tickets[scene] = envelope.correlation_id
         self.console.print(f"desk -> triage: [bold]{ticket['summary']}[/bold] [dim](correlation {envelope.id})[/dim]")
         return envelope.correlation_id
@@ -241,6 +249,7 @@ class Demo:
         decisions: dict[str, dict[str, int]] = {}
         for verdict, reason, count in rows:
             decisions.setdefault(verdict, {})[reason] = count
+        framework = self._framework(con)
         snapshot = self.fleet.workdir / "ledger.duckdb"
         _snapshot(con, snapshot)
         report = await verify_stream(self.servers, TENANT, nkey_seed=self.fleet.admin_seed)
@@ -253,6 +262,12 @@ class Demo:
             counts = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
             self.console.print(f"  {verdict:<7} {counts}")
         verdict = "[green]verified[/green]" if report.ok else f"[red]BROKEN at {report.breaks[0].seq}[/red]"
+        if framework is not None:
+            self.console.print(
+                f"researcher: a {framework['name']} agent; {framework['model_requests']} model requests, each a "
+                f"recorded effect ({framework['model_calls']} calls of its model). The injection went through it: "
+                "held, refused and quarantined as without --framework"
+            )
         self.console.print(f"ledger: {report.count} messages, chain and signatures {verdict}")
         self.console.print(f"DuckDB: {snapshot}  (live projection: {data})")
         self.console.print(f"audit bundle: {bundle}  (verify offline: trustbus ledger verify --bundle {bundle})")
@@ -263,6 +278,9 @@ class Demo:
         if "injection" in self.tickets:
             replay = f"trustbus ledger replay --bundle {bundle} --correlation {self.tickets['injection']}"
             self.console.print(f"  {replay}", markup=False, highlight=False)
+            if framework is not None:
+                again = f"{replay} --execute researcher={self.fleet.target('researcher')}"
+                self.console.print(f"  {again}  # re-run, no model call", markup=False, highlight=False)
         for sql in QUERIES:
             self.console.print(f'  trustbus query --data {data} "{sql}"', markup=False, highlight=False)
         return {
@@ -274,8 +292,20 @@ class Demo:
             "projection": str(data),
             "bundle": str(bundle),
             "correlations": self.tickets,
+            "framework": framework,
             **self.facts,
         }
+
+    def _framework(self, con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+        """With ``--framework``: the researcher's model requests in the ledger, and how often its model ran."""
+        if self.fleet.framework is None:
+            return None
+        from trustbus.adapters.pydantic_ai import MODEL_TOOL
+
+        [requests] = con.execute(
+            "SELECT count(*) FROM effects WHERE agent = 'researcher' AND tool = ? AND phase = 'completed'", [MODEL_TOOL]
+        ).fetchone() or (0,)
+        return {"name": self.fleet.framework, "model_requests": int(requests), "model_calls": calls(self.fleet.workdir)}
 
     def _refunds(self, order: int) -> int:
         with contextlib.closing(billing_db(self.fleet.workdir)) as db:
