@@ -1,8 +1,9 @@
 """The fleet the framework adapters' process tests share: a shop agent of one framework, its boss, its system.
 
-The agent (tests/e2e/pydantic_agents.py, tests/e2e/oai_agents.py) is given a prompt listing tool calls; its
-stand-in model asks for them one by one, counts its calls in a file and answers ``done: <the tool results>``;
-its tools act on the SQLite "system" of tests/e2e/fleet_agents.py, which tells how often each was called.
+The agent (tests/e2e/pydantic_agents.py, tests/e2e/oai_agents.py, tests/e2e/langgraph_agents.py) is given a
+prompt listing tool calls; its stand-in model asks for them one by one, counts its calls in a file and answers
+``done: <the tool results>``; its tools act on the SQLite "system" of tests/e2e/fleet_agents.py, which tells
+how often each was called.
 The checks below are what every framework's process tests assert, each on its own fleet.
 """
 
@@ -68,16 +69,19 @@ class Shop:
         self.process = await self.fleet.spawn("agent", "run", self.target, "--id", self.agent_id,
                                               "-t", self.fleet.tenant, "--tools", str(tools), env=self.env)  # fmt: skip
 
-    async def ask(self, *calls: dict[str, object], taint: tuple[str, ...] = ()) -> str:
-        """Send the agent a prompt listing ``calls``; the envelope id (its correlation)."""
-        return await self.fleet.send(self.boss, [self.agent_id], prompt_of(*calls), kind="event", taint=list(taint))
+    async def ask(self, *calls: dict[str, object], taint: tuple[str, ...] = (), **fields: object) -> str:
+        """Send the agent a prompt listing ``calls`` (``fields``: the envelope's, as a correlation); its id."""
+        prompt = prompt_of(*calls)
+        return await self.fleet.send(self.boss, [self.agent_id], prompt, kind="event", taint=list(taint), **fields)
 
-    async def answer(self, correlation: str, to: str = "boss") -> Envelope:
-        def arrived(read: list[tuple[str, Envelope]]) -> bool:
-            return any(r == to and e.correlation_id == correlation for r, e in read)
+    async def answer(self, correlation: str, to: str = "boss", *, after: str | None = None) -> Envelope:
+        """The first envelope to ``to`` in ``correlation`` (caused by ``after``, if given)."""
 
-        read = await self.fleet.inbox(arrived, limit_s=60)
-        return next(e for r, e in read if r == to and e.correlation_id == correlation)
+        def mine(r: str, e: Envelope) -> bool:
+            return r == to and e.correlation_id == correlation and (after is None or e.causation_id == after)
+
+        read = await self.fleet.inbox(lambda read: any(mine(r, e) for r, e in read), limit_s=60)
+        return next(e for r, e in read if mine(r, e))
 
     def model_calls(self, correlation_prompt: str) -> int:
         path = self.fleet.tmp / "model-calls"
@@ -146,8 +150,11 @@ async def held(fleet: Fleet, correlation: str) -> Decision:
     return next(d for d in decisions if d.kind == "effect" and d.verdict == "hold" and d.correlation_id == correlation)
 
 
-async def answers_a_message_and_its_tool_call_is_an_effect(shop: Shop) -> None:
-    """One run: a model call, the tool call, a model call, each requested and completed; the reply tainted llm."""
+async def answers_a_message_and_its_tool_call_is_an_effect(shop: Shop) -> Envelope:
+    """One run: a model call, the tool call, a model call, each requested and completed; the reply tainted llm.
+
+    The reply, which a conversation may go on from.
+    """
     lamp = {"tool": "record_sale", "args": {"item": "lamp"}}
     request = await shop.ask(lamp)
     answer = await shop.answer(request)
@@ -162,6 +169,7 @@ async def answers_a_message_and_its_tool_call_is_an_effect(shop: Shop) -> None:
     assert records[0].effect_class == "read" and records[3].effect_class == "irreversible"
     assert json.loads(records[2].args) == {"item": "lamp"}
     assert shop.model_calls(prompt_of(lamp)) == 2 and shop.system_calls("sale:lamp") == (1, 1)
+    return answer
 
 
 async def killed_mid_tool_call_it_repeats_no_completed_call_after_restart(shop: Shop) -> None:

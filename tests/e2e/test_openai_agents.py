@@ -24,12 +24,7 @@ NO_TRACING = {"OPENAI_AGENTS_DISABLE_TRACING": "1"}  # the SDK would export trac
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shop(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shop]:
     async with open_shop(
-        nats_server,
-        tmp_path_factory,
-        "oai",
-        "tests.e2e.oai_agents",
-        "openai_agents",
-        {"OPENAI_AGENTS_DISABLE_TRACING": "1"},
+        nats_server, tmp_path_factory, "oai", "tests.e2e.oai_agents", "openai_agents", NO_TRACING
     ) as shop:
         yield shop
 

@@ -9,15 +9,18 @@ import difflib
 import importlib
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agents import Runner
+from langchain_core.messages import HumanMessage
 
+from trustbus.adapters.langgraph import LangGraphAgent
 from trustbus.adapters.openai_agents import OpenAIAgent
 from trustbus.adapters.pydantic_ai import PydanticAIAgent
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ("pydantic_ai", "openai_agents")
+EXAMPLES = ("pydantic_ai", "openai_agents", "langgraph")
 
 
 def test_each_diff_shown_is_the_diff_of_its_two_files_and_at_most_five_lines_change() -> None:
@@ -55,3 +58,15 @@ async def test_the_openai_agents_example_runs_on_its_own_with_the_stand_in_model
         refunded = await Runner.run(example.support, "Please refund A-2")
         assert refunded.final_output.startswith("refund_order: {'refund_id': 'rf-1'")
     assert isinstance(after.app, OpenAIAgent)
+
+
+async def test_the_langgraph_example_runs_on_its_own_with_the_stand_in_model() -> None:
+    before = importlib.import_module("examples.frameworks.langgraph_before")
+    after = importlib.import_module("examples.frameworks.langgraph_after")
+    for example in (before, after):
+        config: Any = {"configurable": {"thread_id": "docs"}}
+        looked_up = await example.support.ainvoke({"messages": [HumanMessage("Where is order A-1?")]}, config)
+        assert looked_up["messages"][-1].content == "lookup_order: {'status': 'shipped', 'amount': 25}"
+        refunded = await example.support.ainvoke({"messages": [HumanMessage("Please refund A-2")]}, config)
+        assert refunded["messages"][-1].content.startswith("refund_order: {'refund_id': 'rf-1'")
+    assert isinstance(after.app, LangGraphAgent)

@@ -22,4 +22,11 @@ def framework_agent(found: object) -> Agent | None:
 
         if isinstance(found, SDKAgent):
             return sdk_on_bus(found)
+    if package == "langgraph":
+        from langgraph.graph.state import CompiledStateGraph
+
+        from trustbus.adapters.langgraph import on_bus as graph_on_bus
+
+        if isinstance(found, CompiledStateGraph):
+            return graph_on_bus(found)
     return None

@@ -2,14 +2,16 @@
 
 A framework calls its model and its tools itself; the adapter hands each call to ``ctx.effect`` under the
 tool's name, with the call to make as what runs if the effect has no completed record (:func:`as_effect`).
-Every tool is bound to :func:`perform`, which makes that call under the effect's idempotency key.
+A model request is a call of the built-in tool ``model_request`` whose arguments are the new request and a
+digest of the history before it (:func:`digest_arguments`). Every tool is bound to :func:`perform`, which
+makes that call under the effect's idempotency key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextvars import ContextVar
 from typing import Any
 
@@ -23,10 +25,10 @@ MODEL_TOOL = "model_request"
 
 MODEL_REQUEST = Tool(name=MODEL_TOOL, system="model", owner="agent", effect_class="read", result_taint=("llm",))
 
-# Volatile fields of a dumped message: they differ between two runs that ask the model the same thing.
-_VOLATILE = frozenset(
+VOLATILE = frozenset(
     {"timestamp", "request_timestamp", "duration", "run_id", "conversation_id", "usage", "model_id", "provider_url"}
 )
+"""Fields of a dumped message that differ between two runs asking the model the same thing."""
 
 _pending: ContextVar[Callable[[], Awaitable[Any]] | None] = ContextVar("trustbus_pending_call", default=None)
 _key: ContextVar[str | None] = ContextVar("trustbus_idempotency_key", default=None)
@@ -62,18 +64,24 @@ async def as_effect(ctx: Context, tool: str, args: dict[str, Any], call: Callabl
         _pending.reset(token)
 
 
-def stable(value: Any) -> Any:
-    """``value`` (JSON) without the fields that change between two runs asking the same thing (timestamps, usage)."""
+def stable(value: Any, volatile: Collection[str] = VOLATILE) -> Any:
+    """``value`` (dumped JSON) without the ``volatile`` fields, at any depth."""
     if isinstance(value, dict):
-        return {k: stable(v) for k, v in value.items() if k not in _VOLATILE}
+        return {k: stable(v, volatile) for k, v in value.items() if k not in volatile}
     if isinstance(value, list):
-        return [stable(v) for v in value]
+        return [stable(v, volatile) for v in value]
     return value
 
 
-def digest(value: Any) -> str:
-    """The SHA-256 of ``value`` as canonical JSON: how a long history goes into a model request's arguments."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def digest_arguments(dumped: list[Any], volatile: Collection[str] = VOLATILE) -> dict[str, Any]:
+    """The effect arguments of a model request: the last dumped message as is, those before it as a digest.
+
+    ``volatile`` fields are left out, so the same conversation makes the same arguments (and so the
+    same idempotency key) on every attempt and in a replay.
+    """
+    kept = stable(dumped, volatile)
+    history = json.dumps(kept[:-1], sort_keys=True, separators=(",", ":")).encode()
+    return {"history": hashlib.sha256(history).hexdigest(), "request": kept[-1] if kept else None}
 
 
 def prompt_of(envelope: Envelope) -> str:

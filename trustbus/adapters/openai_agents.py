@@ -41,12 +41,11 @@ from trustbus.adapters._recording import (
     MODEL_REQUEST,
     MODEL_TOOL,
     as_effect,
-    digest,
+    digest_arguments,
     idempotency_key,
     perform,
     prompt_of,
     reply_payload,
-    stable,
 )
 from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
 from trustbus.bus import Kind
@@ -73,8 +72,8 @@ def request_arguments(system_instructions: str | None, input: str | list[TRespon
     Usage and timestamps are left out, so the same conversation makes the same arguments (and so the same
     idempotency key) on every attempt and in a replay.
     """
-    items = [{"role": "user", "content": input}] if isinstance(input, str) else stable(to_jsonable_python(input))
-    return {"instructions": system_instructions, "history": digest(items[:-1]), "request": items[-1] if items else None}
+    items = [{"role": "user", "content": input}] if isinstance(input, str) else to_jsonable_python(input)
+    return {"instructions": system_instructions, **digest_arguments(items)}
 
 
 def dump_response(response: ModelResponse) -> dict[str, Any]:

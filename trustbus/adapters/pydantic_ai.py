@@ -40,12 +40,11 @@ from trustbus.adapters._recording import (
     MODEL_REQUEST,
     MODEL_TOOL,
     as_effect,
-    digest,
+    digest_arguments,
     idempotency_key,
     perform,
     prompt_of,
     reply_payload,
-    stable,
 )
 from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
 from trustbus.bus import Kind
@@ -61,8 +60,7 @@ def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
     Timestamps, run ids and usage are left out, so the same conversation makes the same arguments (and so
     the same idempotency key) on every attempt and in a replay.
     """
-    dumped = stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
-    return {"history": digest(dumped[:-1]), "request": dumped[-1] if dumped else None}
+    return digest_arguments(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
 
 
 class RecordedModel(WrapperModel):
