@@ -191,7 +191,9 @@ class CorrelationStore:
         """Store and drop the least recently used correlations beyond the capacity.
 
         A correlation whose write fails stays in memory (dropping it would lose
-        its budget and taint); the next trim tries again.
+        its budget and taint): after a transport failure the next trim tries
+        again; one too large to store (:data:`MAX_STATE_BYTES`) moves to the most
+        recently used end, so it does not stop the others from being stored.
         """
         excess = len(state.correlations) - self.capacity
         if excess <= 0 or time.monotonic() < self._retry_at:
@@ -199,11 +201,13 @@ class CorrelationStore:
         victims = list(state.correlations.items())[:excess]
         for start in range(0, len(victims), REQUESTS_AT_ONCE):
             chunk = victims[start : start + REQUESTS_AT_ONCE]
-            stored = await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk if c.dirty))
-            if not all(stored):
+            stored = await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))
+            for (correlation_id, _), done in zip(chunk, stored, strict=True):
+                kept = state.correlations.pop(correlation_id)
+                if not done:
+                    state.correlations[correlation_id] = kept
+            if time.monotonic() < self._retry_at:
                 return
-            for correlation_id, _ in chunk:
-                del state.correlations[correlation_id]
 
     async def flush(self, state: CoordinatorState) -> bool:
         """Store every correlation changed since it was last stored or loaded; whether all were."""
@@ -327,6 +331,8 @@ class CorrelationStore:
 
     async def _store(self, state: CoordinatorState, correlation_id: str, correlation: Correlation) -> bool:
         """Store ``correlation`` as complete through ``state.last_seq``, unless a copy at least as new is there."""
+        if not correlation.dirty:
+            return True
         key = correlation_key(self.partition, correlation_id)
         covered = state.last_seq
         payload = _ENCODER.encode(

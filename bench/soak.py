@@ -109,6 +109,13 @@ def slope(points: Sequence[tuple[int, int]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
 
 
+def soak_policy(capacity: int | None) -> str:
+    """The mediated bench's policy, with ``correlations_in_memory`` set to ``capacity`` (None: the default)."""
+    if capacity is None:
+        return POLICY
+    return POLICY.replace("limits:\n", f"limits:\n  correlations_in_memory: {capacity}\n", 1)
+
+
 def payload(index: int, size: int) -> bytes:
     """JSON of ``size`` bytes (or the smallest possible) naming ``index``."""
     head = f'{{"i":{index},"x":"'
@@ -229,7 +236,7 @@ class Soak:
         holders = [("a", "agent"), ("b", "agent"), ("coordinator", "coordinator"), ("ledger", "ledger")]
         await provision_tenant(self.server.url, TENANT, self.keys, holders)
         policy = self.work / "policy.yaml"
-        policy.write_text(POLICY)
+        policy.write_text(soak_policy(self.args.capacity))
         common = ["--server", self.server.url, "--keys", str(self.keys.root), "--tenant", TENANT]
         trustbus = [sys.executable, "-m", "trustbus"]
         argvs = {
@@ -356,6 +363,8 @@ class Soak:
             "window": self.window,
             "payload_bytes": self.args.payload,
             "per_correlation": PER_CORRELATION,
+            "correlations": self.total // PER_CORRELATION,
+            "capacity": self.args.capacity,
             "restart_batch": self.restart_batch,
             "run_s": round(run_s, 1),
             "decisions_per_s": round(self.n / run_s, 1),
@@ -457,6 +466,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="mediated envelopes (default 1,000,000)")
     parser.add_argument("--window", type=int, default=1000, help="envelopes in flight, sent not received (1000)")
     parser.add_argument("--payload", type=int, default=256, help="payload bytes per envelope (default 256)")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        help="the coordinator's correlations_in_memory (default: the policy's, 10,000): lower it to evict sooner",
+    )
     parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between RSS samples (default 2)")
     parser.add_argument(
         "--settle-s", type=float, default=60.0, help="after the restart, how long without a receipt ends the run (60)"
@@ -468,6 +482,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.n < 100 or args.window < 1 or args.sample_s <= 0 or args.settle_s <= 0:
         parser.error("need --n >= 100, --window >= 1, --sample-s > 0 and --settle-s > 0")
+    if args.capacity is not None and args.capacity < 1:
+        parser.error("need --capacity >= 1")
     run_bench(measure, report_table, args)
 
 

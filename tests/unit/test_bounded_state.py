@@ -33,7 +33,14 @@ from tests.unit.test_decision_race import (
 )
 from trustbus.agents import parse_policy
 from trustbus.agents._correlation_store import CorrelationStore, correlation_key
-from trustbus.agents._decision import CoordinatorState, Deferral, decide, decide_approval, record_effect
+from trustbus.agents._decision import (
+    CoordinatorState,
+    Correlation,
+    Deferral,
+    decide,
+    decide_approval,
+    record_effect,
+)
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.bus import Approval, Decision, Envelope, new_envelope, subjects
 from trustbus.bus.testing import MemoryBucket, MemoryStream
@@ -291,3 +298,41 @@ async def test_two_coordinators_keeping_one_correlation_each_spend_every_budget_
             mine, theirs = racer.log.state.correlation(correlation), folded.correlation(correlation)
             assert (mine.decided, mine.spent) == (theirs.decided, race.BUDGET)
         assert racer.log.state.buckets == folded.buckets
+
+
+async def test_a_correlation_too_large_to_store_stays_in_memory_without_holding_the_others_back() -> None:
+    bucket = MemoryBucket(subjects.state_bucket(TENANT))
+    s = side(MemoryStream(), bucket, 1)
+    store = s.log.store
+    assert store is not None
+    decision = fold_one("huge", "x" * 60_000)
+    huge = Correlation(decided={f"e{i}": decision for i in range(20)}, dirty=True)  # over a stored value's size
+    state = s.log.state
+    state.correlations = {"huge": huge, "small": Correlation(decided={"e": fold_one("small", "")}, dirty=True)}
+    state.correlations["recent"] = Correlation(dirty=True)
+    state.last_seq = 3
+    await store.trim(state)
+    assert list(state.correlations) == ["recent", "huge"]  # small stored and dropped; huge kept, now last used
+    assert await bucket.get(correlation_key(0, "small")) is not None
+    assert await bucket.get(correlation_key(0, "huge")) is None
+    assert not await store.flush(state)  # so no snapshot claims to cover it
+
+
+def fold_one(correlation_id: str, padding: str) -> Decision:
+    """A decision in ``correlation_id`` whose taint label is ``padding`` long."""
+    return Decision(
+        envelope_id="e",
+        source_seq=1,
+        sender="triage",
+        kind="event",
+        correlation_id=correlation_id,
+        causation_id=None,
+        verdict="accept",
+        reasons=(),
+        deliver_to=("billing",),
+        dropped=(),
+        hop=0,
+        declared_taint=(padding,) if padding else (),
+        effective_taint=(),
+        decided_ns=T0,
+    )
