@@ -160,9 +160,10 @@ class Coordinator:
         if "." not in owner:
             self.suspensions.refused(owner, {reason: 1}, last_seq=delivery.stream_seq, at_ns=self.bus.clock())
 
-    def _full(self, envelope: Envelope) -> bool:
-        """Whether ``envelope``'s correlation (in memory) holds ``limits.decisions_per_correlation`` decisions."""
-        held = len(self.state.correlation(envelope.correlation_id).decided)
+    def _full(self, delivery: Delivery) -> bool:
+        """Whether the correlation of ``delivery``'s envelope (in memory, not expired) holds
+        ``limits.decisions_per_correlation`` decisions."""  # noqa: D205, D209
+        held = len(self.state.live(delivery.envelope.correlation_id, self.policy, delivery.stored_ns).decided)
         return held >= self.policy.limits.decisions_per_correlation
 
     async def _refuse_full(self, delivery: Delivery) -> None:
@@ -236,7 +237,7 @@ class Coordinator:
             envelope = delivery.envelope
             if delivery.settled:
                 return None
-            if self._full(envelope):
+            if self._full(delivery):
                 await self._refuse_full(delivery)
                 return None
             try:
@@ -333,7 +334,7 @@ class Coordinator:
             nonlocal full
             if self.state.decided_about(envelope):
                 return None  # decided before a crash or by another coordinator: forward again
-            full = self._full(envelope)
+            full = self._full(delivery)
             return None if full else self._decide(delivery, memory_revision=revision)
 
         result = await self._record(envelope, make)
@@ -383,7 +384,7 @@ class Coordinator:
             nonlocal full
             if self.state.decided_about(envelope):
                 return None
-            full = self._full(envelope)
+            full = self._full(delivery)
             if full:
                 return None
             return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
@@ -407,7 +408,7 @@ class Coordinator:
             nonlocal full
             if self.state.decided_about(envelope):
                 return None
-            full = self._full(envelope)
+            full = self._full(delivery)
             if full:
                 return None
             clock, seq = delivery.stored_ns, delivery.stream_seq

@@ -315,6 +315,7 @@ class CorrelationStore:
             seen_taint={agent: frozenset(taint) for agent, taint in stored.seen_taint.items()},
             record_ids=dict(stored.record_ids),
             records=set(stored.records),
+            last_ns=max((d.decided_ns for d in stored.decided), default=0),
             covered=stored.covered,
             revision=entry.revision,
         )

@@ -54,6 +54,9 @@ class Limits(_Model):
     # Decisions one correlation may hold; past it an envelope is quarantined (correlation_full), so a
     # correlation's stored state stays under a stored value's size (about 500 bytes a decision).
     decisions_per_correlation: Annotated[int, Field(ge=1)] = 1500
+    # Seconds without a decision after which a correlation expires and starts again empty; over the replay
+    # window, and under the state bucket's key age (bus.STATE_TTL_S, 30 days) with room for an outage.
+    correlation_idle_s: Annotated[float, Field(ge=600, le=14 * 86_400)] = 7 * 86_400
     rate: RateLimit | None = None
     suspension: Suspension | None = Suspension()
 

@@ -1,7 +1,8 @@
 """A coordinator that keeps few correlations in memory decides exactly as one that keeps them all (bus.testing).
 
 Random decision sequences (many correlations, causes from any of them, replies, instructions held
-under taint, approvals and denials, tool results, checkpoints, a rate limit that defers) are decided
+under taint, approvals and denials, tool results, checkpoints, a rate limit that defers, idle spells
+after which every correlation has expired) are decided
 by two coordinators, each on its own log: one whose state holds every correlation, and one whose
 :class:`~agents._correlation_store.CorrelationStore` keeps at most one or two in memory between
 envelopes (so almost every envelope loads its correlation back), and which is sometimes restarted
@@ -62,7 +63,8 @@ POLICY = parse_policy(
         ],
     }
 )
-KINDS = ("event", "event", "reply", "instruction", "effect", "checkpoint", "approve", "deny", "restart")
+KINDS = ("event", "event", "reply", "instruction", "effect", "checkpoint", "approve", "deny", "restart", "idle")
+IDLE_NS = 8 * 86_400 * 1_000_000_000  # an "idle" step: past limits.correlation_idle_s (7 days), all expire
 
 Step = tuple[str, int, int, int, int, bool]
 
@@ -99,7 +101,7 @@ def side(stream: MemoryStream, bucket: MemoryBucket | None, capacity: int) -> Si
 def envelope_for(step: Step, sent: list[Envelope], correlations: list[str]) -> Envelope | None:
     """The envelope a step sends (None: an approval or a restart)."""
     kind, sender, to, correlation, cause, tainted = step
-    if kind in ("approve", "deny", "restart"):
+    if kind in ("approve", "deny", "restart", "idle"):
         return None
     cause_of = sent[cause % len(sent)] if sent and cause % 3 else None
     if kind == "reply" and cause_of is not None:
@@ -167,9 +169,13 @@ async def play(steps: list[Step], capacity: int) -> None:
     stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
     bounded = side(stream, bucket, capacity)
     sent: list[Envelope] = []
+    idle = 0
     for index, step in enumerate(steps):
-        at = T0 + index * STEP_NS
+        at = T0 + index * STEP_NS + idle
         kind = step[0]
+        if kind == "idle":
+            idle += IDLE_NS
+            continue
         if kind == "restart":
             bounded = side(stream, bucket, capacity)
             await bounded.log.catch_up(trim=True)
@@ -336,3 +342,32 @@ def fold_one(correlation_id: str, padding: str) -> Decision:
         effective_taint=(),
         decided_ns=T0,
     )
+
+
+async def test_an_expired_correlation_returns_empty_with_its_whole_budget_and_no_taint() -> None:
+    """Idle for ``limits.correlation_idle_s`` (7 days), a correlation starts again as a new one would,
+    in memory and loaded back alike; a day idle it still has its spent budget and its taint."""
+    full, bounded = side(MemoryStream(), None, 1), side(MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT)), 1)
+    day = 86_400 * 1_000_000_000
+    seq = 0
+
+    async def both(step: Step, at: int) -> Decision | Deferral | None:
+        nonlocal seq
+        seq += 1
+        envelope = envelope_for(step, [], ["corr-a", "corr-b"])
+        assert envelope is not None
+        results = [await mediate(s, envelope, at=at, seq=seq, tool_taint=False) for s in (full, bounded)]
+        await bounded.log.trim()  # capacity 1: corr-a leaves memory whenever corr-b is used
+        assert results[0] == results[1]
+        return results[0]
+
+    for i in range(POLICY.limits.budget_per_correlation):  # triage -> billing, web-tainted: corr-a's budget spent
+        await both(("event", 0, 1, 0, 0, True), T0 + i * 3 * STEP_NS)
+    await both(("event", 0, 1, 1, 0, False), T0 + day)  # corr-b: corr-a stored and out of memory
+    refused = await both(("event", 1, 0, 0, 0, False), T0 + day + STEP_NS)  # billing, a day later
+    assert isinstance(refused, Decision) and refused.reasons == ("budget",)
+    await both(("event", 0, 1, 1, 0, False), T0 + 9 * day)
+    back = await both(("event", 1, 0, 0, 0, False), T0 + 9 * day + STEP_NS)  # 8 days after corr-a's last
+    assert isinstance(back, Decision) and back.verdict == "accept" and back.effective_taint == ()
+    await bounded.log.resident(["corr-a"])
+    assert bounded.log.state.correlation("corr-a").spent == full.log.state.correlation("corr-a").spent == 1
