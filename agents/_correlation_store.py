@@ -16,8 +16,10 @@ whose correlations were all stored first), and a correlation leaves memory only
 once a copy covering everything it holds is stored (a write that fails keeps it
 in memory). Copies only move forward: a write is a compare-and-set on the
 key's revision, and a copy another coordinator stored that covers at least as
-much is kept instead of this one. So the bucket must not expire keys (no
-``max_age``): a returning correlation would silently get its budget back.
+much is kept instead of this one. The bucket's keys expire (``max_age``, 30
+days), but only long after the correlation itself has expired by the log's
+clock (``limits.correlation_idle_s``, at most 14 days), when a decision would
+treat it as empty anyway (:meth:`agents._decision.CoordinatorState.live`).
 
 A value that does not verify (not signed by a coordinator key, copied from
 another key, unreadable) is foreign: it is logged and the correlation is
