@@ -10,6 +10,10 @@ array of the run's size, so its memory does not grow with the run) and ``trustbu
 the stream into a temporary directory. Agent A is this process: a ``bus.Bus`` with A's key sending
 ``event`` envelopes to B in correlations of 10, each payload JSON of ``--payload`` bytes naming its index.
 
+**Past the correlation cache:** the coordinator keeps ``correlations_in_memory`` (10,000) correlations in
+memory and stores the others; ``--capacity C`` sets it to C in the run's policy, so a shorter run goes past it
+(N + the restart batch, over 10, correlations in all; both in the JSON).
+
 **Steady by construction:** A keeps at most ``--window`` envelopes in flight, sent but not yet counted by B
 (B reports its count every 50 ms); so the coordinator never has more than that waiting, and the run goes at
 the mediated rate instead of piling a backlog into the stream.
