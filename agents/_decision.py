@@ -187,8 +187,7 @@ class CoordinatorState:
             return
         if correlation is None or (decision.approval_id is None and expired(correlation, policy, decision.decided_ns)):
             # Decided as a new one (an approval answers a hold the correlation still holds).
-            revision = 0 if correlation is None else correlation.revision
-            correlation = Correlation(revision=revision, dirty=True)
+            correlation = self._restarted(correlation)
             self._set(self.correlations, decision.correlation_id, correlation, undo)
         self._set(correlation, "last_ns", max(correlation.last_ns, decision.decided_ns), undo)
         first = decision.envelope_id not in correlation.decided
@@ -208,6 +207,20 @@ class CoordinatorState:
         self._set(correlation.hops, decision.envelope_id, decision.hop, undo)
         for recipient in decision.deliver_to:
             self._taint(correlation, recipient, decision.effective_taint, undo)
+
+    def _restarted(self, old: Correlation | None) -> Correlation:
+        """A correlation started again (``old``: its expired state): empty but for the holds still waiting,
+        which an operator's answer must find however long it took."""  # noqa: D205, D209
+        if old is None:
+            return Correlation(dirty=True)
+        waiting = [envelope_id for envelope_id in old.decided if envelope_id in self.holds]
+        return Correlation(
+            decided={envelope_id: old.decided[envelope_id] for envelope_id in waiting},
+            record_ids={e: old.record_ids[e] for e in waiting if e in old.record_ids},
+            records={old.record_ids[e] for e in waiting if e in old.record_ids},
+            revision=old.revision,
+            dirty=True,
+        )
 
     def _apply_partition(self, decision: Decision, policy: Policy, *, first: bool, undo: Undo | None) -> None:
         """Fold in what the partition keeps about ``decision``: its sender's rate bucket, holds, suspensions."""

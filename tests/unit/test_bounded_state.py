@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -371,3 +372,15 @@ async def test_an_expired_correlation_returns_empty_with_its_whole_budget_and_no
     assert isinstance(back, Decision) and back.verdict == "accept" and back.effective_taint == ()
     await bounded.log.resident(["corr-a"])
     assert bounded.log.state.correlation("corr-a").spent == full.log.state.correlation("corr-a").spent == 1
+
+
+def test_a_hold_waiting_in_an_expired_correlation_can_still_be_answered() -> None:
+    """A correlation started again after its idle time keeps the decisions still held for an operator."""
+    state, day = CoordinatorState(), 86_400 * 1_000_000_000
+    held = msgspec.structs.replace(fold_one("corr-a", ""), envelope_id="held", verdict="hold", deliver_to=())
+    state.apply(held, POLICY, seq=1, record_id="r-held")
+    state.apply(fold_one("corr-a", ""), POLICY, seq=2, record_id="r-e")  # "e", decided at T0 too
+    later = msgspec.structs.replace(fold_one("corr-a", ""), envelope_id="late", decided_ns=T0 + 8 * day)
+    state.apply(later, POLICY, seq=3, record_id="r-late")
+    assert set(state.correlation("corr-a").decided) == {"held", "late"}  # "e" forgotten, the hold kept
+    assert state.correlation("corr-a").spent == 1 and state.decision("corr-a", "held") == held
