@@ -161,6 +161,20 @@ class Coordinator:
         if "." not in owner:
             self.suspensions.refused(owner, {reason: 1}, last_seq=delivery.stream_seq, at_ns=self.bus.clock())
 
+    def _full(self, delivery: Delivery) -> bool:
+        """Whether the correlation of ``delivery``'s envelope (in memory, not expired) holds
+        ``limits.decisions_per_correlation`` decisions."""  # noqa: D205, D209
+        held = len(self.state.live(delivery.envelope.correlation_id, self.policy, delivery.stored_ns).decided)
+        return held >= self.policy.limits.decisions_per_correlation
+
+    async def _refuse_full(self, delivery: Delivery) -> None:
+        """Quarantine an envelope of a full correlation: deciding it would grow a state that must stay storable."""
+        limit = self.policy.limits.decisions_per_correlation
+        detail = (
+            f"correlation {delivery.envelope.correlation_id} holds {limit} decisions (limits.decisions_per_correlation)"
+        )
+        await self._refuse(delivery, "correlation_full", detail)
+
     def _batchable(self, delivery: Delivery) -> bool:
         """Plain envelopes from their sender's outbox: decided together, forwarded together."""
         envelope = delivery.envelope
@@ -223,6 +237,9 @@ class Coordinator:
         async def decide_one(delivery: Delivery) -> Decision | None:
             envelope = delivery.envelope
             if delivery.settled:
+                return None
+            if self._full(delivery):
+                await self._refuse_full(delivery)
                 return None
             try:
                 result = self._decide(delivery)
@@ -313,12 +330,19 @@ class Coordinator:
 
         revision = await self._memory.revision(envelope) if envelope.kind == "memory_write" else 0
 
+        full = False
+
         def make() -> Decision | Deferral | None:
+            nonlocal full
             if self.state.decided_about(envelope):
                 return None  # decided before a crash or by another coordinator: forward again
-            return self._decide(delivery, memory_revision=revision)
+            full = self._full(delivery)
+            return None if full else self._decide(delivery, memory_revision=revision)
 
         result = await self._record(envelope, make)
+        if full:
+            await self._refuse_full(delivery)
+            return
         if isinstance(result, Deferral):
             await delivery.defer(result.retry_after_s)
             return
@@ -358,12 +382,20 @@ class Coordinator:
         if record.phase != "completed":
             return
 
+        full = False
+
         def make() -> Decision | None:
+            nonlocal full
             if self.state.decided_about(envelope):
+                return None
+            full = self._full(delivery)
+            if full:
                 return None
             return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
 
         await self._record(envelope, make)
+        if full:
+            await self._refuse_full(delivery)
 
     async def _ask(self, delivery: Delivery, record: EffectRecord) -> None:
         """Decide a high-risk tool call made under taint before it runs, and leave the agent the answer."""
@@ -374,13 +406,22 @@ class Coordinator:
             await delivery.reject("bad_effect", f"effect request id {envelope.id!r} cannot name its answer's key")
             return
 
+        full = False
+
         def make() -> Decision | None:
+            nonlocal full
             if self.state.decided_about(envelope):
+                return None
+            full = self._full(delivery)
+            if full:
                 return None
             clock, seq = delivery.stored_ns, delivery.stream_seq
             return decide_ask(self.policy, envelope, record, self.state, received_ns=clock, source_seq=seq)
 
         await self._record(envelope, make)
+        if full:
+            await self._refuse_full(delivery)
+            return
         await store_ask_answer(self.bus, self._decision(envelope))
 
     async def _approval(self, delivery: Delivery) -> None:

@@ -16,8 +16,10 @@ whose correlations were all stored first), and a correlation leaves memory only
 once a copy covering everything it holds is stored (a write that fails keeps it
 in memory). Copies only move forward: a write is a compare-and-set on the
 key's revision, and a copy another coordinator stored that covers at least as
-much is kept instead of this one. So the bucket must not expire keys (no
-``max_age``): a returning correlation would silently get its budget back.
+much is kept instead of this one. The bucket's keys expire (``max_age``, 30
+days), but only long after the correlation itself has expired by the log's
+clock (``limits.correlation_idle_s``, at most 14 days), when a decision would
+treat it as empty anyway (:meth:`agents._decision.CoordinatorState.live`).
 
 A value that does not verify (not signed by a coordinator key, copied from
 another key, unreadable) is foreign: it is logged and the correlation is
@@ -191,7 +193,9 @@ class CorrelationStore:
         """Store and drop the least recently used correlations beyond the capacity.
 
         A correlation whose write fails stays in memory (dropping it would lose
-        its budget and taint); the next trim tries again.
+        its budget and taint): after a transport failure the next trim tries
+        again; one too large to store (:data:`MAX_STATE_BYTES`) moves to the most
+        recently used end, so it does not stop the others from being stored.
         """
         excess = len(state.correlations) - self.capacity
         if excess <= 0 or time.monotonic() < self._retry_at:
@@ -199,11 +203,13 @@ class CorrelationStore:
         victims = list(state.correlations.items())[:excess]
         for start in range(0, len(victims), REQUESTS_AT_ONCE):
             chunk = victims[start : start + REQUESTS_AT_ONCE]
-            stored = await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk if c.dirty))
-            if not all(stored):
+            stored = await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))
+            for (correlation_id, _), done in zip(chunk, stored, strict=True):
+                kept = state.correlations.pop(correlation_id)
+                if not done:
+                    state.correlations[correlation_id] = kept
+            if time.monotonic() < self._retry_at:
                 return
-            for correlation_id, _ in chunk:
-                del state.correlations[correlation_id]
 
     async def flush(self, state: CoordinatorState) -> bool:
         """Store every correlation changed since it was last stored or loaded; whether all were."""
@@ -311,6 +317,7 @@ class CorrelationStore:
             seen_taint={agent: frozenset(taint) for agent, taint in stored.seen_taint.items()},
             record_ids=dict(stored.record_ids),
             records=set(stored.records),
+            last_ns=max((d.decided_ns for d in stored.decided), default=0),
             covered=stored.covered,
             revision=entry.revision,
         )
@@ -327,6 +334,8 @@ class CorrelationStore:
 
     async def _store(self, state: CoordinatorState, correlation_id: str, correlation: Correlation) -> bool:
         """Store ``correlation`` as complete through ``state.last_seq``, unless a copy at least as new is there."""
+        if not correlation.dirty:
+            return True
         key = correlation_key(self.partition, correlation_id)
         covered = state.last_seq
         payload = _ENCODER.encode(

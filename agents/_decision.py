@@ -57,6 +57,8 @@ class Correlation:
         seen_taint: agent -> taint of everything delivered to it.
         record_ids: envelope id -> id of the record of its last decision.
         records: ids of every decision record folded in (a second copy is a replay).
+        last_ns: the clock of its latest decision (0: none); once ``limits.correlation_idle_s`` passed since,
+            the correlation has expired and starts again empty (:meth:`CoordinatorState.live`).
         covered: the log sequence through which a stored copy of it was complete
             (0: never stored); :class:`agents._correlation_store.CorrelationStore`'s bookkeeping.
         revision: that stored copy's revision in the state bucket (0: none).
@@ -69,6 +71,7 @@ class Correlation:
     seen_taint: dict[str, frozenset[str]] = field(default_factory=dict)
     record_ids: dict[str, str] = field(default_factory=dict)
     records: set[str] = field(default_factory=set)
+    last_ns: int = 0
     covered: int = 0
     revision: int = 0
     dirty: bool = False
@@ -104,6 +107,19 @@ class CoordinatorState:
         """The state of ``correlation_id`` (an empty one, not kept, if nothing was decided in it)."""
         return self.correlations.get(correlation_id, _NONE)
 
+    def live(self, correlation_id: str, policy: Policy, at_ns: int) -> Correlation:
+        """The state of ``correlation_id`` as a decision at ``at_ns`` sees it: empty if it has expired.
+
+        A correlation expires ``limits.correlation_idle_s`` after its latest
+        decision, so stored correlations need not be kept for ever (the state
+        bucket's keys expire after longer still). It starts again with its whole
+        budget and no taint: what a new correlation id would get, which any
+        sender may choose at any time. Envelopes it decided can no longer be
+        replayed (the replay window is far shorter) nor named as causes.
+        """
+        correlation = self.correlation(correlation_id)
+        return _NONE if expired(correlation, policy, at_ns) else correlation
+
     def decision(self, correlation_id: str, envelope_id: str) -> Decision | None:
         """The last decision about ``envelope_id`` in ``correlation_id``, if any."""
         return self.correlation(correlation_id).decided.get(envelope_id)
@@ -124,9 +140,12 @@ class CoordinatorState:
         """Every decision in memory by envelope id, correlation after correlation (a copy: for tests and benches)."""
         return {k: d for c in self.correlations.values() for k, d in c.decided.items()}
 
-    def effective_taint(self, envelope: Envelope) -> tuple[str, ...]:
-        """The declared taint and that of everything delivered to the sender in its correlation, sorted."""
-        inherited = self.correlation(envelope.correlation_id).seen_taint.get(envelope.sender, frozenset())
+    def effective_taint(self, envelope: Envelope, correlation: Correlation | None = None) -> tuple[str, ...]:
+        """The declared taint and that of everything delivered to the sender in its correlation
+        (``correlation``, else the one in memory), sorted."""  # noqa: D205, D209
+        if correlation is None:
+            correlation = self.correlation(envelope.correlation_id)
+        inherited = correlation.seen_taint.get(envelope.sender, frozenset())
         return tuple(sorted(set(envelope.taint) | inherited))
 
     def tokens(self, policy: Policy, sender: str, at_ns: int) -> float | None:
@@ -162,13 +181,15 @@ class CoordinatorState:
         an operator's answer decides an envelope a second time).
         """
         correlation = self.correlations.get(decision.correlation_id)
-        if correlation is None:
-            correlation = Correlation()
-            self._set(self.correlations, decision.correlation_id, correlation, undo)
-        if 0 < seq <= correlation.covered and undo is None:
+        if correlation is not None and 0 < seq <= correlation.covered and undo is None:
             self._apply_partition(decision, policy, first=decision.approval_id is None, undo=None)
             self.last_seq = max(self.last_seq, seq)
             return
+        if correlation is None or (decision.approval_id is None and expired(correlation, policy, decision.decided_ns)):
+            # Decided as a new one (an approval answers a hold the correlation still holds).
+            correlation = self._restarted(correlation)
+            self._set(self.correlations, decision.correlation_id, correlation, undo)
+        self._set(correlation, "last_ns", max(correlation.last_ns, decision.decided_ns), undo)
         first = decision.envelope_id not in correlation.decided
         self._set(correlation.decided, decision.envelope_id, decision, undo)
         if record_id is not None:
@@ -186,6 +207,20 @@ class CoordinatorState:
         self._set(correlation.hops, decision.envelope_id, decision.hop, undo)
         for recipient in decision.deliver_to:
             self._taint(correlation, recipient, decision.effective_taint, undo)
+
+    def _restarted(self, old: Correlation | None) -> Correlation:
+        """A correlation started again (``old``: its expired state): empty but for the holds still waiting,
+        which an operator's answer must find however long it took."""  # noqa: D205, D209
+        if old is None:
+            return Correlation(dirty=True)
+        waiting = [envelope_id for envelope_id in old.decided if envelope_id in self.holds]
+        return Correlation(
+            decided={envelope_id: old.decided[envelope_id] for envelope_id in waiting},
+            record_ids={e: old.record_ids[e] for e in waiting if e in old.record_ids},
+            records={old.record_ids[e] for e in waiting if e in old.record_ids},
+            revision=old.revision,
+            dirty=True,
+        )
 
     def _apply_partition(self, decision: Decision, policy: Policy, *, first: bool, undo: Undo | None) -> None:
         """Fold in what the partition keeps about ``decision``: its sender's rate bucket, holds, suspensions."""
@@ -237,6 +272,12 @@ class CoordinatorState:
         return sorted(self.holds.values(), key=lambda d: d.decided_ns)
 
 
+def expired(correlation: Correlation, policy: Policy, at_ns: int) -> bool:
+    """Whether ``correlation`` had no decision for ``limits.correlation_idle_s`` before ``at_ns``."""
+    idle_ns = int(policy.limits.correlation_idle_s * 1e9)
+    return 0 < correlation.last_ns and at_ns - correlation.last_ns > idle_ns
+
+
 def instruction_verb(envelope: Envelope) -> str | None:
     """The ``verb`` of a JSON instruction payload, if it has a non-empty string one."""
     if envelope.content_type != "application/json":
@@ -271,9 +312,9 @@ def decide(
         sender_role: the keyring role of the signing key (an ``operator`` may revert
             another agent's memory during a rollback; no one else may write it).
     """
-    correlation = state.correlation(envelope.correlation_id)
+    correlation = state.live(envelope.correlation_id, policy, received_ns)
     hop = max(envelope.hop, correlation.hops.get(envelope.causation_id or "", -1) + 1)
-    effective = state.effective_taint(envelope)
+    effective = state.effective_taint(envelope, correlation)
     recipients = list(dict.fromkeys(envelope.to))
 
     def decision(verdict: Verdict, reasons: list[str], deliver: list[str], dropped: list[Dropped]) -> Decision:

@@ -51,6 +51,12 @@ class Limits(_Model):
     fanout_per_envelope: Annotated[int, Field(ge=1, le=1000)] = 16
     budget_per_correlation: Annotated[int, Field(ge=1)] = 1000
     correlations_in_memory: Annotated[int, Field(ge=1)] = 10_000  # per partition; the rest are stored
+    # Decisions one correlation may hold; past it an envelope is quarantined (correlation_full), so a
+    # correlation's stored state stays under a stored value's size (about 500 bytes a decision).
+    decisions_per_correlation: Annotated[int, Field(ge=1)] = 1500
+    # Seconds without a decision after which a correlation expires and starts again empty; over the replay
+    # window, and under the state bucket's key age (bus.STATE_TTL_S, 30 days) with room for an outage.
+    correlation_idle_s: Annotated[float, Field(ge=600, le=14 * 86_400)] = 7 * 86_400
     rate: RateLimit | None = None
     suspension: Suspension | None = Suspension()
 

@@ -2,8 +2,8 @@
 
 Pure: no NATS. A partition's coordinator counts the messages it refused from
 each sender before deciding them (verification failures, recorded in aggregate
-by :class:`bus._rejections.RejectionLog`, and ``wrong_outbox``); a sender with ``policy.limits.suspension.rejections``
-of them within ``window_s`` is suspended in that partition by a decision on
+by :class:`bus._rejections.RejectionLog`, ``wrong_outbox`` and ``correlation_full``); a sender with
+``policy.limits.suspension.rejections`` of them within ``window_s`` is suspended in that partition by a decision on
 the partition's log: a :class:`~bus.Decision` of kind ``suspension`` and
 verdict ``hold`` about the synthetic envelope id :func:`suspension_id`. The
 coordinator's state is the fold of that log, so a suspension survives

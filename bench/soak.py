@@ -10,6 +10,10 @@ array of the run's size, so its memory does not grow with the run) and ``trustbu
 the stream into a temporary directory. Agent A is this process: a ``bus.Bus`` with A's key sending
 ``event`` envelopes to B in correlations of 10, each payload JSON of ``--payload`` bytes naming its index.
 
+**Past the correlation cache:** the coordinator keeps ``correlations_in_memory`` (10,000) correlations in
+memory and stores the others; ``--capacity C`` sets it to C in the run's policy, so a shorter run goes past it
+(N + the restart batch, over 10, correlations in all; both in the JSON).
+
 **Steady by construction:** A keeps at most ``--window`` envelopes in flight, sent but not yet counted by B
 (B reports its count every 50 ms); so the coordinator never has more than that waiting, and the run goes at
 the mediated rate instead of piling a backlog into the stream.
@@ -107,6 +111,13 @@ def slope(points: Sequence[tuple[int, int]]) -> float:
     if var == 0:
         return 0.0
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+
+
+def soak_policy(capacity: int | None) -> str:
+    """The mediated bench's policy, with ``correlations_in_memory`` set to ``capacity`` (None: the default)."""
+    if capacity is None:
+        return POLICY
+    return POLICY.replace("limits:\n", f"limits:\n  correlations_in_memory: {capacity}\n", 1)
 
 
 def payload(index: int, size: int) -> bytes:
@@ -229,7 +240,7 @@ class Soak:
         holders = [("a", "agent"), ("b", "agent"), ("coordinator", "coordinator"), ("ledger", "ledger")]
         await provision_tenant(self.server.url, TENANT, self.keys, holders)
         policy = self.work / "policy.yaml"
-        policy.write_text(POLICY)
+        policy.write_text(soak_policy(self.args.capacity))
         common = ["--server", self.server.url, "--keys", str(self.keys.root), "--tenant", TENANT]
         trustbus = [sys.executable, "-m", "trustbus"]
         argvs = {
@@ -356,6 +367,8 @@ class Soak:
             "window": self.window,
             "payload_bytes": self.args.payload,
             "per_correlation": PER_CORRELATION,
+            "correlations": self.total // PER_CORRELATION,
+            "capacity": self.args.capacity,
             "restart_batch": self.restart_batch,
             "run_s": round(run_s, 1),
             "decisions_per_s": round(self.n / run_s, 1),
@@ -457,6 +470,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="mediated envelopes (default 1,000,000)")
     parser.add_argument("--window", type=int, default=1000, help="envelopes in flight, sent not received (1000)")
     parser.add_argument("--payload", type=int, default=256, help="payload bytes per envelope (default 256)")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        help="the coordinator's correlations_in_memory (default: the policy's, 10,000): lower it to evict sooner",
+    )
     parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between RSS samples (default 2)")
     parser.add_argument(
         "--settle-s", type=float, default=60.0, help="after the restart, how long without a receipt ends the run (60)"
@@ -468,6 +486,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.n < 100 or args.window < 1 or args.sample_s <= 0 or args.settle_s <= 0:
         parser.error("need --n >= 100, --window >= 1, --sample-s > 0 and --settle-s > 0")
+    if args.capacity is not None and args.capacity < 1:
+        parser.error("need --capacity >= 1")
     run_bench(measure, report_table, args)
 
 

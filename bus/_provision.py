@@ -31,6 +31,10 @@ PARTITIONS_METADATA = "trustbus.partitions"
 # envelope's ts fails the skew check. Together they stop every resend.
 DUPLICATE_WINDOW_S = 2 * DEFAULT_SKEW_NS / 1e9
 KV_HISTORY = 64
+# Stored correlations (and partition snapshots) a coordinator has not rewritten for this long expire. Past the
+# longest correlation_idle_s a policy may set (14 days), with room for an outage: an envelope that waited
+# longer than the difference in a backlog may find its (unexpired) correlation already gone.
+STATE_TTL_S = 30 * 86_400.0
 
 
 @dataclass
@@ -177,18 +181,33 @@ async def provision(
                         storage=StorageType.FILE,
                         replicas=replicas,
                         direct=True,
+                        ttl=_bucket_ttl(bucket, tenant),
                     )
                 )
                 report.created.append(bucket)
                 continue
-            if backing.num_replicas != replicas:
-                await js.update_stream(dataclasses.replace(backing, num_replicas=replicas))
-                report.updated.append(f"{bucket} (num_replicas)")
+            ttl = _bucket_ttl(bucket, tenant) or 0.0
+            drift = [
+                name
+                for name, differs in (
+                    ("num_replicas", backing.num_replicas != replicas),
+                    ("max_age", backing.max_age != ttl),
+                )
+                if differs
+            ]
+            if drift:
+                await js.update_stream(dataclasses.replace(backing, num_replicas=replicas, max_age=ttl))
+                report.updated.append(f"{bucket} ({', '.join(drift)})")
             else:
                 report.unchanged.append(bucket)
     except (nats.errors.Error, nats.js.errors.Error) as exc:
         raise TransportError(f"provisioning tenant {tenant!r} failed: {exc}") from exc
     return report
+
+
+def _bucket_ttl(bucket: str, tenant: str) -> float | None:
+    """How long a key of ``bucket`` lives unwritten (None: for ever); only the state bucket's expire."""
+    return STATE_TTL_S if bucket == state_bucket(tenant) else None
 
 
 async def _provision_given_up_stream(js: JetStreamContext, wanted: StreamConfig, report: ProvisionReport) -> None:

@@ -15,6 +15,7 @@ from trustbus.agents._approvals import list_held
 from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._correlation_store import correlation_key
 from trustbus.agents._decision_log import DecisionLog
+from trustbus.agents._policy import Policy
 from trustbus.bus import (
     Appended,
     Approval,
@@ -23,6 +24,8 @@ from trustbus.bus import (
     Envelope,
     StoredMessage,
     SubjectLog,
+    decode_envelope,
+    decode_quarantine_record,
     new_envelope,
     new_id,
     subjects,
@@ -42,9 +45,9 @@ WAIT_S = 15.0
 
 
 @contextlib.asynccontextmanager
-async def running(bus: Bus) -> AsyncIterator[Coordinator]:
+async def running(bus: Bus, policy: Policy = POLICY) -> AsyncIterator[Coordinator]:
     """A coordinator of partition 0, mediating until the block ends."""
-    coordinator = Coordinator(bus, POLICY, 0)
+    coordinator = Coordinator(bus, policy, 0)
     await coordinator.start()
     stop = asyncio.Event()
     task = asyncio.create_task(coordinator.run(stop))
@@ -223,3 +226,41 @@ async def test_a_restart_reads_the_snapshot_and_only_the_decisions_after_it(tena
     assert sorted(again.state.correlations) == sorted(tail[-2:])
     await again.log.resident([tail[0]])
     assert again.state.correlation(tail[0]).spent == 1
+
+
+async def test_one_sender_cannot_grow_a_correlation_past_its_limit_nor_stall_the_partition(tenant: Tenant) -> None:
+    """An attack: alice keeps sending in one correlation; past ``decisions_per_correlation`` each envelope is
+    quarantined as ``correlation_full`` (nothing decided, the state stays storable), and others go on."""
+    policy = parse_policy(
+        {"limits": {"decisions_per_correlation": 3, "correlations_in_memory": 2}, "rules": POLICY.rules}
+    )
+    await tenant.add("c1", role="coordinator")
+    alice, bob, c1 = await tenant.bus("alice"), await tenant.bus("bob"), await tenant.bus("c1")
+    x = correlation_in_partition_0(alice)
+    async with running(c1, policy) as coordinator:
+        for _ in range(3):
+            assert (await send(tenant, alice, event_of(alice, "bob", x))).verdict == "accept"
+        flood = [event_of(alice, "bob", x) for _ in range(3)]
+        for envelope in flood:
+            await alice.publish(alice.outbox(envelope), alice.seal(envelope))
+        other = await send(tenant, bob, event_of(bob, "alice", correlation_in_partition_0(bob)))
+        assert other.verdict == "accept"  # decided after the flood: the partition goes on
+        assert len(await full_refusals(c1, 3)) == 3
+        await crowd_out(tenant, bob, coordinator, x)  # x, at its limit, is stored and leaves memory
+        await coordinator.log.resident([x])
+        assert len(coordinator.state.correlation(x).decided) == 3
+        assert all(coordinator.state.decision(x, e.id) is None for e in flood)
+
+
+async def full_refusals(bus: Bus, n: int) -> list[str]:
+    """The details of the ``correlation_full`` quarantine records, once there are ``n`` (or ``WAIT_S`` passed)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        records = [
+            decode_quarantine_record(decode_envelope(m.body).payload)
+            async for m in bus.log(subjects.quarantine(bus.tenant)).read()
+        ]
+        found = [r.detail for r in records if r.reason == "correlation_full"]
+        if len(found) >= n or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)

@@ -92,6 +92,19 @@ async def test_reprovisioning_a_stream_made_without_direct_gets_turns_them_on(na
         await nc.close()
 
 
+async def test_stored_correlations_expire_and_a_state_bucket_made_without_that_gets_it(tenant: Tenant) -> None:
+    """The state bucket's keys live 30 days unwritten (a policy's correlation_idle_s is at most 14); the
+    other buckets keep theirs. A tenant provisioned before that gets it on the next `init`."""
+    state = f"KV_tb_state_{tenant.name}"
+    assert (await tenant.js.stream_info(state)).config.max_age == 30 * 86_400
+    assert (await tenant.js.stream_info(f"KV_tb_keys_{tenant.name}")).config.max_age == 0
+    backing = (await tenant.js.stream_info(state)).config
+    await tenant.js.update_stream(dataclasses.replace(backing, max_age=0))
+    report = await provision(tenant.js, tenant.name, admin_key_id=tenant.admin.key_id)
+    assert report.updated == [f"tb_state_{tenant.name} (max_age)"]
+    assert (await tenant.js.stream_info(state)).config.max_age == 30 * 86_400
+
+
 async def test_stream_is_append_only(tenant: Tenant) -> None:
     alice = await tenant.bus("alice")
     sealed = alice.seal(new_envelope(tenant=tenant.name, kind="event", sender="alice", to=["bob"]))

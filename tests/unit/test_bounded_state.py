@@ -1,7 +1,8 @@
 """A coordinator that keeps few correlations in memory decides exactly as one that keeps them all (bus.testing).
 
 Random decision sequences (many correlations, causes from any of them, replies, instructions held
-under taint, approvals and denials, tool results, checkpoints, a rate limit that defers) are decided
+under taint, approvals and denials, tool results, checkpoints, a rate limit that defers, idle spells
+after which every correlation has expired) are decided
 by two coordinators, each on its own log: one whose state holds every correlation, and one whose
 :class:`~agents._correlation_store.CorrelationStore` keeps at most one or two in memory between
 envelopes (so almost every envelope loads its correlation back), and which is sometimes restarted
@@ -15,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +35,14 @@ from tests.unit.test_decision_race import (
 )
 from trustbus.agents import parse_policy
 from trustbus.agents._correlation_store import CorrelationStore, correlation_key
-from trustbus.agents._decision import CoordinatorState, Deferral, decide, decide_approval, record_effect
+from trustbus.agents._decision import (
+    CoordinatorState,
+    Correlation,
+    Deferral,
+    decide,
+    decide_approval,
+    record_effect,
+)
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.bus import Approval, Decision, Envelope, new_envelope, subjects
 from trustbus.bus.testing import MemoryBucket, MemoryStream
@@ -55,7 +64,8 @@ POLICY = parse_policy(
         ],
     }
 )
-KINDS = ("event", "event", "reply", "instruction", "effect", "checkpoint", "approve", "deny", "restart")
+KINDS = ("event", "event", "reply", "instruction", "effect", "checkpoint", "approve", "deny", "restart", "idle")
+IDLE_NS = 8 * 86_400 * 1_000_000_000  # an "idle" step: past limits.correlation_idle_s (7 days), all expire
 
 Step = tuple[str, int, int, int, int, bool]
 
@@ -92,7 +102,7 @@ def side(stream: MemoryStream, bucket: MemoryBucket | None, capacity: int) -> Si
 def envelope_for(step: Step, sent: list[Envelope], correlations: list[str]) -> Envelope | None:
     """The envelope a step sends (None: an approval or a restart)."""
     kind, sender, to, correlation, cause, tainted = step
-    if kind in ("approve", "deny", "restart"):
+    if kind in ("approve", "deny", "restart", "idle"):
         return None
     cause_of = sent[cause % len(sent)] if sent and cause % 3 else None
     if kind == "reply" and cause_of is not None:
@@ -160,9 +170,13 @@ async def play(steps: list[Step], capacity: int) -> None:
     stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
     bounded = side(stream, bucket, capacity)
     sent: list[Envelope] = []
+    idle = 0
     for index, step in enumerate(steps):
-        at = T0 + index * STEP_NS
+        at = T0 + index * STEP_NS + idle
         kind = step[0]
+        if kind == "idle":
+            idle += IDLE_NS
+            continue
         if kind == "restart":
             bounded = side(stream, bucket, capacity)
             await bounded.log.catch_up(trim=True)
@@ -291,3 +305,82 @@ async def test_two_coordinators_keeping_one_correlation_each_spend_every_budget_
             mine, theirs = racer.log.state.correlation(correlation), folded.correlation(correlation)
             assert (mine.decided, mine.spent) == (theirs.decided, race.BUDGET)
         assert racer.log.state.buckets == folded.buckets
+
+
+async def test_a_correlation_too_large_to_store_stays_in_memory_without_holding_the_others_back() -> None:
+    bucket = MemoryBucket(subjects.state_bucket(TENANT))
+    s = side(MemoryStream(), bucket, 1)
+    store = s.log.store
+    assert store is not None
+    decision = fold_one("huge", "x" * 60_000)
+    huge = Correlation(decided={f"e{i}": decision for i in range(20)}, dirty=True)  # over a stored value's size
+    state = s.log.state
+    state.correlations = {"huge": huge, "small": Correlation(decided={"e": fold_one("small", "")}, dirty=True)}
+    state.correlations["recent"] = Correlation(dirty=True)
+    state.last_seq = 3
+    await store.trim(state)
+    assert list(state.correlations) == ["recent", "huge"]  # small stored and dropped; huge kept, now last used
+    assert await bucket.get(correlation_key(0, "small")) is not None
+    assert await bucket.get(correlation_key(0, "huge")) is None
+    assert not await store.flush(state)  # so no snapshot claims to cover it
+
+
+def fold_one(correlation_id: str, padding: str) -> Decision:
+    """A decision in ``correlation_id`` whose taint label is ``padding`` long."""
+    return Decision(
+        envelope_id="e",
+        source_seq=1,
+        sender="triage",
+        kind="event",
+        correlation_id=correlation_id,
+        causation_id=None,
+        verdict="accept",
+        reasons=(),
+        deliver_to=("billing",),
+        dropped=(),
+        hop=0,
+        declared_taint=(padding,) if padding else (),
+        effective_taint=(),
+        decided_ns=T0,
+    )
+
+
+async def test_an_expired_correlation_returns_empty_with_its_whole_budget_and_no_taint() -> None:
+    """Idle for ``limits.correlation_idle_s`` (7 days), a correlation starts again as a new one would,
+    in memory and loaded back alike; a day idle it still has its spent budget and its taint."""
+    full, bounded = side(MemoryStream(), None, 1), side(MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT)), 1)
+    day = 86_400 * 1_000_000_000
+    seq = 0
+
+    async def both(step: Step, at: int) -> Decision | Deferral | None:
+        nonlocal seq
+        seq += 1
+        envelope = envelope_for(step, [], ["corr-a", "corr-b"])
+        assert envelope is not None
+        results = [await mediate(s, envelope, at=at, seq=seq, tool_taint=False) for s in (full, bounded)]
+        await bounded.log.trim()  # capacity 1: corr-a leaves memory whenever corr-b is used
+        assert results[0] == results[1]
+        return results[0]
+
+    for i in range(POLICY.limits.budget_per_correlation):  # triage -> billing, web-tainted: corr-a's budget spent
+        await both(("event", 0, 1, 0, 0, True), T0 + i * 3 * STEP_NS)
+    await both(("event", 0, 1, 1, 0, False), T0 + day)  # corr-b: corr-a stored and out of memory
+    refused = await both(("event", 1, 0, 0, 0, False), T0 + day + STEP_NS)  # billing, a day later
+    assert isinstance(refused, Decision) and refused.reasons == ("budget",)
+    await both(("event", 0, 1, 1, 0, False), T0 + 9 * day)
+    back = await both(("event", 1, 0, 0, 0, False), T0 + 9 * day + STEP_NS)  # 8 days after corr-a's last
+    assert isinstance(back, Decision) and back.verdict == "accept" and back.effective_taint == ()
+    await bounded.log.resident(["corr-a"])
+    assert bounded.log.state.correlation("corr-a").spent == full.log.state.correlation("corr-a").spent == 1
+
+
+def test_a_hold_waiting_in_an_expired_correlation_can_still_be_answered() -> None:
+    """A correlation started again after its idle time keeps the decisions still held for an operator."""
+    state, day = CoordinatorState(), 86_400 * 1_000_000_000
+    held = msgspec.structs.replace(fold_one("corr-a", ""), envelope_id="held", verdict="hold", deliver_to=())
+    state.apply(held, POLICY, seq=1, record_id="r-held")
+    state.apply(fold_one("corr-a", ""), POLICY, seq=2, record_id="r-e")  # "e", decided at T0 too
+    later = msgspec.structs.replace(fold_one("corr-a", ""), envelope_id="late", decided_ns=T0 + 8 * day)
+    state.apply(later, POLICY, seq=3, record_id="r-late")
+    assert set(state.correlation("corr-a").decided) == {"held", "late"}  # "e" forgotten, the hold kept
+    assert state.correlation("corr-a").spent == 1 and state.decision("corr-a", "held") == held
