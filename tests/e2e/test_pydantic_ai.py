@@ -1,7 +1,8 @@
-"""A pydantic-ai agent as its own process on the bus: answers, tool calls as effects, crash, hold, replay.
+"""A pydantic-ai agent as its own process on the bus: answers, tool calls as effects, crash, hold, replay, asks.
 
 The agent is tests/e2e/pydantic_agents.py: a ``pydantic_ai.Agent`` given to ``trustbus agent run`` as is,
-with a stand-in ``FunctionModel`` that counts its calls in a file. One fleet serves the whole module.
+with a stand-in ``FunctionModel`` that counts its calls in a file; ``asker`` there asks other agents.
+One fleet serves the whole module.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trustbus.bus import Bus, Decision, EmbeddedServer, Envelope, KeyDirectory, 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 AGENT = "tests.e2e.pydantic_agents:agent"
+ASKER = "tests.e2e.pydantic_agents:asker"
 TOOLS = {
     "tools": [
         {"name": "record_sale", "system": "till", "owner": "shop", "effect_class": "irreversible"},
@@ -42,7 +44,8 @@ TOOLS = {
 }  # fmt: skip
 POLICY = {
     "rules": [
-        {"from": "boss", "to": ["pyd"], "kinds": ["instruction", "event"]},
+        {"from": "boss", "to": ["pyd", "asker"], "kinds": ["instruction", "event"]},
+        {"from": "asker", "to": ["clerk", "billing", "mallory"], "kinds": ["instruction"], "verbs": ["ask"]},
         {"from": "customer", "to": ["support"], "kinds": ["event"]},
         {"from": "*", "to": ["*"], "kinds": ["reply"]},
     ]
@@ -56,6 +59,7 @@ class Shop:
     fleet: Fleet
     boss: Bus
     process: Process | None = None
+    asker: Process | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -67,6 +71,10 @@ class Shop:
         tools.write_text(yaml.safe_dump(TOOLS))
         self.process = await self.fleet.spawn("agent", "run", AGENT, "--id", "pyd", "-t", self.fleet.tenant,
                                               "--tools", str(tools), env=self.env)  # fmt: skip
+
+    async def start_asker(self) -> None:
+        self.asker = await self.fleet.spawn("agent", "run", ASKER, "--id", "asker", "-t", self.fleet.tenant,
+                                            env=self.env)  # fmt: skip
 
     async def ask(self, *calls: dict[str, object], taint: tuple[str, ...] = ()) -> str:
         """Send the agent a prompt listing ``calls``; the envelope id (its correlation)."""
@@ -106,8 +114,12 @@ async def shop(nats_server: EmbeddedServer, tmp_path_factory: pytest.TempPathFac
         await fleet.coordinator(POLICY)
         await fleet.key("ops", role="operator")
         await fleet.key("pyd")
+        for agent in ("asker", "clerk", "billing"):
+            await fleet.key(agent)
         shop = Shop(fleet, await fleet.bus("boss"))
         await shop.start_agent()
+        await shop.start_asker()
+        await fleet.spawn("agent", "run", "tests.e2e.pydantic_agents:clerk", "--id", "clerk", "-t", tenant)
         yield shop
     finally:
         await fleet.close()
@@ -213,3 +225,73 @@ async def test_the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_op
     assert rc == 0, err
     answer = await shop.answer(refund, to="customer")
     assert answer.payload.decode() == "refund_order: refund_order was not run: denied by ops"
+
+
+def question(agent: str, text: str) -> str:
+    return json.dumps({"ask": agent, "question": text})
+
+
+async def delivered(fleet: Fleet, to: str, kind: str, correlation: str) -> Envelope:
+    """The first envelope of ``kind`` in ``correlation`` delivered to ``to``, waiting for it if need be."""
+
+    def match(r: str, e: Envelope) -> bool:
+        return r == to and e.kind == kind and e.correlation_id == correlation
+
+    read = await fleet.inbox(lambda read: any(match(r, e) for r, e in read), limit_s=60)
+    return next(e for r, e in read if match(r, e))
+
+
+async def test_it_asks_another_agent_and_answers_its_sender_with_what_it_learned_and_replays_it(shop: Shop) -> None:
+    asked = question("clerk", "how many rooms?")
+    request = await shop.fleet.send(shop.boss, ["asker"], asked)
+    ask = await delivered(shop.fleet, "clerk", "instruction", request)
+    assert json.loads(ask.payload) == {"verb": "ask", "question": "how many rooms?"} and ask.sender == "asker"
+    answer = await shop.answer(request)
+    assert answer.payload.decode() == 'learned: {"question":"how many rooms?","answer":"15 letters"}'
+    assert answer.sender == "asker" and answer.taint == ("llm",)
+    assert shop.model_calls(asked) == 2  # the question, then the answer: one run, resumed
+
+    # Both deliveries (the question, the clerk's reply) re-executed from the ledger: the same ask, the same
+    # checkpoints, the same answer, and no model call.
+    args = [*TRUSTBUS, "ledger", "replay", "-t", shop.fleet.tenant, "--correlation", request,
+            "--execute", f"asker={ASKER}", "--json"]  # fmt: skip
+    result = await one_shot_async(args, env={**shop.env, NO_MODEL: "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    executed = json.loads(result.stdout)["executed"]
+    assert [row["divergences"] for row in executed] == [[], []]
+    assert shop.model_calls(asked) == 2
+
+
+async def test_a_run_waiting_for_an_answer_survives_a_restart_of_its_agent(shop: Shop) -> None:
+    asked = question("billing", "what is owed?")
+    request = await shop.fleet.send(shop.boss, ["asker"], asked)
+    ask = await delivered(shop.fleet, "billing", "instruction", request)  # billing is this test: nobody answers yet
+    assert shop.asker is not None
+    shop.asker.send_signal(signal.SIGKILL)
+    await shop.asker.exited()
+    await shop.start_asker()
+
+    billing = await shop.fleet.bus("billing")
+    await shop.fleet.send(billing, ["asker"], {"owed": 12}, kind="reply", correlation_id=request,
+                          causation_id=ask.id, hop=ask.hop + 1, taint=list(ask.taint))  # fmt: skip
+    answer = await shop.answer(request)
+    assert answer.payload.decode() == 'learned: {"owed":12}'
+    assert shop.model_calls(asked) == 2  # the restarted process resumed the run from its checkpoint
+
+
+async def test_an_ask_to_an_agent_it_may_not_ask_fails_for_the_model(shop: Shop) -> None:
+    asked = question("mallory", "what is the admin password?")
+    request = await shop.fleet.send(shop.boss, ["asker"], asked)
+    answer = await shop.answer(request)
+    assert answer.payload.decode() == (
+        'learned: {"error":"\'mallory\' is not an agent this one may ask (it may ask: clerk, billing)"}'
+    )
+
+
+async def test_the_answer_to_a_tainted_question_is_tainted(shop: Shop) -> None:
+    asked = question("clerk", "what does the web page say?")
+    request = await shop.fleet.send(shop.boss, ["asker"], asked, taint=["web"])
+    reply = await delivered(shop.fleet, "asker", "reply", request)
+    assert reply.sender == "clerk" and reply.taint == ("llm", "web")  # the ask carried it to the clerk and back
+    answer = await shop.answer(request)
+    assert answer.taint == ("llm", "web")
