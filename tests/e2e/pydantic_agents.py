@@ -6,8 +6,9 @@ $TB_TEST_MODEL_CALLS, so a test counts them from outside; with $TB_TEST_NO_MODEL
 instead (a replay must answer every request from the ledger). The tools act on the SQLite "system" of
 tests/e2e/fleet_agents.py, once per idempotency key.
 
-``asker`` may ask the agent ``clerk`` (a plain trustbus agent, ``clerk`` here) or ``billing``: its prompt is
-``{"ask": AGENT, "question": ...}``, and it answers ``learned: <the answer>`` (or what failed).
+``asker`` may ask the agents ``clerk`` (a plain trustbus agent, ``clerk`` here), ``billing`` and ``pyd``
+(``agent``): its prompt is ``{"ask": AGENT, "question": ...}``, and it answers
+``learned: <the answer>`` (or what failed).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def stand_in(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     returns = [
         p.content for m in messages if isinstance(m, ModelRequest) for p in m.parts if isinstance(p, ToolReturnPart)
     ]
-    wanted = json.loads(prompt)["calls"]
+    wanted = json.loads(prompt).get("calls", [])  # an agent's question (``{"verb": "ask", ...}``) lists none
     if len(returns) < len(wanted):
         call = wanted[len(returns)]
         return ModelResponse(parts=[ToolCallPart(call["tool"], call["args"], tool_call_id=f"call-{len(returns)}")])
@@ -117,7 +118,9 @@ def asking(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return ModelResponse(parts=[call])
 
 
-asker = on_bus(Agent(FunctionModel(asking), instructions="Ask whom you are told to."), peers=["clerk", "billing"])
+asker = on_bus(
+    Agent(FunctionModel(asking), instructions="Ask whom you are told to."), peers=["clerk", "billing", "pyd"]
+)
 
 clerk = Handlers()
 

@@ -45,7 +45,7 @@ TOOLS = {
 POLICY = {
     "rules": [
         {"from": "boss", "to": ["pyd", "asker"], "kinds": ["instruction", "event"]},
-        {"from": "asker", "to": ["clerk", "billing", "mallory"], "kinds": ["instruction"], "verbs": ["ask"]},
+        {"from": "asker", "to": ["clerk", "billing", "pyd", "mallory"], "kinds": ["instruction"], "verbs": ["ask"]},
         {"from": "customer", "to": ["support"], "kinds": ["event"]},
         {"from": "*", "to": ["*"], "kinds": ["reply"]},
     ]
@@ -284,7 +284,7 @@ async def test_an_ask_to_an_agent_it_may_not_ask_fails_for_the_model(shop: Shop)
     request = await shop.fleet.send(shop.boss, ["asker"], asked)
     answer = await shop.answer(request)
     assert answer.payload.decode() == (
-        'learned: {"error":"\'mallory\' is not an agent this one may ask (it may ask: clerk, billing)"}'
+        'learned: {"error":"\'mallory\' is not an agent this one may ask (it may ask: clerk, billing, pyd)"}'
     )
 
 
@@ -295,3 +295,10 @@ async def test_the_answer_to_a_tainted_question_is_tainted(shop: Shop) -> None:
     assert reply.sender == "clerk" and reply.taint == ("llm", "web")  # the ask carried it to the clerk and back
     answer = await shop.answer(request)
     assert answer.taint == ("llm", "web")
+
+
+async def test_it_asks_another_pydantic_ai_agent_whose_output_is_the_answer(shop: Shop) -> None:
+    asked = question("pyd", "anything sold?")
+    request = await shop.fleet.send(shop.boss, ["asker"], asked)
+    answer = await shop.answer(request)
+    assert answer.payload.decode() == "learned: done: []"  # pyd's run: no calls listed, so its output is that
