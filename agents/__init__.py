@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         ToolRegistryError,
         UnknownTool,
     )
+    from trustbus.agents._memory_outcomes import MemoryOutcome
     from trustbus.agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
     from trustbus.agents._process import load_agent, serve_agent, serve_coordinator
     from trustbus.agents._redecide import redecide
@@ -55,6 +56,7 @@ __all__ = [
     "Limits",
     "McpBinding",
     "McpServer",
+    "MemoryOutcome",
     "Policy",
     "PolicyError",
     "RateLimit",
@@ -110,6 +112,7 @@ _ORIGINS: dict[str, str] = {
     "RuntimeSetupError": "trustbus.agents._errors",
     "ToolRegistryError": "trustbus.agents._errors",
     "UnknownTool": "trustbus.agents._errors",
+    "MemoryOutcome": "trustbus.agents._memory_outcomes",
     "Limits": "trustbus.agents._policy",
     "Policy": "trustbus.agents._policy",
     "RateLimit": "trustbus.agents._policy",

@@ -35,7 +35,7 @@ import msgspec
 from trustbus.agents._correlation_store import correlation_store
 from trustbus.agents._decision import Deferral, decide, decide_approval, record_effect
 from trustbus.agents._decision_log import DecisionLog
-from trustbus.agents._effect_answers import store_answer
+from trustbus.agents._effect_answers import store_ask_answer
 from trustbus.agents._effect_asks import decide_ask, is_ask, is_ask_decision
 from trustbus.agents._forwarding import Forwarder
 from trustbus.agents._intake import Intake
@@ -56,6 +56,7 @@ from trustbus.bus import (
     TransientError,
     TransportError,
     decode_effect,
+    log_about,
     rejection,
     subject_owner,
     subjects,
@@ -226,7 +227,8 @@ class Coordinator:
             try:
                 result = self._decide(delivery)
             except Exception as exc:  # this envelope's fault, never its batch's
-                log.exception("cannot decide; quarantining it alone", extra={"envelope_id": envelope.id})
+                with log_about(envelope, agent=envelope.sender):
+                    log.exception("cannot decide; quarantining it alone")
                 await delivery.reject(*rejection(exc))
                 return None
             if isinstance(result, Deferral):
@@ -323,6 +325,8 @@ class Coordinator:
         if await self._replayed(delivery):
             return
         decision = self._decision(envelope)
+        if envelope.kind == "memory_write" and decision.verdict != "accept":
+            await self._memory.tell(delivery.body, decision)  # an accepted one is told once applied
         if "tainted_memory_write" in decision.reasons and decision.verdict == "reject":
             await delivery.reject(
                 "tainted_memory_write", f"memory write with taint {','.join(decision.effective_taint)}"
@@ -377,7 +381,7 @@ class Coordinator:
             return decide_ask(self.policy, envelope, record, self.state, received_ns=clock, source_seq=seq)
 
         await self._record(envelope, make)
-        await store_answer(self.bus, self._decision(envelope))
+        await store_ask_answer(self.bus, self._decision(envelope))
 
     async def _approval(self, delivery: Delivery) -> None:
         """Release or drop a held envelope on an operator's signed approval."""
@@ -410,9 +414,12 @@ class Coordinator:
             await delivery.reject("not_held", f"envelope {request.envelope_id} is not held: {state}")
             return
         if is_ask_decision(decision):
-            await store_answer(self.bus, decision)  # a held tool call: its agent is waiting for this
+            await store_ask_answer(self.bus, decision)  # a held tool call: its agent is waiting for this
             return
-        if decision.verdict == "accept":
+        if decision.kind == "memory_write" and decision.verdict != "accept":
+            held = await self.log.log.get(decision.source_seq)
+            await self._memory.tell(held.body, decision)  # denied
+        elif decision.verdict == "accept":
             held = await self.log.log.get(decision.source_seq)
             await self._deliver(
                 held.body, held.headers, decision.source_seq, decision, recorded_now=released is not None

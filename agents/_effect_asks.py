@@ -28,10 +28,11 @@ The protocol (docs/EFFECTS.md, "Held effects"):
 
 from __future__ import annotations
 
+from trustbus.agents._answers import UntrustedAnswer, answer_of
 from trustbus.agents._causes import UNKNOWN_CAUSE
 from trustbus.agents._decision import EFFECT_REQUESTED, CoordinatorState
 from trustbus.agents._policy import Policy
-from trustbus.bus import Decision, EffectRecord, Envelope, Opened, Verdict, decode_decision
+from trustbus.bus import Decision, EffectRecord, Envelope, Opened, Verdict
 
 ANSWER_TOKEN = "effect"
 CAUSE_APPROVED = "cause_approved"
@@ -116,27 +117,15 @@ def answer_key(agent: str, ask_id: str) -> str:
     return f"{agent}.{ANSWER_TOKEN}.{ask_id}"
 
 
-class UntrustedAnswer(ValueError):
-    """A stored answer that is not the coordinator's answer to this agent's ask."""
-
-
 def check_answer(opened: Opened, *, agent: str, ask_id: str) -> Decision:
     """The decision a verified answer states, if it is the coordinator's answer to ``agent``'s ask ``ask_id``.
 
     Raises:
         UntrustedAnswer: not signed by a coordinator key, not addressed to ``agent``,
-            or about another envelope.
+            or about another envelope than that ask.
     """
-    envelope = opened.envelope
-    if opened.grant.role != "coordinator" or envelope.kind != "decision":
-        raise UntrustedAnswer(f"a {envelope.kind} signed by a {opened.grant.role} key ({envelope.sender})")
-    if envelope.to != (agent,) or envelope.causation_id != ask_id:
-        raise UntrustedAnswer(f"an answer to {envelope.to} about {envelope.causation_id}: not {agent}'s {ask_id}")
-    try:
-        decision = decode_decision(envelope.payload)
-    except ValueError as exc:  # msgspec.DecodeError is a ValueError
-        raise UntrustedAnswer(f"unreadable decision: {exc}") from exc
-    if decision.envelope_id != ask_id or decision.sender != agent or not is_ask_decision(decision):
+    decision = answer_of(opened, agent=agent, about=ask_id)
+    if not is_ask_decision(decision):
         raise UntrustedAnswer(f"a decision about {decision.sender}'s {decision.kind} {decision.envelope_id}")
     return decision
 

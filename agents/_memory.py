@@ -10,18 +10,25 @@ is not is foreign (:mod:`agents._signed_value`).
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from trustbus.agents._answers import FIRST_PAUSE_S, LONGEST_PAUSE_S, read_answer
+from trustbus.agents._memory_outcomes import MemoryOutcome, check_outcome, outcome_key, outcome_of
 from trustbus.agents._signed_value import signer
 from trustbus.bus import Envelope, TransientError, TransportError, decode_json, subjects
 
 if TYPE_CHECKING:  # the pure decide() imports this module: it must not load the transport
     from trustbus.bus import Bucket, Bus, KeyringStore
 from trustbus.bus import MemoryWrite, decode_memory_write, open_memory_value
+
+log = logging.getLogger("trustbus.agent")
 
 Sender = Callable[..., Awaitable[Envelope]]
 # Records a value that is not what the key holds: (subject, revision, body, headers, detail).
@@ -133,11 +140,61 @@ class Memory:
     async def write(self, key: str, value: object, *, expected_revision: int) -> Envelope:
         """Propose ``key = value`` if the key is still at ``expected_revision`` (0: not yet written).
 
-        The coordinator applies it, or refuses it as ``stale_revision``,
-        ``tainted_memory_write`` (quarantined or held, per the policy) or
-        ``foreign_namespace``; the decision log says which.
+        Returns at once with the envelope proposed; the coordinator applies it, or
+        refuses it as ``stale_revision``, ``tainted_memory_write`` (quarantined
+        or held, per the policy) or ``foreign_namespace``: :meth:`outcome` says which.
         """
         if not KEY_PATTERN.fullmatch(key) or key in RESERVED_KEYS:
             raise ValueError(f"memory key {key!r}: use 1-64 of A-Z a-z 0-9 _ - (and not {sorted(RESERVED_KEYS)})")
         payload = {"key": key, "value": value, "expected_revision": expected_revision}
         return await self._send((self._agent,), payload, kind="memory_write")
+
+    async def outcome(
+        self, envelope: Envelope, *, timeout_s: float = 10.0, wait_for_operator: bool = False
+    ) -> MemoryOutcome:
+        """What the coordinator did with the write ``envelope`` (as :meth:`write` returned it), once it has decided.
+
+        Reads the coordinator's signed answer under ``<agent>.written.<key>`` until
+        it is about ``envelope`` (:mod:`agents._memory_outcomes`), backing off to
+        once a second. A write held for an operator is returned as ``held`` at
+        once (a person may take hours), unless ``wait_for_operator``: then the
+        operator's answer is awaited too, within ``timeout_s``. A refused or held
+        write is logged as a warning naming the key and the reason. Anything under
+        the key that no coordinator signed about this write is logged once and
+        ignored.
+
+        Raises:
+            ValueError: ``envelope`` is not a memory write of this agent's.
+            TimeoutError: no answer (or, ``wait_for_operator``, no final one) within ``timeout_s``.
+            TransientError: the bucket could not be read.
+        """
+        write = parse_write(envelope.payload) if envelope.kind == "memory_write" else None
+        if write is None or envelope.sender != self._agent:
+            raise ValueError(f"{envelope.kind} {envelope.id} is not a memory write of {self._agent}")
+        key = outcome_key(self._agent, write.key)
+        check = functools.partial(check_outcome, agent=self._agent, envelope_id=envelope.id)
+        reported: set[str] = set()
+        pause = FIRST_PAUSE_S
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    decision = await read_answer(self._bucket, self._keys, key, check, reported)
+                    if decision is not None:
+                        outcome = outcome_of(decision, write.key)
+                        if outcome.status not in reported:  # revisions are reported there too: digits
+                            reported.add(outcome.status)
+                            self._tell(outcome)
+                        if outcome.status != "held" or not wait_for_operator:
+                            return outcome
+                    await asyncio.sleep(pause)  # no event reaches an agent for this key: read it again
+                    pause = min(pause * 2, LONGEST_PAUSE_S)
+        except TransportError as exc:
+            raise TransientError(f"cannot read the outcome of memory write {envelope.id}: {exc}") from exc
+
+    def _tell(self, outcome: MemoryOutcome) -> None:
+        if outcome.accepted:
+            return
+        log.warning(
+            "memory write held for an operator" if outcome.status == "held" else "memory write refused",
+            extra={"key": outcome.key, "reason": outcome.reason, "envelope_id": outcome.envelope_id},
+        )

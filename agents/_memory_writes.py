@@ -1,11 +1,13 @@
-"""The coordinator's writes to agent memory: accepted memory writes and accepted checkpoints.
+"""The coordinator's writes to agent memory: accepted memory writes, their outcomes, and accepted checkpoints.
 
 Both go to the tenant's memory bucket, which only the coordinator may write
 (read here with message gets; agents read their own keys with direct gets,
 :mod:`agents._memory`). A write is applied with compare-and-set on the
 revision its writer expected, so a write decided against a revision that has
 since moved on is never applied over the newer value. Each value is signed by
-this coordinator's key and names its key (:mod:`agents._signed_value`).
+this coordinator's key and names its key (:mod:`agents._signed_value`). The
+outcome of each write of an agent's own namespace is stored where the agent
+reads it (:mod:`agents._memory_outcomes`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import logging
 from collections.abc import Mapping
 
 from trustbus.agents import _metrics as metrics
+from trustbus.agents._answers import store_answer
 from trustbus.agents._memory import checkpoint_key, memory_bucket, memory_key, parse_write
+from trustbus.agents._memory_outcomes import not_applied, outcome_key
 from trustbus.agents._signed_value import signer
 from trustbus.bus import (
     Bus,
@@ -24,6 +28,7 @@ from trustbus.bus import (
     MemoryValue,
     SignedValue,
     decode_envelope,
+    log_about,
     memory_value,
     open_memory_value,
     subjects,
@@ -49,11 +54,12 @@ class MemoryWrites:
         return entry.revision if entry is not None else 0
 
     async def apply(self, body: bytes, headers: Mapping[str, str], decision: Decision, decision_id: str) -> None:
-        """Apply an accepted write with compare-and-set on the revision the writer expected; idempotent.
+        """Apply an accepted write with compare-and-set on the revision it expected, and tell its writer; idempotent.
 
         If the key moved on after the decision (the write was held and approved late, or a
-        coordinator of another partition wrote it first), the write is not applied, and a
-        quarantine record ``stale_revision`` says so beside the decision that accepted it.
+        coordinator of another partition wrote it first), the write is not applied, a
+        quarantine record ``stale_revision`` says so beside the decision that accepted it,
+        and the writer is told it was refused as ``stale_revision``.
         """
         envelope = decode_envelope(body)
         write = parse_write(envelope.payload)
@@ -67,7 +73,8 @@ class MemoryWrites:
                 stored = open_memory_value(current.value, keyring=keyring, key=key, stored_ns=current.stored_ns)
                 if stored.envelope_id == decision.envelope_id:
                     metrics.MEMORY_WRITES.labels("already_applied").inc()
-                    return  # applied before a crash
+                    await self.tell(body, decision)  # applied before a crash, perhaps not told
+                    return
             except ValueError as exc:  # no coordinator's value for this key: recorded; the compare-and-set decides
                 subject = self._bucket.subject(key)
                 await bus.record_foreign_value(
@@ -85,11 +92,14 @@ class MemoryWrites:
             signed = memory_value(bus.identity, bus.name, value, tenant=bus.tenant, now_ns=bus.clock())
             await self._bucket.put(key, signed, revision=write.expected_revision)
             metrics.MEMORY_WRITES.labels("applied").inc()
-            return
         except Conflict:
             pass
+        else:
+            await self.tell(body, decision)
+            return
         metrics.MEMORY_WRITES.labels("stale_revision").inc()
-        log.warning("accepted memory write not applied: the key moved on", extra={"envelope_id": decision.envelope_id})
+        with log_about(envelope, agent=envelope.sender):
+            log.warning("accepted memory write not applied: the key moved on")
         await bus.record_quarantine(
             body,
             headers,
@@ -102,6 +112,19 @@ class MemoryWrites:
             ),
             msg_id=f"stale:{bus.stream}:{decision.source_seq}",
         )
+        await self.tell(body, not_applied(decision))
+
+    async def tell(self, body: bytes, answer: Decision) -> None:
+        """Store ``answer`` about the memory write ``body`` where its writer reads it (idempotent: the latest wins).
+
+        Nothing is stored for an operator's revert (its writer has no namespace) or a write that does
+        not parse (it names no key).
+        """
+        envelope = decode_envelope(body)
+        write = parse_write(envelope.payload)
+        if write is None or write.reverts:
+            return
+        await store_answer(self._bus, self._bucket, outcome_key(envelope.sender, write.key), answer)
 
     async def store_checkpoint(self, agent: str, body: bytes, headers: Mapping[str, str], decision_id: str) -> None:
         """Store ``agent``'s accepted checkpoint envelope, signed as it sent it, where its next process reads it."""

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
@@ -63,6 +64,7 @@ class Partitions:
         self._revisions: dict[int, int] = {}
         self._server_now_ns = 0  # the server's clock at this round's member write
         self._inboxes: set[str] = set()
+        self._round_at: float | None = None  # monotonic time the last lease round ended well
 
     @property
     def held(self) -> list[int]:
@@ -81,6 +83,18 @@ class Partitions:
     def holds(self) -> list[Decision]:
         """The decisions still held for an operator in the partitions this process mediates."""
         return [d for coordinator, _, _ in self._held.values() for d in coordinator.state.held()]
+
+    def unready(self) -> str | None:
+        """Why this process does not mediate its partitions now, or None (for ``/readyz``; read from any thread).
+
+        Its last lease round must have ended well within ``LEASE_S``: its leases renewed,
+        and each partition it took started (its consumers open, its state read back to
+        the end of its decision log). Holding no partition (others hold them all) is ready.
+        """
+        if self._round_at is None:
+            return "taking partitions"
+        age = time.monotonic() - self._round_at
+        return f"leases not renewed for {age:.0f} s" if age > LEASE_S else None
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Keep the leases and mediate until ``stop`` is set; then stop every partition and hand the leases back."""
@@ -132,6 +146,7 @@ class Partitions:
                 )
                 del self._revisions[partition]
                 await self._write(f"partition-{partition}", None, expected=revision)
+        self._round_at = time.monotonic()
 
     async def _renew(self, partition: int, lease: Lease) -> bool:
         if not still_held(lease, instance=self.instance, revision=self._revisions.get(partition)):

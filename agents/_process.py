@@ -37,6 +37,16 @@ Adapt = Callable[[object], Agent | None]
 """Turns an agent of another framework into an :class:`Agent`; None if it is not one it knows."""
 
 
+def _importable_from_cwd() -> None:
+    """Let ``module:attr`` name a module under the working directory, looked up after the installed packages.
+
+    Run from the repository root, the folder ``agents/`` (trustbus.agents) would otherwise be found first as
+    a top-level ``agents``, the OpenAI Agents SDK's name (``python -m`` puts the working directory first).
+    """
+    cwd = str(Path.cwd())
+    sys.path[:] = [entry for entry in sys.path if entry not in ("", cwd)] + [cwd]
+
+
 def load_agent(target: str, *, adapt: Adapt | None = None) -> Agent:
     """Import ``module:attr``: an :class:`Agent` instance, or a class to instantiate with no arguments.
 
@@ -45,8 +55,7 @@ def load_agent(target: str, *, adapt: Adapt | None = None) -> Agent:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise RuntimeSetupError(f"agent {target!r}: expected module:attribute, e.g. examples.pingpong:agent")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    _importable_from_cwd()
     try:
         found = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, SyntaxError) as exc:
@@ -120,7 +129,8 @@ async def serve_agent(
     health.watch(lambda: bus.connected)
     lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"inbox": [subjects.inbox_consumer(agent_id)]})
     try:
-        async with lag.running(), served as outside:
+        discovery = bus.discoverable("agent", lambda: {"ready": health.unready() or "ready"})
+        async with lag.running(), discovery, served as outside:
             if tools is not None and outside:
                 tools = Toolbox(tools.registry, {**outside, **agent.tools})
             await run_agent(agent, bus, stop=stop, ready=health.announcing(ready), tools=tools)
@@ -170,13 +180,22 @@ async def serve_coordinator(
     health = health or Health()
     health.watch(lambda: bus.connected)
     partitions = Partitions(bus, policy)
+    health.require(partitions.unready)
     lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"coordinator": partitions.consumers()})
     try:
         grant = bus.keyring.keyring.resolve(identity.key_id)
         if grant.role != "coordinator":
             raise RuntimeSetupError(wrong_role(tenant, name, grant.role, "coordinator"))
         with collected(coordinator_gauges(lambda: len(partitions.held), partitions.holds)):
-            async with lag.running():
+            discovery = bus.discoverable(
+                "coordinator",
+                lambda: {
+                    "ready": health.unready() or "ready",
+                    "partitions_held": len(partitions.held),
+                    "holds_waiting": len(partitions.holds()),
+                },
+            )
+            async with lag.running(), discovery:
                 await partitions.run(stop, health.announcing(ready))
     finally:
         health.stopping()

@@ -18,6 +18,7 @@ from typing import Any
 from trustbus.agents._effect_asks import denial_message, parse_denial
 from trustbus.agents._effects import idempotency_key
 from trustbus.agents._errors import EffectDenied
+from trustbus.agents._memory_outcomes import MemoryOutcome
 from trustbus.agents._runtime import Agent, Context, compensate, compensation_request
 from trustbus.bus import EffectRecord, Envelope, decode_json
 
@@ -37,7 +38,8 @@ class Divergence:
 
 
 class _ReplayMemory:
-    """Memory reads are not recorded in the ledger: a replay sees an empty namespace."""
+    """Memory reads are not recorded in the ledger: a replay sees an empty namespace, and its writes, which are
+    not published, are never decided."""  # noqa: D205, D209
 
     def __init__(self, context: ReplayContext) -> None:
         self._context = context
@@ -48,6 +50,12 @@ class _ReplayMemory:
     async def write(self, key: str, value: object, *, expected_revision: int) -> Envelope:
         payload = {"key": key, "value": value, "expected_revision": expected_revision}
         return await self._context.send((self._context.agent_id,), payload, kind="memory_write")
+
+    async def outcome(
+        self, envelope: Envelope, *, timeout_s: float = 10.0, wait_for_operator: bool = False
+    ) -> MemoryOutcome:
+        """Nothing answers a write a replay did not publish: as when no answer came in time, at once."""
+        raise TimeoutError(f"memory write {envelope.id} was not published (a replay): no coordinator decides it")
 
 
 class ReplayContext(Context):

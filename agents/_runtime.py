@@ -41,6 +41,7 @@ from trustbus.bus import (
     TransportError,
     current_trace,
     decode_json,
+    log_about,
     new_envelope,
     subjects,
 )
@@ -347,8 +348,9 @@ async def run_agent(
     ready()
     async for delivery in bus.consume(inbox, settings=INBOX_SETTINGS, recipient=agent_id, stop=stop):
         handle = functools.partial(_handle_afresh, agent, bus, delivery, tools, stop)
-        async with delivery.process():
-            await patiently([delivery], handle, stopping=stop)
+        with log_about(delivery.envelope, agent=agent_id):
+            async with delivery.process():
+                await patiently([delivery], handle, stopping=stop)
 
 
 async def _handle_afresh(

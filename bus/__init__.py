@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from trustbus.bus._cluster import EmbeddedCluster
     from trustbus.bus._consumer import ConsumerSettings
     from trustbus.bus._delivery import Delivery, rejection
+    from trustbus.bus._discovery import ServiceResponder, discover_services
     from trustbus.bus._durable_reader import DurableReader, DurableSettings
     from trustbus.bus._envelope import (
         LABEL_PATTERN,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from trustbus.bus._identity import Identity, encode_key_id, verify_key
     from trustbus.bus._keyring import KeyGrant, Keyring, Role, SignedGrant, decode_signed_grant, sign_grant
     from trustbus.bus._keyring_store import KeyringRevision, KeyringStore
+    from trustbus.bus._log_context import EnvelopeFields, log_about
     from trustbus.bus._memory_values import memory_value, open_coordinator_value, open_memory_value
     from trustbus.bus._metrics import ConsumerLag, ConsumerLagPoller, LoopCollector, collected
     from trustbus.bus._metrics_server import Health, MetricsServer
@@ -181,6 +183,10 @@ __all__ = [
     "EffectRecord",
     "EmbeddedCluster",
     "EmbeddedServer",
+    "EnvelopeFields",
+    "log_about",
+    "ServiceResponder",
+    "discover_services",
     "Health",
     "LoopCollector",
     "MetricsServer",
@@ -457,6 +463,10 @@ _ORIGINS: dict[str, str] = {
     "seal": "trustbus.bus._seal",
     "ClusterMembership": "trustbus.bus._server",
     "EmbeddedServer": "trustbus.bus._server",
+    "ServiceResponder": "trustbus.bus._discovery",
+    "discover_services": "trustbus.bus._discovery",
+    "EnvelopeFields": "trustbus.bus._log_context",
+    "log_about": "trustbus.bus._log_context",
     "Health": "trustbus.bus._metrics_server",
     "ConsumerLag": "trustbus.bus._metrics",
     "ConsumerLagPoller": "trustbus.bus._metrics",

@@ -20,20 +20,25 @@ from trustbus.bus._errors import PortInUse
 
 
 class Health:
-    """What ``/readyz`` answers: ready once the process's work runs, while its connection is up.
+    """What ``/readyz`` answers: ready once the process's work runs, while its connection is up and its checks pass.
 
     Set from the event loop, read from the server's threads: each is one attribute
-    assignment or read.
+    assignment or read, and a check reads only attributes the loop assigns.
     """
 
     def __init__(self) -> None:
         """Not ready (``starting``) until :meth:`serving`."""
         self._connected: Callable[[], bool] = lambda: False
+        self._checks: list[Callable[[], str | None]] = []
         self._state = "starting"
 
     def watch(self, connected: Callable[[], bool]) -> None:
         """Take ``connected()`` (e.g. ``lambda: bus.connected``) as whether the NATS connection is up."""
         self._connected = connected
+
+    def require(self, check: Callable[[], str | None]) -> None:
+        """Ready only while ``check()`` returns None; else it says why (the ``/readyz`` body)."""
+        self._checks.append(check)
 
     def serving(self) -> None:
         """The process's consumers (or partitions) run: ready while connected."""
@@ -58,7 +63,7 @@ class Health:
             return self._state
         if not self._connected():
             return "not connected to NATS"
-        return None
+        return next((reason for reason in (check() for check in self._checks) if reason is not None), None)
 
 
 class _Server(ThreadingMixIn, WSGIServer):

@@ -26,6 +26,7 @@ from trustbus.bus._bucket import NatsBucket
 from trustbus.bus._connection import ConnectionWatch, connect_options, redacted, split_servers
 from trustbus.bus._consumer import Consumers, ConsumerSettings
 from trustbus.bus._delivery import Delivery
+from trustbus.bus._discovery import ServiceResponder, process_metadata
 from trustbus.bus._durable_reader import DurableReader, DurableSettings
 from trustbus.bus._envelope import Envelope
 from trustbus.bus._errors import NotFound, TransportError
@@ -186,6 +187,14 @@ class Bus:
         """The records of the tenant stream on ``subject`` (``direct``: read with direct gets, as agents must;
         ``in_batches``: read long runs through consumers, as only the coordinator may)."""  # noqa: D205, D209
         return NatsSubjectLog(self._js, self._nc, self.stream, subject, direct=direct, in_batches=in_batches)
+
+    def discoverable(self, role: str, stats: Callable[[], Mapping[str, object]]) -> ServiceResponder:
+        """Answer NATS service discovery as ``trustbus-<role>`` while open (``async with``; bus._discovery).
+
+        ``stats``: the figures of its work ``$SRV.STATS`` reports, read on the event loop.
+        """
+        metadata = process_metadata(self.tenant, self.name)
+        return ServiceResponder(self._nc, f"trustbus-{role}", metadata=metadata, stats=stats)
 
     @property
     def connected(self) -> bool:

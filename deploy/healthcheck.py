@@ -4,8 +4,9 @@ Run by docker-compose.yml's healthcheck in the container of a coordinator,
 ledger service or agent, each started with ``TRUSTBUS_METRICS_PORT`` set (the
 default of ``--metrics-port``). The process answers ``/readyz`` with 200 once
 its work runs (an agent's consumer, the coordinator's lease rounds, the
-ledger's reader) and while its NATS connection is up, else 503 and why
-(docs/OBSERVABILITY.md). It does not say the process is making progress: the
+ledger's reader) and while its NATS connection is up, its coordinator leases
+renewed and its ledger projection caught up with the stream's end at start,
+else 503 and why (docs/OBSERVABILITY.md). It does not say the process is making progress: the
 decisions and checkpoints in the stream, and the metrics, say that.
 
 Exit 0 when ready, 1 (with the reason on stderr) when not.

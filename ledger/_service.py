@@ -120,6 +120,7 @@ class LedgerService:
             )
         )
         self._strays = StrayRecorder(bus)  # outbox messages no coordinator reads (ledger._strays)
+        self._start_end: int | None = None  # the stream's last sequence when it started reading
 
     async def run(self, stop: asyncio.Event, ready: Callable[[], None] = lambda: None) -> None:
         """Project until ``stop`` is set, then commit what was projected and return.
@@ -127,7 +128,7 @@ class LedgerService:
         Raises:
             ServiceError: the stream's history before the projection's next sequence was purged (archived).
         """
-        first, _ = await self.bus.reader().span()
+        first, self._start_end = await self.bus.reader().span()
         after = self.projector.position.last_seq
         if after + 1 < first:  # the chain through the purged prefix is in its archive, not here
             raise ServiceError(
@@ -162,6 +163,15 @@ class LedgerService:
                 await self.reader.ack()
         finally:
             await self.reader.aclose()
+
+    def unready(self) -> str | None:
+        """Why the projection is not ready (for ``/readyz``), or None once it reached the stream's end seen at start."""
+        if self._start_end is None:
+            return "starting"
+        projected = self.projector.position.last_seq
+        if projected < self._start_end:
+            return f"catching up: projected {projected} of {self._start_end}"
+        return None
 
     def projected_seq(self) -> int:
         """The last stream sequence projected (committed within ``flush_seconds``)."""
@@ -331,10 +341,15 @@ async def serve_ledger(
         if role != "ledger":
             raise ServiceError(wrong_role(tenant, name, role, "ledger"))
         service = LedgerService(bus, store, settings)
+        health.require(service.unready)
         gauges = LedgerGauges(service, bus.last_seq)
         lag = ConsumerLagPoller(bus.consumer_lag, lambda: {"ledger": [service.reader.name]})
         with collected(gauges.read):
-            async with lag.running(), asyncio.TaskGroup() as tasks:
+            discovery = bus.discoverable(
+                "ledger",
+                lambda: {"ready": health.unready() or "ready", "projected_seq": service.projected_seq()},
+            )
+            async with lag.running(), discovery, asyncio.TaskGroup() as tasks:
                 tasks.create_task(service.run(stop, health.announcing(ready)))
                 tasks.create_task(GivenUpRecorder(bus).run(stop))
                 tasks.create_task(gauges.poll(stop))

@@ -5,16 +5,30 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 import pytest
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from trustbus.bus import Bus, EmbeddedServer, Identity, KeyringStore, Limits, Role, provision
+
+# No per-example deadline: it measures the machine's load, not the code (three test workers share
+# two cores), and a timing assertion is not what these properties test.
+settings.register_profile("trustbus", deadline=None)
+settings.load_profile("trustbus")
+
+# The repository root goes after the installed packages on sys.path (`python -m pytest` and pyproject's
+# `pythonpath` put it first; `--import-mode=append` keeps it last): first, its folder agents/
+# (trustbus.agents) would hide the OpenAI Agents SDK's top-level `agents`.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT] + [str(ROOT)]
 
 _tenant_numbers = itertools.count(1)
 

@@ -40,6 +40,7 @@ from trustbus._ledger_cli import ledger_app
 from trustbus._process_cli import agent_app, coordinator_app
 from trustbus._projection_cli import query
 from trustbus._quarantine_cli import quarantine_app
+from trustbus._services_cli import services
 from trustbus._show_cli import show
 from trustbus._tools_cli import tools_app
 
@@ -64,6 +65,7 @@ app.add_typer(config_app, name="config", cls=CommandGroup)
 app.add_typer(tools_app, name="tools", cls=CommandGroup)
 app.command()(query)
 app.command()(show)
+app.command()(services)
 app.command()(doctor)
 app.command()(demo)
 app.command()(console)
@@ -82,19 +84,28 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", is_eager=True, callback=_show_version, help="Print the version and exit.")
     ] = False,
-    log_level: Annotated[str, typer.Option(envvar="TRUSTBUS_LOG", help="Log level (JSON logs on stderr).")] = "warning",
+    log_level: Annotated[str, typer.Option(envvar="TRUSTBUS_LOG", help="Log level (logs go to stderr).")] = "warning",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="TRUSTBUS_LOG_FORMAT", help="Log lines: auto (text on a terminal, else JSON), json or text."
+        ),
+    ] = "auto",
     nkey: Annotated[
         Path | None,
         typer.Option("--nkey", envvar="TRUSTBUS_NKEY", help="authenticate to NATS with this seed file (nkey user)"),
     ] = None,
 ) -> None:
     """Trustbus command line."""
-    from trustbus._logging import LEVELS, configure
+    from trustbus._logging import FORMATS, LEVELS, configure
 
     if log_level.lower() not in LEVELS:
         err.print(f"[red]error:[/red] unknown log level {log_level!r}: one of {', '.join(LEVELS)}")
         raise typer.Exit(2)
-    configure(log_level)
+    if log_format.lower() not in FORMATS:
+        err.print(f"[red]error:[/red] unknown log format {log_format!r}: one of {', '.join(FORMATS)}")
+        raise typer.Exit(2)
+    configure(log_level, log_format.lower())
     use_nkey(None)
     if nkey is not None:
         from trustbus.bus import BusError, Identity

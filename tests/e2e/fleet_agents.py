@@ -15,6 +15,10 @@ from trustbus.agents import Agent, Context, EffectDenied, ToolImplementation
 from trustbus.bus import TransientError, new_envelope
 
 SYSTEM_DB = "TB_TEST_SYSTEM_DB"
+MODEL_CALLS = "TB_TEST_MODEL_CALLS"
+"""Where a framework agent's stand-in model appends each prompt it is asked."""
+NO_MODEL = "TB_TEST_NO_MODEL"
+"""Set: a framework agent's stand-in model raises if called (a replay must not call it)."""
 
 
 class Recorder(Agent):
@@ -68,6 +72,25 @@ def system() -> sqlite3.Connection:
     db.execute("CREATE TABLE IF NOT EXISTS sales (idempotency_key TEXT NOT NULL UNIQUE, item TEXT NOT NULL)")
     db.execute("CREATE TABLE IF NOT EXISTS calls (idempotency_key TEXT NOT NULL)")
     return db
+
+
+def act(kind: str, what: str, key: str | None) -> int:
+    """What a framework agent's tool does to the system: one row per idempotency key, every call counted; the row id."""
+    with contextlib.closing(system()) as db:
+        db.execute("INSERT INTO calls VALUES (?)", (key,))
+        db.execute("INSERT OR IGNORE INTO sales VALUES (?, ?)", (key, f"{kind}:{what}"))
+        [row] = db.execute("SELECT rowid FROM sales WHERE idempotency_key = ?", (key,)).fetchone()
+    return int(row)
+
+
+async def sell(item: str, hang: bool, key: str | None) -> dict[str, Any]:
+    """A framework agent's sale of ``item``; with ``hang`` the first call blocks after the sale is stored."""
+    sale = act("sale", item, key)
+    with contextlib.closing(system()) as db:
+        [calls] = db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (key,)).fetchone()
+    if hang and calls == 1:
+        await asyncio.Event().wait()
+    return {"sale": sale}
 
 
 async def record_sale(args: dict[str, Any], *, idempotency_key: str) -> dict[str, Any]:
@@ -215,6 +238,20 @@ class Recall(Agent):
             await ctx.instruct(["bank"], "issue_refund", order=entry.value)
 
 
+class Scribe(Agent):
+    """Writes ``{"key": ..., "value": ...}`` to memory and replies with what became of the write."""
+
+    async def handle(self, ctx: Context) -> None:
+        """Write, wait for the coordinator's answer, reply ``{"key", "status", "reason"}``."""
+        request = ctx.json()
+        entry = await ctx.memory.get(request["key"])
+        written = await ctx.memory.write(
+            request["key"], request["value"], expected_revision=entry.revision if entry else 0
+        )
+        outcome = await ctx.memory.outcome(written, timeout_s=30)
+        await ctx.reply({"key": outcome.key, "status": outcome.status, "reason": outcome.reason})
+
+
 class Counter(Agent):
     """Numbers what it is sent, counting on from its checkpoint across restarts: replies ``{"number": n}``."""
 
@@ -258,3 +295,11 @@ class ImpatientNaiveBilling(NaiveBilling):
     """Naive billing whose deliveries may take 0.3 s at most, except while a call waits for an operator."""
 
     handler_timeout_s = 0.3
+
+
+class Faulty(Agent):
+    """Fails on every delivery (the runtime quarantines each one as ``handler_error``)."""
+
+    async def handle(self, ctx: Context) -> None:
+        """Fail."""
+        raise ValueError("out of order")

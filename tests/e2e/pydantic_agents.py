@@ -13,8 +13,6 @@ tests/e2e/fleet_agents.py, once per idempotency key.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 from typing import Any
@@ -31,12 +29,9 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from tests.e2e.fleet_agents import system
+from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, sell
 from trustbus.adapters.pydantic_ai import ASK_TOOL, idempotency_key, on_bus
 from trustbus.agents import Context, Handlers
-
-MODEL_CALLS = "TB_TEST_MODEL_CALLS"
-NO_MODEL = "TB_TEST_NO_MODEL"
 
 
 def _prompt(messages: list[ModelMessage]) -> str:
@@ -71,31 +66,16 @@ def stand_in(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
 agent = Agent(FunctionModel(stand_in), instructions="Make the calls you are asked to make.")
 
 
-def _act(kind: str, what: str) -> int:
-    """Store one row per idempotency key and count every call; the row's id."""
-    key = idempotency_key()
-    with contextlib.closing(system()) as db:
-        db.execute("INSERT INTO calls VALUES (?)", (key,))
-        db.execute("INSERT OR IGNORE INTO sales VALUES (?, ?)", (key, f"{kind}:{what}"))
-        [row] = db.execute("SELECT rowid FROM sales WHERE idempotency_key = ?", (key,)).fetchone()
-    return int(row)
-
-
 @agent.tool_plain
 async def record_sale(item: str, hang: bool = False) -> dict[str, Any]:
     """Sell ``item``; with ``hang`` the first call blocks after the sale is stored."""
-    sale = _act("sale", item)
-    with contextlib.closing(system()) as db:
-        [calls] = db.execute("SELECT count(*) FROM calls WHERE idempotency_key = ?", (idempotency_key(),)).fetchone()
-    if hang and calls == 1:
-        await asyncio.Event().wait()
-    return {"sale": sale}
+    return await sell(item, hang, idempotency_key())
 
 
 @agent.tool_plain
 async def issue_refund(order: int, amount: int) -> dict[str, Any]:
     """Refund ``amount`` on ``order`` (high risk in the registry)."""
-    return {"refund": _act("refund", f"{order}/{amount}")}
+    return {"refund": act("refund", f"{order}/{amount}", idempotency_key())}
 
 
 changed = Agent(

@@ -4,52 +4,97 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
+import pytest
 
 from tests.e2e.fleet import Fleet
 from trustbus.agents._memory import Memory, memory_bucket
-from trustbus.bus import Bus, Decision, MemoryValue, memory_value, new_envelope, subjects
+from trustbus.agents._memory_outcomes import outcome_key
+from trustbus.bus import (
+    Bus,
+    Decision,
+    Envelope,
+    MemoryValue,
+    SignedValue,
+    encode_decision,
+    memory_value,
+    new_envelope,
+    subjects,
+)
 
 POLICY = {"taint": {"on_tainted_memory_write": "quarantine"}, "rules": [{"from": "*", "to": ["*"], "kinds": ["event"]}]}
+
+
+def sender(fleet: Fleet, bus: Bus, **fields: object) -> Callable[..., Awaitable[Envelope]]:
+    """Sends as ``bus``'s owner's runtime does, returning the envelope (``fields``: of every envelope it sends)."""
+
+    async def send(to: tuple[str, ...], payload: object, *, kind: str) -> Envelope:
+        envelope = new_envelope(tenant=fleet.tenant, kind=kind, sender=bus.name, to=to,  # type: ignore[arg-type]
+                                payload=json.dumps(payload).encode(), **fields)  # type: ignore[arg-type]  # fmt: skip
+        await bus.send(envelope)
+        return envelope
+
+    return send
+
+
+def writer(fleet: Fleet, bus: Bus, **fields: object) -> Memory:
+    """``bus``'s owner's memory, writing as its runtime does (``fields``: of every envelope it sends)."""
+    return Memory(memory_bucket(bus, direct=True), bus.name, sender(fleet, bus, **fields), keys=bus.keyring)
+
+
+async def plant_answer(fleet: Fleet, signer: Bus, key: str, decision: Decision) -> None:
+    """Store ``decision`` under memory key ``key`` as an answer ``signer`` signed (the fleet's server lets anyone)."""
+    answer = new_envelope(tenant=fleet.tenant, kind="decision", sender=signer.name, to=(decision.sender,),
+                          causation_id=decision.envelope_id, content_type="application/msgpack",
+                          payload=encode_decision(decision))  # fmt: skip
+    sealed = signer.seal(answer)
+    value = SignedValue.of(sealed.body, sealed.headers).encode()
+    await fleet.nc.jetstream().publish(f"$KV.{subjects.memory_bucket(fleet.tenant)}.{key}", value)
 
 
 async def test_memory_writes_are_audited_and_compare_and_set(fleet: Fleet) -> None:
     await fleet.coordinator(POLICY)
     scribe = await fleet.bus("scribe")
+    memory, send = writer(fleet, scribe), sender(fleet, scribe)
 
-    async def propose(to: tuple[str, ...], payload: object, **fields: object) -> str:
-        return await fleet.send(scribe, list(to), payload, kind="memory_write", **fields)
+    async def propose(to: tuple[str, ...], payload: object) -> Envelope:
+        return await send(to, payload, kind="memory_write")
 
-    async def send(to: tuple[str, ...], payload: object, *, kind: str) -> object:
-        return await propose(to, payload)
-
-    memory = Memory(memory_bucket(scribe, direct=True), "scribe", send, keys=scribe.keyring)  # type: ignore[arg-type]
     assert await memory.get("customer") is None
 
     first = await propose(("scribe",), {"key": "customer", "value": {"tier": "gold"}, "expected_revision": 0})
-    await fleet.memory_written("scribe", "customer", first)
+    await fleet.memory_written("scribe", "customer", first.id)
     entry = await memory.get("customer")
-    assert entry is not None and entry.value == {"tier": "gold"} and entry.envelope_id == first
+    assert entry is not None and entry.value == {"tier": "gold"} and entry.envelope_id == first.id
     assert entry.effective_taint == ()
+    assert (await memory.outcome(first)).status == "accepted"
 
     # A stale writer (still expecting "absent") gets a conflict, never a silent overwrite.
     stale = await propose(("scribe",), {"key": "customer", "value": {"tier": "none"}, "expected_revision": 0})
     # A write aimed at another agent's namespace is refused.
     foreign = await propose(("bob",), {"key": "customer", "value": "pwned", "expected_revision": 0})
+    told = await memory.outcome(foreign)  # told in the writer's own namespace (after the stale write's answer)
+    assert (told.status, told.reason) == ("refused", "foreign_namespace")
     # The current revision wins.
     fresh = await propose(("scribe",), {"key": "customer", "value": {"tier": "platinum"},
                                          "expected_revision": entry.revision})  # fmt: skip
     decisions = {d.envelope_id: d for d in await fleet.decisions(lambda ds: len(ds) == 4)}
-    assert decisions[stale].reasons == ("stale_revision",) and decisions[stale].verdict == "reject"
-    assert decisions[foreign].reasons == ("foreign_namespace",) and decisions[foreign].verdict == "reject"
-    assert decisions[fresh].verdict == "accept"
-    await fleet.memory_written("scribe", "customer", fresh)
+    assert decisions[stale.id].reasons == ("stale_revision",) and decisions[stale.id].verdict == "reject"
+    assert decisions[foreign.id].reasons == ("foreign_namespace",) and decisions[foreign.id].verdict == "reject"
+    assert decisions[fresh.id].verdict == "accept"
+    await fleet.memory_written("scribe", "customer", fresh.id)
     now = await memory.get("customer")
-    assert now is not None and now.value == {"tier": "platinum"} and now.envelope_id == fresh
-    bob = Memory(memory_bucket(scribe, direct=True), "bob", send, keys=scribe.keyring)  # type: ignore[arg-type]
+    assert now is not None and now.value == {"tier": "platinum"} and now.envelope_id == fresh.id
+    # Each writer is told in its own namespace, one answer per key: the latest write of the key wins.
+    told = await memory.outcome(fresh)
+    assert (told.status, told.reason, told.key) == ("accepted", "memory_write", "customer")
+    bob = Memory(memory_bucket(scribe, direct=True), "bob", None, keys=scribe.keyring)  # type: ignore[arg-type]
     assert await bob.get("customer") is None
+    assert await memory_bucket(scribe, direct=True).get(outcome_key("bob", "customer")) is None  # bob is not told
+    with pytest.raises(TimeoutError):  # the stale write's answer was overwritten by the fresh one's
+        await memory.outcome(stale, timeout_s=0.2)
 
 
 async def test_memory_write_derived_from_tainted_content_is_quarantined(fleet: Fleet) -> None:
@@ -75,7 +120,9 @@ async def test_memory_write_derived_from_tainted_content_is_quarantined(fleet: F
     assert json.dumps(greeting.value) == '"hello"'
 
 
-async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approves(fleet: Fleet) -> None:
+async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approves(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
     from tests.e2e.test_approvals import cli
 
     await fleet.coordinator({**POLICY, "taint": {"on_tainted_memory_write": "hold"}})
@@ -83,15 +130,24 @@ async def test_held_tainted_memory_write_is_applied_only_when_an_operator_approv
     web, scribe = await fleet.bus("web"), await fleet.bus("scribe")
     page = await fleet.send(web, ["scribe"], "The customer's new address is 1 Main St.", taint=["web"])
     await fleet.inbox(lambda read: len(read) == 1)  # the scribe writes what it was delivered
-    write = await fleet.send(scribe, ["scribe"], {"key": "address", "value": "1 Main St", "expected_revision": 0},
-                             kind="memory_write", correlation_id=page)  # fmt: skip
+    memory = writer(fleet, scribe, correlation_id=page)
+    written = await memory.write("address", "1 Main St", expected_revision=0)
+    write = written.id
     [held] = [d for d in await fleet.decisions(lambda ds: len(ds) == 2) if d.envelope_id == write]
     assert held.verdict == "hold"
-    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None, keys=scribe.keyring)  # type: ignore[arg-type]
+    told = await memory.outcome(written)
+    assert (told.status, told.reason, told.key) == ("held", "tainted_memory_write", "address")
     assert await memory.get("address") is None
+    # An answer another agent signed (claiming the write was accepted) is not the coordinator's: ignored.
+    forged = msgspec.structs.replace(held, verdict="accept", reasons=("memory_write",))
+    await plant_answer(fleet, web, outcome_key("scribe", "address"), forged)
+    with pytest.raises(TimeoutError):
+        await memory.outcome(written, timeout_s=0.5, wait_for_operator=True)
+    assert "not the coordinator's answer; ignored" in caplog.messages
     rc, _, err = await cli(fleet, "approve", write, "-t", fleet.tenant, "--as", "ops")
     assert rc == 0, err
-    await fleet.memory_written("scribe", "address", write)
+    told = await memory.outcome(written, wait_for_operator=True)
+    assert (told.status, told.reason) == ("accepted", "approved")
     entry = await memory.get("address")
     assert entry is not None and entry.value == "1 Main St" and entry.effective_taint == ("web",)
 
@@ -106,8 +162,9 @@ async def test_a_held_write_approved_after_the_key_moved_on_is_not_applied_and_t
     web, scribe = await fleet.bus("web"), await fleet.bus("scribe")
     page = await fleet.send(web, ["scribe"], "The customer's new address is 9 Elm St.", taint=["web"])
     await fleet.inbox(lambda read: len(read) == 1)  # the scribe writes what it was delivered
-    held = await fleet.send(scribe, ["scribe"], {"key": "address", "value": "9 Elm St", "expected_revision": 0},
-                            kind="memory_write", correlation_id=page)  # fmt: skip
+    memory = writer(fleet, scribe, correlation_id=page)
+    written = await memory.write("address", "9 Elm St", expected_revision=0)
+    held = written.id
     # While it waits for a person, the customer confirms another address directly (untainted: applied at once).
     direct = await fleet.send(scribe, ["scribe"], {"key": "address", "value": "1 Main St", "expected_revision": 0},
                               kind="memory_write")  # fmt: skip
@@ -119,7 +176,8 @@ async def test_a_held_write_approved_after_the_key_moved_on_is_not_applied_and_t
     assert [d.verdict for d in decisions if d.envelope_id == held] == ["hold", "accept"]
     record = await fleet.quarantined(lambda r: r.claimed_id == held)
     assert record.reason == "stale_revision" and "scribe.address" in record.detail and "not written" in record.detail
-    memory = Memory(memory_bucket(scribe, direct=True), "scribe", None, keys=scribe.keyring)  # type: ignore[arg-type]
+    told = await memory.outcome(written, wait_for_operator=True)  # the decision accepted it; the key had moved on
+    assert (told.status, told.reason, told.decision.verdict) == ("refused", "stale_revision", "reject")
     entry = await memory.get("address")
     assert entry is not None and entry.value == "1 Main St" and entry.envelope_id == direct  # never overwritten
     # The legitimate twin, approved while its expected revision still holds, is applied (the test above).
@@ -263,3 +321,19 @@ async def test_a_planted_value_naming_a_pending_write_does_not_make_the_coordina
     subject = f"$KV.{bucket}.scribe.notes"
     record = await fleet.quarantined(lambda r: r.reason == "foreign" and r.subject == subject)
     assert record.detail.startswith(f"revision {revision}: not a signed value")
+
+
+async def test_an_agent_hears_what_became_of_its_memory_writes_and_logs_a_refusal(fleet: Fleet) -> None:
+    """A running agent awaits the outcome of each write: its own log names a refused key and the reason."""
+    policy = {**POLICY, "rules": [{"from": "*", "to": ["*"], "kinds": ["event", "reply"]}]}
+    await fleet.coordinator(policy)
+    scribe = await fleet.agent("tests.e2e.fleet_agents:Scribe", "scribe")
+    web, boss = await fleet.bus("web"), await fleet.bus("boss")
+    await fleet.send(web, ["scribe"], {"key": "payee", "value": 666}, taint=["web"])
+    await fleet.send(boss, ["scribe"], {"key": "own", "value": 7})
+    read = await fleet.inbox(lambda read: sum(e.kind == "reply" for _, e in read) == 2)
+    told = {to: json.loads(e.payload) for to, e in read if e.kind == "reply"}
+    assert told["web"] == {"key": "payee", "status": "refused", "reason": "tainted_memory_write"}
+    assert told["boss"] == {"key": "own", "status": "accepted", "reason": "memory_write"}
+    [refused] = [json.loads(line) for line in scribe.log.read_text().splitlines() if "memory write refused" in line]
+    assert refused["key"] == "payee" and refused["reason"] == "tainted_memory_write", refused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Callable
@@ -85,23 +86,40 @@ async def test_counters_move_by_exactly_the_traffic_sent(fleet: Fleet) -> None:
     assert not [name for name, _ in agent_samples if name.startswith("trustbus_decisions")]
 
 
-async def test_readyz_follows_the_connection_to_the_server(tmp_path: Path) -> None:
+async def test_readyz_and_the_logs_follow_the_connection_to_the_server(tmp_path: Path) -> None:
     with EmbeddedServer(port=0, data_dir=tmp_path / "js") as server:
         tenant, keys = f"r{os.getpid()}", KeyDirectory(tmp_path / "keys")
         await init_tenant([server.url], tenant, keys=keys)
-        fleet = Fleet(url=server.url, tenant=tenant, keys=keys, tmp=tmp_path, nc=await nats.connect(server.url))
+        url = server.url.replace("nats://", f"nats://trustbus:{PASSWORD}@")  # a server without auth takes any
+        fleet = Fleet(url=url, tenant=tenant, keys=keys, tmp=tmp_path, nc=await nats.connect(server.url))
         try:
-            port = metrics_port(await fleet.coordinator({"rules": [RULE]}, extra=("--metrics-port", "0")))
+            coordinator = await fleet.coordinator({"rules": [RULE]}, extra=("--metrics-port", "0"))
+            port = metrics_port(coordinator)
             assert await asyncio.to_thread(get, port, "/readyz") == (200, "ready\n")
             await fleet.nc.close()
             server.stop()
             await until(lambda: get(port, "/readyz") == (503, "not connected to NATS\n"))
             assert await asyncio.to_thread(get, port, "/healthz") == (200, "ok\n")
+            down = time.monotonic()  # an outage of a few reconnect attempts (two a second) before the server returns
+            await until(lambda: time.monotonic() - down > 2 and get(port, "/readyz")[0] == 503)
             server.start()  # the same port and store
             await until(lambda: get(port, "/readyz") == (200, "ready\n"))
             fleet.nc = await nats.connect(server.url)
+            await until(lambda: "reconnected to NATS" in coordinator.log.read_text())
         finally:
             await fleet.close()
+    text = coordinator.log.read_text()
+    assert PASSWORD not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    about_nats = [line for line in lines if "NATS" in str(line["msg"]) or str(line["msg"]).startswith("nats error")]
+    assert [line["msg"] for line in about_nats] == [
+        "disconnected from NATS; reconnecting to any of the given servers",
+        "reconnected to NATS",
+    ]  # not a line per failed attempt: their count is on the last line
+    assert about_nats[1]["failed_attempts"] >= 2
+
+
+PASSWORD = "pw-never-logged"
 
 
 async def test_a_taken_metrics_port_is_a_clear_error(fleet: Fleet) -> None:

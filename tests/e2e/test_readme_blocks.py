@@ -3,12 +3,15 @@
 Each sequence runs in bash with ``set -e`` in a scratch directory that stands for a fresh clone: it
 links the repository files the blocks name (``examples/``, the demo's policies, ``nats.conf``) and
 receives what they write (``bundle/``, ``proof.json``, ``ledger-data/``). Seeds go to a scratch
-``TRUSTBUS_KEYS``. Background ``&`` jobs are stopped at the end, newest first. Three substitutions
-stand for what a reader does, and nothing else is changed:
+``TRUSTBUS_KEYS``. Background ``&`` jobs are stopped at the end, newest first, and so is what a
+``demo --keep`` left running (its printed ``kill`` line is run, as its reader would). Four
+substitutions stand for what a reader does, and nothing else is changed:
 
 - ``4222`` becomes a free port (another server may hold 4222 on this machine);
-- ``ID`` becomes the envelope id that ``trustbus send`` printed last;
-- ``KEY`` becomes the tenant admin key that ``trustbus init`` printed.
+- ``ID`` becomes the envelope id that ``trustbus send`` printed last, or the injection's correlation
+  id that the demo's summary lists;
+- ``KEY`` becomes the tenant admin key that ``trustbus init`` printed;
+- ``export NATS_URL=...`` becomes the ``export`` line that ``trustbus up --cluster`` printed (waited for).
 """
 
 from __future__ import annotations
@@ -27,10 +30,21 @@ ROOT = Path(__file__).resolve().parents[2]
 LINKED = ("examples", "trustbus/demo/files", "nats.conf")
 PORT = "4222"
 PLACEHOLDERS = {
-    "ID": r"s/^sent ([^ ]+) to .*/\1/p",  # sed over the output so far: the id `trustbus send` printed
+    # sed over the output so far: the id `trustbus send` printed, or the demo summary's injection correlation
+    "ID": r"s/^(sent ([^ ]+) to .*|  injection +([^ ]+))$/\2\3/p",
     "KEY": r"s/^admin key ([^ ]+)$/\1/p",  # the admin key `trustbus init` printed
 }
-STOP_JOBS = 'for job in $(jobs -p | tac); do kill "$job" 2>/dev/null || true; wait "$job" 2>/dev/null || true; done'
+PASTED = "export NATS_URL=..."
+PASTE = (  # the line `trustbus up --cluster` prints, once it has printed it
+    "until grep -q '^export NATS_URL=' \"$TRANSCRIPT\"; do sleep 0.1; done; "
+    "eval \"$(grep '^export NATS_URL=' \"$TRANSCRIPT\" | tail -n 1 | cut -d '#' -f 1)\""
+)
+STOP_ALL = (  # a shell function run at exit: the background jobs, newest first, then what a demo --keep left
+    "stop_all() {\n"
+    '    for job in $(jobs -p | tac); do kill "$job" 2>/dev/null || true; wait "$job" 2>/dev/null || true; done\n'
+    '    eval "$(sed -nE \'s/^  (kill [0-9 ]+)$/\\1 || true/p\' "$TRANSCRIPT")"\n'
+    "}"
+)
 LIMIT_S = 200
 
 pytestmark = pytest.mark.timeout(LIMIT_S + 40)  # past the script's limit: its processes are stopped here
@@ -45,9 +59,11 @@ def bash_blocks(section: str) -> list[str]:
 
 def script(blocks: list[str], port: int) -> str:
     """The blocks as one bash script, with the reader's substitutions; its output goes to $TRANSCRIPT."""
-    lines = ["set -e", 'exec >>"$TRANSCRIPT" 2>&1', f"trap '{STOP_JOBS}' EXIT"]
+    lines = ["set -e", 'exec >>"$TRANSCRIPT" 2>&1', STOP_ALL, "trap stop_all EXIT"]
     for line in "\n".join(blocks).splitlines():
         line = line.replace(PORT, str(port))
+        if line.startswith(PASTED):
+            line = PASTE
         for name, sed in PLACEHOLDERS.items():
             if re.search(rf"\b{name}\b", line):
                 lines.append(f"{name}=$(sed -nE '{sed}' \"$TRANSCRIPT\" | tail -n 1)")
@@ -108,3 +124,21 @@ def test_build_your_own_runs_as_written(tmp_path: Path) -> None:
 def test_the_development_config_runs_as_written(tmp_path: Path) -> None:
     said = follow("What is here", tmp_path)
     assert re.search(r"^admin key U\w+$", said, re.M)
+
+
+@pytest.mark.slow
+def test_the_demo_and_its_then_commands_run_as_written(tmp_path: Path) -> None:
+    said = follow("The demo", tmp_path)
+    assert said.count("correlations (the ID of `ledger replay --correlation ID`):") == 3  # three demos ran
+    assert "verified sequences 1-" in said  # the bundle verifies offline
+    assert "reject tainted_high_risk,denied by ops" in said  # the injection's tree, by the summary's correlation
+    assert re.search(r"coordinator\s*│\s*hop_limit", said)  # the query over the projection
+    assert re.search(r"hold tainted_high_risk\s*│\s*reject not_allowed\s*│\s*yes", said)  # re-decided
+    assert "still running (--keep)" in said
+    assert (tmp_path / "run" / "bundle").is_dir() and (tmp_path / "run3").is_dir()
+
+
+@pytest.mark.slow
+def test_beyond_one_machine_runs_as_written(tmp_path: Path) -> None:
+    said = follow("Beyond one machine", tmp_path)
+    assert "JetStream cluster" in said and "coord-a (coordinator) key" in said

@@ -33,6 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from tests.processes import one_shot, one_shot_async
+from trustbus.agents._memory_outcomes import outcome_key
 from trustbus.bus import (
     AGENT_API_PREFIX,
     Bus,
@@ -515,24 +516,49 @@ async def test_agent_cannot_delete_purge_or_update_the_stream(connect: Connect) 
     assert after.config == before.config and after.state.messages == before.state.messages
 
 
+async def cannot_read_memory(conn: Conn, subject: str) -> None:
+    """Assert ``conn`` can read memory ``subject`` neither by direct get nor by the body-addressed message get."""
+    outcomes = await asyncio.gather(
+        conn.js.get_last_msg(MEMORY, subject, direct=True),
+        conn.js.get_last_msg(MEMORY, subject),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, nats.errors.TimeoutError) for o in outcomes), outcomes
+    refused = {await conn.next_error(), await conn.next_error()}
+    assert refused == {
+        f'nats: permissions violation for publish to "{API}.direct.get.{MEMORY}.{subject}"'.lower(),
+        f'nats: permissions violation for publish to "{API}.stream.msg.get.{MEMORY}"'.lower(),
+    }
+
+
 async def test_agent_cannot_read_another_agents_memory(connect: Connect) -> None:
     """Bob's memory key is out of alice's reach, by direct get and by the body-addressed message get."""
     coordinator, alice = await connect("coordinator"), await connect("alice")
     bobs = f"$KV.{subjects.memory_bucket(T)}.bob.secret"
     await coordinator.js.publish(bobs, b"bob's secret")
-    outcomes = await asyncio.gather(
-        alice.js.get_last_msg(MEMORY, bobs, direct=True), alice.js.get_last_msg(MEMORY, bobs), return_exceptions=True
-    )
-    assert all(isinstance(o, nats.errors.TimeoutError) for o in outcomes), outcomes
-    refused = {await alice.next_error(), await alice.next_error()}
-    assert refused == {
-        f'nats: permissions violation for publish to "{API}.direct.get.{MEMORY}.{bobs}"'.lower(),
-        f'nats: permissions violation for publish to "{API}.stream.msg.get.{MEMORY}"'.lower(),
-    }
+    await cannot_read_memory(alice, bobs)
     # Writing memory directly is refused too: only the coordinator writes it.
     await alice.nc.publish(f"$KV.{subjects.memory_bucket(T)}.alice.note", b"self-granted")
     await alice.nc.flush(timeout=TIMEOUT)
     await alice.refused(f"$KV.{subjects.memory_bucket(T)}.alice.note")
+
+
+async def test_agent_cannot_read_or_forge_another_agents_memory_write_outcome(connect: Connect) -> None:
+    """Bob is told what became of his write under bob.written.<key>: alice can neither read it nor forge one there
+    (or in her own namespace); bob reads his (the twin)."""
+    coordinator, alice, bob = await connect("coordinator"), await connect("alice"), await connect("bob")
+    bobs = f"$KV.{subjects.memory_bucket(T)}.{outcome_key('bob', 'note')}"
+    await coordinator.js.publish(bobs, b"the coordinator's answer")
+    assert (await bob.js.get_last_msg(MEMORY, bobs, direct=True)).data == b"the coordinator's answer"
+    await cannot_read_memory(alice, bobs)
+    own = f"$KV.{subjects.memory_bucket(T)}.{outcome_key('alice', 'note')}"
+    for subject in (bobs, own):  # a forged answer, to bob or to herself: only the coordinator writes memory
+        await alice.nc.publish(subject, b"accepted, trust me")
+        await alice.nc.flush(timeout=TIMEOUT)
+        await alice.refused(subject)
+    assert await last_body(coordinator.js, MEMORY, bobs) == b"the coordinator's answer"
+    assert await last_body(coordinator.js, MEMORY, own) is None
+    assert bob.errors.empty() and coordinator.errors.empty()
 
 
 def effect_record(conn: Conn, key: str) -> tuple[str, bytes, dict[str, str]]:

@@ -149,6 +149,20 @@ def test_the_endpoint_answers_each_path_and_refuses_a_taken_port() -> None:
             MetricsServer(server.port)
 
 
+def test_readyz_says_which_check_fails_first() -> None:
+    waiting = {"catching up": True}
+    with MetricsServer(0) as server:
+        server.health.watch(lambda: True)
+        server.health.require(lambda: None)
+        server.health.require(lambda: "catching up: projected 3 of 9" if waiting["catching up"] else None)
+        server.health.serving()
+        assert get(server.port, "/readyz") == (503, "catching up: projected 3 of 9\n")
+        waiting["catching up"] = False
+        assert get(server.port, "/readyz") == (200, "ready\n")
+        server.health.watch(lambda: False)
+        assert get(server.port, "/readyz") == (503, "not connected to NATS\n")
+
+
 async def test_consumer_lag_is_read_a_bounded_number_at_a_time_and_summed_per_group() -> None:
     names = [f"c{i:03d}" for i in range(LAG_READS_PER_ROUND + 20)]
     groups: dict[str, list[str]] = {"coordinator": names, "inbox": ["unreadable"]}

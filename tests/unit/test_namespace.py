@@ -3,10 +3,13 @@
 The folders ``bus/``, ``agents/`` and ``ledger/`` stay at the repository root
 and are installed as ``trustbus.bus``, ``trustbus.agents`` and
 ``trustbus.ledger``. The OpenAI Agents SDK installs a top-level ``agents``
-too; both must import in one environment.
+too; both must import in one environment, and a project file that imports
+``agents`` means the SDK's.
 """
 
 import ast
+import importlib
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +41,22 @@ def test_trustbus_and_the_openai_agents_sdk_import_in_one_environment(tmp_path: 
     assert our_error == "trustbus.agents._errors"
 
 
+def test_an_agent_module_loaded_from_the_repository_root_imports_the_sdk() -> None:
+    """``trustbus agent run`` (``python -m trustbus``) from the root, where agents/ is trustbus's own folder."""
+    code = (
+        "import sys; from trustbus.agents import load_agent\n"
+        "from trustbus.adapters._frameworks import framework_agent\n"
+        "agent = load_agent('tests.e2e.oai_agents:agent', adapt=framework_agent)\n"
+        "print(type(agent).__name__, sys.modules['agents'].__file__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    adapted, sdk_file = result.stdout.split()
+    assert adapted == "OpenAIAgent" and not sdk_file.startswith(str(ROOT / "agents"))
+
+
 def test_no_top_level_bus_agents_or_ledger_is_installed(tmp_path: Path) -> None:
     code = (
         "import importlib.util\n"
@@ -54,14 +73,27 @@ def test_no_top_level_bus_agents_or_ledger_is_installed(tmp_path: Path) -> None:
 
 
 def _top_level_imports(path: Path) -> set[str]:
+    """The top-level names ``path`` imports; ``agents`` only if it imports something the SDK's ``agents`` lacks."""
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name.split(".")[0] for alias in node.names if not _the_sdks(alias.name, None))
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            if not all(_the_sdks(node.module, alias.name) for alias in node.names):
+                names.add(node.module.split(".")[0])
     return names
+
+
+def _the_sdks(module: str, name: str | None) -> bool:
+    """Whether ``module`` (and ``name`` in it) is the OpenAI Agents SDK's, the one other top-level ``agents``."""
+    if module.split(".")[0] != "agents":
+        return False
+    try:
+        found = importlib.import_module(module)  # under pytest, `agents` is the SDK (tests/conftest.py)
+    except ImportError:
+        return False
+    return name is None or hasattr(found, name) or importlib.util.find_spec(f"{module}.{name}") is not None
 
 
 def test_no_project_file_imports_a_layer_by_its_old_top_level_name() -> None:
@@ -75,3 +107,5 @@ def test_no_project_file_imports_a_layer_by_its_old_top_level_name() -> None:
     }
     assert len(tracked) > 150
     assert offenders == {}
+    assert "agents" not in _top_level_imports(ROOT / "trustbus" / "adapters" / "openai_agents.py")  # the SDK's
+    assert not _the_sdks("agents", "Handlers")  # trustbus.agents's, by its old name: an offender

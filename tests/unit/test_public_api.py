@@ -13,7 +13,8 @@ def test_bus_exports() -> None:
             "decode_decision", "decode_effect", "decode_memory_value", "encode_decision", "encode_effect",
             "encode_memory_value", "BadCountersignature", "BadSignature", "Bus", "BusError", "ConfigError",
             "ConsumerSettings", "ContentType", "Delivery", "ClusterMembership", "EmbeddedCluster", "EmbeddedServer",
-            "Health", "LoopCollector", "MetricsServer", "ConsumerLag", "ConsumerLagPoller", "collected",
+            "Health", "EnvelopeFields", "log_about", "ServiceResponder", "discover_services",
+            "LoopCollector", "MetricsServer", "ConsumerLag", "ConsumerLagPoller", "collected",
             "Envelope", "Identity",
             "KeyDirectory", "KeyGrant", "KeyNotYetValid", "Keyring", "KeyringError", "KeyringStore", "Kind",
             "Limits", "Malformed", "Mediation", "MissingSignature", "NotMediated", "Opened", "PortInUse",
@@ -64,7 +65,7 @@ def test_agents_exports() -> None:
             "UnknownTool", "idempotency_key", "load_tools", "parse_tools", "McpBinding", "McpServer",
             "answer", "instruction_verb", "list_held", "list_held_requests", "PartitionStatus", "coordinator_status",
             "load_agent", "redecide", "reexecute", "serve_agent", "retention_needs",
-            "serve_coordinator",
+            "serve_coordinator", "MemoryOutcome",
         ]
     )  # fmt: skip
     for name in agents.__all__:

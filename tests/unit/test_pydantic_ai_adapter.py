@@ -12,7 +12,8 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from trustbus.adapters._frameworks import framework_agent
-from trustbus.adapters.pydantic_ai import MODEL_TOOL, PydanticAIAgent, _prompt_of, on_bus, request_arguments
+from trustbus.adapters._recording import prompt_of
+from trustbus.adapters.pydantic_ai import MODEL_TOOL, PydanticAIAgent, on_bus, request_arguments
 from trustbus.agents import RuntimeSetupError, UnknownTool
 from trustbus.agents._process import bind_tools, load_agent
 from trustbus.bus import new_envelope
@@ -55,7 +56,7 @@ async def test_another_prompt_or_other_instructions_make_other_arguments() -> No
 )
 def test_a_payload_becomes_the_user_prompt(payload: bytes, content_type: Any, prompt: str) -> None:
     envelope = new_envelope(tenant="t", kind="event", sender="a", to=("b",), payload=payload, content_type=content_type)
-    assert _prompt_of(envelope) == prompt
+    assert prompt_of(envelope) == prompt
 
 
 def test_agent_run_loads_a_pydantic_ai_agent_only_through_the_adapter_lookup() -> None:

@@ -235,8 +235,11 @@ def test_only_the_console_imports_the_console_extra() -> None:
     assert any(m.split(".")[0] == "starlette" for p in _files(CLI / "console") for _, m in imported(p))
 
 
-FRAMEWORKS = ("pydantic_ai",)
-"""Optional extras: only their adapters (trustbus/adapters/<framework>.py) import them."""
+FRAMEWORKS = ("pydantic_ai", "agents", "langgraph", "langchain_core")
+"""Optional extras: only their adapters (trustbus/adapters/<framework>.py) import them.
+
+``agents`` is the OpenAI Agents SDK's top-level package (trustbus's own is ``trustbus.agents``).
+"""
 FRAMEWORK_DEMOS = (CLI / "demo" / "pydantic_ai_agents.py",)
 """The demo's agents written with a framework, loaded only by ``trustbus demo --framework``."""
 

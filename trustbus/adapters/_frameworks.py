@@ -15,4 +15,18 @@ def framework_agent(found: object) -> Agent | None:
 
         if isinstance(found, PydanticAgent):
             return on_bus(found)
+    if package == "agents":  # the OpenAI Agents SDK (trustbus's own agents are trustbus.agents)
+        from agents import Agent as SDKAgent
+
+        from trustbus.adapters.openai_agents import on_bus as sdk_on_bus
+
+        if isinstance(found, SDKAgent):
+            return sdk_on_bus(found)
+    if package == "langgraph":
+        from langgraph.graph.state import CompiledStateGraph
+
+        from trustbus.adapters.langgraph import on_bus as graph_on_bus
+
+        if isinstance(found, CompiledStateGraph):
+            return graph_on_bus(found)
     return None

@@ -23,11 +23,8 @@ the peer's reply resumes it (``DeferredToolResults``), its output going to the r
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextvars import ContextVar
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -44,11 +41,22 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
-from pydantic_core import to_jsonable_python
 
 from trustbus.adapters._asks import Question, WaitingRun, WaitingRuns
-from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, Tool, ToolImplementation
-from trustbus.bus import Envelope, Kind, MalformedPayload, decode_json
+from trustbus.adapters._recording import (
+    MODEL_REQUEST,
+    MODEL_TOOL,
+    as_effect,
+    content_of,
+    digest_arguments,
+    idempotency_key,
+    perform,
+    prompt_of,
+    reply_payload,
+    stable,
+)
+from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
+from trustbus.bus import Envelope, Kind
 
 __all__ = [
     "ASK_TOOL",
@@ -63,62 +71,11 @@ __all__ = [
 
 log = logging.getLogger("trustbus.agent")
 
-MODEL_TOOL = "model_request"
-"""The built-in registry entry every model request of the agent is recorded under."""
-
 ASK_TOOL = "ask_agent"
 """The built-in tool a model asks another agent with (given to the model only if the agent has ``peers``)."""
 
 ASK_VERB = "ask"
 """The verb of the instruction an ask sends: ``{"verb": "ask", "question": ...}``."""
-
-_MODEL_REQUEST = Tool(name=MODEL_TOOL, system="model", owner="agent", effect_class="read", result_taint=("llm",))
-
-# Volatile fields of a dumped message: they differ between two runs that ask the model the same thing.
-_VOLATILE = frozenset(
-    {"timestamp", "request_timestamp", "duration", "run_id", "conversation_id", "usage", "model_id", "provider_url"}
-)
-
-_pending: ContextVar[Callable[[], Awaitable[Any]] | None] = ContextVar("trustbus_pending_call", default=None)
-_key: ContextVar[str | None] = ContextVar("trustbus_idempotency_key", default=None)
-
-
-def idempotency_key() -> str | None:
-    """The idempotency key of the tool call running now: pass it to the system the tool acts on.
-
-    The same on every attempt of the same call, so a system that drops a repeated key acts once even if
-    the process dies mid-call. None when the agent runs on its own, off the bus.
-    """
-    return _key.get()
-
-
-async def _perform(args: dict[str, Any], *, idempotency_key: str) -> Any:
-    """What every tool of the adapter is bound to: make the call ``ctx.effect`` was asked for, under its key."""
-    call = _pending.get()
-    if call is None:
-        raise RuntimeError("a pydantic-ai tool was called outside a run of its agent")
-    token = _key.set(idempotency_key)
-    try:
-        return to_jsonable_python(await call())
-    finally:
-        _key.reset(token)
-
-
-async def _as_effect(ctx: Context, tool: str, args: dict[str, Any], call: Callable[[], Awaitable[Any]]) -> Any:
-    """``ctx.effect(tool, args)``, with ``call`` as what runs if the call has no completed record."""
-    token = _pending.set(call)
-    try:
-        return await ctx.effect(tool, args)
-    finally:
-        _pending.reset(token)
-
-
-def _stable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
 
 
 def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
@@ -127,9 +84,7 @@ def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
     Timestamps, run ids and usage are left out, so the same conversation makes the same arguments (and so
     the same idempotency key) on every attempt and in a replay.
     """
-    dumped = _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
-    history = json.dumps(dumped[:-1], sort_keys=True, separators=(",", ":")).encode()
-    return {"history": hashlib.sha256(history).hexdigest(), "request": dumped[-1] if dumped else None}
+    return digest_arguments(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
 
 
 class RecordedModel(WrapperModel):
@@ -152,7 +107,7 @@ class RecordedModel(WrapperModel):
             response = await self.wrapped.request(messages, model_settings, model_request_parameters)
             return ModelMessagesTypeAdapter.dump_python([response], mode="json")
 
-        recorded = await _as_effect(self._ctx, MODEL_TOOL, request_arguments(messages), ask)
+        recorded = await as_effect(self._ctx, MODEL_TOOL, request_arguments(messages), ask)
         [response] = ModelMessagesTypeAdapter.validate_python(recorded)
         if not isinstance(response, ModelResponse):
             raise TypeError(f"the record of a model request holds a {type(response).__name__}, not a response")
@@ -180,26 +135,10 @@ class _OnTheBus(AbstractCapability[Any]):
         if call.tool_name == ASK_TOOL:  # not an effect: it sends an instruction once the run ends
             return await handler(args)
         try:
-            return await _as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
+            return await as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
         except EffectDenied as refused:  # the model is told, as of any tool that failed for good
             by = f" by {refused.approver}" if refused.approver else ""
             raise ToolFailed(f"{call.tool_name} was not run: {refused.reason}{by}") from refused
-
-
-def _content_of(envelope: Envelope) -> Any:
-    """A payload as a value: a ``text/plain`` one as its text, JSON as what it encodes, anything else as text."""
-    if envelope.content_type == "text/plain":
-        return envelope.payload.decode(errors="replace")
-    try:
-        return decode_json(envelope.payload)
-    except MalformedPayload:
-        return envelope.payload.decode(errors="replace")
-
-
-def _prompt_of(envelope: Envelope) -> str:
-    """The user prompt a delivery makes: a text payload as is, a JSON string as the string, other JSON as JSON text."""
-    value = _content_of(envelope)
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _ask_toolset(peers: tuple[str, ...]) -> FunctionToolset[Any]:
@@ -217,13 +156,6 @@ def _ask_toolset(peers: tuple[str, ...]) -> FunctionToolset[Any]:
         description=f"Ask another agent a question and get its answer. The agents you may ask: {', '.join(peers)}.",
     )
     return toolset
-
-
-def _reply_payload(output: Any) -> str | dict[str, Any] | list[Any] | bytes:
-    if isinstance(output, str):
-        return output
-    value = to_jsonable_python(output)
-    return value if isinstance(value, dict | list) else json.dumps(value).encode()
 
 
 def _function_tools(agent: PydanticAgent[Any, Any]) -> list[str]:
@@ -270,8 +202,8 @@ class PydanticAIAgent(Agent):
         self.peers = tuple(dict.fromkeys(peers))
         self.waiting = WaitingRuns(max_waiting)
         names = [*_function_tools(agent), MODEL_TOOL]
-        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, _perform))
-        self.builtin_tools = (_MODEL_REQUEST,)
+        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, perform))
+        self.builtin_tools = (MODEL_REQUEST,)
 
     async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
         """Take up the runs that were waiting for answers when the last process stopped."""
@@ -282,7 +214,7 @@ class PydanticAIAgent(Agent):
         envelope = ctx.envelope
         if envelope.kind == "reply" and self.peers:
             kept = self.waiting.checkpoint()
-            run = self.waiting.answer(envelope.correlation_id, envelope.sender, _content_of(envelope))
+            run = self.waiting.answer(envelope.correlation_id, envelope.sender, content_of(envelope))
             if run is not None:
                 try:
                     await self._answered(ctx, run)
@@ -293,7 +225,7 @@ class PydanticAIAgent(Agent):
         if envelope.kind not in self.kinds:
             log.info("kind not served; acked", extra={"kind": envelope.kind, "envelope_id": envelope.id})
             return
-        result = await self._run(ctx, _prompt_of(envelope))
+        result = await self._run(ctx, prompt_of(envelope))
         if isinstance(result.output, DeferredToolRequests):
             await self._ask(ctx, result.output, result.all_messages(), started_by=envelope)
         else:
@@ -305,7 +237,7 @@ class PydanticAIAgent(Agent):
         Not called for a run resumed by an answer (see ``peers``): its output goes to the sender of the delivery
         that started the run.
         """
-        await ctx.reply(_reply_payload(output))
+        await ctx.reply(reply_payload(output))
 
     async def _run(self, ctx: Context, prompt: str | None, **resume: Any) -> Any:
         """One run of the agent for ``ctx`` (``resume``: its message history and deferred tool results)."""
@@ -332,7 +264,7 @@ class PydanticAIAgent(Agent):
                      requests.metadata[call.tool_call_id]["question"])
             for call in requests.calls
         ]  # fmt: skip
-        dumped = _stable(ModelMessagesTypeAdapter.dump_python(history, mode="json"))
+        dumped = stable(ModelMessagesTypeAdapter.dump_python(history, mode="json"))
         if isinstance(started_by, WaitingRun):  # a resumed run that asks again still answers its first sender
             envelope, sender = started_by.envelope, started_by.sender
         else:
@@ -354,7 +286,7 @@ class PydanticAIAgent(Agent):
         if isinstance(result.output, DeferredToolRequests):  # it asks again: the run waits anew
             await self._ask(ctx, result.output, result.all_messages(), started_by=run)
             return
-        await ctx.send((run.sender,), _reply_payload(result.output), kind="reply", causation_id=run.envelope)
+        await ctx.send((run.sender,), reply_payload(result.output), kind="reply", causation_id=run.envelope)
         await ctx.checkpoint(self.waiting.checkpoint())
 
 
