@@ -133,13 +133,15 @@ async def reexecute(
         agent: the agent, as ``trustbus agent run`` would load it.
         agent_id: its id.
         deliveries: what was delivered to it, in order, with each delivery's effective taint.
-        recorded_sends: by delivered envelope id, what the agent sent because of it, in order.
+        recorded_sends: by delivered envelope id, what the agent sent because of it (naming it as the cause), in
+            order; what the re-executed agent sends is compared by the cause it names the same way.
         effects: every recorded effect record of the incident, by idempotency key (the latest phase).
         checkpoint: the state its ``on_start`` is given first: its last checkpoint before the
             first delivery (:func:`ledger.checkpoint_before`), as a process started then would get.
     """
     await agent.on_start(checkpoint)
     results = []
+    sent: dict[str, list[Envelope]] = {}  # by cause, as ``recorded_sends``: a later delivery may answer an earlier one
     for envelope, taint in deliveries:
         ctx = ReplayContext(agent_id, envelope, taint, effects)
         result = Replayed(delivery=envelope)
@@ -152,9 +154,12 @@ async def reexecute(
             result.divergences.append(Divergence(envelope.id, "effect", None, str(exc)))
         except Exception as exc:  # the handler's own failure is a finding, not a crash of the replay
             result.divergences.append(Divergence(envelope.id, "raised", None, f"{type(exc).__name__}: {exc}"))
-        recorded = [_output(e) for e in recorded_sends.get(envelope.id, [])]
-        replayed = [_output(e) for e in ctx.sent]
-        if recorded != replayed:
-            result.divergences.append(Divergence(envelope.id, "sent", recorded, replayed))
+        for out in ctx.sent:
+            sent.setdefault(out.causation_id or envelope.id, []).append(out)
         results.append(result)
+    for result in results:
+        recorded = [_output(e) for e in recorded_sends.get(result.delivery.id, [])]
+        replayed = [_output(e) for e in sent.get(result.delivery.id, [])]
+        if recorded != replayed:
+            result.divergences.append(Divergence(result.delivery.id, "sent", recorded, replayed))
     return results

@@ -127,9 +127,14 @@ class Context:
         content_type: ContentType | None = None,
         taint: Iterable[str] = (),
         idempotency_key: str | None = None,
+        causation_id: str | None = None,
     ) -> Envelope:
         """Send a new envelope caused by this one, through the coordinator (with the current span's trace
-        context, when tracing is on)."""  # noqa: D205, D209
+        context, when tracing is on).
+
+        ``causation_id`` names another envelope of the correlation as the cause instead (a reply to an envelope
+        handled before, once this one brought what it waited for); the coordinator checks it as any cause.
+        """  # noqa: D205
         body, default_type = _encode(payload)
         envelope = new_envelope(
             tenant=self.envelope.tenant,
@@ -139,7 +144,7 @@ class Context:
             payload=body,
             content_type=content_type or default_type,
             correlation_id=self.envelope.correlation_id,
-            causation_id=self.envelope.id,
+            causation_id=causation_id or self.envelope.id,
             hop=self.envelope.hop + 1,
             taint=set(self.taint) | set(taint),
             idempotency_key=idempotency_key,

@@ -15,7 +15,7 @@ import json
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import nats
@@ -74,11 +74,18 @@ class Shop:
         prompt = prompt_of(*calls)
         return await self.fleet.send(self.boss, [self.agent_id], prompt, kind="event", taint=list(taint), **fields)
 
-    async def answer(self, correlation: str, to: str = "boss", *, after: str | None = None) -> Envelope:
-        """The first envelope to ``to`` in ``correlation`` (caused by ``after``, if given)."""
+    async def answer(
+        self, correlation: str, to: str = "boss", *, after: str | None = None, kind: str | None = None
+    ) -> Envelope:
+        """The first envelope to ``to`` in ``correlation`` (caused by ``after``, of ``kind``, if given)."""
 
         def mine(r: str, e: Envelope) -> bool:
-            return r == to and e.correlation_id == correlation and (after is None or e.causation_id == after)
+            return (
+                r == to
+                and e.correlation_id == correlation
+                and (after is None or e.causation_id == after)
+                and (kind is None or e.kind == kind)
+            )
 
         read = await self.fleet.inbox(lambda read: any(mine(r, e) for r, e in read), limit_s=60)
         return next(e for r, e in read if mine(r, e))
@@ -106,11 +113,13 @@ async def open_shop(
     module: str,
     example: str,
     extra_env: Mapping[str, str] | None = None,
+    rules: Iterable[Mapping[str, object]] = (),
 ) -> AsyncIterator[Shop]:
     """A fleet on a new tenant (coordinator, operator ``ops``) with ``module``'s ``agent`` running as ``agent_id``.
 
     ``module`` also has ``changed``, the agent with other instructions; ``example`` names the docs example
     (``examples/frameworks/<example>_after.py``), run as ``support``, whom ``customer`` may send events.
+    ``rules``: more rules of the coordinator's policy.
     """
     tmp = tmp_path_factory.mktemp(agent_id)
     tenant = f"{agent_id}{time.monotonic_ns() % 10**9}"
@@ -122,6 +131,7 @@ async def open_shop(
             {"from": "boss", "to": [agent_id], "kinds": ["instruction", "event"]},
             {"from": "customer", "to": ["support"], "kinds": ["event"]},
             {"from": "*", "to": ["*"], "kinds": ["reply"]},
+            *rules,
         ]
     }
     try:

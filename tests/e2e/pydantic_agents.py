@@ -5,6 +5,10 @@ turn, then answers ``done: <the tool results>``. Every model call appends the pr
 $TB_TEST_MODEL_CALLS, so a test counts them from outside; with $TB_TEST_NO_MODEL set the model raises
 instead (a replay must answer every request from the ledger). The tools act on the SQLite "system" of
 tests/e2e/fleet_agents.py, once per idempotency key.
+
+``asker`` may ask the agents ``clerk`` (a plain trustbus agent, ``clerk`` here), ``billing`` and ``pyd``
+(``agent``): its prompt is ``{"ask": AGENT, "question": ...}``, and it answers
+``learned: <the answer>`` (or what failed).
 """
 
 from __future__ import annotations
@@ -14,11 +18,20 @@ import os
 from typing import Any
 
 from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    RetryPromptPart,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, sell
-from trustbus.adapters.pydantic_ai import idempotency_key
+from trustbus.adapters.pydantic_ai import ASK_TOOL, idempotency_key, on_bus
+from trustbus.agents import Context, Handlers
 
 
 def _prompt(messages: list[ModelMessage]) -> str:
@@ -27,17 +40,23 @@ def _prompt(messages: list[ModelMessage]) -> str:
     return next(str(part.content) for part in first.parts if part.part_kind == "user-prompt")
 
 
-def stand_in(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-    """Ask for the prompt's calls one by one, then report their results."""
+def _called(messages: list[ModelMessage]) -> str:
+    """The run's prompt, once the call is counted (AssertionError if the model may not be called)."""
     if os.environ.get(NO_MODEL):
         raise AssertionError("the model was called")
     prompt = _prompt(messages)
     with open(os.environ[MODEL_CALLS], "a") as calls:
         calls.write(json.dumps(prompt) + "\n")
+    return prompt
+
+
+def stand_in(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Ask for the prompt's calls one by one, then report their results."""
+    prompt = _called(messages)
     returns = [
         p.content for m in messages if isinstance(m, ModelRequest) for p in m.parts if isinstance(p, ToolReturnPart)
     ]
-    wanted = json.loads(prompt)["calls"]
+    wanted = json.loads(prompt).get("calls", [])  # an agent's question (``{"verb": "ask", ...}``) lists none
     if len(returns) < len(wanted):
         call = wanted[len(returns)]
         return ModelResponse(parts=[ToolCallPart(call["tool"], call["args"], tool_call_id=f"call-{len(returns)}")])
@@ -65,3 +84,29 @@ changed = Agent(
     tools=[record_sale, issue_refund],
 )
 """A new version of the agent, with other instructions: its first model request is not the recorded one."""
+
+
+def asking(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Ask the agent the prompt names its question, then say what came back."""
+    wanted = json.loads(_called(messages))
+    last = messages[-1]
+    assert isinstance(last, ModelRequest)
+    for part in last.parts:
+        if isinstance(part, ToolReturnPart | RetryPromptPart):
+            return ModelResponse(parts=[TextPart(f"learned: {part.model_response_str()}")])
+    call = ToolCallPart(ASK_TOOL, {"agent": wanted["ask"], "question": wanted["question"]}, tool_call_id="ask-0")
+    return ModelResponse(parts=[call])
+
+
+asker = on_bus(
+    Agent(FunctionModel(asking), instructions="Ask whom you are told to."), peers=["clerk", "billing", "pyd"]
+)
+
+clerk = Handlers()
+
+
+@clerk.on("instruction", verb="ask")
+async def answer(ctx: Context) -> None:
+    """Answer a question with what the clerk knows of it."""
+    question = ctx.json()["question"]
+    await ctx.reply({"question": question, "answer": f"{len(question)} letters"})

@@ -84,14 +84,19 @@ def digest_arguments(dumped: list[Any], volatile: Collection[str] = VOLATILE) ->
     return {"history": hashlib.sha256(history).hexdigest(), "request": kept[-1] if kept else None}
 
 
-def prompt_of(envelope: Envelope) -> str:
-    """The user prompt a delivery makes: a text payload as is, a JSON string as the string, other JSON as JSON text."""
+def content_of(envelope: Envelope) -> Any:
+    """A payload as a value: a ``text/plain`` one as its text, JSON as what it encodes, anything else as text."""
     if envelope.content_type == "text/plain":
         return envelope.payload.decode(errors="replace")
     try:
-        value = decode_json(envelope.payload)
+        return decode_json(envelope.payload)
     except MalformedPayload:
         return envelope.payload.decode(errors="replace")
+
+
+def prompt_of(envelope: Envelope) -> str:
+    """The user prompt a delivery makes: a text payload as is, a JSON string as the string, other JSON as JSON text."""
+    value = content_of(envelope)
     return value if isinstance(value, str) else json.dumps(value)
 
 

@@ -14,6 +14,11 @@ the payload is the user prompt, the run's output is the reply (a subclass may ov
   registry given with ``--tools``; a completed call is never made again, and a call to a high-risk
   tool under taint waits for the coordinator (and an operator) before the tool function runs. A call
   the operator denies fails for the model (pydantic-ai's ``ToolFailed``), which may tell the sender.
+
+With ``on_bus(agent, peers=[...])`` the model also has the tool ``ask_agent(agent, question)``: a call
+sends the named peer an instruction (verb ``ask``) through the coordinator and ends the run the
+pydantic-ai way for a deferred call (``CallDeferred``); the run is kept in the agent's checkpoint, and
+the peer's reply resumes it (``DeferredToolResults``), its output going to the run's first sender.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pydantic_ai import Agent as PydanticAgent
+from pydantic_ai import CallDeferred, DeferredToolRequests, DeferredToolResults
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.capabilities.abstract import ValidatedToolArgs, WrapToolExecuteHandler
 from pydantic_ai.exceptions import ToolFailed
@@ -36,22 +42,40 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 
+from trustbus.adapters._asks import Question, WaitingRun, WaitingRuns
 from trustbus.adapters._recording import (
     MODEL_REQUEST,
     MODEL_TOOL,
     as_effect,
+    content_of,
     digest_arguments,
     idempotency_key,
     perform,
     prompt_of,
     reply_payload,
+    stable,
 )
 from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
-from trustbus.bus import Kind
+from trustbus.bus import Envelope, Kind
 
-__all__ = ["MODEL_TOOL", "PydanticAIAgent", "RecordedModel", "idempotency_key", "on_bus", "request_arguments"]
+__all__ = [
+    "ASK_TOOL",
+    "ASK_VERB",
+    "MODEL_TOOL",
+    "PydanticAIAgent",
+    "RecordedModel",
+    "idempotency_key",
+    "on_bus",
+    "request_arguments",
+]
 
 log = logging.getLogger("trustbus.agent")
+
+ASK_TOOL = "ask_agent"
+"""The built-in tool a model asks another agent with (given to the model only if the agent has ``peers``)."""
+
+ASK_VERB = "ask"
+"""The verb of the instruction an ask sends: ``{"verb": "ask", "question": ...}``."""
 
 
 def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
@@ -108,11 +132,30 @@ class _OnTheBus(AbstractCapability[Any]):
         args: ValidatedToolArgs,
         handler: WrapToolExecuteHandler,
     ) -> Any:
+        if call.tool_name == ASK_TOOL:  # not an effect: it sends an instruction once the run ends
+            return await handler(args)
         try:
             return await as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
         except EffectDenied as refused:  # the model is told, as of any tool that failed for good
             by = f" by {refused.approver}" if refused.approver else ""
             raise ToolFailed(f"{call.tool_name} was not run: {refused.reason}{by}") from refused
+
+
+def _ask_toolset(peers: tuple[str, ...]) -> FunctionToolset[Any]:
+    """The toolset of :data:`ASK_TOOL`, for an agent that may ask ``peers``."""
+
+    async def ask_agent(agent: str, question: str) -> Any:
+        if agent not in peers:
+            raise ToolFailed(f"{agent!r} is not an agent this one may ask (it may ask: {', '.join(peers)})")
+        raise CallDeferred(metadata={"agent": agent, "question": question})
+
+    toolset: FunctionToolset[Any] = FunctionToolset()
+    toolset.add_function(
+        ask_agent,
+        name=ASK_TOOL,
+        description=f"Ask another agent a question and get its answer. The agents you may ask: {', '.join(peers)}.",
+    )
+    return toolset
 
 
 def _function_tools(agent: PydanticAgent[Any, Any]) -> list[str]:
@@ -137,10 +180,18 @@ class PydanticAIAgent(Agent):
     """A ``pydantic_ai.Agent`` served as a trustbus agent (made by :func:`on_bus`)."""
 
     def __init__(
-        self, agent: PydanticAgent[Any, Any], *, deps: Any = None, kinds: Iterable[Kind] = ("instruction", "event")
+        self,
+        agent: PydanticAgent[Any, Any],
+        *,
+        deps: Any = None,
+        kinds: Iterable[Kind] = ("instruction", "event"),
+        peers: Iterable[str] = (),
+        max_waiting: int = 100,
     ) -> None:
         """``deps``: the run's dependencies; ``kinds``: the envelope kinds that start a run (others are acked).
 
+        ``peers``: the agents the model may ask with :data:`ASK_TOOL` (none: it has no such tool);
+        ``max_waiting``: how many runs may wait for answers at once (past it, the oldest is dropped).
         RuntimeSetupError if the agent has no model (a run on the bus is given none) or a tool requires approval.
         """
         if agent.model is None:
@@ -148,27 +199,108 @@ class PydanticAIAgent(Agent):
         self.agent = agent
         self.deps = deps
         self.kinds = frozenset(kinds)
+        self.peers = tuple(dict.fromkeys(peers))
+        self.waiting = WaitingRuns(max_waiting)
         names = [*_function_tools(agent), MODEL_TOOL]
         self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, perform))
         self.builtin_tools = (MODEL_REQUEST,)
 
+    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
+        """Take up the runs that were waiting for answers when the last process stopped."""
+        self.waiting.restore(checkpoint)
+
     async def handle(self, ctx: Context) -> None:
-        """Run the agent on the delivery's payload and reply with its output."""
-        if ctx.envelope.kind not in self.kinds:
-            log.info("kind not served; acked", extra={"kind": ctx.envelope.kind, "envelope_id": ctx.envelope.id})
+        """Run the agent on the delivery's payload and reply with its output (or resume the run a reply answers)."""
+        envelope = ctx.envelope
+        if envelope.kind == "reply" and self.peers:
+            kept = self.waiting.checkpoint()
+            run = self.waiting.answer(envelope.correlation_id, envelope.sender, content_of(envelope))
+            if run is not None:
+                try:
+                    await self._answered(ctx, run)
+                except BaseException:  # a retry of this delivery must find the runs as the checkpoint has them
+                    self.waiting.restore(kept)
+                    raise
+                return
+        if envelope.kind not in self.kinds:
+            log.info("kind not served; acked", extra={"kind": envelope.kind, "envelope_id": envelope.id})
             return
-        # One call at a time, in the model's order: effect keys count calls, so the order must not vary.
-        with ToolManager.parallel_execution_mode("sequential"):
-            result = await self.agent.run(prompt_of(ctx.envelope), deps=self.deps, capabilities=[_OnTheBus(ctx)])
-        await self.respond(ctx, result.output)
+        result = await self._run(ctx, prompt_of(envelope))
+        if isinstance(result.output, DeferredToolRequests):
+            await self._ask(ctx, result.output, result.all_messages(), started_by=envelope)
+        else:
+            await self.respond(ctx, result.output)
 
     async def respond(self, ctx: Context, output: Any) -> None:
-        """What the agent does with a run's output: reply with it. A subclass may act on it otherwise."""
+        """What the agent does with a run's output: reply with it. A subclass may act on it otherwise.
+
+        Not called for a run resumed by an answer (see ``peers``): its output goes to the sender of the delivery
+        that started the run.
+        """
         await ctx.reply(reply_payload(output))
+
+    async def _run(self, ctx: Context, prompt: str | None, **resume: Any) -> Any:
+        """One run of the agent for ``ctx`` (``resume``: its message history and deferred tool results)."""
+        asks: dict[str, Any] = {}
+        if self.peers:
+            output_type = [self.agent.output_type, DeferredToolRequests]
+            asks = {"toolsets": [_ask_toolset(self.peers)], "output_type": output_type}
+        # One call at a time, in the model's order: effect keys count calls, so the order must not vary.
+        with ToolManager.parallel_execution_mode("sequential"):
+            return await self.agent.run(prompt, deps=self.deps, capabilities=[_OnTheBus(ctx)], **asks, **resume)
+
+    async def _ask(
+        self,
+        ctx: Context,
+        requests: DeferredToolRequests,
+        history: list[ModelMessage],
+        started_by: Envelope | WaitingRun,
+    ) -> None:
+        """Keep the run in the checkpoint, then send its questions (so no answer can come before it is kept)."""
+        if requests.approvals or any(call.tool_name != ASK_TOOL for call in requests.calls):
+            raise RuntimeError("a run ended on a deferred tool call other than ask_agent, which the bus cannot answer")
+        questions = [
+            Question(call.tool_call_id, requests.metadata[call.tool_call_id]["agent"],
+                     requests.metadata[call.tool_call_id]["question"])
+            for call in requests.calls
+        ]  # fmt: skip
+        dumped = stable(ModelMessagesTypeAdapter.dump_python(history, mode="json"))
+        if isinstance(started_by, WaitingRun):  # a resumed run that asks again still answers its first sender
+            envelope, sender = started_by.envelope, started_by.sender
+        else:
+            envelope, sender = started_by.id, started_by.sender
+        self.waiting.wait(WaitingRun(envelope, ctx.envelope.correlation_id, sender, dumped, questions))
+        await ctx.checkpoint(self.waiting.checkpoint())
+        for question in questions:
+            await ctx.instruct((question.peer,), ASK_VERB, question=question.question)
+
+    async def _answered(self, ctx: Context, run: WaitingRun) -> None:
+        """Keep an answer; once the run has every answer, resume it and send its output to its first sender."""
+        if not run.complete:
+            await ctx.checkpoint(self.waiting.checkpoint())
+            return
+        self.waiting.done(run)
+        history = ModelMessagesTypeAdapter.validate_python(run.history)
+        results = DeferredToolResults(calls={q.call: q.answer for q in run.questions})
+        result = await self._run(ctx, None, message_history=history, deferred_tool_results=results)
+        if isinstance(result.output, DeferredToolRequests):  # it asks again: the run waits anew
+            await self._ask(ctx, result.output, result.all_messages(), started_by=run)
+            return
+        await ctx.send((run.sender,), reply_payload(result.output), kind="reply", causation_id=run.envelope)
+        await ctx.checkpoint(self.waiting.checkpoint())
 
 
 def on_bus(
-    agent: PydanticAgent[Any, Any], *, deps: Any = None, kinds: Iterable[Kind] = ("instruction", "event")
+    agent: PydanticAgent[Any, Any],
+    *,
+    deps: Any = None,
+    kinds: Iterable[Kind] = ("instruction", "event"),
+    peers: Iterable[str] = (),
+    max_waiting: int = 100,
 ) -> PydanticAIAgent:
-    """Wrap ``agent`` for ``trustbus agent run``: each delivery of one of ``kinds`` is a run, its output the reply."""
-    return PydanticAIAgent(agent, deps=deps, kinds=kinds)
+    """Wrap ``agent`` for ``trustbus agent run``: each delivery of one of ``kinds`` is a run, its output the reply.
+
+    ``peers``: the agents its model may ask (the tool ``ask_agent``); ``max_waiting``: how many runs may wait
+    for their answers at once.
+    """
+    return PydanticAIAgent(agent, deps=deps, kinds=kinds, peers=peers, max_waiting=max_waiting)

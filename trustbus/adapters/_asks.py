@@ -1,0 +1,111 @@
+"""The runs of an agent waiting for other agents' answers: what a checkpoint keeps, and how a reply finds its run.
+
+A run that asked other agents ends with its questions sent; it is kept here, as JSON, until every one
+is answered. A reply answers the oldest unanswered question its sender was asked in the reply's
+correlation (the asked agent handles its inbox one delivery at a time, so it answers in the order it
+was asked). Nothing here names an envelope id the agent made: a replay of the same deliveries keeps
+the same state, byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("trustbus.agent")
+
+CHECKPOINT_KEY = "asks"
+"""The key of the agent's checkpoint (a JSON object) under which the waiting runs are kept."""
+
+
+@dataclass
+class Question:
+    """One question a run asked: the tool call it answers, whom it asked, what, and the answer once in."""
+
+    call: str
+    peer: str
+    question: str
+    answered: bool = False
+    answer: Any = None
+
+
+@dataclass
+class WaitingRun:
+    """A run that asked: its message history (JSON), for whom its output is, and its questions."""
+
+    envelope: str  # the delivery that started it
+    correlation: str
+    sender: str  # who gets the run's output
+    history: list[Any]
+    questions: list[Question] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every question answered: the run can go on."""
+        return all(q.answered for q in self.questions)
+
+    def as_json(self) -> dict[str, Any]:
+        """The run as its checkpoint keeps it."""
+        return {
+            "envelope": self.envelope,
+            "correlation": self.correlation,
+            "sender": self.sender,
+            "history": self.history,
+            "questions": [vars(q) for q in self.questions],
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> WaitingRun:
+        """The run a checkpoint kept."""
+        questions = [Question(**q) for q in value["questions"]]
+        return cls(value["envelope"], value["correlation"], value["sender"], list(value["history"]), questions)
+
+
+class WaitingRuns:
+    """The runs waiting for answers, oldest first, at most ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        """``limit``: how many runs may wait at once; a new one past it drops the oldest (logged as an error)."""
+        if limit < 1:
+            raise ValueError("at least one run must be able to wait")
+        self.limit = limit
+        self.runs: list[WaitingRun] = []
+
+    def restore(self, checkpoint: Mapping[str, Any] | None) -> None:
+        """Take the runs the agent's last checkpoint kept (none if it kept none)."""
+        kept: Iterable[Mapping[str, Any]] = (checkpoint or {}).get(CHECKPOINT_KEY, [])
+        self.runs = [WaitingRun.from_json(run) for run in kept][-self.limit :]
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint that keeps them."""
+        return {CHECKPOINT_KEY: [run.as_json() for run in self.runs]}
+
+    def wait(self, run: WaitingRun) -> WaitingRun | None:
+        """Keep ``run`` (replacing one started by the same delivery, as a redelivery does); the run dropped for it."""
+        self.runs = [r for r in self.runs if r.envelope != run.envelope]
+        self.runs.append(run)
+        if len(self.runs) <= self.limit:
+            return None
+        dropped = self.runs.pop(0)
+        log.error(
+            "too many runs waiting for answers: the oldest is dropped, its sender gets no answer",
+            extra={"envelope_id": dropped.envelope, "correlation_id": dropped.correlation, "limit": self.limit},
+        )
+        return dropped
+
+    def answer(self, correlation: str, peer: str, answer: Any) -> WaitingRun | None:
+        """Record ``peer``'s answer in ``correlation``; the run it answered (None: it answers no question)."""
+        for run in self.runs:
+            if run.correlation != correlation:
+                continue
+            for question in run.questions:
+                if question.peer == peer and not question.answered:
+                    question.answered, question.answer = True, answer
+                    return run
+        return None
+
+    def done(self, run: WaitingRun) -> None:
+        """Forget ``run``: it went on."""
+        self.runs = [r for r in self.runs if r is not run]
