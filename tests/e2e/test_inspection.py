@@ -55,6 +55,7 @@ async def test_show_decodes_an_envelope_with_its_causes_and_consequences(fleet: 
     await fleet.coordinator(POLICY)
     alice, bob = await fleet.bus("alice"), await fleet.bus("bob")
     question = await fleet.send(alice, ["bob"], {"q": "refund?"})
+    await fleet.decisions(lambda ds: len(ds) == 1)  # decided before its reply: the two outboxes are read apart
     answer = await fleet.send(bob, ["alice"], {"a": "no"}, kind="reply", correlation_id=question, causation_id=question)
     await fleet.decisions(lambda ds: len(ds) == 2)
     records = await trustbus(fleet, "tail", "-t", fleet.tenant, "--kind", "decision", "--idle-timeout", "2")
