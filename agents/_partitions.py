@@ -80,6 +80,10 @@ class Partitions:
             for name in (consumer_name(partition), *(sender_consumer(partition, owner) for owner in owners))
         ]
 
+    def cached(self) -> dict[int, int]:
+        """How many correlations each partition this process mediates keeps in memory now."""
+        return {partition: len(coordinator.state.correlations) for partition, (coordinator, _, _) in self._held.items()}
+
     def holds(self) -> list[Decision]:
         """The decisions still held for an operator in the partitions this process mediates."""
         return [d for coordinator, _, _ in self._held.values() for d in coordinator.state.held()]

@@ -193,6 +193,8 @@ async def serve_coordinator(
                     "ready": health.unready() or "ready",
                     "partitions_held": len(partitions.held),
                     "holds_waiting": len(partitions.holds()),
+                    "cached_correlations": {str(p): n for p, n in partitions.cached().items()},
+                    "correlation_capacity": policy.limits.correlations_in_memory,
                 },
             )
             async with lag.running(), discovery:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from trustbus.agents._lease_plan import LEASE_S
 from trustbus.agents._signed_value import open_holder
-from trustbus.bus import TenantStream, subjects
+from trustbus.bus import TenantStream, discover_services, subjects
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class PartitionStatus:
         lease_age_s: seconds since the lease was last written (a holder renews it; past ``LEASE_S`` it is free).
         pending: messages stored for the partition and not handed to its coordinator yet.
         ack_pending: handed and not acknowledged (in work, or waiting on a dead coordinator's ack wait).
+        cached: correlations its coordinator keeps in memory, as that coordinator answered service
+            discovery (None: no coordinator of the tenant answered for it, e.g. under a rendered
+            config, which does not permit discovery).
+        capacity: how many it keeps in memory at most (``limits.correlations_in_memory``; None as above).
     """
 
     partition: int
@@ -33,6 +37,8 @@ class PartitionStatus:
     lease_age_s: float | None
     pending: int
     ack_pending: int
+    cached: int | None = None
+    capacity: int | None = None
 
     @property
     def held(self) -> bool:
@@ -40,10 +46,21 @@ class PartitionStatus:
         return self.holder not in (None, "foreign") and (self.lease_age_s or 0.0) <= LEASE_S
 
 
+DISCOVERY_WAIT_S = 0.5  # for the coordinators' answers to service discovery (no event says all have answered)
+
+
 async def coordinator_status(
     servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None
 ) -> list[PartitionStatus]:
-    """Each partition of ``tenant``: who holds it and how far behind its coordinator is."""
+    """Each partition of ``tenant``: who holds it, how far behind its coordinator is, what it keeps in memory."""
+    answers = await discover_services(servers, "STATS", wait_s=DISCOVERY_WAIT_S, nkey_seed=nkey_seed)
+    cached: dict[int, tuple[int, int]] = {}
+    for answer in answers:
+        figures = answer.get("trustbus") or {}
+        if answer.get("name") != "trustbus-coordinator" or answer.get("metadata", {}).get("tenant") != tenant:
+            continue
+        for partition, count in (figures.get("cached_correlations") or {}).items():
+            cached[int(partition)] = (int(count), int(figures.get("correlation_capacity") or 0))
     async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as stream:
         keyring = await stream.keyring()
         leases = stream.bucket(subjects.coordinator_bucket(tenant))
@@ -62,9 +79,16 @@ async def coordinator_status(
                 except ValueError:
                     holder = "foreign"
             mine = [lag for name, lag in lags.items() if name.split("-")[1] == str(partition)]
+            count, capacity = cached.get(partition, (None, None))
             found.append(
                 PartitionStatus(
-                    partition, holder, age, sum(lag.pending for lag in mine), sum(lag.ack_pending for lag in mine)
+                    partition,
+                    holder,
+                    age,
+                    sum(lag.pending for lag in mine),
+                    sum(lag.ack_pending for lag in mine),
+                    count,
+                    capacity,
                 )
             )
         return found

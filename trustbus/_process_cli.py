@@ -129,10 +129,11 @@ def coordinator_status(
         rows = [{**vars(p), "held": p.held} for p in partitions]
         print(json.dumps({"partitions": rows, "holds_waiting": len(held), "oldest_hold_s": oldest_s}))
         return
-    table = make_table("partition", "held by", "lease age (s)", "pending", "ack pending")
+    table = make_table("partition", "held by", "lease age (s)", "pending", "ack pending", "cached correlations")
     for p in partitions:
         age = "" if p.lease_age_s is None else f"{p.lease_age_s:.1f}"
-        table.add_row(str(p.partition), _holder(p), age, str(p.pending), str(p.ack_pending))
+        cached = "?" if p.cached is None else f"{p.cached} of {p.capacity}"
+        table.add_row(str(p.partition), _holder(p), age, str(p.pending), str(p.ack_pending), cached)
     out.print(table)
     waiting = f"{len(held)} hold(s) waiting for a person" + (f", the oldest {oldest_s:.0f} s" if held else "")
     out.print(waiting + ("  (`trustbus approvals list`)" if held else ""))

@@ -89,5 +89,6 @@ async def test_coordinator_status_names_the_holder_of_each_partition_and_the_hol
 
     [partition] = status["partitions"]  # type: ignore[misc]
     assert partition["held"] and str(partition["holder"]).startswith("coordinator/") and partition["pending"] == 0
+    assert partition["cached"] == 1 and partition["capacity"] == 10_000  # the held one's correlation, in memory
     assert status["holds_waiting"] == 1 and float(status["oldest_hold_s"]) >= 0  # type: ignore[arg-type]
-    assert text.returncode == 0 and "1 hold(s) waiting for a person" in text.stdout
+    assert text.returncode == 0 and "1 hold(s) waiting for a person" in text.stdout and "1 of 10000" in text.stdout
