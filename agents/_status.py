@@ -50,17 +50,20 @@ DISCOVERY_WAIT_S = 0.5  # for the coordinators' answers to service discovery (no
 
 
 async def coordinator_status(
-    servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None
+    servers: Sequence[str], tenant: str, *, nkey_seed: str | None = None, cached: bool = False
 ) -> list[PartitionStatus]:
-    """Each partition of ``tenant``: who holds it, how far behind its coordinator is, what it keeps in memory."""
-    answers = await discover_services(servers, "STATS", wait_s=DISCOVERY_WAIT_S, nkey_seed=nkey_seed)
-    cached: dict[int, tuple[int, int]] = {}
+    """Each partition of ``tenant``: who holds it and how far behind its coordinator is.
+
+    ``cached``: also ask the coordinators (service discovery, :data:`DISCOVERY_WAIT_S` more) what they keep in memory.
+    """
+    answers = await discover_services(servers, "STATS", wait_s=DISCOVERY_WAIT_S, nkey_seed=nkey_seed) if cached else []
+    in_memory: dict[int, tuple[int, int]] = {}
     for answer in answers:
         figures = answer.get("trustbus") or {}
         if answer.get("name") != "trustbus-coordinator" or answer.get("metadata", {}).get("tenant") != tenant:
             continue
         for partition, count in (figures.get("cached_correlations") or {}).items():
-            cached[int(partition)] = (int(count), int(figures.get("correlation_capacity") or 0))
+            in_memory[int(partition)] = (int(count), int(figures.get("correlation_capacity") or 0))
     async with await TenantStream.connect(servers, tenant, nkey_seed=nkey_seed) as stream:
         keyring = await stream.keyring()
         leases = stream.bucket(subjects.coordinator_bucket(tenant))
@@ -79,7 +82,7 @@ async def coordinator_status(
                 except ValueError:
                     holder = "foreign"
             mine = [lag for name, lag in lags.items() if name.split("-")[1] == str(partition)]
-            count, capacity = cached.get(partition, (None, None))
+            count, capacity = in_memory.get(partition, (None, None))
             found.append(
                 PartitionStatus(
                     partition,

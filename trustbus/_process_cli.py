@@ -122,7 +122,7 @@ def coordinator_status(
     from trustbus.agents import coordinator_status as status_of
     from trustbus.agents import list_held
 
-    partitions = run(status_of(servers(server), tenant, nkey_seed=nkey_seed()))
+    partitions = run(status_of(servers(server), tenant, nkey_seed=nkey_seed(), cached=True))
     held = run(list_held(servers(server), tenant, nkey_seed=nkey_seed()))
     oldest_s = (time.time_ns() - held[0].decided_ns) / 1e9 if held else None
     if json_out:
