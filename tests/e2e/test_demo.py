@@ -65,6 +65,10 @@ def test_demo_summary_matches_the_ledger(tmp_path: Path) -> None:
     summary, log = _demo(workdir)
     _check_incident(workdir, summary, log)
     assert summary["framework"] is None
+    # The notes keeper hears that its poisoned write was refused, and says so in its own log.
+    refused = [json.loads(line) for line in (workdir / "logs" / "notes.log").read_text().splitlines()
+               if "memory write refused" in line]  # fmt: skip
+    assert [(r["key"], r["reason"]) for r in refused] == [("customer-mallory", "tainted_memory_write")]
 
 
 def test_demo_with_a_pydantic_ai_researcher_is_stopped_the_same_and_replays_without_the_model(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ obeys imperative sentences in what it reads, as a naive LLM would.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,4 +119,6 @@ class Notes(Agent):
         entry = await ctx.memory.get(key)
         current: dict[str, Any] = entry.value if entry and isinstance(entry.value, dict) else {}
         notes = [*current.get("notes", []), remember["note"]]
-        await ctx.memory.write(key, {"notes": notes}, expected_revision=entry.revision if entry else 0)
+        written = await ctx.memory.write(key, {"notes": notes}, expected_revision=entry.revision if entry else 0)
+        with contextlib.suppress(TimeoutError):  # the coordinator's answer: a refusal is logged with its reason
+            await ctx.memory.outcome(written, timeout_s=5.0)
