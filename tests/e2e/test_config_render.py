@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.processes import TRUSTBUS, one_shot, ready, run, supervised
@@ -21,43 +22,39 @@ from trustbus.bus import Identity, KeyDirectory, find_server_binary
 T = "cfg"
 
 
-async def nkey_connect_reply(url: str, identity: Identity) -> bytes:
-    """Connect by the raw protocol with ``identity``'s nkey; the server's reply to PING."""
+@contextlib.asynccontextmanager
+async def nkey_session(url: str, identity: Identity, then: bytes) -> AsyncIterator[asyncio.StreamReader]:
+    """A raw protocol connection that CONNECTs with ``identity``'s nkey and sends ``then``; its reader."""
     host, port = url.removeprefix("nats://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         info = json.loads((await asyncio.wait_for(reader.readline(), 1))[len(b"INFO ") :])
         sig = base64.b64encode(identity.sign(info["nonce"].encode())).decode()
         connect = {"verbose": False, "pedantic": False, "protocol": 1, "nkey": identity.key_id, "sig": sig}
-        writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\n" + then)
         await writer.drain()
-        return await asyncio.wait_for(reader.readline(), 1)
+        yield reader
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
 
 
+async def nkey_connect_reply(url: str, identity: Identity) -> bytes:
+    """Connect by the raw protocol with ``identity``'s nkey; the server's reply to PING."""
+    async with nkey_session(url, identity, b"PING\r\n") as reader:
+        return await asyncio.wait_for(reader.readline(), 1)
+
+
 async def publish_refused(url: str, identity: Identity, subject: str) -> bool:
     """Whether the server refuses ``identity`` a publish to ``subject`` (an empty message, no reply asked)."""
-    host, port = url.removeprefix("nats://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        info = json.loads((await asyncio.wait_for(reader.readline(), 1))[len(b"INFO ") :])
-        sig = base64.b64encode(identity.sign(info["nonce"].encode())).decode()
-        connect = {"verbose": False, "pedantic": False, "protocol": 1, "nkey": identity.key_id, "sig": sig}
-        writer.write(b"CONNECT " + json.dumps(connect).encode() + f"\r\nPUB {subject} 0\r\n\r\nPING\r\n".encode())
-        await writer.drain()
+    async with nkey_session(url, identity, f"PUB {subject} 0\r\n\r\nPING\r\n".encode()) as reader:
         while (line := await asyncio.wait_for(reader.readline(), 1)) != b"PONG\r\n":
             if line.startswith(b"-ERR 'Permissions Violation"):
                 return True
             if not line:
                 raise AssertionError(f"the server closed the connection of {identity.key_id}")
         return False
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 def wait_until_refused(url: str, identity: Identity, subject: str) -> None:
