@@ -162,8 +162,7 @@ class Coordinator:
             self.suspensions.refused(owner, {reason: 1}, last_seq=delivery.stream_seq, at_ns=self.bus.clock())
 
     def _full(self, delivery: Delivery) -> bool:
-        """Whether the correlation of ``delivery``'s envelope (in memory, not expired) holds
-        ``limits.decisions_per_correlation`` decisions."""  # noqa: D205, D209
+        """Whether the envelope's correlation (in memory, not expired) holds ``limits.decisions_per_correlation``."""
         held = len(self.state.live(delivery.envelope.correlation_id, self.policy, delivery.stored_ns).decided)
         return held >= self.policy.limits.decisions_per_correlation
 
