@@ -96,12 +96,6 @@ jetstream { sync_interval: always }
 """
 
 
-_SYNC_ALWAYS = """\
-# Written by trustbus: fsync every JetStream write before acknowledging it.
-jetstream { sync_interval: always }
-"""
-
-
 class EmbeddedServer:
     """A nats-server child process with JetStream on loopback.
 
