@@ -233,7 +233,15 @@ async def test_a_malformed_traceparent_is_refused_malformed(traced_fleet: Fleet)
         "Tb-Sig": base64.b64encode(identity.sign(b"trustbus/v1\x00" + body)).decode(),
         "Tb-Key": identity.key_id,
     }
+    sender = await fleet.bus("sender")
+    before = await fleet.send(sender, ["recipient"], {"serve": 3})  # good envelopes on either side of it
     stored = await fleet.nc.jetstream().publish(subjects.outbox(fleet.tenant, "sender", 0), body, headers=headers)
+    after = await fleet.send(sender, ["recipient"], {"serve": 4})
     record = await fleet.quarantined(lambda r: r.stream_seq == stored.seq)
     assert record.reason == "malformed"
     assert "trace" in record.detail
+    decided = await fleet.decisions(lambda ds: {before, after} <= {d.envelope_id for d in ds})
+    assert {d.envelope_id: d.verdict for d in decided if d.envelope_id in (before, after)} == {
+        before: "accept",
+        after: "accept",
+    }  # refused alone, never with its neighbours
