@@ -7,7 +7,9 @@ Every role is its own process, started from the repository root by the bench:
   envelopes to its outbox;
 - ``python -m bench._mediated_procs raw-send|raw-relay|raw-sink ...``: the same topology in plain
   nats-py JetStream, unsigned, with the relay standing in for the coordinator (its fetch batch and
-  timeout are given by the bench: the coordinator's and the agent runtime's).
+  timeout are given by the bench: the coordinator's and the agent runtime's). The relay works as the
+  coordinator does, a fetched batch at a time: it publishes every copy of the batch before awaiting any
+  of their acks (``publish_async``, gathered), then acks each message whose copy is stored.
 
 Nothing here imports ``agents``: A and the raw processes depend only on ``bus`` and nats-py.
 
@@ -34,6 +36,7 @@ from typing import Any
 import nats
 import nats.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import Header
 
 from trustbus import bus
@@ -42,6 +45,7 @@ OUT_ENV = "BENCH_MEDIATED_OUT"
 PROGRESS_EVERY = 250
 MSG_ID = Header.MSG_ID.value
 FLUSH_TIMEOUT_S = 60.0
+RELAY_TIMEOUT_S = 5.0  # for the relay's copies of one batch to be stored
 
 RAW_STREAM = "RAW"
 RAW_SUBJECTS = "raw.>"
@@ -193,15 +197,33 @@ async def raw_send(args: argparse.Namespace) -> None:
 # -- the raw coordinator stand-in and agent B ----------------------------------------
 
 
+async def relay_batch(js: JetStreamContext, msgs: list[Msg]) -> None:
+    """Republish a fetched batch pipelined (every publish sent before any ack is awaited), then ack each message
+    whose copy is stored and nak the others: what the coordinator does with a batch, less the checks."""
+    published = [
+        await js.publish_async(RAW_IN, msg.data, wait_stall=RELAY_TIMEOUT_S, headers={MSG_ID: relay_id(msg)})
+        for msg in msgs
+    ]
+    stored = await asyncio.wait_for(asyncio.gather(*published, return_exceptions=True), RELAY_TIMEOUT_S)
+    for msg, ack in zip(msgs, stored, strict=True):
+        await (msg.nak() if isinstance(ack, BaseException) else msg.ack())
+
+
+def relay_id(msg: Msg) -> str:
+    """The copy's ``Nats-Msg-Id``: a redelivered message is stored once in B's inbox, as a forward is."""
+    return f"{(msg.headers or {}).get(MSG_ID, '')}:b"
+
+
 async def raw_serve(args: argparse.Namespace) -> None:
-    """The relay (fetch like the coordinator, republish with an ack, then ack) or the sink (fetch, record, ack)."""
+    """The relay (fetch a batch like the coordinator, republish it pipelined, ack what is stored) or the sink
+    (fetch, record, ack)."""
     relay = args.role == "raw-relay"
     durable = RAW_RELAY_DURABLE if relay else RAW_SINK_DURABLE
     recorder = None if relay else Recorder(Path(os.environ[OUT_ENV]))
     stop = bus.stop_on_signals()
     nc = await nats.connect(args.url, name=f"bench-{args.role}", connect_timeout=5)
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(publish_async_max_pending=RAW_MAX_PENDING)
         sub = await js.pull_subscribe_bind(durable, stream=RAW_STREAM)
         emit(ready=args.role)
         while not stop.is_set():
@@ -209,13 +231,12 @@ async def raw_serve(args: argparse.Namespace) -> None:
                 msgs: list[Msg] = await sub.fetch(args.batch, timeout=args.fetch_timeout)
             except TimeoutError:  # nats-py's own subclass or asyncio's
                 continue
-            for msg in msgs:
-                if recorder is not None:
+            if recorder is not None:
+                for msg in msgs:
                     recorder.record(msg.data, time.time_ns())
-                else:
-                    msg_id = f"{(msg.headers or {}).get(MSG_ID, '')}:b"
-                    await js.publish(RAW_IN, msg.data, headers={MSG_ID: msg_id}, timeout=5.0)
-                await msg.ack()
+                    await msg.ack()
+            else:
+                await relay_batch(js, msgs)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
     finally:

@@ -17,10 +17,12 @@ three separate processes each, all on this machine (see ``bench/_mediated_procs.
 2. **raw**: plain nats-py JetStream, unsigned, on a stream of its own (``RAW`` on ``raw.>``, file storage,
    the tenant stream's duplicate window). A publishes to ``raw.out.a`` with ``publish_async`` (at most
    1,024 acks outstanding, a ``Nats-Msg-Id`` each); a relay process standing in for the coordinator
-   pull-consumes them with the coordinator's consumer settings and, one message at a time (the simple
-   relay: the coordinator itself now works a fetched batch at a time), republishes each to ``raw.in.b``
-   awaiting its JetStream ack, then acks it; B pull-consumes
-   ``raw.in.b`` with the agent runtime's inbox settings and acks each. The payload is the same.
+   pull-consumes them with the coordinator's consumer settings (a fetch of up to 128) and works a fetched
+   batch at a time, as the coordinator does and as one would with plain nats-py: it republishes every
+   message of the batch to ``raw.in.b`` pipelined (``publish_async``, a ``Nats-Msg-Id`` each, the futures
+   gathered rather than awaited one by one), then acks each message whose copy is stored (naks the
+   others); B pull-consumes ``raw.in.b`` with the agent runtime's inbox settings and acks each. The
+   payload is the same. This is the strong baseline ``ratio`` is measured against.
 
 The payload of each message is JSON of ``--payload`` bytes carrying A's ``time.time_ns()`` taken just
 before the message is built (and, mediated, signed); B records ``time.time_ns()`` on receipt (in the
@@ -42,7 +44,7 @@ message per process. On a machine whose cores are all busy, throughput is about 
 message), so these figures say where to cut. The 1-minute load average before and after the run is
 reported too: other work on the machine moves every figure.
 
-Targets on a 2-core machine: ``ratio`` >= 0.5, mediated p99 <= 10 ms at 500 msgs/s. With ``--json`` the
+Targets on a 2-core machine: ``ratio`` >= 0.7, mediated p99 <= 10 ms at 500 msgs/s. With ``--json`` the
 last line of stdout is one JSON object with every figure and the human table goes to stderr with the
 progress display. ``--profile DIR`` runs the coordinator, the sinks and the relay under cProfile (or
 pyinstrument, ``--profiler``) and leaves their profiles in DIR; ``--keep-records DIR`` keeps every
@@ -118,7 +120,7 @@ TELEMETRY = "telemetry"  # with --telemetry: the mediated path, traced and with 
 TELEMETRY_TENANT = "benchtel"
 TELEMETRY_TARGET = 0.9
 WARMUP_N = 500
-RATIO_TARGET = 0.5
+RATIO_TARGET = 0.7  # of the strong raw relay (batched fetch, pipelined publishes)
 P99_TARGET_MS = 10.0
 READY_TIMEOUT_S = 60.0
 SENDER_SLACK_S = 60.0  # beyond the paced duration, for a sender to connect, send and flush
