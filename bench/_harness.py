@@ -49,6 +49,11 @@ def percentiles_ms(latencies_ns: Sequence[int]) -> tuple[float, float]:
     return p50 / 1e6, p99 / 1e6
 
 
+def p999_ms(latencies_ns: Sequence[int]) -> float:
+    """The 99.9th percentile in milliseconds of latencies in nanoseconds (interpolated like :func:`percentiles`)."""
+    return statistics.quantiles(latencies_ns, n=1000, method="inclusive")[998] / 1e6
+
+
 def progress_bars(console: Console, label_width: int) -> Progress:
     """The benches' progress display: a label, a bar, done of total, time elapsed."""
     return Progress(

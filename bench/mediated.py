@@ -34,9 +34,12 @@ unmeasured warm-up of 500 messages per topology:
   msgs/s = N / (A's first send -> B's last receive). ``ratio`` = mediated / raw, the median of the
   per-round ratios (so load from elsewhere on the machine hits both sides of each ratio alike).
 - **latency at a fixed offered load**: A sends ``--rate`` msgs/s for ``--seconds``, paced on absolute
-  deadlines (``start + i / rate``, no drift); p50/p99 of the per-message latency, leaving out the first
-  ``--warmup`` seconds of sends. Each figure is the median over the rounds; A's worst lag behind its
-  schedule is reported so a sender that could not keep the pace shows.
+  deadlines (``start + i / rate``, no drift); p50, p99, p99.9 and max of the per-message latency, leaving
+  out the first ``--warmup`` seconds of sends. p50 is the median over the rounds; ``p99_ms``, ``p999_ms``
+  and ``max_ms`` are the worst round's (the tail has to hold in every round, not in a typical one), and
+  each round's are reported beside them (``round_p99_ms``, ``round_p999_ms``, ``round_max_ms``;
+  ``median_p99_ms`` for comparison with figures taken before). A's worst lag behind its schedule is
+  reported so a sender that could not keep the pace shows.
 
 In each throughput phase the CPU time (user + system, from ``/proc``) of the server, the relay or
 coordinator and B is read before and after, and A reports its own from first send to last ack: CPU µs per
@@ -98,6 +101,7 @@ from rich.table import Table
 
 from bench._harness import (
     finish,
+    p999_ms,
     percentiles_ms,
     progress_bars,
     run_bench,
@@ -215,6 +219,7 @@ def cpu_seconds(pid: int | None) -> tuple[float, float]:
 class Latency:
     p50_ms: float
     p99_ms: float
+    p999_ms: float
     max_ms: float
     sender_max_lag_ms: float
 
@@ -435,6 +440,7 @@ class Bench:
         return Latency(
             p50_ms=p50,
             p99_ms=p99,
+            p999_ms=p999_ms(latencies),
             max_ms=max(latencies) / 1e6,
             sender_max_lag_ms=float(sender.get("max_lag_ms", 0.0)),
         )
@@ -513,7 +519,7 @@ def summarise(
     raw_l, med_l = latencies["raw"], latencies["mediated"]
     round_ratios = [m.msgs_per_s / r.msgs_per_s for r, m in zip(raw_t, med_t, strict=True)]
     ratio = med(round_ratios)
-    p99 = med([x.p99_ms for x in med_l])
+    p99 = max(x.p99_ms for x in med_l)  # the worst round's: the tail must hold in every round
     return {
         "n": args.n,
         "rounds": args.rounds,
@@ -529,11 +535,16 @@ def summarise(
         "round_mediated_msgs_per_s": [round(x.msgs_per_s, 1) for x in med_t],
         "p50_ms": round(med([x.p50_ms for x in med_l]), 3),
         "p99_ms": round(p99, 3),
-        "max_ms": round(med([x.max_ms for x in med_l]), 3),
+        "median_p99_ms": round(med([x.p99_ms for x in med_l]), 3),
+        "p999_ms": round(max(x.p999_ms for x in med_l), 3),
+        "max_ms": round(max(x.max_ms for x in med_l), 3),
         "raw_p50_ms": round(med([x.p50_ms for x in raw_l]), 3),
-        "raw_p99_ms": round(med([x.p99_ms for x in raw_l]), 3),
-        "raw_max_ms": round(med([x.max_ms for x in raw_l]), 3),
+        "raw_p99_ms": round(max(x.p99_ms for x in raw_l), 3),
+        "raw_p999_ms": round(max(x.p999_ms for x in raw_l), 3),
+        "raw_max_ms": round(max(x.max_ms for x in raw_l), 3),
         "round_p99_ms": [round(x.p99_ms, 3) for x in med_l],
+        "round_p999_ms": [round(x.p999_ms, 3) for x in med_l],
+        "round_max_ms": [round(x.max_ms, 3) for x in med_l],
         "round_raw_p99_ms": [round(x.p99_ms, 3) for x in raw_l],
         "sender_max_lag_ms": round(max(x.sender_max_lag_ms for x in med_l), 3),
         "raw_sender_max_lag_ms": round(max(x.sender_max_lag_ms for x in raw_l), 3),
@@ -571,8 +582,9 @@ def report_table(r: dict[str, Any]) -> Table:
             f"payload={r['payload_bytes']} B, {rate} for {r['seconds']:g} s"
         ),
         caption=(
-            f"medians over rounds; per-round ratios {r['round_ratios']}, "
-            f"per-round mediated p99 {r['round_p99_ms']} ms, raw p99 {r['round_raw_p99_ms']} ms; "
+            f"throughput and p50: medians over rounds; p99, p99.9, max: the worst round's; "
+            f"per-round ratios {r['round_ratios']}; per-round mediated p99 {r['round_p99_ms']} ms, "
+            f"p99.9 {r['round_p999_ms']} ms, max {r['round_max_ms']} ms; raw p99 {r['round_raw_p99_ms']} ms; "
             f"load average before/after {r['load_avg_1m']}"
         ),
     )
@@ -587,13 +599,14 @@ def report_table(r: dict[str, Any]) -> Table:
     )
     table.add_row(f"latency p50 at {rate} (ms)", f"{r['raw_p50_ms']:.2f}", f"{r['p50_ms']:.2f}", "", "")
     table.add_row(
-        f"latency p99 at {rate} (ms)",
+        f"latency p99 at {rate}, worst round (ms)",
         f"{r['raw_p99_ms']:.2f}",
         f"{r['p99_ms']:.2f}",
         "",
         f"<= {P99_TARGET_MS:g} {verdict(r['p99_pass'])}",
     )
-    table.add_row(f"latency max at {rate} (ms)", f"{r['raw_max_ms']:.2f}", f"{r['max_ms']:.2f}", "", "")
+    table.add_row(f"latency p99.9 at {rate}, worst round (ms)", f"{r['raw_p999_ms']:.2f}", f"{r['p999_ms']:.2f}")
+    table.add_row(f"latency max at {rate}, worst round (ms)", f"{r['raw_max_ms']:.2f}", f"{r['max_ms']:.2f}", "", "")
     table.add_row(
         "sender's worst lag behind schedule (ms)",
         f"{r['raw_sender_max_lag_ms']:.2f}",
