@@ -101,9 +101,9 @@ def wait_for_record(path: Path, timeout_s: float, *, watch: Sequence[Process], l
 
 @contextlib.contextmanager
 def stopped(
-    processes: Supervisor, server: bus.EmbeddedServer, console: Console, progress: Progress | None = None
+    processes: Supervisor, server: bus.EmbeddedServer | None, console: Console, progress: Progress | None = None
 ) -> Iterator[None]:
-    """Stop every process on leaving; on an error, then print their stderr tails and the server's."""
+    """Stop every process on leaving; on an error, then print their stderr tails and the server's (if any)."""
     try:
         try:
             yield
@@ -120,9 +120,10 @@ def stopped(
                 )
                 for line in lines:
                     console.print(line, markup=False, highlight=False)
-        console.print("[bold]--- nats-server log tail ---[/bold]")
-        for line in server.log_tail()[-TAIL_LINES:]:
-            console.print(line, markup=False, highlight=False)
+        if server is not None:
+            console.print("[bold]--- nats-server log tail ---[/bold]")
+            for line in server.log_tail()[-TAIL_LINES:]:
+                console.print(line, markup=False, highlight=False)
         raise
 
 

@@ -11,14 +11,9 @@ Every role is its own process, started from the repository root by the bench:
   coordinator does, a fetched batch at a time: it publishes every copy of the batch before awaiting any
   of their acks (``publish_async``, gathered), then acks each message whose copy is stored.
 
-Nothing here imports ``agents``: A and the raw processes depend only on ``bus`` and nats-py.
-
-Each payload is JSON of a fixed size carrying the phase name, the message index, the phase's message
-count and the sender's ``time.time_ns()`` taken just before the message is built (and, for trustbus,
-signed). A sink records ``time.time_ns()`` on receipt for the first delivery of each index and, once it
-has seen every index of a phase, writes ``<$BENCH_MEDIATED_OUT>/<phase>.json``. Long-running roles print
-one JSON ready line on stdout when serving, JSON progress lines while receiving (and one for each second
-delivery of an index, with the phase's count of them, even after its file is written), and exit on SIGTERM.
+Nothing here imports ``agents``: A and the raw processes depend only on ``bus`` and nats-py. The payloads
+and the sinks' recorder are bench/_records.py's. Long-running roles print one JSON ready line on stdout
+when serving, JSON progress lines while receiving, and exit on SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,12 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import nats
 import nats.errors
@@ -39,10 +31,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import Header
 
+from bench._records import OUT_ENV, Pacer, Recorder, emit, make_payload
 from trustbus import bus
 
-OUT_ENV = "BENCH_MEDIATED_OUT"
-PROGRESS_EVERY = 250
 MSG_ID = Header.MSG_ID.value
 FLUSH_TIMEOUT_S = 60.0
 RELAY_TIMEOUT_S = 5.0  # for the relay's copies of one batch to be stored
@@ -56,78 +47,7 @@ RAW_SINK_DURABLE = "sink-b"
 RAW_MAX_PENDING = 1024  # publishes awaiting their ack at once: Bus.connect's default max_in_flight
 
 
-def make_payload(phase: str, index: int, count: int, sent_ns: int, size: int) -> bytes:
-    """A JSON object of exactly ``size`` bytes (or the smallest possible, if larger) with the timing fields."""
-    head = f'{{"p":"{phase}","i":{index},"n":{count},"t":{sent_ns},"x":"'
-    return (head + "x" * max(0, size - len(head) - 2) + '"}').encode()
-
-
-def emit(**fields: Any) -> None:
-    """One JSON line on stdout, for the bench's reader thread."""
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
-class Recorder:
-    """Receive times per phase; writes a phase's file once every index has arrived."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self._out_dir = out_dir
-        self._phases: dict[str, dict[str, Any]] = {}
-
-    def record(self, payload: bytes, received_ns: int) -> None:
-        fields = json.loads(payload)
-        name = fields["p"]
-        phase = self._phases.get(name)
-        if phase is None:
-            phase = self._phases[name] = {"n": fields["n"], "seen": {}, "duplicates": 0, "written": False}
-        seen: dict[int, tuple[int, int]] = phase["seen"]
-        if fields["i"] in seen:
-            phase["duplicates"] += 1
-            emit(progress=name, received=len(seen), duplicates=phase["duplicates"])
-            return
-        seen[fields["i"]] = (fields["t"], received_ns)
-        if len(seen) % PROGRESS_EVERY == 0 or len(seen) == phase["n"]:
-            emit(progress=name, received=len(seen))
-        if len(seen) == phase["n"] and not phase["written"]:
-            phase["written"] = True
-            self._write(name, phase)
-
-    def _write(self, name: str, phase: dict[str, Any]) -> None:
-        indices = sorted(phase["seen"])
-        result = {
-            "phase": name,
-            "n": phase["n"],
-            "duplicates": phase["duplicates"],
-            "index": indices,
-            "sent_ns": [phase["seen"][i][0] for i in indices],
-            "received_ns": [phase["seen"][i][1] for i in indices],
-        }
-        target = self._out_dir / f"{name}.json"
-        staged = target.with_suffix(".tmp")
-        staged.write_text(json.dumps(result))
-        os.replace(staged, target)
-
-
 # -- agent A: trustbus and raw senders ---------------------------------------------
-
-
-class Pacer:
-    """Absolute send deadlines ``start + i / rate`` (no drift); rate 0 means as fast as possible."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.start = time.perf_counter()
-        self.max_lag_s = 0.0
-
-    async def wait(self, index: int) -> None:
-        if not self.rate:
-            return
-        deadline = self.start + index / self.rate
-        delay = deadline - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        self.max_lag_s = max(self.max_lag_s, time.perf_counter() - deadline)
 
 
 def summary(args: argparse.Namespace, pacer: Pacer, first_ns: int, last_ns: int, cpu_s: float) -> None:

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from bench._mediated_procs import OUT_ENV, Recorder
+from bench._records import OUT_ENV, Recorder
 from trustbus.agents import Agent, Context
 
 

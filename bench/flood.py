@@ -63,6 +63,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._harness import finish, percentiles, run_bench, stopped, supervisor, wait_for_record
+from bench._records import OUT_ENV
 from bench.mediated import READY_TIMEOUT_S, SENDER_SLACK_S, provision_tenant
 from trustbus import bus
 from trustbus._supervisor import Process
@@ -72,7 +73,6 @@ from trustbus.ledger._bundle import read_stream
 
 TENANT = "flood"
 SINK = "bench._mediated_sink:Sink"
-OUT_ENV = "BENCH_MEDIATED_OUT"
 P99_RATIO_TARGET = 5.0
 BYTES_TARGET = 100.0
 RECORD_TIMEOUT_S = 300.0

@@ -64,6 +64,11 @@ its throughput over the plain mediated path's (the median of the per-round ratio
 ``telemetry_cpu_ratio`` the same of their CPU per message (all four processes, off over on): what the
 throughput ratio tends to when the cores are all busy, steadier than it when other work shares them. The
 plain path runs the same instrumented code with nothing configured: its figures are tracing off.
+``--peers`` adds AutoGen's gRPC runtime (bench/peers.py: host, B and each phase's A as processes, in a venv
+of its own made on first use under a cache directory, ``--autogen-venv``) to every round's throughput
+phases: ``autogen_msgs_per_s`` (one way, the median over rounds) and ``vs_autogen``, the mediated path's
+msgs/s over AutoGen's (the median of the per-round ratios; target >= 1.0, while every mediated envelope is
+signed, verified, decided, recorded and countersigned and AutoGen's are none of these).
 Every process is stopped (SIGTERM, then SIGKILL after a timeout) on
 success, failure, Ctrl-C and SIGTERM (and is sent SIGTERM by Linux if the bench itself is killed); on failure
 their stderr tails are printed (bench/_harness.py, over the process supervisor the demo and the end-to-end tests use).
@@ -110,6 +115,8 @@ from bench._harness import (
     verdict,
     wait_for_record,
 )
+from bench._records import OUT_ENV
+from bench.peers import AutoGenPeers, default_venv, ensure_venv
 from trustbus import bus
 from trustbus._supervisor import Process
 from trustbus.agents._coordinator import OUTBOX_SETTINGS
@@ -117,13 +124,14 @@ from trustbus.agents._forwarding import INBOX_SETTINGS
 
 PROCS = "bench._mediated_procs"
 SINK = "bench._mediated_sink:Sink"
-OUT_ENV = "BENCH_MEDIATED_OUT"  # where the sinks write (bench/_mediated_procs.py reads the same name)
 TENANT = "bench"
 TOPOLOGIES = ("raw", "mediated")
 TELEMETRY = "telemetry"  # with --telemetry: the mediated path, traced and with metrics on
 TELEMETRY_TENANT = "benchtel"
+AUTOGEN = "autogen"  # with --peers: AutoGen's gRPC runtime (bench/peers.py), throughput phases only
 TELEMETRY_TARGET = 0.9
 WARMUP_N = 500
+AUTOGEN_TARGET = 1.0  # mediated msgs/s over AutoGen's
 RATIO_TARGET = 0.7  # of the strong raw relay (batched fetch, pipelined publishes)
 P99_TARGET_MS = 10.0
 READY_TIMEOUT_S = 60.0
@@ -291,6 +299,7 @@ class Bench:
         self.children = supervisor(work, env, self._progress_line)
         self.servers: dict[str, list[Process]] = {}  # per topology: its long-running processes, hub first
         self.otlp: OtlpSink | None = None  # with --telemetry
+        self.autogen: AutoGenPeers | None = None  # with --peers
         self.envs: dict[str, dict[str, str]] = {}  # per topology: what its processes add to the environment
 
     def _progress_line(self, fields: dict[str, Any]) -> None:
@@ -307,9 +316,9 @@ class Bench:
             return [sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(out), "-m", module, *args]
         return [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{profile_name}.prof"), "-m", module, *args]
 
-    def start_servers(self) -> None:
+    def start_servers(self, autogen_python: Path | None = None) -> None:
         """Provision, then start (and wait for) the coordinator, both sinks and the relay (and, with --telemetry,
-        the traced coordinator and sink)."""
+        the traced coordinator and sink; with ``autogen_python``, AutoGen's host and B)."""
         keys = bus.KeyDirectory(self.keys_dir)
         asyncio.run(provision(self.url, keys))
         self.policy.write_text(POLICY)
@@ -322,6 +331,9 @@ class Bench:
             self.envs[TELEMETRY] = self.otlp.env(self.args.sample_ratio)
             scraped += self.start_mediated(TELEMETRY, TELEMETRY_TENANT, metrics=True)
             processes += self.servers[TELEMETRY]
+        if autogen_python is not None:
+            self.autogen = AutoGenPeers(self.children, autogen_python)
+            processes += self.servers.setdefault(AUTOGEN, self.autogen.start())
         for process in processes:
             process.wait_ready(READY_TIMEOUT_S)
         ports = [int(p.ready_line["metrics_port"]) for p in scraped if p.ready_line is not None]
@@ -382,13 +394,16 @@ class Bench:
         self._tasks[name] = self.progress.add_task(f"{topology} {label}", total=n)
         common = ["--url", self.url, "--phase", name, "--n", str(n), "--rate", str(rate)]
         common += ["--payload", str(self.args.payload)]
-        if topology == "raw":
-            args = ["raw-send", *common]
+        if topology == AUTOGEN:
+            assert self.autogen is not None
+            argv = self.autogen.sender(name, n, rate, self.args.payload)
+        elif topology == "raw":
+            argv = self.argv(PROCS, ["raw-send", *common])
         else:
             tenant = TELEMETRY_TENANT if topology == TELEMETRY else tenant
-            args = ["tb-send", *common, "--tenant", tenant, "--keys", str(self.keys_dir)]
+            argv = self.argv(PROCS, ["tb-send", *common, "--tenant", tenant, "--keys", str(self.keys_dir)])
         env = {**self.children.env, **self.envs.get(topology, {})}
-        sender = self.children.start(f"{name}-a", self.argv(PROCS, args), env=env)
+        sender = self.children.start(f"{name}-a", argv, env=env)
         watch = self.servers[topology] if watch is None else watch
         finish(sender, (n / rate if rate else 0.0) + SENDER_SLACK_S, watch=watch)
         record = wait_for_record(
@@ -452,8 +467,12 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
     topologies = (*TOPOLOGIES, TELEMETRY) if args.telemetry else TOPOLOGIES
+    paced = topologies  # AutoGen's figure is its throughput alone
+    autogen_python = ensure_venv(args.autogen_venv, stderr) if args.peers else None
+    if args.peers:
+        topologies = (*topologies, AUTOGEN)
     throughputs: dict[str, list[Throughput]] = {t: [] for t in topologies}
-    latencies: dict[str, list[Latency]] = {t: [] for t in topologies}
+    latencies: dict[str, list[Latency]] = {t: [] for t in paced}
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-mediated-") as tmp, progress:
         bench = Bench(args, Path(tmp), progress)
@@ -462,7 +481,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
             with stopped(bench.children, server, stderr, progress):
                 bench.url = server.start()
                 bench.server_pid = server.pid
-                bench.start_servers()
+                bench.start_servers(autogen_python)
                 for topology in topologies:
                     bench.throughput(topology, "warm-up", WARMUP_N)
                 for round_no in range(args.rounds):
@@ -471,7 +490,8 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                     for topology in order:
                         throughputs[topology].append(bench.throughput(topology, f"tput {tag}", args.n))
                     for topology in order:
-                        latencies[topology].append(bench.latency(topology, f"{args.rate:g}/s {tag}"))
+                        if topology in paced:
+                            latencies[topology].append(bench.latency(topology, f"{args.rate:g}/s {tag}"))
         finally:
             server.stop()
     result = summarise(args, throughputs, latencies)
@@ -483,7 +503,25 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         result["sample_ratio"] = args.sample_ratio
         assert bench.otlp is not None
         result["otlp_exports"] = {"requests": bench.otlp.requests, "bytes": bench.otlp.bytes}
+    if args.peers:
+        result.update(autogen_figures(throughputs))
     return result
+
+
+def autogen_figures(throughputs: dict[str, list[Throughput]]) -> dict[str, Any]:
+    """AutoGen's one-way throughput, and the mediated path's over it (the median of the per-round ratios)."""
+    peers, mediated = throughputs[AUTOGEN], throughputs["mediated"]
+    ratios = [m.msgs_per_s / a.msgs_per_s for m, a in zip(mediated, peers, strict=True)]
+    return {
+        "autogen_msgs_per_s": round(statistics.median([x.msgs_per_s for x in peers]), 1),
+        "round_autogen_msgs_per_s": [round(x.msgs_per_s, 1) for x in peers],
+        "vs_autogen": round(statistics.median(ratios), 4),
+        "round_vs_autogen": [round(r, 4) for r in ratios],
+        "autogen_cpu_us_per_msg": {  # hub: AutoGen's host
+            role: round(statistics.median([x.cpu_us_per_msg[role] for x in peers]), 1) for role in ("a", "hub", "b")
+        },
+        "vs_autogen_pass": statistics.median(ratios) >= AUTOGEN_TARGET,
+    }
 
 
 def telemetry_figures(throughputs: dict[str, list[Throughput]], latencies: dict[str, list[Latency]]) -> dict[str, Any]:
@@ -632,6 +670,22 @@ def report_table(r: dict[str, Any]) -> Table:
         table.add_row(f"CPU µs/msg at full load (sys): {what}", cpu_cell("raw", role), cpu_cell("mediated", role))
     raw_total, mediated_total = (sum(cpu[t].values()) for t in ("raw", "mediated"))
     table.add_row("CPU µs/msg at full load: all", f"{raw_total:,.0f}", f"{mediated_total:,.0f}", "", "")
+    if "vs_autogen" in r:
+        table.add_row(
+            "AutoGen gRPC msgs/s, one way (ratio: mediated / AutoGen)",
+            "",
+            f"{r['autogen_msgs_per_s']:,.0f}",
+            f"{r['vs_autogen']:.3f}",
+            f">= {AUTOGEN_TARGET:g} {verdict(r['vs_autogen_pass'])}",
+        )
+        autogen_cpu = r["autogen_cpu_us_per_msg"]
+        table.add_row(
+            "AutoGen CPU µs/msg: A / host / B",
+            "",
+            " / ".join(f"{autogen_cpu[role]:,.0f}" for role in ("a", "hub", "b")),
+            "",
+            "",
+        )
     if "telemetry_ratio" in r:
         table.add_row(
             "traced + metrics msgs/s (ratio: on / off)",
@@ -703,6 +757,15 @@ def main() -> None:
         default=1.0,
         help="with --telemetry: the share of traces sampled (default 1: every one; below 1, A decides and the "
         "coordinator and B follow, OTEL_TRACES_SAMPLER=parentbased_traceidratio)",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run AutoGen's gRPC runtime (bench/peers.py) in each round; --json adds autogen_msgs_per_s and "
+        "vs_autogen (mediated / AutoGen msgs/s)",
+    )
+    parser.add_argument(
+        "--autogen-venv", type=Path, default=default_venv(), help="with --peers: the AutoGen venv (made if missing)"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()
