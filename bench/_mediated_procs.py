@@ -66,6 +66,7 @@ async def tb_send(args: argparse.Namespace) -> None:
         pacer = Pacer(args.rate)
         cpu_start = time.process_time()
         first_ns = 0
+        correlation: str | None = None
         for i in range(args.n):
             await pacer.wait(i)
             now = time.time_ns()
@@ -79,7 +80,9 @@ async def tb_send(args: argparse.Namespace) -> None:
                     payload=make_payload(args.phase, i, args.n, now, args.payload),
                     content_type="application/json",
                     trace=bus.current_trace(),
+                    correlation_id=correlation if i % args.per_correlation else None,
                 )
+                correlation = envelope.correlation_id
                 await bus_a.publish_pipelined(bus_a.outbox(envelope), bus_a.seal(envelope))
         last_ns = time.time_ns()
         await bus_a.flush(timeout_s=FLUSH_TIMEOUT_S)
@@ -175,6 +178,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.0, help="msgs/s; 0 sends as fast as possible")
     parser.add_argument("--payload", type=int, default=256)
+    parser.add_argument("--per-correlation", type=int, default=1, help="tb-send: envelopes per correlation")
     parser.add_argument("--batch", type=int, default=64, help="messages per fetch (relay and sink)")
     parser.add_argument("--fetch-timeout", type=float, default=1.0, help="seconds one fetch waits")
     args = parser.parse_args()

@@ -17,12 +17,17 @@ three separate processes each, all on this machine (see ``bench/_mediated_procs.
 2. **raw**: plain nats-py JetStream, unsigned, on a stream of its own (``RAW`` on ``raw.>``, file storage,
    the tenant stream's duplicate window). A publishes to ``raw.out.a`` with ``publish_async`` (at most
    1,024 acks outstanding, a ``Nats-Msg-Id`` each); a relay process standing in for the coordinator
-   pull-consumes them with the coordinator's consumer settings (a fetch of up to 128) and works a fetched
-   batch at a time, as the coordinator does and as one would with plain nats-py: it republishes every
-   message of the batch to ``raw.in.b`` pipelined (``publish_async``, a ``Nats-Msg-Id`` each, the futures
-   gathered rather than awaited one by one), then acks each message whose copy is stored (naks the
-   others); B pull-consumes ``raw.in.b`` with the agent runtime's inbox settings and acks each. The
-   payload is the same. This is the strong baseline ``ratio`` is measured against.
+   pull-consumes them with the settings of the coordinator's consumer of one sender (a fetch of up to 64,
+   agents/_intake.py) and works a fetched batch at a time, as the coordinator does and as one would with
+   plain nats-py: it republishes every message of the batch to ``raw.in.b`` pipelined (``publish_async``,
+   a ``Nats-Msg-Id`` each, the futures gathered rather than awaited one by one), then acks each message
+   whose copy is stored (naks the others); B pull-consumes ``raw.in.b`` with the agent runtime's inbox
+   settings and acks each. The payload is the same. This is the strong baseline ``ratio`` is measured
+   against.
+
+Each of A's envelopes starts a correlation of its own unless ``--per-correlation K`` (A's envelopes in each
+correlation): a new correlation is the coordinator's costliest case (a lookup in the state bucket before
+deciding, its state stored at the next snapshot), a conversation of many envelopes its cheapest.
 
 The payload of each message is JSON of ``--payload`` bytes carrying A's ``time.time_ns()`` taken just
 before the message is built (and, mediated, signed); B records ``time.time_ns()`` on receipt (in the
@@ -119,8 +124,8 @@ from bench._records import OUT_ENV
 from bench.peers import AutoGenPeers, default_venv, ensure_venv
 from trustbus import bus
 from trustbus._supervisor import Process
-from trustbus.agents._coordinator import OUTBOX_SETTINGS
 from trustbus.agents._forwarding import INBOX_SETTINGS
+from trustbus.agents._intake import SENDER_SETTINGS
 
 PROCS = "bench._mediated_procs"
 SINK = "bench._mediated_sink:Sink"
@@ -173,7 +178,7 @@ async def provision_raw(url: str) -> None:
             StreamConfig(name="RAW", subjects=["raw.>"], storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S)
         )
         for durable, subject, settings in (
-            ("relay", "raw.out.a", OUTBOX_SETTINGS),
+            ("relay", "raw.out.a", SENDER_SETTINGS),
             ("sink-b", "raw.in.b", INBOX_SETTINGS),
         ):
             await js.add_consumer(
@@ -366,7 +371,7 @@ class Bench:
     def start_raw(self) -> list[Process]:
         """Start the raw relay and sink, ``servers["raw"]`` (the caller waits for them to be ready)."""
         relay = self.children.start(
-            "raw-relay", self.argv(PROCS, ["raw-relay", "--url", self.url, *fetch_args(OUTBOX_SETTINGS)], "raw-relay")
+            "raw-relay", self.argv(PROCS, ["raw-relay", "--url", self.url, *fetch_args(SENDER_SETTINGS)], "raw-relay")
         )
         raw_sink = self.children.start(
             "raw-b", self.argv(PROCS, ["raw-sink", "--url", self.url, *fetch_args(INBOX_SETTINGS)], "raw-b")
@@ -401,7 +406,8 @@ class Bench:
             argv = self.argv(PROCS, ["raw-send", *common])
         else:
             tenant = TELEMETRY_TENANT if topology == TELEMETRY else tenant
-            argv = self.argv(PROCS, ["tb-send", *common, "--tenant", tenant, "--keys", str(self.keys_dir)])
+            keys = ["--tenant", tenant, "--keys", str(self.keys_dir)]
+            argv = self.argv(PROCS, ["tb-send", *common, *keys, "--per-correlation", str(self.args.per_correlation)])
         env = {**self.children.env, **self.envs.get(topology, {})}
         sender = self.children.start(f"{name}-a", argv, env=env)
         watch = self.servers[topology] if watch is None else watch
@@ -497,6 +503,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     result = summarise(args, throughputs, latencies)
     result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["sync_always"] = args.sync == "always"
+    result["per_correlation"] = args.per_correlation
     result["metrics"] = args.metrics
     if args.telemetry:
         result.update(telemetry_figures(throughputs, latencies))
@@ -726,6 +733,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="duration of the latency phase (default 6)")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of paced sends left out (default 0.5)")
     parser.add_argument("--payload", type=int, default=256, help="payload bytes per message (default 256)")
+    parser.add_argument(
+        "--per-correlation",
+        type=int,
+        default=1,
+        help="envelopes A sends in each correlation (default 1: each starts its own, the coordinator's costliest "
+        "case: a state lookup and a stored state per envelope; at most limits.decisions_per_correlation, 1500)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of both topologies; medians (default 3)")
     parser.add_argument("--profile", type=Path, help="profile the coordinator, sinks and relay into this dir")
     parser.add_argument("--profiler", choices=["cprofile", "pyinstrument"], default="cprofile")
@@ -773,6 +787,8 @@ def main() -> None:
         parser.error("need --n >= 100, --rounds >= 1, --rate > 0 and --seconds > --warmup >= 0")
     if args.rate * (args.seconds - args.warmup) < 100:
         parser.error("--rate x (--seconds - --warmup) must leave at least 100 measured messages")
+    if not 1 <= args.per_correlation <= 1500:
+        parser.error("--per-correlation must be in 1..1500 (limits.decisions_per_correlation)")
     if args.payload < 128:
         parser.error("--payload must be at least 128 bytes (the timing fields)")
     if not 0 < args.sample_ratio <= 1:
