@@ -1,7 +1,8 @@
 """The processes of bench/peers.py: AutoGen's gRPC runtime host, the receiving agent B and the publishing agent A.
 
 Run by the AutoGen venv's Python (see bench/peers.py), from the repository root, so this imports only the
-standard library, AutoGen (autogen-core and autogen-ext[grpc]) and bench/_records.py:
+standard library, AutoGen (autogen-core and autogen-ext[grpc]), bench/_records.py and ``bus.stop_on_signals``
+(the lazy ``trustbus.bus`` loads nothing else for it, so none of trustbus's dependencies are needed):
 
 - ``python -m bench._autogen_procs host --port P``: ``GrpcWorkerAgentRuntimeHost`` on 127.0.0.1:P;
 - ``python -m bench._autogen_procs sink --host ADDR``: a ``GrpcWorkerAgentRuntime`` with agent type ``b``,
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from autogen_core import (
 from autogen_ext.runtimes.grpc import GrpcWorkerAgentRuntime, GrpcWorkerAgentRuntimeHost
 
 from bench._records import OUT_ENV, Pacer, Recorder, emit, make_payload
+from trustbus.bus import stop_on_signals
 
 TOPIC = "bench"
 RECORD_TIMEOUT_S = 120.0  # for the sink to see every message a sender published
@@ -61,15 +62,6 @@ class Sink(RoutedAgent):
         self.recorder.record(message.body.encode(), time.time_ns())
 
 
-def stop_event() -> asyncio.Event:
-    """Set on SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
-
-
 async def worker(host: str) -> GrpcWorkerAgentRuntime:
     runtime = GrpcWorkerAgentRuntime(host_address=host)
     runtime.add_message_serializer(try_get_known_serializers_for_type(Note))
@@ -78,7 +70,7 @@ async def worker(host: str) -> GrpcWorkerAgentRuntime:
 
 
 async def host(args: argparse.Namespace) -> None:
-    stop = stop_event()
+    stop = stop_on_signals()
     server = GrpcWorkerAgentRuntimeHost(address=f"127.0.0.1:{args.port}")
     server.start()
     emit(ready="host", address=f"127.0.0.1:{args.port}")
@@ -87,7 +79,7 @@ async def host(args: argparse.Namespace) -> None:
 
 
 async def sink(args: argparse.Namespace) -> None:
-    stop = stop_event()
+    stop = stop_on_signals()
     runtime = await worker(args.host)
     recorder = Recorder(Path(os.environ[OUT_ENV]))
     await Sink.register(runtime, "b", lambda: Sink(recorder))

@@ -33,7 +33,7 @@ The payload of each message is JSON of ``--payload`` bytes carrying A's ``time.t
 before the message is built (and, mediated, signed); B records ``time.time_ns()`` on receipt (in the
 agent's handler: after verification), so latency is end to end across all three processes. Two
 measurements per topology, in ``--rounds`` rounds that alternate which topology goes first, after an
-unmeasured warm-up of 500 messages per topology:
+unmeasured warm-up of ``--warmup-n`` messages per topology (500):
 
 - **throughput**: A sends ``--n`` messages as fast as it can (pipelined, bounded);
   msgs/s = N / (A's first send -> B's last receive). ``ratio`` = mediated / raw, the median of the
@@ -52,9 +52,10 @@ message per process. On a machine whose cores are all busy, throughput is about 
 message), so these figures say where to cut. The 1-minute load average before and after the run is
 reported too: other work on the machine moves every figure.
 
-Targets on a 2-core machine: ``ratio`` >= 0.7, mediated p99 <= 10 ms at 500 msgs/s. With ``--json`` the
-last line of stdout is one JSON object with every figure and the human table goes to stderr with the
-progress display. ``--profile DIR`` runs the coordinator, the sinks and the relay under cProfile (or
+Targets on a 2-core machine: ``ratio`` >= 0.7, mediated p99 <= 10 ms at 500 msgs/s in every round,
+``vs_autogen`` >= 1.0 (docs/PERFORMANCE.md has figures and where the time goes). With ``--json`` the last
+line of stdout is one JSON object with every figure and the human table goes to stderr with the progress
+display. ``--profile DIR`` runs the coordinator, the sinks and the relay under cProfile (or
 pyinstrument, ``--profiler``) and leaves their profiles in DIR; ``--keep-records DIR`` keeps every
 phase's per-message send and receive times; ``--coordinator-module M`` runs ``python -m M coordinator run``
 instead of ``trustbus`` (a wrapper that patches the coordinator, to measure a candidate change without
@@ -110,6 +111,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from bench._harness import (
+    cpu_seconds,
     finish,
     p999_ms,
     percentiles_ms,
@@ -135,7 +137,6 @@ TELEMETRY = "telemetry"  # with --telemetry: the mediated path, traced and with 
 TELEMETRY_TENANT = "benchtel"
 AUTOGEN = "autogen"  # with --peers: AutoGen's gRPC runtime (bench/peers.py), throughput phases only
 TELEMETRY_TARGET = 0.9
-WARMUP_N = 500
 AUTOGEN_TARGET = 1.0  # mediated msgs/s over AutoGen's
 RATIO_TARGET = 0.7  # of the strong raw relay (batched fetch, pipelined publishes)
 P99_TARGET_MS = 10.0
@@ -214,18 +215,6 @@ class Throughput:
     cpu_us_per_msg: dict[str, float]  # per process: server, a, hub (coordinator or relay), b
     sys_us_per_msg: dict[str, float]  # the part of it spent in the kernel (not known for a)
     duplicates: int = 0  # second deliveries the sink saw before it had every message
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int | None) -> tuple[float, float]:
-    """(user, system) CPU seconds of a live process so far (Linux /proc; zeros elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0, 0.0
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +478,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                 bench.server_pid = server.pid
                 bench.start_servers(autogen_python)
                 for topology in topologies:
-                    bench.throughput(topology, "warm-up", WARMUP_N)
+                    bench.throughput(topology, "warm-up", args.warmup_n)
                 for round_no in range(args.rounds):
                     order = topologies if round_no % 2 == 0 else tuple(reversed(topologies))
                     tag = f"{round_no + 1}/{args.rounds}"
@@ -731,6 +720,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5_000, help="messages per throughput phase (default 5000)")
     parser.add_argument("--rate", type=float, default=500.0, help="offered msgs/s in the latency phase (default 500)")
     parser.add_argument("--seconds", type=float, default=6.0, help="duration of the latency phase (default 6)")
+    parser.add_argument(
+        "--warmup-n", type=int, default=500, help="unmeasured messages per topology before the rounds (default 500)"
+    )
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of paced sends left out (default 0.5)")
     parser.add_argument("--payload", type=int, default=256, help="payload bytes per message (default 256)")
     parser.add_argument(
@@ -783,6 +775,8 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line last on stdout")
     args = parser.parse_args()
+    if args.warmup_n < 1:
+        parser.error("--warmup-n must be at least 1")
     if args.n < 100 or args.rounds < 1 or args.rate <= 0 or args.seconds <= args.warmup or args.warmup < 0:
         parser.error("need --n >= 100, --rounds >= 1, --rate > 0 and --seconds > --warmup >= 0")
     if args.rate * (args.seconds - args.warmup) < 100:

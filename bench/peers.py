@@ -48,7 +48,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench._harness import finish, progress_bars, run_bench, stopped, supervisor, wait_for_record
+from bench._harness import cpu_seconds, finish, progress_bars, run_bench, stopped, supervisor, wait_for_record
 from bench._records import OUT_ENV
 from trustbus._supervisor import Process, Supervisor, check_alive
 
@@ -136,26 +136,17 @@ class Round:
     cpu_us_per_msg: dict[str, float]  # host, a, b
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process so far (Linux /proc; zero elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_phase(peers: AutoGenPeers, out_dir: Path, name: str, n: int, payload: int) -> Round:
     """A at full speed for ``n`` messages; its rate from the sink's record, and CPU per message."""
     host, sink = peers.servers
-    before = {"host": cpu_seconds(host.pid), "b": cpu_seconds(sink.pid)}
+    before = {"host": sum(cpu_seconds(host.pid)), "b": sum(cpu_seconds(sink.pid))}
     sender = peers.children.start(f"{name}-a", peers.sender(name, n, 0.0, payload))
     finish(sender, SENDER_SLACK_S, watch=peers.servers)
     record = wait_for_record(
         out_dir / f"{name}.json", DELIVERY_SLACK_S, watch=peers.servers, late=f"{name}: B did not see all {n}"
     )
     check_alive(peers.servers)
-    cpu = {"host": cpu_seconds(host.pid) - before["host"], "b": cpu_seconds(sink.pid) - before["b"]}
+    cpu = {"host": sum(cpu_seconds(host.pid)) - before["host"], "b": sum(cpu_seconds(sink.pid)) - before["b"]}
     cpu["a"] = float((sender.last_line or {}).get("cpu_s", 0.0))
     span_ns = max(record["received_ns"]) - min(record["sent_ns"])
     return Round(n / (span_ns / 1e9), {role: seconds * 1e6 / n for role, seconds in cpu.items()})

@@ -17,7 +17,8 @@ MEDIATED = Path(__file__).resolve().parents[2] / "bench" / "mediated.py"
 
 
 def test_short_mediated_bench_reports_the_ratios_and_the_worst_round_tail(tmp_path: Path) -> None:
-    argv = ["--n", "300", "--rounds", "2", "--rate", "200", "--seconds", "1", "--warmup", "0.25", "--peers", "--json"]
+    argv = ["--n", "300", "--rounds", "2", "--rate", "200", "--seconds", "1", "--warmup", "0.25", "--warmup-n", "100"]
+    argv += ["--peers", "--json"]
     run = subprocess.run(
         [sys.executable, str(MEDIATED), *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
