@@ -9,7 +9,9 @@ decides with :func:`agents._decision.decide`, appends the decision to the
 partition's log ``tb.<T>.decision.<p>`` (:mod:`agents._decision_log`) and
 forwards the sender's bytes to each recipient's inbox with a countersignature
 (:mod:`agents._forwarding`); an accepted memory write or checkpoint is stored
-instead (:mod:`agents._memory_writes`). Which process runs which partition is
+instead (:mod:`agents._memory_writes`). Effect records and operators' answers
+to holds take their own paths (:mod:`agents._effect_mediation`,
+:mod:`agents._approval_mediation`). Which process runs which partition is
 :mod:`agents._partitions`' job.
 
 Exactly once, with any number of coordinator processes on a partition:
@@ -30,13 +32,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-import msgspec
-
+from trustbus.agents._approval_mediation import ApprovalMediation
 from trustbus.agents._correlation_store import correlation_store
-from trustbus.agents._decision import Deferral, decide, decide_approval, record_effect
+from trustbus.agents._decision import Deferral, decide
 from trustbus.agents._decision_log import DecisionLog
 from trustbus.agents._effect_answers import store_ask_answer
-from trustbus.agents._effect_asks import decide_ask, is_ask, is_ask_decision
+from trustbus.agents._effect_asks import is_ask_decision
+from trustbus.agents._effect_mediation import EffectMediation
 from trustbus.agents._forwarding import Forwarder
 from trustbus.agents._intake import Intake
 from trustbus.agents._memory_writes import MemoryWrites
@@ -45,17 +47,13 @@ from trustbus.agents._policy import Policy
 from trustbus.agents._spans import guardrail
 from trustbus.agents._suspension import Suspensions
 from trustbus.bus import (
-    Approval,
     Bus,
-    ConfigError,
     ConsumerSettings,
     Decision,
     Delivery,
-    EffectRecord,
     Envelope,
     TransientError,
     TransportError,
-    decode_effect,
     log_about,
     rejection,
     subject_owner,
@@ -95,6 +93,8 @@ class Coordinator:
         self.state = self.log.state
         self._forwarder = Forwarder(bus, inboxes)
         self._memory = MemoryWrites(bus)
+        self._effects = EffectMediation(self)
+        self._approvals = ApprovalMediation(self)
         self.suspensions = Suspensions(
             self.state, policy, partition=partition, partitions=bus.partitions, tenant=bus.tenant
         )
@@ -149,12 +149,12 @@ class Coordinator:
                 return None if again is None else again[1]
 
             try:
-                await self._record(cause, make)
+                await self.record(cause, make)
             except (TransportError, TransientError) as exc:
                 log.warning("suspension not recorded; will retry", extra={"sender": sender, "error": str(exc)})
                 self.suspensions.postpone(sender, seq)
 
-    async def _refuse(self, delivery: Delivery, reason: str, detail: str) -> None:
+    async def refuse(self, delivery: Delivery, reason: str, detail: str) -> None:
         """Quarantine ``delivery`` and count it against its subject's owner, towards a suspension."""
         await delivery.reject(reason, detail)
         owner = subject_owner(delivery.subject)
@@ -172,7 +172,7 @@ class Coordinator:
         detail = (
             f"correlation {delivery.envelope.correlation_id} holds {limit} decisions (limits.decisions_per_correlation)"
         )
-        await self._refuse(delivery, "correlation_full", detail)
+        await self.refuse(delivery, "correlation_full", detail)
 
     def _batchable(self, delivery: Delivery) -> bool:
         """Plain envelopes from their sender's outbox: decided together, forwarded together."""
@@ -220,7 +220,12 @@ class Coordinator:
     async def _mediate_group_once(self, group: list[Delivery]) -> None:
         recorded = await self._decide_group(group)
         started = [
-            (d, await self._start_forwards(d, self._decision(d.envelope), d.envelope.id in recorded))
+            (
+                d,
+                await self._start_delivery(
+                    d.body, d.headers, d.stream_seq, self._decision(d.envelope), recorded_now=d.envelope.id in recorded
+                ),
+            )
             for d in group
             if not d.settled and not await self._replayed(d)
         ]
@@ -273,7 +278,7 @@ class Coordinator:
         decided_at = self._decision(delivery.envelope).source_seq
         if decided_at == delivery.stream_seq:
             return False
-        await self._refuse(delivery, "replayed", f"envelope {delivery.envelope.id} was decided at {decided_at}")
+        await self.refuse(delivery, "replayed", f"envelope {delivery.envelope.id} was decided at {decided_at}")
         return True
 
     def _decision(self, envelope: Envelope) -> Decision:
@@ -301,11 +306,11 @@ class Coordinator:
         if delivery.subject == subjects.approval(tenant, self.partition):
             await self._approval(delivery)
         elif delivery.subject.startswith(f"tb.{tenant}.effect."):
-            await self._effect(delivery)
+            await self._effects.mediate(delivery)
         else:
             await self._outbox(delivery)
 
-    async def _record(
+    async def record(
         self, cause: Envelope, make: Callable[[], Decision | Deferral | None]
     ) -> Decision | Deferral | None:
         """Append what ``make()`` decides, re-deciding on a fresh state until no one else got there first."""
@@ -313,6 +318,26 @@ class Coordinator:
         result = await self.log.record(cause, make, by=self.bus)
         if isinstance(result, Decision):
             self._traced(cause, result, began)
+        return result
+
+    async def record_new(
+        self, delivery: Delivery, decide: Callable[[], Decision | Deferral]
+    ) -> Decision | Deferral | None:
+        """Record what ``decide()`` makes of ``delivery``'s envelope; None if nothing was recorded: it was decided
+        before (by a process that crashed, or another coordinator), or its correlation holds the limit (then it is
+        quarantined, and ``delivery`` settled)."""  # noqa: D205, D209
+        full = False
+
+        def make() -> Decision | Deferral | None:
+            nonlocal full
+            if self.state.decided_about(delivery.envelope):
+                return None
+            full = self._full(delivery)
+            return None if full else decide()
+
+        result = await self.record(delivery.envelope, make)
+        if full:
+            await self._refuse_full(delivery)
         return result
 
     def _traced(self, cause: Envelope, decision: Decision, began_ns: int) -> None:
@@ -324,24 +349,13 @@ class Coordinator:
         if delivery.subject != self._outbox_of(envelope):
             # Another agent's outbox, or the wrong partition for its correlation (whose
             # state, budget included, another coordinator holds).
-            await self._refuse(delivery, "wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
+            await self.refuse(delivery, "wrong_outbox", f"{envelope.sender}'s envelope arrived on {delivery.subject}")
             return
 
         revision = await self._memory.revision(envelope) if envelope.kind == "memory_write" else 0
-
-        full = False
-
-        def make() -> Decision | Deferral | None:
-            nonlocal full
-            if self.state.decided_about(envelope):
-                return None  # decided before a crash or by another coordinator: forward again
-            full = self._full(delivery)
-            return None if full else self._decide(delivery, memory_revision=revision)
-
-        result = await self._record(envelope, make)
-        if full:
-            await self._refuse_full(delivery)
-            return
+        result = await self.record_new(delivery, functools.partial(self._decide, delivery, memory_revision=revision))
+        if delivery.settled:
+            return  # quarantined: its correlation is full
         if isinstance(result, Deferral):
             await delivery.defer(result.retry_after_s)
             return
@@ -359,100 +373,12 @@ class Coordinator:
             delivery.body, delivery.headers, delivery.stream_seq, decision, recorded_now=result is not None
         )
 
-    async def _effect(self, delivery: Delivery) -> None:
-        """Record a completed tool call so its result's taint follows its agent in that correlation."""
-        envelope = delivery.envelope
-        parsed = subjects.parse(delivery.subject)
-        owner = parsed.owner if parsed is not None else None
-        misplaced = self.bus.partition(envelope.correlation_id) != self.partition
-        if owner != envelope.sender or envelope.kind != "effect" or misplaced:
-            await self._refuse(
-                delivery, "wrong_outbox", f"{envelope.sender}'s {envelope.kind} arrived on {delivery.subject}"
-            )
-            return
-        try:
-            record = decode_effect(envelope.payload)
-        except (msgspec.DecodeError, ValueError) as exc:
-            await delivery.reject("bad_effect", str(exc))
-            return
-        if is_ask(envelope, record):
-            await self._ask(delivery, record)
-            return
-        if record.phase != "completed":
-            return
-
-        full = False
-
-        def make() -> Decision | None:
-            nonlocal full
-            if self.state.decided_about(envelope):
-                return None
-            full = self._full(delivery)
-            if full:
-                return None
-            return record_effect(envelope, record.taint, received_ns=delivery.stored_ns, source_seq=delivery.stream_seq)
-
-        await self._record(envelope, make)
-        if full:
-            await self._refuse_full(delivery)
-
-    async def _ask(self, delivery: Delivery, record: EffectRecord) -> None:
-        """Decide a high-risk tool call made under taint before it runs, and leave the agent the answer."""
-        envelope = delivery.envelope
-        try:
-            subjects.check_effect_key(envelope.id)
-        except ConfigError:
-            await delivery.reject("bad_effect", f"effect request id {envelope.id!r} cannot name its answer's key")
-            return
-
-        full = False
-
-        def make() -> Decision | None:
-            nonlocal full
-            if self.state.decided_about(envelope):
-                return None
-            full = self._full(delivery)
-            if full:
-                return None
-            clock, seq = delivery.stored_ns, delivery.stream_seq
-            return decide_ask(self.policy, envelope, record, self.state, received_ns=clock, source_seq=seq)
-
-        await self._record(envelope, make)
-        if full:
-            await self._refuse_full(delivery)
-            return
-        await store_ask_answer(self.bus, self._decision(envelope))
-
     async def _approval(self, delivery: Delivery) -> None:
-        """Release or drop a held envelope on an operator's signed approval."""
-        approval = delivery.envelope
-        if delivery.opened.grant.role != "operator":
-            await delivery.reject("not_operator", f"approval signed by a {delivery.opened.grant.role} key")
+        """Act on an operator's signed answer to a held envelope, tool call or memory write."""
+        answered = await self._approvals.mediate(delivery)
+        if answered is None:
             return
-        if self.bus.partition(approval.correlation_id) != self.partition:
-            await delivery.reject(
-                "wrong_outbox", f"approval of correlation {approval.correlation_id} on {delivery.subject}"
-            )
-            return
-        try:
-            request = Approval.decode(approval.payload)
-        except ValueError as exc:
-            await delivery.reject("bad_approval", str(exc))
-            return
-
-        def make() -> Decision | None:
-            held = self.state.decision(approval.correlation_id, request.envelope_id)
-            if held is None or held.verdict != "hold":
-                return None
-            approve = request.verdict == "approve"
-            return decide_approval(held, approval, approve=approve, received_ns=delivery.stored_ns)
-
-        released = await self._record(approval, make)
-        decision = self.state.decision(approval.correlation_id, request.envelope_id)
-        if decision is None or decision.approval_id != approval.id:
-            state = "unknown" if decision is None else f"{decision.verdict} ({', '.join(decision.reasons)})"
-            await delivery.reject("not_held", f"envelope {request.envelope_id} is not held: {state}")
-            return
+        decision, recorded_now = answered
         if is_ask_decision(decision):
             await store_ask_answer(self.bus, decision)  # a held tool call: its agent is waiting for this
             return
@@ -461,37 +387,30 @@ class Coordinator:
             await self._memory.tell(held.body, decision)  # denied
         elif decision.verdict == "accept":
             held = await self.log.log.get(decision.source_seq)
-            await self._deliver(
-                held.body, held.headers, decision.source_seq, decision, recorded_now=released is not None
+            await self._deliver(held.body, held.headers, decision.source_seq, decision, recorded_now=recorded_now)
+
+    async def _start_delivery(
+        self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision, *, recorded_now: bool
+    ) -> list[Awaitable[object]]:
+        """Store an accepted memory write or checkpoint, or publish an accepted envelope's forwards (idempotently)
+        and return their acks to await. ``recorded_now``: this process recorded ``decision`` just now (nothing of
+        it was forwarded before)."""  # noqa: D205, D209
+        if decision.verdict != "accept":
+            return []
+        decision_id = self.log.record_id(decision)
+        if decision.kind == "memory_write":
+            await self._memory.apply(body, headers, decision, decision_id)
+        elif decision.kind == "checkpoint":
+            await self._memory.store_checkpoint(decision.sender, body, headers, decision_id)
+        else:
+            return await self._forwarder.start(
+                body, headers, source_seq, decision, decision_id, recorded_now=recorded_now
             )
+        return []
 
     async def _deliver(
         self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision, *, recorded_now: bool
     ) -> None:
-        """Forward an accepted envelope to every recipient (idempotently); store an accepted write or checkpoint.
-
-        ``recorded_now``: this process recorded ``decision`` just now (nothing of it was forwarded before).
-        """
-        if decision.verdict != "accept":
-            return
-        decision_id = self.log.record_id(decision)
-        if decision.kind == "memory_write":
-            await self._memory.apply(body, headers, decision, decision_id)
-            return
-        if decision.kind == "checkpoint":
-            await self._memory.store_checkpoint(decision.sender, body, headers, decision_id)
-            return
-        for ack in await self._forwarder.start(
-            body, headers, source_seq, decision, decision_id, recorded_now=recorded_now
-        ):
+        """Deliver what ``decision`` accepted (:meth:`_start_delivery`) and wait until it is stored."""
+        for ack in await self._start_delivery(body, headers, source_seq, decision, recorded_now=recorded_now):
             await ack
-
-    async def _start_forwards(
-        self, delivery: Delivery, decision: Decision, recorded_now: bool
-    ) -> list[Awaitable[object]]:
-        """Publish the forwards of a delivery if ``decision`` (``recorded_now`` by this process) accepted it; their
-        acks to await."""  # noqa: D205, D209
-        decision_id = self.log.record_id(decision)
-        return await self._forwarder.start(
-            delivery.body, delivery.headers, delivery.stream_seq, decision, decision_id, recorded_now=recorded_now
-        )

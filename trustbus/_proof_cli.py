@@ -67,10 +67,11 @@ def check_proof_file(
         checked = check_proof(proof_file.read_bytes(), admin_key=admin_key)
     except (ProofError, OSError) as exc:
         reason = exc.reason if isinstance(exc, ProofError) else "unreadable"
+        detail = str(exc) if isinstance(exc, ProofError) else f"cannot read {proof_file}: {exc.strerror or exc}"
         if json_out:
-            print(json.dumps({"ok": False, "reason": reason, "detail": str(exc)}))
+            print(json.dumps({"ok": False, "reason": reason, "detail": detail}))
         else:
-            err.print(f"[red]REFUSED[/red] {exc}")
+            err.print(f"[red]REFUSED[/red] {detail}")
         raise typer.Exit(1) from None
     if json_out:
         print(json.dumps(checked_dict(checked)))

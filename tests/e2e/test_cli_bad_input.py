@@ -68,6 +68,13 @@ def test_a_policy_file_that_is_missing(env: dict[str, str], tmp_path: Path) -> N
     refused("coordinator", "run", "--tenant", "t", "--policy", str(missing), env=env, says="cannot read policy")
 
 
+def test_a_proof_file_that_is_missing(env: dict[str, str], tmp_path: Path) -> None:
+    missing = tmp_path / "proof.json"
+
+    said = refused("ledger", "check-proof", str(missing), env=env, says=f"cannot read {missing}: No such file")
+    assert "Errno" not in said
+
+
 def test_a_payload_that_is_not_json_is_refused_before_anything_is_sent(env: dict[str, str]) -> None:
     refused(
         "send", "--tenant", "t", "--as", "a", "--to", "b", "--payload", '{"serve": 1', env=env, says="not valid JSON"
