@@ -70,6 +70,11 @@ its throughput over the plain mediated path's (the median of the per-round ratio
 ``telemetry_cpu_ratio`` the same of their CPU per message (all four processes, off over on): what the
 throughput ratio tends to when the cores are all busy, steadier than it when other work shares them. The
 plain path runs the same instrumented code with nothing configured: its figures are tracing off.
+``--candidate-module M`` adds the mediated path once more, in a tenant of its own (``benchcand``) with its
+own B, its coordinator run as ``python -m M coordinator run`` (a wrapper that changes the coordinator: a
+lever measured before and after in the same rounds): ``candidate_ratio`` (its msgs/s over the plain
+coordinator's, the median of the per-round ratios), ``candidate_cpu_ratio`` (CPU per message of all
+four processes, plain over candidate) and its tail at ``--rate``.
 ``--peers`` adds AutoGen's gRPC runtime (bench/peers.py: host, B and each phase's A as processes, in a venv
 of its own made on first use under a cache directory, ``--autogen-venv``) to every round's throughput
 phases: ``autogen_msgs_per_s`` (one way, the median over rounds) and ``vs_autogen``, the mediated path's
@@ -137,6 +142,8 @@ TELEMETRY = "telemetry"  # with --telemetry: the mediated path, traced and with 
 TELEMETRY_TENANT = "benchtel"
 AUTOGEN = "autogen"  # with --peers: AutoGen's gRPC runtime (bench/peers.py), throughput phases only
 TELEMETRY_TARGET = 0.9
+CANDIDATE = "candidate"  # with --candidate-module: the mediated path with a changed coordinator
+TENANTS = {TELEMETRY: TELEMETRY_TENANT, CANDIDATE: "benchcand"}  # the topologies with a tenant of their own
 AUTOGEN_TARGET = 1.0  # mediated msgs/s over AutoGen's
 RATIO_TARGET = 0.7  # of the strong raw relay (batched fetch, pipelined publishes)
 P99_TARGET_MS = 10.0
@@ -318,13 +325,17 @@ class Bench:
         self.policy.write_text(POLICY)
         scraped = self.start_mediated("mediated", TENANT, metrics=self.args.metrics)
         processes = [*self.servers["mediated"], *self.start_raw()]
+        holders = [("a", "agent"), ("b", "agent"), ("coordinator", "coordinator")]
         if self.args.telemetry:
-            holders = [("a", "agent"), ("b", "agent"), ("coordinator", "coordinator")]
             asyncio.run(provision_tenant(self.url, TELEMETRY_TENANT, keys, holders))
             self.otlp = OtlpSink()
             self.envs[TELEMETRY] = self.otlp.env(self.args.sample_ratio)
             scraped += self.start_mediated(TELEMETRY, TELEMETRY_TENANT, metrics=True)
             processes += self.servers[TELEMETRY]
+        if self.args.candidate_module:
+            asyncio.run(provision_tenant(self.url, TENANTS[CANDIDATE], keys, holders))
+            self.start_mediated(CANDIDATE, TENANTS[CANDIDATE], metrics=False, module=self.args.candidate_module)
+            processes += self.servers[CANDIDATE]
         if autogen_python is not None:
             self.autogen = AutoGenPeers(self.children, autogen_python)
             processes += self.servers.setdefault(AUTOGEN, self.autogen.start())
@@ -334,8 +345,9 @@ class Bench:
         if ports:
             threading.Thread(target=scrape_every_second, args=(ports,), name="scraper", daemon=True).start()
 
-    def start_mediated(self, topology: str, tenant: str, *, metrics: bool) -> list[Process]:
-        """Start ``topology``'s coordinator and B in ``tenant`` (not waiting); those serving /metrics."""
+    def start_mediated(self, topology: str, tenant: str, *, metrics: bool, module: str = "") -> list[Process]:
+        """Start ``topology``'s coordinator (``python -m module``, by default ``--coordinator-module``) and B in
+        ``tenant`` (not waiting); those serving /metrics."""
         common = ["--server", self.url, "--keys", str(self.keys_dir), "--tenant", tenant]
         if metrics:
             common += ["--metrics-port", "0"]
@@ -343,7 +355,7 @@ class Bench:
         coordinator = self.children.start(
             f"{topology}-coordinator",
             self.argv(
-                self.args.coordinator_module,
+                module or self.args.coordinator_module,
                 ["coordinator", "run", "--policy", str(self.policy), *common],
                 f"{topology}-coordinator",
             ),
@@ -394,7 +406,7 @@ class Bench:
         elif topology == "raw":
             argv = self.argv(PROCS, ["raw-send", *common])
         else:
-            tenant = TELEMETRY_TENANT if topology == TELEMETRY else tenant
+            tenant = TENANTS.get(topology, tenant)
             keys = ["--tenant", tenant, "--keys", str(self.keys_dir)]
             argv = self.argv(PROCS, ["tb-send", *common, *keys, "--per-correlation", str(self.args.per_correlation)])
         env = {**self.children.env, **self.envs.get(topology, {})}
@@ -462,6 +474,8 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
     topologies = (*TOPOLOGIES, TELEMETRY) if args.telemetry else TOPOLOGIES
+    if args.candidate_module:
+        topologies = (*topologies, CANDIDATE)
     paced = topologies  # AutoGen's figure is its throughput alone
     autogen_python = ensure_venv(args.autogen_venv, stderr) if args.peers else None
     if args.peers:
@@ -501,7 +515,38 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         result["otlp_exports"] = {"requests": bench.otlp.requests, "bytes": bench.otlp.bytes}
     if args.peers:
         result.update(autogen_figures(throughputs))
+    if args.candidate_module:
+        result.update(candidate_figures(throughputs, latencies))
+        result["candidate_module"] = args.candidate_module
     return result
+
+
+def cpu_ratios_per_round(before: list[Throughput], after: list[Throughput]) -> list[float]:
+    """Per round, CPU per message of all processes before over after (above 1: ``after`` is cheaper)."""
+    return [sum(b.cpu_us_per_msg.values()) / sum(a.cpu_us_per_msg.values()) for b, a in zip(before, after, strict=True)]
+
+
+def candidate_figures(throughputs: dict[str, list[Throughput]], latencies: dict[str, list[Latency]]) -> dict[str, Any]:
+    """The changed coordinator against the plain one, in the same rounds: throughput and CPU ratios, the tail."""
+    new, old = throughputs[CANDIDATE], throughputs["mediated"]
+    ratios = [n.msgs_per_s / o.msgs_per_s for o, n in zip(old, new, strict=True)]
+    cpu_ratios = cpu_ratios_per_round(old, new)
+    paced = latencies[CANDIDATE]
+    return {
+        "candidate_msgs_per_s": round(statistics.median([x.msgs_per_s for x in new]), 1),
+        "candidate_ratio": round(statistics.median(ratios), 4),  # candidate / mediated msgs/s
+        "round_candidate_ratios": [round(r, 4) for r in ratios],
+        "candidate_cpu_ratio": round(statistics.median(cpu_ratios), 4),  # mediated / candidate CPU per message
+        "candidate_cpu_us_per_msg": {
+            role: round(statistics.median([x.cpu_us_per_msg[role] for x in new]), 1)
+            for role in ("server", "a", "hub", "b")
+        },
+        "candidate_p50_ms": round(statistics.median([x.p50_ms for x in paced]), 3),
+        "candidate_p99_ms": round(max(x.p99_ms for x in paced), 3),
+        "candidate_p999_ms": round(max(x.p999_ms for x in paced), 3),
+        "candidate_max_ms": round(max(x.max_ms for x in paced), 3),
+        "round_candidate_p99_ms": [round(x.p99_ms, 3) for x in paced],
+    }
 
 
 def autogen_figures(throughputs: dict[str, list[Throughput]]) -> dict[str, Any]:
@@ -527,7 +572,7 @@ def telemetry_figures(throughputs: dict[str, list[Throughput]], latencies: dict[
     ratio = statistics.median(ratios)
     # CPU per message of all four processes, off over on: what the throughput ratio tends to on a machine
     # whose cores are all busy, and steadier than it when other work shares the machine.
-    cpu_ratios = [sum(m.cpu_us_per_msg.values()) / sum(t.cpu_us_per_msg.values()) for m, t in zip(off, on, strict=True)]
+    cpu_ratios = cpu_ratios_per_round(off, on)
     return {
         "telemetry_cpu_ratio": round(statistics.median(cpu_ratios), 4),
         "telemetry_msgs_per_s": round(statistics.median([x.msgs_per_s for x in on]), 1),
@@ -666,6 +711,21 @@ def report_table(r: dict[str, Any]) -> Table:
         table.add_row(f"CPU µs/msg at full load (sys): {what}", cpu_cell("raw", role), cpu_cell("mediated", role))
     raw_total, mediated_total = (sum(cpu[t].values()) for t in ("raw", "mediated"))
     table.add_row("CPU µs/msg at full load: all", f"{raw_total:,.0f}", f"{mediated_total:,.0f}", "", "")
+    if "candidate_ratio" in r:
+        table.add_row(
+            f"candidate coordinator ({r['candidate_module']}) msgs/s (ratio: candidate / plain)",
+            "",
+            f"{r['candidate_msgs_per_s']:,.0f}",
+            f"{r['candidate_ratio']:.3f}",
+            "",
+        )
+        table.add_row(
+            "candidate: CPU ratio (plain / candidate); p99 / p99.9 / max at the rate, worst round (ms)",
+            "",
+            f"{r['candidate_p99_ms']:.2f} / {r['candidate_p999_ms']:.2f} / {r['candidate_max_ms']:.2f}",
+            f"{r['candidate_cpu_ratio']:.3f}",
+            "",
+        )
     if "vs_autogen" in r:
         table.add_row(
             "AutoGen gRPC msgs/s, one way (ratio: mediated / AutoGen)",
@@ -739,6 +799,13 @@ def main() -> None:
         "--coordinator-module",
         default="trustbus",
         help="module run with `python -m MODULE coordinator run ...` (default trustbus): to measure a candidate change",
+    )
+    parser.add_argument(
+        "--candidate-module",
+        default="",
+        help="also run the mediated path, in a tenant of its own, with `python -m MODULE coordinator run` (a "
+        "coordinator with a change to measure) in every round; --json adds candidate_ratio (its msgs/s over the "
+        "plain coordinator's) and candidate_cpu_ratio",
     )
     parser.add_argument("--keep-records", type=Path, help="copy each phase's per-message record into this dir")
     parser.add_argument(
