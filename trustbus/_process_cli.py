@@ -1,5 +1,6 @@
 """``trustbus agent run`` and ``trustbus coordinator run``."""
 
+import gc
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -28,6 +29,20 @@ agent_app = typer.Typer(help="Run an agent as its own process.", no_args_is_help
 coordinator_app = typer.Typer(
     help="The coordinator (reference monitor): run it, or see its partitions.", no_args_is_help=True
 )
+
+
+# A coordinator keeps up to limits.correlations_in_memory correlations (thousands of dicts) for its whole life
+# and allocates fast on its hot path: with CPython's default thresholds (700, 10, 10) it stopped for full passes
+# of 150-300 ms every few thousand envelopes (docs/PERFORMANCE.md, "Levers measured"). Young passes every 10,000
+# allocations, a full one every 1,000 middle ones: cycles are still freed, rarely.
+COORDINATOR_GC_THRESHOLDS = (10_000, 50, 1_000)
+
+
+def tune_gc_for_a_long_lived_heap(thresholds: tuple[int, int, int] = COORDINATOR_GC_THRESHOLDS) -> None:
+    """Freeze what start-up loaded (never scanned again) and collect less often: for a coordinator process."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 def _ready(what: str, **fields: object) -> None:
@@ -93,6 +108,7 @@ def coordinator_run(
     from trustbus.agents import serve_coordinator
 
     traces("coordinator")
+    tune_gc_for_a_long_lived_heap()
     with metrics_endpoint(metrics_port) as endpoint:
         run(
             serve_coordinator(
