@@ -1,7 +1,8 @@
-"""The runs of an agent waiting for other agents' answers: what a checkpoint keeps, and how a reply finds its run.
+"""The runs of an agent waiting for answers: what a checkpoint keeps, and how an answer finds its run.
 
-A run that asked other agents ends with its questions sent; it is kept here, as JSON, until every one
-is answered. A reply answers the oldest unanswered question its sender was asked in the reply's
+A run that asked other agents ends with its questions sent; a run whose tool call the coordinator holds
+ends with the call kept (:class:`agents.HeldCall`). It is kept here, as JSON, until every question and
+every held call is answered. A reply answers the oldest unanswered question its sender was asked in the reply's
 correlation (the asked agent handles its inbox one delivery at a time, so it answers in the order it
 was asked). Nothing here names an envelope id the agent made: a replay of the same deliveries keeps
 the same state, byte for byte.
@@ -32,19 +33,31 @@ class Question:
 
 
 @dataclass
+class Approval:
+    """A held tool call of a run: the framework's call id, the call (``HeldCall.as_json()``), its answer once in."""
+
+    call: str
+    key: str  # the held call's idempotency key
+    held: dict[str, Any]
+    answered: bool = False
+    denied: str | None = None  # what the model is told of a denial
+
+
+@dataclass
 class WaitingRun:
-    """A run that asked: its message history (JSON), for whom its output is, and its questions."""
+    """A run that waits: its message history (JSON), for whom its output is, its questions and held calls."""
 
     envelope: str  # the delivery that started it
     correlation: str
     sender: str  # who gets the run's output
     history: list[Any]
     questions: list[Question] = field(default_factory=list)
+    approvals: list[Approval] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        """Every question answered: the run can go on."""
-        return all(q.answered for q in self.questions)
+        """Every question and held call answered: the run can go on."""
+        return all(q.answered for q in self.questions) and all(a.answered for a in self.approvals)
 
     def as_json(self) -> dict[str, Any]:
         """The run as its checkpoint keeps it."""
@@ -54,13 +67,16 @@ class WaitingRun:
             "sender": self.sender,
             "history": self.history,
             "questions": [vars(q) for q in self.questions],
+            **({"approvals": [vars(a) for a in self.approvals]} if self.approvals else {}),
         }
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> WaitingRun:
         """The run a checkpoint kept."""
         questions = [Question(**q) for q in value["questions"]]
-        return cls(value["envelope"], value["correlation"], value["sender"], list(value["history"]), questions)
+        approvals = [Approval(**a) for a in value.get("approvals", ())]
+        history = list(value["history"])
+        return cls(value["envelope"], value["correlation"], value["sender"], history, questions, approvals)
 
 
 class WaitingRuns:
@@ -103,6 +119,15 @@ class WaitingRuns:
             for question in run.questions:
                 if question.peer == peer and not question.answered:
                     question.answered, question.answer = True, answer
+                    return run
+        return None
+
+    def approve(self, key: str, denied: str | None) -> WaitingRun | None:
+        """Record the operator's answer to the held call ``key`` (``denied``: what the model is told); its run."""
+        for run in self.runs:
+            for approval in run.approvals:
+                if approval.key == key and not approval.answered:
+                    approval.answered, approval.denied = True, denied
                     return run
         return None
 

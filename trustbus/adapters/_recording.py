@@ -55,11 +55,18 @@ async def perform(args: dict[str, Any], *, idempotency_key: str) -> Any:
         _key.reset(token)
 
 
-async def as_effect(ctx: Context, tool: str, args: dict[str, Any], call: Callable[[], Awaitable[Any]]) -> Any:
+async def as_effect(
+    ctx: Context,
+    tool: str,
+    args: dict[str, Any],
+    call: Callable[[], Awaitable[Any]],
+    *,
+    wait_for_operator: bool = True,
+) -> Any:
     """``ctx.effect(tool, args)``, with ``call`` as what runs if the call has no completed record."""
     token = _pending.set(call)
     try:
-        return await ctx.effect(tool, args)
+        return await ctx.effect(tool, args, wait_for_operator=wait_for_operator)
     finally:
         _pending.reset(token)
 
