@@ -110,6 +110,35 @@ class Effector:
             if call.cause.id == self._cause.id:
                 self._calls = max(self._calls, call.index + 1)
 
+    async def ask_first(self, tool: str, args: dict[str, Any], *, taint: tuple[str, ...]) -> HeldCall | None:
+        """Ask the coordinator about the call ``tool(args)`` before making it; the held call if it holds it.
+
+        Otherwise (the call needs no asking, was accepted or refused, or completed before) None, and the
+        next :meth:`call` of ``tool`` with ``args`` is this call: same key, and it finds the answer.
+        """
+        if self._toolbox is None:
+            raise UnknownTool(f"tool {tool!r}: this agent was started without a tool registry")
+        spec, _ = self._toolbox.bound(tool)
+        index = self._calls
+        self._calls += 1
+        made = HeldCall(tool, args, index, self._cause, taint)
+        if not asks_first(high_risk=spec.high_risk, effect_class=spec.effect_class, taint=taint):
+            self._resuming[made.same_call] = made
+            return None
+        key = made.idempotency_key
+        partition = self._bus.partition(self._cause.correlation_id)
+        subject = subjects.effect_record(self._bus.tenant, self._agent_id, partition, key)
+        found = await self._last_record(subject, key, tool)
+        if found is not None and not is_ask(*found):
+            self._resuming[made.same_call] = made  # completed or failed before: the call itself reads it
+            return None
+        ask = found[0] if found is not None else await self._record(subject, _requested(made, spec), taint)
+        answer = await self._answer(ask, tool, hold_ends_wait=True)
+        if answer.verdict == "hold":
+            return made
+        self._resuming[made.same_call] = made
+        return None
+
     @property
     def keys(self) -> list[str]:
         """Keys of the calls completed so far, in call order (also when calls ran concurrently)."""
@@ -172,15 +201,7 @@ class Effector:
         mediated = asks_first(high_risk=spec.high_risk, effect_class=spec.effect_class, taint=taint)
         if last is not None and last.phase == "requested" and not mediated:
             log.warning("effect requested but never finished; calling again with its key", extra={"key": key})
-        requested = EffectRecord(
-            phase="requested",
-            tool=tool,
-            idempotency_key=key,
-            args=arguments,
-            effect_class=spec.effect_class,
-            compensating_tool=spec.compensating_tool,
-            high_risk=spec.high_risk,
-        )
+        requested = _requested(made, spec)
         if mediated:
             # Mediated: the requested record asks the coordinator; the tool waits for its answer.
             # A request already made for this call (by a process that died waiting) is waited on, not repeated.
@@ -330,6 +351,19 @@ async def check_direct_gets(bus: Bus) -> None:
             f"stream {bus.stream} does not allow direct gets, which effects need: "
             f"run `trustbus init --tenant {bus.tenant}` again (as the admin) to turn them on"
         )
+
+
+def _requested(call: HeldCall, spec: Tool) -> EffectRecord:
+    """The ``requested`` record of ``call``."""
+    return EffectRecord(
+        phase="requested",
+        tool=call.tool,
+        idempotency_key=call.idempotency_key,
+        args=canonical(call.args).encode(),
+        effect_class=spec.effect_class,
+        compensating_tool=spec.compensating_tool,
+        high_risk=spec.high_risk,
+    )
 
 
 def _union(*taints: tuple[str, ...]) -> tuple[str, ...]:

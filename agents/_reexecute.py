@@ -101,6 +101,15 @@ class ReplayContext(Context):
             if call.cause.id == self.envelope.id:
                 self._calls = max(self._calls, call.index + 1)
 
+    async def ask_first(self, tool: str, args: dict[str, Any]) -> HeldCall | None:
+        """As :meth:`Context.ask_first`: the held call if the ledger shows it held."""
+        made = HeldCall(tool, args, self._calls, self.envelope, self.taint)
+        self._calls += 1
+        if made.idempotency_key in self._held:
+            return made
+        self._resuming[made.same_call] = made
+        return None
+
     async def effect(self, tool: str, args: dict[str, Any], *, wait_for_operator: bool = True) -> Any:
         """The recorded result of this call; NotRecorded if there is none (EffectHeld if it was held, as then)."""
         resumed = self._resuming.pop((tool, canonical(args)), None)

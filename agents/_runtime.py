@@ -236,6 +236,14 @@ class Context:
         )
         return result
 
+    async def ask_first(self, tool: str, args: dict[str, Any]) -> HeldCall | None:
+        """Ask the coordinator about a call before making it (a framework that asks whether a call needs approval
+        before it calls the tool); the held call if the coordinator holds it, else None.
+
+        With None, the next :meth:`effect` of ``tool`` with ``args`` is that call, under the same key.
+        """  # noqa: D205
+        return await self._effector.ask_first(tool, args, taint=self.taint)
+
     def resume(self, calls: Iterable[HeldCall]) -> None:
         """Make the next call matching each held call of ``calls`` (same tool and arguments) under its held key.
 
