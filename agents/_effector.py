@@ -43,9 +43,8 @@ import msgspec
 from trustbus.agents import _metrics as metrics
 from trustbus.agents._effect_answers import await_answer, read_ask_answer
 from trustbus.agents._effect_asks import asks_first, denial_message, is_ask, parse_denial
-from trustbus.agents._effects import idempotency_key
 from trustbus.agents._errors import EffectDenied, EffectError, EffectHeld, RuntimeSetupError, UnknownTool
-from trustbus.agents._held_calls import HeldCall, canonical
+from trustbus.agents._held_calls import CallNumbers, HeldCall, canonical
 from trustbus.agents._spans import execute_tool
 from trustbus.agents._tools import Tool, Toolbox, ToolImplementation
 from trustbus.bus import (
@@ -94,10 +93,9 @@ class Effector:
         self._agent_id = agent_id
         self._cause = cause
         self._toolbox = toolbox
-        self._calls = 0
+        self._numbers = CallNumbers(cause)
         self._made = 0
         self._completed: dict[int, str] = {}
-        self._resuming: dict[tuple[str, str], HeldCall] = {}
 
     def resume(self, calls: Iterable[HeldCall]) -> None:
         """Make the next call matching each of ``calls`` (same tool and arguments) under that call's key.
@@ -105,10 +103,7 @@ class Effector:
         Calls of this delivery are numbered after the held ones, so none takes a key the
         delivery's earlier calls had.
         """
-        for call in calls:
-            self._resuming[call.same_call] = call
-            if call.cause.id == self._cause.id:
-                self._calls = max(self._calls, call.index + 1)
+        self._numbers.resume(calls)
 
     async def ask_first(self, tool: str, args: dict[str, Any], *, taint: tuple[str, ...]) -> HeldCall | None:
         """Ask the coordinator about the call ``tool(args)`` before making it; the held call if it holds it.
@@ -119,24 +114,22 @@ class Effector:
         if self._toolbox is None:
             raise UnknownTool(f"tool {tool!r}: this agent was started without a tool registry")
         spec, _ = self._toolbox.bound(tool)
-        index = self._calls
-        self._calls += 1
-        made = HeldCall(tool, args, index, self._cause, taint)
+        made = self._numbers.fresh(tool, args, taint)
         if not asks_first(high_risk=spec.high_risk, effect_class=spec.effect_class, taint=taint):
-            self._resuming[made.same_call] = made
+            self._numbers.reserve(made)
             return None
         key = made.idempotency_key
         partition = self._bus.partition(self._cause.correlation_id)
         subject = subjects.effect_record(self._bus.tenant, self._agent_id, partition, key)
         found = await self._last_record(subject, key, tool)
         if found is not None and not is_ask(*found):
-            self._resuming[made.same_call] = made  # completed or failed before: the call itself reads it
+            self._numbers.reserve(made)  # completed or failed before: the call itself reads it
             return None
         ask = found[0] if found is not None else await self._record(subject, _requested(made, spec), taint)
         answer = await self._answer(ask, tool, hold_ends_wait=True)
         if answer.verdict == "hold":
             return made
-        self._resuming[made.same_call] = made
+        self._numbers.reserve(made)
         return None
 
     @property
@@ -165,17 +158,11 @@ class Effector:
         spec, implementation = self._toolbox.bound(tool)
         position = self._made  # among this handler's calls, for effect_keys
         self._made += 1
-        held = self._resuming.pop((tool, canonical(args)), None)
-        if held is not None:
-            cause, index = held.cause, held.index
-        else:
-            cause, index = self._cause, self._calls
-            self._calls += 1
+        made, _ = self._numbers.next(tool, args, taint)
         # An instruction that carries an idempotency key makes the same effect keys however
-        # often it is sent (a rollback run twice); otherwise the envelope id does.
-        key = idempotency_key(cause.idempotency_key or cause.id, tool, args, index)
+        # often it is sent (a rollback run twice); otherwise the envelope id does (HeldCall.idempotency_key).
+        key = made.idempotency_key
         with execute_tool(self._agent_id, self._cause, tool=tool, key=key, effect_class=spec.effect_class) as span:
-            made = HeldCall(tool, args, index, cause, taint)
             result, outcome, gained = await self._call(made, spec, implementation, key, waits=wait_for_operator)
             if span is not None:
                 span.set_attribute("trustbus.effect.outcome", outcome)

@@ -62,6 +62,41 @@ class HeldCall:
         return cls(value["tool"], dict(value["args"]), int(value["index"]), cause, tuple(value["taint"]))
 
 
+class CallNumbers:
+    """How a handler's calls are numbered (the position in their keys): in call order, but a held call made
+    again under its own number (and cause), and the delivery's calls after the held ones."""  # noqa: D205, D209
+
+    def __init__(self, cause: Envelope) -> None:
+        """``cause``: the delivery being handled."""
+        self._cause = cause
+        self._next = 0
+        self._resuming: dict[tuple[str, str], HeldCall] = {}
+
+    def resume(self, calls: Iterable[HeldCall]) -> None:
+        """Make the next call matching each of ``calls`` (same tool and arguments) that call again."""
+        for call in calls:
+            self.reserve(call)
+            if call.cause.id == self._cause.id:
+                self._next = max(self._next, call.index + 1)
+
+    def reserve(self, call: HeldCall) -> None:
+        """Make the next call matching ``call`` that call (numbered already)."""
+        self._resuming[call.same_call] = call
+
+    def fresh(self, tool: str, args: dict[str, Any], taint: tuple[str, ...]) -> HeldCall:
+        """A new call of this delivery, with the next number."""
+        made = HeldCall(tool, args, self._next, self._cause, taint)
+        self._next += 1
+        return made
+
+    def next(self, tool: str, args: dict[str, Any], taint: tuple[str, ...]) -> tuple[HeldCall, bool]:
+        """The call ``tool(args)`` made now, and whether it is one made again (:meth:`resume`, :meth:`reserve`)."""
+        again = self._resuming.pop((tool, canonical(args)), None)
+        if again is not None:
+            return HeldCall(tool, args, again.index, again.cause, taint), True
+        return self.fresh(tool, args, taint), False
+
+
 def canonical(args: dict[str, Any]) -> str:
     """Arguments as the effect records them."""
     return json.dumps(args, sort_keys=True, separators=(",", ":"))

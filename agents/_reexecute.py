@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustbus.agents._effect_asks import denial_message, parse_denial
-from trustbus.agents._effects import idempotency_key
 from trustbus.agents._errors import EffectDenied, EffectHeld
-from trustbus.agents._held_calls import HeldCall, canonical
+from trustbus.agents._held_calls import CallNumbers, HeldCall
 from trustbus.agents._memory_outcomes import MemoryOutcome
 from trustbus.agents._runtime import Agent, Context, compensate, compensation_request
 from trustbus.bus import EffectRecord, Envelope, decode_json
@@ -87,8 +86,7 @@ class ReplayContext(Context):
         self._effects = effects
         self._keys: list[str] = []
         self._held = held
-        self._calls = 0
-        self._resuming: dict[tuple[str, str], HeldCall] = {}
+        self._numbers = CallNumbers(envelope)
 
     async def _emit(self, envelope: Envelope) -> None:
         """Keep what the handler sends instead of publishing it."""
@@ -96,32 +94,23 @@ class ReplayContext(Context):
 
     def resume(self, calls: Iterable[HeldCall]) -> None:
         """As :meth:`Context.resume`: the next call matching each held call has its key."""
-        for call in calls:
-            self._resuming[call.same_call] = call
-            if call.cause.id == self.envelope.id:
-                self._calls = max(self._calls, call.index + 1)
+        self._numbers.resume(calls)
 
     async def ask_first(self, tool: str, args: dict[str, Any]) -> HeldCall | None:
         """As :meth:`Context.ask_first`: the held call if the ledger shows it held."""
-        made = HeldCall(tool, args, self._calls, self.envelope, self.taint)
-        self._calls += 1
+        made = self._numbers.fresh(tool, args, self.taint)
         if made.idempotency_key in self._held:
             return made
-        self._resuming[made.same_call] = made
+        self._numbers.reserve(made)
         return None
 
     async def effect(self, tool: str, args: dict[str, Any], *, wait_for_operator: bool = True) -> Any:
         """The recorded result of this call; NotRecorded if there is none (EffectHeld if it was held, as then)."""
-        resumed = self._resuming.pop((tool, canonical(args)), None)
-        if resumed is not None:
-            cause, index = resumed.cause, resumed.index
-        else:
-            cause, index = self.envelope, self._calls
-            self._calls += 1
-        key = idempotency_key(cause.idempotency_key or cause.id, tool, args, index)
+        made, again = self._numbers.next(tool, args, self.taint)
+        key = made.idempotency_key
         self.called.append((tool, args))
-        if resumed is None and not wait_for_operator and key in self._held:
-            raise EffectHeld(HeldCall(tool, args, index, cause, self.taint))
+        if not again and not wait_for_operator and key in self._held:
+            raise EffectHeld(made)
         record = self._effects.get(key)
         denial = parse_denial(record.error) if record is not None and record.tool == tool else None
         if denial is not None:  # the coordinator refused it then: refuse it again

@@ -6,6 +6,7 @@ import json
 
 from trustbus.adapters._asks import Approval, Question, WaitingRun, WaitingRuns
 from trustbus.agents import HeldCall, idempotency_key
+from trustbus.agents._held_calls import CallNumbers
 from trustbus.bus import new_envelope
 
 
@@ -42,3 +43,18 @@ def test_a_run_with_no_held_call_is_kept_as_before() -> None:
     runs = WaitingRuns(limit=1)
     runs.wait(WaitingRun("e1", "c1", "boss", [], [Question("ask-0", "clerk", "?")]))
     assert "approvals" not in runs.checkpoint()["asks"][0]
+
+
+def test_a_held_call_made_again_has_its_own_number_and_the_delivery_s_later_calls_come_after_it() -> None:
+    call = a_call()  # number 1 of its delivery
+    numbers = CallNumbers(call.cause)
+    numbers.resume([call])
+    again, resumed = numbers.next("issue_refund", {"amount": 50, "order": 7}, ("llm",))
+    assert resumed and again.idempotency_key == call.idempotency_key
+    after, resumed = numbers.next("issue_refund", {"amount": 50, "order": 7}, ("llm",))
+    assert not resumed and after.index == 2  # the same call once more is a new call, after the held one
+
+    other = CallNumbers(new_envelope(tenant="t", kind="reply", sender="clerk", to=("pyd",)))
+    other.resume([call])  # a reply's handler going on with it: the reply's own calls start at 0
+    assert other.next("issue_refund", {"order": 7, "amount": 50}, ())[0].idempotency_key == call.idempotency_key
+    assert other.fresh("model_request", {}, ()).index == 0

@@ -11,9 +11,11 @@ the same state, byte for byte.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from trustbus.agents import HeldCall
 
 log = logging.getLogger("trustbus.agent")
 
@@ -121,6 +123,28 @@ class WaitingRuns:
                     question.answered, question.answer = True, answer
                     return run
         return None
+
+    def held_calls(self) -> list[HeldCall]:
+        """The held calls of the waiting runs that no operator has answered yet."""
+        return [HeldCall.from_json(a.held) for run in self.runs for a in run.approvals if not a.answered]
+
+    async def go_on(
+        self, answer: Callable[[], WaitingRun | None], work: Callable[[WaitingRun], Awaitable[None]]
+    ) -> bool:
+        """Record an answer (``answer()``: the run it answered, or None) and ``work(run)``; whether it answered one.
+
+        If ``work`` fails, the runs are as they were before the answer, so a retry records it again.
+        """
+        kept = self.checkpoint()
+        run = answer()
+        if run is None:
+            return False
+        try:
+            await work(run)
+        except BaseException:
+            self.restore(kept)
+            raise
+        return True
 
     def approve(self, key: str, denied: str | None) -> WaitingRun | None:
         """Record the operator's answer to the held call ``key`` (``denied``: what the model is told); its run."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from trustbus.agents import Context, Tool
+from trustbus.agents import Context, EffectDenied, Tool
 from trustbus.bus import Envelope, MalformedPayload, decode_json
 
 MODEL_TOOL = "model_request"
@@ -69,6 +69,12 @@ async def as_effect(
         return await ctx.effect(tool, args, wait_for_operator=wait_for_operator)
     finally:
         _pending.reset(token)
+
+
+def refusal(tool: str, refused: EffectDenied) -> str:
+    """What a model is told of a call of ``tool`` the coordinator refused (its result, or a failure)."""
+    by = f" by {refused.approver}" if refused.approver else ""
+    return f"{tool} was not run: {refused.reason}{by}"
 
 
 def stable(value: Any, volatile: Collection[str] = VOLATILE) -> Any:

@@ -62,6 +62,7 @@ from trustbus.adapters._recording import (
     idempotency_key,
     perform,
     prompt_of,
+    refusal,
     reply_payload,
 )
 from trustbus.agents import Agent, Context, EffectDenied, HeldCall, RuntimeSetupError, ToolImplementation
@@ -160,12 +161,6 @@ class RecordedModel(Model):
         raise NotImplementedError("a streamed model response is not recorded on the bus: run the agent with Runner.run")
 
 
-def _denial(tool: str, refused: EffectDenied) -> str:
-    """What the model is told of a call the coordinator refused."""
-    by = f" by {refused.approver}" if refused.approver else ""
-    return f"{tool} was not run: {refused.reason}{by}"
-
-
 def _recorded_tool(tool: FunctionTool, ctx: Context, turn: asyncio.Lock, holds: dict[str, HeldCall]) -> FunctionTool:
     """``tool`` with its every call a ``ctx.effect`` call under its name, one at a time (``turn``).
 
@@ -193,7 +188,7 @@ def _recorded_tool(tool: FunctionTool, ctx: Context, turn: asyncio.Lock, holds: 
             try:
                 return await as_effect(ctx, tool.name, args, lambda: invoke(tool_ctx, arguments))
             except EffectDenied as refused:  # told to the model, as the SDK tells it a tool's failure
-                return _denial(tool.name, refused)
+                return refusal(tool.name, refused)
 
     return dataclasses.replace(tool, on_invoke_tool=on_invoke_tool, needs_approval=needs_approval)
 
@@ -272,19 +267,14 @@ class OpenAIAgent(Agent):
 
     def held_calls(self) -> list[HeldCall]:
         """The held tool calls of the interrupted runs that no operator has answered yet."""
-        return [HeldCall.from_json(a.held) for run in self.waiting.runs for a in run.approvals if not a.answered]
+        return self.waiting.held_calls()
 
     async def on_answer(self, ctx: Context, call: HeldCall, denied: EffectDenied | None) -> None:
         """Keep the operator's answer; once the run has every answer, resume it from its state."""
-        kept = self.waiting.checkpoint()
-        run = self.waiting.approve(call.idempotency_key, None if denied is None else _denial(call.tool, denied))
-        if run is None:
-            return
-        try:
-            await self._answered(ctx, run)
-        except BaseException:  # a retry must find the runs as the checkpoint has them
-            self.waiting.restore(kept)
-            raise
+        told = None if denied is None else refusal(call.tool, denied)
+        await self.waiting.go_on(
+            lambda: self.waiting.approve(call.idempotency_key, told), lambda run: self._answered(ctx, run)
+        )
 
     async def handle(self, ctx: Context) -> None:
         """Run the agent on the delivery's payload and reply with its final output (or keep the interrupted run)."""

@@ -57,6 +57,7 @@ from trustbus.adapters._recording import (
     idempotency_key,
     perform,
     prompt_of,
+    refusal,
     reply_payload,
     stable,
 )
@@ -161,13 +162,7 @@ class _OnTheBus(AbstractCapability[Any]):
         except EffectHeld as held:  # the run ends; the operator's answer resumes it (PydanticAIAgent.on_answer)
             raise ApprovalRequired(metadata={HELD: held.call.as_json()}) from held
         except EffectDenied as refused:  # the model is told, as of any tool that failed for good
-            raise ToolFailed(denial(call.tool_name, refused)) from refused
-
-
-def denial(tool: str, refused: EffectDenied) -> str:
-    """What the model is told of a call the coordinator refused."""
-    by = f" by {refused.approver}" if refused.approver else ""
-    return f"{tool} was not run: {refused.reason}{by}"
+            raise ToolFailed(refusal(call.tool_name, refused)) from refused
 
 
 def _ask_toolset(peers: tuple[str, ...]) -> FunctionToolset[Any]:
@@ -236,32 +231,24 @@ class PydanticAIAgent(Agent):
 
     def held_calls(self) -> list[HeldCall]:
         """The held tool calls of the waiting runs that no operator has answered yet."""
-        return [HeldCall.from_json(a.held) for run in self.waiting.runs for a in run.approvals if not a.answered]
+        return self.waiting.held_calls()
 
     async def on_answer(self, ctx: Context, call: HeldCall, denied: EffectDenied | None) -> None:
         """Keep the operator's answer; once the run has every answer, resume it (the approved call runs then)."""
-        kept = self.waiting.checkpoint()
-        run = self.waiting.approve(call.idempotency_key, None if denied is None else denial(call.tool, denied))
-        if run is None:
-            return
-        try:
-            await self._answered(ctx, run)
-        except BaseException:  # a retry must find the runs as the checkpoint has them
-            self.waiting.restore(kept)
-            raise
+        told = None if denied is None else refusal(call.tool, denied)
+        await self.waiting.go_on(
+            lambda: self.waiting.approve(call.idempotency_key, told), lambda run: self._answered(ctx, run)
+        )
 
     async def handle(self, ctx: Context) -> None:
         """Run the agent on the delivery's payload and reply with its output (or resume the run a reply answers)."""
         envelope = ctx.envelope
         if envelope.kind == "reply" and self.peers:
-            kept = self.waiting.checkpoint()
-            run = self.waiting.answer(envelope.correlation_id, envelope.sender, content_of(envelope))
-            if run is not None:
-                try:
-                    await self._answered(ctx, run)
-                except BaseException:  # a retry of this delivery must find the runs as the checkpoint has them
-                    self.waiting.restore(kept)
-                    raise
+            answered = await self.waiting.go_on(
+                lambda: self.waiting.answer(envelope.correlation_id, envelope.sender, content_of(envelope)),
+                lambda run: self._answered(ctx, run),
+            )
+            if answered:
                 return
         if envelope.kind not in self.kinds:
             log.info("kind not served; acked", extra={"kind": envelope.kind, "envelope_id": envelope.id})
