@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trustbus.agents import HeldCall
+from trustbus.adapters._recording import refusal
+from trustbus.agents import Agent, Context, EffectDenied, HeldCall
 
 log = logging.getLogger("trustbus.agent")
 
@@ -158,3 +159,28 @@ class WaitingRuns:
     def done(self, run: WaitingRun) -> None:
         """Forget ``run``: it went on."""
         self.runs = [r for r in self.runs if r is not run]
+
+
+class AgentWithWaitingRuns(Agent):
+    """An adapter's agent whose runs wait in its checkpoint (:attr:`waiting`) for answers and operators."""
+
+    waiting: WaitingRuns
+
+    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
+        """Take up the runs that were waiting when the last process stopped."""
+        self.waiting.restore(checkpoint)
+
+    def held_calls(self) -> list[HeldCall]:
+        """The held tool calls of the waiting runs that no operator has answered yet."""
+        return self.waiting.held_calls()
+
+    async def on_answer(self, ctx: Context, call: HeldCall, denied: EffectDenied | None) -> None:
+        """Keep the operator's answer; once its run has every answer, go on with it (the approved call runs then)."""
+        told = None if denied is None else refusal(call.tool, denied)
+        await self.waiting.go_on(
+            lambda: self.waiting.approve(call.idempotency_key, told), lambda run: self._answered(ctx, run)
+        )
+
+    async def _answered(self, ctx: Context, run: WaitingRun) -> None:
+        """Go on with ``run``, which got an answer (in ``ctx``, a context of the delivery it came with)."""
+        raise NotImplementedError

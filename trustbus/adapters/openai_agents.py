@@ -53,7 +53,7 @@ from openai.types.responses.response_prompt_param import ResponsePromptParam
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
-from trustbus.adapters._asks import Approval, WaitingRun, WaitingRuns
+from trustbus.adapters._asks import AgentWithWaitingRuns, Approval, WaitingRun, WaitingRuns
 from trustbus.adapters._recording import (
     MODEL_REQUEST,
     MODEL_TOOL,
@@ -65,7 +65,7 @@ from trustbus.adapters._recording import (
     refusal,
     reply_payload,
 )
-from trustbus.agents import Agent, Context, EffectDenied, HeldCall, RuntimeSetupError, ToolImplementation
+from trustbus.agents import Context, EffectDenied, HeldCall, RuntimeSetupError, ToolImplementation
 from trustbus.bus import Envelope, Kind
 
 __all__ = [
@@ -234,7 +234,7 @@ def _model_of(agent: SDKAgent[Any]) -> Model:
     return agent.model if isinstance(agent.model, Model) else _Named(agent.model)
 
 
-class OpenAIAgent(Agent):
+class OpenAIAgent(AgentWithWaitingRuns):
     """An ``agents.Agent`` of the OpenAI Agents SDK served as a trustbus agent (made by :func:`on_bus`)."""
 
     def __init__(
@@ -260,21 +260,6 @@ class OpenAIAgent(Agent):
         self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, perform))
         self.builtin_tools = (MODEL_REQUEST,)
         self.high_risk_tools = frozenset(tool.name for tool in self._tools if tool.needs_approval is not False)
-
-    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
-        """Take up the runs that were waiting for operators when the last process stopped."""
-        self.waiting.restore(checkpoint)
-
-    def held_calls(self) -> list[HeldCall]:
-        """The held tool calls of the interrupted runs that no operator has answered yet."""
-        return self.waiting.held_calls()
-
-    async def on_answer(self, ctx: Context, call: HeldCall, denied: EffectDenied | None) -> None:
-        """Keep the operator's answer; once the run has every answer, resume it from its state."""
-        told = None if denied is None else refusal(call.tool, denied)
-        await self.waiting.go_on(
-            lambda: self.waiting.approve(call.idempotency_key, told), lambda run: self._answered(ctx, run)
-        )
 
     async def handle(self, ctx: Context) -> None:
         """Run the agent on the delivery's payload and reply with its final output (or keep the interrupted run)."""

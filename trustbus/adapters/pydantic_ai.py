@@ -47,7 +47,7 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 
-from trustbus.adapters._asks import Approval, Question, WaitingRun, WaitingRuns
+from trustbus.adapters._asks import AgentWithWaitingRuns, Approval, Question, WaitingRun, WaitingRuns
 from trustbus.adapters._recording import (
     MODEL_REQUEST,
     MODEL_TOOL,
@@ -62,7 +62,6 @@ from trustbus.adapters._recording import (
     stable,
 )
 from trustbus.agents import (
-    Agent,
     Context,
     EffectDenied,
     EffectHeld,
@@ -195,7 +194,7 @@ def _function_tools(agent: PydanticAgent[Any, Any]) -> dict[str, bool]:
     }
 
 
-class PydanticAIAgent(Agent):
+class PydanticAIAgent(AgentWithWaitingRuns):
     """A ``pydantic_ai.Agent`` served as a trustbus agent (made by :func:`on_bus`)."""
 
     def __init__(
@@ -224,21 +223,6 @@ class PydanticAIAgent(Agent):
         self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys([*tools, MODEL_TOOL], perform))
         self.builtin_tools = (MODEL_REQUEST,)
         self.high_risk_tools = frozenset(name for name, approval in tools.items() if approval)
-
-    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
-        """Take up the runs that were waiting for answers when the last process stopped."""
-        self.waiting.restore(checkpoint)
-
-    def held_calls(self) -> list[HeldCall]:
-        """The held tool calls of the waiting runs that no operator has answered yet."""
-        return self.waiting.held_calls()
-
-    async def on_answer(self, ctx: Context, call: HeldCall, denied: EffectDenied | None) -> None:
-        """Keep the operator's answer; once the run has every answer, resume it (the approved call runs then)."""
-        told = None if denied is None else refusal(call.tool, denied)
-        await self.waiting.go_on(
-            lambda: self.waiting.approve(call.idempotency_key, told), lambda run: self._answered(ctx, run)
-        )
 
     async def handle(self, ctx: Context) -> None:
         """Run the agent on the delivery's payload and reply with its output (or resume the run a reply answers)."""
