@@ -19,11 +19,13 @@ if TYPE_CHECKING:
         AgentError,
         EffectDenied,
         EffectError,
+        EffectHeld,
         PolicyError,
         RuntimeSetupError,
         ToolRegistryError,
         UnknownTool,
     )
+    from trustbus.agents._held_calls import HeldCall
     from trustbus.agents._memory_outcomes import MemoryOutcome
     from trustbus.agents._policy import Limits, Policy, RateLimit, Rule, load_policy, parse_policy
     from trustbus.agents._process import load_agent, serve_agent, serve_coordinator
@@ -52,7 +54,9 @@ __all__ = [
     "Deferral",
     "EffectDenied",
     "EffectError",
+    "EffectHeld",
     "Handlers",
+    "HeldCall",
     "Limits",
     "McpBinding",
     "McpServer",
@@ -108,6 +112,8 @@ _ORIGINS: dict[str, str] = {
     "AgentError": "trustbus.agents._errors",
     "EffectDenied": "trustbus.agents._errors",
     "EffectError": "trustbus.agents._errors",
+    "EffectHeld": "trustbus.agents._errors",
+    "HeldCall": "trustbus.agents._held_calls",
     "PolicyError": "trustbus.agents._errors",
     "RuntimeSetupError": "trustbus.agents._errors",
     "ToolRegistryError": "trustbus.agents._errors",

@@ -34,9 +34,20 @@ async def store_ask_answer(bus: Bus, decision: Decision) -> None:
     await store_answer(bus, bucket, _key(decision.sender, decision.envelope_id), decision)
 
 
-async def await_answer(bus: Bus, agent: str, ask: Envelope, *, tool: str) -> Decision:
+async def read_ask_answer(bus: Bus, agent: str, ask: Envelope) -> Decision | None:
+    """The coordinator's answer to ``ask`` as stored now (``hold`` included); None if there is none yet.
+
+    Raises:
+        TransportError: the bucket could not be read.
+    """
+    check = functools.partial(check_answer, agent=agent, ask_id=ask.id)
+    return await read_answer(memory_bucket(bus, direct=True), bus.keyring, _key(agent, ask.id), check, set())
+
+
+async def await_answer(bus: Bus, agent: str, ask: Envelope, *, tool: str, hold_ends_wait: bool = False) -> Decision:
     """Wait until the coordinator has answered ``ask`` with anything but ``hold``; that decision.
 
+    ``hold_ends_wait``: a ``hold`` is an answer too (the caller does not wait for the operator).
     Anything under the key that is not the coordinator's answer to this ask is
     logged once and ignored. Bounded by the handler's timeout, not here.
 
@@ -50,7 +61,7 @@ async def await_answer(bus: Bus, agent: str, ask: Envelope, *, tool: str) -> Dec
     reported: set[str] = set()
     while True:
         decision = await read_answer(bucket, bus.keyring, key, check, reported)
-        if decision is not None and decision.verdict != "hold":
+        if decision is not None and (decision.verdict != "hold" or hold_ends_wait):
             return decision
         if decision is not None and "held" not in reported:
             reported.add("held")

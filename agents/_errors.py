@@ -8,10 +8,16 @@ The tree::
     ├── ToolRegistryError    a tool registry file is missing, unparsable or invalid
     ├── UnknownTool          a tool not in the registry, or with no implementation bound
     ├── EffectError          an effect's stored record cannot be trusted
-    └── EffectDenied         a tool call was refused: by the coordinator (held, then denied) or its MCP binding
+    ├── EffectDenied         a tool call was refused: by the coordinator (held, then denied) or its MCP binding
+    └── EffectHeld           a tool call the coordinator holds, made by a handler that does not wait for the answer
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trustbus.agents._held_calls import HeldCall
 
 
 class AgentError(Exception):
@@ -76,3 +82,16 @@ class EffectDenied(AgentError):
             idempotency_key=idempotency_key,
             approver=approver,
         )
+
+
+class EffectHeld(AgentError):
+    """The coordinator holds a tool call for an operator, and the handler asked not to wait (it did not run).
+
+    Attributes:
+        call: the held call, to keep (``call.as_json()``) until :meth:`agents.Agent.on_answer` is called with it.
+    """
+
+    def __init__(self, call: HeldCall) -> None:
+        """``call``: the held call."""
+        super().__init__(f"{call.tool} call {call.idempotency_key} is held for an operator; the tool was not called")
+        self.call = call

@@ -90,8 +90,10 @@ def bind_tools(agent: Agent, tools_file: Path | None) -> Toolbox | None:
             f"the agent implements tools its registry says an MCP server serves ({', '.join(served)}): "
             "remove the implementations or the entries' mcp blocks"
         )
+    raised = set(agent.high_risk_tools)  # the agent's own code says they need a person: never less than high risk
+    entries = [tool.model_copy(update={"high_risk": True}) if tool.name in raised else tool for tool in listed]
     registry = ToolRegistry(
-        [*listed, *agent.builtin_tools],
+        [*entries, *agent.builtin_tools],
         source=str(tools_file or "<built-in tools>"),
         mcp_servers=listed.mcp_servers.values(),
     )

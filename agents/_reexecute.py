@@ -6,18 +6,23 @@ every effect it calls is answered from the recorded result of the same call
 (same idempotency key, so the same cause, tool, arguments and position), so no
 tool, no model, no system is touched. The outputs are then compared with what
 the agent recorded the first time.
+
+A call the coordinator held (``held``) and the handler did not wait for ends the
+handler again (:class:`~agents.EffectHeld`); once the delivery is handled, each held
+call the agent still lists is answered as the ledger recorded (completed: approved,
+refused: denied) through ``on_answer``, right after that delivery.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trustbus.agents._effect_asks import denial_message, parse_denial
-from trustbus.agents._effects import idempotency_key
-from trustbus.agents._errors import EffectDenied
+from trustbus.agents._errors import EffectDenied, EffectHeld
+from trustbus.agents._held_calls import CallNumbers, HeldCall
 from trustbus.agents._memory_outcomes import MemoryOutcome
 from trustbus.agents._runtime import Agent, Context, compensate, compensation_request
 from trustbus.bus import EffectRecord, Envelope, decode_json
@@ -62,9 +67,14 @@ class ReplayContext(Context):
     """A handler context that publishes nothing and runs no tool."""
 
     def __init__(
-        self, agent_id: str, envelope: Envelope, taint: tuple[str, ...], effects: dict[str, EffectRecord]
+        self,
+        agent_id: str,
+        envelope: Envelope,
+        taint: tuple[str, ...],
+        effects: dict[str, EffectRecord],
+        held: Collection[str] = (),
     ) -> None:
-        """``effects``: the recorded completed effects by idempotency key."""
+        """``effects``: the recorded completed effects by idempotency key; ``held``: keys of calls that were held."""
         self.agent_id = agent_id
         self.envelope = envelope
         self.taint = taint
@@ -75,15 +85,32 @@ class ReplayContext(Context):
         self.called: list[tuple[str, Any]] = []
         self._effects = effects
         self._keys: list[str] = []
+        self._held = held
+        self._numbers = CallNumbers(envelope)
 
     async def _emit(self, envelope: Envelope) -> None:
         """Keep what the handler sends instead of publishing it."""
         self.sent.append(envelope)
 
-    async def effect(self, tool: str, args: dict[str, Any]) -> Any:
-        """The recorded result of this call; NotRecorded if there is none."""
-        key = idempotency_key(self.envelope.idempotency_key or self.envelope.id, tool, args, len(self.called))
+    def resume(self, calls: Iterable[HeldCall]) -> None:
+        """As :meth:`Context.resume`: the next call matching each held call has its key."""
+        self._numbers.resume(calls)
+
+    async def ask_first(self, tool: str, args: dict[str, Any]) -> HeldCall | None:
+        """As :meth:`Context.ask_first`: the held call if the ledger shows it held."""
+        made = self._numbers.fresh(tool, args, self.taint)
+        if made.idempotency_key in self._held:
+            return made
+        self._numbers.reserve(made)
+        return None
+
+    async def effect(self, tool: str, args: dict[str, Any], *, wait_for_operator: bool = True) -> Any:
+        """The recorded result of this call; NotRecorded if there is none (EffectHeld if it was held, as then)."""
+        made, again = self._numbers.next(tool, args, self.taint)
+        key = made.idempotency_key
         self.called.append((tool, args))
+        if not again and not wait_for_operator and key in self._held:
+            raise EffectHeld(made)
         record = self._effects.get(key)
         denial = parse_denial(record.error) if record is not None and record.tool == tool else None
         if denial is not None:  # the coordinator refused it then: refuse it again
@@ -110,6 +137,20 @@ class Replayed:
     divergences: list[Divergence] = field(default_factory=list)
 
 
+def _answer(call: HeldCall, effects: dict[str, EffectRecord], resumed: set[str]) -> EffectDenied | bool | None:
+    """How the ledger says ``call`` was answered: True approved (completed), the refusal, None not (yet, or again)."""
+    key = call.idempotency_key
+    record = effects.get(key)
+    if key in resumed or record is None:
+        return None
+    if record.phase == "completed":
+        return True
+    denial = parse_denial(record.error) if record.phase == "failed" else None
+    if denial is None:
+        return None
+    return EffectDenied.refusing(reason=denial[0], approver=denial[1], tool=call.tool, idempotency_key=key)
+
+
 def _output(envelope: Envelope) -> dict[str, Any]:
     try:
         payload: Any = decode_json(envelope.payload)
@@ -126,6 +167,7 @@ async def reexecute(
     recorded_sends: dict[str, list[Envelope]],
     effects: dict[str, EffectRecord],
     checkpoint: dict[str, Any] | None = None,
+    held: Collection[str] = (),
 ) -> list[Replayed]:
     """Hand each recorded delivery (with the taint it was delivered with) to ``agent`` again and compare.
 
@@ -138,24 +180,34 @@ async def reexecute(
         effects: every recorded effect record of the incident, by idempotency key (the latest phase).
         checkpoint: the state its ``on_start`` is given first: its last checkpoint before the
             first delivery (:func:`ledger.checkpoint_before`), as a process started then would get.
+        held: idempotency keys of the calls the coordinator held (whatever was answered after).
     """
     await agent.on_start(checkpoint)
     results = []
     sent: dict[str, list[Envelope]] = {}  # by cause, as ``recorded_sends``: a later delivery may answer an earlier one
-    for envelope, taint in deliveries:
-        ctx = ReplayContext(agent_id, envelope, taint, effects)
-        result = Replayed(delivery=envelope)
+
+    async def run(ctx: ReplayContext, result: Replayed, work: Awaitable[None]) -> None:
         try:
-            if compensation_request(envelope) is not None:
-                await compensate(ctx)
-            else:
-                await agent.handle(ctx)
+            await work
         except NotRecorded as exc:
-            result.divergences.append(Divergence(envelope.id, "effect", None, str(exc)))
+            result.divergences.append(Divergence(result.delivery.id, "effect", None, str(exc)))
         except Exception as exc:  # the handler's own failure is a finding, not a crash of the replay
-            result.divergences.append(Divergence(envelope.id, "raised", None, f"{type(exc).__name__}: {exc}"))
+            result.divergences.append(Divergence(result.delivery.id, "raised", None, f"{type(exc).__name__}: {exc}"))
         for out in ctx.sent:
-            sent.setdefault(out.causation_id or envelope.id, []).append(out)
+            sent.setdefault(out.causation_id or result.delivery.id, []).append(out)
+
+    for envelope, taint in deliveries:
+        ctx = ReplayContext(agent_id, envelope, taint, effects, held)
+        result = Replayed(delivery=envelope)
+        compensating = compensation_request(envelope) is not None
+        await run(ctx, result, compensate(ctx) if compensating else agent.handle(ctx))
+        resumed: set[str] = set()
+        while call := next((c for c in agent.held_calls() if _answer(c, effects, resumed) is not None), None):
+            resumed.add(call.idempotency_key)
+            again = ReplayContext(agent_id, call.cause, call.taint, effects, held)
+            again.resume((call,))
+            denied = _answer(call, effects, set())
+            await run(again, result, agent.on_answer(again, call, denied if isinstance(denied, EffectDenied) else None))
         results.append(result)
     for result in results:
         recorded = [_output(e) for e in recorded_sends.get(result.delivery.id, [])]

@@ -16,14 +16,15 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 from trustbus.agents._decision import instruction_verb
 from trustbus.agents._effector import Effector, check_direct_gets
-from trustbus.agents._errors import RuntimeSetupError
+from trustbus.agents._errors import EffectDenied, RuntimeSetupError
 from trustbus.agents._forwarding import INBOX_SETTINGS
+from trustbus.agents._held_calls import HeldCall, watch_held
 from trustbus.agents._memory import ForeignRecorder, Memory, checkpoint_key, memory_bucket
 from trustbus.agents._outages import patiently
 from trustbus.agents._signed_value import open_checkpoint
@@ -76,17 +77,59 @@ class Context:
         stopping: asyncio.Event | None = None,
     ) -> None:
         """Made by the runtime for each delivery; ``stopping`` ends a tool call's wait for an operator."""
+        mediation = delivery.opened.mediation
+        self._setup(
+            bus,
+            agent_id,
+            delivery.envelope,
+            taint=mediation.effective_taint if mediation else delivery.envelope.taint,
+            decision_id=mediation.decision_id if mediation else None,
+            attempt=delivery.attempt,
+            tools=tools,
+            stopping=stopping,
+        )
+
+    @classmethod
+    def resuming(
+        cls,
+        bus: Bus,
+        agent_id: str,
+        call: HeldCall,
+        *,
+        tools: Toolbox | None = None,
+        stopping: asyncio.Event | None = None,
+    ) -> Context:
+        """A context of the delivery that made the held ``call``, with the taint it had then (for ``on_answer``).
+
+        The same call made here runs under its held key; the delivery's other calls are numbered after it.
+        """
+        ctx = cls.__new__(cls)
+        ctx._setup(
+            bus, agent_id, call.cause, taint=call.taint, decision_id=None, attempt=1, tools=tools, stopping=stopping
+        )
+        ctx._effector.resume((call,))
+        return ctx
+
+    def _setup(
+        self,
+        bus: Bus,
+        agent_id: str,
+        envelope: Envelope,
+        *,
+        taint: tuple[str, ...],
+        decision_id: str | None,
+        attempt: int,
+        tools: Toolbox | None,
+        stopping: asyncio.Event | None,
+    ) -> None:
         self._bus = bus
         self._deadline: asyncio.Timeout | None = None  # the handler's timeout, set by the runtime
-        self._effector = Effector(
-            bus, agent_id, delivery.envelope, tools, held=self._waiting_for_a_person, stopping=stopping
-        )
+        self._effector = Effector(bus, agent_id, envelope, tools, held=self._waiting_for_a_person, stopping=stopping)
         self.agent_id = agent_id
-        self.envelope: Envelope = delivery.envelope
-        mediation = delivery.opened.mediation
-        self.taint: tuple[str, ...] = mediation.effective_taint if mediation else self.envelope.taint
-        self.decision_id: str | None = mediation.decision_id if mediation else None
-        self.attempt = delivery.attempt
+        self.envelope: Envelope = envelope
+        self.taint: tuple[str, ...] = taint
+        self.decision_id: str | None = decision_id
+        self.attempt = attempt
         self.memory = Memory(
             memory_bucket(bus, direct=True),
             agent_id,
@@ -175,7 +218,7 @@ class Context:
             payload = {**payload, "cites": cited}
         return await self.send((self.envelope.sender,), payload, kind=kind)
 
-    async def effect(self, tool: str, args: dict[str, Any]) -> Any:
+    async def effect(self, tool: str, args: dict[str, Any], *, wait_for_operator: bool = True) -> Any:
         """Call ``tool`` (bound through the agent's :class:`~agents.Toolbox`) as a recorded effect; its JSON result.
 
         The call's idempotency key is derived from this envelope, the tool, the
@@ -184,9 +227,30 @@ class Context:
         returns its recorded result without running the tool again. After it
         completes, :attr:`taint` includes the tool's ``result_taint``. Make the
         calls in the same order on every attempt.
+
+        A call the coordinator holds waits for the operator's answer; with ``wait_for_operator=False``
+        it raises :class:`~agents.EffectHeld` instead (see :meth:`Agent.on_answer`).
         """
-        result, self.taint = await self._effector.call(tool, args, taint=self.taint)
+        result, self.taint = await self._effector.call(
+            tool, args, taint=self.taint, wait_for_operator=wait_for_operator
+        )
         return result
+
+    async def ask_first(self, tool: str, args: dict[str, Any]) -> HeldCall | None:
+        """Ask the coordinator about a call before making it (a framework that asks whether a call needs approval
+        before it calls the tool); the held call if the coordinator holds it, else None.
+
+        With None, the next :meth:`effect` of ``tool`` with ``args`` is that call, under the same key.
+        """  # noqa: D205
+        return await self._effector.ask_first(tool, args, taint=self.taint)
+
+    def resume(self, calls: Iterable[HeldCall]) -> None:
+        """Make the next call matching each held call of ``calls`` (same tool and arguments) under its held key.
+
+        :meth:`resuming` does it for the call an answer is about; a handler that goes on with other
+        answered calls of the same work (a run that waited for more than one) names them here.
+        """
+        self._effector.resume(calls)
 
     @property
     def effect_keys(self) -> list[str]:
@@ -213,10 +277,15 @@ class Agent:
 
     ``builtin_tools`` are registry entries the agent brings for tools of its own making (a framework
     adapter's model requests): ``agent run`` adds them to the registry given with ``--tools``.
+
+    ``high_risk_tools`` names tools the agent's own code says need a person (a framework's approval
+    flag): ``agent run`` makes their registry entries high risk (an agent can raise a tool's risk, never
+    lower it).
     """
 
     tools: Mapping[str, ToolImplementation] = MappingProxyType({})
     builtin_tools: Sequence[Tool] = ()
+    high_risk_tools: Collection[str] = frozenset()
     handler_timeout_s: float | None = 600.0
 
     async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
@@ -225,6 +294,17 @@ class Agent:
     async def handle(self, ctx: Context) -> None:
         """Handle one delivery; return to ack, raise ``bus.TransientError`` to retry later."""
         raise NotImplementedError(f"{type(self).__name__} must override handle()")
+
+    def held_calls(self) -> Iterable[HeldCall]:
+        """The held calls (:class:`~agents.EffectHeld`) this agent waits on; the runtime watches their answers."""
+        return ()
+
+    async def on_answer(self, ctx: Context, call: HeldCall, denied: EffectDenied | None) -> None:
+        """An operator answered the held ``call``: approved (``denied`` None) or not (the refusal, recorded).
+
+        ``ctx`` is a context of the delivery that made the call (:meth:`Context.resuming`), between two
+        deliveries; raise ``bus.TransientError`` to be called again later.
+        """
 
 
 Handler = Callable[[Context], Awaitable[None]]
@@ -346,31 +426,56 @@ async def run_agent(
     await agent.on_start(await read_checkpoint(bus, agent_id))
     log.info("agent ready", extra={"agent": agent_id, "tenant": bus.tenant})
     ready()
-    async for delivery in bus.consume(inbox, settings=INBOX_SETTINGS, recipient=agent_id, stop=stop):
-        handle = functools.partial(_handle_afresh, agent, bus, delivery, tools, stop)
-        with log_about(delivery.envelope, agent=agent_id):
-            async with delivery.process():
-                await patiently([delivery], handle, stopping=stop)
+    turn = asyncio.Lock()  # a delivery and a resumed held call are handled one at a time, as deliveries are
+    answers = asyncio.create_task(_resume_answered(agent, bus, tools, stop, turn))
+    try:
+        async for delivery in bus.consume(inbox, settings=INBOX_SETTINGS, recipient=agent_id, stop=stop):
+            handle = functools.partial(_handle_afresh, agent, bus, delivery, tools, stop)
+            with log_about(delivery.envelope, agent=agent_id):
+                async with delivery.process(), turn:
+                    await patiently([delivery], handle, stopping=stop)
+    finally:
+        answers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await answers
+
+
+async def _resume_answered(
+    agent: Agent, bus: Bus, tools: Toolbox | None, stopping: asyncio.Event, turn: asyncio.Lock
+) -> None:
+    """Call ``agent.on_answer`` for each held call an operator answers (:func:`agents._held_calls.watch_held`)."""
+
+    async def answer_to(call: HeldCall) -> EffectDenied | bool:
+        return await Effector(bus, bus.name, call.cause, tools).answer_to(call)
+
+    async def resume(call: HeldCall, denied: EffectDenied | None) -> None:
+        async with turn:
+            if call.idempotency_key not in {held.idempotency_key for held in agent.held_calls()}:
+                return  # a delivery handled meanwhile went on with it
+            ctx = Context.resuming(bus, bus.name, call, tools=tools, stopping=stopping)
+            with log_about(call.cause, agent=bus.name):
+                await _in_time(agent, ctx, lambda: agent.on_answer(ctx, call, denied))
+
+    await watch_held(agent.held_calls, answer_to, resume, stop=stopping)
 
 
 async def _handle_afresh(
     agent: Agent, bus: Bus, delivery: Delivery, tools: Toolbox | None, stopping: asyncio.Event
 ) -> None:
     """Handle ``delivery`` in a new context (a run again after an outage starts as a redelivery would)."""
-    await _handle_in_time(agent, Context(bus, bus.name, delivery, tools=tools, stopping=stopping))
+    ctx = Context(bus, bus.name, delivery, tools=tools, stopping=stopping)
+    compensating = compensation_request(ctx.envelope) is not None
+    await _in_time(agent, ctx, lambda: compensate(ctx) if compensating else agent.handle(ctx))
 
 
-async def _handle_in_time(agent: Agent, ctx: Context) -> None:
-    """Run the handler (or a rollback's compensation), cancelled after ``agent.handler_timeout_s``."""
+async def _in_time(agent: Agent, ctx: Context, work: Callable[[], Awaitable[None]]) -> None:
+    """Run ``work`` (the handler, a rollback's compensation, an answer), cancelled after ``agent.handler_timeout_s``."""
     deadline = asyncio.timeout(agent.handler_timeout_s)
     ctx._deadline = deadline  # a tool call held for an operator suspends it (Context._waiting_for_a_person)
     try:
         with invoke_agent(ctx.agent_id, ctx.envelope, attempt=ctx.attempt):
             async with deadline:
-                if compensation_request(ctx.envelope) is not None:
-                    await compensate(ctx)
-                else:
-                    await agent.handle(ctx)
+                await work()
     except TimeoutError as exc:
         if not deadline.expired():
             raise  # the handler's own timeout, not ours: it decides what that means

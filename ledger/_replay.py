@@ -60,6 +60,7 @@ class Incident:
     roots: list[Step]
     effects: list[tuple[int, int, Envelope, EffectRecord]] = field(default_factory=list)
     rejected: list[Step] = field(default_factory=list)  # in the tree, not among ``steps``: nothing was sent
+    held: set[str] = field(default_factory=set)  # idempotency keys of the tool calls the coordinator held
 
 
 def _channel(tenant: str, subject: str) -> subjects.Subject:
@@ -74,6 +75,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
     pending: list[tuple[str, Any]] = []  # records about envelopes, attached once all steps are known
     effects: list[tuple[int, int, Envelope, EffectRecord]] = []
     rejected: list[Step] = []
+    asks: dict[str, str] = {}  # requested effect records by envelope id: their keys
     for message in messages:
         parsed = _channel(tenant, message.subject)
         where = parsed.channel
@@ -125,12 +127,17 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
                 continue
             pending.append(("effect", (envelope.causation_id, effect)))
             effects.append((message.seq, message.stored_ns, envelope, effect))
+            if effect.phase == "requested":
+                asks[envelope.id] = effect.idempotency_key
     by_seq = {step.seq: step for step in (*order, *rejected)}
+    held: set[str] = set()
     for kind, item in pending:
         if kind == "quarantine" and item[1] in by_seq:  # the record names the very message it refused
             by_seq[item[1]].quarantined = item[2]
         elif kind == "decision" and item.envelope_id in steps:
             steps[item.envelope_id].decisions.append(item)
+        elif kind == "decision" and item.envelope_id in asks and item.verdict == "hold":
+            held.add(asks[item.envelope_id])
         elif kind == "delivery" and item[0] in steps:
             steps[item[0]].deliveries.append(item[1])
         elif kind == "effect" and item[0] in steps:
@@ -141,7 +148,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
     for step in sorted((*order, *rejected), key=lambda s: s.seq):
         parent = steps.get(step.envelope.causation_id or "")
         (parent.children if parent is not None and parent is not step else roots).append(step)
-    return Incident(correlation_id=correlation_id, steps=order, roots=roots, effects=effects, rejected=rejected)
+    return Incident(correlation_id, order, roots, effects, rejected, held)
 
 
 def _effect_of(tenant: str, subject: str, envelope: Envelope) -> tuple[EffectRecord | None, str]:

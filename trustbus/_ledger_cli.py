@@ -241,6 +241,7 @@ def _reexecuted(
                 recorded_sends=sends,
                 effects=effects,
                 checkpoint=checkpoint,
+                held=incident.held,
             )
         )
         for r in replayed:

@@ -36,8 +36,10 @@ TOOLS = {
         {"name": "record_sale", "system": "till", "owner": "shop", "effect_class": "irreversible"},
         {"name": "issue_refund", "system": "books", "owner": "finance", "effect_class": "irreversible",
          "high_risk": True},
+        {"name": "void_sale", "system": "till", "owner": "shop", "effect_class": "irreversible"},
     ]
 }  # fmt: skip
+"""The shop's registry. ``void_sale`` is not high risk here: an agent whose framework asks for approval raises it."""
 
 
 @dataclass
@@ -253,3 +255,55 @@ async def the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operato
     assert rc == 0, err
     answer = await shop.answer(refund, to="customer")
     assert answer.payload.decode() == "refund_order: refund_order was not run: denied by ops"
+
+
+async def approve_or_deny(shop: Shop, hold: Decision, verb: str) -> None:
+    """``trustbus approve`` (or ``deny``) the hold as ``ops``."""
+    rc, _, err = await cli(shop.fleet, verb, hold.envelope_id, "-t", shop.fleet.tenant, "--as", "ops")
+    assert rc == 0, err
+
+
+async def a_held_call_ends_the_run_the_agent_answers_others_meanwhile_and_a_denial_reaches_the_model(
+    shop: Shop,
+) -> None:
+    """A held refund does not block the agent: another request is answered while it waits; denied, it never runs."""
+    refund = {"tool": "issue_refund", "args": {"order": 9, "amount": 70}}
+    request = await shop.ask(refund, taint=("web",))
+    hold = await held(shop.fleet, request)
+
+    mug = {"tool": "record_sale", "args": {"item": "mug"}}
+    meanwhile = await shop.ask(mug)
+    answer = await shop.answer(meanwhile)  # while the refund waits for ops
+    assert answer.payload.decode().startswith('done: [{"sale": ') and shop.system_calls("sale:mug") == (1, 1)
+
+    await approve_or_deny(shop, hold, "deny")
+    answer = await shop.answer(request)
+    assert answer.payload.decode() == 'done: ["issue_refund was not run: denied by ops"]'
+    assert shop.system_calls("refund:9/70") == (0, 0) and shop.model_calls(prompt_of(refund)) == 2
+    [failed] = [r for e, r in await effect_records(shop.fleet, shop.agent_id)
+                if e.correlation_id == request and r.tool == "issue_refund" and r.phase != "requested"]  # fmt: skip
+    assert failed.phase == "failed" and failed.error is not None and "denied by ops" in failed.error
+
+
+async def killed_while_a_call_is_held_the_approval_resumes_the_run_once(
+    shop: Shop, call: dict[str, object], what: str
+) -> None:
+    """SIGKILL while ``call`` (untainted: the framework says it needs approval) is held; approved after the restart.
+
+    ``what``: how the system names what the call does (``void:3``).
+    """
+    request = await shop.ask(call)
+    hold = await held(shop.fleet, request)
+    assert hold.effective_taint == ("llm",)  # untainted request: held because the framework asks for approval
+    assert shop.process is not None
+    shop.process.send_signal(signal.SIGKILL)
+    await shop.process.exited()
+    await shop.start_agent()
+
+    await approve_or_deny(shop, hold, "approve")
+    answer = await shop.answer(request)
+    assert answer.payload.decode().startswith("done: [{")
+    assert shop.system_calls(what) == (1, 1) and shop.model_calls(prompt_of(call)) == 2
+    records = [r for e, r in await effect_records(shop.fleet, shop.agent_id) if e.correlation_id == request]
+    [key] = {r.idempotency_key for r in records if r.tool == call["tool"]}  # held, then run: one key
+    assert [r.phase for r in records if r.idempotency_key == key] == ["requested", "completed"]

@@ -24,6 +24,14 @@ from tests.e2e.fleet_agents import MODEL_CALLS, NO_MODEL, act, sell
 from trustbus.adapters.openai_agents import idempotency_key
 
 
+def _read(output: str) -> Any:
+    """A tool's output as the SDK gives it the model, ``str(result)``, read back as pydantic-ai gives it."""
+    try:
+        return ast.literal_eval(output)
+    except (ValueError, SyntaxError):  # a message, not a value (a denial)
+        return output
+
+
 class StandIn(Model):
     """Asks for the prompt's calls one by one, then reports their outputs."""
 
@@ -36,8 +44,7 @@ class StandIn(Model):
         prompt = items[0]["content"]
         with Path(os.environ[MODEL_CALLS]).open("a") as calls:  # noqa: ASYNC230 (a line, in a test's stand-in)
             calls.write(json.dumps(prompt) + "\n")
-        # The SDK gives the model a tool's result as str(result): read back, as pydantic-ai gives it.
-        outputs = [ast.literal_eval(i["output"]) for i in items if i.get("type") == "function_call_output"]
+        outputs = [_read(i["output"]) for i in items if i.get("type") == "function_call_output"]
         wanted = json.loads(prompt)["calls"]
         if len(outputs) < len(wanted):
             call, n = wanted[len(outputs)], len(outputs)
@@ -68,11 +75,17 @@ async def issue_refund(order: int, amount: int) -> dict[str, Any]:
     return {"refund": act("refund", f"{order}/{amount}", idempotency_key())}
 
 
+@function_tool(needs_approval=True)
+async def void_sale(sale: int) -> dict[str, Any]:
+    """Void sale ``sale``: the SDK's own approval flag asks for a person."""
+    return {"void": act("void", str(sale), idempotency_key())}
+
+
 agent = Agent(
     name="shop",
     instructions="Make the calls you are asked to make.",
     model=StandIn(),
-    tools=[record_sale, issue_refund],
+    tools=[record_sale, issue_refund, void_sale],
 )
 
 changed = agent.clone(instructions="Make only the calls you are asked to make.")

@@ -78,6 +78,12 @@ async def issue_refund(order: int, amount: int) -> dict[str, Any]:
     return {"refund": act("refund", f"{order}/{amount}", idempotency_key())}
 
 
+@agent.tool_plain(requires_approval=True)
+async def void_sale(sale: int) -> dict[str, Any]:
+    """Void sale ``sale``: pydantic-ai's own approval flag asks for a person."""
+    return {"void": act("void", str(sale), idempotency_key())}
+
+
 changed = Agent(
     FunctionModel(stand_in),
     instructions="Make only the calls you are asked to make.",

@@ -8,7 +8,8 @@ coordinator and two agents (examples/notes.py) serve the module: ``notes``
 calls the server as imported (once held for an operator); ``drifted`` calls a server started with
 ``--changed`` (its add_note reworded since it was approved). How a re-import
 keeps the operator's edits is tests/unit/test_mcp_import.py's; a server lost
-between calls, tests/integration/test_mcp_session.py's.
+between calls, tests/integration/test_mcp_session.py's. ``traced`` (the same agent, exporting its spans to a
+receiver the test runs) shows a call carrying its trace context to the server.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.e2e.fleet import Fleet
 from tests.e2e.test_approvals import cli
 from tests.e2e.test_effects import effect_records
 from tests.fixtures import mcp_server
+from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.processes import TRUSTBUS, one_shot_async
 from trustbus.adapters.mcp import ImportOptions, import_server
 from trustbus.bus import EmbeddedServer, Envelope, KeyDirectory, init_tenant
@@ -37,7 +39,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 POLICY = {
     "rules": [
-        {"from": "boss", "to": ["notes", "drifted"], "kinds": ["instruction"], "verbs": ["note"]},
+        {"from": "boss", "to": ["notes", "drifted", "traced"], "kinds": ["instruction"], "verbs": ["note"]},
         {"from": "*", "to": ["*"], "kinds": ["event", "reply"]},
     ]
 }
@@ -167,3 +169,32 @@ async def test_import_over_streamable_http_maps_annotations_to_effect_classes(fl
     over_stdio = yaml.safe_load((fleet.tmp / "notes.yaml").read_text())["tools"][1]["mcp"]
     assert rows["w_add_note"]["fingerprint"] == over_stdio["fingerprint"]  # one definition, either way
     assert left == [f"{registry}: tools.{i}.owner: Field required" for i in range(3)]
+
+
+async def test_a_call_carries_trace_context_under_its_execute_tool_span_in_meta(fleet: Fleet) -> None:
+    """The mcp SDK's client span of the call is in ``params._meta`` (SEP-414), a child of the call's execute_tool."""
+    store, registry = fleet.tmp / "traced.json", fleet.tmp / "traced.yaml"
+    registry.write_text(yaml.safe_dump(await mcp_server.registry(store), sort_keys=False))
+    await fleet.key("traced")
+    with OtlpReceiver() as receiver:
+        agent = await fleet.spawn("agent", "run", "examples.notes:app", "--id", "traced", "-t", fleet.tenant,
+                                  "--tools", str(registry), env=fleet.env | receiver.env())  # fmt: skip
+        sent = await note(fleet, "traced", "followed")
+        assert json.loads((await reply_to(fleet, sent)).payload)["noted"]["added"] == "followed"
+        [traceparent] = json.loads(store.read_text())["traceparents"]  # what the server got in params._meta
+        version, trace_id, span_id, _ = traceparent.split("-")
+
+        def lineage(spans: list[ReceivedSpan]) -> list[ReceivedSpan] | None:
+            by_id = {s.span_id: s for s in spans}
+            found = [by_id[span_id]] if span_id in by_id else []
+            while found and found[-1].parent:
+                if found[-1].parent not in by_id:
+                    return None
+                found.append(by_id[found[-1].parent])
+            return found or None
+
+        sent_span, *ancestors = await receiver.wait(lineage)
+        await asyncio.to_thread(agent.stop)  # while the receiver still takes its last spans
+    assert version == "00" and sent_span.name == "MCP send tools/call add_note"
+    assert [s.name for s in ancestors[:2]] == ["execute_tool add_note", "invoke_agent traced"]
+    assert {s.trace_id for s in (sent_span, *ancestors)} == {trace_id}  # the handler's trace

@@ -45,3 +45,14 @@ async def test_tainted_high_risk_tool_call_is_held_runs_once_on_approval_and_rep
 
 async def test_the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operator(shop: Shop) -> None:
     await check.the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operator(shop)
+
+
+async def test_a_held_call_ends_the_run_the_agent_answers_others_meanwhile_and_a_denial_reaches_the_model(
+    shop: Shop,
+) -> None:
+    await check.a_held_call_ends_the_run_the_agent_answers_others_meanwhile_and_a_denial_reaches_the_model(shop)
+
+
+async def test_killed_while_a_needs_approval_call_is_held_the_approval_resumes_the_run_once(shop: Shop) -> None:
+    void = {"tool": "void_sale", "args": {"sale": 4}}
+    await check.killed_while_a_call_is_held_the_approval_resumes_the_run_once(shop, void, "void:4")

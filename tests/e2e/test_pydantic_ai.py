@@ -71,6 +71,17 @@ async def test_the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_op
     await check.the_docs_example_runs_on_the_bus_where_its_refund_waits_for_an_operator(shop)
 
 
+async def test_a_held_call_ends_the_run_the_agent_answers_others_meanwhile_and_a_denial_reaches_the_model(
+    shop: Shop,
+) -> None:
+    await check.a_held_call_ends_the_run_the_agent_answers_others_meanwhile_and_a_denial_reaches_the_model(shop)
+
+
+async def test_killed_while_a_requires_approval_call_is_held_the_approval_resumes_the_run_once(shop: Shop) -> None:
+    void = {"tool": "void_sale", "args": {"sale": 3}}
+    await check.killed_while_a_call_is_held_the_approval_resumes_the_run_once(shop, void, "void:3")
+
+
 def question(agent: str, text: str) -> str:
     return json.dumps({"ask": agent, "question": text})
 

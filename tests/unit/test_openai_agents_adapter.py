@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from agents import Agent, FunctionTool, Model, ModelResponse, Runner, Usage, WebSearchTool, function_tool
+from agents import Agent, Model, ModelResponse, Runner, Usage, WebSearchTool, function_tool
 from agents.tool_context import ToolContext
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
@@ -95,22 +95,16 @@ def test_a_response_is_recorded_as_json_and_read_back_the_same() -> None:
 def test_agent_run_loads_an_sdk_agent_only_through_the_adapter_lookup() -> None:
     agent = load_agent("tests.e2e.oai_agents:agent", adapt=framework_agent)
     assert isinstance(agent, OpenAIAgent)
-    assert sorted(agent.tools) == ["issue_refund", MODEL_TOOL, "record_sale"]
+    assert sorted(agent.tools) == ["issue_refund", MODEL_TOOL, "record_sale", "void_sale"]
     assert [tool.name for tool in agent.builtin_tools] == [MODEL_TOOL]
+    assert agent.high_risk_tools == {"void_sale"}  # needs_approval: agent run raises its registry entry
     with pytest.raises(RuntimeSetupError, match="nor an agent of a known framework"):
         load_agent("tests.e2e.oai_agents:agent")
-
-
-def needs_approval(tool: FunctionTool) -> FunctionTool:
-    tool.needs_approval = True
-    return tool
 
 
 @pytest.mark.parametrize(
     ("changes", "refused"),
     [
-        ({"tools": [needs_approval(function_tool(lambda order: order, name_override="refund"))]},
-         r"tools refund need approval in the OpenAI Agents SDK: on the bus, declare them high_risk"),
         ({"tools": [WebSearchTool()]}, r"tools web_search are not function tools"),
         ({"handoffs": [Agent(name="other")]}, r"handoffs or MCP servers"),
     ],
@@ -142,7 +136,7 @@ async def test_arguments_that_are_not_a_json_object_are_refused_by_the_sdk_and_r
         ran.append(order)
         return "refunded"
 
-    recorded = _recorded_tool(refund, ctx=None, turn=asyncio.Lock())  # type: ignore[arg-type]  # no call reaches ctx
+    recorded = _recorded_tool(refund, ctx=None, turn=asyncio.Lock(), holds={})  # type: ignore[arg-type]  # no call reaches ctx
     tool_ctx = ToolContext(context=None, tool_name="refund", tool_call_id="c", tool_arguments="{not json")
     told = await recorded.on_invoke_tool(tool_ctx, "{not json")
     assert "error" in str(told).lower() and ran == []

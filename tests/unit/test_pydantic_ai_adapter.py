@@ -62,7 +62,7 @@ def test_a_payload_becomes_the_user_prompt(payload: bytes, content_type: Any, pr
 def test_agent_run_loads_a_pydantic_ai_agent_only_through_the_adapter_lookup() -> None:
     agent = load_agent("tests.e2e.pydantic_agents:agent", adapt=framework_agent)
     assert isinstance(agent, PydanticAIAgent)
-    assert sorted(agent.tools) == ["issue_refund", MODEL_TOOL, "record_sale"]
+    assert sorted(agent.tools) == ["issue_refund", MODEL_TOOL, "record_sale", "void_sale"]
     with pytest.raises(RuntimeSetupError, match="nor an agent of a known framework"):
         load_agent("tests.e2e.pydantic_agents:agent")
     assert framework_agent(object()) is None
@@ -70,14 +70,15 @@ def test_agent_run_loads_a_pydantic_ai_agent_only_through_the_adapter_lookup() -
 
 def test_its_tools_bind_to_the_registry_with_the_built_in_model_request(tmp_path: Path) -> None:
     agent = load_agent("tests.e2e.pydantic_agents:agent", adapt=framework_agent)
-    with pytest.raises(RuntimeSetupError, match=r"implements tools \(issue_refund, record_sale\): give their registry"):
+    with pytest.raises(RuntimeSetupError, match=r"implements tools \(issue_refund, record_sale, void_sale\): give"):
         bind_tools(agent, None)
     registry = tmp_path / "tools.yaml"
     entry = {"system": "till", "owner": "shop", "effect_class": "irreversible"}
     registry.write_text(yaml.safe_dump({"tools": [{"name": "record_sale", **entry}]}))
     with pytest.raises(UnknownTool, match="issue_refund"):  # every tool of the agent must be declared
         bind_tools(agent, registry)
-    registry.write_text(yaml.safe_dump({"tools": [{"name": n, **entry} for n in ("record_sale", "issue_refund")]}))
+    names = ("record_sale", "issue_refund", "void_sale")
+    registry.write_text(yaml.safe_dump({"tools": [{"name": n, **entry} for n in names]}))
     toolbox = bind_tools(agent, registry)
     assert toolbox is not None
     model_request, _ = toolbox.bound(MODEL_TOOL)
@@ -89,15 +90,25 @@ def test_an_agent_with_no_tools_needs_no_registry() -> None:
     assert toolbox is not None and [t.name for t in toolbox.registry] == [MODEL_TOOL]
 
 
-def test_a_tool_that_requires_approval_the_pydantic_ai_way_is_refused_with_the_way_on_the_bus() -> None:
+def test_a_tool_that_requires_approval_the_pydantic_ai_way_is_high_risk_on_the_bus(tmp_path: Path) -> None:
     agent = PydanticAgent(FunctionModel(lambda m, i: ModelResponse(parts=[])))
 
     @agent.tool_plain(requires_approval=True)
     def pay(amount: int) -> int:
         return amount
 
-    with pytest.raises(RuntimeSetupError, match="declare them high_risk in the tool registry"):
-        on_bus(agent)
+    @agent.tool_plain
+    def look(order: int) -> int:
+        return order
+
+    tools = tmp_path / "tools.yaml"
+    entries = [{"name": n, "system": "s", "owner": "o", "effect_class": "irreversible"} for n in ("pay", "look")]
+    tools.write_text(yaml.safe_dump({"tools": entries}))
+    adapted = on_bus(agent)
+    assert adapted.high_risk_tools == {"pay"}
+    toolbox = bind_tools(adapted, tools)
+    assert toolbox is not None
+    assert toolbox.registry.get("pay").high_risk and not toolbox.registry.get("look").high_risk
 
 
 def test_an_agent_with_no_model_is_refused_at_start() -> None:

@@ -26,7 +26,7 @@ from langgraph.prebuilt.tool_node import ToolCallRequest, ToolNode
 from langgraph.types import Command
 from pydantic_core import to_jsonable_python
 
-from trustbus.adapters._recording import MODEL_TOOL, VOLATILE, as_effect, digest_arguments
+from trustbus.adapters._recording import MODEL_TOOL, VOLATILE, as_effect, digest_arguments, refusal
 from trustbus.agents import Context, EffectDenied, RuntimeSetupError
 
 _VOLATILE = VOLATILE | {"id"}
@@ -133,8 +133,7 @@ async def _tool_call(request: ToolCallRequest, execute: Execute) -> ToolMessage 
         try:
             recorded = await as_effect(run.ctx, name, call["args"], make)
         except EffectDenied as refused:  # the model is told, as of any tool that failed
-            by = f" by {refused.approver}" if refused.approver else ""
-            content = f"{name} was not run: {refused.reason}{by}"
+            content = refusal(name, refused)
             return ToolMessage(content, name=name, tool_call_id=call_id, status="error", id=refused.idempotency_key)
     [message] = messages_from_dict([recorded])
     if message.id is None:  # the same id on every attempt and in a replay, unlike the one the graph would draw

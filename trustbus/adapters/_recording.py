@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from trustbus.agents import Context, Tool
+from trustbus.agents import Context, EffectDenied, Tool
 from trustbus.bus import Envelope, MalformedPayload, decode_json
 
 MODEL_TOOL = "model_request"
@@ -55,13 +55,26 @@ async def perform(args: dict[str, Any], *, idempotency_key: str) -> Any:
         _key.reset(token)
 
 
-async def as_effect(ctx: Context, tool: str, args: dict[str, Any], call: Callable[[], Awaitable[Any]]) -> Any:
+async def as_effect(
+    ctx: Context,
+    tool: str,
+    args: dict[str, Any],
+    call: Callable[[], Awaitable[Any]],
+    *,
+    wait_for_operator: bool = True,
+) -> Any:
     """``ctx.effect(tool, args)``, with ``call`` as what runs if the call has no completed record."""
     token = _pending.set(call)
     try:
-        return await ctx.effect(tool, args)
+        return await ctx.effect(tool, args, wait_for_operator=wait_for_operator)
     finally:
         _pending.reset(token)
+
+
+def refusal(tool: str, refused: EffectDenied) -> str:
+    """What a model is told of a call of ``tool`` the coordinator refused (its result, or a failure)."""
+    by = f" by {refused.approver}" if refused.approver else ""
+    return f"{tool} was not run: {refused.reason}{by}"
 
 
 def stable(value: Any, volatile: Collection[str] = VOLATILE) -> Any:

@@ -11,9 +11,14 @@ the payload is the user prompt, the run's output is the reply (a subclass may ov
   ``ModelMessagesTypeAdapter``. A redelivery, and ``ledger replay --execute``, get the recorded
   response back without calling the model; a replayed run that asks something else diverges.
 - every tool call goes through ``ctx.effect`` under the tool's name, so it must be listed in the
-  registry given with ``--tools``; a completed call is never made again, and a call to a high-risk
-  tool under taint waits for the coordinator (and an operator) before the tool function runs. A call
-  the operator denies fails for the model (pydantic-ai's ``ToolFailed``), which may tell the sender.
+  registry given with ``--tools``; a completed call is never made again. A call the coordinator holds
+  (a high-risk tool under taint) ends the run the pydantic-ai way for an approval (``ApprovalRequired``:
+  the run's output is ``DeferredToolRequests`` with the call in ``approvals``); the run is kept in the
+  agent's checkpoint and the agent handles other deliveries meanwhile. Once an operator answers, the run
+  resumes with ``DeferredToolResults(approvals={call: True | ToolDenied(...)})``: approved, the tool runs
+  once under the held call's key; denied, the model is told. The run's output goes to its first sender.
+  A tool declared ``requires_approval=True`` is made high risk (``agent run`` raises its registry entry):
+  a model's call is always under taint ``llm``, so the coordinator holds every call of it.
 
 With ``on_bus(agent, peers=[...])`` the model also has the tool ``ask_agent(agent, question)``: a call
 sends the named peer an instruction (verb ``ask``) through the coordinator and ends the run the
@@ -25,12 +30,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
 from pydantic_ai import Agent as PydanticAgent
-from pydantic_ai import CallDeferred, DeferredToolRequests, DeferredToolResults
+from pydantic_ai import ApprovalRequired, CallDeferred, DeferredToolRequests, DeferredToolResults, ToolDenied
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.capabilities.abstract import ValidatedToolArgs, WrapToolExecuteHandler
 from pydantic_ai.exceptions import ToolFailed
@@ -42,7 +47,7 @@ from pydantic_ai.tool_manager import ToolManager
 from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.toolsets import FunctionToolset
 
-from trustbus.adapters._asks import Question, WaitingRun, WaitingRuns
+from trustbus.adapters._asks import AgentWithWaitingRuns, Approval, Question, WaitingRun, WaitingRuns
 from trustbus.adapters._recording import (
     MODEL_REQUEST,
     MODEL_TOOL,
@@ -52,10 +57,18 @@ from trustbus.adapters._recording import (
     idempotency_key,
     perform,
     prompt_of,
+    refusal,
     reply_payload,
     stable,
 )
-from trustbus.agents import Agent, Context, EffectDenied, RuntimeSetupError, ToolImplementation
+from trustbus.agents import (
+    Context,
+    EffectDenied,
+    EffectHeld,
+    HeldCall,
+    RuntimeSetupError,
+    ToolImplementation,
+)
 from trustbus.bus import Envelope, Kind
 
 __all__ = [
@@ -76,6 +89,9 @@ ASK_TOOL = "ask_agent"
 
 ASK_VERB = "ask"
 """The verb of the instruction an ask sends: ``{"verb": "ask", "question": ...}``."""
+
+HELD = "trustbus_held"
+"""The key of a held call's metadata in ``DeferredToolRequests.metadata``: the call as the agent keeps it."""
 
 
 def request_arguments(messages: list[ModelMessage]) -> dict[str, Any]:
@@ -123,6 +139,10 @@ class _OnTheBus(AbstractCapability[Any]):
     def get_wrapper_model(self, model: Model) -> Model | None:
         return RecordedModel(model, self.ctx)
 
+    async def prepare_tools(self, ctx: RunContext[Any], tool_defs: list[ToolDefinition]) -> list[ToolDefinition]:
+        # A tool that requires approval is called like any other: the coordinator holds the call (it is high risk).
+        return [replace(d, kind="function") if d.kind == "unapproved" else d for d in tool_defs]
+
     async def wrap_tool_execute(
         self,
         ctx: RunContext[Any],
@@ -135,10 +155,13 @@ class _OnTheBus(AbstractCapability[Any]):
         if call.tool_name == ASK_TOOL:  # not an effect: it sends an instruction once the run ends
             return await handler(args)
         try:
-            return await as_effect(self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args))
+            return await as_effect(
+                self.ctx, call.tool_name, call.args_as_dict(), lambda: handler(args), wait_for_operator=False
+            )
+        except EffectHeld as held:  # the run ends; the operator's answer resumes it (PydanticAIAgent.on_answer)
+            raise ApprovalRequired(metadata={HELD: held.call.as_json()}) from held
         except EffectDenied as refused:  # the model is told, as of any tool that failed for good
-            by = f" by {refused.approver}" if refused.approver else ""
-            raise ToolFailed(f"{call.tool_name} was not run: {refused.reason}{by}") from refused
+            raise ToolFailed(refusal(call.tool_name, refused)) from refused
 
 
 def _ask_toolset(peers: tuple[str, ...]) -> FunctionToolset[Any]:
@@ -158,25 +181,20 @@ def _ask_toolset(peers: tuple[str, ...]) -> FunctionToolset[Any]:
     return toolset
 
 
-def _function_tools(agent: PydanticAgent[Any, Any]) -> list[str]:
-    """Names of the agent's function tools (those of its function toolsets), each a registry entry to declare.
+def _function_tools(agent: PydanticAgent[Any, Any]) -> dict[str, bool]:
+    """The agent's function tools (those of its function toolsets), each a registry entry to declare.
 
-    RuntimeSetupError if one requires approval the pydantic-ai way.
+    By name: whether it requires approval the pydantic-ai way (on the bus: it is high risk).
     """
-    names: list[str] = []
-    for toolset in agent.toolsets:
-        if isinstance(toolset, FunctionToolset):
-            asks = sorted(name for name, tool in toolset.tools.items() if tool.requires_approval)
-            if asks:  # its approval flow would end the run; on the bus an approval is a hold, which waits in it
-                raise RuntimeSetupError(
-                    f"tools {', '.join(asks)} require approval in pydantic-ai: on the bus, declare them "
-                    "high_risk in the tool registry instead (a call under taint is held for an operator)"
-                )
-            names.extend(toolset.tools)
-    return names
+    return {
+        name: tool.requires_approval
+        for toolset in agent.toolsets
+        if isinstance(toolset, FunctionToolset)
+        for name, tool in toolset.tools.items()
+    }
 
 
-class PydanticAIAgent(Agent):
+class PydanticAIAgent(AgentWithWaitingRuns):
     """A ``pydantic_ai.Agent`` served as a trustbus agent (made by :func:`on_bus`)."""
 
     def __init__(
@@ -191,8 +209,8 @@ class PydanticAIAgent(Agent):
         """``deps``: the run's dependencies; ``kinds``: the envelope kinds that start a run (others are acked).
 
         ``peers``: the agents the model may ask with :data:`ASK_TOOL` (none: it has no such tool);
-        ``max_waiting``: how many runs may wait for answers at once (past it, the oldest is dropped).
-        RuntimeSetupError if the agent has no model (a run on the bus is given none) or a tool requires approval.
+        ``max_waiting``: how many runs may wait for answers (or operators) at once (past it, the oldest is dropped).
+        RuntimeSetupError if the agent has no model (a run on the bus is given none).
         """
         if agent.model is None:
             raise RuntimeSetupError("the pydantic-ai agent has no model: give it one, Agent(model, ...)")
@@ -201,33 +219,27 @@ class PydanticAIAgent(Agent):
         self.kinds = frozenset(kinds)
         self.peers = tuple(dict.fromkeys(peers))
         self.waiting = WaitingRuns(max_waiting)
-        names = [*_function_tools(agent), MODEL_TOOL]
-        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys(names, perform))
+        tools = _function_tools(agent)
+        self.tools: Mapping[str, ToolImplementation] = MappingProxyType(dict.fromkeys([*tools, MODEL_TOOL], perform))
         self.builtin_tools = (MODEL_REQUEST,)
-
-    async def on_start(self, checkpoint: dict[str, Any] | None) -> None:
-        """Take up the runs that were waiting for answers when the last process stopped."""
-        self.waiting.restore(checkpoint)
+        self.high_risk_tools = frozenset(name for name, approval in tools.items() if approval)
 
     async def handle(self, ctx: Context) -> None:
         """Run the agent on the delivery's payload and reply with its output (or resume the run a reply answers)."""
         envelope = ctx.envelope
         if envelope.kind == "reply" and self.peers:
-            kept = self.waiting.checkpoint()
-            run = self.waiting.answer(envelope.correlation_id, envelope.sender, content_of(envelope))
-            if run is not None:
-                try:
-                    await self._answered(ctx, run)
-                except BaseException:  # a retry of this delivery must find the runs as the checkpoint has them
-                    self.waiting.restore(kept)
-                    raise
+            answered = await self.waiting.go_on(
+                lambda: self.waiting.answer(envelope.correlation_id, envelope.sender, content_of(envelope)),
+                lambda run: self._answered(ctx, run),
+            )
+            if answered:
                 return
         if envelope.kind not in self.kinds:
             log.info("kind not served; acked", extra={"kind": envelope.kind, "envelope_id": envelope.id})
             return
         result = await self._run(ctx, prompt_of(envelope))
         if isinstance(result.output, DeferredToolRequests):
-            await self._ask(ctx, result.output, result.all_messages(), started_by=envelope)
+            await self._wait(ctx, result.output, result.all_messages(), started_by=envelope)
         else:
             await self.respond(ctx, result.output)
 
@@ -241,15 +253,15 @@ class PydanticAIAgent(Agent):
 
     async def _run(self, ctx: Context, prompt: str | None, **resume: Any) -> Any:
         """One run of the agent for ``ctx`` (``resume``: its message history and deferred tool results)."""
-        asks: dict[str, Any] = {}
-        if self.peers:
-            output_type = [self.agent.output_type, DeferredToolRequests]
-            asks = {"toolsets": [_ask_toolset(self.peers)], "output_type": output_type}
+        asks: dict[str, Any] = {"toolsets": [_ask_toolset(self.peers)]} if self.peers else {}
+        output_type = [self.agent.output_type, DeferredToolRequests]  # how a run ends on a question or a hold
         # One call at a time, in the model's order: effect keys count calls, so the order must not vary.
         with ToolManager.parallel_execution_mode("sequential"):
-            return await self.agent.run(prompt, deps=self.deps, capabilities=[_OnTheBus(ctx)], **asks, **resume)
+            return await self.agent.run(
+                prompt, deps=self.deps, capabilities=[_OnTheBus(ctx)], output_type=output_type, **asks, **resume
+            )
 
-    async def _ask(
+    async def _wait(
         self,
         ctx: Context,
         requests: DeferredToolRequests,
@@ -257,19 +269,28 @@ class PydanticAIAgent(Agent):
         started_by: Envelope | WaitingRun,
     ) -> None:
         """Keep the run in the checkpoint, then send its questions (so no answer can come before it is kept)."""
-        if requests.approvals or any(call.tool_name != ASK_TOOL for call in requests.calls):
-            raise RuntimeError("a run ended on a deferred tool call other than ask_agent, which the bus cannot answer")
+        metadata = requests.metadata
+        if any(call.tool_name != ASK_TOOL for call in requests.calls) or any(
+            HELD not in metadata.get(call.tool_call_id, {}) for call in requests.approvals
+        ):
+            raise RuntimeError(
+                "a run ended on a deferred tool call other than ask_agent or a held call, which the bus cannot answer"
+            )
         questions = [
-            Question(call.tool_call_id, requests.metadata[call.tool_call_id]["agent"],
-                     requests.metadata[call.tool_call_id]["question"])
+            Question(call.tool_call_id, metadata[call.tool_call_id]["agent"], metadata[call.tool_call_id]["question"])
             for call in requests.calls
-        ]  # fmt: skip
+        ]
+        approvals = []
+        for call in requests.approvals:
+            held = metadata[call.tool_call_id][HELD]
+            approvals.append(Approval(call.tool_call_id, HeldCall.from_json(held).idempotency_key, held))
         dumped = stable(ModelMessagesTypeAdapter.dump_python(history, mode="json"))
         if isinstance(started_by, WaitingRun):  # a resumed run that asks again still answers its first sender
             envelope, sender = started_by.envelope, started_by.sender
         else:
             envelope, sender = started_by.id, started_by.sender
-        self.waiting.wait(WaitingRun(envelope, ctx.envelope.correlation_id, sender, dumped, questions))
+        run = WaitingRun(envelope, ctx.envelope.correlation_id, sender, dumped, questions, approvals)
+        self.waiting.wait(run)
         await ctx.checkpoint(self.waiting.checkpoint())
         for question in questions:
             await ctx.instruct((question.peer,), ASK_VERB, question=question.question)
@@ -281,10 +302,14 @@ class PydanticAIAgent(Agent):
             return
         self.waiting.done(run)
         history = ModelMessagesTypeAdapter.validate_python(run.history)
-        results = DeferredToolResults(calls={q.call: q.answer for q in run.questions})
+        ctx.resume(HeldCall.from_json(a.held) for a in run.approvals if a.denied is None)
+        results = DeferredToolResults(
+            calls={q.call: q.answer for q in run.questions},
+            approvals={a.call: True if a.denied is None else ToolDenied(a.denied) for a in run.approvals},
+        )
         result = await self._run(ctx, None, message_history=history, deferred_tool_results=results)
-        if isinstance(result.output, DeferredToolRequests):  # it asks again: the run waits anew
-            await self._ask(ctx, result.output, result.all_messages(), started_by=run)
+        if isinstance(result.output, DeferredToolRequests):  # it asks (or is held) again: the run waits anew
+            await self._wait(ctx, result.output, result.all_messages(), started_by=run)
             return
         await ctx.send((run.sender,), reply_payload(result.output), kind="reply", causation_id=run.envelope)
         await ctx.checkpoint(self.waiting.checkpoint())
