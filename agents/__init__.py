@@ -12,6 +12,7 @@ from trustbus.bus import lazy_names
 
 if TYPE_CHECKING:
     from trustbus.agents._approvals import answer, list_held, list_held_requests
+    from trustbus.agents._context import Context
     from trustbus.agents._coordinator import Coordinator
     from trustbus.agents._decision import CoordinatorState, Deferral, decide, instruction_verb
     from trustbus.agents._effects import idempotency_key
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from trustbus.agents._redecide import redecide
     from trustbus.agents._reexecute import reexecute
     from trustbus.agents._retention import retention_needs
-    from trustbus.agents._runtime import Agent, Context, Handlers, connect_agent, read_checkpoint, run_agent
+    from trustbus.agents._runtime import Agent, Handlers, connect_agent, read_checkpoint, run_agent
     from trustbus.agents._status import PartitionStatus, coordinator_status
     from trustbus.agents._tools import (
         McpBinding,
@@ -131,7 +132,7 @@ _ORIGINS: dict[str, str] = {
     "redecide": "trustbus.agents._redecide",
     "reexecute": "trustbus.agents._reexecute",
     "Agent": "trustbus.agents._runtime",
-    "Context": "trustbus.agents._runtime",
+    "Context": "trustbus.agents._context",
     "Handlers": "trustbus.agents._runtime",
     "connect_agent": "trustbus.agents._runtime",
     "read_checkpoint": "trustbus.agents._runtime",

@@ -20,11 +20,12 @@ from collections.abc import Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trustbus.agents._context import Context
 from trustbus.agents._effect_asks import denial_message, parse_denial
 from trustbus.agents._errors import EffectDenied, EffectHeld
 from trustbus.agents._held_calls import CallNumbers, HeldCall
 from trustbus.agents._memory_outcomes import MemoryOutcome
-from trustbus.agents._runtime import Agent, Context, compensate, compensation_request
+from trustbus.agents._runtime import Agent, compensate, compensation_request
 from trustbus.bus import EffectRecord, Envelope, decode_json
 
 
