@@ -21,9 +21,8 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from trustbus.bus._envelope import Envelope
 from trustbus.bus._errors import ConfigError
 from trustbus.bus._trace_context import trace_problem
 
@@ -35,6 +34,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("trustbus.tracing")
 
 Attributes = Mapping[str, str | bool | int | float | list[str]]
+
+
+class Traced(Protocol):
+    """What a span's parent is taken from: an :class:`~bus.Envelope`, or anything else that carries the trace
+    context of the span that sent it (``(traceparent, tracestate)``, or None)."""  # noqa: D205, D209
+
+    @property
+    def trace(self) -> tuple[str, str] | None:
+        """The W3C ``(traceparent, tracestate)`` it carries, if any."""
+
 
 _tracer: Tracer | None = None
 _OFF: AbstractContextManager[None] = contextlib.nullcontext()
@@ -110,7 +119,7 @@ def tracing_enabled() -> bool:
     return _tracer is not None
 
 
-def traced(name: str, attributes: Attributes, *, parent: Envelope | None = None) -> AbstractContextManager[Span | None]:
+def traced(name: str, attributes: Attributes, *, parent: Traced | None = None) -> AbstractContextManager[Span | None]:
     """A span around a block, current inside it: the child of ``parent``'s sender's span if it carries
     one, else of the current span; an exception escaping it is recorded. Off: a null context."""  # noqa: D205, D209
     if _tracer is None:
@@ -119,12 +128,12 @@ def traced(name: str, attributes: Attributes, *, parent: Envelope | None = None)
 
 
 @contextlib.contextmanager
-def _span(tracer: Tracer, name: str, attributes: Attributes, parent: Envelope | None) -> Iterator[Span]:
+def _span(tracer: Tracer, name: str, attributes: Attributes, parent: Traced | None) -> Iterator[Span]:
     with tracer.start_as_current_span(name, context=_context_of(parent), attributes=attributes) as span:
         yield span
 
 
-def record_span(name: str, attributes: Attributes, *, parent: Envelope | None, start_ns: int) -> None:
+def record_span(name: str, attributes: Attributes, *, parent: Traced | None, start_ns: int) -> None:
     """A span that began at ``start_ns`` (unix ns) and ends now, child of ``parent``'s sender's span."""
     if _tracer is None:
         return
@@ -146,14 +155,14 @@ def current_trace() -> tuple[str, str] | None:
     return traceparent, tracestate if trace_problem(traceparent, tracestate) is None else ""
 
 
-def _context_of(envelope: Envelope | None) -> Context | None:
-    """The context whose current span is the one that sent ``envelope`` (None: the current context)."""
-    if envelope is None or envelope.trace is None:
+def _context_of(parent: Traced | None) -> Context | None:
+    """The context whose current span is the one that sent ``parent`` (None: the current context)."""
+    if parent is None or parent.trace is None:
         return None
     from opentelemetry import trace
     from opentelemetry.trace.span import TraceState
 
-    traceparent, tracestate = envelope.trace
+    traceparent, tracestate = parent.trace
     _, trace_id, span_id, flags = traceparent.split("-")
     sender = trace.SpanContext(
         trace_id=int(trace_id, 16),
