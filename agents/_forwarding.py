@@ -30,6 +30,7 @@ from trustbus.bus import (
     Bus,
     ConsumerSettings,
     Decision,
+    Envelope,
     countersign,
     subjects,
 )
@@ -71,6 +72,7 @@ class Forwarder:
 
     async def start(
         self,
+        envelope: Envelope,
         body: bytes,
         headers: Mapping[str, str],
         source_seq: int,
@@ -79,9 +81,9 @@ class Forwarder:
         *,
         recorded_now: bool = False,
     ) -> list[Awaitable[object]]:
-        """Publish the countersigned forwards of an envelope accepted by ``decision`` (recorded as ``decision_id``,
-        by this process just now if ``recorded_now``: nothing of it can have been forwarded yet); returns their acks
-        to await."""  # noqa: D205, D209
+        """Publish the countersigned forwards of ``envelope`` (``body`` decoded), accepted by ``decision`` (recorded
+        as ``decision_id``, by this process just now if ``recorded_now``: nothing of it can have been forwarded yet);
+        returns their acks to await."""  # noqa: D205, D209
         if decision.verdict != "accept":
             return []
         bus = self._bus

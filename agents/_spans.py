@@ -8,7 +8,9 @@
   decided (``gen_ai.security.policy.id``) and the reason code
   (``gen_ai.security.decision.code``, the same low-cardinality value as the
   ``reason`` label of ``trustbus_decisions_total``);
-- ``approval {verdict}`` around an operator's approval (:mod:`agents._approvals`).
+- ``approval {verdict}`` around an operator's approval (:mod:`agents._approvals`);
+- ``store_memory coordinator`` and ``store_checkpoint coordinator`` around the coordinator's storing of an
+  accepted memory write or agent checkpoint (:mod:`agents._memory_writes`).
 
 Each is the child of the span that sent the envelope it is about
 (:func:`bus.traced`). docs/OBSERVABILITY.md, "Traces", lists every attribute.
@@ -40,6 +42,7 @@ _POLICY_PARTS = {
     "rejection_threshold": "limits.suspension",
 }
 _TARGETS = {"memory_write": "memory_store", "effect": "tool_call", "checkpoint": "memory_store"}
+_STORING = {"memory_write": "store_memory", "checkpoint": "store_checkpoint"}
 _OFF: AbstractContextManager[None] = nullcontext()  # tracing off: not even the attributes are made
 
 
@@ -96,6 +99,18 @@ def approval(
             "trustbus.operator": operator,
             "trustbus.approval.verdict": verdict,
         },
+        parent=envelope,
+    )
+
+
+def storing(kind: str, envelope: Envelope) -> AbstractContextManager[Span | None]:
+    """The span around storing the accepted ``memory_write`` or ``checkpoint`` ``envelope`` in the memory bucket:
+    like its decision's, a child of the span that sent it."""  # noqa: D205, D209
+    if not tracing_enabled():
+        return _OFF
+    return traced(
+        f"{_STORING[kind]} {GUARDIAN}",
+        {"gen_ai.conversation.id": envelope.correlation_id, "trustbus.envelope.id": envelope.id},
         parent=envelope,
     )
 

@@ -220,18 +220,21 @@ def _check_traces(receiver: OtlpReceiver, correlations: dict[str, str]) -> None:
     reply = one.only("send reply", parent=ticket)
     one.decided("unsolicited_reply", parent=reply)
 
-    # The refund: billing's tool calls and the rollback, an operator's later act, a child
+    # The refund: billing's tool calls, the notes stored, and the rollback, an operator's later act, a child
     # of the incident's first span (from the ticket's signed trace context in the ledger).
     one = _Trace(refund)
     ticket = one.root
     billing = one.first("invoke_agent billing", parent=one.only("invoke_agent triage", parent=ticket))
     one.only("execute_tool issue_refund", parent=billing)
+    stored = one.first("store_memory coordinator", parent=one.first("invoke_agent notes"))
+    assert stored.service == "trustbus coordinator" and stored.attributes["trustbus.memory.outcome"] == "applied"
     rollback = one.only("rollback", parent=ticket)
     assert rollback.attributes["gen_ai.conversation.id"] == correlations["refund"]
     one.decided("none", parent=rollback, kind="message")  # the compensation instruction, accepted
     compensating = one.only("invoke_agent billing", parent=rollback)
     one.only("execute_tool charge_back", parent=compensating)
     one.decided("memory_write", parent=rollback, kind="memory_store")  # the notes put back by the operator
+    assert one.only("store_memory coordinator", parent=rollback).attributes["trustbus.memory.outcome"] == "applied"
 
 
 def _incident(spans: list[ReceivedSpan], correlation: str, last: str) -> list[ReceivedSpan] | None:

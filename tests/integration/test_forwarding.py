@@ -15,7 +15,16 @@ import time
 
 from tests.conftest import Tenant
 from trustbus.agents._forwarding import Forwarder
-from trustbus.bus import Bus, Decision, StoredMessage, SubjectLog, new_envelope, subjects
+from trustbus.bus import (
+    Bus,
+    Decision,
+    Envelope,
+    StoredMessage,
+    SubjectLog,
+    decode_envelope,
+    new_envelope,
+    subjects,
+)
 from trustbus.bus._provision import DUPLICATE_WINDOW_S
 
 BACKLOG = 60
@@ -42,6 +51,15 @@ async def _coordinator(tenant: Tenant) -> tuple[Bus, list[str]]:
     return bus, reads
 
 
+def _accepted(envelope: Envelope) -> Decision:
+    """The decision accepting ``envelope`` (alice to bob), made long after it came."""
+    return Decision(
+        envelope_id=envelope.id, source_seq=1, sender="alice", kind="event",
+        correlation_id=envelope.correlation_id, causation_id=None, verdict="accept", reasons=("allowed",),
+        deliver_to=("bob",), dropped=(), hop=0, declared_taint=(), effective_taint=(), decided_ns=OLD_NS,
+    )  # fmt: skip
+
+
 async def _backlog(tenant: Tenant) -> list[tuple[bytes, dict[str, str], Decision]]:
     """``BACKLOG`` envelopes from alice to bob, each accepted by a decision made about them long after they came."""
     alice = await tenant.bus("alice")
@@ -49,18 +67,14 @@ async def _backlog(tenant: Tenant) -> list[tuple[bytes, dict[str, str], Decision
     for n in range(BACKLOG):
         envelope = new_envelope(tenant=tenant.name, kind="event", sender="alice", to=("bob",), payload=b"%d" % n)
         sealed = alice.seal(envelope)
-        decision = Decision(
-            envelope_id=envelope.id, source_seq=1, sender="alice", kind="event",
-            correlation_id=envelope.correlation_id, causation_id=None, verdict="accept", reasons=("allowed",),
-            deliver_to=("bob",), dropped=(), hop=0, declared_taint=(), effective_taint=(), decided_ns=OLD_NS,
-        )  # fmt: skip
-        items.append((sealed.body, dict(sealed.headers), decision))
+        items.append((sealed.body, dict(sealed.headers), _accepted(envelope)))
     return items
 
 
 async def _forward(forwarder: Forwarder, items: list[tuple[bytes, dict[str, str], Decision]], **how: bool) -> None:
     for body, headers, decision in items:
-        for ack in await forwarder.start(body, headers, 1, decision, f"record-{decision.envelope_id}", **how):
+        envelope = decode_envelope(body)
+        for ack in await forwarder.start(envelope, body, headers, 1, decision, f"record-{decision.envelope_id}", **how):
             await ack
 
 
