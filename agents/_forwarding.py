@@ -83,7 +83,8 @@ class Forwarder:
     ) -> list[Awaitable[object]]:
         """Publish the countersigned forwards of ``envelope`` (``body`` decoded), accepted by ``decision`` (recorded
         as ``decision_id``, by this process just now if ``recorded_now``: nothing of it can have been forwarded yet);
-        returns their acks to await."""  # noqa: D205, D209
+        returns their acks to await. A forward's ``traceparent`` header is the one signed in ``body``, whatever
+        header its sender set: the unsigned header never says other than the signed bytes."""  # noqa: D205, D209
         if decision.verdict != "accept":
             return []
         bus = self._bus
@@ -103,7 +104,7 @@ class Forwarder:
                 HEADER_SIG: headers.get(HEADER_SIG, ""),
                 HEADER_KEY: headers.get(HEADER_KEY, ""),
                 HEADER_MSG_ID: msg_id,
-                **({HEADER_TRACEPARENT: headers[HEADER_TRACEPARENT]} if HEADER_TRACEPARENT in headers else {}),
+                **({} if envelope.trace is None else {HEADER_TRACEPARENT: envelope.trace[0]}),
                 **countersign(
                     body,
                     recipient=recipient,

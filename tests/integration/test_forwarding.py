@@ -1,4 +1,5 @@
-"""Forwarding a backlog older than the duplicate window: no inbox read for a first forward, never a forward twice.
+"""Forwarding a backlog older than the duplicate window: no inbox read for a first forward, never a forward twice;
+a forward's ``traceparent`` header is the signed one, whatever header its sender set.
 
 A forward is checked against the recipient's inbox only when an earlier
 forward of the same decision may be older than the stream's duplicate window
@@ -16,6 +17,7 @@ import time
 from tests.conftest import Tenant
 from trustbus.agents._forwarding import Forwarder
 from trustbus.bus import (
+    HEADER_TRACEPARENT,
     Bus,
     Decision,
     Envelope,
@@ -112,3 +114,26 @@ async def test_a_decision_recorded_before_a_restart_is_forwarded_again_only_wher
     await _forward(restarted, items[:3])  # redelivered to the next one, which finds the decisions in the log
     assert reads == [subjects.inbox(tenant.name, "bob")] * 3
     assert await _inbox(tenant) == 3  # the two forwarded before, once each; the third, now
+
+
+SIGNED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+LIE = "00-11111111111111111111111111111111-2222222222222222-01"
+
+
+async def test_a_forwards_traceparent_header_is_the_signed_one_whatever_its_sender_set(tenant: Tenant) -> None:
+    bus, _ = await _coordinator(tenant)
+    alice = await tenant.bus("alice")
+    traced = new_envelope(
+        tenant=tenant.name, kind="event", sender="alice", to=("bob",), payload=b"t", trace=(SIGNED, "")
+    )
+    untraced = new_envelope(tenant=tenant.name, kind="event", sender="alice", to=("bob",), payload=b"u")
+    items = []
+    for envelope in (traced, untraced):
+        sealed = alice.seal(envelope)
+        lying = {**sealed.headers, HEADER_TRACEPARENT: LIE}  # unsigned: anyone on the way may set it
+        items.append((sealed.body, lying, _accepted(envelope)))
+    await _forward(Forwarder(bus), items, recorded_now=True)
+    forwarded = [m async for m in alice.log(subjects.inbox(tenant.name, "bob")).read()]
+    assert [decode_envelope(m.body).id for m in forwarded] == [traced.id, untraced.id]
+    assert forwarded[0].headers[HEADER_TRACEPARENT] == SIGNED
+    assert HEADER_TRACEPARENT not in forwarded[1].headers  # the signed bytes carry none: neither does the forward
