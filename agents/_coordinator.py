@@ -375,8 +375,11 @@ class Coordinator:
                 "tainted_memory_write", f"memory write with taint {','.join(decision.effective_taint)}"
             )
             return
-        await self._deliver(
-            envelope, delivery.body, delivery.headers, delivery.stream_seq, decision, recorded_now=result is not None
+        recorded_now = result is not None
+        await _all(
+            await self._start_delivery(
+                envelope, delivery.body, delivery.headers, delivery.stream_seq, decision, recorded_now=recorded_now
+            )
         )
 
     async def _approval(self, delivery: Delivery) -> None:
@@ -393,13 +396,11 @@ class Coordinator:
             await self._memory.tell(held.body, decision)  # denied
         elif decision.verdict == "accept":
             held = await self.log.log.get(decision.source_seq)
-            await self._deliver(
-                decode_envelope(held.body),
-                held.body,
-                held.headers,
-                decision.source_seq,
-                decision,
-                recorded_now=recorded_now,
+            envelope = decode_envelope(held.body)
+            await _all(
+                await self._start_delivery(
+                    envelope, held.body, held.headers, decision.source_seq, decision, recorded_now=recorded_now
+                )
             )
 
     async def _start_delivery(
@@ -425,16 +426,8 @@ class Coordinator:
             envelope, body, headers, source_seq, decision, decision_id, recorded_now=recorded_now
         )
 
-    async def _deliver(
-        self,
-        envelope: Envelope,
-        body: bytes,
-        headers: Mapping[str, str],
-        source_seq: int,
-        decision: Decision,
-        *,
-        recorded_now: bool,
-    ) -> None:
-        """Deliver what ``decision`` accepted (:meth:`_start_delivery`) and wait until it is stored."""
-        for ack in await self._start_delivery(envelope, body, headers, source_seq, decision, recorded_now=recorded_now):
-            await ack
+
+async def _all(acks: list[Awaitable[object]]) -> None:
+    """Wait until every publish of a delivery (:meth:`Coordinator._start_delivery`) is stored."""
+    for ack in acks:
+        await ack

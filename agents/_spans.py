@@ -119,7 +119,15 @@ def guardrail(policy: Policy, cause: Envelope, decision: Decision, *, start_ns: 
     """Record the span of ``decision`` about ``cause`` (decided from ``start_ns`` until now)."""
     if not tracing_enabled():
         return
-    code = decision.reasons[-1] if decision.reasons else "none"
+    record_span(
+        f"apply_guardrail {GUARDIAN}",
+        lambda: _guardrail_attributes(policy, decision),
+        parent=cause,
+        start_ns=start_ns,
+    )
+
+
+def _guardrail_attributes(policy: Policy, decision: Decision) -> dict[str, str | bool | int | float | list[str]]:
     # Few attributes: each costs the SDK a few µs per span (the guardian is in the span's name, the
     # coordinator in the process's service name, the sender in the parent span).
     attributes: dict[str, str | bool | int | float | list[str]] = {
@@ -128,14 +136,14 @@ def guardrail(policy: Policy, cause: Envelope, decision: Decision, *, start_ns: 
         "gen_ai.security.target.type": _TARGETS.get(decision.kind, "message"),
         "gen_ai.security.target.id": decision.envelope_id,
         "gen_ai.security.decision.type": decision_type(decision),
-        "gen_ai.security.decision.code": code,
+        "gen_ai.security.decision.code": decision.reasons[-1] if decision.reasons else "none",
         "trustbus.verdict": decision.verdict,
         "trustbus.action": action(decision),
     }
     rule = deciding_rule(policy, decision)
     if rule is not None:
         attributes["gen_ai.security.policy.id"] = rule
-    record_span(f"apply_guardrail {GUARDIAN}", attributes, parent=cause, start_ns=start_ns)
+    return attributes
 
 
 def decision_type(decision: Decision) -> str:
