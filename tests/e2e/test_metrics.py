@@ -197,13 +197,11 @@ async def test_a_ledger_started_on_a_backlog_is_unready_until_it_has_caught_up(f
     """Every answer /readyz gives, from the ready line on, in order: catching up, counting, then ready."""
     await fleet.key("ledger", role="ledger")
     sender = await fleet.bus("sender")
-    outbox = subjects.outbox(fleet.tenant, "sender", 0)
-    for i in range(BACKLOG):  # published without waiting for each ack: the backlog takes a moment, not minutes
+    for i in range(BACKLOG):  # pipelined, acks awaited together: the backlog takes a moment, not minutes
         envelope = new_envelope(tenant=fleet.tenant, kind="event", sender="sender", to=["sink"], payload=b"%d" % i)
-        sealed = sender.seal(envelope)
-        await fleet.nc.publish(outbox, sealed.body, headers=dict(sealed.headers))
-    await fleet.nc.flush()
-    last = await sender.last_seq()
+        await sender.publish_pipelined(sender.outbox(envelope), sender.seal(envelope))
+    await sender.flush()
+    last = await sender.last_seq()  # every envelope stored: the stream's end the ledger sees at its start
     argv = ("ledger", "run", "-t", fleet.tenant, "--data", str(tmp_path / "projection"))
     port = metrics_port(await fleet.spawn(*argv, "--metrics-port", "0"))
 
