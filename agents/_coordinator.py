@@ -54,6 +54,7 @@ from trustbus.bus import (
     Envelope,
     TransientError,
     TransportError,
+    decode_envelope,
     log_about,
     rejection,
     subject_owner,
@@ -223,7 +224,12 @@ class Coordinator:
             (
                 d,
                 await self._start_delivery(
-                    d.body, d.headers, d.stream_seq, self._decision(d.envelope), recorded_now=d.envelope.id in recorded
+                    d.envelope,
+                    d.body,
+                    d.headers,
+                    d.stream_seq,
+                    self._decision(d.envelope),
+                    recorded_now=d.envelope.id in recorded,
                 ),
             )
             for d in group
@@ -369,8 +375,11 @@ class Coordinator:
                 "tainted_memory_write", f"memory write with taint {','.join(decision.effective_taint)}"
             )
             return
-        await self._deliver(
-            delivery.body, delivery.headers, delivery.stream_seq, decision, recorded_now=result is not None
+        recorded_now = result is not None
+        await _all(
+            await self._start_delivery(
+                envelope, delivery.body, delivery.headers, delivery.stream_seq, decision, recorded_now=recorded_now
+            )
         )
 
     async def _approval(self, delivery: Delivery) -> None:
@@ -387,30 +396,38 @@ class Coordinator:
             await self._memory.tell(held.body, decision)  # denied
         elif decision.verdict == "accept":
             held = await self.log.log.get(decision.source_seq)
-            await self._deliver(held.body, held.headers, decision.source_seq, decision, recorded_now=recorded_now)
+            envelope = decode_envelope(held.body)
+            await _all(
+                await self._start_delivery(
+                    envelope, held.body, held.headers, decision.source_seq, decision, recorded_now=recorded_now
+                )
+            )
 
     async def _start_delivery(
-        self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision, *, recorded_now: bool
+        self,
+        envelope: Envelope,
+        body: bytes,
+        headers: Mapping[str, str],
+        source_seq: int,
+        decision: Decision,
+        *,
+        recorded_now: bool,
     ) -> list[Awaitable[object]]:
         """Store an accepted memory write or checkpoint, or publish an accepted envelope's forwards (idempotently)
-        and return their acks to await. ``recorded_now``: this process recorded ``decision`` just now (nothing of
-        it was forwarded before)."""  # noqa: D205, D209
+        and return their acks to await. ``envelope`` is ``body`` decoded; ``recorded_now``: this process recorded
+        ``decision`` just now (nothing of it was forwarded before)."""  # noqa: D205, D209
         if decision.verdict != "accept":
             return []
         decision_id = self.log.record_id(decision)
-        if decision.kind == "memory_write":
-            await self._memory.apply(body, headers, decision, decision_id)
-        elif decision.kind == "checkpoint":
-            await self._memory.store_checkpoint(decision.sender, body, headers, decision_id)
-        else:
-            return await self._forwarder.start(
-                body, headers, source_seq, decision, decision_id, recorded_now=recorded_now
-            )
-        return []
+        if decision.kind in ("memory_write", "checkpoint"):
+            await self._memory.store(envelope, body, headers, decision, decision_id)
+            return []
+        return await self._forwarder.start(
+            envelope, body, headers, source_seq, decision, decision_id, recorded_now=recorded_now
+        )
 
-    async def _deliver(
-        self, body: bytes, headers: Mapping[str, str], source_seq: int, decision: Decision, *, recorded_now: bool
-    ) -> None:
-        """Deliver what ``decision`` accepted (:meth:`_start_delivery`) and wait until it is stored."""
-        for ack in await self._start_delivery(body, headers, source_seq, decision, recorded_now=recorded_now):
-            await ack
+
+async def _all(acks: list[Awaitable[object]]) -> None:
+    """Wait until every publish of a delivery (:meth:`Coordinator._start_delivery`) is stored."""
+    for ack in acks:
+        await ack

@@ -30,6 +30,7 @@ from trustbus.bus import (
     Bus,
     ConsumerSettings,
     Decision,
+    Envelope,
     countersign,
     subjects,
 )
@@ -71,6 +72,7 @@ class Forwarder:
 
     async def start(
         self,
+        envelope: Envelope,
         body: bytes,
         headers: Mapping[str, str],
         source_seq: int,
@@ -79,9 +81,10 @@ class Forwarder:
         *,
         recorded_now: bool = False,
     ) -> list[Awaitable[object]]:
-        """Publish the countersigned forwards of an envelope accepted by ``decision`` (recorded as ``decision_id``,
-        by this process just now if ``recorded_now``: nothing of it can have been forwarded yet); returns their acks
-        to await."""  # noqa: D205, D209
+        """Publish the countersigned forwards of ``envelope`` (``body`` decoded), accepted by ``decision`` (recorded
+        as ``decision_id``, by this process just now if ``recorded_now``: nothing of it can have been forwarded yet);
+        returns their acks to await. A forward's ``traceparent`` header is the one signed in ``body``, whatever
+        header its sender set: the unsigned header never says other than the signed bytes."""  # noqa: D205, D209
         if decision.verdict != "accept":
             return []
         bus = self._bus
@@ -101,7 +104,7 @@ class Forwarder:
                 HEADER_SIG: headers.get(HEADER_SIG, ""),
                 HEADER_KEY: headers.get(HEADER_KEY, ""),
                 HEADER_MSG_ID: msg_id,
-                **({HEADER_TRACEPARENT: headers[HEADER_TRACEPARENT]} if HEADER_TRACEPARENT in headers else {}),
+                **({} if envelope.trace is None else {HEADER_TRACEPARENT: envelope.trace[0]}),
                 **countersign(
                     body,
                     recipient=recipient,

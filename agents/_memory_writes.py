@@ -20,6 +20,7 @@ from trustbus.agents._answers import store_answer
 from trustbus.agents._memory import checkpoint_key, memory_bucket, memory_key, parse_write
 from trustbus.agents._memory_outcomes import not_applied, outcome_key
 from trustbus.agents._signed_value import signer
+from trustbus.agents._spans import storing
 from trustbus.bus import (
     Bus,
     Conflict,
@@ -53,15 +54,30 @@ class MemoryWrites:
         entry = await self._bucket.get(memory_key(envelope.to[0], write.key))
         return entry.revision if entry is not None else 0
 
-    async def apply(self, body: bytes, headers: Mapping[str, str], decision: Decision, decision_id: str) -> None:
+    async def store(
+        self, envelope: Envelope, body: bytes, headers: Mapping[str, str], decision: Decision, decision_id: str
+    ) -> None:
+        """Store the accepted ``memory_write`` or ``checkpoint`` ``envelope`` (``body`` decoded), inside its span."""
+        if envelope.kind == "checkpoint":
+            with storing("checkpoint", envelope):
+                await self.store_checkpoint(envelope.sender, body, headers, decision_id)
+            return
+        with storing("memory_write", envelope) as span:
+            outcome = await self.apply(envelope, body, headers, decision, decision_id)
+            if span is not None:
+                span.set_attribute("trustbus.memory.outcome", outcome)
+
+    async def apply(
+        self, envelope: Envelope, body: bytes, headers: Mapping[str, str], decision: Decision, decision_id: str
+    ) -> str:
         """Apply an accepted write with compare-and-set on the revision it expected, and tell its writer; idempotent.
 
         If the key moved on after the decision (the write was held and approved late, or a
         coordinator of another partition wrote it first), the write is not applied, a
         quarantine record ``stale_revision`` says so beside the decision that accepted it,
-        and the writer is told it was refused as ``stale_revision``.
+        and the writer is told it was refused as ``stale_revision``. Returns the outcome:
+        ``applied``, ``already_applied`` or ``stale_revision``.
         """
-        envelope = decode_envelope(body)
         write = parse_write(envelope.payload)
         assert write is not None  # decide() accepted it
         key = memory_key(envelope.to[0], write.key)  # the sender's own, or an operator's revert
@@ -74,7 +90,7 @@ class MemoryWrites:
                 if stored.envelope_id == decision.envelope_id:
                     metrics.MEMORY_WRITES.labels("already_applied").inc()
                     await self.tell(body, decision)  # applied before a crash, perhaps not told
-                    return
+                    return "already_applied"
             except ValueError as exc:  # no coordinator's value for this key: recorded; the compare-and-set decides
                 subject = self._bucket.subject(key)
                 await bus.record_foreign_value(
@@ -96,7 +112,7 @@ class MemoryWrites:
             pass
         else:
             await self.tell(body, decision)
-            return
+            return "applied"
         metrics.MEMORY_WRITES.labels("stale_revision").inc()
         with log_about(envelope, agent=envelope.sender):
             log.warning("accepted memory write not applied: the key moved on")
@@ -113,6 +129,7 @@ class MemoryWrites:
             msg_id=f"stale:{bus.stream}:{decision.source_seq}",
         )
         await self.tell(body, not_applied(decision))
+        return "stale_revision"
 
     async def tell(self, body: bytes, answer: Decision) -> None:
         """Store ``answer`` about the memory write ``body`` where its writer reads it (idempotent: the latest wins).

@@ -8,7 +8,9 @@
   decided (``gen_ai.security.policy.id``) and the reason code
   (``gen_ai.security.decision.code``, the same low-cardinality value as the
   ``reason`` label of ``trustbus_decisions_total``);
-- ``approval {verdict}`` around an operator's approval (:mod:`agents._approvals`).
+- ``approval {verdict}`` around an operator's approval (:mod:`agents._approvals`);
+- ``store_memory coordinator`` and ``store_checkpoint coordinator`` around the coordinator's storing of an
+  accepted memory write or agent checkpoint (:mod:`agents._memory_writes`).
 
 Each is the child of the span that sent the envelope it is about
 (:func:`bus.traced`). docs/OBSERVABILITY.md, "Traces", lists every attribute.
@@ -40,6 +42,7 @@ _POLICY_PARTS = {
     "rejection_threshold": "limits.suspension",
 }
 _TARGETS = {"memory_write": "memory_store", "effect": "tool_call", "checkpoint": "memory_store"}
+_STORING = {"memory_write": "store_memory", "checkpoint": "store_checkpoint"}
 _OFF: AbstractContextManager[None] = nullcontext()  # tracing off: not even the attributes are made
 
 
@@ -100,11 +103,31 @@ def approval(
     )
 
 
+def storing(kind: str, envelope: Envelope) -> AbstractContextManager[Span | None]:
+    """The span around storing the accepted ``memory_write`` or ``checkpoint`` ``envelope`` in the memory bucket:
+    like its decision's, a child of the span that sent it."""  # noqa: D205, D209
+    if not tracing_enabled():
+        return _OFF
+    return traced(
+        f"{_STORING[kind]} {GUARDIAN}",
+        {"gen_ai.conversation.id": envelope.correlation_id, "trustbus.envelope.id": envelope.id},
+        parent=envelope,
+    )
+
+
 def guardrail(policy: Policy, cause: Envelope, decision: Decision, *, start_ns: int) -> None:
     """Record the span of ``decision`` about ``cause`` (decided from ``start_ns`` until now)."""
     if not tracing_enabled():
         return
-    code = decision.reasons[-1] if decision.reasons else "none"
+    record_span(
+        f"apply_guardrail {GUARDIAN}",
+        lambda: _guardrail_attributes(policy, decision),
+        parent=cause,
+        start_ns=start_ns,
+    )
+
+
+def _guardrail_attributes(policy: Policy, decision: Decision) -> dict[str, str | bool | int | float | list[str]]:
     # Few attributes: each costs the SDK a few µs per span (the guardian is in the span's name, the
     # coordinator in the process's service name, the sender in the parent span).
     attributes: dict[str, str | bool | int | float | list[str]] = {
@@ -113,14 +136,14 @@ def guardrail(policy: Policy, cause: Envelope, decision: Decision, *, start_ns: 
         "gen_ai.security.target.type": _TARGETS.get(decision.kind, "message"),
         "gen_ai.security.target.id": decision.envelope_id,
         "gen_ai.security.decision.type": decision_type(decision),
-        "gen_ai.security.decision.code": code,
+        "gen_ai.security.decision.code": decision.reasons[-1] if decision.reasons else "none",
         "trustbus.verdict": decision.verdict,
         "trustbus.action": action(decision),
     }
     rule = deciding_rule(policy, decision)
     if rule is not None:
         attributes["gen_ai.security.policy.id"] = rule
-    record_span(f"apply_guardrail {GUARDIAN}", attributes, parent=cause, start_ns=start_ns)
+    return attributes
 
 
 def decision_type(decision: Decision) -> str:

@@ -19,11 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from trustbus.bus._envelope import Envelope
 from trustbus.bus._errors import ConfigError
 from trustbus.bus._trace_context import trace_problem
 
@@ -35,6 +34,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("trustbus.tracing")
 
 Attributes = Mapping[str, str | bool | int | float | list[str]]
+
+
+class Traced(Protocol):
+    """What a span's parent is taken from: an :class:`~bus.Envelope`, or anything else that carries the trace
+    context of the span that sent it (``(traceparent, tracestate)``, or None)."""  # noqa: D205, D209
+
+    @property
+    def trace(self) -> tuple[str, str] | None:
+        """The W3C ``(traceparent, tracestate)`` it carries, if any."""
+
 
 _tracer: Tracer | None = None
 _OFF: AbstractContextManager[None] = contextlib.nullcontext()
@@ -60,7 +69,6 @@ def configure_tracing(service_name: str, environ: Mapping[str, str] = os.environ
     Raises:
         ConfigError: an exporter this installation cannot make.
     """
-    global _tracer
     if _tracer is not None or not tracing_asked(environ):
         return _tracer is not None
     try:
@@ -79,7 +87,7 @@ def configure_tracing(service_name: str, environ: Mapping[str, str] = os.environ
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    _tracer = trace.get_tracer("trustbus")
+    use_tracer(trace.get_tracer("trustbus"))
     return True
 
 
@@ -110,62 +118,79 @@ def tracing_enabled() -> bool:
     return _tracer is not None
 
 
-def traced(name: str, attributes: Attributes, *, parent: Envelope | None = None) -> AbstractContextManager[Span | None]:
+def traced(name: str, attributes: Attributes, *, parent: Traced | None = None) -> AbstractContextManager[Span | None]:
     """A span around a block, current inside it: the child of ``parent``'s sender's span if it carries
     one, else of the current span; an exception escaping it is recorded. Off: a null context."""  # noqa: D205, D209
     if _tracer is None:
         return _OFF
-    return _span(_tracer, name, attributes, parent)
+    return _tracer.start_as_current_span(name, context=_context_of(parent), attributes=attributes)
 
 
-@contextlib.contextmanager
-def _span(tracer: Tracer, name: str, attributes: Attributes, parent: Envelope | None) -> Iterator[Span]:
-    with tracer.start_as_current_span(name, context=_context_of(parent), attributes=attributes) as span:
-        yield span
+def record_span(name: str, attributes: Callable[[], Attributes], *, parent: Traced | None, start_ns: int) -> None:
+    """A span that began at ``start_ns`` (unix ns) and ends now, child of ``parent``'s sender's span.
 
-
-def record_span(name: str, attributes: Attributes, *, parent: Envelope | None, start_ns: int) -> None:
-    """A span that began at ``start_ns`` (unix ns) and ends now, child of ``parent``'s sender's span."""
+    ``attributes()`` is called only if the span is sampled: an unsampled one costs no attribute building
+    (the sampler decides without them).
+    """
     if _tracer is None:
         return
-    _tracer.start_span(name, context=_context_of(parent), attributes=attributes, start_time=start_ns).end()
+    span = _tracer.start_span(name, context=_context_of(parent), start_time=start_ns)
+    if span.is_recording():
+        span.set_attributes(attributes())
+    span.end()
 
 
 def current_trace() -> tuple[str, str] | None:
     """The current span as an envelope's ``trace`` (``(traceparent, tracestate)``); None when there is none."""
-    if _tracer is None:
+    if _api is None:
         return None
-    from opentelemetry import trace
-
-    context = trace.get_current_span().get_span_context()
+    context = _api.get_current_span().get_span_context()
     if not context.is_valid:
         return None
     traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    if not context.trace_state:
+        return traceparent, ""
     tracestate = context.trace_state.to_header()
     # A tracestate the envelope's stricter check would refuse is left out, never sent to be refused.
     return traceparent, tracestate if trace_problem(traceparent, tracestate) is None else ""
 
 
-def _context_of(envelope: Envelope | None) -> Context | None:
-    """The context whose current span is the one that sent ``envelope`` (None: the current context)."""
-    if envelope is None or envelope.trace is None:
+def _context_of(parent: Traced | None) -> Context | None:
+    """The context whose current span is the one that sent ``parent`` (None: the current context)."""
+    if parent is None or parent.trace is None or _api is None:
         return None
-    from opentelemetry import trace
-    from opentelemetry.trace.span import TraceState
-
-    traceparent, tracestate = envelope.trace
-    _, trace_id, span_id, flags = traceparent.split("-")
-    sender = trace.SpanContext(
-        trace_id=int(trace_id, 16),
-        span_id=int(span_id, 16),
+    traceparent, tracestate = parent.trace
+    # `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, checked when the envelope was decoded
+    sender = _api.SpanContext(
+        trace_id=int(traceparent[3:35], 16),
+        span_id=int(traceparent[36:52], 16),
         is_remote=True,
-        trace_flags=trace.TraceFlags(int(flags, 16)),
-        trace_state=TraceState.from_header([tracestate]) if tracestate else None,
+        trace_flags=_api.TraceFlags(int(traceparent[53:55], 16)),
+        trace_state=_api.TraceState.from_header([tracestate]) if tracestate else None,
     )
-    return trace.set_span_in_context(trace.NonRecordingSpan(sender))
+    return _api.set_span_in_context(_api.NonRecordingSpan(sender))
+
+
+class _Api:
+    """The OpenTelemetry API's names the span sites use, imported once when spans are turned on."""
+
+    def __init__(self) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace.span import TraceState
+
+        self.get_current_span = trace.get_current_span
+        self.set_span_in_context = trace.set_span_in_context
+        self.SpanContext = trace.SpanContext
+        self.TraceFlags = trace.TraceFlags
+        self.NonRecordingSpan = trace.NonRecordingSpan
+        self.TraceState = TraceState
+
+
+_api: _Api | None = None
 
 
 def use_tracer(tracer: Tracer | None) -> None:
     """Make spans with ``tracer`` (tests: one over an in-memory exporter); None turns spans off."""
-    global _tracer
+    global _tracer, _api
     _tracer = tracer
+    _api = None if tracer is None else _Api()

@@ -67,6 +67,7 @@ class RollbackPlan:
     """Reversible effects to compensate (latest first), irreversible ones for a person, what is already undone."""
 
     correlation_id: str
+    trace: tuple[str, str] | None = None  # the incident's origin's signed trace context: the rollback joins its trace
     compensate: list[Compensation] = field(default_factory=list)
     for_a_person: list[Compensation] = field(default_factory=list)
     already_compensated: list[Compensation] = field(default_factory=list)
@@ -106,7 +107,9 @@ def compensated_keys(effects: Iterable[EffectRecord]) -> set[str]:
 
 def plan_rollback(incident: Incident, *, compensated: set[str], from_seq: int = 0) -> RollbackPlan:
     """Plan the rollback of every completed effect of ``incident`` at or after ``from_seq``."""
-    plan = RollbackPlan(correlation_id=incident.correlation_id)
+    plan = RollbackPlan(
+        correlation_id=incident.correlation_id, trace=incident.roots[0].envelope.trace if incident.roots else None
+    )
     completed: dict[str, tuple[int, Envelope, EffectRecord]] = {}
     for seq, _, envelope, record in incident.effects:
         if record.phase == "completed" and seq >= from_seq:

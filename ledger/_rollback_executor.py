@@ -38,6 +38,7 @@ from trustbus.bus import (
     MemoryValue,
     SubjectLog,
     VerificationError,
+    current_trace,
     decode_decision,
     decode_effect,
     decode_json,
@@ -45,6 +46,7 @@ from trustbus.bus import (
     open_envelope,
     open_memory_value,
     subjects,
+    traced,
 )
 from trustbus.ledger._errors import LedgerError
 from trustbus.ledger._rollback import COMPENSATES, Compensation, MemoryRevert, RollbackPlan, compensated_keys
@@ -112,12 +114,29 @@ async def run_rollback(plan: RollbackPlan, via: Operator, *, keyring: Keyring, w
     key the incident wrote is put back. Returns the compensated keys (by this
     run or an earlier one) and the reverted memory keys, in order.
 
+    With tracing on, the rollback is a ``rollback`` span, a child of the span
+    that sent the incident's origin (from its signed trace context), and every
+    envelope it sends carries it: the rollback joins the incident's trace.
+
     Raises:
         LedgerError: a compensation failed or did not complete within ``wait_s``;
             the rollback stops there and says which, and what was done before it.
     """
-    done: list[str] = []
     correlation = rollback_correlation(plan.correlation_id)
+    attributes: dict[str, str | int] = {
+        "gen_ai.conversation.id": plan.correlation_id,
+        "trustbus.operator": via.name,
+        "trustbus.rollback.correlation_id": correlation,
+        "trustbus.rollback.compensations": len(plan.compensate),
+    }
+    with traced("rollback", attributes, parent=plan):
+        return await _rollback(plan, via, keyring, correlation, wait_s=wait_s)
+
+
+async def _rollback(
+    plan: RollbackPlan, via: Operator, keyring: Keyring, correlation: str, *, wait_s: float
+) -> list[str]:
+    done: list[str] = []
     for position, item in enumerate(plan.compensate, start=1):
         try:
             await _compensate(via, keyring, item, correlation, wait_s=wait_s)
@@ -161,6 +180,7 @@ async def _compensate(via: Operator, keyring: Keyring, item: Compensation, corre
         payload=json.dumps(payload).encode(),
         correlation_id=correlation,
         idempotency_key=f"compensate:{item.idempotency_key}",
+        trace=current_trace(),
     )
     await via.send(instruction)
     deadline = time.monotonic() + wait_s
@@ -241,6 +261,7 @@ async def _revert_memory(
         to=(revert.agent,),
         payload=json.dumps(payload).encode(),
         correlation_id=correlation,
+        trace=current_trace(),
     )
     await via.send(write)
     decisions = subjects.decision(via.tenant, via.partition(correlation))

@@ -22,6 +22,7 @@ from trustbus._cli_common import (
     recorded_messages,
     run,
     servers,
+    traces,
 )
 from trustbus._projection_cli import ledger_run
 from trustbus._proof_cli import check_proof_file, prove
@@ -364,6 +365,7 @@ def rollback(
     if not dry_run:
         from trustbus.ledger import execute_rollback
 
+        traces("ledger rollback")
         assert operator is not None and tenant is not None
         identity = key_directory(keys).load(tenant, operator, role="operator")
         compensated = run(

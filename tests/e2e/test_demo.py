@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from tests.otlp import OtlpReceiver, ReceivedSpan
 from trustbus.adapters.pydantic_ai import MODEL_TOOL
 from trustbus.bus import Decision, EffectRecord, decode_decision, decode_effect, open_envelope, subjects
 from trustbus.demo import model
@@ -27,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
 
 
-def _demo(workdir: Path, *extra: str) -> tuple[dict[str, Any], str]:
+def _demo(workdir: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], str]:
     result = subprocess.run(
         [sys.executable, "-m", "trustbus", "demo", "--json", "--dir", str(workdir), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        cwd=ROOT, capture_output=True, text=True, timeout=180, env=None if env is None else {**os.environ, **env},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.strip().splitlines()
@@ -60,10 +62,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_demo_summary_matches_the_ledger(tmp_path: Path) -> None:
+def test_demo_summary_matches_the_ledger_and_each_incident_is_one_trace(tmp_path: Path) -> None:
     workdir = tmp_path / "run"
-    summary, log = _demo(workdir)
-    _check_incident(workdir, summary, log)
+    with OtlpReceiver() as receiver:  # every process of the run exports its spans here
+        summary, log = _demo(workdir, env=receiver.env())
+        _check_incident(workdir, summary, log)
+        _check_traces(receiver, summary["correlations"])
     assert summary["framework"] is None
     # The notes keeper hears that its poisoned write was refused, and says so in its own log.
     refused = [json.loads(line) for line in (workdir / "logs" / "notes.log").read_text().splitlines()
@@ -189,3 +193,81 @@ def test_demo_refuses_a_used_directory(tmp_path: Path) -> None:
         [sys.executable, "-m", "trustbus", "demo", "--dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 2 and "not empty" in result.stderr
+
+
+def _check_traces(receiver: OtlpReceiver, correlations: dict[str, str]) -> None:
+    """The injection, and the refund with its later rollback, each one trace with the right parent links."""
+    spans = asyncio.run(receiver.wait(lambda s: _incident(s, correlations["refund"], "rollback") and s))
+    injection = _incident(spans, correlations["injection"], "send reply")
+    refund = _incident(spans, correlations["refund"], "rollback")
+    assert injection is not None and refund is not None
+
+    # The injection: the ticket, triage, the researcher and its tool, the held refund, the operator's denial,
+    # the poisoned memory write, and the same refund sent again as a reply.
+    one = _Trace(injection)
+    ticket = one.root
+    assert ticket.name == "send event" and ticket.service == "trustbus demo"
+    triage = one.only("invoke_agent triage", parent=ticket)
+    researcher = one.first("invoke_agent researcher", parent=triage)
+    one.first("execute_tool read_email", parent=researcher)
+    held = one.decided("tainted_high_risk", parent=researcher)
+    assert held.attributes["trustbus.action"] == "hold"
+    denial = one.only("approval deny", parent=researcher)
+    assert denial.service == "trustbus demo"
+    one.decided("denied", parent=denial)
+    notes = one.first("invoke_agent notes", parent=researcher)
+    one.decided("tainted_memory_write", parent=notes)
+    reply = one.only("send reply", parent=ticket)
+    one.decided("unsolicited_reply", parent=reply)
+
+    # The refund: billing's tool calls, the notes stored, and the rollback, an operator's later act, a child
+    # of the incident's first span (from the ticket's signed trace context in the ledger).
+    one = _Trace(refund)
+    ticket = one.root
+    billing = one.first("invoke_agent billing", parent=one.only("invoke_agent triage", parent=ticket))
+    one.only("execute_tool issue_refund", parent=billing)
+    stored = one.first("store_memory coordinator", parent=one.first("invoke_agent notes"))
+    assert stored.service == "trustbus coordinator" and stored.attributes["trustbus.memory.outcome"] == "applied"
+    rollback = one.only("rollback", parent=ticket)
+    assert rollback.attributes["gen_ai.conversation.id"] == correlations["refund"]
+    one.decided("none", parent=rollback, kind="message")  # the compensation instruction, accepted
+    compensating = one.only("invoke_agent billing", parent=rollback)
+    one.only("execute_tool charge_back", parent=compensating)
+    one.decided("memory_write", parent=rollback, kind="memory_store")  # the notes put back by the operator
+    assert one.only("store_memory coordinator", parent=rollback).attributes["trustbus.memory.outcome"] == "applied"
+
+
+def _incident(spans: list[ReceivedSpan], correlation: str, last: str) -> list[ReceivedSpan] | None:
+    """The spans of the trace whose root sent ``correlation``'s origin, once a span named ``last`` is among them."""
+    roots = [s for s in spans if s.parent == "" and s.attributes.get("messaging.message.id") == correlation]
+    trace = [s for s in spans if roots and s.trace_id == roots[0].trace_id]
+    return trace if any(s.name == last for s in trace) else None
+
+
+class _Trace:
+    """One trace's spans, looked up by name and parent."""
+
+    def __init__(self, spans: list[ReceivedSpan]) -> None:
+        [self.root] = [s for s in spans if s.parent == ""]
+        self.spans = spans
+
+    def _named(self, name: str, parent: ReceivedSpan | None) -> list[ReceivedSpan]:
+        found = [s for s in self.spans if s.name == name and (parent is None or s.parent == parent.span_id)]
+        assert found, f"no {name!r} under {parent and parent.name!r}: {sorted(s.name for s in self.spans)}"
+        return found
+
+    def only(self, name: str, *, parent: ReceivedSpan | None = None) -> ReceivedSpan:
+        [span] = self._named(name, parent)
+        return span
+
+    def first(self, name: str, *, parent: ReceivedSpan | None = None) -> ReceivedSpan:
+        return self._named(name, parent)[0]
+
+    def decided(self, code: str, *, parent: ReceivedSpan, kind: str | None = None) -> ReceivedSpan:
+        found = [
+            s for s in self._named("apply_guardrail coordinator", parent)
+            if s.attributes["gen_ai.security.decision.code"] == code
+            and (kind is None or s.attributes["gen_ai.security.target.type"] == kind)
+        ]  # fmt: skip
+        assert found, f"no decision {code!r} under {parent.name!r}"
+        return found[0]

@@ -175,3 +175,47 @@ async def test_deferred_envelopes_count_as_redeliveries(fleet: Fleet) -> None:
     await fleet.decisions(lambda ds: len(ds) == 3)
     await until(lambda: value(scrape(port), "trustbus_decisions_total", verdict="accept", reason="none") == 3)
     assert value(await asyncio.to_thread(scrape, port), "trustbus_redeliveries_total") >= 2  # each over the burst
+
+
+async def test_a_coordinator_whose_lease_rounds_fail_is_unready_until_one_succeeds(fleet: Fleet) -> None:
+    """Connected, but its lease bucket gone (deleted under it): no lease round ends well, and once the lease time
+    has passed /readyz says since when; provisioning the tenant again puts the bucket back, and it is ready."""
+    port = metrics_port(await fleet.coordinator({"rules": [RULE]}, extra=("--metrics-port", "0")))
+    assert await asyncio.to_thread(get, port, "/readyz") == (200, "ready\n")
+    await fleet.nc.jetstream().delete_key_value(subjects.coordinator_bucket(fleet.tenant))
+    await until(lambda: get(port, "/readyz")[1].startswith("leases not renewed for "))
+    status, reason = await asyncio.to_thread(get, port, "/readyz")
+    assert status == 503 and reason.endswith(" s\n"), reason
+    await init_tenant([fleet.url], fleet.tenant, keys=fleet.keys)
+    await until(lambda: get(port, "/readyz") == (200, "ready\n"))
+
+
+BACKLOG = 3000  # about a second of catching up on 2 cores: many answers before it is ready
+
+
+async def test_a_ledger_started_on_a_backlog_is_unready_until_it_has_caught_up(fleet: Fleet, tmp_path: Path) -> None:
+    """Every answer /readyz gives, from the ready line on, in order: catching up, counting, then ready."""
+    await fleet.key("ledger", role="ledger")
+    sender = await fleet.bus("sender")
+    for i in range(BACKLOG):  # pipelined, acks awaited together: the backlog takes a moment, not minutes
+        envelope = new_envelope(tenant=fleet.tenant, kind="event", sender="sender", to=["sink"], payload=b"%d" % i)
+        await sender.publish_pipelined(sender.outbox(envelope), sender.seal(envelope))
+    await sender.flush()
+    last = await sender.last_seq()  # every envelope stored: the stream's end the ledger sees at its start
+    argv = ("ledger", "run", "-t", fleet.tenant, "--data", str(tmp_path / "projection"))
+    port = metrics_port(await fleet.spawn(*argv, "--metrics-port", "0"))
+
+    def answers() -> list[tuple[int, str]]:
+        seen: list[tuple[int, str]] = []
+        while not seen or seen[-1] != (200, "ready\n"):
+            seen.append(get(port, "/readyz"))
+            time.sleep(0.02)  # pacing between asks (the answers go to the process's own threads)
+        return seen
+
+    seen = await asyncio.to_thread(answers)
+    catching_up = [body for status, body in seen if status == 503]
+    assert catching_up and all(body.startswith("catching up: projected ") for body in catching_up), set(seen)
+    assert catching_up[0].endswith(f" of {last}\n")
+    projected = [int(body.split()[3]) for body in catching_up]
+    assert projected == sorted(projected) and projected[-1] < last
+    assert seen[-1] == (200, "ready\n") and set(seen[len(catching_up) :]) == {(200, "ready\n")}

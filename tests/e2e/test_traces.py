@@ -90,8 +90,9 @@ async def test_sender_coordinator_and_recipient_spans_form_one_trace(
         trace = _in_trace(spans, send.trace_id)
         guardrails = [s for s in trace if s.name == "apply_guardrail coordinator"]
         handled = [s for s in trace if s.name == "invoke_agent recipient"]
-        # the send's decision, the reply's and the checkpoint's; the recipient's handling
-        return trace if len(guardrails) == 3 and handled else None
+        stored = [s for s in trace if s.name == "store_checkpoint coordinator"]
+        # the send's decision, the reply's and the checkpoint's; the recipient's handling; the checkpoint stored
+        return trace if len(guardrails) == 3 and handled and stored else None
 
     trace = await receiver.wait(whole)
     [send] = [s for s in trace if s.name == "send event"]
@@ -112,6 +113,12 @@ async def test_sender_coordinator_and_recipient_spans_form_one_trace(
     # what the handler sent (its reply, its checkpoint) was decided as children of the handler's span
     assert {s.parent for s in guardrails.values()} == {handled.span_id}
     assert sorted(s.attributes["trustbus.action"] for s in guardrails.values()) == ["forward", "store"]
+    # the accepted checkpoint stored by the coordinator: a span of its own, beside its decision
+    [stored] = [s for s in trace if s.name == "store_checkpoint coordinator"]
+    [checkpoint] = [s for s in guardrails.values() if s.attributes["trustbus.action"] == "store"]
+    assert stored.parent == handled.span_id and stored.service == "trustbus coordinator"
+    assert stored.attributes["trustbus.envelope.id"] == checkpoint.attributes["gen_ai.security.target.id"]
+    assert stored.attributes["gen_ai.conversation.id"] == envelope_id
 
 
 async def test_a_held_envelope_its_approval_and_its_release_are_one_trace(

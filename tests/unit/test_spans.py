@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -18,6 +18,7 @@ from trustbus.bus import (
     configure_tracing,
     current_trace,
     new_envelope,
+    record_span,
     traced,
     tracing_asked,
     tracing_enabled,
@@ -174,3 +175,27 @@ def test_a_decision_is_a_guardrail_span_with_its_verdict_apart_from_the_action(
     assert span.attributes is not None
     assert {k: span.attributes.get(k) for k in expected} == expected
     assert span.attributes.get("gen_ai.security.policy.id") == rule
+
+
+def test_an_unsampled_guardrail_span_builds_no_attributes() -> None:
+    """At a sampling ratio, an unsampled decision's span costs no attribute building: only a sampled one's does."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    use_tracer(provider.get_tracer("test"))
+    built: list[str] = []
+
+    def attributes(flags: str) -> Callable[[], dict[str, str]]:
+        return lambda: built.append(flags) or {"k": "v"}
+
+    try:
+        for flags in ("01", "00"):  # the sender's span sampled, then not: its decision's span follows it
+            cause = envelope(trace=(PARENT[:-2] + flags, ""))
+            record_span("apply_guardrail coordinator", attributes(flags), parent=cause, start_ns=cause.ts)
+    finally:
+        use_tracer(None)
+    assert built == ["01"]
+    [span] = exporter.get_finished_spans()
+    assert span.attributes == {"k": "v"} and span.start_time is not None

@@ -8,14 +8,14 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 from rich.console import Console
 
 from trustbus._incident_view import incident_tree, redecided_rows
 from trustbus.agents import answer, connect_agent, list_held
-from trustbus.bus import Bus, TenantStream, current_trace, new_envelope, traced
+from trustbus.bus import Bus, Envelope, TenantStream, current_trace, new_envelope, traced
 from trustbus.demo.fleet import TENANT, Fleet
 from trustbus.demo.model import calls
 from trustbus.demo.systems import FILES, STALL_FILE, billing_db
@@ -33,8 +33,12 @@ from trustbus.ledger import (
 )
 from trustbus.ledger import connect as connect_projection
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
 CRASH_ORDER = 1004
 STEP_S = 30.0
+_SENDING = {"messaging.system": "nats", "messaging.operation.type": "send"}
 
 
 class Demo:
@@ -45,6 +49,7 @@ class Demo:
         self.fleet = fleet
         self.console = console
         self.tickets: dict[str, str] = {}  # scene -> correlation id
+        self.origins: dict[str, Envelope] = {}  # scene -> its ticket: what the scene's later sends are traced under
         self.facts: dict[str, Any] = {}
 
     @property
@@ -93,7 +98,7 @@ class Demo:
 
     async def _ticket(self, desk: Bus, scene: str, ticket: dict[str, Any]) -> str:
         # With OTEL_* set, the ticket's span is the root of the incident's one trace (docs/OBSERVABILITY.md).
-        with traced("send event", {"messaging.system": "nats", "messaging.operation.type": "send"}):
+        with traced("send event", _SENDING) as span:
             envelope = new_envelope(
                 tenant=TENANT,
                 kind="event",
@@ -102,8 +107,9 @@ class Demo:
                 payload=json.dumps(ticket).encode(),
                 trace=current_trace(),
             )
-            await desk.send(envelope)
+            await _send(desk, envelope, span)
         self.tickets[scene] = envelope.correlation_id
+        self.origins[scene] = envelope
         self.console.print(f"desk -> triage: [bold]{ticket['summary']}[/bold] [dim](correlation {envelope.id})[/dim]")
         return envelope.correlation_id
 
@@ -146,12 +152,15 @@ class Demo:
         self.facts["held_seen_by_operator"] = len(waiting)
         self.console.print(f"denied: {denied.verdict} ({', '.join(denied.reasons)})")
         # The same refund asked for in a reply, to slip past a hold on instructions: a reply must answer
-        # an envelope delivered to its sender, and go back to that envelope's sender only.
-        sneaky = new_envelope(
-            tenant=TENANT, kind="reply", sender="desk", to=("billing",), correlation_id=corr,
-            payload=json.dumps({"customer": "mallory", "order": 1002, "amount": 900}).encode(),
-        )  # fmt: skip
-        await desk.send(sneaky)
+        # an envelope delivered to its sender, and go back to that envelope's sender only. Sent in the
+        # incident, so traced in its trace: a child of the ticket's span.
+        with traced("send reply", _SENDING, parent=self.origins["injection"]) as span:
+            sneaky = new_envelope(
+                tenant=TENANT, kind="reply", sender="desk", to=("billing",), correlation_id=corr,
+                payload=json.dumps({"customer": "mallory", "order": 1002, "amount": 900}).encode(),
+                trace=current_trace(),
+            )  # fmt: skip
+            await _send(desk, sneaky, span)
         await watch.until(
             lambda s: s.decided(corr, kind="reply", sender="desk", reason="unsolicited_reply") or None,
             "the same refund sent to billing as a reply refused",
@@ -325,6 +334,13 @@ QUERIES = (
     "SELECT correlation_id, sender, verdict, reasons, effective_taint FROM decisions WHERE verdict <> 'accept'",
     "SELECT agent, tool, effect_class, phase, count(*) AS n FROM effects GROUP BY ALL ORDER BY ALL",
 )
+
+
+async def _send(desk: Bus, envelope: Envelope, span: Span | None) -> None:
+    """Send ``envelope`` as the desk, inside its ``send`` span (None: tracing is off), which names it."""
+    await desk.send(envelope)
+    if span is not None:
+        span.set_attributes({"messaging.message.id": envelope.id, "gen_ai.conversation.id": envelope.correlation_id})
 
 
 async def _poll(condition: Callable[[], bool], what: str, timeout_s: float = STEP_S) -> None:
