@@ -150,11 +150,14 @@ def encode_envelope(envelope: Envelope) -> bytes:
 
 def decode_envelope(body: bytes) -> Envelope:
     """Decode wire bytes; raises ``Malformed`` or ``UnsupportedVersion``."""
-    check_msgpack(body, _BOUNDS)  # before msgspec, which would recurse into a deeply nested field
     # msgspec raises DecodeError for bad structure and UnicodeDecodeError (a ValueError) for bad UTF-8.
+    # The typed decode needs no depth walk first: every field has a scalar or a list-of-strings type and an
+    # unknown key is refused before its value is read, so it stops at the first value nested deeper than the
+    # schema (two levels) without descending into it. The probe below skips unknown fields, so it needs one.
     try:
         envelope = _decoder.decode(body)
     except (msgspec.DecodeError, ValueError) as exc:
+        check_msgpack(body, _BOUNDS)  # before the probe, which would recurse into a deeply nested field
         # Tell a newer schema from garbage: only the version field is read here.
         try:
             version = _probe_decoder.decode(body).v

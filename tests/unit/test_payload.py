@@ -178,7 +178,7 @@ def test_msgpack_within_the_bound_decodes_like_msgspec_and_beyond_it_is_refused(
 
 
 @pytest.mark.parametrize("depth", DEPTHS)
-@pytest.mark.parametrize("field", ["to", "payload", "taint", "unknown"])
+@pytest.mark.parametrize("field", ["to", "payload", "taint", "trace", "v", "unknown"])
 def test_envelope_with_a_deeply_nested_field_is_malformed(depth: int, field: str) -> None:
     fields = msgspec.msgpack.decode(encode_envelope(new_envelope(tenant="acme", kind="event", sender="a", to=["b"])))
     with pytest.raises(Malformed):
