@@ -32,25 +32,50 @@ the coordinator process then starts from that snapshot, and its RSS once ready
 a state that keeps every decision in memory (at 1,000,000 they take minutes
 and about 1 GB). With ``--json`` the last line of stdout is one JSON object
 with every figure.
+
+**Longer logs than can be signed in time** (``--distinct D``, with
+``--decisions N`` and ``--snapshot``): signing and appending runs at about
+1,000 decisions/s on 2 shared cores, so 10,000,000 would take hours. Instead D
+distinct decisions are written as above (D / 10 correlations: keep it within
+the cache's 10,000 so no rebuild stores any), folded into a bounded state (the
+restore of a coordinator with no snapshot), and the log is then filled up to N
+records with byte-identical copies of them, appended in the same atomic batches
+without their ``Nats-Msg-Id`` (so the duplicate window keeps them). A copy is
+a replay of a record folded before: a coordinator reading it skips it
+(``DecisionLog``: "stored again"), which moves only the state's last sequence;
+so the state of the distinct records with its last sequence set to the log's
+end is the state folding the whole log gives, and it is stored as the
+snapshot. Then ``TAIL`` fresh decisions, and the restore (and ``--process``
+start) is timed as above, on a stream of N + D + ``TAIL`` messages. Printed
+too: how long each write took, the stream's bytes and the server's store
+directory on disk, and nats-server's RSS.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, sys.path[0] is bench/ (where ledger.py would shadow the ledger package): use the root.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+from bench.flood import stream_state
 from trustbus import bus
 from trustbus._supervisor import ProcessFailed, Supervisor
 from trustbus.agents import parse_policy
 from trustbus.agents._correlation_store import correlation_store
 from trustbus.agents._decision_log import DecisionLog, decision_record
+from trustbus.bus import SubjectLog
 
 TENANT = "bench"
 PER_CORRELATION = 10
@@ -99,6 +124,23 @@ async def write_decisions(coordinator: bus.Bus, log: bus.SubjectLog, count: int)
         last = await log.append_batch(records, after=last, batch_id=bus.new_id())
 
 
+async def fill_with_copies(log: SubjectLog, count: int) -> int:
+    """Append copies of ``log``'s records (without ``Nats-*`` headers) in batches until it holds ``count`` records;
+    the last sequence."""
+    originals = [
+        (record.body, {k: v for k, v in record.headers.items() if not k.startswith("Nats-")})
+        async for record in log.read()
+    ]
+    tip = await log.last()
+    last_seq, held = (0 if tip is None else tip.seq), len(originals)
+    while held < count:
+        take = min(BATCH, count - held)
+        batch = [originals[(held + i) % len(originals)] for i in range(take)]
+        last_seq = await log.append_batch(batch, after=last_seq, batch_id=bus.new_id())
+        held += take
+    return last_seq
+
+
 async def timed_catch_up(log: bus.SubjectLog, keyring: bus.Keyring) -> tuple[float, DecisionLog]:
     """Seconds one :meth:`DecisionLog.catch_up` over ``log`` takes from an empty state, and what it read."""
     decisions = DecisionLog(log, keyring, POLICY)
@@ -135,8 +177,44 @@ async def with_snapshot(coordinator: bus.Bus, subject: str) -> dict[str, Any]:
     }
 
 
-async def measure(count: int, *, process: bool, snapshot: bool = False, unbounded: bool = True) -> dict[str, Any]:
-    """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start)."""
+async def with_copies(coordinator: bus.Bus, subject: str, count: int, distinct: int) -> dict[str, Any]:
+    """``distinct`` decisions, copies of them up to ``count`` records, a snapshot at the end, ``TAIL`` more, and a
+    timed restore (the snapshot and the tail)."""
+    start = time.perf_counter()
+    await write_decisions(coordinator, coordinator.log(subject), distinct)
+    distinct_s = time.perf_counter() - start
+    rebuild_s, rebuilt = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
+    start = time.perf_counter()
+    last = await fill_with_copies(coordinator.log(subject, in_batches=True), count)
+    copies_s = time.perf_counter() - start
+    rebuilt.state.last_seq = last  # what reading the copies does: each is skipped as a replay
+    start = time.perf_counter()
+    assert await rebuilt.snapshot()
+    snapshot_s = time.perf_counter() - start
+    await write_decisions(coordinator, coordinator.log(subject), TAIL)
+    restore_s, restored = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
+    assert restored.store is not None and rebuilt.store is not None
+    assert restored.state.last_seq == last + TAIL, (restored.state.last_seq, last)
+    return {
+        "distinct": distinct,
+        "distinct_write_s": round(distinct_s, 2),
+        "rebuild_without_snapshot_s": round(rebuild_s, 2),
+        "correlations_stored": rebuilt.store.writes,
+        "copies_write_s": round(copies_s, 2),
+        "snapshot_s": round(snapshot_s, 2),
+        "snapshot_covers": last,
+        "restore_from_snapshot_s": round(restore_s, 2),
+        "tail": TAIL,
+        "loads_after_snapshot": restored.store.loads,
+        "in_memory_after_restore": len(restored.state.correlations),
+    }
+
+
+async def measure(
+    count: int, *, process: bool, snapshot: bool = False, unbounded: bool = True, distinct: int | None = None
+) -> dict[str, Any]:
+    """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start);
+    with ``distinct``, reach ``count`` with copies of that many (:func:`with_copies`)."""
     with bus.EmbeddedServer(port=0) as server, tempfile.TemporaryDirectory() as tmp:
         keys = bus.KeyDirectory(Path(tmp) / "keys")
         await bus.init_tenant([server.url], TENANT, keys=keys)
@@ -144,11 +222,18 @@ async def measure(count: int, *, process: bool, snapshot: bool = False, unbounde
         identity = keys.load(TENANT, "c1")
         async with await bus.Bus.connect(server.url, tenant=TENANT, name="c1", identity=identity) as coordinator:
             subject = bus.subjects.decision(TENANT, 0)
-            start = time.perf_counter()
-            await write_decisions(coordinator, coordinator.log(subject), count)
-            write_s = time.perf_counter() - start
+            if distinct is not None:
+                result: dict[str, Any] = {
+                    "decisions": count,
+                    **await with_copies(coordinator, subject, count, distinct),
+                }
+                result["write_s"] = round(result["distinct_write_s"] + result["copies_write_s"], 2)
+                unbounded = snapshot = False  # both would read every copy
+            else:
+                start = time.perf_counter()
+                await write_decisions(coordinator, coordinator.log(subject), count)
+                result = {"decisions": count, "write_s": round(time.perf_counter() - start, 2)}
             ring = coordinator.keyring.keyring
-            result: dict[str, Any] = {"decisions": count, "write_s": round(write_s, 2)}
             if unbounded:
                 batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
                 result |= {"batched_s": round(batched_s, 2), "batched_per_s": round(count / batched_s)}
@@ -165,9 +250,17 @@ async def measure(count: int, *, process: bool, snapshot: bool = False, unbounde
             if snapshot:
                 result |= await with_snapshot(coordinator, subject)
         ready = await asyncio.to_thread(coordinator_ready, server.url, keys, Path(tmp)) if process else None
+        result["stream_messages"], result["stream_bytes"] = await stream_state(server.url, TENANT)
+        result["store_dir_bytes"] = await asyncio.to_thread(disk_bytes, server.data_dir or Path(tmp))
+        result["server_rss_mb"] = round(rss_mb(server.pid), 1) if server.pid else None
     result["process_ready_s"] = None if ready is None else round(ready[0], 2)
     result["process_rss_mb"] = None if ready is None else round(ready[1], 1)
     return result
+
+
+def disk_bytes(directory: Path) -> int:
+    """The bytes of every file under ``directory``."""
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
 def coordinator_ready(url: str, keys: bus.KeyDirectory, tmp: Path) -> tuple[float, float]:
@@ -210,13 +303,22 @@ def main() -> None:
     parser.add_argument("--process", action="store_true", help="also time a coordinator process's start to ready")
     parser.add_argument("--snapshot", action="store_true", help="also time a restore from a snapshot and a tail")
     parser.add_argument("--bounded-only", action="store_true", help="skip the reads that keep every decision")
+    parser.add_argument(
+        "--distinct", type=int, help="write this many decisions and copies of them up to --decisions (implies the rest)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line of stdout")
     args = parser.parse_args()
     out = sys.stderr if args.json else sys.stdout
     results = []
     for count in args.decisions:
         result = asyncio.run(
-            measure(count, process=args.process, snapshot=args.snapshot, unbounded=not args.bounded_only)
+            measure(
+                count,
+                process=args.process,
+                snapshot=args.snapshot,
+                unbounded=not args.bounded_only,
+                distinct=args.distinct,
+            )
         )
         results.append(result)
         print(describe(result), file=out)
@@ -227,13 +329,20 @@ def main() -> None:
 def describe(result: dict[str, Any]) -> str:
     """One line of figures for one log length."""
     line = f"{result['decisions']:>9,} decisions (written in {result['write_s']} s): "
+    if "distinct" in result:
+        line += (
+            f"{result['distinct']:,} distinct in {result['distinct_write_s']} s, folded in "
+            f"{result['rebuild_without_snapshot_s']} s, copies to {result['snapshot_covers']:,} in "
+            f"{result['copies_write_s']} s, snapshot {result['snapshot_s']} s, restore from it + {result['tail']:,} "
+            f"decisions {result['restore_from_snapshot_s']} s ({result['loads_after_snapshot']:,} correlation loads)"
+        )
     if "one_by_one_s" in result:
         line += (
             f"one get per record {result['one_by_one_s']:7.2f} s ({result['one_by_one_per_s']:,}/s), "
             f"in batches {result['batched_s']:6.2f} s ({result['batched_per_s']:,}/s), "
             f"x{result['speedup']}, same state: {result['same_state']}"
         )
-    if "restore_from_snapshot_s" in result:
+    if "restore_from_snapshot_s" in result and "distinct" not in result:
         line += (
             f"; no snapshot, bounded rebuild {result['rebuild_without_snapshot_s']} s "
             f"({result['correlations_stored']:,} correlations stored), snapshot {result['snapshot_s']} s, "
@@ -242,6 +351,10 @@ def describe(result: dict[str, Any]) -> str:
         )
     if result["process_ready_s"] is not None:
         line += f"; coordinator process ready in {result['process_ready_s']} s, RSS {result['process_rss_mb']} MB"
+    line += (
+        f"; stream {result['stream_messages']:,} messages, {result['stream_bytes'] / 2**30:.2f} GiB, store dir "
+        f"{result['store_dir_bytes'] / 2**30:.2f} GiB, nats-server RSS {result['server_rss_mb']} MB"
+    )
     return line
 
 
