@@ -48,11 +48,10 @@ SEGMENTS = "segments"
 FANIN = 16
 MAX_TIER = 5  # segments of 16**5 (about a million) rows or more are not merged further
 RETIRE_GRACE_NS = 10 * 60 * 1_000_000_000
-# The writer's DuckDB only turns JSON into Parquet and merges Parquet files. Its cache of the files it read is
-# bounded by memory_limit alone (80 % of RAM by default), so a service that merges for months kept growing; and
-# one thread leaves fewer per-thread heaps to the C allocator. A lower memory_limit is no cure: a merge of
-# 16**4-row segments of ~1 KB rows needs more than 256 MB (docs/OPERATIONS.md, "Memory").
-DUCKDB_SETTINGS: dict[str, str | bool | int] = {"threads": 1, "enable_external_file_cache": False}
+# DuckDB frees into its own allocator, which gives freed pages back to the system from background threads: without
+# them a merge's peak (hundreds of MB for 16 segments of 65,536 rows) stayed resident, out of malloc_trim's reach
+# (measured: docs/OPERATIONS.md, "Memory of agents and the ledger service").
+DUCKDB_SETTINGS: dict[str, str | bool | int] = {"allocator_background_threads": True}
 
 _json = msgspec.json.Encoder()
 
