@@ -33,8 +33,8 @@ a state that keeps every decision in memory (at 1,000,000 they take minutes
 and about 1 GB). With ``--json`` the last line of stdout is one JSON object
 with every figure.
 
-**Longer logs than can be signed in time** (``--distinct D``, with
-``--decisions N`` and ``--snapshot``): signing and appending runs at about
+**Longer logs than can be signed in time** (``--distinct D`` with
+``--decisions N``; the reads of ``--snapshot`` are the only ones made): signing and appending runs at about
 1,000 decisions/s on 2 shared cores, so 10,000,000 would take hours. Instead D
 distinct decisions are written as above (D / 10 correlations: keep it within
 the cache's 10,000 so no rebuild stores any), folded into a bounded state (the
@@ -157,52 +157,29 @@ async def timed_restore(coordinator: bus.Bus, log: bus.SubjectLog) -> tuple[floa
     return time.perf_counter() - start, decisions
 
 
-async def with_snapshot(coordinator: bus.Bus, subject: str) -> dict[str, Any]:
-    """Rebuild with no snapshot, store one, write ``TAIL`` more decisions, and time a restore from it."""
+async def with_snapshot(coordinator: bus.Bus, subject: str, *, fill_to: int | None = None) -> dict[str, Any]:
+    """Rebuild with no snapshot, store one, write ``TAIL`` more decisions, and time a restore from it. ``fill_to``:
+    between the rebuild and the snapshot, fill the log with copies up to that many records (:func:`fill_with_copies`).
+    """
     rebuild_s, rebuilt = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
+    filled: dict[str, Any] = {}
+    if fill_to is not None:
+        start = time.perf_counter()
+        last = await fill_with_copies(coordinator.log(subject, in_batches=True), fill_to)
+        filled = {"copies_write_s": round(time.perf_counter() - start, 2), "snapshot_covers": last}
+        rebuilt.state.last_seq = last  # what reading the copies does: each is skipped as a replay
     start = time.perf_counter()
     assert await rebuilt.snapshot()
     snapshot_s = time.perf_counter() - start
     await write_decisions(coordinator, coordinator.log(subject), TAIL)
     restore_s, restored = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
     assert restored.store is not None and rebuilt.store is not None
+    assert restored.state.last_seq > rebuilt.state.last_seq
     return {
         "rebuild_without_snapshot_s": round(rebuild_s, 2),
         "correlations_stored": rebuilt.store.writes,
+        **filled,
         "snapshot_s": round(snapshot_s, 2),
-        "restore_from_snapshot_s": round(restore_s, 2),
-        "tail": TAIL,
-        "loads_after_snapshot": restored.store.loads,
-        "in_memory_after_restore": len(restored.state.correlations),
-    }
-
-
-async def with_copies(coordinator: bus.Bus, subject: str, count: int, distinct: int) -> dict[str, Any]:
-    """``distinct`` decisions, copies of them up to ``count`` records, a snapshot at the end, ``TAIL`` more, and a
-    timed restore (the snapshot and the tail)."""
-    start = time.perf_counter()
-    await write_decisions(coordinator, coordinator.log(subject), distinct)
-    distinct_s = time.perf_counter() - start
-    rebuild_s, rebuilt = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
-    start = time.perf_counter()
-    last = await fill_with_copies(coordinator.log(subject, in_batches=True), count)
-    copies_s = time.perf_counter() - start
-    rebuilt.state.last_seq = last  # what reading the copies does: each is skipped as a replay
-    start = time.perf_counter()
-    assert await rebuilt.snapshot()
-    snapshot_s = time.perf_counter() - start
-    await write_decisions(coordinator, coordinator.log(subject), TAIL)
-    restore_s, restored = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
-    assert restored.store is not None and rebuilt.store is not None
-    assert restored.state.last_seq == last + TAIL, (restored.state.last_seq, last)
-    return {
-        "distinct": distinct,
-        "distinct_write_s": round(distinct_s, 2),
-        "rebuild_without_snapshot_s": round(rebuild_s, 2),
-        "correlations_stored": rebuilt.store.writes,
-        "copies_write_s": round(copies_s, 2),
-        "snapshot_s": round(snapshot_s, 2),
-        "snapshot_covers": last,
         "restore_from_snapshot_s": round(restore_s, 2),
         "tail": TAIL,
         "loads_after_snapshot": restored.store.loads,
@@ -214,7 +191,7 @@ async def measure(
     count: int, *, process: bool, snapshot: bool = False, unbounded: bool = True, distinct: int | None = None
 ) -> dict[str, Any]:
     """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start);
-    with ``distinct``, reach ``count`` with copies of that many (:func:`with_copies`)."""
+    with ``distinct``, reach ``count`` with copies of that many (:func:`with_snapshot`)."""
     with bus.EmbeddedServer(port=0) as server, tempfile.TemporaryDirectory() as tmp:
         keys = bus.KeyDirectory(Path(tmp) / "keys")
         await bus.init_tenant([server.url], TENANT, keys=keys)
@@ -222,17 +199,12 @@ async def measure(
         identity = keys.load(TENANT, "c1")
         async with await bus.Bus.connect(server.url, tenant=TENANT, name="c1", identity=identity) as coordinator:
             subject = bus.subjects.decision(TENANT, 0)
+            start = time.perf_counter()
+            await write_decisions(coordinator, coordinator.log(subject), count if distinct is None else distinct)
+            result: dict[str, Any] = {"decisions": count, "write_s": round(time.perf_counter() - start, 2)}
             if distinct is not None:
-                result: dict[str, Any] = {
-                    "decisions": count,
-                    **await with_copies(coordinator, subject, count, distinct),
-                }
-                result["write_s"] = round(result["distinct_write_s"] + result["copies_write_s"], 2)
+                result |= {"distinct": distinct, **await with_snapshot(coordinator, subject, fill_to=count)}
                 unbounded = snapshot = False  # both would read every copy
-            else:
-                start = time.perf_counter()
-                await write_decisions(coordinator, coordinator.log(subject), count)
-                result = {"decisions": count, "write_s": round(time.perf_counter() - start, 2)}
             ring = coordinator.keyring.keyring
             if unbounded:
                 batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
@@ -330,11 +302,9 @@ def describe(result: dict[str, Any]) -> str:
     """One line of figures for one log length."""
     line = f"{result['decisions']:>9,} decisions (written in {result['write_s']} s): "
     if "distinct" in result:
-        line += (
-            f"{result['distinct']:,} distinct in {result['distinct_write_s']} s, folded in "
-            f"{result['rebuild_without_snapshot_s']} s, copies to {result['snapshot_covers']:,} in "
-            f"{result['copies_write_s']} s, snapshot {result['snapshot_s']} s, restore from it + {result['tail']:,} "
-            f"decisions {result['restore_from_snapshot_s']} s ({result['loads_after_snapshot']:,} correlation loads)"
+        line = (
+            f"{result['decisions']:>9,} decisions ({result['distinct']:,} distinct written in {result['write_s']} s, "
+            f"copies of them up to {result['snapshot_covers']:,} in {result['copies_write_s']} s)"
         )
     if "one_by_one_s" in result:
         line += (
@@ -342,7 +312,7 @@ def describe(result: dict[str, Any]) -> str:
             f"in batches {result['batched_s']:6.2f} s ({result['batched_per_s']:,}/s), "
             f"x{result['speedup']}, same state: {result['same_state']}"
         )
-    if "restore_from_snapshot_s" in result and "distinct" not in result:
+    if "restore_from_snapshot_s" in result:
         line += (
             f"; no snapshot, bounded rebuild {result['rebuild_without_snapshot_s']} s "
             f"({result['correlations_stored']:,} correlations stored), snapshot {result['snapshot_s']} s, "
