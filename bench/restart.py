@@ -46,7 +46,7 @@ a replay of a record folded before: a coordinator reading it skips it
 so the state of the distinct records with its last sequence set to the log's
 end is the state folding the whole log gives, and it is stored as the
 snapshot. Then ``TAIL`` fresh decisions, and the restore (and ``--process``
-start) is timed as above, on a stream of N + D + ``TAIL`` messages. Printed
+start) is timed as above, on a log of N + ``TAIL`` records. Printed
 too: how long each write took, the stream's bytes and the server's store
 directory on disk, and nats-server's RSS.
 """
