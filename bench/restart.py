@@ -25,7 +25,7 @@ With ``--snapshot``, the state is then rebuilt as a coordinator does at start
 with no snapshot (``DecisionLog.restore`` with a ``CorrelationStore`` of the
 default capacity, 10,000 correlations: the whole log, storing the correlations
 beyond the capacity in ``tb_state_<T>`` as it goes), a snapshot is stored
-(``DecisionLog.snapshot``), ``TAIL`` more decisions are written, and a fresh
+(``DecisionLog.snapshot``), ``--tail`` (1,000) more decisions are written, and a fresh
 restore is timed (the snapshot, then only the tail). With ``--process`` too,
 the coordinator process then starts from that snapshot, and its RSS once ready
 (``/proc/<pid>/status``) is printed. ``--bounded-only`` skips both reads into
@@ -83,7 +83,7 @@ BATCH = 1000
 RULES = {"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]}
 POLICY = parse_policy(RULES)
 READY_S = 600.0
-TAIL = 1000  # decisions written after the snapshot
+TAIL = 1000  # decisions written after the snapshot (--tail)
 
 
 def decision_about(cause: bus.Envelope, seq: int, now_ns: int) -> bus.Decision:
@@ -157,7 +157,9 @@ async def timed_restore(coordinator: bus.Bus, log: bus.SubjectLog) -> tuple[floa
     return time.perf_counter() - start, decisions
 
 
-async def with_snapshot(coordinator: bus.Bus, subject: str, *, fill_to: int | None = None) -> dict[str, Any]:
+async def with_snapshot(
+    coordinator: bus.Bus, subject: str, *, fill_to: int | None = None, tail: int = TAIL
+) -> dict[str, Any]:
     """Rebuild with no snapshot, store one, write ``TAIL`` more decisions, and time a restore from it. ``fill_to``:
     between the rebuild and the snapshot, fill the log with copies up to that many records (:func:`fill_with_copies`).
     """
@@ -171,7 +173,7 @@ async def with_snapshot(coordinator: bus.Bus, subject: str, *, fill_to: int | No
     start = time.perf_counter()
     assert await rebuilt.snapshot()
     snapshot_s = time.perf_counter() - start
-    await write_decisions(coordinator, coordinator.log(subject), TAIL)
+    await write_decisions(coordinator, coordinator.log(subject), tail)
     restore_s, restored = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
     assert restored.store is not None and rebuilt.store is not None
     assert restored.state.last_seq > rebuilt.state.last_seq
@@ -181,14 +183,20 @@ async def with_snapshot(coordinator: bus.Bus, subject: str, *, fill_to: int | No
         **filled,
         "snapshot_s": round(snapshot_s, 2),
         "restore_from_snapshot_s": round(restore_s, 2),
-        "tail": TAIL,
+        "tail": tail,
         "loads_after_snapshot": restored.store.loads,
         "in_memory_after_restore": len(restored.state.correlations),
     }
 
 
 async def measure(
-    count: int, *, process: bool, snapshot: bool = False, unbounded: bool = True, distinct: int | None = None
+    count: int,
+    *,
+    process: bool,
+    snapshot: bool = False,
+    unbounded: bool = True,
+    distinct: int | None = None,
+    tail: int = TAIL,
 ) -> dict[str, Any]:
     """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start);
     with ``distinct``, reach ``count`` with copies of that many (:func:`with_snapshot`)."""
@@ -203,7 +211,7 @@ async def measure(
             await write_decisions(coordinator, coordinator.log(subject), count if distinct is None else distinct)
             result: dict[str, Any] = {"decisions": count, "write_s": round(time.perf_counter() - start, 2)}
             if distinct is not None:
-                result |= {"distinct": distinct, **await with_snapshot(coordinator, subject, fill_to=count)}
+                result |= {"distinct": distinct, **await with_snapshot(coordinator, subject, fill_to=count, tail=tail)}
                 unbounded = snapshot = False  # both would read every copy
             ring = coordinator.keyring.keyring
             if unbounded:
@@ -220,7 +228,7 @@ async def measure(
                 }
                 del old, new
             if snapshot:
-                result |= await with_snapshot(coordinator, subject)
+                result |= await with_snapshot(coordinator, subject, tail=tail)
         ready = await asyncio.to_thread(coordinator_ready, server.url, keys, Path(tmp)) if process else None
         result["stream_messages"], result["stream_bytes"] = await stream_state(server.url, TENANT)
         result["store_dir_bytes"] = await asyncio.to_thread(disk_bytes, server.data_dir or Path(tmp))
@@ -275,6 +283,7 @@ def main() -> None:
     parser.add_argument("--process", action="store_true", help="also time a coordinator process's start to ready")
     parser.add_argument("--snapshot", action="store_true", help="also time a restore from a snapshot and a tail")
     parser.add_argument("--bounded-only", action="store_true", help="skip the reads that keep every decision")
+    parser.add_argument("--tail", type=int, default=TAIL, help=f"decisions after the snapshot (default {TAIL:,})")
     parser.add_argument(
         "--distinct", type=int, help="write this many decisions and copies of them up to --decisions (implies the rest)"
     )
@@ -290,6 +299,7 @@ def main() -> None:
                 snapshot=args.snapshot,
                 unbounded=not args.bounded_only,
                 distinct=args.distinct,
+                tail=args.tail,
             )
         )
         results.append(result)
