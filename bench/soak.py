@@ -17,10 +17,11 @@ memory and stores the others; ``--capacity C`` sets it to C in the run's policy,
 **Steady by construction:** A keeps at most ``--window`` envelopes in flight, sent but not yet counted by B
 (B reports its count every 50 ms); so the coordinator never has more than that waiting, and the run goes at
 the mediated rate instead of piling a backlog into the stream. ``--rate R`` also holds A to at most R
-envelopes a second: what the processes must remember for a time (the replay ids of the last 120 s, the
-forwards of the last 90 s) follows the rate, so a run whose rate rises in its second half (a shared machine
-getting quieter) shows growth that is not per decision; at a steady rate that memory is full within the
-first minutes and the slope shows only what grows with the count. The rate of each tenth is in the JSON.
+envelopes a second, never more (time lost to a slow stretch is not made up by a burst): what the processes
+must remember for a time (the replay ids of the last 120 s, the forwards of the last 90 s) follows the rate,
+so a run whose rate rises in its second half (a shared machine getting quieter) shows growth that is not per
+decision; at a steady rate that memory is full within the first minutes and the slope shows only what grows
+with the count. The rate of each tenth is in the JSON.
 
 **Memory:** the RSS (``/proc/<pid>/statm``) of the coordinator, B, the ledger service and nats-server every
 ``--sample-s`` seconds and when B has received each tenth of N; printed at 10 %, 50 % and 100 % (every
@@ -279,10 +280,12 @@ class Soak:
         identity = self.keys.load(TENANT, "a")
         async with await bus.Bus.connect(self.server.url, tenant=TENANT, name="a", identity=identity) as a:
             correlation = bus.new_id()
-            began = time.monotonic()
+            due = time.monotonic()  # when the next send may go, at --rate
             for index in range(self.total):
-                if self.args.rate is not None and (ahead := began + index / self.args.rate - time.monotonic()) > 0:
-                    await asyncio.sleep(ahead)  # holds A to --rate
+                if self.args.rate is not None:
+                    if (ahead := due - time.monotonic()) > 0:
+                        await asyncio.sleep(ahead)  # holds A to --rate
+                    due = max(due, time.monotonic()) + 1 / self.args.rate  # time lost is not made up in a burst
                 if self.sent - self.receipts.received >= self.window:
                     await self.receipts.until(
                         lambda: self.sent - self.receipts.received < self.window, RESTART_TIMEOUT_S
