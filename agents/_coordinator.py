@@ -65,7 +65,9 @@ from trustbus.bus import (
 log = logging.getLogger("trustbus.coordinator")
 
 CONSUMER_PREFIX = "coordinator-"
-SNAPSHOT_EVERY = 10_000  # decisions at most between two snapshots of a partition's state
+# Decisions at most between two snapshots of a partition's state: what a restart catches up on, about 2 s at the
+# slowest rate measured on a loaded machine (2.2 ms a decision; docs/COORDINATOR.md, "Snapshots and restarts").
+SNAPSHOT_EVERY = 1_000
 SNAPSHOT_S = 60.0  # seconds at most, if anything was decided
 OUTBOX_SETTINGS = ConsumerSettings(max_ack_pending=1024, max_deliver=10, ack_wait_s=10.0, batch=128)
 
@@ -99,7 +101,7 @@ class Coordinator:
         self.suspensions = Suspensions(
             self.state, policy, partition=partition, partitions=bus.partitions, tenant=bus.tenant
         )
-        self._snapshot_at = (0, time.monotonic())  # the log sequence and time of the last snapshot
+        self._snapshot_at = (0, 0, time.monotonic())  # the log sequence, decisions folded and time of the last one
         self._intake = Intake(bus, partition, approvals=consumer_name(partition), suspensions=self.suspensions)
         self._stopping = asyncio.Event()
 
@@ -111,7 +113,7 @@ class Coordinator:
         await self.bus.ensure_consumer(consumer_name(partition), watched, settings=OUTBOX_SETTINGS)
         await self._intake.ensure_consumers()
         await self.log.restore()
-        self._snapshot_at = (self.state.last_seq, time.monotonic())
+        self._snapshot_at = (self.state.last_seq, self.log.folded, time.monotonic())
         for grant in self.bus.keyring.keyring.grants():
             if grant.role == "agent":
                 await self._forwarder.ensure_inbox(grant.owner)
@@ -296,12 +298,12 @@ class Coordinator:
     async def _trim(self) -> None:
         """Between batches: store and drop the correlations least recently used beyond the capacity, and store a
         snapshot every ``SNAPSHOT_EVERY`` decisions or ``SNAPSHOT_S`` seconds (if anything was decided)."""  # noqa: D205, D209
-        seq, at = self._snapshot_at
-        due = self.state.last_seq - seq >= SNAPSHOT_EVERY or time.monotonic() - at >= SNAPSHOT_S
+        seq, folded, at = self._snapshot_at
+        due = self.log.folded - folded >= SNAPSHOT_EVERY or time.monotonic() - at >= SNAPSHOT_S
         try:
             await self.log.trim()
             if due and self.state.last_seq > seq and await self.log.snapshot():
-                self._snapshot_at = (self.state.last_seq, time.monotonic())
+                self._snapshot_at = (self.state.last_seq, self.log.folded, time.monotonic())
         except (TransportError, TransientError) as exc:
             log.warning("correlation state not stored; will retry", extra={"error": str(exc)})
 

@@ -134,6 +134,7 @@ class DecisionLog:
         self.store = store
         self.state = CoordinatorState()
         self.conflicts = Conflicts()  # totals since this log was created
+        self.folded = 0  # decisions folded into the state (read or appended) since this log was created
 
     @property
     def decision_ids(self) -> dict[str, str]:
@@ -214,6 +215,7 @@ class DecisionLog:
             self.state.last_seq = max(self.state.last_seq, seq)
             return
         self.state.apply(decision, self._policy, seq=seq, record_id=record_id)
+        self.folded += 1
 
     async def resident(self, correlation_ids: Iterable[str]) -> None:
         """Bring these correlations into memory (from the store), before deciding about them."""
@@ -323,6 +325,7 @@ class DecisionLog:
         decision, envelope, sealed = record
         seq = await self._store(sealed, after=self.state.last_seq)
         self.state.apply(decision, self._policy, seq=seq, record_id=envelope.id)
+        self.folded += 1
         _decided(decision)
 
     async def append_applied(self, records: Sequence[Record], *, after: int) -> None:
@@ -342,6 +345,7 @@ class DecisionLog:
         for decision, envelope, _ in records:
             self.state.recorded(decision, envelope.id)
         self.state.last_seq = last
+        self.folded += len(records)
         for decision, _, _ in records:
             _decided(decision)
 

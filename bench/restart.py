@@ -25,32 +25,57 @@ With ``--snapshot``, the state is then rebuilt as a coordinator does at start
 with no snapshot (``DecisionLog.restore`` with a ``CorrelationStore`` of the
 default capacity, 10,000 correlations: the whole log, storing the correlations
 beyond the capacity in ``tb_state_<T>`` as it goes), a snapshot is stored
-(``DecisionLog.snapshot``), ``TAIL`` more decisions are written, and a fresh
+(``DecisionLog.snapshot``), ``--tail`` (1,000) more decisions are written, and a fresh
 restore is timed (the snapshot, then only the tail). With ``--process`` too,
 the coordinator process then starts from that snapshot, and its RSS once ready
 (``/proc/<pid>/status``) is printed. ``--bounded-only`` skips both reads into
 a state that keeps every decision in memory (at 1,000,000 they take minutes
 and about 1 GB). With ``--json`` the last line of stdout is one JSON object
 with every figure.
+
+**Longer logs than can be signed in time** (``--distinct D`` with
+``--decisions N``; the reads of ``--snapshot`` are the only ones made): signing and appending runs at about
+1,000 decisions/s on 2 shared cores, so 10,000,000 would take hours. Instead D
+distinct decisions are written as above (D / 10 correlations: keep it within
+the cache's 10,000 so no rebuild stores any), folded into a bounded state (the
+restore of a coordinator with no snapshot), and the log is then filled up to N
+records with byte-identical copies of them, appended in the same atomic batches
+without their ``Nats-Msg-Id`` (so the duplicate window keeps them). A copy is
+a replay of a record folded before: a coordinator reading it skips it
+(``DecisionLog``: "stored again"), which moves only the state's last sequence;
+so the state of the distinct records with its last sequence set to the log's
+end is the state folding the whole log gives, and it is stored as the
+snapshot. Then ``TAIL`` fresh decisions, and the restore (and ``--process``
+start) is timed as above, on a log of N + ``TAIL`` records. Printed
+too: how long each write took, the stream's bytes and the server's store
+directory on disk, and nats-server's RSS.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, sys.path[0] is bench/ (where ledger.py would shadow the ledger package): use the root.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+from bench.flood import stream_state
 from trustbus import bus
 from trustbus._supervisor import ProcessFailed, Supervisor
 from trustbus.agents import parse_policy
 from trustbus.agents._correlation_store import correlation_store
 from trustbus.agents._decision_log import DecisionLog, decision_record
+from trustbus.bus import SubjectLog
 
 TENANT = "bench"
 PER_CORRELATION = 10
@@ -58,7 +83,7 @@ BATCH = 1000
 RULES = {"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]}
 POLICY = parse_policy(RULES)
 READY_S = 600.0
-TAIL = 1000  # decisions written after the snapshot
+TAIL = 1000  # decisions written after the snapshot (--tail)
 
 
 def decision_about(cause: bus.Envelope, seq: int, now_ns: int) -> bus.Decision:
@@ -99,6 +124,23 @@ async def write_decisions(coordinator: bus.Bus, log: bus.SubjectLog, count: int)
         last = await log.append_batch(records, after=last, batch_id=bus.new_id())
 
 
+async def fill_with_copies(log: SubjectLog, count: int) -> int:
+    """Append copies of ``log``'s records (without ``Nats-*`` headers) in batches until it holds ``count`` records;
+    the last sequence."""
+    originals = [
+        (record.body, {k: v for k, v in record.headers.items() if not k.startswith("Nats-")})
+        async for record in log.read()
+    ]
+    tip = await log.last()
+    last_seq, held = (0 if tip is None else tip.seq), len(originals)
+    while held < count:
+        take = min(BATCH, count - held)
+        batch = [originals[(held + i) % len(originals)] for i in range(take)]
+        last_seq = await log.append_batch(batch, after=last_seq, batch_id=bus.new_id())
+        held += take
+    return last_seq
+
+
 async def timed_catch_up(log: bus.SubjectLog, keyring: bus.Keyring) -> tuple[float, DecisionLog]:
     """Seconds one :meth:`DecisionLog.catch_up` over ``log`` takes from an empty state, and what it read."""
     decisions = DecisionLog(log, keyring, POLICY)
@@ -115,28 +157,49 @@ async def timed_restore(coordinator: bus.Bus, log: bus.SubjectLog) -> tuple[floa
     return time.perf_counter() - start, decisions
 
 
-async def with_snapshot(coordinator: bus.Bus, subject: str) -> dict[str, Any]:
-    """Rebuild with no snapshot, store one, write ``TAIL`` more decisions, and time a restore from it."""
+async def with_snapshot(
+    coordinator: bus.Bus, subject: str, *, fill_to: int | None = None, tail: int = TAIL
+) -> dict[str, Any]:
+    """Rebuild with no snapshot, store one, write ``TAIL`` more decisions, and time a restore from it. ``fill_to``:
+    between the rebuild and the snapshot, fill the log with copies up to that many records (:func:`fill_with_copies`).
+    """
     rebuild_s, rebuilt = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
+    filled: dict[str, Any] = {}
+    if fill_to is not None:
+        start = time.perf_counter()
+        last = await fill_with_copies(coordinator.log(subject, in_batches=True), fill_to)
+        filled = {"copies_write_s": round(time.perf_counter() - start, 2), "snapshot_covers": last}
+        rebuilt.state.last_seq = last  # what reading the copies does: each is skipped as a replay
     start = time.perf_counter()
     assert await rebuilt.snapshot()
     snapshot_s = time.perf_counter() - start
-    await write_decisions(coordinator, coordinator.log(subject), TAIL)
+    await write_decisions(coordinator, coordinator.log(subject), tail)
     restore_s, restored = await timed_restore(coordinator, coordinator.log(subject, in_batches=True))
     assert restored.store is not None and rebuilt.store is not None
+    assert restored.state.last_seq > rebuilt.state.last_seq
     return {
         "rebuild_without_snapshot_s": round(rebuild_s, 2),
         "correlations_stored": rebuilt.store.writes,
+        **filled,
         "snapshot_s": round(snapshot_s, 2),
         "restore_from_snapshot_s": round(restore_s, 2),
-        "tail": TAIL,
+        "tail": tail,
         "loads_after_snapshot": restored.store.loads,
         "in_memory_after_restore": len(restored.state.correlations),
     }
 
 
-async def measure(count: int, *, process: bool, snapshot: bool = False, unbounded: bool = True) -> dict[str, Any]:
-    """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start)."""
+async def measure(
+    count: int,
+    *,
+    process: bool,
+    snapshot: bool = False,
+    unbounded: bool = True,
+    distinct: int | None = None,
+    tail: int = TAIL,
+) -> dict[str, Any]:
+    """Write ``count`` decisions to a fresh server and time both reads of them (and a coordinator's start);
+    with ``distinct``, reach ``count`` with copies of that many (:func:`with_snapshot`)."""
     with bus.EmbeddedServer(port=0) as server, tempfile.TemporaryDirectory() as tmp:
         keys = bus.KeyDirectory(Path(tmp) / "keys")
         await bus.init_tenant([server.url], TENANT, keys=keys)
@@ -145,10 +208,12 @@ async def measure(count: int, *, process: bool, snapshot: bool = False, unbounde
         async with await bus.Bus.connect(server.url, tenant=TENANT, name="c1", identity=identity) as coordinator:
             subject = bus.subjects.decision(TENANT, 0)
             start = time.perf_counter()
-            await write_decisions(coordinator, coordinator.log(subject), count)
-            write_s = time.perf_counter() - start
+            await write_decisions(coordinator, coordinator.log(subject), count if distinct is None else distinct)
+            result: dict[str, Any] = {"decisions": count, "write_s": round(time.perf_counter() - start, 2)}
+            if distinct is not None:
+                result |= {"distinct": distinct, **await with_snapshot(coordinator, subject, fill_to=count, tail=tail)}
+                unbounded = snapshot = False  # both would read every copy
             ring = coordinator.keyring.keyring
-            result: dict[str, Any] = {"decisions": count, "write_s": round(write_s, 2)}
             if unbounded:
                 batched_s, new = await timed_catch_up(coordinator.log(subject, in_batches=True), ring)
                 result |= {"batched_s": round(batched_s, 2), "batched_per_s": round(count / batched_s)}
@@ -163,11 +228,19 @@ async def measure(count: int, *, process: bool, snapshot: bool = False, unbounde
                 }
                 del old, new
             if snapshot:
-                result |= await with_snapshot(coordinator, subject)
+                result |= await with_snapshot(coordinator, subject, tail=tail)
         ready = await asyncio.to_thread(coordinator_ready, server.url, keys, Path(tmp)) if process else None
+        result["stream_messages"], result["stream_bytes"] = await stream_state(server.url, TENANT)
+        result["store_dir_bytes"] = await asyncio.to_thread(disk_bytes, server.data_dir or Path(tmp))
+        result["server_rss_mb"] = round(rss_mb(server.pid), 1) if server.pid else None
     result["process_ready_s"] = None if ready is None else round(ready[0], 2)
     result["process_rss_mb"] = None if ready is None else round(ready[1], 1)
     return result
+
+
+def disk_bytes(directory: Path) -> int:
+    """The bytes of every file under ``directory``."""
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
 def coordinator_ready(url: str, keys: bus.KeyDirectory, tmp: Path) -> tuple[float, float]:
@@ -210,13 +283,24 @@ def main() -> None:
     parser.add_argument("--process", action="store_true", help="also time a coordinator process's start to ready")
     parser.add_argument("--snapshot", action="store_true", help="also time a restore from a snapshot and a tail")
     parser.add_argument("--bounded-only", action="store_true", help="skip the reads that keep every decision")
+    parser.add_argument("--tail", type=int, default=TAIL, help=f"decisions after the snapshot (default {TAIL:,})")
+    parser.add_argument(
+        "--distinct", type=int, help="write this many decisions and copies of them up to --decisions (implies the rest)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line of stdout")
     args = parser.parse_args()
     out = sys.stderr if args.json else sys.stdout
     results = []
     for count in args.decisions:
         result = asyncio.run(
-            measure(count, process=args.process, snapshot=args.snapshot, unbounded=not args.bounded_only)
+            measure(
+                count,
+                process=args.process,
+                snapshot=args.snapshot,
+                unbounded=not args.bounded_only,
+                distinct=args.distinct,
+                tail=args.tail,
+            )
         )
         results.append(result)
         print(describe(result), file=out)
@@ -227,6 +311,11 @@ def main() -> None:
 def describe(result: dict[str, Any]) -> str:
     """One line of figures for one log length."""
     line = f"{result['decisions']:>9,} decisions (written in {result['write_s']} s): "
+    if "distinct" in result:
+        line = (
+            f"{result['decisions']:>9,} decisions ({result['distinct']:,} distinct written in {result['write_s']} s, "
+            f"copies of them up to {result['snapshot_covers']:,} in {result['copies_write_s']} s)"
+        )
     if "one_by_one_s" in result:
         line += (
             f"one get per record {result['one_by_one_s']:7.2f} s ({result['one_by_one_per_s']:,}/s), "
@@ -242,6 +331,10 @@ def describe(result: dict[str, Any]) -> str:
         )
     if result["process_ready_s"] is not None:
         line += f"; coordinator process ready in {result['process_ready_s']} s, RSS {result['process_rss_mb']} MB"
+    line += (
+        f"; stream {result['stream_messages']:,} messages, {result['stream_bytes'] / 2**30:.2f} GiB, store dir "
+        f"{result['store_dir_bytes'] / 2**30:.2f} GiB, nats-server RSS {result['server_rss_mb']} MB"
+    )
     return line
 
 

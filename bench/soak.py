@@ -16,12 +16,20 @@ memory and stores the others; ``--capacity C`` sets it to C in the run's policy,
 
 **Steady by construction:** A keeps at most ``--window`` envelopes in flight, sent but not yet counted by B
 (B reports its count every 50 ms); so the coordinator never has more than that waiting, and the run goes at
-the mediated rate instead of piling a backlog into the stream.
+the mediated rate instead of piling a backlog into the stream. ``--rate R`` also holds A to at most R
+envelopes a second, never more (time lost to a slow stretch is not made up by a burst): what the processes
+must remember for a time (the replay ids of the last 120 s, the forwards of the last 90 s) follows the rate,
+so a run whose rate rises in its second half (a shared machine getting quieter) shows growth that is not per
+decision; at a steady rate that memory is full within the first minutes and the slope shows only what grows
+with the count. The rate of each tenth is in the JSON.
 
 **Memory:** the RSS (``/proc/<pid>/statm``) of the coordinator, B, the ledger service and nats-server every
 ``--sample-s`` seconds and when B has received each tenth of N; printed at 10 %, 50 % and 100 % (every
 tenth in the JSON, to see the curve), and as a slope in bytes per decision over the last half (least
 squares over every sample from 50 % to 100 %, against B's count: each envelope B received is one decision).
+The JSON also has each process's anonymous RSS at each tenth (``RssAnon`` of ``/proc/<pid>/status``: the
+heap, without the pages of mapped files such as a native library's code, which count in the RSS as they are
+first used).
 
 **Restart:** when B has received N, the coordinator is SIGKILLed with ``--window`` envelopes in flight, and A
 goes on with the last ``restart batch`` (2 x window, at most N / 10) while it is down. Once B has been quiet
@@ -63,6 +71,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import pairwise
 from typing import Any
 
 from rich.console import Console
@@ -98,6 +107,17 @@ def rss_bytes(pid: int | None) -> int:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def rss_anon_bytes(pid: int | None) -> int:
+    """Anonymous resident memory of a live process (``RssAnon``, Linux); 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def slope(points: Sequence[tuple[int, int]]) -> float:
@@ -185,6 +205,8 @@ class Samples:
 
     series: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     at_marks: dict[int, dict[str, int]] = field(default_factory=dict)
+    anon_at_marks: dict[int, dict[str, int]] = field(default_factory=dict)
+    marked_s: dict[int, float] = field(default_factory=dict)  # seconds into the run when each mark was reached
 
     def take(self, decisions: int, pids: dict[str, int | None]) -> dict[str, int]:
         taken = {name: rss_bytes(pid) for name, pid in pids.items()}
@@ -258,7 +280,12 @@ class Soak:
         identity = self.keys.load(TENANT, "a")
         async with await bus.Bus.connect(self.server.url, tenant=TENANT, name="a", identity=identity) as a:
             correlation = bus.new_id()
+            due = time.monotonic()  # when the next send may go, at --rate
             for index in range(self.total):
+                if self.args.rate is not None:
+                    if (ahead := due - time.monotonic()) > 0:
+                        await asyncio.sleep(ahead)  # holds A to --rate
+                    due = max(due, time.monotonic()) + 1 / self.args.rate  # time lost is not made up in a burst
                 if self.sent - self.receipts.received >= self.window:
                     await self.receipts.until(
                         lambda: self.sent - self.receipts.received < self.window, RESTART_TIMEOUT_S
@@ -285,7 +312,7 @@ class Soak:
         else:
             self.failed += 1
 
-    async def sample_run(self) -> None:
+    async def sample_run(self, started: float) -> None:
         """Sample RSS every ``--sample-s`` and at each mark, until B has received N (the last sample)."""
         for mark in DECILES:
             goal = max(1, self.n * mark // 100)
@@ -296,6 +323,8 @@ class Soak:
                 taken = self.samples.take(self.receipts.received, self.pids())
                 if reached:
                     self.samples.at_marks[mark] = taken
+                    self.samples.anon_at_marks[mark] = {name: rss_anon_bytes(pid) for name, pid in self.pids().items()}
+                    self.samples.marked_s[mark] = time.monotonic() - started
                     break
 
     def _received(self, count: int) -> bool:
@@ -337,7 +366,7 @@ class Soak:
         started = time.monotonic()
         sender = asyncio.get_running_loop().create_task(self.send())
         try:
-            await self.sample_run()
+            await self.sample_run(started)
             run_s = time.monotonic() - started
             ready_s, restart_s = await self.restart()
             await self.settle(sender)
@@ -357,6 +386,10 @@ class Soak:
     def figures(self, run_s: float, ready_s: float, restart_s: float, after_restart: int) -> dict[str, Any]:
         names = list(self.samples.series)
         mb = {name: {m: round(self.samples.at_marks[m][name] / 2**20, 1) for m in DECILES} for name in names}
+        anon = {name: [round(self.samples.anon_at_marks[m][name] / 2**20, 1) for m in DECILES] for name in names}
+        marked = [0.0, *(self.samples.marked_s[m] for m in DECILES)]
+        tenth = self.n / len(DECILES)
+        rates = [round(tenth / max(1e-9, b - a), 1) for a, b in pairwise(marked)]
         rss_mb = {name: {f"{m}%": mb[name][m] for m in MARKS} for name in names}
         slopes = {name: round(self.samples.last_half_slope(name, self.n), 2) for name in names}
         coordinator_mb = rss_mb["coordinator"]["100%"]
@@ -372,6 +405,8 @@ class Soak:
             "restart_batch": self.restart_batch,
             "run_s": round(run_s, 1),
             "decisions_per_s": round(self.n / run_s, 1),
+            "rate_limit": self.args.rate,
+            "decisions_per_s_by_decile": rates,
             "samples": self.samples.count(),
             "coordinator_rss_mb": coordinator_mb,
             "rss_slope_bytes_per_decision": slopes["coordinator"],
@@ -388,6 +423,7 @@ class Soak:
             "stream_bytes_per_envelope": round(self.stream["bytes"] / max(1, self.receipts.received)),
             "rss_mb": rss_mb,
             "rss_mb_by_decile": {name: list(mb[name].values()) for name in names},
+            "rss_anon_mb_by_decile": anon,
             "rss_slope": slopes,
             "targets": {
                 "rss_slope_bytes_per_decision": SLOPE_TARGET,
@@ -475,6 +511,9 @@ def main() -> None:
         type=int,
         help="the coordinator's correlations_in_memory (default: the policy's, 10,000): lower it to evict sooner",
     )
+    parser.add_argument(
+        "--rate", type=float, help="at most this many envelopes a second from A (default: as the window allows)"
+    )
     parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between RSS samples (default 2)")
     parser.add_argument(
         "--settle-s", type=float, default=60.0, help="after the restart, how long without a receipt ends the run (60)"
@@ -488,6 +527,8 @@ def main() -> None:
         parser.error("need --n >= 100, --window >= 1, --sample-s > 0 and --settle-s > 0")
     if args.capacity is not None and args.capacity < 1:
         parser.error("need --capacity >= 1")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("need --rate > 0")
     run_bench(measure, report_table, args)
 
 

@@ -48,6 +48,10 @@ SEGMENTS = "segments"
 FANIN = 16
 MAX_TIER = 5  # segments of 16**5 (about a million) rows or more are not merged further
 RETIRE_GRACE_NS = 10 * 60 * 1_000_000_000
+# DuckDB frees into its own allocator, which gives freed pages back to the system from background threads: without
+# them a merge's peak (hundreds of MB for 16 segments of 65,536 rows) stayed resident, out of malloc_trim's reach
+# (measured: docs/OPERATIONS.md, "Memory of agents and the ledger service").
+DUCKDB_SETTINGS: dict[str, str | bool | int] = {"allocator_background_threads": True}
 
 _json = msgspec.json.Encoder()
 
@@ -133,7 +137,7 @@ class SegmentStore:
         """Wrap a directory and its catalogue; use :meth:`open`."""
         self.directory = directory
         self.catalogue = catalogue
-        self._db = duckdb.connect()
+        self._db = duckdb.connect(config=dict(DUCKDB_SETTINGS))
         self._keys: tuple[KeyRow, ...] | None = None
 
     @classmethod

@@ -27,6 +27,8 @@ def test_short_soak_delivers_every_acked_envelope_once_across_a_coordinator_rest
             "0.5",
             "--capacity",
             "50",
+            "--rate",
+            "2000",
             "--json",
         ],
         capture_output=True,
@@ -48,5 +50,8 @@ def test_short_soak_delivers_every_acked_envelope_once_across_a_coordinator_rest
         assert all(marks[mark] > 0 for mark in ("10%", "50%", "100%")), (process, marks)
         assert isinstance(figures["rss_slope"][process], float)
     assert all(len(tenths) == 10 and min(tenths) > 0 for tenths in figures["rss_mb_by_decile"].values())
+    assert all(len(tenths) == 10 and min(tenths) > 0 for tenths in figures["rss_anon_mb_by_decile"].values())
+    assert figures["rate_limit"] == 2000 and len(figures["decisions_per_s_by_decile"]) == 10
+    assert min(figures["decisions_per_s_by_decile"]) > 0
     assert figures["coordinator_rss_mb"] == figures["rss_mb"]["coordinator"]["100%"]
     assert figures["rss_slope_bytes_per_decision"] == figures["rss_slope"]["coordinator"]

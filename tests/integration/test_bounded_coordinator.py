@@ -8,9 +8,11 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
+import pytest
+
 from tests.conftest import Tenant
 from tests.integration.test_decision_catch_up import write_accepted
-from trustbus.agents import parse_policy
+from trustbus.agents import _coordinator, parse_policy
 from trustbus.agents._approvals import list_held
 from trustbus.agents._coordinator import Coordinator
 from trustbus.agents._correlation_store import correlation_key
@@ -226,6 +228,31 @@ async def test_a_restart_reads_the_snapshot_and_only_the_decisions_after_it(tena
     assert sorted(again.state.correlations) == sorted(tail[-2:])
     await again.log.resident([tail[0]])
     assert again.state.correlation(tail[0]).spent == 1
+
+
+async def test_a_snapshot_comes_every_snapshot_every_decisions_whatever_else_the_stream_holds(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cadence counts decisions (what a restart catches up on), not the stream sequences between them."""
+    monkeypatch.setattr(_coordinator, "SNAPSHOT_EVERY", 3)
+    await tenant.add("c1", role="coordinator")
+    c1, alice = await tenant.bus("c1"), await tenant.bus("alice")
+    decisions = c1.log(subjects.decision(tenant.name, 0))
+    coordinator = Coordinator(c1, POLICY, 0)
+    await coordinator.start()
+    store = coordinator.log.store
+    assert store is not None
+    for _ in range(5):  # other messages of the stream, between the decisions
+        envelope = event_of(alice, "bob", new_id())
+        await alice.publish(alice.outbox(envelope), alice.seal(envelope))
+    await write_accepted(c1, decisions, 2)
+    await coordinator.log.catch_up()
+    await coordinator._trim()  # between batches
+    assert store.snapshot_covered == 0  # 2 decisions, 7 stream sequences
+    await write_accepted(c1, decisions, 1)
+    await coordinator.log.catch_up()
+    await coordinator._trim()
+    assert store.snapshot_covered == coordinator.state.last_seq > 7
 
 
 async def test_one_sender_cannot_grow_a_correlation_past_its_limit_nor_stall_the_partition(tenant: Tenant) -> None:

@@ -13,7 +13,7 @@ from trustbus.ledger import ProjectionError, QueryError, StoredMessage, connect,
 from trustbus.ledger._projector import Projector
 from trustbus.ledger._rows import KeyRow, Rows
 from trustbus.ledger._schema import TABLES, VIEWS
-from trustbus.ledger._segments import FANIN, RETIRE_GRACE_NS, STATE, SegmentStore, read_catalogue
+from trustbus.ledger._segments import DUCKDB_SETTINGS, FANIN, RETIRE_GRACE_NS, STATE, SegmentStore, read_catalogue
 
 T = "acme"
 
@@ -51,6 +51,13 @@ def test_an_empty_projection_has_every_table_and_view(tmp_path: Path) -> None:
     con = connect(tmp_path)
     for name in [*TABLES, *VIEWS]:
         assert con.sql(f"SELECT count(*) FROM {name}").fetchall() == [(0,)], name
+
+
+def test_the_writer_runs_duckdb_with_its_allocator_purging_in_the_background(tmp_path: Path) -> None:
+    """The setting that keeps a long-running ledger service's memory flat is the one its DuckDB runs with."""
+    store = SegmentStore.open(tmp_path, T)
+    names = ", ".join(f"current_setting('{name}')" for name in DUCKDB_SETTINGS)
+    assert store._db.execute(f"SELECT {names}").fetchone() == tuple(DUCKDB_SETTINGS.values()) == (True,)
 
 
 def test_committed_rows_are_queryable_and_the_position_resumes(tmp_path: Path) -> None:
