@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -56,6 +57,7 @@ log = logging.getLogger("trustbus.coordinator")
 DEFAULT_CAPACITY = 10_000
 MAX_STATE_BYTES = MAX_MSG_SIZE - 8192  # room for the signed envelope around it
 REQUESTS_AT_ONCE = 64  # gets or writes of correlations in flight together
+CHANGED_AT_MOST = 256  # changed correlations left unstored between batches: a snapshot's pause stores at most these
 RETRY_S = 30.0  # after a write failed (the bucket unreachable, or missing in a tenant not provisioned again)
 
 
@@ -135,6 +137,7 @@ class CorrelationStore:
         partition: the partition.
         capacity: correlations kept in memory between batches.
         clock: the signed values' ``ts``.
+        changed_at_most: changed correlations left unstored between batches (:meth:`store_changed`).
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class CorrelationStore:
         partition: int,
         capacity: int = DEFAULT_CAPACITY,
         clock: Callable[[], int],
+        changed_at_most: int = CHANGED_AT_MOST,
     ) -> None:
         """Nothing is read or written until asked."""
         self.bucket = bucket
@@ -157,6 +161,7 @@ class CorrelationStore:
         self._keyring = keyring
         self.partition = partition
         self.capacity = capacity
+        self.changed_at_most = changed_at_most
         self._clock = clock
         self.loads = 0  # gets of a correlation not in memory
         self.writes = 0  # correlations stored
@@ -211,6 +216,28 @@ class CorrelationStore:
             if time.monotonic() < self._retry_at:
                 return
 
+    async def store_changed(self, state: CoordinatorState) -> None:
+        """Store the correlations changed longest ago beyond ``changed_at_most`` (:attr:`CoordinatorState.changed`).
+
+        A snapshot first stores every changed correlation, and the coordinator
+        mediates nothing meanwhile: storing the excess a little at a time,
+        between batches, bounds that pause by ``changed_at_most`` writes. A
+        correlation whose write fails is named again, at the end.
+        """
+        excess = len(state.changed) - self.changed_at_most
+        if excess <= 0 or time.monotonic() < self._retry_at:
+            return
+        oldest = list(itertools.islice(state.changed, excess))
+        for correlation_id in oldest:
+            del state.changed[correlation_id]
+        due = [(cid, c) for cid in oldest if (c := state.correlations.get(cid)) is not None and c.dirty]
+        for start in range(0, len(due), REQUESTS_AT_ONCE):
+            chunk = due[start : start + REQUESTS_AT_ONCE]
+            stored = await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))
+            for (correlation_id, _), done in zip(chunk, stored, strict=True):
+                if not done:
+                    state.changed[correlation_id] = None
+
     async def flush(self, state: CoordinatorState) -> bool:
         """Store every correlation changed since it was last stored or loaded; whether all were."""
         dirty = [(cid, c) for cid, c in state.correlations.items() if c.dirty]
@@ -218,6 +245,7 @@ class CorrelationStore:
             chunk = dirty[start : start + REQUESTS_AT_ONCE]
             if not all(await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))):
                 return False
+        state.changed.clear()  # every correlation in memory is stored: none is left to name
         return True
 
     async def snapshot(self, state: CoordinatorState) -> bool:

@@ -95,6 +95,9 @@ class CoordinatorState:
         holds: envelope id -> decision of each envelope still held for an operator.
         suspensions: envelope id -> the decision about each suspension (agents._suspension).
         last_seq: stream sequence of the last decision applied.
+        changed: ids of the correlations changed since they were stored, the longest changed first; it may
+            also name some stored or dropped since (:meth:`agents._correlation_store.CorrelationStore.store_changed`
+            skips those), and it is only a hint: a flush looks at every correlation.
     """
 
     correlations: dict[str, Correlation] = field(default_factory=dict)
@@ -102,6 +105,7 @@ class CoordinatorState:
     holds: dict[str, Decision] = field(default_factory=dict)
     suspensions: dict[str, Decision] = field(default_factory=dict)
     last_seq: int = 0
+    changed: dict[str, None] = field(default_factory=dict, compare=False, repr=False)
 
     def correlation(self, correlation_id: str) -> Correlation:
         """The state of ``correlation_id`` (an empty one, not kept, if nothing was decided in it)."""
@@ -196,6 +200,7 @@ class CoordinatorState:
             self._set(correlation.record_ids, decision.envelope_id, record_id, undo)
             correlation.records.add(record_id)
         self._set(correlation, "dirty", True, undo)
+        self.changed.setdefault(decision.correlation_id)  # no undo: a correlation named but clean is skipped
         self._set(self, "last_seq", max(self.last_seq, seq), undo)
         self._apply_partition(decision, policy, first=first, undo=undo)
         if EFFECT_RECORDED in decision.reasons:  # a tool result the sender has now seen

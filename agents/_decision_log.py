@@ -225,6 +225,7 @@ class DecisionLog:
             rebuilt = await self._rebuild(correlation_id)
             rebuilt.revision, rebuilt.dirty = revision, True  # the foreign value is replaced at its next write
             self.state.correlations[correlation_id] = rebuilt
+            self.state.changed.setdefault(correlation_id)
 
     async def _rebuild(self, correlation_id: str) -> Correlation:
         """``correlation_id``'s state, folded from every decision about it in the log up to the last one applied."""
@@ -238,9 +239,11 @@ class DecisionLog:
         return state.correlation(correlation_id) if correlation_id in state.correlations else Correlation()
 
     async def trim(self) -> None:
-        """Store and drop the least recently used correlations beyond the store's capacity (if there is a store)."""
+        """Store and drop the least recently used correlations beyond the store's capacity, and store the
+        correlations changed longest ago beyond the store's ``changed_at_most`` (if there is a store)."""  # noqa: D205, D209
         if self.store is not None:
             await self.store.trim(self.state)
+            await self.store.store_changed(self.state)
 
     async def record(
         self, cause: Envelope, make: Callable[[], Decision | Deferral | None], *, by: Signer

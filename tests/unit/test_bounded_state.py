@@ -94,6 +94,7 @@ def side(stream: MemoryStream, bucket: MemoryBucket | None, capacity: int) -> Si
             partition=0,
             capacity=capacity,
             clock=time.time_ns,
+            changed_at_most=1,  # the changed correlations are stored between envelopes too (but the last)
         )
     log = DecisionLog(stream.log(subjects.decision(TENANT, 0)), ring, POLICY, store=store)
     return Side(log, CoordinatorKey(TENANT, "c2" if store else "c1", KEYS["c2" if store else "c1"]))
@@ -323,6 +324,27 @@ async def test_a_correlation_too_large_to_store_stays_in_memory_without_holding_
     assert await bucket.get(correlation_key(0, "small")) is not None
     assert await bucket.get(correlation_key(0, "huge")) is None
     assert not await store.flush(state)  # so no snapshot claims to cover it
+
+
+async def test_changed_correlations_beyond_the_bound_are_stored_between_batches_the_longest_changed_first() -> None:
+    """So a snapshot, which stores every changed correlation before it is written, pauses for a bounded time."""
+    bucket = MemoryBucket(subjects.state_bucket(TENANT))
+    s = side(MemoryStream(), bucket, 100)
+    store = s.log.store
+    assert store is not None
+    store.changed_at_most = 2
+    state = s.log.state
+    for index, correlation_id in enumerate(("a", "b", "c", "d", "e")):
+        state.apply(fold_one(correlation_id, ""), POLICY, seq=index + 1)
+    state.apply(fold_one("a", ""), POLICY, seq=6)  # changed again: still the longest changed
+    await s.log.trim()
+    stored = {cid for cid in "abcde" if await bucket.get(correlation_key(0, cid)) is not None}
+    assert stored == {"a", "b", "c"}
+    assert [cid for cid, c in state.correlations.items() if c.dirty] == ["d", "e"]
+    assert list(state.changed) == ["d", "e"] and len(state.correlations) == 5  # stored, still in memory
+    writes = store.writes
+    assert await store.flush(state)
+    assert store.writes - writes == 2 and not state.changed  # the snapshot's flush stored only what was left
 
 
 def fold_one(correlation_id: str, padding: str) -> Decision:
