@@ -57,7 +57,8 @@ log = logging.getLogger("trustbus.coordinator")
 DEFAULT_CAPACITY = 10_000
 MAX_STATE_BYTES = MAX_MSG_SIZE - 8192  # room for the signed envelope around it
 REQUESTS_AT_ONCE = 64  # gets or writes of correlations in flight together
-CHANGED_AT_MOST = 256  # changed correlations left unstored between batches: a snapshot's pause stores at most these
+CHANGED_AT_MOST = 256  # changed correlations left unstored between batches: a snapshot carries (or stores) these
+CARRIED_BYTES = 512 * 1024  # changed correlations a snapshot carries in its own value, at most (encoded)
 RETRY_S = 30.0  # after a write failed (the bucket unreachable, or missing in a tenant not provisioned again)
 
 
@@ -76,8 +77,21 @@ class StoredCorrelation(msgspec.Struct, frozen=True, kw_only=True, tag="correlat
     records: list[str]
 
 
+class CarriedCorrelation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A changed correlation carried in a snapshot (complete through the snapshot's sequence) instead of stored
+    under its own key, and the revision of its last copy there (0: none)."""  # noqa: D205, D209
+
+    revision: int
+    state: StoredCorrelation
+
+
 class StoredSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag="snapshot", forbid_unknown_fields=True):
-    """The payload of a partition's snapshot: what the partition keeps, complete through ``covered``."""
+    """The payload of a partition's snapshot: what the partition keeps, complete through ``covered``.
+
+    ``carried``: encoded :class:`CarriedCorrelation` values, each a correlation
+    changed since it was last stored under its own key (pre-encoded, so their
+    size is known before the snapshot is).
+    """
 
     key: str
     partition: int
@@ -85,10 +99,12 @@ class StoredSnapshot(msgspec.Struct, frozen=True, kw_only=True, tag="snapshot", 
     buckets: dict[str, tuple[float, int]]
     holds: list[Decision]
     suspensions: list[Decision]
+    carried: list[msgspec.Raw] = []
 
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(StoredCorrelation)
+_CARRIED_DECODER = msgspec.msgpack.Decoder(CarriedCorrelation)
 _SNAPSHOT_DECODER = msgspec.msgpack.Decoder(StoredSnapshot)
 
 
@@ -166,6 +182,7 @@ class CorrelationStore:
         self.loads = 0  # gets of a correlation not in memory
         self.writes = 0  # correlations stored
         self.snapshot_covered = 0  # the log sequence of the last snapshot stored or restored
+        self.carried = 0  # correlations the restored snapshot carried
         self._snapshot_revision = 0
         self._retry_at = 0.0  # no write before this (time.monotonic) after one failed
 
@@ -238,37 +255,33 @@ class CorrelationStore:
                 if not done:
                     state.changed[correlation_id] = None
 
-    async def flush(self, state: CoordinatorState) -> bool:
-        """Store every correlation changed since it was last stored or loaded; whether all were."""
-        dirty = [(cid, c) for cid, c in state.correlations.items() if c.dirty]
-        for start in range(0, len(dirty), REQUESTS_AT_ONCE):
-            chunk = dirty[start : start + REQUESTS_AT_ONCE]
-            if not all(await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))):
-                return False
-        state.changed.clear()  # every correlation in memory is stored: none is left to name
-        return True
-
     async def snapshot(self, state: CoordinatorState) -> bool:
-        """Store every changed correlation, then a snapshot of the partition at ``state.last_seq``; whether it was.
+        """Store a snapshot of the partition at ``state.last_seq`` and every correlation changed since it was last
+        stored, carried in the snapshot or under its own key; whether it was.
 
-        Written only once every correlation it covers is stored, so a coordinator
-        that restores it reads from the log only the decisions after it.
-        """
+        Every correlation it covers is then stored or carried, so a coordinator
+        that restores it reads from the log only the decisions after it. Carried
+        (most recently used first, up to :data:`CARRIED_BYTES`), the changed
+        correlations cost one signed write for all, not one each: the
+        coordinator mediates nothing meanwhile. They stay changed in memory, to
+        be stored under their own keys later, as before.
+        """  # noqa: D205
         if state.last_seq <= self.snapshot_covered or time.monotonic() < self._retry_at:
             return False
-        if not await self.flush(state):
-            return False
         key, covered = snapshot_key(self.partition), state.last_seq
-        payload = _ENCODER.encode(
-            StoredSnapshot(
-                key=key,
-                partition=self.partition,
-                covered=covered,
-                buckets={sender: (b.tokens, b.at_ns) for sender, b in state.buckets.items()},
-                holds=list(state.holds.values()),
-                suspensions=list(state.suspensions.values()),
-            )
+        snapshot = StoredSnapshot(
+            key=key,
+            partition=self.partition,
+            covered=covered,
+            buckets={sender: (b.tokens, b.at_ns) for sender, b in state.buckets.items()},
+            holds=list(state.holds.values()),
+            suspensions=list(state.suspensions.values()),
         )
+        room = min(CARRIED_BYTES, MAX_STATE_BYTES - len(_ENCODER.encode(snapshot)))
+        carried, left = self._carried(state, room)
+        if not await self._store_all(state, left):
+            return False
+        payload = _ENCODER.encode(msgspec.structs.replace(snapshot, carried=carried))
         value = state_value(self._identity, self._name, payload, tenant=self._tenant, now_ns=self._clock())
         try:
             for _ in range(3):
@@ -288,6 +301,33 @@ class CorrelationStore:
             self._retry_at = time.monotonic() + RETRY_S
         return False
 
+    def _carried(self, state: CoordinatorState, room: int) -> tuple[list[msgspec.Raw], list[tuple[str, Correlation]]]:
+        """The changed correlations a snapshot carries (encoded, within ``room`` bytes), and those left to store."""
+        carried: list[msgspec.Raw] = []
+        left: list[tuple[str, Correlation]] = []
+        for correlation_id, correlation in reversed(state.correlations.items()):
+            if not correlation.dirty:
+                continue
+            encoded = _ENCODER.encode(
+                CarriedCorrelation(
+                    revision=correlation.revision, state=self._stored(state, correlation_id, correlation)
+                )
+            )
+            if len(encoded) <= room:
+                room -= len(encoded)
+                carried.append(msgspec.Raw(encoded))
+            else:
+                left.append((correlation_id, correlation))
+        return carried, left
+
+    async def _store_all(self, state: CoordinatorState, correlations: list[tuple[str, Correlation]]) -> bool:
+        """Store ``correlations``, some at once; whether every one was."""
+        for start in range(0, len(correlations), REQUESTS_AT_ONCE):
+            chunk = correlations[start : start + REQUESTS_AT_ONCE]
+            if not all(await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))):
+                return False
+        return True
+
     async def restore(self, state: CoordinatorState) -> bool:
         """Start ``state`` (empty) from the partition's snapshot; whether there was a valid one.
 
@@ -302,7 +342,14 @@ class CorrelationStore:
         state.buckets = {sender: TokenBucket(tokens, at_ns) for sender, (tokens, at_ns) in snapshot.buckets.items()}
         state.holds = {d.envelope_id: d for d in snapshot.holds}
         state.suspensions = {d.envelope_id: d for d in snapshot.suspensions}
+        for raw in reversed(snapshot.carried):  # carried most recently used first
+            carried = _CARRIED_DECODER.decode(raw)
+            correlation = _resident(carried.state, revision=carried.revision)
+            correlation.dirty = True  # not under its own key as of the snapshot
+            state.correlations[carried.state.correlation] = correlation
+            state.changed[carried.state.correlation] = None
         self.snapshot_covered = snapshot.covered
+        self.carried = len(snapshot.carried)
         return True
 
     def _open_snapshot(self, entry: Entry) -> StoredSnapshot | None:
@@ -316,6 +363,11 @@ class CorrelationStore:
             )
             if (snapshot.key, snapshot.partition) != (key, self.partition):
                 raise ValueError(f"the snapshot of {snapshot.key}, not of {key}")
+            for raw in snapshot.carried:
+                stored = _CARRIED_DECODER.decode(raw).state
+                expected = correlation_key(self.partition, stored.correlation)
+                if (stored.key, stored.partition) != (expected, self.partition):
+                    raise ValueError(f"it carries the state of {stored.correlation} at {stored.key}")
         except (ValueError, msgspec.DecodeError) as exc:
             log.error("foreign snapshot ignored", extra={"partition": self.partition, "error": str(exc)})
             return None
@@ -338,17 +390,7 @@ class CorrelationStore:
             stored = self._open(entry.value, key=key, correlation_id=correlation_id, stored_ns=entry.stored_ns)
         except ValueError as exc:
             raise ForeignState(str(exc), entry.revision) from exc
-        return Correlation(
-            decided={d.envelope_id: d for d in stored.decided},
-            spent=stored.spent,
-            hops=dict(stored.hops),
-            seen_taint={agent: frozenset(taint) for agent, taint in stored.seen_taint.items()},
-            record_ids=dict(stored.record_ids),
-            records=set(stored.records),
-            last_ns=max((d.decided_ns for d in stored.decided), default=0),
-            covered=stored.covered,
-            revision=entry.revision,
-        )
+        return _resident(stored, revision=entry.revision)
 
     def _open(self, value: bytes, *, key: str, correlation_id: str, stored_ns: int) -> StoredCorrelation:
         payload = open_state_value(value, keyring=self._keyring, stored_ns=stored_ns)
@@ -360,26 +402,28 @@ class CorrelationStore:
             raise ValueError(f"the state of {stored.correlation} at {stored.key}, not of {correlation_id} at {key}")
         return stored
 
+    def _stored(self, state: CoordinatorState, correlation_id: str, correlation: Correlation) -> StoredCorrelation:
+        """``correlation`` as stored: complete through ``state.last_seq``."""
+        return StoredCorrelation(
+            key=correlation_key(self.partition, correlation_id),
+            partition=self.partition,
+            correlation=correlation_id,
+            covered=state.last_seq,
+            decided=list(correlation.decided.values()),
+            spent=correlation.spent,
+            hops=correlation.hops,
+            seen_taint={agent: sorted(taint) for agent, taint in correlation.seen_taint.items()},
+            record_ids=correlation.record_ids,
+            records=sorted(correlation.records),
+        )
+
     async def _store(self, state: CoordinatorState, correlation_id: str, correlation: Correlation) -> bool:
         """Store ``correlation`` as complete through ``state.last_seq``, unless a copy at least as new is there."""
         if not correlation.dirty:
             return True
-        key = correlation_key(self.partition, correlation_id)
-        covered = state.last_seq
-        payload = _ENCODER.encode(
-            StoredCorrelation(
-                key=key,
-                partition=self.partition,
-                correlation=correlation_id,
-                covered=covered,
-                decided=list(correlation.decided.values()),
-                spent=correlation.spent,
-                hops=correlation.hops,
-                seen_taint={agent: sorted(taint) for agent, taint in correlation.seen_taint.items()},
-                record_ids=correlation.record_ids,
-                records=sorted(correlation.records),
-            )
-        )
+        stored = self._stored(state, correlation_id, correlation)
+        key, covered = stored.key, stored.covered
+        payload = _ENCODER.encode(stored)
         if len(payload) > MAX_STATE_BYTES:
             log.warning(
                 "correlation too large to store; kept in memory",
@@ -419,3 +463,18 @@ class CorrelationStore:
             return False
         log.warning("correlation state kept changing; kept in memory", extra={"correlation_id": correlation_id})
         return False
+
+
+def _resident(stored: StoredCorrelation, *, revision: int) -> Correlation:
+    """A stored (or carried) correlation back in memory; ``revision``: its last copy's in the bucket."""
+    return Correlation(
+        decided={d.envelope_id: d for d in stored.decided},
+        spent=stored.spent,
+        hops=dict(stored.hops),
+        seen_taint={agent: frozenset(taint) for agent, taint in stored.seen_taint.items()},
+        record_ids=dict(stored.record_ids),
+        records=set(stored.records),
+        last_ns=max((d.decided_ns for d in stored.decided), default=0),
+        covered=stored.covered,
+        revision=revision,
+    )

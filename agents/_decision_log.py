@@ -150,7 +150,11 @@ class DecisionLog:
         if self.store is not None and await self.store.restore(self.state):
             log.info(
                 "state restored from a snapshot",
-                extra={"partition": self.store.partition, "covered": self.state.last_seq},
+                extra={
+                    "partition": self.store.partition,
+                    "covered": self.state.last_seq,
+                    "carried": self.store.carried,
+                },
             )
         elif self.store is not None:
             log.warning(

@@ -5,8 +5,9 @@ under taint, approvals and denials, tool results, checkpoints, a rate limit that
 after which every correlation has expired) are decided
 by two coordinators, each on its own log: one whose state holds every correlation, and one whose
 :class:`~agents._correlation_store.CorrelationStore` keeps at most one or two in memory between
-envelopes (so almost every envelope loads its correlation back), and which is sometimes restarted
-(rebuilt from its log and the stored correlations). Every decision must be the same.
+envelopes (so almost every envelope loads its correlation back), which sometimes stores a snapshot
+(carrying the correlations changed since they were stored), and which is sometimes restarted
+(from its last snapshot, the log after it and the stored correlations). Every decision must be the same.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from tests.unit.test_decision_race import (
     times_decided,
 )
 from trustbus.agents import parse_policy
-from trustbus.agents._correlation_store import CorrelationStore, correlation_key
+from trustbus.agents._correlation_store import (
+    CarriedCorrelation,
+    CorrelationStore,
+    StoredSnapshot,
+    correlation_key,
+    snapshot_key,
+)
 from trustbus.agents._decision import (
     CoordinatorState,
     Correlation,
@@ -44,6 +51,7 @@ from trustbus.agents._decision import (
     record_effect,
 )
 from trustbus.agents._decision_log import DecisionLog
+from trustbus.agents._signed_value import state_value
 from trustbus.bus import Approval, Decision, Envelope, new_envelope, subjects
 from trustbus.bus.testing import MemoryBucket, MemoryStream
 
@@ -64,7 +72,20 @@ POLICY = parse_policy(
         ],
     }
 )
-KINDS = ("event", "event", "reply", "instruction", "effect", "checkpoint", "approve", "deny", "restart", "idle")
+KINDS = (
+    "event",
+    "event",
+    "reply",
+    "instruction",
+    "effect",
+    "checkpoint",
+    "approve",
+    "deny",
+    "snapshot",
+    "snapshot",
+    "restart",
+    "idle",
+)
 IDLE_NS = 8 * 86_400 * 1_000_000_000  # an "idle" step: past limits.correlation_idle_s (7 days), all expire
 
 Step = tuple[str, int, int, int, int, bool]
@@ -103,7 +124,7 @@ def side(stream: MemoryStream, bucket: MemoryBucket | None, capacity: int) -> Si
 def envelope_for(step: Step, sent: list[Envelope], correlations: list[str]) -> Envelope | None:
     """The envelope a step sends (None: an approval or a restart)."""
     kind, sender, to, correlation, cause, tainted = step
-    if kind in ("approve", "deny", "restart", "idle"):
+    if kind in ("approve", "deny", "snapshot", "restart", "idle"):
         return None
     cause_of = sent[cause % len(sent)] if sent and cause % 3 else None
     if kind == "reply" and cause_of is not None:
@@ -178,9 +199,12 @@ async def play(steps: list[Step], capacity: int) -> None:
         if kind == "idle":
             idle += IDLE_NS
             continue
-        if kind == "restart":
+        if kind == "snapshot":
+            await bounded.log.snapshot()
+            continue
+        if kind == "restart":  # from the last snapshot, if any, and the log after it
             bounded = side(stream, bucket, capacity)
-            await bounded.log.catch_up(trim=True)
+            await bounded.log.restore()
             continue
         if kind in ("approve", "deny"):
             held = full.log.state.held()
@@ -203,7 +227,10 @@ async def play(steps: list[Step], capacity: int) -> None:
     await compare(full.log.state, bounded)
     if len(full.log.state.correlations) > capacity:
         assert bucket.memory.messages, "nothing was stored though the cache was exceeded"
-    assert all(m.subject.startswith(bucket.subject("c0.")) for m in bucket.memory.messages)
+    assert all(
+        m.subject.startswith(bucket.subject("c0.")) or m.subject == bucket.subject(snapshot_key(0))
+        for m in bucket.memory.messages
+    )
 
 
 async def compare(full: CoordinatorState, bounded: Side) -> None:
@@ -258,7 +285,9 @@ async def test_a_foreign_stored_correlation_is_rebuilt_from_the_log_not_believed
             await mediate(s, envelope, at=T0 + index * STEP_NS, seq=index + 1, tool_taint=False)
         await bounded.log.trim()
     assert "corr-a" not in bounded.log.state.correlations
-    assert bounded.log.store is not None and await bounded.log.store.flush(bounded.log.state)  # corr-b stored too
+    assert bounded.log.store is not None
+    bounded.log.store.changed_at_most = 0
+    await bounded.log.trim()  # corr-b stored too
     key, other = correlation_key(0, "corr-a"), await bucket.get(correlation_key(0, "corr-b"))
     assert other is not None
     for forged in (b"not a signed value", other.value):
@@ -323,11 +352,11 @@ async def test_a_correlation_too_large_to_store_stays_in_memory_without_holding_
     assert list(state.correlations) == ["recent", "huge"]  # small stored and dropped; huge kept, now last used
     assert await bucket.get(correlation_key(0, "small")) is not None
     assert await bucket.get(correlation_key(0, "huge")) is None
-    assert not await store.flush(state)  # so no snapshot claims to cover it
+    assert not await store.snapshot(state)  # so no snapshot claims to cover it
 
 
 async def test_changed_correlations_beyond_the_bound_are_stored_between_batches_the_longest_changed_first() -> None:
-    """So a snapshot, which stores every changed correlation before it is written, pauses for a bounded time."""
+    """So a snapshot, which carries (or stores) every changed correlation, stays small and quick."""
     bucket = MemoryBucket(subjects.state_bucket(TENANT))
     s = side(MemoryStream(), bucket, 100)
     store = s.log.store
@@ -342,9 +371,85 @@ async def test_changed_correlations_beyond_the_bound_are_stored_between_batches_
     assert stored == {"a", "b", "c"}
     assert [cid for cid, c in state.correlations.items() if c.dirty] == ["d", "e"]
     assert list(state.changed) == ["d", "e"] and len(state.correlations) == 5  # stored, still in memory
+
+
+async def test_a_snapshot_carries_the_changed_correlations_in_one_write_and_a_restore_gets_them_back() -> None:
+    """The coordinator mediates nothing while a snapshot is stored: one signed write, not one per changed
+    correlation; the restored state is the one snapshotted, and the carried correlations are stored later."""
+    stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
+    s = side(stream, bucket, 100)
+    store = s.log.store
+    assert store is not None
+    state = s.log.state
+    for index, correlation_id in enumerate(("a", "b", "c")):
+        state.apply(fold_one(correlation_id, ""), POLICY, seq=index + 1)
+    store.changed_at_most = 2
+    await s.log.trim()  # a stored under its own key; b and c changed since
     writes = store.writes
-    assert await store.flush(state)
-    assert store.writes - writes == 2 and not state.changed  # the snapshot's flush stored only what was left
+    assert await store.snapshot(state)
+    assert store.writes == writes and await bucket.get(correlation_key(0, "b")) is None  # carried, not stored
+    assert [cid for cid, c in state.correlations.items() if c.dirty] == ["b", "c"]  # still to store
+
+    again = side(stream, bucket, 100)
+    assert again.log.store is not None and await again.log.store.restore(again.log.state)
+    restored = again.log.state
+    assert again.log.store.carried == 2 and list(restored.correlations) == ["b", "c"]
+    assert list(restored.changed) == ["b", "c"] and all(c.dirty for c in restored.correlations.values())
+    for correlation_id in "bc":
+        mine, theirs = restored.correlations[correlation_id], state.correlations[correlation_id]
+        assert (mine.decided, mine.spent, mine.hops, mine.seen_taint, mine.records, mine.last_ns) == (
+            theirs.decided,
+            theirs.spent,
+            theirs.hops,
+            theirs.seen_taint,
+            theirs.records,
+            theirs.last_ns,
+        )
+    await again.log.resident(["a"])
+    assert restored.correlation("a").decided == state.correlation("a").decided  # loaded from its own key
+    again.log.store.changed_at_most = 0
+    await again.log.trim()
+    assert await bucket.get(correlation_key(0, "c")) is not None  # stored under its own key at last
+
+
+async def test_a_snapshot_carrying_another_partitions_correlation_is_foreign_and_the_whole_log_is_read() -> None:
+    """A coordinator's snapshot that carries a correlation under a key not its own is not believed."""
+    stream, bucket = MemoryStream(), MemoryBucket(subjects.state_bucket(TENANT))
+    s = side(stream, bucket, 100)
+    assert s.log.store is not None
+    s.log.state.apply(fold_one("a", ""), POLICY, seq=1)
+    stored = msgspec.structs.replace(
+        s.log.store._stored(s.log.state, "a", s.log.state.correlations["a"]), key=correlation_key(1, "a")
+    )
+    forged = StoredSnapshot(
+        key=snapshot_key(0),
+        partition=0,
+        covered=1,
+        buckets={},
+        holds=[],
+        suspensions=[],
+        carried=[msgspec.Raw(msgspec.msgpack.encode(CarriedCorrelation(revision=0, state=stored)))],
+    )
+    value = state_value(KEYS["c2"], "c2", msgspec.msgpack.encode(forged), tenant=TENANT, now_ns=time.time_ns())
+    await bucket.put(snapshot_key(0), value)
+    again = side(stream, bucket, 100)
+    assert again.log.store is not None and not await again.log.store.restore(again.log.state)
+    assert not again.log.state.correlations
+
+
+async def test_a_snapshot_stores_what_it_has_no_room_to_carry() -> None:
+    bucket = MemoryBucket(subjects.state_bucket(TENANT))
+    s = side(MemoryStream(), bucket, 100)
+    store = s.log.store
+    assert store is not None
+    state = s.log.state
+    big = fold_one("big", "x" * 400_000)  # fits a value of its own, not beside the other in the room carried
+    state.apply(big, POLICY, seq=1)
+    state.apply(msgspec.structs.replace(big, envelope_id="e2"), POLICY, seq=2)
+    state.apply(fold_one("small", ""), POLICY, seq=3)
+    assert await store.snapshot(state)
+    assert await bucket.get(correlation_key(0, "big")) is not None and not state.correlations["big"].dirty
+    assert await bucket.get(correlation_key(0, "small")) is None and state.correlations["small"].dirty
 
 
 def fold_one(correlation_id: str, padding: str) -> Decision:
