@@ -179,7 +179,7 @@ class CorrelationStore:
         self.capacity = capacity
         self.changed_at_most = changed_at_most
         self._clock = clock
-        self.loads = 0  # gets of a correlation not in memory
+        self.loads = 0  # correlations looked up in the bucket (not in memory)
         self.writes = 0  # correlations stored
         self.snapshot_covered = 0  # the log sequence of the last snapshot stored or restored
         self.carried = 0  # correlations the restored snapshot carried
@@ -193,11 +193,10 @@ class CorrelationStore:
         that failed verification): the caller rebuilds those from the log.
         """
         wanted = list(dict.fromkeys(correlation_ids))
-        missing = [cid for cid in wanted if cid not in state.correlations]
-        loaded: dict[str, Correlation | ForeignState] = {}
-        for start in range(0, len(missing), REQUESTS_AT_ONCE):  # gets of a batch's correlations at once
-            chunk = missing[start : start + REQUESTS_AT_ONCE]
-            loaded.update(zip(chunk, await asyncio.gather(*(self._fetch(cid) for cid in chunk)), strict=True))
+        missing = {correlation_key(self.partition, cid): cid for cid in wanted if cid not in state.correlations}
+        entries = await self.bucket.get_many(list(missing)) if missing else {}  # a batch's correlations together
+        self.loads += len(missing)
+        loaded = {cid: self._loaded(cid, key, entries.get(key)) for key, cid in missing.items()}
         foreign: dict[str, int] = {}
         for correlation_id in wanted:
             resident = state.correlations.pop(correlation_id, None) or loaded[correlation_id]
@@ -373,23 +372,14 @@ class CorrelationStore:
             return None
         return snapshot
 
-    async def _fetch(self, correlation_id: str) -> Correlation | ForeignState:
-        try:
-            return await self._get(correlation_id)
-        except ForeignState as exc:
-            return exc
-
-    async def _get(self, correlation_id: str) -> Correlation:
-        """The stored state of ``correlation_id`` (empty if none); :class:`ForeignState` if it is foreign."""
-        key = correlation_key(self.partition, correlation_id)
-        self.loads += 1
-        entry = await self.bucket.get(key)
+    def _loaded(self, correlation_id: str, key: str, entry: Entry | None) -> Correlation | ForeignState:
+        """The state of ``correlation_id`` stored as ``entry`` at ``key`` (empty if none), or why it is foreign."""
         if entry is None or entry.deleted:
             return Correlation(revision=0 if entry is None else entry.revision)
         try:
             stored = self._open(entry.value, key=key, correlation_id=correlation_id, stored_ns=entry.stored_ns)
         except ValueError as exc:
-            raise ForeignState(str(exc), entry.revision) from exc
+            return ForeignState(str(exc), entry.revision)
         return _resident(stored, revision=entry.revision)
 
     def _open(self, value: bytes, *, key: str, correlation_id: str, stored_ns: int) -> StoredCorrelation:

@@ -11,10 +11,16 @@ Components whose permissions allow only direct gets (agents) pass
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
+from nats.js.errors import APIError
 
 from trustbus.bus._errors import Conflict, NotFound
 from trustbus.bus._stored import unix_ns
@@ -24,15 +30,23 @@ from trustbus.bus._translate import NATS_ERRORS, translated
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 OPERATION = "KV-Operation"  # "DEL" or "PURGE" on a tombstone
 # What a direct get's reply adds to the stored headers (nats-py hands them on as the message's): not stored.
-_DIRECT_GET_HEADERS = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp"})
+_DIRECT_GET_HEADERS = frozenset(
+    {"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp", "Nats-Num-Pending", "Nats-Last-Sequence"}
+)
+GET_MANY_AT_ONCE = 256  # keys named in one batched direct get
+GET_MANY_TIMEOUT_S = 5.0
 
 
 class NatsBucket:
     """A :class:`~bus.Bucket` on NATS: one KV bucket of a tenant, through one JetStream context."""
 
-    def __init__(self, js: JetStreamContext, name: str, *, direct: bool = False) -> None:
-        """``direct``: read with direct gets (``$JS.API.DIRECT.GET``), as components allowed only those must."""
+    def __init__(self, js: JetStreamContext, name: str, *, direct: bool = False, nc: Client | None = None) -> None:
+        """``direct``: read with direct gets (``$JS.API.DIRECT.GET``), as components allowed only those must.
+
+        ``nc``: ``js``'s connection, for :meth:`get_many`.
+        """
         self._js = js
+        self._nc = nc
         self.name = name
         self.stream = f"KV_{name}"
         self._prefix = f"$KV.{name}."
@@ -52,6 +66,61 @@ class NatsBucket:
                 return None
             raise error from exc
         return self._entry(raw)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """The last revision of each of ``keys`` that has one (a tombstone if it was deleted); a key never written
+        is absent. One batched direct get (``multi_last``) per :data:`GET_MANY_AT_ONCE` keys, whatever the
+        reader's ``direct``: the bucket must allow direct gets, as provisioned."""  # noqa: D205, D209
+        found: dict[str, Entry] = {}
+        for start in range(0, len(keys), GET_MANY_AT_ONCE):
+            chunk = keys[start : start + GET_MANY_AT_ONCE]
+            try:
+                found.update(await self._get_chunk(chunk))
+            except NATS_ERRORS as exc:
+                raise translated(exc, f"read {len(chunk)} keys of {self.name}") from exc
+        return found
+
+    async def _get_chunk(self, keys: Sequence[str]) -> dict[str, Entry]:
+        assert self._nc is not None, "a bucket opened without its connection cannot get many keys"
+        inbox = self._nc.new_inbox()
+        request = json.dumps({"multi_last": [self.subject(key) for key in keys], "batch": len(keys)}).encode()
+        sub = await self._nc.subscribe(inbox)
+        found: dict[str, Entry] = {}
+        try:
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", request, reply=inbox)
+            deadline = asyncio.get_running_loop().time() + GET_MANY_TIMEOUT_S
+            while True:
+                msg = await sub.next_msg(timeout=max(0.001, deadline - asyncio.get_running_loop().time()))
+                status = (msg.headers or {}).get("Status")
+                if status is None:
+                    entry = self._batched_entry(msg)
+                    found[entry.key] = entry
+                elif status == "404":  # none of them has a revision
+                    return {}
+                elif status == "204":  # the end of the batch
+                    break
+                else:
+                    raise APIError.from_msg(msg)
+        finally:
+            await sub.unsubscribe()
+        if int((msg.headers or {}).get("Nats-Num-Pending", "0")):  # the server sent fewer than asked: the rest
+            for key in keys:
+                if key not in found and (single := await self.get(key)) is not None:
+                    found[key] = single
+        return found
+
+    def _batched_entry(self, msg: Msg) -> Entry:
+        """One reply of a batched direct get, as an entry."""
+        headers = dict(msg.headers or {})
+        stored = {name: value for name, value in headers.items() if name not in _DIRECT_GET_HEADERS}
+        return Entry(
+            key=headers["Nats-Subject"].removeprefix(self._prefix),
+            revision=int(headers["Nats-Sequence"]),
+            value=msg.data,
+            stored_ns=_rfc3339_ns(headers["Nats-Time-Stamp"]),
+            deleted=stored.get(OPERATION) in ("DEL", "PURGE"),
+            headers=stored,
+        )
 
     async def put(
         self, key: str, value: bytes, *, revision: int | None = None, headers: dict[str, str] | None = None
@@ -108,3 +177,10 @@ class NatsBucket:
             deleted=headers.get(OPERATION) in ("DEL", "PURGE"),
             headers=headers,
         )
+
+
+def _rfc3339_ns(stamp: str) -> int:
+    """A server's store time (``2026-12-07T12:55:32.67852025Z``, UTC) in unix ns, to the microsecond as nats-py
+    reads the single gets' (so both read one value's store time alike)."""  # noqa: D205, D209
+    seconds, _, fraction = stamp.removesuffix("Z").partition(".")
+    return unix_ns(datetime.fromisoformat(f"{seconds}.{fraction[:6].ljust(6, '0')}+00:00"))

@@ -219,7 +219,8 @@ def _coordinator(tenant: str) -> tuple[Rule, ...]:
         Rule(f"$JS.API.STREAM.MSG.GET.KV_{coordinator_bucket(tenant)}", "read the leases"),
         Rule(f"$KV.{state_bucket(tenant)}.>", "store correlations kept out of memory, and snapshots"),
         Rule(f"$JS.API.STREAM.INFO.KV_{state_bucket(tenant)}", "open the state bucket"),
-        Rule(f"$JS.API.STREAM.MSG.GET.KV_{state_bucket(tenant)}", "load stored correlations"),
+        Rule(f"$JS.API.STREAM.MSG.GET.KV_{state_bucket(tenant)}", "load a stored correlation or snapshot"),
+        Rule(f"$JS.API.DIRECT.GET.KV_{state_bucket(tenant)}", "load a batch's stored correlations in one request"),
     )
 
 

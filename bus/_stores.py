@@ -55,6 +55,11 @@ class Bucket(Protocol):
         """The last revision of ``key`` (a tombstone if it was deleted), or None if it was never written."""
         ...
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """The last revision of each of ``keys`` that has one (a tombstone if it was deleted), in few requests;
+        a key never written is absent."""  # noqa: D205, D209
+        ...
+
     async def put(
         self, key: str, value: bytes, *, revision: int | None = None, headers: dict[str, str] | None = None
     ) -> int:

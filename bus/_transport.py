@@ -181,7 +181,7 @@ class Bus:
 
     def bucket(self, name: str, *, direct: bool = False) -> Bucket:
         """The tenant's KV bucket ``name`` (``direct``: read with direct gets, as agents must)."""
-        return NatsBucket(self._js, name, direct=direct)
+        return NatsBucket(self._js, name, direct=direct, nc=self._nc)
 
     def log(self, subject: str, *, direct: bool = False, in_batches: bool = False) -> SubjectLog:
         """The records of the tenant stream on ``subject`` (``direct``: read with direct gets, as agents must;

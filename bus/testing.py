@@ -167,6 +167,12 @@ class MemoryBucket:
         last = self.memory._last(self.subject(key))
         return None if last is None else self._entry(last)
 
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """The last revision of each of ``keys`` that has one (a tombstone if it was deleted), in one request."""
+        await self.memory._request()
+        found = ((key, self.memory._last(self.subject(key))) for key in keys)
+        return {key: self._entry(last) for key, last in found if last is not None}
+
     async def put(
         self, key: str, value: bytes, *, revision: int | None = None, headers: dict[str, str] | None = None
     ) -> int:

@@ -183,6 +183,29 @@ async def test_a_bucket_keeps_the_last_64_revisions_of_each_key(bucket: Bucket) 
     assert [e.revision async for e in bucket.history("k", after=revisions[0])] == revisions[2:]
 
 
+async def test_get_many_is_the_last_revision_of_each_key_written_as_get_has_it(bucket: Bucket) -> None:
+    await bucket.put("a", b"1")
+    await bucket.put("a", b"2", headers={"X-Why": "test"})
+    await bucket.put("empty", b"")
+    await bucket.put("gone", b"x")
+    await bucket.delete("gone")
+    found = await bucket.get_many(["a", "never", "empty", "gone"])
+    assert sorted(found) == ["a", "empty", "gone"]  # a key never written is absent
+    for key, entry in found.items():
+        assert entry == await bucket.get(key)
+    assert found["gone"].deleted and found["a"].headers == {"X-Why": "test"}
+    assert await bucket.get_many(["never", "nor this"]) == {} and await bucket.get_many([]) == {}
+
+
+async def test_get_many_of_more_keys_than_one_request_names(bucket: Bucket) -> None:
+    written = [f"k{i}" for i in range(0, 600, 3)]
+    for key in written:
+        await bucket.put(key, key.encode())
+    found = await bucket.get_many([f"k{i}" for i in range(600)])
+    assert sorted(found) == sorted(written)
+    assert all(entry.value == key.encode() for key, entry in found.items())
+
+
 # -- SubjectLog -----------------------------------------------------------------------------------------------------
 
 
