@@ -8,8 +8,11 @@ publish there (its outbox ``tb.<T>.out.<owner>.<p>`` and its effect records
 ``tb.<T>.effect.<owner>.<p>.*``); the partition's own consumer
 ``coordinator-<p>`` keeps the operators' approvals. A reader task per consumer
 fetches and verifies, and holds at most one verified batch for the
-coordinator; the coordinator takes one batch from each reader that has one,
-in turn (within a turn, in stream order). A flooding sender therefore costs the others at most one of its
+coordinator, which the fetches made while it waits are added to (up to
+``batch`` messages: what arrived while the coordinator was busy is mediated in
+one batch at its next turn, not one small batch per turn); the coordinator
+takes one batch from each reader that has one, in turn (within a turn, in
+stream order). A flooding sender therefore costs the others at most one of its
 batches per turn (``SENDER_SETTINGS.batch`` messages), whatever its backlog.
 
 What fails verification is recorded in aggregate, one
@@ -27,7 +30,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trustbus.agents._suspension import SUSPENDED, Suspensions
 from trustbus.bus import Bus, ConsumerSettings, Delivery, RejectionLog, TransportError, subject_owner, subjects
@@ -60,11 +63,26 @@ def _effects(tenant: str, partition: int, owner: str) -> str:
 @dataclass
 class _Reader:
     name: str
-    queue: asyncio.Queue[list[Delivery]]
+    batch: int  # messages at most in what it holds for the coordinator
+    held: list[Delivery] = field(default_factory=list)  # verified, in stream order, not yet taken
+    taken: asyncio.Event = field(default_factory=asyncio.Event)  # set when the coordinator takes ``held``
     task: asyncio.Task[None] | None = None
     # Read back at start within the replay window (None: everything the consumer reads). An outbox envelope
     # settled before is decided, and the coordinator refuses a copy of it at another sequence by its decision.
     read_back_settled: list[str] | None = None
+
+    async def hold(self, batch: list[Delivery]) -> None:
+        """Add a fetched batch to what waits for the coordinator, once there is room for all of it."""
+        while self.held and len(self.held) + len(batch) > self.batch:
+            self.taken.clear()
+            await self.taken.wait()
+        self.held.extend(batch)
+
+    def take(self) -> list[Delivery]:
+        """What waits for the coordinator, handed over."""
+        held, self.held = self.held, []
+        self.taken.set()
+        return held
 
 
 class Intake:
@@ -101,12 +119,12 @@ class Intake:
                 name, sender_subjects(self.bus.tenant, self.partition, owner), settings=SENDER_SETTINGS
             )
             effects = [_effects(self.bus.tenant, self.partition, owner)]
-            self._readers[name] = _Reader(name, asyncio.Queue(maxsize=1), read_back_settled=effects)
+            self._readers[name] = _Reader(name, SENDER_SETTINGS.batch, read_back_settled=effects)
         self._grants = len(grants)
 
     async def batches(self, stop: asyncio.Event) -> AsyncIterator[list[Delivery]]:
         """Verified batches, one reader's at a time in turn, until ``stop`` is set."""
-        approvals = _Reader(self._approvals, asyncio.Queue(maxsize=1))
+        approvals = _Reader(self._approvals, APPROVAL_SETTINGS.batch)
         refreshed = time.monotonic()
         try:
             self._start(approvals, APPROVAL_SETTINGS, stop)
@@ -119,7 +137,7 @@ class Intake:
                 # An empty batch when nothing is waiting: the coordinator's turn to record suspensions.
                 for batch in self._round(readers) or [[]]:
                     yield batch
-                if not self._ready.is_set() and all(r.queue.empty() for r in readers):
+                if not self._ready.is_set() and not any(r.held for r in readers):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._ready.wait(), REFRESH_S)
                 if time.monotonic() - refreshed >= REFRESH_S:
@@ -142,7 +160,7 @@ class Intake:
         Within a round the stream's order between senders holds (what was stored first is decided
         first, as with one consumer); across rounds no sender gets more than one batch per turn.
         """
-        batches = [r.queue.get_nowait() for r in readers if not r.queue.empty()]
+        batches = [r.take() for r in readers if r.held]
         return sorted(batches, key=lambda batch: batch[0].stream_seq if batch else 0)
 
     def _start(self, reader: _Reader, settings: ConsumerSettings, stop: asyncio.Event) -> None:
@@ -170,7 +188,7 @@ class Intake:
                 )
                 async with contextlib.aclosing(batches):
                     async for batch in batches:
-                        await reader.queue.put(batch)
+                        await reader.hold(batch)
                         self._ready.set()
                 return
             except TransportError as exc:  # its consumer is away (a cluster electing): read it again shortly
