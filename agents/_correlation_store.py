@@ -221,7 +221,7 @@ class CorrelationStore:
         excess = len(state.correlations) - self.capacity
         if excess <= 0 or time.monotonic() < self._retry_at:
             return
-        victims = list(state.correlations.items())[:excess]
+        victims = list(itertools.islice(state.correlations.items(), excess))  # not a copy of all: every batch
         for start in range(0, len(victims), REQUESTS_AT_ONCE):
             chunk = victims[start : start + REQUESTS_AT_ONCE]
             stored = await asyncio.gather(*(self._store(state, cid, c) for cid, c in chunk))
