@@ -128,6 +128,7 @@ from bench._harness import (
     wait_for_record,
 )
 from bench._records import OUT_ENV
+from bench._stage_coordinator import STAGES_ENV
 from bench.peers import AutoGenPeers, default_venv, ensure_venv
 from trustbus import bus
 from trustbus._supervisor import Process
@@ -135,6 +136,8 @@ from trustbus.agents._forwarding import INBOX_SETTINGS
 from trustbus.agents._intake import SENDER_SETTINGS
 
 PROCS = "bench._mediated_procs"
+STAGE_COORDINATOR = "bench._stage_coordinator"  # with --stages
+STAGES = ("send_to_stored", "stored_to_group", "group_to_forward", "forward_to_handler")
 SINK = "bench._mediated_sink:Sink"
 TENANT = "bench"
 TOPOLOGIES = ("raw", "mediated")
@@ -231,6 +234,7 @@ class Latency:
     p999_ms: float
     max_ms: float
     sender_max_lag_ms: float
+    stages_ms: dict[str, dict[str, float]] | None = None  # with --stages: p50, p90, p99 of each of STAGES
 
 
 def scrape_every_second(ports: list[int]) -> None:
@@ -323,7 +327,10 @@ class Bench:
         keys = bus.KeyDirectory(self.keys_dir)
         asyncio.run(provision(self.url, keys))
         self.policy.write_text(POLICY)
-        scraped = self.start_mediated("mediated", TENANT, metrics=self.args.metrics)
+        if self.args.stages:
+            self.envs["mediated"] = {STAGES_ENV: str(self.out_dir)}
+        module = STAGE_COORDINATOR if self.args.stages else ""
+        scraped = self.start_mediated("mediated", TENANT, metrics=self.args.metrics, module=module)
         processes = [*self.servers["mediated"], *self.start_raw()]
         holders = [("a", "agent"), ("b", "agent"), ("coordinator", "coordinator")]
         if self.args.telemetry:
@@ -459,12 +466,14 @@ class Bench:
             if i >= first_measured
         ]
         p50, p99 = percentiles_ms(latencies)
+        staged = self.args.stages and topology == "mediated"
         return Latency(
             p50_ms=p50,
             p99_ms=p99,
             p999_ms=p999_ms(latencies),
             max_ms=max(latencies) / 1e6,
             sender_max_lag_ms=float(sender.get("max_lag_ms", 0.0)),
+            stages_ms=stage_percentiles(self.out_dir, record, first_measured) if staged else None,
         )
 
 
@@ -519,6 +528,33 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         result.update(candidate_figures(throughputs, latencies))
         result["candidate_module"] = args.candidate_module
     return result
+
+
+def stage_percentiles(out_dir: Path, record: dict[str, Any], first_measured: int) -> dict[str, dict[str, float]]:
+    """p50, p90 and p99 (ms) of each of ``STAGES`` for the measured envelopes of one paced phase, from the
+    coordinator's notes (bench/_stage_coordinator.py) and the sink's record."""
+    noted: dict[int, tuple[int, int, int]] = {}  # index -> stored, group start, forward
+    for path in out_dir.glob("coordinator-*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            phase, index, stored_ns, group_ns, forward_ns = json.loads(line)
+            if phase == record["phase"]:
+                noted[index] = (stored_ns, group_ns, forward_ns)
+    spans: dict[str, list[int]] = {stage: [] for stage in STAGES}
+    for index, sent, received in zip(record["index"], record["sent_ns"], record["received_ns"], strict=True):
+        if index < first_measured or index not in noted:
+            continue
+        stored, group, forward = noted[index]
+        steps = (stored - sent, group - stored, forward - group, received - forward)
+        for stage, span in zip(STAGES, steps, strict=True):
+            spans[stage].append(span)
+    if not spans[STAGES[0]]:
+        raise RuntimeError(f"{record['phase']}: the coordinator noted none of its envelopes' stages")
+    return {stage: _spread_ms(values) for stage, values in spans.items()}
+
+
+def _spread_ms(values_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(values_ns)
+    return {f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)] / 1e6, 3) for q in (50, 90, 99)}
 
 
 def cpu_ratios_per_round(before: list[Throughput], after: list[Throughput]) -> list[float]:
@@ -647,6 +683,18 @@ def summarise(
         },
         "ratio_pass": ratio >= RATIO_TARGET,
         "p99_pass": p99 <= P99_TARGET_MS,
+        **stage_figures(med_l),
+    }
+
+
+def stage_figures(paced: list[Latency]) -> dict[str, Any]:
+    """With --stages: the stages of the round with the worst p99, and each round's p99 per stage."""
+    if not paced or paced[0].stages_ms is None:
+        return {}
+    worst = max(paced, key=lambda x: x.p99_ms)
+    return {
+        "stages_ms": worst.stages_ms,
+        "round_stage_p99_ms": {stage: [x.stages_ms[stage]["p99"] for x in paced if x.stages_ms] for stage in STAGES},
     }
 
 
@@ -686,6 +734,14 @@ def report_table(r: dict[str, Any]) -> Table:
     )
     table.add_row(f"latency p99.9 at {rate}, worst round (ms)", f"{r['raw_p999_ms']:.2f}", f"{r['p999_ms']:.2f}")
     table.add_row(f"latency max at {rate}, worst round (ms)", f"{r['raw_max_ms']:.2f}", f"{r['max_ms']:.2f}", "", "")
+    for stage, spread in (r.get("stages_ms") or {}).items():
+        table.add_row(
+            f"{stage.replace('_', ' ')} p50 / p90 / p99, worst round (ms)",
+            "",
+            f"{spread['p50']:.2f} / {spread['p90']:.2f} / {spread['p99']:.2f}",
+            "",
+            "",
+        )
     table.add_row(
         "sender's worst lag behind schedule (ms)",
         f"{r['raw_sender_max_lag_ms']:.2f}",
@@ -807,6 +863,13 @@ def main() -> None:
         "coordinator with a change to measure) in every round; --json adds candidate_ratio (its msgs/s over the "
         "plain coordinator's) and candidate_cpu_ratio",
     )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="note when each mediated envelope is stored, its group starts and its forward is published (a "
+        "wrapped coordinator, bench/_stage_coordinator.py); --json adds stages_ms (p50/p90/p99 of A's send -> "
+        "stored -> group start -> forward published -> B's handler, in the round with the worst p99)",
+    )
     parser.add_argument("--keep-records", type=Path, help="copy each phase's per-message record into this dir")
     parser.add_argument(
         "--sync",
@@ -850,6 +913,8 @@ def main() -> None:
         parser.error("--rate x (--seconds - --warmup) must leave at least 100 measured messages")
     if not 1 <= args.per_correlation <= 1500:
         parser.error("--per-correlation must be in 1..1500 (limits.decisions_per_correlation)")
+    if args.stages and args.coordinator_module != "trustbus":
+        parser.error("--stages runs its own wrapped coordinator: not with --coordinator-module")
     if args.payload < 128:
         parser.error("--payload must be at least 128 bytes (the timing fields)")
     if not 0 < args.sample_ratio <= 1:

@@ -2,7 +2,8 @@
 
 Both topologies and AutoGen's gRPC runtime (``--peers``) deliver every message, and the report carries
 the ratio against the batched, pipelined raw relay, AutoGen's figure from the same run, and the tail as
-the worst round's p99 with p99.9 and max. AutoGen runs in bench/peers.py's venv under the cache
+the worst round's p99 with p99.9 and max, and (``--stages``) where that round's time went, stage by stage.
+AutoGen runs in bench/peers.py's venv under the cache
 directory: the first run on a machine makes it from PyPI (about a minute), later runs reuse it.
 """
 
@@ -18,7 +19,7 @@ MEDIATED = Path(__file__).resolve().parents[2] / "bench" / "mediated.py"
 
 def test_short_mediated_bench_reports_the_ratios_and_the_worst_round_tail(tmp_path: Path) -> None:
     argv = ["--n", "300", "--rounds", "2", "--rate", "200", "--seconds", "1", "--warmup", "0.25", "--warmup-n", "100"]
-    argv += ["--peers", "--json"]
+    argv += ["--peers", "--stages", "--json"]
     run = subprocess.run(
         [sys.executable, str(MEDIATED), *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
@@ -34,3 +35,8 @@ def test_short_mediated_bench_reports_the_ratios_and_the_worst_round_tail(tmp_pa
     assert figures["p50_ms"] <= figures["median_p99_ms"] <= figures["p99_ms"] <= figures["p999_ms"] <= figures["max_ms"]
     assert figures["raw_p99_ms"] <= figures["raw_p999_ms"] <= figures["raw_max_ms"]
     assert figures["load_avg_1m"][0] >= 0
+    # Stored after it was sent, its group started after it was stored, forwarded after that, handled after that.
+    stages = figures["stages_ms"]
+    assert list(stages) == ["send_to_stored", "stored_to_group", "group_to_forward", "forward_to_handler"]
+    assert all(0 <= s["p50"] <= s["p90"] <= s["p99"] for s in stages.values()), stages
+    assert all(len(p99s) == 2 for p99s in figures["round_stage_p99_ms"].values())
