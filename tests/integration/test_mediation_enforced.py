@@ -56,6 +56,7 @@ from trustbus.bus import (
     subjects,
     tail,
 )
+from trustbus.bus._bucket import NatsBucket
 
 T = "med"
 STREAM = subjects.stream_name(T)
@@ -541,6 +542,27 @@ async def test_agent_cannot_read_another_agents_memory(connect: Connect) -> None
     await alice.nc.publish(f"$KV.{subjects.memory_bucket(T)}.alice.note", b"self-granted")
     await alice.nc.flush(timeout=TIMEOUT)
     await alice.refused(f"$KV.{subjects.memory_bucket(T)}.alice.note")
+
+
+async def test_agent_cannot_read_the_coordinators_stored_state_with_a_batched_get(connect: Connect) -> None:
+    """The coordinator loads stored correlations with one batched direct get on the state bucket (the twin, through
+    the bus's own bucket); alice asking the same, by her account's API import or the tenant's, is refused unanswered."""
+    coordinator, alice = await connect("coordinator"), await connect("alice")
+    bucket = subjects.state_bucket(T)
+    await coordinator.js.publish(f"$KV.{bucket}.c0.stolen", b"a correlation's budget and taint")
+    found = await NatsBucket(coordinator.js, bucket, nc=coordinator.nc).get_many(["c0.stolen", "c0.never"])
+    assert list(found) == ["c0.stolen"] and found["c0.stolen"].value == b"a correlation's budget and taint"
+    request = json.dumps({"multi_last": [f"$KV.{bucket}.c0.stolen"], "batch": 1}).encode()
+    inbox = alice.nc.new_inbox()
+    answers = await alice.nc.subscribe(inbox)
+    for api in (AGENT_API_PREFIX, "$JS.API"):
+        subject = f"{api}.DIRECT.GET.KV_{bucket}"
+        await alice.nc.publish(subject, request, reply=inbox)
+        await alice.nc.flush(timeout=TIMEOUT)
+        await alice.refused(subject)
+    with pytest.raises(nats.errors.TimeoutError):
+        await answers.next_msg(timeout=TIMEOUT)
+    assert coordinator.errors.empty()
 
 
 async def test_agent_cannot_read_or_forge_another_agents_memory_write_outcome(connect: Connect) -> None:
