@@ -297,6 +297,15 @@ async def test_a_foreign_stored_correlation_is_rebuilt_from_the_log_not_believed
         rebuilt, mine = bounded.log.state.correlation("corr-a"), full.log.state.correlation("corr-a")
         assert (rebuilt.decided, rebuilt.spent, rebuilt.seen_taint) == (mine.decided, mine.spent, mine.seen_taint)
         assert rebuilt.spent == 2 and rebuilt.dirty  # stored again, over the foreign value, at its next trim
+    # In one batched load beside a genuine and a never-stored correlation, the foreign one is rebuilt alone.
+    for correlation_id in ("corr-a", "corr-b"):
+        bounded.log.state.correlations.pop(correlation_id, None)
+    await bounded.log.resident(["corr-b", "corr-a", "corr-new"])
+    state = bounded.log.state
+    assert state.correlation("corr-a").spent == 2 and state.correlation("corr-a").dirty  # rebuilt from the log
+    assert state.correlation("corr-b").decided == full.log.state.correlation("corr-b").decided
+    assert not state.correlation("corr-b").dirty and state.correlation("corr-b").revision == other.revision
+    assert state.correlation("corr-new").decided == {} and state.correlation("corr-new").revision == 0
 
 
 async def test_two_coordinators_keeping_one_correlation_each_spend_every_budget_once() -> None:
