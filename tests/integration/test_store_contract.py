@@ -417,6 +417,11 @@ async def test_find_returns_the_first_of_two_records_with_one_id(logs: Logs) -> 
     first = await logs.log.append(b"one", {MSG_ID: "m"}, after=None)
     await logs.window_passes()  # then the same id is stored again (a forward repeated after the window)
     second = await logs.log.append(b"two", {MSG_ID: "m"}, after=None)
+    deadline = time.monotonic() + 10
+    while second.duplicate and time.monotonic() < deadline:
+        # The server forgets ids on a timer of its own, late on a loaded machine; a duplicate stores nothing.
+        await asyncio.sleep(SHORTEST_WINDOW_S)
+        second = await logs.log.append(b"two", {MSG_ID: "m"}, after=None)
     assert second.seq > first.seq and not second.duplicate
     found = await logs.log.find("m")
     assert found is not None and (found.seq, found.body) == (first.seq, b"one")
