@@ -420,7 +420,7 @@ class Coordinator:
         ``decision`` just now (nothing of it was forwarded before)."""  # noqa: D205, D209
         if decision.verdict != "accept":
             return []
-        decision_id = self.log.record_id(decision)
+        decision_id = self.log.decision_id(decision)
         if decision.kind in ("memory_write", "checkpoint"):
             await self._memory.store(envelope, body, headers, decision, decision_id)
             return []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -34,23 +34,42 @@ from trustbus.bus import (
     Sealed,
     SubjectLog,
     VerificationError,
-    decode_decision,
     encode_decision,
+    encode_decision_group,
     new_envelope,
-    new_id,
     open_envelope,
+    recorded_decisions,
 )
+from trustbus.bus import decision_id as id_of_decision
 
 log = logging.getLogger("trustbus.coordinator")
 
-# Fewer decisions than this are appended one by one: an atomic commit costs a few ms of its own.
-ATOMIC_MIN = 8
+GROUP_RECORD_BYTES = 128 * 1024
+"""The most decisions one group record's payload holds (encoded), well under what a receiver reads
+(:class:`~bus.Limits`' ``max_bytes``); a larger group is recorded in several."""
 LOAD_AHEAD = 1000  # decisions read before their correlations are loaded together (and, at start, trimmed)
 CONFLICT_LOGGED = "decision append conflicted, caught up"
 """The message of the warning logged on each conflict; its fields are that conflict's :class:`Conflicts`."""
 
-Record = tuple[Decision, Envelope, Sealed]
-"""A decision, the signed decision envelope that records it, and that envelope sealed."""
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Decisions, the signed decision envelope that records them, and that envelope sealed.
+
+    One decision is recorded on its own (the envelope's payload is the
+    decision, its correlation the decided envelope's); a group's are recorded
+    together (``grouped``), each named by the record's id and its position.
+    """
+
+    decisions: tuple[Decision, ...]
+    envelope: Envelope
+    sealed: Sealed
+    grouped: bool = False
+    ids: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        ids = tuple(id_of_decision(self.envelope.id, i, grouped=self.grouped) for i in range(len(self.decisions)))
+        object.__setattr__(self, "ids", ids)
 
 
 class Pending(Protocol):
@@ -84,7 +103,7 @@ class Signer(Protocol):
 
 
 def decision_record(bus: Signer, cause: Envelope, decision: Decision) -> Record:
-    """``decision`` about ``cause``, recorded in a decision envelope signed as the coordinator ``bus``."""
+    """``decision`` about ``cause``, recorded on its own in a decision envelope signed as the coordinator ``bus``."""
     record = new_envelope(
         tenant=bus.tenant,
         kind="decision",
@@ -98,7 +117,45 @@ def decision_record(bus: Signer, cause: Envelope, decision: Decision) -> Record:
         payload=encode_decision(decision),
         now_ns=bus.clock(),
     )
-    return decision, record, bus.seal(record)
+    return Record((decision,), record, bus.seal(record))
+
+
+def group_records(bus: Signer, decisions: Sequence[Decision]) -> list[Record]:
+    """``decisions`` (made in this order) recorded together, in as few envelopes as :data:`GROUP_RECORD_BYTES`
+    allows, signed as the coordinator ``bus``.
+
+    A group record is the coordinator's own: its correlation is its own id, it
+    has no cause and no hop, and it carries the taint of every decision in it.
+    """  # noqa: D205
+    records: list[Record] = []
+    chunk: list[Decision] = []
+    encoded: list[bytes] = []
+    size = 0
+    for decision in decisions:
+        item = encode_decision(decision)
+        if chunk and size + len(item) > GROUP_RECORD_BYTES:
+            records.append(_group_record(bus, chunk, encoded))
+            chunk, encoded, size = [], [], 0
+        chunk.append(decision)
+        encoded.append(item)
+        size += len(item)
+    if chunk:
+        records.append(_group_record(bus, chunk, encoded))
+    return records
+
+
+def _group_record(bus: Signer, decisions: list[Decision], encoded: list[bytes]) -> Record:
+    record = new_envelope(
+        tenant=bus.tenant,
+        kind="decision",
+        sender=bus.name,
+        to=(),
+        taint=(label for decision in decisions for label in decision.effective_taint),
+        content_type="application/msgpack",
+        payload=encode_decision_group(encoded),
+        now_ns=bus.clock(),
+    )
+    return Record(tuple(decisions), record, bus.seal(record), grouped=True)
 
 
 @dataclass(slots=True)
@@ -138,11 +195,11 @@ class DecisionLog:
 
     @property
     def decision_ids(self) -> dict[str, str]:
-        """Envelope id -> id of the record of its last decision, of every correlation in memory (for tests)."""
+        """Envelope id -> id of its last decision, of every correlation in memory (for tests)."""
         return {k: r for c in self.state.correlations.values() for k, r in c.record_ids.items()}
 
-    def record_id(self, decision: Decision) -> str:
-        """The id of the record of ``decision`` (whose correlation is in memory)."""
+    def decision_id(self, decision: Decision) -> str:
+        """The id of ``decision`` (whose correlation is in memory), as its record names it."""
         return self.state.correlation(decision.correlation_id).record_ids[decision.envelope_id]
 
     async def restore(self) -> None:
@@ -168,7 +225,7 @@ class DecisionLog:
         return self.store is not None and await self.store.snapshot(self.state)
 
     async def catch_up(self, *, trim: bool = False) -> int:
-        """Apply every decision appended after the last one applied; how many records were read.
+        """Apply every decision appended after the last one applied; how many decisions were read.
 
         ``trim``: keep the correlations in memory within the store's capacity
         as it goes (only where nothing holds on to one: at start).
@@ -176,9 +233,12 @@ class DecisionLog:
         pending: list[tuple[Decision | None, str, int]] = []  # None: an unusable record, skipped
         read = 0
         async for record in self.log.read(after=self.state.last_seq):
-            read += 1
             opened = self._open(record.body, record.headers, record.seq, record.stored_ns)
-            pending.append((None, "", record.seq) if opened is None else (*opened, record.seq))
+            if opened is None:
+                pending.append((None, "", record.seq))
+            else:
+                pending.extend((decision, decision_id, record.seq) for decision_id, decision in opened)
+                read += len(opened)
             if len(pending) >= LOAD_AHEAD:
                 await self._apply_all(pending, trim=trim)
         await self._apply_all(pending, trim=trim)
@@ -187,38 +247,39 @@ class DecisionLog:
     async def _apply_all(self, pending: list[tuple[Decision | None, str, int]], *, trim: bool) -> None:
         """Load the correlations of ``pending`` decisions together, fold the decisions in, in order; empty it."""
         await self.resident(decision.correlation_id for decision, _, _ in pending if decision is not None)
-        for decision, record_id, seq in pending:
+        for decision, decision_id, seq in pending:
             if decision is None:
                 self.state.last_seq = max(self.state.last_seq, seq)
             else:
-                self._apply(decision, record_id, seq)
+                self._apply(decision, decision_id, seq)
         pending.clear()
         if trim:
             await self.trim()
 
-    def _open(self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int) -> tuple[Decision, str] | None:
-        """The decision in one stored decision envelope and the record's id; None (logged) if it is unusable."""
+    def _open(
+        self, body: bytes, headers: dict[str, str], seq: int, stored_ns: int
+    ) -> list[tuple[str, Decision]] | None:
+        """The decisions in one stored decision envelope with their ids; None (logged) if it is unusable."""
         try:
             opened = open_envelope(body, headers, keyring=self._keyring, received_ns=stored_ns, at_store=True)
             if opened.grant.role != "coordinator":
                 raise VerificationError(f"decision signed by a {opened.grant.role} key")
-            decision = decode_decision(opened.envelope.payload)
+            return recorded_decisions(opened.envelope)
         except (VerificationError, msgspec.DecodeError, ValueError) as exc:
             log.error("unusable decision record skipped", extra={"stream_seq": seq, "error": str(exc)})
             return None
-        return decision, opened.envelope.id
 
-    def _apply(self, decision: Decision, record_id: str, seq: int) -> None:
-        """Fold in a verified decision record, unless a copy of it was folded in before (a replay)."""
+    def _apply(self, decision: Decision, decision_id: str, seq: int) -> None:
+        """Fold in a verified decision, unless a copy of its record was folded in before (a replay)."""
         correlation = self.state.correlation(decision.correlation_id)
-        if seq > correlation.covered and record_id in correlation.records:
+        if seq > correlation.covered and decision_id in correlation.records:
             log.error(
                 "unusable decision record skipped",
-                extra={"stream_seq": seq, "error": f"decision record {record_id} stored again"},
+                extra={"stream_seq": seq, "error": f"decision {decision_id} stored again"},
             )
             self.state.last_seq = max(self.state.last_seq, seq)
             return
-        self.state.apply(decision, self._policy, seq=seq, record_id=record_id)
+        self.state.apply(decision, self._policy, seq=seq, record_id=decision_id)
         self.folded += 1
 
     async def resident(self, correlation_ids: Iterable[str]) -> None:
@@ -237,9 +298,9 @@ class DecisionLog:
         async for record in self.log.read(after=0):
             if record.seq > self.state.last_seq:
                 break
-            opened = self._open(record.body, record.headers, record.seq, record.stored_ns)
-            if opened is not None and opened[0].correlation_id == correlation_id:
-                state.apply(opened[0], self._policy, seq=record.seq, record_id=opened[1])
+            for decision_id, decision in self._open(record.body, record.headers, record.seq, record.stored_ns) or ():
+                if decision.correlation_id == correlation_id:
+                    state.apply(decision, self._policy, seq=record.seq, record_id=decision_id)
         return state.correlation(correlation_id) if correlation_id in state.correlations else Correlation()
 
     async def trim(self) -> None:
@@ -298,10 +359,13 @@ class DecisionLog:
                 fresh.append((item.envelope, decision))
             if not fresh:
                 return set()
+            records = (
+                [decision_record(by, *fresh[0])]
+                if len(fresh) == 1
+                else group_records(by, [decision for _, decision in fresh])
+            )
             try:
-                await self.append_applied(
-                    [decision_record(by, cause, decision) for cause, decision in fresh], after=expected
-                )
+                await self.append_applied(records, after=expected)
             except Conflict:
                 CoordinatorState.rollback(undo)
                 await self._catch_up_after_conflict(discarded=len(fresh))
@@ -324,37 +388,35 @@ class DecisionLog:
         log.warning(CONFLICT_LOGGED, extra={"subject": self.log.subject, **asdict(cost)})
 
     async def append(self, record: Record) -> None:
-        """Append a decision right after the last one applied, and apply it.
+        """Append a record right after the last decision applied, and apply its decisions.
 
         Raises:
             Conflict: another record was appended first (:meth:`catch_up`, decide again).
         """
-        decision, envelope, sealed = record
-        seq = await self._store(sealed, after=self.state.last_seq)
-        self.state.apply(decision, self._policy, seq=seq, record_id=envelope.id)
-        self.folded += 1
-        _decided(decision)
+        seq = await self._store(record.sealed, after=self.state.last_seq)
+        for decision, decision_id in zip(record.decisions, record.ids, strict=True):
+            self.state.apply(decision, self._policy, seq=seq, record_id=decision_id)
+            self.folded += 1
+            _decided(decision)
 
     async def append_applied(self, records: Sequence[Record], *, after: int) -> None:
-        """Store decisions the caller applied to the state provisionally (at ``after``), in order.
+        """Store records of decisions the caller applied to the state provisionally (at ``after``), in order.
 
-        Few are stored one by one, more as one atomic batch (all or none). This
-        sets their record ids and the state's last sequence, or raises
-        :class:`~bus.Conflict` (the caller then undoes what it applied).
+        Each is its own compare-and-set append (a group's decisions are usually
+        one record). This sets their decision ids and the state's last sequence,
+        or raises :class:`~bus.Conflict` (the caller then undoes what it
+        applied; records stored before the conflict are read back by the
+        catch-up like anyone else's).
         """
-        if len(records) < ATOMIC_MIN:
-            last = after
-            for _, _, sealed in records:
-                last = await self._store(sealed, after=last)
-        else:
-            batch = [(sealed.body, dict(sealed.headers)) for _, _, sealed in records]
-            last = await self.log.append_batch(batch, after=after, batch_id=new_id())
-        for decision, envelope, _ in records:
-            self.state.recorded(decision, envelope.id)
+        last = after
+        for record in records:
+            last = await self._store(record.sealed, after=last)
+        for record in records:
+            for decision, decision_id in zip(record.decisions, record.ids, strict=True):
+                self.state.recorded(decision, decision_id)
+                self.folded += 1
+                _decided(decision)
         self.state.last_seq = last
-        self.folded += len(records)
-        for decision, _, _ in records:
-            _decided(decision)
 
     async def _store(self, sealed: Sealed, *, after: int) -> int:
         """Store one decision record if the last decision is still at ``after``; its sequence."""

@@ -12,7 +12,7 @@ import msgspec
 
 from trustbus.agents._correlation_store import _SNAPSHOT_DECODER, snapshot_key
 from trustbus.agents._signed_value import open_state_value
-from trustbus.bus import TenantStream, decode_decision, decode_envelope, subjects
+from trustbus.bus import TenantStream, decode_decisions, decode_envelope, subjects
 
 
 async def retention_needs(reader: TenantStream) -> list[tuple[int, str]]:
@@ -44,13 +44,14 @@ async def retention_needs(reader: TenantStream) -> list[tuple[int, str]]:
         held = {d.envelope_id: d.source_seq for d in snapshot.holds}
         async for record in decisions.read(after=covered):  # holds decided since (unverified: only ever stricter)
             try:
-                decision = decode_decision(decode_envelope(record.body).payload)
+                recorded, _ = decode_decisions(decode_envelope(record.body).payload)
             except (msgspec.DecodeError, ValueError):
                 continue
-            if decision.verdict == "hold":
-                held[decision.envelope_id] = decision.source_seq
-            else:
-                held.pop(decision.envelope_id, None)
+            for decision in recorded:
+                if decision.verdict == "hold":
+                    held[decision.envelope_id] = decision.source_seq
+                else:
+                    held.pop(decision.envelope_id, None)
         needs += [
             (seq, f"envelope {envelope_id} at {seq} is held for an operator") for envelope_id, seq in held.items()
         ]

@@ -6,10 +6,10 @@ One ``bus.EmbeddedServer(port=0)`` (temporary store dir), one provisioned
 tenant. The long log is written directly, not driven through a coordinator
 (that would take hours at 100,000): a ``Bus`` connected with a key of the
 ``coordinator`` role signs ``N`` decision records exactly as the coordinator
-does (``decision_record``: accepted events from ``alice`` to ``bob``, ten per
-correlation) and appends them to partition 0's decision log in atomic batches
-of 1,000 (``SubjectLog.append_batch``, as ``DecisionLog.append_applied``
-stores a group). Then ``DecisionLog.catch_up`` reads the whole log back into a
+does (``group_records``: accepted events from ``alice`` to ``bob``, ten per
+correlation, recorded 64 to a record as the coordinator records a full group)
+and appends them to partition 0's decision log in atomic batches of about 1,000
+decisions (``SubjectLog.append_batch``). Then ``DecisionLog.catch_up`` reads the whole log back into a
 fresh state (in this process, verifying every record as a restarting
 coordinator does), once through ``Bus.log(subject)`` (one get per record, how
 the coordinator read it before) and once through ``Bus.log(subject,
@@ -74,12 +74,13 @@ from trustbus import bus
 from trustbus._supervisor import ProcessFailed, Supervisor
 from trustbus.agents import parse_policy
 from trustbus.agents._correlation_store import correlation_store
-from trustbus.agents._decision_log import DecisionLog, decision_record
+from trustbus.agents._decision_log import DecisionLog, group_records
 from trustbus.bus import SubjectLog
 
 TENANT = "bench"
 PER_CORRELATION = 10
 BATCH = 1000
+GROUP = 64  # decisions per record: a full group of one sender's fetch
 RULES = {"rules": [{"from": "alice", "to": ["bob"], "kinds": ["event"]}]}
 POLICY = parse_policy(RULES)
 READY_S = 600.0
@@ -107,20 +108,25 @@ def decision_about(cause: bus.Envelope, seq: int, now_ns: int) -> bus.Decision:
 
 
 async def write_decisions(coordinator: bus.Bus, log: bus.SubjectLog, count: int) -> None:
-    """Append ``count`` decision records signed by ``coordinator`` to ``log``, ``BATCH`` at a time."""
+    """Append ``count`` decisions signed by ``coordinator`` to ``log``, ``GROUP`` a record, about ``BATCH`` a batch."""
     tip = await log.last()
     last = 0 if tip is None else tip.seq
     correlation = bus.new_id()
-    for start in range(0, count, BATCH):
-        records = []
-        for index in range(start, min(start + BATCH, count)):
+    step = BATCH // GROUP * GROUP
+    for start in range(0, count, step):
+        decisions = []
+        for index in range(start, min(start + step, count)):
             if index % PER_CORRELATION == 0:
                 correlation = bus.new_id()
             cause = bus.new_envelope(
                 tenant=TENANT, kind="event", sender="alice", to=["bob"], correlation_id=correlation, payload=b"x"
             )
-            _, _, sealed = decision_record(coordinator, cause, decision_about(cause, index + 1, coordinator.clock()))
-            records.append((sealed.body, dict(sealed.headers)))
+            decisions.append(decision_about(cause, index + 1, coordinator.clock()))
+        records = [
+            (record.sealed.body, dict(record.sealed.headers))
+            for first in range(0, len(decisions), GROUP)
+            for record in group_records(coordinator, decisions[first : first + GROUP])
+        ]
         last = await log.append_batch(records, after=last, batch_id=bus.new_id())
 
 

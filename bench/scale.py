@@ -198,7 +198,7 @@ async def read_decisions(js: JetStreamContext, tenant: str, after_seq: int) -> l
                 return found  # nothing after after_seq
             for msg in msgs:
                 record = bus.decode_envelope(msg.data)
-                found.append((record.sender, bus.decode_decision(record.payload)))
+                found += [(record.sender, decision) for decision in bus.decode_decisions(record.payload)[0]]
             if msgs[-1].metadata.num_pending == 0:
                 return found
     finally:

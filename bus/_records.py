@@ -8,12 +8,12 @@ other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import msgspec
 
-from trustbus.bus._envelope import decode_envelope
+from trustbus.bus._envelope import Envelope, decode_envelope
 from trustbus.bus._errors import VerificationError
 from trustbus.bus._keyring import Keyring
 from trustbus.bus._payload import MalformedPayload, check_msgpack, decode_json, decode_msgpack
@@ -51,19 +51,65 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     approver: str | None = None
 
 
+class DecisionGroup(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True, gc=False):
+    """Decisions about several envelopes, in the order they were made: the payload of a group's decision envelope.
+
+    A msgpack array ``[v, [decision, ...]]``, where a single decision's payload
+    is a map: the first byte tells them apart (docs/WIRE.md, "Decision records").
+    """
+
+    v: int
+    decisions: tuple[Decision, ...]
+
+
+GROUP_VERSION = 1
+
 _encoder = msgspec.msgpack.Encoder()
 _decision_decoder = msgspec.msgpack.Decoder(Decision)
+_group_decoder = msgspec.msgpack.Decoder(DecisionGroup)
+_MSGPACK_ARRAY = frozenset((*range(0x90, 0xA0), 0xDC, 0xDD))  # fixarray, array 16, array 32
 
 
 def encode_decision(decision: Decision) -> bytes:
-    """The msgpack payload of a decision envelope."""
+    """The msgpack payload of a decision envelope that records one decision (also a group's item)."""
     return _encoder.encode(decision)
 
 
 def decode_decision(payload: bytes) -> Decision:
-    """Parse a decision envelope's payload."""
+    """Parse the payload of an envelope that carries one decision (a coordinator's answer, a single record)."""
     check_msgpack(payload)
     return _decision_decoder.decode(payload)
+
+
+def encode_decision_group(encoded: Sequence[bytes]) -> bytes:
+    """The payload of a decision envelope that records several decisions, each already :func:`encode_decision`-ed."""
+    return _encoder.encode((GROUP_VERSION, [msgspec.Raw(item) for item in encoded]))
+
+
+def decode_decisions(payload: bytes) -> tuple[tuple[Decision, ...], bool]:
+    """The decisions a decision envelope's payload records, and whether it records them as a group."""
+    check_msgpack(payload)
+    if payload[:1] and payload[0] in _MSGPACK_ARRAY:
+        group = _group_decoder.decode(payload)
+        if group.v != GROUP_VERSION or not group.decisions:
+            raise ValueError(f"decision group of version {group.v} with {len(group.decisions)} decisions")
+        return group.decisions, True
+    return (_decision_decoder.decode(payload),), False
+
+
+def decision_id(record_id: str, position: int, *, grouped: bool) -> str:
+    """The id of the decision at ``position`` in the record ``record_id``: the record's own id if it records one."""
+    return f"{record_id}.{position:d}" if grouped else record_id
+
+
+def recorded_decisions(record: Envelope) -> list[tuple[str, Decision]]:
+    """Each decision the decision envelope ``record`` records, with its id, in order.
+
+    Raises:
+        msgspec.DecodeError, ValueError: the payload is no decision record.
+    """
+    decisions, grouped = decode_decisions(record.payload)
+    return [(decision_id(record.id, i, grouped=grouped), d) for i, d in enumerate(decisions)]
 
 
 EffectClass = Literal["read", "reversible", "irreversible"]

@@ -15,18 +15,19 @@ import msgspec
 
 from trustbus.bus import (
     HEADER_KEY,
+    Decision,
     Envelope,
     Opened,
     RejectionSummary,
     StoredMessage,
     VerificationError,
     decode_checkpoint,
-    decode_decision,
     decode_effect,
     decode_envelope,
     decode_memory_write,
     decode_quarantine_record,
     decode_rejection_summary,
+    recorded_decisions,
     subjects,
 )
 from trustbus.ledger._rejections import SUMMARY_ROLES
@@ -160,6 +161,31 @@ def _verified_decision(opened: Opened | None) -> str | None:
     return opened.mediation.decision_id or None
 
 
+def _decision_row(seq: int, coordinator: str, decision_id: str, d: Decision) -> DecisionRow:
+    """One decision of the decision record stored at ``seq``."""
+    return DecisionRow(
+        decision_id=decision_id,
+        seq=seq,
+        coordinator=coordinator,
+        envelope_id=d.envelope_id,
+        source_seq=d.source_seq,
+        sender=d.sender,
+        kind=d.kind,
+        correlation_id=d.correlation_id,
+        causation_id=d.causation_id,
+        verdict=d.verdict,
+        reasons=d.reasons,
+        deliver_to=d.deliver_to,
+        dropped=tuple(DroppedRow(recipient=x.recipient, reason=x.reason) for x in d.dropped),
+        hop=d.hop,
+        declared_taint=d.declared_taint,
+        effective_taint=d.effective_taint,
+        decided_ns=d.decided_ns,
+        approval_id=d.approval_id,
+        approver=d.approver,
+    )
+
+
 def _claimed(body: bytes) -> Envelope | None:
     """What an unverified body claims to be, if it decodes at all."""
     try:
@@ -174,30 +200,7 @@ def _project_record(rows: Rows, seq: int, channel: str, subject: str, opened: Op
     if channel == "decision":
         _require(env.kind == "decision", f"a {env.kind} envelope on the decision subject")
         _require(role == "coordinator", f"decision signed by a key of role {role!r}")
-        d = decode_decision(env.payload)
-        rows.decisions.append(
-            DecisionRow(
-                decision_id=env.id,
-                seq=seq,
-                coordinator=env.sender,
-                envelope_id=d.envelope_id,
-                source_seq=d.source_seq,
-                sender=d.sender,
-                kind=d.kind,
-                correlation_id=d.correlation_id,
-                causation_id=d.causation_id,
-                verdict=d.verdict,
-                reasons=d.reasons,
-                deliver_to=d.deliver_to,
-                dropped=tuple(DroppedRow(recipient=x.recipient, reason=x.reason) for x in d.dropped),
-                hop=d.hop,
-                declared_taint=d.declared_taint,
-                effective_taint=d.effective_taint,
-                decided_ns=d.decided_ns,
-                approval_id=d.approval_id,
-                approver=d.approver,
-            )
-        )
+        rows.decisions.extend(_decision_row(seq, env.sender, *item) for item in recorded_decisions(env))
     elif channel == "effect":
         _require(env.kind == "effect", f"a {env.kind} envelope on an effect subject")
         parsed = subjects.parse(subject)

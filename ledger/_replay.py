@@ -26,7 +26,7 @@ from trustbus.bus import (
     Keyring,
     StoredMessage,
     VerificationError,
-    decode_decision,
+    decode_decisions,
     decode_effect,
     decode_envelope,
     decode_json,
@@ -91,7 +91,7 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
                     ("quarantine", (None, seq, f"{why} by {by}")) for seq, _, why, _, _ in summary[1].rejected()
                 )
             continue
-        if envelope.correlation_id != correlation_id:
+        if envelope.correlation_id != correlation_id and not (where == "decision" and _about(envelope, correlation_id)):
             continue
         try:
             opened = open_envelope(
@@ -117,9 +117,10 @@ def build_incident(messages: Sequence[StoredMessage], keyring: Keyring, tenant: 
             pending.append(("delivery", (envelope.id, parsed.owner or "")))
         elif where == "decision" and opened.grant.role == "coordinator":
             try:
-                pending.append(("decision", decode_decision(envelope.payload)))
+                decisions, _ = decode_decisions(envelope.payload)
             except (msgspec.DecodeError, ValueError):
                 continue
+            pending.extend(("decision", d) for d in decisions if d.correlation_id == correlation_id)
         elif where == "effect":
             effect, why = _effect_of(tenant, message.subject, envelope)
             if effect is None:
@@ -183,9 +184,12 @@ def checkpoint_before(
             claimed = decode_envelope(message.body)
             if where == "outbox" and (claimed.kind != "checkpoint" or claimed.sender != agent_id):
                 continue
-            decision = decode_decision(claimed.payload) if where == "decision" else None
-            if decision is not None and (decision.envelope_id not in sent or decision.verdict != "accept"):
-                continue
+            decision = None
+            if where == "decision":
+                about_sent = (d for d in decode_decisions(claimed.payload)[0] if d.envelope_id in sent)
+                decision = next((d for d in about_sent if d.verdict == "accept"), None)
+                if decision is None:
+                    continue
             opened = open_envelope(
                 message.body,
                 message.headers,
@@ -193,7 +197,7 @@ def checkpoint_before(
                 received_ns=message.stored_ns,
                 at_store=subjects.judged_at_store(tenant, message.subject),
             )
-        except (VerificationError, msgspec.DecodeError):
+        except (VerificationError, msgspec.DecodeError, ValueError):
             continue
         if decision is None:
             sent[opened.envelope.id] = opened.envelope.payload
@@ -203,6 +207,15 @@ def checkpoint_before(
         return None
     state: dict[str, Any] = decode_json(accepted, type=dict[str, Any])
     return state
+
+
+def _about(record: Envelope, correlation_id: str) -> bool:
+    """Whether a decision record (unverified yet) claims a decision about ``correlation_id``: a group's record has
+    a correlation of its own."""  # noqa: D205, D209
+    try:
+        return any(d.correlation_id == correlation_id for d in decode_decisions(record.payload)[0])
+    except (msgspec.DecodeError, ValueError):
+        return False
 
 
 def _quarantine_note(

@@ -39,7 +39,7 @@ from trustbus.bus import (
     SubjectLog,
     VerificationError,
     current_trace,
-    decode_decision,
+    decode_decisions,
     decode_effect,
     decode_json,
     new_envelope,
@@ -266,8 +266,9 @@ async def _revert_memory(
     await via.send(write)
     decisions = subjects.decision(via.tenant, via.partition(correlation))
     async for envelope in _verified(via, keyring, decisions, start, wait_s):
-        decision = decode_decision(envelope.payload)
-        if decision.envelope_id == write.id:
+        for decision in decode_decisions(envelope.payload)[0]:
+            if decision.envelope_id != write.id:
+                continue
             if decision.verdict != "accept":
                 raise LedgerError(f"reverting {revert.agent}.{revert.key} was refused: {', '.join(decision.reasons)}")
             await _stored(memory, keyring, key, write.id, wait_s=wait_s)

@@ -9,19 +9,22 @@ import msgspec
 from rich.markup import escape
 
 from trustbus.bus import (
+    Decision,
     Envelope,
     KeyGrant,
     MalformedPayload,
     QuarantineRecord,
     TailItem,
     decode_checkpoint,
-    decode_decision,
+    decode_decisions,
     decode_effect,
     decode_json,
     decode_msgpack,
     decode_quarantine_payload,
     subjects,
 )
+
+GROUP_SHOWN = 3  # decisions of a group's record said in a line
 
 
 def payload_value(envelope: Envelope) -> Any:
@@ -87,15 +90,21 @@ def tail_line(item: TailItem, tenant: str) -> str:
     )
 
 
+def _decision_said(decision: Decision) -> str:
+    to = f" -> {','.join(decision.deliver_to)}" if decision.deliver_to else ""
+    why = f" ({', '.join(decision.reasons)})" if decision.reasons else ""
+    return f"{decision.verdict}{why}: {decision.kind} {decision.envelope_id} of {decision.sender}{to}"
+
+
 def said_by(envelope: Envelope, subject: str, tenant: str) -> str:
     """What an envelope says, in a few words: a record decoded (decision, effect, checkpoint, quarantine), else
     its payload as text or compact JSON."""  # noqa: D205, D209
     try:
         if envelope.kind == "decision":
-            decision = decode_decision(envelope.payload)
-            to = f" -> {','.join(decision.deliver_to)}" if decision.deliver_to else ""
-            why = f" ({', '.join(decision.reasons)})" if decision.reasons else ""
-            return f"{decision.verdict}{why}: {decision.kind} {decision.envelope_id} of {decision.sender}{to}"
+            decisions, grouped = decode_decisions(envelope.payload)
+            said = "; ".join(_decision_said(d) for d in decisions[:GROUP_SHOWN])
+            more = f"; and {len(decisions) - GROUP_SHOWN} more" if len(decisions) > GROUP_SHOWN else ""
+            return f"{len(decisions)} decisions: {said}{more}" if grouped else said
         if envelope.kind == "effect":
             effect = decode_effect(envelope.payload)
             error = f": {effect.error}" if effect.error else ""

@@ -31,7 +31,7 @@ from trustbus.bus import (
     KeyDirectory,
     KeyringStore,
     QuarantineRecord,
-    decode_decision,
+    decode_decisions,
     decode_envelope,
     init_tenant,
     new_envelope,
@@ -147,8 +147,9 @@ class Fleet:
             async with await KeyringStore.open(js, self.tenant) as keyring:
                 async for item in tail(js, keyring, self.tenant, subject=subjects.all_decisions(self.tenant)):
                     assert item.opened is not None, item.error
-                    seen.append(decode_decision(item.opened.envelope.payload))
-                    self.deciders[item.opened.envelope.sender] += 1
+                    recorded, _ = decode_decisions(item.opened.envelope.payload)
+                    seen.extend(recorded)
+                    self.deciders[item.opened.envelope.sender] += len(recorded)
                     if until(seen):
                         return
 

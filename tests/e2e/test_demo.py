@@ -20,7 +20,7 @@ import pytest
 
 from tests.otlp import OtlpReceiver, ReceivedSpan
 from trustbus.adapters.pydantic_ai import MODEL_TOOL
-from trustbus.bus import Decision, EffectRecord, decode_decision, decode_effect, open_envelope, subjects
+from trustbus.bus import Decision, EffectRecord, decode_decisions, decode_effect, open_envelope, subjects
 from trustbus.demo import model
 from trustbus.demo.systems import DIR_ENV
 from trustbus.ledger import load_bundle_messages, verify_bundle
@@ -47,7 +47,7 @@ def _ledger(bundle: Path) -> tuple[list[Decision], list[tuple[str, EffectRecord]
     for message in messages:
         opened = open_envelope(message.body, message.headers, keyring=keyring, received_ns=message.stored_ns)
         if subjects.is_decision(tenant, message.subject):
-            decisions.append(decode_decision(opened.envelope.payload))
+            decisions += decode_decisions(opened.envelope.payload)[0]
         elif message.subject.startswith(effect_prefix):
             effects.append((message.subject.split(".")[3], decode_effect(opened.envelope.payload)))
     return decisions, effects

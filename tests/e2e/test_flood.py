@@ -14,7 +14,7 @@ from trustbus.bus import (
     Decision,
     KeyringStore,
     TenantStream,
-    decode_decision,
+    decode_decisions,
     decode_envelope,
     encode_envelope,
     new_envelope,
@@ -79,9 +79,9 @@ async def decision_seq(fleet: Fleet, envelope_id: str) -> tuple[int, Decision]:
     await fleet.decisions(lambda ds: any(d.envelope_id == envelope_id for d in ds), limit_s=60)
     for message in await read_stream(TenantStream(fleet.nc.jetstream(), fleet.tenant)):
         if subjects.is_decision(fleet.tenant, message.subject):
-            decision = decode_decision(decode_envelope(message.body).payload)
-            if decision.envelope_id == envelope_id:
-                return message.seq, decision
+            for decision in decode_decisions(decode_envelope(message.body).payload)[0]:
+                if decision.envelope_id == envelope_id:
+                    return message.seq, decision
     raise AssertionError(f"no decision about {envelope_id}")
 
 

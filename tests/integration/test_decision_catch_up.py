@@ -46,7 +46,7 @@ async def write_accepted(coordinator: Bus, log: SubjectLog, count: int) -> list[
         records = []
         for _ in range(start, min(start + 1000, count)):
             cause = new_envelope(tenant=coordinator.tenant, kind="event", sender="alice", to=["bob"])
-            _, _, sealed = decision_record(coordinator, cause, accepted(cause))
+            sealed = decision_record(coordinator, cause, accepted(cause)).sealed
             records.append((sealed.body, dict(sealed.headers)))
             decided.append(cause.id)
         last = await log.append_batch(records, after=last, batch_id=new_id())

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 import pytest
 
-from trustbus.agents import parse_policy
+from trustbus.agents import _decision_log, parse_policy
 from trustbus.agents._decision import CoordinatorState, Decision, Deferral, decide
-from trustbus.agents._decision_log import ATOMIC_MIN, CONFLICT_LOGGED, Conflicts, DecisionLog
+from trustbus.agents._decision_log import CONFLICT_LOGGED, Conflicts, DecisionLog
 from trustbus.bus import (
     Appended,
     Conflict,
@@ -30,9 +30,9 @@ from trustbus.bus import (
     Sealed,
     StoredMessage,
     Timeout,
-    decode_decision,
     new_envelope,
     open_envelope,
+    recorded_decisions,
     seal,
     sign_grant,
     subjects,
@@ -43,6 +43,7 @@ T0 = time.time_ns()
 TENANT = "acme"
 SUBJECT = subjects.decision(TENANT, 0)
 BUDGET = 3
+GROUP = 10  # envelopes decided together, recorded in one record
 POLICY = parse_policy(
     {
         "limits": {"budget_per_correlation": BUDGET},
@@ -168,11 +169,11 @@ async def fold(stream: MemoryStream) -> CoordinatorState:
 
 
 def records(stream: MemoryStream) -> list[tuple[str, Decision]]:
-    """Every decision record on the log, oldest first: who signed it and what it decided."""
+    """Every decision on the log, oldest first: who signed its record and what it decided."""
     ring, found = keyring(), []
     for message in stream.messages:
         opened = open_envelope(message.body, message.headers, keyring=ring, received_ns=message.stored_ns)
-        found.append((opened.grant.owner, decode_decision(opened.envelope.payload)))
+        found += [(opened.grant.owner, decision) for _, decision in recorded_decisions(opened.envelope)]
     return found
 
 
@@ -227,10 +228,10 @@ async def test_a_correlations_budget_is_spent_once_by_two_coordinators() -> None
         assert coordinator.log.state == folded
 
 
-async def test_an_atomic_batch_that_loses_the_race_stores_nothing() -> None:
+async def test_a_group_record_that_loses_the_race_stores_nothing() -> None:
     stream = MemoryStream()
     c1, c2 = racer(stream, "c1"), racer(stream, "c2")
-    mine, theirs = outboxed(ATOMIC_MIN + 2), outboxed(ATOMIC_MIN + 2, first_seq=100)
+    mine, theirs = outboxed(GROUP), outboxed(GROUP, first_seq=100)
 
     await asyncio.gather(c1.mediate(mine), c2.mediate(theirs))
 
@@ -238,7 +239,7 @@ async def test_an_atomic_batch_that_loses_the_race_stores_nothing() -> None:
     winner, loser = (c2, c1) if c1.watched.conflicts else (c1, c2)
     signers = [owner for owner, _ in records(stream)]
     assert signers == [winner.name] * len(mine) + [loser.name] * len(theirs)  # nothing of the lost batch between
-    assert len({m.headers["Nats-Batch-Id"] for m in stream.messages}) == 2  # each stored as one atomic batch
+    assert len(stream.messages) == 2  # each group stored as one record
     assert times_decided(stream) == Counter({item.envelope.id: 1 for item in mine + theirs})
     folded = await fold(stream)
     assert loser.log.state == folded  # it took its provisional decisions back out, read the winner's, appended
@@ -249,7 +250,7 @@ async def test_an_atomic_batch_that_loses_the_race_stores_nothing() -> None:
 async def test_a_lost_race_is_counted_and_logged_with_what_it_cost(caplog: pytest.LogCaptureFixture) -> None:
     stream = MemoryStream()
     c1, c2 = racer(stream, "c1"), racer(stream, "c2")
-    mine, theirs = outboxed(ATOMIC_MIN + 2), outboxed(ATOMIC_MIN + 2, first_seq=100)
+    mine, theirs = outboxed(GROUP), outboxed(GROUP, first_seq=100)
 
     with caplog.at_level(logging.WARNING, logger="trustbus.coordinator"):
         await asyncio.gather(c1.mediate(mine), c2.mediate(theirs))
@@ -267,19 +268,19 @@ async def test_a_lost_race_is_counted_and_logged_with_what_it_cost(caplog: pytes
 async def test_two_coordinators_deciding_one_batch_record_each_envelope_once() -> None:
     stream = MemoryStream()
     c1, c2 = racer(stream, "c1"), racer(stream, "c2")
-    items = outboxed(ATOMIC_MIN + 2)
+    items = outboxed(GROUP)
 
     await asyncio.gather(c1.mediate(items), c2.mediate(items))
 
     assert times_decided(stream) == Counter({item.envelope.id: 1 for item in items})
-    assert len(stream.messages) == len(items)
+    assert len(stream.messages) == 1
     loser = c1 if c1.watched.conflicts else c2
     assert loser.decided == [item.envelope.id for item in items]  # once each, before it lost
     folded = await fold(stream)
     assert c1.log.state == folded == c2.log.state
 
 
-@pytest.mark.parametrize("size", [1, ATOMIC_MIN])
+@pytest.mark.parametrize("size", [1, GROUP])
 async def test_a_decision_stored_whose_ack_was_lost_is_not_recorded_again(size: int) -> None:
     stream = MemoryStream()
     c1 = racer(stream, "c1")
@@ -309,3 +310,24 @@ async def test_two_coordinators_recording_one_envelope_alone_decide_it_once() ->
     assert results[[c1, c2].index(loser)] is None  # caught up and found it decided: nothing more to record
     assert loser.decided == [item.envelope.id]
     assert c1.log.state == await fold(stream) == c2.log.state
+
+
+async def test_a_group_too_large_for_one_record_is_recorded_in_several_and_decided_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_decision_log, "GROUP_RECORD_BYTES", 1000)  # a few decisions a record
+    stream = MemoryStream()
+    c1, c2 = racer(stream, "c1"), racer(stream, "c2")
+    mine, theirs = outboxed(GROUP), outboxed(GROUP, first_seq=100)
+
+    await asyncio.gather(c1.mediate(mine), c2.mediate(theirs))
+
+    assert len(stream.messages) > 2  # each group split
+    assert all(len(m.body) < 2000 for m in stream.messages)
+    assert times_decided(stream) == Counter({item.envelope.id: 1 for item in mine + theirs})
+    folded = await fold(stream)
+    await c1.log.catch_up()
+    await c2.log.catch_up()
+    assert c1.log.state == folded == c2.log.state
+    assert c1.log.decision_ids == c2.log.decision_ids
+    assert len(set(c1.log.decision_ids.values())) == 2 * GROUP  # one id a decision: its record's and position

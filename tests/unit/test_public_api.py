@@ -10,7 +10,8 @@ def test_bus_exports() -> None:
         [
             "SCHEMA_VERSION", "Approval", "Checkpoint", "decode_checkpoint", "encode_checkpoint",
             "Decision", "Dropped", "EffectClass", "EffectRecord", "MemoryValue", "Verdict",
-            "decode_decision", "decode_effect", "decode_memory_value", "encode_decision", "encode_effect",
+            "decode_decision", "decode_decisions", "decision_id", "recorded_decisions", "encode_decision_group",
+            "decode_effect", "decode_memory_value", "encode_decision", "encode_effect",
             "encode_memory_value", "BadCountersignature", "BadSignature", "Bus", "BusError", "ConfigError",
             "ConsumerSettings", "ContentType", "Delivery", "ClusterMembership", "EmbeddedCluster", "EmbeddedServer",
             "Health", "EnvelopeFields", "log_about", "ServiceResponder", "discover_services",

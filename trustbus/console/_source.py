@@ -77,7 +77,7 @@ class Source:
         ``after`` 0 is a first look: it reads from :data:`LOOKBACK` sequences before the last decision.
         """
         from trustbus._commands import refusals
-        from trustbus.bus import TenantStream, VerificationError, decode_decision, open_envelope, subjects
+        from trustbus.bus import TenantStream, VerificationError, decode_decisions, open_envelope, subjects
 
         decisions: list[dict[str, Any]] = []
         async with await TenantStream.connect(self.servers, self.tenant, nkey_seed=self.nkey_seed) as stream:
@@ -90,12 +90,12 @@ class Source:
                     opened = open_envelope(
                         message.body, message.headers, keyring=keyring, received_ns=message.stored_ns, at_store=True
                     )
-                    decision = decode_decision(opened.envelope.payload)
+                    recorded, _ = decode_decisions(opened.envelope.payload)
                 except (VerificationError, ValueError):  # not a record at all: the refusals list it
                     continue
                 if opened.grant.role != "coordinator":  # a decision only a coordinator's key may make
                     continue
-                decisions.append(decision_dict(decision, message.seq))
+                decisions.extend(decision_dict(decision, message.seq) for decision in recorded)
         refused = await refusals(self.servers, tenant=self.tenant, nkey_seed=self.nkey_seed)
         return {
             "decisions": decisions[-RECENT:],

@@ -13,7 +13,7 @@ from trustbus.bus import (
     Envelope,
     QuarantineRecord,
     TenantStream,
-    decode_decision,
+    decode_decisions,
     decode_effect,
     decode_json,
     decode_quarantine_record,
@@ -80,7 +80,8 @@ class Watch:
                 if item.subject.startswith(f"tb.{t}.out."):
                     self.seen.sent[envelope.id] = envelope
                 elif subjects.is_decision(t, item.subject):
-                    self._decision(decode_decision(envelope.payload))
+                    for decision in decode_decisions(envelope.payload)[0]:
+                        self._decision(decision)
                 elif (parsed := subjects.parse(item.subject)) and parsed.tenant == t and parsed.channel == "effect":
                     self._effect(parsed.owner or "", decode_effect(envelope.payload))
                 elif item.subject == subjects.quarantine(t):
