@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 def show(
     envelope_id: Annotated[
-        str, typer.Argument(help="An envelope id: a message, a decision, an effect record, a hold.")
+        str,
+        typer.Argument(help="An envelope id (a message, a decision, an effect record, a hold) or a decision id."),
     ],
     tenant: MaybeTenantOpt = None,
     bundle: Annotated[Path | None, typer.Option(help="Look in this audit bundle (no server needed).")] = None,
@@ -32,7 +33,8 @@ def show(
 ) -> None:
     """An envelope decoded, the chain of envelopes that caused it, and what it caused, decided and did.
 
-    A decision or an effect record is shown with the envelope it is about. Reads
+    A decision or an effect record is shown with the envelope it is about; a
+    decision of a group's record (``<record id>.<position>``) with its record. Reads
     the whole stream (or bundle): for a long one, `trustbus query` over the
     ledger's projection is faster.
     """
@@ -41,13 +43,13 @@ def show(
     from trustbus.ledger import Incident, build_incident, step_dict
 
     messages, keyring, tenant_name = recorded_messages(tenant, bundle, server, None)
-    found = _find(messages, envelope_id)
+    found = _find(messages, envelope_id) or _find_grouped(messages, envelope_id)
     if found is None:
         err.print(f"[red]error:[/red] no envelope {envelope_id} in tenant {tenant_name!r}")
         raise typer.Exit(1)
-    message, envelope = found
-    incident = build_incident(messages, keyring, tenant_name, envelope.correlation_id)
-    step = _step_about(incident, envelope)
+    message, envelope, (correlation_id, about_id) = found
+    incident = build_incident(messages, keyring, tenant_name, correlation_id)
+    step = _step_about(incident, envelope, about_id)
     causes = _causes(incident, step) if step is not None else []
     if json_out:
         print(json.dumps({
@@ -68,7 +70,11 @@ def show(
         out.print(incident_tree(Incident(incident.correlation_id, [step], [step]), title))
 
 
-def _find(messages: "list[StoredMessage]", envelope_id: str) -> "tuple[StoredMessage, Envelope] | None":
+Found = tuple["StoredMessage", "Envelope", tuple[str, str]]
+"""A stored message, its envelope, and the correlation and envelope id of what it is about."""
+
+
+def _find(messages: "list[StoredMessage]", envelope_id: str) -> Found | None:
     """The first stored message whose envelope has ``envelope_id`` (the sender's copy comes before deliveries)."""
     from trustbus.bus import VerificationError, decode_envelope
 
@@ -78,14 +84,30 @@ def _find(messages: "list[StoredMessage]", envelope_id: str) -> "tuple[StoredMes
         except VerificationError:
             continue
         if envelope.id == envelope_id:
-            return message, envelope
+            return message, envelope, (envelope.correlation_id, envelope.causation_id or "")
     return None
 
 
-def _step_about(incident: "Incident", envelope: "Envelope") -> "Step | None":
+def _find_grouped(messages: "list[StoredMessage]", decision_id: str) -> Found | None:
+    """The group's record that holds the decision ``decision_id`` (``<record id>.<position>``), about its envelope."""
+    from trustbus.bus import recorded_decisions
+
+    record_id, dot, position = decision_id.rpartition(".")
+    found = _find(messages, record_id) if dot and position.isdigit() else None
+    if found is None or found[1].kind != "decision":
+        return None
+    try:
+        decisions = dict(recorded_decisions(found[1]))
+    except ValueError:  # msgspec.DecodeError is one
+        return None
+    decision = decisions.get(decision_id)
+    return None if decision is None else (found[0], found[1], (decision.correlation_id, decision.envelope_id))
+
+
+def _step_about(incident: "Incident", envelope: "Envelope", about_id: str) -> "Step | None":
     """The incident's step for ``envelope``, or for the envelope a decision or an effect record is about."""
     steps = {step.envelope.id: step for step in _walk(incident.roots)}
-    return steps.get(envelope.id) or steps.get(envelope.causation_id or "")
+    return steps.get(envelope.id) or steps.get(about_id)
 
 
 def _causes(incident: "Incident", step: "Step") -> "list[Step]":

@@ -19,6 +19,7 @@ from trustbus.bus import (
     MalformedPayload,
     decode_checkpoint,
     decode_decision,
+    decode_decisions,
     decode_effect,
     decode_envelope,
     decode_json,
@@ -196,9 +197,18 @@ def _with_field(fields: dict[str, Any], name: str, raw_value: bytes) -> bytes:
 
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_every_record_decoder_refuses_deep_nesting(depth: int) -> None:
-    for decode in (decode_decision, decode_effect, decode_memory_value, decode_checkpoint, decode_quarantine_record):
+    for decode in (
+        decode_decision,
+        decode_decisions,
+        decode_effect,
+        decode_memory_value,
+        decode_checkpoint,
+        decode_quarantine_record,
+    ):
         with pytest.raises(MalformedPayload):
             decode(b"\x81\xa1x" + deep_msgpack(depth))
+    with pytest.raises(MalformedPayload):  # a group's record: an array
+        decode_decisions(b"\x92\x01" + deep_msgpack(depth))
     with pytest.raises(MalformedPayload):
         decode_memory_write(b'{"key": "k", "expected_revision": 0, "value": ' + deep_json(depth) + b"}")
     with pytest.raises(MalformedPayload):
