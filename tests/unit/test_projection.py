@@ -17,6 +17,7 @@ from trustbus.bus import (
     Keyring,
     countersign,
     encode_decision,
+    encode_decision_group,
     encode_effect,
     new_envelope,
     seal,
@@ -163,6 +164,30 @@ def test_a_decision_is_a_decisions_row(world: World) -> None:
     assert (d.reasons, d.deliver_to) == (("fanout",), ("bob",))
     assert [(x.recipient, x.reason) for x in d.dropped] == [("carol", "fanout")]
     assert d.effective_taint == ("web",) and d.decided_ns == 123
+
+
+def test_a_groups_record_is_a_decisions_row_each_named_by_record_and_position(world: World) -> None:
+    group = [_decision(), _decision(envelope_id="e2", source_seq=8, verdict="reject", reasons=("budget",))]
+    payload = encode_decision_group([encode_decision(d) for d in group])
+    message = world.sealed(
+        "coordinator", "tb.acme.decision", kind="decision", to=(), payload=payload, content_type="application/msgpack"
+    )
+    rows = project(world, message)
+    record = only(rows)
+    assert record.verified and record.record_error is None
+    assert [(d.decision_id, d.seq, d.envelope_id, d.verdict) for d in rows.decisions] == [
+        (f"{record.id}.0", 1, "e1", "accept"),
+        (f"{record.id}.1", 1, "e2", "reject"),
+    ]
+
+
+def test_a_group_with_one_unreadable_decision_is_no_decision_at_all(world: World) -> None:
+    payload = encode_decision_group([encode_decision(_decision()), msgspec.msgpack.encode({"envelope_id": "e2"})])
+    message = world.sealed(
+        "coordinator", "tb.acme.decision", kind="decision", to=(), payload=payload, content_type="application/msgpack"
+    )
+    rows = project(world, message)
+    assert rows.decisions == [] and (only(rows).record_error or "").startswith("unreadable record")
 
 
 def test_a_decision_signed_by_an_agent_is_no_decision(world: World) -> None:
