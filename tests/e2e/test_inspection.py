@@ -7,6 +7,8 @@ import json
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_ledger_service import POLICY, forge
 from tests.processes import TRUSTBUS, one_shot_async
+from trustbus.bus import KeyringStore, TenantStream, open_envelope, recorded_decisions, subjects
+from trustbus.ledger._bundle import read_stream
 
 
 async def trustbus(fleet: Fleet, *args: str) -> list[dict[str, object]]:
@@ -92,3 +94,38 @@ async def test_coordinator_status_names_the_holder_of_each_partition_and_the_hol
     assert partition["cached"] == 1 and partition["capacity"] == 10_000  # the held one's correlation, in memory
     assert status["holds_waiting"] == 1 and float(status["oldest_hold_s"]) >= 0  # type: ignore[arg-type]
     assert text.returncode == 0 and "1 hold(s) waiting for a person" in text.stdout and "1 of 10000" in text.stdout
+
+
+async def test_a_backlog_decided_together_is_one_group_record_and_each_delivery_names_its_decision(
+    fleet: Fleet,
+) -> None:
+    alice = await fleet.bus("alice")
+    sent = [await fleet.send(alice, ["bob"], {"i": i}) for i in range(12)]  # waiting before the coordinator starts
+    await fleet.coordinator(POLICY)
+    await fleet.decisions(lambda ds: len(ds) == len(sent))
+    await fleet.inbox(lambda read: len(read) == len(sent))
+
+    messages = await read_stream(TenantStream(fleet.nc.jetstream(), fleet.tenant))
+    async with await KeyringStore.open(fleet.nc.jetstream(), fleet.tenant, follow=False) as store:
+        keyring = store.keyring
+    opened = {
+        m.seq: open_envelope(
+            m.body, m.headers, keyring=keyring, received_ns=m.stored_ns,
+            recipient=subjects.mediated_recipient(fleet.tenant, m.subject),
+            at_store=subjects.judged_at_store(fleet.tenant, m.subject),
+        )
+        for m in messages
+    }  # fmt: skip
+    records = [opened[m.seq].envelope for m in messages if subjects.is_decision(fleet.tenant, m.subject)]
+    decided = {decision_id: d for r in records for decision_id, d in recorded_decisions(r)}
+    assert len(records) < len(sent)  # the backlog's decisions share a record: one signature, one append
+    assert sorted(d.envelope_id for d in decided.values()) == sorted(sent)
+    deliveries = [opened[m.seq] for m in messages if m.subject == subjects.inbox(fleet.tenant, "bob")]
+    for delivery in deliveries:  # the countersignature names the decision that let it through, by record and position
+        assert delivery.mediation is not None
+        decision = decided[delivery.mediation.decision_id]
+        assert decision.envelope_id == delivery.envelope.id and decision.verdict == "accept"
+    grouped = next(i for i in decided if "." in i)
+    shown = (await trustbus(fleet, "show", grouped, "-t", fleet.tenant))[0]
+    assert shown["envelope"]["kind"] == "decision"  # type: ignore[index]
+    assert shown["about"]["id"] == decided[grouped].envelope_id  # type: ignore[index]
