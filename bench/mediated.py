@@ -74,7 +74,9 @@ plain path runs the same instrumented code with nothing configured: its figures 
 own B, its coordinator run as ``python -m M coordinator run`` (a wrapper that changes the coordinator: a
 lever measured before and after in the same rounds): ``candidate_ratio`` (its msgs/s over the plain
 coordinator's, the median of the per-round ratios), ``candidate_cpu_ratio`` (CPU per message of all
-four processes, plain over candidate) and its tail at ``--rate``.
+four processes, plain over candidate) and its tail at ``--rate``. ``decisions_per_record`` (and
+``candidate_decisions_per_record``): the envelopes A sent over the decision records stored, over the whole
+run (a coordinator records a batch's decisions in one record: how large its batches were).
 ``--peers`` adds AutoGen's gRPC runtime (bench/peers.py: host, B and each phase's A as processes, in a venv
 of its own made on first use under a cache directory, ``--autogen-venv``) to every round's throughput
 phases: ``autogen_msgs_per_s`` (one way, the median over rounds) and ``vs_autogen``, the mediated path's
@@ -510,9 +512,15 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                     for topology in order:
                         if topology in paced:
                             latencies[topology].append(bench.latency(topology, f"{args.rate:g}/s {tag}"))
+                recorded = asyncio.run(
+                    decisions_per_record(bench.url, [TENANT, *(TENANTS[t] for t in topologies if t in TENANTS)])
+                )
         finally:
             server.stop()
     result = summarise(args, throughputs, latencies)
+    result["decisions_per_record"] = recorded[TENANT]
+    if args.candidate_module:
+        result["candidate_decisions_per_record"] = recorded[TENANTS[CANDIDATE]]
     result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["sync_always"] = args.sync == "always"
     result["per_correlation"] = args.per_correlation
@@ -528,6 +536,22 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
         result.update(candidate_figures(throughputs, latencies))
         result["candidate_module"] = args.candidate_module
     return result
+
+
+async def decisions_per_record(url: str, tenants: list[str]) -> dict[str, float]:
+    """Per tenant: envelopes its agents sent (each decided once) over decision records stored."""
+    nc = await nats.connect(url)
+    try:
+        js, counts = nc.jetstream(), {}
+        for tenant in tenants:
+            stream = bus.subjects.stream_name(tenant)
+            sent = await js.stream_info(stream, subjects_filter=f"tb.{tenant}.out.>")
+            records = await js.stream_info(stream, subjects_filter=bus.subjects.all_decisions(tenant))
+            counted = [sum((info.state.subjects or {}).values()) for info in (sent, records)]
+            counts[tenant] = round(counted[0] / counted[1], 2) if counted[1] else 0.0
+        return counts
+    finally:
+        await nc.close()
 
 
 def stage_percentiles(out_dir: Path, record: dict[str, Any], first_measured: int) -> dict[str, dict[str, float]]:
