@@ -189,13 +189,18 @@ def _map_size(body: bytes) -> int | None:
 def _schema_problem(body: bytes, envelope: Envelope) -> str | None:
     """What the typed decode cannot see: a repeated key, a version without its keys, unsorted or repeated taint,
     a repeated recipient, a trace context the patterns let through."""  # noqa: D205, D209
-    fields = FIELDS[envelope.v]
+    version = envelope.v
+    fields = FIELDS[version]
     if _map_size(body) != fields:
-        return f"a version {envelope.v} envelope is a map of exactly {fields} entries (a key is missing or repeated)"
-    if (envelope.trace is None) != (envelope.v == 1):
+        return f"a version {version} envelope is a map of exactly {fields} entries (a key is missing or repeated)"
+    trace = envelope.trace
+    if (trace is None) != (version == 1):
         return "`trace` is required in a version 2 envelope, and unknown in version 1"
-    if list(envelope.taint) != sorted(set(envelope.taint)):
+    # No label and one label are always in order, no recipient and one never repeated: skip building the sets.
+    taint = envelope.taint
+    if len(taint) > 1 and list(taint) != sorted(set(taint)):
         return "taint labels must be sorted (by code point) with no duplicates"
-    if len(set(envelope.to)) != len(envelope.to):
+    to = envelope.to
+    if len(to) > 1 and len(set(to)) != len(to):
         return "a recipient is named twice in `to`"
-    return None if envelope.trace is None else trace_problem(*envelope.trace)
+    return None if trace is None else trace_problem(*trace)

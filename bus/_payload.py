@@ -249,10 +249,15 @@ def check_payload(content_type: str, payload: bytes, bounds: Bounds = PAYLOAD_BO
     Part of opening an envelope: every reader refuses the same bodies, before
     any of them parses one. It does not check that the payload parses.
     """
-    try:
-        if content_type == "application/json":
-            check_json(payload, bounds)
-        elif content_type == "application/msgpack":
-            check_msgpack(payload, bounds)
-    except MalformedPayload as exc:
-        raise MalformedPayload(f"{content_type} payload: {exc.detail}") from None
+    # What check_json and check_msgpack check, in their order and words, without their three calls per
+    # envelope: this runs on every envelope opened.
+    if content_type == "application/msgpack":
+        data, what, too_deep = payload, "msgpack", _msgpack_too_deep
+    elif content_type == "application/json":
+        data, what, too_deep = payload.encode() if isinstance(payload, str) else bytes(payload), "JSON", _json_too_deep
+    else:
+        return
+    if len(data) > bounds.max_bytes:
+        raise MalformedPayload(f"{content_type} payload: {len(data)} bytes, limit {bounds.max_bytes}")
+    if too_deep(data, bounds.max_depth):
+        raise MalformedPayload(f"{content_type} payload: {what} nested deeper than {bounds.max_depth} levels")

@@ -29,6 +29,7 @@ from trustbus.bus import (
     encode_envelope,
     new_envelope,
 )
+from trustbus.bus._payload import check_json, check_msgpack, check_payload
 from trustbus.bus._records import decode_memory_write
 from trustbus.ledger import BundleError
 
@@ -267,3 +268,42 @@ def test_the_cli_renders_a_deeply_nested_payload_as_base64_saying_why(depth: int
         assert "nested deeper than 64 levels" in shown["malformed"] and shown["base64"]
     shallow = new_envelope(tenant="acme", kind="event", sender="a", to=["b"], payload=b'{"a": [[1]]}')
     assert payload_value(shallow) == {"a": [[1]]}
+
+
+def _check_payload_by_parts(content_type: str, payload: bytes, bounds: Bounds) -> None:
+    """check_payload as check_json and check_msgpack, each failure's detail prefixed with the content type."""
+    try:
+        if content_type == "application/json":
+            check_json(payload, bounds)
+        elif content_type == "application/msgpack":
+            check_msgpack(payload, bounds)
+    except MalformedPayload as exc:
+        raise MalformedPayload(f"{content_type} payload: {exc.detail}") from None
+
+
+def _outcome(check: Any, *args: Any) -> str | None:
+    try:
+        check(*args)
+    except MalformedPayload as exc:
+        return exc.detail
+    return None
+
+
+_nested_json = st.integers(min_value=0, max_value=8).map(lambda depth: json.dumps(nested(depth)).encode())
+_nested_msgpack = st.integers(min_value=0, max_value=8).map(lambda depth: msgspec.msgpack.encode(nested(depth)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    content_type=st.sampled_from(["application/json", "application/msgpack", "text/plain"]),
+    payload=st.binary(max_size=64) | _nested_json | _nested_msgpack | st.just(deep_msgpack(70) + b"\x90"),
+    max_depth=st.integers(min_value=0, max_value=6),
+    max_bytes=st.integers(min_value=0, max_value=80),
+)
+def test_check_payload_refuses_what_check_json_and_check_msgpack_refuse_in_their_words(
+    content_type: str, payload: bytes, max_depth: int, max_bytes: int
+) -> None:
+    bounds = Bounds(max_depth=max_depth, max_bytes=max_bytes)
+    assert _outcome(check_payload, content_type, payload, bounds) == _outcome(
+        _check_payload_by_parts, content_type, payload, bounds
+    )

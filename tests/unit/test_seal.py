@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,7 +26,8 @@ from trustbus.bus import (
     seal,
     sign_grant,
 )
-from trustbus.bus._errors import BadCountersignature, Replayed
+from trustbus.bus._errors import BadCountersignature, BadSignature, Malformed, Replayed, UnknownKey
+from trustbus.bus._headers import SIGNED_HEADERS
 
 NOW = time.time_ns()
 
@@ -235,3 +238,90 @@ def test_any_single_bit_flip_in_the_body_is_rejected(position: int, bit: int) ->
     body[position % len(body)] ^= 1 << bit
     with pytest.raises(VerificationError):
         open_envelope(bytes(body), sealed.headers, keyring=keyring, received_ns=sealed.envelope.ts)
+
+
+_BASE64_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+@pytest.mark.parametrize("digit", list(_BASE64_DIGITS))
+def test_every_respelling_of_the_last_signature_digit_is_refused(
+    digit: str, world: tuple[Cast, Keyring, Identity]
+) -> None:
+    """The last digit before "==" carries 2 bits and 4 unused ones: only the spelling base64.b64encode writes is read.
+
+    Another canonical digit is another signature (its 2 bits differ), which does not verify.
+    """
+    cast, keyring, _ = world
+    sealed = valid(cast)
+    text = sealed.headers["Tb-Sig"]
+    respelled = text[:85] + digit + "=="
+    headers = {**sealed.headers, "Tb-Sig": respelled}
+    if respelled == text:
+        assert open_envelope(sealed.body, headers, keyring=keyring, received_ns=time.time_ns()).grant.owner == "alice"
+        return
+    canonical = base64.b64encode(base64.b64decode(respelled)).decode() == respelled
+    with pytest.raises(BadSignature, match="does not match" if canonical else "not canonical base64"):
+        open_envelope(sealed.body, headers, keyring=keyring, received_ns=time.time_ns())
+
+
+def test_a_key_revoked_after_it_verified_an_envelope_is_refused_at_once() -> None:
+    """The public key is cached per key id; whether it may still sign is asked of the keyring every time."""
+    admin, alice = Identity.generate(), Identity.generate()
+    keyring = Keyring(tenant="acme", admin_key_id=admin.key_id)
+    grant = KeyGrant(tenant="acme", key_id=alice.key_id, owner="alice", role="agent", valid_from=NOW - 3600 * 10**9)
+    keyring.add(alice.key_id, sign_grant(grant, admin))
+    first = seal(new_envelope(tenant="acme", kind="event", sender="alice", to=["bob"], payload=b"{}"), alice)
+    assert open_envelope(first.body, first.headers, keyring=keyring, received_ns=first.envelope.ts).grant == grant
+
+    revoked_at = first.envelope.ts + 10**9
+    revocation = msgspec.structs.replace(grant, revoked_at=revoked_at)
+    keyring.add(alice.key_id, sign_grant(revocation, admin), stored_ns=revoked_at)
+    later = seal(
+        new_envelope(tenant="acme", kind="event", sender="alice", to=["bob"], payload=b"{}", now_ns=revoked_at),
+        alice,
+    )
+    with pytest.raises(RevokedKey):
+        open_envelope(later.body, later.headers, keyring=keyring, received_ns=revoked_at)
+    with pytest.raises(RevokedKey):  # the envelope that verified before, stored again after the revocation
+        open_envelope(first.body, first.headers, keyring=keyring, received_ns=revoked_at)
+    # Its twin: as stored before the revocation, it still verifies.
+    assert open_envelope(first.body, first.headers, keyring=keyring, received_ns=first.envelope.ts).grant.owner == (
+        "alice"
+    )
+
+
+def test_a_key_verified_in_one_tenant_is_unknown_in_another(world: tuple[Cast, Keyring, Identity]) -> None:
+    cast, keyring, _ = world
+    sealed = valid(cast)
+    assert open_envelope(sealed.body, sealed.headers, keyring=keyring, received_ns=time.time_ns()).grant.owner == (
+        "alice"
+    )
+    other = Keyring(tenant="acme", admin_key_id=Identity.generate().key_id)  # same name, another admin, no grants
+    with pytest.raises(UnknownKey):
+        open_envelope(sealed.body, sealed.headers, keyring=other, received_ns=time.time_ns())
+
+
+@pytest.mark.parametrize("name", SIGNED_HEADERS)
+@pytest.mark.parametrize(
+    "others",
+    [{}, {"X-Note": "a\r\nb"}, {"X-Note": "plain"}, {"X-Note": b"not text"}],
+    ids=["alone", "crlf", "text", "bytes"],
+)
+def test_a_repeated_signed_header_is_malformed_whatever_else_the_headers_hold(
+    name: str, others: dict[str, object], world: tuple[Cast, Keyring, Identity]
+) -> None:
+    cast, keyring, _ = world
+    sealed = valid(cast)
+    value = sealed.headers.get(name, "x")
+    headers = {**sealed.headers, **others, name: f"{value}\r\n{value}"}
+    with pytest.raises(Malformed, match=f"repeated {name} header"):
+        open_envelope(sealed.body, headers, keyring=keyring, received_ns=time.time_ns())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["X-Note", "traceparent", "Nats-Msg-Id-Extra"])
+def test_a_repeated_unsigned_header_is_not_refused(name: str, world: tuple[Cast, Keyring, Identity]) -> None:
+    cast, keyring, _ = world
+    sealed = valid(cast)
+    headers = {**sealed.headers, name: "a\r\nb", "X-Bytes": b"not text"}
+    opened = open_envelope(sealed.body, headers, keyring=keyring, received_ns=time.time_ns())  # type: ignore[arg-type]
+    assert opened.envelope == sealed.envelope
