@@ -6,9 +6,10 @@ totally ordered log. A coordinator whose state is behind gets
 :class:`~bus.Conflict`, reads the decisions it missed (:meth:`DecisionLog.catch_up`)
 and decides again; so two coordinators never decide one envelope twice or spend
 one budget twice. :meth:`DecisionLog.record` (one envelope) and
-:meth:`DecisionLog.record_group` (a batch) are that loop, signed by any
-:class:`Signer`, so it runs on any :class:`~bus.SubjectLog` (the in-memory
-ones of :mod:`bus.testing` included).
+:meth:`DecisionLog.record_group` (a batch, its decisions in one record:
+:func:`group_records`) are that loop, signed by any :class:`Signer`, so it
+runs on any :class:`~bus.SubjectLog` (the in-memory ones of
+:mod:`bus.testing` included).
 """
 
 from __future__ import annotations
