@@ -70,7 +70,7 @@ def tenant_stream_config(
         # Direct gets name the subject in the API subject, so a user can be allowed to
         # read back only its own records (an agent: its effect records, by idempotency key).
         allow_direct=True,
-        allow_atomic=True,  # the coordinator appends a batch of decisions at once
+        allow_atomic=True,  # SubjectLog.append_batch: all or none (decisions are one record per batch now)
         metadata={ADMIN_KEY_METADATA: admin_key_id, PARTITIONS_METADATA: str(check_partitions(partitions))},
     )
 
