@@ -57,7 +57,8 @@ Targets on a 2-core machine: ``ratio`` >= 0.7, mediated p99 <= 10 ms at 500 msgs
 line of stdout is one JSON object with every figure and the human table goes to stderr with the progress
 display. ``--profile DIR`` runs the coordinator, the sinks and the relay under cProfile (or
 pyinstrument, ``--profiler``) and leaves their profiles in DIR; ``--keep-records DIR`` keeps every
-phase's per-message send and receive times; ``--coordinator-module M`` runs ``python -m M coordinator run``
+phase's per-message send and receive times (and, with ``--stages``, the coordinator's notes);
+``--coordinator-module M`` runs ``python -m M coordinator run``
 instead of ``trustbus`` (a wrapper that patches the coordinator, to measure a candidate change without
 editing it). ``--metrics`` runs the coordinator and B with ``--metrics-port 0`` and scrapes both every
 second (a harsher rate than Prometheus's usual 15 s), so a run with it and one without show what the
@@ -512,6 +513,9 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
                     for topology in order:
                         if topology in paced:
                             latencies[topology].append(bench.latency(topology, f"{args.rate:g}/s {tag}"))
+                if args.keep_records is not None:  # with --stages: the coordinator's notes too
+                    for notes in bench.out_dir.glob("coordinator-*.jsonl"):
+                        (args.keep_records / notes.name).write_bytes(notes.read_bytes())
                 recorded = asyncio.run(
                     decisions_per_record(bench.url, [TENANT, *(TENANTS[t] for t in topologies if t in TENANTS)])
                 )
