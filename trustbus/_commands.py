@@ -10,6 +10,7 @@ from typing import Any
 from trustbus.bus import (
     ConfigError,
     ContentType,
+    Envelope,
     KeyDirectory,
     Kind,
     QuarantineRecord,
@@ -22,6 +23,7 @@ from trustbus.bus import (
     decode_quarantine_payload,
     new_envelope,
     open_envelope,
+    recorded_decisions,
     seal,
     subjects,
     traced,
@@ -118,8 +120,19 @@ class TailFilter:
         return (
             (self.kind is None or envelope.kind == self.kind)
             and (self.agent is None or self.agent == envelope.sender or self.agent in envelope.to)
-            and (self.correlation is None or envelope.correlation_id == self.correlation)
+            and (self.correlation is None or self.correlation in _correlations(envelope))
         )
+
+
+def _correlations(envelope: Envelope) -> set[str]:
+    """The correlations ``envelope`` is part of: its own, and for a decision record those it decides about (a
+    batch's record has a correlation of its own, docs/WIRE.md "Decision records")."""  # noqa: D205, D209
+    if envelope.kind != "decision":
+        return {envelope.correlation_id}
+    try:
+        return {envelope.correlation_id, *(d.correlation_id for _, d in recorded_decisions(envelope))}
+    except ValueError:  # msgspec.DecodeError is one
+        return {envelope.correlation_id}
 
 
 async def tail_stream(

@@ -21,6 +21,7 @@ from trustbus.bus import (
     decode_json,
     decode_msgpack,
     decode_quarantine_payload,
+    recorded_decisions,
     subjects,
 )
 
@@ -46,9 +47,16 @@ def payload_value(envelope: Envelope) -> Any:
 
 
 def envelope_dict(envelope: Envelope) -> dict[str, Any]:
-    """Every envelope field, payload decoded."""
+    """Every envelope field, payload decoded; a decision record's decisions also under ``decisions``, each with
+    its ``id``, whether it records one or a group (docs/WIRE.md, "Decision records")."""  # noqa: D205, D209
     data: dict[str, Any] = msgspec.to_builtins(envelope)
     data["payload"] = payload_value(envelope)
+    if envelope.kind == "decision":
+        try:
+            recorded = recorded_decisions(envelope)
+        except ValueError:  # msgspec.DecodeError is one: not a record, shown as its payload alone
+            return data
+        data["decisions"] = [{"id": decision_id, **msgspec.to_builtins(d)} for decision_id, d in recorded]
     return data
 
 

@@ -231,9 +231,9 @@ def test_compose_bring_up_on_a_local_three_node_cluster(tmp_path: Path) -> None:
         stopped = None
         with contextlib.suppress(ProcessFailed):  # it ended (or fell silent) without one
             while stopped is None:
-                decision = tail.line(60)["envelope"]["payload"]
-                if "hop_limit" in decision["reasons"]:
-                    stopped = decision
+                for decision in tail.line(60)["envelope"]["decisions"]:
+                    if "hop_limit" in decision["reasons"]:
+                        stopped = decision
         tail.stop(20)
         assert stopped is not None and stopped["verdict"] == "reject"
 

@@ -122,9 +122,11 @@ def test_agents_and_coordinator_run_with_their_own_nkeys(tmp_path: Path) -> None
 
         run(*admin, "send", "-t", T, "--as", "ping", "--to", "pong", "--payload", '{"serve": 1}', env=env)
         stopped = deployment.follow(
-            f"tb.{T}.decision.*", lambda envelope: "hop_limit" in envelope["payload"]["reasons"], idle_s=20
+            f"tb.{T}.decision.*",
+            lambda envelope: any("hop_limit" in d["reasons"] for d in envelope["decisions"]),
+            idle_s=20,
         )
-        decision = stopped["payload"]
+        [decision] = [d for d in stopped["decisions"] if "hop_limit" in d["reasons"]]
         assert decision["verdict"] == "reject" and decision["hop"] == 5
         for err in ("c.err", "ping.err", "pong.err"):
             text = (tmp_path / err).read_text()

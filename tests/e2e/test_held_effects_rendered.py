@@ -59,8 +59,8 @@ def test_held_refund_under_a_rendered_config_from_the_agents_own_seeds(tmp_path:
         decisions: dict[str, dict[str, Any]] = {}
 
         def both_decided(envelope: dict[str, Any]) -> bool:
-            decision = envelope["payload"]
-            decisions[decision["envelope_id"]] = decision
+            for decision in envelope["decisions"]:  # one record may hold several (a batch's)
+                decisions[decision["envelope_id"]] = decision
             return reply in decisions and any(d["kind"] == "effect" for d in decisions.values())
 
         deployment.follow(f"tb.{T}.decision.*", both_decided, idle_s=60)

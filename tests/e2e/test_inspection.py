@@ -47,9 +47,14 @@ async def test_tail_shows_only_the_kind_agent_or_correlation_asked_for(fleet: Fl
     by_carol = await trustbus(fleet, *tail, "--agent", "carol")
     first_only = await trustbus(fleet, *tail, "--correlation", first)
 
-    assert len(decisions) == 2 and {d["envelope"]["kind"] for d in decisions} == {"decision"}  # type: ignore[index]
+    assert {d["envelope"]["kind"] for d in decisions} == {"decision"}  # type: ignore[index]
+    assert sum(len(d["envelope"]["decisions"]) for d in decisions) == 2  # type: ignore[index,arg-type]
     assert {d["envelope"]["sender"] for d in by_carol} == {"carol"}  # type: ignore[index]
-    assert {d["envelope"]["correlation_id"] for d in first_only} == {first}  # type: ignore[index]
+    assert all(  # the event, and the record of its decision (a batch's record has a correlation of its own)
+        d["envelope"]["correlation_id"] == first  # type: ignore[index]
+        or {x["correlation_id"] for x in d["envelope"]["decisions"]} == {first}  # type: ignore[index]
+        for d in first_only
+    )
     assert {d["envelope"]["kind"] for d in first_only} == {"event", "decision"}  # type: ignore[index]
 
 
@@ -61,7 +66,7 @@ async def test_show_decodes_an_envelope_with_its_causes_and_consequences(fleet: 
     answer = await fleet.send(bob, ["alice"], {"a": "no"}, kind="reply", correlation_id=question, causation_id=question)
     await fleet.decisions(lambda ds: len(ds) == 2)
     records = await trustbus(fleet, "tail", "-t", fleet.tenant, "--kind", "decision", "--idle-timeout", "2")
-    [record_id] = [r["envelope"]["id"] for r in records if r["envelope"]["payload"]["envelope_id"] == answer]  # type: ignore[index]
+    [record_id] = [d["id"] for r in records for d in r["envelope"]["decisions"] if d["envelope_id"] == answer]  # type: ignore[index,union-attr]
 
     shown = (await trustbus(fleet, "show", answer, "-t", fleet.tenant))[0]
     decision_record = (await trustbus(fleet, "show", str(record_id), "-t", fleet.tenant))[0]
@@ -126,6 +131,11 @@ async def test_a_backlog_decided_together_is_one_group_record_and_each_delivery_
         decision = decided[delivery.mediation.decision_id]
         assert decision.envelope_id == delivery.envelope.id and decision.verdict == "accept"
     grouped = next(i for i in decided if "." in i)
+    in_tail = await trustbus(
+        fleet, "tail", "-t", fleet.tenant, "--correlation", decided[grouped].correlation_id, "--idle-timeout", "2"
+    )
+    assert {d["envelope"]["kind"] for d in in_tail} == {"event", "decision"}  # type: ignore[index]
+    assert grouped in {x["id"] for d in in_tail for x in d["envelope"].get("decisions", [])}  # type: ignore[union-attr,attr-defined]
     shown = (await trustbus(fleet, "show", grouped, "-t", fleet.tenant))[0]
     assert shown["envelope"]["kind"] == "decision"  # type: ignore[index]
     assert shown["about"]["id"] == decided[grouped].envelope_id  # type: ignore[index]
