@@ -31,6 +31,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from trustbus.agents._approval_mediation import ApprovalMediation
 from trustbus.agents._correlation_store import correlation_store
@@ -63,6 +64,7 @@ from trustbus.bus import (
 )
 
 log = logging.getLogger("trustbus.coordinator")
+T = TypeVar("T")
 
 CONSUMER_PREFIX = "coordinator-"
 # Decisions at most between two snapshots of a partition's state: what a restart catches up on, about 2 s at the
@@ -104,6 +106,7 @@ class Coordinator:
         self._snapshot_at = (0, 0, time.monotonic())  # the log sequence, decisions folded and time of the last one
         self._intake = Intake(bus, partition, approvals=consumer_name(partition), suspensions=self.suspensions)
         self._stopping = asyncio.Event()
+        self._settling: tuple[list[Delivery], asyncio.Future[None]] | None = None  # a group's forwards and acks
 
     async def start(self) -> None:
         """Create the partition's consumers (one per sender: agents._intake), rebuild its state from its decision
@@ -123,21 +126,28 @@ class Coordinator:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Mediate until ``stop`` is set, a fetched batch at a time, senders in turn (agents._intake)."""
+        """Mediate until ``stop`` is set, a fetched batch at a time, senders in turn (agents._intake); a batch's
+        forwards are stored and its outbox acked while the next batch is decided (:meth:`_mediate_group`)."""  # noqa: D205, D209
         self._stopping = stop
-        async for batch in self._intake.batches(stop):
-            await self._suspend_due()
-            group: list[Delivery] = []
-            for delivery in batch:
-                if self._batchable(delivery):
-                    group.append(delivery)
-                    continue
+        try:
+            async for batch in self._intake.batches(stop):
+                await self._suspend_due()
+                group: list[Delivery] = []
+                for delivery in batch:
+                    if self._batchable(delivery):
+                        group.append(delivery)
+                        continue
+                    await self._mediate_group(group)
+                    group = []
+                    await self._settle()
+                    async with delivery.process():
+                        await patiently([delivery], functools.partial(self._mediate, delivery), stopping=self._stopping)
                 await self._mediate_group(group)
-                group = []
-                async with delivery.process():
-                    await patiently([delivery], functools.partial(self._mediate, delivery), stopping=self._stopping)
-            await self._mediate_group(group)
-            await self._trim()
+                await self._trim()
+            await self._settle()
+        finally:
+            if self._settling is not None:  # cancelled: unacked, its outbox messages come back to the next holder
+                self._settling[1].cancel()
 
     async def _suspend_due(self) -> None:
         """Record a suspension for each sender the intake found over its rejection threshold (agents._suspension)."""
@@ -204,11 +214,37 @@ class Coordinator:
         )
 
     async def _mediate_group(self, group: list[Delivery]) -> None:
-        """Decide ``group`` in order, record the decisions, forward, then ack; nak what is left on failure."""
+        """Decide ``group`` in order, record the decisions and publish the forwards; then let the forwards be
+        stored and the outbox acked beside the next group (:meth:`_settle`). Nak what is left on failure.
+
+        The next group is decided against a state that holds this one's decisions recorded, and its forwards
+        are published after this one's on the same connection: a recipient gets them in order.
+        """  # noqa: D205
         if not group:
             return
+        started = await self._patiently(group, functools.partial(self._start_group, group))
+        await self._settle()
+        if started is not None:
+            self._settling = (group, asyncio.ensure_future(_acked(started)))
+
+    async def _settle(self) -> None:
+        """Wait until the last group's forwards are stored and its outbox messages acked. If that failed, mediate
+        the group again, whole (nothing is decided twice; forwards carry their message ids)."""  # noqa: D205, D209
+        if self._settling is None:
+            return
+        group, acked = self._settling
+        self._settling = None
         try:
-            await patiently(group, functools.partial(self._mediate_group_once, group), stopping=self._stopping)
+            await acked
+        except Exception as exc:  # the same failures the whole group meets again below, and handles
+            log.warning("forwards not stored; mediating the batch again", extra={"size": len(group), "error": str(exc)})
+            await self._patiently(group, functools.partial(self._mediate_group_once, group))
+
+    async def _patiently(self, group: list[Delivery], work: Callable[[], Awaitable[T]]) -> T | None:
+        """``work`` on ``group`` through outages (:func:`patiently`); None if it failed (what is left nakked, or
+        quarantined if it raised for another reason than the server)."""  # noqa: D205, D209
+        try:
+            return await patiently(group, work, stopping=self._stopping)
         except (TransportError, TransientError) as exc:
             log.warning("batch not mediated, will retry", extra={"size": len(group), "error": str(exc)})
             for delivery in group:
@@ -219,10 +255,15 @@ class Coordinator:
             for delivery in group:
                 if not delivery.settled:
                     await delivery.reject("handler_error", f"{type(exc).__name__}: {exc}")
+        return None
 
     async def _mediate_group_once(self, group: list[Delivery]) -> None:
+        await _acked(await self._start_group(group))
+
+    async def _start_group(self, group: list[Delivery]) -> list[tuple[Delivery, list[Awaitable[object]]]]:
+        """Decide and record ``group``, publish its forwards; each delivery with the acks of its forwards."""
         recorded = await self._decide_group(group)
-        started = [
+        return [
             (
                 d,
                 await self._start_delivery(
@@ -237,10 +278,6 @@ class Coordinator:
             for d in group
             if not d.settled and not await self._replayed(d)
         ]
-        for delivery, acks in started:
-            for ack in acks:
-                await ack
-            await delivery.ack()
 
     async def _decide_group(self, group: list[Delivery]) -> set[str]:
         """Decide every undecided envelope of ``group`` against the state and record them, retrying on conflict;
@@ -427,6 +464,13 @@ class Coordinator:
         return await self._forwarder.start(
             envelope, body, headers, source_seq, decision, decision_id, recorded_now=recorded_now
         )
+
+
+async def _acked(started: list[tuple[Delivery, list[Awaitable[object]]]]) -> None:
+    """Wait until each delivery's forwards are stored, then ack it, in order."""
+    for delivery, acks in started:
+        await _all(acks)
+        await delivery.ack()
 
 
 async def _all(acks: list[Awaitable[object]]) -> None:

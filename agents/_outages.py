@@ -13,30 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from trustbus.bus import Delivery, Timeout, Unavailable
+
+T = TypeVar("T")
 
 log = logging.getLogger("trustbus.agents")
 
 PAUSES_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # between attempts; the last repeats
 
 
-async def patiently(
-    deliveries: Sequence[Delivery], work: Callable[[], Awaitable[None]], *, stopping: asyncio.Event
-) -> None:
-    """Run ``work``; while it fails for want of a server that can store, keep ``deliveries`` and run it again.
+async def patiently(deliveries: Sequence[Delivery], work: Callable[[], Awaitable[T]], *, stopping: asyncio.Event) -> T:
+    """Run ``work`` (what it returns); while it fails for want of a server that can store, keep ``deliveries``
+    and run it again.
 
     ``work`` must be safe to run again (decisions recorded are not made twice,
     forwards carry their message ids). Once ``stopping`` is set the error is
     raised: the caller hands the messages back to the partition's next holder.
-    """
-    for attempt in itertools.count():
+    """  # noqa: D205
+    attempt = 0
+    while True:
         try:
-            await work()
-            return
+            return await work()
         except (Unavailable, Timeout) as exc:
             if stopping.is_set():
                 raise
@@ -50,3 +51,4 @@ async def patiently(
                     await delivery.in_progress()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), pause)
+            attempt += 1

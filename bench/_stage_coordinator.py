@@ -59,20 +59,20 @@ def _bench_fields(payload: bytes) -> tuple[str, int] | None:
 
 def wrap(notes: StageNotes) -> None:
     """Note group starts and forwards around the coordinator's own methods."""
-    group_once: Callable[..., Awaitable[None]] = _coordinator.Coordinator._mediate_group_once
+    group_once: Callable[..., Awaitable[Any]] = _coordinator.Coordinator._start_group
     start: Callable[..., Awaitable[Any]] = _forwarding.Forwarder.start
 
     @functools.wraps(group_once)
-    async def noted_group(self: Any, group: list[Any]) -> None:
+    async def noted_group(self: Any, group: list[Any]) -> Any:
         notes.group_started(group)
-        await group_once(self, group)
+        return await group_once(self, group)
 
     @functools.wraps(start)
     async def noted_start(self: Any, envelope: Any, *args: Any, **kwargs: Any) -> Any:
         notes.forwarding(envelope.id)
         return await start(self, envelope, *args, **kwargs)
 
-    _coordinator.Coordinator._mediate_group_once = noted_group  # type: ignore[method-assign]
+    _coordinator.Coordinator._start_group = noted_group  # type: ignore[method-assign]
     _forwarding.Forwarder.start = noted_start  # type: ignore[method-assign]
 
 
