@@ -16,10 +16,12 @@ import fcntl
 import importlib.util
 import json
 import os
+import select
 import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -326,10 +328,26 @@ def down(where: DevDir) -> dict[str, Any] | None:
         raise DevError(f"trustbus dev in {where.root} is still starting: try again in a moment")
     with contextlib.suppress(ProcessLookupError):
         os.kill(int(line["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + DOWN_S
     with where.lock.open("a") as lock:
-        if not _lock_within(lock, DOWN_S):
+        stopped = _lock_within(lock, DOWN_S)
+    # The lock is free once the environment let go of it; its processes may still be on their way out.
+    for pid in [int(line["pid"]), *(int(p) for p in line.get("pids", {}).values())]:
+        if not (stopped and _exited_within(pid, deadline - time.monotonic())):
             raise DevError(f"trustbus dev (pid {line['pid']}) did not stop within {DOWN_S:.0f} s: see {where.logs}")
     return line
+
+
+def _exited_within(pid: int, timeout_s: float) -> bool:
+    """Wait (in the kernel, through a pidfd) up to ``timeout_s`` for ``pid`` to exit; whether it has."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], max(0.0, timeout_s))[0])
+    finally:
+        os.close(fd)
 
 
 def _lock_within(lock: IO[str], timeout_s: float) -> bool:

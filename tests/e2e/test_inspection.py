@@ -139,3 +139,9 @@ async def test_a_backlog_decided_together_is_one_group_record_and_each_delivery_
     shown = (await trustbus(fleet, "show", grouped, "-t", fleet.tenant))[0]
     assert shown["envelope"]["kind"] == "decision"  # type: ignore[index]
     assert shown["about"]["id"] == decided[grouped].envelope_id  # type: ignore[index]
+    [replayed] = await trustbus(
+        fleet, "ledger", "replay", "--correlation", decided[grouped].correlation_id, "-t", fleet.tenant
+    )
+    [step] = replayed["tree"]  # type: ignore[misc]
+    assert step["id"] == decided[grouped].envelope_id and step["delivered_to"] == ["bob"]
+    assert [d["verdict"] for d in step["decisions"]] == ["accept"]  # its own, not its record's neighbours'
