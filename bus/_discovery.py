@@ -16,6 +16,7 @@ discovery (:class:`bus._connection.ConnectionWatch` logs it once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -33,6 +35,7 @@ from trustbus.bus._admin import connect_nats
 
 PREFIX = "$SRV"
 VERBS = ("PING", "INFO", "STATS")
+FLUSH_S = 2  # seconds at most, for the server to confirm the subscriptions when answering starts
 _TYPES = {verb: f"io.nats.micro.v1.{verb.lower()}_response" for verb in VERBS}
 _INBOXES = ("_INBOX.", "_INBOX_")  # nats-py's default reply prefix, and the trustbus ones (subjects.reply_prefix)
 
@@ -92,6 +95,9 @@ class ServiceResponder:
                 f"{PREFIX}.{verb}.{self.kind}.{self.id}",
             ):
                 self._subscriptions.append(await self._nc.subscribe(subject, cb=self._on_request))
+        if self._nc.is_connected:  # answering once this returns: the server has the subscriptions
+            with contextlib.suppress(nats.errors.Error, TimeoutError):  # late: they are sent when they can be
+                await self._nc.flush(timeout=FLUSH_S)
         return self
 
     async def aclose(self) -> None:
