@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -66,11 +66,11 @@ class Record:
     envelope: Envelope
     sealed: Sealed
     grouped: bool = False
-    ids: tuple[str, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        ids = tuple(id_of_decision(self.envelope.id, i, grouped=self.grouped) for i in range(len(self.decisions)))
-        object.__setattr__(self, "ids", ids)
+    @property
+    def ids(self) -> list[str]:
+        """The id of each decision, in order."""
+        return [id_of_decision(self.envelope.id, i, grouped=self.grouped) for i in range(len(self.decisions))]
 
 
 class Pending(Protocol):

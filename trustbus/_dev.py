@@ -332,9 +332,9 @@ def down(where: DevDir) -> dict[str, Any] | None:
     with where.lock.open("a") as lock:
         stopped = _lock_within(lock, DOWN_S)
     # The lock is free once the environment let go of it; its processes may still be on their way out.
-    for pid in [int(line["pid"]), *(int(p) for p in line.get("pids", {}).values())]:
-        if not (stopped and _exited_within(pid, deadline - time.monotonic())):
-            raise DevError(f"trustbus dev (pid {line['pid']}) did not stop within {DOWN_S:.0f} s: see {where.logs}")
+    pids = [int(line["pid"]), *(int(p) for p in line.get("pids", {}).values())]
+    if not (stopped and all(_exited_within(pid, deadline - time.monotonic()) for pid in pids)):
+        raise DevError(f"trustbus dev (pid {line['pid']}) did not stop within {DOWN_S:.0f} s: see {where.logs}")
     return line
 
 
