@@ -140,6 +140,7 @@ from trustbus.agents._intake import SENDER_SETTINGS
 
 PROCS = "bench._mediated_procs"
 STAGE_COORDINATOR = "bench._stage_coordinator"  # with --stages
+ON_UVLOOP = "bench._on_uvloop"  # with --uvloop
 STAGES = ("send_to_stored", "stored_to_group", "group_to_forward", "forward_to_handler")
 SINK = "bench._mediated_sink:Sink"
 TENANT = "bench"
@@ -317,6 +318,8 @@ class Bench:
 
     def argv(self, module: str, args: list[str], profile_name: str | None = None) -> list[str]:
         profile_dir: Path | None = self.args.profile
+        if self.args.uvloop:
+            return [sys.executable, "-m", ON_UVLOOP, module, *args]
         if profile_dir is None or profile_name is None:
             return [sys.executable, "-m", module, *args]
         if self.args.profiler == "pyinstrument":
@@ -529,6 +532,7 @@ def measure(args: argparse.Namespace, stderr: Console) -> dict[str, Any]:
     result["sync_always"] = args.sync == "always"
     result["per_correlation"] = args.per_correlation
     result["metrics"] = args.metrics
+    result["uvloop"] = args.uvloop
     if args.telemetry:
         result.update(telemetry_figures(throughputs, latencies))
         result["sample_ratio"] = args.sample_ratio
@@ -898,6 +902,12 @@ def main() -> None:
         "wrapped coordinator, bench/_stage_coordinator.py); --json adds stages_ms (p50/p90/p99 of A's send -> "
         "stored -> group start -> forward published -> B's handler, in the round with the worst p99)",
     )
+    parser.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="run every process of the raw and mediated topologies on uvloop's event loop (bench/_on_uvloop.py): "
+        "a stronger raw relay, and the mediated path on the same loop",
+    )
     parser.add_argument("--keep-records", type=Path, help="copy each phase's per-message record into this dir")
     parser.add_argument(
         "--sync",
@@ -943,6 +953,8 @@ def main() -> None:
         parser.error("--per-correlation must be in 1..1500 (limits.decisions_per_correlation)")
     if args.stages and args.coordinator_module != "trustbus":
         parser.error("--stages runs its own wrapped coordinator: not with --coordinator-module")
+    if args.uvloop and args.profile:
+        parser.error("--uvloop and --profile: one wrapper per process; profile without --uvloop")
     if args.payload < 128:
         parser.error("--payload must be at least 128 bytes (the timing fields)")
     if not 0 < args.sample_ratio <= 1:

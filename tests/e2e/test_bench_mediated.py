@@ -40,3 +40,37 @@ def test_short_mediated_bench_reports_the_ratios_and_the_worst_round_tail(tmp_pa
     assert list(stages) == ["send_to_stored", "stored_to_group", "group_to_forward", "forward_to_handler"]
     assert all(0 <= s["p50"] <= s["p90"] <= s["p99"] for s in stages.values()), stages
     assert all(len(p99s) == 2 for p99s in figures["round_stage_p99_ms"].values())
+
+
+def test_on_uvloop_runs_the_module_on_uvloops_event_loop(tmp_path: Path) -> None:
+    (tmp_path / "which_loop.py").write_text(
+        "import asyncio, sys\n"
+        "async def main():\n"
+        "    print(type(asyncio.get_running_loop()).__module__, *sys.argv[1:])\n"
+        "asyncio.run(main())\n"
+    )
+    env = {"PYTHONPATH": f"{tmp_path}:{MEDIATED.parents[1]}"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench._on_uvloop", "which_loop", "--x", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["uvloop", "--x", "1"]
+
+
+def test_short_mediated_bench_on_uvloop_delivers_everything(tmp_path: Path) -> None:
+    argv = ["--n", "300", "--rounds", "1", "--rate", "200", "--seconds", "1", "--warmup", "0.25", "--warmup-n", "100"]
+    run = subprocess.run(
+        [sys.executable, str(MEDIATED), *argv, "--uvloop", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.splitlines()[-1])
+    assert figures["uvloop"] is True
+    assert figures["raw_msgs_per_s"] > 0 and figures["mediated_msgs_per_s"] > 0 and figures["ratio"] > 0

@@ -134,6 +134,7 @@ def test_a_ledger_refused_its_consumer_by_the_server_stops_at_once_and_says_why(
         wait_until_refused(deployment.url, ledger, f"$JS.API.CONSUMER.CREATE.{STREAM}.ledger")
         ledger_run = [*TRUSTBUS, "ledger", "run", "-t", T, "--nkey-auth", "--data", str(tmp_path / "projection")]
         refused = one_shot(ledger_run, env=deployment.env)
-        assert refused.returncode != 0
-        assert f"the server refused $JS.API.CONSUMER.CREATE.{STREAM}.ledger".lower() in refused.stderr.lower()
-        assert "permissions violation" in refused.stderr.lower()
+        assert refused.returncode != 0, refused.stderr
+        said = refused.stderr.lower()
+        assert f"the server refused $JS.API.CONSUMER.CREATE.{STREAM}.ledger".lower() in said, refused.stderr
+        assert "permissions violation" in said, refused.stderr
