@@ -33,7 +33,16 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from trustbus.agents._suspension import SUSPENDED, Suspensions
-from trustbus.bus import Bus, ConsumerSettings, Delivery, RejectionLog, TransportError, subject_owner, subjects
+from trustbus.bus import (
+    Bus,
+    ConsumerSettings,
+    Delivery,
+    RejectionLog,
+    TransportError,
+    cancel_and_wait,
+    subject_owner,
+    subjects,
+)
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -150,9 +159,7 @@ class Intake:
             tasks = [r.task for r in (approvals, *self._readers.values()) if r.task is not None]
             for reader in self._readers.values():
                 reader.task = None
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
 
     def _round(self, readers: list[_Reader]) -> list[list[Delivery]]:
         """One batch from each reader that has one, in stream order of their first messages.

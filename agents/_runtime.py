@@ -12,7 +12,6 @@ resumes from the durable consumer and from its last checkpoint.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -39,6 +38,7 @@ from trustbus.bus import (
     MalformedPayload,
     TransientError,
     TransportError,
+    cancel_and_wait,
     decode_json,
     log_about,
     subjects,
@@ -213,9 +213,8 @@ async def run_agent(
                 async with delivery.process(), turn:
                     await patiently([delivery], handle, stopping=stop)
     finally:
-        answers.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await answers
+        for error in await cancel_and_wait(answers):
+            raise error
 
 
 async def _resume_answered(

@@ -142,7 +142,7 @@ if TYPE_CHECKING:
         seal,
     )
     from trustbus.bus._server import ClusterMembership, EmbeddedServer, die_with_parent, find_server_binary
-    from trustbus.bus._signals import run_then_settle, stop_on_signals, unless_stopped
+    from trustbus.bus._signals import cancel_and_wait, run_then_settle, side_by_side, stop_on_signals, unless_stopped
     from trustbus.bus._stored import StoredMessage
     from trustbus.bus._stores import Appended, Bucket, Entry, SubjectLog
     from trustbus.bus._subjects import NAME_PATTERN
@@ -312,6 +312,8 @@ __all__ = [
     "rotate_key",
     "wrong_role",
     "run_then_settle",
+    "cancel_and_wait",
+    "side_by_side",
     "seal",
     "sign_grant",
     "stop_on_signals",
@@ -488,6 +490,8 @@ _ORIGINS: dict[str, str] = {
     "die_with_parent": "trustbus.bus._server",
     "find_server_binary": "trustbus.bus._server",
     "run_then_settle": "trustbus.bus._signals",
+    "cancel_and_wait": "trustbus.bus._signals",
+    "side_by_side": "trustbus.bus._signals",
     "stop_on_signals": "trustbus.bus._signals",
     "unless_stopped": "trustbus.bus._signals",
     "StoredMessage": "trustbus.bus._stored",

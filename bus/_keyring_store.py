@@ -38,6 +38,7 @@ from trustbus.bus._keyring import (
     sign_grant,
 )
 from trustbus.bus._provision import pinned_admin_key
+from trustbus.bus._signals import cancel_and_wait
 from trustbus.bus._stored import unix_ns
 from trustbus.bus._subjects import keyring_bucket
 
@@ -223,8 +224,7 @@ class KeyringStore:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await self._subscription.unsubscribe()
         if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
+            await cancel_and_wait(self._follower)
 
     async def __aenter__(self) -> KeyringStore:
         return self

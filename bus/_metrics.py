@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from trustbus.bus._errors import TransportError
+from trustbus.bus._signals import cancel_and_wait
 
 QUARANTINES = Counter(
     "trustbus_quarantines_total", "Messages quarantined (refused, never delivered again), by reason code.", ["reason"]
@@ -105,9 +106,8 @@ class ConsumerLagPoller:
             with collected(self.read):
                 yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for error in await cancel_and_wait(task):
+                raise error
 
     async def poll(self, stop: asyncio.Event) -> None:
         """Read lags until ``stop``; a consumer whose info cannot be read keeps its last values."""

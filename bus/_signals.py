@@ -39,6 +39,42 @@ async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T
     return None
 
 
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> list[BaseException]:
+    """Cancel ``tasks``, wait until every one has ended, cancelling again each 0.1 s; the errors they ended with.
+
+    One cancel is not always enough on Python 3.11: ``asyncio.wait_for`` swallows
+    a cancel that arrives as its inner call ends (:func:`run_then_settle`), and a
+    loop that only a cancel stops then carries on, and whoever awaits it waits
+    forever. A task's error other than the cancel is returned for the caller to
+    raise or report.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    return [error for task in tasks if not task.cancelled() and (error := task.exception()) is not None]
+
+
+async def side_by_side(*works: Coroutine[Any, Any, None]) -> None:
+    """Run ``works`` side by side until all have ended; once one fails, end the others (:func:`cancel_and_wait`).
+
+    What ``asyncio.TaskGroup`` does, without waiting forever for a task that took
+    its one cancel and carried on. Raises the failures as an exception group, as a
+    task group does; cancelled from outside, it ends every work first.
+    """
+    tasks = [asyncio.ensure_future(work) for work in works]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        await cancel_and_wait(*tasks)
+        raise
+    failures = [error for task in done if not task.cancelled() and (error := task.exception()) is not None]
+    failures += await cancel_and_wait(*pending)
+    if failures:
+        raise BaseExceptionGroup("unhandled errors in works run side by side", failures)
+
+
 async def run_then_settle(work: Coroutine[Any, Any, T]) -> T:
     """Run ``work``, then cancel every task it left behind, again each 0.1 s until all have ended.
 

@@ -42,6 +42,7 @@ from trustbus.bus import (
     Unavailable,
     VerificationError,
     collected,
+    side_by_side,
     stop_on_signals,
     subjects,
     traced,
@@ -349,10 +350,10 @@ async def serve_ledger(
                 "ledger",
                 lambda: {"ready": health.unready() or "ready", "projected_seq": service.projected_seq()},
             )
-            async with lag.running(), discovery, asyncio.TaskGroup() as tasks:
-                tasks.create_task(service.run(stop, health.announcing(ready)))
-                tasks.create_task(GivenUpRecorder(bus).run(stop))
-                tasks.create_task(gauges.poll(stop))
+            async with lag.running(), discovery:
+                await side_by_side(
+                    service.run(stop, health.announcing(ready)), GivenUpRecorder(bus).run(stop), gauges.poll(stop)
+                )
     finally:
         health.stopping()
         await bus.aclose()

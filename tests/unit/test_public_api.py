@@ -42,7 +42,7 @@ def test_bus_exports() -> None:
             "DUPLICATE_WINDOW_S", "LABEL_PATTERN", "MAX_MSG_SIZE", "MemoryWrite",
             "NAME_PATTERN", "RejectionLog", "SignedValue",
             "decode_memory_payload", "decode_quarantine_payload", "decode_signed", "die_with_parent",
-            "rejection", "run_then_settle", "unless_stopped", "lazy_names",
+            "rejection", "run_then_settle", "unless_stopped", "cancel_and_wait", "side_by_side", "lazy_names",
             "memory_value", "open_coordinator_value", "open_memory_value", "StoreFull", "wrong_role",
         ]
     )  # fmt: skip

@@ -1,10 +1,16 @@
-"""unless_stopped (pure asyncio): work that finishes is returned, work that would wait on is cut short by stop."""
+"""unless_stopped, run_then_settle, cancel_and_wait and side_by_side (pure asyncio).
+
+Work that finishes is returned, work that would wait on is cut short by stop; a task that swallows a
+cancel (as Python 3.11's ``wait_for`` can) does not keep anyone waiting.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from trustbus.bus._signals import run_then_settle, unless_stopped
+import pytest
+
+from trustbus.bus._signals import cancel_and_wait, run_then_settle, side_by_side, unless_stopped
 
 
 async def test_work_that_finishes_returns_its_result() -> None:
@@ -82,4 +88,67 @@ def test_a_task_left_behind_that_takes_its_cancel_ends_at_the_first() -> None:
         return "done"
 
     assert asyncio.run(run_then_settle(main())) == "done"
+    assert ended.is_set()
+
+
+async def test_cancel_and_wait_ends_a_task_that_swallows_its_first_cancels() -> None:
+    ended = asyncio.Event()
+    task = _left_behind(3, ended)
+    await asyncio.sleep(0.01)
+    assert await asyncio.wait_for(cancel_and_wait(task), 5) == []  # one cancel and an await would wait forever
+    assert ended.is_set() and task.cancelled()
+
+
+async def test_cancel_and_wait_returns_what_a_task_failed_with() -> None:
+    async def failing() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ValueError("failed on the way out") from None
+
+    task = asyncio.ensure_future(failing())
+    done = asyncio.ensure_future(asyncio.sleep(0))
+    await asyncio.sleep(0.01)
+    errors = await cancel_and_wait(task, done)
+    assert [str(e) for e in errors] == ["failed on the way out"]
+
+
+async def test_side_by_side_runs_every_work_to_its_end() -> None:
+    finished: list[str] = []
+
+    async def work(name: str, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        finished.append(name)
+
+    await side_by_side(work("slow", 0.05), work("quick", 0.01))
+    assert finished == ["quick", "slow"]
+
+
+async def test_side_by_side_ends_the_others_when_one_fails_even_if_one_swallows_a_cancel() -> None:
+    ended = asyncio.Event()
+
+    async def failing() -> None:
+        await asyncio.sleep(0.02)
+        raise ValueError("the server refused it")
+
+    async def swallowing() -> None:
+        await _left_behind(2, ended)
+
+    with pytest.raises(ExceptionGroup) as raised:
+        await asyncio.wait_for(side_by_side(failing(), swallowing()), 5)  # a TaskGroup would wait forever here
+    assert [str(e) for e in raised.value.exceptions] == ["the server refused it"]
+    assert ended.is_set()
+
+
+async def test_side_by_side_cancelled_from_outside_ends_every_work() -> None:
+    ended = asyncio.Event()
+
+    async def swallowing() -> None:
+        await _left_behind(2, ended)
+
+    runner = asyncio.ensure_future(side_by_side(swallowing(), asyncio.sleep(3600)))
+    await asyncio.sleep(0.01)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, 5)
     assert ended.is_set()

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from trustbus._incident_view import incident_tree, redecided_rows
 from trustbus.agents import answer, connect_agent, list_held
-from trustbus.bus import Bus, Envelope, TenantStream, current_trace, new_envelope, traced
+from trustbus.bus import Bus, Envelope, TenantStream, cancel_and_wait, current_trace, new_envelope, traced
 from trustbus.demo.fleet import TENANT, Fleet
 from trustbus.demo.model import calls
 from trustbus.demo.systems import FILES, STALL_FILE, billing_db
@@ -73,9 +73,8 @@ class Demo:
             try:
                 await self._scenes(watch, desk)
             finally:
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await follower
+                for error in await cancel_and_wait(follower):
+                    raise error
             return await self.summary(stream)
         finally:
             await desk.aclose()
