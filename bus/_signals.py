@@ -39,20 +39,21 @@ async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T
     return None
 
 
-async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> list[BaseException]:
-    """Cancel ``tasks``, wait until every one has ended, cancelling again each 0.1 s; the errors they ended with.
+async def cancel_and_wait(*tasks: asyncio.Future[Any], again_s: float = 1.0) -> list[BaseException]:
+    """Cancel ``tasks``, wait until every one has ended, cancelling again each ``again_s``; the errors they ended with.
 
     One cancel is not always enough on Python 3.11: ``asyncio.wait_for`` swallows
     a cancel that arrives as its inner call ends (:func:`run_then_settle`), and a
     loop that only a cancel stops then carries on, and whoever awaits it waits
-    forever. A task's error other than the cancel is returned for the caller to
-    raise or report.
+    forever. ``again_s`` leaves a task's own clean-up (a last record, an
+    unsubscribe) time to finish before the next cancel. A task's error other than
+    the cancel is returned for the caller to raise or report.
     """
     pending = {task for task in tasks if not task.done()}
     while pending:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
+        _, pending = await asyncio.wait(pending, timeout=again_s)
     return [error for task in tasks if not task.cancelled() and (error := task.exception()) is not None]
 
 

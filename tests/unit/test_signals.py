@@ -95,7 +95,7 @@ async def test_cancel_and_wait_ends_a_task_that_swallows_its_first_cancels() -> 
     ended = asyncio.Event()
     task = _left_behind(3, ended)
     await asyncio.sleep(0.01)
-    assert await asyncio.wait_for(cancel_and_wait(task), 5) == []  # one cancel and an await would wait forever
+    assert await asyncio.wait_for(cancel_and_wait(task, again_s=0.05), 5) == []  # one cancel would not do
     assert ended.is_set() and task.cancelled()
 
 
@@ -132,7 +132,7 @@ async def test_side_by_side_ends_the_others_when_one_fails_even_if_one_swallows_
         raise ValueError("the server refused it")
 
     async def swallowing() -> None:
-        await _left_behind(2, ended)
+        await _left_behind(1, ended)
 
     with pytest.raises(ExceptionGroup) as raised:
         await asyncio.wait_for(side_by_side(failing(), swallowing()), 5)  # a TaskGroup would wait forever here
@@ -144,7 +144,7 @@ async def test_side_by_side_cancelled_from_outside_ends_every_work() -> None:
     ended = asyncio.Event()
 
     async def swallowing() -> None:
-        await _left_behind(2, ended)
+        await _left_behind(1, ended)
 
     runner = asyncio.ensure_future(side_by_side(swallowing(), asyncio.sleep(3600)))
     await asyncio.sleep(0.01)
