@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from trustbus.bus._errors import TransportError
+from trustbus.bus._signals import cancel_and_wait
 from trustbus.bus._translate import store_full, translated, unavailable
 
 log = logging.getLogger("trustbus.bus")
@@ -197,6 +198,4 @@ class Publisher:
 
     async def aclose(self) -> None:
         """Stop pending re-sends."""
-        for retry in list(self._retries):
-            retry.cancel()
-        await asyncio.gather(*self._retries, return_exceptions=True)
+        await cancel_and_wait(*self._retries)
