@@ -13,18 +13,24 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 MEDIATED = Path(__file__).resolve().parents[2] / "bench" / "mediated.py"
 
 
-def test_short_mediated_bench_reports_the_ratios_and_the_worst_round_tail(tmp_path: Path) -> None:
-    argv = ["--n", "300", "--rounds", "2", "--rate", "200", "--seconds", "1", "--warmup", "0.25", "--warmup-n", "100"]
-    argv += ["--peers", "--stages", "--json"]
+def mediated_bench(tmp_path: Path, argv: list[str]) -> dict[str, Any]:
+    """Run bench/mediated.py with ``argv`` and ``--json``; it must exit 0. Its figures (its last line)."""
     run = subprocess.run(
-        [sys.executable, str(MEDIATED), *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        [sys.executable, str(MEDIATED), *argv, "--json"], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    figures = json.loads(run.stdout.splitlines()[-1])
+    figures: dict[str, Any] = json.loads(run.stdout.splitlines()[-1])
+    return figures
+
+
+def test_short_mediated_bench_reports_the_ratios_and_the_worst_round_tail(tmp_path: Path) -> None:
+    argv = ["--n", "300", "--rounds", "2", "--rate", "200", "--seconds", "1", "--warmup", "0.25", "--warmup-n", "100"]
+    figures = mediated_bench(tmp_path, [*argv, "--peers", "--stages"])
     assert figures["raw_msgs_per_s"] > 0 and figures["mediated_msgs_per_s"] > 0
     assert len(figures["round_ratios"]) == 2 and figures["ratio"] > 0
     assert figures["autogen_msgs_per_s"] > 0 and len(figures["round_vs_autogen"]) == 2
@@ -63,14 +69,6 @@ def test_on_uvloop_runs_the_module_on_uvloops_event_loop(tmp_path: Path) -> None
 
 def test_short_mediated_bench_on_uvloop_delivers_everything(tmp_path: Path) -> None:
     argv = ["--n", "300", "--rounds", "1", "--rate", "200", "--seconds", "1", "--warmup", "0.25", "--warmup-n", "100"]
-    run = subprocess.run(
-        [sys.executable, str(MEDIATED), *argv, "--uvloop", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    figures = json.loads(run.stdout.splitlines()[-1])
+    figures = mediated_bench(tmp_path, [*argv, "--uvloop"])
     assert figures["uvloop"] is True
     assert figures["raw_msgs_per_s"] > 0 and figures["mediated_msgs_per_s"] > 0 and figures["ratio"] > 0
