@@ -42,7 +42,17 @@ from trustbus.agents._intake import sender_consumer
 from trustbus.agents._lease_plan import LEASE_S, Lease, plan_leases, still_held
 from trustbus.agents._policy import Policy
 from trustbus.agents._signed_value import holder_value, open_holder, signer
-from trustbus.bus import Bus, Conflict, Decision, NotFound, Timeout, TransportError, subjects, unless_stopped
+from trustbus.bus import (
+    Bus,
+    Conflict,
+    Decision,
+    NotFound,
+    Timeout,
+    TransportError,
+    cancel_and_wait,
+    subjects,
+    unless_stopped,
+)
 
 log = logging.getLogger("trustbus.coordinator")
 
@@ -173,9 +183,9 @@ class Partitions:
         mediating ``partition``."""  # noqa: D205, D209
         coordinator, stop, task = self._held.pop(partition)
         stop.set()
-        if not finish:
-            task.cancel()
         try:
+            if not finish:
+                await cancel_and_wait(task)  # ends it; what it ended with is read below
             await task
         except asyncio.CancelledError:
             if not task.cancelled():

@@ -48,6 +48,26 @@ async def test_an_error_of_the_work_is_raised() -> None:
         raise AssertionError("the work's error was swallowed")
 
 
+async def test_work_that_swallows_the_cancel_at_stop_still_ends() -> None:
+    ended = asyncio.Event()
+
+    async def stubborn() -> int:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:  # as a wait_for that lost the cancel: it carries on
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+        return 1
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_soon(stop.set)
+    run = asyncio.ensure_future(unless_stopped(stubborn(), stop))
+    await asyncio.wait({run}, timeout=10)  # unlike wait_for, no cancel of its own at the timeout to help it end
+    assert run.done() and run.result() is None  # one cancel would leave it waiting for ever
+    assert ended.is_set()
+
+
 def _left_behind(swallowed: int, ended: asyncio.Event) -> asyncio.Task[None]:
     """A task that takes ``swallowed`` cancels and carries on, as a reconnect loop whose wait_for lost one."""
 
