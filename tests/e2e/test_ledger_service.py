@@ -118,13 +118,14 @@ async def test_projection_survives_sigkill_with_no_duplicate_no_gap_and_a_contin
     await effect(fleet, alice, "completed", correlation_id=first[0])
     await memory_write(fleet, alice)
 
-    async def committed_some() -> bool:
+    async def committed_some() -> bool:  # and a checkpoint of this first run published, whatever the timing
         try:
-            return read_catalogue(data).last_seq >= 20
+            catalogue = read_catalogue(data)
         except ProjectionError:
             return False
+        return catalogue.last_seq >= 20 and catalogue.since_checkpoint < catalogue.last_seq
 
-    await until(committed_some, what="a first commit")
+    await until(committed_some, what="a first commit after a checkpoint")
     more = asyncio.create_task(traffic(fleet, alice, 80, start=15))
     await asyncio.sleep(0.2)
     ledger.kill()  # SIGKILL, mid-way: traffic is still flowing
