@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         plan_rollback,
         verified_effects,
     )
-    from trustbus.ledger._rollback_executor import execute_rollback
+    from trustbus.ledger._rollback_executor import execute_rollback, rollback_correlation
     from trustbus.ledger._segments import read_catalogue
     from trustbus.ledger._service import ServiceSettings, serve_ledger
     from trustbus.ledger._verify import Break, VerifyReport, verify_messages
@@ -90,6 +90,7 @@ __all__ = [
     "read_bundle",
     "read_catalogue",
     "read_stream",
+    "rollback_correlation",
     "segments",
     "serve_ledger",
     "step_dict",
@@ -151,6 +152,7 @@ _ORIGINS: dict[str, str] = {
     "plan_rollback": "trustbus.ledger._rollback",
     "verified_effects": "trustbus.ledger._rollback",
     "execute_rollback": "trustbus.ledger._rollback_executor",
+    "rollback_correlation": "trustbus.ledger._rollback_executor",
     "read_catalogue": "trustbus.ledger._segments",
     "ServiceSettings": "trustbus.ledger._service",
     "serve_ledger": "trustbus.ledger._service",

@@ -28,6 +28,7 @@ from trustbus.ledger import (
     load_messages,
     plan_rollback,
     read_catalogue,
+    rollback_correlation,
     verified_effects,
     verify_stream,
 )
@@ -93,7 +94,7 @@ class Demo:
         self.console.rule("[bold]5. The incident, replayed and re-decided")
         await self.replay()
         self.console.rule("[bold]6. A refund rolled back")
-        await self.rollback()
+        await self.rollback(watch)
 
     async def _ticket(self, desk: Bus, scene: str, ticket: dict[str, Any]) -> str:
         # With OTEL_* set, the ticket's span is the root of the incident's one trace (docs/OBSERVABILITY.md).
@@ -223,7 +224,7 @@ class Demo:
         self.facts["redecided_changed"] = len(changed)
         self.console.print(f"[green]✓[/green] {len(changed)} decisions would have gone otherwise under stricter.yaml")
 
-    async def rollback(self) -> None:
+    async def rollback(self, watch: Watch) -> None:
         """Alice's refund turns out to be fraud: compensate it, list the email for a person, revert the notes."""
         messages, keyring = await load_messages(self.servers, TENANT, nkey_seed=self.fleet.admin_seed)
         incident = build_incident(messages, keyring, TENANT, self.tickets["refund"])
@@ -236,6 +237,14 @@ class Demo:
             self.console.print(f"revert memory: {revert.agent}.{revert.key}")
         ops = self.fleet.keys.load(TENANT, "ops")
         done = await execute_rollback(self.servers, TENANT, plan, operator=ops, operator_name="ops", nkey_auth=True)
+        # The rollback ends once each compensation has completed; the agent's answer to the operator comes after.
+        # Waiting for them (this run sent every compensation: a fresh run has none done) ends the scene's traffic,
+        # so the summary counts every decision the run caused.
+        corr = rollback_correlation(self.tickets["refund"])
+        await watch.until(
+            lambda s: len(s.decided(corr, kind="reply")) >= len(plan.compensate) or None,
+            "each compensating agent's answer to the operator",
+        )
         self.facts["rollback"] = {"compensated": len(done), "for_a_person": len(plan.for_a_person)}
         self.console.print(
             f"[green]✓[/green] rolled back: alice's balance is {self._balance('alice')} dollars again; "
