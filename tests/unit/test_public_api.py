@@ -78,7 +78,8 @@ def test_ledger_exports() -> None:
     assert sorted(ledger.__all__) == sorted(
         [
             "CHAIN_DOMAIN", "GENESIS", "Compensation", "RollbackPlan", "compensated_keys",
-            "execute_rollback", "plan_rollback", "verified_effects", "Incident", "Step", "build_incident",
+            "execute_rollback", "plan_rollback", "rollback_correlation", "verified_effects", "Incident", "Step",
+            "build_incident",
             "checkpoint_before",
             "load_bundle_messages", "load_messages", "step_dict", "Break", "Bundle", "BundleEntry",
             "BundleError", "LedgerError", "StoredMessage", "VerifyReport", "chain_hash", "chained_headers",
