@@ -32,9 +32,8 @@ async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T
         stopped.cancel()
     if task.done():
         return task.result()
-    errors = await cancel_and_wait(task)
-    if errors:
-        raise errors[0]
+    for error in await cancel_and_wait(task):
+        raise error
     return None
 
 
